@@ -1,0 +1,864 @@
+#!/usr/bin/env python3
+"""Build the small test fixtures under tests/fixtures/.
+
+Developer-side script (not run by cargo). It needs:
+
+    pip install torch diffusers transformers safetensors accelerate
+
+and OpenAI CLIP's BPE merge file `bpe_simple_vocab_16e6.txt.gz` (shipped in the
+`open-clip-torch` wheel as `open_clip/bpe_simple_vocab_16e6.txt.gz`). The file is
+looked up in this order: `--bpe PATH`, the installed `open_clip` package, any
+`open_clip_torch-*.whl` under `--wheel-dir` (default /tmp/oc), /tmp/bpe_simple_vocab_16e6.txt.gz.
+
+Usage:
+    python3 tools/make_fixtures.py [--bpe PATH] [--out tests/fixtures]
+
+Everything is float32, CPU, deterministic (fixed seeds). See tests/fixtures/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import html
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import unicodedata
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import regex
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NUM_MERGES = 2000
+MAX_LEN = 77
+PROMPT = "a red ball on a small mirror"
+NEGATIVE_PROMPT = "blurry"
+GUIDANCE = 7.5
+STEPS = 10
+HEIGHT = WIDTH = 64
+UNET_TIMESTEP = 501.0
+
+TOKENIZER_PROMPTS = [
+    "a red ball on a small mirror",
+    "A Photo of THE Eiffel Tower at NIGHT",
+    "Café crème brûlée à Noël",
+    "Cafe\u0301 cre\u0300me (decomposed accents, NFC needed)",
+    "it's a dog's life!!! (really?)",
+    "we'll see, they're here; I'd say you've I'm can't \"quoted\" words",
+    "3 cubes, 12 jars and 100 balls",
+    "   leading and trailing   spaces\n\nnew lines\tand\ttabs  ",
+    "a cute dog \U0001F436 with a rocket \U0001F680 and a heart \u2764\ufe0f",
+    "\u732b\u304c\u597d\u304d \u65e5\u672c\u8a9e\u306e\u6587\u7ae0 \u4e00\u53ea\u732b",
+    "",
+    "photorealistic, 8k, ultra-detailed, trending on artstation -- v2.1 @user #tag $100 50%",
+    "mixed: hello123world 4.5 x=y+z a_b c-d e/f",
+    "Ελληνικά και русский текст",
+    " ".join(["a very long prompt about a castle on a hill under the stars"] * 8),
+]
+
+
+# ----------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def find_bpe(explicit: str | None, wheel_dir: str) -> bytes:
+    if explicit:
+        return Path(explicit).read_bytes()
+    try:
+        import open_clip  # type: ignore
+
+        p = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+        if p.exists():
+            return p.read_bytes()
+    except Exception:
+        pass
+    for whl in sorted(glob.glob(os.path.join(wheel_dir, "open_clip_torch-*.whl"))):
+        with zipfile.ZipFile(whl) as z:
+            return z.read("open_clip/bpe_simple_vocab_16e6.txt.gz")
+    p = Path("/tmp/bpe_simple_vocab_16e6.txt.gz")
+    if p.exists():
+        return p.read_bytes()
+    sys.exit(
+        "bpe_simple_vocab_16e6.txt.gz not found: `pip download --no-deps -d /tmp/oc open-clip-torch` "
+        "or pass --bpe"
+    )
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """OpenAI CLIP / GPT-2 reversible byte -> unicode mapping (same order as CLIP's code)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(2**8):
+        if b not in bs:
+            bs.append(b)
+            cs.append(2**8 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def write_json(path: Path, obj, indent=2):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent, ensure_ascii=False, allow_nan=False)
+        f.write("\n")
+
+
+def f32_list(t: torch.Tensor) -> list[float]:
+    # float(np.float32) is exact in f64, so JSON round-trips to the same f32.
+    return [float(x) for x in t.detach().to(torch.float32).reshape(-1).numpy()]
+
+
+# ----------------------------------------------------------------------------
+# 1. tokenizer
+# ----------------------------------------------------------------------------
+
+
+class RefClipBpe:
+    """Independent re-implementation of OpenAI CLIP's simple_tokenizer.py algorithm
+    (without ftfy.fix_text, which is replaced by NFC normalisation, ftfy's default
+    normalisation step). Used to cross-check the `tokenizers`-backed CLIPTokenizer."""
+
+    PAT = regex.compile(
+        r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+        regex.IGNORECASE,
+    )
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]):
+        self.encoder = vocab
+        self.ranks = {m: i for i, m in enumerate(merges)}
+        self.byte_encoder = bytes_to_unicode()
+
+    def bpe(self, token: str) -> list[str]:
+        word = tuple(token[:-1]) + (token[-1] + "</w>",)
+        while len(word) > 1:
+            pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
+            bigram = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
+            if bigram not in self.ranks:
+                break
+            first, second = bigram
+            new = []
+            i = 0
+            while i < len(word):
+                if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
+                    new.append(first + second)
+                    i += 2
+                else:
+                    new.append(word[i])
+                    i += 1
+            word = tuple(new)
+        return list(word)
+
+    def encode(self, text: str) -> list[int]:
+        text = unicodedata.normalize("NFC", text)
+        text = html.unescape(html.unescape(text)).strip()
+        text = regex.sub(r"\s+", " ", text).strip().lower()
+        ids = []
+        for tok in self.PAT.findall(text):
+            tok = "".join(self.byte_encoder[b] for b in tok.encode("utf-8"))
+            ids.extend(self.encoder[t] for t in self.bpe(tok))
+        return ids
+
+
+def added_token(content):
+    return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+
+
+def build_tokenizer(bpe_gz: bytes, out: Path):
+    lines = gzip.decompress(bpe_gz).decode("utf-8").split("\n")
+    # CLIP's code: merges = merges[1:49152-256-2+1]; we keep the first NUM_MERGES.
+    merges = [tuple(m.split()) for m in lines[1 : 1 + NUM_MERGES]]
+    assert all(len(m) == 2 for m in merges)
+    b2u = bytes_to_unicode()
+    tokens = list(b2u.values())
+    tokens += [t + "</w>" for t in tokens]
+    tokens += ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(set(tokens)) == len(tokens), "duplicate vocab entries"
+    vocab = {t: i for i, t in enumerate(tokens)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "vocab.json", vocab, indent=None)
+    with open(out / "merges.txt", "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        for a, b in merges:
+            f.write(f"{a} {b}\n")
+    tok_cfg = {
+        "add_prefix_space": False,
+        "bos_token": {"__type": "AddedToken", **added_token("<|startoftext|>")},
+        "do_lower_case": True,
+        "eos_token": {"__type": "AddedToken", **added_token("<|endoftext|>")},
+        "errors": "replace",
+        "model_max_length": MAX_LEN,
+        "name_or_path": "tiny-clip-bpe2000",
+        "pad_token": "<|endoftext|>",
+        "special_tokens_map_file": "./special_tokens_map.json",
+        "tokenizer_class": "CLIPTokenizer",
+        "unk_token": {"__type": "AddedToken", **added_token("<|endoftext|>")},
+    }
+    write_json(out / "tokenizer_config.json", tok_cfg)
+    write_json(
+        out / "special_tokens_map.json",
+        {
+            "bos_token": added_token("<|startoftext|>"),
+            "eos_token": added_token("<|endoftext|>"),
+            "pad_token": "<|endoftext|>",
+            "unk_token": added_token("<|endoftext|>"),
+        },
+    )
+
+    from transformers import CLIPTokenizer, CLIPTokenizerFast
+
+    # transformers >= 5 has no pure-python CLIP tokenizer any more: CLIPTokenizer is
+    # the `tokenizers`-backed one (CLIPTokenizerFast is an alias). Load it from
+    # vocab.json + merges.txt and save its tokenizer.json next to them.
+    fast = CLIPTokenizerFast.from_pretrained(str(out))
+    with tempfile.TemporaryDirectory() as td:
+        fast.save_pretrained(td)
+        shutil.copy(Path(td) / "tokenizer.json", out / "tokenizer.json")
+    tok = CLIPTokenizer.from_pretrained(str(out))  # now loads tokenizer.json too
+    ref = RefClipBpe(vocab, merges)
+
+    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    pad = tok.pad_token_id
+    assert pad == eos and tok.bos_token_id == bos and tok.eos_token_id == eos, (pad, tok.bos_token_id)
+    assert len(tok) == len(vocab), (len(tok), len(vocab))
+
+    cases = []
+    mismatches = []
+    for p in TOKENIZER_PROMPTS:
+        a = tok(p, padding="max_length", truncation=True, max_length=MAX_LEN).input_ids
+        b = fast(p, padding="max_length", truncation=True, max_length=MAX_LEN).input_ids
+        body = ref.encode(p)[: MAX_LEN - 2]
+        r = [bos] + body + [eos]
+        unpadded = len(r)
+        r = r + [pad] * (MAX_LEN - len(r))
+        if not (a == b == r):
+            mismatches.append({"prompt": p, "transformers": a, "reference_impl": r})
+        assert len(a) == MAX_LEN
+        n = len(tok(p, truncation=True, max_length=MAX_LEN).input_ids)
+        if n != unpadded:
+            mismatches.append({"prompt": p, "unpadded_len": [n, unpadded]})
+        cases.append({"prompt": p, "ids": a, "unpadded_len": n})
+    write_json(out.parent / "tokenizer_cases.json",
+               {"max_length": MAX_LEN, "vocab_size": len(vocab), "bos_id": bos, "eos_id": eos, "pad_id": pad,
+                "cases": cases})
+    info = {"vocab_size": len(vocab), "bos": bos, "eos": eos, "pad": pad, "mismatches": mismatches}
+    log(f"tokenizer: vocab {len(vocab)} bos {bos} eos {eos} pad {pad}; mismatches: {len(mismatches)}")
+    for m in mismatches:
+        log("  MISMATCH", json.dumps(m, ensure_ascii=False)[:600])
+    return tok, info
+
+
+# ----------------------------------------------------------------------------
+# 2. tiny pipelines
+# ----------------------------------------------------------------------------
+
+
+def reinit_(model: nn.Module, seed: int, out_gain: dict[str, float] | None = None):
+    """Re-initialise every parameter so nothing is zero / degenerate.
+
+    Linear/Conv weights ~ N(0, 1/fan_in) (unit-gain), biases ~ N(0, 0.05),
+    norm weights ~ 1 + N(0, 0.1), norm biases ~ N(0, 0.1), embeddings ~ N(0, 0.5).
+    `out_gain` maps a module name to an extra factor on its weight."""
+    g = torch.Generator().manual_seed(seed)
+    out_gain = out_gain or {}
+    seen = set()
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            params = dict(mod.named_parameters(recurse=False))
+            if not params:
+                continue
+            if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                fan_in = mod.weight[0].numel()
+                w = torch.randn(mod.weight.shape, generator=g) / math.sqrt(fan_in)
+                mod.weight.copy_(w * out_gain.get(name, 1.0))
+                if mod.bias is not None:
+                    mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.05)
+            elif isinstance(mod, (nn.LayerNorm, nn.GroupNorm)):
+                if mod.weight is not None:
+                    mod.weight.copy_(1.0 + 0.1 * torch.randn(mod.weight.shape, generator=g))
+                if mod.bias is not None:
+                    mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
+            elif isinstance(mod, nn.Embedding):
+                mod.weight.copy_(0.5 * torch.randn(mod.weight.shape, generator=g))
+            else:
+                raise RuntimeError(f"unhandled module with parameters: {name} {type(mod)} {list(params)}")
+            for pn in params:
+                seen.add(f"{name}.{pn}" if name else pn)
+    all_names = {n for n, _ in model.named_parameters()}
+    assert seen == all_names, all_names - seen
+
+
+def round_to_f16_(model: nn.Module):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.copy_(b.half().float())
+
+
+def stats(name, t):
+    t = torch.as_tensor(t).float()
+    log(f"  {name:28s} {tuple(t.shape)} mean {t.mean():+.4f} std {t.std() if t.numel() > 1 else 0.0:.4f} min {t.min():+.3f} max {t.max():+.3f}")
+    return {"mean": float(t.mean()), "std": float(t.std()) if t.numel() > 1 else 0.0, "min": float(t.min()), "max": float(t.max())}
+
+
+SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def make_scheduler(kind: str):
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    if kind == "sd1":
+        return DDIMScheduler(
+            **SD_BETAS,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="epsilon",
+            timestep_spacing="leading",
+        )
+    return EulerDiscreteScheduler(
+        **SD_BETAS,
+        steps_offset=1,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+    )
+
+
+def build_models(kind: str, tok):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    base_seed = 1000 if kind == "sd1" else 2000
+    torch.manual_seed(base_seed)
+    te_cfg = CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LEN,
+        hidden_act="quick_gelu" if kind == "sd1" else "gelu",
+        projection_dim=32,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        layer_norm_eps=1e-5,
+    )
+    text_encoder = CLIPTextModel(te_cfg).eval()
+    reinit_(text_encoder, base_seed + 1)
+
+    torch.manual_seed(base_seed + 10)
+    if kind == "sd1":
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+    else:
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            # one entry per block (diffusers requires len == len(down_block_types));
+            # like SD2's [5,10,20,20] it gives a constant head size (16 here).
+            attention_head_dim=[2, 4, 4],
+            use_linear_projection=True,
+            upcast_attention=False,
+            norm_num_groups=32,
+        )
+    unet.eval()
+    # output conv scaled down so the eps/v prediction is O(0.5) rather than O(1)
+    reinit_(unet, base_seed + 11, out_gain={"conv_out": 0.5})
+
+    torch.manual_seed(base_seed + 20)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.18215,
+    ).eval()
+    # smaller output conv so decoded images are mostly inside [-1, 1] (less clamping)
+    reinit_(vae, base_seed + 21, out_gain={"decoder.conv_out": 0.5})
+
+    if kind == "sd2":
+        for m in (text_encoder, unet, vae):
+            round_to_f16_(m)
+    return text_encoder, unet, vae
+
+
+@torch.no_grad()
+def compute_refs(kind, tok, text_encoder, unet, vae, scheduler_factory):
+    from diffusers import StableDiffusionPipeline
+
+    seed = 3000 if kind == "sd1" else 4000
+    refs: dict[str, torch.Tensor] = {}
+    ids = tok([PROMPT, ""], padding="max_length", truncation=True, max_length=MAX_LEN, return_tensors="pt").input_ids
+    refs["text_input_ids"] = ids.to(torch.int64)
+    out = text_encoder(ids, output_hidden_states=True)
+    refs["text_last_hidden"] = out.last_hidden_state
+    # transformers >= 5 flattened CLIPTextModel (no `.text_model` wrapper any more)
+    inner = getattr(text_encoder, "text_model", text_encoder)
+    assert len(out.hidden_states) == text_encoder.config.num_hidden_layers + 1
+    refs["text_clip_skip_1"] = inner.final_layer_norm(out.hidden_states[-2])
+
+    g = torch.Generator().manual_seed(seed)
+    refs["unet_sample"] = torch.randn((2, 4, 8, 8), generator=g)
+    refs["unet_timestep"] = torch.tensor([UNET_TIMESTEP], dtype=torch.float32)
+    refs["unet_encoder_hidden_states"] = refs["text_last_hidden"].clone()
+    refs["unet_out"] = unet(refs["unet_sample"], refs["unet_timestep"], refs["unet_encoder_hidden_states"]).sample
+
+    refs["vae_latents"] = torch.randn((1, 4, 8, 8), generator=g)
+    refs["vae_decoded"] = vae.decode(refs["vae_latents"]).sample
+
+    refs["pipe_init_latents"] = torch.randn((1, 4, 8, 8), generator=g)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=scheduler_factory(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    per_step = []
+
+    def cb(p, i, t, kw):
+        per_step.append(kw["latents"].clone())
+        return kw
+
+    res = pipe(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE_PROMPT,
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        latents=refs["pipe_init_latents"].clone(),
+        output_type="np",
+        height=HEIGHT,
+        width=WIDTH,
+        callback_on_step_end=cb,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    refs["pipe_image"] = torch.from_numpy(np.asarray(res.images, dtype=np.float32))
+    refs["pipe_final_latents"] = per_step[-1]
+    refs["pipe_latents_per_step"] = torch.cat(per_step, 0)  # [steps,4,8,8]
+    ts = pipe.scheduler.timesteps
+    refs["pipe_step_timesteps"] = ts.round().to(torch.int64)
+    assert torch.equal(ts.to(torch.float64), refs["pipe_step_timesteps"].to(torch.float64)), ts
+    # embeddings the pipeline fed to the UNet (classifier-free guidance order: [negative, positive])
+    neg_ids = tok([NEGATIVE_PROMPT], padding="max_length", truncation=True, max_length=MAX_LEN, return_tensors="pt").input_ids
+    refs["pipe_negative_input_ids"] = neg_ids.to(torch.int64)
+    refs["pipe_prompt_embeds"] = text_encoder(torch.cat([neg_ids, ids[:1]])).last_hidden_state
+    pipe_meta = {
+        "init_noise_sigma": float(pipe.scheduler.init_noise_sigma),
+        "scheduler_timesteps_float": [float(t) for t in ts],
+    }
+    refs = {k: (v.contiguous() if v.dtype == torch.int64 else v.to(torch.float32).contiguous()) for k, v in refs.items()}
+    return refs, pipe_meta
+
+
+def make_pipeline(kind: str, tok, tok_dir: Path, fix: Path):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file, save_file
+
+    name = f"{kind}_tiny"
+    out = fix / name
+    if out.exists():
+        shutil.rmtree(out)
+    log(f"== {name}")
+    text_encoder, unet, vae = build_models(kind, tok)
+    sched_factory = lambda: make_scheduler(kind)  # noqa: E731
+    refs, pipe_meta = compute_refs(kind, tok, text_encoder, unet, vae, sched_factory)
+    st = {k: stats(k, v) for k, v in refs.items() if v.is_floating_point()}
+    frac_clamped = float(((refs["pipe_image"] <= 0) | (refs["pipe_image"] >= 1)).float().mean())
+    log(f"  pipe_image fraction at 0 or 1: {frac_clamped:.3f}")
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched_factory(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    if kind == "sd2":
+        pipe.to(torch.float16)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    if kind == "sd2":
+        pipe.to(torch.float32)
+    # transformers >= 5 saves CLIPTextModel weights without the `text_model.` prefix; every
+    # real SD 1.x/2.x repository (and transformers 4.x) uses `text_model.embeddings...`.
+    # Rewrite the file with the classic names (transformers 5 still loads them, checked below).
+    te_file = out / "text_encoder" / "model.safetensors"
+    te_sd = load_file(str(te_file))
+    te_sd = {(k if k.startswith("text_model.") else "text_model." + k): v.contiguous() for k, v in te_sd.items()}
+    if kind == "sd1":
+        # SD 1.5's shipped text encoder (saved by transformers < 4.31) also holds the persistent
+        # buffer `text_model.embeddings.position_ids` (int64 [1, 77]); keep one so loaders
+        # are exercised against a non-float tensor they must skip/accept.
+        te_sd["text_model.embeddings.position_ids"] = torch.arange(MAX_LEN, dtype=torch.int64)[None]
+    save_file(te_sd, str(te_file), metadata={"format": "pt"})
+    # tokenizer/: exact copy of the hand-written SD-style tokenizer folder
+    shutil.rmtree(out / "tokenizer")
+    shutil.copytree(tok_dir, out / "tokenizer")
+
+    save_file(refs, str(out / "reference.safetensors"))
+    meta = {
+        "prompt": PROMPT,
+        "negative_prompt": NEGATIVE_PROMPT,
+        "guidance_scale": GUIDANCE,
+        "num_inference_steps": STEPS,
+        "height": HEIGHT,
+        "width": WIDTH,
+        "vae_scaling_factor": float(vae.config.scaling_factor),
+        "scheduler": type(pipe.scheduler).__name__,
+        "prediction_type": pipe.scheduler.config.prediction_type,
+        "timestep_spacing": pipe.scheduler.config.timestep_spacing,
+        "init_noise_sigma": pipe_meta["init_noise_sigma"],
+        "scheduler_timesteps_float": pipe_meta["scheduler_timesteps_float"],
+        "unet_timestep": UNET_TIMESTEP,
+        "weights_dtype_on_disk": "float16" if kind == "sd2" else "float32",
+        "notes": (
+            "pipe_image = StableDiffusionPipeline(...)(prompt, negative_prompt, num_inference_steps, guidance_scale, "
+            "latents=pipe_init_latents, output_type='np', height, width).images; the pipeline multiplies the given "
+            "latents by init_noise_sigma. vae_latents are raw z (vae_decoded = vae.decode(z), no 1/scaling_factor, "
+            "no clamp). pipe_prompt_embeds = [negative; positive] last_hidden_state as fed to the UNet. "
+            "pipe_latents_per_step[i] = latents after scheduler step i."
+        )
+        + (" Weights are stored as float16; references were computed in float32 from the f16-rounded weights." if kind == "sd2" else ""),
+        "tensor_stats": st,
+    }
+    write_json(out / "reference.json", meta)
+
+    # ---- round-trip check: reload from disk (f16 -> f32 for sd2) and recompute
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    te2 = CLIPTextModel.from_pretrained(str(out / "text_encoder"), torch_dtype=torch.float32).eval()
+    un2 = UNet2DConditionModel.from_pretrained(str(out / "unet"), torch_dtype=torch.float32).eval()
+    va2 = AutoencoderKL.from_pretrained(str(out / "vae"), torch_dtype=torch.float32).eval()
+    pipe2 = StableDiffusionPipeline.from_pretrained(str(out), torch_dtype=torch.float32)
+    tok2 = pipe2.tokenizer
+    refs2, _ = compute_refs(kind, tok2, te2, un2, va2, lambda: type(pipe2.scheduler).from_config(pipe2.scheduler.config))
+    for k in refs:
+        a, b = refs[k], refs2[k]
+        if a.is_floating_point():
+            err = float((a - b).abs().max())
+            log(f"  reload check {k:28s} max|diff| {err:.3g}")
+            assert err < 1e-4, (k, err)
+        else:
+            assert torch.equal(a, b), k
+    for f in ("text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        dt = {str(v.dtype) for v in load_file(str(out / f)).values()}
+        log(f"  {f}: dtypes on disk {dt}")
+    return refs, meta
+
+
+# ----------------------------------------------------------------------------
+# 3. schedulers
+# ----------------------------------------------------------------------------
+
+MODEL_FORMULA = (
+    "model_output = 0.5 * scaled_sample + 0.1 * c, where scaled_sample = scheduler.scale_model_input(sample, t) "
+    "(identity for DDIM, sample / sqrt(sigma^2 + 1) for Euler) and c = f32(cos(f64(t) / 100)) with t the float value "
+    "of the timestep; all tensor arithmetic in f32 (c computed as torch.cos(torch.tensor(t, dtype=torch.float64) / 100).float()). "
+    "Loop: sample = init_sample * init_noise_sigma; for t in timesteps: sample = scheduler.step(model_output, t, sample).prev_sample "
+    "(DDIM: eta = 0)."
+)
+
+
+def fake_model(scaled: torch.Tensor, t) -> torch.Tensor:
+    tf = float(t)
+    c = torch.cos(torch.tensor(tf, dtype=torch.float64) / 100.0).float()
+    return 0.5 * scaled + 0.1 * c
+
+
+def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    cls = DDIMScheduler if kind == "ddim" else EulerDiscreteScheduler
+    base = dict(**SD_BETAS, steps_offset=1)
+    if kind == "ddim":
+        base.update(clip_sample=False, set_alpha_to_one=False)
+    base.update(cfg_over)
+    sch = cls(**base)
+    if explicit is not None:
+        sch.set_timesteps(timesteps=explicit)
+    else:
+        sch.set_timesteps(steps)
+    g = torch.Generator().manual_seed(1234)
+    shape = [1, 4, 4, 4]
+    init = torch.randn(shape, generator=g)
+    sample = init * sch.init_noise_sigma
+    per_step, outs = [], []
+    for t in sch.timesteps:
+        scaled = sch.scale_model_input(sample, t)
+        out = fake_model(scaled, t)
+        if kind == "ddim":
+            sample = sch.step(out, t, sample, eta=0.0).prev_sample
+        else:
+            sample = sch.step(out, t, sample).prev_sample
+        per_step.append(f32_list(sample))
+        outs.append(f32_list(out))
+    cfg = json.loads(sch.to_json_string())
+    case = {
+        "name": name,
+        "scheduler": kind,
+        "config": cfg,
+        "num_inference_steps": None if explicit is not None else steps,
+        "explicit_timesteps": explicit,
+        "timesteps": [float(t) for t in sch.timesteps],
+        "sigmas": [float(s) for s in sch.sigmas] if kind == "euler" else None,
+        "init_noise_sigma": float(sch.init_noise_sigma),
+        "shape": shape,
+        "init_sample": f32_list(init),
+        "final_sample": f32_list(sample),
+        "samples_per_step": per_step,
+        "model_outputs_per_step": outs,
+    }
+    return case
+
+
+def make_schedulers(fix: Path):
+    from diffusers import DDIMScheduler
+
+    cases = []
+    for spacing in ("leading", "trailing", "linspace"):
+        for pred in ("epsilon", "v_prediction", "sample"):
+            cases.append(run_sched_case(f"ddim_{spacing}_{pred}", "ddim", dict(timestep_spacing=spacing, prediction_type=pred)))
+    for spacing in ("leading", "trailing", "linspace"):
+        for pred in ("epsilon", "v_prediction"):
+            cases.append(run_sched_case(f"euler_{spacing}_{pred}", "euler", dict(timestep_spacing=spacing, prediction_type=pred)))
+    explicit = [999, 950, 900, 800, 700, 500, 300, 150, 50, 0]
+    for pred in ("epsilon", "v_prediction"):
+        cases.append(
+            run_sched_case(f"euler_explicit_{pred}", "euler", dict(timestep_spacing="leading", prediction_type=pred), explicit=explicit)
+        )
+    import inspect
+
+    ddim_explicit = "timesteps" in inspect.signature(DDIMScheduler.set_timesteps).parameters
+    if ddim_explicit:
+        cases.append(run_sched_case("ddim_explicit_epsilon", "ddim", dict(prediction_type="epsilon"), explicit=explicit))
+    write_json(
+        fix / "schedulers.json",
+        {
+            "model": MODEL_FORMULA,
+            "ddim_supports_explicit_timesteps": ddim_explicit,
+            "cases": cases,
+        },
+        indent=None,
+    )
+    log(f"schedulers: {len(cases)} cases; DDIM explicit timesteps supported: {ddim_explicit}")
+    return cases, ddim_explicit
+
+
+# ----------------------------------------------------------------------------
+# 4. full-size configs
+# ----------------------------------------------------------------------------
+
+
+def make_full_configs(fix: Path):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out = fix / "configs"
+    out.mkdir(parents=True, exist_ok=True)
+    down = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    up = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+    unet_common = dict(
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=[320, 640, 1280, 1280],
+        layers_per_block=2,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=32,
+        norm_eps=1e-5,
+        act_fn="silu",
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        downsample_padding=1,
+        mid_block_scale_factor=1,
+        center_input_sample=False,
+    )
+    unets = {
+        "sd15_unet.json": dict(unet_common, cross_attention_dim=768, attention_head_dim=8, sample_size=64),
+        "sd21_unet.json": dict(
+            unet_common,
+            cross_attention_dim=1024,
+            attention_head_dim=[5, 10, 20, 20],
+            use_linear_projection=True,
+            upcast_attention=True,
+            sample_size=96,
+        ),
+    }
+    report = {}
+    for fname, kw in unets.items():
+        with torch.device("meta"):
+            m = UNet2DConditionModel(**kw)
+        with tempfile.TemporaryDirectory() as td:
+            m.save_config(td)
+            shutil.copy(Path(td) / "config.json", out / fname)
+        cfg = UNet2DConditionModel.load_config(str(out / fname))
+        with torch.device("meta"):  # check the written file instantiates
+            m2 = UNet2DConditionModel.from_config(cfg)
+        assert sum(p.numel() for p in m2.parameters()) == sum(p.numel() for p in m.parameters())
+        report[fname] = sum(p.numel() for p in m.parameters())
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4,
+            block_out_channels=[128, 256, 512, 512],
+            layers_per_block=2,
+            latent_channels=4,
+            norm_num_groups=32,
+            act_fn="silu",
+            sample_size=512,
+            scaling_factor=0.18215,
+        )
+    with tempfile.TemporaryDirectory() as td:
+        vae.save_config(td)
+        shutil.copy(Path(td) / "config.json", out / "sd15_vae.json")
+    report["sd15_vae.json"] = sum(p.numel() for p in vae.parameters())
+
+    te = {
+        # openai/clip-vit-large-patch14 text tower as shipped in runwayml/stable-diffusion-v1-5/text_encoder
+        "sd15_text_encoder.json": dict(
+            _name_or_path="openai/clip-vit-large-patch14",
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            layer_norm_eps=1e-5,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+        ),
+        # OpenCLIP ViT-H/14 text tower as shipped in stabilityai/stable-diffusion-2-1/text_encoder (23 of 24 layers)
+        "sd21_text_encoder.json": dict(
+            _name_or_path="hf-models/stable-diffusion-v2-768x768/text_encoder",
+            vocab_size=49408,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=512,
+            layer_norm_eps=1e-5,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+        ),
+    }
+    for fname, kw in te.items():
+        kw = dict(kw)
+        name_or_path = kw.pop("_name_or_path")
+        cfg = CLIPTextConfig(architectures=["CLIPTextModel"], **kw)
+        cfg._name_or_path = name_or_path
+        with torch.device("meta"):
+            m = CLIPTextModel(cfg)
+        with tempfile.TemporaryDirectory() as td:
+            cfg.save_pretrained(td)
+            d = json.loads((Path(td) / "config.json").read_text())
+        d = {"_name_or_path": name_or_path, **{k: v for k, v in d.items() if k != "_name_or_path"}}
+        write_json(out / fname, d)
+        cfg2 = CLIPTextConfig.from_pretrained(str(out / fname))
+        assert cfg2.hidden_size == kw["hidden_size"] and cfg2.num_hidden_layers == kw["num_hidden_layers"]
+        report[fname] = sum(p.numel() for p in m.parameters())
+    for k, v in report.items():
+        log(f"config {k}: {v/1e6:.2f}M params")
+    return report
+
+
+# ----------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
+    ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
+    ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
+    args = ap.parse_args()
+
+    torch.set_grad_enabled(False)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+    import diffusers
+    import transformers
+
+    fix = Path(args.out)
+    fix.mkdir(parents=True, exist_ok=True)
+    log(f"torch {torch.__version__} diffusers {diffusers.__version__} transformers {transformers.__version__}")
+
+    tok_dir = fix / "tokenizer"
+    if tok_dir.exists():
+        shutil.rmtree(tok_dir)
+    tok, tok_info = build_tokenizer(find_bpe(args.bpe, args.wheel_dir), tok_dir)
+    for kind in ("sd1", "sd2"):
+        make_pipeline(kind, tok, tok_dir, fix)
+    make_schedulers(fix)
+    make_full_configs(fix)
+    write_json(
+        fix / "versions.json",
+        {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "tokenizer_mismatches": tok_info["mismatches"],
+        },
+    )
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
