@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up and runs every test: formatting and lints, the native tests (CPU backend, and the
+# wgpu backend on lavapipe), and the browser tests in headless Chromium with WebGPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+echo "== fmt and clippy"
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
+
+echo "== native tests (CPU backend and wgpu on Vulkan)"
+LINA_TEST_GPU=1 cargo test
+
+echo "== browser tests (headless Chromium, WebGPU on SwiftShader)"
+CHROMEDRIVER=/usr/bin/chromedriver cargo test --release --target wasm32-unknown-unknown --test web

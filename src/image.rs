@@ -1,0 +1,65 @@
+//! Decoded images as 8-bit RGB, the way diffusers post-processes them.
+
+use burn::tensor::Tensor;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub width: usize,
+    pub height: usize,
+    /// Row-major RGB, 3 bytes per pixel.
+    pub rgb: Vec<u8>,
+}
+
+impl Image {
+    /// From a decoder output [1, 3, H, W] in [-1, 1]: x/2 + 1/2, clamped, times 255, rounded.
+    pub async fn from_decoded(x: Tensor<4>) -> Result<Self> {
+        let [b, c, height, width] = x.dims();
+        if b != 1 || c != 3 {
+            return Err(Error::InvalidInput(format!(
+                "expected one RGB image, got shape [{b}, {c}, {height}, {width}]"
+            )));
+        }
+        let unit = x.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0);
+        // [1, 3, H, W] -> [H, W, 3] so the readback is already interleaved.
+        let hwc: Tensor<3> = unit.reshape([3, height, width]).permute([1, 2, 0]);
+        let data = hwc
+            .into_data_async()
+            .await
+            .map_err(|e| Error::Device(format!("reading the image back failed: {e:?}")))?;
+        let values: Vec<f32> = data
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Device(format!("unexpected image data: {e:?}")))?;
+        let rgb = values
+            .iter()
+            .map(|&v| (v * 255.0).round_ties_even() as u8)
+            .collect();
+        Ok(Self { width, height, rgb })
+    }
+
+    /// RGBA bytes for a canvas `ImageData`.
+    pub fn to_rgba(&self) -> Vec<u8> {
+        self.rgb
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect()
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_png(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        {
+            let mut encoder = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
+            encoder.set_color(png::ColorType::Rgb);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder
+                .write_header()
+                .map_err(|e| Error::Io(format!("png: {e}")))?;
+            writer
+                .write_image_data(&self.rgb)
+                .map_err(|e| Error::Io(format!("png: {e}")))?;
+        }
+        Ok(out)
+    }
+}

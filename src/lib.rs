@@ -1,0 +1,22 @@
+//! LINA runtime: Stable-Diffusion-class text-to-image models on burn, natively and in the
+//! browser (WebGPU), with a sampler loop open to causal interventions.
+//!
+//! The core knows nothing of the browser; `wasm` is a thin wasm-bindgen layer over it.
+
+pub mod device;
+pub mod error;
+pub mod image;
+pub mod models;
+pub mod nn;
+pub mod pipeline;
+pub mod rng;
+pub mod schedulers;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
+
+pub use error::{Error, Result};
+pub use pipeline::{CancelToken, GenerateOptions, StableDiffusion};

@@ -1,0 +1,8 @@
+//! Model components, one file each, built from their diffusers/transformers config.json.
+
+pub mod clip;
+pub mod config;
+pub mod resnet;
+pub mod transformer;
+pub mod unet;
+pub mod vae;

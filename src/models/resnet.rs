@@ -1,0 +1,104 @@
+//! Diffusers' `ResnetBlock2D` and the up/down samplers shared by the UNet and the VAE.
+
+use burn::tensor::Tensor;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+
+use crate::error::Result;
+use crate::nn::{Conv2d, GroupNorm, Linear};
+use crate::weights::Scope;
+
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    /// Projects the time embedding; absent in the VAE, which has none.
+    time_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+pub struct ResnetSpec {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub temb: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl ResnetBlock {
+    pub fn load(w: &Scope, s: &ResnetSpec) -> Result<Self> {
+        Ok(Self {
+            norm1: GroupNorm::load(&w.at("norm1"), s.groups, s.c_in, s.eps)?,
+            conv1: Conv2d::load3(&w.at("conv1"), s.c_in, s.c_out)?,
+            time_proj: s
+                .temb
+                .map(|t| Linear::load(&w.at("time_emb_proj"), t, s.c_out, true))
+                .transpose()?,
+            norm2: GroupNorm::load(&w.at("norm2"), s.groups, s.c_out, s.eps)?,
+            conv2: Conv2d::load3(&w.at("conv2"), s.c_out, s.c_out)?,
+            shortcut: (s.c_in != s.c_out)
+                .then(|| Conv2d::load1(&w.at("conv_shortcut"), s.c_in, s.c_out))
+                .transpose()?,
+        })
+    }
+
+    /// `temb` is the already activated time embedding [B, temb], or `None` in the VAE.
+    pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
+        let mut h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
+        if let (Some(proj), Some(temb)) = (&self.time_proj, temb) {
+            let t: Tensor<2> = proj.forward(temb.clone());
+            let [b, c] = t.dims();
+            h = h + t.reshape([b, c, 1, 1]);
+        }
+        let h = self.conv2.forward(self.norm2.forward_silu(h));
+        let skip = match &self.shortcut {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        skip + h
+    }
+}
+
+/// A stride-2 3x3 convolution (`downsamplers.0.conv`).
+pub struct Downsample {
+    conv: Conv2d,
+}
+
+impl Downsample {
+    pub fn load(w: &Scope, channels: usize, padding: usize) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::load(&w.at("conv"), channels, channels, 3, 2, padding)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x)
+    }
+}
+
+/// Nearest-neighbour upsampling to `size` (2x, or the skip connection's size when the
+/// latent is odd-sized) followed by a 3x3 convolution (`upsamplers.0.conv`).
+pub struct Upsample {
+    conv: Conv2d,
+}
+
+impl Upsample {
+    pub fn load(w: &Scope, channels: usize) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::load3(&w.at("conv"), channels, channels)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let size = size.unwrap_or([h * 2, w * 2]);
+        let options = InterpolateOptions {
+            mode: InterpolateMode::Nearest,
+            align_corners: false,
+            output_size: Some(size),
+            scale_factor: None,
+        };
+        self.conv.forward(interpolate(x, options))
+    }
+}

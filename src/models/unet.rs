@@ -1,0 +1,538 @@
+//! Diffusers' `UNet2DConditionModel` for SD 1.x / 2.x-class models: sinusoidal timestep
+//! embedding, down blocks, a cross-attention mid block and up blocks with skip connections.
+
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Deserialize;
+
+use super::config::{PerBlock, check_size, parse};
+use super::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
+use super::transformer::{Transformer2D, TransformerSpec};
+use crate::error::{Error, Result};
+use crate::nn::{Conv2d, GroupNorm, Linear};
+use crate::weights::{Scope, Weights};
+
+pub const CONFIG_FILE: &str = "unet/config.json";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UNetConfig {
+    #[serde(default = "d_sample_size")]
+    pub sample_size: usize,
+    #[serde(default = "d_channels")]
+    pub in_channels: usize,
+    #[serde(default = "d_channels")]
+    pub out_channels: usize,
+    #[serde(default = "d_true")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: f64,
+    pub down_block_types: Vec<String>,
+    #[serde(default = "d_mid")]
+    pub mid_block_type: Option<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d_layers")]
+    pub layers_per_block: PerBlock<usize>,
+    #[serde(default = "d_one")]
+    pub downsample_padding: usize,
+    #[serde(default = "d_act")]
+    pub act_fn: String,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "d_eps")]
+    pub norm_eps: f64,
+    pub cross_attention_dim: usize,
+    #[serde(default = "d_tlayers")]
+    pub transformer_layers_per_block: PerBlock<usize>,
+    #[serde(default = "d_head_dim")]
+    pub attention_head_dim: PerBlock<usize>,
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock<usize>>,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    #[serde(default)]
+    pub only_cross_attention: PerBlockBool,
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    #[serde(default)]
+    pub addition_embed_type: Option<String>,
+    #[serde(default)]
+    pub time_cond_proj_dim: Option<usize>,
+    #[serde(default = "d_shift")]
+    pub resnet_time_scale_shift: String,
+    #[serde(default = "d_positional")]
+    pub time_embedding_type: String,
+    #[serde(default = "d_kernel")]
+    pub conv_in_kernel: usize,
+    #[serde(default = "d_kernel")]
+    pub conv_out_kernel: usize,
+    #[serde(default)]
+    pub center_input_sample: bool,
+    #[serde(default = "d_one_f")]
+    pub mid_block_scale_factor: f64,
+}
+
+/// `only_cross_attention` may be a bool or a per-block list of bools.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(transparent)]
+pub struct PerBlockBool(pub Option<PerBlock<bool>>);
+
+impl PerBlockBool {
+    fn any(&self) -> bool {
+        match &self.0 {
+            Some(PerBlock::One(b)) => *b,
+            Some(PerBlock::Many(v)) => v.iter().any(|b| *b),
+            None => false,
+        }
+    }
+}
+
+fn d_sample_size() -> usize {
+    64
+}
+fn d_channels() -> usize {
+    4
+}
+fn d_true() -> bool {
+    true
+}
+fn d_mid() -> Option<String> {
+    Some("UNetMidBlock2DCrossAttn".into())
+}
+fn d_layers() -> PerBlock<usize> {
+    PerBlock::One(2)
+}
+fn d_one() -> usize {
+    1
+}
+fn d_one_f() -> f64 {
+    1.0
+}
+fn d_act() -> String {
+    "silu".into()
+}
+fn d_groups() -> usize {
+    32
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_tlayers() -> PerBlock<usize> {
+    PerBlock::One(1)
+}
+fn d_head_dim() -> PerBlock<usize> {
+    PerBlock::One(8)
+}
+fn d_shift() -> String {
+    "default".into()
+}
+fn d_positional() -> String {
+    "positional".into()
+}
+fn d_kernel() -> usize {
+    3
+}
+
+/// Everything about one block level that the config spreads over several fields.
+struct Level {
+    channels: usize,
+    cross_attention: bool,
+    layers: usize,
+    heads: usize,
+    transformer_layers: usize,
+}
+
+impl UNetConfig {
+    pub fn from_json(json: &str) -> Result<Self> {
+        let c: Self = parse(CONFIG_FILE, json)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn unsupported(field: &str, value: impl std::fmt::Debug) -> Error {
+        Error::config(CONFIG_FILE, format!("unsupported `{field}`: {value:?}"))
+    }
+
+    fn validate(&self) -> Result<()> {
+        let f = CONFIG_FILE;
+        let n = self.block_out_channels.len();
+        check_size(f, "block_out_channels (count)", n, 8)?;
+        for &ch in &self.block_out_channels {
+            check_size(f, "block_out_channels", ch, 1 << 14)?;
+            if ch % self.norm_num_groups != 0 {
+                return Err(Error::config(
+                    f,
+                    format!("block_out_channels {ch} is not a multiple of norm_num_groups"),
+                ));
+            }
+        }
+        check_size(f, "in_channels", self.in_channels, 64)?;
+        check_size(f, "out_channels", self.out_channels, 64)?;
+        check_size(f, "norm_num_groups", self.norm_num_groups, 1024)?;
+        check_size(f, "cross_attention_dim", self.cross_attention_dim, 1 << 14)?;
+        if self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(Error::config(
+                f,
+                "down_block_types, up_block_types and block_out_channels differ in length",
+            ));
+        }
+        for t in &self.down_block_types {
+            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D") {
+                return Err(Self::unsupported("down_block_types", t));
+            }
+        }
+        for t in &self.up_block_types {
+            if !matches!(t.as_str(), "CrossAttnUpBlock2D" | "UpBlock2D") {
+                return Err(Self::unsupported("up_block_types", t));
+            }
+        }
+        if self.mid_block_type.as_deref() != Some("UNetMidBlock2DCrossAttn") {
+            return Err(Self::unsupported("mid_block_type", &self.mid_block_type));
+        }
+        if self.act_fn != "silu" {
+            return Err(Self::unsupported("act_fn", &self.act_fn));
+        }
+        if self.resnet_time_scale_shift != "default" {
+            return Err(Self::unsupported(
+                "resnet_time_scale_shift",
+                &self.resnet_time_scale_shift,
+            ));
+        }
+        if self.time_embedding_type != "positional" {
+            return Err(Self::unsupported(
+                "time_embedding_type",
+                &self.time_embedding_type,
+            ));
+        }
+        if self.class_embed_type.is_some() {
+            return Err(Self::unsupported(
+                "class_embed_type",
+                &self.class_embed_type,
+            ));
+        }
+        if self.addition_embed_type.is_some() {
+            return Err(Self::unsupported(
+                "addition_embed_type",
+                &self.addition_embed_type,
+            ));
+        }
+        if self.time_cond_proj_dim.is_some() {
+            return Err(Self::unsupported(
+                "time_cond_proj_dim",
+                self.time_cond_proj_dim,
+            ));
+        }
+        if self.conv_in_kernel != 3 || self.conv_out_kernel != 3 {
+            return Err(Self::unsupported(
+                "conv_in_kernel/conv_out_kernel",
+                (self.conv_in_kernel, self.conv_out_kernel),
+            ));
+        }
+        if self.center_input_sample || self.mid_block_scale_factor != 1.0 {
+            return Err(Self::unsupported(
+                "center_input_sample/mid_block_scale_factor",
+                (self.center_input_sample, self.mid_block_scale_factor),
+            ));
+        }
+        if self.only_cross_attention.any() {
+            return Err(Self::unsupported("only_cross_attention", true));
+        }
+        for level in self.levels()? {
+            check_size(f, "layers_per_block", level.layers, 64)?;
+            check_size(f, "attention heads", level.heads, 1024)?;
+            check_size(
+                f,
+                "transformer_layers_per_block",
+                level.transformer_layers,
+                64,
+            )?;
+            if level.channels % level.heads != 0 {
+                return Err(Error::config(
+                    f,
+                    format!(
+                        "{} channels do not split into {} attention heads",
+                        level.channels, level.heads
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-level settings, in the order of the down blocks.
+    ///
+    /// Diffusers reads `attention_head_dim` as the number of heads when `num_attention_heads`
+    /// is absent (a historical misnomer that every SD 1.x/2.x config relies on).
+    fn levels(&self) -> Result<Vec<Level>> {
+        let n = self.block_out_channels.len();
+        let f = CONFIG_FILE;
+        let heads = match &self.num_attention_heads {
+            Some(h) => h.expand(n, "num_attention_heads", f)?,
+            None => self.attention_head_dim.expand(n, "attention_head_dim", f)?,
+        };
+        let layers = self.layers_per_block.expand(n, "layers_per_block", f)?;
+        let tlayers =
+            self.transformer_layers_per_block
+                .expand(n, "transformer_layers_per_block", f)?;
+        Ok((0..n)
+            .map(|i| Level {
+                channels: self.block_out_channels[i],
+                cross_attention: self.down_block_types[i] == "CrossAttnDownBlock2D",
+                layers: layers[i],
+                heads: heads[i],
+                transformer_layers: tlayers[i],
+            })
+            .collect())
+    }
+}
+
+/// A ResNet block optionally followed by a Transformer2D: the unit of every UNet block.
+struct Layer {
+    resnet: ResnetBlock,
+    attention: Option<Transformer2D>,
+}
+
+impl Layer {
+    fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>) -> Tensor<4> {
+        let x = self.resnet.forward(x, Some(temb));
+        match &self.attention {
+            Some(t) => t.forward(x, context),
+            None => x,
+        }
+    }
+}
+
+struct DownBlock {
+    layers: Vec<Layer>,
+    downsample: Option<Downsample>,
+}
+
+struct UpBlock {
+    layers: Vec<Layer>,
+    upsample: Option<Upsample>,
+}
+
+struct MidBlock {
+    first: ResnetBlock,
+    attention: Transformer2D,
+    second: ResnetBlock,
+}
+
+pub struct UNet {
+    config: UNetConfig,
+    time_linear_1: Linear,
+    time_linear_2: Linear,
+    conv_in: Conv2d,
+    down: Vec<DownBlock>,
+    mid: MidBlock,
+    up: Vec<UpBlock>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    device: Device,
+}
+
+impl UNet {
+    pub fn load(config: UNetConfig, weights: &Weights) -> Result<Self> {
+        let w = weights.root();
+        let levels = config.levels()?;
+        let ch = &config.block_out_channels;
+        let c0 = ch[0];
+        let temb_dim = c0 * 4;
+        let groups = config.norm_num_groups;
+        let eps = config.norm_eps;
+        let resnet = |w: &Scope, c_in: usize, c_out: usize| {
+            ResnetBlock::load(
+                w,
+                &ResnetSpec {
+                    c_in,
+                    c_out,
+                    temb: Some(temb_dim),
+                    groups,
+                    eps,
+                },
+            )
+        };
+        let transformer = |w: &Scope, level: &Level| {
+            Transformer2D::load(
+                w,
+                &TransformerSpec {
+                    channels: level.channels,
+                    heads: level.heads,
+                    layers: level.transformer_layers,
+                    context_dim: config.cross_attention_dim,
+                    groups,
+                    linear_projection: config.use_linear_projection,
+                },
+            )
+        };
+
+        let mut down = Vec::new();
+        let mut c_prev = c0;
+        for (i, level) in levels.iter().enumerate() {
+            let bw = w.at("down_blocks").at(i);
+            let mut layers = Vec::new();
+            for j in 0..level.layers {
+                let c_in = if j == 0 { c_prev } else { level.channels };
+                layers.push(Layer {
+                    resnet: resnet(&bw.at("resnets").at(j), c_in, level.channels)?,
+                    attention: level
+                        .cross_attention
+                        .then(|| transformer(&bw.at("attentions").at(j), level))
+                        .transpose()?,
+                });
+            }
+            let last = i + 1 == levels.len();
+            down.push(DownBlock {
+                layers,
+                downsample: (!last)
+                    .then(|| {
+                        Downsample::load(
+                            &bw.at("downsamplers.0"),
+                            level.channels,
+                            config.downsample_padding,
+                        )
+                    })
+                    .transpose()?,
+            });
+            c_prev = level.channels;
+        }
+
+        let deepest = levels.last().expect("at least one level");
+        let mw = w.at("mid_block");
+        let mid = MidBlock {
+            first: resnet(&mw.at("resnets.0"), deepest.channels, deepest.channels)?,
+            attention: transformer(&mw.at("attentions.0"), deepest)?,
+            second: resnet(&mw.at("resnets.1"), deepest.channels, deepest.channels)?,
+        };
+
+        // Up blocks mirror the down blocks; each layer also eats one skip connection, and
+        // each block has one layer more than its down twin (for the downsampler's output).
+        let mut up = Vec::new();
+        let n = levels.len();
+        let mut c_prev_out = deepest.channels;
+        for i in 0..n {
+            let level = &levels[n - 1 - i];
+            let is_cross = config.up_block_types[i] == "CrossAttnUpBlock2D";
+            let c_out = level.channels;
+            let c_skip_in = levels[(n - 1 - i).saturating_sub(1)].channels;
+            let bw = w.at("up_blocks").at(i);
+            let count = level.layers + 1;
+            let mut layers = Vec::new();
+            for j in 0..count {
+                let skip = if j + 1 == count { c_skip_in } else { c_out };
+                let res_in = if j == 0 { c_prev_out } else { c_out };
+                let up_level = Level {
+                    channels: c_out,
+                    cross_attention: is_cross,
+                    layers: count,
+                    heads: level.heads,
+                    transformer_layers: level.transformer_layers,
+                };
+                layers.push(Layer {
+                    resnet: resnet(&bw.at("resnets").at(j), res_in + skip, c_out)?,
+                    attention: is_cross
+                        .then(|| transformer(&bw.at("attentions").at(j), &up_level))
+                        .transpose()?,
+                });
+            }
+            let last = i + 1 == n;
+            up.push(UpBlock {
+                layers,
+                upsample: (!last)
+                    .then(|| Upsample::load(&bw.at("upsamplers.0"), c_out))
+                    .transpose()?,
+            });
+            c_prev_out = c_out;
+        }
+
+        Ok(Self {
+            time_linear_1: Linear::load(&w.at("time_embedding.linear_1"), c0, temb_dim, true)?,
+            time_linear_2: Linear::load(
+                &w.at("time_embedding.linear_2"),
+                temb_dim,
+                temb_dim,
+                true,
+            )?,
+            conv_in: Conv2d::load3(&w.at("conv_in"), config.in_channels, c0)?,
+            down,
+            mid,
+            up,
+            norm_out: GroupNorm::load(&w.at("conv_norm_out"), groups, c0, eps)?,
+            conv_out: Conv2d::load3(&w.at("conv_out"), c0, config.out_channels)?,
+            device: weights.device().clone(),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    /// Sinusoidal embedding of one timestep per batch row, as diffusers' `Timesteps`
+    /// computes it (f32 throughout), [B, block_out_channels[0]].
+    fn timestep_features(&self, timestep: f64, batch: usize) -> Tensor<2> {
+        let dim = self.config.block_out_channels[0];
+        let half = dim / 2;
+        let denom = half as f32 - self.config.freq_shift as f32;
+        let mut row = vec![0f32; dim];
+        for i in 0..half {
+            let freq = (-(10000f32.ln()) * i as f32 / denom).exp();
+            let arg = timestep as f32 * freq;
+            let (sin, cos) = (arg.sin(), arg.cos());
+            if self.config.flip_sin_to_cos {
+                row[i] = cos;
+                row[half + i] = sin;
+            } else {
+                row[i] = sin;
+                row[half + i] = cos;
+            }
+        }
+        let data: Vec<f32> = (0..batch).flat_map(|_| row.iter().copied()).collect();
+        Tensor::from_data(TensorData::new(data, [batch, dim]), &self.device)
+    }
+
+    /// Predicts the noise (or v) for latents `x` [B, C, H, W] at `timestep`, conditioned on
+    /// `context` [B, L, cross_attention_dim].
+    pub fn forward(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>) -> Tensor<4> {
+        let [b, _, _, _] = x.dims();
+        let temb = self.time_linear_2.forward(silu(
+            self.time_linear_1
+                .forward(self.timestep_features(timestep, b)),
+        ));
+        // Every ResNet block applies SiLU to the embedding first: do it once here.
+        let temb = silu(temb);
+
+        let mut x = self.conv_in.forward(x);
+        let mut skips = vec![x.clone()];
+        for block in &self.down {
+            for layer in &block.layers {
+                x = layer.forward(x, &temb, context);
+                skips.push(x.clone());
+            }
+            if let Some(down) = &block.downsample {
+                x = down.forward(x);
+                skips.push(x.clone());
+            }
+        }
+
+        x = self.mid.first.forward(x, Some(&temb));
+        x = self.mid.attention.forward(x, context);
+        x = self.mid.second.forward(x, Some(&temb));
+
+        for block in &self.up {
+            for layer in &block.layers {
+                let skip = skips.pop().expect("one skip per up layer");
+                x = layer.forward(Tensor::cat(vec![x, skip], 1), &temb, context);
+            }
+            if let Some(up) = &block.upsample {
+                let size = skips.last().map(|s| {
+                    let [_, _, h, w] = s.dims();
+                    [h, w]
+                });
+                x = up.forward(x, size);
+            }
+        }
+
+        self.conv_out.forward(self.norm_out.forward_silu(x))
+    }
+}

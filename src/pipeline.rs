@@ -1,0 +1,471 @@
+//! The text-to-image sampler: prompt to embeddings, seeded latents, a denoising loop with
+//! classifier-free guidance that is open between steps, and the VAE decode.
+//!
+//! The loop is a value, [`Sampling`], that the caller advances one step at a time, so a page
+//! can await between steps (progress, previews, cancellation) and interventions can read and
+//! change everything a step touches through a [`StepHook`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
+use crate::models::unet::{self, UNet, UNetConfig};
+use crate::models::vae::{self, VaeConfig, VaeDecoder};
+use crate::rng::Rng;
+use crate::schedulers::{self, Scheduler, SchedulerConfig, SchedulerKind, Timesteps};
+use crate::source::FileSource;
+use crate::tokenizer::ClipTokenizer;
+use crate::weights::Weights;
+
+/// The largest image side accepted, in pixels.
+pub const MAX_SIDE: usize = 2048;
+
+/// Everything a generation needs besides the model.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+    pub timesteps: Timesteps,
+    /// Classifier-free guidance scale; at 1 or below the unconditional pass is skipped.
+    pub guidance_scale: f64,
+    /// Image size in pixels; `None` uses the model's native size.
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// `None` picks the scheduler class named in the model's config (DDIM if unsupported).
+    pub scheduler: Option<SchedulerKind>,
+    /// Skip this many final text encoder layers (diffusers' `clip_skip`).
+    pub clip_skip: usize,
+    /// Unit-variance initial latents to use instead of the seeded ones (for parity tests and
+    /// for re-running from a saved state), [1, C, H/8, W/8] flattened.
+    pub initial_latents: Option<Vec<f32>>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            seed: 0,
+            timesteps: Timesteps::Count(20),
+            guidance_scale: 7.5,
+            width: None,
+            height: None,
+            scheduler: None,
+            clip_skip: 0,
+            initial_latents: None,
+        }
+    }
+}
+
+/// What the model is about to be called with; a hook may change any of it for this step.
+pub struct ModelCall {
+    pub step: usize,
+    pub timestep: f64,
+    /// The latents fed to the model (before the scheduler's input scaling). Changing them
+    /// changes the prediction only; the scheduler still steps from the sampler's latents.
+    pub latents: Tensor<4>,
+    /// Text conditioning, [uncond; cond] when guidance is on, else [cond].
+    pub context: Tensor<3>,
+    pub guidance_scale: f64,
+}
+
+/// The state after a step; a hook may replace the latents.
+pub struct StepState {
+    pub step: usize,
+    pub steps: usize,
+    pub timestep: f64,
+    pub latents: Tensor<4>,
+    pub pred_original: Tensor<4>,
+    pub noise_pred: Tensor<4>,
+}
+
+/// A per-step hook: interventions, progress reporting, previews.
+pub trait StepHook {
+    fn before_model(&mut self, _call: &mut ModelCall) -> Result<()> {
+        Ok(())
+    }
+    fn after_step(&mut self, _state: &mut StepState) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The hook that does nothing.
+pub struct NoHook;
+impl StepHook for NoHook {}
+
+/// Several hooks, applied in order.
+#[derive(Default)]
+pub struct Hooks(pub Vec<Box<dyn StepHook>>);
+
+impl StepHook for Hooks {
+    fn before_model(&mut self, call: &mut ModelCall) -> Result<()> {
+        self.0.iter_mut().try_for_each(|h| h.before_model(call))
+    }
+    fn after_step(&mut self, state: &mut StepState) -> Result<()> {
+        self.0.iter_mut().try_for_each(|h| h.after_step(state))
+    }
+}
+
+/// Shared flag that stops a generation between two steps.
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A loaded Stable-Diffusion-class model.
+pub struct StableDiffusion {
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextEncoder,
+    unet: UNet,
+    vae: VaeDecoder,
+    scheduler_config: SchedulerConfig,
+    device: Device,
+}
+
+/// Reads the first weight file a component folder has, in order of preference.
+fn weight_file(files: &dyn FileSource, folder: &str, names: &[&str]) -> Result<(String, Vec<u8>)> {
+    for name in names {
+        let path = format!("{folder}/{name}");
+        if let Some(bytes) = files.read(&path)? {
+            return Ok((path, bytes));
+        }
+    }
+    Err(Error::MissingFile(format!("{folder}/{}", names[0])))
+}
+
+impl StableDiffusion {
+    /// Loads every component of a diffusers-layout model, checking configs and tensors.
+    pub fn load(files: &dyn FileSource, device: &Device) -> Result<Self> {
+        let tokenizer_config = files.read("tokenizer/tokenizer_config.json")?;
+        let mut tokenizer = match files.read("tokenizer/tokenizer.json")? {
+            Some(json) => ClipTokenizer::from_tokenizer_json(&json, tokenizer_config.as_deref())?,
+            None => ClipTokenizer::from_vocab_merges(
+                &files.require("tokenizer/vocab.json")?,
+                &files.require("tokenizer/merges.txt")?,
+                tokenizer_config.as_deref(),
+            )?,
+        };
+
+        let text_config = ClipTextConfig::from_json(&files.require_text(clip::CONFIG_FILE)?)?;
+        tokenizer.limit_length(text_config.max_position_embeddings);
+        let (path, bytes) = weight_file(
+            files,
+            "text_encoder",
+            &["model.safetensors", "model.fp16.safetensors"],
+        )?;
+        let weights = Weights::from_bytes(&path, &bytes, device)?;
+        let text_encoder = ClipTextEncoder::load(text_config, &weights)?;
+        weights.finish()?;
+
+        let names = [
+            "diffusion_pytorch_model.safetensors",
+            "diffusion_pytorch_model.fp16.safetensors",
+        ];
+        let unet_config = UNetConfig::from_json(&files.require_text(unet::CONFIG_FILE)?)?;
+        let (path, bytes) = weight_file(files, "unet", &names)?;
+        let weights = Weights::from_bytes(&path, &bytes, device)?;
+        let unet = UNet::load(unet_config, &weights)?;
+        weights.finish()?;
+
+        let vae_config = VaeConfig::from_json(&files.require_text(vae::CONFIG_FILE)?)?;
+        let (path, bytes) = weight_file(files, "vae", &names)?;
+        let weights = Weights::from_bytes(&path, &bytes, device)?;
+        let vae = VaeDecoder::load(vae_config, &weights)?;
+        weights.finish()?;
+
+        let scheduler_config =
+            SchedulerConfig::from_json(&files.require_text(schedulers::CONFIG_FILE)?)?;
+
+        if unet.config().cross_attention_dim != text_encoder.config().hidden_size {
+            return Err(Error::config(
+                unet::CONFIG_FILE,
+                format!(
+                    "cross_attention_dim {} differs from the text encoder's hidden_size {}",
+                    unet.config().cross_attention_dim,
+                    text_encoder.config().hidden_size
+                ),
+            ));
+        }
+        if unet.config().in_channels != vae.config().latent_channels {
+            return Err(Error::config(
+                unet::CONFIG_FILE,
+                "in_channels differs from the VAE's latent_channels",
+            ));
+        }
+
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn unet(&self) -> &UNet {
+        &self.unet
+    }
+    pub fn vae(&self) -> &VaeDecoder {
+        &self.vae
+    }
+    pub fn text_encoder(&self) -> &ClipTextEncoder {
+        &self.text_encoder
+    }
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
+    /// The image size the model was trained for.
+    pub fn native_size(&self) -> usize {
+        self.unet.config().sample_size * self.vae.config().downscale()
+    }
+
+    /// Encodes one text to [1, L, D]; also returns what was cut from an over-long text.
+    pub fn encode_text(&self, text: &str, clip_skip: usize) -> Result<(Tensor<3>, Option<String>)> {
+        let tokens = self.tokenizer.encode(text)?;
+        let hidden = self.text_encoder.forward(&[tokens.ids], clip_skip)?;
+        Ok((hidden, tokens.truncated))
+    }
+
+    /// Checks the options and prepares the denoising loop.
+    pub fn start(&self, opts: &GenerateOptions) -> Result<Sampling<'_>> {
+        if opts.prompt.trim().is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        if !opts.guidance_scale.is_finite() || opts.guidance_scale < 0.0 {
+            return Err(Error::InvalidInput(format!(
+                "guidance scale must be a finite number >= 0, got {}",
+                opts.guidance_scale
+            )));
+        }
+        if let Timesteps::Count(n) = opts.timesteps
+            && !(1..=1000).contains(&n)
+        {
+            return Err(Error::InvalidInput(format!(
+                "steps must be between 1 and 1000, got {n}"
+            )));
+        }
+        let factor = self.vae.config().downscale();
+        let native = self.native_size();
+        let (width, height) = (opts.width.unwrap_or(native), opts.height.unwrap_or(native));
+        for (name, side) in [("width", width), ("height", height)] {
+            if side == 0 || side > MAX_SIDE || side % factor != 0 {
+                return Err(Error::InvalidInput(format!(
+                    "{name} {side} must be a multiple of {factor} between {factor} and {MAX_SIDE}"
+                )));
+            }
+        }
+
+        let kind = opts
+            .scheduler
+            .unwrap_or_else(|| SchedulerKind::from_config(&self.scheduler_config));
+        let scheduler = schedulers::build(kind, &self.scheduler_config, &opts.timesteps)?;
+
+        let mut warnings = Vec::new();
+        let (cond, cut) = self.encode_text(&opts.prompt, opts.clip_skip)?;
+        if let Some(cut) = cut {
+            warnings.push(format!(
+                "the prompt was too long; this part was ignored: \"{cut}\""
+            ));
+        }
+        let guided = opts.guidance_scale > 1.0;
+        let context = if guided {
+            let (uncond, cut) = self.encode_text(&opts.negative_prompt, opts.clip_skip)?;
+            if let Some(cut) = cut {
+                warnings.push(format!(
+                    "the negative prompt was too long; this part was ignored: \"{cut}\""
+                ));
+            }
+            Tensor::cat(vec![uncond, cond], 0)
+        } else {
+            cond
+        };
+
+        let shape = [
+            1,
+            self.unet.config().in_channels,
+            height / factor,
+            width / factor,
+        ];
+        let count = shape.iter().product::<usize>();
+        let noise = match &opts.initial_latents {
+            Some(given) if given.len() == count => given.clone(),
+            Some(given) => {
+                return Err(Error::InvalidInput(format!(
+                    "initial latents have {} values, {count} expected for {shape:?}",
+                    given.len()
+                )));
+            }
+            None => Rng::new(opts.seed).normals(count),
+        };
+        let latents = Tensor::<4>::from_data(TensorData::new(noise, shape), &self.device)
+            .mul_scalar(scheduler.init_noise_sigma());
+
+        Ok(Sampling {
+            pipe: self,
+            scheduler,
+            context,
+            guidance_scale: opts.guidance_scale,
+            latents,
+            pred_original: None,
+            step: 0,
+            warnings,
+        })
+    }
+
+    /// Runs a whole generation; `cancel` is checked between steps.
+    pub async fn generate(
+        &self,
+        opts: &GenerateOptions,
+        hook: &mut dyn StepHook,
+        cancel: &CancelToken,
+    ) -> Result<Image> {
+        let mut sampling = self.start(opts)?;
+        while !sampling.is_done() {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            sampling.step(hook)?;
+        }
+        sampling.decode().await
+    }
+}
+
+/// One generation in progress.
+pub struct Sampling<'p> {
+    pipe: &'p StableDiffusion,
+    scheduler: Box<dyn Scheduler + Send + Sync>,
+    context: Tensor<3>,
+    guidance_scale: f64,
+    latents: Tensor<4>,
+    pred_original: Option<Tensor<4>>,
+    step: usize,
+    /// Things the user should know (a truncated prompt).
+    pub warnings: Vec<String>,
+}
+
+impl Sampling<'_> {
+    pub fn timesteps(&self) -> &[f64] {
+        self.scheduler.timesteps()
+    }
+    pub fn steps(&self) -> usize {
+        self.timesteps().len()
+    }
+    /// Steps taken so far.
+    pub fn current_step(&self) -> usize {
+        self.step
+    }
+    pub fn is_done(&self) -> bool {
+        self.step >= self.steps()
+    }
+    pub fn latents(&self) -> &Tensor<4> {
+        &self.latents
+    }
+    pub fn pred_original(&self) -> Option<&Tensor<4>> {
+        self.pred_original.as_ref()
+    }
+
+    /// Takes one denoising step.
+    pub fn step(&mut self, hook: &mut dyn StepHook) -> Result<()> {
+        if self.is_done() {
+            return Err(Error::InvalidInput(
+                "the sampling is already finished".into(),
+            ));
+        }
+        let step = self.step;
+        let timestep = self.timesteps()[step];
+        let mut call = ModelCall {
+            step,
+            timestep,
+            latents: self.latents.clone(),
+            context: self.context.clone(),
+            guidance_scale: self.guidance_scale,
+        };
+        hook.before_model(&mut call)?;
+
+        let input = self.scheduler.scale_model_input(call.latents, step);
+        let guided = call.context.dims()[0] == 2;
+        let noise_pred = if guided {
+            let doubled = Tensor::cat(vec![input.clone(), input], 0);
+            let out = self.pipe.unet.forward(doubled, timestep, &call.context);
+            let mut halves = out.chunk(2, 0);
+            let cond = halves.pop().expect("two halves");
+            let uncond = halves.pop().expect("two halves");
+            uncond.clone() + (cond - uncond).mul_scalar(call.guidance_scale)
+        } else {
+            self.pipe.unet.forward(input, timestep, &call.context)
+        };
+
+        let out = self
+            .scheduler
+            .step(noise_pred.clone(), step, self.latents.clone());
+        let mut state = StepState {
+            step,
+            steps: self.steps(),
+            timestep,
+            latents: out.prev_sample,
+            pred_original: out.pred_original,
+            noise_pred,
+        };
+        hook.after_step(&mut state)?;
+        self.latents = state.latents;
+        self.pred_original = Some(state.pred_original);
+        self.step += 1;
+        Ok(())
+    }
+
+    /// Waits until the device has finished the steps queued so far (one scalar readback),
+    /// so progress reports are honest; also catches a sampler that diverged to NaN.
+    pub async fn settle(&self) -> Result<()> {
+        let data = self
+            .latents
+            .clone()
+            .abs()
+            .max()
+            .into_data_async()
+            .await
+            .map_err(|e| Error::Device(format!("the device failed during sampling: {e:?}")))?;
+        let peak: Vec<f32> = data
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Device(format!("unexpected readback: {e:?}")))?;
+        if peak.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Device(format!(
+                "latents became non-finite at step {}",
+                self.step
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decodes latents to an image with the model's VAE.
+    pub async fn decode_latents(&self, latents: Tensor<4>) -> Result<Image> {
+        Image::from_decoded(self.pipe.vae.decode_scaled(latents)).await
+    }
+
+    /// Decodes the current latents (the final image once done).
+    pub async fn decode(&self) -> Result<Image> {
+        self.decode_latents(self.latents.clone()).await
+    }
+}

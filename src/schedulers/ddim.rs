@@ -1,0 +1,101 @@
+//! DDIM (diffusers' `DDIMScheduler`), deterministic (eta = 0).
+
+use burn::tensor::Tensor;
+
+use super::{Prediction, Scheduler, SchedulerConfig, StepOutput, Timesteps};
+use crate::error::Result;
+
+pub struct Ddim {
+    timesteps: Vec<f64>,
+    /// The timestep each step lands on; `None` means "past the start", where alpha-bar is
+    /// `final_alpha_cumprod`.
+    prev_timesteps: Vec<Option<usize>>,
+    alphas_cumprod: Vec<f32>,
+    final_alpha_cumprod: f32,
+    prediction: Prediction,
+    clip: Option<f64>,
+}
+
+impl Ddim {
+    pub fn new(config: &SchedulerConfig, request: &Timesteps) -> Result<Self> {
+        let timesteps = config.resolve(request, true)?;
+        let alphas_cumprod = config.alphas_cumprod()?;
+        let prev_timesteps = match request {
+            // diffusers always steps back by train_steps / steps, whatever the spacing.
+            Timesteps::Count(n) => {
+                let stride = (config.num_train_timesteps / n) as i64;
+                timesteps
+                    .iter()
+                    .map(|&t| {
+                        let prev = t as i64 - stride;
+                        (prev >= 0).then_some(prev as usize)
+                    })
+                    .collect()
+            }
+            // Ours: an explicit list steps to its next entry, the last one to the start.
+            Timesteps::Explicit(list) => (0..list.len())
+                .map(|i| list.get(i + 1).map(|&t| t as usize))
+                .collect(),
+        };
+        Ok(Self {
+            final_alpha_cumprod: if config.set_alpha_to_one {
+                1.0
+            } else {
+                alphas_cumprod[0]
+            },
+            timesteps,
+            prev_timesteps,
+            alphas_cumprod,
+            prediction: config.prediction()?,
+            clip: config.clip_sample.then_some(config.clip_sample_range),
+        })
+    }
+}
+
+impl Scheduler for Ddim {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: Tensor<4>, _step: usize) -> Tensor<4> {
+        sample
+    }
+
+    fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput {
+        let t = self.timesteps[step] as usize;
+        let alpha_t = self.alphas_cumprod[t] as f64;
+        let alpha_prev = self.prev_timesteps[step]
+            .map_or(self.final_alpha_cumprod, |p| self.alphas_cumprod[p])
+            as f64;
+        let beta_t = 1.0 - alpha_t;
+        let (sa, sb) = (alpha_t.sqrt(), beta_t.sqrt());
+
+        let (mut x0, eps) = match self.prediction {
+            Prediction::Epsilon => (
+                (sample - model_output.clone().mul_scalar(sb)).div_scalar(sa),
+                model_output,
+            ),
+            Prediction::Sample => {
+                let eps = (sample - model_output.clone().mul_scalar(sa)).div_scalar(sb);
+                (model_output, eps)
+            }
+            Prediction::VPrediction => (
+                sample.clone().mul_scalar(sa) - model_output.clone().mul_scalar(sb),
+                model_output.mul_scalar(sa) + sample.mul_scalar(sb),
+            ),
+        };
+        if let Some(range) = self.clip {
+            x0 = x0.clamp(-range, range);
+        }
+        let prev_sample =
+            x0.clone().mul_scalar(alpha_prev.sqrt()) + eps.mul_scalar((1.0 - alpha_prev).sqrt());
+        StepOutput {
+            prev_sample,
+            pred_original: x0,
+        }
+    }
+}

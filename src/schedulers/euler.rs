@@ -1,0 +1,81 @@
+//! Euler (diffusers' `EulerDiscreteScheduler`) in the sigma parametrisation, without churn.
+
+use burn::tensor::Tensor;
+
+use super::{Prediction, Scheduler, SchedulerConfig, Spacing, StepOutput, Timesteps};
+use crate::error::Result;
+
+pub struct Euler {
+    timesteps: Vec<f64>,
+    /// One sigma per timestep, then a final 0.
+    sigmas: Vec<f64>,
+    init_noise_sigma: f64,
+    prediction: Prediction,
+}
+
+impl Euler {
+    pub fn new(config: &SchedulerConfig, request: &Timesteps) -> Result<Self> {
+        let timesteps = config.resolve(request, false)?;
+        // sigma(t) = sqrt((1 - abar) / abar), in f32 as diffusers computes it, then linearly
+        // interpolated at fractional timesteps.
+        let train_sigmas: Vec<f32> = config
+            .alphas_cumprod()?
+            .iter()
+            .map(|&a| ((1.0 - a) / a).sqrt())
+            .collect();
+        let interp = |t: f64| -> f64 {
+            let lo = t.floor() as usize;
+            let hi = (lo + 1).min(train_sigmas.len() - 1);
+            let frac = t - lo as f64;
+            (train_sigmas[lo] as f64) * (1.0 - frac) + (train_sigmas[hi] as f64) * frac
+        };
+        // diffusers keeps sigmas as f32: round each to f32 so later arithmetic matches.
+        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t) as f32 as f64).collect();
+        let max_sigma = sigmas.iter().copied().fold(0.0, f64::max);
+        sigmas.push(0.0);
+        // As in diffusers, this depends on the configured spacing even for explicit lists.
+        let init_noise_sigma = match config.spacing()? {
+            Spacing::Linspace | Spacing::Trailing => max_sigma,
+            Spacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
+        };
+        Ok(Self {
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+            prediction: config.prediction()?,
+        })
+    }
+}
+
+impl Scheduler for Euler {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma
+    }
+
+    fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4> {
+        let sigma = self.sigmas[step];
+        sample.div_scalar((sigma * sigma + 1.0).sqrt())
+    }
+
+    fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput {
+        let sigma = self.sigmas[step];
+        let x0 = match self.prediction {
+            Prediction::Epsilon => sample.clone() - model_output.mul_scalar(sigma),
+            Prediction::Sample => model_output,
+            Prediction::VPrediction => {
+                let s2 = sigma * sigma + 1.0;
+                model_output.mul_scalar(-sigma / s2.sqrt()) + sample.clone().div_scalar(s2)
+            }
+        };
+        let dt = self.sigmas[step + 1] - sigma;
+        let derivative = (sample.clone() - x0.clone()).div_scalar(sigma);
+        StepOutput {
+            prev_sample: sample + derivative.mul_scalar(dt),
+            pred_original: x0,
+        }
+    }
+}

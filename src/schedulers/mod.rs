@@ -1,0 +1,359 @@
+//! Noise schedulers with diffusers' names, configs and semantics.
+//!
+//! A scheduler is built from `scheduler_config.json` and a [`Timesteps`] request, then driven
+//! by step index: the sampler asks it to scale the model input and to take a step. Step
+//! indices (not timestep values) key every lookup, so an explicit, reallocated list of
+//! timesteps is handled exactly like a computed one.
+
+mod ddim;
+mod euler;
+
+pub use ddim::Ddim;
+pub use euler::Euler;
+
+use burn::tensor::Tensor;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::models::config::parse;
+
+pub const CONFIG_FILE: &str = "scheduler/scheduler_config.json";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SchedulerConfig {
+    #[serde(rename = "_class_name", default)]
+    pub class_name: Option<String>,
+    #[serde(default = "d_train_steps")]
+    pub num_train_timesteps: usize,
+    #[serde(default = "d_beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "d_beta_end")]
+    pub beta_end: f64,
+    #[serde(default = "d_beta_schedule")]
+    pub beta_schedule: String,
+    #[serde(default)]
+    pub trained_betas: Option<Vec<f64>>,
+    #[serde(default = "d_prediction")]
+    pub prediction_type: String,
+    #[serde(default = "d_spacing")]
+    pub timestep_spacing: String,
+    #[serde(default)]
+    pub steps_offset: usize,
+    #[serde(default = "d_true")]
+    pub set_alpha_to_one: bool,
+    #[serde(default)]
+    pub clip_sample: bool,
+    #[serde(default = "d_one")]
+    pub clip_sample_range: f64,
+    #[serde(default)]
+    pub thresholding: bool,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: bool,
+    #[serde(default)]
+    pub use_karras_sigmas: bool,
+    #[serde(default = "d_interp")]
+    pub interpolation_type: String,
+}
+
+fn d_train_steps() -> usize {
+    1000
+}
+fn d_beta_start() -> f64 {
+    0.0001
+}
+fn d_beta_end() -> f64 {
+    0.02
+}
+fn d_beta_schedule() -> String {
+    "linear".into()
+}
+fn d_prediction() -> String {
+    "epsilon".into()
+}
+fn d_spacing() -> String {
+    "leading".into()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_interp() -> String {
+    "linear".into()
+}
+
+/// What the model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+/// How a number of inference steps is spread over the training timesteps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spacing {
+    Leading,
+    Trailing,
+    Linspace,
+}
+
+/// Which timesteps to sample at: a count spread by the config's spacing, or an explicit
+/// descending list (the causality-aware schedule supplies one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Timesteps {
+    Count(usize),
+    Explicit(Vec<f64>),
+}
+
+/// The scheduler families this runtime implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    Ddim,
+    Euler,
+}
+
+impl SchedulerKind {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "ddim" | "ddimscheduler" => Ok(Self::Ddim),
+            "euler" | "eulerdiscretescheduler" => Ok(Self::Euler),
+            other => Err(Error::InvalidInput(format!(
+                "unknown scheduler \"{other}\" (ddim and euler are available)"
+            ))),
+        }
+    }
+
+    /// The config's own class where we implement it; DDIM otherwise (SD 1.5 ships PNDM,
+    /// which samples the same model equally well at these step counts).
+    pub fn from_config(config: &SchedulerConfig) -> Self {
+        config
+            .class_name
+            .as_deref()
+            .and_then(|c| Self::parse(c).ok())
+            .unwrap_or(Self::Ddim)
+    }
+}
+
+impl SchedulerConfig {
+    pub fn from_json(json: &str) -> Result<Self> {
+        let c: Self = parse(CONFIG_FILE, json)?;
+        let bad = |m: String| Err(Error::config(CONFIG_FILE, m));
+        if c.num_train_timesteps == 0 || c.num_train_timesteps > 100_000 {
+            return bad(format!(
+                "`num_train_timesteps` = {} is outside 1..=100000",
+                c.num_train_timesteps
+            ));
+        }
+        c.prediction()?;
+        c.spacing()?;
+        if c.thresholding || c.rescale_betas_zero_snr || c.use_karras_sigmas {
+            return bad(
+                "thresholding, rescale_betas_zero_snr and use_karras_sigmas are not supported yet"
+                    .into(),
+            );
+        }
+        if c.interpolation_type != "linear" {
+            return bad(format!(
+                "unsupported `interpolation_type` {:?}",
+                c.interpolation_type
+            ));
+        }
+        c.alphas_cumprod()?;
+        Ok(c)
+    }
+
+    pub fn prediction(&self) -> Result<Prediction> {
+        match self.prediction_type.as_str() {
+            "epsilon" => Ok(Prediction::Epsilon),
+            "v_prediction" => Ok(Prediction::VPrediction),
+            "sample" => Ok(Prediction::Sample),
+            other => Err(Error::config(
+                CONFIG_FILE,
+                format!("unsupported `prediction_type` {other:?}"),
+            )),
+        }
+    }
+
+    pub fn spacing(&self) -> Result<Spacing> {
+        match self.timestep_spacing.as_str() {
+            "leading" => Ok(Spacing::Leading),
+            "trailing" => Ok(Spacing::Trailing),
+            "linspace" => Ok(Spacing::Linspace),
+            other => Err(Error::config(
+                CONFIG_FILE,
+                format!("unsupported `timestep_spacing` {other:?}"),
+            )),
+        }
+    }
+
+    /// The cumulative product of (1 - beta) over the training timesteps, in f32 like
+    /// diffusers, so that 10 steps agree with it to 1e-5.
+    pub fn alphas_cumprod(&self) -> Result<Vec<f32>> {
+        let n = self.num_train_timesteps;
+        let betas: Vec<f32> = match (&self.trained_betas, self.beta_schedule.as_str()) {
+            (Some(b), _) if b.len() == n => b.iter().map(|&x| x as f32).collect(),
+            (Some(_), _) => {
+                return Err(Error::config(
+                    CONFIG_FILE,
+                    "`trained_betas` length differs from num_train_timesteps",
+                ));
+            }
+            (None, "linear") => linspace_f32(self.beta_start, self.beta_end, n),
+            (None, "scaled_linear") => {
+                linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+                    .into_iter()
+                    .map(|b| b * b)
+                    .collect()
+            }
+            (None, "squaredcos_cap_v2") => {
+                let alpha_bar = |t: f64| {
+                    ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                        .cos()
+                        .powi(2)
+                };
+                (0..n)
+                    .map(|i| {
+                        let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+                        (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+                    })
+                    .collect()
+            }
+            (None, other) => {
+                return Err(Error::config(
+                    CONFIG_FILE,
+                    format!("unsupported `beta_schedule` {other:?}"),
+                ));
+            }
+        };
+        let mut acc = 1f32;
+        Ok(betas
+            .iter()
+            .map(|b| {
+                acc *= 1.0 - b;
+                acc
+            })
+            .collect())
+    }
+
+    /// Timesteps for `count` steps with the config's spacing, descending, exactly as
+    /// diffusers' `set_timesteps` computes them. Only "linspace" differs between schedulers:
+    /// DDIM rounds it to integers, Euler keeps the fractions (`round_linspace`).
+    pub fn spaced_timesteps(&self, count: usize, round_linspace: bool) -> Result<Vec<f64>> {
+        let t = self.num_train_timesteps;
+        if count == 0 || count > t {
+            return Err(Error::InvalidInput(format!(
+                "steps must be in 1..={t}, got {count}"
+            )));
+        }
+        let steps: Vec<f64> = match self.spacing()? {
+            Spacing::Linspace => {
+                let last = (t - 1) as f64;
+                let step = if count > 1 {
+                    last / (count - 1) as f64
+                } else {
+                    0.0
+                };
+                (0..count)
+                    .rev()
+                    .map(|i| {
+                        if i + 1 == count && count > 1 {
+                            last
+                        } else {
+                            i as f64 * step
+                        }
+                    })
+                    .map(|x| {
+                        if round_linspace {
+                            x.round_ties_even()
+                        } else {
+                            x
+                        }
+                    })
+                    .collect()
+            }
+            Spacing::Leading => {
+                let ratio = t / count;
+                (0..count)
+                    .rev()
+                    .map(|i| (i * ratio + self.steps_offset) as f64)
+                    .collect()
+            }
+            Spacing::Trailing => {
+                let ratio = t as f64 / count as f64;
+                (0..count)
+                    .map(|i| (t as f64 - i as f64 * ratio).round_ties_even() - 1.0)
+                    .collect()
+            }
+        };
+        Ok(steps)
+    }
+
+    /// Resolves a [`Timesteps`] request: checks an explicit list is strictly descending and
+    /// within the training range.
+    pub fn resolve(&self, request: &Timesteps, round_linspace: bool) -> Result<Vec<f64>> {
+        match request {
+            Timesteps::Count(n) => self.spaced_timesteps(*n, round_linspace),
+            Timesteps::Explicit(list) => {
+                let max = (self.num_train_timesteps - 1) as f64;
+                if list.is_empty() || list.len() > self.num_train_timesteps {
+                    return Err(Error::InvalidInput(format!(
+                        "an explicit schedule needs 1..={} timesteps, got {}",
+                        self.num_train_timesteps,
+                        list.len()
+                    )));
+                }
+                if list.iter().any(|t| !t.is_finite() || *t < 0.0 || *t > max) {
+                    return Err(Error::InvalidInput(format!(
+                        "explicit timesteps must lie in 0..={max}"
+                    )));
+                }
+                if list.windows(2).any(|w| w[1] >= w[0]) {
+                    return Err(Error::InvalidInput(
+                        "explicit timesteps must be strictly descending".into(),
+                    ));
+                }
+                Ok(list.clone())
+            }
+        }
+    }
+}
+
+/// numpy/torch-style linspace evaluated in f64 and rounded to f32.
+fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return vec![start as f32];
+    }
+    let step = (end - start) / (n - 1) as f64;
+    (0..n).map(|i| (start + step * i as f64) as f32).collect()
+}
+
+/// One scheduler step's result.
+pub struct StepOutput {
+    pub prev_sample: Tensor<4>,
+    /// The model's current estimate of the clean latents (x0).
+    pub pred_original: Tensor<4>,
+}
+
+/// The scheduler interface the sampler drives, by step index.
+pub trait Scheduler {
+    fn timesteps(&self) -> &[f64];
+    /// The standard deviation to scale unit Gaussian initial latents by.
+    fn init_noise_sigma(&self) -> f64;
+    fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4>;
+    fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput;
+}
+
+/// Builds the chosen scheduler for a request.
+pub fn build(
+    kind: SchedulerKind,
+    config: &SchedulerConfig,
+    request: &Timesteps,
+) -> Result<Box<dyn Scheduler + Send + Sync>> {
+    Ok(match kind {
+        SchedulerKind::Ddim => Box::new(Ddim::new(config, request)?),
+        SchedulerKind::Euler => Box::new(Euler::new(config, request)?),
+    })
+}

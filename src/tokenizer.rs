@@ -1,0 +1,190 @@
+//! CLIP's byte-level BPE tokenizer through the `tokenizers` crate, from a `tokenizer.json`
+//! or from the `vocab.json` + `merges.txt` pair that SD repositories ship.
+
+use serde_json::{Value, json};
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+
+const BOS: &str = "<|startoftext|>";
+const EOS: &str = "<|endoftext|>";
+
+/// CLIP's pre-tokenisation: special tokens, English contractions, letter runs, single
+/// digits, and runs of anything else that is not whitespace.
+const CLIP_SPLIT: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+
+/// A prompt as ids: `[bos, tokens.., eos, pad..]`, exactly `max_length` long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokens {
+    pub ids: Vec<u32>,
+    /// Text that did not fit and was cut, if any: callers surface it as a warning.
+    pub truncated: Option<String>,
+}
+
+pub struct ClipTokenizer {
+    inner: Tokenizer,
+    bos: u32,
+    eos: u32,
+    pad: u32,
+    max_length: usize,
+}
+
+impl ClipTokenizer {
+    /// Loads `tokenizer.json` (transformers' fast CLIP tokenizer format).
+    pub fn from_tokenizer_json(json: &[u8], config: Option<&[u8]>) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(json)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+        Self::finish(inner, config)
+    }
+
+    /// Builds the tokenizer from `vocab.json` and `merges.txt`, with CLIP's normaliser and
+    /// pre-tokeniser, as transformers' converter does.
+    pub fn from_vocab_merges(vocab: &[u8], merges: &[u8], config: Option<&[u8]>) -> Result<Self> {
+        let vocab: Value = serde_json::from_slice(vocab)
+            .map_err(|e| Error::Tokenizer(format!("vocab.json: {e}")))?;
+        let merges = std::str::from_utf8(merges)
+            .map_err(|e| Error::Tokenizer(format!("merges.txt: {e}")))?;
+        let merges: Vec<&str> = merges
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+            .collect();
+        let special = |content: &str| -> Result<Value> {
+            let id = vocab
+                .get(content)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| Error::Tokenizer(format!("vocab.json has no `{content}` token")))?;
+            Ok(
+                json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                      "rstrip": false, "normalized": true, "special": true}),
+            )
+        };
+        let spec = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [special(BOS)?, special(EOS)?],
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "NFC"},
+                {"type": "Replace", "pattern": {"Regex": r"\s+"}, "content": " "},
+                {"type": "Lowercase"}
+            ]},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": CLIP_SPLIT}, "behavior": "Removed", "invert": true},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+            ]},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": EOS,
+                      "continuing_subword_prefix": "", "end_of_word_suffix": "</w>",
+                      "fuse_unk": false, "byte_fallback": false,
+                      "vocab": vocab, "merges": merges}
+        });
+        let bytes = serde_json::to_vec(&spec).expect("a JSON value serialises");
+        let inner = Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::Tokenizer(format!("vocab.json/merges.txt: {e}")))?;
+        Self::finish(inner, config)
+    }
+
+    fn finish(inner: Tokenizer, config: Option<&[u8]>) -> Result<Self> {
+        let config: Value = match config {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
+            None => Value::Null,
+        };
+        let token_name = |key: &str, default: &str| -> String {
+            match config.get(key) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Object(o)) => o
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .unwrap_or(default)
+                    .to_string(),
+                _ => default.to_string(),
+            }
+        };
+        let id = |name: String| {
+            inner
+                .token_to_id(&name)
+                .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no `{name}` token")))
+        };
+        let max_length = config
+            .get("model_max_length")
+            .and_then(Value::as_u64)
+            .filter(|&n| (3..=4096).contains(&n))
+            .unwrap_or(77) as usize;
+        Ok(Self {
+            bos: id(token_name("bos_token", BOS))?,
+            eos: id(token_name("eos_token", EOS))?,
+            pad: id(token_name("pad_token", EOS))?,
+            max_length,
+            inner,
+        })
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// Caps the length to what the text encoder can take.
+    pub fn limit_length(&mut self, positions: usize) {
+        self.max_length = self.max_length.min(positions);
+    }
+
+    /// Text of `ids`: CLIP tokens are byte-level symbols, with `</w>` closing each word.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let symbols = byte_symbols();
+        let mut bytes = Vec::new();
+        for token in ids.iter().filter_map(|&id| self.inner.id_to_token(id)) {
+            let (body, word_end) = match token.strip_suffix("</w>") {
+                Some(body) => (body, true),
+                None => (token.as_str(), false),
+            };
+            bytes.extend(
+                body.chars()
+                    .filter_map(|c| symbols.iter().position(|&s| s == c))
+                    .map(|b| b as u8),
+            );
+            if word_end {
+                bytes.push(b' ');
+            }
+        }
+        String::from_utf8_lossy(&bytes).trim().to_string()
+    }
+
+    /// Tokenises, truncates (keeping the final eos) and pads to `max_length`.
+    pub fn encode(&self, text: &str) -> Result<Tokens> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let body = encoding.get_ids();
+        let room = self.max_length - 2;
+        let kept = &body[..body.len().min(room)];
+        let truncated = (body.len() > room).then(|| self.decode(&body[room..]));
+        let mut ids = Vec::with_capacity(self.max_length);
+        ids.push(self.bos);
+        ids.extend_from_slice(kept);
+        ids.push(self.eos);
+        ids.resize(self.max_length, self.pad);
+        Ok(Tokens { ids, truncated })
+    }
+}
+
+/// GPT-2/CLIP's byte-to-symbol table: printable bytes stand for themselves, the others are
+/// shifted to code points from 256 up, so every byte is a visible character.
+fn byte_symbols() -> [char; 256] {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut table = ['\0'; 256];
+    let mut next = 256;
+    for b in 0..256u32 {
+        table[b as usize] = if printable(b) {
+            char::from_u32(b).expect("a Latin-1 code point")
+        } else {
+            next += 1;
+            char::from_u32(next - 1).expect("a code point below 512")
+        };
+    }
+    table
+}

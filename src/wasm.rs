@@ -1,0 +1,179 @@
+//! The browser API: a thin wasm-bindgen layer over the core. Every method is async where the
+//! GPU is involved, every error is a JS `Error` with the core's message, and a panic hook
+//! reports any bug to the console instead of an opaque `unreachable`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+
+use crate::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use crate::schedulers::{SchedulerKind, Timesteps};
+use crate::source::MemorySource;
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+fn js_err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// Generation options as the page sends them (camelCase).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JsOptions {
+    prompt: String,
+    negative_prompt: String,
+    seed: f64,
+    steps: Option<usize>,
+    timesteps: Option<Vec<f64>>,
+    guidance_scale: Option<f64>,
+    width: Option<usize>,
+    height: Option<usize>,
+    scheduler: Option<String>,
+    clip_skip: usize,
+    initial_latents: Option<Vec<f32>>,
+}
+
+impl JsOptions {
+    fn into_options(self) -> Result<GenerateOptions, JsError> {
+        if !(self.seed.is_finite() && self.seed >= 0.0 && self.seed <= 9_007_199_254_740_991.0)
+            || self.seed.fract() != 0.0
+        {
+            return Err(JsError::new(
+                "seed must be a whole number between 0 and 2^53-1",
+            ));
+        }
+        let defaults = GenerateOptions::default();
+        Ok(GenerateOptions {
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt,
+            seed: self.seed as u64,
+            timesteps: match (self.timesteps, self.steps) {
+                (Some(list), _) => Timesteps::Explicit(list),
+                (None, Some(n)) => Timesteps::Count(n),
+                (None, None) => defaults.timesteps,
+            },
+            guidance_scale: self.guidance_scale.unwrap_or(defaults.guidance_scale),
+            width: self.width,
+            height: self.height,
+            scheduler: self
+                .scheduler
+                .as_deref()
+                .map(SchedulerKind::parse)
+                .transpose()
+                .map_err(js_err)?,
+            clip_skip: self.clip_skip,
+            initial_latents: self.initial_latents,
+        })
+    }
+}
+
+/// A loaded model on the page's WebGPU device.
+#[wasm_bindgen]
+pub struct Pipeline {
+    inner: Rc<StableDiffusion>,
+    cancel: Rc<RefCell<CancelToken>>,
+}
+
+#[wasm_bindgen]
+impl Pipeline {
+    /// Loads a diffusers-layout model from `files`, an object mapping relative paths
+    /// (`"unet/config.json"`) to `Uint8Array`s.
+    pub async fn load(files: Object) -> Result<Pipeline, JsError> {
+        let mut source = MemorySource::new();
+        for key in Object::keys(&files).iter() {
+            let path = key
+                .as_string()
+                .ok_or_else(|| JsError::new("file names must be strings"))?;
+            let value =
+                Reflect::get(&files, &key).map_err(|_| JsError::new("unreadable file entry"))?;
+            let bytes = value
+                .dyn_into::<Uint8Array>()
+                .map_err(|_| JsError::new(&format!("{path}: expected a Uint8Array")))?;
+            source.insert(path, bytes.to_vec());
+        }
+        let device = crate::device::gpu().await.map_err(js_err)?;
+        let inner = StableDiffusion::load(&source, &device).map_err(js_err)?;
+        Ok(Pipeline {
+            inner: Rc::new(inner),
+            cancel: Rc::new(RefCell::new(CancelToken::new())),
+        })
+    }
+
+    /// The model's native image side in pixels.
+    #[wasm_bindgen(js_name = nativeSize)]
+    pub fn native_size(&self) -> usize {
+        self.inner.native_size()
+    }
+
+    /// Generates an image. `onStep(step, steps, timestep)` is called after every step; if it
+    /// returns a promise it is awaited (let the page paint, or yield to take a Cancel click).
+    /// Resolves to `{ width, height, rgba: Uint8ClampedArray, warnings: string[] }`.
+    pub async fn generate(
+        &self,
+        options: JsValue,
+        #[wasm_bindgen(js_name = onStep)] on_step: Option<js_sys::Function>,
+    ) -> Result<Object, JsError> {
+        let options: JsOptions = serde_wasm_bindgen::from_value(options)
+            .map_err(|e| JsError::new(&format!("invalid options: {e}")))?;
+        let options = options.into_options()?;
+        let cancel = CancelToken::new();
+        *self.cancel.borrow_mut() = cancel.clone();
+        let pipe = self.inner.clone();
+
+        let mut sampling = pipe.start(&options).map_err(js_err)?;
+        while !sampling.is_done() {
+            if cancel.is_cancelled() {
+                return Err(js_err(crate::Error::Cancelled));
+            }
+            sampling.step(&mut NoHook).map_err(js_err)?;
+            sampling.settle().await.map_err(js_err)?;
+            if let Some(f) = &on_step {
+                let returned = f
+                    .call3(
+                        &JsValue::NULL,
+                        &JsValue::from(sampling.current_step() as u32),
+                        &JsValue::from(sampling.steps() as u32),
+                        &JsValue::from(sampling.timesteps()[sampling.current_step() - 1]),
+                    )
+                    .map_err(|e| JsError::new(&format!("onStep threw: {e:?}")))?;
+                if let Ok(promise) = returned.dyn_into::<Promise>() {
+                    JsFuture::from(promise)
+                        .await
+                        .map_err(|e| JsError::new(&format!("onStep rejected: {e:?}")))?;
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            return Err(js_err(crate::Error::Cancelled));
+        }
+        let image = sampling.decode().await.map_err(js_err)?;
+
+        let out = Object::new();
+        let set = |k: &str, v: &JsValue| Reflect::set(&out, &JsValue::from_str(k), v).map(|_| ());
+        let rgba = Uint8ClampedArray::from(image.to_rgba().as_slice());
+        let warnings: js_sys::Array = sampling
+            .warnings
+            .iter()
+            .map(|w| JsValue::from_str(w))
+            .collect();
+        set("width", &JsValue::from(image.width as u32))
+            .and_then(|_| set("height", &JsValue::from(image.height as u32)))
+            .and_then(|_| set("rgba", &rgba))
+            .and_then(|_| set("warnings", &warnings))
+            .map_err(|_| JsError::new("could not build the result object"))?;
+        Ok(out)
+    }
+
+    /// Stops the running generation after its current step; its promise rejects with
+    /// "generation cancelled".
+    pub fn cancel(&self) {
+        self.cancel.borrow().cancel();
+    }
+}

@@ -1,0 +1,90 @@
+//! Shared helpers for the native integration tests: fixtures, reference tensors, devices.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
+
+pub fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+pub fn read_fixture(path: &str) -> Vec<u8> {
+    std::fs::read(fixture(path)).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+/// Reference tensors written by tools/make_fixtures.py.
+pub struct Reference {
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    pub fn open(model: &str) -> Self {
+        Self {
+            bytes: read_fixture(&format!("{model}/reference.safetensors")),
+        }
+    }
+
+    pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference has no {name}"));
+        assert_eq!(t.dtype(), Dtype::F32, "{name}");
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        (t.shape().to_vec(), v)
+    }
+
+    pub fn i64(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference has no {name}"));
+        assert_eq!(t.dtype(), Dtype::I64, "{name}");
+        let v = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (t.shape().to_vec(), v)
+    }
+
+    pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
+        let (shape, values) = self.f32(name);
+        let shape: [usize; D] = shape.try_into().expect("rank");
+        Tensor::from_data(burn::tensor::TensorData::new(values, shape), device)
+    }
+}
+
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The devices parity tests run on: the CPU backend always; the wgpu backend (lavapipe or a
+/// real GPU) when LINA_TEST_GPU=1, which CI sets after installing mesa-vulkan-drivers.
+pub fn test_devices() -> Vec<(&'static str, Device)> {
+    let mut devices = vec![("cpu", lina::device::cpu())];
+    if std::env::var("LINA_TEST_GPU").as_deref() == Ok("1") {
+        let gpu =
+            pollster::block_on(lina::device::gpu()).expect("LINA_TEST_GPU=1 but no wgpu adapter");
+        devices.push(("wgpu", gpu));
+    } else {
+        eprintln!("note: wgpu parity skipped (set LINA_TEST_GPU=1 with a Vulkan driver to run it)");
+    }
+    devices
+}

@@ -1,0 +1,182 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! Each component and the whole pipeline against diffusers/transformers outputs
+//! (tests/fixtures, made by tools/make_fixtures.py).
+
+mod common;
+
+use burn::tensor::{Device, Tensor};
+use common::{Reference, fixture, max_abs_diff, read_fixture, test_devices, values};
+use lina::models::clip::{ClipTextConfig, ClipTextEncoder};
+use lina::models::unet::{UNet, UNetConfig};
+use lina::models::vae::{VaeConfig, VaeDecoder};
+use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina::schedulers::Timesteps;
+use lina::source::DirSource;
+use lina::weights::Weights;
+
+const MODELS: [&str; 2] = ["sd1_tiny", "sd2_tiny"];
+const COMPONENT_TOLERANCE: f32 = 1e-4;
+
+fn text(model: &str, file: &str) -> String {
+    String::from_utf8(read_fixture(&format!("{model}/{file}"))).unwrap()
+}
+
+fn check_text_encoder(model: &str, device: &Device) {
+    let reference = Reference::open(model);
+    let bytes = read_fixture(&format!("{model}/text_encoder/model.safetensors"));
+    let weights = Weights::from_bytes("text_encoder/model.safetensors", &bytes, device).unwrap();
+    let config = ClipTextConfig::from_json(&text(model, "text_encoder/config.json")).unwrap();
+    let encoder = ClipTextEncoder::load(config, &weights).unwrap();
+    weights.finish().unwrap();
+
+    let (shape, ids) = reference.i64("text_input_ids");
+    let rows: Vec<Vec<u32>> = ids
+        .chunks(shape[1])
+        .map(|r| r.iter().map(|&i| i as u32).collect())
+        .collect();
+    for (skip, name) in [(0, "text_last_hidden"), (1, "text_clip_skip_1")] {
+        let ours = values(encoder.forward(&rows, skip).unwrap());
+        let err = max_abs_diff(&ours, &reference.f32(name).1);
+        assert!(
+            err < COMPONENT_TOLERANCE,
+            "{model} {name}: max abs error {err}"
+        );
+    }
+}
+
+fn check_unet(model: &str, device: &Device) {
+    let reference = Reference::open(model);
+    let bytes = read_fixture(&format!("{model}/unet/diffusion_pytorch_model.safetensors"));
+    let weights = Weights::from_bytes("unet", &bytes, device).unwrap();
+    let unet = UNet::load(
+        UNetConfig::from_json(&text(model, "unet/config.json")).unwrap(),
+        &weights,
+    )
+    .unwrap();
+    weights.finish().unwrap();
+
+    let sample: Tensor<4> = reference.tensor("unet_sample", device);
+    let context: Tensor<3> = reference.tensor("unet_encoder_hidden_states", device);
+    let t = reference.f32("unet_timestep").1[0] as f64;
+    let ours = values(unet.forward(sample, t, &context));
+    let err = max_abs_diff(&ours, &reference.f32("unet_out").1);
+    assert!(
+        err < COMPONENT_TOLERANCE,
+        "{model} unet: max abs error {err}"
+    );
+}
+
+fn check_vae(model: &str, device: &Device) {
+    let reference = Reference::open(model);
+    let bytes = read_fixture(&format!("{model}/vae/diffusion_pytorch_model.safetensors"));
+    let weights = Weights::from_bytes("vae", &bytes, device).unwrap();
+    let vae = VaeDecoder::load(
+        VaeConfig::from_json(&text(model, "vae/config.json")).unwrap(),
+        &weights,
+    )
+    .unwrap();
+    weights.finish().unwrap();
+
+    let ours = values(vae.decode(reference.tensor("vae_latents", device)));
+    let err = max_abs_diff(&ours, &reference.f32("vae_decoded").1);
+    assert!(
+        err < COMPONENT_TOLERANCE,
+        "{model} vae: max abs error {err}"
+    );
+}
+
+/// The whole pipeline, from the prompt strings to pixels, with diffusers' initial latents.
+fn check_pipeline(model: &str, device: &Device) {
+    let reference = Reference::open(model);
+    let settings: serde_json::Value = serde_json::from_str(&text(model, "reference.json")).unwrap();
+    let pipe = StableDiffusion::load(&DirSource::new(fixture(model)), device).unwrap();
+    let opts = GenerateOptions {
+        prompt: settings["prompt"].as_str().unwrap().into(),
+        negative_prompt: settings["negative_prompt"].as_str().unwrap().into(),
+        guidance_scale: settings["guidance_scale"].as_f64().unwrap(),
+        timesteps: Timesteps::Count(settings["num_inference_steps"].as_u64().unwrap() as usize),
+        width: Some(settings["width"].as_u64().unwrap() as usize),
+        height: Some(settings["height"].as_u64().unwrap() as usize),
+        initial_latents: Some(reference.f32("pipe_init_latents").1),
+        ..GenerateOptions::default()
+    };
+
+    let mut sampling = pipe.start(&opts).unwrap();
+    let expected_t: Vec<f64> = reference
+        .i64("pipe_step_timesteps")
+        .1
+        .iter()
+        .map(|&t| t as f64)
+        .collect();
+    assert_eq!(
+        sampling.timesteps(),
+        expected_t.as_slice(),
+        "{model} timesteps"
+    );
+    while !sampling.is_done() {
+        sampling.step(&mut NoHook).unwrap();
+    }
+    let latents = values(sampling.latents().clone());
+    let (_, final_latents) = reference.f32("pipe_final_latents");
+    let scale = final_latents.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let latent_err = max_abs_diff(&latents, &final_latents);
+    assert!(
+        latent_err < 1e-3 * scale.max(1.0),
+        "{model} final latents: max abs error {latent_err}"
+    );
+
+    let image = pollster::block_on(sampling.decode()).unwrap();
+    let (_, expected) = reference.f32("pipe_image");
+    let worst = image
+        .rgb
+        .iter()
+        .zip(&expected)
+        .map(|(&ours, &theirs)| (ours as f32 - theirs * 255.0).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        worst <= 2.0,
+        "{model} image: worst pixel off by {worst}/255"
+    );
+    eprintln!("{model}: final latents max error {latent_err:.2e}, worst pixel {worst:.2}/255");
+
+    // The same run through `generate` gives the same image (the loop has no hidden state).
+    let again = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+    assert_eq!(again, image);
+}
+
+#[test]
+fn text_encoders_match_transformers() {
+    for (name, device) in test_devices() {
+        for model in MODELS {
+            eprintln!("{name}: {model}");
+            check_text_encoder(model, &device);
+        }
+    }
+}
+
+#[test]
+fn unets_match_diffusers() {
+    for (_, device) in test_devices() {
+        for model in MODELS {
+            check_unet(model, &device);
+        }
+    }
+}
+
+#[test]
+fn vae_decoders_match_diffusers() {
+    for (_, device) in test_devices() {
+        for model in MODELS {
+            check_vae(model, &device);
+        }
+    }
+}
+
+#[test]
+fn whole_pipelines_match_diffusers_images() {
+    for (_, device) in test_devices() {
+        for model in MODELS {
+            check_pipeline(model, &device);
+        }
+    }
+}

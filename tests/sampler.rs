@@ -1,0 +1,147 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! The sampler loop: seeds, hooks, cancellation and explicit schedules.
+
+mod common;
+
+use common::{fixture, values};
+use lina::pipeline::{
+    CancelToken, GenerateOptions, ModelCall, NoHook, StableDiffusion, StepHook, StepState,
+};
+use lina::schedulers::{SchedulerKind, Timesteps};
+use lina::source::DirSource;
+use lina::{Error, Result};
+
+fn pipe() -> StableDiffusion {
+    StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &lina::device::cpu()).unwrap()
+}
+
+fn opts(seed: u64) -> GenerateOptions {
+    GenerateOptions {
+        prompt: "a red ball on a small mirror".into(),
+        seed,
+        timesteps: Timesteps::Count(4),
+        ..GenerateOptions::default()
+    }
+}
+
+fn run(
+    pipe: &StableDiffusion,
+    opts: &GenerateOptions,
+    hook: &mut dyn StepHook,
+) -> Result<lina::image::Image> {
+    pollster::block_on(pipe.generate(opts, hook, &CancelToken::new()))
+}
+
+#[test]
+fn a_seed_gives_the_same_image_and_another_seed_another() {
+    let pipe = pipe();
+    let a = run(&pipe, &opts(7), &mut NoHook).unwrap();
+    assert_eq!(a, run(&pipe, &opts(7), &mut NoHook).unwrap());
+    assert_ne!(a, run(&pipe, &opts(8), &mut NoHook).unwrap());
+}
+
+#[derive(Default)]
+struct Recorder {
+    seen: Vec<(usize, usize, f64)>,
+    cancel_after: Option<(usize, CancelToken)>,
+    push_latents: f32,
+}
+
+impl StepHook for Recorder {
+    fn before_model(&mut self, call: &mut ModelCall) -> Result<()> {
+        assert_eq!(
+            call.context.dims()[0],
+            2,
+            "guided runs batch uncond and cond"
+        );
+        Ok(())
+    }
+    fn after_step(&mut self, state: &mut StepState) -> Result<()> {
+        self.seen.push((state.step, state.steps, state.timestep));
+        assert_eq!(state.pred_original.dims(), state.latents.dims());
+        if self.push_latents != 0.0 {
+            state.latents = state.latents.clone().add_scalar(self.push_latents);
+        }
+        if let Some((n, token)) = &self.cancel_after
+            && state.step + 1 == *n
+        {
+            token.cancel();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn hooks_see_every_step_and_can_change_the_latents() {
+    let pipe = pipe();
+    let mut rec = Recorder::default();
+    let plain = run(&pipe, &opts(3), &mut rec).unwrap();
+    let ts = pipe.start(&opts(3)).unwrap().timesteps().to_vec();
+    let expected: Vec<_> = ts.iter().enumerate().map(|(i, &t)| (i, 4, t)).collect();
+    assert_eq!(rec.seen, expected);
+
+    let mut pushing = Recorder {
+        push_latents: 0.5,
+        ..Recorder::default()
+    };
+    assert_ne!(plain, run(&pipe, &opts(3), &mut pushing).unwrap());
+}
+
+#[test]
+fn cancellation_stops_between_steps() {
+    let pipe = pipe();
+    let token = CancelToken::new();
+    let mut rec = Recorder {
+        cancel_after: Some((2, token.clone())),
+        ..Recorder::default()
+    };
+    let result = pollster::block_on(pipe.generate(&opts(1), &mut rec, &token));
+    assert!(
+        matches!(result, Err(Error::Cancelled)),
+        "{:?}",
+        result.err()
+    );
+    assert_eq!(rec.seen.len(), 2);
+}
+
+#[test]
+fn explicit_schedules_and_both_schedulers_run() {
+    let pipe = pipe();
+    for kind in [SchedulerKind::Ddim, SchedulerKind::Euler] {
+        let o = GenerateOptions {
+            timesteps: Timesteps::Explicit(vec![999.0, 900.0, 700.0, 300.0]),
+            scheduler: Some(kind),
+            ..opts(5)
+        };
+        let mut sampling = pipe.start(&o).unwrap();
+        assert_eq!(sampling.timesteps(), &[999.0, 900.0, 700.0, 300.0]);
+        while !sampling.is_done() {
+            sampling.step(&mut NoHook).unwrap();
+        }
+        let latents = values(sampling.latents().clone());
+        assert!(latents.iter().all(|v| v.is_finite()), "{kind:?}");
+    }
+}
+
+#[test]
+fn guidance_at_one_skips_the_unconditional_pass() {
+    let pipe = pipe();
+    struct Batch(usize);
+    impl StepHook for Batch {
+        fn before_model(&mut self, call: &mut ModelCall) -> Result<()> {
+            self.0 = call.context.dims()[0];
+            Ok(())
+        }
+    }
+    let mut b = Batch(0);
+    run(
+        &pipe,
+        &GenerateOptions {
+            guidance_scale: 1.0,
+            ..opts(2)
+        },
+        &mut b,
+    )
+    .unwrap();
+    assert_eq!(b.0, 1);
+}

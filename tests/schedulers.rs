@@ -1,0 +1,135 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! DDIM and Euler against diffusers' own steps: timesteps, sigmas and latents after 10 steps
+//! driven by a fake model (formula in tests/fixtures/schedulers.json).
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{max_abs_diff, read_fixture, values};
+use lina::schedulers::{self, SchedulerConfig, SchedulerKind, Timesteps};
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn schedulers_match_diffusers_steps() {
+    let doc: serde_json::Value = serde_json::from_slice(&read_fixture("schedulers.json")).unwrap();
+    let device = lina::device::cpu();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(cases.len() >= 12);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let config = SchedulerConfig::from_json(&case["config"].to_string()).unwrap();
+        let kind = SchedulerKind::parse(case["scheduler"].as_str().unwrap()).unwrap();
+        let request = match case["explicit_timesteps"].as_array() {
+            Some(list) => Timesteps::Explicit(list.iter().map(|t| t.as_f64().unwrap()).collect()),
+            None => Timesteps::Count(case["num_inference_steps"].as_u64().unwrap() as usize),
+        };
+        let scheduler = schedulers::build(kind, &config, &request).unwrap();
+
+        let expected_t = floats(&case["timesteps"]);
+        assert_eq!(scheduler.timesteps().len(), expected_t.len(), "{name}");
+        for (a, b) in scheduler.timesteps().iter().zip(&expected_t) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "{name}: timesteps {:?} vs {expected_t:?}",
+                scheduler.timesteps()
+            );
+        }
+        let sigma = case["init_noise_sigma"].as_f64().unwrap();
+        assert!(
+            (scheduler.init_noise_sigma() - sigma).abs() < 1e-5 * sigma.max(1.0),
+            "{name}: init sigma"
+        );
+
+        let shape: [usize; 4] = case["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        let init: Vec<f32> = floats(&case["init_sample"])
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
+        let mut sample = Tensor::<4>::from_data(TensorData::new(init, shape), &device)
+            .mul_scalar(scheduler.init_noise_sigma());
+        let per_step = case["samples_per_step"].as_array().unwrap();
+        for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
+            let c = ((t / 100.0).cos()) as f32;
+            let out = scheduler
+                .scale_model_input(sample.clone(), i)
+                .mul_scalar(0.5)
+                .add_scalar(0.1 * c);
+            sample = scheduler.step(out, i, sample).prev_sample;
+            let expected: Vec<f32> = floats(&per_step[i]).iter().map(|&x| x as f32).collect();
+            let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let err = max_abs_diff(&values(sample.clone()), &expected);
+            assert!(
+                err < 1e-5 * scale,
+                "{name} step {i}: max abs error {err} (scale {scale})"
+            );
+        }
+        let expected: Vec<f32> = floats(&case["final_sample"])
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
+        let err = max_abs_diff(&values(sample), &expected);
+        assert!(
+            err < 1e-5 * expected.iter().fold(1f32, |m, v| m.max(v.abs())),
+            "{name}: final error {err}"
+        );
+    }
+}
+
+#[test]
+fn explicit_schedules_are_validated() {
+    let config = SchedulerConfig::from_json(
+        r#"{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}"#,
+    )
+    .unwrap();
+    for bad in [
+        vec![],
+        vec![500.0, 600.0],
+        vec![1000.0, 10.0],
+        vec![f64::NAN],
+        vec![5.0, 5.0],
+    ] {
+        for kind in [SchedulerKind::Ddim, SchedulerKind::Euler] {
+            assert!(
+                schedulers::build(kind, &config, &Timesteps::Explicit(bad.clone())).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+    let ddim = schedulers::build(
+        SchedulerKind::Ddim,
+        &config,
+        &Timesteps::Explicit(vec![999.0, 500.0, 20.0]),
+    )
+    .unwrap();
+    assert_eq!(ddim.timesteps(), &[999.0, 500.0, 20.0]);
+    assert!(schedulers::build(SchedulerKind::Ddim, &config, &Timesteps::Count(0)).is_err());
+    assert!(schedulers::build(SchedulerKind::Ddim, &config, &Timesteps::Count(1001)).is_err());
+}
+
+#[test]
+fn unsupported_scheduler_settings_are_refused() {
+    for (json, word) in [
+        (r#"{"prediction_type": "flow"}"#, "prediction_type"),
+        (r#"{"timestep_spacing": "random"}"#, "timestep_spacing"),
+        (r#"{"beta_schedule": "cubic"}"#, "beta_schedule"),
+        (r#"{"num_train_timesteps": 0}"#, "num_train_timesteps"),
+        ("{oops", "scheduler_config.json"),
+    ] {
+        let err = SchedulerConfig::from_json(json).err().unwrap().to_string();
+        assert!(err.contains(word), "{json}: {err}");
+    }
+}

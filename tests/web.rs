@@ -1,0 +1,143 @@
+//! Browser tests (wasm32, headless Chromium with WebGPU): the tiny pipeline through the wasm
+//! API gives diffusers' image, as natively; bad files become JS errors with a message.
+//! Run with `scripts/test.sh` (or `wasm-pack test --headless --chrome --release`).
+#![cfg(target_arch = "wasm32")]
+
+use js_sys::{Object, Reflect, Uint8Array};
+use safetensors::SafeTensors;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_test::*;
+
+use lina::wasm::Pipeline;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+macro_rules! model_files {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd1_tiny/", $path)) as &[u8])),*]
+    };
+}
+
+const FILES: &[(&str, &[u8])] = model_files![
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+];
+
+const REFERENCE: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/sd1_tiny/reference.safetensors"
+));
+
+fn reference_f32(name: &str) -> Vec<f32> {
+    let st = SafeTensors::deserialize(REFERENCE).unwrap();
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn files(edit: impl Fn(&str, &[u8]) -> Vec<u8>) -> Object {
+    let obj = Object::new();
+    for (path, bytes) in FILES {
+        let data = Uint8Array::from(edit(path, bytes).as_slice());
+        Reflect::set(&obj, &JsValue::from_str(path), &data).unwrap();
+    }
+    obj
+}
+
+fn message(err: wasm_bindgen::JsError) -> String {
+    let value: JsValue = err.into();
+    value.dyn_into::<js_sys::Error>().unwrap().message().into()
+}
+
+#[wasm_bindgen_test]
+async fn tiny_pipeline_in_the_browser_matches_diffusers() {
+    let pipe = Pipeline::load(files(|_, b| b.to_vec()))
+        .await
+        .map_err(message)
+        .unwrap();
+    let options = Object::new();
+    let set = |k: &str, v: JsValue| Reflect::set(&options, &JsValue::from_str(k), &v).unwrap();
+    set("prompt", "a red ball on a small mirror".into());
+    set("negativePrompt", "blurry".into());
+    set("steps", 10.into());
+    set("guidanceScale", 7.5.into());
+    let latents: js_sys::Array = reference_f32("pipe_init_latents")
+        .into_iter()
+        .map(JsValue::from)
+        .collect();
+    set("initialLatents", latents.into());
+
+    let result = pipe
+        .generate(options.into(), None)
+        .await
+        .map_err(message)
+        .unwrap();
+    let rgba: Vec<u8> = Reflect::get(&result, &"rgba".into())
+        .unwrap()
+        .dyn_into::<js_sys::Uint8ClampedArray>()
+        .unwrap()
+        .to_vec();
+    let expected = reference_f32("pipe_image");
+    let rgb = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]);
+    let worst = rgb
+        .zip(expected)
+        .map(|(ours, theirs)| (ours as f32 - theirs * 255.0).abs())
+        .fold(0.0, f32::max);
+    assert!(worst <= 2.0, "worst pixel off by {worst}/255");
+}
+
+#[wasm_bindgen_test]
+async fn a_truncated_weight_file_is_a_js_error_naming_it() {
+    let broken = files(|path, b| {
+        if path.starts_with("unet/diffusion") {
+            b[..b.len() / 3].to_vec()
+        } else {
+            b.to_vec()
+        }
+    });
+    let err = Pipeline::load(broken)
+        .await
+        .err()
+        .map(message)
+        .expect("refused");
+    assert!(
+        err.contains("unet/diffusion_pytorch_model.safetensors"),
+        "{err}"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn bad_options_are_js_errors() {
+    let pipe = Pipeline::load(files(|_, b| b.to_vec()))
+        .await
+        .map_err(message)
+        .unwrap();
+    let options = Object::new();
+    Reflect::set(&options, &"prompt".into(), &"".into()).unwrap();
+    let err = pipe
+        .generate(options.into(), None)
+        .await
+        .err()
+        .map(message)
+        .expect("refused");
+    assert!(err.contains("prompt is empty"), "{err}");
+}
+
+#[wasm_bindgen_test]
+fn seeded_noise_is_the_same_as_natively() {
+    // The same values are asserted natively in src/rng.rs.
+    assert_eq!(
+        lina::rng::Rng::new(42).normals(4),
+        lina::rng::GOLDEN_SEED_42.to_vec()
+    );
+}

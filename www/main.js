@@ -1,0 +1,121 @@
+// The page: a thin driver over the wasm API (www/pkg, built by scripts/build-web.sh).
+import init, { Pipeline } from "./pkg/lina.js";
+
+const MODEL_URL = "models/default/";
+// The diffusers folder layout; optional files may be absent.
+const MODEL_FILES = {
+  required: [
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "unet/config.json",
+    "vae/config.json",
+  ],
+  weights: [
+    "text_encoder/model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+  ],
+  optional: [
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+  ],
+};
+
+const $ = (id) => document.getElementById(id);
+const status = (text, isError = false) => {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+};
+
+async function fetchFile(path, required) {
+  const response = await fetch(MODEL_URL + path);
+  if (!response.ok) {
+    if (required) throw new Error(`${path}: HTTP ${response.status}`);
+    return null;
+  }
+  // A dev server that answers a missing file with its HTML page must not pass as weights.
+  if ((response.headers.get("content-type") || "").includes("text/html")) {
+    if (required) throw new Error(`${path}: the server answered with an HTML page`);
+    return null;
+  }
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+async function loadModel() {
+  const files = {};
+  const all = [
+    ...MODEL_FILES.required.map((p) => [p, true]),
+    ...MODEL_FILES.weights.map((p) => [p, true]),
+    ...MODEL_FILES.optional.map((p) => [p, false]),
+  ];
+  for (const [path, required] of all) {
+    status(`Downloading ${path}…`);
+    const bytes = await fetchFile(path, required);
+    if (bytes) files[path] = bytes;
+  }
+  status("Compiling the model for your GPU…");
+  return Pipeline.load(files);
+}
+
+let pipeline = null;
+
+function readOptions() {
+  const options = {
+    prompt: $("prompt").value,
+    negativePrompt: $("negative").value,
+    seed: Number($("seed").value),
+    steps: Number($("steps").value),
+    guidanceScale: Number($("guidance").value),
+  };
+  if ($("scheduler").value) options.scheduler = $("scheduler").value;
+  return options;
+}
+
+function draw(result) {
+  const canvas = $("image");
+  canvas.width = result.width;
+  canvas.height = result.height;
+  canvas.getContext("2d").putImageData(new ImageData(result.rgba, result.width, result.height), 0, 0);
+}
+
+async function generate(event) {
+  event.preventDefault();
+  $("generate").disabled = true;
+  $("cancel").disabled = false;
+  $("progress").value = 0;
+  const started = performance.now();
+  try {
+    const result = await pipeline.generate(readOptions(), (step, steps, timestep) => {
+      $("progress").value = step / steps;
+      status(`Step ${step}/${steps} (t = ${timestep.toFixed(0)})`);
+      // Yield to the event loop so the page paints and a Cancel click is seen.
+      return new Promise((resolve) => setTimeout(resolve, 0));
+    });
+    draw(result);
+    const seconds = ((performance.now() - started) / 1000).toFixed(2);
+    status([`Done in ${seconds} s.`, ...result.warnings].join(" "));
+  } catch (error) {
+    status(error.message, true);
+  } finally {
+    $("generate").disabled = false;
+    $("cancel").disabled = true;
+  }
+}
+
+async function main() {
+  try {
+    await init();
+    if (!navigator.gpu) throw new Error("This browser has no WebGPU (navigator.gpu is missing).");
+    pipeline = await loadModel();
+    status("Ready.");
+    $("generate").disabled = false;
+  } catch (error) {
+    status(error.message, true);
+  }
+  $("controls").addEventListener("submit", generate);
+  $("cancel").addEventListener("click", () => pipeline && pipeline.cancel());
+}
+
+main();
