@@ -144,6 +144,11 @@ impl Embedding {
     }
 }
 
+/// The most bytes one attention score block may take. Many adapters bind at most 128 MiB per
+/// storage buffer, and a 512x512 image's self-attention would need 1 GiB of scores at once
+/// (SD 2.x at 768x768: 3.4 GiB), so queries are processed in chunks below this size.
+pub const ATTENTION_SCORE_BUDGET: usize = 128 << 20;
+
 /// Scaled dot-product attention over heads packed in the last dimension:
 /// q [B, Lq, H*D], k and v [B, Lk, H*D] give [B, Lq, H*D].
 pub fn multi_head_attention(
@@ -157,15 +162,79 @@ pub fn multi_head_attention(
     use burn::tensor::ops::AttentionModuleOptions;
 
     let [b, lq, inner] = q.dims();
+    let lk = k.dims()[1];
     let split = |x: Tensor<3>| -> Tensor<4> {
         let [b, l, _] = x.dims();
         x.reshape([b, l, heads, inner / heads]).swap_dims(1, 2)
     };
+    let (q, k, v) = (split(q), split(k), split(v));
     let options = AttentionModuleOptions {
         scale: None,
         softcap: None,
         is_causal: causal,
     };
-    let out = attention(split(q), split(k), split(v), None, None, options);
+    let rows = (ATTENTION_SCORE_BUDGET / (b * heads * lk * 4)).max(1);
+    let out = if causal || rows >= lq {
+        // Causal masks are only used by the text encoder, whose scores are tiny.
+        attention(q, k, v, None, None, options)
+    } else {
+        let parts = (0..lq)
+            .step_by(rows)
+            .map(|start| {
+                let len = rows.min(lq - start);
+                attention(
+                    q.clone().narrow(2, start, len),
+                    k.clone(),
+                    v.clone(),
+                    None,
+                    None,
+                    options.clone(),
+                )
+            })
+            .collect();
+        Tensor::cat(parts, 2)
+    };
     out.swap_dims(1, 2).reshape([b, lq, inner])
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn chunked_attention_equals_one_block() {
+        let device = crate::device::cpu();
+        // 1 batch x 2 heads x 9000 keys x 4 bytes: 72 KB a query row, so the 128 MiB
+        // budget takes 1864 rows and 9000 queries run in 5 chunks (the last one short).
+        let (b, l, inner, heads) = (1, 9000, 8, 2);
+        let q = Tensor::<3>::random([b, l, inner], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<3>::random([b, l, inner], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<3>::random([b, l, inner], Distribution::Normal(0.0, 1.0), &device);
+        let chunked = multi_head_attention(q.clone(), k.clone(), v.clone(), heads, false);
+
+        let split =
+            |x: Tensor<3>| -> Tensor<4> { x.reshape([b, l, heads, inner / heads]).swap_dims(1, 2) };
+        let whole = burn::tensor::module::attention(
+            split(q),
+            split(k),
+            split(v),
+            None,
+            None,
+            burn::tensor::ops::AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: false,
+            },
+        )
+        .swap_dims(1, 2)
+        .reshape([b, l, inner]);
+        let diff: Vec<f32> = (chunked - whole)
+            .abs()
+            .max()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(diff[0] < 1e-5, "chunked attention differs by {}", diff[0]);
+    }
 }

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
@@ -25,9 +25,9 @@ pub struct Weights<'a> {
 
 enum Backing<'a> {
     File(SafeTensors<'a>),
-    /// Seeded random values of the requested shapes: for building full-size architectures
-    /// (timings, memory estimates) without their multi-gigabyte checkpoints.
-    Random(RefCell<crate::rng::Rng>),
+    /// Random values of the requested shapes, drawn on the device: for building full-size
+    /// architectures (timings, memory checks) without their multi-gigabyte checkpoints.
+    Random,
 }
 
 impl<'a> Weights<'a> {
@@ -45,11 +45,12 @@ impl<'a> Weights<'a> {
         })
     }
 
-    /// Random N(0, 0.02²) weights (unit scale for norms) for any requested tensor.
-    pub fn random(seed: u64, device: &Device) -> Weights<'static> {
+    /// Random N(0, 0.02²) weights (unit scale for norms) for any requested tensor. Not
+    /// seeded: only for timings and shape checks, never for images.
+    pub fn random(device: &Device) -> Weights<'static> {
         Weights {
             file: "<random weights>".into(),
-            backing: Backing::Random(RefCell::new(crate::rng::Rng::new(seed))),
+            backing: Backing::Random,
             used: RefCell::new(BTreeSet::new()),
             device: device.clone(),
         }
@@ -58,7 +59,7 @@ impl<'a> Weights<'a> {
     fn names(&self) -> Vec<&str> {
         match &self.backing {
             Backing::File(t) => t.names(),
-            Backing::Random(_) => Vec::new(),
+            Backing::Random => Vec::new(),
         }
     }
 
@@ -115,23 +116,14 @@ impl<'a> Weights<'a> {
     fn load<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         let tensors = match &self.backing {
             Backing::File(t) => t,
-            Backing::Random(rng) => {
+            Backing::Random => {
                 self.used.borrow_mut().insert(name.to_string());
-                let count = shape.iter().product();
                 let is_norm_scale = name.ends_with("weight") && D == 1;
-                let values: Vec<f32> = if is_norm_scale {
-                    vec![1.0; count]
+                return Ok(if is_norm_scale {
+                    Tensor::ones(shape, &self.device)
                 } else {
-                    rng.borrow_mut()
-                        .normals(count)
-                        .iter()
-                        .map(|v| v * 0.02)
-                        .collect()
-                };
-                return Ok(Tensor::from_data(
-                    TensorData::new(values, shape),
-                    &self.device,
-                ));
+                    Tensor::random(shape, Distribution::Normal(0.0, 0.02), &self.device)
+                });
             }
         };
         let view = tensors.tensor(name).map_err(|_| Error::MissingTensor {

@@ -21,7 +21,7 @@ fn one_step(config_file: &str, latent: usize, context_dim: usize) {
     let config =
         UNetConfig::from_json(&String::from_utf8(read_fixture(config_file)).unwrap()).unwrap();
     let started = Instant::now();
-    let weights = Weights::random(1, &device);
+    let weights = Weights::random(&device);
     let unet = UNet::load(config, &weights).unwrap();
     let built = started.elapsed();
     let x = Tensor::<4>::random(

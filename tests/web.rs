@@ -10,7 +10,9 @@ use wasm_bindgen_test::*;
 
 use lina::wasm::Pipeline;
 
-wasm_bindgen_test_configure!(run_in_browser);
+// In a dedicated worker, as the page will run the model: long GPU work there never blocks
+// the main thread that the test driver polls.
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 macro_rules! model_files {
     ($($path:literal),* $(,)?) => {

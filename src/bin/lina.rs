@@ -1,211 +1,223 @@
 //! Command-line front end: `lina generate --model DIR --prompt TEXT [options]` writes a PNG.
 
-use std::process::ExitCode;
-use std::time::Instant;
+// The CLI is native only; on wasm32 (built alongside the browser tests) it is an empty stub.
+#[cfg(target_arch = "wasm32")]
+fn main() {}
 
-use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
-use lina::schedulers::{SchedulerKind, Timesteps};
-use lina::source::DirSource;
-use lina::{Error, Result};
-
-const USAGE: &str = "usage:
-  lina generate --model DIR --prompt TEXT [--negative TEXT] [--seed N]
-                [--steps N | --timesteps T1,T2,..] [--guidance G] [--width W] [--height H]
-                [--scheduler ddim|euler] [--clip-skip K] [--device cpu|gpu] [--out FILE.png]
-  lina bench-unet --config UNET_CONFIG.json [--latent N] [--context-len L] [--repeat R]
-                [--device cpu|gpu]   (random weights; times one CFG-batch UNet call)";
-
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    cli::main()
 }
 
-fn run(args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
-        Some("generate") => generate(&args[1..]),
-        Some("bench-unet") => bench_unet(&args[1..]),
-        Some("-h" | "--help") | None => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => Err(Error::InvalidInput(format!(
-            "unknown command \"{other}\"\n{USAGE}"
-        ))),
-    }
-}
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use std::process::ExitCode;
+    use std::time::Instant;
 
-/// Splits `--flag value` pairs.
-fn flags(args: &[String]) -> Result<Vec<(&str, &str)>> {
-    args.chunks(2)
-        .map(|pair| match pair {
-            [flag, value] => Ok((flag.as_str(), value.as_str())),
-            [flag] => Err(Error::InvalidInput(format!("{flag} needs a value"))),
-            _ => unreachable!("chunks of two"),
-        })
-        .collect()
-}
+    use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+    use lina::schedulers::{SchedulerKind, Timesteps};
+    use lina::source::DirSource;
+    use lina::{Error, Result};
 
-fn parse<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
-    value
-        .parse()
-        .map_err(|_| Error::InvalidInput(format!("{flag}: cannot parse \"{value}\"")))
-}
+    const USAGE: &str = "usage:
+      lina generate --model DIR --prompt TEXT [--negative TEXT] [--seed N]
+                    [--steps N | --timesteps T1,T2,..] [--guidance G] [--width W] [--height H]
+                    [--scheduler ddim|euler] [--clip-skip K] [--device cpu|gpu] [--out FILE.png]
+      lina bench-unet --config UNET_CONFIG.json [--latent N] [--context-len L] [--repeat R]
+                    [--device cpu|gpu]   (random weights; times one CFG-batch UNet call)";
 
-fn generate(args: &[String]) -> Result<()> {
-    let mut opts = GenerateOptions::default();
-    let mut model = None;
-    let mut out = "out.png".to_string();
-    let mut device = "cpu".to_string();
-    for (flag, value) in flags(args)? {
-        match flag {
-            "--model" => model = Some(value.to_string()),
-            "--prompt" => opts.prompt = value.to_string(),
-            "--negative" => opts.negative_prompt = value.to_string(),
-            "--seed" => opts.seed = parse(flag, value)?,
-            "--steps" => opts.timesteps = Timesteps::Count(parse(flag, value)?),
-            "--timesteps" => {
-                opts.timesteps = Timesteps::Explicit(
-                    value
-                        .split(',')
-                        .map(|t| parse(flag, t.trim()))
-                        .collect::<Result<_>>()?,
-                )
-            }
-            "--guidance" => opts.guidance_scale = parse(flag, value)?,
-            "--width" => opts.width = Some(parse(flag, value)?),
-            "--height" => opts.height = Some(parse(flag, value)?),
-            "--scheduler" => opts.scheduler = Some(SchedulerKind::parse(value)?),
-            "--clip-skip" => opts.clip_skip = parse(flag, value)?,
-            "--device" => device = value.to_string(),
-            "--out" => out = value.to_string(),
-            other => {
-                return Err(Error::InvalidInput(format!(
-                    "unknown option {other}\n{USAGE}"
-                )));
+    pub fn main() -> ExitCode {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        match run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
             }
         }
     }
-    let model =
-        model.ok_or_else(|| Error::InvalidInput(format!("--model is required\n{USAGE}")))?;
 
-    pollster::block_on(async {
-        let device = lina::device::by_name(&device).await?;
-        let started = Instant::now();
-        let pipe = StableDiffusion::load(&DirSource::new(&model), &device)?;
-        let loaded = started.elapsed();
-        let mut sampling = pipe.start(&opts)?;
-        for w in &sampling.warnings {
-            eprintln!("warning: {w}");
-        }
-        let cancel = CancelToken::new();
-        while !sampling.is_done() {
-            if cancel.is_cancelled() {
-                return Err(Error::Cancelled);
+    fn run(args: &[String]) -> Result<()> {
+        match args.first().map(String::as_str) {
+            Some("generate") => generate(&args[1..]),
+            Some("bench-unet") => bench_unet(&args[1..]),
+            Some("-h" | "--help") | None => {
+                println!("{USAGE}");
+                Ok(())
             }
-            sampling.step(&mut NoHook)?;
-            eprint!("\rstep {}/{}", sampling.current_step(), sampling.steps());
-        }
-        eprintln!();
-        let image = sampling.decode().await?;
-        std::fs::write(&out, image.to_png()?).map_err(|e| Error::Io(format!("{out}: {e}")))?;
-        println!(
-            "wrote {out} ({}x{}) in {:.2?} (load {:.2?})",
-            image.width,
-            image.height,
-            started.elapsed(),
-            loaded
-        );
-        Ok(())
-    })
-}
-
-/// Times UNet calls of a config with random weights: for full-size architectures whose
-/// checkpoints are not at hand. Prints median, min and max over `--repeat` calls after one
-/// warm-up call (shader compilation, autotuning).
-fn bench_unet(args: &[String]) -> Result<()> {
-    use burn::tensor::{Distribution, Tensor};
-    use lina::models::unet::{UNet, UNetConfig};
-    use lina::weights::Weights;
-
-    let (mut config, mut latent, mut context_len, mut repeat, mut device) =
-        (None, 64usize, 77usize, 3usize, "cpu".to_string());
-    for (flag, value) in flags(args)? {
-        match flag {
-            "--config" => config = Some(value.to_string()),
-            "--latent" => latent = parse(flag, value)?,
-            "--context-len" => context_len = parse(flag, value)?,
-            "--repeat" => repeat = parse(flag, value)?,
-            "--device" => device = value.to_string(),
-            other => {
-                return Err(Error::InvalidInput(format!(
-                    "unknown option {other}\n{USAGE}"
-                )));
-            }
+            Some(other) => Err(Error::InvalidInput(format!(
+                "unknown command \"{other}\"\n{USAGE}"
+            ))),
         }
     }
-    let path =
-        config.ok_or_else(|| Error::InvalidInput(format!("--config is required\n{USAGE}")))?;
-    let json = std::fs::read_to_string(&path).map_err(|e| Error::Io(format!("{path}: {e}")))?;
-    let config = UNetConfig::from_json(&json)?;
-    pollster::block_on(async {
-        let device = lina::device::by_name(&device).await?;
-        let started = Instant::now();
-        let weights = Weights::random(1, &device);
-        let context_dim = config.cross_attention_dim;
-        let channels = config.in_channels;
-        let unet = UNet::load(config, &weights)?;
-        println!(
-            "built {path} with random weights in {:.2?}",
-            started.elapsed()
-        );
-        let x = Tensor::<4>::random(
-            [2, channels, latent, latent],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let ctx = Tensor::<3>::random(
-            [2, context_len, context_dim],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let mut times = Vec::new();
-        for i in 0..=repeat {
+
+    /// Splits `--flag value` pairs.
+    fn flags(args: &[String]) -> Result<Vec<(&str, &str)>> {
+        args.chunks(2)
+            .map(|pair| match pair {
+                [flag, value] => Ok((flag.as_str(), value.as_str())),
+                [flag] => Err(Error::InvalidInput(format!("{flag} needs a value"))),
+                _ => unreachable!("chunks of two"),
+            })
+            .collect()
+    }
+
+    fn parse<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
+        value
+            .parse()
+            .map_err(|_| Error::InvalidInput(format!("{flag}: cannot parse \"{value}\"")))
+    }
+
+    fn generate(args: &[String]) -> Result<()> {
+        let mut opts = GenerateOptions::default();
+        let mut model = None;
+        let mut out = "out.png".to_string();
+        let mut device = "cpu".to_string();
+        for (flag, value) in flags(args)? {
+            match flag {
+                "--model" => model = Some(value.to_string()),
+                "--prompt" => opts.prompt = value.to_string(),
+                "--negative" => opts.negative_prompt = value.to_string(),
+                "--seed" => opts.seed = parse(flag, value)?,
+                "--steps" => opts.timesteps = Timesteps::Count(parse(flag, value)?),
+                "--timesteps" => {
+                    opts.timesteps = Timesteps::Explicit(
+                        value
+                            .split(',')
+                            .map(|t| parse(flag, t.trim()))
+                            .collect::<Result<_>>()?,
+                    )
+                }
+                "--guidance" => opts.guidance_scale = parse(flag, value)?,
+                "--width" => opts.width = Some(parse(flag, value)?),
+                "--height" => opts.height = Some(parse(flag, value)?),
+                "--scheduler" => opts.scheduler = Some(SchedulerKind::parse(value)?),
+                "--clip-skip" => opts.clip_skip = parse(flag, value)?,
+                "--device" => device = value.to_string(),
+                "--out" => out = value.to_string(),
+                other => {
+                    return Err(Error::InvalidInput(format!(
+                        "unknown option {other}\n{USAGE}"
+                    )));
+                }
+            }
+        }
+        let model =
+            model.ok_or_else(|| Error::InvalidInput(format!("--model is required\n{USAGE}")))?;
+
+        pollster::block_on(async {
+            let device = lina::device::by_name(&device).await?;
             let started = Instant::now();
-            let out = unet.forward(x.clone(), 500.0, &ctx);
-            let peak = out
-                .abs()
-                .max()
-                .into_data_async()
-                .await
-                .map_err(|e| Error::Device(format!("{e:?}")))?;
-            let elapsed = started.elapsed().as_secs_f64();
-            let peak: Vec<f32> = peak
-                .try_to_vec::<f32>()
-                .map_err(|e| Error::Device(format!("{e:?}")))?;
-            if !peak[0].is_finite() {
-                return Err(Error::Device("the UNet output is not finite".into()));
+            let pipe = StableDiffusion::load(&DirSource::new(&model), &device)?;
+            let loaded = started.elapsed();
+            let mut sampling = pipe.start(&opts)?;
+            for w in &sampling.warnings {
+                eprintln!("warning: {w}");
             }
-            if i == 0 {
-                println!("warm-up call: {elapsed:.3} s");
-            } else {
-                times.push(elapsed);
+            let cancel = CancelToken::new();
+            while !sampling.is_done() {
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+                sampling.step(&mut NoHook)?;
+                eprint!("\rstep {}/{}", sampling.current_step(), sampling.steps());
             }
-        }
-        times.sort_by(f64::total_cmp);
-        if !times.is_empty() {
+            eprintln!();
+            let image = sampling.decode().await?;
+            std::fs::write(&out, image.to_png()?).map_err(|e| Error::Io(format!("{out}: {e}")))?;
             println!(
-                "UNet call, batch 2 (CFG), {latent}x{latent} latents, {repeat} runs: median {:.3} s, min {:.3} s, max {:.3} s",
-                times[times.len() / 2],
-                times[0],
-                times[times.len() - 1]
+                "wrote {out} ({}x{}) in {:.2?} (load {:.2?})",
+                image.width,
+                image.height,
+                started.elapsed(),
+                loaded
             );
+            Ok(())
+        })
+    }
+
+    /// Times UNet calls of a config with random weights: for full-size architectures whose
+    /// checkpoints are not at hand. Prints median, min and max over `--repeat` calls after one
+    /// warm-up call (shader compilation, autotuning).
+    fn bench_unet(args: &[String]) -> Result<()> {
+        use burn::tensor::{Distribution, Tensor};
+        use lina::models::unet::{UNet, UNetConfig};
+        use lina::weights::Weights;
+
+        let (mut config, mut latent, mut context_len, mut repeat, mut device) =
+            (None, 64usize, 77usize, 3usize, "cpu".to_string());
+        for (flag, value) in flags(args)? {
+            match flag {
+                "--config" => config = Some(value.to_string()),
+                "--latent" => latent = parse(flag, value)?,
+                "--context-len" => context_len = parse(flag, value)?,
+                "--repeat" => repeat = parse(flag, value)?,
+                "--device" => device = value.to_string(),
+                other => {
+                    return Err(Error::InvalidInput(format!(
+                        "unknown option {other}\n{USAGE}"
+                    )));
+                }
+            }
         }
-        Ok(())
-    })
+        let path =
+            config.ok_or_else(|| Error::InvalidInput(format!("--config is required\n{USAGE}")))?;
+        let json = std::fs::read_to_string(&path).map_err(|e| Error::Io(format!("{path}: {e}")))?;
+        let config = UNetConfig::from_json(&json)?;
+        pollster::block_on(async {
+            let device = lina::device::by_name(&device).await?;
+            let started = Instant::now();
+            let weights = Weights::random(&device);
+            let context_dim = config.cross_attention_dim;
+            let channels = config.in_channels;
+            let unet = UNet::load(config, &weights)?;
+            println!(
+                "built {path} with random weights in {:.2?}",
+                started.elapsed()
+            );
+            let x = Tensor::<4>::random(
+                [2, channels, latent, latent],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let ctx = Tensor::<3>::random(
+                [2, context_len, context_dim],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let mut times = Vec::new();
+            for i in 0..=repeat {
+                let started = Instant::now();
+                let out = unet.forward(x.clone(), 500.0, &ctx);
+                let peak = out
+                    .abs()
+                    .max()
+                    .into_data_async()
+                    .await
+                    .map_err(|e| Error::Device(format!("{e:?}")))?;
+                let elapsed = started.elapsed().as_secs_f64();
+                let peak: Vec<f32> = peak
+                    .try_to_vec::<f32>()
+                    .map_err(|e| Error::Device(format!("{e:?}")))?;
+                if !peak[0].is_finite() {
+                    return Err(Error::Device("the UNet output is not finite".into()));
+                }
+                if i == 0 {
+                    println!("warm-up call: {elapsed:.3} s");
+                } else {
+                    times.push(elapsed);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            if !times.is_empty() {
+                println!(
+                    "UNet call, batch 2 (CFG), {latent}x{latent} latents, {repeat} runs: median {:.3} s, min {:.3} s, max {:.3} s",
+                    times[times.len() / 2],
+                    times[0],
+                    times[times.len() - 1]
+                );
+            }
+            Ok(())
+        })
+    }
 }
