@@ -14,4 +14,6 @@ echo "== native tests (CPU backend and wgpu on Vulkan)"
 LINA_TEST_GPU=1 cargo test
 
 echo "== browser tests (headless Chromium, WebGPU on SwiftShader)"
-CHROMEDRIVER=/usr/bin/chromedriver cargo test --release --target wasm32-unknown-unknown --test web
+# SwiftShader runs WebGPU on the CPU: give each browser test up to 10 minutes.
+CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=600 \
+  cargo test --release --target wasm32-unknown-unknown --test web

@@ -188,7 +188,7 @@ pub fn multi_head_attention(
                     v.clone(),
                     None,
                     None,
-                    options.clone(),
+                    options,
                 )
             })
             .collect();

@@ -57,7 +57,7 @@ impl ClipTextConfig {
             c.max_position_embeddings,
             1 << 14,
         )?;
-        if c.hidden_size % c.num_attention_heads != 0 {
+        if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(Error::config(
                 CONFIG_FILE,
                 "`hidden_size` is not a multiple of `num_attention_heads`",
