@@ -1,7 +1,7 @@
 //! Choosing where tensors live: burn's wgpu runtime (WebGPU in browsers; Vulkan, Metal or
 //! DX12 natively, lavapipe on machines without a GPU) or, natively, the pure-Rust CPU backend.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -43,6 +43,17 @@ pub async fn gpu() -> Result<Device> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn cpu() -> Device {
     Device::flex()
+}
+
+/// Reads a tensor back to the host as f32 values. Async, because browsers allow no other
+/// way; `what` names the value in the error.
+pub async fn read_f32<const D: usize>(tensor: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    let data = tensor
+        .into_data_async()
+        .await
+        .map_err(|e| Error::Device(format!("reading back {what} failed: {e:?}")))?;
+    data.try_to_vec::<f32>()
+        .map_err(|e| Error::Device(format!("unexpected data for {what}: {e:?}")))
 }
 
 /// Resolves a device by name: "cpu" or "gpu"/"wgpu".

@@ -24,13 +24,7 @@ impl Image {
         let unit = x.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0);
         // [1, 3, H, W] -> [H, W, 3] so the readback is already interleaved.
         let hwc: Tensor<3> = unit.reshape([3, height, width]).permute([1, 2, 0]);
-        let data = hwc
-            .into_data_async()
-            .await
-            .map_err(|e| Error::Device(format!("reading the image back failed: {e:?}")))?;
-        let values: Vec<f32> = data
-            .try_to_vec::<f32>()
-            .map_err(|e| Error::Device(format!("unexpected image data: {e:?}")))?;
+        let values = crate::device::read_f32(hwc, "the image").await?;
         let rgb = values
             .iter()
             .map(|&v| (v * 255.0).round_ties_even() as u8)

@@ -127,6 +127,14 @@ impl CancelToken {
     }
 }
 
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub image: Image,
+    /// Things the user should know, such as the words an over-long prompt lost.
+    pub warnings: Vec<String>,
+}
+
 /// A loaded Stable-Diffusion-class model.
 pub struct StableDiffusion {
     tokenizer: ClipTokenizer,
@@ -137,12 +145,22 @@ pub struct StableDiffusion {
     device: Device,
 }
 
-/// Reads the first weight file a component folder has, in order of preference.
-fn weight_file(files: &dyn FileSource, folder: &str, names: &[&str]) -> Result<(String, Vec<u8>)> {
+/// Builds one component from the first weight file its folder has (in order of preference),
+/// then checks that the file held nothing the component left unused.
+fn load_component<T>(
+    files: &dyn FileSource,
+    folder: &str,
+    names: &[&str],
+    device: &Device,
+    build: impl FnOnce(&Weights) -> Result<T>,
+) -> Result<T> {
     for name in names {
         let path = format!("{folder}/{name}");
         if let Some(bytes) = files.read(&path)? {
-            return Ok((path, bytes));
+            let weights = Weights::from_bytes(&path, &bytes, device)?;
+            let component = build(&weights)?;
+            weights.finish()?;
+            return Ok(component);
         }
     }
     Err(Error::MissingFile(format!("{folder}/{}", names[0])))
@@ -163,30 +181,26 @@ impl StableDiffusion {
 
         let text_config = ClipTextConfig::from_json(&files.require_text(clip::CONFIG_FILE)?)?;
         tokenizer.limit_length(text_config.max_position_embeddings);
-        let (path, bytes) = weight_file(
+        let text_encoder = load_component(
             files,
             "text_encoder",
             &["model.safetensors", "model.fp16.safetensors"],
+            device,
+            |w| ClipTextEncoder::load(text_config, w),
         )?;
-        let weights = Weights::from_bytes(&path, &bytes, device)?;
-        let text_encoder = ClipTextEncoder::load(text_config, &weights)?;
-        weights.finish()?;
 
         let names = [
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
         ];
         let unet_config = UNetConfig::from_json(&files.require_text(unet::CONFIG_FILE)?)?;
-        let (path, bytes) = weight_file(files, "unet", &names)?;
-        let weights = Weights::from_bytes(&path, &bytes, device)?;
-        let unet = UNet::load(unet_config, &weights)?;
-        weights.finish()?;
-
+        let unet = load_component(files, "unet", &names, device, |w| {
+            UNet::load(unet_config, w)
+        })?;
         let vae_config = VaeConfig::from_json(&files.require_text(vae::CONFIG_FILE)?)?;
-        let (path, bytes) = weight_file(files, "vae", &names)?;
-        let weights = Weights::from_bytes(&path, &bytes, device)?;
-        let vae = VaeDecoder::load(vae_config, &weights)?;
-        weights.finish()?;
+        let vae = load_component(files, "vae", &names, device, |w| {
+            VaeDecoder::load(vae_config, w)
+        })?;
 
         let scheduler_config =
             SchedulerConfig::from_json(&files.require_text(schedulers::CONFIG_FILE)?)?;
@@ -329,7 +343,6 @@ impl StableDiffusion {
             context,
             guidance_scale: opts.guidance_scale,
             latents,
-            pred_original: None,
             step: 0,
             warnings,
         })
@@ -341,7 +354,7 @@ impl StableDiffusion {
         opts: &GenerateOptions,
         hook: &mut dyn StepHook,
         cancel: &CancelToken,
-    ) -> Result<Image> {
+    ) -> Result<Generated> {
         let mut sampling = self.start(opts)?;
         while !sampling.is_done() {
             if cancel.is_cancelled() {
@@ -349,7 +362,10 @@ impl StableDiffusion {
             }
             sampling.step(hook)?;
         }
-        sampling.decode().await
+        Ok(Generated {
+            image: sampling.decode().await?,
+            warnings: sampling.warnings,
+        })
     }
 }
 
@@ -360,7 +376,6 @@ pub struct Sampling<'p> {
     context: Tensor<3>,
     guidance_scale: f64,
     latents: Tensor<4>,
-    pred_original: Option<Tensor<4>>,
     step: usize,
     /// Things the user should know (a truncated prompt).
     pub warnings: Vec<String>,
@@ -382,9 +397,6 @@ impl Sampling<'_> {
     }
     pub fn latents(&self) -> &Tensor<4> {
         &self.latents
-    }
-    pub fn pred_original(&self) -> Option<&Tensor<4>> {
-        self.pred_original.as_ref()
     }
 
     /// Takes one denoising step.
@@ -431,7 +443,6 @@ impl Sampling<'_> {
         };
         hook.after_step(&mut state)?;
         self.latents = state.latents;
-        self.pred_original = Some(state.pred_original);
         self.step += 1;
         Ok(())
     }
@@ -439,17 +450,7 @@ impl Sampling<'_> {
     /// Waits until the device has finished the steps queued so far (one scalar readback),
     /// so progress reports are honest; also catches a sampler that diverged to NaN.
     pub async fn settle(&self) -> Result<()> {
-        let data = self
-            .latents
-            .clone()
-            .abs()
-            .max()
-            .into_data_async()
-            .await
-            .map_err(|e| Error::Device(format!("the device failed during sampling: {e:?}")))?;
-        let peak: Vec<f32> = data
-            .try_to_vec::<f32>()
-            .map_err(|e| Error::Device(format!("unexpected readback: {e:?}")))?;
+        let peak = crate::device::read_f32(self.latents.clone().abs().max(), "the latents").await?;
         if peak.iter().any(|v| !v.is_finite()) {
             return Err(Error::Device(format!(
                 "latents became non-finite at step {}",
@@ -459,13 +460,8 @@ impl Sampling<'_> {
         Ok(())
     }
 
-    /// Decodes latents to an image with the model's VAE.
-    pub async fn decode_latents(&self, latents: Tensor<4>) -> Result<Image> {
-        Image::from_decoded(self.pipe.vae.decode_scaled(latents)).await
-    }
-
-    /// Decodes the current latents (the final image once done).
+    /// Decodes the current latents with the model's VAE (the final image once done).
     pub async fn decode(&self) -> Result<Image> {
-        self.decode_latents(self.latents.clone()).await
+        Image::from_decoded(self.pipe.vae.decode_scaled(self.latents.clone())).await
     }
 }

@@ -3,7 +3,6 @@
 //! reports any bug to the console instead of an opaque `unreachable`.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 
 use js_sys::{Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
 use serde::Deserialize;
@@ -77,8 +76,9 @@ impl JsOptions {
 /// A loaded model on the page's WebGPU device.
 #[wasm_bindgen]
 pub struct Pipeline {
-    inner: Rc<StableDiffusion>,
-    cancel: Rc<RefCell<CancelToken>>,
+    inner: StableDiffusion,
+    /// The running generation's token; a new one per `generate`.
+    cancel: RefCell<CancelToken>,
 }
 
 #[wasm_bindgen]
@@ -101,8 +101,8 @@ impl Pipeline {
         let device = crate::device::gpu().await.map_err(js_err)?;
         let inner = StableDiffusion::load(&source, &device).map_err(js_err)?;
         Ok(Pipeline {
-            inner: Rc::new(inner),
-            cancel: Rc::new(RefCell::new(CancelToken::new())),
+            inner,
+            cancel: RefCell::new(CancelToken::new()),
         })
     }
 
@@ -125,9 +125,7 @@ impl Pipeline {
         let options = options.into_options()?;
         let cancel = CancelToken::new();
         *self.cancel.borrow_mut() = cancel.clone();
-        let pipe = self.inner.clone();
-
-        let mut sampling = pipe.start(&options).map_err(js_err)?;
+        let mut sampling = self.inner.start(&options).map_err(js_err)?;
         while !sampling.is_done() {
             if cancel.is_cancelled() {
                 return Err(js_err(crate::Error::Cancelled));

@@ -70,16 +70,8 @@ impl<'a> Weights<'a> {
         }
     }
 
-    pub fn file(&self) -> &str {
-        &self.file
-    }
-
     pub fn device(&self) -> &Device {
         &self.device
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.names().contains(&name)
     }
 
     /// Marks every tensor under `prefix` as accounted for: parts of a checkpoint that this
@@ -180,25 +172,14 @@ pub struct Scope<'w, 'a> {
 
 impl<'w, 'a> Scope<'w, 'a> {
     pub fn at(&self, name: impl std::fmt::Display) -> Self {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
         Self {
             weights: self.weights,
-            prefix,
+            prefix: self.path(&name.to_string()),
         }
     }
 
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         self.weights.load(&self.path(name), shape)
-    }
-
-    /// Whether the scope holds `name`: for parts whose presence is the only signal of a
-    /// variant (a conv shortcut in a ResNet block, a bias that some checkpoints omit).
-    pub fn has(&self, name: &str) -> bool {
-        self.weights.contains(&self.path(name))
     }
 
     fn path(&self, name: &str) -> String {

@@ -146,6 +146,14 @@ fn config_errors_name_the_file_and_field() {
         c["block_out_channels"][0] = 1_000_000_000.into()
     });
     assert!(err.contains("block_out_channels"), "{err}");
+    // Zero groups once divided by zero while checking the channels.
+    for file in ["unet/config.json", "vae/config.json"] {
+        let err = edit(file, &|c| c["norm_num_groups"] = 0.into());
+        assert!(
+            err.contains(file) && err.contains("norm_num_groups"),
+            "{err}"
+        );
+    }
     let err = edit("text_encoder/config.json", &|c| {
         c["hidden_act"] = "swish".into()
     });

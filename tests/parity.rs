@@ -21,13 +21,26 @@ fn text(model: &str, file: &str) -> String {
     String::from_utf8(read_fixture(&format!("{model}/{file}"))).unwrap()
 }
 
+/// Builds one component from its fixture weights, checking that none were left unused.
+fn component<T>(
+    model: &str,
+    weights_file: &str,
+    device: &Device,
+    build: impl FnOnce(&Weights) -> lina::Result<T>,
+) -> T {
+    let bytes = read_fixture(&format!("{model}/{weights_file}"));
+    let weights = Weights::from_bytes(weights_file, &bytes, device).unwrap();
+    let built = build(&weights).unwrap();
+    weights.finish().unwrap();
+    built
+}
+
 fn check_text_encoder(model: &str, device: &Device) {
     let reference = Reference::open(model);
-    let bytes = read_fixture(&format!("{model}/text_encoder/model.safetensors"));
-    let weights = Weights::from_bytes("text_encoder/model.safetensors", &bytes, device).unwrap();
     let config = ClipTextConfig::from_json(&text(model, "text_encoder/config.json")).unwrap();
-    let encoder = ClipTextEncoder::load(config, &weights).unwrap();
-    weights.finish().unwrap();
+    let encoder = component(model, "text_encoder/model.safetensors", device, |w| {
+        ClipTextEncoder::load(config, w)
+    });
 
     let (shape, ids) = reference.i64("text_input_ids");
     let rows: Vec<Vec<u32>> = ids
@@ -46,14 +59,13 @@ fn check_text_encoder(model: &str, device: &Device) {
 
 fn check_unet(model: &str, device: &Device) {
     let reference = Reference::open(model);
-    let bytes = read_fixture(&format!("{model}/unet/diffusion_pytorch_model.safetensors"));
-    let weights = Weights::from_bytes("unet", &bytes, device).unwrap();
-    let unet = UNet::load(
-        UNetConfig::from_json(&text(model, "unet/config.json")).unwrap(),
-        &weights,
-    )
-    .unwrap();
-    weights.finish().unwrap();
+    let config = UNetConfig::from_json(&text(model, "unet/config.json")).unwrap();
+    let unet = component(
+        model,
+        "unet/diffusion_pytorch_model.safetensors",
+        device,
+        |w| UNet::load(config, w),
+    );
 
     let sample: Tensor<4> = reference.tensor("unet_sample", device);
     let context: Tensor<3> = reference.tensor("unet_encoder_hidden_states", device);
@@ -68,14 +80,13 @@ fn check_unet(model: &str, device: &Device) {
 
 fn check_vae(model: &str, device: &Device) {
     let reference = Reference::open(model);
-    let bytes = read_fixture(&format!("{model}/vae/diffusion_pytorch_model.safetensors"));
-    let weights = Weights::from_bytes("vae", &bytes, device).unwrap();
-    let vae = VaeDecoder::load(
-        VaeConfig::from_json(&text(model, "vae/config.json")).unwrap(),
-        &weights,
-    )
-    .unwrap();
-    weights.finish().unwrap();
+    let config = VaeConfig::from_json(&text(model, "vae/config.json")).unwrap();
+    let vae = component(
+        model,
+        "vae/diffusion_pytorch_model.safetensors",
+        device,
+        |w| VaeDecoder::load(config, w),
+    );
 
     let ours = values(vae.decode(reference.tensor("vae_latents", device)));
     let err = max_abs_diff(&ours, &reference.f32("vae_decoded").1);
@@ -141,7 +152,8 @@ fn check_pipeline(model: &str, device: &Device) {
 
     // The same run through `generate` gives the same image (the loop has no hidden state).
     let again = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
-    assert_eq!(again, image);
+    assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    assert_eq!(again.image, image);
 }
 
 #[test]

@@ -29,7 +29,7 @@ fn run(
     opts: &GenerateOptions,
     hook: &mut dyn StepHook,
 ) -> Result<lina::image::Image> {
-    pollster::block_on(pipe.generate(opts, hook, &CancelToken::new()))
+    pollster::block_on(pipe.generate(opts, hook, &CancelToken::new())).map(|done| done.image)
 }
 
 #[test]

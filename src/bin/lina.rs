@@ -14,7 +14,7 @@ mod cli {
     use std::process::ExitCode;
     use std::time::Instant;
 
-    use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+    use lina::pipeline::{CancelToken, GenerateOptions, StableDiffusion, StepHook, StepState};
     use lina::schedulers::{SchedulerKind, Timesteps};
     use lina::source::DirSource;
     use lina::{Error, Result};
@@ -49,6 +49,20 @@ mod cli {
                 "unknown command \"{other}\"\n{USAGE}"
             ))),
         }
+    }
+
+    /// Prints "step i/n" as the sampler goes.
+    struct Progress;
+
+    impl StepHook for Progress {
+        fn after_step(&mut self, state: &mut StepState) -> Result<()> {
+            eprint!("\rstep {}/{}", state.step + 1, state.steps);
+            Ok(())
+        }
+    }
+
+    fn unknown_option(flag: &str) -> Error {
+        Error::InvalidInput(format!("unknown option {flag}\n{USAGE}"))
     }
 
     /// Splits `--flag value` pairs.
@@ -95,11 +109,7 @@ mod cli {
                 "--clip-skip" => opts.clip_skip = parse(flag, value)?,
                 "--device" => device = value.to_string(),
                 "--out" => out = value.to_string(),
-                other => {
-                    return Err(Error::InvalidInput(format!(
-                        "unknown option {other}\n{USAGE}"
-                    )));
-                }
+                other => return Err(unknown_option(other)),
             }
         }
         let model =
@@ -110,20 +120,14 @@ mod cli {
             let started = Instant::now();
             let pipe = StableDiffusion::load(&DirSource::new(&model), &device)?;
             let loaded = started.elapsed();
-            let mut sampling = pipe.start(&opts)?;
-            for w in &sampling.warnings {
+            let done = pipe
+                .generate(&opts, &mut Progress, &CancelToken::new())
+                .await?;
+            eprintln!();
+            for w in &done.warnings {
                 eprintln!("warning: {w}");
             }
-            let cancel = CancelToken::new();
-            while !sampling.is_done() {
-                if cancel.is_cancelled() {
-                    return Err(Error::Cancelled);
-                }
-                sampling.step(&mut NoHook)?;
-                eprint!("\rstep {}/{}", sampling.current_step(), sampling.steps());
-            }
-            eprintln!();
-            let image = sampling.decode().await?;
+            let image = done.image;
             std::fs::write(&out, image.to_png()?).map_err(|e| Error::Io(format!("{out}: {e}")))?;
             println!(
                 "wrote {out} ({}x{}) in {:.2?} (load {:.2?})",
@@ -153,11 +157,7 @@ mod cli {
                 "--context-len" => context_len = parse(flag, value)?,
                 "--repeat" => repeat = parse(flag, value)?,
                 "--device" => device = value.to_string(),
-                other => {
-                    return Err(Error::InvalidInput(format!(
-                        "unknown option {other}\n{USAGE}"
-                    )));
-                }
+                other => return Err(unknown_option(other)),
             }
         }
         let path =
@@ -189,16 +189,8 @@ mod cli {
             for i in 0..=repeat {
                 let started = Instant::now();
                 let out = unet.forward(x.clone(), 500.0, &ctx);
-                let peak = out
-                    .abs()
-                    .max()
-                    .into_data_async()
-                    .await
-                    .map_err(|e| Error::Device(format!("{e:?}")))?;
+                let peak = lina::device::read_f32(out.abs().max(), "the UNet output").await?;
                 let elapsed = started.elapsed().as_secs_f64();
-                let peak: Vec<f32> = peak
-                    .try_to_vec::<f32>()
-                    .map_err(|e| Error::Device(format!("{e:?}")))?;
                 if !peak[0].is_finite() {
                     return Err(Error::Device("the UNet output is not finite".into()));
                 }

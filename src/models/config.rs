@@ -32,6 +32,22 @@ pub fn parse<T: DeserializeOwned>(file: &str, json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| Error::config(file, e.to_string()))
 }
 
+/// Checks a `block_out_channels` list and the `norm_num_groups` that must divide each entry.
+pub fn check_channels(file: &str, channels: &[usize], groups: usize) -> Result<()> {
+    check_size(file, "block_out_channels (count)", channels.len(), 8)?;
+    check_size(file, "norm_num_groups", groups, 1024)?;
+    for &ch in channels {
+        check_size(file, "block_out_channels", ch, 1 << 14)?;
+        if !ch.is_multiple_of(groups) {
+            return Err(Error::config(
+                file,
+                format!("block_out_channels {ch} is not a multiple of norm_num_groups {groups}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses sizes that are zero or absurd before any allocation is attempted.
 pub fn check_size(file: &str, field: &str, value: usize, max: usize) -> Result<()> {
     if value == 0 || value > max {

@@ -5,7 +5,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 
-use super::config::{PerBlock, check_size, parse};
+use super::config::{PerBlock, check_channels, check_size, parse};
 use super::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
 use super::transformer::{Transformer2D, TransformerSpec};
 use crate::error::{Error, Result};
@@ -156,19 +156,9 @@ impl UNetConfig {
     fn validate(&self) -> Result<()> {
         let f = CONFIG_FILE;
         let n = self.block_out_channels.len();
-        check_size(f, "block_out_channels (count)", n, 8)?;
-        for &ch in &self.block_out_channels {
-            check_size(f, "block_out_channels", ch, 1 << 14)?;
-            if ch % self.norm_num_groups != 0 {
-                return Err(Error::config(
-                    f,
-                    format!("block_out_channels {ch} is not a multiple of norm_num_groups"),
-                ));
-            }
-        }
+        check_channels(f, &self.block_out_channels, self.norm_num_groups)?;
         check_size(f, "in_channels", self.in_channels, 64)?;
         check_size(f, "out_channels", self.out_channels, 64)?;
-        check_size(f, "norm_num_groups", self.norm_num_groups, 1024)?;
         check_size(f, "cross_attention_dim", self.cross_attention_dim, 1 << 14)?;
         if self.down_block_types.len() != n || self.up_block_types.len() != n {
             return Err(Error::config(
@@ -421,17 +411,10 @@ impl UNet {
             for j in 0..count {
                 let skip = if j + 1 == count { c_skip_in } else { c_out };
                 let res_in = if j == 0 { c_prev_out } else { c_out };
-                let up_level = Level {
-                    channels: c_out,
-                    cross_attention: is_cross,
-                    layers: count,
-                    heads: level.heads,
-                    transformer_layers: level.transformer_layers,
-                };
                 layers.push(Layer {
                     resnet: resnet(&bw.at("resnets").at(j), res_in + skip, c_out)?,
                     attention: is_cross
-                        .then(|| transformer(&bw.at("attentions").at(j), &up_level))
+                        .then(|| transformer(&bw.at("attentions").at(j), level))
                         .transpose()?,
                 });
             }

@@ -3,7 +3,7 @@
 use burn::tensor::Tensor;
 use serde::Deserialize;
 
-use super::config::{check_size, parse};
+use super::config::{check_channels, check_size, parse};
 use super::resnet::{ResnetBlock, ResnetSpec, Upsample};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, Linear, multi_head_attention};
@@ -61,21 +61,7 @@ impl VaeConfig {
     pub fn from_json(json: &str) -> Result<Self> {
         let c: Self = parse(CONFIG_FILE, json)?;
         let f = CONFIG_FILE;
-        check_size(
-            f,
-            "block_out_channels (count)",
-            c.block_out_channels.len(),
-            8,
-        )?;
-        for &ch in &c.block_out_channels {
-            check_size(f, "block_out_channels", ch, 1 << 14)?;
-            if ch % c.norm_num_groups != 0 {
-                return Err(Error::config(
-                    f,
-                    format!("block_out_channels {ch} is not a multiple of norm_num_groups"),
-                ));
-            }
-        }
+        check_channels(f, &c.block_out_channels, c.norm_num_groups)?;
         check_size(f, "latent_channels", c.latent_channels, 64)?;
         check_size(f, "out_channels", c.out_channels, 64)?;
         check_size(f, "layers_per_block", c.layers_per_block, 64)?;
