@@ -57,3 +57,37 @@ impl Image {
         Ok(out)
     }
 }
+
+impl Image {
+    /// Tiles images of one size into a grid `columns` wide, with a `gap`-pixel white border.
+    pub fn grid(images: &[Image], columns: usize, gap: usize) -> Result<Image> {
+        let Some(first) = images.first() else {
+            return Err(Error::InvalidInput(
+                "a grid needs at least one image".into(),
+            ));
+        };
+        let (w, h) = (first.width, first.height);
+        if images.iter().any(|i| i.width != w || i.height != h) {
+            return Err(Error::InvalidInput("grid images differ in size".into()));
+        }
+        let columns = columns.clamp(1, images.len());
+        let rows = images.len().div_ceil(columns);
+        let (gw, gh) = (columns * (w + gap) + gap, rows * (h + gap) + gap);
+        let mut rgb = vec![255u8; gw * gh * 3];
+        for (i, image) in images.iter().enumerate() {
+            let (x0, y0) = (
+                gap + (i % columns) * (w + gap),
+                gap + (i / columns) * (h + gap),
+            );
+            for y in 0..h {
+                let dst = ((y0 + y) * gw + x0) * 3;
+                rgb[dst..dst + w * 3].copy_from_slice(&image.rgb[y * w * 3..(y + 1) * w * 3]);
+            }
+        }
+        Ok(Image {
+            width: gw,
+            height: gh,
+            rgb,
+        })
+    }
+}

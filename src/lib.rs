@@ -3,12 +3,14 @@
 //!
 //! The core knows nothing of the browser; `wasm` is a thin wasm-bindgen layer over it.
 
+pub mod csg;
 pub mod device;
 pub mod error;
 pub mod image;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod probe;
 pub mod rng;
 pub mod schedulers;
 pub mod source;

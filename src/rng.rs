@@ -24,11 +24,44 @@ impl Rng {
     }
 
     /// Uniform in (0, 1]: never 0, so the logarithm below is finite.
-    fn next_open_unit(&mut self) -> f64 {
+    /// A uniform number in (0, 1].
+    pub fn next_open_unit(&mut self) -> f64 {
         ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// `n` standard normal samples as f32.
+    /// A uniform number in `lo..hi`.
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * (1.0 - self.next_open_unit()) as f32
+    }
+
+    /// A uniform index below `n` (which must not be 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f32) -> bool {
+        self.uniform(0.0, 1.0) < p
+    }
+
+    /// One of `items`, uniformly.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+
+    /// An index drawn with the given relative weights.
+    pub fn weighted(&mut self, weights: &[f32]) -> usize {
+        let mut x = self.uniform(0.0, weights.iter().sum());
+        for (i, w) in weights.iter().enumerate() {
+            if x < *w {
+                return i;
+            }
+            x -= w;
+        }
+        weights.len() - 1
+    }
+
     pub fn normals(&mut self, n: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(n + 1);
         while out.len() < n {

@@ -1,0 +1,169 @@
+//! The probe's generator, split rules and checker, on rendered ground truth.
+#![cfg(not(target_arch = "wasm32"))]
+
+use lina::csg::{Class, Csg};
+use lina::probe::check::check;
+use lina::probe::palette;
+use lina::probe::scenes::held_out;
+use lina::probe::{Category, SceneId, Split, Suite};
+
+fn ids(split: Split, per_category: u64) -> Vec<SceneId> {
+    Suite {
+        name: String::new(),
+        split,
+        categories: Category::ALL.to_vec(),
+        per_category,
+    }
+    .ids()
+}
+
+#[test]
+fn the_generator_is_deterministic() {
+    for id in ids(Split::Train, 5) {
+        let (a, b) = (id.scene(), id.scene());
+        assert_eq!(a.prompt, b.prompt);
+        assert_eq!(a.csg, b.csg);
+        let (ra, rb) = (a.render(), b.render());
+        assert_eq!(ra.image, rb.image);
+        assert_eq!(ra.masks, rb.masks);
+    }
+    // Different indices give different scenes.
+    let prompts: std::collections::HashSet<String> = ids(Split::Train, 20)
+        .iter()
+        .map(|id| format!("{:?}", id.scene().render().image.rgb))
+        .collect();
+    assert!(
+        prompts.len() >= 135,
+        "{} distinct images of 140",
+        prompts.len()
+    );
+}
+
+#[test]
+fn masks_are_exact() {
+    for id in ids(Split::Train, 30).into_iter().chain(ids(Split::Ood, 10)) {
+        let scene = id.scene();
+        let r = scene.render();
+        let csg = &scene.csg;
+        for (node, mask) in csg.nodes.iter().zip(&r.masks) {
+            let pixels: Vec<[u8; 3]> = mask
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| **m)
+                .map(|(i, _)| {
+                    [
+                        r.image.rgb[3 * i],
+                        r.image.rgb[3 * i + 1],
+                        r.image.rgb[3 * i + 2],
+                    ]
+                })
+                .collect();
+            if node.class != Class::Floor {
+                assert!(
+                    !pixels.is_empty(),
+                    "{id:?}: node {} has an empty mask",
+                    node.id
+                );
+            }
+            // Every pixel of a coloured node's mask has the node's colour exactly, except a
+            // surface's mask, which also holds the reflection painted on it.
+            let colour = node
+                .colour
+                .map(palette::colour)
+                .or(palette::class_colour(node.class));
+            let surface = matches!(node.class, Class::Mirror | Class::Puddle);
+            if let (Some(c), false, false) = (colour, surface, node.class == Class::Person) {
+                assert!(
+                    pixels.iter().all(|p| *p == c),
+                    "{id:?}: {} mask off colour",
+                    node.id
+                );
+            }
+        }
+        // A reflection's mask lies inside its surface's mask.
+        if let (Some(r_i), Some(s_i)) = (index(csg, "reflection"), index(csg, "surface")) {
+            let inside = r.masks[r_i]
+                .iter()
+                .zip(&r.masks[s_i])
+                .all(|(r, s)| !r || *s);
+            assert!(inside, "{id:?}: reflection outside its surface");
+        }
+    }
+}
+
+fn index(csg: &Csg, id: &str) -> Option<usize> {
+    csg.nodes.iter().position(|n| n.id == id)
+}
+
+#[test]
+fn training_never_shows_a_held_out_scene_and_ood_shows_nothing_else() {
+    for id in ids(Split::Train, 400)
+        .into_iter()
+        .chain(ids(Split::Test, 100))
+    {
+        let scene = id.scene();
+        assert!(!held_out(&scene), "{id:?} is held out: {}", scene.prompt);
+    }
+    for id in ids(Split::Ood, 100) {
+        let scene = id.scene();
+        assert!(held_out(&scene), "{id:?} is not held out: {}", scene.prompt);
+    }
+}
+
+#[test]
+fn the_checker_passes_rendered_ground_truth() {
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for split in [Split::Train, Split::Test, Split::Ood] {
+        for id in ids(split, 100) {
+            let scene = id.scene();
+            let verdicts = check(&scene.render().image, &scene.csg);
+            assert!(!verdicts.is_empty());
+            total += verdicts.len();
+            for v in verdicts.into_iter().filter(|v| !v.passed) {
+                failures.push(format!(
+                    "{id:?} \"{}\": {} ({})",
+                    scene.prompt, v.check, v.detail
+                ));
+            }
+        }
+    }
+    let rate = 1.0 - failures.len() as f64 / total as f64;
+    println!("ground truth: {:.2}% of {total} checks pass", 100.0 * rate);
+    assert!(
+        rate >= 0.99,
+        "{:.2}% pass; failures:\n{}",
+        100.0 * rate,
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_checker_catches_broken_renders() {
+    for category in Category::ALL {
+        let mut caught = 0;
+        let n = 60;
+        let mut missed = Vec::new();
+        for index in 0..n {
+            let id = SceneId {
+                split: Split::Train,
+                category,
+                index,
+            };
+            let (good, bad) = (id.scene(), id.broken_scene());
+            assert_eq!(good.csg, bad.csg);
+            let verdicts = check(&bad.render().image, &bad.csg);
+            if verdicts.iter().any(|v| !v.passed) {
+                caught += 1;
+            } else {
+                missed.push(good.prompt.clone());
+            }
+        }
+        println!("{}: {caught}/{n} broken renders caught", category.name());
+        assert!(
+            caught as f64 >= 0.97 * n as f64,
+            "{}: missed {missed:?}",
+            category.name()
+        );
+    }
+}
