@@ -11,6 +11,8 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    mod probe;
+
     use std::process::ExitCode;
     use std::time::Instant;
 
@@ -19,12 +21,18 @@ mod cli {
     use lina::source::DirSource;
     use lina::{Error, Result};
 
-    const USAGE: &str = "usage:
+    pub(super) const USAGE: &str = "usage:
       lina generate --model DIR --prompt TEXT [--negative TEXT] [--seed N]
                     [--steps N | --timesteps T1,T2,..] [--guidance G] [--width W] [--height H]
                     [--scheduler ddim|euler] [--clip-skip K] [--device cpu|gpu] [--out FILE.png]
       lina bench-unet --config UNET_CONFIG.json [--latent N] [--context-len L] [--repeat R]
-                    [--device cpu|gpu]   (random weights; times one CFG-batch UNet call)";
+                    [--device cpu|gpu]   (random weights; times one CFG-batch UNet call)
+      lina probe --model DIR --suite id|ood|train[:CATEGORY] [--seeds N] [--count N]
+                    [--steps N] [--guidance G] [--scheduler S] [--device cpu|gpu] --out DIR
+                    (generates the suite's prompts, checks each image, writes a report)
+      lina probe-render --suite NAME [--count N] [--broken true] --out DIR
+                    (rendered scenes with masks, CSG JSON and the checker's report)
+      lina probe-data --split train|id|ood --count N --out DIR   (training data)";
 
     pub fn main() -> ExitCode {
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,6 +49,9 @@ mod cli {
         match args.first().map(String::as_str) {
             Some("generate") => generate(&args[1..]),
             Some("bench-unet") => bench_unet(&args[1..]),
+            Some("probe") => probe::run(&args[1..]),
+            Some("probe-render") => probe::render(&args[1..]),
+            Some("probe-data") => probe::data(&args[1..]),
             Some("-h" | "--help") | None => {
                 println!("{USAGE}");
                 Ok(())
@@ -61,12 +72,12 @@ mod cli {
         }
     }
 
-    fn unknown_option(flag: &str) -> Error {
+    pub(super) fn unknown_option(flag: &str) -> Error {
         Error::InvalidInput(format!("unknown option {flag}\n{USAGE}"))
     }
 
     /// Splits `--flag value` pairs.
-    fn flags(args: &[String]) -> Result<Vec<(&str, &str)>> {
+    pub(super) fn flags(args: &[String]) -> Result<Vec<(&str, &str)>> {
         args.chunks(2)
             .map(|pair| match pair {
                 [flag, value] => Ok((flag.as_str(), value.as_str())),
@@ -76,7 +87,7 @@ mod cli {
             .collect()
     }
 
-    fn parse<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
+    pub(super) fn parse<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
         value
             .parse()
             .map_err(|_| Error::InvalidInput(format!("{flag}: cannot parse \"{value}\"")))

@@ -1,0 +1,216 @@
+//! The probe's commands: render suites with their masks, export training data, and run a
+//! suite on a model with the checker's report.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use lina::image::Image;
+use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina::probe::check::check;
+use lina::probe::report::Report;
+use lina::probe::{Category, SceneId, Split, Suite};
+use lina::schedulers::{SchedulerKind, Timesteps};
+use lina::source::DirSource;
+use lina::{Error, Result};
+
+use super::{flags, parse, unknown_option};
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))
+}
+
+fn required(value: Option<String>, flag: &str) -> Result<String> {
+    value.ok_or_else(|| Error::InvalidInput(format!("{flag} is required\n{}", super::USAGE)))
+}
+
+fn stem(id: &SceneId) -> String {
+    format!("{}_{:03}", id.category.name(), id.index)
+}
+
+fn write_report(out: &Path, report: &Report, images: &[Image]) -> Result<()> {
+    let json = serde_json::to_string_pretty(report).expect("a report serialises");
+    write(&out.join("report.json"), json.as_bytes())?;
+    write(&out.join("report.md"), report.to_markdown().as_bytes())?;
+    write(
+        &out.join("grid.png"),
+        &Image::grid(images, 14, 2)?.to_png()?,
+    )?;
+    println!(
+        "{}",
+        report
+            .to_markdown()
+            .lines()
+            .take(8)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!("wrote {}", out.join("report.md").display());
+    Ok(())
+}
+
+/// `probe-render --suite NAME [--count N] [--broken true] --out DIR`: the suite's scenes as
+/// rendered, with a PNG mask per node, the CSG and prompt as JSON, and the checker's report
+/// on them (which validates the checker: ground truth should pass, broken renders fail).
+pub fn render(args: &[String]) -> Result<()> {
+    let (mut suite, mut count, mut broken, mut out) = (None, None, false, None);
+    for (flag, value) in flags(args)? {
+        match flag {
+            "--suite" => suite = Some(value.to_string()),
+            "--count" => count = Some(parse(flag, value)?),
+            "--broken" => broken = parse(flag, value)?,
+            "--out" => out = Some(value.to_string()),
+            other => return Err(unknown_option(other)),
+        }
+    }
+    let name = required(suite, "--suite")?;
+    let mut suite = Suite::named(&name)?;
+    if let Some(n) = count {
+        suite.per_category = n;
+    }
+    let out = PathBuf::from(required(out, "--out")?);
+    create_dir(&out.join("masks"))?;
+    let mut report = Report::new(&name, if broken { "broken renders" } else { "renders" });
+    let mut images = Vec::new();
+    for id in suite.ids() {
+        let scene = if broken {
+            id.broken_scene()
+        } else {
+            id.scene()
+        };
+        let rendered = scene.render();
+        let file = format!("{}.png", stem(&id));
+        write(&out.join(&file), &rendered.image.to_png()?)?;
+        for (node, mask) in scene.csg.nodes.iter().zip(&rendered.masks) {
+            let rgb = mask.iter().flat_map(|&m| [255 * m as u8; 3]).collect();
+            let mask = Image {
+                width: rendered.image.width,
+                height: rendered.image.height,
+                rgb,
+            };
+            let path = out
+                .join("masks")
+                .join(format!("{}_{}.png", stem(&id), node.id));
+            write(&path, &mask.to_png()?)?;
+        }
+        let meta = serde_json::json!({
+            "prompt": scene.prompt, "category": id.category, "subcategory": scene.subcategory,
+            "split": id.split, "index": id.index, "csg": scene.csg,
+        });
+        write(
+            &out.join(format!("{}.json", stem(&id))),
+            meta.to_string().as_bytes(),
+        )?;
+        report.add(id, &scene, 0, &file, check(&rendered.image, &scene.csg));
+        images.push(rendered.image);
+    }
+    write_report(&out, &report, &images)
+}
+
+/// `probe-data --split train|id|ood --count N --out DIR`: `images.u8` (N images, 64x64 RGB,
+/// row-major, one byte per channel) and `prompts.jsonl` (one line per image: prompt,
+/// category, subcategory, CSG), cycling through the categories. For training scripts.
+pub fn data(args: &[String]) -> Result<()> {
+    let (mut split, mut count, mut out) = (None, None, None);
+    for (flag, value) in flags(args)? {
+        match flag {
+            "--split" => split = Some(value.to_string()),
+            "--count" => count = Some(parse::<u64>(flag, value)?),
+            "--out" => out = Some(value.to_string()),
+            other => return Err(unknown_option(other)),
+        }
+    }
+    let split = Suite::named(&required(split, "--split")?)?.split;
+    let count = count.ok_or_else(|| Error::InvalidInput("--count is required".into()))?;
+    let out = PathBuf::from(required(out, "--out")?);
+    create_dir(&out)?;
+    let open = |name: &str| {
+        let path = out.join(name);
+        std::fs::File::create(&path)
+            .map(std::io::BufWriter::new)
+            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+    };
+    let (mut images, mut prompts) = (open("images.u8")?, open("prompts.jsonl")?);
+    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", out.display()));
+    let n_cat = Category::ALL.len() as u64;
+    for i in 0..count {
+        let id = SceneId {
+            split,
+            category: Category::ALL[(i % n_cat) as usize],
+            index: i / n_cat,
+        };
+        let scene = id.scene();
+        images.write_all(&scene.render().image.rgb).map_err(io)?;
+        let line = serde_json::json!({
+            "prompt": scene.prompt, "category": id.category,
+            "subcategory": scene.subcategory, "csg": scene.csg,
+        });
+        writeln!(prompts, "{line}").map_err(io)?;
+    }
+    images.flush().map_err(io)?;
+    prompts.flush().map_err(io)?;
+    println!("wrote {count} scenes to {}", out.display());
+    Ok(())
+}
+
+/// `probe --model DIR --suite NAME [--seeds N] [--count N] [--steps N] [--guidance G]
+/// [--scheduler S] [--device D] --out DIR`: generates every prompt of the suite with seeds
+/// 0..N, checks each image against its CSG, and writes the images and the report.
+pub fn run(args: &[String]) -> Result<()> {
+    let (mut model, mut suite, mut seeds, mut count, mut out) = (None, None, 4u64, None, None);
+    let mut opts = GenerateOptions::default();
+    let mut device = "cpu".to_string();
+    for (flag, value) in flags(args)? {
+        match flag {
+            "--model" => model = Some(value.to_string()),
+            "--suite" => suite = Some(value.to_string()),
+            "--seeds" => seeds = parse(flag, value)?,
+            "--count" => count = Some(parse(flag, value)?),
+            "--steps" => opts.timesteps = Timesteps::Count(parse(flag, value)?),
+            "--guidance" => opts.guidance_scale = parse(flag, value)?,
+            "--scheduler" => opts.scheduler = Some(SchedulerKind::parse(value)?),
+            "--device" => device = value.to_string(),
+            "--out" => out = Some(value.to_string()),
+            other => return Err(unknown_option(other)),
+        }
+    }
+    let model = required(model, "--model")?;
+    let name = required(suite, "--suite")?;
+    let mut suite = Suite::named(&name)?;
+    if let Some(n) = count {
+        suite.per_category = n;
+    }
+    if suite.split == Split::Train {
+        eprintln!("note: the train suite measures fit, not generalisation");
+    }
+    let out = PathBuf::from(required(out, "--out")?);
+    create_dir(&out)?;
+    pollster::block_on(async {
+        let device = lina::device::by_name(&device).await?;
+        let pipe = StableDiffusion::load(&DirSource::new(&model), &device)?;
+        let mut report = Report::new(&name, &model);
+        let mut images = Vec::new();
+        let ids = suite.ids();
+        for (i, id) in ids.iter().enumerate() {
+            let scene = id.scene();
+            for seed in 0..seeds {
+                opts.prompt = scene.prompt.clone();
+                opts.seed = seed;
+                let done = pipe
+                    .generate(&opts, &mut NoHook, &CancelToken::new())
+                    .await?;
+                let file = format!("{}_s{seed}.png", stem(id));
+                write(&out.join(&file), &done.image.to_png()?)?;
+                let verdicts = check(&done.image, &scene.csg);
+                report.add(*id, &scene, seed, &file, verdicts);
+                images.push(done.image);
+            }
+            eprint!("\r{}/{} prompts", i + 1, ids.len());
+        }
+        eprintln!();
+        write_report(&out, &report, &images)
+    })
+}
