@@ -81,7 +81,8 @@ fn masks_are_exact() {
             }
         }
         // A reflection's mask lies inside its surface's mask.
-        if let (Some(r_i), Some(s_i)) = (index(csg, "reflection"), index(csg, "surface")) {
+        if let (Some(r_i), Some(s_i)) = (index(csg, "reflection_of_object"), index(csg, "surface"))
+        {
             let inside = r.masks[r_i]
                 .iter()
                 .zip(&r.masks[s_i])
@@ -166,4 +167,57 @@ fn the_checker_catches_broken_renders() {
             category.name()
         );
     }
+}
+
+/// The graph without what a prompt cannot say (object sizes), in a canonical order.
+fn canonical(csg: &Csg) -> Csg {
+    let mut c = csg.clone();
+    for n in c.nodes.iter_mut().filter(|n| n.class.is_object()) {
+        n.size = None;
+    }
+    c.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    c.relations
+        .sort_by_key(|r| (r.subject.clone(), r.predicate.word(), r.object.clone()));
+    c
+}
+
+#[test]
+fn parsing_a_probe_prompt_gives_its_scene_graph() {
+    for id in ids(Split::Train, 150)
+        .into_iter()
+        .chain(ids(Split::Ood, 50))
+    {
+        let scene = id.scene();
+        let parsed = lina::csg::parse::parse(&scene.prompt)
+            .unwrap_or_else(|e| panic!("{id:?} \"{}\": {e}", scene.prompt));
+        assert_eq!(
+            canonical(&parsed),
+            canonical(&scene.csg),
+            "\"{}\"",
+            scene.prompt
+        );
+    }
+}
+
+#[test]
+fn the_rules_restore_every_implied_effect_of_a_probe_scene() {
+    for id in ids(Split::Train, 50).into_iter().chain(ids(Split::Ood, 20)) {
+        let scene = id.scene();
+        let mut explicit = scene.csg.clone();
+        explicit.relations.retain(|r| {
+            explicit_node(&scene.csg, &r.subject) && explicit_node(&scene.csg, &r.object)
+        });
+        explicit.nodes.retain(|n| !n.implied);
+        lina::csg::rules::add_implied(&mut explicit);
+        assert_eq!(
+            canonical(&explicit),
+            canonical(&scene.csg),
+            "\"{}\"",
+            scene.prompt
+        );
+    }
+}
+
+fn explicit_node(csg: &Csg, id: &str) -> bool {
+    csg.node(id).is_some_and(|n| !n.implied)
 }

@@ -6,6 +6,9 @@
 //! dependencies and spatial layouts". Nodes are typed by a closed vocabulary of classes so
 //! that every node, attribute and relation maps to one automatic check (see `probe::check`).
 
+pub mod parse;
+pub mod rules;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
