@@ -7,6 +7,7 @@ pub mod csg;
 pub mod device;
 pub mod error;
 pub mod image;
+pub mod intervene;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
