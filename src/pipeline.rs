@@ -72,6 +72,22 @@ pub struct ModelCall {
     /// Text conditioning, [uncond; cond] when guidance is on, else [cond].
     pub context: Tensor<3>,
     pub guidance_scale: f64,
+    /// Extra conditionings that guide only inside regions of the latents (see
+    /// [`RegionTerm`]); they join the same batched model call.
+    pub regions: Vec<RegionTerm>,
+}
+
+/// Guidance toward (or, with a negative weight, away from) another text conditioning,
+/// restricted to a region: the noise prediction gains `weight * mask * (e_r - e_ref)`, where
+/// `e_r` is the prediction under `context` and `e_ref` the unconditional prediction (the
+/// conditional one when classifier-free guidance is off).
+#[derive(Clone)]
+pub struct RegionTerm {
+    /// [1, L, D], as [`StableDiffusion::encode_text`] gives it.
+    pub context: Tensor<3>,
+    /// [1, 1, h, w] at the latents' size, with values in [0, 1].
+    pub mask: Tensor<4>,
+    pub weight: f64,
 }
 
 /// The state after a step; a hook may replace the latents.
@@ -414,21 +430,10 @@ impl Sampling<'_> {
             latents: self.latents.clone(),
             context: self.context.clone(),
             guidance_scale: self.guidance_scale,
+            regions: Vec::new(),
         };
         hook.before_model(&mut call)?;
-
-        let input = self.scheduler.scale_model_input(call.latents, step);
-        let guided = call.context.dims()[0] == 2;
-        let noise_pred = if guided {
-            let doubled = Tensor::cat(vec![input.clone(), input], 0);
-            let out = self.pipe.unet.forward(doubled, timestep, &call.context);
-            let mut halves = out.chunk(2, 0);
-            let cond = halves.pop().expect("two halves");
-            let uncond = halves.pop().expect("two halves");
-            uncond.clone() + (cond - uncond).mul_scalar(call.guidance_scale)
-        } else {
-            self.pipe.unet.forward(input, timestep, &call.context)
-        };
+        let noise_pred = self.predict_noise(call)?;
 
         let out = self
             .scheduler
@@ -445,6 +450,60 @@ impl Sampling<'_> {
         self.latents = state.latents;
         self.step += 1;
         Ok(())
+    }
+
+    /// One batched model call for the base conditioning and every region term, combined
+    /// into the guided noise prediction.
+    fn predict_noise(&self, call: ModelCall) -> Result<Tensor<4>> {
+        let input = self.scheduler.scale_model_input(call.latents, call.step);
+        let base = call.context.dims()[0];
+        let [_, c, h, w] = input.dims();
+        let mut contexts = vec![call.context];
+        for (i, r) in call.regions.iter().enumerate() {
+            let (cd, md) = (r.context.dims(), r.mask.dims());
+            if cd[0] != 1 || cd[1..] != contexts[0].dims()[1..] || md != [1, 1, h, w] {
+                return Err(Error::InvalidInput(format!(
+                    "region term {i}: context {cd:?} or mask {md:?} does not fit latents [1, {c}, {h}, {w}]"
+                )));
+            }
+            if !r.weight.is_finite() {
+                return Err(Error::InvalidInput(format!(
+                    "region term {i}: weight is not finite"
+                )));
+            }
+            contexts.push(r.context.clone());
+        }
+        let batch = base + call.regions.len();
+        let inputs = if batch == 1 {
+            input
+        } else {
+            Tensor::cat(vec![input; batch], 0)
+        };
+        let context = if contexts.len() == 1 {
+            contexts.pop().expect("one context")
+        } else {
+            Tensor::cat(contexts, 0)
+        };
+        let out = self.pipe.unet.forward(inputs, call.timestep, &context);
+        let mut parts = out.chunk(batch, 0);
+        let terms = parts.split_off(base);
+        let mut pred = if base == 2 {
+            let cond = parts.pop().expect("two halves");
+            let uncond = parts.pop().expect("two halves");
+            let guided = uncond.clone() + (cond - uncond.clone()).mul_scalar(call.guidance_scale);
+            parts.push(uncond);
+            guided
+        } else {
+            parts[0].clone()
+        };
+        let reference = parts.pop().expect("a reference prediction");
+        for (r, e) in call.regions.iter().zip(terms) {
+            pred = pred
+                + (e - reference.clone())
+                    .mul(r.mask.clone().repeat_dim(1, c))
+                    .mul_scalar(r.weight);
+        }
+        Ok(pred)
     }
 
     /// Waits until the device has finished the steps queued so far (one scalar readback),

@@ -145,3 +145,88 @@ fn guidance_at_one_skips_the_unconditional_pass() {
     .unwrap();
     assert_eq!(b.0, 1);
 }
+
+/// Adds one region term with the prompt's own conditioning over a mask.
+struct Region {
+    weight: f64,
+    mask: fn(usize, usize) -> f32,
+    context: Option<burn::tensor::Tensor<3>>,
+}
+
+impl StepHook for Region {
+    fn before_model(&mut self, call: &mut ModelCall) -> Result<()> {
+        use burn::tensor::{Tensor, TensorData};
+        let [_, _, h, w] = call.latents.dims();
+        let device = call.latents.device();
+        let values: Vec<f32> = (0..h * w).map(|i| (self.mask)(i / w, i % w)).collect();
+        let mask = Tensor::<4>::from_data(TensorData::new(values, [1, 1, h, w]), &device);
+        let context = match &self.context {
+            Some(c) => c.clone(),
+            None => call.context.clone().narrow(0, 1, 1),
+        };
+        call.regions.push(lina::pipeline::RegionTerm {
+            context,
+            mask,
+            weight: self.weight,
+        });
+        Ok(())
+    }
+}
+
+fn max_pixel_diff(a: &lina::image::Image, b: &lina::image::Image) -> u8 {
+    a.rgb
+        .iter()
+        .zip(&b.rgb)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn a_region_term_over_the_whole_image_adds_to_the_guidance_scale() {
+    let pipe = pipe();
+    let mut o = opts(3);
+    o.guidance_scale = 5.0;
+    let full = Region {
+        weight: 2.0,
+        mask: |_, _| 1.0,
+        context: None,
+    };
+    let with_term = run(&pipe, &o, &mut { full }).unwrap();
+    o.guidance_scale = 7.0;
+    let stronger = run(&pipe, &o, &mut NoHook).unwrap();
+    assert!(
+        max_pixel_diff(&with_term, &stronger) <= 1,
+        "{}",
+        max_pixel_diff(&with_term, &stronger)
+    );
+
+    // An empty mask changes nothing; a half mask changes the image.
+    o.guidance_scale = 5.0;
+    let plain = run(&pipe, &o, &mut NoHook).unwrap();
+    let empty = Region {
+        weight: 2.0,
+        mask: |_, _| 0.0,
+        context: None,
+    };
+    assert!(max_pixel_diff(&run(&pipe, &o, &mut { empty }).unwrap(), &plain) <= 1);
+    let half = Region {
+        weight: 2.0,
+        mask: |_, x| (x < 4) as u8 as f32,
+        context: None,
+    };
+    assert!(max_pixel_diff(&run(&pipe, &o, &mut { half }).unwrap(), &plain) > 1);
+}
+
+#[test]
+fn a_region_term_that_does_not_fit_is_an_error() {
+    let pipe = pipe();
+    let (wrong, _) = pipe.encode_text("a ball", 0).unwrap();
+    let bad = Region {
+        weight: 1.0,
+        mask: |_, _| 1.0,
+        context: Some(burn::tensor::Tensor::cat(vec![wrong.clone(), wrong], 0)),
+    };
+    let err = run(&pipe, &opts(1), &mut { bad }).unwrap_err().to_string();
+    assert!(err.contains("region term 0"), "{err}");
+}
