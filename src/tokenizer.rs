@@ -171,6 +171,34 @@ impl ClipTokenizer {
     }
 }
 
+impl ClipTokenizer {
+    /// For each position of `encode(text).ids`, the lower-cased word its token belongs to
+    /// (`None` for the start and end tokens and the padding): to find the tokens of a word.
+    pub fn words(&self, text: &str) -> Result<Vec<Option<String>>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let room = self.max_length - 2;
+        let offsets = encoding.get_offsets();
+        let word_ids = encoding.get_word_ids();
+        let span = |word: u32| {
+            let (mut start, mut end) = (usize::MAX, 0);
+            for (w, o) in word_ids.iter().zip(offsets) {
+                if *w == Some(word) {
+                    start = start.min(o.0);
+                    end = end.max(o.1);
+                }
+            }
+            text.get(start..end).map(str::to_lowercase)
+        };
+        let mut out = vec![None];
+        out.extend(word_ids.iter().take(room).map(|w| w.and_then(span)));
+        out.resize(self.max_length, None);
+        Ok(out)
+    }
+}
+
 /// GPT-2/CLIP's byte-to-symbol table: printable bytes stand for themselves, the others are
 /// shifted to code points from 256 up, so every byte is a visible character.
 fn byte_symbols() -> [char; 256] {

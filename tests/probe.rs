@@ -221,3 +221,35 @@ fn the_rules_restore_every_implied_effect_of_a_probe_scene() {
 fn explicit_node(csg: &Csg, id: &str) -> bool {
     csg.node(id).is_some_and(|n| !n.implied)
 }
+
+#[test]
+fn located_boxes_are_the_mask_boxes_of_rendered_scenes() {
+    for id in ids(Split::Test, 10) {
+        let scene = id.scene();
+        let r = scene.render();
+        let boxes = lina::probe::check::locate(&r.image, &scene.csg);
+        for ((node, mask), found) in scene.csg.nodes.iter().zip(&r.masks).zip(&boxes) {
+            if node.class == Class::Floor
+                || node.class == Class::Shadow
+                || node.class == Class::Person
+            {
+                continue; // the floor has no colour of its own; shadows share one; a person has two
+            }
+            let Some([x0, y0, x1, y1]) = found else {
+                panic!("{id:?}: {} not found", node.id);
+            };
+            // The mask's own box contains the located one (the largest region may be a part).
+            let px: Vec<(usize, usize)> = (0..64 * 64)
+                .filter(|&i| mask[i])
+                .map(|i| (i % 64, i / 64))
+                .collect();
+            let mx0 = px.iter().map(|p| p.0).min().unwrap() as f32 / 64.0;
+            let my0 = px.iter().map(|p| p.1).min().unwrap() as f32 / 64.0;
+            assert!(
+                *x0 >= mx0 - 1e-6 && *y0 >= my0 - 1e-6 && x1 > x0 && y1 > y0,
+                "{id:?} {}",
+                node.id
+            );
+        }
+    }
+}

@@ -108,3 +108,26 @@ fn decoding_gives_back_the_text() {
         }
     }
 }
+
+#[test]
+fn words_name_the_word_of_every_token() {
+    let tok = ClipTokenizer::from_tokenizer_json(&read_fixture("tokenizer/tokenizer.json"), None)
+        .unwrap();
+    let text = "A red Ball, on a small mirror";
+    let ids = tok.encode(text).unwrap().ids;
+    let words = tok.words(text).unwrap();
+    assert_eq!(words.len(), ids.len());
+    assert_eq!(words[0], None);
+    let named: Vec<&str> = words.iter().flatten().map(String::as_str).collect();
+    for w in ["a", "red", "ball", ",", "on", "small", "mirror"] {
+        assert!(named.contains(&w), "{w} missing from {named:?}");
+    }
+    // Exactly the body tokens (between the start token and the first end token) are named.
+    let eos = ids[1..]
+        .iter()
+        .position(|&i| i == *ids.last().unwrap())
+        .unwrap()
+        + 1;
+    assert!(words[1..eos].iter().all(Option::is_some));
+    assert!(words[eos..].iter().all(Option::is_none));
+}

@@ -1,4 +1,251 @@
-//! LINA's sampling-time interventions: they change how the model is sampled, never its
-//! weights.
+//! LINA's sampling-time interventions: they change how a model is sampled, never its weights.
+//!
+//! A [`Plan`] says which interventions run, how strongly and in which window of steps;
+//! [`generate`] runs one generation under a plan for a prompt and its Causal Scene Graph:
+//! - `schedule`: the causality-aware schedule (more of the step budget at the noisy start);
+//! - `prompt`: prompt-space targeted guidance on the relation tokens;
+//! - `region`: latent-space targeted guidance on the CSG's node and effect regions, whose
+//!   layout comes from the CSG or, where it has none, is read off the model's own early
+//!   prediction of the final image (the layout forms in the first steps).
 
+pub mod prompt;
+pub mod region;
 pub mod schedule;
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::csg::Csg;
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::pipeline::{
+    CancelToken, GenerateOptions, Generated, ModelCall, StableDiffusion, StepHook, StepState,
+};
+use crate::schedulers::{SchedulerKind, Timesteps};
+use region::Box4;
+
+/// Which interventions run, how strongly, and when. Windows are fractions of the run's steps,
+/// `[start, end)`, so a plan fits any step count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Plan {
+    /// Prompt-space guidance strength on relation tokens; 0 turns it off.
+    pub prompt_strength: f64,
+    pub prompt_window: [f64; 2],
+    /// Latent-space guidance: weight of each node's own phrase in its region; 0 turns it off.
+    pub node_weight: f64,
+    /// Latent-space guidance: weight pushing effects out of forbidden regions; 0 turns it off.
+    pub effect_weight: f64,
+    pub region_window: [f64; 2],
+    /// Schedule warp toward the noisy start; 1 is the plain schedule.
+    pub warp: f64,
+    /// Where a layout the CSG lacks is read off the predicted image, as a fraction of the run.
+    pub layout_at: f64,
+}
+
+impl Default for Plan {
+    /// The plan that changes nothing: the baseline sampler.
+    fn default() -> Self {
+        Self {
+            prompt_strength: 0.0,
+            prompt_window: [0.0, 0.5],
+            node_weight: 0.0,
+            effect_weight: 0.0,
+            region_window: [0.0, 0.4],
+            warp: 1.0,
+            layout_at: 0.25,
+        }
+    }
+}
+
+impl Plan {
+    pub fn is_baseline(&self) -> bool {
+        self.prompt_strength == 0.0
+            && self.node_weight == 0.0
+            && self.effect_weight == 0.0
+            && self.warp == 1.0
+    }
+
+    fn uses_regions(&self) -> bool {
+        self.node_weight != 0.0 || self.effect_weight != 0.0
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::InvalidInput(format!("plan: {what}")));
+        for (name, w) in [
+            ("promptWindow", self.prompt_window),
+            ("regionWindow", self.region_window),
+        ] {
+            if !(0.0..=1.0).contains(&w[0]) || !(0.0..=1.0).contains(&w[1]) || w[0] > w[1] {
+                return bad(&format!(
+                    "{name} must be [start, end] within [0, 1], got {w:?}"
+                ));
+            }
+        }
+        for (name, v) in [
+            ("promptStrength", self.prompt_strength),
+            ("nodeWeight", self.node_weight),
+            ("effectWeight", self.effect_weight),
+        ] {
+            if !v.is_finite() || v.abs() > 50.0 {
+                return bad(&format!(
+                    "{name} must be a finite number within ±50, got {v}"
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&self.layout_at) {
+            return bad(&format!(
+                "layoutAt must be in [0, 1), got {}",
+                self.layout_at
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A generation under a plan, with what the plan did.
+pub struct Intervened {
+    pub generated: Generated,
+    /// The timesteps sampled (after the warp).
+    pub timesteps: Vec<f64>,
+    /// The node boxes the latent-space guidance used, one entry per CSG node.
+    pub layout: Vec<Option<Box4>>,
+    /// Each active intervention, in words.
+    pub described: Vec<String>,
+}
+
+/// Steps `[start, end)` of `steps` for a window given in fractions.
+fn steps_of(window: [f64; 2], steps: usize) -> std::ops::Range<usize> {
+    let at = |f: f64| ((f * steps as f64).round() as usize).min(steps);
+    at(window[0])..at(window[1])
+}
+
+/// Several borrowed hooks, in order.
+struct Chain<'a>(Vec<&'a mut dyn StepHook>);
+
+impl StepHook for Chain<'_> {
+    fn before_model(&mut self, call: &mut ModelCall) -> Result<()> {
+        self.0.iter_mut().try_for_each(|h| h.before_model(call))
+    }
+    fn after_step(&mut self, state: &mut StepState) -> Result<()> {
+        self.0.iter_mut().try_for_each(|h| h.after_step(state))
+    }
+}
+
+/// Keeps the model's prediction of the final latents at one step.
+struct Capture {
+    at: usize,
+    x0: Option<Tensor<4>>,
+}
+
+impl StepHook for Capture {
+    fn after_step(&mut self, state: &mut StepState) -> Result<()> {
+        if state.step == self.at {
+            self.x0 = Some(state.pred_original.clone());
+        }
+        Ok(())
+    }
+}
+
+/// The plan's timesteps for these options: the plain schedule of the run's scheduler, warped.
+pub fn timesteps(pipe: &StableDiffusion, opts: &GenerateOptions, plan: &Plan) -> Result<Vec<f64>> {
+    let kind = opts
+        .scheduler
+        .unwrap_or_else(|| SchedulerKind::from_config(pipe.scheduler_config()));
+    let config = pipe.scheduler_config();
+    let plain = config.resolve(&opts.timesteps, kind == SchedulerKind::Ddim)?;
+    if plan.warp == 1.0 {
+        return Ok(plain);
+    }
+    schedule::warp_timesteps(&plain, config.num_train_timesteps, plan.warp)
+}
+
+/// The model's own early picture of the scene: it samples up to the plan's layout step and
+/// decodes the predicted final image there.
+pub async fn early_prediction(
+    pipe: &StableDiffusion,
+    opts: &GenerateOptions,
+    at: usize,
+) -> Result<Image> {
+    let mut sampling = pipe.start(opts)?;
+    let mut capture = Capture { at, x0: None };
+    while capture.x0.is_none() && !sampling.is_done() {
+        sampling.step(&mut capture)?;
+    }
+    let x0 = capture
+        .x0
+        .ok_or_else(|| Error::InvalidInput(format!("the run has no step {at}")))?;
+    Image::from_decoded(pipe.vae().decode_scaled(x0)).await
+}
+
+/// Runs one generation of `opts` under `plan`, for the prompt's scene graph `csg`.
+pub async fn generate(
+    pipe: &StableDiffusion,
+    opts: &GenerateOptions,
+    csg: &Csg,
+    plan: &Plan,
+    hook: &mut dyn StepHook,
+    cancel: &CancelToken,
+) -> Result<Intervened> {
+    plan.validate()?;
+    csg.validate()?;
+    let timesteps = timesteps(pipe, opts, plan)?;
+    let steps = timesteps.len();
+    let mut opts = opts.clone();
+    opts.timesteps = Timesteps::Explicit(timesteps.clone());
+    let mut described = Vec::new();
+    if plan.warp != 1.0 {
+        described.push(format!("schedule warp {}: {timesteps:?}", plan.warp));
+    }
+
+    let mut layout: Vec<Option<Box4>> = csg.nodes.iter().map(|n| n.layout).collect();
+    let mut region = None;
+    if plan.uses_regions() {
+        if layout.iter().all(Option::is_none) {
+            let at = ((plan.layout_at * steps as f64) as usize).min(steps - 1);
+            let early = early_prediction(pipe, &opts, at).await?;
+            layout = crate::probe::check::locate(&early, csg);
+            described.push(format!("layout read off the predicted image at step {at}"));
+        }
+        let factor = pipe.native_size() / pipe.unet().config().sample_size;
+        let size = |side: Option<usize>| side.unwrap_or(pipe.native_size()) / factor;
+        let g = region::RegionGuidance::new(
+            pipe,
+            &opts.prompt,
+            csg,
+            &layout,
+            plan.node_weight,
+            plan.effect_weight,
+            steps_of(plan.region_window, steps),
+            (size(opts.height), size(opts.width)),
+        )?;
+        described.extend(g.described.iter().cloned());
+        region = Some(g);
+    }
+    let mut prompt = None;
+    if plan.prompt_strength != 0.0 {
+        let window = steps_of(plan.prompt_window, steps);
+        let g = prompt::PromptGuidance::new(pipe, &opts.prompt, plan.prompt_strength, window)?;
+        described.push(format!(
+            "prompt guidance {} on token positions {:?}",
+            plan.prompt_strength, g.positions
+        ));
+        prompt = Some(g);
+    }
+
+    let mut hooks: Vec<&mut dyn StepHook> = Vec::new();
+    if let Some(g) = prompt.as_mut() {
+        hooks.push(g);
+    }
+    if let Some(g) = region.as_mut() {
+        hooks.push(g);
+    }
+    hooks.push(hook);
+    let generated = pipe.generate(&opts, &mut Chain(hooks), cancel).await?;
+    Ok(Intervened {
+        generated,
+        timesteps,
+        layout,
+        described,
+    })
+}

@@ -640,3 +640,23 @@ fn shadow_of(labels: &Labels, object: usize, light: Option<Light>) -> (bool, Str
         format!("expected {detail}: {left} px left, {right} px right"),
     )
 }
+
+/// Where each node of `csg` shows in `image`: the box of its largest region in [0, 1] image
+/// coordinates (`[x0, y0, x1, y1]`), or `None` where it does not show. For layouts read off
+/// an image, as LINA's latent-space guidance does from an early prediction.
+pub fn locate(image: &Image, csg: &Csg) -> Vec<Option<[f32; 4]>> {
+    let labels = Labels::new(image, csg);
+    let (w, h) = (image.width as f32, image.height as f32);
+    (0..csg.nodes.len())
+        .map(|i| {
+            labels.main_blob(i).map(|b| {
+                [
+                    b.x0 as f32 / w,
+                    b.y0 as f32 / h,
+                    (b.x1 + 1) as f32 / w,
+                    (b.y1 + 1) as f32 / h,
+                ]
+            })
+        })
+        .collect()
+}

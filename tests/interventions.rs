@@ -1,0 +1,206 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! LINA's interventions as mechanisms, on the tiny SD1-like fixture: the baseline plan is the
+//! plain sampler, each intervention acts only inside its window and on its targets. Their
+//! effect on physical alignment is measured on the default model by the probe (docs/lina.md).
+
+mod common;
+
+use common::fixture;
+use lina::csg::parse::parse;
+use lina::image::Image;
+use lina::intervene::{self, Plan};
+use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina::schedulers::Timesteps;
+use lina::source::DirSource;
+
+fn pipe() -> StableDiffusion {
+    StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &lina::device::cpu()).unwrap()
+}
+
+fn opts(prompt: &str) -> GenerateOptions {
+    GenerateOptions {
+        prompt: prompt.into(),
+        seed: 5,
+        timesteps: Timesteps::Count(6),
+        guidance_scale: 5.0,
+        ..GenerateOptions::default()
+    }
+}
+
+fn plain(pipe: &StableDiffusion, o: &GenerateOptions) -> Image {
+    pollster::block_on(pipe.generate(o, &mut NoHook, &CancelToken::new()))
+        .unwrap()
+        .image
+}
+
+fn with_plan(pipe: &StableDiffusion, o: &GenerateOptions, plan: &Plan) -> intervene::Intervened {
+    let csg = parse(&o.prompt).unwrap();
+    pollster::block_on(intervene::generate(
+        pipe,
+        o,
+        &csg,
+        plan,
+        &mut NoHook,
+        &CancelToken::new(),
+    ))
+    .unwrap()
+}
+
+fn diff(a: &Image, b: &Image) -> u8 {
+    a.rgb
+        .iter()
+        .zip(&b.rgb)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn the_baseline_plan_is_the_plain_sampler() {
+    let pipe = pipe();
+    let o = opts("a red ball on a small mirror");
+    let out = with_plan(&pipe, &o, &Plan::default());
+    assert_eq!(out.generated.image, plain(&pipe, &o));
+    assert!(out.described.is_empty());
+}
+
+#[test]
+fn the_warp_changes_the_timesteps_and_the_image() {
+    let pipe = pipe();
+    let o = opts("a red ball on a small mirror");
+    let plan = Plan {
+        warp: 2.0,
+        ..Plan::default()
+    };
+    let out = with_plan(&pipe, &o, &plan);
+    let base = intervene::timesteps(&pipe, &o, &Plan::default()).unwrap();
+    assert_eq!(out.timesteps.len(), base.len());
+    assert!(
+        out.timesteps[1] > base[1],
+        "{:?} vs {base:?}",
+        out.timesteps
+    );
+    assert!(diff(&out.generated.image, &plain(&pipe, &o)) > 0);
+}
+
+#[test]
+fn prompt_guidance_moves_only_relation_tokens_inside_its_window() {
+    let pipe = pipe();
+    let o = opts("a red ball on a small mirror");
+    let base = plain(&pipe, &o);
+    let on = Plan {
+        prompt_strength: 3.0,
+        prompt_window: [0.0, 1.0],
+        ..Plan::default()
+    };
+    let out = with_plan(&pipe, &o, &on);
+    assert!(diff(&out.generated.image, &base) > 0);
+    let positions = lina::intervene::prompt::relation_positions(&pipe, &o.prompt).unwrap();
+    assert_eq!(positions.len(), 2, "\"on\" and \"small\"");
+
+    // An empty window, or a prompt without relation words, changes nothing.
+    let empty = Plan {
+        prompt_window: [0.5, 0.5],
+        ..on.clone()
+    };
+    assert_eq!(with_plan(&pipe, &o, &empty).generated.image, base);
+    assert!(
+        lina::intervene::prompt::relation_positions(&pipe, "a red ball")
+            .unwrap()
+            .is_empty()
+    );
+    let o3 = opts("a red ball");
+    assert_eq!(
+        with_plan(&pipe, &o3, &on).generated.image,
+        plain(&pipe, &o3)
+    );
+}
+
+#[test]
+fn region_guidance_uses_the_csg_layout_and_forbids_spills() {
+    let pipe = pipe();
+    let o = opts("a red ball on a small mirror");
+    let mut csg = parse(&o.prompt).unwrap();
+    let set = |csg: &mut lina::csg::Csg, id: &str, b: [f32; 4]| {
+        csg.nodes.iter_mut().find(|n| n.id == id).unwrap().layout = Some(b);
+    };
+    set(&mut csg, "object", [0.4, 0.45, 0.6, 0.72]);
+    set(&mut csg, "surface", [0.42, 0.72, 0.58, 0.8]);
+    let plan = Plan {
+        node_weight: 2.0,
+        effect_weight: 3.0,
+        ..Plan::default()
+    };
+    let out = pollster::block_on(intervene::generate(
+        &pipe,
+        &o,
+        &csg,
+        &plan,
+        &mut NoHook,
+        &CancelToken::new(),
+    ))
+    .unwrap();
+    assert!(
+        out.described.iter().any(|d| d.contains("\"a red ball\"")),
+        "{:?}",
+        out.described
+    );
+    assert!(
+        out.described
+            .iter()
+            .any(|d| d.contains("reflection_of_object may not be")),
+        "{:?}",
+        out.described
+    );
+    assert!(diff(&out.generated.image, &plain(&pipe, &o)) > 0);
+}
+
+#[test]
+fn bad_plans_are_clear_errors() {
+    let pipe = pipe();
+    let o = opts("a red ball on a small mirror");
+    let csg = parse(&o.prompt).unwrap();
+    for (plan, word) in [
+        (
+            Plan {
+                warp: 0.0,
+                ..Plan::default()
+            },
+            "warp",
+        ),
+        (
+            Plan {
+                prompt_window: [0.6, 0.2],
+                ..Plan::default()
+            },
+            "promptWindow",
+        ),
+        (
+            Plan {
+                node_weight: f64::NAN,
+                ..Plan::default()
+            },
+            "nodeWeight",
+        ),
+        (
+            Plan {
+                layout_at: 1.0,
+                ..Plan::default()
+            },
+            "layoutAt",
+        ),
+    ] {
+        let err = pollster::block_on(intervene::generate(
+            &pipe,
+            &o,
+            &csg,
+            &plan,
+            &mut NoHook,
+            &CancelToken::new(),
+        ))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains(word), "{word}: {err}");
+    }
+}
