@@ -59,6 +59,32 @@ impl Default for Plan {
 }
 
 impl Plan {
+    /// Our default LINA plan for the embedded model (see docs/lina.md for how it was chosen).
+    pub fn lina() -> Self {
+        Self {
+            prompt_strength: 1.0,
+            prompt_window: [0.0, 0.5],
+            node_weight: 1.0,
+            effect_weight: 2.0,
+            region_window: [0.0, 0.4],
+            warp: 1.5,
+            layout_at: 0.25,
+        }
+    }
+
+    /// "baseline", "lina", or a JSON object (camelCase fields; missing ones take the
+    /// baseline's values).
+    pub fn parse(text: &str) -> Result<Self> {
+        let plan = match text.trim() {
+            "baseline" => Self::default(),
+            "lina" => Self::lina(),
+            json => serde_json::from_str(json)
+                .map_err(|e| Error::InvalidInput(format!("plan JSON: {e}")))?,
+        };
+        plan.validate()?;
+        Ok(plan)
+    }
+
     pub fn is_baseline(&self) -> bool {
         self.prompt_strength == 0.0
             && self.node_weight == 0.0

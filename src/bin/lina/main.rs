@@ -25,10 +25,14 @@ mod cli {
       lina generate --model DIR --prompt TEXT [--negative TEXT] [--seed N]
                     [--steps N | --timesteps T1,T2,..] [--guidance G] [--width W] [--height H]
                     [--scheduler ddim|euler] [--clip-skip K] [--device cpu|gpu] [--out FILE.png]
+                    [--plan baseline|lina|JSON|FILE] [--csg CSG.json]
+                    (a plan other than baseline runs LINA's interventions, on the CSG parsed
+                    from the prompt unless --csg gives one)
       lina bench-unet --config UNET_CONFIG.json [--latent N] [--context-len L] [--repeat R]
                     [--device cpu|gpu]   (random weights; times one CFG-batch UNet call)
       lina probe --model DIR --suite id|ood|train[:CATEGORY] [--seeds N] [--count N]
-                    [--steps N] [--guidance G] [--scheduler S] [--device cpu|gpu] --out DIR
+                    [--steps N] [--guidance G] [--scheduler S] [--device cpu|gpu]
+                    [--plan baseline|lina|JSON|FILE] --out DIR
                     (generates the suite's prompts, checks each image, writes a report)
       lina probe-render --suite NAME [--count N] [--broken true] --out DIR
                     (rendered scenes with masks, CSG JSON and the checker's report)
@@ -87,6 +91,16 @@ mod cli {
             .collect()
     }
 
+    /// A plan from "baseline", "lina", inline JSON, or a JSON file's path.
+    pub(super) fn read_plan(value: &str) -> Result<lina::intervene::Plan> {
+        let text = if std::path::Path::new(value).is_file() {
+            std::fs::read_to_string(value).map_err(|e| Error::Io(format!("{value}: {e}")))?
+        } else {
+            value.to_string()
+        };
+        lina::intervene::Plan::parse(&text)
+    }
+
     pub(super) fn parse<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
         value
             .parse()
@@ -98,9 +112,13 @@ mod cli {
         let mut model = None;
         let mut out = "out.png".to_string();
         let mut device = "cpu".to_string();
+        let mut plan = lina::intervene::Plan::default();
+        let mut csg_file = None;
         for (flag, value) in flags(args)? {
             match flag {
                 "--model" => model = Some(value.to_string()),
+                "--plan" => plan = read_plan(value)?,
+                "--csg" => csg_file = Some(value.to_string()),
                 "--prompt" => opts.prompt = value.to_string(),
                 "--negative" => opts.negative_prompt = value.to_string(),
                 "--seed" => opts.seed = parse(flag, value)?,
@@ -131,9 +149,27 @@ mod cli {
             let started = Instant::now();
             let pipe = StableDiffusion::load(&DirSource::new(&model), &device)?;
             let loaded = started.elapsed();
-            let done = pipe
-                .generate(&opts, &mut Progress, &CancelToken::new())
-                .await?;
+            let done = if plan.is_baseline() {
+                pipe.generate(&opts, &mut Progress, &CancelToken::new())
+                    .await?
+            } else {
+                let csg = match &csg_file {
+                    Some(path) => lina::csg::Csg::from_json(
+                        &std::fs::read_to_string(path)
+                            .map_err(|e| Error::Io(format!("{path}: {e}")))?,
+                    )?,
+                    None => lina::csg::parse::parse(&opts.prompt)?,
+                };
+                let cancel = CancelToken::new();
+                let out =
+                    lina::intervene::generate(&pipe, &opts, &csg, &plan, &mut Progress, &cancel)
+                        .await?;
+                eprintln!();
+                for d in &out.described {
+                    eprintln!("LINA: {d}");
+                }
+                out.generated
+            };
             eprintln!();
             for w in &done.warnings {
                 eprintln!("warning: {w}");

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use lina::image::Image;
+use lina::intervene::{self, Plan};
 use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
 use lina::probe::check::check;
 use lina::probe::report::Report;
@@ -157,10 +158,11 @@ pub fn data(args: &[String]) -> Result<()> {
 }
 
 /// `probe --model DIR --suite NAME [--seeds N] [--count N] [--steps N] [--guidance G]
-/// [--scheduler S] [--device D] --out DIR`: generates every prompt of the suite with seeds
+/// [--scheduler S] [--device D] [--plan baseline|lina|JSON|FILE] --out DIR`: generates every prompt of the suite with seeds
 /// 0..N, checks each image against its CSG, and writes the images and the report.
 pub fn run(args: &[String]) -> Result<()> {
     let (mut model, mut suite, mut seeds, mut count, mut out) = (None, None, 4u64, None, None);
+    let mut plan = Plan::default();
     let mut opts = GenerateOptions::default();
     let mut device = "cpu".to_string();
     for (flag, value) in flags(args)? {
@@ -173,6 +175,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--guidance" => opts.guidance_scale = parse(flag, value)?,
             "--scheduler" => opts.scheduler = Some(SchedulerKind::parse(value)?),
             "--device" => device = value.to_string(),
+            "--plan" => plan = super::read_plan(value)?,
             "--out" => out = Some(value.to_string()),
             other => return Err(unknown_option(other)),
         }
@@ -191,7 +194,15 @@ pub fn run(args: &[String]) -> Result<()> {
     pollster::block_on(async {
         let device = lina::device::by_name(&device).await?;
         let pipe = StableDiffusion::load(&DirSource::new(&model), &device)?;
-        let mut report = Report::new(&name, &model);
+        let label = if plan.is_baseline() {
+            model.clone()
+        } else {
+            format!(
+                "{model} + LINA {}",
+                serde_json::to_string(&plan).expect("a plan serialises")
+            )
+        };
+        let mut report = Report::new(&name, &label);
         let mut images = Vec::new();
         let ids = suite.ids();
         for (i, id) in ids.iter().enumerate() {
@@ -199,9 +210,17 @@ pub fn run(args: &[String]) -> Result<()> {
             for seed in 0..seeds {
                 opts.prompt = scene.prompt.clone();
                 opts.seed = seed;
-                let done = pipe
-                    .generate(&opts, &mut NoHook, &CancelToken::new())
-                    .await?;
+                let done = if plan.is_baseline() {
+                    pipe.generate(&opts, &mut NoHook, &CancelToken::new())
+                        .await?
+                } else {
+                    // As a user would run it: the graph comes from the prompt.
+                    let csg = lina::csg::parse::parse(&scene.prompt)?;
+                    let cancel = CancelToken::new();
+                    intervene::generate(&pipe, &opts, &csg, &plan, &mut NoHook, &cancel)
+                        .await?
+                        .generated
+                };
                 let file = format!("{}_s{seed}.png", stem(id));
                 write(&out.join(&file), &done.image.to_png()?)?;
                 let verdicts = check(&done.image, &scene.csg);
