@@ -1,5 +1,5 @@
 #![cfg(not(target_arch = "wasm32"))]
-//! DDIM and Euler against diffusers' own steps: timesteps, sigmas and latents after 10 steps
+//! DDIM, Euler and DPM-Solver++ against diffusers' own steps: timesteps, sigmas and latents after 10 steps
 //! driven by a fake model (formula in tests/fixtures/schedulers.json).
 
 mod common;
@@ -30,7 +30,7 @@ fn schedulers_match_diffusers_steps() {
             Some(list) => Timesteps::Explicit(list.iter().map(|t| t.as_f64().unwrap()).collect()),
             None => Timesteps::Count(case["num_inference_steps"].as_u64().unwrap() as usize),
         };
-        let scheduler = schedulers::build(kind, &config, &request).unwrap();
+        let mut scheduler = schedulers::build(kind, &config, &request).unwrap();
 
         let expected_t = floats(&case["timesteps"]);
         assert_eq!(scheduler.timesteps().len(), expected_t.len(), "{name}");
@@ -132,4 +132,45 @@ fn unsupported_scheduler_settings_are_refused() {
         let err = SchedulerConfig::from_json(json).err().unwrap().to_string();
         assert!(err.contains(word), "{json}: {err}");
     }
+}
+
+#[test]
+fn settings_a_scheduler_lacks_are_refused_when_it_is_built() {
+    let config = |extra: &str| {
+        SchedulerConfig::from_json(&format!(
+            r#"{{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012{extra}}}"#
+        ))
+        .unwrap()
+    };
+    let dpm = SchedulerKind::parse("dpm++2m").unwrap();
+    for (kind, extra, word) in [
+        (
+            SchedulerKind::Euler,
+            r#", "use_karras_sigmas": true"#,
+            "use_karras_sigmas",
+        ),
+        (
+            dpm,
+            r#", "algorithm_type": "sde-dpmsolver++""#,
+            "algorithm_type",
+        ),
+        (dpm, r#", "solver_order": 3"#, "solver_order"),
+        (
+            dpm,
+            r#", "final_sigmas_type": "other""#,
+            "final_sigmas_type",
+        ),
+    ] {
+        let err = schedulers::build(kind, &config(extra), &Timesteps::Count(10))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(word), "{extra}: {err}");
+    }
+    let karras = config(r#", "use_karras_sigmas": true"#);
+    let err = schedulers::build(dpm, &karras, &Timesteps::Explicit(vec![900.0, 100.0]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("Karras"), "{err}");
 }

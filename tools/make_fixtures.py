@@ -615,9 +615,9 @@ def fake_model(scaled: torch.Tensor, t) -> torch.Tensor:
 
 
 def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-    cls = DDIMScheduler if kind == "ddim" else EulerDiscreteScheduler
+    cls = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpm++2m": DPMSolverMultistepScheduler}[kind]
     base = dict(**SD_BETAS, steps_offset=1)
     if kind == "ddim":
         base.update(clip_sample=False, set_alpha_to_one=False)
@@ -642,6 +642,8 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
         per_step.append(f32_list(sample))
         outs.append(f32_list(out))
     cfg = json.loads(sch.to_json_string())
+    # JSON has no infinities: DPM-Solver's lambda_min_clipped defaults to -inf, i.e. no clipping.
+    cfg = {k: v for k, v in cfg.items() if not (isinstance(v, float) and not math.isfinite(v))}
     case = {
         "name": name,
         "scheduler": kind,
@@ -649,7 +651,7 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
         "num_inference_steps": None if explicit is not None else steps,
         "explicit_timesteps": explicit,
         "timesteps": [float(t) for t in sch.timesteps],
-        "sigmas": [float(s) for s in sch.sigmas] if kind == "euler" else None,
+        "sigmas": [float(s) for s in sch.sigmas] if kind != "ddim" else None,
         "init_noise_sigma": float(sch.init_noise_sigma),
         "shape": shape,
         "init_sample": f32_list(init),
@@ -675,6 +677,17 @@ def make_schedulers(fix: Path):
         cases.append(
             run_sched_case(f"euler_explicit_{pred}", "euler", dict(timestep_spacing="leading", prediction_type=pred), explicit=explicit)
         )
+    # DPM-Solver++ 2M (midpoint), as SD front ends call it, with and without Karras sigmas;
+    # 10 and 20 steps (fewer than 15 switch to first order at the end).
+    for spacing in ("leading", "trailing", "linspace"):
+        for pred in ("epsilon", "v_prediction"):
+            cases.append(run_sched_case(f"dpm++2m_{spacing}_{pred}", "dpm++2m", dict(timestep_spacing=spacing, prediction_type=pred)))
+    for steps in (10, 20):
+        cases.append(
+            run_sched_case(f"dpm++2m_karras_{steps}", "dpm++2m", dict(use_karras_sigmas=True), steps=steps)
+        )
+    cases.append(run_sched_case("dpm++2m_leading_20", "dpm++2m", dict(timestep_spacing="leading"), steps=20))
+    cases.append(run_sched_case("dpm++2m_explicit", "dpm++2m", dict(), explicit=explicit))
     import inspect
 
     ddim_explicit = "timesteps" in inspect.signature(DDIMScheduler.set_timesteps).parameters
@@ -827,6 +840,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
+    ap.add_argument("--only", choices=["schedulers"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -840,6 +854,9 @@ def main():
     fix.mkdir(parents=True, exist_ok=True)
     log(f"torch {torch.__version__} diffusers {diffusers.__version__} transformers {transformers.__version__}")
 
+    if args.only == "schedulers":
+        make_schedulers(fix)
+        return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():
         shutil.rmtree(tok_dir)

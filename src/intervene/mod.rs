@@ -179,7 +179,9 @@ pub fn timesteps(pipe: &StableDiffusion, opts: &GenerateOptions, plan: &Plan) ->
         .scheduler
         .unwrap_or_else(|| SchedulerKind::from_config(pipe.scheduler_config()));
     let config = pipe.scheduler_config();
-    let plain = config.resolve(&opts.timesteps, kind == SchedulerKind::Ddim)?;
+    let plain = crate::schedulers::build(kind, config, &opts.timesteps)?
+        .timesteps()
+        .to_vec();
     if plan.warp == 1.0 {
         return Ok(plain);
     }

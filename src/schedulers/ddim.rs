@@ -65,7 +65,7 @@ impl Scheduler for Ddim {
         sample
     }
 
-    fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput {
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput {
         let t = self.timesteps[step] as usize;
         let alpha_t = self.alphas_cumprod[t] as f64;
         let alpha_prev = self.prev_timesteps[step]

@@ -15,6 +15,12 @@ pub struct Euler {
 
 impl Euler {
     pub fn new(config: &SchedulerConfig, request: &Timesteps) -> Result<Self> {
+        if config.use_karras_sigmas {
+            return Err(crate::error::Error::config(
+                super::CONFIG_FILE,
+                "use_karras_sigmas is not supported by the Euler scheduler yet (dpm++2m has it)",
+            ));
+        }
         let timesteps = config.resolve(request, false)?;
         // sigma(t) = sqrt((1 - abar) / abar), in f32 as diffusers computes it, then linearly
         // interpolated at fractional timesteps.
@@ -61,7 +67,7 @@ impl Scheduler for Euler {
         sample.div_scalar((sigma * sigma + 1.0).sqrt())
     }
 
-    fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput {
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput {
         let sigma = self.sigmas[step];
         let x0 = match self.prediction {
             Prediction::Epsilon => sample.clone() - model_output.mul_scalar(sigma),

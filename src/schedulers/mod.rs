@@ -6,9 +6,11 @@
 //! timesteps is handled exactly like a computed one.
 
 mod ddim;
+mod dpm;
 mod euler;
 
 pub use ddim::Ddim;
+pub use dpm::DpmSolver;
 pub use euler::Euler;
 
 use burn::tensor::Tensor;
@@ -53,6 +55,35 @@ pub struct SchedulerConfig {
     pub use_karras_sigmas: bool,
     #[serde(default = "d_interp")]
     pub interpolation_type: String,
+    // DPM-Solver's settings, with diffusers' defaults.
+    #[serde(default = "d_two")]
+    pub solver_order: usize,
+    #[serde(default = "d_algorithm")]
+    pub algorithm_type: String,
+    #[serde(default = "d_solver_type")]
+    pub solver_type: String,
+    #[serde(default = "d_true")]
+    pub lower_order_final: bool,
+    #[serde(default)]
+    pub euler_at_final: bool,
+    #[serde(default = "d_final_sigmas")]
+    pub final_sigmas_type: String,
+    /// No clipping when absent (diffusers' default is -infinity, which JSON cannot hold).
+    #[serde(default)]
+    pub lambda_min_clipped: Option<f64>,
+}
+
+fn d_two() -> usize {
+    2
+}
+fn d_algorithm() -> String {
+    "dpmsolver++".into()
+}
+fn d_solver_type() -> String {
+    "midpoint".into()
+}
+fn d_final_sigmas() -> String {
+    "zero".into()
 }
 
 fn d_train_steps() -> usize {
@@ -113,6 +144,9 @@ pub enum Timesteps {
 pub enum SchedulerKind {
     Ddim,
     Euler,
+    /// DPM-Solver++ multistep ("DPM++ 2M"; Karras sigmas when the config asks for them).
+    #[serde(rename = "dpm++2m")]
+    DpmSolverMultistep,
 }
 
 impl SchedulerKind {
@@ -120,8 +154,11 @@ impl SchedulerKind {
         match name.to_ascii_lowercase().as_str() {
             "ddim" | "ddimscheduler" => Ok(Self::Ddim),
             "euler" | "eulerdiscretescheduler" => Ok(Self::Euler),
+            "dpm++2m" | "dpmpp2m" | "dpm" | "dpmsolvermultistepscheduler" => {
+                Ok(Self::DpmSolverMultistep)
+            }
             other => Err(Error::InvalidInput(format!(
-                "unknown scheduler \"{other}\" (ddim and euler are available)"
+                "unknown scheduler \"{other}\" (ddim, euler and dpm++2m are available)"
             ))),
         }
     }
@@ -149,11 +186,8 @@ impl SchedulerConfig {
         }
         c.prediction()?;
         c.spacing()?;
-        if c.thresholding || c.rescale_betas_zero_snr || c.use_karras_sigmas {
-            return bad(
-                "thresholding, rescale_betas_zero_snr and use_karras_sigmas are not supported yet"
-                    .into(),
-            );
+        if c.thresholding || c.rescale_betas_zero_snr {
+            return bad("thresholding and rescale_betas_zero_snr are not supported yet".into());
         }
         if c.interpolation_type != "linear" {
             return bad(format!(
@@ -343,7 +377,8 @@ pub trait Scheduler {
     /// The standard deviation to scale unit Gaussian initial latents by.
     fn init_noise_sigma(&self) -> f64;
     fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4>;
-    fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput;
+    /// Takes step `step`; multistep schedulers remember what they need for the next one.
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput;
 }
 
 /// Builds the chosen scheduler for a request.
@@ -355,5 +390,6 @@ pub fn build(
     Ok(match kind {
         SchedulerKind::Ddim => Box::new(Ddim::new(config, request)?),
         SchedulerKind::Euler => Box::new(Euler::new(config, request)?),
+        SchedulerKind::DpmSolverMultistep => Box::new(DpmSolver::new(config, request)?),
     })
 }
