@@ -16,7 +16,7 @@ use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
 use crate::models::unet::{self, UNet, UNetConfig};
 use crate::models::vae::{self, VaeConfig, VaeDecoder};
 use crate::rng::Rng;
-use crate::schedulers::{self, Scheduler, SchedulerConfig, SchedulerKind, Timesteps};
+use crate::schedulers::{self, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise, Timesteps};
 use crate::source::FileSource;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::Weights;
@@ -356,6 +356,7 @@ impl StableDiffusion {
         Ok(Sampling {
             pipe: self,
             scheduler,
+            noise: SeededNoise { seed: opts.seed },
             context,
             guidance_scale: opts.guidance_scale,
             latents,
@@ -389,6 +390,8 @@ impl StableDiffusion {
 pub struct Sampling<'p> {
     pipe: &'p StableDiffusion,
     scheduler: Box<dyn Scheduler + Send + Sync>,
+    /// Fresh noise for stochastic schedulers, from the run's seed.
+    noise: SeededNoise,
     context: Tensor<3>,
     guidance_scale: f64,
     latents: Tensor<4>,
@@ -435,9 +438,12 @@ impl Sampling<'_> {
         hook.before_model(&mut call)?;
         let noise_pred = self.predict_noise(call)?;
 
-        let out = self
-            .scheduler
-            .step(noise_pred.clone(), step, self.latents.clone());
+        let out = self.scheduler.step(
+            noise_pred.clone(),
+            step,
+            self.latents.clone(),
+            &mut self.noise,
+        );
         let mut state = StepState {
             step,
             steps: self.steps(),

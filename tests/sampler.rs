@@ -105,9 +105,15 @@ fn cancellation_stops_between_steps() {
 }
 
 #[test]
-fn explicit_schedules_and_both_schedulers_run() {
+fn explicit_schedules_and_every_scheduler_run() {
     let pipe = pipe();
-    for kind in [SchedulerKind::Ddim, SchedulerKind::Euler] {
+    for kind in [
+        SchedulerKind::Ddim,
+        SchedulerKind::Euler,
+        SchedulerKind::EulerAncestral,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::Lcm,
+    ] {
         let o = GenerateOptions {
             timesteps: Timesteps::Explicit(vec![999.0, 900.0, 700.0, 300.0]),
             scheduler: Some(kind),
@@ -229,4 +235,18 @@ fn a_region_term_that_does_not_fit_is_an_error() {
     };
     let err = run(&pipe, &opts(1), &mut { bad }).unwrap_err().to_string();
     assert!(err.contains("region term 0"), "{err}");
+}
+
+#[test]
+fn stochastic_schedulers_follow_the_seed() {
+    let pipe = pipe();
+    for kind in [SchedulerKind::EulerAncestral, SchedulerKind::Lcm] {
+        let o = |seed| GenerateOptions {
+            scheduler: Some(kind),
+            ..opts(seed)
+        };
+        let a = run(&pipe, &o(11), &mut NoHook).unwrap();
+        assert_eq!(a, run(&pipe, &o(11), &mut NoHook).unwrap(), "{kind:?}");
+        assert_ne!(a, run(&pipe, &o(12), &mut NoHook).unwrap(), "{kind:?}");
+    }
 }

@@ -1,12 +1,24 @@
 #![cfg(not(target_arch = "wasm32"))]
-//! DDIM, Euler and DPM-Solver++ against diffusers' own steps: timesteps, sigmas and latents after 10 steps
+//! DDIM, Euler, Euler ancestral, DPM-Solver++ and LCM against diffusers' own steps: timesteps, sigmas and latents after 10 steps
 //! driven by a fake model (formula in tests/fixtures/schedulers.json).
 
 mod common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{max_abs_diff, read_fixture, values};
-use lina::schedulers::{self, SchedulerConfig, SchedulerKind, Timesteps};
+use lina::schedulers::{self, Noise, SchedulerConfig, SchedulerKind, Timesteps};
+
+/// The noise diffusers drew at each step of a stochastic case.
+struct Recorded(Vec<Option<Vec<f32>>>);
+
+impl Noise for Recorded {
+    fn draw(&mut self, step: usize, like: &Tensor<4>) -> Tensor<4> {
+        let values = self.0[step]
+            .clone()
+            .expect("diffusers drew no noise at this step");
+        Tensor::from_data(TensorData::new(values, like.dims()), &like.device())
+    }
+}
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
     v.as_array()
@@ -62,13 +74,23 @@ fn schedulers_match_diffusers_steps() {
         let mut sample = Tensor::<4>::from_data(TensorData::new(init, shape), &device)
             .mul_scalar(scheduler.init_noise_sigma());
         let per_step = case["samples_per_step"].as_array().unwrap();
+        let mut noise = Recorded(match case["noise_per_step"].as_array() {
+            Some(steps) => steps
+                .iter()
+                .map(|s| {
+                    s.as_array()
+                        .map(|_| floats(s).iter().map(|&x| x as f32).collect())
+                })
+                .collect(),
+            None => vec![None; per_step.len()],
+        });
         for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
             let c = ((t / 100.0).cos()) as f32;
             let out = scheduler
                 .scale_model_input(sample.clone(), i)
                 .mul_scalar(0.5)
                 .add_scalar(0.1 * c);
-            sample = scheduler.step(out, i, sample).prev_sample;
+            sample = scheduler.step(out, i, sample, &mut noise).prev_sample;
             let expected: Vec<f32> = floats(&per_step[i]).iter().map(|&x| x as f32).collect();
             let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
             let err = max_abs_diff(&values(sample.clone()), &expected);

@@ -617,7 +617,15 @@ def fake_model(scaled: torch.Tensor, t) -> torch.Tensor:
 def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-    cls = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpm++2m": DPMSolverMultistepScheduler}[kind]
+    from diffusers import EulerAncestralDiscreteScheduler, LCMScheduler
+
+    cls = {
+        "ddim": DDIMScheduler,
+        "euler": EulerDiscreteScheduler,
+        "dpm++2m": DPMSolverMultistepScheduler,
+        "euler_a": EulerAncestralDiscreteScheduler,
+        "lcm": LCMScheduler,
+    }[kind]
     base = dict(**SD_BETAS, steps_offset=1)
     if kind == "ddim":
         base.update(clip_sample=False, set_alpha_to_one=False)
@@ -632,7 +640,23 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
     init = torch.randn(shape, generator=g)
     sample = init * sch.init_noise_sigma
     per_step, outs = [], []
+    # Stochastic schedulers: record the noise each step draws, so the Rust test can feed the
+    # same values (its own runs draw from the project's seeded generator instead).
+    drawn = []
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as ea_mod
+    import diffusers.schedulers.scheduling_lcm as lcm_mod
+
+    noise_gen = torch.Generator().manual_seed(99)
+
+    def recording_randn(shape, **_):
+        n = torch.randn(tuple(shape), generator=noise_gen)
+        drawn[-1] = f32_list(n)
+        return n
+
+    saved = (ea_mod.randn_tensor, lcm_mod.randn_tensor)
+    ea_mod.randn_tensor = lcm_mod.randn_tensor = recording_randn
     for t in sch.timesteps:
+        drawn.append(None)
         scaled = sch.scale_model_input(sample, t)
         out = fake_model(scaled, t)
         if kind == "ddim":
@@ -641,6 +665,7 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
             sample = sch.step(out, t, sample).prev_sample
         per_step.append(f32_list(sample))
         outs.append(f32_list(out))
+    ea_mod.randn_tensor, lcm_mod.randn_tensor = saved
     cfg = json.loads(sch.to_json_string())
     # JSON has no infinities: DPM-Solver's lambda_min_clipped defaults to -inf, i.e. no clipping.
     cfg = {k: v for k, v in cfg.items() if not (isinstance(v, float) and not math.isfinite(v))}
@@ -651,12 +676,13 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
         "num_inference_steps": None if explicit is not None else steps,
         "explicit_timesteps": explicit,
         "timesteps": [float(t) for t in sch.timesteps],
-        "sigmas": [float(s) for s in sch.sigmas] if kind != "ddim" else None,
+        "sigmas": [float(s) for s in sch.sigmas] if hasattr(sch, "sigmas") else None,
         "init_noise_sigma": float(sch.init_noise_sigma),
         "shape": shape,
         "init_sample": f32_list(init),
         "final_sample": f32_list(sample),
         "samples_per_step": per_step,
+        "noise_per_step": drawn if any(d is not None for d in drawn) else None,
         "model_outputs_per_step": outs,
     }
     return case
@@ -688,6 +714,14 @@ def make_schedulers(fix: Path):
         )
     cases.append(run_sched_case("dpm++2m_leading_20", "dpm++2m", dict(timestep_spacing="leading"), steps=20))
     cases.append(run_sched_case("dpm++2m_explicit", "dpm++2m", dict(), explicit=explicit))
+    for spacing in ("leading", "trailing", "linspace"):
+        cases.append(run_sched_case(f"euler_a_{spacing}_epsilon", "euler_a", dict(timestep_spacing=spacing)))
+    cases.append(run_sched_case("euler_a_leading_v_prediction", "euler_a", dict(prediction_type="v_prediction")))
+    for steps in (1, 4, 8):
+        cases.append(run_sched_case(f"lcm_{steps}", "lcm", dict(set_alpha_to_one=True), steps=steps))
+    cases.append(run_sched_case("lcm_4_v_prediction", "lcm", dict(prediction_type="v_prediction"), steps=4))
+    # A small timestep_scaling makes the boundary condition's skip term count.
+    cases.append(run_sched_case("lcm_4_scaling_0.001", "lcm", dict(timestep_scaling=0.001), steps=4))
     import inspect
 
     ddim_explicit = "timesteps" in inspect.signature(DDIMScheduler.set_timesteps).parameters

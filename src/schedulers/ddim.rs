@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-use super::{Prediction, Scheduler, SchedulerConfig, StepOutput, Timesteps};
+use super::{Noise, Prediction, Scheduler, SchedulerConfig, StepOutput, Timesteps};
 use crate::error::Result;
 
 pub struct Ddim {
@@ -65,7 +65,13 @@ impl Scheduler for Ddim {
         sample
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput {
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        step: usize,
+        sample: Tensor<4>,
+        _noise: &mut dyn Noise,
+    ) -> StepOutput {
         let t = self.timesteps[step] as usize;
         let alpha_t = self.alphas_cumprod[t] as f64;
         let alpha_prev = self.prev_timesteps[step]

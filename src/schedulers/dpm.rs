@@ -7,7 +7,7 @@
 
 use burn::tensor::Tensor;
 
-use super::{Prediction, Scheduler, SchedulerConfig, Spacing, StepOutput, Timesteps};
+use super::{Noise, Prediction, Scheduler, SchedulerConfig, Spacing, StepOutput, Timesteps};
 use crate::error::{Error, Result};
 
 pub struct DpmSolver {
@@ -225,7 +225,13 @@ impl Scheduler for DpmSolver {
         sample
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput {
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        step: usize,
+        sample: Tensor<4>,
+        _noise: &mut dyn Noise,
+    ) -> StepOutput {
         let n = self.timesteps.len();
         let last = step + 1 == n;
         let lower_final =

@@ -2,13 +2,13 @@
 
 use burn::tensor::Tensor;
 
-use super::{Prediction, Scheduler, SchedulerConfig, Spacing, StepOutput, Timesteps};
+use super::{Noise, Prediction, Scheduler, SchedulerConfig, Spacing, StepOutput, Timesteps};
 use crate::error::Result;
 
 pub struct Euler {
-    timesteps: Vec<f64>,
+    pub(super) timesteps: Vec<f64>,
     /// One sigma per timestep, then a final 0.
-    sigmas: Vec<f64>,
+    pub(super) sigmas: Vec<f64>,
     init_noise_sigma: f64,
     prediction: Prediction,
 }
@@ -53,6 +53,20 @@ impl Euler {
     }
 }
 
+impl Euler {
+    /// The clean latents the model's output implies at noise level `sigma`.
+    pub(super) fn x0(&self, model_output: Tensor<4>, sample: Tensor<4>, sigma: f64) -> Tensor<4> {
+        match self.prediction {
+            Prediction::Epsilon => sample - model_output.mul_scalar(sigma),
+            Prediction::Sample => model_output,
+            Prediction::VPrediction => {
+                let s2 = sigma * sigma + 1.0;
+                model_output.mul_scalar(-sigma / s2.sqrt()) + sample.div_scalar(s2)
+            }
+        }
+    }
+}
+
 impl Scheduler for Euler {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
@@ -67,16 +81,15 @@ impl Scheduler for Euler {
         sample.div_scalar((sigma * sigma + 1.0).sqrt())
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput {
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        step: usize,
+        sample: Tensor<4>,
+        _noise: &mut dyn Noise,
+    ) -> StepOutput {
         let sigma = self.sigmas[step];
-        let x0 = match self.prediction {
-            Prediction::Epsilon => sample.clone() - model_output.mul_scalar(sigma),
-            Prediction::Sample => model_output,
-            Prediction::VPrediction => {
-                let s2 = sigma * sigma + 1.0;
-                model_output.mul_scalar(-sigma / s2.sqrt()) + sample.clone().div_scalar(s2)
-            }
-        };
+        let x0 = self.x0(model_output, sample.clone(), sigma);
         let dt = self.sigmas[step + 1] - sigma;
         let derivative = (sample.clone() - x0.clone()).div_scalar(sigma);
         StepOutput {

@@ -8,10 +8,14 @@
 mod ddim;
 mod dpm;
 mod euler;
+mod euler_ancestral;
+mod lcm;
 
 pub use ddim::Ddim;
 pub use dpm::DpmSolver;
 pub use euler::Euler;
+pub use euler_ancestral::EulerAncestral;
+pub use lcm::Lcm;
 
 use burn::tensor::Tensor;
 use serde::Deserialize;
@@ -71,6 +75,18 @@ pub struct SchedulerConfig {
     /// No clipping when absent (diffusers' default is -infinity, which JSON cannot hold).
     #[serde(default)]
     pub lambda_min_clipped: Option<f64>,
+    // LCM's settings, with diffusers' defaults.
+    #[serde(default = "d_original_steps")]
+    pub original_inference_steps: usize,
+    #[serde(default = "d_timestep_scaling")]
+    pub timestep_scaling: f64,
+}
+
+fn d_original_steps() -> usize {
+    50
+}
+fn d_timestep_scaling() -> f64 {
+    10.0
 }
 
 fn d_two() -> usize {
@@ -147,6 +163,11 @@ pub enum SchedulerKind {
     /// DPM-Solver++ multistep ("DPM++ 2M"; Karras sigmas when the config asks for them).
     #[serde(rename = "dpm++2m")]
     DpmSolverMultistep,
+    /// Euler ancestral ("Euler a"): stochastic, fresh seeded noise at every step.
+    #[serde(rename = "euler_a")]
+    EulerAncestral,
+    /// For latent consistency models (LCM-distilled UNets, LCM-LoRA): 2 to 8 steps.
+    Lcm,
 }
 
 impl SchedulerKind {
@@ -157,8 +178,10 @@ impl SchedulerKind {
             "dpm++2m" | "dpmpp2m" | "dpm" | "dpmsolvermultistepscheduler" => {
                 Ok(Self::DpmSolverMultistep)
             }
+            "euler_a" | "euler-a" | "eulerancestraldiscretescheduler" => Ok(Self::EulerAncestral),
+            "lcm" | "lcmscheduler" => Ok(Self::Lcm),
             other => Err(Error::InvalidInput(format!(
-                "unknown scheduler \"{other}\" (ddim, euler and dpm++2m are available)"
+                "unknown scheduler \"{other}\" (ddim, euler, euler_a, dpm++2m and lcm are available)"
             ))),
         }
     }
@@ -371,6 +394,28 @@ pub struct StepOutput {
     pub pred_original: Tensor<4>,
 }
 
+/// Where stochastic schedulers (ancestral samplers, LCM) draw fresh noise at a step.
+pub trait Noise {
+    /// Unit Gaussian noise shaped like `like`, for step `step`.
+    fn draw(&mut self, step: usize, like: &Tensor<4>) -> Tensor<4>;
+}
+
+/// Noise from the project's seeded generator: step `i`'s noise is a pure function of the
+/// seed and `i`, the same natively and in the browser, and independent of the initial noise.
+pub struct SeededNoise {
+    pub seed: u64,
+}
+
+impl Noise for SeededNoise {
+    fn draw(&mut self, step: usize, like: &Tensor<4>) -> Tensor<4> {
+        let dims = like.dims();
+        let mut mix = crate::rng::Rng::new(self.seed ^ 0x6e6f_6973_6500_0000);
+        let stream = mix.next_u64().wrapping_add(step as u64);
+        let values = crate::rng::Rng::new(stream).normals(dims.iter().product());
+        Tensor::from_data(burn::tensor::TensorData::new(values, dims), &like.device())
+    }
+}
+
 /// The scheduler interface the sampler drives, by step index.
 pub trait Scheduler {
     fn timesteps(&self) -> &[f64];
@@ -378,7 +423,13 @@ pub trait Scheduler {
     fn init_noise_sigma(&self) -> f64;
     fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4>;
     /// Takes step `step`; multistep schedulers remember what they need for the next one.
-    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> StepOutput;
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        step: usize,
+        sample: Tensor<4>,
+        noise: &mut dyn Noise,
+    ) -> StepOutput;
 }
 
 /// Builds the chosen scheduler for a request.
@@ -391,5 +442,30 @@ pub fn build(
         SchedulerKind::Ddim => Box::new(Ddim::new(config, request)?),
         SchedulerKind::Euler => Box::new(Euler::new(config, request)?),
         SchedulerKind::DpmSolverMultistep => Box::new(DpmSolver::new(config, request)?),
+        SchedulerKind::EulerAncestral => Box::new(EulerAncestral::new(config, request)?),
+        SchedulerKind::Lcm => Box::new(Lcm::new(config, request)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_noise_is_a_function_of_seed_and_step() {
+        let device = crate::device::cpu();
+        let like = Tensor::<4>::zeros([1, 2, 3, 3], &device);
+        let draw = |seed, step| {
+            SeededNoise { seed }
+                .draw(step, &like)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        assert_eq!(draw(1, 0), draw(1, 0));
+        assert_ne!(draw(1, 0), draw(1, 1));
+        assert_ne!(draw(1, 0), draw(2, 0));
+        // Not the seed's initial noise, which the sampler draws from Rng::new(seed).
+        assert_ne!(draw(1, 0), crate::rng::Rng::new(1).normals(18));
+    }
 }

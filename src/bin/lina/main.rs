@@ -24,7 +24,7 @@ mod cli {
     pub(super) const USAGE: &str = "usage:
       lina generate --model DIR --prompt TEXT [--negative TEXT] [--seed N]
                     [--steps N | --timesteps T1,T2,..] [--guidance G] [--width W] [--height H]
-                    [--scheduler ddim|euler|dpm++2m] [--clip-skip K] [--device cpu|gpu] [--out FILE.png]
+                    [--scheduler ddim|euler|euler_a|dpm++2m|lcm] [--clip-skip K] [--device cpu|gpu] [--out FILE.png]
                     [--plan baseline|lina|JSON|FILE] [--csg CSG.json]
                     (a plan other than baseline runs LINA's interventions, on the CSG parsed
                     from the prompt unless --csg gives one)
