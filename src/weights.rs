@@ -56,6 +56,11 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// Whether the file holds a tensor of this name (to tell a full VAE from a decoder).
+    pub fn contains(&self, name: &str) -> bool {
+        self.names().contains(&name)
+    }
+
     fn names(&self) -> Vec<&str> {
         match &self.backing {
             Backing::File(t) => t.names(),

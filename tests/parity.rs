@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 use common::{Reference, fixture, max_abs_diff, read_fixture, test_devices, values};
 use lina::models::clip::{ClipTextConfig, ClipTextEncoder};
 use lina::models::unet::{UNet, UNetConfig};
-use lina::models::vae::{VaeConfig, VaeDecoder};
+use lina::models::vae::{VaeConfig, VaeDecoder, VaeEncoder};
 use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
 use lina::schedulers::Timesteps;
 use lina::source::DirSource;
@@ -181,6 +181,49 @@ fn vae_decoders_match_diffusers() {
         for model in MODELS {
             check_vae(model, &device);
         }
+    }
+}
+
+#[test]
+fn the_vae_encoder_matches_diffusers() {
+    let bytes = read_fixture("sd1_tiny/vae_encoder_reference.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let get = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let t = st.tensor(name).unwrap();
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        (t.shape().to_vec(), v)
+    };
+    for (name, device) in test_devices() {
+        let config = VaeConfig::from_json(&text("sd1_tiny", "vae/config.json")).unwrap();
+        // The encoder and the decoder together use every tensor of the file.
+        let (encoder, _decoder) = component(
+            "sd1_tiny",
+            "vae/diffusion_pytorch_model.safetensors",
+            &device,
+            |w| {
+                Ok((
+                    VaeEncoder::load(config.clone(), w)?,
+                    VaeDecoder::load(config, w)?,
+                ))
+            },
+        );
+        let (shape, image) = get("image");
+        let shape: [usize; 4] = shape.try_into().unwrap();
+        let x = burn::tensor::Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(image, shape),
+            &device,
+        );
+        let ours = values(encoder.encode(x));
+        let err = max_abs_diff(&ours, &get("posterior_mean").1);
+        println!("{name}: vae encoder max abs error {err}");
+        assert!(
+            err < COMPONENT_TOLERANCE,
+            "{name} vae encoder: max abs error {err}"
+        );
     }
 }
 

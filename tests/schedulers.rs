@@ -73,6 +73,18 @@ fn schedulers_match_diffusers_steps() {
             .collect();
         let mut sample = Tensor::<4>::from_data(TensorData::new(init, shape), &device)
             .mul_scalar(scheduler.init_noise_sigma());
+        let as_tensor = |v: &serde_json::Value| {
+            let values: Vec<f32> = floats(v).iter().map(|&x| x as f32).collect();
+            Tensor::<4>::from_data(TensorData::new(values, shape), &device)
+        };
+        let clean = as_tensor(&case["init_sample"]);
+        for (k, expected) in case["add_noise_at_step"].as_object().unwrap() {
+            let k: usize = k.parse().unwrap();
+            let ours = scheduler.add_noise(clean.clone(), as_tensor(&case["add_noise_extra"]), k);
+            let expected: Vec<f32> = floats(expected).iter().map(|&x| x as f32).collect();
+            let err = max_abs_diff(&values(ours), &expected);
+            assert!(err < 1e-4, "{name}: add_noise at step {k}: error {err}");
+        }
         let per_step = case["samples_per_step"].as_array().unwrap();
         let mut noise = Recorded(match case["noise_per_step"].as_array() {
             Some(steps) => steps

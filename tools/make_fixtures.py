@@ -638,6 +638,11 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
     g = torch.Generator().manual_seed(1234)
     shape = [1, 4, 4, 4]
     init = torch.randn(shape, generator=g)
+    # add_noise at the first and the middle step, with init standing in for clean latents.
+    extra = torch.randn(shape, generator=torch.Generator().manual_seed(4321))
+    noised = {}
+    for k in sorted({0, len(sch.timesteps) // 2}):
+        noised[str(k)] = f32_list(sch.add_noise(init, extra, sch.timesteps[k : k + 1]))
     sample = init * sch.init_noise_sigma
     per_step, outs = [], []
     # Stochastic schedulers: record the noise each step draws, so the Rust test can feed the
@@ -683,9 +688,30 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
         "final_sample": f32_list(sample),
         "samples_per_step": per_step,
         "noise_per_step": drawn if any(d is not None for d in drawn) else None,
+        "add_noise_extra": f32_list(extra),
+        "add_noise_at_step": noised,
         "model_outputs_per_step": outs,
     }
     return case
+
+
+def make_vae_encoder(fix: Path):
+    """The sd1_tiny VAE's encoder on a fixed image: the posterior mean before scaling, and the
+    image decoded back, for the encoder's parity and a round trip."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    vae = AutoencoderKL.from_pretrained(str(fix / "sd1_tiny" / "vae")).float().eval()
+    g = torch.Generator().manual_seed(77)
+    # A smooth image with edges: low-frequency noise through tanh, in [-1, 1].
+    low = torch.randn(1, 3, 8, 8, generator=g)
+    image = torch.tanh(2 * torch.nn.functional.interpolate(low, size=(64, 64), mode="bilinear", align_corners=False))
+    mean = vae.encode(image).latent_dist.mean
+    save_file(
+        {"image": image.contiguous(), "posterior_mean": mean.contiguous()},
+        str(fix / "sd1_tiny" / "vae_encoder_reference.safetensors"),
+    )
+    log(f"vae encoder: mean {tuple(mean.shape)}, |mean| max {float(mean.abs().max()):.3f}")
 
 
 def make_schedulers(fix: Path):
@@ -874,7 +900,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -890,6 +916,9 @@ def main():
 
     if args.only == "schedulers":
         make_schedulers(fix)
+        return
+    if args.only == "vae-encoder":
+        make_vae_encoder(fix)
         return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():

@@ -1,10 +1,11 @@
-//! The decoder half of diffusers' `AutoencoderKL`: latents to RGB in [-1, 1].
+//! diffusers' `AutoencoderKL`: the decoder (latents to RGB in [-1, 1]) and, where the file
+//! has it, the encoder (RGB to the posterior's mean), for img2img and inpainting.
 
 use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use super::config::{check_channels, check_size, parse};
-use super::resnet::{ResnetBlock, ResnetSpec, Upsample};
+use super::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, Linear, multi_head_attention};
 use crate::weights::{Scope, Weights};
@@ -14,7 +15,13 @@ pub const CONFIG_FILE: &str = "vae/config.json";
 #[derive(Debug, Clone, Deserialize)]
 pub struct VaeConfig {
     #[serde(default = "d_three")]
+    pub in_channels: usize,
+    #[serde(default = "d_three")]
     pub out_channels: usize,
+    #[serde(default)]
+    pub down_block_types: Vec<String>,
+    #[serde(default = "d_true")]
+    pub use_quant_conv: bool,
     pub up_block_types: Vec<String>,
     pub block_out_channels: Vec<usize>,
     #[serde(default = "d_one")]
@@ -71,6 +78,17 @@ impl VaeConfig {
                 "up_block_types and block_out_channels differ in length",
             ));
         }
+        if let Some(t) = c
+            .down_block_types
+            .iter()
+            .find(|t| *t != "DownEncoderBlock2D")
+        {
+            return Err(Error::config(
+                f,
+                format!("unsupported `down_block_types`: {t:?}"),
+            ));
+        }
+        check_size(f, "in_channels", c.in_channels, 64)?;
         if let Some(t) = c.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
             return Err(Error::config(
                 f,
@@ -134,6 +152,142 @@ impl SpatialAttention {
     }
 }
 
+fn resnet(w: &Scope, c_in: usize, c_out: usize, groups: usize) -> Result<ResnetBlock> {
+    ResnetBlock::load(
+        w,
+        &ResnetSpec {
+            c_in,
+            c_out,
+            temb: None,
+            groups,
+            eps: 1e-6,
+        },
+    )
+}
+
+/// The resnet, attention, resnet block at the bottleneck of both halves.
+struct MidBlock {
+    first: ResnetBlock,
+    attention: Option<SpatialAttention>,
+    second: ResnetBlock,
+}
+
+impl MidBlock {
+    fn load(w: &Scope, c: usize, config: &VaeConfig) -> Result<Self> {
+        let groups = config.norm_num_groups;
+        Ok(Self {
+            first: resnet(&w.at("resnets.0"), c, c, groups)?,
+            attention: config
+                .mid_block_add_attention
+                .then(|| SpatialAttention::load(&w.at("attentions.0"), c, groups))
+                .transpose()?,
+            second: resnet(&w.at("resnets.1"), c, c, groups)?,
+        })
+    }
+
+    fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
+        x = self.first.forward(x, None);
+        if let Some(attn) = &self.attention {
+            x = attn.forward(x);
+        }
+        self.second.forward(x, None)
+    }
+}
+
+struct DownEncoderBlock {
+    resnets: Vec<ResnetBlock>,
+    downsample: Option<Downsample>,
+}
+
+/// The encoder half: images in [-1, 1] to the latent posterior's mean.
+pub struct VaeEncoder {
+    config: VaeConfig,
+    conv_in: Conv2d,
+    down: Vec<DownEncoderBlock>,
+    mid: MidBlock,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    quant_conv: Option<Conv2d>,
+}
+
+impl VaeEncoder {
+    pub fn load(config: VaeConfig, weights: &Weights) -> Result<Self> {
+        if config.down_block_types.len() != config.block_out_channels.len() {
+            return Err(Error::config(
+                CONFIG_FILE,
+                "down_block_types and block_out_channels differ in length",
+            ));
+        }
+        let root = weights.root();
+        let w = root.at("encoder");
+        let groups = config.norm_num_groups;
+        let latent = config.latent_channels;
+        let channels = &config.block_out_channels;
+        let n = channels.len();
+        let mut down = Vec::new();
+        let mut c_prev = channels[0];
+        for (i, &c_out) in channels.iter().enumerate() {
+            let bw = w.at("down_blocks").at(i);
+            let resnets = (0..config.layers_per_block)
+                .map(|j| {
+                    let c_in = if j == 0 { c_prev } else { c_out };
+                    resnet(&bw.at("resnets").at(j), c_in, c_out, groups)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            down.push(DownEncoderBlock {
+                resnets,
+                // Padded (0, 1, 0, 1) by hand before a padding-0 convolution, as diffusers does.
+                downsample: (i + 1 < n)
+                    .then(|| Downsample::load(&bw.at("downsamplers.0"), c_out, 0))
+                    .transpose()?,
+            });
+            c_prev = c_out;
+        }
+        let top = channels[n - 1];
+        Ok(Self {
+            conv_in: Conv2d::load3(&w.at("conv_in"), config.in_channels, channels[0])?,
+            down,
+            mid: MidBlock::load(&w.at("mid_block"), top, &config)?,
+            norm_out: GroupNorm::load(&w.at("conv_norm_out"), groups, top, 1e-6)?,
+            conv_out: Conv2d::load3(&w.at("conv_out"), top, 2 * latent)?,
+            quant_conv: config
+                .use_quant_conv
+                .then(|| Conv2d::load1(&root.at("quant_conv"), 2 * latent, 2 * latent))
+                .transpose()?,
+            config,
+        })
+    }
+
+    /// The posterior's mean for images in [-1, 1], before scaling: diffusers'
+    /// `encode(x).latent_dist.mode()`.
+    pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut h = self.conv_in.forward(x);
+        for block in &self.down {
+            for r in &block.resnets {
+                h = r.forward(h, None);
+            }
+            if let Some(down) = &block.downsample {
+                h = down.forward(h.pad((0, 1, 0, 1), burn::tensor::ops::PadMode::Constant(0.0)));
+            }
+        }
+        h = self.mid.forward(h);
+        let mut moments = self.conv_out.forward(self.norm_out.forward_silu(h));
+        if let Some(q) = &self.quant_conv {
+            moments = q.forward(moments);
+        }
+        moments.narrow(1, 0, self.config.latent_channels)
+    }
+
+    /// Images in [-1, 1] to latents as the sampler holds them (shifted, scaled).
+    pub fn encode_scaled(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut z = self.encode(x);
+        if let Some(shift) = self.config.shift_factor {
+            z = z.sub_scalar(shift);
+        }
+        z.mul_scalar(self.config.scaling_factor)
+    }
+}
+
 struct UpDecoderBlock {
     resnets: Vec<ResnetBlock>,
     upsample: Option<Upsample>,
@@ -143,9 +297,7 @@ pub struct VaeDecoder {
     config: VaeConfig,
     post_quant_conv: Option<Conv2d>,
     conv_in: Conv2d,
-    mid_first: ResnetBlock,
-    mid_attention: Option<SpatialAttention>,
-    mid_second: ResnetBlock,
+    mid: MidBlock,
     up: Vec<UpDecoderBlock>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -160,18 +312,6 @@ impl VaeDecoder {
         let w = root.at("decoder");
         let groups = config.norm_num_groups;
         let latent = config.latent_channels;
-        let resnet = |w: &Scope, c_in: usize, c_out: usize| {
-            ResnetBlock::load(
-                w,
-                &ResnetSpec {
-                    c_in,
-                    c_out,
-                    temb: None,
-                    groups,
-                    eps: 1e-6,
-                },
-            )
-        };
         let top = *config
             .block_out_channels
             .last()
@@ -190,6 +330,7 @@ impl VaeDecoder {
                         &bw.at("resnets").at(j),
                         if j == 0 { c_prev } else { c_out },
                         c_out,
+                        groups,
                     )
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -209,12 +350,7 @@ impl VaeDecoder {
                 .then(|| Conv2d::load1(&root.at("post_quant_conv"), latent, latent))
                 .transpose()?,
             conv_in: Conv2d::load3(&w.at("conv_in"), latent, top)?,
-            mid_first: resnet(&mid.at("resnets.0"), top, top)?,
-            mid_attention: config
-                .mid_block_add_attention
-                .then(|| SpatialAttention::load(&mid.at("attentions.0"), top, groups))
-                .transpose()?,
-            mid_second: resnet(&mid.at("resnets.1"), top, top)?,
+            mid: MidBlock::load(&mid, top, &config)?,
             up,
             norm_out: GroupNorm::load(&w.at("conv_norm_out"), groups, c0, 1e-6)?,
             conv_out: Conv2d::load3(&w.at("conv_out"), c0, config.out_channels)?,
@@ -232,12 +368,7 @@ impl VaeDecoder {
             Some(conv) => conv.forward(z),
             None => z,
         };
-        let mut x = self.conv_in.forward(z);
-        x = self.mid_first.forward(x, None);
-        if let Some(attn) = &self.mid_attention {
-            x = attn.forward(x);
-        }
-        x = self.mid_second.forward(x, None);
+        let mut x = self.mid.forward(self.conv_in.forward(z));
         for block in &self.up {
             for r in &block.resnets {
                 x = r.forward(x, None);

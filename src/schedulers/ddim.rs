@@ -65,6 +65,10 @@ impl Scheduler for Ddim {
         sample
     }
 
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        super::vp_noise(&self.alphas_cumprod, self.timesteps[step], original, noise)
+    }
+
     fn step(
         &mut self,
         model_output: Tensor<4>,

@@ -225,6 +225,11 @@ impl Scheduler for DpmSolver {
         sample
     }
 
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
+        original.mul_scalar(alpha) + noise.mul_scalar(sigma)
+    }
+
     fn step(
         &mut self,
         model_output: Tensor<4>,

@@ -81,6 +81,10 @@ impl Scheduler for Euler {
         sample.div_scalar((sigma * sigma + 1.0).sqrt())
     }
 
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        original + noise.mul_scalar(self.sigmas[step])
+    }
+
     fn step(
         &mut self,
         model_output: Tensor<4>,

@@ -33,6 +33,10 @@ impl Scheduler for EulerAncestral {
         self.euler.scale_model_input(sample, step)
     }
 
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        self.euler.add_noise(original, noise, step)
+    }
+
     fn step(
         &mut self,
         model_output: Tensor<4>,

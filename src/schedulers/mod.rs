@@ -378,6 +378,17 @@ impl SchedulerConfig {
     }
 }
 
+/// Variance-preserving noising at a training timestep: `sqrt(abar) x0 + sqrt(1 - abar) e`.
+pub(crate) fn vp_noise(
+    alphas_cumprod: &[f32],
+    t: f64,
+    original: Tensor<4>,
+    noise: Tensor<4>,
+) -> Tensor<4> {
+    let a = alphas_cumprod[(t.round() as usize).min(alphas_cumprod.len() - 1)] as f64;
+    original.mul_scalar(a.sqrt()) + noise.mul_scalar((1.0 - a).sqrt())
+}
+
 /// numpy/torch-style linspace evaluated in f64 and rounded to f32.
 fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     if n == 1 {
@@ -422,6 +433,9 @@ pub trait Scheduler {
     /// The standard deviation to scale unit Gaussian initial latents by.
     fn init_noise_sigma(&self) -> f64;
     fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4>;
+    /// Noises clean latents to the level the sampler expects at `step` (img2img starts
+    /// there; inpainting re-noises the kept region to each step's level).
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4>;
     /// Takes step `step`; multistep schedulers remember what they need for the next one.
     fn step(
         &mut self,
