@@ -33,11 +33,63 @@ impl Image {
     }
 
     /// RGBA bytes for a canvas `ImageData`.
+    /// The image as a [1, 3, H, W] tensor in [-1, 1], as the VAE encoder takes it.
+    pub fn to_tensor(&self, device: &burn::tensor::Device) -> Tensor<4> {
+        let values: Vec<f32> = self.rgb.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+        let hwc = Tensor::<3>::from_data(
+            burn::tensor::TensorData::new(values, [self.height, self.width, 3]),
+            device,
+        );
+        hwc.permute([2, 0, 1])
+            .reshape([1, 3, self.height, self.width])
+    }
+
     pub fn to_rgba(&self) -> Vec<u8> {
         self.rgb
             .chunks_exact(3)
             .flat_map(|p| [p[0], p[1], p[2], 255])
             .collect()
+    }
+
+    /// Decodes an 8-bit RGB, RGBA, grey or grey-alpha PNG (alpha is dropped).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_png(bytes: &[u8]) -> Result<Self> {
+        let bad = |e: String| Error::InvalidInput(format!("PNG: {e}"));
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .map_err(|e| bad(e.to_string()))?;
+        let size = reader
+            .output_buffer_size()
+            .ok_or_else(|| bad("too large".into()))?;
+        let mut buf = vec![0; size];
+        let info = reader
+            .next_frame(&mut buf)
+            .map_err(|e| bad(e.to_string()))?;
+        if info.bit_depth != png::BitDepth::Eight {
+            return Err(bad(format!(
+                "{:?} bits per channel; 8 are supported",
+                info.bit_depth
+            )));
+        }
+        let channels = match info.color_type {
+            png::ColorType::Rgb => 3,
+            png::ColorType::Rgba => 4,
+            png::ColorType::Grayscale => 1,
+            png::ColorType::GrayscaleAlpha => 2,
+            png::ColorType::Indexed => return Err(bad("indexed colour is not supported".into())),
+        };
+        let rgb = buf[..info.buffer_size()]
+            .chunks_exact(channels)
+            .flat_map(|p| match channels {
+                1 | 2 => [p[0]; 3],
+                _ => [p[0], p[1], p[2]],
+            })
+            .collect();
+        Ok(Self {
+            width: info.width as usize,
+            height: info.height as usize,
+            rgb,
+        })
     }
 
     #[cfg(not(target_arch = "wasm32"))]

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
 use crate::models::unet::{self, UNet, UNetConfig};
-use crate::models::vae::{self, VaeConfig, VaeDecoder};
+use crate::models::vae::{self, VaeConfig, VaeDecoder, VaeEncoder};
 use crate::rng::Rng;
 use crate::schedulers::{self, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise, Timesteps};
 use crate::source::FileSource;
@@ -43,6 +43,13 @@ pub struct GenerateOptions {
     /// Unit-variance initial latents to use instead of the seeded ones (for parity tests and
     /// for re-running from a saved state), [1, C, H/8, W/8] flattened.
     pub initial_latents: Option<Vec<f32>>,
+    /// img2img: start from this image (of the output's size), noised to `strength`.
+    pub init_image: Option<Image>,
+    /// How much of the schedule img2img runs: 1 redraws everything, 0.3 keeps the layout.
+    pub strength: f64,
+    /// Inpainting (with `init_image`): one value per pixel, row-major; where it is 0.5 or
+    /// more the image is regenerated, elsewhere kept (blended in the latents every step).
+    pub mask: Option<Vec<f32>>,
 }
 
 impl Default for GenerateOptions {
@@ -58,8 +65,21 @@ impl Default for GenerateOptions {
             scheduler: None,
             clip_skip: 0,
             initial_latents: None,
+            init_image: None,
+            strength: 0.8,
+            mask: None,
         }
     }
+}
+
+/// What img2img and inpainting start from.
+struct Init {
+    /// The init image's clean latents, scaled as the sampler holds them.
+    latents: Tensor<4>,
+    /// The noise it was noised with (inpainting re-noises the kept region with it).
+    noise: Tensor<4>,
+    /// [1, C, h, w]: 1 where the latents are regenerated, 0 where the init image is kept.
+    mask: Option<Tensor<4>>,
 }
 
 /// What the model is about to be called with; a hook may change any of it for this step.
@@ -157,6 +177,8 @@ pub struct StableDiffusion {
     text_encoder: ClipTextEncoder,
     unet: UNet,
     vae: VaeDecoder,
+    /// Present when the VAE file has the encoder (img2img and inpainting need it).
+    vae_encoder: Option<VaeEncoder>,
     scheduler_config: SchedulerConfig,
     device: Device,
 }
@@ -214,8 +236,12 @@ impl StableDiffusion {
             UNet::load(unet_config, w)
         })?;
         let vae_config = VaeConfig::from_json(&files.require_text(vae::CONFIG_FILE)?)?;
-        let vae = load_component(files, "vae", &names, device, |w| {
-            VaeDecoder::load(vae_config, w)
+        let (vae, vae_encoder) = load_component(files, "vae", &names, device, |w| {
+            let encoder = w
+                .contains("encoder.conv_in.weight")
+                .then(|| VaeEncoder::load(vae_config.clone(), w))
+                .transpose()?;
+            Ok((VaeDecoder::load(vae_config, w)?, encoder))
         })?;
 
         let scheduler_config =
@@ -243,6 +269,7 @@ impl StableDiffusion {
             text_encoder,
             unet,
             vae,
+            vae_encoder,
             scheduler_config,
             device: device.clone(),
         })
@@ -256,6 +283,10 @@ impl StableDiffusion {
     }
     pub fn vae(&self) -> &VaeDecoder {
         &self.vae
+    }
+
+    pub fn vae_encoder(&self) -> Option<&VaeEncoder> {
+        self.vae_encoder.as_ref()
     }
     pub fn text_encoder(&self) -> &ClipTextEncoder {
         &self.text_encoder
@@ -350,8 +381,38 @@ impl StableDiffusion {
             }
             None => Rng::new(opts.seed).normals(count),
         };
-        let latents = Tensor::<4>::from_data(TensorData::new(noise, shape), &self.device)
-            .mul_scalar(scheduler.init_noise_sigma());
+        let noise = Tensor::<4>::from_data(TensorData::new(noise, shape), &self.device);
+        let (latents, step, init) = match &opts.init_image {
+            None => {
+                if opts.mask.is_some() {
+                    return Err(Error::InvalidInput(
+                        "a mask needs an init image to inpaint".into(),
+                    ));
+                }
+                (noise.mul_scalar(scheduler.init_noise_sigma()), 0, None)
+            }
+            Some(image) => {
+                let init = self.init_latents(image, opts, noise, (width, height))?;
+                let steps = scheduler.timesteps().len();
+                if !(opts.strength > 0.0 && opts.strength <= 1.0) {
+                    return Err(Error::InvalidInput(format!(
+                        "strength must be in (0, 1], got {}",
+                        opts.strength
+                    )));
+                }
+                // As diffusers: run the last floor(steps * strength) steps.
+                let run = ((steps as f64 * opts.strength) as usize).min(steps);
+                if run == 0 {
+                    return Err(Error::InvalidInput(format!(
+                        "strength {} leaves none of the {steps} steps to run",
+                        opts.strength
+                    )));
+                }
+                let start = steps - run;
+                let latents = scheduler.add_noise(init.latents.clone(), init.noise.clone(), start);
+                (latents, start, Some(init))
+            }
+        };
 
         Ok(Sampling {
             pipe: self,
@@ -360,8 +421,60 @@ impl StableDiffusion {
             context,
             guidance_scale: opts.guidance_scale,
             latents,
-            step: 0,
+            step,
+            init,
             warnings,
+        })
+    }
+
+    /// Encodes the init image and prepares the inpainting mask at latent resolution.
+    fn init_latents(
+        &self,
+        image: &Image,
+        opts: &GenerateOptions,
+        noise: Tensor<4>,
+        (width, height): (usize, usize),
+    ) -> Result<Init> {
+        let encoder = self.vae_encoder.as_ref().ok_or_else(|| {
+            Error::InvalidInput(
+                "this model's VAE file has no encoder, which img2img and inpainting need".into(),
+            )
+        })?;
+        if (image.width, image.height) != (width, height) {
+            return Err(Error::InvalidInput(format!(
+                "the init image is {}x{}, the output {width}x{height}",
+                image.width, image.height
+            )));
+        }
+        let latents = encoder.encode_scaled(image.to_tensor(&self.device));
+        let [_, c, h, w] = latents.dims();
+        let mask = match &opts.mask {
+            None => None,
+            Some(m) if m.len() != width * height => {
+                return Err(Error::InvalidInput(format!(
+                    "the mask has {} values, {} expected ({width}x{height})",
+                    m.len(),
+                    width * height
+                )));
+            }
+            Some(m) => {
+                // Nearest pixel to each latent cell's centre, thresholded at one half.
+                let (fx, fy) = (width / w, height / h);
+                let cells: Vec<f32> = (0..h * w)
+                    .map(|i| {
+                        let (y, x) = ((i / w) * fy + fy / 2, (i % w) * fx + fx / 2);
+                        (m[y * width + x] >= 0.5) as u8 as f32
+                    })
+                    .collect();
+                let cells =
+                    Tensor::<4>::from_data(TensorData::new(cells, [1, 1, h, w]), &self.device);
+                Some(cells.repeat_dim(1, c))
+            }
+        };
+        Ok(Init {
+            latents,
+            noise,
+            mask,
         })
     }
 
@@ -396,6 +509,8 @@ pub struct Sampling<'p> {
     guidance_scale: f64,
     latents: Tensor<4>,
     step: usize,
+    /// img2img or inpainting's start.
+    init: Option<Init>,
     /// Things the user should know (a truncated prompt).
     pub warnings: Vec<String>,
 }
@@ -454,6 +569,22 @@ impl Sampling<'_> {
         };
         hook.after_step(&mut state)?;
         self.latents = state.latents;
+        if let Some(Init {
+            latents: kept,
+            noise,
+            mask: Some(mask),
+        }) = &self.init
+        {
+            // Inpainting: outside the mask, the init image noised to the next step's level.
+            let kept = if step + 1 < self.steps() {
+                self.scheduler
+                    .add_noise(kept.clone(), noise.clone(), step + 1)
+            } else {
+                kept.clone()
+            };
+            let inverse = mask.clone().neg().add_scalar(1.0);
+            self.latents = self.latents.clone() * mask.clone() + kept * inverse;
+        }
         self.step += 1;
         Ok(())
     }

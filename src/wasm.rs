@@ -69,6 +69,7 @@ impl JsOptions {
                 .map_err(js_err)?,
             clip_skip: self.clip_skip,
             initial_latents: self.initial_latents,
+            ..defaults
         })
     }
 }

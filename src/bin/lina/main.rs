@@ -26,6 +26,8 @@ mod cli {
                     [--steps N | --timesteps T1,T2,..] [--guidance G] [--width W] [--height H]
                     [--scheduler ddim|euler|euler_a|dpm++2m|lcm] [--clip-skip K] [--device cpu|gpu] [--out FILE.png]
                     [--plan baseline|lina|JSON|FILE] [--csg CSG.json]
+                    [--init-image IN.png [--strength S] [--mask MASK.png]]  (img2img, inpainting:
+                    white in the mask is regenerated)
                     (a plan other than baseline runs LINA's interventions, on the CSG parsed
                     from the prompt unless --csg gives one)
       lina bench-unet --config UNET_CONFIG.json [--latent N] [--context-len L] [--repeat R]
@@ -91,6 +93,12 @@ mod cli {
             .collect()
     }
 
+    fn read_png(path: &str) -> Result<lina::image::Image> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("{path}: {e}")))?;
+        lina::image::Image::from_png(&bytes)
+            .map_err(|e| Error::InvalidInput(format!("{path}: {e}")))
+    }
+
     /// A plan from "baseline", "lina", inline JSON, or a JSON file's path.
     pub(super) fn read_plan(value: &str) -> Result<lina::intervene::Plan> {
         let text = if std::path::Path::new(value).is_file() {
@@ -119,6 +127,18 @@ mod cli {
                 "--model" => model = Some(value.to_string()),
                 "--plan" => plan = read_plan(value)?,
                 "--csg" => csg_file = Some(value.to_string()),
+                "--init-image" => opts.init_image = Some(read_png(value)?),
+                "--strength" => opts.strength = parse(flag, value)?,
+                "--mask" => {
+                    // White (or any channel at half or more) regenerates, black keeps.
+                    let mask = read_png(value)?;
+                    opts.mask = Some(
+                        mask.rgb
+                            .chunks_exact(3)
+                            .map(|p| p[0] as f32 / 255.0)
+                            .collect(),
+                    );
+                }
                 "--prompt" => opts.prompt = value.to_string(),
                 "--negative" => opts.negative_prompt = value.to_string(),
                 "--seed" => opts.seed = parse(flag, value)?,

@@ -1,0 +1,94 @@
+//! The embedded default model (www/models/default, trained by tools/train_default.py on the
+//! probe's training split): it loads, reproduces its reference image on every backend, and
+//! draws scenes that the probe's checker recognises.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use lina::image::Image;
+use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina::probe::check::check;
+use lina::probe::{Category, SceneId, Split};
+use lina::schedulers::Timesteps;
+use lina::source::DirSource;
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/www/models/default");
+const REFERENCE: &str = "default_model/reference.png";
+/// The page's defaults, which the reference image was made with (see tests/fixtures/README.md).
+const PROMPT: &str = "a red ball on a table";
+const STEPS: usize = 20;
+const GUIDANCE: f64 = 4.0;
+
+fn options(prompt: &str, seed: u64) -> GenerateOptions {
+    GenerateOptions {
+        prompt: prompt.to_string(),
+        seed,
+        timesteps: Timesteps::Count(STEPS),
+        guidance_scale: GUIDANCE,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_default_model_reproduces_its_reference_image() {
+    let reference = Image::from_png(&common::read_fixture(REFERENCE)).unwrap();
+    for (name, device) in common::test_devices() {
+        let pipe = StableDiffusion::load(&DirSource::new(MODEL), &device).unwrap();
+        assert_eq!(pipe.native_size(), 64);
+        let done = pollster::block_on(pipe.generate(
+            &options(PROMPT, 0),
+            &mut NoHook,
+            &CancelToken::new(),
+        ))
+        .unwrap();
+        assert_eq!((done.image.width, done.image.height), (64, 64));
+        let worst = done
+            .image
+            .rgb
+            .iter()
+            .zip(&reference.rgb)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        println!("{name}: worst pixel {worst}/255 from the reference");
+        assert!(worst <= 3, "{name}: worst pixel off by {worst}/255");
+    }
+}
+
+/// A small, fixed slice of the in-distribution suite (the first two prompts of every
+/// category, seed 0): the full measurement is `lina-cli probe --suite id --seeds 4`.
+#[test]
+fn the_default_model_draws_scenes_the_checker_recognises() {
+    let pipe = StableDiffusion::load(&DirSource::new(MODEL), &lina::device::cpu()).unwrap();
+    let (mut passed, mut total) = (0, 0);
+    for category in Category::ALL {
+        for index in 0..2 {
+            let scene = SceneId {
+                split: Split::Test,
+                category,
+                index,
+            }
+            .scene();
+            let done = pollster::block_on(pipe.generate(
+                &options(&scene.prompt, 0),
+                &mut NoHook,
+                &CancelToken::new(),
+            ))
+            .unwrap();
+            for v in check(&done.image, &scene.csg) {
+                total += 1;
+                passed += v.passed as usize;
+                if !v.passed {
+                    println!("\"{}\": {} failed ({})", scene.prompt, v.check, v.detail);
+                }
+            }
+        }
+    }
+    let rate = passed as f64 / total as f64;
+    println!("{passed}/{total} checks pass ({:.0}%)", 100.0 * rate);
+    assert!(rate >= MIN_PASS_RATE, "{:.0}% of checks pass", 100.0 * rate);
+}
+
+/// Set a little below the measured rate, so that a regression in the sampler, the loader or
+/// the weights shows.
+const MIN_PASS_RATE: f64 = 0.6;
