@@ -351,7 +351,10 @@ impl StableDiffusion {
                 "the prompt was too long; this part was ignored: \"{cut}\""
             ));
         }
-        let guided = opts.guidance_scale > 1.0;
+        // LCM-distilled UNets take the guidance scale as an embedding instead of a second,
+        // unconditional pass.
+        let guidance_embedding = self.unet.guidance_embedding(opts.guidance_scale);
+        let guided = opts.guidance_scale > 1.0 && guidance_embedding.is_none();
         let context = if guided {
             let (uncond, cut) = self.encode_text(&opts.negative_prompt, opts.clip_skip)?;
             if let Some(cut) = cut {
@@ -423,6 +426,7 @@ impl StableDiffusion {
             latents,
             step,
             init,
+            guidance_embedding,
             warnings,
         })
     }
@@ -511,6 +515,8 @@ pub struct Sampling<'p> {
     step: usize,
     /// img2img or inpainting's start.
     init: Option<Init>,
+    /// The embedded guidance scale, for UNets with `time_cond_proj_dim`.
+    guidance_embedding: Option<Tensor<2>>,
     /// Things the user should know (a truncated prompt).
     pub warnings: Vec<String>,
 }
@@ -621,7 +627,14 @@ impl Sampling<'_> {
         } else {
             Tensor::cat(contexts, 0)
         };
-        let out = self.pipe.unet.forward(inputs, call.timestep, &context);
+        let cond = self
+            .guidance_embedding
+            .as_ref()
+            .map(|e| e.clone().repeat_dim(0, batch));
+        let out = self
+            .pipe
+            .unet
+            .forward_with(inputs, call.timestep, &context, cond.as_ref());
         let mut parts = out.chunk(batch, 0);
         let terms = parts.split_off(base);
         let mut pred = if base == 2 {

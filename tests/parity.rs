@@ -228,6 +228,54 @@ fn the_vae_encoder_matches_diffusers() {
 }
 
 #[test]
+fn an_lcm_unet_with_an_embedded_guidance_scale_matches_diffusers() {
+    let bytes = read_fixture("lcm_unet/reference.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, device) in test_devices() {
+        let get = |key: &str| -> (Vec<usize>, Vec<f32>) {
+            let t = st.tensor(key).unwrap();
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (t.shape().to_vec(), v)
+        };
+        let tensor = |key: &str| {
+            let (shape, v) = get(key);
+            burn::tensor::Tensor::<3>::from_data(
+                burn::tensor::TensorData::new(v, [shape[0], shape[1], shape[2]]),
+                &device,
+            )
+        };
+        let config = UNetConfig::from_json(&text("lcm_unet", "config.json")).unwrap();
+        let unet = component(
+            "lcm_unet",
+            "diffusion_pytorch_model.safetensors",
+            &device,
+            |w| UNet::load(config, w),
+        );
+        assert!(unet.embeds_guidance());
+        let embedding = unet
+            .guidance_embedding(get("guidance_scale").1[0] as f64)
+            .unwrap();
+        let err = max_abs_diff(&values(embedding.clone()), &get("w_embedding").1);
+        assert!(err < 1e-4, "{name}: guidance embedding error {err}");
+
+        let (xs, xv) = get("x");
+        let x = Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(xv, [xs[0], xs[1], xs[2], xs[3]]),
+            &device,
+        );
+        let t = get("timestep").1[0] as f64;
+        let out = unet.forward_with(x, t, &tensor("context"), Some(&embedding));
+        let err = max_abs_diff(&values(out), &get("out").1);
+        println!("{name}: LCM UNet max abs error {err}");
+        assert!(err < COMPONENT_TOLERANCE, "{name}: LCM UNet error {err}");
+    }
+}
+
+#[test]
 fn whole_pipelines_match_diffusers_images() {
     for (_, device) in test_devices() {
         for model in MODELS {

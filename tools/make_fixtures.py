@@ -695,6 +695,43 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
     return case
 
 
+def make_lcm_unet(fix: Path):
+    """A tiny UNet with `time_cond_proj_dim` (LCM-distilled models embed the guidance scale
+    and add it to the timestep embedding), random weights, and one call's output."""
+    from diffusers import LatentConsistencyModelPipeline, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=4,
+        time_cond_proj_dim=16,
+    ).eval()
+    out_dir = fix / "lcm_unet"
+    unet.save_pretrained(str(out_dir))
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    ctx = torch.randn(1, 5, 32, generator=g)
+    w = torch.tensor([8.0 - 1.0])
+    w_embedding = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=16)
+    t = 759
+    out = unet(x, t, ctx, timestep_cond=w_embedding).sample
+    save_file(
+        {"x": x, "context": ctx, "w_embedding": w_embedding.contiguous(), "out": out.contiguous(),
+         "timestep": torch.tensor([float(t)]), "guidance_scale": torch.tensor([8.0])},
+        str(out_dir / "reference.safetensors"),
+    )
+    log(f"lcm unet: out {tuple(out.shape)}, |out| max {float(out.abs().max()):.3f}")
+
+
 def make_vae_encoder(fix: Path):
     """The sd1_tiny VAE's encoder on a fixed image: the posterior mean before scaling, and the
     image decoded back, for the encoder's parity and a round trip."""
@@ -900,7 +937,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -919,6 +956,9 @@ def main():
         return
     if args.only == "vae-encoder":
         make_vae_encoder(fix)
+        return
+    if args.only == "lcm-unet":
+        make_lcm_unet(fix)
         return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():

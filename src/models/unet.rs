@@ -206,11 +206,8 @@ impl UNetConfig {
                 &self.addition_embed_type,
             ));
         }
-        if self.time_cond_proj_dim.is_some() {
-            return Err(Self::unsupported(
-                "time_cond_proj_dim",
-                self.time_cond_proj_dim,
-            ));
+        if let Some(dim) = self.time_cond_proj_dim {
+            check_size(CONFIG_FILE, "time_cond_proj_dim", dim, 4096)?;
         }
         if self.conv_in_kernel != 3 || self.conv_out_kernel != 3 {
             return Err(Self::unsupported(
@@ -310,6 +307,8 @@ struct MidBlock {
 
 pub struct UNet {
     config: UNetConfig,
+    /// LCM-distilled UNets: the embedded guidance scale, added to the timestep features.
+    time_cond_proj: Option<Linear>,
     time_linear_1: Linear,
     time_linear_2: Linear,
     conv_in: Conv2d,
@@ -429,6 +428,10 @@ impl UNet {
         }
 
         Ok(Self {
+            time_cond_proj: config
+                .time_cond_proj_dim
+                .map(|dim| Linear::load(&w.at("time_embedding.cond_proj"), dim, c0, false))
+                .transpose()?,
             time_linear_1: Linear::load(&w.at("time_embedding.linear_1"), c0, temb_dim, true)?,
             time_linear_2: Linear::load(
                 &w.at("time_embedding.linear_2"),
@@ -449,6 +452,29 @@ impl UNet {
 
     pub fn config(&self) -> &UNetConfig {
         &self.config
+    }
+
+    /// Whether the UNet takes an embedded guidance scale (`time_cond_proj_dim`).
+    pub fn embeds_guidance(&self) -> bool {
+        self.time_cond_proj.is_some()
+    }
+
+    /// The guidance-scale embedding LCM pipelines feed it: sinusoids of `(scale - 1) * 1000`,
+    /// sines then cosines, [1, time_cond_proj_dim].
+    pub fn guidance_embedding(&self, guidance_scale: f64) -> Option<Tensor<2>> {
+        let dim = self.config.time_cond_proj_dim?;
+        let half = dim / 2;
+        let w = ((guidance_scale - 1.0) * 1000.0) as f32;
+        let step = 10000f32.ln() / (half as f32 - 1.0).max(1.0);
+        let mut row: Vec<f32> = (0..half)
+            .map(|i| (w * (-(i as f32) * step).exp()).sin())
+            .collect();
+        row.extend((0..half).map(|i| (w * (-(i as f32) * step).exp()).cos()));
+        row.resize(dim, 0.0);
+        Some(Tensor::from_data(
+            TensorData::new(row, [1, dim]),
+            &self.device,
+        ))
     }
 
     /// Sinusoidal embedding of one timestep per batch row, as diffusers' `Timesteps`
@@ -477,11 +503,26 @@ impl UNet {
     /// Predicts the noise (or v) for latents `x` [B, C, H, W] at `timestep`, conditioned on
     /// `context` [B, L, cross_attention_dim].
     pub fn forward(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>) -> Tensor<4> {
+        self.forward_with(x, timestep, context, None)
+    }
+
+    /// [`forward`](Self::forward) with a timestep condition [B, time_cond_proj_dim], which
+    /// LCM-distilled UNets add to the timestep features (the embedded guidance scale).
+    pub fn forward_with(
+        &self,
+        x: Tensor<4>,
+        timestep: f64,
+        context: &Tensor<3>,
+        timestep_cond: Option<&Tensor<2>>,
+    ) -> Tensor<4> {
         let [b, _, _, _] = x.dims();
-        let temb = self.time_linear_2.forward(silu(
-            self.time_linear_1
-                .forward(self.timestep_features(timestep, b)),
-        ));
+        let mut features = self.timestep_features(timestep, b);
+        if let (Some(proj), Some(cond)) = (&self.time_cond_proj, timestep_cond) {
+            features = features + proj.forward(cond.clone());
+        }
+        let temb = self
+            .time_linear_2
+            .forward(silu(self.time_linear_1.forward(features)));
         // Every ResNet block applies SiLU to the embedding first: do it once here.
         let temb = silu(temb);
 
