@@ -204,3 +204,81 @@ fn bad_plans_are_clear_errors() {
         assert!(err.contains(word), "{word}: {err}");
     }
 }
+
+#[test]
+fn a_step_sweep_has_one_point_per_step_and_a_neutral_plan_changes_nothing() {
+    use lina::intervene::diagnose::step_sweep;
+    let pipe = pipe();
+    let o = opts("a red ball on a small mirror");
+    let csg = parse(&o.prompt).unwrap();
+    let neutral = pollster::block_on(step_sweep(&pipe, &o, &csg, &Plan::default())).unwrap();
+    assert_eq!(neutral.points.len(), 6);
+    assert!(neutral.points.iter().all(|p| p.change == 0.0));
+    let strong = Plan {
+        prompt_strength: 5.0,
+        ..Plan::default()
+    };
+    let sweep = pollster::block_on(step_sweep(&pipe, &o, &csg, &strong)).unwrap();
+    assert!(
+        sweep.points.iter().any(|p| p.change > 0.0),
+        "{:?}",
+        sweep.points
+    );
+    // Guidance at the first step moves the image more than at the last.
+    assert!(
+        sweep.points[0].change > sweep.points[5].change,
+        "{:?}",
+        sweep.points
+    );
+}
+
+#[test]
+fn reinpainting_a_node_regenerates_its_region_only() {
+    use lina::intervene::diagnose::{node_region, pixel_mask, reinpaint};
+    let pipe = pipe();
+    let o = opts("a red ball on a small mirror");
+    let mut csg = parse(&o.prompt).unwrap();
+    for (id, b) in [
+        ("object", [0.4, 0.45, 0.6, 0.72]),
+        ("surface", [0.42, 0.72, 0.58, 0.8]),
+    ] {
+        csg.nodes.iter_mut().find(|n| n.id == id).unwrap().layout = Some(b);
+    }
+    let layout: Vec<_> = csg.nodes.iter().map(|n| n.layout).collect();
+    // The reflection's region: its object, its surface and where it may not spill.
+    let boxes = node_region(&csg, &layout, "reflection_of_object").unwrap();
+    assert!(boxes.len() >= 3, "{boxes:?}");
+    let mask = pixel_mask(&[[0.25, 0.25, 0.75, 0.75]], 64, 64, 0.0);
+    assert_eq!(mask.iter().sum::<f32>(), 32.0 * 32.0);
+
+    let image = plain(&pipe, &o);
+    let out = pollster::block_on(reinpaint(
+        &pipe,
+        &o,
+        &csg,
+        &Plan::default(),
+        &image,
+        "object",
+        0.6,
+    ))
+    .unwrap();
+    let regenerated = out.mask.iter().filter(|&&m| m > 0.5).count();
+    assert!(
+        regenerated > 100 && regenerated < 64 * 64 / 3,
+        "{regenerated} pixels masked"
+    );
+    assert_eq!(out.before.len(), out.after.len());
+    let err = pollster::block_on(reinpaint(
+        &pipe,
+        &o,
+        &csg,
+        &Plan::default(),
+        &image,
+        "cat",
+        0.6,
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("no node \"cat\""), "{err}");
+}

@@ -8,6 +8,7 @@
 //!   layout comes from the CSG or, where it has none, is read off the model's own early
 //!   prediction of the final image (the layout forms in the first steps).
 
+pub mod diagnose;
 pub mod prompt;
 pub mod region;
 pub mod schedule;

@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    mod diagnose;
     mod probe;
 
     use std::process::ExitCode;
@@ -38,7 +39,13 @@ mod cli {
                     (generates the suite's prompts, checks each image, writes a report)
       lina probe-render --suite NAME [--count N] [--broken true] --out DIR
                     (rendered scenes with masks, CSG JSON and the checker's report)
-      lina probe-data --split train|id|ood --count N --out DIR   (training data)";
+      lina probe-data --split train|id|ood --count N --out DIR   (training data)
+      lina sweep --model DIR --prompt TEXT [--plan P] [--csg FILE] [--seed N] [--steps N]
+                    [--guidance G] [--out SWEEP.json]
+                    (LINA's guidance at one step at a time: how much each step moves the image)
+      lina reinpaint --model DIR --prompt TEXT --image IN.png --node ID [--strength S]
+                    [--plan P] [--csg FILE] --out OUT.png
+                    (regenerate one CSG node's region; the checker's verdicts before and after)";
 
     pub fn main() -> ExitCode {
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,6 +65,8 @@ mod cli {
             Some("probe") => probe::run(&args[1..]),
             Some("probe-render") => probe::render(&args[1..]),
             Some("probe-data") => probe::data(&args[1..]),
+            Some("sweep") => diagnose::sweep(&args[1..]),
+            Some("reinpaint") => diagnose::run(&args[1..]),
             Some("-h" | "--help") | None => {
                 println!("{USAGE}");
                 Ok(())
@@ -93,7 +102,7 @@ mod cli {
             .collect()
     }
 
-    fn read_png(path: &str) -> Result<lina::image::Image> {
+    pub(super) fn read_png(path: &str) -> Result<lina::image::Image> {
         let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("{path}: {e}")))?;
         lina::image::Image::from_png(&bytes)
             .map_err(|e| Error::InvalidInput(format!("{path}: {e}")))
