@@ -60,7 +60,7 @@ impl Default for Plan {
 }
 
 impl Plan {
-    /// Our default LINA plan for the embedded model (see docs/lina.md for how it was chosen).
+    /// Our default LINA plan: a first guess, not yet tuned on the probe (docs/lina.md).
     pub fn lina() -> Self {
         Self {
             prompt_strength: 1.0,
