@@ -45,7 +45,7 @@ pub struct GenerateOptions {
     pub initial_latents: Option<Vec<f32>>,
     /// img2img: start from this image (of the output's size), noised to `strength`.
     pub init_image: Option<Image>,
-    /// How much of the schedule img2img runs: 1 redraws everything, 0.3 keeps the layout.
+    /// How much of the schedule img2img runs: 1 starts from pure noise, 0.3 keeps the layout.
     pub strength: f64,
     /// Inpainting (with `init_image`): one value per pixel, row-major; where it is 0.5 or
     /// more the image is regenerated, elsewhere kept (blended in the latents every step).
@@ -396,23 +396,14 @@ impl StableDiffusion {
             }
             Some(image) => {
                 let init = self.init_latents(image, opts, noise, (width, height))?;
-                let steps = scheduler.timesteps().len();
-                if !(opts.strength > 0.0 && opts.strength <= 1.0) {
-                    return Err(Error::InvalidInput(format!(
-                        "strength must be in (0, 1], got {}",
-                        opts.strength
-                    )));
-                }
-                // As diffusers: run the last floor(steps * strength) steps.
-                let run = ((steps as f64 * opts.strength) as usize).min(steps);
-                if run == 0 {
-                    return Err(Error::InvalidInput(format!(
-                        "strength {} leaves none of the {steps} steps to run",
-                        opts.strength
-                    )));
-                }
-                let start = steps - run;
-                let latents = scheduler.add_noise(init.latents.clone(), init.noise.clone(), start);
+                let start = self.first_step(opts, scheduler.timesteps().len())?;
+                // At full strength, pure noise as diffusers' inpainting starts from; otherwise
+                // the init image noised to the first step's level.
+                let latents = if opts.strength >= 1.0 {
+                    init.noise.clone().mul_scalar(scheduler.init_noise_sigma())
+                } else {
+                    scheduler.add_noise(init.latents.clone(), init.noise.clone(), start)
+                };
                 (latents, start, Some(init))
             }
         };
@@ -429,6 +420,28 @@ impl StableDiffusion {
             guidance_embedding,
             warnings,
         })
+    }
+
+    /// The first step a run of `steps` takes: 0, or with an init image (img2img,
+    /// inpainting), as diffusers does, the start of the last floor(steps * strength) steps.
+    pub fn first_step(&self, opts: &GenerateOptions, steps: usize) -> Result<usize> {
+        if opts.init_image.is_none() {
+            return Ok(0);
+        }
+        if !(opts.strength > 0.0 && opts.strength <= 1.0) {
+            return Err(Error::InvalidInput(format!(
+                "strength must be in (0, 1], got {}",
+                opts.strength
+            )));
+        }
+        let run = ((steps as f64 * opts.strength) as usize).min(steps);
+        if run == 0 {
+            return Err(Error::InvalidInput(format!(
+                "strength {} leaves none of the {steps} steps to run",
+                opts.strength
+            )));
+        }
+        Ok(steps - run)
     }
 
     /// Encodes the init image and prepares the inpainting mask at latent resolution.

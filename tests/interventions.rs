@@ -282,3 +282,83 @@ fn reinpainting_a_node_regenerates_its_region_only() {
     .to_string();
     assert!(err.contains("no node \"cat\""), "{err}");
 }
+
+#[test]
+fn plans_fit_img2img_runs_and_karras_schedules() {
+    let pipe = pipe();
+    let o = opts("a red ball on a small mirror");
+    let mut csg = parse(&o.prompt).unwrap();
+    for (id, b) in [
+        ("object", [0.4, 0.45, 0.6, 0.72]),
+        ("surface", [0.42, 0.72, 0.58, 0.8]),
+    ] {
+        csg.nodes.iter_mut().find(|n| n.id == id).unwrap().layout = Some(b);
+    }
+    // img2img at strength 0.5 runs steps 3..6; the plan's windows land inside them.
+    let image = plain(&pipe, &o);
+    let i2i = GenerateOptions {
+        init_image: Some(image),
+        strength: 0.5,
+        ..o.clone()
+    };
+    let lina_plan = Plan::lina();
+    let out = pollster::block_on(intervene::generate(
+        &pipe,
+        &i2i,
+        &csg,
+        &lina_plan,
+        &mut NoHook,
+        &CancelToken::new(),
+    ))
+    .unwrap();
+    assert!(
+        out.described.iter().any(|d| d.contains("prompt guidance")),
+        "{:?}",
+        out.described
+    );
+
+    // A DPM-Solver config with Karras sigmas (which refuse explicit lists) runs under the
+    // baseline plan, and a warp on it is a clear error.
+    let mut files = lina::source::MemorySource::new();
+    for path in [
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
+        files.insert(
+            path,
+            common::read_fixture(&format!("sd1_tiny/{path}")),
+        );
+    }
+    files.insert(
+        "scheduler/scheduler_config.json",
+        br#"{"_class_name": "DPMSolverMultistepScheduler", "beta_schedule": "scaled_linear",
+             "beta_start": 0.00085, "beta_end": 0.012, "use_karras_sigmas": true}"#
+            .to_vec(),
+    );
+    let karras = StableDiffusion::load(&files, &lina::device::cpu()).unwrap();
+    let run = |plan: &Plan| {
+        pollster::block_on(intervene::generate(
+            &karras,
+            &o,
+            &csg,
+            plan,
+            &mut NoHook,
+            &CancelToken::new(),
+        ))
+    };
+    assert!(run(&Plan::default()).is_ok());
+    let err = run(&Plan {
+        warp: 2.0,
+        ..Plan::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("Karras"), "{err}");
+}

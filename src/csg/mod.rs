@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 pub const CSG_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Csg {
     pub version: u32,
     pub nodes: Vec<Node>,
@@ -27,6 +28,7 @@ pub struct Csg {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Node {
     pub id: String,
     pub class: Class,
@@ -147,6 +149,7 @@ pub enum Light {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Relation {
     pub subject: String,
     pub predicate: Predicate,
@@ -370,5 +373,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("CSG JSON"), "{e}");
+
+        // A misspelt field is an error, not a silently dropped attribute.
+        let text = sample().to_json().replace("\"colour\"", "\"color\"");
+        let e = Csg::from_json(&text).unwrap_err().to_string();
+        assert!(e.contains("color"), "{e}");
     }
 }

@@ -34,14 +34,17 @@ fn colour(word: &str) -> Option<Colour> {
 }
 
 fn number(word: &str) -> Option<u32> {
-    Some(match word {
-        "a" | "an" | "one" => 1,
-        "two" => 2,
-        "three" => 3,
-        "four" => 4,
-        "five" => 5,
-        _ => return None,
-    })
+    const WORDS: [&str; 10] = [
+        "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    ];
+    match word {
+        "a" | "an" => Some(1),
+        _ => WORDS
+            .iter()
+            .position(|w| *w == word)
+            .map(|i| i as u32 + 1)
+            .or_else(|| word.parse().ok().filter(|n| (1..=99).contains(n))),
+    }
 }
 
 /// Every object phrase, in order.
@@ -111,6 +114,9 @@ pub fn parse(prompt: &str) -> Result<Csg> {
         .iter()
         .any(|w| has(&text, w))
     {
+        if objects.is_empty() {
+            return Err(unknown());
+        }
         let light = if has(&text, "left") {
             Light::Left
         } else if has(&text, "right") {
@@ -124,7 +130,12 @@ pub fn parse(prompt: &str) -> Result<Csg> {
             csg.nodes.push(object_node(&format!("object{}", i + 1), p));
         }
     } else if has(&text, "mirror") || has(&text, "puddle") {
-        let p = objects.first().ok_or_else(unknown)?;
+        let [p] = objects.as_slice() else {
+            return Err(Error::InvalidInput(format!(
+                "\"{prompt}\": a mirror or puddle scene needs exactly one object, found {}",
+                objects.len()
+            )));
+        };
         csg.nodes.push(object_node("object", p));
         let class = if has(&text, "mirror") {
             Class::Mirror
@@ -174,11 +185,15 @@ pub fn parse(prompt: &str) -> Result<Csg> {
         csg.nodes.push(support);
         csg.relate("object", Predicate::On, &id);
     } else if objects.len() == 2 && has(&text, "on") {
+        // "A on B", "A on top of B", "A resting on B", or "B with A on it"; anything else
+        // (an "on" outside the two phrases) is not guessed at.
         let on = position(&words, "on").ok_or_else(unknown)?;
-        let (top, bottom) = if objects[0].at < on {
+        let (top, bottom) = if has(&text, "on it") {
+            (objects[1], objects[0])
+        } else if objects[0].at < on && on < objects[1].at {
             (objects[0], objects[1])
         } else {
-            (objects[1], objects[0])
+            return Err(unknown());
         };
         csg.nodes.push(object_node("top", &top));
         csg.nodes.push(object_node("bottom", &bottom));
@@ -278,7 +293,22 @@ mod tests {
     }
 
     #[test]
+    fn counts_and_with_it_phrases() {
+        assert_eq!(parse("six green cones").unwrap().nodes[0].count, 6);
+        assert_eq!(parse("3 red balls").unwrap().nodes[0].count, 3);
+        let csg = parse("a blue cube with a red ball on it").unwrap();
+        assert_eq!(csg.node("top").unwrap().class, Class::Ball);
+    }
+
+    #[test]
     fn unknown_prompts_are_clear_errors() {
+        for prompt in [
+            "a lamp",
+            "a red ball and a blue cube on a mirror",
+            "a red ball and a blue cube sitting on the bench",
+        ] {
+            assert!(parse(prompt).is_err(), "{prompt}");
+        }
         let e = parse("a cat and a dog").unwrap_err().to_string();
         assert!(e.contains("cannot build a scene graph"), "{e}");
         assert!(parse("  ,. ").unwrap_err().to_string().contains("empty"));

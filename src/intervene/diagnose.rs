@@ -96,6 +96,12 @@ pub async fn reinpaint(
     };
     let boxes = node_region(csg, &layout, node)?;
     let mask = pixel_mask(&boxes, image.width, image.height, 2.0);
+    // The region guidance then uses the same layout the mask came from.
+    let mut csg = csg.clone();
+    for (n, b) in csg.nodes.iter_mut().zip(&layout) {
+        n.layout = *b;
+    }
+    let csg = &csg;
     let mut opts = opts.clone();
     opts.init_image = Some(image.clone());
     opts.mask = Some(mask.clone());

@@ -5,7 +5,7 @@
 //! - `schedule`: the causality-aware schedule (more of the step budget at the noisy start);
 //! - `prompt`: prompt-space targeted guidance on the relation tokens;
 //! - `region`: latent-space targeted guidance on the CSG's node and effect regions, whose
-//!   layout comes from the CSG or, where it has none, is read off the model's own early
+//!   layout comes from the CSG or, when no node has one, is read off the model's own early
 //!   prediction of the final image (the layout forms in the first steps).
 
 pub mod diagnose;
@@ -28,7 +28,7 @@ use region::Box4;
 /// Which interventions run, how strongly, and when. Windows are fractions of the run's steps,
 /// `[start, end)`, so a plan fits any step count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct Plan {
     /// Prompt-space guidance strength on relation tokens; 0 turns it off.
     pub prompt_strength: f64,
@@ -141,9 +141,11 @@ pub struct Intervened {
     pub described: Vec<String>,
 }
 
-/// Steps `[start, end)` of `steps` for a window given in fractions.
-fn steps_of(window: [f64; 2], steps: usize) -> std::ops::Range<usize> {
-    let at = |f: f64| ((f * steps as f64).round() as usize).min(steps);
+/// Steps `[start, end)` for a window given in fractions of the steps that run, `first..steps`
+/// (img2img and inpainting skip the first ones).
+fn steps_of(window: [f64; 2], first: usize, steps: usize) -> std::ops::Range<usize> {
+    let run = steps - first;
+    let at = |f: f64| first + ((f * run as f64).round() as usize).min(run);
     at(window[0])..at(window[1])
 }
 
@@ -220,10 +222,13 @@ pub async fn generate(
     csg.validate()?;
     let timesteps = timesteps(pipe, opts, plan)?;
     let steps = timesteps.len();
+    let first = pipe.first_step(opts, steps)?;
     let mut opts = opts.clone();
-    opts.timesteps = Timesteps::Explicit(timesteps.clone());
     let mut described = Vec::new();
     if plan.warp != 1.0 {
+        // Only a warp needs an explicit list; the plain request keeps the scheduler's own
+        // stepping (and Karras sigmas, which explicit lists exclude).
+        opts.timesteps = Timesteps::Explicit(timesteps.clone());
         described.push(format!("schedule warp {}: {timesteps:?}", plan.warp));
     }
 
@@ -231,7 +236,7 @@ pub async fn generate(
     let mut region = None;
     if plan.uses_regions() {
         if layout.iter().all(Option::is_none) {
-            let at = ((plan.layout_at * steps as f64) as usize).min(steps - 1);
+            let at = (first + (plan.layout_at * (steps - first) as f64) as usize).min(steps - 1);
             let early = early_prediction(pipe, &opts, at).await?;
             layout = crate::probe::check::locate(&early, csg);
             described.push(format!("layout read off the predicted image at step {at}"));
@@ -245,7 +250,8 @@ pub async fn generate(
             &layout,
             plan.node_weight,
             plan.effect_weight,
-            steps_of(plan.region_window, steps),
+            opts.clip_skip,
+            steps_of(plan.region_window, first, steps),
             (size(opts.height), size(opts.width)),
         )?;
         described.extend(g.described.iter().cloned());
@@ -253,8 +259,14 @@ pub async fn generate(
     }
     let mut prompt = None;
     if plan.prompt_strength != 0.0 {
-        let window = steps_of(plan.prompt_window, steps);
-        let g = prompt::PromptGuidance::new(pipe, &opts.prompt, plan.prompt_strength, window)?;
+        let window = steps_of(plan.prompt_window, first, steps);
+        let g = prompt::PromptGuidance::new(
+            pipe,
+            &opts.prompt,
+            opts.clip_skip,
+            plan.prompt_strength,
+            window,
+        )?;
         described.push(format!(
             "prompt guidance {} on token positions {:?}",
             plan.prompt_strength, g.positions

@@ -92,6 +92,7 @@ impl PromptGuidance {
     pub fn new(
         pipe: &StableDiffusion,
         prompt: &str,
+        clip_skip: usize,
         strength: f64,
         window: Range<usize>,
     ) -> Result<Self> {
@@ -100,8 +101,8 @@ impl PromptGuidance {
                 "prompt guidance strength must be finite, got {strength}"
             )));
         }
-        let (plain, _) = pipe.encode_text(prompt, 0)?;
-        let (neutral, _) = pipe.encode_text("", 0)?;
+        let (plain, _) = pipe.encode_text(prompt, clip_skip)?;
+        let (neutral, _) = pipe.encode_text("", clip_skip)?;
         let positions = relation_positions(pipe, prompt)?;
         let [_, len, _] = plain.dims();
         let select: Vec<f32> = (0..len)

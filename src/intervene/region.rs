@@ -167,6 +167,7 @@ impl RegionGuidance {
         layout: &[Option<Box4>],
         node_weight: f64,
         effect_weight: f64,
+        clip_skip: usize,
         window: Range<usize>,
         latent: (usize, usize),
     ) -> Result<Self> {
@@ -179,7 +180,7 @@ impl RegionGuidance {
                 let (Some(words), Some(b)) = (phrase(node), b) else {
                     continue;
                 };
-                let (context, _) = pipe.encode_text(&words, 0)?;
+                let (context, _) = pipe.encode_text(&words, clip_skip)?;
                 terms.push(RegionTerm {
                     context,
                     mask: mask(&[*b], h, w, device),
@@ -190,7 +191,7 @@ impl RegionGuidance {
         }
         let forbidden = forbidden_boxes(csg, layout);
         if effect_weight != 0.0 && !forbidden.is_empty() {
-            let (context, _) = pipe.encode_text(prompt, 0)?;
+            let (context, _) = pipe.encode_text(prompt, clip_skip)?;
             let boxes: Vec<Box4> = forbidden.iter().map(|(_, b)| *b).collect();
             terms.push(RegionTerm {
                 context,

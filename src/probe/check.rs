@@ -237,7 +237,8 @@ impl<'a> Labels<'a> {
     }
 }
 
-/// Judges `image` against every check that `csg` implies.
+/// Judges `image` against every check that `csg` implies. The thresholds are in pixels of
+/// the probe's 64x64 world; other sizes are not meaningful.
 pub fn check(image: &Image, csg: &Csg) -> Vec<Verdict> {
     let labels = Labels::new(image, csg);
     let mut out = Vec::new();
@@ -400,6 +401,9 @@ fn fill_check(labels: &Labels, jar: usize, fill: Fill) -> Verdict {
             c as f32 >= 0.5 * columns.len() as f32
         })
         .count();
+    if filled == 0 {
+        return verdict(false, "no content in the jar".to_string());
+    }
     let level = filled as f32 / rows.len().max(1) as f32;
     let passed = match fill {
         Fill::LessThanHalf => level < 0.5,
@@ -439,7 +443,10 @@ fn on(labels: &Labels, object: usize, support: usize) -> (bool, String) {
     };
     let below = support_pixels(labels, support);
     let bottom: Vec<usize> = (blob.x0..=blob.x1)
-        .filter(|&x| blob.pixels.contains(&(x, blob.y1)) || blob.pixels.contains(&(x, blob.y1 - 1)))
+        .filter(|&x| {
+            blob.pixels.contains(&(x, blob.y1))
+                || blob.pixels.contains(&(x, blob.y1.saturating_sub(1)))
+        })
         .collect();
     let touching = bottom
         .iter()
@@ -475,7 +482,8 @@ fn inside(labels: &Labels, subject: usize, region: usize) -> (bool, String) {
         let share = within as f32 / blob.area() as f32;
         return (share >= 0.8, format!("{:.0}% inside", 100.0 * share));
     }
-    let mut hits = std::collections::HashMap::new();
+    // Ordered, so that a tie resolves the same way on every run.
+    let mut hits = std::collections::BTreeMap::new();
     for x in blob.x0..=blob.x1 {
         for y in blob.y1 + 1..(blob.y1 + 4).min(labels.height) {
             if let Some(Label::Node(n)) = labels.at(x, y)
@@ -544,7 +552,8 @@ fn distance(labels: &Labels, subject: usize, region: usize, close: bool) -> (boo
             }
         }
     }
-    let passed = if close { gap <= 9 } else { gap >= 12 };
+    // A region that is not there is neither close nor far: the check fails.
+    let passed = gap != usize::MAX && if close { gap <= 9 } else { gap >= 12 };
     let detail = if gap == usize::MAX {
         "region not found near the feet".to_string()
     } else {
@@ -597,6 +606,12 @@ fn bounded_by(labels: &Labels, subject: usize, surface: usize) -> (bool, String)
         .iter()
         .filter(|&&(x, y)| x + 1 < s.x0 || x > s.x1 + 1 || y + 1 < s.y0 || y > s.y1 + 1)
         .count();
+    if pixels.len() < MIN_AREA {
+        return (
+            false,
+            format!("{} reflection px: nothing to bound", pixels.len()),
+        );
+    }
     let allowed = 3usize.max(pixels.len() / 10);
     (
         outside <= allowed,

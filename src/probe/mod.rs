@@ -97,8 +97,8 @@ pub struct Suite {
 }
 
 impl Suite {
-    /// `id` and `ood` hold 25 prompts per category; `train` is unbounded, so its size is
-    /// given. A category name restricts a suite to it: `ood:reflection`.
+    /// 25 prompts per category by default (the `train` split is unbounded; `probe-data` and
+    /// `--count` take more). A category name restricts a suite to it: `ood:reflection`.
     pub fn named(name: &str) -> crate::Result<Self> {
         let (base, only) = match name.split_once(':') {
             Some((b, c)) => (b, Some(c)),

@@ -696,8 +696,9 @@ fn beach(rng: &mut Rng, ood: bool, broken: bool) -> Scene {
     b.finish(Category::Spatial, sub, prompt)
 }
 
-/// Training prior: sand or water, evenly; jars mostly less than half full (75%). Held out: a
-/// jar more than half full of sand.
+/// Training prior: sand or water, evenly; sand jars always less than half full, water jars
+/// so 75% of the time (87.5% of training jars are less than half full). Held out: a jar more
+/// than half full of sand.
 fn quantity(rng: &mut Rng, split: Split, broken: bool) -> Scene {
     let (sand, high) = if split == Split::Ood {
         (true, true)

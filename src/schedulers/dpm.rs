@@ -85,6 +85,12 @@ impl DpmSolver {
                 (t, s)
             }
         };
+        if timesteps.windows(2).any(|w| w[1] >= w[0]) {
+            return Err(Error::InvalidInput(format!(
+                "{} steps are too many for DPM-Solver's spacing: its timesteps repeat",
+                timesteps.len()
+            )));
+        }
         let last = if final_zero { 0.0 } else { train[0] as f64 };
         let mut sigmas: Vec<f64> = sigmas;
         sigmas.push(last);

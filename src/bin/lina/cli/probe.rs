@@ -194,6 +194,13 @@ pub fn run(args: &[String]) -> Result<()> {
     pollster::block_on(async {
         let device = lina::device::by_name(&device).await?;
         let pipe = StableDiffusion::load(&DirSource::new(&model), &device)?;
+        if pipe.native_size() != lina::probe::SIZE {
+            return Err(Error::InvalidInput(format!(
+                "the probe's checker judges {0}x{0} images; this model draws {1}x{1}",
+                lina::probe::SIZE,
+                pipe.native_size()
+            )));
+        }
         let label = if plan.is_baseline() {
             model.clone()
         } else {
