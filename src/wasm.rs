@@ -9,7 +9,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use crate::pipeline::{CancelToken, GenerateOptions, Hooks, StableDiffusion};
 use crate::schedulers::{SchedulerKind, Timesteps};
 use crate::source::MemorySource;
 
@@ -37,6 +37,10 @@ struct JsOptions {
     scheduler: Option<String>,
     clip_skip: usize,
     initial_latents: Option<Vec<f32>>,
+    /// LINA: a plan (camelCase fields, as `Plan`'s JSON), and optionally the scene graph;
+    /// without a graph, the prompt is parsed into one.
+    plan: Option<crate::intervene::Plan>,
+    csg: Option<crate::csg::Csg>,
 }
 
 impl JsOptions {
@@ -115,23 +119,40 @@ impl Pipeline {
 
     /// Generates an image. `onStep(step, steps, timestep)` is called after every step; if it
     /// returns a promise it is awaited (let the page paint, or yield to take a Cancel click).
-    /// Resolves to `{ width, height, rgba: Uint8ClampedArray, warnings: string[] }`.
+    /// With `plan` (and optionally `csg`) in the options, LINA's interventions run.
+    /// Resolves to `{ width, height, rgba: Uint8ClampedArray, warnings: string[],
+    /// interventions: string[] }`.
     pub async fn generate(
         &self,
         options: JsValue,
         #[wasm_bindgen(js_name = onStep)] on_step: Option<js_sys::Function>,
     ) -> Result<Object, JsError> {
-        let options: JsOptions = serde_wasm_bindgen::from_value(options)
+        let mut options: JsOptions = serde_wasm_bindgen::from_value(options)
             .map_err(|e| JsError::new(&format!("invalid options: {e}")))?;
+        let (plan, csg) = (options.plan.take(), options.csg.take());
         let options = options.into_options()?;
         let cancel = CancelToken::new();
         *self.cancel.borrow_mut() = cancel.clone();
+        // LINA's interventions, when a plan asks for any.
+        let (options, mut hooks, described) = match plan.filter(|p| !p.is_baseline()) {
+            None => (options, Hooks::default(), Vec::new()),
+            Some(plan) => {
+                let csg = match csg {
+                    Some(csg) => csg,
+                    None => crate::csg::parse::parse(&options.prompt).map_err(js_err)?,
+                };
+                let prepared = crate::intervene::prepare(&self.inner, &options, &csg, &plan)
+                    .await
+                    .map_err(js_err)?;
+                (prepared.opts, prepared.hooks, prepared.described)
+            }
+        };
         let mut sampling = self.inner.start(&options).map_err(js_err)?;
         while !sampling.is_done() {
             if cancel.is_cancelled() {
                 return Err(js_err(crate::Error::Cancelled));
             }
-            sampling.step(&mut NoHook).map_err(js_err)?;
+            sampling.step(&mut hooks).map_err(js_err)?;
             sampling.settle().await.map_err(js_err)?;
             if let Some(f) = &on_step {
                 let returned = f
@@ -162,10 +183,12 @@ impl Pipeline {
             .iter()
             .map(|w| JsValue::from_str(w))
             .collect();
+        let interventions: js_sys::Array = described.iter().map(|d| JsValue::from_str(d)).collect();
         set("width", &JsValue::from(image.width as u32))
             .and_then(|_| set("height", &JsValue::from(image.height as u32)))
             .and_then(|_| set("rgba", &rgba))
             .and_then(|_| set("warnings", &warnings))
+            .and_then(|_| set("interventions", &interventions))
             .map_err(|_| JsError::new("could not build the result object"))?;
         Ok(out)
     }

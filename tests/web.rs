@@ -1,5 +1,6 @@
 //! Browser tests (wasm32, headless Chromium with WebGPU): the tiny pipeline through the wasm
-//! API gives diffusers' image, as natively; bad files become JS errors with a message.
+//! API gives diffusers' image, as natively; the embedded default model gives its reference
+//! image; bad files become JS errors with a message.
 //! Run with `scripts/test.sh` (or `wasm-pack test --headless --chrome --release`).
 #![cfg(target_arch = "wasm32")]
 
@@ -20,6 +21,19 @@ macro_rules! model_files {
     };
 }
 
+macro_rules! default_file {
+    ($path:literal) => {
+        (
+            $path,
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/www/models/default/",
+                $path
+            )) as &[u8],
+        )
+    };
+}
+
 const FILES: &[(&str, &[u8])] = model_files![
     "scheduler/scheduler_config.json",
     "text_encoder/config.json",
@@ -31,6 +45,25 @@ const FILES: &[(&str, &[u8])] = model_files![
     "vae/config.json",
     "vae/diffusion_pytorch_model.safetensors",
 ];
+
+/// The page's embedded default model, as the page loads it (www/models/default).
+const DEFAULT_MODEL: &[(&str, &[u8])] = &[
+    default_file!("scheduler/scheduler_config.json"),
+    default_file!("text_encoder/config.json"),
+    default_file!("text_encoder/model.safetensors"),
+    default_file!("tokenizer/vocab.json"),
+    default_file!("tokenizer/merges.txt"),
+    default_file!("tokenizer/tokenizer_config.json"),
+    default_file!("unet/config.json"),
+    default_file!("unet/diffusion_pytorch_model.safetensors"),
+    default_file!("vae/config.json"),
+    default_file!("vae/diffusion_pytorch_model.safetensors"),
+];
+
+const DEFAULT_REFERENCE: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/default_model/reference.png"
+));
 
 const REFERENCE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -48,8 +81,12 @@ fn reference_f32(name: &str) -> Vec<f32> {
 }
 
 fn files(edit: impl Fn(&str, &[u8]) -> Vec<u8>) -> Object {
+    files_of(FILES, edit)
+}
+
+fn files_of(model: &[(&str, &[u8])], edit: impl Fn(&str, &[u8]) -> Vec<u8>) -> Object {
     let obj = Object::new();
-    for (path, bytes) in FILES {
+    for (path, bytes) in model {
         let data = Uint8Array::from(edit(path, bytes).as_slice());
         Reflect::set(&obj, &JsValue::from_str(path), &data).unwrap();
     }
@@ -96,6 +133,102 @@ async fn tiny_pipeline_in_the_browser_matches_diffusers() {
         .map(|(ours, theirs)| (ours as f32 - theirs * 255.0).abs())
         .fold(0.0, f32::max);
     assert!(worst <= 2.0, "worst pixel off by {worst}/255");
+}
+
+fn rgb_of(result: &JsValue) -> Vec<u8> {
+    let rgba = Reflect::get(result, &"rgba".into())
+        .unwrap()
+        .dyn_into::<js_sys::Uint8ClampedArray>()
+        .unwrap()
+        .to_vec();
+    rgba.chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect()
+}
+
+/// The same settings as tests/default_model.rs, whose CPU output the reference image is.
+#[wasm_bindgen_test]
+async fn the_embedded_default_model_draws_its_reference_image() {
+    let pipe = Pipeline::load(files_of(DEFAULT_MODEL, |_, b| b.to_vec()))
+        .await
+        .map_err(message)
+        .unwrap();
+    let options = Object::new();
+    let set = |k: &str, v: JsValue| Reflect::set(&options, &JsValue::from_str(k), &v).unwrap();
+    set("prompt", "a red ball on a table".into());
+    set("seed", 0.into());
+    set("steps", 20.into());
+    set("guidanceScale", 4.0.into());
+    let result = pipe
+        .generate(options.into(), None)
+        .await
+        .map_err(message)
+        .unwrap();
+
+    let mut reader = png::Decoder::new(std::io::Cursor::new(DEFAULT_REFERENCE))
+        .read_info()
+        .unwrap();
+    let mut expected = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut expected).unwrap();
+    expected.truncate(info.buffer_size());
+    let ours = rgb_of(&result);
+    assert_eq!(ours.len(), expected.len());
+    let worst = ours
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 4, "worst pixel off by {worst}/255");
+}
+
+/// LINA in the browser: a plan in the options runs the interventions and reports them.
+#[wasm_bindgen_test]
+async fn a_plan_runs_lina_in_the_browser() {
+    let pipe = Pipeline::load(files_of(DEFAULT_MODEL, |_, b| b.to_vec()))
+        .await
+        .map_err(message)
+        .unwrap();
+    let options = Object::new();
+    let set = |o: &Object, k: &str, v: JsValue| Reflect::set(o, &JsValue::from_str(k), &v).unwrap();
+    set(&options, "prompt", "a red ball on a small mirror".into());
+    set(&options, "steps", 8.into());
+    let plan = Object::new();
+    set(&plan, "promptStrength", 1.0.into());
+    set(&plan, "warp", 1.5.into());
+    set(&options, "plan", plan.into());
+    let result = pipe
+        .generate(options.into(), None)
+        .await
+        .map_err(message)
+        .unwrap();
+    let interventions: js_sys::Array = Reflect::get(&result, &"interventions".into())
+        .unwrap()
+        .dyn_into()
+        .unwrap();
+    let text: Vec<String> = interventions.iter().filter_map(|v| v.as_string()).collect();
+    assert!(
+        text.iter().any(|t| t.contains("schedule warp 1.5")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("prompt guidance")),
+        "{text:?}"
+    );
+
+    // A misspelt plan field is a JS error naming it.
+    let bad = Object::new();
+    set(&bad, "prompt", "a red ball".into());
+    let plan = Object::new();
+    set(&plan, "promptStrenght", 1.0.into());
+    set(&bad, "plan", plan.into());
+    let err = pipe
+        .generate(bad.into(), None)
+        .await
+        .err()
+        .map(message)
+        .expect("refused");
+    assert!(err.contains("promptStrenght"), "{err}");
 }
 
 #[wasm_bindgen_test]

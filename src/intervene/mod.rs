@@ -20,7 +20,7 @@ use crate::csg::Csg;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::pipeline::{
-    CancelToken, GenerateOptions, Generated, ModelCall, StableDiffusion, StepHook, StepState,
+    CancelToken, GenerateOptions, Generated, Hooks, ModelCall, StableDiffusion, StepHook, StepState,
 };
 use crate::schedulers::{SchedulerKind, Timesteps};
 use region::Box4;
@@ -209,15 +209,28 @@ pub async fn early_prediction(
     Image::from_decoded(pipe.vae().decode_scaled(x0)).await
 }
 
-/// Runs one generation of `opts` under `plan`, for the prompt's scene graph `csg`.
-pub async fn generate(
+/// A generation set up under a plan: the options to sample with and the hooks that
+/// intervene. Callers that drive the sampler step by step (the browser API) use this.
+pub struct Prepared {
+    pub opts: GenerateOptions,
+    pub hooks: Hooks,
+    /// The timesteps sampled (after the warp).
+    pub timesteps: Vec<f64>,
+    /// The node boxes the latent-space guidance uses, one entry per CSG node.
+    pub layout: Vec<Option<Box4>>,
+    /// Each active intervention, in words.
+    pub described: Vec<String>,
+}
+
+/// Sets up `opts` under `plan` for the prompt's scene graph `csg`: the warped schedule, the
+/// layout (read off an early prediction if needed, which samples a few steps now), and the
+/// guidance hooks.
+pub async fn prepare(
     pipe: &StableDiffusion,
     opts: &GenerateOptions,
     csg: &Csg,
     plan: &Plan,
-    hook: &mut dyn StepHook,
-    cancel: &CancelToken,
-) -> Result<Intervened> {
+) -> Result<Prepared> {
     plan.validate()?;
     csg.validate()?;
     let timesteps = timesteps(pipe, opts, plan)?;
@@ -232,8 +245,23 @@ pub async fn generate(
         described.push(format!("schedule warp {}: {timesteps:?}", plan.warp));
     }
 
+    let mut hooks = Hooks::default();
+    if plan.prompt_strength != 0.0 {
+        let window = steps_of(plan.prompt_window, first, steps);
+        let g = prompt::PromptGuidance::new(
+            pipe,
+            &opts.prompt,
+            opts.clip_skip,
+            plan.prompt_strength,
+            window,
+        )?;
+        described.push(format!(
+            "prompt guidance {} on token positions {:?}",
+            plan.prompt_strength, g.positions
+        ));
+        hooks.0.push(Box::new(g));
+    }
     let mut layout: Vec<Option<Box4>> = csg.nodes.iter().map(|n| n.layout).collect();
-    let mut region = None;
     if plan.uses_regions() {
         if layout.iter().all(Option::is_none) {
             let at = (first + (plan.layout_at * (steps - first) as f64) as usize).min(steps - 1);
@@ -255,34 +283,36 @@ pub async fn generate(
             (size(opts.height), size(opts.width)),
         )?;
         described.extend(g.described.iter().cloned());
-        region = Some(g);
+        hooks.0.push(Box::new(g));
     }
-    let mut prompt = None;
-    if plan.prompt_strength != 0.0 {
-        let window = steps_of(plan.prompt_window, first, steps);
-        let g = prompt::PromptGuidance::new(
-            pipe,
-            &opts.prompt,
-            opts.clip_skip,
-            plan.prompt_strength,
-            window,
-        )?;
-        described.push(format!(
-            "prompt guidance {} on token positions {:?}",
-            plan.prompt_strength, g.positions
-        ));
-        prompt = Some(g);
-    }
+    Ok(Prepared {
+        opts,
+        hooks,
+        timesteps,
+        layout,
+        described,
+    })
+}
 
-    let mut hooks: Vec<&mut dyn StepHook> = Vec::new();
-    if let Some(g) = prompt.as_mut() {
-        hooks.push(g);
-    }
-    if let Some(g) = region.as_mut() {
-        hooks.push(g);
-    }
-    hooks.push(hook);
-    let generated = pipe.generate(&opts, &mut Chain(hooks), cancel).await?;
+/// Runs one generation of `opts` under `plan`, for the prompt's scene graph `csg`; `hook`
+/// runs after the interventions' hooks at every step.
+pub async fn generate(
+    pipe: &StableDiffusion,
+    opts: &GenerateOptions,
+    csg: &Csg,
+    plan: &Plan,
+    hook: &mut dyn StepHook,
+    cancel: &CancelToken,
+) -> Result<Intervened> {
+    let Prepared {
+        opts,
+        mut hooks,
+        timesteps,
+        layout,
+        described,
+    } = prepare(pipe, opts, csg, plan).await?;
+    let mut chain = Chain(vec![&mut hooks, hook]);
+    let generated = pipe.generate(&opts, &mut chain, cancel).await?;
     Ok(Intervened {
         generated,
         timesteps,

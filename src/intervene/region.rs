@@ -225,7 +225,7 @@ impl StepHook for RegionGuidance {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use crate::csg::parse::parse;
