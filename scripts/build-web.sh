@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
-# Builds the page: the release wasm, its JS bindings into www/pkg, and the default model
-# into www/models/default. Prints the wasm size raw and gzipped.
+# Builds the page: the release wasm and its JS bindings into www/pkg. The embedded default
+# model is committed in www/models/default. Prints the wasm size raw and gzipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --lib --target wasm32-unknown-unknown
 wasm-bindgen --target web --out-dir www/pkg target/wasm32-unknown-unknown/release/lina.wasm
-
-# Until the trained default model lands (the probe issue), the page runs the tiny test model.
-rm -rf www/models/default
-mkdir -p www/models
-cp -r tests/fixtures/sd1_tiny www/models/default
 
 raw=$(stat -c %s www/pkg/lina_bg.wasm)
 gz=$(gzip -9 -c www/pkg/lina_bg.wasm | wc -c)

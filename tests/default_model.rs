@@ -17,7 +17,7 @@ const REFERENCE: &str = "default_model/reference.png";
 /// The page's defaults, which the reference image was made with (see tests/fixtures/README.md).
 const PROMPT: &str = "a red ball on a table";
 const STEPS: usize = 20;
-const GUIDANCE: f64 = 4.0;
+const GUIDANCE: f64 = 3.0;
 
 fn options(prompt: &str, seed: u64) -> GenerateOptions {
     GenerateOptions {
@@ -89,6 +89,7 @@ fn the_default_model_draws_scenes_the_checker_recognises() {
     assert!(rate >= MIN_PASS_RATE, "{:.0}% of checks pass", 100.0 * rate);
 }
 
-/// Set a little below the measured rate, so that a regression in the sampler, the loader or
-/// the weights shows.
-const MIN_PASS_RATE: f64 = 0.6;
+/// A little below the rate measured when the model was exported (57/79 = 72% on the CPU
+/// backend, which is deterministic), so that a regression in the sampler, the loader, the
+/// checker or the weights shows. Raise it when the model is retrained.
+const MIN_PASS_RATE: f64 = 0.65;

@@ -330,10 +330,7 @@ fn plans_fit_img2img_runs_and_karras_schedules() {
         "vae/config.json",
         "vae/diffusion_pytorch_model.safetensors",
     ] {
-        files.insert(
-            path,
-            common::read_fixture(&format!("sd1_tiny/{path}")),
-        );
+        files.insert(path, common::read_fixture(&format!("sd1_tiny/{path}")));
     }
     files.insert(
         "scheduler/scheduler_config.json",

@@ -25,7 +25,7 @@ impl Common {
         Self {
             model: None,
             opts: GenerateOptions {
-                guidance_scale: 4.0,
+                guidance_scale: 3.0,
                 ..GenerateOptions::default()
             },
             plan: Plan::lina(),
