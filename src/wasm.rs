@@ -38,9 +38,10 @@ struct JsOptions {
     clip_skip: usize,
     initial_latents: Option<Vec<f32>>,
     /// LINA: a plan (camelCase fields, as `Plan`'s JSON), and optionally the scene graph;
-    /// without a graph, the prompt is parsed into one.
-    plan: Option<crate::intervene::Plan>,
-    csg: Option<crate::csg::Csg>,
+    /// without a graph, the prompt is parsed into one. Both go through serde_json, since
+    /// serde-wasm-bindgen's structs never see unknown fields, and those must be errors.
+    plan: Option<serde_json::Value>,
+    csg: Option<serde_json::Value>,
 }
 
 impl JsOptions {
@@ -134,11 +135,15 @@ impl Pipeline {
         let cancel = CancelToken::new();
         *self.cancel.borrow_mut() = cancel.clone();
         // LINA's interventions, when a plan asks for any.
+        let plan = plan
+            .map(|v| crate::intervene::Plan::parse(&v.to_string()))
+            .transpose()
+            .map_err(js_err)?;
         let (options, mut hooks, described) = match plan.filter(|p| !p.is_baseline()) {
             None => (options, Hooks::default(), Vec::new()),
             Some(plan) => {
                 let csg = match csg {
-                    Some(csg) => csg,
+                    Some(v) => crate::csg::Csg::from_json(&v.to_string()).map_err(js_err)?,
                     None => crate::csg::parse::parse(&options.prompt).map_err(js_err)?,
                 };
                 let prepared = crate::intervene::prepare(&self.inner, &options, &csg, &plan)
