@@ -46,6 +46,18 @@ fn with_plan(pipe: &StableDiffusion, o: &GenerateOptions, plan: &Plan) -> interv
     .unwrap()
 }
 
+/// "a red ball on a small mirror" with boxes for the ball and the mirror below it.
+fn mirror_scene_with_layout(prompt: &str) -> lina::csg::Csg {
+    let mut csg = parse(prompt).unwrap();
+    for (id, b) in [
+        ("object", [0.4, 0.45, 0.6, 0.72]),
+        ("surface", [0.42, 0.72, 0.58, 0.8]),
+    ] {
+        csg.nodes.iter_mut().find(|n| n.id == id).unwrap().layout = Some(b);
+    }
+    csg
+}
+
 fn diff(a: &Image, b: &Image) -> u8 {
     a.rgb
         .iter()
@@ -120,12 +132,7 @@ fn prompt_guidance_moves_only_relation_tokens_inside_its_window() {
 fn region_guidance_uses_the_csg_layout_and_forbids_spills() {
     let pipe = pipe();
     let o = opts("a red ball on a small mirror");
-    let mut csg = parse(&o.prompt).unwrap();
-    let set = |csg: &mut lina::csg::Csg, id: &str, b: [f32; 4]| {
-        csg.nodes.iter_mut().find(|n| n.id == id).unwrap().layout = Some(b);
-    };
-    set(&mut csg, "object", [0.4, 0.45, 0.6, 0.72]);
-    set(&mut csg, "surface", [0.42, 0.72, 0.58, 0.8]);
+    let csg = mirror_scene_with_layout(&o.prompt);
     let plan = Plan {
         node_weight: 2.0,
         effect_weight: 3.0,
@@ -237,13 +244,7 @@ fn reinpainting_a_node_regenerates_its_region_only() {
     use lina::intervene::diagnose::{node_region, pixel_mask, reinpaint};
     let pipe = pipe();
     let o = opts("a red ball on a small mirror");
-    let mut csg = parse(&o.prompt).unwrap();
-    for (id, b) in [
-        ("object", [0.4, 0.45, 0.6, 0.72]),
-        ("surface", [0.42, 0.72, 0.58, 0.8]),
-    ] {
-        csg.nodes.iter_mut().find(|n| n.id == id).unwrap().layout = Some(b);
-    }
+    let csg = mirror_scene_with_layout(&o.prompt);
     let layout: Vec<_> = csg.nodes.iter().map(|n| n.layout).collect();
     // The reflection's region: its object, its surface and where it may not spill.
     let boxes = node_region(&csg, &layout, "reflection_of_object").unwrap();
@@ -287,13 +288,7 @@ fn reinpainting_a_node_regenerates_its_region_only() {
 fn plans_fit_img2img_runs_and_karras_schedules() {
     let pipe = pipe();
     let o = opts("a red ball on a small mirror");
-    let mut csg = parse(&o.prompt).unwrap();
-    for (id, b) in [
-        ("object", [0.4, 0.45, 0.6, 0.72]),
-        ("surface", [0.42, 0.72, 0.58, 0.8]),
-    ] {
-        csg.nodes.iter_mut().find(|n| n.id == id).unwrap().layout = Some(b);
-    }
+    let csg = mirror_scene_with_layout(&o.prompt);
     // img2img at strength 0.5 runs steps 3..6; the plan's windows land inside them.
     let image = plain(&pipe, &o);
     let i2i = GenerateOptions {

@@ -186,17 +186,7 @@ fn vae_decoders_match_diffusers() {
 
 #[test]
 fn the_vae_encoder_matches_diffusers() {
-    let bytes = read_fixture("sd1_tiny/vae_encoder_reference.safetensors");
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let get = |name: &str| -> (Vec<usize>, Vec<f32>) {
-        let t = st.tensor(name).unwrap();
-        let v = t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        (t.shape().to_vec(), v)
-    };
+    let reference = Reference::file("sd1_tiny/vae_encoder_reference.safetensors");
     for (name, device) in test_devices() {
         let config = VaeConfig::from_json(&text("sd1_tiny", "vae/config.json")).unwrap();
         // The encoder and the decoder together use every tensor of the file.
@@ -211,14 +201,8 @@ fn the_vae_encoder_matches_diffusers() {
                 ))
             },
         );
-        let (shape, image) = get("image");
-        let shape: [usize; 4] = shape.try_into().unwrap();
-        let x = burn::tensor::Tensor::<4>::from_data(
-            burn::tensor::TensorData::new(image, shape),
-            &device,
-        );
-        let ours = values(encoder.encode(x));
-        let err = max_abs_diff(&ours, &get("posterior_mean").1);
+        let ours = values(encoder.encode(reference.tensor("image", &device)));
+        let err = max_abs_diff(&ours, &reference.f32("posterior_mean").1);
         println!("{name}: vae encoder max abs error {err}");
         assert!(
             err < COMPONENT_TOLERANCE,
@@ -229,25 +213,8 @@ fn the_vae_encoder_matches_diffusers() {
 
 #[test]
 fn an_lcm_unet_with_an_embedded_guidance_scale_matches_diffusers() {
-    let bytes = read_fixture("lcm_unet/reference.safetensors");
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let reference = Reference::file("lcm_unet/reference.safetensors");
     for (name, device) in test_devices() {
-        let get = |key: &str| -> (Vec<usize>, Vec<f32>) {
-            let t = st.tensor(key).unwrap();
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (t.shape().to_vec(), v)
-        };
-        let tensor = |key: &str| {
-            let (shape, v) = get(key);
-            burn::tensor::Tensor::<3>::from_data(
-                burn::tensor::TensorData::new(v, [shape[0], shape[1], shape[2]]),
-                &device,
-            )
-        };
         let config = UNetConfig::from_json(&text("lcm_unet", "config.json")).unwrap();
         let unet = component(
             "lcm_unet",
@@ -256,20 +223,19 @@ fn an_lcm_unet_with_an_embedded_guidance_scale_matches_diffusers() {
             |w| UNet::load(config, w),
         );
         assert!(unet.embeds_guidance());
-        let embedding = unet
-            .guidance_embedding(get("guidance_scale").1[0] as f64)
-            .unwrap();
-        let err = max_abs_diff(&values(embedding.clone()), &get("w_embedding").1);
+        let scale = reference.f32("guidance_scale").1[0] as f64;
+        let embedding = unet.guidance_embedding(scale).unwrap();
+        let err = max_abs_diff(&values(embedding.clone()), &reference.f32("w_embedding").1);
         assert!(err < 1e-4, "{name}: guidance embedding error {err}");
 
-        let (xs, xv) = get("x");
-        let x = Tensor::<4>::from_data(
-            burn::tensor::TensorData::new(xv, [xs[0], xs[1], xs[2], xs[3]]),
-            &device,
+        let t = reference.f32("timestep").1[0] as f64;
+        let out = unet.forward_with(
+            reference.tensor("x", &device),
+            t,
+            &reference.tensor("context", &device),
+            Some(&embedding),
         );
-        let t = get("timestep").1[0] as f64;
-        let out = unet.forward_with(x, t, &tensor("context"), Some(&embedding));
-        let err = max_abs_diff(&values(out), &get("out").1);
+        let err = max_abs_diff(&values(out), &reference.f32("out").1);
         println!("{name}: LCM UNet max abs error {err}");
         assert!(err < COMPONENT_TOLERANCE, "{name}: LCM UNet error {err}");
     }

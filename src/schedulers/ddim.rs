@@ -57,14 +57,6 @@ impl Scheduler for Ddim {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<4>, _step: usize) -> Tensor<4> {
-        sample
-    }
-
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
         super::vp_noise(&self.alphas_cumprod, self.timesteps[step], original, noise)
     }

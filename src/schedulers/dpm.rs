@@ -223,14 +223,6 @@ impl Scheduler for DpmSolver {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<4>, _step: usize) -> Tensor<4> {
-        sample
-    }
-
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
         let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
         original.mul_scalar(alpha) + noise.mul_scalar(sigma)

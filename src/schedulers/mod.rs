@@ -430,9 +430,15 @@ impl Noise for SeededNoise {
 /// The scheduler interface the sampler drives, by step index.
 pub trait Scheduler {
     fn timesteps(&self) -> &[f64];
-    /// The standard deviation to scale unit Gaussian initial latents by.
-    fn init_noise_sigma(&self) -> f64;
-    fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4>;
+    /// The standard deviation to scale unit Gaussian initial latents by: 1 for the
+    /// variance-preserving schedulers, the largest sigma (or so) for Euler's.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    /// What the model is fed at `step`: the sample itself, except for sigma-space schedulers.
+    fn scale_model_input(&self, sample: Tensor<4>, _step: usize) -> Tensor<4> {
+        sample
+    }
     /// Noises clean latents to the level the sampler expects at `step` (img2img starts
     /// there; inpainting re-noises the kept region to each step's level).
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4>;

@@ -23,8 +23,13 @@ pub struct Reference {
 
 impl Reference {
     pub fn open(model: &str) -> Self {
+        Self::file(&format!("{model}/reference.safetensors"))
+    }
+
+    /// Any reference safetensors file under tests/fixtures.
+    pub fn file(path: &str) -> Self {
         Self {
-            bytes: read_fixture(&format!("{model}/reference.safetensors")),
+            bytes: read_fixture(path),
         }
     }
 
