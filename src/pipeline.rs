@@ -19,7 +19,7 @@ use crate::rng::Rng;
 use crate::schedulers::{self, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise, Timesteps};
 use crate::source::FileSource;
 use crate::tokenizer::ClipTokenizer;
-use crate::weights::Weights;
+use crate::weights::{Weights, WeightsUpload};
 
 /// The largest image side accepted, in pixels.
 pub const MAX_SIDE: usize = 2048;
@@ -183,8 +183,9 @@ pub struct StableDiffusion {
     device: Device,
 }
 
-/// Builds one component from the first weight file its folder has (in order of preference),
-/// then checks that the file held nothing the component left unused.
+/// Builds one component from the first weight file its folder has (in order of preference;
+/// each either whole or sharded with an index), then checks that the files held nothing the
+/// component left unused.
 fn load_component<T>(
     files: &dyn FileSource,
     folder: &str,
@@ -194,14 +195,78 @@ fn load_component<T>(
 ) -> Result<T> {
     for name in names {
         let path = format!("{folder}/{name}");
-        if let Some(bytes) = files.read(&path)? {
-            let weights = Weights::from_bytes(&path, &bytes, device)?;
+        if let Some(weights) = stream_weights(files, &path, device)? {
             let component = build(&weights)?;
             weights.finish()?;
             return Ok(component);
         }
     }
     Err(Error::MissingFile(format!("{folder}/{}", names[0])))
+}
+
+/// Streams `path`, or the shards its `.index.json` lists, to the device; `None` if neither
+/// exists.
+fn stream_weights(files: &dyn FileSource, path: &str, device: &Device) -> Result<Option<Weights>> {
+    let mut upload = WeightsUpload::new(device);
+    let feed = |upload: &mut WeightsUpload, file: &str| -> Result<bool> {
+        if let Some(done) = files.take_uploaded(file) {
+            upload.merge(done)?;
+            return Ok(true);
+        }
+        upload.begin_file(file)?;
+        if !files.stream(file, &mut |chunk| upload.push(chunk))? {
+            return Ok(false);
+        }
+        upload.end_file()?;
+        Ok(true)
+    };
+    if feed(&mut upload, path)? {
+        return upload.finish(path).map(Some);
+    }
+    let mut upload = WeightsUpload::new(device);
+    let index_path = format!("{path}.index.json");
+    let Some(index) = files.read(&index_path)? else {
+        return Ok(None);
+    };
+    let folder = path.rsplit_once('/').map_or("", |(f, _)| f);
+    for shard in shard_files(&index_path, &index)? {
+        let shard_path = format!("{folder}/{shard}");
+        if !feed(&mut upload, &shard_path)? {
+            return Err(Error::MissingFile(format!(
+                "{shard_path} (listed in {index_path})"
+            )));
+        }
+    }
+    upload.finish(&index_path).map(Some)
+}
+
+/// The distinct shard files of a sharded checkpoint's index, in name order.
+fn shard_files(index_path: &str, index: &[u8]) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: serde_json::Map<String, serde_json::Value>,
+    }
+    let index: Index = serde_json::from_slice(index)
+        .map_err(|e| Error::config(index_path, format!("invalid index: {e}")))?;
+    let mut shards = Vec::new();
+    for (tensor, file) in &index.weight_map {
+        let file = file.as_str().ok_or_else(|| {
+            Error::config(
+                index_path,
+                format!("weight_map[\"{tensor}\"] is not a file name"),
+            )
+        })?;
+        if file.contains('/') || file.contains("..") || !file.ends_with(".safetensors") {
+            return Err(Error::config(
+                index_path,
+                format!("weight_map names `{file}`, not a .safetensors file beside the index"),
+            ));
+        }
+        shards.push(file.to_string());
+    }
+    shards.sort_unstable();
+    shards.dedup();
+    Ok(shards)
 }
 
 impl StableDiffusion {

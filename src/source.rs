@@ -1,14 +1,32 @@
 //! Where a model's files come from: a folder natively, or a map of paths to bytes that the
 //! browser layer filled from fetch or file pickers. Paths are diffusers-layout relative
-//! paths such as `unet/config.json`.
+//! paths such as `unet/config.json`. Weight files are read as streams of chunks, so a source
+//! that can (a folder) never holds a whole one in memory.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
+use crate::weights::WeightsUpload;
 
 pub trait FileSource {
     /// The file's bytes, or `None` if the model does not have it.
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Feeds the file to `sink` in chunks; `false` if the model does not have it. The default
+    /// reads it whole: right for sources that already hold their files in memory.
+    fn stream(&self, path: &str, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<bool> {
+        match self.read(path)? {
+            Some(bytes) => sink(&bytes).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// A weight file this source already put on the device while it arrived, handed over
+    /// once. `None`: read it through `stream`.
+    fn take_uploaded(&self, _path: &str) -> Option<WeightsUpload> {
+        None
+    }
 
     fn require(&self, path: &str) -> Result<Vec<u8>> {
         self.read(path)?
@@ -42,16 +60,60 @@ impl FileSource for MemorySource {
     }
 }
 
+/// Files gathered as they arrived, in any order (the browser's loader): small files as bytes,
+/// weight files already uploaded to the device tensor by tensor.
+#[derive(Default)]
+pub struct StagedSource {
+    files: MemorySource,
+    uploads: RefCell<HashMap<String, WeightsUpload>>,
+}
+
+impl StagedSource {
+    pub fn insert(&mut self, path: impl Into<String>, bytes: Vec<u8>) {
+        self.files.insert(path, bytes);
+    }
+
+    /// A weight file whose stream has ended.
+    pub fn insert_uploaded(&mut self, path: impl Into<String>, upload: WeightsUpload) {
+        self.uploads.get_mut().insert(path.into(), upload);
+    }
+
+    /// Whether a file of this path has arrived (as bytes or as an upload).
+    pub fn has(&self, path: &str) -> bool {
+        self.files.files.contains_key(path) || self.uploads.borrow().contains_key(path)
+    }
+}
+
+impl FileSource for StagedSource {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        self.files.read(path)
+    }
+
+    fn take_uploaded(&self, path: &str) -> Option<WeightsUpload> {
+        self.uploads.borrow_mut().remove(path)
+    }
+}
+
 /// A diffusers folder on disk.
 #[cfg(not(target_arch = "wasm32"))]
 pub struct DirSource {
     root: std::path::PathBuf,
+    chunk: usize,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 impl DirSource {
     pub fn new(root: impl Into<std::path::PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            chunk: 1 << 20,
+        }
+    }
+
+    /// Reads weight files in chunks of `bytes` (1 MiB by default).
+    pub fn with_chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk = bytes.max(1);
+        self
     }
 }
 
@@ -63,6 +125,26 @@ impl FileSource for DirSource {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::Io(format!("{}: {e}", full.display()))),
+        }
+    }
+
+    fn stream(&self, path: &str, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<bool> {
+        use std::io::Read;
+        let full = self.root.join(path);
+        let io = |e: std::io::Error| Error::Io(format!("{}: {e}", full.display()));
+        let mut file = match std::fs::File::open(&full) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e)),
+        };
+        let mut buffer = vec![0u8; self.chunk];
+        loop {
+            match file.read(&mut buffer) {
+                Ok(0) => return Ok(true),
+                Ok(n) => sink(&buffer[..n])?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
         }
     }
 }

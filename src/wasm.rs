@@ -11,7 +11,8 @@ use wasm_bindgen_futures::JsFuture;
 
 use crate::pipeline::{CancelToken, GenerateOptions, Hooks, StableDiffusion};
 use crate::schedulers::{SchedulerKind, Timesteps};
-use crate::source::MemorySource;
+use crate::source::{MemorySource, StagedSource};
+use crate::weights::WeightsUpload;
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -112,6 +113,22 @@ impl Pipeline {
         })
     }
 
+    /// Builds the model from a loader's files; the loader is used up (its weights are
+    /// already on the device).
+    #[wasm_bindgen(js_name = fromLoader)]
+    pub fn from_loader(loader: ModelLoader) -> Result<Pipeline, JsError> {
+        if loader.current.is_some() {
+            return Err(JsError::new(
+                "the loader is still reading a file; call endFile first",
+            ));
+        }
+        let inner = StableDiffusion::load(&loader.source, &loader.device).map_err(js_err)?;
+        Ok(Pipeline {
+            inner,
+            cancel: RefCell::new(CancelToken::new()),
+        })
+    }
+
     /// The model's native image side in pixels.
     #[wasm_bindgen(js_name = nativeSize)]
     pub fn native_size(&self) -> usize {
@@ -202,5 +219,181 @@ impl Pipeline {
     /// "generation cancelled".
     pub fn cancel(&self) {
         self.cancel.borrow().cancel();
+    }
+}
+
+/// Gathers a model's files as they arrive, so that no weight file is ever whole in wasm
+/// memory: each `.safetensors` file goes to the GPU tensor by tensor while its bytes stream
+/// in (from `fetch`, or chunk by chunk from `File.slice`); other files are kept as bytes.
+/// `Pipeline.fromLoader` then builds the model.
+#[wasm_bindgen]
+pub struct ModelLoader {
+    device: burn::tensor::Device,
+    source: StagedSource,
+    current: Option<(String, Incoming)>,
+}
+
+enum Incoming {
+    Weights(WeightsUpload),
+    Bytes(Vec<u8>),
+}
+
+#[wasm_bindgen]
+impl ModelLoader {
+    /// Acquires the WebGPU device the weights will live on.
+    pub async fn create() -> Result<ModelLoader, JsError> {
+        Ok(ModelLoader {
+            device: crate::device::gpu().await.map_err(js_err)?,
+            source: StagedSource::default(),
+            current: None,
+        })
+    }
+
+    /// Starts a file at a diffusers-layout path (`"unet/diffusion_pytorch_model.safetensors"`).
+    #[wasm_bindgen(js_name = beginFile)]
+    pub fn begin_file(&mut self, path: String) -> Result<(), JsError> {
+        if let Some((open, _)) = &self.current {
+            return Err(JsError::new(&format!(
+                "{path}: cannot start while {open} is still being read"
+            )));
+        }
+        let incoming = if path.ends_with(".safetensors") {
+            let mut upload = WeightsUpload::new(&self.device);
+            upload.begin_file(&path).map_err(js_err)?;
+            Incoming::Weights(upload)
+        } else {
+            Incoming::Bytes(Vec::new())
+        };
+        self.current = Some((path, incoming));
+        Ok(())
+    }
+
+    /// The next bytes of the current file.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+        match &mut self.current {
+            None => Err(JsError::new("push: no file was started (call beginFile)")),
+            Some((_, Incoming::Weights(upload))) => upload.push(chunk).map_err(js_err),
+            Some((_, Incoming::Bytes(bytes))) => {
+                bytes.extend_from_slice(chunk);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the current file; a truncated weight file fails here, naming it.
+    #[wasm_bindgen(js_name = endFile)]
+    pub fn end_file(&mut self) -> Result<(), JsError> {
+        match self.current.take() {
+            None => Err(JsError::new("endFile: no file was started")),
+            Some((path, Incoming::Weights(mut upload))) => {
+                upload.end_file().map_err(js_err)?;
+                self.source.insert_uploaded(path, upload);
+                Ok(())
+            }
+            Some((path, Incoming::Bytes(bytes))) => {
+                self.source.insert(path, bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// A whole file at once (a small config, or bytes the page already holds).
+    #[wasm_bindgen(js_name = addFile)]
+    pub fn add_file(&mut self, path: String, bytes: &[u8]) -> Result<(), JsError> {
+        self.begin_file(path)?;
+        self.push(bytes)?;
+        self.end_file()
+    }
+
+    /// Fetches `url` into the file at `path`, streaming the body. Resolves to `false` when the
+    /// server has no such file (404), so optional files can be tried; any other failure
+    /// rejects. `onProgress(received, total)` follows the download (`total` is undefined
+    /// without a Content-Length).
+    pub async fn fetch(
+        &mut self,
+        path: String,
+        url: String,
+        #[wasm_bindgen(js_name = onProgress)] on_progress: Option<js_sys::Function>,
+    ) -> Result<bool, JsError> {
+        let fail = |what: &str, e: JsValue| JsError::new(&format!("{path}: {what}: {e:?}"));
+        // `fetch` from the global scope: a page's window or a worker's self.
+        let fetch: js_sys::Function = Reflect::get(&js_sys::global(), &JsValue::from_str("fetch"))
+            .and_then(|f| f.dyn_into())
+            .map_err(|e| fail("no fetch in this context", e))?;
+        let response: web_sys::Response = JsFuture::from(
+            fetch
+                .call1(&JsValue::NULL, &JsValue::from_str(&url))
+                .and_then(|p| p.dyn_into::<Promise>())
+                .map_err(|e| fail("fetch failed", e))?,
+        )
+        .await
+        .and_then(|r| r.dyn_into())
+        .map_err(|e| fail("fetch failed", e))?;
+        if response.status() == 404 {
+            return Ok(false);
+        }
+        if !response.ok() {
+            return Err(JsError::new(&format!("{path}: HTTP {}", response.status())));
+        }
+        let header = |name: &str| response.headers().get(name).ok().flatten();
+        // A dev server that answers a missing file with its HTML page must not pass as a file.
+        if header("content-type").is_some_and(|t| t.contains("text/html")) {
+            return Ok(false);
+        }
+        let total = header("content-length").and_then(|l| l.parse::<f64>().ok());
+        let body = response
+            .body()
+            .ok_or_else(|| JsError::new(&format!("{path}: the response has no body")))?;
+        let reader: web_sys::ReadableStreamDefaultReader = body
+            .get_reader()
+            .dyn_into()
+            .map_err(|e| fail("unreadable body", e.into()))?;
+        self.begin_file(path.clone())?;
+        match self
+            .stream_body(&path, &reader, total, on_progress.as_ref())
+            .await
+        {
+            Ok(()) => self.end_file().map(|()| true),
+            Err(e) => {
+                // Nothing half-read stays behind: the file can be fetched again.
+                self.current = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl ModelLoader {
+    async fn stream_body(
+        &mut self,
+        path: &str,
+        reader: &web_sys::ReadableStreamDefaultReader,
+        total: Option<f64>,
+        on_progress: Option<&js_sys::Function>,
+    ) -> Result<(), JsError> {
+        let fail = |what: &str, e: JsValue| JsError::new(&format!("{path}: {what}: {e:?}"));
+        let mut received = 0.0;
+        loop {
+            let next = JsFuture::from(reader.read())
+                .await
+                .map_err(|e| fail("download interrupted", e))?;
+            let done = Reflect::get(&next, &JsValue::from_str("done"))
+                .map(|d| d.is_truthy())
+                .unwrap_or(true);
+            if done {
+                return Ok(());
+            }
+            let chunk: Uint8Array = Reflect::get(&next, &JsValue::from_str("value"))
+                .and_then(|v| v.dyn_into())
+                .map_err(|e| fail("unexpected chunk", e))?;
+            received += chunk.length() as f64;
+            // Copied into wasm memory one chunk at a time, then uploaded.
+            self.push(&chunk.to_vec())?;
+            if let Some(f) = on_progress {
+                let total = total.map_or(JsValue::UNDEFINED, JsValue::from);
+                f.call2(&JsValue::NULL, &JsValue::from(received), &total)
+                    .map_err(|e| fail("onProgress threw", e))?;
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use safetensors::SafeTensors;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::*;
 
-use lina::wasm::Pipeline;
+use lina::wasm::{ModelLoader, Pipeline};
 
 // In a dedicated worker, as the page will run the model: long GPU work there never blocks
 // the main thread that the test driver polls.
@@ -229,6 +229,100 @@ async fn a_plan_runs_lina_in_the_browser() {
         .map(message)
         .expect("refused");
     assert!(err.contains("promptStrenght"), "{err}");
+}
+
+/// A `blob:` URL holding `bytes`: fetching it gives a streamed body, as from a server.
+fn blob_url(bytes: &[u8]) -> String {
+    let parts = js_sys::Array::of1(&Uint8Array::from(bytes));
+    let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).unwrap();
+    web_sys::Url::create_object_url_with_blob(&blob).unwrap()
+}
+
+/// Streams `model` into a loader through fetch; returns the bytes each file's progress
+/// callback last reported.
+async fn fetch_into(
+    loader: &mut ModelLoader,
+    model: &[(&str, Vec<u8>)],
+) -> Result<Vec<f64>, String> {
+    let mut reported = Vec::new();
+    for (path, bytes) in model {
+        let last = std::rc::Rc::new(std::cell::Cell::new(0.0));
+        let seen = last.clone();
+        let progress = wasm_bindgen::closure::Closure::<dyn Fn(f64, JsValue)>::new(
+            move |received: f64, _total: JsValue| seen.set(received),
+        );
+        let found = loader
+            .fetch(
+                path.to_string(),
+                blob_url(bytes),
+                Some(
+                    progress
+                        .as_ref()
+                        .unchecked_ref::<js_sys::Function>()
+                        .clone(),
+                ),
+            )
+            .await
+            .map_err(message)?;
+        assert!(found, "{path}");
+        reported.push(last.get());
+    }
+    Ok(reported)
+}
+
+#[wasm_bindgen_test]
+async fn a_model_streams_in_through_fetch_and_draws_the_same_image() {
+    let model: Vec<(&str, Vec<u8>)> = FILES.iter().map(|(p, b)| (*p, b.to_vec())).collect();
+    let mut loader = ModelLoader::create().await.map_err(message).unwrap();
+    let reported = fetch_into(&mut loader, &model).await.unwrap();
+    for ((path, bytes), got) in model.iter().zip(&reported) {
+        assert_eq!(*got as usize, bytes.len(), "progress of {path}");
+    }
+    let streamed = Pipeline::from_loader(loader).map_err(message).unwrap();
+    let whole = Pipeline::load(files(|_, b| b.to_vec()))
+        .await
+        .map_err(message)
+        .unwrap();
+    let options = || {
+        let options = Object::new();
+        let set = |k: &str, v: JsValue| Reflect::set(&options, &JsValue::from_str(k), &v).unwrap();
+        set("prompt", "a red ball on a small mirror".into());
+        set("steps", 3.into());
+        set("seed", 5.into());
+        JsValue::from(options)
+    };
+    let a = streamed
+        .generate(options(), None)
+        .await
+        .map_err(message)
+        .unwrap();
+    let b = whole
+        .generate(options(), None)
+        .await
+        .map_err(message)
+        .unwrap();
+    assert_eq!(rgb_of(&a), rgb_of(&b));
+}
+
+#[wasm_bindgen_test]
+async fn a_truncated_download_is_a_js_error_naming_the_file() {
+    let model: Vec<(&str, Vec<u8>)> = FILES
+        .iter()
+        .map(|(p, b)| {
+            let keep = if p.starts_with("unet/diffusion") {
+                b.len() / 2
+            } else {
+                b.len()
+            };
+            (*p, b[..keep].to_vec())
+        })
+        .collect();
+    let mut loader = ModelLoader::create().await.map_err(message).unwrap();
+    let err = fetch_into(&mut loader, &model).await.expect_err("refused");
+    assert!(
+        err.contains("unet/diffusion_pytorch_model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
 }
 
 #[wasm_bindgen_test]

@@ -319,7 +319,30 @@ def build_denoiser(vocab_size: int, bos: int, eos: int, pad: int):
     return text, unet
 
 
-def train_unet(data: Data, work: Path, init_from: Path | None, minutes: float, batch: int, seed: int):
+def sampling_weights(data: Data, category_weights: dict[str, float]) -> np.ndarray | None:
+    """Per-scene probabilities that draw the named categories more often (None: uniform).
+
+    Oversampling changes how often the model sees a category, not what the scenes hold: the
+    training split's priors stay as documented."""
+    if not category_weights:
+        return None
+    unknown = set(category_weights) - {m["category"] for m in data.meta}
+    if unknown:
+        raise SystemExit(f"--category-weight names unknown categories: {sorted(unknown)}")
+    w = np.array([category_weights.get(m["category"], 1.0) for m in data.meta], dtype=np.float64)
+    return w / w.sum()
+
+
+def train_unet(
+    data: Data,
+    work: Path,
+    init_from: Path | None,
+    minutes: float,
+    batch: int,
+    seed: int,
+    category_weights: dict[str, float],
+    lr_final: float | None,
+):
     from diffusers import DDPMScheduler
 
     tok = load_tokenizer(work / "tokenizer")
@@ -363,9 +386,13 @@ def train_unet(data: Data, work: Path, init_from: Path | None, minutes: float, b
     def save():
         save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "ema": ema, "state": state}, ckpt)
 
+    probs = sampling_weights(data, category_weights)
     running = []
     while state["seconds"] < budget:
-        idx = torch.from_numpy(rng.integers(0, len(data), batch))
+        if probs is None:
+            idx = torch.from_numpy(rng.integers(0, len(data), batch))
+        else:
+            idx = torch.from_numpy(rng.choice(len(data), size=batch, p=probs))
         z0 = (latents["mean"][idx].float() + latents["std"][idx].float() * torch.randn(batch, 4, 16, 16, generator=g)) * scale
         ids = ids_all[idx].clone()
         drop = torch.rand(batch, generator=g) < 0.1  # for classifier-free guidance
@@ -381,9 +408,13 @@ def train_unet(data: Data, work: Path, init_from: Path | None, minutes: float, b
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        lr_scale = min(1.0, (state["step"] + 1) / 500)
+        lr = 3e-4 * min(1.0, (state["step"] + 1) / 500)
+        if lr_final is not None:
+            # Cosine decay over this run's budget: a continuation ends on a low learning rate.
+            done = min(1.0, (state["seconds"] - spent0) / max(1.0, budget - spent0))
+            lr = lr_final + (lr - lr_final) * 0.5 * (1 + math.cos(math.pi * done))
         for group in opt.param_groups:
-            group["lr"] = 3e-4 * lr_scale
+            group["lr"] = lr
         opt.step()
         with torch.no_grad():
             d = min(decay, (1 + state["step"]) / (10 + state["step"]))
@@ -474,7 +505,19 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init-from", type=Path)
+    ap.add_argument(
+        "--category-weight",
+        action="append",
+        default=[],
+        metavar="CATEGORY=W",
+        help="draw scenes of CATEGORY W times as often (repeatable)",
+    )
+    ap.add_argument("--lr-final", type=float, help="decay the learning rate to this over the run (cosine)")
     args = ap.parse_args()
+    category_weights = {}
+    for item in args.category_weight:
+        name, _, w = item.partition("=")
+        category_weights[name] = float(w)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -488,7 +531,16 @@ def main():
     if "latents" in stages:
         encode_all(data, load_vae(args.work), args.work)
     if "unet" in stages:
-        train_unet(data, args.work, args.init_from, args.unet_minutes, args.batch, args.seed)
+        train_unet(
+            data,
+            args.work,
+            args.init_from,
+            args.unet_minutes,
+            args.batch,
+            args.seed,
+            category_weights,
+            args.lr_final,
+        )
     if "export" in stages:
         export(args.work, args.out)
 

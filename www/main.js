@@ -1,5 +1,5 @@
 // The page: a thin driver over the wasm API (www/pkg, built by scripts/build-web.sh).
-import init, { Pipeline } from "./pkg/lina.js";
+import init, { ModelLoader, Pipeline } from "./pkg/lina.js";
 
 const MODEL_URL = "models/default/";
 // The diffusers folder layout; optional files may be absent.
@@ -29,22 +29,10 @@ const status = (text, isError = false) => {
   $("status").classList.toggle("error", isError);
 };
 
-async function fetchFile(path, required) {
-  const response = await fetch(MODEL_URL + path);
-  if (!response.ok) {
-    if (required) throw new Error(`${path}: HTTP ${response.status}`);
-    return null;
-  }
-  // A dev server that answers a missing file with its HTML page must not pass as weights.
-  if ((response.headers.get("content-type") || "").includes("text/html")) {
-    if (required) throw new Error(`${path}: the server answered with an HTML page`);
-    return null;
-  }
-  return new Uint8Array(await response.arrayBuffer());
-}
-
+// Every file streams into the loader: weight files go to the GPU tensor by tensor as their
+// bytes arrive, so none is ever whole in memory and the progress bar follows the download.
 async function loadModel() {
-  const files = {};
+  const loader = await ModelLoader.create();
   const all = [
     ...MODEL_FILES.required.map((p) => [p, true]),
     ...MODEL_FILES.weights.map((p) => [p, true]),
@@ -52,11 +40,15 @@ async function loadModel() {
   ];
   for (const [path, required] of all) {
     status(`Downloading ${path}…`);
-    const bytes = await fetchFile(path, required);
-    if (bytes) files[path] = bytes;
+    const found = await loader.fetch(path, MODEL_URL + path, (received, total) => {
+      if (total) $("progress").value = received / total;
+      status(`Downloading ${path}: ${(received / 1048576).toFixed(1)} MiB`);
+    });
+    if (!found && required) throw new Error(`${path}: not found at ${MODEL_URL}${path}`);
   }
-  status("Compiling the model for your GPU…");
-  return Pipeline.load(files);
+  $("progress").value = 0;
+  status("Building the model…");
+  return Pipeline.fromLoader(loader);
 }
 
 let pipeline = null;

@@ -1,0 +1,364 @@
+//! Safetensors read as a byte stream, one tensor at a time.
+//!
+//! A browser cannot hold a 1.7 GB UNet file in wasm memory next to the model it builds, and a
+//! native loader should not need to either. [`TensorStream`] takes the file in chunks of any
+//! size (a fetch body, slices of a `File`, reads from disk), validates the header as soon as
+//! it has arrived, and hands each tensor to a sink the moment its last byte comes in, decoded
+//! to f32. Host memory at any time is the header, the tensor being filled, and the chunk in
+//! hand: never the file.
+
+use safetensors::Dtype;
+use safetensors::tensor::{Metadata, TensorInfo};
+
+use crate::error::{Error, Result};
+
+/// The same bound the safetensors crate puts on headers: a larger one is not a weight file.
+const MAX_HEADER_BYTES: usize = 100_000_000;
+
+/// One tensor, complete.
+pub struct StreamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+    /// The values as f32, or `None` for a dtype this runtime does not decode (integer buffers
+    /// such as `position_ids`): only an error if a model asks for the tensor.
+    pub values: Option<Vec<f32>>,
+}
+
+/// A push parser over one safetensors file.
+pub struct TensorStream {
+    file: String,
+    stage: Stage,
+    /// Bytes of the size prefix or the header gathered so far.
+    pending: Vec<u8>,
+    received: u64,
+}
+
+enum Stage {
+    Size,
+    Header {
+        len: usize,
+    },
+    Data {
+        /// Tensors in the order of their bytes, and the index of the one being filled.
+        order: Vec<(String, TensorInfo)>,
+        next: usize,
+        filling: Option<Filling>,
+    },
+    Done,
+}
+
+/// The tensor whose bytes are arriving.
+struct Filling {
+    remaining: usize,
+    values: Option<Vec<f32>>,
+    /// A value split across two chunks: its first bytes.
+    carry: [u8; 4],
+    carry_len: usize,
+}
+
+impl TensorStream {
+    /// `file` names the file in every error.
+    pub fn new(file: &str) -> Self {
+        Self {
+            file: file.to_string(),
+            stage: Stage::Size,
+            pending: Vec::new(),
+            received: 0,
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::WeightFile {
+            file: self.file.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Takes the next bytes of the file; every tensor they complete goes to `sink`.
+    pub fn push(
+        &mut self,
+        mut chunk: &[u8],
+        sink: &mut dyn FnMut(StreamedTensor) -> Result<()>,
+    ) -> Result<()> {
+        self.received += chunk.len() as u64;
+        while !chunk.is_empty() || self.has_empty_tensor_next() {
+            match &mut self.stage {
+                Stage::Size => {
+                    let take = (8 - self.pending.len()).min(chunk.len());
+                    self.pending.extend_from_slice(&chunk[..take]);
+                    chunk = &chunk[take..];
+                    if self.pending.len() == 8 {
+                        let len = u64::from_le_bytes(self.pending[..8].try_into().unwrap());
+                        if len > MAX_HEADER_BYTES as u64 {
+                            return Err(self.error(format!(
+                                "header of {len} bytes is larger than the {MAX_HEADER_BYTES} a safetensors file may have"
+                            )));
+                        }
+                        self.pending.clear();
+                        self.stage = Stage::Header { len: len as usize };
+                    }
+                }
+                Stage::Header { len } => {
+                    let len = *len;
+                    let take = (len - self.pending.len()).min(chunk.len());
+                    self.pending.extend_from_slice(&chunk[..take]);
+                    chunk = &chunk[take..];
+                    if self.pending.len() == len {
+                        self.stage = self.parse_header()?;
+                    }
+                }
+                Stage::Data {
+                    order,
+                    next,
+                    filling,
+                } => {
+                    let fill = filling.get_or_insert_with(|| Filling::start(&order[*next].1));
+                    let take = fill.remaining.min(chunk.len());
+                    fill.decode(order[*next].1.dtype, &chunk[..take]);
+                    chunk = &chunk[take..];
+                    if fill.remaining == 0 {
+                        let (name, info) = &order[*next];
+                        let done = filling.take().unwrap();
+                        sink(StreamedTensor {
+                            name: name.clone(),
+                            shape: info.shape.clone(),
+                            dtype: info.dtype,
+                            values: done.values,
+                        })?;
+                        *next += 1;
+                        if *next == order.len() {
+                            self.stage = Stage::Done;
+                        }
+                    }
+                }
+                Stage::Done => {
+                    return Err(self.error(format!(
+                        "{} bytes follow the last tensor; the header does not describe this file",
+                        chunk.len()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Zero-byte tensors complete without any bytes arriving.
+    fn has_empty_tensor_next(&self) -> bool {
+        match &self.stage {
+            Stage::Data {
+                order,
+                next,
+                filling: None,
+            } => order[*next].1.data_offsets.0 == order[*next].1.data_offsets.1,
+            _ => false,
+        }
+    }
+
+    fn parse_header(&mut self) -> Result<Stage> {
+        let metadata: Metadata = serde_json::from_slice(&self.pending)
+            .map_err(|e| self.error(format!("invalid header: {e}")))?;
+        self.pending = Vec::new();
+        let mut order: Vec<(String, TensorInfo)> = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| (name, info.clone()))
+            .collect();
+        order.sort_by_key(|(_, info)| info.data_offsets.0);
+        Ok(if order.is_empty() {
+            Stage::Done
+        } else {
+            Stage::Data {
+                order,
+                next: 0,
+                filling: None,
+            }
+        })
+    }
+
+    /// The end of the file: fails if it came before the last tensor's last byte.
+    pub fn finish(self) -> Result<()> {
+        let at = match &self.stage {
+            Stage::Done => return Ok(()),
+            Stage::Size | Stage::Header { .. } => "in the header".to_string(),
+            Stage::Data { order, next, .. } => format!("inside tensor `{}`", order[*next].0),
+        };
+        Err(self.error(format!(
+            "truncated: the file ends after {} bytes, {at}",
+            self.received
+        )))
+    }
+}
+
+impl Filling {
+    fn start(info: &TensorInfo) -> Self {
+        let (begin, end) = info.data_offsets;
+        let decodable = matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+        Self {
+            remaining: end - begin,
+            values: decodable.then(|| Vec::with_capacity(info.shape.iter().product())),
+            carry: [0; 4],
+            carry_len: 0,
+        }
+    }
+
+    /// Decodes `bytes`, the next ones of this tensor, keeping a split value for later.
+    fn decode(&mut self, dtype: Dtype, mut bytes: &[u8]) {
+        self.remaining -= bytes.len();
+        let Some(values) = &mut self.values else {
+            return;
+        };
+        let width = if dtype == Dtype::F32 { 4 } else { 2 };
+        if self.carry_len > 0 {
+            let take = (width - self.carry_len).min(bytes.len());
+            self.carry[self.carry_len..self.carry_len + take].copy_from_slice(&bytes[..take]);
+            self.carry_len += take;
+            bytes = &bytes[take..];
+            if self.carry_len < width {
+                return;
+            }
+            values.push(decode_one(dtype, &self.carry[..width]));
+            self.carry_len = 0;
+        }
+        let whole = bytes.len() / width * width;
+        values.extend(
+            bytes[..whole]
+                .chunks_exact(width)
+                .map(|b| decode_one(dtype, b)),
+        );
+        let rest = &bytes[whole..];
+        self.carry[..rest.len()].copy_from_slice(rest);
+        self.carry_len = rest.len();
+    }
+}
+
+/// One little-endian f32, f16 or bf16 value.
+fn decode_one(dtype: Dtype, b: &[u8]) -> f32 {
+    match dtype {
+        Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small file with every decodable dtype, an integer buffer and an empty tensor.
+    fn sample() -> Vec<u8> {
+        use safetensors::tensor::TensorView;
+        let f32s: Vec<u8> = [1.5f32, -2.0, 3.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let f16s: Vec<u8> = [0.5f32, 4.0]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf16s: Vec<u8> = [-1.0f32, 8.0, 0.25, 2.0]
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let ints: Vec<u8> = [7i64, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let views = [
+            ("a", TensorView::new(Dtype::F32, vec![3], &f32s).unwrap()),
+            ("b", TensorView::new(Dtype::F16, vec![2, 1], &f16s).unwrap()),
+            (
+                "c",
+                TensorView::new(Dtype::BF16, vec![2, 2], &bf16s).unwrap(),
+            ),
+            (
+                "d.position_ids",
+                TensorView::new(Dtype::I64, vec![2], &ints).unwrap(),
+            ),
+            ("e", TensorView::new(Dtype::F32, vec![0], &[]).unwrap()),
+        ];
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    fn read_all(bytes: &[u8], chunk: usize) -> Result<Vec<StreamedTensor>> {
+        let mut stream = TensorStream::new("sample.safetensors");
+        let mut got = Vec::new();
+        for part in bytes.chunks(chunk) {
+            stream.push(part, &mut |t| {
+                got.push(t);
+                Ok(())
+            })?;
+        }
+        stream.finish()?;
+        got.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(got)
+    }
+
+    #[test]
+    fn any_chunk_size_gives_the_same_tensors() {
+        let bytes = sample();
+        for chunk in [1, 3, 7, 64, bytes.len()] {
+            let got = read_all(&bytes, chunk).unwrap();
+            let names: Vec<&str> = got.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(
+                names,
+                ["a", "b", "c", "d.position_ids", "e"],
+                "chunk {chunk}"
+            );
+            assert_eq!(got[0].values.as_deref(), Some(&[1.5, -2.0, 3.25][..]));
+            assert_eq!(got[1].values.as_deref(), Some(&[0.5, 4.0][..]));
+            assert_eq!(got[1].shape, [2, 1]);
+            assert_eq!(got[2].values.as_deref(), Some(&[-1.0, 8.0, 0.25, 2.0][..]));
+            assert!(got[3].values.is_none(), "integers are not decoded");
+            assert_eq!(got[4].values.as_deref(), Some(&[][..]));
+        }
+    }
+
+    #[test]
+    fn a_truncated_file_names_where_it_ends() {
+        let bytes = sample();
+        let e = read_all(&bytes[..bytes.len() - 3], 5)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("sample.safetensors") && e.contains("truncated"),
+            "{e}"
+        );
+        assert!(e.contains("inside tensor"), "{e}");
+        let e = read_all(&bytes[..20], 5).err().unwrap().to_string();
+        assert!(e.contains("in the header"), "{e}");
+    }
+
+    #[test]
+    fn bytes_past_the_last_tensor_are_an_error() {
+        let mut bytes = sample();
+        bytes.extend_from_slice(&[0; 4]);
+        let e = read_all(&bytes, 16).err().unwrap().to_string();
+        assert!(e.contains("follow the last tensor"), "{e}");
+    }
+
+    #[test]
+    fn bad_headers_are_refused_before_any_data() {
+        let e = read_all(&u64::MAX.to_le_bytes(), 8)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("larger than"), "{e}");
+        let mut bad = 5u64.to_le_bytes().to_vec();
+        bad.extend_from_slice(b"{oops");
+        let e = read_all(&bad, 4).err().unwrap().to_string();
+        assert!(e.contains("invalid header"), "{e}");
+        // Offsets that leave a gap between tensors.
+        let header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        let mut gap = (header.len() as u64).to_le_bytes().to_vec();
+        gap.extend_from_slice(header);
+        gap.extend_from_slice(&[0; 8]);
+        let e = read_all(&gap, 4).err().unwrap().to_string();
+        assert!(e.contains("invalid header"), "{e}");
+        // A shape that disagrees with its byte count.
+        let header = br#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
+        let mut short = (header.len() as u64).to_le_bytes().to_vec();
+        short.extend_from_slice(header);
+        short.extend_from_slice(&[0; 8]);
+        let e = read_all(&short, 4).err().unwrap().to_string();
+        assert!(e.contains("invalid header"), "{e}");
+    }
+}
