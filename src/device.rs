@@ -1,9 +1,80 @@
 //! Choosing where tensors live: burn's wgpu runtime (WebGPU in browsers; Vulkan, Metal or
 //! DX12 natively, lavapipe on machines without a GPU) or, natively, the pure-Rust CPU backend.
+//! The adapter's limits are read once, when the device is acquired: attention sizes its
+//! chunks from them, and the memory estimate refuses what cannot fit before any work.
 
+use burn::tensor::wgpu::{WgpuSetup, wgpu};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
+
+/// What a device allows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// The largest buffer a shader may bind (`maxStorageBufferBindingSize`, capped by
+    /// `maxBufferSize`): no single tensor may be larger.
+    pub max_binding_bytes: u64,
+    /// Whether shaders may use f16 (`shader-f16`).
+    pub shader_f16: bool,
+    /// The adapter, in words, for messages.
+    pub adapter: String,
+}
+
+impl Limits {
+    /// The CPU backend: host memory, no binding limit.
+    fn host() -> Self {
+        Self {
+            max_binding_bytes: u64::MAX,
+            shader_f16: false,
+            adapter: "CPU".into(),
+        }
+    }
+
+    fn of(setup: &WgpuSetup) -> Self {
+        let limits = setup.device.limits();
+        let info = setup.adapter.get_info();
+        Self {
+            max_binding_bytes: limits
+                .max_storage_buffer_binding_size
+                .min(limits.max_buffer_size),
+            shader_f16: setup.device.features().contains(wgpu::Features::SHADER_F16),
+            adapter: format!("{} ({:?})", info.name, info.backend),
+        }
+    }
+}
+
+// The devices acquired so far with their limits; any other device is the CPU backend.
+#[cfg(not(target_arch = "wasm32"))]
+static KNOWN: std::sync::Mutex<Vec<(Device, Limits)>> = std::sync::Mutex::new(Vec::new());
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    static KNOWN: std::cell::RefCell<Vec<(Device, Limits)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn remember(device: &Device, limits: Limits) {
+    #[cfg(not(target_arch = "wasm32"))]
+    KNOWN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((device.clone(), limits));
+    #[cfg(target_arch = "wasm32")]
+    KNOWN.with(|k| k.borrow_mut().push((device.clone(), limits)));
+}
+
+/// The limits of `device`, as read when it was acquired.
+pub fn limits(device: &Device) -> Limits {
+    let find = |known: &[(Device, Limits)]| {
+        known
+            .iter()
+            .find(|(d, _)| d == device)
+            .map(|(_, l)| l.clone())
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let found = find(&KNOWN.lock().unwrap_or_else(|p| p.into_inner()));
+    #[cfg(target_arch = "wasm32")]
+    let found = KNOWN.with(|k| find(&k.borrow()));
+    found.unwrap_or_else(Limits::host)
+}
 
 /// Acquires the wgpu device once per process; later calls reuse it (burn's runtime cannot
 /// be initialised twice).
@@ -15,10 +86,13 @@ pub async fn gpu() -> Result<Device> {
         if let Some(found) = GPU.get() {
             return found.clone().map_err(Error::Device);
         }
-        let made = Device::wgpu_options()
-            .init_async()
-            .await
-            .map_err(|e| format!("no usable GPU adapter: {e}"));
+        let made = match Device::wgpu_options().init_with_setup_async().await {
+            Ok((device, setup)) => {
+                remember(&device, Limits::of(&setup));
+                Ok(device)
+            }
+            Err(e) => Err(format!("no usable GPU adapter: {e}")),
+        };
         GPU.get_or_init(|| made).clone().map_err(Error::Device)
     }
     #[cfg(target_arch = "wasm32")]
@@ -29,14 +103,56 @@ pub async fn gpu() -> Result<Device> {
         if let Some(found) = GPU.with(|g| g.borrow().clone()) {
             return Ok(found);
         }
-        let made = Device::wgpu_options().init_async().await.map_err(|e| {
-            Error::Device(format!(
-                "WebGPU is unavailable ({e}); use a browser with WebGPU enabled"
-            ))
-        })?;
+        let (made, setup) = Device::wgpu_options()
+            .init_with_setup_async()
+            .await
+            .map_err(|e| {
+                Error::Device(format!(
+                    "WebGPU is unavailable ({e}); use a browser with WebGPU enabled"
+                ))
+            })?;
+        remember(&made, Limits::of(&setup));
         GPU.with(|g| *g.borrow_mut() = Some(made.clone()));
         Ok(made)
     }
+}
+
+/// A wgpu device that binds at most `max_binding_bytes` per buffer, as a small adapter
+/// would: for tests and for trying a model against a smaller GPU's limits. Natively only;
+/// call it before `gpu()`, once per process.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn gpu_with_max_binding(max_binding_bytes: u64) -> Result<Device> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))
+    .map_err(|e| Error::Device(format!("no usable GPU adapter: {e}")))?;
+    let mut required_limits = adapter.limits();
+    required_limits.max_storage_buffer_binding_size = max_binding_bytes;
+    required_limits.max_buffer_size = max_binding_bytes;
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("lina (reduced limits)"),
+        required_features: adapter.features(),
+        required_limits,
+        ..Default::default()
+    }))
+    .map_err(|e| Error::Device(format!("cannot open the adapter with reduced limits: {e}")))?;
+    let setup = WgpuSetup {
+        backend: adapter.get_info().backend,
+        instance,
+        adapter,
+        device,
+        queue,
+    };
+    let limits = Limits::of(&setup);
+    let device = Device::wgpu_options()
+        .setup(setup)
+        .init()
+        .map_err(|e| Error::Device(format!("cannot register the device: {e}")))?;
+    remember(&device, limits);
+    Ok(device)
 }
 
 /// The pure-Rust CPU backend (native only): deterministic and quick for tiny models.

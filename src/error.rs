@@ -50,6 +50,10 @@ pub enum Error {
     #[error("device: {0}")]
     Device(String),
 
+    /// The adapter cannot do what was asked within its limits (buffer binding size, memory).
+    #[error("too large for this device: {0}")]
+    DeviceLimit(String),
+
     #[error("generation cancelled")]
     Cancelled,
 

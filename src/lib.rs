@@ -8,6 +8,7 @@ pub mod device;
 pub mod error;
 pub mod image;
 pub mod intervene;
+pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod pipeline;

@@ -4,7 +4,7 @@
 use burn::tensor::activation::silu;
 use burn::tensor::module::{conv2d, layer_norm, linear};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::weights::Scope;
@@ -125,22 +125,49 @@ impl LayerNorm {
 }
 
 pub struct Embedding {
-    weight: Tensor<2>,
+    /// The table, in row blocks the device can bind (usually one).
+    blocks: Vec<Tensor<2>>,
+    rows_per_block: usize,
 }
 
 impl Embedding {
     pub fn load(w: &Scope, count: usize, dim: usize) -> Result<Self> {
+        let blocks = w.row_blocks("weight", [count, dim])?;
         Ok(Self {
-            weight: w.tensor("weight", [count, dim])?,
+            rows_per_block: blocks[0].dims()[0],
+            blocks,
         })
     }
 
-    /// Looks up rows for ids of shape [B, L], giving [B, L, dim].
-    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let [b, l] = ids.dims();
-        let dim = self.weight.dims()[1];
-        let flat = self.weight.clone().select(0, ids.reshape([b * l]));
-        flat.reshape([b, l, dim])
+    /// Looks up rows for `ids` (host values, all below the table's row count), giving
+    /// [B, L, dim] for `shape` [B, L]. A table split into blocks (larger than the device
+    /// binds at once) is looked up block by block, each block's rows put in place.
+    pub fn forward(&self, ids: &[u32], shape: [usize; 2], device: &Device) -> Tensor<3> {
+        let [b, l] = shape;
+        let dim = self.blocks[0].dims()[1];
+        let index = |values: Vec<i64>| {
+            let n = values.len();
+            Tensor::<1, Int>::from_data(TensorData::new(values, [n]), device)
+        };
+        if self.blocks.len() == 1 {
+            let ids = index(ids.iter().map(|&i| i as i64).collect());
+            return self.blocks[0].clone().select(0, ids).reshape([b, l, dim]);
+        }
+        let mut out = Tensor::<2>::zeros([b * l, dim], device);
+        for (k, block) in self.blocks.iter().enumerate() {
+            let first = (k * self.rows_per_block) as u32;
+            let (positions, rows): (Vec<i64>, Vec<i64>) = ids
+                .iter()
+                .enumerate()
+                .filter(|&(_, &id)| id >= first && id - first < block.dims()[0] as u32)
+                .map(|(at, &id)| (at as i64, (id - first) as i64))
+                .unzip();
+            if !positions.is_empty() {
+                let found = block.clone().select(0, index(rows));
+                out = out.select_assign(0, index(positions), found, IndexingUpdateOp::Add);
+            }
+        }
+        out.reshape([b, l, dim])
     }
 }
 
@@ -173,7 +200,10 @@ pub fn multi_head_attention(
         softcap: None,
         is_causal: causal,
     };
-    let rows = (ATTENTION_SCORE_BUDGET / (b * heads * lk * 4)).max(1);
+    // Below the adapter's binding limit too, where that is smaller.
+    let limit = crate::device::limits(&q.device()).max_binding_bytes;
+    let budget = (ATTENTION_SCORE_BUDGET as u64).min(limit) as usize;
+    let rows = (budget / (b * heads * lk * 4)).max(1);
     let out = if causal || rows >= lq {
         // Causal masks are only used by the text encoder, whose scores are tiny.
         attention(q, k, v, None, None, options)

@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::memory;
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
 use crate::models::unet::{self, UNet, UNetConfig};
 use crate::models::vae::{self, VaeConfig, VaeDecoder, VaeEncoder};
@@ -403,6 +404,23 @@ impl StableDiffusion {
                 )));
             }
         }
+
+        // Refuse what the adapter cannot hold before any work, rather than fail mid-run.
+        let batch = if opts.guidance_scale > 1.0 && self.unet.config().time_cond_proj_dim.is_none()
+        {
+            2
+        } else {
+            1
+        };
+        let needs = memory::activations(
+            self.unet.config(),
+            self.vae.config(),
+            width,
+            height,
+            batch,
+            opts.init_image.is_some(),
+        );
+        memory::check(&needs, &crate::device::limits(&self.device), width, height)?;
 
         let kind = opts
             .scheduler

@@ -2,7 +2,7 @@
 //! transformer with causal self-attention, and a final layer norm.
 
 use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
 use super::config::{check_size, parse};
@@ -207,13 +207,13 @@ impl ClipTextEncoder {
                 self.config.vocab_size
             )));
         }
-        let flat: Vec<i64> = ids.iter().flatten().map(|&id| id as i64).collect();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [batch, len]), &self.device);
-        let positions: Vec<i64> = (0..batch).flat_map(|_| 0..len as i64).collect();
-        let positions =
-            Tensor::<2, Int>::from_data(TensorData::new(positions, [batch, len]), &self.device);
-
-        let mut x = self.token_embedding.forward(ids) + self.position_embedding.forward(positions);
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let positions: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
+        let shape = [batch, len];
+        let mut x = self.token_embedding.forward(&flat, shape, &self.device)
+            + self
+                .position_embedding
+                .forward(&positions, shape, &self.device);
         let heads = self.config.num_attention_heads;
         for layer in &self.layers[..self.layers.len() - clip_skip] {
             x = layer.forward(x, heads, self.activation);

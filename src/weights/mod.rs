@@ -43,7 +43,13 @@ struct Resident {
     file: Rc<str>,
     shape: Vec<usize>,
     /// `Err(dtype)` for a tensor this runtime cannot decode.
-    values: std::result::Result<Tensor<1>, String>,
+    values: std::result::Result<Parts, String>,
+}
+
+/// A tensor on the device: whole, or, where it is larger than the adapter can bind in one
+/// buffer (a big vocabulary's embedding), as consecutive blocks of whole rows.
+struct Parts {
+    blocks: Vec<Tensor<1>>,
 }
 
 impl Weights {
@@ -142,6 +148,43 @@ impl Weights {
             file: self.source.clone(),
             name: name.to_string(),
         })?;
+        if stored.shape.as_slice() != shape {
+            return Err(Error::TensorShape {
+                file: stored.file.to_string(),
+                name: name.to_string(),
+                found: stored.shape.clone(),
+                expected: shape.to_vec(),
+            });
+        }
+        let parts = self.decoded(name, stored)?;
+        if parts.blocks.len() > 1 {
+            let limits = crate::device::limits(&self.device);
+            return Err(Error::DeviceLimit(format!(
+                "tensor `{name}` needs one buffer of {}, but {} binds at most {} per buffer",
+                human_bytes(shape.iter().product::<usize>() as u64 * 4),
+                limits.adapter,
+                human_bytes(limits.max_binding_bytes),
+            )));
+        }
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(parts.blocks[0].clone().reshape(shape))
+    }
+
+    fn decoded<'s>(&self, name: &str, stored: &'s Resident) -> Result<&'s Parts> {
+        stored.values.as_ref().map_err(|dtype| Error::TensorDtype {
+            file: stored.file.to_string(),
+            name: name.to_string(),
+            dtype: dtype.clone(),
+        })
+    }
+
+    /// A [rows, cols] tensor as blocks of whole rows, each small enough for the device to
+    /// bind: for lookups that touch a few rows of a large table.
+    fn load_rows(&self, name: &str, shape: [usize; 2]) -> Result<Vec<Tensor<2>>> {
+        if let Backing::Random = self.backing {
+            return Ok(vec![self.load(name, shape)?]);
+        }
+        let stored = self.resident(name)?;
         if stored.shape != shape {
             return Err(Error::TensorShape {
                 file: stored.file.to_string(),
@@ -150,13 +193,26 @@ impl Weights {
                 expected: shape.to_vec(),
             });
         }
-        let values = stored.values.as_ref().map_err(|dtype| Error::TensorDtype {
-            file: stored.file.to_string(),
-            name: name.to_string(),
-            dtype: dtype.clone(),
-        })?;
+        let parts = self.decoded(name, stored)?;
         self.used.borrow_mut().insert(name.to_string());
-        Ok(values.clone().reshape(shape))
+        Ok(parts
+            .blocks
+            .iter()
+            .map(|b| {
+                let rows = b.dims()[0] / shape[1];
+                b.clone().reshape([rows, shape[1]])
+            })
+            .collect())
+    }
+
+    fn resident(&self, name: &str) -> Result<&Resident> {
+        let Backing::Resident(tensors) = &self.backing else {
+            unreachable!("only called for uploaded weights")
+        };
+        tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            file: self.source.clone(),
+            name: name.to_string(),
+        })
     }
 }
 
@@ -165,6 +221,8 @@ impl Weights {
 /// memory holds at most one tensor and one chunk, never a file.
 pub struct WeightsUpload {
     device: Device,
+    /// The most bytes one device buffer may hold; larger tensors go up in row blocks.
+    max_block_bytes: u64,
     tensors: HashMap<String, Resident>,
     current: Option<(Rc<str>, TensorStream)>,
 }
@@ -173,6 +231,7 @@ impl WeightsUpload {
     pub fn new(device: &Device) -> Self {
         Self {
             device: device.clone(),
+            max_block_bytes: crate::device::limits(device).max_binding_bytes,
             tensors: HashMap::new(),
             current: None,
         }
@@ -196,7 +255,7 @@ impl WeightsUpload {
                 "weight bytes arrived before any file was started".into(),
             ));
         };
-        let (tensors, device) = (&mut self.tensors, &self.device);
+        let (tensors, device, max_block) = (&mut self.tensors, &self.device, self.max_block_bytes);
         stream.push(chunk, &mut |t| {
             let name = t.name;
             if tensors.contains_key(&name) {
@@ -207,14 +266,13 @@ impl WeightsUpload {
             }
             let values = match t.values {
                 Some(v) => {
-                    let n = v.len();
-                    let tensor = Tensor::from_data(TensorData::new(v, [n]), device);
+                    let parts = upload_in_blocks(v, &t.shape, max_block, device);
                     // Hand the upload to the device now: backends that batch work would
                     // otherwise hold every tensor's host copy until the next readback.
                     device
                         .flush()
                         .map_err(|e| Error::Device(format!("uploading `{name}` failed: {e:?}")))?;
-                    Ok(tensor)
+                    Ok(parts)
                 }
                 None => Err(format!("{:?}", t.dtype)),
             };
@@ -272,6 +330,35 @@ impl WeightsUpload {
     }
 }
 
+/// Uploads `values` whole, or in blocks of whole rows of at most `max_block` bytes where the
+/// device cannot bind it in one buffer.
+fn upload_in_blocks(values: Vec<f32>, shape: &[usize], max_block: u64, device: &Device) -> Parts {
+    let bytes = values.len() as u64 * 4;
+    let row = shape.iter().skip(1).product::<usize>().max(1);
+    let rows_per_block = ((max_block / 4) as usize / row).max(1);
+    if bytes <= max_block || shape.len() < 2 || rows_per_block >= shape[0] {
+        let n = values.len();
+        return Parts {
+            blocks: vec![Tensor::from_data(TensorData::new(values, [n]), device)],
+        };
+    }
+    let blocks = values
+        .chunks(rows_per_block * row)
+        .map(|block| Tensor::from_data(TensorData::new(block.to_vec(), [block.len()]), device))
+        .collect();
+    Parts { blocks }
+}
+
+/// Bytes for people: "152.0 MiB".
+pub fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
 /// A dotted name prefix inside a [`Weights`] file: `scope.at("mid_block").at("resnets.0")`.
 #[derive(Clone)]
 pub struct Scope<'w> {
@@ -289,6 +376,12 @@ impl<'w> Scope<'w> {
 
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         self.weights.load(&self.path(name), shape)
+    }
+
+    /// A [rows, cols] table in blocks of whole rows that the device can bind (one block
+    /// where it fits): see [`crate::nn::Embedding`].
+    pub fn row_blocks(&self, name: &str, shape: [usize; 2]) -> Result<Vec<Tensor<2>>> {
+        self.weights.load_rows(&self.path(name), shape)
     }
 
     fn path(&self, name: &str) -> String {

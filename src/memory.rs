@@ -1,0 +1,182 @@
+//! What a generation needs on the device, known before any work starts.
+//!
+//! WebGPU tells a page nothing about free memory, but it does say how large one buffer may be
+//! (`maxStorageBufferBindingSize`), and a tensor larger than that fails deep inside a kernel
+//! launch, or loses the device. So before sampling, [`activations`] lists the largest tensors
+//! each component will hold at the requested size (from the configs: channels times pixels,
+//! in f32), and [`check`] refuses, naming the tensor and the limit, any that cannot fit.
+//! Attention is not on the list: it runs in query chunks sized from the same limit.
+
+use crate::device::Limits;
+use crate::error::{Error, Result};
+use crate::models::unet::UNetConfig;
+use crate::models::vae::VaeConfig;
+use crate::weights::human_bytes;
+
+/// One large tensor of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Need {
+    /// Where it lives, in words ("VAE decoder, last up block input").
+    pub what: String,
+    pub shape: Vec<usize>,
+    pub bytes: u64,
+}
+
+impl Need {
+    fn new(what: impl Into<String>, shape: Vec<usize>) -> Self {
+        let bytes = shape.iter().map(|&d| d as u64).product::<u64>() * 4;
+        Self {
+            what: what.into(),
+            shape,
+            bytes,
+        }
+    }
+}
+
+/// The largest tensor of each stage of one generation at `width` x `height`: the UNet with
+/// `batch` rows (2 with classifier-free guidance), the VAE decoder, and the encoder when an
+/// init image is encoded.
+pub fn activations(
+    unet: &UNetConfig,
+    vae: &VaeConfig,
+    width: usize,
+    height: usize,
+    batch: usize,
+    encode: bool,
+) -> Vec<Need> {
+    let factor = vae.downscale();
+    let (lh, lw) = (height / factor, width / factor);
+    let mut needs = Vec::new();
+
+    // UNet: resnet features (the up path concatenates the skip connection, so up to two
+    // levels' channels) and, where a level has attention, the GEGLU feed-forward's 8x-wide
+    // hidden state.
+    let channels = &unet.block_out_channels;
+    let mut widest = Need::new("UNet", vec![0]);
+    for (i, &c) in channels.iter().enumerate() {
+        let (h, w) = (lh >> i, lw >> i);
+        let skip = channels[(i + 1).min(channels.len() - 1)];
+        let features = Need::new(
+            format!("UNet level {i} features with skip connection"),
+            vec![batch, c + skip, h, w],
+        );
+        let attends = unet
+            .down_block_types
+            .get(i)
+            .is_some_and(|t| t.contains("CrossAttn"));
+        let geglu = Need::new(
+            format!("UNet level {i} feed-forward"),
+            vec![batch, h * w, 8 * c],
+        );
+        for need in [Some(features), attends.then_some(geglu)]
+            .into_iter()
+            .flatten()
+        {
+            if need.bytes > widest.bytes {
+                widest = need;
+            }
+        }
+    }
+    needs.push(widest);
+
+    // VAE decoder: up block k works at latent size times 2^k; its input has the previous
+    // block's channels, upsampled to its own resolution.
+    let rev: Vec<usize> = vae.block_out_channels.iter().rev().copied().collect();
+    let mut widest = Need::new("VAE decoder", vec![0]);
+    for (k, &c) in rev.iter().enumerate() {
+        let input = if k == 0 { c } else { rev[k - 1] };
+        let need = Need::new(
+            format!("VAE decoder up block {k} input"),
+            vec![1, input.max(c), lh << k, lw << k],
+        );
+        if need.bytes > widest.bytes {
+            widest = need;
+        }
+    }
+    needs.push(widest);
+
+    if encode {
+        // VAE encoder: down block k works at full size / 2^k with its own channels, and its
+        // first layer takes the previous block's channels.
+        let ch = &vae.block_out_channels;
+        let mut widest = Need::new("VAE encoder", vec![0]);
+        for (k, &c) in ch.iter().enumerate() {
+            let need = Need::new(
+                format!("VAE encoder down block {k}"),
+                vec![1, c, height >> k, width >> k],
+            );
+            if need.bytes > widest.bytes {
+                widest = need;
+            }
+        }
+        needs.push(widest);
+    }
+    needs
+}
+
+/// Refuses what `limits` cannot hold, naming the tensor, its size and the limit.
+pub fn check(needs: &[Need], limits: &Limits, width: usize, height: usize) -> Result<()> {
+    match needs.iter().find(|n| n.bytes > limits.max_binding_bytes) {
+        None => Ok(()),
+        Some(n) => Err(Error::DeviceLimit(format!(
+            "at {width}x{height}, the {} is a tensor of {} ({:?}), but {} binds at most {} per buffer; choose a smaller size",
+            n.what,
+            human_bytes(n.bytes),
+            n.shape,
+            limits.adapter,
+            human_bytes(limits.max_binding_bytes)
+        ))),
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    fn sd15() -> (UNetConfig, VaeConfig) {
+        let read = |p: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/fixtures/configs/{p}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        (
+            UNetConfig::from_json(&read("sd15_unet.json")).unwrap(),
+            VaeConfig::from_json(&read("sd15_vae.json")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn sd15_at_512_needs_its_vae_decoder_s_256_channel_full_size_tensor() {
+        let (unet, vae) = sd15();
+        let needs = activations(&unet, &vae, 512, 512, 2, true);
+        let decoder = needs
+            .iter()
+            .find(|n| n.what.starts_with("VAE decoder"))
+            .unwrap();
+        // The last up block takes 256 channels upsampled to 512x512: 256 MiB in f32.
+        assert_eq!(decoder.shape, [1, 256, 512, 512]);
+        assert_eq!(decoder.bytes, 256 << 20);
+        let unet_need = &needs[0];
+        // Level 0 (64x64 latents, 320 channels) attends: GEGLU hidden 2 x 4096 x 2560.
+        assert_eq!(unet_need.shape, [2, 4096, 2560]);
+    }
+
+    #[test]
+    fn check_names_the_tensor_and_the_limit() {
+        let (unet, vae) = sd15();
+        let needs = activations(&unet, &vae, 512, 512, 2, false);
+        let small = Limits {
+            max_binding_bytes: 128 << 20,
+            shader_f16: false,
+            adapter: "a small GPU".into(),
+        };
+        let e = check(&needs, &small, 512, 512).unwrap_err().to_string();
+        assert!(e.contains("VAE decoder") && e.contains("256.0 MiB"), "{e}");
+        assert!(e.contains("a small GPU") && e.contains("128.0 MiB"), "{e}");
+        // 256x256 fits the same adapter.
+        let needs = activations(&unet, &vae, 256, 256, 2, false);
+        check(&needs, &small, 256, 256).unwrap();
+    }
+}

@@ -1,0 +1,143 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! On an adapter that binds little per buffer (requested here with reduced limits, as a small
+//! GPU would give), attention runs in chunks, a large embedding is split into row blocks, and
+//! a generation too big for the limits is refused with a message before any work. Needs the
+//! wgpu backend: set LINA_TEST_GPU=1 (CI does, on lavapipe).
+
+mod common;
+
+use std::sync::OnceLock;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use common::{fixture, max_abs_diff, values};
+use lina::nn::{Embedding, multi_head_attention};
+use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina::schedulers::Timesteps;
+use lina::source::DirSource;
+use lina::weights::WeightsUpload;
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+
+/// Far below any real adapter's 128 MiB, so that small tensors already cross it.
+const LIMIT: u64 = 8 << 20;
+
+/// The reduced-limits device, shared by the tests of this process; `None` (and a note)
+/// without LINA_TEST_GPU=1.
+fn small_gpu() -> Option<Device> {
+    if std::env::var("LINA_TEST_GPU").as_deref() != Ok("1") {
+        eprintln!("skipped: needs the wgpu backend (set LINA_TEST_GPU=1 with a Vulkan driver)");
+        return None;
+    }
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    Some(
+        DEVICE
+            .get_or_init(|| {
+                lina::device::gpu_with_max_binding(LIMIT).expect("reduced-limit device")
+            })
+            .clone(),
+    )
+}
+
+#[test]
+fn the_device_reports_the_reduced_limit() {
+    let Some(gpu) = small_gpu() else { return };
+    assert_eq!(lina::device::limits(&gpu).max_binding_bytes, LIMIT);
+}
+
+#[test]
+fn attention_over_4096_latent_tokens_runs_in_chunks_and_matches_the_cpu() {
+    let Some(gpu) = small_gpu() else { return };
+    // 64x64 latents: 4096 tokens; one head's scores alone are 64 MiB, 8x the limit.
+    let (tokens, dim) = (4096, 32);
+    assert!((tokens * tokens * 4) as u64 > LIMIT);
+    let cpu = lina::device::cpu();
+    let make = || Tensor::<3>::random([1, tokens, dim], Distribution::Normal(0.0, 1.0), &cpu);
+    let (q, k, v) = (make(), make(), make());
+    let expected = values(multi_head_attention(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        1,
+        false,
+    ));
+    let on_gpu = |t: &Tensor<3>| Tensor::<3>::from_data(t.to_data(), &gpu);
+    let got = values(multi_head_attention(
+        on_gpu(&q),
+        on_gpu(&k),
+        on_gpu(&v),
+        1,
+        false,
+    ));
+    let diff = max_abs_diff(&got, &expected);
+    assert!(
+        diff < 1e-4,
+        "chunked attention differs from the CPU's by {diff}"
+    );
+}
+
+#[test]
+fn an_embedding_larger_than_one_buffer_is_split_and_looks_up_the_same() {
+    let Some(gpu) = small_gpu() else { return };
+    // A 5000 x 512 f32 table: 9.8 MiB, above the 8 MiB limit.
+    let (rows, dim) = (5000usize, 512usize);
+    let table: Vec<f32> = (0..rows * dim).map(|i| (i % 9973) as f32 * 1e-3).collect();
+    let bytes: Vec<u8> = table.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let file = safetensors::serialize(
+        [(
+            "weight",
+            TensorView::new(Dtype::F32, vec![rows, dim], &bytes).unwrap(),
+        )],
+        None,
+    )
+    .unwrap();
+    let mut upload = WeightsUpload::new(&gpu);
+    upload.begin_file("table.safetensors").unwrap();
+    upload.push(&file).unwrap();
+    upload.end_file().unwrap();
+    let weights = upload.finish("table.safetensors").unwrap();
+
+    // Asked for whole, the table is refused with the reason.
+    let e = weights
+        .root()
+        .tensor::<2>("weight", [rows, dim])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("binds") && e.contains("8.0 MiB"), "{e}");
+
+    // As an embedding, it is looked up block by block: ids from both blocks, repeated.
+    let embedding = Embedding::load(&weights.root(), rows, dim).unwrap();
+    let ids = [0u32, 4999, 17, 4096, 4095, 2048, 4999, 1];
+    let got = values(embedding.forward(&ids, [2, 4], &gpu));
+    let expected: Vec<f32> = ids
+        .iter()
+        .flat_map(|&id| table[id as usize * dim..(id as usize + 1) * dim].to_vec())
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn a_generation_too_big_for_the_limit_is_refused_and_a_small_one_runs() {
+    let Some(gpu) = small_gpu() else { return };
+    let model = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &gpu).unwrap();
+    let options = |side: usize| GenerateOptions {
+        prompt: "a red ball on a small mirror".into(),
+        timesteps: Timesteps::Count(2),
+        width: Some(side),
+        height: Some(side),
+        ..GenerateOptions::default()
+    };
+    // At 512x512 the tiny VAE's last block holds 16 channels x 512 x 512: 16 MiB.
+    let e = match model.start(&options(512)) {
+        Ok(_) => panic!("512x512 should not fit an 8 MiB binding limit"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("too large for this device")
+            && e.contains("VAE decoder")
+            && e.contains("16.0 MiB"),
+        "{e}"
+    );
+    let done =
+        pollster::block_on(model.generate(&options(64), &mut NoHook, &CancelToken::new())).unwrap();
+    assert_eq!(done.image.rgb.len(), 64 * 64 * 3);
+}
