@@ -249,3 +249,47 @@ fn whole_pipelines_match_diffusers_images() {
         }
     }
 }
+
+/// SD-Turbo's recipe (stabilityai/sd-turbo's scheduler: Euler, trailing spacing; 1 to 4
+/// steps; no classifier-free guidance) on the tiny SD 2.x model gives diffusers' images.
+#[test]
+fn sd_turbo_one_and_four_steps_match_diffusers() {
+    let reference = Reference::file("sd_turbo_tiny/reference.safetensors");
+    for (name, device) in test_devices() {
+        let source = common::Overlay::new("sd2_tiny", "sd_turbo_tiny", "scheduler/");
+        let pipe = StableDiffusion::load(&source, &device).unwrap();
+        for steps in [1, 4] {
+            let opts = GenerateOptions {
+                prompt: "a red ball on a small mirror".into(),
+                guidance_scale: 0.0,
+                timesteps: Timesteps::Count(steps),
+                initial_latents: Some(reference.f32("latents").1),
+                ..GenerateOptions::default()
+            };
+            let sampling = pipe.start(&opts).unwrap();
+            let expected_t: Vec<f64> = (0..steps)
+                .map(|i| (999 - i * 1000 / steps) as f64)
+                .collect();
+            assert_eq!(
+                sampling.timesteps(),
+                expected_t.as_slice(),
+                "{name}: {steps} steps"
+            );
+            let done =
+                pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+            let (_, expected) = reference.f32(&format!("image_{steps}"));
+            let worst = done
+                .image
+                .rgb
+                .iter()
+                .zip(&expected)
+                .map(|(&ours, &theirs)| (ours as f32 - theirs * 255.0).abs())
+                .fold(0.0, f32::max);
+            eprintln!("{name}: SD-Turbo {steps} step(s): worst pixel {worst:.2}/255");
+            assert!(
+                worst <= 2.0,
+                "{name}: {steps} steps: worst pixel off by {worst}/255"
+            );
+        }
+    }
+}

@@ -732,6 +732,96 @@ def make_lcm_unet(fix: Path):
     log(f"lcm unet: out {tuple(out.shape)}, |out| max {float(out.abs().max()):.3f}")
 
 
+def make_turbo(fix: Path):
+    """SD-Turbo's recipe on the tiny SD 2.x model: stabilityai/sd-turbo's scheduler config
+    (Euler, trailing spacing, epsilon), 1 and 4 steps, no classifier-free guidance."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(fix / "sd2_tiny"), torch_dtype=torch.float32)
+    turbo = {
+        "_class_name": "EulerDiscreteScheduler",
+        **SD_BETAS,
+        "clip_sample": False,
+        "interpolation_type": "linear",
+        "prediction_type": "epsilon",
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "timestep_spacing": "trailing",
+        "use_karras_sigmas": False,
+    }
+    pipe.scheduler = EulerDiscreteScheduler.from_config(turbo)
+    out_dir = fix / "sd_turbo_tiny"
+    (out_dir / "scheduler").mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "scheduler" / "scheduler_config.json", turbo)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(11))
+    refs = {"latents": latents}
+    for steps in (1, 4):
+        image = pipe(PROMPT, num_inference_steps=steps, guidance_scale=0.0, latents=latents.clone(),
+                     output_type="np", height=64, width=64).images
+        refs[f"image_{steps}"] = torch.from_numpy(image).contiguous()
+        log(f"turbo {steps} steps: timesteps {pipe.scheduler.timesteps.tolist()}")
+    save_file(refs, str(out_dir / "reference.safetensors"))
+
+
+def make_inpaint(fix: Path):
+    """A tiny 9-channel inpainting UNet (latents, mask, masked-image latents) with the tiny
+    SD 1.x text encoder and VAE, through StableDiffusionInpaintPipeline. diffusers samples the
+    masked image's latent distribution; this runtime takes its mean (the spread of a VAE
+    latent is tiny), so the fixture patches the pipeline to the mean as well."""
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    import tempfile
+
+    # The pipeline loads a whole folder; only the UNet and the reference are kept (the test
+    # borrows the rest from sd1_tiny).
+    out_dir = fix / "sd1_inpaint_tiny"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    work = Path(tempfile.mkdtemp())
+    shutil.copytree(fix / "sd1_tiny", work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*reference*", "unet"))
+    torch.manual_seed(1200)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=9,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+    reinit_(unet, 1201, out_gain={"conv_out": 0.5})
+    unet.save_pretrained(str(work / "unet"))
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(str(work), torch_dtype=torch.float32,
+                                                          safety_checker=None, requires_safety_checker=False)
+    pipe._encode_vae_image = lambda image, generator: pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
+
+    # The test card of tests/img2img.rs, and a mask over its right half and a bottom strip.
+    card = np.zeros((64, 64, 3), dtype=np.uint8)
+    card[:32, :32] = (220, 40, 40)
+    card[:32, 32:] = (40, 200, 60)
+    card[32:, :32] = (40, 60, 210)
+    card[32:, 32:] = (230, 220, 200)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 40:] = 255
+    mask[52:, :] = 255
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(12))
+    image = pipe(PROMPT, image=Image.fromarray(card), mask_image=Image.fromarray(mask), latents=latents.clone(),
+                 num_inference_steps=STEPS, guidance_scale=GUIDANCE, negative_prompt=NEGATIVE_PROMPT,
+                 strength=1.0, height=64, width=64, output_type="np").images
+    shutil.copytree(work / "unet", out_dir / "unet")
+    shutil.rmtree(work)
+    save_file({"latents": latents, "image": torch.from_numpy(image).contiguous(),
+               "card": torch.from_numpy(card).contiguous(), "mask": torch.from_numpy(mask).contiguous()},
+              str(out_dir / "reference.safetensors"))
+    log(f"inpaint: image mean {float(image.mean()):.3f}")
+
+
 def make_vae_encoder(fix: Path):
     """The sd1_tiny VAE's encoder on a fixed image: the posterior mean before scaling, and the
     image decoded back, for the encoder's parity and a round trip."""
@@ -937,7 +1027,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -959,6 +1049,12 @@ def main():
         return
     if args.only == "lcm-unet":
         make_lcm_unet(fix)
+        return
+    if args.only == "turbo":
+        make_turbo(fix)
+        return
+    if args.only == "inpaint":
+        make_inpaint(fix)
         return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():

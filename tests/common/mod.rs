@@ -61,6 +61,15 @@ impl Reference {
         (t.shape().to_vec(), v)
     }
 
+    pub fn u8(&self, name: &str) -> Vec<u8> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference has no {name}"));
+        assert_eq!(t.dtype(), Dtype::U8, "{name}");
+        t.data().to_vec()
+    }
+
     pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
         let (shape, values) = self.f32(name);
         let shape: [usize; D] = shape.try_into().expect("rank");
@@ -92,4 +101,32 @@ pub fn test_devices() -> Vec<(&'static str, Device)> {
         eprintln!("note: wgpu parity skipped (set LINA_TEST_GPU=1 with a Vulkan driver to run it)");
     }
     devices
+}
+
+/// A model folder with the files under `prefix` (such as `"unet/"`) taken from another
+/// folder: a fixture that differs from another in one component.
+pub struct Overlay {
+    pub base: lina::source::DirSource,
+    pub over: lina::source::DirSource,
+    pub prefix: &'static str,
+}
+
+impl Overlay {
+    pub fn new(base: &str, over: &str, prefix: &'static str) -> Self {
+        Self {
+            base: lina::source::DirSource::new(fixture(base)),
+            over: lina::source::DirSource::new(fixture(over)),
+            prefix,
+        }
+    }
+}
+
+impl lina::source::FileSource for Overlay {
+    fn read(&self, path: &str) -> lina::Result<Option<Vec<u8>>> {
+        if path.starts_with(self.prefix) {
+            self.over.read(path)
+        } else {
+            self.base.read(path)
+        }
+    }
 }
