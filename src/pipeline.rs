@@ -80,7 +80,11 @@ struct Init {
     /// The noise it was noised with (inpainting re-noises the kept region with it).
     noise: Tensor<4>,
     /// [1, C, h, w]: 1 where the latents are regenerated, 0 where the init image is kept.
+    /// Only for UNets that take plain latents; they inpaint by blending after each step.
     mask: Option<Tensor<4>>,
+    /// For inpainting UNets (9 input channels): what they take besides the latents, the
+    /// mask and the masked image's latents, [1, 1 + C, h, w].
+    conditioning: Option<Tensor<4>>,
 }
 
 /// What the model is about to be called with; a hook may change any of it for this step.
@@ -323,10 +327,15 @@ impl StableDiffusion {
                 ),
             ));
         }
-        if unet.config().in_channels != vae.config().latent_channels {
+        let latent = vae.config().latent_channels;
+        if ![latent, 2 * latent + 1].contains(&unet.config().in_channels) {
             return Err(Error::config(
                 unet::CONFIG_FILE,
-                "in_channels differs from the VAE's latent_channels",
+                format!(
+                    "in_channels {} is neither the VAE's latent_channels {latent} nor {} (an inpainting UNet: latents, mask, masked image)",
+                    unet.config().in_channels,
+                    2 * latent + 1
+                ),
             ));
         }
 
@@ -362,6 +371,12 @@ impl StableDiffusion {
     }
     pub fn scheduler_config(&self) -> &SchedulerConfig {
         &self.scheduler_config
+    }
+
+    /// Whether the UNet is an inpainting one (SD's 9-channel inpainting models): it takes the
+    /// mask and the masked image's latents next to the latents, and needs both.
+    pub fn is_inpainting_model(&self) -> bool {
+        self.unet.config().in_channels != self.vae.config().latent_channels
     }
 
     /// The image size the model was trained for.
@@ -450,9 +465,14 @@ impl StableDiffusion {
             cond
         };
 
+        if self.is_inpainting_model() && (opts.init_image.is_none() || opts.mask.is_none()) {
+            return Err(Error::InvalidInput(
+                "this is an inpainting model: it needs an init image and a mask".into(),
+            ));
+        }
         let shape = [
             1,
-            self.unet.config().in_channels,
+            self.vae.config().latent_channels,
             height / factor,
             width / factor,
         ];
@@ -546,35 +566,49 @@ impl StableDiffusion {
                 image.width, image.height
             )));
         }
-        let latents = encoder.encode_scaled(image.to_tensor(&self.device));
+        let pixels = image.to_tensor(&self.device);
+        let latents = encoder.encode_scaled(pixels.clone());
         let [_, c, h, w] = latents.dims();
-        let mask = match &opts.mask {
-            None => None,
-            Some(m) if m.len() != width * height => {
-                return Err(Error::InvalidInput(format!(
-                    "the mask has {} values, {} expected ({width}x{height})",
-                    m.len(),
-                    width * height
-                )));
-            }
-            Some(m) => {
-                // Nearest pixel to each latent cell's centre, thresholded at one half.
-                let (fx, fy) = (width / w, height / h);
-                let cells: Vec<f32> = (0..h * w)
-                    .map(|i| {
-                        let (y, x) = ((i / w) * fy + fy / 2, (i % w) * fx + fx / 2);
-                        (m[y * width + x] >= 0.5) as u8 as f32
-                    })
-                    .collect();
-                let cells =
-                    Tensor::<4>::from_data(TensorData::new(cells, [1, 1, h, w]), &self.device);
-                Some(cells.repeat_dim(1, c))
-            }
+        let Some(m) = &opts.mask else {
+            return Ok(Init {
+                latents,
+                noise,
+                mask: None,
+                conditioning: None,
+            });
         };
+        if m.len() != width * height {
+            return Err(Error::InvalidInput(format!(
+                "the mask has {} values, {} expected ({width}x{height})",
+                m.len(),
+                width * height
+            )));
+        }
+        // Binarised at one half; at latent size, the top-left pixel of each cell (diffusers
+        // resizes the mask with nearest-neighbour interpolation, which picks that one).
+        let (fx, fy) = (width / w, height / h);
+        let cells: Vec<f32> = (0..h * w)
+            .map(|i| (m[(i / w) * fy * width + (i % w) * fx] >= 0.5) as u8 as f32)
+            .collect();
+        let cells = Tensor::<4>::from_data(TensorData::new(cells, [1, 1, h, w]), &self.device);
+        if !self.is_inpainting_model() {
+            return Ok(Init {
+                latents,
+                noise,
+                mask: Some(cells.repeat_dim(1, c)),
+                conditioning: None,
+            });
+        }
+        // The masked image: regenerated pixels set to 0 (mid-grey), the rest kept.
+        let keep: Vec<f32> = m.iter().map(|&v| (v < 0.5) as u8 as f32).collect();
+        let keep =
+            Tensor::<4>::from_data(TensorData::new(keep, [1, 1, height, width]), &self.device);
+        let masked = encoder.encode_scaled(pixels * keep.repeat_dim(1, 3));
         Ok(Init {
             latents,
             noise,
-            mask,
+            mask: None,
+            conditioning: Some(Tensor::cat(vec![cells, masked], 1)),
         })
     }
 
@@ -675,6 +709,7 @@ impl Sampling<'_> {
             latents: kept,
             noise,
             mask: Some(mask),
+            ..
         }) = &self.init
         {
             // Inpainting: outside the mask, the init image noised to the next step's level.
@@ -697,6 +732,11 @@ impl Sampling<'_> {
         let input = self.scheduler.scale_model_input(call.latents, call.step);
         let base = call.context.dims()[0];
         let [_, c, h, w] = input.dims();
+        // An inpainting UNet also takes the mask and the masked image's latents.
+        let input = match self.init.as_ref().and_then(|i| i.conditioning.clone()) {
+            Some(extra) => Tensor::cat(vec![input, extra], 1),
+            None => input,
+        };
         let mut contexts = vec![call.context];
         for (i, r) in call.regions.iter().enumerate() {
             let (cd, md) = (r.context.dims(), r.mask.dims());

@@ -208,3 +208,56 @@ fn pngs_round_trip_and_bad_ones_are_errors() {
     let err = Image::from_png(b"not a png").unwrap_err().to_string();
     assert!(err.contains("PNG"), "{err}");
 }
+
+/// SD's 9-channel inpainting UNets take the mask and the masked image's latents next to the
+/// latents; the tiny one through the whole pipeline gives diffusers' image (diffusers patched
+/// to encode the masked image with the latent mean, as this runtime does).
+#[test]
+fn a_nine_channel_inpainting_unet_matches_diffusers() {
+    let reference = common::Reference::file("sd1_inpaint_tiny/reference.safetensors");
+    for (name, device) in common::test_devices() {
+        let source = common::Overlay::new("sd1_tiny", "sd1_inpaint_tiny", "unet/");
+        let pipe = StableDiffusion::load(&source, &device).unwrap();
+        assert!(pipe.is_inpainting_model());
+        let card = Image {
+            width: 64,
+            height: 64,
+            rgb: reference.u8("card"),
+        };
+        let mask: Vec<f32> = reference
+            .u8("mask")
+            .iter()
+            .map(|&v| v as f32 / 255.0)
+            .collect();
+        let opts = GenerateOptions {
+            prompt: "a red ball on a small mirror".into(),
+            negative_prompt: "blurry".into(),
+            guidance_scale: 7.5,
+            timesteps: Timesteps::Count(10),
+            initial_latents: Some(reference.f32("latents").1),
+            init_image: Some(card.clone()),
+            mask: Some(mask),
+            strength: 1.0,
+            ..GenerateOptions::default()
+        };
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        let (_, expected) = reference.f32("image");
+        let worst = done
+            .image
+            .rgb
+            .iter()
+            .zip(&expected)
+            .map(|(&ours, &theirs)| (ours as f32 - theirs * 255.0).abs())
+            .fold(0.0, f32::max);
+        eprintln!("{name}: 9-channel inpainting, worst pixel {worst:.2}/255");
+        assert!(worst <= 2.0, "{name}: worst pixel off by {worst}/255");
+
+        // Without a mask it refuses, saying why.
+        let e = match pipe.start(&GenerateOptions { mask: None, ..opts }) {
+            Ok(_) => panic!("an inpainting model without a mask should be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("inpainting model"), "{e}");
+    }
+}
