@@ -7,11 +7,14 @@
 //! in f32), and [`check`] refuses, naming the tensor and the limit, any that cannot fit.
 //! Attention is not on the list: it runs in query chunks sized from the same limit.
 
+use burn::tensor::Device;
+
 use crate::device::Limits;
 use crate::error::{Error, Result};
-use crate::models::unet::UNetConfig;
-use crate::models::vae::VaeConfig;
-use crate::weights::human_bytes;
+use crate::models::clip::{ClipTextConfig, ClipTextEncoder};
+use crate::models::unet::{UNet, UNetConfig};
+use crate::models::vae::{VaeConfig, VaeDecoder, VaeEncoder};
+use crate::weights::{Weights, human_bytes};
 
 /// One large tensor of a generation.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +117,35 @@ pub fn activations(
     needs
 }
 
+/// The f32 bytes of each component's weights, from its config alone: the components are
+/// built on weights that only count what they ask for.
+pub fn weight_bytes(
+    text: &ClipTextConfig,
+    unet: &UNetConfig,
+    vae: &VaeConfig,
+    device: &Device,
+) -> Result<Vec<(&'static str, u64)>> {
+    let count = |build: &dyn Fn(&Weights) -> Result<()>| -> Result<u64> {
+        let weights = Weights::count_only(device);
+        build(&weights)?;
+        Ok(weights.requested_bytes())
+    };
+    Ok(vec![
+        (
+            "text encoder",
+            count(&|w| ClipTextEncoder::load(text.clone(), w).map(drop))?,
+        ),
+        ("UNet", count(&|w| UNet::load(unet.clone(), w).map(drop))?),
+        (
+            "VAE",
+            count(&|w| {
+                VaeEncoder::load(vae.clone(), w)?;
+                VaeDecoder::load(vae.clone(), w).map(drop)
+            })?,
+        ),
+    ])
+}
+
 /// Refuses what `limits` cannot hold, naming the tensor, its size and the limit.
 pub fn check(needs: &[Need], limits: &Limits, width: usize, height: usize) -> Result<()> {
     match needs.iter().find(|n| n.bytes > limits.max_binding_bytes) {
@@ -161,6 +193,25 @@ mod tests {
         let unet_need = &needs[0];
         // Level 0 (64x64 latents, 320 channels) attends: GEGLU hidden 2 x 4096 x 2560.
         assert_eq!(unet_need.shape, [2, 4096, 2560]);
+    }
+
+    #[test]
+    fn sd15_weights_are_counted_from_the_configs() {
+        let (unet, vae) = sd15();
+        let read = |p: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/fixtures/configs/{p}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let text = ClipTextConfig::from_json(&read("sd15_text_encoder.json")).unwrap();
+        let bytes = weight_bytes(&text, &unet, &vae, &crate::device::cpu()).unwrap();
+        let params = |name: &str| bytes.iter().find(|(n, _)| *n == name).unwrap().1 / 4;
+        // The published parameter counts of SD 1.5's components.
+        assert_eq!(params("UNet"), 859_520_964);
+        assert_eq!(params("text encoder"), 123_060_480);
+        assert_eq!(params("VAE"), 83_653_863);
     }
 
     #[test]

@@ -35,6 +35,9 @@ enum Backing {
     /// Random values of the requested shapes, drawn on the device: for building full-size
     /// architectures (timings, memory checks) without their multi-gigabyte checkpoints.
     Random,
+    /// No values at all (one zero broadcast to each shape), only a count of the bytes the
+    /// model asked for: a model's weight size from its config alone.
+    Count(std::cell::Cell<u64>),
 }
 
 /// One uploaded tensor, flat; a model's request reshapes it (a free view).
@@ -74,18 +77,44 @@ impl Weights {
         }
     }
 
+    /// Weights that only count: every request succeeds with a broadcast zero, and
+    /// [`Weights::requested_bytes`] tells how many f32 bytes the model asked for.
+    pub fn count_only(device: &Device) -> Weights {
+        Weights {
+            source: "<counted weights>".into(),
+            backing: Backing::Count(std::cell::Cell::new(0)),
+            used: RefCell::new(BTreeSet::new()),
+            device: device.clone(),
+        }
+    }
+
+    /// The f32 bytes of every tensor requested so far.
+    pub fn requested_bytes(&self) -> u64 {
+        match &self.backing {
+            Backing::Count(total) => total.get(),
+            Backing::Resident(t) => self
+                .used
+                .borrow()
+                .iter()
+                .filter_map(|n| t.get(n))
+                .map(|r| r.shape.iter().product::<usize>() as u64 * 4)
+                .sum(),
+            Backing::Random => 0,
+        }
+    }
+
     /// Whether the file holds a tensor of this name (to tell a full VAE from a decoder).
     pub fn contains(&self, name: &str) -> bool {
         match &self.backing {
             Backing::Resident(t) => t.contains_key(name),
-            Backing::Random => false,
+            Backing::Random | Backing::Count(_) => false,
         }
     }
 
     fn names(&self) -> Vec<&str> {
         match &self.backing {
             Backing::Resident(t) => t.keys().map(String::as_str).collect(),
-            Backing::Random => Vec::new(),
+            Backing::Random | Backing::Count(_) => Vec::new(),
         }
     }
 
@@ -134,6 +163,10 @@ impl Weights {
     fn load<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         let tensors = match &self.backing {
             Backing::Resident(t) => t,
+            Backing::Count(total) => {
+                total.set(total.get() + shape.iter().product::<usize>() as u64 * 4);
+                return Ok(Tensor::<D>::zeros([1; D], &self.device).expand(shape));
+            }
             Backing::Random => {
                 self.used.borrow_mut().insert(name.to_string());
                 let is_norm_scale = name.ends_with("weight") && D == 1;
@@ -181,7 +214,7 @@ impl Weights {
     /// A [rows, cols] tensor as blocks of whole rows, each small enough for the device to
     /// bind: for lookups that touch a few rows of a large table.
     fn load_rows(&self, name: &str, shape: [usize; 2]) -> Result<Vec<Tensor<2>>> {
-        if let Backing::Random = self.backing {
+        if let Backing::Random | Backing::Count(_) = self.backing {
             return Ok(vec![self.load(name, shape)?]);
         }
         let stored = self.resident(name)?;

@@ -31,6 +31,8 @@ mod cli {
                     white in the mask is regenerated)
                     (a plan other than baseline runs LINA's interventions, on the CSG parsed
                     from the prompt unless --csg gives one)
+      lina memory (--model DIR | --unet F --vae F --text-encoder F) [--sizes 256,512,..]
+                    (weights per component and the largest tensor at each size, from configs)
       lina bench-unet --config UNET_CONFIG.json [--latent N] [--context-len L] [--repeat R]
                     [--device cpu|gpu]   (random weights; times one CFG-batch UNet call)
       lina probe --model DIR --suite id|ood|train[:CATEGORY] [--seeds N] [--count N]
@@ -62,6 +64,7 @@ mod cli {
         match args.first().map(String::as_str) {
             Some("generate") => generate(&args[1..]),
             Some("bench-unet") => bench_unet(&args[1..]),
+            Some("memory") => memory(&args[1..]),
             Some("probe") => probe::run(&args[1..]),
             Some("probe-render") => probe::render(&args[1..]),
             Some("probe-data") => probe::data(&args[1..]),
@@ -75,6 +78,75 @@ mod cli {
                 "unknown command \"{other}\"\n{USAGE}"
             ))),
         }
+    }
+
+    /// Prints, as Markdown, what a model needs: its weights (from the configs alone) and the
+    /// largest single tensor of one guided generation at each size.
+    fn memory(args: &[String]) -> Result<()> {
+        use lina::memory;
+        use lina::models::{clip::ClipTextConfig, unet::UNetConfig, vae::VaeConfig};
+        use lina::weights::human_bytes;
+
+        let (mut unet, mut vae, mut text) = (None, None, None);
+        let mut sizes = vec![256, 512, 768];
+        for (flag, value) in flags(args)? {
+            match flag {
+                "--model" => {
+                    unet = Some(format!("{value}/unet/config.json"));
+                    vae = Some(format!("{value}/vae/config.json"));
+                    text = Some(format!("{value}/text_encoder/config.json"));
+                }
+                "--unet" => unet = Some(value.to_string()),
+                "--vae" => vae = Some(value.to_string()),
+                "--text-encoder" => text = Some(value.to_string()),
+                "--sizes" => {
+                    sizes = value
+                        .split(',')
+                        .map(|s| parse(flag, s.trim()))
+                        .collect::<Result<_>>()?
+                }
+                other => return Err(unknown_option(other)),
+            }
+        }
+        let read = |path: Option<String>, what: &str| -> Result<String> {
+            let path = path.ok_or_else(|| {
+                Error::InvalidInput(format!("--model or --{what} is required\n{USAGE}"))
+            })?;
+            std::fs::read_to_string(&path).map_err(|e| Error::Io(format!("{path}: {e}")))
+        };
+        let unet = UNetConfig::from_json(&read(unet, "unet")?)?;
+        let vae = VaeConfig::from_json(&read(vae, "vae")?)?;
+        let text = ClipTextConfig::from_json(&read(text, "text-encoder")?)?;
+
+        let weights = memory::weight_bytes(&text, &unet, &vae, &lina::device::cpu())?;
+        println!("| component | parameters | f32 | f16 |\n| --- | --- | --- | --- |");
+        for (name, bytes) in &weights {
+            println!(
+                "| {name} | {:.1} M | {} | {} |",
+                *bytes as f64 / 4e6,
+                human_bytes(*bytes),
+                human_bytes(bytes / 2)
+            );
+        }
+        let total: u64 = weights.iter().map(|(_, b)| b).sum();
+        println!(
+            "| all | {:.1} M | {} | {} |",
+            total as f64 / 4e6,
+            human_bytes(total),
+            human_bytes(total / 2)
+        );
+        println!("\n| size | largest tensor (guided, f32) | where |\n| --- | --- | --- |");
+        for side in sizes {
+            let needs = memory::activations(&unet, &vae, side, side, 2, false);
+            let top = needs.iter().max_by_key(|n| n.bytes).expect("three stages");
+            println!(
+                "| {side}x{side} | {} {:?} | {} |",
+                human_bytes(top.bytes),
+                top.shape,
+                top.what
+            );
+        }
+        Ok(())
     }
 
     /// Prints "step i/n" as the sampler goes.
