@@ -33,7 +33,7 @@ impl Linear {
 
 pub struct Conv2d {
     weight: Tensor<4>,
-    bias: Tensor<1>,
+    bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 }
 
@@ -48,8 +48,23 @@ impl Conv2d {
     ) -> Result<Self> {
         Ok(Self {
             weight: w.tensor("weight", [c_out, c_in, kernel, kernel])?,
-            bias: w.tensor("bias", [c_out])?,
+            bias: Some(w.tensor("bias", [c_out])?),
             options: ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+        })
+    }
+
+    /// The same without a bias (TAESD's strided and skip convolutions have none).
+    pub fn load_unbiased(
+        w: &Scope,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: w.tensor("weight", [c_out, c_in, kernel, kernel])?,
+            bias: None,
+            options: ConvOptions::new([stride, stride], [kernel / 2; 2], [1, 1], 1),
         })
     }
 
@@ -66,7 +81,7 @@ impl Conv2d {
         conv2d(
             x,
             self.weight.clone(),
-            Some(self.bias.clone()),
+            self.bias.clone(),
             self.options.clone(),
         )
     }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::memory;
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
+use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
 use crate::models::unet::{self, UNet, UNetConfig};
 use crate::models::vae::{self, VaeConfig, VaeDecoder, VaeEncoder};
 use crate::rng::Rng;
@@ -184,6 +185,8 @@ pub struct StableDiffusion {
     vae: VaeDecoder,
     /// Present when the VAE file has the encoder (img2img and inpainting need it).
     vae_encoder: Option<VaeEncoder>,
+    /// TAESD's decoder, where the folder has `vae_tiny/`: cheap per-step previews.
+    taesd: Option<TaesdDecoder>,
     scheduler_config: SchedulerConfig,
     device: Device,
 }
@@ -314,6 +317,26 @@ impl StableDiffusion {
             Ok((VaeDecoder::load(vae_config, w)?, encoder))
         })?;
 
+        // An optional tiny VAE beside the main one, for previews.
+        let taesd = match files.read(taesd::CONFIG_FILE)? {
+            None => None,
+            Some(json) => {
+                let config = TaesdConfig::from_json(
+                    std::str::from_utf8(&json)
+                        .map_err(|_| Error::config(taesd::CONFIG_FILE, "is not UTF-8 text"))?,
+                )?;
+                if config.latent_channels != vae.config().latent_channels {
+                    return Err(Error::config(
+                        taesd::CONFIG_FILE,
+                        "latent_channels differs from the VAE's",
+                    ));
+                }
+                Some(load_component(files, "vae_tiny", &names, device, |w| {
+                    TaesdDecoder::load(config, w)
+                })?)
+            }
+        };
+
         let scheduler_config =
             SchedulerConfig::from_json(&files.require_text(schedulers::CONFIG_FILE)?)?;
 
@@ -345,6 +368,7 @@ impl StableDiffusion {
             unet,
             vae,
             vae_encoder,
+            taesd,
             scheduler_config,
             device: device.clone(),
         })
@@ -521,6 +545,7 @@ impl StableDiffusion {
             step,
             init,
             guidance_embedding,
+            predicted_clean: None,
             warnings,
         })
     }
@@ -647,6 +672,8 @@ pub struct Sampling<'p> {
     init: Option<Init>,
     /// The embedded guidance scale, for UNets with `time_cond_proj_dim`.
     guidance_embedding: Option<Tensor<2>>,
+    /// The scheduler's latest prediction of the clean latents, for previews.
+    predicted_clean: Option<Tensor<4>>,
     /// Things the user should know (a truncated prompt).
     pub warnings: Vec<String>,
 }
@@ -705,6 +732,7 @@ impl Sampling<'_> {
         };
         hook.after_step(&mut state)?;
         self.latents = state.latents;
+        self.predicted_clean = Some(state.pred_original);
         if let Some(Init {
             latents: kept,
             noise,
@@ -808,5 +836,20 @@ impl Sampling<'_> {
     /// Decodes the current latents with the model's VAE (the final image once done).
     pub async fn decode(&self) -> Result<Image> {
         Image::from_decoded(self.pipe.vae.decode_scaled(self.latents.clone())).await
+    }
+
+    /// A quick look at where the run is heading: the latest prediction of the clean image
+    /// (the latents before the first step), decoded by TAESD where the model folder has one
+    /// (`vae_tiny/`), otherwise by the full VAE.
+    pub async fn preview(&self) -> Result<Image> {
+        let latents = self
+            .predicted_clean
+            .clone()
+            .unwrap_or_else(|| self.latents.clone());
+        let pixels = match &self.pipe.taesd {
+            Some(taesd) => taesd.decode(latents),
+            None => self.pipe.vae.decode_scaled(latents),
+        };
+        Image::from_decoded(pixels).await
     }
 }

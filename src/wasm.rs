@@ -43,6 +43,8 @@ struct JsOptions {
     /// serde-wasm-bindgen's structs never see unknown fields, and those must be errors.
     plan: Option<serde_json::Value>,
     csg: Option<serde_json::Value>,
+    /// Pass a preview image to `onStep` after every step (TAESD where the model has it).
+    preview: bool,
 }
 
 impl JsOptions {
@@ -135,7 +137,8 @@ impl Pipeline {
         self.inner.native_size()
     }
 
-    /// Generates an image. `onStep(step, steps, timestep)` is called after every step; if it
+    /// Generates an image. `onStep(step, steps, timestep, preview?)` is called after every
+    /// step (`preview`, an image object, when the options ask for `preview: true`); if it
     /// returns a promise it is awaited (let the page paint, or yield to take a Cancel click).
     /// With `plan` (and optionally `csg`) in the options, LINA's interventions run.
     /// Resolves to `{ width, height, rgba: Uint8ClampedArray, warnings: string[],
@@ -147,7 +150,7 @@ impl Pipeline {
     ) -> Result<Object, JsError> {
         let mut options: JsOptions = serde_wasm_bindgen::from_value(options)
             .map_err(|e| JsError::new(&format!("invalid options: {e}")))?;
-        let (plan, csg) = (options.plan.take(), options.csg.take());
+        let (plan, csg, preview) = (options.plan.take(), options.csg.take(), options.preview);
         let options = options.into_options()?;
         let cancel = CancelToken::new();
         *self.cancel.borrow_mut() = cancel.clone();
@@ -177,13 +180,17 @@ impl Pipeline {
             sampling.step(&mut hooks).map_err(js_err)?;
             sampling.settle().await.map_err(js_err)?;
             if let Some(f) = &on_step {
+                let args = js_sys::Array::of3(
+                    &JsValue::from(sampling.current_step() as u32),
+                    &JsValue::from(sampling.steps() as u32),
+                    &JsValue::from(sampling.timesteps()[sampling.current_step() - 1]),
+                );
+                if preview {
+                    let image = sampling.preview().await.map_err(js_err)?;
+                    args.push(&image_object(&image)?.into());
+                }
                 let returned = f
-                    .call3(
-                        &JsValue::NULL,
-                        &JsValue::from(sampling.current_step() as u32),
-                        &JsValue::from(sampling.steps() as u32),
-                        &JsValue::from(sampling.timesteps()[sampling.current_step() - 1]),
-                    )
+                    .apply(&JsValue::NULL, &args)
                     .map_err(|e| JsError::new(&format!("onStep threw: {e:?}")))?;
                 if let Ok(promise) = returned.dyn_into::<Promise>() {
                     JsFuture::from(promise)
@@ -197,19 +204,15 @@ impl Pipeline {
         }
         let image = sampling.decode().await.map_err(js_err)?;
 
-        let out = Object::new();
+        let out = image_object(&image)?;
         let set = |k: &str, v: &JsValue| Reflect::set(&out, &JsValue::from_str(k), v).map(|_| ());
-        let rgba = Uint8ClampedArray::from(image.to_rgba().as_slice());
         let warnings: js_sys::Array = sampling
             .warnings
             .iter()
             .map(|w| JsValue::from_str(w))
             .collect();
         let interventions: js_sys::Array = described.iter().map(|d| JsValue::from_str(d)).collect();
-        set("width", &JsValue::from(image.width as u32))
-            .and_then(|_| set("height", &JsValue::from(image.height as u32)))
-            .and_then(|_| set("rgba", &rgba))
-            .and_then(|_| set("warnings", &warnings))
+        set("warnings", &warnings)
             .and_then(|_| set("interventions", &interventions))
             .map_err(|_| JsError::new("could not build the result object"))?;
         Ok(out)
@@ -220,6 +223,18 @@ impl Pipeline {
     pub fn cancel(&self) {
         self.cancel.borrow().cancel();
     }
+}
+
+/// `{ width, height, rgba: Uint8ClampedArray }`, ready for `new ImageData(rgba, width, height)`.
+fn image_object(image: &crate::image::Image) -> Result<Object, JsError> {
+    let out = Object::new();
+    let rgba = Uint8ClampedArray::from(image.to_rgba().as_slice());
+    let set = |k: &str, v: &JsValue| Reflect::set(&out, &JsValue::from_str(k), v).map(|_| ());
+    set("width", &JsValue::from(image.width as u32))
+        .and_then(|_| set("height", &JsValue::from(image.height as u32)))
+        .and_then(|_| set("rgba", &rgba))
+        .map_err(|_| JsError::new("could not build an image object"))?;
+    Ok(out)
 }
 
 /// Gathers a model's files as they arrive, so that no weight file is ever whole in wasm

@@ -7,6 +7,7 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::{Reference, fixture, max_abs_diff, read_fixture, test_devices, values};
 use lina::models::clip::{ClipTextConfig, ClipTextEncoder};
+use lina::models::taesd::{TaesdConfig, TaesdDecoder, TaesdEncoder};
 use lina::models::unet::{UNet, UNetConfig};
 use lina::models::vae::{VaeConfig, VaeDecoder, VaeEncoder};
 use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
@@ -207,6 +208,36 @@ fn the_vae_encoder_matches_diffusers() {
         assert!(
             err < COMPONENT_TOLERANCE,
             "{name} vae encoder: max abs error {err}"
+        );
+    }
+}
+
+#[test]
+fn taesd_encodes_and_decodes_as_diffusers_does() {
+    let reference = Reference::file("taesd_tiny/reference.safetensors");
+    for (name, device) in test_devices() {
+        let config = TaesdConfig::from_json(&text("taesd_tiny", "vae_tiny/config.json")).unwrap();
+        let (encoder, decoder) = component(
+            "taesd_tiny",
+            "vae_tiny/diffusion_pytorch_model.safetensors",
+            &device,
+            |w| {
+                Ok((
+                    TaesdEncoder::load(config.clone(), w)?,
+                    TaesdDecoder::load(config, w)?,
+                ))
+            },
+        );
+        let encoded = values(encoder.encode(reference.tensor("image", &device)));
+        let decoded = values(decoder.decode(reference.tensor("latents", &device)));
+        let (e, d) = (
+            max_abs_diff(&encoded, &reference.f32("encoded").1),
+            max_abs_diff(&decoded, &reference.f32("decoded").1),
+        );
+        println!("{name}: TAESD encoder max abs error {e}, decoder {d}");
+        assert!(
+            e < COMPONENT_TOLERANCE && d < COMPONENT_TOLERANCE,
+            "{name}: {e}, {d}"
         );
     }
 }

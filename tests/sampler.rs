@@ -250,3 +250,50 @@ fn stochastic_schedulers_follow_the_seed() {
         assert_ne!(a, run(&pipe, &o(12), &mut NoHook).unwrap(), "{kind:?}");
     }
 }
+
+/// Keeps the scheduler's prediction of the clean latents at each step.
+#[derive(Default)]
+struct KeepClean(Vec<burn::tensor::Tensor<4>>);
+
+impl StepHook for KeepClean {
+    fn after_step(&mut self, state: &mut StepState) -> Result<()> {
+        self.0.push(state.pred_original.clone());
+        Ok(())
+    }
+}
+
+#[test]
+fn previews_decode_the_predicted_clean_image_with_taesd_where_there_is_one() {
+    use lina::image::Image;
+    let device = lina::device::cpu();
+    let with_taesd = StableDiffusion::load(
+        &common::Overlay::new("sd1_tiny", "taesd_tiny", "vae_tiny/"),
+        &device,
+    )
+    .unwrap();
+    let plain = pipe();
+    for (model, tiny) in [(&with_taesd, true), (&plain, false)] {
+        let mut sampling = model.start(&opts(1)).unwrap();
+        let mut kept = KeepClean::default();
+        sampling.step(&mut kept).unwrap();
+        sampling.step(&mut kept).unwrap();
+        let preview = pollster::block_on(sampling.preview()).unwrap();
+        let x0 = kept.0.pop().unwrap();
+        let expected = if tiny {
+            let config = lina::models::taesd::TaesdConfig::from_json(
+                &String::from_utf8(common::read_fixture("taesd_tiny/vae_tiny/config.json"))
+                    .unwrap(),
+            )
+            .unwrap();
+            let bytes =
+                common::read_fixture("taesd_tiny/vae_tiny/diffusion_pytorch_model.safetensors");
+            let weights = lina::weights::Weights::from_bytes("taesd", &bytes, &device).unwrap();
+            let decoder = lina::models::taesd::TaesdDecoder::load(config, &weights).unwrap();
+            decoder.decode(x0)
+        } else {
+            model.vae().decode_scaled(x0)
+        };
+        let expected = pollster::block_on(Image::from_decoded(expected)).unwrap();
+        assert_eq!(preview, expected, "taesd: {tiny}");
+    }
+}

@@ -822,6 +822,35 @@ def make_inpaint(fix: Path):
     log(f"inpaint: image mean {float(image.mean()):.3f}")
 
 
+def make_taesd(fix: Path):
+    """A tiny AutoencoderTiny (TAESD's architecture, 16 channels, fewer blocks) with random
+    weights: one encode and one decode."""
+    from diffusers import AutoencoderTiny
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1300)
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(16, 16, 16, 16),
+        decoder_block_out_channels=(16, 16, 16, 16),
+        num_encoder_blocks=(1, 2, 2, 2),
+        num_decoder_blocks=(2, 2, 2, 1),
+    ).eval()
+    reinit_(vae, 1301)
+    out_dir = fix / "taesd_tiny"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    vae.save_pretrained(str(out_dir / "vae_tiny"))
+    g = torch.Generator().manual_seed(1302)
+    image = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    latents = torch.randn(1, 4, 8, 8, generator=g) * 2
+    encoded = vae.encode(image).latents
+    decoded = vae.decode(latents).sample
+    save_file({"image": image, "encoded": encoded.contiguous(), "latents": latents, "decoded": decoded.contiguous()},
+              str(out_dir / "reference.safetensors"))
+    log(f"taesd: encoded {tuple(encoded.shape)} |max| {float(encoded.abs().max()):.3f}, "
+        f"decoded |max| {float(decoded.abs().max()):.3f}")
+
+
 def make_vae_encoder(fix: Path):
     """The sd1_tiny VAE's encoder on a fixed image: the posterior mean before scaling, and the
     image decoded back, for the encoder's parity and a round trip."""
@@ -1027,7 +1056,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1055,6 +1084,9 @@ def main():
         return
     if args.only == "inpaint":
         make_inpaint(fix)
+        return
+    if args.only == "taesd":
+        make_taesd(fix)
         return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():

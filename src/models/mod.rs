@@ -3,6 +3,7 @@
 pub mod clip;
 pub mod config;
 pub mod resnet;
+pub mod taesd;
 pub mod transformer;
 pub mod unet;
 pub mod vae;
