@@ -117,11 +117,20 @@ pub async fn gpu() -> Result<Device> {
     }
 }
 
-/// A wgpu device that binds at most `max_binding_bytes` per buffer, as a small adapter
-/// would: for tests and for trying a model against a smaller GPU's limits. Natively only;
-/// call it before `gpu()`, once per process.
+/// How to open a wgpu device of one's own (natively): for trying a model against a smaller
+/// GPU's limits, or in f16.
+#[derive(Clone, Debug, Default)]
+pub struct GpuRequest {
+    /// Bind at most this many bytes per buffer, as a small adapter would.
+    pub max_binding_bytes: Option<u64>,
+    /// Compute in f16 (weights and activations); needs the adapter's `shader-f16`.
+    pub f16: bool,
+}
+
+/// Opens a wgpu device as `request` asks. Natively only; call it before `gpu()`, once per
+/// process and request (burn registers each device for the process's lifetime).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn gpu_with_max_binding(max_binding_bytes: u64) -> Result<Device> {
+pub fn gpu_with(request: &GpuRequest) -> Result<Device> {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
@@ -129,16 +138,24 @@ pub fn gpu_with_max_binding(max_binding_bytes: u64) -> Result<Device> {
         ..Default::default()
     }))
     .map_err(|e| Error::Device(format!("no usable GPU adapter: {e}")))?;
+    if request.f16 && !adapter.features().contains(wgpu::Features::SHADER_F16) {
+        return Err(Error::DeviceLimit(format!(
+            "f16 was asked for, but {} has no shader-f16",
+            adapter.get_info().name
+        )));
+    }
     let mut required_limits = adapter.limits();
-    required_limits.max_storage_buffer_binding_size = max_binding_bytes;
-    required_limits.max_buffer_size = max_binding_bytes;
+    if let Some(bytes) = request.max_binding_bytes {
+        required_limits.max_storage_buffer_binding_size = bytes;
+        required_limits.max_buffer_size = bytes;
+    }
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("lina (reduced limits)"),
+        label: Some("lina"),
         required_features: adapter.features(),
         required_limits,
         ..Default::default()
     }))
-    .map_err(|e| Error::Device(format!("cannot open the adapter with reduced limits: {e}")))?;
+    .map_err(|e| Error::Device(format!("cannot open the adapter as asked: {e}")))?;
     let setup = WgpuSetup {
         backend: adapter.get_info().backend,
         instance,
@@ -147,10 +164,15 @@ pub fn gpu_with_max_binding(max_binding_bytes: u64) -> Result<Device> {
         queue,
     };
     let limits = Limits::of(&setup);
-    let device = Device::wgpu_options()
+    let mut device = Device::wgpu_options()
         .setup(setup)
         .init()
         .map_err(|e| Error::Device(format!("cannot register the device: {e}")))?;
+    if request.f16 {
+        device
+            .configure(burn::tensor::FloatDType::F16)
+            .map_err(|e| Error::Device(format!("cannot compute in f16: {e:?}")))?;
+    }
     remember(&device, limits);
     Ok(device)
 }
@@ -168,18 +190,26 @@ pub async fn read_f32<const D: usize>(tensor: Tensor<D>, what: &str) -> Result<V
         .into_data_async()
         .await
         .map_err(|e| Error::Device(format!("reading back {what} failed: {e:?}")))?;
-    data.try_to_vec::<f32>()
+    // A device computing in f16 gives f16 values.
+    data.convert::<f32>()
+        .try_to_vec::<f32>()
         .map_err(|e| Error::Device(format!("unexpected data for {what}: {e:?}")))
 }
 
-/// Resolves a device by name: "cpu" or "gpu"/"wgpu".
+/// Resolves a device by name: "cpu", "gpu"/"wgpu", or natively "gpu-f16" (computing in f16,
+/// where the adapter has shader-f16).
 pub async fn by_name(name: &str) -> Result<Device> {
     match name {
         "gpu" | "wgpu" => gpu().await,
         #[cfg(not(target_arch = "wasm32"))]
+        "gpu-f16" => gpu_with(&GpuRequest {
+            max_binding_bytes: None,
+            f16: true,
+        }),
+        #[cfg(not(target_arch = "wasm32"))]
         "cpu" => Ok(cpu()),
         other => Err(Error::InvalidInput(format!(
-            "unknown device \"{other}\" (use cpu or gpu)"
+            "unknown device \"{other}\" (use cpu, gpu or gpu-f16)"
         ))),
     }
 }

@@ -4,7 +4,7 @@
 use burn::tensor::activation::silu;
 use burn::tensor::module::{conv2d, layer_norm, linear};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::weights::Scope;
@@ -104,13 +104,18 @@ impl GroupNorm {
         })
     }
 
-    /// Normalises [B, C, H, W] over each group of channels and all positions.
+    /// Normalises [B, C, H, W] over each group of channels and all positions. The statistics
+    /// are taken in f32 whatever the device computes in: an f16 sum over a group's thousands
+    /// of values loses most of its digits.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, wd] = x.dims();
-        let grouped: Tensor<3> = x.reshape([b, self.groups, (c / self.groups) * h * wd]);
+        let dtype = x.dtype();
+        let grouped: Tensor<3> = x
+            .reshape([b, self.groups, (c / self.groups) * h * wd])
+            .cast(FloatDType::F32);
         let (var, mean) = grouped.clone().var_mean_bias(2);
         let normed = (grouped - mean).div(var.add_scalar(self.eps).sqrt());
-        let normed: Tensor<4> = normed.reshape([b, c, h, wd]);
+        let normed: Tensor<4> = normed.reshape([b, c, h, wd]).cast(dtype);
         normed * self.gamma.clone().reshape([1, c, 1, 1]) + self.beta.clone().reshape([1, c, 1, 1])
     }
 
@@ -134,8 +139,20 @@ impl LayerNorm {
         })
     }
 
+    /// In f32 whatever the device computes in, as [`GroupNorm`].
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), self.eps)
+        let dtype = x.dtype();
+        if dtype == DType::F32 {
+            return layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), self.eps);
+        }
+        let f32 = |t: Tensor<1>| t.cast(FloatDType::F32);
+        layer_norm(
+            x.cast(FloatDType::F32),
+            f32(self.gamma.clone()),
+            Some(f32(self.beta.clone())),
+            self.eps,
+        )
+        .cast(dtype)
     }
 }
 

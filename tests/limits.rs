@@ -32,7 +32,11 @@ fn small_gpu() -> Option<Device> {
     Some(
         DEVICE
             .get_or_init(|| {
-                lina::device::gpu_with_max_binding(LIMIT).expect("reduced-limit device")
+                lina::device::gpu_with(&lina::device::GpuRequest {
+                    max_binding_bytes: Some(LIMIT),
+                    f16: false,
+                })
+                .expect("reduced-limit device")
             })
             .clone(),
     )

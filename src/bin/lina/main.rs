@@ -25,7 +25,7 @@ mod cli {
     pub(super) const USAGE: &str = "usage:
       lina generate --model DIR --prompt TEXT [--negative TEXT] [--seed N]
                     [--steps N | --timesteps T1,T2,..] [--guidance G] [--width W] [--height H]
-                    [--scheduler ddim|euler|euler_a|dpm++2m|lcm] [--clip-skip K] [--device cpu|gpu] [--out FILE.png]
+                    [--scheduler ddim|euler|euler_a|dpm++2m|lcm] [--clip-skip K] [--device cpu|gpu|gpu-f16] [--out FILE.png]
                     [--plan baseline|lina|JSON|FILE] [--csg CSG.json]
                     [--init-image IN.png [--strength S] [--mask MASK.png]]  (img2img, inpainting:
                     white in the mask is regenerated)
