@@ -354,3 +354,37 @@ fn plans_fit_img2img_runs_and_karras_schedules() {
     .to_string();
     assert!(err.contains("Karras"), "{err}");
 }
+
+#[test]
+fn embedding_shifts_are_zero_for_no_change_and_refuse_a_different_layout() {
+    use lina::intervene::shift::{EditKind, measure};
+    let pipe = pipe();
+    let prompt = "a red ball on a small mirror";
+    let shifts = pollster::block_on(measure(
+        &pipe,
+        prompt,
+        &[
+            (EditKind::Texture, prompt.to_string()),
+            (EditKind::Texture, "a blue ball on a small mirror".into()),
+            (EditKind::Physics, "a red ball under a small mirror".into()),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(shifts[0].relative, 0.0);
+    assert!(shifts[0].cosine.abs() < 1e-6, "{}", shifts[0].cosine);
+    assert!(
+        shifts[1].relative > 0.01 && shifts[2].relative > 0.01,
+        "{shifts:?}"
+    );
+    let e = pollster::block_on(measure(
+        &pipe,
+        prompt,
+        &[(
+            EditKind::Physics,
+            "a red ball on top of a small mirror".into(),
+        )],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("same number of tokens"), "{e}");
+}

@@ -12,6 +12,7 @@ pub mod diagnose;
 pub mod prompt;
 pub mod region;
 pub mod schedule;
+pub mod shift;
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};

@@ -47,7 +47,9 @@ mod cli {
                     (LINA's guidance at one step at a time: how much each step moves the image)
       lina reinpaint --model DIR --prompt TEXT --image IN.png --node ID [--strength S]
                     [--plan P] [--csg FILE] --out OUT.png
-                    (regenerate one CSG node's region; the checker's verdicts before and after)";
+                    (regenerate one CSG node's region; the checker's verdicts before and after)
+      lina embed-shift --model DIR (--prompt TEXT | --suite id|ood [--count N])
+                    (how far texture and physics word swaps move the prompt embedding)";
 
     pub fn main() -> ExitCode {
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,6 +72,7 @@ mod cli {
             Some("probe-data") => probe::data(&args[1..]),
             Some("sweep") => diagnose::sweep(&args[1..]),
             Some("reinpaint") => diagnose::run(&args[1..]),
+            Some("embed-shift") => diagnose::embed_shift(&args[1..]),
             Some("-h" | "--help") | None => {
                 println!("{USAGE}");
                 Ok(())

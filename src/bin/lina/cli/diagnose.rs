@@ -1,4 +1,5 @@
-//! LINA's diagnostics from the command line: step sweeps and CSG-guided re-inpainting.
+//! LINA's diagnostics from the command line: step sweeps, CSG-guided re-inpainting, and how
+//! far texture and physics edits move the prompt embedding.
 
 use lina::csg::Csg;
 use lina::intervene::Plan;
@@ -141,5 +142,87 @@ pub fn run(args: &[String]) -> Result<()> {
             done.after.len()
         );
         write_json(&format!("{out}.json"), &done)
+    })
+}
+
+/// `embed-shift --model DIR (--prompt TEXT | --suite NAME [--count N])`: how far single-word
+/// texture edits and physics edits move the text embedding, per edit or as means over a
+/// probe suite's prompts.
+pub fn embed_shift(args: &[String]) -> Result<()> {
+    use lina::intervene::shift::{EditKind, edits, measure};
+
+    let (mut model, mut prompt, mut suite, mut count) = (None, None, None, None);
+    for (flag, value) in flags(args)? {
+        match flag {
+            "--model" => model = Some(value.to_string()),
+            "--prompt" => prompt = Some(value.to_string()),
+            "--suite" => suite = Some(value.to_string()),
+            "--count" => count = Some(parse(flag, value)?),
+            other => return Err(unknown_option(other)),
+        }
+    }
+    let model = model.ok_or_else(|| Error::InvalidInput("--model is required".into()))?;
+    let prompts: Vec<String> = match (prompt, suite) {
+        (Some(p), None) => vec![p],
+        (None, Some(name)) => {
+            let mut suite = lina::probe::Suite::named(&name)?;
+            if let Some(n) = count {
+                suite.per_category = n;
+            }
+            suite.ids().iter().map(|id| id.scene().prompt).collect()
+        }
+        _ => {
+            return Err(Error::InvalidInput(
+                "give either --prompt or --suite".into(),
+            ));
+        }
+    };
+    let single = prompts.len() == 1;
+    pollster::block_on(async {
+        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina::device::cpu())?;
+        let mut sums = [(0.0f64, 0.0f64, 0usize); 2];
+        if single {
+            println!(
+                "| kind | edit | relative distance | cosine distance |\n| --- | --- | --- | --- |"
+            );
+        }
+        for prompt in &prompts {
+            // Edits whose new word splits into other tokens change the layout: skipped.
+            let same_length = |text: &str| -> Result<bool> {
+                Ok(pipe.tokenizer().encode(text)?.ids.len()
+                    == pipe.tokenizer().encode(prompt)?.ids.len()
+                    && pipe.tokenizer().words(text)?.iter().flatten().count()
+                        == pipe.tokenizer().words(prompt)?.iter().flatten().count())
+            };
+            let mut found = Vec::new();
+            for edit in edits(prompt) {
+                if same_length(&edit.1)? {
+                    found.push(edit);
+                }
+            }
+            for shift in measure(&pipe, prompt, &found).await? {
+                let k = (shift.kind == EditKind::Physics) as usize;
+                sums[k].0 += shift.relative as f64;
+                sums[k].1 += shift.cosine as f64;
+                sums[k].2 += 1;
+                if single {
+                    println!(
+                        "| {:?} | {} | {:.4} | {:.5} |",
+                        shift.kind, shift.edited, shift.relative, shift.cosine
+                    );
+                }
+            }
+        }
+        if !single {
+            println!(
+                "{} prompts\n\n| kind | edits | mean relative distance | mean cosine distance |\n| --- | --- | --- | --- |",
+                prompts.len()
+            );
+            for (name, (rel, cos, n)) in ["texture", "physics"].iter().zip(sums) {
+                let n1 = n.max(1) as f64;
+                println!("| {name} | {n} | {:.4} | {:.5} |", rel / n1, cos / n1);
+            }
+        }
+        Ok(())
     })
 }
