@@ -164,6 +164,7 @@ pub fn gpu_with(request: &GpuRequest) -> Result<Device> {
         queue,
     };
     let limits = Limits::of(&setup);
+    let handle = setup.device.clone();
     let mut device = Device::wgpu_options()
         .setup(setup)
         .init()
@@ -174,7 +175,27 @@ pub fn gpu_with(request: &GpuRequest) -> Result<Device> {
             .map_err(|e| Error::Device(format!("cannot compute in f16: {e:?}")))?;
     }
     remember(&device, limits);
+    OPENED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((device.clone(), handle));
     Ok(device)
+}
+
+// The wgpu handles of devices opened by `gpu_with`, so a test can lose one on purpose.
+#[cfg(not(target_arch = "wasm32"))]
+static OPENED: std::sync::Mutex<Vec<(Device, wgpu::Device)>> = std::sync::Mutex::new(Vec::new());
+
+/// Destroys a device opened by [`gpu_with`], as a driver reset or a lost GPU would: for
+/// testing that the loss comes back as an error. Later work on it fails; nothing hangs.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn lose(device: &Device) -> Result<()> {
+    let opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    let (_, handle) = opened.iter().find(|(d, _)| d == device).ok_or_else(|| {
+        Error::InvalidInput("only devices from gpu_with can be lost on purpose".into())
+    })?;
+    handle.destroy();
+    Ok(())
 }
 
 /// The pure-Rust CPU backend (native only): deterministic and quick for tiny models.
@@ -189,11 +210,31 @@ pub async fn read_f32<const D: usize>(tensor: Tensor<D>, what: &str) -> Result<V
     let data = tensor
         .into_data_async()
         .await
-        .map_err(|e| Error::Device(format!("reading back {what} failed: {e:?}")))?;
+        .map_err(|e| failure(what, e))?;
     // A device computing in f16 gives f16 values.
     data.convert::<f32>()
         .try_to_vec::<f32>()
-        .map_err(|e| Error::Device(format!("unexpected data for {what}: {e:?}")))
+        .map_err(|e| failure(what, e))
+}
+
+/// A readback that failed: a lost device (burn reports it as poisoned) says so plainly, since
+/// the user must load the model again; anything else keeps its details.
+fn failure(what: &str, e: impl std::fmt::Debug) -> Error {
+    let detail = format!("{e:?}");
+    if detail.contains("poisoned") {
+        let reason = detail
+            .split("Caused by:")
+            .nth(1)
+            .and_then(|r| r.split("\\n").find(|l| !l.trim().is_empty()))
+            .unwrap_or("unknown")
+            .trim()
+            .trim_end_matches(':');
+        Error::Device(format!(
+            "the GPU device was lost ({reason}) while reading back {what}; load the model again"
+        ))
+    } else {
+        Error::Device(format!("reading back {what} failed: {detail}"))
+    }
 }
 
 /// Resolves a device by name: "cpu", "gpu"/"wgpu", or natively "gpu-f16" (computing in f16,
