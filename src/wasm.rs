@@ -148,22 +148,15 @@ impl Pipeline {
         options: JsValue,
         #[wasm_bindgen(js_name = onStep)] on_step: Option<js_sys::Function>,
     ) -> Result<Object, JsError> {
-        let mut options: JsOptions = serde_wasm_bindgen::from_value(options)
-            .map_err(|e| JsError::new(&format!("invalid options: {e}")))?;
-        let (plan, csg, preview) = (options.plan.take(), options.csg.take(), options.preview);
-        let options = options.into_options()?;
+        let (options, plan, csg, preview) = lina_inputs(options)?;
         let cancel = CancelToken::new();
         *self.cancel.borrow_mut() = cancel.clone();
         // LINA's interventions, when a plan asks for any.
-        let plan = plan
-            .map(|v| crate::intervene::Plan::parse(&v.to_string()))
-            .transpose()
-            .map_err(js_err)?;
         let (options, mut hooks, described) = match plan.filter(|p| !p.is_baseline()) {
             None => (options, Hooks::default(), Vec::new()),
             Some(plan) => {
                 let csg = match csg {
-                    Some(v) => crate::csg::Csg::from_json(&v.to_string()).map_err(js_err)?,
+                    Some(csg) => csg,
                     None => crate::csg::parse::parse(&options.prompt).map_err(js_err)?,
                 };
                 let prepared = crate::intervene::prepare(&self.inner, &options, &csg, &plan)
@@ -218,11 +211,147 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// LINA's step sweep: the plan's guidance at one step at a time, for every step (the
+    /// options as for `generate`, with `plan`, default LINA's, and optionally `csg`).
+    /// Resolves to `{ baselinePassed, checks, points: [{ step, change, passed, checks }] }`.
+    pub async fn sweep(&self, options: JsValue) -> Result<JsValue, JsError> {
+        let (options, plan, csg) = self.diagnostic_inputs(options)?;
+        let sweep = crate::intervene::diagnose::step_sweep(&self.inner, &options, &csg, &plan)
+            .await
+            .map_err(js_err)?;
+        to_js(&sweep)
+    }
+
+    /// CSG-guided re-inpainting: regenerates `node`'s region of `image` (`{ width, height,
+    /// rgba }`) from `strength` of the schedule on, under the options' plan. Resolves to the
+    /// new image with `before` and `after`, the checker's verdicts.
+    pub async fn reinpaint(
+        &self,
+        options: JsValue,
+        image: JsValue,
+        node: String,
+        strength: f64,
+    ) -> Result<Object, JsError> {
+        let (options, plan, csg) = self.diagnostic_inputs(options)?;
+        let image = image_from_js(&image)?;
+        let done = crate::intervene::diagnose::reinpaint(
+            &self.inner,
+            &options,
+            &csg,
+            &plan,
+            &image,
+            &node,
+            strength,
+        )
+        .await
+        .map_err(js_err)?;
+        let out = image_object(&done.image)?;
+        for (key, verdicts) in [("before", &done.before), ("after", &done.after)] {
+            Reflect::set(&out, &JsValue::from_str(key), &to_js(verdicts)?)
+                .map_err(|_| JsError::new("could not build the result object"))?;
+        }
+        Ok(out)
+    }
+
+    /// The probe checker's verdicts for `image` against a scene graph (`csg`, JSON as the
+    /// CSG schema): one `{ kind, check, passed, detail }` per relation and effect.
+    #[wasm_bindgen(js_name = checkImage)]
+    pub fn check_image(image: JsValue, csg: JsValue) -> Result<JsValue, JsError> {
+        let image = image_from_js(&image)?;
+        let csg: serde_json::Value = serde_wasm_bindgen::from_value(csg)
+            .map_err(|e| JsError::new(&format!("invalid CSG: {e}")))?;
+        let csg = crate::csg::Csg::from_json(&csg.to_string()).map_err(js_err)?;
+        to_js(&crate::probe::check::check(&image, &csg))
+    }
+
     /// Stops the running generation after its current step; its promise rejects with
     /// "generation cancelled".
     pub fn cancel(&self) {
         self.cancel.borrow().cancel();
     }
+}
+
+/// The options, and LINA's plan, scene graph and preview flag, from `generate`'s options.
+#[allow(clippy::type_complexity)]
+fn lina_inputs(
+    options: JsValue,
+) -> Result<
+    (
+        GenerateOptions,
+        Option<crate::intervene::Plan>,
+        Option<crate::csg::Csg>,
+        bool,
+    ),
+    JsError,
+> {
+    let mut options: JsOptions = serde_wasm_bindgen::from_value(options)
+        .map_err(|e| JsError::new(&format!("invalid options: {e}")))?;
+    let (plan, csg, preview) = (options.plan.take(), options.csg.take(), options.preview);
+    let plan = plan
+        .map(|v| crate::intervene::Plan::parse(&v.to_string()))
+        .transpose()
+        .map_err(js_err)?;
+    let csg = csg
+        .map(|v| crate::csg::Csg::from_json(&v.to_string()))
+        .transpose()
+        .map_err(js_err)?;
+    Ok((options.into_options()?, plan, csg, preview))
+}
+
+impl Pipeline {
+    /// A diagnostic's inputs: the options, the plan (LINA's default when none is given) and
+    /// the graph (parsed from the prompt when none is given).
+    fn diagnostic_inputs(
+        &self,
+        options: JsValue,
+    ) -> Result<(GenerateOptions, crate::intervene::Plan, crate::csg::Csg), JsError> {
+        let (options, plan, csg, _) = lina_inputs(options)?;
+        let csg = match csg {
+            Some(csg) => csg,
+            None => crate::csg::parse::parse(&options.prompt).map_err(js_err)?,
+        };
+        Ok((
+            options,
+            plan.unwrap_or_else(crate::intervene::Plan::lina),
+            csg,
+        ))
+    }
+}
+
+/// A serialisable value as a plain JS object (maps as objects, not `Map`s).
+fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsError> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| JsError::new(&format!("could not convert the result: {e}")))
+}
+
+/// `{ width, height, rgba }` (as `ImageData` has them) to an image; alpha is ignored.
+fn image_from_js(value: &JsValue) -> Result<crate::image::Image, JsError> {
+    let field = |k: &str| Reflect::get(value, &JsValue::from_str(k)).ok();
+    let number = |k: &str| {
+        field(k)
+            .and_then(|v| v.as_f64())
+            .filter(|v| v.fract() == 0.0 && *v >= 1.0 && *v <= 4096.0)
+            .map(|v| v as usize)
+            .ok_or_else(|| JsError::new(&format!("image.{k} must be a whole number of pixels")))
+    };
+    let (width, height) = (number("width")?, number("height")?);
+    let rgba = field("rgba")
+        .filter(|v| v.is_object())
+        .map(|v| Uint8Array::new(&v).to_vec())
+        .ok_or_else(|| JsError::new("image.rgba must be a Uint8ClampedArray or Uint8Array"))?;
+    if rgba.len() != width * height * 4 {
+        return Err(JsError::new(&format!(
+            "image.rgba has {} bytes, {width}x{height} RGBA needs {}",
+            rgba.len(),
+            width * height * 4
+        )));
+    }
+    let rgb = rgba
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    Ok(crate::image::Image { width, height, rgb })
 }
 
 /// `{ width, height, rgba: Uint8ClampedArray }`, ready for `new ImageData(rgba, width, height)`.

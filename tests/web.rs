@@ -370,3 +370,91 @@ fn seeded_noise_is_the_same_as_natively() {
         lina::rng::GOLDEN_SEED_42.to_vec()
     );
 }
+
+/// An image as the wasm API takes it: `{ width, height, rgba }`.
+fn image_js(image: &lina::image::Image) -> JsValue {
+    let obj = Object::new();
+    Reflect::set(&obj, &"width".into(), &(image.width as u32).into()).unwrap();
+    Reflect::set(&obj, &"height".into(), &(image.height as u32).into()).unwrap();
+    let rgba = js_sys::Uint8ClampedArray::from(image.to_rgba().as_slice());
+    Reflect::set(&obj, &"rgba".into(), &rgba).unwrap();
+    obj.into()
+}
+
+fn passed(verdicts: &JsValue) -> (usize, usize) {
+    let list: js_sys::Array = verdicts.clone().dyn_into().unwrap();
+    let ok = list
+        .iter()
+        .filter(|v| Reflect::get(v, &"passed".into()).unwrap().is_truthy())
+        .count();
+    (ok, list.length() as usize)
+}
+
+#[wasm_bindgen_test]
+async fn the_checker_and_the_diagnostics_run_in_the_browser() {
+    use lina::probe::{Category, SceneId, Split};
+    // A rendered mirror scene passes its own checks; its broken twin does not.
+    let id = SceneId {
+        split: Split::Test,
+        category: Category::Reflection,
+        index: 3,
+    };
+    let csg = |s: &lina::probe::Scene| {
+        js_sys::JSON::parse(&serde_json::to_string(&s.csg).unwrap()).unwrap()
+    };
+    let (good, bad) = (id.scene(), id.broken_scene());
+    let verdicts = Pipeline::check_image(image_js(&good.render().image), csg(&good))
+        .map_err(message)
+        .unwrap();
+    let (ok, all) = passed(&verdicts);
+    assert!(all > 0 && ok == all, "{ok}/{all}");
+    let verdicts = Pipeline::check_image(image_js(&bad.render().image), csg(&bad))
+        .map_err(message)
+        .unwrap();
+    let (ok, all) = passed(&verdicts);
+    assert!(ok < all, "the broken render passed {ok}/{all}");
+
+    // A step sweep has a point per step; re-inpainting a node gives an image and verdicts.
+    let pipe = Pipeline::load(files(|_, b| b.to_vec()))
+        .await
+        .map_err(message)
+        .unwrap();
+    let options = || {
+        let o = Object::new();
+        Reflect::set(&o, &"prompt".into(), &"a red ball on a small mirror".into()).unwrap();
+        Reflect::set(&o, &"steps".into(), &3.into()).unwrap();
+        JsValue::from(o)
+    };
+    let sweep = pipe.sweep(options()).await.map_err(message).unwrap();
+    let points: js_sys::Array = Reflect::get(&sweep, &"points".into())
+        .unwrap()
+        .dyn_into()
+        .unwrap();
+    assert_eq!(points.length(), 3);
+    assert!(
+        Reflect::get(&sweep, &"baselinePassed".into())
+            .unwrap()
+            .as_f64()
+            .is_some()
+    );
+    let drawn = pipe
+        .generate(options(), None)
+        .await
+        .map_err(message)
+        .unwrap();
+    let again = pipe
+        .reinpaint(options(), drawn.clone().into(), "object".into(), 0.6)
+        .await
+        .map_err(message)
+        .unwrap();
+    assert_eq!(rgb_of(&again).len(), 64 * 64 * 3);
+    let (_, before) = passed(&Reflect::get(&again, &"before".into()).unwrap());
+    assert!(before > 0);
+    let err = pipe
+        .reinpaint(options(), drawn.into(), "unicorn".into(), 0.6)
+        .await
+        .err()
+        .map(message)
+        .expect("an unknown node is refused");
+    assert!(err.contains("unicorn"), "{err}");
+}

@@ -68,6 +68,7 @@ pub fn pixel_mask(boxes: &[Box4], width: usize, height: usize, grow: f32) -> Vec
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Reinpainted {
     #[serde(skip)]
     pub image: Image,
@@ -119,6 +120,7 @@ pub async fn reinpaint(
 
 /// One point of a step sweep.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SweepPoint {
     /// The only step the guidance acted at.
     pub step: usize,
@@ -129,6 +131,7 @@ pub struct SweepPoint {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Sweep {
     pub baseline_passed: usize,
     pub checks: usize,
