@@ -17,16 +17,7 @@ const UNET_WEIGHTS: &str = "unet/diffusion_pytorch_model.safetensors";
 
 /// The tiny SD 1.x model held in memory, so tests can corrupt single files.
 fn tiny_files() -> HashMap<String, Vec<u8>> {
-    let root = fixture("sd1_tiny");
-    let mut files = HashMap::new();
-    for folder in ["tokenizer", "text_encoder", "unet", "vae", "scheduler"] {
-        for entry in std::fs::read_dir(root.join(folder)).unwrap() {
-            let path = entry.unwrap().path();
-            let name = format!("{folder}/{}", path.file_name().unwrap().to_str().unwrap());
-            files.insert(name, std::fs::read(&path).unwrap());
-        }
-    }
-    files
+    common::model_files("sd1_tiny").into_iter().collect()
 }
 
 fn load(files: &HashMap<String, Vec<u8>>) -> lina::Result<StableDiffusion> {

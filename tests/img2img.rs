@@ -242,14 +242,7 @@ fn a_nine_channel_inpainting_unet_matches_diffusers() {
         };
         let done =
             pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
-        let (_, expected) = reference.f32("image");
-        let worst = done
-            .image
-            .rgb
-            .iter()
-            .zip(&expected)
-            .map(|(&ours, &theirs)| (ours as f32 - theirs * 255.0).abs())
-            .fold(0.0, f32::max);
+        let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image").1);
         eprintln!("{name}: 9-channel inpainting, worst pixel {worst:.2}/255");
         assert!(worst <= 2.0, "{name}: worst pixel off by {worst}/255");
 

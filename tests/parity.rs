@@ -139,12 +139,7 @@ fn check_pipeline(model: &str, device: &Device) {
 
     let image = pollster::block_on(sampling.decode()).unwrap();
     let (_, expected) = reference.f32("pipe_image");
-    let worst = image
-        .rgb
-        .iter()
-        .zip(&expected)
-        .map(|(&ours, &theirs)| (ours as f32 - theirs * 255.0).abs())
-        .fold(0.0, f32::max);
+    let worst = common::worst_pixel(&image.rgb, &expected);
     assert!(
         worst <= 2.0,
         "{model} image: worst pixel off by {worst}/255"
@@ -308,14 +303,8 @@ fn sd_turbo_one_and_four_steps_match_diffusers() {
             );
             let done =
                 pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
-            let (_, expected) = reference.f32(&format!("image_{steps}"));
-            let worst = done
-                .image
-                .rgb
-                .iter()
-                .zip(&expected)
-                .map(|(&ours, &theirs)| (ours as f32 - theirs * 255.0).abs())
-                .fold(0.0, f32::max);
+            let expected = reference.f32(&format!("image_{steps}")).1;
+            let worst = common::worst_pixel(&done.image.rgb, &expected);
             eprintln!("{name}: SD-Turbo {steps} step(s): worst pixel {worst:.2}/255");
             assert!(
                 worst <= 2.0,

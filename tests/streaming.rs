@@ -159,20 +159,6 @@ fn a_model_file_streams_within_one_tensor_of_what_it_keeps() {
     );
 }
 
-/// The tiny SD 1.x model in memory, path by path.
-fn tiny_files() -> Vec<(String, Vec<u8>)> {
-    let root = fixture("sd1_tiny");
-    let mut files = Vec::new();
-    for folder in ["tokenizer", "text_encoder", "unet", "vae", "scheduler"] {
-        for entry in std::fs::read_dir(root.join(folder)).unwrap() {
-            let path = entry.unwrap().path();
-            let name = format!("{folder}/{}", path.file_name().unwrap().to_str().unwrap());
-            files.push((name, std::fs::read(&path).unwrap()));
-        }
-    }
-    files
-}
-
 fn source_of(files: &[(String, Vec<u8>)]) -> MemorySource {
     let mut source = MemorySource::new();
     for (k, v) in files {
@@ -226,7 +212,7 @@ fn image(model: &StableDiffusion) -> Vec<u8> {
 fn chunked_and_sharded_models_give_the_same_image() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let device = lina::device::cpu();
-    let files = tiny_files();
+    let files = common::model_files("sd1_tiny");
     let whole = image(&StableDiffusion::load(&source_of(&files), &device).unwrap());
     let from_disk = StableDiffusion::load(
         &DirSource::new(fixture("sd1_tiny")).with_chunk_size(777),
@@ -244,7 +230,7 @@ fn chunked_and_sharded_models_give_the_same_image() {
 fn a_missing_or_duplicated_shard_is_named() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let device = lina::device::cpu();
-    let shards = sharded(&tiny_files());
+    let shards = sharded(&common::model_files("sd1_tiny"));
     let missing: Vec<_> = shards
         .iter()
         .filter(|(k, _)| !k.ends_with("00002-of-00002.safetensors"))

@@ -161,8 +161,8 @@ impl Weights {
     }
 
     fn load<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        let tensors = match &self.backing {
-            Backing::Resident(t) => t,
+        match &self.backing {
+            Backing::Resident(_) => {}
             Backing::Count(total) => {
                 total.set(total.get() + shape.iter().product::<usize>() as u64 * 4);
                 return Ok(Tensor::<D>::zeros([1; D], &self.device).expand(shape));
@@ -177,19 +177,7 @@ impl Weights {
                 });
             }
         };
-        let stored = tensors.get(name).ok_or_else(|| Error::MissingTensor {
-            file: self.source.clone(),
-            name: name.to_string(),
-        })?;
-        if stored.shape.as_slice() != shape {
-            return Err(Error::TensorShape {
-                file: stored.file.to_string(),
-                name: name.to_string(),
-                found: stored.shape.clone(),
-                expected: shape.to_vec(),
-            });
-        }
-        let parts = self.decoded(name, stored)?;
+        let parts = self.decoded(name, self.resident(name, &shape)?)?;
         if parts.blocks.len() > 1 {
             let limits = crate::device::limits(&self.device);
             return Err(Error::DeviceLimit(format!(
@@ -217,16 +205,7 @@ impl Weights {
         if let Backing::Random | Backing::Count(_) = self.backing {
             return Ok(vec![self.load(name, shape)?]);
         }
-        let stored = self.resident(name)?;
-        if stored.shape != shape {
-            return Err(Error::TensorShape {
-                file: stored.file.to_string(),
-                name: name.to_string(),
-                found: stored.shape.clone(),
-                expected: shape.to_vec(),
-            });
-        }
-        let parts = self.decoded(name, stored)?;
+        let parts = self.decoded(name, self.resident(name, &shape)?)?;
         self.used.borrow_mut().insert(name.to_string());
         Ok(parts
             .blocks
@@ -238,14 +217,24 @@ impl Weights {
             .collect())
     }
 
-    fn resident(&self, name: &str) -> Result<&Resident> {
+    /// The uploaded tensor `name`, which must have `shape`.
+    fn resident(&self, name: &str, shape: &[usize]) -> Result<&Resident> {
         let Backing::Resident(tensors) = &self.backing else {
             unreachable!("only called for uploaded weights")
         };
-        tensors.get(name).ok_or_else(|| Error::MissingTensor {
+        let stored = tensors.get(name).ok_or_else(|| Error::MissingTensor {
             file: self.source.clone(),
             name: name.to_string(),
-        })
+        })?;
+        if stored.shape != shape {
+            return Err(Error::TensorShape {
+                file: stored.file.to_string(),
+                name: name.to_string(),
+                found: stored.shape.clone(),
+                expected: shape.to_vec(),
+            });
+        }
+        Ok(stored)
     }
 }
 

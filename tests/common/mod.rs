@@ -130,3 +130,28 @@ impl lina::source::FileSource for Overlay {
         }
     }
 }
+
+/// The largest difference, in 1/255 steps, between our 8-bit pixels and a reference image
+/// in [0, 1] (diffusers' `output_type="np"`).
+pub fn worst_pixel(ours: &[u8], theirs: &[f32]) -> f32 {
+    assert_eq!(ours.len(), theirs.len(), "image sizes differ");
+    ours.iter()
+        .zip(theirs)
+        .map(|(&a, &b)| (a as f32 - b * 255.0).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The files of a fixture model folder, path by path, for tests that edit some of them.
+pub fn model_files(model: &str) -> Vec<(String, Vec<u8>)> {
+    let root = fixture(model);
+    let mut files = Vec::new();
+    for folder in ["tokenizer", "text_encoder", "unet", "vae", "scheduler"] {
+        for entry in std::fs::read_dir(root.join(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = format!("{folder}/{}", path.file_name().unwrap().to_str().unwrap());
+            files.push((name, std::fs::read(&path).unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
