@@ -254,3 +254,59 @@ fn a_nine_channel_inpainting_unet_matches_diffusers() {
         assert!(e.contains("inpainting model"), "{e}");
     }
 }
+
+/// img2img (strength 0.6) and latent-blend inpainting (strength 0.75) on the tiny SD 1.x
+/// model give diffusers' images, with diffusers patched to the same noise and to the latent
+/// mean (tools/make_fixtures.py --only img2img).
+#[test]
+fn img2img_and_latent_blend_inpainting_match_diffusers() {
+    let reference = common::Reference::file("sd1_tiny/img2img_reference.safetensors");
+    let card = Image {
+        width: 64,
+        height: 64,
+        rgb: reference.u8("card"),
+    };
+    let mask: Vec<f32> = reference
+        .u8("mask")
+        .iter()
+        .map(|&v| v as f32 / 255.0)
+        .collect();
+    for (name, device) in common::test_devices() {
+        let pipe = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &device).unwrap();
+        let base = GenerateOptions {
+            prompt: "a red ball on a small mirror".into(),
+            negative_prompt: "blurry".into(),
+            guidance_scale: 7.5,
+            timesteps: Timesteps::Count(10),
+            initial_latents: Some(reference.f32("noise").1),
+            init_image: Some(card.clone()),
+            ..GenerateOptions::default()
+        };
+        for (what, opts) in [
+            (
+                "img2img",
+                GenerateOptions {
+                    strength: 0.6,
+                    ..base.clone()
+                },
+            ),
+            (
+                "inpaint",
+                GenerateOptions {
+                    strength: 0.75,
+                    mask: Some(mask.clone()),
+                    ..base.clone()
+                },
+            ),
+        ] {
+            let done =
+                pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+            let worst = common::worst_pixel(&done.image.rgb, &reference.f32(what).1);
+            eprintln!("{name}: {what}, worst pixel {worst:.2}/255");
+            assert!(
+                worst <= 2.0,
+                "{name}: {what}: worst pixel off by {worst}/255"
+            );
+        }
+    }
+}

@@ -851,6 +851,45 @@ def make_taesd(fix: Path):
         f"decoded |max| {float(decoded.abs().max()):.3f}")
 
 
+def make_img2img(fix: Path):
+    """img2img (strength 0.6) and latent-blend inpainting (a 4-channel UNet, strength 0.75)
+    on the tiny SD 1.x model. diffusers draws the noise and samples the image's latent
+    distribution from a generator; both are patched to given values (the noise, and the
+    latent mean, which this runtime uses), so the runtime can take the same noise."""
+    import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img as img2img_module
+    import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint as inpaint_module
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(14))
+    for module in (img2img_module, inpaint_module):
+        module.randn_tensor = lambda shape, **_: noise.clone()
+        module.retrieve_latents = lambda output, generator=None, sample_mode="sample": output.latent_dist.mode()
+    card = np.zeros((64, 64, 3), dtype=np.uint8)
+    card[:32, :32] = (220, 40, 40)
+    card[:32, 32:] = (40, 200, 60)
+    card[32:, :32] = (40, 60, 210)
+    card[32:, 32:] = (230, 220, 200)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 40:] = 255
+    mask[52:, :] = 255
+    common = dict(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                  output_type="np")
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(fix / "sd1_tiny"), torch_dtype=torch.float32,
+                                                          safety_checker=None, requires_safety_checker=False)
+    img2img = pipe(image=Image.fromarray(card), strength=0.6, **common).images
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(str(fix / "sd1_tiny"), torch_dtype=torch.float32,
+                                                          safety_checker=None, requires_safety_checker=False)
+    pipe._encode_vae_image = lambda image, generator: pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
+    inpaint = pipe(image=Image.fromarray(card), mask_image=Image.fromarray(mask), strength=0.75, height=64, width=64,
+                   **common).images
+    save_file({"noise": noise, "card": torch.from_numpy(card).contiguous(), "mask": torch.from_numpy(mask).contiguous(),
+               "img2img": torch.from_numpy(img2img).contiguous(), "inpaint": torch.from_numpy(inpaint).contiguous()},
+              str(fix / "sd1_tiny" / "img2img_reference.safetensors"))
+    log(f"img2img mean {float(img2img.mean()):.3f}, inpaint mean {float(inpaint.mean()):.3f}")
+
+
 def make_vae_encoder(fix: Path):
     """The sd1_tiny VAE's encoder on a fixed image: the posterior mean before scaling, and the
     image decoded back, for the encoder's parity and a round trip."""
@@ -1056,7 +1095,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1087,6 +1126,9 @@ def main():
         return
     if args.only == "taesd":
         make_taesd(fix)
+        return
+    if args.only == "img2img":
+        make_img2img(fix)
         return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():
