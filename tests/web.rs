@@ -419,10 +419,22 @@ async fn the_checker_and_the_diagnostics_run_in_the_browser() {
         .await
         .map_err(message)
         .unwrap();
+    // The tiny random model draws nothing the checker can find, so the graph brings its
+    // own layout: boxes for the ball and the mirror below it.
+    let prompt = "a red ball on a small mirror";
+    let mut graph = lina::csg::parse::parse(prompt).unwrap();
+    for (id, b) in [
+        ("object", [0.4, 0.45, 0.6, 0.72]),
+        ("surface", [0.42, 0.72, 0.58, 0.8]),
+    ] {
+        graph.nodes.iter_mut().find(|n| n.id == id).unwrap().layout = Some(b);
+    }
+    let graph = js_sys::JSON::parse(&serde_json::to_string(&graph).unwrap()).unwrap();
     let options = || {
         let o = Object::new();
-        Reflect::set(&o, &"prompt".into(), &"a red ball on a small mirror".into()).unwrap();
+        Reflect::set(&o, &"prompt".into(), &prompt.into()).unwrap();
         Reflect::set(&o, &"steps".into(), &3.into()).unwrap();
+        Reflect::set(&o, &"csg".into(), &graph).unwrap();
         JsValue::from(o)
     };
     let sweep = pipe.sweep(options()).await.map_err(message).unwrap();
