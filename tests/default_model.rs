@@ -89,7 +89,7 @@ fn the_default_model_draws_scenes_the_checker_recognises() {
     assert!(rate >= MIN_PASS_RATE, "{:.0}% of checks pass", 100.0 * rate);
 }
 
-/// A little below the rate measured when the model was exported (57/79 = 72% on the CPU
+/// A little below the rate measured when the model was exported (60/79 = 76% on the CPU
 /// backend, which is deterministic), so that a regression in the sampler, the loader, the
 /// checker or the weights shows. Raise it when the model is retrained.
-const MIN_PASS_RATE: f64 = 0.65;
+const MIN_PASS_RATE: f64 = 0.70;
