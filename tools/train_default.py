@@ -426,7 +426,7 @@ def train_unet(
                     ema[k].copy_(v)
         state["step"] += 1
         state["seconds"] = spent0 + time.time() - started
-        running.append(float(loss))
+        running.append(float(loss.detach()))
         if state["step"] % 50 == 0:
             mean = sum(running) / len(running)
             running = []
