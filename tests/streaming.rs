@@ -57,7 +57,7 @@ fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
 const CHUNK: usize = 16 << 10;
 /// Bookkeeping the loader may hold besides the tensor being filled and the chunk: the
 /// header, names and shapes, the map of uploaded tensors.
-const FIXED: usize = 256 << 10;
+const FIXED: usize = 1 << 20;
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("lina-streaming-{}-{name}", std::process::id()));
