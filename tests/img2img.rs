@@ -209,6 +209,21 @@ fn pngs_round_trip_and_bad_ones_are_errors() {
     assert!(err.contains("PNG"), "{err}");
 }
 
+/// The test card and the inpainting mask (0..1) that a diffusers reference was made with.
+fn card_and_mask(reference: &common::Reference) -> (Image, Vec<f32>) {
+    let card = Image {
+        width: 64,
+        height: 64,
+        rgb: reference.u8("card"),
+    };
+    let mask = reference
+        .u8("mask")
+        .iter()
+        .map(|&v| v as f32 / 255.0)
+        .collect();
+    (card, mask)
+}
+
 /// SD's 9-channel inpainting UNets take the mask and the masked image's latents next to the
 /// latents; the tiny one through the whole pipeline gives diffusers' image (diffusers patched
 /// to encode the masked image with the latent mean, as this runtime does).
@@ -219,16 +234,7 @@ fn a_nine_channel_inpainting_unet_matches_diffusers() {
         let source = common::Overlay::new("sd1_tiny", "sd1_inpaint_tiny", "unet/");
         let pipe = StableDiffusion::load(&source, &device).unwrap();
         assert!(pipe.is_inpainting_model());
-        let card = Image {
-            width: 64,
-            height: 64,
-            rgb: reference.u8("card"),
-        };
-        let mask: Vec<f32> = reference
-            .u8("mask")
-            .iter()
-            .map(|&v| v as f32 / 255.0)
-            .collect();
+        let (card, mask) = card_and_mask(&reference);
         let opts = GenerateOptions {
             prompt: "a red ball on a small mirror".into(),
             negative_prompt: "blurry".into(),
@@ -261,16 +267,7 @@ fn a_nine_channel_inpainting_unet_matches_diffusers() {
 #[test]
 fn img2img_and_latent_blend_inpainting_match_diffusers() {
     let reference = common::Reference::file("sd1_tiny/img2img_reference.safetensors");
-    let card = Image {
-        width: 64,
-        height: 64,
-        rgb: reference.u8("card"),
-    };
-    let mask: Vec<f32> = reference
-        .u8("mask")
-        .iter()
-        .map(|&v| v as f32 / 255.0)
-        .collect();
+    let (card, mask) = card_and_mask(&reference);
     for (name, device) in common::test_devices() {
         let pipe = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &device).unwrap();
         let base = GenerateOptions {

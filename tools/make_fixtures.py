@@ -369,18 +369,7 @@ def build_models(kind: str, tok):
 
     torch.manual_seed(base_seed + 10)
     if kind == "sd1":
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=32,
-        )
+        unet = sd1_unet(in_channels=4)
     else:
         unet = UNet2DConditionModel(
             sample_size=8,
@@ -732,6 +721,38 @@ def make_lcm_unet(fix: Path):
     log(f"lcm unet: out {tuple(out.shape)}, |out| max {float(out.abs().max()):.3f}")
 
 
+def test_card_and_mask():
+    """The test card of tests/img2img.rs (four flat quadrants) and a mask over its right part
+    and a bottom strip, as uint8 arrays."""
+    card = np.zeros((64, 64, 3), dtype=np.uint8)
+    card[:32, :32] = (220, 40, 40)
+    card[:32, 32:] = (40, 200, 60)
+    card[32:, :32] = (40, 60, 210)
+    card[32:, 32:] = (230, 220, 200)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 40:] = 255
+    mask[52:, :] = 255
+    return card, mask
+
+
+def sd1_unet(in_channels: int):
+    """The tiny SD 1.x UNet's architecture; in_channels 9 makes it an inpainting UNet."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
 def make_turbo(fix: Path):
     """SD-Turbo's recipe on the tiny SD 2.x model: stabilityai/sd-turbo's scheduler config
     (Euler, trailing spacing, epsilon), 1 and 4 steps, no classifier-free guidance."""
@@ -769,7 +790,7 @@ def make_inpaint(fix: Path):
     SD 1.x text encoder and VAE, through StableDiffusionInpaintPipeline. diffusers samples the
     masked image's latent distribution; this runtime takes its mean (the spread of a VAE
     latent is tiny), so the fixture patches the pipeline to the mean as well."""
-    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
     from safetensors.torch import save_file
 
@@ -783,18 +804,7 @@ def make_inpaint(fix: Path):
     work = Path(tempfile.mkdtemp())
     shutil.copytree(fix / "sd1_tiny", work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*reference*", "unet"))
     torch.manual_seed(1200)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=9,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    ).eval()
+    unet = sd1_unet(in_channels=9).eval()
     reinit_(unet, 1201, out_gain={"conv_out": 0.5})
     unet.save_pretrained(str(work / "unet"))
     pipe = StableDiffusionInpaintPipeline.from_pretrained(str(work), torch_dtype=torch.float32,
@@ -802,14 +812,7 @@ def make_inpaint(fix: Path):
     pipe._encode_vae_image = lambda image, generator: pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
 
     # The test card of tests/img2img.rs, and a mask over its right half and a bottom strip.
-    card = np.zeros((64, 64, 3), dtype=np.uint8)
-    card[:32, :32] = (220, 40, 40)
-    card[:32, 32:] = (40, 200, 60)
-    card[32:, :32] = (40, 60, 210)
-    card[32:, 32:] = (230, 220, 200)
-    mask = np.zeros((64, 64), dtype=np.uint8)
-    mask[:, 40:] = 255
-    mask[52:, :] = 255
+    card, mask = test_card_and_mask()
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(12))
     image = pipe(PROMPT, image=Image.fromarray(card), mask_image=Image.fromarray(mask), latents=latents.clone(),
                  num_inference_steps=STEPS, guidance_scale=GUIDANCE, negative_prompt=NEGATIVE_PROMPT,
@@ -866,14 +869,7 @@ def make_img2img(fix: Path):
     for module in (img2img_module, inpaint_module):
         module.randn_tensor = lambda shape, **_: noise.clone()
         module.retrieve_latents = lambda output, generator=None, sample_mode="sample": output.latent_dist.mode()
-    card = np.zeros((64, 64, 3), dtype=np.uint8)
-    card[:32, :32] = (220, 40, 40)
-    card[:32, 32:] = (40, 200, 60)
-    card[32:, :32] = (40, 60, 210)
-    card[32:, 32:] = (230, 220, 200)
-    mask = np.zeros((64, 64), dtype=np.uint8)
-    mask[:, 40:] = 255
-    mask[52:, :] = 255
+    card, mask = test_card_and_mask()
     common = dict(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
                   output_type="np")
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(fix / "sd1_tiny"), torch_dtype=torch.float32,
