@@ -397,6 +397,12 @@ impl StableDiffusion {
         &self.scheduler_config
     }
 
+    /// Whether classifier-free guidance needs a second, unconditional pass: above scale 1,
+    /// unless the UNet takes the scale as an embedding (LCM-distilled models).
+    fn unconditional_pass(&self, guidance_scale: f64) -> bool {
+        guidance_scale > 1.0 && self.unet.config().time_cond_proj_dim.is_none()
+    }
+
     /// Whether the UNet is an inpainting one (SD's 9-channel inpainting models): it takes the
     /// mask and the masked image's latents next to the latents, and needs both.
     pub fn is_inpainting_model(&self) -> bool {
@@ -445,8 +451,7 @@ impl StableDiffusion {
         }
 
         // Refuse what the adapter cannot hold before any work, rather than fail mid-run.
-        let batch = if opts.guidance_scale > 1.0 && self.unet.config().time_cond_proj_dim.is_none()
-        {
+        let batch = if self.unconditional_pass(opts.guidance_scale) {
             2
         } else {
             1
@@ -476,7 +481,7 @@ impl StableDiffusion {
         // LCM-distilled UNets take the guidance scale as an embedding instead of a second,
         // unconditional pass.
         let guidance_embedding = self.unet.guidance_embedding(opts.guidance_scale);
-        let guided = opts.guidance_scale > 1.0 && guidance_embedding.is_none();
+        let guided = self.unconditional_pass(opts.guidance_scale);
         let context = if guided {
             let (uncond, cut) = self.encode_text(&opts.negative_prompt, opts.clip_skip)?;
             if let Some(cut) = cut {
