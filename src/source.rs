@@ -77,11 +77,6 @@ impl StagedSource {
     pub fn insert_uploaded(&mut self, path: impl Into<String>, upload: WeightsUpload) {
         self.uploads.get_mut().insert(path.into(), upload);
     }
-
-    /// Whether a file of this path has arrived (as bytes or as an upload).
-    pub fn has(&self, path: &str) -> bool {
-        self.files.files.contains_key(path) || self.uploads.borrow().contains_key(path)
-    }
 }
 
 impl FileSource for StagedSource {
