@@ -5,7 +5,8 @@
 //! launch, or loses the device. So before sampling, [`activations`] lists the largest tensors
 //! each component will hold at the requested size (from the configs: channels times pixels,
 //! in f32), and [`check`] refuses, naming the tensor and the limit, any that cannot fit.
-//! Attention is not on the list: it runs in query chunks sized from the same limit.
+//! Attention is not on the list: it runs in query chunks sized from the same limit; nor is
+//! the VAE decoder's full-size activation where it decodes in row bands instead.
 
 use burn::tensor::Device;
 
@@ -13,7 +14,7 @@ use crate::device::Limits;
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextEncoder};
 use crate::models::unet::{UNet, UNetConfig};
-use crate::models::vae::{VaeConfig, VaeDecoder, VaeEncoder};
+use crate::models::vae::{VaeConfig, VaeDecoder, VaeEncoder, band_peak, decoder_bands};
 use crate::weights::{Weights, human_bytes};
 
 /// One large tensor of a generation.
@@ -37,8 +38,8 @@ impl Need {
 }
 
 /// The largest tensor of each stage of one generation at `width` x `height`: the UNet with
-/// `batch` rows (2 with classifier-free guidance), the VAE decoder, and the encoder when an
-/// init image is encoded.
+/// `batch` rows (2 with classifier-free guidance), the VAE decoder (in tiles where the whole
+/// decode would not fit `max_binding_bytes`), and the encoder when an init image is encoded.
 pub fn activations(
     unet: &UNetConfig,
     vae: &VaeConfig,
@@ -46,6 +47,7 @@ pub fn activations(
     height: usize,
     batch: usize,
     encode: bool,
+    max_binding_bytes: u64,
 ) -> Vec<Need> {
     let factor = vae.downscale();
     let (lh, lw) = (height / factor, width / factor);
@@ -82,21 +84,18 @@ pub fn activations(
     }
     needs.push(widest);
 
-    // VAE decoder: up block k works at latent size times 2^k; its input has the previous
-    // block's channels, upsampled to its own resolution.
-    let rev: Vec<usize> = vae.block_out_channels.iter().rev().copied().collect();
-    let mut widest = Need::new("VAE decoder", vec![0]);
-    for (k, &c) in rev.iter().enumerate() {
-        let input = if k == 0 { c } else { rev[k - 1] };
-        let need = Need::new(
-            format!("VAE decoder up block {k} input"),
-            vec![1, input.max(c), lh << k, lw << k],
-        );
-        if need.bytes > widest.bytes {
-            widest = need;
-        }
-    }
-    needs.push(widest);
+    // VAE decoder: whole, or in the row bands that fit the binding limit.
+    let bands = decoder_bands(vae, lh, lw, max_binding_bytes);
+    let (block, shape) = band_peak(vae, lh, lw, bands);
+    let what = if bands > 1 {
+        format!(", in {bands} row bands")
+    } else {
+        String::new()
+    };
+    needs.push(Need::new(
+        format!("VAE decoder up block {block} input{what}"),
+        shape.to_vec(),
+    ));
 
     if encode {
         // VAE encoder: down block k works at full size / 2^k with its own channels, and its
@@ -182,7 +181,7 @@ mod tests {
     #[test]
     fn sd15_at_512_needs_its_vae_decoder_s_256_channel_full_size_tensor() {
         let (unet, vae) = sd15();
-        let needs = activations(&unet, &vae, 512, 512, 2, true);
+        let needs = activations(&unet, &vae, 512, 512, 2, true, u64::MAX);
         let decoder = needs
             .iter()
             .find(|n| n.what.starts_with("VAE decoder"))
@@ -214,20 +213,60 @@ mod tests {
         assert_eq!(params("VAE"), 83_653_863);
     }
 
+    fn adapter(max_binding_bytes: u64) -> Limits {
+        Limits {
+            max_binding_bytes,
+            shader_f16: false,
+            computes_f16: false,
+            adapter: "a small GPU".into(),
+        }
+    }
+
+    #[test]
+    fn the_vae_decodes_sd15_at_512_in_row_bands_under_webgpu_s_default_limit() {
+        let (unet, vae) = sd15();
+        let limit = 128 << 20;
+        let needs = activations(&unet, &vae, 512, 512, 2, false, limit);
+        let decoder = needs
+            .iter()
+            .find(|n| n.what.starts_with("VAE decoder"))
+            .unwrap();
+        // Two bands of 32 latent rows would each hold 256 x 258 x 512 f32s, 129 MiB with the
+        // halo rows; three bands of at most 22 rows hold 256 x 178 x 512, 89 MiB.
+        assert!(decoder.what.ends_with("in 3 row bands"), "{decoder:?}");
+        assert_eq!(decoder.shape, [1, 256, 178, 512]);
+        check(&needs, &adapter(limit), 512, 512).unwrap();
+        // A latent that fits is decoded whole.
+        let needs = activations(&unet, &vae, 256, 256, 2, false, limit);
+        assert!(needs.iter().all(|n| !n.what.contains("bands")), "{needs:?}");
+    }
+
     #[test]
     fn check_names_the_tensor_and_the_limit() {
         let (unet, vae) = sd15();
-        let needs = activations(&unet, &vae, 512, 512, 2, false);
-        let small = Limits {
-            max_binding_bytes: 128 << 20,
-            shader_f16: false,
-            adapter: "a small GPU".into(),
-        };
-        let e = check(&needs, &small, 512, 512).unwrap_err().to_string();
-        assert!(e.contains("VAE decoder") && e.contains("256.0 MiB"), "{e}");
-        assert!(e.contains("a small GPU") && e.contains("128.0 MiB"), "{e}");
+        let limit = 64 << 20;
+        let needs = activations(&unet, &vae, 512, 512, 2, false, limit);
+        let e = check(&needs, &adapter(limit), 512, 512)
+            .unwrap_err()
+            .to_string();
+        // The UNet's feed-forward, 2 x 4096 x 2560 in f32, cannot be split.
+        assert!(
+            e.contains("UNet level 0 feed-forward") && e.contains("80.0 MiB"),
+            "{e}"
+        );
+        assert!(e.contains("a small GPU") && e.contains("64.0 MiB"), "{e}");
         // 256x256 fits the same adapter.
-        let needs = activations(&unet, &vae, 256, 256, 2, false);
-        check(&needs, &small, 256, 256).unwrap();
+        let needs = activations(&unet, &vae, 256, 256, 2, false, limit);
+        check(&needs, &adapter(limit), 256, 256).unwrap();
+        // With one band per latent row (10 pixel rows with the halo, 5 MiB) still too big,
+        // the decoder is refused too.
+        let tiny = 4 << 20;
+        let needs = activations(&unet, &vae, 512, 512, 1, false, tiny);
+        let decoder = needs
+            .iter()
+            .find(|n| n.what.starts_with("VAE decoder"))
+            .unwrap();
+        assert!(decoder.what.ends_with("in 64 row bands"), "{decoder:?}");
+        assert_eq!(decoder.bytes, 256 * 10 * 512 * 4);
     }
 }

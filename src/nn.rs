@@ -85,6 +85,41 @@ impl Conv2d {
             self.options.clone(),
         )
     }
+
+    /// The same convolution over row bands, exactly: each band borrows the rows its kernel
+    /// reaches into from its neighbours (a halo), and the rows computed from the halo are
+    /// dropped. Stride 1 and "same" padding only, which is all the decoder has.
+    pub fn forward_bands(&self, x: &Bands) -> Bands {
+        assert!(
+            self.options.stride == [1, 1],
+            "banded convolutions are stride-1 and same-size"
+        );
+        let halo = self.weight.dims()[2] / 2;
+        if halo == 0 {
+            return x.map(|band| self.forward(band));
+        }
+        let bands = &x.0;
+        Bands(
+            (0..bands.len())
+                .map(|i| {
+                    let band = bands[i].clone();
+                    let rows = band.dims()[2];
+                    let mut parts = Vec::with_capacity(3);
+                    let top = (i > 0).then(|| {
+                        let above = bands[i - 1].dims()[2];
+                        bands[i - 1].clone().narrow(2, above - halo, halo)
+                    });
+                    let bottom =
+                        (i + 1 < bands.len()).then(|| bands[i + 1].clone().narrow(2, 0, halo));
+                    parts.extend(top.clone());
+                    parts.push(band);
+                    parts.extend(bottom);
+                    let out = self.forward(Tensor::cat(parts, 2));
+                    out.narrow(2, if top.is_some() { halo } else { 0 }, rows)
+                })
+                .collect(),
+        )
+    }
 }
 
 pub struct GroupNorm {
@@ -110,18 +145,76 @@ impl GroupNorm {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, wd] = x.dims();
         let dtype = x.dtype();
-        let grouped: Tensor<3> = x
-            .reshape([b, self.groups, (c / self.groups) * h * wd])
-            .cast(FloatDType::F32);
-        let (var, mean) = grouped.clone().var_mean_bias(2);
-        let normed = (grouped - mean).div(var.add_scalar(self.eps).sqrt());
-        let normed: Tensor<4> = normed.reshape([b, c, h, wd]).cast(dtype);
-        normed * self.gamma.clone().reshape([1, c, 1, 1]) + self.beta.clone().reshape([1, c, 1, 1])
+        let n = (c / self.groups) * h * wd;
+        let grouped: Tensor<3> = x.reshape([b, self.groups, n]).cast(FloatDType::F32);
+        let mean = sum_last(grouped.clone()).div_scalar(n as f64);
+        let centred = grouped - mean;
+        let var = sum_last(centred.clone().powi_scalar(2)).div_scalar(n as f64);
+        let normed = centred.div(var.add_scalar(self.eps).sqrt());
+        self.affine(normed.reshape([b, c, h, wd]).cast(dtype))
     }
 
     pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
         silu(self.forward(x))
     }
+
+    /// The same over row bands, with the statistics of the whole tensor: the mean from every
+    /// band's sums, then the variance from every band's squared deviations from it (two
+    /// passes, as accurate as the whole tensor's), each band normalised with both.
+    pub fn forward_bands_silu(&self, x: &Bands) -> Bands {
+        let [b, c, _, wd] = x.0[0].dims();
+        let dtype = x.0[0].dtype();
+        let grouped = |band: &Tensor<4>| -> Tensor<3> {
+            let rows = band.dims()[2];
+            band.clone()
+                .reshape([b, self.groups, (c / self.groups) * rows * wd])
+                .cast(FloatDType::F32)
+        };
+        let count = ((c / self.groups) * x.rows() * wd) as f64;
+        let total = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+            x.0.iter()
+                .map(|band| sum_last(f(grouped(band))))
+                .reduce(|a, b| a + b)
+                .expect("at least one band")
+                .div_scalar(count)
+        };
+        let mean = total(&|g| g);
+        let var = total(&|g| (g - mean.clone()).powi_scalar(2));
+        let scale = var.add_scalar(self.eps).sqrt();
+        x.map(|band| {
+            let rows = band.dims()[2];
+            let normed = (grouped(&band) - mean.clone()).div(scale.clone());
+            silu(self.affine(normed.reshape([b, c, rows, wd]).cast(dtype)))
+        })
+    }
+
+    fn affine(&self, normed: Tensor<4>) -> Tensor<4> {
+        let c = normed.dims()[1];
+        normed * self.gamma.clone().reshape([1, c, 1, 1]) + self.beta.clone().reshape([1, c, 1, 1])
+    }
+}
+
+/// The longest axis summed in one reduction. Past 2^18 elements along an axis, burn's wgpu
+/// reduction (cubecl 0.11) returns wrong sums: on lavapipe, the mean of 2^18 + 1 unit normals
+/// comes back off by 0.75. SD's VAE decoder group-normalises 2M values per group at 512x512.
+const LONGEST_SUM: usize = 1 << 16;
+
+/// Sums the last axis of `x` (keeping it, with length 1), in slices of at most
+/// [`LONGEST_SUM`] whose partial sums are then added.
+pub fn sum_last(x: Tensor<3>) -> Tensor<3> {
+    let n = x.dims()[2];
+    if n <= LONGEST_SUM {
+        return x.sum_dim(2);
+    }
+    (0..n)
+        .step_by(LONGEST_SUM)
+        .map(|start| {
+            x.clone()
+                .narrow(2, start, LONGEST_SUM.min(n - start))
+                .sum_dim(2)
+        })
+        .reduce(|a, b| a + b)
+        .expect("a non-empty axis")
 }
 
 pub struct LayerNorm {
@@ -298,5 +391,56 @@ mod tests {
             .try_to_vec::<f32>()
             .unwrap();
         assert!(diff[0] < 1e-5, "chunked attention differs by {}", diff[0]);
+    }
+}
+
+/// A [B, C, H, W] tensor held as horizontal bands (consecutive row ranges, in order), for
+/// activations larger than one buffer may be: SD's VAE decoder holds 256 channels at full
+/// resolution, 256 MiB at 512x512, twice WebGPU's default binding limit. The layers that
+/// run on bands ([`Conv2d::forward_bands`], [`GroupNorm::forward_bands_silu`], and any
+/// row-local operation through [`Bands::map`]) give the whole tensor's result exactly.
+#[derive(Clone)]
+pub struct Bands(pub Vec<Tensor<4>>);
+
+impl Bands {
+    /// Splits `x` into `count` bands of rows as equal as can be.
+    pub fn split(x: Tensor<4>, count: usize) -> Self {
+        let rows = x.dims()[2];
+        let count = count.clamp(1, rows);
+        Self(
+            (0..count)
+                .map(|i| {
+                    let (start, end) = (i * rows / count, (i + 1) * rows / count);
+                    x.clone().narrow(2, start, end - start)
+                })
+                .collect(),
+        )
+    }
+
+    /// The whole tensor again (which must then fit in one buffer).
+    pub fn join(self) -> Tensor<4> {
+        Tensor::cat(self.0, 2)
+    }
+
+    /// All the rows, over every band.
+    pub fn rows(&self) -> usize {
+        self.0.iter().map(|band| band.dims()[2]).sum()
+    }
+
+    /// Applies an operation that works row by row (elementwise, or nearest upsampling) to
+    /// each band.
+    pub fn map(&self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Self {
+        Self(self.0.iter().cloned().map(f).collect())
+    }
+
+    /// Band-wise sum with another tensor banded the same way.
+    pub fn add(&self, other: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .zip(&other.0)
+                .map(|(a, b)| a.clone() + b.clone())
+                .collect(),
+        )
     }
 }

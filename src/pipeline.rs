@@ -456,6 +456,7 @@ impl StableDiffusion {
         } else {
             1
         };
+        let limits = crate::device::limits(&self.device);
         let needs = memory::activations(
             self.unet.config(),
             self.vae.config(),
@@ -463,8 +464,9 @@ impl StableDiffusion {
             height,
             batch,
             opts.init_image.is_some(),
+            limits.max_binding_bytes,
         );
-        memory::check(&needs, &crate::device::limits(&self.device), width, height)?;
+        memory::check(&needs, &limits, width, height)?;
 
         let kind = opts
             .scheduler

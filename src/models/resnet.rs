@@ -5,7 +5,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::error::Result;
-use crate::nn::{Conv2d, GroupNorm, Linear};
+use crate::nn::{Bands, Conv2d, GroupNorm, Linear};
 use crate::weights::Scope;
 
 pub struct ResnetBlock {
@@ -58,6 +58,17 @@ impl ResnetBlock {
         };
         skip + h
     }
+
+    /// The same over row bands, without a time embedding (the VAE's blocks).
+    pub fn forward_bands(&self, x: &Bands) -> Bands {
+        let h = self.conv1.forward_bands(&self.norm1.forward_bands_silu(x));
+        let h = self.conv2.forward_bands(&self.norm2.forward_bands_silu(&h));
+        let skip = match &self.shortcut {
+            Some(conv) => conv.forward_bands(x),
+            None => x.clone(),
+        };
+        skip.add(&h)
+    }
 }
 
 /// A stride-2 3x3 convolution (`downsamplers.0.conv`).
@@ -92,13 +103,28 @@ impl Upsample {
 
     pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
-        let size = size.unwrap_or([h * 2, w * 2]);
-        let options = InterpolateOptions {
-            mode: InterpolateMode::Nearest,
-            align_corners: false,
-            output_size: Some(size),
-            scale_factor: None,
-        };
-        self.conv.forward(interpolate(x, options))
+        self.conv
+            .forward(nearest(x, size.unwrap_or([h * 2, w * 2])))
     }
+
+    /// Doubles each band's rows and columns (nearest neighbour, so band by band is exact),
+    /// then convolves the bands.
+    pub fn forward_bands(&self, x: &Bands) -> Bands {
+        let doubled = x.map(|band| {
+            let [_, _, h, w] = band.dims();
+            nearest(band, [h * 2, w * 2])
+        });
+        self.conv.forward_bands(&doubled)
+    }
+}
+
+/// Nearest-neighbour resizing to `size`.
+fn nearest(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
+    let options = InterpolateOptions {
+        mode: InterpolateMode::Nearest,
+        align_corners: false,
+        output_size: Some(size),
+        scale_factor: None,
+    };
+    interpolate(x, options)
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::config::{check_channels, check_size, parse};
 use super::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
 use crate::error::{Error, Result};
-use crate::nn::{Conv2d, GroupNorm, Linear, multi_head_attention};
+use crate::nn::{Bands, Conv2d, GroupNorm, Linear, multi_head_attention};
 use crate::weights::{Scope, Weights};
 
 pub const CONFIG_FILE: &str = "vae/config.json";
@@ -111,6 +111,47 @@ impl VaeConfig {
     pub fn downscale(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
     }
+
+    /// The decoder's largest activation for `h` x `w` latents: the up block whose input
+    /// (the previous block's channels, upsampled to its own resolution, or its own channels
+    /// where wider) is largest, and that input's shape.
+    pub fn decoder_peak(&self, h: usize, w: usize) -> (usize, [usize; 4]) {
+        let rev: Vec<usize> = self.block_out_channels.iter().rev().copied().collect();
+        (0..rev.len())
+            .map(|k| {
+                let input = if k == 0 { rev[0] } else { rev[k - 1] };
+                (k, [1, input.max(rev[k]), h << k, w << k])
+            })
+            .max_by_key(|(k, shape)| (shape.iter().product::<usize>(), *k))
+            .expect("validated non-empty")
+    }
+}
+
+/// How many row bands the decoder's up blocks run in so that no activation exceeds
+/// `max_bytes` (in f32), for `h` x `w` latents: 1 where the whole decode fits. Bands give the
+/// whole decode's result exactly (see [`Bands`]); only the buffers are smaller. At most one
+/// band per latent row; past that, the decode cannot fit and [`crate::memory::check`] says so.
+pub fn decoder_bands(config: &VaeConfig, h: usize, w: usize, max_bytes: u64) -> usize {
+    (1..=h)
+        .find(|&bands| band_peak_bytes(config, h, w, bands) <= max_bytes)
+        .unwrap_or(h)
+}
+
+/// The decoder's largest activation when its up blocks run in `bands` row bands: the up
+/// block and the shape of its widest band's input, with the rows a convolution borrows from
+/// each neighbour.
+pub fn band_peak(config: &VaeConfig, h: usize, w: usize, bands: usize) -> (usize, [usize; 4]) {
+    let (block, [b, c, full, cols]) = config.decoder_peak(h, w);
+    if bands <= 1 {
+        return (block, [b, c, full, cols]);
+    }
+    let scale = full / h;
+    (block, [b, c, h.div_ceil(bands) * scale + 2, cols])
+}
+
+fn band_peak_bytes(config: &VaeConfig, h: usize, w: usize, bands: usize) -> u64 {
+    let (_, shape) = band_peak(config, h, w, bands);
+    shape.iter().map(|&d| d as u64).product::<u64>() * 4
 }
 
 /// Single-head self-attention over all positions, with its own group norm and residual.
@@ -380,12 +421,39 @@ impl VaeDecoder {
         self.conv_out.forward(self.norm_out.forward_silu(x))
     }
 
-    /// Latents as the sampler holds them (scaled, shifted) to images in [-1, 1].
+    /// The same decode with the up blocks in `bands` row bands (see [`decoder_bands`]), so
+    /// that no buffer holds a whole full-resolution activation.
+    pub fn decode_in_bands(&self, z: Tensor<4>, bands: usize) -> Tensor<4> {
+        let z = match &self.post_quant_conv {
+            Some(conv) => conv.forward(z),
+            None => z,
+        };
+        let mut x = Bands::split(self.mid.forward(self.conv_in.forward(z)), bands);
+        for block in &self.up {
+            for r in &block.resnets {
+                x = r.forward_bands(&x);
+            }
+            if let Some(up) = &block.upsample {
+                x = up.forward_bands(&x);
+            }
+        }
+        self.conv_out
+            .forward_bands(&self.norm_out.forward_bands_silu(&x))
+            .join()
+    }
+
+    /// Latents as the sampler holds them (scaled, shifted) to images in [-1, 1]; in row bands
+    /// where the whole decode would exceed the device's binding limit.
     pub fn decode_scaled(&self, latents: Tensor<4>) -> Tensor<4> {
         let mut z = latents.div_scalar(self.config.scaling_factor);
         if let Some(shift) = self.config.shift_factor {
             z = z.add_scalar(shift);
         }
-        self.decode(z)
+        let [_, _, h, w] = z.dims();
+        let limit = crate::device::limits(&z.device()).max_binding_bytes;
+        match decoder_bands(&self.config, h, w, limit) {
+            1 => self.decode(z),
+            bands => self.decode_in_bands(z, bands),
+        }
     }
 }
