@@ -2,6 +2,8 @@
 //! DX12 natively, lavapipe on machines without a GPU) or, natively, the pure-Rust CPU backend.
 //! The adapter's limits are read once, when the device is acquired: attention sizes its
 //! chunks from them, and the memory estimate refuses what cannot fit before any work.
+//! A device that fails (lost, out of memory) is reported at the next readback and replaced by
+//! a fresh one the next time a model is loaded.
 
 use burn::tensor::wgpu::{WgpuSetup, wgpu};
 use burn::tensor::{Device, Tensor};
@@ -16,6 +18,8 @@ pub struct Limits {
     pub max_binding_bytes: u64,
     /// Whether shaders may use f16 (`shader-f16`).
     pub shader_f16: bool,
+    /// Whether the device was opened to compute in f16 (see [`Precision`]).
+    pub computes_f16: bool,
     /// The adapter, in words, for messages.
     pub adapter: String,
 }
@@ -26,6 +30,7 @@ impl Limits {
         Self {
             max_binding_bytes: u64::MAX,
             shader_f16: false,
+            computes_f16: false,
             adapter: "CPU".into(),
         }
     }
@@ -38,124 +43,188 @@ impl Limits {
                 .max_storage_buffer_binding_size
                 .min(limits.max_buffer_size),
             shader_f16: setup.device.features().contains(wgpu::Features::SHADER_F16),
+            computes_f16: false,
             adapter: format!("{} ({:?})", info.name, info.backend),
         }
     }
 }
 
-// The devices acquired so far with their limits; any other device is the CPU backend.
-#[cfg(not(target_arch = "wasm32"))]
-static KNOWN: std::sync::Mutex<Vec<(Device, Limits)>> = std::sync::Mutex::new(Vec::new());
-#[cfg(target_arch = "wasm32")]
-thread_local! {
-    static KNOWN: std::cell::RefCell<Vec<(Device, Limits)>> = const { std::cell::RefCell::new(Vec::new()) };
+/// What a GPU device computes in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 weights and activations everywhere: the reference.
+    #[default]
+    F32,
+    /// f16 weights and activations (norms' statistics stay f32); needs `shader-f16`.
+    F16,
+    /// f16 where the adapter has `shader-f16`, f32 otherwise.
+    Auto,
 }
 
-fn remember(device: &Device, limits: Limits) {
-    #[cfg(not(target_arch = "wasm32"))]
-    KNOWN
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((device.clone(), limits));
-    #[cfg(target_arch = "wasm32")]
-    KNOWN.with(|k| k.borrow_mut().push((device.clone(), limits)));
-}
-
-/// The limits of `device`, as read when it was acquired.
-pub fn limits(device: &Device) -> Limits {
-    let find = |known: &[(Device, Limits)]| {
-        known
-            .iter()
-            .find(|(d, _)| d == device)
-            .map(|(_, l)| l.clone())
-    };
-    #[cfg(not(target_arch = "wasm32"))]
-    let found = find(&KNOWN.lock().unwrap_or_else(|p| p.into_inner()));
-    #[cfg(target_arch = "wasm32")]
-    let found = KNOWN.with(|k| find(&k.borrow()));
-    found.unwrap_or_else(Limits::host)
-}
-
-/// Acquires the wgpu device once per process; later calls reuse it (burn's runtime cannot
-/// be initialised twice).
-pub async fn gpu() -> Result<Device> {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        static GPU: std::sync::OnceLock<std::result::Result<Device, String>> =
-            std::sync::OnceLock::new();
-        if let Some(found) = GPU.get() {
-            return found.clone().map_err(Error::Device);
-        }
-        let made = match Device::wgpu_options().init_with_setup_async().await {
-            Ok((device, setup)) => {
-                remember(&device, Limits::of(&setup));
-                Ok(device)
-            }
-            Err(e) => Err(format!("no usable GPU adapter: {e}")),
-        };
-        GPU.get_or_init(|| made).clone().map_err(Error::Device)
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        thread_local! {
-            static GPU: std::cell::RefCell<Option<Device>> = const { std::cell::RefCell::new(None) };
-        }
-        if let Some(found) = GPU.with(|g| g.borrow().clone()) {
-            return Ok(found);
-        }
-        let (made, setup) = Device::wgpu_options()
-            .init_with_setup_async()
-            .await
-            .map_err(|e| {
-                Error::Device(format!(
-                    "WebGPU is unavailable ({e}); use a browser with WebGPU enabled"
-                ))
-            })?;
-        remember(&made, Limits::of(&setup));
-        GPU.with(|g| *g.borrow_mut() = Some(made.clone()));
-        Ok(made)
-    }
-}
-
-/// How to open a wgpu device of one's own (natively): for trying a model against a smaller
-/// GPU's limits, or in f16.
+/// How to open a wgpu device: for computing in f16, or for trying a model against a smaller
+/// GPU's limits.
 #[derive(Clone, Debug, Default)]
 pub struct GpuRequest {
     /// Bind at most this many bytes per buffer, as a small adapter would.
     pub max_binding_bytes: Option<u64>,
-    /// Compute in f16 (weights and activations); needs the adapter's `shader-f16`.
-    pub f16: bool,
+    pub precision: Precision,
 }
 
-/// Opens a wgpu device as `request` asks. Natively only; call it before `gpu()`, once per
-/// process and request (burn registers each device for the process's lifetime).
+/// The first error that left a device unusable: lost, out of memory, or a failed GPU
+/// operation. Shared with the handler wgpu calls, which may run on another thread.
+#[derive(Default)]
+struct Health(std::sync::Mutex<Option<String>>);
+
+impl Health {
+    fn fail(&self, why: String) {
+        let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(why);
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A device opened here, with what is known about it.
+struct Opened {
+    device: Device,
+    limits: Limits,
+    /// What it was opened for; `gpu_for` shares one device per precision.
+    precision: Precision,
+    shared: bool,
+    handle: wgpu::Device,
+    health: std::sync::Arc<Health>,
+}
+
+// Every device opened so far; any other device is the CPU backend. wgpu's handles are only
+// `Send` natively, so in the browser the list is per thread (the page's or the worker's).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn gpu_with(request: &GpuRequest) -> Result<Device> {
+static OPENED: std::sync::Mutex<Vec<Opened>> = std::sync::Mutex::new(Vec::new());
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    static OPENED: std::cell::RefCell<Vec<Opened>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_opened<T>(f: impl FnOnce(&mut Vec<Opened>) -> T) -> T {
+    #[cfg(not(target_arch = "wasm32"))]
+    return f(&mut OPENED.lock().unwrap_or_else(|p| p.into_inner()));
+    #[cfg(target_arch = "wasm32")]
+    return OPENED.with(|o| f(&mut o.borrow_mut()));
+}
+
+/// The limits of `device`, as read when it was opened.
+pub fn limits(device: &Device) -> Limits {
+    with_opened(|opened| {
+        opened
+            .iter()
+            .find(|o| &o.device == device)
+            .map(|o| o.limits.clone())
+    })
+    .unwrap_or_else(Limits::host)
+}
+
+/// Why `device` can no longer be used, if it cannot: it was lost, ran out of memory, or a GPU
+/// operation on it failed. Its tensors are gone; a model must be loaded again (on a fresh
+/// device from [`gpu_for`]).
+pub fn failure(device: &Device) -> Option<String> {
+    with_opened(|opened| {
+        opened
+            .iter()
+            .find(|o| &o.device == device)
+            .and_then(|o| o.health.failure())
+    })
+}
+
+fn mark_failed(device: &Device, why: String) {
+    with_opened(|opened| {
+        if let Some(o) = opened.iter().find(|o| &o.device == device) {
+            o.health.fail(why);
+        }
+    });
+}
+
+/// The shared f32 wgpu device (see [`gpu_for`]).
+pub async fn gpu() -> Result<Device> {
+    gpu_for(Precision::F32).await
+}
+
+/// The device shared by everything that asks for `precision`: opened on first use, and again
+/// after a failure (a lost device, say), so that loading the model again recovers without
+/// restarting the process or reloading the page.
+pub async fn gpu_for(precision: Precision) -> Result<Device> {
+    let healthy = with_opened(|opened| {
+        opened
+            .iter()
+            .rev()
+            .find(|o| o.shared && o.precision == precision && o.health.failure().is_none())
+            .map(|o| o.device.clone())
+    });
+    match healthy {
+        Some(device) => Ok(device),
+        None => {
+            open_as(
+                &GpuRequest {
+                    max_binding_bytes: None,
+                    precision,
+                },
+                true,
+            )
+            .await
+        }
+    }
+}
+
+/// Opens a device of its own, as `request` asks: a new one on every call.
+pub async fn open(request: &GpuRequest) -> Result<Device> {
+    open_as(request, false).await
+}
+
+async fn open_as(request: &GpuRequest, shared: bool) -> Result<Device> {
+    #[cfg(not(target_arch = "wasm32"))]
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-        power_preference: wgpu::PowerPreference::HighPerformance,
-        ..Default::default()
-    }))
-    .map_err(|e| Error::Device(format!("no usable GPU adapter: {e}")))?;
-    if request.f16 && !adapter.features().contains(wgpu::Features::SHADER_F16) {
-        return Err(Error::DeviceLimit(format!(
-            "f16 was asked for, but {} has no shader-f16",
-            adapter.get_info().name
-        )));
-    }
+    #[cfg(target_arch = "wasm32")]
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::Device(no_adapter(e)))?;
+    let has_f16 = adapter.features().contains(wgpu::Features::SHADER_F16);
+    let f16 = match request.precision {
+        Precision::F32 => false,
+        Precision::Auto => has_f16,
+        Precision::F16 if has_f16 => true,
+        Precision::F16 => {
+            return Err(Error::DeviceLimit(format!(
+                "f16 was asked for, but {} has no shader-f16; use f32 or auto",
+                adapter.get_info().name
+            )));
+        }
+    };
     let mut required_limits = adapter.limits();
     if let Some(bytes) = request.max_binding_bytes {
         required_limits.max_storage_buffer_binding_size = bytes;
         required_limits.max_buffer_size = bytes;
     }
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("lina"),
-        required_features: adapter.features(),
-        required_limits,
-        ..Default::default()
-    }))
-    .map_err(|e| Error::Device(format!("cannot open the adapter as asked: {e}")))?;
+    // As burn asks for its own devices: every feature but mapped primary buffers, and
+    // allocations sized for memory use rather than speed.
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("lina"),
+            required_features: adapter
+                .features()
+                .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+            required_limits,
+            memory_hints: wgpu::MemoryHints::MemoryUsage,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::Device(format!("cannot open the GPU adapter as asked: {e}")))?;
     let setup = WgpuSetup {
         backend: adapter.get_info().backend,
         instance,
@@ -163,39 +232,96 @@ pub fn gpu_with(request: &GpuRequest) -> Result<Device> {
         device,
         queue,
     };
-    let limits = Limits::of(&setup);
+    let limits = Limits {
+        computes_f16: f16,
+        ..Limits::of(&setup)
+    };
     let handle = setup.device.clone();
     let mut device = Device::wgpu_options()
         .setup(setup)
         .init()
-        .map_err(|e| Error::Device(format!("cannot register the device: {e}")))?;
-    if request.f16 {
+        .map_err(|e| Error::Device(format!("cannot register the GPU device: {e}")))?;
+    if f16 {
         device
             .configure(burn::tensor::FloatDType::F16)
             .map_err(|e| Error::Device(format!("cannot compute in f16: {e:?}")))?;
     }
-    remember(&device, limits);
-    OPENED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((device.clone(), handle));
+    // Registering the device installed burn's handler for errors no scope caught, which
+    // panics: in a browser that would kill the page's wasm instance, and out-of-memory is
+    // such an error. Ours records the first one instead, and the next readback reports it.
+    let health = std::sync::Arc::new(Health::default());
+    let recorder = health.clone();
+    handle.on_uncaptured_error(std::sync::Arc::new(move |error: wgpu::Error| {
+        recorder.fail(match error {
+            wgpu::Error::OutOfMemory { .. } => "the GPU ran out of memory".into(),
+            // wgpu's messages span lines; one line reads better in an exception.
+            other => format!(
+                "a GPU operation failed: {}",
+                other
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        })
+    }));
+    with_opened(|opened| {
+        opened.push(Opened {
+            device: device.clone(),
+            limits,
+            precision: request.precision,
+            shared,
+            handle,
+            health,
+        })
+    });
     Ok(device)
 }
 
-// The wgpu handles of devices opened by `gpu_with`, so a test can lose one on purpose.
-#[cfg(not(target_arch = "wasm32"))]
-static OPENED: std::sync::Mutex<Vec<(Device, wgpu::Device)>> = std::sync::Mutex::new(Vec::new());
+fn no_adapter(e: impl std::fmt::Display) -> String {
+    if cfg!(target_arch = "wasm32") {
+        format!("WebGPU is unavailable ({e}); use a browser with WebGPU enabled")
+    } else {
+        format!("no usable GPU adapter: {e}")
+    }
+}
 
-/// Destroys a device opened by [`gpu_with`], as a driver reset or a lost GPU would: for
-/// testing that the loss comes back as an error. Later work on it fails; nothing hangs.
+/// [`open`], natively, where blocking is allowed.
 #[cfg(not(target_arch = "wasm32"))]
+pub fn gpu_with(request: &GpuRequest) -> Result<Device> {
+    pollster::block_on(open(request))
+}
+
+/// Destroys a device, as a driver reset or a lost GPU would: for testing that the loss comes
+/// back as an error and that [`gpu_for`] then opens a fresh device. Nothing hangs.
 pub fn lose(device: &Device) -> Result<()> {
-    let opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
-    let (_, handle) = opened.iter().find(|(d, _)| d == device).ok_or_else(|| {
-        Error::InvalidInput("only devices from gpu_with can be lost on purpose".into())
-    })?;
-    handle.destroy();
-    Ok(())
+    with_opened(|opened| {
+        let o = opened
+            .iter()
+            .find(|o| &o.device == device)
+            .ok_or_else(|| Error::InvalidInput("only GPU devices can be lost".into()))?;
+        o.handle.destroy();
+        Ok(())
+    })
+}
+/// Makes one GPU operation on `device` fail outside any error scope (a buffer larger than the
+/// device allows), as a bug or an exhausted GPU would: for testing that such errors come back
+/// from the next readback instead of panicking.
+pub fn provoke_error(device: &Device) -> Result<()> {
+    with_opened(|opened| {
+        let o = opened
+            .iter()
+            .find(|o| &o.device == device)
+            .ok_or_else(|| Error::InvalidInput("only GPU devices can fail".into()))?;
+        let too_big = o.handle.limits().max_buffer_size.saturating_add(4);
+        drop(o.handle.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("too big on purpose"),
+            size: too_big,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        }));
+        Ok(())
+    })
 }
 
 /// The pure-Rust CPU backend (native only): deterministic and quick for tiny models.
@@ -207,19 +333,24 @@ pub fn cpu() -> Device {
 /// Reads a tensor back to the host as f32 values. Async, because browsers allow no other
 /// way; `what` names the value in the error.
 pub async fn read_f32<const D: usize>(tensor: Tensor<D>, what: &str) -> Result<Vec<f32>> {
-    let data = tensor
-        .into_data_async()
-        .await
-        .map_err(|e| failure(what, e))?;
+    let device = tensor.device();
+    let read = tensor.into_data_async().await;
+    // A failure recorded since the last readback makes these values meaningless.
+    if let Some(why) = failure(&device) {
+        return Err(Error::Device(format!(
+            "{why} while computing {what}; load the model again"
+        )));
+    }
+    let data = read.map_err(|e| read_failure(&device, what, e))?;
     // A device computing in f16 gives f16 values.
     data.convert::<f32>()
         .try_to_vec::<f32>()
-        .map_err(|e| failure(what, e))
+        .map_err(|e| read_failure(&device, what, e))
 }
 
 /// A readback that failed: a lost device (burn reports it as poisoned) says so plainly, since
 /// the user must load the model again; anything else keeps its details.
-fn failure(what: &str, e: impl std::fmt::Debug) -> Error {
+fn read_failure(device: &Device, what: &str, e: impl std::fmt::Debug) -> Error {
     let detail = format!("{e:?}");
     if detail.contains("poisoned") {
         let reason = detail
@@ -229,6 +360,7 @@ fn failure(what: &str, e: impl std::fmt::Debug) -> Error {
             .unwrap_or("unknown")
             .trim()
             .trim_end_matches(':');
+        mark_failed(device, format!("the GPU device was lost ({reason})"));
         Error::Device(format!(
             "the GPU device was lost ({reason}) while reading back {what}; load the model again"
         ))
@@ -237,20 +369,17 @@ fn failure(what: &str, e: impl std::fmt::Debug) -> Error {
     }
 }
 
-/// Resolves a device by name: "cpu", "gpu"/"wgpu", or natively "gpu-f16" (computing in f16,
-/// where the adapter has shader-f16).
+/// Resolves a device by name: "gpu" (f16 where the adapter has shader-f16, f32 otherwise),
+/// "gpu-f32", "gpu-f16", or natively "cpu".
 pub async fn by_name(name: &str) -> Result<Device> {
     match name {
-        "gpu" | "wgpu" => gpu().await,
-        #[cfg(not(target_arch = "wasm32"))]
-        "gpu-f16" => gpu_with(&GpuRequest {
-            max_binding_bytes: None,
-            f16: true,
-        }),
+        "gpu" | "wgpu" => gpu_for(Precision::Auto).await,
+        "gpu-f32" => gpu_for(Precision::F32).await,
+        "gpu-f16" => gpu_for(Precision::F16).await,
         #[cfg(not(target_arch = "wasm32"))]
         "cpu" => Ok(cpu()),
         other => Err(Error::InvalidInput(format!(
-            "unknown device \"{other}\" (use cpu, gpu or gpu-f16)"
+            "unknown device \"{other}\" (use cpu, gpu, gpu-f32 or gpu-f16)"
         ))),
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
+use crate::device::Precision;
 use crate::pipeline::{CancelToken, GenerateOptions, Hooks, StableDiffusion};
 use crate::schedulers::{SchedulerKind, Timesteps};
 use crate::source::{MemorySource, StagedSource};
@@ -17,6 +18,37 @@ use crate::weights::WeightsUpload;
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
+}
+
+/// Reads `{ precision }` from device options (absent: `"auto"`); other keys are errors.
+fn precision_option(options: &JsValue) -> Result<Precision, JsError> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(Precision::Auto);
+    }
+    let object = options
+        .dyn_ref::<Object>()
+        .ok_or_else(|| JsError::new("options must be an object"))?;
+    let mut precision = Precision::Auto;
+    for key in Object::keys(object).iter() {
+        let name = key.as_string().unwrap_or_default();
+        let value = Reflect::get(object, &key).unwrap_or(JsValue::UNDEFINED);
+        match (name.as_str(), value.as_string().as_deref()) {
+            ("precision", Some("auto")) => precision = Precision::Auto,
+            ("precision", Some("f32")) => precision = Precision::F32,
+            ("precision", Some("f16")) => precision = Precision::F16,
+            ("precision", _) => {
+                return Err(JsError::new(
+                    "precision must be \"auto\", \"f32\" or \"f16\"",
+                ));
+            }
+            (other, _) => {
+                return Err(JsError::new(&format!(
+                    "unknown option \"{other}\" (the only one is precision)"
+                )));
+            }
+        }
+    }
+    Ok(precision)
 }
 
 fn js_err(e: impl std::fmt::Display) -> JsError {
@@ -93,8 +125,9 @@ pub struct Pipeline {
 #[wasm_bindgen]
 impl Pipeline {
     /// Loads a diffusers-layout model from `files`, an object mapping relative paths
-    /// (`"unet/config.json"`) to `Uint8Array`s.
-    pub async fn load(files: Object) -> Result<Pipeline, JsError> {
+    /// (`"unet/config.json"`) to `Uint8Array`s. `options` as for `ModelLoader.create`.
+    pub async fn load(files: Object, options: JsValue) -> Result<Pipeline, JsError> {
+        let precision = precision_option(&options)?;
         let mut source = MemorySource::new();
         for key in Object::keys(&files).iter() {
             let path = key
@@ -107,7 +140,7 @@ impl Pipeline {
                 .map_err(|_| JsError::new(&format!("{path}: expected a Uint8Array")))?;
             source.insert(path, bytes.to_vec());
         }
-        let device = crate::device::gpu().await.map_err(js_err)?;
+        let device = crate::device::gpu_for(precision).await.map_err(js_err)?;
         let inner = StableDiffusion::load(&source, &device).map_err(js_err)?;
         Ok(Pipeline {
             inner,
@@ -135,6 +168,33 @@ impl Pipeline {
     #[wasm_bindgen(js_name = nativeSize)]
     pub fn native_size(&self) -> usize {
         self.inner.native_size()
+    }
+
+    /// Destroys the model's GPU device, as a driver reset would, for tests of recovery: the
+    /// next `generate` fails saying so, and the next load gets a fresh device.
+    #[wasm_bindgen(js_name = loseDeviceForTesting)]
+    pub fn lose_device_for_testing(&self) -> Result<(), JsError> {
+        crate::device::lose(self.inner.device()).map_err(js_err)
+    }
+
+    /// The device the model runs on: `{ adapter, precision: "f16" | "f32",
+    /// maxBindingBytes, shaderF16 }`.
+    #[wasm_bindgen(js_name = deviceInfo)]
+    pub fn device_info(&self) -> Result<JsValue, JsError> {
+        let limits = crate::device::limits(self.inner.device());
+        let info = Object::new();
+        let set = |key: &str, value: JsValue| Reflect::set(&info, &key.into(), &value);
+        set("adapter", limits.adapter.into())
+            .and_then(|_| {
+                set(
+                    "precision",
+                    if limits.computes_f16 { "f16" } else { "f32" }.into(),
+                )
+            })
+            .and_then(|_| set("maxBindingBytes", (limits.max_binding_bytes as f64).into()))
+            .and_then(|_| set("shaderF16", limits.shader_f16.into()))
+            .map_err(|_| JsError::new("cannot build the device info"))?;
+        Ok(info.into())
     }
 
     /// Generates an image. `onStep(step, steps, timestep, preview?)` is called after every
@@ -384,10 +444,13 @@ enum Incoming {
 
 #[wasm_bindgen]
 impl ModelLoader {
-    /// Acquires the WebGPU device the weights will live on.
-    pub async fn create() -> Result<ModelLoader, JsError> {
+    /// Acquires the WebGPU device the weights will live on. `options.precision`: `"auto"`
+    /// (the default: f16 where the adapter has shader-f16, f32 otherwise), `"f32"` or `"f16"`.
+    /// After a device failure (reported by `generate`), the next loader gets a fresh device.
+    pub async fn create(options: JsValue) -> Result<ModelLoader, JsError> {
+        let precision = precision_option(&options)?;
         Ok(ModelLoader {
-            device: crate::device::gpu().await.map_err(js_err)?,
+            device: crate::device::gpu_for(precision).await.map_err(js_err)?,
             source: StagedSource::default(),
             current: None,
         })

@@ -1,40 +1,84 @@
 #![cfg(not(target_arch = "wasm32"))]
-//! A lost device (here destroyed on purpose, as a driver reset would) comes back as an error
-//! from the next generation, naming the loss: nothing hangs and nothing panics. Needs the
-//! wgpu backend: set LINA_TEST_GPU=1 (CI does, on lavapipe).
+//! A device that fails (destroyed on purpose, as a driver reset would; or a GPU operation that
+//! fails outside any error scope, as running out of memory does) comes back as an error from
+//! the next generation, naming the cause: nothing hangs and nothing panics. The shared device
+//! is then replaced, so loading the model again recovers without restarting. Needs the wgpu
+//! backend: set LINA_TEST_GPU=1 (CI does, on lavapipe).
 
 mod common;
 
+use burn::tensor::Device;
 use common::fixture;
 use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
 use lina::schedulers::Timesteps;
 use lina::source::DirSource;
 
-#[test]
-fn a_lost_device_is_an_error_not_a_hang() {
-    if std::env::var("LINA_TEST_GPU").as_deref() != Ok("1") {
-        eprintln!("skipped: needs the wgpu backend (set LINA_TEST_GPU=1 with a Vulkan driver)");
-        return;
-    }
-    let device = lina::device::gpu_with(&lina::device::GpuRequest::default()).unwrap();
-    let pipe = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &device).unwrap();
-    let opts = GenerateOptions {
+fn options() -> GenerateOptions {
+    GenerateOptions {
         prompt: "a red ball on a small mirror".into(),
         timesteps: Timesteps::Count(2),
         ..GenerateOptions::default()
-    };
-    pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+    }
+}
 
-    lina::device::lose(&device).unwrap();
+fn load(device: &Device) -> StableDiffusion {
+    StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), device).unwrap()
+}
+
+/// Generates, expecting an error and no panic; returns the error's message.
+fn failing_generation(pipe: &StableDiffusion) -> String {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+        pollster::block_on(pipe.generate(&options(), &mut NoHook, &CancelToken::new()))
     }));
-    let e = match outcome {
-        Ok(Ok(_)) => panic!("a generation on a lost device should fail"),
+    match outcome {
+        Ok(Ok(_)) => panic!("a generation on a failed device should fail"),
         Ok(Err(e)) => e.to_string(),
-        Err(_) => panic!("a lost device panicked instead of returning an error"),
-    };
+        Err(_) => panic!("a failed device panicked instead of returning an error"),
+    }
+}
+
+fn image(pipe: &StableDiffusion) -> Vec<u8> {
+    pollster::block_on(pipe.generate(&options(), &mut NoHook, &CancelToken::new()))
+        .unwrap()
+        .image
+        .rgb
+}
+
+fn gpu() -> Option<Device> {
+    if std::env::var("LINA_TEST_GPU").as_deref() != Ok("1") {
+        eprintln!("skipped: needs the wgpu backend (set LINA_TEST_GPU=1 with a Vulkan driver)");
+        return None;
+    }
+    Some(pollster::block_on(lina::device::gpu()).unwrap())
+}
+
+// One test, so that the two failures of the shared device happen in order.
+#[test]
+fn a_failed_device_is_an_error_and_the_next_load_recovers() {
+    let Some(device) = gpu() else { return };
+    let pipe = load(&device);
+    let expected = image(&pipe);
+
+    // Lost.
+    lina::device::lose(&device).unwrap();
+    let e = failing_generation(&pipe);
     eprintln!("{e}");
     assert!(e.contains("the GPU device was lost (Destroyed)"), "{e}");
     assert!(e.contains("load the model again"), "{e}");
+
+    // Loading again opens a fresh device, which draws the same image.
+    let fresh = pollster::block_on(lina::device::gpu()).unwrap();
+    assert_ne!(fresh, device);
+    let pipe = load(&fresh);
+    assert_eq!(image(&pipe), expected);
+
+    // A GPU operation that fails outside any error scope (burn's own handler would panic).
+    lina::device::provoke_error(&fresh).unwrap();
+    let e = failing_generation(&pipe);
+    eprintln!("{e}");
+    assert!(e.contains("a GPU operation failed"), "{e}");
+    assert!(e.contains("load the model again"), "{e}");
+    let again = pollster::block_on(lina::device::gpu()).unwrap();
+    assert_ne!(again, fresh);
+    assert_eq!(image(&load(&again)), expected);
 }

@@ -36,7 +36,7 @@ fn the_f16_pipeline_stays_within_4_of_255_of_the_f32_one() {
     let f32_device = pollster::block_on(lina::device::gpu()).unwrap();
     let f16_device = match lina::device::gpu_with(&GpuRequest {
         max_binding_bytes: None,
-        f16: true,
+        precision: lina::device::Precision::F16,
     }) {
         Ok(d) => d,
         Err(e) if e.to_string().contains("shader-f16") => {

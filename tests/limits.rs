@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{fixture, max_abs_diff, values};
 use lina::nn::{Embedding, multi_head_attention};
-use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina::pipeline::{GenerateOptions, StableDiffusion};
 use lina::schedulers::Timesteps;
 use lina::source::DirSource;
 use lina::weights::WeightsUpload;
@@ -34,7 +34,7 @@ fn small_gpu() -> Option<Device> {
             .get_or_init(|| {
                 lina::device::gpu_with(&lina::device::GpuRequest {
                     max_binding_bytes: Some(LIMIT),
-                    f16: false,
+                    precision: lina::device::Precision::F32,
                 })
                 .expect("reduced-limit device")
             })
@@ -120,28 +120,47 @@ fn an_embedding_larger_than_one_buffer_is_split_and_looks_up_the_same() {
 }
 
 #[test]
-fn a_generation_too_big_for_the_limit_is_refused_and_a_small_one_runs() {
+fn a_generation_too_big_for_the_limit_is_refused_and_the_vae_decodes_in_bands() {
     let Some(gpu) = small_gpu() else { return };
-    let model = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &gpu).unwrap();
+    let load = |device: &Device| {
+        StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), device).unwrap()
+    };
+    let model = load(&gpu);
     let options = |side: usize| GenerateOptions {
         prompt: "a red ball on a small mirror".into(),
-        timesteps: Timesteps::Count(2),
+        timesteps: Timesteps::Count(1),
         width: Some(side),
         height: Some(side),
         ..GenerateOptions::default()
     };
-    // At 512x512 the tiny VAE's last block holds 16 channels x 512 x 512: 16 MiB.
-    let e = match model.start(&options(512)) {
-        Ok(_) => panic!("512x512 should not fit an 8 MiB binding limit"),
+    // At 1024x1024 the UNet's feed-forward holds 2 x 16384 x 256 f32s: 32 MiB, which no
+    // banding helps.
+    let e = match model.start(&options(1024)) {
+        Ok(_) => panic!("1024x1024 should not fit an 8 MiB binding limit"),
         Err(e) => e.to_string(),
     };
     assert!(
         e.contains("too large for this device")
-            && e.contains("VAE decoder")
-            && e.contains("16.0 MiB"),
+            && e.contains("UNet level 0 feed-forward")
+            && e.contains("32.0 MiB"),
         "{e}"
     );
-    let done =
-        pollster::block_on(model.generate(&options(64), &mut NoHook, &CancelToken::new())).unwrap();
-    assert_eq!(done.image.rgb.len(), 64 * 64 * 3);
+    // At 512x512 the VAE's last block would hold 16 channels x 512 x 512 (16 MiB) whole;
+    // the run is accepted, and the decoder works in three row bands instead, giving the
+    // image a roomy device draws whole.
+    assert!(model.start(&options(512)).is_ok());
+    let cpu = lina::device::cpu();
+    let z = Tensor::<4>::random([1, 4, 64, 64], Distribution::Normal(0.0, 1.0), &cpu);
+    let decode = |model: &StableDiffusion, device: &Device| {
+        values(
+            model
+                .vae()
+                .decode_scaled(Tensor::from_data(z.to_data(), device)),
+        )
+    };
+    let roomy_device = pollster::block_on(lina::device::gpu()).unwrap();
+    let banded = decode(&model, &gpu);
+    let whole = decode(&load(&roomy_device), &roomy_device);
+    let err = max_abs_diff(&banded, &whole);
+    assert!(err < 1e-4, "banded and whole decodes differ by {err}");
 }

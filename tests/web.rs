@@ -93,6 +93,17 @@ fn files_of(model: &[(&str, &[u8])], edit: impl Fn(&str, &[u8]) -> Vec<u8>) -> O
     obj
 }
 
+/// Device options asking for f32: the reference images were drawn in f32.
+fn f32_device() -> JsValue {
+    device_options("f32")
+}
+
+fn device_options(precision: &str) -> JsValue {
+    let options = Object::new();
+    Reflect::set(&options, &"precision".into(), &precision.into()).unwrap();
+    options.into()
+}
+
 fn message(err: wasm_bindgen::JsError) -> String {
     let value: JsValue = err.into();
     value.dyn_into::<js_sys::Error>().unwrap().message().into()
@@ -100,7 +111,7 @@ fn message(err: wasm_bindgen::JsError) -> String {
 
 #[wasm_bindgen_test]
 async fn tiny_pipeline_in_the_browser_matches_diffusers() {
-    let pipe = Pipeline::load(files(|_, b| b.to_vec()))
+    let pipe = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
         .await
         .map_err(message)
         .unwrap();
@@ -149,7 +160,7 @@ fn rgb_of(result: &JsValue) -> Vec<u8> {
 /// The same settings as tests/default_model.rs, whose CPU output the reference image is.
 #[wasm_bindgen_test]
 async fn the_embedded_default_model_draws_its_reference_image() {
-    let pipe = Pipeline::load(files_of(DEFAULT_MODEL, |_, b| b.to_vec()))
+    let pipe = Pipeline::load(files_of(DEFAULT_MODEL, |_, b| b.to_vec()), f32_device())
         .await
         .map_err(message)
         .unwrap();
@@ -185,7 +196,7 @@ async fn the_embedded_default_model_draws_its_reference_image() {
 /// LINA in the browser: a plan in the options runs the interventions and reports them.
 #[wasm_bindgen_test]
 async fn a_plan_runs_lina_in_the_browser() {
-    let pipe = Pipeline::load(files_of(DEFAULT_MODEL, |_, b| b.to_vec()))
+    let pipe = Pipeline::load(files_of(DEFAULT_MODEL, |_, b| b.to_vec()), f32_device())
         .await
         .map_err(message)
         .unwrap();
@@ -273,13 +284,16 @@ async fn fetch_into(
 #[wasm_bindgen_test]
 async fn a_model_streams_in_through_fetch_and_draws_the_same_image() {
     let model: Vec<(&str, Vec<u8>)> = FILES.iter().map(|(p, b)| (*p, b.to_vec())).collect();
-    let mut loader = ModelLoader::create().await.map_err(message).unwrap();
+    let mut loader = ModelLoader::create(f32_device())
+        .await
+        .map_err(message)
+        .unwrap();
     let reported = fetch_into(&mut loader, &model).await.unwrap();
     for ((path, bytes), got) in model.iter().zip(&reported) {
         assert_eq!(*got as usize, bytes.len(), "progress of {path}");
     }
     let streamed = Pipeline::from_loader(loader).map_err(message).unwrap();
-    let whole = Pipeline::load(files(|_, b| b.to_vec()))
+    let whole = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
         .await
         .map_err(message)
         .unwrap();
@@ -317,7 +331,10 @@ async fn a_truncated_download_is_a_js_error_naming_the_file() {
             (*p, b[..keep].to_vec())
         })
         .collect();
-    let mut loader = ModelLoader::create().await.map_err(message).unwrap();
+    let mut loader = ModelLoader::create(f32_device())
+        .await
+        .map_err(message)
+        .unwrap();
     let err = fetch_into(&mut loader, &model).await.expect_err("refused");
     assert!(
         err.contains("unet/diffusion_pytorch_model.safetensors") && err.contains("truncated"),
@@ -334,7 +351,7 @@ async fn a_truncated_weight_file_is_a_js_error_naming_it() {
             b.to_vec()
         }
     });
-    let err = Pipeline::load(broken)
+    let err = Pipeline::load(broken, f32_device())
         .await
         .err()
         .map(message)
@@ -347,7 +364,7 @@ async fn a_truncated_weight_file_is_a_js_error_naming_it() {
 
 #[wasm_bindgen_test]
 async fn bad_options_are_js_errors() {
-    let pipe = Pipeline::load(files(|_, b| b.to_vec()))
+    let pipe = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
         .await
         .map_err(message)
         .unwrap();
@@ -415,7 +432,7 @@ async fn the_checker_and_the_diagnostics_run_in_the_browser() {
     assert!(ok < all, "the broken render passed {ok}/{all}");
 
     // A step sweep has a point per step; re-inpainting a node gives an image and verdicts.
-    let pipe = Pipeline::load(files(|_, b| b.to_vec()))
+    let pipe = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
         .await
         .map_err(message)
         .unwrap();
@@ -469,4 +486,129 @@ async fn the_checker_and_the_diagnostics_run_in_the_browser() {
         .map(message)
         .expect("an unknown node is refused");
     assert!(err.contains("unicorn"), "{err}");
+}
+
+/// By default the device computes in f16 where the adapter has shader-f16, and the image
+/// stays close to f32's; f16 on an adapter without it, and unknown options, are errors.
+#[wasm_bindgen_test]
+async fn precision_is_chosen_from_the_adapter_and_can_be_overridden() {
+    let reference = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
+        .await
+        .map_err(message)
+        .unwrap();
+    let auto = Pipeline::load(files(|_, b| b.to_vec()), JsValue::UNDEFINED)
+        .await
+        .map_err(message)
+        .unwrap();
+    let info = |pipe: &Pipeline| {
+        let info = pipe.device_info().map_err(message).unwrap();
+        let get = |k: &str| Reflect::get(&info, &k.into()).unwrap();
+        (
+            get("precision").as_string().unwrap(),
+            get("shaderF16").as_bool().unwrap(),
+        )
+    };
+    let (precision, shader_f16) = info(&auto);
+    web_sys::console::log_1(
+        &format!("auto precision: {precision} (shader-f16: {shader_f16})").into(),
+    );
+    assert_eq!(info(&reference).0, "f32");
+    assert_eq!(precision, if shader_f16 { "f16" } else { "f32" });
+
+    let options = || {
+        let options = Object::new();
+        Reflect::set(
+            &options,
+            &"prompt".into(),
+            &"a red ball on a small mirror".into(),
+        )
+        .unwrap();
+        Reflect::set(&options, &"steps".into(), &4.into()).unwrap();
+        JsValue::from(options)
+    };
+    let a = rgb_of(
+        &reference
+            .generate(options(), None)
+            .await
+            .map_err(message)
+            .unwrap(),
+    );
+    let b = rgb_of(
+        &auto
+            .generate(options(), None)
+            .await
+            .map_err(message)
+            .unwrap(),
+    );
+    let worst = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    assert!(worst <= 4, "{precision} is off f32 by {worst}/255");
+
+    let forced = Pipeline::load(files(|_, b| b.to_vec()), device_options("f16")).await;
+    match (shader_f16, forced) {
+        (true, Ok(pipe)) => assert_eq!(info(&pipe).0, "f16"),
+        (false, Err(e)) => {
+            let e = message(e);
+            assert!(e.contains("shader-f16"), "{e}");
+        }
+        (_, Err(e)) => panic!("f16 refused on an adapter with shader-f16: {}", message(e)),
+        (_, Ok(_)) => panic!("f16 accepted on an adapter without shader-f16"),
+    }
+    let e = Pipeline::load(files(|_, b| b.to_vec()), device_options("f64"))
+        .await
+        .err()
+        .map(message)
+        .expect("refused");
+    assert!(e.contains("precision must be"), "{e}");
+}
+
+/// A lost device (destroyed through the test hook, as a driver reset would) is an error from
+/// the next generation, and loading the model again recovers without reloading the page.
+#[wasm_bindgen_test]
+async fn a_lost_device_is_an_error_and_loading_again_recovers() {
+    let options = || {
+        let options = Object::new();
+        Reflect::set(
+            &options,
+            &"prompt".into(),
+            &"a red ball on a small mirror".into(),
+        )
+        .unwrap();
+        Reflect::set(&options, &"steps".into(), &2.into()).unwrap();
+        JsValue::from(options)
+    };
+    let pipe = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
+        .await
+        .map_err(message)
+        .unwrap();
+    let expected = rgb_of(
+        &pipe
+            .generate(options(), None)
+            .await
+            .map_err(message)
+            .unwrap(),
+    );
+    pipe.lose_device_for_testing().map_err(message).unwrap();
+    let e = pipe
+        .generate(options(), None)
+        .await
+        .err()
+        .map(message)
+        .expect("a lost device fails");
+    assert!(
+        e.contains("lost") && e.contains("load the model again"),
+        "{e}"
+    );
+
+    let again = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
+        .await
+        .map_err(message)
+        .unwrap();
+    let image = rgb_of(
+        &again
+            .generate(options(), None)
+            .await
+            .map_err(message)
+            .unwrap(),
+    );
+    assert_eq!(image, expected);
 }

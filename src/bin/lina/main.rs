@@ -25,7 +25,7 @@ mod cli {
     pub(super) const USAGE: &str = "usage:
       lina generate --model DIR --prompt TEXT [--negative TEXT] [--seed N]
                     [--steps N | --timesteps T1,T2,..] [--guidance G] [--width W] [--height H]
-                    [--scheduler ddim|euler|euler_a|dpm++2m|lcm] [--clip-skip K] [--device cpu|gpu|gpu-f16] [--out FILE.png]
+                    [--scheduler ddim|euler|euler_a|dpm++2m|lcm] [--clip-skip K] [--device cpu|gpu|gpu-f32|gpu-f16] [--out FILE.png]
                     [--plan baseline|lina|JSON|FILE] [--csg CSG.json]
                     [--init-image IN.png [--strength S] [--mask MASK.png]]  (img2img, inpainting:
                     white in the mask is regenerated)
@@ -34,7 +34,7 @@ mod cli {
       lina memory (--model DIR | --unet F --vae F --text-encoder F) [--sizes 256,512,..]
                     (weights per component and the largest tensor at each size, from configs)
       lina bench-unet --config UNET_CONFIG.json [--latent N] [--context-len L] [--repeat R]
-                    [--device cpu|gpu]   (random weights; times one CFG-batch UNet call)
+                    [--device cpu|gpu|gpu-f32|gpu-f16]   (random weights; times one CFG-batch UNet call)
       lina probe --model DIR --suite id|ood|train[:CATEGORY] [--seeds N] [--count N]
                     [--steps N] [--guidance G] [--scheduler S] [--device cpu|gpu]
                     [--plan baseline|lina|JSON|FILE] --out DIR
@@ -138,15 +138,28 @@ mod cli {
             human_bytes(total),
             human_bytes(total / 2)
         );
-        println!("\n| size | largest tensor (guided, f32) | where |\n| --- | --- | --- |");
+        // WebGPU's default binding limit, which many adapters do not exceed.
+        let webgpu_default = 128 << 20;
+        println!(
+            "\n| size | largest tensor (guided, f32) | where | with a 128 MiB binding limit |\n| --- | --- | --- | --- |"
+        );
         for side in sizes {
-            let needs = memory::activations(&unet, &vae, side, side, 2, false);
-            let top = needs.iter().max_by_key(|n| n.bytes).expect("three stages");
+            let largest = |limit: u64| {
+                let needs = memory::activations(&unet, &vae, side, side, 2, false, limit);
+                needs
+                    .into_iter()
+                    .max_by_key(|n| n.bytes)
+                    .expect("three stages")
+            };
+            let (whole, bounded) = (largest(u64::MAX), largest(webgpu_default));
             println!(
-                "| {side}x{side} | {} {:?} | {} |",
-                human_bytes(top.bytes),
-                top.shape,
-                top.what
+                "| {side}x{side} | {} {:?} | {} | {} {:?}, {} |",
+                human_bytes(whole.bytes),
+                whole.shape,
+                whole.what,
+                human_bytes(bounded.bytes),
+                bounded.shape,
+                bounded.what
             );
         }
         Ok(())
