@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for the web build and the tests: Chromium and its
-# driver (WebGPU on SwiftShader), lavapipe (Vulkan on the CPU), the wasm32 target and the
-# wasm-bindgen CLI that matches Cargo.lock. Safe to run again: it skips what is there.
+# driver (WebGPU on SwiftShader), Node.js (the page's end-to-end tests), lavapipe (Vulkan on
+# the CPU), the wasm32 target and the wasm-bindgen CLI that matches Cargo.lock. Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

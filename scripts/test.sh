@@ -18,3 +18,8 @@ echo "== browser tests (headless Chromium, WebGPU on SwiftShader)"
 # give all browser tests together up to 25 minutes.
 CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=1500 \
   cargo test --release --target wasm32-unknown-unknown --test web
+
+echo "== page and embed API end to end (headless Chromium, playwright-core)"
+scripts/build-web.sh
+npm ci --prefix tests/e2e --no-audit --no-fund
+npm test --prefix tests/e2e

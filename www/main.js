@@ -1,27 +1,6 @@
-// The page: a thin driver over the wasm API (www/pkg, built by scripts/build-web.sh).
-import init, { ModelLoader, Pipeline } from "./pkg/lina.js";
-
-const MODEL_URL = "models/default/";
-// The diffusers folder layout; optional files may be absent.
-const MODEL_FILES = {
-  required: [
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "unet/config.json",
-    "vae/config.json",
-  ],
-  weights: [
-    "text_encoder/model.safetensors",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/diffusion_pytorch_model.safetensors",
-  ],
-  optional: [
-    "tokenizer/tokenizer.json",
-    "tokenizer/tokenizer_config.json",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
-  ],
-};
+// The page: a client of the embed API (lina.js), which runs the model in a Web Worker so that
+// the page stays responsive while the model loads and generates.
+import { loadModel } from "./lina.js";
 
 const $ = (id) => document.getElementById(id);
 const status = (text, isError = false) => {
@@ -29,29 +8,15 @@ const status = (text, isError = false) => {
   $("status").classList.toggle("error", isError);
 };
 
-// Every file streams into the loader: weight files go to the GPU tensor by tensor as their
-// bytes arrive, so none is ever whole in memory and the progress bar follows the download.
-async function loadModel() {
-  const loader = await ModelLoader.create();
-  const all = [
-    ...MODEL_FILES.required.map((p) => [p, true]),
-    ...MODEL_FILES.weights.map((p) => [p, true]),
-    ...MODEL_FILES.optional.map((p) => [p, false]),
-  ];
-  for (const [path, required] of all) {
-    status(`Downloading ${path}…`);
-    const found = await loader.fetch(path, MODEL_URL + path, (received, total) => {
-      if (total) $("progress").value = received / total;
-      status(`Downloading ${path}: ${(received / 1048576).toFixed(1)} MiB`);
-    });
-    if (!found && required) throw new Error(`${path}: not found at ${MODEL_URL}${path}`);
-  }
-  $("progress").value = 0;
-  status("Building the model…");
-  return Pipeline.fromLoader(loader);
-}
+let model = null;
+let running = null;
+// What the model was loaded from, to load it again after a device failure.
+let source = {};
 
-let pipeline = null;
+const onProgress = ({ path, received, total }) => {
+  if (total) $("progress").value = received / total;
+  status(`Downloading ${path}: ${(received / 1048576).toFixed(1)} MiB`);
+};
 
 function readOptions() {
   const options = {
@@ -65,11 +30,17 @@ function readOptions() {
   return options;
 }
 
-function draw(result) {
+function draw(image) {
   const canvas = $("image");
-  canvas.width = result.width;
-  canvas.height = result.height;
-  canvas.getContext("2d").putImageData(new ImageData(result.rgba, result.width, result.height), 0, 0);
+  canvas.width = image.width;
+  canvas.height = image.height;
+  canvas.getContext("2d").putImageData(new ImageData(image.rgba, image.width, image.height), 0, 0);
+}
+
+function ready() {
+  const device = model.deviceInfo;
+  status(`Ready (${device.adapter}, ${device.precision}).`);
+  $("generate").disabled = false;
 }
 
 async function generate(event) {
@@ -78,36 +49,86 @@ async function generate(event) {
   $("cancel").disabled = false;
   $("progress").value = 0;
   const started = performance.now();
+  running = new AbortController();
   try {
-    const result = await pipeline.generate(readOptions(), (step, steps, timestep) => {
-      $("progress").value = step / steps;
-      status(`Step ${step}/${steps} (t = ${timestep.toFixed(0)})`);
-      // Yield to the event loop so the page paints and a Cancel click is seen.
-      return new Promise((resolve) => setTimeout(resolve, 0));
+    const result = await model.generate(readOptions(), {
+      signal: running.signal,
+      previews: $("previews").checked,
+      onStep: ({ step, steps, timestep, preview }) => {
+        $("progress").value = step / steps;
+        status(`Step ${step}/${steps} (t = ${timestep.toFixed(0)})`);
+        if (preview) draw(preview);
+      },
     });
     draw(result);
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     status([`Done in ${seconds} s.`, ...result.warnings].join(" "));
   } catch (error) {
     status(error.message, true);
+    // A failed GPU device (lost, out of memory) took the model's weights with it; a fresh
+    // device comes with the next load, so load the model again rather than the page.
+    if (error.message.includes("load the model again")) await reload(error.message);
   } finally {
-    $("generate").disabled = false;
+    running = null;
+    $("generate").disabled = model === null;
     $("cancel").disabled = true;
   }
 }
 
-async function main() {
+// Loads another model into the worker; on failure the page says why and has no model until
+// one loads.
+async function switchModel(wanted, what) {
+  $("generate").disabled = true;
+  status(`Loading ${what}…`);
   try {
-    await init();
+    await model.load({ ...wanted, onProgress });
+    source = wanted;
+    $("progress").value = 0;
+    ready();
+  } catch (error) {
+    status(`${what}: ${error.message}`, true);
+  }
+}
+
+// The folder picker gives paths under the chosen folder ("my-model/unet/config.json"); the
+// model wants them from the folder down.
+function folderFiles(list) {
+  const files = {};
+  for (const file of list) {
+    const path = file.webkitRelativePath || file.name;
+    files[path.slice(path.indexOf("/") + 1)] = file;
+  }
+  return files;
+}
+
+async function reload(reason) {
+  try {
+    await model.load({ ...source, onProgress });
+    status(`${reason} The model was loaded again; try once more.`, true);
+  } catch (error) {
+    status(`${reason} Loading the model again failed: ${error.message}`, true);
+  }
+}
+
+async function main() {
+  $("controls").addEventListener("submit", generate);
+  $("cancel").addEventListener("click", () => running?.abort());
+  $("model-folder").addEventListener("change", (event) =>
+    switchModel({ files: folderFiles(event.target.files) }, "the model from the folder"),
+  );
+  $("load-url").addEventListener("click", () =>
+    switchModel({ url: $("model-url").value }, `the model at ${$("model-url").value}`),
+  );
+  $("load-default").addEventListener("click", () => switchModel({}, "the embedded model"));
+  try {
     if (!navigator.gpu) throw new Error("This browser has no WebGPU (navigator.gpu is missing).");
-    pipeline = await loadModel();
-    status("Ready.");
-    $("generate").disabled = false;
+    status("Starting…");
+    model = await loadModel({ onProgress });
+    $("progress").value = 0;
+    ready();
   } catch (error) {
     status(error.message, true);
   }
-  $("controls").addEventListener("submit", generate);
-  $("cancel").addEventListener("click", () => pipeline && pipeline.cancel());
 }
 
 main();

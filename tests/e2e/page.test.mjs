@@ -1,0 +1,227 @@
+// End-to-end tests of the page (www/index.html) and the embed API (www/lina.js) in headless
+// Chromium, WebGPU on SwiftShader. Needs www/pkg (scripts/build-web.sh) and Debian's
+// chromium; run by scripts/test.sh. Screenshots go to tests/e2e/artifacts/.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { readFile, mkdir, mkdtemp, cp, truncate, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { extname, join, normalize } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const WWW = fileURLToPath(new URL("../../www/", import.meta.url));
+const ARTIFACTS = fileURLToPath(new URL("./artifacts/", import.meta.url));
+// SwiftShader runs WebGPU on the CPU: loading and a few steps of the 64x64 model take tens of
+// seconds.
+const SLOW = 240_000;
+
+const TYPES = {
+  ".html": "text/html",
+  ".js": "text/javascript",
+  ".mjs": "text/javascript",
+  ".css": "text/css",
+  ".json": "application/json",
+  ".wasm": "application/wasm",
+  ".png": "image/png",
+};
+
+let server;
+let base;
+let browser;
+
+before(async () => {
+  await mkdir(ARTIFACTS, { recursive: true });
+  server = createServer(async (request, response) => {
+    const path = normalize(decodeURIComponent(new URL(request.url, "http://x").pathname));
+    const file = join(WWW, path.endsWith("/") ? `${path}index.html` : path);
+    if (!file.startsWith(WWW)) return response.writeHead(403).end();
+    try {
+      const body = await readFile(file);
+      response.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
+      response.end(body);
+    } catch {
+      response.writeHead(404).end();
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  base = `http://127.0.0.1:${server.address().port}/`;
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    ignoreDefaultArgs: ["--disable-gpu"],
+    args: [
+      "--enable-unsafe-webgpu",
+      "--enable-unsafe-swiftshader",
+      "--no-sandbox",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+      "--disable-quic",
+      "--no-default-browser-check",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+});
+
+async function openPage(path) {
+  const page = await browser.newPage();
+  page.on("console", (m) => m.type() === "error" && console.error(`[page] ${m.text()}`));
+  page.on("pageerror", (e) => console.error(`[page] ${e.message}`));
+  await page.goto(base + path);
+  return page;
+}
+
+const statusText = (page) => page.locator("#status").textContent();
+
+async function waitForStatus(page, pattern) {
+  await page.waitForFunction(
+    (source) => new RegExp(source).test(document.getElementById("status").textContent),
+    pattern.source,
+    { timeout: SLOW, polling: 250 },
+  );
+  return statusText(page);
+}
+
+// Distinct colours in the canvas: a blank or single-colour canvas means nothing was drawn.
+const canvasColours = (page, selector) =>
+  page.evaluate((selector) => {
+    const canvas = document.querySelector(selector);
+    const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+    const seen = new Set();
+    for (let i = 0; i < data.length; i += 4) seen.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+    return seen.size;
+  }, selector);
+
+test("the page loads the default model, and a prompt typed and submitted from the keyboard draws an image", { timeout: SLOW * 2 }, async () => {
+  const page = await openPage("");
+  const ready = await waitForStatus(page, /^Ready|rror/);
+  assert.match(ready, /^Ready \(.+, f(16|32)\)\.$/);
+
+  // Every control is reachable by its label.
+  for (const label of [
+    "Prompt",
+    "Negative prompt",
+    "Seed",
+    "Steps",
+    "Guidance",
+    "Scheduler",
+    "Live preview at every step",
+    "Load a diffusers-layout folder from this computer",
+    "Or from a URL (a folder)",
+  ]) {
+    assert.equal(await page.getByLabel(label, { exact: true }).count(), 1, label);
+  }
+  await page.getByLabel("Prompt", { exact: true }).fill("a blue cube on a table");
+  await page.getByLabel("Steps", { exact: true }).fill("3");
+  await page.getByRole("button", { name: "Generate" }).focus();
+  await page.keyboard.press("Enter");
+  const done = await waitForStatus(page, /^Done|rror/);
+  assert.match(done, /^Done in/);
+  assert.ok((await canvasColours(page, "#image")) > 50, "the canvas shows an image");
+  await page.screenshot({ path: join(ARTIFACTS, "page.png") });
+  await page.close();
+});
+
+test("Cancel stops a generation between steps, and the page can generate again", { timeout: SLOW * 2 }, async () => {
+  const page = await openPage("");
+  await waitForStatus(page, /^Ready|rror/);
+  await page.getByLabel("Steps", { exact: true }).fill("200");
+  await page.getByRole("button", { name: "Generate" }).click();
+  await waitForStatus(page, /^Step 2\//);
+  await page.getByRole("button", { name: "Cancel" }).click();
+  assert.match(await waitForStatus(page, /cancelled|^Done/), /cancelled/);
+  assert.equal(await page.getByRole("button", { name: "Generate" }).isEnabled(), true);
+  assert.equal(await page.getByRole("button", { name: "Cancel" }).isEnabled(), false);
+  await page.close();
+});
+
+test("a model folder picked from disk loads, and a corrupt weight file in it is a clear error", { timeout: SLOW * 3 }, async () => {
+  // Two copies of the default model's folder: one whole, one with its UNet weights cut short.
+  const good = await mkdtemp(join(tmpdir(), "lina-model-"));
+  await cp(join(WWW, "models/default"), join(good, "default"), { recursive: true });
+  const bad = await mkdtemp(join(tmpdir(), "lina-model-"));
+  await cp(join(WWW, "models/default"), join(bad, "default"), { recursive: true });
+  const unet = join(bad, "default/unet/diffusion_pytorch_model.safetensors");
+  await truncate(unet, Math.floor((await stat(unet)).size / 2));
+
+  const page = await openPage("");
+  await waitForStatus(page, /^Ready|rror/);
+  const picker = page.getByLabel("Load a diffusers-layout folder from this computer");
+  await picker.setInputFiles(join(bad, "default"));
+  const refused = await waitForStatus(page, /rror|truncated|^Ready/);
+  assert.match(refused, /unet\/diffusion_pytorch_model\.safetensors/);
+  assert.equal(await page.getByRole("button", { name: "Generate" }).isEnabled(), false);
+
+  await picker.setInputFiles(join(good, "default"));
+  assert.match(await waitForStatus(page, /^Ready|rror/), /^Ready/);
+  await page.getByLabel("Steps", { exact: true }).fill("2");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+  await page.close();
+});
+
+test("the embed example draws an image with the API alone", { timeout: SLOW * 2 }, async () => {
+  const page = await openPage("example.html");
+  assert.match(await waitForStatus(page, /^Done|^Error/), /^Done/);
+  assert.ok((await canvasColours(page, "#image")) > 50, "the canvas shows an image");
+  await page.screenshot({ path: join(ARTIFACTS, "example.png") });
+  await page.close();
+});
+
+test("through the API: a truncated weight file and a CSG with an unknown node are errors, and a lost device recovers", { timeout: SLOW * 3 }, async () => {
+  // Any page of the origin will do to import the module from; this one loads nothing.
+  const page = await openPage("lina.js");
+  const outcome = await page.evaluate(async () => {
+    const { loadModel, DEFAULT_MODEL_URL } = await import("./lina.js");
+    const paths = [
+      "scheduler/scheduler_config.json",
+      "text_encoder/config.json",
+      "text_encoder/model.safetensors",
+      "tokenizer/vocab.json",
+      "tokenizer/merges.txt",
+      "tokenizer/tokenizer_config.json",
+      "unet/config.json",
+      "unet/diffusion_pytorch_model.safetensors",
+      "vae/config.json",
+      "vae/diffusion_pytorch_model.safetensors",
+    ];
+    const files = {};
+    for (const path of paths) {
+      const blob = await (await fetch(DEFAULT_MODEL_URL + path)).blob();
+      // A download cut short: half of the UNet's weights.
+      files[path] = path.startsWith("unet/diffusion") ? blob.slice(0, blob.size / 2) : blob;
+    }
+    const out = {};
+    out.truncated = await loadModel({ files }).then(() => "loaded", (e) => e.message);
+
+    const model = await loadModel();
+    const options = { prompt: "a red ball on a small mirror", steps: 2 };
+    const csg = {
+      version: 1,
+      nodes: [{ id: "ball", class: "ball", colour: "red" }],
+      relations: [{ subject: "ball", predicate: "on", object: "mirror" }],
+    };
+    out.unknownNode = await model
+      .generate({ ...options, plan: { nodeWeight: 1 }, csg })
+      .then(() => "generated", (e) => e.message);
+
+    const first = await model.generate(options);
+    await model.loseDeviceForTesting();
+    out.lost = await model.generate(options).then(() => "generated", (e) => e.message);
+    await model.load();
+    const again = await model.generate(options);
+    out.recovered = first.rgba.every((v, i) => v === again.rgba[i]);
+    model.dispose();
+    return out;
+  });
+  assert.match(outcome.truncated, /unet\/diffusion_pytorch_model\.safetensors/);
+  assert.match(outcome.unknownNode, /unknown node "mirror"/);
+  assert.match(outcome.lost, /lost.*load the model again/);
+  assert.equal(outcome.recovered, true);
+  await page.close();
+});

@@ -1,0 +1,112 @@
+// Types of the embed API (lina.js).
+
+/** The embedded default model's folder URL. */
+export const DEFAULT_MODEL_URL: string;
+
+/** "auto": f16 where the adapter has shader-f16, f32 otherwise. */
+export type Precision = "auto" | "f32" | "f16";
+
+export interface ModelSource {
+  /** A diffusers-layout folder (the default model when neither url nor files is given). */
+  url?: string;
+  /** Diffusers paths ("unet/config.json") to file contents. */
+  files?: Record<string, Blob | Uint8Array>;
+  precision?: Precision;
+  /** Download or read progress, per file, in bytes. */
+  onProgress?: (progress: { path: string; received: number; total: number | undefined }) => void;
+  /** Where lina-worker.js is, when not next to lina.js. */
+  workerUrl?: string | URL;
+}
+
+export interface DeviceInfo {
+  adapter: string;
+  precision: "f32" | "f16";
+  maxBindingBytes: number;
+  shaderF16: boolean;
+}
+
+/** LINA's interventions (docs/lina.md); every field is optional. */
+export interface Plan {
+  /** Prompt-space guidance on the tokens of physical relations; 0 turns it off. */
+  promptStrength?: number;
+  /** The fraction of the run it acts in, [start, end]. */
+  promptWindow?: [number, number];
+  /** Latent-space guidance: each node's phrase inside its region; 0 turns it off. */
+  nodeWeight?: number;
+  /** Latent-space guidance: effects pushed out of regions they may not reach. */
+  effectWeight?: number;
+  regionWindow?: [number, number];
+  /** Schedule warp toward the noisy start; 1 is the plain schedule. */
+  warp?: number;
+  /** Where a layout the CSG lacks is read off the predicted image, as a fraction of the run. */
+  layoutAt?: number;
+}
+
+export interface GenerateOptions {
+  prompt: string;
+  negativePrompt?: string;
+  seed?: number;
+  steps?: number;
+  /** Explicit timesteps, instead of `steps`. */
+  timesteps?: number[];
+  guidanceScale?: number;
+  width?: number;
+  height?: number;
+  scheduler?: "ddim" | "euler" | "euler_a" | "dpm++2m" | "lcm";
+  clipSkip?: number;
+  initialLatents?: number[];
+  plan?: Plan;
+  /** A Causal Scene Graph (its JSON schema: docs/probe.md); parsed from the prompt when absent. */
+  csg?: object;
+}
+
+export interface Image {
+  width: number;
+  height: number;
+  rgba: Uint8ClampedArray;
+}
+
+export interface GenerateResult extends Image {
+  warnings: string[];
+  /** What LINA's plan did, in words. */
+  interventions: string[];
+}
+
+export interface StepEvent {
+  step: number;
+  steps: number;
+  timestep: number;
+  /** With `previews: true`: the predicted clean image so far. */
+  preview?: Image;
+}
+
+export interface GenerateControls {
+  onStep?: (event: StepEvent) => void;
+  previews?: boolean;
+  signal?: AbortSignal;
+}
+
+export declare function loadModel(source?: ModelSource): Promise<LinaModel>;
+
+export declare class LinaModel {
+  constructor(workerUrl?: string | URL);
+  deviceInfo: DeviceInfo | null;
+  nativeSize: number | null;
+  load(source?: ModelSource): Promise<{ deviceInfo: DeviceInfo; nativeSize: number }>;
+  generate(options: GenerateOptions, controls?: GenerateControls): Promise<GenerateResult>;
+  cancel(): void;
+  sweep(options: GenerateOptions): Promise<{
+    baselinePassed: boolean;
+    checks: object[];
+    points: { step: number; change: number; passed: boolean; checks: object[] }[];
+  }>;
+  reinpaint(
+    options: GenerateOptions,
+    image: Image,
+    node: string,
+    strength: number,
+  ): Promise<Image & { before: object[]; after: object[] }>;
+  checkImage(image: Image, csg: object): Promise<object[]>;
+  loseDeviceForTesting(): Promise<void>;
+  dispose(): void;
+}
