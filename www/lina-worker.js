@@ -29,19 +29,57 @@ let pipeline = null;
 
 const reply = (id, type, body = {}, transfer = []) => postMessage({ id, type, ...body }, transfer);
 
-// Streams one local file (a File or Blob) into the loader chunk by chunk.
-async function streamBlob(loader, path, blob, progress) {
+// Streams a body (a Blob's or a response's) into the loader chunk by chunk: weight files go
+// to the GPU tensor by tensor as their bytes arrive.
+async function streamInto(loader, path, body, total, progress) {
   loader.beginFile(path);
-  const reader = blob.stream().getReader();
+  const reader = body.getReader();
   let received = 0;
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
     loader.push(value);
     received += value.length;
-    progress(path, received, blob.size);
+    progress(path, received, total);
   }
   loader.endFile();
+}
+
+// Model files are kept in the Cache API, so that a second visit downloads nothing. A cached
+// file is used while the server reports the same size and modification time for it (one HEAD
+// request, no body), or when the server cannot be reached. An entry appears only once its
+// whole body is stored (Cache.put is atomic), so a download cut short is never used later.
+const CACHE = "lina-models-v1";
+
+async function openCache() {
+  try {
+    return self.caches ? await caches.open(CACHE) : null;
+  } catch {
+    return null; // storage disabled (private mode, insecure origin): download every time
+  }
+}
+
+async function stillCurrent(url, cached) {
+  try {
+    const head = await fetch(url, { method: "HEAD", cache: "no-store" });
+    if (!head.ok) return false;
+    const same = (name) => head.headers.get(name) === cached.headers.get(name);
+    return same("content-length") && same("last-modified") && same("etag");
+  } catch {
+    return true; // offline: the cached copy is all there is
+  }
+}
+
+// A model file's response, from the cache when current; `stored` settles when a fresh
+// download is in the cache (or failed to get there, quota exceeded say: the model still
+// loads from the download).
+async function modelFile(cache, url) {
+  const cached = await cache?.match(url);
+  if (cached && (await stillCurrent(url, cached))) return { response: cached, stored: null };
+  const response = await fetch(url, { cache: "no-store" });
+  const isFile = response.ok && !(response.headers.get("content-type") ?? "").includes("text/html");
+  const stored = cache && isFile ? cache.put(url, response.clone()) : null;
+  return { response, stored };
 }
 
 const handlers = {
@@ -53,15 +91,25 @@ const handlers = {
     pipeline = null;
     const loader = await ModelLoader.create({ precision });
     const progress = (path, received, total) => reply(id, "progress", { path, received, total });
+    const notes = [];
     if (url !== undefined) {
+      const cache = await openCache();
+      const stores = [];
       for (const path of [...REQUIRED, ...OPTIONAL]) {
-        const found = await loader.fetch(path, url + path, (received, total) =>
-          progress(path, received, total),
-        );
-        if (!found && REQUIRED.includes(path)) {
-          throw new Error(`${path}: not found at ${url}${path}`);
+        const { response, stored } = await modelFile(cache, url + path);
+        // A dev server that answers a missing file with its HTML page must not pass as one.
+        const html = (response.headers.get("content-type") ?? "").includes("text/html");
+        if (response.status === 404 || html) {
+          if (REQUIRED.includes(path)) throw new Error(`${path}: not found at ${url}${path}`);
+          continue;
         }
+        if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+        const total = Number(response.headers.get("content-length")) || undefined;
+        await streamInto(loader, path, response.body, total, progress);
+        if (stored) stores.push(stored.catch((e) => `${path}: ${e.message}`));
       }
+      const failed = (await Promise.all(stores)).filter((r) => typeof r === "string");
+      if (failed.length) notes.push(`not cached for the next visit (${failed[0]})`);
     } else {
       // Weights may come in shards, named by an index file next to them.
       const missing = REQUIRED.filter(
@@ -71,12 +119,12 @@ const handlers = {
       // Only the components' files: a folder may hold other checkpoints, READMEs, images.
       const wanted = Object.entries(files).filter(([path]) => COMPONENT_FILE.test(path));
       for (const [path, data] of wanted) {
-        if (data instanceof Blob) await streamBlob(loader, path, data, progress);
+        if (data instanceof Blob) await streamInto(loader, path, data.stream(), data.size, progress);
         else loader.addFile(path, data);
       }
     }
     pipeline = Pipeline.fromLoader(loader);
-    return { deviceInfo: pipeline.deviceInfo(), nativeSize: pipeline.nativeSize() };
+    return { deviceInfo: pipeline.deviceInfo(), nativeSize: pipeline.nativeSize(), notes };
   },
 
   async generate({ id, options, previews }) {

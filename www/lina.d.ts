@@ -92,7 +92,9 @@ export declare class LinaModel {
   constructor(workerUrl?: string | URL);
   deviceInfo: DeviceInfo | null;
   nativeSize: number | null;
-  load(source?: ModelSource): Promise<{ deviceInfo: DeviceInfo; nativeSize: number }>;
+  /** What the user should know about the loaded model ("not cached for the next visit"). */
+  notes: string[];
+  load(source?: ModelSource): Promise<{ deviceInfo: DeviceInfo; nativeSize: number; notes: string[] }>;
   generate(options: GenerateOptions, controls?: GenerateControls): Promise<GenerateResult>;
   cancel(): void;
   sweep(options: GenerateOptions): Promise<{

@@ -46,6 +46,8 @@ export class LinaModel {
     this.deviceInfo = null;
     /** Set by `load`: the model's native image side in pixels. */
     this.nativeSize = null;
+    /** Set by `load`: what the user should know about it ("not cached for the next visit"). */
+    this.notes = [];
   }
 
   /** (Re)loads a model into this worker; see `loadModel`. */
@@ -57,6 +59,7 @@ export class LinaModel {
     });
     this.deviceInfo = info.deviceInfo;
     this.nativeSize = info.nativeSize;
+    this.notes = info.notes;
     return info;
   }
 

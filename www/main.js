@@ -1,6 +1,7 @@
 // The page: a client of the embed API (lina.js), which runs the model in a Web Worker so that
 // the page stays responsive while the model loads and generates.
 import { loadModel } from "./lina.js";
+import { withMetadata } from "./png.js";
 
 const $ = (id) => document.getElementById(id);
 const status = (text, isError = false) => {
@@ -17,6 +18,43 @@ const onProgress = ({ path, received, total }) => {
   if (total) $("progress").value = received / total;
   status(`Downloading ${path}: ${(received / 1048576).toFixed(1)} MiB`);
 };
+
+// The controls that make up the settings, by option name; the page's address carries them
+// (#prompt=…&seed=…), so a link reproduces an image.
+const FIELDS = {
+  prompt: "prompt",
+  negativePrompt: "negative",
+  seed: "seed",
+  steps: "steps",
+  guidanceScale: "guidance",
+  scheduler: "scheduler",
+};
+
+function restoreFromAddress() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  for (const [name, id] of Object.entries(FIELDS)) {
+    if (params.has(name)) $(id).value = params.get(name);
+  }
+}
+
+function saveToAddress() {
+  const params = new URLSearchParams();
+  for (const [name, id] of Object.entries(FIELDS)) params.set(name, $(id).value);
+  history.replaceState(null, "", `#${params}`);
+}
+
+// The last image's settings, saved with it.
+let drawnWith = null;
+
+async function savePng() {
+  const blob = await new Promise((resolve) => $("image").toBlob(resolve, "image/png"));
+  const png = withMetadata(new Uint8Array(await blob.arrayBuffer()), drawnWith);
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([png], { type: "image/png" }));
+  link.download = `lina-${drawnWith.seed}.png`;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
 
 function readOptions() {
   const options = {
@@ -37,21 +75,24 @@ function draw(image) {
   canvas.getContext("2d").putImageData(new ImageData(image.rgba, image.width, image.height), 0, 0);
 }
 
-function ready() {
+function ready(notes = []) {
   const device = model.deviceInfo;
-  status(`Ready (${device.adapter}, ${device.precision}).`);
+  status([`Ready (${device.adapter}, ${device.precision}).`, ...notes].join(" "));
   $("generate").disabled = false;
 }
 
 async function generate(event) {
   event.preventDefault();
   $("generate").disabled = true;
+  $("save").disabled = true;
   $("cancel").disabled = false;
   $("progress").value = 0;
   const started = performance.now();
   running = new AbortController();
+  saveToAddress();
+  const options = readOptions();
   try {
-    const result = await model.generate(readOptions(), {
+    const result = await model.generate(options, {
       signal: running.signal,
       previews: $("previews").checked,
       onStep: ({ step, steps, timestep, preview }) => {
@@ -61,6 +102,8 @@ async function generate(event) {
       },
     });
     draw(result);
+    drawnWith = { ...options, page: location.href };
+    $("save").disabled = false;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     status([`Done in ${seconds} s.`, ...result.warnings].join(" "));
   } catch (error) {
@@ -81,10 +124,10 @@ async function switchModel(wanted, what) {
   $("generate").disabled = true;
   status(`Loading ${what}…`);
   try {
-    await model.load({ ...wanted, onProgress });
+    const { notes } = await model.load({ ...wanted, onProgress });
     source = wanted;
     $("progress").value = 0;
-    ready();
+    ready(notes);
   } catch (error) {
     status(`${what}: ${error.message}`, true);
   }
@@ -113,6 +156,8 @@ async function reload(reason) {
 async function main() {
   $("controls").addEventListener("submit", generate);
   $("cancel").addEventListener("click", () => running?.abort());
+  $("save").addEventListener("click", savePng);
+  restoreFromAddress();
   $("model-folder").addEventListener("change", (event) =>
     switchModel({ files: folderFiles(event.target.files) }, "the model from the folder"),
   );
@@ -125,7 +170,7 @@ async function main() {
     status("Starting…");
     model = await loadModel({ onProgress });
     $("progress").value = 0;
-    ready();
+    ready(model.notes);
   } catch (error) {
     status(error.message, true);
   }

@@ -29,17 +29,25 @@ const TYPES = {
 let server;
 let base;
 let browser;
+// Every request the server saw, as "METHOD /path STATUS".
+const requests = [];
 
 before(async () => {
   await mkdir(ARTIFACTS, { recursive: true });
   server = createServer(async (request, response) => {
     const path = normalize(decodeURIComponent(new URL(request.url, "http://x").pathname));
+    response.on("finish", () => requests.push(`${request.method} ${path} ${response.statusCode}`));
     const file = join(WWW, path.endsWith("/") ? `${path}index.html` : path);
     if (!file.startsWith(WWW)) return response.writeHead(403).end();
     try {
       const body = await readFile(file);
-      response.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
-      response.end(body);
+      const { mtime } = await stat(file);
+      response.writeHead(200, {
+        "content-type": TYPES[extname(file)] ?? "application/octet-stream",
+        "content-length": body.length,
+        "last-modified": mtime.toUTCString(),
+      });
+      response.end(request.method === "HEAD" ? undefined : body);
     } catch {
       response.writeHead(404).end();
     }
@@ -124,6 +132,39 @@ test("the page loads the default model, and a prompt typed and submitted from th
   assert.match(done, /^Done in/);
   assert.ok((await canvasColours(page, "#image")) > 50, "the canvas shows an image");
   await page.screenshot({ path: join(ARTIFACTS, "page.png") });
+
+  // The settings are in the address, and in the saved PNG's metadata.
+  const address = page.url();
+  assert.match(address, /#.*prompt=a\+blue\+cube\+on\+a\+table/);
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("button", { name: "Save PNG" }).click(),
+  ]);
+  const saved = new Uint8Array(await readFile(await download.path()));
+  const { readMetadata } = await import("../../www/png.js");
+  const settings = readMetadata(saved);
+  assert.equal(settings.prompt, "a blue cube on a table");
+  assert.equal(settings.steps, 3);
+  await page.close();
+
+  // A link with the settings fills the controls in.
+  const linked = await openPage(address.slice(base.length));
+  assert.equal(await linked.getByLabel("Prompt", { exact: true }).inputValue(), "a blue cube on a table");
+  assert.equal(await linked.getByLabel("Steps", { exact: true }).inputValue(), "3");
+  await linked.close();
+});
+
+test("a second visit loads the model from the browser's cache, downloading nothing", { timeout: SLOW * 2 }, async () => {
+  const page = await openPage("");
+  assert.match(await waitForStatus(page, /^Ready|rror/), /^Ready/);
+  // Optional files the model lacks (vae_tiny/) are asked for, and missed, on every visit.
+  const weightDownloads = () => requests.filter((r) => /^GET .*\.safetensors 200$/.test(r)).length;
+  const before = weightDownloads();
+  await page.reload();
+  const ready = await waitForStatus(page, /^Ready|rror/);
+  assert.match(ready, /^Ready/);
+  assert.doesNotMatch(ready, /not cached/);
+  assert.equal(weightDownloads(), before, "no weight file was downloaded again");
   await page.close();
 });
 
