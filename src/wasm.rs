@@ -318,10 +318,52 @@ impl Pipeline {
     #[wasm_bindgen(js_name = checkImage)]
     pub fn check_image(image: JsValue, csg: JsValue) -> Result<JsValue, JsError> {
         let image = image_from_js(&image)?;
-        let csg: serde_json::Value = serde_wasm_bindgen::from_value(csg)
-            .map_err(|e| JsError::new(&format!("invalid CSG: {e}")))?;
-        let csg = crate::csg::Csg::from_json(&csg.to_string()).map_err(js_err)?;
-        to_js(&crate::probe::check::check(&image, &csg))
+        to_js(&crate::probe::check::check(&image, &csg_from_js(csg)?))
+    }
+
+    /// The scene graph a prompt describes, with the effects physics implies added (reflections,
+    /// shadows), as the JSON object `generate`'s `csg` option takes.
+    #[wasm_bindgen(js_name = parsePrompt)]
+    pub fn parse_prompt(prompt: &str) -> Result<JsValue, JsError> {
+        to_js(&crate::csg::parse::parse(prompt).map_err(js_err)?)
+    }
+
+    /// Checks a scene graph (its version, unique ids, relations between known nodes, layouts
+    /// inside the image); returns it as read, or throws naming the problem.
+    #[wasm_bindgen(js_name = validateCsg)]
+    pub fn validate_csg(csg: JsValue) -> Result<JsValue, JsError> {
+        to_js(&csg_from_js(csg)?)
+    }
+
+    /// LINA's default plan, every field filled in: a starting point for the page's controls.
+    #[wasm_bindgen(js_name = linaPlan)]
+    pub fn lina_plan() -> Result<JsValue, JsError> {
+        to_js(&crate::intervene::Plan::lina())
+    }
+
+    /// The timesteps a run with these options takes: `{ plain, planned }`, the scheduler's
+    /// own and those of the options' `plan` (its warp moves them toward the noisy start).
+    pub fn timesteps(&self, options: JsValue) -> Result<JsValue, JsError> {
+        let (options, plan, _, _) = lina_inputs(options)?;
+        let plain = crate::intervene::timesteps(&self.inner, &options, &Default::default())
+            .map_err(js_err)?;
+        let planned = match plan {
+            Some(plan) => {
+                crate::intervene::timesteps(&self.inner, &options, &plan).map_err(js_err)?
+            }
+            None => plain.clone(),
+        };
+        let out = Object::new();
+        let list = |v: &[f64]| -> JsValue {
+            v.iter()
+                .map(|&t| JsValue::from(t))
+                .collect::<js_sys::Array>()
+                .into()
+        };
+        Reflect::set(&out, &"plain".into(), &list(&plain))
+            .and_then(|_| Reflect::set(&out, &"planned".into(), &list(&planned)))
+            .map_err(|_| JsError::new("cannot build the timesteps"))?;
+        Ok(out.into())
     }
 
     /// Stops the running generation after its current step; its promise rejects with
@@ -376,6 +418,14 @@ impl Pipeline {
             csg,
         ))
     }
+}
+
+/// A scene graph from its JSON object, validated. Through serde_json, whose errors name the
+/// unknown or missing field.
+fn csg_from_js(csg: JsValue) -> Result<crate::csg::Csg, JsError> {
+    let csg: serde_json::Value = serde_wasm_bindgen::from_value(csg)
+        .map_err(|e| JsError::new(&format!("invalid CSG: {e}")))?;
+    crate::csg::Csg::from_json(&csg.to_string()).map_err(js_err)
 }
 
 /// A serialisable value as a plain JS object (maps as objects, not `Map`s).

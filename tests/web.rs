@@ -612,3 +612,59 @@ async fn a_lost_device_is_an_error_and_loading_again_recovers() {
     );
     assert_eq!(image, expected);
 }
+
+/// The helpers the page's scene-graph editor and schedule plot use.
+#[wasm_bindgen_test]
+async fn scene_graph_and_schedule_helpers() {
+    let get = |o: &JsValue, k: &str| Reflect::get(o, &k.into()).unwrap();
+    let csg = Pipeline::parse_prompt("a red ball on a small mirror")
+        .map_err(message)
+        .unwrap();
+    let nodes = js_sys::Array::from(&get(&csg, "nodes"));
+    let implied: Vec<String> = nodes
+        .iter()
+        .filter(|n| get(n, "implied").as_bool() == Some(true))
+        .map(|n| get(&n, "class").as_string().unwrap())
+        .collect();
+    assert_eq!(implied, ["reflection"]);
+    // The parsed graph is valid as it is; with a relation to an unknown node it is not.
+    Pipeline::validate_csg(csg.clone())
+        .map_err(message)
+        .unwrap();
+    let relation = Object::new();
+    Reflect::set(&relation, &"subject".into(), &"object".into()).unwrap();
+    Reflect::set(&relation, &"predicate".into(), &"on".into()).unwrap();
+    Reflect::set(&relation, &"object".into(), &"table".into()).unwrap();
+    // (`Array::from` would copy the array.)
+    get(&csg, "relations")
+        .unchecked_into::<js_sys::Array>()
+        .push(&relation);
+    let e = Pipeline::validate_csg(csg)
+        .err()
+        .map(message)
+        .expect("refused");
+    assert!(e.contains("unknown node \"table\""), "{e}");
+
+    let plan = Pipeline::lina_plan().map_err(message).unwrap();
+    assert_eq!(get(&plan, "warp").as_f64(), Some(1.5));
+    let pipe = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
+        .await
+        .map_err(message)
+        .unwrap();
+    let options = Object::new();
+    Reflect::set(&options, &"prompt".into(), &"a red ball".into()).unwrap();
+    Reflect::set(&options, &"steps".into(), &10.into()).unwrap();
+    Reflect::set(&options, &"plan".into(), &plan).unwrap();
+    let steps = pipe.timesteps(options.into()).map_err(message).unwrap();
+    let list = |k: &str| -> Vec<f64> {
+        js_sys::Array::from(&get(&steps, k))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (plain, planned) = (list("plain"), list("planned"));
+    assert_eq!((plain.len(), planned.len()), (10, 10));
+    assert!(plain.windows(2).all(|w| w[0] > w[1]), "{plain:?}");
+    // The warp spends more of the run at high noise: the middle step is noisier.
+    assert!(planned[5] > plain[5], "{plain:?} {planned:?}");
+}

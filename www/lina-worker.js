@@ -139,6 +139,10 @@ const handlers = {
   sweep: ({ options }) => model().sweep(options),
   reinpaint: ({ options, image, node, strength }) => model().reinpaint(options, image, node, strength),
   checkImage: ({ image, csg }) => Pipeline.checkImage(image, csg),
+  parsePrompt: ({ prompt }) => Pipeline.parsePrompt(prompt),
+  validateCsg: ({ csg }) => Pipeline.validateCsg(csg),
+  linaPlan: () => Pipeline.linaPlan(),
+  timesteps: ({ options }) => model().timesteps(options),
   loseDeviceForTesting: () => model().loseDeviceForTesting(),
 };
 

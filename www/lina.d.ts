@@ -42,6 +42,32 @@ export interface Plan {
   layoutAt?: number;
 }
 
+/** A Causal Scene Graph (schema: docs/probe.md). */
+export interface Csg {
+  version: number;
+  nodes: {
+    id: string;
+    class: string;
+    colour?: string;
+    size?: string;
+    count?: number;
+    fill?: string;
+    implied?: boolean;
+    /** [x0, y0, x1, y1] in [0, 1] image coordinates. */
+    layout?: [number, number, number, number];
+  }[];
+  relations: { subject: string; predicate: string; object: string }[];
+  light?: string;
+}
+
+/** One of the probe checker's verdicts. */
+export interface Verdict {
+  kind: string;
+  check: string;
+  passed: boolean;
+  detail: string;
+}
+
 export interface GenerateOptions {
   prompt: string;
   negativePrompt?: string;
@@ -56,8 +82,8 @@ export interface GenerateOptions {
   clipSkip?: number;
   initialLatents?: number[];
   plan?: Plan;
-  /** A Causal Scene Graph (its JSON schema: docs/probe.md); parsed from the prompt when absent. */
-  csg?: object;
+  /** Parsed from the prompt when absent. */
+  csg?: Csg;
 }
 
 export interface Image {
@@ -107,8 +133,12 @@ export declare class LinaModel {
     image: Image,
     node: string,
     strength: number,
-  ): Promise<Image & { before: object[]; after: object[] }>;
-  checkImage(image: Image, csg: object): Promise<object[]>;
+  ): Promise<Image & { before: Verdict[]; after: Verdict[] }>;
+  checkImage(image: Image, csg: object): Promise<Verdict[]>;
+  parsePrompt(prompt: string): Promise<Csg>;
+  validateCsg(csg: Csg): Promise<Csg>;
+  linaPlan(): Promise<Required<Plan>>;
+  timesteps(options: GenerateOptions): Promise<{ plain: number[]; planned: number[] }>;
   loseDeviceForTesting(): Promise<void>;
   dispose(): void;
 }

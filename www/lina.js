@@ -97,6 +97,26 @@ export class LinaModel {
     return this.#request("checkImage", { image, csg });
   }
 
+  /** The scene graph a prompt describes, with the effects physics implies. */
+  parsePrompt(prompt) {
+    return this.#request("parsePrompt", { prompt });
+  }
+
+  /** Resolves to the scene graph if it is valid; rejects naming the problem otherwise. */
+  validateCsg(csg) {
+    return this.#request("validateCsg", { csg });
+  }
+
+  /** LINA's default plan, every field filled in. */
+  linaPlan() {
+    return this.#request("linaPlan", {});
+  }
+
+  /** `{ plain, planned }`: the run's timesteps without and with the options' plan. */
+  timesteps(options) {
+    return this.#request("timesteps", { options });
+  }
+
   /** Destroys the GPU device, as a driver reset would: for testing recovery. */
   loseDeviceForTesting() {
     return this.#request("loseDeviceForTesting", {});

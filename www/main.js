@@ -2,6 +2,8 @@
 // the page stays responsive while the model loads and generates.
 import { loadModel } from "./lina.js";
 import { withMetadata } from "./png.js";
+import { CsgEditor } from "./csg-editor.js";
+import { plotSchedule } from "./schedule-plot.js";
 
 const $ = (id) => document.getElementById(id);
 const status = (text, isError = false) => {
@@ -30,16 +32,33 @@ const FIELDS = {
   scheduler: "scheduler",
 };
 
+// With LINA on, the address carries the plan too (lina=JSON), and an edited scene graph
+// (csg=JSON); those need the model, so they are applied once it has loaded.
+const address = new URLSearchParams(location.hash.slice(1));
+
 function restoreFromAddress() {
-  const params = new URLSearchParams(location.hash.slice(1));
   for (const [name, id] of Object.entries(FIELDS)) {
-    if (params.has(name)) $(id).value = params.get(name);
+    if (address.has(name)) $(id).value = address.get(name);
+  }
+}
+
+async function restoreLinaFromAddress() {
+  try {
+    if (address.has("lina")) {
+      $("use-lina").checked = true;
+      showPlan({ ...readPlan(), ...JSON.parse(address.get("lina")) });
+    }
+    if (address.has("csg") && (await acceptGraph(JSON.parse(address.get("csg")), true))) editor.show(csg);
+  } catch (error) {
+    status(`The link's LINA settings are unreadable: ${error.message}`, true);
   }
 }
 
 function saveToAddress() {
   const params = new URLSearchParams();
   for (const [name, id] of Object.entries(FIELDS)) params.set(name, $(id).value);
+  if ($("use-lina").checked) params.set("lina", JSON.stringify(readPlan()));
+  if ($("use-lina").checked && graphEdited && csg) params.set("csg", JSON.stringify(csg));
   history.replaceState(null, "", `#${params}`);
 }
 
@@ -56,7 +75,7 @@ async function savePng() {
   setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
 }
 
-function readOptions() {
+function baseOptions() {
   const options = {
     prompt: $("prompt").value,
     negativePrompt: $("negative").value,
@@ -66,6 +85,142 @@ function readOptions() {
   };
   if ($("scheduler").value) options.scheduler = $("scheduler").value;
   return options;
+}
+
+// With LINA: the plan from the controls and the scene graph from the editor.
+function linaOptions() {
+  return csg ? { ...baseOptions(), plan: readPlan(), csg } : { ...baseOptions(), plan: readPlan() };
+}
+
+function readOptions() {
+  return $("use-lina").checked ? linaOptions() : baseOptions();
+}
+
+// ---- LINA: the plan's controls, the schedule plot, the scene graph ----
+
+const number = (id) => Number($(id).value);
+
+function readPlan() {
+  return {
+    promptStrength: number("promptStrength"),
+    promptWindow: [number("promptStart"), number("promptEnd")],
+    nodeWeight: number("nodeWeight"),
+    effectWeight: number("effectWeight"),
+    regionWindow: [number("regionStart"), number("regionEnd")],
+    warp: number("warp"),
+  };
+}
+
+function showPlan(plan) {
+  for (const id of ["promptStrength", "nodeWeight", "effectWeight", "warp"]) $(id).value = plan[id];
+  [$("promptStart").value, $("promptEnd").value] = plan.promptWindow;
+  [$("regionStart").value, $("regionEnd").value] = plan.regionWindow;
+  $("warp-value").value = plan.warp;
+}
+
+async function replotSchedule() {
+  $("warp-value").value = $("warp").value;
+  try {
+    plotSchedule($("schedule-plot"), await model.timesteps({ ...baseOptions(), plan: readPlan() }));
+  } catch (error) {
+    status(error.message, true);
+  }
+}
+
+// The scene graph: parsed from the prompt as it is typed, until the user edits it.
+let csg = null;
+let graphEdited = false;
+
+const csgStatus = (text, isError = false) => {
+  $("csg-status").textContent = text;
+  $("csg-status").classList.toggle("error", isError);
+};
+
+const editor = new CsgEditor({
+  nodes: $("csg-nodes"),
+  relations: $("csg-relations"),
+  json: $("csg-json"),
+  onChange: (next) => acceptGraph(next, true),
+});
+
+async function acceptGraph(next, edited) {
+  try {
+    csg = await model.validateCsg(next);
+    graphEdited = edited;
+    csgStatus(edited ? "Edited: the graph no longer follows the prompt." : "");
+    return true;
+  } catch (error) {
+    csgStatus(error.message, true);
+    return false;
+  }
+}
+
+async function graphFromPrompt() {
+  if (graphEdited || !model) return;
+  try {
+    csg = await model.parsePrompt($("prompt").value);
+    editor.show(csg);
+    csgStatus("");
+  } catch (error) {
+    csg = null;
+    csgStatus(error.message, true);
+  }
+}
+
+async function importGraph() {
+  let parsed;
+  try {
+    parsed = JSON.parse($("csg-json").value);
+  } catch (error) {
+    csgStatus(`The JSON does not parse: ${error.message}`, true);
+    return;
+  }
+  if (await acceptGraph(parsed, true)) editor.show(csg);
+}
+
+function showVerdicts(list, verdicts) {
+  list.replaceChildren(
+    ...verdicts.map((v) => {
+      const item = document.createElement("li");
+      item.className = v.passed ? "passed" : "failed";
+      item.textContent = `${v.check}${v.passed ? "" : ` (${v.detail})`}`;
+      return item;
+    }),
+  );
+}
+
+function drawInto(id, image) {
+  const canvas = $(id);
+  canvas.width = image.width;
+  canvas.height = image.height;
+  canvas.getContext("2d").putImageData(new ImageData(image.rgba, image.width, image.height), 0, 0);
+}
+
+// Baseline and LINA with the same settings and seed, each judged by the probe's checker on
+// the scene graph.
+async function compare() {
+  $("compare").disabled = true;
+  $("generate").disabled = true;
+  try {
+    const runs = [
+      ["baseline", baseOptions()],
+      ["lina", linaOptions()],
+    ];
+    for (const [name, options] of runs) {
+      status(`Comparing: generating the ${name === "lina" ? "LINA" : "baseline"} image…`);
+      const image = await model.generate(options, {
+        onStep: ({ step, steps }) => ($("progress").value = step / steps),
+      });
+      drawInto(`${name}-image`, image);
+      if (csg) showVerdicts($(`${name}-verdicts`), await model.checkImage(image, csg));
+    }
+    status("Compared.");
+  } catch (error) {
+    status(error.message, true);
+  } finally {
+    $("compare").disabled = false;
+    $("generate").disabled = false;
+  }
 }
 
 function draw(image) {
@@ -79,6 +234,9 @@ function ready(notes = []) {
   const device = model.deviceInfo;
   status([`Ready (${device.adapter}, ${device.precision}).`, ...notes].join(" "));
   $("generate").disabled = false;
+  $("compare").disabled = false;
+  graphFromPrompt();
+  replotSchedule();
 }
 
 async function generate(event) {
@@ -157,6 +315,23 @@ async function main() {
   $("controls").addEventListener("submit", generate);
   $("cancel").addEventListener("click", () => running?.abort());
   $("save").addEventListener("click", savePng);
+  let typing;
+  $("prompt").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(graphFromPrompt, 300);
+  });
+  for (const id of ["warp", "steps", "scheduler"]) $(id).addEventListener("input", replotSchedule);
+  $("add-node").addEventListener("click", () => editor.addNode());
+  $("add-relation").addEventListener("click", () => editor.addRelation());
+  $("csg-import").addEventListener("click", importGraph);
+  $("csg-reset").addEventListener("click", () => {
+    graphEdited = false;
+    graphFromPrompt();
+  });
+  $("compare").addEventListener("click", compare);
+  $("compare-slider").addEventListener("input", (event) =>
+    $("lina-image").style.setProperty("--split", `${event.target.value}%`),
+  );
   restoreFromAddress();
   $("model-folder").addEventListener("change", (event) =>
     switchModel({ files: folderFiles(event.target.files) }, "the model from the folder"),
@@ -170,6 +345,8 @@ async function main() {
     status("Starting…");
     model = await loadModel({ onProgress });
     $("progress").value = 0;
+    showPlan(await model.linaPlan());
+    await restoreLinaFromAddress();
     ready(model.notes);
   } catch (error) {
     status(error.message, true);

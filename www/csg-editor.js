@@ -1,0 +1,117 @@
+// The scene graph as a form: one row per node (id, class, colour, remove) and per relation
+// (subject, predicate, object, remove), plus its JSON for import and export. The model
+// validates every change (LinaModel.validateCsg); this module only edits.
+
+const CLASSES = ["ball", "cube", "cone", "person", "table", "floor", "mirror", "puddle", "jar", "sand", "water", "lamp", "shadow", "reflection"];
+const COLOURS = ["", "red", "green", "blue", "yellow", "purple"];
+const PREDICATES = ["on", "in", "left_of", "right_of", "behind", "close_to", "far_from", "reflection_of", "bounded_by", "shadow_of"];
+
+function select(label, options, value, onChange) {
+  const element = document.createElement("select");
+  element.setAttribute("aria-label", label);
+  for (const option of options) element.add(new Option(option || "(none)", option, false, option === (value ?? "")));
+  element.addEventListener("change", () => onChange(element.value));
+  return element;
+}
+
+function button(text, label, onClick) {
+  const element = document.createElement("button");
+  element.type = "button";
+  element.textContent = text;
+  element.setAttribute("aria-label", label);
+  element.addEventListener("click", onClick);
+  return element;
+}
+
+export class CsgEditor {
+  /** `onChange(csg)` after every edit made here. */
+  constructor({ nodes, relations, json, onChange }) {
+    this.nodesElement = nodes;
+    this.relationsElement = relations;
+    this.jsonElement = json;
+    this.onChange = onChange;
+    this.csg = null;
+  }
+
+  /** Shows `csg` (a valid scene graph). */
+  show(csg) {
+    this.csg = structuredClone(csg);
+    this.#render();
+  }
+
+  #edit(change) {
+    change(this.csg);
+    this.#render();
+    this.onChange(structuredClone(this.csg));
+  }
+
+  addNode() {
+    this.#edit((csg) => {
+      let n = csg.nodes.length + 1;
+      while (csg.nodes.some((node) => node.id === `node${n}`)) n++;
+      csg.nodes.push({ id: `node${n}`, class: "ball" });
+    });
+  }
+
+  addRelation() {
+    const [first, second] = this.csg.nodes;
+    if (!first) return;
+    this.#edit((csg) => csg.relations.push({ subject: first.id, predicate: "on", object: (second ?? first).id }));
+  }
+
+  #render() {
+    const csg = this.csg;
+    const ids = csg.nodes.map((node) => node.id);
+    this.nodesElement.replaceChildren(
+      ...csg.nodes.map((node, i) => {
+        const row = document.createElement("li");
+        const name = `node ${node.id}`;
+        const id = document.createElement("input");
+        id.value = node.id;
+        id.setAttribute("aria-label", `${name}: id`);
+        id.addEventListener("change", () =>
+          this.#edit((csg) => {
+            for (const r of csg.relations) {
+              if (r.subject === node.id) r.subject = id.value;
+              if (r.object === node.id) r.object = id.value;
+            }
+            csg.nodes[i].id = id.value;
+          }),
+        );
+        row.append(
+          id,
+          select(`${name}: class`, CLASSES, node.class, (v) => this.#edit((csg) => (csg.nodes[i].class = v))),
+          select(`${name}: colour`, COLOURS, node.colour, (v) =>
+            this.#edit((csg) => {
+              if (v) csg.nodes[i].colour = v;
+              else delete csg.nodes[i].colour;
+            }),
+          ),
+          button("Remove", `remove ${name}`, () =>
+            this.#edit((csg) => {
+              csg.nodes.splice(i, 1);
+              csg.relations = csg.relations.filter((r) => r.subject !== node.id && r.object !== node.id);
+            }),
+          ),
+        );
+        if (node.implied) row.append(" (implied)");
+        return row;
+      }),
+    );
+    this.relationsElement.replaceChildren(
+      ...csg.relations.map((relation, i) => {
+        const row = document.createElement("li");
+        const name = `relation ${i + 1}`;
+        const set = (key) => (v) => this.#edit((csg) => (csg.relations[i][key] = v));
+        row.append(
+          select(`${name}: subject`, ids, relation.subject, set("subject")),
+          select(`${name}: predicate`, PREDICATES, relation.predicate, set("predicate")),
+          select(`${name}: object`, ids, relation.object, set("object")),
+          button("Remove", `remove ${name}`, () => this.#edit((csg) => csg.relations.splice(i, 1))),
+        );
+        return row;
+      }),
+    );
+    this.jsonElement.value = JSON.stringify(csg, null, 1);
+  }
+}
