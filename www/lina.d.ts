@@ -123,10 +123,12 @@ export declare class LinaModel {
   load(source?: ModelSource): Promise<{ deviceInfo: DeviceInfo; nativeSize: number; notes: string[] }>;
   generate(options: GenerateOptions, controls?: GenerateControls): Promise<GenerateResult>;
   cancel(): void;
+  /** The plan's guidance at one step at a time: how much each step's guidance changes the
+   * image (mean absolute change, 0..255) and how many checks then pass. */
   sweep(options: GenerateOptions): Promise<{
-    baselinePassed: boolean;
-    checks: object[];
-    points: { step: number; change: number; passed: boolean; checks: object[] }[];
+    baselinePassed: number;
+    checks: number;
+    points: { step: number; change: number; passed: number; checks: number }[];
   }>;
   reinpaint(
     options: GenerateOptions,

@@ -3,7 +3,7 @@
 import { loadModel } from "./lina.js";
 import { withMetadata } from "./png.js";
 import { CsgEditor } from "./csg-editor.js";
-import { plotSchedule } from "./schedule-plot.js";
+import { plotSchedule, plotSweep } from "./plots.js";
 
 const $ = (id) => document.getElementById(id);
 const status = (text, isError = false) => {
@@ -146,6 +146,7 @@ const editor = new CsgEditor({
 async function acceptGraph(next, edited) {
   try {
     csg = await model.validateCsg(next);
+    listNodes();
     graphEdited = edited;
     csgStatus(edited ? "Edited: the graph no longer follows the prompt." : "");
     return true;
@@ -160,6 +161,7 @@ async function graphFromPrompt() {
   try {
     csg = await model.parsePrompt($("prompt").value);
     editor.show(csg);
+    listNodes();
     csgStatus("");
   } catch (error) {
     csg = null;
@@ -194,6 +196,58 @@ function drawInto(id, image) {
   canvas.width = image.width;
   canvas.height = image.height;
   canvas.getContext("2d").putImageData(new ImageData(image.rgba, image.width, image.height), 0, 0);
+}
+
+// Diagnostics: the step sweep, and re-inpainting one node's region of the last image.
+async function sweep() {
+  $("sweep").disabled = true;
+  status("Sweeping: one run per step…");
+  try {
+    const result = await model.sweep(linaOptions());
+    plotSweep($("sweep-chart"), result);
+    $("sweep-points").replaceChildren(
+      ...result.points.map((p) => {
+        const item = document.createElement("li");
+        item.textContent = `changes the image by ${p.change.toFixed(1)}/255; ${p.passed} of ${p.checks} checks pass`;
+        return item;
+      }),
+    );
+    status(`Swept ${result.points.length} steps; unguided, ${result.baselinePassed} of ${result.checks} checks pass.`);
+  } catch (error) {
+    status(error.message, true);
+  } finally {
+    $("sweep").disabled = false;
+  }
+}
+
+function listNodes() {
+  const chosen = $("reinpaint-node").value;
+  $("reinpaint-node").replaceChildren(
+    ...(csg?.nodes ?? []).map((node) => new Option(`${node.id} (${node.class})`, node.id, false, node.id === chosen)),
+  );
+}
+
+async function reinpaint() {
+  const canvas = $("image");
+  if (!drawnWith) {
+    status("Generate an image first: re-inpainting works on the last generated image.", true);
+    return;
+  }
+  $("reinpaint").disabled = true;
+  status(`Re-inpainting ${$("reinpaint-node").value}…`);
+  try {
+    const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+    const image = { width: canvas.width, height: canvas.height, rgba: data };
+    const result = await model.reinpaint(linaOptions(), image, $("reinpaint-node").value, number("reinpaint-strength"));
+    drawInto("reinpainted-image", result);
+    showVerdicts($("reinpaint-verdicts"), result.after);
+    const passed = (list) => list.filter((v) => v.passed).length;
+    status(`Re-inpainted: ${passed(result.before)} of ${result.before.length} checks passed before, ${passed(result.after)} after.`);
+  } catch (error) {
+    status(error.message, true);
+  } finally {
+    $("reinpaint").disabled = false;
+  }
 }
 
 // Baseline and LINA with the same settings and seed, each judged by the probe's checker on
@@ -235,6 +289,8 @@ function ready(notes = []) {
   status([`Ready (${device.adapter}, ${device.precision}).`, ...notes].join(" "));
   $("generate").disabled = false;
   $("compare").disabled = false;
+  $("sweep").disabled = false;
+  $("reinpaint").disabled = false;
   graphFromPrompt();
   replotSchedule();
 }
@@ -329,6 +385,8 @@ async function main() {
     graphFromPrompt();
   });
   $("compare").addEventListener("click", compare);
+  $("sweep").addEventListener("click", sweep);
+  $("reinpaint").addEventListener("click", reinpaint);
   $("compare-slider").addEventListener("input", (event) =>
     $("lina-image").style.setProperty("--split", `${event.target.value}%`),
   );

@@ -235,6 +235,25 @@ test("the scene graph follows the prompt; editing a relation changes the image a
   await page.close();
 });
 
+test("diagnostics: the step sweep charts every step, and a node of the image is re-inpainted and judged", { timeout: SLOW * 3 }, async () => {
+  const page = await openPage("#prompt=a+red+ball+on+a+small+mirror&steps=3&seed=42&guidanceScale=3");
+  await waitForStatus(page, /^Ready|rror/);
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+
+  await page.getByRole("button", { name: "Step sweep" }).click();
+  assert.match(await waitForStatus(page, /^Swept|rror/), /^Swept 3 steps/);
+  assert.equal(await page.locator("#sweep-points li").count(), 3);
+  assert.equal(await page.locator("#sweep-chart rect").count(), 3);
+
+  await page.getByLabel("Node to re-inpaint in the last generated image").selectOption("object");
+  await page.getByRole("button", { name: "Re-inpaint" }).click();
+  assert.match(await waitForStatus(page, /^Re-inpainted|rror/), /^Re-inpainted: \d+ of \d+ checks passed before, \d+ after\.$/);
+  assert.ok((await page.locator("#reinpaint-verdicts li").count()) > 0);
+  assert.ok((await canvasColours(page, "#reinpainted-image")) > 50);
+  await page.close();
+});
+
 test("Cancel stops a generation between steps, and the page can generate again", { timeout: SLOW * 2 }, async () => {
   const page = await openPage("");
   await waitForStatus(page, /^Ready|rror/);
