@@ -1,4 +1,4 @@
-// The scene graph as a form: one row per node (id, class, colour, remove) and per relation
+// The scene graph as a form: one row per node (id, class, colour, layout box, remove) and per relation
 // (subject, predicate, object, remove), plus its JSON for import and export. The model
 // validates every change (LinaModel.validateCsg); this module only edits.
 
@@ -53,6 +53,15 @@ export class CsgEditor {
     });
   }
 
+  /** Sets (or with `null`, removes) a node's layout box. */
+  setLayout(id, box) {
+    this.#edit((csg) => {
+      const node = csg.nodes.find((n) => n.id === id);
+      if (box) node.layout = box;
+      else delete node.layout;
+    });
+  }
+
   addRelation() {
     const [first, second] = this.csg.nodes;
     if (!first) return;
@@ -86,6 +95,9 @@ export class CsgEditor {
               if (v) csg.nodes[i].colour = v;
               else delete csg.nodes[i].colour;
             }),
+          ),
+          button(node.layout ? "Drop box" : "Add box", `${node.layout ? "drop" : "add"} the layout box of ${name}`, () =>
+            this.setLayout(node.id, node.layout ? null : [0.35, 0.35, 0.65, 0.65]),
           ),
           button("Remove", `remove ${name}`, () =>
             this.#edit((csg) => {

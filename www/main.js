@@ -4,6 +4,7 @@ import { loadModel } from "./lina.js";
 import { withMetadata } from "./png.js";
 import { CsgEditor } from "./csg-editor.js";
 import { plotSchedule, plotSweep } from "./plots.js";
+import { LayoutBoxes } from "./layout-boxes.js";
 
 const $ = (id) => document.getElementById(id);
 const status = (text, isError = false) => {
@@ -143,10 +144,13 @@ const editor = new CsgEditor({
   onChange: (next) => acceptGraph(next, true),
 });
 
+const boxes = new LayoutBoxes($("layout-boxes"), (id, box) => editor.setLayout(id, box));
+
 async function acceptGraph(next, edited) {
   try {
     csg = await model.validateCsg(next);
     listNodes();
+    boxes.show(csg);
     graphEdited = edited;
     csgStatus(edited ? "Edited: the graph no longer follows the prompt." : "");
     return true;
@@ -162,6 +166,7 @@ async function graphFromPrompt() {
     csg = await model.parsePrompt($("prompt").value);
     editor.show(csg);
     listNodes();
+    boxes.show(csg);
     csgStatus("");
   } catch (error) {
     csg = null;

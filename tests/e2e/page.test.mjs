@@ -223,6 +223,36 @@ test("the scene graph follows the prompt; editing a relation changes the image a
   assert.notEqual(await linaImage(), imageBefore, "the LINA image changed with the graph");
   await page.screenshot({ path: join(ARTIFACTS, "lina.png"), fullPage: true });
 
+  // A layout box for the ball, dragged with the mouse, then moved from the keyboard.
+  const layoutOf = async () =>
+    JSON.parse(await page.getByLabel(/^Scene graph JSON/).inputValue()).nodes.find((n) => n.id === "object").layout;
+  await page.getByRole("button", { name: "add the layout box of node object" }).click();
+  const box = page.getByRole("button", { name: /^layout of node object/ });
+  await box.waitFor({ timeout: SLOW });
+  assert.deepEqual(await layoutOf(), [0.35, 0.35, 0.65, 0.65]);
+  await page.locator("#layout-boxes").scrollIntoViewIfNeeded();
+  const area = await page.locator("#layout-boxes").boundingBox();
+  const from = { x: area.x + area.width * 0.5, y: area.y + area.height * 0.5 };
+  await page.mouse.move(from.x, from.y);
+  await page.mouse.down();
+  await page.mouse.move(from.x - area.width * 0.2, from.y + area.height * 0.1, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForFunction(
+    () => !document.getElementById("csg-json").value.includes("0.35,"),
+    null,
+    { timeout: SLOW },
+  );
+  const dragged = await layoutOf();
+  assert.ok(Math.abs(dragged[0] - 0.15) < 0.02 && Math.abs(dragged[1] - 0.45) < 0.02, `${dragged}`);
+  await box.focus();
+  await page.keyboard.press("ArrowRight");
+  await page.keyboard.press("ArrowRight");
+  await page.waitForFunction(
+    (x0) => JSON.parse(document.getElementById("csg-json").value).nodes[0].layout[0] > x0 + 0.03,
+    dragged[0],
+    { timeout: SLOW },
+  );
+
   // A graph naming an unknown node is refused with the reason, and the last good one stays.
   const json = JSON.parse(await page.getByLabel(/^Scene graph JSON/).inputValue());
   json.relations.push({ subject: "object", predicate: "on", object: "table" });
