@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::fixture;
 use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
 use lina::schedulers::Timesteps;
-use lina::source::{DirSource, FileSource, MemorySource};
+use lina::source::{DirSource, FileSource, MemorySource, StagedSource};
 use lina::weights::WeightsUpload;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -224,6 +224,33 @@ fn chunked_and_sharded_models_give_the_same_image() {
     assert!(shards.iter().any(|(k, _)| k.ends_with("00002.safetensors")));
     let from_shards = StableDiffusion::load(&source_of(&shards), &device).unwrap();
     assert_eq!(image(&from_shards), whole, "two shards");
+}
+
+/// Shards as the browser's ModelLoader stages them: each weight file (each shard) uploaded
+/// as its bytes arrive, in chunks, before the model is built.
+#[test]
+fn shards_staged_as_the_browser_does_give_the_same_image() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let device = lina::device::cpu();
+    let files = common::model_files("sd1_tiny");
+    let whole = image(&StableDiffusion::load(&source_of(&files), &device).unwrap());
+    let shards = sharded(&files);
+    let mut staged = StagedSource::default();
+    for (path, bytes) in &shards {
+        if path.ends_with(".safetensors") {
+            let mut upload = WeightsUpload::new(&device);
+            upload.begin_file(path).unwrap();
+            for chunk in bytes.chunks(1000) {
+                upload.push(chunk).unwrap();
+            }
+            upload.end_file().unwrap();
+            staged.insert_uploaded(path.clone(), upload);
+        } else {
+            staged.insert(path.clone(), bytes.clone());
+        }
+    }
+    let from_staged = StableDiffusion::load(&staged, &device).unwrap();
+    assert_eq!(image(&from_staged), whole);
 }
 
 #[test]

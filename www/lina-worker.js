@@ -82,6 +82,17 @@ async function modelFile(cache, url) {
   return { response, stored };
 }
 
+// The shard files an index names (read again from the cache, where it was just stored, or
+// from the server); each must be a plain file name beside the index.
+async function shardsOf(cache, indexUrl) {
+  const response = (await cache?.match(indexUrl)) ?? (await fetch(indexUrl));
+  const { weight_map: map } = await response.json();
+  const shards = [...new Set(Object.values(map ?? {}))];
+  const bad = shards.find((s) => typeof s !== "string" || !/^[^/\\]+\.safetensors$/.test(s) || s.includes(".."));
+  if (bad !== undefined) throw new Error(`${indexUrl}: the index names ${JSON.stringify(bad)}, not a .safetensors file beside it`);
+  return shards.sort();
+}
+
 const handlers = {
   // { url } (a folder URL ending in "/") or { files } ({ path: Blob | Uint8Array }).
   async load({ id, url, files, precision }) {
@@ -95,18 +106,29 @@ const handlers = {
     if (url !== undefined) {
       const cache = await openCache();
       const stores = [];
-      for (const path of [...REQUIRED, ...OPTIONAL]) {
+      // Streams one file in; false when the server does not have it.
+      const take = async (path) => {
         const { response, stored } = await modelFile(cache, url + path);
         // A dev server that answers a missing file with its HTML page must not pass as one.
         const html = (response.headers.get("content-type") ?? "").includes("text/html");
-        if (response.status === 404 || html) {
-          if (REQUIRED.includes(path)) throw new Error(`${path}: not found at ${url}${path}`);
-          continue;
-        }
+        if (response.status === 404 || html) return false;
         if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
         const total = Number(response.headers.get("content-length")) || undefined;
         await streamInto(loader, path, response.body, total, progress);
         if (stored) stores.push(stored.catch((e) => `${path}: ${e.message}`));
+        return true;
+      };
+      for (const path of [...REQUIRED, ...OPTIONAL]) {
+        if (await take(path)) continue;
+        // Large weights come in shards, listed by an index beside where the file would be.
+        if (path.endsWith(".safetensors") && (await take(`${path}.index.json`))) {
+          for (const shard of await shardsOf(cache, url + path + ".index.json")) {
+            const shardPath = path.slice(0, path.lastIndexOf("/") + 1) + shard;
+            if (!(await take(shardPath))) throw new Error(`${shardPath}: not found at ${url}${shardPath}`);
+          }
+          continue;
+        }
+        if (REQUIRED.includes(path)) throw new Error(`${path}: not found at ${url}${path}`);
       }
       const failed = (await Promise.all(stores)).filter((r) => typeof r === "string");
       if (failed.length) notes.push(`not cached for the next visit (${failed[0]})`);

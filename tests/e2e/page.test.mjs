@@ -4,13 +4,15 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
-import { readFile, mkdir, mkdtemp, cp, truncate, stat } from "node:fs/promises";
+import { readFile, writeFile, mkdir, mkdtemp, cp, rm, truncate, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { extname, join, normalize } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const WWW = fileURLToPath(new URL("../../www/", import.meta.url));
+// Served at /extra/: model folders the tests make.
+let EXTRA;
 const ARTIFACTS = fileURLToPath(new URL("./artifacts/", import.meta.url));
 // SwiftShader runs WebGPU on the CPU: loading and a few steps of the 64x64 model take tens of
 // seconds.
@@ -34,11 +36,13 @@ const requests = [];
 
 before(async () => {
   await mkdir(ARTIFACTS, { recursive: true });
+  EXTRA = await mkdtemp(join(tmpdir(), "lina-extra-"));
   server = createServer(async (request, response) => {
     const path = normalize(decodeURIComponent(new URL(request.url, "http://x").pathname));
     response.on("finish", () => requests.push(`${request.method} ${path} ${response.statusCode}`));
-    const file = join(WWW, path.endsWith("/") ? `${path}index.html` : path);
-    if (!file.startsWith(WWW)) return response.writeHead(403).end();
+    const [root, rest] = path.startsWith("/extra/") ? [`${EXTRA}/`, path.slice(7)] : [WWW, path];
+    const file = join(root, rest.endsWith("/") ? `${rest}index.html` : rest);
+    if (!file.startsWith(root)) return response.writeHead(403).end();
     try {
       const body = await readFile(file);
       const { mtime } = await stat(file);
@@ -316,6 +320,62 @@ test("a model folder picked from disk loads, and a corrupt weight file in it is 
 
   await picker.setInputFiles(join(good, "default"));
   assert.match(await waitForStatus(page, /^Ready|rror/), /^Ready/);
+  await page.getByLabel("Steps", { exact: true }).fill("2");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+  await page.close();
+});
+
+// Splits a safetensors file in two shards plus the index diffusers writes for large weights.
+async function shard(file, folder, name) {
+  const bytes = await readFile(file);
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString());
+  const data = bytes.subarray(8 + headerLength);
+  const names = Object.keys(header).filter((k) => k !== "__metadata__").sort();
+  const halves = [names.slice(0, names.length >> 1), names.slice(names.length >> 1)];
+  const weightMap = {};
+  for (const [i, part] of halves.entries()) {
+    const shardName = `${name}-0000${i + 1}-of-00002.safetensors`;
+    const chunks = [];
+    const out = {};
+    let at = 0;
+    for (const key of part) {
+      const { dtype, shape, data_offsets: [start, end] } = header[key];
+      out[key] = { dtype, shape, data_offsets: [at, at + end - start] };
+      chunks.push(data.subarray(start, end));
+      at += end - start;
+      weightMap[key] = shardName;
+    }
+    let json = JSON.stringify(out);
+    json += " ".repeat((8 - (json.length % 8)) % 8);
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(json.length));
+    await writeFile(join(folder, shardName), Buffer.concat([length, Buffer.from(json), ...chunks]));
+  }
+  const index = { metadata: { total_size: data.length }, weight_map: weightMap };
+  await writeFile(join(folder, `${name}.safetensors.index.json`), JSON.stringify(index));
+}
+
+test("a model with sharded weights loads from a URL", { timeout: SLOW * 2 }, async () => {
+  const folder = join(EXTRA, "sharded");
+  await cp(join(WWW, "models/default"), folder, { recursive: true });
+  const unet = join(folder, "unet/diffusion_pytorch_model.safetensors");
+  await shard(unet, join(folder, "unet"), "diffusion_pytorch_model");
+  await rm(unet);
+
+  const page = await openPage("");
+  await waitForStatus(page, /^Ready|rror/);
+  await page.getByLabel("Or from a URL (a folder)").fill(`${base}extra/sharded/`);
+  await page.getByRole("button", { name: "Load", exact: true }).click();
+  // The status says Ready already; wait for the second shard to be served, then for Ready.
+  const secondShard = /^GET \/extra\/sharded\/unet\/diffusion_pytorch_model-00002-of-00002\.safetensors 200$/;
+  for (let waited = 0; !requests.some((r) => secondShard.test(r)); waited += 250) {
+    assert.ok(waited < SLOW, "the second shard was never asked for");
+    assert.doesNotMatch(await statusText(page), /rror|not found/);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  assert.match(await waitForStatus(page, /^Ready|rror|not found/), /^Ready/);
   await page.getByLabel("Steps", { exact: true }).fill("2");
   await page.getByRole("button", { name: "Generate" }).click();
   assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
