@@ -93,6 +93,22 @@ fn files_of(model: &[(&str, &[u8])], edit: impl Fn(&str, &[u8]) -> Vec<u8>) -> O
     obj
 }
 
+/// Generation options with a prompt and a step count.
+fn prompt_options(prompt: &str, steps: u32) -> JsValue {
+    let options = Object::new();
+    Reflect::set(&options, &"prompt".into(), &prompt.into()).unwrap();
+    Reflect::set(&options, &"steps".into(), &steps.into()).unwrap();
+    options.into()
+}
+
+/// The tiny SD1-like model, computing in f32.
+async fn tiny_pipeline() -> Pipeline {
+    Pipeline::load(files(|_, b| b.to_vec()), f32_device())
+        .await
+        .map_err(message)
+        .unwrap()
+}
+
 /// Device options asking for f32: the reference images were drawn in f32.
 fn f32_device() -> JsValue {
     device_options("f32")
@@ -492,10 +508,7 @@ async fn the_checker_and_the_diagnostics_run_in_the_browser() {
 /// stays close to f32's; f16 on an adapter without it, and unknown options, are errors.
 #[wasm_bindgen_test]
 async fn precision_is_chosen_from_the_adapter_and_can_be_overridden() {
-    let reference = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
-        .await
-        .map_err(message)
-        .unwrap();
+    let reference = tiny_pipeline().await;
     let auto = Pipeline::load(files(|_, b| b.to_vec()), JsValue::UNDEFINED)
         .await
         .map_err(message)
@@ -515,17 +528,7 @@ async fn precision_is_chosen_from_the_adapter_and_can_be_overridden() {
     assert_eq!(info(&reference).0, "f32");
     assert_eq!(precision, if shader_f16 { "f16" } else { "f32" });
 
-    let options = || {
-        let options = Object::new();
-        Reflect::set(
-            &options,
-            &"prompt".into(),
-            &"a red ball on a small mirror".into(),
-        )
-        .unwrap();
-        Reflect::set(&options, &"steps".into(), &4.into()).unwrap();
-        JsValue::from(options)
-    };
+    let options = || prompt_options("a red ball on a small mirror", 4);
     let a = rgb_of(
         &reference
             .generate(options(), None)
@@ -565,21 +568,8 @@ async fn precision_is_chosen_from_the_adapter_and_can_be_overridden() {
 /// the next generation, and loading the model again recovers without reloading the page.
 #[wasm_bindgen_test]
 async fn a_lost_device_is_an_error_and_loading_again_recovers() {
-    let options = || {
-        let options = Object::new();
-        Reflect::set(
-            &options,
-            &"prompt".into(),
-            &"a red ball on a small mirror".into(),
-        )
-        .unwrap();
-        Reflect::set(&options, &"steps".into(), &2.into()).unwrap();
-        JsValue::from(options)
-    };
-    let pipe = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
-        .await
-        .map_err(message)
-        .unwrap();
+    let options = || prompt_options("a red ball on a small mirror", 2);
+    let pipe = tiny_pipeline().await;
     let expected = rgb_of(
         &pipe
             .generate(options(), None)
@@ -599,10 +589,7 @@ async fn a_lost_device_is_an_error_and_loading_again_recovers() {
         "{e}"
     );
 
-    let again = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
-        .await
-        .map_err(message)
-        .unwrap();
+    let again = tiny_pipeline().await;
     let image = rgb_of(
         &again
             .generate(options(), None)
@@ -647,10 +634,7 @@ async fn scene_graph_and_schedule_helpers() {
 
     let plan = Pipeline::lina_plan().map_err(message).unwrap();
     assert_eq!(get(&plan, "warp").as_f64(), Some(1.5));
-    let pipe = Pipeline::load(files(|_, b| b.to_vec()), f32_device())
-        .await
-        .map_err(message)
-        .unwrap();
+    let pipe = tiny_pipeline().await;
     let options = Object::new();
     Reflect::set(&options, &"prompt".into(), &"a red ball".into()).unwrap();
     Reflect::set(&options, &"steps".into(), &10.into()).unwrap();
