@@ -114,35 +114,25 @@ fn with_opened<T>(f: impl FnOnce(&mut Vec<Opened>) -> T) -> T {
     return OPENED.with(|o| f(&mut o.borrow_mut()));
 }
 
+/// What is known of `device`, if it was opened here.
+fn with_device<T>(device: &Device, f: impl FnOnce(&Opened) -> T) -> Option<T> {
+    with_opened(|opened| opened.iter().find(|o| &o.device == device).map(f))
+}
+
 /// The limits of `device`, as read when it was opened.
 pub fn limits(device: &Device) -> Limits {
-    with_opened(|opened| {
-        opened
-            .iter()
-            .find(|o| &o.device == device)
-            .map(|o| o.limits.clone())
-    })
-    .unwrap_or_else(Limits::host)
+    with_device(device, |o| o.limits.clone()).unwrap_or_else(Limits::host)
 }
 
 /// Why `device` can no longer be used, if it cannot: it was lost, ran out of memory, or a GPU
 /// operation on it failed. Its tensors are gone; a model must be loaded again (on a fresh
 /// device from [`gpu_for`]).
 pub fn failure(device: &Device) -> Option<String> {
-    with_opened(|opened| {
-        opened
-            .iter()
-            .find(|o| &o.device == device)
-            .and_then(|o| o.health.failure())
-    })
+    with_device(device, |o| o.health.failure()).flatten()
 }
 
 fn mark_failed(device: &Device, why: String) {
-    with_opened(|opened| {
-        if let Some(o) = opened.iter().find(|o| &o.device == device) {
-            o.health.fail(why);
-        }
-    });
+    with_device(device, |o| o.health.fail(why));
 }
 
 /// The shared f32 wgpu device (see [`gpu_for`]).
@@ -295,24 +285,15 @@ pub fn gpu_with(request: &GpuRequest) -> Result<Device> {
 /// Destroys a device, as a driver reset or a lost GPU would: for testing that the loss comes
 /// back as an error and that [`gpu_for`] then opens a fresh device. Nothing hangs.
 pub fn lose(device: &Device) -> Result<()> {
-    with_opened(|opened| {
-        let o = opened
-            .iter()
-            .find(|o| &o.device == device)
-            .ok_or_else(|| Error::InvalidInput("only GPU devices can be lost".into()))?;
-        o.handle.destroy();
-        Ok(())
-    })
+    with_device(device, |o| o.handle.destroy())
+        .ok_or_else(|| Error::InvalidInput("only GPU devices can be lost".into()))
 }
+
 /// Makes one GPU operation on `device` fail outside any error scope (a buffer larger than the
 /// device allows), as a bug or an exhausted GPU would: for testing that such errors come back
 /// from the next readback instead of panicking.
 pub fn provoke_error(device: &Device) -> Result<()> {
-    with_opened(|opened| {
-        let o = opened
-            .iter()
-            .find(|o| &o.device == device)
-            .ok_or_else(|| Error::InvalidInput("only GPU devices can fail".into()))?;
+    with_device(device, |o| {
         let too_big = o.handle.limits().max_buffer_size.saturating_add(4);
         drop(o.handle.create_buffer(&wgpu::BufferDescriptor {
             label: Some("too big on purpose"),
@@ -320,8 +301,8 @@ pub fn provoke_error(device: &Device) -> Result<()> {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         }));
-        Ok(())
     })
+    .ok_or_else(|| Error::InvalidInput("only GPU devices can fail".into()))
 }
 
 /// The pure-Rust CPU backend (native only): deterministic and quick for tiny models.

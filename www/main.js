@@ -282,12 +282,6 @@ async function compare() {
   }
 }
 
-function draw(image) {
-  const canvas = $("image");
-  canvas.width = image.width;
-  canvas.height = image.height;
-  canvas.getContext("2d").putImageData(new ImageData(image.rgba, image.width, image.height), 0, 0);
-}
 
 function ready(notes = []) {
   const device = model.deviceInfo;
@@ -317,10 +311,10 @@ async function generate(event) {
       onStep: ({ step, steps, timestep, preview }) => {
         $("progress").value = step / steps;
         status(`Step ${step}/${steps} (t = ${timestep.toFixed(0)})`);
-        if (preview) draw(preview);
+        if (preview) drawInto("image", preview);
       },
     });
-    draw(result);
+    drawInto("image", result);
     drawnWith = { ...options, page: location.href };
     $("save").disabled = false;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
