@@ -305,6 +305,25 @@ pub fn provoke_error(device: &Device) -> Result<()> {
     .ok_or_else(|| Error::InvalidInput("only GPU devices can fail".into()))
 }
 
+/// What a GPU device's allocator holds: live allocations, the bytes they use, and the bytes
+/// reserved from the driver (those plus pages kept for reuse). What leak checks watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuMemory {
+    pub allocations: u64,
+    pub bytes_in_use: u64,
+    pub bytes_reserved: u64,
+}
+
+/// `device`'s allocator now; `None` on the CPU backend, which does not report one.
+pub fn gpu_memory(device: &Device) -> Option<GpuMemory> {
+    device.memory_pool_usage().map(|usage| GpuMemory {
+        allocations: usage.number_allocs,
+        bytes_in_use: usage.bytes_in_use,
+        bytes_reserved: usage.bytes_reserved,
+    })
+}
+
 /// The pure-Rust CPU backend (native only): deterministic and quick for tiny models.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn cpu() -> Device {

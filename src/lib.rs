@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod rng;
 pub mod schedulers;
+pub mod soak;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;

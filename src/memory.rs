@@ -160,6 +160,22 @@ pub fn check(needs: &[Need], limits: &Limits, width: usize, height: usize) -> Re
     }
 }
 
+/// The largest square side, at most `native` and a multiple of 8 latent pixels, at which a
+/// guided generation fits `max_binding_bytes`; `None` if not even the smallest does.
+pub fn largest_side(
+    unet: &UNetConfig,
+    vae: &VaeConfig,
+    native: usize,
+    max_binding_bytes: u64,
+) -> Option<usize> {
+    let step = vae.downscale() * 8;
+    (1..=native / step).rev().map(|k| k * step).find(|&side| {
+        activations(unet, vae, side, side, 2, false, max_binding_bytes)
+            .iter()
+            .all(|n| n.bytes <= max_binding_bytes)
+    })
+}
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
@@ -239,6 +255,22 @@ mod tests {
         // A latent that fits is decoded whole.
         let needs = activations(&unet, &vae, 256, 256, 2, false, limit);
         assert!(needs.iter().all(|n| !n.what.contains("bands")), "{needs:?}");
+    }
+
+    #[test]
+    fn the_largest_side_that_fits_is_found_below_the_native_one() {
+        let (unet, vae) = sd15();
+        // WebGPU's default limit: SD 1.5's native 512 fits.
+        assert_eq!(largest_side(&unet, &vae, 512, 128 << 20), Some(512));
+        // At 64 MiB the feed-forward at 512 (80 MiB) does not; 448 (61.3 MiB) does.
+        let limit = 64 << 20;
+        assert_eq!(largest_side(&unet, &vae, 512, limit), Some(448));
+        let fits = |side| {
+            let needs = activations(&unet, &vae, side, side, 2, false, limit);
+            check(&needs, &adapter(limit), side, side).is_ok()
+        };
+        assert!(fits(448) && !fits(512));
+        assert_eq!(largest_side(&unet, &vae, 512, 1 << 10), None);
     }
 
     #[test]

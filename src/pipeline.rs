@@ -21,10 +21,15 @@ use crate::rng::Rng;
 use crate::schedulers::{self, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise, Timesteps};
 use crate::source::FileSource;
 use crate::tokenizer::ClipTokenizer;
-use crate::weights::{Weights, WeightsUpload};
+use crate::weights::{Weights, WeightsUpload, human_bytes};
 
 /// The largest image side accepted, in pixels.
 pub const MAX_SIDE: usize = 2048;
+
+/// The longest prompt accepted, in characters. Text past the encoder's token limit (77 for
+/// CLIP) is cut with a warning, as diffusers does; a prompt far beyond any such limit is a
+/// mistake (a pasted file, say), refused before the tokenizer has to read it all.
+pub const MAX_PROMPT_CHARS: usize = 2000;
 
 /// Everything a generation needs besides the model.
 #[derive(Debug, Clone)]
@@ -414,6 +419,29 @@ impl StableDiffusion {
         self.unet.config().sample_size * self.vae.config().downscale()
     }
 
+    /// What the user should know when the device's limits rule out the model's native size:
+    /// the largest square size that fits, so that it need not be found by failing.
+    pub fn size_note(&self) -> Option<String> {
+        let limits = crate::device::limits(&self.device);
+        let native = self.native_size();
+        let side = memory::largest_side(
+            self.unet.config(),
+            self.vae.config(),
+            native,
+            limits.max_binding_bytes,
+        );
+        let cramped = format!(
+            "{} binds at most {} per buffer, too little for this model's native {native}x{native}",
+            limits.adapter,
+            human_bytes(limits.max_binding_bytes)
+        );
+        match side {
+            Some(side) if side == native => None,
+            Some(side) => Some(format!("{cramped}: generate at {side}x{side} or smaller")),
+            None => Some(format!("{cramped} or any smaller size")),
+        }
+    }
+
     /// Encodes one text to [1, L, D]; also returns what was cut from an over-long text.
     pub fn encode_text(&self, text: &str, clip_skip: usize) -> Result<(Tensor<3>, Option<String>)> {
         let tokens = self.tokenizer.encode(text)?;
@@ -425,6 +453,18 @@ impl StableDiffusion {
     pub fn start(&self, opts: &GenerateOptions) -> Result<Sampling<'_>> {
         if opts.prompt.trim().is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        for (what, text) in [
+            ("prompt", &opts.prompt),
+            ("negative prompt", &opts.negative_prompt),
+        ] {
+            let chars = text.chars().count();
+            if chars > MAX_PROMPT_CHARS {
+                return Err(Error::InvalidInput(format!(
+                    "the {what} is {chars} characters long; at most {MAX_PROMPT_CHARS} are accepted \
+                     (and only what fits the text encoder's token limit is used)"
+                )));
+            }
         }
         if !opts.guidance_scale.is_finite() || opts.guidance_scale < 0.0 {
             return Err(Error::InvalidInput(format!(

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 
 use js_sys::{Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
@@ -165,6 +166,12 @@ impl Pipeline {
     }
 
     /// The model's native image side in pixels.
+    /// What the user should know about the loaded model on this device (its native size is
+    /// too large for the adapter's limits, say); empty when nothing.
+    pub fn notes(&self) -> Vec<String> {
+        self.inner.size_note().into_iter().collect()
+    }
+
     #[wasm_bindgen(js_name = nativeSize)]
     pub fn native_size(&self) -> usize {
         self.inner.native_size()
@@ -179,6 +186,28 @@ impl Pipeline {
 
     /// The device the model runs on: `{ adapter, precision: "f16" | "f32",
     /// maxBindingBytes, shaderF16 }`.
+    /// `{ gpu: { allocations, bytesInUse, bytesReserved }, wasmBytes }`: what the GPU
+    /// allocator holds and the size of wasm memory, for leak checks (wasm memory never
+    /// shrinks, so a leak there only grows it).
+    #[wasm_bindgen(js_name = memoryUsage)]
+    pub fn memory_usage(&self) -> Result<JsValue, JsError> {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Usage {
+            gpu: Option<crate::device::GpuMemory>,
+            wasm_bytes: f64,
+        }
+        let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+        let bytes = memory
+            .buffer()
+            .unchecked_into::<js_sys::ArrayBuffer>()
+            .byte_length();
+        to_js(&Usage {
+            gpu: crate::device::gpu_memory(self.inner.device()),
+            wasm_bytes: f64::from(bytes),
+        })
+    }
+
     #[wasm_bindgen(js_name = deviceInfo)]
     pub fn device_info(&self) -> Result<JsValue, JsError> {
         let limits = crate::device::limits(self.inner.device());
@@ -485,6 +514,8 @@ pub struct ModelLoader {
     device: burn::tensor::Device,
     source: StagedSource,
     current: Option<(String, Incoming)>,
+    /// The current file's SHA-256 so far, when its caller asked for one.
+    digest: Option<Sha256>,
 }
 
 enum Incoming {
@@ -503,12 +534,15 @@ impl ModelLoader {
             device: crate::device::gpu_for(precision).await.map_err(js_err)?,
             source: StagedSource::default(),
             current: None,
+            digest: None,
         })
     }
 
     /// Starts a file at a diffusers-layout path (`"unet/diffusion_pytorch_model.safetensors"`).
+    /// With `digest`, `endFile` returns the file's SHA-256: the bytes are hashed as they pass,
+    /// so that a cached copy can be checked without reading it twice.
     #[wasm_bindgen(js_name = beginFile)]
-    pub fn begin_file(&mut self, path: String) -> Result<(), JsError> {
+    pub fn begin_file(&mut self, path: String, digest: Option<bool>) -> Result<(), JsError> {
         if let Some((open, _)) = &self.current {
             return Err(JsError::new(&format!(
                 "{path}: cannot start while {open} is still being read"
@@ -522,11 +556,15 @@ impl ModelLoader {
             Incoming::Bytes(Vec::new())
         };
         self.current = Some((path, incoming));
+        self.digest = digest.unwrap_or(false).then(Sha256::new);
         Ok(())
     }
 
     /// The next bytes of the current file.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+        if let Some(digest) = &mut self.digest {
+            digest.update(chunk);
+        }
         match &mut self.current {
             None => Err(JsError::new("push: no file was started (call beginFile)")),
             Some((_, Incoming::Weights(upload))) => upload.push(chunk).map_err(js_err),
@@ -537,29 +575,33 @@ impl ModelLoader {
         }
     }
 
-    /// Ends the current file; a truncated weight file fails here, naming it.
+    /// Ends the current file; a truncated weight file fails here, naming it. Returns the
+    /// file's SHA-256 in hex when `beginFile` asked for it.
     #[wasm_bindgen(js_name = endFile)]
-    pub fn end_file(&mut self) -> Result<(), JsError> {
+    pub fn end_file(&mut self) -> Result<Option<String>, JsError> {
+        let digest = self.digest.take().map(|d| {
+            d.finalize()
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect()
+        });
         match self.current.take() {
-            None => Err(JsError::new("endFile: no file was started")),
+            None => return Err(JsError::new("endFile: no file was started")),
             Some((path, Incoming::Weights(mut upload))) => {
                 upload.end_file().map_err(js_err)?;
                 self.source.insert_uploaded(path, upload);
-                Ok(())
             }
-            Some((path, Incoming::Bytes(bytes))) => {
-                self.source.insert(path, bytes);
-                Ok(())
-            }
+            Some((path, Incoming::Bytes(bytes))) => self.source.insert(path, bytes),
         }
+        Ok(digest)
     }
 
     /// A whole file at once (a small config, or bytes the page already holds).
     #[wasm_bindgen(js_name = addFile)]
     pub fn add_file(&mut self, path: String, bytes: &[u8]) -> Result<(), JsError> {
-        self.begin_file(path)?;
+        self.begin_file(path, None)?;
         self.push(bytes)?;
-        self.end_file()
+        self.end_file().map(drop)
     }
 
     /// Fetches `url` into the file at `path`, streaming the body. Resolves to `false` when the
@@ -605,15 +647,16 @@ impl ModelLoader {
             .get_reader()
             .dyn_into()
             .map_err(|e| fail("unreadable body", e.into()))?;
-        self.begin_file(path.clone())?;
+        self.begin_file(path.clone(), None)?;
         match self
             .stream_body(&path, &reader, total, on_progress.as_ref())
             .await
         {
-            Ok(()) => self.end_file().map(|()| true),
+            Ok(()) => self.end_file().map(|_| true),
             Err(e) => {
                 // Nothing half-read stays behind: the file can be fetched again.
                 self.current = None;
+                self.digest = None;
                 Err(e)
             }
         }

@@ -198,6 +198,20 @@ fn bad_requests_are_refused_and_the_pipeline_still_works() {
     );
     refuse(
         GenerateOptions {
+            prompt: "a red ball on a small mirror ".repeat(100),
+            ..good.clone()
+        },
+        "prompt is 2900 characters long; at most 2000",
+    );
+    refuse(
+        GenerateOptions {
+            negative_prompt: "blurry ".repeat(300),
+            ..good.clone()
+        },
+        "negative prompt is 2100 characters long",
+    );
+    refuse(
+        GenerateOptions {
             guidance_scale: f64::NAN,
             ..good.clone()
         },

@@ -44,18 +44,12 @@ fn image(pipe: &StableDiffusion) -> Vec<u8> {
         .rgb
 }
 
-fn gpu() -> Option<Device> {
-    if std::env::var("LINA_TEST_GPU").as_deref() != Ok("1") {
-        eprintln!("skipped: needs the wgpu backend (set LINA_TEST_GPU=1 with a Vulkan driver)");
-        return None;
-    }
-    Some(pollster::block_on(lina::device::gpu()).unwrap())
-}
-
 // One test, so that the two failures of the shared device happen in order.
 #[test]
 fn a_failed_device_is_an_error_and_the_next_load_recovers() {
-    let Some(device) = gpu() else { return };
+    let Some(device) = common::gpu_device() else {
+        return;
+    };
     let pipe = load(&device);
     let expected = image(&pipe);
 

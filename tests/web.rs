@@ -652,3 +652,56 @@ async fn scene_graph_and_schedule_helpers() {
     // The warp spends more of the run at high noise: the middle step is noisier.
     assert!(planned[5] > plain[5], "{plain:?} {planned:?}");
 }
+
+/// The page's cache check: a file's SHA-256 computed as its chunks pass into the loader, and
+/// the memory figures the soak script watches.
+#[wasm_bindgen_test]
+async fn the_loader_hashes_files_as_they_stream_and_a_pipeline_reports_its_memory() {
+    let mut loader = ModelLoader::create(f32_device())
+        .await
+        .map_err(message)
+        .unwrap();
+    let (path, bytes) = FILES
+        .iter()
+        .find(|(p, _)| *p == "unet/diffusion_pytorch_model.safetensors")
+        .unwrap();
+    loader.begin_file(path.to_string(), Some(true)).unwrap();
+    for chunk in bytes.chunks(1000) {
+        loader.push(chunk).map_err(message).unwrap();
+    }
+    // `sha256sum tests/fixtures/sd1_tiny/unet/diffusion_pytorch_model.safetensors`
+    assert_eq!(
+        loader.end_file().map_err(message).unwrap().as_deref(),
+        Some("8e5cc3879e5c0707b9a94cfbb6a44cff4f6e44844d38790e6a205b5277595929")
+    );
+    // Another file in two chunks: the standard test vector; and without asking, no digest.
+    loader
+        .begin_file("tokenizer/extra.txt".into(), Some(true))
+        .unwrap();
+    loader.push(b"a").unwrap();
+    loader.push(b"bc").unwrap();
+    assert_eq!(
+        loader.end_file().map_err(message).unwrap().as_deref(),
+        Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    );
+    loader.begin_file("vae/config.json".into(), None).unwrap();
+    loader.push(b"{}").unwrap();
+    assert_eq!(loader.end_file().map_err(message).unwrap(), None);
+
+    let pipe = tiny_pipeline().await;
+    let usage = pipe.memory_usage().map_err(message).unwrap();
+    let get = |object: &JsValue, key: &str| Reflect::get(object, &JsValue::from_str(key)).unwrap();
+    let gpu = get(&usage, "gpu");
+    // The tiny model's weights, at least, are on the GPU; wasm memory holds at least a page.
+    assert!(
+        get(&gpu, "bytesInUse").as_f64().unwrap() > 10_000.0,
+        "{usage:?}"
+    );
+    assert!(
+        get(&gpu, "bytesReserved").as_f64().unwrap() >= get(&gpu, "bytesInUse").as_f64().unwrap()
+    );
+    assert!(
+        get(&usage, "wasmBytes").as_f64().unwrap() >= 65536.0,
+        "{usage:?}"
+    );
+}

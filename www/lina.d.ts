@@ -14,8 +14,19 @@ export interface ModelSource {
   precision?: Precision;
   /** Download or read progress, per file, in bytes. */
   onProgress?: (progress: { path: string; received: number; total: number | undefined }) => void;
+  /** Aborting it stops the load, downloads included; the load rejects with "cancelled". */
+  signal?: AbortSignal;
   /** Where lina-worker.js is, when not next to lina.js. */
   workerUrl?: string | URL;
+}
+
+export interface MemoryUsage {
+  /** The GPU allocator: live allocations, their bytes, and the bytes reserved from the driver. */
+  gpu: { allocations: number; bytesInUse: number; bytesReserved: number } | null;
+  /** The size of wasm memory (it never shrinks). */
+  wasmBytes: number;
+  /** The worker's JS heap, where the browser reports it (Chromium); null elsewhere. */
+  jsHeapBytes: number | null;
 }
 
 export interface DeviceInfo {
@@ -123,6 +134,8 @@ export declare class LinaModel {
   load(source?: ModelSource): Promise<{ deviceInfo: DeviceInfo; nativeSize: number; notes: string[] }>;
   generate(options: GenerateOptions, controls?: GenerateControls): Promise<GenerateResult>;
   cancel(): void;
+  /** The worker's memory, for leak checks. */
+  memoryUsage(): Promise<MemoryUsage>;
   /** The plan's guidance at one step at a time: how much each step's guidance changes the
    * image (mean absolute change, 0..255) and how many checks then pass. */
   sweep(options: GenerateOptions): Promise<{

@@ -50,13 +50,18 @@ export class LinaModel {
     this.notes = [];
   }
 
-  /** (Re)loads a model into this worker; see `loadModel`. */
-  async load({ url, files, precision = "auto", onProgress } = {}) {
+  /**
+   * (Re)loads a model into this worker; see `loadModel`. An aborted `signal` stops the
+   * load (downloads included); it rejects with "cancelled" and no model is loaded.
+   */
+  async load({ url, files, precision = "auto", onProgress, signal } = {}) {
     if (files === undefined && url === undefined) url = DEFAULT_MODEL_URL;
     if (url !== undefined) url = new URL(url.endsWith("/") ? url : `${url}/`, location.href).href;
-    const info = await this.#request("load", { url, files, precision }, {
-      progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total }),
-    });
+    const info = await this.#cancellable(signal, () =>
+      this.#request("load", { url, files, precision }, {
+        progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total }),
+      }),
+    );
     this.deviceInfo = info.deviceInfo;
     this.nativeSize = info.nativeSize;
     this.notes = info.notes;
@@ -69,15 +74,17 @@ export class LinaModel {
    * `previews: true`); an aborted `signal` cancels between steps.
    */
   generate(options, { onStep, previews = false, signal } = {}) {
-    if (signal?.aborted) return Promise.reject(new Error("cancelled"));
-    const abort = () => this.cancel();
-    signal?.addEventListener("abort", abort, { once: true });
-    return this.#request("generate", { options, previews }, {
-      step: (m) => onStep?.({ step: m.step, steps: m.steps, timestep: m.timestep, preview: m.preview }),
-    }).finally(() => signal?.removeEventListener("abort", abort));
+    return this.#cancellable(signal, () =>
+      this.#request("generate", { options, previews }, {
+        step: (m) => onStep?.({ step: m.step, steps: m.steps, timestep: m.timestep, preview: m.preview }),
+      }),
+    );
   }
 
-  /** Stops the running generation after its current step; it rejects with "cancelled". */
+  /**
+   * Stops the running load (between chunks, its downloads aborted) or generation (after its
+   * current step); it rejects with "cancelled".
+   */
   cancel() {
     this.#worker.postMessage({ type: "cancel" });
   }
@@ -117,6 +124,14 @@ export class LinaModel {
     return this.#request("timesteps", { options });
   }
 
+  /**
+   * The worker's memory, for leak checks: `{ gpu: { allocations, bytesInUse, bytesReserved },
+   * wasmBytes, jsHeapBytes }` (`jsHeapBytes` where the browser reports it: Chromium).
+   */
+  memoryUsage() {
+    return this.#request("memoryUsage", {});
+  }
+
   /** Destroys the GPU device, as a driver reset would: for testing recovery. */
   loseDeviceForTesting() {
     return this.#request("loseDeviceForTesting", {});
@@ -128,6 +143,14 @@ export class LinaModel {
     const error = new Error("the model was disposed");
     for (const { reject } of this.#pending.values()) reject(error);
     this.#pending.clear();
+  }
+
+  // Runs `start()`, cancelling it when `signal` aborts.
+  #cancellable(signal, start) {
+    if (signal?.aborted) return Promise.reject(new Error("cancelled"));
+    const abort = () => this.cancel();
+    signal?.addEventListener("abort", abort, { once: true });
+    return start().finally(() => signal?.removeEventListener("abort", abort));
   }
 
   #request(type, body, listeners = {}) {

@@ -335,14 +335,20 @@ async function generate(event) {
 // one loads.
 async function switchModel(wanted, what) {
   $("generate").disabled = true;
+  $("cancel").disabled = false;
+  running = new AbortController();
   status(`Loading ${what}…`);
   try {
-    const { notes } = await model.load({ ...wanted, onProgress });
+    const { notes } = await model.load({ ...wanted, onProgress, signal: running.signal });
     source = wanted;
     $("progress").value = 0;
     ready(notes);
   } catch (error) {
-    status(`${what}: ${error.message}`, true);
+    const why = error.message === "cancelled" ? "loading cancelled; no model is loaded" : error.message;
+    status(`${what}: ${why}`, true);
+  } finally {
+    running = null;
+    $("cancel").disabled = true;
   }
 }
 

@@ -6,6 +6,19 @@ use std::path::PathBuf;
 use burn::tensor::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
+/// The embedded default model's folder.
+pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/www/models/default");
+
+/// The shared f32 wgpu device when LINA_TEST_GPU=1 (CI sets it, on lavapipe); otherwise
+/// `None`, having said that the caller's test is skipped and why.
+pub fn gpu_device() -> Option<Device> {
+    if std::env::var("LINA_TEST_GPU").as_deref() != Ok("1") {
+        eprintln!("skipped: needs the wgpu backend (set LINA_TEST_GPU=1 with a Vulkan driver)");
+        return None;
+    }
+    Some(pollster::block_on(lina::device::gpu()).expect("LINA_TEST_GPU=1 but no wgpu adapter"))
+}
+
 pub fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -3,14 +3,12 @@
 // chromium; run by scripts/test.sh. Screenshots go to tests/e2e/artifacts/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
 import { readFile, writeFile, mkdir, mkdtemp, cp, rm, truncate, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { extname, join, normalize } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { WWW, launchBrowser, startServer } from "./harness.mjs";
 
-const WWW = fileURLToPath(new URL("../../www/", import.meta.url));
 // Served at /extra/: model folders the tests make.
 let EXTRA;
 const ARTIFACTS = fileURLToPath(new URL("./artifacts/", import.meta.url));
@@ -18,66 +16,22 @@ const ARTIFACTS = fileURLToPath(new URL("./artifacts/", import.meta.url));
 // seconds.
 const SLOW = 240_000;
 
-const TYPES = {
-  ".html": "text/html",
-  ".js": "text/javascript",
-  ".mjs": "text/javascript",
-  ".css": "text/css",
-  ".json": "application/json",
-  ".wasm": "application/wasm",
-  ".png": "image/png",
-};
-
-let server;
+let closeServer;
 let base;
 let browser;
 // Every request the server saw, as "METHOD /path STATUS".
-const requests = [];
+let requests;
 
 before(async () => {
   await mkdir(ARTIFACTS, { recursive: true });
   EXTRA = await mkdtemp(join(tmpdir(), "lina-extra-"));
-  server = createServer(async (request, response) => {
-    const path = normalize(decodeURIComponent(new URL(request.url, "http://x").pathname));
-    response.on("finish", () => requests.push(`${request.method} ${path} ${response.statusCode}`));
-    const [root, rest] = path.startsWith("/extra/") ? [`${EXTRA}/`, path.slice(7)] : [WWW, path];
-    const file = join(root, rest.endsWith("/") ? `${rest}index.html` : rest);
-    if (!file.startsWith(root)) return response.writeHead(403).end();
-    try {
-      const body = await readFile(file);
-      const { mtime } = await stat(file);
-      response.writeHead(200, {
-        "content-type": TYPES[extname(file)] ?? "application/octet-stream",
-        "content-length": body.length,
-        "last-modified": mtime.toUTCString(),
-      });
-      response.end(request.method === "HEAD" ? undefined : body);
-    } catch {
-      response.writeHead(404).end();
-    }
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  base = `http://127.0.0.1:${server.address().port}/`;
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    ignoreDefaultArgs: ["--disable-gpu"],
-    args: [
-      "--enable-unsafe-webgpu",
-      "--enable-unsafe-swiftshader",
-      "--no-sandbox",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-      "--disable-quic",
-      "--no-default-browser-check",
-    ],
-  });
+  ({ base, requests, close: closeServer } = await startServer({ extra: EXTRA }));
+  browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close();
-  server?.close();
+  closeServer?.();
 });
 
 async function openPage(path) {
@@ -296,9 +250,99 @@ test("Cancel stops a generation between steps, and the page can generate again",
   await waitForStatus(page, /^Step 2\//);
   await page.getByRole("button", { name: "Cancel" }).click();
   assert.match(await waitForStatus(page, /cancelled|^Done/), /cancelled/);
+  // No step runs after the cancel: each would show "Step n/200" in the status.
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  assert.match(await statusText(page), /cancelled/);
   assert.equal(await page.getByRole("button", { name: "Generate" }).isEnabled(), true);
   assert.equal(await page.getByRole("button", { name: "Cancel" }).isEnabled(), false);
   await page.close();
+});
+
+test("Cancel stops a model's download midway; nothing is left running, and another model loads", { timeout: SLOW * 2 }, async () => {
+  const page = await openPage("");
+  await waitForStatus(page, /^Ready|rror/);
+  await page.getByLabel("Or from a URL (a folder)").fill(`${base}slow/models/default/`);
+  await page.getByRole("button", { name: "Load", exact: true }).click();
+  await waitForStatus(page, /^Downloading unet\/diffusion_pytorch_model\.safetensors/);
+  await page.getByRole("button", { name: "Cancel" }).click();
+  assert.match(await waitForStatus(page, /cancelled|^Ready|rror/), /loading cancelled; no model is loaded/);
+  assert.equal(await page.getByRole("button", { name: "Generate" }).isEnabled(), false);
+  // The download was cut off, and no request follows the cancel.
+  const slowRequests = () => requests.filter((r) => r.includes(" /slow/"));
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const afterCancel = slowRequests();
+  assert.ok(afterCancel.includes("GET /slow/models/default/unet/diffusion_pytorch_model.safetensors aborted"), afterCancel.join("\n"));
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  assert.deepEqual(slowRequests(), afterCancel);
+
+  await page.getByRole("button", { name: "Back to the embedded model" }).click();
+  assert.match(await waitForStatus(page, /^Ready|rror/), /^Ready/);
+  await page.getByLabel("Steps", { exact: true }).fill("2");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+  await page.close();
+});
+
+test("the model cache: a damaged entry is caught by its hash and downloaded again; a full quota leaves the model running and nothing half-stored", { timeout: SLOW * 3 }, async () => {
+  const folder = join(EXTRA, "cached");
+  await cp(join(WWW, "models/default"), folder, { recursive: true });
+  const url = `${base}extra/cached/`;
+  const gets = (file) => requests.filter((r) => r === `GET /extra/cached/${file} 200`).length;
+  const unet = "unet/diffusion_pytorch_model.safetensors";
+  const text = "text_encoder/model.safetensors";
+
+  const page = await openPage("lina.js");
+  const first = await page.evaluate(async (url) => {
+    const { loadModel } = await import("./lina.js");
+    window.model = await loadModel({ url });
+    window.options = { prompt: "a red ball on a small mirror", steps: 2 };
+    window.image = await window.model.generate(window.options);
+    return window.model.notes;
+  }, url);
+  assert.deepEqual(first, []);
+  const [unetGets, textGets] = [gets(unet), gets(text)];
+
+  // One byte of the cached UNet's last tensor changes: the file still parses, its hash differs.
+  const damaged = await page.evaluate(async (file) => {
+    const cache = await caches.open("lina-models-v1");
+    const cached = await cache.match(file);
+    const bytes = new Uint8Array(await cached.arrayBuffer());
+    bytes[bytes.length - 3] ^= 0x40;
+    await cache.put(file, new Response(bytes, { headers: cached.headers }));
+    const { notes } = await window.model.load({ url: file.slice(0, file.indexOf("unet/")) });
+    const again = await window.model.generate(window.options);
+    return { notes, same: again.rgba.every((v, i) => v === window.image.rgba[i]) };
+  }, url + unet);
+  assert.match(damaged.notes.join(" "), /unet\/diffusion_pytorch_model\.safetensors: the cached copy is damaged \(its SHA-256 differs/);
+  assert.equal(damaged.same, true, "the image is the undamaged model's");
+  assert.equal(gets(unet), unetGets + 1, "the damaged file was downloaded again");
+  assert.equal(gets(text), textGets, "the others came from the cache");
+  await page.close();
+
+  // A new profile whose origin may store 1 MB: the UNet's 6.8 MB do not fit.
+  const small = await openPage("lina.js");
+  const cdp = await small.context().newCDPSession(small);
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: base.slice(0, -1), quotaSize: 1 << 20 });
+  const full = await small.evaluate(async (url) => {
+    const { loadModel } = await import("./lina.js");
+    const model = await loadModel({ url });
+    const notes = model.notes;
+    const image = await model.generate({ prompt: "a red ball on a small mirror", steps: 2 });
+    const again = await model.load({ url });
+    const files = await caches.open("lina-models-v1");
+    const digests = await caches.open("lina-digests-v1");
+    const stored = async (cache) => (await cache.keys()).map((r) => r.url.slice(url.length)).sort();
+    model.dispose();
+    return { notes, again: again.notes, pixels: image.rgba.length, files: await stored(files), digests: await stored(digests) };
+  }, url);
+  assert.match(full.notes.join(" "), /not cached for the next visit/);
+  assert.equal(full.pixels, 64 * 64 * 4, "the model ran from the download");
+  assert.match(full.again.join(" "), /not cached for the next visit/);
+  assert.equal(gets(unet), unetGets + 3, "the UNet, never stored whole, was downloaded each time");
+  // Whatever did fit is stored with its digest; nothing else is.
+  assert.deepEqual(full.files, full.digests);
+  assert.ok(!full.files.includes(unet), full.files.join(", "));
+  await small.close();
 });
 
 test("a model folder picked from disk loads, and a corrupt weight file in it is a clear error", { timeout: SLOW * 3 }, async () => {

@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
 mod cli {
     mod diagnose;
     mod probe;
+    mod soak;
 
     use std::process::ExitCode;
     use std::time::Instant;
@@ -49,7 +50,9 @@ mod cli {
                     [--plan P] [--csg FILE] --out OUT.png
                     (regenerate one CSG node's region; the checker's verdicts before and after)
       lina embed-shift --model DIR (--prompt TEXT | --suite id|ood [--count N])
-                    (how far texture and physics word swaps move the prompt embedding)";
+                    (how far texture and physics word swaps move the prompt embedding)
+      lina soak --model DIR [--images N] [--steps S] [--every K] [--device D]
+                    (N images with LINA, memory sampled every K; fails if it grew over 5%)";
 
     pub fn main() -> ExitCode {
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,6 +76,7 @@ mod cli {
             Some("sweep") => diagnose::sweep(&args[1..]),
             Some("reinpaint") => diagnose::run(&args[1..]),
             Some("embed-shift") => diagnose::embed_shift(&args[1..]),
+            Some("soak") => soak::run(&args[1..]),
             Some("-h" | "--help") | None => {
                 println!("{USAGE}");
                 Ok(())
@@ -266,6 +270,9 @@ mod cli {
             let started = Instant::now();
             let pipe = StableDiffusion::load(&DirSource::new(&model), &device)?;
             let loaded = started.elapsed();
+            if let Some(note) = pipe.size_note() {
+                eprintln!("note: {note}");
+            }
             let done = if plan.is_baseline() {
                 pipe.generate(&opts, &mut Progress, &CancelToken::new())
                     .await?

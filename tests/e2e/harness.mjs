@@ -1,0 +1,79 @@
+// What the end-to-end tests and the soak script share: a static server for www/ and for
+// model folders the tests make, and headless Chromium with WebGPU on SwiftShader.
+import { createServer } from "node:http";
+import { readFile, stat } from "node:fs/promises";
+import { extname, join, normalize } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+export const WWW = fileURLToPath(new URL("../../www/", import.meta.url));
+
+const TYPES = {
+  ".html": "text/html",
+  ".js": "text/javascript",
+  ".mjs": "text/javascript",
+  ".css": "text/css",
+  ".json": "application/json",
+  ".wasm": "application/wasm",
+  ".png": "image/png",
+};
+
+/**
+ * Serves www/ on 127.0.0.1, and `extra` (a folder) at /extra/. Under /slow/ the same files
+ * come at about 1 MB/s, for cancelling a download midway. `requests` lists every request as
+ * "METHOD /path STATUS", the status "aborted" where the client went away first.
+ */
+export async function startServer({ extra } = {}) {
+  const requests = [];
+  const server = createServer(async (request, response) => {
+    const requested = normalize(decodeURIComponent(new URL(request.url, "http://x").pathname));
+    response.on("close", () =>
+      requests.push(`${request.method} ${requested} ${response.writableFinished ? response.statusCode : "aborted"}`),
+    );
+    const slow = requested.startsWith("/slow/");
+    const path = slow ? requested.slice(5) : requested;
+    const [root, rest] = extra && path.startsWith("/extra/") ? [`${extra}/`, path.slice(7)] : [WWW, path];
+    const file = join(root, rest.endsWith("/") ? `${rest}index.html` : rest);
+    if (!file.startsWith(root)) return response.writeHead(403).end();
+    try {
+      const body = await readFile(file);
+      const { mtime } = await stat(file);
+      response.writeHead(200, {
+        "content-type": TYPES[extname(file)] ?? "application/octet-stream",
+        "content-length": body.length,
+        "last-modified": mtime.toUTCString(),
+      });
+      if (request.method === "HEAD") return response.end();
+      if (!slow) return response.end(body);
+      for (let at = 0; at < body.length && !response.destroyed; at += 65536) {
+        response.write(body.subarray(at, at + 65536));
+        await new Promise((resolve) => setTimeout(resolve, 60));
+      }
+      response.end();
+    } catch {
+      response.writeHead(404).end();
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { base: `http://127.0.0.1:${server.address().port}/`, requests, close: () => server.close() };
+}
+
+/** Debian's Chromium (or $CHROMIUM), headless, with WebGPU on SwiftShader. */
+export function launchBrowser(args = []) {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    ignoreDefaultArgs: ["--disable-gpu"],
+    args: [
+      "--enable-unsafe-webgpu",
+      "--enable-unsafe-swiftshader",
+      "--no-sandbox",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+      "--disable-quic",
+      "--no-default-browser-check",
+      ...args,
+    ],
+  });
+}
