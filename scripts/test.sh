@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Sets up and runs every test: formatting and lints, the native tests (CPU backend, and the
-# wgpu backend on lavapipe), and the browser tests in headless Chromium with WebGPU.
+# wgpu backend on lavapipe), each fuzz target for 20 seconds, the browser tests in headless
+# Chromium with WebGPU, and the page's end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 echo "== fmt and clippy"
 cargo fmt --check
+cargo fmt --check --manifest-path fuzz/Cargo.toml
 cargo clippy --all-targets -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 
 echo "== native tests (CPU backend and wgpu on Vulkan)"
 LINA_TEST_GPU=1 cargo test
+
+echo "== fuzz targets, briefly (scripts/fuzz.sh; docs/hardening.md has the long runs)"
+scripts/fuzz.sh 20
 
 echo "== browser tests (headless Chromium, WebGPU on SwiftShader)"
 # SwiftShader runs WebGPU on the CPU, and the runner times the whole run, not each test:
