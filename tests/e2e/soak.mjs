@@ -4,7 +4,9 @@
 // first round of prompts (as the native soak, src/soak.rs, says why) to the last image; exits
 // 1 if any grew by more than 5%. Run by scripts/soak.sh.
 //
-//   node tests/e2e/soak.mjs [--images 200] [--steps 4] [--every 20]
+//   node tests/e2e/soak.mjs [--images 200] [--steps 1] [--every 20] [--plan lina|baseline]
+//
+// One step per image by default: on SwiftShader a LINA image takes over a minute at 4 steps.
 import { parseArgs } from "node:util";
 import { launchBrowser, startServer } from "./harness.mjs";
 
@@ -22,38 +24,60 @@ const PROMPTS = [
 const { values } = parseArgs({
   options: {
     images: { type: "string", default: "200" },
-    steps: { type: "string", default: "4" },
+    steps: { type: "string", default: "1" },
     every: { type: "string", default: "20" },
+    plan: { type: "string", default: "lina" },
   },
 });
+if (!["lina", "baseline"].includes(values.plan)) throw new Error("--plan is lina or baseline");
 const [images, steps, every] = [values.images, values.steps, values.every].map(Number);
 
 const server = await startServer();
-// --expose-gc: the worker collects garbage before each sample, so heaps count live objects.
-const browser = await launchBrowser(["--js-flags=--expose-gc", "--enable-precise-memory-info"]);
+const browser = await launchBrowser();
 const page = await browser.newPage();
 page.on("pageerror", (e) => console.error(`[page] ${e.message}`));
 await page.goto(`${server.base}lina.js`);
-const cdp = await page.context().newCDPSession(page);
-await cdp.send("Performance.enable");
 await page.evaluate(async () => {
   const { loadModel } = await import("./lina.js");
   window.model = await loadModel();
   window.plan = await window.model.linaPlan();
 });
+const pageHeap = await heapOf(await browser.newBrowserCDPSession(), "page");
+const workerHeap = await heapOf(await browser.newBrowserCDPSession(), "worker");
+
+// The JS heap of the page's or the model worker's isolate, after a collection, through the
+// DevTools protocol (workers have no performance.memory).
+async function heapOf(cdp, type) {
+  const { targetInfos } = await cdp.send("Target.getTargets");
+  const target = targetInfos.find((t) => t.type === type && t.url.startsWith(server.base));
+  const { sessionId } = await cdp.send("Target.attachToTarget", { targetId: target.targetId, flatten: false });
+  const replies = new Map();
+  let next = 0;
+  cdp.on("Target.receivedMessageFromTarget", ({ message }) => {
+    const { id, result, error } = JSON.parse(message);
+    replies.get(id)?.(result ?? Promise.reject(new Error(error.message)));
+  });
+  const call = (method) =>
+    new Promise((resolve) => {
+      const id = ++next;
+      replies.set(id, resolve);
+      cdp.send("Target.sendMessageToTarget", { sessionId, message: JSON.stringify({ id, method, params: {} }) });
+    });
+  return async () => {
+    await call("HeapProfiler.collectGarbage");
+    return (await call("Runtime.getHeapUsage")).usedSize;
+  };
+}
 
 async function sample(image) {
-  const worker = await page.evaluate(() => window.model.memoryUsage());
-  await cdp.send("HeapProfiler.collectGarbage");
-  const { metrics } = await cdp.send("Performance.getMetrics");
-  const pageHeap = metrics.find((m) => m.name === "JSHeapUsedSize")?.value ?? null;
+  const model = await page.evaluate(() => window.model.memoryUsage());
   return {
     image,
-    "GPU bytes in use": worker.gpu?.bytesInUse ?? null,
-    "GPU bytes reserved": worker.gpu?.bytesReserved ?? null,
-    "wasm memory": worker.wasmBytes,
-    "worker JS heap": worker.jsHeapBytes,
-    "page JS heap": pageHeap,
+    "GPU bytes in use": model.gpu?.bytesInUse ?? null,
+    "GPU bytes reserved": model.gpu?.bytesReserved ?? null,
+    "wasm memory": model.wasmBytes,
+    "worker JS heap": await workerHeap(),
+    "page JS heap": await pageHeap(),
   };
 }
 
@@ -62,7 +86,10 @@ const started = performance.now();
 const samples = [];
 for (let image = 1; image <= images; image++) {
   const options = { prompt: PROMPTS[(image - 1) % PROMPTS.length], seed: image, steps };
-  await page.evaluate((options) => window.model.generate({ ...options, plan: window.plan }), options);
+  await page.evaluate(
+    ({ options, lina }) => window.model.generate(lina ? { ...options, plan: window.plan } : options),
+    { options, lina: values.plan === "lina" },
+  );
   if ([1, baseline, images].includes(image) || image % every === 0) {
     const s = await sample(image);
     samples.push(s);
@@ -71,7 +98,8 @@ for (let image = 1; image <= images; image++) {
   }
 }
 const seconds = (performance.now() - started) / 1000;
-console.log(`${images} images, ${steps} steps each, LINA's default plan, ${(seconds / images).toFixed(2)} s per image`);
+const plan = values.plan === "lina" ? "LINA's default plan" : "no interventions";
+console.log(`${images} images, ${steps} steps each, ${plan}, ${(seconds / images).toFixed(2)} s per image`);
 const [first, last] = [samples.find((s) => s.image === baseline), samples.at(-1)];
 let grew = false;
 for (const what of Object.keys(first).filter((k) => k !== "image")) {

@@ -61,7 +61,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         if report.within(ALLOWED_GROWTH) {
             println!(
-                "memory at the end is within {ALLOWED_GROWTH}% of its value after the first image"
+                "memory at the end is within {ALLOWED_GROWTH}% of its value after image {baseline}"
             );
             Ok(())
         } else {
