@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::intervene::predict::{self, Predictor};
 use crate::memory;
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
 use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
@@ -193,6 +194,8 @@ pub struct StableDiffusion {
     /// TAESD's decoder, where the folder has `vae_tiny/`: cheap per-step previews.
     taesd: Option<TaesdDecoder>,
     scheduler_config: SchedulerConfig,
+    /// LINA's learned plan predictor, where the folder has one.
+    predictor: Option<Predictor>,
     device: Device,
 }
 
@@ -344,6 +347,13 @@ impl StableDiffusion {
 
         let scheduler_config =
             SchedulerConfig::from_json(&files.require_text(schedulers::CONFIG_FILE)?)?;
+        let predictor = match files.read(predict::FILE)? {
+            None => None,
+            Some(json) => Some(Predictor::from_json(
+                std::str::from_utf8(&json)
+                    .map_err(|_| Error::config(predict::FILE, "is not UTF-8 text"))?,
+            )?),
+        };
 
         if unet.config().cross_attention_dim != text_encoder.config().hidden_size {
             return Err(Error::config(
@@ -375,8 +385,14 @@ impl StableDiffusion {
             vae_encoder,
             taesd,
             scheduler_config,
+            predictor,
             device: device.clone(),
         })
+    }
+
+    /// The learned plan predictor the model folder carries (`lina_predictor.json`), if any.
+    pub fn predictor(&self) -> Option<&Predictor> {
+        self.predictor.as_ref()
     }
 
     pub fn device(&self) -> &Device {

@@ -350,6 +350,25 @@ impl Pipeline {
         to_js(&crate::probe::check::check(&image, &csg_from_js(csg)?))
     }
 
+    /// The learned predictor's plan for `prompt` (its scene graph `csg`, or the one the prompt
+    /// describes when `csg` is undefined): `{ candidate, plan, predicted: [[name, share], …] }`,
+    /// or `null` when the model folder has no `lina_predictor.json`.
+    #[wasm_bindgen(js_name = suggestPlan)]
+    pub async fn suggest_plan(&self, prompt: String, csg: JsValue) -> Result<JsValue, JsError> {
+        let csg = if csg.is_undefined() || csg.is_null() {
+            crate::csg::parse::parse(&prompt).map_err(js_err)?
+        } else {
+            csg_from_js(csg)?
+        };
+        match crate::intervene::predict::suggest(&self.inner, &prompt, &csg)
+            .await
+            .map_err(js_err)?
+        {
+            None => Ok(JsValue::NULL),
+            Some(suggestion) => to_js(&suggestion),
+        }
+    }
+
     /// The scene graph a prompt describes, with the effects physics implies added (reflections,
     /// shadows), as the JSON object `generate`'s `csg` option takes.
     #[wasm_bindgen(js_name = parsePrompt)]

@@ -93,3 +93,44 @@ fn the_default_model_draws_scenes_the_checker_recognises() {
 /// backend, which is deterministic), so that a regression in the sampler, the loader, the
 /// checker or the weights shows. Raise it when the model is retrained.
 const MIN_PASS_RATE: f64 = 0.70;
+
+/// The learned plan predictor shipped with the model (docs/lina.md): it loads with the model,
+/// its suggestion is one of the candidates, and it depends on the prompt only through its
+/// features, so the same prompt always gets the same plan.
+#[test]
+fn the_default_model_s_predictor_suggests_one_of_its_candidate_plans() {
+    use lina::intervene::predict::{candidates, features, suggest};
+    let pipe = StableDiffusion::load(&DirSource::new(MODEL), &lina::device::cpu()).unwrap();
+    let predictor = pipe
+        .predictor()
+        .expect("www/models/default has lina_predictor.json");
+    let names: Vec<String> = candidates().into_iter().map(|(name, _)| name).collect();
+    let got: Vec<String> = predictor
+        .candidates
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(got, names);
+    for prompt in [
+        "a red ball on a small mirror",
+        "two blue cubes on the floor, lit from the right",
+        "a person close to the water and in the sand",
+    ] {
+        let csg = lina::csg::parse::parse(prompt).unwrap();
+        let x = pollster::block_on(features(&pipe, prompt, &csg)).unwrap();
+        assert_eq!(x.len(), lina::intervene::predict::FEATURES.len());
+        assert!(x.iter().all(|v| v.is_finite()), "{x:?}");
+        let s = pollster::block_on(suggest(&pipe, prompt, &csg))
+            .unwrap()
+            .unwrap();
+        let (_, plan) = candidates()
+            .into_iter()
+            .find(|(n, _)| *n == s.candidate)
+            .unwrap();
+        assert_eq!(s.plan, plan, "{prompt}");
+        let again = pollster::block_on(suggest(&pipe, prompt, &csg))
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.candidate, s.candidate);
+    }
+}

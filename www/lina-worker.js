@@ -20,9 +20,10 @@ const OPTIONAL = [
   "tokenizer/merges.txt",
   "vae_tiny/config.json",
   "vae_tiny/diffusion_pytorch_model.safetensors",
+  "lina_predictor.json",
 ];
 
-const COMPONENT_FILE = /^(scheduler|text_encoder|tokenizer|unet|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)$/;
+const COMPONENT_FILE = /^((scheduler|text_encoder|tokenizer|unet|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)|lina_predictor\.json)$/;
 
 const started = init();
 let pipeline = null;
@@ -259,13 +260,10 @@ const handlers = {
   parsePrompt: ({ prompt }) => Pipeline.parsePrompt(prompt),
   validateCsg: ({ csg }) => Pipeline.validateCsg(csg),
   linaPlan: () => Pipeline.linaPlan(),
+  suggestPlan: ({ prompt, csg }) => model().suggestPlan(prompt, csg),
   timesteps: ({ options }) => model().timesteps(options),
   loseDeviceForTesting: () => model().loseDeviceForTesting(),
-  memoryUsage: () => {
-    // With --js-flags=--expose-gc (the soak script), the heap figure counts live objects only.
-    self.gc?.();
-    return { ...model().memoryUsage(), jsHeapBytes: self.performance?.memory?.usedJSHeapSize ?? null };
-  },
+  memoryUsage: () => model().memoryUsage(),
 };
 
 function model() {

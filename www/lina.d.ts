@@ -20,13 +20,20 @@ export interface ModelSource {
   workerUrl?: string | URL;
 }
 
+export interface Suggestion {
+  /** The chosen candidate: "baseline", "schedule", "prompt", "regions", "lina" or "lina-strong". */
+  candidate: string;
+  /** Its plan, every field filled in. */
+  plan: Required<Plan>;
+  /** Each candidate's predicted share of the checker's checks that pass, [name, share]. */
+  predicted: [string, number][];
+}
+
 export interface MemoryUsage {
   /** The GPU allocator: live allocations, their bytes, and the bytes reserved from the driver. */
   gpu: { allocations: number; bytesInUse: number; bytesReserved: number } | null;
   /** The size of wasm memory (it never shrinks). */
   wasmBytes: number;
-  /** The worker's JS heap, where the browser reports it (Chromium); null elsewhere. */
-  jsHeapBytes: number | null;
 }
 
 export interface DeviceInfo {
@@ -134,7 +141,12 @@ export declare class LinaModel {
   load(source?: ModelSource): Promise<{ deviceInfo: DeviceInfo; nativeSize: number; notes: string[] }>;
   generate(options: GenerateOptions, controls?: GenerateControls): Promise<GenerateResult>;
   cancel(): void;
-  /** The worker's memory, for leak checks. */
+  /**
+   * The learned predictor's plan for a prompt (and its scene graph, else the prompt's own);
+   * null when the model folder has no lina_predictor.json.
+   */
+  suggestPlan(prompt: string, csg?: object): Promise<Suggestion | null>;
+  /** The model's memory, for leak checks. */
   memoryUsage(): Promise<MemoryUsage>;
   /** The plan's guidance at one step at a time: how much each step's guidance changes the
    * image (mean absolute change, 0..255) and how many checks then pass. */

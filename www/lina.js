@@ -119,14 +119,22 @@ export class LinaModel {
     return this.#request("linaPlan", {});
   }
 
+  /**
+   * The learned predictor's plan for a prompt (and its scene graph, else the prompt's own):
+   * `{ candidate, plan, predicted }`, or null when the model has no predictor.
+   */
+  suggestPlan(prompt, csg) {
+    return this.#request("suggestPlan", { prompt, csg });
+  }
+
   /** `{ plain, planned }`: the run's timesteps without and with the options' plan. */
   timesteps(options) {
     return this.#request("timesteps", { options });
   }
 
   /**
-   * The worker's memory, for leak checks: `{ gpu: { allocations, bytesInUse, bytesReserved },
-   * wasmBytes, jsHeapBytes }` (`jsHeapBytes` where the browser reports it: Chromium).
+   * The model's memory, for leak checks: `{ gpu: { allocations, bytesInUse, bytesReserved },
+   * wasmBytes }`.
    */
   memoryUsage() {
     return this.#request("memoryUsage", {});

@@ -168,10 +168,30 @@ async function graphFromPrompt() {
     listNodes();
     boxes.show(csg);
     csgStatus("");
+    await suggestPlan();
   } catch (error) {
     csg = null;
     csgStatus(error.message, true);
   }
+}
+
+// The learned predictor's plan for the prompt and its graph, shown beside the controls; the
+// button copies it into them, where every value can still be changed.
+let suggested = null;
+
+async function suggestPlan() {
+  suggested = null;
+  $("use-suggestion").disabled = true;
+  const suggestion = await model.suggestPlan($("prompt").value, csg ?? undefined);
+  if (!suggestion) {
+    $("suggestion").textContent = "This model has no learned plan predictor.";
+    return;
+  }
+  const percent = (share) => `${(100 * share).toFixed(0)}%`;
+  const others = suggestion.predicted.map(([name, share]) => `${name} ${percent(share)}`).join(", ");
+  $("suggestion").textContent = `The predictor suggests "${suggestion.candidate}" (predicted share of checks passed: ${others}).`;
+  suggested = suggestion.plan;
+  $("use-suggestion").disabled = false;
 }
 
 async function importGraph() {
@@ -390,6 +410,11 @@ async function main() {
     graphFromPrompt();
   });
   $("compare").addEventListener("click", compare);
+  $("use-suggestion").addEventListener("click", () => {
+    showPlan(suggested);
+    $("use-lina").checked = true;
+    replotSchedule();
+  });
   $("sweep").addEventListener("click", sweep);
   $("reinpaint").addEventListener("click", reinpaint);
   $("compare-slider").addEventListener("input", (event) =>

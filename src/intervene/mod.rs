@@ -6,9 +6,11 @@
 //! - `prompt`: prompt-space targeted guidance on the relation tokens;
 //! - `region`: latent-space targeted guidance on the CSG's node and effect regions, whose
 //!   layout comes from the CSG or, when no node has one, is read off the model's own early
-//!   prediction of the final image (the layout forms in the first steps).
+//!   prediction of the final image (the layout forms in the first steps);
+//! - `predict`: the learned per-prompt choice of a plan.
 
 pub mod diagnose;
+pub mod predict;
 pub mod prompt;
 pub mod region;
 pub mod schedule;

@@ -223,9 +223,20 @@ test("the scene graph follows the prompt; editing a relation changes the image a
   await page.close();
 });
 
-test("diagnostics: the step sweep charts every step, and a node of the image is re-inpainted and judged", { timeout: SLOW * 3 }, async () => {
+test("the predictor's suggestion fills the plan; the step sweep charts every step; a node of the image is re-inpainted and judged", { timeout: SLOW * 3 }, async () => {
   const page = await openPage("#prompt=a+red+ball+on+a+small+mirror&steps=3&seed=42&guidanceScale=3");
   await waitForStatus(page, /^Ready|rror/);
+
+  // The learned predictor's plan for the prompt, copied into the controls on request.
+  await page.waitForFunction(() => /^The predictor suggests "/.test(document.getElementById("suggestion").textContent), null, {
+    timeout: SLOW,
+  });
+  const suggested = (await page.locator("#suggestion").textContent()).match(/suggests "([a-z-]+)"/)[1];
+  const warps = { baseline: 1, schedule: 1.5, prompt: 1, regions: 1, lina: 1.5, "lina-strong": 2 };
+  assert.ok(suggested in warps, suggested);
+  await page.getByRole("button", { name: "Use the predictor's suggestion" }).click();
+  assert.equal(await page.getByLabel("Apply LINA's interventions when generating").isChecked(), true);
+  assert.equal(Number(await page.getByLabel(/^Schedule warp/).inputValue()), warps[suggested]);
   await page.getByRole("button", { name: "Generate" }).click();
   assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
 

@@ -38,7 +38,7 @@ mod cli {
                     [--device cpu|gpu|gpu-f32|gpu-f16]   (random weights; times one CFG-batch UNet call)
       lina probe --model DIR --suite id|ood|train[:CATEGORY] [--seeds N] [--count N]
                     [--steps N] [--guidance G] [--scheduler S] [--device cpu|gpu]
-                    [--plan baseline|lina|JSON|FILE] --out DIR
+                    [--plan baseline|lina|predicted|JSON|FILE] --out DIR
                     (generates the suite's prompts, checks each image, writes a report)
       lina probe-render --suite NAME [--count N] [--broken true] --out DIR
                     (rendered scenes with masks, CSG JSON and the checker's report)
@@ -51,6 +51,11 @@ mod cli {
                     (regenerate one CSG node's region; the checker's verdicts before and after)
       lina embed-shift --model DIR (--prompt TEXT | --suite id|ood [--count N])
                     (how far texture and physics word swaps move the prompt embedding)
+      lina lina-search --model DIR --suite train [--count N] [--seeds N] [--steps N]
+                    [--guidance G] --out SEARCH.json
+                    (every candidate plan on every prompt, scored by the checker)
+      lina lina-fit --search SEARCH.json [--lambda L] --out DIR/lina_predictor.json
+                    (LINA's per-prompt plan predictor; probe --plan predicted uses it)
       lina soak --model DIR [--images N] [--steps S] [--every K] [--device D]
                     (N images with LINA, memory sampled every K; fails if it grew over 5%)";
 
@@ -77,6 +82,8 @@ mod cli {
             Some("reinpaint") => diagnose::run(&args[1..]),
             Some("embed-shift") => diagnose::embed_shift(&args[1..]),
             Some("soak") => soak::run(&args[1..]),
+            Some("lina-search") => probe::search(&args[1..]),
+            Some("lina-fit") => probe::fit(&args[1..]),
             Some("-h" | "--help") | None => {
                 println!("{USAGE}");
                 Ok(())

@@ -163,6 +163,8 @@ pub fn data(args: &[String]) -> Result<()> {
 pub fn run(args: &[String]) -> Result<()> {
     let (mut model, mut suite, mut seeds, mut count, mut out) = (None, None, 4u64, None, None);
     let mut plan = Plan::default();
+    // `--plan predicted`: each prompt's plan from the model's learned predictor.
+    let mut predicted = false;
     let mut opts = GenerateOptions::default();
     let mut device = "cpu".to_string();
     for (flag, value) in flags(args)? {
@@ -175,6 +177,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--guidance" => opts.guidance_scale = parse(flag, value)?,
             "--scheduler" => opts.scheduler = Some(SchedulerKind::parse(value)?),
             "--device" => device = value.to_string(),
+            "--plan" if value == "predicted" => predicted = true,
             "--plan" => plan = super::read_plan(value)?,
             "--out" => out = Some(value.to_string()),
             other => return Err(unknown_option(other)),
@@ -201,7 +204,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 pipe.native_size()
             )));
         }
-        let label = if plan.is_baseline() {
+        if predicted && pipe.predictor().is_none() {
+            return Err(Error::InvalidInput(format!(
+                "--plan predicted: {model} has no {}",
+                intervene::predict::FILE
+            )));
+        }
+        let label = if predicted {
+            format!("{model} + LINA, plan per prompt from its predictor")
+        } else if plan.is_baseline() {
             model.clone()
         } else {
             format!(
@@ -214,6 +225,14 @@ pub fn run(args: &[String]) -> Result<()> {
         let ids = suite.ids();
         for (i, id) in ids.iter().enumerate() {
             let scene = id.scene();
+            // As a user would run it: the graph comes from the prompt.
+            let csg = lina::csg::parse::parse(&scene.prompt)?;
+            if predicted {
+                plan = intervene::predict::suggest(&pipe, &scene.prompt, &csg)
+                    .await?
+                    .expect("checked above")
+                    .plan;
+            }
             for seed in 0..seeds {
                 opts.prompt = scene.prompt.clone();
                 opts.seed = seed;
@@ -221,8 +240,6 @@ pub fn run(args: &[String]) -> Result<()> {
                     pipe.generate(&opts, &mut NoHook, &CancelToken::new())
                         .await?
                 } else {
-                    // As a user would run it: the graph comes from the prompt.
-                    let csg = lina::csg::parse::parse(&scene.prompt)?;
                     let cancel = CancelToken::new();
                     intervene::generate(&pipe, &opts, &csg, &plan, &mut NoHook, &cancel)
                         .await?
@@ -239,4 +256,185 @@ pub fn run(args: &[String]) -> Result<()> {
         eprintln!();
         write_report(&out, &report, &images)
     })
+}
+
+/// One training prompt of a settings search: its features and each candidate's score.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Searched {
+    prompt: String,
+    features: Vec<f64>,
+    /// Per candidate, in the search's order: the share of the checker's checks that passed,
+    /// over all seeds.
+    scores: Vec<f64>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Search {
+    suite: String,
+    seeds: u64,
+    settings: String,
+    features: Vec<String>,
+    candidates: Vec<(String, Plan)>,
+    prompts: Vec<Searched>,
+}
+
+/// `lina-search --model DIR --suite train [--count N] [--seeds N] [--steps N] [--guidance G]
+/// --out SEARCH.json`: every candidate plan on every prompt of the suite, scored by the checker.
+pub fn search(args: &[String]) -> Result<()> {
+    let (mut model, mut suite, mut seeds, mut count, mut out) = (None, None, 2u64, None, None);
+    let mut opts = GenerateOptions {
+        guidance_scale: 3.0,
+        ..GenerateOptions::default()
+    };
+    for (flag, value) in flags(args)? {
+        match flag {
+            "--model" => model = Some(value.to_string()),
+            "--suite" => suite = Some(value.to_string()),
+            "--seeds" => seeds = parse(flag, value)?,
+            "--count" => count = Some(parse(flag, value)?),
+            "--steps" => opts.timesteps = Timesteps::Count(parse(flag, value)?),
+            "--guidance" => opts.guidance_scale = parse(flag, value)?,
+            "--out" => out = Some(value.to_string()),
+            other => return Err(unknown_option(other)),
+        }
+    }
+    let model = required(model, "--model")?;
+    let name = required(suite, "--suite")?;
+    let out = required(out, "--out")?;
+    let mut suite = Suite::named(&name)?;
+    if let Some(n) = count {
+        suite.per_category = n;
+    }
+    let candidates = intervene::predict::candidates();
+    pollster::block_on(async {
+        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina::device::cpu())?;
+        let ids = suite.ids();
+        let mut prompts = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let scene = id.scene();
+            let csg = lina::csg::parse::parse(&scene.prompt)?;
+            let features = intervene::predict::features(&pipe, &scene.prompt, &csg).await?;
+            let mut scores = Vec::new();
+            for (_, plan) in &candidates {
+                let (mut passed, mut total) = (0usize, 0usize);
+                for seed in 0..seeds {
+                    opts.prompt = scene.prompt.clone();
+                    opts.seed = seed;
+                    let image = intervene::generate(
+                        &pipe,
+                        &opts,
+                        &csg,
+                        plan,
+                        &mut NoHook,
+                        &CancelToken::new(),
+                    )
+                    .await?
+                    .generated
+                    .image;
+                    let verdicts = check(&image, &scene.csg);
+                    passed += verdicts.iter().filter(|v| v.passed).count();
+                    total += verdicts.len();
+                }
+                scores.push(passed as f64 / total.max(1) as f64);
+            }
+            prompts.push(Searched {
+                prompt: scene.prompt.clone(),
+                features,
+                scores,
+            });
+            eprint!("\r{}/{} prompts", i + 1, ids.len());
+        }
+        eprintln!();
+        let search = Search {
+            suite: name,
+            seeds,
+            settings: format!(
+                "{:?} steps, guidance {}",
+                opts.timesteps, opts.guidance_scale
+            ),
+            features: intervene::predict::FEATURES
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
+            candidates,
+            prompts,
+        };
+        let json = serde_json::to_string_pretty(&search).expect("a search serialises");
+        write(Path::new(&out), json.as_bytes())?;
+        println!("wrote {out}: {} prompts", search.prompts.len());
+        Ok(())
+    })
+}
+
+/// `lina-fit --search SEARCH.json [--lambda L] --out lina_predictor.json`: one ridge
+/// regression per candidate, from the prompts' features to the candidate's score.
+pub fn fit(args: &[String]) -> Result<()> {
+    let (mut search, mut lambda, mut out) = (None, 1.0f64, None);
+    for (flag, value) in flags(args)? {
+        match flag {
+            "--search" => search = Some(value.to_string()),
+            "--lambda" => lambda = parse(flag, value)?,
+            "--out" => out = Some(value.to_string()),
+            other => return Err(unknown_option(other)),
+        }
+    }
+    let path = required(search, "--search")?;
+    let out = required(out, "--out")?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::Io(format!("{path}: {e}")))?;
+    let search: Search =
+        serde_json::from_str(&text).map_err(|e| Error::InvalidInput(format!("{path}: {e}")))?;
+    let x: Vec<Vec<f64>> = search.prompts.iter().map(|p| p.features.clone()).collect();
+    let mut candidates = Vec::new();
+    for (k, (name, plan)) in search.candidates.iter().enumerate() {
+        let y: Vec<f64> = search.prompts.iter().map(|p| p.scores[k]).collect();
+        let weights = intervene::predict::ridge(&x, &y, lambda)?;
+        candidates.push(intervene::predict::Candidate {
+            name: name.clone(),
+            plan: plan.clone(),
+            weights,
+        });
+    }
+    let predictor = intervene::predict::Predictor {
+        version: 1,
+        features: search.features,
+        candidates,
+        trained: format!(
+            "ridge (lambda {lambda}) on {} prompts of the {} suite, {} seeds each, {}",
+            search.prompts.len(),
+            search.suite,
+            search.seeds,
+            search.settings
+        ),
+    };
+    // Read back through the loader's own checks before it is written.
+    let json = predictor.to_json();
+    intervene::predict::Predictor::from_json(&json)?;
+    write(Path::new(&out), json.as_bytes())?;
+    // How well the choice fits the search: the chosen candidate's true score against the
+    // best fixed candidate's.
+    let chosen: f64 = search
+        .prompts
+        .iter()
+        .map(|p| {
+            let s = predictor.suggest(&p.features);
+            let k = predictor
+                .candidates
+                .iter()
+                .position(|c| c.name == s.candidate)
+                .unwrap();
+            p.scores[k]
+        })
+        .sum::<f64>()
+        / search.prompts.len().max(1) as f64;
+    for (k, (name, _)) in search.candidates.iter().enumerate() {
+        let mean = search.prompts.iter().map(|p| p.scores[k]).sum::<f64>()
+            / search.prompts.len().max(1) as f64;
+        println!("{name:>12}: {:.1}% of checks pass", 100.0 * mean);
+    }
+    println!(
+        "   predicted: {:.1}% (on the prompts it was fitted to)",
+        100.0 * chosen
+    );
+    println!("wrote {out}");
+    Ok(())
 }

@@ -1,0 +1,364 @@
+//! The learned, per-prompt choice of interventions.
+//!
+//! Ours (the paper's abstract says only that a small learned predictor chooses the
+//! interventions per prompt): a fixed set of candidate plans, and for each a linear model of
+//! the share of the probe checker's checks that pass, over features of the prompt's scene
+//! graph and of its text embedding. The suggestion is the candidate with the highest
+//! predicted share. Trained by `lina-cli lina-search` (every candidate on the probe's
+//! training prompts, scored by the checker) and `lina-cli lina-fit` (ridge regression); the
+//! weights ship with the model as `lina_predictor.json`. A suggestion is a whole [`Plan`], so
+//! every value can still be overridden.
+
+use serde::{Deserialize, Serialize};
+
+use super::Plan;
+use super::prompt::relation_positions;
+use crate::csg::{Class, Csg, Predicate};
+use crate::error::{Error, Result};
+use crate::pipeline::StableDiffusion;
+
+/// The file a model folder may carry its predictor in.
+pub const FILE: &str = "lina_predictor.json";
+
+const VERSION: u32 = 1;
+
+/// What the predictor sees of a prompt, in order.
+pub const FEATURES: &[&str] = &[
+    "bias",
+    "on",
+    "in",
+    "left_of/right_of",
+    "behind",
+    "close_to/far_from",
+    "reflection",
+    "shadow",
+    "light",
+    "fill",
+    "count>1",
+    "small or large",
+    "objects/4",
+    "relation token share",
+    "relation embedding shift",
+];
+
+/// The plans the predictor chooses among: the baseline, each intervention alone, the default
+/// LINA plan, and a stronger one.
+pub fn candidates() -> Vec<(String, Plan)> {
+    let base = Plan::default;
+    let lina = Plan::lina();
+    vec![
+        ("baseline".into(), base()),
+        (
+            "schedule".into(),
+            Plan {
+                warp: lina.warp,
+                ..base()
+            },
+        ),
+        (
+            "prompt".into(),
+            Plan {
+                prompt_strength: lina.prompt_strength,
+                ..base()
+            },
+        ),
+        (
+            "regions".into(),
+            Plan {
+                node_weight: lina.node_weight,
+                effect_weight: lina.effect_weight,
+                ..base()
+            },
+        ),
+        ("lina".into(), lina.clone()),
+        (
+            "lina-strong".into(),
+            Plan {
+                prompt_strength: 2.0 * lina.prompt_strength,
+                node_weight: 2.0 * lina.node_weight,
+                effect_weight: 2.0 * lina.effect_weight,
+                warp: 2.0,
+                ..lina
+            },
+        ),
+    ]
+}
+
+/// The scene graph's part of the features (everything but the two embedding features).
+pub fn graph_features(csg: &Csg) -> Vec<f64> {
+    let has = |p: &[Predicate]| csg.relations.iter().any(|r| p.contains(&r.predicate)) as u8 as f64;
+    let class = |c: Class| csg.nodes.iter().any(|n| n.class == c) as u8 as f64;
+    let objects = csg.nodes.iter().filter(|n| n.class.is_object()).count() as f64;
+    vec![
+        1.0,
+        has(&[Predicate::On]),
+        has(&[Predicate::In]),
+        has(&[Predicate::LeftOf, Predicate::RightOf]),
+        has(&[Predicate::Behind]),
+        has(&[Predicate::CloseTo, Predicate::FarFrom]),
+        class(Class::Reflection),
+        class(Class::Shadow),
+        csg.light.is_some() as u8 as f64,
+        csg.nodes.iter().any(|n| n.fill.is_some()) as u8 as f64,
+        csg.nodes.iter().any(|n| n.count > 1) as u8 as f64,
+        csg.nodes.iter().any(|n| n.size.is_some()) as u8 as f64,
+        objects / 4.0,
+    ]
+}
+
+/// All features of a prompt: its graph's, then two from the model's text embedding: the
+/// share of its tokens that carry relations, and how far those tokens lie from the empty
+/// prompt's embedding relative to the others (what prompt-space guidance amplifies).
+pub async fn features(pipe: &StableDiffusion, prompt: &str, csg: &Csg) -> Result<Vec<f64>> {
+    let relations = relation_positions(pipe, prompt)?;
+    let words = pipe.tokenizer().words(prompt)?;
+    let content: Vec<usize> = (0..words.len()).filter(|&i| words[i].is_some()).collect();
+    let (text, _) = pipe.encode_text(prompt, 0)?;
+    let (empty, _) = pipe.encode_text("", 0)?;
+    let [_, len, dim] = text.dims();
+    let text = crate::device::read_f32(text, "the prompt's embedding").await?;
+    let empty = crate::device::read_f32(empty, "the empty prompt's embedding").await?;
+    let shift = |i: usize| -> f64 {
+        (i * dim..(i + 1) * dim)
+            .map(|j| f64::from(text[j] - empty[j]).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let mean = |positions: &[usize]| {
+        let inside: Vec<f64> = positions
+            .iter()
+            .filter(|&&i| i < len)
+            .map(|&i| shift(i))
+            .collect();
+        inside.iter().sum::<f64>() / inside.len().max(1) as f64
+    };
+    let share = relations.len() as f64 / content.len().max(1) as f64;
+    let ratio = if relations.is_empty() {
+        0.0
+    } else {
+        mean(&relations) / mean(&content).max(1e-6)
+    };
+    let mut out = graph_features(csg);
+    out.extend([share, ratio]);
+    Ok(out)
+}
+
+/// The model's suggestion for a prompt and its graph; `None` when the model has no predictor.
+pub async fn suggest(
+    pipe: &StableDiffusion,
+    prompt: &str,
+    csg: &Csg,
+) -> Result<Option<Suggestion>> {
+    match pipe.predictor() {
+        None => Ok(None),
+        Some(predictor) => Ok(Some(predictor.suggest(&features(pipe, prompt, csg).await?))),
+    }
+}
+
+/// One candidate and its linear model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate {
+    pub name: String,
+    pub plan: Plan,
+    /// One weight per feature, in [`FEATURES`] order.
+    pub weights: Vec<f64>,
+}
+
+/// A trained predictor, as `lina_predictor.json` holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Predictor {
+    pub version: u32,
+    /// The feature names it was trained on; must equal [`FEATURES`].
+    pub features: Vec<String>,
+    pub candidates: Vec<Candidate>,
+    /// How it was trained, in words (prompts, seeds, steps, ridge strength).
+    pub trained: String,
+}
+
+/// A suggestion for one prompt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Suggestion {
+    pub candidate: String,
+    pub plan: Plan,
+    /// Each candidate's predicted pass share, by name.
+    pub predicted: Vec<(String, f64)>,
+}
+
+impl Predictor {
+    pub fn from_json(text: &str) -> Result<Self> {
+        let bad = |m: String| Error::config(FILE, m);
+        let p: Predictor = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if p.version != VERSION {
+            return Err(bad(format!(
+                "version {} (this build reads {VERSION})",
+                p.version
+            )));
+        }
+        if p.features != FEATURES {
+            return Err(bad(format!(
+                "features {:?} differ from this build's {FEATURES:?}",
+                p.features
+            )));
+        }
+        if p.candidates.is_empty() {
+            return Err(bad("no candidates".into()));
+        }
+        for c in &p.candidates {
+            if c.weights.len() != FEATURES.len() || c.weights.iter().any(|w| !w.is_finite()) {
+                return Err(bad(format!(
+                    "candidate {}: needs {} finite weights",
+                    c.name,
+                    FEATURES.len()
+                )));
+            }
+            c.plan
+                .validate()
+                .map_err(|e| bad(format!("candidate {}: {e}", c.name)))?;
+        }
+        Ok(p)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a predictor serialises")
+    }
+
+    /// The candidate with the highest predicted pass share for these features.
+    pub fn suggest(&self, features: &[f64]) -> Suggestion {
+        let predicted: Vec<(String, f64)> = self
+            .candidates
+            .iter()
+            .map(|c| (c.name.clone(), dot(&c.weights, features)))
+            .collect();
+        let best = (0..predicted.len())
+            .max_by(|&a, &b| predicted[a].1.total_cmp(&predicted[b].1))
+            .expect("at least one candidate");
+        Suggestion {
+            candidate: self.candidates[best].name.clone(),
+            plan: self.candidates[best].plan.clone(),
+            predicted,
+        }
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Ridge regression: the weights minimising |X w - y|² + lambda |w|² (the bias, feature 0,
+/// unpenalised), by solving the normal equations.
+pub fn ridge(x: &[Vec<f64>], y: &[f64], lambda: f64) -> Result<Vec<f64>> {
+    let n = x.first().map_or(0, Vec::len);
+    if x.len() != y.len() || x.iter().any(|row| row.len() != n) || n == 0 {
+        return Err(Error::InvalidInput(
+            "ridge: rows and targets disagree".into(),
+        ));
+    }
+    // A = XᵀX + λI (no penalty on the bias), b = Xᵀy.
+    let mut a = vec![vec![0.0; n + 1]; n];
+    for (row, &target) in x.iter().zip(y) {
+        for i in 0..n {
+            for j in 0..n {
+                a[i][j] += row[i] * row[j];
+            }
+            a[i][n] += row[i] * target;
+        }
+    }
+    for (i, r) in a.iter_mut().enumerate().skip(1) {
+        r[i] += lambda;
+    }
+    // Gaussian elimination with partial pivoting on the augmented matrix.
+    for col in 0..n {
+        let pivot = (col..n)
+            .max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs()))
+            .expect("rows remain");
+        if a[pivot][col].abs() < 1e-12 {
+            return Err(Error::InvalidInput(format!(
+                "ridge: feature {} is constant or redundant; raise lambda",
+                FEATURES.get(col).unwrap_or(&"?")
+            )));
+        }
+        a.swap(col, pivot);
+        let pivot_row = a[col].clone();
+        for (r, row) in a.iter_mut().enumerate() {
+            if r != col {
+                let f = row[col] / pivot_row[col];
+                for (x, p) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                    *x -= f * p;
+                }
+            }
+        }
+    }
+    Ok((0..n).map(|i| a[i][n] / a[i][i]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ridge_recovers_a_linear_rule_and_shrinks_toward_it() {
+        // y = 0.5 + 2 a - b over a few points.
+        let x: Vec<Vec<f64>> = [(0., 0.), (1., 0.), (0., 1.), (1., 1.), (2., 1.)]
+            .iter()
+            .map(|&(a, b)| vec![1.0, a, b])
+            .collect();
+        let y: Vec<f64> = x.iter().map(|r| 0.5 + 2.0 * r[1] - r[2]).collect();
+        let w = ridge(&x, &y, 0.0).unwrap();
+        for (got, want) in w.iter().zip([0.5, 2.0, -1.0]) {
+            assert!((got - want).abs() < 1e-9, "{w:?}");
+        }
+        let shrunk = ridge(&x, &y, 10.0).unwrap();
+        assert!(shrunk[1].abs() < 2.0 && shrunk[2].abs() < 1.0, "{shrunk:?}");
+        // A constant feature besides the bias cannot be told apart without a penalty.
+        let constant: Vec<Vec<f64>> = x.iter().map(|r| vec![1.0, 1.0, r[1]]).collect();
+        assert!(ridge(&constant, &y, 0.0).is_err());
+    }
+
+    #[test]
+    fn the_suggestion_is_the_best_predicted_candidate_and_bad_files_are_refused() {
+        let mut predictor = Predictor {
+            version: VERSION,
+            features: FEATURES.iter().map(|s| s.to_string()).collect(),
+            candidates: candidates()
+                .into_iter()
+                .map(|(name, plan)| Candidate {
+                    name,
+                    plan,
+                    weights: vec![0.0; FEATURES.len()],
+                })
+                .collect(),
+            trained: "by hand".into(),
+        };
+        // "regions" wins where the graph has a reflection.
+        predictor.candidates[3].weights[6] = 0.3;
+        predictor.candidates[0].weights[0] = 0.1;
+        let csg = crate::csg::parse::parse("a red ball on a small mirror").unwrap();
+        let mut x = graph_features(&csg);
+        x.extend([0.2, 1.5]);
+        assert_eq!(x.len(), FEATURES.len());
+        let s = predictor.suggest(&x);
+        assert_eq!(s.candidate, "regions");
+        assert_eq!(s.plan, candidates()[3].1);
+        let plain = graph_features(&crate::csg::parse::parse("a red ball").unwrap());
+        assert_eq!(
+            predictor
+                .suggest(&[plain, vec![0.0, 0.0]].concat())
+                .candidate,
+            "baseline"
+        );
+
+        let again = Predictor::from_json(&predictor.to_json()).unwrap();
+        assert_eq!(again, predictor);
+        let mut short = predictor.clone();
+        short.candidates[1].weights.pop();
+        let e = Predictor::from_json(&short.to_json())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(FILE) && e.contains("schedule"), "{e}");
+        let mut renamed = predictor.clone();
+        renamed.features[1] = "under".into();
+        assert!(Predictor::from_json(&renamed.to_json()).is_err());
+    }
+}
