@@ -86,8 +86,12 @@ const started = performance.now();
 const samples = [];
 for (let image = 1; image <= images; image++) {
   const options = { prompt: PROMPTS[(image - 1) % PROMPTS.length], seed: image, steps };
+  // The image stays in the page: handing it back to the driver would make the driver's own
+  // serialisation part of the page heap being measured.
   await page.evaluate(
-    ({ options, lina }) => window.model.generate(lina ? { ...options, plan: window.plan } : options),
+    async ({ options, lina }) => {
+      await window.model.generate(lina ? { ...options, plan: window.plan } : options);
+    },
     { options, lina: values.plan === "lina" },
   );
   if ([1, baseline, images].includes(image) || image % every === 0) {
