@@ -157,38 +157,79 @@ pub fn data(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The options `probe` and `lina-search` share: which model, which prompts, how many seeds,
+/// the sampler's settings, where to write.
+struct SuiteRun {
+    model: Option<String>,
+    suite: Option<String>,
+    seeds: u64,
+    count: Option<u64>,
+    opts: GenerateOptions,
+    out: Option<String>,
+}
+
+impl SuiteRun {
+    fn new(seeds: u64, opts: GenerateOptions) -> Self {
+        Self {
+            model: None,
+            suite: None,
+            seeds,
+            count: None,
+            opts,
+            out: None,
+        }
+    }
+
+    /// Takes a shared option; false if `flag` is not one.
+    fn take(&mut self, flag: &str, value: &str) -> Result<bool> {
+        match flag {
+            "--model" => self.model = Some(value.to_string()),
+            "--suite" => self.suite = Some(value.to_string()),
+            "--seeds" => self.seeds = parse(flag, value)?,
+            "--count" => self.count = Some(parse(flag, value)?),
+            "--steps" => self.opts.timesteps = Timesteps::Count(parse(flag, value)?),
+            "--guidance" => self.opts.guidance_scale = parse(flag, value)?,
+            "--out" => self.out = Some(value.to_string()),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The model folder, the suite's name and the suite (cut to `--count` per category).
+    fn resolve(&self) -> Result<(String, String, Suite)> {
+        let model = required(self.model.clone(), "--model")?;
+        let name = required(self.suite.clone(), "--suite")?;
+        let mut suite = Suite::named(&name)?;
+        if let Some(n) = self.count {
+            suite.per_category = n;
+        }
+        Ok((model, name, suite))
+    }
+}
+
 /// `probe --model DIR --suite NAME [--seeds N] [--count N] [--steps N] [--guidance G]
 /// [--scheduler S] [--device D] [--plan baseline|lina|JSON|FILE] --out DIR`: generates every prompt of the suite with seeds
 /// 0..N, checks each image against its CSG, and writes the images and the report.
 pub fn run(args: &[String]) -> Result<()> {
-    let (mut model, mut suite, mut seeds, mut count, mut out) = (None, None, 4u64, None, None);
+    let mut run = SuiteRun::new(4, GenerateOptions::default());
     let mut plan = Plan::default();
     // `--plan predicted`: each prompt's plan from the model's learned predictor.
     let mut predicted = false;
-    let mut opts = GenerateOptions::default();
     let mut device = "cpu".to_string();
     for (flag, value) in flags(args)? {
+        if run.take(flag, value)? {
+            continue;
+        }
         match flag {
-            "--model" => model = Some(value.to_string()),
-            "--suite" => suite = Some(value.to_string()),
-            "--seeds" => seeds = parse(flag, value)?,
-            "--count" => count = Some(parse(flag, value)?),
-            "--steps" => opts.timesteps = Timesteps::Count(parse(flag, value)?),
-            "--guidance" => opts.guidance_scale = parse(flag, value)?,
-            "--scheduler" => opts.scheduler = Some(SchedulerKind::parse(value)?),
+            "--scheduler" => run.opts.scheduler = Some(SchedulerKind::parse(value)?),
             "--device" => device = value.to_string(),
             "--plan" if value == "predicted" => predicted = true,
             "--plan" => plan = super::read_plan(value)?,
-            "--out" => out = Some(value.to_string()),
             other => return Err(unknown_option(other)),
         }
     }
-    let model = required(model, "--model")?;
-    let name = required(suite, "--suite")?;
-    let mut suite = Suite::named(&name)?;
-    if let Some(n) = count {
-        suite.per_category = n;
-    }
+    let (model, name, suite) = run.resolve()?;
+    let (seeds, mut opts, out) = (run.seeds, run.opts, run.out);
     if suite.split == Split::Train {
         eprintln!("note: the train suite measures fit, not generalisation");
     }
@@ -281,30 +322,19 @@ struct Search {
 /// `lina-search --model DIR --suite train [--count N] [--seeds N] [--steps N] [--guidance G]
 /// --out SEARCH.json`: every candidate plan on every prompt of the suite, scored by the checker.
 pub fn search(args: &[String]) -> Result<()> {
-    let (mut model, mut suite, mut seeds, mut count, mut out) = (None, None, 2u64, None, None);
-    let mut opts = GenerateOptions {
+    let guided = GenerateOptions {
         guidance_scale: 3.0,
         ..GenerateOptions::default()
     };
+    let mut run = SuiteRun::new(2, guided);
     for (flag, value) in flags(args)? {
-        match flag {
-            "--model" => model = Some(value.to_string()),
-            "--suite" => suite = Some(value.to_string()),
-            "--seeds" => seeds = parse(flag, value)?,
-            "--count" => count = Some(parse(flag, value)?),
-            "--steps" => opts.timesteps = Timesteps::Count(parse(flag, value)?),
-            "--guidance" => opts.guidance_scale = parse(flag, value)?,
-            "--out" => out = Some(value.to_string()),
-            other => return Err(unknown_option(other)),
+        if !run.take(flag, value)? {
+            return Err(unknown_option(flag));
         }
     }
-    let model = required(model, "--model")?;
-    let name = required(suite, "--suite")?;
-    let out = required(out, "--out")?;
-    let mut suite = Suite::named(&name)?;
-    if let Some(n) = count {
-        suite.per_category = n;
-    }
+    let (model, name, suite) = run.resolve()?;
+    let out = required(run.out, "--out")?;
+    let (seeds, mut opts) = (run.seeds, run.opts);
     let candidates = intervene::predict::candidates();
     pollster::block_on(async {
         let pipe = StableDiffusion::load(&DirSource::new(&model), &lina::device::cpu())?;
