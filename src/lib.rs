@@ -3,6 +3,7 @@
 //!
 //! The core knows nothing of the browser; `wasm` is a thin wasm-bindgen layer over it.
 
+pub mod bench;
 pub mod csg;
 pub mod device;
 pub mod error;

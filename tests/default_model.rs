@@ -134,3 +134,15 @@ fn the_default_model_s_predictor_suggests_one_of_its_candidate_plans() {
         assert_eq!(again.candidate, s.candidate);
     }
 }
+
+/// The benchmarks' UNet call (lina::bench::UnetCall) has the shapes of a guided step at the
+/// model's native size, the ones the peers' benchmarks are given, and runs to the end.
+#[test]
+fn the_benchmark_unet_call_is_a_guided_step_at_native_size() {
+    let pipe = StableDiffusion::load(&DirSource::new(MODEL), &lina::device::cpu()).unwrap();
+    let call = lina::bench::UnetCall::new(&pipe).unwrap();
+    let latent = pipe.unet().config().sample_size;
+    assert_eq!(call.shape(), [2, 4, latent, latent]);
+    assert_eq!(latent * pipe.vae().config().downscale(), pipe.native_size());
+    pollster::block_on(call.run(&pipe)).unwrap();
+}

@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    mod bench;
     mod diagnose;
     mod probe;
     mod soak;
@@ -34,6 +35,10 @@ mod cli {
                     from the prompt unless --csg gives one)
       lina memory (--model DIR | --unet F --vae F --text-encoder F) [--sizes 256,512,..]
                     (weights per component and the largest tensor at each size, from configs)
+      lina bench --model DIR [--repeat R] [--steps S] [--device cpu|gpu|gpu-f32|gpu-f16]
+                    [--json FILE] [--peer PEER.json]
+                    (time to first image, UNet call, step and image latency, LINA's overhead;
+                    --peer: tools/bench_torch.py's figures, for ratios)
       lina bench-unet --config UNET_CONFIG.json [--latent N] [--context-len L] [--repeat R]
                     [--device cpu|gpu|gpu-f32|gpu-f16]   (random weights; times one CFG-batch UNet call)
       lina probe --model DIR --suite id|ood|train[:CATEGORY] [--seeds N] [--count N]
@@ -73,6 +78,7 @@ mod cli {
     fn run(args: &[String]) -> Result<()> {
         match args.first().map(String::as_str) {
             Some("generate") => generate(&args[1..]),
+            Some("bench") => bench::run(&args[1..]),
             Some("bench-unet") => bench_unet(&args[1..]),
             Some("memory") => memory(&args[1..]),
             Some("probe") => probe::run(&args[1..]),
