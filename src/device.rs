@@ -1,5 +1,5 @@
 //! Choosing where tensors live: burn's wgpu runtime (WebGPU in browsers; Vulkan, Metal or
-//! DX12 natively, lavapipe on machines without a GPU) or, natively, the pure-Rust CPU backend.
+//! DX12 natively, lavapipe on machines without a GPU) or the pure-Rust CPU backend.
 //! The adapter's limits are read once, when the device is acquired: attention sizes its
 //! chunks from them, and the memory estimate refuses what cannot fit before any work.
 //! A device that fails (lost, out of memory) is reported at the next readback and replaced by
@@ -324,8 +324,8 @@ pub fn gpu_memory(device: &Device) -> Option<GpuMemory> {
     })
 }
 
-/// The pure-Rust CPU backend (native only): deterministic and quick for tiny models.
-#[cfg(not(target_arch = "wasm32"))]
+/// The pure-Rust CPU backend: deterministic and quick for small models, natively and in the
+/// browser (one wasm thread), where it beats WebGPU on a software adapter.
 pub fn cpu() -> Device {
     Device::flex()
 }
@@ -370,13 +370,12 @@ fn read_failure(device: &Device, what: &str, e: impl std::fmt::Debug) -> Error {
 }
 
 /// Resolves a device by name: "gpu" (f16 where the adapter has shader-f16, f32 otherwise),
-/// "gpu-f32", "gpu-f16", or natively "cpu".
+/// "gpu-f32", "gpu-f16", or "cpu".
 pub async fn by_name(name: &str) -> Result<Device> {
     match name {
         "gpu" | "wgpu" => gpu_for(Precision::Auto).await,
         "gpu-f32" => gpu_for(Precision::F32).await,
         "gpu-f16" => gpu_for(Precision::F16).await,
-        #[cfg(not(target_arch = "wasm32"))]
         "cpu" => Ok(cpu()),
         other => Err(Error::InvalidInput(format!(
             "unknown device \"{other}\" (use cpu, gpu, gpu-f32 or gpu-f16)"

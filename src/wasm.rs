@@ -3,6 +3,7 @@
 //! reports any bug to the console instead of an opaque `unreachable`.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use js_sys::{Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
 use serde::Deserialize;
@@ -10,6 +11,7 @@ use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
+use crate::bench::UnetCall;
 use crate::device::Precision;
 use crate::pipeline::{CancelToken, GenerateOptions, Hooks, StableDiffusion};
 use crate::schedulers::{SchedulerKind, Timesteps};
@@ -21,35 +23,52 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// Reads `{ precision }` from device options (absent: `"auto"`); other keys are errors.
-fn precision_option(options: &JsValue) -> Result<Precision, JsError> {
-    if options.is_undefined() || options.is_null() {
-        return Ok(Precision::Auto);
-    }
-    let object = options
-        .dyn_ref::<Object>()
-        .ok_or_else(|| JsError::new("options must be an object"))?;
-    let mut precision = Precision::Auto;
-    for key in Object::keys(object).iter() {
-        let name = key.as_string().unwrap_or_default();
-        let value = Reflect::get(object, &key).unwrap_or(JsValue::UNDEFINED);
-        match (name.as_str(), value.as_string().as_deref()) {
-            ("precision", Some("auto")) => precision = Precision::Auto,
-            ("precision", Some("f32")) => precision = Precision::F32,
-            ("precision", Some("f16")) => precision = Precision::F16,
-            ("precision", _) => {
-                return Err(JsError::new(
-                    "precision must be \"auto\", \"f32\" or \"f16\"",
-                ));
-            }
-            (other, _) => {
-                return Err(JsError::new(&format!(
-                    "unknown option \"{other}\" (the only one is precision)"
-                )));
+/// The device that device options ask for: `{ backend, precision }`, both optional.
+/// `backend`: `"webgpu"` (the default) or `"cpu"`, burn's pure-Rust CPU backend compiled into
+/// this module, which beats WebGPU on a software adapter such as SwiftShader by far (the
+/// worker chooses it for `"auto"`, see lina-worker.js). `precision`: `"auto"` (the default:
+/// f16 where the adapter has shader-f16, f32 otherwise), `"f32"` or `"f16"`; the CPU backend
+/// computes in f32. Other keys are errors.
+async fn device_from_options(options: &JsValue) -> Result<burn::tensor::Device, JsError> {
+    let (mut cpu, mut precision) = (false, None);
+    if !options.is_undefined() && !options.is_null() {
+        let object = options
+            .dyn_ref::<Object>()
+            .ok_or_else(|| JsError::new("options must be an object"))?;
+        for key in Object::keys(object).iter() {
+            let name = key.as_string().unwrap_or_default();
+            let value = Reflect::get(object, &key).unwrap_or(JsValue::UNDEFINED);
+            match (name.as_str(), value.as_string().as_deref()) {
+                ("backend", Some("webgpu")) => cpu = false,
+                ("backend", Some("cpu")) => cpu = true,
+                ("backend", _) => {
+                    return Err(JsError::new("backend must be \"webgpu\" or \"cpu\""));
+                }
+                ("precision", Some("auto")) => precision = None,
+                ("precision", Some("f32")) => precision = Some(Precision::F32),
+                ("precision", Some("f16")) => precision = Some(Precision::F16),
+                ("precision", _) => {
+                    return Err(JsError::new(
+                        "precision must be \"auto\", \"f32\" or \"f16\"",
+                    ));
+                }
+                (other, _) => {
+                    return Err(JsError::new(&format!(
+                        "unknown option \"{other}\" (the options are backend and precision)"
+                    )));
+                }
             }
         }
     }
-    Ok(precision)
+    match (cpu, precision) {
+        (true, Some(Precision::F16)) => Err(JsError::new(
+            "the CPU backend computes in f32: ask for precision \"f32\" or \"auto\"",
+        )),
+        (true, _) => Ok(crate::device::cpu()),
+        (false, precision) => crate::device::gpu_for(precision.unwrap_or(Precision::Auto))
+            .await
+            .map_err(js_err),
+    }
 }
 
 fn js_err(e: impl std::fmt::Display) -> JsError {
@@ -121,6 +140,8 @@ pub struct Pipeline {
     inner: StableDiffusion,
     /// The running generation's token; a new one per `generate`.
     cancel: RefCell<CancelToken>,
+    /// The benchmark's UNet inputs, made on its first call so later calls time the UNet only.
+    bench: RefCell<Option<Rc<UnetCall>>>,
 }
 
 #[wasm_bindgen]
@@ -128,7 +149,7 @@ impl Pipeline {
     /// Loads a diffusers-layout model from `files`, an object mapping relative paths
     /// (`"unet/config.json"`) to `Uint8Array`s. `options` as for `ModelLoader.create`.
     pub async fn load(files: Object, options: JsValue) -> Result<Pipeline, JsError> {
-        let precision = precision_option(&options)?;
+        let device = device_from_options(&options).await?;
         let mut source = MemorySource::new();
         for key in Object::keys(&files).iter() {
             let path = key
@@ -141,11 +162,11 @@ impl Pipeline {
                 .map_err(|_| JsError::new(&format!("{path}: expected a Uint8Array")))?;
             source.insert(path, bytes.to_vec());
         }
-        let device = crate::device::gpu_for(precision).await.map_err(js_err)?;
         let inner = StableDiffusion::load(&source, &device).map_err(js_err)?;
         Ok(Pipeline {
             inner,
             cancel: RefCell::new(CancelToken::new()),
+            bench: RefCell::default(),
         })
     }
 
@@ -162,6 +183,7 @@ impl Pipeline {
         Ok(Pipeline {
             inner,
             cancel: RefCell::new(CancelToken::new()),
+            bench: RefCell::default(),
         })
     }
 
@@ -189,6 +211,18 @@ impl Pipeline {
     /// `{ gpu: { allocations, bytesInUse, bytesReserved }, wasmBytes }`: what the GPU
     /// allocator holds and the size of wasm memory, for leak checks (wasm memory never
     /// shrinks, so a leak there only grows it).
+    /// One UNet call as a guided step makes it (`lina::bench::UnetCall`), resolved once its
+    /// result is read back: the benchmark page times it, as `lina-cli bench` does natively.
+    #[wasm_bindgen(js_name = benchUnet)]
+    pub async fn bench_unet(&self) -> Result<(), JsError> {
+        let call = match self.bench.borrow().clone() {
+            Some(call) => call,
+            None => Rc::new(UnetCall::new(&self.inner).map_err(js_err)?),
+        };
+        *self.bench.borrow_mut() = Some(call.clone());
+        call.run(&self.inner).await.map_err(js_err)
+    }
+
     #[wasm_bindgen(js_name = memoryUsage)]
     pub fn memory_usage(&self) -> Result<JsValue, JsError> {
         #[derive(serde::Serialize)]
@@ -548,9 +582,8 @@ impl ModelLoader {
     /// (the default: f16 where the adapter has shader-f16, f32 otherwise), `"f32"` or `"f16"`.
     /// After a device failure (reported by `generate`), the next loader gets a fresh device.
     pub async fn create(options: JsValue) -> Result<ModelLoader, JsError> {
-        let precision = precision_option(&options)?;
         Ok(ModelLoader {
-            device: crate::device::gpu_for(precision).await.map_err(js_err)?,
+            device: device_from_options(&options).await?,
             source: StagedSource::default(),
             current: None,
             digest: None,

@@ -176,7 +176,42 @@ fn rgb_of(result: &JsValue) -> Vec<u8> {
 /// The same settings as tests/default_model.rs, whose CPU output the reference image is.
 #[wasm_bindgen_test]
 async fn the_embedded_default_model_draws_its_reference_image() {
-    let pipe = Pipeline::load(files_of(DEFAULT_MODEL, |_, b| b.to_vec()), f32_device())
+    let worst = reference_image_error(f32_device()).await;
+    assert!(worst <= 4, "worst pixel off by {worst}/255");
+}
+
+/// The CPU backend compiled into the module (the worker's choice on a software adapter such
+/// as SwiftShader) draws what the same backend draws natively; it computes in f32 only.
+#[wasm_bindgen_test]
+async fn the_cpu_backend_draws_the_native_reference_image() {
+    let worst = reference_image_error(backend_options("cpu", "auto")).await;
+    assert!(worst <= 2, "worst pixel off by {worst}/255");
+    for (options, expected) in [
+        (
+            backend_options("cpu", "f16"),
+            "the CPU backend computes in f32",
+        ),
+        (backend_options("tpu", "auto"), "backend must be"),
+    ] {
+        let err = Pipeline::load(files(|_, b| b.to_vec()), options)
+            .await
+            .err()
+            .map(message)
+            .expect("refused");
+        assert!(err.contains(expected), "{err}");
+    }
+}
+
+fn backend_options(backend: &str, precision: &str) -> JsValue {
+    let options = device_options(precision);
+    Reflect::set(&options, &"backend".into(), &backend.into()).unwrap();
+    options
+}
+
+/// The default model's worst pixel error against its reference image (tests/default_model.rs's
+/// settings), on the device `options` ask for.
+async fn reference_image_error(device: JsValue) -> u8 {
+    let pipe = Pipeline::load(files_of(DEFAULT_MODEL, |_, b| b.to_vec()), device)
         .await
         .map_err(message)
         .unwrap();
@@ -200,13 +235,11 @@ async fn the_embedded_default_model_draws_its_reference_image() {
     expected.truncate(info.buffer_size());
     let ours = rgb_of(&result);
     assert_eq!(ours.len(), expected.len());
-    let worst = ours
-        .iter()
+    ours.iter()
         .zip(&expected)
         .map(|(a, b)| a.abs_diff(*b))
         .max()
-        .unwrap();
-    assert!(worst <= 4, "worst pixel off by {worst}/255");
+        .unwrap()
 }
 
 /// LINA in the browser: a plan in the options runs the interventions and reports them.

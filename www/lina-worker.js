@@ -207,9 +207,25 @@ async function loadFromFiles(loader, files, { signal, progress }) {
   }
 }
 
+/**
+ * The backend for `"auto"`: WebGPU, unless the browser has no adapter or only a software one
+ * (SwiftShader, Chromium's fallback): there WebGPU runs about a hundred times slower than the
+ * CPU backend compiled into the wasm module (docs/bench.md), so the CPU backend is used.
+ */
+async function chooseBackend(backend, precision) {
+  // Asking for f16 asks for a GPU: the CPU backend computes in f32.
+  if (backend !== "auto" || precision === "f16") return { backend: backend === "auto" ? "webgpu" : backend, note: null };
+  const adapter = await navigator.gpu?.requestAdapter();
+  const info = adapter?.info ?? {};
+  const software = info.isFallbackAdapter || /swiftshader/i.test(`${info.vendor} ${info.architecture} ${info.description}`);
+  if (adapter && !software) return { backend: "webgpu", note: null };
+  const why = adapter ? "the WebGPU adapter is a software one (SwiftShader)" : "this browser offers no WebGPU adapter";
+  return { backend: "cpu", note: `Running on the CPU: ${why}.` };
+}
+
 const handlers = {
   // { url } (a folder URL ending in "/") or { files } ({ path: Blob | Uint8Array }).
-  async load({ id, url, files, precision }) {
+  async load({ id, url, files, precision, backend: asked = "auto" }) {
     // The old model's buffers go with its device's next failure or with the page; drop it
     // now so that a failed load leaves no half model behind.
     pipeline?.free();
@@ -220,9 +236,11 @@ const handlers = {
     const cache = url === undefined ? null : await ModelCache.open();
     const distrust = new Set();
     const notes = [];
+    const { backend, note } = await chooseBackend(asked, precision);
+    if (note) notes.push(note);
     try {
       for (;;) {
-        const loader = await ModelLoader.create({ precision });
+        const loader = await ModelLoader.create({ backend, precision });
         try {
           if (url === undefined) await loadFromFiles(loader, files, { signal, progress });
           else notes.push(...(await loadFromUrl(loader, url, { cache, distrust, signal, progress })));
@@ -264,6 +282,17 @@ const handlers = {
   timesteps: ({ options }) => model().timesteps(options),
   loseDeviceForTesting: () => model().loseDeviceForTesting(),
   memoryUsage: () => model().memoryUsage(),
+
+  // Timed here, next to the device, so that message passing stays out of the figures.
+  async benchUnet({ repeat }) {
+    const times = [];
+    for (let i = 0; i <= repeat; i++) {
+      const start = performance.now();
+      await model().benchUnet();
+      times.push(performance.now() - start);
+    }
+    return { warmupMs: times[0], timesMs: times.slice(1) };
+  },
 };
 
 function model() {

@@ -6,11 +6,19 @@ export const DEFAULT_MODEL_URL: string;
 /** "auto": f16 where the adapter has shader-f16, f32 otherwise. */
 export type Precision = "auto" | "f32" | "f16";
 
+/**
+ * "auto": WebGPU, or the CPU backend (compiled into the wasm module, one thread) where the
+ * browser has no WebGPU adapter or only a software one such as SwiftShader.
+ */
+export type Backend = "auto" | "webgpu" | "cpu";
+
 export interface ModelSource {
   /** A diffusers-layout folder (the default model when neither url nor files is given). */
   url?: string;
   /** Diffusers paths ("unet/config.json") to file contents. */
   files?: Record<string, Blob | Uint8Array>;
+  backend?: Backend;
+  /** The CPU backend computes in f32. */
   precision?: Precision;
   /** Download or read progress, per file, in bytes. */
   onProgress?: (progress: { path: string; received: number; total: number | undefined }) => void;
@@ -146,6 +154,8 @@ export declare class LinaModel {
    * null when the model folder has no lina_predictor.json.
    */
   suggestPlan(prompt: string, csg?: object): Promise<Suggestion | null>;
+  /** Times `repeat` UNet calls (batch 2, native size) after one warm-up call, in the worker. */
+  benchUnet(repeat?: number): Promise<{ warmupMs: number; timesMs: number[] }>;
   /** The model's memory, for leak checks. */
   memoryUsage(): Promise<MemoryUsage>;
   /** The plan's guidance at one step at a time: how much each step's guidance changes the

@@ -54,11 +54,11 @@ export class LinaModel {
    * (Re)loads a model into this worker; see `loadModel`. An aborted `signal` stops the
    * load (downloads included); it rejects with "cancelled" and no model is loaded.
    */
-  async load({ url, files, precision = "auto", onProgress, signal } = {}) {
+  async load({ url, files, backend = "auto", precision = "auto", onProgress, signal } = {}) {
     if (files === undefined && url === undefined) url = DEFAULT_MODEL_URL;
     if (url !== undefined) url = new URL(url.endsWith("/") ? url : `${url}/`, location.href).href;
     const info = await this.#cancellable(signal, () =>
-      this.#request("load", { url, files, precision }, {
+      this.#request("load", { url, files, backend, precision }, {
         progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total }),
       }),
     );
@@ -138,6 +138,14 @@ export class LinaModel {
    */
   memoryUsage() {
     return this.#request("memoryUsage", {});
+  }
+
+  /**
+   * Times `repeat` UNet calls as a guided step makes them (batch 2, the model's native size),
+   * after one warm-up call: `{ warmupMs, timesMs }`. For benchmarks (www/bench.html).
+   */
+  benchUnet(repeat = 10) {
+    return this.#request("benchUnet", { repeat });
   }
 
   /** Destroys the GPU device, as a driver reset would: for testing recovery. */

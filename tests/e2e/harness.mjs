@@ -19,11 +19,13 @@ const TYPES = {
 };
 
 /**
- * Serves www/ on 127.0.0.1, and `extra` (a folder) at /extra/. Under /slow/ the same files
- * come at about 1 MB/s, for cancelling a download midway. `requests` lists every request as
- * "METHOD /path STATUS", the status "aborted" where the client went away first.
+ * Serves www/ on 127.0.0.1, and `extra` (a folder) at /extra/; `mounts` maps more URL
+ * prefixes ("/ort/") to folders. Under /slow/ the same files come at about 1 MB/s, for
+ * cancelling a download midway. `requests` lists every request as "METHOD /path STATUS", the
+ * status "aborted" where the client went away first.
  */
-export async function startServer({ extra } = {}) {
+export async function startServer({ extra, mounts = {} } = {}) {
+  const roots = Object.entries({ ...mounts, ...(extra ? { "/extra/": extra } : {}) });
   const requests = [];
   const server = createServer(async (request, response) => {
     const requested = normalize(decodeURIComponent(new URL(request.url, "http://x").pathname));
@@ -32,7 +34,8 @@ export async function startServer({ extra } = {}) {
     );
     const slow = requested.startsWith("/slow/");
     const path = slow ? requested.slice(5) : requested;
-    const [root, rest] = extra && path.startsWith("/extra/") ? [`${extra}/`, path.slice(7)] : [WWW, path];
+    const mount = roots.find(([prefix]) => path.startsWith(prefix));
+    const [root, rest] = mount ? [`${mount[1]}/`, path.slice(mount[0].length)] : [WWW, path];
     const file = join(root, rest.endsWith("/") ? `${rest}index.html` : rest);
     if (!file.startsWith(root)) return response.writeHead(403).end();
     try {

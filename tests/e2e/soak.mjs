@@ -39,7 +39,8 @@ page.on("pageerror", (e) => console.error(`[page] ${e.message}`));
 await page.goto(`${server.base}lina.js`);
 await page.evaluate(async () => {
   const { loadModel } = await import("./lina.js");
-  window.model = await loadModel();
+  // WebGPU even on SwiftShader (where "auto" picks the CPU): the soak watches its allocator.
+  window.model = await loadModel({ backend: "webgpu" });
   window.plan = await window.model.linaPlan();
 });
 const pageHeap = await heapOf(await browser.newBrowserCDPSession(), "page");
