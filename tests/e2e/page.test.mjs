@@ -447,6 +447,22 @@ test("the embed example draws an image with the API alone", { timeout: SLOW * 2 
   await page.close();
 });
 
+test("the benchmark page times the first image phase by phase and the warm figures", { timeout: SLOW * 2 }, async () => {
+  // One repeat of one step: the figures' shape, not their values (docs/bench.md has those).
+  const page = await openPage("bench.html?repeat=1&steps=1");
+  assert.match(await waitForStatus(page, /^Done|^Error/), /^Done/);
+  const r = await page.evaluate(() => window.benchResults);
+  const f = r.timeToFirstImage;
+  for (const phase of ["wasmMs", "loadMs", "firstStepMs", "imageMs"]) assert.ok(f[phase] > 0, phase);
+  assert.ok(f.totalMs >= f.wasmMs + f.loadMs + f.imageMs, "the phases add up to at most the total");
+  for (const figure of ["unetMs", "stepMs", "imageMs", "linaImageMs"]) {
+    const s = r[figure];
+    assert.ok(s.runs >= 1 && s.min > 0 && s.min <= s.median && s.median <= s.max, `${figure}: ${JSON.stringify(s)}`);
+  }
+  assert.equal(r.onnxRuntimeWeb, undefined, "no peer without ?ort=");
+  await page.close();
+});
+
 test("through the API: a truncated weight file and a CSG with an unknown node are errors, and a lost device recovers", { timeout: SLOW * 3 }, async () => {
   // Any page of the origin will do to import the module from; this one loads nothing.
   const page = await openPage("lina.js");
