@@ -1,5 +1,5 @@
 //! What the benchmarks measure, shared by `lina-cli bench` and the browser's benchmark page
-//! (through `Pipeline.unetCall`): one fixed classifier-free-guidance UNet call, and the
+//! (through `Pipeline.benchUnet`): one fixed classifier-free-guidance UNet call, and the
 //! summary statistics every figure is reported with. The timing itself stays with the
 //! callers (`Instant` natively, `performance.now()` in a worker): wasm has no clock of its own.
 
@@ -56,7 +56,7 @@ impl UnetCall {
 }
 
 /// Median, minimum and maximum of repeated measurements.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub runs: usize,
     pub median: f64,

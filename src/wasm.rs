@@ -206,11 +206,6 @@ impl Pipeline {
         crate::device::lose(self.inner.device()).map_err(js_err)
     }
 
-    /// The device the model runs on: `{ adapter, precision: "f16" | "f32",
-    /// maxBindingBytes, shaderF16 }`.
-    /// `{ gpu: { allocations, bytesInUse, bytesReserved }, wasmBytes }`: what the GPU
-    /// allocator holds and the size of wasm memory, for leak checks (wasm memory never
-    /// shrinks, so a leak there only grows it).
     /// One UNet call as a guided step makes it (`lina::bench::UnetCall`), resolved once its
     /// result is read back: the benchmark page times it, as `lina-cli bench` does natively.
     #[wasm_bindgen(js_name = benchUnet)]
@@ -223,6 +218,9 @@ impl Pipeline {
         call.run(&self.inner).await.map_err(js_err)
     }
 
+    /// `{ gpu: { allocations, bytesInUse, bytesReserved }, wasmBytes }`: what the GPU
+    /// allocator holds and the size of wasm memory, for leak checks (wasm memory never
+    /// shrinks, so a leak there only grows it).
     #[wasm_bindgen(js_name = memoryUsage)]
     pub fn memory_usage(&self) -> Result<JsValue, JsError> {
         #[derive(serde::Serialize)]
@@ -242,6 +240,8 @@ impl Pipeline {
         })
     }
 
+    /// The device the model runs on: `{ adapter, precision: "f16" | "f32",
+    /// maxBindingBytes, shaderF16 }`.
     #[wasm_bindgen(js_name = deviceInfo)]
     pub fn device_info(&self) -> Result<JsValue, JsError> {
         let limits = crate::device::limits(self.inner.device());

@@ -384,13 +384,10 @@ mod cli {
                     times.push(elapsed);
                 }
             }
-            times.sort_by(f64::total_cmp);
-            if !times.is_empty() {
+            if let Some(s) = lina::bench::Summary::of(&times) {
                 println!(
                     "UNet call, batch 2 (CFG), {latent}x{latent} latents, {repeat} runs: median {:.3} s, min {:.3} s, max {:.3} s",
-                    times[times.len() / 2],
-                    times[0],
-                    times[times.len() - 1]
+                    s.median, s.min, s.max
                 );
             }
             Ok(())

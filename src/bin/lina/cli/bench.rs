@@ -63,6 +63,7 @@ pub fn run(args: &[String]) -> Result<()> {
             call.run(&pipe).await?;
             unet.push(ms(t));
         }
+        let csg = lina::csg::parse::parse(PROMPT)?;
         let (mut step, mut image, mut lina) = (Vec::new(), Vec::new(), Vec::new());
         for seed in 0..repeat as u64 {
             let opts = GenerateOptions {
@@ -72,7 +73,6 @@ pub fn run(args: &[String]) -> Result<()> {
             let run = timed_image(&pipe, &opts, &mut Hooks::default()).await?;
             step.extend(run.steps_ms);
             image.push(run.total_ms);
-            let csg = lina::csg::parse::parse(PROMPT)?;
             let t = Instant::now();
             let mut prepared = prepare(&pipe, &opts, &csg, &Plan::lina()).await?;
             timed_image(&pipe, &prepared.opts, &mut prepared.hooks).await?;
@@ -198,7 +198,9 @@ impl Report {
 }
 
 /// A peer's figures for the same model (tools/bench_torch.py's JSON), to print ratios.
+#[derive(serde::Deserialize)]
 struct Peer {
+    #[serde(rename = "peer")]
     name: String,
     steps: usize,
     unet_ms: Summary,
@@ -208,35 +210,8 @@ struct Peer {
 
 impl Peer {
     fn read(path: &str) -> Result<Self> {
-        let bad = |what: &str| Error::InvalidInput(format!("{path}: {what}"));
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io(format!("{path}: {e}")))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(&format!("not JSON: {e}")))?;
-        let summary = |key: &str| -> Result<Summary> {
-            let s = &json[key];
-            let field = |f: &str| {
-                s[f].as_f64()
-                    .ok_or_else(|| bad(&format!("{key}.{f} is missing or not a number")))
-            };
-            Ok(Summary {
-                runs: field("runs")? as usize,
-                median: field("median")?,
-                min: field("min")?,
-                max: field("max")?,
-            })
-        };
-        Ok(Self {
-            name: json["peer"]
-                .as_str()
-                .ok_or_else(|| bad("peer is missing"))?
-                .to_string(),
-            steps: json["steps"]
-                .as_u64()
-                .ok_or_else(|| bad("steps is missing"))? as usize,
-            unet_ms: summary("unet_ms")?,
-            step_ms: summary("step_ms")?,
-            image_ms: summary("image_ms")?,
-        })
+        serde_json::from_str(&text).map_err(|e| Error::InvalidInput(format!("{path}: {e}")))
     }
 
     fn compare(&self, ours: &Report) {
