@@ -209,7 +209,7 @@ async function loadFromFiles(loader, files, { signal, progress }) {
 
 /**
  * The backend for `"auto"`: WebGPU, unless the browser has no adapter or only a software one
- * (SwiftShader, Chromium's fallback): there WebGPU runs about a hundred times slower than the
+ * (SwiftShader, Chromium's fallback): there WebGPU runs about 40 times slower than the
  * CPU backend compiled into the wasm module (docs/bench.md), so the CPU backend is used.
  */
 async function chooseBackend(backend, precision) {
