@@ -181,6 +181,9 @@ pub struct Generated {
     pub image: Image,
     /// Things the user should know, such as the words an over-long prompt lost.
     pub warnings: Vec<String>,
+    /// UNet evaluations, one per batch row per call: the cost figure the LINA evaluation
+    /// compares.
+    pub evaluations: usize,
 }
 
 /// A loaded Stable-Diffusion-class model.
@@ -610,6 +613,7 @@ impl StableDiffusion {
             guidance_embedding,
             predicted_clean: None,
             warnings,
+            evaluations: 0,
         })
     }
 
@@ -714,10 +718,7 @@ impl StableDiffusion {
             }
             sampling.step(hook)?;
         }
-        Ok(Generated {
-            image: sampling.decode().await?,
-            warnings: sampling.warnings,
-        })
+        sampling.finish().await
     }
 }
 
@@ -739,6 +740,8 @@ pub struct Sampling<'p> {
     predicted_clean: Option<Tensor<4>>,
     /// Things the user should know (a truncated prompt).
     pub warnings: Vec<String>,
+    /// UNet evaluations so far (batch rows).
+    evaluations: usize,
 }
 
 impl Sampling<'_> {
@@ -757,6 +760,31 @@ impl Sampling<'_> {
     }
     pub fn latents(&self) -> &Tensor<4> {
         &self.latents
+    }
+    pub fn pipe(&self) -> &StableDiffusion {
+        self.pipe
+    }
+    /// UNet evaluations so far, one per batch row per call.
+    pub fn evaluations(&self) -> usize {
+        self.evaluations
+    }
+    /// The latest step's prediction of the clean latents.
+    pub fn predicted_clean(&self) -> Option<&Tensor<4>> {
+        self.predicted_clean.as_ref()
+    }
+
+    /// Moves the prediction of the clean latents by `delta`, and the sample by the same
+    /// change at the next step's noise level (`add_noise` of `delta` with no noise: `√ᾱ·Δ`
+    /// for the variance-preserving schedulers, `Δ` for Euler's), as if the model had
+    /// predicted it. Latent-space repairs act through this.
+    pub fn shift_clean(&mut self, delta: Tensor<4>) {
+        if self.is_done() {
+            return;
+        }
+        let zeros = delta.zeros_like();
+        let shift = self.scheduler.add_noise(delta.clone(), zeros, self.step);
+        self.latents = self.latents.clone() + shift;
+        self.predicted_clean = self.predicted_clean.take().map(|x0| x0 + delta);
     }
 
     /// Takes one denoising step.
@@ -777,6 +805,7 @@ impl Sampling<'_> {
             regions: Vec::new(),
         };
         hook.before_model(&mut call)?;
+        self.evaluations += call.context.dims()[0] + call.regions.len();
         let noise_pred = self.predict_noise(call)?;
 
         let out = self.scheduler.step(
@@ -899,6 +928,22 @@ impl Sampling<'_> {
     /// Decodes the current latents with the model's VAE (the final image once done).
     pub async fn decode(&self) -> Result<Image> {
         Image::from_decoded(self.pipe.vae.decode_scaled(self.latents.clone())).await
+    }
+
+    /// The finished generation: the decoded image, the warnings and the cost.
+    pub async fn finish(self) -> Result<Generated> {
+        Ok(Generated {
+            image: self.decode().await?,
+            warnings: self.warnings,
+            evaluations: self.evaluations,
+        })
+    }
+
+    /// The latest prediction of the clean image, decoded by the model's own VAE (the
+    /// latents before the first step). [`Sampling::preview`] trades accuracy for speed.
+    pub async fn decode_predicted(&self) -> Result<Image> {
+        let latents = self.predicted_clean.as_ref().unwrap_or(&self.latents);
+        Image::from_decoded(self.pipe.vae.decode_scaled(latents.clone())).await
     }
 
     /// A quick look at where the run is heading: the latest prediction of the clean image

@@ -275,25 +275,34 @@ impl Pipeline {
         let cancel = CancelToken::new();
         *self.cancel.borrow_mut() = cancel.clone();
         // LINA's interventions, when a plan asks for any.
-        let (options, mut hooks, described) = match plan.filter(|p| !p.is_baseline()) {
-            None => (options, Hooks::default(), Vec::new()),
-            Some(plan) => {
-                let csg = match csg {
-                    Some(csg) => csg,
-                    None => crate::csg::parse::parse(&options.prompt).map_err(js_err)?,
-                };
-                let prepared = crate::intervene::prepare(&self.inner, &options, &csg, &plan)
-                    .await
-                    .map_err(js_err)?;
-                (prepared.opts, prepared.hooks, prepared.described)
-            }
-        };
+        let (options, mut hooks, mut described, mut repair) =
+            match plan.filter(|p| !p.is_baseline()) {
+                None => (options, Hooks::default(), Vec::new(), None),
+                Some(plan) => {
+                    let csg = match csg {
+                        Some(csg) => csg,
+                        None => crate::csg::parse::parse(&options.prompt).map_err(js_err)?,
+                    };
+                    let prepared = crate::intervene::prepare(&self.inner, &options, &csg, &plan)
+                        .await
+                        .map_err(js_err)?;
+                    (
+                        prepared.opts,
+                        prepared.hooks,
+                        prepared.described,
+                        prepared.repair,
+                    )
+                }
+            };
         let mut sampling = self.inner.start(&options).map_err(js_err)?;
         while !sampling.is_done() {
             if cancel.is_cancelled() {
                 return Err(js_err(crate::Error::Cancelled));
             }
             sampling.step(&mut hooks).map_err(js_err)?;
+            if let Some(r) = repair.as_mut() {
+                r.after_step(&mut sampling).await.map_err(js_err)?;
+            }
             sampling.settle().await.map_err(js_err)?;
             if let Some(f) = &on_step {
                 let args = js_sys::Array::of3(
@@ -319,6 +328,7 @@ impl Pipeline {
             return Err(js_err(crate::Error::Cancelled));
         }
         let image = sampling.decode().await.map_err(js_err)?;
+        described.extend(repair.into_iter().flat_map(|r| r.described));
 
         let out = image_object(&image)?;
         let set = |k: &str, v: &JsValue| Reflect::set(&out, &JsValue::from_str(k), v).map(|_| ());

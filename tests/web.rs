@@ -256,6 +256,7 @@ async fn a_plan_runs_lina_in_the_browser() {
     let plan = Object::new();
     set(&plan, "promptStrength", 1.0.into());
     set(&plan, "warp", 1.5.into());
+    set(&plan, "repairStrength", 1.0.into());
     set(&options, "plan", plan.into());
     let result = pipe
         .generate(options.into(), None)
@@ -273,6 +274,12 @@ async fn a_plan_runs_lina_in_the_browser() {
     );
     assert!(
         text.iter().any(|t| t.contains("prompt guidance")),
+        "{text:?}"
+    );
+    // The repairs run between steps, on the decoded prediction read back from the device.
+    assert!(
+        text.iter()
+            .any(|t| t.contains("latent repairs at strength 1")),
         "{text:?}"
     );
 

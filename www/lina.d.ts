@@ -66,6 +66,13 @@ export interface Plan {
   warp?: number;
   /** Where a layout the CSG lacks is read off the predicted image, as a fraction of the run. */
   layoutAt?: number;
+  /**
+   * Latent repairs of what the probe's checker finds wrong in the model's own prediction
+   * (a shadow toward the light, a reflection past its mirror, a jar's level, colours bound
+   * to the wrong objects), in [0, 1]; 0 turns them off.
+   */
+  repairStrength?: number;
+  repairWindow?: [number, number];
 }
 
 /** A Causal Scene Graph (schema: docs/probe.md). */

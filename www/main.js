@@ -109,13 +109,18 @@ function readPlan() {
     effectWeight: number("effectWeight"),
     regionWindow: [number("regionStart"), number("regionEnd")],
     warp: number("warp"),
+    repairStrength: number("repairStrength"),
+    repairWindow: [number("repairStart"), number("repairEnd")],
   };
 }
 
 function showPlan(plan) {
-  for (const id of ["promptStrength", "nodeWeight", "effectWeight", "warp"]) $(id).value = plan[id];
+  for (const id of ["promptStrength", "nodeWeight", "effectWeight", "warp", "repairStrength"]) {
+    $(id).value = plan[id];
+  }
   [$("promptStart").value, $("promptEnd").value] = plan.promptWindow;
   [$("regionStart").value, $("regionEnd").value] = plan.regionWindow;
+  [$("repairStart").value, $("repairEnd").value] = plan.repairWindow;
   $("warp-value").value = plan.warp;
 }
 

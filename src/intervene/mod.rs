@@ -7,12 +7,15 @@
 //! - `region`: latent-space targeted guidance on the CSG's node and effect regions, whose
 //!   layout comes from the CSG or, when no node has one, is read off the model's own early
 //!   prediction of the final image (the layout forms in the first steps);
+//! - `repair`: latent-space repairs of what the checker finds wrong in the model's own early
+//!   prediction (a shadow toward the light, a reflection past its mirror, a jar's level);
 //! - `predict`: the learned per-prompt choice of a plan.
 
 pub mod diagnose;
 pub mod predict;
 pub mod prompt;
 pub mod region;
+pub mod repair;
 pub mod schedule;
 pub mod shift;
 
@@ -45,6 +48,10 @@ pub struct Plan {
     pub warp: f64,
     /// Where a layout the CSG lacks is read off the predicted image, as a fraction of the run.
     pub layout_at: f64,
+    /// Latent repairs: how far each moves the prediction toward its target, in [0, 1]; 0
+    /// turns them off.
+    pub repair_strength: f64,
+    pub repair_window: [f64; 2],
 }
 
 impl Default for Plan {
@@ -58,6 +65,8 @@ impl Default for Plan {
             region_window: [0.0, 0.4],
             warp: 1.0,
             layout_at: 0.25,
+            repair_strength: 0.0,
+            repair_window: [0.1, 0.5],
         }
     }
 }
@@ -73,6 +82,8 @@ impl Plan {
             region_window: [0.0, 0.4],
             warp: 1.5,
             layout_at: 0.25,
+            repair_strength: 1.0,
+            repair_window: [0.0, 0.8],
         }
     }
 
@@ -89,11 +100,41 @@ impl Plan {
         Ok(plan)
     }
 
+    /// This plan with only `component` on (`only`) or with it off (`without`): the
+    /// variants of an ablation.
+    pub fn only(&self, component: Component) -> Self {
+        Component::ALL
+            .iter()
+            .filter(|&&c| c != component)
+            .fold(self.clone(), |p, &c| p.without(c))
+    }
+
+    pub fn without(&self, component: Component) -> Self {
+        let off = Self::default();
+        let mut p = self.clone();
+        match component {
+            Component::Schedule => p.warp = off.warp,
+            Component::Prompt => p.prompt_strength = off.prompt_strength,
+            Component::Regions => {
+                p.node_weight = off.node_weight;
+                p.effect_weight = off.effect_weight;
+            }
+            Component::Repair => p.repair_strength = off.repair_strength,
+        }
+        p
+    }
+
+    /// Whether `component` is on in this plan.
+    pub fn uses(&self, component: Component) -> bool {
+        self.without(component) != *self
+    }
+
     pub fn is_baseline(&self) -> bool {
         self.prompt_strength == 0.0
             && self.node_weight == 0.0
             && self.effect_weight == 0.0
             && self.warp == 1.0
+            && self.repair_strength == 0.0
     }
 
     fn uses_regions(&self) -> bool {
@@ -105,6 +146,7 @@ impl Plan {
         for (name, w) in [
             ("promptWindow", self.prompt_window),
             ("regionWindow", self.region_window),
+            ("repairWindow", self.repair_window),
         ] {
             if !(0.0..=1.0).contains(&w[0]) || !(0.0..=1.0).contains(&w[1]) || w[0] > w[1] {
                 return bad(&format!(
@@ -123,6 +165,12 @@ impl Plan {
                 ));
             }
         }
+        if !(0.0..=1.0).contains(&self.repair_strength) {
+            return bad(&format!(
+                "repairStrength must be in [0, 1], got {}",
+                self.repair_strength
+            ));
+        }
         if !(0.0..1.0).contains(&self.layout_at) {
             return bad(&format!(
                 "layoutAt must be in [0, 1), got {}",
@@ -133,6 +181,33 @@ impl Plan {
     }
 }
 
+/// The interventions a plan combines, each with its own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Schedule,
+    Prompt,
+    Regions,
+    Repair,
+}
+
+impl Component {
+    pub const ALL: [Component; 4] = [
+        Component::Schedule,
+        Component::Prompt,
+        Component::Regions,
+        Component::Repair,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Schedule => "schedule",
+            Component::Prompt => "prompt",
+            Component::Regions => "regions",
+            Component::Repair => "repair",
+        }
+    }
+}
+
 /// A generation under a plan, with what the plan did.
 pub struct Intervened {
     pub generated: Generated,
@@ -140,8 +215,10 @@ pub struct Intervened {
     pub timesteps: Vec<f64>,
     /// The node boxes the latent-space guidance used, one entry per CSG node.
     pub layout: Vec<Option<Box4>>,
-    /// Each active intervention, in words.
+    /// Each active intervention, in words, and what the repairs did.
     pub described: Vec<String>,
+    /// UNet evaluations in all, reading the layout included (batch rows).
+    pub evaluations: usize,
 }
 
 /// Steps `[start, end)` for a window given in fractions of the steps that run, `first..steps`
@@ -195,12 +272,12 @@ pub fn timesteps(pipe: &StableDiffusion, opts: &GenerateOptions, plan: &Plan) ->
 }
 
 /// The model's own early picture of the scene: it samples up to the plan's layout step and
-/// decodes the predicted final image there.
+/// decodes the predicted final image there. Also gives the UNet evaluations that took.
 pub async fn early_prediction(
     pipe: &StableDiffusion,
     opts: &GenerateOptions,
     at: usize,
-) -> Result<Image> {
+) -> Result<(Image, usize)> {
     let mut sampling = pipe.start(opts)?;
     let mut capture = Capture { at, x0: None };
     while capture.x0.is_none() && !sampling.is_done() {
@@ -209,7 +286,8 @@ pub async fn early_prediction(
     let x0 = capture
         .x0
         .ok_or_else(|| Error::InvalidInput(format!("the run has no step {at}")))?;
-    Image::from_decoded(pipe.vae().decode_scaled(x0)).await
+    let image = Image::from_decoded(pipe.vae().decode_scaled(x0)).await?;
+    Ok((image, sampling.evaluations()))
 }
 
 /// A generation set up under a plan: the options to sample with and the hooks that
@@ -223,6 +301,10 @@ pub struct Prepared {
     pub layout: Vec<Option<Box4>>,
     /// Each active intervention, in words.
     pub described: Vec<String>,
+    /// Latent repairs, to run after each step ([`repair::Repair::after_step`]).
+    pub repair: Option<repair::Repair>,
+    /// UNet evaluations spent setting up (reading the layout off an early prediction).
+    pub evaluations: usize,
 }
 
 /// Sets up `opts` under `plan` for the prompt's scene graph `csg`: the warped schedule, the
@@ -265,10 +347,12 @@ pub async fn prepare(
         hooks.0.push(Box::new(g));
     }
     let mut layout: Vec<Option<Box4>> = csg.nodes.iter().map(|n| n.layout).collect();
+    let mut evaluations = 0;
     if plan.uses_regions() {
         if layout.iter().all(Option::is_none) {
             let at = (first + (plan.layout_at * (steps - first) as f64) as usize).min(steps - 1);
-            let early = early_prediction(pipe, &opts, at).await?;
+            let (early, spent) = early_prediction(pipe, &opts, at).await?;
+            evaluations += spent;
             layout = crate::probe::check::locate(&early, csg);
             described.push(format!("layout read off the predicted image at step {at}"));
         }
@@ -288,12 +372,22 @@ pub async fn prepare(
         described.extend(g.described.iter().cloned());
         hooks.0.push(Box::new(g));
     }
+    let repair = (plan.repair_strength != 0.0).then(|| {
+        let window = steps_of(plan.repair_window, first, steps);
+        described.push(format!(
+            "latent repairs at strength {} in steps {window:?}",
+            plan.repair_strength
+        ));
+        repair::Repair::new(csg, plan.repair_strength, window)
+    });
     Ok(Prepared {
         opts,
         hooks,
         timesteps,
         layout,
         described,
+        repair,
+        evaluations,
     })
 }
 
@@ -312,11 +406,26 @@ pub async fn generate(
         mut hooks,
         timesteps,
         layout,
-        described,
+        mut described,
+        mut repair,
+        evaluations,
     } = prepare(pipe, opts, csg, plan).await?;
     let mut chain = Chain(vec![&mut hooks, hook]);
-    let generated = pipe.generate(&opts, &mut chain, cancel).await?;
+    // The loop of `StableDiffusion::generate`, with the repairs between steps.
+    let mut sampling = pipe.start(&opts)?;
+    while !sampling.is_done() {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        sampling.step(&mut chain)?;
+        if let Some(r) = repair.as_mut() {
+            r.after_step(&mut sampling).await?;
+        }
+    }
+    let generated = sampling.finish().await?;
+    described.extend(repair.into_iter().flat_map(|r| r.described));
     Ok(Intervened {
+        evaluations: evaluations + generated.evaluations,
         generated,
         timesteps,
         layout,

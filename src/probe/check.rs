@@ -30,6 +30,14 @@ pub struct Verdict {
     pub detail: String,
 }
 
+impl Verdict {
+    /// Whether this checks a relation between two nodes (an edge of the scene graph), not
+    /// one node's presence, shape, count or fill.
+    pub fn is_relation(&self) -> bool {
+        !matches!(self.kind, "exists" | "shape" | "count" | "fill")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Label {
     Wall,
@@ -298,12 +306,57 @@ pub fn check(image: &Image, csg: &Csg) -> Vec<Verdict> {
         };
         out.push(Verdict {
             kind: r.predicate.word(),
-            check: format!("{}({}, {})", r.predicate.word(), r.subject, r.object),
+            check: relation_check(r),
             passed,
             detail,
         });
     }
     out
+}
+
+/// How a relation's verdict names its check: `on(object, surface)`.
+pub fn relation_check(r: &crate::csg::Relation) -> String {
+    format!("{}({}, {})", r.predicate.word(), r.subject, r.object)
+}
+
+/// What the checker sees in an image, as pixel masks (row-major, `width * height`), for
+/// interventions that act on the model's own early picture of the scene.
+pub struct Segmentation {
+    pub width: usize,
+    pub height: usize,
+    /// Per CSG node, in the graph's order: every pixel that takes its label.
+    pub nodes: Vec<Vec<bool>>,
+    /// Per CSG node: the box `[x0, y0, x1, y1]` (inclusive pixels) of its largest region,
+    /// where it is present.
+    pub boxes: Vec<Option<[usize; 4]>>,
+    /// Pixels of the shadow colour.
+    pub shadow: Vec<bool>,
+    /// Pixels of the wall or the floor: the scene's background.
+    pub background: Vec<bool>,
+}
+
+/// Labels `image`'s pixels as the checker does for `csg`.
+pub fn segment(image: &Image, csg: &Csg) -> Segmentation {
+    let labels = Labels::new(image, csg);
+    let mask = |wanted: &dyn Fn(Label) -> bool| -> Vec<bool> {
+        labels
+            .labels
+            .iter()
+            .map(|l| l.is_some_and(wanted))
+            .collect()
+    };
+    Segmentation {
+        width: image.width,
+        height: image.height,
+        nodes: (0..csg.nodes.len())
+            .map(|i| mask(&|l| l == Label::Node(i)))
+            .collect(),
+        boxes: (0..csg.nodes.len())
+            .map(|i| labels.main_blob(i).map(|b| [b.x0, b.y0, b.x1, b.y1]))
+            .collect(),
+        shadow: mask(&|l| l == Label::Shadow),
+        background: mask(&|l| matches!(l, Label::Wall | Label::Floor)),
+    }
 }
 
 fn count_check(labels: &Labels, node: usize) -> Verdict {

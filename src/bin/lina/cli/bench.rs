@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use lina::bench::{Summary, UnetCall};
-use lina::intervene::{Plan, prepare};
-use lina::pipeline::{GenerateOptions, Hooks, StableDiffusion};
+use lina::intervene::Plan;
+use lina::pipeline::{CancelToken, GenerateOptions, Hooks, NoHook, StableDiffusion};
 use lina::schedulers::Timesteps;
 use lina::source::DirSource;
 use lina::{Error, Result};
@@ -74,8 +74,15 @@ pub fn run(args: &[String]) -> Result<()> {
             step.extend(run.steps_ms);
             image.push(run.total_ms);
             let t = Instant::now();
-            let mut prepared = prepare(&pipe, &opts, &csg, &Plan::lina()).await?;
-            timed_image(&pipe, &prepared.opts, &mut prepared.hooks).await?;
+            lina::intervene::generate(
+                &pipe,
+                &opts,
+                &csg,
+                &Plan::lina(),
+                &mut NoHook,
+                &CancelToken::new(),
+            )
+            .await?;
             lina.push(ms(t));
         }
         let summary = |v: &[f64]| Summary::of(v).expect("at least one run");
