@@ -56,6 +56,9 @@ pub struct Report {
     pub overall: Tally,
     /// Images of which every check passed.
     pub images_all_passed: Tally,
+    /// The checks of relations between nodes (on, left_of, shadow_of, ...): the edges of
+    /// the scene graph, where out-of-distribution prompts fail most.
+    pub relations: Tally,
     pub categories: BTreeMap<String, Tally>,
     pub subcategories: BTreeMap<String, Tally>,
     pub kinds: BTreeMap<String, Tally>,
@@ -91,6 +94,9 @@ impl Report {
                 .or_default()
                 .add(v.passed);
             self.kinds.entry(v.kind.into()).or_default().add(v.passed);
+            if v.is_relation() {
+                self.relations.add(v.passed);
+            }
         }
         self.images_all_passed
             .add(verdicts.iter().all(|v| v.passed));
@@ -133,6 +139,7 @@ impl Report {
         );
         md += "| overall | pass rate | 95% interval | passed/total |\n| --- | --- | --- | --- |\n";
         md += &row("all checks", &self.overall);
+        md += &row("relations (edges between nodes)", &self.relations);
         md += &row("images with every check passed", &self.images_all_passed);
         md += &table("category", &self.categories);
         md += &table("kind of check", &self.kinds);

@@ -59,6 +59,11 @@ mod cli {
       lina lina-search --model DIR --suite train [--count N] [--seeds N] [--steps N]
                     [--guidance G] --out SEARCH.json
                     (every candidate plan on every prompt, scored by the checker)
+      lina eval --model DIR [--suites ood,id] [--count N] [--seeds N] [--steps N]
+                    [--guidance G] [--plan P] [--variants baseline,full,..] --out DIR
+                    (LINA's ablation: baseline, full plan, each component alone and removed
+                    on the first suite; baseline and full on the others; pass rates with 95%
+                    intervals and the cost per image against the baseline)
       lina lina-fit --search SEARCH.json [--lambda L] --out DIR/lina_predictor.json
                     (LINA's per-prompt plan predictor; probe --plan predicted uses it)
       lina soak --model DIR [--images N] [--steps S] [--every K] [--device D]
@@ -90,6 +95,7 @@ mod cli {
             Some("soak") => soak::run(&args[1..]),
             Some("lina-search") => probe::search(&args[1..]),
             Some("lina-fit") => probe::fit(&args[1..]),
+            Some("eval") => probe::eval(&args[1..]),
             Some("-h" | "--help") | None => {
                 println!("{USAGE}");
                 Ok(())

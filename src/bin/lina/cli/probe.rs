@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use lina::image::Image;
-use lina::intervene::{self, Plan};
+use lina::intervene::{self, Component, Plan};
 use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
 use lina::probe::check::check;
 use lina::probe::report::Report;
@@ -261,42 +261,310 @@ pub fn run(args: &[String]) -> Result<()> {
                 serde_json::to_string(&plan).expect("a plan serialises")
             )
         };
-        let mut report = Report::new(&name, &label);
-        let mut images = Vec::new();
-        let ids = suite.ids();
-        for (i, id) in ids.iter().enumerate() {
-            let scene = id.scene();
-            // As a user would run it: the graph comes from the prompt.
-            let csg = lina::csg::parse::parse(&scene.prompt)?;
-            if predicted {
-                plan = intervene::predict::suggest(&pipe, &scene.prompt, &csg)
-                    .await?
-                    .expect("checked above")
-                    .plan;
-            }
-            for seed in 0..seeds {
-                opts.prompt = scene.prompt.clone();
-                opts.seed = seed;
-                let done = if plan.is_baseline() {
-                    pipe.generate(&opts, &mut NoHook, &CancelToken::new())
-                        .await?
-                } else {
-                    let cancel = CancelToken::new();
-                    intervene::generate(&pipe, &opts, &csg, &plan, &mut NoHook, &cancel)
-                        .await?
-                        .generated
-                };
-                let file = format!("{}_s{seed}.png", stem(id));
-                write(&out.join(&file), &done.image.to_png()?)?;
-                let verdicts = check(&done.image, &scene.csg);
-                report.add(*id, &scene, seed, &file, verdicts);
-                images.push(done.image);
-            }
-            eprint!("\r{}/{} prompts", i + 1, ids.len());
-        }
-        eprintln!();
+        let choice = if predicted {
+            PlanChoice::Predicted
+        } else {
+            PlanChoice::Fixed(plan)
+        };
+        let (report, images, _) = run_suite(
+            &pipe,
+            &name,
+            &label,
+            &suite,
+            seeds,
+            &mut opts,
+            &choice,
+            Some(&out),
+        )
+        .await?;
         write_report(&out, &report, &images)
     })
+}
+
+/// A fixed plan, or each prompt's plan from the model's learned predictor.
+enum PlanChoice {
+    Fixed(Plan),
+    Predicted,
+}
+
+/// What a suite's images cost, summed over them.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+struct Cost {
+    images: usize,
+    /// UNet evaluations (batch rows), reading the layout included.
+    evaluations: usize,
+    seconds: f64,
+}
+
+impl Cost {
+    fn per_image(&self) -> (f64, f64) {
+        let n = self.images.max(1) as f64;
+        (self.evaluations as f64 / n, self.seconds / n)
+    }
+}
+
+/// Generates every prompt of `suite` with seeds 0..`seeds` under `choice`, checks each
+/// image against the scene's CSG; writes the images into `out` when given.
+#[allow(clippy::too_many_arguments)]
+async fn run_suite(
+    pipe: &StableDiffusion,
+    name: &str,
+    label: &str,
+    suite: &Suite,
+    seeds: u64,
+    opts: &mut GenerateOptions,
+    choice: &PlanChoice,
+    out: Option<&Path>,
+) -> Result<(Report, Vec<Image>, Cost)> {
+    let mut report = Report::new(name, label);
+    let mut images = Vec::new();
+    let mut cost = Cost::default();
+    let ids = suite.ids();
+    for (i, id) in ids.iter().enumerate() {
+        let scene = id.scene();
+        // As a user would run it: the graph comes from the prompt.
+        let csg = lina::csg::parse::parse(&scene.prompt)?;
+        let plan = match choice {
+            PlanChoice::Fixed(plan) => plan.clone(),
+            PlanChoice::Predicted => {
+                intervene::predict::suggest(pipe, &scene.prompt, &csg)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "--plan predicted: the model has no {}",
+                            intervene::predict::FILE
+                        ))
+                    })?
+                    .plan
+            }
+        };
+        for seed in 0..seeds {
+            opts.prompt = scene.prompt.clone();
+            opts.seed = seed;
+            let started = std::time::Instant::now();
+            let (done, evaluations) = if plan.is_baseline() {
+                let done = pipe
+                    .generate(opts, &mut NoHook, &CancelToken::new())
+                    .await?;
+                let n = done.evaluations;
+                (done, n)
+            } else {
+                let cancel = CancelToken::new();
+                let run =
+                    intervene::generate(pipe, opts, &csg, &plan, &mut NoHook, &cancel).await?;
+                (run.generated, run.evaluations)
+            };
+            cost.seconds += started.elapsed().as_secs_f64();
+            cost.evaluations += evaluations;
+            cost.images += 1;
+            let file = format!("{}_s{seed}.png", stem(id));
+            if let Some(out) = out {
+                write(&out.join(&file), &done.image.to_png()?)?;
+            }
+            let verdicts = check(&done.image, &scene.csg);
+            report.add(*id, &scene, seed, &file, verdicts);
+            images.push(done.image);
+        }
+        eprint!("\r{}/{} prompts", i + 1, ids.len());
+    }
+    eprintln!();
+    Ok((report, images, cost))
+}
+
+/// One row of the evaluation: a plan on a suite.
+#[derive(serde::Serialize)]
+struct Evaluated {
+    suite: String,
+    variant: String,
+    plan: Plan,
+    all_checks: lina::probe::report::Tally,
+    relations: lina::probe::report::Tally,
+    images: lina::probe::report::Tally,
+    cost: Cost,
+}
+
+/// `eval --model DIR [--suites ood,id] [--count N] [--seeds N] [--steps N] [--guidance G]
+/// [--plan P] [--variants baseline,full,..] --out DIR`: LINA's ablation. On the first suite: the baseline, the full plan,
+/// each component alone and each removed; on the others: the baseline and the full plan (the
+/// in-distribution change). Pass rates with 95% intervals, and the cost per image (UNet
+/// evaluations, wall time), each against the baseline.
+pub fn eval(args: &[String]) -> Result<()> {
+    let guided = GenerateOptions {
+        guidance_scale: 3.0,
+        ..GenerateOptions::default()
+    };
+    let mut run = SuiteRun::new(4, guided);
+    run.suite = Some("ood,id".to_string());
+    let mut full = Plan::lina();
+    let mut wanted: Option<Vec<String>> = None;
+    for (flag, value) in flags(args)? {
+        if run.take(flag, value)? {
+            continue;
+        }
+        match flag {
+            "--suites" => run.suite = Some(value.to_string()),
+            "--variants" => wanted = Some(value.split(',').map(|v| v.trim().to_string()).collect()),
+            "--plan" => full = super::read_plan(value)?,
+            other => return Err(unknown_option(other)),
+        }
+    }
+    if full.is_baseline() {
+        return Err(Error::InvalidInput(
+            "eval: --plan must turn on at least one intervention".into(),
+        ));
+    }
+    if run.seeds < 4 {
+        eprintln!("note: fewer than 4 seeds per prompt; the intervals will be wide");
+    }
+    let model = required(run.model.clone(), "--model")?;
+    let out = PathBuf::from(required(run.out.clone(), "--out")?);
+    create_dir(&out)?;
+    let names: Vec<String> = run
+        .suite
+        .clone()
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut suites = Vec::new();
+    for name in &names {
+        let mut suite = Suite::named(name)?;
+        if let Some(n) = run.count {
+            suite.per_category = n;
+        }
+        suites.push(suite);
+    }
+    if suites.is_empty() {
+        return Err(Error::InvalidInput("eval: --suites names no suite".into()));
+    }
+    let mut variants = vec![
+        ("baseline".to_string(), Plan::default()),
+        ("full".to_string(), full.clone()),
+    ];
+    let used: Vec<_> = Component::ALL
+        .into_iter()
+        .filter(|&c| full.uses(c))
+        .collect();
+    if used.len() > 1 {
+        for &c in &used {
+            variants.push((format!("{} alone", c.name()), full.only(c)));
+        }
+        for &c in &used {
+            variants.push((format!("without {}", c.name()), full.without(c)));
+        }
+    }
+    if let Some(wanted) = &wanted {
+        if let Some(unknown) = wanted
+            .iter()
+            .find(|w| !variants.iter().any(|(n, _)| n == *w))
+        {
+            let known: Vec<&str> = variants.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(Error::InvalidInput(format!(
+                "--variants: no variant \"{unknown}\" (there are: {})",
+                known.join(", ")
+            )));
+        }
+        if !wanted.iter().any(|w| w == "baseline") {
+            return Err(Error::InvalidInput(
+                "--variants must include baseline: every row is compared with it".into(),
+            ));
+        }
+        variants.retain(|(n, _)| wanted.contains(n));
+    }
+    let mut opts = run.opts.clone();
+    pollster::block_on(async {
+        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina::device::cpu())?;
+        let mut rows = Vec::new();
+        for (k, (name, suite)) in names.iter().zip(&suites).enumerate() {
+            let these = if k == 0 {
+                &variants[..]
+            } else {
+                &variants[..2]
+            };
+            for (variant, plan) in these {
+                let label = format!("{name} {variant}");
+                eprintln!("{label}");
+                let choice = PlanChoice::Fixed(plan.clone());
+                let (report, _, cost) = run_suite(
+                    &pipe, name, &label, suite, run.seeds, &mut opts, &choice, None,
+                )
+                .await?;
+                let dir = out.join(format!("{name}-{}", variant.replace(' ', "-")));
+                create_dir(&dir)?;
+                write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
+                rows.push(Evaluated {
+                    suite: name.clone(),
+                    variant: variant.clone(),
+                    plan: plan.clone(),
+                    all_checks: report.overall,
+                    relations: report.relations,
+                    images: report.images_all_passed,
+                    cost,
+                });
+            }
+        }
+        let settings = format!(
+            "{model}, {} prompts per category, seeds 0-{}, {:?}, guidance {}",
+            suites[0].per_category,
+            run.seeds - 1,
+            opts.timesteps,
+            opts.guidance_scale
+        );
+        let md = ablation_table(&rows, &settings);
+        write(&out.join("eval.md"), md.as_bytes())?;
+        let json = serde_json::to_string_pretty(&rows).expect("rows serialise");
+        write(&out.join("eval.json"), json.as_bytes())?;
+        println!("{md}");
+        println!("wrote {}", out.join("eval.md").display());
+        Ok(())
+    })
+}
+
+/// The evaluation as Markdown: per suite, each variant's pass rates with 95% intervals and
+/// their change from the baseline, and the cost relative to the baseline.
+fn ablation_table(rows: &[Evaluated], settings: &str) -> String {
+    use lina::probe::report::Tally;
+    let cell = |t: &Tally, base: &Tally| {
+        let (lo, hi) = t.interval();
+        let delta = 100.0 * (t.rate() - base.rate());
+        format!(
+            "{:.1}% ({:.1}–{:.1}) {:+.1}",
+            100.0 * t.rate(),
+            100.0 * lo,
+            100.0 * hi,
+            delta
+        )
+    };
+    let mut md = format!(
+        "LINA evaluation: {settings}.\nEach cell: pass rate (95% Wilson interval) and change from the baseline in points.\n"
+    );
+    let mut suites: Vec<&str> = rows.iter().map(|r| r.suite.as_str()).collect();
+    suites.dedup();
+    for suite in suites {
+        let these: Vec<&Evaluated> = rows.iter().filter(|r| r.suite == suite).collect();
+        let base = these[0];
+        let (base_evals, base_secs) = base.cost.per_image();
+        md += &format!(
+            "\n### `{suite}` ({} images per row)\n\n| variant | all checks | relations | images with every check passed | UNet evaluations per image | wall time per image |\n| --- | --- | --- | --- | --- | --- |\n",
+            base.cost.images
+        );
+        for r in these {
+            let (evals, secs) = r.cost.per_image();
+            md += &format!(
+                "| {} | {} | {} | {} | {:.1} ({:.2}x) | {:.0} ms ({:.2}x) |\n",
+                r.variant,
+                cell(&r.all_checks, &base.all_checks),
+                cell(&r.relations, &base.relations),
+                cell(&r.images, &base.images),
+                evals,
+                evals / base_evals.max(1e-9),
+                1000.0 * secs,
+                secs / base_secs.max(1e-9)
+            );
+        }
+    }
+    md
 }
 
 /// One training prompt of a settings search: its features and each candidate's score.
