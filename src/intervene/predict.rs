@@ -42,7 +42,7 @@ pub const FEATURES: &[&str] = &[
 ];
 
 /// The plans the predictor chooses among: the baseline, each intervention alone, the default
-/// LINA plan, and a stronger one.
+/// LINA plan, LINA without its costly region terms, and a stronger one.
 pub fn candidates() -> Vec<(String, Plan)> {
     let base = Plan::default;
     let lina = Plan::lina();
@@ -70,7 +70,24 @@ pub fn candidates() -> Vec<(String, Plan)> {
                 ..base()
             },
         ),
+        (
+            "repair".into(),
+            Plan {
+                repair_strength: lina.repair_strength,
+                repair_window: lina.repair_window,
+                ..base()
+            },
+        ),
         ("lina".into(), lina.clone()),
+        (
+            // Everything but the region terms, which cost extra UNet evaluations.
+            "lina-lean".into(),
+            Plan {
+                node_weight: 0.0,
+                effect_weight: 0.0,
+                ..lina.clone()
+            },
+        ),
         (
             "lina-strong".into(),
             Plan {
