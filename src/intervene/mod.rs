@@ -130,15 +130,7 @@ impl Plan {
     }
 
     pub fn is_baseline(&self) -> bool {
-        self.prompt_strength == 0.0
-            && self.node_weight == 0.0
-            && self.effect_weight == 0.0
-            && self.warp == 1.0
-            && self.repair_strength == 0.0
-    }
-
-    fn uses_regions(&self) -> bool {
-        self.node_weight != 0.0 || self.effect_weight != 0.0
+        !Component::ALL.iter().any(|&c| self.uses(c))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -348,7 +340,7 @@ pub async fn prepare(
     }
     let mut layout: Vec<Option<Box4>> = csg.nodes.iter().map(|n| n.layout).collect();
     let mut evaluations = 0;
-    if plan.uses_regions() {
+    if plan.uses(Component::Regions) {
         if layout.iter().all(Option::is_none) {
             let at = (first + (plan.layout_at * (steps - first) as f64) as usize).min(steps - 1);
             let (early, spent) = early_prediction(pipe, &opts, at).await?;
