@@ -42,7 +42,8 @@ pub const FEATURES: &[&str] = &[
 ];
 
 /// The plans the predictor chooses among: the baseline, each intervention alone, the default
-/// LINA plan, LINA without its costly region terms, and a stronger one.
+/// LINA plan, LINA with the region terms (which cost extra UNet evaluations), and a stronger
+/// one.
 pub fn candidates() -> Vec<(String, Plan)> {
     let base = Plan::default;
     let lina = Plan::lina();
@@ -65,10 +66,11 @@ pub fn candidates() -> Vec<(String, Plan)> {
         (
             "regions".into(),
             Plan {
-                node_weight: lina.node_weight,
-                effect_weight: lina.effect_weight,
+                region_window: lina.region_window,
+                layout_at: lina.layout_at,
                 ..base()
-            },
+            }
+            .with_regions(),
         ),
         (
             "repair".into(),
@@ -79,21 +81,11 @@ pub fn candidates() -> Vec<(String, Plan)> {
             },
         ),
         ("lina".into(), lina.clone()),
-        (
-            // Everything but the region terms, which cost extra UNet evaluations.
-            "lina-lean".into(),
-            Plan {
-                node_weight: 0.0,
-                effect_weight: 0.0,
-                ..lina.clone()
-            },
-        ),
+        ("lina-regions".into(), lina.with_regions()),
         (
             "lina-strong".into(),
             Plan {
                 prompt_strength: 2.0 * lina.prompt_strength,
-                node_weight: 2.0 * lina.node_weight,
-                effect_weight: 2.0 * lina.effect_weight,
                 warp: 2.0,
                 ..lina
             },

@@ -155,8 +155,13 @@ test("the scene graph follows the prompt; editing a relation changes the image a
   // reflection shows, and the effect guidance below has no region to act on.
   await page.getByLabel(/^Schedule warp/).fill("1.5");
 
-  // Baseline and LINA side by side, each with the checker's verdicts.
+  // Baseline and LINA side by side, each with the checker's verdicts. The default plan
+  // leaves the region terms off; they are turned on here, over the first 40% of the run, so
+  // that the effect guidance below has a step to act in.
   await page.getByLabel("Steps", { exact: true }).fill("3");
+  await page.getByLabel("Region guidance: node weight").fill("1");
+  await page.getByLabel("Region guidance: effect weight").fill("2");
+  await page.getByLabel("Region guidance until").fill("0.4");
   const compare = async () => {
     await page.getByRole("button", { name: "Compare baseline and LINA" }).click();
     assert.match(await waitForStatus(page, /^Compared|rror/), /^Compared/);
@@ -233,7 +238,7 @@ test("the predictor's suggestion fills the plan; the step sweep charts every ste
     timeout: SLOW,
   });
   const suggested = (await page.locator("#suggestion").textContent()).match(/suggests "([a-z-]+)"/)[1];
-  const warps = { baseline: 1, schedule: 1.5, prompt: 1, regions: 1, lina: 1.5, "lina-strong": 2 };
+  const warps = { baseline: 1, schedule: 1.5, prompt: 1, regions: 1, repair: 1, lina: 1.5, "lina-regions": 1.5, "lina-strong": 2 };
   assert.ok(suggested in warps, suggested);
   await page.getByRole("button", { name: "Use the predictor's suggestion" }).click();
   assert.equal(await page.getByLabel("Apply LINA's interventions when generating").isChecked(), true);

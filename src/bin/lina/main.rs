@@ -61,8 +61,9 @@ mod cli {
                     (every candidate plan on every prompt, scored by the checker)
       lina eval --model DIR [--suites ood,id] [--count N] [--seeds N] [--steps N]
                     [--guidance G] [--plan P] [--variants baseline,full,..] --out DIR
-                    (LINA's ablation: baseline, full plan, each component alone and removed
-                    on the first suite; baseline and full on the others; pass rates with 95%
+                    (LINA's ablation: baseline, full plan, each component alone and removed,
+                    and the plan with region terms where it has none, on the first suite;
+                    baseline and full on the others; pass rates with 95%
                     intervals and the cost per image against the baseline)
       lina lina-fit --search SEARCH.json [--lambda L] --out DIR/lina_predictor.json
                     (LINA's per-prompt plan predictor; probe --plan predicted uses it)

@@ -384,8 +384,9 @@ struct Evaluated {
 }
 
 /// `eval --model DIR [--suites ood,id] [--count N] [--seeds N] [--steps N] [--guidance G]
-/// [--plan P] [--variants baseline,full,..] --out DIR`: LINA's ablation. On the first suite: the baseline, the full plan,
-/// each component alone and each removed; on the others: the baseline and the full plan (the
+/// [--plan P] [--variants baseline,full,..] --out DIR`: LINA's ablation. On the first suite:
+/// the baseline, the full plan, each component alone and each removed, and the plan with the
+/// region terms added where it has none; on the others: the baseline and the full plan (the
 /// in-distribution change). Pass rates with 95% intervals, and the cost per image (UNet
 /// evaluations, wall time), each against the baseline.
 pub fn eval(args: &[String]) -> Result<()> {
@@ -453,6 +454,10 @@ pub fn eval(args: &[String]) -> Result<()> {
         for &c in &used {
             variants.push((format!("without {}", c.name()), full.without(c)));
         }
+    }
+    // The default plan leaves the region terms off: a row shows what adding them does.
+    if !full.uses(Component::Regions) {
+        variants.push(("with regions".to_string(), full.with_regions()));
     }
     if let Some(wanted) = &wanted {
         if let Some(unknown) = wanted
