@@ -79,14 +79,13 @@ impl Plan {
     pub fn lina() -> Self {
         Self {
             prompt_strength: 1.0,
-            prompt_window: [0.0, 0.5],
-            node_weight: 0.0,
-            effect_weight: 0.0,
-            region_window: [0.0, 0.2],
             warp: 1.5,
-            layout_at: 0.1,
             repair_strength: 1.0,
             repair_window: [0.5, 1.0],
+            // Where the region terms act once turned on.
+            region_window: [0.0, 0.2],
+            layout_at: 0.1,
+            ..Self::default()
         }
     }
 

@@ -124,6 +124,13 @@ impl Edits {
         self.targets[y * self.width + x] = Some(value);
     }
 
+    /// Records what a repair did, if it changed any cell (`n` of them).
+    fn report(&mut self, n: usize, what: impl FnOnce() -> String) {
+        if n > 0 {
+            self.described.push(what());
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.targets.iter().all(Option::is_none)
     }
@@ -432,11 +439,9 @@ fn cast_shadow(cells: &Cells, edits: &mut Edits, object: usize, light: Light, ef
         edits.set(y, x, look.clone());
         n += 1;
     }
-    if n > 0 {
-        edits
-            .described
-            .push(format!("{effect}: cast away from the light ({n} cells)"));
-    }
+    edits.report(n, || {
+        format!("{effect}: cast away from the light ({n} cells)")
+    });
 }
 
 /// Moves a lamp drawn on the wrong side of the image to the mirrored place.
@@ -516,11 +521,9 @@ fn clip_reflection(
             }
         }
     }
-    if n > 0 {
-        edits
-            .described
-            .push(format!("{effect}: {n} cells outside the surface cleared"));
-    }
+    edits.report(n, || {
+        format!("{effect}: {n} cells outside the surface cleared")
+    });
 }
 
 /// Mirrors two objects that stand the wrong way round about their common centre.
@@ -696,11 +699,9 @@ fn place(
             n += 1;
         }
     }
-    if n > 0 {
-        edits
-            .described
-            .push(format!("{}: painted where it belongs ({n} cells)", node.id));
-    }
+    edits.report(n, || {
+        format!("{}: painted where it belongs ({n} cells)", node.id)
+    });
 }
 
 /// The fewest pixels a region needs to count as a drawn object, as the checker's count does
@@ -901,12 +902,12 @@ fn approach(cells: &Cells, edits: &mut Edits, csg: &Csg, subject: usize, region:
             }
         }
     }
-    if n > 0 {
-        edits.described.push(format!(
+    edits.report(n, || {
+        format!(
             "{}: brought up to {} ({n} cells)",
             csg.nodes[region].id, csg.nodes[subject].id
-        ));
-    }
+        )
+    });
 }
 
 /// Raises or lowers a jar's content to the stated side of one half.
@@ -969,11 +970,7 @@ fn refill(
             }
         }
     }
-    if n > 0 {
-        edits
-            .described
-            .push(format!("fill({id}): content level moved ({n} cells)"));
-    }
+    edits.report(n, || format!("fill({id}): content level moved ({n} cells)"));
 }
 
 /// The repair hook: runs after each step of its window, on the sampler itself (it needs the
