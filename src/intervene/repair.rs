@@ -1106,14 +1106,7 @@ mod tests {
                 .filter(relevant)
                 .filter(|v| !v.passed)
                 .count();
-            let grid = Grid::from_image(&image);
-            let edits = plan_edits(
-                &scene.csg,
-                &segment(&image, &scene.csg),
-                &verdicts,
-                &grid,
-                &[],
-            );
+            let (grid, edits) = edits_for(&image, &scene.csg, &verdicts);
             let after_image = edits.apply(&grid, 1.0).to_image();
             let after = check(&after_image, &scene.csg);
             let still = after.iter().filter(relevant).filter(|v| !v.passed).count();
@@ -1156,16 +1149,22 @@ mod tests {
             .scene();
             let image = scene.render().image;
             let verdicts = check(&image, &scene.csg);
-            let grid = Grid::from_image(&image);
-            let edits = plan_edits(
-                &scene.csg,
-                &segment(&image, &scene.csg),
-                &verdicts,
-                &grid,
-                &[],
-            );
+            let (_, edits) = edits_for(&image, &scene.csg, &verdicts);
             assert!(edits.is_empty(), "{category:?}: {:?}", edits.described);
         }
+    }
+
+    /// The repairs planned on an image's own pixels, with the image as a grid.
+    fn edits_for(image: &Image, csg: &Csg, verdicts: &[Verdict]) -> (Grid, Edits) {
+        let grid = Grid::from_image(image);
+        let edits = plan_edits(
+            csg,
+            &segment(image, csg),
+            verdicts,
+            &grid,
+            &pixel_looks(csg),
+        );
+        (grid, edits)
     }
 
     /// Each node's flat colour as a pixel grid's cell holds it.
@@ -1264,14 +1263,7 @@ mod tests {
                 verdicts.iter().any(|v| v.check == check_name && !v.passed),
                 "scene {index}: the breaking does not break {check_name}"
             );
-            let grid = Grid::from_image(&image);
-            let edits = plan_edits(
-                csg,
-                &segment(&image, csg),
-                &verdicts,
-                &grid,
-                &pixel_looks(csg),
-            );
+            let (grid, edits) = edits_for(&image, csg, &verdicts);
             let after = check(&edits.apply(&grid, 1.0).to_image(), csg);
             mended += after.iter().any(|v| v.check == check_name && v.passed) as usize;
         }
