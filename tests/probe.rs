@@ -12,6 +12,7 @@ fn ids(split: Split, per_category: u64) -> Vec<SceneId> {
         name: String::new(),
         split,
         categories: Category::ALL.to_vec(),
+        first: 0,
         per_category,
     }
     .ids()
@@ -252,4 +253,74 @@ fn located_boxes_are_the_mask_boxes_of_rendered_scenes() {
             );
         }
     }
+}
+
+/// `--first` cuts a suite into disjoint parts: settings chosen on one part are judged on
+/// scenes they never saw. (Prompts can repeat between parts: some categories have few
+/// distinct `ood` prompts, and docs/lina.md counts what that shares.)
+#[test]
+fn a_suite_cut_at_first_holds_other_scenes() {
+    let mut head = Suite::named("ood").unwrap();
+    head.per_category = 7;
+    let mut tail = head.clone();
+    tail.first = 7;
+    let (head, tail) = (head.ids(), tail.ids());
+    assert_eq!(head.len(), tail.len());
+    assert!(tail.iter().all(|id| id.index >= 7 && id.index < 14));
+    let renders: std::collections::HashSet<Vec<u8>> = head
+        .iter()
+        .map(|id| id.scene().render().image.rgb)
+        .collect();
+    let shared = tail
+        .iter()
+        .filter(|id| renders.contains(&id.scene().render().image.rgb))
+        .count();
+    println!("{shared} of {} scenes drawn alike", tail.len());
+    assert!(
+        shared * 10 < tail.len(),
+        "{shared} of {} scenes alike",
+        tail.len()
+    );
+}
+
+/// A model draws soft edges: between an object and the wall they blend the two colours, and
+/// that blend lies close to the object's colour reflected in a mirror. The checker must not
+/// read such a rim as reflection spilling past a small mirror (on the default model's images
+/// it did, in both the plain and the intervened images: `docs/probe.md`). Each object here
+/// gets a rim of 60% object and 40% wall beside it in every row, left and right; without the
+/// rule about rims the mirror scenes fail `bounded_by` and `reflection_of`.
+#[test]
+fn an_objects_soft_rim_is_not_its_reflection() {
+    let mut mirrors = 0;
+    for id in ids(Split::Ood, 25)
+        .into_iter()
+        .filter(|id| id.category == Category::Reflection)
+    {
+        let scene = id.scene();
+        let mut rendered = scene.render();
+        let object = index(&scene.csg, "object").unwrap();
+        let colour = palette::colour(scene.csg.nodes[object].colour.unwrap());
+        let rim: [u8; 3] =
+            std::array::from_fn(|i| (0.6 * colour[i] as f32 + 0.4 * palette::WALL[i] as f32) as u8);
+        let image = &mut rendered.image;
+        let (w, mask) = (image.width, &rendered.masks[object]);
+        let mut rims = 0;
+        for y in 0..image.height {
+            for x in 1..w - 1 {
+                let i = y * w + x;
+                for j in [i - 1, i + 1] {
+                    if mask[i] && !mask[j] && image.rgb[3 * j..3 * j + 3] == palette::WALL {
+                        image.rgb[3 * j..3 * j + 3].copy_from_slice(&rim);
+                        rims += 1;
+                    }
+                }
+            }
+        }
+        assert!(rims >= 10, "{}: only {rims} rim pixels", scene.prompt);
+        mirrors += scene.prompt.contains("mirror") as usize;
+        for v in check(image, &scene.csg) {
+            assert!(v.passed, "{}: {} ({})", scene.prompt, v.check, v.detail);
+        }
+    }
+    assert!(mirrors >= 5, "only {mirrors} mirror scenes");
 }

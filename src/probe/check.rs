@@ -170,11 +170,59 @@ impl<'a> Labels<'a> {
                     .map(|(_, label)| label)
             })
             .collect();
-        Self {
+        let mut labels = Self {
             width: image.width,
             height: image.height,
             labels,
             csg,
+        };
+        labels.unlabel_rims();
+        labels
+    }
+
+    /// A model's soft edge between an object and the wall blends the two colours, and that
+    /// blend lies within `MAX_DISTANCE` of the object's reflected colour (the mirror's and
+    /// the wall's colours are close). A reflection-coloured pixel with the object on one side
+    /// and the wall on another is such a rim, not reflection: the rendered ground truth has
+    /// no soft edges, and a real reflection lies below the ground line, against the surface
+    /// or the floor.
+    fn unlabel_rims(&mut self) {
+        let pairs: Vec<(usize, usize)> = self
+            .csg
+            .relations
+            .iter()
+            .filter(|r| r.predicate == Predicate::ReflectionOf)
+            .filter_map(|r| Some((self.index(&r.subject)?, self.index(&r.object)?)))
+            .collect();
+        let before = self.labels.clone();
+        let at = |x: usize, y: usize| before[y * self.width + x];
+        for y in 0..self.height {
+            for x in 0..self.width {
+                let Some(&(_, object)) = pairs
+                    .iter()
+                    .find(|(r, _)| at(x, y) == Some(Label::Node(*r)))
+                else {
+                    continue;
+                };
+                let mut around = [None; 4];
+                if x > 0 {
+                    around[0] = at(x - 1, y);
+                }
+                if x + 1 < self.width {
+                    around[1] = at(x + 1, y);
+                }
+                if y > 0 {
+                    around[2] = at(x, y - 1);
+                }
+                if y + 1 < self.height {
+                    around[3] = at(x, y + 1);
+                }
+                if around.contains(&Some(Label::Node(object)))
+                    && around.contains(&Some(Label::Wall))
+                {
+                    self.labels[y * self.width + x] = None;
+                }
+            }
         }
     }
 

@@ -86,13 +86,18 @@ impl SceneId {
     }
 }
 
-/// The named suites of the probe: a split, the categories it covers, and how many prompts
-/// of each category it holds.
+/// The named suites of the probe: a split, the categories it covers, and which prompts of
+/// each category it holds (indices `first..first + per_category`).
+///
+/// `first` splits one suite into disjoint parts. The evaluation reads the `ood` suite's
+/// first prompts; settings are chosen on later ones (`--first`), so that no choice is made on
+/// the images that then judge it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Suite {
     pub name: String,
     pub split: Split,
     pub categories: Vec<Category>,
+    pub first: u64,
     pub per_category: u64,
 }
 
@@ -127,6 +132,7 @@ impl Suite {
             name: name.to_string(),
             split,
             categories,
+            first: 0,
             per_category,
         })
     }
@@ -135,7 +141,7 @@ impl Suite {
         self.categories
             .iter()
             .flat_map(|&category| {
-                (0..self.per_category).map(move |index| SceneId {
+                (self.first..self.first + self.per_category).map(move |index| SceneId {
                     split: self.split,
                     category,
                     index,
