@@ -4,8 +4,8 @@
 //! - `shadow_of`: a shadow on the side of the light is mirrored about its object's axis (and
 //!   a lamp drawn on the wrong side moves to the mirrored place); a missing shadow is cast on
 //!   the far side with the look of the shadows drawn elsewhere;
-//! - `bounded_by`: reflection that spills past a small surface becomes the background of its
-//!   row, except where an object stands;
+//! - `bounded_by`: reflection that spills past the sides or the bottom of a small surface
+//!   becomes the background of its row, except where an object stands;
 //! - `fill`: a jar filled to the wrong side of one half has its content raised or lowered;
 //! - `left_of` / `right_of`: two objects the wrong way round are mirrored about their common
 //!   centre;
@@ -298,7 +298,12 @@ pub fn plan_edits(
             // Only a small surface can be smaller than the reflection: on a large one, a
             // reflection past the surface pixels is the checker missing the surface under it.
             Predicate::BoundedBy if csg.nodes[o].size == Some(Size::Small) => {
-                clip_reflection(&cells, &mut edits, &objects, s, o, &r.subject)
+                let mirrored = csg
+                    .relations
+                    .iter()
+                    .find(|m| m.predicate == Predicate::ReflectionOf && m.subject == r.subject)
+                    .and_then(|m| index(&m.object));
+                clip_reflection(&cells, &mut edits, &objects, mirrored, s, o, &r.subject)
             }
             Predicate::LeftOf | Predicate::RightOf => order_pair(
                 &cells,
@@ -479,12 +484,13 @@ fn move_lamp(cells: &Cells, edits: &mut Edits, csg: &Csg) {
         .push("lamp: moved to the side the light comes from".to_string());
 }
 
-/// Replaces the reflection outside its surface's box with the background of its row, except
-/// where an object stands.
+/// Replaces the reflection past the sides and the bottom of its surface's box with the
+/// background of its row, except where an object stands.
 fn clip_reflection(
     cells: &Cells,
     edits: &mut Edits,
     objects: &[usize],
+    mirrored: Option<usize>,
     reflection: usize,
     surface: usize,
     effect: &str,
@@ -497,6 +503,14 @@ fn clip_reflection(
         *b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
     }
     let Some(s) = bounds else { return };
+    // A surface seen narrower than the object on it is not drawn in full (a sliver at one
+    // side shows): judged against that sliver the whole reflection spills, and clearing it
+    // erased what there was of the surface.
+    if let Some(o) = mirrored.and_then(|o| seg.boxes[o])
+        && s[2] - s[0] < o[2] - o[0]
+    {
+        return;
+    }
     // The object over the surface shares cells with the top of its reflection: clearing
     // those would erase the object.
     let holds_object = |y: usize, x: usize| {
@@ -505,13 +519,17 @@ fn clip_reflection(
             .any(|&o| cells.cover(&seg.nodes[o], y, x) >= 0.25)
     };
     // Cells are cleared by their centres, with no slack: a cell half out spills.
-    let inside = |cx: f32, cy: f32| {
-        cx >= s[0] as f32 && cx <= (s[2] + 1) as f32 && cy >= s[1] as f32 && cy <= (s[3] + 1) as f32
-    };
+    let inside =
+        |cx: f32, cy: f32| cx >= s[0] as f32 && cx <= (s[2] + 1) as f32 && cy <= (s[3] + 1) as f32;
+    // Only at or below the surface's top: a reflection lies below the ground line. Above it,
+    // reflection colour is the object itself, washed out in a blurred prediction (clearing
+    // it there erased objects), or its soft rim.
+    let below_top = |cy: f32| cy >= s[1] as f32;
     let mut n = 0;
     for y in 0..cells.grid.height {
         for x in 0..cells.grid.width {
             if cells.cover(&seg.nodes[reflection], y, x) > 0.0
+                && below_top(cells.centre(y))
                 && !inside(cells.centre(x), cells.centre(y))
                 && !holds_object(y, x)
                 && let Some(bg) = cells.background(y)
