@@ -79,9 +79,16 @@ fn the_baseline_plan_is_the_plain_sampler() {
 #[test]
 fn ablation_variants_turn_one_component_on_or_off() {
     use intervene::Component;
-    // The default plan leaves the region terms off (docs/lina.md); with them it uses all four.
-    assert!(!Plan::lina().uses(Component::Regions));
-    let full = Plan::lina().with_regions();
+    // The default plan leaves the region terms and the schedule off (docs/lina.md); `with`
+    // turns each on, and with them it uses all four.
+    let lina = Plan::lina();
+    assert!(!lina.uses(Component::Regions) && !lina.uses(Component::Schedule));
+    assert!(lina.uses(Component::Prompt) && lina.uses(Component::Repair));
+    let full = Component::ALL
+        .into_iter()
+        .fold(lina.clone(), |p, c| p.with(c));
+    assert_eq!(full, lina.with_regions().with(Component::Schedule));
+    assert_eq!(full.with(Component::Repair), full, "on already: unchanged");
     for c in Component::ALL {
         assert!(full.uses(c), "{}", c.name());
         let alone = full.only(c);

@@ -673,7 +673,8 @@ async fn scene_graph_and_schedule_helpers() {
     assert!(e.contains("unknown node \"table\""), "{e}");
 
     let plan = Pipeline::lina_plan().map_err(message).unwrap();
-    assert_eq!(get(&plan, "warp").as_f64(), Some(1.5));
+    assert_eq!(get(&plan, "warp").as_f64(), Some(1.0));
+    assert_eq!(get(&plan, "repairStrength").as_f64(), Some(1.0));
     let pipe = tiny_pipeline().await;
     let options = Object::new();
     Reflect::set(&options, &"prompt".into(), &"a red ball".into()).unwrap();

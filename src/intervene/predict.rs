@@ -52,7 +52,7 @@ pub fn candidates() -> Vec<(String, Plan)> {
         (
             "schedule".into(),
             Plan {
-                warp: lina.warp,
+                warp: Plan::SCHEDULE_WARP,
                 ..base()
             },
         ),

@@ -238,7 +238,7 @@ test("the predictor's suggestion fills the plan; the step sweep charts every ste
     timeout: SLOW,
   });
   const suggested = (await page.locator("#suggestion").textContent()).match(/suggests "([a-z-]+)"/)[1];
-  const warps = { baseline: 1, schedule: 1.5, prompt: 1, regions: 1, repair: 1, lina: 1.5, "lina-regions": 1.5, "lina-strong": 2 };
+  const warps = { baseline: 1, schedule: 1.5, prompt: 1, regions: 1, repair: 1, lina: 1, "lina-regions": 1, "lina-strong": 2 };
   assert.ok(suggested in warps, suggested);
   await page.getByRole("button", { name: "Use the predictor's suggestion" }).click();
   assert.equal(await page.getByLabel("Apply LINA's interventions when generating").isChecked(), true);

@@ -41,7 +41,7 @@ mod cli {
                     --peer: tools/bench_torch.py's figures, for ratios)
       lina bench-unet --config UNET_CONFIG.json [--latent N] [--context-len L] [--repeat R]
                     [--device cpu|gpu|gpu-f32|gpu-f16]   (random weights; times one CFG-batch UNet call)
-      lina probe --model DIR --suite id|ood|train[:CATEGORY] [--seeds N] [--count N]
+      lina probe --model DIR --suite id|ood|train[:CATEGORY] [--seeds N] [--count N] [--first I]
                     [--steps N] [--guidance G] [--scheduler S] [--device cpu|gpu]
                     [--plan baseline|lina|predicted|JSON|FILE] --out DIR
                     (generates the suite's prompts, checks each image, writes a report)
@@ -56,13 +56,13 @@ mod cli {
                     (regenerate one CSG node's region; the checker's verdicts before and after)
       lina embed-shift --model DIR (--prompt TEXT | --suite id|ood [--count N])
                     (how far texture and physics word swaps move the prompt embedding)
-      lina lina-search --model DIR --suite train [--count N] [--seeds N] [--steps N]
+      lina lina-search --model DIR --suite train [--count N] [--first I] [--seeds N] [--steps N]
                     [--guidance G] --out SEARCH.json
                     (every candidate plan on every prompt, scored by the checker)
-      lina eval --model DIR [--suites ood,id] [--count N] [--seeds N] [--steps N]
+      lina eval --model DIR [--suites ood,id] [--count N] [--first I] [--seeds N] [--steps N]
                     [--guidance G] [--plan P] [--variants baseline,full,..] --out DIR
                     (LINA's ablation: baseline, full plan, each component alone and removed,
-                    and the plan with region terms where it has none, on the first suite;
+                    and the plan with each component it leaves off, on the first suite;
                     baseline and full on the others; pass rates with 95%
                     intervals and the cost per image against the baseline)
       lina lina-fit --search SEARCH.json [--lambda L] --out DIR/lina_predictor.json

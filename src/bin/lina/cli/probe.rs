@@ -164,6 +164,7 @@ struct SuiteRun {
     suite: Option<String>,
     seeds: u64,
     count: Option<u64>,
+    first: u64,
     opts: GenerateOptions,
     out: Option<String>,
 }
@@ -175,6 +176,7 @@ impl SuiteRun {
             suite: None,
             seeds,
             count: None,
+            first: 0,
             opts,
             out: None,
         }
@@ -187,6 +189,7 @@ impl SuiteRun {
             "--suite" => self.suite = Some(value.to_string()),
             "--seeds" => self.seeds = parse(flag, value)?,
             "--count" => self.count = Some(parse(flag, value)?),
+            "--first" => self.first = parse(flag, value)?,
             "--steps" => self.opts.timesteps = Timesteps::Count(parse(flag, value)?),
             "--guidance" => self.opts.guidance_scale = parse(flag, value)?,
             "--out" => self.out = Some(value.to_string()),
@@ -195,19 +198,25 @@ impl SuiteRun {
         Ok(true)
     }
 
-    /// The model folder, the suite's name and the suite (cut to `--count` per category).
+    /// The model folder, the suite's name and the suite.
     fn resolve(&self) -> Result<(String, String, Suite)> {
         let model = required(self.model.clone(), "--model")?;
         let name = required(self.suite.clone(), "--suite")?;
-        let mut suite = Suite::named(&name)?;
+        let suite = self.cut(Suite::named(&name)?);
+        Ok((model, name, suite))
+    }
+
+    /// The suite's prompts from index `--first`, `--count` of them per category.
+    fn cut(&self, mut suite: Suite) -> Suite {
         if let Some(n) = self.count {
             suite.per_category = n;
         }
-        Ok((model, name, suite))
+        suite.first = self.first;
+        suite
     }
 }
 
-/// `probe --model DIR --suite NAME [--seeds N] [--count N] [--steps N] [--guidance G]
+/// `probe --model DIR --suite NAME [--seeds N] [--count N] [--first I] [--steps N] [--guidance G]
 /// [--scheduler S] [--device D] [--plan baseline|lina|JSON|FILE] --out DIR`: generates every prompt of the suite with seeds
 /// 0..N, checks each image against its CSG, and writes the images and the report.
 pub fn run(args: &[String]) -> Result<()> {
@@ -383,10 +392,10 @@ struct Evaluated {
     cost: Cost,
 }
 
-/// `eval --model DIR [--suites ood,id] [--count N] [--seeds N] [--steps N] [--guidance G]
+/// `eval --model DIR [--suites ood,id] [--count N] [--first I] [--seeds N] [--steps N] [--guidance G]
 /// [--plan P] [--variants baseline,full,..] --out DIR`: LINA's ablation. On the first suite:
-/// the baseline, the full plan, each component alone and each removed, and the plan with the
-/// region terms added where it has none; on the others: the baseline and the full plan (the
+/// the baseline, the full plan, each component alone and each removed, and the plan with each
+/// component it leaves off added; on the others: the baseline and the full plan (the
 /// in-distribution change). Pass rates with 95% intervals, and the cost per image (UNet
 /// evaluations, wall time), each against the baseline.
 pub fn eval(args: &[String]) -> Result<()> {
@@ -430,11 +439,7 @@ pub fn eval(args: &[String]) -> Result<()> {
         .collect();
     let mut suites = Vec::new();
     for name in &names {
-        let mut suite = Suite::named(name)?;
-        if let Some(n) = run.count {
-            suite.per_category = n;
-        }
-        suites.push(suite);
+        suites.push(run.cut(Suite::named(name)?));
     }
     if suites.is_empty() {
         return Err(Error::InvalidInput("eval: --suites names no suite".into()));
@@ -452,12 +457,19 @@ pub fn eval(args: &[String]) -> Result<()> {
             variants.push((format!("{} alone", c.name()), full.only(c)));
         }
         for &c in &used {
-            variants.push((format!("without {}", c.name()), full.without(c)));
+            let name = format!("without {}", c.name());
+            let plan = full.without(c);
+            // With two components on, one alone is the other removed: one row for both.
+            match variants.iter_mut().find(|(_, p)| *p == plan) {
+                Some((seen, _)) => *seen = format!("{seen} = {name}"),
+                None => variants.push((name, plan)),
+            }
         }
     }
-    // The default plan leaves the region terms off: a row shows what adding them does.
-    if !full.uses(Component::Regions) {
-        variants.push(("with regions".to_string(), full.with_regions()));
+    // What the plan leaves off (the default: the region terms and the schedule), a row
+    // each shows what adding it does.
+    for c in Component::ALL.into_iter().filter(|&c| !full.uses(c)) {
+        variants.push((format!("with {}", c.name()), full.with(c)));
     }
     if let Some(wanted) = &wanted {
         if let Some(unknown) = wanted
@@ -509,9 +521,10 @@ pub fn eval(args: &[String]) -> Result<()> {
                 });
             }
         }
+        let (first, n) = (suites[0].first, suites[0].per_category);
         let settings = format!(
-            "{model}, {} prompts per category, seeds 0-{}, {:?}, guidance {}",
-            suites[0].per_category,
+            "{model}, prompts {first}-{} of each category, seeds 0-{}, {:?}, guidance {}",
+            first + n - 1,
             run.seeds - 1,
             opts.timesteps,
             opts.guidance_scale
@@ -592,7 +605,7 @@ struct Search {
     prompts: Vec<Searched>,
 }
 
-/// `lina-search --model DIR --suite train [--count N] [--seeds N] [--steps N] [--guidance G]
+/// `lina-search --model DIR --suite train [--count N] [--first I] [--seeds N] [--steps N] [--guidance G]
 /// --out SEARCH.json`: every candidate plan on every prompt of the suite, scored by the checker.
 pub fn search(args: &[String]) -> Result<()> {
     let guided = GenerateOptions {
