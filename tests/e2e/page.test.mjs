@@ -151,8 +151,9 @@ test("the scene graph follows the prompt; editing a relation changes the image a
   );
   const [plainAfter] = await curves();
   assert.equal(plainAfter, plainBefore);
-  // Back to the default warp: at 2.5 over 3 steps the layout is read at step 0, before the
-  // reflection shows, and the effect guidance below has no region to act on.
+  // Back to a mild warp (the default plan has none): at 2.5 over 3 steps the layout is read
+  // at step 0, before the reflection shows, and the effect guidance below has no region to
+  // act on.
   await page.getByLabel(/^Schedule warp/).fill("1.5");
 
   // Baseline and LINA side by side, each with the checker's verdicts. The default plan
