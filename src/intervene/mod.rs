@@ -104,17 +104,24 @@ impl Plan {
     pub const SCHEDULE_WARP: f64 = 1.5;
 
     /// This plan with `component` on at our default settings (unchanged where it is on
-    /// already): an ablation's "with" rows, for what the default plan leaves off.
+    /// already): an ablation's "with" rows, for what the default plan leaves off. Prompt
+    /// guidance and repairs take [`Plan::lina`]'s strength and window.
     pub fn with(&self, component: Component) -> Self {
         if self.uses(component) {
             return self.clone();
         }
-        let mut p = self.clone();
+        let (on, mut p) = (Self::lina(), self.clone());
         match component {
             Component::Schedule => p.warp = Self::SCHEDULE_WARP,
-            Component::Prompt => p.prompt_strength = 0.5,
+            Component::Prompt => {
+                p.prompt_strength = on.prompt_strength;
+                p.prompt_window = on.prompt_window;
+            }
             Component::Regions => p = self.with_regions(),
-            Component::Repair => p.repair_strength = 1.0,
+            Component::Repair => {
+                p.repair_strength = on.repair_strength;
+                p.repair_window = on.repair_window;
+            }
         }
         p
     }

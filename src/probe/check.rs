@@ -204,19 +204,18 @@ impl<'a> Labels<'a> {
                 else {
                     continue;
                 };
-                let mut around = [None; 4];
-                if x > 0 {
-                    around[0] = at(x - 1, y);
-                }
-                if x + 1 < self.width {
-                    around[1] = at(x + 1, y);
-                }
-                if y > 0 {
-                    around[2] = at(x, y - 1);
-                }
-                if y + 1 < self.height {
-                    around[3] = at(x, y + 1);
-                }
+                // The 4-neighbours inside the image (wrapping_sub leaves the left and top
+                // edges out of range).
+                let around: Vec<Option<Label>> = [
+                    (x.wrapping_sub(1), y),
+                    (x + 1, y),
+                    (x, y.wrapping_sub(1)),
+                    (x, y + 1),
+                ]
+                .into_iter()
+                .filter(|&(nx, ny)| nx < self.width && ny < self.height)
+                .map(|(nx, ny)| at(nx, ny))
+                .collect();
                 if around.contains(&Some(Label::Node(object)))
                     && around.contains(&Some(Label::Wall))
                 {
