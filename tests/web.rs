@@ -680,7 +680,10 @@ async fn scene_graph_and_schedule_helpers() {
     Reflect::set(&options, &"prompt".into(), &"a red ball".into()).unwrap();
     Reflect::set(&options, &"steps".into(), &10.into()).unwrap();
     Reflect::set(&options, &"plan".into(), &plan).unwrap();
-    let steps = pipe.timesteps(options.into()).map_err(message).unwrap();
+    let steps = pipe
+        .timesteps(options.clone().into())
+        .map_err(message)
+        .unwrap();
     let list = |k: &str| -> Vec<f64> {
         js_sys::Array::from(&get(&steps, k))
             .iter()
@@ -690,8 +693,18 @@ async fn scene_graph_and_schedule_helpers() {
     let (plain, planned) = (list("plain"), list("planned"));
     assert_eq!((plain.len(), planned.len()), (10, 10));
     assert!(plain.windows(2).all(|w| w[0] > w[1]), "{plain:?}");
-    // The warp spends more of the run at high noise: the middle step is noisier.
-    assert!(planned[5] > plain[5], "{plain:?} {planned:?}");
+    // The default plan has no warp: its schedule is the plain one.
+    assert_eq!(planned, plain);
+
+    // A warp spends more of the run at high noise: the middle step is noisier.
+    Reflect::set(&plan, &"warp".into(), &1.5.into()).unwrap();
+    Reflect::set(&options, &"plan".into(), &plan).unwrap();
+    let steps = pipe.timesteps(options.into()).map_err(message).unwrap();
+    let warped: Vec<f64> = js_sys::Array::from(&get(&steps, "planned"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(warped[5] > plain[5], "{plain:?} {warped:?}");
 }
 
 /// The page's cache check: a file's SHA-256 computed as its chunks pass into the loader, and
