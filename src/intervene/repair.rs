@@ -656,8 +656,8 @@ const FLOOR_SEED: f32 = 2.0;
 /// Paints a missing object that no spare region can stand in for: in its CSG layout when it
 /// has one, else standing on what the graph puts it on, else under what the graph stands on
 /// it, else on the other objects' floor line, at the free place its left/right relations ask
-/// for ([`FLOOR_SEED`] times their size). Its outline is its class's (box, disc or triangle)
-/// at the other objects' size; the model draws the rest.
+/// for. Its outline is its class's (box, disc or triangle) at the other objects' size
+/// ([`FLOOR_SEED`] times it on the floor line); the model draws the rest.
 fn place(
     cells: &Cells,
     edits: &mut Edits,
