@@ -683,18 +683,22 @@ fn place(
     .max(2.0 * cells.factor as f32);
     let index = |id: &str| csg.nodes.iter().position(|n| n.id == id);
     let drawn_x = |id: &str| index(id).and_then(|o| seg.boxes[o]).map(centre_x);
-    let support = csg.relations.iter().find_map(|r| {
-        (r.predicate == Predicate::On && r.subject == node.id)
-            .then(|| index(&r.object))
-            .flatten()
-            .and_then(|o| seg.boxes[o])
-    });
-    let carried = csg.relations.iter().find_map(|r| {
-        (r.predicate == Predicate::On && r.object == node.id)
-            .then(|| index(&r.subject))
-            .flatten()
-            .and_then(|o| seg.boxes[o])
-    });
+    // The drawn box at the other end of an `on` edge: what it stands on (`as_subject`), or
+    // what stands on it.
+    let on_partner = |as_subject: bool| {
+        csg.relations.iter().find_map(|r| {
+            let (this, other) = if as_subject {
+                (&r.subject, &r.object)
+            } else {
+                (&r.object, &r.subject)
+            };
+            (r.predicate == Predicate::On && *this == node.id)
+                .then(|| index(other))
+                .flatten()
+                .and_then(|o| seg.boxes[o])
+        })
+    };
+    let (support, carried) = (on_partner(true), on_partner(false));
     let (x0, y0, x1, y1) = if let Some(l) = node.layout {
         (l[0] * width, l[1] * height, l[2] * width, l[3] * height)
     } else if let Some(s) = support {
