@@ -142,10 +142,15 @@ test("the scene graph follows the prompt; editing a relation changes the image a
     page.evaluate(() =>
       [...document.querySelectorAll("#schedule-plot polyline")].map((l) => l.getAttribute("points")),
     );
+  // The plot is drawn after a round trip to the worker, which may finish after "Ready".
+  await page.waitForSelector("#schedule-plot polyline.planned", { state: "attached", timeout: SLOW });
   const [plainBefore, plannedBefore] = await curves();
   await page.getByLabel(/^Schedule warp/).fill("2.5");
   await page.waitForFunction(
-    (before) => document.querySelector("#schedule-plot .planned").getAttribute("points") !== before,
+    (before) => {
+      const planned = document.querySelector("#schedule-plot .planned");
+      return planned !== null && planned.getAttribute("points") !== before;
+    },
     plannedBefore,
     { timeout: SLOW },
   );
