@@ -747,17 +747,16 @@ fn place(
     } else {
         return;
     };
-    let (cx, cy, w, h) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0);
     let mut n = 0;
     for (y, x) in cells.within(x0, y0, x1, y1) {
-        let (px, py) = (cells.centre(x), cells.centre(y));
-        let inside = match node.class {
-            Class::Ball => ((px - cx) / w).powi(2) + ((py - cy) / h).powi(2) <= 0.25,
-            // A cone's half-width grows from its apex to its base.
-            Class::Cone => (px - cx).abs() <= w / 2.0 * (py - y0) / h + 1.0,
-            _ => true,
-        };
-        if inside {
+        // A pixel's slack on a cone's sides: a painted apex a cell wide survives the model.
+        if in_outline(
+            node.class,
+            [x0, y0, x1, y1],
+            cells.centre(x),
+            cells.centre(y),
+            1.0,
+        ) {
             edits.set(y, x, look.clone());
             n += 1;
         }
@@ -765,6 +764,19 @@ fn place(
     edits.report(n, || {
         format!("{}: painted where it belongs ({n} cells)", node.id)
     });
+}
+
+/// Whether the point `(px, py)`, inside the box `[x0, y0, x1, y1)`, lies in the outline of
+/// `class` fitted to that box: a disc (an ellipse in a box that is not square), a triangle
+/// whose half-width grows from the apex at the top's centre to the base (plus `cone_slack`
+/// pixels), or the whole box.
+fn in_outline(class: Class, [x0, y0, x1, y1]: [f32; 4], px: f32, py: f32, cone_slack: f32) -> bool {
+    let (cx, cy, w, h) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0);
+    match class {
+        Class::Ball => ((px - cx) / w).powi(2) + ((py - cy) / h).powi(2) <= 0.25,
+        Class::Cone => (px - cx).abs() <= w / 2.0 * (py - y0) / h + cone_slack,
+        _ => true,
+    }
 }
 
 /// The fewest pixels a region needs to count as a drawn object, as the checker's count does
@@ -996,16 +1008,11 @@ fn reshape(cells: &Cells, edits: &mut Edits, csg: &Csg, node: usize) {
     let side = (b[2] - b[0]).max(b[3] - b[1]) as f32 + 1.0;
     let (cx, base) = (centre_x(b), (b[3] + 1) as f32);
     let top = base - side;
+    let square = [cx - side / 2.0, top, cx + side / 2.0, base];
     let inside = |px: f32, py: f32| {
         (px - cx).abs() <= side / 2.0
             && (top..base).contains(&py)
-            && match class {
-                Class::Ball => {
-                    (px - cx).powi(2) + (py - top - side / 2.0).powi(2) <= side * side / 4.0
-                }
-                Class::Cone => (px - cx).abs() <= side / 2.0 * (py - top) / side,
-                _ => true,
-            }
+            && in_outline(class, square, px, py, 0.0)
     };
     let f = cells.factor;
     let share = |y: usize, x: usize| {
