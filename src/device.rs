@@ -119,6 +119,11 @@ fn with_device<T>(device: &Device, f: impl FnOnce(&Opened) -> T) -> Option<T> {
     with_opened(|opened| opened.iter().find(|o| &o.device == device).map(f))
 }
 
+/// Whether `device` is a GPU (wgpu) device opened here, rather than the CPU backend.
+pub fn is_gpu(device: &Device) -> bool {
+    with_device(device, |_| ()).is_some()
+}
+
 /// The limits of `device`, as read when it was opened.
 pub fn limits(device: &Device) -> Limits {
     with_device(device, |o| o.limits.clone()).unwrap_or_else(Limits::host)

@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod image;
 pub mod intervene;
+pub mod kernels;
 pub mod memory;
 pub mod models;
 pub mod nn;

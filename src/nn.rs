@@ -7,6 +7,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::Result;
+use crate::kernels;
 use crate::weights::Scope;
 
 pub struct Linear {
@@ -143,6 +144,30 @@ impl GroupNorm {
     /// are taken in f32 whatever the device computes in: an f16 sum over a group's thousands
     /// of values loses most of its digits.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_then(x, false)
+    }
+
+    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_then(x, true)
+    }
+
+    /// One fused kernel on a GPU; burn's operations elsewhere.
+    fn forward_then(&self, x: Tensor<4>, then_silu: bool) -> Tensor<4> {
+        if kernels::available(&x.device(), x.dtype()) {
+            return kernels::group_norm(
+                x,
+                &self.gamma,
+                &self.beta,
+                self.groups,
+                self.eps,
+                then_silu,
+            );
+        }
+        let normed = self.composed(x);
+        if then_silu { silu(normed) } else { normed }
+    }
+
+    fn composed(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, wd] = x.dims();
         let dtype = x.dtype();
         let n = (c / self.groups) * h * wd;
@@ -152,10 +177,6 @@ impl GroupNorm {
         let var = sum_last(centred.clone().powi_scalar(2)).div_scalar(n as f64);
         let normed = centred.div(var.add_scalar(self.eps).sqrt());
         self.affine(normed.reshape([b, c, h, wd]).cast(dtype))
-    }
-
-    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
-        silu(self.forward(x))
     }
 
     /// The same over row bands, with the statistics of the whole tensor: the mean from every
@@ -235,6 +256,16 @@ impl LayerNorm {
     /// In f32 whatever the device computes in, as [`GroupNorm`].
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
+        if kernels::available(&x.device(), dtype) {
+            // Each row is a group of one channel whose positions are the row's values.
+            let shape = x.shape();
+            let dim = shape[D - 1];
+            let rows = shape.num_elements() / dim;
+            let as_groups = x.reshape([rows, dim, 1, 1]);
+            let normed =
+                kernels::group_norm(as_groups, &self.gamma, &self.beta, 1, self.eps, false);
+            return normed.reshape(shape);
+        }
         if dtype == DType::F32 {
             return layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), self.eps);
         }
@@ -314,6 +345,12 @@ pub fn multi_head_attention(
     use burn::tensor::ops::AttentionModuleOptions;
 
     let [b, lq, inner] = q.dims();
+    if !causal
+        && inner / heads <= kernels::MAX_HEAD_DIM
+        && kernels::available(&q.device(), q.dtype())
+    {
+        return kernels::attention(q, k, v, heads);
+    }
     let lk = k.dims()[1];
     let split = |x: Tensor<3>| -> Tensor<4> {
         let [b, l, _] = x.dims();

@@ -28,7 +28,9 @@ pub fn start() {
 /// this module, which beats WebGPU on a software adapter such as SwiftShader by far (the
 /// worker chooses it for `"auto"`, see lina-worker.js). `precision`: `"auto"` (the default:
 /// f16 where the adapter has shader-f16, f32 otherwise), `"f32"` or `"f16"`; the CPU backend
-/// computes in f32. Other keys are errors.
+/// computes in f32. `kernels`: `"fused"` (the default: the WGSL kernels of shaders/ on WebGPU)
+/// or `"burn"` (burn's own kernels only), for every model of this module. Other keys are
+/// errors.
 async fn device_from_options(options: &JsValue) -> Result<burn::tensor::Device, JsError> {
     let (mut cpu, mut precision) = (false, None);
     if !options.is_undefined() && !options.is_null() {
@@ -52,9 +54,14 @@ async fn device_from_options(options: &JsValue) -> Result<burn::tensor::Device, 
                         "precision must be \"auto\", \"f32\" or \"f16\"",
                     ));
                 }
+                ("kernels", Some("fused")) => crate::kernels::set_enabled(true),
+                ("kernels", Some("burn")) => crate::kernels::set_enabled(false),
+                ("kernels", _) => {
+                    return Err(JsError::new("kernels must be \"fused\" or \"burn\""));
+                }
                 (other, _) => {
                     return Err(JsError::new(&format!(
-                        "unknown option \"{other}\" (the options are backend and precision)"
+                        "unknown option \"{other}\" (the options are backend, precision and kernels)"
                     )));
                 }
             }

@@ -604,6 +604,43 @@ async fn precision_is_chosen_from_the_adapter_and_can_be_overridden() {
     assert!(e.contains("precision must be"), "{e}");
 }
 
+/// The fused WGSL kernels (shaders/), which every WebGPU test here runs on by default, pass
+/// Chromium's shader compiler and draw what burn's own kernels draw; `kernels` takes only
+/// "fused" or "burn".
+#[wasm_bindgen_test]
+async fn fused_kernels_draw_what_burns_kernels_draw() {
+    let load = |kernels: &str| {
+        let options = Object::new();
+        Reflect::set(&options, &"precision".into(), &"f32".into()).unwrap();
+        Reflect::set(&options, &"kernels".into(), &kernels.into()).unwrap();
+        Pipeline::load(files(|_, b| b.to_vec()), options.into())
+    };
+    let draw = |pipe: Pipeline| async move {
+        rgb_of(
+            &pipe
+                .generate(prompt_options("a red ball on a small mirror", 4), None)
+                .await
+                .map_err(message)
+                .unwrap(),
+        )
+    };
+    let burn = draw(load("burn").await.map_err(message).unwrap()).await;
+    // Loading with "fused" turns them back on for the tests after this one, too.
+    let fused = draw(load("fused").await.map_err(message).unwrap()).await;
+    let worst = burn
+        .iter()
+        .zip(&fused)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap();
+    assert!(
+        worst <= 2,
+        "the fused kernels' image is off burn's by {worst}/255"
+    );
+    let e = load("cubecl").await.err().map(message).expect("refused");
+    assert!(e.contains("kernels must be"), "{e}");
+}
+
 /// A lost device (destroyed through the test hook, as a driver reset would) is an error from
 /// the next generation, and loading the model again recovers without reloading the page.
 #[wasm_bindgen_test]

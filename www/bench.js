@@ -9,6 +9,7 @@ const repeat = Number(params.get("repeat") ?? 5);
 const steps = Number(params.get("steps") ?? 20);
 const modelUrl = params.get("model") ?? DEFAULT_MODEL_URL;
 const backend = params.get("backend") ?? "auto";
+const kernels = params.get("kernels") ?? "fused";
 const PROMPT = "a red ball on a mirror";
 const status = document.getElementById("status");
 
@@ -44,7 +45,7 @@ async function ours() {
   const wasmMs = performance.now() - t0;
   status.textContent = "Loading the model…";
   let t = performance.now();
-  const loaded = await model.load({ url: modelUrl, backend, precision: "f32" });
+  const loaded = await model.load({ url: modelUrl, backend, precision: "f32", kernels });
   const loadMs = performance.now() - t;
   status.textContent = "First image…";
   const options = { prompt: PROMPT, steps, seed: 0 };

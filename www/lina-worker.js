@@ -225,7 +225,7 @@ async function chooseBackend(backend, precision) {
 
 const handlers = {
   // { url } (a folder URL ending in "/") or { files } ({ path: Blob | Uint8Array }).
-  async load({ id, url, files, precision, backend: asked = "auto" }) {
+  async load({ id, url, files, precision, kernels, backend: asked = "auto" }) {
     // The old model's buffers go with its device's next failure or with the page; drop it
     // now so that a failed load leaves no half model behind.
     pipeline?.free();
@@ -240,7 +240,7 @@ const handlers = {
     if (note) notes.push(note);
     try {
       for (;;) {
-        const loader = await ModelLoader.create({ backend, precision });
+        const loader = await ModelLoader.create({ backend, precision, kernels });
         try {
           if (url === undefined) await loadFromFiles(loader, files, { signal, progress });
           else notes.push(...(await loadFromUrl(loader, url, { cache, distrust, signal, progress })));

@@ -12,6 +12,13 @@ export type Precision = "auto" | "f32" | "f16";
  */
 export type Backend = "auto" | "webgpu" | "cpu";
 
+/**
+ * "fused" (the default): on WebGPU, the hand-written kernels of shaders/ for group and layer
+ * norms, attention and the gated GELU; "burn": burn's own kernels only (to compare, or to rule
+ * the fused ones out). The CPU backend always uses burn's.
+ */
+export type Kernels = "fused" | "burn";
+
 export interface ModelSource {
   /** A diffusers-layout folder (the default model when neither url nor files is given). */
   url?: string;
@@ -20,6 +27,7 @@ export interface ModelSource {
   backend?: Backend;
   /** The CPU backend computes in f32. */
   precision?: Precision;
+  kernels?: Kernels;
   /** Download or read progress, per file, in bytes. */
   onProgress?: (progress: { path: string; received: number; total: number | undefined }) => void;
   /** Aborting it stops the load, downloads included; the load rejects with "cancelled". */

@@ -54,11 +54,11 @@ export class LinaModel {
    * (Re)loads a model into this worker; see `loadModel`. An aborted `signal` stops the
    * load (downloads included); it rejects with "cancelled" and no model is loaded.
    */
-  async load({ url, files, backend = "auto", precision = "auto", onProgress, signal } = {}) {
+  async load({ url, files, backend = "auto", precision = "auto", kernels = "fused", onProgress, signal } = {}) {
     if (files === undefined && url === undefined) url = DEFAULT_MODEL_URL;
     if (url !== undefined) url = new URL(url.endsWith("/") ? url : `${url}/`, location.href).href;
     const info = await this.#cancellable(signal, () =>
-      this.#request("load", { url, files, backend, precision }, {
+      this.#request("load", { url, files, backend, precision, kernels }, {
         progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total }),
       }),
     );

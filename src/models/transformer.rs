@@ -5,6 +5,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::gelu;
 
 use crate::error::Result;
+use crate::kernels;
 use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear, multi_head_attention};
 use crate::weights::Scope;
 
@@ -59,6 +60,9 @@ impl GegluFeedForward {
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.proj.forward(x);
+        if kernels::available(&h.device(), h.dtype()) {
+            return self.out.forward(kernels::geglu(h));
+        }
         let mut halves = h.chunk(2, 2);
         let gate = halves.pop().expect("two halves");
         let value = halves.pop().expect("two halves");

@@ -36,11 +36,13 @@ mod cli {
       lina memory (--model DIR | --unet F --vae F --text-encoder F) [--sizes 256,512,..]
                     (weights per component and the largest tensor at each size, from configs)
       lina bench --model DIR [--repeat R] [--steps S] [--device cpu|gpu|gpu-f32|gpu-f16]
-                    [--json FILE] [--peer PEER.json]
+                    [--json FILE] [--peer PEER.json] [--kernels fused|burn]
                     (time to first image, UNet call, step and image latency, LINA's overhead;
                     --peer: tools/bench_torch.py's figures, for ratios)
       lina bench-unet --config UNET_CONFIG.json [--latent N] [--context-len L] [--repeat R]
-                    [--device cpu|gpu|gpu-f32|gpu-f16]   (random weights; times one CFG-batch UNet call)
+                    [--device cpu|gpu|gpu-f32|gpu-f16] [--kernels fused|burn]
+                    (random weights; times one CFG-batch UNet call; --kernels burn: without the
+                    fused kernels of shaders/)
       lina probe --model DIR --suite id|ood|train[:CATEGORY] [--seeds N] [--count N] [--first I]
                     [--steps N] [--guidance G] [--scheduler S] [--device cpu|gpu]
                     [--plan baseline|lina|predicted|JSON|FILE] --out DIR
@@ -331,6 +333,21 @@ mod cli {
         })
     }
 
+    /// `--kernels fused` (the default: shaders/ kernels on a GPU) or `burn` (burn's own
+    /// kernels only), to measure what the fused kernels bring.
+    pub(super) fn choose_kernels(value: &str) -> Result<()> {
+        match value {
+            "fused" => lina::kernels::set_enabled(true),
+            "burn" => lina::kernels::set_enabled(false),
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "--kernels takes fused or burn, not \"{other}\""
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Times UNet calls of a config with random weights: for full-size architectures whose
     /// checkpoints are not at hand. Prints median, min and max over `--repeat` calls after one
     /// warm-up call (shader compilation, autotuning).
@@ -348,6 +365,7 @@ mod cli {
                 "--context-len" => context_len = parse(flag, value)?,
                 "--repeat" => repeat = parse(flag, value)?,
                 "--device" => device = value.to_string(),
+                "--kernels" => choose_kernels(value)?,
                 other => return Err(unknown_option(other)),
             }
         }

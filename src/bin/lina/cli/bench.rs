@@ -26,6 +26,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--device" => device = value.to_string(),
             "--json" => json = Some(value.to_string()),
             "--peer" => peer = Some(value.to_string()),
+            "--kernels" => super::choose_kernels(value)?,
             other => return Err(unknown_option(other)),
         }
     }

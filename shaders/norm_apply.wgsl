@@ -1,0 +1,39 @@
+// Group and layer normalisation, stage 3 of 3: y = (x - mean) * scale * gamma[c] + beta[c],
+// then SiLU if asked, one invocation per value.
+
+{{ enable }}
+alias T = {{ elem }};
+
+struct Params {
+    channels: u32,
+    positions: u32,
+    groups: u32,
+    silu: u32,
+    eps: f32,
+    chunks: u32,
+    total_groups: u32,
+}
+
+// Every binding is read_write, as in stage 1.
+@group(0) @binding(0) var<storage, read_write> x: array<T>;
+@group(0) @binding(1) var<storage, read_write> gamma: array<T>;
+@group(0) @binding(2) var<storage, read_write> beta: array<T>;
+@group(0) @binding(3) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<T>;
+@group(0) @binding(5) var<storage, read_write> p: Params;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>) {
+    let i = id.y * grid.x * 256u + id.x;
+    let n = p.channels * p.positions;
+    if (i >= p.total_groups * n) {
+        return;
+    }
+    let group = i / n;
+    let c = (group % p.groups) * p.channels + (i % n) / p.positions;
+    var v = (f32(x[i]) - stats[group * 2u]) * stats[group * 2u + 1u] * f32(gamma[c]) + f32(beta[c]);
+    if (p.silu != 0u) {
+        v = v / (1.0 + exp(-v));
+    }
+    y[i] = T(v);
+}

@@ -1,0 +1,301 @@
+//! Hand-written WGSL kernels (`shaders/`) for the hot paths that burn runs as chains of small
+//! kernels: group normalisation with its SiLU, attention, and the gated GELU. On a GPU each
+//! launch has a fixed cost, and on a small model most of a UNet call is that cost, so one
+//! kernel in place of ten or more is where the time goes down (`docs/bench.md`).
+//!
+//! They run on wgpu devices (WebGPU in the browser, Vulkan natively) through burn's backend
+//! extension API, as templates burn hands to wgpu untranslated. Callers ask [`available`]
+//! first and otherwise compose burn's own operations; the CPU backend always does, and so does
+//! a GPU when [`set_enabled`] turned the kernels off (to measure them, or to rule them out).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::tensor::{DType, Device, Tensor};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim, KernelId};
+use burn_cubecl::cubecl::server::KernelArguments;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::template::{KernelSource, SourceKernel, SourceTemplate};
+use burn_cubecl::tensor::CubeTensor;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels on or off for every device (on by default).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether tensors on `device` of type `dtype` go through these kernels.
+pub fn available(device: &Device, dtype: DType) -> bool {
+    ENABLED.load(Ordering::Relaxed)
+        && matches!(dtype, DType::F32 | DType::F16)
+        && crate::device::is_gpu(device)
+}
+
+/// Group normalisation of [B, C, H, W] over `groups` groups of channels, then `y * gamma +
+/// beta` per channel and, with `silu`, SiLU: what `nn::GroupNorm` computes.
+pub fn group_norm(
+    x: Tensor<4>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as Fused>::group_norm(
+        x.into_dispatch(),
+        gamma.clone().into_dispatch(),
+        beta.clone().into_dispatch(),
+        groups as u32,
+        eps as f32,
+        silu,
+    ))
+}
+
+/// The largest head the attention kernel takes: it keeps a query and an output row of this
+/// many values per invocation in registers (SD 1.5's largest head is 160). Larger ones, such as
+/// the VAE's single 512-channel head, use burn's kernels.
+pub const MAX_HEAD_DIM: usize = 160;
+
+/// Attention without a mask over heads packed in the last dimension: q [B, Lq, H*D], k and v
+/// [B, Lk, H*D] give [B, Lq, H*D]; what `nn::multi_head_attention` computes when not causal.
+pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as Fused>::attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        heads as u32,
+    ))
+}
+
+/// `value * gelu(gate)` for x [B, L, 2F] holding [value, gate] along its last axis: [B, L, F].
+pub fn geglu(x: Tensor<3>) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as Fused>::geglu(x.into_dispatch()))
+}
+
+/// The operations, routed by burn's dispatch to the backend a tensor lives on. Only the cube
+/// (wgpu) backend has them, which is why callers check [`available`].
+#[backend_extension(Cube)]
+pub trait Fused: Backend {
+    fn group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: u32,
+        eps: f32,
+        silu: bool,
+    ) -> FloatTensor<Self>;
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        heads: u32,
+    ) -> FloatTensor<Self>;
+    fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+impl Fused for CubeBackend {
+    fn group_norm(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        groups: u32,
+        eps: f32,
+        silu: bool,
+    ) -> CubeTensor {
+        let x = into_contiguous(x);
+        let shape = x.meta.shape().clone();
+        let [b, c, h, w] = [shape[0], shape[1], shape[2], shape[3]].map(|d| d as u32);
+        let (channels, positions) = (c / groups, h * w);
+        let chunks = (channels * positions).div_ceil(NORM_CHUNK);
+        let total_groups = b * groups;
+        let params = words(&[
+            channels,
+            positions,
+            groups,
+            silu as u32,
+            eps.to_bits(),
+            chunks,
+            total_groups,
+        ]);
+        let scratch = |values: u32| {
+            let shape = burn::tensor::Shape::new([values as usize]);
+            empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, DType::F32)
+        };
+        let partial = scratch(total_groups * chunks * 3);
+        let stats = scratch(total_groups * 2);
+        let out = output_like(&x, shape);
+        launch(
+            &x,
+            Wgsl::new("norm_partials", x.dtype, 0),
+            CubeDim::new_1d(64),
+            grid(total_groups * chunks, 64),
+            &[&x, &partial],
+            &params,
+        );
+        launch(
+            &x,
+            Wgsl::new("norm_stats", x.dtype, 0),
+            CubeDim::new_1d(64),
+            grid(total_groups, 64),
+            &[&partial, &stats],
+            &params,
+        );
+        launch(
+            &x,
+            Wgsl::new("norm_apply", x.dtype, 0),
+            CubeDim::new_1d(256),
+            grid(b * c * h * w, 256),
+            &[
+                &x,
+                &into_contiguous(gamma),
+                &into_contiguous(beta),
+                &stats,
+                &out,
+            ],
+            &params,
+        );
+        out
+    }
+
+    fn attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, heads: u32) -> CubeTensor {
+        let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+        let shape = q.meta.shape().clone();
+        let [b, lq, inner] = [shape[0], shape[1], shape[2]].map(|d| d as u32);
+        let lk = k.meta.shape()[1] as u32;
+        let head_dim = inner / heads;
+        let out = output_like(&q, shape);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let params = words(&[heads, lq, lk, scale.to_bits()]);
+        launch(
+            &q,
+            Wgsl::new("attention", q.dtype, head_dim),
+            CubeDim::new_1d(64),
+            CubeCount::Static(lq.div_ceil(64), b * heads, 1),
+            &[&q, &k, &v, &out],
+            &params,
+        );
+        out
+    }
+
+    fn geglu(x: CubeTensor) -> CubeTensor {
+        let x = into_contiguous(x);
+        let mut shape = x.meta.shape().clone();
+        let last = shape.num_dims() - 1;
+        let width = shape[last] / 2;
+        shape[last] = width;
+        let count = shape.num_elements() as u32;
+        let out = output_like(&x, shape);
+        let params = words(&[width as u32, count]);
+        launch(
+            &x,
+            Wgsl::new("geglu", x.dtype, 0),
+            CubeDim::new_1d(256),
+            grid(count, 256),
+            &[&x, &out],
+            &params,
+        );
+        out
+    }
+}
+
+/// The values of a group that one invocation of the first normalisation stage sums
+/// (`CHUNK` in shaders/norm_partials.wgsl).
+const NORM_CHUNK: u32 = 256;
+
+/// Workgroups of `size` invocations for `count` invocations in all, along x and, past the
+/// 65535 workgroups an axis may hold, along y (the shaders index `y * x_count + x`).
+fn grid(count: u32, size: u32) -> CubeCount {
+    let workgroups = count.div_ceil(size).max(1);
+    let across = workgroups.min(65535);
+    CubeCount::Static(across, workgroups.div_ceil(across), 1)
+}
+
+fn output_like(x: &CubeTensor, shape: burn::tensor::Shape) -> CubeTensor {
+    empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, x.dtype)
+}
+
+/// A kernel's parameters as the bytes of its `Params` struct (u32 and f32 fields only).
+fn words(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Launches `kernel` with `tensors` bound in order, then the parameters (uploaded as a small
+/// storage buffer: one shader serves every shape).
+fn launch(
+    on: &CubeTensor,
+    kernel: Wgsl,
+    threads: CubeDim,
+    workgroups: CubeCount,
+    tensors: &[&CubeTensor],
+    params: &[u8],
+) {
+    let client = &on.client;
+    let params = client.create_from_slice(params);
+    let args = tensors
+        .iter()
+        .fold(KernelArguments::new(), |args, t| {
+            args.with_buffer(t.handle.clone().binding())
+        })
+        .with_buffer(params.binding());
+    client.launch(
+        Box::new(SourceKernel::new(kernel, threads)),
+        workgroups,
+        args,
+    );
+}
+
+/// One of the `shaders/` kernels, for one storage type (and head size, for attention).
+struct Wgsl {
+    name: &'static str,
+    f16: bool,
+    head_dim: u32,
+}
+
+impl Wgsl {
+    fn new(name: &'static str, dtype: DType, head_dim: u32) -> Self {
+        Self {
+            name,
+            f16: dtype == DType::F16,
+            head_dim,
+        }
+    }
+
+    fn template(&self) -> &'static str {
+        match self.name {
+            "norm_partials" => include_str!("../shaders/norm_partials.wgsl"),
+            "norm_stats" => include_str!("../shaders/norm_stats.wgsl"),
+            "norm_apply" => include_str!("../shaders/norm_apply.wgsl"),
+            "attention" => include_str!("../shaders/attention.wgsl"),
+            "geglu" => include_str!("../shaders/geglu.wgsl"),
+            other => unreachable!("no kernel named {other}"),
+        }
+    }
+}
+
+impl KernelSource for Wgsl {
+    fn source(&self) -> SourceTemplate {
+        let (enable, elem) = if self.f16 {
+            ("enable f16;", "f16")
+        } else {
+            ("", "f32")
+        };
+        SourceTemplate::new(
+            self.template()
+                .replace("{{ enable }}", enable)
+                .replace("{{ elem }}", elem)
+                .replace("{{ head_dim }}", &self.head_dim.to_string()),
+        )
+    }
+
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info((self.name, self.f16, self.head_dim))
+    }
+
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}

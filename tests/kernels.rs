@@ -1,0 +1,254 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! The fused WGSL kernels (shaders/, src/kernels.rs) against the same operations composed from
+//! burn's own on the CPU backend, on shapes that reach their edges: groups longer than a
+//! workgroup, query counts that are no multiple of a workgroup, cross-attention, heads of
+//! several sizes, and f16 storage. Needs the wgpu backend: set LINA_TEST_GPU=1 (CI does, on
+//! lavapipe).
+
+mod common;
+
+use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use common::{gpu_device, max_abs_diff, values};
+use lina::device::{GpuRequest, Precision};
+
+/// The same random values on the CPU and on `gpu` (in the GPU's float type).
+fn pair<const D: usize>(shape: [usize; D], seed: u64, gpu: &Device) -> (Tensor<D>, Tensor<D>) {
+    let cpu = lina::device::cpu();
+    let mut rng = lina::rng::Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = rng.normals(n).iter().map(|v| v * 2.0 + 0.5).collect();
+    let on_cpu = Tensor::<D>::from_data(TensorData::new(data.clone(), shape), &cpu);
+    let on_gpu = Tensor::<D>::from_data(TensorData::new(data, shape), gpu);
+    (on_cpu, on_gpu)
+}
+
+fn read<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    values(t.cast(FloatDType::F32))
+}
+
+fn reference_group_norm(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let g = x.reshape([b, groups, (c / groups) * h * w]);
+    let mean = g.clone().mean_dim(2);
+    let centred = g - mean;
+    let var = centred.clone().powi_scalar(2).mean_dim(2);
+    let normed = (centred / var.add_scalar(1e-5).sqrt()).reshape([b, c, h, w]);
+    normed * gamma.reshape([1, c, 1, 1]) + beta.reshape([1, c, 1, 1])
+}
+
+fn reference_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [b, lq, inner] = q.dims();
+    let d = inner / heads;
+    let split = |x: Tensor<3>| {
+        let l = x.dims()[1];
+        x.reshape([b, l, heads, d]).swap_dims(1, 2)
+    };
+    let scores = split(q).matmul(split(k).transpose()) / (d as f64).sqrt();
+    softmax(scores, 3)
+        .matmul(split(v))
+        .swap_dims(1, 2)
+        .reshape([b, lq, inner])
+}
+
+fn check_all(gpu: &Device, tolerance: f32, label: &str) {
+    // Group norm: 4 groups of 64 channels x 9x7 positions (4032 values each, many times a
+    // workgroup), with and without the SiLU.
+    let (x, gx) = pair([2, 256, 9, 7], 1, gpu);
+    let (gamma, g_gamma) = pair([256], 2, gpu);
+    let (beta, g_beta) = pair([256], 3, gpu);
+    let want = reference_group_norm(x, gamma, beta, 4);
+    for then_silu in [false, true] {
+        let got = lina::kernels::group_norm(gx.clone(), &g_gamma, &g_beta, 4, 1e-5, then_silu);
+        let want = if then_silu {
+            silu(want.clone())
+        } else {
+            want.clone()
+        };
+        let (got, want) = (read(got), values(want));
+        let diff = max_abs_diff(&got, &want);
+        assert!(
+            diff < tolerance * 8.0,
+            "{label}: group norm (silu {then_silu}) off by {diff}"
+        );
+    }
+
+    // Layer norm, as nn::LayerNorm runs it: rows of 320 as groups of one channel.
+    let (x, gx) = pair([2, 77, 320], 4, gpu);
+    let (gamma, g_gamma) = pair([320], 5, gpu);
+    let (beta, g_beta) = pair([320], 6, gpu);
+    let want = burn::tensor::module::layer_norm(x, gamma, Some(beta), 1e-5);
+    let got = lina::kernels::group_norm(
+        gx.reshape([154, 320, 1, 1]),
+        &g_gamma,
+        &g_beta,
+        1,
+        1e-5,
+        false,
+    );
+    let diff = max_abs_diff(&read(got), &values(want));
+    assert!(diff < tolerance * 8.0, "{label}: layer norm off by {diff}");
+
+    // Attention: self-attention over 100 positions (no multiple of the 64-row workgroup),
+    // and cross-attention onto 77 tokens, with heads of 8, 40 and 64 values.
+    for (lq, lk, heads, d) in [(100, 100, 2, 8), (100, 77, 3, 40), (65, 77, 2, 64)] {
+        let (q, gq) = pair([2, lq, heads * d], 10, gpu);
+        let (k, gk) = pair([2, lk, heads * d], 11, gpu);
+        let (v, gv) = pair([2, lk, heads * d], 12, gpu);
+        let got = lina::kernels::attention(gq, gk, gv, heads);
+        let diff = max_abs_diff(&read(got), &values(reference_attention(q, k, v, heads)));
+        assert!(
+            diff < tolerance * 4.0,
+            "{label}: attention ({lq} queries, {lk} keys, {heads} heads of {d}) off by {diff}"
+        );
+    }
+
+    // GEGLU over 70,000 outputs in rows of 1000: workgroups straddle rows.
+    let (x, gx) = pair([2, 35, 2 * 1000], 20, gpu);
+    let mut halves = x.chunk(2, 2);
+    let gate = halves.pop().unwrap();
+    let value = halves.pop().unwrap();
+    let want = value * gelu(gate);
+    let diff = max_abs_diff(&read(lina::kernels::geglu(gx)), &values(want));
+    assert!(diff < tolerance * 8.0, "{label}: geglu off by {diff}");
+}
+
+#[test]
+fn fused_kernels_compute_what_burns_operations_compute() {
+    let Some(gpu) = gpu_device() else { return };
+    check_all(&gpu, 1e-4, "f32");
+
+    match lina::device::gpu_with(&GpuRequest {
+        max_binding_bytes: None,
+        precision: Precision::F16,
+    }) {
+        // f16 storage keeps 11 bits: values near 10 are stored within 0.005.
+        Ok(f16) => check_all(&f16, 0.01, "f16"),
+        Err(e) if e.to_string().contains("shader-f16") => eprintln!("f16 part skipped: {e}"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn turning_the_kernels_off_is_seen_by_every_caller() {
+    let Some(gpu) = gpu_device() else { return };
+    let dtype = burn::tensor::DType::F32;
+    assert!(lina::kernels::available(&gpu, dtype));
+    assert!(!lina::kernels::available(&lina::device::cpu(), dtype));
+    lina::kernels::set_enabled(false);
+    let off = lina::kernels::available(&gpu, dtype);
+    lina::kernels::set_enabled(true);
+    assert!(
+        !off,
+        "set_enabled(false) must route every caller to burn's operations"
+    );
+}
+
+/// Each fused kernel beside the same operation composed from burn's, on the GPU, at the
+/// embedded default model's shapes: `cargo test --release --test kernels -- --ignored
+/// --nocapture` (with LINA_TEST_GPU=1). Prints figures; asserts nothing about speed.
+#[test]
+#[ignore = "a timing report, not a check: run by hand"]
+fn fused_kernel_timings() {
+    let Some(gpu) = gpu_device() else { return };
+    let time = |label: &str, f: &dyn Fn() -> Tensor<1>| {
+        let mut runs = Vec::new();
+        for i in 0..6 {
+            let started = std::time::Instant::now();
+            let mut last = None;
+            for _ in 0..20 {
+                last = Some(f());
+            }
+            let _ = values(last.unwrap());
+            if i > 0 {
+                runs.push(started.elapsed().as_secs_f64() * 1000.0 / 20.0);
+            }
+        }
+        runs.sort_by(f64::total_cmp);
+        eprintln!("{label:40} {:8.3} ms", runs[runs.len() / 2]);
+    };
+    let (_, x) = pair([2, 96, 16, 16], 1, &gpu);
+    let (_, gamma) = pair([96], 2, &gpu);
+    let (_, beta) = pair([96], 3, &gpu);
+    let first = |t: Tensor<4>| t.flatten::<1>(0, 3).narrow(0, 0, 1);
+    time("group norm + silu, fused", &|| {
+        first(lina::kernels::group_norm(
+            x.clone(),
+            &gamma,
+            &beta,
+            16,
+            1e-5,
+            true,
+        ))
+    });
+    time("group norm + silu, burn", &|| {
+        first(silu(reference_group_norm(
+            x.clone(),
+            gamma.clone(),
+            beta.clone(),
+            16,
+        )))
+    });
+    let (_, rows) = pair([2, 256, 96], 4, &gpu);
+    let first3 = |t: Tensor<3>| t.flatten::<1>(0, 2).narrow(0, 0, 1);
+    time("layer norm, fused", &|| {
+        first(lina::kernels::group_norm(
+            rows.clone().reshape([512, 96, 1, 1]),
+            &gamma,
+            &beta,
+            1,
+            1e-5,
+            false,
+        ))
+    });
+    time("layer norm, burn", &|| {
+        first3(burn::tensor::module::layer_norm(
+            rows.clone(),
+            gamma.clone(),
+            Some(beta.clone()),
+            1e-5,
+        ))
+    });
+    let (_, k) = pair([2, 77, 96], 5, &gpu);
+    time("self-attention 256, 4 heads of 24, fused", &|| {
+        first3(lina::kernels::attention(
+            rows.clone(),
+            rows.clone(),
+            rows.clone(),
+            4,
+        ))
+    });
+    time("self-attention 256, 4 heads of 24, burn", &|| {
+        first3(reference_attention(
+            rows.clone(),
+            rows.clone(),
+            rows.clone(),
+            4,
+        ))
+    });
+    time("cross-attention 256x77, fused", &|| {
+        first3(lina::kernels::attention(
+            rows.clone(),
+            k.clone(),
+            k.clone(),
+            4,
+        ))
+    });
+    time("cross-attention 256x77, burn", &|| {
+        first3(reference_attention(rows.clone(), k.clone(), k.clone(), 4))
+    });
+    let (_, h) = pair([2, 256, 2 * 384], 6, &gpu);
+    time("geglu 2x256x384, fused", &|| {
+        first3(lina::kernels::geglu(h.clone()))
+    });
+    time("geglu 2x256x384, burn", &|| {
+        let mut halves = h.clone().chunk(2, 2);
+        let gate = halves.pop().unwrap();
+        first3(halves.pop().unwrap() * gelu(gate))
+    });
+}
