@@ -1,7 +1,7 @@
-//! Hand-written WGSL kernels (`shaders/`) for the hot paths that burn runs as chains of small
-//! kernels: group normalisation with its SiLU, attention, and the gated GELU. On a GPU each
-//! launch has a fixed cost, and on a small model most of a UNet call is that cost, so one
-//! kernel in place of ten or more is where the time goes down (`docs/bench.md`).
+//! Hand-written WGSL kernels (`shaders/`, whose README lists them) for the hot paths that burn
+//! runs as chains of small kernels: group and layer normalisation with an optional SiLU,
+//! attention, and the gated GELU. On a GPU each dispatch has a fixed cost, and on a small
+//! model most of a UNet call is that cost (`docs/bench.md`, "Fused kernels").
 //!
 //! They run on wgpu devices (WebGPU in the browser, Vulkan natively) through burn's backend
 //! extension API, as templates burn hands to wgpu untranslated. Callers ask [`available`]
@@ -125,9 +125,21 @@ impl Fused for CubeBackend {
             let shape = burn::tensor::Shape::new([values as usize]);
             empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, DType::F32)
         };
+        let out = output_like(&x, shape);
+        let (gamma, beta) = (into_contiguous(gamma), into_contiguous(beta));
+        if channels * positions <= SHORT_GROUP {
+            launch(
+                &x,
+                Wgsl::new("norm_rows", x.dtype, 0),
+                CubeDim::new_1d(64),
+                grid(total_groups, 64),
+                &[&x, &gamma, &beta, &out],
+                &params,
+            );
+            return out;
+        }
         let partial = scratch(total_groups * chunks * 3);
         let stats = scratch(total_groups * 2);
-        let out = output_like(&x, shape);
         launch(
             &x,
             Wgsl::new("norm_partials", x.dtype, 0),
@@ -206,6 +218,11 @@ impl Fused for CubeBackend {
 /// (`CHUNK` in shaders/norm_partials.wgsl).
 const NORM_CHUNK: u32 = 256;
 
+/// The longest group normalised by one invocation in one dispatch (shaders/norm_rows.wgsl);
+/// longer ones take the three chunked stages. Layer norms' rows (up to 1280 values in SD) and
+/// small models' groups are this short; measured in `docs/bench.md`, "Fused kernels".
+const SHORT_GROUP: u32 = 4096;
+
 /// Workgroups of `size` invocations for `count` invocations in all, along x and, past the
 /// 65535 workgroups an axis may hold, along y (the shaders index `y * x_count + x`).
 fn grid(count: u32, size: u32) -> CubeCount {
@@ -266,6 +283,7 @@ impl Wgsl {
 
     fn template(&self) -> &'static str {
         match self.name {
+            "norm_rows" => include_str!("../shaders/norm_rows.wgsl"),
             "norm_partials" => include_str!("../shaders/norm_partials.wgsl"),
             "norm_stats" => include_str!("../shaders/norm_stats.wgsl"),
             "norm_apply" => include_str!("../shaders/norm_apply.wgsl"),

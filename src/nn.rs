@@ -78,6 +78,14 @@ impl Conv2d {
         Self::load(w, c_in, c_out, 1, 1, 0)
     }
 
+    /// Adds `extra` to the bias (a per-channel term applied after the convolution).
+    pub fn add_to_bias(&mut self, extra: Tensor<1>) {
+        self.bias = Some(match self.bias.take() {
+            Some(bias) => bias + extra,
+            None => extra,
+        });
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         conv2d(
             x,

@@ -57,25 +57,28 @@ fn reference_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -
 }
 
 fn check_all(gpu: &Device, tolerance: f32, label: &str) {
-    // Group norm: 4 groups of 64 channels x 9x7 positions (4032 values each, many times a
-    // workgroup), with and without the SiLU.
-    let (x, gx) = pair([2, 256, 9, 7], 1, gpu);
-    let (gamma, g_gamma) = pair([256], 2, gpu);
-    let (beta, g_beta) = pair([256], 3, gpu);
-    let want = reference_group_norm(x, gamma, beta, 4);
-    for then_silu in [false, true] {
-        let got = lina::kernels::group_norm(gx.clone(), &g_gamma, &g_beta, 4, 1e-5, then_silu);
-        let want = if then_silu {
-            silu(want.clone())
-        } else {
-            want.clone()
-        };
-        let (got, want) = (read(got), values(want));
-        let diff = max_abs_diff(&got, &want);
-        assert!(
-            diff < tolerance * 8.0,
-            "{label}: group norm (silu {then_silu}) off by {diff}"
-        );
+    // Group norm, with and without the SiLU: groups of 4032 values (one invocation each) and
+    // of 9200 values (chunked: 35 whole chunks and a short one).
+    for (shape, groups) in [([2, 256, 9, 7], 4), ([2, 64, 25, 23], 4)] {
+        let (x, gx) = pair(shape, 1, gpu);
+        let c = shape[1];
+        let (gamma, g_gamma) = pair([c], 2, gpu);
+        let (beta, g_beta) = pair([c], 3, gpu);
+        let want = reference_group_norm(x, gamma, beta, groups);
+        for then_silu in [false, true] {
+            let got =
+                lina::kernels::group_norm(gx.clone(), &g_gamma, &g_beta, groups, 1e-5, then_silu);
+            let want = if then_silu {
+                silu(want.clone())
+            } else {
+                want.clone()
+            };
+            let diff = max_abs_diff(&read(got), &values(want));
+            assert!(
+                diff < tolerance * 8.0,
+                "{label}: group norm of {shape:?} (silu {then_silu}) off by {diff}"
+            );
+        }
     }
 
     // Layer norm, as nn::LayerNorm runs it: rows of 320 as groups of one channel.

@@ -68,6 +68,11 @@ async function ours() {
   status.textContent = "UNet calls…";
   const unet = await model.benchUnet(repeat);
   results.unetMs = summary(unet.timesMs);
+  // The fused kernels' comparison visit needs only the UNet call (tests/bench/bench.mjs).
+  if (params.get("only") === "unet") {
+    model.dispose();
+    return results;
+  }
   const [stepMs, imageMs, linaMs] = [[], [], []];
   for (let seed = 0; seed < repeat; seed++) {
     status.textContent = `Images ${seed + 1}/${repeat}…`;

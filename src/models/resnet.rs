@@ -28,13 +28,21 @@ pub struct ResnetSpec {
 
 impl ResnetBlock {
     pub fn load(w: &Scope, s: &ResnetSpec) -> Result<Self> {
+        let mut conv1 = Conv2d::load3(&w.at("conv1"), s.c_in, s.c_out)?;
+        // The time projection's bias is added to every position of conv1's output, as conv1's
+        // own bias is: carried in conv1's, it costs no dispatch of its own.
+        let time_proj = match s.temb {
+            Some(t) => {
+                let w = w.at("time_emb_proj");
+                conv1.add_to_bias(w.tensor("bias", [s.c_out])?);
+                Some(Linear::load(&w, t, s.c_out, false)?)
+            }
+            None => None,
+        };
         Ok(Self {
             norm1: GroupNorm::load(&w.at("norm1"), s.groups, s.c_in, s.eps)?,
-            conv1: Conv2d::load3(&w.at("conv1"), s.c_in, s.c_out)?,
-            time_proj: s
-                .temb
-                .map(|t| Linear::load(&w.at("time_emb_proj"), t, s.c_out, true))
-                .transpose()?,
+            conv1,
+            time_proj,
             norm2: GroupNorm::load(&w.at("norm2"), s.groups, s.c_out, s.eps)?,
             conv2: Conv2d::load3(&w.at("conv2"), s.c_out, s.c_out)?,
             shortcut: (s.c_in != s.c_out)

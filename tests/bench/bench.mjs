@@ -4,10 +4,14 @@
 // compiled) with every figure and ONNX Runtime Web's UNet call beside ours, then a warm
 // visit (the same profile again: model files from the Cache API) for its time to first image.
 // With --webgpu, a third visit forces our WebGPU backend (where "auto" chose the CPU one on
-// a software adapter), for the ratio to ONNX Runtime Web's WebGPU provider on the same adapter.
+// a software adapter), for the ratio to ONNX Runtime Web's WebGPU provider on the same adapter,
+// and a fourth times the UNet call there with burn's kernels only (kernels=burn), for what
+// the fused kernels of shaders/ bring.
 // Prints a table with the ratios and writes the figures as JSON with --json.
 //
-//   node tests/bench/bench.mjs [--repeat 3] [--steps 4] [--webgpu] [--json FILE]
+//   node tests/bench/bench.mjs [--repeat 3] [--steps 4] [--webgpu] [--only NAME] [--json FILE]
+//
+// --only: the models whose name contains NAME ("default" or "sd1_tiny").
 //
 // Needs www/pkg (scripts/build-web.sh) and `npm ci` in tests/e2e and here (scripts/bench.sh).
 import { writeFile } from "node:fs/promises";
@@ -20,6 +24,7 @@ const { values } = parseArgs({
     repeat: { type: "string", default: "3" },
     steps: { type: "string", default: "4" },
     webgpu: { type: "boolean", default: false },
+    only: { type: "string" },
     json: { type: "string" },
   },
 });
@@ -38,7 +43,7 @@ const MODELS = [
 const browser = await launchBrowser();
 const all = [];
 try {
-  for (const m of MODELS) {
+  for (const m of MODELS.filter((m) => !values.only || m.name.includes(values.only))) {
     const model = new URL(m.folder, server.base).href;
     const query = new URLSearchParams({ model, repeat: values.repeat, steps: values.steps });
     const context = await browser.newContext();
@@ -54,9 +59,13 @@ try {
     if (values.webgpu && cold.adapter === "CPU") {
       const context = await browser.newContext();
       const gpu = await visit(context, `${query}&backend=webgpu`);
+      const unfused = await visit(context, `${query}&backend=webgpu&kernels=burn&only=unet`);
       await context.close();
       all.at(-1).webgpu = gpu;
+      all.at(-1).webgpuBurnKernels = unfused;
       report(`${m.name}, backend webgpu`, gpu, null, cold.onnxRuntimeWeb);
+      const ratio = (unfused.unetMs.median / gpu.unetMs.median).toFixed(2);
+      console.log(`  UNet call with burn's kernels only: median ${unfused.unetMs.median.toFixed(1)} ms (the fused kernels are ${ratio}x faster)`);
     }
   }
 } finally {
