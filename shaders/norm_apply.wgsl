@@ -1,20 +1,6 @@
 // Group and layer normalisation, stage 3 of 3: y = (x - mean) * scale * gamma[c] + beta[c],
-// then SiLU if asked, one invocation per value.
+// then SiLU if asked, one invocation per value. Params and T: norm_common.wgsl.
 
-{{ enable }}
-alias T = {{ elem }};
-
-struct Params {
-    channels: u32,
-    positions: u32,
-    groups: u32,
-    silu: u32,
-    eps: f32,
-    chunks: u32,
-    total_groups: u32,
-}
-
-// Every binding is read_write, as in stage 1.
 @group(0) @binding(0) var<storage, read_write> x: array<T>;
 @group(0) @binding(1) var<storage, read_write> gamma: array<T>;
 @group(0) @binding(2) var<storage, read_write> beta: array<T>;

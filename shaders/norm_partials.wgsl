@@ -3,29 +3,10 @@
 // then its squared deviations from that mean), so the sums stay as accurate as a two-pass
 // reduction. No stage uses workgroup memory or barriers: software adapters (SwiftShader,
 // lavapipe) run barriers slowly, and three plain dispatches still replace about fourteen.
-//
-// x is a contiguous [B, C, H, W] tensor; a group is `channels * positions` consecutive values
-// (a layer norm's row is a group of one channel). Sums are taken in f32 whatever T is.
-
-{{ enable }}
-alias T = {{ elem }};
-
-struct Params {
-    channels: u32,
-    positions: u32,
-    groups: u32,
-    silu: u32,
-    eps: f32,
-    // Chunks per group: ceil(channels * positions / CHUNK).
-    chunks: u32,
-    // Groups in the whole tensor: batch * groups.
-    total_groups: u32,
-}
+// Params and T: norm_common.wgsl.
 
 const CHUNK: u32 = 256u;
 
-// Every binding is read_write, even those only read: burn places many tensors in one wgpu
-// buffer, and a dispatch may not bind one buffer both read-only and writable.
 @group(0) @binding(0) var<storage, read_write> x: array<T>;
 // Per chunk: its value count, its mean and its sum of squared deviations (M2).
 @group(0) @binding(1) var<storage, read_write> partial: array<f32>;

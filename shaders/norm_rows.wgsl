@@ -3,23 +3,8 @@
 // and a third time to write the normalised values, then SiLU if asked. For groups of up to a
 // few thousand values (a layer norm's row, a small model's group) one pass of serial work
 // costs less than the two extra dispatches of the chunked path (norm_partials.wgsl).
-//
-// x is a contiguous [B, C, H, W] tensor; a group is `channels * positions` consecutive values.
+// Params and T: norm_common.wgsl.
 
-{{ enable }}
-alias T = {{ elem }};
-
-struct Params {
-    channels: u32,
-    positions: u32,
-    groups: u32,
-    silu: u32,
-    eps: f32,
-    chunks: u32,
-    total_groups: u32,
-}
-
-// Every binding is read_write, as in norm_partials.wgsl.
 @group(0) @binding(0) var<storage, read_write> x: array<T>;
 @group(0) @binding(1) var<storage, read_write> gamma: array<T>;
 @group(0) @binding(2) var<storage, read_write> beta: array<T>;

@@ -1,18 +1,7 @@
 // Group and layer normalisation, stage 2 of 3: each group's mean and 1 / sqrt(variance + eps)
 // from its chunks' statistics (Chan et al.'s pairwise update: counts, means and M2s combine
-// without cancellation), one invocation per group.
+// without cancellation), one invocation per group. Params: norm_common.wgsl.
 
-struct Params {
-    channels: u32,
-    positions: u32,
-    groups: u32,
-    silu: u32,
-    eps: f32,
-    chunks: u32,
-    total_groups: u32,
-}
-
-// Every binding is read_write, as in stage 1.
 @group(0) @binding(0) var<storage, read_write> partial: array<f32>;
 // Per group: mean, 1 / sqrt(variance + eps).
 @group(0) @binding(1) var<storage, read_write> stats: array<f32>;

@@ -281,7 +281,17 @@ impl Wgsl {
         }
     }
 
-    fn template(&self) -> &'static str {
+    /// The kernel's text, after the text it shares with its family.
+    fn template(&self) -> String {
+        let own = self.own_template();
+        if self.name.starts_with("norm_") {
+            format!("{}\n{own}", include_str!("../shaders/norm_common.wgsl"))
+        } else {
+            own.to_string()
+        }
+    }
+
+    fn own_template(&self) -> &'static str {
         match self.name {
             "norm_rows" => include_str!("../shaders/norm_rows.wgsl"),
             "norm_partials" => include_str!("../shaders/norm_partials.wgsl"),

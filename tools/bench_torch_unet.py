@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 from diffusers import UNet2DConditionModel
+
+from bench_torch import summary
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
         "config": args.config,
         "latent": args.latent,
         "build_ms": build_ms,
-        "unet_ms": {"runs": len(times), "median": statistics.median(times), "min": min(times), "max": max(times)},
+        "unet_ms": summary(times),
     }))
 
 
