@@ -121,10 +121,6 @@ impl Fused for CubeBackend {
             chunks,
             total_groups,
         ]);
-        let scratch = |values: u32| {
-            let shape = burn::tensor::Shape::new([values as usize]);
-            empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, DType::F32)
-        };
         let out = output_like(&x, shape);
         let (gamma, beta) = (into_contiguous(gamma), into_contiguous(beta));
         if channels * positions <= SHORT_GROUP {
@@ -138,6 +134,10 @@ impl Fused for CubeBackend {
             );
             return out;
         }
+        let scratch = |values: u32| {
+            let shape = burn::tensor::Shape::new([values as usize]);
+            empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, DType::F32)
+        };
         let partial = scratch(total_groups * chunks * 3);
         let stats = scratch(total_groups * 2);
         launch(
@@ -161,13 +161,7 @@ impl Fused for CubeBackend {
             Wgsl::new("norm_apply", x.dtype, 0),
             CubeDim::new_1d(256),
             grid(b * c * h * w, 256),
-            &[
-                &x,
-                &into_contiguous(gamma),
-                &into_contiguous(beta),
-                &stats,
-                &out,
-            ],
+            &[&x, &gamma, &beta, &stats, &out],
             &params,
         );
         out

@@ -159,7 +159,8 @@ impl GroupNorm {
         self.forward_then(x, true)
     }
 
-    /// One fused kernel on a GPU; burn's operations elsewhere.
+    /// The fused kernels of shaders/ on a GPU (`kernels::group_norm`); burn's operations
+    /// elsewhere.
     fn forward_then(&self, x: Tensor<4>, then_silu: bool) -> Tensor<4> {
         if kernels::available(&x.device(), x.dtype()) {
             return kernels::group_norm(

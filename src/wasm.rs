@@ -32,7 +32,7 @@ pub fn start() {
 /// or `"burn"` (burn's own kernels only), for every model of this module. Other keys are
 /// errors.
 async fn device_from_options(options: &JsValue) -> Result<burn::tensor::Device, JsError> {
-    let (mut cpu, mut precision) = (false, None);
+    let (mut cpu, mut precision, mut fused) = (false, None, None);
     if !options.is_undefined() && !options.is_null() {
         let object = options
             .dyn_ref::<Object>()
@@ -54,8 +54,8 @@ async fn device_from_options(options: &JsValue) -> Result<burn::tensor::Device, 
                         "precision must be \"auto\", \"f32\" or \"f16\"",
                     ));
                 }
-                ("kernels", Some("fused")) => crate::kernels::set_enabled(true),
-                ("kernels", Some("burn")) => crate::kernels::set_enabled(false),
+                ("kernels", Some("fused")) => fused = Some(true),
+                ("kernels", Some("burn")) => fused = Some(false),
                 ("kernels", _) => {
                     return Err(JsError::new("kernels must be \"fused\" or \"burn\""));
                 }
@@ -66,6 +66,10 @@ async fn device_from_options(options: &JsValue) -> Result<burn::tensor::Device, 
                 }
             }
         }
+    }
+    // Applied only once every option is valid: a refused load changes nothing.
+    if let Some(on) = fused {
+        crate::kernels::set_enabled(on);
     }
     match (cpu, precision) {
         (true, Some(Precision::F16)) => Err(JsError::new(
