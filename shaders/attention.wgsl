@@ -1,5 +1,7 @@
 // Scaled dot-product attention over heads packed in the last dimension, in one kernel:
-// q [B, Lq, H*D], k and v [B, Lk, H*D] (contiguous) give out [B, Lq, H*D]. One invocation per
+// q [B, Lq, H*D], k and v [B, Lk, H*D] give out [B, Lq, H*D] (contiguous). q, k and v may be
+// column ranges of wider rows, such as the [q | k | v] rows of one fused projection: each is
+// read at its own column offset with its own row stride. One invocation per
 // query row and head keeps its query and its running output in registers and walks the keys
 // once with an online softmax (a running maximum rescales what was summed before it), so the
 // Lq x Lk scores are never stored. burn's fallback runs the same as two matmuls, a softmax of
@@ -14,6 +16,12 @@ struct Params {
     queries: u32,
     keys: u32,
     scale: f32,
+    // Row strides and column offsets, in elements, of q, and of k and v.
+    q_stride: u32,
+    kv_stride: u32,
+    q_col: u32,
+    k_col: u32,
+    v_col: u32,
 }
 
 // Every binding is read_write, even those only read: burn places many tensors in one wgpu
@@ -35,7 +43,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let b = id.y / p.heads;
     let h = id.y % p.heads;
     let inner = p.heads * HEAD_DIM;
-    let q_at = (b * p.queries + row) * inner + h * HEAD_DIM;
+    let q_at = (b * p.queries + row) * p.q_stride + p.q_col + h * HEAD_DIM;
 
     var query: array<f32, HEAD_DIM>;
     for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
@@ -45,10 +53,12 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     var best = -3.0e38;
     var total = 0.0;
     for (var j = 0u; j < p.keys; j = j + 1u) {
-        let kv_at = (b * p.keys + j) * inner + h * HEAD_DIM;
+        let kv_at = (b * p.keys + j) * p.kv_stride + h * HEAD_DIM;
+        let k_at = kv_at + p.k_col;
+        let v_at = kv_at + p.v_col;
         var score = 0.0;
         for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
-            score = score + query[d] * f32(k[kv_at + d]);
+            score = score + query[d] * f32(k[k_at + d]);
         }
         if (score > best) {
             // A new maximum: what was summed so far was weighted against the old one.
@@ -62,10 +72,11 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         let weight = exp(score - best);
         total = total + weight;
         for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
-            acc[d] = acc[d] + weight * f32(v[kv_at + d]);
+            acc[d] = acc[d] + weight * f32(v[v_at + d]);
         }
     }
+    let out_at = (b * p.queries + row) * inner + h * HEAD_DIM;
     for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
-        out[q_at + d] = T(acc[d] / total);
+        out[out_at + d] = T(acc[d] / total);
     }
 }

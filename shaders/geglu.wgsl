@@ -1,6 +1,7 @@
 // The gated GELU of SD's transformer feed-forward: x [..., 2F] (contiguous) holds [value, gate]
-// in each row, and out [..., F] = value * gelu(gate), with the exact (erf) GELU. burn runs the
-// same as a split, the GELU's few element-wise kernels and a product.
+// in each row before its projection's bias [2F] is added, and out [..., F] = value *
+// gelu(gate), with the exact (erf) GELU. burn runs the same as a bias addition, a split, the
+// GELU's few element-wise kernels and a product.
 
 {{ enable }}
 alias T = {{ elem }};
@@ -15,8 +16,9 @@ struct Params {
 // Every binding is read_write, even those only read: burn places many tensors in one wgpu
 // buffer, and a dispatch may not bind one buffer both read-only and writable.
 @group(0) @binding(0) var<storage, read_write> x: array<T>;
-@group(0) @binding(1) var<storage, read_write> out: array<T>;
-@group(0) @binding(2) var<storage, read_write> p: Params;
+@group(0) @binding(1) var<storage, read_write> bias: array<T>;
+@group(0) @binding(2) var<storage, read_write> out: array<T>;
+@group(0) @binding(3) var<storage, read_write> p: Params;
 
 // erf by Abramowitz and Stegun's formula 7.1.26 (absolute error below 1.5e-7); WGSL has none.
 fn erf(z: f32) -> f32 {
@@ -37,7 +39,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     }
     let row = i / p.width;
     let col = i % p.width;
-    let value = f32(x[row * 2u * p.width + col]);
-    let gate = f32(x[row * 2u * p.width + p.width + col]);
+    let value = f32(x[row * 2u * p.width + col]) + f32(bias[col]);
+    let gate = f32(x[row * 2u * p.width + p.width + col]) + f32(bias[p.width + col]);
     out[i] = T(value * 0.5 * gate * (1.0 + erf(gate * 0.70710678118654752)));
 }

@@ -10,16 +10,22 @@
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>) {
-    let i = id.y * grid.x * 256u + id.x;
+    // One invocation per value of y, in y's (channels-last) order: neighbours write neighbours.
+    let o = id.y * grid.x * 256u + id.x;
     let n = p.channels * p.positions;
-    if (i >= p.total_groups * n) {
+    if (o >= p.total_groups * n) {
         return;
     }
-    let group = i / n;
-    let c = (group % p.groups) * p.channels + (i % n) / p.positions;
-    var v = (f32(x[i]) - stats[group * 2u]) * stats[group * 2u + 1u] * f32(gamma[c]) + f32(beta[c]);
+    let all_channels = p.groups * p.channels;
+    let c = o % all_channels;
+    let pos = (o / all_channels) % p.positions;
+    let group = (o / (all_channels * p.positions)) * p.groups + c / p.channels;
+    let i = (c % p.channels) * p.positions + pos;
+    let stat = group * 2u;
+    var v = (f32(x[value_at(group, i, p.x_channels_last)]) - stats[stat]) * stats[stat + 1u]
+        * f32(gamma[c]) + f32(beta[c]);
     if (p.silu != 0u) {
         v = v / (1.0 + exp(-v));
     }
-    y[i] = T(v);
+    y[o] = T(v);
 }

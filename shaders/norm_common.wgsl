@@ -1,7 +1,10 @@
 // What the norm_*.wgsl kernels share; src/kernels.rs puts it in front of each of them.
 //
-// x is a contiguous [B, C, H, W] tensor; a group is `channels * positions` consecutive values
-// (a layer norm's row is a group of one channel). Sums are taken in f32 whatever T is.
+// x is a [B, C, H, W] tensor stored either as such or channels-last, as [B, H, W, C] (what
+// burn's GPU convolutions read and write without copies); y is stored channels-last. A group
+// is `channels` consecutive channels at all `positions` (H * W): `channels * positions` values
+// (a layer norm's row is a group of one channel at one position). Sums are taken in f32
+// whatever T is.
 //
 // Every binding of these kernels is read_write, even those only read: burn places many tensors
 // in one wgpu buffer, and a dispatch may not bind one buffer both read-only and writable.
@@ -19,4 +22,20 @@ struct Params {
     chunks: u32,
     // Groups in the whole tensor: batch * groups.
     total_groups: u32,
+    // 1 where x is stored channels-last.
+    x_channels_last: u32,
+}
+
+// Where value i of group `group` lies, i counting channel by channel (i / positions is the
+// channel within the group, i % positions the position), in a tensor stored channels-last or
+// not.
+fn value_at(group: u32, i: u32, channels_last: u32) -> u32 {
+    let all_channels = p.groups * p.channels;
+    let b = group / p.groups;
+    let c = (group % p.groups) * p.channels + i / p.positions;
+    let pos = i % p.positions;
+    if (channels_last != 0u) {
+        return (b * p.positions + pos) * all_channels + c;
+    }
+    return (b * all_channels + c) * p.positions + pos;
 }

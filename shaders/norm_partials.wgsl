@@ -22,16 +22,15 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     let n = p.channels * p.positions;
     let begin = (chunk % p.chunks) * CHUNK;
     let end = min(begin + CHUNK, n);
-    let base = group * n;
     var sum = 0.0;
     for (var i = begin; i < end; i = i + 1u) {
-        sum = sum + f32(x[base + i]);
+        sum = sum + f32(x[value_at(group, i, p.x_channels_last)]);
     }
     let count = f32(end - begin);
     let mean = sum / count;
     var m2 = 0.0;
     for (var i = begin; i < end; i = i + 1u) {
-        let d = f32(x[base + i]) - mean;
+        let d = f32(x[value_at(group, i, p.x_channels_last)]) - mean;
         m2 = m2 + d * d;
     }
     partial[chunk * 3u] = count;

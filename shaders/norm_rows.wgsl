@@ -18,25 +18,25 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         return;
     }
     let n = p.channels * p.positions;
-    let base = group * n;
     var sum = 0.0;
     for (var i = 0u; i < n; i = i + 1u) {
-        sum = sum + f32(x[base + i]);
+        sum = sum + f32(x[value_at(group, i, p.x_channels_last)]);
     }
     let mean = sum / f32(n);
     var m2 = 0.0;
     for (var i = 0u; i < n; i = i + 1u) {
-        let d = f32(x[base + i]) - mean;
+        let d = f32(x[value_at(group, i, p.x_channels_last)]) - mean;
         m2 = m2 + d * d;
     }
     let scale = inverseSqrt(m2 / f32(n) + p.eps);
     let first_channel = (group % p.groups) * p.channels;
     for (var i = 0u; i < n; i = i + 1u) {
         let c = first_channel + i / p.positions;
-        var v = (f32(x[base + i]) - mean) * scale * f32(gamma[c]) + f32(beta[c]);
+        var v = (f32(x[value_at(group, i, p.x_channels_last)]) - mean) * scale * f32(gamma[c])
+            + f32(beta[c]);
         if (p.silu != 0u) {
             v = v / (1.0 + exp(-v));
         }
-        y[base + i] = T(v);
+        y[value_at(group, i, 1u)] = T(v);
     }
 }

@@ -1,7 +1,8 @@
 //! Hand-written WGSL kernels (`shaders/`, whose README lists them) for the hot paths that burn
 //! runs as chains of small kernels: group and layer normalisation with an optional SiLU,
-//! attention, and the gated GELU. On a GPU each dispatch has a fixed cost, and on a small
-//! model most of a UNet call is that cost (`docs/bench.md`, "Fused kernels").
+//! attention, the gated GELU, and a linear layer's bias with the residual around it. On a GPU
+//! each dispatch has a fixed cost, and on a small model most of a UNet call is that cost
+//! (`docs/bench.md`, "Fused kernels").
 //!
 //! They run on wgpu devices (WebGPU in the browser, Vulkan natively) through burn's backend
 //! extension API, as templates burn hands to wgpu untranslated. Callers ask [`available`]
@@ -18,8 +19,11 @@ use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim, KernelId};
 use burn_cubecl::cubecl::server::KernelArguments;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::ops::permute;
 use burn_cubecl::template::{KernelSource, SourceKernel, SourceTemplate};
 use burn_cubecl::tensor::CubeTensor;
+
+use crate::nn::Columns;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -61,19 +65,56 @@ pub fn group_norm(
 pub const MAX_HEAD_DIM: usize = 160;
 
 /// Attention without a mask over heads packed in the last dimension: q [B, Lq, H*D], k and v
-/// [B, Lk, H*D] give [B, Lq, H*D]; what `nn::multi_head_attention` computes when not causal.
-pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+/// [B, Lk, H*D], each read in place as columns of wider rows where a fused projection made
+/// them, give [B, Lq, H*D]; what `nn::multi_head_attention` computes when not causal.
+pub fn attention(q: Columns, k: Columns, v: Columns, heads: usize) -> Tensor<3> {
+    assert_eq!(
+        k.rows.dims(),
+        v.rows.dims(),
+        "k and v are read with one row stride"
+    );
+    let columns = AttentionColumns {
+        width: q.width as u32,
+        q: q.first as u32,
+        k: k.first as u32,
+        v: v.first as u32,
+    };
     Tensor::from_dispatch(<Dispatch as Fused>::attention(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
+        q.rows.into_dispatch(),
+        k.rows.into_dispatch(),
+        v.rows.into_dispatch(),
         heads as u32,
+        columns,
     ))
 }
 
-/// `value * gelu(gate)` for x [B, L, 2F] holding [value, gate] along its last axis: [B, L, F].
-pub fn geglu(x: Tensor<3>) -> Tensor<3> {
-    Tensor::from_dispatch(<Dispatch as Fused>::geglu(x.into_dispatch()))
+/// Where attention's q, k and v lie in their rows, in elements: `width` columns each, from
+/// columns `q`, `k` and `v` on.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionColumns {
+    width: u32,
+    q: u32,
+    k: u32,
+    v: u32,
+}
+
+/// `value * gelu(gate)` for x [B, L, 2F] holding [value, gate] along its last axis once `bias`
+/// [2F] is added: [B, L, F].
+pub fn geglu(x: Tensor<3>, bias: &Tensor<1>) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as Fused>::geglu(
+        x.into_dispatch(),
+        bias.clone().into_dispatch(),
+    ))
+}
+
+/// `x + bias + residual` for x and residual [B, L, F] and bias [F]: a linear layer's bias
+/// and the residual connection around it.
+pub fn bias_residual(x: Tensor<3>, bias: &Tensor<1>, residual: Tensor<3>) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as Fused>::bias_residual(
+        x.into_dispatch(),
+        bias.clone().into_dispatch(),
+        residual.into_dispatch(),
+    ))
 }
 
 /// The operations, routed by burn's dispatch to the backend a tensor lives on. Only the cube
@@ -93,8 +134,14 @@ pub trait Fused: Backend {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         heads: u32,
+        columns: AttentionColumns,
     ) -> FloatTensor<Self>;
-    fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn geglu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn bias_residual(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 impl Fused for CubeBackend {
@@ -106,10 +153,24 @@ impl Fused for CubeBackend {
         eps: f32,
         silu: bool,
     ) -> CubeTensor {
-        let x = into_contiguous(x);
         let shape = x.meta.shape().clone();
         let [b, c, h, w] = [shape[0], shape[1], shape[2], shape[3]].map(|d| d as u32);
         let (channels, positions) = (c / groups, h * w);
+        // Read in place when stored as [B, C, H, W] or channels-last; written channels-last,
+        // the layout burn's GPU convolutions take without a copy (at one position the two
+        // layouts are the same memory, and the output stays plainly contiguous).
+        let x_channels_last = positions > 1 && is_channels_last(&x);
+        let x = if x_channels_last {
+            x
+        } else {
+            into_contiguous(x)
+        };
+        let out = if positions > 1 {
+            let stored = [shape[0], shape[2], shape[3], shape[1]];
+            permute(output_like(&x, stored.into()), &[0, 3, 1, 2])
+        } else {
+            output_like(&x, shape)
+        };
         let chunks = (channels * positions).div_ceil(NORM_CHUNK);
         let total_groups = b * groups;
         let params = words(&[
@@ -120,8 +181,8 @@ impl Fused for CubeBackend {
             eps.to_bits(),
             chunks,
             total_groups,
+            x_channels_last as u32,
         ]);
-        let out = output_like(&x, shape);
         let (gamma, beta) = (into_contiguous(gamma), into_contiguous(beta));
         if channels * positions <= SHORT_GROUP {
             launch(
@@ -167,15 +228,34 @@ impl Fused for CubeBackend {
         out
     }
 
-    fn attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, heads: u32) -> CubeTensor {
+    fn attention(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        heads: u32,
+        columns: AttentionColumns,
+    ) -> CubeTensor {
+        // q, k and v are often one tensor (a fused projection's output): made contiguous
+        // once, bound three times.
         let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
-        let shape = q.meta.shape().clone();
-        let [b, lq, inner] = [shape[0], shape[1], shape[2]].map(|d| d as u32);
-        let lk = k.meta.shape()[1] as u32;
-        let head_dim = inner / heads;
+        let mut shape = q.meta.shape().clone();
+        let [b, lq, q_stride] = [shape[0], shape[1], shape[2]].map(|d| d as u32);
+        let [lk, kv_stride] = [k.meta.shape()[1], k.meta.shape()[2]].map(|d| d as u32);
+        let head_dim = columns.width / heads;
+        shape[2] = columns.width as usize;
         let out = output_like(&q, shape);
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let params = words(&[heads, lq, lk, scale.to_bits()]);
+        let params = words(&[
+            heads,
+            lq,
+            lk,
+            scale.to_bits(),
+            q_stride,
+            kv_stride,
+            columns.q,
+            columns.k,
+            columns.v,
+        ]);
         launch(
             &q,
             Wgsl::new("attention", q.dtype, head_dim),
@@ -187,8 +267,8 @@ impl Fused for CubeBackend {
         out
     }
 
-    fn geglu(x: CubeTensor) -> CubeTensor {
-        let x = into_contiguous(x);
+    fn geglu(x: CubeTensor, bias: CubeTensor) -> CubeTensor {
+        let (x, bias) = (into_contiguous(x), into_contiguous(bias));
         let mut shape = x.meta.shape().clone();
         let last = shape.num_dims() - 1;
         let width = shape[last] / 2;
@@ -201,8 +281,29 @@ impl Fused for CubeBackend {
             Wgsl::new("geglu", x.dtype, 0),
             CubeDim::new_1d(256),
             grid(count, 256),
-            &[&x, &out],
+            &[&x, &bias, &out],
             &params,
+        );
+        out
+    }
+
+    fn bias_residual(x: CubeTensor, bias: CubeTensor, residual: CubeTensor) -> CubeTensor {
+        let (x, bias, residual) = (
+            into_contiguous(x),
+            into_contiguous(bias),
+            into_contiguous(residual),
+        );
+        let shape = x.meta.shape().clone();
+        let width = shape[shape.num_dims() - 1] as u32;
+        let count = shape.num_elements() as u32;
+        let out = output_like(&x, shape);
+        launch(
+            &x,
+            Wgsl::new("bias_residual", x.dtype, 0),
+            CubeDim::new_1d(256),
+            grid(count, 256),
+            &[&x, &bias, &residual, &out],
+            &words(&[width, count]),
         );
         out
     }
@@ -223,6 +324,14 @@ fn grid(count: u32, size: u32) -> CubeCount {
     let workgroups = count.div_ceil(size).max(1);
     let across = workgroups.min(65535);
     CubeCount::Static(across, workgroups.div_ceil(across), 1)
+}
+
+/// Whether a [B, C, H, W] tensor is stored as a contiguous [B, H, W, C] one.
+fn is_channels_last(x: &CubeTensor) -> bool {
+    let shape = x.meta.shape();
+    let (c, w, h) = (shape[1], shape[3], shape[2]);
+    let strides = x.meta.strides();
+    (0..4).all(|d| strides[d] == [h * w * c, 1, w * c, c][d])
 }
 
 fn output_like(x: &CubeTensor, shape: burn::tensor::Shape) -> CubeTensor {
@@ -293,6 +402,7 @@ impl Wgsl {
             "norm_apply" => include_str!("../shaders/norm_apply.wgsl"),
             "attention" => include_str!("../shaders/attention.wgsl"),
             "geglu" => include_str!("../shaders/geglu.wgsl"),
+            "bias_residual" => include_str!("../shaders/bias_residual.wgsl"),
             other => unreachable!("no kernel named {other}"),
         }
     }

@@ -18,9 +18,15 @@ pub struct Linear {
 
 impl Linear {
     pub fn load(w: &Scope, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
-        let weight = w.tensor("weight", [d_out, d_in])?.transpose();
+        Self::load_side_by_side(std::slice::from_ref(w), d_in, d_out, bias)
+    }
+
+    /// Projections of one input, each `d_in` to `d_out`, as one: their outputs side by side
+    /// along the last axis. Attention's q, k and v then take one matmul instead of three.
+    pub fn load_side_by_side(ws: &[Scope], d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weight = Scope::stacked(ws, "weight", [d_out, d_in])?.transpose();
         let bias = if bias {
-            Some(w.tensor("bias", [d_out])?)
+            Some(Scope::stacked(ws, "bias", [d_out])?)
         } else {
             None
         };
@@ -29,6 +35,26 @@ impl Linear {
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         linear(x, self.weight.clone(), self.bias.clone())
+    }
+
+    /// `residual + self.forward(x)`: on a GPU the bias and the residual are added in one
+    /// kernel rather than two.
+    pub fn forward_plus(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        match &self.bias {
+            Some(bias) if kernels::available(&x.device(), x.dtype()) => {
+                kernels::bias_residual(self.forward_unbiased(x), bias, residual)
+            }
+            _ => residual + self.forward(x),
+        }
+    }
+
+    /// The product with the weight alone, for kernels that add the bias themselves.
+    pub fn forward_unbiased<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.clone(), None)
+    }
+
+    pub fn bias(&self) -> Option<&Tensor<1>> {
+        self.bias.as_ref()
     }
 }
 
@@ -341,25 +367,83 @@ impl Embedding {
 /// (SD 2.x at 768x768: 3.4 GiB), so queries are processed in chunks below this size.
 pub const ATTENTION_SCORE_BUDGET: usize = 128 << 20;
 
+/// [B, C, H, W] as [B, H*W, C] tokens. Free where the image is stored channels-last (as the
+/// GPU's group norms write it), one copy otherwise.
+pub fn to_tokens(x: Tensor<4>) -> Tensor<3> {
+    let [b, c, h, w] = x.dims();
+    x.permute([0, 2, 3, 1]).reshape([b, h * w, c])
+}
+
+/// [B, H*W, C] tokens as a [B, C, H, W] image stored channels-last, without a copy: what
+/// burn's GPU convolutions read in place.
+pub fn to_image(x: Tensor<3>, [h, w]: [usize; 2]) -> Tensor<4> {
+    let [b, _, c] = x.dims();
+    x.reshape([b, h, w, c]).permute([0, 3, 1, 2])
+}
+
+/// One of attention's q, k and v: `width` columns of `rows` [B, L, N], from column `first` on.
+/// A fused projection computes [q | k | v] (or [k | v]) in one matmul, and attention reads
+/// each part where it lies.
+#[derive(Clone)]
+pub struct Columns {
+    pub rows: Tensor<3>,
+    pub first: usize,
+    pub width: usize,
+}
+
+impl Columns {
+    /// `rows` cut into `N` equal parts side by side.
+    pub fn split<const N: usize>(rows: Tensor<3>) -> [Self; N] {
+        let width = rows.dims()[2] / N;
+        std::array::from_fn(|i| Self {
+            rows: rows.clone(),
+            first: i * width,
+            width,
+        })
+    }
+
+    /// The columns as a tensor of their own (a view where they are not all of `rows`).
+    fn into_tensor(self) -> Tensor<3> {
+        if self.width == self.rows.dims()[2] {
+            self.rows
+        } else {
+            self.rows.narrow(2, self.first, self.width)
+        }
+    }
+}
+
+impl From<Tensor<3>> for Columns {
+    fn from(rows: Tensor<3>) -> Self {
+        let width = rows.dims()[2];
+        Self {
+            rows,
+            first: 0,
+            width,
+        }
+    }
+}
+
 /// Scaled dot-product attention over heads packed in the last dimension:
 /// q [B, Lq, H*D], k and v [B, Lk, H*D] give [B, Lq, H*D].
 pub fn multi_head_attention(
-    q: Tensor<3>,
-    k: Tensor<3>,
-    v: Tensor<3>,
+    q: Columns,
+    k: Columns,
+    v: Columns,
     heads: usize,
     causal: bool,
 ) -> Tensor<3> {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
 
-    let [b, lq, inner] = q.dims();
+    let inner = q.width;
     if !causal
         && inner / heads <= kernels::MAX_HEAD_DIM
-        && kernels::available(&q.device(), q.dtype())
+        && kernels::available(&q.rows.device(), q.rows.dtype())
     {
         return kernels::attention(q, k, v, heads);
     }
+    let (q, k, v) = (q.into_tensor(), k.into_tensor(), v.into_tensor());
+    let [b, lq, _] = q.dims();
     let lk = k.dims()[1];
     let split = |x: Tensor<3>| -> Tensor<4> {
         let [b, l, _] = x.dims();
@@ -412,7 +496,13 @@ mod tests {
         let q = Tensor::<3>::random([b, l, inner], Distribution::Normal(0.0, 1.0), &device);
         let k = Tensor::<3>::random([b, l, inner], Distribution::Normal(0.0, 1.0), &device);
         let v = Tensor::<3>::random([b, l, inner], Distribution::Normal(0.0, 1.0), &device);
-        let chunked = multi_head_attention(q.clone(), k.clone(), v.clone(), heads, false);
+        let chunked = multi_head_attention(
+            q.clone().into(),
+            k.clone().into(),
+            v.clone().into(),
+            heads,
+            false,
+        );
 
         let split =
             |x: Tensor<3>| -> Tensor<4> { x.reshape([b, l, heads, inner / heads]).swap_dims(1, 2) };

@@ -11,6 +11,7 @@ use burn::tensor::activation::{gelu, silu, softmax};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use common::{gpu_device, max_abs_diff, values};
 use lina::device::{GpuRequest, Precision};
+use lina::nn::Columns;
 
 /// The same random values on the CPU and on `gpu` (in the GPU's float type).
 fn pair<const D: usize>(shape: [usize; D], seed: u64, gpu: &Device) -> (Tensor<D>, Tensor<D>) {
@@ -81,6 +82,21 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
         }
     }
 
+    // The same reading an input stored channels-last, as burn's GPU convolutions leave it.
+    let (x, gx) = pair([2, 25, 23, 64], 7, gpu);
+    let (x, gx) = (x.permute([0, 3, 1, 2]), gx.permute([0, 3, 1, 2]));
+    let (gamma, g_gamma) = pair([64], 8, gpu);
+    let (beta, g_beta) = pair([64], 9, gpu);
+    for groups in [4, 32] {
+        let want = reference_group_norm(x.clone(), gamma.clone(), beta.clone(), groups);
+        let got = lina::kernels::group_norm(gx.clone(), &g_gamma, &g_beta, groups, 1e-5, false);
+        let diff = max_abs_diff(&read(got), &values(want));
+        assert!(
+            diff < tolerance * 8.0,
+            "{label}: group norm of a channels-last input in {groups} groups off by {diff}"
+        );
+    }
+
     // Layer norm, as nn::LayerNorm runs it: rows of 320 as groups of one channel.
     let (x, gx) = pair([2, 77, 320], 4, gpu);
     let (gamma, g_gamma) = pair([320], 5, gpu);
@@ -103,7 +119,7 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
         let (q, gq) = pair([2, lq, heads * d], 10, gpu);
         let (k, gk) = pair([2, lk, heads * d], 11, gpu);
         let (v, gv) = pair([2, lk, heads * d], 12, gpu);
-        let got = lina::kernels::attention(gq, gk, gv, heads);
+        let got = lina::kernels::attention(gq.into(), gk.into(), gv.into(), heads);
         let diff = max_abs_diff(&read(got), &values(reference_attention(q, k, v, heads)));
         assert!(
             diff < tolerance * 4.0,
@@ -111,14 +127,52 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
         );
     }
 
-    // GEGLU over 70,000 outputs in rows of 1000: workgroups straddle rows.
+    // The same read in place from fused projections' rows: [q | k | v] for self-attention,
+    // q and [k | v] for cross-attention.
+    let (heads, d) = (3, 40);
+    let (qkv, g_qkv) = pair([2, 100, 3 * heads * d], 13, gpu);
+    let [q, k, v] = [0, 1, 2].map(|i| qkv.clone().narrow(2, i * heads * d, heads * d));
+    let [gq, gk, gv] = Columns::split(g_qkv);
+    let got = lina::kernels::attention(gq, gk, gv, heads);
+    let diff = max_abs_diff(&read(got), &values(reference_attention(q, k, v, heads)));
+    assert!(
+        diff < tolerance * 4.0,
+        "{label}: packed self-attention off by {diff}"
+    );
+
+    let (q, gq) = pair([2, 65, heads * d], 14, gpu);
+    let (kv, g_kv) = pair([2, 77, 2 * heads * d], 15, gpu);
+    let [k, v] = [0, 1].map(|i| kv.clone().narrow(2, i * heads * d, heads * d));
+    let [gk, gv] = Columns::split(g_kv);
+    let got = lina::kernels::attention(gq.into(), gk, gv, heads);
+    let diff = max_abs_diff(&read(got), &values(reference_attention(q, k, v, heads)));
+    assert!(
+        diff < tolerance * 4.0,
+        "{label}: packed cross-attention off by {diff}"
+    );
+
+    // GEGLU over 70,000 outputs in rows of 1000, after its projection's bias: workgroups
+    // straddle rows.
     let (x, gx) = pair([2, 35, 2 * 1000], 20, gpu);
-    let mut halves = x.chunk(2, 2);
+    let (bias, g_bias) = pair([2 * 1000], 21, gpu);
+    let mut halves = (x + bias.unsqueeze::<3>()).chunk(2, 2);
     let gate = halves.pop().unwrap();
     let value = halves.pop().unwrap();
     let want = value * gelu(gate);
-    let diff = max_abs_diff(&read(lina::kernels::geglu(gx)), &values(want));
+    let diff = max_abs_diff(&read(lina::kernels::geglu(gx, &g_bias)), &values(want));
     assert!(diff < tolerance * 8.0, "{label}: geglu off by {diff}");
+
+    // A bias and a residual over 2 x 77 rows of 320.
+    let (x, gx) = pair([2, 77, 320], 22, gpu);
+    let (bias, g_bias) = pair([320], 23, gpu);
+    let (residual, g_residual) = pair([2, 77, 320], 24, gpu);
+    let want = x + bias.unsqueeze::<3>() + residual;
+    let got = lina::kernels::bias_residual(gx, &g_bias, g_residual);
+    let diff = max_abs_diff(&read(got), &values(want));
+    assert!(
+        diff < tolerance * 8.0,
+        "{label}: bias and residual off by {diff}"
+    );
 }
 
 #[test]
@@ -220,9 +274,9 @@ fn fused_kernel_timings() {
     let (_, k) = pair([2, 77, 96], 5, &gpu);
     time("self-attention 256, 4 heads of 24, fused", &|| {
         first3(lina::kernels::attention(
-            rows.clone(),
-            rows.clone(),
-            rows.clone(),
+            rows.clone().into(),
+            rows.clone().into(),
+            rows.clone().into(),
             4,
         ))
     });
@@ -236,9 +290,9 @@ fn fused_kernel_timings() {
     });
     time("cross-attention 256x77, fused", &|| {
         first3(lina::kernels::attention(
-            rows.clone(),
-            k.clone(),
-            k.clone(),
+            rows.clone().into(),
+            k.clone().into(),
+            k.clone().into(),
             4,
         ))
     });
@@ -246,12 +300,24 @@ fn fused_kernel_timings() {
         first3(reference_attention(rows.clone(), k.clone(), k.clone(), 4))
     });
     let (_, h) = pair([2, 256, 2 * 384], 6, &gpu);
-    time("geglu 2x256x384, fused", &|| {
-        first3(lina::kernels::geglu(h.clone()))
+    let (_, h_bias) = pair([2 * 384], 7, &gpu);
+    time("geglu 2x256x384 with its bias, fused", &|| {
+        first3(lina::kernels::geglu(h.clone(), &h_bias))
     });
-    time("geglu 2x256x384, burn", &|| {
-        let mut halves = h.clone().chunk(2, 2);
+    time("geglu 2x256x384 with its bias, burn", &|| {
+        let mut halves = (h.clone() + h_bias.clone().unsqueeze::<3>()).chunk(2, 2);
         let gate = halves.pop().unwrap();
         first3(halves.pop().unwrap() * gelu(gate))
+    });
+    let (_, bias) = pair([96], 8, &gpu);
+    time("bias and residual 2x256x96, fused", &|| {
+        first3(lina::kernels::bias_residual(
+            rows.clone(),
+            &bias,
+            rows.clone(),
+        ))
+    });
+    time("bias and residual 2x256x96, burn", &|| {
+        first3(rows.clone() + bias.clone().unsqueeze::<3>() + rows.clone())
     });
 }

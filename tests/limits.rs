@@ -58,17 +58,17 @@ fn attention_over_4096_latent_tokens_runs_in_chunks_and_matches_the_cpu() {
     let make = || Tensor::<3>::random([1, tokens, dim], Distribution::Normal(0.0, 1.0), &cpu);
     let (q, k, v) = (make(), make(), make());
     let expected = values(multi_head_attention(
-        q.clone(),
-        k.clone(),
-        v.clone(),
+        q.clone().into(),
+        k.clone().into(),
+        v.clone().into(),
         1,
         false,
     ));
     let on_gpu = |t: &Tensor<3>| Tensor::<3>::from_data(t.to_data(), &gpu);
     let got = values(multi_head_attention(
-        on_gpu(&q),
-        on_gpu(&k),
-        on_gpu(&v),
+        on_gpu(&q).into(),
+        on_gpu(&k).into(),
+        on_gpu(&v).into(),
         1,
         false,
     ));

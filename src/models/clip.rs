@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::config::{check_size, parse};
 use crate::error::{Error, Result};
-use crate::nn::{Embedding, LayerNorm, Linear, multi_head_attention};
+use crate::nn::{Columns, Embedding, LayerNorm, Linear, multi_head_attention};
 use crate::weights::{Scope, Weights};
 
 pub const CONFIG_FILE: &str = "text_encoder/config.json";
@@ -96,9 +96,8 @@ impl Activation {
 
 struct EncoderLayer {
     norm1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v in one matmul: [q | k | v].
+    qkv: Linear,
     out: Linear,
     norm2: LayerNorm,
     fc1: Linear,
@@ -111,9 +110,12 @@ impl EncoderLayer {
         let attn = w.at("self_attn");
         Ok(Self {
             norm1: LayerNorm::load(&w.at("layer_norm1"), d, c.layer_norm_eps)?,
-            q: Linear::load(&attn.at("q_proj"), d, d, true)?,
-            k: Linear::load(&attn.at("k_proj"), d, d, true)?,
-            v: Linear::load(&attn.at("v_proj"), d, d, true)?,
+            qkv: Linear::load_side_by_side(
+                &[attn.at("q_proj"), attn.at("k_proj"), attn.at("v_proj")],
+                d,
+                d,
+                true,
+            )?,
             out: Linear::load(&attn.at("out_proj"), d, d, true)?,
             norm2: LayerNorm::load(&w.at("layer_norm2"), d, c.layer_norm_eps)?,
             fc1: Linear::load(&w.at("mlp.fc1"), d, c.intermediate_size, true)?,
@@ -123,16 +125,11 @@ impl EncoderLayer {
 
     fn forward(&self, x: Tensor<3>, heads: usize, act: Activation) -> Tensor<3> {
         let h = self.norm1.forward(x.clone());
-        let attn = multi_head_attention(
-            self.q.forward(h.clone()),
-            self.k.forward(h.clone()),
-            self.v.forward(h),
-            heads,
-            true,
-        );
-        let x = x + self.out.forward(attn);
+        let [q, k, v] = Columns::split(self.qkv.forward(h));
+        let attn = multi_head_attention(q, k, v, heads, true);
+        let x = self.out.forward_plus(attn, x);
         let h = self.fc1.forward(self.norm2.forward(x.clone()));
-        x + self.fc2.forward(act.apply(h))
+        self.fc2.forward_plus(act.apply(h), x)
     }
 }
 

@@ -6,40 +6,63 @@ use burn::tensor::activation::gelu;
 
 use crate::error::Result;
 use crate::kernels;
-use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear, multi_head_attention};
+use crate::nn::{
+    Columns, Conv2d, GroupNorm, LayerNorm, Linear, multi_head_attention, to_image, to_tokens,
+};
 use crate::weights::Scope;
 
-/// Diffusers' `Attention` as used in UNets: bias-free q/k/v, an output projection with bias.
-pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+/// Diffusers' `Attention` over its own input, as used in UNets: bias-free q, k and v
+/// projections, here one matmul giving [q | k | v], and an output projection with bias.
+struct SelfAttention {
+    qkv: Linear,
     out: Linear,
     heads: usize,
 }
 
-impl Attention {
-    pub fn load(w: &Scope, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+impl SelfAttention {
+    fn load(w: &Scope, dim: usize, heads: usize) -> Result<Self> {
+        let parts = [w.at("to_q"), w.at("to_k"), w.at("to_v")];
         Ok(Self {
-            q: Linear::load(&w.at("to_q"), dim, dim, false)?,
-            k: Linear::load(&w.at("to_k"), context_dim, dim, false)?,
-            v: Linear::load(&w.at("to_v"), context_dim, dim, false)?,
+            qkv: Linear::load_side_by_side(&parts, dim, dim, false)?,
             out: Linear::load(&w.at("to_out.0"), dim, dim, true)?,
             heads,
         })
     }
 
-    /// `context` is `None` for self-attention.
-    pub fn forward(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
-        let ctx = context.cloned().unwrap_or_else(|| x.clone());
-        let attn = multi_head_attention(
-            self.q.forward(x),
-            self.k.forward(ctx.clone()),
-            self.v.forward(ctx),
-            self.heads,
-            false,
-        );
-        self.out.forward(attn)
+    /// `residual + attention(x)`.
+    fn forward_plus(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        let [q, k, v] = Columns::split(self.qkv.forward(x));
+        let attn = multi_head_attention(q, k, v, self.heads, false);
+        self.out.forward_plus(attn, residual)
+    }
+}
+
+/// The same attending to a context (the text): k and v, projected from the context, are one
+/// matmul giving [k | v].
+struct CrossAttention {
+    q: Linear,
+    kv: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl CrossAttention {
+    fn load(w: &Scope, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+        let parts = [w.at("to_k"), w.at("to_v")];
+        Ok(Self {
+            q: Linear::load(&w.at("to_q"), dim, dim, false)?,
+            kv: Linear::load_side_by_side(&parts, context_dim, dim, false)?,
+            out: Linear::load(&w.at("to_out.0"), dim, dim, true)?,
+            heads,
+        })
+    }
+
+    /// `residual + attention(x, context)`.
+    fn forward_plus(&self, x: Tensor<3>, context: &Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        let [k, v] = Columns::split(self.kv.forward(context.clone()));
+        let q = self.q.forward(x).into();
+        let attn = multi_head_attention(q, k, v, self.heads, false);
+        self.out.forward_plus(attn, residual)
     }
 }
 
@@ -58,23 +81,26 @@ impl GegluFeedForward {
         })
     }
 
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.proj.forward(x);
-        if kernels::available(&h.device(), h.dtype()) {
-            return self.out.forward(kernels::geglu(h));
-        }
-        let mut halves = h.chunk(2, 2);
-        let gate = halves.pop().expect("two halves");
-        let value = halves.pop().expect("two halves");
-        self.out.forward(value * gelu(gate))
+    /// `residual + ff(x)`.
+    fn forward_plus(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        let gated = match self.proj.bias() {
+            Some(bias) if kernels::available(&x.device(), x.dtype()) => {
+                kernels::geglu(self.proj.forward_unbiased(x), bias)
+            }
+            _ => {
+                let [value, gate] = self.proj.forward(x).chunk(2, 2).try_into().expect("halves");
+                value * gelu(gate)
+            }
+        };
+        self.out.forward_plus(gated, residual)
     }
 }
 
 struct BasicTransformerBlock {
     norm1: LayerNorm,
-    attn1: Attention,
+    attn1: SelfAttention,
     norm2: LayerNorm,
-    attn2: Attention,
+    attn2: CrossAttention,
     norm3: LayerNorm,
     ff: GegluFeedForward,
 }
@@ -83,18 +109,20 @@ impl BasicTransformerBlock {
     fn load(w: &Scope, dim: usize, heads: usize, context_dim: usize) -> Result<Self> {
         Ok(Self {
             norm1: LayerNorm::load(&w.at("norm1"), dim, 1e-5)?,
-            attn1: Attention::load(&w.at("attn1"), dim, dim, heads)?,
+            attn1: SelfAttention::load(&w.at("attn1"), dim, heads)?,
             norm2: LayerNorm::load(&w.at("norm2"), dim, 1e-5)?,
-            attn2: Attention::load(&w.at("attn2"), dim, context_dim, heads)?,
+            attn2: CrossAttention::load(&w.at("attn2"), dim, context_dim, heads)?,
             norm3: LayerNorm::load(&w.at("norm3"), dim, 1e-5)?,
             ff: GegluFeedForward::load(&w.at("ff"), dim)?,
         })
     }
 
     fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
-        let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context));
-        x.clone() + self.ff.forward(self.norm3.forward(x))
+        let x = self.attn1.forward_plus(self.norm1.forward(x.clone()), x);
+        let x = self
+            .attn2
+            .forward_plus(self.norm2.forward(x.clone()), context, x);
+        self.ff.forward_plus(self.norm3.forward(x.clone()), x)
     }
 }
 
@@ -147,11 +175,10 @@ impl Transformer2D {
     }
 
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
+        let [_, _, h, w] = x.dims();
         let residual = x.clone();
         let x = self.norm.forward(x);
-        let to_tokens = |x: Tensor<4>| -> Tensor<3> { x.reshape([b, c, h * w]).swap_dims(1, 2) };
-        let to_image = |x: Tensor<3>| -> Tensor<4> { x.swap_dims(1, 2).reshape([b, c, h, w]) };
+        let to_image = |x: Tensor<3>| to_image(x, [h, w]);
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(conv.forward(x)),
             Projection::Linear(lin) => lin.forward(to_tokens(x)),

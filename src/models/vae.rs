@@ -7,7 +7,9 @@ use serde::Deserialize;
 use super::config::{check_channels, check_size, parse};
 use super::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
 use crate::error::{Error, Result};
-use crate::nn::{Bands, Conv2d, GroupNorm, Linear, multi_head_attention};
+use crate::nn::{
+    Bands, Columns, Conv2d, GroupNorm, Linear, multi_head_attention, to_image, to_tokens,
+};
 use crate::weights::{Scope, Weights};
 
 pub const CONFIG_FILE: &str = "vae/config.json";
@@ -157,9 +159,8 @@ fn band_peak_bytes(config: &VaeConfig, h: usize, w: usize, bands: usize) -> u64 
 /// Single-head self-attention over all positions, with its own group norm and residual.
 struct SpatialAttention {
     norm: GroupNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v in one matmul: [q | k | v].
+    qkv: Linear,
     out: Linear,
 }
 
@@ -167,29 +168,22 @@ impl SpatialAttention {
     fn load(w: &Scope, c: usize, groups: usize) -> Result<Self> {
         Ok(Self {
             norm: GroupNorm::load(&w.at("group_norm"), groups, c, 1e-6)?,
-            q: Linear::load(&w.at("to_q"), c, c, true)?,
-            k: Linear::load(&w.at("to_k"), c, c, true)?,
-            v: Linear::load(&w.at("to_v"), c, c, true)?,
+            qkv: Linear::load_side_by_side(
+                &[w.at("to_q"), w.at("to_k"), w.at("to_v")],
+                c,
+                c,
+                true,
+            )?,
             out: Linear::load(&w.at("to_out.0"), c, c, true)?,
         })
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let tokens: Tensor<3> = self
-            .norm
-            .forward(x.clone())
-            .reshape([b, c, h * w])
-            .swap_dims(1, 2);
-        let attn = multi_head_attention(
-            self.q.forward(tokens.clone()),
-            self.k.forward(tokens.clone()),
-            self.v.forward(tokens),
-            1,
-            false,
-        );
-        let out: Tensor<4> = self.out.forward(attn).swap_dims(1, 2).reshape([b, c, h, w]);
-        out + x
+        let [_, _, h, w] = x.dims();
+        let tokens = to_tokens(self.norm.forward(x.clone()));
+        let [q, k, v] = Columns::split(self.qkv.forward(tokens));
+        let attn = multi_head_attention(q, k, v, 1, false);
+        to_image(self.out.forward(attn), [h, w]) + x
     }
 }
 

@@ -45,6 +45,8 @@ struct Resident {
     /// The file it came from (shards differ).
     file: Rc<str>,
     shape: Vec<usize>,
+    /// Uploaded as [out, kh, kw, in] (see [`stored_channels_last`]).
+    channels_last: bool,
     /// `Err(dtype)` for a tensor this runtime cannot decode.
     values: std::result::Result<Parts, String>,
 }
@@ -170,14 +172,21 @@ impl Weights {
             Backing::Random => {
                 self.used.borrow_mut().insert(name.to_string());
                 let is_norm_scale = name.ends_with("weight") && D == 1;
+                let normal = Distribution::Normal(0.0, 0.02);
                 return Ok(if is_norm_scale {
                     Tensor::ones(shape, &self.device)
+                } else if stored_channels_last(&shape, &self.device) {
+                    channels_last_view(
+                        Tensor::random([shape.iter().product::<usize>()], normal, &self.device),
+                        shape,
+                    )
                 } else {
-                    Tensor::random(shape, Distribution::Normal(0.0, 0.02), &self.device)
+                    Tensor::random(shape, normal, &self.device)
                 });
             }
         };
-        let parts = self.decoded(name, self.resident(name, &shape)?)?;
+        let stored = self.resident(name, &shape)?;
+        let parts = self.decoded(name, stored)?;
         if parts.blocks.len() > 1 {
             let limits = crate::device::limits(&self.device);
             return Err(Error::DeviceLimit(format!(
@@ -188,7 +197,32 @@ impl Weights {
             )));
         }
         self.used.borrow_mut().insert(name.to_string());
-        Ok(parts.blocks[0].clone().reshape(shape))
+        let flat = parts.blocks[0].clone();
+        Ok(if stored.channels_last {
+            channels_last_view(flat, shape)
+        } else {
+            flat.reshape(shape)
+        })
+    }
+
+    /// Tensors of one shape concatenated along their first axis. Only the count is taken for
+    /// counted weights: their concatenation would allocate what counting is meant to avoid.
+    fn load_stacked<const D: usize>(
+        &self,
+        names: &[String],
+        shape: [usize; D],
+    ) -> Result<Tensor<D>> {
+        let mut parts = names
+            .iter()
+            .map(|name| self.load(name, shape))
+            .collect::<Result<Vec<_>>>()?;
+        let mut stacked = shape;
+        stacked[0] *= names.len();
+        Ok(match &self.backing {
+            Backing::Count(_) => Tensor::<D>::zeros([1; D], &self.device).expand(stacked),
+            _ if parts.len() == 1 => parts.pop().expect("one part"),
+            _ => Tensor::cat(parts, 0),
+        })
     }
 
     fn decoded<'s>(&self, name: &str, stored: &'s Resident) -> Result<&'s Parts> {
@@ -286,8 +320,12 @@ impl WeightsUpload {
                     message: format!("tensor `{name}` appears in more than one shard"),
                 });
             }
+            let channels_last = stored_channels_last(&t.shape, device);
             let values = match t.values {
-                Some(v) => {
+                Some(mut v) => {
+                    if channels_last {
+                        v = to_channels_last(&v, &t.shape);
+                    }
                     let parts = upload_in_blocks(v, &t.shape, max_block, device);
                     // Hand the upload to the device now: backends that batch work would
                     // otherwise hold every tensor's host copy until the next readback.
@@ -301,6 +339,7 @@ impl WeightsUpload {
             let resident = Resident {
                 file: file.clone(),
                 shape: t.shape,
+                channels_last,
                 values,
             };
             tensors.insert(name, resident);
@@ -352,6 +391,39 @@ impl WeightsUpload {
     }
 }
 
+/// Whether a weight of `shape` goes to `device` channels-last, as [out, kh, kw, in]: burn's
+/// GPU convolution reads its weight in that order and otherwise copies it into it on every
+/// call. 1x1 kernels are in that order already, and the CPU backend reads PyTorch's own.
+fn stored_channels_last(shape: &[usize], device: &Device) -> bool {
+    shape.len() == 4 && shape[2] * shape[3] > 1 && crate::device::is_gpu(device)
+}
+
+/// [out, in, kh, kw] values reordered as [out, kh, kw, in], on the host, before the upload.
+fn to_channels_last(values: &[f32], shape: &[usize]) -> Vec<f32> {
+    let [o, i, kh, kw] = [shape[0], shape[1], shape[2], shape[3]];
+    let taps = kh * kw;
+    let mut out = vec![0.0; values.len()];
+    for (filter, into) in values
+        .chunks_exact(i * taps)
+        .zip(out.chunks_exact_mut(i * taps))
+    {
+        for c in 0..i {
+            for t in 0..taps {
+                into[t * i + c] = filter[c * taps + t];
+            }
+        }
+    }
+    debug_assert_eq!(out.len(), o * i * taps);
+    out
+}
+
+/// Channels-last values seen in PyTorch's [out, in, kh, kw] order, without a copy.
+fn channels_last_view<const D: usize>(flat: Tensor<1>, shape: [usize; D]) -> Tensor<D> {
+    let stored: [usize; D] = std::array::from_fn(|d| shape[[0, 2, 3, 1][d]]);
+    let axes: [usize; D] = std::array::from_fn(|d| [0, 3, 1, 2][d]);
+    flat.reshape(stored).permute(axes)
+}
+
 /// Uploads `values` whole, or in blocks of whole rows of at most `max_block` bytes where the
 /// device cannot bind it in one buffer.
 fn upload_in_blocks(values: Vec<f32>, shape: &[usize], max_block: u64, device: &Device) -> Parts {
@@ -400,6 +472,19 @@ impl<'w> Scope<'w> {
         self.weights.load(&self.path(name), shape)
     }
 
+    /// The tensor `name` of each scope, all of `shape`, concatenated along their first axis:
+    /// the weights of projections that run as one matmul. Until the weights are dropped (after
+    /// their model is built) the parts and the whole are both held.
+    pub fn stacked<const D: usize>(
+        scopes: &[Scope<'w>],
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<D>> {
+        let weights = scopes.first().expect("at least one scope").weights;
+        let names: Vec<String> = scopes.iter().map(|s| s.path(name)).collect();
+        weights.load_stacked(&names, shape)
+    }
+
     /// A [rows, cols] table in blocks of whole rows that the device can bind (one block
     /// where it fits): see [`crate::nn::Embedding`].
     pub fn row_blocks(&self, name: &str, shape: [usize; 2]) -> Result<Vec<Tensor<2>>> {
@@ -412,5 +497,24 @@ impl<'w> Scope<'w> {
         } else {
             format!("{}.{name}", self.prefix)
         }
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_last_weights_read_back_in_pytorch_order() {
+        let shape = [2, 3, 2, 2];
+        let values: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let stored = to_channels_last(&values, &shape);
+        // Output 0, tap (0, 1) holds input channels 0, 1, 2 next to each other.
+        assert_eq!(&stored[3..6], &[1.0, 5.0, 9.0]);
+        let device = crate::device::cpu();
+        let flat = Tensor::from_data(TensorData::new(stored, [24]), &device);
+        let seen = channels_last_view(flat, shape);
+        let got = seen.into_data().to_vec::<f32>().unwrap();
+        assert_eq!(got, values);
     }
 }
