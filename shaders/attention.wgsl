@@ -25,12 +25,13 @@ struct Params {
 }
 
 // Every binding is read_write, even those only read: burn places many tensors in one wgpu
-// buffer, and a dispatch may not bind one buffer both read-only and writable.
-@group(0) @binding(0) var<storage, read_write> q: array<T>;
-@group(0) @binding(1) var<storage, read_write> k: array<T>;
-@group(0) @binding(2) var<storage, read_write> v: array<T>;
-@group(0) @binding(3) var<storage, read_write> out: array<T>;
-@group(0) @binding(4) var<storage, read_write> p: Params;
+// buffer, and a dispatch may not bind one buffer both read-only and writable. Nor may it bind
+// overlapping ranges writable twice (WebGPU refuses it), so q, k and v are bound once per
+// tensor they come from: src0 (q), then src1 and src2 where k and v have tensors of their
+// own. src/kernels.rs writes the bindings and names the arrays q, k and v read from.
+{{ sources }}
+@group(0) @binding({{ out_binding }}) var<storage, read_write> out: array<T>;
+@group(0) @binding({{ params_binding }}) var<storage, read_write> p: Params;
 
 // x: query rows, 64 to a workgroup; y: batch x heads. The 64 invocations of a workgroup read
 // the same key and value rows at the same time, which caches serve once.
@@ -47,7 +48,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 
     var query: array<f32, HEAD_DIM>;
     for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
-        query[d] = f32(q[q_at + d]) * p.scale;
+        query[d] = f32({{ q }}[q_at + d]) * p.scale;
     }
     var acc: array<f32, HEAD_DIM>;
     var best = -3.0e38;
@@ -58,7 +59,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         let v_at = kv_at + p.v_col;
         var score = 0.0;
         for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
-            score = score + query[d] * f32(k[k_at + d]);
+            score = score + query[d] * f32({{ k }}[k_at + d]);
         }
         if (score > best) {
             // A new maximum: what was summed so far was weighted against the old one.
@@ -72,7 +73,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         let weight = exp(score - best);
         total = total + weight;
         for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
-            acc[d] = acc[d] + weight * f32(v[v_at + d]);
+            acc[d] = acc[d] + weight * f32({{ v }}[v_at + d]);
         }
     }
     let out_at = (b * p.queries + row) * inner + h * HEAD_DIM;

@@ -256,12 +256,24 @@ impl Fused for CubeBackend {
             columns.k,
             columns.v,
         ]);
+        // Each tensor bound once, however many of q, k and v it holds.
+        let mut bound: Vec<&CubeTensor> = Vec::with_capacity(4);
+        let sources = [&q, &k, &v].map(|t| {
+            let at = bound.iter().position(|b| same_tensor(b, t));
+            at.unwrap_or_else(|| {
+                bound.push(t);
+                bound.len() - 1
+            }) as u32
+        });
+        bound.push(&out);
+        let mut kernel = Wgsl::new("attention", q.dtype, head_dim);
+        kernel.sources = sources;
         launch(
             &q,
-            Wgsl::new("attention", q.dtype, head_dim),
+            kernel,
             CubeDim::new_1d(64),
             CubeCount::Static(lq.div_ceil(64), b * heads, 1),
-            &[&q, &k, &v, &out],
+            &bound,
             &params,
         );
         out
@@ -326,6 +338,12 @@ fn grid(count: u32, size: u32) -> CubeCount {
     CubeCount::Static(across, workgroups.div_ceil(across), 1)
 }
 
+/// Whether two tensors are the same memory, which one dispatch may bind only once.
+fn same_tensor(a: &CubeTensor, b: &CubeTensor) -> bool {
+    std::ptr::eq(a.handle.memory.descriptor(), b.handle.memory.descriptor())
+        && a.handle.offset_start == b.handle.offset_start
+}
+
 /// Whether a [B, C, H, W] tensor is stored as a contiguous [B, H, W, C] one.
 fn is_channels_last(x: &CubeTensor) -> bool {
     let shape = x.meta.shape();
@@ -368,11 +386,13 @@ fn launch(
     );
 }
 
-/// One of the `shaders/` kernels, for one storage type (and head size, for attention).
+/// One of the `shaders/` kernels, for one storage type (and, for attention, head size and
+/// which bound tensor each of q, k and v is read from).
 struct Wgsl {
     name: &'static str,
     f16: bool,
     head_dim: u32,
+    sources: [u32; 3],
 }
 
 impl Wgsl {
@@ -381,7 +401,26 @@ impl Wgsl {
             name,
             f16: dtype == DType::F16,
             head_dim,
+            sources: [0, 1, 2],
         }
+    }
+
+    /// Attention's bindings for q, k and v (one per distinct tensor), and where its output
+    /// and parameters follow them.
+    fn bind_sources(&self, text: String) -> String {
+        let count = self.sources.iter().max().map_or(0, |m| m + 1);
+        let declarations: String = (0..count)
+            .map(|i| {
+                format!("@group(0) @binding({i}) var<storage, read_write> src{i}: array<T>;\n")
+            })
+            .collect();
+        let [q, k, v] = self.sources.map(|i| format!("src{i}"));
+        text.replace("{{ sources }}", &declarations)
+            .replace("{{ out_binding }}", &count.to_string())
+            .replace("{{ params_binding }}", &(count + 1).to_string())
+            .replace("{{ q }}", &q)
+            .replace("{{ k }}", &k)
+            .replace("{{ v }}", &v)
     }
 
     /// The kernel's text, after the text it shares with its family.
@@ -415,16 +454,16 @@ impl KernelSource for Wgsl {
         } else {
             ("", "f32")
         };
-        SourceTemplate::new(
-            self.template()
-                .replace("{{ enable }}", enable)
-                .replace("{{ elem }}", elem)
-                .replace("{{ head_dim }}", &self.head_dim.to_string()),
-        )
+        let text = self
+            .template()
+            .replace("{{ enable }}", enable)
+            .replace("{{ elem }}", elem)
+            .replace("{{ head_dim }}", &self.head_dim.to_string());
+        SourceTemplate::new(self.bind_sources(text))
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.name, self.f16, self.head_dim))
+        KernelId::new::<Self>().info((self.name, self.f16, self.head_dim, self.sources))
     }
 
     fn lang(&self) -> &'static str {
