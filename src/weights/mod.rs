@@ -514,7 +514,7 @@ mod tests {
         let device = crate::device::cpu();
         let flat = Tensor::from_data(TensorData::new(stored, [24]), &device);
         let seen = channels_last_view(flat, shape);
-        let got = seen.into_data().to_vec::<f32>().unwrap();
+        let got = seen.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(got, values);
     }
 }
