@@ -6,7 +6,7 @@
 @group(0) @binding(2) var<storage, read_write> beta: array<T>;
 @group(0) @binding(3) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<T>;
-@group(0) @binding(5) var<storage, read_write> p: Params;
+{{ shift_and_params }}
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>) {
@@ -22,8 +22,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     let group = (o / (all_channels * p.positions)) * p.groups + c / p.channels;
     let i = (c % p.channels) * p.positions + pos;
     let stat = group * 2u;
-    var v = (f32(x[value_at(group, i, p.x_channels_last)]) - stats[stat]) * stats[stat + 1u]
-        * f32(gamma[c]) + f32(beta[c]);
+    let value = f32(x[value_at(group, i, p.x_channels_last)]) + shift_at(group, i);
+    var v = (value - stats[stat]) * stats[stat + 1u] * f32(gamma[c]) + f32(beta[c]);
     if (p.silu != 0u) {
         v = v / (1.0 + exp(-v));
     }

@@ -24,6 +24,16 @@ struct Params {
     total_groups: u32,
     // 1 where x is stored channels-last.
     x_channels_last: u32,
+    // Where a shift is bound (see shift_at): its row length, and its first column.
+    shift_stride: u32,
+    shift_first: u32,
+}
+
+// What is added to value i of group `group` before normalising: a per-sample, per-channel
+// shift (a ResNet block's time embedding), or nothing. src/kernels.rs writes shift_of, and
+// binds the shift, only where there is one.
+fn shift_at(group: u32, i: u32) -> f32 {
+    return shift_of(group / p.groups, (group % p.groups) * p.channels + i / p.positions);
 }
 
 // Where value i of group `group` lies, i counting channel by channel (i / positions is the

@@ -10,7 +10,7 @@ const CHUNK: u32 = 256u;
 @group(0) @binding(0) var<storage, read_write> x: array<T>;
 // Per chunk: its value count, its mean and its sum of squared deviations (M2).
 @group(0) @binding(1) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(2) var<storage, read_write> p: Params;
+{{ shift_and_params }}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>) {
@@ -24,13 +24,13 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     let end = min(begin + CHUNK, n);
     var sum = 0.0;
     for (var i = begin; i < end; i = i + 1u) {
-        sum = sum + f32(x[value_at(group, i, p.x_channels_last)]);
+        sum = sum + (f32(x[value_at(group, i, p.x_channels_last)]) + shift_at(group, i));
     }
     let count = f32(end - begin);
     let mean = sum / count;
     var m2 = 0.0;
     for (var i = begin; i < end; i = i + 1u) {
-        let d = f32(x[value_at(group, i, p.x_channels_last)]) - mean;
+        let d = (f32(x[value_at(group, i, p.x_channels_last)]) + shift_at(group, i)) - mean;
         m2 = m2 + d * d;
     }
     partial[chunk * 3u] = count;

@@ -5,7 +5,7 @@
 @group(0) @binding(0) var<storage, read_write> partial: array<f32>;
 // Per group: mean, 1 / sqrt(variance + eps).
 @group(0) @binding(1) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(2) var<storage, read_write> p: Params;
+{{ shift_and_params }}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>) {

@@ -23,7 +23,7 @@ use burn_cubecl::ops::permute;
 use burn_cubecl::template::{KernelSource, SourceKernel, SourceTemplate};
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::nn::Columns;
+use crate::nn::{ChannelShift, Columns};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -56,6 +56,28 @@ pub fn group_norm(
         groups as u32,
         eps as f32,
         silu,
+    ))
+}
+
+/// SiLU of the group normalisation of `x + shift`, where `shift` holds one value per sample
+/// and channel: columns `first..first + C` of a [B, N] table. A ResNet block's time
+/// embedding enters this way, without an addition of its own.
+pub fn group_norm_silu_shifted(
+    x: Tensor<4>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    shift: &ChannelShift,
+    groups: usize,
+    eps: f64,
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as Fused>::group_norm_silu_shifted(
+        x.into_dispatch(),
+        gamma.clone().into_dispatch(),
+        beta.clone().into_dispatch(),
+        shift.table.clone().into_dispatch(),
+        shift.first as u32,
+        groups as u32,
+        eps as f32,
     ))
 }
 
@@ -129,6 +151,15 @@ pub trait Fused: Backend {
         eps: f32,
         silu: bool,
     ) -> FloatTensor<Self>;
+    fn group_norm_silu_shifted(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        first: u32,
+        groups: u32,
+        eps: f32,
+    ) -> FloatTensor<Self>;
     fn attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -153,79 +184,19 @@ impl Fused for CubeBackend {
         eps: f32,
         silu: bool,
     ) -> CubeTensor {
-        let shape = x.meta.shape().clone();
-        let [b, c, h, w] = [shape[0], shape[1], shape[2], shape[3]].map(|d| d as u32);
-        let (channels, positions) = (c / groups, h * w);
-        // Read in place when stored as [B, C, H, W] or channels-last; written channels-last,
-        // the layout burn's GPU convolutions take without a copy (at one position the two
-        // layouts are the same memory, and the output stays plainly contiguous).
-        let x_channels_last = positions > 1 && is_channels_last(&x);
-        let x = if x_channels_last {
-            x
-        } else {
-            into_contiguous(x)
-        };
-        let out = if positions > 1 {
-            let stored = [shape[0], shape[2], shape[3], shape[1]];
-            permute(output_like(&x, stored.into()), &[0, 3, 1, 2])
-        } else {
-            output_like(&x, shape)
-        };
-        let chunks = (channels * positions).div_ceil(NORM_CHUNK);
-        let total_groups = b * groups;
-        let params = words(&[
-            channels,
-            positions,
-            groups,
-            silu as u32,
-            eps.to_bits(),
-            chunks,
-            total_groups,
-            x_channels_last as u32,
-        ]);
-        let (gamma, beta) = (into_contiguous(gamma), into_contiguous(beta));
-        if channels * positions <= SHORT_GROUP {
-            launch(
-                &x,
-                Wgsl::new("norm_rows", x.dtype, 0),
-                CubeDim::new_1d(64),
-                grid(total_groups, 64),
-                &[&x, &gamma, &beta, &out],
-                &params,
-            );
-            return out;
-        }
-        let scratch = |values: u32| {
-            let shape = burn::tensor::Shape::new([values as usize]);
-            empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, DType::F32)
-        };
-        let partial = scratch(total_groups * chunks * 3);
-        let stats = scratch(total_groups * 2);
-        launch(
-            &x,
-            Wgsl::new("norm_partials", x.dtype, 0),
-            CubeDim::new_1d(64),
-            grid(total_groups * chunks, 64),
-            &[&x, &partial],
-            &params,
-        );
-        launch(
-            &x,
-            Wgsl::new("norm_stats", x.dtype, 0),
-            CubeDim::new_1d(64),
-            grid(total_groups, 64),
-            &[&partial, &stats],
-            &params,
-        );
-        launch(
-            &x,
-            Wgsl::new("norm_apply", x.dtype, 0),
-            CubeDim::new_1d(256),
-            grid(b * c * h * w, 256),
-            &[&x, &gamma, &beta, &stats, &out],
-            &params,
-        );
-        out
+        norm(x, gamma, beta, None, groups, eps, silu)
+    }
+
+    fn group_norm_silu_shifted(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        shift: CubeTensor,
+        first: u32,
+        groups: u32,
+        eps: f32,
+    ) -> CubeTensor {
+        norm(x, gamma, beta, Some((shift, first)), groups, eps, true)
     }
 
     fn attention(
@@ -321,6 +292,112 @@ impl Fused for CubeBackend {
     }
 }
 
+/// Group normalisation of [B, C, H, W] (stored as such or channels-last), plus a
+/// per-sample, per-channel shift (a [B, N] table and its first column) where given: one
+/// dispatch for short groups, three for long ones (shaders/norm_*.wgsl).
+fn norm(
+    x: CubeTensor,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    shift: Option<(CubeTensor, u32)>,
+    groups: u32,
+    eps: f32,
+    silu: bool,
+) -> CubeTensor {
+    let shape = x.meta.shape().clone();
+    let [b, c, h, w] = [shape[0], shape[1], shape[2], shape[3]].map(|d| d as u32);
+    let (channels, positions) = (c / groups, h * w);
+    // Read in place when stored as [B, C, H, W] or channels-last; written channels-last,
+    // the layout burn's GPU convolutions take without a copy (at one position the two
+    // layouts are the same memory, and the output stays plainly contiguous).
+    let x_channels_last = positions > 1 && is_channels_last(&x);
+    let x = if x_channels_last {
+        x
+    } else {
+        into_contiguous(x)
+    };
+    let out = if positions > 1 {
+        let stored = [shape[0], shape[2], shape[3], shape[1]];
+        permute(output_like(&x, stored.into()), &[0, 3, 1, 2])
+    } else {
+        output_like(&x, shape)
+    };
+    let chunks = (channels * positions).div_ceil(NORM_CHUNK);
+    let total_groups = b * groups;
+    let shift = shift.map(|(table, first)| (into_contiguous(table), first));
+    let (shift_stride, shift_first) = shift.as_ref().map_or((0, 0), |(table, first)| {
+        (table.meta.shape()[1] as u32, *first)
+    });
+    let params = words(&[
+        channels,
+        positions,
+        groups,
+        silu as u32,
+        eps.to_bits(),
+        chunks,
+        total_groups,
+        x_channels_last as u32,
+        shift_stride,
+        shift_first,
+    ]);
+    let (gamma, beta) = (into_contiguous(gamma), into_contiguous(beta));
+    // The kernels that read x also read the shift, bound after their own tensors.
+    let reading_x = |name: &'static str, tensors: &[&CubeTensor]| -> (Wgsl, Vec<CubeTensor>) {
+        let mut kernel = Wgsl::new(name, x.dtype, 0);
+        let mut bound: Vec<CubeTensor> = tensors.iter().map(|t| (*t).clone()).collect();
+        if let Some((table, _)) = &shift {
+            kernel.shifted = true;
+            bound.push(table.clone());
+        }
+        (kernel, bound)
+    };
+    if channels * positions <= SHORT_GROUP {
+        let (kernel, bound) = reading_x("norm_rows", &[&x, &gamma, &beta, &out]);
+        launch(
+            &x,
+            kernel,
+            CubeDim::new_1d(64),
+            grid(total_groups, 64),
+            &bound.iter().collect::<Vec<_>>(),
+            &params,
+        );
+        return out;
+    }
+    let scratch = |values: u32| {
+        let shape = burn::tensor::Shape::new([values as usize]);
+        empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, DType::F32)
+    };
+    let partial = scratch(total_groups * chunks * 3);
+    let stats = scratch(total_groups * 2);
+    let (kernel, bound) = reading_x("norm_partials", &[&x, &partial]);
+    launch(
+        &x,
+        kernel,
+        CubeDim::new_1d(64),
+        grid(total_groups * chunks, 64),
+        &bound.iter().collect::<Vec<_>>(),
+        &params,
+    );
+    launch(
+        &x,
+        Wgsl::new("norm_stats", x.dtype, 0),
+        CubeDim::new_1d(64),
+        grid(total_groups, 64),
+        &[&partial, &stats],
+        &params,
+    );
+    let (kernel, bound) = reading_x("norm_apply", &[&x, &gamma, &beta, &stats, &out]);
+    launch(
+        &x,
+        kernel,
+        CubeDim::new_1d(256),
+        grid(b * c * h * w, 256),
+        &bound.iter().collect::<Vec<_>>(),
+        &params,
+    );
+    out
+}
+
 /// The values of a group that one invocation of the first normalisation stage sums
 /// (`CHUNK` in shaders/norm_partials.wgsl).
 const NORM_CHUNK: u32 = 256;
@@ -393,6 +470,8 @@ struct Wgsl {
     f16: bool,
     head_dim: u32,
     sources: [u32; 3],
+    /// For the norm kernels: whether a shift is bound.
+    shifted: bool,
 }
 
 impl Wgsl {
@@ -402,7 +481,32 @@ impl Wgsl {
             f16: dtype == DType::F16,
             head_dim,
             sources: [0, 1, 2],
+            shifted: false,
         }
+    }
+
+    /// The norm kernels' last bindings (the shift, where there is one, then the parameters)
+    /// and `shift_of`, which norm_common.wgsl calls.
+    fn bind_shift(&self, text: String) -> String {
+        let tensors = match self.name {
+            "norm_rows" => 4,
+            "norm_partials" | "norm_stats" => 2,
+            "norm_apply" => 5,
+            _ => return text,
+        };
+        let binding = |i: u32, decl: &str| {
+            format!("@group(0) @binding({i}) var<storage, read_write> {decl};\n")
+        };
+        let tail = if self.shifted {
+            binding(tensors, "shift: array<T>")
+                + &binding(tensors + 1, "p: Params")
+                + "fn shift_of(b: u32, c: u32) -> f32 {\n"
+                + "    return f32(shift[b * p.shift_stride + p.shift_first + c]);\n}\n"
+        } else {
+            binding(tensors, "p: Params")
+                + "fn shift_of(b: u32, c: u32) -> f32 {\n    return 0.0;\n}\n"
+        };
+        text.replace("{{ shift_and_params }}", &tail)
     }
 
     /// Attention's bindings for q, k and v (one per distinct tensor), and where its output
@@ -459,11 +563,17 @@ impl KernelSource for Wgsl {
             .replace("{{ enable }}", enable)
             .replace("{{ elem }}", elem)
             .replace("{{ head_dim }}", &self.head_dim.to_string());
-        SourceTemplate::new(self.bind_sources(text))
+        SourceTemplate::new(self.bind_shift(self.bind_sources(text)))
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.name, self.f16, self.head_dim, self.sources))
+        KernelId::new::<Self>().info((
+            self.name,
+            self.f16,
+            self.head_dim,
+            self.sources,
+            self.shifted,
+        ))
     }
 
     fn lang(&self) -> &'static str {

@@ -18,15 +18,18 @@ pub struct Linear {
 
 impl Linear {
     pub fn load(w: &Scope, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
-        Self::load_side_by_side(std::slice::from_ref(w), d_in, d_out, bias)
+        Self::load_side_by_side(&[(w.clone(), d_out)], d_in, bias)
     }
 
-    /// Projections of one input, each `d_in` to `d_out`, as one: their outputs side by side
-    /// along the last axis. Attention's q, k and v then take one matmul instead of three.
-    pub fn load_side_by_side(ws: &[Scope], d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
-        let weight = Scope::stacked(ws, "weight", [d_out, d_in])?.transpose();
+    /// Projections of one input, each from `d_in` to its own width, as one: their outputs
+    /// side by side along the last axis. Attention's q, k and v then take one matmul instead
+    /// of three, and all of a UNet's time-embedding projections one instead of one per block.
+    pub fn load_side_by_side(parts: &[(Scope, usize)], d_in: usize, bias: bool) -> Result<Self> {
+        let weights: Vec<_> = parts.iter().map(|(w, d)| (w.clone(), [*d, d_in])).collect();
+        let weight = Scope::stacked(&weights, "weight")?.transpose();
         let bias = if bias {
-            Some(Scope::stacked(ws, "bias", [d_out])?)
+            let biases: Vec<_> = parts.iter().map(|(w, d)| (w.clone(), [*d])).collect();
+            Some(Scope::stacked(&biases, "bias")?)
         } else {
             None
         };
@@ -157,6 +160,14 @@ impl Conv2d {
     }
 }
 
+/// One value per sample and channel, added to a group norm's input: columns
+/// `first..first + C` of `table` [B, N]. Every ResNet block's time projection is such a
+/// slice of one matmul's output.
+pub struct ChannelShift<'a> {
+    pub table: &'a Tensor<2>,
+    pub first: usize,
+}
+
 pub struct GroupNorm {
     groups: usize,
     eps: f64,
@@ -183,6 +194,24 @@ impl GroupNorm {
 
     pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
         self.forward_then(x, true)
+    }
+
+    /// `forward_silu(x + shift)`, with the shift's one value per sample and channel added
+    /// inside the norm's kernel on a GPU rather than by an addition of its own.
+    pub fn forward_silu_shifted(&self, x: Tensor<4>, shift: &ChannelShift) -> Tensor<4> {
+        if kernels::available(&x.device(), x.dtype()) {
+            return kernels::group_norm_silu_shifted(
+                x,
+                &self.gamma,
+                &self.beta,
+                shift,
+                self.groups,
+                self.eps,
+            );
+        }
+        let [b, c, _, _] = x.dims();
+        let values = shift.table.clone().narrow(1, shift.first, c);
+        self.forward_silu(x + values.reshape([b, c, 1, 1]))
     }
 
     /// The fused kernels of shaders/ on a GPU (`kernels::group_norm`); burn's operations

@@ -11,7 +11,7 @@ use burn::tensor::activation::{gelu, silu, softmax};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use common::{gpu_device, max_abs_diff, values};
 use lina::device::{GpuRequest, Precision};
-use lina::nn::Columns;
+use lina::nn::{ChannelShift, Columns};
 
 /// The same random values on the CPU and on `gpu` (in the GPU's float type).
 fn pair<const D: usize>(shape: [usize; D], seed: u64, gpu: &Device) -> (Tensor<D>, Tensor<D>) {
@@ -94,6 +94,35 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
         assert!(
             diff < tolerance * 8.0,
             "{label}: group norm of a channels-last input in {groups} groups off by {diff}"
+        );
+    }
+
+    // With a per-sample, per-channel shift read from columns 5.. of a wider table (a ResNet
+    // block's time projection), on both paths (groups of 1150 and of 9200 values).
+    let (shift_table, g_shift_table) = pair([2, 80], 10, gpu);
+    for groups in [32, 4] {
+        let shift = shift_table.clone().narrow(1, 5, 64).reshape([2, 64, 1, 1]);
+        let want = silu(reference_group_norm(
+            x.clone() + shift,
+            gamma.clone(),
+            beta.clone(),
+            groups,
+        ));
+        let got = lina::kernels::group_norm_silu_shifted(
+            gx.clone(),
+            &g_gamma,
+            &g_beta,
+            &ChannelShift {
+                table: &g_shift_table,
+                first: 5,
+            },
+            groups,
+            1e-5,
+        );
+        let diff = max_abs_diff(&read(got), &values(want));
+        assert!(
+            diff < tolerance * 8.0,
+            "{label}: shifted group norm in {groups} groups off by {diff}"
         );
     }
 

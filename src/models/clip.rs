@@ -111,8 +111,7 @@ impl EncoderLayer {
         Ok(Self {
             norm1: LayerNorm::load(&w.at("layer_norm1"), d, c.layer_norm_eps)?,
             qkv: Linear::load_side_by_side(
-                &[attn.at("q_proj"), attn.at("k_proj"), attn.at("v_proj")],
-                d,
+                &["q_proj", "k_proj", "v_proj"].map(|name| (attn.at(name), d)),
                 d,
                 true,
             )?,

@@ -5,14 +5,15 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::error::Result;
-use crate::nn::{Bands, Conv2d, GroupNorm, Linear};
+use crate::nn::{Bands, ChannelShift, Conv2d, GroupNorm};
 use crate::weights::Scope;
 
 pub struct ResnetBlock {
     norm1: GroupNorm,
     conv1: Conv2d,
-    /// Projects the time embedding; absent in the VAE, which has none.
-    time_proj: Option<Linear>,
+    /// Where this block's time projection lies in the UNet's table of them (absent in the
+    /// VAE, which has no time embedding).
+    time_first: Option<usize>,
     norm2: GroupNorm,
     conv2: Conv2d,
     shortcut: Option<Conv2d>,
@@ -21,7 +22,9 @@ pub struct ResnetBlock {
 pub struct ResnetSpec {
     pub c_in: usize,
     pub c_out: usize,
-    pub temb: Option<usize>,
+    /// The first column of this block's time projection in the UNet's table; the UNet
+    /// projects every block's time embedding in one matmul (`UNet::forward_with`).
+    pub time_first: Option<usize>,
     pub groups: usize,
     pub eps: f64,
 }
@@ -29,20 +32,16 @@ pub struct ResnetSpec {
 impl ResnetBlock {
     pub fn load(w: &Scope, s: &ResnetSpec) -> Result<Self> {
         let mut conv1 = Conv2d::load3(&w.at("conv1"), s.c_in, s.c_out)?;
-        // The time projection's bias is added to every position of conv1's output, as conv1's
-        // own bias is: carried in conv1's, it costs no dispatch of its own.
-        let time_proj = match s.temb {
-            Some(t) => {
-                let w = w.at("time_emb_proj");
-                conv1.add_to_bias(w.tensor("bias", [s.c_out])?);
-                Some(Linear::load(&w, t, s.c_out, false)?)
-            }
-            None => None,
-        };
+        if s.time_first.is_some() {
+            // The time projection's bias is added to every position of conv1's output, as
+            // conv1's own bias is: carried in conv1's, it costs nothing of its own. Its
+            // weight is loaded by the UNet, with every other block's.
+            conv1.add_to_bias(w.at("time_emb_proj").tensor("bias", [s.c_out])?);
+        }
         Ok(Self {
             norm1: GroupNorm::load(&w.at("norm1"), s.groups, s.c_in, s.eps)?,
             conv1,
-            time_proj,
+            time_first: s.time_first,
             norm2: GroupNorm::load(&w.at("norm2"), s.groups, s.c_out, s.eps)?,
             conv2: Conv2d::load3(&w.at("conv2"), s.c_out, s.c_out)?,
             shortcut: (s.c_in != s.c_out)
@@ -51,15 +50,17 @@ impl ResnetBlock {
         })
     }
 
-    /// `temb` is the already activated time embedding [B, temb], or `None` in the VAE.
-    pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
-        if let (Some(proj), Some(temb)) = (&self.time_proj, temb) {
-            let t: Tensor<2> = proj.forward(temb.clone());
-            let [b, c] = t.dims();
-            h = h + t.reshape([b, c, 1, 1]);
-        }
-        let h = self.conv2.forward(self.norm2.forward_silu(h));
+    /// `time` is the UNet's table of time projections [B, N], or `None` in the VAE. This
+    /// block's columns are added to conv1's output inside norm2's kernel.
+    pub fn forward(&self, x: Tensor<4>, time: Option<&Tensor<2>>) -> Tensor<4> {
+        let h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
+        let h = match (self.time_first, time) {
+            (Some(first), Some(table)) => self
+                .norm2
+                .forward_silu_shifted(h, &ChannelShift { table, first }),
+            _ => self.norm2.forward_silu(h),
+        };
+        let h = self.conv2.forward(h);
         let skip = match &self.shortcut {
             Some(conv) => conv.forward(x),
             None => x,

@@ -21,9 +21,9 @@ struct SelfAttention {
 
 impl SelfAttention {
     fn load(w: &Scope, dim: usize, heads: usize) -> Result<Self> {
-        let parts = [w.at("to_q"), w.at("to_k"), w.at("to_v")];
+        let parts = ["to_q", "to_k", "to_v"].map(|name| (w.at(name), dim));
         Ok(Self {
-            qkv: Linear::load_side_by_side(&parts, dim, dim, false)?,
+            qkv: Linear::load_side_by_side(&parts, dim, false)?,
             out: Linear::load(&w.at("to_out.0"), dim, dim, true)?,
             heads,
         })
@@ -48,10 +48,10 @@ struct CrossAttention {
 
 impl CrossAttention {
     fn load(w: &Scope, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
-        let parts = [w.at("to_k"), w.at("to_v")];
+        let parts = ["to_k", "to_v"].map(|name| (w.at(name), dim));
         Ok(Self {
             q: Linear::load(&w.at("to_q"), dim, dim, false)?,
-            kv: Linear::load_side_by_side(&parts, context_dim, dim, false)?,
+            kv: Linear::load_side_by_side(&parts, context_dim, false)?,
             out: Linear::load(&w.at("to_out.0"), dim, dim, true)?,
             heads,
         })

@@ -1,6 +1,8 @@
 //! Diffusers' `UNet2DConditionModel` for SD 1.x / 2.x-class models: sinusoidal timestep
 //! embedding, down blocks, a cross-attention mid block and up blocks with skip connections.
 
+use std::cell::RefCell;
+
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
@@ -280,8 +282,9 @@ struct Layer {
 }
 
 impl Layer {
-    fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>) -> Tensor<4> {
-        let x = self.resnet.forward(x, Some(temb));
+    /// `time`: the UNet's table of time projections (`ResnetBlock::forward`).
+    fn forward(&self, x: Tensor<4>, time: &Tensor<2>, context: &Tensor<3>) -> Tensor<4> {
+        let x = self.resnet.forward(x, Some(time));
         match &self.attention {
             Some(t) => t.forward(x, context),
             None => x,
@@ -311,6 +314,9 @@ pub struct UNet {
     time_cond_proj: Option<Linear>,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    /// Every ResNet block's time projection, side by side (their biases are in the blocks'
+    /// conv1 biases).
+    time_proj: Linear,
     conv_in: Conv2d,
     down: Vec<DownBlock>,
     mid: MidBlock,
@@ -321,7 +327,7 @@ pub struct UNet {
 }
 
 impl UNet {
-    pub fn load(config: UNetConfig, weights: &Weights) -> Result<Self> {
+    pub fn load<'w>(config: UNetConfig, weights: &'w Weights) -> Result<Self> {
         let w = weights.root();
         let levels = config.levels()?;
         let ch = &config.block_out_channels;
@@ -329,13 +335,19 @@ impl UNet {
         let temb_dim = c0 * 4;
         let groups = config.norm_num_groups;
         let eps = config.norm_eps;
-        let resnet = |w: &Scope, c_in: usize, c_out: usize| {
+        // Every block's time projection, in load order: they become one matmul, each block
+        // reading its own columns of the result.
+        let time_parts: RefCell<Vec<(Scope<'w>, usize)>> = RefCell::new(Vec::new());
+        let resnet = |w: &Scope<'w>, c_in: usize, c_out: usize| {
+            let mut parts = time_parts.borrow_mut();
+            let first = parts.iter().map(|(_, width)| width).sum();
+            parts.push((w.at("time_emb_proj"), c_out));
             ResnetBlock::load(
                 w,
                 &ResnetSpec {
                     c_in,
                     c_out,
-                    temb: Some(temb_dim),
+                    time_first: Some(first),
                     groups,
                     eps,
                 },
@@ -428,6 +440,7 @@ impl UNet {
         }
 
         Ok(Self {
+            time_proj: Linear::load_side_by_side(&time_parts.into_inner(), temb_dim, false)?,
             time_cond_proj: config
                 .time_cond_proj_dim
                 .map(|dim| Linear::load(&w.at("time_embedding.cond_proj"), dim, c0, false))
@@ -523,14 +536,15 @@ impl UNet {
         let temb = self
             .time_linear_2
             .forward(silu(self.time_linear_1.forward(features)));
-        // Every ResNet block applies SiLU to the embedding first: do it once here.
-        let temb = silu(temb);
+        // Every ResNet block applies SiLU to the embedding and projects it: both happen once
+        // here, for all blocks.
+        let time = self.time_proj.forward(silu(temb));
 
         let mut x = self.conv_in.forward(x);
         let mut skips = vec![x.clone()];
         for block in &self.down {
             for layer in &block.layers {
-                x = layer.forward(x, &temb, context);
+                x = layer.forward(x, &time, context);
                 skips.push(x.clone());
             }
             if let Some(down) = &block.downsample {
@@ -539,14 +553,14 @@ impl UNet {
             }
         }
 
-        x = self.mid.first.forward(x, Some(&temb));
+        x = self.mid.first.forward(x, Some(&time));
         x = self.mid.attention.forward(x, context);
-        x = self.mid.second.forward(x, Some(&temb));
+        x = self.mid.second.forward(x, Some(&time));
 
         for block in &self.up {
             for layer in &block.layers {
                 let skip = skips.pop().expect("one skip per up layer");
-                x = layer.forward(Tensor::cat(vec![x, skip], 1), &temb, context);
+                x = layer.forward(Tensor::cat(vec![x, skip], 1), &time, context);
             }
             if let Some(up) = &block.upsample {
                 let size = skips.last().map(|s| {

@@ -169,8 +169,7 @@ impl SpatialAttention {
         Ok(Self {
             norm: GroupNorm::load(&w.at("group_norm"), groups, c, 1e-6)?,
             qkv: Linear::load_side_by_side(
-                &[w.at("to_q"), w.at("to_k"), w.at("to_v")],
-                c,
+                &["to_q", "to_k", "to_v"].map(|name| (w.at(name), c)),
                 c,
                 true,
             )?,
@@ -193,7 +192,7 @@ fn resnet(w: &Scope, c_in: usize, c_out: usize, groups: usize) -> Result<ResnetB
         &ResnetSpec {
             c_in,
             c_out,
-            temb: None,
+            time_first: None,
             groups,
             eps: 1e-6,
         },

@@ -205,23 +205,19 @@ impl Weights {
         })
     }
 
-    /// Tensors of one shape concatenated along their first axis. Only the count is taken for
-    /// counted weights: their concatenation would allocate what counting is meant to avoid.
-    fn load_stacked<const D: usize>(
-        &self,
-        names: &[String],
-        shape: [usize; D],
-    ) -> Result<Tensor<D>> {
-        let mut parts = names
+    /// Tensors concatenated along their first axis. Only the count is taken for counted
+    /// weights: their concatenation would allocate what counting is meant to avoid.
+    fn load_stacked<const D: usize>(&self, parts: &[(String, [usize; D])]) -> Result<Tensor<D>> {
+        let mut loaded = parts
             .iter()
-            .map(|name| self.load(name, shape))
+            .map(|(name, shape)| self.load(name, *shape))
             .collect::<Result<Vec<_>>>()?;
-        let mut stacked = shape;
-        stacked[0] *= names.len();
+        let mut stacked = parts[0].1;
+        stacked[0] = parts.iter().map(|(_, shape)| shape[0]).sum();
         Ok(match &self.backing {
             Backing::Count(_) => Tensor::<D>::zeros([1; D], &self.device).expand(stacked),
-            _ if parts.len() == 1 => parts.pop().expect("one part"),
-            _ => Tensor::cat(parts, 0),
+            _ if loaded.len() == 1 => loaded.pop().expect("one part"),
+            _ => Tensor::cat(loaded, 0),
         })
     }
 
@@ -472,17 +468,19 @@ impl<'w> Scope<'w> {
         self.weights.load(&self.path(name), shape)
     }
 
-    /// The tensor `name` of each scope, all of `shape`, concatenated along their first axis:
-    /// the weights of projections that run as one matmul. Until the weights are dropped (after
-    /// their model is built) the parts and the whole are both held.
+    /// The tensor `name` of each scope, of the shape given with it, concatenated along their
+    /// first axis: the weights of projections that run as one matmul. Until the weights are
+    /// dropped (after their model is built) the parts and the whole are both held.
     pub fn stacked<const D: usize>(
-        scopes: &[Scope<'w>],
+        parts: &[(Scope<'w>, [usize; D])],
         name: &str,
-        shape: [usize; D],
     ) -> Result<Tensor<D>> {
-        let weights = scopes.first().expect("at least one scope").weights;
-        let names: Vec<String> = scopes.iter().map(|s| s.path(name)).collect();
-        weights.load_stacked(&names, shape)
+        let weights = parts.first().expect("at least one scope").0.weights;
+        let names: Vec<(String, [usize; D])> = parts
+            .iter()
+            .map(|(scope, shape)| (scope.path(name), *shape))
+            .collect();
+        weights.load_stacked(&names)
     }
 
     /// A [rows, cols] table in blocks of whole rows that the device can bind (one block
