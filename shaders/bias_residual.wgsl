@@ -2,18 +2,7 @@
 // with x [..., F] a matmul's output, bias [F] and residual [..., F] (all contiguous). burn adds
 // the bias and then the residual as two element-wise kernels.
 
-{{ enable }}
-alias T = {{ elem }};
-
-struct Params {
-    // F: the row length.
-    width: u32,
-    // The element count.
-    count: u32,
-}
-
-// Every binding is read_write, even those only read: burn places many tensors in one wgpu
-// buffer, and a dispatch may not bind one buffer both read-only and writable.
+// Params and T: rows_common.wgsl.
 @group(0) @binding(0) var<storage, read_write> x: array<T>;
 @group(0) @binding(1) var<storage, read_write> bias: array<T>;
 @group(0) @binding(2) var<storage, read_write> residual: array<T>;

@@ -3,18 +3,7 @@
 // gelu(gate), with the exact (erf) GELU. burn runs the same as a bias addition, a split, the
 // GELU's few element-wise kernels and a product.
 
-{{ enable }}
-alias T = {{ elem }};
-
-struct Params {
-    // F: the output's row length.
-    width: u32,
-    // The output's element count.
-    count: u32,
-}
-
-// Every binding is read_write, even those only read: burn places many tensors in one wgpu
-// buffer, and a dispatch may not bind one buffer both read-only and writable.
+// Params and T: rows_common.wgsl.
 @group(0) @binding(0) var<storage, read_write> x: array<T>;
 @group(0) @binding(1) var<storage, read_write> bias: array<T>;
 @group(0) @binding(2) var<storage, read_write> out: array<T>;

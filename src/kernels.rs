@@ -530,11 +530,12 @@ impl Wgsl {
     /// The kernel's text, after the text it shares with its family.
     fn template(&self) -> String {
         let own = self.own_template();
-        if self.name.starts_with("norm_") {
-            format!("{}\n{own}", include_str!("../shaders/norm_common.wgsl"))
-        } else {
-            own.to_string()
-        }
+        let common = match self.name {
+            "geglu" | "bias_residual" => include_str!("../shaders/rows_common.wgsl"),
+            name if name.starts_with("norm_") => include_str!("../shaders/norm_common.wgsl"),
+            _ => return own.to_string(),
+        };
+        format!("{common}\n{own}")
     }
 
     fn own_template(&self) -> &'static str {
