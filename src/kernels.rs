@@ -342,23 +342,18 @@ fn norm(
     ]);
     let (gamma, beta) = (into_contiguous(gamma), into_contiguous(beta));
     // The kernels that read x also read the shift, bound after their own tensors.
-    let reading_x = |name: &'static str, tensors: &[&CubeTensor]| -> (Wgsl, Vec<CubeTensor>) {
-        let mut kernel = Wgsl::new(name, x.dtype, 0);
-        let mut bound: Vec<CubeTensor> = tensors.iter().map(|t| (*t).clone()).collect();
-        if let Some((table, _)) = &shift {
-            kernel.shifted = true;
-            bound.push(table.clone());
-        }
-        (kernel, bound)
+    let table = shift.as_ref().map(|(table, _)| table);
+    let reading_x = |name| Wgsl {
+        shifted: table.is_some(),
+        ..Wgsl::new(name, x.dtype, 0)
     };
     if channels * positions <= SHORT_GROUP {
-        let (kernel, bound) = reading_x("norm_rows", &[&x, &gamma, &beta, &out]);
         launch(
             &x,
-            kernel,
+            reading_x("norm_rows"),
             CubeDim::new_1d(64),
             grid(total_groups, 64),
-            &bound.iter().collect::<Vec<_>>(),
+            &and_shift(&[&x, &gamma, &beta, &out], table),
             &params,
         );
         return out;
@@ -369,13 +364,12 @@ fn norm(
     };
     let partial = scratch(total_groups * chunks * 3);
     let stats = scratch(total_groups * 2);
-    let (kernel, bound) = reading_x("norm_partials", &[&x, &partial]);
     launch(
         &x,
-        kernel,
+        reading_x("norm_partials"),
         CubeDim::new_1d(64),
         grid(total_groups * chunks, 64),
-        &bound.iter().collect::<Vec<_>>(),
+        &and_shift(&[&x, &partial], table),
         &params,
     );
     launch(
@@ -386,16 +380,20 @@ fn norm(
         &[&partial, &stats],
         &params,
     );
-    let (kernel, bound) = reading_x("norm_apply", &[&x, &gamma, &beta, &stats, &out]);
     launch(
         &x,
-        kernel,
+        reading_x("norm_apply"),
         CubeDim::new_1d(256),
         grid(b * c * h * w, 256),
-        &bound.iter().collect::<Vec<_>>(),
+        &and_shift(&[&x, &gamma, &beta, &stats, &out], table),
         &params,
     );
     out
+}
+
+/// `tensors`, then the shift table where there is one.
+fn and_shift<'a>(tensors: &[&'a CubeTensor], shift: Option<&'a CubeTensor>) -> Vec<&'a CubeTensor> {
+    tensors.iter().copied().chain(shift).collect()
 }
 
 /// The values of a group that one invocation of the first normalisation stage sums
