@@ -342,18 +342,23 @@ fn norm(
     ]);
     let (gamma, beta) = (into_contiguous(gamma), into_contiguous(beta));
     // The kernels that read x also read the shift, bound after their own tensors.
-    let table = shift.as_ref().map(|(table, _)| table);
-    let reading_x = |name| Wgsl {
-        shifted: table.is_some(),
-        ..Wgsl::new(name, x.dtype, 0)
+    let reading_x = |name: &'static str, tensors: &[&CubeTensor]| -> (Wgsl, Vec<CubeTensor>) {
+        let mut kernel = Wgsl::new(name, x.dtype, 0);
+        let mut bound: Vec<CubeTensor> = tensors.iter().map(|t| (*t).clone()).collect();
+        if let Some((table, _)) = &shift {
+            kernel.shifted = true;
+            bound.push(table.clone());
+        }
+        (kernel, bound)
     };
     if channels * positions <= SHORT_GROUP {
+        let (kernel, bound) = reading_x("norm_rows", &[&x, &gamma, &beta, &out]);
         launch(
             &x,
-            reading_x("norm_rows"),
+            kernel,
             CubeDim::new_1d(64),
             grid(total_groups, 64),
-            &and_shift(&[&x, &gamma, &beta, &out], table),
+            &bound.iter().collect::<Vec<_>>(),
             &params,
         );
         return out;
@@ -364,12 +369,13 @@ fn norm(
     };
     let partial = scratch(total_groups * chunks * 3);
     let stats = scratch(total_groups * 2);
+    let (kernel, bound) = reading_x("norm_partials", &[&x, &partial]);
     launch(
         &x,
-        reading_x("norm_partials"),
+        kernel,
         CubeDim::new_1d(64),
         grid(total_groups * chunks, 64),
-        &and_shift(&[&x, &partial], table),
+        &bound.iter().collect::<Vec<_>>(),
         &params,
     );
     launch(
@@ -380,20 +386,16 @@ fn norm(
         &[&partial, &stats],
         &params,
     );
+    let (kernel, bound) = reading_x("norm_apply", &[&x, &gamma, &beta, &stats, &out]);
     launch(
         &x,
-        reading_x("norm_apply"),
+        kernel,
         CubeDim::new_1d(256),
         grid(b * c * h * w, 256),
-        &and_shift(&[&x, &gamma, &beta, &stats, &out], table),
+        &bound.iter().collect::<Vec<_>>(),
         &params,
     );
     out
-}
-
-/// `tensors`, then the shift table where there is one.
-fn and_shift<'a>(tensors: &[&'a CubeTensor], shift: Option<&'a CubeTensor>) -> Vec<&'a CubeTensor> {
-    tensors.iter().copied().chain(shift).collect()
 }
 
 /// The values of a group that one invocation of the first normalisation stage sums
