@@ -1,8 +1,8 @@
 //! Hand-written WGSL kernels (`shaders/`, whose README lists them) for the hot paths that burn
 //! runs as chains of small kernels: group and layer normalisation with an optional SiLU,
-//! attention, the gated GELU, and a linear layer's bias with the residual around it. On a GPU
-//! each dispatch has a fixed cost, and on a small model most of a UNet call is that cost
-//! (`docs/bench.md`, "Fused kernels").
+//! attention, the gated GELU, a linear layer's bias with the residual around it, and the
+//! guidance combine with the sampler's step. On a GPU each dispatch has a fixed cost, and on a
+//! small model most of a UNet call is that cost (`docs/bench.md`, "Fused kernels").
 //!
 //! They run on wgpu devices (WebGPU in the browser, Vulkan natively) through burn's backend
 //! extension API, as templates burn hands to wgpu untranslated. Callers ask [`available`]
@@ -24,6 +24,7 @@ use burn_cubecl::template::{KernelSource, SourceKernel, SourceTemplate};
 use burn_cubecl::tensor::CubeTensor;
 
 use crate::nn::{ChannelShift, Columns};
+use crate::schedulers::{AffineStep, StepOutput};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -139,6 +140,47 @@ pub fn bias_residual(x: Tensor<3>, bias: &Tensor<1>, residual: Tensor<3>) -> Ten
     ))
 }
 
+/// Classifier-free guidance and a sampler step that is affine ([`AffineStep`]) in one
+/// dispatch. `model` is the UNet's output: [2B, C, H, W] holding [uncond; cond] when
+/// `guidance` gives the scale (the guided prediction is `uncond + scale * (cond - uncond)`),
+/// else [B, C, H, W]; `sample` [B, C, H, W] is the step's input. What
+/// `step.apply(guided prediction, sample)` computes, stored as `model` is.
+pub fn guided_step(
+    model: Tensor<4>,
+    guidance: Option<f64>,
+    sample: Tensor<4>,
+    step: &AffineStep,
+) -> StepOutput {
+    let f = |v: f64| v as f32;
+    let coefficients = GuidedStep {
+        scale: guidance.map(f),
+        x0: step.x0.map(f),
+        clip: step.clip.map(f),
+        eps: step.eps.map(f),
+        prev: step.prev.map(f),
+    };
+    let (prev, clean) = <Dispatch as Fused>::guided_step(
+        model.into_dispatch(),
+        sample.into_dispatch(),
+        coefficients,
+    );
+    StepOutput {
+        prev_sample: Tensor::from_dispatch(prev),
+        pred_original: Tensor::from_dispatch(clean),
+    }
+}
+
+/// [`AffineStep`]'s coefficients in the kernel's precision, and the guidance scale where
+/// the model's output holds two halves.
+#[derive(Clone, Copy, Debug)]
+pub struct GuidedStep {
+    scale: Option<f32>,
+    x0: [f32; 2],
+    clip: Option<f32>,
+    eps: [f32; 2],
+    prev: [f32; 2],
+}
+
 /// The operations, routed by burn's dispatch to the backend a tensor lives on. Only the cube
 /// (wgpu) backend has them, which is why callers check [`available`].
 #[backend_extension(Cube)]
@@ -173,6 +215,11 @@ pub trait Fused: Backend {
         bias: FloatTensor<Self>,
         residual: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+    fn guided_step(
+        model: FloatTensor<Self>,
+        sample: FloatTensor<Self>,
+        step: GuidedStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 impl Fused for CubeBackend {
@@ -289,6 +336,65 @@ impl Fused for CubeBackend {
             &words(&[width, count]),
         );
         out
+    }
+
+    fn guided_step(
+        model: CubeTensor,
+        sample: CubeTensor,
+        step: GuidedStep,
+    ) -> (CubeTensor, CubeTensor) {
+        let shape = sample.meta.shape().clone();
+        let [b, c, h, w] = [shape[0], shape[1], shape[2], shape[3]];
+        // Both read in place as [B, C, H, W] or channels-last; the results are stored as the
+        // model's output is (channels-last from a GPU convolution), which the next UNet
+        // call's first convolution then reads without a copy.
+        let channels_last = |t: &CubeTensor| h * w > 1 && is_channels_last(t);
+        let (model_cl, sample_cl) = (channels_last(&model), channels_last(&sample));
+        let model = if model_cl {
+            model
+        } else {
+            into_contiguous(model)
+        };
+        let sample = if sample_cl {
+            sample
+        } else {
+            into_contiguous(sample)
+        };
+        let output = || {
+            if model_cl {
+                permute(output_like(&sample, [b, h, w, c].into()), &[0, 3, 1, 2])
+            } else {
+                output_like(&sample, shape.clone())
+            }
+        };
+        let (prev, clean) = (output(), output());
+        let count = (b * c * h * w) as u32;
+        let bits = |v: f32| v.to_bits();
+        let params = words(&[
+            count,
+            c as u32,
+            (h * w) as u32,
+            model_cl as u32,
+            sample_cl as u32,
+            step.scale.is_some() as u32,
+            bits(step.scale.unwrap_or(1.0)),
+            bits(step.x0[0]),
+            bits(step.x0[1]),
+            bits(step.clip.unwrap_or(-1.0)),
+            bits(step.eps[0]),
+            bits(step.eps[1]),
+            bits(step.prev[0]),
+            bits(step.prev[1]),
+        ]);
+        launch(
+            &sample,
+            Wgsl::new("guided_step", sample.dtype, 0),
+            CubeDim::new_1d(256),
+            grid(count, 256),
+            &[&model, &sample, &prev, &clean],
+            &params,
+        );
+        (prev, clean)
     }
 }
 
@@ -547,6 +653,7 @@ impl Wgsl {
             "attention" => include_str!("../shaders/attention.wgsl"),
             "geglu" => include_str!("../shaders/geglu.wgsl"),
             "bias_residual" => include_str!("../shaders/bias_residual.wgsl"),
+            "guided_step" => include_str!("../shaders/guided_step.wgsl"),
             other => unreachable!("no kernel named {other}"),
         }
     }

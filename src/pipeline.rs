@@ -13,13 +13,16 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::intervene::predict::{self, Predictor};
+use crate::kernels;
 use crate::memory;
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
 use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
 use crate::models::unet::{self, UNet, UNetConfig};
 use crate::models::vae::{self, VaeConfig, VaeDecoder, VaeEncoder};
 use crate::rng::Rng;
-use crate::schedulers::{self, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise, Timesteps};
+use crate::schedulers::{
+    self, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise, StepOutput, Timesteps,
+};
 use crate::source::FileSource;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::{Weights, WeightsUpload, human_bytes};
@@ -129,7 +132,26 @@ pub struct StepState {
     pub timestep: f64,
     pub latents: Tensor<4>,
     pub pred_original: Tensor<4>,
-    pub noise_pred: Tensor<4>,
+}
+
+/// The UNet's noise prediction for a step, before the guidance combine.
+struct NoiseEstimate {
+    /// [uncond; cond] halves when `guidance` is set, else the prediction itself.
+    output: Tensor<4>,
+    /// The classifier-free guidance scale.
+    guidance: Option<f64>,
+}
+
+impl NoiseEstimate {
+    /// The guided prediction: `uncond + scale * (cond - uncond)`.
+    fn guided(self) -> Tensor<4> {
+        let Some(scale) = self.guidance else {
+            return self.output;
+        };
+        let [uncond, cond] = <[Tensor<4>; 2]>::try_from(self.output.chunk(2, 0))
+            .unwrap_or_else(|_| unreachable!("a guided estimate holds two halves"));
+        uncond.clone() + (cond - uncond).mul_scalar(scale)
+    }
 }
 
 /// A per-step hook: interventions, progress reporting, previews.
@@ -806,21 +828,14 @@ impl Sampling<'_> {
         };
         hook.before_model(&mut call)?;
         self.evaluations += call.context.dims()[0] + call.regions.len();
-        let noise_pred = self.predict_noise(call)?;
-
-        let out = self.scheduler.step(
-            noise_pred.clone(),
-            step,
-            self.latents.clone(),
-            &mut self.noise,
-        );
+        let estimate = self.predict_noise(call)?;
+        let out = self.scheduler_step(estimate, step);
         let mut state = StepState {
             step,
             steps: self.steps(),
             timestep,
             latents: out.prev_sample,
             pred_original: out.pred_original,
-            noise_pred,
         };
         hook.after_step(&mut state)?;
         self.latents = state.latents;
@@ -846,9 +861,24 @@ impl Sampling<'_> {
         Ok(())
     }
 
-    /// One batched model call for the base conditioning and every region term, combined
-    /// into the guided noise prediction.
-    fn predict_noise(&self, call: ModelCall) -> Result<Tensor<4>> {
+    /// The scheduler's step on the guided prediction: with the guidance combine in one fused
+    /// kernel where the step is affine and the device runs the kernels, burn's operations
+    /// otherwise.
+    fn scheduler_step(&mut self, estimate: NoiseEstimate, step: usize) -> StepOutput {
+        let sample = self.latents.clone();
+        match self.scheduler.affine(step) {
+            Some(affine) if kernels::available(&sample.device(), sample.dtype()) => {
+                kernels::guided_step(estimate.output, estimate.guidance, sample, &affine)
+            }
+            _ => self
+                .scheduler
+                .step(estimate.guided(), step, sample, &mut self.noise),
+        }
+    }
+
+    /// One batched model call for the base conditioning and every region term. Without
+    /// region terms the guidance combine is left to the step; with them it is done here.
+    fn predict_noise(&self, call: ModelCall) -> Result<NoiseEstimate> {
         let input = self.scheduler.scale_model_input(call.latents, call.step);
         let base = call.context.dims()[0];
         let [_, c, h, w] = input.dims();
@@ -891,25 +921,32 @@ impl Sampling<'_> {
             .pipe
             .unet
             .forward_with(inputs, call.timestep, &context, cond.as_ref());
-        let mut parts = out.chunk(batch, 0);
-        let terms = parts.split_off(base);
-        let mut pred = if base == 2 {
-            let cond = parts.pop().expect("two halves");
-            let uncond = parts.pop().expect("two halves");
-            let guided = uncond.clone() + (cond - uncond.clone()).mul_scalar(call.guidance_scale);
-            parts.push(uncond);
-            guided
-        } else {
-            parts[0].clone()
-        };
-        let reference = parts.pop().expect("a reference prediction");
-        for (r, e) in call.regions.iter().zip(terms) {
+        let guidance = (base == 2).then_some(call.guidance_scale);
+        if call.regions.is_empty() {
+            return Ok(NoiseEstimate {
+                output: out,
+                guidance,
+            });
+        }
+        let mut pred = NoiseEstimate {
+            output: out.clone().narrow(0, 0, base),
+            guidance,
+        }
+        .guided();
+        // Each region term pulls the guided prediction toward its own, measured from the
+        // first (unconditional, or only) prediction.
+        let reference = out.clone().narrow(0, 0, 1);
+        for (i, r) in call.regions.iter().enumerate() {
+            let term = out.clone().narrow(0, base + i, 1);
             pred = pred
-                + (e - reference.clone())
+                + (term - reference.clone())
                     .mul(r.mask.clone().repeat_dim(1, c))
                     .mul_scalar(r.weight);
         }
-        Ok(pred)
+        Ok(NoiseEstimate {
+            output: pred,
+            guidance: None,
+        })
     }
 
     /// Waits until the device has finished the steps queued so far (one scalar readback),

@@ -2,8 +2,8 @@
 //! The fused WGSL kernels (shaders/, src/kernels.rs) against the same operations composed from
 //! burn's own on the CPU backend, on shapes that reach their edges: groups longer than a
 //! workgroup, query counts that are no multiple of a workgroup, cross-attention, heads of
-//! several sizes, and f16 storage. Needs the wgpu backend: set LINA_TEST_GPU=1 (CI does, on
-//! lavapipe).
+//! several sizes, inputs stored channels-last, and f16 storage. Needs the wgpu backend: set
+//! LINA_TEST_GPU=1 (CI does, on lavapipe).
 
 mod common;
 
@@ -12,6 +12,7 @@ use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use common::{gpu_device, max_abs_diff, values};
 use lina::device::{GpuRequest, Precision};
 use lina::nn::{ChannelShift, Columns};
+use lina::schedulers::AffineStep;
 
 /// The same random values on the CPU and on `gpu` (in the GPU's float type).
 fn pair<const D: usize>(shape: [usize; D], seed: u64, gpu: &Device) -> (Tensor<D>, Tensor<D>) {
@@ -202,6 +203,61 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
         diff < tolerance * 8.0,
         "{label}: bias and residual off by {diff}"
     );
+
+    check_guided_step(gpu, tolerance, label);
+}
+
+/// Guidance and an affine step in one kernel against `AffineStep::apply` on the guided
+/// prediction, with the model's output and the sample each stored as [B, C, H, W] or
+/// channels-last (as a GPU convolution leaves it), guided or not, with and without a clamp.
+fn check_guided_step(gpu: &Device, tolerance: f32, label: &str) {
+    let stored = |shape: [usize; 4], seed: u64, channels_last: bool| {
+        let [b, c, h, w] = shape;
+        if channels_last {
+            let (x, gx) = pair([b, h, w, c], seed, gpu);
+            (x.permute([0, 3, 1, 2]), gx.permute([0, 3, 1, 2]))
+        } else {
+            pair(shape, seed, gpu)
+        }
+    };
+    let step = AffineStep {
+        x0: [1.3, -0.7],
+        clip: None,
+        eps: [0.2, 0.9],
+        prev: [0.8, 0.45],
+    };
+    for (guidance, clip, model_cl, sample_cl) in [
+        (Some(7.5), None, false, false),
+        (Some(7.5), Some(1.5), true, false),
+        (Some(3.0), None, false, true),
+        (None, Some(1.0), true, true),
+    ] {
+        let halves = if guidance.is_some() { 2 } else { 1 };
+        let (model, g_model) = stored([2 * halves, 4, 9, 7], 30, model_cl);
+        let (sample, g_sample) = stored([2, 4, 9, 7], 31, sample_cl);
+        let step = AffineStep { clip, ..step };
+        let guided = match guidance {
+            Some(scale) => {
+                let uncond = model.clone().narrow(0, 0, 2);
+                let cond = model.narrow(0, 2, 2);
+                uncond.clone() + (cond - uncond).mul_scalar(scale)
+            }
+            None => model,
+        };
+        let want = step.apply(guided, sample);
+        let got = lina::kernels::guided_step(g_model, guidance, g_sample, &step);
+        for (what, got, want) in [
+            ("result", got.prev_sample, want.prev_sample),
+            ("clean estimate", got.pred_original, want.pred_original),
+        ] {
+            let diff = max_abs_diff(&read(got), &values(want));
+            assert!(
+                diff < tolerance * 16.0,
+                "{label}: guided step's {what} (guidance {guidance:?}, clip {clip:?}, model \
+                 channels-last {model_cl}, sample channels-last {sample_cl}) off by {diff}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -349,4 +405,34 @@ fn fused_kernel_timings() {
     time("bias and residual 2x256x96, burn", &|| {
         first3(rows.clone() + bias.clone().unsqueeze::<3>() + rows.clone())
     });
+    // A DDIM step with guidance, the UNet's output channels-last as its last convolution
+    // leaves it, at the default model's latents and at SD 1.5's.
+    let step = AffineStep {
+        x0: [1.2, -0.6],
+        clip: None,
+        eps: [0.0, 1.0],
+        prev: [0.9, 0.4],
+    };
+    for side in [16, 64] {
+        let (_, out) = pair([2, side, side, 4], 9, &gpu);
+        let out = out.permute([0, 3, 1, 2]);
+        let (_, sample) = pair([1, 4, side, side], 10, &gpu);
+        time(
+            &format!("guidance + DDIM step 4x{side}x{side}, fused"),
+            &|| {
+                let next =
+                    lina::kernels::guided_step(out.clone(), Some(7.5), sample.clone(), &step);
+                first(next.prev_sample) + first(next.pred_original)
+            },
+        );
+        time(
+            &format!("guidance + DDIM step 4x{side}x{side}, burn"),
+            &|| {
+                let [uncond, cond] = [0, 1].map(|i| out.clone().narrow(0, i, 1));
+                let guided = uncond.clone() + (cond - uncond).mul_scalar(7.5);
+                let next = step.apply(guided, sample.clone());
+                first(next.prev_sample) + first(next.pred_original)
+            },
+        );
+    }
 }

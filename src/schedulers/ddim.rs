@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-use super::{Noise, Prediction, Scheduler, SchedulerConfig, StepOutput, Timesteps};
+use super::{AffineStep, Noise, Prediction, Scheduler, SchedulerConfig, StepOutput, Timesteps};
 use crate::error::Result;
 
 pub struct Ddim {
@@ -61,6 +61,27 @@ impl Scheduler for Ddim {
         super::vp_noise(&self.alphas_cumprod, self.timesteps[step], original, noise)
     }
 
+    fn affine(&self, step: usize) -> Option<AffineStep> {
+        let t = self.timesteps[step] as usize;
+        let alpha_t = self.alphas_cumprod[t] as f64;
+        let alpha_prev = self.prev_timesteps[step]
+            .map_or(self.final_alpha_cumprod, |p| self.alphas_cumprod[p])
+            as f64;
+        let (sa, sb) = (alpha_t.sqrt(), (1.0 - alpha_t).sqrt());
+        // x0 and eps as combinations of the sample and the model's output.
+        let (x0, eps) = match self.prediction {
+            Prediction::Epsilon => ([1.0 / sa, -sb / sa], [0.0, 1.0]),
+            Prediction::Sample => ([0.0, 1.0], [1.0 / sb, -sa / sb]),
+            Prediction::VPrediction => ([sa, -sb], [sb, sa]),
+        };
+        Some(AffineStep {
+            x0,
+            clip: self.clip,
+            eps,
+            prev: [alpha_prev.sqrt(), (1.0 - alpha_prev).sqrt()],
+        })
+    }
+
     fn step(
         &mut self,
         model_output: Tensor<4>,
@@ -68,36 +89,7 @@ impl Scheduler for Ddim {
         sample: Tensor<4>,
         _noise: &mut dyn Noise,
     ) -> StepOutput {
-        let t = self.timesteps[step] as usize;
-        let alpha_t = self.alphas_cumprod[t] as f64;
-        let alpha_prev = self.prev_timesteps[step]
-            .map_or(self.final_alpha_cumprod, |p| self.alphas_cumprod[p])
-            as f64;
-        let beta_t = 1.0 - alpha_t;
-        let (sa, sb) = (alpha_t.sqrt(), beta_t.sqrt());
-
-        let (mut x0, eps) = match self.prediction {
-            Prediction::Epsilon => (
-                (sample - model_output.clone().mul_scalar(sb)).div_scalar(sa),
-                model_output,
-            ),
-            Prediction::Sample => {
-                let eps = (sample - model_output.clone().mul_scalar(sa)).div_scalar(sb);
-                (model_output, eps)
-            }
-            Prediction::VPrediction => (
-                sample.clone().mul_scalar(sa) - model_output.clone().mul_scalar(sb),
-                model_output.mul_scalar(sa) + sample.mul_scalar(sb),
-            ),
-        };
-        if let Some(range) = self.clip {
-            x0 = x0.clamp(-range, range);
-        }
-        let prev_sample =
-            x0.clone().mul_scalar(alpha_prev.sqrt()) + eps.mul_scalar((1.0 - alpha_prev).sqrt());
-        StepOutput {
-            prev_sample,
-            pred_original: x0,
-        }
+        let affine = self.affine(step).expect("DDIM's step is affine");
+        affine.apply(model_output, sample)
     }
 }

@@ -2,7 +2,9 @@
 
 use burn::tensor::Tensor;
 
-use super::{Noise, Prediction, Scheduler, SchedulerConfig, Spacing, StepOutput, Timesteps};
+use super::{
+    AffineStep, Noise, Prediction, Scheduler, SchedulerConfig, Spacing, StepOutput, Timesteps,
+};
 use crate::error::Result;
 
 pub struct Euler {
@@ -54,14 +56,15 @@ impl Euler {
 }
 
 impl Euler {
-    /// The clean latents the model's output implies at noise level `sigma`.
-    pub(super) fn x0(&self, model_output: Tensor<4>, sample: Tensor<4>, sigma: f64) -> Tensor<4> {
+    /// The clean latents the model's output implies at noise level `sigma`, as coefficients
+    /// of the sample and the model's output.
+    fn x0(&self, sigma: f64) -> [f64; 2] {
         match self.prediction {
-            Prediction::Epsilon => sample - model_output.mul_scalar(sigma),
-            Prediction::Sample => model_output,
+            Prediction::Epsilon => [1.0, -sigma],
+            Prediction::Sample => [0.0, 1.0],
             Prediction::VPrediction => {
                 let s2 = sigma * sigma + 1.0;
-                model_output.mul_scalar(-sigma / s2.sqrt()) + sample.div_scalar(s2)
+                [1.0 / s2, -sigma / s2.sqrt()]
             }
         }
     }
@@ -85,6 +88,19 @@ impl Scheduler for Euler {
         original + noise.mul_scalar(self.sigmas[step])
     }
 
+    /// x0, then the derivative `(sample - x0) / sigma` as the noise estimate, followed
+    /// from `sigma` down to the next sigma: `prev = x0 + next * eps`.
+    fn affine(&self, step: usize) -> Option<AffineStep> {
+        let sigma = self.sigmas[step];
+        let [a, b] = self.x0(sigma);
+        Some(AffineStep {
+            x0: [a, b],
+            clip: None,
+            eps: [(1.0 - a) / sigma, -b / sigma],
+            prev: [1.0, self.sigmas[step + 1]],
+        })
+    }
+
     fn step(
         &mut self,
         model_output: Tensor<4>,
@@ -92,13 +108,7 @@ impl Scheduler for Euler {
         sample: Tensor<4>,
         _noise: &mut dyn Noise,
     ) -> StepOutput {
-        let sigma = self.sigmas[step];
-        let x0 = self.x0(model_output, sample.clone(), sigma);
-        let dt = self.sigmas[step + 1] - sigma;
-        let derivative = (sample.clone() - x0.clone()).div_scalar(sigma);
-        StepOutput {
-            prev_sample: sample + derivative.mul_scalar(dt),
-            pred_original: x0,
-        }
+        let affine = self.affine(step).expect("Euler's step is affine");
+        affine.apply(model_output, sample)
     }
 }

@@ -8,7 +8,7 @@ use super::{Euler, Noise, Scheduler, SchedulerConfig, StepOutput, Timesteps};
 use crate::error::Result;
 
 pub struct EulerAncestral {
-    /// Timesteps, sigmas, input scaling and x0 are Euler's.
+    /// Timesteps, sigmas, input scaling and the deterministic part of the step are Euler's.
     euler: Euler,
 }
 
@@ -44,15 +44,17 @@ impl Scheduler for EulerAncestral {
         sample: Tensor<4>,
         noise: &mut dyn Noise,
     ) -> StepOutput {
+        // Euler's step down to `down` instead of the next sigma, then fresh noise up to it.
         let (from, to) = (self.euler.sigmas[step], self.euler.sigmas[step + 1]);
-        let x0 = self.euler.x0(model_output, sample.clone(), from);
         let up = (to * to * (from * from - to * to) / (from * from)).sqrt();
         let down = (to * to - up * up).sqrt();
-        let derivative = (sample.clone() - x0.clone()).div_scalar(from);
+        let mut affine = self.euler.affine(step).expect("Euler's step is affine");
+        affine.prev[1] = down;
         let fresh = noise.draw(step, &sample);
+        let out = affine.apply(model_output, sample);
         StepOutput {
-            prev_sample: sample + derivative.mul_scalar(down - from) + fresh.mul_scalar(up),
-            pred_original: x0,
+            prev_sample: out.prev_sample + fresh.mul_scalar(up),
+            pred_original: out.pred_original,
         }
     }
 }

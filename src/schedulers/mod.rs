@@ -405,6 +405,43 @@ pub struct StepOutput {
     pub pred_original: Tensor<4>,
 }
 
+/// A step that is affine in the sample and the model's output, up to a clamp of the clean
+/// estimate: DDIM's, and Euler's without noise. Written as coefficients, the step runs with
+/// the guidance combine as one fused kernel on a GPU (`kernels::guided_step`) and as burn's
+/// operations elsewhere ([`AffineStep::apply`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AffineStep {
+    /// The clean estimate: `x0 = sample * x0[0] + model * x0[1]`, then clamped to
+    /// `[-clip, clip]` where `clip` is set.
+    pub x0: [f64; 2],
+    pub clip: Option<f64>,
+    /// The noise estimate, from the unclamped values: `eps = sample * eps[0] + model * eps[1]`.
+    pub eps: [f64; 2],
+    /// The step's result: `prev = x0 * prev[0] + eps * prev[1]`.
+    pub prev: [f64; 2],
+}
+
+impl AffineStep {
+    /// The step composed from burn's operations (zero terms and unit factors skipped).
+    pub fn apply(&self, model: Tensor<4>, sample: Tensor<4>) -> StepOutput {
+        let scaled = |t: Tensor<4>, f: f64| if f == 1.0 { t } else { t.mul_scalar(f) };
+        let mix = |[a, b]: [f64; 2], first: &Tensor<4>, second: &Tensor<4>| match (a, b) {
+            (a, 0.0) => scaled(first.clone(), a),
+            (0.0, b) => scaled(second.clone(), b),
+            (a, b) => scaled(first.clone(), a) + scaled(second.clone(), b),
+        };
+        let mut x0 = mix(self.x0, &sample, &model);
+        if let Some(range) = self.clip {
+            x0 = x0.clamp(-range, range);
+        }
+        let eps = mix(self.eps, &sample, &model);
+        StepOutput {
+            prev_sample: mix(self.prev, &x0, &eps),
+            pred_original: x0,
+        }
+    }
+}
+
 /// Where stochastic schedulers (ancestral samplers, LCM) draw fresh noise at a step.
 pub trait Noise {
     /// Unit Gaussian noise shaped like `like`, for step `step`.
@@ -442,6 +479,12 @@ pub trait Scheduler {
     /// Noises clean latents to the level the sampler expects at `step` (img2img starts
     /// there; inpainting re-noises the kept region to each step's level).
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4>;
+    /// Step `step` as an [`AffineStep`], for schedulers whose step is one and leaves no
+    /// state behind; the sampler then takes it in one fused kernel with the guidance combine
+    /// where it can.
+    fn affine(&self, _step: usize) -> Option<AffineStep> {
+        None
+    }
     /// Takes step `step`; multistep schedulers remember what they need for the next one.
     fn step(
         &mut self,
