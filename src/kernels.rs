@@ -151,34 +151,16 @@ pub fn guided_step(
     sample: Tensor<4>,
     step: &AffineStep,
 ) -> StepOutput {
-    let f = |v: f64| v as f32;
-    let coefficients = GuidedStep {
-        scale: guidance.map(f),
-        x0: step.x0.map(f),
-        clip: step.clip.map(f),
-        eps: step.eps.map(f),
-        prev: step.prev.map(f),
-    };
     let (prev, clean) = <Dispatch as Fused>::guided_step(
         model.into_dispatch(),
         sample.into_dispatch(),
-        coefficients,
+        guidance,
+        *step,
     );
     StepOutput {
         prev_sample: Tensor::from_dispatch(prev),
         pred_original: Tensor::from_dispatch(clean),
     }
-}
-
-/// [`AffineStep`]'s coefficients in the kernel's precision, and the guidance scale where
-/// the model's output holds two halves.
-#[derive(Clone, Copy, Debug)]
-pub struct GuidedStep {
-    scale: Option<f32>,
-    x0: [f32; 2],
-    clip: Option<f32>,
-    eps: [f32; 2],
-    prev: [f32; 2],
 }
 
 /// The operations, routed by burn's dispatch to the backend a tensor lives on. Only the cube
@@ -218,7 +200,8 @@ pub trait Fused: Backend {
     fn guided_step(
         model: FloatTensor<Self>,
         sample: FloatTensor<Self>,
-        step: GuidedStep,
+        guidance: Option<f64>,
+        step: AffineStep,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -341,7 +324,8 @@ impl Fused for CubeBackend {
     fn guided_step(
         model: CubeTensor,
         sample: CubeTensor,
-        step: GuidedStep,
+        guidance: Option<f64>,
+        step: AffineStep,
     ) -> (CubeTensor, CubeTensor) {
         let shape = sample.meta.shape().clone();
         let [b, c, h, w] = [shape[0], shape[1], shape[2], shape[3]];
@@ -369,15 +353,16 @@ impl Fused for CubeBackend {
         };
         let (prev, clean) = (output(), output());
         let count = (b * c * h * w) as u32;
-        let bits = |v: f32| v.to_bits();
+        // The coefficients in f32, the precision the kernel computes in.
+        let bits = |v: f64| (v as f32).to_bits();
         let params = words(&[
             count,
             c as u32,
             (h * w) as u32,
             model_cl as u32,
             sample_cl as u32,
-            step.scale.is_some() as u32,
-            bits(step.scale.unwrap_or(1.0)),
+            guidance.is_some() as u32,
+            bits(guidance.unwrap_or(1.0)),
             bits(step.x0[0]),
             bits(step.x0[1]),
             bits(step.clip.unwrap_or(-1.0)),

@@ -870,7 +870,8 @@ impl Sampling<'_> {
             Some(affine) if kernels::available(&sample.device(), sample.dtype()) => {
                 kernels::guided_step(estimate.output, estimate.guidance, sample, &affine)
             }
-            _ => self
+            Some(affine) => affine.apply(estimate.guided(), sample),
+            None => self
                 .scheduler
                 .step(estimate.guided(), step, sample, &mut self.noise),
         }
