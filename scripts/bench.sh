@@ -25,7 +25,7 @@ for model in www/models/default tests/fixtures/sd1_tiny; do
       2>/dev/null | tail -1 > "$out/$name-torch.json"
     peer=(--peer "$out/$name-torch.json")
   else
-    echo "== PyTorch peer skipped: python3 lacks torch or diffusers (pip install torch diffusers transformers)"
+    echo "== PyTorch peer skipped: python3 lacks torch or diffusers (pip install -r tools/requirements.txt)"
   fi
   for device in cpu gpu; do
     echo "== native: $model on $device"

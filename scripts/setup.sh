@@ -1,15 +1,36 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks for the web build and the tests: Chromium and its
-# driver (WebGPU on SwiftShader), Node.js (the page's end-to-end tests), lavapipe (Vulkan on
-# the CPU), the wasm32 target and the wasm-bindgen CLI that matches Cargo.lock. Safe to run again: it skips what is there.
+# Installs what a fresh machine lacks; safe to run again: it skips what is there.
+#
+#   scripts/setup.sh          what the tests need (scripts/test.sh, soak.sh, bench.sh)
+#   scripts/setup.sh --serve  only what building and serving the page needs (scripts/serve.sh)
+#
+# Building and serving the page needs the wasm32 target, the wasm-bindgen CLI in the version
+# of the wasm-bindgen crate in Cargo.lock (the CLI must match it exactly), and python3 for a
+# static file server. The tests need, besides, Chromium and its driver (the browser tests,
+# WebGPU on SwiftShader), Node.js and npm (the page's end-to-end tests) and lavapipe (Vulkan
+# on the CPU, for the native wgpu tests): hundreds of MB that serving the page does without,
+# hence --serve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+serve_only=0
+case "${1:-}" in
+  "") ;;
+  --serve) serve_only=1 ;;
+  *)
+    echo "usage: scripts/setup.sh [--serve]" >&2
+    exit 2
+    ;;
+esac
+
 need_apt=()
-command -v chromium >/dev/null || need_apt+=(chromium)
-command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
-command -v npm >/dev/null || need_apt+=(nodejs npm)
-[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
+command -v python3 >/dev/null || need_apt+=(python3)
+if [ "$serve_only" = 0 ]; then
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+  command -v npm >/dev/null || need_apt+=(nodejs npm)
+  [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -22,6 +43,10 @@ rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown \
 
 # The CLI must match the wasm-bindgen crate version exactly.
 want=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3}' Cargo.lock)
+if [ -z "$want" ]; then
+  echo "setup: Cargo.lock names no wasm-bindgen crate, so no CLI version to install" >&2
+  exit 1
+fi
 have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
 if [ "$have" != "$want" ]; then
   echo "setup: installing wasm-bindgen-cli $want"

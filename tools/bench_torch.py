@@ -10,6 +10,9 @@ warm-up call, then the median, min and max of --repeat runs), and prints one JSO
 - image_ms: a whole image through StableDiffusionPipeline with --steps DDIM steps;
 - load_ms: building the pipeline from the folder.
 
+Needs torch and diffusers in the versions of tools/requirements.txt (`pip install -r
+tools/requirements.txt`), the ones docs/bench.md's figures came from.
+
 Usage:
     python3 tools/bench_torch.py --model www/models/default [--repeat 10] [--steps 20]
 """

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Export a diffusers-layout UNet to ONNX for the peer benchmark (ONNX Runtime Web).
 
-Developer-side script (CI never runs it; its small outputs are committed). It needs:
+Developer-side script (CI never runs it; its small outputs are committed). It needs torch,
+diffusers, safetensors, onnx, onnxruntime and onnxscript, pinned in tools/requirements.txt:
 
-    pip install torch diffusers safetensors onnx onnxruntime onnxscript
+    pip install -r tools/requirements.txt
 
 The graph is written without weights: every initializer that is a tensor of the model's
 safetensors file points into that file (ONNX external data, with the tensor's byte offset),

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Build the small test fixtures under tests/fixtures/.
 
-Developer-side script (not run by cargo). It needs:
+Developer-side script (not run by cargo). It needs the pinned versions of
+tools/requirements.txt (torch, diffusers, transformers, safetensors, accelerate, ...), the
+ones the committed fixtures were made with:
 
-    pip install torch diffusers transformers safetensors accelerate
+    pip install -r tools/requirements.txt
 
 and OpenAI CLIP's BPE merge file `bpe_simple_vocab_16e6.txt.gz` (shipped in the
 `open-clip-torch` wheel as `open_clip/bpe_simple_vocab_16e6.txt.gz`). The file is

@@ -19,6 +19,9 @@ thread count continues the same run. To continue in a later session without --wo
 
     python3 tools/train_default.py --data DATA --work WORK --out models/default \\
         --vae-minutes 15 --unet-minutes 100
+
+It needs torch, diffusers, transformers, tokenizers and safetensors: `pip install -r
+tools/requirements.txt` installs the versions the other tools and the fixtures use.
 """
 
 from __future__ import annotations
