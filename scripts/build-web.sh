@@ -8,11 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --lib --target wasm32-unknown-unknown
+# The browser layer is the workspace's lina-web crate; its module keeps the name lina
+# (www/pkg/lina.js, lina_bg.wasm), which the embed API imports.
+cargo build --release --lib --target wasm32-unknown-unknown -p lina-web
 strip=(--remove-name-section --remove-producers-section)
 if [ "${LINA_WASM_NAMES:-0}" = 1 ]; then strip=(); fi
-wasm-bindgen --target web "${strip[@]}" --out-dir www/pkg \
-  target/wasm32-unknown-unknown/release/lina.wasm
+wasm-bindgen --target web "${strip[@]}" --out-dir www/pkg --out-name lina \
+  target/wasm32-unknown-unknown/release/lina_web.wasm
 
 raw=$(stat -c %s www/pkg/lina_bg.wasm)
 gz=$(gzip -9 -c www/pkg/lina_bg.wasm | wc -c)

@@ -5,6 +5,7 @@
 //! A device that fails (lost, out of memory) is reported at the next readback and replaced by
 //! a fresh one the next time a model is loaded.
 
+use burn::backend::ExecutionError;
 use burn::tensor::wgpu::{WgpuSetup, wgpu};
 use burn::tensor::{Device, Tensor};
 
@@ -74,15 +75,49 @@ pub struct GpuRequest {
 /// The first error that left a device unusable: lost, out of memory, or a failed GPU
 /// operation. Shared with the handler wgpu calls, which may run on another thread.
 #[derive(Default)]
-struct Health(std::sync::Mutex<Option<String>>);
+struct Health(std::sync::Mutex<Option<Failure>>);
+
+/// What left a device unusable, by kind: callers tell a lost device from other failures by
+/// this, never by the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The device was lost (a driver reset, a destroyed device), for this reason.
+    Lost(String),
+    /// Out of memory, or a GPU operation failed; in words.
+    Failed(String),
+}
+
+impl Failure {
+    /// The error a computation on the failed device gets, naming `what` it was computing.
+    fn error(&self, what: &str) -> Error {
+        match self {
+            Failure::Lost(reason) => Error::DeviceLost {
+                reason: reason.clone(),
+                what: what.to_string(),
+            },
+            Failure::Failed(why) => Error::Device(format!(
+                "{why} while computing {what}; load the model again"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Lost(reason) => write!(f, "the GPU device was lost ({reason})"),
+            Failure::Failed(why) => f.write_str(why),
+        }
+    }
+}
 
 impl Health {
-    fn fail(&self, why: String) {
+    fn fail(&self, why: Failure) {
         let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
         first.get_or_insert(why);
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<Failure> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -132,11 +167,11 @@ pub fn limits(device: &Device) -> Limits {
 /// Why `device` can no longer be used, if it cannot: it was lost, ran out of memory, or a GPU
 /// operation on it failed. Its tensors are gone; a model must be loaded again (on a fresh
 /// device from [`gpu_for`]).
-pub fn failure(device: &Device) -> Option<String> {
+pub fn failure(device: &Device) -> Option<Failure> {
     with_device(device, |o| o.health.failure()).flatten()
 }
 
-fn mark_failed(device: &Device, why: String) {
+fn mark_failed(device: &Device, why: Failure) {
     with_device(device, |o| o.health.fail(why));
 }
 
@@ -231,6 +266,12 @@ async fn open_as(request: &GpuRequest, shared: bool) -> Result<Device> {
         computes_f16: f16,
         ..Limits::of(&setup)
     };
+    tracing::info!(
+        adapter = %limits.adapter,
+        f16,
+        max_binding_bytes = limits.max_binding_bytes,
+        "GPU device opened"
+    );
     let handle = setup.device.clone();
     let mut device = Device::wgpu_options()
         .setup(setup)
@@ -247,7 +288,7 @@ async fn open_as(request: &GpuRequest, shared: bool) -> Result<Device> {
     let health = std::sync::Arc::new(Health::default());
     let recorder = health.clone();
     handle.on_uncaptured_error(std::sync::Arc::new(move |error: wgpu::Error| {
-        recorder.fail(match error {
+        recorder.fail(Failure::Failed(match error {
             wgpu::Error::OutOfMemory { .. } => "the GPU ran out of memory".into(),
             // wgpu's messages span lines; one line reads better in an exception.
             other => format!(
@@ -258,9 +299,13 @@ async fn open_as(request: &GpuRequest, shared: bool) -> Result<Device> {
                     .collect::<Vec<_>>()
                     .join(" ")
             ),
-        })
+        }))
     }));
     with_opened(|opened| {
+        // Devices that failed are of no more use (their tensors are gone, and whoever held
+        // them loads again, onto this one): forget them, so that the registry holds the live
+        // devices only and does not grow with every recovery.
+        opened.retain(|o| o.health.failure().is_none());
         opened.push(Opened {
             device: device.clone(),
             limits,
@@ -341,37 +386,62 @@ pub async fn read_f32<const D: usize>(tensor: Tensor<D>, what: &str) -> Result<V
     let device = tensor.device();
     let read = tensor.into_data_async().await;
     // A failure recorded since the last readback makes these values meaningless.
-    if let Some(why) = failure(&device) {
-        return Err(Error::Device(format!(
-            "{why} while computing {what}; load the model again"
-        )));
+    if let Some(failure) = failure(&device) {
+        return Err(failure.error(what));
     }
     let data = read.map_err(|e| read_failure(&device, what, e))?;
-    // A device computing in f16 gives f16 values.
+    // A device computing in f16 gives f16 values. The bytes may be read from the device only
+    // now, where a lost device's error has lost its type: ask the device itself.
     data.convert::<f32>()
         .try_to_vec::<f32>()
-        .map_err(|e| read_failure(&device, what, e))
+        .map_err(|e| match poisoned(&device) {
+            Some(reason) => lost(&device, what, reason),
+            None => Error::Device(format!("reading back {what} failed: {e:?}")),
+        })
 }
 
-/// A readback that failed: a lost device (burn reports it as poisoned) says so plainly, since
+/// A readback that failed: a lost device (burn reports it as poisoned) is its own error, since
 /// the user must load the model again; anything else keeps its details.
-fn read_failure(device: &Device, what: &str, e: impl std::fmt::Debug) -> Error {
-    let detail = format!("{e:?}");
-    if detail.contains("poisoned") {
-        let reason = detail
-            .split("Caused by:")
-            .nth(1)
-            .and_then(|r| r.split("\\n").find(|l| !l.trim().is_empty()))
-            .unwrap_or("unknown")
-            .trim()
-            .trim_end_matches(':');
-        mark_failed(device, format!("the GPU device was lost ({reason})"));
-        Error::Device(format!(
-            "the GPU device was lost ({reason}) while reading back {what}; load the model again"
-        ))
-    } else {
-        Error::Device(format!("reading back {what} failed: {detail}"))
+fn read_failure(device: &Device, what: &str, e: ExecutionError) -> Error {
+    match e {
+        ExecutionError::DevicePoisoned { reason } => lost(device, what, reason),
+        other => match poisoned(device) {
+            Some(reason) => lost(device, what, reason),
+            None => Error::Device(format!("reading back {what} failed: {other}")),
+        },
     }
+}
+
+/// Why `device` is poisoned (lost), if it is, as burn reports it by type. Natively by waiting
+/// for its queue; a page may not block, so there by flushing it, which a poisoned device
+/// refuses as well.
+fn poisoned(device: &Device) -> Option<String> {
+    #[cfg(not(target_arch = "wasm32"))]
+    let state = device.sync();
+    #[cfg(target_arch = "wasm32")]
+    let state = device.flush();
+    match state {
+        Err(ExecutionError::DevicePoisoned { reason }) => Some(reason),
+        _ => None,
+    }
+}
+
+/// The error for a lost device, recorded so that later calls report it at once.
+fn lost(device: &Device, what: &str, reason: String) -> Error {
+    // The reason may nest another error's display ("…\nCaused by:\n  Destroyed: …"): keep
+    // its innermost first line, for people (the kind of error is already known).
+    let inner = reason.rsplit("Caused by:").next().unwrap_or(&reason);
+    let reason = inner
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("unknown")
+        .trim()
+        .trim_end_matches(':')
+        .to_string();
+    tracing::warn!(%reason, what, "GPU device lost");
+    let failure = Failure::Lost(reason);
+    mark_failed(device, failure.clone());
+    failure.error(what)
 }
 
 /// Resolves a device by name: "gpu" (f16 where the adapter has shader-f16, f32 otherwise),

@@ -50,6 +50,11 @@ pub enum Error {
     #[error("device: {0}")]
     Device(String),
 
+    /// The GPU device was lost (a driver reset, a fault): its tensors are gone, and the model
+    /// must be loaded again, on a fresh device.
+    #[error("the GPU device was lost ({reason}) while reading back {what}; load the model again")]
+    DeviceLost { reason: String, what: String },
+
     /// The adapter cannot do what was asked within its limits (buffer binding size, memory).
     #[error("too large for this device: {0}")]
     DeviceLimit(String),
@@ -57,14 +62,53 @@ pub enum Error {
     #[error("generation cancelled")]
     Cancelled,
 
+    /// A host's step callback (a page's `onStep`) failed; the generation stops there.
     #[error("{0}")]
-    Io(String),
+    Callback(String),
+
+    /// Reading or writing a file failed; the I/O error stays attached as the source.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn config(file: &str, message: impl Into<String>) -> Self {
+    /// A stable code for each kind of error, for programs to branch on (the browser API's
+    /// `error.code`); messages may change, codes do not.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::WeightFile { .. } => "weight_file",
+            Error::MissingTensor { .. } => "missing_tensor",
+            Error::TensorShape { .. } => "tensor_shape",
+            Error::TensorDtype { .. } => "tensor_dtype",
+            Error::UnusedTensors { .. } => "unused_tensors",
+            Error::Tokenizer(_) => "tokenizer",
+            Error::MissingFile(_) => "missing_file",
+            Error::InvalidInput(_) => "invalid_input",
+            Error::Device(_) => "device",
+            Error::DeviceLost { .. } => "device_lost",
+            Error::DeviceLimit(_) => "device_limit",
+            Error::Cancelled => "cancelled",
+            Error::Callback(_) => "callback",
+            Error::Io { .. } => "io",
+        }
+    }
+
+    /// An I/O failure on `path`, keeping the error it came from.
+    pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    pub fn config(file: &str, message: impl Into<String>) -> Self {
         Error::Config {
             file: file.to_string(),
             message: message.into(),

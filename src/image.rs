@@ -101,10 +101,10 @@ impl Image {
             encoder.set_depth(png::BitDepth::Eight);
             let mut writer = encoder
                 .write_header()
-                .map_err(|e| Error::Io(format!("png: {e}")))?;
+                .map_err(|e| Error::io("png", std::io::Error::other(e)))?;
             writer
                 .write_image_data(&self.rgb)
-                .map_err(|e| Error::Io(format!("png: {e}")))?;
+                .map_err(|e| Error::io("png", std::io::Error::other(e)))?;
         }
         Ok(out)
     }

@@ -5,11 +5,10 @@
 //! small model most of a UNet call is that cost (`docs/bench.md`, "Fused kernels").
 //!
 //! They run on wgpu devices (WebGPU in the browser, Vulkan natively) through burn's backend
-//! extension API, as templates burn hands to wgpu untranslated. Callers ask [`available`]
-//! first and otherwise compose burn's own operations; the CPU backend always does, and so does
-//! a GPU when [`set_enabled`] turned the kernels off (to measure them, or to rule them out).
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//! extension API, as templates burn hands to wgpu untranslated. Callers ask their model's
+//! [`Kernels`] choice first ([`Kernels::fused_for`]) and otherwise compose burn's own
+//! operations; the CPU backend always does, and so does a GPU for a model loaded with
+//! [`Kernels::Burn`] (to measure the kernels, or to rule them out).
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
@@ -23,21 +22,40 @@ use burn_cubecl::ops::permute;
 use burn_cubecl::template::{KernelSource, SourceKernel, SourceTemplate};
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::nn::{ChannelShift, Columns};
 use crate::schedulers::{AffineStep, StepOutput};
+use crate::views::{ChannelShift, Columns};
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Turns the fused kernels on or off for every device (on by default).
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
+/// Which kernels a model's layers run, chosen per model when it is loaded
+/// ([`crate::weights::Weights::with_kernels`], `StableDiffusion::load_with`): never a global
+/// switch, so two models (or two tests) can run side by side with different choices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// The WGSL kernels of shaders/ where the device is a GPU and the type f32 or f16;
+    /// burn's kernels elsewhere.
+    #[default]
+    Fused,
+    /// burn's kernels only: to measure what the fused ones bring, or to rule them out.
+    Burn,
 }
 
-/// Whether tensors on `device` of type `dtype` go through these kernels.
-pub fn available(device: &Device, dtype: DType) -> bool {
-    ENABLED.load(Ordering::Relaxed)
-        && matches!(dtype, DType::F32 | DType::F16)
-        && crate::device::is_gpu(device)
+impl Kernels {
+    /// `"fused"` or `"burn"`.
+    pub fn parse(name: &str) -> crate::error::Result<Self> {
+        match name {
+            "fused" => Ok(Self::Fused),
+            "burn" => Ok(Self::Burn),
+            other => Err(crate::error::Error::InvalidInput(format!(
+                "kernels must be \"fused\" or \"burn\", not \"{other}\""
+            ))),
+        }
+    }
+
+    /// Whether tensors on `device` of type `dtype` go through the fused kernels.
+    pub fn fused_for(self, device: &Device, dtype: DType) -> bool {
+        self == Self::Fused
+            && matches!(dtype, DType::F32 | DType::F16)
+            && crate::device::is_gpu(device)
+    }
 }
 
 /// Group normalisation of [B, C, H, W] over `groups` groups of channels, then `y * gamma +

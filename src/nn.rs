@@ -7,13 +7,15 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::Result;
-use crate::kernels;
+use crate::kernels::{self, Kernels};
+use crate::views::{ChannelShift, Columns};
 use crate::weights::Scope;
 
 pub struct Linear {
     /// Stored as [in, out]: burn's `linear` does not transpose, PyTorch's layout is [out, in].
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
+    kernels: Kernels,
 }
 
 impl Linear {
@@ -33,7 +35,13 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            kernels: parts
+                .first()
+                .map_or_else(Kernels::default, |(w, _)| w.kernels()),
+        })
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -44,7 +52,7 @@ impl Linear {
     /// kernel rather than two.
     pub fn forward_plus(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         match &self.bias {
-            Some(bias) if kernels::available(&x.device(), x.dtype()) => {
+            Some(bias) if self.kernels.fused_for(&x.device(), x.dtype()) => {
                 kernels::bias_residual(self.forward_unbiased(x), bias, residual)
             }
             _ => residual + self.forward(x),
@@ -54,6 +62,11 @@ impl Linear {
     /// The product with the weight alone, for kernels that add the bias themselves.
     pub fn forward_unbiased<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         linear(x, self.weight.clone(), None)
+    }
+
+    /// The kernels this layer (and what is computed from its output) runs.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     pub fn bias(&self) -> Option<&Tensor<1>> {
@@ -160,19 +173,12 @@ impl Conv2d {
     }
 }
 
-/// One value per sample and channel, added to a group norm's input: columns
-/// `first..first + C` of `table` [B, N]. Every ResNet block's time projection is such a
-/// slice of one matmul's output.
-pub struct ChannelShift<'a> {
-    pub table: &'a Tensor<2>,
-    pub first: usize,
-}
-
 pub struct GroupNorm {
     groups: usize,
     eps: f64,
     gamma: Tensor<1>,
     beta: Tensor<1>,
+    kernels: Kernels,
 }
 
 impl GroupNorm {
@@ -182,6 +188,7 @@ impl GroupNorm {
             eps,
             gamma: w.tensor("weight", [channels])?,
             beta: w.tensor("bias", [channels])?,
+            kernels: w.kernels(),
         })
     }
 
@@ -199,7 +206,7 @@ impl GroupNorm {
     /// `forward_silu(x + shift)`, with the shift's one value per sample and channel added
     /// inside the norm's kernel on a GPU rather than by an addition of its own.
     pub fn forward_silu_shifted(&self, x: Tensor<4>, shift: &ChannelShift) -> Tensor<4> {
-        if kernels::available(&x.device(), x.dtype()) {
+        if self.kernels.fused_for(&x.device(), x.dtype()) {
             return kernels::group_norm_silu_shifted(
                 x,
                 &self.gamma,
@@ -217,7 +224,7 @@ impl GroupNorm {
     /// The fused kernels of shaders/ on a GPU (`kernels::group_norm`); burn's operations
     /// elsewhere.
     fn forward_then(&self, x: Tensor<4>, then_silu: bool) -> Tensor<4> {
-        if kernels::available(&x.device(), x.dtype()) {
+        if self.kernels.fused_for(&x.device(), x.dtype()) {
             return kernels::group_norm(
                 x,
                 &self.gamma,
@@ -306,6 +313,7 @@ pub struct LayerNorm {
     gamma: Tensor<1>,
     beta: Tensor<1>,
     eps: f64,
+    kernels: Kernels,
 }
 
 impl LayerNorm {
@@ -314,13 +322,14 @@ impl LayerNorm {
             gamma: w.tensor("weight", [dim])?,
             beta: w.tensor("bias", [dim])?,
             eps,
+            kernels: w.kernels(),
         })
     }
 
     /// In f32 whatever the device computes in, as [`GroupNorm`].
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
-        if kernels::available(&x.device(), dtype) {
+        if self.kernels.fused_for(&x.device(), dtype) {
             // Each row is a group of one channel whose positions are the row's values.
             let shape = x.shape();
             let dim = shape[D - 1];
@@ -410,56 +419,16 @@ pub fn to_image(x: Tensor<3>, [h, w]: [usize; 2]) -> Tensor<4> {
     x.reshape([b, h, w, c]).permute([0, 3, 1, 2])
 }
 
-/// One of attention's q, k and v: `width` columns of `rows` [B, L, N], from column `first` on.
-/// A fused projection computes [q | k | v] (or [k | v]) in one matmul, and attention reads
-/// each part where it lies.
-#[derive(Clone)]
-pub struct Columns {
-    pub rows: Tensor<3>,
-    pub first: usize,
-    pub width: usize,
-}
-
-impl Columns {
-    /// `rows` cut into `N` equal parts side by side.
-    pub fn split<const N: usize>(rows: Tensor<3>) -> [Self; N] {
-        let width = rows.dims()[2] / N;
-        std::array::from_fn(|i| Self {
-            rows: rows.clone(),
-            first: i * width,
-            width,
-        })
-    }
-
-    /// The columns as a tensor of their own (a view where they are not all of `rows`).
-    fn into_tensor(self) -> Tensor<3> {
-        if self.width == self.rows.dims()[2] {
-            self.rows
-        } else {
-            self.rows.narrow(2, self.first, self.width)
-        }
-    }
-}
-
-impl From<Tensor<3>> for Columns {
-    fn from(rows: Tensor<3>) -> Self {
-        let width = rows.dims()[2];
-        Self {
-            rows,
-            first: 0,
-            width,
-        }
-    }
-}
-
 /// Scaled dot-product attention over heads packed in the last dimension:
-/// q [B, Lq, H*D], k and v [B, Lk, H*D] give [B, Lq, H*D].
+/// q [B, Lq, H*D], k and v [B, Lk, H*D] give [B, Lq, H*D]; with the fused kernel where
+/// `kernels` allows it.
 pub fn multi_head_attention(
     q: Columns,
     k: Columns,
     v: Columns,
     heads: usize,
     causal: bool,
+    kernels: Kernels,
 ) -> Tensor<3> {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
@@ -467,7 +436,7 @@ pub fn multi_head_attention(
     let inner = q.width;
     if !causal
         && inner / heads <= kernels::MAX_HEAD_DIM
-        && kernels::available(&q.rows.device(), q.rows.dtype())
+        && kernels.fused_for(&q.rows.device(), q.rows.dtype())
     {
         return kernels::attention(q, k, v, heads);
     }
@@ -531,6 +500,7 @@ mod tests {
             v.clone().into(),
             heads,
             false,
+            Kernels::Burn,
         );
 
         let split =

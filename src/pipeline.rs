@@ -5,6 +5,8 @@
 //! can await between steps (progress, previews, cancellation) and interventions can read and
 //! change everything a step touches through a [`StepHook`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,8 +14,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::intervene::predict::{self, Predictor};
-use crate::kernels;
+use crate::kernels::{self, Kernels};
 use crate::memory;
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
 use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
@@ -154,13 +155,26 @@ impl NoiseEstimate {
     }
 }
 
-/// A per-step hook: interventions, progress reporting, previews.
+/// What [`StepHook::between_steps`] returns: work that may await (a decode, a read-back, a
+/// page's paint). Boxed because hooks are trait objects.
+pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
+
+/// A per-step hook: interventions, progress reporting, previews. The sampling loop
+/// ([`Sampling::run`]) calls `before_model` before each UNet call, `after_step` once the
+/// scheduler has stepped, then awaits `between_steps` with the whole sampler in hand.
 pub trait StepHook {
     fn before_model(&mut self, _call: &mut ModelCall) -> Result<()> {
         Ok(())
     }
     fn after_step(&mut self, _state: &mut StepState) -> Result<()> {
         Ok(())
+    }
+    /// Asynchronous work between two steps. Hooks that need the GPU's results (a decoded
+    /// preview, a repair that reads the prediction) or the host's attention (a page's
+    /// progress callback) do it here, so one loop serves native code, the browser and
+    /// every intervention.
+    fn between_steps<'a>(&'a mut self, _sampling: &'a mut Sampling<'_>) -> StepFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -178,6 +192,32 @@ impl StepHook for Hooks {
     }
     fn after_step(&mut self, state: &mut StepState) -> Result<()> {
         self.0.iter_mut().try_for_each(|h| h.after_step(state))
+    }
+    fn between_steps<'a>(&'a mut self, sampling: &'a mut Sampling<'_>) -> StepFuture<'a> {
+        Box::pin(async move {
+            for h in self.0.iter_mut() {
+                h.between_steps(sampling).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Two borrowed hooks, the first applied first: interventions and a caller's own hook.
+impl<A: StepHook + ?Sized, B: StepHook + ?Sized> StepHook for (&mut A, &mut B) {
+    fn before_model(&mut self, call: &mut ModelCall) -> Result<()> {
+        self.0.before_model(call)?;
+        self.1.before_model(call)
+    }
+    fn after_step(&mut self, state: &mut StepState) -> Result<()> {
+        self.0.after_step(state)?;
+        self.1.after_step(state)
+    }
+    fn between_steps<'a>(&'a mut self, sampling: &'a mut Sampling<'_>) -> StepFuture<'a> {
+        Box::pin(async move {
+            self.0.between_steps(sampling).await?;
+            self.1.between_steps(sampling).await
+        })
     }
 }
 
@@ -197,12 +237,38 @@ impl CancelToken {
     }
 }
 
+/// Something the user should know about a generation that still ran, as a value: callers
+/// match on it, and its text (`Display`) is for people.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(
+    tag = "code",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum Warning {
+    /// The prompt (or the negative prompt) ran past the text encoder's token limit (77 for
+    /// CLIP); the part past it, `ignored`, was cut, as diffusers does.
+    PromptTruncated { negative: bool, ignored: String },
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::PromptTruncated { negative, ignored } => write!(
+                f,
+                "the {}prompt was too long; this part was ignored: \"{ignored}\"",
+                if *negative { "negative " } else { "" }
+            ),
+        }
+    }
+}
+
 /// A finished generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generated {
     pub image: Image,
     /// Things the user should know, such as the words an over-long prompt lost.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
     /// UNet evaluations, one per batch row per call: the cost figure the LINA evaluation
     /// compares.
     pub evaluations: usize,
@@ -219,9 +285,9 @@ pub struct StableDiffusion {
     /// TAESD's decoder, where the folder has `vae_tiny/`: cheap per-step previews.
     taesd: Option<TaesdDecoder>,
     scheduler_config: SchedulerConfig,
-    /// LINA's learned plan predictor, where the folder has one.
-    predictor: Option<Predictor>,
     device: Device,
+    /// The kernels every layer of this model runs (chosen at load).
+    kernels: Kernels,
 }
 
 /// Builds one component from the first weight file its folder has (in order of preference;
@@ -232,13 +298,16 @@ fn load_component<T>(
     folder: &str,
     names: &[&str],
     device: &Device,
+    kernels: Kernels,
     build: impl FnOnce(&Weights) -> Result<T>,
 ) -> Result<T> {
     for name in names {
         let path = format!("{folder}/{name}");
         if let Some(weights) = stream_weights(files, &path, device)? {
+            let weights = weights.with_kernels(kernels);
             let component = build(&weights)?;
             weights.finish()?;
+            tracing::debug!(file = %path, "component loaded");
             return Ok(component);
         }
     }
@@ -254,7 +323,7 @@ fn stream_weights(files: &dyn FileSource, path: &str, device: &Device) -> Result
             upload.merge(done)?;
             return Ok(true);
         }
-        upload.begin_file(file)?;
+        upload.begin_file(file, files.len(file)?)?;
         if !files.stream(file, &mut |chunk| upload.push(chunk))? {
             return Ok(false);
         }
@@ -313,6 +382,12 @@ fn shard_files(index_path: &str, index: &[u8]) -> Result<Vec<String>> {
 impl StableDiffusion {
     /// Loads every component of a diffusers-layout model, checking configs and tensors.
     pub fn load(files: &dyn FileSource, device: &Device) -> Result<Self> {
+        Self::load_with(files, device, Kernels::default())
+    }
+
+    /// [`StableDiffusion::load`] with the kernels its layers run: [`Kernels::Burn`] leaves
+    /// the fused kernels of shaders/ out (to measure them, or to rule them out).
+    pub fn load_with(files: &dyn FileSource, device: &Device, kernels: Kernels) -> Result<Self> {
         let tokenizer_config = files.read("tokenizer/tokenizer_config.json")?;
         let mut tokenizer = match files.read("tokenizer/tokenizer.json")? {
             Some(json) => ClipTokenizer::from_tokenizer_json(&json, tokenizer_config.as_deref())?,
@@ -330,6 +405,7 @@ impl StableDiffusion {
             "text_encoder",
             &["model.safetensors", "model.fp16.safetensors"],
             device,
+            kernels,
             |w| ClipTextEncoder::load(text_config, w),
         )?;
 
@@ -338,11 +414,11 @@ impl StableDiffusion {
             "diffusion_pytorch_model.fp16.safetensors",
         ];
         let unet_config = UNetConfig::from_json(&files.require_text(unet::CONFIG_FILE)?)?;
-        let unet = load_component(files, "unet", &names, device, |w| {
+        let unet = load_component(files, "unet", &names, device, kernels, |w| {
             UNet::load(unet_config, w)
         })?;
         let vae_config = VaeConfig::from_json(&files.require_text(vae::CONFIG_FILE)?)?;
-        let (vae, vae_encoder) = load_component(files, "vae", &names, device, |w| {
+        let (vae, vae_encoder) = load_component(files, "vae", &names, device, kernels, |w| {
             let encoder = w
                 .contains("encoder.conv_in.weight")
                 .then(|| VaeEncoder::load(vae_config.clone(), w))
@@ -364,22 +440,19 @@ impl StableDiffusion {
                         "latent_channels differs from the VAE's",
                     ));
                 }
-                Some(load_component(files, "vae_tiny", &names, device, |w| {
-                    TaesdDecoder::load(config, w)
-                })?)
+                Some(load_component(
+                    files,
+                    "vae_tiny",
+                    &names,
+                    device,
+                    kernels,
+                    |w| TaesdDecoder::load(config, w),
+                )?)
             }
         };
 
         let scheduler_config =
             SchedulerConfig::from_json(&files.require_text(schedulers::CONFIG_FILE)?)?;
-        let predictor = match files.read(predict::FILE)? {
-            None => None,
-            Some(json) => Some(Predictor::from_json(
-                std::str::from_utf8(&json)
-                    .map_err(|_| Error::config(predict::FILE, "is not UTF-8 text"))?,
-            )?),
-        };
-
         if unet.config().cross_attention_dim != text_encoder.config().hidden_size {
             return Err(Error::config(
                 unet::CONFIG_FILE,
@@ -410,14 +483,14 @@ impl StableDiffusion {
             vae_encoder,
             taesd,
             scheduler_config,
-            predictor,
             device: device.clone(),
+            kernels,
         })
     }
 
-    /// The learned plan predictor the model folder carries (`lina_predictor.json`), if any.
-    pub fn predictor(&self) -> Option<&Predictor> {
-        self.predictor.as_ref()
+    /// The kernels this model's layers run.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     pub fn device(&self) -> &Device {
@@ -556,10 +629,11 @@ impl StableDiffusion {
 
         let mut warnings = Vec::new();
         let (cond, cut) = self.encode_text(&opts.prompt, opts.clip_skip)?;
-        if let Some(cut) = cut {
-            warnings.push(format!(
-                "the prompt was too long; this part was ignored: \"{cut}\""
-            ));
+        if let Some(ignored) = cut {
+            warnings.push(Warning::PromptTruncated {
+                negative: false,
+                ignored,
+            });
         }
         // LCM-distilled UNets take the guidance scale as an embedding instead of a second,
         // unconditional pass.
@@ -567,10 +641,11 @@ impl StableDiffusion {
         let guided = self.unconditional_pass(opts.guidance_scale);
         let context = if guided {
             let (uncond, cut) = self.encode_text(&opts.negative_prompt, opts.clip_skip)?;
-            if let Some(cut) = cut {
-                warnings.push(format!(
-                    "the negative prompt was too long; this part was ignored: \"{cut}\""
-                ));
+            if let Some(ignored) = cut {
+                warnings.push(Warning::PromptTruncated {
+                    negative: true,
+                    ignored,
+                });
             }
             Tensor::cat(vec![uncond, cond], 0)
         } else {
@@ -734,12 +809,7 @@ impl StableDiffusion {
         cancel: &CancelToken,
     ) -> Result<Generated> {
         let mut sampling = self.start(opts)?;
-        while !sampling.is_done() {
-            if cancel.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-            sampling.step(hook)?;
-        }
+        sampling.run(hook, cancel).await?;
         sampling.finish().await
     }
 }
@@ -761,7 +831,7 @@ pub struct Sampling<'p> {
     /// The scheduler's latest prediction of the clean latents, for previews.
     predicted_clean: Option<Tensor<4>>,
     /// Things the user should know (a truncated prompt).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
     /// UNet evaluations so far (batch rows).
     evaluations: usize,
 }
@@ -867,7 +937,12 @@ impl Sampling<'_> {
     fn scheduler_step(&mut self, estimate: NoiseEstimate, step: usize) -> StepOutput {
         let sample = self.latents.clone();
         match self.scheduler.affine(step) {
-            Some(affine) if kernels::available(&sample.device(), sample.dtype()) => {
+            Some(affine)
+                if self
+                    .pipe
+                    .kernels
+                    .fused_for(&sample.device(), sample.dtype()) =>
+            {
                 kernels::guided_step(estimate.output, estimate.guidance, sample, &affine)
             }
             Some(affine) => affine.apply(estimate.guided(), sample),
@@ -948,6 +1023,23 @@ impl Sampling<'_> {
             output: pred,
             guidance: None,
         })
+    }
+
+    /// The sampling loop: every step that is left, with `hook` around and between them, and
+    /// `cancel` checked before each. Every driver (the CLI, the browser layer, benchmarks,
+    /// LINA) runs generations through this one loop.
+    pub async fn run(&mut self, hook: &mut dyn StepHook, cancel: &CancelToken) -> Result<()> {
+        while !self.is_done() {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            self.step(hook)?;
+            hook.between_steps(self).await?;
+        }
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
     }
 
     /// Waits until the device has finished the steps queued so far (one scalar readback),

@@ -22,6 +22,12 @@ pub trait FileSource {
         }
     }
 
+    /// The file's length in bytes, where the source can tell without reading it; `None`
+    /// otherwise (and for a missing file). Weight files' headers are checked against it.
+    fn len(&self, _path: &str) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// A weight file this source already put on the device while it arrived, handed over
     /// once. `None`: read it through `stream`.
     fn take_uploaded(&self, _path: &str) -> Option<WeightsUpload> {
@@ -58,6 +64,10 @@ impl FileSource for MemorySource {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.files.get(path).cloned())
     }
+
+    fn len(&self, path: &str) -> Result<Option<u64>> {
+        Ok(self.files.get(path).map(|b| b.len() as u64))
+    }
 }
 
 /// Files gathered as they arrived, in any order (the browser's loader): small files as bytes,
@@ -82,6 +92,10 @@ impl StagedSource {
 impl FileSource for StagedSource {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
         self.files.read(path)
+    }
+
+    fn len(&self, path: &str) -> Result<Option<u64>> {
+        self.files.len(path)
     }
 
     fn take_uploaded(&self, path: &str) -> Option<WeightsUpload> {
@@ -119,14 +133,23 @@ impl FileSource for DirSource {
         match std::fs::read(&full) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io(format!("{}: {e}", full.display()))),
+            Err(e) => Err(Error::io(full.display(), e)),
+        }
+    }
+
+    fn len(&self, path: &str) -> Result<Option<u64>> {
+        let full = self.root.join(path);
+        match std::fs::metadata(&full) {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(full.display(), e)),
         }
     }
 
     fn stream(&self, path: &str, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<bool> {
         use std::io::Read;
         let full = self.root.join(path);
-        let io = |e: std::io::Error| Error::Io(format!("{}: {e}", full.display()));
+        let io = |e: std::io::Error| Error::io(full.display(), e);
         let mut file = match std::fs::File::open(&full) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),

@@ -8,8 +8,8 @@ mod common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{fixture, read_fixture, test_devices, values};
-use lina::models::vae::{VaeConfig, VaeDecoder, band_peak, decoder_bands};
-use lina::weights::Weights;
+use lina_runtime::models::vae::{VaeConfig, VaeDecoder, band_peak, decoder_bands};
+use lina_runtime::weights::Weights;
 
 fn decoder(device: &burn::tensor::Device) -> VaeDecoder {
     let config =
@@ -22,7 +22,7 @@ fn decoder(device: &burn::tensor::Device) -> VaeDecoder {
 
 /// Seeded latents of `h` x `w` cells, spread like a sampler's final latents.
 fn latents(h: usize, w: usize, device: &burn::tensor::Device) -> Tensor<4> {
-    let normals = lina::rng::Rng::new(7).normals(4 * h * w);
+    let normals = lina_runtime::rng::Rng::new(7).normals(4 * h * w);
     Tensor::from_data(TensorData::new(normals, [1, 4, h, w]), device)
 }
 
@@ -48,7 +48,7 @@ fn banded_decoding_gives_the_whole_decode_s_image() {
 /// bands, every device must draw the CPU's image.
 #[test]
 fn a_512_pixel_decode_matches_the_cpu_whole_and_in_bands() {
-    let cpu = lina::device::cpu();
+    let cpu = lina_runtime::device::cpu();
     let expected = values(decoder(&cpu).decode(latents(64, 64, &cpu)));
     for (name, device) in test_devices() {
         let vae = decoder(&device);
@@ -66,7 +66,7 @@ fn a_512_pixel_decode_matches_the_cpu_whole_and_in_bands() {
 
 #[test]
 fn bands_are_as_few_as_the_limit_allows() {
-    let vae = decoder(&lina::device::cpu());
+    let vae = decoder(&lina_runtime::device::cpu());
     let config = vae.config();
     // The tiny VAE's largest activation is its last block's input: 16 channels at full size.
     assert_eq!(config.decoder_peak(64, 64).1, [1, 16, 512, 512]);

@@ -9,9 +9,9 @@ mod common;
 
 use burn::tensor::Device;
 use common::fixture;
-use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
-use lina::schedulers::Timesteps;
-use lina::source::DirSource;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::source::DirSource;
 
 fn options() -> GenerateOptions {
     GenerateOptions {
@@ -25,14 +25,14 @@ fn load(device: &Device) -> StableDiffusion {
     StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), device).unwrap()
 }
 
-/// Generates, expecting an error and no panic; returns the error's message.
-fn failing_generation(pipe: &StableDiffusion) -> String {
+/// Generates, expecting an error and no panic; returns the error's code and message.
+fn failing_generation(pipe: &StableDiffusion) -> (&'static str, String) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         pollster::block_on(pipe.generate(&options(), &mut NoHook, &CancelToken::new()))
     }));
     match outcome {
         Ok(Ok(_)) => panic!("a generation on a failed device should fail"),
-        Ok(Err(e)) => e.to_string(),
+        Ok(Err(e)) => (e.code(), e.to_string()),
         Err(_) => panic!("a failed device panicked instead of returning an error"),
     }
 }
@@ -54,25 +54,28 @@ fn a_failed_device_is_an_error_and_the_next_load_recovers() {
     let expected = image(&pipe);
 
     // Lost.
-    lina::device::lose(&device).unwrap();
-    let e = failing_generation(&pipe);
+    lina_runtime::device::lose(&device).unwrap();
+    let (code, e) = failing_generation(&pipe);
+    // Known by its type, not its text.
+    assert_eq!(code, "device_lost", "{e}");
     eprintln!("{e}");
     assert!(e.contains("the GPU device was lost (Destroyed)"), "{e}");
     assert!(e.contains("load the model again"), "{e}");
 
     // Loading again opens a fresh device, which draws the same image.
-    let fresh = pollster::block_on(lina::device::gpu()).unwrap();
+    let fresh = pollster::block_on(lina_runtime::device::gpu()).unwrap();
     assert_ne!(fresh, device);
     let pipe = load(&fresh);
     assert_eq!(image(&pipe), expected);
 
     // A GPU operation that fails outside any error scope (burn's own handler would panic).
-    lina::device::provoke_error(&fresh).unwrap();
-    let e = failing_generation(&pipe);
+    lina_runtime::device::provoke_error(&fresh).unwrap();
+    let (code, e) = failing_generation(&pipe);
+    assert_eq!(code, "device", "{e}");
     eprintln!("{e}");
     assert!(e.contains("a GPU operation failed"), "{e}");
     assert!(e.contains("load the model again"), "{e}");
-    let again = pollster::block_on(lina::device::gpu()).unwrap();
+    let again = pollster::block_on(lina_runtime::device::gpu()).unwrap();
     assert_ne!(again, fresh);
     assert_eq!(image(&load(&again)), expected);
 }

@@ -9,14 +9,14 @@ use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor};
 use common::read_fixture;
-use lina::models::unet::{UNet, UNetConfig};
-use lina::weights::Weights;
+use lina_runtime::models::unet::{UNet, UNetConfig};
+use lina_runtime::weights::Weights;
 
 fn one_step(config_file: &str, latent: usize, context_dim: usize) {
     let device = if std::env::var("LINA_TEST_GPU").as_deref() == Ok("1") {
-        pollster::block_on(lina::device::gpu()).unwrap()
+        pollster::block_on(lina_runtime::device::gpu()).unwrap()
     } else {
-        lina::device::cpu()
+        lina_runtime::device::cpu()
     };
     let config =
         UNetConfig::from_json(&String::from_utf8(read_fixture(config_file)).unwrap()).unwrap();

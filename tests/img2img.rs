@@ -7,13 +7,19 @@ mod common;
 
 use burn::tensor::Tensor;
 use common::fixture;
-use lina::image::Image;
-use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion, StepHook, StepState};
-use lina::schedulers::Timesteps;
-use lina::source::DirSource;
+use lina_runtime::image::Image;
+use lina_runtime::pipeline::{
+    CancelToken, GenerateOptions, NoHook, StableDiffusion, StepHook, StepState,
+};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::source::DirSource;
 
 fn pipe() -> StableDiffusion {
-    StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &lina::device::cpu()).unwrap()
+    StableDiffusion::load(
+        &DirSource::new(fixture("sd1_tiny")),
+        &lina_runtime::device::cpu(),
+    )
+    .unwrap()
 }
 
 /// A 64x64 test card: four flat quadrants.
@@ -50,7 +56,7 @@ fn run(
     pipe: &StableDiffusion,
     o: &GenerateOptions,
     hook: &mut dyn StepHook,
-) -> lina::Result<Image> {
+) -> lina_runtime::Result<Image> {
     pollster::block_on(pipe.generate(o, hook, &CancelToken::new())).map(|g| g.image)
 }
 
@@ -66,7 +72,7 @@ fn round_trip(pipe: &StableDiffusion, image: &Image) -> Image {
 
 struct Count(usize);
 impl StepHook for Count {
-    fn after_step(&mut self, _: &mut StepState) -> lina::Result<()> {
+    fn after_step(&mut self, _: &mut StepState) -> lina_runtime::Result<()> {
         self.0 += 1;
         Ok(())
     }

@@ -10,11 +10,12 @@ use std::sync::OnceLock;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{fixture, max_abs_diff, values};
-use lina::nn::{Embedding, multi_head_attention};
-use lina::pipeline::{GenerateOptions, StableDiffusion};
-use lina::schedulers::Timesteps;
-use lina::source::DirSource;
-use lina::weights::WeightsUpload;
+use lina_runtime::kernels::Kernels;
+use lina_runtime::nn::{Embedding, multi_head_attention};
+use lina_runtime::pipeline::{GenerateOptions, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::source::DirSource;
+use lina_runtime::weights::WeightsUpload;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
@@ -32,9 +33,9 @@ fn small_gpu() -> Option<Device> {
     Some(
         DEVICE
             .get_or_init(|| {
-                lina::device::gpu_with(&lina::device::GpuRequest {
+                lina_runtime::device::gpu_with(&lina_runtime::device::GpuRequest {
                     max_binding_bytes: Some(LIMIT),
-                    precision: lina::device::Precision::F32,
+                    precision: lina_runtime::device::Precision::F32,
                 })
                 .expect("reduced-limit device")
             })
@@ -45,7 +46,7 @@ fn small_gpu() -> Option<Device> {
 #[test]
 fn the_device_reports_the_reduced_limit() {
     let Some(gpu) = small_gpu() else { return };
-    assert_eq!(lina::device::limits(&gpu).max_binding_bytes, LIMIT);
+    assert_eq!(lina_runtime::device::limits(&gpu).max_binding_bytes, LIMIT);
 }
 
 #[test]
@@ -54,7 +55,7 @@ fn attention_over_4096_latent_tokens_runs_in_chunks_and_matches_the_cpu() {
     // 64x64 latents: 4096 tokens; one head's scores alone are 64 MiB, 8x the limit.
     let (tokens, dim) = (4096, 32);
     assert!((tokens * tokens * 4) as u64 > LIMIT);
-    let cpu = lina::device::cpu();
+    let cpu = lina_runtime::device::cpu();
     let make = || Tensor::<3>::random([1, tokens, dim], Distribution::Normal(0.0, 1.0), &cpu);
     let (q, k, v) = (make(), make(), make());
     let expected = values(multi_head_attention(
@@ -63,6 +64,7 @@ fn attention_over_4096_latent_tokens_runs_in_chunks_and_matches_the_cpu() {
         v.clone().into(),
         1,
         false,
+        Kernels::Burn,
     ));
     let on_gpu = |t: &Tensor<3>| Tensor::<3>::from_data(t.to_data(), &gpu);
     let got = values(multi_head_attention(
@@ -71,6 +73,8 @@ fn attention_over_4096_latent_tokens_runs_in_chunks_and_matches_the_cpu() {
         on_gpu(&v).into(),
         1,
         false,
+        // burn's attention, chunked to the limit (the fused kernel keeps no score matrix).
+        Kernels::Burn,
     ));
     let diff = max_abs_diff(&got, &expected);
     assert!(
@@ -95,7 +99,9 @@ fn an_embedding_larger_than_one_buffer_is_split_and_looks_up_the_same() {
     )
     .unwrap();
     let mut upload = WeightsUpload::new(&gpu);
-    upload.begin_file("table.safetensors").unwrap();
+    upload
+        .begin_file("table.safetensors", Some(file.len() as u64))
+        .unwrap();
     upload.push(&file).unwrap();
     upload.end_file().unwrap();
     let weights = upload.finish("table.safetensors").unwrap();
@@ -151,7 +157,7 @@ fn a_generation_too_big_for_the_limit_is_refused_and_the_vae_decodes_in_bands() 
     // the run is accepted, and the decoder works in three row bands instead, giving the
     // image a roomy device draws whole.
     assert!(model.start(&options(512)).is_ok());
-    let cpu = lina::device::cpu();
+    let cpu = lina_runtime::device::cpu();
     let z = Tensor::<4>::random([1, 4, 64, 64], Distribution::Normal(0.0, 1.0), &cpu);
     let decode = |model: &StableDiffusion, device: &Device| {
         values(
@@ -160,7 +166,7 @@ fn a_generation_too_big_for_the_limit_is_refused_and_the_vae_decodes_in_bands() 
                 .decode_scaled(Tensor::from_data(z.to_data(), device)),
         )
     };
-    let roomy_device = pollster::block_on(lina::device::gpu()).unwrap();
+    let roomy_device = pollster::block_on(lina_runtime::device::gpu()).unwrap();
     let banded = decode(&model, &gpu);
     let whole = decode(&load(&roomy_device), &roomy_device);
     let err = max_abs_diff(&banded, &whole);

@@ -6,14 +6,14 @@ mod common;
 
 use burn::tensor::{Device, Tensor};
 use common::{Reference, fixture, max_abs_diff, read_fixture, test_devices, values};
-use lina::models::clip::{ClipTextConfig, ClipTextEncoder};
-use lina::models::taesd::{TaesdConfig, TaesdDecoder, TaesdEncoder};
-use lina::models::unet::{UNet, UNetConfig};
-use lina::models::vae::{VaeConfig, VaeDecoder, VaeEncoder};
-use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
-use lina::schedulers::Timesteps;
-use lina::source::DirSource;
-use lina::weights::Weights;
+use lina_runtime::models::clip::{ClipTextConfig, ClipTextEncoder};
+use lina_runtime::models::taesd::{TaesdConfig, TaesdDecoder, TaesdEncoder};
+use lina_runtime::models::unet::{UNet, UNetConfig};
+use lina_runtime::models::vae::{VaeConfig, VaeDecoder, VaeEncoder};
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::source::DirSource;
+use lina_runtime::weights::Weights;
 
 const MODELS: [&str; 2] = ["sd1_tiny", "sd2_tiny"];
 const COMPONENT_TOLERANCE: f32 = 1e-4;
@@ -27,7 +27,7 @@ fn component<T>(
     model: &str,
     weights_file: &str,
     device: &Device,
-    build: impl FnOnce(&Weights) -> lina::Result<T>,
+    build: impl FnOnce(&Weights) -> lina_runtime::Result<T>,
 ) -> T {
     let bytes = read_fixture(&format!("{model}/{weights_file}"));
     let weights = Weights::from_bytes(weights_file, &bytes, device).unwrap();
@@ -132,8 +132,10 @@ fn check_pipeline(model: &str, device: &Device) {
     let (_, final_latents) = reference.f32("pipe_final_latents");
     let scale = final_latents.iter().fold(0f32, |m, v| m.max(v.abs()));
     let latent_err = max_abs_diff(&latents, &final_latents);
+    // Measured: 5.7e-5 on sd1_tiny (latents up to ±28) and 9.9e-6 on sd2_tiny (±4.3), about
+    // 2e-6 of the largest latent on both backends; the bound leaves a factor of 4 to 5.
     assert!(
-        latent_err < 1e-3 * scale.max(1.0),
+        latent_err < 1e-5 * scale.max(1.0),
         "{model} final latents: max abs error {latent_err}"
     );
 

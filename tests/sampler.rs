@@ -4,15 +4,19 @@
 mod common;
 
 use common::{fixture, values};
-use lina::pipeline::{
+use lina_runtime::pipeline::{
     CancelToken, GenerateOptions, ModelCall, NoHook, StableDiffusion, StepHook, StepState,
 };
-use lina::schedulers::{SchedulerKind, Timesteps};
-use lina::source::DirSource;
-use lina::{Error, Result};
+use lina_runtime::schedulers::{SchedulerKind, Timesteps};
+use lina_runtime::source::DirSource;
+use lina_runtime::{Error, Result};
 
 fn pipe() -> StableDiffusion {
-    StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &lina::device::cpu()).unwrap()
+    StableDiffusion::load(
+        &DirSource::new(fixture("sd1_tiny")),
+        &lina_runtime::device::cpu(),
+    )
+    .unwrap()
 }
 
 fn opts(seed: u64) -> GenerateOptions {
@@ -28,7 +32,7 @@ fn run(
     pipe: &StableDiffusion,
     opts: &GenerateOptions,
     hook: &mut dyn StepHook,
-) -> Result<lina::image::Image> {
+) -> Result<lina_runtime::image::Image> {
     pollster::block_on(pipe.generate(opts, hook, &CancelToken::new())).map(|done| done.image)
 }
 
@@ -170,7 +174,7 @@ impl StepHook for Region {
             Some(c) => c.clone(),
             None => call.context.clone().narrow(0, 1, 1),
         };
-        call.regions.push(lina::pipeline::RegionTerm {
+        call.regions.push(lina_runtime::pipeline::RegionTerm {
             context,
             mask,
             weight: self.weight,
@@ -179,7 +183,7 @@ impl StepHook for Region {
     }
 }
 
-fn max_pixel_diff(a: &lina::image::Image, b: &lina::image::Image) -> u8 {
+fn max_pixel_diff(a: &lina_runtime::image::Image, b: &lina_runtime::image::Image) -> u8 {
     a.rgb
         .iter()
         .zip(&b.rgb)
@@ -264,8 +268,8 @@ impl StepHook for KeepClean {
 
 #[test]
 fn previews_decode_the_predicted_clean_image_with_taesd_where_there_is_one() {
-    use lina::image::Image;
-    let device = lina::device::cpu();
+    use lina_runtime::image::Image;
+    let device = lina_runtime::device::cpu();
     let with_taesd = StableDiffusion::load(
         &common::Overlay::new("sd1_tiny", "taesd_tiny", "vae_tiny/"),
         &device,
@@ -280,15 +284,17 @@ fn previews_decode_the_predicted_clean_image_with_taesd_where_there_is_one() {
         let preview = pollster::block_on(sampling.preview()).unwrap();
         let x0 = kept.0.pop().unwrap();
         let expected = if tiny {
-            let config = lina::models::taesd::TaesdConfig::from_json(
+            let config = lina_runtime::models::taesd::TaesdConfig::from_json(
                 &String::from_utf8(common::read_fixture("taesd_tiny/vae_tiny/config.json"))
                     .unwrap(),
             )
             .unwrap();
             let bytes =
                 common::read_fixture("taesd_tiny/vae_tiny/diffusion_pytorch_model.safetensors");
-            let weights = lina::weights::Weights::from_bytes("taesd", &bytes, &device).unwrap();
-            let decoder = lina::models::taesd::TaesdDecoder::load(config, &weights).unwrap();
+            let weights =
+                lina_runtime::weights::Weights::from_bytes("taesd", &bytes, &device).unwrap();
+            let decoder =
+                lina_runtime::models::taesd::TaesdDecoder::load(config, &weights).unwrap();
             decoder.decode(x0)
         } else {
             model.vae().decode_scaled(x0)

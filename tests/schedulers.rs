@@ -6,7 +6,7 @@ mod common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{max_abs_diff, read_fixture, values};
-use lina::schedulers::{self, Noise, SchedulerConfig, SchedulerKind, Timesteps};
+use lina_runtime::schedulers::{self, Noise, SchedulerConfig, SchedulerKind, Timesteps};
 
 /// The noise diffusers drew at each step of a stochastic case.
 struct Recorded(Vec<Option<Vec<f32>>>);
@@ -31,7 +31,7 @@ fn floats(v: &serde_json::Value) -> Vec<f64> {
 #[test]
 fn schedulers_match_diffusers_steps() {
     let doc: serde_json::Value = serde_json::from_slice(&read_fixture("schedulers.json")).unwrap();
-    let device = lina::device::cpu();
+    let device = lina_runtime::device::cpu();
     let cases = doc["cases"].as_array().unwrap();
     assert!(cases.len() >= 12);
     for case in cases {

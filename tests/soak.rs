@@ -1,11 +1,11 @@
 #![cfg(not(target_arch = "wasm32"))]
 //! Leak check: a run of images on one loaded model leaves the GPU allocator where the first
-//! round of prompts left it (`lina::soak::Report` says why not the first image). The full soak (1000 images natively, 200 in the browser) is scripts/soak.sh.
+//! round of prompts left it (`lina_probe::soak::Report` says why not the first image). The full soak (1000 images natively, 200 in the browser) is scripts/soak.sh.
 
 mod common;
 
-use lina::pipeline::StableDiffusion;
-use lina::source::DirSource;
+use lina_runtime::pipeline::StableDiffusion;
+use lina_runtime::source::DirSource;
 
 #[test]
 fn after_a_round_of_prompts_more_images_leave_gpu_memory_where_it_was() {
@@ -14,12 +14,12 @@ fn after_a_round_of_prompts_more_images_leave_gpu_memory_where_it_was() {
         return;
     };
     let pipe = StableDiffusion::load(&DirSource::new(common::DEFAULT_MODEL), &device).unwrap();
-    let report = pollster::block_on(lina::soak::run(&pipe, 20, 2, 8, &mut |_| {})).unwrap();
+    let report = pollster::block_on(lina_probe::soak::run(&pipe, 20, 2, 8, &mut |_| {})).unwrap();
     let images: Vec<usize> = report.samples.iter().map(|s| s.image).collect();
     // The first image, the end of the first round of six prompts (the baseline), every
     // eighth, the last.
     assert_eq!(images, [1, 6, 8, 16, 20]);
-    assert_eq!(report.baseline_image, lina::soak::PROMPTS.len());
+    assert_eq!(report.baseline_image, lina_probe::soak::PROMPTS.len());
     let growth = report.growth();
     let in_use = growth
         .iter()

@@ -12,10 +12,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::fixture;
-use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
-use lina::schedulers::Timesteps;
-use lina::source::{DirSource, FileSource, MemorySource, StagedSource};
-use lina::weights::WeightsUpload;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::source::{DirSource, FileSource, MemorySource, StagedSource};
+use lina_runtime::weights::WeightsUpload;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -71,10 +71,10 @@ fn upload_from_disk(
     dir: &std::path::Path,
     file: &str,
     device: &burn::tensor::Device,
-) -> lina::weights::Weights {
+) -> lina_runtime::weights::Weights {
     let source = DirSource::new(dir).with_chunk_size(CHUNK);
     let mut upload = WeightsUpload::new(device);
-    upload.begin_file(file).unwrap();
+    upload.begin_file(file, source.len(file).unwrap()).unwrap();
     assert!(source.stream(file, &mut |c| upload.push(c)).unwrap());
     upload.end_file().unwrap();
     upload.finish(file).unwrap()
@@ -151,7 +151,8 @@ fn a_model_file_streams_within_one_tensor_of_what_it_keeps() {
     let largest = largest_f32_bytes(&bytes);
     let size = bytes.len();
     drop(bytes);
-    let (_weights, kept, peak) = measure(|| upload_from_disk(&dir, file, &lina::device::cpu()));
+    let (_weights, kept, peak) =
+        measure(|| upload_from_disk(&dir, file, &lina_runtime::device::cpu()));
     println!("tiny UNet ({size} B): peak {peak} B, kept {kept} B, largest tensor {largest} B");
     assert!(
         peak <= kept + largest + CHUNK + FIXED,
@@ -211,7 +212,7 @@ fn image(model: &StableDiffusion) -> Vec<u8> {
 #[test]
 fn chunked_and_sharded_models_give_the_same_image() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let device = lina::device::cpu();
+    let device = lina_runtime::device::cpu();
     let files = common::model_files("sd1_tiny");
     let whole = image(&StableDiffusion::load(&source_of(&files), &device).unwrap());
     let from_disk = StableDiffusion::load(
@@ -231,7 +232,7 @@ fn chunked_and_sharded_models_give_the_same_image() {
 #[test]
 fn shards_staged_as_the_browser_does_give_the_same_image() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let device = lina::device::cpu();
+    let device = lina_runtime::device::cpu();
     let files = common::model_files("sd1_tiny");
     let whole = image(&StableDiffusion::load(&source_of(&files), &device).unwrap());
     let shards = sharded(&files);
@@ -239,7 +240,7 @@ fn shards_staged_as_the_browser_does_give_the_same_image() {
     for (path, bytes) in &shards {
         if path.ends_with(".safetensors") {
             let mut upload = WeightsUpload::new(&device);
-            upload.begin_file(path).unwrap();
+            upload.begin_file(path, Some(bytes.len() as u64)).unwrap();
             for chunk in bytes.chunks(1000) {
                 upload.push(chunk).unwrap();
             }
@@ -256,7 +257,7 @@ fn shards_staged_as_the_browser_does_give_the_same_image() {
 #[test]
 fn a_missing_or_duplicated_shard_is_named() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let device = lina::device::cpu();
+    let device = lina_runtime::device::cpu();
     let shards = sharded(&common::model_files("sd1_tiny"));
     let missing: Vec<_> = shards
         .iter()

@@ -5,7 +5,7 @@
 mod common;
 
 use common::read_fixture;
-use lina::tokenizer::ClipTokenizer;
+use lina_runtime::tokenizer::ClipTokenizer;
 
 fn cases() -> Vec<(String, Vec<u32>)> {
     let doc: serde_json::Value =

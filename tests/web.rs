@@ -9,7 +9,7 @@ use safetensors::SafeTensors;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::*;
 
-use lina::wasm::{ModelLoader, Pipeline};
+use lina_web::{ModelLoader, Pipeline};
 
 // In a dedicated worker, as the page will run the model: long GPU work there never blocks
 // the main thread that the test driver polls.
@@ -120,9 +120,16 @@ fn device_options(precision: &str) -> JsValue {
     options.into()
 }
 
-fn message(err: wasm_bindgen::JsError) -> String {
-    let value: JsValue = err.into();
-    value.dyn_into::<js_sys::Error>().unwrap().message().into()
+fn message(err: JsValue) -> String {
+    err.dyn_into::<js_sys::Error>().unwrap().message().into()
+}
+
+/// The stable code every error of the browser API carries.
+fn code(err: &JsValue) -> String {
+    Reflect::get(err, &"code".into())
+        .unwrap()
+        .as_string()
+        .expect("every error has a string code")
 }
 
 #[wasm_bindgen_test]
@@ -256,7 +263,6 @@ async fn a_plan_runs_lina_in_the_browser() {
     let plan = Object::new();
     set(&plan, "promptStrength", 1.0.into());
     set(&plan, "warp", 1.5.into());
-    set(&plan, "repairStrength", 1.0.into());
     set(&options, "plan", plan.into());
     let result = pipe
         .generate(options.into(), None)
@@ -276,12 +282,6 @@ async fn a_plan_runs_lina_in_the_browser() {
         text.iter().any(|t| t.contains("prompt guidance")),
         "{text:?}"
     );
-    // The repairs run between steps, on the decoded prediction read back from the device.
-    assert!(
-        text.iter()
-            .any(|t| t.contains("latent repairs at strength 1")),
-        "{text:?}"
-    );
 
     // A misspelt plan field is a JS error naming it.
     let bad = Object::new();
@@ -293,8 +293,9 @@ async fn a_plan_runs_lina_in_the_browser() {
         .generate(bad.into(), None)
         .await
         .err()
-        .map(message)
         .expect("refused");
+    assert_eq!(code(&err), "invalid_input");
+    let err = message(err);
     assert!(err.contains("promptStrenght"), "{err}");
 }
 
@@ -439,13 +440,13 @@ async fn bad_options_are_js_errors() {
 fn seeded_noise_is_the_same_as_natively() {
     // The same values are asserted natively in src/rng.rs.
     assert_eq!(
-        lina::rng::Rng::new(42).normals(4),
-        lina::rng::GOLDEN_SEED_42.to_vec()
+        lina_runtime::rng::Rng::new(42).normals(4),
+        lina_runtime::rng::GOLDEN_SEED_42.to_vec()
     );
 }
 
 /// An image as the wasm API takes it: `{ width, height, rgba }`.
-fn image_js(image: &lina::image::Image) -> JsValue {
+fn image_js(image: &lina_runtime::image::Image) -> JsValue {
     let obj = Object::new();
     Reflect::set(&obj, &"width".into(), &(image.width as u32).into()).unwrap();
     Reflect::set(&obj, &"height".into(), &(image.height as u32).into()).unwrap();
@@ -465,14 +466,14 @@ fn passed(verdicts: &JsValue) -> (usize, usize) {
 
 #[wasm_bindgen_test]
 async fn the_checker_and_the_diagnostics_run_in_the_browser() {
-    use lina::probe::{Category, SceneId, Split};
+    use lina_probe::{Category, SceneId, Split};
     // A rendered mirror scene passes its own checks; its broken twin does not.
     let id = SceneId {
         split: Split::Test,
         category: Category::Reflection,
         index: 3,
     };
-    let csg = |s: &lina::probe::Scene| {
+    let csg = |s: &lina_probe::Scene| {
         js_sys::JSON::parse(&serde_json::to_string(&s.csg).unwrap()).unwrap()
     };
     let (good, bad) = (id.scene(), id.broken_scene());
@@ -495,7 +496,7 @@ async fn the_checker_and_the_diagnostics_run_in_the_browser() {
     // The tiny random model draws nothing the checker can find, so the graph brings its
     // own layout: boxes for the ball and the mirror below it.
     let prompt = "a red ball on a small mirror";
-    let mut graph = lina::csg::parse::parse(prompt).unwrap();
+    let mut graph = lina_csg::parse::parse(prompt).unwrap();
     for (id, b) in [
         ("object", [0.4, 0.45, 0.6, 0.72]),
         ("surface", [0.42, 0.72, 0.58, 0.8]),
@@ -711,7 +712,9 @@ async fn scene_graph_and_schedule_helpers() {
 
     let plan = Pipeline::lina_plan().map_err(message).unwrap();
     assert_eq!(get(&plan, "warp").as_f64(), Some(1.0));
-    assert_eq!(get(&plan, "repairStrength").as_f64(), Some(1.0));
+    assert_eq!(get(&plan, "promptStrength").as_f64(), Some(0.5));
+    // The verifier-guided repairs are the probe's baseline, not a field of LINA's plan.
+    assert!(get(&plan, "repairStrength").is_undefined());
     let pipe = tiny_pipeline().await;
     let options = Object::new();
     Reflect::set(&options, &"prompt".into(), &"a red ball".into()).unwrap();
@@ -756,7 +759,9 @@ async fn the_loader_hashes_files_as_they_stream_and_a_pipeline_reports_its_memor
         .iter()
         .find(|(p, _)| *p == "unet/diffusion_pytorch_model.safetensors")
         .unwrap();
-    loader.begin_file(path.to_string(), Some(true)).unwrap();
+    loader
+        .begin_file(path.to_string(), Some(true), None)
+        .unwrap();
     for chunk in bytes.chunks(1000) {
         loader.push(chunk).map_err(message).unwrap();
     }
@@ -767,7 +772,7 @@ async fn the_loader_hashes_files_as_they_stream_and_a_pipeline_reports_its_memor
     );
     // Another file in two chunks: the standard test vector; and without asking, no digest.
     loader
-        .begin_file("tokenizer/extra.txt".into(), Some(true))
+        .begin_file("tokenizer/extra.txt".into(), Some(true), None)
         .unwrap();
     loader.push(b"a").unwrap();
     loader.push(b"bc").unwrap();
@@ -775,7 +780,9 @@ async fn the_loader_hashes_files_as_they_stream_and_a_pipeline_reports_its_memor
         loader.end_file().map_err(message).unwrap().as_deref(),
         Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     );
-    loader.begin_file("vae/config.json".into(), None).unwrap();
+    loader
+        .begin_file("vae/config.json".into(), None, None)
+        .unwrap();
     loader.push(b"{}").unwrap();
     assert_eq!(loader.end_file().map_err(message).unwrap(), None);
 

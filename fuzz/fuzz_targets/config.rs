@@ -3,11 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lina::models::clip::ClipTextConfig;
-use lina::models::taesd::TaesdConfig;
-use lina::models::unet::UNetConfig;
-use lina::models::vae::VaeConfig;
-use lina::schedulers::SchedulerConfig;
+use lina_runtime::models::clip::ClipTextConfig;
+use lina_runtime::models::taesd::TaesdConfig;
+use lina_runtime::models::unet::UNetConfig;
+use lina_runtime::models::vae::VaeConfig;
+use lina_runtime::schedulers::SchedulerConfig;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(json) = std::str::from_utf8(data) else {
@@ -19,12 +19,12 @@ fuzz_target!(|data: &[u8]| {
     let unet = UNetConfig::from_json(json);
     let vae = VaeConfig::from_json(json);
     if let (Ok(unet), Ok(vae)) = (&unet, &vae) {
-        let _ = lina::memory::activations(unet, vae, 512, 512, 2, true, 128 << 20);
+        let _ = lina_runtime::memory::activations(unet, vae, 512, 512, 2, true, 128 << 20);
     }
     if let Ok(vae) = &vae {
         let _ = vae.decoder_peak(512, 512);
     }
     if let (Ok(text), Ok(unet), Ok(vae)) = (&text, &unet, &vae) {
-        let _ = lina::memory::weight_bytes(text, unet, vae, &lina::device::cpu());
+        let _ = lina_runtime::memory::weight_bytes(text, unet, vae, &lina_runtime::device::cpu());
     }
 });

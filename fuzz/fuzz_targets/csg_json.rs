@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lina::csg::Csg;
+use lina_csg::Csg;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -15,6 +15,6 @@ fuzz_target!(|data: &[u8]| {
     let again = Csg::from_json(&csg.to_json()).expect("a graph we wrote reads back");
     assert_eq!(again.to_json(), csg.to_json());
     let mut implied = csg.clone();
-    lina::csg::rules::add_implied(&mut implied);
+    lina_csg::rules::add_implied(&mut implied);
     implied.validate().expect("the rules keep a graph valid");
 });

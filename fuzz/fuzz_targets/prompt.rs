@@ -7,8 +7,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(prompt) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(csg) = lina::csg::parse::parse(prompt) {
+    if let Ok(csg) = lina_csg::parse::parse(prompt) {
         csg.validate().expect("the parser's graph is valid");
-        lina::csg::Csg::from_json(&csg.to_json()).expect("and reads back from its JSON");
+        lina_csg::Csg::from_json(&csg.to_json()).expect("and reads back from its JSON");
     }
 });

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use lina::tokenizer::ClipTokenizer;
+use lina_runtime::tokenizer::ClipTokenizer;
 
 const DIR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use super::config::{check_size, parse};
 use crate::error::{Error, Result};
-use crate::nn::{Columns, Embedding, LayerNorm, Linear, multi_head_attention};
+use crate::nn::{Embedding, LayerNorm, Linear, multi_head_attention};
+use crate::views::Columns;
 use crate::weights::{Scope, Weights};
 
 pub const CONFIG_FILE: &str = "text_encoder/config.json";
@@ -125,7 +126,7 @@ impl EncoderLayer {
     fn forward(&self, x: Tensor<3>, heads: usize, act: Activation) -> Tensor<3> {
         let h = self.norm1.forward(x.clone());
         let [q, k, v] = Columns::split(self.qkv.forward(h));
-        let attn = multi_head_attention(q, k, v, heads, true);
+        let attn = multi_head_attention(q, k, v, heads, true, self.qkv.kernels());
         let x = self.out.forward_plus(attn, x);
         let h = self.fc1.forward(self.norm2.forward(x.clone()));
         self.fc2.forward_plus(act.apply(h), x)

@@ -5,7 +5,8 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::error::Result;
-use crate::nn::{Bands, ChannelShift, Conv2d, GroupNorm};
+use crate::nn::{Bands, Conv2d, GroupNorm};
+use crate::views::ChannelShift;
 use crate::weights::Scope;
 
 pub struct ResnetBlock {

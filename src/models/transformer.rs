@@ -6,9 +6,8 @@ use burn::tensor::activation::gelu;
 
 use crate::error::Result;
 use crate::kernels;
-use crate::nn::{
-    Columns, Conv2d, GroupNorm, LayerNorm, Linear, multi_head_attention, to_image, to_tokens,
-};
+use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear, multi_head_attention, to_image, to_tokens};
+use crate::views::Columns;
 use crate::weights::Scope;
 
 /// Diffusers' `Attention` over its own input, as used in UNets: bias-free q, k and v
@@ -31,8 +30,9 @@ impl SelfAttention {
 
     /// `residual + attention(x)`.
     fn forward_plus(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        let kernels = self.qkv.kernels();
         let [q, k, v] = Columns::split(self.qkv.forward(x));
-        let attn = multi_head_attention(q, k, v, self.heads, false);
+        let attn = multi_head_attention(q, k, v, self.heads, false, kernels);
         self.out.forward_plus(attn, residual)
     }
 }
@@ -61,7 +61,7 @@ impl CrossAttention {
     fn forward_plus(&self, x: Tensor<3>, context: &Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let [k, v] = Columns::split(self.kv.forward(context.clone()));
         let q = self.q.forward(x).into();
-        let attn = multi_head_attention(q, k, v, self.heads, false);
+        let attn = multi_head_attention(q, k, v, self.heads, false, self.q.kernels());
         self.out.forward_plus(attn, residual)
     }
 }
@@ -84,7 +84,7 @@ impl GegluFeedForward {
     /// `residual + ff(x)`.
     fn forward_plus(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let gated = match self.proj.bias() {
-            Some(bias) if kernels::available(&x.device(), x.dtype()) => {
+            Some(bias) if self.proj.kernels().fused_for(&x.device(), x.dtype()) => {
                 kernels::geglu(self.proj.forward_unbiased(x), bias)
             }
             _ => {

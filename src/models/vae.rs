@@ -7,9 +7,8 @@ use serde::Deserialize;
 use super::config::{check_channels, check_size, parse};
 use super::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
 use crate::error::{Error, Result};
-use crate::nn::{
-    Bands, Columns, Conv2d, GroupNorm, Linear, multi_head_attention, to_image, to_tokens,
-};
+use crate::nn::{Bands, Conv2d, GroupNorm, Linear, multi_head_attention, to_image, to_tokens};
+use crate::views::Columns;
 use crate::weights::{Scope, Weights};
 
 pub const CONFIG_FILE: &str = "vae/config.json";
@@ -181,7 +180,7 @@ impl SpatialAttention {
         let [_, _, h, w] = x.dims();
         let tokens = to_tokens(self.norm.forward(x.clone()));
         let [q, k, v] = Columns::split(self.qkv.forward(tokens));
-        let attn = multi_head_attention(q, k, v, 1, false);
+        let attn = multi_head_attention(q, k, v, 1, false, self.qkv.kernels());
         to_image(self.out.forward(attn), [h, w]) + x
     }
 }

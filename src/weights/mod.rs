@@ -17,6 +17,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 pub use stream::{StreamedTensor, TensorStream};
 
 use crate::error::{Error, Result};
+use crate::kernels::Kernels;
 
 /// Buffers that transformers writes into some checkpoints but that carry no learned state.
 const IGNORED_SUFFIXES: &[&str] = &["position_ids"];
@@ -28,6 +29,8 @@ pub struct Weights {
     backing: Backing,
     used: RefCell<BTreeSet<String>>,
     device: Device,
+    /// The kernels the layers built from these weights run.
+    kernels: Kernels,
 }
 
 enum Backing {
@@ -62,7 +65,7 @@ impl Weights {
     /// here, naming `file`.
     pub fn from_bytes(file: &str, bytes: &[u8], device: &Device) -> Result<Self> {
         let mut upload = WeightsUpload::new(device);
-        upload.begin_file(file)?;
+        upload.begin_file(file, Some(bytes.len() as u64))?;
         upload.push(bytes)?;
         upload.end_file()?;
         upload.finish(file)
@@ -76,6 +79,7 @@ impl Weights {
             backing: Backing::Random,
             used: RefCell::new(BTreeSet::new()),
             device: device.clone(),
+            kernels: Kernels::default(),
         }
     }
 
@@ -87,6 +91,7 @@ impl Weights {
             backing: Backing::Count(std::cell::Cell::new(0)),
             used: RefCell::new(BTreeSet::new()),
             device: device.clone(),
+            kernels: Kernels::default(),
         }
     }
 
@@ -118,6 +123,13 @@ impl Weights {
             Backing::Resident(t) => t.keys().map(String::as_str).collect(),
             Backing::Random | Backing::Count(_) => Vec::new(),
         }
+    }
+
+    /// These weights with the layers built from them running `kernels` (the default is
+    /// [`Kernels::Fused`]).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
     }
 
     pub fn root(&self) -> Scope<'_> {
@@ -289,14 +301,15 @@ impl WeightsUpload {
         }
     }
 
-    /// Starts the next file; `file` names it in errors.
-    pub fn begin_file(&mut self, file: &str) -> Result<()> {
+    /// Starts the next file; `file` names it in errors, and `length`, where the source knows
+    /// it, bounds what its header may claim (a file's size, a response's Content-Length).
+    pub fn begin_file(&mut self, file: &str, length: Option<u64>) -> Result<()> {
         if let Some((open, _)) = &self.current {
             return Err(Error::InvalidInput(format!(
                 "{file}: cannot start while {open} is still being read"
             )));
         }
-        self.current = Some((file.into(), TensorStream::new(file)));
+        self.current = Some((file.into(), TensorStream::new(file, length)));
         Ok(())
     }
 
@@ -383,6 +396,7 @@ impl WeightsUpload {
             backing: Backing::Resident(self.tensors),
             used: RefCell::new(BTreeSet::new()),
             device: self.device,
+            kernels: Kernels::default(),
         })
     }
 }
@@ -457,6 +471,11 @@ pub struct Scope<'w> {
 }
 
 impl<'w> Scope<'w> {
+    /// The kernels the layers built from this scope run.
+    pub fn kernels(&self) -> Kernels {
+        self.weights.kernels
+    }
+
     pub fn at(&self, name: impl std::fmt::Display) -> Self {
         Self {
             weights: self.weights,

@@ -6,6 +6,11 @@
 //! it has arrived, and hands each tensor to a sink the moment its last byte comes in, decoded
 //! to f32. Host memory at any time is the header, the tensor being filled, and the chunk in
 //! hand: never the file.
+//!
+//! The header is untrusted: a hundred bytes may claim a tensor of terabytes. Nothing is
+//! reserved from its word alone. A tensor's values grow as its bytes arrive; the header must
+//! fit the file's declared length where the source knows it (a file's size, a response's
+//! Content-Length); and no tensor may exceed [`MAX_TENSOR_BYTES`].
 
 use safetensors::Dtype;
 use safetensors::tensor::{Metadata, TensorInfo};
@@ -14,6 +19,11 @@ use crate::error::{Error, Result};
 
 /// The same bound the safetensors crate puts on headers: a larger one is not a weight file.
 const MAX_HEADER_BYTES: usize = 100_000_000;
+
+/// The largest tensor accepted, in bytes as stored: 2 GiB, past the largest tensor of any
+/// published Stable-Diffusion-class checkpoint (T5-XXL's embedding is 0.5 GiB in f32) and at
+/// the size of the largest ArrayBuffer some browsers allow.
+pub const MAX_TENSOR_BYTES: u64 = 2 << 30;
 
 /// One tensor, complete.
 pub struct StreamedTensor {
@@ -32,6 +42,10 @@ pub struct TensorStream {
     /// Bytes of the size prefix or the header gathered so far.
     pending: Vec<u8>,
     received: u64,
+    /// The file's length as its source declares it, when it knows.
+    declared: Option<u64>,
+    /// The header's length, once read.
+    header_len: u64,
 }
 
 enum Stage {
@@ -58,13 +72,16 @@ struct Filling {
 }
 
 impl TensorStream {
-    /// `file` names the file in every error.
-    pub fn new(file: &str) -> Self {
+    /// `file` names the file in every error; `declared` is its length where the source
+    /// knows it, which the header must fit.
+    pub fn new(file: &str, declared: Option<u64>) -> Self {
         Self {
             file: file.to_string(),
             stage: Stage::Size,
             pending: Vec::new(),
             received: 0,
+            declared,
+            header_len: 0,
         }
     }
 
@@ -95,6 +112,11 @@ impl TensorStream {
                                 "header of {len} bytes is larger than the {MAX_HEADER_BYTES} a safetensors file may have"
                             )));
                         }
+                        if let Some(declared) = self.declared.filter(|&d| 8 + len > d) {
+                            return Err(self.error(format!(
+                                "header of {len} bytes does not fit in the file's {declared} bytes"
+                            )));
+                        }
                         self.pending.clear();
                         self.stage = Stage::Header { len: len as usize };
                     }
@@ -113,7 +135,9 @@ impl TensorStream {
                     next,
                     filling,
                 } => {
-                    let fill = filling.get_or_insert_with(|| Filling::start(&order[*next].1));
+                    let trusted = self.declared.is_some();
+                    let fill =
+                        filling.get_or_insert_with(|| Filling::start(&order[*next].1, trusted));
                     let take = fill.remaining.min(chunk.len());
                     fill.decode(order[*next].1.dtype, &chunk[..take]);
                     chunk = &chunk[take..];
@@ -155,9 +179,15 @@ impl TensorStream {
         }
     }
 
+    /// Where the data starts: after the size prefix and the header just read.
+    fn received_header_end(&self) -> u64 {
+        8 + self.header_len
+    }
+
     fn parse_header(&mut self) -> Result<Stage> {
         let metadata: Metadata = serde_json::from_slice(&self.pending)
             .map_err(|e| self.error(format!("invalid header: {e}")))?;
+        self.header_len = self.pending.len() as u64;
         self.pending = Vec::new();
         let mut order: Vec<(String, TensorInfo)> = metadata
             .tensors()
@@ -165,6 +195,32 @@ impl TensorStream {
             .map(|(name, info)| (name, info.clone()))
             .collect();
         order.sort_by_key(|(_, info)| info.data_offsets.0);
+        // Validated by the safetensors crate: offsets are contiguous from 0 and each tensor's
+        // span matches its shape and dtype. What it cannot know is whether the file is that
+        // long, nor whether a tensor is absurdly large.
+        if let Some((name, info)) = order
+            .iter()
+            .find(|(_, info)| (info.data_offsets.1 - info.data_offsets.0) as u64 > MAX_TENSOR_BYTES)
+        {
+            let bytes = info.data_offsets.1 - info.data_offsets.0;
+            return Err(self.error(format!(
+                "tensor `{name}` claims {bytes} bytes, over the {MAX_TENSOR_BYTES} a tensor may have"
+            )));
+        }
+        let data = order.last().map_or(0, |(_, info)| info.data_offsets.1) as u64;
+        if let Some(declared) = self.declared {
+            let expected = self.received_header_end() + data;
+            if expected > declared {
+                return Err(self.error(format!(
+                    "truncated: the header describes a file of {expected} bytes, but it has {declared}"
+                )));
+            }
+            if expected < declared {
+                return Err(self.error(format!(
+                    "the header describes a file of {expected} bytes, but it has {declared}: bytes follow the last tensor"
+                )));
+            }
+        }
         Ok(if order.is_empty() {
             Stage::Done
         } else {
@@ -191,12 +247,20 @@ impl TensorStream {
 }
 
 impl Filling {
-    fn start(info: &TensorInfo) -> Self {
+    /// The tensor `info` describes. Its whole size is reserved at once only where the header
+    /// was checked against the file's declared length (`trusted`); otherwise the values grow
+    /// with the bytes that actually arrive, so a header that lies costs nothing until then.
+    fn start(info: &TensorInfo, trusted: bool) -> Self {
         let (begin, end) = info.data_offsets;
         let decodable = matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+        let count = if trusted {
+            info.shape.iter().product()
+        } else {
+            0
+        };
         Self {
             remaining: end - begin,
-            values: decodable.then(|| Vec::with_capacity(info.shape.iter().product())),
+            values: decodable.then(|| Vec::with_capacity(count)),
             carry: [0; 4],
             carry_len: 0,
         }
@@ -278,7 +342,15 @@ mod tests {
     }
 
     fn read_all(bytes: &[u8], chunk: usize) -> Result<Vec<StreamedTensor>> {
-        let mut stream = TensorStream::new("sample.safetensors");
+        read_declared(bytes, chunk, None)
+    }
+
+    fn read_declared(
+        bytes: &[u8],
+        chunk: usize,
+        declared: Option<u64>,
+    ) -> Result<Vec<StreamedTensor>> {
+        let mut stream = TensorStream::new("sample.safetensors", declared);
         let mut got = Vec::new();
         for part in bytes.chunks(chunk) {
             stream.push(part, &mut |t| {
@@ -360,5 +432,67 @@ mod tests {
         short.extend_from_slice(&[0; 8]);
         let e = read_all(&short, 4).err().unwrap().to_string();
         assert!(e.contains("invalid header"), "{e}");
+    }
+
+    /// A safetensors prefix and header claiming one f32 tensor of `count` values.
+    fn lying_header(count: u64) -> Vec<u8> {
+        let header = format!(
+            r#"{{"a":{{"dtype":"F32","shape":[{count}],"data_offsets":[0,{}]}}}}"#,
+            count * 4
+        );
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_header_must_fit_the_declared_length() {
+        // 100 bytes that claim a 1.5 GiB tensor, from a source that knows the file's length.
+        let mut bytes = lying_header(400 << 20);
+        bytes.extend_from_slice(&[0; 16]);
+        let e = read_declared(&bytes, 64, Some(bytes.len() as u64))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("describes a file of") && e.contains("but it has"),
+            "{e}"
+        );
+        // A header longer than the whole file.
+        let e = read_declared(&bytes[..12], 4, Some(12))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("does not fit in the file's 12 bytes"), "{e}");
+        // The honest file, with its length, reads as before.
+        let honest = sample();
+        assert_eq!(
+            read_declared(&honest, 7, Some(honest.len() as u64))
+                .unwrap()
+                .len(),
+            5
+        );
+    }
+
+    #[test]
+    fn a_lying_header_without_a_length_costs_only_what_arrives() {
+        // Without a declared length the claim cannot be checked up front: the values grow
+        // with the bytes, and the end of the file says it was cut short.
+        let mut bytes = lying_header(400 << 20);
+        bytes.extend_from_slice(&1.0f32.to_le_bytes().repeat(4));
+        let e = read_all(&bytes, 8).err().unwrap().to_string();
+        assert!(
+            e.contains("truncated") && e.contains("inside tensor `a`"),
+            "{e}"
+        );
+        // Past the hard cap, refused as soon as the header is read.
+        let e = read_all(&lying_header(MAX_TENSOR_BYTES / 4 + 1), 8)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("over the") && e.contains("a tensor may have"),
+            "{e}"
+        );
     }
 }

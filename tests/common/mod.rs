@@ -16,7 +16,10 @@ pub fn gpu_device() -> Option<Device> {
         eprintln!("skipped: needs the wgpu backend (set LINA_TEST_GPU=1 with a Vulkan driver)");
         return None;
     }
-    Some(pollster::block_on(lina::device::gpu()).expect("LINA_TEST_GPU=1 but no wgpu adapter"))
+    Some(
+        pollster::block_on(lina_runtime::device::gpu())
+            .expect("LINA_TEST_GPU=1 but no wgpu adapter"),
+    )
 }
 
 pub fn fixture(path: &str) -> PathBuf {
@@ -105,10 +108,10 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// The devices parity tests run on: the CPU backend always; the wgpu backend (lavapipe or a
 /// real GPU) when LINA_TEST_GPU=1, which CI sets after installing mesa-vulkan-drivers.
 pub fn test_devices() -> Vec<(&'static str, Device)> {
-    let mut devices = vec![("cpu", lina::device::cpu())];
+    let mut devices = vec![("cpu", lina_runtime::device::cpu())];
     if std::env::var("LINA_TEST_GPU").as_deref() == Ok("1") {
-        let gpu =
-            pollster::block_on(lina::device::gpu()).expect("LINA_TEST_GPU=1 but no wgpu adapter");
+        let gpu = pollster::block_on(lina_runtime::device::gpu())
+            .expect("LINA_TEST_GPU=1 but no wgpu adapter");
         devices.push(("wgpu", gpu));
     } else {
         eprintln!("note: wgpu parity skipped (set LINA_TEST_GPU=1 with a Vulkan driver to run it)");
@@ -119,23 +122,23 @@ pub fn test_devices() -> Vec<(&'static str, Device)> {
 /// A model folder with the files under `prefix` (such as `"unet/"`) taken from another
 /// folder: a fixture that differs from another in one component.
 pub struct Overlay {
-    pub base: lina::source::DirSource,
-    pub over: lina::source::DirSource,
+    pub base: lina_runtime::source::DirSource,
+    pub over: lina_runtime::source::DirSource,
     pub prefix: &'static str,
 }
 
 impl Overlay {
     pub fn new(base: &str, over: &str, prefix: &'static str) -> Self {
         Self {
-            base: lina::source::DirSource::new(fixture(base)),
-            over: lina::source::DirSource::new(fixture(over)),
+            base: lina_runtime::source::DirSource::new(fixture(base)),
+            over: lina_runtime::source::DirSource::new(fixture(over)),
             prefix,
         }
     }
 }
 
-impl lina::source::FileSource for Overlay {
-    fn read(&self, path: &str) -> lina::Result<Option<Vec<u8>>> {
+impl lina_runtime::source::FileSource for Overlay {
+    fn read(&self, path: &str) -> lina_runtime::Result<Option<Vec<u8>>> {
         if path.starts_with(self.prefix) {
             self.over.read(path)
         } else {

@@ -2,50 +2,88 @@
 //! min and max of repeated runs, optionally writes them as JSON, and with `--peer` sets them
 //! beside a peer's (tools/bench_torch.py: diffusers with PyTorch on the CPU).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use lina::bench::{Summary, UnetCall};
-use lina::intervene::Plan;
-use lina::pipeline::{CancelToken, GenerateOptions, Hooks, NoHook, StableDiffusion};
-use lina::schedulers::Timesteps;
-use lina::source::DirSource;
-use lina::{Error, Result};
+use lina::Plan;
+use lina_runtime::bench::{Summary, UnetCall};
+use lina_runtime::kernels::Kernels;
+use lina_runtime::pipeline::{
+    CancelToken, GenerateOptions, Hooks, NoHook, Sampling, StableDiffusion, StepFuture, StepHook,
+};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::source::DirSource;
+use lina_runtime::{Error, Result};
 
-use super::{flags, parse, unknown_option};
+use crate::common::{self, DeviceArg};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A diffusers-layout model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Timed runs of each measurement, after one warm-up.
+    #[arg(long, default_value_t = 5, value_parser = common::positive)]
+    repeat: usize,
+    /// Denoising steps per image.
+    #[arg(long, default_value_t = 20, value_parser = common::positive)]
+    steps: usize,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Write the figures as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// tools/bench_torch.py's figures, for ratios against PyTorch measured the same way.
+    #[arg(long)]
+    peer: Option<PathBuf>,
+    /// fused (the WGSL kernels of shaders/ on a GPU) or burn (burn's own kernels only).
+    #[arg(long, default_value = "fused", value_parser = common::kernels)]
+    kernels: Kernels,
+}
+
+#[derive(clap::Args)]
+pub struct UnetArgs {
+    /// A diffusers UNet config.json; the weights are random.
+    #[arg(long)]
+    config: PathBuf,
+    /// Latent side (64 for 512-pixel images).
+    #[arg(long, default_value_t = 64)]
+    latent: usize,
+    /// Text tokens of the context.
+    #[arg(long, default_value_t = 77)]
+    context_len: usize,
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// fused (the WGSL kernels of shaders/ on a GPU) or burn (burn's own kernels only).
+    #[arg(long, default_value = "fused", value_parser = common::kernels)]
+    kernels: Kernels,
+}
 
 const PROMPT: &str = "a red ball on a mirror";
 
-pub fn run(args: &[String]) -> Result<()> {
-    let (mut model, mut repeat, mut steps, mut device, mut json, mut peer) =
-        (None, 5usize, 20usize, "cpu".to_string(), None, None);
-    for (flag, value) in flags(args)? {
-        match flag {
-            "--model" => model = Some(value.to_string()),
-            "--repeat" => repeat = parse(flag, value)?,
-            "--steps" => steps = parse(flag, value)?,
-            "--device" => device = value.to_string(),
-            "--json" => json = Some(value.to_string()),
-            "--peer" => peer = Some(value.to_string()),
-            "--kernels" => super::choose_kernels(value)?,
-            other => return Err(unknown_option(other)),
-        }
-    }
-    let model = model.ok_or_else(|| Error::InvalidInput("--model is required".into()))?;
+pub fn run(args: Args) -> Result<()> {
+    let Args {
+        model,
+        repeat,
+        steps,
+        device,
+        json,
+        peer,
+        kernels,
+    } = args;
+    let model = model.display().to_string();
     // Read first: a bad peer file should not cost a whole benchmark run.
     let peer = peer.map(|path| Peer::read(&path)).transpose()?;
-    if repeat == 0 || steps == 0 {
-        return Err(Error::InvalidInput(
-            "--repeat and --steps must be at least 1".into(),
-        ));
-    }
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
     pollster::block_on(async {
         // Time to first image, phase by phase, from nothing opened to a decoded image.
         let started = Instant::now();
-        let dev = lina::device::by_name(&device).await?;
+        let dev = device.open().await?;
         let device_ms = ms(started);
         let t = Instant::now();
-        let pipe = StableDiffusion::load(&DirSource::new(&model), &dev)?;
+        let pipe = StableDiffusion::load_with(&DirSource::new(&model), &dev, kernels)?;
         let load_ms = ms(t);
         let opts = GenerateOptions {
             prompt: PROMPT.into(),
@@ -64,7 +102,7 @@ pub fn run(args: &[String]) -> Result<()> {
             call.run(&pipe).await?;
             unet.push(ms(t));
         }
-        let csg = lina::csg::parse::parse(PROMPT)?;
+        let csg = lina_csg::parse::parse(PROMPT)?;
         let (mut step, mut image, mut lina) = (Vec::new(), Vec::new(), Vec::new());
         for seed in 0..repeat as u64 {
             let opts = GenerateOptions {
@@ -75,7 +113,7 @@ pub fn run(args: &[String]) -> Result<()> {
             step.extend(run.steps_ms);
             image.push(run.total_ms);
             let t = Instant::now();
-            lina::intervene::generate(
+            lina::generate(
                 &pipe,
                 &opts,
                 &csg,
@@ -89,7 +127,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let summary = |v: &[f64]| Summary::of(v).expect("at least one run");
         let report = Report {
             model,
-            adapter: lina::device::limits(&dev).adapter,
+            adapter: lina_runtime::device::limits(&dev).adapter,
             latents: call.shape(),
             steps,
             repeat,
@@ -104,15 +142,14 @@ pub fn run(args: &[String]) -> Result<()> {
             step_ms: summary(&step),
             image_ms: summary(&image),
             lina_image_ms: summary(&lina),
-            gpu_bytes_reserved: lina::device::gpu_memory(&dev).map(|m| m.bytes_reserved),
+            gpu_bytes_reserved: lina_runtime::device::gpu_memory(&dev).map(|m| m.bytes_reserved),
         };
         report.print();
         if let Some(peer) = &peer {
             peer.compare(&report);
         }
         if let Some(path) = json {
-            let text = serde_json::to_string_pretty(&report).expect("plain data");
-            std::fs::write(&path, text).map_err(|e| Error::Io(format!("{path}: {e}")))?;
+            common::write_json(&path, &report)?;
         }
         Ok(())
     })
@@ -132,18 +169,40 @@ async fn timed_image(
 ) -> Result<TimedImage> {
     let started = Instant::now();
     let mut sampling = pipe.start(opts)?;
-    let mut steps_ms = Vec::new();
-    while !sampling.is_done() {
-        let t = Instant::now();
-        sampling.step(hooks)?;
-        sampling.settle().await?;
-        steps_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
+    let mut clock = StepClock {
+        since: Instant::now(),
+        steps_ms: Vec::new(),
+    };
+    sampling
+        .run(&mut (hooks, &mut clock), &CancelToken::new())
+        .await?;
     sampling.decode().await?;
     Ok(TimedImage {
         total_ms: started.elapsed().as_secs_f64() * 1000.0,
-        steps_ms,
+        steps_ms: clock.steps_ms,
     })
+}
+
+/// Times each step to the point where the device has finished it.
+struct StepClock {
+    since: Instant,
+    steps_ms: Vec<f64>,
+}
+
+impl StepClock {
+    async fn lap(&mut self, sampling: &Sampling<'_>) -> Result<()> {
+        sampling.settle().await?;
+        self.steps_ms
+            .push(self.since.elapsed().as_secs_f64() * 1000.0);
+        self.since = Instant::now();
+        Ok(())
+    }
+}
+
+impl StepHook for StepClock {
+    fn between_steps<'a>(&'a mut self, sampling: &'a mut Sampling<'_>) -> StepFuture<'a> {
+        Box::pin(self.lap(sampling))
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -217,9 +276,9 @@ struct Peer {
 }
 
 impl Peer {
-    fn read(path: &str) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io(format!("{path}: {e}")))?;
-        serde_json::from_str(&text).map_err(|e| Error::InvalidInput(format!("{path}: {e}")))
+    fn read(path: &Path) -> Result<Self> {
+        serde_json::from_str(&common::read_text(path)?)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
     }
 
     fn compare(&self, ours: &Report) {
@@ -243,4 +302,68 @@ impl Peer {
             );
         }
     }
+}
+
+/// Times UNet calls of a config with random weights: for full-size architectures whose
+/// checkpoints are not at hand. Prints median, min and max over `--repeat` calls after one
+/// warm-up call (shader compilation, autotuning).
+pub fn unet(args: UnetArgs) -> Result<()> {
+    use burn::tensor::{Distribution, Tensor};
+    use lina_runtime::models::unet::{UNet, UNetConfig};
+    use lina_runtime::weights::Weights;
+
+    let UnetArgs {
+        config: path,
+        latent,
+        context_len,
+        repeat,
+        device,
+        kernels,
+    } = args;
+    let path = path.display().to_string();
+    let config = UNetConfig::from_json(&common::read_text(std::path::Path::new(&path))?)?;
+    pollster::block_on(async {
+        let device = device.open().await?;
+        let started = Instant::now();
+        let weights = Weights::random(&device).with_kernels(kernels);
+        let context_dim = config.cross_attention_dim;
+        let channels = config.in_channels;
+        let unet = UNet::load(config, &weights)?;
+        println!(
+            "built {path} with random weights in {:.2?}",
+            started.elapsed()
+        );
+        let x = Tensor::<4>::random(
+            [2, channels, latent, latent],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let ctx = Tensor::<3>::random(
+            [2, context_len, context_dim],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let mut times = Vec::new();
+        for i in 0..=repeat {
+            let started = Instant::now();
+            let out = unet.forward(x.clone(), 500.0, &ctx);
+            let peak = lina_runtime::device::read_f32(out.abs().max(), "the UNet output").await?;
+            let elapsed = started.elapsed().as_secs_f64();
+            if !peak[0].is_finite() {
+                return Err(Error::Device("the UNet output is not finite".into()));
+            }
+            if i == 0 {
+                println!("warm-up call: {elapsed:.3} s");
+            } else {
+                times.push(elapsed);
+            }
+        }
+        if let Some(s) = lina_runtime::bench::Summary::of(&times) {
+            println!(
+                "UNet call, batch 2 (CFG), {latent}x{latent} latents, {repeat} runs: median {:.3} s, min {:.3} s, max {:.3} s",
+                s.median, s.min, s.max
+            );
+        }
+        Ok(())
+    })
 }

@@ -1,92 +1,125 @@
 //! LINA's diagnostics from the command line: step sweeps, CSG-guided re-inpainting, and how
 //! far texture and physics edits move the prompt embedding.
 
-use lina::csg::Csg;
-use lina::intervene::Plan;
-use lina::intervene::diagnose::{reinpaint, step_sweep};
-use lina::pipeline::{GenerateOptions, StableDiffusion};
-use lina::schedulers::Timesteps;
-use lina::source::DirSource;
-use lina::{Error, Result};
+use std::path::PathBuf;
 
-use super::{flags, parse, read_plan, read_png, unknown_option};
+use lina::Plan;
+use lina_csg::Csg;
+use lina_probe::diagnose::step_sweep;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::source::DirSource;
+use lina_runtime::{Error, Result};
 
-/// The options both commands share.
-struct Common {
-    model: Option<String>,
-    opts: GenerateOptions,
-    plan: Plan,
-    csg: Option<String>,
-    device: String,
-    out: Option<String>,
+use crate::common::{self, DeviceArg};
+
+/// The options the sweep and re-inpainting share: the model, the prompt and its graph, the
+/// sampler, the plan.
+#[derive(clap::Args)]
+pub struct Common {
+    /// A diffusers-layout model folder.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    #[arg(long, default_value_t = 3.0)]
+    guidance: f64,
+    /// A Causal Scene Graph as JSON; by default the one the prompt describes.
+    #[arg(long)]
+    csg: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 impl Common {
-    fn new() -> Self {
-        Self {
-            model: None,
-            opts: GenerateOptions {
-                guidance_scale: 3.0,
-                ..GenerateOptions::default()
-            },
-            plan: Plan::lina(),
-            csg: None,
-            device: "cpu".into(),
-            out: None,
+    fn opts(&self) -> GenerateOptions {
+        GenerateOptions {
+            prompt: self.prompt.clone(),
+            seed: self.seed,
+            timesteps: Timesteps::Count(self.steps),
+            guidance_scale: self.guidance,
+            ..GenerateOptions::default()
         }
-    }
-
-    /// Takes a shared option; false if `flag` is not one.
-    fn take(&mut self, flag: &str, value: &str) -> Result<bool> {
-        match flag {
-            "--model" => self.model = Some(value.into()),
-            "--prompt" => self.opts.prompt = value.into(),
-            "--seed" => self.opts.seed = parse(flag, value)?,
-            "--steps" => self.opts.timesteps = Timesteps::Count(parse(flag, value)?),
-            "--guidance" => self.opts.guidance_scale = parse(flag, value)?,
-            "--plan" => self.plan = read_plan(value)?,
-            "--csg" => self.csg = Some(value.into()),
-            "--device" => self.device = value.into(),
-            "--out" => self.out = Some(value.into()),
-            _ => return Ok(false),
-        }
-        Ok(true)
     }
 
     fn graph(&self) -> Result<Csg> {
         match &self.csg {
-            Some(path) => Csg::from_json(
-                &std::fs::read_to_string(path).map_err(|e| Error::Io(format!("{path}: {e}")))?,
-            ),
-            None => lina::csg::parse::parse(&self.opts.prompt),
+            Some(path) => Csg::from_json(&common::read_text(path)?),
+            None => lina_csg::parse::parse(&self.prompt),
         }
     }
 
-    fn model(&self) -> Result<String> {
-        self.model
-            .clone()
-            .ok_or_else(|| Error::InvalidInput(format!("--model is required\n{}", super::USAGE)))
+    async fn load(&self) -> Result<StableDiffusion> {
+        let device = self.device.open().await?;
+        StableDiffusion::load(&DirSource::new(&self.model), &device)
     }
 }
 
-fn write_json(path: &str, value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).expect("serialisable");
-    std::fs::write(path, text).map_err(|e| Error::Io(format!("{path}: {e}")))
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The plan whose guidance is applied one step at a time.
+    #[arg(long, default_value = "lina", value_parser = common::plan)]
+    plan: Plan,
+    /// Write the sweep as JSON here too.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ReinpaintArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The plan to regenerate under.
+    #[arg(long, default_value = "baseline", value_parser = common::plan)]
+    plan: Plan,
+    /// The image to re-inpaint (PNG).
+    #[arg(long)]
+    image: PathBuf,
+    /// The CSG node whose region is regenerated.
+    #[arg(long)]
+    node: String,
+    /// How much of the schedule runs over the region (1 redraws it from noise).
+    #[arg(long, default_value_t = 0.6)]
+    strength: f64,
+    /// The PNG to write; the verdicts go beside it as OUT.json.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("prompts").required(true).args(["prompt", "suite"])))]
+pub struct EmbedShiftArgs {
+    /// A diffusers-layout model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// One prompt, edit by edit.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Or a probe suite's prompts (id, ood, train), as means.
+    #[arg(long)]
+    suite: Option<String>,
+    /// Prompts per category of the suite.
+    #[arg(long, requires = "suite")]
+    count: Option<u64>,
 }
 
 /// `sweep --model DIR --prompt TEXT [--plan P] [--csg FILE] [--out SWEEP.json]`
-pub fn sweep(args: &[String]) -> Result<()> {
-    let mut c = Common::new();
-    for (flag, value) in flags(args)? {
-        if !c.take(flag, value)? {
-            return Err(unknown_option(flag));
-        }
-    }
+pub fn sweep(args: SweepArgs) -> Result<()> {
+    let SweepArgs {
+        common: c,
+        plan,
+        out,
+    } = args;
     let csg = c.graph()?;
     pollster::block_on(async {
-        let device = lina::device::by_name(&c.device).await?;
-        let pipe = StableDiffusion::load(&DirSource::new(c.model()?), &device)?;
-        let sweep = step_sweep(&pipe, &c.opts, &csg, &c.plan).await?;
+        let pipe = c.load().await?;
+        let sweep = step_sweep(&pipe, &c.opts(), &csg, &plan, &CancelToken::new()).await?;
         println!(
             "baseline: {}/{} checks pass\nstep  change  checks passed",
             sweep.baseline_passed, sweep.checks
@@ -97,75 +130,68 @@ pub fn sweep(args: &[String]) -> Result<()> {
                 p.step, p.change, p.passed, p.checks
             );
         }
-        if let Some(out) = &c.out {
-            write_json(out, &sweep)?;
+        if let Some(out) = &out {
+            common::write_json(out, &sweep)?;
         }
         Ok(())
     })
 }
 
-/// `reinpaint --model DIR --prompt TEXT --image IN.png --node ID [--strength S] [--plan P]
-/// [--csg FILE] --out OUT.png`
-pub fn run(args: &[String]) -> Result<()> {
-    let mut c = Common::new();
-    c.plan = Plan::default();
-    let (mut image, mut node, mut strength) = (None, None, 0.6);
-    for (flag, value) in flags(args)? {
-        if c.take(flag, value)? {
-            continue;
-        }
-        match flag {
-            "--image" => image = Some(read_png(value)?),
-            "--node" => node = Some(value.to_string()),
-            "--strength" => strength = parse(flag, value)?,
-            other => return Err(unknown_option(other)),
-        }
-    }
-    let need = |what: &str| Error::InvalidInput(format!("{what} is required\n{}", super::USAGE));
-    let (image, node) = (
-        image.ok_or_else(|| need("--image"))?,
-        node.ok_or_else(|| need("--node"))?,
-    );
-    let out = c.out.clone().ok_or_else(|| need("--out"))?;
+/// Regenerates one node's region of an image; prints the checker's verdicts before and after.
+pub fn reinpaint(args: ReinpaintArgs) -> Result<()> {
+    let ReinpaintArgs {
+        common: c,
+        plan,
+        image,
+        node,
+        strength,
+        out,
+    } = args;
+    let image = common::read_png(&image)?;
     let csg = c.graph()?;
     pollster::block_on(async {
-        let device = lina::device::by_name(&c.device).await?;
-        let pipe = StableDiffusion::load(&DirSource::new(c.model()?), &device)?;
-        let done = reinpaint(&pipe, &c.opts, &csg, &c.plan, &image, &node, strength).await?;
-        std::fs::write(&out, done.image.to_png()?).map_err(|e| Error::Io(format!("{out}: {e}")))?;
-        let passed = |v: &[lina::probe::check::Verdict]| v.iter().filter(|v| v.passed).count();
+        let pipe = c.load().await?;
+        let done = lina_probe::diagnose::reinpaint(
+            &pipe,
+            &c.opts(),
+            &csg,
+            &plan,
+            &image,
+            &node,
+            strength,
+            &CancelToken::new(),
+        )
+        .await?;
+        common::write(&out, done.image.to_png()?)?;
+        let passed = |v: &[lina_probe::check::Verdict]| v.iter().filter(|v| v.passed).count();
         println!(
-            "wrote {out}: {}/{} checks pass before, {}/{} after",
+            "wrote {}: {}/{} checks pass before, {}/{} after",
+            out.display(),
             passed(&done.before),
             done.before.len(),
             passed(&done.after),
             done.after.len()
         );
-        write_json(&format!("{out}.json"), &done)
+        common::write_json(&PathBuf::from(format!("{}.json", out.display())), &done)
     })
 }
 
 /// `embed-shift --model DIR (--prompt TEXT | --suite NAME [--count N])`: how far single-word
 /// texture edits and physics edits move the text embedding, per edit or as means over a
 /// probe suite's prompts.
-pub fn embed_shift(args: &[String]) -> Result<()> {
-    use lina::intervene::shift::{EditKind, edits, measure};
+pub fn embed_shift(args: EmbedShiftArgs) -> Result<()> {
+    use lina::shift::{EditKind, edits, measure};
 
-    let (mut model, mut prompt, mut suite, mut count) = (None, None, None, None);
-    for (flag, value) in flags(args)? {
-        match flag {
-            "--model" => model = Some(value.to_string()),
-            "--prompt" => prompt = Some(value.to_string()),
-            "--suite" => suite = Some(value.to_string()),
-            "--count" => count = Some(parse(flag, value)?),
-            other => return Err(unknown_option(other)),
-        }
-    }
-    let model = model.ok_or_else(|| Error::InvalidInput("--model is required".into()))?;
+    let EmbedShiftArgs {
+        model,
+        prompt,
+        suite,
+        count,
+    } = args;
     let prompts: Vec<String> = match (prompt, suite) {
         (Some(p), None) => vec![p],
         (None, Some(name)) => {
-            let mut suite = lina::probe::Suite::named(&name)?;
+            let mut suite = lina_probe::Suite::named(&name)?;
             if let Some(n) = count {
                 suite.per_category = n;
             }
@@ -179,7 +205,7 @@ pub fn embed_shift(args: &[String]) -> Result<()> {
     };
     let single = prompts.len() == 1;
     pollster::block_on(async {
-        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina::device::cpu())?;
+        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina_runtime::device::cpu())?;
         let mut sums = [(0.0f64, 0.0f64, 0usize); 2];
         if single {
             println!(

@@ -4,28 +4,130 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lina::image::Image;
-use lina::intervene::{self, Component, Plan};
-use lina::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
-use lina::probe::check::check;
-use lina::probe::report::Report;
-use lina::probe::{Category, SceneId, Split, Suite};
-use lina::schedulers::{SchedulerKind, Timesteps};
-use lina::source::DirSource;
-use lina::{Error, Result};
+use lina::predict::Predictor;
+use lina::{self as intervene, Component, Plan};
+use lina_probe::check::check;
+use lina_probe::repair::Repair;
+use lina_probe::report::Report;
+use lina_probe::{Category, SceneId, Split, Suite};
+use lina_runtime::image::Image;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion, StepHook};
+use lina_runtime::schedulers::{SchedulerKind, Timesteps};
+use lina_runtime::source::DirSource;
+use lina_runtime::{Error, Result};
 
-use super::{flags, parse, unknown_option};
+use crate::common::{self, DeviceArg, create_dir, write};
 
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+/// What `probe`, `lina-search` and `eval` share: which model, which prompts of a suite, how
+/// many seeds, the sampler's settings, where to write.
+#[derive(clap::Args)]
+pub struct SuiteArgs {
+    /// A diffusers-layout model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Seeds per prompt, 0..N (default: 4; 2 for lina-search).
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// Prompts per category (the whole suite by default).
+    #[arg(long)]
+    count: Option<u64>,
+    /// The first prompt of each category.
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Guidance scale (default: 7.5 for probe, 3 for eval and lina-search).
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// The output folder (a JSON file for lina-search).
+    #[arg(long)]
+    out: PathBuf,
 }
 
-fn create_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    run: SuiteArgs,
+    /// The suite: id, ood or train, optionally :CATEGORY.
+    #[arg(long)]
+    suite: String,
+    /// ddim, euler, euler_a, dpm++2m or lcm (the model's own by default).
+    #[arg(long, value_parser = common::scheduler)]
+    scheduler: Option<SchedulerKind>,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// baseline, lina, predicted (each prompt's plan from the model's predictor), JSON or a
+    /// JSON file.
+    #[arg(long, default_value = "baseline")]
+    plan: String,
+    /// The probe's verifier-guided repair baseline at this strength in [0, 1]: a checker in
+    /// the loop, reported under its own label, not LINA.
+    #[arg(long, default_value_t = 0.0)]
+    verifier_repair: f64,
 }
 
-fn required(value: Option<String>, flag: &str) -> Result<String> {
-    value.ok_or_else(|| Error::InvalidInput(format!("{flag} is required\n{}", super::USAGE)))
+#[derive(clap::Args)]
+pub struct RenderArgs {
+    /// The suite: id, ood or train, optionally :CATEGORY.
+    #[arg(long)]
+    suite: String,
+    /// Scenes per category.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Render each scene broken (its physics wrong), to check that the checker fails it.
+    #[arg(long)]
+    broken: bool,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct DataArgs {
+    /// train, id or ood.
+    #[arg(long)]
+    split: String,
+    /// Images to write.
+    #[arg(long)]
+    count: u64,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    run: SuiteArgs,
+    /// The suite whose prompts are searched (train).
+    #[arg(long)]
+    suite: String,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    run: SuiteArgs,
+    /// Suites, the first with the whole ablation, the others with baseline and full plan.
+    #[arg(long, default_value = "ood,id")]
+    suites: String,
+    /// The full plan.
+    #[arg(long, default_value = "lina", value_parser = common::plan)]
+    plan: Plan,
+    /// Only these variants (baseline must be one).
+    #[arg(long, value_delimiter = ',')]
+    variants: Option<Vec<String>>,
+}
+
+#[derive(clap::Args)]
+pub struct FitArgs {
+    /// lina-search's output.
+    #[arg(long)]
+    search: PathBuf,
+    /// Ridge strength.
+    #[arg(long, default_value_t = 1.0)]
+    lambda: f64,
+    /// Where to write lina_predictor.json.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 fn stem(id: &SceneId) -> String {
@@ -56,23 +158,18 @@ fn write_report(out: &Path, report: &Report, images: &[Image]) -> Result<()> {
 /// `probe-render --suite NAME [--count N] [--broken true] --out DIR`: the suite's scenes as
 /// rendered, with a PNG mask per node, the CSG and prompt as JSON, and the checker's report
 /// on them (which validates the checker: ground truth should pass, broken renders fail).
-pub fn render(args: &[String]) -> Result<()> {
-    let (mut suite, mut count, mut broken, mut out) = (None, None, false, None);
-    for (flag, value) in flags(args)? {
-        match flag {
-            "--suite" => suite = Some(value.to_string()),
-            "--count" => count = Some(parse(flag, value)?),
-            "--broken" => broken = parse(flag, value)?,
-            "--out" => out = Some(value.to_string()),
-            other => return Err(unknown_option(other)),
-        }
-    }
-    let name = required(suite, "--suite")?;
+pub fn render(args: RenderArgs) -> Result<()> {
+    let RenderArgs {
+        suite,
+        count,
+        broken,
+        out,
+    } = args;
+    let name = suite;
     let mut suite = Suite::named(&name)?;
     if let Some(n) = count {
         suite.per_category = n;
     }
-    let out = PathBuf::from(required(out, "--out")?);
     create_dir(&out.join("masks"))?;
     let mut report = Report::new(&name, if broken { "broken renders" } else { "renders" });
     let mut images = Vec::new();
@@ -114,29 +211,20 @@ pub fn render(args: &[String]) -> Result<()> {
 /// `probe-data --split train|id|ood --count N --out DIR`: `images.u8` (N images, 64x64 RGB,
 /// row-major, one byte per channel) and `prompts.jsonl` (one line per image: prompt,
 /// category, subcategory, CSG), cycling through the categories. For training scripts.
-pub fn data(args: &[String]) -> Result<()> {
-    let (mut split, mut count, mut out) = (None, None, None);
-    for (flag, value) in flags(args)? {
-        match flag {
-            "--split" => split = Some(value.to_string()),
-            "--count" => count = Some(parse::<u64>(flag, value)?),
-            "--out" => out = Some(value.to_string()),
-            other => return Err(unknown_option(other)),
-        }
-    }
-    let split = Suite::named(&required(split, "--split")?)?.split;
-    let count = count.ok_or_else(|| Error::InvalidInput("--count is required".into()))?;
-    let out = PathBuf::from(required(out, "--out")?);
+pub fn data(args: DataArgs) -> Result<()> {
+    let DataArgs { split, count, out } = args;
+    let split = Suite::named(&split)?.split;
     create_dir(&out)?;
     let open = |name: &str| {
         let path = out.join(name);
         std::fs::File::create(&path)
             .map(std::io::BufWriter::new)
-            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+            .map_err(|e| Error::io(path.display(), e))
     };
     let (mut images, mut prompts) = (open("images.u8")?, open("prompts.jsonl")?);
-    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", out.display()));
+    let io = |e: std::io::Error| Error::io(out.display(), e);
     let n_cat = Category::ALL.len() as u64;
+    let bar = common::bar(count, "scenes");
     for i in 0..count {
         let id = SceneId {
             split,
@@ -150,60 +238,39 @@ pub fn data(args: &[String]) -> Result<()> {
             "subcategory": scene.subcategory, "csg": scene.csg,
         });
         writeln!(prompts, "{line}").map_err(io)?;
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     images.flush().map_err(io)?;
     prompts.flush().map_err(io)?;
     println!("wrote {count} scenes to {}", out.display());
     Ok(())
 }
 
-/// The options `probe` and `lina-search` share: which model, which prompts, how many seeds,
-/// the sampler's settings, where to write.
+/// A suite run resolved from its arguments, with the command's own defaults.
 struct SuiteRun {
-    model: Option<String>,
-    suite: Option<String>,
+    model: String,
     seeds: u64,
     count: Option<u64>,
     first: u64,
     opts: GenerateOptions,
-    out: Option<String>,
+    out: PathBuf,
 }
 
 impl SuiteRun {
-    fn new(seeds: u64, opts: GenerateOptions) -> Self {
+    fn new(args: SuiteArgs, seeds: u64, guidance: f64) -> Self {
         Self {
-            model: None,
-            suite: None,
-            seeds,
-            count: None,
-            first: 0,
-            opts,
-            out: None,
+            model: args.model.display().to_string(),
+            seeds: args.seeds.unwrap_or(seeds),
+            count: args.count,
+            first: args.first,
+            opts: GenerateOptions {
+                timesteps: Timesteps::Count(args.steps),
+                guidance_scale: args.guidance.unwrap_or(guidance),
+                ..GenerateOptions::default()
+            },
+            out: args.out,
         }
-    }
-
-    /// Takes a shared option; false if `flag` is not one.
-    fn take(&mut self, flag: &str, value: &str) -> Result<bool> {
-        match flag {
-            "--model" => self.model = Some(value.to_string()),
-            "--suite" => self.suite = Some(value.to_string()),
-            "--seeds" => self.seeds = parse(flag, value)?,
-            "--count" => self.count = Some(parse(flag, value)?),
-            "--first" => self.first = parse(flag, value)?,
-            "--steps" => self.opts.timesteps = Timesteps::Count(parse(flag, value)?),
-            "--guidance" => self.opts.guidance_scale = parse(flag, value)?,
-            "--out" => self.out = Some(value.to_string()),
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-
-    /// The model folder, the suite's name and the suite.
-    fn resolve(&self) -> Result<(String, String, Suite)> {
-        let model = required(self.model.clone(), "--model")?;
-        let name = required(self.suite.clone(), "--suite")?;
-        let suite = self.cut(Suite::named(&name)?);
-        Ok((model, name, suite))
     }
 
     /// The suite's prompts from index `--first`, `--count` of them per category.
@@ -219,48 +286,51 @@ impl SuiteRun {
 /// `probe --model DIR --suite NAME [--seeds N] [--count N] [--first I] [--steps N] [--guidance G]
 /// [--scheduler S] [--device D] [--plan baseline|lina|JSON|FILE] --out DIR`: generates every prompt of the suite with seeds
 /// 0..N, checks each image against its CSG, and writes the images and the report.
-pub fn run(args: &[String]) -> Result<()> {
-    let mut run = SuiteRun::new(4, GenerateOptions::default());
-    let mut plan = Plan::default();
+pub fn run(args: Args) -> Result<()> {
+    let Args {
+        run,
+        suite: name,
+        scheduler,
+        device,
+        plan,
+        verifier_repair: repair,
+    } = args;
+    let run = SuiteRun::new(run, 4, GenerateOptions::default().guidance_scale);
+    let suite = run.cut(Suite::named(&name)?);
     // `--plan predicted`: each prompt's plan from the model's learned predictor.
-    let mut predicted = false;
-    let mut device = "cpu".to_string();
-    for (flag, value) in flags(args)? {
-        if run.take(flag, value)? {
-            continue;
-        }
-        match flag {
-            "--scheduler" => run.opts.scheduler = Some(SchedulerKind::parse(value)?),
-            "--device" => device = value.to_string(),
-            "--plan" if value == "predicted" => predicted = true,
-            "--plan" => plan = super::read_plan(value)?,
-            other => return Err(unknown_option(other)),
-        }
-    }
-    let (model, name, suite) = run.resolve()?;
-    let (seeds, mut opts, out) = (run.seeds, run.opts, run.out);
+    let predicted = plan == "predicted";
+    let plan = if predicted {
+        Plan::default()
+    } else {
+        common::plan(&plan).map_err(Error::InvalidInput)?
+    };
+    let (model, seeds, out) = (run.model, run.seeds, run.out);
+    let mut opts = GenerateOptions {
+        scheduler,
+        ..run.opts
+    };
     if suite.split == Split::Train {
-        eprintln!("note: the train suite measures fit, not generalisation");
+        tracing::warn!("the train suite measures fit, not generalisation");
     }
-    let out = PathBuf::from(required(out, "--out")?);
     create_dir(&out)?;
     pollster::block_on(async {
-        let device = lina::device::by_name(&device).await?;
+        let device = device.open().await?;
         let pipe = StableDiffusion::load(&DirSource::new(&model), &device)?;
-        if pipe.native_size() != lina::probe::SIZE {
+        if pipe.native_size() != lina_probe::SIZE {
             return Err(Error::InvalidInput(format!(
                 "the probe's checker judges {0}x{0} images; this model draws {1}x{1}",
-                lina::probe::SIZE,
+                lina_probe::SIZE,
                 pipe.native_size()
             )));
         }
-        if predicted && pipe.predictor().is_none() {
+        let predictor = Predictor::load(&DirSource::new(&model))?;
+        if predicted && predictor.is_none() {
             return Err(Error::InvalidInput(format!(
                 "--plan predicted: {model} has no {}",
                 intervene::predict::FILE
             )));
         }
-        let label = if predicted {
+        let mut label = if predicted {
             format!("{model} + LINA, plan per prompt from its predictor")
         } else if plan.is_baseline() {
             model.clone()
@@ -270,10 +340,14 @@ pub fn run(args: &[String]) -> Result<()> {
                 serde_json::to_string(&plan).expect("a plan serialises")
             )
         };
-        let choice = if predicted {
-            PlanChoice::Predicted
-        } else {
-            PlanChoice::Fixed(plan)
+        if repair != 0.0 {
+            label.push_str(&format!(
+                " + verifier-guided repair {repair} (a checker in the loop: not LINA)"
+            ));
+        }
+        let choice = match predictor.filter(|_| predicted) {
+            Some(predictor) => PlanChoice::Predicted(predictor),
+            None => PlanChoice::Fixed(plan),
         };
         let (report, images, _) = run_suite(
             &pipe,
@@ -283,6 +357,7 @@ pub fn run(args: &[String]) -> Result<()> {
             seeds,
             &mut opts,
             &choice,
+            repair,
             Some(&out),
         )
         .await?;
@@ -293,14 +368,14 @@ pub fn run(args: &[String]) -> Result<()> {
 /// A fixed plan, or each prompt's plan from the model's learned predictor.
 enum PlanChoice {
     Fixed(Plan),
-    Predicted,
+    Predicted(Predictor),
 }
 
 /// What a suite's images cost, summed over them.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 struct Cost {
     images: usize,
-    /// UNet evaluations (batch rows), reading the layout included.
+    /// UNet evaluations (batch rows).
     evaluations: usize,
     seconds: f64,
 }
@@ -312,8 +387,9 @@ impl Cost {
     }
 }
 
-/// Generates every prompt of `suite` with seeds 0..`seeds` under `choice`, checks each
-/// image against the scene's CSG; writes the images into `out` when given.
+/// Generates every prompt of `suite` with seeds 0..`seeds` under `choice` (with the
+/// verifier-guided repair baseline at strength `repair`, 0 for none), checks each image
+/// against the scene's CSG; writes the images into `out` when given.
 #[allow(clippy::too_many_arguments)]
 async fn run_suite(
     pipe: &StableDiffusion,
@@ -323,44 +399,49 @@ async fn run_suite(
     seeds: u64,
     opts: &mut GenerateOptions,
     choice: &PlanChoice,
+    repair: f64,
     out: Option<&Path>,
 ) -> Result<(Report, Vec<Image>, Cost)> {
     let mut report = Report::new(name, label);
     let mut images = Vec::new();
     let mut cost = Cost::default();
     let ids = suite.ids();
-    for (i, id) in ids.iter().enumerate() {
+    let bar = common::bar(ids.len() as u64, "prompts");
+    bar.set_message(label.to_string());
+    for id in &ids {
         let scene = id.scene();
         // As a user would run it: the graph comes from the prompt.
-        let csg = lina::csg::parse::parse(&scene.prompt)?;
+        let csg = lina_csg::parse::parse(&scene.prompt)?;
         let plan = match choice {
             PlanChoice::Fixed(plan) => plan.clone(),
-            PlanChoice::Predicted => {
-                intervene::predict::suggest(pipe, &scene.prompt, &csg)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::InvalidInput(format!(
-                            "--plan predicted: the model has no {}",
-                            intervene::predict::FILE
-                        ))
-                    })?
-                    .plan
+            PlanChoice::Predicted(predictor) => {
+                predictor.suggest_for(pipe, &scene.prompt, &csg).await?.plan
             }
         };
         for seed in 0..seeds {
             opts.prompt = scene.prompt.clone();
             opts.seed = seed;
             let started = std::time::Instant::now();
+            let steps = intervene::timesteps(pipe, opts, &plan)?.len();
+            let mut verifier = Repair::for_run(
+                &csg,
+                repair,
+                Repair::DEFAULT_WINDOW,
+                pipe.first_step(opts, steps)?,
+                steps,
+            )?;
+            let hook: &mut dyn StepHook = if repair == 0.0 {
+                &mut NoHook
+            } else {
+                &mut verifier
+            };
+            let cancel = CancelToken::new();
             let (done, evaluations) = if plan.is_baseline() {
-                let done = pipe
-                    .generate(opts, &mut NoHook, &CancelToken::new())
-                    .await?;
+                let done = pipe.generate(opts, hook, &cancel).await?;
                 let n = done.evaluations;
                 (done, n)
             } else {
-                let cancel = CancelToken::new();
-                let run =
-                    intervene::generate(pipe, opts, &csg, &plan, &mut NoHook, &cancel).await?;
+                let run = intervene::generate(pipe, opts, &csg, &plan, hook, &cancel).await?;
                 (run.generated, run.evaluations)
             };
             cost.seconds += started.elapsed().as_secs_f64();
@@ -374,9 +455,9 @@ async fn run_suite(
             report.add(*id, &scene, seed, &file, verdicts);
             images.push(done.image);
         }
-        eprint!("\r{}/{} prompts", i + 1, ids.len());
+        bar.inc(1);
     }
-    eprintln!();
+    bar.finish_and_clear();
     Ok((report, images, cost))
 }
 
@@ -386,9 +467,9 @@ struct Evaluated {
     suite: String,
     variant: String,
     plan: Plan,
-    all_checks: lina::probe::report::Tally,
-    relations: lina::probe::report::Tally,
-    images: lina::probe::report::Tally,
+    all_checks: lina_probe::report::Tally,
+    relations: lina_probe::report::Tally,
+    images: lina_probe::report::Tally,
     cost: Cost,
 }
 
@@ -398,41 +479,26 @@ struct Evaluated {
 /// component it leaves off added; on the others: the baseline and the full plan (the
 /// in-distribution change). Pass rates with 95% intervals, and the cost per image (UNet
 /// evaluations, wall time), each against the baseline.
-pub fn eval(args: &[String]) -> Result<()> {
-    let guided = GenerateOptions {
-        guidance_scale: 3.0,
-        ..GenerateOptions::default()
-    };
-    let mut run = SuiteRun::new(4, guided);
-    run.suite = Some("ood,id".to_string());
-    let mut full = Plan::lina();
-    let mut wanted: Option<Vec<String>> = None;
-    for (flag, value) in flags(args)? {
-        if run.take(flag, value)? {
-            continue;
-        }
-        match flag {
-            "--suites" => run.suite = Some(value.to_string()),
-            "--variants" => wanted = Some(value.split(',').map(|v| v.trim().to_string()).collect()),
-            "--plan" => full = super::read_plan(value)?,
-            other => return Err(unknown_option(other)),
-        }
-    }
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let EvalArgs {
+        run,
+        suites,
+        plan: full,
+        variants: wanted,
+    } = args;
+    let run = SuiteRun::new(run, 4, 3.0);
     if full.is_baseline() {
         return Err(Error::InvalidInput(
             "eval: --plan must turn on at least one intervention".into(),
         ));
     }
     if run.seeds < 4 {
-        eprintln!("note: fewer than 4 seeds per prompt; the intervals will be wide");
+        tracing::warn!("fewer than 4 seeds per prompt; the intervals will be wide");
     }
-    let model = required(run.model.clone(), "--model")?;
-    let out = PathBuf::from(required(run.out.clone(), "--out")?);
+    let model = run.model.clone();
+    let out = run.out.clone();
     create_dir(&out)?;
-    let names: Vec<String> = run
-        .suite
-        .clone()
-        .unwrap_or_default()
+    let names: Vec<String> = suites
         .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
@@ -491,7 +557,7 @@ pub fn eval(args: &[String]) -> Result<()> {
     }
     let mut opts = run.opts.clone();
     pollster::block_on(async {
-        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina::device::cpu())?;
+        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina_runtime::device::cpu())?;
         let mut rows = Vec::new();
         for (k, (name, suite)) in names.iter().zip(&suites).enumerate() {
             let these = if k == 0 {
@@ -501,10 +567,10 @@ pub fn eval(args: &[String]) -> Result<()> {
             };
             for (variant, plan) in these {
                 let label = format!("{name} {variant}");
-                eprintln!("{label}");
+                tracing::info!("{label}");
                 let choice = PlanChoice::Fixed(plan.clone());
                 let (report, _, cost) = run_suite(
-                    &pipe, name, &label, suite, run.seeds, &mut opts, &choice, None,
+                    &pipe, name, &label, suite, run.seeds, &mut opts, &choice, 0.0, None,
                 )
                 .await?;
                 let dir = out.join(format!("{name}-{}", variant.replace(' ', "-")));
@@ -542,7 +608,7 @@ pub fn eval(args: &[String]) -> Result<()> {
 /// The evaluation as Markdown: per suite, each variant's pass rates with 95% intervals and
 /// their change from the baseline, and the cost relative to the baseline.
 fn ablation_table(rows: &[Evaluated], settings: &str) -> String {
-    use lina::probe::report::Tally;
+    use lina_probe::report::Tally;
     let cell = |t: &Tally, base: &Tally| {
         let (lo, hi) = t.interval();
         let delta = 100.0 * (t.rate() - base.rate());
@@ -607,28 +673,20 @@ struct Search {
 
 /// `lina-search --model DIR --suite train [--count N] [--first I] [--seeds N] [--steps N] [--guidance G]
 /// --out SEARCH.json`: every candidate plan on every prompt of the suite, scored by the checker.
-pub fn search(args: &[String]) -> Result<()> {
-    let guided = GenerateOptions {
-        guidance_scale: 3.0,
-        ..GenerateOptions::default()
-    };
-    let mut run = SuiteRun::new(2, guided);
-    for (flag, value) in flags(args)? {
-        if !run.take(flag, value)? {
-            return Err(unknown_option(flag));
-        }
-    }
-    let (model, name, suite) = run.resolve()?;
-    let out = required(run.out, "--out")?;
-    let (seeds, mut opts) = (run.seeds, run.opts);
+pub fn search(args: SearchArgs) -> Result<()> {
+    let SearchArgs { run, suite: name } = args;
+    let run = SuiteRun::new(run, 2, 3.0);
+    let suite = run.cut(Suite::named(&name)?);
+    let (model, out, seeds, mut opts) = (run.model, run.out, run.seeds, run.opts);
     let candidates = intervene::predict::candidates();
     pollster::block_on(async {
-        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina::device::cpu())?;
+        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina_runtime::device::cpu())?;
         let ids = suite.ids();
+        let bar = common::bar(ids.len() as u64, "prompts");
         let mut prompts = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
+        for id in &ids {
             let scene = id.scene();
-            let csg = lina::csg::parse::parse(&scene.prompt)?;
+            let csg = lina_csg::parse::parse(&scene.prompt)?;
             let features = intervene::predict::features(&pipe, &scene.prompt, &csg).await?;
             let mut scores = Vec::new();
             for (_, plan) in &candidates {
@@ -658,9 +716,9 @@ pub fn search(args: &[String]) -> Result<()> {
                 features,
                 scores,
             });
-            eprint!("\r{}/{} prompts", i + 1, ids.len());
+            bar.inc(1);
         }
-        eprintln!();
+        bar.finish_and_clear();
         let search = Search {
             suite: name,
             seeds,
@@ -676,29 +734,22 @@ pub fn search(args: &[String]) -> Result<()> {
             prompts,
         };
         let json = serde_json::to_string_pretty(&search).expect("a search serialises");
-        write(Path::new(&out), json.as_bytes())?;
-        println!("wrote {out}: {} prompts", search.prompts.len());
+        write(&out, json.as_bytes())?;
+        println!("wrote {}: {} prompts", out.display(), search.prompts.len());
         Ok(())
     })
 }
 
 /// `lina-fit --search SEARCH.json [--lambda L] --out lina_predictor.json`: one ridge
 /// regression per candidate, from the prompts' features to the candidate's score.
-pub fn fit(args: &[String]) -> Result<()> {
-    let (mut search, mut lambda, mut out) = (None, 1.0f64, None);
-    for (flag, value) in flags(args)? {
-        match flag {
-            "--search" => search = Some(value.to_string()),
-            "--lambda" => lambda = parse(flag, value)?,
-            "--out" => out = Some(value.to_string()),
-            other => return Err(unknown_option(other)),
-        }
-    }
-    let path = required(search, "--search")?;
-    let out = required(out, "--out")?;
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::Io(format!("{path}: {e}")))?;
-    let search: Search =
-        serde_json::from_str(&text).map_err(|e| Error::InvalidInput(format!("{path}: {e}")))?;
+pub fn fit(args: FitArgs) -> Result<()> {
+    let FitArgs {
+        search: path,
+        lambda,
+        out,
+    } = args;
+    let search: Search = serde_json::from_str(&common::read_text(&path)?)
+        .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
     let x: Vec<Vec<f64>> = search.prompts.iter().map(|p| p.features.clone()).collect();
     let mut candidates = Vec::new();
     for (k, (name, plan)) in search.candidates.iter().enumerate() {
@@ -725,7 +776,7 @@ pub fn fit(args: &[String]) -> Result<()> {
     // Read back through the loader's own checks before it is written.
     let json = predictor.to_json();
     intervene::predict::Predictor::from_json(&json)?;
-    write(Path::new(&out), json.as_bytes())?;
+    write(&out, json.as_bytes())?;
     // How well the choice fits the search: the chosen candidate's true score against the
     // best fixed candidate's.
     let chosen: f64 = search
@@ -751,6 +802,6 @@ pub fn fit(args: &[String]) -> Result<()> {
         "   predicted: {:.1}% (on the prompts it was fitted to)",
         100.0 * chosen
     );
-    println!("wrote {out}");
+    println!("wrote {}", out.display());
     Ok(())
 }

@@ -1,39 +1,48 @@
 //! `lina soak`: many images from one loaded model; fails if memory grew.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use lina::source::DirSource;
-use lina::{Error, Result, StableDiffusion};
+use lina_runtime::source::DirSource;
+use lina_runtime::{Error, Result, StableDiffusion};
 
-use super::{flags, parse, unknown_option};
+use crate::common::{self, DeviceArg};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A diffusers-layout model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Images to generate, with LINA's default plan.
+    #[arg(long, default_value_t = 1000, value_parser = common::positive)]
+    images: usize,
+    #[arg(long, default_value_t = 4)]
+    steps: usize,
+    /// Sample memory every this many images.
+    #[arg(long, default_value_t = 100)]
+    every: usize,
+    #[command(flatten)]
+    device: DeviceArg,
+}
 
 /// Growth allowed between the first image and the last, in percent.
 const ALLOWED_GROWTH: f64 = 5.0;
 
-pub fn run(args: &[String]) -> Result<()> {
-    let (mut model, mut images, mut steps, mut every, mut device) =
-        (None, 1000usize, 4usize, 100usize, "cpu".to_string());
-    for (flag, value) in flags(args)? {
-        match flag {
-            "--model" => model = Some(value.to_string()),
-            "--images" => images = parse(flag, value)?,
-            "--steps" => steps = parse(flag, value)?,
-            "--every" => every = parse(flag, value)?,
-            "--device" => device = value.to_string(),
-            other => return Err(unknown_option(other)),
-        }
-    }
-    let model = model.ok_or_else(|| Error::InvalidInput("--model is required".into()))?;
-    if images == 0 {
-        return Err(Error::InvalidInput("--images must be at least 1".into()));
-    }
+pub fn run(args: Args) -> Result<()> {
+    let Args {
+        model,
+        images,
+        steps,
+        every,
+        device,
+    } = args;
     pollster::block_on(async {
-        let device = lina::device::by_name(&device).await?;
+        let device = device.open().await?;
         let pipe = StableDiffusion::load(&DirSource::new(&model), &device)?;
         let started = Instant::now();
         println!("image  seconds  GPU allocs  GPU in use (B)  GPU reserved (B)  resident (B)");
         let show = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
-        let report = lina::soak::run(&pipe, images, steps, every, &mut |s| {
+        let report = lina_probe::soak::run(&pipe, images, steps, every, &mut |s| {
             println!(
                 "{:>5}  {:>7.1}  {:>10}  {:>14}  {:>16}  {:>12}",
                 s.image,

@@ -11,7 +11,7 @@ pub mod rules;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use lina_runtime::error::{Error, Result};
 
 /// The schema version this build writes and reads.
 pub const CSG_VERSION: u32 = 1;

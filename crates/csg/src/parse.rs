@@ -8,7 +8,7 @@
 
 use super::rules::add_implied;
 use super::{Class, Colour, Csg, Fill, Light, Node, Predicate, Size};
-use crate::error::{Error, Result};
+use lina_runtime::error::{Error, Result};
 
 /// An object phrase: "a red ball", "three green cubes", "a row of four yellow cones".
 #[derive(Debug, Clone, Copy, PartialEq)]

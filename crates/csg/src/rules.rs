@@ -56,7 +56,7 @@ pub fn add_implied(csg: &mut Csg) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::csg::{Colour, Light};
+    use crate::{Colour, Light};
 
     #[test]
     fn a_ball_on_a_mirror_gets_a_bounded_reflection_and_a_lamp_gets_shadows() {

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Plan;
 use super::prompt::relation_positions;
-use crate::csg::{Class, Csg, Predicate};
-use crate::error::{Error, Result};
-use crate::pipeline::StableDiffusion;
+use lina_csg::{Class, Csg, Predicate};
+use lina_runtime::error::{Error, Result};
+use lina_runtime::pipeline::StableDiffusion;
+use lina_runtime::source::FileSource;
 
 /// The file a model folder may carry its predictor in.
 pub const FILE: &str = "lina_predictor.json";
@@ -41,9 +42,9 @@ pub const FEATURES: &[&str] = &[
     "relation embedding shift",
 ];
 
-/// The plans the predictor chooses among: the baseline, each intervention alone, the default
-/// LINA plan, LINA with the region terms (which cost extra UNet evaluations), and a stronger
-/// one.
+/// The plans the predictor chooses among: the baseline, each intervention alone (the default
+/// LINA plan is prompt guidance alone), LINA with the region terms (which cost extra UNet
+/// evaluations), and a stronger one.
 pub fn candidates() -> Vec<(String, Plan)> {
     let base = Plan::default;
     let lina = Plan::lina();
@@ -67,20 +68,10 @@ pub fn candidates() -> Vec<(String, Plan)> {
             "regions".into(),
             Plan {
                 region_window: lina.region_window,
-                layout_at: lina.layout_at,
                 ..base()
             }
             .with_regions(),
         ),
-        (
-            "repair".into(),
-            Plan {
-                repair_strength: lina.repair_strength,
-                repair_window: lina.repair_window,
-                ..base()
-            },
-        ),
-        ("lina".into(), lina.clone()),
         ("lina-regions".into(), lina.with_regions()),
         (
             "lina-strong".into(),
@@ -125,8 +116,8 @@ pub async fn features(pipe: &StableDiffusion, prompt: &str, csg: &Csg) -> Result
     let (text, _) = pipe.encode_text(prompt, 0)?;
     let (empty, _) = pipe.encode_text("", 0)?;
     let [_, len, dim] = text.dims();
-    let text = crate::device::read_f32(text, "the prompt's embedding").await?;
-    let empty = crate::device::read_f32(empty, "the empty prompt's embedding").await?;
+    let text = lina_runtime::device::read_f32(text, "the prompt's embedding").await?;
+    let empty = lina_runtime::device::read_f32(empty, "the empty prompt's embedding").await?;
     let shift = |i: usize| -> f64 {
         (i * dim..(i + 1) * dim)
             .map(|j| f64::from(text[j] - empty[j]).powi(2))
@@ -150,18 +141,6 @@ pub async fn features(pipe: &StableDiffusion, prompt: &str, csg: &Csg) -> Result
     let mut out = graph_features(csg);
     out.extend([share, ratio]);
     Ok(out)
-}
-
-/// The model's suggestion for a prompt and its graph; `None` when the model has no predictor.
-pub async fn suggest(
-    pipe: &StableDiffusion,
-    prompt: &str,
-    csg: &Csg,
-) -> Result<Option<Suggestion>> {
-    match pipe.predictor() {
-        None => Ok(None),
-        Some(predictor) => Ok(Some(predictor.suggest(&features(pipe, prompt, csg).await?))),
-    }
 }
 
 /// One candidate and its linear model.
@@ -196,6 +175,27 @@ pub struct Suggestion {
 }
 
 impl Predictor {
+    /// The predictor a model folder carries ([`FILE`]), if it has one.
+    pub fn load(files: &dyn FileSource) -> Result<Option<Self>> {
+        match files.read(FILE)? {
+            None => Ok(None),
+            Some(json) => Ok(Some(Self::from_json(
+                std::str::from_utf8(&json).map_err(|_| Error::config(FILE, "is not UTF-8 text"))?,
+            )?)),
+        }
+    }
+
+    /// The suggestion for a prompt and its graph on `pipe`, whose text encoder gives the
+    /// embedding features.
+    pub async fn suggest_for(
+        &self,
+        pipe: &StableDiffusion,
+        prompt: &str,
+        csg: &Csg,
+    ) -> Result<Suggestion> {
+        Ok(self.suggest(&features(pipe, prompt, csg).await?))
+    }
+
     pub fn from_json(text: &str) -> Result<Self> {
         let bad = |m: String| Error::config(FILE, m);
         let p: Predictor = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
@@ -343,14 +343,14 @@ mod tests {
         // "regions" wins where the graph has a reflection.
         predictor.candidates[3].weights[6] = 0.3;
         predictor.candidates[0].weights[0] = 0.1;
-        let csg = crate::csg::parse::parse("a red ball on a small mirror").unwrap();
+        let csg = lina_csg::parse::parse("a red ball on a small mirror").unwrap();
         let mut x = graph_features(&csg);
         x.extend([0.2, 1.5]);
         assert_eq!(x.len(), FEATURES.len());
         let s = predictor.suggest(&x);
         assert_eq!(s.candidate, "regions");
         assert_eq!(s.plan, candidates()[3].1);
-        let plain = graph_features(&crate::csg::parse::parse("a red ball").unwrap());
+        let plain = graph_features(&lina_csg::parse::parse("a red ball").unwrap());
         assert_eq!(
             predictor
                 .suggest(&[plain, vec![0.0, 0.0]].concat())

@@ -12,8 +12,8 @@ use std::ops::Range;
 
 use burn::tensor::{Tensor, TensorData};
 
-use crate::error::{Error, Result};
-use crate::pipeline::{ModelCall, StableDiffusion, StepHook};
+use lina_runtime::error::{Error, Result};
+use lina_runtime::pipeline::{ModelCall, StableDiffusion, StepHook};
 
 /// Words that carry relations, quantities and physical effects rather than what things are
 /// or look like.

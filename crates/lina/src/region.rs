@@ -17,9 +17,9 @@ use std::ops::Range;
 
 use burn::tensor::{Tensor, TensorData};
 
-use crate::csg::{Class, Csg, Light, Node, Predicate};
-use crate::error::Result;
-use crate::pipeline::{ModelCall, RegionTerm, StableDiffusion, StepHook};
+use lina_csg::{Class, Csg, Light, Node, Predicate};
+use lina_runtime::error::Result;
+use lina_runtime::pipeline::{ModelCall, RegionTerm, StableDiffusion, StepHook};
 
 pub type Box4 = [f32; 4];
 
@@ -32,9 +32,9 @@ pub fn phrase(node: &Node) -> Option<String> {
     let mut words = Vec::new();
     if let Some(size) = node.size.filter(|_| !node.class.is_object()) {
         words.push(match size {
-            crate::csg::Size::Small => "small",
-            crate::csg::Size::Medium => "medium",
-            crate::csg::Size::Large => "large",
+            lina_csg::Size::Small => "small",
+            lina_csg::Size::Medium => "medium",
+            lina_csg::Size::Large => "large",
         });
     }
     if let Some(c) = node.colour {
@@ -228,7 +228,7 @@ impl StepHook for RegionGuidance {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
-    use crate::csg::parse::parse;
+    use lina_csg::parse::parse;
 
     #[test]
     fn phrases_name_nodes_by_their_attributes() {
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn masks_cover_the_cells_inside_boxes() {
-        let device = crate::device::cpu();
+        let device = lina_runtime::device::cpu();
         let m = mask(&[[0.0, 0.0, 0.5, 0.25]], 4, 4, &device);
         let v = m.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(v.iter().sum::<f32>(), 2.0);

@@ -8,7 +8,7 @@
 //! `T` (near 0, `f(t) ≈ warp·t`, so the last step stays close to clean); `warp < 1` does the
 //! opposite, for ablations.
 
-use crate::error::{Error, Result};
+use lina_runtime::error::{Error, Result};
 
 /// The largest warp accepted; beyond it nearly every step sits at the noisy end.
 pub const MAX_WARP: f64 = 8.0;

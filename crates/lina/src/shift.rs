@@ -10,9 +10,9 @@
 
 use serde::Serialize;
 
-use crate::device::read_f32;
-use crate::error::{Error, Result};
-use crate::pipeline::StableDiffusion;
+use lina_runtime::device::read_f32;
+use lina_runtime::error::{Error, Result};
+use lina_runtime::pipeline::StableDiffusion;
 
 /// What kind of word an edit swaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

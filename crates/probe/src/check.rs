@@ -10,8 +10,8 @@
 use serde::Serialize;
 
 use super::palette::{self, Rgb};
-use crate::csg::{Class, Csg, Fill, Light, Predicate};
-use crate::image::Image;
+use lina_csg::{Class, Csg, Fill, Light, Predicate};
+use lina_runtime::image::Image;
 
 /// RGB distance beyond which a pixel is of no known colour.
 const MAX_DISTANCE: u32 = 60;
@@ -147,7 +147,7 @@ fn candidates(csg: &Csg) -> Vec<(Label, Rgb)> {
     out
 }
 
-fn node_colour(node: &crate::csg::Node) -> Option<Rgb> {
+fn node_colour(node: &lina_csg::Node) -> Option<Rgb> {
     match node.colour {
         Some(c) => Some(palette::colour(c)),
         None => palette::class_colour(node.class),
@@ -362,7 +362,7 @@ pub fn check(image: &Image, csg: &Csg) -> Vec<Verdict> {
 }
 
 /// How a relation's verdict names its check: `on(object, surface)`.
-pub fn relation_check(r: &crate::csg::Relation) -> String {
+pub fn relation_check(r: &lina_csg::Relation) -> String {
     format!("{}({}, {})", r.predicate.word(), r.subject, r.object)
 }
 
@@ -420,7 +420,7 @@ fn count_check(labels: &Labels, node: usize) -> Verdict {
     }
 }
 
-fn shape_check(blob: Option<&Blob>, node: &crate::csg::Node) -> Verdict {
+fn shape_check(blob: Option<&Blob>, node: &lina_csg::Node) -> Verdict {
     // Area over bounding-box area: 1 for a square, pi/4 for a disc, 1/2 for a triangle.
     let (passed, detail) = match blob {
         None => (false, "not found".to_string()),

@@ -11,13 +11,13 @@
 
 use serde::Serialize;
 
-use super::region::{Box4, forbidden_boxes};
-use super::{Plan, generate};
-use crate::csg::Csg;
-use crate::error::{Error, Result};
-use crate::image::Image;
-use crate::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
-use crate::probe::check::{Verdict, check, locate};
+use crate::check::{Verdict, check, locate};
+use lina::region::{Box4, forbidden_boxes};
+use lina::{Plan, generate};
+use lina_csg::Csg;
+use lina_runtime::error::{Error, Result};
+use lina_runtime::image::Image;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
 
 /// The boxes a node's re-inpainting mask covers: the node's own box; for an implied effect,
 /// the boxes of the nodes it relates to (its source and bounding surface) and the boxes
@@ -80,7 +80,9 @@ pub struct Reinpainted {
 }
 
 /// Regenerates `node`'s region of `image` from `strength` of the schedule on (1 redraws it
-/// from pure noise), under `plan`, and checks the image before and after.
+/// from pure noise), under `plan`, and checks the image before and after. `cancel` stops it
+/// between steps.
+#[allow(clippy::too_many_arguments)]
 pub async fn reinpaint(
     pipe: &StableDiffusion,
     opts: &GenerateOptions,
@@ -89,6 +91,7 @@ pub async fn reinpaint(
     image: &Image,
     node: &str,
     strength: f64,
+    cancel: &CancelToken,
 ) -> Result<Reinpainted> {
     let layout: Vec<Option<Box4>> = if csg.nodes.iter().any(|n| n.layout.is_some()) {
         csg.nodes.iter().map(|n| n.layout).collect()
@@ -109,7 +112,7 @@ pub async fn reinpaint(
     opts.strength = strength;
     opts.width = Some(image.width);
     opts.height = Some(image.height);
-    let out = generate(pipe, &opts, csg, plan, &mut NoHook, &CancelToken::new()).await?;
+    let out = generate(pipe, &opts, csg, plan, &mut NoHook, cancel).await?;
     Ok(Reinpainted {
         before: check(image, csg),
         after: check(&out.generated.image, csg),
@@ -139,16 +142,17 @@ pub struct Sweep {
 }
 
 /// Applies `plan`'s prompt- and latent-space guidance at one step at a time (the schedule
-/// warp is left out: it is not local to a step) and records each result.
+/// warp is left out: it is not local to a step) and records each result. `cancel` stops it
+/// between steps.
 pub async fn step_sweep(
     pipe: &StableDiffusion,
     opts: &GenerateOptions,
     csg: &Csg,
     plan: &Plan,
+    cancel: &CancelToken,
 ) -> Result<Sweep> {
-    let cancel = CancelToken::new();
     let baseline_plan = Plan::default();
-    let base = generate(pipe, opts, csg, &baseline_plan, &mut NoHook, &cancel).await?;
+    let base = generate(pipe, opts, csg, &baseline_plan, &mut NoHook, cancel).await?;
     let steps = base.timesteps.len();
     let reference = base.generated.image;
     let baseline = check(&reference, csg);
@@ -161,7 +165,7 @@ pub async fn step_sweep(
             region_window: at,
             ..plan.clone()
         };
-        let out = generate(pipe, opts, csg, &single, &mut NoHook, &cancel).await?;
+        let out = generate(pipe, opts, csg, &single, &mut NoHook, cancel).await?;
         let image = out.generated.image;
         let change = image
             .rgb

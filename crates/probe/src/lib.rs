@@ -1,23 +1,27 @@
 //! The Physical Alignment Probe (PAP), built from procedural scenes: a generator that samples
 //! scenes from a Causal Scene Graph and renders each with exact masks and a prompt, seeded
 //! suites (training, in-distribution test, out-of-distribution), and a checker that judges
-//! any image against its CSG.
+//! any image against its CSG; with the diagnostics built on that checker (the step sweep,
+//! CSG-guided re-inpainting), the soak harness, and the verifier-guided repair baseline.
 //!
 //! The LINA paper's PAP dataset cannot be reached from here; this probe is our own design
 //! with the same ingredients (structured prompts, masks, CSG metadata). See docs/probe.md.
 
 pub mod check;
+pub mod diagnose;
 pub mod palette;
 pub mod raster;
+pub mod repair;
 pub mod report;
 pub mod scenes;
+pub mod soak;
 
 use serde::Serialize;
 
 pub use scenes::{Category, SIZE, Scene, Split};
 
-use crate::image::Image;
-use crate::rng::Rng;
+use lina_runtime::image::Image;
+use lina_runtime::rng::Rng;
 
 /// A rendered scene: the image and, for every CSG node in order, the pixels it shows.
 pub struct Rendered {
@@ -104,7 +108,7 @@ pub struct Suite {
 impl Suite {
     /// 25 prompts per category by default (the `train` split is unbounded; `probe-data` and
     /// `--count` take more). A category name restricts a suite to it: `ood:reflection`.
-    pub fn named(name: &str) -> crate::Result<Self> {
+    pub fn named(name: &str) -> lina_runtime::Result<Self> {
         let (base, only) = match name.split_once(':') {
             Some((b, c)) => (b, Some(c)),
             None => (name, None),
@@ -114,7 +118,7 @@ impl Suite {
             "id" => (Split::Test, 25),
             "ood" => (Split::Ood, 25),
             _ => {
-                return Err(crate::Error::InvalidInput(format!(
+                return Err(lina_runtime::Error::InvalidInput(format!(
                     "unknown suite \"{name}\": use train, id or ood, optionally with :CATEGORY"
                 )));
             }
@@ -122,7 +126,7 @@ impl Suite {
         let categories = match only {
             None => Category::ALL.to_vec(),
             Some(c) => vec![Category::parse(c).ok_or_else(|| {
-                crate::Error::InvalidInput(format!(
+                lina_runtime::Error::InvalidInput(format!(
                     "unknown category \"{c}\": use one of {}",
                     Category::ALL.map(|c| c.name()).join(", ")
                 ))

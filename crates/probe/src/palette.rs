@@ -1,7 +1,7 @@
 //! The probe's colours. Every class has one flat colour, far from the others in RGB, so that
 //! the checker can tell classes apart in a generated image by nearest colour alone.
 
-use crate::csg::{Class, Colour};
+use lina_csg::{Class, Colour};
 
 pub type Rgb = [u8; 3];
 

@@ -1,5 +1,7 @@
-//! Latent repairs: during a window of steps, judge the model's own prediction of the final
-//! image against the scene graph, and mend in latent space what it gets wrong. Each repair
+//! The verifier-guided repair baseline: during a window of steps, judge the model's own
+//! prediction of the final image with the probe's checker, and mend in latent space what it
+//! gets wrong. It needs a checker, so it acts only on the probe's scenes; it is not LINA
+//! (a judge steers it) and is off by default everywhere, reported under its own name. Each repair
 //! acts only on a check that fails:
 //! - `shadow_of`: a shadow on the side of the light is mirrored about its object's axis (and
 //!   a lamp drawn on the wrong side moves to the mirrored place); a missing shadow is cast on
@@ -21,7 +23,7 @@
 //!
 //! The window: repairs made in the first, roughest steps judge a prediction too blurred to
 //! read (a jar's level, an object's colour) and the model redraws what they paint; from half
-//! way on, the layout is set and a repair stays. `Plan::lina()` repairs in the second half.
+//! way on, the layout is set and a repair stays: [`Repair::DEFAULT_WINDOW`] is the second half.
 //!
 //! Ours: the paper names "targeted guidance in the visual latent space" and diagnosis with the
 //! scene graph, and nothing of their form. The diagnosis is the probe's checker run on the
@@ -36,11 +38,11 @@ use std::ops::Range;
 
 use burn::tensor::{Tensor, TensorData};
 
-use crate::csg::{Class, Csg, Fill, Light, Predicate, Size};
-use crate::error::Result;
-use crate::image::Image;
-use crate::pipeline::Sampling;
-use crate::probe::check::{Segmentation, Verdict, check, relation_check, segment};
+use crate::check::{Segmentation, Verdict, check, relation_check, segment};
+use lina_csg::{Class, Csg, Fill, Light, Predicate, Size};
+use lina_runtime::error::{Error, Result};
+use lina_runtime::image::Image;
+use lina_runtime::pipeline::{Sampling, StepFuture, StepHook};
 
 /// Latents (or pixels) as a plain `[channels, height, width]` array, as a `[1, c, h, w]`
 /// tensor holds them.
@@ -1121,7 +1123,7 @@ fn refill(
     edits.report(n, || format!("fill({id}): content level moved ({n} cells)"));
 }
 
-/// The repair hook: runs after each step of its window, on the sampler itself (it needs the
+/// The repair hook: runs between the steps of its window, on the sampler itself (it needs the
 /// decoded prediction, which is read back asynchronously).
 pub struct Repair {
     csg: Csg,
@@ -1134,6 +1136,33 @@ pub struct Repair {
 }
 
 impl Repair {
+    /// The strength and window (fractions of the run) the repairs were evaluated at.
+    pub const DEFAULT_STRENGTH: f64 = 1.0;
+    pub const DEFAULT_WINDOW: [f64; 2] = [0.5, 1.0];
+
+    /// Repairs in the steps `window` (fractions of the steps that run, `first..steps`, as a
+    /// plan's windows are) at `strength` in [0, 1].
+    pub fn for_run(
+        csg: &Csg,
+        strength: f64,
+        window: [f64; 2],
+        first: usize,
+        steps: usize,
+    ) -> Result<Self> {
+        if !(0.0..=1.0).contains(&strength)
+            || !(0.0..=1.0).contains(&window[0])
+            || !(0.0..=1.0).contains(&window[1])
+            || window[0] > window[1]
+        {
+            return Err(Error::InvalidInput(format!(
+                "verifier repair: strength must be in [0, 1] and the window [start, end] within [0, 1], got {strength} and {window:?}"
+            )));
+        }
+        let run = steps - first;
+        let at = |f: f64| first + ((f * run as f64).round() as usize).min(run);
+        Ok(Self::new(csg, strength, at(window[0])..at(window[1])))
+    }
+
     pub fn new(csg: &Csg, strength: f64, window: Range<usize>) -> Self {
         Self {
             csg: csg.clone(),
@@ -1156,9 +1185,9 @@ impl Repair {
             let size = sampling.pipe().vae().config().downscale();
             for node in &self.csg.nodes {
                 let colour = match node.colour {
-                    Some(c) => Some(crate::probe::palette::colour(c)),
+                    Some(c) => Some(crate::palette::colour(c)),
                     None if node.implied => None,
-                    None => crate::probe::palette::class_colour(node.class),
+                    None => crate::palette::class_colour(node.class),
                 };
                 let Some(rgb) = colour else {
                     looks.push(None);
@@ -1171,7 +1200,7 @@ impl Repair {
                 };
                 let latents = encoder.encode_scaled(flat.to_tensor(sampling.pipe().device()));
                 let c = latents.dims()[1];
-                let data = crate::device::read_f32(latents, "a colour's latents").await?;
+                let data = lina_runtime::device::read_f32(latents, "a colour's latents").await?;
                 let n = data.len() / c;
                 looks.push(Some(
                     data.chunks(n)
@@ -1185,7 +1214,7 @@ impl Repair {
     }
 
     /// Judges the prediction of the step just taken and moves it toward the repairs.
-    pub async fn after_step(&mut self, sampling: &mut Sampling<'_>) -> Result<()> {
+    async fn repair(&mut self, sampling: &mut Sampling<'_>) -> Result<()> {
         let Some(step) = sampling.current_step().checked_sub(1) else {
             return Ok(());
         };
@@ -1202,7 +1231,7 @@ impl Repair {
         }
         let [_, c, h, w] = x0.dims();
         let device = x0.device();
-        let data = crate::device::read_f32(x0, "the predicted latents").await?;
+        let data = lina_runtime::device::read_f32(x0, "the predicted latents").await?;
         let grid = Grid {
             channels: c,
             height: h,
@@ -1231,10 +1260,16 @@ impl Repair {
     }
 }
 
+impl StepHook for Repair {
+    fn between_steps<'a>(&'a mut self, sampling: &'a mut Sampling<'_>) -> StepFuture<'a> {
+        Box::pin(self.repair(sampling))
+    }
+}
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
-    use crate::probe::{Category, SceneId, Split};
+    use crate::{Category, SceneId, Split};
 
     /// Repairs applied to the pixels of a broken render mend the checks they are for.
     fn mended(category: Category, kinds: &[&str]) -> (usize, usize, usize) {
@@ -1321,7 +1356,7 @@ mod tests {
             .iter()
             .map(|n| {
                 n.colour.map(|c| {
-                    crate::probe::palette::colour(c)
+                    crate::palette::colour(c)
                         .iter()
                         .map(|&v| v as f32 / 255.0)
                         .collect()
@@ -1382,7 +1417,7 @@ mod tests {
     fn mends(
         category: Category,
         check_name: &str,
-        breaking: impl Fn(&crate::probe::Rendered, &crate::probe::Scene) -> Image,
+        breaking: impl Fn(&crate::Rendered, &crate::Scene) -> Image,
     ) -> usize {
         let (mut mended, mut tried) = (0, 0);
         for index in 0.. {
@@ -1461,7 +1496,7 @@ mod tests {
 
     #[test]
     fn a_front_object_drawn_apart_is_moved_over_the_hidden_one() {
-        let node = |scene: &crate::probe::Scene, id: &str| {
+        let node = |scene: &crate::Scene, id: &str| {
             scene.csg.nodes.iter().position(|n| n.id == id).unwrap()
         };
         let mended = mends(Category::Occlusion, "behind(hidden, front)", |r, scene| {
@@ -1550,10 +1585,10 @@ mod tests {
                 let (y, x) = (i as isize / w, i as isize % w);
                 let j = (y * w + axis2 - x) as usize;
                 if (0..w).contains(&(axis2 - x)) && !r.masks.iter().any(|m| m[j]) {
-                    paint(j, crate::probe::palette::SHADOW);
+                    paint(j, crate::palette::SHADOW);
                 }
                 if (x + y) % 2 == 0 {
-                    paint(i, crate::probe::palette::FLOOR);
+                    paint(i, crate::palette::FLOOR);
                 }
             }
             image
@@ -1568,7 +1603,7 @@ mod tests {
         let mended = mends(Category::Shadow, "exists(object2)", |r, scene| {
             let node = |id: &str| scene.csg.nodes.iter().position(|n| n.id == id).unwrap();
             let first = scene.csg.nodes[node("object1")].colour.unwrap();
-            let colour = crate::probe::palette::colour(first);
+            let colour = crate::palette::colour(first);
             let mut image = r.image.clone();
             for (i, m) in r.masks[node("object2")].iter().enumerate() {
                 if *m {

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::palette::{self, Rgb};
 use super::raster::{Item, Rect, Shape};
-use crate::csg::rules::implied_id;
-use crate::csg::{Class, Colour, Csg, Fill, Light, Node, Predicate, Size};
-use crate::rng::Rng;
+use lina_csg::rules::implied_id;
+use lina_csg::{Class, Colour, Csg, Fill, Light, Node, Predicate, Size};
+use lina_runtime::rng::Rng;
 
 /// Image side in pixels. 64 is the smallest size at which a 2-pixel jar wall, a 4-pixel
 /// shadow band and a clipped reflection still survive the 4x latent codec, and the model that

@@ -2,12 +2,12 @@
 //! of one small buffer per image is invisible in any single run and fatal in a page left
 //! open for hours; here it shows as growth between the first image and the last.
 
-use crate::csg::parse::parse;
-use crate::device::{GpuMemory, gpu_memory};
-use crate::error::Result;
-use crate::intervene::{Plan, generate};
-use crate::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
-use crate::schedulers::Timesteps;
+use lina::{Plan, generate};
+use lina_csg::parse::parse;
+use lina_runtime::device::{GpuMemory, gpu_memory};
+use lina_runtime::error::Result;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
 
 /// Prompts the run cycles through: each category's relations, so that LINA's region masks,
 /// effect nodes and token sets vary from image to image.

@@ -1,6 +1,9 @@
-//! The browser API: a thin wasm-bindgen layer over the core. Every method is async where the
+//! The browser API: a thin wasm-bindgen layer over the runtime, LINA and the probe, and the
+//! only crate of the workspace that knows wasm-bindgen. Every method is async where the
 //! GPU is involved, every error is a JS `Error` with the core's message, and a panic hook
 //! reports any bug to the console instead of an opaque `unreachable`.
+
+#![cfg(target_arch = "wasm32")]
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -11,12 +14,15 @@ use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::bench::UnetCall;
-use crate::device::Precision;
-use crate::pipeline::{CancelToken, GenerateOptions, Hooks, StableDiffusion};
-use crate::schedulers::{SchedulerKind, Timesteps};
-use crate::source::{MemorySource, StagedSource};
-use crate::weights::WeightsUpload;
+use lina_runtime::bench::UnetCall;
+use lina_runtime::device::Precision;
+use lina_runtime::kernels::Kernels;
+use lina_runtime::pipeline::{
+    CancelToken, GenerateOptions, Hooks, Sampling, StableDiffusion, StepFuture, StepHook,
+};
+use lina_runtime::schedulers::{SchedulerKind, Timesteps};
+use lina_runtime::source::{MemorySource, StagedSource};
+use lina_runtime::weights::WeightsUpload;
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -29,14 +35,16 @@ pub fn start() {
 /// worker chooses it for `"auto"`, see lina-worker.js). `precision`: `"auto"` (the default:
 /// f16 where the adapter has shader-f16, f32 otherwise), `"f32"` or `"f16"`; the CPU backend
 /// computes in f32. `kernels`: `"fused"` (the default: the WGSL kernels of shaders/ on WebGPU)
-/// or `"burn"` (burn's own kernels only), for every model of this module. Other keys are
-/// errors.
-async fn device_from_options(options: &JsValue) -> Result<burn::tensor::Device, JsError> {
-    let (mut cpu, mut precision, mut fused) = (false, None, None);
+/// or `"burn"` (burn's own kernels only), for the model loaded with these options. Other keys
+/// are errors.
+async fn device_from_options(
+    options: &JsValue,
+) -> Result<(burn::tensor::Device, Kernels), JsValue> {
+    let (mut cpu, mut precision, mut kernels) = (false, None, Kernels::Fused);
     if !options.is_undefined() && !options.is_null() {
         let object = options
             .dyn_ref::<Object>()
-            .ok_or_else(|| JsError::new("options must be an object"))?;
+            .ok_or_else(|| invalid("options must be an object"))?;
         for key in Object::keys(object).iter() {
             let name = key.as_string().unwrap_or_default();
             let value = Reflect::get(object, &key).unwrap_or(JsValue::UNDEFINED);
@@ -44,46 +52,58 @@ async fn device_from_options(options: &JsValue) -> Result<burn::tensor::Device, 
                 ("backend", Some("webgpu")) => cpu = false,
                 ("backend", Some("cpu")) => cpu = true,
                 ("backend", _) => {
-                    return Err(JsError::new("backend must be \"webgpu\" or \"cpu\""));
+                    return Err(invalid("backend must be \"webgpu\" or \"cpu\""));
                 }
                 ("precision", Some("auto")) => precision = None,
                 ("precision", Some("f32")) => precision = Some(Precision::F32),
                 ("precision", Some("f16")) => precision = Some(Precision::F16),
                 ("precision", _) => {
-                    return Err(JsError::new(
-                        "precision must be \"auto\", \"f32\" or \"f16\"",
-                    ));
+                    return Err(invalid("precision must be \"auto\", \"f32\" or \"f16\""));
                 }
-                ("kernels", Some("fused")) => fused = Some(true),
-                ("kernels", Some("burn")) => fused = Some(false),
+                ("kernels", Some("fused")) => kernels = Kernels::Fused,
+                ("kernels", Some("burn")) => kernels = Kernels::Burn,
                 ("kernels", _) => {
-                    return Err(JsError::new("kernels must be \"fused\" or \"burn\""));
+                    return Err(invalid("kernels must be \"fused\" or \"burn\""));
                 }
                 (other, _) => {
-                    return Err(JsError::new(&format!(
+                    return Err(invalid(&format!(
                         "unknown option \"{other}\" (the options are backend, precision and kernels)"
                     )));
                 }
             }
         }
     }
-    // Applied only once every option is valid: a refused load changes nothing.
-    if let Some(on) = fused {
-        crate::kernels::set_enabled(on);
-    }
-    match (cpu, precision) {
-        (true, Some(Precision::F16)) => Err(JsError::new(
-            "the CPU backend computes in f32: ask for precision \"f32\" or \"auto\"",
-        )),
-        (true, _) => Ok(crate::device::cpu()),
-        (false, precision) => crate::device::gpu_for(precision.unwrap_or(Precision::Auto))
+    let device = match (cpu, precision) {
+        (true, Some(Precision::F16)) => {
+            return Err(invalid(
+                "the CPU backend computes in f32: ask for precision \"f32\" or \"auto\"",
+            ));
+        }
+        (true, _) => lina_runtime::device::cpu(),
+        (false, precision) => lina_runtime::device::gpu_for(precision.unwrap_or(Precision::Auto))
             .await
-            .map_err(js_err),
-    }
+            .map_err(js_err)?,
+    };
+    Ok((device, kernels))
 }
 
-fn js_err(e: impl std::fmt::Display) -> JsError {
-    JsError::new(&e.to_string())
+/// A JS `Error` with `message` and a stable `code` (the runtime's [`lina_runtime::Error::code`]
+/// for its errors): what every rejection and exception of this API is, so that callers branch
+/// on `error.code` rather than on message text.
+fn js_error(code: &str, message: &str) -> JsValue {
+    let error = js_sys::Error::new(message);
+    // Setting a property on a fresh Error cannot fail.
+    let _ = Reflect::set(&error, &JsValue::from_str("code"), &JsValue::from_str(code));
+    error.into()
+}
+
+fn js_err(e: lina_runtime::Error) -> JsValue {
+    js_error(e.code(), &e.to_string())
+}
+
+/// Bad input from the caller: options, files, images, graphs.
+fn invalid(message: &str) -> JsValue {
+    js_error("invalid_input", message)
 }
 
 /// Generation options as the page sends them (camelCase).
@@ -111,13 +131,11 @@ struct JsOptions {
 }
 
 impl JsOptions {
-    fn into_options(self) -> Result<GenerateOptions, JsError> {
+    fn into_options(self) -> Result<GenerateOptions, JsValue> {
         if !(self.seed.is_finite() && self.seed >= 0.0 && self.seed <= 9_007_199_254_740_991.0)
             || self.seed.fract() != 0.0
         {
-            return Err(JsError::new(
-                "seed must be a whole number between 0 and 2^53-1",
-            ));
+            return Err(invalid("seed must be a whole number between 0 and 2^53-1"));
         }
         let defaults = GenerateOptions::default();
         Ok(GenerateOptions {
@@ -149,6 +167,8 @@ impl JsOptions {
 #[wasm_bindgen]
 pub struct Pipeline {
     inner: StableDiffusion,
+    /// LINA's learned plan predictor, where the model folder has one.
+    predictor: Option<lina::predict::Predictor>,
     /// The running generation's token; a new one per `generate`.
     cancel: RefCell<CancelToken>,
     /// The benchmark's UNet inputs, made on its first call so later calls time the UNet only.
@@ -159,23 +179,23 @@ pub struct Pipeline {
 impl Pipeline {
     /// Loads a diffusers-layout model from `files`, an object mapping relative paths
     /// (`"unet/config.json"`) to `Uint8Array`s. `options` as for `ModelLoader.create`.
-    pub async fn load(files: Object, options: JsValue) -> Result<Pipeline, JsError> {
-        let device = device_from_options(&options).await?;
+    pub async fn load(files: Object, options: JsValue) -> Result<Pipeline, JsValue> {
+        let (device, kernels) = device_from_options(&options).await?;
         let mut source = MemorySource::new();
         for key in Object::keys(&files).iter() {
             let path = key
                 .as_string()
-                .ok_or_else(|| JsError::new("file names must be strings"))?;
-            let value =
-                Reflect::get(&files, &key).map_err(|_| JsError::new("unreadable file entry"))?;
+                .ok_or_else(|| invalid("file names must be strings"))?;
+            let value = Reflect::get(&files, &key).map_err(|_| invalid("unreadable file entry"))?;
             let bytes = value
                 .dyn_into::<Uint8Array>()
-                .map_err(|_| JsError::new(&format!("{path}: expected a Uint8Array")))?;
+                .map_err(|_| invalid(&format!("{path}: expected a Uint8Array")))?;
             source.insert(path, bytes.to_vec());
         }
-        let inner = StableDiffusion::load(&source, &device).map_err(js_err)?;
+        let inner = StableDiffusion::load_with(&source, &device, kernels).map_err(js_err)?;
         Ok(Pipeline {
             inner,
+            predictor: lina::predict::Predictor::load(&source).map_err(js_err)?,
             cancel: RefCell::new(CancelToken::new()),
             bench: RefCell::default(),
         })
@@ -184,15 +204,17 @@ impl Pipeline {
     /// Builds the model from a loader's files; the loader is used up (its weights are
     /// already on the device).
     #[wasm_bindgen(js_name = fromLoader)]
-    pub fn from_loader(loader: ModelLoader) -> Result<Pipeline, JsError> {
+    pub fn from_loader(loader: ModelLoader) -> Result<Pipeline, JsValue> {
         if loader.current.is_some() {
-            return Err(JsError::new(
+            return Err(invalid(
                 "the loader is still reading a file; call endFile first",
             ));
         }
-        let inner = StableDiffusion::load(&loader.source, &loader.device).map_err(js_err)?;
+        let inner = StableDiffusion::load_with(&loader.source, &loader.device, loader.kernels)
+            .map_err(js_err)?;
         Ok(Pipeline {
             inner,
+            predictor: lina::predict::Predictor::load(&loader.source).map_err(js_err)?,
             cancel: RefCell::new(CancelToken::new()),
             bench: RefCell::default(),
         })
@@ -210,17 +232,27 @@ impl Pipeline {
         self.inner.native_size()
     }
 
+    /// Traps the wasm instance (a Rust panic, which aborts to `unreachable`), as a bug or an
+    /// exhausted memory would: for tests that the worker replaces a trapped instance instead
+    /// of using it again.
+    #[doc(hidden)]
+    #[wasm_bindgen(js_name = __trapForTesting)]
+    pub fn trap_for_testing() {
+        panic!("trap requested for testing");
+    }
+
     /// Destroys the model's GPU device, as a driver reset would, for tests of recovery: the
     /// next `generate` fails saying so, and the next load gets a fresh device.
-    #[wasm_bindgen(js_name = loseDeviceForTesting)]
-    pub fn lose_device_for_testing(&self) -> Result<(), JsError> {
-        crate::device::lose(self.inner.device()).map_err(js_err)
+    #[doc(hidden)]
+    #[wasm_bindgen(js_name = __loseDeviceForTesting)]
+    pub fn lose_device_for_testing(&self) -> Result<(), JsValue> {
+        lina_runtime::device::lose(self.inner.device()).map_err(js_err)
     }
 
     /// One UNet call as a guided step makes it (`lina::bench::UnetCall`), resolved once its
     /// result is read back: the benchmark page times it, as `lina-cli bench` does natively.
     #[wasm_bindgen(js_name = benchUnet)]
-    pub async fn bench_unet(&self) -> Result<(), JsError> {
+    pub async fn bench_unet(&self) -> Result<(), JsValue> {
         let call = match self.bench.borrow().clone() {
             Some(call) => call,
             None => Rc::new(UnetCall::new(&self.inner).map_err(js_err)?),
@@ -233,11 +265,11 @@ impl Pipeline {
     /// allocator holds and the size of wasm memory, for leak checks (wasm memory never
     /// shrinks, so a leak there only grows it).
     #[wasm_bindgen(js_name = memoryUsage)]
-    pub fn memory_usage(&self) -> Result<JsValue, JsError> {
+    pub fn memory_usage(&self) -> Result<JsValue, JsValue> {
         #[derive(serde::Serialize)]
         #[serde(rename_all = "camelCase")]
         struct Usage {
-            gpu: Option<crate::device::GpuMemory>,
+            gpu: Option<lina_runtime::device::GpuMemory>,
             wasm_bytes: f64,
         }
         let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
@@ -246,7 +278,7 @@ impl Pipeline {
             .unchecked_into::<js_sys::ArrayBuffer>()
             .byte_length();
         to_js(&Usage {
-            gpu: crate::device::gpu_memory(self.inner.device()),
+            gpu: lina_runtime::device::gpu_memory(self.inner.device()),
             wasm_bytes: f64::from(bytes),
         })
     }
@@ -254,8 +286,8 @@ impl Pipeline {
     /// The device the model runs on: `{ adapter, precision: "f16" | "f32",
     /// maxBindingBytes, shaderF16 }`.
     #[wasm_bindgen(js_name = deviceInfo)]
-    pub fn device_info(&self) -> Result<JsValue, JsError> {
-        let limits = crate::device::limits(self.inner.device());
+    pub fn device_info(&self) -> Result<JsValue, JsValue> {
+        let limits = lina_runtime::device::limits(self.inner.device());
         let info = Object::new();
         let set = |key: &str, value: JsValue| Reflect::set(&info, &key.into(), &value);
         set("adapter", limits.adapter.into())
@@ -267,7 +299,7 @@ impl Pipeline {
             })
             .and_then(|_| set("maxBindingBytes", (limits.max_binding_bytes as f64).into()))
             .and_then(|_| set("shaderF16", limits.shader_f16.into()))
-            .map_err(|_| JsError::new("cannot build the device info"))?;
+            .map_err(|_| invalid("cannot build the device info"))?;
         Ok(info.into())
     }
 
@@ -281,86 +313,50 @@ impl Pipeline {
         &self,
         options: JsValue,
         #[wasm_bindgen(js_name = onStep)] on_step: Option<js_sys::Function>,
-    ) -> Result<Object, JsError> {
+    ) -> Result<Object, JsValue> {
         let (options, plan, csg, preview) = lina_inputs(options)?;
-        let cancel = CancelToken::new();
-        *self.cancel.borrow_mut() = cancel.clone();
+        let cancel = self.fresh_cancel();
         // LINA's interventions, when a plan asks for any.
-        let (options, mut hooks, mut described, mut repair) =
-            match plan.filter(|p| !p.is_baseline()) {
-                None => (options, Hooks::default(), Vec::new(), None),
-                Some(plan) => {
-                    let csg = match csg {
-                        Some(csg) => csg,
-                        None => crate::csg::parse::parse(&options.prompt).map_err(js_err)?,
-                    };
-                    let prepared = crate::intervene::prepare(&self.inner, &options, &csg, &plan)
-                        .await
-                        .map_err(js_err)?;
-                    (
-                        prepared.opts,
-                        prepared.hooks,
-                        prepared.described,
-                        prepared.repair,
-                    )
-                }
-            };
+        let (options, mut hooks, described) = match plan.filter(|p| !p.is_baseline()) {
+            None => (options, Hooks::default(), Vec::new()),
+            Some(plan) => {
+                let csg = match csg {
+                    Some(csg) => csg,
+                    None => lina_csg::parse::parse(&options.prompt).map_err(js_err)?,
+                };
+                let prepared = lina::prepare(&self.inner, &options, &csg, &plan).map_err(js_err)?;
+                (prepared.opts, prepared.hooks, prepared.described)
+            }
+        };
+        let mut page = PageSteps { on_step, preview };
         let mut sampling = self.inner.start(&options).map_err(js_err)?;
-        while !sampling.is_done() {
-            if cancel.is_cancelled() {
-                return Err(js_err(crate::Error::Cancelled));
-            }
-            sampling.step(&mut hooks).map_err(js_err)?;
-            if let Some(r) = repair.as_mut() {
-                r.after_step(&mut sampling).await.map_err(js_err)?;
-            }
-            sampling.settle().await.map_err(js_err)?;
-            if let Some(f) = &on_step {
-                let args = js_sys::Array::of3(
-                    &JsValue::from(sampling.current_step() as u32),
-                    &JsValue::from(sampling.steps() as u32),
-                    &JsValue::from(sampling.timesteps()[sampling.current_step() - 1]),
-                );
-                if preview {
-                    let image = sampling.preview().await.map_err(js_err)?;
-                    args.push(&image_object(&image)?.into());
-                }
-                let returned = f
-                    .apply(&JsValue::NULL, &args)
-                    .map_err(|e| JsError::new(&format!("onStep threw: {e:?}")))?;
-                if let Ok(promise) = returned.dyn_into::<Promise>() {
-                    JsFuture::from(promise)
-                        .await
-                        .map_err(|e| JsError::new(&format!("onStep rejected: {e:?}")))?;
-                }
-            }
-        }
-        if cancel.is_cancelled() {
-            return Err(js_err(crate::Error::Cancelled));
-        }
+        sampling
+            .run(&mut (&mut hooks, &mut page), &cancel)
+            .await
+            .map_err(js_err)?;
         let image = sampling.decode().await.map_err(js_err)?;
-        described.extend(repair.into_iter().flat_map(|r| r.described));
 
         let out = image_object(&image)?;
         let set = |k: &str, v: &JsValue| Reflect::set(&out, &JsValue::from_str(k), v).map(|_| ());
         let warnings: js_sys::Array = sampling
             .warnings
             .iter()
-            .map(|w| JsValue::from_str(w))
+            .map(|w| JsValue::from_str(&w.to_string()))
             .collect();
         let interventions: js_sys::Array = described.iter().map(|d| JsValue::from_str(d)).collect();
         set("warnings", &warnings)
             .and_then(|_| set("interventions", &interventions))
-            .map_err(|_| JsError::new("could not build the result object"))?;
+            .map_err(|_| invalid("could not build the result object"))?;
         Ok(out)
     }
 
     /// LINA's step sweep: the plan's guidance at one step at a time, for every step (the
     /// options as for `generate`, with `plan`, default LINA's, and optionally `csg`).
     /// Resolves to `{ baselinePassed, checks, points: [{ step, change, passed, checks }] }`.
-    pub async fn sweep(&self, options: JsValue) -> Result<JsValue, JsError> {
+    pub async fn sweep(&self, options: JsValue) -> Result<JsValue, JsValue> {
         let (options, plan, csg) = self.diagnostic_inputs(options)?;
-        let sweep = crate::intervene::diagnose::step_sweep(&self.inner, &options, &csg, &plan)
+        let cancel = self.fresh_cancel();
+        let sweep = lina_probe::diagnose::step_sweep(&self.inner, &options, &csg, &plan, &cancel)
             .await
             .map_err(js_err)?;
         to_js(&sweep)
@@ -375,10 +371,11 @@ impl Pipeline {
         image: JsValue,
         node: String,
         strength: f64,
-    ) -> Result<Object, JsError> {
+    ) -> Result<Object, JsValue> {
         let (options, plan, csg) = self.diagnostic_inputs(options)?;
         let image = image_from_js(&image)?;
-        let done = crate::intervene::diagnose::reinpaint(
+        let cancel = self.fresh_cancel();
+        let done = lina_probe::diagnose::reinpaint(
             &self.inner,
             &options,
             &csg,
@@ -386,13 +383,14 @@ impl Pipeline {
             &image,
             &node,
             strength,
+            &cancel,
         )
         .await
         .map_err(js_err)?;
         let out = image_object(&done.image)?;
         for (key, verdicts) in [("before", &done.before), ("after", &done.after)] {
             Reflect::set(&out, &JsValue::from_str(key), &to_js(verdicts)?)
-                .map_err(|_| JsError::new("could not build the result object"))?;
+                .map_err(|_| invalid("could not build the result object"))?;
         }
         Ok(out)
     }
@@ -400,60 +398,59 @@ impl Pipeline {
     /// The probe checker's verdicts for `image` against a scene graph (`csg`, JSON as the
     /// CSG schema): one `{ kind, check, passed, detail }` per relation and effect.
     #[wasm_bindgen(js_name = checkImage)]
-    pub fn check_image(image: JsValue, csg: JsValue) -> Result<JsValue, JsError> {
+    pub fn check_image(image: JsValue, csg: JsValue) -> Result<JsValue, JsValue> {
         let image = image_from_js(&image)?;
-        to_js(&crate::probe::check::check(&image, &csg_from_js(csg)?))
+        to_js(&lina_probe::check::check(&image, &csg_from_js(csg)?))
     }
 
     /// The learned predictor's plan for `prompt` (its scene graph `csg`, or the one the prompt
     /// describes when `csg` is undefined): `{ candidate, plan, predicted: [[name, share], …] }`,
     /// or `null` when the model folder has no `lina_predictor.json`.
     #[wasm_bindgen(js_name = suggestPlan)]
-    pub async fn suggest_plan(&self, prompt: String, csg: JsValue) -> Result<JsValue, JsError> {
+    pub async fn suggest_plan(&self, prompt: String, csg: JsValue) -> Result<JsValue, JsValue> {
         let csg = if csg.is_undefined() || csg.is_null() {
-            crate::csg::parse::parse(&prompt).map_err(js_err)?
+            lina_csg::parse::parse(&prompt).map_err(js_err)?
         } else {
             csg_from_js(csg)?
         };
-        match crate::intervene::predict::suggest(&self.inner, &prompt, &csg)
-            .await
-            .map_err(js_err)?
-        {
+        match &self.predictor {
             None => Ok(JsValue::NULL),
-            Some(suggestion) => to_js(&suggestion),
+            Some(predictor) => to_js(
+                &predictor
+                    .suggest_for(&self.inner, &prompt, &csg)
+                    .await
+                    .map_err(js_err)?,
+            ),
         }
     }
 
     /// The scene graph a prompt describes, with the effects physics implies added (reflections,
     /// shadows), as the JSON object `generate`'s `csg` option takes.
     #[wasm_bindgen(js_name = parsePrompt)]
-    pub fn parse_prompt(prompt: &str) -> Result<JsValue, JsError> {
-        to_js(&crate::csg::parse::parse(prompt).map_err(js_err)?)
+    pub fn parse_prompt(prompt: &str) -> Result<JsValue, JsValue> {
+        to_js(&lina_csg::parse::parse(prompt).map_err(js_err)?)
     }
 
     /// Checks a scene graph (its version, unique ids, relations between known nodes, layouts
     /// inside the image); returns it as read, or throws naming the problem.
     #[wasm_bindgen(js_name = validateCsg)]
-    pub fn validate_csg(csg: JsValue) -> Result<JsValue, JsError> {
+    pub fn validate_csg(csg: JsValue) -> Result<JsValue, JsValue> {
         to_js(&csg_from_js(csg)?)
     }
 
     /// LINA's default plan, every field filled in: a starting point for the page's controls.
     #[wasm_bindgen(js_name = linaPlan)]
-    pub fn lina_plan() -> Result<JsValue, JsError> {
-        to_js(&crate::intervene::Plan::lina())
+    pub fn lina_plan() -> Result<JsValue, JsValue> {
+        to_js(&lina::Plan::lina())
     }
 
     /// The timesteps a run with these options takes: `{ plain, planned }`, the scheduler's
     /// own and those of the options' `plan` (its warp moves them toward the noisy start).
-    pub fn timesteps(&self, options: JsValue) -> Result<JsValue, JsError> {
+    pub fn timesteps(&self, options: JsValue) -> Result<JsValue, JsValue> {
         let (options, plan, _, _) = lina_inputs(options)?;
-        let plain = crate::intervene::timesteps(&self.inner, &options, &Default::default())
-            .map_err(js_err)?;
+        let plain = lina::timesteps(&self.inner, &options, &Default::default()).map_err(js_err)?;
         let planned = match plan {
-            Some(plan) => {
-                crate::intervene::timesteps(&self.inner, &options, &plan).map_err(js_err)?
-            }
+            Some(plan) => lina::timesteps(&self.inner, &options, &plan).map_err(js_err)?,
             None => plain.clone(),
         };
         let out = Object::new();
@@ -465,14 +462,58 @@ impl Pipeline {
         };
         Reflect::set(&out, &"plain".into(), &list(&plain))
             .and_then(|_| Reflect::set(&out, &"planned".into(), &list(&planned)))
-            .map_err(|_| JsError::new("cannot build the timesteps"))?;
+            .map_err(|_| invalid("cannot build the timesteps"))?;
         Ok(out.into())
     }
 
-    /// Stops the running generation after its current step; its promise rejects with
-    /// "generation cancelled".
+    /// Stops the running generation, sweep or re-inpainting after its current step; its
+    /// promise rejects with an error of code `cancelled`.
     pub fn cancel(&self) {
         self.cancel.borrow().cancel();
+    }
+}
+
+/// The page's side of the sampling loop: after every step, once the device has caught up, the
+/// `onStep` callback with the step, the step count, the timestep and (when asked) a preview;
+/// a promise it returns is awaited, so the page can paint or take a Cancel click.
+struct PageSteps {
+    on_step: Option<js_sys::Function>,
+    preview: bool,
+}
+
+impl PageSteps {
+    async fn report(&self, sampling: &Sampling<'_>) -> lina_runtime::Result<()> {
+        sampling.settle().await?;
+        let Some(f) = &self.on_step else {
+            return Ok(());
+        };
+        let step = sampling.current_step();
+        let args = js_sys::Array::of3(
+            &JsValue::from(step as u32),
+            &JsValue::from(sampling.steps() as u32),
+            &JsValue::from(sampling.timesteps()[step - 1]),
+        );
+        if self.preview {
+            let image = sampling.preview().await?;
+            let object = image_object(&image)
+                .map_err(|_| lina_runtime::Error::Callback("cannot build the preview".into()))?;
+            args.push(&object.into());
+        }
+        let returned = f
+            .apply(&JsValue::NULL, &args)
+            .map_err(|e| lina_runtime::Error::Callback(format!("onStep threw: {e:?}")))?;
+        if let Ok(promise) = returned.dyn_into::<Promise>() {
+            JsFuture::from(promise)
+                .await
+                .map_err(|e| lina_runtime::Error::Callback(format!("onStep rejected: {e:?}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl StepHook for PageSteps {
+    fn between_steps<'a>(&'a mut self, sampling: &'a mut Sampling<'_>) -> StepFuture<'a> {
+        Box::pin(self.report(sampling))
     }
 }
 
@@ -483,78 +524,82 @@ fn lina_inputs(
 ) -> Result<
     (
         GenerateOptions,
-        Option<crate::intervene::Plan>,
-        Option<crate::csg::Csg>,
+        Option<lina::Plan>,
+        Option<lina_csg::Csg>,
         bool,
     ),
-    JsError,
+    JsValue,
 > {
     let mut options: JsOptions = serde_wasm_bindgen::from_value(options)
-        .map_err(|e| JsError::new(&format!("invalid options: {e}")))?;
+        .map_err(|e| invalid(&format!("invalid options: {e}")))?;
     let (plan, csg, preview) = (options.plan.take(), options.csg.take(), options.preview);
     let plan = plan
-        .map(|v| crate::intervene::Plan::parse(&v.to_string()))
+        .map(|v| lina::Plan::parse(&v.to_string()))
         .transpose()
         .map_err(js_err)?;
     let csg = csg
-        .map(|v| crate::csg::Csg::from_json(&v.to_string()))
+        .map(|v| lina_csg::Csg::from_json(&v.to_string()))
         .transpose()
         .map_err(js_err)?;
     Ok((options.into_options()?, plan, csg, preview))
 }
 
 impl Pipeline {
+    /// A new token for the call about to run, which `cancel` then stops: one call runs at a
+    /// time (the worker queues them), so the latest token is the running call's.
+    fn fresh_cancel(&self) -> CancelToken {
+        let cancel = CancelToken::new();
+        *self.cancel.borrow_mut() = cancel.clone();
+        cancel
+    }
+
     /// A diagnostic's inputs: the options, the plan (LINA's default when none is given) and
     /// the graph (parsed from the prompt when none is given).
     fn diagnostic_inputs(
         &self,
         options: JsValue,
-    ) -> Result<(GenerateOptions, crate::intervene::Plan, crate::csg::Csg), JsError> {
+    ) -> Result<(GenerateOptions, lina::Plan, lina_csg::Csg), JsValue> {
         let (options, plan, csg, _) = lina_inputs(options)?;
         let csg = match csg {
             Some(csg) => csg,
-            None => crate::csg::parse::parse(&options.prompt).map_err(js_err)?,
+            None => lina_csg::parse::parse(&options.prompt).map_err(js_err)?,
         };
-        Ok((
-            options,
-            plan.unwrap_or_else(crate::intervene::Plan::lina),
-            csg,
-        ))
+        Ok((options, plan.unwrap_or_else(lina::Plan::lina), csg))
     }
 }
 
 /// A scene graph from its JSON object, validated. Through serde_json, whose errors name the
 /// unknown or missing field.
-fn csg_from_js(csg: JsValue) -> Result<crate::csg::Csg, JsError> {
-    let csg: serde_json::Value = serde_wasm_bindgen::from_value(csg)
-        .map_err(|e| JsError::new(&format!("invalid CSG: {e}")))?;
-    crate::csg::Csg::from_json(&csg.to_string()).map_err(js_err)
+fn csg_from_js(csg: JsValue) -> Result<lina_csg::Csg, JsValue> {
+    let csg: serde_json::Value =
+        serde_wasm_bindgen::from_value(csg).map_err(|e| invalid(&format!("invalid CSG: {e}")))?;
+    lina_csg::Csg::from_json(&csg.to_string()).map_err(js_err)
 }
 
 /// A serialisable value as a plain JS object (maps as objects, not `Map`s).
-fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsError> {
+fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> {
     value
         .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-        .map_err(|e| JsError::new(&format!("could not convert the result: {e}")))
+        .map_err(|e| invalid(&format!("could not convert the result: {e}")))
 }
 
 /// `{ width, height, rgba }` (as `ImageData` has them) to an image; alpha is ignored.
-fn image_from_js(value: &JsValue) -> Result<crate::image::Image, JsError> {
+fn image_from_js(value: &JsValue) -> Result<lina_runtime::image::Image, JsValue> {
     let field = |k: &str| Reflect::get(value, &JsValue::from_str(k)).ok();
     let number = |k: &str| {
         field(k)
             .and_then(|v| v.as_f64())
             .filter(|v| v.fract() == 0.0 && *v >= 1.0 && *v <= 4096.0)
             .map(|v| v as usize)
-            .ok_or_else(|| JsError::new(&format!("image.{k} must be a whole number of pixels")))
+            .ok_or_else(|| invalid(&format!("image.{k} must be a whole number of pixels")))
     };
     let (width, height) = (number("width")?, number("height")?);
     let rgba = field("rgba")
         .filter(|v| v.is_object())
         .map(|v| Uint8Array::new(&v).to_vec())
-        .ok_or_else(|| JsError::new("image.rgba must be a Uint8ClampedArray or Uint8Array"))?;
+        .ok_or_else(|| invalid("image.rgba must be a Uint8ClampedArray or Uint8Array"))?;
     if rgba.len() != width * height * 4 {
-        return Err(JsError::new(&format!(
+        return Err(invalid(&format!(
             "image.rgba has {} bytes, {width}x{height} RGBA needs {}",
             rgba.len(),
             width * height * 4
@@ -564,18 +609,18 @@ fn image_from_js(value: &JsValue) -> Result<crate::image::Image, JsError> {
         .chunks_exact(4)
         .flat_map(|p| [p[0], p[1], p[2]])
         .collect();
-    Ok(crate::image::Image { width, height, rgb })
+    Ok(lina_runtime::image::Image { width, height, rgb })
 }
 
 /// `{ width, height, rgba: Uint8ClampedArray }`, ready for `new ImageData(rgba, width, height)`.
-fn image_object(image: &crate::image::Image) -> Result<Object, JsError> {
+fn image_object(image: &lina_runtime::image::Image) -> Result<Object, JsValue> {
     let out = Object::new();
     let rgba = Uint8ClampedArray::from(image.to_rgba().as_slice());
     let set = |k: &str, v: &JsValue| Reflect::set(&out, &JsValue::from_str(k), v).map(|_| ());
     set("width", &JsValue::from(image.width as u32))
         .and_then(|_| set("height", &JsValue::from(image.height as u32)))
         .and_then(|_| set("rgba", &rgba))
-        .map_err(|_| JsError::new("could not build an image object"))?;
+        .map_err(|_| invalid("could not build an image object"))?;
     Ok(out)
 }
 
@@ -586,6 +631,8 @@ fn image_object(image: &crate::image::Image) -> Result<Object, JsError> {
 #[wasm_bindgen]
 pub struct ModelLoader {
     device: burn::tensor::Device,
+    /// The kernels the model built from this loader runs.
+    kernels: Kernels,
     source: StagedSource,
     current: Option<(String, Incoming)>,
     /// The current file's SHA-256 so far, when its caller asked for one.
@@ -602,9 +649,11 @@ impl ModelLoader {
     /// Acquires the WebGPU device the weights will live on. `options.precision`: `"auto"`
     /// (the default: f16 where the adapter has shader-f16, f32 otherwise), `"f32"` or `"f16"`.
     /// After a device failure (reported by `generate`), the next loader gets a fresh device.
-    pub async fn create(options: JsValue) -> Result<ModelLoader, JsError> {
+    pub async fn create(options: JsValue) -> Result<ModelLoader, JsValue> {
+        let (device, kernels) = device_from_options(&options).await?;
         Ok(ModelLoader {
-            device: device_from_options(&options).await?,
+            device,
+            kernels,
             source: StagedSource::default(),
             current: None,
             digest: None,
@@ -613,17 +662,27 @@ impl ModelLoader {
 
     /// Starts a file at a diffusers-layout path (`"unet/diffusion_pytorch_model.safetensors"`).
     /// With `digest`, `endFile` returns the file's SHA-256: the bytes are hashed as they pass,
-    /// so that a cached copy can be checked without reading it twice.
+    /// so that a cached copy can be checked without reading it twice. `length`, the file's
+    /// size where the caller knows it (`File.size`), bounds what a weight file's header may
+    /// claim: a hostile header is refused before anything is reserved for it.
     #[wasm_bindgen(js_name = beginFile)]
-    pub fn begin_file(&mut self, path: String, digest: Option<bool>) -> Result<(), JsError> {
+    pub fn begin_file(
+        &mut self,
+        path: String,
+        digest: Option<bool>,
+        length: Option<f64>,
+    ) -> Result<(), JsValue> {
         if let Some((open, _)) = &self.current {
-            return Err(JsError::new(&format!(
+            return Err(invalid(&format!(
                 "{path}: cannot start while {open} is still being read"
             )));
         }
         let incoming = if path.ends_with(".safetensors") {
             let mut upload = WeightsUpload::new(&self.device);
-            upload.begin_file(&path).map_err(js_err)?;
+            let length = length
+                .filter(|l| l.is_finite() && *l >= 0.0)
+                .map(|l| l as u64);
+            upload.begin_file(&path, length).map_err(js_err)?;
             Incoming::Weights(upload)
         } else {
             Incoming::Bytes(Vec::new())
@@ -634,12 +693,12 @@ impl ModelLoader {
     }
 
     /// The next bytes of the current file.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsValue> {
         if let Some(digest) = &mut self.digest {
             digest.update(chunk);
         }
         match &mut self.current {
-            None => Err(JsError::new("push: no file was started (call beginFile)")),
+            None => Err(invalid("push: no file was started (call beginFile)")),
             Some((_, Incoming::Weights(upload))) => upload.push(chunk).map_err(js_err),
             Some((_, Incoming::Bytes(bytes))) => {
                 bytes.extend_from_slice(chunk);
@@ -651,7 +710,7 @@ impl ModelLoader {
     /// Ends the current file; a truncated weight file fails here, naming it. Returns the
     /// file's SHA-256 in hex when `beginFile` asked for it.
     #[wasm_bindgen(js_name = endFile)]
-    pub fn end_file(&mut self) -> Result<Option<String>, JsError> {
+    pub fn end_file(&mut self) -> Result<Option<String>, JsValue> {
         let digest = self.digest.take().map(|d| {
             d.finalize()
                 .iter()
@@ -659,7 +718,7 @@ impl ModelLoader {
                 .collect()
         });
         match self.current.take() {
-            None => return Err(JsError::new("endFile: no file was started")),
+            None => return Err(invalid("endFile: no file was started")),
             Some((path, Incoming::Weights(mut upload))) => {
                 upload.end_file().map_err(js_err)?;
                 self.source.insert_uploaded(path, upload);
@@ -671,8 +730,8 @@ impl ModelLoader {
 
     /// A whole file at once (a small config, or bytes the page already holds).
     #[wasm_bindgen(js_name = addFile)]
-    pub fn add_file(&mut self, path: String, bytes: &[u8]) -> Result<(), JsError> {
-        self.begin_file(path, None)?;
+    pub fn add_file(&mut self, path: String, bytes: &[u8]) -> Result<(), JsValue> {
+        self.begin_file(path, None, Some(bytes.len() as f64))?;
         self.push(bytes)?;
         self.end_file().map(drop)
     }
@@ -686,8 +745,8 @@ impl ModelLoader {
         path: String,
         url: String,
         #[wasm_bindgen(js_name = onProgress)] on_progress: Option<js_sys::Function>,
-    ) -> Result<bool, JsError> {
-        let fail = |what: &str, e: JsValue| JsError::new(&format!("{path}: {what}: {e:?}"));
+    ) -> Result<bool, JsValue> {
+        let fail = |what: &str, e: JsValue| js_error("network", &format!("{path}: {what}: {e:?}"));
         // `fetch` from the global scope: a page's window or a worker's self.
         let fetch: js_sys::Function = Reflect::get(&js_sys::global(), &JsValue::from_str("fetch"))
             .and_then(|f| f.dyn_into())
@@ -705,7 +764,10 @@ impl ModelLoader {
             return Ok(false);
         }
         if !response.ok() {
-            return Err(JsError::new(&format!("{path}: HTTP {}", response.status())));
+            return Err(js_error(
+                "network",
+                &format!("{path}: HTTP {}", response.status()),
+            ));
         }
         let header = |name: &str| response.headers().get(name).ok().flatten();
         // A dev server that answers a missing file with its HTML page must not pass as a file.
@@ -713,14 +775,19 @@ impl ModelLoader {
             return Ok(false);
         }
         let total = header("content-length").and_then(|l| l.parse::<f64>().ok());
+        // The body's length, where the Content-Length gives it: with a content encoding it
+        // counts the compressed bytes instead.
+        let length = total.filter(|_| {
+            header("content-encoding").is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"))
+        });
         let body = response
             .body()
-            .ok_or_else(|| JsError::new(&format!("{path}: the response has no body")))?;
+            .ok_or_else(|| invalid(&format!("{path}: the response has no body")))?;
         let reader: web_sys::ReadableStreamDefaultReader = body
             .get_reader()
             .dyn_into()
             .map_err(|e| fail("unreadable body", e.into()))?;
-        self.begin_file(path.clone(), None)?;
+        self.begin_file(path.clone(), None, length)?;
         match self
             .stream_body(&path, &reader, total, on_progress.as_ref())
             .await
@@ -743,8 +810,8 @@ impl ModelLoader {
         reader: &web_sys::ReadableStreamDefaultReader,
         total: Option<f64>,
         on_progress: Option<&js_sys::Function>,
-    ) -> Result<(), JsError> {
-        let fail = |what: &str, e: JsValue| JsError::new(&format!("{path}: {what}: {e:?}"));
+    ) -> Result<(), JsValue> {
+        let fail = |what: &str, e: JsValue| js_error("network", &format!("{path}: {what}: {e:?}"));
         let mut received = 0.0;
         loop {
             let next = JsFuture::from(reader.read())

@@ -1,0 +1,142 @@
+//! `lina-cli generate`: one image to a PNG file.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use lina_runtime::Result;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, StableDiffusion};
+use lina_runtime::schedulers::{SchedulerKind, Timesteps};
+use lina_runtime::source::DirSource;
+
+use crate::common::{self, DeviceArg, StepBar};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A diffusers-layout model folder.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20, conflicts_with = "timesteps")]
+    steps: usize,
+    /// Explicit timesteps instead of a step count: T1,T2,...
+    #[arg(long, value_delimiter = ',')]
+    timesteps: Option<Vec<f64>>,
+    /// Classifier-free guidance scale; at 1 or below the unconditional pass is skipped.
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    /// Image width in pixels (the model's native size by default).
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    height: Option<usize>,
+    /// ddim, euler, euler_a, dpm++2m or lcm (the model's own by default).
+    #[arg(long, value_parser = common::scheduler)]
+    scheduler: Option<SchedulerKind>,
+    /// Skip this many final text encoder layers.
+    #[arg(long, default_value_t = 0)]
+    clip_skip: usize,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// LINA's plan: baseline, lina, JSON, or a JSON file. A plan other than baseline runs
+    /// LINA's interventions on the CSG parsed from the prompt unless --csg gives one.
+    #[arg(long, default_value = "baseline", value_parser = common::plan)]
+    plan: lina::Plan,
+    /// A Causal Scene Graph as JSON (with layout boxes for region guidance).
+    #[arg(long)]
+    csg: Option<PathBuf>,
+    /// img2img: start from this PNG.
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// img2img: how much of the schedule runs (1 redraws from noise).
+    #[arg(long, default_value_t = 0.8, requires = "init_image")]
+    strength: f64,
+    /// Inpainting: a PNG whose white regions are regenerated.
+    #[arg(long, requires = "init_image")]
+    mask: Option<PathBuf>,
+    #[arg(long, default_value = "out.png")]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let opts = GenerateOptions {
+        prompt: args.prompt,
+        negative_prompt: args.negative,
+        seed: args.seed,
+        timesteps: match args.timesteps {
+            Some(list) => Timesteps::Explicit(list),
+            None => Timesteps::Count(args.steps),
+        },
+        guidance_scale: args.guidance,
+        width: args.width,
+        height: args.height,
+        scheduler: args.scheduler,
+        clip_skip: args.clip_skip,
+        init_image: args
+            .init_image
+            .as_deref()
+            .map(common::read_png)
+            .transpose()?,
+        strength: args.strength,
+        // White (or any first channel at half or more) regenerates, black keeps.
+        mask: args
+            .mask
+            .as_deref()
+            .map(common::read_png)
+            .transpose()?
+            .map(|mask| {
+                mask.rgb
+                    .chunks_exact(3)
+                    .map(|p| p[0] as f32 / 255.0)
+                    .collect()
+            }),
+        ..GenerateOptions::default()
+    };
+    let (plan, out) = (args.plan, args.out);
+    pollster::block_on(async {
+        let device = args.device.open().await?;
+        let started = Instant::now();
+        let pipe = StableDiffusion::load(&DirSource::new(&args.model), &device)?;
+        let loaded = started.elapsed();
+        tracing::info!(?loaded, "model loaded");
+        if let Some(note) = pipe.size_note() {
+            tracing::warn!("{note}");
+        }
+        let bar = common::bar(0, "steps");
+        let mut progress = StepBar(bar.clone());
+        let cancel = CancelToken::new();
+        let done = if plan.is_baseline() {
+            pipe.generate(&opts, &mut progress, &cancel).await?
+        } else {
+            let csg = match &args.csg {
+                Some(path) => lina_csg::Csg::from_json(&common::read_text(path)?)?,
+                None => lina_csg::parse::parse(&opts.prompt)?,
+            };
+            let out = lina::generate(&pipe, &opts, &csg, &plan, &mut progress, &cancel).await?;
+            for d in &out.described {
+                tracing::info!("LINA: {d}");
+            }
+            out.generated
+        };
+        bar.finish_and_clear();
+        for w in &done.warnings {
+            tracing::warn!("{w}");
+        }
+        let image = done.image;
+        common::write(&out, image.to_png()?)?;
+        println!(
+            "wrote {} ({}x{}) in {:.2?} (load {:.2?})",
+            out.display(),
+            image.width,
+            image.height,
+            started.elapsed(),
+            loaded
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,234 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! The workspace's architecture, checked: which crate may depend on which (runtime <- scene
+//! graph <- LINA <- probe <- apps), that nothing running during sampling can reach the
+//! probe's checker, and that no module of a crate imports one that imports it back.
+//!
+//! Read from the manifests and sources themselves, so that a new dependency or import that
+//! breaks a rule fails here, naming it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Each crate of the workspace: its folder and the workspace crates it may depend on.
+const LAYERS: &[(&str, &str, &[&str])] = &[
+    ("lina-runtime", ".", &[]),
+    ("lina-csg", "crates/csg", &["lina-runtime"]),
+    ("lina", "crates/lina", &["lina-runtime", "lina-csg"]),
+    (
+        "lina-probe",
+        "crates/probe",
+        &["lina-runtime", "lina-csg", "lina"],
+    ),
+    (
+        "lina-web",
+        "crates/web",
+        &["lina-runtime", "lina-csg", "lina", "lina-probe"],
+    ),
+    (
+        "lina-cli",
+        "crates/cli",
+        &["lina-runtime", "lina-csg", "lina", "lina-probe"],
+    ),
+];
+
+/// The workspace crates a manifest's non-dev dependency tables name.
+fn workspace_dependencies(manifest: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let names: BTreeSet<&str> = LAYERS.iter().map(|(name, _, _)| *name).collect();
+    let mut in_dependencies = false;
+    let mut found = BTreeSet::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            // `[dependencies]` and `[target.'cfg(..)'.dependencies]`, not dev- or build-.
+            let table = line.trim_matches(|c| c == '[' || c == ']');
+            in_dependencies = table == "dependencies"
+                || (table.ends_with(".dependencies") && table != "workspace.dependencies");
+            continue;
+        }
+        if !in_dependencies {
+            continue;
+        }
+        let key = line
+            .split(['=', '.', ' '])
+            .next()
+            .unwrap_or_default()
+            .trim();
+        if names.contains(key) {
+            found.insert(key.to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn each_crate_depends_only_on_the_layers_below_it() {
+    for (name, folder, allowed) in LAYERS {
+        let manifest = Path::new(ROOT).join(folder).join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert!(
+            text.contains(&format!("name = \"{name}\"")),
+            "{} is not the manifest of {name}",
+            manifest.display()
+        );
+        for dep in workspace_dependencies(&manifest) {
+            assert!(
+                allowed.contains(&dep.as_str()),
+                "{name} depends on {dep}; it may depend only on {allowed:?}"
+            );
+        }
+    }
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every source file of a crate folder's `src/`.
+fn sources(folder: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    rust_files(&Path::new(ROOT).join(folder).join("src"), &mut files);
+    assert!(!files.is_empty(), "{folder}/src has no sources");
+    files
+}
+
+#[test]
+fn no_judge_steers_what_runs_while_sampling() {
+    // The runtime, the scene graph and LINA's interventions run during sampling: none of them
+    // may name the probe (its checker, segmenter or palette), even through a path.
+    for folder in [".", "crates/csg", "crates/lina"] {
+        for file in sources(folder) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                assert!(
+                    !code.contains("lina_probe"),
+                    "{}:{}: names the probe: {line}",
+                    file.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+    // And the runtime knows nothing of LINA or its scene graph.
+    for file in sources(".") {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            assert!(
+                !code.contains("lina_csg") && !code.contains("lina::"),
+                "{}:{}: the runtime names a layer above it: {line}",
+                file.display(),
+                n + 1
+            );
+        }
+    }
+}
+
+/// The module a source file is, by its path under `src/` (`models/unet.rs` -> `models::unet`,
+/// `schedulers/mod.rs` -> `schedulers`).
+fn module_of(src: &Path, file: &Path) -> String {
+    let relative = file.strip_prefix(src).unwrap().with_extension("");
+    let parts: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .filter(|p| p != "mod" && p != "lib" && p != "main")
+        .collect();
+    parts.join("::")
+}
+
+/// The crate-local modules a file imports: `crate::a::b` names module `a::b` where that is a
+/// module, else `a`.
+fn imports(text: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+    // Code only: a doc comment that links to another module imports nothing.
+    let text: String = text
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut found = BTreeSet::new();
+    for (i, _) in text.match_indices("crate::") {
+        let rest = &text[i + "crate::".len()..];
+        let path: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        let segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+        // The longest prefix that is a module.
+        for len in (1..=segments.len()).rev() {
+            let candidate = segments[..len].join("::");
+            if modules.contains(&candidate) {
+                found.insert(candidate);
+                break;
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    for (name, folder, _) in LAYERS {
+        let src = Path::new(ROOT).join(folder).join("src");
+        let files = sources(folder);
+        let modules: BTreeSet<String> = files.iter().map(|f| module_of(&src, f)).collect();
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for file in &files {
+            let module = module_of(&src, file);
+            let text = std::fs::read_to_string(file).unwrap();
+            // Unit tests may reach anywhere in their crate.
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let text = text.split("#[cfg(all(test").next().unwrap_or_default();
+            let mut uses = imports(text, &modules);
+            uses.retain(|m| *m != module && !m.starts_with(&format!("{module}::")));
+            graph.entry(module).or_default().extend(uses);
+        }
+        for (a, uses) in &graph {
+            for b in uses {
+                // A parent module and its children are one unit (`schedulers` and
+                // `schedulers::ddim`); only modules apart from each other count.
+                if a.starts_with(&format!("{b}::")) {
+                    continue;
+                }
+                if graph.get(b).is_some_and(|back| back.contains(a)) {
+                    panic!("{name}: `{a}` imports `{b}`, which imports `{a}` back");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_checks_above_can_fail() {
+    // The import reader finds a mutual pair where there is one.
+    let modules: BTreeSet<String> = ["a", "b", "b::c"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        imports(
+            "use crate::b::c::Thing; crate::a::f(); // see crate::b",
+            &modules
+        ),
+        ["a", "b::c"].iter().map(|s| s.to_string()).collect()
+    );
+    // The manifest reader sees a dependency on the probe in a target table.
+    let dir = std::env::temp_dir().join(format!("lina-architecture-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("Cargo.toml");
+    std::fs::write(
+        &manifest,
+        "[package]\nname = \"x\"\n\n[target.'cfg(unix)'.dependencies]\nlina-probe.workspace = true\n\n[dev-dependencies]\nlina-web = { path = \"..\" }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        workspace_dependencies(&manifest),
+        ["lina-probe".to_string()].into_iter().collect()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
