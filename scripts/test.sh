@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs every test: formatting and lints, the native tests (CPU backend, and the
 # wgpu backend on lavapipe), each fuzz target for 20 seconds, the browser tests in headless
-# Chromium with WebGPU, and the page's end-to-end tests.
+# Chromium with WebGPU, the embed API's type check, and the page's end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -23,6 +23,10 @@ echo "== browser tests (headless Chromium, WebGPU on SwiftShader)"
 # give all browser tests together up to 25 minutes.
 CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=1500 \
   cargo test --release --target wasm32-unknown-unknown --test web
+
+echo "== embed API types (www/lina.js against lina.d.ts, and README's example)"
+npm ci --prefix tests/types --no-audit --no-fund
+npm test --prefix tests/types
 
 echo "== page and embed API end to end (headless Chromium, playwright-core)"
 scripts/build-web.sh

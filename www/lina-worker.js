@@ -1,6 +1,9 @@
 // The model's own thread. The wasm runtime and its WebGPU device live here, so that loading
-// and generating never block the page. Driven by lina.js: requests run one at a time, in
-// order; only "cancel" is handled at once. Every request ends with a "done" or an "error".
+// and generating never block the page. Driven by lina.js: requests ({ id, type, ... }) run one
+// at a time, in order; only "cancel" is handled at once. Every request ends with a "done" or
+// an "error" ({ message, code, name }: structured clone would drop an Error's `code`), unless
+// the wasm instance traps: then the worker reports "crashed" once and answers nothing more,
+// and lina.js replaces it.
 import init, { ModelLoader, Pipeline } from "./pkg/lina.js";
 
 // The diffusers folder layout: files a model must have, and files it may have.
@@ -25,7 +28,16 @@ const OPTIONAL = [
 
 const COMPONENT_FILE = /^((scheduler|text_encoder|tokenizer|unet|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)|lina_predictor\.json)$/;
 
-const started = init();
+// An Error with one of the API's codes (lina.d.ts), for the failures found on this side.
+const failure = (code, message) => Object.assign(new Error(message), { code });
+
+const started = init().catch((error) => {
+  // A module that does not compile is no download problem, and retrying will not help.
+  const broken = error instanceof WebAssembly.CompileError || error instanceof WebAssembly.LinkError;
+  throw failure(broken ? "internal" : "network", `cannot start the wasm module (pkg/lina_bg.wasm): ${error?.message ?? error}`);
+});
+// Every request awaits it and reports the failure; until one does, it is no unhandled error.
+started.catch(() => {});
 let pipeline = null;
 
 const reply = (id, type, body = {}, transfer = []) => postMessage({ id, type, ...body }, transfer);
@@ -34,18 +46,30 @@ const reply = (id, type, body = {}, transfer = []) => postMessage({ id, type, ..
 // chunks.
 let loading = null;
 
+const cancelled = (message) => failure("cancelled", message);
+
 // Streams a body (a Blob's or a response's) into the loader chunk by chunk: weight files go
 // to the GPU tensor by tensor as their bytes arrive. Resolves to the file's SHA-256 (hex)
-// when `digest` is asked for, and to its bytes as text when `keep` is.
-async function streamInto(loader, path, body, total, progress, { signal, digest = false, keep = false }) {
-  loader.beginFile(path, digest);
+// when `digest` is asked for, and to its bytes as text when `keep` is. `length`, where the
+// body's exact size is known (a Blob's size, an uncompressed response's Content-Length),
+// lets the loader refuse a weight header that claims more than the file holds. A body that
+// cannot be read fails with `unreadable`'s code: "network" for a download, "io" for a File.
+async function streamInto(loader, path, body, total, progress, { signal, digest = false, keep = false, length, unreadable }) {
+  loader.beginFile(path, digest, length);
   const reader = body.getReader();
   const kept = [];
   let received = 0;
   try {
     for (;;) {
-      if (signal.aborted) throw new Error("cancelled");
-      const { done, value } = await reader.read();
+      if (signal.aborted) throw cancelled("loading cancelled");
+      let next;
+      try {
+        next = await reader.read();
+      } catch (error) {
+        if (signal.aborted) throw cancelled("loading cancelled");
+        throw failure(unreadable, `${path}: reading it failed: ${error?.message ?? error}`);
+      }
+      const { done, value } = next;
       if (done) break;
       loader.push(value);
       if (keep) kept.push(value);
@@ -138,26 +162,41 @@ async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
       const total = Number(hit.response.headers.get("content-length")) || undefined;
       let read;
       try {
-        read = await streamInto(loader, path, hit.response.body, total, progress, { signal, digest: true, keep });
+        read = await streamInto(loader, path, hit.response.body, total, progress, { signal, digest: true, keep, unreadable: "io" });
       } catch (error) {
-        if (signal.aborted) throw error;
+        if (signal.aborted || error instanceof WebAssembly.RuntimeError) throw error;
         throw new DamagedEntry(fileUrl, path, error.message);
       }
       if (read.sha256 !== hit.sha256) throw new DamagedEntry(fileUrl, path, "its SHA-256 differs from the stored one");
       return read;
     }
-    const response = await fetch(fileUrl, { cache: "no-store", signal });
+    let response;
+    try {
+      response = await fetch(fileUrl, { cache: "no-store", signal });
+    } catch (error) {
+      if (signal.aborted) throw cancelled("loading cancelled");
+      throw failure("network", `${path}: cannot download ${fileUrl}: ${error?.message ?? error}`);
+    }
     // A dev server that answers a missing file with its HTML page must not pass as one.
     const html = (response.headers.get("content-type") ?? "").includes("text/html");
     if (response.status === 404 || html) return null;
-    if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+    if (!response.ok) throw failure("network", `${path}: HTTP ${response.status}`);
     const total = Number(response.headers.get("content-length")) || undefined;
+    // With a content encoding the Content-Length counts compressed bytes, not the file's.
+    const encoding = (response.headers.get("content-encoding") ?? "identity").trim().toLowerCase();
+    const length = encoding === "identity" ? total : undefined;
     let digested;
     const sha256 = new Promise((resolve, reject) => (digested = { resolve, reject }));
     sha256.catch(() => {}); // a failed store reports it; an unawaited rejection must not
     if (cache) stores.push(cache.store(fileUrl, response.clone(), sha256).catch((e) => `${path}: ${e.message}`));
     try {
-      const read = await streamInto(loader, path, response.body, total, progress, { signal, digest: !!cache, keep });
+      const read = await streamInto(loader, path, response.body, total, progress, {
+        signal,
+        digest: !!cache,
+        keep,
+        length,
+        unreadable: "network",
+      });
       digested.resolve(read.sha256);
       return read;
     } catch (error) {
@@ -172,11 +211,11 @@ async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
     if (index) {
       for (const shard of shardsOf(`${url}${path}.index.json`, index.text)) {
         const shardPath = path.slice(0, path.lastIndexOf("/") + 1) + shard;
-        if (!(await take(shardPath))) throw new Error(`${shardPath}: not found at ${url}${shardPath}`);
+        if (!(await take(shardPath))) throw failure("missing_file", `${shardPath}: not found at ${url}${shardPath}`);
       }
       continue;
     }
-    if (REQUIRED.includes(path)) throw new Error(`${path}: not found at ${url}${path}`);
+    if (REQUIRED.includes(path)) throw failure("missing_file", `${path}: not found at ${url}${path}`);
   }
   const failed = (await Promise.all(stores)).filter((r) => typeof r === "string");
   return failed.length ? [`not cached for the next visit (${failed[0]})`] : [];
@@ -184,10 +223,15 @@ async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
 
 // The shard files an index names; each must be a plain file name beside the index.
 function shardsOf(indexUrl, text) {
-  const { weight_map: map } = JSON.parse(text);
+  let map;
+  try {
+    map = JSON.parse(text)?.weight_map;
+  } catch (error) {
+    throw failure("config", `${indexUrl}: not JSON: ${error.message}`);
+  }
   const shards = [...new Set(Object.values(map ?? {}))];
   const bad = shards.find((s) => typeof s !== "string" || !/^[^/\\]+\.safetensors$/.test(s) || s.includes(".."));
-  if (bad !== undefined) throw new Error(`${indexUrl}: the index names ${JSON.stringify(bad)}, not a .safetensors file beside it`);
+  if (bad !== undefined) throw failure("config", `${indexUrl}: the index names ${JSON.stringify(bad)}, not a .safetensors file beside it`);
   return shards.sort();
 }
 
@@ -197,13 +241,16 @@ async function loadFromFiles(loader, files, { signal, progress }) {
   const missing = REQUIRED.filter(
     (path) => !(path in files) && !(path.endsWith(".safetensors") && `${path}.index.json` in files),
   );
-  if (missing.length) throw new Error(`the model's files lack ${missing.join(", ")}`);
+  if (missing.length) throw failure("missing_file", `the model's files lack ${missing.join(", ")}`);
   // Only the components' files: a folder may hold other checkpoints, READMEs, images.
   const wanted = Object.entries(files).filter(([path]) => COMPONENT_FILE.test(path));
   for (const [path, data] of wanted) {
-    if (signal.aborted) throw new Error("cancelled");
-    if (data instanceof Blob) await streamInto(loader, path, data.stream(), data.size, progress, { signal });
-    else loader.addFile(path, data);
+    if (signal.aborted) throw cancelled("loading cancelled");
+    if (data instanceof Blob) {
+      await streamInto(loader, path, data.stream(), data.size, progress, { signal, length: data.size, unreadable: "io" });
+    } else {
+      loader.addFile(path, data);
+    }
   }
 }
 
@@ -233,21 +280,24 @@ const handlers = {
     loading = new AbortController();
     const { signal } = loading;
     const progress = (path, received, total) => reply(id, "progress", { path, received, total });
-    const cache = url === undefined ? null : await ModelCache.open();
-    const distrust = new Set();
-    const notes = [];
-    const { backend, note } = await chooseBackend(asked, precision);
-    if (note) notes.push(note);
     try {
+      const cache = url === undefined ? null : await ModelCache.open();
+      const distrust = new Set();
+      const notes = [];
+      const { backend, note } = await chooseBackend(asked, precision);
+      if (note) notes.push(note);
       for (;;) {
+        if (signal.aborted) throw cancelled("loading cancelled");
         const loader = await ModelLoader.create({ backend, precision, kernels });
         try {
           if (url === undefined) await loadFromFiles(loader, files, { signal, progress });
           else notes.push(...(await loadFromUrl(loader, url, { cache, distrust, signal, progress })));
         } catch (error) {
+          // A trapped instance must not be called again, not even to free the loader.
+          if (error instanceof WebAssembly.RuntimeError) throw error;
           // Its weights are on the GPU: free them now, not when the collector gets to it.
           loader.free();
-          if (signal.aborted) throw new Error("cancelled");
+          if (signal.aborted) throw cancelled("loading cancelled");
           if (!(error instanceof DamagedEntry)) throw error;
           await cache.forget(error.url);
           distrust.add(error.url);
@@ -263,13 +313,12 @@ const handlers = {
     }
   },
 
-  async generate({ id, options, previews }) {
-    const result = await model().generate({ ...options, preview: previews }, (step, steps, timestep, preview) => {
-      reply(id, "step", { step, steps, timestep, preview }, preview ? [preview.rgba.buffer] : []);
+  async generate({ id, options, preview }) {
+    return model().generate({ ...options, preview }, (step, steps, timestep, image) => {
+      reply(id, "step", { step, steps, timestep, preview: image }, image ? [image.rgba.buffer] : []);
       // Let a "cancel" message in between steps.
       return new Promise((resolve) => setTimeout(resolve, 0));
     });
-    return result;
   },
 
   sweep: ({ options }) => model().sweep(options),
@@ -280,13 +329,17 @@ const handlers = {
   linaPlan: () => Pipeline.linaPlan(),
   suggestPlan: ({ prompt, csg }) => model().suggestPlan(prompt, csg),
   timesteps: ({ options }) => model().timesteps(options),
-  loseDeviceForTesting: () => model().loseDeviceForTesting(),
   memoryUsage: () => model().memoryUsage(),
+  // For tests of recovery: a lost device, and a trapped wasm instance.
+  __loseDeviceForTesting: () => model().__loseDeviceForTesting(),
+  __trapForTesting: () => Pipeline.__trapForTesting(),
 
-  // Timed here, next to the device, so that message passing stays out of the figures.
-  async benchUnet({ repeat }) {
+  // Timed here, next to the device, so that message passing stays out of the figures. One
+  // UNet call has no cancel token of its own: a cancel stops the series between calls.
+  async benchUnet({ repeat }, request) {
     const times = [];
     for (let i = 0; i <= repeat; i++) {
+      if (request.cancelled) throw cancelled("the benchmark was cancelled");
       const start = performance.now();
       await model().benchUnet();
       times.push(performance.now() - start);
@@ -296,29 +349,87 @@ const handlers = {
 };
 
 function model() {
-  if (!pipeline) throw new Error("no model is loaded");
+  if (!pipeline) throw failure("no_model", "no model is loaded: load one first");
   return pipeline;
 }
 
-let queue = Promise.resolve();
+// The requests not yet started, in order, and the one running ({ id, cancelled }).
+const queue = [];
+let running = null;
+// Set once the wasm instance has trapped: nothing may call into it again.
+let dead = false;
 
 onmessage = ({ data }) => {
-  if (data.type === "cancel") {
+  if (dead) return;
+  if (data.type === "cancel") cancel(data.id);
+  else {
+    queue.push(data);
+    next();
+  }
+};
+
+// Cancels request `id` (the running one when no id is given): a queued request is dropped
+// unrun; only the running one is stopped, so that aborting one request never stops another.
+function cancel(id = running?.id) {
+  const at = queue.findIndex((request) => request.id === id);
+  if (at >= 0) {
+    queue.splice(at, 1);
+    reply(id, "error", { error: serialised(cancelled("cancelled before it started")) });
+  } else if (running && running.id === id) {
+    running.cancelled = true;
     loading?.abort();
     pipeline?.cancel();
-    return;
   }
-  queue = queue.then(async () => {
-    try {
-      await started;
-      const handler = handlers[data.type];
-      if (!handler) throw new Error(`unknown request "${data.type}"`);
-      const result = await handler(data);
-      // Images move to the page without a copy.
-      const transfer = result?.rgba instanceof Uint8ClampedArray ? [result.rgba.buffer] : [];
-      reply(data.id, "done", { result }, transfer);
-    } catch (error) {
-      reply(data.id, "error", { message: error?.message ?? String(error) });
-    }
-  });
-};
+}
+
+async function next() {
+  if (running || dead || !queue.length) return;
+  const request = queue.shift();
+  running = { id: request.id, cancelled: false };
+  try {
+    await started;
+    // A cancel that came while the wasm module was starting: the pipeline's own token,
+    // which `cancel` set, is replaced by the call about to start.
+    if (running.cancelled) throw cancelled("cancelled before it started");
+    const handler = handlers[request.type];
+    if (!handler) throw failure("invalid_input", `unknown request "${request.type}"`);
+    const result = await handler(request, running);
+    // Images move to the page without a copy.
+    const transfer = result?.rgba instanceof Uint8ClampedArray ? [result.rgba.buffer] : [];
+    reply(request.id, "done", { result }, transfer);
+  } catch (error) {
+    if (error instanceof WebAssembly.RuntimeError) return crashed(error);
+    reply(request.id, "error", { error: serialised(error) });
+  } finally {
+    running = null;
+  }
+  next();
+}
+
+// An error as plain fields. The wasm's errors and this file's carry a `code`; anything else is
+// a bug here (a DOMException's numeric legacy `code` is no code of ours).
+function serialised(error) {
+  const code = typeof error?.code === "string" ? error.code : "internal";
+  return { message: error?.message ?? String(error), code, name: error?.name ?? "Error" };
+}
+
+// A trap (a Rust panic, an exhausted memory) leaves the instance's memory as it was mid-call:
+// no request may run on it again. lina.js replaces this worker on the first report.
+function crashed(error) {
+  if (dead) return;
+  dead = true;
+  queue.length = 0;
+  postMessage({ type: "crashed", message: `${error.name}: ${error.message}` });
+}
+
+// A trap inside an async wasm call surfaces outside every request's promise: in the task that
+// polled it.
+addEventListener("error", (event) => {
+  if (event.error instanceof WebAssembly.RuntimeError) crashed(event.error);
+});
+addEventListener("unhandledrejection", (event) => {
+  if (event.reason instanceof WebAssembly.RuntimeError) crashed(event.reason);
+});
+// A request that could not be read would never be answered: give up the whole worker rather
+// than leave its caller waiting.
+onmessageerror = () => crashed(new Error("a request could not be read"));

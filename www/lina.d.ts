@@ -1,7 +1,53 @@
-// Types of the embed API (lina.js).
+// Types of the embed API (lina.js). tests/types checks lina.js against them (`@ts-check`, its
+// class `@implements` LinaModel) and README's embed example with them. `Uint8ClampedArray<…>`
+// needs TypeScript 5.7 or later.
 
 /** The embedded default model's folder URL. */
 export const DEFAULT_MODEL_URL: string;
+
+/**
+ * What went wrong, for programs to branch on: messages may change, codes do not.
+ *
+ * From the runtime (the wasm module): "config", "weight_file", "missing_tensor",
+ * "tensor_shape", "tensor_dtype", "unused_tensors", "tokenizer", "missing_file",
+ * "invalid_input", "device", "device_lost" (load the model again), "device_limit",
+ * "cancelled" (by `cancel()`), "callback" (`onStep` or `onProgress` threw), "io", "network".
+ *
+ * From lina.js and its worker: "invalid_input" too (an unknown option, a wrong type),
+ * "no_model" (nothing is loaded: before `load`, after a failed load or a crash),
+ * "worker_crashed" (the worker died or its wasm instance trapped: the call, and every call
+ * queued behind it, rejects with it; the next call starts a fresh worker, with no model
+ * loaded), "disposed" (after `dispose()`), and "internal" (a bug in lina.js: please report it).
+ *
+ * An aborted `signal` is not an error with a code: the call rejects with `signal.reason`
+ * (by default a DOMException named "AbortError").
+ */
+export type ErrorCode =
+  | "config"
+  | "weight_file"
+  | "missing_tensor"
+  | "tensor_shape"
+  | "tensor_dtype"
+  | "unused_tensors"
+  | "tokenizer"
+  | "missing_file"
+  | "invalid_input"
+  | "device"
+  | "device_lost"
+  | "device_limit"
+  | "cancelled"
+  | "callback"
+  | "io"
+  | "network"
+  | "no_model"
+  | "worker_crashed"
+  | "disposed"
+  | "internal";
+
+/** Every rejection of the API (but an abort's) is an `Error` with a `code`. */
+export interface LinaError extends Error {
+  code: ErrorCode;
+}
 
 /** "auto": f16 where the adapter has shader-f16, f32 otherwise. */
 export type Precision = "auto" | "f32" | "f16";
@@ -19,25 +65,45 @@ export type Backend = "auto" | "webgpu" | "cpu";
  */
 export type Kernels = "fused" | "burn";
 
-export interface ModelSource {
+/** What every long call takes besides its own options. */
+export interface Controls {
+  /**
+   * Aborting it cancels this call only: a queued call is dropped before it runs, a running one
+   * stops at its next step (or chunk, for a load). The call rejects at once with
+   * `signal.reason`; calls queued behind a running one start once it has stopped.
+   */
+  signal?: AbortSignal;
+}
+
+/** Any other key is refused ("invalid_input"). */
+export interface ModelSource extends Controls {
   /** A diffusers-layout folder (the default model when neither url nor files is given). */
   url?: string;
-  /** Diffusers paths ("unet/config.json") to file contents. */
+  /** Diffusers paths ("unet/config.json") to file contents; not with `url`. */
   files?: Record<string, Blob | Uint8Array>;
   backend?: Backend;
   /** The CPU backend computes in f32. */
   precision?: Precision;
   kernels?: Kernels;
-  /** Download or read progress, per file, in bytes. */
+  /**
+   * Download or read progress, per file, in bytes. If it throws, the load stops and rejects
+   * with code "callback".
+   */
   onProgress?: (progress: { path: string; received: number; total: number | undefined }) => void;
-  /** Aborting it stops the load, downloads included; the load rejects with "cancelled". */
-  signal?: AbortSignal;
-  /** Where lina-worker.js is, when not next to lina.js. */
-  workerUrl?: string | URL;
+}
+
+export interface LoadResult {
+  deviceInfo: DeviceInfo;
+  nativeSize: number;
+  /** What the user should know about the loaded model ("not cached for the next visit"). */
+  notes: string[];
 }
 
 export interface Suggestion {
-  /** The chosen candidate: "baseline", "schedule", "prompt", "regions", "lina" or "lina-strong". */
+  /**
+   * The chosen candidate: "baseline", "schedule", "prompt", "regions", "lina-regions" or
+   * "lina-strong".
+   */
   candidate: string;
   /** Its plan, every field filled in. */
   plan: Required<Plan>;
@@ -59,7 +125,7 @@ export interface DeviceInfo {
   shaderF16: boolean;
 }
 
-/** LINA's interventions (docs/lina.md); every field is optional. */
+/** LINA's interventions (docs/lina.md); every field is optional, any other is refused. */
 export interface Plan {
   /** Prompt-space guidance on the tokens of physical relations; 0 turns it off. */
   promptStrength?: number;
@@ -72,15 +138,6 @@ export interface Plan {
   regionWindow?: [number, number];
   /** Schedule warp toward the noisy start; 1 is the plain schedule. */
   warp?: number;
-  /** Where a layout the CSG lacks is read off the predicted image, as a fraction of the run. */
-  layoutAt?: number;
-  /**
-   * Latent repairs of what the probe's checker finds wrong in the model's own prediction
-   * (a shadow toward the light, a reflection past its mirror, a jar's level, colours bound
-   * to the wrong objects), in [0, 1]; 0 turns them off.
-   */
-  repairStrength?: number;
-  repairWindow?: [number, number];
 }
 
 /** A Causal Scene Graph (schema: docs/probe.md). */
@@ -109,9 +166,14 @@ export interface Verdict {
   detail: string;
 }
 
+/**
+ * What to generate; any other key is refused ("invalid_input"). The same options drive
+ * `sweep`, `reinpaint` and `timesteps`.
+ */
 export interface GenerateOptions {
   prompt: string;
   negativePrompt?: string;
+  /** A whole number in [0, 2^53 - 1]. */
   seed?: number;
   steps?: number;
   /** Explicit timesteps, instead of `steps`. */
@@ -122,15 +184,24 @@ export interface GenerateOptions {
   scheduler?: "ddim" | "euler" | "euler_a" | "dpm++2m" | "lcm";
   clipSkip?: number;
   initialLatents?: number[];
+  /** LINA's interventions. */
   plan?: Plan;
   /** Parsed from the prompt when absent. */
   csg?: Csg;
 }
 
+/** An image as the API returns it, ready for `new ImageData(rgba, width, height)`. */
 export interface Image {
   width: number;
   height: number;
-  rgba: Uint8ClampedArray;
+  rgba: Uint8ClampedArray<ArrayBuffer>;
+}
+
+/** An image as the API takes it: an `ImageData` will do. Alpha is ignored. */
+export interface ImageInput {
+  width: number;
+  height: number;
+  rgba: Uint8ClampedArray | Uint8Array;
 }
 
 export interface GenerateResult extends Image {
@@ -143,54 +214,101 @@ export interface StepEvent {
   step: number;
   steps: number;
   timestep: number;
-  /** With `previews: true`: the predicted clean image so far. */
+  /** With `preview: true`: the predicted clean image so far. */
   preview?: Image;
 }
 
-export interface GenerateControls {
+/** Any other key is refused ("invalid_input"). */
+export interface GenerateControls extends Controls {
+  /**
+   * Called after every step. If it throws, the generation stops and rejects with code
+   * "callback".
+   */
   onStep?: (event: StepEvent) => void;
-  previews?: boolean;
-  signal?: AbortSignal;
+  /** Pass `onStep` a preview of the image at every step (TAESD where the model has it). */
+  preview?: boolean;
 }
 
+export interface SweepResult {
+  baselinePassed: number;
+  checks: number;
+  points: { step: number; change: number; passed: number; checks: number }[];
+}
+
+/**
+ * Starts a worker and loads a model into it; the promise rejects (and the worker is stopped)
+ * if the load fails.
+ */
 export declare function loadModel(source?: ModelSource): Promise<LinaModel>;
 
+/**
+ * A model in its own Web Worker. Calls run there one at a time, in the order they are made;
+ * only `cancel`, `dispose` and aborts act at once.
+ */
 export declare class LinaModel {
-  constructor(workerUrl?: string | URL);
+  /** Starts the worker; nothing is loaded until `load`. */
+  constructor();
+  /**
+   * The loaded model's device: null from the moment `load` is called until it succeeds, and
+   * after a crash.
+   */
   deviceInfo: DeviceInfo | null;
+  /** The loaded model's native image side in pixels; null whenever `deviceInfo` is. */
   nativeSize: number | null;
   /** What the user should know about the loaded model ("not cached for the next visit"). */
   notes: string[];
-  load(source?: ModelSource): Promise<{ deviceInfo: DeviceInfo; nativeSize: number; notes: string[] }>;
+  /**
+   * (Re)loads a model into this worker: from `url`, from `files`, or the default model. The
+   * old model is dropped when the load starts, so a load that fails, or is aborted while it
+   * runs, leaves none. Also the way back after "device_lost" or "worker_crashed".
+   */
+  load(source?: ModelSource): Promise<LoadResult>;
   generate(options: GenerateOptions, controls?: GenerateControls): Promise<GenerateResult>;
+  /**
+   * Stops the running call, if any (a load between chunks, its downloads aborted; a
+   * generation, sweep or re-inpainting after its current step): it rejects with code
+   * "cancelled". Queued calls are left to run; abort their signals to drop them.
+   */
   cancel(): void;
+  /**
+   * LINA's step sweep: the plan's guidance (LINA's default plan when the options have none) at
+   * one step at a time: how much each step's guidance changes the image (mean absolute
+   * change, 0..255) and how many checks then pass.
+   */
+  sweep(options: GenerateOptions, controls?: Controls): Promise<SweepResult>;
+  /** Regenerates the CSG node `node`'s region of `image` from `strength` of the schedule on. */
+  reinpaint(
+    options: GenerateOptions,
+    image: ImageInput,
+    node: string,
+    strength: number,
+    controls?: Controls,
+  ): Promise<Image & { before: Verdict[]; after: Verdict[] }>;
+  /** The probe checker's verdicts on `image` for the scene graph `csg`. Needs no model. */
+  checkImage(image: ImageInput, csg: Csg): Promise<Verdict[]>;
+  /** The scene graph a prompt describes, with the effects physics implies. Needs no model. */
+  parsePrompt(prompt: string): Promise<Csg>;
+  /** Resolves to the graph if it is valid; rejects naming the problem. Needs no model. */
+  validateCsg(csg: Csg): Promise<Csg>;
+  /** LINA's default plan, every field filled in. Needs no model. */
+  linaPlan(): Promise<Required<Plan>>;
   /**
    * The learned predictor's plan for a prompt (and its scene graph, else the prompt's own);
    * null when the model folder has no lina_predictor.json.
    */
-  suggestPlan(prompt: string, csg?: object): Promise<Suggestion | null>;
-  /** Times `repeat` UNet calls (batch 2, native size) after one warm-up call, in the worker. */
-  benchUnet(repeat?: number): Promise<{ warmupMs: number; timesMs: number[] }>;
+  suggestPlan(prompt: string, csg?: Csg): Promise<Suggestion | null>;
+  /** The run's timesteps without and with the options' plan. */
+  timesteps(options: GenerateOptions): Promise<{ plain: number[]; planned: number[] }>;
   /** The model's memory, for leak checks. */
   memoryUsage(): Promise<MemoryUsage>;
-  /** The plan's guidance at one step at a time: how much each step's guidance changes the
-   * image (mean absolute change, 0..255) and how many checks then pass. */
-  sweep(options: GenerateOptions): Promise<{
-    baselinePassed: number;
-    checks: number;
-    points: { step: number; change: number; passed: number; checks: number }[];
-  }>;
-  reinpaint(
-    options: GenerateOptions,
-    image: Image,
-    node: string,
-    strength: number,
-  ): Promise<Image & { before: Verdict[]; after: Verdict[] }>;
-  checkImage(image: Image, csg: object): Promise<Verdict[]>;
-  parsePrompt(prompt: string): Promise<Csg>;
-  validateCsg(csg: Csg): Promise<Csg>;
-  linaPlan(): Promise<Required<Plan>>;
-  timesteps(options: GenerateOptions): Promise<{ plain: number[]; planned: number[] }>;
-  loseDeviceForTesting(): Promise<void>;
+  /**
+   * Times `repeat` (default 10) UNet calls (batch 2, native size) after one warm-up call, in
+   * the worker; for benchmarks (www/bench.html).
+   */
+  benchUnet(repeat?: number, controls?: Controls): Promise<{ warmupMs: number; timesMs: number[] }>;
+  /**
+   * Stops the worker, releasing its memory; pending calls reject with code "disposed", and so
+   * does every later call.
+   */
   dispose(): void;
 }

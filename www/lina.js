@@ -1,25 +1,82 @@
+// @ts-check
 // The embed API: text-to-image diffusion with LINA's interventions, in a Web Worker on the
-// page's WebGPU device. Types: lina.d.ts. The page (main.js) and the minimal example
-// (example.html) use nothing else.
+// page's WebGPU device (or the CPU backend). Types: lina.d.ts, which tests/types checks this
+// file against. The page (main.js) and the minimal example (example.html) use nothing else.
 //
 //   import { loadModel } from "./lina.js";
 //   const model = await loadModel();                      // the embedded default model
 //   const image = await model.generate({ prompt: "a red ball on a small mirror" });
 //   context.putImageData(new ImageData(image.rgba, image.width, image.height), 0, 0);
 //
-// lina.js, lina-worker.js and pkg/ must be served from the same origin as the page (browsers
-// start module workers from their own origin only).
+// Every call is a request with its own id; the worker runs them one at a time, in order. An
+// aborted signal cancels its own request only: the promise rejects at once, and the worker
+// drops the request if it is still queued or stops it at its next step if it is running.
+//
+// Every rejection but an abort's is an Error with a stable `code` (lina.d.ts lists them): the
+// wasm module's own, carried across the worker boundary (structured clone keeps an Error's
+// message and name but drops its other properties, so the worker sends them as plain fields),
+// and this side's ("invalid_input", "no_model", "worker_crashed", "disposed").
+//
+// A worker whose wasm instance traps (a bug, an exhausted memory) is never used again: it is
+// stopped, every call it had rejects with "worker_crashed", and the next call starts a fresh
+// worker, with no model loaded until `load` succeeds.
+//
+// lina.js, lina-worker.js, pkg/ and the model must be served from the page's origin (browsers
+// start module workers from their own origin only). Bundlers find the worker through the
+// `new Worker(new URL("./lina-worker.js", import.meta.url), …)` expression below: it must stay
+// literally so.
+
+/** @import * as types from "./lina.js" */
+
+/**
+ * A request waiting for its answer.
+ * @typedef {object} Pending
+ * @property {(value: any) => void} resolve
+ * @property {(error: unknown) => void} reject
+ * @property {Listeners} listeners
+ */
+
+/**
+ * The caller's callbacks for a request's progress messages, by message type.
+ * @typedef {{ step?: (message: any) => void, progress?: (message: any) => void }} Listeners
+ */
 
 /** The embedded default model's folder, next to this module. */
 export const DEFAULT_MODEL_URL = new URL("./models/default/", import.meta.url).href;
 
+// The keys each call takes. Any other is refused, naming it, so that a misspelt option
+// ("stpes") is an error rather than a silent default. The generation options are those of the
+// wasm's JsOptions (crates/web/src/lib.rs), which would ignore unknown keys, less `preview`:
+// here that is a control, beside the `onStep` it feeds.
+const GENERATE_OPTIONS = [
+  "prompt",
+  "negativePrompt",
+  "seed",
+  "steps",
+  "timesteps",
+  "guidanceScale",
+  "width",
+  "height",
+  "scheduler",
+  "clipSkip",
+  "initialLatents",
+  "plan",
+  "csg",
+];
+const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
+const CONTROLS = ["signal"];
+const SOURCE_OPTIONS = ["url", "files", "backend", "precision", "kernels", "onProgress", "signal"];
+
 /**
  * Starts a worker and loads a model into it: from `url` (a diffusers-layout folder; the
  * default model when neither `url` nor `files` is given) or from `files` (an object mapping
- * diffusers paths such as "unet/config.json" to Files, Blobs or Uint8Arrays).
+ * diffusers paths such as "unet/config.json" to Files, Blobs or Uint8Arrays). A failed load
+ * stops the worker.
+ * @type {typeof types.loadModel}
  */
 export async function loadModel(source = {}) {
-  const model = new LinaModel(source.workerUrl);
+  checkSource(source);
+  const model = new LinaModel();
   try {
     await model.load(source);
   } catch (error) {
@@ -29,39 +86,43 @@ export async function loadModel(source = {}) {
   return model;
 }
 
+/** @implements {types.LinaModel} */
 export class LinaModel {
-  #worker;
+  /** @type {Worker | null} null after a crash, until the next call starts a fresh worker */
+  #worker = null;
   #next = 0;
+  /** @type {Map<number, Pending>} */
   #pending = new Map();
+  #disposed = false;
 
-  constructor(workerUrl = new URL("./lina-worker.js", import.meta.url)) {
-    this.#worker = new Worker(workerUrl, { type: "module" });
-    this.#worker.onmessage = ({ data }) => this.#receive(data);
-    this.#worker.onerror = (event) => {
-      const error = new Error(`the model's worker failed: ${event.message ?? "unknown error"}`);
-      for (const { reject } of this.#pending.values()) reject(error);
-      this.#pending.clear();
-    };
-    /** Set by `load`: `{ adapter, precision, maxBindingBytes, shaderF16 }`. */
+  constructor() {
+    /** @type {types.DeviceInfo | null} Set by `load`; null while no model is loaded. */
     this.deviceInfo = null;
-    /** Set by `load`: the model's native image side in pixels. */
+    /** @type {number | null} Set by `load`: the model's native image side in pixels. */
     this.nativeSize = null;
-    /** Set by `load`: what the user should know about it ("not cached for the next visit"). */
+    /** @type {string[]} Set by `load`: what the user should know ("not cached for the next visit"). */
     this.notes = [];
+    // Started now, so that the wasm module compiles while the caller gets to `load`.
+    this.#worker = this.#start();
   }
 
   /**
-   * (Re)loads a model into this worker; see `loadModel`. An aborted `signal` stops the
-   * load (downloads included); it rejects with "cancelled" and no model is loaded.
+   * (Re)loads a model into this worker; see `loadModel`. The worker drops the old model when
+   * the load starts, so a load that fails or is aborted while running leaves none; from the
+   * call on, `deviceInfo`, `nativeSize` and `notes` describe no model until a load succeeds.
+   * @param {types.ModelSource} [source]
+   * @returns {Promise<types.LoadResult>}
    */
-  async load({ url, files, backend = "auto", precision = "auto", kernels = "fused", onProgress, signal } = {}) {
-    if (files === undefined && url === undefined) url = DEFAULT_MODEL_URL;
+  async load(source = {}) {
+    checkSource(source);
+    const { files, backend = "auto", precision = "auto", kernels = "fused", onProgress, signal } = source;
+    let url = files === undefined && source.url === undefined ? DEFAULT_MODEL_URL : source.url;
     if (url !== undefined) url = new URL(url.endsWith("/") ? url : `${url}/`, location.href).href;
-    const info = await this.#cancellable(signal, () =>
-      this.#request("load", { url, files, backend, precision, kernels }, {
-        progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total }),
-      }),
-    );
+    if (!signal?.aborted) this.#unloaded();
+    /** @type {types.LoadResult} */
+    const info = await this.#request("load", { url, files, backend, precision, kernels }, signal, {
+      progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total }),
+    });
     this.deviceInfo = info.deviceInfo;
     this.nativeSize = info.nativeSize;
     this.notes = info.notes;
@@ -71,123 +132,402 @@ export class LinaModel {
   /**
    * Generates an image: `{ width, height, rgba, warnings, interventions }`. `onStep` is called
    * after every step with `{ step, steps, timestep, preview }` (`preview` only with
-   * `previews: true`); an aborted `signal` cancels between steps.
+   * `preview: true`).
+   * @param {types.GenerateOptions} options
+   * @param {types.GenerateControls} [controls]
+   * @returns {Promise<types.GenerateResult>}
    */
-  generate(options, { onStep, previews = false, signal } = {}) {
-    return this.#cancellable(signal, () =>
-      this.#request("generate", { options, previews }, {
-        step: (m) => onStep?.({ step: m.step, steps: m.steps, timestep: m.timestep, preview: m.preview }),
-      }),
-    );
+  async generate(options, controls = {}) {
+    checkOptions("generate", options);
+    checkKeys("generate's controls", controls, GENERATE_CONTROLS);
+    const { onStep, preview = false, signal } = controls;
+    checkType("onStep", onStep, "function");
+    checkType("preview", preview, "boolean");
+    checkSignal(signal);
+    return this.#request("generate", { options, preview }, signal, {
+      step: (m) => onStep?.({ step: m.step, steps: m.steps, timestep: m.timestep, preview: m.preview }),
+    });
   }
 
   /**
-   * Stops the running load (between chunks, its downloads aborted) or generation (after its
-   * current step); it rejects with "cancelled".
+   * Stops the running call, if any: a load between chunks (its downloads aborted), a
+   * generation, sweep or re-inpainting after its current step. It rejects with code
+   * "cancelled"; queued calls still run (abort their signals to drop them).
    */
   cancel() {
-    this.#worker.postMessage({ type: "cancel" });
+    this.#worker?.postMessage({ type: "cancel" });
   }
 
-  /** LINA's step sweep (see README): `{ baselinePassed, checks, points }`. */
-  sweep(options) {
-    return this.#request("sweep", { options });
+  /**
+   * LINA's step sweep (see README): `{ baselinePassed, checks, points }`.
+   * @param {types.GenerateOptions} options
+   * @param {types.Controls} [controls]
+   * @returns {Promise<types.SweepResult>}
+   */
+  async sweep(options, controls = {}) {
+    checkOptions("sweep", options);
+    const signal = checkControls("sweep", controls);
+    return this.#request("sweep", { options }, signal);
   }
 
-  /** Regenerates one CSG node's region of `image` from `strength` of the schedule on. */
-  reinpaint(options, image, node, strength) {
-    return this.#request("reinpaint", { options, image, node, strength });
+  /**
+   * Regenerates one CSG node's region of `image` from `strength` of the schedule on.
+   * @param {types.GenerateOptions} options
+   * @param {types.ImageInput} image
+   * @param {string} node
+   * @param {number} strength
+   * @param {types.Controls} [controls]
+   * @returns {Promise<types.Image & { before: types.Verdict[]; after: types.Verdict[] }>}
+   */
+  async reinpaint(options, image, node, strength, controls = {}) {
+    checkOptions("reinpaint", options);
+    const signal = checkControls("reinpaint", controls);
+    return this.#request("reinpaint", { options, image, node, strength }, signal);
   }
 
-  /** The probe checker's verdicts on `image` for the scene graph `csg`. */
-  checkImage(image, csg) {
+  /**
+   * The probe checker's verdicts on `image` for the scene graph `csg`.
+   * @param {types.ImageInput} image
+   * @param {types.Csg} csg
+   * @returns {Promise<types.Verdict[]>}
+   */
+  async checkImage(image, csg) {
     return this.#request("checkImage", { image, csg });
   }
 
-  /** The scene graph a prompt describes, with the effects physics implies. */
-  parsePrompt(prompt) {
+  /**
+   * The scene graph a prompt describes, with the effects physics implies.
+   * @param {string} prompt
+   * @returns {Promise<types.Csg>}
+   */
+  async parsePrompt(prompt) {
     return this.#request("parsePrompt", { prompt });
   }
 
-  /** Resolves to the scene graph if it is valid; rejects naming the problem otherwise. */
-  validateCsg(csg) {
+  /**
+   * Resolves to the scene graph if it is valid; rejects naming the problem otherwise.
+   * @param {types.Csg} csg
+   * @returns {Promise<types.Csg>}
+   */
+  async validateCsg(csg) {
     return this.#request("validateCsg", { csg });
   }
 
-  /** LINA's default plan, every field filled in. */
-  linaPlan() {
+  /**
+   * LINA's default plan, every field filled in.
+   * @returns {Promise<Required<types.Plan>>}
+   */
+  async linaPlan() {
     return this.#request("linaPlan", {});
   }
 
   /**
    * The learned predictor's plan for a prompt (and its scene graph, else the prompt's own):
    * `{ candidate, plan, predicted }`, or null when the model has no predictor.
+   * @param {string} prompt
+   * @param {types.Csg} [csg]
+   * @returns {Promise<types.Suggestion | null>}
    */
-  suggestPlan(prompt, csg) {
+  async suggestPlan(prompt, csg) {
     return this.#request("suggestPlan", { prompt, csg });
   }
 
-  /** `{ plain, planned }`: the run's timesteps without and with the options' plan. */
-  timesteps(options) {
+  /**
+   * `{ plain, planned }`: the run's timesteps without and with the options' plan.
+   * @param {types.GenerateOptions} options
+   * @returns {Promise<{ plain: number[]; planned: number[] }>}
+   */
+  async timesteps(options) {
+    checkOptions("timesteps", options);
     return this.#request("timesteps", { options });
   }
 
   /**
    * The model's memory, for leak checks: `{ gpu: { allocations, bytesInUse, bytesReserved },
    * wasmBytes }`.
+   * @returns {Promise<types.MemoryUsage>}
    */
-  memoryUsage() {
+  async memoryUsage() {
     return this.#request("memoryUsage", {});
   }
 
   /**
    * Times `repeat` UNet calls as a guided step makes them (batch 2, the model's native size),
    * after one warm-up call: `{ warmupMs, timesMs }`. For benchmarks (www/bench.html).
+   * @param {number} [repeat]
+   * @param {types.Controls} [controls]
+   * @returns {Promise<{ warmupMs: number; timesMs: number[] }>}
    */
-  benchUnet(repeat = 10) {
-    return this.#request("benchUnet", { repeat });
+  async benchUnet(repeat = 10, controls = {}) {
+    if (!Number.isInteger(repeat) || repeat < 1) {
+      throw linaError("invalid_input", `benchUnet: repeat must be a whole number of at least 1, not ${repeat}`);
+    }
+    const signal = checkControls("benchUnet", controls);
+    return this.#request("benchUnet", { repeat }, signal);
   }
 
-  /** Destroys the GPU device, as a driver reset would: for testing recovery. */
-  loseDeviceForTesting() {
-    return this.#request("loseDeviceForTesting", {});
+  /**
+   * Test only, not part of the API (lina.d.ts leaves it out): destroys the GPU device, as a
+   * driver reset would, for tests of recovery.
+   * @returns {Promise<void>}
+   */
+  async __loseDeviceForTesting() {
+    return this.#request("__loseDeviceForTesting", {});
   }
 
-  /** Stops the worker; its GPU memory is released with it. */
+  /**
+   * Test only, not part of the API (lina.d.ts leaves it out): traps the worker's wasm
+   * instance, as a bug or an exhausted memory would, for tests of crash recovery. Rejects
+   * with "worker_crashed", as does every call queued behind it.
+   * @returns {Promise<void>}
+   */
+  async __trapForTesting() {
+    return this.#request("__trapForTesting", {});
+  }
+
+  /** Stops the worker; its memory is released with it. Pending and later calls reject. */
   dispose() {
-    this.#worker.terminate();
-    const error = new Error("the model was disposed");
-    for (const { reject } of this.#pending.values()) reject(error);
-    this.#pending.clear();
+    this.#disposed = true;
+    this.#worker?.terminate();
+    this.#worker = null;
+    this.#unloaded();
+    this.#rejectAll(() => linaError("disposed", "the model was disposed"));
   }
 
-  // Runs `start()`, cancelling it when `signal` aborts.
-  #cancellable(signal, start) {
-    if (signal?.aborted) return Promise.reject(new Error("cancelled"));
-    const abort = () => this.cancel();
-    signal?.addEventListener("abort", abort, { once: true });
-    return start().finally(() => signal?.removeEventListener("abort", abort));
+  #start() {
+    // Literally this expression: bundlers (webpack, Vite, Parcel, esbuild) recognise it and
+    // ship lina-worker.js with its imports.
+    const worker = new Worker(new URL("./lina-worker.js", import.meta.url), { type: "module" });
+    worker.onmessage = ({ data }) => {
+      if (data.type === "crashed") this.#crashed(worker, data.message);
+      else this.#receive(data);
+    };
+    // An uncaught error in the worker (a trap inside an async wasm call, which no request's
+    // promise sees), or a script that failed to load: either way its requests would never be
+    // answered.
+    worker.onerror = (event) => this.#crashed(worker, event.message || "it failed to start or threw");
+    worker.onmessageerror = () => this.#crashed(worker, "one of its messages could not be read");
+    return worker;
   }
 
-  #request(type, body, listeners = {}) {
+  /**
+   * Stops a worker that died or trapped and fails everything it had. The fresh worker is
+   * started by the next call, not here: a worker that cannot start at all (its script
+   * missing) would otherwise be restarted for ever.
+   * @param {Worker} worker
+   * @param {string} why
+   */
+  #crashed(worker, why) {
+    // A dead worker may report twice (its "crashed", then the error event): once is enough.
+    if (worker !== this.#worker) return;
+    worker.terminate();
+    this.#worker = null;
+    this.#unloaded();
+    this.#rejectAll(() =>
+      linaError("worker_crashed", `the model's worker crashed (${why}); no model is loaded until load() succeeds again`),
+    );
+  }
+
+  #unloaded() {
+    this.deviceInfo = null;
+    this.nativeSize = null;
+    this.notes = [];
+  }
+
+  /** @param {() => Error} error */
+  #rejectAll(error) {
+    for (const pending of [...this.#pending.values()]) pending.reject(error());
+  }
+
+  /**
+   * Sends a request; resolves to its result. An aborted `signal` rejects it at once and tells
+   * the worker to drop or stop it.
+   * @param {string} type
+   * @param {Record<string, unknown>} body
+   * @param {AbortSignal} [signal]
+   * @param {Listeners} [listeners]
+   * @returns {Promise<any>}
+   */
+  #request(type, body, signal, listeners = {}) {
+    if (this.#disposed) return Promise.reject(linaError("disposed", "the model was disposed"));
+    if (signal?.aborted) return Promise.reject(abortReason(signal));
+    const worker = (this.#worker ??= this.#start());
     const id = this.#next++;
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject, listeners });
-      this.#worker.postMessage({ id, type, ...body });
+      const abort = () => {
+        settled();
+        reject(abortReason(signal));
+        worker.postMessage({ type: "cancel", id });
+      };
+      const settled = () => {
+        this.#pending.delete(id);
+        signal?.removeEventListener("abort", abort);
+      };
+      /** @type {Pending} */
+      const pending = {
+        resolve: (value) => (settled(), resolve(value)),
+        reject: (error) => (settled(), reject(error)),
+        listeners,
+      };
+      this.#pending.set(id, pending);
+      signal?.addEventListener("abort", abort, { once: true });
+      try {
+        worker.postMessage({ id, type, ...body });
+      } catch (error) {
+        // Not cloneable (a function among the options, say): nothing was sent.
+        pending.reject(linaError("invalid_input", `${type}: its arguments cannot be sent to the model's worker (${describe(error)})`));
+      }
     });
   }
 
+  /** @param {any} message */
   #receive(message) {
     const pending = this.#pending.get(message.id);
+    // Answers to aborted requests: their promises have settled already.
     if (!pending) return;
     if (message.type === "done") {
-      this.#pending.delete(message.id);
       pending.resolve(message.result);
     } else if (message.type === "error") {
-      this.#pending.delete(message.id);
-      pending.reject(new Error(message.message));
-    } else {
-      pending.listeners[message.type]?.(message);
+      pending.reject(rebuilt(message.error));
+    } else if (message.type === "step" || message.type === "progress") {
+      try {
+        pending.listeners[/** @type {"step" | "progress"} */ (message.type)]?.(message);
+      } catch (error) {
+        // As the wasm does when its onStep throws: the call stops and fails with "callback".
+        const callback = message.type === "step" ? "onStep" : "onProgress";
+        pending.reject(linaError("callback", `${callback} threw: ${describe(error)}`));
+        this.#worker?.postMessage({ type: "cancel", id: message.id });
+      }
     }
   }
+}
+
+/**
+ * @param {types.ErrorCode} code
+ * @param {string} message
+ * @returns {types.LinaError}
+ */
+function linaError(code, message) {
+  return Object.assign(new Error(message), { code });
+}
+
+/**
+ * The worker's `{ message, code, name }` as an Error again.
+ * @param {{ message: string, code: types.ErrorCode, name?: string }} fields
+ */
+function rebuilt({ message, code, name }) {
+  const error = linaError(code, message);
+  if (name && name !== "Error") error.name = name;
+  return error;
+}
+
+/**
+ * What an aborted call rejects with: the signal's reason, as `fetch` does.
+ * @param {AbortSignal | undefined} signal
+ */
+function abortReason(signal) {
+  return signal?.reason ?? new DOMException("the call was aborted", "AbortError");
+}
+
+/** @param {unknown} error */
+function describe(error) {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * @param {string} what
+ * @param {unknown} value
+ * @returns {asserts value is Record<string, unknown>}
+ */
+function checkObject(what, value) {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw linaError("invalid_input", `${what} must be an object`);
+  }
+}
+
+/**
+ * @param {string} what
+ * @param {unknown} value
+ * @param {string[]} allowed
+ */
+function checkKeys(what, value, allowed) {
+  checkObject(what, value);
+  const unknown = Object.keys(value).find((key) => !allowed.includes(key));
+  if (unknown !== undefined) {
+    throw linaError("invalid_input", `${what}: unknown option "${unknown}" (the options are ${allowed.join(", ")})`);
+  }
+}
+
+/**
+ * @param {string} call
+ * @param {unknown} options
+ */
+function checkOptions(call, options) {
+  checkObject(`${call}'s options`, options);
+  if ("preview" in options) {
+    throw linaError("invalid_input", `${call}'s options: unknown option "preview" (it goes in generate's second argument: { onStep, preview, signal })`);
+  }
+  checkKeys(`${call}'s options`, options, GENERATE_OPTIONS);
+}
+
+/**
+ * A long call's `{ signal }`; returns the signal.
+ * @param {string} call
+ * @param {types.Controls} controls
+ */
+function checkControls(call, controls) {
+  checkKeys(`${call}'s controls`, controls, CONTROLS);
+  checkSignal(controls.signal);
+  return controls.signal;
+}
+
+/** @param {unknown} signal */
+function checkSignal(signal) {
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw linaError("invalid_input", "signal must be an AbortSignal");
+  }
+}
+
+/**
+ * @param {string} name
+ * @param {unknown} value
+ * @param {"function" | "boolean" | "string"} type
+ */
+function checkType(name, value, type) {
+  if (value !== undefined && typeof value !== type) {
+    throw linaError("invalid_input", `${name} must be a ${type}, not ${value === null ? "null" : typeof value}`);
+  }
+}
+
+/**
+ * @param {string} name
+ * @param {unknown} value
+ * @param {string[]} allowed
+ */
+function checkOneOf(name, value, allowed) {
+  if (value !== undefined && !allowed.includes(/** @type {string} */ (value))) {
+    throw linaError("invalid_input", `${name} must be ${allowed.map((a) => `"${a}"`).join(", ")}, not ${JSON.stringify(value)}`);
+  }
+}
+
+/** @param {unknown} source */
+function checkSource(source) {
+  checkObject("the model's source", source);
+  checkKeys("the model's source", source, SOURCE_OPTIONS);
+  const { url, files, backend, precision, kernels, onProgress, signal } = source;
+  checkType("url", url, "string");
+  if (files !== undefined) {
+    checkObject("files", files);
+    if (url !== undefined) throw linaError("invalid_input", "give the model's url or its files, not both");
+    for (const [path, data] of Object.entries(files)) {
+      if (!(data instanceof Blob || data instanceof Uint8Array)) {
+        throw linaError("invalid_input", `files["${path}"] must be a File, a Blob or a Uint8Array`);
+      }
+    }
+  }
+  checkOneOf("backend", backend, ["auto", "webgpu", "cpu"]);
+  checkOneOf("precision", precision, ["auto", "f32", "f16"]);
+  checkOneOf("kernels", kernels, ["fused", "burn"]);
+  checkType("onProgress", onProgress, "function");
+  checkSignal(signal);
 }

@@ -13,9 +13,25 @@ const status = (text, isError = false) => {
 };
 
 let model = null;
+// The running generation's or load's abort controller, for the Cancel button.
 let running = null;
 // What the model was loaded from, to load it again after a device failure.
 let source = {};
+
+// A failed GPU device (lost, out of memory) took the model's weights with it, and a crashed
+// worker took the whole model: a fresh device or worker comes with the next load, so the page
+// loads the model again rather than asking for a reload of the page. The runtime's "device"
+// errors are also other failures (no adapter), told apart by what they ask for.
+const needsReload = (error) =>
+  error.code === "device_lost" ||
+  error.code === "worker_crashed" ||
+  (error.code === "device" && error.message.includes("load the model again"));
+
+// Shows why a call failed, and loads the model again where the failure took it.
+async function failed(error) {
+  status(error.message, true);
+  if (needsReload(error)) await reload(error.message);
+}
 
 const onProgress = ({ path, received, total }) => {
   if (total) $("progress").value = received / total;
@@ -109,18 +125,15 @@ function readPlan() {
     effectWeight: number("effectWeight"),
     regionWindow: [number("regionStart"), number("regionEnd")],
     warp: number("warp"),
-    repairStrength: number("repairStrength"),
-    repairWindow: [number("repairStart"), number("repairEnd")],
   };
 }
 
 function showPlan(plan) {
-  for (const id of ["promptStrength", "nodeWeight", "effectWeight", "warp", "repairStrength"]) {
+  for (const id of ["promptStrength", "nodeWeight", "effectWeight", "warp"]) {
     $(id).value = plan[id];
   }
   [$("promptStart").value, $("promptEnd").value] = plan.promptWindow;
   [$("regionStart").value, $("regionEnd").value] = plan.regionWindow;
-  [$("repairStart").value, $("repairEnd").value] = plan.repairWindow;
   $("warp-value").value = plan.warp;
 }
 
@@ -244,7 +257,7 @@ async function sweep() {
     );
     status(`Swept ${result.points.length} steps; unguided, ${result.baselinePassed} of ${result.checks} checks pass.`);
   } catch (error) {
-    status(error.message, true);
+    await failed(error);
   } finally {
     $("sweep").disabled = false;
   }
@@ -274,7 +287,7 @@ async function reinpaint() {
     const passed = (list) => list.filter((v) => v.passed).length;
     status(`Re-inpainted: ${passed(result.before)} of ${result.before.length} checks passed before, ${passed(result.after)} after.`);
   } catch (error) {
-    status(error.message, true);
+    await failed(error);
   } finally {
     $("reinpaint").disabled = false;
   }
@@ -300,7 +313,7 @@ async function compare() {
     }
     status("Compared.");
   } catch (error) {
-    status(error.message, true);
+    await failed(error);
   } finally {
     $("compare").disabled = false;
     $("generate").disabled = false;
@@ -332,7 +345,7 @@ async function generate(event) {
   try {
     const result = await model.generate(options, {
       signal: running.signal,
-      previews: $("previews").checked,
+      preview: $("previews").checked,
       onStep: ({ step, steps, timestep, preview }) => {
         $("progress").value = step / steps;
         status(`Step ${step}/${steps} (t = ${timestep.toFixed(0)})`);
@@ -345,10 +358,9 @@ async function generate(event) {
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     status([`Done in ${seconds} s.`, ...result.warnings].join(" "));
   } catch (error) {
-    status(error.message, true);
-    // A failed GPU device (lost, out of memory) took the model's weights with it; a fresh
-    // device comes with the next load, so load the model again rather than the page.
-    if (error.message.includes("load the model again")) await reload(error.message);
+    // Cancel aborts the call's signal: it rejects with an AbortError, not a coded error.
+    if (error.name === "AbortError") status("Generation cancelled.");
+    else await failed(error);
   } finally {
     running = null;
     $("generate").disabled = model === null;
@@ -369,7 +381,7 @@ async function switchModel(wanted, what) {
     $("progress").value = 0;
     ready(notes);
   } catch (error) {
-    const why = error.message === "cancelled" ? "loading cancelled; no model is loaded" : error.message;
+    const why = error.name === "AbortError" ? "loading cancelled; no model is loaded" : error.message;
     status(`${what}: ${why}`, true);
   } finally {
     running = null;

@@ -61,6 +61,51 @@ export async function startServer({ extra, mounts = {} } = {}) {
   return { base: `http://127.0.0.1:${server.address().port}/`, requests, close: () => server.close() };
 }
 
+// SwiftShader runs WebGPU on the CPU: loading and a few steps of the 64x64 model take tens of
+// seconds.
+export const SLOW = 240_000;
+
+/**
+ * A new tab at `url`, its console errors and uncaught exceptions echoed to the test's output.
+ * `init`, a function, runs in the page before any of its own scripts.
+ */
+export async function openPage(browser, url, { init } = {}) {
+  const page = await browser.newPage();
+  page.on("console", (m) => m.type() === "error" && console.error(`[page] ${m.text()}`));
+  page.on("pageerror", (e) => console.error(`[page] ${e.message}`));
+  if (init) await page.addInitScript(init);
+  await page.goto(url);
+  return page;
+}
+
+/** The text of the page's #status line. */
+export const statusText = (page) => page.locator("#status").textContent();
+
+/** Waits until #status matches `pattern`; resolves to its text. */
+export async function waitForStatus(page, pattern) {
+  try {
+    await page.waitForFunction(
+      (source) => new RegExp(source).test(document.getElementById("status").textContent),
+      pattern.source,
+      { timeout: SLOW, polling: 250 },
+    );
+  } catch (e) {
+    // Say what the page showed instead: a timeout alone does not tell a stall from an error.
+    throw new Error(`status never matched ${pattern}; it reads "${await statusText(page)}": ${e.message}`);
+  }
+  return statusText(page);
+}
+
+/** Distinct colours in a canvas: a blank or single-colour canvas means nothing was drawn. */
+export const canvasColours = (page, selector) =>
+  page.evaluate((selector) => {
+    const canvas = document.querySelector(selector);
+    const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+    const seen = new Set();
+    for (let i = 0; i < data.length; i += 4) seen.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+    return seen.size;
+  }, selector);
+
 /** Debian's Chromium (or $CHROMIUM), headless, with WebGPU on SwiftShader. */
 export function launchBrowser(args = []) {
   return chromium.launch({

@@ -7,14 +7,11 @@ import { readFile, writeFile, mkdir, mkdtemp, cp, rm, truncate, stat } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { WWW, launchBrowser, startServer } from "./harness.mjs";
+import { SLOW, WWW, canvasColours, launchBrowser, openPage as open, startServer, statusText, waitForStatus } from "./harness.mjs";
 
 // Served at /extra/: model folders the tests make.
 let EXTRA;
 const ARTIFACTS = fileURLToPath(new URL("./artifacts/", import.meta.url));
-// SwiftShader runs WebGPU on the CPU: loading and a few steps of the 64x64 model take tens of
-// seconds.
-const SLOW = 240_000;
 
 let closeServer;
 let base;
@@ -34,39 +31,7 @@ after(async () => {
   closeServer?.();
 });
 
-async function openPage(path) {
-  const page = await browser.newPage();
-  page.on("console", (m) => m.type() === "error" && console.error(`[page] ${m.text()}`));
-  page.on("pageerror", (e) => console.error(`[page] ${e.message}`));
-  await page.goto(base + path);
-  return page;
-}
-
-const statusText = (page) => page.locator("#status").textContent();
-
-async function waitForStatus(page, pattern) {
-  try {
-    await page.waitForFunction(
-      (source) => new RegExp(source).test(document.getElementById("status").textContent),
-      pattern.source,
-      { timeout: SLOW, polling: 250 },
-    );
-  } catch (e) {
-    // Say what the page showed instead: a timeout alone does not tell a stall from an error.
-    throw new Error(`status never matched ${pattern}; it reads "${await statusText(page)}": ${e.message}`);
-  }
-  return statusText(page);
-}
-
-// Distinct colours in the canvas: a blank or single-colour canvas means nothing was drawn.
-const canvasColours = (page, selector) =>
-  page.evaluate((selector) => {
-    const canvas = document.querySelector(selector);
-    const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
-    const seen = new Set();
-    for (let i = 0; i < data.length; i += 4) seen.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
-    return seen.size;
-  }, selector);
+const openPage = (path) => open(browser, base + path);
 
 test("the page loads the default model, and a prompt typed and submitted from the keyboard draws an image", { timeout: SLOW * 2 }, async () => {
   const page = await openPage("");
@@ -161,9 +126,8 @@ test("the scene graph follows the prompt; editing a relation changes the image a
   );
   const [plainAfter] = await curves();
   assert.equal(plainAfter, plainBefore);
-  // Back to a mild warp (the default plan has none): at 2.5 over 3 steps the layout is read
-  // at step 0, before the reflection shows, and the effect guidance below has no region to
-  // act on.
+  // Back to a mild warp (the default plan has none), so that the region guidance below has
+  // early steps to act in.
   await page.getByLabel(/^Schedule warp/).fill("1.5");
 
   // Baseline and LINA side by side, each with the checker's verdicts. The default plan
@@ -173,6 +137,16 @@ test("the scene graph follows the prompt; editing a relation changes the image a
   await page.getByLabel("Region guidance: node weight").fill("1");
   await page.getByLabel("Region guidance: effect weight").fill("2");
   await page.getByLabel("Region guidance until").fill("0.4");
+  // Region guidance acts where the graph has layout boxes (no judge reads a layout off the
+  // image for it): a tall ball over a small mirror, whose full reflection would spill below it.
+  const boxed = JSON.parse(await page.getByLabel(/^Scene graph JSON/).inputValue());
+  for (const node of boxed.nodes) {
+    if (node.id === "object") node.layout = [0.4, 0.3, 0.6, 0.7];
+    if (node.id === "surface") node.layout = [0.42, 0.7, 0.58, 0.8];
+  }
+  await page.getByLabel(/^Scene graph JSON/).fill(JSON.stringify(boxed));
+  await page.getByRole("button", { name: "Import JSON" }).click();
+  await page.getByRole("button", { name: "drop the layout box of node surface" }).waitFor({ state: "attached", timeout: SLOW });
   const compare = async () => {
     await page.getByRole("button", { name: "Compare baseline and LINA" }).click();
     assert.match(await waitForStatus(page, /^Compared|rror/), /^Compared/);
@@ -186,8 +160,10 @@ test("the scene graph follows the prompt; editing a relation changes the image a
 
   // The reflection need no longer stay within the mirror ("surface"), only close to it: the
   // effect guidance that kept it inside stops, and the checker checks closeness instead.
+  // The runtime validates the edit (a round trip to the worker), then says "Edited" (the
+  // status says so already, since the boxes were imported: cleared first, to see it again).
+  await page.evaluate(() => (document.getElementById("csg-status").textContent = ""));
   await page.getByLabel("relation 3: predicate", { exact: true }).selectOption("close_to");
-  // The runtime validates the edit (a round trip to the worker).
   await page.waitForFunction(() => document.getElementById("csg-status").textContent.includes("Edited"), null, {
     timeout: SLOW,
   });
@@ -197,6 +173,12 @@ test("the scene graph follows the prompt; editing a relation changes the image a
   assert.notDeepEqual(after, before);
   assert.notEqual(await linaImage(), imageBefore, "the LINA image changed with the graph");
   await page.screenshot({ path: join(ARTIFACTS, "lina.png"), fullPage: true });
+
+  // The boxes go again, so that the ball's below starts from the default box, alone.
+  for (const node of ["object", "surface"]) {
+    await page.getByRole("button", { name: `drop the layout box of node ${node}` }).click();
+    await page.getByRole("button", { name: `add the layout box of node ${node}` }).waitFor({ state: "attached", timeout: SLOW });
+  }
 
   // A layout box for the ball, dragged with the mouse, then moved from the keyboard.
   const layoutOf = async () =>
@@ -249,7 +231,7 @@ test("the predictor's suggestion fills the plan; the step sweep charts every ste
     timeout: SLOW,
   });
   const suggested = (await page.locator("#suggestion").textContent()).match(/suggests "([a-z-]+)"/)[1];
-  const warps = { baseline: 1, schedule: 1.5, prompt: 1, regions: 1, repair: 1, lina: 1, "lina-regions": 1, "lina-strong": 2 };
+  const warps = { baseline: 1, schedule: 1.5, prompt: 1, regions: 1, "lina-regions": 1, "lina-strong": 2 };
   assert.ok(suggested in warps, suggested);
   await page.getByRole("button", { name: "Use the predictor's suggestion" }).click();
   assert.equal(await page.getByLabel("Apply LINA's interventions when generating").isChecked(), true);
@@ -389,7 +371,9 @@ test("a model folder picked from disk loads, and a corrupt weight file in it is 
   await waitForStatus(page, /^Ready|rror/);
   const picker = page.getByLabel("Load a diffusers-layout folder from this computer");
   await picker.setInputFiles(join(bad, "default"));
-  const refused = await waitForStatus(page, /rror|truncated|^Ready/);
+  // The File's size bounds what the header may claim: the weight file is refused as soon as
+  // its header has arrived ("cannot read safetensors: the header describes a file of …").
+  const refused = await waitForStatus(page, /cannot read|rror|truncated|^Ready/);
   assert.match(refused, /unet\/diffusion_pytorch_model\.safetensors/);
   assert.equal(await page.getByRole("button", { name: "Generate" }).isEnabled(), false);
 
@@ -504,8 +488,10 @@ test("through the API: a truncated weight file and a CSG with an unknown node ar
       // A download cut short: half of the UNet's weights.
       files[path] = path.startsWith("unet/diffusion") ? blob.slice(0, blob.size / 2) : blob;
     }
+    // What a rejection says, and its code: programs branch on the code.
+    const failure = (e) => ({ code: e.code, message: e.message });
     const out = {};
-    out.truncated = await loadModel({ files }).then(() => "loaded", (e) => e.message);
+    out.truncated = await loadModel({ files }).then(() => "loaded", failure);
 
     // WebGPU even on SwiftShader, where "auto" would pick the CPU backend: its device is lost.
     const model = await loadModel({ backend: "webgpu" });
@@ -517,20 +503,31 @@ test("through the API: a truncated weight file and a CSG with an unknown node ar
     };
     out.unknownNode = await model
       .generate({ ...options, plan: { nodeWeight: 1 }, csg })
-      .then(() => "generated", (e) => e.message);
+      .then(() => "generated", failure);
+    // A plan key LINA no longer has (the repairs moved to the probe) is refused, named.
+    out.oldPlanKey = await model
+      .generate({ ...options, plan: { repairStrength: 0.5 } })
+      .then(() => "generated", failure);
 
     const first = await model.generate(options);
-    await model.loseDeviceForTesting();
-    out.lost = await model.generate(options).then(() => "generated", (e) => e.message);
+    await model.__loseDeviceForTesting();
+    out.lost = await model.generate(options).then(() => "generated", failure);
     await model.load({ backend: "webgpu" });
     const again = await model.generate(options);
     out.recovered = first.rgba.every((v, i) => v === again.rgba[i]);
     model.dispose();
     return out;
   });
-  assert.match(outcome.truncated, /unet\/diffusion_pytorch_model\.safetensors/);
-  assert.match(outcome.unknownNode, /unknown node "mirror"/);
-  assert.match(outcome.lost, /lost.*load the model again/);
+  assert.equal(outcome.truncated.code, "weight_file", outcome.truncated.message);
+  assert.match(outcome.truncated.message, /unet\/diffusion_pytorch_model\.safetensors/);
+  assert.equal(outcome.unknownNode.code, "invalid_input", outcome.unknownNode.message);
+  assert.match(outcome.unknownNode.message, /unknown node "mirror"/);
+  assert.equal(outcome.oldPlanKey.code, "invalid_input", outcome.oldPlanKey.message);
+  assert.match(outcome.oldPlanKey.message, /repairStrength/);
+  // "device_lost" where the readback itself finds the device gone; "device" where a failure
+  // recorded before it (wgpu's lost-device or error callback) is what reports the loss.
+  assert.ok(["device_lost", "device"].includes(outcome.lost.code), `${outcome.lost.code}: ${outcome.lost.message}`);
+  assert.match(outcome.lost.message, /lost.*load the model again/);
   assert.equal(outcome.recovered, true);
   await page.close();
 });

@@ -1,0 +1,317 @@
+// End-to-end tests of the embed API's contract (www/lina.js): options checked by name, requests
+// aborted one by one, errors with codes, recovery from a crashed worker, and the npm package
+// (www/package.json) serving its own example. Headless Chromium as in page.test.mjs; the model
+// runs on the CPU backend (what "auto" picks on SwiftShader anyway), with 2 or 3 steps, except
+// where a long run is what is cancelled. Needs www/pkg (scripts/build-web.sh).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { SLOW, WWW, canvasColours, launchBrowser, openPage, startServer, waitForStatus } from "./harness.mjs";
+
+let browser;
+let server;
+// Where the packed package is unpacked: served at /packed/.
+let PACKED;
+
+before(async () => {
+  PACKED = await mkdtemp(join(tmpdir(), "lina-packed-"));
+  server = await startServer({ mounts: { "/packed/": join(PACKED, "package") } });
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+  if (PACKED) await rm(PACKED, { recursive: true, force: true });
+});
+
+// Runs in the page before lina.js loads: every Worker it starts is watched, so that a test
+// sees what the page sent to the worker, which requests the worker actually ran (their step
+// reports, which arrive even for a request whose promise has settled), and how many workers
+// were started and stopped.
+function watchWorkers() {
+  const log = { created: 0, terminated: 0, sent: [], steps: [] };
+  window.workerLog = log;
+  const Base = window.Worker;
+  window.Worker = class extends Base {
+    constructor(...args) {
+      super(...args);
+      log.created++;
+      this.addEventListener("message", ({ data }) => {
+        if (data.type === "step") log.steps.push({ id: data.id, step: data.step, steps: data.steps });
+      });
+    }
+    postMessage(...args) {
+      log.sent.push({ type: args[0].type, id: args[0].id });
+      return super.postMessage(...args);
+    }
+    terminate() {
+      log.terminated++;
+      return super.terminate();
+    }
+  };
+}
+
+// Any page of the origin will do to import the module from; this one loads nothing.
+const apiPage = () => openPage(browser, `${server.base}lina.js`, { init: watchWorkers });
+
+test("options are checked by name, an aborted signal rejects at once without a request, and errors have codes", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel, loadModel } = await import("./lina.js");
+    const failure = (e) => ({ code: e.code, name: e.name, message: e.message });
+    const outcome = (promise) => promise.then(() => "resolved", failure);
+    const model = new LinaModel();
+    const out = {};
+    out.misspelt = await outcome(model.generate({ prompt: "x", stpes: 3 }));
+    out.controls = await outcome(model.generate({ prompt: "x" }, { onstep: () => {} }));
+    out.preview = await outcome(model.generate({ prompt: "x", preview: true }));
+    out.sweep = await outcome(model.sweep({ prompt: "x" }, { signall: null }));
+    out.reinpaint = await outcome(
+      model.reinpaint({ prompt: "x" }, { width: 1, height: 1, rgba: new Uint8ClampedArray(4) }, "ball", 0.5, { strenght: 1 }),
+    );
+    out.bench = await outcome(model.benchUnet(1, { sigal: null }));
+    out.source = await outcome(loadModel({ urll: "models/default/" }));
+    out.backend = await outcome(model.load({ backend: "gpu" }));
+    out.loadedNothing = model.deviceInfo;
+    // Nothing of the above reached the worker.
+    out.sentBefore = window.workerLog.sent.length;
+
+    const aborted = new AbortController();
+    aborted.abort();
+    out.aborted = await outcome(model.generate({ prompt: "x" }, { signal: aborted.signal }));
+    const reason = new Error("the page moved on");
+    const withReason = new AbortController();
+    withReason.abort(reason);
+    out.reasonKept = await model.load({ signal: withReason.signal }).then(
+      () => false,
+      (e) => e === reason,
+    );
+    out.sentAfterAborts = window.workerLog.sent.length;
+
+    // A call that needs a model, on a worker without one.
+    out.noModel = await outcome(model.generate({ prompt: "x", steps: 2 }));
+    model.dispose();
+    out.disposed = await outcome(model.linaPlan());
+    return out;
+  });
+  const refused = (what, key) => {
+    assert.equal(out[what].code, "invalid_input", `${what}: ${JSON.stringify(out[what])}`);
+    assert.match(out[what].message, new RegExp(`"${key}"`), what);
+  };
+  refused("misspelt", "stpes");
+  refused("controls", "onstep");
+  refused("preview", "preview");
+  refused("sweep", "signall");
+  refused("reinpaint", "strenght");
+  refused("bench", "sigal");
+  refused("source", "urll");
+  assert.equal(out.backend.code, "invalid_input", JSON.stringify(out.backend));
+  assert.match(out.backend.message, /backend/);
+  assert.equal(out.loadedNothing, null);
+  assert.equal(out.sentBefore, 0, "refused calls send nothing to the worker");
+
+  assert.equal(out.aborted.name, "AbortError", JSON.stringify(out.aborted));
+  // No code of ours: a DOMException's `code` is its legacy number (20 for an AbortError).
+  assert.notEqual(typeof out.aborted.code, "string", "an abort is no coded error");
+  assert.equal(out.reasonKept, true, "an aborted call rejects with the signal's reason");
+  assert.equal(out.sentAfterAborts, 0, "an already aborted signal sends nothing");
+
+  assert.equal(out.noModel.code, "no_model", JSON.stringify(out.noModel));
+  assert.equal(out.disposed.code, "disposed", JSON.stringify(out.disposed));
+  await page.close();
+});
+
+test("an aborted queued generation never runs, an aborted running one stops alone, and cancel() stops the running one", { timeout: SLOW * 2 }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { loadModel } = await import("./lina.js");
+    const log = window.workerLog;
+    const model = await loadModel({ backend: "cpu" });
+    const options = { prompt: "a red ball on a small mirror", seed: 1 };
+    const out = { pixels: model.nativeSize ** 2 * 4 };
+
+    // A runs; B, queued behind it, is aborted at A's first step; C, queued behind B, runs.
+    log.sent.length = 0;
+    log.steps.length = 0;
+    const settled = [];
+    const queued = new AbortController();
+    const a = model
+      .generate({ ...options, steps: 3 }, { onStep: ({ step }) => step === 1 && queued.abort() })
+      .then((image) => (settled.push("a done"), image.rgba.length));
+    const b = model
+      .generate({ ...options, steps: 200 }, { signal: queued.signal })
+      .then(() => settled.push("b done"), (e) => settled.push(`b ${e.name}`));
+    const c = model.generate({ ...options, steps: 2 }).then((image) => (settled.push("c done"), image.rgba.length));
+    [out.a, , out.c] = await Promise.all([a, b, c]);
+    out.settled = settled;
+    out.generates = log.sent.filter((m) => m.type === "generate").map((m) => m.id);
+    out.cancels = log.sent.filter((m) => m.type === "cancel").map((m) => m.id);
+    out.queuedSteps = log.steps.map((s) => s.id);
+
+    // D runs and is aborted at its second step; E, queued behind it, still runs.
+    log.sent.length = 0;
+    log.steps.length = 0;
+    const running = new AbortController();
+    const d = model
+      .generate({ ...options, steps: 200 }, { signal: running.signal, onStep: ({ step }) => step === 2 && running.abort() })
+      .then(() => "generated", (e) => e.name);
+    const e = model.generate({ ...options, steps: 2 }).then((image) => image.rgba.length, (e) => e.code);
+    [out.d, out.e] = await Promise.all([d, e]);
+    const [dId, eId] = log.sent.filter((m) => m.type === "generate").map((m) => m.id);
+    out.dSteps = log.steps.filter((s) => s.id === dId).length;
+    out.eSteps = log.steps.filter((s) => s.id === eId).length;
+
+    // cancel() stops whatever runs; without a signal, that is a "cancelled" error.
+    out.cancelled = await model
+      .generate({ ...options, steps: 200 }, { onStep: ({ step }) => step === 1 && model.cancel() })
+      .then(() => "generated", (e) => `${e.name} ${e.code}`);
+    model.dispose();
+    return out;
+  });
+  assert.deepEqual(out.settled, ["b AbortError", "a done", "c done"]);
+  assert.equal(out.a, out.pixels);
+  assert.equal(out.c, out.pixels);
+  const [aId, bId, cId] = out.generates;
+  assert.deepEqual(out.cancels, [bId], "one cancel, for the aborted request");
+  assert.ok(!out.queuedSteps.includes(bId), "the aborted queued request never ran a step");
+  assert.equal(out.queuedSteps.filter((id) => id === aId).length, 3);
+  assert.equal(out.queuedSteps.filter((id) => id === cId).length, 2);
+
+  assert.equal(out.d, "AbortError");
+  assert.equal(out.e, out.pixels, "the request queued behind the aborted one ran");
+  // It stops at the step after the abort reaches the worker: a few, never the 200 asked for.
+  assert.ok(out.dSteps >= 2 && out.dSteps < 20, `the aborted run took ${out.dSteps} steps`);
+  assert.equal(out.eSteps, 2);
+  assert.equal(out.cancelled, "Error cancelled");
+  await page.close();
+});
+
+test("a weight file whose header claims more than the file holds is refused with a code, and the same model then loads the default one", { timeout: SLOW * 2 }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel, DEFAULT_MODEL_URL } = await import("./lina.js");
+    const paths = [
+      "scheduler/scheduler_config.json",
+      "text_encoder/config.json",
+      "text_encoder/model.safetensors",
+      "tokenizer/vocab.json",
+      "tokenizer/merges.txt",
+      "tokenizer/tokenizer_config.json",
+      "unet/config.json",
+      "vae/config.json",
+      "vae/diffusion_pytorch_model.safetensors",
+    ];
+    const files = {};
+    for (const path of paths) files[path] = await (await fetch(DEFAULT_MODEL_URL + path)).blob();
+    // 77 bytes that claim a 400 MB tensor: the size prefix and the header, and no data. (The
+    // claim stays under 512 MiB: on wasm32 the safetensors crate counts a tensor's size in
+    // bits in a 32-bit integer, and refuses anything larger as an overflow before we see it.)
+    const header = new TextEncoder().encode(
+      JSON.stringify({ w: { dtype: "F32", shape: [100_000_000], data_offsets: [0, 400_000_000] } }),
+    );
+    const bytes = new Uint8Array(8 + header.length);
+    new DataView(bytes.buffer).setBigUint64(0, BigInt(header.length), true);
+    bytes.set(header, 8);
+    files["unet/diffusion_pytorch_model.safetensors"] = new Blob([bytes]);
+
+    const failure = (e) => ({ code: e.code, message: e.message });
+    const model = new LinaModel();
+    const out = { size: bytes.length };
+    out.refused = await model.load({ files, backend: "cpu" }).then(() => "loaded", failure);
+    out.deviceInfo = model.deviceInfo;
+    out.noModel = await model.generate({ prompt: "x", steps: 2 }).then(() => "generated", failure);
+
+    await model.load({ backend: "cpu" });
+    const image = await model.generate({ prompt: "a red ball on a small mirror", steps: 2 });
+    const colours = new Set();
+    for (let i = 0; i < image.rgba.length; i += 4) colours.add((image.rgba[i] << 16) | (image.rgba[i + 1] << 8) | image.rgba[i + 2]);
+    out.colours = colours.size;
+    model.dispose();
+    return out;
+  });
+  assert.equal(out.refused.code, "weight_file", JSON.stringify(out.refused));
+  assert.match(out.refused.message, /unet\/diffusion_pytorch_model\.safetensors/);
+  assert.match(out.refused.message, new RegExp(`describes a file of \\d+ bytes, but it has ${out.size}\\b`));
+  assert.equal(out.deviceInfo, null);
+  assert.equal(out.noModel.code, "no_model", "the failed load left no model behind");
+  assert.ok(out.colours > 50, `the default model drew ${out.colours} colours`);
+  await page.close();
+});
+
+test("a trapped wasm instance fails the pending calls with worker_crashed, and a fresh worker loads and draws", { timeout: SLOW * 2 }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { loadModel } = await import("./lina.js");
+    const log = window.workerLog;
+    const failure = (e) => ({ code: e.code, message: e.message });
+    const options = { prompt: "a red ball on a small mirror", steps: 2 };
+    const model = await loadModel({ backend: "cpu" });
+    const out = {};
+    const trapped = model.__trapForTesting().then(() => "returned", failure);
+    const queued = model.generate(options).then(() => "generated", failure);
+    [out.trapped, out.queued] = await Promise.all([trapped, queued]);
+    out.deviceInfo = model.deviceInfo;
+    out.workersAfterCrash = { created: log.created, terminated: log.terminated };
+
+    // The next call starts a fresh worker, which has no model until one loads.
+    out.noModel = await model.generate(options).then(() => "generated", failure);
+    await model.load({ backend: "cpu" });
+    out.loaded = model.deviceInfo !== null;
+    const image = await model.generate(options);
+    const colours = new Set();
+    for (let i = 0; i < image.rgba.length; i += 4) colours.add((image.rgba[i] << 16) | (image.rgba[i + 1] << 8) | image.rgba[i + 2]);
+    out.colours = colours.size;
+    out.workers = { created: log.created, terminated: log.terminated };
+    model.dispose();
+    return out;
+  });
+  assert.equal(out.trapped.code, "worker_crashed", JSON.stringify(out.trapped));
+  assert.match(out.trapped.message, /crashed/);
+  assert.equal(out.queued.code, "worker_crashed", "a call queued behind the trap fails too");
+  assert.equal(out.deviceInfo, null, "no model is loaded after a crash");
+  assert.deepEqual(out.workersAfterCrash, { created: 1, terminated: 1 }, "the trapped worker was stopped");
+  assert.equal(out.noModel.code, "no_model", JSON.stringify(out.noModel));
+  assert.equal(out.loaded, true);
+  assert.ok(out.colours > 50, `the fresh worker drew ${out.colours} colours`);
+  assert.deepEqual(out.workers, { created: 2, terminated: 1 });
+  await page.close();
+});
+
+test("the npm package (npm pack of www/) serves its example, which loads the default model and draws", { timeout: SLOW * 2 }, async () => {
+  // Run from npm (npm test --prefix tests/e2e), this process carries npm's settings as
+  // npm_config_* variables, its prefix among them: the inner npm starts without them.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^npm_/i.test(name)));
+  env.npm_config_update_notifier = "false";
+  const json = execFileSync("npm", ["pack", WWW, "--pack-destination", PACKED, "--json"], { env, encoding: "utf8" });
+  const [packed] = JSON.parse(json);
+  const files = packed.files.map((f) => f.path);
+  for (const file of [
+    "package.json",
+    "lina.js",
+    "lina-worker.js",
+    "lina.d.ts",
+    "example.html",
+    "pkg/lina.js",
+    "pkg/lina_bg.wasm",
+    "models/default/unet/diffusion_pytorch_model.safetensors",
+  ]) {
+    assert.ok(files.includes(file), `the package lacks ${file}: ${files.join(", ")}`);
+  }
+  for (const file of ["index.html", "main.js", "bench.html"]) assert.ok(!files.includes(file), `the package has ${file}`);
+  execFileSync("tar", ["-xzf", join(PACKED, packed.filename), "-C", PACKED]);
+
+  // Served from the unpacked folder alone: a file the package lacks is a 404 there. (Within
+  // the model's folder, 404s are the optional files the default model does not have.)
+  const page = await openPage(browser, `${server.base}packed/example.html`);
+  assert.match(await waitForStatus(page, /^Done|^Error/), /^Done/);
+  assert.ok((await canvasColours(page, "#image")) > 50, "the canvas shows an image");
+  const missing = server.requests.filter(
+    (r) => r.startsWith("GET /packed/") && !r.startsWith("GET /packed/models/") && r.endsWith(" 404"),
+  );
+  assert.deepEqual(missing, []);
+  await page.close();
+});
