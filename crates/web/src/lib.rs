@@ -640,7 +640,8 @@ pub struct ModelLoader {
 }
 
 enum Incoming {
-    Weights(WeightsUpload),
+    // Boxed: the upload's parser state is far larger than a byte buffer.
+    Weights(Box<WeightsUpload>),
     Bytes(Vec<u8>),
 }
 
@@ -683,7 +684,7 @@ impl ModelLoader {
                 .filter(|l| l.is_finite() && *l >= 0.0)
                 .map(|l| l as u64);
             upload.begin_file(&path, length).map_err(js_err)?;
-            Incoming::Weights(upload)
+            Incoming::Weights(Box::new(upload))
         } else {
             Incoming::Bytes(Vec::new())
         };
@@ -721,7 +722,7 @@ impl ModelLoader {
             None => return Err(invalid("endFile: no file was started")),
             Some((path, Incoming::Weights(mut upload))) => {
                 upload.end_file().map_err(js_err)?;
-                self.source.insert_uploaded(path, upload);
+                self.source.insert_uploaded(path, *upload);
             }
             Some((path, Incoming::Bytes(bytes))) => self.source.insert(path, bytes),
         }
