@@ -65,6 +65,21 @@ export async function startServer({ extra, mounts = {} } = {}) {
 // seconds.
 export const SLOW = 240_000;
 
+/** The embedded default model's files, as a diffusers folder lists them (page tests that
+ * hand the model over as `files` fetch these). */
+export const DEFAULT_MODEL_FILES = [
+  "scheduler/scheduler_config.json",
+  "text_encoder/config.json",
+  "text_encoder/model.safetensors",
+  "tokenizer/vocab.json",
+  "tokenizer/merges.txt",
+  "tokenizer/tokenizer_config.json",
+  "unet/config.json",
+  "unet/diffusion_pytorch_model.safetensors",
+  "vae/config.json",
+  "vae/diffusion_pytorch_model.safetensors",
+];
+
 /**
  * A new tab at `url`, its console errors and uncaught exceptions echoed to the test's output.
  * `init`, a function, runs in the page before any of its own scripts.

@@ -7,7 +7,7 @@ import { readFile, writeFile, mkdir, mkdtemp, cp, rm, truncate, stat } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { SLOW, WWW, canvasColours, launchBrowser, openPage as open, startServer, statusText, waitForStatus } from "./harness.mjs";
+import { DEFAULT_MODEL_FILES, SLOW, WWW, canvasColours, launchBrowser, openPage as open, startServer, statusText, waitForStatus } from "./harness.mjs";
 
 // Served at /extra/: model folders the tests make.
 let EXTRA;
@@ -468,20 +468,8 @@ test("the benchmark page times the first image phase by phase and the warm figur
 test("through the API: a truncated weight file and a CSG with an unknown node are errors, and a lost device recovers", { timeout: SLOW * 3 }, async () => {
   // Any page of the origin will do to import the module from; this one loads nothing.
   const page = await openPage("lina.js");
-  const outcome = await page.evaluate(async () => {
+  const outcome = await page.evaluate(async (paths) => {
     const { loadModel, DEFAULT_MODEL_URL } = await import("./lina.js");
-    const paths = [
-      "scheduler/scheduler_config.json",
-      "text_encoder/config.json",
-      "text_encoder/model.safetensors",
-      "tokenizer/vocab.json",
-      "tokenizer/merges.txt",
-      "tokenizer/tokenizer_config.json",
-      "unet/config.json",
-      "unet/diffusion_pytorch_model.safetensors",
-      "vae/config.json",
-      "vae/diffusion_pytorch_model.safetensors",
-    ];
     const files = {};
     for (const path of paths) {
       const blob = await (await fetch(DEFAULT_MODEL_URL + path)).blob();
@@ -517,7 +505,7 @@ test("through the API: a truncated weight file and a CSG with an unknown node ar
     out.recovered = first.rgba.every((v, i) => v === again.rgba[i]);
     model.dispose();
     return out;
-  });
+  }, DEFAULT_MODEL_FILES);
   assert.equal(outcome.truncated.code, "weight_file", outcome.truncated.message);
   assert.match(outcome.truncated.message, /unet\/diffusion_pytorch_model\.safetensors/);
   assert.equal(outcome.unknownNode.code, "invalid_input", outcome.unknownNode.message);

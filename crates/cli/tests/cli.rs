@@ -52,6 +52,16 @@ fn every_subcommand_has_its_own_help_under_the_binary_s_name() {
 
 #[test]
 fn bad_flags_are_refused_before_any_work() {
+    // A plan with a misspelt field: refused by the plan's own validation, which names it.
+    let bad_plan = [
+        "generate",
+        "--model",
+        MODEL,
+        "--prompt",
+        "x",
+        "--plan",
+        "{\"warpp\": 2}",
+    ];
     // A misspelt flag, a missing required one, a bad value: clap's usage error (exit 2).
     for args in [
         &[
@@ -61,15 +71,7 @@ fn bad_flags_are_refused_before_any_work() {
         &[
             "generate", "--model", MODEL, "--prompt", "x", "--device", "tpu",
         ],
-        &[
-            "generate",
-            "--model",
-            MODEL,
-            "--prompt",
-            "x",
-            "--plan",
-            "{\"warpp\": 2}",
-        ],
+        &bad_plan,
         &[
             "probe-render",
             "--suite",
@@ -88,16 +90,7 @@ fn bad_flags_are_refused_before_any_work() {
             text(&out.stderr)
         );
     }
-    // The plan's own validation names the field.
-    let out = cli(&[
-        "generate",
-        "--model",
-        MODEL,
-        "--prompt",
-        "x",
-        "--plan",
-        "{\"warpp\": 2}",
-    ]);
+    let out = cli(&bad_plan);
     assert!(text(&out.stderr).contains("warpp"), "{}", text(&out.stderr));
 }
 
