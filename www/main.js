@@ -181,7 +181,10 @@ async function acceptGraph(next, edited) {
 async function graphFromPrompt() {
   if (graphEdited || !model) return;
   try {
-    csg = await model.parsePrompt($("prompt").value);
+    const parsed = await model.parsePrompt($("prompt").value);
+    // An edit or an import that landed while the prompt was parsed wins over it.
+    if (graphEdited) return;
+    csg = parsed;
     editor.show(csg);
     listNodes();
     boxes.show(csg);

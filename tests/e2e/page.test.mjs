@@ -138,15 +138,25 @@ test("the scene graph follows the prompt; editing a relation changes the image a
   await page.getByLabel("Region guidance: effect weight").fill("2");
   await page.getByLabel("Region guidance until").fill("0.4");
   // Region guidance acts where the graph has layout boxes (no judge reads a layout off the
-  // image for it): a tall ball over a small mirror, whose full reflection would spill below it.
-  const boxed = JSON.parse(await page.getByLabel(/^Scene graph JSON/).inputValue());
-  for (const node of boxed.nodes) {
-    if (node.id === "object") node.layout = [0.4, 0.3, 0.6, 0.7];
-    if (node.id === "surface") node.layout = [0.42, 0.7, 0.58, 0.8];
+  // image for it): the ball and the mirror get boxes, and the mirror is made shorter than the
+  // ball from the keyboard, so that a full reflection would spill below it.
+  for (const node of ["object", "surface"]) {
+    await page.getByRole("button", { name: `add the layout box of node ${node}` }).click();
   }
-  await page.getByLabel(/^Scene graph JSON/).fill(JSON.stringify(boxed));
-  await page.getByRole("button", { name: "Import JSON" }).click();
-  await page.getByRole("button", { name: "drop the layout box of node surface" }).waitFor({ state: "attached", timeout: SLOW });
+  const mirror = page.getByRole("button", { name: /^layout of node surface/ });
+  await mirror.waitFor({ timeout: SLOW });
+  await mirror.focus();
+  for (let i = 0; i < 4; i++) await page.keyboard.press("Shift+ArrowUp");
+  // Each change is validated by the runtime (a round trip to the worker), in order: the
+  // status says "Edited" again once the last one is in.
+  await page.waitForTimeout(500);
+  await page.evaluate(() => (document.getElementById("csg-status").textContent = ""));
+  await page.keyboard.press("Shift+ArrowUp");
+  await page.waitForFunction(() => document.getElementById("csg-status").textContent.includes("Edited"), null, {
+    timeout: SLOW,
+  });
+  const mirrorBox = JSON.parse(await page.getByLabel(/^Scene graph JSON/).inputValue()).nodes.find((n) => n.id === "surface").layout;
+  assert.ok(mirrorBox[3] < 0.6, `${mirrorBox}`);
   const compare = async () => {
     await page.getByRole("button", { name: "Compare baseline and LINA" }).click();
     assert.match(await waitForStatus(page, /^Compared|rror/), /^Compared/);

@@ -26,7 +26,17 @@ use lina_runtime::weights::WeightsUpload;
 
 #[wasm_bindgen(start)]
 pub fn start() {
+    use tracing_subscriber::prelude::*;
+
     console_error_panic_hook::set_once();
+    // Info and above, to the console as text (no ANSI colours, no clock: a page has no
+    // std::time). A second instance in the same realm keeps the first subscriber.
+    let console = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .without_time()
+        .with_writer(tracing_web::MakeWebConsoleWriter::new())
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let _ = tracing_subscriber::registry().with(console).try_init();
 }
 
 /// The device that device options ask for: `{ backend, precision }`, both optional.
