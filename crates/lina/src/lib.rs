@@ -215,7 +215,7 @@ pub struct Intervened {
 
 /// Steps `[start, end)` for a window given in fractions of the steps that run, `first..steps`
 /// (img2img and inpainting skip the first ones).
-fn steps_of(window: [f64; 2], first: usize, steps: usize) -> std::ops::Range<usize> {
+pub fn steps_of(window: [f64; 2], first: usize, steps: usize) -> std::ops::Range<usize> {
     let run = steps - first;
     let at = |f: f64| first + ((f * run as f64).round() as usize).min(run);
     at(window[0])..at(window[1])

@@ -1158,9 +1158,12 @@ impl Repair {
                 "verifier repair: strength must be in [0, 1] and the window [start, end] within [0, 1], got {strength} and {window:?}"
             )));
         }
-        let run = steps - first;
-        let at = |f: f64| first + ((f * run as f64).round() as usize).min(run);
-        Ok(Self::new(csg, strength, at(window[0])..at(window[1])))
+        // The same window arithmetic as LINA's plans, so a window means the same steps.
+        Ok(Self::new(
+            csg,
+            strength,
+            lina::steps_of(window, first, steps),
+        ))
     }
 
     pub fn new(csg: &Csg, strength: f64, window: Range<usize>) -> Self {
