@@ -52,7 +52,6 @@ impl Image {
     }
 
     /// Decodes an 8-bit RGB, RGBA, grey or grey-alpha PNG (alpha is dropped).
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_png(bytes: &[u8]) -> Result<Self> {
         let bad = |e: String| Error::InvalidInput(format!("PNG: {e}"));
         let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
@@ -92,7 +91,6 @@ impl Image {
         })
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn to_png(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         {

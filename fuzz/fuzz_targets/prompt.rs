@@ -1,14 +1,5 @@
-//! Any prompt through the prompt-to-scene-graph parser: what it accepts is a valid graph.
+//! Any prompt through the prompt-to-scene-graph parser: see `lina_fuzz::prompt` (fuzz/src/lib.rs),
+//! which the native tests also run on the committed seeds.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(prompt) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Ok(csg) = lina_csg::parse::parse(prompt) {
-        csg.validate().expect("the parser's graph is valid");
-        lina_csg::Csg::from_json(&csg.to_json()).expect("and reads back from its JSON");
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lina_fuzz::prompt(data));

@@ -17,7 +17,7 @@ wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 macro_rules! model_files {
     ($($path:literal),* $(,)?) => {
-        &[$(($path, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd1_tiny/", $path)) as &[u8])),*]
+        &[$(($path, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/sd1_tiny/", $path)) as &[u8])),*]
     };
 }
 
@@ -27,7 +27,7 @@ macro_rules! default_file {
             $path,
             include_bytes!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/www/models/default/",
+                "/../../www/models/default/",
                 $path
             )) as &[u8],
         )
@@ -62,12 +62,12 @@ const DEFAULT_MODEL: &[(&str, &[u8])] = &[
 
 const DEFAULT_REFERENCE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/default_model/reference.png"
+    "/../../tests/fixtures/default_model/reference.png"
 ));
 
 const REFERENCE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/sd1_tiny/reference.safetensors"
+    "/../../tests/fixtures/sd1_tiny/reference.safetensors"
 ));
 
 fn reference_f32(name: &str) -> Vec<f32> {
@@ -234,12 +234,9 @@ async fn reference_image_error(device: JsValue) -> u8 {
         .map_err(message)
         .unwrap();
 
-    let mut reader = png::Decoder::new(std::io::Cursor::new(DEFAULT_REFERENCE))
-        .read_info()
-        .unwrap();
-    let mut expected = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut expected).unwrap();
-    expected.truncate(info.buffer_size());
+    let expected = lina_runtime::image::Image::from_png(DEFAULT_REFERENCE)
+        .unwrap()
+        .rgb;
     let ours = rgb_of(&result);
     assert_eq!(ours.len(), expected.len());
     ours.iter()
