@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::kernels::{self, Kernels};
 use crate::memory;
+use crate::models::attention_control::{AttentionRecord, CrossAttentionControl};
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
 use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
 use crate::models::unet::{self, UNet, UNetConfig};
@@ -111,6 +112,11 @@ pub struct ModelCall {
     /// Extra conditionings that guide only inside regions of the latents (see
     /// [`RegionTerm`]); they join the same batched model call.
     pub regions: Vec<RegionTerm>,
+    /// What the UNet's cross-attention layers do in the conditional row: a bias per text
+    /// token and latent cell, a record of where each token is attended
+    /// ([`CrossAttentionControl`]). The bias is [T, h, w]: the context's length and the
+    /// latents' size.
+    pub attention: CrossAttentionControl,
 }
 
 /// Guidance toward (or, with a negative weight, away from) another text conditioning,
@@ -133,6 +139,9 @@ pub struct StepState {
     pub timestep: f64,
     pub latents: Tensor<4>,
     pub pred_original: Tensor<4>,
+    /// The step's cross-attention record, [T, h, w], where a hook asked for one
+    /// ([`ModelCall::attention`]).
+    pub attention: Option<AttentionRecord>,
 }
 
 /// The UNet's noise prediction for a step, before the guidance combine.
@@ -895,10 +904,11 @@ impl Sampling<'_> {
             context: self.context.clone(),
             guidance_scale: self.guidance_scale,
             regions: Vec::new(),
+            attention: CrossAttentionControl::default(),
         };
         hook.before_model(&mut call)?;
         self.evaluations += call.context.dims()[0] + call.regions.len();
-        let estimate = self.predict_noise(call)?;
+        let (estimate, attention) = self.predict_noise(call)?;
         let out = self.scheduler_step(estimate, step);
         let mut state = StepState {
             step,
@@ -906,6 +916,7 @@ impl Sampling<'_> {
             timestep,
             latents: out.prev_sample,
             pred_original: out.pred_original,
+            attention,
         };
         hook.after_step(&mut state)?;
         self.latents = state.latents;
@@ -954,7 +965,8 @@ impl Sampling<'_> {
 
     /// One batched model call for the base conditioning and every region term. Without
     /// region terms the guidance combine is left to the step; with them it is done here.
-    fn predict_noise(&self, call: ModelCall) -> Result<NoiseEstimate> {
+    /// Also gives the call's cross-attention record, where the call asks for one.
+    fn predict_noise(&self, call: ModelCall) -> Result<(NoiseEstimate, Option<AttentionRecord>)> {
         let input = self.scheduler.scale_model_input(call.latents, call.step);
         let base = call.context.dims()[0];
         let [_, c, h, w] = input.dims();
@@ -978,6 +990,15 @@ impl Sampling<'_> {
             }
             contexts.push(r.context.clone());
         }
+        if let Some(bias) = &call.attention.bias {
+            let tokens = contexts[0].dims()[1];
+            if bias.dims() != [tokens, h, w] {
+                return Err(Error::InvalidInput(format!(
+                    "attention bias {:?} does not fit {tokens} text tokens over latents {h}x{w}",
+                    bias.dims()
+                )));
+            }
+        }
         let batch = base + call.regions.len();
         let inputs = if batch == 1 {
             input
@@ -993,16 +1014,25 @@ impl Sampling<'_> {
             .guidance_embedding
             .as_ref()
             .map(|e| e.clone().repeat_dim(0, batch));
-        let out = self
-            .pipe
-            .unet
-            .forward_with(inputs, call.timestep, &context, cond.as_ref());
+        // The control acts on the conditional row: the second of [uncond; cond], else the
+        // only one; the region terms' rows keep their own attention.
+        let (out, record) = self.pipe.unet.forward_controlled(
+            inputs,
+            call.timestep,
+            &context,
+            cond.as_ref(),
+            &call.attention,
+            base - 1,
+        );
         let guidance = (base == 2).then_some(call.guidance_scale);
         if call.regions.is_empty() {
-            return Ok(NoiseEstimate {
-                output: out,
-                guidance,
-            });
+            return Ok((
+                NoiseEstimate {
+                    output: out,
+                    guidance,
+                },
+                record,
+            ));
         }
         let mut pred = NoiseEstimate {
             output: out.clone().narrow(0, 0, base),
@@ -1019,10 +1049,13 @@ impl Sampling<'_> {
                     .mul(r.mask.clone().repeat_dim(1, c))
                     .mul_scalar(r.weight);
         }
-        Ok(NoiseEstimate {
-            output: pred,
-            guidance: None,
-        })
+        Ok((
+            NoiseEstimate {
+                output: pred,
+                guidance: None,
+            },
+            record,
+        ))
     }
 
     /// The sampling loop: every step that is left, with `hook` around and between them, and

@@ -83,15 +83,21 @@ fn the_baseline_plan_is_the_plain_sampler() {
 #[test]
 fn ablation_variants_turn_one_component_on_or_off() {
     use intervene::Component;
-    // The default plan leaves the region terms and the schedule off (docs/lina.md); `with`
-    // turns each on, and with them it uses all three.
+    // The default plan leaves the region terms, the attention control and the schedule off
+    // (docs/lina.md); `with` turns each on, and with them it uses all four.
     let lina = Plan::lina();
     assert!(!lina.uses(Component::Regions) && !lina.uses(Component::Schedule));
+    assert!(!lina.uses(Component::Attention));
     assert!(lina.uses(Component::Prompt));
     let full = Component::ALL
         .into_iter()
         .fold(lina.clone(), |p, c| p.with(c));
-    assert_eq!(full, lina.with_regions().with(Component::Schedule));
+    assert_eq!(
+        full,
+        lina.with_regions()
+            .with(Component::Schedule)
+            .with(Component::Attention)
+    );
     assert_eq!(full.with(Component::Prompt), full, "on already: unchanged");
     for c in Component::ALL {
         assert!(full.uses(c), "{}", c.name());
@@ -277,6 +283,20 @@ fn bad_plans_are_clear_errors() {
                 ..Plan::default()
             },
             "regionWindow",
+        ),
+        (
+            Plan {
+                attention_strength: f64::INFINITY,
+                ..Plan::default()
+            },
+            "attentionStrength",
+        ),
+        (
+            Plan {
+                attention_window: [-0.1, 0.5],
+                ..Plan::default()
+            },
+            "attentionWindow",
         ),
     ] {
         let err = pollster::block_on(intervene::generate(

@@ -1,5 +1,6 @@
 //! Model components, one file each, built from their diffusers/transformers config.json.
 
+pub mod attention_control;
 pub mod clip;
 pub mod config;
 pub mod resnet;

@@ -4,6 +4,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation::gelu;
 
+use super::attention_control::{ControlState, controlled_attention};
 use crate::error::Result;
 use crate::kernels;
 use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear, multi_head_attention, to_image, to_tokens};
@@ -57,11 +58,24 @@ impl CrossAttention {
         })
     }
 
-    /// `residual + attention(x, context)`.
-    fn forward_plus(&self, x: Tensor<3>, context: &Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+    /// `residual + attention(x, context)`, for x over a `grid` of latent cells, under
+    /// `control` where one is active.
+    fn forward_plus(
+        &self,
+        x: Tensor<3>,
+        context: &Tensor<3>,
+        residual: Tensor<3>,
+        grid: [usize; 2],
+        control: &mut ControlState,
+    ) -> Tensor<3> {
         let [k, v] = Columns::split(self.kv.forward(context.clone()));
-        let q = self.q.forward(x).into();
-        let attn = multi_head_attention(q, k, v, self.heads, false, self.q.kernels());
+        let q = self.q.forward(x);
+        let attn = if control.is_active() {
+            let (k, v) = (k.into_tensor(), v.into_tensor());
+            controlled_attention(q, k, v, self.heads, grid, control)
+        } else {
+            multi_head_attention(q.into(), k, v, self.heads, false, self.q.kernels())
+        };
         self.out.forward_plus(attn, residual)
     }
 }
@@ -117,11 +131,17 @@ impl BasicTransformerBlock {
         })
     }
 
-    fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        context: &Tensor<3>,
+        grid: [usize; 2],
+        control: &mut ControlState,
+    ) -> Tensor<3> {
         let x = self.attn1.forward_plus(self.norm1.forward(x.clone()), x);
         let x = self
             .attn2
-            .forward_plus(self.norm2.forward(x.clone()), context, x);
+            .forward_plus(self.norm2.forward(x.clone()), context, x, grid, control);
         self.ff.forward_plus(self.norm3.forward(x.clone()), x)
     }
 }
@@ -174,7 +194,14 @@ impl Transformer2D {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
+    /// The block over image `x` attending to `context`; its cross-attention layers act under
+    /// `control`.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<4>,
+        context: &Tensor<3>,
+        control: &mut ControlState,
+    ) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         let residual = x.clone();
         let x = self.norm.forward(x);
@@ -184,7 +211,7 @@ impl Transformer2D {
             Projection::Linear(lin) => lin.forward(to_tokens(x)),
         };
         for block in &self.blocks {
-            tokens = block.forward(tokens, context);
+            tokens = block.forward(tokens, context, [h, w], control);
         }
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(to_image(tokens)),

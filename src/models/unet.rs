@@ -7,6 +7,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 
+use super::attention_control::{AttentionRecord, ControlState, CrossAttentionControl};
 use super::config::{PerBlock, check_channels, check_size, parse};
 use super::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
 use super::transformer::{Transformer2D, TransformerSpec};
@@ -283,10 +284,16 @@ struct Layer {
 
 impl Layer {
     /// `time`: the UNet's table of time projections (`ResnetBlock::forward`).
-    fn forward(&self, x: Tensor<4>, time: &Tensor<2>, context: &Tensor<3>) -> Tensor<4> {
+    fn forward(
+        &self,
+        x: Tensor<4>,
+        time: &Tensor<2>,
+        context: &Tensor<3>,
+        control: &mut ControlState,
+    ) -> Tensor<4> {
         let x = self.resnet.forward(x, Some(time));
         match &self.attention {
-            Some(t) => t.forward(x, context),
+            Some(t) => t.forward(x, context, control),
             None => x,
         }
     }
@@ -528,7 +535,25 @@ impl UNet {
         context: &Tensor<3>,
         timestep_cond: Option<&Tensor<2>>,
     ) -> Tensor<4> {
-        let [b, _, _, _] = x.dims();
+        let none = CrossAttentionControl::default();
+        self.forward_controlled(x, timestep, context, timestep_cond, &none, 0)
+            .0
+    }
+
+    /// [`forward_with`](Self::forward_with) with its cross-attention layers under `control`,
+    /// which acts on batch row `row` (the conditional one); also gives the record, where
+    /// `control` asks for one.
+    pub fn forward_controlled(
+        &self,
+        x: Tensor<4>,
+        timestep: f64,
+        context: &Tensor<3>,
+        timestep_cond: Option<&Tensor<2>>,
+        control: &CrossAttentionControl,
+        row: usize,
+    ) -> (Tensor<4>, Option<AttentionRecord>) {
+        let [b, _, h, w] = x.dims();
+        let mut control = ControlState::new(control, row, [h, w]);
         let mut features = self.timestep_features(timestep, b);
         if let (Some(proj), Some(cond)) = (&self.time_cond_proj, timestep_cond) {
             features = features + proj.forward(cond.clone());
@@ -544,7 +569,7 @@ impl UNet {
         let mut skips = vec![x.clone()];
         for block in &self.down {
             for layer in &block.layers {
-                x = layer.forward(x, &time, context);
+                x = layer.forward(x, &time, context, &mut control);
                 skips.push(x.clone());
             }
             if let Some(down) = &block.downsample {
@@ -554,13 +579,13 @@ impl UNet {
         }
 
         x = self.mid.first.forward(x, Some(&time));
-        x = self.mid.attention.forward(x, context);
+        x = self.mid.attention.forward(x, context, &mut control);
         x = self.mid.second.forward(x, Some(&time));
 
         for block in &self.up {
             for layer in &block.layers {
                 let skip = skips.pop().expect("one skip per up layer");
-                x = layer.forward(Tensor::cat(vec![x, skip], 1), &time, context);
+                x = layer.forward(Tensor::cat(vec![x, skip], 1), &time, context, &mut control);
             }
             if let Some(up) = &block.upsample {
                 let size = skips.last().map(|s| {
@@ -571,6 +596,7 @@ impl UNet {
             }
         }
 
-        self.conv_out.forward(self.norm_out.forward_silu(x))
+        let out = self.conv_out.forward(self.norm_out.forward_silu(x));
+        (out, control.finish())
     }
 }

@@ -6,6 +6,8 @@
 //! - `prompt`: prompt-space targeted guidance on the relation tokens;
 //! - `region`: latent-space targeted guidance on the regions of the CSG's nodes and effects,
 //!   where the CSG gives their layout boxes;
+//! - `attention`: region-controlled cross-attention, each boxed node's words steered into
+//!   its box inside the UNet's cross-attention layers;
 //! - `predict`: the learned per-prompt choice of a plan.
 //!
 //! No judge steers: nothing here consults the probe's checker, segmenter or palette (this
@@ -13,6 +15,7 @@
 //! verifier-guided repairs that once ran here are a labelled baseline of the probe now
 //! (`lina_probe::repair`), which callers add as an extra [`StepHook`] when they evaluate it.
 
+pub mod attention;
 pub mod predict;
 pub mod prompt;
 pub mod region;
@@ -42,6 +45,10 @@ pub struct Plan {
     /// Latent-space guidance: weight pushing effects out of forbidden regions; 0 turns it off.
     pub effect_weight: f64,
     pub region_window: [f64; 2],
+    /// Region-controlled cross-attention: the score bias of each boxed node's words, `+` in
+    /// its box and `-` outside; 0 turns it off.
+    pub attention_strength: f64,
+    pub attention_window: [f64; 2],
     /// Schedule warp toward the noisy start; 1 is the plain schedule.
     pub warp: f64,
 }
@@ -55,6 +62,8 @@ impl Default for Plan {
             node_weight: 0.0,
             effect_weight: 0.0,
             region_window: [0.0, 0.4],
+            attention_strength: 0.0,
+            attention_window: [0.0, 0.6],
             warp: 1.0,
         }
     }
@@ -85,6 +94,11 @@ impl Plan {
         }
     }
 
+    /// The strength region-controlled attention takes when it is turned on by name
+    /// ([`Plan::with`]): each boxed node's words weigh e^2 = 7.4 times more inside their box
+    /// than outside. Not yet chosen by an evaluation (docs/lina.md).
+    pub const ATTENTION_STRENGTH: f64 = 2.0;
+
     /// The warp the schedule takes when it is turned on by name ([`Plan::with`], the
     /// predictor's "schedule" candidate): the value our first settings search chose.
     pub const SCHEDULE_WARP: f64 = 1.5;
@@ -104,6 +118,7 @@ impl Plan {
                 p.prompt_window = on.prompt_window;
             }
             Component::Regions => p = self.with_regions(),
+            Component::Attention => p.attention_strength = Self::ATTENTION_STRENGTH,
         }
         p
     }
@@ -140,6 +155,7 @@ impl Plan {
                 p.node_weight = off.node_weight;
                 p.effect_weight = off.effect_weight;
             }
+            Component::Attention => p.attention_strength = off.attention_strength,
         }
         p
     }
@@ -158,6 +174,7 @@ impl Plan {
         for (name, w) in [
             ("promptWindow", self.prompt_window),
             ("regionWindow", self.region_window),
+            ("attentionWindow", self.attention_window),
         ] {
             if !(0.0..=1.0).contains(&w[0]) || !(0.0..=1.0).contains(&w[1]) || w[0] > w[1] {
                 return bad(&format!(
@@ -169,6 +186,7 @@ impl Plan {
             ("promptStrength", self.prompt_strength),
             ("nodeWeight", self.node_weight),
             ("effectWeight", self.effect_weight),
+            ("attentionStrength", self.attention_strength),
         ] {
             if !v.is_finite() || v.abs() > 50.0 {
                 return bad(&format!(
@@ -186,16 +204,23 @@ pub enum Component {
     Schedule,
     Prompt,
     Regions,
+    Attention,
 }
 
 impl Component {
-    pub const ALL: [Component; 3] = [Component::Schedule, Component::Prompt, Component::Regions];
+    pub const ALL: [Component; 4] = [
+        Component::Schedule,
+        Component::Prompt,
+        Component::Regions,
+        Component::Attention,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Component::Schedule => "schedule",
             Component::Prompt => "prompt",
             Component::Regions => "regions",
+            Component::Attention => "attention",
         }
     }
 }
@@ -288,13 +313,36 @@ pub fn prepare(
         hooks.0.push(Box::new(g));
     }
     let layout: Vec<Option<Box4>> = csg.nodes.iter().map(|n| n.layout).collect();
+    let factor = pipe.native_size() / pipe.unet().config().sample_size;
+    let latent = |side: Option<usize>| side.unwrap_or(pipe.native_size()) / factor;
+    let latent = (latent(opts.height), latent(opts.width));
+    if plan.uses(Component::Attention) {
+        let a = attention::LayoutAttention::new(
+            pipe,
+            &opts.prompt,
+            csg,
+            &layout,
+            plan.attention_strength,
+            steps_of(plan.attention_window, first, steps),
+            latent,
+        )?;
+        if a.acts() {
+            described.push(format!(
+                "region-controlled attention {} on {:?}",
+                plan.attention_strength, a.tokens
+            ));
+            hooks.0.push(Box::new(a));
+        } else {
+            described.push(
+                "region-controlled attention off: no node of the scene graph has both a layout box and words in the prompt".into(),
+            );
+        }
+    }
     if plan.uses(Component::Regions) && layout.iter().all(Option::is_none) {
         // The regions come from the graph's layout boxes (drawn on the page, given in the
         // CSG JSON, or filled in by a caller); without any there is nothing to guide.
         described.push("region guidance off: no node of the scene graph has a layout box".into());
     } else if plan.uses(Component::Regions) {
-        let factor = pipe.native_size() / pipe.unet().config().sample_size;
-        let size = |side: Option<usize>| side.unwrap_or(pipe.native_size()) / factor;
         let g = region::RegionGuidance::new(
             pipe,
             &opts.prompt,
@@ -304,7 +352,7 @@ pub fn prepare(
             plan.effect_weight,
             opts.clip_skip,
             steps_of(plan.region_window, first, steps),
-            (size(opts.height), size(opts.width)),
+            latent,
         )?;
         described.extend(g.described.iter().cloned());
         hooks.0.push(Box::new(g));

@@ -1,0 +1,182 @@
+//! Region-controlled cross-attention: during a window of steps, each scene-graph node that has
+//! a layout box draws its own words' attention into its box and away from the rest of the
+//! image, in every cross-attention layer of the UNet, through the runtime's attention control
+//! ([`CrossAttentionControl`]). It needs no extra model evaluation and no judge: it acts on
+//! the model's own attention, so it works on any SD-class checkpoint.
+//!
+//! Ours (the paper names "targeted guidance in the prompt-embedding and visual-latent spaces"
+//! and nothing more), in the spirit of layout-controlled attention (DenseDiffusion, layout
+//! guidance): the score of a node's token at a latent cell gains `+strength` where the cell
+//! lies inside the node's box and `-strength` elsewhere, before the softmax over tokens.
+//! Tokens of no boxed node keep their scores. A strength `s` multiplies a token's attention
+//! weight by `e^s` inside its box relative to outside, before normalisation.
+//!
+//! A node's tokens are its noun (singular or plural) and the colour, size and count words
+//! just before it in the prompt ("a small red ball": small, red, ball); two nodes of one
+//! class take the noun's occurrences in the graph's order.
+
+use std::ops::Range;
+
+use burn::tensor::{Tensor, TensorData};
+
+use lina_csg::{Class, Csg, Node};
+use lina_runtime::error::{Error, Result};
+use lina_runtime::models::attention_control::AttentionRecord;
+use lina_runtime::pipeline::{ModelCall, StableDiffusion, StepHook, StepState};
+
+use crate::region::{Box4, mask};
+
+/// The forms a node's noun takes in a prompt.
+fn noun_forms(class: Class) -> Vec<String> {
+    let word = class.word();
+    let mut forms = vec![word.to_string(), format!("{word}s"), format!("{word}es")];
+    if class == Class::Person {
+        forms.push("people".into());
+    }
+    forms
+}
+
+/// Words that may qualify a node's noun: its colour, size and count words.
+fn modifiers(node: &Node) -> Vec<&'static str> {
+    let mut words = vec![
+        "small", "medium", "large", "big", "tiny", "one", "two", "three", "four", "five",
+    ];
+    if let Some(c) = node.colour {
+        words.push(c.word());
+    }
+    words
+}
+
+/// For each node, the token positions of its words in the prompt's encoding (see the module
+/// documentation); nodes without a noun in the prompt (implied effects, the floor when the
+/// prompt does not name it) get none.
+pub fn node_tokens(pipe: &StableDiffusion, prompt: &str, csg: &Csg) -> Result<Vec<Vec<usize>>> {
+    let words = pipe.tokenizer().words(prompt)?;
+    let mut claimed = vec![false; words.len()];
+    let mut out = Vec::with_capacity(csg.nodes.len());
+    for node in &csg.nodes {
+        let forms = noun_forms(node.class);
+        let is_noun = |w: &Option<String>| w.as_ref().is_some_and(|w| forms.contains(w));
+        let Some(noun) = (0..words.len()).find(|&i| !claimed[i] && is_noun(&words[i])) else {
+            out.push(Vec::new());
+            continue;
+        };
+        // A noun may span several tokens ("mirrors" as "mirror" + "s"): all of them.
+        let mut positions: Vec<usize> = (noun..words.len())
+            .take_while(|&i| words[i] == words[noun])
+            .collect();
+        let qualifiers = modifiers(node);
+        let mut i = noun;
+        while i > 0
+            && words[i - 1]
+                .as_deref()
+                .is_some_and(|w| qualifiers.contains(&w))
+            && !claimed[i - 1]
+        {
+            i -= 1;
+            positions.push(i);
+        }
+        positions.sort_unstable();
+        for &p in &positions {
+            claimed[p] = true;
+        }
+        out.push(positions);
+    }
+    Ok(out)
+}
+
+/// The hook: it sets the conditional row's cross-attention bias inside `window`.
+pub struct LayoutAttention {
+    /// [T, h, w] at the latents' size.
+    bias: Tensor<3>,
+    window: Range<usize>,
+    /// Per node with a box and words in the prompt: its id and token positions, for reports.
+    pub tokens: Vec<(String, Vec<usize>)>,
+}
+
+impl LayoutAttention {
+    /// `layout[i]` is node `i`'s box; `latent` the latents' size (h, w).
+    pub fn new(
+        pipe: &StableDiffusion,
+        prompt: &str,
+        csg: &Csg,
+        layout: &[Option<Box4>],
+        strength: f64,
+        window: Range<usize>,
+        latent: (usize, usize),
+    ) -> Result<Self> {
+        if !strength.is_finite() {
+            return Err(Error::InvalidInput(format!(
+                "attention strength must be finite, got {strength}"
+            )));
+        }
+        let (h, w) = latent;
+        let length = pipe.tokenizer().max_length();
+        let device = pipe.device().clone();
+        let mut bias = Tensor::<3>::zeros([length, h, w], &device);
+        let mut tokens = Vec::new();
+        for ((node, positions), b) in csg
+            .nodes
+            .iter()
+            .zip(node_tokens(pipe, prompt, csg)?)
+            .zip(layout)
+        {
+            let Some(b) = b else { continue };
+            if positions.is_empty() {
+                continue;
+            }
+            // +strength inside the box, -strength outside: 2 * strength * mask - strength.
+            let inside = mask(&[*b], h, w, &device).reshape([1, h, w]);
+            let row = inside.mul_scalar(2.0 * strength).sub_scalar(strength);
+            let select: Vec<f32> = (0..length)
+                .map(|i| positions.contains(&i) as u8 as f32)
+                .collect();
+            let select = Tensor::<3>::from_data(TensorData::new(select, [length, 1, 1]), &device);
+            bias = bias + select.mul(row);
+            tokens.push((node.id.clone(), positions));
+        }
+        Ok(Self {
+            bias,
+            window,
+            tokens,
+        })
+    }
+
+    /// Whether any node has both a box and words in the prompt: without one, the hook does
+    /// nothing.
+    pub fn acts(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+}
+
+impl StepHook for LayoutAttention {
+    fn before_model(&mut self, call: &mut ModelCall) -> Result<()> {
+        if self.window.contains(&call.step) {
+            call.attention.bias = Some(match call.attention.bias.take() {
+                Some(other) => other + self.bias.clone(),
+                None => self.bias.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A hook that records every step's cross-attention maps ([`AttentionRecord`], [T, h, w]):
+/// what the page's overlays draw and what the tests measure.
+#[derive(Default)]
+pub struct AttentionRecorder {
+    pub steps: Vec<AttentionRecord>,
+}
+
+impl StepHook for AttentionRecorder {
+    fn before_model(&mut self, call: &mut ModelCall) -> Result<()> {
+        call.attention.record = true;
+        Ok(())
+    }
+    fn after_step(&mut self, state: &mut StepState) -> Result<()> {
+        if let Some(record) = state.attention.clone() {
+            self.steps.push(record);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! The UNet's hook point for interventions that act through cross-attention, as diffusers'
+//! attention processors are: per text token and latent cell, an additive bias on the scores of
+//! one batch row (the conditional one), and a record of that row's attention probabilities.
+//!
+//! A bias `b[t, y, x]` is added to the score of text token `t` for the query at latent cell
+//! `(y, x)` before the softmax over tokens, in every cross-attention layer, broadcast over
+//! heads; a layer whose grid is coarser than the latents takes the bias average-pooled to its
+//! grid. A multiplicative reweighting `w` of a token's attention is the bias `ln w`. A record
+//! is the mean over heads and layers of each layer's probabilities, resized (nearest) to the
+//! latents' grid: per token, where the image attends to it.
+//!
+//! Cross-attention's score matrix has one column per text token (77), so it is the bias's own
+//! size: a controlled layer computes it explicitly rather than through the fused kernel, and a
+//! controlled step costs no extra model evaluation.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
+use burn::tensor::module::{adaptive_avg_pool2d, interpolate};
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+
+/// What one model call asks of the UNet's cross-attention layers. The default asks nothing,
+/// and the layers run as they do without a control.
+#[derive(Clone, Default)]
+pub struct CrossAttentionControl {
+    /// [T, H, W]: T the text context's length, H x W the latents' grid. Finite values.
+    pub bias: Option<Tensor<3>>,
+    /// Whether to record the probabilities ([`AttentionRecord`]).
+    pub record: bool,
+}
+
+impl CrossAttentionControl {
+    pub fn is_active(&self) -> bool {
+        self.bias.is_some() || self.record
+    }
+}
+
+/// Per-token cross-attention maps of one model call: [T, H, W] at the latents' grid, each
+/// cell's probabilities over the T tokens (so each cell sums to 1 over tokens).
+pub type AttentionRecord = Tensor<3>;
+
+/// A control as the layers of one forward pass share it: the batch row it acts on, the bias
+/// pooled once per grid size, and the running sum of the records.
+pub(crate) struct ControlState<'a> {
+    control: &'a CrossAttentionControl,
+    row: usize,
+    latent: [usize; 2],
+    /// [B, 1, h*w, T] per grid: the bias in the controlled row, zeros in the others.
+    pooled: Vec<([usize; 2], usize, Tensor<4>)>,
+    sum: Option<Tensor<3>>,
+    layers: usize,
+}
+
+impl<'a> ControlState<'a> {
+    pub(crate) fn new(control: &'a CrossAttentionControl, row: usize, latent: [usize; 2]) -> Self {
+        Self {
+            control,
+            row,
+            latent,
+            pooled: Vec::new(),
+            sum: None,
+            layers: 0,
+        }
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.control.is_active()
+    }
+
+    /// The additive score bias for a layer at `grid` over a batch of `batch` rows:
+    /// [B, 1, h*w, T], zero but in the controlled row.
+    fn bias(&mut self, grid: [usize; 2], batch: usize) -> Option<Tensor<4>> {
+        let bias = self.control.bias.as_ref()?;
+        if let Some((_, _, b)) = self
+            .pooled
+            .iter()
+            .find(|(g, n, _)| *g == grid && *n == batch)
+        {
+            return Some(b.clone());
+        }
+        let [tokens, ..] = bias.dims();
+        let [h, w] = grid;
+        let at_grid = if grid == self.latent {
+            bias.clone()
+        } else {
+            adaptive_avg_pool2d(bias.clone().unsqueeze::<4>(), grid).squeeze_dim(0)
+        };
+        let row = at_grid
+            .reshape([tokens, h * w])
+            .swap_dims(0, 1)
+            .reshape([1, 1, h * w, tokens]);
+        let device = row.device();
+        let zeros = |n: usize| Tensor::<4>::zeros([n, 1, h * w, tokens], &device);
+        let mut parts = Vec::new();
+        if self.row > 0 {
+            parts.push(zeros(self.row));
+        }
+        parts.push(row);
+        if batch > self.row + 1 {
+            parts.push(zeros(batch - self.row - 1));
+        }
+        let full = Tensor::cat(parts, 0);
+        self.pooled.push((grid, batch, full.clone()));
+        Some(full)
+    }
+
+    /// Adds a layer's probabilities, [B, heads, h*w, T], to the record.
+    fn record(&mut self, grid: [usize; 2], probs: Tensor<4>) {
+        if !self.control.record {
+            return;
+        }
+        let [_, _, cells, tokens] = probs.dims();
+        let [h, w] = grid;
+        let mean = probs
+            .narrow(0, self.row, 1)
+            .mean_dim(1)
+            .reshape([cells, tokens])
+            .swap_dims(0, 1)
+            .reshape([1, tokens, h, w]);
+        let at_latent = if grid == self.latent {
+            mean
+        } else {
+            let options = InterpolateOptions {
+                mode: InterpolateMode::Nearest,
+                align_corners: false,
+                output_size: Some(self.latent),
+                scale_factor: None,
+            };
+            interpolate(mean, options)
+        };
+        let map = at_latent.squeeze_dim(0);
+        self.sum = Some(match self.sum.take() {
+            Some(sum) => sum + map,
+            None => map,
+        });
+        self.layers += 1;
+    }
+
+    /// The record: the mean of the layers' maps. `None` unless recording.
+    pub(crate) fn finish(self) -> Option<AttentionRecord> {
+        let layers = self.layers;
+        self.sum.map(|sum| sum.div_scalar(layers as f64))
+    }
+}
+
+/// Scaled dot-product cross-attention under a control: q [B, L, H*D] over a `grid` of
+/// L = h*w cells, k and v [B, T, H*D]; gives [B, L, H*D].
+pub(crate) fn controlled_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    heads: usize,
+    grid: [usize; 2],
+    state: &mut ControlState,
+) -> Tensor<3> {
+    let [b, lq, inner] = q.dims();
+    let split = |x: Tensor<3>| -> Tensor<4> {
+        let [b, l, _] = x.dims();
+        x.reshape([b, l, heads, inner / heads]).swap_dims(1, 2)
+    };
+    let (q, k, v) = (split(q), split(k), split(v));
+    let scale = 1.0 / ((inner / heads) as f64).sqrt();
+    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    if let Some(bias) = state.bias(grid, b) {
+        scores = scores + bias;
+    }
+    let probs = softmax(scores, 3);
+    state.record(grid, probs.clone());
+    probs.matmul(v).swap_dims(1, 2).reshape([b, lq, inner])
+}
