@@ -190,3 +190,26 @@ fn a_bias_of_the_wrong_shape_is_a_clear_error() {
     assert_eq!(err.code(), "invalid_input", "{err}");
     assert!(err.to_string().contains("attention bias"), "{err}");
 }
+
+/// The maps read back for the host (the page's overlays, the CLI's files) hold the prompt's
+/// own words in order, each step's maps of those tokens as recorded.
+#[test]
+fn token_maps_hold_the_prompts_words_as_recorded() {
+    let pipe = pipe(&lina_runtime::device::cpu());
+    let mut recorder = AttentionRecorder::default();
+    pollster::block_on(pipe.generate(&opts(), &mut recorder, &CancelToken::new())).unwrap();
+    let maps = pollster::block_on(recorder.read(&pipe, PROMPT)).unwrap();
+    let words: Vec<&str> = maps.tokens.iter().map(|t| t.word.as_str()).collect();
+    let mut distinct = words.clone();
+    distinct.dedup();
+    assert_eq!(distinct, ["a", "red", "ball", "on", "a", "blue", "cube"]);
+    assert_eq!(maps.steps.len(), 6);
+    let cells = maps.height * maps.width;
+    for (step, record) in maps.steps.iter().zip(&recorder.steps) {
+        assert_eq!(step.len(), maps.tokens.len() * cells);
+        for (i, token) in maps.tokens.iter().enumerate() {
+            let expected = values(record.clone().narrow(0, token.position, 1));
+            assert_eq!(&step[i * cells..(i + 1) * cells], expected.as_slice());
+        }
+    }
+}

@@ -151,16 +151,31 @@ fn evaluations_count_every_batch_row() {
         .unwrap()
     };
     assert!(run(&csg).evaluations > 2 * steps);
-    // Without a box in the graph there is nothing to guide, and it says so: no judge reads
-    // the layout off the image instead.
+    // Without a box in the graph, the boxes come from its relations, and it says so: no
+    // judge reads the layout off the image instead.
     let bare = run(&parse(&o.prompt).unwrap());
-    assert_eq!(bare.evaluations, 2 * steps);
+    assert!(bare.evaluations > 2 * steps);
     assert!(
         bare.described
             .iter()
-            .any(|d| d.contains("no node of the scene graph has a layout box")),
+            .any(|d| d.contains("layout derived from the graph's relations")),
         "{:?}",
         bare.described
+    );
+    assert_eq!(
+        bare.layout,
+        lina_csg::layout::derive(&parse(&o.prompt).unwrap())
+    );
+    // A graph with no node to place has nothing to guide, and says so.
+    let empty = run(&parse("highly detailed, 4k").unwrap());
+    assert_eq!(empty.evaluations, 2 * steps);
+    assert!(
+        empty
+            .described
+            .iter()
+            .any(|d| d.contains("no node of the scene graph has a layout box")),
+        "{:?}",
+        empty.described
     );
 }
 

@@ -396,6 +396,8 @@ async function next() {
     const result = await handler(request, running);
     // Images move to the page without a copy.
     const transfer = result?.rgba instanceof Uint8ClampedArray ? [result.rgba.buffer] : [];
+    // A generation's attention maps (one Float32Array per step) move rather than copy.
+    for (const step of result?.attention?.steps ?? []) transfer.push(step.buffer);
     reply(request.id, "done", { result }, transfer);
   } catch (error) {
     if (error instanceof WebAssembly.RuntimeError) return crashed(error);

@@ -136,6 +136,12 @@ export interface Plan {
   /** Latent-space guidance: effects pushed out of regions they may not reach. */
   effectWeight?: number;
   regionWindow?: [number, number];
+  /**
+   * Region-controlled cross-attention: each boxed node's words weigh e^strength more inside
+   * their box than outside, in every cross-attention layer; 0 turns it off.
+   */
+  attentionStrength?: number;
+  attentionWindow?: [number, number];
   /** Schedule warp toward the noisy start; 1 is the plain schedule. */
   warp?: number;
 }
@@ -188,6 +194,8 @@ export interface GenerateOptions {
   plan?: Plan;
   /** Parsed from the prompt when absent. */
   csg?: Csg;
+  /** Record each step's cross-attention maps of the prompt's words (the result's `attention`). */
+  attentionMaps?: boolean;
 }
 
 /** An image as the API returns it, ready for `new ImageData(rgba, width, height)`. */
@@ -208,6 +216,22 @@ export interface GenerateResult extends Image {
   warnings: string[];
   /** What LINA's plan did, in words. */
   interventions: string[];
+  /** With `attentionMaps: true`. */
+  attention?: AttentionMaps;
+}
+
+/**
+ * Where the image attended to each of the prompt's words, step by step: the mean over the
+ * UNet's cross-attention layers and heads, at the latents' size. The start, end and padding
+ * tokens are left out.
+ */
+export interface AttentionMaps {
+  /** Each token's position in the text encoding and the word it belongs to. */
+  tokens: { position: number; word: string }[];
+  height: number;
+  width: number;
+  /** Per step: `tokens.length` maps of `height * width` probabilities, one after another. */
+  steps: Float32Array<ArrayBuffer>[];
 }
 
 export interface StepEvent {

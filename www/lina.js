@@ -62,6 +62,7 @@ const GENERATE_OPTIONS = [
   "initialLatents",
   "plan",
   "csg",
+  "attentionMaps",
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
 const CONTROLS = ["signal"];

@@ -107,22 +107,30 @@ fn generate_writes_a_png() {
     let dir = std::env::temp_dir().join(format!("lina-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let png = dir.join("out.png");
-    let out = cli(&[
-        "generate",
-        "--model",
-        MODEL,
-        "--prompt",
-        "a red ball on a small mirror",
-        "--steps",
-        "2",
-        "--plan",
-        "lina",
-        "--out",
-        png.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let bytes = std::fs::read(&png).unwrap();
-    assert_eq!(&bytes[1..4], b"PNG");
+    // A probe scene under the default plan, and an everyday prompt under the attention
+    // control, whose layout comes from the prompt's own relations.
+    for (prompt, plan) in [
+        ("a red ball on a small mirror", "lina"),
+        ("a cat sleeping on a sofa", "{\"attentionStrength\": 2}"),
+    ] {
+        let out = cli(&[
+            "generate",
+            "--model",
+            MODEL,
+            "--prompt",
+            prompt,
+            "--steps",
+            "2",
+            "--plan",
+            plan,
+            "--out",
+            png.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{prompt}: {}", text(&out.stderr));
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        std::fs::remove_file(&png).unwrap();
+    }
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(!Path::new(&png).exists());
 }

@@ -3,9 +3,12 @@
 //! (a reflection, a shadow). It travels as JSON with a version field.
 //!
 //! The schema is ours: the LINA paper describes the CSG only as a graph that "unifies causal
-//! dependencies and spatial layouts". Nodes are typed by a closed vocabulary of classes so
-//! that every node, attribute and relation maps to one automatic check (see `probe::check`).
+//! dependencies and spatial layouts". Nodes of the probe's world are typed by a closed
+//! vocabulary of classes, so that each of their attributes and relations maps to one
+//! automatic check (see `probe::check`); anything else a prompt names is a `thing` with its
+//! noun and its words, which LINA's interventions steer and no checker judges.
 
+pub mod layout;
 pub mod parse;
 pub mod rules;
 
@@ -48,6 +51,13 @@ pub struct Node {
     /// Where the node lies in the image, as a box in [0, 1] image coordinates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<[f32; 4]>,
+    /// For a `thing`: its noun as the prompt says it, in the singular ("cat").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Words that describe the node and that no other field holds ("fluffy", "wooden",
+    /// "white", "sleeping").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,6 +77,8 @@ pub enum Class {
     Lamp,
     Shadow,
     Reflection,
+    /// Anything outside the probe's world: the node's `name` says what.
+    Thing,
 }
 
 impl Class {
@@ -91,7 +103,19 @@ impl Class {
             Class::Lamp => "lamp",
             Class::Shadow => "shadow",
             Class::Reflection => "reflection",
+            Class::Thing => "thing",
         }
+    }
+
+    /// The class a noun (singular) names, where it is one of the probe's.
+    pub fn of_noun(noun: &str) -> Option<Class> {
+        use Class::*;
+        [
+            Ball, Cube, Cone, Person, Table, Floor, Mirror, Puddle, Jar, Sand, Water, Lamp, Shadow,
+            Reflection,
+        ]
+        .into_iter()
+        .find(|c| c.word() == noun)
     }
 }
 
@@ -169,6 +193,10 @@ pub enum Predicate {
     Behind,
     CloseTo,
     FarFrom,
+    /// Higher in the image than the object, not touching it ("a lamp above a table").
+    Above,
+    /// Lower in the image than the object, or under it ("a cat under a table").
+    Below,
     /// The subject (a reflection) mirrors the object about the surface it stands on.
     ReflectionOf,
     /// The subject's pixels stay within the object's outline.
@@ -187,6 +215,8 @@ impl Predicate {
             Predicate::Behind => "behind",
             Predicate::CloseTo => "close_to",
             Predicate::FarFrom => "far_from",
+            Predicate::Above => "above",
+            Predicate::Below => "below",
             Predicate::ReflectionOf => "reflection_of",
             Predicate::BoundedBy => "bounded_by",
             Predicate::ShadowOf => "shadow_of",
@@ -213,7 +243,22 @@ impl Node {
             fill: None,
             implied: false,
             layout: None,
+            name: None,
+            attributes: Vec::new(),
         }
+    }
+
+    /// A node for anything outside the probe's world, named by its noun.
+    pub fn thing(id: &str, name: &str) -> Self {
+        Self {
+            name: Some(name.to_string()),
+            ..Self::new(id, Class::Thing)
+        }
+    }
+
+    /// The noun that names the node in a prompt: a thing's name, else its class's word.
+    pub fn noun(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.class.word())
     }
 
     pub fn coloured(mut self, colour: Colour) -> Self {
@@ -285,6 +330,19 @@ impl Csg {
             }
             if node.count == 0 {
                 return bad(format!("node \"{}\" has count 0", node.id));
+            }
+            match (node.class, node.name.as_deref()) {
+                (Class::Thing, None | Some("")) => {
+                    return bad(format!("node \"{}\" is a thing without a name", node.id));
+                }
+                (Class::Thing, _) | (_, None) => {}
+                (class, Some(_)) => {
+                    return bad(format!(
+                        "node \"{}\" has a name, which only a thing has (its class is {})",
+                        node.id,
+                        class.word()
+                    ));
+                }
             }
             if let Some([x0, y0, x1, y1]) = node.layout {
                 let inside = |v: f32| (0.0..=1.0).contains(&v);

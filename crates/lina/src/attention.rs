@@ -18,32 +18,39 @@
 use std::ops::Range;
 
 use burn::tensor::{Tensor, TensorData};
+use serde::Serialize;
 
 use lina_csg::{Class, Csg, Node};
+use lina_runtime::device::read_f32;
 use lina_runtime::error::{Error, Result};
 use lina_runtime::models::attention_control::AttentionRecord;
 use lina_runtime::pipeline::{ModelCall, StableDiffusion, StepHook, StepState};
 
 use crate::region::{Box4, mask};
 
-/// The forms a node's noun takes in a prompt.
-fn noun_forms(class: Class) -> Vec<String> {
-    let word = class.word();
+/// The forms a node's noun takes in a prompt: as named, and its plurals.
+fn noun_forms(node: &Node) -> Vec<String> {
+    let word = node.noun();
     let mut forms = vec![word.to_string(), format!("{word}s"), format!("{word}es")];
-    if class == Class::Person {
+    if let Some(stem) = word.strip_suffix('y') {
+        forms.push(format!("{stem}ies"));
+    }
+    if node.class == Class::Person {
         forms.push("people".into());
     }
     forms
 }
 
-/// Words that may qualify a node's noun: its colour, size and count words.
-fn modifiers(node: &Node) -> Vec<&'static str> {
+/// Words that may qualify a node's noun: its colour, size and count words, and its other
+/// attributes ("fluffy", "wooden").
+fn modifiers(node: &Node) -> Vec<&str> {
     let mut words = vec![
         "small", "medium", "large", "big", "tiny", "one", "two", "three", "four", "five",
     ];
     if let Some(c) = node.colour {
         words.push(c.word());
     }
+    words.extend(node.attributes.iter().map(String::as_str));
     words
 }
 
@@ -55,7 +62,7 @@ pub fn node_tokens(pipe: &StableDiffusion, prompt: &str, csg: &Csg) -> Result<Ve
     let mut claimed = vec![false; words.len()];
     let mut out = Vec::with_capacity(csg.nodes.len());
     for node in &csg.nodes {
-        let forms = noun_forms(node.class);
+        let forms = noun_forms(node);
         let is_noun = |w: &Option<String>| w.as_ref().is_some_and(|w| forms.contains(w));
         let Some(noun) = (0..words.len()).find(|&i| !claimed[i] && is_noun(&words[i])) else {
             out.push(Vec::new());
@@ -166,6 +173,58 @@ impl StepHook for LayoutAttention {
 #[derive(Default)]
 pub struct AttentionRecorder {
     pub steps: Vec<AttentionRecord>,
+}
+
+/// One text token of a prompt: its position in the encoding and the word it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Token {
+    pub position: usize,
+    pub word: String,
+}
+
+/// The recorded maps of a prompt's own tokens, read back to the host: per step, for each
+/// token of `tokens` in order, `height * width` attention probabilities (row-major). The start,
+/// end and padding tokens, which take most of the attention in any prompt, are left out.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenMaps {
+    pub tokens: Vec<Token>,
+    pub height: usize,
+    pub width: usize,
+    pub steps: Vec<Vec<f32>>,
+}
+
+impl AttentionRecorder {
+    /// The maps of `prompt`'s words, read back step by step (async: the browser reads
+    /// device memory no other way).
+    pub async fn read(&self, pipe: &StableDiffusion, prompt: &str) -> Result<TokenMaps> {
+        let tokens: Vec<Token> = pipe
+            .tokenizer()
+            .words(prompt)?
+            .into_iter()
+            .enumerate()
+            .filter_map(|(position, word)| word.map(|word| Token { position, word }))
+            .collect();
+        let (mut height, mut width) = (0, 0);
+        let mut steps = Vec::with_capacity(self.steps.len());
+        for record in &self.steps {
+            [_, height, width] = record.dims();
+            if tokens.is_empty() {
+                steps.push(Vec::new());
+                continue;
+            }
+            let rows: Vec<Tensor<3>> = tokens
+                .iter()
+                .map(|t| record.clone().narrow(0, t.position, 1))
+                .collect();
+            steps.push(read_f32(Tensor::cat(rows, 0), "attention maps").await?);
+        }
+        Ok(TokenMaps {
+            tokens,
+            height,
+            width,
+            steps,
+        })
+    }
 }
 
 impl StepHook for AttentionRecorder {

@@ -230,7 +230,8 @@ pub struct Intervened {
     pub generated: Generated,
     /// The timesteps sampled (after the warp).
     pub timesteps: Vec<f64>,
-    /// The node boxes the latent-space guidance used, one entry per CSG node.
+    /// The node boxes the layout controls used (the graph's own, else derived from its
+    /// relations), one entry per CSG node.
     pub layout: Vec<Option<Box4>>,
     /// Each active intervention, in words.
     pub described: Vec<String>,
@@ -312,7 +313,22 @@ pub fn prepare(
         ));
         hooks.0.push(Box::new(g));
     }
-    let layout: Vec<Option<Box4>> = csg.nodes.iter().map(|n| n.layout).collect();
+    // The layout controls steer toward the graph's boxes, and where a node the prompt names
+    // has none, toward one derived from the graph's relations (lina_csg::layout): never
+    // toward one read off an image.
+    let layout = lina_csg::layout::derive(csg);
+    let derived: Vec<&str> = csg
+        .nodes
+        .iter()
+        .zip(&layout)
+        .filter(|(n, b)| n.layout.is_none() && b.is_some())
+        .map(|(n, _)| n.id.as_str())
+        .collect();
+    if !derived.is_empty() && (plan.uses(Component::Attention) || plan.uses(Component::Regions)) {
+        described.push(format!(
+            "layout derived from the graph's relations for {derived:?}"
+        ));
+    }
     let factor = pipe.native_size() / pipe.unet().config().sample_size;
     let latent = |side: Option<usize>| side.unwrap_or(pipe.native_size()) / factor;
     let latent = (latent(opts.height), latent(opts.width));
@@ -339,8 +355,7 @@ pub fn prepare(
         }
     }
     if plan.uses(Component::Regions) && layout.iter().all(Option::is_none) {
-        // The regions come from the graph's layout boxes (drawn on the page, given in the
-        // CSG JSON, or filled in by a caller); without any there is nothing to guide.
+        // Only implied effects, or no node at all: nothing to place.
         described.push("region guidance off: no node of the scene graph has a layout box".into());
     } else if plan.uses(Component::Regions) {
         let g = region::RegionGuidance::new(

@@ -41,9 +41,9 @@ pub fn phrase(node: &Node) -> Option<String> {
         words.push(c.word());
     }
     let noun = if node.count > 1 {
-        format!("{}s", node.class.word())
+        format!("{}s", node.noun())
     } else {
-        node.class.word().to_string()
+        node.noun().to_string()
     };
     let lead = match node.count {
         1 if matches!(node.class, Class::Sand | Class::Water) => String::new(),

@@ -344,6 +344,8 @@ pub fn check(image: &Image, csg: &Csg) -> Vec<Verdict> {
             Predicate::In => inside(&labels, s, o),
             Predicate::LeftOf => side(&labels, s, o, true),
             Predicate::RightOf => side(&labels, s, o, false),
+            Predicate::Above => vertical(&labels, s, o, true),
+            Predicate::Below => vertical(&labels, s, o, false),
             Predicate::Behind => behind_check(&labels, s, o),
             Predicate::CloseTo => distance(&labels, s, o, true),
             Predicate::FarFrom => distance(&labels, s, o, false),
@@ -607,6 +609,17 @@ fn side(labels: &Labels, a: usize, b: usize, left: bool) -> (bool, String) {
     let dx = bb.cx() - ba.cx();
     let passed = if left { dx > 2.0 } else { dx < -2.0 };
     (passed, format!("centres {dx:+.1} px apart"))
+}
+
+/// Above (or below): the subject's centre is higher (or lower) in the image than the
+/// object's, by more than 2 px.
+fn vertical(labels: &Labels, a: usize, b: usize, above: bool) -> (bool, String) {
+    let (Some(ba), Some(bb)) = (labels.main_blob(a), labels.main_blob(b)) else {
+        return (false, "an object is missing".to_string());
+    };
+    let dy = bb.cy() - ba.cy();
+    let passed = if above { dy > 2.0 } else { dy < -2.0 };
+    (passed, format!("centres {dy:+.1} px apart vertically"))
 }
 
 /// Partly hidden behind: the hidden one shows less than 85% of its whole shape, the front

@@ -138,6 +138,9 @@ struct JsOptions {
     csg: Option<serde_json::Value>,
     /// Pass a preview image to `onStep` after every step (TAESD where the model has it).
     preview: bool,
+    /// Record every step's cross-attention maps of the prompt's words (the result's
+    /// `attention`).
+    attention_maps: bool,
 }
 
 impl JsOptions {
@@ -318,13 +321,21 @@ impl Pipeline {
     /// returns a promise it is awaited (let the page paint, or yield to take a Cancel click).
     /// With `plan` (and optionally `csg`) in the options, LINA's interventions run.
     /// Resolves to `{ width, height, rgba: Uint8ClampedArray, warnings: string[],
-    /// interventions: string[] }`.
+    /// interventions: string[] }`, and with `attentionMaps: true` also `attention: { tokens:
+    /// [{ position, word }], height, width, steps: Float32Array[] }`: per step, each token's
+    /// map of `height * width` probabilities, one token after another.
     pub async fn generate(
         &self,
         options: JsValue,
         #[wasm_bindgen(js_name = onStep)] on_step: Option<js_sys::Function>,
     ) -> Result<Object, JsValue> {
-        let (options, plan, csg, preview) = lina_inputs(options)?;
+        let Inputs {
+            options,
+            plan,
+            csg,
+            preview,
+            attention_maps,
+        } = lina_inputs(options)?;
         let cancel = self.fresh_cancel();
         // LINA's interventions, when a plan asks for any.
         let (options, mut hooks, described) = match plan.filter(|p| !p.is_baseline()) {
@@ -339,11 +350,19 @@ impl Pipeline {
             }
         };
         let mut page = PageSteps { on_step, preview };
+        // Records nothing unless asked: a record makes every cross-attention layer compute
+        // its scores explicitly.
+        let mut recorder = attention_maps.then(lina::attention::AttentionRecorder::default);
         let mut sampling = self.inner.start(&options).map_err(js_err)?;
-        sampling
-            .run(&mut (&mut hooks, &mut page), &cancel)
-            .await
-            .map_err(js_err)?;
+        match recorder.as_mut() {
+            Some(recorder) => {
+                sampling
+                    .run(&mut (&mut (&mut hooks, recorder), &mut page), &cancel)
+                    .await
+            }
+            None => sampling.run(&mut (&mut hooks, &mut page), &cancel).await,
+        }
+        .map_err(js_err)?;
         let image = sampling.decode().await.map_err(js_err)?;
 
         let out = image_object(&image)?;
@@ -357,6 +376,14 @@ impl Pipeline {
         set("warnings", &warnings)
             .and_then(|_| set("interventions", &interventions))
             .map_err(|_| invalid("could not build the result object"))?;
+        if let Some(recorder) = recorder {
+            let maps = recorder
+                .read(&self.inner, &options.prompt)
+                .await
+                .map_err(js_err)?;
+            set("attention", &token_maps_object(&maps)?)
+                .map_err(|_| invalid("could not build the result object"))?;
+        }
         Ok(out)
     }
 
@@ -457,7 +484,7 @@ impl Pipeline {
     /// The timesteps a run with these options takes: `{ plain, planned }`, the scheduler's
     /// own and those of the options' `plan` (its warp moves them toward the noisy start).
     pub fn timesteps(&self, options: JsValue) -> Result<JsValue, JsValue> {
-        let (options, plan, _, _) = lina_inputs(options)?;
+        let Inputs { options, plan, .. } = lina_inputs(options)?;
         let plain = lina::timesteps(&self.inner, &options, &Default::default()).map_err(js_err)?;
         let planned = match plan {
             Some(plan) => lina::timesteps(&self.inner, &options, &plan).map_err(js_err)?,
@@ -527,22 +554,22 @@ impl StepHook for PageSteps {
     }
 }
 
-/// The options, and LINA's plan, scene graph and preview flag, from `generate`'s options.
-#[allow(clippy::type_complexity)]
-fn lina_inputs(
-    options: JsValue,
-) -> Result<
-    (
-        GenerateOptions,
-        Option<lina::Plan>,
-        Option<lina_csg::Csg>,
-        bool,
-    ),
-    JsValue,
-> {
+/// What `generate`'s options hold besides the runtime's own options.
+struct Inputs {
+    options: GenerateOptions,
+    plan: Option<lina::Plan>,
+    csg: Option<lina_csg::Csg>,
+    preview: bool,
+    attention_maps: bool,
+}
+
+/// The options, and LINA's plan and scene graph, the preview and attention-map flags, from
+/// `generate`'s options.
+fn lina_inputs(options: JsValue) -> Result<Inputs, JsValue> {
     let mut options: JsOptions = serde_wasm_bindgen::from_value(options)
         .map_err(|e| invalid(&format!("invalid options: {e}")))?;
-    let (plan, csg, preview) = (options.plan.take(), options.csg.take(), options.preview);
+    let (plan, csg) = (options.plan.take(), options.csg.take());
+    let (preview, attention_maps) = (options.preview, options.attention_maps);
     let plan = plan
         .map(|v| lina::Plan::parse(&v.to_string()))
         .transpose()
@@ -551,7 +578,13 @@ fn lina_inputs(
         .map(|v| lina_csg::Csg::from_json(&v.to_string()))
         .transpose()
         .map_err(js_err)?;
-    Ok((options.into_options()?, plan, csg, preview))
+    Ok(Inputs {
+        options: options.into_options()?,
+        plan,
+        csg,
+        preview,
+        attention_maps,
+    })
 }
 
 impl Pipeline {
@@ -569,13 +602,32 @@ impl Pipeline {
         &self,
         options: JsValue,
     ) -> Result<(GenerateOptions, lina::Plan, lina_csg::Csg), JsValue> {
-        let (options, plan, csg, _) = lina_inputs(options)?;
+        let Inputs {
+            options, plan, csg, ..
+        } = lina_inputs(options)?;
         let csg = match csg {
             Some(csg) => csg,
             None => lina_csg::parse::parse(&options.prompt).map_err(js_err)?,
         };
         Ok((options, plan.unwrap_or_else(lina::Plan::lina), csg))
     }
+}
+
+/// `{ tokens: [{ position, word }], height, width, steps: Float32Array[] }`.
+fn token_maps_object(maps: &lina::attention::TokenMaps) -> Result<JsValue, JsValue> {
+    let out = Object::new();
+    let steps: js_sys::Array = maps
+        .steps
+        .iter()
+        .map(|s| JsValue::from(js_sys::Float32Array::from(s.as_slice())))
+        .collect();
+    let set = |k: &str, v: &JsValue| Reflect::set(&out, &JsValue::from_str(k), v);
+    set("tokens", &to_js(&maps.tokens)?)
+        .and_then(|_| set("height", &JsValue::from(maps.height as u32)))
+        .and_then(|_| set("width", &JsValue::from(maps.width as u32)))
+        .and_then(|_| set("steps", &steps))
+        .map_err(|_| invalid("could not build the attention maps"))?;
+    Ok(out.into())
 }
 
 /// A scene graph from its JSON object, validated. Through serde_json, whose errors name the

@@ -800,3 +800,87 @@ async fn the_loader_hashes_files_as_they_stream_and_a_pipeline_reports_its_memor
         "{usage:?}"
     );
 }
+
+/// Region-controlled attention in the browser, on the tiny random fixture that no checker
+/// understands, as natively (tests/attention.rs): each boxed node's words attend more inside
+/// their box than in plain sampling, measured from the result's attention maps.
+#[wasm_bindgen_test]
+async fn region_controlled_attention_moves_attention_into_the_boxes() {
+    const PROMPT: &str = "a red ball on a blue cube";
+    let ball = [0.0f32, 0.0, 0.75, 0.5];
+    let cube = [0.5f32, 0.25, 1.0, 1.0];
+    let mut csg = lina_csg::parse::parse(PROMPT).unwrap();
+    for node in csg.nodes.iter_mut() {
+        node.layout = match node.class {
+            lina_csg::Class::Ball => Some(ball),
+            lina_csg::Class::Cube => Some(cube),
+            _ => None,
+        };
+    }
+    let pipe = tiny_pipeline().await;
+    let run = |plan: &'static str| {
+        let options = prompt_options(PROMPT, 6);
+        let set = |k: &str, v: JsValue| Reflect::set(&options, &JsValue::from_str(k), &v).unwrap();
+        set("plan", js_sys::JSON::parse(plan).unwrap());
+        set("csg", js_sys::JSON::parse(&csg.to_json()).unwrap());
+        set("attentionMaps", true.into());
+        set("guidanceScale", 5.0.into());
+        pipe.generate(options, None)
+    };
+    let plain = run("{}").await.map_err(message).unwrap();
+    let steered = run(r#"{"attentionStrength": 2, "attentionWindow": [0, 0.5]}"#)
+        .await
+        .map_err(message)
+        .unwrap();
+    // The share of `words`' attention inside box `b`, over the first three steps (the window).
+    let share = |result: &JsValue, words: &[&str], b: [f32; 4]| -> f32 {
+        let maps = Reflect::get(result, &"attention".into()).unwrap();
+        let get = |k: &str| Reflect::get(&maps, &k.into()).unwrap();
+        let (h, w) = (
+            get("height").as_f64().unwrap() as usize,
+            get("width").as_f64().unwrap() as usize,
+        );
+        let tokens: Vec<String> = js_sys::Array::from(&get("tokens"))
+            .iter()
+            .map(|t| {
+                Reflect::get(&t, &"word".into())
+                    .unwrap()
+                    .as_string()
+                    .unwrap()
+            })
+            .collect();
+        let steps = js_sys::Array::from(&get("steps"));
+        assert_eq!(steps.length(), 6, "one map set per step");
+        let mut total = 0.0;
+        for step in steps.iter().take(3) {
+            let values = js_sys::Float32Array::from(step).to_vec();
+            assert_eq!(values.len(), tokens.len() * h * w);
+            let (mut mine, mut all) = (0.0, 0.0);
+            for (t, word) in tokens.iter().enumerate() {
+                if !words.contains(&word.as_str()) {
+                    continue;
+                }
+                for i in 0..h * w {
+                    let (x, y) = (
+                        ((i % w) as f32 + 0.5) / w as f32,
+                        ((i / w) as f32 + 0.5) / h as f32,
+                    );
+                    let v = values[t * h * w + i];
+                    all += v;
+                    if x >= b[0] && x < b[2] && y >= b[1] && y < b[3] {
+                        mine += v;
+                    }
+                }
+            }
+            total += mine / all;
+        }
+        total / 3.0
+    };
+    for (words, b) in [(["red", "ball"], ball), (["blue", "cube"], cube)] {
+        let (before, after) = (share(&plain, &words, b), share(&steered, &words, b));
+        assert!(
+            after > before + 0.1,
+            "{words:?}: attention in the box went from {before:.3} to {after:.3}"
+        );
+    }
+}
