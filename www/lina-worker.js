@@ -326,6 +326,7 @@ const handlers = {
   checkImage: ({ image, csg }) => Pipeline.checkImage(image, csg),
   parsePrompt: ({ prompt }) => Pipeline.parsePrompt(prompt),
   validateCsg: ({ csg }) => Pipeline.validateCsg(csg),
+  deriveLayout: ({ csg }) => Pipeline.deriveLayout(csg),
   linaPlan: () => Pipeline.linaPlan(),
   suggestPlan: ({ prompt, csg }) => model().suggestPlan(prompt, csg),
   timesteps: ({ options }) => model().timesteps(options),

@@ -159,6 +159,10 @@ export interface Csg {
     implied?: boolean;
     /** [x0, y0, x1, y1] in [0, 1] image coordinates. */
     layout?: [number, number, number, number];
+    /** For class "thing": its noun ("cat"). */
+    name?: string;
+    /** Words describing it that no other field holds ("fluffy", "sleeping"). */
+    attributes?: string[];
   }[];
   relations: { subject: string; predicate: string; object: string }[];
   light?: string;
@@ -314,6 +318,11 @@ export declare class LinaModel {
   parsePrompt(prompt: string): Promise<Csg>;
   /** Resolves to the graph if it is valid; rejects naming the problem. Needs no model. */
   validateCsg(csg: Csg): Promise<Csg>;
+  /**
+   * The graph with a box for every node the prompt names that has none, derived from its
+   * relations: where LINA's layout controls steer when no box was drawn. Needs no model.
+   */
+  deriveLayout(csg: Csg): Promise<Csg>;
   /** LINA's default plan, every field filled in. Needs no model. */
   linaPlan(): Promise<Required<Plan>>;
   /**

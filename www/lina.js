@@ -215,6 +215,16 @@ export class LinaModel {
   }
 
   /**
+   * The graph with a box for every node the prompt names that has none, derived from the
+   * graph's relations: where LINA's layout controls steer when no box was drawn.
+   * @param {types.Csg} csg
+   * @returns {Promise<types.Csg>}
+   */
+  async deriveLayout(csg) {
+    return this.#request("deriveLayout", { csg });
+  }
+
+  /**
    * LINA's default plan, every field filled in.
    * @returns {Promise<Required<types.Plan>>}
    */

@@ -468,6 +468,18 @@ impl Pipeline {
         to_js(&lina_csg::parse::parse(prompt).map_err(js_err)?)
     }
 
+    /// The graph with a box for every node the prompt names that has none, derived from its
+    /// relations (the boxes LINA's layout controls steer toward where the user drew none).
+    #[wasm_bindgen(js_name = deriveLayout)]
+    pub fn derive_layout(csg: JsValue) -> Result<JsValue, JsValue> {
+        let mut csg = csg_from_js(csg)?;
+        let boxes = lina_csg::layout::derive(&csg);
+        for (node, b) in csg.nodes.iter_mut().zip(boxes) {
+            node.layout = b;
+        }
+        to_js(&csg)
+    }
+
     /// Checks a scene graph (its version, unique ids, relations between known nodes, layouts
     /// inside the image); returns it as read, or throws naming the problem.
     #[wasm_bindgen(js_name = validateCsg)]
