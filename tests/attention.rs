@@ -213,3 +213,76 @@ fn token_maps_hold_the_prompts_words_as_recorded() {
         }
     }
 }
+
+/// The implied reflection of "a red ball on a small mirror" is named at the end of the prompt
+/// and its word pinned inside the mirror, below the ball: its attention there rises over a
+/// plain run of the same, extended prompt.
+#[test]
+fn an_implied_effect_is_named_and_pinned_to_where_physics_allows_it() {
+    let pipe = pipe(&lina_runtime::device::cpu());
+    let prompt = "a red ball on a small mirror";
+    let mut csg = lina_csg::parse::parse(prompt).unwrap();
+    for (id, b) in [
+        ("object", [0.35, 0.1, 0.65, 0.5]),
+        ("surface", [0.2, 0.5, 0.8, 0.9]),
+    ] {
+        csg.nodes.iter_mut().find(|n| n.id == id).unwrap().layout = Some(b);
+    }
+    let layout: Vec<_> = csg.nodes.iter().map(|n| n.layout).collect();
+    let (extended, with_effects, added) = lina::attention::with_effects(prompt, &csg, &layout);
+    assert_eq!(
+        extended,
+        format!("{prompt}, the reflection of the ball in the mirror")
+    );
+    assert_eq!(added.len(), 1);
+    let effect = csg.nodes.iter().position(|n| n.implied).unwrap();
+    let b = with_effects[effect].expect("the reflection is placed");
+    // Inside the mirror, from its top down, no wider than the ball.
+    assert_eq!(b, [0.35, 0.5, 0.65, 0.9]);
+
+    let options = GenerateOptions {
+        prompt: prompt.into(),
+        ..opts()
+    };
+    let plan = Plan {
+        attention_strength: 2.0,
+        attention_window: [0.0, 0.5],
+        ..Plan::default()
+    };
+    let mut steered = AttentionRecorder::default();
+    let out = pollster::block_on(lina::generate(
+        &pipe,
+        &options,
+        &csg,
+        &plan,
+        &mut steered,
+        &CancelToken::new(),
+    ))
+    .unwrap();
+    assert!(
+        out.described
+            .iter()
+            .any(|d| d.contains("implied effects added")),
+        "{:?}",
+        out.described
+    );
+    let mut plain = AttentionRecorder::default();
+    let plain_options = GenerateOptions {
+        prompt: extended.clone(),
+        ..options
+    };
+    pollster::block_on(pipe.generate(&plain_options, &mut plain, &CancelToken::new())).unwrap();
+    let words = pipe.tokenizer().words(&extended).unwrap();
+    let reflection: Vec<usize> = (0..words.len())
+        .filter(|&i| words[i].as_deref() == Some("reflection"))
+        .collect();
+    assert!(!reflection.is_empty());
+    let window = lina::steps_of(plan.attention_window, 0, 6);
+    let before = share_in_box(&plain.steps, window.clone(), &reflection, b);
+    let after = share_in_box(&steered.steps, window, &reflection, b);
+    eprintln!("reflection tokens {reflection:?}: {before:.3} -> {after:.3}");
+    assert!(
+        after > before + 0.1,
+        "reflection in its place: {before:.3} -> {after:.3}"
+    );
+}

@@ -14,13 +14,19 @@
 //! A node's tokens are its noun (singular or plural) and the colour, size and count words
 //! just before it in the prompt ("a small red ball": small, red, ball); two nodes of one
 //! class take the noun's occurrences in the graph's order.
+//!
+//! Effects that physics implies and the prompt leaves out ([`with_effects`]): each implied
+//! reflection or shadow whose place the layout fixes is named at the end of the prompt ("...,
+//! the reflection of the ball in the mirror") and its word pinned to that place: the
+//! surface's box below the object for a reflection, the object's base on the side away from
+//! the light for a shadow. Where the prompt names the effect itself, its own word is pinned.
 
 use std::ops::Range;
 
 use burn::tensor::{Tensor, TensorData};
 use serde::Serialize;
 
-use lina_csg::{Class, Csg, Node};
+use lina_csg::{Class, Csg, Light, Node, Predicate};
 use lina_runtime::device::read_f32;
 use lina_runtime::error::{Error, Result};
 use lina_runtime::models::attention_control::AttentionRecord;
@@ -90,6 +96,99 @@ pub fn node_tokens(pipe: &StableDiffusion, prompt: &str, csg: &Csg) -> Result<Ve
         out.push(positions);
     }
     Ok(out)
+}
+
+/// Where an implied effect may show, from the boxes of the nodes it depends on: for a
+/// reflection, the part of its bounding surface below the object, as far as a full mirror
+/// image reaches; for a shadow, a band at the object's base on the side away from the light
+/// (under it for a light from above). `None` where the layout does not fix it.
+pub fn effect_box(csg: &Csg, layout: &[Option<Box4>], effect: &Node) -> Option<Box4> {
+    let at = |id: &str| {
+        let i = csg.nodes.iter().position(|n| n.id == id)?;
+        layout.get(i).copied().flatten()
+    };
+    let target = |p: Predicate| {
+        csg.relations
+            .iter()
+            .find(|r| r.subject == effect.id && r.predicate == p)
+            .map(|r| r.object.as_str())
+    };
+    let b = match effect.class {
+        Class::Reflection => {
+            let source = at(target(Predicate::ReflectionOf)?)?;
+            let surface = at(target(Predicate::BoundedBy)?)?;
+            let reach = (surface[1] + (source[3] - source[1])).min(surface[3]);
+            [
+                source[0].max(surface[0]),
+                surface[1],
+                source[2].min(surface[2]),
+                reach,
+            ]
+        }
+        Class::Shadow => {
+            let source = at(target(Predicate::ShadowOf)?)?;
+            let (w, cx) = (source[2] - source[0], 0.5 * (source[0] + source[2]));
+            let (y0, y1) = ((source[3] - 0.05).max(0.0), (source[3] + 0.1).min(1.0));
+            match csg.light? {
+                Light::Left => [cx, y0, (cx + w).min(1.0), y1],
+                Light::Right => [(cx - w).max(0.0), y0, cx, y1],
+                Light::Above => [source[0], y0, source[2], y1],
+            }
+        }
+        _ => return None,
+    };
+    (b[2] > b[0] && b[3] > b[1]).then_some(b)
+}
+
+/// The prompt with each implied effect that `layout` places named at its end, and the layout
+/// with those effects' boxes ([`effect_box`]). Effects the prompt already names keep its
+/// words; they get their box too.
+pub fn with_effects(
+    prompt: &str,
+    csg: &Csg,
+    layout: &[Option<Box4>],
+) -> (String, Vec<Option<Box4>>, Vec<String>) {
+    let mut prompt = prompt.to_string();
+    let mut layout = layout.to_vec();
+    let mut added = Vec::new();
+    // Whether the prompt as the user wrote it names an effect of this kind.
+    let lower = prompt.to_lowercase();
+    let named = |word: &str| lower.contains(word);
+    for (i, node) in csg.nodes.iter().enumerate() {
+        if !node.implied || layout[i].is_some() {
+            continue;
+        }
+        let Some(b) = effect_box(csg, &layout, node) else {
+            continue;
+        };
+        layout[i] = Some(b);
+        if named(node.class.word()) {
+            continue;
+        }
+        let noun_of = |p: Predicate| {
+            csg.relations
+                .iter()
+                .find(|r| r.subject == node.id && r.predicate == p)
+                .and_then(|r| csg.node(&r.object))
+                .map(Node::noun)
+        };
+        let phrase = match (
+            node.class,
+            noun_of(Predicate::ReflectionOf),
+            noun_of(Predicate::BoundedBy),
+        ) {
+            (Class::Reflection, Some(object), Some(surface)) => {
+                format!("the reflection of the {object} in the {surface}")
+            }
+            _ => match noun_of(Predicate::ShadowOf) {
+                Some(object) => format!("the shadow of the {object}"),
+                None => continue,
+            },
+        };
+        prompt = format!("{prompt}, {phrase}");
+        added.push(phrase);
+    }
+    (prompt, layout, added)
 }
 
 /// The hook: it sets the conditional row's cross-attention bias inside `window`.

@@ -297,22 +297,6 @@ pub fn prepare(
         described.push(format!("schedule warp {}: {timesteps:?}", plan.warp));
     }
 
-    let mut hooks = Hooks::default();
-    if plan.prompt_strength != 0.0 {
-        let window = steps_of(plan.prompt_window, first, steps);
-        let g = prompt::PromptGuidance::new(
-            pipe,
-            &opts.prompt,
-            opts.clip_skip,
-            plan.prompt_strength,
-            window,
-        )?;
-        described.push(format!(
-            "prompt guidance {} on token positions {:?}",
-            plan.prompt_strength, g.positions
-        ));
-        hooks.0.push(Box::new(g));
-    }
     // The layout controls steer toward the graph's boxes, and where a node the prompt names
     // has none, toward one derived from the graph's relations (lina_csg::layout): never
     // toward one read off an image.
@@ -329,6 +313,34 @@ pub fn prepare(
             "layout derived from the graph's relations for {derived:?}"
         ));
     }
+    // The attention control names the implied effects the layout places at the end of the
+    // prompt, so that their words have a place to be pinned to; every other intervention
+    // then sees the same prompt.
+    let mut attention_layout = layout.clone();
+    if plan.uses(Component::Attention) {
+        let (prompt, with_effects, added) = attention::with_effects(&opts.prompt, csg, &layout);
+        if !added.is_empty() {
+            described.push(format!("implied effects added to the prompt: {added:?}"));
+        }
+        opts.prompt = prompt;
+        attention_layout = with_effects;
+    }
+    let mut hooks = Hooks::default();
+    if plan.prompt_strength != 0.0 {
+        let window = steps_of(plan.prompt_window, first, steps);
+        let g = prompt::PromptGuidance::new(
+            pipe,
+            &opts.prompt,
+            opts.clip_skip,
+            plan.prompt_strength,
+            window,
+        )?;
+        described.push(format!(
+            "prompt guidance {} on token positions {:?}",
+            plan.prompt_strength, g.positions
+        ));
+        hooks.0.push(Box::new(g));
+    }
     let factor = pipe.native_size() / pipe.unet().config().sample_size;
     let latent = |side: Option<usize>| side.unwrap_or(pipe.native_size()) / factor;
     let latent = (latent(opts.height), latent(opts.width));
@@ -337,7 +349,7 @@ pub fn prepare(
             pipe,
             &opts.prompt,
             csg,
-            &layout,
+            &attention_layout,
             plan.attention_strength,
             steps_of(plan.attention_window, first, steps),
             latent,
