@@ -44,6 +44,13 @@ pub enum Error {
     #[error("missing file `{0}` in the model folder")]
     MissingFile(String),
 
+    /// A pickled PyTorch weight file (`.bin`, `.ckpt`, `.pt`) where safetensors was expected:
+    /// never loaded, because unpickling runs whatever code the file holds.
+    #[error(
+        "`{0}` is a pickled PyTorch file, which this runtime never loads (unpickling can run any code the file holds); convert it to safetensors first, for example with `safetensors.torch.save_file(torch.load(path, weights_only=True), \"model.safetensors\")`, or diffusers' `save_pretrained(folder, safe_serialization=True)`"
+    )]
+    PickledWeights(String),
+
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
@@ -90,6 +97,7 @@ impl Error {
             Error::UnusedTensors { .. } => "unused_tensors",
             Error::Tokenizer(_) => "tokenizer",
             Error::MissingFile(_) => "missing_file",
+            Error::PickledWeights(_) => "pickled_weights",
             Error::InvalidInput(_) => "invalid_input",
             Error::Device(_) => "device",
             Error::DeviceLost { .. } => "device_lost",

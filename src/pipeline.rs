@@ -320,6 +320,18 @@ fn load_component<T>(
             return Ok(component);
         }
     }
+    // Say so when the folder holds its weights only in a pickle, rather than that they are
+    // missing.
+    let pickles = names
+        .iter()
+        .map(|name| name.replace(".safetensors", ".bin"))
+        .chain(["pytorch_model.bin", "model.ckpt", "model.pt"].map(String::from));
+    for pickle in pickles {
+        let path = format!("{folder}/{pickle}");
+        if files.len(&path)?.is_some() {
+            return Err(Error::PickledWeights(path));
+        }
+    }
     Err(Error::MissingFile(format!("{folder}/{}", names[0])))
 }
 

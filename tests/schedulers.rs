@@ -208,3 +208,48 @@ fn settings_a_scheduler_lacks_are_refused_when_it_is_built() {
         .to_string();
     assert!(err.contains("Karras"), "{err}");
 }
+
+/// A DPM-Solver config as diffusers writes it (Python's JSON, with `-Infinity`, and keys the
+/// runtime has no use for) reads, and its -infinity clips nothing, as diffusers' does.
+#[test]
+fn configs_as_diffusers_writes_them_read_with_their_infinities() {
+    let written = r#"{
+  "_class_name": "DPMSolverMultistepScheduler",
+  "_diffusers_version": "0.42.0",
+  "algorithm_type": "dpmsolver++",
+  "beta_end": 0.012,
+  "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085,
+  "dynamic_thresholding_ratio": 0.995,
+  "euler_at_final": false,
+  "final_sigmas_type": "zero",
+  "lambda_min_clipped": -Infinity,
+  "lower_order_final": true,
+  "num_train_timesteps": 1000,
+  "prediction_type": "epsilon",
+  "rescale_betas_zero_snr": false,
+  "sample_max_value": 1.0,
+  "solver_order": 2,
+  "solver_type": "midpoint",
+  "steps_offset": 1,
+  "thresholding": false,
+  "timestep_spacing": "linspace",
+  "trained_betas": null,
+  "use_karras_sigmas": false,
+  "use_lu_lambdas": false,
+  "variance_type": null
+}"#;
+    let config = SchedulerConfig::from_json(written).unwrap();
+    let without =
+        SchedulerConfig::from_json(&written.replace("\"lambda_min_clipped\": -Infinity,\n", ""))
+            .unwrap();
+    let dpm = SchedulerKind::parse("dpm++2m").unwrap();
+    let steps = |c: &SchedulerConfig| {
+        schedulers::build(dpm, c, &Timesteps::Count(20))
+            .unwrap()
+            .timesteps()
+            .to_vec()
+    };
+    assert_eq!(steps(&config), steps(&without));
+    assert_eq!(steps(&config).len(), 20);
+}

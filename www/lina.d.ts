@@ -10,7 +10,7 @@ export const DEFAULT_MODEL_URL: string;
  *
  * From the runtime (the wasm module): "config", "weight_file", "missing_tensor",
  * "tensor_shape", "tensor_dtype", "unused_tensors", "tokenizer", "missing_file",
- * "invalid_input", "device", "device_lost" (load the model again), "device_limit",
+ * "pickled_weights" (a .bin/.ckpt where safetensors is needed), "invalid_input", "device", "device_lost" (load the model again), "device_limit",
  * "cancelled" (by `cancel()`), "callback" (`onStep` or `onProgress` threw), "io", "network".
  *
  * From lina.js and its worker: "invalid_input" too (an unknown option, a wrong type),
@@ -31,6 +31,7 @@ export type ErrorCode =
   | "unused_tensors"
   | "tokenizer"
   | "missing_file"
+  | "pickled_weights"
   | "invalid_input"
   | "device"
   | "device_lost"

@@ -145,7 +145,14 @@ pub struct ClipTextEncoder {
 
 impl ClipTextEncoder {
     pub fn load(config: ClipTextConfig, weights: &Weights) -> Result<Self> {
-        let w = weights.root().at("text_model");
+        // transformers up to 4.x saves CLIPTextModel's tensors under `text_model.`; 5.x saves
+        // them without it. Either file loads.
+        let prefixed = !weights.contains("embeddings.token_embedding.weight");
+        let w = if prefixed {
+            weights.root().at("text_model")
+        } else {
+            weights.root()
+        };
         let d = config.hidden_size;
         let emb = w.at("embeddings");
         let layers = (0..config.num_hidden_layers)

@@ -165,14 +165,18 @@ struct SpatialAttention {
 
 impl SpatialAttention {
     fn load(w: &Scope, c: usize, groups: usize) -> Result<Self> {
+        // Diffusers before 0.14 named the projections query, key, value and proj_attn, and
+        // many published VAEs (the original SD 1.5 repository's among them) still do, some
+        // with [C, C, 1, 1] weights, which the loader reads as [C, C].
+        let (qkv, out) = if w.contains("query.weight") {
+            (["query", "key", "value"], "proj_attn")
+        } else {
+            (["to_q", "to_k", "to_v"], "to_out.0")
+        };
         Ok(Self {
             norm: GroupNorm::load(&w.at("group_norm"), groups, c, 1e-6)?,
-            qkv: Linear::load_side_by_side(
-                &["to_q", "to_k", "to_v"].map(|name| (w.at(name), c)),
-                c,
-                true,
-            )?,
-            out: Linear::load(&w.at("to_out.0"), c, c, true)?,
+            qkv: Linear::load_side_by_side(&qkv.map(|name| (w.at(name), c)), c, true)?,
+            out: Linear::load(&w.at(out), c, c, true)?,
         })
     }
 

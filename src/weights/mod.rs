@@ -268,7 +268,12 @@ impl Weights {
             file: self.source.clone(),
             name: name.to_string(),
         })?;
-        if stored.shape != shape {
+        // A [out, in, 1, 1] convolution weight serves as the [out, in] linear one it equals
+        // (older diffusers VAEs store their attention projections so), never the reverse.
+        let squeezed = stored.shape.len() > shape.len()
+            && stored.shape[..shape.len()] == *shape
+            && stored.shape[shape.len()..].iter().all(|&d| d == 1);
+        if stored.shape != shape && !squeezed {
             return Err(Error::TensorShape {
                 file: stored.file.to_string(),
                 name: name.to_string(),
@@ -481,6 +486,11 @@ impl<'w> Scope<'w> {
             weights: self.weights,
             prefix: self.path(&name.to_string()),
         }
+    }
+
+    /// Whether the file holds tensor `name` of this scope (to tell one naming from another).
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.path(name))
     }
 
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
