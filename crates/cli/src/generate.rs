@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use lina::attention::{AttentionRecorder, TokenMaps};
 use lina_runtime::Result;
-use lina_runtime::pipeline::{CancelToken, GenerateOptions, StableDiffusion};
+use lina_runtime::image::Image;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, StableDiffusion, StepHook};
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 use lina_runtime::source::DirSource;
 
@@ -61,6 +63,10 @@ pub struct Args {
     mask: Option<PathBuf>,
     #[arg(long, default_value = "out.png")]
     out: PathBuf,
+    /// Also write where the image attended to each word of the prompt, as a PNG strip: the
+    /// image, then one heat map per word (its cross-attention over all steps, over the image).
+    #[arg(long)]
+    attention_maps: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -110,18 +116,30 @@ pub fn run(args: Args) -> Result<()> {
         let bar = common::bar(0, "steps");
         let mut progress = StepBar(bar.clone());
         let cancel = CancelToken::new();
-        let done = if plan.is_baseline() {
-            pipe.generate(&opts, &mut progress, &cancel).await?
+        let mut recorder = AttentionRecorder::default();
+        let mut hooks = (&mut progress, &mut recorder);
+        // The recorder asks for the maps only when they are to be written: a record makes
+        // every cross-attention layer compute its scores explicitly.
+        let hook: &mut dyn StepHook = if args.attention_maps.is_some() {
+            &mut hooks
+        } else {
+            hooks.0
+        };
+        let (done, prompt) = if plan.is_baseline() {
+            (
+                pipe.generate(&opts, hook, &cancel).await?,
+                opts.prompt.clone(),
+            )
         } else {
             let csg = match &args.csg {
                 Some(path) => lina_csg::Csg::from_json(&common::read_text(path)?)?,
                 None => lina_csg::parse::parse(&opts.prompt)?,
             };
-            let out = lina::generate(&pipe, &opts, &csg, &plan, &mut progress, &cancel).await?;
+            let out = lina::generate(&pipe, &opts, &csg, &plan, hook, &cancel).await?;
             for d in &out.described {
                 tracing::info!("LINA: {d}");
             }
-            out.generated
+            (out.generated, out.prompt)
         };
         bar.finish_and_clear();
         for w in &done.warnings {
@@ -129,6 +147,19 @@ pub fn run(args: Args) -> Result<()> {
         }
         let image = done.image;
         common::write(&out, image.to_png()?)?;
+        if let Some(path) = &args.attention_maps {
+            let maps = recorder.read(&pipe, &prompt).await?;
+            common::write(path, attention_strip(&image, &maps).to_png()?)?;
+            println!(
+                "wrote {} (the image, then {})",
+                path.display(),
+                maps.by_word()
+                    .iter()
+                    .map(|(w, _)| w.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         println!(
             "wrote {} ({}x{}) in {:.2?} (load {:.2?})",
             out.display(),
@@ -139,4 +170,34 @@ pub fn run(args: Args) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// The image, then for each word of the prompt the image dimmed with the word's attention map
+/// (normalised to its maximum, nearest-neighbour up to the image's size) in red over it.
+fn attention_strip(image: &Image, maps: &TokenMaps) -> Image {
+    let words = maps.by_word();
+    let (w, h) = (image.width, image.height);
+    let tiles = 1 + words.len();
+    let mut rgb = vec![0u8; tiles * w * h * 3];
+    for y in 0..h {
+        for x in 0..w {
+            let pixel = &image.rgb[(y * w + x) * 3..][..3];
+            rgb[(y * tiles * w + x) * 3..][..3].copy_from_slice(pixel);
+            let cell = (y * maps.height / h) * maps.width + x * maps.width / w;
+            for (k, (_, map)) in words.iter().enumerate() {
+                let max = map.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+                let heat = map[cell] / max;
+                let at = (y * tiles * w + (k + 1) * w + x) * 3;
+                let grey = |c: u8| c as f32 * 0.35;
+                rgb[at] = (grey(pixel[0]) + heat * 255.0 * 0.65) as u8;
+                rgb[at + 1] = grey(pixel[1]) as u8;
+                rgb[at + 2] = grey(pixel[2]) as u8;
+            }
+        }
+    }
+    Image {
+        width: tiles * w,
+        height: h,
+        rgb,
+    }
 }

@@ -131,6 +131,34 @@ fn generate_writes_a_png() {
         assert_eq!(&bytes[1..4], b"PNG");
         std::fs::remove_file(&png).unwrap();
     }
+    // The attention maps: the image, then one tile per word of the prompt (after the LINA
+    // run's implied effects, none here).
+    let maps = dir.join("maps.png");
+    let out = cli(&[
+        "generate",
+        "--model",
+        MODEL,
+        "--prompt",
+        "a cat sleeping on a sofa",
+        "--steps",
+        "2",
+        "--out",
+        png.to_str().unwrap(),
+        "--attention-maps",
+        maps.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let image = lina_runtime::image::Image::from_png(&std::fs::read(&png).unwrap()).unwrap();
+    let strip = lina_runtime::image::Image::from_png(&std::fs::read(&maps).unwrap()).unwrap();
+    assert_eq!(strip.height, image.height);
+    assert_eq!(strip.width, 7 * image.width, "the image and six words");
+    assert_eq!(
+        strip.rgb[..3],
+        image.rgb[..3],
+        "the strip starts with the image"
+    );
+    std::fs::remove_file(&maps).unwrap();
+    std::fs::remove_file(&png).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(!Path::new(&png).exists());
 }

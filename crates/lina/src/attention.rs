@@ -292,6 +292,33 @@ pub struct TokenMaps {
     pub steps: Vec<Vec<f32>>,
 }
 
+impl TokenMaps {
+    /// One map per word of the prompt, in order: the sum of its tokens' maps (a word may be
+    /// several tokens), averaged over the steps. Repeated words ("a ... a") each keep their
+    /// own map.
+    pub fn by_word(&self) -> Vec<(String, Vec<f32>)> {
+        let cells = self.height * self.width;
+        let mut words: Vec<(String, Vec<f32>)> = Vec::new();
+        let mut last_position = None;
+        for (t, token) in self.tokens.iter().enumerate() {
+            // Tokens of one word are adjacent and share the word.
+            let continues = last_position == Some(token.position.wrapping_sub(1))
+                && words.last().is_some_and(|(w, _)| *w == token.word);
+            if !continues {
+                words.push((token.word.clone(), vec![0.0; cells]));
+            }
+            let map = &mut words.last_mut().expect("a word was pushed").1;
+            for step in &self.steps {
+                for (m, v) in map.iter_mut().zip(&step[t * cells..(t + 1) * cells]) {
+                    *m += v / self.steps.len() as f32;
+                }
+            }
+            last_position = Some(token.position);
+        }
+        words
+    }
+}
+
 impl AttentionRecorder {
     /// The maps of `prompt`'s words, read back step by step (async: the browser reads
     /// device memory no other way).

@@ -228,6 +228,9 @@ impl Component {
 /// A generation under a plan, with what the plan did.
 pub struct Intervened {
     pub generated: Generated,
+    /// The prompt the model was given: the caller's, with the implied effects the
+    /// attention control named at its end.
+    pub prompt: String,
     /// The timesteps sampled (after the warp).
     pub timesteps: Vec<f64>,
     /// The node boxes the layout controls used (the graph's own, else derived from its
@@ -414,6 +417,7 @@ pub async fn generate(
         .generate(&opts, &mut (&mut hooks, hook), cancel)
         .await?;
     Ok(Intervened {
+        prompt: opts.prompt.clone(),
         evaluations: generated.evaluations,
         generated,
         timesteps,
