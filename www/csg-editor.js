@@ -2,9 +2,12 @@
 // (subject, predicate, object, remove), plus its JSON for import and export. The model
 // validates every change (LinaModel.validateCsg); this module only edits.
 
-const CLASSES = ["ball", "cube", "cone", "person", "table", "floor", "mirror", "puddle", "jar", "sand", "water", "lamp", "shadow", "reflection"];
+// The schema's classes and predicates (docs/probe.md, docs/lina.md): "thing" is any noun
+// outside the probe's world (its `name` says which: a parsed "cat" is one), and "above" and
+// "below" come from the open parser.
+const CLASSES = ["ball", "cube", "cone", "person", "table", "floor", "mirror", "puddle", "jar", "sand", "water", "lamp", "shadow", "reflection", "thing"];
 const COLOURS = ["", "red", "green", "blue", "yellow", "purple"];
-const PREDICATES = ["on", "in", "left_of", "right_of", "behind", "close_to", "far_from", "reflection_of", "bounded_by", "shadow_of"];
+const PREDICATES = ["on", "in", "left_of", "right_of", "behind", "close_to", "far_from", "above", "below", "reflection_of", "bounded_by", "shadow_of"];
 
 function select(label, options, value, onChange) {
   const element = document.createElement("select");

@@ -5,6 +5,7 @@ import { withMetadata } from "./png.js";
 import { CsgEditor } from "./csg-editor.js";
 import { plotSchedule, plotSweep } from "./plots.js";
 import { LayoutBoxes } from "./layout-boxes.js";
+import { AttentionOverlay } from "./attention-maps.js";
 
 const $ = (id) => document.getElementById(id);
 const status = (text, isError = false) => {
@@ -124,16 +125,19 @@ function readPlan() {
     nodeWeight: number("nodeWeight"),
     effectWeight: number("effectWeight"),
     regionWindow: [number("regionStart"), number("regionEnd")],
+    attentionStrength: number("attentionStrength"),
+    attentionWindow: [number("attentionStart"), number("attentionEnd")],
     warp: number("warp"),
   };
 }
 
 function showPlan(plan) {
-  for (const id of ["promptStrength", "nodeWeight", "effectWeight", "warp"]) {
+  for (const id of ["promptStrength", "nodeWeight", "effectWeight", "attentionStrength", "warp"]) {
     $(id).value = plan[id];
   }
   [$("promptStart").value, $("promptEnd").value] = plan.promptWindow;
   [$("regionStart").value, $("regionEnd").value] = plan.regionWindow;
+  [$("attentionStart").value, $("attentionEnd").value] = plan.attentionWindow;
   $("warp-value").value = plan.warp;
 }
 
@@ -164,7 +168,19 @@ const editor = new CsgEditor({
 
 const boxes = new LayoutBoxes($("layout-boxes"), (id, box) => editor.setLayout(id, box));
 
+const attention = new AttentionOverlay({
+  panel: $("attention"),
+  words: $("attention-words"),
+  step: $("attention-step"),
+  stepValue: $("attention-step-value"),
+  canvas: $("attention-overlay"),
+});
+
 async function acceptGraph(next, edited) {
+  // An edit wins over a parse of the prompt still in flight from the moment it is made, not
+  // once the worker has validated it: a parse landing in between would put back the
+  // prompt's graph (and its derived boxes) over the edit.
+  if (edited) graphEdited = true;
   try {
     csg = await model.validateCsg(next);
     listNodes();
@@ -178,19 +194,24 @@ async function acceptGraph(next, edited) {
   }
 }
 
+// The prompt's graph comes with a layout box for every node it names, derived from its
+// relations: the boxes LINA's layout controls would steer toward anyway, shown so that they
+// can be seen and dragged.
 async function graphFromPrompt() {
   if (graphEdited || !model) return;
   try {
-    const parsed = await model.parsePrompt($("prompt").value);
+    const parsed = await model.deriveLayout(await model.parsePrompt($("prompt").value));
     // An edit or an import that landed while the prompt was parsed wins over it.
     if (graphEdited) return;
     csg = parsed;
     editor.show(csg);
     listNodes();
     boxes.show(csg);
-    csgStatus("");
+    const boxed = csg.nodes.some((node) => node.layout);
+    csgStatus(boxed ? "Layout boxes derived from the prompt's relations: drag them over the image to change them." : "");
     await suggestPlan();
   } catch (error) {
+    if (graphEdited) return;
     csg = null;
     csgStatus(error.message, true);
   }
@@ -344,9 +365,13 @@ async function generate(event) {
   const started = performance.now();
   running = new AbortController();
   saveToAddress();
+  // The maps of the last image no longer describe the one being drawn.
+  attention.clear();
   const options = readOptions();
+  // Recording the maps is no setting of the image: it stays out of the saved settings.
+  const recording = $("attention-maps").checked ? { attentionMaps: true } : {};
   try {
-    const result = await model.generate(options, {
+    const result = await model.generate({ ...options, ...recording }, {
       signal: running.signal,
       preview: $("previews").checked,
       onStep: ({ step, steps, timestep, preview }) => {
@@ -356,6 +381,7 @@ async function generate(event) {
       },
     });
     drawInto("image", result);
+    if (result.attention) attention.show(result.attention, result.width, result.height);
     drawnWith = { ...options, page: location.href };
     $("save").disabled = false;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);

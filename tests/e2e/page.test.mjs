@@ -138,13 +138,22 @@ test("the scene graph follows the prompt; editing a relation changes the image a
   await page.getByLabel("Region guidance: effect weight").fill("2");
   await page.getByLabel("Region guidance until").fill("0.4");
   // Region guidance acts where the graph has layout boxes (no judge reads a layout off the
-  // image for it): the ball and the mirror get boxes, and the mirror is made shorter than the
-  // ball from the keyboard, so that a full reflection would spill below it.
+  // image for it): the boxes the page derived from the prompt's relations give way to the
+  // editor's for the ball and the mirror, and the mirror is made shorter than the ball from
+  // the keyboard, so that a full reflection would spill below it.
   for (const node of ["object", "surface"]) {
+    await page.getByRole("button", { name: `drop the layout box of node ${node}` }).click();
     await page.getByRole("button", { name: `add the layout box of node ${node}` }).click();
   }
+  // The derived box's rectangle is there from the start: wait for the one the editor added
+  // (at x = 0.35, once the worker has validated the edit) to replace it, so that the keys
+  // move the new box, not the old one.
+  await page.waitForFunction(
+    () => Math.abs(Number(document.querySelector('#layout-boxes rect[data-node="surface"]')?.getAttribute("x")) - 0.35) < 1e-3,
+    null,
+    { timeout: SLOW },
+  );
   const mirror = page.getByRole("button", { name: /^layout of node surface/ });
-  await mirror.waitFor({ timeout: SLOW });
   await mirror.focus();
   for (let i = 0; i < 4; i++) await page.keyboard.press("Shift+ArrowUp");
   // Each change is validated by the runtime (a round trip to the worker), in order: the
@@ -229,6 +238,86 @@ test("the scene graph follows the prompt; editing a relation changes the image a
     timeout: SLOW,
   });
   assert.match(await page.locator("#csg-status").textContent(), /unknown node "table"/);
+  await page.close();
+});
+
+test("any prompt gets layout boxes from its relations; a LINA run's attention maps show each word's map over the image, step by step", { timeout: SLOW * 3 }, async () => {
+  const page = await openPage("");
+  await waitForStatus(page, /^Ready|rror/);
+  await page.getByLabel("Prompt", { exact: true }).fill("a cat sleeping on a sofa");
+  // Nodes outside the probe's world, each with a draggable box derived from "on": the cat
+  // higher than the sofa it lies on.
+  const nodeBoxes = page.locator("#layout-boxes rect[data-node]");
+  await page.locator('#layout-boxes rect[data-node="sofa"]').waitFor({ timeout: SLOW });
+  const boxed = await nodeBoxes.evaluateAll((rects) => rects.map((r) => r.dataset.node).sort());
+  assert.deepEqual(boxed, ["cat", "sofa"]);
+  assert.match(await page.locator("#csg-status").textContent(), /derived from the prompt's relations/);
+  const layouts = Object.fromEntries(
+    JSON.parse(await page.getByLabel(/^Scene graph JSON/).inputValue()).nodes.map((n) => [n.id, n.layout]),
+  );
+  assert.ok(layouts.cat[1] + layouts.cat[3] < layouts.sofa[1] + layouts.sofa[3], JSON.stringify(layouts));
+
+  // The alpha of the overlay's pixels, in rows; every pixel transparent means nothing is drawn.
+  const overlayAlpha = () =>
+    page.evaluate(() => {
+      const canvas = document.getElementById("attention-overlay");
+      const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+      const rows = [];
+      for (let y = 0; y < canvas.height; y++) {
+        rows.push(Array.from({ length: canvas.width }, (_, x) => data[4 * (y * canvas.width + x) + 3]));
+      }
+      return rows;
+    });
+  const drawn = (alpha) => alpha.flat().filter((a) => a > 0).length;
+
+  assert.equal(await page.locator("#attention").isVisible(), false, "no maps before a run records them");
+  await page.getByLabel("Record attention maps").check();
+  await page.getByLabel("Apply LINA's interventions when generating").check();
+  await page.getByLabel(/^Region-controlled attention: strength/).fill("2");
+  await page.getByLabel("Steps", { exact: true }).fill("3");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+
+  // One button per word, each once ("a" is named twice), and a slider over the run's steps.
+  const words = page.getByRole("group", { name: /^Where the image attended to each word/ });
+  assert.deepEqual(await words.getByRole("button").allTextContents(), ["a", "cat", "sleeping", "on", "sofa"]);
+  const slider = page.getByLabel("Attention map step");
+  assert.equal(await slider.getAttribute("max"), "3");
+  assert.equal(await slider.inputValue(), "3");
+  assert.equal(drawn(await overlayAlpha()), 0, "no word is chosen yet");
+
+  const cat = words.getByRole("button", { name: "cat", exact: true });
+  await cat.click();
+  assert.equal(await cat.getAttribute("aria-pressed"), "true");
+  const last = await overlayAlpha();
+  assert.ok(drawn(last) > 0, "the cat's map is drawn over the image");
+
+  // The first step, from the keyboard: inside the attention window, where the cat's word is
+  // steered into its box, which then holds more of its map than its share of the image.
+  await slider.focus();
+  await page.keyboard.press("Home");
+  assert.equal(await slider.inputValue(), "1");
+  assert.equal(await page.locator("#attention-step-value").textContent(), "step 1 of 3");
+  const first = await overlayAlpha();
+  assert.notDeepEqual(first, last, "each step has its own map");
+  const [x0, y0, x1, y1] = layouts.cat;
+  let inside = 0;
+  let total = 0;
+  first.forEach((row, y) =>
+    row.forEach((a, x) => {
+      const [cx, cy] = [(x + 0.5) / row.length, (y + 0.5) / first.length];
+      if (cx >= x0 && cx < x1 && cy >= y0 && cy < y1) inside += a;
+      total += a;
+    }),
+  );
+  const area = (x1 - x0) * (y1 - y0);
+  assert.ok(inside / total > area + 0.1, `the cat's box holds ${(inside / total).toFixed(3)} of its map, ${area.toFixed(3)} of the image`);
+  await page.screenshot({ path: join(ARTIFACTS, "attention.png") });
+
+  // Pressing the word again hides its map.
+  await cat.click();
+  assert.equal(await cat.getAttribute("aria-pressed"), "false");
+  assert.equal(drawn(await overlayAlpha()), 0);
   await page.close();
 });
 
