@@ -286,3 +286,33 @@ fn an_implied_effect_is_named_and_pinned_to_where_physics_allows_it() {
         "reflection in its place: {before:.3} -> {after:.3}"
     );
 }
+
+/// A graph whose boxed node has no word in the prompt is a clear error naming the node, and
+/// nothing runs.
+#[test]
+fn a_boxed_node_the_prompt_does_not_name_is_a_clear_error() {
+    let pipe = pipe(&lina_runtime::device::cpu());
+    let options = GenerateOptions {
+        prompt: "a green cone".into(),
+        ..opts()
+    };
+    let plan = Plan {
+        attention_strength: 2.0,
+        ..Plan::default()
+    };
+    let mut steps = AttentionRecorder::default();
+    let Err(err) = pollster::block_on(lina::generate(
+        &pipe,
+        &options,
+        &scene(),
+        &plan,
+        &mut steps,
+        &CancelToken::new(),
+    )) else {
+        panic!("a box for a word the prompt lacks was accepted");
+    };
+    assert_eq!(err.code(), "invalid_input", "{err}");
+    let text = err.to_string();
+    assert!(text.contains("\"top\"") && text.contains("ball"), "{text}");
+    assert!(steps.steps.is_empty(), "nothing ran");
+}

@@ -228,6 +228,16 @@ impl LayoutAttention {
             .zip(layout)
         {
             let Some(b) = b else { continue };
+            // A box the user drew for a node the prompt does not name steers nothing: say so
+            // rather than run as if it did. (A derived box may lack words: "lit from the
+            // left" implies a lamp that the prompt never names.)
+            if positions.is_empty() && node.layout.is_some() && !node.implied {
+                return Err(Error::InvalidInput(format!(
+                    "csg: node \"{}\" has a layout box, but the prompt has no word for it (\"{}\"), so the attention control cannot steer it",
+                    node.id,
+                    node.noun()
+                )));
+            }
             if positions.is_empty() {
                 continue;
             }
