@@ -578,6 +578,35 @@ impl StableDiffusion {
     }
 
     /// Encodes one text to [1, L, D]; also returns what was cut from an over-long text.
+    /// The unit-variance latents a run of `opts` starts from, before the scheduler's
+    /// `init_noise_sigma` (what diffusers' pipelines take as `latents`): the options' own,
+    /// else the seed's; with their shape [1, C, h, w] for an image of `size` (width, height).
+    pub fn initial_noise(
+        &self,
+        opts: &GenerateOptions,
+        (width, height): (usize, usize),
+    ) -> Result<(Vec<f32>, [usize; 4])> {
+        let factor = self.vae.config().downscale();
+        let shape = [
+            1,
+            self.vae.config().latent_channels,
+            height / factor,
+            width / factor,
+        ];
+        let count = shape.iter().product::<usize>();
+        let noise = match &opts.initial_latents {
+            Some(given) if given.len() == count => given.clone(),
+            Some(given) => {
+                return Err(Error::InvalidInput(format!(
+                    "initial latents have {} values, {count} expected for {shape:?}",
+                    given.len()
+                )));
+            }
+            None => Rng::new(opts.seed).normals(count),
+        };
+        Ok((noise, shape))
+    }
+
     pub fn encode_text(&self, text: &str, clip_skip: usize) -> Result<(Tensor<3>, Option<String>)> {
         let tokens = self.tokenizer.encode(text)?;
         let hidden = self.text_encoder.forward(&[tokens.ids], clip_skip)?;
@@ -678,23 +707,7 @@ impl StableDiffusion {
                 "this is an inpainting model: it needs an init image and a mask".into(),
             ));
         }
-        let shape = [
-            1,
-            self.vae.config().latent_channels,
-            height / factor,
-            width / factor,
-        ];
-        let count = shape.iter().product::<usize>();
-        let noise = match &opts.initial_latents {
-            Some(given) if given.len() == count => given.clone(),
-            Some(given) => {
-                return Err(Error::InvalidInput(format!(
-                    "initial latents have {} values, {count} expected for {shape:?}",
-                    given.len()
-                )));
-            }
-            None => Rng::new(opts.seed).normals(count),
-        };
+        let (noise, shape) = self.initial_noise(opts, (width, height))?;
         let noise = Tensor::<4>::from_data(TensorData::new(noise, shape), &self.device);
         let (latents, step, init) = match &opts.init_image {
             None => {

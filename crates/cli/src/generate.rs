@@ -67,6 +67,15 @@ pub struct Args {
     /// image, then one heat map per word (its cross-attention over all steps, over the image).
     #[arg(long)]
     attention_maps: Option<PathBuf>,
+    /// Start from these unit-variance latents, [1, C, H/8, W/8] in a .npy file (f32 or f64),
+    /// instead of the seed's: what diffusers' pipelines take as `latents`, so the same latents,
+    /// prompt and scheduler give diffusers' image.
+    #[arg(long, conflicts_with = "seed")]
+    latents: Option<PathBuf>,
+    /// Write the unit-variance latents this run starts from to a .npy file (f32), for
+    /// diffusers' `latents=` or a later `--latents`.
+    #[arg(long)]
+    save_latents: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -101,6 +110,7 @@ pub fn run(args: Args) -> Result<()> {
                     .map(|p| p[0] as f32 / 255.0)
                     .collect()
             }),
+        initial_latents: args.latents.as_deref().map(read_npy).transpose()?,
         ..GenerateOptions::default()
     };
     let (plan, out) = (args.plan, args.out);
@@ -112,6 +122,12 @@ pub fn run(args: Args) -> Result<()> {
         tracing::info!(?loaded, "model loaded");
         if let Some(note) = pipe.size_note() {
             tracing::warn!("{note}");
+        }
+        if let Some(path) = &args.save_latents {
+            let native = pipe.native_size();
+            let size = (opts.width.unwrap_or(native), opts.height.unwrap_or(native));
+            let (noise, shape) = pipe.initial_noise(&opts, size)?;
+            write_npy(path, &noise, &shape)?;
         }
         let bar = common::bar(0, "steps");
         let mut progress = StepBar(bar.clone());
@@ -200,4 +216,48 @@ fn attention_strip(image: &Image, maps: &TokenMaps) -> Image {
         height: h,
         rgb,
     }
+}
+
+/// The values of a .npy file of f32 or f64 (read as f32), in C order.
+fn read_npy(path: &std::path::Path) -> Result<Vec<f32>> {
+    let io = |e: std::io::Error| lina_runtime::Error::io(path.display(), e);
+    let file = std::fs::File::open(path).map_err(io)?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(io)?;
+    let bad =
+        |what: String| lina_runtime::Error::InvalidInput(format!("{}: {what}", path.display()));
+    if npy.order() != npyz::Order::C {
+        return Err(bad("latents in Fortran order; save them in C order".into()));
+    }
+    let dtype = match npy.dtype() {
+        npyz::DType::Plain(ty) => ty.to_string(),
+        other => other.descr(),
+    };
+    match dtype.as_str() {
+        "<f4" => npy.into_vec::<f32>().map_err(io),
+        "<f8" => Ok(npy
+            .into_vec::<f64>()
+            .map_err(io)?
+            .into_iter()
+            .map(|v| v as f32)
+            .collect()),
+        other => Err(bad(format!(
+            "latents of dtype {other}; f32 or f64 expected"
+        ))),
+    }
+}
+
+/// `values` of `shape` as a .npy file of f32.
+fn write_npy(path: &std::path::Path, values: &[f32], shape: &[usize]) -> Result<()> {
+    use npyz::WriterBuilder;
+    let io = |e: std::io::Error| lina_runtime::Error::io(path.display(), e);
+    let file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(file)
+        .begin_nd()
+        .map_err(io)?;
+    writer.extend(values.iter().copied()).map_err(io)?;
+    writer.finish().map_err(io)
 }

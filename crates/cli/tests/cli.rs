@@ -162,3 +162,77 @@ fn generate_writes_a_png() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(!Path::new(&png).exists());
 }
+
+/// `--latents` reproduces diffusers: the tiny fixture's reference run, from diffusers' own
+/// initial latents, gives diffusers' image within 2/255. `--save-latents` writes the seed's
+/// latents, and running from them gives the seed's image exactly.
+#[test]
+fn latents_in_and_out_reproduce_runs() {
+    use npyz::WriterBuilder;
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/sd1_tiny");
+    let dir = std::env::temp_dir().join(format!("lina-cli-latents-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+
+    let reference = std::fs::read(format!("{fixture}/reference.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
+    let floats = |name: &str| -> Vec<f32> {
+        let view = reference.tensor(name).unwrap();
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let latents = floats("pipe_init_latents");
+    let file = std::io::BufWriter::new(std::fs::File::create(path("diffusers.npy")).unwrap());
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[1, 4, 8, 8])
+        .writer(file)
+        .begin_nd()
+        .unwrap();
+    writer.extend(latents.iter().copied()).unwrap();
+    writer.finish().unwrap();
+
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            fixture,
+            "--prompt",
+            "a red ball on a small mirror",
+            "--negative",
+            "blurry",
+            "--guidance",
+            "7.5",
+            "--steps",
+            "10",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        let done = cli(&args);
+        assert!(done.status.success(), "{}", text(&done.stderr));
+        lina_runtime::image::Image::from_png(&std::fs::read(out).unwrap()).unwrap()
+    };
+    let image = run(
+        &["--latents", &path("diffusers.npy")],
+        &path("diffusers.png"),
+    );
+    let expected = floats("pipe_image");
+    let worst = image
+        .rgb
+        .iter()
+        .zip(&expected)
+        .map(|(&a, &b)| (a as f32 - b * 255.0).abs())
+        .fold(0.0, f32::max);
+    assert!(worst <= 2.0, "worst pixel {worst}/255 from diffusers'");
+
+    let seeded = run(
+        &["--seed", "9", "--save-latents", &path("seed9.npy")],
+        &path("seed9.png"),
+    );
+    let again = run(&["--latents", &path("seed9.npy")], &path("again.png"));
+    assert_eq!(seeded, again, "the saved latents give the seed's image");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
