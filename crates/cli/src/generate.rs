@@ -111,7 +111,6 @@ pub fn run(args: Args) -> Result<()> {
                     .collect()
             }),
         initial_latents: args.latents.as_deref().map(read_npy).transpose()?,
-        ..GenerateOptions::default()
     };
     let (plan, out) = (args.plan, args.out);
     pollster::block_on(async {
