@@ -291,6 +291,15 @@ impl Csg {
         self.nodes.iter().find(|n| n.id == id)
     }
 
+    /// The object of `subject`'s first relation `predicate`: the mirror a reflection is
+    /// bounded by, the object a shadow is cast by.
+    pub fn object_of(&self, subject: &str, predicate: Predicate) -> Option<&Node> {
+        self.relations
+            .iter()
+            .find(|r| r.subject == subject && r.predicate == predicate)
+            .and_then(|r| self.node(&r.object))
+    }
+
     pub fn relate(&mut self, subject: &str, predicate: Predicate, object: &str) {
         self.relations.push(Relation {
             subject: subject.to_string(),

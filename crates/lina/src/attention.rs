@@ -32,7 +32,7 @@ use lina_runtime::error::{Error, Result};
 use lina_runtime::models::attention_control::AttentionRecord;
 use lina_runtime::pipeline::{ModelCall, StableDiffusion, StepHook, StepState};
 
-use crate::region::{Box4, mask};
+use crate::region::{Box4, box_of, mask};
 
 /// The forms a node's noun takes in a prompt: as named, and its plurals.
 fn noun_forms(node: &Node) -> Vec<String> {
@@ -103,16 +103,8 @@ pub fn node_tokens(pipe: &StableDiffusion, prompt: &str, csg: &Csg) -> Result<Ve
 /// image reaches; for a shadow, a band at the object's base on the side away from the light
 /// (under it for a light from above). `None` where the layout does not fix it.
 pub fn effect_box(csg: &Csg, layout: &[Option<Box4>], effect: &Node) -> Option<Box4> {
-    let at = |id: &str| {
-        let i = csg.nodes.iter().position(|n| n.id == id)?;
-        layout.get(i).copied().flatten()
-    };
-    let target = |p: Predicate| {
-        csg.relations
-            .iter()
-            .find(|r| r.subject == effect.id && r.predicate == p)
-            .map(|r| r.object.as_str())
-    };
+    let at = |node: &Node| box_of(csg, layout, &node.id);
+    let target = |p: Predicate| csg.object_of(&effect.id, p);
     let b = match effect.class {
         Class::Reflection => {
             let source = at(target(Predicate::ReflectionOf)?)?;
@@ -165,13 +157,7 @@ pub fn with_effects(
         if named(node.class.word()) {
             continue;
         }
-        let noun_of = |p: Predicate| {
-            csg.relations
-                .iter()
-                .find(|r| r.subject == node.id && r.predicate == p)
-                .and_then(|r| csg.node(&r.object))
-                .map(Node::noun)
-        };
+        let noun_of = |p: Predicate| csg.object_of(&node.id, p).map(Node::noun);
         let phrase = match (
             node.class,
             noun_of(Predicate::ReflectionOf),

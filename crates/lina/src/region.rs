@@ -61,21 +61,17 @@ pub fn phrase(node: &Node) -> Option<String> {
     ))
 }
 
+/// The box `layout` (one entry per node of `csg`) gives node `id`.
+pub fn box_of(csg: &Csg, layout: &[Option<Box4>], id: &str) -> Option<Box4> {
+    let i = csg.nodes.iter().position(|n| n.id == id)?;
+    layout.get(i).copied().flatten()
+}
+
 /// The boxes where an implied effect may not appear, from the boxes of the nodes it depends
 /// on: `(effect id, box)` pairs.
 pub fn forbidden_boxes(csg: &Csg, layout: &[Option<Box4>]) -> Vec<(String, Box4)> {
-    let at = |id: &str| {
-        csg.nodes
-            .iter()
-            .position(|n| n.id == id)
-            .and_then(|i| layout.get(i).copied().flatten())
-    };
-    let target = |subject: &str, p: Predicate| {
-        csg.relations
-            .iter()
-            .find(|r| r.subject == subject && r.predicate == p)
-            .map(|r| r.object.as_str())
-    };
+    let at = |node: &Node| box_of(csg, layout, &node.id);
+    let target = |subject: &str, p: Predicate| csg.object_of(subject, p);
     let mut out = Vec::new();
     for effect in csg.nodes.iter().filter(|n| n.implied) {
         match effect.class {

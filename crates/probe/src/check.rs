@@ -342,10 +342,10 @@ pub fn check(image: &Image, csg: &Csg) -> Vec<Verdict> {
         let (passed, detail) = match r.predicate {
             Predicate::On => on(&labels, s, o),
             Predicate::In => inside(&labels, s, o),
-            Predicate::LeftOf => side(&labels, s, o, true),
-            Predicate::RightOf => side(&labels, s, o, false),
-            Predicate::Above => vertical(&labels, s, o, true),
-            Predicate::Below => vertical(&labels, s, o, false),
+            Predicate::LeftOf => order(&labels, s, o, Axis::X, true),
+            Predicate::RightOf => order(&labels, s, o, Axis::X, false),
+            Predicate::Above => order(&labels, s, o, Axis::Y, true),
+            Predicate::Below => order(&labels, s, o, Axis::Y, false),
             Predicate::Behind => behind_check(&labels, s, o),
             Predicate::CloseTo => distance(&labels, s, o, true),
             Predicate::FarFrom => distance(&labels, s, o, false),
@@ -602,24 +602,25 @@ fn inside(labels: &Labels, subject: usize, region: usize) -> (bool, String) {
     (under == Some(region), format!("standing on {word}"))
 }
 
-fn side(labels: &Labels, a: usize, b: usize, left: bool) -> (bool, String) {
-    let (Some(ba), Some(bb)) = (labels.main_blob(a), labels.main_blob(b)) else {
-        return (false, "an object is missing".to_string());
-    };
-    let dx = bb.cx() - ba.cx();
-    let passed = if left { dx > 2.0 } else { dx < -2.0 };
-    (passed, format!("centres {dx:+.1} px apart"))
+/// Which way `order` compares two centres: across the image, or up and down it.
+#[derive(Clone, Copy)]
+enum Axis {
+    X,
+    Y,
 }
 
-/// Above (or below): the subject's centre is higher (or lower) in the image than the
-/// object's, by more than 2 px.
-fn vertical(labels: &Labels, a: usize, b: usize, above: bool) -> (bool, String) {
+/// Left of, right of, above or below: the subject's centre comes before the object's along
+/// `axis` (left, or up) when `before`, after it otherwise, by more than 2 px.
+fn order(labels: &Labels, a: usize, b: usize, axis: Axis, before: bool) -> (bool, String) {
     let (Some(ba), Some(bb)) = (labels.main_blob(a), labels.main_blob(b)) else {
         return (false, "an object is missing".to_string());
     };
-    let dy = bb.cy() - ba.cy();
-    let passed = if above { dy > 2.0 } else { dy < -2.0 };
-    (passed, format!("centres {dy:+.1} px apart vertically"))
+    let (d, how) = match axis {
+        Axis::X => (bb.cx() - ba.cx(), ""),
+        Axis::Y => (bb.cy() - ba.cy(), " vertically"),
+    };
+    let passed = if before { d > 2.0 } else { d < -2.0 };
+    (passed, format!("centres {d:+.1} px apart{how}"))
 }
 
 /// Partly hidden behind: the hidden one shows less than 85% of its whole shape, the front
