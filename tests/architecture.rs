@@ -1,7 +1,8 @@
 #![cfg(not(target_arch = "wasm32"))]
 //! The workspace's architecture, checked: which crate may depend on which (runtime <- scene
-//! graph <- LINA <- probe <- apps), that nothing running during sampling can reach the
-//! probe's checker, and that no module of a crate imports one that imports it back.
+//! graph <- LINA <- probe <- apps; the second judge beside the probe, on the scene graph
+//! alone), that nothing running during sampling can reach either judge, that the two judges
+//! share no code, and that no module of a crate imports one that imports it back.
 //!
 //! Read from the manifests and sources themselves, so that a new dependency or import that
 //! breaks a rule fails here, naming it.
@@ -21,6 +22,9 @@ const LAYERS: &[(&str, &str, &[&str])] = &[
         "crates/probe",
         &["lina-runtime", "lina-csg", "lina"],
     ),
+    // The second judge: the scene graph's types and nothing else of ours (and through them
+    // the runtime), so that it shares no code with the probe's checker.
+    ("lina-judge", "crates/judge", &["lina-runtime", "lina-csg"]),
     (
         "lina-web",
         "crates/web",
@@ -29,7 +33,13 @@ const LAYERS: &[(&str, &str, &[&str])] = &[
     (
         "lina-cli",
         "crates/cli",
-        &["lina-runtime", "lina-csg", "lina", "lina-probe"],
+        &[
+            "lina-runtime",
+            "lina-csg",
+            "lina",
+            "lina-probe",
+            "lina-judge",
+        ],
     ),
 ];
 
@@ -103,18 +113,27 @@ fn sources(folder: &str) -> Vec<PathBuf> {
 #[test]
 fn no_judge_steers_what_runs_while_sampling() {
     // The runtime, the scene graph and LINA's interventions run during sampling: none of them
-    // may name the probe (its checker, segmenter or palette), even through a path.
-    for folder in [".", "crates/csg", "crates/lina"] {
+    // may name either judge (the probe's checker, segmenter or palette; the second judge),
+    // even through a path. And the second judge names nothing of the probe.
+    let rules: [(&str, &[&str]); 4] = [
+        (".", &["lina_probe", "lina_judge"]),
+        ("crates/csg", &["lina_probe", "lina_judge"]),
+        ("crates/lina", &["lina_probe", "lina_judge"]),
+        ("crates/judge", &["lina_probe"]),
+    ];
+    for (folder, forbidden) in rules {
         for file in sources(folder) {
             let text = std::fs::read_to_string(&file).unwrap();
             for (n, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or_default();
-                assert!(
-                    !code.contains("lina_probe"),
-                    "{}:{}: names the probe: {line}",
-                    file.display(),
-                    n + 1
-                );
+                for name in forbidden {
+                    assert!(
+                        !code.contains(name),
+                        "{}:{}: names {name}: {line}",
+                        file.display(),
+                        n + 1
+                    );
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 mod bench;
 mod common;
 mod diagnose;
+mod eval;
 mod generate;
 mod memory;
 mod probe;
@@ -39,7 +40,7 @@ enum Command {
     Probe(probe::Args),
     /// Render a probe suite's scenes with masks, CSG JSON and the checker's report.
     ProbeRender(probe::RenderArgs),
-    /// Write probe scenes as training data.
+    /// Write probe scenes as training data (and the second judge's pixel labels).
     ProbeData(probe::DataArgs),
     /// LINA's guidance at one step at a time: how much each step moves the image.
     Sweep(diagnose::SweepArgs),
@@ -49,8 +50,9 @@ enum Command {
     EmbedShift(diagnose::EmbedShiftArgs),
     /// Every candidate plan on every prompt of a suite, scored by the checker (offline).
     LinaSearch(probe::SearchArgs),
-    /// LINA's ablation: baseline, full plan, each component alone and removed.
-    Eval(probe::EvalArgs),
+    /// LINA's evaluation under two judges: plain sampling, the full plan and its ablation, the
+    /// predictor, best-of-N by the checker and the verifier-guided repair.
+    Eval(eval::EvalArgs),
     /// Fit LINA's per-prompt plan predictor to a search's scores.
     LinaFit(probe::FitArgs),
     /// Many images from one loaded model; fails if memory grew.
@@ -83,7 +85,7 @@ fn main() -> ExitCode {
         Command::Reinpaint(args) => diagnose::reinpaint(args),
         Command::EmbedShift(args) => diagnose::embed_shift(args),
         Command::LinaSearch(args) => probe::search(args),
-        Command::Eval(args) => probe::eval(args),
+        Command::Eval(args) => eval::eval(args),
         Command::LinaFit(args) => probe::fit(args),
         Command::Soak(args) => soak::run(args),
     };

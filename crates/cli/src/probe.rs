@@ -5,7 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use lina::predict::Predictor;
-use lina::{self as intervene, Component, Plan};
+use lina::{self as intervene, Plan};
+use lina_judge::Segmenter;
 use lina_probe::check::check;
 use lina_probe::repair::Repair;
 use lina_probe::report::Report;
@@ -21,7 +22,7 @@ use crate::common::{self, DeviceArg, create_dir, write};
 /// What `probe`, `lina-search` and `eval` share: which model, which prompts of a suite, how
 /// many seeds, the sampler's settings, where to write.
 #[derive(clap::Args)]
-pub struct SuiteArgs {
+pub(crate) struct SuiteArgs {
     /// A diffusers-layout model folder.
     #[arg(long)]
     model: PathBuf,
@@ -89,6 +90,16 @@ pub struct DataArgs {
     /// Images to write.
     #[arg(long)]
     count: u64,
+    /// Also write each image's per-pixel labels for the second judge's segmenter
+    /// (labels.u8, one byte per pixel: `lina_judge::Label`), as tools/train_judge.py reads
+    /// them.
+    #[arg(long)]
+    labels: bool,
+    /// Render every second scene with its category's typical failure (a floating object, a
+    /// spilled reflection, ...). For the segmenter's data: its labels stay exact, and it must
+    /// not learn that an object always rests on something.
+    #[arg(long)]
+    with_broken: bool,
     #[arg(long)]
     out: PathBuf,
 }
@@ -100,21 +111,6 @@ pub struct SearchArgs {
     /// The suite whose prompts are searched (train).
     #[arg(long)]
     suite: String,
-}
-
-#[derive(clap::Args)]
-pub struct EvalArgs {
-    #[command(flatten)]
-    run: SuiteArgs,
-    /// Suites, the first with the whole ablation, the others with baseline and full plan.
-    #[arg(long, default_value = "ood,id")]
-    suites: String,
-    /// The full plan.
-    #[arg(long, default_value = "lina", value_parser = common::plan)]
-    plan: Plan,
-    /// Only these variants (baseline must be one).
-    #[arg(long, value_delimiter = ',')]
-    variants: Option<Vec<String>>,
 }
 
 #[derive(clap::Args)]
@@ -212,7 +208,13 @@ pub fn render(args: RenderArgs) -> Result<()> {
 /// row-major, one byte per channel) and `prompts.jsonl` (one line per image: prompt,
 /// category, subcategory, CSG), cycling through the categories. For training scripts.
 pub fn data(args: DataArgs) -> Result<()> {
-    let DataArgs { split, count, out } = args;
+    let DataArgs {
+        split,
+        count,
+        labels,
+        with_broken,
+        out,
+    } = args;
     let split = Suite::named(&split)?.split;
     create_dir(&out)?;
     let open = |name: &str| {
@@ -222,6 +224,11 @@ pub fn data(args: DataArgs) -> Result<()> {
             .map_err(|e| Error::io(path.display(), e))
     };
     let (mut images, mut prompts) = (open("images.u8")?, open("prompts.jsonl")?);
+    let mut label_maps = if labels {
+        Some(open("labels.u8")?)
+    } else {
+        None
+    };
     let io = |e: std::io::Error| Error::io(out.display(), e);
     let n_cat = Category::ALL.len() as u64;
     let bar = common::bar(count, "scenes");
@@ -231,8 +238,23 @@ pub fn data(args: DataArgs) -> Result<()> {
             category: Category::ALL[(i % n_cat) as usize],
             index: i / n_cat,
         };
-        let scene = id.scene();
-        images.write_all(&scene.render().image.rgb).map_err(io)?;
+        let scene = if with_broken && i % 2 == 1 {
+            id.broken_scene()
+        } else {
+            id.scene()
+        };
+        let rendered = scene.render();
+        images.write_all(&rendered.image.rgb).map_err(io)?;
+        if let Some(file) = &mut label_maps {
+            let size = lina_probe::SIZE;
+            let map = lina_judge::Label::training_map(
+                &scene.csg.nodes,
+                &rendered.masks,
+                [size, size],
+                lina_probe::scenes::GROUND,
+            );
+            file.write_all(&map).map_err(io)?;
+        }
         let line = serde_json::json!({
             "prompt": scene.prompt, "category": id.category,
             "subcategory": scene.subcategory, "csg": scene.csg,
@@ -243,22 +265,25 @@ pub fn data(args: DataArgs) -> Result<()> {
     bar.finish_and_clear();
     images.flush().map_err(io)?;
     prompts.flush().map_err(io)?;
+    if let Some(file) = &mut label_maps {
+        file.flush().map_err(io)?;
+    }
     println!("wrote {count} scenes to {}", out.display());
     Ok(())
 }
 
 /// A suite run resolved from its arguments, with the command's own defaults.
-struct SuiteRun {
-    model: String,
-    seeds: u64,
+pub(crate) struct SuiteRun {
+    pub model: String,
+    pub seeds: u64,
     count: Option<u64>,
-    first: u64,
-    opts: GenerateOptions,
-    out: PathBuf,
+    pub first: u64,
+    pub opts: GenerateOptions,
+    pub out: PathBuf,
 }
 
 impl SuiteRun {
-    fn new(args: SuiteArgs, seeds: u64, guidance: f64) -> Self {
+    pub fn new(args: SuiteArgs, seeds: u64, guidance: f64) -> Self {
         Self {
             model: args.model.display().to_string(),
             seeds: args.seeds.unwrap_or(seeds),
@@ -274,7 +299,7 @@ impl SuiteRun {
     }
 
     /// The suite's prompts from index `--first`, `--count` of them per category.
-    fn cut(&self, mut suite: Suite) -> Suite {
+    pub fn cut(&self, mut suite: Suite) -> Suite {
         if let Some(n) = self.count {
             suite.per_category = n;
         }
@@ -349,7 +374,7 @@ pub fn run(args: Args) -> Result<()> {
             Some(predictor) => PlanChoice::Predicted(predictor),
             None => PlanChoice::Fixed(plan),
         };
-        let (report, images, _) = run_suite(
+        let outcome = run_suite(
             &pipe,
             &name,
             &label,
@@ -361,37 +386,94 @@ pub fn run(args: Args) -> Result<()> {
             Some(&out),
         )
         .await?;
-        write_report(&out, &report, &images)
+        write_report(&out, &outcome.report, &outcome.images)
     })
 }
 
-/// A fixed plan, or each prompt's plan from the model's learned predictor.
-enum PlanChoice {
+/// How each image of a suite is made: a fixed plan, each prompt's plan from the model's
+/// learned predictor, or the best of N plain samples by the probe's checker.
+pub(crate) enum PlanChoice {
     Fixed(Plan),
     Predicted(Predictor),
+    /// A verifier baseline: N plain samples per image (the image's own seed first), the one
+    /// the checker passes most kept. It costs N images.
+    BestOfByChecker(u64),
 }
 
 /// What a suite's images cost, summed over them.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-struct Cost {
-    images: usize,
+pub(crate) struct Cost {
+    pub images: usize,
     /// UNet evaluations (batch rows).
-    evaluations: usize,
-    seconds: f64,
+    pub evaluations: usize,
+    pub seconds: f64,
 }
 
 impl Cost {
-    fn per_image(&self) -> (f64, f64) {
+    pub fn per_image(&self) -> (f64, f64) {
         let n = self.images.max(1) as f64;
         (self.evaluations as f64 / n, self.seconds / n)
     }
 }
 
+/// One judge's marks on one image.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub(crate) struct Marks {
+    pub relations_passed: usize,
+    pub relations: usize,
+    /// Every check passed (for the second judge: and the frame is not wrecked).
+    pub all: bool,
+}
+
+/// One image under both judges: the probe's checker and the second judge
+/// (`lina_judge`), which share no code.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct Scored {
+    /// The prompt's position in the suite: the unit the bootstrap resamples.
+    pub prompt: usize,
+    pub checker: Marks,
+    pub judge: Marks,
+    /// The second judge finds no valid scene.
+    pub wrecked: bool,
+}
+
+/// Scores an image with both judges.
+fn score(prompt: usize, image: &Image, csg: &lina_csg::Csg, judge: &Segmenter) -> Scored {
+    let verdicts = check(image, csg);
+    let relations: Vec<_> = verdicts.iter().filter(|v| v.is_relation()).collect();
+    let checker = Marks {
+        relations_passed: relations.iter().filter(|v| v.passed).count(),
+        relations: relations.len(),
+        all: verdicts.iter().all(|v| v.passed),
+    };
+    let j = lina_judge::judge(judge, &image.rgb, image.width, image.height, csg);
+    let relations: Vec<_> = j.verdicts.iter().filter(|v| v.relation).collect();
+    Scored {
+        prompt,
+        checker,
+        judge: Marks {
+            relations_passed: relations.iter().filter(|v| v.passed).count(),
+            relations: relations.len(),
+            all: j.all_passed(),
+        },
+        wrecked: j.wrecked,
+    }
+}
+
+/// A suite run's outcome: the checker's report, the images, what they cost, and each
+/// image's marks from both judges.
+pub(crate) struct SuiteOutcome {
+    pub report: Report,
+    pub images: Vec<Image>,
+    pub cost: Cost,
+    pub scored: Vec<Scored>,
+}
+
 /// Generates every prompt of `suite` with seeds 0..`seeds` under `choice` (with the
-/// verifier-guided repair baseline at strength `repair`, 0 for none), checks each image
-/// against the scene's CSG; writes the images into `out` when given.
+/// verifier-guided repair baseline at strength `repair`, 0 for none), scores each image
+/// with both judges; writes the images into `out` when given.
 #[allow(clippy::too_many_arguments)]
-async fn run_suite(
+pub(crate) async fn run_suite(
     pipe: &StableDiffusion,
     name: &str,
     label: &str,
@@ -401,254 +483,92 @@ async fn run_suite(
     choice: &PlanChoice,
     repair: f64,
     out: Option<&Path>,
-) -> Result<(Report, Vec<Image>, Cost)> {
+) -> Result<SuiteOutcome> {
+    let judge = Segmenter::embedded();
     let mut report = Report::new(name, label);
     let mut images = Vec::new();
+    let mut scored = Vec::new();
     let mut cost = Cost::default();
     let ids = suite.ids();
     let bar = common::bar(ids.len() as u64, "prompts");
     bar.set_message(label.to_string());
-    for id in &ids {
+    for (prompt, id) in ids.iter().enumerate() {
         let scene = id.scene();
         // As a user would run it: the graph comes from the prompt.
         let csg = lina_csg::parse::parse(&scene.prompt)?;
-        let plan = match choice {
-            PlanChoice::Fixed(plan) => plan.clone(),
-            PlanChoice::Predicted(predictor) => {
-                predictor.suggest_for(pipe, &scene.prompt, &csg).await?.plan
-            }
+        let (plan, candidates) = match choice {
+            PlanChoice::Fixed(plan) => (plan.clone(), 1),
+            PlanChoice::Predicted(predictor) => (
+                predictor.suggest_for(pipe, &scene.prompt, &csg).await?.plan,
+                1,
+            ),
+            PlanChoice::BestOfByChecker(n) => (Plan::default(), (*n).max(1)),
         };
         for seed in 0..seeds {
             opts.prompt = scene.prompt.clone();
-            opts.seed = seed;
             let started = std::time::Instant::now();
-            let steps = intervene::timesteps(pipe, opts, &plan)?.len();
-            let mut verifier = Repair::for_run(
-                &csg,
-                repair,
-                Repair::DEFAULT_WINDOW,
-                pipe.first_step(opts, steps)?,
-                steps,
-            )?;
-            let hook: &mut dyn StepHook = if repair == 0.0 {
-                &mut NoHook
-            } else {
-                &mut verifier
-            };
-            let cancel = CancelToken::new();
-            let (done, evaluations) = if plan.is_baseline() {
-                let done = pipe.generate(opts, hook, &cancel).await?;
-                let n = done.evaluations;
-                (done, n)
-            } else {
-                let run = intervene::generate(pipe, opts, &csg, &plan, hook, &cancel).await?;
-                (run.generated, run.evaluations)
-            };
+            let mut best: Option<(usize, Image)> = None;
+            for candidate in 0..candidates {
+                // Candidate 0 is the plain image of this seed; the others draw from seeds
+                // no other image of the suite uses.
+                opts.seed = seed + candidate * 1_000_000;
+                let steps = intervene::timesteps(pipe, opts, &plan)?.len();
+                let mut verifier = Repair::for_run(
+                    &csg,
+                    repair,
+                    Repair::DEFAULT_WINDOW,
+                    pipe.first_step(opts, steps)?,
+                    steps,
+                )?;
+                let hook: &mut dyn StepHook = if repair == 0.0 {
+                    &mut NoHook
+                } else {
+                    &mut verifier
+                };
+                let cancel = CancelToken::new();
+                let (done, evaluations) = if plan.is_baseline() {
+                    let done = pipe.generate(opts, hook, &cancel).await?;
+                    let n = done.evaluations;
+                    (done, n)
+                } else {
+                    let run = intervene::generate(pipe, opts, &csg, &plan, hook, &cancel).await?;
+                    (run.generated, run.evaluations)
+                };
+                cost.evaluations += evaluations;
+                let image = done.image;
+                let passed = if candidates > 1 {
+                    check(&image, &scene.csg)
+                        .iter()
+                        .filter(|v| v.passed)
+                        .count()
+                } else {
+                    0
+                };
+                if best.as_ref().is_none_or(|(b, _)| passed > *b) {
+                    best = Some((passed, image));
+                }
+            }
+            let image = best.expect("at least one candidate").1;
+            opts.seed = seed;
             cost.seconds += started.elapsed().as_secs_f64();
-            cost.evaluations += evaluations;
             cost.images += 1;
             let file = format!("{}_s{seed}.png", stem(id));
             if let Some(out) = out {
-                write(&out.join(&file), &done.image.to_png()?)?;
+                write(&out.join(&file), &image.to_png()?)?;
             }
-            let verdicts = check(&done.image, &scene.csg);
-            report.add(*id, &scene, seed, &file, verdicts);
-            images.push(done.image);
+            scored.push(score(prompt, &image, &scene.csg, &judge));
+            report.add(*id, &scene, seed, &file, check(&image, &scene.csg));
+            images.push(image);
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok((report, images, cost))
-}
-
-/// One row of the evaluation: a plan on a suite.
-#[derive(serde::Serialize)]
-struct Evaluated {
-    suite: String,
-    variant: String,
-    plan: Plan,
-    all_checks: lina_probe::report::Tally,
-    relations: lina_probe::report::Tally,
-    images: lina_probe::report::Tally,
-    cost: Cost,
-}
-
-/// `eval --model DIR [--suites ood,id] [--count N] [--first I] [--seeds N] [--steps N] [--guidance G]
-/// [--plan P] [--variants baseline,full,..] --out DIR`: LINA's ablation. On the first suite:
-/// the baseline, the full plan, each component alone and each removed, and the plan with each
-/// component it leaves off added; on the others: the baseline and the full plan (the
-/// in-distribution change). Pass rates with 95% intervals, and the cost per image (UNet
-/// evaluations, wall time), each against the baseline.
-pub fn eval(args: EvalArgs) -> Result<()> {
-    let EvalArgs {
-        run,
-        suites,
-        plan: full,
-        variants: wanted,
-    } = args;
-    let run = SuiteRun::new(run, 4, 3.0);
-    if full.is_baseline() {
-        return Err(Error::InvalidInput(
-            "eval: --plan must turn on at least one intervention".into(),
-        ));
-    }
-    if run.seeds < 4 {
-        tracing::warn!("fewer than 4 seeds per prompt; the intervals will be wide");
-    }
-    let model = run.model.clone();
-    let out = run.out.clone();
-    create_dir(&out)?;
-    let names: Vec<String> = suites
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let mut suites = Vec::new();
-    for name in &names {
-        suites.push(run.cut(Suite::named(name)?));
-    }
-    if suites.is_empty() {
-        return Err(Error::InvalidInput("eval: --suites names no suite".into()));
-    }
-    let mut variants = vec![
-        ("baseline".to_string(), Plan::default()),
-        ("full".to_string(), full.clone()),
-    ];
-    let used: Vec<_> = Component::ALL
-        .into_iter()
-        .filter(|&c| full.uses(c))
-        .collect();
-    if used.len() > 1 {
-        for &c in &used {
-            variants.push((format!("{} alone", c.name()), full.only(c)));
-        }
-        for &c in &used {
-            let name = format!("without {}", c.name());
-            let plan = full.without(c);
-            // With two components on, one alone is the other removed: one row for both.
-            match variants.iter_mut().find(|(_, p)| *p == plan) {
-                Some((seen, _)) => *seen = format!("{seen} = {name}"),
-                None => variants.push((name, plan)),
-            }
-        }
-    }
-    // What the plan leaves off (the default: the region terms and the schedule), a row
-    // each shows what adding it does.
-    for c in Component::ALL.into_iter().filter(|&c| !full.uses(c)) {
-        variants.push((format!("with {}", c.name()), full.with(c)));
-    }
-    if let Some(wanted) = &wanted {
-        if let Some(unknown) = wanted
-            .iter()
-            .find(|w| !variants.iter().any(|(n, _)| n == *w))
-        {
-            let known: Vec<&str> = variants.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(Error::InvalidInput(format!(
-                "--variants: no variant \"{unknown}\" (there are: {})",
-                known.join(", ")
-            )));
-        }
-        if !wanted.iter().any(|w| w == "baseline") {
-            return Err(Error::InvalidInput(
-                "--variants must include baseline: every row is compared with it".into(),
-            ));
-        }
-        variants.retain(|(n, _)| wanted.contains(n));
-    }
-    let mut opts = run.opts.clone();
-    pollster::block_on(async {
-        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina_runtime::device::cpu())?;
-        let mut rows = Vec::new();
-        for (k, (name, suite)) in names.iter().zip(&suites).enumerate() {
-            let these = if k == 0 {
-                &variants[..]
-            } else {
-                &variants[..2]
-            };
-            for (variant, plan) in these {
-                let label = format!("{name} {variant}");
-                tracing::info!("{label}");
-                let choice = PlanChoice::Fixed(plan.clone());
-                let (report, _, cost) = run_suite(
-                    &pipe, name, &label, suite, run.seeds, &mut opts, &choice, 0.0, None,
-                )
-                .await?;
-                let dir = out.join(format!("{name}-{}", variant.replace(' ', "-")));
-                create_dir(&dir)?;
-                write(&dir.join("report.md"), report.to_markdown().as_bytes())?;
-                rows.push(Evaluated {
-                    suite: name.clone(),
-                    variant: variant.clone(),
-                    plan: plan.clone(),
-                    all_checks: report.overall,
-                    relations: report.relations,
-                    images: report.images_all_passed,
-                    cost,
-                });
-            }
-        }
-        let (first, n) = (suites[0].first, suites[0].per_category);
-        let settings = format!(
-            "{model}, prompts {first}-{} of each category, seeds 0-{}, {:?}, guidance {}",
-            first + n - 1,
-            run.seeds - 1,
-            opts.timesteps,
-            opts.guidance_scale
-        );
-        let md = ablation_table(&rows, &settings);
-        write(&out.join("eval.md"), md.as_bytes())?;
-        let json = serde_json::to_string_pretty(&rows).expect("rows serialise");
-        write(&out.join("eval.json"), json.as_bytes())?;
-        println!("{md}");
-        println!("wrote {}", out.join("eval.md").display());
-        Ok(())
+    Ok(SuiteOutcome {
+        report,
+        images,
+        cost,
+        scored,
     })
-}
-
-/// The evaluation as Markdown: per suite, each variant's pass rates with 95% intervals and
-/// their change from the baseline, and the cost relative to the baseline.
-fn ablation_table(rows: &[Evaluated], settings: &str) -> String {
-    use lina_probe::report::Tally;
-    let cell = |t: &Tally, base: &Tally| {
-        let (lo, hi) = t.interval();
-        let delta = 100.0 * (t.rate() - base.rate());
-        format!(
-            "{:.1}% ({:.1}–{:.1}) {:+.1}",
-            100.0 * t.rate(),
-            100.0 * lo,
-            100.0 * hi,
-            delta
-        )
-    };
-    let mut md = format!(
-        "LINA evaluation: {settings}.\nEach cell: pass rate (95% Wilson interval) and change from the baseline in points.\n"
-    );
-    let mut suites: Vec<&str> = rows.iter().map(|r| r.suite.as_str()).collect();
-    suites.dedup();
-    for suite in suites {
-        let these: Vec<&Evaluated> = rows.iter().filter(|r| r.suite == suite).collect();
-        let base = these[0];
-        let (base_evals, base_secs) = base.cost.per_image();
-        md += &format!(
-            "\n### `{suite}` ({} images per row)\n\n| variant | all checks | relations | images with every check passed | UNet evaluations per image | wall time per image |\n| --- | --- | --- | --- | --- | --- |\n",
-            base.cost.images
-        );
-        for r in these {
-            let (evals, secs) = r.cost.per_image();
-            md += &format!(
-                "| {} | {} | {} | {} | {:.1} ({:.2}x) | {:.0} ms ({:.2}x) |\n",
-                r.variant,
-                cell(&r.all_checks, &base.all_checks),
-                cell(&r.relations, &base.relations),
-                cell(&r.images, &base.images),
-                evals,
-                evals / base_evals.max(1e-9),
-                1000.0 * secs,
-                secs / base_secs.max(1e-9)
-            );
-        }
-    }
-    md
 }
 
 /// One training prompt of a settings search: its features and each candidate's score.

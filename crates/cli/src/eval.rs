@@ -1,0 +1,363 @@
+//! `eval`: LINA's evaluation under two judges, with the honest baselines.
+//!
+//! Every image is scored by the probe's checker and by the second judge (`lina_judge`, a
+//! learned segmenter with its own checks; the two share no code). Rows: plain sampling;
+//! LINA's full plan, each mechanism alone and removed, and each one the plan leaves off
+//! added; the model's predictor choosing each prompt's plan; best-of-N by the checker at
+//! LINA's cost or more (a verifier baseline); and the verifier-guided repair (a checker in
+//! the loop). Columns: relations and whole images under each judge, each as a rate with its
+//! paired bootstrap interval of the change from plain sampling, the frames the second judge
+//! calls wrecked, and the cost per image.
+
+use lina::predict::Predictor;
+use lina::{Component, Plan};
+use lina_probe::Suite;
+use lina_probe::repair::Repair;
+use lina_runtime::pipeline::StableDiffusion;
+use lina_runtime::rng::Rng;
+use lina_runtime::source::DirSource;
+use lina_runtime::{Error, Result};
+
+use crate::common::{self, create_dir, write};
+use crate::probe::{Cost, Marks, PlanChoice, Scored, SuiteArgs, SuiteRun, run_suite};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    run: SuiteArgs,
+    /// Suites, the first with every row, the others with plain sampling and the full plan.
+    #[arg(long, default_value = "ood,id")]
+    suites: String,
+    /// The full plan.
+    #[arg(long, default_value = "lina", value_parser = common::plan)]
+    plan: Plan,
+    /// Only these rows (baseline must be one).
+    #[arg(long, value_delimiter = ',')]
+    variants: Option<Vec<String>>,
+    /// Best-of-N's N (default: the full plan's cost in wall time over plain sampling's,
+    /// rounded up, at least 2).
+    #[arg(long)]
+    best_of: Option<u64>,
+    /// Bootstrap resamples for the intervals.
+    #[arg(long, default_value_t = 2000)]
+    resamples: usize,
+}
+
+/// One row: how its images were made.
+#[derive(Clone)]
+enum Row {
+    Plan(Plan),
+    Predicted,
+    BestOf,
+    Repair,
+}
+
+/// One row's outcome on one suite.
+#[derive(serde::Serialize)]
+struct Evaluated {
+    suite: String,
+    variant: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<Plan>,
+    cost: Cost,
+    scored: Vec<Scored>,
+}
+
+/// `eval --model DIR [--suites ood,id] [--count N] [--first I] [--seeds N] [--steps N]
+/// [--guidance G] [--plan P] [--variants baseline,full,..] [--best-of N] --out DIR`.
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let EvalArgs {
+        run,
+        suites,
+        plan: full,
+        variants: wanted,
+        best_of,
+        resamples,
+    } = args;
+    let run = SuiteRun::new(run, 4, 3.0);
+    if full.is_baseline() {
+        return Err(Error::InvalidInput(
+            "eval: --plan must turn on at least one intervention".into(),
+        ));
+    }
+    if run.seeds < 4 {
+        tracing::warn!("fewer than 4 seeds per prompt; the intervals will be wide");
+    }
+    let names: Vec<String> = suites
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut suites = Vec::new();
+    for name in &names {
+        suites.push(run.cut(Suite::named(name)?));
+    }
+    if suites.is_empty() {
+        return Err(Error::InvalidInput("eval: --suites names no suite".into()));
+    }
+    let mut rows = rows(&full);
+    if let Some(wanted) = &wanted {
+        if let Some(unknown) = wanted.iter().find(|w| !rows.iter().any(|(n, _)| n == *w)) {
+            let known: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(Error::InvalidInput(format!(
+                "--variants: no variant \"{unknown}\" (there are: {})",
+                known.join(", ")
+            )));
+        }
+        if !wanted.iter().any(|w| w == "baseline") {
+            return Err(Error::InvalidInput(
+                "--variants must include baseline: every row is compared with it".into(),
+            ));
+        }
+        rows.retain(|(n, _)| wanted.contains(n));
+    }
+    let (model, out) = (run.model.clone(), run.out.clone());
+    create_dir(&out)?;
+    let mut opts = run.opts.clone();
+    pollster::block_on(async {
+        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina_runtime::device::cpu())?;
+        let predictor = Predictor::load(&DirSource::new(&model))?;
+        let mut done: Vec<Evaluated> = Vec::new();
+        for (k, (name, suite)) in names.iter().zip(&suites).enumerate() {
+            for (variant, row) in &rows {
+                // The second and later suites: plain sampling and the full plan only.
+                if k > 0 && !matches!(variant.as_str(), "baseline" | "full") {
+                    continue;
+                }
+                let (choice, repair) = match row {
+                    Row::Plan(plan) => (PlanChoice::Fixed(plan.clone()), 0.0),
+                    Row::Predicted => match &predictor {
+                        Some(p) => (PlanChoice::Predicted(p.clone()), 0.0),
+                        None => {
+                            tracing::warn!("{model} has no predictor: no predicted row");
+                            continue;
+                        }
+                    },
+                    Row::BestOf => {
+                        let n = best_of.unwrap_or_else(|| equal_cost(&done, name));
+                        (PlanChoice::BestOfByChecker(n), 0.0)
+                    }
+                    Row::Repair => (PlanChoice::Fixed(Plan::default()), Repair::DEFAULT_STRENGTH),
+                };
+                let label = match &choice {
+                    PlanChoice::BestOfByChecker(n) => format!("{name} best-of-{n} by checker"),
+                    _ => format!("{name} {variant}"),
+                };
+                tracing::info!("{label}");
+                let outcome = run_suite(
+                    &pipe, name, &label, suite, run.seeds, &mut opts, &choice, repair, None,
+                )
+                .await?;
+                let dir = out.join(format!("{name}-{}", variant.replace(' ', "-")));
+                create_dir(&dir)?;
+                write(
+                    &dir.join("report.md"),
+                    outcome.report.to_markdown().as_bytes(),
+                )?;
+                done.push(Evaluated {
+                    suite: name.clone(),
+                    variant: match &choice {
+                        PlanChoice::BestOfByChecker(n) => format!("best-of-{n} by checker"),
+                        _ => variant.clone(),
+                    },
+                    plan: match row {
+                        Row::Plan(p) => Some(p.clone()),
+                        _ => None,
+                    },
+                    cost: outcome.cost,
+                    scored: outcome.scored,
+                });
+            }
+        }
+        let (first, n) = (suites[0].first, suites[0].per_category);
+        let settings = format!(
+            "{model}, prompts {first}-{} of each category, seeds 0-{}, {:?}, guidance {}",
+            first + n - 1,
+            run.seeds - 1,
+            opts.timesteps,
+            opts.guidance_scale
+        );
+        let md = table(&done, &settings, resamples);
+        write(&out.join("eval.md"), md.as_bytes())?;
+        let json = serde_json::to_string_pretty(&done).expect("rows serialise");
+        write(&out.join("eval.json"), json.as_bytes())?;
+        println!("{md}");
+        println!("wrote {}", out.join("eval.md").display());
+        Ok(())
+    })
+}
+
+/// The rows, in order: plain sampling, the full plan, each component alone and removed, each
+/// one the plan leaves off added, the predictor, and the two verifier baselines.
+fn rows(full: &Plan) -> Vec<(String, Row)> {
+    let mut plans = vec![
+        ("baseline".to_string(), Plan::default()),
+        ("full".to_string(), full.clone()),
+    ];
+    let used: Vec<_> = Component::ALL
+        .into_iter()
+        .filter(|&c| full.uses(c))
+        .collect();
+    if used.len() > 1 {
+        for &c in &used {
+            plans.push((format!("{} alone", c.name()), full.only(c)));
+        }
+        for &c in &used {
+            let name = format!("without {}", c.name());
+            let plan = full.without(c);
+            // With two components on, one alone is the other removed: one row for both.
+            match plans.iter_mut().find(|(_, p)| *p == plan) {
+                Some((seen, _)) => *seen = format!("{seen} = {name}"),
+                None => plans.push((name, plan)),
+            }
+        }
+    }
+    for c in Component::ALL.into_iter().filter(|&c| !full.uses(c)) {
+        plans.push((format!("with {}", c.name()), full.with(c)));
+    }
+    let mut rows: Vec<(String, Row)> = plans.into_iter().map(|(n, p)| (n, Row::Plan(p))).collect();
+    rows.push(("predicted".into(), Row::Predicted));
+    rows.push(("best-of-N by checker".into(), Row::BestOf));
+    rows.push(("verifier repair".into(), Row::Repair));
+    rows
+}
+
+/// Best-of-N at the full plan's cost: its wall time over plain sampling's on this suite,
+/// rounded up, and at least 2 (best-of-1 is plain sampling).
+fn equal_cost(done: &[Evaluated], suite: &str) -> u64 {
+    let per_image = |variant: &str| {
+        done.iter()
+            .find(|r| r.suite == suite && r.variant == variant)
+            .map(|r| r.cost.per_image().1)
+    };
+    match (per_image("baseline"), per_image("full")) {
+        (Some(base), Some(full)) if base > 0.0 => ((full / base).ceil() as u64).max(2),
+        _ => 2,
+    }
+}
+
+/// A rate over images: passed relations over relations, or images with every check passed.
+fn rate(scored: &[Scored], marks: fn(&Scored) -> (usize, usize)) -> f64 {
+    let (p, t) = scored
+        .iter()
+        .map(marks)
+        .fold((0, 0), |(a, b), (p, t)| (a + p, b + t));
+    p as f64 / t.max(1) as f64
+}
+
+fn relations(m: Marks) -> (usize, usize) {
+    (m.relations_passed, m.relations)
+}
+
+fn whole(m: Marks) -> (usize, usize) {
+    (usize::from(m.all), 1)
+}
+
+/// The 95% interval of `rate(row) - rate(base)`, paired by prompt: each resample draws the
+/// suite's prompts with replacement and takes every image of a drawn prompt from both rows
+/// (the same prompts and seeds), so the interval reflects which prompts were asked, not
+/// only each image's luck.
+fn paired_interval(
+    base: &[Scored],
+    row: &[Scored],
+    marks: fn(&Scored) -> (usize, usize),
+    resamples: usize,
+) -> (f64, f64) {
+    let prompts = base.iter().map(|s| s.prompt).max().map_or(0, |m| m + 1);
+    let per_prompt = |scored: &[Scored]| {
+        let mut sums = vec![(0usize, 0usize); prompts];
+        for s in scored {
+            let (p, t) = marks(s);
+            sums[s.prompt].0 += p;
+            sums[s.prompt].1 += t;
+        }
+        sums
+    };
+    let (a, b) = (per_prompt(base), per_prompt(row));
+    let mut rng = Rng::new(0x0b00_7570);
+    let mut deltas: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let (mut pa, mut ta, mut pb, mut tb) = (0, 0, 0, 0);
+            for _ in 0..prompts {
+                let i = (rng.next_u64() % prompts as u64) as usize;
+                pa += a[i].0;
+                ta += a[i].1;
+                pb += b[i].0;
+                tb += b[i].1;
+            }
+            pb as f64 / tb.max(1) as f64 - pa as f64 / ta.max(1) as f64
+        })
+        .collect();
+    deltas.sort_by(f64::total_cmp);
+    let at = |q: f64| deltas[((q * resamples as f64) as usize).min(resamples - 1)];
+    (at(0.025), at(0.975))
+}
+
+/// The evaluation as Markdown: per suite, a table of every row under both judges.
+fn table(rows: &[Evaluated], settings: &str, resamples: usize) -> String {
+    let mut md = format!(
+        "LINA evaluation: {settings}.\n\nTwo judges that share no code: the probe's checker \
+         (`lina_probe::check`) and the second judge (`lina_judge`: a learned segmenter with \
+         its own checks). Each cell: the rate, and its change from plain sampling in points \
+         with the 95% paired bootstrap interval ({resamples} resamples of the prompts). \
+         Wrecked: frames in which the second judge finds no valid scene.\n"
+    );
+    let mut suites: Vec<&str> = rows.iter().map(|r| r.suite.as_str()).collect();
+    suites.dedup();
+    for suite in suites {
+        let these: Vec<&Evaluated> = rows.iter().filter(|r| r.suite == suite).collect();
+        let base = these[0];
+        let (base_evals, base_secs) = base.cost.per_image();
+        md += &format!(
+            "\n### `{suite}` ({} images per row)\n\n| row | relations: checker | relations: second judge | whole images: checker | whole images: second judge | wrecked | UNet evaluations per image | wall time per image |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+            base.cost.images
+        );
+        let cell = |r: &Evaluated, marks: fn(&Scored) -> (usize, usize)| {
+            let value = rate(&r.scored, marks);
+            if std::ptr::eq(r, base) {
+                return format!("{:.1}%", 100.0 * value);
+            }
+            let delta = value - rate(&base.scored, marks);
+            let (lo, hi) = paired_interval(&base.scored, &r.scored, marks, resamples);
+            format!(
+                "{:.1}% {:+.1} ({:+.1}…{:+.1})",
+                100.0 * value,
+                100.0 * delta,
+                100.0 * lo,
+                100.0 * hi
+            )
+        };
+        for r in &these {
+            let (evals, secs) = r.cost.per_image();
+            let wrecked = r.scored.iter().filter(|s| s.wrecked).count();
+            md += &format!(
+                "| {} | {} | {} | {} | {} | {wrecked} | {:.1} ({:.2}x) | {:.0} ms ({:.2}x) |\n",
+                r.variant,
+                cell(r, |s| relations(s.checker)),
+                cell(r, |s| relations(s.judge)),
+                cell(r, |s| whole(s.checker)),
+                cell(r, |s| whole(s.judge)),
+                evals,
+                evals / base_evals.max(1e-9),
+                1000.0 * secs,
+                secs / base_secs.max(1e-9)
+            );
+        }
+        // How often the judges agree on an image's relations (all passed, or not).
+        let all: Vec<&Scored> = these.iter().flat_map(|r| &r.scored).collect();
+        let agree = all
+            .iter()
+            .filter(|s| {
+                let c = s.checker.relations_passed == s.checker.relations;
+                let j = s.judge.relations_passed == s.judge.relations;
+                c == j
+            })
+            .count();
+        md += &format!(
+            "\nThe judges agree on whether all of an image's relations hold for {agree} of {} images ({:.1}%).\n",
+            all.len(),
+            100.0 * agree as f64 / all.len().max(1) as f64
+        );
+    }
+    md
+}
