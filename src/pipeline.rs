@@ -27,7 +27,7 @@ use crate::schedulers::{
 };
 use crate::source::FileSource;
 use crate::tokenizer::ClipTokenizer;
-use crate::weights::{Weights, WeightsUpload, human_bytes};
+use crate::weights::{LoraTarget, ScaledLora, Weights, WeightsUpload, human_bytes};
 
 /// The largest image side accepted, in pixels.
 pub const MAX_SIDE: usize = 2048;
@@ -307,13 +307,16 @@ fn load_component<T>(
     folder: &str,
     names: &[&str],
     device: &Device,
-    kernels: Kernels,
+    (kernels, loras): (Kernels, Option<(&[ScaledLora], LoraTarget)>),
     build: impl FnOnce(&Weights) -> Result<T>,
 ) -> Result<T> {
     for name in names {
         let path = format!("{folder}/{name}");
         if let Some(weights) = stream_weights(files, &path, device)? {
             let weights = weights.with_kernels(kernels);
+            if let Some((loras, target)) = loras {
+                weights.adapt(loras, target)?;
+            }
             let component = build(&weights)?;
             weights.finish()?;
             tracing::debug!(file = %path, "component loaded");
@@ -409,6 +412,17 @@ impl StableDiffusion {
     /// [`StableDiffusion::load`] with the kernels its layers run: [`Kernels::Burn`] leaves
     /// the fused kernels of shaders/ out (to measure them, or to rule them out).
     pub fn load_with(files: &dyn FileSource, device: &Device, kernels: Kernels) -> Result<Self> {
+        Self::load_adapted(files, device, kernels, &[])
+    }
+
+    /// [`StableDiffusion::load_with`] with LoRA adapters merged into the UNet's and the text
+    /// encoder's weights, each at its scale (`weights::lora`).
+    pub fn load_adapted(
+        files: &dyn FileSource,
+        device: &Device,
+        kernels: Kernels,
+        loras: &[ScaledLora],
+    ) -> Result<Self> {
         let tokenizer_config = files.read("tokenizer/tokenizer_config.json")?;
         let mut tokenizer = match files.read("tokenizer/tokenizer.json")? {
             Some(json) => ClipTokenizer::from_tokenizer_json(&json, tokenizer_config.as_deref())?,
@@ -426,7 +440,7 @@ impl StableDiffusion {
             "text_encoder",
             &["model.safetensors", "model.fp16.safetensors"],
             device,
-            kernels,
+            (kernels, Some((loras, LoraTarget::TextEncoder))),
             |w| ClipTextEncoder::load(text_config, w),
         )?;
 
@@ -435,17 +449,19 @@ impl StableDiffusion {
             "diffusion_pytorch_model.fp16.safetensors",
         ];
         let unet_config = UNetConfig::from_json(&files.require_text(unet::CONFIG_FILE)?)?;
-        let unet = load_component(files, "unet", &names, device, kernels, |w| {
+        let unet_loras = Some((loras, LoraTarget::Unet));
+        let unet = load_component(files, "unet", &names, device, (kernels, unet_loras), |w| {
             UNet::load(unet_config, w)
         })?;
         let vae_config = VaeConfig::from_json(&files.require_text(vae::CONFIG_FILE)?)?;
-        let (vae, vae_encoder) = load_component(files, "vae", &names, device, kernels, |w| {
-            let encoder = w
-                .contains("encoder.conv_in.weight")
-                .then(|| VaeEncoder::load(vae_config.clone(), w))
-                .transpose()?;
-            Ok((VaeDecoder::load(vae_config, w)?, encoder))
-        })?;
+        let (vae, vae_encoder) =
+            load_component(files, "vae", &names, device, (kernels, None), |w| {
+                let encoder = w
+                    .contains("encoder.conv_in.weight")
+                    .then(|| VaeEncoder::load(vae_config.clone(), w))
+                    .transpose()?;
+                Ok((VaeDecoder::load(vae_config, w)?, encoder))
+            })?;
 
         // An optional tiny VAE beside the main one, for previews.
         let taesd = match files.read(taesd::CONFIG_FILE)? {
@@ -466,7 +482,7 @@ impl StableDiffusion {
                     "vae_tiny",
                     &names,
                     device,
-                    kernels,
+                    (kernels, None),
                     |w| TaesdDecoder::load(config, w),
                 )?)
             }

@@ -6,6 +6,7 @@
 //! model is built [`Weights::finish`] can refuse a file holding tensors the model never used
 //! (a sign that the config and the weights disagree).
 
+mod lora;
 mod stream;
 
 use std::cell::RefCell;
@@ -14,6 +15,7 @@ use std::rc::Rc;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
+pub use lora::{Lora, LoraTarget, ScaledLora};
 pub use stream::{StreamedTensor, TensorStream};
 
 use crate::error::{Error, Result};
@@ -31,6 +33,8 @@ pub struct Weights {
     device: Device,
     /// The kernels the layers built from these weights run.
     kernels: Kernels,
+    /// LoRA updates not yet merged, by the weight they adapt.
+    pending: RefCell<HashMap<String, Vec<lora::Delta>>>,
 }
 
 enum Backing {
@@ -80,6 +84,7 @@ impl Weights {
             used: RefCell::new(BTreeSet::new()),
             device: device.clone(),
             kernels: Kernels::default(),
+            pending: RefCell::default(),
         }
     }
 
@@ -92,6 +97,7 @@ impl Weights {
             used: RefCell::new(BTreeSet::new()),
             device: device.clone(),
             kernels: Kernels::default(),
+            pending: RefCell::default(),
         }
     }
 
@@ -132,6 +138,16 @@ impl Weights {
         self
     }
 
+    /// Merges `loras`' updates for `target` into these weights as the model loads them. Fails
+    /// now if a module matches no weight of the file; [`Weights::finish`] fails if the model
+    /// never asked for one it matched.
+    pub fn adapt(&self, loras: &[ScaledLora], target: LoraTarget) -> Result<()> {
+        let names = self.names();
+        let deltas = lora::deltas_for(loras, target, &names)?;
+        self.pending.borrow_mut().extend(deltas);
+        Ok(())
+    }
+
     pub fn root(&self) -> Scope<'_> {
         Scope {
             weights: self,
@@ -154,8 +170,15 @@ impl Weights {
         }
     }
 
-    /// Fails if the file holds tensors that no part of the model asked for.
+    /// Fails if the file holds tensors that no part of the model asked for, or a LoRA
+    /// adapts a weight that no part of the model asked for.
     pub fn finish(&self) -> Result<()> {
+        if let Some(delta) = self.pending.borrow().values().flatten().next() {
+            return Err(Error::InvalidInput(format!(
+                "{}: adapts a weight this model never loads",
+                delta.label
+            )));
+        }
         let used = self.used.borrow();
         let mut unused: Vec<&str> = self
             .names()
@@ -210,11 +233,17 @@ impl Weights {
         }
         self.used.borrow_mut().insert(name.to_string());
         let flat = parts.blocks[0].clone();
-        Ok(if stored.channels_last {
+        let mut weight = if stored.channels_last {
             channels_last_view(flat, shape)
         } else {
             flat.reshape(shape)
-        })
+        };
+        if let Some(deltas) = self.pending.borrow_mut().remove(name) {
+            for delta in deltas {
+                weight = delta.merged_into(weight, &self.device)?;
+            }
+        }
+        Ok(weight)
     }
 
     /// Tensors concatenated along their first axis. Only the count is taken for counted
@@ -402,6 +431,7 @@ impl WeightsUpload {
             used: RefCell::new(BTreeSet::new()),
             device: self.device,
             kernels: Kernels::default(),
+            pending: RefCell::default(),
         })
     }
 }

@@ -4,11 +4,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use lina::attention::{AttentionRecorder, TokenMaps};
-use lina_runtime::Result;
 use lina_runtime::image::Image;
+use lina_runtime::kernels::Kernels;
 use lina_runtime::pipeline::{CancelToken, GenerateOptions, StableDiffusion, StepHook};
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 use lina_runtime::source::DirSource;
+use lina_runtime::weights::{Lora, ScaledLora};
+use lina_runtime::{Error, Result};
 
 use crate::common::{self, DeviceArg, StepBar};
 
@@ -76,6 +78,10 @@ pub struct Args {
     /// diffusers' `latents=` or a later `--latents`.
     #[arg(long)]
     save_latents: Option<PathBuf>,
+    /// A LoRA (.safetensors, kohya or diffusers/PEFT names) merged into the UNet and the
+    /// text encoder at SCALE (default 1); repeat for several.
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    lora: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -116,7 +122,17 @@ pub fn run(args: Args) -> Result<()> {
     pollster::block_on(async {
         let device = args.device.open().await?;
         let started = Instant::now();
-        let pipe = StableDiffusion::load(&DirSource::new(&args.model), &device)?;
+        let loras = args
+            .lora
+            .iter()
+            .map(|spec| read_lora(spec))
+            .collect::<Result<Vec<_>>>()?;
+        let pipe = StableDiffusion::load_adapted(
+            &DirSource::new(&args.model),
+            &device,
+            Kernels::default(),
+            &loras,
+        )?;
         let loaded = started.elapsed();
         tracing::info!(?loaded, "model loaded");
         if let Some(note) = pipe.size_note() {
@@ -259,4 +275,24 @@ fn write_npy(path: &std::path::Path, values: &[f32], shape: &[usize]) -> Result<
         .map_err(io)?;
     writer.extend(values.iter().copied()).map_err(io)?;
     writer.finish().map_err(io)
+}
+
+/// `FILE[:SCALE]`: a LoRA file and the scale it merges at (1 when not given).
+fn read_lora(spec: &str) -> Result<ScaledLora> {
+    let (path, scale) = match spec.rsplit_once(':') {
+        Some((path, scale)) if scale.parse::<f32>().is_ok() => {
+            (path, scale.parse::<f32>().expect("checked"))
+        }
+        _ => (spec, 1.0),
+    };
+    if !scale.is_finite() {
+        return Err(Error::InvalidInput(format!(
+            "--lora {spec}: the scale is not finite"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(ScaledLora {
+        lora: Lora::from_safetensors(path, &bytes)?,
+        scale,
+    })
 }

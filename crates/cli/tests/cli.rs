@@ -100,6 +100,21 @@ fn runtime_errors_carry_their_code_and_source() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("error[missing_file]"), "{err}");
+    // A LoRA that is not a LoRA file: refused before any model loads, naming the file.
+    let not_lora =
+        std::env::temp_dir().join(format!("lina-cli-lora-{}.safetensors", std::process::id()));
+    std::fs::write(&not_lora, b"not safetensors").unwrap();
+    let spec = format!("{}:0.5", not_lora.display());
+    let out = cli(&[
+        "generate", "--model", MODEL, "--prompt", "x", "--lora", &spec,
+    ]);
+    std::fs::remove_file(&not_lora).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("error[weight_file]") && err.contains("lina-cli-lora-"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,0 +1,344 @@
+//! LoRA adapters, merged into a model's weights as they load.
+//!
+//! A LoRA file holds, for some of a model's linear and convolution layers, a low-rank update
+//! `up · down` (rank `r`) and optionally an `alpha`; the layer's weight becomes
+//! `W + scale · alpha / r · up · down`. Two naming families are read, both as people
+//! download them:
+//!
+//! - kohya (sd-scripts, most files on model hubs): `lora_unet_<module>` and
+//!   `lora_te_<module>` with the diffusers module path's dots written as underscores, and
+//!   `.lora_down.weight`, `.lora_up.weight`, `.alpha`;
+//! - diffusers / PEFT: `unet.<module>` and `text_encoder.<module>` with `.lora_A.weight` and
+//!   `.lora_B.weight` (PEFT), or `.lora.down.weight` and `.lora.up.weight` (older diffusers);
+//!   `alpha` is the rank unless the file gives `<module>.alpha`.
+//!
+//! Convolution LoRA (`down` of shape `[r, in, kh, kw]`, `up` of `[out, r, 1, 1]`) merges the
+//! same way. The merge runs on the device, one layer at a time, when the model asks for that
+//! layer's weight; a LoRA module that matches no layer of the model, or that the model never
+//! asks for, is an error naming it, never silently dropped. Changing a scale means loading
+//! the model again (a cached model loads from the Cache API, not the network).
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+
+/// Which part of the model a LoRA module adapts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LoraTarget {
+    Unet,
+    TextEncoder,
+}
+
+impl LoraTarget {
+    fn name(self) -> &'static str {
+        match self {
+            LoraTarget::Unet => "unet",
+            LoraTarget::TextEncoder => "text_encoder",
+        }
+    }
+}
+
+/// How a module's name is written in the file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum ModuleName {
+    /// kohya: the module path with `_` for `.` (ambiguous until matched to a real module).
+    Flat(String),
+    /// diffusers / PEFT: the dotted module path.
+    Dotted(String),
+}
+
+/// One adapted layer.
+#[derive(Debug, Clone)]
+struct Module {
+    /// `[r, in, (kh, kw)]`.
+    down: (Vec<f32>, Vec<usize>),
+    /// `[out, r, (1, 1)]`.
+    up: (Vec<f32>, Vec<usize>),
+    alpha: Option<f32>,
+}
+
+/// A parsed LoRA file.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    /// What errors name: the file.
+    source: String,
+    modules: BTreeMap<(LoraTarget, ModuleName), Module>,
+}
+
+/// A LoRA with the scale it is merged at.
+#[derive(Debug, Clone)]
+pub struct ScaledLora {
+    pub lora: Lora,
+    pub scale: f32,
+}
+
+fn bad(source: &str, message: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!("LoRA {source}: {message}"))
+}
+
+/// A tensor's values as f32 (F32, F16 and BF16 files).
+fn values(source: &str, key: &str, t: &safetensors::tensor::TensorView) -> Result<Vec<f32>> {
+    use safetensors::Dtype;
+    let data = t.data();
+    Ok(match t.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(bad(
+                source,
+                format!("`{key}` is {other:?}; LoRA weights are f32, f16 or bf16"),
+            ));
+        }
+    })
+}
+
+impl Lora {
+    /// Parses a LoRA safetensors file. Fails on a truncated or malformed file, a key of
+    /// neither naming family, a module without both halves, or halves whose ranks differ.
+    pub fn from_safetensors(source: &str, bytes: &[u8]) -> Result<Self> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| Error::WeightFile {
+            file: source.to_string(),
+            message: e.to_string(),
+        })?;
+        #[derive(Default)]
+        struct Halves {
+            down: Option<(Vec<f32>, Vec<usize>)>,
+            up: Option<(Vec<f32>, Vec<usize>)>,
+            alpha: Option<f32>,
+        }
+        let mut halves: BTreeMap<(LoraTarget, ModuleName), Halves> = BTreeMap::new();
+        let mut names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
+        names.sort();
+        for key in &names {
+            let Some((target, module, part)) = parse_key(key) else {
+                return Err(bad(
+                    source,
+                    format!(
+                        "`{key}` is not a LoRA tensor name this runtime reads (kohya `lora_unet_*`/`lora_te_*` with .lora_down/.lora_up/.alpha, or diffusers/PEFT `unet.*`/`text_encoder.*` with .lora_A/.lora_B)"
+                    ),
+                ));
+            };
+            let t = file.tensor(key).map_err(|e| bad(source, e))?;
+            let v = values(source, key, &t)?;
+            let entry = halves.entry((target, module)).or_default();
+            match part {
+                Part::Down => entry.down = Some((v, t.shape().to_vec())),
+                Part::Up => entry.up = Some((v, t.shape().to_vec())),
+                Part::Alpha => {
+                    entry.alpha = Some(
+                        *v.first()
+                            .ok_or_else(|| bad(source, format!("`{key}` is empty")))?,
+                    )
+                }
+            }
+        }
+        let mut modules = BTreeMap::new();
+        for ((target, name), h) in halves {
+            let label = match &name {
+                ModuleName::Flat(n) | ModuleName::Dotted(n) => format!("{}:{n}", target.name()),
+            };
+            let (Some(down), Some(up)) = (h.down, h.up) else {
+                return Err(bad(
+                    source,
+                    format!("module {label} lacks its down or up half"),
+                ));
+            };
+            let (rd, ru) = (down.1.first().copied(), up.1.get(1).copied());
+            let shapes_ok = down.1.len() >= 2
+                && up.1.len() == down.1.len()
+                && up.1[2..].iter().all(|&d| d == 1)
+                && rd == ru;
+            if !shapes_ok {
+                return Err(bad(
+                    source,
+                    format!(
+                        "module {label}: the ranks of down {:?} and up {:?} disagree",
+                        down.1, up.1
+                    ),
+                ));
+            }
+            modules.insert(
+                (target, name),
+                Module {
+                    down,
+                    up,
+                    alpha: h.alpha,
+                },
+            );
+        }
+        if modules.is_empty() {
+            return Err(bad(source, "the file holds no LoRA module"));
+        }
+        Ok(Self {
+            source: source.to_string(),
+            modules,
+        })
+    }
+
+    /// The file this LoRA came from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether it adapts anything of `target`.
+    pub fn adapts(&self, target: LoraTarget) -> bool {
+        self.modules.keys().any(|(t, _)| *t == target)
+    }
+}
+
+enum Part {
+    Down,
+    Up,
+    Alpha,
+}
+
+/// A LoRA tensor's target, module and part, by its name.
+fn parse_key(key: &str) -> Option<(LoraTarget, ModuleName, Part)> {
+    for (prefix, target) in [
+        ("lora_unet_", LoraTarget::Unet),
+        ("lora_te_", LoraTarget::TextEncoder),
+    ] {
+        if let Some(rest) = key.strip_prefix(prefix) {
+            let (module, part) = [
+                (".lora_down.weight", Part::Down),
+                (".lora_up.weight", Part::Up),
+                (".alpha", Part::Alpha),
+            ]
+            .into_iter()
+            .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m, part)))?;
+            return Some((target, ModuleName::Flat(module.to_string()), part));
+        }
+    }
+    for (prefix, target) in [
+        ("unet.", LoraTarget::Unet),
+        ("text_encoder.", LoraTarget::TextEncoder),
+    ] {
+        if let Some(rest) = key.strip_prefix(prefix) {
+            let (module, part) = [
+                (".lora_A.weight", Part::Down),
+                (".lora_B.weight", Part::Up),
+                (".lora.down.weight", Part::Down),
+                (".lora.up.weight", Part::Up),
+                (".alpha", Part::Alpha),
+            ]
+            .into_iter()
+            .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m, part)))?;
+            return Some((target, ModuleName::Dotted(module.to_string()), part));
+        }
+    }
+    None
+}
+
+/// A low-rank update waiting for its layer's weight to load.
+#[derive(Debug, Clone)]
+pub(super) struct Delta {
+    /// `lora file: module`, for errors.
+    pub label: String,
+    up: (Vec<f32>, Vec<usize>),
+    down: (Vec<f32>, Vec<usize>),
+    factor: f32,
+}
+
+impl Delta {
+    /// `factor · up · down` in the weight's own shape, on `device`; fails if the weight is
+    /// not `[out, in, ...]` of the update's sizes.
+    pub fn merged_into<const D: usize>(
+        &self,
+        weight: Tensor<D>,
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        let shape = weight.dims();
+        let (out, rank) = (self.up.1[0], self.up.1[1]);
+        let rest: usize = self.down.1[1..].iter().product();
+        let fits = shape[0] == out
+            && shape[1..].iter().product::<usize>() == rest
+            && self.down.1[1..] == shape[1..];
+        if !fits {
+            return Err(Error::InvalidInput(format!(
+                "{}: an update of [{out}, {}] does not fit the layer's weight {shape:?} (a LoRA for another model?)",
+                self.label,
+                self.down.1[1..]
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let up = Tensor::<2>::from_data(TensorData::new(self.up.0.clone(), [out, rank]), device);
+        let down =
+            Tensor::<2>::from_data(TensorData::new(self.down.0.clone(), [rank, rest]), device);
+        let delta = up.matmul(down).mul_scalar(self.factor).reshape(shape);
+        Ok(weight + delta)
+    }
+}
+
+/// The updates `loras` make to a component whose weight file holds `names`, keyed by weight
+/// name. Each module must match exactly one layer: kohya's flattened names are matched
+/// against the layers' own names written the same way.
+pub(super) fn deltas_for(
+    loras: &[ScaledLora],
+    target: LoraTarget,
+    names: &[&str],
+) -> Result<HashMap<String, Vec<Delta>>> {
+    // Each layer weight by its module path, dotted and flattened; a text encoder's with and
+    // without transformers' `text_model.` prefix, since files of either age use either.
+    let mut dotted: HashMap<String, String> = HashMap::new();
+    for name in names {
+        let Some(module) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        dotted.insert(module.to_string(), name.to_string());
+        if target == LoraTarget::TextEncoder {
+            match module.strip_prefix("text_model.") {
+                Some(bare) => dotted.insert(bare.to_string(), name.to_string()),
+                None => dotted.insert(format!("text_model.{module}"), name.to_string()),
+            };
+        }
+    }
+    let flat: HashMap<String, String> = dotted
+        .iter()
+        .map(|(m, n)| (m.replace('.', "_"), n.clone()))
+        .collect();
+    let mut out: HashMap<String, Vec<Delta>> = HashMap::new();
+    for scaled in loras {
+        let lora = &scaled.lora;
+        for ((t, name), module) in &lora.modules {
+            if *t != target {
+                continue;
+            }
+            let (found, written) = match name {
+                ModuleName::Flat(n) => (flat.get(n), n),
+                ModuleName::Dotted(n) => (dotted.get(n), n),
+            };
+            let Some(weight) = found else {
+                return Err(Error::InvalidInput(format!(
+                    "LoRA {}: module `{written}` matches no layer of the model's {} (a LoRA for another architecture?)",
+                    lora.source,
+                    target.name()
+                )));
+            };
+            let rank = module.down.1[0] as f32;
+            let alpha = module.alpha.unwrap_or(rank);
+            out.entry(weight.clone()).or_default().push(Delta {
+                label: format!("LoRA {}: module `{written}`", lora.source),
+                up: module.up.clone(),
+                down: module.down.clone(),
+                factor: scaled.scale * alpha / rank,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,348 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! LoRA adapters merged at load (`weights::lora`): in kohya's and in diffusers/PEFT's names,
+//! on linear and convolution layers of the UNet and on the text encoder, the image equals the
+//! one from weights merged by hand (on the CPU backend, and on wgpu with LINA_TEST_GPU=1) (`W + scale * alpha / r * up * down`, computed here on the
+//! host); both namings give the same image; scale 0 gives the plain model's image. And every
+//! kind of bad LoRA is refused with a reason naming it.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::model_files;
+use lina_runtime::kernels::Kernels;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::source::MemorySource;
+use lina_runtime::weights::{Lora, ScaledLora};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+const UNET: &str = "unet/diffusion_pytorch_model.safetensors";
+const TEXT: &str = "text_encoder/model.safetensors";
+
+/// One adapted layer: its component, its weight's name, its low-rank halves.
+struct Adapted {
+    text_encoder: bool,
+    weight: String,
+    shape: Vec<usize>,
+    down: Vec<f32>,
+    up: Vec<f32>,
+    rank: usize,
+}
+
+fn tensors(bytes: &[u8]) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let file = SafeTensors::deserialize(bytes).unwrap();
+    // The f32 tensors: the text encoder's i64 `position_ids` carry no learned state and the
+    // loader does without them.
+    file.tensors()
+        .into_iter()
+        .filter(|(_, t)| t.dtype() == Dtype::F32)
+        .map(|(name, t)| {
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, (t.shape().to_vec(), v))
+        })
+        .collect()
+}
+
+fn write(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Vec<u8> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, (s, v))| {
+            (
+                n.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    safetensors::serialize(
+        bytes.iter().map(|(n, s, b)| {
+            (
+                n.as_str(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        }),
+        None,
+    )
+    .unwrap()
+}
+
+/// A linear and a 3x3 convolution layer of the UNet and a projection of the text encoder,
+/// each with seeded rank-2 halves.
+fn adapted(files: &BTreeMap<String, Vec<u8>>) -> Vec<Adapted> {
+    let unet = tensors(&files[UNET]);
+    let text = tensors(&files[TEXT]);
+    let pick = |map: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, part: &str| {
+        let (name, (shape, _)) = map
+            .iter()
+            .find(|(n, _)| n.contains(part))
+            .unwrap_or_else(|| panic!("no {part}"));
+        (name.clone(), shape.clone())
+    };
+    let mut rng = lina_runtime::rng::Rng::new(11);
+    [
+        (false, pick(&unet, "attn2.to_q.weight")),
+        (false, pick(&unet, "resnets.0.conv1.weight")),
+        (true, pick(&text, "layers.0.self_attn.q_proj.weight")),
+    ]
+    .into_iter()
+    .map(|(text_encoder, (weight, shape))| {
+        let rank = 2;
+        let rest: usize = shape[1..].iter().product();
+        Adapted {
+            text_encoder,
+            weight,
+            down: rng.normals(rank * rest).iter().map(|v| v * 0.5).collect(),
+            up: rng
+                .normals(shape[0] * rank)
+                .iter()
+                .map(|v| v * 0.5)
+                .collect(),
+            shape,
+            rank,
+        }
+    })
+    .collect()
+}
+
+/// The halves in one naming family, with alpha 1.
+fn lora_file(layers: &[Adapted], kohya: bool) -> Vec<u8> {
+    let mut out = BTreeMap::new();
+    for a in layers {
+        let module = a.weight.strip_suffix(".weight").unwrap();
+        let mut down_shape = vec![a.rank];
+        down_shape.extend(&a.shape[1..]);
+        let mut up_shape = vec![a.shape[0], a.rank];
+        up_shape.extend(std::iter::repeat_n(1, a.shape.len() - 2));
+        let (down, up, alpha) = if kohya {
+            let prefix = if a.text_encoder {
+                "lora_te_"
+            } else {
+                "lora_unet_"
+            };
+            let base = format!("{prefix}{}", module.replace('.', "_"));
+            (
+                format!("{base}.lora_down.weight"),
+                format!("{base}.lora_up.weight"),
+                format!("{base}.alpha"),
+            )
+        } else {
+            let prefix = if a.text_encoder {
+                "text_encoder."
+            } else {
+                "unet."
+            };
+            (
+                format!("{prefix}{module}.lora_A.weight"),
+                format!("{prefix}{module}.lora_B.weight"),
+                format!("{prefix}{module}.alpha"),
+            )
+        };
+        out.insert(down, (down_shape, a.down.clone()));
+        out.insert(up, (up_shape, a.up.clone()));
+        out.insert(alpha, (vec![], vec![1.0]));
+    }
+    write(&out)
+}
+
+fn model(files: &BTreeMap<String, Vec<u8>>) -> MemorySource {
+    let mut source = MemorySource::new();
+    for (path, bytes) in files {
+        source.insert(path.clone(), bytes.clone());
+    }
+    source
+}
+
+fn image(files: &BTreeMap<String, Vec<u8>>, loras: &[ScaledLora]) -> Vec<u8> {
+    image_on(&lina_runtime::device::cpu(), files, loras)
+}
+
+fn image_on(
+    device: &burn::tensor::Device,
+    files: &BTreeMap<String, Vec<u8>>,
+    loras: &[ScaledLora],
+) -> Vec<u8> {
+    let device = device.clone();
+    let pipe =
+        StableDiffusion::load_adapted(&model(files), &device, Kernels::default(), loras).unwrap();
+    let opts = GenerateOptions {
+        prompt: "a red ball on a small mirror".into(),
+        seed: 3,
+        timesteps: Timesteps::Count(4),
+        ..GenerateOptions::default()
+    };
+    pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+        .unwrap()
+        .image
+        .rgb
+}
+
+fn scaled(bytes: &[u8], scale: f32) -> ScaledLora {
+    ScaledLora {
+        lora: Lora::from_safetensors("test.safetensors", bytes).unwrap(),
+        scale,
+    }
+}
+
+fn worst(a: &[u8], b: &[u8]) -> u8 {
+    a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
+}
+
+#[test]
+fn a_lora_in_either_naming_gives_the_image_of_weights_merged_by_hand() {
+    let files: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
+    let layers = adapted(&files);
+    let scale = 0.8f32;
+
+    // Merged by hand: W + scale * alpha / r * up * down, alpha 1, in f64.
+    let mut merged = files.clone();
+    for path in [UNET, TEXT] {
+        let mut t = tensors(&files[path]);
+        for a in layers.iter().filter(|a| a.text_encoder == (path == TEXT)) {
+            let (_, w) = t.get_mut(&a.weight).unwrap();
+            let rest = w.len() / a.shape[0];
+            for o in 0..a.shape[0] {
+                for i in 0..rest {
+                    let d: f64 = (0..a.rank)
+                        .map(|k| a.up[o * a.rank + k] as f64 * a.down[k * rest + i] as f64)
+                        .sum();
+                    w[o * rest + i] += (scale as f64 / a.rank as f64 * d) as f32;
+                }
+            }
+        }
+        merged.insert(path.to_string(), write(&t));
+    }
+
+    let (kohya, peft) = (lora_file(&layers, true), lora_file(&layers, false));
+    let plain = image(&files, &[]);
+    let by_hand = image(&merged, &[]);
+    let with_kohya = image(&files, &[scaled(&kohya, scale)]);
+    let with_peft = image(&files, &[scaled(&peft, scale)]);
+    eprintln!(
+        "LoRA vs plain: {}/255; vs merged by hand: {}/255",
+        worst(&with_kohya, &plain),
+        worst(&with_kohya, &by_hand)
+    );
+    assert!(worst(&with_kohya, &plain) > 8, "the LoRA changes the image");
+    assert!(
+        worst(&with_kohya, &by_hand) <= 1,
+        "merged at load = merged by hand"
+    );
+    assert_eq!(with_kohya, with_peft, "both namings merge the same update");
+    // Two LoRAs at half the scale each make the same update as one at the whole scale.
+    let halves = image(
+        &files,
+        &[scaled(&kohya, scale / 2.0), scaled(&peft, scale / 2.0)],
+    );
+    assert!(worst(&halves, &with_kohya) <= 1);
+    // At scale 0 the update vanishes exactly.
+    assert_eq!(image(&files, &[scaled(&kohya, 0.0)]), plain);
+    // On the GPU, convolution weights are stored channels-last: the merge must see them in
+    // PyTorch's order all the same.
+    if let Some(gpu) = common::gpu_device() {
+        let (lora, hand) = (
+            image_on(&gpu, &files, &[scaled(&kohya, scale)]),
+            image_on(&gpu, &merged, &[]),
+        );
+        assert!(
+            worst(&lora, &hand) <= 1,
+            "on the GPU: {}/255",
+            worst(&lora, &hand)
+        );
+    }
+}
+
+#[test]
+fn a_bad_lora_is_refused_naming_what_is_wrong() {
+    let files: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
+    let layers = adapted(&files);
+    let device = lina_runtime::device::cpu();
+    let load = |lora: ScaledLora| {
+        StableDiffusion::load_adapted(&model(&files), &device, Kernels::default(), &[lora])
+            .err()
+            .map(|e| (e.code(), e.to_string()))
+            .expect("refused")
+    };
+    let parse = |bytes: &[u8]| {
+        Lora::from_safetensors("bad.safetensors", bytes)
+            .err()
+            .map(|e| (e.code(), e.to_string()))
+            .expect("refused")
+    };
+    let good = tensors(&lora_file(&layers, true));
+
+    // A module no layer of this model has (a LoRA for another architecture).
+    let mut other = good.clone();
+    let base = good
+        .keys()
+        .find_map(|k| {
+            k.strip_suffix(".lora_down.weight")
+                .filter(|b| b.starts_with("lora_unet_"))
+        })
+        .unwrap()
+        .to_string();
+    for k in good.keys().filter(|k| k.starts_with(&format!("{base}."))) {
+        let v = other.remove(k).unwrap();
+        other.insert(k.replace("lora_unet_", "lora_unet_mid_block_extra_"), v);
+    }
+    let (code, e) = load(scaled(&write(&other), 1.0));
+    assert_eq!(code, "invalid_input");
+    assert!(
+        e.contains("matches no layer") && e.contains("mid_block_extra"),
+        "{e}"
+    );
+
+    // Halves whose ranks disagree.
+    let mut ranks = good.clone();
+    let key = ranks
+        .keys()
+        .find(|k| k.ends_with("lora_up.weight"))
+        .unwrap()
+        .clone();
+    let (shape, _) = ranks[&key].clone();
+    let wider = vec![shape[0], 3];
+    ranks.insert(key, (wider.clone(), vec![0.0; wider.iter().product()]));
+    let (code, e) = parse(&write(&ranks));
+    assert_eq!(code, "invalid_input");
+    assert!(e.contains("ranks"), "{e}");
+
+    // A module with one half only.
+    let mut half = good.clone();
+    let key = half
+        .keys()
+        .find(|k| k.ends_with("lora_up.weight"))
+        .unwrap()
+        .clone();
+    half.remove(&key);
+    assert!(parse(&write(&half)).1.contains("lacks its down or up half"));
+
+    // A tensor of neither naming family.
+    let mut stray = good.clone();
+    stray.insert(
+        "model.diffusion_model.input_blocks.0.0.weight".into(),
+        (vec![1], vec![0.0]),
+    );
+    assert!(parse(&write(&stray)).1.contains("not a LoRA tensor name"));
+
+    // A truncated file.
+    let bytes = lora_file(&layers, true);
+    assert_eq!(parse(&bytes[..bytes.len() - 9]).0, "weight_file");
+
+    // An update whose sizes do not fit the layer it names.
+    let mut misfit = good.clone();
+    let key = misfit
+        .keys()
+        .find(|k| k.starts_with("lora_te_") && k.ends_with("lora_down.weight"))
+        .unwrap()
+        .clone();
+    let (shape, _) = misfit[&key].clone();
+    let narrow = vec![shape[0], shape[1] - 1];
+    misfit.insert(key, (narrow.clone(), vec![0.0; narrow.iter().product()]));
+    let (_, e) = load(scaled(&write(&misfit), 1.0));
+    assert!(e.contains("does not fit"), "{e}");
+}
