@@ -354,26 +354,49 @@ impl LayerNorm {
 }
 
 pub struct Embedding {
-    /// The table, in row blocks the device can bind (usually one).
+    /// The table, in row blocks the device can bind (usually one), and rows appended later
+    /// (textual-inversion embeddings) as blocks of their own.
     blocks: Vec<Tensor<2>>,
-    rows_per_block: usize,
+    /// The id of each block's first row.
+    starts: Vec<u32>,
 }
 
 impl Embedding {
     pub fn load(w: &Scope, count: usize, dim: usize) -> Result<Self> {
         let blocks = w.row_blocks("weight", [count, dim])?;
-        Ok(Self {
-            rows_per_block: blocks[0].dims()[0],
-            blocks,
-        })
+        let mut starts = Vec::with_capacity(blocks.len());
+        let mut next = 0u32;
+        for b in &blocks {
+            starts.push(next);
+            next += b.dims()[0] as u32;
+        }
+        Ok(Self { blocks, starts })
+    }
+
+    /// Rows in the table.
+    pub fn rows(&self) -> usize {
+        self.blocks.iter().map(|b| b.dims()[0]).sum()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.blocks[0].dims()[1]
+    }
+
+    /// Appends `rows` ([n, dim]) to the table; returns the id of the first.
+    pub fn extend(&mut self, rows: Tensor<2>) -> u32 {
+        let first = self.rows() as u32;
+        self.starts.push(first);
+        self.blocks.push(rows);
+        first
     }
 
     /// Looks up rows for `ids` (host values, all below the table's row count), giving
-    /// [B, L, dim] for `shape` [B, L]. A table split into blocks (larger than the device
-    /// binds at once) is looked up block by block, each block's rows put in place.
+    /// [B, L, dim] for `shape` [B, L]. A table in several blocks (larger than the device
+    /// binds at once, or extended) is looked up block by block, each block's rows put in
+    /// place.
     pub fn forward(&self, ids: &[u32], shape: [usize; 2], device: &Device) -> Tensor<3> {
         let [b, l] = shape;
-        let dim = self.blocks[0].dims()[1];
+        let dim = self.dim();
         let index = |values: Vec<i64>| {
             let n = values.len();
             Tensor::<1, Int>::from_data(TensorData::new(values, [n]), device)
@@ -383,8 +406,7 @@ impl Embedding {
             return self.blocks[0].clone().select(0, ids).reshape([b, l, dim]);
         }
         let mut out = Tensor::<2>::zeros([b * l, dim], device);
-        for (k, block) in self.blocks.iter().enumerate() {
-            let first = (k * self.rows_per_block) as u32;
+        for (block, &first) in self.blocks.iter().zip(&self.starts) {
             let (positions, rows): (Vec<i64>, Vec<i64>) = ids
                 .iter()
                 .enumerate()

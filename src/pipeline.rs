@@ -543,6 +543,89 @@ impl StableDiffusion {
     pub fn vae_encoder(&self) -> Option<&VaeEncoder> {
         self.vae_encoder.as_ref()
     }
+    /// Binds a textual-inversion embedding to `trigger`: a prompt that says the trigger gets
+    /// the file's vectors in its place (several vectors: several tokens). Reads the formats
+    /// people have: a single tensor named after its token (diffusers'
+    /// `learned_embeds.safetensors`), `emb_params` (the common web UIs), each `[dim]` or
+    /// `[n, dim]`. Fails, changing nothing, on a file of another layout, vectors of another
+    /// width than the text encoder's (an SDXL embedding on SD 1.x), or a trigger that is a
+    /// token already.
+    pub fn add_embedding(&mut self, trigger: &str, source: &str, bytes: &[u8]) -> Result<()> {
+        let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::WeightFile {
+            file: source.to_string(),
+            message: e.to_string(),
+        })?;
+        let names = file.names();
+        let key = match names.as_slice() {
+            [one] => one.to_string(),
+            _ if names.contains(&"emb_params") => "emb_params".to_string(),
+            _ => {
+                let mut listed: Vec<&str> = names.iter().map(|n| &n[..]).collect();
+                listed.sort_unstable();
+                return Err(Error::InvalidInput(format!(
+                    "embedding {source}: holds {} (expected one tensor, or `emb_params`; an SDXL embedding's clip_l/clip_g pair does not fit an SD 1.x/2.x model)",
+                    listed.join(", ")
+                )));
+            }
+        };
+        let t = file.tensor(&key).map_err(|e| Error::WeightFile {
+            file: source.to_string(),
+            message: e.to_string(),
+        })?;
+        let shape = t.shape().to_vec();
+        let (n, dim) = match shape.as_slice() {
+            [dim] => (1, *dim),
+            [n, dim] if *n > 0 => (*n, *dim),
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "embedding {source}: `{key}` has shape {shape:?}; [dim] or [n, dim] expected"
+                )));
+            }
+        };
+        let values: Vec<f32> = match t.dtype() {
+            safetensors::Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            safetensors::Dtype::F16 => t
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::BF16 => t
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "embedding {source}: `{key}` is {other:?}; f32, f16 or bf16 expected"
+                )));
+            }
+        };
+        let width = self.text_encoder.config().hidden_size;
+        if dim != width {
+            return Err(Error::InvalidInput(format!(
+                "embedding {source}: its vectors are {dim} wide, this model's text encoder takes {width} (an embedding for another model?)"
+            )));
+        }
+        // The tokenizer's new ids must be the table's next rows: checked before either
+        // changes, so that a refusal leaves the model as it was.
+        let rows = self.text_encoder.vocabulary_rows();
+        let mut tokenizer = self.tokenizer.clone();
+        let first = tokenizer.add_trigger(trigger, n)?;
+        if first as usize != rows {
+            return Err(Error::InvalidInput(format!(
+                "embedding {source}: the tokenizer's vocabulary ({first} tokens) and the text encoder's table ({rows} rows) differ in size"
+            )));
+        }
+        let table = Tensor::<2>::from_data(TensorData::new(values, [n, dim]), &self.device);
+        self.text_encoder.extend_vocabulary(table)?;
+        self.tokenizer = tokenizer;
+        Ok(())
+    }
+
     pub fn text_encoder(&self) -> &ClipTextEncoder {
         &self.text_encoder
     }

@@ -22,8 +22,12 @@ pub struct Tokens {
     pub truncated: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct ClipTokenizer {
     inner: Tokenizer,
+    /// Textual-inversion triggers with more than one vector, and their vector count: a
+    /// trigger in a prompt stands for `trigger trigger_1 .. trigger_{n-1}`.
+    triggers: Vec<(String, usize)>,
     bos: u32,
     eos: u32,
     pad: u32,
@@ -119,7 +123,66 @@ impl ClipTokenizer {
             pad: id(token_name("pad_token", EOS))?,
             max_length,
             inner,
+            triggers: Vec::new(),
         })
+    }
+
+    /// Adds a textual-inversion trigger of `vectors` tokens (`trigger`, `trigger_1`, ..);
+    /// returns the first one's id. The trigger must not be a token already, and is matched
+    /// as written (case and all), like diffusers' added tokens.
+    pub fn add_trigger(&mut self, trigger: &str, vectors: usize) -> Result<u32> {
+        if trigger.trim().is_empty() || trigger.contains(char::is_whitespace) {
+            return Err(Error::InvalidInput(format!(
+                "embedding trigger `{trigger}`: one word without spaces, such as <my-style>"
+            )));
+        }
+        let names: Vec<String> = (0..vectors)
+            .map(|k| match k {
+                0 => trigger.to_string(),
+                k => format!("{trigger}_{k}"),
+            })
+            .collect();
+        if let Some(taken) = names.iter().find(|n| self.inner.token_to_id(n).is_some()) {
+            return Err(Error::InvalidInput(format!(
+                "embedding trigger `{trigger}`: `{taken}` is already a token of the vocabulary; pick another trigger"
+            )));
+        }
+        let first = self.inner.get_vocab_size(true) as u32;
+        let tokens: Vec<tokenizers::AddedToken> = names
+            .iter()
+            .map(|n| tokenizers::AddedToken::from(n.clone(), false).normalized(false))
+            .collect();
+        self.inner
+            .add_tokens(tokens)
+            .map_err(|e| Error::Tokenizer(format!("adding the trigger `{trigger}`: {e}")))?;
+        for (k, n) in names.iter().enumerate() {
+            if self.inner.token_to_id(n) != Some(first + k as u32) {
+                return Err(Error::Tokenizer(format!(
+                    "the trigger token `{n}` did not get the id after the vocabulary's"
+                )));
+            }
+        }
+        if vectors > 1 {
+            self.triggers.push((trigger.to_string(), vectors));
+        }
+        Ok(first)
+    }
+
+    /// The prompt with each multi-vector trigger written out as its tokens.
+    fn expand<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        let mut text = std::borrow::Cow::Borrowed(text);
+        for (trigger, n) in &self.triggers {
+            if text.contains(trigger.as_str()) {
+                let spelled: Vec<String> = (0..*n)
+                    .map(|k| match k {
+                        0 => trigger.clone(),
+                        k => format!("{trigger}_{k}"),
+                    })
+                    .collect();
+                text = text.replace(trigger.as_str(), &spelled.join(" ")).into();
+            }
+        }
+        text
     }
 
     pub fn max_length(&self) -> usize {
@@ -154,9 +217,10 @@ impl ClipTokenizer {
 
     /// Tokenises, truncates (keeping the final eos) and pads to `max_length`.
     pub fn encode(&self, text: &str) -> Result<Tokens> {
+        let text = self.expand(text);
         let encoding = self
             .inner
-            .encode(text, false)
+            .encode(text.as_ref(), false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let body = encoding.get_ids();
         let room = self.max_length - 2;
@@ -175,6 +239,8 @@ impl ClipTokenizer {
     /// For each position of `encode(text).ids`, the lower-cased word its token belongs to
     /// (`None` for the start and end tokens and the padding): to find the tokens of a word.
     pub fn words(&self, text: &str) -> Result<Vec<Option<String>>> {
+        let text = self.expand(text);
+        let text = text.as_ref();
         let encoding = self
             .inner
             .encode(text, false)

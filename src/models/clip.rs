@@ -144,6 +144,24 @@ pub struct ClipTextEncoder {
 }
 
 impl ClipTextEncoder {
+    /// Appends token embeddings ([n, hidden_size]: a textual inversion's vectors); returns
+    /// the id of the first.
+    pub fn extend_vocabulary(&mut self, rows: Tensor<2>) -> Result<u32> {
+        let [_, dim] = rows.dims();
+        if dim != self.token_embedding.dim() {
+            return Err(Error::InvalidInput(format!(
+                "the embedding's vectors are {dim} wide; this text encoder's are {}",
+                self.token_embedding.dim()
+            )));
+        }
+        Ok(self.token_embedding.extend(rows))
+    }
+
+    /// Token embeddings in the table (the vocabulary and any added ones).
+    pub fn vocabulary_rows(&self) -> usize {
+        self.token_embedding.rows()
+    }
+
     pub fn load(config: ClipTextConfig, weights: &Weights) -> Result<Self> {
         // transformers up to 4.x saves CLIPTextModel's tensors under `text_model.`; 5.x saves
         // them without it. Either file loads.
@@ -201,14 +219,10 @@ impl ClipTextEncoder {
                 self.layers.len()
             )));
         }
-        if let Some(bad) = ids
-            .iter()
-            .flatten()
-            .find(|&&id| id as usize >= self.config.vocab_size)
-        {
+        let rows = self.token_embedding.rows();
+        if let Some(bad) = ids.iter().flatten().find(|&&id| id as usize >= rows) {
             return Err(Error::InvalidInput(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.config.vocab_size
+                "token id {bad} is outside the vocabulary of {rows}"
             )));
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();

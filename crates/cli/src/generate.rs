@@ -82,6 +82,10 @@ pub struct Args {
     /// text encoder at SCALE (default 1); repeat for several.
     #[arg(long, value_name = "FILE[:SCALE]")]
     lora: Vec<String>,
+    /// A textual-inversion embedding (.safetensors) bound to TRIGGER (default: the file's
+    /// name without its extension), which prompts then use as a word; repeat for several.
+    #[arg(long, value_name = "FILE[:TRIGGER]")]
+    embedding: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -127,12 +131,26 @@ pub fn run(args: Args) -> Result<()> {
             .iter()
             .map(|spec| read_lora(spec))
             .collect::<Result<Vec<_>>>()?;
-        let pipe = StableDiffusion::load_adapted(
+        let mut pipe = StableDiffusion::load_adapted(
             &DirSource::new(&args.model),
             &device,
             Kernels::default(),
             &loras,
         )?;
+        for spec in &args.embedding {
+            let path = std::path::Path::new(spec);
+            let (file, trigger) = match spec.rsplit_once(':') {
+                Some((file, trigger)) if !path.exists() => (file, trigger.to_string()),
+                _ => (
+                    spec.as_str(),
+                    path.file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+            };
+            let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+            pipe.add_embedding(&trigger, file, &bytes)?;
+        }
         let loaded = started.elapsed();
         tracing::info!(?loaded, "model loaded");
         if let Some(note) = pipe.size_note() {

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate an image (txt2img, img2img or inpainting), with or without LINA's plan.
-    Generate(generate::Args),
+    Generate(Box<generate::Args>),
     /// What a model needs: weights per component and the largest tensor at each size.
     Memory(memory::Args),
     /// Time to first image, UNet call, step and image latency, LINA's overhead.
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => generate::run(*args),
         Command::Memory(args) => memory::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchUnet(args) => bench::unet(args),
