@@ -12,7 +12,7 @@ use lina::attention::{AttentionRecorder, node_tokens};
 use lina::{Plan, region};
 use lina_runtime::image::Image;
 use lina_runtime::models::attention_control::CrossAttentionControl;
-use lina_runtime::pipeline::{CancelToken, GenerateOptions, StableDiffusion};
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
 use lina_runtime::schedulers::Timesteps;
 use lina_runtime::source::DirSource;
 
@@ -269,7 +269,7 @@ fn an_implied_effect_is_named_and_pinned_to_where_physics_allows_it() {
     let mut plain = AttentionRecorder::default();
     let plain_options = GenerateOptions {
         prompt: extended.clone(),
-        ..options
+        ..options.clone()
     };
     pollster::block_on(pipe.generate(&plain_options, &mut plain, &CancelToken::new())).unwrap();
     let words = pipe.tokenizer().words(&extended).unwrap();
@@ -284,6 +284,30 @@ fn an_implied_effect_is_named_and_pinned_to_where_physics_allows_it() {
     assert!(
         after > before + 0.1,
         "reflection in its place: {before:.3} -> {after:.3}"
+    );
+
+    // With `attentionEffects` off, the prompt stays as written and only its own words are
+    // steered.
+    let own_words = Plan {
+        attention_effects: false,
+        ..plan
+    };
+    let out = pollster::block_on(lina::generate(
+        &pipe,
+        &options,
+        &csg,
+        &own_words,
+        &mut NoHook,
+        &CancelToken::new(),
+    ))
+    .unwrap();
+    assert_eq!(out.prompt, prompt);
+    assert!(
+        !out.described
+            .iter()
+            .any(|d| d.contains("implied effects added")),
+        "{:?}",
+        out.described
     );
 }
 

@@ -143,6 +143,8 @@ export interface Plan {
    */
   attentionStrength?: number;
   attentionWindow?: [number, number];
+  /** Name the implied effects ("reflection", "shadow") at the prompt's end and steer their words too (default true). */
+  attentionEffects?: boolean;
   /** Schedule warp toward the noisy start; 1 is the plain schedule. */
   warp?: number;
 }

@@ -361,3 +361,80 @@ fn table(rows: &[Evaluated], settings: &str, resamples: usize) -> String {
     }
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(prompt: usize, passed: usize, of: usize) -> Scored {
+        let marks = Marks {
+            relations_passed: passed,
+            relations: of,
+            all: passed == of,
+        };
+        Scored {
+            prompt,
+            checker: marks,
+            judge: marks,
+            wrecked: false,
+        }
+    }
+
+    #[test]
+    fn the_paired_interval_is_zero_for_the_same_row_and_follows_a_uniform_gain() {
+        let base: Vec<Scored> = (0..10).map(|p| scored(p, p % 3, 2)).collect();
+        let (lo, hi) = paired_interval(&base, &base, |s| relations(s.checker), 500);
+        assert_eq!((lo, hi), (0.0, 0.0));
+        // Every prompt gains exactly one of its two relations' worth: +0.5 whatever is drawn.
+        let none: Vec<Scored> = (0..10).map(|p| scored(p, 0, 2)).collect();
+        let half: Vec<Scored> = (0..10).map(|p| scored(p, 1, 2)).collect();
+        let (lo, hi) = paired_interval(&none, &half, |s| relations(s.checker), 500);
+        assert!((lo - 0.5).abs() < 1e-12 && (hi - 0.5).abs() < 1e-12);
+        // Gains on some prompts only: an interval around the mean change, not a point.
+        let some: Vec<Scored> = (0..10)
+            .map(|p| scored(p, if p < 5 { 2 } else { 0 }, 2))
+            .collect();
+        let (lo, hi) = paired_interval(&none, &some, |s| relations(s.checker), 2000);
+        assert!(lo < 0.5 && hi > 0.5 && lo >= 0.0 && hi <= 1.0, "{lo} {hi}");
+    }
+
+    #[test]
+    fn the_rows_hold_the_ablation_and_the_verifier_baselines() {
+        let full = Plan {
+            prompt_strength: 0.5,
+            attention_strength: 2.0,
+            ..Plan::default()
+        };
+        let names: Vec<String> = rows(&full).into_iter().map(|(n, _)| n).collect();
+        for want in [
+            "baseline",
+            "full",
+            "with schedule",
+            "predicted",
+            "best-of-N by checker",
+            "verifier repair",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        // Best-of-N matches the full plan's cost, and is never best-of-1.
+        let row = |variant: &str, seconds: f64| Evaluated {
+            suite: "ood".into(),
+            variant: variant.into(),
+            plan: None,
+            cost: Cost {
+                images: 1,
+                evaluations: 40,
+                seconds,
+            },
+            scored: Vec::new(),
+        };
+        assert_eq!(
+            equal_cost(&[row("baseline", 1.0), row("full", 2.5)], "ood"),
+            3
+        );
+        assert_eq!(
+            equal_cost(&[row("baseline", 1.0), row("full", 1.1)], "ood"),
+            2
+        );
+    }
+}

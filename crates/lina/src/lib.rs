@@ -49,6 +49,10 @@ pub struct Plan {
     /// its box and `-` outside; 0 turns it off.
     pub attention_strength: f64,
     pub attention_window: [f64; 2],
+    /// Whether the attention control names the implied effects the prompt leaves out
+    /// ("reflection", "shadow") at the prompt's end, to pin their words to where physics
+    /// allows them. Off, it steers only the words the prompt has.
+    pub attention_effects: bool,
     /// Schedule warp toward the noisy start; 1 is the plain schedule.
     pub warp: f64,
 }
@@ -64,6 +68,7 @@ impl Default for Plan {
             region_window: [0.0, 0.4],
             attention_strength: 0.0,
             attention_window: [0.0, 0.6],
+            attention_effects: true,
             warp: 1.0,
         }
     }
@@ -320,7 +325,7 @@ pub fn prepare(
     // prompt, so that their words have a place to be pinned to; every other intervention
     // then sees the same prompt.
     let mut attention_layout = layout.clone();
-    if plan.uses(Component::Attention) {
+    if plan.uses(Component::Attention) && plan.attention_effects {
         let (prompt, with_effects, added) = attention::with_effects(&opts.prompt, csg, &layout);
         if !added.is_empty() {
             described.push(format!("implied effects added to the prompt: {added:?}"));
