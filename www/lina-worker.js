@@ -255,6 +255,30 @@ async function loadFromFiles(loader, files, { signal, progress }) {
 }
 
 /**
+ * The bytes of a LoRA or an embedding: fetched from its `url` (not cached: such files are
+ * small and change often) or read from its `file`. Returns `[name, bytes]`.
+ */
+async function adapterBytes({ url, file }, signal) {
+  if (file instanceof Uint8Array) return ["file", file];
+  if (file !== undefined) {
+    try {
+      return [file.name ?? "file", new Uint8Array(await file.arrayBuffer())];
+    } catch (error) {
+      throw failure("io", `reading ${file.name ?? "a file"}: ${error.message}`);
+    }
+  }
+  let response;
+  try {
+    response = await fetch(url, { signal });
+  } catch (error) {
+    if (signal.aborted) throw cancelled("loading cancelled");
+    throw failure("io", `${url}: ${error.message}`);
+  }
+  if (!response.ok) throw failure("io", `${url}: HTTP ${response.status}`);
+  return [url, new Uint8Array(await response.arrayBuffer())];
+}
+
+/**
  * The backend for `"auto"`: WebGPU, unless the browser has no adapter or only a software one
  * (SwiftShader, Chromium's fallback): there WebGPU runs about 40 times slower than the
  * CPU backend compiled into the wasm module (docs/bench.md), so the CPU backend is used.
@@ -272,7 +296,7 @@ async function chooseBackend(backend, precision) {
 
 const handlers = {
   // { url } (a folder URL ending in "/") or { files } ({ path: Blob | Uint8Array }).
-  async load({ id, url, files, precision, kernels, backend: asked = "auto" }) {
+  async load({ id, url, files, precision, kernels, loras = [], embeddings = [], backend: asked = "auto" }) {
     // The old model's buffers go with its device's next failure or with the page; drop it
     // now so that a failed load leaves no half model behind.
     pipeline?.free();
@@ -286,10 +310,16 @@ const handlers = {
       const notes = [];
       const { backend, note } = await chooseBackend(asked, precision);
       if (note) notes.push(note);
+      // LoRA files merge into the weights as they load; embeddings bind once the model is built.
+      const loraBytes = [];
+      for (const lora of loras) loraBytes.push([...(await adapterBytes(lora, signal)), lora.scale ?? 1]);
+      const embeddingBytes = [];
+      for (const e of embeddings) embeddingBytes.push([e.trigger, ...(await adapterBytes(e, signal))]);
       for (;;) {
         if (signal.aborted) throw cancelled("loading cancelled");
         const loader = await ModelLoader.create({ backend, precision, kernels });
         try {
+          for (const [name, bytes, scale] of loraBytes) loader.addLora(name, bytes, scale);
           if (url === undefined) await loadFromFiles(loader, files, { signal, progress });
           else notes.push(...(await loadFromUrl(loader, url, { cache, distrust, signal, progress })));
         } catch (error) {
@@ -305,6 +335,13 @@ const handlers = {
           continue;
         }
         pipeline = Pipeline.fromLoader(loader);
+        try {
+          for (const [trigger, name, bytes] of embeddingBytes) pipeline.addEmbedding(trigger, name, bytes);
+        } catch (error) {
+          if (!(error instanceof WebAssembly.RuntimeError)) pipeline.free();
+          pipeline = null;
+          throw error;
+        }
         notes.push(...pipeline.notes());
         return { deviceInfo: pipeline.deviceInfo(), nativeSize: pipeline.nativeSize(), notes };
       }

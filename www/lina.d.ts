@@ -87,6 +87,17 @@ export interface ModelSource extends Controls {
   precision?: Precision;
   kernels?: Kernels;
   /**
+   * LoRA adapters (.safetensors, kohya or diffusers/PEFT names) merged into the UNet and the
+   * text encoder as the model loads, each at its scale (default 1). A LoRA for another model
+   * rejects the load with code "invalid_input", naming its module.
+   */
+  loras?: { url?: string; file?: Blob | Uint8Array; scale?: number }[];
+  /**
+   * Textual-inversion embeddings (.safetensors), each bound to its trigger word, which
+   * prompts then use ("a photo of <my-cat>").
+   */
+  embeddings?: { url?: string; file?: Blob | Uint8Array; trigger: string }[];
+  /**
    * Download or read progress, per file, in bytes. If it throws, the load stops and rejects
    * with code "callback".
    */

@@ -66,7 +66,7 @@ const GENERATE_OPTIONS = [
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
 const CONTROLS = ["signal"];
-const SOURCE_OPTIONS = ["url", "files", "backend", "precision", "kernels", "onProgress", "signal"];
+const SOURCE_OPTIONS = ["url", "files", "backend", "precision", "kernels", "loras", "embeddings", "onProgress", "signal"];
 
 /**
  * Starts a worker and loads a model into it: from `url` (a diffusers-layout folder; the
@@ -116,12 +116,12 @@ export class LinaModel {
    */
   async load(source = {}) {
     checkSource(source);
-    const { files, backend = "auto", precision = "auto", kernels = "fused", onProgress, signal } = source;
+    const { files, backend = "auto", precision = "auto", kernels = "fused", loras = [], embeddings = [], onProgress, signal } = source;
     let url = files === undefined && source.url === undefined ? DEFAULT_MODEL_URL : source.url;
     if (url !== undefined) url = new URL(url.endsWith("/") ? url : `${url}/`, location.href).href;
     if (!signal?.aborted) this.#unloaded();
     /** @type {types.LoadResult} */
-    const info = await this.#request("load", { url, files, backend, precision, kernels }, signal, {
+    const info = await this.#request("load", { url, files, backend, precision, kernels, loras, embeddings }, signal, {
       progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total }),
     });
     this.deviceInfo = info.deviceInfo;
@@ -521,6 +521,30 @@ function checkOneOf(name, value, allowed) {
   }
 }
 
+/**
+ * LoRA adapters or embeddings: an array of objects, each with a `url` or a `file` (File, Blob
+ * or Uint8Array), not both.
+ * @param {string} name
+ * @param {unknown} list
+ * @param {string[]} keys
+ * @param {(item: any) => void} check
+ */
+function checkAdapters(name, list, keys, check) {
+  if (list === undefined) return;
+  if (!Array.isArray(list)) throw linaError("invalid_input", `${name} must be an array`);
+  for (const item of list) {
+    checkObject(`${name}[]`, item);
+    checkKeys(`${name}[]`, item, keys);
+    const { url, file } = /** @type {any} */ (item);
+    checkType(`${name}[].url`, url, "string");
+    if ((url === undefined) === (file === undefined)) throw linaError("invalid_input", `each of ${name} needs a url or a file, not both`);
+    if (file !== undefined && !(file instanceof Blob || file instanceof Uint8Array)) {
+      throw linaError("invalid_input", `${name}[].file must be a File, a Blob or a Uint8Array`);
+    }
+    check(item);
+  }
+}
+
 /** @param {unknown} source */
 function checkSource(source) {
   checkObject("the model's source", source);
@@ -536,6 +560,12 @@ function checkSource(source) {
       }
     }
   }
+  checkAdapters("loras", source.loras, ["url", "file", "scale"], (a) => {
+    if (a.scale !== undefined && !Number.isFinite(a.scale)) throw linaError("invalid_input", "loras[].scale must be a finite number");
+  });
+  checkAdapters("embeddings", source.embeddings, ["url", "file", "trigger"], (a) => {
+    if (typeof a.trigger !== "string" || !a.trigger) throw linaError("invalid_input", "embeddings[].trigger must be a word, such as \"<my-style>\"");
+  });
   checkOneOf("backend", backend, ["auto", "webgpu", "cpu"]);
   checkOneOf("precision", precision, ["auto", "f32", "f16"]);
   checkOneOf("kernels", kernels, ["fused", "burn"]);

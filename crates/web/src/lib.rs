@@ -22,7 +22,7 @@ use lina_runtime::pipeline::{
 };
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 use lina_runtime::source::{MemorySource, StagedSource};
-use lina_runtime::weights::WeightsUpload;
+use lina_runtime::weights::{Lora, ScaledLora, WeightsUpload};
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -223,8 +223,13 @@ impl Pipeline {
                 "the loader is still reading a file; call endFile first",
             ));
         }
-        let inner = StableDiffusion::load_with(&loader.source, &loader.device, loader.kernels)
-            .map_err(js_err)?;
+        let inner = StableDiffusion::load_adapted(
+            &loader.source,
+            &loader.device,
+            loader.kernels,
+            &loader.loras,
+        )
+        .map_err(js_err)?;
         Ok(Pipeline {
             inner,
             predictor: lina::predict::Predictor::load(&loader.source).map_err(js_err)?,
@@ -233,13 +238,28 @@ impl Pipeline {
         })
     }
 
-    /// The model's native image side in pixels.
+    /// Binds a textual-inversion embedding (`.safetensors`: one tensor, or `emb_params`) to
+    /// `trigger`, which prompts then use as a word. A bad file, vectors of another width or
+    /// a trigger that is a token already: refused, the model unchanged.
+    #[wasm_bindgen(js_name = addEmbedding)]
+    pub fn add_embedding(
+        &mut self,
+        trigger: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), JsValue> {
+        self.inner
+            .add_embedding(trigger, name, bytes)
+            .map_err(js_err)
+    }
+
     /// What the user should know about the loaded model on this device (its native size is
     /// too large for the adapter's limits, say); empty when nothing.
     pub fn notes(&self) -> Vec<String> {
         self.inner.size_note().into_iter().collect()
     }
 
+    /// The model's native image side in pixels.
     #[wasm_bindgen(js_name = nativeSize)]
     pub fn native_size(&self) -> usize {
         self.inner.native_size()
@@ -711,6 +731,8 @@ pub struct ModelLoader {
     current: Option<(String, Incoming)>,
     /// The current file's SHA-256 so far, when its caller asked for one.
     digest: Option<Sha256>,
+    /// LoRA adapters to merge into the model as it is built, each at its scale.
+    loras: Vec<ScaledLora>,
 }
 
 enum Incoming {
@@ -732,7 +754,26 @@ impl ModelLoader {
             source: StagedSource::default(),
             current: None,
             digest: None,
+            loras: Vec::new(),
         })
+    }
+
+    /// A LoRA (`.safetensors`, kohya or diffusers/PEFT names) to merge into the UNet and the
+    /// text encoder at `scale` when `Pipeline.fromLoader` builds the model. A malformed file
+    /// fails here; a LoRA for another model fails in `fromLoader`, naming its module.
+    #[wasm_bindgen(js_name = addLora)]
+    pub fn add_lora(&mut self, name: String, bytes: &[u8], scale: f64) -> Result<(), JsValue> {
+        if !scale.is_finite() {
+            return Err(invalid(&format!(
+                "LoRA {name}: the scale must be a finite number"
+            )));
+        }
+        let lora = Lora::from_safetensors(&name, bytes).map_err(js_err)?;
+        self.loras.push(ScaledLora {
+            lora,
+            scale: scale as f32,
+        });
+        Ok(())
     }
 
     /// Starts a file at a diffusers-layout path (`"unet/diffusion_pytorch_model.safetensors"`).

@@ -882,3 +882,143 @@ async fn region_controlled_attention_moves_attention_into_the_boxes() {
         );
     }
 }
+
+/// The f32 tensor `name` of one of the tiny model's files, with its shape.
+fn fixture_tensor(file: &str, name: &str) -> (Vec<usize>, Vec<u8>) {
+    let bytes = FILES.iter().find(|(p, _)| *p == file).unwrap().1;
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    (t.shape().to_vec(), t.data().to_vec())
+}
+
+fn safetensors_of(tensors: &[(&str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+    safetensors::serialize(
+        tensors.iter().map(|(n, s, b)| {
+            (
+                *n,
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        }),
+        None,
+    )
+    .unwrap()
+}
+
+/// A LoRA merges in the browser (at scale 0 it changes nothing, at 1 it changes the image),
+/// one for another model is refused naming its module, and an embedding bound to the
+/// vocabulary's own rows of "red ball" draws what "red ball" draws.
+#[wasm_bindgen_test]
+async fn loras_and_embeddings_load_in_the_browser() {
+    let unet = "unet/diffusion_pytorch_model.safetensors";
+    let st = SafeTensors::deserialize(FILES.iter().find(|(p, _)| *p == unet).unwrap().1).unwrap();
+    let (name, shape) = st
+        .tensors()
+        .into_iter()
+        .find(|(n, _)| n.contains("attn2.to_q.weight"))
+        .map(|(n, t)| (n, t.shape().to_vec()))
+        .unwrap();
+    let module = format!(
+        "lora_unet_{}",
+        name.trim_end_matches(".weight").replace('.', "_")
+    );
+    let ones = |n: usize| {
+        (0..n)
+            .flat_map(|i| (0.05 * (i % 7) as f32).to_le_bytes())
+            .collect()
+    };
+    let lora = |module: &str| {
+        safetensors_of(&[
+            (
+                &format!("{module}.lora_down.weight"),
+                vec![1, shape[1]],
+                ones(shape[1]),
+            ),
+            (
+                &format!("{module}.lora_up.weight"),
+                vec![shape[0], 1],
+                ones(shape[0]),
+            ),
+        ])
+    };
+    let model: Vec<(&str, Vec<u8>)> = FILES.iter().map(|(p, b)| (*p, b.to_vec())).collect();
+    let build = async |adapter: Option<(&[u8], f64)>| {
+        let mut loader = ModelLoader::create(f32_device())
+            .await
+            .map_err(message)
+            .unwrap();
+        fetch_into(&mut loader, &model).await.unwrap();
+        if let Some((bytes, scale)) = adapter {
+            loader
+                .add_lora("test-lora.safetensors".into(), bytes, scale)
+                .map_err(message)
+                .unwrap();
+        }
+        Pipeline::from_loader(loader)
+    };
+    let draw = async |pipe: &Pipeline, prompt: &str| {
+        let options = Object::new();
+        let set = |k: &str, v: JsValue| Reflect::set(&options, &JsValue::from_str(k), &v).unwrap();
+        set("prompt", prompt.into());
+        set("steps", 3.into());
+        set("seed", 5.into());
+        rgb_of(
+            &pipe
+                .generate(options.into(), None)
+                .await
+                .map_err(message)
+                .unwrap(),
+        )
+    };
+    let good = lora(&module);
+    let plain = build(None).await.map_err(message).unwrap();
+    let prompt = "a red ball on a small mirror";
+    let before = draw(&plain, prompt).await;
+    let off = build(Some((&good, 0.0))).await.map_err(message).unwrap();
+    assert_eq!(
+        draw(&off, prompt).await,
+        before,
+        "a LoRA at scale 0 changes nothing"
+    );
+    let on = build(Some((&good, 1.0))).await.map_err(message).unwrap();
+    assert_ne!(
+        draw(&on, prompt).await,
+        before,
+        "a LoRA at scale 1 changes the image"
+    );
+
+    let Err(err) = build(Some((&lora("lora_unet_no_such_block"), 1.0))).await else {
+        panic!("a LoRA for another model was accepted");
+    };
+    assert_eq!(code(&err), "invalid_input");
+    assert!(message(err).contains("no_such_block"));
+
+    // "red" and "ball" are one token each in the tiny vocabulary.
+    let tokenizer = FILES
+        .iter()
+        .find(|(p, _)| *p == "tokenizer/tokenizer.json")
+        .unwrap()
+        .1;
+    let vocab: serde_json::Value = serde_json::from_slice(tokenizer).unwrap();
+    let id = |word: &str| vocab["model"]["vocab"][word].as_u64().unwrap() as usize;
+    let (table_shape, table) = fixture_tensor(
+        "text_encoder/model.safetensors",
+        "text_model.embeddings.token_embedding.weight",
+    );
+    let row = |id: usize| table[id * table_shape[1] * 4..(id + 1) * table_shape[1] * 4].to_vec();
+    let rows = [row(id("red</w>")), row(id("ball</w>"))].concat();
+    let embedding = safetensors_of(&[("emb_params", vec![2, table_shape[1]], rows)]);
+    let mut pipe = build(None).await.map_err(message).unwrap();
+    pipe.add_embedding("<red-ball>", "red-ball.safetensors", &embedding)
+        .map_err(message)
+        .unwrap();
+    assert_eq!(draw(&pipe, "a <red-ball> on a small mirror").await, before);
+    let err = pipe
+        .add_embedding(
+            "<wide>",
+            "wide.safetensors",
+            &safetensors_of(&[("emb_params", vec![3], ones(3))]),
+        )
+        .unwrap_err();
+    assert_eq!(code(&err), "invalid_input");
+}
