@@ -231,6 +231,77 @@ test("a weight file whose header claims more than the file holds is refused with
   await page.close();
 });
 
+test("a LoRA and an embedding load with the model: scale 0 changes nothing, scale 1 changes the image, and a LoRA for another model is refused naming its module", { timeout: SLOW * 2 }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel, DEFAULT_MODEL_URL } = await import("./lina.js");
+    // The default UNet's first cross-attention query: its name and shape from the file's header.
+    const unet = new Uint8Array(await (await fetch(DEFAULT_MODEL_URL + "unet/diffusion_pytorch_model.safetensors")).arrayBuffer());
+    const headerLength = Number(new DataView(unet.buffer).getBigUint64(0, true));
+    const header = JSON.parse(new TextDecoder().decode(unet.subarray(8, 8 + headerLength)));
+    const name = Object.keys(header).find((k) => k.includes("attn2.to_q.weight"));
+    const [rows, cols] = header[name].shape;
+    // A safetensors file of f32 tensors, written by hand.
+    const safetensors = (tensors) => {
+      let offset = 0;
+      const meta = {};
+      for (const [key, shape, values] of tensors) {
+        meta[key] = { dtype: "F32", shape, data_offsets: [offset, offset + values.length * 4] };
+        offset += values.length * 4;
+      }
+      let json = new TextEncoder().encode(JSON.stringify(meta));
+      const bytes = new Uint8Array(8 + json.length + offset);
+      new DataView(bytes.buffer).setBigUint64(0, BigInt(json.length), true);
+      bytes.set(json, 8);
+      let at = 8 + json.length;
+      for (const [, , values] of tensors) {
+        bytes.set(new Uint8Array(new Float32Array(values).buffer), at);
+        at += values.length * 4;
+      }
+      return bytes;
+    };
+    const ramp = (n) => Array.from({ length: n }, (_, i) => 0.05 * (i % 7));
+    const lora = (module) =>
+      safetensors([
+        [`${module}.lora_down.weight`, [1, cols], ramp(cols)],
+        [`${module}.lora_up.weight`, [rows, 1], ramp(rows)],
+      ]);
+    const module = "lora_unet_" + name.replace(/\.weight$/, "").replaceAll(".", "_");
+    const draw = async (source) => {
+      const model = new LinaModel();
+      try {
+        await model.load({ backend: "cpu", ...source });
+        const image = await model.generate({ prompt: "a red ball on a small mirror", steps: 2, seed: 1 });
+        return Array.from(image.rgba);
+      } finally {
+        model.dispose();
+      }
+    };
+    const same = (a, b) => a.length === b.length && a.every((v, i) => v === b[i]);
+    const plain = await draw({});
+    const off = await draw({ loras: [{ file: lora(module), scale: 0 }] });
+    const on = await draw({ loras: [{ file: new Blob([lora(module)]), scale: 1 }] });
+    const refused = await draw({ loras: [{ file: lora("lora_unet_no_such_block") }] }).then(
+      () => "loaded",
+      (e) => ({ code: e.code, message: e.message }),
+    );
+    const both = await draw({ loras: [{ file: lora(module), url: "x" }] }).then(() => "loaded", (e) => e.code);
+    // An embedding of the text encoder's width, bound to a trigger the prompt then uses.
+    const text = JSON.parse(await (await fetch(DEFAULT_MODEL_URL + "text_encoder/config.json")).text());
+    const embedded = await draw({
+      embeddings: [{ file: safetensors([["emb_params", [1, text.hidden_size], ramp(text.hidden_size)]]), trigger: "<ramp>" }],
+    }).then(() => "loaded", (e) => e.code);
+    return { off: same(plain, off), on: same(plain, on), refused, both, embedded };
+  });
+  assert.equal(out.off, true, "a LoRA at scale 0 changes nothing");
+  assert.equal(out.on, false, "a LoRA at scale 1 changes the image");
+  assert.equal(out.refused.code, "invalid_input", JSON.stringify(out.refused));
+  assert.match(out.refused.message, /no_such_block/);
+  assert.equal(out.both, "invalid_input");
+  assert.equal(out.embedded, "loaded");
+  await page.close();
+});
+
 test("a trapped wasm instance fails the pending calls with worker_crashed, and a fresh worker loads and draws", { timeout: SLOW * 2 }, async () => {
   const page = await apiPage();
   const out = await page.evaluate(async () => {
