@@ -247,6 +247,7 @@ fn an_implied_effect_is_named_and_pinned_to_where_physics_allows_it() {
     let plan = Plan {
         attention_strength: 2.0,
         attention_window: [0.0, 0.5],
+        attention_effects: true,
         ..Plan::default()
     };
     let mut steered = AttentionRecorder::default();
@@ -286,8 +287,8 @@ fn an_implied_effect_is_named_and_pinned_to_where_physics_allows_it() {
         "reflection in its place: {before:.3} -> {after:.3}"
     );
 
-    // With `attentionEffects` off, the prompt stays as written and only its own words are
-    // steered.
+    // With `attentionEffects` off (the default), the prompt stays as written and only its
+    // own words are steered.
     let own_words = Plan {
         attention_effects: false,
         ..plan

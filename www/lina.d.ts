@@ -154,7 +154,10 @@ export interface Plan {
    */
   attentionStrength?: number;
   attentionWindow?: [number, number];
-  /** Name the implied effects ("reflection", "shadow") at the prompt's end and steer their words too (default true). */
+  /**
+   * Name the implied effects ("reflection", "shadow") at the prompt's end and steer their
+   * words too (default false: on the embedded model the appended words did harm).
+   */
   attentionEffects?: boolean;
   /** Schedule warp toward the noisy start; 1 is the plain schedule. */
   warp?: number;

@@ -51,7 +51,10 @@ pub struct Plan {
     pub attention_window: [f64; 2],
     /// Whether the attention control names the implied effects the prompt leaves out
     /// ("reflection", "shadow") at the prompt's end, to pin their words to where physics
-    /// allows them. Off, it steers only the words the prompt has.
+    /// allows them. Off by default: on the embedded model, trained on the probe's templates,
+    /// the appended words made it draw a lamp and a shadow where a mirror was asked for
+    /// (docs/lina.md, "Evaluation under two judges"). Off, it steers only the words the
+    /// prompt has.
     pub attention_effects: bool,
     /// Schedule warp toward the noisy start; 1 is the plain schedule.
     pub warp: f64,
@@ -68,7 +71,7 @@ impl Default for Plan {
             region_window: [0.0, 0.4],
             attention_strength: 0.0,
             attention_window: [0.0, 0.6],
-            attention_effects: true,
+            attention_effects: false,
             warp: 1.0,
         }
     }
