@@ -96,7 +96,7 @@ pub fn judge_segmentation(seg: &Segmentation, csg: &Csg) -> Judgement {
         let b = scene.region(lo, o.class);
         let passed = match r.predicate {
             Predicate::On => scene.on(&a, lo),
-            Predicate::In => scene.inside(&a, &b, o.class),
+            Predicate::In => scene.inside(&a, &b, (lo, o.class)),
             Predicate::LeftOf => beside(&a, &b, true),
             Predicate::RightOf => beside(&a, &b, false),
             Predicate::Above => stacked(&a, &b, true),
@@ -332,7 +332,7 @@ impl<'a> Scene<'a> {
 
     /// In a jar: 80% of `a` within the jar's box. In a region on the ground (sand, water):
     /// what lies around and under `a`'s feet is mostly that region.
-    fn inside(&self, a: &Region, b: &Region, class: Class) -> bool {
+    fn inside(&self, a: &Region, b: &Region, (label, class): (Label, Class)) -> bool {
         let (Some(abox), Some((x0, y0, x1, y1))) = (a.bbox(), b.bbox()) else {
             return false;
         };
@@ -340,7 +340,6 @@ impl<'a> Scene<'a> {
             let jar = (x0.saturating_sub(1), y0.saturating_sub(1), x1 + 1, y1 + 1);
             return a.count_in(jar) * 10 >= a.len() * 8;
         }
-        let region_label = b.pixels.first().and_then(|&(x, y)| self.label(x, y));
         let (ax0, _, ax1, ay1) = abox;
         let mut hits = 0;
         let mut total = 0;
@@ -350,7 +349,7 @@ impl<'a> Scene<'a> {
                     continue;
                 }
                 total += 1;
-                hits += usize::from(self.label(x, y) == region_label && region_label.is_some());
+                hits += usize::from(self.label(x, y) == Some(label));
             }
         }
         total > 0 && 2 * hits > total
