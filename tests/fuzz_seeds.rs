@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("tokenizer", checks::tokenizer),
     ("csg_json", checks::csg_json),
     ("prompt", checks::prompt),
+    ("lora", checks::lora),
 ];
 
 fn root() -> &'static Path {

@@ -311,6 +311,26 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
     assert_eq!(code, "invalid_input");
     assert!(e.contains("ranks"), "{e}");
 
+    // A rank of 0 (alpha / r would be NaN) and a NaN alpha.
+    let mut zero = BTreeMap::new();
+    zero.insert(
+        "unet.conv_in.lora_A.weight".to_string(),
+        (vec![0, 4], vec![]),
+    );
+    zero.insert(
+        "unet.conv_in.lora_B.weight".to_string(),
+        (vec![4, 0], vec![]),
+    );
+    assert!(parse(&write(&zero)).1.contains("or are 0"));
+    let mut nan = good.clone();
+    let key = nan.keys().find(|k| k.ends_with(".alpha")).unwrap().clone();
+    nan.insert(key, (vec![], vec![f32::NAN]));
+    assert!(
+        parse(&write(&nan))
+            .1
+            .contains("alpha is not a finite number")
+    );
+
     // A module with one half only.
     let mut half = good.clone();
     let key = half

@@ -147,3 +147,15 @@ pub fn prompt(data: &[u8]) {
         Csg::from_json(&csg.to_json()).expect("and reads back from its JSON");
     }
 }
+
+/// A LoRA file of any bytes (`weights::Lora`), which comes from a user (a model hub, a drag
+/// and drop), never from the model's author: parsing never panics, and a file it accepts
+/// adapts something (the parser itself refuses a half missing, ranks that disagree or are 0,
+/// a NaN alpha: `tests/lora.rs`).
+pub fn lora(data: &[u8]) {
+    use lina_runtime::weights::{Lora, LoraTarget};
+    if let Ok(lora) = Lora::from_safetensors("fuzz.safetensors", data) {
+        // A parsed LoRA adapts something: a file of no module is refused.
+        assert!(lora.adapts(LoraTarget::Unet) || lora.adapts(LoraTarget::TextEncoder));
+    }
+}

@@ -160,14 +160,21 @@ impl Lora {
             let shapes_ok = down.1.len() >= 2
                 && up.1.len() == down.1.len()
                 && up.1[2..].iter().all(|&d| d == 1)
-                && rd == ru;
+                && rd == ru
+                && rd.is_some_and(|r| r > 0);
             if !shapes_ok {
                 return Err(bad(
                     source,
                     format!(
-                        "module {label}: the ranks of down {:?} and up {:?} disagree",
+                        "module {label}: the ranks of down {:?} and up {:?} disagree (or are 0)",
                         down.1, up.1
                     ),
+                ));
+            }
+            if h.alpha.is_some_and(|a| !a.is_finite()) {
+                return Err(bad(
+                    source,
+                    format!("module {label}: alpha is not a finite number"),
                 ));
             }
             modules.insert(
