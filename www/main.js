@@ -283,7 +283,7 @@ async function sweep() {
   } catch (error) {
     await failed(error);
   } finally {
-    $("sweep").disabled = false;
+    enableModelButtons();
   }
 }
 
@@ -313,7 +313,7 @@ async function reinpaint() {
   } catch (error) {
     await failed(error);
   } finally {
-    $("reinpaint").disabled = false;
+    enableModelButtons();
   }
 }
 
@@ -339,19 +339,22 @@ async function compare() {
   } catch (error) {
     await failed(error);
   } finally {
-    $("compare").disabled = false;
-    $("generate").disabled = false;
+    enableModelButtons();
   }
 }
 
 
+// The buttons that need a model: enabled exactly while one is loaded. `deviceInfo` is null
+// from the moment a load starts until it succeeds, and after a crash.
+function enableModelButtons() {
+  const loaded = model !== null && model.deviceInfo !== null;
+  for (const id of ["generate", "compare", "sweep", "reinpaint"]) $(id).disabled = !loaded;
+}
+
 function ready(notes = []) {
   const device = model.deviceInfo;
   status([`Ready (${device.adapter}, ${device.precision}).`, ...notes].join(" "));
-  $("generate").disabled = false;
-  $("compare").disabled = false;
-  $("sweep").disabled = false;
-  $("reinpaint").disabled = false;
+  enableModelButtons();
   graphFromPrompt();
   replotSchedule();
 }
@@ -392,7 +395,7 @@ async function generate(event) {
     else await failed(error);
   } finally {
     running = null;
-    $("generate").disabled = model === null;
+    enableModelButtons();
     $("cancel").disabled = true;
   }
 }
@@ -400,7 +403,7 @@ async function generate(event) {
 // Loads another model into the worker; on failure the page says why and has no model until
 // one loads.
 async function switchModel(wanted, what) {
-  $("generate").disabled = true;
+  for (const id of ["generate", "compare", "sweep", "reinpaint"]) $(id).disabled = true;
   $("cancel").disabled = false;
   running = new AbortController();
   status(`Loading ${what}…`);
@@ -412,6 +415,7 @@ async function switchModel(wanted, what) {
   } catch (error) {
     const why = error.name === "AbortError" ? "loading cancelled; no model is loaded" : error.message;
     status(`${what}: ${why}`, true);
+    enableModelButtons();
   } finally {
     running = null;
     $("cancel").disabled = true;
