@@ -551,59 +551,7 @@ impl StableDiffusion {
     /// width than the text encoder's (an SDXL embedding on SD 1.x), or a trigger that is a
     /// token already.
     pub fn add_embedding(&mut self, trigger: &str, source: &str, bytes: &[u8]) -> Result<()> {
-        let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::WeightFile {
-            file: source.to_string(),
-            message: e.to_string(),
-        })?;
-        let names = file.names();
-        let key = match names.as_slice() {
-            [one] => one.to_string(),
-            _ if names.contains(&"emb_params") => "emb_params".to_string(),
-            _ => {
-                let mut listed: Vec<&str> = names.iter().map(|n| &n[..]).collect();
-                listed.sort_unstable();
-                return Err(Error::InvalidInput(format!(
-                    "embedding {source}: holds {} (expected one tensor, or `emb_params`; an SDXL embedding's clip_l/clip_g pair does not fit an SD 1.x/2.x model)",
-                    listed.join(", ")
-                )));
-            }
-        };
-        let t = file.tensor(&key).map_err(|e| Error::WeightFile {
-            file: source.to_string(),
-            message: e.to_string(),
-        })?;
-        let shape = t.shape().to_vec();
-        let (n, dim) = match shape.as_slice() {
-            [dim] => (1, *dim),
-            [n, dim] if *n > 0 => (*n, *dim),
-            _ => {
-                return Err(Error::InvalidInput(format!(
-                    "embedding {source}: `{key}` has shape {shape:?}; [dim] or [n, dim] expected"
-                )));
-            }
-        };
-        let values: Vec<f32> = match t.dtype() {
-            safetensors::Dtype::F32 => t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            safetensors::Dtype::F16 => t
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            safetensors::Dtype::BF16 => t
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::InvalidInput(format!(
-                    "embedding {source}: `{key}` is {other:?}; f32, f16 or bf16 expected"
-                )));
-            }
-        };
+        let (values, [n, dim]) = crate::weights::embedding_vectors(source, bytes)?;
         let width = self.text_encoder.config().hidden_size;
         if dim != width {
             return Err(Error::InvalidInput(format!(

@@ -79,29 +79,18 @@ fn bad(source: &str, message: impl std::fmt::Display) -> Error {
     Error::InvalidInput(format!("LoRA {source}: {message}"))
 }
 
-/// A tensor's values as f32 (F32, F16 and BF16 files).
-fn values(source: &str, key: &str, t: &safetensors::tensor::TensorView) -> Result<Vec<f32>> {
-    use safetensors::Dtype;
-    let data = t.data();
-    Ok(match t.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(bad(
-                source,
-                format!("`{key}` is {other:?}; LoRA weights are f32, f16 or bf16"),
-            ));
-        }
+/// A tensor's values as f32 (F32, F16 and BF16 files); `what` names the file's kind in errors.
+fn values(
+    what: &str,
+    source: &str,
+    key: &str,
+    t: &safetensors::tensor::TensorView,
+) -> Result<Vec<f32>> {
+    super::stream::decode_all(t.dtype(), t.data()).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "{what} {source}: `{key}` is {:?}; f32, f16 or bf16 expected",
+            t.dtype()
+        ))
     })
 }
 
@@ -132,7 +121,7 @@ impl Lora {
                 ));
             };
             let t = file.tensor(key).map_err(|e| bad(source, e))?;
-            let v = values(source, key, &t)?;
+            let v = values("LoRA", source, key, &t)?;
             let entry = halves.entry((target, module)).or_default();
             match part {
                 Part::Down => entry.down = Some((v, t.shape().to_vec())),
@@ -206,47 +195,53 @@ impl Lora {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Part {
     Down,
     Up,
     Alpha,
 }
 
+/// The names LoRA files give their tensors: a prefix naming the component, then the module,
+/// then a suffix naming the part. kohya writes the module flattened, diffusers/PEFT dotted.
+/// Suffixes and the part each names.
+type Parts = &'static [(&'static str, Part)];
+
+const NAMING: &[(&str, LoraTarget, bool, Parts)] = {
+    const KOHYA: &[(&str, Part)] = &[
+        (".lora_down.weight", Part::Down),
+        (".lora_up.weight", Part::Up),
+        (".alpha", Part::Alpha),
+    ];
+    const PEFT: &[(&str, Part)] = &[
+        (".lora_A.weight", Part::Down),
+        (".lora_B.weight", Part::Up),
+        (".lora.down.weight", Part::Down),
+        (".lora.up.weight", Part::Up),
+        (".alpha", Part::Alpha),
+    ];
+    &[
+        ("lora_unet_", LoraTarget::Unet, true, KOHYA),
+        ("lora_te_", LoraTarget::TextEncoder, true, KOHYA),
+        ("unet.", LoraTarget::Unet, false, PEFT),
+        ("text_encoder.", LoraTarget::TextEncoder, false, PEFT),
+    ]
+};
+
 /// A LoRA tensor's target, module and part, by its name.
 fn parse_key(key: &str) -> Option<(LoraTarget, ModuleName, Part)> {
-    for (prefix, target) in [
-        ("lora_unet_", LoraTarget::Unet),
-        ("lora_te_", LoraTarget::TextEncoder),
-    ] {
-        if let Some(rest) = key.strip_prefix(prefix) {
-            let (module, part) = [
-                (".lora_down.weight", Part::Down),
-                (".lora_up.weight", Part::Up),
-                (".alpha", Part::Alpha),
-            ]
-            .into_iter()
-            .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m, part)))?;
-            return Some((target, ModuleName::Flat(module.to_string()), part));
-        }
-    }
-    for (prefix, target) in [
-        ("unet.", LoraTarget::Unet),
-        ("text_encoder.", LoraTarget::TextEncoder),
-    ] {
-        if let Some(rest) = key.strip_prefix(prefix) {
-            let (module, part) = [
-                (".lora_A.weight", Part::Down),
-                (".lora_B.weight", Part::Up),
-                (".lora.down.weight", Part::Down),
-                (".lora.up.weight", Part::Up),
-                (".alpha", Part::Alpha),
-            ]
-            .into_iter()
-            .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m, part)))?;
-            return Some((target, ModuleName::Dotted(module.to_string()), part));
-        }
-    }
-    None
+    let (rest, target, flat, parts) = NAMING.iter().find_map(|(prefix, t, flat, parts)| {
+        key.strip_prefix(prefix).map(|r| (r, *t, *flat, parts))
+    })?;
+    let (module, part) = parts
+        .iter()
+        .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m.to_string(), *part)))?;
+    let name = if flat {
+        ModuleName::Flat(module)
+    } else {
+        ModuleName::Dotted(module)
+    };
+    Some((target, name, part))
 }
 
 /// A low-rank update waiting for its layer's weight to load.
@@ -263,7 +258,7 @@ impl Delta {
     /// `factor · up · down` in the weight's own shape, on `device`; fails if the weight is
     /// not `[out, in, ...]` of the update's sizes.
     pub fn merged_into<const D: usize>(
-        &self,
+        self,
         weight: Tensor<D>,
         device: &Device,
     ) -> Result<Tensor<D>> {
@@ -284,9 +279,8 @@ impl Delta {
                     .join(", ")
             )));
         }
-        let up = Tensor::<2>::from_data(TensorData::new(self.up.0.clone(), [out, rank]), device);
-        let down =
-            Tensor::<2>::from_data(TensorData::new(self.down.0.clone(), [rank, rest]), device);
+        let up = Tensor::<2>::from_data(TensorData::new(self.up.0, [out, rank]), device);
+        let down = Tensor::<2>::from_data(TensorData::new(self.down.0, [rank, rest]), device);
         let delta = up.matmul(down).mul_scalar(self.factor).reshape(shape);
         Ok(weight + delta)
     }
@@ -348,4 +342,40 @@ pub(super) fn deltas_for(
         }
     }
     Ok(out)
+}
+
+/// A textual-inversion embedding file's vectors, `(values, [n, dim])`: the file's one tensor
+/// (diffusers' `learned_embeds.safetensors`, named after its token) or its `emb_params` (the
+/// common web UIs), each `[dim]` or `[n, dim]`, in f32, f16 or bf16.
+pub fn embedding_vectors(source: &str, bytes: &[u8]) -> Result<(Vec<f32>, [usize; 2])> {
+    let file = SafeTensors::deserialize(bytes).map_err(|e| Error::WeightFile {
+        file: source.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut names: Vec<&str> = file.names();
+    names.sort_unstable();
+    let key = match names.as_slice() {
+        [one] => *one,
+        _ if names.contains(&"emb_params") => "emb_params",
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "embedding {source}: holds {} (expected one tensor, or `emb_params`; an SDXL embedding's clip_l/clip_g pair does not fit an SD 1.x/2.x model)",
+                names.join(", ")
+            )));
+        }
+    };
+    let t = file.tensor(key).map_err(|e| Error::WeightFile {
+        file: source.to_string(),
+        message: e.to_string(),
+    })?;
+    let shape = match *t.shape() {
+        [dim] => [1, dim],
+        [n, dim] if n > 0 => [n, dim],
+        ref other => {
+            return Err(Error::InvalidInput(format!(
+                "embedding {source}: `{key}` has shape {other:?}; [dim] or [n, dim] expected"
+            )));
+        }
+    };
+    Ok((values("embedding", source, key, &t)?, shape))
 }

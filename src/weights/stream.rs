@@ -296,6 +296,23 @@ impl Filling {
     }
 }
 
+/// A whole buffer of little-endian f32, f16 or bf16 values; `None` for another dtype. What a
+/// small file read whole (a LoRA, an embedding) needs; weight files stream through
+/// [`TensorStream`] instead.
+pub(crate) fn decode_all(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    let width = match dtype {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::BF16 => 2,
+        _ => return None,
+    };
+    Some(
+        bytes
+            .chunks_exact(width)
+            .map(|b| decode_one(dtype, b))
+            .collect(),
+    )
+}
+
 /// One little-endian f32, f16 or bf16 value.
 fn decode_one(dtype: Dtype, b: &[u8]) -> f32 {
     match dtype {

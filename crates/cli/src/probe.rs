@@ -437,9 +437,14 @@ pub(crate) struct Scored {
     pub wrecked: bool,
 }
 
-/// Scores an image with both judges.
-fn score(prompt: usize, image: &Image, csg: &lina_csg::Csg, judge: &Segmenter) -> Scored {
-    let verdicts = check(image, csg);
+/// Scores an image with both judges, given the checker's verdicts on it.
+fn score(
+    prompt: usize,
+    verdicts: &[lina_probe::check::Verdict],
+    image: &Image,
+    csg: &lina_csg::Csg,
+    judge: &Segmenter,
+) -> Scored {
     let relations: Vec<_> = verdicts.iter().filter(|v| v.is_relation()).collect();
     let checker = Marks {
         relations_passed: relations.iter().filter(|v| v.passed).count(),
@@ -556,8 +561,9 @@ pub(crate) async fn run_suite(
             if let Some(out) = out {
                 write(&out.join(&file), &image.to_png()?)?;
             }
-            scored.push(score(prompt, &image, &scene.csg, &judge));
-            report.add(*id, &scene, seed, &file, check(&image, &scene.csg));
+            let verdicts = check(&image, &scene.csg);
+            scored.push(score(prompt, &verdicts, &image, &scene.csg, &judge));
+            report.add(*id, &scene, seed, &file, verdicts);
             images.push(image);
         }
         bar.inc(1);

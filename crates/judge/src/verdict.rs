@@ -97,10 +97,10 @@ pub fn judge_segmentation(seg: &Segmentation, csg: &Csg) -> Judgement {
         let passed = match r.predicate {
             Predicate::On => scene.on(&a, lo),
             Predicate::In => scene.inside(&a, &b, (lo, o.class)),
-            Predicate::LeftOf => beside(&a, &b, true),
-            Predicate::RightOf => beside(&a, &b, false),
-            Predicate::Above => stacked(&a, &b, true),
-            Predicate::Below => stacked(&a, &b, false),
+            Predicate::LeftOf => ordered(&a, &b, false, true),
+            Predicate::RightOf => ordered(&a, &b, false, false),
+            Predicate::Above => ordered(&a, &b, true, true),
+            Predicate::Below => ordered(&a, &b, true, false),
             Predicate::Behind => behind(&a, &b, (s.class, o.class)),
             Predicate::CloseTo => scene.gap(&a, lo).is_some_and(|g| g <= 8),
             Predicate::FarFrom => scene.gap(&a, lo).is_none_or(|g| g >= 10),
@@ -423,32 +423,14 @@ impl<'a> Scene<'a> {
     }
 }
 
-/// Left of (or right of): the centres at least 2 pixels apart, in that order.
-fn beside(a: &Region, b: &Region, left: bool) -> bool {
-    match (a.centre(), b.centre()) {
-        (Some((ax, _)), Some((bx, _))) => {
-            if left {
-                ax + 2.0 < bx
-            } else {
-                ax > bx + 2.0
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Above (or below): the centres at least 2 pixels apart vertically, in that order.
-fn stacked(a: &Region, b: &Region, above: bool) -> bool {
-    match (a.centre(), b.centre()) {
-        (Some((_, ay)), Some((_, by))) => {
-            if above {
-                ay + 2.0 < by
-            } else {
-                ay > by + 2.0
-            }
-        }
-        _ => false,
-    }
+/// `a` before `b` along an axis (x: left of; y: above), or after it: the centres at least 2
+/// pixels apart, in that order.
+fn ordered(a: &Region, b: &Region, vertical: bool, before: bool) -> bool {
+    let (Some(ca), Some(cb)) = (a.centre(), b.centre()) else {
+        return false;
+    };
+    let (pa, pb) = if vertical { (ca.1, cb.1) } else { (ca.0, cb.0) };
+    if before { pa + 2.0 < pb } else { pa > pb + 2.0 }
 }
 
 /// How much of its whole outline a solid object shows: its area over the area its kind
