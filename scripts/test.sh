@@ -9,6 +9,7 @@
 # scripts/fuzz.sh runs the fuzzer (docs/hardening.md).
 #
 # Each step prints how long it took, and the end a table of all of them: CI has 90 minutes.
+# The browser's wasm builds beside the native tests' build (its log: target/wasm-build.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,22 +50,41 @@ with_clippy() {
     CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" "$@"
 }
 
+# The two big builds run side by side: the native tests' and the browser's (the wasm tests,
+# then the page's module, which reuses every unit the tests compiled: same packages,
+# features and wrapper). Each is a long chain of large crates that leaves one of two cores
+# idle for stretches; together they keep both busy. They share target/ without waiting on
+# each other: cargo locks each profile's folder, and these are different ones.
+step "builds, side by side: native tests, and the browser tests' and page's wasm (linted)"
+wasm_log=target/wasm-build.log
+mkdir -p target
+(
+  with_clippy cargo test --release --target wasm32-unknown-unknown -p lina-web --test web --no-run
+  with_clippy scripts/build-web.sh
+) >"$wasm_log" 2>&1 &
+wasm_build=$!
+trap 'kill "$wasm_build" 2>/dev/null; report' EXIT
+LINA_TEST_GPU=1 with_clippy cargo test --no-run
+if ! wait "$wasm_build"; then
+  cat "$wasm_log"
+  echo "the wasm build failed (its log is above)" >&2
+  exit 1
+fi
+grep '^wasm:' "$wasm_log"
+
 step "native tests, linted (CPU backend and wgpu on Vulkan)"
 LINA_TEST_GPU=1 with_clippy cargo test
 
 step "browser tests, linted for wasm (headless Chromium, WebGPU on SwiftShader)"
 # SwiftShader runs WebGPU on the CPU, and the runner times the whole run, not each test:
-# give all browser tests together up to 25 minutes. The page's module (scripts/build-web.sh)
-# is built with the same packages and features as these tests, so its build below reuses
-# every dependency compiled here.
+# give all browser tests together up to 25 minutes.
 CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=1500 \
   with_clippy cargo test --release --target wasm32-unknown-unknown -p lina-web --test web
 
-step "embed API types (www/lina.js against lina.d.ts, and README's example)"
+step "embed API and page types (www/*.js against lina.d.ts, and README's example)"
 npm ci --prefix tests/types --no-audit --no-fund
 npm test --prefix tests/types
 
-step "page and embed API end to end (headless Chromium, playwright-core)"
-scripts/build-web.sh
+step "page and embed API end to end (headless Chromium, playwright-core, axe-core)"
 npm ci --prefix tests/e2e --no-audit --no-fund
 npm test --prefix tests/e2e
