@@ -383,7 +383,100 @@ impl Csg {
                 ));
             }
         }
+        if let Some(cycle) = self.ordering_cycle() {
+            return bad(format!(
+                "the relations {} make a cycle, which no scene can satisfy",
+                cycle.join(", ")
+            ));
+        }
         Ok(())
+    }
+
+    /// Relations that order their two nodes (higher than, inside, left of, in front of, made
+    /// by) and close a loop: "a on b, b on a", or "a left_of b, b left_of c, c left_of a".
+    /// Each such predicate reads as an edge `from -> to` in one of five orders; a loop in
+    /// any order is a contradiction. Returns the loop's relations, in order.
+    fn ordering_cycle(&self) -> Option<Vec<String>> {
+        // (order, from, to): `from` comes before `to` in that order.
+        let edges: Vec<(u8, &str, &str, &Relation)> = self
+            .relations
+            .iter()
+            .filter_map(|r| {
+                let (s, o) = (r.subject.as_str(), r.object.as_str());
+                let edge = match r.predicate {
+                    Predicate::On | Predicate::Above => (0, s, o),
+                    Predicate::Below => (0, o, s),
+                    Predicate::In => (1, s, o),
+                    Predicate::LeftOf => (2, s, o),
+                    Predicate::RightOf => (2, o, s),
+                    Predicate::Behind => (3, s, o),
+                    Predicate::ReflectionOf | Predicate::ShadowOf => (4, s, o),
+                    Predicate::CloseTo | Predicate::FarFrom | Predicate::BoundedBy => return None,
+                };
+                Some((edge.0, edge.1, edge.2, r))
+            })
+            .collect();
+        // Depth-first search along the edges of one order at a time, each node finished once
+        // (linear in the relations, whatever a file holds): meeting a node still on the
+        // path closes a loop.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            OnPath,
+            Done,
+        }
+        for order in 0..5u8 {
+            let mut mark = vec![Mark::New; self.nodes.len()];
+            let index = |id: &str| self.nodes.iter().position(|n| n.id == id);
+            for start in 0..self.nodes.len() {
+                if mark[start] != Mark::New {
+                    continue;
+                }
+                // The path: (node, the next of its edges to try), and the relation taken
+                // into each node after the first.
+                let mut stack = vec![(start, 0usize)];
+                let mut taken: Vec<&Relation> = Vec::new();
+                mark[start] = Mark::OnPath;
+                while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+                    let id = self.nodes[node].id.as_str();
+                    let step = edges[*next..]
+                        .iter()
+                        .position(|&(o, from, _, _)| o == order && from == id);
+                    let Some(offset) = step else {
+                        mark[node] = Mark::Done;
+                        stack.pop();
+                        taken.pop();
+                        continue;
+                    };
+                    let (_, _, to, relation) = edges[*next + offset];
+                    *next += offset + 1;
+                    let Some(to) = index(to) else { continue };
+                    match mark[to] {
+                        Mark::Done => {}
+                        Mark::New => {
+                            mark[to] = Mark::OnPath;
+                            stack.push((to, 0));
+                            taken.push(relation);
+                        }
+                        Mark::OnPath => {
+                            // The loop runs from `to`'s place on the path to here.
+                            let from = stack.iter().position(|&(n, _)| n == to).unwrap_or(0);
+                            let mut cycle: Vec<&Relation> = taken[from..].to_vec();
+                            cycle.push(relation);
+                            return Some(
+                                cycle
+                                    .iter()
+                                    .map(|r| {
+                                        format!("{} {} {}", r.subject, r.predicate.word(), r.object)
+                                    })
+                                    .collect(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        None
     }
 }
 
@@ -409,6 +502,29 @@ mod tests {
         csg.relate("reflection", Predicate::ReflectionOf, "ball");
         csg.relate("reflection", Predicate::BoundedBy, "mirror");
         csg
+    }
+
+    #[test]
+    fn relations_that_close_a_loop_are_refused_naming_the_loop() {
+        let mut csg = sample();
+        csg.relate("mirror", Predicate::Below, "ball");
+        csg.validate().expect("below is on's direction: no loop");
+        csg.relate("mirror", Predicate::On, "ball");
+        let e = csg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("ball on mirror, mirror on ball make a cycle"),
+            "{e}"
+        );
+
+        let mut csg = sample();
+        csg.nodes.push(Node::new("cube", Class::Cube));
+        csg.relate("ball", Predicate::LeftOf, "cube");
+        csg.relate("cube", Predicate::LeftOf, "mirror");
+        csg.validate().expect("a chain is no loop");
+        csg.relate("ball", Predicate::RightOf, "mirror");
+        let e = csg.validate().unwrap_err().to_string();
+        assert!(e.contains("make a cycle"), "{e}");
+        assert!(e.contains("ball left_of cube"), "{e}");
     }
 
     #[test]
