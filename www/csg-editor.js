@@ -7,7 +7,7 @@
 // "below" come from the open parser.
 const CLASSES = ["ball", "cube", "cone", "person", "table", "floor", "mirror", "puddle", "jar", "sand", "water", "lamp", "shadow", "reflection", "thing"];
 const COLOURS = ["", "red", "green", "blue", "yellow", "purple"];
-const PREDICATES = ["on", "in", "left_of", "right_of", "behind", "close_to", "far_from", "above", "below", "reflection_of", "bounded_by", "shadow_of"];
+export const PREDICATES = ["on", "in", "left_of", "right_of", "behind", "close_to", "far_from", "above", "below", "reflection_of", "bounded_by", "shadow_of"];
 
 function select(label, options, value, onChange) {
   const element = document.createElement("select");
@@ -27,13 +27,19 @@ function button(text, label, onClick) {
 }
 
 export class CsgEditor {
-  /** `onChange(csg)` after every edit made here. */
-  constructor({ nodes, relations, json, onChange }) {
+  /**
+   * `onChange(csg)` after every edit made here; `onRender(csg)` whenever the graph shown
+   * changes (the drawn graph follows it).
+   */
+  constructor({ nodes, relations, json, onChange, onRender = () => {} }) {
     this.nodesElement = nodes;
     this.relationsElement = relations;
     this.jsonElement = json;
     this.onChange = onChange;
+    this.onRender = onRender;
     this.csg = null;
+    // What the drawn graph has selected: its row is highlighted.
+    this.selection = null;
   }
 
   /** Shows `csg` (a valid scene graph). */
@@ -63,6 +69,34 @@ export class CsgEditor {
       if (box) node.layout = box;
       else delete node.layout;
     });
+  }
+
+  /** Adds "subject on object": the predicate is then changed in the relation's row. */
+  relate(subject, object) {
+    this.#edit((csg) => csg.relations.push({ subject, predicate: "on", object }));
+  }
+
+  /** Sets relation `index`'s predicate. */
+  setPredicate(index, predicate) {
+    this.#edit((csg) => (csg.relations[index].predicate = predicate));
+  }
+
+  /** Removes a node and the relations that name it. */
+  removeNode(id) {
+    this.#edit((csg) => {
+      csg.nodes = csg.nodes.filter((node) => node.id !== id);
+      csg.relations = csg.relations.filter((r) => r.subject !== id && r.object !== id);
+    });
+  }
+
+  removeRelation(index) {
+    this.#edit((csg) => csg.relations.splice(index, 1));
+  }
+
+  /** Highlights the row of what the drawn graph selected (`{ kind, id | index }` or null). */
+  highlight(selection) {
+    this.selection = selection;
+    if (this.csg) this.#render();
   }
 
   addRelation() {
@@ -99,17 +133,13 @@ export class CsgEditor {
               else delete csg.nodes[i].colour;
             }),
           ),
-          button(node.layout ? "Drop box" : "Add box", `${node.layout ? "drop" : "add"} the layout box of ${name}`, () =>
+          button(node.layout ? "Drop box" : "Add box", `${node.layout ? "Drop box" : "Add box"} of ${name}`, () =>
             this.setLayout(node.id, node.layout ? null : [0.35, 0.35, 0.65, 0.65]),
           ),
-          button("Remove", `remove ${name}`, () =>
-            this.#edit((csg) => {
-              csg.nodes.splice(i, 1);
-              csg.relations = csg.relations.filter((r) => r.subject !== node.id && r.object !== node.id);
-            }),
-          ),
+          button("Remove", `remove ${name}`, () => this.removeNode(node.id)),
         );
         if (node.implied) row.append(" (implied)");
+        row.classList.toggle("selected", this.selection?.kind === "node" && this.selection.id === node.id);
         return row;
       }),
     );
@@ -122,11 +152,13 @@ export class CsgEditor {
           select(`${name}: subject`, ids, relation.subject, set("subject")),
           select(`${name}: predicate`, PREDICATES, relation.predicate, set("predicate")),
           select(`${name}: object`, ids, relation.object, set("object")),
-          button("Remove", `remove ${name}`, () => this.#edit((csg) => csg.relations.splice(i, 1))),
+          button("Remove", `remove ${name}`, () => this.removeRelation(i)),
         );
+        row.classList.toggle("selected", this.selection?.kind === "relation" && this.selection.index === i);
         return row;
       }),
     );
     this.jsonElement.value = JSON.stringify(csg, null, 1);
+    this.onRender(csg);
   }
 }

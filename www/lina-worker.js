@@ -16,11 +16,13 @@ const REQUIRED = [
   "vae/config.json",
   "vae/diffusion_pytorch_model.safetensors",
 ];
+// A tokenizer comes as vocab.json and merges.txt or as one tokenizer.json: the second is
+// asked for only where the first two are missing.
 const OPTIONAL = [
-  "tokenizer/tokenizer.json",
   "tokenizer/tokenizer_config.json",
   "tokenizer/vocab.json",
   "tokenizer/merges.txt",
+  "tokenizer/tokenizer.json",
   "vae_tiny/config.json",
   "vae_tiny/diffusion_pytorch_model.safetensors",
   "lina_predictor.json",
@@ -54,7 +56,7 @@ const cancelled = (message) => failure("cancelled", message);
 // body's exact size is known (a Blob's size, an uncompressed response's Content-Length),
 // lets the loader refuse a weight header that claims more than the file holds. A body that
 // cannot be read fails with `unreadable`'s code: "network" for a download, "io" for a File.
-async function streamInto(loader, path, body, total, progress, { signal, digest = false, keep = false, length, unreadable }) {
+async function streamInto(loader, path, body, total, progress, { signal, digest = false, keep = false, length, unreadable, from }) {
   loader.beginFile(path, digest, length);
   const reader = body.getReader();
   const kept = [];
@@ -74,7 +76,7 @@ async function streamInto(loader, path, body, total, progress, { signal, digest 
       loader.push(value);
       if (keep) kept.push(value);
       received += value.length;
-      progress(path, received, total);
+      progress(path, received, total, from);
     }
   } catch (error) {
     reader.cancel().catch(() => {});
@@ -162,7 +164,7 @@ async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
       const total = Number(hit.response.headers.get("content-length")) || undefined;
       let read;
       try {
-        read = await streamInto(loader, path, hit.response.body, total, progress, { signal, digest: true, keep, unreadable: "io" });
+        read = await streamInto(loader, path, hit.response.body, total, progress, { signal, digest: true, keep, unreadable: "io", from: "cache" });
       } catch (error) {
         if (signal.aborted || error instanceof WebAssembly.RuntimeError) throw error;
         throw new DamagedEntry(fileUrl, path, error.message);
@@ -196,6 +198,7 @@ async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
         keep,
         length,
         unreadable: "network",
+        from: "network",
       });
       digested.resolve(read.sha256);
       return read;
@@ -204,8 +207,22 @@ async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
       throw error;
     }
   };
+  // A diffusers folder's model_index.json names its components: an optional folder it does
+  // not name (vae_tiny/, unless it is listed) is not asked for, since each miss is a 404 in
+  // the browser's console. A folder without the index gets every optional file tried.
+  const components = await componentsOf(url, signal);
+  const found = new Set();
+  const wanted = (path) => {
+    if (path === "tokenizer/tokenizer.json") return !(found.has("tokenizer/vocab.json") && found.has("tokenizer/merges.txt"));
+    const folder = path.includes("/") ? path.slice(0, path.indexOf("/")) : null;
+    return REQUIRED.includes(path) || components === null || folder === null || components.has(folder);
+  };
   for (const path of [...REQUIRED, ...OPTIONAL]) {
-    if (await take(path)) continue;
+    if (!wanted(path)) continue;
+    if (await take(path)) {
+      found.add(path);
+      continue;
+    }
     // Large weights come in shards, listed by an index beside where the file would be.
     const index = path.endsWith(".safetensors") ? await take(`${path}.index.json`, true) : null;
     if (index) {
@@ -219,6 +236,26 @@ async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
   }
   const failed = (await Promise.all(stores)).filter((r) => typeof r === "string");
   return failed.length ? [`not cached for the next visit (${failed[0]})`] : [];
+}
+
+// The components a folder's model_index.json names, or null where it has none (or one that
+// does not parse: the files themselves then say what the folder holds).
+async function componentsOf(url, signal) {
+  let response;
+  try {
+    response = await fetch(`${url}model_index.json`, { cache: "no-store", signal });
+  } catch (error) {
+    if (signal.aborted) throw cancelled("loading cancelled");
+    return null;
+  }
+  const html = (response.headers.get("content-type") ?? "").includes("text/html");
+  if (!response.ok || html) return null;
+  try {
+    const index = await response.json();
+    return typeof index === "object" && index !== null ? new Set(Object.keys(index)) : null;
+  } catch {
+    return null;
+  }
 }
 
 // The shard files an index names; each must be a plain file name beside the index.
@@ -247,7 +284,7 @@ async function loadFromFiles(loader, files, { signal, progress }) {
   for (const [path, data] of wanted) {
     if (signal.aborted) throw cancelled("loading cancelled");
     if (data instanceof Blob) {
-      await streamInto(loader, path, data.stream(), data.size, progress, { signal, length: data.size, unreadable: "io" });
+      await streamInto(loader, path, data.stream(), data.size, progress, { signal, length: data.size, unreadable: "io", from: "file" });
     } else {
       loader.addFile(path, data);
     }
@@ -303,7 +340,7 @@ const handlers = {
     pipeline = null;
     loading = new AbortController();
     const { signal } = loading;
-    const progress = (path, received, total) => reply(id, "progress", { path, received, total });
+    const progress = (path, received, total, from) => reply(id, "progress", { path, received, total, from });
     try {
       const cache = url === undefined ? null : await ModelCache.open();
       const distrust = new Set();

@@ -101,7 +101,11 @@ export interface ModelSource extends Controls {
    * Download or read progress, per file, in bytes. If it throws, the load stops and rejects
    * with code "callback".
    */
-  onProgress?: (progress: { path: string; received: number; total: number | undefined }) => void;
+  /**
+   * Each chunk of a file as it streams in; `from` says where it comes from: the server, the
+   * browser's cache (a second visit), or a file the page holds.
+   */
+  onProgress?: (progress: { path: string; received: number; total: number | undefined; from: "network" | "cache" | "file" }) => void;
 }
 
 export interface LoadResult {

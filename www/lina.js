@@ -122,7 +122,7 @@ export class LinaModel {
     if (!signal?.aborted) this.#unloaded();
     /** @type {types.LoadResult} */
     const info = await this.#request("load", { url, files, backend, precision, kernels, loras, embeddings }, signal, {
-      progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total }),
+      progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total, from: m.from }),
     });
     this.deviceInfo = info.deviceInfo;
     this.nativeSize = info.nativeSize;

@@ -1,11 +1,17 @@
 // The page: a client of the embed API (lina.js), which runs the model in a Web Worker so that
-// the page stays responsive while the model loads and generates.
+// the page stays responsive while the model loads and generates. The image is the centre;
+// the panels beside it (tabs) hold LINA's plan, the scene graph, the comparison, the
+// diagnostics, the history and the model.
 import { loadModel } from "./lina.js";
 import { withMetadata } from "./png.js";
-import { CsgEditor } from "./csg-editor.js";
+import { CsgEditor, PREDICATES } from "./csg-editor.js";
+import { CsgGraph } from "./csg-graph.js";
 import { plotSchedule, plotSweep } from "./plots.js";
 import { LayoutBoxes } from "./layout-boxes.js";
 import { AttentionOverlay } from "./attention-maps.js";
+import { PlanPanel } from "./plan-panel.js";
+import { Tabs } from "./tabs.js";
+import { History, thumbnailOf } from "./history.js";
 
 const $ = (id) => document.getElementById(id);
 const status = (text, isError = false) => {
@@ -34,10 +40,23 @@ async function failed(error) {
   if (needsReload(error)) await reload(error.message);
 }
 
-const onProgress = ({ path, received, total }) => {
+// ---- Downloads: bytes, speed, and whether they came from the browser's cache ----
+
+const MiB = 1048576;
+let download = null;
+
+function onProgress({ path, received, total, from }) {
+  const now = performance.now();
+  if (!download || download.path !== path) download = { path, started: now, first: received };
   if (total) $("progress").value = received / total;
-  status(`Downloading ${path}: ${(received / 1048576).toFixed(1)} MiB`);
-};
+  const seconds = (now - download.started) / 1000;
+  const speed = seconds > 0.2 ? ` at ${((received - download.first) / MiB / seconds).toFixed(1)} MiB/s` : "";
+  const size = total ? ` of ${(total / MiB).toFixed(1)}` : "";
+  const verb = { network: "Downloading", cache: "Reading from the browser's cache", file: "Reading" }[from] ?? "Loading";
+  status(`${verb} ${path}: ${(received / MiB).toFixed(1)}${size} MiB${speed}`);
+}
+
+// ---- Settings: the controls, the address, validation ----
 
 // The controls that make up the settings, by option name; the page's address carries them
 // (#prompt=…&seed=…), so a link reproduces an image.
@@ -49,6 +68,27 @@ const FIELDS = {
   guidanceScale: "guidance",
   scheduler: "scheduler",
 };
+
+// The runtime refuses longer prompts (src/pipeline.rs, MAX_PROMPT_CHARS); the page says so
+// beside the prompt before asking it.
+const MAX_PROMPT_CHARS = 2000;
+
+/** Why the prompt cannot be generated, or "" when it can. */
+function promptProblem() {
+  const prompt = $("prompt").value;
+  if (!prompt.trim()) return "Write a prompt first: what should the image show?";
+  if (prompt.length > MAX_PROMPT_CHARS) {
+    return `The prompt is ${prompt.length} characters long; at most ${MAX_PROMPT_CHARS} are accepted (and the model reads only its first 77 tokens).`;
+  }
+  return "";
+}
+
+function showPromptProblem() {
+  const problem = promptProblem();
+  $("prompt-error").textContent = problem;
+  $("prompt").setAttribute("aria-invalid", String(problem !== ""));
+  return problem;
+}
 
 // With LINA on, the address carries the plan too (lina=JSON), and an edited scene graph
 // (csg=JSON); those need the model, so they are applied once it has loaded.
@@ -63,8 +103,8 @@ function restoreFromAddress() {
 async function restoreLinaFromAddress() {
   try {
     if (address.has("lina")) {
-      $("use-lina").checked = true;
-      showPlan({ ...readPlan(), ...JSON.parse(address.get("lina")) });
+      plan.show(JSON.parse(address.get("lina")));
+      plan.choose("custom");
     }
     if (address.has("csg") && (await acceptGraph(JSON.parse(address.get("csg")), true))) editor.show(csg);
   } catch (error) {
@@ -72,25 +112,15 @@ async function restoreLinaFromAddress() {
   }
 }
 
-function saveToAddress() {
+/** The address that reproduces `options` (the settings, the plan and an edited graph). */
+function linkTo(options) {
   const params = new URLSearchParams();
-  for (const [name, id] of Object.entries(FIELDS)) params.set(name, $(id).value);
-  if ($("use-lina").checked) params.set("lina", JSON.stringify(readPlan()));
-  if ($("use-lina").checked && graphEdited && csg) params.set("csg", JSON.stringify(csg));
-  history.replaceState(null, "", `#${params}`);
-}
-
-// The last image's settings, saved with it.
-let drawnWith = null;
-
-async function savePng() {
-  const blob = await new Promise((resolve) => $("image").toBlob(resolve, "image/png"));
-  const png = withMetadata(new Uint8Array(await blob.arrayBuffer()), drawnWith);
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([png], { type: "image/png" }));
-  link.download = `lina-${drawnWith.seed}.png`;
-  link.click();
-  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  for (const [name] of Object.entries(FIELDS)) {
+    if (options[name] !== undefined) params.set(name, options[name]);
+  }
+  if (options.plan) params.set("lina", JSON.stringify(options.plan));
+  if (options.plan && options.csg && options.graphEdited) params.set("csg", JSON.stringify(options.csg));
+  return `${location.pathname}#${params}`;
 }
 
 function baseOptions() {
@@ -107,50 +137,39 @@ function baseOptions() {
 
 // With LINA: the plan from the controls and the scene graph from the editor.
 function linaOptions() {
-  return csg ? { ...baseOptions(), plan: readPlan(), csg } : { ...baseOptions(), plan: readPlan() };
+  const options = { ...baseOptions(), plan: plan.plan() ?? plan.sliderPlan() };
+  return csg ? { ...options, csg } : options;
 }
 
 function readOptions() {
-  return $("use-lina").checked ? linaOptions() : baseOptions();
+  return plan.plan() ? linaOptions() : baseOptions();
 }
 
-// ---- LINA: the plan's controls, the schedule plot, the scene graph ----
+// ---- LINA: the plan panel and the schedule plot ----
 
-const number = (id) => Number($(id).value);
-
-function readPlan() {
-  return {
-    promptStrength: number("promptStrength"),
-    promptWindow: [number("promptStart"), number("promptEnd")],
-    nodeWeight: number("nodeWeight"),
-    effectWeight: number("effectWeight"),
-    regionWindow: [number("regionStart"), number("regionEnd")],
-    attentionStrength: number("attentionStrength"),
-    attentionWindow: [number("attentionStart"), number("attentionEnd")],
-    warp: number("warp"),
-  };
-}
-
-function showPlan(plan) {
-  for (const id of ["promptStrength", "nodeWeight", "effectWeight", "attentionStrength", "warp"]) {
-    $(id).value = plan[id];
-  }
-  [$("promptStart").value, $("promptEnd").value] = plan.promptWindow;
-  [$("regionStart").value, $("regionEnd").value] = plan.regionWindow;
-  [$("attentionStart").value, $("attentionEnd").value] = plan.attentionWindow;
-  $("warp-value").value = plan.warp;
-}
+const plan = new PlanPanel({
+  sliders: $("plan-sliders"),
+  presets: $("preset"),
+  suggestion: $("suggestion"),
+  json: $("plan-json"),
+  apply: $("plan-apply"),
+  error: $("plan-error"),
+  onChange: () => replotSchedule(),
+});
 
 async function replotSchedule() {
-  $("warp-value").value = $("warp").value;
+  if (!model?.deviceInfo) return;
   try {
-    plotSchedule($("schedule-plot"), await model.timesteps({ ...baseOptions(), plan: readPlan() }));
+    plotSchedule($("schedule-plot"), await model.timesteps({ ...baseOptions(), plan: plan.sliderPlan() }));
+    $("plan-error").textContent = "";
   } catch (error) {
-    status(error.message, true);
+    // A plan the runtime refuses (from the JSON view) is an error of the plan, shown there.
+    $("plan-error").textContent = error.message;
   }
 }
 
-// The scene graph: parsed from the prompt as it is typed, until the user edits it.
+// ---- The scene graph: parsed from the prompt as it is typed, until the user edits it ----
+
 let csg = null;
 let graphEdited = false;
 
@@ -159,11 +178,30 @@ const csgStatus = (text, isError = false) => {
   $("csg-status").classList.toggle("error", isError);
 };
 
+const graph = new CsgGraph($("csg-graph"), {
+  relate: (subject, object) => {
+    editor.relate(subject, object);
+    csgStatus(`Added "${subject} on ${object}": change its predicate in the relations below.`);
+  },
+  removeNode: (id) => editor.removeNode(id),
+  removeRelation: (index) => editor.removeRelation(index),
+  selected: (selection) => {
+    $("graph-delete").disabled = selection === null;
+    // A relation selected in the drawing: its predicate can be changed right there.
+    const predicate = $("graph-predicate");
+    const relation = selection?.kind === "relation" ? editor.csg?.relations[selection.index] : null;
+    predicate.disabled = !relation;
+    predicate.replaceChildren(...(relation ? PREDICATES.map((p) => new Option(p.replaceAll("_", " "), p, false, p === relation.predicate)) : []));
+    editor.highlight(selection);
+  },
+});
+
 const editor = new CsgEditor({
   nodes: $("csg-nodes"),
   relations: $("csg-relations"),
   json: $("csg-json"),
   onChange: (next) => acceptGraph(next, true),
+  onRender: (shown) => graph.show(shown),
 });
 
 const boxes = new LayoutBoxes($("layout-boxes"), (id, box) => editor.setLayout(id, box));
@@ -198,7 +236,7 @@ async function acceptGraph(next, edited) {
 // relations: the boxes LINA's layout controls would steer toward anyway, shown so that they
 // can be seen and dragged.
 async function graphFromPrompt() {
-  if (graphEdited || !model) return;
+  if (graphEdited || !model?.deviceInfo || promptProblem()) return;
   try {
     const parsed = await model.deriveLayout(await model.parsePrompt($("prompt").value));
     // An edit or an import that landed while the prompt was parsed wins over it.
@@ -209,31 +247,13 @@ async function graphFromPrompt() {
     boxes.show(csg);
     const boxed = csg.nodes.some((node) => node.layout);
     csgStatus(boxed ? "Layout boxes derived from the prompt's relations: drag them over the image to change them." : "");
-    await suggestPlan();
+    plan.suggest(await model.suggestPlan($("prompt").value, csg ?? undefined));
+    replotSchedule();
   } catch (error) {
     if (graphEdited) return;
     csg = null;
     csgStatus(error.message, true);
   }
-}
-
-// The learned predictor's plan for the prompt and its graph, shown beside the controls; the
-// button copies it into them, where every value can still be changed.
-let suggested = null;
-
-async function suggestPlan() {
-  suggested = null;
-  $("use-suggestion").disabled = true;
-  const suggestion = await model.suggestPlan($("prompt").value, csg ?? undefined);
-  if (!suggestion) {
-    $("suggestion").textContent = "This model has no learned plan predictor.";
-    return;
-  }
-  const percent = (share) => `${(100 * share).toFixed(0)}%`;
-  const others = suggestion.predicted.map(([name, share]) => `${name} ${percent(share)}`).join(", ");
-  $("suggestion").textContent = `The predictor suggests "${suggestion.candidate}" (predicted share of checks passed: ${others}).`;
-  suggested = suggestion.plan;
-  $("use-suggestion").disabled = false;
 }
 
 async function importGraph() {
@@ -265,17 +285,20 @@ function drawInto(id, image) {
   canvas.getContext("2d").putImageData(new ImageData(image.rgba, image.width, image.height), 0, 0);
 }
 
-// Diagnostics: the step sweep, and re-inpainting one node's region of the last image.
+// ---- Diagnostics: the step sweep, and re-inpainting one node's region of the last image ----
+
 async function sweep() {
   $("sweep").disabled = true;
   status("Sweeping: one run per step…");
   try {
     const result = await model.sweep(linaOptions());
     plotSweep($("sweep-chart"), result);
+    // Below a twentieth of a level the change rounds to nothing on screen: said so.
+    const change = (c) => (c < 0.05 ? "leaves the image as it was (under 0.05/255)" : `changes the image by ${c.toFixed(1)}/255 on average`);
     $("sweep-points").replaceChildren(
       ...result.points.map((p) => {
         const item = document.createElement("li");
-        item.textContent = `changes the image by ${p.change.toFixed(1)}/255; ${p.passed} of ${p.checks} checks pass`;
+        item.textContent = `${change(p.change)}; ${p.passed} of ${p.checks} checks pass`;
         return item;
       }),
     );
@@ -305,7 +328,7 @@ async function reinpaint() {
   try {
     const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
     const image = { width: canvas.width, height: canvas.height, rgba: data };
-    const result = await model.reinpaint(linaOptions(), image, $("reinpaint-node").value, number("reinpaint-strength"));
+    const result = await model.reinpaint(linaOptions(), image, $("reinpaint-node").value, Number($("reinpaint-strength").value));
     drawInto("reinpainted-image", result);
     showVerdicts($("reinpaint-verdicts"), result.after);
     const passed = (list) => list.filter((v) => v.passed).length;
@@ -317,24 +340,45 @@ async function reinpaint() {
   }
 }
 
-// Baseline and LINA with the same settings and seed, each judged by the probe's checker on
-// the scene graph.
+// ---- Compare: baseline and LINA with the same settings and seed ----
+
+/** The mean absolute difference of two same-sized images, in levels of 255. */
+function meanDifference(a, b) {
+  if (a.width !== b.width || a.height !== b.height) return Infinity;
+  let sum = 0;
+  for (let i = 0; i < a.rgba.length; i += 4) {
+    sum += Math.abs(a.rgba[i] - b.rgba[i]) + Math.abs(a.rgba[i + 1] - b.rgba[i + 1]) + Math.abs(a.rgba[i + 2] - b.rgba[i + 2]);
+  }
+  return sum / ((a.rgba.length / 4) * 3);
+}
+
 async function compare() {
   $("compare").disabled = true;
   $("generate").disabled = true;
+  $("compare-summary").textContent = "";
   try {
-    const runs = [
-      ["baseline", baseOptions()],
-      ["lina", linaOptions()],
-    ];
-    for (const [name, options] of runs) {
+    const images = {};
+    const verdicts = {};
+    for (const [name, options] of [["baseline", baseOptions()], ["lina", linaOptions()]]) {
       status(`Comparing: generating the ${name === "lina" ? "LINA" : "baseline"} image…`);
       const image = await model.generate(options, {
         onStep: ({ step, steps }) => ($("progress").value = step / steps),
       });
       drawInto(`${name}-image`, image);
-      if (csg) showVerdicts($(`${name}-verdicts`), await model.checkImage(image, csg));
+      images[name] = image;
+      if (csg) {
+        verdicts[name] = await model.checkImage(image, csg);
+        showVerdicts($(`${name}-verdicts`), verdicts[name]);
+      }
     }
+    // A difference no eye sees is said to be none, with its figure.
+    const difference = meanDifference(images.baseline, images.lina);
+    const passed = (list) => list?.filter((v) => v.passed).length;
+    const checks = csg ? ` Checks passed: baseline ${passed(verdicts.baseline)}, LINA ${passed(verdicts.lina)} of ${verdicts.lina.length}.` : "";
+    $("compare-summary").textContent =
+      difference < 0.5
+        ? `The two images are the same to the eye (they differ by ${difference.toFixed(2)}/255 on average): this plan changes nothing for this prompt and seed.${checks}`
+        : `The images differ by ${difference.toFixed(1)}/255 on average.${checks}`;
     status("Compared.");
   } catch (error) {
     await failed(error);
@@ -343,6 +387,161 @@ async function compare() {
   }
 }
 
+// ---- History ----
+
+let kept = null;
+
+function historyStatus(text, isError = false) {
+  $("history-status").textContent = text;
+  $("history-status").classList.toggle("error", isError);
+}
+
+/** Why stored settings no longer make a valid request, or "" (entries outlive upgrades). */
+function settingsProblem(settings) {
+  if (typeof settings !== "object" || settings === null) return "it holds no settings";
+  if (typeof settings.prompt !== "string" || !settings.prompt.trim()) return "its prompt is missing";
+  if (!Number.isInteger(settings.seed) || settings.seed < 0) return `its seed ${JSON.stringify(settings.seed)} is not a whole number`;
+  if (!Number.isInteger(settings.steps) || settings.steps < 1 || settings.steps > 1000) return `its steps ${JSON.stringify(settings.steps)} are not between 1 and 1000`;
+  if (typeof settings.guidanceScale !== "number") return "its guidance is not a number";
+  const known = new Set([...Object.keys(FIELDS), "plan", "csg"]);
+  const unknown = Object.keys(settings).find((key) => !known.has(key));
+  if (unknown) return `it has a setting this page no longer knows ("${unknown}")`;
+  return "";
+}
+
+async function restoreEntry(entry, item) {
+  const problem = settingsProblem(entry.settings);
+  if (problem) {
+    item.querySelector(".entry-error").textContent = `Cannot restore: ${problem}. The entry stays stored.`;
+    return;
+  }
+  if (model?.deviceInfo && entry.settings.plan) {
+    // A plan the runtime now refuses is found before anything changes on the page.
+    try {
+      await model.timesteps({ ...entry.settings, csg: undefined });
+    } catch (error) {
+      item.querySelector(".entry-error").textContent = `Cannot restore: ${error.message}. The entry stays stored.`;
+      return;
+    }
+  }
+  for (const [name, id] of Object.entries(FIELDS)) $(id).value = entry.settings[name] ?? (name === "scheduler" ? "" : $(id).value);
+  if (entry.settings.plan) {
+    plan.show(entry.settings.plan);
+    plan.choose("custom");
+  } else plan.choose("off");
+  if (entry.csg && model?.deviceInfo && (await acceptGraph(entry.csg, true))) editor.show(csg);
+  const bitmap = await createImageBitmap(entry.png);
+  const canvas = $("image");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  canvas.getContext("2d").drawImage(bitmap, 0, 0);
+  attention.clear();
+  drawnWith = { ...entry.settings, page: location.href };
+  $("save").disabled = false;
+  status(`Restored the image of ${new Date(entry.time).toLocaleString()} and its settings.`);
+}
+
+function downloadBlob(blob, name) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
+
+async function showHistory() {
+  if (!kept) return;
+  const entries = await kept.list();
+  const urls = [...$("history-list").querySelectorAll("img")].map((img) => img.src);
+  for (const url of urls) URL.revokeObjectURL(url);
+  $("history-list").replaceChildren(
+    ...entries.map((entry) => {
+      const item = document.createElement("li");
+      const when = new Date(entry.time).toLocaleString();
+      const prompt = String(entry.settings?.prompt ?? "");
+      const restore = document.createElement("button");
+      restore.type = "button";
+      restore.className = "restore";
+      restore.setAttribute("aria-label", `restore "${prompt}" (seed ${entry.settings?.seed}, ${when})`);
+      const image = document.createElement("img");
+      image.src = URL.createObjectURL(entry.thumbnail);
+      image.alt = "";
+      restore.append(image);
+      restore.addEventListener("click", () => restoreEntry(entry, item));
+      const what = document.createElement("p");
+      what.className = "what";
+      what.textContent = prompt;
+      what.title = `${prompt} (seed ${entry.settings?.seed}, ${when})`;
+      const actions = document.createElement("div");
+      actions.className = "entry-actions";
+      const act = (text, label, onClick) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = text;
+        b.setAttribute("aria-label", label);
+        b.addEventListener("click", onClick);
+        return b;
+      };
+      actions.append(
+        act("PNG", `download "${prompt}" (${when}) as PNG`, () => downloadBlob(entry.png, `lina-${entry.settings?.seed ?? entry.id}.png`)),
+        act("Link", `copy a link to "${prompt}" (${when})`, () => shareEntry(entry, item)),
+        act("Delete", `delete "${prompt}" (${when}) from the history`, async () => {
+          await kept.remove(entry.id);
+          await showHistory();
+        }),
+      );
+      const error = document.createElement("p");
+      error.className = "entry-error";
+      error.setAttribute("role", "alert");
+      item.append(restore, what, actions, error);
+      return item;
+    }),
+  );
+  historyStatus(entries.length ? `${entries.length} result${entries.length === 1 ? "" : "s"} kept in this browser.` : "Nothing kept yet: generated images appear here.");
+}
+
+async function shareEntry(entry, item) {
+  const url = new URL(linkTo({ ...entry.settings, graphEdited: !!entry.csg }), location.href).href;
+  try {
+    await navigator.clipboard.writeText(url);
+    historyStatus("Link copied: it opens this page with the result's settings.");
+  } catch {
+    // No clipboard permission (an embedded or insecure page): the link is shown to copy.
+    item.querySelector(".entry-error").textContent = url;
+  }
+}
+
+async function keep(settings, verdicts) {
+  if (!kept) return;
+  try {
+    const canvas = $("image");
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    const png = new Blob([withMetadata(new Uint8Array(await blob.arrayBuffer()), settings)], { type: "image/png" });
+    await kept.add({
+      time: Date.now(),
+      png,
+      thumbnail: await thumbnailOf(canvas),
+      settings,
+      plan: settings.plan ?? null,
+      csg: settings.plan ? (csg ?? null) : null,
+      verdicts: verdicts ?? null,
+    });
+    await showHistory();
+  } catch (error) {
+    historyStatus(error.message, true);
+  }
+}
+
+// ---- Generating ----
+
+// The last image's settings, saved with it.
+let drawnWith = null;
+
+async function savePng() {
+  const blob = await new Promise((resolve) => $("image").toBlob(resolve, "image/png"));
+  const png = withMetadata(new Uint8Array(await blob.arrayBuffer()), drawnWith);
+  downloadBlob(new Blob([png], { type: "image/png" }), `lina-${drawnWith.seed}.png`);
+}
 
 // The buttons that need a model: enabled exactly while one is loaded. `deviceInfo` is null
 // from the moment a load starts until it succeeds, and after a crash.
@@ -351,9 +550,45 @@ function enableModelButtons() {
   for (const id of ["generate", "compare", "sweep", "reinpaint"]) $(id).disabled = !loaded;
 }
 
+// The adapter as a badge, with plain advice where the page runs on a software adapter or on
+// the CPU, and the model's facts in the Model tab.
+function describeDevice(notes) {
+  const device = model.deviceInfo;
+  const software = /swiftshader|llvmpipe|lavapipe|software|microsoft basic/i.test(device.adapter) || device.adapter === "CPU";
+  const badge = $("adapter-badge");
+  badge.hidden = false;
+  badge.textContent = `${device.adapter} · ${device.precision}${device.shaderF16 ? " · f16 shaders" : ""} · ${software ? "software" : "GPU"}`;
+  badge.className = `badge ${software ? "software" : "hardware"}`;
+  const advice = $("adapter-advice");
+  advice.hidden = !software;
+  advice.textContent = software
+    ? "No hardware GPU is in use: images take seconds per step here. A browser with WebGPU on a real GPU (recent Chrome or Edge; Firefox or Safari with WebGPU enabled) is many times faster."
+    : "";
+  const facts = [
+    ["Adapter", device.adapter],
+    ["Precision", device.precision],
+    ["f16 shaders", device.shaderF16 ? "yes" : "no"],
+    ["Largest buffer binding", `${(device.maxBindingBytes / MiB).toFixed(0)} MiB`],
+    ["Native image size", `${model.nativeSize} px`],
+    ["LoRA", (source.loras ?? []).map((l) => `${l.file.name ?? "file"} at scale ${l.scale}`).join(", ") || "none"],
+    ["Embeddings", (source.embeddings ?? []).map((e) => `${e.file.name ?? "file"} as ${e.trigger}`).join(", ") || "none"],
+    ["Notes", notes.length ? notes.join(" ") : "none"],
+  ];
+  $("model-facts").replaceChildren(
+    ...facts.flatMap(([term, value]) => {
+      const dt = document.createElement("dt");
+      dt.textContent = term;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      return [dt, dd];
+    }),
+  );
+}
+
 function ready(notes = []) {
   const device = model.deviceInfo;
   status([`Ready (${device.adapter}, ${device.precision}).`, ...notes].join(" "));
+  describeDevice(notes);
   enableModelButtons();
   graphFromPrompt();
   replotSchedule();
@@ -361,16 +596,20 @@ function ready(notes = []) {
 
 async function generate(event) {
   event.preventDefault();
+  if (showPromptProblem()) {
+    $("prompt").focus();
+    return;
+  }
   $("generate").disabled = true;
   $("save").disabled = true;
   $("cancel").disabled = false;
   $("progress").value = 0;
   const started = performance.now();
   running = new AbortController();
-  saveToAddress();
+  const options = readOptions();
+  history.replaceState(null, "", linkTo({ ...options, graphEdited }));
   // The maps of the last image no longer describe the one being drawn.
   attention.clear();
-  const options = readOptions();
   // Recording the maps is no setting of the image: it stays out of the saved settings.
   const recording = $("attention-maps").checked ? { attentionMaps: true } : {};
   try {
@@ -379,7 +618,10 @@ async function generate(event) {
       preview: $("previews").checked,
       onStep: ({ step, steps, timestep, preview }) => {
         $("progress").value = step / steps;
+        const elapsed = (performance.now() - started) / 1000;
+        const left = step > 0 ? (elapsed / step) * (steps - step) : 0;
         status(`Step ${step}/${steps} (t = ${timestep.toFixed(0)})`);
+        $("step-info").textContent = `${elapsed.toFixed(1)} s so far, about ${left.toFixed(0)} s left`;
         if (preview) drawInto("image", preview);
       },
     });
@@ -388,8 +630,12 @@ async function generate(event) {
     drawnWith = { ...options, page: location.href };
     $("save").disabled = false;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
+    $("step-info").textContent = "";
     status([`Done in ${seconds} s.`, ...result.warnings].join(" "));
+    const verdicts = options.plan && csg ? await model.checkImage(result, csg).catch(() => null) : null;
+    await keep(options, verdicts);
   } catch (error) {
+    $("step-info").textContent = "";
     // Cancel aborts the call's signal: it rejects with an AbortError, not a coded error.
     if (error.name === "AbortError") status("Generation cancelled.");
     else await failed(error);
@@ -399,6 +645,8 @@ async function generate(event) {
     $("cancel").disabled = true;
   }
 }
+
+// ---- Models ----
 
 // Loads another model into the worker; on failure the page says why and has no model until
 // one loads.
@@ -422,6 +670,29 @@ async function switchModel(wanted, what) {
   }
 }
 
+// The current model again, with the LoRA files and the embedding chosen in the Model tab
+// (none chosen: without any). A trigger is what prompts name an embedding by, so one is
+// needed with it.
+function loadWithAdapters() {
+  const scale = Number($("lora-scale").value);
+  const loras = [...$("lora-files").files].map((file) => ({ file, scale }));
+  const embedding = $("embedding-file").files[0];
+  const trigger = $("embedding-trigger").value.trim();
+  if (embedding && !trigger) {
+    $("adapters-error").textContent = "Give the embedding a trigger word: prompts use it to call the embedding in.";
+    $("embedding-trigger").focus();
+    return;
+  }
+  $("adapters-error").textContent = "";
+  const embeddings = embedding ? [{ file: embedding, trigger }] : [];
+  const { loras: _, embeddings: __, ...base } = source;
+  const what = [
+    loras.length ? `${loras.length} LoRA${loras.length > 1 ? "s" : ""} at scale ${scale}` : "",
+    embedding ? `the embedding "${trigger}"` : "",
+  ].filter(Boolean);
+  switchModel({ ...base, loras, embeddings }, what.length ? `the model with ${what.join(" and ")}` : "the model without LoRA or embeddings");
+}
+
 // The folder picker gives paths under the chosen folder ("my-model/unet/config.json"); the
 // model wants them from the folder down.
 function folderFiles(list) {
@@ -443,33 +714,38 @@ async function reload(reason) {
 }
 
 async function main() {
+  new Tabs($("tabs"));
   $("controls").addEventListener("submit", generate);
   $("cancel").addEventListener("click", () => running?.abort());
   $("save").addEventListener("click", savePng);
   let typing;
   $("prompt").addEventListener("input", () => {
+    if ($("prompt-error").textContent) showPromptProblem();
     clearTimeout(typing);
     typing = setTimeout(graphFromPrompt, 300);
   });
-  for (const id of ["warp", "steps", "scheduler"]) $(id).addEventListener("input", replotSchedule);
+  for (const id of ["steps", "scheduler"]) $(id).addEventListener("input", replotSchedule);
   $("add-node").addEventListener("click", () => editor.addNode());
   $("add-relation").addEventListener("click", () => editor.addRelation());
+  $("graph-delete").addEventListener("click", () => graph.deleteSelected());
+  $("graph-predicate").addEventListener("change", (event) => {
+    if (graph.selection?.kind === "relation") editor.setPredicate(graph.selection.index, event.target.value);
+  });
   $("csg-import").addEventListener("click", importGraph);
   $("csg-reset").addEventListener("click", () => {
     graphEdited = false;
     graphFromPrompt();
   });
   $("compare").addEventListener("click", compare);
-  $("use-suggestion").addEventListener("click", () => {
-    showPlan(suggested);
-    $("use-lina").checked = true;
-    replotSchedule();
-  });
   $("sweep").addEventListener("click", sweep);
   $("reinpaint").addEventListener("click", reinpaint);
   $("compare-slider").addEventListener("input", (event) =>
     $("lina-image").style.setProperty("--split", `${event.target.value}%`),
   );
+  $("history-clear").addEventListener("click", async () => {
+    await kept?.clear();
+    await showHistory();
+  });
   restoreFromAddress();
   $("model-folder").addEventListener("change", (event) =>
     switchModel({ files: folderFiles(event.target.files) }, "the model from the folder"),
@@ -478,12 +754,22 @@ async function main() {
     switchModel({ url: $("model-url").value }, `the model at ${$("model-url").value}`),
   );
   $("load-default").addEventListener("click", () => switchModel({}, "the embedded model"));
+  $("load-adapters").addEventListener("click", loadWithAdapters);
+  $("lora-scale").addEventListener("input", () => ($("lora-scale-value").value = $("lora-scale").value));
+  // The history opens beside the model's download: a browser without IndexedDB (some
+  // private modes) still generates, and says why nothing is kept.
+  History.open()
+    .then((opened) => {
+      kept = opened;
+      return showHistory();
+    })
+    .catch((error) => historyStatus(`No history in this browser: ${error.message}`, true));
   try {
     if (!navigator.gpu) throw new Error("This browser has no WebGPU (navigator.gpu is missing).");
     status("Starting…");
     model = await loadModel({ onProgress });
     $("progress").value = 0;
-    showPlan(await model.linaPlan());
+    plan.setBase(await model.linaPlan());
     await restoreLinaFromAddress();
     ready(model.notes);
   } catch (error) {

@@ -1,0 +1,277 @@
+// @ts-check
+// LINA's plan as a user sets it: a preset (Off, Suggested, Custom), one slider per
+// intervention with its range, unit and a line of help, and the plan as JSON behind
+// "Advanced". Moving a slider or applying JSON makes the preset Custom. This module only
+// edits; the page asks it for the plan (`plan()`, null when Off) and tells it the predictor's
+// suggestion.
+
+/** @import { Plan, Suggestion } from "./lina.js" */
+
+/**
+ * The sliders: the plan's field (and, for a window, which end), the label, the range, how the
+ * value reads, and what it does to the picture.
+ * Sliders of one group are shown together; a window's two ends side by side.
+ * @type {{ id: string, group: string, field: keyof Plan, end?: 0 | 1, label: string, min: number,
+ *   max: number, step: number, unit: (v: number) => string, help: string }[]}
+ */
+const SLIDERS = [
+  {
+    id: "promptStrength", group: "Prompt guidance", field: "promptStrength", label: "Prompt guidance strength", min: 0, max: 4, step: 0.25,
+    unit: (v) => (v === 0 ? "off" : `${v}×`),
+    help: "Guides with a prompt embedding that stresses the words of physical relations (on, in, reflection of).",
+  },
+  {
+    id: "promptStart", group: "Prompt guidance", field: "promptWindow", end: 0, label: "Prompt guidance from", min: 0, max: 1, step: 0.05,
+    unit: percentOfRun, help: "0% is the first, noisiest step.",
+  },
+  {
+    id: "promptEnd", group: "Prompt guidance", field: "promptWindow", end: 1, label: "Prompt guidance until", min: 0, max: 1, step: 0.05,
+    unit: percentOfRun, help: "Structure settles early: late guidance changes little.",
+  },
+  {
+    id: "nodeWeight", group: "Region guidance", field: "nodeWeight", label: "Region guidance: node weight", min: 0, max: 4, step: 0.25,
+    unit: (v) => (v === 0 ? "off" : `${v}×`),
+    help: "Pulls each entity's phrase toward its layout box in the latent (needs boxes: see the Scene graph tab).",
+  },
+  {
+    id: "effectWeight", group: "Region guidance", field: "effectWeight", label: "Region guidance: effect weight", min: 0, max: 4, step: 0.25,
+    unit: (v) => (v === 0 ? "off" : `${v}×`),
+    help: "Pushes implied effects (a reflection, a shadow) out of the regions their rule forbids.",
+  },
+  {
+    id: "regionStart", group: "Region guidance", field: "regionWindow", end: 0, label: "Region guidance from", min: 0, max: 1, step: 0.05,
+    unit: percentOfRun, help: "Where in the run it starts.",
+  },
+  {
+    id: "regionEnd", group: "Region guidance", field: "regionWindow", end: 1, label: "Region guidance until", min: 0, max: 1, step: 0.05,
+    unit: percentOfRun, help: "Where it stops.",
+  },
+  {
+    id: "attentionStrength", group: "Region-controlled attention", field: "attentionStrength", label: "Region-controlled attention: strength", min: 0, max: 6, step: 0.5,
+    unit: (v) => (v === 0 ? "off" : `e^${v}`),
+    help: "Inside its box, an entity's words weigh this much more in every cross-attention layer than outside it (try 2).",
+  },
+  {
+    id: "attentionStart", group: "Region-controlled attention", field: "attentionWindow", end: 0, label: "Region-controlled attention from", min: 0, max: 1, step: 0.05,
+    unit: percentOfRun, help: "Where in the run it starts.",
+  },
+  {
+    id: "attentionEnd", group: "Region-controlled attention", field: "attentionWindow", end: 1, label: "Region-controlled attention until", min: 0, max: 1, step: 0.05,
+    unit: percentOfRun, help: "Where it stops.",
+  },
+  {
+    id: "warp", group: "Schedule", field: "warp", label: "Schedule warp", min: 0.5, max: 3, step: 0.1,
+    unit: (v) => (v === 1 ? "1 (plain)" : `${v}`),
+    help: "1 is the plain schedule; above 1 gives the noisy first steps, where the layout forms, more of the run.",
+  },
+];
+
+/** @param {number} v */
+function percentOfRun(v) {
+  return `${Math.round(v * 100)}% of run`;
+}
+
+/** The preset in force: "off", "suggested" or "custom". */
+export class PlanPanel {
+  /**
+   * @param {{ sliders: HTMLElement, presets: HTMLFieldSetElement, suggestion: HTMLElement,
+   *   json: HTMLTextAreaElement, apply: HTMLButtonElement, error: HTMLElement,
+   *   onChange: () => void }} elements `onChange` after every change of the plan or preset.
+   */
+  constructor({ sliders, presets, suggestion, json, apply, error, onChange }) {
+    this.presets = presets;
+    this.suggestionElement = suggestion;
+    this.json = json;
+    this.error = error;
+    this.onChange = onChange;
+    /** The model's default plan: the fields no slider shows keep its values. @type {Plan} */
+    this.base = {};
+    /** @type {Suggestion | null} */
+    this.suggestion = null;
+    /** @type {Map<string, { input: HTMLInputElement, output: HTMLOutputElement, row: HTMLElement }>} */
+    this.inputs = new Map();
+
+    /** @type {Map<string, HTMLElement>} */
+    const groups = new Map();
+    for (const spec of SLIDERS) {
+      let group = groups.get(spec.group);
+      if (!group) {
+        group = document.createElement("div");
+        group.className = "plan-group";
+        const heading = document.createElement("h3");
+        heading.textContent = spec.group;
+        group.append(heading);
+        sliders.append(group);
+        groups.set(spec.group, group);
+      }
+      const row = document.createElement("div");
+      row.className = spec.end === undefined ? "slider" : "slider end";
+      const head = document.createElement("div");
+      head.className = "head";
+      const label = document.createElement("label");
+      label.htmlFor = spec.id;
+      label.textContent = spec.label;
+      const output = document.createElement("output");
+      output.htmlFor.add(spec.id);
+      output.id = `${spec.id}-value`;
+      head.append(label, output);
+      const input = document.createElement("input");
+      Object.assign(input, { type: "range", id: spec.id, min: String(spec.min), max: String(spec.max), step: String(spec.step) });
+      const help = document.createElement("p");
+      help.className = "help";
+      help.id = `${spec.id}-help`;
+      // A window's ends read as shares of the run, which says their range; a strength's
+      // range is worth a word.
+      help.textContent = spec.end === undefined ? `${spec.help} From ${spec.unit(spec.min)} to ${spec.unit(spec.max)}.` : spec.help;
+      input.setAttribute("aria-describedby", help.id);
+      input.addEventListener("input", () => {
+        this.#showValue(spec);
+        this.#setPreset("custom");
+        this.#syncJson();
+        this.onChange();
+      });
+      row.append(head, input, help);
+      group.append(row);
+      this.inputs.set(spec.id, { input, output, row });
+    }
+    const effects = document.createElement("label");
+    effects.className = "inline";
+    this.effects = document.createElement("input");
+    this.effects.type = "checkbox";
+    this.effects.id = "attentionEffects";
+    effects.append(this.effects, " Also name the implied effects (reflection, shadow) and steer their words");
+    this.effects.addEventListener("change", () => {
+      this.#setPreset("custom");
+      this.#syncJson();
+      this.onChange();
+    });
+    groups.get("Region-controlled attention")?.append(effects);
+
+    presets.addEventListener("change", () => this.#presetChosen());
+    apply.addEventListener("click", () => this.#applyJson());
+  }
+
+  /** "off", "suggested" or "custom". */
+  get preset() {
+    const checked = /** @type {HTMLInputElement | null} */ (this.presets.querySelector("input:checked"));
+    return checked?.value ?? "off";
+  }
+
+  /** The plan to generate with, or null when the preset is Off. */
+  plan() {
+    return this.preset === "off" ? null : this.sliderPlan();
+  }
+
+  /** The plan the controls show, whatever the preset (the schedule plot draws it). */
+  sliderPlan() {
+    /** @type {Record<string, any>} */
+    const plan = structuredClone(this.base);
+    for (const spec of SLIDERS) {
+      const value = Number(/** @type {any} */ (this.inputs.get(spec.id)).input.value);
+      if (spec.end === undefined) plan[spec.field] = value;
+      else {
+        plan[spec.field] = [...(plan[spec.field] ?? [0, 1])];
+        plan[spec.field][spec.end] = value;
+      }
+    }
+    plan.attentionEffects = this.effects.checked;
+    return /** @type {Plan} */ (plan);
+  }
+
+  /** The model's default plan: the controls start from it. */
+  setBase(/** @type {Plan} */ plan) {
+    this.base = structuredClone(plan);
+    this.show(plan);
+  }
+
+  /** Shows `plan` in the controls (fields it lacks keep the model's defaults). */
+  show(/** @type {Plan} */ plan) {
+    /** @type {Record<string, any>} */
+    const full = { ...this.base, ...plan };
+    for (const spec of SLIDERS) {
+      const value = spec.end === undefined ? full[spec.field] : full[spec.field]?.[spec.end];
+      if (value !== undefined) /** @type {any} */ (this.inputs.get(spec.id)).input.value = String(value);
+      this.#showValue(spec);
+    }
+    this.effects.checked = !!full.attentionEffects;
+    this.#syncJson();
+  }
+
+  /** Sets the preset, and with "suggested" the suggestion's plan. */
+  choose(/** @type {"off" | "suggested" | "custom"} */ preset) {
+    this.#setPreset(preset);
+    this.#presetChosen();
+  }
+
+  /**
+   * The predictor's suggestion for the current prompt (null: the model has none), shown with
+   * why; under Suggested the controls follow it.
+   * @param {Suggestion | null} suggestion
+   */
+  suggest(suggestion) {
+    this.suggestion = suggestion;
+    const radio = /** @type {HTMLInputElement} */ (this.presets.querySelector('input[value="suggested"]'));
+    radio.disabled = !suggestion;
+    if (!suggestion) {
+      this.suggestionElement.textContent = "This model has no learned plan predictor: Suggested is not available.";
+      if (this.preset === "suggested") this.choose("off");
+      return;
+    }
+    // The predictor regresses each candidate's share of passing checks; a regression can
+    // stray past the ends, which no share can: shown clamped, as a share.
+    const percent = (/** @type {number} */ share) => `${Math.round(100 * Math.min(1, Math.max(0, share)))}%`;
+    const ranked = [...suggestion.predicted].sort((a, b) => b[1] - a[1]);
+    const others = ranked.map(([name, share]) => `${name} ${percent(share)}`).join(", ");
+    this.suggestionElement.textContent =
+      `The predictor suggests "${suggestion.candidate}" for this prompt: it expects the most checks to pass with it (expected share of checks passing: ${others}).`;
+    if (this.preset === "suggested") this.show(suggestion.plan);
+  }
+
+  #presetChosen() {
+    if (this.preset === "suggested" && this.suggestion) this.show(this.suggestion.plan);
+    this.onChange();
+  }
+
+  /** @param {string} preset */
+  #setPreset(preset) {
+    const radio = /** @type {HTMLInputElement | null} */ (this.presets.querySelector(`input[value="${preset}"]`));
+    if (radio) radio.checked = true;
+  }
+
+  /** @param {(typeof SLIDERS)[number]} spec */
+  #showValue(spec) {
+    const { input, output, row } = /** @type {any} */ (this.inputs.get(spec.id));
+    const value = Number(input.value);
+    output.value = spec.unit(value);
+    input.setAttribute("aria-valuetext", spec.unit(value));
+    row.classList.toggle("off", value === 0 && spec.end === undefined);
+  }
+
+  #syncJson() {
+    this.json.value = JSON.stringify(this.sliderPlan(), null, 1);
+    this.error.textContent = "";
+  }
+
+  #applyJson() {
+    let plan;
+    try {
+      plan = JSON.parse(this.json.value);
+    } catch (error) {
+      this.error.textContent = `The JSON does not parse: ${/** @type {Error} */ (error).message}`;
+      return;
+    }
+    if (typeof plan !== "object" || plan === null || Array.isArray(plan)) {
+      this.error.textContent = "A plan is a JSON object ({ \"warp\": 1.5, ... }).";
+      return;
+    }
+    const known = new Set([...SLIDERS.map((spec) => spec.field), "attentionEffects", ...Object.keys(this.base)]);
+    const unknown = Object.keys(plan).find((key) => !known.has(key));
+    if (unknown !== undefined) {
+      this.error.textContent = `The plan has no field "${unknown}"; its fields are ${[...known].join(", ")}.`;
+      return;
+    }
+    this.show(plan);
+    this.#setPreset("custom");
+    this.onChange();
+  }
+}
