@@ -59,8 +59,8 @@ step "builds, side by side: native tests, and the browser tests' and page's wasm
 wasm_log=target/wasm-build.log
 mkdir -p target
 (
-  with_clippy cargo test --release --target wasm32-unknown-unknown -p lina-web --test web --no-run
-  with_clippy scripts/build-web.sh
+  with_clippy cargo test --release --target wasm32-unknown-unknown -p lina-web --test web --no-run &&
+    with_clippy scripts/build-web.sh
 ) >"$wasm_log" 2>&1 &
 wasm_build=$!
 trap 'kill "$wasm_build" 2>/dev/null; report' EXIT
