@@ -330,6 +330,7 @@ async function reinpaint() {
     const image = { width: canvas.width, height: canvas.height, rgba: data };
     const result = await model.reinpaint(linaOptions(), image, $("reinpaint-node").value, Number($("reinpaint-strength").value));
     drawInto("reinpainted-image", result);
+    $("reinpainted-image").hidden = false;
     showVerdicts($("reinpaint-verdicts"), result.after);
     const passed = (list) => list.filter((v) => v.passed).length;
     status(`Re-inpainted: ${passed(result.before)} of ${result.before.length} checks passed before, ${passed(result.after)} after.`);
@@ -365,6 +366,8 @@ async function compare() {
         onStep: ({ step, steps }) => ($("progress").value = step / steps),
       });
       drawInto(`${name}-image`, image);
+      $("comparison").hidden = false;
+      $("compare-slider").disabled = false;
       images[name] = image;
       if (csg) {
         verdicts[name] = await model.checkImage(image, csg);

@@ -768,7 +768,7 @@ test("the page paints at once, fits every width, passes axe-core in its main sta
   assert.deepEqual(violations, []);
 
   // Every width: nothing wider than the window; a screenshot of each for the docs.
-  for (const width of [390, 768, 1280, 1920]) {
+  for (const width of [390, 768, 960, 1280, 1920]) {
     await page.setViewportSize({ width, height: 900 });
     await page.evaluate(() => window.scrollTo(0, 0));
     const { scroll, inner } = await page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, inner: innerWidth }));
