@@ -1,6 +1,7 @@
 // The scene graph as a form: one row per node (id, class, colour, layout box, remove) and per relation
 // (subject, predicate, object, remove), plus its JSON for import and export. The model
 // validates every change (LinaModel.validateCsg); this module only edits.
+import { button } from "./dom.js";
 
 // The schema's classes and predicates (docs/probe.md, docs/lina.md): "thing" is any noun
 // outside the probe's world (its `name` says which: a parsed "cat" is one), and "above" and
@@ -14,15 +15,6 @@ function select(label, options, value, onChange) {
   element.setAttribute("aria-label", label);
   for (const option of options) element.add(new Option(option || "(none)", option, false, option === (value ?? "")));
   element.addEventListener("change", () => onChange(element.value));
-  return element;
-}
-
-function button(text, label, onClick) {
-  const element = document.createElement("button");
-  element.type = "button";
-  element.textContent = text;
-  element.setAttribute("aria-label", label);
-  element.addEventListener("click", onClick);
   return element;
 }
 

@@ -1,6 +1,7 @@
 // @ts-check
 // Every result the page made, kept in this browser's IndexedDB: its image (PNG, with its
-// settings inside), a thumbnail, and what made it (settings, plan, scene graph, verdicts).
+// settings inside), a thumbnail, what made it (the settings, which hold a LINA run's plan and
+// scene graph) and the checker's verdicts.
 // One object store, keyed by an increasing number; entries are written whole in one
 // transaction, so a failed write (a full quota) leaves every earlier entry as it was.
 
@@ -9,7 +10,7 @@ const STORE = "results";
 
 /**
  * @typedef {{ id?: number, time: number, png: Blob, thumbnail: Blob, settings: Record<string, any>,
- *   plan?: Record<string, any> | null, csg?: Record<string, any> | null, verdicts?: any[] | null }} Entry
+ *   verdicts?: any[] | null }} Entry
  */
 
 /** @param {IDBRequest | IDBTransaction} request */

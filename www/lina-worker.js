@@ -321,14 +321,16 @@ async function adapterBytes({ url, file }, signal) {
  * CPU backend compiled into the wasm module (docs/bench.md), so the CPU backend is used.
  */
 async function chooseBackend(backend, precision) {
-  // Asking for f16 asks for a GPU: the CPU backend computes in f32.
-  if (backend !== "auto" || precision === "f16") return { backend: backend === "auto" ? "webgpu" : backend, note: null };
   const adapter = await navigator.gpu?.requestAdapter();
   const info = adapter?.info ?? {};
-  const software = info.isFallbackAdapter || /swiftshader/i.test(`${info.vendor} ${info.architecture} ${info.description}`);
-  if (adapter && !software) return { backend: "webgpu", note: null };
+  const softwareAdapter = !adapter || info.isFallbackAdapter || /swiftshader/i.test(`${info.vendor} ${info.architecture} ${info.description}`);
+  // Asking for f16 asks for a GPU: the CPU backend computes in f32.
+  const chosen = backend !== "auto" || precision === "f16" ? (backend === "auto" ? "webgpu" : backend) : softwareAdapter ? "cpu" : "webgpu";
+  // `software`: no GPU does the work (the page says so, and what to do about it).
+  const software = chosen === "cpu" || softwareAdapter;
+  if (backend !== "auto" || chosen === "webgpu") return { backend: chosen, software, note: null };
   const why = adapter ? "the WebGPU adapter is a software one (SwiftShader)" : "this browser offers no WebGPU adapter";
-  return { backend: "cpu", note: `Running on the CPU: ${why}.` };
+  return { backend: chosen, software, note: `Running on the CPU: ${why}.` };
 }
 
 const handlers = {
@@ -345,7 +347,7 @@ const handlers = {
       const cache = url === undefined ? null : await ModelCache.open();
       const distrust = new Set();
       const notes = [];
-      const { backend, note } = await chooseBackend(asked, precision);
+      const { backend, software, note } = await chooseBackend(asked, precision);
       if (note) notes.push(note);
       // LoRA files merge into the weights as they load; embeddings bind once the model is built.
       const loraBytes = [];
@@ -380,7 +382,7 @@ const handlers = {
           throw error;
         }
         notes.push(...pipeline.notes());
-        return { deviceInfo: pipeline.deviceInfo(), nativeSize: pipeline.nativeSize(), notes };
+        return { deviceInfo: { ...pipeline.deviceInfo(), software }, nativeSize: pipeline.nativeSize(), notes };
       }
     } finally {
       loading = null;

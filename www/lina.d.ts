@@ -139,6 +139,8 @@ export interface DeviceInfo {
   precision: "f32" | "f16";
   maxBindingBytes: number;
   shaderF16: boolean;
+  /** No GPU does the work: the CPU backend, or a software WebGPU adapter such as SwiftShader. */
+  software: boolean;
 }
 
 /** LINA's interventions (docs/lina.md); every field is optional, any other is refused. */

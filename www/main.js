@@ -12,6 +12,7 @@ import { AttentionOverlay } from "./attention-maps.js";
 import { PlanPanel } from "./plan-panel.js";
 import { Tabs } from "./tabs.js";
 import { History, thumbnailOf } from "./history.js";
+import { button } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 const status = (text, isError = false) => {
@@ -399,13 +400,13 @@ function historyStatus(text, isError = false) {
   $("history-status").classList.toggle("error", isError);
 }
 
-/** Why stored settings no longer make a valid request, or "" (entries outlive upgrades). */
+/**
+ * Why stored settings cannot go back into this page's controls, or "" (entries outlive
+ * upgrades). Only what the page itself must know is checked here: their values are the
+ * runtime's to judge (`restoreEntry` asks it).
+ */
 function settingsProblem(settings) {
   if (typeof settings !== "object" || settings === null) return "it holds no settings";
-  if (typeof settings.prompt !== "string" || !settings.prompt.trim()) return "its prompt is missing";
-  if (!Number.isInteger(settings.seed) || settings.seed < 0) return `its seed ${JSON.stringify(settings.seed)} is not a whole number`;
-  if (!Number.isInteger(settings.steps) || settings.steps < 1 || settings.steps > 1000) return `its steps ${JSON.stringify(settings.steps)} are not between 1 and 1000`;
-  if (typeof settings.guidanceScale !== "number") return "its guidance is not a number";
   const known = new Set([...Object.keys(FIELDS), "plan", "csg"]);
   const unknown = Object.keys(settings).find((key) => !known.has(key));
   if (unknown) return `it has a setting this page no longer knows ("${unknown}")`;
@@ -418,10 +419,10 @@ async function restoreEntry(entry, item) {
     item.querySelector(".entry-error").textContent = `Cannot restore: ${problem}. The entry stays stored.`;
     return;
   }
-  if (model?.deviceInfo && entry.settings.plan) {
-    // A plan the runtime now refuses is found before anything changes on the page.
+  if (model?.deviceInfo) {
+    // Settings the runtime now refuses are found before anything changes on the page.
     try {
-      await model.timesteps({ ...entry.settings, csg: undefined });
+      await model.timesteps(entry.settings);
     } catch (error) {
       item.querySelector(".entry-error").textContent = `Cannot restore: ${error.message}. The entry stays stored.`;
       return;
@@ -432,7 +433,7 @@ async function restoreEntry(entry, item) {
     plan.show(entry.settings.plan);
     plan.choose("custom");
   } else plan.choose("off");
-  if (entry.csg && model?.deviceInfo && (await acceptGraph(entry.csg, true))) editor.show(csg);
+  if (entry.settings.csg && model?.deviceInfo && (await acceptGraph(entry.settings.csg, true))) editor.show(csg);
   const bitmap = await createImageBitmap(entry.png);
   const canvas = $("image");
   canvas.width = bitmap.width;
@@ -477,18 +478,10 @@ async function showHistory() {
       what.title = `${prompt} (seed ${entry.settings?.seed}, ${when})`;
       const actions = document.createElement("div");
       actions.className = "entry-actions";
-      const act = (text, label, onClick) => {
-        const b = document.createElement("button");
-        b.type = "button";
-        b.textContent = text;
-        b.setAttribute("aria-label", label);
-        b.addEventListener("click", onClick);
-        return b;
-      };
       actions.append(
-        act("PNG", `download "${prompt}" (${when}) as PNG`, () => downloadBlob(entry.png, `lina-${entry.settings?.seed ?? entry.id}.png`)),
-        act("Link", `copy a link to "${prompt}" (${when})`, () => shareEntry(entry, item)),
-        act("Delete", `delete "${prompt}" (${when}) from the history`, async () => {
+        button("PNG", `download "${prompt}" (${when}) as PNG`, () => downloadBlob(entry.png, `lina-${entry.settings?.seed ?? entry.id}.png`)),
+        button("Link", `copy a link to "${prompt}" (${when})`, () => shareEntry(entry, item)),
+        button("Delete", `delete "${prompt}" (${when}) from the history`, async () => {
           await kept.remove(entry.id);
           await showHistory();
         }),
@@ -504,7 +497,7 @@ async function showHistory() {
 }
 
 async function shareEntry(entry, item) {
-  const url = new URL(linkTo({ ...entry.settings, graphEdited: !!entry.csg }), location.href).href;
+  const url = new URL(linkTo({ ...entry.settings, graphEdited: !!entry.settings.csg }), location.href).href;
   try {
     await navigator.clipboard.writeText(url);
     historyStatus("Link copied: it opens this page with the result's settings.");
@@ -514,19 +507,21 @@ async function shareEntry(entry, item) {
   }
 }
 
+/** The image on the page as a PNG file with `settings` inside (what Save PNG writes). */
+async function imagePng(settings) {
+  const blob = await new Promise((resolve) => $("image").toBlob(resolve, "image/png"));
+  return new Blob([withMetadata(new Uint8Array(await blob.arrayBuffer()), settings)], { type: "image/png" });
+}
+
+// The settings hold the plan and the scene graph of a LINA run (`linaOptions`).
 async function keep(settings, verdicts) {
   if (!kept) return;
   try {
-    const canvas = $("image");
-    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
-    const png = new Blob([withMetadata(new Uint8Array(await blob.arrayBuffer()), settings)], { type: "image/png" });
     await kept.add({
       time: Date.now(),
-      png,
-      thumbnail: await thumbnailOf(canvas),
+      png: await imagePng(settings),
+      thumbnail: await thumbnailOf($("image")),
       settings,
-      plan: settings.plan ?? null,
-      csg: settings.plan ? (csg ?? null) : null,
       verdicts: verdicts ?? null,
     });
     await showHistory();
@@ -541,9 +536,7 @@ async function keep(settings, verdicts) {
 let drawnWith = null;
 
 async function savePng() {
-  const blob = await new Promise((resolve) => $("image").toBlob(resolve, "image/png"));
-  const png = withMetadata(new Uint8Array(await blob.arrayBuffer()), drawnWith);
-  downloadBlob(new Blob([png], { type: "image/png" }), `lina-${drawnWith.seed}.png`);
+  downloadBlob(await imagePng(drawnWith), `lina-${drawnWith.seed}.png`);
 }
 
 // The buttons that need a model: enabled exactly while one is loaded. `deviceInfo` is null
@@ -557,7 +550,7 @@ function enableModelButtons() {
 // the CPU, and the model's facts in the Model tab.
 function describeDevice(notes) {
   const device = model.deviceInfo;
-  const software = /swiftshader|llvmpipe|lavapipe|software|microsoft basic/i.test(device.adapter) || device.adapter === "CPU";
+  const software = device.software;
   const badge = $("adapter-badge");
   badge.hidden = false;
   badge.textContent = `${device.adapter} · ${device.precision}${device.shaderF16 ? " · f16 shaders" : ""} · ${software ? "software" : "GPU"}`;

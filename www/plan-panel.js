@@ -15,56 +15,53 @@
  *   max: number, step: number, unit: (v: number) => string, help: string }[]}
  */
 const SLIDERS = [
+  strength("promptStrength", "Prompt guidance", "Prompt guidance strength", 4, 0.25, times,
+    "Guides with a prompt embedding that stresses the words of physical relations (on, in, reflection of)."),
+  ...runWindow("prompt", "Prompt guidance", "0% is the first, noisiest step.", "Structure settles early: late guidance changes little."),
+  strength("nodeWeight", "Region guidance", "Region guidance: node weight", 4, 0.25, times,
+    "Pulls each entity's phrase toward its layout box in the latent (needs boxes: see the Scene graph tab)."),
+  strength("effectWeight", "Region guidance", "Region guidance: effect weight", 4, 0.25, times,
+    "Pushes implied effects (a reflection, a shadow) out of the regions their rule forbids."),
+  ...runWindow("region", "Region guidance", "Where in the run it starts.", "Where it stops."),
+  strength("attentionStrength", "Region-controlled attention", "Region-controlled attention: strength", 6, 0.5, (v) => (v === 0 ? "off" : `e^${v}`),
+    "Inside its box, an entity's words weigh this much more in every cross-attention layer than outside it (try 2)."),
+  ...runWindow("attention", "Region-controlled attention", "Where in the run it starts.", "Where it stops."),
   {
-    id: "promptStrength", group: "Prompt guidance", field: "promptStrength", label: "Prompt guidance strength", min: 0, max: 4, step: 0.25,
-    unit: (v) => (v === 0 ? "off" : `${v}×`),
-    help: "Guides with a prompt embedding that stresses the words of physical relations (on, in, reflection of).",
-  },
-  {
-    id: "promptStart", group: "Prompt guidance", field: "promptWindow", end: 0, label: "Prompt guidance from", min: 0, max: 1, step: 0.05,
-    unit: percentOfRun, help: "0% is the first, noisiest step.",
-  },
-  {
-    id: "promptEnd", group: "Prompt guidance", field: "promptWindow", end: 1, label: "Prompt guidance until", min: 0, max: 1, step: 0.05,
-    unit: percentOfRun, help: "Structure settles early: late guidance changes little.",
-  },
-  {
-    id: "nodeWeight", group: "Region guidance", field: "nodeWeight", label: "Region guidance: node weight", min: 0, max: 4, step: 0.25,
-    unit: (v) => (v === 0 ? "off" : `${v}×`),
-    help: "Pulls each entity's phrase toward its layout box in the latent (needs boxes: see the Scene graph tab).",
-  },
-  {
-    id: "effectWeight", group: "Region guidance", field: "effectWeight", label: "Region guidance: effect weight", min: 0, max: 4, step: 0.25,
-    unit: (v) => (v === 0 ? "off" : `${v}×`),
-    help: "Pushes implied effects (a reflection, a shadow) out of the regions their rule forbids.",
-  },
-  {
-    id: "regionStart", group: "Region guidance", field: "regionWindow", end: 0, label: "Region guidance from", min: 0, max: 1, step: 0.05,
-    unit: percentOfRun, help: "Where in the run it starts.",
-  },
-  {
-    id: "regionEnd", group: "Region guidance", field: "regionWindow", end: 1, label: "Region guidance until", min: 0, max: 1, step: 0.05,
-    unit: percentOfRun, help: "Where it stops.",
-  },
-  {
-    id: "attentionStrength", group: "Region-controlled attention", field: "attentionStrength", label: "Region-controlled attention: strength", min: 0, max: 6, step: 0.5,
-    unit: (v) => (v === 0 ? "off" : `e^${v}`),
-    help: "Inside its box, an entity's words weigh this much more in every cross-attention layer than outside it (try 2).",
-  },
-  {
-    id: "attentionStart", group: "Region-controlled attention", field: "attentionWindow", end: 0, label: "Region-controlled attention from", min: 0, max: 1, step: 0.05,
-    unit: percentOfRun, help: "Where in the run it starts.",
-  },
-  {
-    id: "attentionEnd", group: "Region-controlled attention", field: "attentionWindow", end: 1, label: "Region-controlled attention until", min: 0, max: 1, step: 0.05,
-    unit: percentOfRun, help: "Where it stops.",
-  },
-  {
-    id: "warp", group: "Schedule", field: "warp", label: "Schedule warp", min: 0.5, max: 3, step: 0.1,
-    unit: (v) => (v === 1 ? "1 (plain)" : `${v}`),
-    help: "1 is the plain schedule; above 1 gives the noisy first steps, where the layout forms, more of the run.",
+    ...strength("warp", "Schedule", "Schedule warp", 3, 0.1, (v) => (v === 1 ? "1 (plain)" : `${v}`),
+      "1 is the plain schedule; above 1 gives the noisy first steps, where the layout forms, more of the run."),
+    min: 0.5,
   },
 ];
+
+/**
+ * A slider of one of the plan's numbers, from 0 (off) to `max`.
+ * @param {"promptStrength" | "nodeWeight" | "effectWeight" | "attentionStrength" | "warp"} field
+ * @param {string} group @param {string} label @param {number} max @param {number} step
+ * @param {(v: number) => string} unit @param {string} help
+ */
+function strength(field, group, label, max, step, unit, help) {
+  return { id: field, group, field, label, min: 0, max, step, unit, help };
+}
+
+/**
+ * The two sliders of a window (`${name}Window`): where in the run an intervention starts and
+ * stops, labelled after the group ("Prompt guidance from", "… until").
+ * @param {"prompt" | "region" | "attention"} name @param {string} group
+ * @param {string} fromHelp @param {string} untilHelp
+ */
+function runWindow(name, group, fromHelp, untilHelp) {
+  const field = /** @type {keyof Plan} */ (`${name}Window`);
+  const end = (/** @type {0 | 1} */ end, /** @type {string} */ word, /** @type {string} */ help) => ({
+    id: `${name}${end === 0 ? "Start" : "End"}`, group, field, end, label: `${group} ${word}`,
+    min: 0, max: 1, step: 0.05, unit: percentOfRun, help,
+  });
+  return [end(0, "from", fromHelp), end(1, "until", untilHelp)];
+}
+
+/** @param {number} v */
+function times(v) {
+  return v === 0 ? "off" : `${v}×`;
+}
 
 /** @param {number} v */
 function percentOfRun(v) {

@@ -801,7 +801,7 @@ test("the history keeps 200 results across a reload, restores one, says why a st
       context.fillRect(0, 0, 64, 64);
       const png = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
       const settings = { prompt: `stored ${seed}`, negativePrompt: "", seed, steps: 2, guidanceScale: 3 };
-      await history.add({ time: Date.now(), png, thumbnail: await thumbnailOf(canvas), settings, plan: null, csg: null, verdicts: null });
+      await history.add({ time: Date.now(), png, thumbnail: await thumbnailOf(canvas), settings, verdicts: null });
     }
     // One written by an older page, with a setting this one does not know.
     const png = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
