@@ -38,6 +38,22 @@ pub enum Error {
         first: String,
     },
 
+    /// A weight file whose tensor names match no layout this runtime reads.
+    #[error(
+        "{file}: the tensor names match no known checkpoint layout; nearest: {nearest}; first names that fit none: {unexpected}"
+    )]
+    UnknownLayout {
+        file: String,
+        /// The three nearest known layouts, each with the share of the file's tensors it
+        /// explains.
+        nearest: String,
+        unexpected: String,
+    },
+
+    /// A checkpoint of a known kind that this runtime does not run yet.
+    #[error("{file}: {what} is not supported yet")]
+    UnsupportedModel { file: String, what: String },
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
@@ -95,6 +111,8 @@ impl Error {
             Error::TensorShape { .. } => "tensor_shape",
             Error::TensorDtype { .. } => "tensor_dtype",
             Error::UnusedTensors { .. } => "unused_tensors",
+            Error::UnknownLayout { .. } => "unknown_layout",
+            Error::UnsupportedModel { .. } => "unsupported_model",
             Error::Tokenizer(_) => "tokenizer",
             Error::MissingFile(_) => "missing_file",
             Error::PickledWeights(_) => "pickled_weights",

@@ -16,6 +16,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod rng;
 pub mod schedulers;
+pub mod single_file;
 pub mod source;
 pub mod tokenizer;
 pub mod views;

@@ -25,6 +25,7 @@ use crate::rng::Rng;
 use crate::schedulers::{
     self, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise, StepOutput, Timesteps,
 };
+use crate::single_file::{self, CHECKPOINT_FILE, Checkpoint};
 use crate::source::FileSource;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::{LoraTarget, ScaledLora, Weights, WeightsUpload, human_bytes};
@@ -299,28 +300,19 @@ pub struct StableDiffusion {
     kernels: Kernels,
 }
 
-/// Builds one component from the first weight file its folder has (in order of preference;
-/// each either whole or sharded with an index), then checks that the files held nothing the
-/// component left unused.
-fn load_component<T>(
+/// Streams one component's weights from the first weight file its folder has (in order of
+/// preference; each either whole or sharded with an index).
+fn folder_weights(
     files: &dyn FileSource,
     folder: &str,
     names: &[&str],
     device: &Device,
-    (kernels, loras): (Kernels, Option<(&[ScaledLora], LoraTarget)>),
-    build: impl FnOnce(&Weights) -> Result<T>,
-) -> Result<T> {
+) -> Result<Weights> {
     for name in names {
         let path = format!("{folder}/{name}");
         if let Some(weights) = stream_weights(files, &path, device)? {
-            let weights = weights.with_kernels(kernels);
-            if let Some((loras, target)) = loras {
-                weights.adapt(loras, target)?;
-            }
-            let component = build(&weights)?;
-            weights.finish()?;
-            tracing::debug!(file = %path, "component loaded");
-            return Ok(component);
+            tracing::debug!(file = %path, "component weights read");
+            return Ok(weights);
         }
     }
     // Say so when the folder holds its weights only in a pickle, rather than that they are
@@ -338,10 +330,56 @@ fn load_component<T>(
     Err(Error::MissingFile(format!("{folder}/{}", names[0])))
 }
 
+/// Builds one component from its weights, merging `loras` as they load, then checks that the
+/// weights held nothing the component left unused.
+fn build_component<T>(
+    weights: Weights,
+    (kernels, loras): (Kernels, Option<(&[ScaledLora], LoraTarget)>),
+    build: impl FnOnce(&Weights) -> Result<T>,
+) -> Result<T> {
+    let weights = weights.with_kernels(kernels);
+    if let Some((loras, target)) = loras {
+        weights.adapt(loras, target)?;
+    }
+    let component = build(&weights)?;
+    weights.finish()?;
+    Ok(component)
+}
+
+/// A component's weights and config: from the single-file checkpoint where it holds them
+/// (a config file in the source still wins over the inferred one), else from its folder.
+fn component_source(
+    files: &dyn FileSource,
+    from_checkpoint: Option<single_file::Part>,
+    (folder, names, config_file): (&str, &[&str], &str),
+    device: &Device,
+) -> Result<(Weights, String)> {
+    match from_checkpoint {
+        Some(part) => {
+            let config = match files.read(config_file)? {
+                Some(_) => files.require_text(config_file)?,
+                None => part.config,
+            };
+            Ok((part.weights, config))
+        }
+        None => Ok((
+            folder_weights(files, folder, names, device)?,
+            files.require_text(config_file)?,
+        )),
+    }
+}
+
 /// Streams `path`, or the shards its `.index.json` lists, to the device; `None` if neither
 /// exists.
 fn stream_weights(files: &dyn FileSource, path: &str, device: &Device) -> Result<Option<Weights>> {
-    let mut upload = WeightsUpload::new(device);
+    let new_upload = || {
+        let upload = WeightsUpload::new(device);
+        match path {
+            CHECKPOINT_FILE => upload.skipping(single_file::unused),
+            _ => upload,
+        }
+    };
+    let mut upload = new_upload();
     let feed = |upload: &mut WeightsUpload, file: &str| -> Result<bool> {
         if let Some(done) = files.take_uploaded(file) {
             upload.merge(done)?;
@@ -357,7 +395,7 @@ fn stream_weights(files: &dyn FileSource, path: &str, device: &Device) -> Result
     if feed(&mut upload, path)? {
         return upload.finish(path).map(Some);
     }
-    let mut upload = WeightsUpload::new(device);
+    let mut upload = new_upload();
     let index_path = format!("{path}.index.json");
     let Some(index) = files.read(&index_path)? else {
         return Ok(None);
@@ -423,23 +461,46 @@ impl StableDiffusion {
         kernels: Kernels,
         loras: &[ScaledLora],
     ) -> Result<Self> {
+        // A single-file checkpoint, where the source has one, supplies the weights (and the
+        // configs the source lacks) of the components it holds.
+        let checkpoint = match stream_weights(files, CHECKPOINT_FILE, device)? {
+            Some(weights) => Some(Checkpoint::split(CHECKPOINT_FILE, weights)?),
+            None => None,
+        };
         let tokenizer_config = files.read("tokenizer/tokenizer_config.json")?;
         let mut tokenizer = match files.read("tokenizer/tokenizer.json")? {
             Some(json) => ClipTokenizer::from_tokenizer_json(&json, tokenizer_config.as_deref())?,
+            None if checkpoint.is_some() && files.read("tokenizer/vocab.json")?.is_none() => {
+                return Err(Error::MissingFile(
+                    "tokenizer/vocab.json: a single-file checkpoint holds no tokenizer; pair it with the tokenizer/ folder of a diffusers repository of its family".into(),
+                ));
+            }
             None => ClipTokenizer::from_vocab_merges(
                 &files.require("tokenizer/vocab.json")?,
                 &files.require("tokenizer/merges.txt")?,
                 tokenizer_config.as_deref(),
             )?,
         };
+        let (unet_part, vae_part, text_part, checkpoint_scheduler) = match checkpoint {
+            Some(c) => (
+                Some(c.unet),
+                c.vae,
+                c.text_encoder,
+                Some(c.scheduler_config),
+            ),
+            None => (None, None, None, None),
+        };
 
-        let text_config = ClipTextConfig::from_json(&files.require_text(clip::CONFIG_FILE)?)?;
-        tokenizer.limit_length(text_config.max_position_embeddings);
-        let text_encoder = load_component(
-            files,
+        let text_files = (
             "text_encoder",
-            &["model.safetensors", "model.fp16.safetensors"],
-            device,
+            &["model.safetensors", "model.fp16.safetensors"][..],
+            clip::CONFIG_FILE,
+        );
+        let (weights, config) = component_source(files, text_part, text_files, device)?;
+        let text_config = ClipTextConfig::from_json(&config)?;
+        tokenizer.limit_length(text_config.max_position_embeddings);
+        let text_encoder = build_component(
+            weights,
             (kernels, Some((loras, LoraTarget::TextEncoder))),
             |w| ClipTextEncoder::load(text_config, w),
         )?;
@@ -448,20 +509,26 @@ impl StableDiffusion {
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
         ];
-        let unet_config = UNetConfig::from_json(&files.require_text(unet::CONFIG_FILE)?)?;
-        let unet_loras = Some((loras, LoraTarget::Unet));
-        let unet = load_component(files, "unet", &names, device, (kernels, unet_loras), |w| {
+        let (weights, config) = component_source(
+            files,
+            unet_part,
+            ("unet", &names, unet::CONFIG_FILE),
+            device,
+        )?;
+        let unet_config = UNetConfig::from_json(&config)?;
+        let unet = build_component(weights, (kernels, Some((loras, LoraTarget::Unet))), |w| {
             UNet::load(unet_config, w)
         })?;
-        let vae_config = VaeConfig::from_json(&files.require_text(vae::CONFIG_FILE)?)?;
-        let (vae, vae_encoder) =
-            load_component(files, "vae", &names, device, (kernels, None), |w| {
-                let encoder = w
-                    .contains("encoder.conv_in.weight")
-                    .then(|| VaeEncoder::load(vae_config.clone(), w))
-                    .transpose()?;
-                Ok((VaeDecoder::load(vae_config, w)?, encoder))
-            })?;
+        let (weights, config) =
+            component_source(files, vae_part, ("vae", &names, vae::CONFIG_FILE), device)?;
+        let vae_config = VaeConfig::from_json(&config)?;
+        let (vae, vae_encoder) = build_component(weights, (kernels, None), |w| {
+            let encoder = w
+                .contains("encoder.conv_in.weight")
+                .then(|| VaeEncoder::load(vae_config.clone(), w))
+                .transpose()?;
+            Ok((VaeDecoder::load(vae_config, w)?, encoder))
+        })?;
 
         // An optional tiny VAE beside the main one, for previews.
         let taesd = match files.read(taesd::CONFIG_FILE)? {
@@ -477,19 +544,19 @@ impl StableDiffusion {
                         "latent_channels differs from the VAE's",
                     ));
                 }
-                Some(load_component(
-                    files,
-                    "vae_tiny",
-                    &names,
-                    device,
+                Some(build_component(
+                    folder_weights(files, "vae_tiny", &names, device)?,
                     (kernels, None),
                     |w| TaesdDecoder::load(config, w),
                 )?)
             }
         };
 
-        let scheduler_config =
-            SchedulerConfig::from_json(&files.require_text(schedulers::CONFIG_FILE)?)?;
+        let scheduler_json = match (files.read(schedulers::CONFIG_FILE)?, checkpoint_scheduler) {
+            (None, Some(inferred)) => inferred,
+            _ => files.require_text(schedulers::CONFIG_FILE)?,
+        };
+        let scheduler_config = SchedulerConfig::from_json(&scheduler_json)?;
         if unet.config().cross_attention_dim != text_encoder.config().hidden_size {
             return Err(Error::config(
                 unet::CONFIG_FILE,

@@ -103,10 +103,13 @@ impl FileSource for StagedSource {
     }
 }
 
-/// A diffusers folder on disk.
+/// A diffusers folder on disk, or a single-file checkpoint paired with a folder that holds
+/// what such a file lacks (the tokenizer; configs, where the inferred ones will not do).
 #[cfg(not(target_arch = "wasm32"))]
 pub struct DirSource {
     root: std::path::PathBuf,
+    /// Served as [`crate::single_file::CHECKPOINT_FILE`].
+    checkpoint: Option<std::path::PathBuf>,
     chunk: usize,
 }
 
@@ -115,7 +118,46 @@ impl DirSource {
     pub fn new(root: impl Into<std::path::PathBuf>) -> Self {
         Self {
             root: root.into(),
+            checkpoint: None,
             chunk: 1 << 20,
+        }
+    }
+
+    /// What a user names as a model: a diffusers folder, or a single `.safetensors`
+    /// checkpoint, paired with `config` (a diffusers folder for its tokenizer and any configs
+    /// that should win over inferred ones; by default the checkpoint's own folder). A pickled
+    /// checkpoint is refused unread.
+    pub fn open(model: &std::path::Path, config: Option<&std::path::Path>) -> Result<Self> {
+        if model.is_dir() {
+            return match config {
+                None => Ok(Self::new(model)),
+                Some(_) => Err(Error::InvalidInput(format!(
+                    "{} is a diffusers folder, which holds its own configs; a config folder pairs only with a single-file checkpoint",
+                    model.display()
+                ))),
+            };
+        }
+        let extension = model.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if ["ckpt", "pt", "pth", "bin"].contains(&extension.to_ascii_lowercase().as_str()) {
+            return Err(Error::PickledWeights(model.display().to_string()));
+        }
+        if !model.exists() {
+            return Err(Error::MissingFile(model.display().to_string()));
+        }
+        let beside = model.parent().unwrap_or(std::path::Path::new("."));
+        Ok(Self::new(config.unwrap_or(beside)).with_checkpoint(model))
+    }
+
+    /// Serves `file` as the model's single-file checkpoint.
+    pub fn with_checkpoint(mut self, file: impl Into<std::path::PathBuf>) -> Self {
+        self.checkpoint = Some(file.into());
+        self
+    }
+
+    fn resolve(&self, path: &str) -> std::path::PathBuf {
+        match &self.checkpoint {
+            Some(file) if path == crate::single_file::CHECKPOINT_FILE => file.clone(),
+            _ => self.root.join(path),
         }
     }
 
@@ -129,7 +171,7 @@ impl DirSource {
 #[cfg(not(target_arch = "wasm32"))]
 impl FileSource for DirSource {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let full = self.root.join(path);
+        let full = self.resolve(path);
         match std::fs::read(&full) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -138,7 +180,7 @@ impl FileSource for DirSource {
     }
 
     fn len(&self, path: &str) -> Result<Option<u64>> {
-        let full = self.root.join(path);
+        let full = self.resolve(path);
         match std::fs::metadata(&full) {
             Ok(meta) => Ok(Some(meta.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -148,7 +190,7 @@ impl FileSource for DirSource {
 
     fn stream(&self, path: &str, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<bool> {
         use std::io::Read;
-        let full = self.root.join(path);
+        let full = self.resolve(path);
         let io = |e: std::io::Error| Error::io(full.display(), e);
         let mut file = match std::fs::File::open(&full) {
             Ok(f) => f,

@@ -131,6 +131,70 @@ impl Weights {
         }
     }
 
+    /// Every tensor's name and shape, in name order (a checkpoint's layout is told from them).
+    pub fn shapes(&self) -> Vec<(&str, &[usize])> {
+        let mut shapes: Vec<(&str, &[usize])> = match &self.backing {
+            Backing::Resident(t) => t.iter().map(|(n, r)| (n.as_str(), &r.shape[..])).collect(),
+            Backing::Random | Backing::Count(_) => Vec::new(),
+        };
+        shapes.sort_unstable();
+        shapes
+    }
+
+    /// Moves the tensors into `parts` new sets under new names, as `route` says for each
+    /// (a single-file checkpoint splitting into its components). Nothing is copied except
+    /// the fused tensors that [`Regroup::Split`] cuts into equal row blocks.
+    pub fn regroup(
+        self,
+        parts: usize,
+        mut route: impl FnMut(&str) -> Regroup,
+    ) -> Result<Vec<Weights>> {
+        let Backing::Resident(tensors) = self.backing else {
+            return Err(Error::InvalidInput(
+                "only loaded weights can be regrouped".into(),
+            ));
+        };
+        let mut groups: Vec<HashMap<String, Resident>> =
+            (0..parts).map(|_| HashMap::new()).collect();
+        let mut place = |part: usize, name: String, resident: Resident| -> Result<()> {
+            let group = groups.get_mut(part).ok_or_else(|| {
+                Error::InvalidInput(format!("tensor `{name}` routed to part {part} of {parts}"))
+            })?;
+            if group.insert(name.clone(), resident).is_some() {
+                return Err(Error::WeightFile {
+                    file: self.source.clone(),
+                    message: format!("two tensors map to `{name}`"),
+                });
+            }
+            Ok(())
+        };
+        for (name, resident) in tensors {
+            match route(&name) {
+                Regroup::Drop => {}
+                Regroup::Move { part, name } => place(part, name, resident)?,
+                Regroup::Split { part, names } => {
+                    for (piece, new_name) in split_rows(&name, resident, names.len(), &self.source)?
+                        .into_iter()
+                        .zip(names)
+                    {
+                        place(part, new_name, piece)?;
+                    }
+                }
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .map(|tensors| Weights {
+                source: self.source.clone(),
+                backing: Backing::Resident(tensors),
+                used: RefCell::new(BTreeSet::new()),
+                device: self.device.clone(),
+                kernels: self.kernels,
+                pending: RefCell::default(),
+            })
+            .collect())
+    }
+
     /// These weights with the layers built from them running `kernels` (the default is
     /// [`Kernels::Fused`]).
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
@@ -314,6 +378,64 @@ impl Weights {
     }
 }
 
+/// Where [`Weights::regroup`] puts one tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Regroup {
+    /// Into part `part`, as `name`.
+    Move { part: usize, name: String },
+    /// Cut along its first axis into `names.len()` equal blocks (fused q/k/v projections),
+    /// each into part `part` under its name.
+    Split { part: usize, names: Vec<String> },
+    /// Not used by any part (training state, buffers a model recomputes).
+    Drop,
+}
+
+/// `resident` cut into `n` equal blocks of whole rows.
+fn split_rows(name: &str, resident: Resident, n: usize, source: &str) -> Result<Vec<Resident>> {
+    let rows = resident.shape.first().copied().unwrap_or(0);
+    if n == 0 || rows % n != 0 {
+        return Err(Error::WeightFile {
+            file: source.to_string(),
+            message: format!(
+                "tensor `{name}` of shape {:?} does not split into {n} equal parts",
+                resident.shape
+            ),
+        });
+    }
+    let mut shape = resident.shape.clone();
+    shape[0] = rows / n;
+    let len: usize = shape.iter().product();
+    let blocks = match resident.values {
+        Err(dtype) => {
+            return Ok((0..n)
+                .map(|_| Resident {
+                    file: resident.file.clone(),
+                    shape: shape.clone(),
+                    channels_last: resident.channels_last,
+                    values: Err(dtype.clone()),
+                })
+                .collect());
+        }
+        Ok(parts) if parts.blocks.len() == 1 => parts.blocks.into_iter().next().expect("one block"),
+        Ok(_) => {
+            return Err(Error::WeightFile {
+                file: source.to_string(),
+                message: format!("tensor `{name}` is too large to split on this device"),
+            });
+        }
+    };
+    Ok((0..n)
+        .map(|i| Resident {
+            file: resident.file.clone(),
+            shape: shape.clone(),
+            channels_last: resident.channels_last,
+            values: Ok(Parts {
+                blocks: vec![blocks.clone().slice(i * len..(i + 1) * len)],
+            }),
+        })
+        .collect())
+}
+
 /// Builds [`Weights`] from one or more safetensors files (the shards of one model) that
 /// arrive in chunks: each tensor goes to the device as soon as its bytes are in, so host
 /// memory holds at most one tensor and one chunk, never a file.
@@ -323,6 +445,8 @@ pub struct WeightsUpload {
     max_block_bytes: u64,
     tensors: HashMap<String, Resident>,
     current: Option<(Rc<str>, TensorStream)>,
+    /// Tensors read past without an upload (see [`WeightsUpload::skipping`]).
+    skip: fn(&str) -> bool,
 }
 
 impl WeightsUpload {
@@ -332,7 +456,15 @@ impl WeightsUpload {
             max_block_bytes: crate::device::limits(device).max_binding_bytes,
             tensors: HashMap::new(),
             current: None,
+            skip: |_| false,
         }
+    }
+
+    /// Reads past the tensors `skip` names instead of uploading them: parts of a file that no
+    /// model uses (a single-file checkpoint's EMA copy can double its size).
+    pub fn skipping(mut self, skip: fn(&str) -> bool) -> Self {
+        self.skip = skip;
+        self
     }
 
     /// Starts the next file; `file` names it in errors, and `length`, where the source knows
@@ -355,8 +487,12 @@ impl WeightsUpload {
             ));
         };
         let (tensors, device, max_block) = (&mut self.tensors, &self.device, self.max_block_bytes);
+        let skip = self.skip;
         stream.push(chunk, &mut |t| {
             let name = t.name;
+            if skip(&name) {
+                return Ok(());
+            }
             if tensors.contains_key(&name) {
                 return Err(Error::WeightFile {
                     file: file.to_string(),

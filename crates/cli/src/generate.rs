@@ -16,9 +16,16 @@ use crate::common::{self, DeviceArg, StepBar};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A diffusers-layout model folder.
+    /// A diffusers-layout model folder, or a single-file checkpoint (`.safetensors` in the
+    /// original SD 1.x/2.x layout).
     #[arg(long)]
     model: PathBuf,
+    /// For a single-file checkpoint: a diffusers folder of the same family that supplies its
+    /// tokenizer, and any configs that should win over those inferred from the file (its
+    /// `scheduler/scheduler_config.json` tells an SD 2.x epsilon model from the v-prediction
+    /// one assumed). By default the checkpoint's own folder.
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
@@ -132,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|spec| read_lora(spec))
             .collect::<Result<Vec<_>>>()?;
         let mut pipe = StableDiffusion::load_adapted(
-            &DirSource::new(&args.model),
+            &DirSource::open(&args.model, args.config.as_deref())?,
             &device,
             Kernels::default(),
             &loras,

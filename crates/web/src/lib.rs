@@ -21,6 +21,7 @@ use lina_runtime::pipeline::{
     CancelToken, GenerateOptions, Hooks, Sampling, StableDiffusion, StepFuture, StepHook,
 };
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
+use lina_runtime::single_file;
 use lina_runtime::source::{MemorySource, StagedSource};
 use lina_runtime::weights::{Lora, ScaledLora, WeightsUpload};
 
@@ -795,6 +796,9 @@ impl ModelLoader {
         }
         let incoming = if path.ends_with(".safetensors") {
             let mut upload = WeightsUpload::new(&self.device);
+            if path == single_file::CHECKPOINT_FILE {
+                upload = upload.skipping(single_file::unused);
+            }
             let length = length
                 .filter(|l| l.is_finite() && *l >= 0.0)
                 .map(|l| l as u64);

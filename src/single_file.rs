@@ -1,0 +1,762 @@
+//! Single-file checkpoints in the original (LDM) key layout: the `*.safetensors` files most
+//! people download for SD 1.x and 2.x, holding the UNet (`model.diffusion_model.*`), the VAE
+//! (`first_stage_model.*`) and the text encoder (`cond_stage_model.*`) under the names of
+//! the code they were trained with, and no configs.
+//!
+//! The file is uploaded once; its tensors are then renamed into diffusers' names and split
+//! into one [`Weights`] per component ([`Weights::regroup`]), so every model in `models/`
+//! loads them as it loads a diffusers folder. The configs are inferred from the tensors'
+//! shapes where shapes tell (channels, blocks, layers, context width, linear or convolution
+//! projections) and from the family where they do not (attention heads, the VAE's scaling
+//! factor, the noise schedule), as diffusers' single-file loader does: SD 1.x is told from
+//! SD 2.x by its text encoder (CLIP ViT-L with transformers' names, or OpenCLIP with fused
+//! q/k/v), or, without one, by its context width (768 or 1024).
+//!
+//! Configs in the model's source (`unet/config.json` and the like, e.g. the diffusers folder
+//! that [`crate::source::DirSource::with_checkpoint`] pairs with the file) win over inferred
+//! ones, as diffusers' `from_single_file(config=...)` does: that is how an SD 2.x base model
+//! (epsilon, 512) is told from the 768 v-prediction one the family defaults to.
+//!
+//! The names are checked against diffusers' own converters by `tools/make_single_file.py`
+//! (tests/fixtures/single_file/).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::weights::{Regroup, Weights};
+
+/// Where a [`crate::source::FileSource`] holds a single-file checkpoint.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+const UNET: &str = "model.diffusion_model.";
+const VAE: &str = "first_stage_model.";
+const CLIP: &str = "cond_stage_model.transformer.";
+const OPEN_CLIP: &str = "cond_stage_model.model.";
+
+/// The model families a single file may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// SD 1.x: CLIP ViT-L/14 text encoder, 8 attention heads, epsilon prediction.
+    Sd1,
+    /// SD 2.x: OpenCLIP ViT-H/14 (its penultimate layer), 64-channel heads, linear
+    /// projections; v-prediction at 768 unless a scheduler config says otherwise.
+    Sd2,
+}
+
+/// One component of a split checkpoint: its weights under diffusers' names, and its config
+/// as diffusers would write it.
+pub struct Part {
+    pub weights: Weights,
+    pub config: String,
+}
+
+/// A single-file checkpoint split into its components.
+pub struct Checkpoint {
+    pub family: Family,
+    pub unet: Part,
+    /// `None` where the file holds only some components: they come from the source's
+    /// folders instead.
+    pub vae: Option<Part>,
+    pub text_encoder: Option<Part>,
+    pub scheduler_config: String,
+}
+
+/// Tensor shapes by name.
+type Shapes<'a> = BTreeMap<&'a str, &'a [usize]>;
+
+impl Checkpoint {
+    /// Splits `weights`, read from `file`, into components; fails (naming the nearest known
+    /// layouts) where the names fit no layout, and for known kinds not run yet.
+    pub fn split(file: &str, weights: Weights) -> Result<Self> {
+        let (family, routes, configs) = {
+            let shapes: Shapes = weights.shapes().into_iter().collect();
+            let family = family(file, &shapes)?;
+            let routes = routes(file, family, &shapes)?;
+            let configs = Configs::infer(file, family, &shapes)?;
+            (family, routes, configs)
+        };
+        let mut parts = weights
+            .regroup(3, |name| routes.get(name).cloned().unwrap_or(Regroup::Drop))?
+            .into_iter();
+        let (unet, vae, text) = (
+            parts.next().expect("three parts"),
+            parts.next().expect("three parts"),
+            parts.next().expect("three parts"),
+        );
+        let part = |weights: Weights, config: Option<Value>| {
+            config.map(|c| Part {
+                weights,
+                config: c.to_string(),
+            })
+        };
+        Ok(Self {
+            family,
+            unet: part(unet, Some(configs.unet)).expect("a UNet"),
+            vae: part(vae, configs.vae),
+            text_encoder: part(text, configs.text_encoder),
+            scheduler_config: configs.scheduler.to_string(),
+        })
+    }
+}
+
+/// What a checkpoint of these tensor names and shapes is, and the configs inferred for it,
+/// without its values: the same checks [`Checkpoint::split`] makes before it moves anything.
+pub fn inspect(file: &str, shapes: &[(&str, &[usize])]) -> Result<(Family, Configs)> {
+    let shapes: Shapes = shapes.iter().copied().collect();
+    let family = family(file, &shapes)?;
+    routes(file, family, &shapes)?;
+    Ok((family, Configs::infer(file, family, &shapes)?))
+}
+
+/// Kinds of weight file told apart by their names, for the family check and for the error
+/// that names the nearest layouts. A name belongs to a layout if it starts with one of its
+/// prefixes (or contains one of its markers, for LoRA).
+const LAYOUTS: &[(&str, &[&str])] = &[
+    ("SD 1.x single file", &[UNET, VAE, CLIP]),
+    ("SD 2.x single file", &[UNET, VAE, OPEN_CLIP]),
+    ("SDXL single file", &[UNET, VAE, "conditioner.embedders."]),
+    (
+        "SD 3 single file",
+        &["model.diffusion_model.joint_blocks.", VAE, "text_encoders."],
+    ),
+    (
+        "FLUX transformer",
+        &["double_blocks.", "single_blocks.", "img_in.", "txt_in."],
+    ),
+    (
+        "diffusers UNet",
+        &[
+            "down_blocks.",
+            "mid_block.",
+            "up_blocks.",
+            "conv_in.",
+            "conv_norm_out.",
+            "conv_out.",
+            "time_embedding.",
+        ],
+    ),
+    (
+        "diffusers VAE",
+        &["encoder.", "decoder.", "quant_conv.", "post_quant_conv."],
+    ),
+    (
+        "transformers CLIP text encoder",
+        &[
+            "text_model.",
+            "embeddings.",
+            "encoder.layers.",
+            "final_layer_norm.",
+        ],
+    ),
+    (
+        "LoRA",
+        &[
+            "lora_unet_",
+            "lora_te",
+            ".lora_down.",
+            ".lora_A.",
+            ".lora.down.",
+        ],
+    ),
+];
+
+/// Names a model never uses that single files carry: the noise schedule's buffers, an EMA
+/// copy of the UNet, training losses' state, SD 2's text projection. Uploads skip them.
+pub fn unused(name: &str) -> bool {
+    const ROOT_BUFFERS: &[&str] = &[
+        "betas",
+        "alphas_cumprod",
+        "alphas_cumprod_prev",
+        "sqrt_alphas_cumprod",
+        "sqrt_one_minus_alphas_cumprod",
+        "log_one_minus_alphas_cumprod",
+        "sqrt_recip_alphas_cumprod",
+        "sqrt_recipm1_alphas_cumprod",
+        "posterior_variance",
+        "posterior_log_variance_clipped",
+        "posterior_mean_coef1",
+        "posterior_mean_coef2",
+        "logvar",
+        "lvlb_weights",
+    ];
+    ROOT_BUFFERS.contains(&name)
+        || name.starts_with("model_ema.")
+        || name.starts_with("first_stage_model.loss.")
+        || name == "cond_stage_model.transformer.text_model.embeddings.position_ids"
+        || name == "cond_stage_model.model.text_projection"
+        || name == "cond_stage_model.model.logit_scale"
+}
+
+fn family(file: &str, shapes: &Shapes) -> Result<Family> {
+    let has = |prefix: &str| shapes.keys().any(|n| n.starts_with(prefix));
+    let unsupported = |what: &str| Error::UnsupportedModel {
+        file: file.to_string(),
+        what: what.to_string(),
+    };
+    if has("model.diffusion_model.joint_blocks.") {
+        return Err(unsupported("an SD 3 transformer checkpoint"));
+    }
+    if has("conditioner.embedders.") || has("model.diffusion_model.label_emb.") {
+        return Err(unsupported(
+            "an SDXL checkpoint (two text encoders, size conditioning)",
+        ));
+    }
+    if !has(UNET) {
+        return Err(unknown_layout(file, shapes));
+    }
+    if has(OPEN_CLIP) {
+        return Ok(Family::Sd2);
+    }
+    if has(CLIP) {
+        return Ok(Family::Sd1);
+    }
+    // No text encoder in the file: the context width the UNet attends to tells.
+    let context = shapes
+        .iter()
+        .find(|(n, _)| n.ends_with("attn2.to_k.weight"))
+        .map(|(_, s)| s[s.len() - 1]);
+    Ok(if context == Some(1024) {
+        Family::Sd2
+    } else {
+        Family::Sd1
+    })
+}
+
+/// The error for names no layout explains: the three layouts that explain most of them, and
+/// the first names that even the nearest one does not.
+fn unknown_layout(file: &str, shapes: &Shapes) -> Error {
+    let fits = |name: &str, prefixes: &[&str]| {
+        prefixes
+            .iter()
+            .any(|p| name.starts_with(p) || (p.starts_with('.') && name.contains(p)))
+    };
+    let total = shapes.len().max(1);
+    let mut scored: Vec<(usize, &str, &[&str])> = LAYOUTS
+        .iter()
+        .map(|(label, prefixes)| {
+            let n = shapes.keys().filter(|n| fits(n, prefixes)).count();
+            (n, *label, *prefixes)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let nearest = scored
+        .iter()
+        .take(3)
+        .map(|(n, label, _)| format!("{label} ({}% of its tensors)", n * 100 / total))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let best = scored[0].2;
+    let unexpected = shapes
+        .keys()
+        .filter(|n| !fits(n, best) && !unused(n))
+        .take(5)
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>();
+    Error::UnknownLayout {
+        file: file.to_string(),
+        nearest,
+        unexpected: if unexpected.is_empty() {
+            "(none)".into()
+        } else {
+            unexpected.join(", ")
+        },
+    }
+}
+
+/// Part indices of [`Weights::regroup`].
+const UNET_PART: usize = 0;
+const VAE_PART: usize = 1;
+const TEXT_PART: usize = 2;
+
+/// Where every tensor of the file goes; fails on a name no rule explains.
+fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String, Regroup>> {
+    let unet = UNetLayout::of(shapes);
+    let vae_blocks = count_indices(shapes, "first_stage_model.encoder.down.");
+    let open_clip_layers = count_indices(shapes, "cond_stage_model.model.transformer.resblocks.");
+    let mut routes = HashMap::new();
+    let mut unexplained = Vec::new();
+    for name in shapes.keys() {
+        let route = if unused(name) {
+            Some(Regroup::Drop)
+        } else if let Some(rest) = name.strip_prefix(UNET) {
+            unet.rename(rest).map(|n| moved(UNET_PART, n))
+        } else if let Some(rest) = name.strip_prefix(VAE) {
+            vae_name(rest, vae_blocks).map(|n| moved(VAE_PART, n))
+        } else if let (Family::Sd1, Some(rest)) = (family, name.strip_prefix(CLIP)) {
+            Some(moved(TEXT_PART, rest.to_string()))
+        } else if let (Family::Sd2, Some(rest)) = (family, name.strip_prefix(OPEN_CLIP)) {
+            open_clip_name(rest, open_clip_layers)
+        } else {
+            None
+        };
+        match route {
+            Some(route) => {
+                routes.insert(name.to_string(), route);
+            }
+            None => unexplained.push(*name),
+        }
+    }
+    if let Some(first) = unexplained.first() {
+        let label = match family {
+            Family::Sd1 => "an SD 1.x",
+            Family::Sd2 => "an SD 2.x",
+        };
+        return Err(Error::WeightFile {
+            file: file.to_string(),
+            message: format!(
+                "{} tensor(s) fit no part of {label} checkpoint, first `{first}`",
+                unexplained.len()
+            ),
+        });
+    }
+    Ok(routes)
+}
+
+fn moved(part: usize, name: String) -> Regroup {
+    Regroup::Move { part, name }
+}
+
+/// How many consecutive indices `0, 1, ...` follow `prefix` in the names.
+fn count_indices(shapes: &Shapes, prefix: &str) -> usize {
+    let indices: std::collections::BTreeSet<usize> = shapes
+        .keys()
+        .filter_map(|n| n.strip_prefix(prefix))
+        .filter_map(|rest| rest.split('.').next()?.parse().ok())
+        .collect();
+    (0..).take_while(|i| indices.contains(i)).count()
+}
+
+/// `rest`'s first dotted part as an index, and what follows it.
+fn index(rest: &str) -> Option<(usize, &str)> {
+    let (head, tail) = rest.split_once('.')?;
+    Some((head.parse().ok()?, tail))
+}
+
+/// The LDM UNet's numbering: `input_blocks.i` runs over the down blocks' layers (a ResNet,
+/// then its attention where the block has one) and each down block's downsampler;
+/// `output_blocks.i` over the up blocks' layers, the last layer of each holding its
+/// upsampler.
+struct UNetLayout {
+    layers_per_block: usize,
+}
+
+impl UNetLayout {
+    fn of(shapes: &Shapes) -> Self {
+        // The first downsampler sits right after the first block's layers.
+        let first_down = shapes
+            .keys()
+            .filter_map(|n| n.strip_prefix("model.diffusion_model.input_blocks."))
+            .filter(|rest| rest.contains(".0.op."))
+            .filter_map(|rest| index(rest).map(|(i, _)| i))
+            .min();
+        let layers_per_block = match first_down {
+            Some(i) => i.saturating_sub(1),
+            // One block and no downsampler: every input block after conv_in is a layer.
+            None => count_indices(shapes, "model.diffusion_model.input_blocks.").saturating_sub(1),
+        };
+        Self {
+            layers_per_block: layers_per_block.max(1),
+        }
+    }
+
+    fn rename(&self, rest: &str) -> Option<String> {
+        let per = self.layers_per_block + 1;
+        if let Some(r) = rest.strip_prefix("time_embed.") {
+            let (i, t) = index(r)?;
+            let linear = [(0, "linear_1"), (2, "linear_2")]
+                .iter()
+                .find(|(k, _)| *k == i)?
+                .1;
+            return Some(format!("time_embedding.{linear}.{t}"));
+        }
+        if let Some(t) = rest.strip_prefix("out.0.") {
+            return Some(format!("conv_norm_out.{t}"));
+        }
+        if let Some(t) = rest.strip_prefix("out.2.") {
+            return Some(format!("conv_out.{t}"));
+        }
+        if let Some(t) = rest.strip_prefix("input_blocks.0.0.") {
+            return Some(format!("conv_in.{t}"));
+        }
+        if let Some(r) = rest.strip_prefix("input_blocks.") {
+            let (i, r) = index(r)?;
+            let (j, t) = index(r)?;
+            let i = i.checked_sub(1)?;
+            let (block, layer) = (i / per, i % per);
+            let at = format!("down_blocks.{block}");
+            return match (layer == self.layers_per_block, j) {
+                (true, 0) => Some(format!(
+                    "{at}.downsamplers.0.conv.{}",
+                    t.strip_prefix("op.")?
+                )),
+                (false, 0) => Some(format!("{at}.resnets.{layer}.{}", resnet_name(t)?)),
+                (false, 1) => Some(format!("{at}.attentions.{layer}.{t}")),
+                _ => None,
+            };
+        }
+        if let Some(r) = rest.strip_prefix("middle_block.") {
+            let (j, t) = index(r)?;
+            return match j {
+                0 | 2 => Some(format!("mid_block.resnets.{}.{}", j / 2, resnet_name(t)?)),
+                1 => Some(format!("mid_block.attentions.0.{t}")),
+                _ => None,
+            };
+        }
+        if let Some(r) = rest.strip_prefix("output_blocks.") {
+            let (i, r) = index(r)?;
+            let (j, t) = index(r)?;
+            let (block, layer) = (i / per, i % per);
+            let at = format!("up_blocks.{block}");
+            if j == 0 {
+                return Some(format!("{at}.resnets.{layer}.{}", resnet_name(t)?));
+            }
+            if let Some(conv) = t.strip_prefix("conv.") {
+                return (layer == self.layers_per_block)
+                    .then(|| format!("{at}.upsamplers.0.conv.{conv}"));
+            }
+            return (j == 1).then(|| format!("{at}.attentions.{layer}.{t}"));
+        }
+        None
+    }
+}
+
+/// A ResNet block's inner names, LDM to diffusers.
+fn resnet_name(t: &str) -> Option<String> {
+    const NAMES: &[(&str, &str)] = &[
+        ("in_layers.0.", "norm1."),
+        ("in_layers.2.", "conv1."),
+        ("emb_layers.1.", "time_emb_proj."),
+        ("out_layers.0.", "norm2."),
+        ("out_layers.3.", "conv2."),
+        ("skip_connection.", "conv_shortcut."),
+    ];
+    NAMES
+        .iter()
+        .find_map(|(ldm, ours)| t.strip_prefix(ldm).map(|p| format!("{ours}{p}")))
+}
+
+/// A VAE name (after `first_stage_model.`) in diffusers' naming; the decoder's up blocks
+/// run in the opposite order.
+fn vae_name(rest: &str, blocks: usize) -> Option<String> {
+    let (side, r) = rest.split_once('.')?;
+    if side != "encoder" && side != "decoder" {
+        return ["quant_conv.", "post_quant_conv."]
+            .iter()
+            .any(|p| rest.starts_with(p))
+            .then(|| rest.to_string());
+    }
+    let resnet = |t: &str| match t.strip_prefix("nin_shortcut.") {
+        Some(p) => format!("conv_shortcut.{p}"),
+        None => t.to_string(),
+    };
+    if let Some(t) = r.strip_prefix("mid.attn_1.") {
+        const NAMES: &[(&str, &str)] = &[
+            ("norm.", "group_norm."),
+            ("q.", "to_q."),
+            ("k.", "to_k."),
+            ("v.", "to_v."),
+            ("proj_out.", "to_out.0."),
+        ];
+        let inner = NAMES
+            .iter()
+            .find_map(|(ldm, ours)| t.strip_prefix(ldm).map(|p| format!("{ours}{p}")))?;
+        return Some(format!("{side}.mid_block.attentions.0.{inner}"));
+    }
+    if let Some(t) = r.strip_prefix("mid.block_") {
+        let (k, t) = index(t)?;
+        return (k == 1 || k == 2)
+            .then(|| format!("{side}.mid_block.resnets.{}.{}", k - 1, resnet(t)));
+    }
+    if let Some(t) = r.strip_prefix("norm_out.") {
+        return Some(format!("{side}.conv_norm_out.{t}"));
+    }
+    if r.starts_with("conv_in.") || r.starts_with("conv_out.") {
+        return Some(rest.to_string());
+    }
+    let (kind, t) = match side {
+        "encoder" => ("down", r.strip_prefix("down.")?),
+        _ => ("up", r.strip_prefix("up.")?),
+    };
+    let (i, t) = index(t)?;
+    let block = if kind == "down" {
+        i
+    } else {
+        blocks.checked_sub(i + 1)?
+    };
+    let at = format!("{side}.{kind}_blocks.{block}");
+    if let Some(t) = t.strip_prefix("block.") {
+        let (j, t) = index(t)?;
+        return Some(format!("{at}.resnets.{j}.{}", resnet(t)));
+    }
+    let sampler = if kind == "down" {
+        "downsample.conv."
+    } else {
+        "upsample.conv."
+    };
+    let t = t.strip_prefix(sampler)?;
+    Some(format!("{at}.{kind}samplers.0.conv.{t}"))
+}
+
+/// An OpenCLIP text-tower name (after `cond_stage_model.model.`) in transformers' CLIP
+/// naming. SD 2 runs the penultimate layer, so the last of `layers` is dropped; the fused
+/// q/k/v projection splits into three.
+fn open_clip_name(rest: &str, layers: usize) -> Option<Regroup> {
+    let text = |n: String| Some(moved(TEXT_PART, format!("text_model.{n}")));
+    match rest {
+        "token_embedding.weight" => return text("embeddings.token_embedding.weight".into()),
+        "positional_embedding" => return text("embeddings.position_embedding.weight".into()),
+        _ => {}
+    }
+    if let Some(t) = rest.strip_prefix("ln_final.") {
+        return text(format!("final_layer_norm.{t}"));
+    }
+    let (i, t) = index(rest.strip_prefix("transformer.resblocks.")?)?;
+    if i + 1 == layers {
+        return Some(Regroup::Drop);
+    }
+    let at = format!("text_model.encoder.layers.{i}");
+    if let Some(part) = t.strip_prefix("attn.in_proj_") {
+        return Some(Regroup::Split {
+            part: TEXT_PART,
+            names: ["q", "k", "v"]
+                .iter()
+                .map(|p| format!("{at}.self_attn.{p}_proj.{part}"))
+                .collect(),
+        });
+    }
+    const NAMES: &[(&str, &str)] = &[
+        ("ln_1.", "layer_norm1."),
+        ("ln_2.", "layer_norm2."),
+        ("attn.out_proj.", "self_attn.out_proj."),
+        ("mlp.c_fc.", "mlp.fc1."),
+        ("mlp.c_proj.", "mlp.fc2."),
+    ];
+    let inner = NAMES
+        .iter()
+        .find_map(|(ldm, ours)| t.strip_prefix(ldm).map(|p| format!("{ours}{p}")))?;
+    Some(moved(TEXT_PART, format!("{at}.{inner}")))
+}
+
+/// Configs as diffusers writes them, inferred from a checkpoint's shapes and family.
+pub struct Configs {
+    pub unet: Value,
+    pub vae: Option<Value>,
+    pub text_encoder: Option<Value>,
+    pub scheduler: Value,
+}
+
+impl Configs {
+    /// Infers every config from the names and shapes of an LDM checkpoint of `family`.
+    fn infer(file: &str, family: Family, shapes: &Shapes) -> Result<Self> {
+        let t = Table { file, shapes };
+        Ok(Self {
+            unet: unet_config(family, &t)?,
+            vae: t
+                .has("first_stage_model.decoder.conv_in.weight")
+                .then(|| vae_config(&t))
+                .transpose()?,
+            text_encoder: text_config(family, &t)?,
+            scheduler: scheduler_config(family),
+        })
+    }
+}
+
+/// A checkpoint's shapes, for the config inference.
+struct Table<'s, 'a> {
+    file: &'s str,
+    shapes: &'s Shapes<'a>,
+}
+
+impl<'a> Table<'_, 'a> {
+    fn shape(&self, name: &str) -> Result<&'a [usize]> {
+        self.shapes
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::MissingTensor {
+                file: self.file.to_string(),
+                name: name.to_string(),
+            })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+}
+
+fn unet_config(family: Family, t: &Table) -> Result<Value> {
+    let (shapes, shape, has) = (t.shapes, |n: &str| t.shape(n), |n: &str| t.has(n));
+    let p = |n: String| format!("{UNET}{n}");
+    let layers = UNetLayout::of(shapes).layers_per_block;
+    let per = layers + 1;
+    let downsamplers = shapes
+        .keys()
+        .filter(|n| n.starts_with(&p("input_blocks.".into())) && n.ends_with(".0.op.weight"))
+        .count();
+    let blocks = downsamplers + 1;
+    let mut channels = Vec::new();
+    let mut down_types = Vec::new();
+    let mut up_types = Vec::new();
+    for b in 0..blocks {
+        let first = 1 + b * per;
+        channels.push(shape(&p(format!("input_blocks.{first}.0.out_layers.3.weight")))?[0]);
+        down_types.push(
+            if has(&p(format!("input_blocks.{first}.1.proj_in.weight"))) {
+                "CrossAttnDownBlock2D"
+            } else {
+                "DownBlock2D"
+            },
+        );
+        up_types.push(
+            if has(&p(format!("output_blocks.{}.1.proj_in.weight", b * per))) {
+                "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
+            },
+        );
+    }
+    let attention_k = shapes
+        .iter()
+        .find(|(n, _)| n.starts_with(UNET) && n.ends_with("attn2.to_k.weight"));
+    let cross_attention_dim = attention_k.map_or(768, |(_, s)| s[s.len() - 1]);
+    let proj_in = shapes
+        .iter()
+        .find(|(n, _)| n.starts_with(UNET) && n.ends_with(".proj_in.weight"));
+    let linear = proj_in.is_some_and(|(_, s)| s.len() == 2);
+    let transformer_layers = shapes
+        .keys()
+        .find(|n| n.starts_with(UNET) && n.contains(".transformer_blocks."))
+        .and_then(|n| n.rsplit_once(".transformer_blocks.").map(|(at, _)| at))
+        .map_or(1, |at| {
+            count_indices(shapes, &format!("{at}.transformer_blocks."))
+        });
+    let (heads, sample_size): (Value, usize) = match family {
+        // SD 1.x: 8 heads everywhere (diffusers' `attention_head_dim` holds the count).
+        Family::Sd1 => (json!(8), 64),
+        // SD 2.x: 64 channels per head.
+        Family::Sd2 => (
+            json!(channels.iter().map(|c| (c / 64).max(1)).collect::<Vec<_>>()),
+            96,
+        ),
+    };
+    Ok(json!({
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": sample_size,
+        "in_channels": shape(&p("input_blocks.0.0.weight".into()))?[1],
+        "out_channels": shape(&p("out.2.weight".into()))?[0],
+        "down_block_types": down_types,
+        "mid_block_type": if has(&p("middle_block.1.proj_in.weight".into())) {
+            Value::from("UNetMidBlock2DCrossAttn")
+        } else {
+            Value::Null
+        },
+        "up_block_types": up_types,
+        "block_out_channels": channels,
+        "layers_per_block": layers,
+        "cross_attention_dim": cross_attention_dim,
+        "attention_head_dim": heads,
+        "use_linear_projection": linear,
+        "transformer_layers_per_block": transformer_layers,
+        "flip_sin_to_cos": true,
+        "freq_shift": 0,
+        "norm_num_groups": 32,
+    }))
+}
+
+fn vae_config(t: &Table) -> Result<Value> {
+    let (shapes, shape) = (t.shapes, |n: &str| t.shape(n));
+    let blocks = count_indices(shapes, "first_stage_model.encoder.down.");
+    let layers = count_indices(shapes, "first_stage_model.encoder.down.0.block.");
+    let channels = (0..blocks)
+        .map(|i| {
+            Ok(shape(&format!(
+                "first_stage_model.encoder.down.{i}.block.0.conv1.weight"
+            ))?[0])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(json!({
+        "_class_name": "AutoencoderKL",
+        "in_channels": shape("first_stage_model.encoder.conv_in.weight")?[1],
+        "out_channels": shape("first_stage_model.decoder.conv_out.weight")?[0],
+        "latent_channels": shape("first_stage_model.decoder.conv_in.weight")?[1],
+        "block_out_channels": channels,
+        "down_block_types": vec!["DownEncoderBlock2D"; blocks],
+        "up_block_types": vec!["UpDecoderBlock2D"; blocks],
+        "layers_per_block": layers,
+        "norm_num_groups": 32,
+        "scaling_factor": 0.18215,
+        "use_quant_conv": shapes.contains_key("first_stage_model.quant_conv.weight"),
+        "use_post_quant_conv": shapes.contains_key("first_stage_model.post_quant_conv.weight"),
+    }))
+}
+
+fn text_config(family: Family, t: &Table) -> Result<Option<Value>> {
+    let (shapes, shape) = (t.shapes, |n: &str| t.shape(n));
+    let (layers, embedding, positions, fc1, act) = match family {
+        Family::Sd1 => {
+            let tm = "cond_stage_model.transformer.text_model.";
+            if !shapes.contains_key(format!("{tm}final_layer_norm.weight").as_str()) {
+                return Ok(None);
+            }
+            (
+                count_indices(shapes, &format!("{tm}encoder.layers.")),
+                format!("{tm}embeddings.token_embedding.weight"),
+                format!("{tm}embeddings.position_embedding.weight"),
+                format!("{tm}encoder.layers.0.mlp.fc1.weight"),
+                "quick_gelu",
+            )
+        }
+        Family::Sd2 => {
+            if !shapes.contains_key(format!("{OPEN_CLIP}ln_final.weight").as_str()) {
+                return Ok(None);
+            }
+            (
+                // The penultimate layer's output is what SD 2 conditions on.
+                count_indices(shapes, &format!("{OPEN_CLIP}transformer.resblocks."))
+                    .saturating_sub(1),
+                format!("{OPEN_CLIP}token_embedding.weight"),
+                format!("{OPEN_CLIP}positional_embedding"),
+                format!("{OPEN_CLIP}transformer.resblocks.0.mlp.c_fc.weight"),
+                "gelu",
+            )
+        }
+    };
+    let [vocab, hidden] = shape(&embedding)?[..] else {
+        return Err(Error::InvalidInput(format!(
+            "`{embedding}` is not a [rows, width] table"
+        )));
+    };
+    Ok(Some(json!({
+        "architectures": ["CLIPTextModel"],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": shape(&fc1)?[0],
+        "num_hidden_layers": layers,
+        // Both CLIP ViT-L and OpenCLIP ViT-H use 64-channel heads.
+        "num_attention_heads": (hidden / 64).max(1),
+        "max_position_embeddings": shape(&positions)?[0],
+        "hidden_act": act,
+        "layer_norm_eps": 1e-5,
+    })))
+}
+
+/// The noise schedule SD 1.x and 2.x were trained with, as DDIM (what diffusers' SD 2.1
+/// repository ships; SD 1.5's PNDM shares its betas).
+fn scheduler_config(family: Family) -> Value {
+    json!({
+        "_class_name": "DDIMScheduler",
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": false,
+        "set_alpha_to_one": false,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "prediction_type": match family {
+            Family::Sd1 => "epsilon",
+            Family::Sd2 => "v_prediction",
+        },
+    })
+}

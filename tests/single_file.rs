@@ -1,0 +1,395 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! Single-file checkpoints in the original LDM layout (`src/single_file.rs`).
+//!
+//! The tiny SD 1.x and SD 2.x fixtures are written as single files by the names in
+//! tests/fixtures/single_file/*.json, which tools/make_single_file.py checked against
+//! diffusers' own converters; loaded so, they must draw exactly the image their diffusers
+//! folders draw. The config inference is checked on the names and shapes of full-size SD 1.5
+//! and SD 2.1 files against those models' published configs.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{fixture, model_files, read_fixture};
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::single_file::{self, CHECKPOINT_FILE, Family};
+use lina_runtime::source::{DirSource, MemorySource};
+use lina_runtime::{Error, Result};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+/// `model`'s tensors as a single file, named by the committed list, with the extra tensors
+/// such files carry (zeros).
+fn single_file(model: &str) -> Vec<u8> {
+    let map: Value =
+        serde_json::from_slice(&read_fixture(&format!("single_file/{model}.json"))).unwrap();
+    let files: BTreeMap<String, Vec<u8>> = model_files(model).into_iter().collect();
+    let component = |name: &str| {
+        let path = files
+            .keys()
+            .find(|p| p.starts_with(&format!("{name}/")) && p.ends_with(".safetensors"))
+            .unwrap();
+        SafeTensors::deserialize(&files[path]).unwrap()
+    };
+    let parts: BTreeMap<&str, SafeTensors> = ["unet", "vae", "text_encoder"]
+        .into_iter()
+        .map(|c| (c, component(c)))
+        .collect();
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for entry in map["tensors"].as_array().unwrap() {
+        let (ldm, comp, names) = (
+            entry[0].as_str().unwrap(),
+            entry[1].as_str().unwrap(),
+            entry[2].as_array().unwrap(),
+        );
+        let st = &parts[comp];
+        let mut bytes = Vec::new();
+        let mut shape: Vec<usize> = Vec::new();
+        let mut dtype = Dtype::F32;
+        for name in names {
+            let name = name.as_str().unwrap();
+            // The fixtures' text encoders keep transformers 4's `text_model.` prefix.
+            let view = st.tensor(name).unwrap();
+            dtype = view.dtype();
+            bytes.extend_from_slice(view.data());
+            if shape.is_empty() {
+                shape = view.shape().to_vec();
+            } else {
+                shape[0] += view.shape()[0];
+            }
+        }
+        // The original VAE's attention projections are 1x1 convolutions.
+        if ldm.contains("mid.attn_1.") && ldm.ends_with("weight") && shape.len() == 2 {
+            shape.extend([1, 1]);
+        }
+        tensors.push((ldm.to_string(), dtype, shape, bytes));
+    }
+    for (name, shape) in map["extras"].as_object().unwrap() {
+        let shape: Vec<usize> = shape
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let n: usize = shape.iter().product();
+        tensors.push((name.clone(), Dtype::F32, shape, vec![0; n * 4]));
+    }
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// The fixture's tokenizer and configs (no weights), with `checkpoint` as the model.
+fn paired(model: &str, checkpoint: Vec<u8>, configs: bool) -> MemorySource {
+    let mut source = MemorySource::new();
+    for (path, bytes) in model_files(model) {
+        let keep = path.starts_with("tokenizer/") || (configs && path.ends_with(".json"));
+        if keep {
+            source.insert(path, bytes);
+        }
+    }
+    source.insert(CHECKPOINT_FILE, checkpoint);
+    source
+}
+
+fn folder(model: &str) -> MemorySource {
+    let mut source = MemorySource::new();
+    for (path, bytes) in model_files(model) {
+        source.insert(path, bytes);
+    }
+    source
+}
+
+fn image(pipe: &StableDiffusion) -> Vec<u8> {
+    let opts = GenerateOptions {
+        prompt: "a red ball on a small mirror".into(),
+        negative_prompt: "blurry".into(),
+        seed: 5,
+        timesteps: Timesteps::Count(3),
+        width: Some(64),
+        height: Some(64),
+        ..GenerateOptions::default()
+    };
+    pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+        .unwrap()
+        .image
+        .rgb
+}
+
+/// Fails with how many channel values differ and by how much, not with two dumps.
+fn same_image(ours: &[u8], theirs: &[u8], model: &str) {
+    assert_eq!(ours.len(), theirs.len(), "{model}: image sizes differ");
+    let differ = ours.iter().zip(theirs).filter(|(a, b)| a != b).count();
+    let worst = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        differ == 0,
+        "{model}: the single file must draw the folder's image exactly; {differ} values differ, by up to {worst}"
+    );
+}
+
+fn load(source: &MemorySource) -> Result<StableDiffusion> {
+    StableDiffusion::load(source, &lina_runtime::device::cpu())
+}
+
+#[test]
+fn tiny_sd1_and_sd2_single_files_draw_their_diffusers_folders_images() {
+    for model in ["sd1_tiny", "sd2_tiny"] {
+        let from_file = load(&paired(model, single_file(model), true)).unwrap();
+        let from_folder = load(&folder(model)).unwrap();
+        assert!(
+            from_file.vae_encoder().is_some(),
+            "{model}: the file's VAE encoder loads too"
+        );
+        same_image(&image(&from_file), &image(&from_folder), model);
+    }
+}
+
+#[test]
+fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
+    let configs = |name: &str| -> Value {
+        serde_json::from_slice(&read_fixture(&format!("configs/{name}.json"))).unwrap()
+    };
+    for (tag, family) in [("sd15", Family::Sd1), ("sd21", Family::Sd2)] {
+        let doc: Value =
+            serde_json::from_slice(&read_fixture(&format!("single_file/{tag}_shapes.json")))
+                .unwrap();
+        let shapes: Vec<(String, Vec<usize>)> = doc["shapes"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(n, s)| {
+                let s = s
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize);
+                (n.clone(), s.collect())
+            })
+            .collect();
+        let borrowed: Vec<(&str, &[usize])> = shapes
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.as_slice()))
+            .collect();
+        let (found, inferred) = single_file::inspect(tag, &borrowed).unwrap();
+        assert_eq!(found, family, "{tag}");
+        let published = [
+            ("unet", Some(inferred.unet), configs(&format!("{tag}_unet"))),
+            ("vae", inferred.vae, configs("sd15_vae")),
+            (
+                "text_encoder",
+                inferred.text_encoder,
+                configs(&format!("{tag}_text_encoder")),
+            ),
+        ];
+        for (component, ours, theirs) in published {
+            let ours = ours.unwrap_or_else(|| panic!("{tag}: no {component} config inferred"));
+            for (key, value) in ours.as_object().unwrap() {
+                let want = &theirs[key];
+                let same = match (value.as_f64(), want.as_f64()) {
+                    (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                    _ => value == want,
+                };
+                assert!(
+                    same,
+                    "{tag} {component}.{key}: inferred {value}, published {want}"
+                );
+            }
+        }
+        let scheduler = inferred.scheduler;
+        let prediction = match family {
+            Family::Sd1 => "epsilon",
+            Family::Sd2 => "v_prediction",
+        };
+        assert_eq!(scheduler["prediction_type"], prediction, "{tag}");
+    }
+}
+
+#[test]
+fn inferred_configs_draw_the_folders_image_where_the_family_rules_fit_the_model() {
+    // The tiny SD 1 model's UNet and scheduler happen to follow SD 1's rules (8 heads, 32
+    // groups, the SD noise schedule), so with only its text encoder's and VAE's configs given
+    // (its 8-channel heads and 8 groups are not SD's) the inferred rest draws the folder's
+    // image exactly.
+    let configs: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
+    let mut source = paired("sd1_tiny", single_file("sd1_tiny"), false);
+    for path in ["text_encoder/config.json", "vae/config.json"] {
+        source.insert(path, configs[path].clone());
+    }
+    let pipe = match load(&source) {
+        Ok(pipe) => pipe,
+        Err(e) => panic!("inferred UNet and scheduler configs must load: {e}"),
+    };
+    assert_eq!(pipe.native_size(), 512, "SD 1's sample size, inferred");
+    same_image(
+        &image(&pipe),
+        &image(&load(&folder("sd1_tiny")).unwrap()),
+        "sd1_tiny",
+    );
+
+    // Where the rules do not fit, the model is refused, never built wrongly in silence.
+    let mut source = paired("sd1_tiny", single_file("sd1_tiny"), false);
+    source.insert(
+        "text_encoder/config.json",
+        configs["text_encoder/config.json"].clone(),
+    );
+    let e = expect_err(load(&source));
+    assert_eq!(e.code(), "config", "{e}");
+    assert!(e.to_string().contains("norm_num_groups 32"), "{e}");
+}
+
+fn expect_err(result: Result<StableDiffusion>) -> Error {
+    match result {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn files_of_other_layouts_are_refused_naming_the_nearest() {
+    // A diffusers UNet file given as a single-file checkpoint.
+    let unet = model_files("sd1_tiny")
+        .into_iter()
+        .find(|(p, _)| p == "unet/diffusion_pytorch_model.safetensors")
+        .unwrap()
+        .1;
+    let e = expect_err(load(&paired("sd1_tiny", unet, true)));
+    assert_eq!(e.code(), "unknown_layout", "{e}");
+    let text = e.to_string();
+    assert!(text.contains("nearest: diffusers UNet (100%"), "{text}");
+
+    // Names no layout knows: the message lists the first of them.
+    let data = vec![0u8; 16];
+    let views = vec![
+        (
+            "mystery.block.weight".to_string(),
+            TensorView::new(Dtype::F32, vec![4], &data).unwrap(),
+        ),
+        (
+            "other.thing".to_string(),
+            TensorView::new(Dtype::F32, vec![4], &data).unwrap(),
+        ),
+    ];
+    let e = expect_err(load(&paired(
+        "sd1_tiny",
+        safetensors::serialize(views, None).unwrap(),
+        true,
+    )));
+    assert_eq!(e.code(), "unknown_layout");
+    assert!(e.to_string().contains("`mystery.block.weight`"), "{e}");
+
+    // SDXL is recognised, and refused as not yet supported, before anything is built.
+    let mut sdxl = single_file_tensors("sd1_tiny");
+    sdxl.push((
+        "conditioner.embedders.1.model.ln_final.weight".into(),
+        vec![4],
+    ));
+    let e = expect_err(load(&paired("sd1_tiny", zeros(&sdxl), true)));
+    assert_eq!(e.code(), "unsupported_model", "{e}");
+    assert!(e.to_string().contains("SDXL"), "{e}");
+}
+
+#[test]
+fn a_stray_tensor_in_a_known_layout_is_named_and_training_state_is_passed_over() {
+    // An EMA copy (as unpruned checkpoints hold, named without the dots) is read past.
+    let mut tensors = single_file_tensors("sd1_tiny");
+    tensors.push((
+        "model_ema.diffusion_modelinput_blocks00weight".into(),
+        vec![32, 4, 3, 3],
+    ));
+    tensors.push(("model_ema.num_updates".into(), vec![]));
+    load(&paired("sd1_tiny", zeros(&tensors), true)).unwrap();
+
+    let mut tensors = single_file_tensors("sd1_tiny");
+    tensors.push((
+        "model.diffusion_model.input_blocks.1.7.weird.weight".into(),
+        vec![2],
+    ));
+    let e = expect_err(load(&paired("sd1_tiny", zeros(&tensors), true)));
+    assert_eq!(e.code(), "weight_file", "{e}");
+    assert!(
+        e.to_string()
+            .contains("model.diffusion_model.input_blocks.1.7.weird.weight"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_truncated_single_file_fails_and_a_missing_tokenizer_is_explained() {
+    let mut bytes = single_file("sd1_tiny");
+    bytes.truncate(bytes.len() - 1000);
+    let e = expect_err(load(&paired("sd1_tiny", bytes, true)));
+    assert_eq!(e.code(), "weight_file", "{e}");
+
+    let mut bare = MemorySource::new();
+    bare.insert(CHECKPOINT_FILE, single_file("sd1_tiny"));
+    let e = expect_err(load(&bare));
+    assert_eq!(e.code(), "missing_file", "{e}");
+    assert!(e.to_string().contains("holds no tokenizer"), "{e}");
+}
+
+#[test]
+fn a_checkpoint_on_disk_opens_beside_a_config_folder_and_a_pickle_is_refused_unread() {
+    // What `lina-cli generate --model FILE --config DIR` loads.
+    let dir = std::env::temp_dir().join(format!("lina-single-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sd2-tiny.safetensors");
+    std::fs::write(&file, single_file("sd2_tiny")).unwrap();
+    let source = DirSource::open(&file, Some(&fixture("sd2_tiny"))).unwrap();
+    let pipe = StableDiffusion::load(&source, &lina_runtime::device::cpu()).unwrap();
+    same_image(
+        &image(&pipe),
+        &image(&load(&folder("sd2_tiny")).unwrap()),
+        "sd2_tiny",
+    );
+
+    let ckpt = dir.join("v1-5-pruned.ckpt");
+    std::fs::write(&ckpt, b"not really a pickle").unwrap();
+    let e = DirSource::open(&ckpt, Some(&fixture("sd1_tiny")))
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), "pickled_weights", "{e}");
+    let e = DirSource::open(&fixture("sd1_tiny"), Some(&fixture("sd2_tiny")))
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), "invalid_input", "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The single file's names and shapes (no values), to edit.
+fn single_file_tensors(model: &str) -> Vec<(String, Vec<usize>)> {
+    let bytes = single_file(model);
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec()))
+        .collect()
+}
+
+/// A safetensors file of zeros with these names and shapes.
+fn zeros(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
+    let data: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, s)| vec![0u8; s.iter().product::<usize>() * 4])
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&data)
+        .map(|((n, s), d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}

@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""Single-file (original LDM key layout) fixtures for tests/single_file.rs.
+
+Developer-side (not run by cargo); needs torch, diffusers, transformers and safetensors at
+tools/requirements.txt's pins. Writes, under tests/fixtures/single_file/:
+
+* `sd1_tiny.json`, `sd2_tiny.json`: how the tiny diffusers fixtures' tensors are named in a
+  single-file checkpoint of the original layout (`model.diffusion_model.*`,
+  `first_stage_model.*`, `cond_stage_model.*`), in file order, plus the extra tensors such
+  files carry and no diffusers model uses (the noise schedule's buffers, SD 2's unused last
+  text layer and text projection, SD 1's `position_ids`). The test assembles the checkpoint
+  from the diffusers folder with this list, so git holds the names, not a second copy of the
+  weights.
+* `sd15_shapes.json`, `sd21_shapes.json`: every tensor name and shape of full-size SD 1.5 and
+  SD 2.1 checkpoints (no values), built on PyTorch's meta device from the configs in
+  tests/fixtures/configs/, so the runtime's config inference is checked at full size.
+
+The LDM names are this script's own mapping, and are checked against diffusers' own
+single-file converters (`diffusers.loaders.single_file_utils`): for the tiny models every
+converted tensor must equal the diffusers model's, value for value; for the full-size ones
+every name and shape must match, and diffusers must infer the right model family. So the
+committed names are what diffusers reads, not what the runtime under test writes.
+
+Usage:
+    python3 tools/make_single_file.py [--out tests/fixtures/single_file]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+
+# diffusers renames inside a ResNet block, LDM name -> diffusers name.
+UNET_RESNET = {
+    "in_layers.0": "norm1",
+    "in_layers.2": "conv1",
+    "emb_layers.1": "time_emb_proj",
+    "out_layers.0": "norm2",
+    "out_layers.3": "conv2",
+    "skip_connection": "conv_shortcut",
+}
+VAE_RESNET = {"nin_shortcut": "conv_shortcut"}
+VAE_ATTENTION = {
+    "norm": "group_norm",
+    "q": "to_q",
+    "k": "to_k",
+    "v": "to_v",
+    "proj_out": "to_out.0",
+}
+OPEN_CLIP_LAYER = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+
+
+def inner(rest: str, table: dict[str, str]) -> str:
+    """`rest` (a module path inside a block) with diffusers' name swapped for LDM's."""
+    for ldm, diffusers in table.items():
+        if rest == diffusers or rest.startswith(diffusers + "."):
+            return ldm + rest[len(diffusers):]
+    return rest
+
+
+def unet_ldm_name(name: str, config: dict) -> str:
+    """A diffusers UNet tensor name in the original layout (without `model.diffusion_model.`)."""
+    layers = config["layers_per_block"]
+    blocks = len(config["block_out_channels"])
+    if m := re.fullmatch(r"time_embedding\.linear_([12])\.(.*)", name):
+        return f"time_embed.{0 if m[1] == '1' else 2}.{m[2]}"
+    if name.startswith("conv_in."):
+        return "input_blocks.0.0." + name[len("conv_in."):]
+    if name.startswith("conv_norm_out."):
+        return "out.0." + name[len("conv_norm_out."):]
+    if name.startswith("conv_out."):
+        return "out.2." + name[len("conv_out."):]
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", name):
+        index = 1 + int(m[1]) * (layers + 1) + int(m[3])
+        if m[2] == "resnets":
+            return f"input_blocks.{index}.0.{inner(m[4], UNET_RESNET)}"
+        return f"input_blocks.{index}.1.{m[4]}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", name):
+        return f"input_blocks.{(int(m[1]) + 1) * (layers + 1)}.0.op.{m[2]}"
+    if m := re.fullmatch(r"mid_block\.resnets\.(\d)\.(.*)", name):
+        return f"middle_block.{2 * int(m[1])}.{inner(m[2], UNET_RESNET)}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.*)", name):
+        return f"middle_block.1.{m[1]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", name):
+        index = int(m[1]) * (layers + 1) + int(m[3])
+        if m[2] == "resnets":
+            return f"output_blocks.{index}.0.{inner(m[4], UNET_RESNET)}"
+        return f"output_blocks.{index}.1.{m[4]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", name):
+        up = int(m[1])
+        index = up * (layers + 1) + layers
+        has_attention = config["up_block_types"][up].startswith("CrossAttn")
+        assert up < blocks - 1
+        return f"output_blocks.{index}.{2 if has_attention else 1}.conv.{m[2]}"
+    raise ValueError(f"no LDM name for UNet tensor {name}")
+
+
+def vae_ldm_name(name: str, config: dict) -> str:
+    """A diffusers VAE tensor name in the original layout (without `first_stage_model.`)."""
+    blocks = len(config["block_out_channels"])
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.*)", name):
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{inner(m[3], VAE_RESNET)}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", name):
+        return f"{m[1]}.mid.attn_1.{inner(m[2], VAE_ATTENTION)}"
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", name):
+        return f"encoder.down.{m[1]}.block.{m[2]}.{inner(m[3], VAE_RESNET)}"
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", name):
+        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", name):
+        return f"decoder.up.{blocks - 1 - int(m[1])}.block.{m[2]}.{inner(m[3], VAE_RESNET)}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", name):
+        return f"decoder.up.{blocks - 1 - int(m[1])}.upsample.conv.{m[2]}"
+    if m := re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(.*)", name):
+        return f"{m[1]}.norm_out.{m[2]}"
+    return name  # conv_in, conv_out, quant_conv, post_quant_conv keep their names
+
+
+def vae_ldm_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
+    """The original VAE's attention projections are 1x1 convolutions."""
+    if re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", name) and value.dim() == 2:
+        return value[:, :, None, None]
+    return value
+
+
+def open_clip_entries(text: dict, prefix: str) -> list:
+    """(LDM name, diffusers names) of a transformers CLIPTextModel written as OpenCLIP."""
+    entries = []
+    tm = "text_model."
+    entries.append((prefix + "token_embedding.weight", [tm + "embeddings.token_embedding.weight"]))
+    entries.append((prefix + "positional_embedding", [tm + "embeddings.position_embedding.weight"]))
+    layers = sorted({int(m[1]) for k in text if (m := re.match(r"text_model\.encoder\.layers\.(\d+)\.", k))})
+    for i in layers:
+        hf = f"{tm}encoder.layers.{i}."
+        ldm = f"{prefix}transformer.resblocks.{i}."
+        for part in ("weight", "bias"):
+            entries.append((ldm + f"attn.in_proj_{part}", [hf + f"self_attn.{p}_proj.{part}" for p in "qkv"]))
+        for ldm_mod, hf_mod in OPEN_CLIP_LAYER.items():
+            for part in ("weight", "bias"):
+                entries.append((ldm + f"{ldm_mod}.{part}", [hf + f"{hf_mod}.{part}"]))
+    for part in ("weight", "bias"):
+        entries.append((prefix + f"ln_final.{part}", [tm + f"final_layer_norm.{part}"]))
+    return entries, len(layers)
+
+
+def schedule_buffers(config: dict) -> dict[str, list[int]]:
+    """The noise schedule's buffers an LDM checkpoint carries at its root (1000 steps)."""
+    n = config["num_train_timesteps"]
+    names = ["betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+             "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
+             "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+             "posterior_variance", "posterior_log_variance_clipped",
+             "posterior_mean_coef1", "posterior_mean_coef2"]
+    return {name: [n] for name in names}
+
+
+def load_component(folder: Path, name: str) -> dict:
+    files = sorted((folder / name).glob("*.safetensors"))
+    assert len(files) == 1, files
+    return load_file(files[0])
+
+
+def tiny(name: str, out: Path) -> None:
+    folder = FIXTURES / name
+    cfg = lambda c: json.loads((folder / c / ("scheduler_config.json" if c == "scheduler" else "config.json")).read_text())
+    unet_cfg, vae_cfg, sched_cfg = cfg("unet"), cfg("vae"), cfg("scheduler")
+    unet, vae, text = (load_component(folder, c) for c in ("unet", "vae", "text_encoder"))
+    text = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.items()}
+    open_clip = unet_cfg["cross_attention_dim"] != 768 and name.startswith("sd2")
+
+    entries = []  # [LDM name, component, [diffusers names]]
+    for k in unet:
+        entries.append(["model.diffusion_model." + unet_ldm_name(k, unet_cfg), "unet", [k]])
+    for k in vae:
+        entries.append(["first_stage_model." + vae_ldm_name(k, vae_cfg), "vae", [k]])
+    extras = schedule_buffers(sched_cfg)
+    if open_clip:
+        clip_entries, layers = open_clip_entries(text, "cond_stage_model.model.")
+        entries += [[ldm, "text_encoder", hf] for ldm, hf in clip_entries]
+        # SD 2 runs OpenCLIP's penultimate layer: the file holds one more, never used, and
+        # the projection to the image-text space, which the UNet never sees.
+        hidden = text["text_model.final_layer_norm.weight"].shape[0]
+        ffn = text["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
+        last = f"cond_stage_model.model.transformer.resblocks.{layers}."
+        extras.update({
+            last + "attn.in_proj_weight": [3 * hidden, hidden], last + "attn.in_proj_bias": [3 * hidden],
+            last + "attn.out_proj.weight": [hidden, hidden], last + "attn.out_proj.bias": [hidden],
+            last + "ln_1.weight": [hidden], last + "ln_1.bias": [hidden],
+            last + "ln_2.weight": [hidden], last + "ln_2.bias": [hidden],
+            last + "mlp.c_fc.weight": [ffn, hidden], last + "mlp.c_fc.bias": [ffn],
+            last + "mlp.c_proj.weight": [hidden, ffn], last + "mlp.c_proj.bias": [hidden],
+            "cond_stage_model.model.text_projection": [hidden, hidden],
+            "cond_stage_model.model.logit_scale": [],
+        })
+    else:
+        for k in text:
+            if k.endswith("position_ids"):
+                extras["cond_stage_model.transformer." + k] = list(text[k].shape)
+                continue
+            entries.append(["cond_stage_model.transformer." + k, "text_encoder", [k]])
+
+    # The checkpoint as this script names it, values from the diffusers folder.
+    sources = {"unet": unet, "vae": vae, "text_encoder": text}
+    ckpt = {}
+    for ldm, comp, hf in entries:
+        parts = [sources[comp][h].float() for h in hf]
+        value = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+        ckpt[ldm] = vae_ldm_tensor(ldm, value) if comp == "vae" else value
+    for ldm, shape in extras.items():
+        ckpt[ldm] = torch.zeros(shape)
+
+    check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, text)
+    out.mkdir(parents=True, exist_ok=True)
+    about = (f"tests/fixtures/{name} as a single-file checkpoint in the original LDM layout: "
+             "made and checked against diffusers' converters by tools/make_single_file.py")
+    # One tensor per line: diffs stay readable.
+    lines = ",\n".join(json.dumps(e) for e in entries)
+    text = (f'{{"about": {json.dumps(about)},\n"tensors": [\n{lines}\n],\n'
+            f'"extras": {json.dumps(extras)}}}\n')
+    json.loads(text)
+    (out / f"{name}.json").write_text(text)
+    print(f"{name}: {len(entries)} tensors, {len(extras)} extras, checked against diffusers")
+
+
+def check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, text):
+    from diffusers.loaders import single_file_utils as su
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = su.convert_ldm_unet_checkpoint(ckpt, unet_cfg)
+    vae = su.convert_ldm_vae_checkpoint(ckpt, vae_cfg)
+    if open_clip:
+        folder = FIXTURES / name / "text_encoder"
+        model = CLIPTextModel(CLIPTextConfig.from_pretrained(folder))
+        converted = su.convert_open_clip_checkpoint(model, ckpt)
+    else:
+        converted = su.convert_ldm_clip_checkpoint(ckpt)
+    converted = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in converted.items()}
+    for comp, got in (("unet", unet), ("vae", vae), ("text_encoder", converted)):
+        want = sources[comp]
+        for k, v in want.items():
+            if k.endswith("position_ids"):
+                continue
+            assert k in got, f"{name}: diffusers' converter produced no {comp} tensor {k}"
+            g = got[k].float().reshape(v.shape)
+            assert torch.equal(g, v.float()), f"{name}: {comp} tensor {k} differs after conversion"
+        extra = sorted(set(got) - set(want))
+        # Only SD 2's last OpenCLIP layer (diffusers drops it by index 23, i.e. at full size).
+        assert all(re.search(r"encoder\.layers\.\d+\.", k) for k in extra), extra
+
+
+def full_size(out: Path) -> None:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders import single_file_utils as su
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    configs = FIXTURES / "configs"
+    for tag, family in (("sd15", "v1"), ("sd21", "v2")):
+        unet_cfg = json.loads((configs / f"{tag}_unet.json").read_text())
+        vae_cfg = json.loads((configs / "sd15_vae.json").read_text())
+        text_cfg = CLIPTextConfig.from_pretrained(configs / f"{tag}_text_encoder.json")
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(unet_cfg).state_dict()
+            vae = AutoencoderKL.from_config(vae_cfg).state_dict()
+            text = CLIPTextModel(text_cfg).state_dict()
+        text = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.items()}
+        shapes = {}
+        for k, v in unet.items():
+            shapes["model.diffusion_model." + unet_ldm_name(k, unet_cfg)] = list(v.shape)
+        for k, v in vae.items():
+            ldm = "first_stage_model." + vae_ldm_name(k, vae_cfg)
+            shapes[ldm] = list(vae_ldm_tensor(ldm, torch.empty(v.shape, device="meta")).shape)
+        if family == "v2":
+            entries, layers = open_clip_entries(text, "cond_stage_model.model.")
+            for ldm, hf in entries:
+                rows = sum(text[h].shape[0] for h in hf)
+                shapes[ldm] = [rows, *text[hf[0]].shape[1:]]
+            d, ffn = text_cfg.hidden_size, text_cfg.intermediate_size
+            last = f"cond_stage_model.model.transformer.resblocks.{layers}."
+            for k, s in (("attn.in_proj_weight", [3 * d, d]), ("attn.in_proj_bias", [3 * d]),
+                         ("attn.out_proj.weight", [d, d]), ("attn.out_proj.bias", [d]),
+                         ("ln_1.weight", [d]), ("ln_1.bias", [d]), ("ln_2.weight", [d]), ("ln_2.bias", [d]),
+                         ("mlp.c_fc.weight", [ffn, d]), ("mlp.c_fc.bias", [ffn]),
+                         ("mlp.c_proj.weight", [d, ffn]), ("mlp.c_proj.bias", [d])):
+                shapes[last + k] = s
+            shapes["cond_stage_model.model.text_projection"] = [d, d]
+            shapes["cond_stage_model.model.logit_scale"] = []
+        else:
+            for k, v in text.items():
+                shapes["cond_stage_model.transformer." + k] = list(v.shape)
+        for k, s in schedule_buffers({"num_train_timesteps": 1000}).items():
+            shapes[k] = s
+        meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+        inferred = su.infer_diffusers_model_type(meta)
+        assert inferred == family, f"{tag}: diffusers infers {inferred}, not {family}"
+        # Every name diffusers' converters produce is one of the model's, with its shape.
+        for comp, want, got in (
+            ("unet", unet, su.convert_ldm_unet_checkpoint(meta, unet_cfg)),
+            ("vae", vae, su.convert_ldm_vae_checkpoint(meta, vae_cfg)),
+        ):
+            assert set(want) == set(got), f"{tag} {comp}: {sorted(set(want) ^ set(got))[:5]}"
+            for k in want:
+                assert got[k].numel() == want[k].numel(), (tag, comp, k)
+        doc = {
+            "about": f"every tensor name and shape of a full-size {tag} single-file checkpoint "
+                     "(values omitted); made by tools/make_single_file.py, family checked "
+                     f"with diffusers' infer_diffusers_model_type ({family})",
+            "shapes": shapes,
+        }
+        (out / f"{tag}_shapes.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+        print(f"{tag}: {len(shapes)} tensors, diffusers infers {inferred}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=FIXTURES / "single_file")
+    args = parser.parse_args()
+    for name in ("sd1_tiny", "sd2_tiny"):
+        tiny(name, args.out)
+    full_size(args.out)
+
+
+if __name__ == "__main__":
+    main()
