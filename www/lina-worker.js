@@ -28,6 +28,13 @@ const OPTIONAL = [
   "lina_predictor.json",
 ];
 
+// Where the loader takes a single-file checkpoint (src/single_file.rs's CHECKPOINT_FILE).
+const CHECKPOINT = "checkpoint.safetensors";
+
+// Beside a single-file checkpoint, a diffusers folder gives only its tokenizer and configs:
+// its own weights (and the tiny VAE, whose weights those would be) are not read.
+const besideCheckpoint = (path) => !path.endsWith(".safetensors") && !path.startsWith("vae_tiny/");
+
 const COMPONENT_FILE = /^((scheduler|text_encoder|tokenizer|unet|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)|lina_predictor\.json)$/;
 
 // An Error with one of the API's codes (lina.d.ts), for the failures found on this side.
@@ -151,14 +158,14 @@ class DamagedEntry extends Error {
   }
 }
 
-// Streams a diffusers folder at `url` into `loader`: from the cache where it holds a current
-// copy (except the URLs in `distrust`), from the server otherwise. Resolves to notes for the
-// user.
-async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
+// Streams files from the web into the loader: from the Cache API where it has a current
+// copy (except the URLs in `distrust`), from the server otherwise. `take(path, fileUrl, keep)`
+// streams one file in at `path` and resolves to null when the server does not have it, to
+// its text when `keep` is asked for. `stored()` resolves, once every download is in, to notes
+// for the user on files that could not be cached.
+function fetcher(loader, { cache, distrust, signal, progress }) {
   const stores = [];
-  // Streams one file in; null when the server does not have it, the file's text if `keep`.
-  const take = async (path, keep = false) => {
-    const fileUrl = url + path;
+  const take = async (path, fileUrl, keep = false) => {
     const hit = distrust.has(fileUrl) ? null : await cache?.lookup(fileUrl);
     if (hit) {
       const total = Number(hit.response.headers.get("content-length")) || undefined;
@@ -207,6 +214,19 @@ async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
       throw error;
     }
   };
+  const stored = async () => {
+    const failed = (await Promise.all(stores)).filter((r) => typeof r === "string");
+    return failed.length ? [`not cached for the next visit (${failed[0]})`] : [];
+  };
+  return { take, stored };
+}
+
+// Streams a diffusers folder at `url` into the loader (see `fetcher`); with `single`, only
+// what a single-file checkpoint lacks. Resolves to notes for the user.
+async function loadFromUrl(loader, url, { single, ...options }) {
+  const fetched = fetcher(loader, options);
+  const take = (path, keep = false) => fetched.take(path, url + path, keep);
+  const { signal } = options;
   // A diffusers folder's model_index.json names its components: an optional folder it does
   // not name (vae_tiny/, unless it is listed) is not asked for, since each miss is a 404 in
   // the browser's console. A folder without the index gets every optional file tried.
@@ -217,8 +237,9 @@ async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
     const folder = path.includes("/") ? path.slice(0, path.indexOf("/")) : null;
     return REQUIRED.includes(path) || components === null || folder === null || components.has(folder);
   };
+  const required = single ? [] : REQUIRED;
   for (const path of [...REQUIRED, ...OPTIONAL]) {
-    if (!wanted(path)) continue;
+    if (!wanted(path) || (single && !besideCheckpoint(path))) continue;
     if (await take(path)) {
       found.add(path);
       continue;
@@ -232,10 +253,26 @@ async function loadFromUrl(loader, url, { cache, distrust, signal, progress }) {
       }
       continue;
     }
-    if (REQUIRED.includes(path)) throw failure("missing_file", `${path}: not found at ${url}${path}`);
+    if (required.includes(path)) throw failure("missing_file", `${path}: not found at ${url}${path}`);
   }
-  const failed = (await Promise.all(stores)).filter((r) => typeof r === "string");
-  return failed.length ? [`not cached for the next visit (${failed[0]})`] : [];
+  return fetched.stored();
+}
+
+// Streams a single-file checkpoint (a URL, a File or Blob, or bytes) into the loader.
+// Resolves to notes for the user.
+async function loadCheckpoint(loader, checkpoint, { signal, progress, ...options }) {
+  if (checkpoint instanceof Uint8Array) {
+    loader.addFile(CHECKPOINT, checkpoint);
+    return [];
+  }
+  if (checkpoint instanceof Blob) {
+    const size = checkpoint.size;
+    await streamInto(loader, CHECKPOINT, checkpoint.stream(), size, progress, { signal, length: size, unreadable: "io", from: "file" });
+    return [];
+  }
+  const fetched = fetcher(loader, { signal, progress, ...options });
+  if (!(await fetched.take(CHECKPOINT, checkpoint))) throw failure("missing_file", `${CHECKPOINT}: not found at ${checkpoint}`);
+  return fetched.stored();
 }
 
 // The components a folder's model_index.json names, or null where it has none (or one that
@@ -272,15 +309,16 @@ function shardsOf(indexUrl, text) {
   return shards.sort();
 }
 
-// Streams files the page holds ({ path: Blob | Uint8Array }) into `loader`.
-async function loadFromFiles(loader, files, { signal, progress }) {
+// Streams files the page holds ({ path: Blob | Uint8Array }) into `loader`; with `single`,
+// only what a single-file checkpoint lacks.
+async function loadFromFiles(loader, files, { signal, progress, single }) {
   // Weights may come in shards, named by an index file next to them.
-  const missing = REQUIRED.filter(
+  const missing = (single ? [] : REQUIRED).filter(
     (path) => !(path in files) && !(path.endsWith(".safetensors") && `${path}.index.json` in files),
   );
   if (missing.length) throw failure("missing_file", `the model's files lack ${missing.join(", ")}`);
   // Only the components' files: a folder may hold other checkpoints, READMEs, images.
-  const wanted = Object.entries(files).filter(([path]) => COMPONENT_FILE.test(path));
+  const wanted = Object.entries(files).filter(([path]) => COMPONENT_FILE.test(path) && (!single || besideCheckpoint(path)));
   for (const [path, data] of wanted) {
     if (signal.aborted) throw cancelled("loading cancelled");
     if (data instanceof Blob) {
@@ -334,8 +372,10 @@ async function chooseBackend(backend, precision) {
 }
 
 const handlers = {
-  // { url } (a folder URL ending in "/") or { files } ({ path: Blob | Uint8Array }).
-  async load({ id, url, files, precision, kernels, loras = [], embeddings = [], backend: asked = "auto" }) {
+  // { url } (a folder URL ending in "/") or { files } ({ path: Blob | Uint8Array }), and a
+  // single-file `checkpoint` (a URL, a Blob or bytes) for which they give only the tokenizer
+  // and configs.
+  async load({ id, url, files, checkpoint, precision, kernels, loras = [], embeddings = [], backend: asked = "auto" }) {
     // The old model's buffers go with its device's next failure or with the page; drop it
     // now so that a failed load leaves no half model behind.
     pipeline?.free();
@@ -344,7 +384,7 @@ const handlers = {
     const { signal } = loading;
     const progress = (path, received, total, from) => reply(id, "progress", { path, received, total, from });
     try {
-      const cache = url === undefined ? null : await ModelCache.open();
+      const cache = url === undefined && typeof checkpoint !== "string" ? null : await ModelCache.open();
       const distrust = new Set();
       const notes = [];
       const { backend, software, note } = await chooseBackend(asked, precision);
@@ -359,8 +399,10 @@ const handlers = {
         const loader = await ModelLoader.create({ backend, precision, kernels });
         try {
           for (const [name, bytes, scale] of loraBytes) loader.addLora(name, bytes, scale);
-          if (url === undefined) await loadFromFiles(loader, files, { signal, progress });
-          else notes.push(...(await loadFromUrl(loader, url, { cache, distrust, signal, progress })));
+          const single = checkpoint !== undefined;
+          if (url === undefined) await loadFromFiles(loader, files ?? {}, { signal, progress, single });
+          else notes.push(...(await loadFromUrl(loader, url, { cache, distrust, signal, progress, single })));
+          if (single) notes.push(...(await loadCheckpoint(loader, checkpoint, { cache, distrust, signal, progress })));
         } catch (error) {
           // A trapped instance must not be called again, not even to free the loader.
           if (error instanceof WebAssembly.RuntimeError) throw error;

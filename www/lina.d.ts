@@ -9,7 +9,9 @@ export const DEFAULT_MODEL_URL: string;
  * What went wrong, for programs to branch on: messages may change, codes do not.
  *
  * From the runtime (the wasm module): "config", "weight_file", "missing_tensor",
- * "tensor_shape", "tensor_dtype", "unused_tensors", "tokenizer", "missing_file",
+ * "tensor_shape", "tensor_dtype", "unused_tensors", "unknown_layout" (a weight file whose
+ * names fit no known layout; the message names the nearest ones), "unsupported_model" (a
+ * known kind this runtime does not run yet), "tokenizer", "missing_file",
  * "pickled_weights" (a .bin/.ckpt where safetensors is needed), "invalid_input", "device", "device_lost" (load the model again), "device_limit",
  * "cancelled" (by `cancel()`), "callback" (`onStep` or `onProgress` threw), "io", "network".
  *
@@ -29,6 +31,8 @@ export type ErrorCode =
   | "tensor_shape"
   | "tensor_dtype"
   | "unused_tensors"
+  | "unknown_layout"
+  | "unsupported_model"
   | "tokenizer"
   | "missing_file"
   | "pickled_weights"
@@ -78,10 +82,19 @@ export interface Controls {
 
 /** Any other key is refused ("invalid_input"). */
 export interface ModelSource extends Controls {
-  /** A diffusers-layout folder (the default model when neither url nor files is given). */
+  /** A diffusers-layout folder (the default model when none of url, files and checkpoint is given). */
   url?: string;
   /** Diffusers paths ("unet/config.json") to file contents; not with `url`. */
   files?: Record<string, Blob | Uint8Array>;
+  /**
+   * A single-file checkpoint (.safetensors in the original SD 1.x or 2.x layout) by URL or as
+   * a file. It holds no tokenizer: `url` or `files` then give a diffusers folder of the same
+   * family, of which only the tokenizer and the configs are read (a config there wins over
+   * the one inferred from the file; a scheduler config tells an SD 2.x epsilon model from the
+   * v-prediction one assumed). Files of other layouts are refused with "unknown_layout",
+   * SDXL and SD 3 with "unsupported_model".
+   */
+  checkpoint?: string | Blob | Uint8Array;
   backend?: Backend;
   /** The CPU backend computes in f32. */
   precision?: Precision;

@@ -66,13 +66,15 @@ const GENERATE_OPTIONS = [
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
 const CONTROLS = ["signal"];
-const SOURCE_OPTIONS = ["url", "files", "backend", "precision", "kernels", "loras", "embeddings", "onProgress", "signal"];
+const SOURCE_OPTIONS = ["url", "files", "checkpoint", "backend", "precision", "kernels", "loras", "embeddings", "onProgress", "signal"];
 
 /**
  * Starts a worker and loads a model into it: from `url` (a diffusers-layout folder; the
- * default model when neither `url` nor `files` is given) or from `files` (an object mapping
- * diffusers paths such as "unet/config.json" to Files, Blobs or Uint8Arrays). A failed load
- * stops the worker.
+ * default model when none of `url`, `files` and `checkpoint` is given) or from `files` (an
+ * object mapping diffusers paths such as "unet/config.json" to Files, Blobs or Uint8Arrays);
+ * or from a single-file `checkpoint` (a URL, File, Blob or Uint8Array), for which `url` or
+ * `files` give only the tokenizer and any configs that should win over the inferred ones. A
+ * failed load stops the worker.
  * @type {typeof types.loadModel}
  */
 export async function loadModel(source = {}) {
@@ -117,11 +119,13 @@ export class LinaModel {
   async load(source = {}) {
     checkSource(source);
     const { files, backend = "auto", precision = "auto", kernels = "fused", loras = [], embeddings = [], onProgress, signal } = source;
-    let url = files === undefined && source.url === undefined ? DEFAULT_MODEL_URL : source.url;
+    const nothingNamed = files === undefined && source.url === undefined && source.checkpoint === undefined;
+    let url = nothingNamed ? DEFAULT_MODEL_URL : source.url;
     if (url !== undefined) url = new URL(url.endsWith("/") ? url : `${url}/`, location.href).href;
+    const checkpoint = typeof source.checkpoint === "string" ? new URL(source.checkpoint, location.href).href : source.checkpoint;
     if (!signal?.aborted) this.#unloaded();
     /** @type {types.LoadResult} */
-    const info = await this.#request("load", { url, files, backend, precision, kernels, loras, embeddings }, signal, {
+    const info = await this.#request("load", { url, files, checkpoint, backend, precision, kernels, loras, embeddings }, signal, {
       progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total, from: m.from }),
     });
     this.deviceInfo = info.deviceInfo;
@@ -549,8 +553,11 @@ function checkAdapters(name, list, keys, check) {
 function checkSource(source) {
   checkObject("the model's source", source);
   checkKeys("the model's source", source, SOURCE_OPTIONS);
-  const { url, files, backend, precision, kernels, onProgress, signal } = source;
+  const { url, files, checkpoint, backend, precision, kernels, onProgress, signal } = source;
   checkType("url", url, "string");
+  if (checkpoint !== undefined && !(typeof checkpoint === "string" || checkpoint instanceof Blob || checkpoint instanceof Uint8Array)) {
+    throw linaError("invalid_input", "checkpoint must be a URL, a File, a Blob or a Uint8Array");
+  }
   if (files !== undefined) {
     checkObject("files", files);
     if (url !== undefined) throw linaError("invalid_input", "give the model's url or its files, not both");

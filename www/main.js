@@ -689,6 +689,26 @@ function loadWithAdapters() {
   switchModel({ ...base, loras, embeddings }, what.length ? `the model with ${what.join(" and ")}` : "the model without LoRA or embeddings");
 }
 
+// A single-file checkpoint with the folder (picked or at a URL) that gives its tokenizer and
+// configs; the worker reads nothing else from that folder.
+function loadCheckpoint() {
+  const file = $("checkpoint-file").files[0];
+  const folder = $("checkpoint-folder").files;
+  const url = $("checkpoint-config").value.trim();
+  const problem = !file
+    ? "Choose the checkpoint file."
+    : !folder.length && !url
+      ? "A single-file checkpoint holds no tokenizer: choose a diffusers folder of its family, or give its URL."
+      : "";
+  $("checkpoint-error").textContent = problem;
+  if (problem) {
+    $(file ? "checkpoint-folder" : "checkpoint-file").focus();
+    return;
+  }
+  const companion = folder.length ? { files: folderFiles(folder) } : { url };
+  switchModel({ checkpoint: file, ...companion }, `the checkpoint ${file.name}`);
+}
+
 // The folder picker gives paths under the chosen folder ("my-model/unet/config.json"); the
 // model wants them from the folder down.
 function folderFiles(list) {
@@ -750,6 +770,7 @@ async function main() {
     switchModel({ url: $("model-url").value }, `the model at ${$("model-url").value}`),
   );
   $("load-default").addEventListener("click", () => switchModel({}, "the embedded model"));
+  $("load-checkpoint").addEventListener("click", loadCheckpoint);
   $("load-adapters").addEventListener("click", loadWithAdapters);
   $("lora-scale").addEventListener("input", () => ($("lora-scale-value").value = $("lora-scale").value));
   // The history opens beside the model's download: a browser without IndexedDB (some

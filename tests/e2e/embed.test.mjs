@@ -6,19 +6,24 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { DEFAULT_MODEL_FILES, SLOW, WWW, canvasColours, launchBrowser, openPage, startServer, waitForStatus } from "./harness.mjs";
+import { DEFAULT_MODEL_FILES, FIXTURES, SLOW, WWW, canvasColours, launchBrowser, openPage, singleFileCheckpoint, startServer, waitForStatus } from "./harness.mjs";
 
 let browser;
 let server;
 // Where the packed package is unpacked: served at /packed/.
 let PACKED;
+// Files the tests make (a single-file checkpoint): served at /made/. The fixtures are at
+// /fixtures/.
+let MADE;
 
 before(async () => {
   PACKED = await mkdtemp(join(tmpdir(), "lina-packed-"));
-  server = await startServer({ mounts: { "/packed/": join(PACKED, "package") } });
+  MADE = await mkdtemp(join(tmpdir(), "lina-made-"));
+  await writeFile(join(MADE, "sd1_tiny.safetensors"), await singleFileCheckpoint("sd1_tiny"));
+  server = await startServer({ mounts: { "/packed/": join(PACKED, "package"), "/made/": MADE, "/fixtures/": FIXTURES } });
   browser = await launchBrowser();
 });
 
@@ -26,6 +31,7 @@ after(async () => {
   await browser?.close();
   server?.close();
   if (PACKED) await rm(PACKED, { recursive: true, force: true });
+  if (MADE) await rm(MADE, { recursive: true, force: true });
 });
 
 // Runs in the page before lina.js loads: every Worker it starts is watched, so that a test
@@ -228,6 +234,49 @@ test("a weight file whose header claims more than the file holds is refused with
   assert.equal(out.deviceInfo, null);
   assert.equal(out.noModel.code, "no_model", "the failed load left no model behind");
   assert.ok(out.colours > 50, `the default model drew ${out.colours} colours`);
+  await page.close();
+});
+
+test("a single-file checkpoint loads by URL and as a file beside its family's folder, reading only that folder's tokenizer and configs, and draws the folder's image; another layout is refused", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const before = server.requests.length;
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const folder = "/fixtures/sd1_tiny/";
+    const draw = async (source) => {
+      const model = new LinaModel();
+      try {
+        await model.load({ backend: "cpu", ...source });
+        const image = await model.generate({ prompt: "a red ball on a small mirror", steps: 2, seed: 1, width: 64, height: 64 });
+        return Array.from(image.rgba);
+      } finally {
+        model.dispose();
+      }
+    };
+    const same = (a, b) => a.length === b.length && a.every((v, i) => v === b[i]);
+    const byUrl = await draw({ url: folder, checkpoint: "/made/sd1_tiny.safetensors" });
+    const bytes = new Uint8Array(await (await fetch("/made/sd1_tiny.safetensors")).arrayBuffer());
+    const asFile = await draw({ url: folder, checkpoint: new Blob([bytes]) });
+    const plain = await draw({ url: folder });
+    const unet = new Blob([await (await fetch(folder + "unet/diffusion_pytorch_model.safetensors")).arrayBuffer()]);
+    const refused = await draw({ url: folder, checkpoint: unet }).then(
+      () => "loaded",
+      (e) => ({ code: e.code, message: e.message }),
+    );
+    const badType = await draw({ checkpoint: 42 }).then(() => "loaded", (e) => e.code);
+    return { url: same(byUrl, plain), file: same(asFile, plain), colours: new Set(plain).size, refused, badType };
+  });
+  const requests = server.requests.slice(before);
+  // Until the plain folder load, only configs, the tokenizer and the checkpoint were fetched.
+  const firstWeights = requests.findIndex((r) => r.includes("/fixtures/sd1_tiny/") && r.includes(".safetensors"));
+  const checkpointGets = requests.filter((r) => r.startsWith("GET /made/sd1_tiny.safetensors"));
+  assert.ok(firstWeights > requests.indexOf(checkpointGets[1]), `a folder weight was fetched beside a checkpoint: ${requests.join(", ")}`);
+  assert.equal(out.url, true, "the checkpoint by URL draws the folder's image");
+  assert.equal(out.file, true, "the checkpoint as a file draws the folder's image");
+  assert.ok(out.colours > 10, `the image has ${out.colours} values`);
+  assert.equal(out.refused.code, "unknown_layout", JSON.stringify(out.refused));
+  assert.match(out.refused.message, /nearest: diffusers UNet/);
+  assert.equal(out.badType, "invalid_input");
   await page.close();
 });
 

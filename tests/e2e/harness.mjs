@@ -1,12 +1,13 @@
 // What the end-to-end tests and the soak script share: a static server for www/ and for
 // model folders the tests make, and headless Chromium with WebGPU on SwiftShader.
 import { createServer } from "node:http";
-import { readFile, stat } from "node:fs/promises";
+import { readFile, readdir, stat } from "node:fs/promises";
 import { extname, join, normalize } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 export const WWW = fileURLToPath(new URL("../../www/", import.meta.url));
+export const FIXTURES = fileURLToPath(new URL("../fixtures", import.meta.url));
 
 const TYPES = {
   ".html": "text/html",
@@ -139,4 +140,47 @@ export function launchBrowser(args = []) {
       ...args,
     ],
   });
+}
+
+/**
+ * A tiny fixture (tests/fixtures/`model`) as a single-file checkpoint in the original LDM
+ * layout: its diffusers folder's tensors under the names tests/fixtures/single_file/`model`.json
+ * lists (checked against diffusers' converters by tools/make_single_file.py), with the extra
+ * tensors such files carry as zeros. As tests/single_file.rs builds it natively.
+ */
+export async function singleFileCheckpoint(model) {
+  const map = JSON.parse(await readFile(join(FIXTURES, "single_file", `${model}.json`), "utf8"));
+  const components = {};
+  for (const component of ["unet", "vae", "text_encoder"]) {
+    const folder = join(FIXTURES, model, component);
+    const file = (await readdir(folder)).find((f) => f.endsWith(".safetensors"));
+    const bytes = await readFile(join(folder, file));
+    const headerLength = Number(bytes.readBigUInt64LE(0));
+    const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString("utf8"));
+    components[component] = { header, data: bytes.subarray(8 + headerLength) };
+  }
+  const tensors = [];
+  for (const [ldm, component, names] of map.tensors) {
+    const { header, data } = components[component];
+    const parts = names.map((name) => header[name]);
+    const shape = [...parts[0].shape];
+    shape[0] = parts.reduce((rows, p) => rows + p.shape[0], 0);
+    // The original VAE's attention projections are 1x1 convolutions.
+    if (ldm.includes("mid.attn_1.") && ldm.endsWith("weight") && shape.length === 2) shape.push(1, 1);
+    const bytes = Buffer.concat(parts.map((p) => data.subarray(...p.data_offsets)));
+    tensors.push([ldm, parts[0].dtype, shape, bytes]);
+  }
+  for (const [name, shape] of Object.entries(map.extras)) {
+    tensors.push([name, "F32", shape, Buffer.alloc(shape.reduce((n, d) => n * d, 1) * 4)]);
+  }
+  const meta = {};
+  let offset = 0;
+  for (const [name, dtype, shape, bytes] of tensors) {
+    meta[name] = { dtype, shape, data_offsets: [offset, offset + bytes.length] };
+    offset += bytes.length;
+  }
+  const json = Buffer.from(JSON.stringify(meta));
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(json.length));
+  return Buffer.concat([length, json, ...tensors.map((t) => t[3])]);
 }

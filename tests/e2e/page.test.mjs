@@ -7,7 +7,7 @@ import { readFile, writeFile, mkdir, mkdtemp, cp, rm, truncate, stat } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { DEFAULT_MODEL_FILES, SLOW, WWW, canvasColours, launchBrowser, openPage as open, startServer, statusText, waitForStatus } from "./harness.mjs";
+import { DEFAULT_MODEL_FILES, FIXTURES, SLOW, WWW, canvasColours, launchBrowser, openPage as open, singleFileCheckpoint, startServer, statusText, waitForStatus } from "./harness.mjs";
 
 // Served at /extra/: model folders the tests make.
 let EXTRA;
@@ -22,7 +22,7 @@ let requests;
 before(async () => {
   await mkdir(ARTIFACTS, { recursive: true });
   EXTRA = await mkdtemp(join(tmpdir(), "lina-extra-"));
-  ({ base, requests, close: closeServer } = await startServer({ extra: EXTRA }));
+  ({ base, requests, close: closeServer } = await startServer({ extra: EXTRA, mounts: { "/fixtures/": FIXTURES } }));
   browser = await launchBrowser();
 });
 
@@ -903,5 +903,26 @@ test("the Model tab loads the model again with a LoRA at a scale; an embedding n
   await page.getByRole("button", { name: "Load the model with these" }).click();
   assert.match(await waitForStatus(page, /^Ready|no_such_block|rror/), /no_such_block/);
   assert.equal(await page.locator("#generate").isEnabled(), false);
+  await page.close();
+});
+
+test("the Model tab loads a single-file checkpoint beside its family's folder, and says what is missing first", { timeout: SLOW }, async () => {
+  const page = await openPage("");
+  assert.match(await waitForStatus(page, /^Ready|rror/), /^Ready/);
+  await openTab(page, "Model");
+  const load = page.getByRole("button", { name: "Load the checkpoint" });
+  await load.click();
+  assert.match(await page.locator("#checkpoint-error").textContent(), /Choose the checkpoint file/);
+  await page.getByLabel("The checkpoint (.safetensors)").setInputFiles({ name: "sd1-tiny.safetensors", mimeType: "application/octet-stream", buffer: await singleFileCheckpoint("sd1_tiny") });
+  await load.click();
+  assert.match(await page.locator("#checkpoint-error").textContent(), /holds no tokenizer/);
+  assert.match(await statusText(page), /^Ready/, "nothing was loaded");
+  await page.getByLabel("Or its family's folder from a URL").fill(`${base}fixtures/sd1_tiny/`);
+  await load.click();
+  assert.match(await waitForStatus(page, /^Ready|rror/), /^Ready/);
+  assert.equal(await page.locator("#checkpoint-error").textContent(), "");
+  await page.getByLabel("Steps", { exact: true }).fill("2");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
   await page.close();
 });
