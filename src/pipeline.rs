@@ -288,6 +288,8 @@ pub struct Generated {
 pub struct StableDiffusion {
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextEncoder,
+    /// SDXL's second tokenizer and text encoder (OpenCLIP ViT-bigG with its projection).
+    second: Option<SecondEncoder>,
     unet: UNet,
     vae: VaeDecoder,
     /// Present when the VAE file has the encoder (img2img and inpainting need it).
@@ -328,6 +330,44 @@ fn folder_weights(
         }
     }
     Err(Error::MissingFile(format!("{folder}/{}", names[0])))
+}
+
+/// SDXL's second text encoder, with its tokenizer, and whether an empty negative prompt
+/// means zeros (diffusers' `force_zeros_for_empty_prompt`, on for SDXL unless the model's
+/// index turns it off).
+struct SecondEncoder {
+    tokenizer: ClipTokenizer,
+    encoder: ClipTextEncoder,
+    zeros_for_empty_negative: bool,
+}
+
+/// A prompt as the UNet takes it.
+pub struct EncodedPrompt {
+    /// [1, L, cross_attention_dim]: SD's last hidden states, or SDXL's two encoders'
+    /// penultimate ones side by side.
+    pub context: Tensor<3>,
+    /// SDXL's pooled text embedding [1, P]; `None` for one-encoder models.
+    pub pooled: Option<Tensor<2>>,
+    /// The words cut off at the tokenizer's length, if any.
+    pub truncated: Option<String>,
+}
+
+/// A tokenizer as a diffusers folder holds it: vocab.json and merges.txt, or one
+/// tokenizer.json, with the config beside it.
+fn load_tokenizer(files: &dyn FileSource, folder: &str) -> Result<Option<ClipTokenizer>> {
+    let config = files.read(&format!("{folder}/tokenizer_config.json"))?;
+    if let Some(json) = files.read(&format!("{folder}/tokenizer.json"))? {
+        return ClipTokenizer::from_tokenizer_json(&json, config.as_deref()).map(Some);
+    }
+    let Some(vocab) = files.read(&format!("{folder}/vocab.json"))? else {
+        return Ok(None);
+    };
+    ClipTokenizer::from_vocab_merges(
+        &vocab,
+        &files.require(&format!("{folder}/merges.txt"))?,
+        config.as_deref(),
+    )
+    .map(Some)
 }
 
 /// Builds one component from its weights, merging `loras` as they load, then checks that the
@@ -467,28 +507,24 @@ impl StableDiffusion {
             Some(weights) => Some(Checkpoint::split(CHECKPOINT_FILE, weights)?),
             None => None,
         };
-        let tokenizer_config = files.read("tokenizer/tokenizer_config.json")?;
-        let mut tokenizer = match files.read("tokenizer/tokenizer.json")? {
-            Some(json) => ClipTokenizer::from_tokenizer_json(&json, tokenizer_config.as_deref())?,
-            None if checkpoint.is_some() && files.read("tokenizer/vocab.json")?.is_none() => {
+        let mut tokenizer = match load_tokenizer(files, "tokenizer")? {
+            Some(tokenizer) => tokenizer,
+            None if checkpoint.is_some() => {
                 return Err(Error::MissingFile(
                     "tokenizer/vocab.json: a single-file checkpoint holds no tokenizer; pair it with the tokenizer/ folder of a diffusers repository of its family".into(),
                 ));
             }
-            None => ClipTokenizer::from_vocab_merges(
-                &files.require("tokenizer/vocab.json")?,
-                &files.require("tokenizer/merges.txt")?,
-                tokenizer_config.as_deref(),
-            )?,
+            None => return Err(Error::MissingFile("tokenizer/vocab.json".into())),
         };
-        let (unet_part, vae_part, text_part, checkpoint_scheduler) = match checkpoint {
+        let (unet_part, vae_part, text_part, text_2_part, checkpoint_scheduler) = match checkpoint {
             Some(c) => (
                 Some(c.unet),
                 c.vae,
                 c.text_encoder,
+                c.text_encoder_2,
                 Some(c.scheduler_config),
             ),
-            None => (None, None, None, None),
+            None => (None, None, None, None, None),
         };
 
         let text_files = (
@@ -504,6 +540,45 @@ impl StableDiffusion {
             (kernels, Some((loras, LoraTarget::TextEncoder))),
             |w| ClipTextEncoder::load(text_config, w),
         )?;
+
+        // SDXL: a second tokenizer and text encoder beside the first.
+        let second = match text_2_part.is_some() || files.read(clip::CONFIG_FILE_2)?.is_some() {
+            false => None,
+            true => {
+                let from_file = text_2_part.is_some();
+                let names = ["model.safetensors", "model.fp16.safetensors"];
+                let (weights, config) = component_source(
+                    files,
+                    text_2_part,
+                    ("text_encoder_2", &names, clip::CONFIG_FILE_2),
+                    device,
+                )?;
+                let config = ClipTextConfig::from_file(clip::CONFIG_FILE_2, &config)?;
+                let mut tokenizer = load_tokenizer(files, "tokenizer_2")?.ok_or_else(|| {
+                    Error::MissingFile(match from_file {
+                        true => "tokenizer_2/vocab.json: an SDXL single-file checkpoint holds no tokenizers; pair it with an SDXL diffusers folder (tokenizer/ and tokenizer_2/)".into(),
+                        false => "tokenizer_2/vocab.json".into(),
+                    })
+                })?;
+                tokenizer.limit_length(config.max_position_embeddings);
+                let encoder = build_component(weights, (kernels, None), |w| {
+                    ClipTextEncoder::load(config, w)
+                })?;
+                let zeros_for_empty_negative = match files.read("model_index.json")? {
+                    Some(index) => serde_json::from_slice::<serde_json::Value>(&index)
+                        .map_err(|e| Error::config("model_index.json", e.to_string()))?
+                        .get("force_zeros_for_empty_prompt")
+                        .and_then(serde_json::Value::as_bool)
+                        .unwrap_or(true),
+                    None => true,
+                };
+                Some(SecondEncoder {
+                    tokenizer,
+                    encoder,
+                    zeros_for_empty_negative,
+                })
+            }
+        };
 
         let names = [
             "diffusion_pytorch_model.safetensors",
@@ -557,13 +632,42 @@ impl StableDiffusion {
             _ => files.require_text(schedulers::CONFIG_FILE)?,
         };
         let scheduler_config = SchedulerConfig::from_json(&scheduler_json)?;
-        if unet.config().cross_attention_dim != text_encoder.config().hidden_size {
+        match (&second, unet.config().text_time_dims()) {
+            (Some(s), Some((time, input))) if unet.takes_text_time() => {
+                let pooled = s.encoder.pooled_width();
+                if input != pooled + 6 * time {
+                    return Err(Error::config(
+                        unet::CONFIG_FILE,
+                        format!(
+                            "projection_class_embeddings_input_dim {input} is not the second text encoder's pooled width {pooled} plus 6 x addition_time_embed_dim {time}"
+                        ),
+                    ));
+                }
+            }
+            (None, _) if !unet.takes_text_time() => {}
+            (Some(_), _) => {
+                return Err(Error::config(
+                    unet::CONFIG_FILE,
+                    "the model has a second text encoder, but its UNet takes no pooled text (addition_embed_type \"text_time\")",
+                ));
+            }
+            (None, _) => {
+                return Err(Error::MissingFile(format!(
+                    "{}: this UNet (addition_embed_type \"text_time\", SDXL) needs a second text encoder",
+                    clip::CONFIG_FILE_2
+                )));
+            }
+        }
+        let context_width = text_encoder.config().hidden_size
+            + second
+                .as_ref()
+                .map_or(0, |s| s.encoder.config().hidden_size);
+        if unet.config().cross_attention_dim != context_width {
             return Err(Error::config(
                 unet::CONFIG_FILE,
                 format!(
-                    "cross_attention_dim {} differs from the text encoder's hidden_size {}",
+                    "cross_attention_dim {} differs from the text encoders' hidden_size {context_width}",
                     unet.config().cross_attention_dim,
-                    text_encoder.config().hidden_size
                 ),
             ));
         }
@@ -582,6 +686,7 @@ impl StableDiffusion {
         Ok(Self {
             tokenizer,
             text_encoder,
+            second,
             unet,
             vae,
             vae_encoder,
@@ -618,6 +723,11 @@ impl StableDiffusion {
     /// width than the text encoder's (an SDXL embedding on SD 1.x), or a trigger that is a
     /// token already.
     pub fn add_embedding(&mut self, trigger: &str, source: &str, bytes: &[u8]) -> Result<()> {
+        if self.second.is_some() {
+            return Err(Error::InvalidInput(format!(
+                "embedding {source}: textual-inversion embeddings for SDXL's two text encoders are not supported yet"
+            )));
+        }
         let (values, [n, dim]) = crate::weights::embedding_vectors(source, bytes)?;
         let width = self.text_encoder.config().hidden_size;
         if dim != width {
@@ -721,10 +831,53 @@ impl StableDiffusion {
         Ok((noise, shape))
     }
 
+    /// The UNet's text conditioning for `text` [1, L, cross_attention_dim], and the words
+    /// the tokenizer cut off.
     pub fn encode_text(&self, text: &str, clip_skip: usize) -> Result<(Tensor<3>, Option<String>)> {
+        let prompt = self.encode_prompt(text, clip_skip)?;
+        Ok((prompt.context, prompt.truncated))
+    }
+
+    /// `text` as the UNet takes it: SD's last hidden states; or, for SDXL, both encoders'
+    /// penultimate hidden states side by side and the second's pooled output (what
+    /// diffusers' `StableDiffusionXLPipeline.encode_prompt` gives).
+    pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<EncodedPrompt> {
         let tokens = self.tokenizer.encode(text)?;
-        let hidden = self.text_encoder.forward(&[tokens.ids], clip_skip)?;
-        Ok((hidden, tokens.truncated))
+        let Some(second) = &self.second else {
+            return Ok(EncodedPrompt {
+                context: self.text_encoder.forward(&[tokens.ids], clip_skip)?,
+                pooled: None,
+                truncated: tokens.truncated,
+            });
+        };
+        let (first, _) = self
+            .text_encoder
+            .penultimate_and_pooled(&[tokens.ids], clip_skip)?;
+        let ids = second.tokenizer.encode(text)?.ids;
+        let (hidden, pooled) = second.encoder.penultimate_and_pooled(&[ids], clip_skip)?;
+        Ok(EncodedPrompt {
+            context: Tensor::cat(vec![first, hidden], 2),
+            pooled: Some(pooled),
+            truncated: tokens.truncated,
+        })
+    }
+
+    /// The unconditional half of classifier-free guidance: the negative prompt, or, for SDXL
+    /// with no negative prompt, zeros.
+    fn encode_negative(
+        &self,
+        text: &str,
+        like: &EncodedPrompt,
+        clip_skip: usize,
+    ) -> Result<EncodedPrompt> {
+        match &self.second {
+            Some(s) if s.zeros_for_empty_negative && text.is_empty() => Ok(EncodedPrompt {
+                context: like.context.zeros_like(),
+                pooled: like.pooled.as_ref().map(Tensor::zeros_like),
+                truncated: None,
+            }),
+            _ => self.encode_prompt(text, clip_skip),
+        }
     }
 
     /// Checks the options and prepares the denoising loop.
@@ -792,28 +945,50 @@ impl StableDiffusion {
         let scheduler = schedulers::build(kind, &self.scheduler_config, &opts.timesteps)?;
 
         let mut warnings = Vec::new();
-        let (cond, cut) = self.encode_text(&opts.prompt, opts.clip_skip)?;
-        if let Some(ignored) = cut {
+        let cond = self.encode_prompt(&opts.prompt, opts.clip_skip)?;
+        if let Some(ignored) = cond.truncated.clone() {
             warnings.push(Warning::PromptTruncated {
                 negative: false,
                 ignored,
             });
         }
-        // LCM-distilled UNets take the guidance scale as an embedding instead of a second,
-        // unconditional pass.
-        let guidance_embedding = self.unet.guidance_embedding(opts.guidance_scale);
         let guided = self.unconditional_pass(opts.guidance_scale);
-        let context = if guided {
-            let (uncond, cut) = self.encode_text(&opts.negative_prompt, opts.clip_skip)?;
-            if let Some(ignored) = cut {
+        let mut rows = vec![];
+        if guided {
+            let uncond = self.encode_negative(&opts.negative_prompt, &cond, opts.clip_skip)?;
+            if let Some(ignored) = uncond.truncated.clone() {
                 warnings.push(Warning::PromptTruncated {
                     negative: true,
                     ignored,
                 });
             }
-            Tensor::cat(vec![uncond, cond], 0)
-        } else {
-            cond
+            rows.push(uncond);
+        }
+        rows.push(cond);
+        let context = Tensor::cat(rows.iter().map(|r| r.context.clone()).collect(), 0);
+        // What the UNet adds to its time embedding, one row per context row: LCM-distilled
+        // UNets take the guidance scale as an embedding (instead of a second, unconditional
+        // pass); SDXL's, each row's pooled text and the image's size (original = target, no
+        // crop, as diffusers' pipeline defaults to).
+        let size = [
+            height as f64,
+            width as f64,
+            0.0,
+            0.0,
+            height as f64,
+            width as f64,
+        ];
+        let added = match self.unet.guidance_embedding(opts.guidance_scale) {
+            Some(embedding) => Some(embedding.repeat_dim(0, rows.len())),
+            None => rows
+                .iter()
+                .map(|r| {
+                    r.pooled
+                        .clone()
+                        .and_then(|pooled| self.unet.text_time_input(pooled, size))
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(|rows| Tensor::cat(rows, 0)),
         };
 
         if self.is_inpainting_model() && (opts.init_image.is_none() || opts.mask.is_none()) {
@@ -855,7 +1030,7 @@ impl StableDiffusion {
             latents,
             step,
             init,
-            guidance_embedding,
+            added,
             predicted_clean: None,
             warnings,
             evaluations: 0,
@@ -974,8 +1149,9 @@ pub struct Sampling<'p> {
     step: usize,
     /// img2img or inpainting's start.
     init: Option<Init>,
-    /// The embedded guidance scale, for UNets with `time_cond_proj_dim`.
-    guidance_embedding: Option<Tensor<2>>,
+    /// What the UNet adds to its time embedding, one row per context row (see
+    /// [`UNet::forward_with`]): LCM's guidance embedding, SDXL's pooled text and size.
+    added: Option<Tensor<2>>,
     /// The scheduler's latest prediction of the clean latents, for previews.
     predicted_clean: Option<Tensor<4>>,
     /// Things the user should know (a truncated prompt).
@@ -1149,17 +1325,24 @@ impl Sampling<'_> {
         } else {
             Tensor::cat(contexts, 0)
         };
-        let cond = self
-            .guidance_embedding
-            .as_ref()
-            .map(|e| e.clone().repeat_dim(0, batch));
+        // Region terms' rows take the conditional row's.
+        let added = self.added.as_ref().map(|rows| match call.regions.len() {
+            0 => rows.clone(),
+            n => Tensor::cat(
+                vec![
+                    rows.clone(),
+                    rows.clone().narrow(0, base - 1, 1).repeat_dim(0, n),
+                ],
+                0,
+            ),
+        });
         // The control acts on the conditional row: the second of [uncond; cond], else the
         // only one; the region terms' rows keep their own attention.
         let (out, record) = self.pipe.unet.forward_controlled(
             inputs,
             call.timestep,
             &context,
-            cond.as_ref(),
+            added.as_ref(),
             &call.attention,
             base - 1,
         );

@@ -1,16 +1,18 @@
 //! Single-file checkpoints in the original (LDM) key layout: the `*.safetensors` files most
-//! people download for SD 1.x and 2.x, holding the UNet (`model.diffusion_model.*`), the VAE
-//! (`first_stage_model.*`) and the text encoder (`cond_stage_model.*`) under the names of
-//! the code they were trained with, and no configs.
+//! people download for SD 1.x, 2.x and SDXL, holding the UNet (`model.diffusion_model.*`),
+//! the VAE (`first_stage_model.*`) and the text encoders (`cond_stage_model.*`, SDXL's
+//! `conditioner.embedders.*`) under the names of the code they were trained with, and no
+//! configs.
 //!
 //! The file is uploaded once; its tensors are then renamed into diffusers' names and split
 //! into one [`Weights`] per component ([`Weights::regroup`]), so every model in `models/`
 //! loads them as it loads a diffusers folder. The configs are inferred from the tensors'
 //! shapes where shapes tell (channels, blocks, layers, context width, linear or convolution
 //! projections) and from the family where they do not (attention heads, the VAE's scaling
-//! factor, the noise schedule), as diffusers' single-file loader does: SD 1.x is told from
-//! SD 2.x by its text encoder (CLIP ViT-L with transformers' names, or OpenCLIP with fused
-//! q/k/v), or, without one, by its context width (768 or 1024).
+//! factor, the noise schedule), as diffusers' single-file loader does: SDXL by its two
+//! embedders (or its added `label_emb`), SD 1.x from SD 2.x by its text encoder (CLIP ViT-L
+//! with transformers' names, or OpenCLIP with fused q/k/v), or, without one, by its context
+//! width (768 or 1024).
 //!
 //! Configs in the model's source (`unet/config.json` and the like, e.g. the diffusers folder
 //! that [`crate::source::DirSource::with_checkpoint`] pairs with the file) win over inferred
@@ -34,6 +36,8 @@ const UNET: &str = "model.diffusion_model.";
 const VAE: &str = "first_stage_model.";
 const CLIP: &str = "cond_stage_model.transformer.";
 const OPEN_CLIP: &str = "cond_stage_model.model.";
+const CLIP_XL: &str = "conditioner.embedders.0.transformer.";
+const OPEN_CLIP_XL: &str = "conditioner.embedders.1.model.";
 
 /// The model families a single file may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +47,9 @@ pub enum Family {
     /// SD 2.x: OpenCLIP ViT-H/14 (its penultimate layer), 64-channel heads, linear
     /// projections; v-prediction at 768 unless a scheduler config says otherwise.
     Sd2,
+    /// SDXL: CLIP ViT-L and OpenCLIP ViT-bigG/14 with its projection, the size conditioning
+    /// (`label_emb`), 64-channel heads, 1024 px, its VAE's scaling factor 0.13025.
+    Sdxl,
 }
 
 /// One component of a split checkpoint: its weights under diffusers' names, and its config
@@ -60,6 +67,8 @@ pub struct Checkpoint {
     /// folders instead.
     pub vae: Option<Part>,
     pub text_encoder: Option<Part>,
+    /// SDXL's second text encoder.
+    pub text_encoder_2: Option<Part>,
     pub scheduler_config: String,
 }
 
@@ -78,13 +87,12 @@ impl Checkpoint {
             (family, routes, configs)
         };
         let mut parts = weights
-            .regroup(3, |name| routes.get(name).cloned().unwrap_or(Regroup::Drop))?
+            .regroup(PARTS, |name| {
+                routes.get(name).cloned().unwrap_or(Regroup::Drop)
+            })?
             .into_iter();
-        let (unet, vae, text) = (
-            parts.next().expect("three parts"),
-            parts.next().expect("three parts"),
-            parts.next().expect("three parts"),
-        );
+        let mut next = || parts.next().expect("one set of weights per part");
+        let (unet, vae, text, text_2) = (next(), next(), next(), next());
         let part = |weights: Weights, config: Option<Value>| {
             config.map(|c| Part {
                 weights,
@@ -96,6 +104,7 @@ impl Checkpoint {
             unet: part(unet, Some(configs.unet)).expect("a UNet"),
             vae: part(vae, configs.vae),
             text_encoder: part(text, configs.text_encoder),
+            text_encoder_2: part(text_2, configs.text_encoder_2),
             scheduler_config: configs.scheduler.to_string(),
         })
     }
@@ -187,6 +196,8 @@ pub fn unused(name: &str) -> bool {
         || name == "cond_stage_model.transformer.text_model.embeddings.position_ids"
         || name == "cond_stage_model.model.text_projection"
         || name == "cond_stage_model.model.logit_scale"
+        || name == "conditioner.embedders.0.transformer.text_model.embeddings.position_ids"
+        || name == "conditioner.embedders.1.model.logit_scale"
 }
 
 fn family(file: &str, shapes: &Shapes) -> Result<Family> {
@@ -198,13 +209,16 @@ fn family(file: &str, shapes: &Shapes) -> Result<Family> {
     if has("model.diffusion_model.joint_blocks.") {
         return Err(unsupported("an SD 3 transformer checkpoint"));
     }
-    if has("conditioner.embedders.") || has("model.diffusion_model.label_emb.") {
-        return Err(unsupported(
-            "an SDXL checkpoint (two text encoders, size conditioning)",
-        ));
-    }
     if !has(UNET) {
         return Err(unknown_layout(file, shapes));
+    }
+    if has("conditioner.embedders.") || has("model.diffusion_model.label_emb.") {
+        if has("conditioner.embedders.0.model.") {
+            return Err(unsupported(
+                "an SDXL refiner checkpoint (one OpenCLIP encoder, aesthetic-score conditioning)",
+            ));
+        }
+        return Ok(Family::Sdxl);
     }
     if has(OPEN_CLIP) {
         return Ok(Family::Sd2);
@@ -269,6 +283,8 @@ fn unknown_layout(file: &str, shapes: &Shapes) -> Error {
 const UNET_PART: usize = 0;
 const VAE_PART: usize = 1;
 const TEXT_PART: usize = 2;
+const TEXT_2_PART: usize = 3;
+const PARTS: usize = 4;
 
 /// Where every tensor of the file goes; fails on a name no rule explains.
 fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String, Regroup>> {
@@ -287,7 +303,20 @@ fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String,
         } else if let (Family::Sd1, Some(rest)) = (family, name.strip_prefix(CLIP)) {
             Some(moved(TEXT_PART, rest.to_string()))
         } else if let (Family::Sd2, Some(rest)) = (family, name.strip_prefix(OPEN_CLIP)) {
-            open_clip_name(rest, open_clip_layers)
+            // SD 2 runs the penultimate layer: the last one is never used.
+            open_clip_name(rest, TEXT_PART, Some(open_clip_layers))
+        } else if let (Family::Sdxl, Some(rest)) = (family, name.strip_prefix(CLIP_XL)) {
+            Some(moved(TEXT_PART, rest.to_string()))
+        } else if let (Family::Sdxl, Some(rest)) = (family, name.strip_prefix(OPEN_CLIP_XL)) {
+            // SDXL keeps every layer (its pipeline reads the penultimate one's output), and
+            // the projection, which OpenCLIP applies as `x @ text_projection`.
+            match rest {
+                "text_projection" => Some(Regroup::Transpose {
+                    part: TEXT_2_PART,
+                    name: "text_projection.weight".into(),
+                }),
+                _ => open_clip_name(rest, TEXT_2_PART, None),
+            }
         } else {
             None
         };
@@ -302,6 +331,7 @@ fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String,
         let label = match family {
             Family::Sd1 => "an SD 1.x",
             Family::Sd2 => "an SD 2.x",
+            Family::Sdxl => "an SDXL",
         };
         return Err(Error::WeightFile {
             file: file.to_string(),
@@ -376,6 +406,13 @@ impl UNetLayout {
         }
         if let Some(t) = rest.strip_prefix("out.2.") {
             return Some(format!("conv_out.{t}"));
+        }
+        // SDXL's size conditioning.
+        if let Some(t) = rest.strip_prefix("label_emb.0.0.") {
+            return Some(format!("add_embedding.linear_1.{t}"));
+        }
+        if let Some(t) = rest.strip_prefix("label_emb.0.2.") {
+            return Some(format!("add_embedding.linear_2.{t}"));
         }
         if let Some(t) = rest.strip_prefix("input_blocks.0.0.") {
             return Some(format!("conv_in.{t}"));
@@ -499,11 +536,11 @@ fn vae_name(rest: &str, blocks: usize) -> Option<String> {
     Some(format!("{at}.{kind}samplers.0.conv.{t}"))
 }
 
-/// An OpenCLIP text-tower name (after `cond_stage_model.model.`) in transformers' CLIP
-/// naming. SD 2 runs the penultimate layer, so the last of `layers` is dropped; the fused
-/// q/k/v projection splits into three.
-fn open_clip_name(rest: &str, layers: usize) -> Option<Regroup> {
-    let text = |n: String| Some(moved(TEXT_PART, format!("text_model.{n}")));
+/// An OpenCLIP text-tower name (after its prefix) in transformers' CLIP naming, into `part`.
+/// The fused q/k/v projection splits into three; with `drop_last_of`, the last of that many
+/// layers is dropped.
+fn open_clip_name(rest: &str, part: usize, drop_last_of: Option<usize>) -> Option<Regroup> {
+    let text = |n: String| Some(moved(part, format!("text_model.{n}")));
     match rest {
         "token_embedding.weight" => return text("embeddings.token_embedding.weight".into()),
         "positional_embedding" => return text("embeddings.position_embedding.weight".into()),
@@ -513,16 +550,16 @@ fn open_clip_name(rest: &str, layers: usize) -> Option<Regroup> {
         return text(format!("final_layer_norm.{t}"));
     }
     let (i, t) = index(rest.strip_prefix("transformer.resblocks.")?)?;
-    if i + 1 == layers {
+    if drop_last_of == Some(i + 1) {
         return Some(Regroup::Drop);
     }
     let at = format!("text_model.encoder.layers.{i}");
-    if let Some(part) = t.strip_prefix("attn.in_proj_") {
+    if let Some(kind) = t.strip_prefix("attn.in_proj_") {
         return Some(Regroup::Split {
-            part: TEXT_PART,
+            part,
             names: ["q", "k", "v"]
                 .iter()
-                .map(|p| format!("{at}.self_attn.{p}_proj.{part}"))
+                .map(|p| format!("{at}.self_attn.{p}_proj.{kind}"))
                 .collect(),
         });
     }
@@ -536,7 +573,7 @@ fn open_clip_name(rest: &str, layers: usize) -> Option<Regroup> {
     let inner = NAMES
         .iter()
         .find_map(|(ldm, ours)| t.strip_prefix(ldm).map(|p| format!("{ours}{p}")))?;
-    Some(moved(TEXT_PART, format!("{at}.{inner}")))
+    Some(moved(part, format!("{at}.{inner}")))
 }
 
 /// Configs as diffusers writes them, inferred from a checkpoint's shapes and family.
@@ -544,6 +581,7 @@ pub struct Configs {
     pub unet: Value,
     pub vae: Option<Value>,
     pub text_encoder: Option<Value>,
+    pub text_encoder_2: Option<Value>,
     pub scheduler: Value,
 }
 
@@ -555,9 +593,13 @@ impl Configs {
             unet: unet_config(family, &t)?,
             vae: t
                 .has("first_stage_model.decoder.conv_in.weight")
-                .then(|| vae_config(&t))
+                .then(|| vae_config(family, &t))
                 .transpose()?,
             text_encoder: text_config(family, &t)?,
+            text_encoder_2: match family {
+                Family::Sdxl => open_clip_config(OPEN_CLIP_XL, false, &t)?,
+                _ => None,
+            },
             scheduler: scheduler_config(family),
         })
     }
@@ -624,23 +666,27 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
         .iter()
         .find(|(n, _)| n.starts_with(UNET) && n.ends_with(".proj_in.weight"));
     let linear = proj_in.is_some_and(|(_, s)| s.len() == 2);
-    let transformer_layers = shapes
-        .keys()
-        .find(|n| n.starts_with(UNET) && n.contains(".transformer_blocks."))
-        .and_then(|n| n.rsplit_once(".transformer_blocks.").map(|(at, _)| at))
-        .map_or(1, |at| {
-            count_indices(shapes, &format!("{at}.transformer_blocks."))
-        });
+    // Transformer depth per level, from each level's first attention (1 where it has none,
+    // as diffusers' configs write it); one number where every level has the same.
+    let depths: Vec<usize> = (0..blocks)
+        .map(|b| {
+            let at = format!("{UNET}input_blocks.{}.1.transformer_blocks.", 1 + b * per);
+            count_indices(shapes, &at).max(1)
+        })
+        .collect();
+    let transformer_layers = match depths.iter().all(|&d| d == depths[0]) {
+        true => json!(depths[0]),
+        false => json!(depths),
+    };
+    let per_head_64 = json!(channels.iter().map(|c| (c / 64).max(1)).collect::<Vec<_>>());
     let (heads, sample_size): (Value, usize) = match family {
         // SD 1.x: 8 heads everywhere (diffusers' `attention_head_dim` holds the count).
         Family::Sd1 => (json!(8), 64),
-        // SD 2.x: 64 channels per head.
-        Family::Sd2 => (
-            json!(channels.iter().map(|c| (c / 64).max(1)).collect::<Vec<_>>()),
-            96,
-        ),
+        // SD 2.x and SDXL: 64 channels per head.
+        Family::Sd2 => (per_head_64, 96),
+        Family::Sdxl => (per_head_64, 128),
     };
-    Ok(json!({
+    let mut config = json!({
         "_class_name": "UNet2DConditionModel",
         "sample_size": sample_size,
         "in_channels": shape(&p("input_blocks.0.0.weight".into()))?[1],
@@ -661,10 +707,22 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
         "flip_sin_to_cos": true,
         "freq_shift": 0,
         "norm_num_groups": 32,
-    }))
+    });
+    // SDXL's size conditioning: its input is the pooled text (the second encoder's
+    // projection width) and six sinusoids.
+    if let Ok(&[_, input]) = shape(&p("label_emb.0.0.weight".into())) {
+        let pooled = t
+            .shapes
+            .get(format!("{OPEN_CLIP_XL}text_projection").as_str())
+            .map_or(1280, |s| s[s.len() - 1]);
+        config["addition_embed_type"] = json!("text_time");
+        config["projection_class_embeddings_input_dim"] = json!(input);
+        config["addition_time_embed_dim"] = json!(input.saturating_sub(pooled) / 6);
+    }
+    Ok(config)
 }
 
-fn vae_config(t: &Table) -> Result<Value> {
+fn vae_config(family: Family, t: &Table) -> Result<Value> {
     let (shapes, shape) = (t.shapes, |n: &str| t.shape(n));
     let blocks = count_indices(shapes, "first_stage_model.encoder.down.");
     let layers = count_indices(shapes, "first_stage_model.encoder.down.0.block.");
@@ -685,7 +743,10 @@ fn vae_config(t: &Table) -> Result<Value> {
         "up_block_types": vec!["UpDecoderBlock2D"; blocks],
         "layers_per_block": layers,
         "norm_num_groups": 32,
-        "scaling_factor": 0.18215,
+        "scaling_factor": match family {
+            Family::Sdxl => 0.13025,
+            Family::Sd1 | Family::Sd2 => 0.18215,
+        },
         "use_quant_conv": shapes.contains_key("first_stage_model.quant_conv.weight"),
         "use_post_quant_conv": shapes.contains_key("first_stage_model.post_quant_conv.weight"),
     }))
@@ -707,18 +768,19 @@ fn text_config(family: Family, t: &Table) -> Result<Option<Value>> {
                 "quick_gelu",
             )
         }
-        Family::Sd2 => {
-            if !shapes.contains_key(format!("{OPEN_CLIP}ln_final.weight").as_str()) {
+        // The penultimate layer's output is what SD 2 conditions on.
+        Family::Sd2 => return open_clip_config(OPEN_CLIP, true, t),
+        Family::Sdxl => {
+            let tm = format!("{CLIP_XL}text_model.");
+            if !shapes.contains_key(format!("{tm}final_layer_norm.weight").as_str()) {
                 return Ok(None);
             }
             (
-                // The penultimate layer's output is what SD 2 conditions on.
-                count_indices(shapes, &format!("{OPEN_CLIP}transformer.resblocks."))
-                    .saturating_sub(1),
-                format!("{OPEN_CLIP}token_embedding.weight"),
-                format!("{OPEN_CLIP}positional_embedding"),
-                format!("{OPEN_CLIP}transformer.resblocks.0.mlp.c_fc.weight"),
-                "gelu",
+                count_indices(shapes, &format!("{tm}encoder.layers.")),
+                format!("{tm}embeddings.token_embedding.weight"),
+                format!("{tm}embeddings.position_embedding.weight"),
+                format!("{tm}encoder.layers.0.mlp.fc1.weight"),
+                "quick_gelu",
             )
         }
     };
@@ -741,9 +803,53 @@ fn text_config(family: Family, t: &Table) -> Result<Option<Value>> {
     })))
 }
 
-/// The noise schedule SD 1.x and 2.x were trained with, as DDIM (what diffusers' SD 2.1
-/// repository ships; SD 1.5's PNDM shares its betas).
+/// An OpenCLIP text tower's config as transformers' CLIP: SD 2's without its last layer
+/// (`drop_last`), SDXL's whole and with its projection.
+fn open_clip_config(prefix: &str, drop_last: bool, t: &Table) -> Result<Option<Value>> {
+    if !t.has(&format!("{prefix}ln_final.weight")) {
+        return Ok(None);
+    }
+    let layers = count_indices(t.shapes, &format!("{prefix}transformer.resblocks."));
+    let [vocab, hidden] = t.shape(&format!("{prefix}token_embedding.weight"))?[..] else {
+        return Err(Error::InvalidInput(format!(
+            "`{prefix}token_embedding.weight` is not a [rows, width] table"
+        )));
+    };
+    let mut config = json!({
+        "architectures": ["CLIPTextModel"],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": t.shape(&format!("{prefix}transformer.resblocks.0.mlp.c_fc.weight"))?[0],
+        "num_hidden_layers": layers - usize::from(drop_last),
+        "num_attention_heads": (hidden / 64).max(1),
+        "max_position_embeddings": t.shape(&format!("{prefix}positional_embedding"))?[0],
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+    });
+    if !drop_last && let Ok(&[_, width]) = t.shape(&format!("{prefix}text_projection")) {
+        config["architectures"] = json!(["CLIPTextModelWithProjection"]);
+        config["projection_dim"] = json!(width);
+    }
+    Ok(Some(config))
+}
+
+/// The noise schedule SD 1.x, 2.x and SDXL were trained with: as DDIM for SD (what
+/// diffusers' SD 2.1 repository ships; SD 1.5's PNDM shares its betas), as Euler for SDXL
+/// (what its base repository ships).
 fn scheduler_config(family: Family) -> Value {
+    if family == Family::Sdxl {
+        return json!({
+            "_class_name": "EulerDiscreteScheduler",
+            "num_train_timesteps": 1000,
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "interpolation_type": "linear",
+            "steps_offset": 1,
+            "timestep_spacing": "leading",
+            "prediction_type": "epsilon",
+        });
+    }
     json!({
         "_class_name": "DDIMScheduler",
         "num_train_timesteps": 1000,
@@ -755,8 +861,8 @@ fn scheduler_config(family: Family) -> Value {
         "steps_offset": 1,
         "timestep_spacing": "leading",
         "prediction_type": match family {
-            Family::Sd1 => "epsilon",
             Family::Sd2 => "v_prediction",
+            Family::Sd1 | Family::Sdxl => "epsilon",
         },
     })
 }

@@ -34,8 +34,9 @@ fn single_file(model: &str) -> Vec<u8> {
             .unwrap();
         SafeTensors::deserialize(&files[path]).unwrap()
     };
-    let parts: BTreeMap<&str, SafeTensors> = ["unet", "vae", "text_encoder"]
+    let parts: BTreeMap<&str, SafeTensors> = ["unet", "vae", "text_encoder", "text_encoder_2"]
         .into_iter()
+        .filter(|c| files.keys().any(|p| p.starts_with(&format!("{c}/"))))
         .map(|c| (c, component(c)))
         .collect();
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -65,6 +66,11 @@ fn single_file(model: &str) -> Vec<u8> {
         if ldm.contains("mid.attn_1.") && ldm.ends_with("weight") && shape.len() == 2 {
             shape.extend([1, 1]);
         }
+        // OpenCLIP stores its projection the other way round.
+        if entry.get(3).and_then(Value::as_str) == Some("transposed") {
+            bytes = transposed(&bytes, &shape, dtype.bitsize() / 8);
+            shape.reverse();
+        }
         tensors.push((ldm.to_string(), dtype, shape, bytes));
     }
     for (name, shape) in map["extras"].as_object().unwrap() {
@@ -84,11 +90,26 @@ fn single_file(model: &str) -> Vec<u8> {
     safetensors::serialize(views, None).unwrap()
 }
 
+/// A row-major [rows, cols] matrix of `size`-byte elements as [cols, rows].
+fn transposed(bytes: &[u8], shape: &[usize], size: usize) -> Vec<u8> {
+    let [rows, cols] = shape[..] else {
+        panic!("a matrix")
+    };
+    let mut out = vec![0; bytes.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            let (from, to) = ((r * cols + c) * size, (c * rows + r) * size);
+            out[to..to + size].copy_from_slice(&bytes[from..from + size]);
+        }
+    }
+    out
+}
+
 /// The fixture's tokenizer and configs (no weights), with `checkpoint` as the model.
 fn paired(model: &str, checkpoint: Vec<u8>, configs: bool) -> MemorySource {
     let mut source = MemorySource::new();
     for (path, bytes) in model_files(model) {
-        let keep = path.starts_with("tokenizer/") || (configs && path.ends_with(".json"));
+        let keep = path.starts_with("tokenizer") || (configs && path.ends_with(".json"));
         if keep {
             source.insert(path, bytes);
         }
@@ -142,8 +163,8 @@ fn load(source: &MemorySource) -> Result<StableDiffusion> {
 }
 
 #[test]
-fn tiny_sd1_and_sd2_single_files_draw_their_diffusers_folders_images() {
-    for model in ["sd1_tiny", "sd2_tiny"] {
+fn tiny_sd1_sd2_and_sdxl_single_files_draw_their_diffusers_folders_images() {
+    for model in ["sd1_tiny", "sd2_tiny", "sdxl_tiny"] {
         let from_file = load(&paired(model, single_file(model), true)).unwrap();
         let from_folder = load(&folder(model)).unwrap();
         assert!(
@@ -159,7 +180,11 @@ fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
     let configs = |name: &str| -> Value {
         serde_json::from_slice(&read_fixture(&format!("configs/{name}.json"))).unwrap()
     };
-    for (tag, family) in [("sd15", Family::Sd1), ("sd21", Family::Sd2)] {
+    for (tag, family) in [
+        ("sd15", Family::Sd1),
+        ("sd21", Family::Sd2),
+        ("sdxl", Family::Sdxl),
+    ] {
         let doc: Value =
             serde_json::from_slice(&read_fixture(&format!("single_file/{tag}_shapes.json")))
                 .unwrap();
@@ -182,15 +207,31 @@ fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
             .collect();
         let (found, inferred) = single_file::inspect(tag, &borrowed).unwrap();
         assert_eq!(found, family, "{tag}");
-        let published = [
+        let xl = family == Family::Sdxl;
+        let mut published = vec![
             ("unet", Some(inferred.unet), configs(&format!("{tag}_unet"))),
-            ("vae", inferred.vae, configs("sd15_vae")),
+            (
+                "vae",
+                inferred.vae,
+                configs(if xl { "sdxl_vae" } else { "sd15_vae" }),
+            ),
             (
                 "text_encoder",
                 inferred.text_encoder,
-                configs(&format!("{tag}_text_encoder")),
+                // SDXL's first encoder is SD 1.5's CLIP ViT-L.
+                configs(&match xl {
+                    true => "sd15_text_encoder".to_string(),
+                    false => format!("{tag}_text_encoder"),
+                }),
             ),
         ];
+        if xl {
+            published.push((
+                "text_encoder_2",
+                inferred.text_encoder_2,
+                configs("sdxl_text_encoder_2"),
+            ));
+        }
         for (component, ours, theirs) in published {
             let ours = ours.unwrap_or_else(|| panic!("{tag}: no {component} config inferred"));
             for (key, value) in ours.as_object().unwrap() {
@@ -207,7 +248,7 @@ fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
         }
         let scheduler = inferred.scheduler;
         let prediction = match family {
-            Family::Sd1 => "epsilon",
+            Family::Sd1 | Family::Sdxl => "epsilon",
             Family::Sd2 => "v_prediction",
         };
         assert_eq!(scheduler["prediction_type"], prediction, "{tag}");
@@ -287,15 +328,21 @@ fn files_of_other_layouts_are_refused_naming_the_nearest() {
     assert_eq!(e.code(), "unknown_layout");
     assert!(e.to_string().contains("`mystery.block.weight`"), "{e}");
 
-    // SDXL is recognised, and refused as not yet supported, before anything is built.
-    let mut sdxl = single_file_tensors("sd1_tiny");
-    sdxl.push((
-        "conditioner.embedders.1.model.ln_final.weight".into(),
-        vec![4],
-    ));
-    let e = expect_err(load(&paired("sd1_tiny", zeros(&sdxl), true)));
-    assert_eq!(e.code(), "unsupported_model", "{e}");
-    assert!(e.to_string().contains("SDXL"), "{e}");
+    // The SDXL refiner and SD 3 are recognised, and refused as not yet supported, before
+    // anything is built.
+    for (name, what) in [
+        ("conditioner.embedders.0.model.ln_final.weight", "refiner"),
+        (
+            "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight",
+            "SD 3",
+        ),
+    ] {
+        let mut tensors = single_file_tensors("sd1_tiny");
+        tensors.push((name.into(), vec![4]));
+        let e = expect_err(load(&paired("sd1_tiny", zeros(&tensors), true)));
+        assert_eq!(e.code(), "unsupported_model", "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+    }
 }
 
 #[test]

@@ -787,6 +787,128 @@ def make_turbo(fix: Path):
     save_file(refs, str(out_dir / "reference.safetensors"))
 
 
+def make_sdxl(fix: Path):
+    """A tiny SDXL-like pipeline (`sdxl_tiny/`): two text encoders (a CLIP-L-like one and a
+    bigG-like one with its projection, of different widths), the size and crop conditioning
+    added to the time embedding (`addition_embed_type` "text_time"), one and two transformer
+    layers per block, the SDXL VAE's scaling factor, Euler with leading spacing as SDXL base
+    ships it. tokenizer_2 pads with "!" as SDXL's does. References: the pipeline's embeddings,
+    time ids, one UNet call, and images with a negative prompt and without one (which
+    `force_zeros_for_empty_prompt` turns into zeros). Weights are stored as f16."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    out = fix / "sdxl_tiny"
+    if out.exists():
+        shutil.rmtree(out)
+    log("== sdxl_tiny")
+    tok_dir = fix / "tokenizer"
+    tok = CLIPTokenizer.from_pretrained(str(tok_dir))
+    tok2_dir = out / "tokenizer_2"
+    shutil.copytree(tok_dir, tok2_dir)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        cfg = json.loads((tok2_dir / name).read_text())
+        cfg["pad_token"] = "!" if isinstance(cfg.get("pad_token"), str) or name == "special_tokens_map.json" else {**cfg["pad_token"], "content": "!"}
+        write_json(tok2_dir / name, cfg)
+    (tok2_dir / "tokenizer.json").unlink()  # vocab.json + merges.txt carry it; the pad lives in the config
+    tok2 = CLIPTokenizer.from_pretrained(str(tok2_dir))
+    assert tok2.pad_token_id == 0, tok2.pad_token_id
+
+    def text_config(hidden, act, projection):
+        return CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden + 5,
+                              num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=MAX_LEN,
+                              hidden_act=act, projection_dim=projection, bos_token_id=tok.bos_token_id,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, layer_norm_eps=1e-5)
+
+    torch.manual_seed(5000)
+    te1 = CLIPTextModel(text_config(32, "quick_gelu", 32)).eval()
+    reinit_(te1, 5001)
+    te2 = CLIPTextModelWithProjection(text_config(48, "gelu", 24)).eval()
+    reinit_(te2, 5002)
+    torch.manual_seed(5010)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), cross_attention_dim=32 + 48,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + 24, norm_num_groups=32,
+    ).eval()
+    reinit_(unet, 5011, out_gain={"conv_out": 0.5})
+    torch.manual_seed(5020)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(16, 16, 32, 32), layers_per_block=1,
+        latent_channels=4, norm_num_groups=8, sample_size=64, scaling_factor=0.13025,
+    ).eval()
+    reinit_(vae, 5021, out_gain={"decoder.conv_out": 0.5})
+    # Stored as f16 (as SDXL's fp16 variants are), the references computed in f32 from the
+    # rounded weights: half the bytes in git.
+    for model in (te1, te2, unet, vae):
+        round_to_f16_(model)
+    scheduler = EulerDiscreteScheduler(**SD_BETAS, steps_offset=1, prediction_type="epsilon",
+                                       timestep_spacing="leading", interpolation_type="linear")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2,
+                                     unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    refs = {}
+    embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(PROMPT, negative_prompt=NEGATIVE_PROMPT,
+                                                               do_classifier_free_guidance=True)
+    refs["prompt_embeds"] = torch.cat([neg_embeds, embeds])
+    refs["pooled_embeds"] = torch.cat([neg_pooled, pooled])
+    # diffusers zeroes the negative embeddings where no negative prompt is given (None); the
+    # runtime takes an empty one for none.
+    _, zero_embeds, _, zero_pooled = pipe.encode_prompt(PROMPT, negative_prompt=None, do_classifier_free_guidance=True)
+    assert not zero_embeds.any() and not zero_pooled.any(), "force_zeros_for_empty_prompt"
+    time_ids = torch.tensor([[HEIGHT, WIDTH, 0, 0, HEIGHT, WIDTH]], dtype=torch.float32)
+    refs["time_ids"] = time_ids
+    g = torch.Generator().manual_seed(5030)
+    sample = torch.randn((2, 4, 8, 8), generator=g)
+    refs["unet_sample"] = sample
+    refs["unet_out"] = unet(sample, torch.tensor([UNET_TIMESTEP]), refs["prompt_embeds"],
+                            added_cond_kwargs={"text_embeds": refs["pooled_embeds"], "time_ids": time_ids.repeat(2, 1)}).sample
+    refs["latents"] = torch.randn((1, 4, 8, 8), generator=g)
+    for key, negative, steps in (("image", NEGATIVE_PROMPT, STEPS), ("image_empty_negative", None, 4)):
+        image = pipe(PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=GUIDANCE,
+                     latents=refs["latents"].clone(), height=HEIGHT, width=WIDTH, output_type="np").images
+        refs[key] = torch.from_numpy(np.asarray(image, dtype=np.float32))
+        log(f"  {key}: mean {float(image.mean()):.3f}, timesteps {pipe.scheduler.timesteps.tolist()}")
+
+    pipe.to(torch.float16)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    pipe.to(torch.float32)
+    shutil.rmtree(out / "tokenizer")
+    shutil.copytree(tok_dir, out / "tokenizer")
+    # As every real SDXL repository names them: `text_model.` inside both text encoders (the
+    # projection of the second at the root).
+    for folder in ("text_encoder", "text_encoder_2"):
+        path = out / folder / "model.safetensors"
+        sd = load_file(str(path))
+        sd = {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v.contiguous() for k, v in sd.items()}
+        save_file(sd, str(path), metadata={"format": "pt"})
+    refs = {k: v.to(torch.float32).contiguous() for k, v in refs.items()}
+    save_file(refs, str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "guidance_scale": GUIDANCE,
+        "num_inference_steps": STEPS, "empty_negative_steps": 4, "height": HEIGHT, "width": WIDTH,
+        "unet_timestep": UNET_TIMESTEP,
+        "notes": "image = StableDiffusionXLPipeline(prompt, negative_prompt, steps, guidance, latents, 64x64, "
+                 "output_type='np'); image_empty_negative the same with no negative prompt (zeros, "
+                 "force_zeros_for_empty_prompt) and 4 steps. prompt_embeds / pooled_embeds: [negative; positive]. "
+                 "unet_out: one call at unet_timestep on unet_sample with prompt_embeds, pooled_embeds and time_ids.",
+    })
+    reloaded = StableDiffusionXLPipeline.from_pretrained(str(out), torch_dtype=torch.float32)
+    reloaded.set_progress_bar_config(disable=True)
+    again = reloaded(PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                     latents=refs["latents"].clone(), height=HEIGHT, width=WIDTH, output_type="np").images
+    err = float(np.abs(again - refs["image"].numpy()).max())
+    log(f"  reload check image max|diff| {err:.3g}")
+    assert err < 1e-5, err
+
+
 def make_inpaint(fix: Path):
     """A tiny 9-channel inpainting UNet (latents, mask, masked-image latents) with the tiny
     SD 1.x text encoder and VAE, through StableDiffusionInpaintPipeline. diffusers samples the
@@ -1093,7 +1215,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1127,6 +1249,9 @@ def main():
         return
     if args.only == "img2img":
         make_img2img(fix)
+        return
+    if args.only == "sdxl":
+        make_sdxl(fix)
         return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():

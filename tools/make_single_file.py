@@ -4,16 +4,17 @@
 Developer-side (not run by cargo); needs torch, diffusers, transformers and safetensors at
 tools/requirements.txt's pins. Writes, under tests/fixtures/single_file/:
 
-* `sd1_tiny.json`, `sd2_tiny.json`: how the tiny diffusers fixtures' tensors are named in a
+* `sd1_tiny.json`, `sd2_tiny.json`, `sdxl_tiny.json`: how the tiny diffusers fixtures' tensors are named in a
   single-file checkpoint of the original layout (`model.diffusion_model.*`,
   `first_stage_model.*`, `cond_stage_model.*`), in file order, plus the extra tensors such
   files carry and no diffusers model uses (the noise schedule's buffers, SD 2's unused last
   text layer and text projection, SD 1's `position_ids`). The test assembles the checkpoint
   from the diffusers folder with this list, so git holds the names, not a second copy of the
   weights.
-* `sd15_shapes.json`, `sd21_shapes.json`: every tensor name and shape of full-size SD 1.5 and
-  SD 2.1 checkpoints (no values), built on PyTorch's meta device from the configs in
-  tests/fixtures/configs/, so the runtime's config inference is checked at full size.
+* `sd15_shapes.json`, `sd21_shapes.json`, `sdxl_shapes.json`: every tensor name and shape of
+  full-size SD 1.5, SD 2.1 and SDXL base checkpoints (no values), built on PyTorch's meta
+  device from the configs in tests/fixtures/configs/ (SDXL's written here from its published
+  values), so the runtime's config inference is checked at full size.
 
 The LDM names are this script's own mapping, and are checked against diffusers' own
 single-file converters (`diffusers.loaders.single_file_utils`): for the tiny models every
@@ -78,6 +79,8 @@ def unet_ldm_name(name: str, config: dict) -> str:
     blocks = len(config["block_out_channels"])
     if m := re.fullmatch(r"time_embedding\.linear_([12])\.(.*)", name):
         return f"time_embed.{0 if m[1] == '1' else 2}.{m[2]}"
+    if m := re.fullmatch(r"add_embedding\.linear_([12])\.(.*)", name):  # SDXL's
+        return f"label_emb.0.{0 if m[1] == '1' else 2}.{m[2]}"
     if name.startswith("conv_in."):
         return "input_blocks.0.0." + name[len("conv_in."):]
     if name.startswith("conv_norm_out."):
@@ -177,11 +180,17 @@ def tiny(name: str, out: Path) -> None:
     folder = FIXTURES / name
     cfg = lambda c: json.loads((folder / c / ("scheduler_config.json" if c == "scheduler" else "config.json")).read_text())
     unet_cfg, vae_cfg, sched_cfg = cfg("unet"), cfg("vae"), cfg("scheduler")
-    unet, vae, text = (load_component(folder, c) for c in ("unet", "vae", "text_encoder"))
-    text = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.items()}
-    open_clip = unet_cfg["cross_attention_dim"] != 768 and name.startswith("sd2")
+    xl = name.startswith("sdxl")
+    components = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if xl else ())
+    sources = {c: load_component(folder, c) for c in components}
+    for c in components:
+        if c.startswith("text_encoder"):
+            sources[c] = {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v
+                          for k, v in sources[c].items()}
+    unet, vae, text = sources["unet"], sources["vae"], sources["text_encoder"]
+    open_clip = name.startswith("sd2")
 
-    entries = []  # [LDM name, component, [diffusers names]]
+    entries = []  # [LDM name, component, [diffusers names]] (+ "transposed")
     for k in unet:
         entries.append(["model.diffusion_model." + unet_ldm_name(k, unet_cfg), "unet", [k]])
     for k in vae:
@@ -193,36 +202,40 @@ def tiny(name: str, out: Path) -> None:
         # SD 2 runs OpenCLIP's penultimate layer: the file holds one more, never used, and
         # the projection to the image-text space, which the UNet never sees.
         hidden = text["text_model.final_layer_norm.weight"].shape[0]
-        ffn = text["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
-        last = f"cond_stage_model.model.transformer.resblocks.{layers}."
-        extras.update({
-            last + "attn.in_proj_weight": [3 * hidden, hidden], last + "attn.in_proj_bias": [3 * hidden],
-            last + "attn.out_proj.weight": [hidden, hidden], last + "attn.out_proj.bias": [hidden],
-            last + "ln_1.weight": [hidden], last + "ln_1.bias": [hidden],
-            last + "ln_2.weight": [hidden], last + "ln_2.bias": [hidden],
-            last + "mlp.c_fc.weight": [ffn, hidden], last + "mlp.c_fc.bias": [ffn],
-            last + "mlp.c_proj.weight": [hidden, ffn], last + "mlp.c_proj.bias": [hidden],
-            "cond_stage_model.model.text_projection": [hidden, hidden],
-            "cond_stage_model.model.logit_scale": [],
-        })
+        extras.update(open_clip_layer_shapes(f"cond_stage_model.model.transformer.resblocks.{layers}.", hidden,
+                                             text["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]))
+        extras["cond_stage_model.model.text_projection"] = [hidden, hidden]
+        extras["cond_stage_model.model.logit_scale"] = []
     else:
+        # SD 1's CLIP ViT-L, or SDXL's first encoder, keep transformers' names.
+        prefix = "conditioner.embedders.0.transformer." if xl else "cond_stage_model.transformer."
         for k in text:
             if k.endswith("position_ids"):
-                extras["cond_stage_model.transformer." + k] = list(text[k].shape)
                 continue
-            entries.append(["cond_stage_model.transformer." + k, "text_encoder", [k]])
+            entries.append([prefix + k, "text_encoder", [k]])
+        extras[prefix + "text_model.embeddings.position_ids"] = [1, 77]
+    if xl:
+        # SDXL's second encoder: OpenCLIP ViT-bigG, every layer kept (the pipeline takes the
+        # penultimate one), its projection stored the other way round.
+        text2 = sources["text_encoder_2"]
+        prefix = "conditioner.embedders.1.model."
+        clip_entries, _ = open_clip_entries(text2, prefix)
+        entries += [[ldm, "text_encoder_2", hf] for ldm, hf in clip_entries]
+        entries.append([prefix + "text_projection", "text_encoder_2", ["text_projection.weight"], "transposed"])
+        extras[prefix + "logit_scale"] = []
 
     # The checkpoint as this script names it, values from the diffusers folder.
-    sources = {"unet": unet, "vae": vae, "text_encoder": text}
     ckpt = {}
-    for ldm, comp, hf in entries:
+    for ldm, comp, hf, *how in entries:
         parts = [sources[comp][h].float() for h in hf]
         value = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+        if how == ["transposed"]:
+            value = value.T.contiguous()
         ckpt[ldm] = vae_ldm_tensor(ldm, value) if comp == "vae" else value
     for ldm, shape in extras.items():
         ckpt[ldm] = torch.zeros(shape)
 
-    check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, text)
+    check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, xl)
     out.mkdir(parents=True, exist_ok=True)
     about = (f"tests/fixtures/{name} as a single-file checkpoint in the original LDM layout: "
              "made and checked against diffusers' converters by tools/make_single_file.py")
@@ -235,20 +248,35 @@ def tiny(name: str, out: Path) -> None:
     print(f"{name}: {len(entries)} tensors, {len(extras)} extras, checked against diffusers")
 
 
-def check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, text):
-    from diffusers.loaders import single_file_utils as su
-    from transformers import CLIPTextConfig, CLIPTextModel
+def open_clip_layer_shapes(prefix: str, d: int, ffn: int) -> dict[str, list[int]]:
+    """The tensors of one OpenCLIP transformer layer, by name."""
+    return {prefix + k: s for k, s in (
+        ("attn.in_proj_weight", [3 * d, d]), ("attn.in_proj_bias", [3 * d]),
+        ("attn.out_proj.weight", [d, d]), ("attn.out_proj.bias", [d]),
+        ("ln_1.weight", [d]), ("ln_1.bias", [d]), ("ln_2.weight", [d]), ("ln_2.bias", [d]),
+        ("mlp.c_fc.weight", [ffn, d]), ("mlp.c_fc.bias", [ffn]),
+        ("mlp.c_proj.weight", [d, ffn]), ("mlp.c_proj.bias", [d]))}
 
-    unet = su.convert_ldm_unet_checkpoint(ckpt, unet_cfg)
-    vae = su.convert_ldm_vae_checkpoint(ckpt, vae_cfg)
+
+def check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, xl):
+    from diffusers.loaders import single_file_utils as su
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    prefixed = lambda d: {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v for k, v in d.items()}
+    converted = {
+        "unet": su.convert_ldm_unet_checkpoint(ckpt, unet_cfg),
+        "vae": su.convert_ldm_vae_checkpoint(ckpt, vae_cfg),
+    }
     if open_clip:
-        folder = FIXTURES / name / "text_encoder"
-        model = CLIPTextModel(CLIPTextConfig.from_pretrained(folder))
-        converted = su.convert_open_clip_checkpoint(model, ckpt)
+        model = CLIPTextModel(CLIPTextConfig.from_pretrained(FIXTURES / name / "text_encoder"))
+        converted["text_encoder"] = prefixed(su.convert_open_clip_checkpoint(model, ckpt))
+    elif xl:
+        converted["text_encoder"] = prefixed(su.convert_ldm_clip_checkpoint(ckpt, remove_prefix="conditioner.embedders.0.transformer."))
+        model = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(FIXTURES / name / "text_encoder_2"))
+        converted["text_encoder_2"] = prefixed(su.convert_open_clip_checkpoint(model, ckpt, prefix="conditioner.embedders.1.model."))
     else:
-        converted = su.convert_ldm_clip_checkpoint(ckpt)
-    converted = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in converted.items()}
-    for comp, got in (("unet", unet), ("vae", vae), ("text_encoder", converted)):
+        converted["text_encoder"] = prefixed(su.convert_ldm_clip_checkpoint(ckpt))
+    for comp, got in converted.items():
         want = sources[comp]
         for k, v in want.items():
             if k.endswith("position_ids"):
@@ -256,50 +284,91 @@ def check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, t
             assert k in got, f"{name}: diffusers' converter produced no {comp} tensor {k}"
             g = got[k].float().reshape(v.shape)
             assert torch.equal(g, v.float()), f"{name}: {comp} tensor {k} differs after conversion"
-        extra = sorted(set(got) - set(want))
+        extra = sorted(k for k in set(got) - set(want) if not k.endswith("position_ids"))
         # Only SD 2's last OpenCLIP layer (diffusers drops it by index 23, i.e. at full size).
         assert all(re.search(r"encoder\.layers\.\d+\.", k) for k in extra), extra
+
+
+# SDXL base 1.0's published configs (stabilityai/stable-diffusion-xl-base-1.0: unet/,
+# text_encoder_2/ and vae/config.json; its text_encoder/ is SD 1.5's CLIP ViT-L), the values
+# that differ from diffusers' and transformers' defaults. Written to tests/fixtures/configs/
+# by `sdxl_configs`, as make_fixtures.py writes SD 1.5's and SD 2.1's.
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280], layers_per_block=2,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20], cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+)
+SDXL_TEXT_2 = dict(
+    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+    max_position_embeddings=77, hidden_act="gelu", projection_dim=1280, layer_norm_eps=1e-5,
+)
+
+
+def sdxl_configs(configs: Path) -> None:
+    import shutil
+    import tempfile
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    with torch.device("meta"), tempfile.TemporaryDirectory() as td:
+        UNet2DConditionModel(**SDXL_UNET).save_config(td)
+        shutil.copy(Path(td) / "config.json", configs / "sdxl_unet.json")
+        vae = json.loads((configs / "sd15_vae.json").read_text())
+        AutoencoderKL.from_config({**vae, "scaling_factor": 0.13025}).save_config(td)
+        shutil.copy(Path(td) / "config.json", configs / "sdxl_vae.json")
+    text = CLIPTextConfig(**SDXL_TEXT_2, architectures=["CLIPTextModelWithProjection"]).to_dict()
+    (configs / "sdxl_text_encoder_2.json").write_text(json.dumps(text, indent=2, sort_keys=True) + "\n")
 
 
 def full_size(out: Path) -> None:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders import single_file_utils as su
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     configs = FIXTURES / "configs"
-    for tag, family in (("sd15", "v1"), ("sd21", "v2")):
+    sdxl_configs(configs)
+    prefixed = lambda d: {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v for k, v in d.items()}
+    for tag, family in (("sd15", "v1"), ("sd21", "v2"), ("sdxl", "xl_base")):
         unet_cfg = json.loads((configs / f"{tag}_unet.json").read_text())
-        vae_cfg = json.loads((configs / "sd15_vae.json").read_text())
-        text_cfg = CLIPTextConfig.from_pretrained(configs / f"{tag}_text_encoder.json")
+        vae_cfg = json.loads((configs / ("sdxl_vae.json" if tag == "sdxl" else "sd15_vae.json")).read_text())
+        text_cfg = CLIPTextConfig.from_pretrained(configs / ("sd15_text_encoder.json" if tag == "sdxl" else f"{tag}_text_encoder.json"))
         with torch.device("meta"):
             unet = UNet2DConditionModel.from_config(unet_cfg).state_dict()
             vae = AutoencoderKL.from_config(vae_cfg).state_dict()
-            text = CLIPTextModel(text_cfg).state_dict()
-        text = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.items()}
+            text = prefixed(CLIPTextModel(text_cfg).state_dict())
+            if tag == "sdxl":
+                text_2 = prefixed(CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(configs / "sdxl_text_encoder_2.json")).state_dict())
         shapes = {}
         for k, v in unet.items():
             shapes["model.diffusion_model." + unet_ldm_name(k, unet_cfg)] = list(v.shape)
         for k, v in vae.items():
             ldm = "first_stage_model." + vae_ldm_name(k, vae_cfg)
             shapes[ldm] = list(vae_ldm_tensor(ldm, torch.empty(v.shape, device="meta")).shape)
+        open_clip = []
         if family == "v2":
-            entries, layers = open_clip_entries(text, "cond_stage_model.model.")
-            for ldm, hf in entries:
-                rows = sum(text[h].shape[0] for h in hf)
-                shapes[ldm] = [rows, *text[hf[0]].shape[1:]]
-            d, ffn = text_cfg.hidden_size, text_cfg.intermediate_size
-            last = f"cond_stage_model.model.transformer.resblocks.{layers}."
-            for k, s in (("attn.in_proj_weight", [3 * d, d]), ("attn.in_proj_bias", [3 * d]),
-                         ("attn.out_proj.weight", [d, d]), ("attn.out_proj.bias", [d]),
-                         ("ln_1.weight", [d]), ("ln_1.bias", [d]), ("ln_2.weight", [d]), ("ln_2.bias", [d]),
-                         ("mlp.c_fc.weight", [ffn, d]), ("mlp.c_fc.bias", [ffn]),
-                         ("mlp.c_proj.weight", [d, ffn]), ("mlp.c_proj.bias", [d])):
-                shapes[last + k] = s
-            shapes["cond_stage_model.model.text_projection"] = [d, d]
-            shapes["cond_stage_model.model.logit_scale"] = []
+            open_clip.append(("cond_stage_model.model.", text, True))
         else:
+            prefix = "conditioner.embedders.0.transformer." if tag == "sdxl" else "cond_stage_model.transformer."
             for k, v in text.items():
-                shapes["cond_stage_model.transformer." + k] = list(v.shape)
+                shapes[prefix + k] = list(v.shape)
+        if tag == "sdxl":
+            open_clip.append(("conditioner.embedders.1.model.", text_2, False))
+        for prefix, model, extra_layer in open_clip:
+            entries, layers = open_clip_entries(model, prefix)
+            for ldm, hf in entries:
+                rows = sum(model[h].shape[0] for h in hf)
+                shapes[ldm] = [rows, *model[hf[0]].shape[1:]]
+            d = model["text_model.final_layer_norm.weight"].shape[0]
+            if extra_layer:  # SD 2's unused last layer
+                ffn = model["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
+                shapes.update(open_clip_layer_shapes(f"{prefix}transformer.resblocks.{layers}.", d, ffn))
+            projection = model.get("text_projection.weight")
+            shapes[prefix + "text_projection"] = [d, d] if projection is None else list(projection.shape[::-1])
+            shapes[prefix + "logit_scale"] = []
         for k, s in schedule_buffers({"num_train_timesteps": 1000}).items():
             shapes[k] = s
         meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
@@ -327,7 +396,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=FIXTURES / "single_file")
     args = parser.parse_args()
-    for name in ("sd1_tiny", "sd2_tiny"):
+    for name in ("sd1_tiny", "sd2_tiny", "sdxl_tiny"):
         tiny(name, args.out)
     full_size(args.out)
 

@@ -17,12 +17,19 @@ const REQUIRED = [
   "vae/diffusion_pytorch_model.safetensors",
 ];
 // A tokenizer comes as vocab.json and merges.txt or as one tokenizer.json: the second is
-// asked for only where the first two are missing.
+// asked for only where the first two are missing. SDXL has two of each.
 const OPTIONAL = [
   "tokenizer/tokenizer_config.json",
   "tokenizer/vocab.json",
   "tokenizer/merges.txt",
   "tokenizer/tokenizer.json",
+  // SDXL's second text encoder and its tokenizer.
+  "text_encoder_2/config.json",
+  "text_encoder_2/model.safetensors",
+  "tokenizer_2/tokenizer_config.json",
+  "tokenizer_2/vocab.json",
+  "tokenizer_2/merges.txt",
+  "tokenizer_2/tokenizer.json",
   "vae_tiny/config.json",
   "vae_tiny/diffusion_pytorch_model.safetensors",
   "lina_predictor.json",
@@ -35,7 +42,7 @@ const CHECKPOINT = "checkpoint.safetensors";
 // its own weights (and the tiny VAE, whose weights those would be) are not read.
 const besideCheckpoint = (path) => !path.endsWith(".safetensors") && !path.startsWith("vae_tiny/");
 
-const COMPONENT_FILE = /^((scheduler|text_encoder|tokenizer|unet|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)|lina_predictor\.json)$/;
+const COMPONENT_FILE = /^((scheduler|text_encoder|text_encoder_2|tokenizer|tokenizer_2|unet|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)|lina_predictor\.json|model_index\.json)$/;
 
 // An Error with one of the API's codes (lina.d.ts), for the failures found on this side.
 const failure = (code, message) => Object.assign(new Error(message), { code });
@@ -230,10 +237,13 @@ async function loadFromUrl(loader, url, { single, ...options }) {
   // A diffusers folder's model_index.json names its components: an optional folder it does
   // not name (vae_tiny/, unless it is listed) is not asked for, since each miss is a 404 in
   // the browser's console. A folder without the index gets every optional file tried.
-  const components = await componentsOf(url, signal);
+  const { components, bytes: index } = await componentsOf(url, signal);
+  // The runtime reads its settings too (SDXL's force_zeros_for_empty_prompt).
+  if (index) loader.addFile("model_index.json", index);
   const found = new Set();
   const wanted = (path) => {
-    if (path === "tokenizer/tokenizer.json") return !(found.has("tokenizer/vocab.json") && found.has("tokenizer/merges.txt"));
+    const tokenizerJson = /^(tokenizer(_2)?)\/tokenizer\.json$/.exec(path);
+    if (tokenizerJson) return !(found.has(`${tokenizerJson[1]}/vocab.json`) && found.has(`${tokenizerJson[1]}/merges.txt`));
     const folder = path.includes("/") ? path.slice(0, path.indexOf("/")) : null;
     return REQUIRED.includes(path) || components === null || folder === null || components.has(folder);
   };
@@ -275,23 +285,25 @@ async function loadCheckpoint(loader, checkpoint, { signal, progress, ...options
   return fetched.stored();
 }
 
-// The components a folder's model_index.json names, or null where it has none (or one that
-// does not parse: the files themselves then say what the folder holds).
+// The components a folder's model_index.json names, and its bytes; nulls where it has none
+// (or one that does not parse: the files themselves then say what the folder holds).
 async function componentsOf(url, signal) {
+  const none = { components: null, bytes: null };
   let response;
   try {
     response = await fetch(`${url}model_index.json`, { cache: "no-store", signal });
   } catch (error) {
     if (signal.aborted) throw cancelled("loading cancelled");
-    return null;
+    return none;
   }
   const html = (response.headers.get("content-type") ?? "").includes("text/html");
-  if (!response.ok || html) return null;
+  if (!response.ok || html) return none;
   try {
-    const index = await response.json();
-    return typeof index === "object" && index !== null ? new Set(Object.keys(index)) : null;
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    const index = JSON.parse(new TextDecoder().decode(bytes));
+    return typeof index === "object" && index !== null ? { components: new Set(Object.keys(index)), bytes } : none;
   } catch {
-    return null;
+    return none;
   }
 }
 

@@ -12,6 +12,8 @@ use crate::views::Columns;
 use crate::weights::{Scope, Weights};
 
 pub const CONFIG_FILE: &str = "text_encoder/config.json";
+/// SDXL's second text encoder (`CLIPTextModelWithProjection`).
+pub const CONFIG_FILE_2: &str = "text_encoder_2/config.json";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipTextConfig {
@@ -25,6 +27,14 @@ pub struct ClipTextConfig {
     pub hidden_act: String,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// Where the pooled output is read: the first position of this id, or, for the legacy
+    /// value 2 (as CLIP's original configs have it) or none, the position of the largest id
+    /// (the end token, which has the largest id of CLIP's vocabulary).
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    /// The width of `text_projection` (`CLIPTextModelWithProjection`).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
 }
 
 fn default_act() -> String {
@@ -36,31 +46,26 @@ fn default_eps() -> f64 {
 
 impl ClipTextConfig {
     pub fn from_json(json: &str) -> Result<Self> {
-        let c: Self = parse(CONFIG_FILE, json)?;
-        check_size(CONFIG_FILE, "vocab_size", c.vocab_size, 1 << 20)?;
-        check_size(CONFIG_FILE, "hidden_size", c.hidden_size, 1 << 14)?;
+        Self::from_file(CONFIG_FILE, json)
+    }
+
+    /// [`ClipTextConfig::from_json`] for the config at `file` (errors name it).
+    pub fn from_file(file: &str, json: &str) -> Result<Self> {
+        let c: Self = parse(file, json)?;
+        check_size(file, "vocab_size", c.vocab_size, 1 << 20)?;
+        check_size(file, "hidden_size", c.hidden_size, 1 << 14)?;
+        check_size(file, "intermediate_size", c.intermediate_size, 1 << 16)?;
+        check_size(file, "num_hidden_layers", c.num_hidden_layers, 256)?;
+        check_size(file, "num_attention_heads", c.num_attention_heads, 256)?;
         check_size(
-            CONFIG_FILE,
-            "intermediate_size",
-            c.intermediate_size,
-            1 << 16,
-        )?;
-        check_size(CONFIG_FILE, "num_hidden_layers", c.num_hidden_layers, 256)?;
-        check_size(
-            CONFIG_FILE,
-            "num_attention_heads",
-            c.num_attention_heads,
-            256,
-        )?;
-        check_size(
-            CONFIG_FILE,
+            file,
             "max_position_embeddings",
             c.max_position_embeddings,
             1 << 14,
         )?;
         if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(Error::config(
-                CONFIG_FILE,
+                file,
                 "`hidden_size` is not a multiple of `num_attention_heads`",
             ));
         }
@@ -135,6 +140,9 @@ impl EncoderLayer {
 
 pub struct ClipTextEncoder {
     config: ClipTextConfig,
+    /// `CLIPTextModelWithProjection`'s `text_projection` (SDXL's second encoder): the pooled
+    /// output's projection, and its width.
+    projection: Option<(Linear, usize)>,
     activation: Activation,
     token_embedding: Embedding,
     position_embedding: Embedding,
@@ -186,6 +194,15 @@ impl ClipTextEncoder {
             )?,
             layers,
             final_norm: LayerNorm::load(&w.at("final_layer_norm"), d, config.layer_norm_eps)?,
+            // At the file's root, beside `text_model.`.
+            projection: weights
+                .contains("text_projection.weight")
+                .then(|| {
+                    let width = config.projection_dim.unwrap_or(d);
+                    Linear::load(&weights.root().at("text_projection"), d, width, false)
+                        .map(|linear| (linear, width))
+                })
+                .transpose()?,
             device: weights.device().clone(),
             config,
         })
@@ -200,6 +217,17 @@ impl ClipTextEncoder {
     /// `clip_skip` follows diffusers: 0 gives the last layer's output; k > 0 stops k layers
     /// before the end. The final layer norm is applied in both cases.
     pub fn forward(&self, ids: &[Vec<u32>], clip_skip: usize) -> Result<Tensor<3>> {
+        self.check(ids, clip_skip)?;
+        let mut x = self.embed(ids);
+        let heads = self.config.num_attention_heads;
+        for layer in &self.layers[..self.layers.len() - clip_skip] {
+            x = layer.forward(x, heads, self.activation);
+        }
+        Ok(self.final_norm.forward(x))
+    }
+
+    /// Refuses ids the encoder cannot take, and a `clip_skip` that leaves no layer.
+    fn check(&self, ids: &[Vec<u32>], clip_skip: usize) -> Result<()> {
         let batch = ids.len();
         let len = ids.first().map_or(0, Vec::len);
         if batch == 0 || len == 0 || ids.iter().any(|row| row.len() != len) {
@@ -225,17 +253,78 @@ impl ClipTextEncoder {
                 "token id {bad} is outside the vocabulary of {rows}"
             )));
         }
+        Ok(())
+    }
+
+    /// What SDXL's pipelines take from each text encoder: the hidden states `clip_skip + 1`
+    /// layers before the end, without the final layer norm [B, L, hidden], and the pooled
+    /// output: the final layer-normed state at the end token, through `text_projection`
+    /// where the encoder has one [B, projection or hidden].
+    pub fn penultimate_and_pooled(
+        &self,
+        ids: &[Vec<u32>],
+        clip_skip: usize,
+    ) -> Result<(Tensor<3>, Tensor<2>)> {
+        // One layer deeper than `forward` would stop: the penultimate layer.
+        self.check(ids, clip_skip + 1)?;
+        let mut x = self.embed(ids);
+        let heads = self.config.num_attention_heads;
+        let keep = self.layers.len() - clip_skip - 1;
+        let mut kept = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i == keep {
+                kept = Some(x.clone());
+            }
+            x = layer.forward(x, heads, self.activation);
+        }
+        let last = self.final_norm.forward(x);
+        let [batch, _, width] = last.dims();
+        let rows = ids
+            .iter()
+            .enumerate()
+            .map(|(b, row)| {
+                let at = self.pooled_position(row);
+                last.clone()
+                    .slice([b..b + 1, at..at + 1, 0..width])
+                    .reshape([1, width])
+            })
+            .collect::<Vec<_>>();
+        let mut pooled = Tensor::cat(rows, 0);
+        if let Some((projection, _)) = &self.projection {
+            pooled = projection.forward(pooled);
+        }
+        debug_assert_eq!(pooled.dims()[0], batch);
+        Ok((kept.expect("at least one layer"), pooled))
+    }
+
+    /// The width of [`ClipTextEncoder::penultimate_and_pooled`]'s pooled output.
+    pub fn pooled_width(&self) -> usize {
+        self.projection
+            .as_ref()
+            .map_or(self.config.hidden_size, |(_, width)| *width)
+    }
+
+    /// transformers' rule for the pooled position (see [`ClipTextConfig::eos_token_id`]).
+    fn pooled_position(&self, ids: &[u32]) -> usize {
+        let largest = || {
+            let max = ids.iter().copied().max().unwrap_or(0);
+            ids.iter().position(|&id| id == max).unwrap_or(0)
+        };
+        match self.config.eos_token_id {
+            None | Some(2) => largest(),
+            Some(eos) => ids.iter().position(|&id| id == eos).unwrap_or_else(largest),
+        }
+    }
+
+    /// Token plus position embeddings of a checked batch of ids, [B, L, hidden].
+    fn embed(&self, ids: &[Vec<u32>]) -> Tensor<3> {
+        let (batch, len) = (ids.len(), ids[0].len());
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let positions: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
         let shape = [batch, len];
-        let mut x = self.token_embedding.forward(&flat, shape, &self.device)
+        self.token_embedding.forward(&flat, shape, &self.device)
             + self
                 .position_embedding
-                .forward(&positions, shape, &self.device);
-        let heads = self.config.num_attention_heads;
-        for layer in &self.layers[..self.layers.len() - clip_skip] {
-            x = layer.forward(x, heads, self.activation);
-        }
-        Ok(self.final_norm.forward(x))
+                .forward(&positions, shape, &self.device)
     }
 }

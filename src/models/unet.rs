@@ -57,8 +57,16 @@ pub struct UNetConfig {
     pub only_cross_attention: PerBlockBool,
     #[serde(default)]
     pub class_embed_type: Option<String>,
+    /// `"text_time"` (SDXL): the pooled text embedding and six size/crop numbers, embedded
+    /// and added to the time embedding.
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// The sinusoid width of each of SDXL's six size/crop numbers.
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// The width of SDXL's added input: the pooled text embedding and the six sinusoids.
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
     #[serde(default)]
     pub time_cond_proj_dim: Option<usize>,
     #[serde(default = "d_shift")]
@@ -203,11 +211,38 @@ impl UNetConfig {
                 &self.class_embed_type,
             ));
         }
-        if self.addition_embed_type.is_some() {
-            return Err(Self::unsupported(
-                "addition_embed_type",
-                &self.addition_embed_type,
-            ));
+        match (self.addition_embed_type.as_deref(), self.text_time_dims()) {
+            (None, _) => {}
+            (Some("text_time"), Some((time, input))) => {
+                check_size(f, "addition_time_embed_dim", time, 4096)?;
+                check_size(f, "projection_class_embeddings_input_dim", input, 1 << 16)?;
+                if input <= 6 * time {
+                    return Err(Error::config(
+                        f,
+                        format!(
+                            "projection_class_embeddings_input_dim {input} leaves no room for the pooled text embedding beside 6 x addition_time_embed_dim {time}"
+                        ),
+                    ));
+                }
+                if self.time_cond_proj_dim.is_some() {
+                    return Err(Self::unsupported(
+                        "time_cond_proj_dim with addition_embed_type",
+                        true,
+                    ));
+                }
+            }
+            (Some("text_time"), None) => {
+                return Err(Error::config(
+                    f,
+                    "addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim",
+                ));
+            }
+            (Some(_), _) => {
+                return Err(Self::unsupported(
+                    "addition_embed_type",
+                    &self.addition_embed_type,
+                ));
+            }
         }
         if let Some(dim) = self.time_cond_proj_dim {
             check_size(CONFIG_FILE, "time_cond_proj_dim", dim, 4096)?;
@@ -247,6 +282,13 @@ impl UNetConfig {
             }
         }
         Ok(())
+    }
+
+    /// SDXL's added conditioning, (`addition_time_embed_dim`,
+    /// `projection_class_embeddings_input_dim`), where the config has both.
+    pub fn text_time_dims(&self) -> Option<(usize, usize)> {
+        self.addition_time_embed_dim
+            .zip(self.projection_class_embeddings_input_dim)
     }
 
     /// Per-level settings, in the order of the down blocks.
@@ -319,6 +361,9 @@ pub struct UNet {
     config: UNetConfig,
     /// LCM-distilled UNets: the embedded guidance scale, added to the timestep features.
     time_cond_proj: Option<Linear>,
+    /// SDXL: the embedding of the pooled text and size/crop input (`add_embedding`), added to
+    /// the time embedding.
+    add_embedding: Option<(Linear, Linear)>,
     time_linear_1: Linear,
     time_linear_2: Linear,
     /// Every ResNet block's time projection, side by side (their biases are in the blocks'
@@ -452,6 +497,13 @@ impl UNet {
                 .time_cond_proj_dim
                 .map(|dim| Linear::load(&w.at("time_embedding.cond_proj"), dim, c0, false))
                 .transpose()?,
+            add_embedding: match config.text_time_dims() {
+                Some((_, input)) if config.addition_embed_type.is_some() => Some((
+                    Linear::load(&w.at("add_embedding.linear_1"), input, temb_dim, true)?,
+                    Linear::load(&w.at("add_embedding.linear_2"), temb_dim, temb_dim, true)?,
+                )),
+                _ => None,
+            },
             time_linear_1: Linear::load(&w.at("time_embedding.linear_1"), c0, temb_dim, true)?,
             time_linear_2: Linear::load(
                 &w.at("time_embedding.linear_2"),
@@ -497,16 +549,37 @@ impl UNet {
         ))
     }
 
-    /// Sinusoidal embedding of one timestep per batch row, as diffusers' `Timesteps`
-    /// computes it (f32 throughout), [B, block_out_channels[0]].
-    fn timestep_features(&self, timestep: f64, batch: usize) -> Tensor<2> {
-        let dim = self.config.block_out_channels[0];
+    /// Whether the UNet takes SDXL's pooled text and size/crop input
+    /// ([`UNet::text_time_input`]).
+    pub fn takes_text_time(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// SDXL's added input for one batch row: its pooled text embedding [1, P] and sinusoids of
+    /// the six numbers (original height and width, crop top and left, target height and
+    /// width), as diffusers' `add_time_proj` computes them, [1, P + 6 x
+    /// addition_time_embed_dim]. `None` for UNets without it.
+    pub fn text_time_input(&self, pooled: Tensor<2>, time_ids: [f64; 6]) -> Option<Tensor<2>> {
+        let (dim, _) = self.config.text_time_dims()?;
+        self.add_embedding.as_ref()?;
+        let sinusoids: Vec<f32> = time_ids
+            .iter()
+            .flat_map(|&v| self.sinusoid(v, dim))
+            .collect();
+        let n = sinusoids.len();
+        let time = Tensor::from_data(TensorData::new(sinusoids, [1, n]), &self.device);
+        Some(Tensor::cat(vec![pooled, time], 1))
+    }
+
+    /// Sinusoidal embedding of `value`, `dim` wide, as diffusers' `Timesteps` computes it
+    /// with this UNet's `flip_sin_to_cos` and `freq_shift` (f32 throughout).
+    fn sinusoid(&self, value: f64, dim: usize) -> Vec<f32> {
         let half = dim / 2;
         let denom = half as f32 - self.config.freq_shift as f32;
         let mut row = vec![0f32; dim];
         for i in 0..half {
             let freq = (-(10000f32.ln()) * i as f32 / denom).exp();
-            let arg = timestep as f32 * freq;
+            let arg = value as f32 * freq;
             let (sin, cos) = (arg.sin(), arg.cos());
             if self.config.flip_sin_to_cos {
                 row[i] = cos;
@@ -516,6 +589,13 @@ impl UNet {
                 row[half + i] = cos;
             }
         }
+        row
+    }
+
+    /// Sinusoidal embedding of one timestep per batch row, [B, block_out_channels[0]].
+    fn timestep_features(&self, timestep: f64, batch: usize) -> Tensor<2> {
+        let dim = self.config.block_out_channels[0];
+        let row = self.sinusoid(timestep, dim);
         let data: Vec<f32> = (0..batch).flat_map(|_| row.iter().copied()).collect();
         Tensor::from_data(TensorData::new(data, [batch, dim]), &self.device)
     }
@@ -526,17 +606,20 @@ impl UNet {
         self.forward_with(x, timestep, context, None)
     }
 
-    /// [`forward`](Self::forward) with a timestep condition [B, time_cond_proj_dim], which
-    /// LCM-distilled UNets add to the timestep features (the embedded guidance scale).
+    /// [`forward`](Self::forward) with the conditioning some UNets add to the time
+    /// embedding, one row per batch row: LCM-distilled UNets' embedded guidance scale [B,
+    /// time_cond_proj_dim] ([`UNet::guidance_embedding`]), or SDXL's pooled text and
+    /// size/crop input [B, projection_class_embeddings_input_dim]
+    /// ([`UNet::text_time_input`]).
     pub fn forward_with(
         &self,
         x: Tensor<4>,
         timestep: f64,
         context: &Tensor<3>,
-        timestep_cond: Option<&Tensor<2>>,
+        added: Option<&Tensor<2>>,
     ) -> Tensor<4> {
         let none = CrossAttentionControl::default();
-        self.forward_controlled(x, timestep, context, timestep_cond, &none, 0)
+        self.forward_controlled(x, timestep, context, added, &none, 0)
             .0
     }
 
@@ -548,19 +631,22 @@ impl UNet {
         x: Tensor<4>,
         timestep: f64,
         context: &Tensor<3>,
-        timestep_cond: Option<&Tensor<2>>,
+        added: Option<&Tensor<2>>,
         control: &CrossAttentionControl,
         row: usize,
     ) -> (Tensor<4>, Option<AttentionRecord>) {
         let [b, _, h, w] = x.dims();
         let mut control = ControlState::new(control, row, [h, w]);
         let mut features = self.timestep_features(timestep, b);
-        if let (Some(proj), Some(cond)) = (&self.time_cond_proj, timestep_cond) {
+        if let (Some(proj), Some(cond)) = (&self.time_cond_proj, added) {
             features = features + proj.forward(cond.clone());
         }
-        let temb = self
+        let mut temb = self
             .time_linear_2
             .forward(silu(self.time_linear_1.forward(features)));
+        if let (Some((first, second)), Some(input)) = (&self.add_embedding, added) {
+            temb = temb + second.forward(silu(first.forward(input.clone())));
+        }
         // Every ResNet block applies SiLU to the embedding and projects it: both happen once
         // here, for all blocks.
         let time = self.time_proj.forward(silu(temb));

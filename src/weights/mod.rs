@@ -172,6 +172,10 @@ impl Weights {
             match route(&name) {
                 Regroup::Drop => {}
                 Regroup::Move { part, name } => place(part, name, resident)?,
+                Regroup::Transpose { part, name } => {
+                    let transposed = transpose_matrix(&name, resident, &self.source)?;
+                    place(part, name, transposed)?
+                }
                 Regroup::Split { part, names } => {
                     for (piece, new_name) in split_rows(&name, resident, names.len(), &self.source)?
                         .into_iter()
@@ -386,8 +390,47 @@ pub enum Regroup {
     /// Cut along its first axis into `names.len()` equal blocks (fused q/k/v projections),
     /// each into part `part` under its name.
     Split { part: usize, names: Vec<String> },
+    /// A matrix stored the other way round (OpenCLIP's `x @ text_projection`), transposed
+    /// into part `part` as `name`.
+    Transpose { part: usize, name: String },
     /// Not used by any part (training state, buffers a model recomputes).
     Drop,
+}
+
+/// A [rows, cols] `resident` as [cols, rows].
+fn transpose_matrix(name: &str, resident: Resident, source: &str) -> Result<Resident> {
+    let &[rows, cols] = resident.shape.as_slice() else {
+        return Err(Error::WeightFile {
+            file: source.to_string(),
+            message: format!(
+                "tensor `{name}` of shape {:?} is not a matrix",
+                resident.shape
+            ),
+        });
+    };
+    let values = match resident.values {
+        Err(dtype) => Err(dtype),
+        Ok(parts) if parts.blocks.len() == 1 => {
+            let flat = parts.blocks.into_iter().next().expect("one block");
+            let t = flat
+                .reshape([rows, cols])
+                .transpose()
+                .reshape([rows * cols]);
+            Ok(Parts { blocks: vec![t] })
+        }
+        Ok(_) => {
+            return Err(Error::WeightFile {
+                file: source.to_string(),
+                message: format!("tensor `{name}` is too large to transpose on this device"),
+            });
+        }
+    };
+    Ok(Resident {
+        file: resident.file,
+        shape: vec![cols, rows],
+        channels_last: false,
+        values,
+    })
 }
 
 /// `resident` cut into `n` equal blocks of whole rows.

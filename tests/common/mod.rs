@@ -161,7 +161,17 @@ pub fn worst_pixel(ours: &[u8], theirs: &[f32]) -> f32 {
 pub fn model_files(model: &str) -> Vec<(String, Vec<u8>)> {
     let root = fixture(model);
     let mut files = Vec::new();
-    for folder in ["tokenizer", "text_encoder", "unet", "vae", "scheduler"] {
+    let folders = [
+        "tokenizer",
+        "tokenizer_2",
+        "text_encoder",
+        "text_encoder_2",
+        "unet",
+        "vae",
+        "scheduler",
+    ];
+    // SDXL's second tokenizer and encoder only where the model has them.
+    for folder in folders.into_iter().filter(|f| root.join(f).is_dir()) {
         for entry in std::fs::read_dir(root.join(folder)).unwrap() {
             let path = entry.unwrap().path();
             let name = format!("{folder}/{}", path.file_name().unwrap().to_str().unwrap());

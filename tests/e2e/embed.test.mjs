@@ -23,6 +23,7 @@ before(async () => {
   PACKED = await mkdtemp(join(tmpdir(), "lina-packed-"));
   MADE = await mkdtemp(join(tmpdir(), "lina-made-"));
   await writeFile(join(MADE, "sd1_tiny.safetensors"), await singleFileCheckpoint("sd1_tiny"));
+  await writeFile(join(MADE, "sdxl_tiny.safetensors"), await singleFileCheckpoint("sdxl_tiny"));
   server = await startServer({ mounts: { "/packed/": join(PACKED, "package"), "/made/": MADE, "/fixtures/": FIXTURES } });
   browser = await launchBrowser();
 });
@@ -277,6 +278,50 @@ test("a single-file checkpoint loads by URL and as a file beside its family's fo
   assert.equal(out.refused.code, "unknown_layout", JSON.stringify(out.refused));
   assert.match(out.refused.message, /nearest: diffusers UNet/);
   assert.equal(out.badType, "invalid_input");
+  await page.close();
+});
+
+test("SDXL (two text encoders, size conditioning), as a folder and as a single file beside it, draws diffusers' image", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const folder = "/fixtures/sdxl_tiny/";
+    // diffusers' references: the starting latents and the image they give.
+    const file = new Uint8Array(await (await fetch(folder + "reference.safetensors")).arrayBuffer());
+    const headerLength = Number(new DataView(file.buffer).getBigUint64(0, true));
+    const header = JSON.parse(new TextDecoder().decode(file.subarray(8, 8 + headerLength)));
+    const tensor = (name) => {
+      const [start, end] = header[name].data_offsets;
+      return new Float32Array(file.slice(8 + headerLength + start, 8 + headerLength + end).buffer);
+    };
+    const draw = async (source) => {
+      const model = new LinaModel();
+      try {
+        await model.load({ backend: "cpu", ...source });
+        const image = await model.generate({
+        prompt: "a red ball on a small mirror",
+        negativePrompt: "blurry",
+        steps: 10,
+        guidanceScale: 7.5,
+        width: 64,
+        height: 64,
+          initialLatents: Array.from(tensor("latents")),
+        });
+        const expected = tensor("image");
+        let worst = 0;
+        for (let p = 0; p < 64 * 64; p++) {
+          for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(image.rgba[p * 4 + c] - expected[p * 3 + c] * 255));
+        }
+        return { worst, nativeSize: model.nativeSize };
+      } finally {
+        model.dispose();
+      }
+    };
+    return { folder: await draw({ url: folder }), file: await draw({ url: folder, checkpoint: "/made/sdxl_tiny.safetensors" }) };
+  });
+  assert.ok(out.folder.worst <= 1, `the browser's SDXL image is ${out.folder.worst}/255 from diffusers'`);
+  assert.equal(out.folder.nativeSize, 64);
+  assert.ok(out.file.worst <= 1, `the SDXL single file's image is ${out.file.worst}/255 from diffusers'`);
   await page.close();
 });
 

@@ -151,7 +151,8 @@ export function launchBrowser(args = []) {
 export async function singleFileCheckpoint(model) {
   const map = JSON.parse(await readFile(join(FIXTURES, "single_file", `${model}.json`), "utf8"));
   const components = {};
-  for (const component of ["unet", "vae", "text_encoder"]) {
+  const used = new Set(map.tensors.map(([, component]) => component));
+  for (const component of used) {
     const folder = join(FIXTURES, model, component);
     const file = (await readdir(folder)).find((f) => f.endsWith(".safetensors"));
     const bytes = await readFile(join(folder, file));
@@ -160,14 +161,25 @@ export async function singleFileCheckpoint(model) {
     components[component] = { header, data: bytes.subarray(8 + headerLength) };
   }
   const tensors = [];
-  for (const [ldm, component, names] of map.tensors) {
+  for (const [ldm, component, names, how] of map.tensors) {
     const { header, data } = components[component];
     const parts = names.map((name) => header[name]);
-    const shape = [...parts[0].shape];
+    let shape = [...parts[0].shape];
     shape[0] = parts.reduce((rows, p) => rows + p.shape[0], 0);
     // The original VAE's attention projections are 1x1 convolutions.
     if (ldm.includes("mid.attn_1.") && ldm.endsWith("weight") && shape.length === 2) shape.push(1, 1);
-    const bytes = Buffer.concat(parts.map((p) => data.subarray(...p.data_offsets)));
+    let bytes = Buffer.concat(parts.map((p) => data.subarray(...p.data_offsets)));
+    // OpenCLIP stores its projection the other way round.
+    if (how === "transposed") {
+      const [rows, cols] = shape;
+      const size = bytes.length / (rows * cols);
+      const out = Buffer.alloc(bytes.length);
+      for (let r = 0; r < rows; r++) {
+        for (let c = 0; c < cols; c++) bytes.copy(out, (c * rows + r) * size, (r * cols + c) * size, (r * cols + c + 1) * size);
+      }
+      bytes = out;
+      shape = [cols, rows];
+    }
     tensors.push([ldm, parts[0].dtype, shape, bytes]);
   }
   for (const [name, shape] of Object.entries(map.extras)) {
