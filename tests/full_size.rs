@@ -1,15 +1,27 @@
 #![cfg(not(target_arch = "wasm32"))]
-//! The full-size SD 1.5 and SD 2.1 UNet configs build (random weights) and run one step.
-//! Ignored by default: each holds ~3.4 GB of f32 weights and a CPU step takes a while.
-//! Run with `cargo test --release --test full_size -- --ignored --nocapture`.
+//! Full-size models.
+//!
+//! `every_layout_matches_diffusers_at_full_size`: full-size SD 1.5, SD 2.1 and SDXL with
+//! random weights, in every layout the runtime reads, against diffusers' outputs on the same
+//! weights. Their folders are made on demand by `tools/make_full_size.py` (several GB each,
+//! never in git) and named by LINA_FULL_SIZE; without it the test says so and checks
+//! nothing, and with it a missing folder fails. `docs/models.md` has the commands.
+//!
+//! The two others build the published SD 1.5 and SD 2.1 UNet configs with random weights
+//! drawn on the device and run one step; ignored by default (~3.4 GB of f32 weights, minutes
+//! of CPU): `cargo test --release --test full_size -- --ignored --nocapture`.
 
 mod common;
 
 use std::time::Instant;
 
+use std::path::{Path, PathBuf};
+
 use burn::tensor::{Distribution, Tensor};
-use common::read_fixture;
+use common::{Reference, max_abs_diff, read_fixture, values};
 use lina_runtime::models::unet::{UNet, UNetConfig};
+use lina_runtime::pipeline::StableDiffusion;
+use lina_runtime::source::DirSource;
 use lina_runtime::weights::Weights;
 
 fn one_step(config_file: &str, latent: usize, context_dim: usize) {
@@ -55,4 +67,152 @@ fn sd15_unet_runs_one_step() {
 #[ignore = "full-size UNets: ~3.4 GB of weights and minutes of CPU per step; run by hand (README)"]
 fn sd21_unet_runs_one_step() {
     one_step("configs/sd21_unet.json", 96, 1024);
+}
+
+/// What one layout of a model gives on the reference's inputs.
+struct Outputs {
+    text: Vec<Vec<f32>>,
+    unet: Vec<f32>,
+    vae: Vec<f32>,
+}
+
+fn outputs(pipe: &StableDiffusion, reference: &Reference, sdxl: bool) -> Outputs {
+    let device = pipe.device();
+    let ids: Vec<u32> = reference
+        .i64("text_ids")
+        .1
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    let prompt = pipe
+        .encode_prompt("a red ball on a small mirror", 0)
+        .unwrap();
+    let text = if sdxl {
+        // The pipeline's own encoding: both encoders' penultimate states side by side.
+        vec![
+            values(prompt.context.clone()),
+            values(prompt.pooled.clone().unwrap()),
+        ]
+    } else {
+        vec![values(pipe.text_encoder().forward(&[ids], 0).unwrap())]
+    };
+    let sample: Tensor<4> = reference.tensor("unet_sample", device);
+    let [_, _, h, w] = sample.dims();
+    let added = prompt.pooled.and_then(|pooled| {
+        let (side_h, side_w) = (h as f64 * 8.0, w as f64 * 8.0);
+        pipe.unet()
+            .text_time_input(pooled, [side_h, side_w, 0.0, 0.0, side_h, side_w])
+    });
+    let unet = values(
+        pipe.unet()
+            .forward_with(sample, 501.0, &prompt.context, added.as_ref()),
+    );
+    let vae = values(pipe.vae().decode(reference.tensor("vae_latents", device)));
+    Outputs { text, unet, vae }
+}
+
+fn relative(ours: &[f32], theirs: &[f32]) -> f32 {
+    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    max_abs_diff(ours, theirs) / scale
+}
+
+fn check_against_diffusers(family: &str, ours: &Outputs, reference: &Reference, sdxl: bool) {
+    let texts: Vec<Vec<f32>> = match sdxl {
+        true => {
+            let mut context = reference.f32("text_encoder_out").1;
+            let second = reference.f32("text_encoder_2_out").1;
+            // [1, 77, 768] and [1, 77, 1280] side by side, row by row.
+            let (a, b) = (context.len() / 77, second.len() / 77);
+            context = (0..77)
+                .flat_map(|t| {
+                    context[t * a..(t + 1) * a]
+                        .iter()
+                        .chain(&second[t * b..(t + 1) * b])
+                        .copied()
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            vec![context, reference.f32("text_pooled").1]
+        }
+        false => vec![reference.f32("text_encoder_out").1],
+    };
+    for (i, (o, t)) in ours.text.iter().zip(&texts).enumerate() {
+        let err = relative(o, t);
+        println!("{family}: text output {i} within {err:.2e} of diffusers (relative)");
+        assert!(err <= 1e-4, "{family}: text output {i} off by {err}");
+    }
+    let err = relative(&ours.unet, &reference.f32("unet_out").1);
+    println!("{family}: UNet within {err:.2e} of diffusers' max |output|");
+    assert!(err <= 1e-3, "{family}: UNet off by {err}");
+    // The decode in [-1, 1], so 2/255 of the final image is 4/255 here.
+    let err = max_abs_diff(&ours.vae, &reference.f32("vae_decoded").1);
+    println!(
+        "{family}: VAE within {:.3}/255 of diffusers' image",
+        err * 127.5
+    );
+    assert!(
+        err * 127.5 <= 2.0,
+        "{family}: VAE off by {}/255",
+        err * 127.5
+    );
+}
+
+fn same(family: &str, layout: &str, a: &Outputs, b: &Outputs) {
+    assert!(
+        a.text == b.text,
+        "{family} {layout}: text differs from the folder's"
+    );
+    assert!(
+        a.unet == b.unet,
+        "{family} {layout}: UNet differs from the folder's"
+    );
+    assert!(
+        a.vae == b.vae,
+        "{family} {layout}: VAE differs from the folder's"
+    );
+    println!("{family} {layout}: bit-identical to the diffusers folder");
+}
+
+#[test]
+fn every_layout_matches_diffusers_at_full_size() {
+    let Some(root) = std::env::var_os("LINA_FULL_SIZE").map(PathBuf::from) else {
+        eprintln!(
+            "skipped: no full-size models (make them with `python3 tools/make_full_size.py --out DIR`, then set LINA_FULL_SIZE=DIR)"
+        );
+        return;
+    };
+    let device = lina_runtime::device::cpu();
+    let mut checked = 0;
+    for family in ["sd15", "sd21", "sdxl"] {
+        let dir = root.join(family);
+        if !dir.exists() {
+            println!("{family}: not made under {}", root.display());
+            continue;
+        }
+        let sdxl = family == "sdxl";
+        let reference = Reference::at(&dir.join("reference.safetensors"));
+        let folder = dir.join("diffusers");
+        let load = |source: &DirSource| StableDiffusion::load(source, &device).unwrap();
+        let from_folder = outputs(&load(&DirSource::new(&folder)), &reference, sdxl);
+        check_against_diffusers(family, &from_folder, &reference, sdxl);
+        let file = dir.join("single.safetensors");
+        let single = DirSource::open(&file, Some(&folder)).unwrap();
+        same(
+            family,
+            "single file",
+            &from_folder,
+            &outputs(&load(&single), &reference, sdxl),
+        );
+        let legacy: &Path = &dir.join("legacy");
+        if legacy.exists() {
+            let from_legacy = outputs(&load(&DirSource::new(legacy)), &reference, sdxl);
+            same(family, "legacy VAE names", &from_folder, &from_legacy);
+        }
+        checked += 1;
+    }
+    assert!(
+        checked > 0,
+        "LINA_FULL_SIZE={} holds no model",
+        root.display()
+    );
 }

@@ -176,11 +176,15 @@ def load_component(folder: Path, name: str) -> dict:
     return load_file(files[0])
 
 
-def tiny(name: str, out: Path) -> None:
-    folder = FIXTURES / name
+def ldm_checkpoint(folder: Path, family: str):
+    """A diffusers folder of `family` ("sd1", "sd2", "sdxl") as a single-file checkpoint in
+    the original LDM names: (entries, extras, checkpoint, sources, configs), where entries
+    are [LDM name, component, [diffusers names]] (+ "transposed"), extras the names and
+    shapes of the tensors such files carry that no diffusers model uses (zeros in the
+    checkpoint), sources the folder's tensors by component, configs (unet, vae)."""
     cfg = lambda c: json.loads((folder / c / ("scheduler_config.json" if c == "scheduler" else "config.json")).read_text())
     unet_cfg, vae_cfg, sched_cfg = cfg("unet"), cfg("vae"), cfg("scheduler")
-    xl = name.startswith("sdxl")
+    xl = family == "sdxl"
     components = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if xl else ())
     sources = {c: load_component(folder, c) for c in components}
     for c in components:
@@ -188,7 +192,7 @@ def tiny(name: str, out: Path) -> None:
             sources[c] = {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v
                           for k, v in sources[c].items()}
     unet, vae, text = sources["unet"], sources["vae"], sources["text_encoder"]
-    open_clip = name.startswith("sd2")
+    open_clip = family == "sd2"
 
     entries = []  # [LDM name, component, [diffusers names]] (+ "transposed")
     for k in unet:
@@ -235,6 +239,13 @@ def tiny(name: str, out: Path) -> None:
     for ldm, shape in extras.items():
         ckpt[ldm] = torch.zeros(shape)
 
+    return entries, extras, ckpt, sources, (unet_cfg, vae_cfg)
+
+
+def tiny(name: str, out: Path) -> None:
+    family = name.removesuffix("_tiny")
+    entries, extras, ckpt, sources, (unet_cfg, vae_cfg) = ldm_checkpoint(FIXTURES / name, family)
+    open_clip, xl = family == "sd2", family == "sdxl"
     check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, xl)
     out.mkdir(parents=True, exist_ok=True)
     about = (f"tests/fixtures/{name} as a single-file checkpoint in the original LDM layout: "

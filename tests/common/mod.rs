@@ -49,6 +49,14 @@ impl Reference {
         }
     }
 
+    /// A reference safetensors file anywhere.
+    pub fn at(path: &std::path::Path) -> Self {
+        Self {
+            bytes: std::fs::read(path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())),
+        }
+    }
+
     pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let t = st

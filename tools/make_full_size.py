@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Full-size random-weight models in the layouts the runtime reads, with diffusers' outputs,
+for tests/full_size.rs. On demand, never in git: SD 1.5 takes about 13 GB of disk (three
+layouts), SD 2.1 about 11 GB, SDXL about 30 GB and 24 GB of memory.
+
+    python3 tools/make_full_size.py --out target/full-size [--family sd15 sd21 sdxl]
+    LINA_FULL_SIZE=target/full-size cargo test --release --test full_size -- --nocapture
+
+For each family, under OUT/<family>/:
+* `diffusers/`: the model as diffusers saves it (f32 safetensors; the text encoders with
+  transformers 4's `text_model.` names, as every published repository has them), its
+  published configs (tests/fixtures/configs/), a DDIM scheduler and the small test
+  tokenizer (tests/fixtures/tokenizer/; its ids are valid in CLIP's vocabulary);
+* `single.safetensors`: the same weights as one file in the original LDM names
+  (`tools/make_single_file.py`'s mapping, checked here again by diffusers' converters);
+* `legacy/` (SD 1.5 only): the VAE with diffusers' pre-0.14 attention names
+  (`query`/`key`/`value`/`proj_attn`) as 1x1 convolutions, the other components linked;
+* `reference.safetensors`: fixed inputs and diffusers' outputs in f32 on the CPU: the text
+  encoders on the test tokenizer's ids for a prompt, one UNet call at 32x32 latents, one VAE
+  decode of 32x32 latents.
+
+Weights are PyTorch's default initialisation under a fixed seed: random, but of the scale
+trained weights have, so activations stay finite through every layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_single_file import FIXTURES, ldm_checkpoint, sdxl_configs  # noqa: E402
+
+PROMPT = "a red ball on a small mirror"
+LATENT = 32
+TIMESTEP = 501.0
+
+FAMILIES = {
+    # family: (single-file family, unet config, vae config, text encoder configs)
+    "sd15": ("sd1", "sd15_unet", "sd15_vae", ["sd15_text_encoder"]),
+    "sd21": ("sd2", "sd21_unet", "sd15_vae", ["sd21_text_encoder"]),
+    "sdxl": ("sdxl", "sdxl_unet", "sdxl_vae", ["sd15_text_encoder", "sdxl_text_encoder_2"]),
+}
+
+DDIM = {
+    "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+    "timestep_spacing": "leading", "prediction_type": "epsilon",
+}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def with_prefix(path: Path) -> None:
+    """Rewrites a text encoder's file with transformers 4's `text_model.` names."""
+    sd = load_file(str(path))
+    sd = {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v.contiguous() for k, v in sd.items()}
+    save_file(sd, str(path), metadata={"format": "pt"})
+
+
+@torch.no_grad()
+def make(family: str, out: Path) -> None:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    single_family, unet_name, vae_name, text_names = FAMILIES[family]
+    configs = FIXTURES / "configs"
+    root = out / family
+    if root.exists():
+        shutil.rmtree(root)
+    folder = root / "diffusers"
+    folder.mkdir(parents=True)
+    torch.manual_seed({"sd15": 15, "sd21": 21, "sdxl": 1024}[family])
+
+    log(f"== {family}: building and saving")
+    refs = {}
+    tok = CLIPTokenizer.from_pretrained(str(FIXTURES / "tokenizer"))
+    ids = tok([PROMPT], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    refs["text_ids"] = ids.to(torch.int64)
+    hidden_states = []
+    for i, name in enumerate(text_names):
+        cfg = CLIPTextConfig.from_pretrained(configs / f"{name}.json")
+        model = (CLIPTextModelWithProjection if i == 1 else CLIPTextModel)(cfg).eval()
+        sub = "text_encoder" if i == 0 else "text_encoder_2"
+        model.save_pretrained(str(folder / sub), safe_serialization=True)
+        with_prefix(folder / sub / "model.safetensors")
+        outputs = model(ids, output_hidden_states=True)
+        if family == "sdxl":
+            hidden_states.append(outputs.hidden_states[-2])
+            if i == 1:
+                refs["text_pooled"] = outputs.text_embeds
+        else:
+            hidden_states.append(outputs.last_hidden_state)
+        refs[f"{sub}_out"] = hidden_states[-1]
+        del model
+    context = torch.cat(hidden_states, -1)
+
+    unet_cfg = json.loads((configs / f"{unet_name}.json").read_text())
+    unet = UNet2DConditionModel.from_config(unet_cfg).eval()
+    unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
+    g = torch.Generator().manual_seed(7)
+    refs["unet_sample"] = torch.randn((1, 4, LATENT, LATENT), generator=g)
+    added = {}
+    if family == "sdxl":
+        refs["time_ids"] = torch.tensor([[LATENT * 8, LATENT * 8, 0, 0, LATENT * 8, LATENT * 8]], dtype=torch.float32)
+        added = {"added_cond_kwargs": {"text_embeds": refs["text_pooled"], "time_ids": refs["time_ids"]}}
+    log(f"   UNet call at {LATENT}x{LATENT}")
+    refs["unet_out"] = unet(refs["unet_sample"], torch.tensor([TIMESTEP]), context, **added).sample
+    del unet
+
+    vae_cfg = json.loads((configs / f"{vae_name}.json").read_text())
+    vae = AutoencoderKL.from_config(vae_cfg).eval()
+    vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
+    refs["vae_latents"] = torch.randn((1, 4, LATENT, LATENT), generator=g)
+    log("   VAE decode")
+    refs["vae_decoded"] = vae.decode(refs["vae_latents"]).sample
+    del vae
+
+    (folder / "scheduler").mkdir()
+    sched = DDIM if family != "sdxl" else {**DDIM, "_class_name": "EulerDiscreteScheduler"}
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2) + "\n")
+    for sub in ("tokenizer",) + (("tokenizer_2",) if family == "sdxl" else ()):
+        shutil.copytree(FIXTURES / "tokenizer", folder / sub)
+    index = {"_class_name": "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"}
+    (folder / "model_index.json").write_text(json.dumps(index) + "\n")
+
+    refs = {k: (v if v.dtype == torch.int64 else v.float()).contiguous() for k, v in refs.items()}
+    save_file(refs, str(root / "reference.safetensors"))
+
+    log("   single file")
+    entries, extras, ckpt, sources, _ = ldm_checkpoint(folder, single_family)
+    check_single_file(ckpt, sources, folder, single_family)
+    save_streaming(ckpt, root / "single.safetensors")
+    del ckpt, sources
+
+    if family == "sd15":
+        log("   legacy VAE names")
+        legacy = root / "legacy"
+        legacy.mkdir()
+        for entry in folder.iterdir():
+            if entry.name != "vae":
+                os.symlink(os.path.relpath(entry, legacy), legacy / entry.name)
+        (legacy / "vae").mkdir()
+        shutil.copy(folder / "vae" / "config.json", legacy / "vae" / "config.json")
+        sd = load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+        renamed = {}
+        for k, v in sd.items():
+            for new, old in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")):
+                if new in k:
+                    k = k.replace(new, old)
+                    v = v[:, :, None, None] if v.dim() == 2 else v
+            renamed[k] = v.contiguous()
+        save_file(renamed, str(legacy / "vae" / "diffusion_pytorch_model.safetensors"))
+    log(f"   done: {sum(f.stat().st_size for f in root.rglob('*') if f.is_file() and not f.is_symlink()) / 2**30:.1f} GiB")
+
+
+def save_streaming(tensors: dict, path: Path) -> None:
+    """A safetensors file of f32 tensors written one tensor at a time: safetensors'
+    `save_file` copies every tensor into memory first, twice SDXL's 14 GB."""
+    header, offset = {}, 0
+    for name, t in tensors.items():
+        size = t.numel() * 4
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for t in tensors.values():
+            f.write(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+
+
+def check_single_file(ckpt, sources, folder: Path, family: str) -> None:
+    """diffusers' converters read the single file back into the folder's tensors."""
+    from diffusers.loaders import single_file_utils as su
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = lambda c: json.loads((folder / c / "config.json").read_text())
+    prefixed = lambda d: {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v for k, v in d.items()}
+    got = {
+        "unet": su.convert_ldm_unet_checkpoint(ckpt, cfg("unet")),
+        "vae": su.convert_ldm_vae_checkpoint(ckpt, cfg("vae")),
+    }
+    if family == "sd2":
+        with torch.device("meta"):
+            model = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+        got["text_encoder"] = prefixed(su.convert_open_clip_checkpoint(model, ckpt))
+    elif family == "sdxl":
+        got["text_encoder"] = prefixed(su.convert_ldm_clip_checkpoint(ckpt, remove_prefix="conditioner.embedders.0.transformer."))
+        with torch.device("meta"):
+            model = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+        got["text_encoder_2"] = prefixed(su.convert_open_clip_checkpoint(model, ckpt, prefix="conditioner.embedders.1.model."))
+    else:
+        got["text_encoder"] = prefixed(su.convert_ldm_clip_checkpoint(ckpt))
+    for comp, converted in got.items():
+        for k, v in sources[comp].items():
+            if k.endswith("position_ids"):
+                continue
+            assert torch.equal(converted[k].float().reshape(v.shape), v.float()), f"{comp} {k}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--family", nargs="+", choices=sorted(FAMILIES), default=["sd15", "sd21"])
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    sdxl_configs(FIXTURES / "configs")
+    for family in args.family:
+        make(family, args.out)
+
+
+if __name__ == "__main__":
+    main()
