@@ -366,3 +366,52 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
     let (_, e) = load(scaled(&write(&misfit), 1.0));
     assert!(e.contains("does not fit"), "{e}");
 }
+
+#[test]
+fn a_kohya_lora_at_a_scale_gives_diffusers_fuse_lora_output() {
+    // tests/fixtures/lora: a kohya LoRA (a cross-attention query, a 3x3 convolution with a
+    // 1x1 up, a 1x1 projection; alpha 2 at rank 4) and what diffusers' load_lora_weights +
+    // fuse_lora(lora_scale) made of the tiny SD 1.x model (tools/make_fixtures.py --only lora).
+    let reference = common::Reference::file("lora/sd1_tiny_reference.safetensors");
+    let scale = reference.f32("scale").1[0];
+    let lora = scaled(
+        &common::read_fixture("lora/sd1_tiny_kohya.safetensors"),
+        scale,
+    );
+    let files: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
+    for (name, device) in common::test_devices() {
+        let pipe = StableDiffusion::load_adapted(
+            &model(&files),
+            &device,
+            Kernels::default(),
+            std::slice::from_ref(&lora),
+        )
+        .unwrap();
+        let context: burn::tensor::Tensor<3> = reference.tensor("text_out", &device);
+        let out = pipe
+            .unet()
+            .forward(reference.tensor("unet_sample", &device), 501.0, &context);
+        let theirs = reference.f32("unet_out").1;
+        let scale_of = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = common::max_abs_diff(&common::values(out), &theirs) / scale_of;
+        assert!(
+            err < 1e-4,
+            "{name}: UNet off diffusers' fused one by {err} (relative)"
+        );
+        let opts = GenerateOptions {
+            prompt: "a red ball on a small mirror".into(),
+            negative_prompt: "blurry".into(),
+            timesteps: Timesteps::Count(4),
+            guidance_scale: 7.5,
+            initial_latents: Some(reference.f32("latents").1),
+            ..GenerateOptions::default()
+        };
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image").1);
+        assert!(
+            worst <= 1.0,
+            "{name}: {worst}/255 from diffusers' fused image"
+        );
+    }
+}

@@ -909,6 +909,72 @@ def make_sdxl(fix: Path):
     assert err < 1e-5, err
 
 
+def make_lora(fix: Path):
+    """A LoRA for the tiny SD 1.x model's UNet in kohya's names (`lora/`), covering a linear
+    layer (a cross-attention query), a 3x3 convolution (kohya's LoCon: a 3x3 down, a 1x1 up)
+    and a 1x1 convolution (a projection), with alpha differing from the rank; and what
+    diffusers makes of it: `load_lora_weights` then
+    `fuse_lora(lora_scale=0.7)`, one UNet call, the text encoder's output and a 4-step image.
+    Needs `peft` (diffusers' LoRA backend)."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    out = fix / "lora"
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = StableDiffusionPipeline.from_pretrained(str(fix / "sd1_tiny"), torch_dtype=torch.float32,
+                                                   safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    unet, te = pipe.unet, pipe.text_encoder
+    g = torch.Generator().manual_seed(77)
+    rank, alpha = 4, 2.0
+    targets = {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_q": unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_q,
+        "lora_unet_mid_block_resnets_0_conv1": unet.mid_block.resnets[0].conv1,
+        "lora_unet_up_blocks_1_attentions_0_proj_in": unet.up_blocks[1].attentions[0].proj_in,
+    }
+    # No text encoder module: diffusers 0.42 with transformers 5 (whose CLIPTextModel lost its
+    # `text_model` wrapper) cannot load a kohya text encoder LoRA ("Could not automatically
+    # infer state dict type"); tests/lora.rs checks that path against a merge by hand.
+    tensors = {}
+    for name, module in targets.items():
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size
+            down = torch.randn((rank, module.in_channels, *k), generator=g) * 0.3
+            up = torch.randn((module.out_channels, rank, 1, 1), generator=g) * 0.3
+        else:
+            down = torch.randn((rank, module.in_features), generator=g) * 0.3
+            up = torch.randn((module.out_features, rank), generator=g) * 0.3
+        tensors[f"{name}.lora_down.weight"] = down.contiguous()
+        tensors[f"{name}.lora_up.weight"] = up.contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(alpha)
+    path = out / "sd1_tiny_kohya.safetensors"
+    save_file(tensors, str(path))
+
+    scale = 0.7
+    pipe.load_lora_weights(str(path))
+    pipe.fuse_lora(lora_scale=scale)
+    pipe.unload_lora_weights()  # the fused weights stay
+    ids = pipe.tokenizer([PROMPT], padding="max_length", max_length=MAX_LEN, truncation=True, return_tensors="pt").input_ids
+    refs = {"scale": torch.tensor([scale])}
+    with torch.no_grad():
+        refs["text_out"] = te(ids).last_hidden_state
+        sample = torch.randn((1, 4, 8, 8), generator=g)
+        refs["unet_sample"] = sample
+        refs["unet_out"] = unet(sample, torch.tensor([UNET_TIMESTEP]), refs["text_out"]).sample
+    refs["latents"] = torch.randn((1, 4, 8, 8), generator=g)
+    image = pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=4, guidance_scale=GUIDANCE,
+                 latents=refs["latents"].clone(), height=64, width=64, output_type="np").images
+    refs["image"] = torch.from_numpy(np.asarray(image, dtype=np.float32))
+    # The LoRA must change what it adapts, or the comparison proves nothing.
+    plain = StableDiffusionPipeline.from_pretrained(str(fix / "sd1_tiny"), torch_dtype=torch.float32,
+                                                    safety_checker=None, requires_safety_checker=False)
+    with torch.no_grad():
+        changed = float((plain.unet(sample, torch.tensor([UNET_TIMESTEP]), refs["text_out"]).sample - refs["unet_out"]).abs().max())
+    assert changed > 1e-3, changed
+    save_file({k: v.float().contiguous() for k, v in refs.items()}, str(out / "sd1_tiny_reference.safetensors"))
+    log(f"lora: fused at {scale}; the UNet output moved by up to {changed:.3f}")
+
+
 def make_inpaint(fix: Path):
     """A tiny 9-channel inpainting UNet (latents, mask, masked-image latents) with the tiny
     SD 1.x text encoder and VAE, through StableDiffusionInpaintPipeline. diffusers samples the
@@ -1215,7 +1281,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "lora"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1252,6 +1318,9 @@ def main():
         return
     if args.only == "sdxl":
         make_sdxl(fix)
+        return
+    if args.only == "lora":
+        make_lora(fix)
         return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():
