@@ -242,10 +242,11 @@ async function loadFromUrl(loader, url, { single, ...options }) {
   if (index) loader.addFile("model_index.json", index);
   const found = new Set();
   const wanted = (path) => {
-    const tokenizerJson = /^(tokenizer(_2)?)\/tokenizer\.json$/.exec(path);
-    if (tokenizerJson) return !(found.has(`${tokenizerJson[1]}/vocab.json`) && found.has(`${tokenizerJson[1]}/merges.txt`));
     const folder = path.includes("/") ? path.slice(0, path.indexOf("/")) : null;
-    return REQUIRED.includes(path) || components === null || folder === null || components.has(folder);
+    const named = REQUIRED.includes(path) || components === null || folder === null || components.has(folder);
+    // tokenizer.json only where vocab.json and merges.txt were not found beside it.
+    if (named && path.endsWith("/tokenizer.json")) return !(found.has(`${folder}/vocab.json`) && found.has(`${folder}/merges.txt`));
+    return named;
   };
   const required = single ? [] : REQUIRED;
   for (const path of [...REQUIRED, ...OPTIONAL]) {
