@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod image;
 pub mod kernels;
+pub mod ldm;
 pub mod memory;
 pub mod models;
 pub mod nn;

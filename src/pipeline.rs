@@ -561,9 +561,11 @@ impl StableDiffusion {
                     })
                 })?;
                 tokenizer.limit_length(config.max_position_embeddings);
-                let encoder = build_component(weights, (kernels, None), |w| {
-                    ClipTextEncoder::load(config, w)
-                })?;
+                let encoder = build_component(
+                    weights,
+                    (kernels, Some((loras, LoraTarget::TextEncoder2))),
+                    |w| ClipTextEncoder::load(config, w),
+                )?;
                 let zeros_for_empty_negative = match files.read("model_index.json")? {
                     Some(index) => serde_json::from_slice::<serde_json::Value>(&index)
                         .map_err(|e| Error::config("model_index.json", e.to_string()))?
@@ -632,6 +634,17 @@ impl StableDiffusion {
             _ => files.require_text(schedulers::CONFIG_FILE)?,
         };
         let scheduler_config = SchedulerConfig::from_json(&scheduler_json)?;
+        // A LoRA for a second text encoder the model does not have adapts nothing: refused.
+        if second.is_none()
+            && let Some(lora) = loras
+                .iter()
+                .find(|l| l.lora.adapts(LoraTarget::TextEncoder2))
+        {
+            return Err(Error::InvalidInput(format!(
+                "LoRA {}: adapts text_encoder_2 (SDXL's second text encoder), which this model does not have",
+                lora.lora.source()
+            )));
+        }
         match (&second, unet.config().text_time_dims()) {
             (Some(s), Some((time, input))) if unet.takes_text_time() => {
                 let pooled = s.encoder.pooled_width();

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::ldm::{UNetNames, index};
 use crate::weights::{Regroup, Weights};
 
 /// Where a [`crate::source::FileSource`] holds a single-file checkpoint.
@@ -288,7 +289,7 @@ const PARTS: usize = 4;
 
 /// Where every tensor of the file goes; fails on a name no rule explains.
 fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String, Regroup>> {
-    let unet = UNetLayout::of(shapes);
+    let unet = unet_layout(shapes);
     let vae_blocks = count_indices(shapes, "first_stage_model.encoder.down.");
     let open_clip_layers = count_indices(shapes, "cond_stage_model.model.transformer.resblocks.");
     let mut routes = HashMap::new();
@@ -358,120 +359,23 @@ fn count_indices(shapes: &Shapes, prefix: &str) -> usize {
     (0..).take_while(|i| indices.contains(i)).count()
 }
 
-/// `rest`'s first dotted part as an index, and what follows it.
-fn index(rest: &str) -> Option<(usize, &str)> {
-    let (head, tail) = rest.split_once('.')?;
-    Some((head.parse().ok()?, tail))
-}
-
-/// The LDM UNet's numbering: `input_blocks.i` runs over the down blocks' layers (a ResNet,
-/// then its attention where the block has one) and each down block's downsampler;
-/// `output_blocks.i` over the up blocks' layers, the last layer of each holding its
-/// upsampler.
-struct UNetLayout {
-    layers_per_block: usize,
-}
-
-impl UNetLayout {
-    fn of(shapes: &Shapes) -> Self {
-        // The first downsampler sits right after the first block's layers.
-        let first_down = shapes
-            .keys()
-            .filter_map(|n| n.strip_prefix("model.diffusion_model.input_blocks."))
-            .filter(|rest| rest.contains(".0.op."))
-            .filter_map(|rest| index(rest).map(|(i, _)| i))
-            .min();
-        let layers_per_block = match first_down {
-            Some(i) => i.saturating_sub(1),
-            // One block and no downsampler: every input block after conv_in is a layer.
-            None => count_indices(shapes, "model.diffusion_model.input_blocks.").saturating_sub(1),
-        };
-        Self {
-            layers_per_block: layers_per_block.max(1),
-        }
+/// The original UNet's numbering in a checkpoint of these shapes.
+fn unet_layout(shapes: &Shapes) -> UNetNames {
+    // The first downsampler sits right after the first block's layers.
+    let first_down = shapes
+        .keys()
+        .filter_map(|n| n.strip_prefix("model.diffusion_model.input_blocks."))
+        .filter(|rest| rest.contains(".0.op."))
+        .filter_map(|rest| index(rest).map(|(i, _)| i))
+        .min();
+    let layers_per_block = match first_down {
+        Some(i) => i.saturating_sub(1),
+        // One block and no downsampler: every input block after conv_in is a layer.
+        None => count_indices(shapes, "model.diffusion_model.input_blocks.").saturating_sub(1),
+    };
+    UNetNames {
+        layers_per_block: layers_per_block.max(1),
     }
-
-    fn rename(&self, rest: &str) -> Option<String> {
-        let per = self.layers_per_block + 1;
-        if let Some(r) = rest.strip_prefix("time_embed.") {
-            let (i, t) = index(r)?;
-            let linear = [(0, "linear_1"), (2, "linear_2")]
-                .iter()
-                .find(|(k, _)| *k == i)?
-                .1;
-            return Some(format!("time_embedding.{linear}.{t}"));
-        }
-        if let Some(t) = rest.strip_prefix("out.0.") {
-            return Some(format!("conv_norm_out.{t}"));
-        }
-        if let Some(t) = rest.strip_prefix("out.2.") {
-            return Some(format!("conv_out.{t}"));
-        }
-        // SDXL's size conditioning.
-        if let Some(t) = rest.strip_prefix("label_emb.0.0.") {
-            return Some(format!("add_embedding.linear_1.{t}"));
-        }
-        if let Some(t) = rest.strip_prefix("label_emb.0.2.") {
-            return Some(format!("add_embedding.linear_2.{t}"));
-        }
-        if let Some(t) = rest.strip_prefix("input_blocks.0.0.") {
-            return Some(format!("conv_in.{t}"));
-        }
-        if let Some(r) = rest.strip_prefix("input_blocks.") {
-            let (i, r) = index(r)?;
-            let (j, t) = index(r)?;
-            let i = i.checked_sub(1)?;
-            let (block, layer) = (i / per, i % per);
-            let at = format!("down_blocks.{block}");
-            return match (layer == self.layers_per_block, j) {
-                (true, 0) => Some(format!(
-                    "{at}.downsamplers.0.conv.{}",
-                    t.strip_prefix("op.")?
-                )),
-                (false, 0) => Some(format!("{at}.resnets.{layer}.{}", resnet_name(t)?)),
-                (false, 1) => Some(format!("{at}.attentions.{layer}.{t}")),
-                _ => None,
-            };
-        }
-        if let Some(r) = rest.strip_prefix("middle_block.") {
-            let (j, t) = index(r)?;
-            return match j {
-                0 | 2 => Some(format!("mid_block.resnets.{}.{}", j / 2, resnet_name(t)?)),
-                1 => Some(format!("mid_block.attentions.0.{t}")),
-                _ => None,
-            };
-        }
-        if let Some(r) = rest.strip_prefix("output_blocks.") {
-            let (i, r) = index(r)?;
-            let (j, t) = index(r)?;
-            let (block, layer) = (i / per, i % per);
-            let at = format!("up_blocks.{block}");
-            if j == 0 {
-                return Some(format!("{at}.resnets.{layer}.{}", resnet_name(t)?));
-            }
-            if let Some(conv) = t.strip_prefix("conv.") {
-                return (layer == self.layers_per_block)
-                    .then(|| format!("{at}.upsamplers.0.conv.{conv}"));
-            }
-            return (j == 1).then(|| format!("{at}.attentions.{layer}.{t}"));
-        }
-        None
-    }
-}
-
-/// A ResNet block's inner names, LDM to diffusers.
-fn resnet_name(t: &str) -> Option<String> {
-    const NAMES: &[(&str, &str)] = &[
-        ("in_layers.0.", "norm1."),
-        ("in_layers.2.", "conv1."),
-        ("emb_layers.1.", "time_emb_proj."),
-        ("out_layers.0.", "norm2."),
-        ("out_layers.3.", "conv2."),
-        ("skip_connection.", "conv_shortcut."),
-    ];
-    NAMES
-        .iter()
-        .find_map(|(ldm, ours)| t.strip_prefix(ldm).map(|p| format!("{ours}{p}")))
 }
 
 /// A VAE name (after `first_stage_model.`) in diffusers' naming; the decoder's up blocks
@@ -630,7 +534,7 @@ impl<'a> Table<'_, 'a> {
 fn unet_config(family: Family, t: &Table) -> Result<Value> {
     let (shapes, shape, has) = (t.shapes, |n: &str| t.shape(n), |n: &str| t.has(n));
     let p = |n: String| format!("{UNET}{n}");
-    let layers = UNetLayout::of(shapes).layers_per_block;
+    let layers = unet_layout(shapes).layers_per_block;
     let per = layers + 1;
     let downsamplers = shapes
         .keys()

@@ -415,3 +415,147 @@ fn a_kohya_lora_at_a_scale_gives_diffusers_fuse_lora_output() {
         );
     }
 }
+
+/// A tensor of a safetensors file as f32, whatever its float type.
+fn as_f32(file: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = file.tensor(name).unwrap();
+    let values = match t.dtype() {
+        Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => t
+            .data()
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => panic!("{name}: {other:?}"),
+    };
+    (t.shape().to_vec(), values)
+}
+
+#[test]
+fn sdxl_loras_reach_both_text_encoders_and_one_for_a_missing_encoder_is_refused() {
+    const TEXT_2: &str = "text_encoder_2/model.safetensors";
+    let files: BTreeMap<String, Vec<u8>> = model_files("sdxl_tiny").into_iter().collect();
+    let weight = "text_model.encoder.layers.0.self_attn.q_proj.weight";
+    let (shape, original) = as_f32(&SafeTensors::deserialize(&files[TEXT_2]).unwrap(), weight);
+    let (out, inn, rank) = (shape[0], shape[1], 2);
+    let mut rng = lina_runtime::rng::Rng::new(5);
+    let down: Vec<f32> = rng.normals(rank * inn).iter().map(|v| v * 0.5).collect();
+    let up: Vec<f32> = rng.normals(out * rank).iter().map(|v| v * 0.5).collect();
+    let halves = |down_name: String, up_name: String, alpha: String| {
+        let mut t = BTreeMap::new();
+        t.insert(down_name, (vec![rank, inn], down.clone()));
+        t.insert(up_name, (vec![out, rank], up.clone()));
+        t.insert(alpha, (vec![], vec![rank as f32]));
+        write(&t)
+    };
+    let module = "text_model.encoder.layers.0.self_attn.q_proj";
+    let flat = module.replace('.', "_");
+    let kohya = halves(
+        format!("lora_te2_{flat}.lora_down.weight"),
+        format!("lora_te2_{flat}.lora_up.weight"),
+        format!("lora_te2_{flat}.alpha"),
+    );
+    let peft = halves(
+        format!("text_encoder_2.{module}.lora_A.weight"),
+        format!("text_encoder_2.{module}.lora_B.weight"),
+        format!("text_encoder_2.{module}.alpha"),
+    );
+    let device = lina_runtime::device::cpu();
+    let encode = |files: &BTreeMap<String, Vec<u8>>, loras: &[ScaledLora]| {
+        let pipe = StableDiffusion::load_adapted(&model(files), &device, Kernels::default(), loras)
+            .unwrap();
+        let p = pipe
+            .encode_prompt("a red ball on a small mirror", 0)
+            .unwrap();
+        (common::values(p.context), common::values(p.pooled.unwrap()))
+    };
+
+    // Merged by hand into the second encoder's file (as f32): W + up * down (alpha = rank).
+    let mut merged_weight = original.clone();
+    for o in 0..out {
+        for i in 0..inn {
+            let d: f32 = (0..rank)
+                .map(|k| up[o * rank + k] * down[k * inn + i])
+                .sum();
+            merged_weight[o * inn + i] += d;
+        }
+    }
+    let file = SafeTensors::deserialize(&files[TEXT_2]).unwrap();
+    let mut all: BTreeMap<String, (Vec<usize>, Vec<f32>)> = file
+        .names()
+        .into_iter()
+        .map(|n| (n.to_string(), as_f32(&file, n)))
+        .collect();
+    all.insert(weight.to_string(), (shape.clone(), merged_weight));
+    let mut by_hand = files.clone();
+    by_hand.insert(TEXT_2.to_string(), write(&all));
+
+    let plain = encode(&files, &[]);
+    let with_kohya = encode(&files, &[scaled(&kohya, 1.0)]);
+    let with_peft = encode(&files, &[scaled(&peft, 1.0)]);
+    let expected = encode(&by_hand, &[]);
+    assert_ne!(
+        with_kohya.1, plain.1,
+        "the LoRA changes the pooled embedding"
+    );
+    assert_eq!(with_kohya, with_peft, "both namings merge the same update");
+    let err = common::max_abs_diff(&with_kohya.0, &expected.0)
+        .max(common::max_abs_diff(&with_kohya.1, &expected.1));
+    assert!(err < 1e-4, "merged at load vs by hand: {err}");
+    assert_eq!(
+        encode(&files, &[scaled(&kohya, 0.0)]),
+        plain,
+        "scale 0 is the plain model"
+    );
+
+    // The same LoRA on a model with one text encoder adapts nothing: refused by name.
+    let sd1: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
+    let e = match StableDiffusion::load_adapted(
+        &model(&sd1),
+        &device,
+        Kernels::default(),
+        &[scaled(&kohya, 1.0)],
+    ) {
+        Ok(_) => panic!("an SDXL text encoder LoRA loaded into SD 1"),
+        Err(e) => e,
+    };
+    assert!(e.to_string().contains("text_encoder_2"), "{e}");
+}
+
+#[test]
+fn an_sdxl_kohya_lora_naming_original_unet_modules_merges_like_diffusers_names() {
+    // kohya's SDXL files name UNet modules after the original UNet: with one layer per block,
+    // `input_blocks.3.1` is the second level's first attention (`down_blocks.1.attentions.0`).
+    let files: BTreeMap<String, Vec<u8>> = model_files("sdxl_tiny").into_iter().collect();
+    let unet = SafeTensors::deserialize(&files[UNET]).unwrap();
+    let (shape, _) = as_f32(&unet, "down_blocks.1.attentions.0.proj_in.weight");
+    let (out, inn, rank) = (shape[0], shape[1], 2);
+    let mut rng = lina_runtime::rng::Rng::new(9);
+    let down: Vec<f32> = rng.normals(rank * inn).iter().map(|v| v * 0.5).collect();
+    let up: Vec<f32> = rng.normals(out * rank).iter().map(|v| v * 0.5).collect();
+    let file = |module: &str| {
+        let mut t = BTreeMap::new();
+        t.insert(
+            format!("lora_unet_{module}.lora_down.weight"),
+            (vec![rank, inn], down.clone()),
+        );
+        t.insert(
+            format!("lora_unet_{module}.lora_up.weight"),
+            (vec![out, rank], up.clone()),
+        );
+        write(&t)
+    };
+    let original = file("input_blocks_3_1_proj_in");
+    let diffusers = file("down_blocks_1_attentions_0_proj_in");
+    let draw = |lora: &[u8]| image(&files, &[scaled(lora, 1.0)]);
+    let (a, b) = (draw(&original), draw(&diffusers));
+    assert_eq!(a, b, "the original UNet's name adapts the same layer");
+    assert!(
+        worst(&a, &image(&files, &[])) > 0,
+        "the LoRA changes the image"
+    );
+}

@@ -6,11 +6,14 @@
 //! download them:
 //!
 //! - kohya (sd-scripts, most files on model hubs): `lora_unet_<module>` and
-//!   `lora_te_<module>` with the diffusers module path's dots written as underscores, and
-//!   `.lora_down.weight`, `.lora_up.weight`, `.alpha`;
-//! - diffusers / PEFT: `unet.<module>` and `text_encoder.<module>` with `.lora_A.weight` and
-//!   `.lora_B.weight` (PEFT), or `.lora.down.weight` and `.lora.up.weight` (older diffusers);
-//!   `alpha` is the rank unless the file gives `<module>.alpha`.
+//!   `lora_te_<module>` (SDXL: `lora_te1_`, `lora_te2_` for its two text encoders) with the
+//!   diffusers module path's dots written as underscores (SDXL's UNet modules: the original
+//!   UNet's path, `input_blocks_4_1_...`, see `crate::ldm`), and `.lora_down.weight`,
+//!   `.lora_up.weight`, `.alpha`;
+//! - diffusers / PEFT: `unet.<module>`, `text_encoder.<module>` and `text_encoder_2.<module>`
+//!   with `.lora_A.weight` and `.lora_B.weight` (PEFT), or `.lora.down.weight` and
+//!   `.lora.up.weight` (older diffusers); `alpha` is the rank unless the file gives
+//!   `<module>.alpha`.
 //!
 //! Convolution LoRA (`down` of shape `[r, in, kh, kw]`, `up` of `[out, r, 1, 1]`) merges the
 //! same way. The merge runs on the device, one layer at a time, when the model asks for that
@@ -30,13 +33,16 @@ use crate::error::{Error, Result};
 pub enum LoraTarget {
     Unet,
     TextEncoder,
+    /// SDXL's second text encoder.
+    TextEncoder2,
 }
 
 impl LoraTarget {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             LoraTarget::Unet => "unet",
             LoraTarget::TextEncoder => "text_encoder",
+            LoraTarget::TextEncoder2 => "text_encoder_2",
         }
     }
 }
@@ -116,7 +122,7 @@ impl Lora {
                 return Err(bad(
                     source,
                     format!(
-                        "`{key}` is not a LoRA tensor name this runtime reads (kohya `lora_unet_*`/`lora_te_*` with .lora_down/.lora_up/.alpha, or diffusers/PEFT `unet.*`/`text_encoder.*` with .lora_A/.lora_B)"
+                        "`{key}` is not a LoRA tensor name this runtime reads (kohya `lora_unet_*`/`lora_te_*`/`lora_te1_*`/`lora_te2_*` with .lora_down/.lora_up/.alpha, or diffusers/PEFT `unet.*`/`text_encoder.*`/`text_encoder_2.*` with .lora_A/.lora_B)"
                     ),
                 ));
             };
@@ -223,8 +229,11 @@ const NAMING: &[(&str, LoraTarget, bool, Parts)] = {
     &[
         ("lora_unet_", LoraTarget::Unet, true, KOHYA),
         ("lora_te_", LoraTarget::TextEncoder, true, KOHYA),
+        ("lora_te1_", LoraTarget::TextEncoder, true, KOHYA),
+        ("lora_te2_", LoraTarget::TextEncoder2, true, KOHYA),
         ("unet.", LoraTarget::Unet, false, PEFT),
         ("text_encoder.", LoraTarget::TextEncoder, false, PEFT),
+        ("text_encoder_2.", LoraTarget::TextEncoder2, false, PEFT),
     ]
 };
 
@@ -302,7 +311,7 @@ pub(super) fn deltas_for(
             continue;
         };
         dotted.insert(module.to_string(), name.to_string());
-        if target == LoraTarget::TextEncoder {
+        if target != LoraTarget::Unet {
             match module.strip_prefix("text_model.") {
                 Some(bare) => dotted.insert(bare.to_string(), name.to_string()),
                 None => dotted.insert(format!("text_model.{module}"), name.to_string()),
@@ -313,6 +322,20 @@ pub(super) fn deltas_for(
         .iter()
         .map(|(m, n)| (m.replace('.', "_"), n.clone()))
         .collect();
+    // kohya's SDXL files name UNet modules after the original UNet (`input_blocks_4_1_...`):
+    // looked up through diffusers' names, with the model's layers per block.
+    let layers_per_block = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("down_blocks.0.resnets."))
+        .filter_map(|r| r.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(1, |last| last + 1);
+    let original = |n: &str| {
+        (target == LoraTarget::Unet)
+            .then(|| crate::ldm::flat_unet_module(n, layers_per_block))
+            .flatten()
+            .and_then(|m| flat.get(&m))
+    };
     let mut out: HashMap<String, Vec<Delta>> = HashMap::new();
     for scaled in loras {
         let lora = &scaled.lora;
@@ -321,7 +344,7 @@ pub(super) fn deltas_for(
                 continue;
             }
             let (found, written) = match name {
-                ModuleName::Flat(n) => (flat.get(n), n),
+                ModuleName::Flat(n) => (flat.get(n).or_else(|| original(n)), n),
                 ModuleName::Dotted(n) => (dotted.get(n), n),
             };
             let Some(weight) = found else {
