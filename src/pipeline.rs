@@ -28,7 +28,9 @@ use crate::schedulers::{
 use crate::single_file::{self, CHECKPOINT_FILE, Checkpoint};
 use crate::source::FileSource;
 use crate::tokenizer::ClipTokenizer;
-use crate::weights::{LoraTarget, ScaledLora, Weights, WeightsUpload, human_bytes};
+use crate::weights::{
+    EmbeddingVectors, LoraTarget, ScaledLora, Weights, WeightsUpload, human_bytes,
+};
 
 /// The largest image side accepted, in pixels.
 pub const MAX_SIDE: usize = 2048;
@@ -350,6 +352,33 @@ pub struct EncodedPrompt {
     pub pooled: Option<Tensor<2>>,
     /// The words cut off at the tokenizer's length, if any.
     pub truncated: Option<String>,
+}
+
+/// `tokenizer` with `trigger` added for `[n, dim]` vectors of `encoder`'s, after checking
+/// that they fit: the vectors' width is the encoder's, and the trigger's ids are the table's
+/// next rows. Changes nothing: the caller swaps the result in once every side is checked.
+fn bound(
+    tokenizer: &ClipTokenizer,
+    encoder: &ClipTextEncoder,
+    trigger: &str,
+    source: &str,
+    [n, dim]: [usize; 2],
+) -> Result<ClipTokenizer> {
+    let width = encoder.config().hidden_size;
+    if dim != width {
+        return Err(Error::InvalidInput(format!(
+            "embedding {source}: its vectors are {dim} wide, this model's text encoder takes {width} (an embedding for another model?)"
+        )));
+    }
+    let rows = encoder.vocabulary_rows();
+    let mut tokenizer = tokenizer.clone();
+    let first = tokenizer.add_trigger(trigger, n)?;
+    if first as usize != rows {
+        return Err(Error::InvalidInput(format!(
+            "embedding {source}: the tokenizer's vocabulary ({first} tokens) and the text encoder's table ({rows} rows) differ in size"
+        )));
+    }
+    Ok(tokenizer)
 }
 
 /// A tokenizer as a diffusers folder holds it: vocab.json and merges.txt, or one
@@ -732,36 +761,71 @@ impl StableDiffusion {
     /// the file's vectors in its place (several vectors: several tokens). Reads the formats
     /// people have: a single tensor named after its token (diffusers'
     /// `learned_embeds.safetensors`), `emb_params` (the common web UIs), each `[dim]` or
-    /// `[n, dim]`. Fails, changing nothing, on a file of another layout, vectors of another
-    /// width than the text encoder's (an SDXL embedding on SD 1.x), or a trigger that is a
-    /// token already.
+    /// `[n, dim]`; for SDXL, `clip_l` and `clip_g`, bound in both tokenizers and encoders.
+    /// Fails, changing nothing, on a file of another layout, vectors of another width than
+    /// the text encoder's, a one-set file on SDXL or a pair on a one-encoder model, or a
+    /// trigger that is a token already.
     pub fn add_embedding(&mut self, trigger: &str, source: &str, bytes: &[u8]) -> Result<()> {
-        if self.second.is_some() {
-            return Err(Error::InvalidInput(format!(
-                "embedding {source}: textual-inversion embeddings for SDXL's two text encoders are not supported yet"
-            )));
+        let refuse = |what: &str| {
+            Err(Error::InvalidInput(format!(
+                "embedding {source}: {what} (an embedding for another model?)"
+            )))
+        };
+        match (
+            crate::weights::embedding_vectors(source, bytes)?,
+            &mut self.second,
+        ) {
+            (EmbeddingVectors::One(values, shape), None) => {
+                let tokenizer = bound(&self.tokenizer, &self.text_encoder, trigger, source, shape)?;
+                self.text_encoder
+                    .extend_vocabulary(self.table(values, shape))?;
+                self.tokenizer = tokenizer;
+                Ok(())
+            }
+            (EmbeddingVectors::Pair { clip_l, clip_g }, Some(second)) => {
+                if clip_l.1[0] != clip_g.1[0] {
+                    return refuse(&format!(
+                        "clip_l holds {} vectors and clip_g {}",
+                        clip_l.1[0], clip_g.1[0]
+                    ));
+                }
+                // Both sides are checked before either changes.
+                let first = bound(
+                    &self.tokenizer,
+                    &self.text_encoder,
+                    trigger,
+                    source,
+                    clip_l.1,
+                )?;
+                let second_tokenizer = bound(
+                    &second.tokenizer,
+                    &second.encoder,
+                    trigger,
+                    source,
+                    clip_g.1,
+                )?;
+                let tables = [
+                    Tensor::<2>::from_data(TensorData::new(clip_l.0, clip_l.1), &self.device),
+                    Tensor::<2>::from_data(TensorData::new(clip_g.0, clip_g.1), &self.device),
+                ];
+                let [l, g] = tables;
+                self.text_encoder.extend_vocabulary(l)?;
+                second.encoder.extend_vocabulary(g)?;
+                self.tokenizer = first;
+                second.tokenizer = second_tokenizer;
+                Ok(())
+            }
+            (EmbeddingVectors::One(..), Some(_)) => {
+                refuse("one set of vectors; SDXL's two text encoders need `clip_l` and `clip_g`")
+            }
+            (EmbeddingVectors::Pair { .. }, None) => {
+                refuse("SDXL's `clip_l` and `clip_g`; this model has one text encoder")
+            }
         }
-        let (values, [n, dim]) = crate::weights::embedding_vectors(source, bytes)?;
-        let width = self.text_encoder.config().hidden_size;
-        if dim != width {
-            return Err(Error::InvalidInput(format!(
-                "embedding {source}: its vectors are {dim} wide, this model's text encoder takes {width} (an embedding for another model?)"
-            )));
-        }
-        // The tokenizer's new ids must be the table's next rows: checked before either
-        // changes, so that a refusal leaves the model as it was.
-        let rows = self.text_encoder.vocabulary_rows();
-        let mut tokenizer = self.tokenizer.clone();
-        let first = tokenizer.add_trigger(trigger, n)?;
-        if first as usize != rows {
-            return Err(Error::InvalidInput(format!(
-                "embedding {source}: the tokenizer's vocabulary ({first} tokens) and the text encoder's table ({rows} rows) differ in size"
-            )));
-        }
-        let table = Tensor::<2>::from_data(TensorData::new(values, [n, dim]), &self.device);
-        self.text_encoder.extend_vocabulary(table)?;
-        self.tokenizer = tokenizer;
-        Ok(())
+    }
+
+    fn table(&self, values: Vec<f32>, shape: [usize; 2]) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(values, shape), &self.device)
     }
 
     pub fn text_encoder(&self) -> &ClipTextEncoder {

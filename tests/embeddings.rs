@@ -130,7 +130,10 @@ fn a_bad_embedding_is_refused_and_changes_nothing() {
             .unwrap_err(),
     )
     .1;
-    assert!(e.contains("clip_g, clip_l"), "{e}");
+    assert!(
+        e.contains("clip_l") && e.contains("one text encoder"),
+        "{e}"
+    );
     // A truncated file.
     let (c, _) = code(
         pipe.add_embedding("<cut>", "cut.safetensors", &good[..good.len() - 3])
@@ -145,4 +148,71 @@ fn a_bad_embedding_is_refused_and_changes_nothing() {
     pipe.add_embedding("<wide>", "red.safetensors", &good)
         .unwrap();
     assert_eq!(image(&pipe, "a <wide> ball on a small mirror"), before);
+}
+
+/// The rows of `ids` in a text encoder's token table (a file of any float type), as a tensor
+/// of that type named `key`: its bytes as stored, and its shape.
+fn rows_of(file: &[u8], ids: &[u32]) -> (Dtype, Vec<usize>, Vec<u8>) {
+    let st = SafeTensors::deserialize(file).unwrap();
+    let table = st
+        .tensor("text_model.embeddings.token_embedding.weight")
+        .unwrap();
+    let dim = table.shape()[1];
+    let size = table.data().len() / (table.shape()[0] * dim);
+    let mut bytes = Vec::new();
+    for &id in ids {
+        let row = id as usize * dim * size;
+        bytes.extend_from_slice(&table.data()[row..row + dim * size]);
+    }
+    (table.dtype(), vec![ids.len(), dim], bytes)
+}
+
+#[test]
+fn an_sdxl_trigger_bound_to_both_encoders_rows_encodes_as_those_words() {
+    let mut pipe = StableDiffusion::load(
+        &DirSource::new(fixture("sdxl_tiny")),
+        &lina_runtime::device::cpu(),
+    )
+    .unwrap();
+    let encode = |pipe: &StableDiffusion, prompt: &str| {
+        let p = pipe.encode_prompt(prompt, 0).unwrap();
+        (common::values(p.context), common::values(p.pooled.unwrap()))
+    };
+    let words = encode(&pipe, "a red ball on a small mirror");
+    // Both tokenizers are the same BPE: "red ball"'s tokens, without bos and eos.
+    let ids = pipe.tokenizer().encode("red ball").unwrap().ids;
+    let eos = ids[ids.len() - 1];
+    let tokens: Vec<u32> = ids[1..].iter().copied().take_while(|&i| i != eos).collect();
+    let (dl, sl, bl) = rows_of(
+        &read_fixture("sdxl_tiny/text_encoder/model.safetensors"),
+        &tokens,
+    );
+    let (dg, sg, bg) = rows_of(
+        &read_fixture("sdxl_tiny/text_encoder_2/model.safetensors"),
+        &tokens,
+    );
+    let pair = safetensors::serialize(
+        [
+            ("clip_l", TensorView::new(dl, sl, &bl).unwrap()),
+            ("clip_g", TensorView::new(dg, sg, &bg).unwrap()),
+        ],
+        None,
+    )
+    .unwrap();
+
+    // A one-set embedding does not fit SDXL, and changes nothing.
+    let one = embedding_of(&load(), "red ball", "emb_params");
+    let e = pipe
+        .add_embedding("<red-ball>", "one.safetensors", &one)
+        .unwrap_err();
+    assert!(e.to_string().contains("clip_g"), "{e}");
+    assert_eq!(encode(&pipe, "a red ball on a small mirror"), words);
+
+    pipe.add_embedding("<red-ball>", "pair.safetensors", &pair)
+        .unwrap();
+    assert_eq!(
+        encode(&pipe, "a <red-ball> on a small mirror"),
+        words,
+        "the trigger encodes as the words its vectors came from, in both encoders"
+    );
 }

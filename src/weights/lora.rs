@@ -367,26 +367,50 @@ pub(super) fn deltas_for(
     Ok(out)
 }
 
-/// A textual-inversion embedding file's vectors, `(values, [n, dim])`: the file's one tensor
-/// (diffusers' `learned_embeds.safetensors`, named after its token) or its `emb_params` (the
-/// common web UIs), each `[dim]` or `[n, dim]`, in f32, f16 or bf16.
-pub fn embedding_vectors(source: &str, bytes: &[u8]) -> Result<(Vec<f32>, [usize; 2])> {
+/// A textual-inversion file's vectors, each set `(values, [n, dim])` in f32.
+#[derive(Debug)]
+pub enum EmbeddingVectors {
+    /// For one text encoder: the file's one tensor (diffusers' `learned_embeds.safetensors`,
+    /// named after its token) or its `emb_params` (the common web UIs).
+    One(Vec<f32>, [usize; 2]),
+    /// SDXL's: `clip_l` for the first text encoder, `clip_g` for the second.
+    Pair {
+        clip_l: (Vec<f32>, [usize; 2]),
+        clip_g: (Vec<f32>, [usize; 2]),
+    },
+}
+
+/// A textual-inversion embedding file's vectors (see [`EmbeddingVectors`]), each tensor
+/// `[dim]` or `[n, dim]`, in f32, f16 or bf16.
+pub fn embedding_vectors(source: &str, bytes: &[u8]) -> Result<EmbeddingVectors> {
     let file = SafeTensors::deserialize(bytes).map_err(|e| Error::WeightFile {
         file: source.to_string(),
         message: e.to_string(),
     })?;
     let mut names: Vec<&str> = file.names();
     names.sort_unstable();
+    if names.contains(&"clip_l") && names.contains(&"clip_g") {
+        return Ok(EmbeddingVectors::Pair {
+            clip_l: vector_set(&file, source, "clip_l")?,
+            clip_g: vector_set(&file, source, "clip_g")?,
+        });
+    }
     let key = match names.as_slice() {
         [one] => *one,
         _ if names.contains(&"emb_params") => "emb_params",
         _ => {
             return Err(Error::InvalidInput(format!(
-                "embedding {source}: holds {} (expected one tensor, or `emb_params`; an SDXL embedding's clip_l/clip_g pair does not fit an SD 1.x/2.x model)",
+                "embedding {source}: holds {} (expected one tensor, `emb_params`, or SDXL's `clip_l` and `clip_g`)",
                 names.join(", ")
             )));
         }
     };
+    let (values, shape) = vector_set(&file, source, key)?;
+    Ok(EmbeddingVectors::One(values, shape))
+}
+
+/// The tensor `key` of an embedding file as `[n, dim]` vectors.
+fn vector_set(file: &SafeTensors, source: &str, key: &str) -> Result<(Vec<f32>, [usize; 2])> {
     let t = file.tensor(key).map_err(|e| Error::WeightFile {
         file: source.to_string(),
         message: e.to_string(),

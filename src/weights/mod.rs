@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
-pub use lora::{Lora, LoraTarget, ScaledLora, embedding_vectors};
+pub use lora::{EmbeddingVectors, Lora, LoraTarget, ScaledLora, embedding_vectors};
 pub use stream::{StreamedTensor, TensorStream};
 
 use crate::error::{Error, Result};
