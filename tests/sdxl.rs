@@ -128,3 +128,30 @@ fn an_sdxl_unet_without_its_second_text_encoder_is_refused_by_name() {
     assert_eq!(e.code(), "weight_file", "{e}");
     pipe.encode_prompt(PROMPT, 0).unwrap();
 }
+
+/// SDXL-Turbo's recipe (stabilityai/sdxl-turbo's scheduler: Euler ancestral, trailing
+/// spacing; no classifier-free guidance) on the tiny SDXL model, one step: an ancestral step
+/// to sigma 0 adds no noise, so the image is diffusers' whatever the noise generator.
+#[test]
+fn sdxl_turbo_one_step_matches_diffusers() {
+    let reference = Reference::file("sdxl_turbo_tiny/reference.safetensors");
+    for (name, device) in test_devices() {
+        let source = common::Overlay::new("sdxl_tiny", "sdxl_turbo_tiny", "scheduler/");
+        let pipe = StableDiffusion::load(&source, &device).unwrap();
+        let opts = GenerateOptions {
+            prompt: PROMPT.into(),
+            guidance_scale: 0.0,
+            timesteps: Timesteps::Count(1),
+            initial_latents: Some(reference.f32("latents").1),
+            ..GenerateOptions::default()
+        };
+        assert_eq!(pipe.start(&opts).unwrap().timesteps(), &[999.0]);
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image_1").1);
+        assert!(
+            worst <= 1.0,
+            "{name}: SDXL-Turbo, one step: {worst}/255 from diffusers"
+        );
+    }
+}

@@ -909,6 +909,35 @@ def make_sdxl(fix: Path):
     assert err < 1e-5, err
 
 
+def make_sdxl_turbo(fix: Path):
+    """SDXL-Turbo's recipe on the tiny SDXL model (`sdxl_turbo_tiny/`): stabilityai/sdxl-turbo's
+    scheduler config (Euler ancestral, trailing spacing), no classifier-free guidance, one
+    step. One ancestral step ends at sigma 0, where it adds no noise, so the image does not
+    depend on the noise generator and pins the runtime to diffusers exactly."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(fix / "sdxl_tiny"), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    turbo = {
+        "_class_name": "EulerAncestralDiscreteScheduler",
+        **SD_BETAS,
+        "prediction_type": "epsilon",
+        "steps_offset": 1,
+        "timestep_spacing": "trailing",
+    }
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(turbo)
+    out_dir = fix / "sdxl_turbo_tiny"
+    (out_dir / "scheduler").mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "scheduler" / "scheduler_config.json", turbo)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(13))
+    image = pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, latents=latents.clone(),
+                 output_type="np", height=64, width=64).images
+    log(f"sdxl turbo: timesteps {pipe.scheduler.timesteps.tolist()}")
+    save_file({"latents": latents, "image_1": torch.from_numpy(image).contiguous()},
+              str(out_dir / "reference.safetensors"))
+
+
 def make_lora(fix: Path):
     """A LoRA for the tiny SD 1.x model's UNet in kohya's names (`lora/`), covering a linear
     layer (a cross-attention query), a 3x3 convolution (kohya's LoCon: a 3x3 down, a 1x1 up)
@@ -1281,7 +1310,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "lora"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "lora"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1321,6 +1350,9 @@ def main():
         return
     if args.only == "lora":
         make_lora(fix)
+        return
+    if args.only == "sdxl-turbo":
+        make_sdxl_turbo(fix)
         return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():
