@@ -628,6 +628,12 @@ impl StableDiffusion {
         let (weights, config) =
             component_source(files, vae_part, ("vae", &names, vae::CONFIG_FILE), device)?;
         let vae_config = VaeConfig::from_json(&config)?;
+        // On a device that computes in f16 the VAE runs in f32 unless its config says it
+        // need not: SD's and SDXL's VAEs overflow f16 and draw black or NaN images.
+        let weights = match crate::device::limits(device).computes_f16 && vae_config.force_upcast {
+            true => weights.with_dtype(burn::tensor::FloatDType::F32),
+            false => weights,
+        };
         let (vae, vae_encoder) = build_component(weights, (kernels, None), |w| {
             let encoder = w
                 .contains("encoder.conv_in.weight")

@@ -74,3 +74,100 @@ fn the_f16_pipeline_stays_within_4_of_255_of_the_f32_one() {
         }
     }
 }
+
+/// The tiny SD 1 model with its VAE decoder's first convolution scaled up: its activations
+/// pass f16's largest value (65504), as SD's and SDXL's real VAEs do at full size.
+fn overflowing_vae(force_upcast: bool) -> lina_runtime::source::MemorySource {
+    use safetensors::tensor::TensorView;
+    use safetensors::{Dtype, SafeTensors};
+    let mut source = lina_runtime::source::MemorySource::new();
+    for (path, bytes) in common::model_files("sd1_tiny") {
+        let bytes = match path.as_str() {
+            "vae/diffusion_pytorch_model.safetensors" => {
+                let st = SafeTensors::deserialize(&bytes).unwrap();
+                let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+                    .tensors()
+                    .into_iter()
+                    .map(|(name, t)| {
+                        assert_eq!(t.dtype(), Dtype::F32);
+                        let gain = if name.starts_with("decoder.conv_in.") {
+                            30000.0
+                        } else {
+                            1.0
+                        };
+                        let data = t
+                            .data()
+                            .chunks_exact(4)
+                            .flat_map(|b| {
+                                (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * gain).to_le_bytes()
+                            })
+                            .collect();
+                        (name, t.shape().to_vec(), data)
+                    })
+                    .collect();
+                safetensors::serialize(
+                    tensors.iter().map(|(n, s, d)| {
+                        (
+                            n.as_str(),
+                            TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+                        )
+                    }),
+                    None,
+                )
+                .unwrap()
+            }
+            "vae/config.json" => {
+                let mut config: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                config["force_upcast"] = serde_json::json!(force_upcast);
+                config.to_string().into_bytes()
+            }
+            _ => bytes,
+        };
+        source.insert(path, bytes);
+    }
+    source
+}
+
+#[test]
+fn a_vae_that_overflows_f16_decodes_in_f32_on_an_f16_device() {
+    if std::env::var("LINA_TEST_GPU").as_deref() != Ok("1") {
+        eprintln!("skipped: needs the wgpu backend (set LINA_TEST_GPU=1 with a Vulkan driver)");
+        return;
+    }
+    let f32_device = pollster::block_on(lina_runtime::device::gpu()).unwrap();
+    let f16_device = lina_runtime::device::gpu_with(&GpuRequest {
+        max_binding_bytes: None,
+        precision: lina_runtime::device::Precision::F16,
+    })
+    .unwrap_or_else(|e| panic!("LINA_TEST_GPU=1 but no f16 device: {e}"));
+    let draw = |device: &burn::tensor::Device, force_upcast: bool| {
+        let pipe = StableDiffusion::load(&overflowing_vae(force_upcast), device).unwrap();
+        let opts = GenerateOptions {
+            prompt: "a red ball on a small mirror".into(),
+            seed: 7,
+            timesteps: Timesteps::Count(4),
+            ..GenerateOptions::default()
+        };
+        pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+            .unwrap()
+            .image
+            .rgb
+    };
+    let worst = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    let reference = draw(&f32_device, true);
+    let upcast = draw(&f16_device, true);
+    let in_f16 = draw(&f16_device, false);
+    eprintln!(
+        "f16 device: VAE in f32 {}/255 from the f32 image, VAE in f16 {}/255",
+        worst(&upcast, &reference),
+        worst(&in_f16, &reference)
+    );
+    assert!(
+        worst(&upcast, &reference) <= 4,
+        "the upcast VAE draws the f32 image"
+    );
+    assert!(
+        worst(&in_f16, &reference) > 64,
+        "in f16 this VAE overflows: the test would see it"
+    );
+}

@@ -171,9 +171,13 @@ def schedule_buffers(config: dict) -> dict[str, list[int]]:
 
 
 def load_component(folder: Path, name: str) -> dict:
+    """A component's tensors, from its one weight file or from all its shards."""
     files = sorted((folder / name).glob("*.safetensors"))
-    assert len(files) == 1, files
-    return load_file(files[0])
+    assert files, f"no weights in {folder / name}"
+    tensors = {}
+    for file in files:
+        tensors.update(load_file(file))
+    return tensors
 
 
 def ldm_checkpoint(folder: Path, family: str):
@@ -315,6 +319,9 @@ SDXL_UNET = dict(
 SDXL_TEXT_2 = dict(
     vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
     max_position_embeddings=77, hidden_act="gelu", projection_dim=1280, layer_norm_eps=1e-5,
+    # CLIP's legacy special ids, as SD's text encoder configs keep them (eos 2 makes
+    # transformers pool at the largest id, the end token).
+    bos_token_id=0, eos_token_id=2, pad_token_id=1,
 )
 
 

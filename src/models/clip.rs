@@ -27,9 +27,10 @@ pub struct ClipTextConfig {
     pub hidden_act: String,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
-    /// Where the pooled output is read: the first position of this id, or, for the legacy
-    /// value 2 (as CLIP's original configs have it) or none, the position of the largest id
-    /// (the end token, which has the largest id of CLIP's vocabulary).
+    /// Where the pooled output is read, as transformers reads it: the first position of this
+    /// id (the first position where there is none), or, for the legacy value 2 (as CLIP's
+    /// original configs have it) or none, the position of the largest id (the end token,
+    /// which has the largest id of CLIP's vocabulary).
     #[serde(default)]
     pub eos_token_id: Option<u32>,
     /// The width of `text_projection` (`CLIPTextModelWithProjection`).
@@ -312,7 +313,8 @@ impl ClipTextEncoder {
         };
         match self.config.eos_token_id {
             None | Some(2) => largest(),
-            Some(eos) => ids.iter().position(|&id| id == eos).unwrap_or_else(largest),
+            // As transformers: the first end token, or the first position without one.
+            Some(eos) => ids.iter().position(|&id| id == eos).unwrap_or(0),
         }
     }
 

@@ -1,7 +1,7 @@
 //! diffusers' `AutoencoderKL`: the decoder (latents to RGB in [-1, 1]) and, where the file
 //! has it, the encoder (RGB to the posterior's mean), for img2img and inpainting.
 
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 use serde::Deserialize;
 
 use super::config::{check_channels, check_size, parse};
@@ -41,6 +41,11 @@ pub struct VaeConfig {
     pub use_post_quant_conv: bool,
     #[serde(default = "d_true")]
     pub mid_block_add_attention: bool,
+    /// Whether the VAE runs in f32 where the model computes in f16 (diffusers' name; true
+    /// by default, as there): SD's and SDXL's VAEs overflow f16 and draw black or NaN
+    /// images. Only VAEs fine-tuned for f16 (the "fp16-fix" ones) say false.
+    #[serde(default = "d_true")]
+    pub force_upcast: bool,
 }
 
 fn d_three() -> usize {
@@ -239,6 +244,8 @@ struct DownEncoderBlock {
 /// The encoder half: images in [-1, 1] to the latent posterior's mean.
 pub struct VaeEncoder {
     config: VaeConfig,
+    /// The float type it computes in, where it is not the device's own.
+    dtype: Option<FloatDType>,
     conv_in: Conv2d,
     down: Vec<DownEncoderBlock>,
     mid: MidBlock,
@@ -291,6 +298,7 @@ impl VaeEncoder {
                 .use_quant_conv
                 .then(|| Conv2d::load1(&root.at("quant_conv"), 2 * latent, 2 * latent))
                 .transpose()?,
+            dtype: weights.dtype(),
             config,
         })
     }
@@ -298,6 +306,11 @@ impl VaeEncoder {
     /// The posterior's mean for images in [-1, 1], before scaling: diffusers'
     /// `encode(x).latent_dist.mode()`.
     pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
+        let dtype = x.dtype();
+        let x = match self.dtype {
+            Some(own) => x.cast(own),
+            None => x,
+        };
         let mut h = self.conv_in.forward(x);
         for block in &self.down {
             for r in &block.resnets {
@@ -312,7 +325,9 @@ impl VaeEncoder {
         if let Some(q) = &self.quant_conv {
             moments = q.forward(moments);
         }
-        moments.narrow(1, 0, self.config.latent_channels)
+        moments
+            .narrow(1, 0, self.config.latent_channels)
+            .cast(dtype)
     }
 
     /// Images in [-1, 1] to latents as the sampler holds them (shifted, scaled).
@@ -332,6 +347,9 @@ struct UpDecoderBlock {
 
 pub struct VaeDecoder {
     config: VaeConfig,
+    /// The float type it computes in, where it is not the device's own (see
+    /// [`VaeConfig::force_upcast`]).
+    dtype: Option<FloatDType>,
     post_quant_conv: Option<Conv2d>,
     conv_in: Conv2d,
     mid: MidBlock,
@@ -391,6 +409,7 @@ impl VaeDecoder {
             up,
             norm_out: GroupNorm::load(&w.at("conv_norm_out"), groups, c0, 1e-6)?,
             conv_out: Conv2d::load3(&w.at("conv_out"), c0, config.out_channels)?,
+            dtype: weights.dtype(),
             config,
         })
     }
@@ -399,8 +418,11 @@ impl VaeDecoder {
         &self.config
     }
 
-    /// Decodes raw latents `z` (already divided by the scaling factor) to images in [-1, 1].
+    /// Decodes raw latents `z` (already divided by the scaling factor) to images in [-1, 1],
+    /// of `z`'s float type.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        let dtype = z.dtype();
+        let z = self.upcast(z);
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(z),
             None => z,
@@ -414,12 +436,24 @@ impl VaeDecoder {
                 x = up.forward(x, None);
             }
         }
-        self.conv_out.forward(self.norm_out.forward_silu(x))
+        self.conv_out
+            .forward(self.norm_out.forward_silu(x))
+            .cast(dtype)
+    }
+
+    /// `x` in the decoder's own float type.
+    fn upcast(&self, x: Tensor<4>) -> Tensor<4> {
+        match self.dtype {
+            Some(dtype) => x.cast(dtype),
+            None => x,
+        }
     }
 
     /// The same decode with the up blocks in `bands` row bands (see [`decoder_bands`]), so
     /// that no buffer holds a whole full-resolution activation.
     pub fn decode_in_bands(&self, z: Tensor<4>, bands: usize) -> Tensor<4> {
+        let dtype = z.dtype();
+        let z = self.upcast(z);
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(z),
             None => z,
@@ -436,6 +470,7 @@ impl VaeDecoder {
         self.conv_out
             .forward_bands(&self.norm_out.forward_bands_silu(&x))
             .join()
+            .cast(dtype)
     }
 
     /// Latents as the sampler holds them (scaled, shifted) to images in [-1, 1]; in row bands

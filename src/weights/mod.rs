@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
 
 pub use lora::{EmbeddingVectors, Lora, LoraTarget, ScaledLora, embedding_vectors};
 pub use stream::{StreamedTensor, TensorStream};
@@ -35,6 +35,9 @@ pub struct Weights {
     kernels: Kernels,
     /// LoRA updates not yet merged, by the weight they adapt.
     pending: RefCell<HashMap<String, Vec<lora::Delta>>>,
+    /// The float type tensors are handed out in, where it is not the device's own (an f32
+    /// VAE on a device that computes in f16).
+    dtype: Option<FloatDType>,
 }
 
 enum Backing {
@@ -85,6 +88,7 @@ impl Weights {
             device: device.clone(),
             kernels: Kernels::default(),
             pending: RefCell::default(),
+            dtype: None,
         }
     }
 
@@ -98,6 +102,7 @@ impl Weights {
             device: device.clone(),
             kernels: Kernels::default(),
             pending: RefCell::default(),
+            dtype: None,
         }
     }
 
@@ -195,8 +200,21 @@ impl Weights {
                 device: self.device.clone(),
                 kernels: self.kernels,
                 pending: RefCell::default(),
+                dtype: None,
             })
             .collect())
+    }
+
+    /// These weights handed out in `dtype` (see [`Weights::dtype`]) instead of the device's
+    /// float type.
+    pub fn with_dtype(mut self, dtype: FloatDType) -> Self {
+        self.dtype = Some(dtype);
+        self
+    }
+
+    /// The float type the weights are handed out in, where it is not the device's own.
+    pub fn dtype(&self) -> Option<FloatDType> {
+        self.dtype
     }
 
     /// These weights with the layers built from them running `kernels` (the default is
@@ -300,7 +318,10 @@ impl Weights {
             )));
         }
         self.used.borrow_mut().insert(name.to_string());
-        let flat = parts.blocks[0].clone();
+        let mut flat = parts.blocks[0].clone();
+        if let Some(dtype) = self.dtype {
+            flat = flat.cast(dtype);
+        }
         let mut weight = if stored.channels_last {
             channels_last_view(flat, shape)
         } else {
@@ -611,6 +632,7 @@ impl WeightsUpload {
             device: self.device,
             kernels: Kernels::default(),
             pending: RefCell::default(),
+            dtype: None,
         })
     }
 }
