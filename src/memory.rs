@@ -145,6 +145,13 @@ pub fn weight_bytes(
     ])
 }
 
+/// The f32 bytes of a text encoder's weights (SDXL's second one, beside [`weight_bytes`]).
+pub fn text_encoder_bytes(text: &ClipTextConfig, device: &Device) -> Result<u64> {
+    let weights = Weights::count_only(device);
+    ClipTextEncoder::load(text.clone(), &weights)?;
+    Ok(weights.requested_bytes())
+}
+
 /// Refuses what `limits` cannot hold, naming the tensor, its size and the limit.
 pub fn check(needs: &[Need], limits: &Limits, width: usize, height: usize) -> Result<()> {
     match needs.iter().find(|n| n.bytes > limits.max_binding_bytes) {

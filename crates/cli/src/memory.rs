@@ -23,6 +23,9 @@ pub struct Args {
     /// The text encoder's config.json.
     #[arg(long)]
     text_encoder: Option<PathBuf>,
+    /// SDXL's second text encoder's config.json (found in the model folder where it has one).
+    #[arg(long)]
+    text_encoder_2: Option<PathBuf>,
     /// Image sides to report, in pixels.
     #[arg(long, value_delimiter = ',', default_value = "256,512,768")]
     sizes: Vec<usize>,
@@ -48,7 +51,20 @@ pub fn run(args: Args) -> Result<()> {
     let text =
         ClipTextConfig::from_json(&config(args.text_encoder, "text_encoder", "text-encoder")?)?;
 
-    let weights = memory::weight_bytes(&text, &unet, &vae, &lina_runtime::device::cpu())?;
+    let mut weights = memory::weight_bytes(&text, &unet, &vae, &lina_runtime::device::cpu())?;
+    let second = match (&args.text_encoder_2, &args.model) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(model)) => {
+            Some(model.join("text_encoder_2").join("config.json")).filter(|path| path.exists())
+        }
+        (None, None) => None,
+    };
+    if let Some(path) = second {
+        let config =
+            ClipTextConfig::from_file("text_encoder_2/config.json", &common::read_text(&path)?)?;
+        let bytes = memory::text_encoder_bytes(&config, &lina_runtime::device::cpu())?;
+        weights.insert(1, ("text encoder 2", bytes));
+    }
     println!("| component | parameters | f32 | f16 |\n| --- | --- | --- | --- |");
     for (name, bytes) in &weights {
         println!(
