@@ -530,20 +530,19 @@ impl StableDiffusion {
         kernels: Kernels,
         loras: &[ScaledLora],
     ) -> Result<Self> {
+        // The tokenizer first: a single file holds none, and its absence should be said
+        // before gigabytes of weights are read.
+        let Some(mut tokenizer) = load_tokenizer(files, "tokenizer")? else {
+            return Err(Error::MissingFile(match files.len(CHECKPOINT_FILE)? {
+                Some(_) => "tokenizer/vocab.json: a single-file checkpoint holds no tokenizer; pair it with the tokenizer/ folder of a diffusers repository of its family".into(),
+                None => "tokenizer/vocab.json".into(),
+            }));
+        };
         // A single-file checkpoint, where the source has one, supplies the weights (and the
         // configs the source lacks) of the components it holds.
         let checkpoint = match stream_weights(files, CHECKPOINT_FILE, device)? {
             Some(weights) => Some(Checkpoint::split(CHECKPOINT_FILE, weights)?),
             None => None,
-        };
-        let mut tokenizer = match load_tokenizer(files, "tokenizer")? {
-            Some(tokenizer) => tokenizer,
-            None if checkpoint.is_some() => {
-                return Err(Error::MissingFile(
-                    "tokenizer/vocab.json: a single-file checkpoint holds no tokenizer; pair it with the tokenizer/ folder of a diffusers repository of its family".into(),
-                ));
-            }
-            None => return Err(Error::MissingFile("tokenizer/vocab.json".into())),
         };
         let (unet_part, vae_part, text_part, text_2_part, checkpoint_scheduler) = match checkpoint {
             Some(c) => (
