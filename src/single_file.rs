@@ -120,8 +120,8 @@ pub fn inspect(file: &str, shapes: &[(&str, &[usize])]) -> Result<(Family, Confi
     Ok((family, Configs::infer(file, family, &shapes)?))
 }
 
-/// Kinds of weight file told apart by their names, for the family check and for the error
-/// that names the nearest layouts. A name belongs to a layout if it starts with one of its
+/// Kinds of weight file told apart by their names, for the error that names the nearest
+/// layouts to a file that fits none. A name belongs to a layout if it starts with one of its
 /// prefixes (or contains one of its markers, for LoRA).
 const LAYOUTS: &[(&str, &[&str])] = &[
     ("SD 1.x single file", &[UNET, VAE, CLIP]),
