@@ -231,7 +231,7 @@ fn family(file: &str, shapes: &Shapes) -> Result<Family> {
     let context = shapes
         .iter()
         .find(|(n, _)| n.ends_with("attn2.to_k.weight"))
-        .map(|(_, s)| s[s.len() - 1]);
+        .and_then(|(_, s)| s.last().copied());
     Ok(if context == Some(1024) {
         Family::Sd2
     } else {
@@ -529,6 +529,15 @@ impl<'a> Table<'_, 'a> {
     fn has(&self, name: &str) -> bool {
         self.shapes.contains_key(name)
     }
+
+    /// Axis `axis` of tensor `name`; a tensor of too few axes is a bad file, not a panic.
+    fn dim(&self, name: &str, axis: usize) -> Result<usize> {
+        let shape = self.shape(name)?;
+        shape.get(axis).copied().ok_or_else(|| Error::WeightFile {
+            file: self.file.to_string(),
+            message: format!("tensor `{name}` has shape {shape:?}, too few axes"),
+        })
+    }
 }
 
 fn unet_config(family: Family, t: &Table) -> Result<Value> {
@@ -546,7 +555,7 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
     let mut up_types = Vec::new();
     for b in 0..blocks {
         let first = 1 + b * per;
-        channels.push(shape(&p(format!("input_blocks.{first}.0.out_layers.3.weight")))?[0]);
+        channels.push(t.dim(&p(format!("input_blocks.{first}.0.out_layers.3.weight")), 0)?);
         down_types.push(
             if has(&p(format!("input_blocks.{first}.1.proj_in.weight"))) {
                 "CrossAttnDownBlock2D"
@@ -565,7 +574,9 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
     let attention_k = shapes
         .iter()
         .find(|(n, _)| n.starts_with(UNET) && n.ends_with("attn2.to_k.weight"));
-    let cross_attention_dim = attention_k.map_or(768, |(_, s)| s[s.len() - 1]);
+    let cross_attention_dim = attention_k
+        .and_then(|(_, s)| s.last().copied())
+        .unwrap_or(768);
     let proj_in = shapes
         .iter()
         .find(|(n, _)| n.starts_with(UNET) && n.ends_with(".proj_in.weight"));
@@ -593,8 +604,8 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
     let mut config = json!({
         "_class_name": "UNet2DConditionModel",
         "sample_size": sample_size,
-        "in_channels": shape(&p("input_blocks.0.0.weight".into()))?[1],
-        "out_channels": shape(&p("out.2.weight".into()))?[0],
+        "in_channels": t.dim(&p("input_blocks.0.0.weight".into()), 1)?,
+        "out_channels": t.dim(&p("out.2.weight".into()), 0)?,
         "down_block_types": down_types,
         "mid_block_type": if has(&p("middle_block.1.proj_in.weight".into())) {
             Value::from("UNetMidBlock2DCrossAttn")
@@ -618,7 +629,8 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
         let pooled = t
             .shapes
             .get(format!("{OPEN_CLIP_XL}text_projection").as_str())
-            .map_or(1280, |s| s[s.len() - 1]);
+            .and_then(|s| s.last().copied())
+            .unwrap_or(1280);
         config["addition_embed_type"] = json!("text_time");
         config["projection_class_embeddings_input_dim"] = json!(input);
         config["addition_time_embed_dim"] = json!(input.saturating_sub(pooled) / 6);
@@ -627,21 +639,22 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
 }
 
 fn vae_config(family: Family, t: &Table) -> Result<Value> {
-    let (shapes, shape) = (t.shapes, |n: &str| t.shape(n));
+    let shapes = t.shapes;
     let blocks = count_indices(shapes, "first_stage_model.encoder.down.");
     let layers = count_indices(shapes, "first_stage_model.encoder.down.0.block.");
     let channels = (0..blocks)
         .map(|i| {
-            Ok(shape(&format!(
-                "first_stage_model.encoder.down.{i}.block.0.conv1.weight"
-            ))?[0])
+            t.dim(
+                &format!("first_stage_model.encoder.down.{i}.block.0.conv1.weight"),
+                0,
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(json!({
         "_class_name": "AutoencoderKL",
-        "in_channels": shape("first_stage_model.encoder.conv_in.weight")?[1],
-        "out_channels": shape("first_stage_model.decoder.conv_out.weight")?[0],
-        "latent_channels": shape("first_stage_model.decoder.conv_in.weight")?[1],
+        "in_channels": t.dim("first_stage_model.encoder.conv_in.weight", 1)?,
+        "out_channels": t.dim("first_stage_model.decoder.conv_out.weight", 0)?,
+        "latent_channels": t.dim("first_stage_model.decoder.conv_in.weight", 1)?,
         "block_out_channels": channels,
         "down_block_types": vec!["DownEncoderBlock2D"; blocks],
         "up_block_types": vec!["UpDecoderBlock2D"; blocks],
@@ -697,11 +710,11 @@ fn text_config(family: Family, t: &Table) -> Result<Option<Value>> {
         "architectures": ["CLIPTextModel"],
         "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": shape(&fc1)?[0],
+        "intermediate_size": t.dim(&fc1, 0)?,
         "num_hidden_layers": layers,
         // Both CLIP ViT-L and OpenCLIP ViT-H use 64-channel heads.
         "num_attention_heads": (hidden / 64).max(1),
-        "max_position_embeddings": shape(&positions)?[0],
+        "max_position_embeddings": t.dim(&positions, 0)?,
         "hidden_act": act,
         "layer_norm_eps": 1e-5,
     })))
@@ -723,10 +736,10 @@ fn open_clip_config(prefix: &str, drop_last: bool, t: &Table) -> Result<Option<V
         "architectures": ["CLIPTextModel"],
         "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": t.shape(&format!("{prefix}transformer.resblocks.0.mlp.c_fc.weight"))?[0],
-        "num_hidden_layers": layers - usize::from(drop_last),
+        "intermediate_size": t.dim(&format!("{prefix}transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
+        "num_hidden_layers": layers.saturating_sub(usize::from(drop_last)),
         "num_attention_heads": (hidden / 64).max(1),
-        "max_position_embeddings": t.shape(&format!("{prefix}positional_embedding"))?[0],
+        "max_position_embeddings": t.dim(&format!("{prefix}positional_embedding"), 0)?,
         "hidden_act": "gelu",
         "layer_norm_eps": 1e-5,
     });
@@ -769,4 +782,39 @@ fn scheduler_config(family: Family) -> Value {
             Family::Sd1 | Family::Sdxl => "epsilon",
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hostile file's header may give any tensor any shape: the inference reads axes that
+    /// may not exist, and must say so rather than panic (a panic would trap a page's wasm).
+    #[test]
+    fn tensors_of_too_few_axes_are_errors_not_panics() {
+        let names = [
+            "model.diffusion_model.input_blocks.0.0.weight",
+            "model.diffusion_model.input_blocks.1.0.out_layers.3.weight",
+            "model.diffusion_model.input_blocks.1.1.proj_in.weight",
+            "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+            "model.diffusion_model.out.2.weight",
+            "model.diffusion_model.label_emb.0.0.weight",
+            "first_stage_model.encoder.conv_in.weight",
+            "first_stage_model.encoder.down.0.block.0.conv1.weight",
+            "first_stage_model.decoder.conv_in.weight",
+            "first_stage_model.decoder.conv_out.weight",
+            "cond_stage_model.model.ln_final.weight",
+            "cond_stage_model.model.token_embedding.weight",
+            "conditioner.embedders.1.model.ln_final.weight",
+            "conditioner.embedders.1.model.text_projection",
+        ];
+        for shape in [&[][..], &[0][..], &[3][..]] {
+            for count in 1..=names.len() {
+                let shapes: Vec<(&str, &[usize])> =
+                    names[..count].iter().map(|n| (*n, shape)).collect();
+                let result = inspect("hostile.safetensors", &shapes);
+                assert!(result.is_err(), "{count} names of shape {shape:?} passed");
+            }
+        }
+    }
 }
