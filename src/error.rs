@@ -60,6 +60,13 @@ pub enum Error {
     #[error("missing file `{0}` in the model folder")]
     MissingFile(String),
 
+    /// A single-file checkpoint without the files it cannot hold (its tokenizer), with
+    /// where to get them. Code `missing_file`, as for a folder.
+    #[error(
+        "`{0}`: a single-file checkpoint holds no tokenizer; pair it with a diffusers folder of its family, which gives the tokenizer and any configs that should win over the inferred ones (lina-cli: --config DIR; loadModel: url or files beside checkpoint)"
+    )]
+    NoTokenizer(String),
+
     /// A pickled PyTorch weight file (`.bin`, `.ckpt`, `.pt`) where safetensors was expected:
     /// never loaded, because unpickling runs whatever code the file holds.
     #[error(
@@ -114,7 +121,7 @@ impl Error {
             Error::UnknownLayout { .. } => "unknown_layout",
             Error::UnsupportedModel { .. } => "unsupported_model",
             Error::Tokenizer(_) => "tokenizer",
-            Error::MissingFile(_) => "missing_file",
+            Error::MissingFile(_) | Error::NoTokenizer(_) => "missing_file",
             Error::PickledWeights(_) => "pickled_weights",
             Error::InvalidInput(_) => "invalid_input",
             Error::Device(_) => "device",

@@ -533,10 +533,11 @@ impl StableDiffusion {
         // The tokenizer first: a single file holds none, and its absence should be said
         // before gigabytes of weights are read.
         let Some(mut tokenizer) = load_tokenizer(files, "tokenizer")? else {
-            return Err(Error::MissingFile(match files.len(CHECKPOINT_FILE)? {
-                Some(_) => "tokenizer/vocab.json: a single-file checkpoint holds no tokenizer; pair it with the tokenizer/ folder of a diffusers repository of its family".into(),
-                None => "tokenizer/vocab.json".into(),
-            }));
+            let path = "tokenizer/vocab.json".to_string();
+            return Err(match files.len(CHECKPOINT_FILE)? {
+                Some(_) => Error::NoTokenizer(path),
+                None => Error::MissingFile(path),
+            });
         };
         // A single-file checkpoint, where the source has one, supplies the weights (and the
         // configs the source lacks) of the components it holds.
@@ -583,10 +584,11 @@ impl StableDiffusion {
                 )?;
                 let config = ClipTextConfig::from_file(clip::CONFIG_FILE_2, &config)?;
                 let mut tokenizer = load_tokenizer(files, "tokenizer_2")?.ok_or_else(|| {
-                    Error::MissingFile(match from_file {
-                        true => "tokenizer_2/vocab.json: an SDXL single-file checkpoint holds no tokenizers; pair it with an SDXL diffusers folder (tokenizer/ and tokenizer_2/)".into(),
-                        false => "tokenizer_2/vocab.json".into(),
-                    })
+                    let path = "tokenizer_2/vocab.json".to_string();
+                    match from_file {
+                        true => Error::NoTokenizer(path),
+                        false => Error::MissingFile(path),
+                    }
                 })?;
                 tokenizer.limit_length(config.max_position_embeddings);
                 let encoder = build_component(
