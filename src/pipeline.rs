@@ -304,6 +304,9 @@ pub struct StableDiffusion {
     kernels: Kernels,
 }
 
+/// A text encoder's weight files, in order of preference.
+const TEXT_ENCODER_WEIGHTS: &[&str] = &["model.safetensors", "model.fp16.safetensors"];
+
 /// Streams one component's weights from the first weight file its folder has (in order of
 /// preference; each either whole or sharded with an index).
 fn folder_weights(
@@ -556,11 +559,7 @@ impl StableDiffusion {
             None => (None, None, None, None, None),
         };
 
-        let text_files = (
-            "text_encoder",
-            &["model.safetensors", "model.fp16.safetensors"][..],
-            clip::CONFIG_FILE,
-        );
+        let text_files = ("text_encoder", TEXT_ENCODER_WEIGHTS, clip::CONFIG_FILE);
         let (weights, config) = component_source(files, text_part, text_files, device)?;
         let text_config = ClipTextConfig::from_json(&config)?;
         tokenizer.limit_length(text_config.max_position_embeddings);
@@ -575,11 +574,10 @@ impl StableDiffusion {
             false => None,
             true => {
                 let from_file = text_2_part.is_some();
-                let names = ["model.safetensors", "model.fp16.safetensors"];
                 let (weights, config) = component_source(
                     files,
                     text_2_part,
-                    ("text_encoder_2", &names, clip::CONFIG_FILE_2),
+                    ("text_encoder_2", TEXT_ENCODER_WEIGHTS, clip::CONFIG_FILE_2),
                     device,
                 )?;
                 let config = ClipTextConfig::from_file(clip::CONFIG_FILE_2, &config)?;

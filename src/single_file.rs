@@ -670,54 +670,30 @@ fn vae_config(family: Family, t: &Table) -> Result<Value> {
 }
 
 fn text_config(family: Family, t: &Table) -> Result<Option<Value>> {
-    let (shapes, shape) = (t.shapes, |n: &str| t.shape(n));
-    let (layers, embedding, positions, fc1, act) = match family {
-        Family::Sd1 => {
-            let tm = "cond_stage_model.transformer.text_model.";
-            if !shapes.contains_key(format!("{tm}final_layer_norm.weight").as_str()) {
-                return Ok(None);
-            }
-            (
-                count_indices(shapes, &format!("{tm}encoder.layers.")),
-                format!("{tm}embeddings.token_embedding.weight"),
-                format!("{tm}embeddings.position_embedding.weight"),
-                format!("{tm}encoder.layers.0.mlp.fc1.weight"),
-                "quick_gelu",
-            )
-        }
+    match family {
+        // CLIP ViT-L, in transformers' own names.
+        Family::Sd1 => clip_config(CLIP, t),
+        Family::Sdxl => clip_config(CLIP_XL, t),
         // The penultimate layer's output is what SD 2 conditions on.
-        Family::Sd2 => return open_clip_config(OPEN_CLIP, true, t),
-        Family::Sdxl => {
-            let tm = format!("{CLIP_XL}text_model.");
-            if !shapes.contains_key(format!("{tm}final_layer_norm.weight").as_str()) {
-                return Ok(None);
-            }
-            (
-                count_indices(shapes, &format!("{tm}encoder.layers.")),
-                format!("{tm}embeddings.token_embedding.weight"),
-                format!("{tm}embeddings.position_embedding.weight"),
-                format!("{tm}encoder.layers.0.mlp.fc1.weight"),
-                "quick_gelu",
-            )
-        }
-    };
-    let [vocab, hidden] = shape(&embedding)?[..] else {
-        return Err(Error::InvalidInput(format!(
-            "`{embedding}` is not a [rows, width] table"
-        )));
-    };
-    Ok(Some(json!({
-        "architectures": ["CLIPTextModel"],
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": t.dim(&fc1, 0)?,
-        "num_hidden_layers": layers,
-        // Both CLIP ViT-L and OpenCLIP ViT-H use 64-channel heads.
-        "num_attention_heads": (hidden / 64).max(1),
-        "max_position_embeddings": t.dim(&positions, 0)?,
-        "hidden_act": act,
-        "layer_norm_eps": 1e-5,
-    })))
+        Family::Sd2 => open_clip_config(OPEN_CLIP, true, t),
+    }
+}
+
+/// A CLIP ViT-L text encoder stored in transformers' names under `prefix`.
+fn clip_config(prefix: &str, t: &Table) -> Result<Option<Value>> {
+    let tm = format!("{prefix}text_model.");
+    if !t.has(&format!("{tm}final_layer_norm.weight")) {
+        return Ok(None);
+    }
+    text_config_json(
+        t,
+        &format!("{tm}embeddings.token_embedding.weight"),
+        t.dim(&format!("{tm}encoder.layers.0.mlp.fc1.weight"), 0)?,
+        count_indices(t.shapes, &format!("{tm}encoder.layers.")),
+        t.dim(&format!("{tm}embeddings.position_embedding.weight"), 0)?,
+        "quick_gelu",
+    )
+    .map(Some)
 }
 
 /// An OpenCLIP text tower's config as transformers' CLIP: SD 2's without its last layer
@@ -727,22 +703,17 @@ fn open_clip_config(prefix: &str, drop_last: bool, t: &Table) -> Result<Option<V
         return Ok(None);
     }
     let layers = count_indices(t.shapes, &format!("{prefix}transformer.resblocks."));
-    let [vocab, hidden] = t.shape(&format!("{prefix}token_embedding.weight"))?[..] else {
-        return Err(Error::InvalidInput(format!(
-            "`{prefix}token_embedding.weight` is not a [rows, width] table"
-        )));
-    };
-    let mut config = json!({
-        "architectures": ["CLIPTextModel"],
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": t.dim(&format!("{prefix}transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
-        "num_hidden_layers": layers.saturating_sub(usize::from(drop_last)),
-        "num_attention_heads": (hidden / 64).max(1),
-        "max_position_embeddings": t.dim(&format!("{prefix}positional_embedding"), 0)?,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-5,
-    });
+    let mut config = text_config_json(
+        t,
+        &format!("{prefix}token_embedding.weight"),
+        t.dim(
+            &format!("{prefix}transformer.resblocks.0.mlp.c_fc.weight"),
+            0,
+        )?,
+        layers.saturating_sub(usize::from(drop_last)),
+        t.dim(&format!("{prefix}positional_embedding"), 0)?,
+        "gelu",
+    )?;
     if !drop_last && let Ok(&[_, width]) = t.shape(&format!("{prefix}text_projection")) {
         config["architectures"] = json!(["CLIPTextModelWithProjection"]);
         config["projection_dim"] = json!(width);
@@ -750,38 +721,60 @@ fn open_clip_config(prefix: &str, drop_last: bool, t: &Table) -> Result<Option<V
     Ok(Some(config))
 }
 
+/// A text encoder's config as transformers writes it; the vocabulary and width come from the
+/// token table `embedding`. CLIP ViT-L, OpenCLIP ViT-H and bigG all use 64-channel heads.
+fn text_config_json(
+    t: &Table,
+    embedding: &str,
+    intermediate: usize,
+    layers: usize,
+    positions: usize,
+    act: &str,
+) -> Result<Value> {
+    let [vocab, hidden] = t.shape(embedding)?[..] else {
+        return Err(Error::InvalidInput(format!(
+            "`{embedding}` is not a [rows, width] table"
+        )));
+    };
+    Ok(json!({
+        "architectures": ["CLIPTextModel"],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": (hidden / 64).max(1),
+        "max_position_embeddings": positions,
+        "hidden_act": act,
+        "layer_norm_eps": 1e-5,
+    }))
+}
+
 /// The noise schedule SD 1.x, 2.x and SDXL were trained with: as DDIM for SD (what
 /// diffusers' SD 2.1 repository ships; SD 1.5's PNDM shares its betas), as Euler for SDXL
 /// (what its base repository ships).
 fn scheduler_config(family: Family) -> Value {
-    if family == Family::Sdxl {
-        return json!({
-            "_class_name": "EulerDiscreteScheduler",
-            "num_train_timesteps": 1000,
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "interpolation_type": "linear",
-            "steps_offset": 1,
-            "timestep_spacing": "leading",
-            "prediction_type": "epsilon",
-        });
-    }
-    json!({
+    let mut config = json!({
         "_class_name": "DDIMScheduler",
         "num_train_timesteps": 1000,
         "beta_start": 0.00085,
         "beta_end": 0.012,
         "beta_schedule": "scaled_linear",
-        "clip_sample": false,
-        "set_alpha_to_one": false,
         "steps_offset": 1,
         "timestep_spacing": "leading",
-        "prediction_type": match family {
-            Family::Sd2 => "v_prediction",
-            Family::Sd1 | Family::Sdxl => "epsilon",
-        },
-    })
+        "prediction_type": "epsilon",
+    });
+    if family == Family::Sd2 {
+        config["prediction_type"] = json!("v_prediction");
+    }
+    if family == Family::Sdxl {
+        config["_class_name"] = json!("EulerDiscreteScheduler");
+        config["interpolation_type"] = json!("linear");
+    } else {
+        // DDIM's own defaults (true) are not what SD trained with.
+        config["clip_sample"] = json!(false);
+        config["set_alpha_to_one"] = json!(false);
+    }
+    config
 }
 
 #[cfg(test)]
