@@ -78,43 +78,17 @@ fn the_f16_pipeline_stays_within_4_of_255_of_the_f32_one() {
 /// The tiny SD 1 model with its VAE decoder's first convolution scaled up: its activations
 /// pass f16's largest value (65504), as SD's and SDXL's real VAEs do at full size.
 fn overflowing_vae(force_upcast: bool) -> lina_runtime::source::MemorySource {
-    use safetensors::tensor::TensorView;
-    use safetensors::{Dtype, SafeTensors};
     let mut source = lina_runtime::source::MemorySource::new();
     for (path, bytes) in common::model_files("sd1_tiny") {
         let bytes = match path.as_str() {
             "vae/diffusion_pytorch_model.safetensors" => {
-                let st = SafeTensors::deserialize(&bytes).unwrap();
-                let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
-                    .tensors()
-                    .into_iter()
-                    .map(|(name, t)| {
-                        assert_eq!(t.dtype(), Dtype::F32);
-                        let gain = if name.starts_with("decoder.conv_in.") {
-                            30000.0
-                        } else {
-                            1.0
-                        };
-                        let data = t
-                            .data()
-                            .chunks_exact(4)
-                            .flat_map(|b| {
-                                (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * gain).to_le_bytes()
-                            })
-                            .collect();
-                        (name, t.shape().to_vec(), data)
-                    })
-                    .collect();
-                safetensors::serialize(
-                    tensors.iter().map(|(n, s, d)| {
-                        (
-                            n.as_str(),
-                            TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
-                        )
-                    }),
-                    None,
-                )
-                .unwrap()
+                let mut tensors = common::f32_tensors(&bytes);
+                for (name, (_, values)) in tensors.iter_mut() {
+                    if name.starts_with("decoder.conv_in.") {
+                        values.iter_mut().for_each(|v| *v *= 30000.0);
+                    }
+                }
+                common::f32_safetensors(&tensors)
             }
             "vae/config.json" => {
                 let mut config: serde_json::Value = serde_json::from_slice(&bytes).unwrap();

@@ -9,13 +9,12 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::model_files;
+use common::{f32_safetensors, f32_tensors, model_files};
 use lina_runtime::kernels::Kernels;
 use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
 use lina_runtime::schedulers::Timesteps;
 use lina_runtime::source::MemorySource;
 use lina_runtime::weights::{Lora, ScaledLora};
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 const UNET: &str = "unet/diffusion_pytorch_model.safetensors";
@@ -31,52 +30,11 @@ struct Adapted {
     rank: usize,
 }
 
-fn tensors(bytes: &[u8]) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let file = SafeTensors::deserialize(bytes).unwrap();
-    // The f32 tensors: the text encoder's i64 `position_ids` carry no learned state and the
-    // loader does without them.
-    file.tensors()
-        .into_iter()
-        .filter(|(_, t)| t.dtype() == Dtype::F32)
-        .map(|(name, t)| {
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, (t.shape().to_vec(), v))
-        })
-        .collect()
-}
-
-fn write(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Vec<u8> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, (s, v))| {
-            (
-                n.clone(),
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    safetensors::serialize(
-        bytes.iter().map(|(n, s, b)| {
-            (
-                n.as_str(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        }),
-        None,
-    )
-    .unwrap()
-}
-
 /// A linear and a 3x3 convolution layer of the UNet and a projection of the text encoder,
 /// each with seeded rank-2 halves.
 fn adapted(files: &BTreeMap<String, Vec<u8>>) -> Vec<Adapted> {
-    let unet = tensors(&files[UNET]);
-    let text = tensors(&files[TEXT]);
+    let unet = f32_tensors(&files[UNET]);
+    let text = f32_tensors(&files[TEXT]);
     let pick = |map: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, part: &str| {
         let (name, (shape, _)) = map
             .iter()
@@ -147,7 +105,7 @@ fn lora_file(layers: &[Adapted], kohya: bool) -> Vec<u8> {
         out.insert(up, (up_shape, a.up.clone()));
         out.insert(alpha, (vec![], vec![1.0]));
     }
-    write(&out)
+    f32_safetensors(&out)
 }
 
 fn model(files: &BTreeMap<String, Vec<u8>>) -> MemorySource {
@@ -202,7 +160,7 @@ fn a_lora_in_either_naming_gives_the_image_of_weights_merged_by_hand() {
     // Merged by hand: W + scale * alpha / r * up * down, alpha 1, in f64.
     let mut merged = files.clone();
     for path in [UNET, TEXT] {
-        let mut t = tensors(&files[path]);
+        let mut t = f32_tensors(&files[path]);
         for a in layers.iter().filter(|a| a.text_encoder == (path == TEXT)) {
             let (_, w) = t.get_mut(&a.weight).unwrap();
             let rest = w.len() / a.shape[0];
@@ -215,7 +173,7 @@ fn a_lora_in_either_naming_gives_the_image_of_weights_merged_by_hand() {
                 }
             }
         }
-        merged.insert(path.to_string(), write(&t));
+        merged.insert(path.to_string(), f32_safetensors(&t));
     }
 
     let (kohya, peft) = (lora_file(&layers, true), lora_file(&layers, false));
@@ -274,7 +232,7 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
             .map(|e| (e.code(), e.to_string()))
             .expect("refused")
     };
-    let good = tensors(&lora_file(&layers, true));
+    let good = f32_tensors(&lora_file(&layers, true));
 
     // A module no layer of this model has (a LoRA for another architecture).
     let mut other = good.clone();
@@ -290,7 +248,7 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
         let v = other.remove(k).unwrap();
         other.insert(k.replace("lora_unet_", "lora_unet_mid_block_extra_"), v);
     }
-    let (code, e) = load(scaled(&write(&other), 1.0));
+    let (code, e) = load(scaled(&f32_safetensors(&other), 1.0));
     assert_eq!(code, "invalid_input");
     assert!(
         e.contains("matches no layer") && e.contains("mid_block_extra"),
@@ -307,7 +265,7 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
     let (shape, _) = ranks[&key].clone();
     let wider = vec![shape[0], 3];
     ranks.insert(key, (wider.clone(), vec![0.0; wider.iter().product()]));
-    let (code, e) = parse(&write(&ranks));
+    let (code, e) = parse(&f32_safetensors(&ranks));
     assert_eq!(code, "invalid_input");
     assert!(e.contains("ranks"), "{e}");
 
@@ -321,12 +279,12 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
         "unet.conv_in.lora_B.weight".to_string(),
         (vec![4, 0], vec![]),
     );
-    assert!(parse(&write(&zero)).1.contains("or are 0"));
+    assert!(parse(&f32_safetensors(&zero)).1.contains("or are 0"));
     let mut nan = good.clone();
     let key = nan.keys().find(|k| k.ends_with(".alpha")).unwrap().clone();
     nan.insert(key, (vec![], vec![f32::NAN]));
     assert!(
-        parse(&write(&nan))
+        parse(&f32_safetensors(&nan))
             .1
             .contains("alpha is not a finite number")
     );
@@ -339,7 +297,11 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
         .unwrap()
         .clone();
     half.remove(&key);
-    assert!(parse(&write(&half)).1.contains("lacks its down or up half"));
+    assert!(
+        parse(&f32_safetensors(&half))
+            .1
+            .contains("lacks its down or up half")
+    );
 
     // A tensor of neither naming family.
     let mut stray = good.clone();
@@ -347,7 +309,11 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
         "model.diffusion_model.input_blocks.0.0.weight".into(),
         (vec![1], vec![0.0]),
     );
-    assert!(parse(&write(&stray)).1.contains("not a LoRA tensor name"));
+    assert!(
+        parse(&f32_safetensors(&stray))
+            .1
+            .contains("not a LoRA tensor name")
+    );
 
     // A truncated file.
     let bytes = lora_file(&layers, true);
@@ -363,7 +329,7 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
     let (shape, _) = misfit[&key].clone();
     let narrow = vec![shape[0], shape[1] - 1];
     misfit.insert(key, (narrow.clone(), vec![0.0; narrow.iter().product()]));
-    let (_, e) = load(scaled(&write(&misfit), 1.0));
+    let (_, e) = load(scaled(&f32_safetensors(&misfit), 1.0));
     assert!(e.contains("does not fit"), "{e}");
 }
 
@@ -450,7 +416,7 @@ fn sdxl_loras_reach_both_text_encoders_and_one_for_a_missing_encoder_is_refused(
         t.insert(down_name, (vec![rank, inn], down.clone()));
         t.insert(up_name, (vec![out, rank], up.clone()));
         t.insert(alpha, (vec![], vec![rank as f32]));
-        write(&t)
+        f32_safetensors(&t)
     };
     let module = "text_model.encoder.layers.0.self_attn.q_proj";
     let flat = module.replace('.', "_");
@@ -492,7 +458,7 @@ fn sdxl_loras_reach_both_text_encoders_and_one_for_a_missing_encoder_is_refused(
         .collect();
     all.insert(weight.to_string(), (shape.clone(), merged_weight));
     let mut by_hand = files.clone();
-    by_hand.insert(TEXT_2.to_string(), write(&all));
+    by_hand.insert(TEXT_2.to_string(), f32_safetensors(&all));
 
     let plain = encode(&files, &[]);
     let with_kohya = encode(&files, &[scaled(&kohya, 1.0)]);
@@ -547,7 +513,7 @@ fn an_sdxl_kohya_lora_naming_original_unet_modules_merges_like_diffusers_names()
             format!("lora_unet_{module}.lora_up.weight"),
             (vec![out, rank], up.clone()),
         );
-        write(&t)
+        f32_safetensors(&t)
     };
     let original = file("input_blocks_3_1_proj_in");
     let diffusers = file("down_blocks_1_attentions_0_proj_in");

@@ -424,19 +424,9 @@ fn single_file_tensors(model: &str) -> Vec<(String, Vec<usize>)> {
 
 /// A safetensors file of zeros with these names and shapes.
 fn zeros(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
-    let data: Vec<Vec<u8>> = tensors
+    let zeros = tensors
         .iter()
-        .map(|(_, s)| vec![0u8; s.iter().product::<usize>() * 4])
+        .map(|(n, s)| (n.clone(), (s.clone(), vec![0.0; s.iter().product()])))
         .collect();
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .zip(&data)
-        .map(|((n, s), d)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, None).unwrap()
+    common::f32_safetensors(&zeros)
 }

@@ -189,3 +189,47 @@ pub fn model_files(model: &str) -> Vec<(String, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// Tensors by name: shape and f32 values.
+pub type F32Tensors = std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// A safetensors file's f32 tensors (others, such as an i64 `position_ids`, left out).
+pub fn f32_tensors(bytes: &[u8]) -> F32Tensors {
+    let file = SafeTensors::deserialize(bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .filter(|(_, t)| t.dtype() == Dtype::F32)
+        .map(|(name, t)| {
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, (t.shape().to_vec(), v))
+        })
+        .collect()
+}
+
+/// A safetensors file of f32 tensors.
+pub fn f32_safetensors(tensors: &F32Tensors) -> Vec<u8> {
+    let bytes: Vec<(&str, &[usize], Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, (s, v))| {
+            (
+                n.as_str(),
+                &s[..],
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    safetensors::serialize(
+        bytes.iter().map(|(n, s, b)| {
+            (
+                *n,
+                safetensors::tensor::TensorView::new(Dtype::F32, s.to_vec(), b).unwrap(),
+            )
+        }),
+        None,
+    )
+    .unwrap()
+}
