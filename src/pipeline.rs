@@ -428,10 +428,7 @@ fn component_source(
 ) -> Result<(Weights, String)> {
     match from_checkpoint {
         Some(part) => {
-            let config = match files.read(config_file)? {
-                Some(_) => files.require_text(config_file)?,
-                None => part.config,
-            };
+            let config = files.read_text(config_file)?.unwrap_or(part.config);
             Ok((part.weights, config))
         }
         None => Ok((
@@ -663,9 +660,13 @@ impl StableDiffusion {
             }
         };
 
-        let scheduler_json = match (files.read(schedulers::CONFIG_FILE)?, checkpoint_scheduler) {
+        let scheduler_json = match (
+            files.read_text(schedulers::CONFIG_FILE)?,
+            checkpoint_scheduler,
+        ) {
+            (Some(text), _) => text,
             (None, Some(inferred)) => inferred,
-            _ => files.require_text(schedulers::CONFIG_FILE)?,
+            (None, None) => return Err(Error::MissingFile(schedulers::CONFIG_FILE.into())),
         };
         let scheduler_config = SchedulerConfig::from_json(&scheduler_json)?;
         // A LoRA for a second text encoder the model does not have adapts nothing: refused.

@@ -40,7 +40,17 @@ pub trait FileSource {
     }
 
     fn require_text(&self, path: &str) -> Result<String> {
-        String::from_utf8(self.require(path)?).map_err(|_| Error::config(path, "is not UTF-8 text"))
+        self.read_text(path)?
+            .ok_or_else(|| Error::MissingFile(path.to_string()))
+    }
+
+    /// The file as UTF-8 text, or `None` if the model does not have it.
+    fn read_text(&self, path: &str) -> Result<Option<String>> {
+        self.read(path)?
+            .map(|bytes| {
+                String::from_utf8(bytes).map_err(|_| Error::config(path, "is not UTF-8 text"))
+            })
+            .transpose()
     }
 }
 
