@@ -759,7 +759,6 @@ def make_turbo(fix: Path):
     """SD-Turbo's recipe on the tiny SD 2.x model: stabilityai/sd-turbo's scheduler config
     (Euler, trailing spacing, epsilon), 1 and 4 steps, no classifier-free guidance."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
-    from safetensors.torch import save_file
 
     pipe = StableDiffusionPipeline.from_pretrained(str(fix / "sd2_tiny"), torch_dtype=torch.float32)
     turbo = {
@@ -774,16 +773,23 @@ def make_turbo(fix: Path):
         "use_karras_sigmas": False,
     }
     pipe.scheduler = EulerDiscreteScheduler.from_config(turbo)
-    out_dir = fix / "sd_turbo_tiny"
+    turbo_references(pipe, turbo, fix / "sd_turbo_tiny", seed=11, steps=(1, 4))
+
+
+def turbo_references(pipe, scheduler: dict, out_dir: Path, seed: int, steps: tuple) -> None:
+    """A distilled model's recipe: `scheduler` as `out_dir/scheduler/`, and the images of
+    fixed latents at each step count, without classifier-free guidance."""
+    from safetensors.torch import save_file
+
     (out_dir / "scheduler").mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "scheduler" / "scheduler_config.json", turbo)
-    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(11))
+    write_json(out_dir / "scheduler" / "scheduler_config.json", scheduler)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
     refs = {"latents": latents}
-    for steps in (1, 4):
-        image = pipe(PROMPT, num_inference_steps=steps, guidance_scale=0.0, latents=latents.clone(),
+    for n in steps:
+        image = pipe(PROMPT, num_inference_steps=n, guidance_scale=0.0, latents=latents.clone(),
                      output_type="np", height=64, width=64).images
-        refs[f"image_{steps}"] = torch.from_numpy(image).contiguous()
-        log(f"turbo {steps} steps: timesteps {pipe.scheduler.timesteps.tolist()}")
+        refs[f"image_{n}"] = torch.from_numpy(image).contiguous()
+        log(f"{out_dir.name} {n} steps: timesteps {pipe.scheduler.timesteps.tolist()}")
     save_file(refs, str(out_dir / "reference.safetensors"))
 
 
@@ -915,7 +921,6 @@ def make_sdxl_turbo(fix: Path):
     step. One ancestral step ends at sigma 0, where it adds no noise, so the image does not
     depend on the noise generator and pins the runtime to diffusers exactly."""
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline
-    from safetensors.torch import save_file
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(fix / "sdxl_tiny"), torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -927,15 +932,7 @@ def make_sdxl_turbo(fix: Path):
         "timestep_spacing": "trailing",
     }
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(turbo)
-    out_dir = fix / "sdxl_turbo_tiny"
-    (out_dir / "scheduler").mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "scheduler" / "scheduler_config.json", turbo)
-    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(13))
-    image = pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, latents=latents.clone(),
-                 output_type="np", height=64, width=64).images
-    log(f"sdxl turbo: timesteps {pipe.scheduler.timesteps.tolist()}")
-    save_file({"latents": latents, "image_1": torch.from_numpy(image).contiguous()},
-              str(out_dir / "reference.safetensors"))
+    turbo_references(pipe, turbo, fix / "sdxl_turbo_tiny", seed=13, steps=(1,))
 
 
 def make_lora(fix: Path):
