@@ -1025,7 +1025,7 @@ impl StableDiffusion {
         let kind = opts
             .scheduler
             .unwrap_or_else(|| SchedulerKind::from_config(&self.scheduler_config));
-        let scheduler = schedulers::build(kind, &self.scheduler_config, &opts.timesteps)?;
+        let scheduler = schedulers::build(kind, &self.scheduler_config, &opts.timesteps, None)?;
 
         let mut warnings = Vec::new();
         let cond = self.encode_prompt(&opts.prompt, opts.clip_skip)?;

@@ -42,7 +42,8 @@ fn schedulers_match_diffusers_steps() {
             Some(list) => Timesteps::Explicit(list.iter().map(|t| t.as_f64().unwrap()).collect()),
             None => Timesteps::Count(case["num_inference_steps"].as_u64().unwrap() as usize),
         };
-        let mut scheduler = schedulers::build(kind, &config, &request).unwrap();
+        let image_tokens = case["image_tokens"].as_u64().map(|n| n as usize);
+        let mut scheduler = schedulers::build(kind, &config, &request, image_tokens).unwrap();
 
         let expected_t = floats(&case["timesteps"]);
         assert_eq!(scheduler.timesteps().len(), expected_t.len(), "{name}");
@@ -138,7 +139,7 @@ fn explicit_schedules_are_validated() {
     ] {
         for kind in [SchedulerKind::Ddim, SchedulerKind::Euler] {
             assert!(
-                schedulers::build(kind, &config, &Timesteps::Explicit(bad.clone())).is_err(),
+                schedulers::build(kind, &config, &Timesteps::Explicit(bad.clone()), None).is_err(),
                 "{bad:?}"
             );
         }
@@ -147,11 +148,14 @@ fn explicit_schedules_are_validated() {
         SchedulerKind::Ddim,
         &config,
         &Timesteps::Explicit(vec![999.0, 500.0, 20.0]),
+        None,
     )
     .unwrap();
     assert_eq!(ddim.timesteps(), &[999.0, 500.0, 20.0]);
-    assert!(schedulers::build(SchedulerKind::Ddim, &config, &Timesteps::Count(0)).is_err());
-    assert!(schedulers::build(SchedulerKind::Ddim, &config, &Timesteps::Count(1001)).is_err());
+    assert!(schedulers::build(SchedulerKind::Ddim, &config, &Timesteps::Count(0), None).is_err());
+    assert!(
+        schedulers::build(SchedulerKind::Ddim, &config, &Timesteps::Count(1001), None).is_err()
+    );
 }
 
 #[test]
@@ -195,14 +199,14 @@ fn settings_a_scheduler_lacks_are_refused_when_it_is_built() {
             "final_sigmas_type",
         ),
     ] {
-        let err = schedulers::build(kind, &config(extra), &Timesteps::Count(10))
+        let err = schedulers::build(kind, &config(extra), &Timesteps::Count(10), None)
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains(word), "{extra}: {err}");
     }
     let karras = config(r#", "use_karras_sigmas": true"#);
-    let err = schedulers::build(dpm, &karras, &Timesteps::Explicit(vec![900.0, 100.0]))
+    let err = schedulers::build(dpm, &karras, &Timesteps::Explicit(vec![900.0, 100.0]), None)
         .err()
         .unwrap()
         .to_string();
@@ -245,11 +249,62 @@ fn configs_as_diffusers_writes_them_read_with_their_infinities() {
             .unwrap();
     let dpm = SchedulerKind::parse("dpm++2m").unwrap();
     let steps = |c: &SchedulerConfig| {
-        schedulers::build(dpm, c, &Timesteps::Count(20))
+        schedulers::build(dpm, c, &Timesteps::Count(20), None)
             .unwrap()
             .timesteps()
             .to_vec()
     };
     assert_eq!(steps(&config), steps(&without));
     assert_eq!(steps(&config).len(), 20);
+}
+
+/// Flow matching's schedules run from sigma 1 (timestep 1000) down; a bad explicit list, a
+/// dynamic shift without the image's size, and settings it lacks are refused.
+#[test]
+fn flow_schedules_are_validated() {
+    let config = |json: &str| SchedulerConfig::from_json(json).unwrap();
+    let flow = SchedulerKind::parse("FlowMatchEulerDiscreteScheduler").unwrap();
+    assert!(flow.is_flow() && !SchedulerKind::Euler.is_flow());
+    let plain = config(r#"{"shift": 3.0}"#);
+    let full = schedulers::build(
+        flow,
+        &plain,
+        &Timesteps::Explicit(vec![1000.0, 500.0]),
+        None,
+    );
+    assert_eq!(full.unwrap().timesteps(), &[1000.0, 500.0]);
+    for bad in [
+        vec![],
+        vec![500.0, 600.0],
+        vec![1001.0, 10.0],
+        vec![f64::NAN],
+        vec![5.0, 5.0],
+    ] {
+        let built = schedulers::build(flow, &plain, &Timesteps::Explicit(bad.clone()), None);
+        assert!(built.is_err(), "{bad:?}");
+    }
+    for n in [0, 1001] {
+        assert!(schedulers::build(flow, &plain, &Timesteps::Count(n), None).is_err());
+    }
+    let dynamic = config(r#"{"use_dynamic_shifting": true, "base_shift": null}"#);
+    let err = schedulers::build(flow, &dynamic, &Timesteps::Count(4), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("image's size"), "{err}");
+    assert!(schedulers::build(flow, &dynamic, &Timesteps::Count(4), Some(4096)).is_ok());
+    let beta = config(r#"{"use_beta_sigmas": true}"#);
+    let err = schedulers::build(flow, &beta, &Timesteps::Count(4), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("use_beta_sigmas"), "{err}");
+    for (json, key) in [
+        (r#"{"time_shift_type": "cubic"}"#, "time_shift_type"),
+        (r#"{"shift": -1}"#, "shift"),
+        (r#"{"shift_terminal": 1.5}"#, "shift_terminal"),
+    ] {
+        let err = SchedulerConfig::from_json(json).err().unwrap().to_string();
+        assert!(err.contains(key), "{json}: {err}");
+    }
 }

@@ -605,10 +605,11 @@ def fake_model(scaled: torch.Tensor, t) -> torch.Tensor:
     return 0.5 * scaled + 0.1 * c
 
 
-def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
+def run_sched_case(name, kind, cfg_over, steps=10, explicit=None, image_tokens=None):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-    from diffusers import EulerAncestralDiscreteScheduler, LCMScheduler
+    from diffusers import EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
     cls = {
         "ddim": DDIMScheduler,
@@ -616,16 +617,23 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
         "dpm++2m": DPMSolverMultistepScheduler,
         "euler_a": EulerAncestralDiscreteScheduler,
         "lcm": LCMScheduler,
+        "flow_euler": FlowMatchEulerDiscreteScheduler,
     }[kind]
-    base = dict(**SD_BETAS, steps_offset=1)
+    flow = kind == "flow_euler"
+    base = {} if flow else dict(**SD_BETAS, steps_offset=1)
     if kind == "ddim":
         base.update(clip_sample=False, set_alpha_to_one=False)
     base.update(cfg_over)
     sch = cls(**base)
+    # Dynamic shifting: mu from the image's patch count, as SD 3's pipeline computes it.
+    kwargs = {}
+    if image_tokens is not None:
+        c = sch.config
+        kwargs["mu"] = calculate_shift(image_tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
     if explicit is not None:
-        sch.set_timesteps(timesteps=explicit)
+        sch.set_timesteps(timesteps=explicit, **kwargs)
     else:
-        sch.set_timesteps(steps)
+        sch.set_timesteps(steps, **kwargs)
     g = torch.Generator().manual_seed(1234)
     shape = [1, 4, 4, 4]
     init = torch.randn(shape, generator=g)
@@ -633,13 +641,16 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
     extra = torch.randn(shape, generator=torch.Generator().manual_seed(4321))
     noised = {}
     for k in sorted({0, len(sch.timesteps) // 2}):
-        noised[str(k)] = f32_list(sch.add_noise(init, extra, sch.timesteps[k : k + 1]))
-    sample = init * sch.init_noise_sigma
+        at = sch.timesteps[k : k + 1]
+        noised[str(k)] = f32_list(sch.scale_noise(init, at, extra) if flow else sch.add_noise(init, extra, at))
+    init_noise_sigma = 1.0 if flow else float(sch.init_noise_sigma)
+    sample = init * init_noise_sigma
     per_step, outs = [], []
     # Stochastic schedulers: record the noise each step draws, so the Rust test can feed the
     # same values (its own runs draw from the project's seeded generator instead).
     drawn = []
     import diffusers.schedulers.scheduling_euler_ancestral_discrete as ea_mod
+    import diffusers.schedulers.scheduling_flow_match_euler_discrete as flow_mod
     import diffusers.schedulers.scheduling_lcm as lcm_mod
 
     noise_gen = torch.Generator().manual_seed(99)
@@ -649,11 +660,11 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
         drawn[-1] = f32_list(n)
         return n
 
-    saved = (ea_mod.randn_tensor, lcm_mod.randn_tensor)
-    ea_mod.randn_tensor = lcm_mod.randn_tensor = recording_randn
+    saved = (ea_mod.randn_tensor, lcm_mod.randn_tensor, flow_mod.randn_tensor)
+    ea_mod.randn_tensor = lcm_mod.randn_tensor = flow_mod.randn_tensor = recording_randn
     for t in sch.timesteps:
         drawn.append(None)
-        scaled = sch.scale_model_input(sample, t)
+        scaled = sample if flow else sch.scale_model_input(sample, t)
         out = fake_model(scaled, t)
         if kind == "ddim":
             sample = sch.step(out, t, sample, eta=0.0).prev_sample
@@ -661,7 +672,7 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
             sample = sch.step(out, t, sample).prev_sample
         per_step.append(f32_list(sample))
         outs.append(f32_list(out))
-    ea_mod.randn_tensor, lcm_mod.randn_tensor = saved
+    ea_mod.randn_tensor, lcm_mod.randn_tensor, flow_mod.randn_tensor = saved
     cfg = json.loads(sch.to_json_string())
     # JSON has no infinities: DPM-Solver's lambda_min_clipped defaults to -inf, i.e. no clipping.
     cfg = {k: v for k, v in cfg.items() if not (isinstance(v, float) and not math.isfinite(v))}
@@ -673,7 +684,8 @@ def run_sched_case(name, kind, cfg_over, steps=10, explicit=None):
         "explicit_timesteps": explicit,
         "timesteps": [float(t) for t in sch.timesteps],
         "sigmas": [float(s) for s in sch.sigmas] if hasattr(sch, "sigmas") else None,
-        "init_noise_sigma": float(sch.init_noise_sigma),
+        "init_noise_sigma": init_noise_sigma,
+        "image_tokens": image_tokens,
         "shape": shape,
         "init_sample": f32_list(init),
         "final_sample": f32_list(sample),
@@ -1155,6 +1167,21 @@ def make_schedulers(fix: Path):
     cases.append(run_sched_case("lcm_4_v_prediction", "lcm", dict(prediction_type="v_prediction"), steps=4))
     # A small timestep_scaling makes the boundary condition's skip term count.
     cases.append(run_sched_case("lcm_4_scaling_0.001", "lcm", dict(timestep_scaling=0.001), steps=4))
+    # Flow matching (SD 3): the fixed shift of SD 3's configs, none, dynamic shifting from the
+    # image's size (exponential and linear), Karras and exponential sigmas, a stretched
+    # terminal, inverted sigmas, stochastic sampling, and an explicit list (at shift 1, where
+    # diffusers' explicit timesteps and sigmas agree).
+    cases.append(run_sched_case("flow_euler_shift_3", "flow_euler", dict(shift=3.0), steps=28))
+    cases.append(run_sched_case("flow_euler_shift_1", "flow_euler", dict(), steps=4))
+    for shift_type in ("exponential", "linear"):
+        dynamic = dict(use_dynamic_shifting=True, time_shift_type=shift_type)
+        cases.append(run_sched_case(f"flow_euler_dynamic_{shift_type}", "flow_euler", dynamic, image_tokens=1024))
+    cases.append(run_sched_case("flow_euler_karras", "flow_euler", dict(shift=3.0, use_karras_sigmas=True)))
+    cases.append(run_sched_case("flow_euler_exponential", "flow_euler", dict(shift=3.0, use_exponential_sigmas=True)))
+    cases.append(run_sched_case("flow_euler_terminal", "flow_euler", dict(shift=3.0, shift_terminal=0.1)))
+    cases.append(run_sched_case("flow_euler_inverted", "flow_euler", dict(shift=3.0, invert_sigmas=True), steps=4))
+    cases.append(run_sched_case("flow_euler_stochastic", "flow_euler", dict(shift=3.0, stochastic_sampling=True), steps=6))
+    cases.append(run_sched_case("flow_euler_explicit", "flow_euler", dict(), explicit=[1000.0, 900.0, 750.0, 500.0, 250.0, 100.0]))
     import inspect
 
     ddim_explicit = "timesteps" in inspect.signature(DDIMScheduler.set_timesteps).parameters

@@ -227,7 +227,7 @@ export interface GenerateOptions {
   guidanceScale?: number;
   width?: number;
   height?: number;
-  scheduler?: "ddim" | "euler" | "euler_a" | "dpm++2m" | "lcm";
+  scheduler?: "ddim" | "euler" | "euler_a" | "dpm++2m" | "lcm" | "flow_euler";
   clipSkip?: number;
   initialLatents?: number[];
   /** LINA's interventions. */

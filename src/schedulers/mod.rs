@@ -9,12 +9,14 @@ mod ddim;
 mod dpm;
 mod euler;
 mod euler_ancestral;
+mod flow_match;
 mod lcm;
 
 pub use ddim::Ddim;
 pub use dpm::DpmSolver;
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
+pub use flow_match::FlowMatchEuler;
 pub use lcm::Lcm;
 
 use burn::tensor::Tensor;
@@ -80,6 +82,65 @@ pub struct SchedulerConfig {
     pub original_inference_steps: usize,
     #[serde(default = "d_timestep_scaling")]
     pub timestep_scaling: f64,
+    /// Flow matching's settings (SD 3), beside the others as diffusers writes them.
+    #[serde(flatten)]
+    pub flow: FlowSettings,
+}
+
+/// `FlowMatchEulerDiscreteScheduler`'s settings, with diffusers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FlowSettings {
+    #[serde(default = "d_one")]
+    pub shift: f64,
+    #[serde(default)]
+    pub use_dynamic_shifting: bool,
+    #[serde(default = "d_base_shift", deserialize_with = "or_default_base_shift")]
+    pub base_shift: f64,
+    #[serde(default = "d_max_shift", deserialize_with = "or_default_max_shift")]
+    pub max_shift: f64,
+    #[serde(default = "d_base_image_seq_len")]
+    pub base_image_seq_len: usize,
+    #[serde(default = "d_max_image_seq_len")]
+    pub max_image_seq_len: usize,
+    #[serde(default)]
+    pub invert_sigmas: bool,
+    #[serde(default)]
+    pub shift_terminal: Option<f64>,
+    #[serde(default)]
+    pub use_exponential_sigmas: bool,
+    #[serde(default)]
+    pub use_beta_sigmas: bool,
+    #[serde(default = "d_time_shift_type")]
+    pub time_shift_type: String,
+    #[serde(default)]
+    pub stochastic_sampling: bool,
+}
+
+fn d_base_shift() -> f64 {
+    0.5
+}
+fn d_max_shift() -> f64 {
+    1.15
+}
+// diffusers types the two shifts `float | None`; a null means the default.
+fn or_default_base_shift<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or_else(d_base_shift))
+}
+fn or_default_max_shift<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or_else(d_max_shift))
+}
+fn d_base_image_seq_len() -> usize {
+    256
+}
+fn d_max_image_seq_len() -> usize {
+    4096
+}
+fn d_time_shift_type() -> String {
+    "exponential".into()
 }
 
 fn d_original_steps() -> usize {
@@ -168,6 +229,9 @@ pub enum SchedulerKind {
     EulerAncestral,
     /// For latent consistency models (LCM-distilled UNets, LCM-LoRA): 2 to 8 steps.
     Lcm,
+    /// Flow-matching Euler, for rectified-flow models (SD 3); the only one they take.
+    #[serde(rename = "flow_euler")]
+    FlowMatchEuler,
 }
 
 impl SchedulerKind {
@@ -180,10 +244,19 @@ impl SchedulerKind {
             }
             "euler_a" | "euler-a" | "eulerancestraldiscretescheduler" => Ok(Self::EulerAncestral),
             "lcm" | "lcmscheduler" => Ok(Self::Lcm),
+            "flow_euler" | "flow-euler" | "flowmatcheulerdiscretescheduler" => {
+                Ok(Self::FlowMatchEuler)
+            }
             other => Err(Error::InvalidInput(format!(
-                "unknown scheduler \"{other}\" (ddim, euler, euler_a, dpm++2m and lcm are available)"
+                "unknown scheduler \"{other}\" (ddim, euler, euler_a, dpm++2m, lcm and flow_euler are available)"
             ))),
         }
+    }
+
+    /// Whether this scheduler samples rectified-flow models (velocity prediction along
+    /// straight paths) rather than diffusion models: each family takes only its own.
+    pub fn is_flow(self) -> bool {
+        self == Self::FlowMatchEuler
     }
 
     /// The config's own class where we implement it; DDIM otherwise (SD 1.5 ships PNDM,
@@ -219,6 +292,24 @@ impl SchedulerConfig {
             ));
         }
         c.alphas_cumprod()?;
+        let flow = &c.flow;
+        if !["exponential", "linear"].contains(&flow.time_shift_type.as_str()) {
+            return bad(format!(
+                "time_shift_type: {:?} is neither \"exponential\" nor \"linear\"",
+                flow.time_shift_type
+            ));
+        }
+        if !(flow.shift.is_finite() && flow.shift > 0.0) {
+            return bad(format!("shift: {} is not a positive number", flow.shift));
+        }
+        if flow.use_dynamic_shifting && flow.max_image_seq_len <= flow.base_image_seq_len {
+            return bad("max_image_seq_len must exceed base_image_seq_len".into());
+        }
+        if let Some(t) = flow.shift_terminal
+            && !(0.0..1.0).contains(&t)
+        {
+            return bad(format!("shift_terminal: {t} is outside [0, 1)"));
+        }
         Ok(c)
     }
 
@@ -495,11 +586,13 @@ pub trait Scheduler {
     ) -> StepOutput;
 }
 
-/// Builds the chosen scheduler for a request.
+/// Builds the chosen scheduler for a request. `image_tokens`, the patches (latent cells) a
+/// flow transformer sees, sets the shift of schedules that depend on the image's size.
 pub fn build(
     kind: SchedulerKind,
     config: &SchedulerConfig,
     request: &Timesteps,
+    image_tokens: Option<usize>,
 ) -> Result<Box<dyn Scheduler + Send + Sync>> {
     Ok(match kind {
         SchedulerKind::Ddim => Box::new(Ddim::new(config, request)?),
@@ -507,6 +600,9 @@ pub fn build(
         SchedulerKind::DpmSolverMultistep => Box::new(DpmSolver::new(config, request)?),
         SchedulerKind::EulerAncestral => Box::new(EulerAncestral::new(config, request)?),
         SchedulerKind::Lcm => Box::new(Lcm::new(config, request)?),
+        SchedulerKind::FlowMatchEuler => {
+            Box::new(FlowMatchEuler::new(config, request, image_tokens)?)
+        }
     })
 }
 

@@ -46,7 +46,8 @@ pub struct Args {
     width: Option<usize>,
     #[arg(long)]
     height: Option<usize>,
-    /// ddim, euler, euler_a, dpm++2m or lcm (the model's own by default).
+    /// ddim, euler, euler_a, dpm++2m, lcm, or flow_euler for flow-matching models such as
+    /// SD 3 (the model's own by default).
     #[arg(long, value_parser = common::scheduler)]
     scheduler: Option<SchedulerKind>,
     /// Skip this many final text encoder layers.

@@ -264,7 +264,7 @@ pub fn timesteps(pipe: &StableDiffusion, opts: &GenerateOptions, plan: &Plan) ->
         .scheduler
         .unwrap_or_else(|| SchedulerKind::from_config(pipe.scheduler_config()));
     let config = pipe.scheduler_config();
-    let plain = lina_runtime::schedulers::build(kind, config, &opts.timesteps)?
+    let plain = lina_runtime::schedulers::build(kind, config, &opts.timesteps, None)?
         .timesteps()
         .to_vec();
     if plan.warp == 1.0 {
