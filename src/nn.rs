@@ -11,6 +11,28 @@ use crate::kernels::{self, Kernels};
 use crate::views::{ChannelShift, Columns};
 use crate::weights::Scope;
 
+/// diffusers' sinusoidal embedding of one number (a timestep, a size): `dim` values, cosines
+/// first where `flip_sin_to_cos`, frequencies `exp(-ln(10000) i / (dim / 2 - freq_shift))`;
+/// in f32 throughout, as diffusers computes it.
+pub fn sinusoid(value: f64, dim: usize, flip_sin_to_cos: bool, freq_shift: f64) -> Vec<f32> {
+    let half = dim / 2;
+    let denom = half as f32 - freq_shift as f32;
+    let mut row = vec![0f32; dim];
+    for i in 0..half {
+        let freq = (-(10000f32.ln()) * i as f32 / denom).exp();
+        let arg = value as f32 * freq;
+        let (sin, cos) = (arg.sin(), arg.cos());
+        let (first, second) = if flip_sin_to_cos {
+            (cos, sin)
+        } else {
+            (sin, cos)
+        };
+        row[i] = first;
+        row[half + i] = second;
+    }
+    row
+}
+
 pub struct Linear {
     /// Stored as [in, out]: burn's `linear` does not transpose, PyTorch's layout is [out, in].
     weight: Tensor<2>,

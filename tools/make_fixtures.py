@@ -293,10 +293,10 @@ def reinit_(model: nn.Module, seed: int, out_gain: dict[str, float] | None = Non
                 mod.weight.copy_(w * out_gain.get(name, 1.0))
                 if mod.bias is not None:
                     mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.05)
-            elif isinstance(mod, (nn.LayerNorm, nn.GroupNorm)):
+            elif isinstance(mod, (nn.LayerNorm, nn.GroupNorm)) or type(mod).__name__ == "RMSNorm":
                 if mod.weight is not None:
                     mod.weight.copy_(1.0 + 0.1 * torch.randn(mod.weight.shape, generator=g))
-                if mod.bias is not None:
+                if getattr(mod, "bias", None) is not None:
                     mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
             elif isinstance(mod, nn.Embedding):
                 mod.weight.copy_(0.5 * torch.randn(mod.weight.shape, generator=g))
@@ -947,6 +947,103 @@ def make_sdxl_turbo(fix: Path):
     turbo_references(pipe, turbo, fix / "sdxl_turbo_tiny", seed=13, steps=(1,))
 
 
+def make_sd3(fix: Path):
+    """A tiny SD 3.5-like pipeline (`sd3_tiny/`): an MMDiT with QK-norm (RMS), a dual-attention
+    first block (3.5 medium's), a context-pre-only last block, position embeddings cropped
+    from a larger table; two CLIP text encoders with projections (widths 32 and 48, pooled 16
+    each), their hidden states side by side and padded to the joint width, no T5 (zeros in its
+    place, as diffusers runs without it); a 16-channel VAE with SD 3's scaling and shift and no
+    quant convolutions; flow-matching Euler with SD 3's shift of 3. References: embeddings, one
+    transformer call, a square image with a negative prompt and a wide one. Weights are f32."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    out = fix / "sd3_tiny"
+    if out.exists():
+        shutil.rmtree(out)
+    log("== sd3_tiny")
+    tok_dir = fix / "tokenizer"
+    tok = CLIPTokenizer.from_pretrained(str(tok_dir))
+
+    def text_config(hidden, act):
+        return CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden + 5,
+                              num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=MAX_LEN,
+                              hidden_act=act, projection_dim=16, bos_token_id=tok.bos_token_id,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, layer_norm_eps=1e-5)
+
+    torch.manual_seed(6000)
+    te1 = CLIPTextModelWithProjection(text_config(32, "quick_gelu")).eval()
+    reinit_(te1, 6001)
+    te2 = CLIPTextModelWithProjection(text_config(48, "gelu")).eval()
+    reinit_(te2, 6002)
+    torch.manual_seed(6010)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=8, num_attention_heads=4,
+        joint_attention_dim=96, caption_projection_dim=32, pooled_projection_dim=32, out_channels=16,
+        pos_embed_max_size=12, dual_attention_layers=(0,), qk_norm="rms_norm",
+    ).eval()
+    reinit_(transformer, 6011, out_gain={"proj_out": 0.5})
+    torch.manual_seed(6020)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+        latent_channels=16, norm_num_groups=8, sample_size=32, scaling_factor=1.5305, shift_factor=0.0609,
+        use_quant_conv=False, use_post_quant_conv=False,
+    ).eval()
+    reinit_(vae, 6021, out_gain={"decoder.conv_out": 0.5})
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=te1,
+                                    tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok, text_encoder_3=None,
+                                    tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+
+    refs = {}
+    embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(PROMPT, PROMPT, PROMPT, negative_prompt=NEGATIVE_PROMPT,
+                                                               do_classifier_free_guidance=True)
+    refs["prompt_embeds"] = torch.cat([neg_embeds, embeds])
+    refs["pooled_embeds"] = torch.cat([neg_pooled, pooled])
+    g = torch.Generator().manual_seed(6030)
+    sample = torch.randn((2, 16, 16, 16), generator=g)
+    refs["transformer_sample"] = sample
+    refs["transformer_out"] = transformer(sample, refs["prompt_embeds"], refs["pooled_embeds"],
+                                          torch.tensor([UNET_TIMESTEP, UNET_TIMESTEP])).sample
+    side, wide = 32, 48
+    refs["latents"] = torch.randn((1, 16, side // 2, side // 2), generator=g)
+    refs["latents_wide"] = torch.randn((1, 16, side // 2, wide // 2), generator=g)
+    runs = (("image", "latents", side, STEPS), ("image_wide", "latents_wide", wide, 4))
+    for key, latents, width, steps in runs:
+        image = pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=steps, guidance_scale=GUIDANCE,
+                     latents=refs[latents].clone(), height=side, width=width, output_type="np").images
+        refs[key] = torch.from_numpy(np.asarray(image, dtype=np.float32))
+        log(f"  {key}: mean {float(image.mean()):.3f}, timesteps {[round(float(t), 2) for t in pipe.scheduler.timesteps]}")
+
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    for name in ("tokenizer", "tokenizer_2"):
+        shutil.rmtree(out / name)
+        shutil.copytree(tok_dir, out / name)
+    (out / "tokenizer_2" / "tokenizer.json").unlink()  # vocab.json + merges.txt carry it
+    refs = {k: v.to(torch.float32).contiguous() for k, v in refs.items()}
+    save_file(refs, str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "guidance_scale": GUIDANCE,
+        "num_inference_steps": STEPS, "wide_steps": 4, "height": side, "width": side, "wide_width": wide,
+        "transformer_timestep": UNET_TIMESTEP,
+        "notes": "image = StableDiffusion3Pipeline(prompt, negative_prompt, steps, guidance, latents, 32x32, "
+                 "output_type='np'), no T5; image_wide the same at 48x32 with latents_wide and 4 steps. "
+                 "prompt_embeds / pooled_embeds: [negative; positive]. transformer_out: one call at "
+                 "transformer_timestep on transformer_sample with prompt_embeds and pooled_embeds.",
+    })
+    reloaded = StableDiffusion3Pipeline.from_pretrained(str(out), torch_dtype=torch.float32, text_encoder_3=None,
+                                                        tokenizer_3=None)
+    reloaded.set_progress_bar_config(disable=True)
+    again = reloaded(PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                     latents=refs["latents"].clone(), height=side, width=side, output_type="np").images
+    err = float(np.abs(again - refs["image"].numpy()).max())
+    log(f"  reload check image max|diff| {err:.3g}")
+    assert err < 1e-5, err
+
+
 def make_lora(fix: Path):
     """A LoRA for the tiny SD 1.x model's UNet in kohya's names (`lora/`), covering a linear
     layer (a cross-attention query), a 3x3 convolution (kohya's LoCon: a 3x3 down, a 1x1 up)
@@ -1334,7 +1431,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "lora"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "lora", "sd3"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1374,6 +1471,9 @@ def main():
         return
     if args.only == "lora":
         make_lora(fix)
+        return
+    if args.only == "sd3":
+        make_sd3(fix)
         return
     if args.only == "sdxl-turbo":
         make_sdxl_turbo(fix)

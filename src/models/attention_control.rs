@@ -167,3 +167,70 @@ pub(crate) fn controlled_attention(
     state.record(grid, probs.clone());
     probs.matmul(v).swap_dims(1, 2).reshape([b, lq, inner])
 }
+
+/// Joint attention (the MMDiT's) under a control: q, k, v [B, Li + Lt, H*D], the first Li
+/// rows image tokens over a `grid` of patches, the last Lt text tokens; gives [B, Li + Lt,
+/// H*D]. The control acts where the UNet's does: on the image queries' scores for the text
+/// keys (the bias) and on their probabilities there (the record, renormalised over the text
+/// tokens, since an image token here also attends to the image). The text queries run
+/// uncontrolled. The image queries run in row chunks whose scores fit the attention budget,
+/// so no score matrix larger than one chunk's is held.
+pub(crate) fn controlled_joint_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    heads: usize,
+    grid: [usize; 2],
+    image_len: usize,
+    state: &mut ControlState,
+) -> Tensor<3> {
+    let [b, l, inner] = q.dims();
+    let text_len = l - image_len;
+    let split = |x: Tensor<3>| -> Tensor<4> {
+        let [b, l, _] = x.dims();
+        x.reshape([b, l, heads, inner / heads]).swap_dims(1, 2)
+    };
+    let (q4, k4, v4) = (split(q.clone()), split(k.clone()), split(v.clone()));
+    let scale = 1.0 / ((inner / heads) as f64).sqrt();
+    let bias = state.bias(grid, b);
+    let limit = crate::device::limits(&q4.device()).max_binding_bytes;
+    let budget = (crate::nn::ATTENTION_SCORE_BUDGET as u64).min(limit) as usize;
+    let rows = (budget / (b * heads * l * 4)).clamp(1, image_len);
+    let mut outputs = Vec::new();
+    let mut maps = Vec::new();
+    for start in (0..image_len).step_by(rows) {
+        let len = rows.min(image_len - start);
+        let mut scores = q4
+            .clone()
+            .narrow(2, start, len)
+            .matmul(k4.clone().swap_dims(2, 3))
+            .mul_scalar(scale);
+        if let Some(bias) = &bias {
+            let text_bias = bias.clone().narrow(2, start, len);
+            let image_part = Tensor::<4>::zeros([b, 1, len, image_len], &text_bias.device());
+            scores = scores + Tensor::cat(vec![image_part, text_bias], 3);
+        }
+        let probs = softmax(scores, 3);
+        if state.control.record {
+            let text = probs.clone().narrow(3, image_len, text_len);
+            let total = text.clone().sum_dim(3);
+            maps.push(text.div(total).mean_dim(1));
+        }
+        outputs.push(probs.matmul(v4.clone()));
+    }
+    if !maps.is_empty() {
+        state.record(grid, Tensor::cat(maps, 2));
+    }
+    let image = Tensor::cat(outputs, 2)
+        .swap_dims(1, 2)
+        .reshape([b, image_len, inner]);
+    let text = crate::nn::multi_head_attention(
+        q.narrow(1, image_len, text_len).into(),
+        k.into(),
+        v.into(),
+        heads,
+        false,
+        crate::kernels::Kernels::Burn,
+    );
+    Tensor::cat(vec![image, text], 1)
+}

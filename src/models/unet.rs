@@ -574,22 +574,8 @@ impl UNet {
     /// Sinusoidal embedding of `value`, `dim` wide, as diffusers' `Timesteps` computes it
     /// with this UNet's `flip_sin_to_cos` and `freq_shift` (f32 throughout).
     fn sinusoid(&self, value: f64, dim: usize) -> Vec<f32> {
-        let half = dim / 2;
-        let denom = half as f32 - self.config.freq_shift as f32;
-        let mut row = vec![0f32; dim];
-        for i in 0..half {
-            let freq = (-(10000f32.ln()) * i as f32 / denom).exp();
-            let arg = value as f32 * freq;
-            let (sin, cos) = (arg.sin(), arg.cos());
-            if self.config.flip_sin_to_cos {
-                row[i] = cos;
-                row[half + i] = sin;
-            } else {
-                row[i] = sin;
-                row[half + i] = cos;
-            }
-        }
-        row
+        let c = &self.config;
+        crate::nn::sinusoid(value, dim, c.flip_sin_to_cos, c.freq_shift)
     }
 
     /// Sinusoidal embedding of one timestep per batch row, [B, block_out_channels[0]].
