@@ -14,16 +14,22 @@ use crate::{Error, Result};
 pub struct UnetCall {
     latents: Tensor<4>,
     context: Tensor<3>,
+    /// The pooled text an SD 3 transformer takes beside its timestep.
+    pooled: Option<Tensor<2>>,
 }
 
 impl UnetCall {
     pub const TIMESTEP: f64 = 500.0;
 
     pub fn new(pipe: &StableDiffusion) -> Result<Self> {
-        let (uncond, _) = pipe.encode_text("", 0)?;
-        let (cond, _) = pipe.encode_text("a red ball on a mirror", 0)?;
-        let config = pipe.unet().config();
-        let (latent, channels) = (config.sample_size, config.in_channels);
+        let uncond = pipe.encode_prompt("", 0)?;
+        let cond = pipe.encode_prompt("a red ball on a mirror", 0)?;
+        let denoiser = pipe.denoiser();
+        let (latent, channels) = (denoiser.sample_size(), denoiser.in_channels());
+        let pooled = match (denoiser.mmdit(), uncond.pooled, cond.pooled) {
+            (Some(_), Some(u), Some(c)) => Some(Tensor::cat(vec![u, c], 0)),
+            _ => None,
+        };
         let latents = Tensor::<4>::random(
             [2, channels, latent, latent],
             Distribution::Normal(0.0, 1.0),
@@ -31,7 +37,8 @@ impl UnetCall {
         );
         Ok(Self {
             latents,
-            context: Tensor::cat(vec![uncond, cond], 0),
+            context: Tensor::cat(vec![uncond.context, cond.context], 0),
+            pooled,
         })
     }
 
@@ -43,9 +50,15 @@ impl UnetCall {
     /// Runs the call and waits for its result (one scalar read back), so a timer around it
     /// sees the device's work and not only its queueing.
     pub async fn run(&self, pipe: &StableDiffusion) -> Result<()> {
-        let out = pipe
-            .unet()
-            .forward(self.latents.clone(), Self::TIMESTEP, &self.context);
+        let none = crate::models::attention_control::CrossAttentionControl::default();
+        let (out, _) = pipe.denoiser().forward_controlled(
+            self.latents.clone(),
+            Self::TIMESTEP,
+            &self.context,
+            self.pooled.as_ref(),
+            &none,
+            0,
+        );
         let peak = crate::device::read_f32(out.abs().max(), "the UNet output").await?;
         if peak.iter().all(|v| v.is_finite()) {
             Ok(())

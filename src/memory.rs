@@ -13,6 +13,8 @@ use burn::tensor::Device;
 use crate::device::Limits;
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextEncoder};
+use crate::models::denoiser::DenoiserConfig;
+use crate::models::mmdit::{MmditConfig, T5_TOKENS};
 use crate::models::unet::{UNet, UNetConfig};
 use crate::models::vae::{VaeConfig, VaeDecoder, VaeEncoder, band_peak, decoder_bands};
 use crate::weights::{Weights, human_bytes};
@@ -37,11 +39,12 @@ impl Need {
     }
 }
 
-/// The largest tensor of each stage of one generation at `width` x `height`: the UNet with
-/// `batch` rows (2 with classifier-free guidance), the VAE decoder (in tiles where the whole
-/// decode would not fit `max_binding_bytes`), and the encoder when an init image is encoded.
+/// The largest tensor of each stage of one generation at `width` x `height`: the denoiser
+/// with `batch` rows (2 with classifier-free guidance), the VAE decoder (in tiles where the
+/// whole decode would not fit `max_binding_bytes`), and the encoder when an init image is
+/// encoded.
 pub fn activations(
-    unet: &UNetConfig,
+    denoiser: DenoiserConfig,
     vae: &VaeConfig,
     width: usize,
     height: usize,
@@ -51,38 +54,10 @@ pub fn activations(
 ) -> Vec<Need> {
     let factor = vae.downscale();
     let (lh, lw) = (height / factor, width / factor);
-    let mut needs = Vec::new();
-
-    // UNet: resnet features (the up path concatenates the skip connection, so up to two
-    // levels' channels) and, where a level has attention, the GEGLU feed-forward's 8x-wide
-    // hidden state.
-    let channels = &unet.block_out_channels;
-    let mut widest = Need::new("UNet", vec![0]);
-    for (i, &c) in channels.iter().enumerate() {
-        let (h, w) = (lh >> i, lw >> i);
-        let skip = channels[(i + 1).min(channels.len() - 1)];
-        let features = Need::new(
-            format!("UNet level {i} features with skip connection"),
-            vec![batch, c + skip, h, w],
-        );
-        let attends = unet
-            .down_block_types
-            .get(i)
-            .is_some_and(|t| t.contains("CrossAttn"));
-        let geglu = Need::new(
-            format!("UNet level {i} feed-forward"),
-            vec![batch, h * w, 8 * c],
-        );
-        for need in [Some(features), attends.then_some(geglu)]
-            .into_iter()
-            .flatten()
-        {
-            if need.bytes > widest.bytes {
-                widest = need;
-            }
-        }
-    }
-    needs.push(widest);
+    let mut needs = vec![match denoiser {
+        DenoiserConfig::UNet(unet) => unet_peak(unet, lh, lw, batch),
+        DenoiserConfig::Mmdit(mmdit) => mmdit_peak(mmdit, lh, lw, batch),
+    }];
 
     // VAE decoder: whole, or in the row bands that fit the binding limit.
     let bands = decoder_bands(vae, lh, lw, max_binding_bytes);
@@ -114,6 +89,49 @@ pub fn activations(
         needs.push(widest);
     }
     needs
+}
+
+/// The UNet's largest activation: resnet features (the up path concatenates the skip
+/// connection, so up to two levels' channels) and, where a level has attention, the GEGLU
+/// feed-forward's 8x-wide hidden state.
+fn unet_peak(unet: &UNetConfig, lh: usize, lw: usize, batch: usize) -> Need {
+    let channels = &unet.block_out_channels;
+    let mut widest = Need::new("UNet", vec![0]);
+    for (i, &c) in channels.iter().enumerate() {
+        let (h, w) = (lh >> i, lw >> i);
+        let skip = channels[(i + 1).min(channels.len() - 1)];
+        let features = Need::new(
+            format!("UNet level {i} features with skip connection"),
+            vec![batch, c + skip, h, w],
+        );
+        let attends = unet
+            .down_block_types
+            .get(i)
+            .is_some_and(|t| t.contains("CrossAttn"));
+        let geglu = Need::new(
+            format!("UNet level {i} feed-forward"),
+            vec![batch, h * w, 8 * c],
+        );
+        for need in [Some(features), attends.then_some(geglu)]
+            .into_iter()
+            .flatten()
+        {
+            if need.bytes > widest.bytes {
+                widest = need;
+            }
+        }
+    }
+    widest
+}
+
+/// The MMDiT's largest activation: the feed-forward's 4x-wide hidden state over the image
+/// tokens and the text tokens (CLIP's 77 and T5's places). Attention runs in query chunks.
+fn mmdit_peak(mmdit: &MmditConfig, lh: usize, lw: usize, batch: usize) -> Need {
+    let tokens = mmdit.image_tokens(lh, lw) + 77 + T5_TOKENS;
+    Need::new(
+        "transformer feed-forward",
+        vec![batch, tokens, 4 * mmdit.inner_dim()],
+    )
 }
 
 /// The f32 bytes of each component's weights, from its config alone: the components are
@@ -170,14 +188,14 @@ pub fn check(needs: &[Need], limits: &Limits, width: usize, height: usize) -> Re
 /// The largest square side, at most `native` and a multiple of 8 latent pixels, at which a
 /// guided generation fits `max_binding_bytes`; `None` if not even the smallest does.
 pub fn largest_side(
-    unet: &UNetConfig,
+    denoiser: DenoiserConfig,
     vae: &VaeConfig,
     native: usize,
     max_binding_bytes: u64,
 ) -> Option<usize> {
     let step = vae.downscale() * 8;
     (1..=native / step).rev().map(|k| k * step).find(|&side| {
-        activations(unet, vae, side, side, 2, false, max_binding_bytes)
+        activations(denoiser, vae, side, side, 2, false, max_binding_bytes)
             .iter()
             .all(|n| n.bytes <= max_binding_bytes)
     })
@@ -204,7 +222,15 @@ mod tests {
     #[test]
     fn sd15_at_512_needs_its_vae_decoder_s_256_channel_full_size_tensor() {
         let (unet, vae) = sd15();
-        let needs = activations(&unet, &vae, 512, 512, 2, true, u64::MAX);
+        let needs = activations(
+            DenoiserConfig::UNet(&unet),
+            &vae,
+            512,
+            512,
+            2,
+            true,
+            u64::MAX,
+        );
         let decoder = needs
             .iter()
             .find(|n| n.what.starts_with("VAE decoder"))
@@ -249,7 +275,7 @@ mod tests {
     fn the_vae_decodes_sd15_at_512_in_row_bands_under_webgpu_s_default_limit() {
         let (unet, vae) = sd15();
         let limit = 128 << 20;
-        let needs = activations(&unet, &vae, 512, 512, 2, false, limit);
+        let needs = activations(DenoiserConfig::UNet(&unet), &vae, 512, 512, 2, false, limit);
         let decoder = needs
             .iter()
             .find(|n| n.what.starts_with("VAE decoder"))
@@ -260,7 +286,7 @@ mod tests {
         assert_eq!(decoder.shape, [1, 256, 178, 512]);
         check(&needs, &adapter(limit), 512, 512).unwrap();
         // A latent that fits is decoded whole.
-        let needs = activations(&unet, &vae, 256, 256, 2, false, limit);
+        let needs = activations(DenoiserConfig::UNet(&unet), &vae, 256, 256, 2, false, limit);
         assert!(needs.iter().all(|n| !n.what.contains("bands")), "{needs:?}");
     }
 
@@ -268,23 +294,40 @@ mod tests {
     fn the_largest_side_that_fits_is_found_below_the_native_one() {
         let (unet, vae) = sd15();
         // WebGPU's default limit: SD 1.5's native 512 fits.
-        assert_eq!(largest_side(&unet, &vae, 512, 128 << 20), Some(512));
+        assert_eq!(
+            largest_side(DenoiserConfig::UNet(&unet), &vae, 512, 128 << 20),
+            Some(512)
+        );
         // At 64 MiB the feed-forward at 512 (80 MiB) does not; 448 (61.3 MiB) does.
         let limit = 64 << 20;
-        assert_eq!(largest_side(&unet, &vae, 512, limit), Some(448));
+        assert_eq!(
+            largest_side(DenoiserConfig::UNet(&unet), &vae, 512, limit),
+            Some(448)
+        );
         let fits = |side| {
-            let needs = activations(&unet, &vae, side, side, 2, false, limit);
+            let needs = activations(
+                DenoiserConfig::UNet(&unet),
+                &vae,
+                side,
+                side,
+                2,
+                false,
+                limit,
+            );
             check(&needs, &adapter(limit), side, side).is_ok()
         };
         assert!(fits(448) && !fits(512));
-        assert_eq!(largest_side(&unet, &vae, 512, 1 << 10), None);
+        assert_eq!(
+            largest_side(DenoiserConfig::UNet(&unet), &vae, 512, 1 << 10),
+            None
+        );
     }
 
     #[test]
     fn check_names_the_tensor_and_the_limit() {
         let (unet, vae) = sd15();
         let limit = 64 << 20;
-        let needs = activations(&unet, &vae, 512, 512, 2, false, limit);
+        let needs = activations(DenoiserConfig::UNet(&unet), &vae, 512, 512, 2, false, limit);
         let e = check(&needs, &adapter(limit), 512, 512)
             .unwrap_err()
             .to_string();
@@ -295,12 +338,12 @@ mod tests {
         );
         assert!(e.contains("a small GPU") && e.contains("64.0 MiB"), "{e}");
         // 256x256 fits the same adapter.
-        let needs = activations(&unet, &vae, 256, 256, 2, false, limit);
+        let needs = activations(DenoiserConfig::UNet(&unet), &vae, 256, 256, 2, false, limit);
         check(&needs, &adapter(limit), 256, 256).unwrap();
         // With one band per latent row (10 pixel rows with the halo, 5 MiB) still too big,
         // the decoder is refused too.
         let tiny = 4 << 20;
-        let needs = activations(&unet, &vae, 512, 512, 1, false, tiny);
+        let needs = activations(DenoiserConfig::UNet(&unet), &vae, 512, 512, 1, false, tiny);
         let decoder = needs
             .iter()
             .find(|n| n.what.starts_with("VAE decoder"))

@@ -18,6 +18,8 @@ use crate::kernels::{self, Kernels};
 use crate::memory;
 use crate::models::attention_control::{AttentionRecord, CrossAttentionControl};
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
+use crate::models::denoiser::Denoiser;
+use crate::models::mmdit::{self, Mmdit, MmditConfig};
 use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
 use crate::models::unet::{self, UNet, UNetConfig};
 use crate::models::vae::{self, VaeConfig, VaeDecoder, VaeEncoder};
@@ -261,6 +263,10 @@ pub enum Warning {
     /// The prompt (or the negative prompt) ran past the text encoder's token limit (77 for
     /// CLIP); the part past it, `ignored`, was cut, as diffusers does.
     PromptTruncated { negative: bool, ignored: String },
+    /// The model folder has a text encoder the runtime does not run yet (SD 3's T5-XXL,
+    /// `text_encoder_3`); the generation ran with zeros in its place, as diffusers does when
+    /// it is left out, and follows the prompt less closely than with it.
+    TextEncoderSkipped { folder: String },
 }
 
 impl std::fmt::Display for Warning {
@@ -270,6 +276,10 @@ impl std::fmt::Display for Warning {
                 f,
                 "the {}prompt was too long; this part was ignored: \"{ignored}\"",
                 if *negative { "negative " } else { "" }
+            ),
+            Warning::TextEncoderSkipped { folder } => write!(
+                f,
+                "{folder} (T5) is not run yet: zeros stand in its place, as in diffusers without it"
             ),
         }
     }
@@ -290,9 +300,12 @@ pub struct Generated {
 pub struct StableDiffusion {
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextEncoder,
-    /// SDXL's second tokenizer and text encoder (OpenCLIP ViT-bigG with its projection).
+    /// SDXL's and SD 3's second tokenizer and text encoder (OpenCLIP ViT-bigG with its
+    /// projection).
     second: Option<SecondEncoder>,
-    unet: UNet,
+    /// A text encoder in the folder that is not run (SD 3's T5), to warn about.
+    skipped_encoder: Option<String>,
+    denoiser: Denoiser,
     vae: VaeDecoder,
     /// Present when the VAE file has the encoder (img2img and inpainting need it).
     vae_encoder: Option<VaeEncoder>,
@@ -346,12 +359,13 @@ struct SecondEncoder {
     zeros_for_empty_negative: bool,
 }
 
-/// A prompt as the UNet takes it.
+/// A prompt as the denoiser takes it.
 pub struct EncodedPrompt {
-    /// [1, L, cross_attention_dim]: SD's last hidden states, or SDXL's two encoders'
-    /// penultimate ones side by side.
+    /// [1, L, context width]: SD's last hidden states, or SDXL's two encoders' penultimate
+    /// ones side by side; for SD 3 those padded to the joint width and followed by the T5
+    /// tokens' places.
     pub context: Tensor<3>,
-    /// SDXL's pooled text embedding [1, P]; `None` for one-encoder models.
+    /// SDXL's and SD 3's pooled text embedding [1, P]; `None` for one-encoder models.
     pub pooled: Option<Tensor<2>>,
     /// The words cut off at the tokenizer's length, if any.
     pub truncated: Option<String>,
@@ -545,6 +559,12 @@ impl StableDiffusion {
             Some(weights) => Some(Checkpoint::split(CHECKPOINT_FILE, weights)?),
             None => None,
         };
+        // SD 3's folders hold a transformer where the others hold a UNet.
+        let transformer_config = match checkpoint {
+            None => files.read_text(mmdit::CONFIG_FILE)?,
+            Some(_) => None,
+        };
+        let flow_model = transformer_config.is_some();
         let (unet_part, vae_part, text_part, text_2_part, checkpoint_scheduler) = match checkpoint {
             Some(c) => (
                 Some(c.unet),
@@ -596,8 +616,8 @@ impl StableDiffusion {
                         .map_err(|e| Error::config("model_index.json", e.to_string()))?
                         .get("force_zeros_for_empty_prompt")
                         .and_then(serde_json::Value::as_bool)
-                        .unwrap_or(true),
-                    None => true,
+                        .unwrap_or(!flow_model),
+                    None => !flow_model,
                 };
                 Some(SecondEncoder {
                     tokenizer,
@@ -611,16 +631,32 @@ impl StableDiffusion {
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
         ];
-        let (weights, config) = component_source(
-            files,
-            unet_part,
-            ("unet", &names, unet::CONFIG_FILE),
-            device,
-        )?;
-        let unet_config = UNetConfig::from_json(&config)?;
-        let unet = build_component(weights, (kernels, Some((loras, LoraTarget::Unet))), |w| {
-            UNet::load(unet_config, w)
-        })?;
+        let denoiser = if let Some(config) = transformer_config {
+            if let Some(lora) = loras.iter().find(|l| l.lora.adapts(LoraTarget::Unet)) {
+                return Err(Error::InvalidInput(format!(
+                    "LoRA {}: LoRAs for SD 3 transformers are not supported yet",
+                    lora.lora.source()
+                )));
+            }
+            let config = MmditConfig::from_json(&config)?;
+            let weights = folder_weights(files, "transformer", &names, device)?;
+            Denoiser::Mmdit(Box::new(build_component(weights, (kernels, None), |w| {
+                Mmdit::load(config, w)
+            })?))
+        } else {
+            let (weights, config) = component_source(
+                files,
+                unet_part,
+                ("unet", &names, unet::CONFIG_FILE),
+                device,
+            )?;
+            let unet_config = UNetConfig::from_json(&config)?;
+            Denoiser::UNet(Box::new(build_component(
+                weights,
+                (kernels, Some((loras, LoraTarget::Unet))),
+                |w| UNet::load(unet_config, w),
+            )?))
+        };
         let (weights, config) =
             component_source(files, vae_part, ("vae", &names, vae::CONFIG_FILE), device)?;
         let vae_config = VaeConfig::from_json(&config)?;
@@ -680,7 +716,42 @@ impl StableDiffusion {
                 lora.lora.source()
             )));
         }
-        match (&second, unet.config().text_time_dims()) {
+        let skipped_encoder = match &denoiser {
+            Denoiser::UNet(unet) => {
+                Self::check_unet(unet, &text_encoder, second.as_ref(), vae.config())?;
+                None
+            }
+            Denoiser::Mmdit(mmdit) => {
+                Self::check_mmdit(mmdit.config(), &text_encoder, second.as_ref(), vae.config())?;
+                let t5 = "text_encoder_3";
+                files
+                    .read(&format!("{t5}/config.json"))?
+                    .map(|_| t5.to_string())
+            }
+        };
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            second,
+            skipped_encoder,
+            denoiser,
+            vae,
+            vae_encoder,
+            taesd,
+            scheduler_config,
+            device: device.clone(),
+            kernels,
+        })
+    }
+
+    /// A UNet's fit to the text encoders and the VAE loaded beside it.
+    fn check_unet(
+        unet: &UNet,
+        text_encoder: &ClipTextEncoder,
+        second: Option<&SecondEncoder>,
+        vae: &VaeConfig,
+    ) -> Result<()> {
+        match (second, unet.config().text_time_dims()) {
             (Some(s), Some((time, input))) if unet.takes_text_time() => {
                 let pooled = s.encoder.pooled_width();
                 if input != pooled + 6 * time {
@@ -719,7 +790,7 @@ impl StableDiffusion {
                 ),
             ));
         }
-        let latent = vae.config().latent_channels;
+        let latent = vae.latent_channels;
         if ![latent, 2 * latent + 1].contains(&unet.config().in_channels) {
             return Err(Error::config(
                 unet::CONFIG_FILE,
@@ -730,19 +801,54 @@ impl StableDiffusion {
                 ),
             ));
         }
+        Ok(())
+    }
 
-        Ok(Self {
-            tokenizer,
-            text_encoder,
-            second,
-            unet,
-            vae,
-            vae_encoder,
-            taesd,
-            scheduler_config,
-            device: device.clone(),
-            kernels,
-        })
+    /// An SD 3 transformer's fit: two text encoders with pooled outputs as wide together as
+    /// its pooled input, hidden states that fit its joint width side by side, the VAE's
+    /// latent channels.
+    fn check_mmdit(
+        config: &MmditConfig,
+        text_encoder: &ClipTextEncoder,
+        second: Option<&SecondEncoder>,
+        vae: &VaeConfig,
+    ) -> Result<()> {
+        let Some(second) = second else {
+            return Err(Error::MissingFile(format!(
+                "{}: this transformer (SD 3) needs a second text encoder and tokenizer_2",
+                clip::CONFIG_FILE_2
+            )));
+        };
+        let pooled = text_encoder.pooled_width() + second.encoder.pooled_width();
+        if pooled != config.pooled_projection_dim {
+            return Err(Error::config(
+                mmdit::CONFIG_FILE,
+                format!(
+                    "pooled_projection_dim {} is not the text encoders' pooled widths together ({pooled})",
+                    config.pooled_projection_dim
+                ),
+            ));
+        }
+        let hidden = text_encoder.config().hidden_size + second.encoder.config().hidden_size;
+        if hidden > config.joint_attention_dim {
+            return Err(Error::config(
+                mmdit::CONFIG_FILE,
+                format!(
+                    "joint_attention_dim {} is narrower than the text encoders' hidden states side by side ({hidden})",
+                    config.joint_attention_dim
+                ),
+            ));
+        }
+        if config.in_channels != vae.latent_channels {
+            return Err(Error::config(
+                mmdit::CONFIG_FILE,
+                format!(
+                    "in_channels {} differs from the VAE's latent_channels {}",
+                    config.in_channels, vae.latent_channels
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The kernels this model's layers run.
@@ -753,8 +859,13 @@ impl StableDiffusion {
     pub fn device(&self) -> &Device {
         &self.device
     }
-    pub fn unet(&self) -> &UNet {
-        &self.unet
+    /// The UNet, for UNet models.
+    pub fn unet(&self) -> Option<&UNet> {
+        self.denoiser.unet()
+    }
+    /// The model the sampler calls at each step.
+    pub fn denoiser(&self) -> &Denoiser {
+        &self.denoiser
     }
     pub fn vae(&self) -> &VaeDecoder {
         &self.vae
@@ -847,18 +958,18 @@ impl StableDiffusion {
     /// Whether classifier-free guidance needs a second, unconditional pass: above scale 1,
     /// unless the UNet takes the scale as an embedding (LCM-distilled models).
     fn unconditional_pass(&self, guidance_scale: f64) -> bool {
-        guidance_scale > 1.0 && self.unet.config().time_cond_proj_dim.is_none()
+        guidance_scale > 1.0 && !self.denoiser.embeds_guidance()
     }
 
     /// Whether the UNet is an inpainting one (SD's 9-channel inpainting models): it takes the
     /// mask and the masked image's latents next to the latents, and needs both.
     pub fn is_inpainting_model(&self) -> bool {
-        self.unet.config().in_channels != self.vae.config().latent_channels
+        self.denoiser.in_channels() != self.vae.config().latent_channels
     }
 
     /// The image size the model was trained for.
     pub fn native_size(&self) -> usize {
-        self.unet.config().sample_size * self.vae.config().downscale()
+        self.denoiser.sample_size() * self.vae.config().downscale()
     }
 
     /// What the user should know when the device's limits rule out the model's native size:
@@ -867,7 +978,7 @@ impl StableDiffusion {
         let limits = crate::device::limits(&self.device);
         let native = self.native_size();
         let side = memory::largest_side(
-            self.unet.config(),
+            self.denoiser.config(),
             self.vae.config(),
             native,
             limits.max_binding_bytes,
@@ -933,14 +1044,35 @@ impl StableDiffusion {
                 truncated: tokens.truncated,
             });
         };
-        let (first, _) = self
+        let (first, first_pooled) = self
             .text_encoder
             .penultimate_and_pooled(&[tokens.ids], clip_skip)?;
         let ids = second.tokenizer.encode(text)?.ids;
         let (hidden, pooled) = second.encoder.penultimate_and_pooled(&[ids], clip_skip)?;
+        let clip = Tensor::cat(vec![first, hidden], 2);
+        let Some(mmdit) = self.denoiser.mmdit() else {
+            return Ok(EncodedPrompt {
+                context: clip,
+                pooled: Some(pooled),
+                truncated: tokens.truncated,
+            });
+        };
+        // SD 3 (diffusers' `StableDiffusion3Pipeline.encode_prompt`): the CLIP states padded
+        // with zeros to the joint width, then T5's tokens, zeros without T5; both pooled
+        // outputs side by side.
+        let [_, len, width] = clip.dims();
+        let joint = mmdit.config().joint_attention_dim;
+        let zeros =
+            |shape: [usize; 3]| Tensor::<3>::zeros(shape, &clip.device()).cast(clip.dtype());
+        let mut parts = vec![clip.clone()];
+        if width < joint {
+            parts.push(zeros([1, len, joint - width]));
+        }
+        let clip = Tensor::cat(parts, 2);
+        let t5 = zeros([1, mmdit::T5_TOKENS, joint]);
         Ok(EncodedPrompt {
-            context: Tensor::cat(vec![first, hidden], 2),
-            pooled: Some(pooled),
+            context: Tensor::cat(vec![clip, t5], 1),
+            pooled: Some(Tensor::cat(vec![first_pooled, pooled], 1)),
             truncated: tokens.truncated,
         })
     }
@@ -1012,7 +1144,7 @@ impl StableDiffusion {
         };
         let limits = crate::device::limits(&self.device);
         let needs = memory::activations(
-            self.unet.config(),
+            self.denoiser.config(),
             self.vae.config(),
             width,
             height,
@@ -1022,12 +1154,17 @@ impl StableDiffusion {
         );
         memory::check(&needs, &limits, width, height)?;
 
-        let kind = opts
-            .scheduler
-            .unwrap_or_else(|| SchedulerKind::from_config(&self.scheduler_config));
-        let scheduler = schedulers::build(kind, &self.scheduler_config, &opts.timesteps, None)?;
+        if let Some(mmdit) = self.denoiser.mmdit() {
+            mmdit.check_latent_size(height / factor, width / factor)?;
+        }
+        let scheduler = self.scheduler_for(opts)?;
 
         let mut warnings = Vec::new();
+        if let Some(folder) = &self.skipped_encoder {
+            warnings.push(Warning::TextEncoderSkipped {
+                folder: folder.clone(),
+            });
+        }
         let cond = self.encode_prompt(&opts.prompt, opts.clip_skip)?;
         if let Some(ignored) = cond.truncated.clone() {
             warnings.push(Warning::PromptTruncated {
@@ -1061,17 +1198,19 @@ impl StableDiffusion {
             height as f64,
             width as f64,
         ];
-        let added = match self.unet.guidance_embedding(opts.guidance_scale) {
-            Some(embedding) => Some(embedding.repeat_dim(0, rows.len())),
-            None => rows
-                .iter()
-                .map(|r| {
-                    r.pooled
-                        .clone()
-                        .and_then(|pooled| self.unet.text_time_input(pooled, size))
-                })
+        let pooled_rows = |each: &dyn Fn(Tensor<2>) -> Option<Tensor<2>>| {
+            rows.iter()
+                .map(|r| r.pooled.clone().and_then(each))
                 .collect::<Option<Vec<_>>>()
-                .map(|rows| Tensor::cat(rows, 0)),
+                .map(|rows| Tensor::cat(rows, 0))
+        };
+        let added = match &self.denoiser {
+            Denoiser::UNet(unet) => match unet.guidance_embedding(opts.guidance_scale) {
+                Some(embedding) => Some(embedding.repeat_dim(0, rows.len())),
+                None => pooled_rows(&|pooled| unet.text_time_input(pooled, size)),
+            },
+            // The MMDiT takes the pooled text itself beside its timestep.
+            Denoiser::Mmdit(_) => pooled_rows(&Some),
         };
 
         if self.is_inpainting_model() && (opts.init_image.is_none() || opts.mask.is_none()) {
@@ -1118,6 +1257,39 @@ impl StableDiffusion {
             warnings,
             evaluations: 0,
         })
+    }
+
+    /// The scheduler a run of `opts` samples with: the options' choice, else the model's own;
+    /// of the model's family (flow matching for SD 3's transformers, the others for UNets),
+    /// with a flow schedule shifted for the run's image size where the config asks for it.
+    pub fn scheduler_for(
+        &self,
+        opts: &GenerateOptions,
+    ) -> Result<Box<dyn Scheduler + Send + Sync>> {
+        let kind = opts
+            .scheduler
+            .unwrap_or_else(|| SchedulerKind::from_config(&self.scheduler_config));
+        match (kind.is_flow(), self.denoiser.is_flow()) {
+            (false, true) => {
+                return Err(Error::InvalidInput(
+                    "this model is a flow-matching transformer (SD 3): it samples with flow_euler only".into(),
+                ));
+            }
+            (true, false) => {
+                return Err(Error::InvalidInput(
+                    "flow_euler samples flow-matching transformers (SD 3); this model is a diffusion UNet".into(),
+                ));
+            }
+            _ => {}
+        }
+        let factor = self.vae.config().downscale();
+        let native = self.native_size();
+        let (width, height) = (opts.width.unwrap_or(native), opts.height.unwrap_or(native));
+        let image_tokens = self
+            .denoiser
+            .mmdit()
+            .map(|m| m.config().image_tokens(height / factor, width / factor));
+        schedulers::build(kind, &self.scheduler_config, &opts.timesteps, image_tokens)
     }
 
     /// The first step a run of `steps` takes: 0, or with an init image (img2img,
@@ -1421,7 +1593,7 @@ impl Sampling<'_> {
         });
         // The control acts on the conditional row: the second of [uncond; cond], else the
         // only one; the region terms' rows keep their own attention.
-        let (out, record) = self.pipe.unet.forward_controlled(
+        let (out, record) = self.pipe.denoiser.forward_controlled(
             inputs,
             call.timestep,
             &context,

@@ -57,7 +57,7 @@ fn opts() -> GenerateOptions {
 fn a_zero_bias_changes_nothing_and_the_record_is_a_distribution() {
     for (name, device) in test_devices() {
         let pipe = pipe(&device);
-        let unet = pipe.unet();
+        let unet = pipe.unet().expect("a UNet model");
         let (context, _) = pipe.encode_text(PROMPT, 0).unwrap();
         let size = unet.config().sample_size;
         let x = Tensor::<4>::random(

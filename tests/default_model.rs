@@ -140,7 +140,7 @@ fn the_default_model_s_predictor_suggests_one_of_its_candidate_plans() {
 fn the_benchmark_unet_call_is_a_guided_step_at_native_size() {
     let pipe = StableDiffusion::load(&DirSource::new(MODEL), &lina_runtime::device::cpu()).unwrap();
     let call = lina_runtime::bench::UnetCall::new(&pipe).unwrap();
-    let latent = pipe.unet().config().sample_size;
+    let latent = pipe.unet().expect("a UNet model").config().sample_size;
     assert_eq!(call.shape(), [2, 4, latent, latent]);
     assert_eq!(latent * pipe.vae().config().downscale(), pipe.native_size());
     pollster::block_on(call.run(&pipe)).unwrap();

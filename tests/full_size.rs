@@ -101,12 +101,15 @@ fn outputs(pipe: &StableDiffusion, reference: &Reference, sdxl: bool) -> Outputs
     let added = prompt.pooled.and_then(|pooled| {
         let (side_h, side_w) = (h as f64 * 8.0, w as f64 * 8.0);
         pipe.unet()
+            .expect("a UNet model")
             .text_time_input(pooled, [side_h, side_w, 0.0, 0.0, side_h, side_w])
     });
-    let unet = values(
-        pipe.unet()
-            .forward_with(sample, 501.0, &prompt.context, added.as_ref()),
-    );
+    let unet = values(pipe.unet().expect("a UNet model").forward_with(
+        sample,
+        501.0,
+        &prompt.context,
+        added.as_ref(),
+    ));
     let vae = values(pipe.vae().decode(reference.tensor("vae_latents", device)));
     Outputs { text, unet, vae }
 }

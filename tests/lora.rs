@@ -354,9 +354,11 @@ fn a_kohya_lora_at_a_scale_gives_diffusers_fuse_lora_output() {
         )
         .unwrap();
         let context: burn::tensor::Tensor<3> = reference.tensor("text_out", &device);
-        let out = pipe
-            .unet()
-            .forward(reference.tensor("unet_sample", &device), 501.0, &context);
+        let out = pipe.unet().expect("a UNet model").forward(
+            reference.tensor("unet_sample", &device),
+            501.0,
+            &context,
+        );
         let theirs = reference.f32("unet_out").1;
         let scale_of = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = common::max_abs_diff(&common::values(out), &theirs) / scale_of;

@@ -9,7 +9,13 @@ mod common;
 
 use common::{Reference, fixture, max_abs_diff, read_fixture, test_devices, values};
 use lina_runtime::models::mmdit::{Mmdit, MmditConfig};
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion, Warning};
+use lina_runtime::schedulers::{SchedulerKind, Timesteps};
+use lina_runtime::source::{DirSource, FileSource};
 use lina_runtime::weights::Weights;
+
+const PROMPT: &str = "a red ball on a small mirror";
+const NEGATIVE: &str = "blurry";
 
 fn relative(ours: &[f32], theirs: &[f32]) -> f32 {
     let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
@@ -34,5 +40,137 @@ fn the_transformer_matches_diffusers() {
         let err = relative(&values(out), &reference.f32("transformer_out").1);
         assert!(err < 1e-4, "{name}: transformer off by {err} (relative)");
     }
-    let _ = fixture;
+}
+
+fn options(steps: usize, (width, height): (usize, usize), latents: Vec<f32>) -> GenerateOptions {
+    GenerateOptions {
+        prompt: PROMPT.into(),
+        negative_prompt: NEGATIVE.into(),
+        timesteps: Timesteps::Count(steps),
+        guidance_scale: 7.5,
+        width: Some(width),
+        height: Some(height),
+        initial_latents: Some(latents),
+        ..GenerateOptions::default()
+    }
+}
+
+#[test]
+fn sd3_embeddings_and_images_match_diffusers() {
+    let reference = Reference::open("sd3_tiny");
+    for (name, device) in test_devices() {
+        let pipe = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &device).unwrap();
+        assert!(pipe.denoiser().is_flow() && pipe.unet().is_none());
+        assert_eq!(pipe.native_size(), 32);
+
+        // Embeddings: [negative; positive]: CLIP states padded to the joint width, then T5's
+        // 256 places in zeros; both pooled outputs side by side.
+        let (_, embeds) = reference.f32("prompt_embeds");
+        let (_, pooled) = reference.f32("pooled_embeds");
+        let (half_e, half_p) = (embeds.len() / 2, pooled.len() / 2);
+        for (i, text) in [NEGATIVE, PROMPT].into_iter().enumerate() {
+            let ours = pipe.encode_prompt(text, 0).unwrap();
+            assert_eq!(ours.context.dims(), [1, 77 + 256, 96]);
+            let err = relative(&values(ours.context), &embeds[i * half_e..(i + 1) * half_e]);
+            assert!(err < 1e-5, "{name}: `{text}` context off by {err}");
+            let p = values(ours.pooled.expect("SD 3 has a pooled embedding"));
+            let err = relative(&p, &pooled[i * half_p..(i + 1) * half_p]);
+            assert!(err < 1e-5, "{name}: `{text}` pooled off by {err}");
+        }
+
+        // Whole images, square (10 steps) and wide (4 steps): the position table's crop
+        // follows the aspect, the flow schedule its shift.
+        for (key, latents, size, steps) in [
+            ("image", "latents", (32, 32), 10),
+            ("image_wide", "latents_wide", (48, 32), 4),
+        ] {
+            let opts = options(steps, size, reference.f32(latents).1);
+            let done =
+                pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+            assert!(done.warnings.is_empty(), "{:?}", done.warnings);
+            assert_eq!(done.evaluations, 2 * steps);
+            let worst = common::worst_pixel(&done.image.rgb, &reference.f32(key).1);
+            assert!(worst <= 1.0, "{name} {key}: {worst}/255 from diffusers");
+        }
+    }
+}
+
+/// The fixture with some files hidden, or a file replaced.
+struct Edited {
+    base: DirSource,
+    hidden: &'static str,
+    replaced: Option<(&'static str, String)>,
+}
+
+impl FileSource for Edited {
+    fn read(&self, path: &str) -> lina_runtime::Result<Option<Vec<u8>>> {
+        if let Some((file, text)) = &self.replaced
+            && path == *file
+        {
+            return Ok(Some(text.clone().into_bytes()));
+        }
+        if !self.hidden.is_empty() && path.starts_with(self.hidden) {
+            return Ok(None);
+        }
+        self.base.read(path)
+    }
+}
+
+fn edited(hidden: &'static str, replaced: Option<(&'static str, String)>) -> Edited {
+    Edited {
+        base: DirSource::new(fixture("sd3_tiny")),
+        hidden,
+        replaced,
+    }
+}
+
+#[test]
+fn sd3_bad_input_is_refused_with_a_clear_error() {
+    let cpu = lina_runtime::device::cpu();
+    let load = |source: &Edited| match StableDiffusion::load(source, &cpu) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e,
+    };
+    // A missing second text encoder is named.
+    let e = load(&edited("text_encoder_2/", None));
+    assert_eq!(e.code(), "missing_file", "{e}");
+    assert!(e.to_string().contains("text_encoder_2"), "{e}");
+    // An unsupported option is named.
+    let config = String::from_utf8(read_fixture("sd3_tiny/transformer/config.json")).unwrap();
+    let layer_norm = config.replace("\"rms_norm\"", "\"layer_norm\"");
+    let e = load(&edited("", Some(("transformer/config.json", layer_norm))));
+    assert_eq!(e.code(), "config", "{e}");
+    assert!(e.to_string().contains("qk_norm"), "{e}");
+
+    let pipe = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &cpu).unwrap();
+    let latents = |w: usize, h: usize| vec![0.0; 16 * (w / 2) * (h / 2)];
+    let run = |opts: &GenerateOptions| pipe.start(opts).err().expect("refused").to_string();
+    // A UNet's scheduler on a flow model.
+    let mut opts = options(4, (32, 32), latents(32, 32));
+    opts.scheduler = Some(SchedulerKind::Euler);
+    assert!(run(&opts).contains("flow_euler"), "{}", run(&opts));
+    // Sizes that are not whole patches, or past the position table (12 patches of 2 latent
+    // cells of 2 pixels: 48).
+    let odd = options(4, (34, 32), latents(34, 32));
+    assert!(run(&odd).contains("patches"), "{}", run(&odd));
+    let big = options(4, (64, 32), latents(64, 32));
+    assert!(run(&big).contains("position table"), "{}", run(&big));
+}
+
+/// A folder with T5 (`text_encoder_3`) runs without it, and says so with each image.
+#[test]
+fn a_t5_text_encoder_that_is_not_run_is_reported() {
+    let with_t5 = edited(
+        "",
+        Some(("text_encoder_3/config.json", "{\"d_model\": 4096}".into())),
+    );
+    let cpu = lina_runtime::device::cpu();
+    let pipe = StableDiffusion::load(&with_t5, &cpu).unwrap();
+    let opts = options(1, (32, 32), vec![0.5; 16 * 16 * 16]);
+    let done = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+    assert!(
+        matches!(&done.warnings[..], [Warning::TextEncoderSkipped { folder }] if folder == "text_encoder_3"),
+        "{:?}",
+        done.warnings
+    );
 }

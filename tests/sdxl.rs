@@ -49,7 +49,7 @@ fn sdxl_embeddings_unet_and_images_match_diffusers() {
         }
 
         // One UNet call with the added conditioning.
-        let unet = pipe.unet();
+        let unet = pipe.unet().expect("a UNet model");
         let size = [64.0, 64.0, 0.0, 0.0, 64.0, 64.0];
         let pooled_t: Tensor<2> = reference.tensor("pooled_embeds", &device);
         let added = Tensor::cat(

@@ -25,6 +25,9 @@ use crate::weights::{Scope, Weights};
 
 pub const CONFIG_FILE: &str = "transformer/config.json";
 
+/// The text tokens T5-XXL contributes to SD 3's context (diffusers' default
+/// `max_sequence_length`): zeros where the model runs without T5.
+pub const T5_TOKENS: usize = 256;
 /// The sinusoid width of the timestep embedding (fixed in SD 3's model).
 const TIMESTEP_FEATURES: usize = 256;
 /// The epsilon of every layer norm and RMS norm in the model.

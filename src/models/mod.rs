@@ -3,6 +3,7 @@
 pub mod attention_control;
 pub mod clip;
 pub mod config;
+pub mod denoiser;
 pub mod mmdit;
 pub mod resnet;
 pub mod taesd;

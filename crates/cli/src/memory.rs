@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use lina_runtime::memory;
+use lina_runtime::models::denoiser::DenoiserConfig;
 use lina_runtime::models::{clip::ClipTextConfig, unet::UNetConfig, vae::VaeConfig};
 use lina_runtime::weights::human_bytes;
 use lina_runtime::{Error, Result};
@@ -88,7 +89,15 @@ pub fn run(args: Args) -> Result<()> {
     );
     for side in args.sizes {
         let largest = |limit: u64| {
-            let needs = memory::activations(&unet, &vae, side, side, 2, false, limit);
+            let needs = memory::activations(
+                DenoiserConfig::UNet(&unet),
+                &vae,
+                side,
+                side,
+                2,
+                false,
+                limit,
+            );
             needs
                 .into_iter()
                 .max_by_key(|n| n.bytes)

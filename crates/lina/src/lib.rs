@@ -29,7 +29,7 @@ use lina_runtime::error::{Error, Result};
 use lina_runtime::pipeline::{
     CancelToken, GenerateOptions, Generated, Hooks, StableDiffusion, StepHook,
 };
-use lina_runtime::schedulers::{SchedulerKind, Timesteps};
+use lina_runtime::schedulers::Timesteps;
 use region::Box4;
 
 /// Which interventions run, how strongly, and when. Windows are fractions of the run's steps,
@@ -260,13 +260,8 @@ pub fn steps_of(window: [f64; 2], first: usize, steps: usize) -> std::ops::Range
 
 /// The plan's timesteps for these options: the plain schedule of the run's scheduler, warped.
 pub fn timesteps(pipe: &StableDiffusion, opts: &GenerateOptions, plan: &Plan) -> Result<Vec<f64>> {
-    let kind = opts
-        .scheduler
-        .unwrap_or_else(|| SchedulerKind::from_config(pipe.scheduler_config()));
     let config = pipe.scheduler_config();
-    let plain = lina_runtime::schedulers::build(kind, config, &opts.timesteps, None)?
-        .timesteps()
-        .to_vec();
+    let plain = pipe.scheduler_for(opts)?.timesteps().to_vec();
     if plan.warp == 1.0 {
         return Ok(plain);
     }
@@ -352,7 +347,7 @@ pub fn prepare(
         ));
         hooks.0.push(Box::new(g));
     }
-    let factor = pipe.native_size() / pipe.unet().config().sample_size;
+    let factor = pipe.vae().config().downscale();
     let latent = |side: Option<usize>| side.unwrap_or(pipe.native_size()) / factor;
     let latent = (latent(opts.height), latent(opts.width));
     if plan.uses(Component::Attention) {
