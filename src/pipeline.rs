@@ -863,6 +863,16 @@ impl StableDiffusion {
     pub fn unet(&self) -> Option<&UNet> {
         self.denoiser.unet()
     }
+    /// The text context's length as the denoiser sees it, in tokens: the tokenizer's (77 for
+    /// CLIP), and for SD 3 the T5 places after them. Attention biases and records span it.
+    pub fn context_length(&self) -> usize {
+        let t5 = match self.denoiser {
+            Denoiser::Mmdit(_) => mmdit::T5_TOKENS,
+            Denoiser::UNet(_) => 0,
+        };
+        self.tokenizer.max_length() + t5
+    }
+
     /// The model the sampler calls at each step.
     pub fn denoiser(&self) -> &Denoiser {
         &self.denoiser

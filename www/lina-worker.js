@@ -7,15 +7,16 @@
 import init, { ModelLoader, Pipeline } from "./pkg/lina.js";
 
 // The diffusers folder layout: files a model must have, and files it may have.
-const REQUIRED = [
+const SHARED = [
   "scheduler/scheduler_config.json",
   "text_encoder/config.json",
   "text_encoder/model.safetensors",
-  "unet/config.json",
-  "unet/diffusion_pytorch_model.safetensors",
   "vae/config.json",
   "vae/diffusion_pytorch_model.safetensors",
 ];
+// The denoiser: a UNet (SD 1.x, 2.x, XL), or SD 3's transformer.
+const denoiserFiles = (folder) => [`${folder}/config.json`, `${folder}/diffusion_pytorch_model.safetensors`];
+const required = (denoiser) => [...SHARED, ...denoiserFiles(denoiser)];
 // A tokenizer comes as vocab.json and merges.txt or as one tokenizer.json: the second is
 // asked for only where the first two are missing. SDXL has two of each.
 const OPTIONAL = [
@@ -23,7 +24,7 @@ const OPTIONAL = [
   "tokenizer/vocab.json",
   "tokenizer/merges.txt",
   "tokenizer/tokenizer.json",
-  // SDXL's second text encoder and its tokenizer.
+  // SDXL's and SD 3's second text encoder and its tokenizer.
   "text_encoder_2/config.json",
   "text_encoder_2/model.safetensors",
   "tokenizer_2/tokenizer_config.json",
@@ -42,7 +43,7 @@ const CHECKPOINT = "checkpoint.safetensors";
 // its own weights (and the tiny VAE, whose weights those would be) are not read.
 const besideCheckpoint = (path) => !path.endsWith(".safetensors") && !path.startsWith("vae_tiny/");
 
-const COMPONENT_FILE = /^((scheduler|text_encoder|text_encoder_2|tokenizer|tokenizer_2|unet|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)|lina_predictor\.json|model_index\.json)$/;
+const COMPONENT_FILE = /^((scheduler|text_encoder|text_encoder_2|tokenizer|tokenizer_2|unet|transformer|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)|lina_predictor\.json|model_index\.json)$/;
 
 // An Error with one of the API's codes (lina.d.ts), for the failures found on this side.
 const failure = (code, message) => Object.assign(new Error(message), { code });
@@ -241,15 +242,17 @@ async function loadFromUrl(loader, url, { single, ...options }) {
   // The runtime reads its settings too (SDXL's force_zeros_for_empty_prompt).
   if (index) loader.addFile("model_index.json", index);
   const found = new Set();
+  // SD 3's folders name a transformer where the others have a UNet.
+  const listed = required(components?.has("transformer") ? "transformer" : "unet");
+  const needed = single ? [] : listed;
   const wanted = (path) => {
     const folder = path.includes("/") ? path.slice(0, path.indexOf("/")) : null;
-    const named = REQUIRED.includes(path) || components === null || folder === null || components.has(folder);
+    const named = listed.includes(path) || components === null || folder === null || components.has(folder);
     // tokenizer.json only where vocab.json and merges.txt were not found beside it.
     if (named && path.endsWith("/tokenizer.json")) return !(found.has(`${folder}/vocab.json`) && found.has(`${folder}/merges.txt`));
     return named;
   };
-  const required = single ? [] : REQUIRED;
-  for (const path of [...REQUIRED, ...OPTIONAL]) {
+  for (const path of [...listed, ...OPTIONAL]) {
     if (!wanted(path) || (single && !besideCheckpoint(path))) continue;
     if (await take(path)) {
       found.add(path);
@@ -264,7 +267,7 @@ async function loadFromUrl(loader, url, { single, ...options }) {
       }
       continue;
     }
-    if (required.includes(path)) throw failure("missing_file", `${path}: not found at ${url}${path}`);
+    if (needed.includes(path)) throw failure("missing_file", `${path}: not found at ${url}${path}`);
   }
   return fetched.stored();
 }
@@ -326,7 +329,8 @@ function shardsOf(indexUrl, text) {
 // only what a single-file checkpoint lacks.
 async function loadFromFiles(loader, files, { signal, progress, single }) {
   // Weights may come in shards, named by an index file next to them.
-  const missing = (single ? [] : REQUIRED).filter(
+  const denoiser = "transformer/config.json" in files ? "transformer" : "unet";
+  const missing = (single ? [] : required(denoiser)).filter(
     (path) => !(path in files) && !(path.endsWith(".safetensors") && `${path}.index.json` in files),
   );
   if (missing.length) throw failure("missing_file", `the model's files lack ${missing.join(", ")}`);

@@ -9,6 +9,8 @@
 
 use lina_csg::Csg;
 use lina_runtime::models::clip::ClipTextConfig;
+use lina_runtime::models::denoiser::DenoiserConfig;
+use lina_runtime::models::mmdit::MmditConfig;
 use lina_runtime::models::taesd::TaesdConfig;
 use lina_runtime::models::unet::UNetConfig;
 use lina_runtime::models::vae::VaeConfig;
@@ -79,8 +81,17 @@ pub fn config(data: &[u8]) {
     let text = ClipTextConfig::from_json(json);
     let unet = UNetConfig::from_json(json);
     let vae = VaeConfig::from_json(json);
-    if let (Ok(unet), Ok(vae)) = (&unet, &vae) {
-        let _ = lina_runtime::memory::activations(unet, vae, 512, 512, 2, true, 128 << 20);
+    let mmdit = MmditConfig::from_json(json);
+    for denoiser in [
+        unet.as_ref().ok().map(DenoiserConfig::UNet),
+        mmdit.as_ref().ok().map(DenoiserConfig::Mmdit),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Ok(vae) = &vae {
+            let _ = lina_runtime::memory::activations(denoiser, vae, 512, 512, 2, true, 128 << 20);
+        }
     }
     if let Ok(vae) = &vae {
         let _ = vae.decoder_peak(512, 512);

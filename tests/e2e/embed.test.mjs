@@ -325,6 +325,65 @@ test("SDXL (two text encoders, size conditioning), as a folder and as a single f
   await page.close();
 });
 
+test("SD 3 (an MMDiT with flow matching, no T5), by URL and as files, draws diffusers' image", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const folder = "/fixtures/sd3_tiny/";
+    const file = new Uint8Array(await (await fetch(folder + "reference.safetensors")).arrayBuffer());
+    const headerLength = Number(new DataView(file.buffer).getBigUint64(0, true));
+    const header = JSON.parse(new TextDecoder().decode(file.subarray(8, 8 + headerLength)));
+    const tensor = (name) => {
+      const [start, end] = header[name].data_offsets;
+      return new Float32Array(file.slice(8 + headerLength + start, 8 + headerLength + end).buffer);
+    };
+    // The folder as the page's folder picker hands it over: every file by its path.
+    const paths = ["model_index.json", "scheduler/scheduler_config.json", "transformer/config.json",
+      "transformer/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+      ...["text_encoder", "text_encoder_2"].flatMap((f) => [`${f}/config.json`, `${f}/model.safetensors`]),
+      ...["tokenizer", "tokenizer_2"].flatMap((f) => [`${f}/tokenizer_config.json`, `${f}/vocab.json`, `${f}/merges.txt`])];
+    const files = {};
+    for (const path of paths) files[path] = await (await fetch(folder + path)).blob();
+    const draw = async (source) => {
+      const model = new LinaModel();
+      try {
+        await model.load({ backend: "cpu", ...source });
+        const image = await model.generate({
+          prompt: "a red ball on a small mirror",
+          negativePrompt: "blurry",
+          steps: 4,
+          guidanceScale: 7.5,
+          width: 48,
+          height: 32,
+          initialLatents: Array.from(tensor("latents_wide")),
+        });
+        const expected = tensor("image_wide");
+        let worst = 0;
+        for (let p = 0; p < 48 * 32; p++) {
+          for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(image.rgba[p * 4 + c] - expected[p * 3 + c] * 255));
+        }
+        let refused = null;
+        try {
+          await model.generate({ prompt: "a red ball", steps: 2, scheduler: "euler" });
+        } catch (error) {
+          refused = { code: error.code, message: error.message };
+        }
+        return { worst, nativeSize: model.nativeSize, refused };
+      } finally {
+        model.dispose();
+      }
+    };
+    return { url: await draw({ url: folder }), files: await draw({ files }) };
+  });
+  for (const [how, result] of Object.entries(out)) {
+    assert.ok(result.worst <= 1, `SD 3 ${how}: the browser's image is ${result.worst}/255 from diffusers'`);
+    assert.equal(result.nativeSize, 32);
+    assert.equal(result.refused?.code, "invalid_input", JSON.stringify(result.refused));
+    assert.match(result.refused.message, /flow_euler/);
+  }
+  await page.close();
+});
+
 test("a LoRA and an embedding load with the model: scale 0 changes nothing, scale 1 changes the image, and a LoRA for another model is refused naming its module", { timeout: SLOW * 2 }, async () => {
   const page = await apiPage();
   const out = await page.evaluate(async () => {

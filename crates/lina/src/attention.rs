@@ -203,7 +203,7 @@ impl LayoutAttention {
             )));
         }
         let (h, w) = latent;
-        let length = pipe.tokenizer().max_length();
+        let length = pipe.context_length();
         let device = pipe.device().clone();
         let mut bias = Tensor::<3>::zeros([length, h, w], &device);
         let mut tokens = Vec::new();
