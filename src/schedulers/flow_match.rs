@@ -55,18 +55,18 @@ impl FlowMatchEuler {
             _ => return bad("at most one of use_karras_sigmas and use_exponential_sigmas".into()),
         };
         let n_train = config.num_train_timesteps as f64;
+        // Sigma 1 (timestep num_train_timesteps) is the flow's start.
+        request.check(config.num_train_timesteps, n_train)?;
         let (mut sigmas, timesteps): (Vec<f64>, Option<Vec<f64>>) = match request {
-            Timesteps::Explicit(_) => {
+            Timesteps::Explicit(list) => {
                 if flow.invert_sigmas {
                     return bad("invert_sigmas does not take an explicit list of timesteps".into());
                 }
-                let list = Self::checked(request, n_train)?;
                 let sigmas = list.iter().map(|&t| (t / n_train) as f32 as f64).collect();
-                (sigmas, Some(list))
+                (sigmas, Some(list.clone()))
             }
             Timesteps::Count(n) => {
                 let n = *n;
-                Self::checked(request, n_train)?;
                 // The training schedule's ends, in f32 as diffusers holds them.
                 let train = |t: f64| -> f64 {
                     let s = (t / n_train) as f32 as f64;
@@ -146,40 +146,6 @@ impl FlowMatchEuler {
         })
     }
 
-    /// A request's explicit timesteps, checked: strictly descending, in 0..=num_train_timesteps
-    /// (sigma 1, pure noise, is the flow's start); empty for a count, which is checked too.
-    fn checked(request: &Timesteps, n_train: f64) -> Result<Vec<f64>> {
-        let most = n_train as usize;
-        match request {
-            Timesteps::Count(n) if (1..=most).contains(n) => Ok(Vec::new()),
-            Timesteps::Count(n) => Err(Error::InvalidInput(format!(
-                "steps must be between 1 and {most}, got {n}"
-            ))),
-            Timesteps::Explicit(list) => {
-                if list.is_empty() || list.len() > most {
-                    return Err(Error::InvalidInput(format!(
-                        "an explicit schedule needs 1..={most} timesteps, got {}",
-                        list.len()
-                    )));
-                }
-                if list
-                    .iter()
-                    .any(|t| !t.is_finite() || *t < 0.0 || *t > n_train)
-                {
-                    return Err(Error::InvalidInput(format!(
-                        "explicit timesteps must lie in 0..={n_train}"
-                    )));
-                }
-                if list.windows(2).any(|w| w[1] >= w[0]) {
-                    return Err(Error::InvalidInput(
-                        "explicit timesteps must be strictly descending".into(),
-                    ));
-                }
-                Ok(list.clone())
-            }
-        }
-    }
-
     /// Dynamic shifting's `mu` for an image of `image_tokens` patches: linear in the count,
     /// from `base_shift` at `base_image_seq_len` to `max_shift` at `max_image_seq_len`.
     fn mu(config: &SchedulerConfig, image_tokens: Option<usize>) -> Result<f64> {
@@ -196,11 +162,6 @@ impl FlowMatchEuler {
         );
         let slope = (flow.max_shift - flow.base_shift) / (max - base);
         Ok(tokens as f64 * slope + flow.base_shift - slope * base)
-    }
-
-    /// The sigma at `step` (the run's end after the last step).
-    pub fn sigma(&self, step: usize) -> f64 {
-        self.sigmas[step]
     }
 }
 

@@ -215,6 +215,43 @@ pub enum Timesteps {
     Explicit(Vec<f64>),
 }
 
+impl Timesteps {
+    /// Checks a request: a count in 1..=`most`; an explicit list of 1..=`most` finite
+    /// timesteps in 0..=`latest`, strictly descending. Diffusion schedules end at timestep
+    /// `num_train_timesteps - 1`, flow matching's at `num_train_timesteps` (sigma 1).
+    pub(crate) fn check(&self, most: usize, latest: f64) -> Result<()> {
+        let list = match self {
+            Timesteps::Count(n) if (1..=most).contains(n) => return Ok(()),
+            Timesteps::Count(n) => {
+                return Err(Error::InvalidInput(format!(
+                    "steps must be in 1..={most}, got {n}"
+                )));
+            }
+            Timesteps::Explicit(list) => list,
+        };
+        if list.is_empty() || list.len() > most {
+            return Err(Error::InvalidInput(format!(
+                "an explicit schedule needs 1..={most} timesteps, got {}",
+                list.len()
+            )));
+        }
+        if list
+            .iter()
+            .any(|t| !t.is_finite() || *t < 0.0 || *t > latest)
+        {
+            return Err(Error::InvalidInput(format!(
+                "explicit timesteps must lie in 0..={latest}"
+            )));
+        }
+        if list.windows(2).any(|w| w[1] >= w[0]) {
+            return Err(Error::InvalidInput(
+                "explicit timesteps must be strictly descending".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The scheduler families this runtime implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -445,24 +482,8 @@ impl SchedulerConfig {
         match request {
             Timesteps::Count(n) => self.spaced_timesteps(*n, round_linspace),
             Timesteps::Explicit(list) => {
-                let max = (self.num_train_timesteps - 1) as f64;
-                if list.is_empty() || list.len() > self.num_train_timesteps {
-                    return Err(Error::InvalidInput(format!(
-                        "an explicit schedule needs 1..={} timesteps, got {}",
-                        self.num_train_timesteps,
-                        list.len()
-                    )));
-                }
-                if list.iter().any(|t| !t.is_finite() || *t < 0.0 || *t > max) {
-                    return Err(Error::InvalidInput(format!(
-                        "explicit timesteps must lie in 0..={max}"
-                    )));
-                }
-                if list.windows(2).any(|w| w[1] >= w[0]) {
-                    return Err(Error::InvalidInput(
-                        "explicit timesteps must be strictly descending".into(),
-                    ));
-                }
+                let n = self.num_train_timesteps;
+                request.check(n, (n - 1) as f64)?;
                 Ok(list.clone())
             }
         }
