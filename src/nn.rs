@@ -348,6 +348,17 @@ impl LayerNorm {
         })
     }
 
+    /// A layer norm without a learned scale or shift (the MMDiT's blocks: their adaptive
+    /// modulation supplies both), on the same kernels as a learned one.
+    pub fn without_affine(w: &Scope, dim: usize, eps: f64) -> Self {
+        Self {
+            gamma: w.constant([dim], 1.0),
+            beta: w.constant([dim], 0.0),
+            eps,
+            kernels: w.kernels(),
+        }
+    }
+
     /// In f32 whatever the device computes in, as [`GroupNorm`].
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();

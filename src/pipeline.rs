@@ -1070,18 +1070,12 @@ impl StableDiffusion {
         // SD 3 (diffusers' `StableDiffusion3Pipeline.encode_prompt`): the CLIP states padded
         // with zeros to the joint width, then T5's tokens, zeros without T5; both pooled
         // outputs side by side.
-        let [_, len, width] = clip.dims();
+        let width = clip.dims()[2];
         let joint = mmdit.config().joint_attention_dim;
-        let zeros =
-            |shape: [usize; 3]| Tensor::<3>::zeros(shape, &clip.device()).cast(clip.dtype());
-        let mut parts = vec![clip.clone()];
-        if width < joint {
-            parts.push(zeros([1, len, joint - width]));
-        }
-        let clip = Tensor::cat(parts, 2);
-        let t5 = zeros([1, mmdit::T5_TOKENS, joint]);
+        let padding = [(0, mmdit::T5_TOKENS), (0, joint - width)];
+        let context = clip.pad(padding, burn::tensor::ops::PadMode::Constant(0.0));
         Ok(EncodedPrompt {
-            context: Tensor::cat(vec![clip, t5], 1),
+            context,
             pooled: Some(Tensor::cat(vec![first_pooled, pooled], 1)),
             truncated: tokens.truncated,
         })

@@ -11,7 +11,7 @@
 //! attention (`dual_attention_layers`). The last block updates only the image stream.
 
 use burn::tensor::activation::{gelu_approximate, silu};
-use burn::tensor::{DType, FloatDType, Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 use serde::Deserialize;
 
 use super::attention_control::{
@@ -19,7 +19,7 @@ use super::attention_control::{
 };
 use super::config::{check_size, parse};
 use crate::error::{Error, Result};
-use crate::nn::{Conv2d, Linear, multi_head_attention, sinusoid, to_tokens};
+use crate::nn::{Conv2d, LayerNorm, Linear, multi_head_attention, sinusoid, to_tokens};
 use crate::views::Columns;
 use crate::weights::{Scope, Weights};
 
@@ -157,23 +157,6 @@ impl MmditConfig {
     }
 }
 
-/// Runs `f` on `x` in f32 whatever the device computes in (norms lose too much in f16).
-fn in_f32<const D: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<D>) -> Tensor<D>) -> Tensor<D> {
-    match x.dtype() {
-        DType::F32 => f(x),
-        dtype => f(x.cast(FloatDType::F32)).cast(dtype),
-    }
-}
-
-/// Layer norm over the last axis without a learned scale or shift (the blocks' norms: the
-/// adaptive modulation supplies both).
-fn plain_layer_norm(x: Tensor<3>) -> Tensor<3> {
-    in_f32(x, |x| {
-        let (var, mean) = x.clone().var_mean_bias(2);
-        (x - mean).div(var.add_scalar(EPS).sqrt())
-    })
-}
-
 /// `x * (1 + scale) + shift`, with `shift` and `scale` [B, 1, dim] per batch row.
 fn modulate(x: Tensor<3>, shift: &Tensor<3>, scale: &Tensor<3>) -> Tensor<3> {
     x * scale.clone().add_scalar(1.0) + shift.clone()
@@ -224,13 +207,16 @@ impl HeadRmsNorm {
     fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
         let [b, l, inner] = x.dims();
         let d = inner / heads;
-        let weight = self.weight.clone();
-        in_f32(x, |x| {
-            let x = x.reshape([b, l, heads, d]);
-            let rms = x.clone().square().mean_dim(3).add_scalar(EPS).sqrt();
-            let weight = weight.cast(FloatDType::F32).reshape([1, 1, 1, d]);
-            (x.div(rms) * weight).reshape([b, l, inner])
-        })
+        // In f32 whatever the device computes in, as the other norms.
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32).reshape([b, l, heads, d]);
+        let rms = x.clone().square().mean_dim(3).add_scalar(EPS).sqrt();
+        let weight = self
+            .weight
+            .clone()
+            .cast(FloatDType::F32)
+            .reshape([1, 1, 1, d]);
+        (x.div(rms) * weight).reshape([b, l, inner]).cast(dtype)
     }
 }
 
@@ -394,6 +380,17 @@ impl FeedForward {
     }
 }
 
+/// What every block of one call shares.
+struct Call<'a> {
+    /// SiLU of the timestep and pooled-text embedding, which every adaptive norm projects.
+    conditioning: &'a Tensor<2>,
+    /// The layer norm without affine of every block (it has no weights of its own).
+    norm: &'a LayerNorm,
+    heads: usize,
+    /// The image tokens' grid of patches.
+    grid: [usize; 2],
+}
+
 /// diffusers' `JointTransformerBlock`.
 struct Block {
     /// 6 parts (shift, scale, gate of the attention; shift, scale, gate of the
@@ -432,35 +429,36 @@ impl Block {
         &self,
         image: Tensor<3>,
         text: Tensor<3>,
-        conditioning: &Tensor<2>,
-        heads: usize,
-        grid: [usize; 2],
+        call: &Call,
         control: &mut ControlState,
     ) -> (Tensor<3>, Option<Tensor<3>>) {
-        let m = self.image_modulation.parts(conditioning);
-        let normed = plain_layer_norm(image.clone());
+        let (norm, heads) = (call.norm, call.heads);
+        let m = self.image_modulation.parts(call.conditioning);
+        let normed = norm.forward(image.clone());
         let image_in = modulate(normed.clone(), &m[0], &m[1]);
-        let t = self.text_modulation.parts(conditioning);
-        let text_normed = plain_layer_norm(text.clone());
+        let t = self.text_modulation.parts(call.conditioning);
+        let text_normed = norm.forward(text.clone());
         let text_in = match t.len() {
             // The last block's plain adaptive norm: scale first, then shift.
             2 => modulate(text_normed, &t[1], &t[0]),
             _ => modulate(text_normed, &t[0], &t[1]),
         };
 
-        let (attended, text_attended) = self.attn.forward(image_in, text_in, heads, grid, control);
+        let (attended, text_attended) = self
+            .attn
+            .forward(image_in, text_in, heads, call.grid, control);
         let mut image = image + attended * m[2].clone();
         if let Some(attn2) = &self.attn2 {
             let second = attn2.forward(modulate(normed, &m[6], &m[7]), heads);
             image = image + second * m[8].clone();
         }
-        let ff_in = modulate(plain_layer_norm(image.clone()), &m[3], &m[4]);
+        let ff_in = modulate(norm.forward(image.clone()), &m[3], &m[4]);
         let image = image.clone() + self.ff.forward(ff_in) * m[5].clone();
 
         let text = match (text_attended, &self.ff_text) {
             (Some(attended), Some(ff)) => {
                 let text = text + attended * t[2].clone();
-                let ff_in = modulate(plain_layer_norm(text.clone()), &t[3], &t[4]);
+                let ff_in = modulate(norm.forward(text.clone()), &t[3], &t[4]);
                 Some(text.clone() + ff.forward(ff_in) * t[5].clone())
             }
             _ => None,
@@ -482,6 +480,8 @@ pub struct Mmdit {
     pooled_2: Linear,
     context_embedder: Linear,
     blocks: Vec<Block>,
+    /// Every layer norm of the model: none learns a scale or shift.
+    norm: LayerNorm,
     /// The final adaptive norm: 2 parts, scale then shift.
     norm_out: Modulation,
     proj_out: Linear,
@@ -530,6 +530,7 @@ impl Mmdit {
                 true,
             )?,
             blocks,
+            norm: LayerNorm::without_affine(&w, dim, EPS),
             norm_out: Modulation::load(&w.at("norm_out"), dim, 2)?,
             proj_out: Linear::load(&w.at("proj_out"), dim, p * p * config.out_channels(), true)?,
             device: weights.device().clone(),
@@ -605,17 +606,22 @@ impl Mmdit {
         // Every adaptive norm projects SiLU of the embedding: taken once here.
         let conditioning = silu(temb);
 
+        let call = Call {
+            conditioning: &conditioning,
+            norm: &self.norm,
+            heads: self.config.num_attention_heads,
+            grid: [gh, gw],
+        };
         let mut image = image;
         let mut text = Some(self.context_embedder.forward(context.clone()));
-        let heads = self.config.num_attention_heads;
         for block in &self.blocks {
             let t = text
                 .take()
                 .expect("only the last block drops the text stream");
-            (image, text) = block.forward(image, t, &conditioning, heads, [gh, gw], &mut control);
+            (image, text) = block.forward(image, t, &call, &mut control);
         }
         let out = self.norm_out.parts(&conditioning);
-        let image = modulate(plain_layer_norm(image), &out[1], &out[0]);
+        let image = modulate(self.norm.forward(image), &out[1], &out[0]);
         let patches = self.proj_out.forward(image);
         let c = self.config.out_channels();
         let latents = patches

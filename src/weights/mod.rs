@@ -719,6 +719,16 @@ impl<'w> Scope<'w> {
         }
     }
 
+    /// A tensor of `value`s that a layer holds with no entry in the file (a layer norm's
+    /// unit scale where the model learns none), in the type the weights are handed out in.
+    pub fn constant<const D: usize>(&self, shape: [usize; D], value: f32) -> Tensor<D> {
+        let t = Tensor::<D>::full(shape, value, self.weights.device());
+        match self.weights.dtype {
+            Some(dtype) => t.cast(dtype),
+            None => t,
+        }
+    }
+
     /// Whether the file holds tensor `name` of this scope (to tell one naming from another).
     pub fn contains(&self, name: &str) -> bool {
         self.weights.contains(&self.path(name))
