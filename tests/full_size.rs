@@ -18,7 +18,7 @@ use std::time::Instant;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Distribution, Tensor};
-use common::{Reference, max_abs_diff, read_fixture, values};
+use common::{Reference, max_abs_diff, read_fixture, relative_diff, values};
 use lina_runtime::models::unet::{UNet, UNetConfig};
 use lina_runtime::pipeline::StableDiffusion;
 use lina_runtime::source::DirSource;
@@ -114,11 +114,6 @@ fn outputs(pipe: &StableDiffusion, reference: &Reference, sdxl: bool) -> Outputs
     Outputs { text, unet, vae }
 }
 
-fn relative(ours: &[f32], theirs: &[f32]) -> f32 {
-    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    max_abs_diff(ours, theirs) / scale
-}
-
 fn check_against_diffusers(family: &str, ours: &Outputs, reference: &Reference, sdxl: bool) {
     let texts: Vec<Vec<f32>> = match sdxl {
         true => {
@@ -140,11 +135,11 @@ fn check_against_diffusers(family: &str, ours: &Outputs, reference: &Reference, 
         false => vec![reference.f32("text_encoder_out").1],
     };
     for (i, (o, t)) in ours.text.iter().zip(&texts).enumerate() {
-        let err = relative(o, t);
+        let err = relative_diff(o, t);
         println!("{family}: text output {i} within {err:.2e} of diffusers (relative)");
         assert!(err <= 1e-4, "{family}: text output {i} off by {err}");
     }
-    let err = relative(&ours.unet, &reference.f32("unet_out").1);
+    let err = relative_diff(&ours.unet, &reference.f32("unet_out").1);
     println!("{family}: UNet within {err:.2e} of diffusers' max |output|");
     assert!(err <= 1e-3, "{family}: UNet off by {err}");
     // The decode in [-1, 1], so 2/255 of the final image is 4/255 here.

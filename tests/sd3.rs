@@ -8,7 +8,7 @@
 mod common;
 
 use burn::tensor::{Tensor, TensorData};
-use common::{Reference, fixture, max_abs_diff, read_fixture, test_devices, values};
+use common::{Reference, fixture, max_abs_diff, read_fixture, relative_diff, test_devices, values};
 use lina_runtime::models::attention_control::CrossAttentionControl;
 use lina_runtime::models::mmdit::{Mmdit, MmditConfig};
 use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion, Warning};
@@ -18,11 +18,6 @@ use lina_runtime::weights::Weights;
 
 const PROMPT: &str = "a red ball on a small mirror";
 const NEGATIVE: &str = "blurry";
-
-fn relative(ours: &[f32], theirs: &[f32]) -> f32 {
-    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    max_abs_diff(ours, theirs) / scale
-}
 
 #[test]
 fn the_transformer_matches_diffusers() {
@@ -39,7 +34,7 @@ fn the_transformer_matches_diffusers() {
             &reference.tensor("prompt_embeds", &device),
             &reference.tensor("pooled_embeds", &device),
         );
-        let err = relative(&values(out), &reference.f32("transformer_out").1);
+        let err = relative_diff(&values(out), &reference.f32("transformer_out").1);
         assert!(err < 1e-4, "{name}: transformer off by {err} (relative)");
     }
 }
@@ -73,10 +68,10 @@ fn sd3_embeddings_and_images_match_diffusers() {
         for (i, text) in [NEGATIVE, PROMPT].into_iter().enumerate() {
             let ours = pipe.encode_prompt(text, 0).unwrap();
             assert_eq!(ours.context.dims(), [1, 77 + 256, 96]);
-            let err = relative(&values(ours.context), &embeds[i * half_e..(i + 1) * half_e]);
+            let err = relative_diff(&values(ours.context), &embeds[i * half_e..(i + 1) * half_e]);
             assert!(err < 1e-5, "{name}: `{text}` context off by {err}");
             let p = values(ours.pooled.expect("SD 3 has a pooled embedding"));
-            let err = relative(&p, &pooled[i * half_p..(i + 1) * half_p]);
+            let err = relative_diff(&p, &pooled[i * half_p..(i + 1) * half_p]);
             assert!(err < 1e-5, "{name}: `{text}` pooled off by {err}");
         }
 

@@ -8,18 +8,13 @@
 mod common;
 
 use burn::tensor::Tensor;
-use common::{Reference, fixture, max_abs_diff, test_devices, values};
+use common::{Reference, fixture, relative_diff, test_devices, values};
 use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
 use lina_runtime::schedulers::Timesteps;
 use lina_runtime::source::{DirSource, FileSource};
 
 const PROMPT: &str = "a red ball on a small mirror";
 const NEGATIVE: &str = "blurry";
-
-fn relative(ours: &[f32], theirs: &[f32]) -> f32 {
-    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    max_abs_diff(ours, theirs) / scale
-}
 
 #[test]
 fn sdxl_embeddings_unet_and_images_match_diffusers() {
@@ -35,13 +30,13 @@ fn sdxl_embeddings_unet_and_images_match_diffusers() {
         for (i, text) in [NEGATIVE, PROMPT].into_iter().enumerate() {
             let ours = pipe.encode_prompt(text, 0).unwrap();
             let context = values(ours.context);
-            let err = relative(&context, &embeds[i * half_e..(i + 1) * half_e]);
+            let err = relative_diff(&context, &embeds[i * half_e..(i + 1) * half_e]);
             assert!(
                 err < 1e-5,
                 "{name}: `{text}` context off by {err} (relative)"
             );
             let p = values(ours.pooled.expect("SDXL has a pooled embedding"));
-            let err = relative(&p, &pooled[i * half_p..(i + 1) * half_p]);
+            let err = relative_diff(&p, &pooled[i * half_p..(i + 1) * half_p]);
             assert!(
                 err < 1e-5,
                 "{name}: `{text}` pooled off by {err} (relative)"
@@ -67,7 +62,7 @@ fn sdxl_embeddings_unet_and_images_match_diffusers() {
             &reference.tensor("prompt_embeds", &device),
             Some(&added),
         );
-        let err = relative(&values(out), &reference.f32("unet_out").1);
+        let err = relative_diff(&values(out), &reference.f32("unet_out").1);
         assert!(err < 1e-4, "{name}: UNet off by {err} (relative)");
 
         // Whole images: with a negative prompt, and with none (zeros).

@@ -805,6 +805,16 @@ def turbo_references(pipe, scheduler: dict, out_dir: Path, seed: int, steps: tup
     save_file(refs, str(out_dir / "reference.safetensors"))
 
 
+def tiny_text_config(tok, hidden: int, act: str, projection: int):
+    """A tiny CLIP text encoder's config for `tok`, as SDXL's and SD 3's fixtures take two of
+    them: three layers, four heads, the widths and activation given."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden + 5,
+                          num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=MAX_LEN,
+                          hidden_act=act, projection_dim=projection, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, layer_norm_eps=1e-5)
+
 def make_sdxl(fix: Path):
     """A tiny SDXL-like pipeline (`sdxl_tiny/`): two text encoders (a CLIP-L-like one and a
     bigG-like one with its projection, of different widths), the size and crop conditioning
@@ -815,7 +825,7 @@ def make_sdxl(fix: Path):
     `force_zeros_for_empty_prompt` turns into zeros). Weights are stored as f16."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from safetensors.torch import load_file, save_file
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     out = fix / "sdxl_tiny"
     if out.exists():
@@ -833,16 +843,10 @@ def make_sdxl(fix: Path):
     tok2 = CLIPTokenizer.from_pretrained(str(tok2_dir))
     assert tok2.pad_token_id == 0, tok2.pad_token_id
 
-    def text_config(hidden, act, projection):
-        return CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden + 5,
-                              num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=MAX_LEN,
-                              hidden_act=act, projection_dim=projection, bos_token_id=tok.bos_token_id,
-                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, layer_norm_eps=1e-5)
-
     torch.manual_seed(5000)
-    te1 = CLIPTextModel(text_config(32, "quick_gelu", 32)).eval()
+    te1 = CLIPTextModel(tiny_text_config(tok, 32, "quick_gelu", 32)).eval()
     reinit_(te1, 5001)
-    te2 = CLIPTextModelWithProjection(text_config(48, "gelu", 24)).eval()
+    te2 = CLIPTextModelWithProjection(tiny_text_config(tok, 48, "gelu", 24)).eval()
     reinit_(te2, 5002)
     torch.manual_seed(5010)
     time_dim = 8
@@ -957,7 +961,7 @@ def make_sd3(fix: Path):
     transformer call, a square image with a negative prompt and a wide one. Weights are f32."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     out = fix / "sd3_tiny"
     if out.exists():
@@ -966,16 +970,10 @@ def make_sd3(fix: Path):
     tok_dir = fix / "tokenizer"
     tok = CLIPTokenizer.from_pretrained(str(tok_dir))
 
-    def text_config(hidden, act):
-        return CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden + 5,
-                              num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=MAX_LEN,
-                              hidden_act=act, projection_dim=16, bos_token_id=tok.bos_token_id,
-                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, layer_norm_eps=1e-5)
-
     torch.manual_seed(6000)
-    te1 = CLIPTextModelWithProjection(text_config(32, "quick_gelu")).eval()
+    te1 = CLIPTextModelWithProjection(tiny_text_config(tok, 32, "quick_gelu", 16)).eval()
     reinit_(te1, 6001)
-    te2 = CLIPTextModelWithProjection(text_config(48, "gelu")).eval()
+    te2 = CLIPTextModelWithProjection(tiny_text_config(tok, 48, "gelu", 16)).eval()
     reinit_(te2, 6002)
     torch.manual_seed(6010)
     transformer = SD3Transformer2DModel(

@@ -113,6 +113,13 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The largest difference relative to the reference's largest magnitude: how far a whole
+/// output is from the reference, whatever its scale.
+pub fn relative_diff(ours: &[f32], theirs: &[f32]) -> f32 {
+    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    max_abs_diff(ours, theirs) / scale
+}
+
 /// The devices parity tests run on: the CPU backend always; the wgpu backend (lavapipe or a
 /// real GPU) when LINA_TEST_GPU=1, which CI sets after installing mesa-vulkan-drivers.
 pub fn test_devices() -> Vec<(&'static str, Device)> {

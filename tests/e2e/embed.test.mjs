@@ -8,7 +8,8 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { DEFAULT_MODEL_FILES, FIXTURES, SLOW, WWW, canvasColours, launchBrowser, openPage, singleFileCheckpoint, startServer, waitForStatus } from "./harness.mjs";
 
 let browser;
@@ -24,7 +25,9 @@ before(async () => {
   MADE = await mkdtemp(join(tmpdir(), "lina-made-"));
   await writeFile(join(MADE, "sd1_tiny.safetensors"), await singleFileCheckpoint("sd1_tiny"));
   await writeFile(join(MADE, "sdxl_tiny.safetensors"), await singleFileCheckpoint("sdxl_tiny"));
-  server = await startServer({ mounts: { "/packed/": join(PACKED, "package"), "/made/": MADE, "/fixtures/": FIXTURES } });
+  // The helpers the tests run inside the page: /helpers/reference.js.
+  const helpers = join(dirname(fileURLToPath(import.meta.url)), "page");
+  server = await startServer({ mounts: { "/packed/": join(PACKED, "package"), "/made/": MADE, "/fixtures/": FIXTURES, "/helpers/": helpers } });
   browser = await launchBrowser();
 });
 
@@ -285,38 +288,20 @@ test("SDXL (two text encoders, size conditioning), as a folder and as a single f
   const page = await apiPage();
   const out = await page.evaluate(async () => {
     const { LinaModel } = await import("./lina.js");
+    const { referenceTensors, drawAgainst } = await import("/helpers/reference.js");
     const folder = "/fixtures/sdxl_tiny/";
     // diffusers' references: the starting latents and the image they give.
-    const file = new Uint8Array(await (await fetch(folder + "reference.safetensors")).arrayBuffer());
-    const headerLength = Number(new DataView(file.buffer).getBigUint64(0, true));
-    const header = JSON.parse(new TextDecoder().decode(file.subarray(8, 8 + headerLength)));
-    const tensor = (name) => {
-      const [start, end] = header[name].data_offsets;
-      return new Float32Array(file.slice(8 + headerLength + start, 8 + headerLength + end).buffer);
+    const tensor = await referenceTensors(folder);
+    const options = {
+      prompt: "a red ball on a small mirror",
+      negativePrompt: "blurry",
+      steps: 10,
+      guidanceScale: 7.5,
+      width: 64,
+      height: 64,
+      initialLatents: Array.from(tensor("latents")),
     };
-    const draw = async (source) => {
-      const model = new LinaModel();
-      try {
-        await model.load({ backend: "cpu", ...source });
-        const image = await model.generate({
-        prompt: "a red ball on a small mirror",
-        negativePrompt: "blurry",
-        steps: 10,
-        guidanceScale: 7.5,
-        width: 64,
-        height: 64,
-          initialLatents: Array.from(tensor("latents")),
-        });
-        const expected = tensor("image");
-        let worst = 0;
-        for (let p = 0; p < 64 * 64; p++) {
-          for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(image.rgba[p * 4 + c] - expected[p * 3 + c] * 255));
-        }
-        return { worst, nativeSize: model.nativeSize };
-      } finally {
-        model.dispose();
-      }
-    };
+    const draw = (source) => drawAgainst(LinaModel, source, options, tensor("image"));
     return { folder: await draw({ url: folder }), file: await draw({ url: folder, checkpoint: "/made/sdxl_tiny.safetensors" }) };
   });
   assert.ok(out.folder.worst <= 1, `the browser's SDXL image is ${out.folder.worst}/255 from diffusers'`);
@@ -329,14 +314,9 @@ test("SD 3 (an MMDiT with flow matching, no T5), by URL and as files, draws diff
   const page = await apiPage();
   const out = await page.evaluate(async () => {
     const { LinaModel } = await import("./lina.js");
+    const { referenceTensors, drawAgainst } = await import("/helpers/reference.js");
     const folder = "/fixtures/sd3_tiny/";
-    const file = new Uint8Array(await (await fetch(folder + "reference.safetensors")).arrayBuffer());
-    const headerLength = Number(new DataView(file.buffer).getBigUint64(0, true));
-    const header = JSON.parse(new TextDecoder().decode(file.subarray(8, 8 + headerLength)));
-    const tensor = (name) => {
-      const [start, end] = header[name].data_offsets;
-      return new Float32Array(file.slice(8 + headerLength + start, 8 + headerLength + end).buffer);
-    };
+    const tensor = await referenceTensors(folder);
     // The folder as the page's folder picker hands it over: every file by its path.
     const paths = ["model_index.json", "scheduler/scheduler_config.json", "transformer/config.json",
       "transformer/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
@@ -344,42 +324,29 @@ test("SD 3 (an MMDiT with flow matching, no T5), by URL and as files, draws diff
       ...["tokenizer", "tokenizer_2"].flatMap((f) => [`${f}/tokenizer_config.json`, `${f}/vocab.json`, `${f}/merges.txt`])];
     const files = {};
     for (const path of paths) files[path] = await (await fetch(folder + path)).blob();
-    const draw = async (source) => {
-      const model = new LinaModel();
-      try {
-        await model.load({ backend: "cpu", ...source });
-        const image = await model.generate({
-          prompt: "a red ball on a small mirror",
-          negativePrompt: "blurry",
-          steps: 4,
-          guidanceScale: 7.5,
-          width: 48,
-          height: 32,
-          initialLatents: Array.from(tensor("latents_wide")),
-        });
-        const expected = tensor("image_wide");
-        let worst = 0;
-        for (let p = 0; p < 48 * 32; p++) {
-          for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(image.rgba[p * 4 + c] - expected[p * 3 + c] * 255));
-        }
-        let refused = null;
-        try {
-          await model.generate({ prompt: "a red ball", steps: 2, scheduler: "euler" });
-        } catch (error) {
-          refused = { code: error.code, message: error.message };
-        }
-        return { worst, nativeSize: model.nativeSize, refused };
-      } finally {
-        model.dispose();
-      }
+    const options = {
+      prompt: "a red ball on a small mirror",
+      negativePrompt: "blurry",
+      steps: 4,
+      guidanceScale: 7.5,
+      width: 48,
+      height: 32,
+      initialLatents: Array.from(tensor("latents_wide")),
     };
+    // A UNet's scheduler is refused on a flow-matching model.
+    const refusal = (model) =>
+      model.generate({ prompt: "a red ball", steps: 2, scheduler: "euler" }).then(
+        () => null,
+        (error) => ({ code: error.code, message: error.message }),
+      );
+    const draw = (source) => drawAgainst(LinaModel, source, options, tensor("image_wide"), refusal);
     return { url: await draw({ url: folder }), files: await draw({ files }) };
   });
   for (const [how, result] of Object.entries(out)) {
     assert.ok(result.worst <= 1, `SD 3 ${how}: the browser's image is ${result.worst}/255 from diffusers'`);
     assert.equal(result.nativeSize, 32);
-    assert.equal(result.refused?.code, "invalid_input", JSON.stringify(result.refused));
-    assert.match(result.refused.message, /flow_euler/);
+    assert.equal(result.then?.code, "invalid_input", JSON.stringify(result.then));
+    assert.match(result.then.message, /flow_euler/);
   }
   await page.close();
 });
