@@ -386,6 +386,38 @@ impl LayerNorm {
     }
 }
 
+/// Root-mean-square norm over the last axis with a learned scale and no shift (T5's layer
+/// norm; the MMDiT's per-head query and key norm): in f32 whatever the device computes in.
+pub struct RmsNorm {
+    weight: Tensor<1>,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(w: &Scope, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.tensor("weight", [dim])?,
+            eps,
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
+        let rms = x
+            .clone()
+            .square()
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt();
+        let dim = self.weight.dims()[0];
+        let mut shape = [1; D];
+        shape[D - 1] = dim;
+        let weight = self.weight.clone().cast(FloatDType::F32).reshape(shape);
+        (x.div(rms) * weight).cast(dtype)
+    }
+}
+
 pub struct Embedding {
     /// The table, in row blocks the device can bind (usually one), and rows appended later
     /// (textual-inversion embeddings) as blocks of their own.

@@ -20,6 +20,7 @@ use crate::models::attention_control::{AttentionRecord, CrossAttentionControl};
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
 use crate::models::denoiser::Denoiser;
 use crate::models::mmdit::{self, Mmdit, MmditConfig};
+use crate::models::t5::{self, T5Config, T5Encoder};
 use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
 use crate::models::unet::{self, UNet, UNetConfig};
 use crate::models::vae::{self, VaeConfig, VaeDecoder, VaeEncoder};
@@ -29,7 +30,7 @@ use crate::schedulers::{
 };
 use crate::single_file::{self, CHECKPOINT_FILE, Checkpoint};
 use crate::source::FileSource;
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::weights::{
     EmbeddingVectors, LoraTarget, ScaledLora, Weights, WeightsUpload, human_bytes,
 };
@@ -303,8 +304,10 @@ pub struct StableDiffusion {
     /// SDXL's and SD 3's second tokenizer and text encoder (OpenCLIP ViT-bigG with its
     /// projection).
     second: Option<SecondEncoder>,
-    /// A text encoder in the folder that is not run (SD 3's T5), to warn about.
-    skipped_encoder: Option<String>,
+    /// SD 3's T5 encoder where the folder has it; `Err` with its folder where the folder has
+    /// only its config (the browser leaves T5's gigabytes behind unless asked): then zeros
+    /// stand in its place, with a warning.
+    t5: T5State,
     denoiser: Denoiser,
     vae: VaeDecoder,
     /// Present when the VAE file has the encoder (img2img and inpainting need it).
@@ -357,6 +360,14 @@ struct SecondEncoder {
     tokenizer: ClipTokenizer,
     encoder: ClipTextEncoder,
     zeros_for_empty_negative: bool,
+}
+
+/// SD 3's third text encoder: loaded, absent (as diffusers allows), or present in the folder
+/// without its weights (run without, with a warning).
+enum T5State {
+    Loaded(Box<(T5Tokenizer, T5Encoder)>),
+    Absent,
+    Skipped,
 }
 
 /// A prompt as the denoiser takes it.
@@ -716,24 +727,21 @@ impl StableDiffusion {
                 lora.lora.source()
             )));
         }
-        let skipped_encoder = match &denoiser {
+        let t5 = match &denoiser {
             Denoiser::UNet(unet) => {
                 Self::check_unet(unet, &text_encoder, second.as_ref(), vae.config())?;
-                None
+                T5State::Absent
             }
             Denoiser::Mmdit(mmdit) => {
                 Self::check_mmdit(mmdit.config(), &text_encoder, second.as_ref(), vae.config())?;
-                let t5 = "text_encoder_3";
-                files
-                    .read(&format!("{t5}/config.json"))?
-                    .map(|_| t5.to_string())
+                Self::load_t5(files, mmdit.config(), device, kernels)?
             }
         };
         Ok(Self {
             tokenizer,
             text_encoder,
             second,
-            skipped_encoder,
+            t5,
             denoiser,
             vae,
             vae_encoder,
@@ -802,6 +810,40 @@ impl StableDiffusion {
             ));
         }
         Ok(())
+    }
+
+    /// SD 3's T5 and its tokenizer where the folder has them; its hidden states must be the
+    /// transformer's joint width.
+    fn load_t5(
+        files: &dyn FileSource,
+        mmdit: &MmditConfig,
+        device: &Device,
+        kernels: Kernels,
+    ) -> Result<T5State> {
+        let Some(config) = files.read_text(t5::CONFIG_FILE)? else {
+            return Ok(T5State::Absent);
+        };
+        let config = T5Config::from_json(&config)?;
+        if config.d_model != mmdit.joint_attention_dim {
+            return Err(Error::config(
+                t5::CONFIG_FILE,
+                format!(
+                    "d_model {} differs from the transformer's joint_attention_dim {}",
+                    config.d_model, mmdit.joint_attention_dim
+                ),
+            ));
+        }
+        let weights = match folder_weights(files, "text_encoder_3", TEXT_ENCODER_WEIGHTS, device) {
+            Ok(weights) => weights,
+            Err(Error::MissingFile(_)) => return Ok(T5State::Skipped),
+            Err(e) => return Err(e),
+        };
+        let tokenizer = T5Tokenizer::from_tokenizer_json(
+            &files.require("tokenizer_3/tokenizer.json")?,
+            files.read("tokenizer_3/tokenizer_config.json")?.as_deref(),
+        )?;
+        let encoder = build_component(weights, (kernels, None), |w| T5Encoder::load(config, w))?;
+        Ok(T5State::Loaded(Box::new((tokenizer, encoder))))
     }
 
     /// An SD 3 transformer's fit: two text encoders with pooled outputs as wide together as
@@ -1072,8 +1114,20 @@ impl StableDiffusion {
         // outputs side by side.
         let width = clip.dims()[2];
         let joint = mmdit.config().joint_attention_dim;
-        let padding = [(0, mmdit::T5_TOKENS), (0, joint - width)];
-        let context = clip.pad(padding, burn::tensor::ops::PadMode::Constant(0.0));
+        let pad = |t: Tensor<3>, padding: [(usize, usize); 2]| {
+            t.pad(padding, burn::tensor::ops::PadMode::Constant(0.0))
+        };
+        let context = match &self.t5 {
+            T5State::Loaded(t5) => {
+                let (tokenizer, encoder) = t5.as_ref();
+                let ids = tokenizer.encode(text, mmdit::T5_TOKENS)?.ids;
+                let t5 = encoder.forward(&ids)?;
+                Tensor::cat(vec![pad(clip, [(0, 0), (0, joint - width)]), t5], 1)
+            }
+            T5State::Absent | T5State::Skipped => {
+                pad(clip, [(0, mmdit::T5_TOKENS), (0, joint - width)])
+            }
+        };
         Ok(EncodedPrompt {
             context,
             pooled: Some(Tensor::cat(vec![first_pooled, pooled], 1)),
@@ -1164,9 +1218,9 @@ impl StableDiffusion {
         let scheduler = self.scheduler_for(opts)?;
 
         let mut warnings = Vec::new();
-        if let Some(folder) = &self.skipped_encoder {
+        if let T5State::Skipped = self.t5 {
             warnings.push(Warning::TextEncoderSkipped {
-                folder: folder.clone(),
+                folder: "text_encoder_3".into(),
             });
         }
         let cond = self.encode_prompt(&opts.prompt, opts.clip_skip)?;

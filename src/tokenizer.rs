@@ -1,5 +1,6 @@
-//! CLIP's byte-level BPE tokenizer through the `tokenizers` crate, from a `tokenizer.json`
-//! or from the `vocab.json` + `merges.txt` pair that SD repositories ship.
+//! The text encoders' tokenizers through the `tokenizers` crate: CLIP's byte-level BPE, from
+//! a `tokenizer.json` or from the `vocab.json` + `merges.txt` pair that SD repositories ship;
+//! and T5's SentencePiece (Unigram) one, from its `tokenizer.json` (SD 3's `tokenizer_3`).
 
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
@@ -91,27 +92,9 @@ impl ClipTokenizer {
     }
 
     fn finish(inner: Tokenizer, config: Option<&[u8]>) -> Result<Self> {
-        let config: Value = match config {
-            Some(bytes) => serde_json::from_slice(bytes)
-                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
-            None => Value::Null,
-        };
-        let token_name = |key: &str, default: &str| -> String {
-            match config.get(key) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Object(o)) => o
-                    .get("content")
-                    .and_then(Value::as_str)
-                    .unwrap_or(default)
-                    .to_string(),
-                _ => default.to_string(),
-            }
-        };
-        let id = |name: String| {
-            inner
-                .token_to_id(&name)
-                .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no `{name}` token")))
-        };
+        let config = read_config(config)?;
+        let token_name = |key: &str, default: &str| special_token(&config, key, default);
+        let id = |name: String| token_id(&inner, &name);
         let max_length = config
             .get("model_max_length")
             .and_then(Value::as_u64)
@@ -231,6 +214,76 @@ impl ClipTokenizer {
         ids.extend_from_slice(kept);
         ids.push(self.eos);
         ids.resize(self.max_length, self.pad);
+        Ok(Tokens { ids, truncated })
+    }
+}
+
+/// A `tokenizer_config.json`, or nothing where the folder has none.
+fn read_config(config: Option<&[u8]>) -> Result<Value> {
+    match config {
+        Some(bytes) => serde_json::from_slice(bytes)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}"))),
+        None => Ok(Value::Null),
+    }
+}
+
+/// A special token's text as a tokenizer config names it (a string, or an object with
+/// `content`), else `default`.
+fn special_token(config: &Value, key: &str, default: &str) -> String {
+    match config.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) => o
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_string(),
+        _ => default.to_string(),
+    }
+}
+
+fn token_id(inner: &Tokenizer, name: &str) -> Result<u32> {
+    inner
+        .token_to_id(name)
+        .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no `{name}` token")))
+}
+
+/// T5's tokenizer as diffusers' SD 3 pipeline uses it: SentencePiece pieces, then `</s>`,
+/// truncated to the length asked for (keeping `</s>`) and padded with `<pad>`.
+#[derive(Clone)]
+pub struct T5Tokenizer {
+    inner: Tokenizer,
+    eos: u32,
+    pad: u32,
+}
+
+impl T5Tokenizer {
+    /// Loads `tokenizer.json` (transformers' fast T5 tokenizer format) with its config.
+    pub fn from_tokenizer_json(json: &[u8], config: Option<&[u8]>) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(json)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer_3/tokenizer.json: {e}")))?;
+        let config = read_config(config)?;
+        Ok(Self {
+            eos: token_id(&inner, &special_token(&config, "eos_token", "</s>"))?,
+            pad: token_id(&inner, &special_token(&config, "pad_token", "<pad>"))?,
+            inner,
+        })
+    }
+
+    /// `text` as exactly `length` ids; also the text cut to fit, if any.
+    pub fn encode(&self, text: &str, length: usize) -> Result<Tokens> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let body = encoding.get_ids();
+        let room = length.saturating_sub(1);
+        let truncated = (body.len() > room)
+            .then(|| self.inner.decode(&body[room..], true))
+            .transpose()
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut ids = body[..body.len().min(room)].to_vec();
+        ids.push(self.eos);
+        ids.resize(length, self.pad);
         Ok(Tokens { ids, truncated })
     }
 }

@@ -60,8 +60,24 @@ fn sd3_embeddings_and_images_match_diffusers() {
         assert!(pipe.denoiser().is_flow() && pipe.unet().is_none());
         assert_eq!(pipe.native_size(), 32);
 
+        // T5's tokenizer: the prompt's pieces, `</s>`, padding to 256.
+        let ids: Vec<f32> = reference.f32("t5_ids").1;
+        let t5 = lina_runtime::tokenizer::T5Tokenizer::from_tokenizer_json(
+            &read_fixture("sd3_tiny/tokenizer_3/tokenizer.json"),
+            Some(&read_fixture("sd3_tiny/tokenizer_3/tokenizer_config.json")),
+        )
+        .unwrap();
+        let ours: Vec<f32> = t5
+            .encode(PROMPT, 256)
+            .unwrap()
+            .ids
+            .iter()
+            .map(|&i| i as f32)
+            .collect();
+        assert_eq!(ours, ids);
+
         // Embeddings: [negative; positive]: CLIP states padded to the joint width, then T5's
-        // 256 places in zeros; both pooled outputs side by side.
+        // 256 states; both pooled outputs side by side.
         let (_, embeds) = reference.f32("prompt_embeds");
         let (_, pooled) = reference.f32("pooled_embeds");
         let (half_e, half_p) = (embeds.len() / 2, pooled.len() / 2);
@@ -138,6 +154,26 @@ fn sd3_bad_input_is_refused_with_a_clear_error() {
     let e = load(&edited("", Some(("transformer/config.json", layer_norm))));
     assert_eq!(e.code(), "config", "{e}");
     assert!(e.to_string().contains("qk_norm"), "{e}");
+    // T5: an unsupported feed-forward, and a width that is not the joint width.
+    let t5 = String::from_utf8(read_fixture("sd3_tiny/text_encoder_3/config.json")).unwrap();
+    for (edit, key) in [
+        (
+            t5.replace("\"gated-gelu\"", "\"gated-silu\""),
+            "feed_forward_proj",
+        ),
+        (
+            t5.replace("\"d_model\": 96", "\"d_model\": 64"),
+            "joint_attention_dim",
+        ),
+    ] {
+        let e = load(&edited("", Some(("text_encoder_3/config.json", edit))));
+        assert_eq!(e.code(), "config", "{e}");
+        assert!(e.to_string().contains(key), "{e}");
+    }
+    // T5's weights without its tokenizer.
+    let e = load(&edited("tokenizer_3/", None));
+    assert_eq!(e.code(), "missing_file", "{e}");
+    assert!(e.to_string().contains("tokenizer_3"), "{e}");
 
     let pipe = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &cpu).unwrap();
     let latents = |w: usize, h: usize| vec![0.0; 16 * (w / 2) * (h / 2)];
@@ -154,22 +190,27 @@ fn sd3_bad_input_is_refused_with_a_clear_error() {
     assert!(run(&big).contains("position table"), "{}", run(&big));
 }
 
-/// A folder with T5 (`text_encoder_3`) runs without it, and says so with each image.
+/// Without T5 (`text_encoder_3`) zeros stand in its place, as in diffusers: a folder without
+/// it draws diffusers' image without it, silently; a folder with its config but not its
+/// weights (the browser leaves them behind) draws the same and says so with each image.
 #[test]
-fn a_t5_text_encoder_that_is_not_run_is_reported() {
-    let with_t5 = edited(
-        "",
-        Some(("text_encoder_3/config.json", "{\"d_model\": 4096}".into())),
-    );
+fn sd3_runs_without_t5_as_diffusers_does() {
+    let reference = Reference::open("sd3_tiny");
     let cpu = lina_runtime::device::cpu();
-    let pipe = StableDiffusion::load(&with_t5, &cpu).unwrap();
-    let opts = options(1, (32, 32), vec![0.5; 16 * 16 * 16]);
-    let done = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
-    assert!(
-        matches!(&done.warnings[..], [Warning::TextEncoderSkipped { folder }] if folder == "text_encoder_3"),
-        "{:?}",
-        done.warnings
-    );
+    let expected = reference.f32("image_wide_no_t5").1;
+    let opts = options(4, (48, 32), reference.f32("latents_wide").1);
+    for (hidden, warned) in [("text_encoder_3/", false), ("text_encoder_3/model", true)] {
+        let pipe = StableDiffusion::load(&edited(hidden, None), &cpu).unwrap();
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        let worst = common::worst_pixel(&done.image.rgb, &expected);
+        assert!(worst <= 1.0, "without {hidden}: {worst}/255 from diffusers");
+        let skipped = matches!(
+            &done.warnings[..],
+            [Warning::TextEncoderSkipped { folder }] if folder == "text_encoder_3"
+        );
+        assert_eq!(skipped, warned, "without {hidden}: {:?}", done.warnings);
+    }
 }
 
 /// The hook LINA acts through works on the MMDiT's joint attention as on a UNet's

@@ -293,7 +293,7 @@ def reinit_(model: nn.Module, seed: int, out_gain: dict[str, float] | None = Non
                 mod.weight.copy_(w * out_gain.get(name, 1.0))
                 if mod.bias is not None:
                     mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.05)
-            elif isinstance(mod, (nn.LayerNorm, nn.GroupNorm)) or type(mod).__name__ == "RMSNorm":
+            elif isinstance(mod, (nn.LayerNorm, nn.GroupNorm)) or type(mod).__name__ in ("RMSNorm", "T5LayerNorm"):
                 if mod.weight is not None:
                     mod.weight.copy_(1.0 + 0.1 * torch.randn(mod.weight.shape, generator=g))
                 if getattr(mod, "bias", None) is not None:
@@ -304,7 +304,7 @@ def reinit_(model: nn.Module, seed: int, out_gain: dict[str, float] | None = Non
                 raise RuntimeError(f"unhandled module with parameters: {name} {type(mod)} {list(params)}")
             for pn in params:
                 seen.add(f"{name}.{pn}" if name else pn)
-    all_names = {n for n, _ in model.named_parameters()}
+    all_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     assert seen == all_names, all_names - seen
 
 
@@ -951,17 +951,39 @@ def make_sdxl_turbo(fix: Path):
     turbo_references(pipe, turbo, fix / "sdxl_turbo_tiny", seed=13, steps=(1,))
 
 
+def tiny_t5_tokenizer():
+    """A SentencePiece-style Unigram tokenizer in T5's layout (no download can fetch T5's own):
+    `<pad>` 0, `</s>` 1, `<unk>` 2, Metaspace pre-tokenizer, `</s>` appended; trained on the
+    fixtures' prompts."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    corpus = [PROMPT, NEGATIVE_PROMPT, "a person close to the water and in the sand",
+              "a lamp casts a shadow on the wall", "two blue cubes stacked on a green table"] * 20
+    trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
+
+
 def make_sd3(fix: Path):
     """A tiny SD 3.5-like pipeline (`sd3_tiny/`): an MMDiT with QK-norm (RMS), a dual-attention
     first block (3.5 medium's), a context-pre-only last block, position embeddings cropped
     from a larger table; two CLIP text encoders with projections (widths 32 and 48, pooled 16
-    each), their hidden states side by side and padded to the joint width, no T5 (zeros in its
-    place, as diffusers runs without it); a 16-channel VAE with SD 3's scaling and shift and no
-    quant convolutions; flow-matching Euler with SD 3's shift of 3. References: embeddings, one
-    transformer call, a square image with a negative prompt and a wide one. Weights are f32."""
+    each), their hidden states side by side and padded to the joint width; a T5 v1.1 encoder
+    (gated GELU, relative position buckets) with a SentencePiece-style Unigram tokenizer
+    (`tiny_t5_tokenizer`); a 16-channel VAE with SD 3's scaling and shift and no quant
+    convolutions; flow-matching Euler with SD 3's shift of 3. References: embeddings and T5's
+    ids, one transformer call, a square image with a negative prompt and a wide one, and the
+    wide one without T5 (zeros in its place, as diffusers runs without it). Weights are f32."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from safetensors.torch import save_file
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 
     out = fix / "sd3_tiny"
     if out.exists():
@@ -975,6 +997,10 @@ def make_sd3(fix: Path):
     reinit_(te1, 6001)
     te2 = CLIPTextModelWithProjection(tiny_text_config(tok, 48, "gelu", 16)).eval()
     reinit_(te2, 6002)
+    tok3 = tiny_t5_tokenizer()
+    te3 = T5EncoderModel(T5Config(vocab_size=len(tok3), d_model=96, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                  feed_forward_proj="gated-gelu", decoder_start_token_id=0)).eval()
+    reinit_(te3, 6003)
     torch.manual_seed(6010)
     transformer = SD3Transformer2DModel(
         sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=8, num_attention_heads=4,
@@ -992,11 +1018,12 @@ def make_sd3(fix: Path):
     reinit_(vae, 6021, out_gain={"decoder.conv_out": 0.5})
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=te1,
-                                    tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok, text_encoder_3=None,
-                                    tokenizer_3=None)
+                                    tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok, text_encoder_3=te3,
+                                    tokenizer_3=tok3)
     pipe.set_progress_bar_config(disable=True)
 
-    refs = {}
+    refs = {"t5_ids": tok3([PROMPT], padding="max_length", max_length=256, truncation=True,
+                           add_special_tokens=True, return_tensors="pt").input_ids.float()}
     embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(PROMPT, PROMPT, PROMPT, negative_prompt=NEGATIVE_PROMPT,
                                                                do_classifier_free_guidance=True)
     refs["prompt_embeds"] = torch.cat([neg_embeds, embeds])
@@ -1015,6 +1042,11 @@ def make_sd3(fix: Path):
                      latents=refs[latents].clone(), height=side, width=width, output_type="np").images
         refs[key] = torch.from_numpy(np.asarray(image, dtype=np.float32))
         log(f"  {key}: mean {float(image.mean()):.3f}, timesteps {[round(float(t), 2) for t in pipe.scheduler.timesteps]}")
+    without_t5 = StableDiffusion3Pipeline(**{**pipe.components, "text_encoder_3": None, "tokenizer_3": None})
+    without_t5.set_progress_bar_config(disable=True)
+    image = without_t5(PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=4, guidance_scale=GUIDANCE,
+                       latents=refs["latents_wide"].clone(), height=side, width=wide, output_type="np").images
+    refs["image_wide_no_t5"] = torch.from_numpy(np.asarray(image, dtype=np.float32))
 
     pipe.save_pretrained(str(out), safe_serialization=True)
     for name in ("tokenizer", "tokenizer_2"):
@@ -1028,12 +1060,13 @@ def make_sd3(fix: Path):
         "num_inference_steps": STEPS, "wide_steps": 4, "height": side, "width": side, "wide_width": wide,
         "transformer_timestep": UNET_TIMESTEP,
         "notes": "image = StableDiffusion3Pipeline(prompt, negative_prompt, steps, guidance, latents, 32x32, "
-                 "output_type='np'), no T5; image_wide the same at 48x32 with latents_wide and 4 steps. "
+                 "output_type='np'); image_wide the same at 48x32 with latents_wide and 4 steps; "
+                 "image_wide_no_t5 that without text_encoder_3 (zeros in its place). t5_ids: the prompt's "
+                 "ids from tokenizer_3 (256, padded). "
                  "prompt_embeds / pooled_embeds: [negative; positive]. transformer_out: one call at "
                  "transformer_timestep on transformer_sample with prompt_embeds and pooled_embeds.",
     })
-    reloaded = StableDiffusion3Pipeline.from_pretrained(str(out), torch_dtype=torch.float32, text_encoder_3=None,
-                                                        tokenizer_3=None)
+    reloaded = StableDiffusion3Pipeline.from_pretrained(str(out), torch_dtype=torch.float32)
     reloaded.set_progress_bar_config(disable=True)
     again = reloaded(PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
                      latents=refs["latents"].clone(), height=side, width=side, output_type="np").images

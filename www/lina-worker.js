@@ -31,6 +31,9 @@ const OPTIONAL = [
   "tokenizer_2/vocab.json",
   "tokenizer_2/merges.txt",
   "tokenizer_2/tokenizer.json",
+  // SD 3's T5 (text_encoder_3): by URL only its config, so that the runtime says it runs
+  // without it; its weights (about 9.5 GB in f16) come only with a folder's files.
+  "text_encoder_3/config.json",
   "vae_tiny/config.json",
   "vae_tiny/diffusion_pytorch_model.safetensors",
   "lina_predictor.json",
@@ -43,7 +46,7 @@ const CHECKPOINT = "checkpoint.safetensors";
 // its own weights (and the tiny VAE, whose weights those would be) are not read.
 const besideCheckpoint = (path) => !path.endsWith(".safetensors") && !path.startsWith("vae_tiny/");
 
-const COMPONENT_FILE = /^((scheduler|text_encoder|text_encoder_2|tokenizer|tokenizer_2|unet|transformer|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)|lina_predictor\.json|model_index\.json)$/;
+const COMPONENT_FILE = /^((scheduler|text_encoder|text_encoder_2|text_encoder_3|tokenizer|tokenizer_2|tokenizer_3|unet|transformer|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)|lina_predictor\.json|model_index\.json)$/;
 
 // An Error with one of the API's codes (lina.d.ts), for the failures found on this side.
 const failure = (code, message) => Object.assign(new Error(message), { code });

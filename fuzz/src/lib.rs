@@ -11,6 +11,7 @@ use lina_csg::Csg;
 use lina_runtime::models::clip::ClipTextConfig;
 use lina_runtime::models::denoiser::DenoiserConfig;
 use lina_runtime::models::mmdit::MmditConfig;
+use lina_runtime::models::t5::T5Config;
 use lina_runtime::models::taesd::TaesdConfig;
 use lina_runtime::models::unet::UNetConfig;
 use lina_runtime::models::vae::VaeConfig;
@@ -81,6 +82,7 @@ pub fn config(data: &[u8]) {
     let text = ClipTextConfig::from_json(json);
     let unet = UNetConfig::from_json(json);
     let vae = VaeConfig::from_json(json);
+    let _ = T5Config::from_json(json);
     let mmdit = MmditConfig::from_json(json);
     for denoiser in [
         unet.as_ref().ok().map(DenoiserConfig::UNet),

@@ -11,7 +11,7 @@
 //! attention (`dual_attention_layers`). The last block updates only the image stream.
 
 use burn::tensor::activation::{gelu_approximate, silu};
-use burn::tensor::{FloatDType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 
 use super::attention_control::{
@@ -19,7 +19,7 @@ use super::attention_control::{
 };
 use super::config::{check_size, parse};
 use crate::error::{Error, Result};
-use crate::nn::{Conv2d, LayerNorm, Linear, multi_head_attention, sinusoid, to_tokens};
+use crate::nn::{Conv2d, LayerNorm, Linear, RmsNorm, multi_head_attention, sinusoid, to_tokens};
 use crate::views::Columns;
 use crate::weights::{Scope, Weights};
 
@@ -192,31 +192,19 @@ impl Modulation {
 }
 
 /// diffusers' `RMSNorm` over each head's channels, with a learned scale.
-struct HeadRmsNorm {
-    weight: Tensor<1>,
-}
+struct HeadRmsNorm(RmsNorm);
 
 impl HeadRmsNorm {
     fn load(w: &Scope, head_dim: usize) -> Result<Self> {
-        Ok(Self {
-            weight: w.tensor("weight", [head_dim])?,
-        })
+        RmsNorm::load(w, head_dim, EPS).map(Self)
     }
 
     /// `x` [B, L, H*D] normalised per head.
     fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
         let [b, l, inner] = x.dims();
-        let d = inner / heads;
-        // In f32 whatever the device computes in, as the other norms.
-        let dtype = x.dtype();
-        let x = x.cast(FloatDType::F32).reshape([b, l, heads, d]);
-        let rms = x.clone().square().mean_dim(3).add_scalar(EPS).sqrt();
-        let weight = self
-            .weight
-            .clone()
-            .cast(FloatDType::F32)
-            .reshape([1, 1, 1, d]);
-        (x.div(rms) * weight).reshape([b, l, inner]).cast(dtype)
+        self.0
+            .forward(x.reshape([b, l, heads, inner / heads]))
+            .reshape([b, l, inner])
     }
 }
 

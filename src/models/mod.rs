@@ -6,6 +6,7 @@ pub mod config;
 pub mod denoiser;
 pub mod mmdit;
 pub mod resnet;
+pub mod t5;
 pub mod taesd;
 pub mod transformer;
 pub mod unet;

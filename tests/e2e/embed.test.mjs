@@ -310,14 +310,15 @@ test("SDXL (two text encoders, size conditioning), as a folder and as a single f
   await page.close();
 });
 
-test("SD 3 (an MMDiT with flow matching, no T5), by URL and as files, draws diffusers' image", { timeout: SLOW }, async () => {
+test("SD 3 (an MMDiT with flow matching) without T5's weights, by URL and as files, draws diffusers' image without T5", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const out = await page.evaluate(async () => {
     const { LinaModel } = await import("./lina.js");
     const { referenceTensors, drawAgainst } = await import("/helpers/reference.js");
     const folder = "/fixtures/sd3_tiny/";
     const tensor = await referenceTensors(folder);
-    // The folder as the page's folder picker hands it over: every file by its path.
+    // The folder as the page's folder picker hands it over, every file by its path; without
+    // T5 (text_encoder_3, tokenizer_3). By URL, T5's config is fetched and its weights are not.
     const paths = ["model_index.json", "scheduler/scheduler_config.json", "transformer/config.json",
       "transformer/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
       ...["text_encoder", "text_encoder_2"].flatMap((f) => [`${f}/config.json`, `${f}/model.safetensors`]),
@@ -339,7 +340,7 @@ test("SD 3 (an MMDiT with flow matching, no T5), by URL and as files, draws diff
         () => null,
         (error) => ({ code: error.code, message: error.message }),
       );
-    const draw = (source) => drawAgainst(LinaModel, source, options, tensor("image_wide"), refusal);
+    const draw = (source) => drawAgainst(LinaModel, source, options, tensor("image_wide_no_t5"), refusal);
     return { url: await draw({ url: folder }), files: await draw({ files }) };
   });
   for (const [how, result] of Object.entries(out)) {
@@ -348,6 +349,10 @@ test("SD 3 (an MMDiT with flow matching, no T5), by URL and as files, draws diff
     assert.equal(result.then?.code, "invalid_input", JSON.stringify(result.then));
     assert.match(result.then.message, /flow_euler/);
   }
+  // By URL the folder has T5's config: the image says T5 was not run; the files lack it.
+  assert.equal(out.url.warnings.length, 1, JSON.stringify(out.url.warnings));
+  assert.match(out.url.warnings[0], /text_encoder_3/);
+  assert.deepEqual(out.files.warnings, []);
   await page.close();
 });
 

@@ -15,7 +15,7 @@ export async function referenceTensors(folder) {
 /**
  * Loads `source` into a fresh model on the CPU backend, generates `options`, and gives the
  * largest channel difference, in 1/255, from `expected` (diffusers' image: [h, w, 3] in
- * [0, 1]), the model's native size, and what `then(model)` returns.
+ * [0, 1]), the image's warnings, the model's native size, and what `then(model)` returns.
  */
 export async function drawAgainst(LinaModel, source, options, expected, then = async () => null) {
   const model = new LinaModel();
@@ -26,7 +26,7 @@ export async function drawAgainst(LinaModel, source, options, expected, then = a
     for (let p = 0; p < image.width * image.height; p++) {
       for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(image.rgba[p * 4 + c] - expected[p * 3 + c] * 255));
     }
-    return { worst, nativeSize: model.nativeSize, then: await then(model) };
+    return { worst, warnings: image.warnings, nativeSize: model.nativeSize, then: await then(model) };
   } finally {
     model.dispose();
   }
