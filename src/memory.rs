@@ -14,7 +14,8 @@ use crate::device::Limits;
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextEncoder};
 use crate::models::denoiser::DenoiserConfig;
-use crate::models::mmdit::{MmditConfig, T5_TOKENS};
+use crate::models::mmdit::{Mmdit, MmditConfig, T5_TOKENS};
+use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::unet::{UNet, UNetConfig};
 use crate::models::vae::{VaeConfig, VaeDecoder, VaeEncoder, band_peak, decoder_bands};
 use crate::weights::{Weights, human_bytes};
@@ -138,7 +139,7 @@ fn mmdit_peak(mmdit: &MmditConfig, lh: usize, lw: usize, batch: usize) -> Need {
 /// built on weights that only count what they ask for.
 pub fn weight_bytes(
     text: &ClipTextConfig,
-    unet: &UNetConfig,
+    denoiser: DenoiserConfig,
     vae: &VaeConfig,
     device: &Device,
 ) -> Result<Vec<(&'static str, u64)>> {
@@ -152,7 +153,15 @@ pub fn weight_bytes(
             "text encoder",
             count(&|w| ClipTextEncoder::load(text.clone(), w).map(drop))?,
         ),
-        ("UNet", count(&|w| UNet::load(unet.clone(), w).map(drop))?),
+        match denoiser {
+            DenoiserConfig::UNet(unet) => {
+                ("UNet", count(&|w| UNet::load(unet.clone(), w).map(drop))?)
+            }
+            DenoiserConfig::Mmdit(mmdit) => (
+                "transformer",
+                count(&|w| Mmdit::load(mmdit.clone(), w).map(drop))?,
+            ),
+        },
         (
             "VAE",
             count(&|w| {
@@ -167,6 +176,13 @@ pub fn weight_bytes(
 pub fn text_encoder_bytes(text: &ClipTextConfig, device: &Device) -> Result<u64> {
     let weights = Weights::count_only(device);
     ClipTextEncoder::load(text.clone(), &weights)?;
+    Ok(weights.requested_bytes())
+}
+
+/// The f32 bytes of SD 3's T5 encoder's weights.
+pub fn t5_bytes(config: &T5Config, device: &Device) -> Result<u64> {
+    let weights = Weights::count_only(device);
+    T5Encoder::load(config.clone(), &weights)?;
     Ok(weights.requested_bytes())
 }
 
@@ -254,12 +270,53 @@ mod tests {
             .unwrap()
         };
         let text = ClipTextConfig::from_json(&read("sd15_text_encoder.json")).unwrap();
-        let bytes = weight_bytes(&text, &unet, &vae, &crate::device::cpu()).unwrap();
+        let bytes = weight_bytes(
+            &text,
+            DenoiserConfig::UNet(&unet),
+            &vae,
+            &crate::device::cpu(),
+        )
+        .unwrap();
         let params = |name: &str| bytes.iter().find(|(n, _)| *n == name).unwrap().1 / 4;
         // The published parameter counts of SD 1.5's components.
         assert_eq!(params("UNet"), 859_520_964);
         assert_eq!(params("text encoder"), 123_060_480);
         assert_eq!(params("VAE"), 83_653_863);
+    }
+
+    #[test]
+    fn sd35_medium_and_t5_xxl_are_counted_from_the_configs() {
+        let read = |p: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/fixtures/configs/{p}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let mmdit = MmditConfig::from_json(&read("sd35m_transformer.json")).unwrap();
+        let vae = VaeConfig::from_json(&read("sd35m_vae.json")).unwrap();
+        let text = ClipTextConfig::from_json(&read("sd15_text_encoder.json")).unwrap();
+        let cpu = crate::device::cpu();
+        let bytes = weight_bytes(&text, DenoiserConfig::Mmdit(&mmdit), &vae, &cpu).unwrap();
+        let transformer = bytes.iter().find(|(n, _)| *n == "transformer").unwrap().1 / 4;
+        // diffusers' parameter count of SD 3.5 medium's transformer, plus the position table
+        // its files store (384 x 384 x 1536).
+        assert_eq!(transformer, 2_243_171_520 + 226_492_416);
+        let t5 = T5Config::from_json(&read("t5_xxl_text_encoder.json")).unwrap();
+        assert_eq!(t5_bytes(&t5, &cpu).unwrap() / 4, 4_762_310_656);
+        // At 1024x1024 the guided feed-forward holds 4096 image and 333 text tokens, 6144
+        // wide: more than WebGPU's default binding limit.
+        let mmdit_need = &activations(
+            DenoiserConfig::Mmdit(&mmdit),
+            &vae,
+            1024,
+            1024,
+            2,
+            false,
+            128 << 20,
+        )[0];
+        assert_eq!(mmdit_need.shape, [2, 4096 + 333, 6144]);
+        assert!(mmdit_need.bytes > 128 << 20);
     }
 
     fn adapter(max_binding_bytes: u64) -> Limits {

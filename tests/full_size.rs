@@ -1,9 +1,9 @@
 #![cfg(not(target_arch = "wasm32"))]
 //! Full-size models.
 //!
-//! `every_layout_matches_diffusers_at_full_size`: full-size SD 1.5, SD 2.1 and SDXL with
-//! random weights, in every layout the runtime reads, against diffusers' outputs on the same
-//! weights. Their folders are made on demand by `tools/make_full_size.py` (several GB each,
+//! `every_layout_matches_diffusers_at_full_size`: full-size SD 1.5, SD 2.1, SDXL and SD 3.5
+//! medium with random weights, in every layout the runtime reads, against diffusers' outputs
+//! on the same weights. Their folders are made on demand by `tools/make_full_size.py` (several GB each,
 //! never in git) and named by LINA_FULL_SIZE; without it the test says so and checks
 //! nothing, and with it a missing folder fails. `docs/models.md` has the commands.
 //!
@@ -181,10 +181,15 @@ fn every_layout_matches_diffusers_at_full_size() {
     };
     let device = lina_runtime::device::cpu();
     let mut checked = 0;
-    for family in ["sd15", "sd21", "sdxl"] {
+    for family in ["sd15", "sd21", "sdxl", "sd35m"] {
         let dir = root.join(family);
         if !dir.exists() {
             println!("{family}: not made under {}", root.display());
+            continue;
+        }
+        if family == "sd35m" {
+            check_sd35m(&dir, &device);
+            checked += 1;
             continue;
         }
         let sdxl = family == "sdxl";
@@ -213,4 +218,50 @@ fn every_layout_matches_diffusers_at_full_size() {
         "LINA_FULL_SIZE={} holds no model",
         root.display()
     );
+}
+
+/// SD 3.5 medium (a diffusers folder, its transformer sharded, no T5): the pipeline's prompt
+/// encoding, one transformer call at 32x32 latents and one VAE decode, against diffusers'.
+fn check_sd35m(dir: &Path, device: &burn::tensor::Device) {
+    let reference = Reference::at(&dir.join("reference.safetensors"));
+    let started = Instant::now();
+    let pipe = StableDiffusion::load(&DirSource::new(dir.join("diffusers")), device).unwrap();
+    println!("sd35m: loaded in {:.1?}", started.elapsed());
+    let prompt = pipe
+        .encode_prompt("a red ball on a small mirror", 0)
+        .unwrap();
+    for (name, ours, theirs) in [
+        ("context", values(prompt.context.clone()), "prompt_embeds"),
+        (
+            "pooled",
+            values(prompt.pooled.clone().unwrap()),
+            "pooled_embeds",
+        ),
+    ] {
+        let err = relative_diff(&ours, &reference.f32(theirs).1);
+        println!("sd35m: text {name} within {err:.2e} of diffusers (relative)");
+        assert!(err <= 1e-4, "sd35m: text {name} off by {err}");
+    }
+    let mmdit = pipe.denoiser().mmdit().expect("SD 3.5 has a transformer");
+    let started = Instant::now();
+    let out = mmdit.forward(
+        reference.tensor("transformer_sample", device),
+        501.0,
+        &reference.tensor("prompt_embeds", device),
+        &reference.tensor("pooled_embeds", device),
+    );
+    let out = values(out);
+    println!("sd35m: one transformer call in {:.1?}", started.elapsed());
+    let err = relative_diff(&out, &reference.f32("transformer_out").1);
+    println!("sd35m: transformer within {err:.2e} of diffusers' max |output|");
+    assert!(err <= 1e-3, "sd35m: transformer off by {err}");
+    let err = max_abs_diff(
+        &values(pipe.vae().decode(reference.tensor("vae_latents", device))),
+        &reference.f32("vae_decoded").1,
+    );
+    println!(
+        "sd35m: VAE within {:.3}/255 of diffusers' image",
+        err * 127.5
+    );
+    assert!(err * 127.5 <= 2.0, "sd35m: VAE off by {}/255", err * 127.5);
 }

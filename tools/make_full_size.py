@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Full-size random-weight models in the layouts the runtime reads, with diffusers' outputs,
 for tests/full_size.rs. On demand, never in git: SD 1.5 takes about 13 GB of disk (three
-layouts), SD 2.1 about 11 GB, SDXL about 30 GB and 24 GB of memory.
+layouts), SD 2.1 about 11 GB, SDXL about 30 GB and 24 GB of memory, SD 3.5 medium about
+14 GB.
 
-    python3 tools/make_full_size.py --out target/full-size [--family sd15 sd21 sdxl]
+    python3 tools/make_full_size.py --out target/full-size [--family sd15 sd21 sdxl sd35m]
     LINA_FULL_SIZE=target/full-size cargo test --release --test full_size -- --nocapture
 
 For each family, under OUT/<family>/:
@@ -18,6 +19,11 @@ For each family, under OUT/<family>/:
 * `reference.safetensors`: fixed inputs and diffusers' outputs in f32 on the CPU: the text
   encoders on the test tokenizer's ids for a prompt, one UNet call at 32x32 latents, one VAE
   decode of 32x32 latents.
+
+SD 3.5 medium (`sd35m`) is a diffusers folder only (its transformer sharded, as diffusers
+saves anything past 10 GB), without T5; its reference holds the pipeline's prompt embeddings
+(`StableDiffusion3Pipeline.encode_prompt`), one transformer call at 32x32 latents on them and
+one decode of 32x32 latents.
 
 Weights are PyTorch's default initialisation under a fixed seed: random, but of the scale
 trained weights have, so activations stay finite through every layer.
@@ -163,6 +169,77 @@ def make(family: str, out: Path) -> None:
     log(f"   done: {sum(f.stat().st_size for f in root.rglob('*') if f.is_file() and not f.is_symlink()) / 2**30:.1f} GiB")
 
 
+# SD 3.5 medium's published transformer and VAE configs (stabilityai/stable-diffusion-3.5-medium).
+SD35M_TRANSFORMER = dict(
+    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+)
+SD35M_VAE_CHANGES = dict(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                         use_post_quant_conv=False)
+
+
+def sd35m_configs(configs: Path) -> None:
+    """tests/fixtures/configs/sd35m_{transformer,vae}.json, as diffusers writes them, and SD 3's
+    T5 v1.1 XXL (t5_xxl_text_encoder.json), as transformers does."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import T5Config
+
+    t5 = T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                  feed_forward_proj="gated-gelu", architectures=["T5EncoderModel"]).to_dict()
+    (configs / "t5_xxl_text_encoder.json").write_text(json.dumps(t5, indent=2, sort_keys=True) + "\n")
+
+    with torch.device("meta"), tempfile.TemporaryDirectory() as td:
+        SD3Transformer2DModel(**SD35M_TRANSFORMER).save_config(td)
+        shutil.copy(Path(td) / "config.json", configs / "sd35m_transformer.json")
+        vae = json.loads((configs / "sdxl_vae.json").read_text())
+        AutoencoderKL.from_config({**vae, **SD35M_VAE_CHANGES}).save_config(td)
+        shutil.copy(Path(td) / "config.json", configs / "sd35m_vae.json")
+
+
+@torch.no_grad()
+def make_sd35m(out: Path) -> None:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    configs = FIXTURES / "configs"
+    root = out / "sd35m"
+    if root.exists():
+        shutil.rmtree(root)
+    folder = root / "diffusers"
+    folder.mkdir(parents=True)
+    torch.manual_seed(35)
+    log("== sd35m: building and saving")
+    tok = CLIPTokenizer.from_pretrained(str(FIXTURES / "tokenizer"))
+    encoders = [CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(configs / f"{name}.json")).eval()
+                for name in ("sd15_text_encoder", "sdxl_text_encoder_2")]
+    transformer = SD3Transformer2DModel.from_config(json.loads((configs / "sd35m_transformer.json").read_text())).eval()
+    vae = AutoencoderKL.from_config(json.loads((configs / "sd35m_vae.json").read_text())).eval()
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=vae, text_encoder=encoders[0], tokenizer=tok, text_encoder_2=encoders[1],
+                                    tokenizer_2=tok, text_encoder_3=None, tokenizer_3=None)
+    refs = {}
+    embeds, _, pooled, _ = pipe.encode_prompt(PROMPT, PROMPT, PROMPT, do_classifier_free_guidance=False)
+    refs["prompt_embeds"], refs["pooled_embeds"] = embeds, pooled
+    g = torch.Generator().manual_seed(7)
+    refs["transformer_sample"] = torch.randn((1, 16, LATENT, LATENT), generator=g)
+    log(f"   transformer call at {LATENT}x{LATENT}")
+    refs["transformer_out"] = transformer(refs["transformer_sample"], embeds, pooled, torch.tensor([TIMESTEP])).sample
+    refs["vae_latents"] = torch.randn((1, 16, LATENT, LATENT), generator=g)
+    log("   VAE decode")
+    refs["vae_decoded"] = vae.decode(refs["vae_latents"]).sample
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    for sub in ("text_encoder", "text_encoder_2"):
+        with_prefix(folder / sub / "model.safetensors")
+    for sub in ("tokenizer", "tokenizer_2"):
+        shutil.rmtree(folder / sub)
+        shutil.copytree(FIXTURES / "tokenizer", folder / sub)
+    save_file({k: v.float().contiguous() for k, v in refs.items()}, str(root / "reference.safetensors"))
+    log(f"   done: {sum(f.stat().st_size for f in root.rglob('*') if f.is_file()) / 2**30:.1f} GiB")
+
+
 def save_streaming(tensors: dict, path: Path) -> None:
     """A safetensors file of f32 tensors written one tensor at a time: safetensors'
     `save_file` copies every tensor into memory first, twice SDXL's 14 GB."""
@@ -212,12 +289,16 @@ def check_single_file(ckpt, sources, folder: Path, family: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--family", nargs="+", choices=sorted(FAMILIES), default=["sd15", "sd21"])
+    parser.add_argument("--family", nargs="+", choices=sorted([*FAMILIES, "sd35m"]), default=["sd15", "sd21"])
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     sdxl_configs(FIXTURES / "configs")
+    sd35m_configs(FIXTURES / "configs")
     for family in args.family:
-        make(family, args.out)
+        if family == "sd35m":
+            make_sd35m(args.out)
+        else:
+            make(family, args.out)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,12 @@ pub fn config(data: &[u8]) {
         let _ = vae.decoder_peak(512, 512);
     }
     if let (Ok(text), Ok(unet), Ok(vae)) = (&text, &unet, &vae) {
-        let _ = lina_runtime::memory::weight_bytes(text, unet, vae, &lina_runtime::device::cpu());
+        let _ = lina_runtime::memory::weight_bytes(
+            text,
+            DenoiserConfig::UNet(unet),
+            vae,
+            &lina_runtime::device::cpu(),
+        );
     }
 }
 

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use lina_runtime::memory;
 use lina_runtime::models::denoiser::DenoiserConfig;
+use lina_runtime::models::mmdit::MmditConfig;
+use lina_runtime::models::t5::T5Config;
 use lina_runtime::models::{clip::ClipTextConfig, unet::UNetConfig, vae::VaeConfig};
 use lina_runtime::weights::human_bytes;
 use lina_runtime::{Error, Result};
@@ -16,17 +18,24 @@ pub struct Args {
     #[arg(long)]
     model: Option<PathBuf>,
     /// The UNet's config.json.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "transformer")]
     unet: Option<PathBuf>,
+    /// SD 3's transformer's config.json (a model folder with `transformer/` has one).
+    #[arg(long)]
+    transformer: Option<PathBuf>,
     /// The VAE's config.json.
     #[arg(long)]
     vae: Option<PathBuf>,
     /// The text encoder's config.json.
     #[arg(long)]
     text_encoder: Option<PathBuf>,
-    /// SDXL's second text encoder's config.json (found in the model folder where it has one).
+    /// SDXL's and SD 3's second text encoder's config.json (found in the model folder where
+    /// it has one).
     #[arg(long)]
     text_encoder_2: Option<PathBuf>,
+    /// SD 3's T5 config.json (found in the model folder where it has one).
+    #[arg(long)]
+    text_encoder_3: Option<PathBuf>,
     /// Image sides to report, in pixels.
     #[arg(long, value_delimiter = ',', default_value = "256,512,768")]
     sizes: Vec<usize>,
@@ -47,24 +56,50 @@ pub fn run(args: Args) -> Result<()> {
         };
         common::read_text(&path)
     };
-    let unet = UNetConfig::from_json(&config(args.unet, "unet", "unet")?)?;
+    // An optional component's config: given, else in the model folder where it has one.
+    let optional = |explicit: &Option<PathBuf>, folder: &str| match (explicit, &args.model) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(model)) => {
+            Some(model.join(folder).join("config.json")).filter(|path| path.exists())
+        }
+        (None, None) => None,
+    };
+    let (unet, mmdit) = match optional(&args.transformer, "transformer") {
+        Some(path) => (
+            None,
+            Some(MmditConfig::from_json(&common::read_text(&path)?)?),
+        ),
+        None => (
+            Some(UNetConfig::from_json(&config(
+                args.unet.clone(),
+                "unet",
+                "unet",
+            )?)?),
+            None,
+        ),
+    };
+    let denoiser = match (&unet, &mmdit) {
+        (Some(unet), _) => DenoiserConfig::UNet(unet),
+        (None, Some(mmdit)) => DenoiserConfig::Mmdit(mmdit),
+        (None, None) => unreachable!("one of the two is read above"),
+    };
     let vae = VaeConfig::from_json(&config(args.vae, "vae", "vae")?)?;
     let text =
         ClipTextConfig::from_json(&config(args.text_encoder, "text_encoder", "text-encoder")?)?;
 
-    let mut weights = memory::weight_bytes(&text, &unet, &vae, &lina_runtime::device::cpu())?;
-    let second = match (&args.text_encoder_2, &args.model) {
-        (Some(path), _) => Some(path.clone()),
-        (None, Some(model)) => {
-            Some(model.join("text_encoder_2").join("config.json")).filter(|path| path.exists())
-        }
-        (None, None) => None,
-    };
-    if let Some(path) = second {
+    let cpu = lina_runtime::device::cpu();
+    let mut weights = memory::weight_bytes(&text, denoiser, &vae, &cpu)?;
+    if let Some(path) = optional(&args.text_encoder_2, "text_encoder_2") {
         let config =
             ClipTextConfig::from_file("text_encoder_2/config.json", &common::read_text(&path)?)?;
-        let bytes = memory::text_encoder_bytes(&config, &lina_runtime::device::cpu())?;
-        weights.insert(1, ("text encoder 2", bytes));
+        weights.insert(
+            1,
+            ("text encoder 2", memory::text_encoder_bytes(&config, &cpu)?),
+        );
+    }
+    if let Some(path) = optional(&args.text_encoder_3, "text_encoder_3") {
+        let config = T5Config::from_json(&common::read_text(&path)?)?;
+        weights.insert(2, ("text encoder 3 (T5)", memory::t5_bytes(&config, &cpu)?));
     }
     println!("| component | parameters | f32 | f16 |\n| --- | --- | --- | --- |");
     for (name, bytes) in &weights {
@@ -89,15 +124,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     for side in args.sizes {
         let largest = |limit: u64| {
-            let needs = memory::activations(
-                DenoiserConfig::UNet(&unet),
-                &vae,
-                side,
-                side,
-                2,
-                false,
-                limit,
-            );
+            let needs = memory::activations(denoiser, &vae, side, side, 2, false, limit);
             needs
                 .into_iter()
                 .max_by_key(|n| n.bytes)
