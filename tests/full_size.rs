@@ -220,7 +220,7 @@ fn every_layout_matches_diffusers_at_full_size() {
     );
 }
 
-/// SD 3.5 medium (a diffusers folder, its transformer sharded, no T5): the pipeline's prompt
+/// SD 3.5 medium (a diffusers folder, no T5): the pipeline's prompt
 /// encoding, one transformer call at 32x32 latents and one VAE decode, against diffusers'.
 fn check_sd35m(dir: &Path, device: &burn::tensor::Device) {
     let reference = Reference::at(&dir.join("reference.safetensors"));

@@ -20,8 +20,7 @@ For each family, under OUT/<family>/:
   encoders on the test tokenizer's ids for a prompt, one UNet call at 32x32 latents, one VAE
   decode of 32x32 latents.
 
-SD 3.5 medium (`sd35m`) is a diffusers folder only (its transformer sharded, as diffusers
-saves anything past 10 GB), without T5; its reference holds the pipeline's prompt embeddings
+SD 3.5 medium (`sd35m`) is a diffusers folder only, without T5; its reference holds the pipeline's prompt embeddings
 (`StableDiffusion3Pipeline.encode_prompt`), one transformer call at 32x32 latents on them and
 one decode of 32x32 latents.
 
