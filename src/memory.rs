@@ -143,11 +143,7 @@ pub fn weight_bytes(
     vae: &VaeConfig,
     device: &Device,
 ) -> Result<Vec<(&'static str, u64)>> {
-    let count = |build: &dyn Fn(&Weights) -> Result<()>| -> Result<u64> {
-        let weights = Weights::count_only(device);
-        build(&weights)?;
-        Ok(weights.requested_bytes())
-    };
+    let count = |build: &dyn Fn(&Weights) -> Result<()>| counted(device, build);
     Ok(vec![
         (
             "text encoder",
@@ -174,15 +170,20 @@ pub fn weight_bytes(
 
 /// The f32 bytes of a text encoder's weights (SDXL's second one, beside [`weight_bytes`]).
 pub fn text_encoder_bytes(text: &ClipTextConfig, device: &Device) -> Result<u64> {
-    let weights = Weights::count_only(device);
-    ClipTextEncoder::load(text.clone(), &weights)?;
-    Ok(weights.requested_bytes())
+    counted(device, &|w| {
+        ClipTextEncoder::load(text.clone(), w).map(drop)
+    })
 }
 
 /// The f32 bytes of SD 3's T5 encoder's weights.
 pub fn t5_bytes(config: &T5Config, device: &Device) -> Result<u64> {
+    counted(device, &|w| T5Encoder::load(config.clone(), w).map(drop))
+}
+
+/// The f32 bytes a component asks for when `build` makes it on weights that only count.
+fn counted(device: &Device, build: &dyn Fn(&Weights) -> Result<()>) -> Result<u64> {
     let weights = Weights::count_only(device);
-    T5Encoder::load(config.clone(), &weights)?;
+    build(&weights)?;
     Ok(weights.requested_bytes())
 }
 
