@@ -570,22 +570,23 @@ impl StableDiffusion {
             Some(weights) => Some(Checkpoint::split(CHECKPOINT_FILE, weights)?),
             None => None,
         };
-        // SD 3's folders hold a transformer where the others hold a UNet.
-        let transformer_config = match checkpoint {
-            None => files.read_text(mmdit::CONFIG_FILE)?,
-            Some(_) => None,
+        // SD 3's folders and files hold a transformer where the others hold a UNet.
+        let flow_model = match &checkpoint {
+            Some(c) => c.family == single_file::Family::Sd3,
+            None => files.read(mmdit::CONFIG_FILE)?.is_some(),
         };
-        let flow_model = transformer_config.is_some();
-        let (unet_part, vae_part, text_part, text_2_part, checkpoint_scheduler) = match checkpoint {
-            Some(c) => (
-                Some(c.unet),
-                c.vae,
-                c.text_encoder,
-                c.text_encoder_2,
-                Some(c.scheduler_config),
-            ),
-            None => (None, None, None, None, None),
-        };
+        let (denoiser_part, vae_part, text_part, text_2_part, text_3_part, checkpoint_scheduler) =
+            match checkpoint {
+                Some(c) => (
+                    Some(c.denoiser),
+                    c.vae,
+                    c.text_encoder,
+                    c.text_encoder_2,
+                    c.text_encoder_3,
+                    Some(c.scheduler_config),
+                ),
+                None => (None, None, None, None, None, None),
+            };
 
         let text_files = ("text_encoder", TEXT_ENCODER_WEIGHTS, clip::CONFIG_FILE);
         let (weights, config) = component_source(files, text_part, text_files, device)?;
@@ -642,22 +643,27 @@ impl StableDiffusion {
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
         ];
-        let denoiser = if let Some(config) = transformer_config {
+        let denoiser = if flow_model {
             if let Some(lora) = loras.iter().find(|l| l.lora.adapts(LoraTarget::Unet)) {
                 return Err(Error::InvalidInput(format!(
                     "LoRA {}: LoRAs for SD 3 transformers are not supported yet",
                     lora.lora.source()
                 )));
             }
+            let (weights, config) = component_source(
+                files,
+                denoiser_part,
+                ("transformer", &names, mmdit::CONFIG_FILE),
+                device,
+            )?;
             let config = MmditConfig::from_json(&config)?;
-            let weights = folder_weights(files, "transformer", &names, device)?;
             Denoiser::Mmdit(Box::new(build_component(weights, (kernels, None), |w| {
                 Mmdit::load(config, w)
             })?))
         } else {
             let (weights, config) = component_source(
                 files,
-                unet_part,
+                denoiser_part,
                 ("unet", &names, unet::CONFIG_FILE),
                 device,
             )?;
@@ -734,7 +740,7 @@ impl StableDiffusion {
             }
             Denoiser::Mmdit(mmdit) => {
                 Self::check_mmdit(mmdit.config(), &text_encoder, second.as_ref(), vae.config())?;
-                Self::load_t5(files, mmdit.config(), device, kernels)?
+                Self::load_t5(files, text_3_part, mmdit.config(), device, kernels)?
             }
         };
         Ok(Self {
@@ -816,12 +822,15 @@ impl StableDiffusion {
     /// transformer's joint width.
     fn load_t5(
         files: &dyn FileSource,
+        from_checkpoint: Option<single_file::Part>,
         mmdit: &MmditConfig,
         device: &Device,
         kernels: Kernels,
     ) -> Result<T5State> {
-        let Some(config) = files.read_text(t5::CONFIG_FILE)? else {
-            return Ok(T5State::Absent);
+        let config = match (files.read_text(t5::CONFIG_FILE)?, &from_checkpoint) {
+            (Some(config), _) => config,
+            (None, Some(part)) => part.config.clone(),
+            (None, None) => return Ok(T5State::Absent),
         };
         let config = T5Config::from_json(&config)?;
         if config.d_model != mmdit.joint_attention_dim {
@@ -833,10 +842,13 @@ impl StableDiffusion {
                 ),
             ));
         }
-        let weights = match folder_weights(files, "text_encoder_3", TEXT_ENCODER_WEIGHTS, device) {
-            Ok(weights) => weights,
-            Err(Error::MissingFile(_)) => return Ok(T5State::Skipped),
-            Err(e) => return Err(e),
+        let weights = match from_checkpoint {
+            Some(part) => part.weights,
+            None => match folder_weights(files, "text_encoder_3", TEXT_ENCODER_WEIGHTS, device) {
+                Ok(weights) => weights,
+                Err(Error::MissingFile(_)) => return Ok(T5State::Skipped),
+                Err(e) => return Err(e),
+            },
         };
         let tokenizer = T5Tokenizer::from_tokenizer_json(
             &files.require("tokenizer_3/tokenizer.json")?,

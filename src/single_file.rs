@@ -1,18 +1,18 @@
-//! Single-file checkpoints in the original (LDM) key layout: the `*.safetensors` files most
-//! people download for SD 1.x, 2.x and SDXL, holding the UNet (`model.diffusion_model.*`),
-//! the VAE (`first_stage_model.*`) and the text encoders (`cond_stage_model.*`, SDXL's
-//! `conditioner.embedders.*`) under the names of the code they were trained with, and no
-//! configs.
+//! Single-file checkpoints in the original key layout: the `*.safetensors` files most
+//! people download for SD 1.x, 2.x, SDXL and SD 3.x, holding the UNet or SD 3's MMDiT
+//! (`model.diffusion_model.*`), the VAE (`first_stage_model.*`) and the text encoders
+//! (`cond_stage_model.*`, SDXL's `conditioner.embedders.*`, SD 3's `text_encoders.*`) under
+//! the names of the code they were trained with, and no configs.
 //!
 //! The file is uploaded once; its tensors are then renamed into diffusers' names and split
 //! into one [`Weights`] per component ([`Weights::regroup`]), so every model in `models/`
 //! loads them as it loads a diffusers folder. The configs are inferred from the tensors'
 //! shapes where shapes tell (channels, blocks, layers, context width, linear or convolution
 //! projections) and from the family where they do not (attention heads, the VAE's scaling
-//! factor, the noise schedule), as diffusers' single-file loader does: SDXL by its two
-//! embedders (or its added `label_emb`), SD 1.x from SD 2.x by its text encoder (CLIP ViT-L
-//! with transformers' names, or OpenCLIP with fused q/k/v), or, without one, by its context
-//! width (768 or 1024).
+//! factor, the noise schedule), as diffusers' single-file loader does: SD 3 by its joint
+//! blocks, SDXL by its two embedders (or its added `label_emb`), SD 1.x from SD 2.x by its
+//! text encoder (CLIP ViT-L with transformers' names, or OpenCLIP with fused q/k/v), or,
+//! without one, by its context width (768 or 1024).
 //!
 //! Configs in the model's source (`unet/config.json` and the like, e.g. the diffusers folder
 //! that [`crate::source::DirSource::with_checkpoint`] pairs with the file) win over inferred
@@ -39,6 +39,11 @@ const CLIP: &str = "cond_stage_model.transformer.";
 const OPEN_CLIP: &str = "cond_stage_model.model.";
 const CLIP_XL: &str = "conditioner.embedders.0.transformer.";
 const OPEN_CLIP_XL: &str = "conditioner.embedders.1.model.";
+const MMDIT_BLOCKS: &str = "model.diffusion_model.joint_blocks.";
+// SD 3's text encoders keep transformers' names under these.
+const SD3_CLIP_L: &str = "text_encoders.clip_l.transformer.";
+const SD3_CLIP_G: &str = "text_encoders.clip_g.transformer.";
+const SD3_T5: &str = "text_encoders.t5xxl.transformer.";
 
 /// The model families a single file may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +56,9 @@ pub enum Family {
     /// SDXL: CLIP ViT-L and OpenCLIP ViT-bigG/14 with its projection, the size conditioning
     /// (`label_emb`), 64-channel heads, 1024 px, its VAE's scaling factor 0.13025.
     Sdxl,
+    /// SD 3.x: an MMDiT of 64-channel heads, CLIP-L and CLIP-G with their projections and an
+    /// optional T5-XXL, the 16-channel VAE, flow matching with shift 3.
+    Sd3,
 }
 
 /// One component of a split checkpoint: its weights under diffusers' names, and its config
@@ -63,13 +71,16 @@ pub struct Part {
 /// A single-file checkpoint split into its components.
 pub struct Checkpoint {
     pub family: Family,
-    pub unet: Part,
+    /// The UNet, or SD 3's transformer.
+    pub denoiser: Part,
     /// `None` where the file holds only some components: they come from the source's
     /// folders instead.
     pub vae: Option<Part>,
     pub text_encoder: Option<Part>,
-    /// SDXL's second text encoder.
+    /// SDXL's and SD 3's second text encoder.
     pub text_encoder_2: Option<Part>,
+    /// SD 3's T5.
+    pub text_encoder_3: Option<Part>,
     pub scheduler_config: String,
 }
 
@@ -93,7 +104,7 @@ impl Checkpoint {
             })?
             .into_iter();
         let mut next = || parts.next().expect("one set of weights per part");
-        let (unet, vae, text, text_2) = (next(), next(), next(), next());
+        let (denoiser, vae, text, text_2, text_3) = (next(), next(), next(), next(), next());
         let part = |weights: Weights, config: Option<Value>| {
             config.map(|c| Part {
                 weights,
@@ -102,10 +113,11 @@ impl Checkpoint {
         };
         Ok(Self {
             family,
-            unet: part(unet, Some(configs.unet)).expect("a UNet"),
+            denoiser: part(denoiser, Some(configs.denoiser)).expect("a denoiser"),
             vae: part(vae, configs.vae),
             text_encoder: part(text, configs.text_encoder),
             text_encoder_2: part(text_2, configs.text_encoder_2),
+            text_encoder_3: part(text_3, configs.text_encoder_3),
             scheduler_config: configs.scheduler.to_string(),
         })
     }
@@ -173,7 +185,8 @@ const LAYOUTS: &[(&str, &[&str])] = &[
 ];
 
 /// Names a model never uses that single files carry: the noise schedule's buffers, an EMA
-/// copy of the UNet, training losses' state, SD 2's text projection. Uploads skip them.
+/// copy of the UNet, training losses' state, SD 2's text projection, T5's second name for
+/// the embedding SD 3 files hold as `shared.weight`. Uploads skip them.
 pub fn unused(name: &str) -> bool {
     const ROOT_BUFFERS: &[&str] = &[
         "betas",
@@ -199,6 +212,9 @@ pub fn unused(name: &str) -> bool {
         || name == "cond_stage_model.model.logit_scale"
         || name == "conditioner.embedders.0.transformer.text_model.embeddings.position_ids"
         || name == "conditioner.embedders.1.model.logit_scale"
+        || name == "text_encoders.clip_l.transformer.text_model.embeddings.position_ids"
+        || name == "text_encoders.clip_g.transformer.text_model.embeddings.position_ids"
+        || name == "text_encoders.t5xxl.transformer.encoder.embed_tokens.weight"
 }
 
 fn family(file: &str, shapes: &Shapes) -> Result<Family> {
@@ -207,8 +223,8 @@ fn family(file: &str, shapes: &Shapes) -> Result<Family> {
         file: file.to_string(),
         what: what.to_string(),
     };
-    if has("model.diffusion_model.joint_blocks.") {
-        return Err(unsupported("an SD 3 transformer checkpoint"));
+    if has(MMDIT_BLOCKS) {
+        return Ok(Family::Sd3);
     }
     if !has(UNET) {
         return Err(unknown_layout(file, shapes));
@@ -281,24 +297,28 @@ fn unknown_layout(file: &str, shapes: &Shapes) -> Error {
 }
 
 /// Part indices of [`Weights::regroup`].
-const UNET_PART: usize = 0;
+const DENOISER_PART: usize = 0;
 const VAE_PART: usize = 1;
 const TEXT_PART: usize = 2;
 const TEXT_2_PART: usize = 3;
-const PARTS: usize = 4;
+const TEXT_3_PART: usize = 4;
+const PARTS: usize = 5;
 
 /// Where every tensor of the file goes; fails on a name no rule explains.
 fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String, Regroup>> {
     let unet = unet_layout(shapes);
     let vae_blocks = count_indices(shapes, "first_stage_model.encoder.down.");
     let open_clip_layers = count_indices(shapes, "cond_stage_model.model.transformer.resblocks.");
+    let mmdit_blocks = count_indices(shapes, MMDIT_BLOCKS);
     let mut routes = HashMap::new();
     let mut unexplained = Vec::new();
     for name in shapes.keys() {
         let route = if unused(name) {
             Some(Regroup::Drop)
+        } else if let (Family::Sd3, Some(rest)) = (family, name.strip_prefix(UNET)) {
+            mmdit_route(rest, mmdit_blocks)
         } else if let Some(rest) = name.strip_prefix(UNET) {
-            unet.rename(rest).map(|n| moved(UNET_PART, n))
+            unet.rename(rest).map(|n| moved(DENOISER_PART, n))
         } else if let Some(rest) = name.strip_prefix(VAE) {
             vae_name(rest, vae_blocks).map(|n| moved(VAE_PART, n))
         } else if let (Family::Sd1, Some(rest)) = (family, name.strip_prefix(CLIP)) {
@@ -318,6 +338,14 @@ fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String,
                 }),
                 _ => open_clip_name(rest, TEXT_2_PART, None),
             }
+        } else if let Family::Sd3 = family {
+            [
+                (SD3_CLIP_L, TEXT_PART),
+                (SD3_CLIP_G, TEXT_2_PART),
+                (SD3_T5, TEXT_3_PART),
+            ]
+            .iter()
+            .find_map(|(prefix, part)| Some(moved(*part, name.strip_prefix(prefix)?.to_string())))
         } else {
             None
         };
@@ -333,6 +361,7 @@ fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String,
             Family::Sd1 => "an SD 1.x",
             Family::Sd2 => "an SD 2.x",
             Family::Sdxl => "an SDXL",
+            Family::Sd3 => "an SD 3",
         };
         return Err(Error::WeightFile {
             file: file.to_string(),
@@ -347,6 +376,106 @@ fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String,
 
 fn moved(part: usize, name: String) -> Regroup {
     Regroup::Move { part, name }
+}
+
+/// Where an SD 3 transformer tensor (after `model.diffusion_model.`) goes in diffusers'
+/// naming, in a transformer of `blocks` joint blocks. The original fuses each attention's
+/// q/k/v into one `qkv` projection, and its final adaLN projections (the last block's
+/// context side and the output layer's) yield shift before scale, where diffusers'
+/// `AdaLayerNormContinuous` takes scale first.
+fn mmdit_route(rest: &str, blocks: usize) -> Option<Regroup> {
+    let at = |name: String| moved(DENOISER_PART, name);
+    if rest == "pos_embed" {
+        return Some(at("pos_embed.pos_embed".into()));
+    }
+    const TOP: &[(&str, &str)] = &[
+        ("x_embedder.proj.", "pos_embed.proj."),
+        (
+            "t_embedder.mlp.0.",
+            "time_text_embed.timestep_embedder.linear_1.",
+        ),
+        (
+            "t_embedder.mlp.2.",
+            "time_text_embed.timestep_embedder.linear_2.",
+        ),
+        (
+            "y_embedder.mlp.0.",
+            "time_text_embed.text_embedder.linear_1.",
+        ),
+        (
+            "y_embedder.mlp.2.",
+            "time_text_embed.text_embedder.linear_2.",
+        ),
+        ("context_embedder.", "context_embedder."),
+        ("final_layer.linear.", "proj_out."),
+    ];
+    if let Some(t) = rest.strip_prefix("final_layer.adaLN_modulation.1.") {
+        return Some(Regroup::SwapHalves {
+            part: DENOISER_PART,
+            name: format!("norm_out.linear.{t}"),
+        });
+    }
+    if let Some(name) = TOP
+        .iter()
+        .find_map(|(ours, theirs)| rest.strip_prefix(ours).map(|t| format!("{theirs}{t}")))
+    {
+        return Some(at(name));
+    }
+    let (i, t) = index(rest.strip_prefix("joint_blocks.")?)?;
+    let block = format!("transformer_blocks.{i}");
+    const FUSED: &[(&str, [&str; 3])] = &[
+        ("x_block.attn.qkv.", ["attn.to_q", "attn.to_k", "attn.to_v"]),
+        (
+            "context_block.attn.qkv.",
+            ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
+        ),
+        (
+            "x_block.attn2.qkv.",
+            ["attn2.to_q", "attn2.to_k", "attn2.to_v"],
+        ),
+    ];
+    if let Some((kind, names)) = FUSED
+        .iter()
+        .find_map(|(fused, names)| t.strip_prefix(fused).map(|kind| (kind, names)))
+    {
+        return Some(Regroup::Split {
+            part: DENOISER_PART,
+            names: names
+                .iter()
+                .map(|n| format!("{block}.{n}.{kind}"))
+                .collect(),
+        });
+    }
+    if let Some(kind) = t.strip_prefix("context_block.adaLN_modulation.1.") {
+        let name = format!("{block}.norm1_context.linear.{kind}");
+        return Some(match i + 1 == blocks {
+            true => Regroup::SwapHalves {
+                part: DENOISER_PART,
+                name,
+            },
+            false => at(name),
+        });
+    }
+    const NAMES: &[(&str, &str)] = &[
+        ("x_block.attn.ln_q.", "attn.norm_q."),
+        ("x_block.attn.ln_k.", "attn.norm_k."),
+        ("context_block.attn.ln_q.", "attn.norm_added_q."),
+        ("context_block.attn.ln_k.", "attn.norm_added_k."),
+        ("x_block.attn.proj.", "attn.to_out.0."),
+        ("context_block.attn.proj.", "attn.to_add_out."),
+        ("x_block.attn2.ln_q.", "attn2.norm_q."),
+        ("x_block.attn2.ln_k.", "attn2.norm_k."),
+        ("x_block.attn2.proj.", "attn2.to_out.0."),
+        ("x_block.adaLN_modulation.1.", "norm1.linear."),
+        ("x_block.mlp.fc1.", "ff.net.0.proj."),
+        ("x_block.mlp.fc2.", "ff.net.2."),
+        ("context_block.mlp.fc1.", "ff_context.net.0.proj."),
+        ("context_block.mlp.fc2.", "ff_context.net.2."),
+    ];
+    let inner = NAMES
+        .iter()
+        .find_map(|(theirs, ours)| t.strip_prefix(theirs).map(|p| format!("{ours}{p}")))?;
+    Some(at(format!("{block}.{inner}")))
 }
 
 /// How many consecutive indices `0, 1, ...` follow `prefix` in the names.
@@ -482,10 +611,12 @@ fn open_clip_name(rest: &str, part: usize, drop_last_of: Option<usize>) -> Optio
 
 /// Configs as diffusers writes them, inferred from a checkpoint's shapes and family.
 pub struct Configs {
-    pub unet: Value,
+    /// The UNet's, or SD 3's transformer's.
+    pub denoiser: Value,
     pub vae: Option<Value>,
     pub text_encoder: Option<Value>,
     pub text_encoder_2: Option<Value>,
+    pub text_encoder_3: Option<Value>,
     pub scheduler: Value,
 }
 
@@ -494,7 +625,10 @@ impl Configs {
     fn infer(file: &str, family: Family, shapes: &Shapes) -> Result<Self> {
         let t = Table { file, shapes };
         Ok(Self {
-            unet: unet_config(family, &t)?,
+            denoiser: match family {
+                Family::Sd3 => mmdit_config(&t)?,
+                _ => unet_config(family, &t)?,
+            },
             vae: t
                 .has("first_stage_model.decoder.conv_in.weight")
                 .then(|| vae_config(family, &t))
@@ -502,6 +636,11 @@ impl Configs {
             text_encoder: text_config(family, &t)?,
             text_encoder_2: match family {
                 Family::Sdxl => open_clip_config(OPEN_CLIP_XL, false, &t)?,
+                Family::Sd3 => clip_config(SD3_CLIP_G, "gelu", &t)?,
+                Family::Sd1 | Family::Sd2 => None,
+            },
+            text_encoder_3: match family {
+                Family::Sd3 => t5_config(SD3_T5, &t)?,
                 _ => None,
             },
             scheduler: scheduler_config(family),
@@ -599,7 +738,7 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
         Family::Sd1 => (json!(8), 64),
         // SD 2.x and SDXL: 64 channels per head.
         Family::Sd2 => (per_head_64, 96),
-        Family::Sdxl => (per_head_64, 128),
+        Family::Sdxl | Family::Sd3 => (per_head_64, 128),
     };
     let mut config = json!({
         "_class_name": "UNet2DConditionModel",
@@ -662,7 +801,12 @@ fn vae_config(family: Family, t: &Table) -> Result<Value> {
         "norm_num_groups": 32,
         "scaling_factor": match family {
             Family::Sdxl => 0.13025,
+            Family::Sd3 => 1.5305,
             Family::Sd1 | Family::Sd2 => 0.18215,
+        },
+        "shift_factor": match family {
+            Family::Sd3 => Some(0.0609),
+            _ => None,
         },
         "use_quant_conv": shapes.contains_key("first_stage_model.quant_conv.weight"),
         "use_post_quant_conv": shapes.contains_key("first_stage_model.post_quant_conv.weight"),
@@ -672,28 +816,133 @@ fn vae_config(family: Family, t: &Table) -> Result<Value> {
 fn text_config(family: Family, t: &Table) -> Result<Option<Value>> {
     match family {
         // CLIP ViT-L, in transformers' own names.
-        Family::Sd1 => clip_config(CLIP, t),
-        Family::Sdxl => clip_config(CLIP_XL, t),
+        Family::Sd1 => clip_config(CLIP, "quick_gelu", t),
+        Family::Sdxl => clip_config(CLIP_XL, "quick_gelu", t),
+        Family::Sd3 => clip_config(SD3_CLIP_L, "quick_gelu", t),
         // The penultimate layer's output is what SD 2 conditions on.
         Family::Sd2 => open_clip_config(OPEN_CLIP, true, t),
     }
 }
 
-/// A CLIP ViT-L text encoder stored in transformers' names under `prefix`.
-fn clip_config(prefix: &str, t: &Table) -> Result<Option<Value>> {
+/// A CLIP text encoder stored in transformers' names under `prefix` (ViT-L's activation is
+/// `quick_gelu`, bigG's `gelu`: shapes do not tell), with its projection where the file has
+/// one (SD 3's pooled outputs).
+fn clip_config(prefix: &str, act: &str, t: &Table) -> Result<Option<Value>> {
     let tm = format!("{prefix}text_model.");
     if !t.has(&format!("{tm}final_layer_norm.weight")) {
         return Ok(None);
     }
-    text_config_json(
+    let mut config = text_config_json(
         t,
         &format!("{tm}embeddings.token_embedding.weight"),
         t.dim(&format!("{tm}encoder.layers.0.mlp.fc1.weight"), 0)?,
         count_indices(t.shapes, &format!("{tm}encoder.layers.")),
         t.dim(&format!("{tm}embeddings.position_embedding.weight"), 0)?,
-        "quick_gelu",
-    )
-    .map(Some)
+        act,
+    )?;
+    let projection = format!("{prefix}text_projection.weight");
+    if t.has(&projection) {
+        config["architectures"] = json!(["CLIPTextModelWithProjection"]);
+        config["projection_dim"] = json!(t.dim(&projection, 0)?);
+    }
+    Ok(Some(config))
+}
+
+/// SD 3's T5 encoder, stored in transformers' names under `prefix`: the head count from the
+/// relative-position table ([buckets, heads]), the feed-forward's form from its gate.
+fn t5_config(prefix: &str, t: &Table) -> Result<Option<Value>> {
+    let shared = format!("{prefix}shared.weight");
+    if !t.has(&shared) {
+        return Ok(None);
+    }
+    let layer = |n: &str| format!("{prefix}encoder.block.0.layer.{n}");
+    let bias = layer("0.SelfAttention.relative_attention_bias.weight");
+    let heads = t.dim(&bias, 1)?;
+    let inner = t.dim(&layer("0.SelfAttention.q.weight"), 0)?;
+    if heads == 0 || inner % heads != 0 {
+        return Err(Error::WeightFile {
+            file: t.file.to_string(),
+            message: format!("T5's attention width {inner} does not split into {heads} heads"),
+        });
+    }
+    let gated = t.has(&layer("1.DenseReluDense.wi_0.weight"));
+    let d_ff = match gated {
+        true => t.dim(&layer("1.DenseReluDense.wi_0.weight"), 0)?,
+        false => t.dim(&layer("1.DenseReluDense.wi.weight"), 0)?,
+    };
+    Ok(Some(json!({
+        "architectures": ["T5EncoderModel"],
+        "vocab_size": t.dim(&shared, 0)?,
+        "d_model": t.dim(&shared, 1)?,
+        "d_kv": inner / heads,
+        "d_ff": d_ff,
+        "num_layers": count_indices(t.shapes, &format!("{prefix}encoder.block.")),
+        "num_heads": heads,
+        "relative_attention_num_buckets": t.dim(&bias, 0)?,
+        "feed_forward_proj": if gated { "gated-gelu" } else { "relu" },
+    })))
+}
+
+/// SD 3's transformer config from its shapes: widths from the patch embedding and the
+/// context and pooled projections, the head width from the QK-norm's weight (64 where the
+/// model has none, as every SD 3 has), the dual-attention blocks from their `attn2`.
+fn mmdit_config(t: &Table) -> Result<Value> {
+    let p = |n: &str| format!("{UNET}{n}");
+    let bad = |message: String| Error::WeightFile {
+        file: t.file.to_string(),
+        message,
+    };
+    let proj = p("x_embedder.proj.weight");
+    let hidden = t.dim(&proj, 0)?;
+    let patch = t.dim(&proj, 2)?;
+    let blocks = count_indices(t.shapes, MMDIT_BLOCKS);
+    let ln_q = p("joint_blocks.0.x_block.attn.ln_q.weight");
+    let head_dim = match t.has(&ln_q) {
+        true => t.dim(&ln_q, 0)?,
+        false => 64,
+    };
+    if head_dim == 0 || hidden % head_dim != 0 {
+        return Err(bad(format!(
+            "width {hidden} does not split into heads of {head_dim}"
+        )));
+    }
+    let positions = t.dim(&p("pos_embed"), 1)?;
+    let side = (positions as f64).sqrt().round() as usize;
+    if side * side != positions {
+        return Err(bad(format!(
+            "pos_embed holds {positions} positions, not a square grid"
+        )));
+    }
+    let out = t.dim(&p("final_layer.linear.weight"), 0)?;
+    let dual: Vec<usize> = (0..blocks)
+        .filter(|i| t.has(&format!("{MMDIT_BLOCKS}{i}.x_block.attn2.qkv.weight")))
+        .collect();
+    // SD 3.5's QK-norms are RMS norms (a weight, no bias); anything else is named and
+    // refused by the model's config check.
+    let qk_norm = match (
+        t.has(&ln_q),
+        t.has(&p("joint_blocks.0.x_block.attn.ln_q.bias")),
+    ) {
+        (false, _) => Value::Null,
+        (true, false) => json!("rms_norm"),
+        (true, true) => json!("layer_norm"),
+    };
+    Ok(json!({
+        "_class_name": "SD3Transformer2DModel",
+        "sample_size": 128,
+        "patch_size": patch,
+        "in_channels": t.dim(&proj, 1)?,
+        "num_layers": blocks,
+        "attention_head_dim": head_dim,
+        "num_attention_heads": hidden / head_dim,
+        "joint_attention_dim": t.dim(&p("context_embedder.weight"), 1)?,
+        "caption_projection_dim": t.dim(&p("context_embedder.weight"), 0)?,
+        "pooled_projection_dim": t.dim(&p("y_embedder.mlp.0.weight"), 1)?,
+        "out_channels": out / (patch * patch).max(1),
+        "pos_embed_max_size": side,
+        "dual_attention_layers": dual,
+        "qk_norm": qk_norm,
+    }))
 }
 
 /// An OpenCLIP text tower's config as transformers' CLIP: SD 2's without its last layer
@@ -751,8 +1000,16 @@ fn text_config_json(
 
 /// The noise schedule SD 1.x, 2.x and SDXL were trained with: as DDIM for SD (what
 /// diffusers' SD 2.1 repository ships; SD 1.5's PNDM shares its betas), as Euler for SDXL
-/// (what its base repository ships).
+/// (what its base repository ships); SD 3's flow matching with the shift of 3 that every SD
+/// 3 and 3.5 repository ships.
 fn scheduler_config(family: Family) -> Value {
+    if family == Family::Sd3 {
+        return json!({
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "num_train_timesteps": 1000,
+            "shift": 3.0,
+        });
+    }
     let mut config = json!({
         "_class_name": "DDIMScheduler",
         "num_train_timesteps": 1000,
@@ -805,6 +1062,26 @@ mod tests {
             for count in 1..=names.len() {
                 let shapes: Vec<(&str, &[usize])> =
                     names[..count].iter().map(|n| (*n, shape)).collect();
+                let result = inspect("hostile.safetensors", &shapes);
+                assert!(result.is_err(), "{count} names of shape {shape:?} passed");
+            }
+        }
+        // SD 3's inference reads the patch embedding's four axes, the position table's
+        // second, T5's relative-position table's second.
+        let sd3 = [
+            "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight",
+            "model.diffusion_model.x_embedder.proj.weight",
+            "model.diffusion_model.joint_blocks.0.x_block.attn.ln_q.weight",
+            "model.diffusion_model.pos_embed",
+            "model.diffusion_model.final_layer.linear.weight",
+            "model.diffusion_model.context_embedder.weight",
+            "model.diffusion_model.y_embedder.mlp.0.weight",
+            "text_encoders.t5xxl.transformer.shared.weight",
+        ];
+        for shape in [&[][..], &[0][..], &[3][..], &[0, 0][..]] {
+            for count in 1..=sd3.len() {
+                let shapes: Vec<(&str, &[usize])> =
+                    sd3[..count].iter().map(|n| (*n, shape)).collect();
                 let result = inspect("hostile.safetensors", &shapes);
                 assert!(result.is_err(), "{count} names of shape {shape:?} passed");
             }

@@ -4,15 +4,16 @@
 //! The tiny SD 1.x and SD 2.x fixtures are written as single files by the names in
 //! tests/fixtures/single_file/*.json, which tools/make_single_file.py checked against
 //! diffusers' own converters; loaded so, they must draw exactly the image their diffusers
-//! folders draw. The config inference is checked on the names and shapes of full-size SD 1.5
-//! and SD 2.1 files against those models' published configs.
+//! folders draw (SD 1.x, 2.x, SDXL and SD 3). The config inference is checked on the names
+//! and shapes of full-size SD 1.5, SD 2.1, SDXL and SD 3.5 medium files against those
+//! models' published configs.
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use common::{fixture, model_files, read_fixture};
-use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion, Warning};
 use lina_runtime::schedulers::Timesteps;
 use lina_runtime::single_file::{self, CHECKPOINT_FILE, Family};
 use lina_runtime::source::{DirSource, MemorySource};
@@ -34,11 +35,18 @@ fn single_file(model: &str) -> Vec<u8> {
             .unwrap();
         SafeTensors::deserialize(&files[path]).unwrap()
     };
-    let parts: BTreeMap<&str, SafeTensors> = ["unet", "vae", "text_encoder", "text_encoder_2"]
-        .into_iter()
-        .filter(|c| files.keys().any(|p| p.starts_with(&format!("{c}/"))))
-        .map(|c| (c, component(c)))
-        .collect();
+    let parts: BTreeMap<&str, SafeTensors> = [
+        "unet",
+        "transformer",
+        "vae",
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_3",
+    ]
+    .into_iter()
+    .filter(|c| files.keys().any(|p| p.starts_with(&format!("{c}/"))))
+    .map(|c| (c, component(c)))
+    .collect();
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for entry in map["tensors"].as_array().unwrap() {
         let (ldm, comp, names) = (
@@ -66,10 +74,18 @@ fn single_file(model: &str) -> Vec<u8> {
         if ldm.contains("mid.attn_1.") && ldm.ends_with("weight") && shape.len() == 2 {
             shape.extend([1, 1]);
         }
-        // OpenCLIP stores its projection the other way round.
-        if entry.get(3).and_then(Value::as_str) == Some("transposed") {
-            bytes = transposed(&bytes, &shape, dtype.bitsize() / 8);
-            shape.reverse();
+        match entry.get(3).and_then(Value::as_str) {
+            // OpenCLIP stores its projection the other way round.
+            Some("transposed") => {
+                bytes = transposed(&bytes, &shape, dtype.bitsize() / 8);
+                shape.reverse();
+            }
+            // SD 3's final adaLN projections yield shift before scale.
+            Some("swapped") => {
+                let half = bytes.len() / 2;
+                bytes.rotate_left(half);
+            }
+            _ => {}
         }
         tensors.push((ldm.to_string(), dtype, shape, bytes));
     }
@@ -127,13 +143,17 @@ fn folder(model: &str) -> MemorySource {
 }
 
 fn image(pipe: &StableDiffusion) -> Vec<u8> {
+    image_of_side(pipe, 64)
+}
+
+fn image_of_side(pipe: &StableDiffusion, side: usize) -> Vec<u8> {
     let opts = GenerateOptions {
         prompt: "a red ball on a small mirror".into(),
         negative_prompt: "blurry".into(),
         seed: 5,
         timesteps: Timesteps::Count(3),
-        width: Some(64),
-        height: Some(64),
+        width: Some(side),
+        height: Some(side),
         ..GenerateOptions::default()
     };
     pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
@@ -176,31 +196,143 @@ fn tiny_sd1_sd2_and_sdxl_single_files_draw_their_diffusers_folders_images() {
 }
 
 #[test]
-fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
-    let configs = |name: &str| -> Value {
-        serde_json::from_slice(&read_fixture(&format!("configs/{name}.json"))).unwrap()
+fn tiny_sd3_single_file_draws_its_diffusers_folders_image_with_and_without_t5() {
+    // The tiny transformer's position table holds 48x48 px at most.
+    let from_folder = image_of_side(&load(&folder("sd3_tiny")).unwrap(), 32);
+    let from_file = load(&paired("sd3_tiny", single_file("sd3_tiny"), true)).unwrap();
+    same_image(&image_of_side(&from_file, 32), &from_folder, "sd3_tiny");
+
+    // A file without T5 (as StabilityAI's `sd3_medium_incl_clips` is) runs with zeros in its
+    // place and says so; the folder without T5's weights does the same.
+    let mut tensors = single_file_tensors("sd3_tiny");
+    tensors.retain(|(n, _)| !n.starts_with("text_encoders.t5xxl."));
+    let file = {
+        let full = single_file("sd3_tiny");
+        let st = SafeTensors::deserialize(&full).unwrap();
+        let kept: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, _)| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::serialize(kept, None).unwrap()
     };
+    let without = load(&paired("sd3_tiny", file, true)).unwrap();
+    let mut no_t5 = MemorySource::new();
+    for (path, bytes) in model_files("sd3_tiny") {
+        if path != "text_encoder_3/model.safetensors" {
+            no_t5.insert(path, bytes);
+        }
+    }
+    let folder_without = load(&no_t5).unwrap();
+    let opts = GenerateOptions {
+        prompt: "a red ball on a small mirror".into(),
+        seed: 5,
+        timesteps: Timesteps::Count(3),
+        width: Some(32),
+        height: Some(32),
+        ..GenerateOptions::default()
+    };
+    let run = |pipe: &StableDiffusion| {
+        pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap()
+    };
+    let (a, b) = (run(&without), run(&folder_without));
+    for done in [&a, &b] {
+        assert!(
+            matches!(&done.warnings[..], [Warning::TextEncoderSkipped { folder }] if folder == "text_encoder_3"),
+            "{:?}",
+            done.warnings
+        );
+    }
+    same_image(&a.image.rgb, &b.image.rgb, "sd3_tiny without T5");
+}
+
+/// A committed shapes fixture: every name and shape of a full-size single file.
+fn full_size_shapes(tag: &str) -> Vec<(String, Vec<usize>)> {
+    let doc: Value =
+        serde_json::from_slice(&read_fixture(&format!("single_file/{tag}_shapes.json"))).unwrap();
+    doc["shapes"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(n, s)| {
+            let s = s
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize);
+            (n.clone(), s.collect())
+        })
+        .collect()
+}
+
+fn published_config(name: &str) -> Value {
+    serde_json::from_slice(&read_fixture(&format!("configs/{name}.json"))).unwrap()
+}
+
+/// Every key of an inferred config equals the published config's value.
+fn agrees_with_published(tag: &str, component: &str, ours: Option<Value>, theirs: &Value) {
+    let ours = ours.unwrap_or_else(|| panic!("{tag}: no {component} config inferred"));
+    for (key, value) in ours.as_object().unwrap() {
+        let want = &theirs[key];
+        let same = match (value.as_f64(), want.as_f64()) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+            _ => value == want,
+        };
+        assert!(
+            same,
+            "{tag} {component}.{key}: inferred {value}, published {want}"
+        );
+    }
+}
+
+#[test]
+fn configs_inferred_from_full_size_sd35_medium_shapes_are_its_own() {
+    let shapes = full_size_shapes("sd35m");
+    let borrowed: Vec<(&str, &[usize])> = shapes
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_slice()))
+        .collect();
+    let (found, inferred) = single_file::inspect("sd35m", &borrowed).unwrap();
+    assert_eq!(found, Family::Sd3);
+    // SD 3's CLIP-L is SD 1.5's CLIP ViT-L with its projection.
+    let mut clip_l = published_config("sd15_text_encoder");
+    clip_l["architectures"] = serde_json::json!(["CLIPTextModelWithProjection"]);
+    for (component, ours, theirs) in [
+        (
+            "transformer",
+            Some(inferred.denoiser),
+            published_config("sd35m_transformer"),
+        ),
+        ("vae", inferred.vae, published_config("sd35m_vae")),
+        ("text_encoder", inferred.text_encoder, clip_l),
+        (
+            "text_encoder_2",
+            inferred.text_encoder_2,
+            published_config("sdxl_text_encoder_2"),
+        ),
+        (
+            "text_encoder_3",
+            inferred.text_encoder_3,
+            published_config("t5_xxl_text_encoder"),
+        ),
+    ] {
+        agrees_with_published("sd35m", component, ours, &theirs);
+    }
+    assert_eq!(
+        inferred.scheduler["_class_name"],
+        "FlowMatchEulerDiscreteScheduler"
+    );
+    assert_eq!(inferred.scheduler["shift"], 3.0);
+}
+
+#[test]
+fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
+    let configs = published_config;
     for (tag, family) in [
         ("sd15", Family::Sd1),
         ("sd21", Family::Sd2),
         ("sdxl", Family::Sdxl),
     ] {
-        let doc: Value =
-            serde_json::from_slice(&read_fixture(&format!("single_file/{tag}_shapes.json")))
-                .unwrap();
-        let shapes: Vec<(String, Vec<usize>)> = doc["shapes"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(n, s)| {
-                let s = s
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap() as usize);
-                (n.clone(), s.collect())
-            })
-            .collect();
+        let shapes = full_size_shapes(tag);
         let borrowed: Vec<(&str, &[usize])> = shapes
             .iter()
             .map(|(n, s)| (n.as_str(), s.as_slice()))
@@ -209,7 +341,11 @@ fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
         assert_eq!(found, family, "{tag}");
         let xl = family == Family::Sdxl;
         let mut published = vec![
-            ("unet", Some(inferred.unet), configs(&format!("{tag}_unet"))),
+            (
+                "unet",
+                Some(inferred.denoiser),
+                configs(&format!("{tag}_unet")),
+            ),
             (
                 "vae",
                 inferred.vae,
@@ -233,23 +369,12 @@ fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
             ));
         }
         for (component, ours, theirs) in published {
-            let ours = ours.unwrap_or_else(|| panic!("{tag}: no {component} config inferred"));
-            for (key, value) in ours.as_object().unwrap() {
-                let want = &theirs[key];
-                let same = match (value.as_f64(), want.as_f64()) {
-                    (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
-                    _ => value == want,
-                };
-                assert!(
-                    same,
-                    "{tag} {component}.{key}: inferred {value}, published {want}"
-                );
-            }
+            agrees_with_published(tag, component, ours, &theirs);
         }
         let scheduler = inferred.scheduler;
         let prediction = match family {
-            Family::Sd1 | Family::Sdxl => "epsilon",
             Family::Sd2 => "v_prediction",
+            _ => "epsilon",
         };
         assert_eq!(scheduler["prediction_type"], prediction, "{tag}");
     }
@@ -328,21 +453,26 @@ fn files_of_other_layouts_are_refused_naming_the_nearest() {
     assert_eq!(e.code(), "unknown_layout");
     assert!(e.to_string().contains("`mystery.block.weight`"), "{e}");
 
-    // The SDXL refiner and SD 3 are recognised, and refused as not yet supported, before
-    // anything is built.
-    for (name, what) in [
-        ("conditioner.embedders.0.model.ln_final.weight", "refiner"),
-        (
-            "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight",
-            "SD 3",
-        ),
-    ] {
-        let mut tensors = single_file_tensors("sd1_tiny");
-        tensors.push((name.into(), vec![4]));
-        let e = expect_err(load(&paired("sd1_tiny", zeros(&tensors), true)));
-        assert_eq!(e.code(), "unsupported_model", "{e}");
-        assert!(e.to_string().contains(what), "{e}");
-    }
+    // The SDXL refiner is recognised, and refused as not yet supported, before anything is
+    // built.
+    let mut tensors = single_file_tensors("sd1_tiny");
+    tensors.push((
+        "conditioner.embedders.0.model.ln_final.weight".into(),
+        vec![4],
+    ));
+    let e = expect_err(load(&paired("sd1_tiny", zeros(&tensors), true)));
+    assert_eq!(e.code(), "unsupported_model", "{e}");
+    assert!(e.to_string().contains("refiner"), "{e}");
+
+    // An SD 3 block among a UNet's tensors makes an SD 3 file whose UNet names fit nothing.
+    let mut tensors = single_file_tensors("sd1_tiny");
+    tensors.push((
+        "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight".into(),
+        vec![4],
+    ));
+    let e = expect_err(load(&paired("sd1_tiny", zeros(&tensors), true)));
+    assert_eq!(e.code(), "weight_file", "{e}");
+    assert!(e.to_string().contains("an SD 3 checkpoint"), "{e}");
 }
 
 #[test]

@@ -22,8 +22,13 @@ converted tensor must equal the diffusers model's, value for value; for the full
 every name and shape must match, and diffusers must infer the right model family. So the
 committed names are what diffusers reads, not what the runtime under test writes.
 
+* `sd3_tiny.json` and `sd35m_shapes.json`: the same for SD 3 (`tests/fixtures/sd3_tiny`, and a
+  full-size SD 3.5 medium with CLIP-L, CLIP-G and T5-XXL), in the layout of StabilityAI's
+  single files (`model.diffusion_model.joint_blocks.*`, `text_encoders.*`), checked against
+  diffusers' SD 3 converters.
+
 Usage:
-    python3 tools/make_single_file.py [--out tests/fixtures/single_file]
+    python3 tools/make_single_file.py [--out tests/fixtures/single_file] [--only sd3]
 """
 
 from __future__ import annotations
@@ -263,6 +268,180 @@ def tiny(name: str, out: Path) -> None:
     print(f"{name}: {len(entries)} tensors, {len(extras)} extras, checked against diffusers")
 
 
+# SD 3's transformer, diffusers name -> original (MMDiT) name, for the tensors renamed one to
+# one; q/k/v are fused in the original (`attn.qkv`) and its last adaLN projections store
+# shift before scale (see `sd3_entries`).
+SD3_TOP = {
+    "pos_embed.pos_embed": "pos_embed",
+    "pos_embed.proj": "x_embedder.proj",
+    "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+    "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+    "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+    "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+    "context_embedder": "context_embedder",
+    "proj_out": "final_layer.linear",
+}
+SD3_BLOCK = {
+    "attn.norm_q": "x_block.attn.ln_q",
+    "attn.norm_k": "x_block.attn.ln_k",
+    "attn.norm_added_q": "context_block.attn.ln_q",
+    "attn.norm_added_k": "context_block.attn.ln_k",
+    "attn.to_out.0": "x_block.attn.proj",
+    "attn.to_add_out": "context_block.attn.proj",
+    "attn2.norm_q": "x_block.attn2.ln_q",
+    "attn2.norm_k": "x_block.attn2.ln_k",
+    "attn2.to_out.0": "x_block.attn2.proj",
+    "norm1.linear": "x_block.adaLN_modulation.1",
+    "norm1_context.linear": "context_block.adaLN_modulation.1",
+    "ff.net.0.proj": "x_block.mlp.fc1",
+    "ff.net.2": "x_block.mlp.fc2",
+    "ff_context.net.0.proj": "context_block.mlp.fc1",
+    "ff_context.net.2": "context_block.mlp.fc2",
+}
+SD3_QKV = {"attn.to_": "x_block.attn.qkv", "attn.add_": "context_block.attn.qkv", "attn2.to_": "x_block.attn2.qkv"}
+# The prefixes of SD 3's single files (StabilityAI's `sd3_medium_incl_clips_t5xxlfp16`,
+# `sd3.5_medium` and the like): the text encoders keep transformers' names under them.
+SD3_TEXT = {
+    "text_encoder": "text_encoders.clip_l.transformer.",
+    "text_encoder_2": "text_encoders.clip_g.transformer.",
+    "text_encoder_3": "text_encoders.t5xxl.transformer.",
+}
+
+
+def sd3_entries(transformer: dict, vae: dict, vae_cfg: dict, texts: dict) -> list:
+    """[original name, component, [diffusers names]] (+ "swapped": shift and scale halves in
+    the other order) of an SD 3 single file, from its diffusers components' tensors."""
+    d = "model.diffusion_model."
+    entries = []
+    layers = 1 + max(int(m[1]) for k in transformer if (m := re.match(r"transformer_blocks\.(\d+)\.", k)))
+    for k in transformer:
+        module, _, part = k.rpartition(".")
+        if k == "pos_embed.pos_embed":
+            entries.append([d + "pos_embed", "transformer", [k]])
+        elif module in SD3_TOP:
+            entries.append([d + f"{SD3_TOP[module]}.{part}", "transformer", [k]])
+        elif module == "norm_out.linear":
+            entries.append([d + f"final_layer.adaLN_modulation.1.{part}", "transformer", [k], "swapped"])
+        elif m := re.fullmatch(r"transformer_blocks\.(\d+)\.(.*)", module):
+            i, inner_name = int(m[1]), m[2]
+            at = f"{d}joint_blocks.{i}."
+            fused = next(((p, o) for p, o in SD3_QKV.items()
+                          if re.fullmatch(re.escape(p) + r"(q|k|v)(_proj)?", inner_name)), None)
+            if fused:
+                if inner_name.startswith(fused[0] + "q"):  # once per fused tensor
+                    suffix = "_proj" if inner_name.endswith("_proj") else ""
+                    entries.append([f"{at}{fused[1]}.{part}", "transformer",
+                                    [f"transformer_blocks.{i}.{fused[0]}{x}{suffix}.{part}" for x in "qkv"]])
+                continue
+            entry = [f"{at}{SD3_BLOCK[inner_name]}.{part}", "transformer", [k]]
+            # The last block's context side is an AdaLayerNormContinuous in diffusers.
+            if inner_name == "norm1_context.linear" and i == layers - 1:
+                entry.append("swapped")
+            entries.append(entry)
+        else:
+            raise ValueError(f"no original name for SD 3 transformer tensor {k}")
+    for k in vae:
+        entries.append(["first_stage_model." + vae_ldm_name(k, vae_cfg), "vae", [k]])
+    for comp, tensors in texts.items():
+        for k in tensors:
+            if not k.endswith("position_ids"):
+                entries.append([SD3_TEXT[comp] + k, comp, [k]])
+    return entries
+
+
+def sd3_checkpoint(entries: list, sources: dict) -> dict:
+    ckpt = {}
+    for ldm, comp, hf, *how in entries:
+        parts = [sources[comp][h].float() for h in hf]
+        value = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+        if how == ["swapped"]:
+            a, b = value.chunk(2, 0)
+            value = torch.cat([b, a], 0)
+        ckpt[ldm] = vae_ldm_tensor(ldm, value) if comp == "vae" else value
+    return ckpt
+
+
+def sd3_converted(ckpt: dict, vae_cfg: dict) -> dict:
+    """What diffusers' own single-file converters make of an SD 3 checkpoint."""
+    from diffusers.loaders import single_file_utils as su
+
+    return {
+        "transformer": su.convert_sd3_transformer_checkpoint_to_diffusers(dict(ckpt)),
+        "vae": su.convert_ldm_vae_checkpoint(ckpt, vae_cfg),
+        "text_encoder": su.convert_ldm_clip_checkpoint(ckpt, SD3_TEXT["text_encoder"]),
+        "text_encoder_2": su.convert_ldm_clip_checkpoint(ckpt, SD3_TEXT["text_encoder_2"]),
+        "text_encoder_3": su.convert_sd3_t5_checkpoint_to_diffusers(ckpt),
+    }
+
+
+def sd3_tiny(out: Path) -> None:
+    name = "sd3_tiny"
+    folder = FIXTURES / name
+    vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
+    texts = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    sources = {c: load_component(folder, c) for c in ("transformer", "vae", *texts)}
+    entries = sd3_entries(sources["transformer"], sources["vae"], vae_cfg, {c: sources[c] for c in texts})
+    ckpt = sd3_checkpoint(entries, sources)
+    for comp, got in sd3_converted(ckpt, vae_cfg).items():
+        want = {k: v for k, v in sources[comp].items() if not k.endswith("position_ids")}
+        got = {k: v for k, v in got.items() if not k.endswith("position_ids")}
+        assert set(got) == set(want), f"{name} {comp}: {sorted(set(got) ^ set(want))[:5]}"
+        for k, v in want.items():
+            assert torch.equal(got[k].float().reshape(v.shape), v.float()), f"{name}: {comp} tensor {k} differs"
+    about = (f"tests/fixtures/{name} as a single-file checkpoint in SD 3's original layout: "
+             "made and checked against diffusers' converters by tools/make_single_file.py")
+    lines = ",\n".join(json.dumps(e) for e in entries)
+    text = f'{{"about": {json.dumps(about)},\n"tensors": [\n{lines}\n],\n"extras": {{}}}}\n'
+    json.loads(text)
+    (out / f"{name}.json").write_text(text)
+    print(f"{name}: {len(entries)} tensors, checked against diffusers")
+
+
+def sd35m_shapes(out: Path) -> None:
+    """Every name and shape of a full-size SD 3.5 medium single file with its three text
+    encoders, from the configs in tests/fixtures/configs/."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from diffusers.loaders import single_file_utils as su
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    configs = FIXTURES / "configs"
+    read = lambda n: json.loads((configs / f"{n}.json").read_text())
+    vae_cfg = read("sd35m_vae")
+    with torch.device("meta"):
+        sources = {
+            "transformer": SD3Transformer2DModel.from_config(read("sd35m_transformer")).state_dict(),
+            "vae": AutoencoderKL.from_config(vae_cfg).state_dict(),
+            "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(configs / "sd15_text_encoder.json")).state_dict(),
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(configs / "sdxl_text_encoder_2.json")).state_dict(),
+            "text_encoder_3": T5EncoderModel(T5Config.from_pretrained(configs / "t5_xxl_text_encoder.json")).state_dict(),
+        }
+    # transformers saves T5's embedding once, as `shared`.
+    sources["text_encoder_3"].pop("encoder.embed_tokens.weight", None)
+    texts = {c: sources[c] for c in ("text_encoder", "text_encoder_2", "text_encoder_3")}
+    entries = sd3_entries(sources["transformer"], sources["vae"], vae_cfg, texts)
+    shapes = {}
+    for ldm, comp, hf, *_ in entries:
+        first = sources[comp][hf[0]].shape
+        shapes[ldm] = [sum(sources[comp][h].shape[0] for h in hf), *first[1:]]
+        if comp == "vae":
+            shapes[ldm] = list(vae_ldm_tensor(ldm, torch.empty(shapes[ldm], device="meta")).shape)
+    meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    inferred = su.infer_diffusers_model_type(meta)
+    assert inferred == "sd35_medium", f"diffusers infers {inferred}"
+    for comp, got in sd3_converted(meta, vae_cfg).items():
+        want = {k for k in sources[comp] if not k.endswith("position_ids")}
+        got_names = {k for k in got if not k.endswith("position_ids")}
+        assert want == got_names, f"sd35m {comp}: {sorted(want ^ got_names)[:5]}"
+    doc = {
+        "about": "every tensor name and shape of a full-size SD 3.5 medium single-file checkpoint with "
+                 "CLIP-L, CLIP-G and T5-XXL (values omitted); made by tools/make_single_file.py, family "
+                 "checked with diffusers' infer_diffusers_model_type (sd35_medium)",
+        "shapes": shapes,
+    }
+    (out / "sd35m_shapes.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    print(f"sd35m: {len(shapes)} tensors, diffusers infers {inferred}")
+
+
 def open_clip_layer_shapes(prefix: str, d: int, ffn: int) -> dict[str, list[int]]:
     """The tensors of one OpenCLIP transformer layer, by name."""
     return {prefix + k: s for k, s in (
@@ -413,10 +592,14 @@ def full_size(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=FIXTURES / "single_file")
+    parser.add_argument("--only", choices=["sd3"], help="only SD 3's tiny map and full-size shapes")
     args = parser.parse_args()
-    for name in ("sd1_tiny", "sd2_tiny", "sdxl_tiny"):
-        tiny(name, args.out)
-    full_size(args.out)
+    if args.only != "sd3":
+        for name in ("sd1_tiny", "sd2_tiny", "sdxl_tiny"):
+            tiny(name, args.out)
+        full_size(args.out)
+    sd3_tiny(args.out)
+    sd35m_shapes(args.out)
 
 
 if __name__ == "__main__":

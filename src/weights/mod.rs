@@ -181,6 +181,10 @@ impl Weights {
                     let transposed = transpose_matrix(&name, resident, &self.source)?;
                     place(part, name, transposed)?
                 }
+                Regroup::SwapHalves { part, name } => {
+                    let swapped = swap_halves(&name, resident, &self.source)?;
+                    place(part, name, swapped)?
+                }
                 Regroup::Split { part, names } => {
                     for (piece, new_name) in split_rows(&name, resident, names.len(), &self.source)?
                         .into_iter()
@@ -414,6 +418,10 @@ pub enum Regroup {
     /// A matrix stored the other way round (OpenCLIP's `x @ text_projection`), transposed
     /// into part `part` as `name`.
     Transpose { part: usize, name: String },
+    /// Its two halves along the first axis in the other order (SD 3's final adaLN
+    /// projections: shift then scale, where diffusers takes scale then shift), into part
+    /// `part` as `name`.
+    SwapHalves { part: usize, name: String },
     /// Not used by any part (training state, buffers a model recomputes).
     Drop,
 }
@@ -450,6 +458,33 @@ fn transpose_matrix(name: &str, resident: Resident, source: &str) -> Result<Resi
         file: resident.file,
         shape: vec![cols, rows],
         channels_last: false,
+        values,
+    })
+}
+
+/// `resident` with its two row halves in the other order.
+fn swap_halves(name: &str, resident: Resident, source: &str) -> Result<Resident> {
+    let (file, shape, channels_last) = (
+        resident.file.clone(),
+        resident.shape.clone(),
+        resident.channels_last,
+    );
+    let mut halves = split_rows(name, resident, 2, source)?;
+    let second = halves.pop().expect("two halves");
+    let first = halves.pop().expect("two halves");
+    let values = match (first.values, second.values) {
+        (Ok(a), Ok(b)) => Ok(Parts {
+            blocks: vec![Tensor::cat(
+                b.blocks.into_iter().chain(a.blocks).collect(),
+                0,
+            )],
+        }),
+        (Err(dtype), _) | (_, Err(dtype)) => Err(dtype),
+    };
+    Ok(Resident {
+        file,
+        shape,
+        channels_last,
         values,
     })
 }

@@ -179,13 +179,17 @@ pub fn model_files(model: &str) -> Vec<(String, Vec<u8>)> {
     let folders = [
         "tokenizer",
         "tokenizer_2",
+        "tokenizer_3",
         "text_encoder",
         "text_encoder_2",
+        "text_encoder_3",
         "unet",
+        "transformer",
         "vae",
         "scheduler",
     ];
-    // SDXL's second tokenizer and encoder only where the model has them.
+    // SDXL's and SD 3's further tokenizers and encoders (and SD 3's transformer in the
+    // UNet's place) only where the model has them.
     for folder in folders.into_iter().filter(|f| root.join(f).is_dir()) {
         for entry in std::fs::read_dir(root.join(folder)).unwrap() {
             let path = entry.unwrap().path();
