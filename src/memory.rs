@@ -18,6 +18,7 @@ use crate::models::mmdit::{Mmdit, MmditConfig, T5_TOKENS};
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::unet::{UNet, UNetConfig};
 use crate::models::vae::{VaeConfig, VaeDecoder, VaeEncoder, band_peak, decoder_bands};
+use crate::source::FileSource;
 use crate::weights::{Weights, human_bytes};
 
 /// One large tensor of a generation.
@@ -125,13 +126,14 @@ fn unet_peak(unet: &UNetConfig, lh: usize, lw: usize, batch: usize) -> Need {
     widest
 }
 
-/// The MMDiT's largest activation: the feed-forward's 4x-wide hidden state over the image
-/// tokens and the text tokens (CLIP's 77 and T5's places). Attention runs in query chunks.
+/// The MMDiT's largest activation it cannot split: the joint attention's input, image
+/// tokens and text tokens (CLIP's 77 and T5's places) side by side. Attention runs in query
+/// chunks, the 4x-wide feed-forward in token chunks.
 fn mmdit_peak(mmdit: &MmditConfig, lh: usize, lw: usize, batch: usize) -> Need {
     let tokens = mmdit.image_tokens(lh, lw) + 77 + T5_TOKENS;
     Need::new(
-        "transformer feed-forward",
-        vec![batch, tokens, 4 * mmdit.inner_dim()],
+        "transformer joint attention input",
+        vec![batch, tokens, mmdit.inner_dim()],
     )
 }
 
@@ -215,6 +217,87 @@ pub fn largest_side(
         activations(denoiser, vae, side, side, 2, false, max_binding_bytes)
             .iter()
             .all(|n| n.bytes <= max_binding_bytes)
+    })
+}
+
+/// What a model needs of a device, known from its configs before any weight is read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requirements {
+    /// Its weights' bytes as the device will hold them (f16 where it computes in f16).
+    pub weight_bytes: u64,
+    /// The image side it was trained for.
+    pub native_size: usize,
+    /// The largest square side (at most the native one) that fits the adapter's binding
+    /// limit.
+    pub largest_side: usize,
+}
+
+/// The [`Requirements`] of the diffusers-layout model whose configs `files` hold (T5's
+/// weights counted only `with_t5`: they may be left behind). Refuses, before any download, a
+/// model that `device`'s adapter cannot run at any size.
+pub fn requirements(
+    files: &dyn FileSource,
+    with_t5: bool,
+    device: &Device,
+) -> Result<Requirements> {
+    let text = ClipTextConfig::from_json(&files.require_text(crate::models::clip::CONFIG_FILE)?)?;
+    let (unet, mmdit) = match files.read_text(crate::models::mmdit::CONFIG_FILE)? {
+        Some(json) => (None, Some(MmditConfig::from_json(&json)?)),
+        None => (
+            Some(UNetConfig::from_json(
+                &files.require_text(crate::models::unet::CONFIG_FILE)?,
+            )?),
+            None,
+        ),
+    };
+    let denoiser = match (&unet, &mmdit) {
+        (Some(unet), _) => DenoiserConfig::UNet(unet),
+        (None, Some(mmdit)) => DenoiserConfig::Mmdit(mmdit),
+        (None, None) => unreachable!("one of the two is read above"),
+    };
+    let vae = VaeConfig::from_json(&files.require_text(crate::models::vae::CONFIG_FILE)?)?;
+    let mut f32_bytes: u64 = weight_bytes(&text, denoiser, &vae, device)?
+        .iter()
+        .map(|(_, b)| b)
+        .sum();
+    let second = crate::models::clip::CONFIG_FILE_2;
+    if let Some(json) = files.read_text(second)? {
+        f32_bytes += text_encoder_bytes(&ClipTextConfig::from_file(second, &json)?, device)?;
+    }
+    if with_t5 && let Some(json) = files.read_text(crate::models::t5::CONFIG_FILE)? {
+        f32_bytes += t5_bytes(&T5Config::from_json(&json)?, device)?;
+    }
+    let limits = crate::device::limits(device);
+    let native_size = match denoiser {
+        DenoiserConfig::UNet(u) => u.sample_size,
+        DenoiserConfig::Mmdit(m) => m.sample_size,
+    } * vae.downscale();
+    let Some(largest_side) = largest_side(denoiser, &vae, native_size, limits.max_binding_bytes)
+    else {
+        let smallest = vae.downscale() * 8;
+        let needs = activations(
+            denoiser,
+            &vae,
+            smallest,
+            smallest,
+            2,
+            false,
+            limits.max_binding_bytes,
+        );
+        check(&needs, &limits, smallest, smallest)?;
+        return Err(Error::DeviceLimit(format!(
+            "{} cannot run this model at any size",
+            limits.adapter
+        )));
+    };
+    Ok(Requirements {
+        weight_bytes: if limits.computes_f16 {
+            f32_bytes / 2
+        } else {
+            f32_bytes
+        },
+        native_size,
+        largest_side,
     })
 }
 
@@ -305,8 +388,9 @@ mod tests {
         assert_eq!(transformer, 2_243_171_520 + 226_492_416);
         let t5 = T5Config::from_json(&read("t5_xxl_text_encoder.json")).unwrap();
         assert_eq!(t5_bytes(&t5, &cpu).unwrap() / 4, 4_762_310_656);
-        // At 1024x1024 the guided feed-forward holds 4096 image and 333 text tokens, 6144
-        // wide: more than WebGPU's default binding limit.
+        // At 1024x1024 the guided joint attention takes 4096 image and 333 text tokens, 1536
+        // wide: within WebGPU's default binding limit (the feed-forward, 4x wider, runs in
+        // token chunks).
         let mmdit_need = &activations(
             DenoiserConfig::Mmdit(&mmdit),
             &vae,
@@ -316,8 +400,41 @@ mod tests {
             false,
             128 << 20,
         )[0];
-        assert_eq!(mmdit_need.shape, [2, 4096 + 333, 6144]);
-        assert!(mmdit_need.bytes > 128 << 20);
+        assert_eq!(mmdit_need.shape, [2, 4096 + 333, 1536]);
+        assert!(mmdit_need.bytes < 128 << 20);
+    }
+
+    #[test]
+    fn requirements_come_from_a_folders_configs_alone() {
+        let read = |p: &str| {
+            std::fs::read(format!(
+                "{}/tests/fixtures/configs/{p}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let mut files = crate::source::MemorySource::new();
+        for (path, config) in [
+            ("transformer/config.json", "sd35m_transformer.json"),
+            ("vae/config.json", "sd35m_vae.json"),
+            ("text_encoder/config.json", "sd15_text_encoder.json"),
+            ("text_encoder_2/config.json", "sdxl_text_encoder_2.json"),
+            ("text_encoder_3/config.json", "t5_xxl_text_encoder.json"),
+        ] {
+            files.insert(path, read(config));
+        }
+        let cpu = crate::device::cpu();
+        let without = requirements(&files, false, &cpu).unwrap();
+        let with = requirements(&files, true, &cpu).unwrap();
+        // docs/models.md's table: 12.55 GiB without T5, 30.29 GiB with it, in f32.
+        assert_eq!(human_bytes(without.weight_bytes), "12.55 GiB");
+        assert_eq!(human_bytes(with.weight_bytes), "30.29 GiB");
+        assert_eq!((with.native_size, with.largest_side), (1024, 1024));
+        // A folder without the denoiser's config is missing a file, named.
+        let mut bare = crate::source::MemorySource::new();
+        bare.insert("text_encoder/config.json", read("sd15_text_encoder.json"));
+        let e = requirements(&bare, false, &cpu).unwrap_err();
+        assert!(e.to_string().contains("unet/config.json"), "{e}");
     }
 
     fn adapter(max_binding_bytes: u64) -> Limits {

@@ -363,8 +363,29 @@ impl FeedForward {
         })
     }
 
+    /// Each token's output depends on that token alone, so where the 4x-wide hidden state of
+    /// every token at once would not fit one buffer of the adapter (SD 3.5 medium at 1024 px
+    /// with guidance: 208 MiB), the tokens run in chunks that do, as diffusers'
+    /// `_chunked_feed_forward` runs them; the result is the same.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down.forward(gelu_approximate(self.up.forward(x)))
+        let [batch, tokens, dim] = x.dims();
+        let limit = crate::device::limits(&x.device()).max_binding_bytes;
+        let token_bytes = (batch * 4 * dim * std::mem::size_of::<f32>()) as u64;
+        let rows = usize::try_from(limit / token_bytes.max(1)).unwrap_or(usize::MAX);
+        self.forward_in_chunks(x, rows.clamp(1, tokens.max(1)))
+    }
+
+    fn forward_in_chunks(&self, x: Tensor<3>, rows: usize) -> Tensor<3> {
+        let tokens = x.dims()[1];
+        let whole = |x: Tensor<3>| self.down.forward(gelu_approximate(self.up.forward(x)));
+        if rows >= tokens {
+            return whole(x);
+        }
+        let parts = (0..tokens)
+            .step_by(rows)
+            .map(|start| whole(x.clone().narrow(1, start, rows.min(tokens - start))))
+            .collect();
+        Tensor::cat(parts, 1)
     }
 }
 
@@ -459,9 +480,10 @@ impl Block {
 pub struct Mmdit {
     config: MmditConfig,
     patch_embed: Conv2d,
-    /// [1, max * max, dim]: sinusoidal position embeddings over the largest grid, of which
-    /// each image takes its centred crop.
-    pos_embed: Tensor<3>,
+    /// [max * max, dim]: sinusoidal position embeddings over the largest grid, of which each
+    /// image takes its centred crop; in blocks of whole rows where the table is larger than
+    /// one buffer of the adapter (SD 3.5 medium's is 906 MiB in f32).
+    pos_embed: Vec<Tensor<2>>,
     time_1: Linear,
     time_2: Linear,
     pooled_1: Linear,
@@ -496,7 +518,7 @@ impl Mmdit {
             .collect::<Result<_>>()?;
         Ok(Self {
             patch_embed: Conv2d::load(&w.at("pos_embed.proj"), config.in_channels, dim, p, p, 0)?,
-            pos_embed: w.tensor("pos_embed.pos_embed", [1, max * max, dim])?,
+            pos_embed: w.row_blocks("pos_embed.pos_embed", [max * max, dim])?,
             time_1: Linear::load(
                 &time.at("timestep_embedder.linear_1"),
                 TIMESTEP_FEATURES,
@@ -621,13 +643,88 @@ impl Mmdit {
 
     /// The centred `gh` x `gw` crop of the position table, [1, gh * gw, dim].
     fn position_embedding(&self, gh: usize, gw: usize) -> Tensor<3> {
-        let max = self.config.pos_embed_max_size;
-        let dim = self.config.inner_dim();
-        let (top, left) = ((max - gh) / 2, (max - gw) / 2);
-        self.pos_embed
+        let crop = centred_crop(&self.pos_embed, self.config.pos_embed_max_size, gh, gw);
+        let dim = crop.dims()[1];
+        crop.reshape([1, gh * gw, dim])
+    }
+}
+
+/// The centred `gh` x `gw` crop, [gh * gw, dim], of a `max` x `max` grid of rows held in
+/// consecutive row blocks.
+fn centred_crop(blocks: &[Tensor<2>], max: usize, gh: usize, gw: usize) -> Tensor<2> {
+    let (top, left) = ((max - gh) / 2, (max - gw) / 2);
+    if let [table] = blocks {
+        let dim = table.dims()[1];
+        return table
             .clone()
-            .reshape([1, max, max, dim])
-            .slice([0..1, top..top + gh, left..left + gw, 0..dim])
-            .reshape([1, gh * gw, dim])
+            .reshape([max, max, dim])
+            .slice([top..top + gh, left..left + gw, 0..dim])
+            .reshape([gh * gw, dim]);
+    }
+    // Each grid row's `gw` cells are consecutive table rows, which may straddle two blocks.
+    let mut pieces = Vec::new();
+    for r in top..top + gh {
+        let (mut start, mut wanted) = (r * max + left, gw);
+        let mut first = 0;
+        for block in blocks {
+            let rows = block.dims()[0];
+            if wanted > 0 && start < first + rows {
+                let take = wanted.min(first + rows - start);
+                pieces.push(block.clone().narrow(0, start - first, take));
+                start += take;
+                wanted -= take;
+            }
+            first += rows;
+        }
+    }
+    Tensor::cat(pieces, 0)
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// A table in row blocks (here of 7 rows, so that grid rows straddle blocks) gives the
+    /// crop the whole table gives.
+    #[test]
+    fn the_position_crop_from_row_blocks_equals_the_whole_tables() {
+        let device = crate::device::cpu();
+        let (max, dim) = (6, 3);
+        let table = Tensor::<2>::random([max * max, dim], Distribution::Normal(0.0, 1.0), &device);
+        let blocks: Vec<Tensor<2>> = (0..max * max)
+            .step_by(7)
+            .map(|s| table.clone().narrow(0, s, 7.min(max * max - s)))
+            .collect();
+        for (gh, gw) in [(6, 6), (4, 2), (3, 5), (1, 1)] {
+            let whole = centred_crop(std::slice::from_ref(&table), max, gh, gw);
+            let split = centred_crop(&blocks, max, gh, gw);
+            let diff = (whole - split)
+                .abs()
+                .max()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()[0];
+            assert_eq!(diff, 0.0, "{gh}x{gw}");
+        }
+    }
+
+    /// In token chunks (here of 3 of 10 tokens, the last one short) the feed-forward gives
+    /// what it gives on all tokens at once.
+    #[test]
+    fn the_feed_forward_in_token_chunks_equals_it_whole() {
+        let device = crate::device::cpu();
+        let weights = Weights::random(&device);
+        let ff = FeedForward::load(&weights.root(), 8).unwrap();
+        let x = Tensor::<3>::random([2, 10, 8], Distribution::Normal(0.0, 1.0), &device);
+        let whole = ff.forward_in_chunks(x.clone(), 10);
+        let chunked = ff.forward_in_chunks(x, 3);
+        let diff = (whole - chunked)
+            .abs()
+            .max()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()[0];
+        assert!(diff < 1e-6, "chunks differ by {diff}");
     }
 }

@@ -391,10 +391,14 @@ impl Weights {
             name: name.to_string(),
         })?;
         // A [out, in, 1, 1] convolution weight serves as the [out, in] linear one it equals
-        // (older diffusers VAEs store their attention projections so), never the reverse.
-        let squeezed = stored.shape.len() > shape.len()
-            && stored.shape[..shape.len()] == *shape
-            && stored.shape[shape.len()..].iter().all(|&d| d == 1);
+        // (older diffusers VAEs store their attention projections so), never the reverse;
+        // and a [1, rows, cols] table as its [rows, cols] (SD 3's position table).
+        let extra = stored.shape.len().saturating_sub(shape.len());
+        let squeezed = extra > 0
+            && ((stored.shape[..shape.len()] == *shape
+                && stored.shape[shape.len()..].iter().all(|&d| d == 1))
+                || (stored.shape[extra..] == *shape
+                    && stored.shape[..extra].iter().all(|&d| d == 1)));
         if stored.shape != shape && !squeezed {
             return Err(Error::TensorShape {
                 file: stored.file.to_string(),
@@ -706,9 +710,11 @@ fn channels_last_view<const D: usize>(flat: Tensor<1>, shape: [usize; D]) -> Ten
 }
 
 /// Uploads `values` whole, or in blocks of whole rows of at most `max_block` bytes where the
-/// device cannot bind it in one buffer.
+/// device cannot bind it in one buffer. Rows are along the first axis longer than 1 (SD 3's
+/// position table is [1, positions, width]).
 fn upload_in_blocks(values: Vec<f32>, shape: &[usize], max_block: u64, device: &Device) -> Parts {
     let bytes = values.len() as u64 * 4;
+    let shape = &shape[shape.iter().take_while(|&&d| d == 1).count()..];
     let row = shape.iter().skip(1).product::<usize>().max(1);
     let rows_per_block = ((max_block / 4) as usize / row).max(1);
     if bytes <= max_block || shape.len() < 2 || rows_per_block >= shape[0] {
@@ -819,5 +825,15 @@ mod tests {
         let seen = channels_last_view(flat, shape);
         let got = seen.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(got, values);
+    }
+
+    #[test]
+    fn a_table_with_a_leading_unit_axis_splits_along_its_rows() {
+        let device = crate::device::cpu();
+        let values: Vec<f32> = (0..40).map(|v| v as f32).collect();
+        // [1, 10, 4] in blocks of at most 3 rows (48 bytes): 3 + 3 + 3 + 1 rows.
+        let parts = upload_in_blocks(values, &[1, 10, 4], 48, &device);
+        let lengths: Vec<usize> = parts.blocks.iter().map(|b| b.dims()[0]).collect();
+        assert_eq!(lengths, [12, 12, 12, 4]);
     }
 }

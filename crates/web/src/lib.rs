@@ -848,6 +848,27 @@ impl ModelLoader {
         Ok(digest)
     }
 
+    /// What the model whose configs have arrived needs of this loader's device, before any
+    /// weight is fetched: `{ weightBytes, nativeSize, largestSide }`, T5's weights counted only
+    /// `withT5`. Rejects with "device_limit" a model the adapter cannot run at any size, and
+    /// with "missing_file" where a config has not arrived.
+    pub fn requirements(
+        &self,
+        #[wasm_bindgen(js_name = withT5)] with_t5: bool,
+    ) -> Result<JsValue, JsValue> {
+        let needs = lina_runtime::memory::requirements(&self.source, with_t5, &self.device)
+            .map_err(js_err)?;
+        let out = Object::new();
+        for (key, value) in [
+            ("weightBytes", needs.weight_bytes as f64),
+            ("nativeSize", needs.native_size as f64),
+            ("largestSide", needs.largest_side as f64),
+        ] {
+            Reflect::set(&out, &key.into(), &value.into())?;
+        }
+        Ok(out.into())
+    }
+
     /// A whole file at once (a small config, or bytes the page already holds).
     #[wasm_bindgen(js_name = addFile)]
     pub fn add_file(&mut self, path: String, bytes: &[u8]) -> Result<(), JsValue> {
