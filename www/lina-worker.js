@@ -32,12 +32,17 @@ const OPTIONAL = [
   "tokenizer_2/merges.txt",
   "tokenizer_2/tokenizer.json",
   // SD 3's T5 (text_encoder_3): by URL only its config, so that the runtime says it runs
-  // without it; its weights (about 9.5 GB in f16) come only with a folder's files.
+  // without it; its weights (about 9.5 GB in f16) come with a folder's files, or by URL when
+  // the load asks for them (`t5: true`, see T5_FILES).
   "text_encoder_3/config.json",
   "vae_tiny/config.json",
   "vae_tiny/diffusion_pytorch_model.safetensors",
   "lina_predictor.json",
 ];
+
+// SD 3's T5 weights and tokenizer, fetched by URL only on request: T5-XXL is the largest
+// download of the model.
+const T5_FILES = ["text_encoder_3/model.safetensors", "tokenizer_3/tokenizer.json", "tokenizer_3/tokenizer_config.json"];
 
 // Where the loader takes a single-file checkpoint (src/single_file.rs's CHECKPOINT_FILE).
 const CHECKPOINT = "checkpoint.safetensors";
@@ -234,7 +239,7 @@ function fetcher(loader, { cache, distrust, signal, progress }) {
 
 // Streams a diffusers folder at `url` into the loader (see `fetcher`); with `single`, only
 // what a single-file checkpoint lacks. Resolves to notes for the user.
-async function loadFromUrl(loader, url, { single, ...options }) {
+async function loadFromUrl(loader, url, { single, t5, ...options }) {
   const fetched = fetcher(loader, options);
   const take = (path, keep = false) => fetched.take(path, url + path, keep);
   const { signal } = options;
@@ -255,7 +260,16 @@ async function loadFromUrl(loader, url, { single, ...options }) {
     if (named && path.endsWith("/tokenizer.json")) return !(found.has(`${folder}/vocab.json`) && found.has(`${folder}/merges.txt`));
     return named;
   };
-  for (const path of [...listed, ...OPTIONAL]) {
+  const paths = [...listed, ...OPTIONAL, ...(t5 ? T5_FILES : [])];
+  const weights = (path) => path.endsWith(".safetensors");
+  // Configs and tokenizers first: what the model needs is known from them before any weight
+  // is fetched.
+  const notes = [];
+  for (const path of [...paths.filter((p) => !weights(p)), null, ...paths.filter(weights)]) {
+    if (path === null) {
+      if (!single) notes.push(...requirementNotes(loader, t5));
+      continue;
+    }
     if (!wanted(path) || (single && !besideCheckpoint(path))) continue;
     if (await take(path)) {
       found.add(path);
@@ -272,7 +286,16 @@ async function loadFromUrl(loader, url, { single, ...options }) {
     }
     if (needed.includes(path)) throw failure("missing_file", `${path}: not found at ${url}${path}`);
   }
-  return fetched.stored();
+  return [...notes, ...(await fetched.stored())];
+}
+
+// What the model of the configs in `loader` needs, said before its weights are read: a model
+// the adapter cannot run at any size is refused here ("device_limit"), and large weights get
+// a note with their size, since WebGPU tells no page how much memory a GPU has.
+function requirementNotes(loader, withT5) {
+  const { weightBytes } = loader.requirements(withT5);
+  const gib = weightBytes / 2 ** 30;
+  return gib >= 2 ? [`The model's weights take ${gib.toFixed(2)} GiB of GPU memory; WebGPU cannot tell whether this GPU has that much.`] : [];
 }
 
 // Streams a single-file checkpoint (a URL, a File or Blob, or bytes) into the loader.
@@ -329,7 +352,7 @@ function shardsOf(indexUrl, text) {
 }
 
 // Streams files the page holds ({ path: Blob | Uint8Array }) into `loader`; with `single`,
-// only what a single-file checkpoint lacks.
+// only what a single-file checkpoint lacks. Resolves to notes for the user.
 async function loadFromFiles(loader, files, { signal, progress, single }) {
   // Weights may come in shards, named by an index file next to them.
   const denoiser = "transformer/config.json" in files ? "transformer" : "unet";
@@ -337,9 +360,19 @@ async function loadFromFiles(loader, files, { signal, progress, single }) {
     (path) => !(path in files) && !(path.endsWith(".safetensors") && `${path}.index.json` in files),
   );
   if (missing.length) throw failure("missing_file", `the model's files lack ${missing.join(", ")}`);
-  // Only the components' files: a folder may hold other checkpoints, READMEs, images.
-  const wanted = Object.entries(files).filter(([path]) => COMPONENT_FILE.test(path) && (!single || besideCheckpoint(path)));
-  for (const [path, data] of wanted) {
+  // Only the components' files: a folder may hold other checkpoints, READMEs, images. Configs
+  // and tokenizers first, so that what the model needs is known before its weights are read.
+  const component = Object.entries(files).filter(([path]) => COMPONENT_FILE.test(path) && (!single || besideCheckpoint(path)));
+  const isWeights = ([path]) => path.endsWith(".safetensors");
+  const withT5 = component.some(([path]) => path.startsWith("text_encoder_3/") && path.endsWith(".safetensors"));
+  const notes = [];
+  const wanted = [...component.filter((f) => !isWeights(f)), null, ...component.filter(isWeights)];
+  for (const entry of wanted) {
+    if (entry === null) {
+      if (!single) notes.push(...requirementNotes(loader, withT5));
+      continue;
+    }
+    const [path, data] = entry;
     if (signal.aborted) throw cancelled("loading cancelled");
     if (data instanceof Blob) {
       await streamInto(loader, path, data.stream(), data.size, progress, { signal, length: data.size, unreadable: "io", from: "file" });
@@ -347,6 +380,7 @@ async function loadFromFiles(loader, files, { signal, progress, single }) {
       loader.addFile(path, data);
     }
   }
+  return notes;
 }
 
 /**
@@ -395,7 +429,7 @@ const handlers = {
   // { url } (a folder URL ending in "/") or { files } ({ path: Blob | Uint8Array }), and a
   // single-file `checkpoint` (a URL, a Blob or bytes) for which they give only the tokenizer
   // and configs.
-  async load({ id, url, files, checkpoint, precision, kernels, loras = [], embeddings = [], backend: asked = "auto" }) {
+  async load({ id, url, files, checkpoint, t5 = false, precision, kernels, loras = [], embeddings = [], backend: asked = "auto" }) {
     // The old model's buffers go with its device's next failure or with the page; drop it
     // now so that a failed load leaves no half model behind.
     pipeline?.free();
@@ -420,8 +454,8 @@ const handlers = {
         try {
           for (const [name, bytes, scale] of loraBytes) loader.addLora(name, bytes, scale);
           const single = checkpoint !== undefined;
-          if (url === undefined) await loadFromFiles(loader, files ?? {}, { signal, progress, single });
-          else notes.push(...(await loadFromUrl(loader, url, { cache, distrust, signal, progress, single })));
+          if (url === undefined) notes.push(...(await loadFromFiles(loader, files ?? {}, { signal, progress, single })));
+          else notes.push(...(await loadFromUrl(loader, url, { cache, distrust, signal, progress, single, t5 })));
           if (single) notes.push(...(await loadCheckpoint(loader, checkpoint, { cache, distrust, signal, progress })));
         } catch (error) {
           // A trapped instance must not be called again, not even to free the loader.

@@ -87,14 +87,21 @@ export interface ModelSource extends Controls {
   /** Diffusers paths ("unet/config.json") to file contents; not with `url`. */
   files?: Record<string, Blob | Uint8Array>;
   /**
-   * A single-file checkpoint (.safetensors in the original SD 1.x or 2.x layout) by URL or as
-   * a file. It holds no tokenizer: `url` or `files` then give a diffusers folder of the same
-   * family, of which only the tokenizer and the configs are read (a config there wins over
-   * the one inferred from the file; a scheduler config tells an SD 2.x epsilon model from the
-   * v-prediction one assumed). Files of other layouts are refused with "unknown_layout",
-   * SDXL and SD 3 with "unsupported_model".
+   * A single-file checkpoint (.safetensors in the original SD 1.x, 2.x, SDXL or SD 3 layout)
+   * by URL or as a file. It holds no tokenizer: `url` or `files` then give a diffusers folder
+   * of the same family, of which only the tokenizers and the configs are read (a config there
+   * wins over the one inferred from the file; a scheduler config tells an SD 2.x epsilon model
+   * from the v-prediction one assumed). Files of other layouts are refused with
+   * "unknown_layout", the SDXL refiner with "unsupported_model".
    */
   checkpoint?: string | Blob | Uint8Array;
+  /**
+   * SD 3 by `url`: also download T5-XXL (`text_encoder_3`'s weights and `tokenizer_3`), about
+   * 9.5 GB in f16. Without it (the default) SD 3 runs with zeros in T5's place, as diffusers
+   * allows, and each image carries a "text_encoder_skipped" warning. With `files`, T5 loads
+   * whenever its files are given.
+   */
+  t5?: boolean;
   backend?: Backend;
   /** The CPU backend computes in f32. */
   precision?: Precision;

@@ -66,7 +66,7 @@ const GENERATE_OPTIONS = [
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
 const CONTROLS = ["signal"];
-const SOURCE_OPTIONS = ["url", "files", "checkpoint", "backend", "precision", "kernels", "loras", "embeddings", "onProgress", "signal"];
+const SOURCE_OPTIONS = ["url", "files", "checkpoint", "t5", "backend", "precision", "kernels", "loras", "embeddings", "onProgress", "signal"];
 
 /**
  * Starts a worker and loads a model into it: from `url` (a diffusers-layout folder; the
@@ -118,14 +118,14 @@ export class LinaModel {
    */
   async load(source = {}) {
     checkSource(source);
-    const { files, backend = "auto", precision = "auto", kernels = "fused", loras = [], embeddings = [], onProgress, signal } = source;
+    const { files, t5 = false, backend = "auto", precision = "auto", kernels = "fused", loras = [], embeddings = [], onProgress, signal } = source;
     const nothingNamed = files === undefined && source.url === undefined && source.checkpoint === undefined;
     let url = nothingNamed ? DEFAULT_MODEL_URL : source.url;
     if (url !== undefined) url = new URL(url.endsWith("/") ? url : `${url}/`, location.href).href;
     const checkpoint = typeof source.checkpoint === "string" ? new URL(source.checkpoint, location.href).href : source.checkpoint;
     if (!signal?.aborted) this.#unloaded();
     /** @type {types.LoadResult} */
-    const info = await this.#request("load", { url, files, checkpoint, backend, precision, kernels, loras, embeddings }, signal, {
+    const info = await this.#request("load", { url, files, checkpoint, t5, backend, precision, kernels, loras, embeddings }, signal, {
       progress: (m) => onProgress?.({ path: m.path, received: m.received, total: m.total, from: m.from }),
     });
     this.deviceInfo = info.deviceInfo;
@@ -555,6 +555,7 @@ function checkSource(source) {
   checkKeys("the model's source", source, SOURCE_OPTIONS);
   const { url, files, checkpoint, backend, precision, kernels, onProgress, signal } = source;
   checkType("url", url, "string");
+  checkType("t5", source.t5, "boolean");
   if (checkpoint !== undefined && !(typeof checkpoint === "string" || checkpoint instanceof Blob || checkpoint instanceof Uint8Array)) {
     throw linaError("invalid_input", "checkpoint must be a URL, a File, a Blob or a Uint8Array");
   }

@@ -767,7 +767,7 @@ async function main() {
     switchModel({ files: folderFiles(event.target.files) }, "the model from the folder"),
   );
   $("load-url").addEventListener("click", () =>
-    switchModel({ url: $("model-url").value }, `the model at ${$("model-url").value}`),
+    switchModel({ url: $("model-url").value, t5: $("model-t5").checked }, `the model at ${$("model-url").value}`),
   );
   $("load-default").addEventListener("click", () => switchModel({}, "the embedded model"));
   $("load-checkpoint").addEventListener("click", loadCheckpoint);

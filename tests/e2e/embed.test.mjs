@@ -310,8 +310,9 @@ test("SDXL (two text encoders, size conditioning), as a folder and as a single f
   await page.close();
 });
 
-test("SD 3 (an MMDiT with flow matching) without T5's weights, by URL and as files, draws diffusers' image without T5", { timeout: SLOW }, async () => {
+test("SD 3 (an MMDiT with flow matching) without T5's weights, by URL and as files, draws diffusers' image without T5, and with `t5: true` by URL draws it with T5", { timeout: SLOW }, async () => {
   const page = await apiPage();
+  const before = server.requests.length;
   const out = await page.evaluate(async () => {
     const { LinaModel } = await import("./lina.js");
     const { referenceTensors, drawAgainst } = await import("/helpers/reference.js");
@@ -341,8 +342,24 @@ test("SD 3 (an MMDiT with flow matching) without T5's weights, by URL and as fil
         (error) => ({ code: error.code, message: error.message }),
       );
     const draw = (source) => drawAgainst(LinaModel, source, options, tensor("image_wide_no_t5"), refusal);
-    return { url: await draw({ url: folder }), files: await draw({ files }) };
+    const withT5 = await drawAgainst(LinaModel, { url: folder, t5: true }, options, tensor("image_wide"));
+    return { url: await draw({ url: folder }), files: await draw({ files }), withT5 };
   });
+  // Asked for, T5's weights and tokenizer come by URL too: diffusers' image with T5, no warning.
+  const { withT5 } = out;
+  delete out.withT5;
+  assert.ok(withT5.worst <= 1, `SD 3 with T5 by URL: the browser's image is ${withT5.worst}/255 from diffusers'`);
+  assert.deepEqual(withT5.warnings, []);
+  // The load with T5 (the only one that fetches T5's weights) asked for every config and
+  // tokenizer before the first weights: what the model needs is checked in between.
+  const requests = server.requests.slice(before).filter((r) => r.includes("/fixtures/sd3_tiny/"));
+  const t5Weights = requests.findIndex((r) => r.includes("/text_encoder_3/model.safetensors"));
+  const model = requests.slice(requests.slice(0, t5Weights).findLastIndex((r) => r.includes("/model_index.json")), t5Weights + 1);
+  const firstWeights = model.findIndex((r) => r.includes(".safetensors"));
+  for (const file of ["transformer/config.json", "vae/config.json", "text_encoder_3/config.json", "tokenizer_3/tokenizer.json"]) {
+    const at = model.findIndex((r) => r.includes(`/sd3_tiny/${file} `));
+    assert.ok(at >= 0 && at < firstWeights, `${file} at ${at}, first weights at ${firstWeights}: ${model.join(", ")}`);
+  }
   for (const [how, result] of Object.entries(out)) {
     assert.ok(result.worst <= 1, `SD 3 ${how}: the browser's image is ${result.worst}/255 from diffusers'`);
     assert.equal(result.nativeSize, 32);
