@@ -1,5 +1,5 @@
 #![cfg(not(target_arch = "wasm32"))]
-//! DDIM, Euler, Euler ancestral, DPM-Solver++ and LCM against diffusers' own steps: timesteps, sigmas and latents after 10 steps
+//! DDIM, Euler (and Euler Karras), Euler ancestral, DPM-Solver++ and LCM against diffusers' own steps: timesteps, sigmas and latents after 10 steps
 //! driven by a fake model (formula in tests/fixtures/schedulers.json).
 
 mod common;
@@ -48,8 +48,13 @@ fn schedulers_match_diffusers_steps() {
         let expected_t = floats(&case["timesteps"]);
         assert_eq!(scheduler.timesteps().len(), expected_t.len(), "{name}");
         for (a, b) in scheduler.timesteps().iter().zip(&expected_t) {
+            // A fractional timestep (Euler Karras) is found from its sigma by interpolating
+            // the training log-sigmas, 3e-3 apart near t = 700: a 1e-6 relative difference in
+            // those f32 sigmas (torch's cumulative product against ours) moves it by 3e-4.
+            // The sigmas are checked through every step's sample below.
+            let tolerance = if b.fract() == 0.0 { 1e-5 } else { 1e-3 };
             assert!(
-                (a - b).abs() < 1e-5,
+                (a - b).abs() < tolerance,
                 "{name}: timesteps {:?} vs {expected_t:?}",
                 scheduler.timesteps()
             );
@@ -184,8 +189,8 @@ fn settings_a_scheduler_lacks_are_refused_when_it_is_built() {
     for (kind, extra, word) in [
         (
             SchedulerKind::Euler,
-            r#", "use_karras_sigmas": true"#,
-            "use_karras_sigmas",
+            r#", "use_exponential_sigmas": true"#,
+            "use_exponential_sigmas",
         ),
         (
             dpm,
@@ -206,11 +211,18 @@ fn settings_a_scheduler_lacks_are_refused_when_it_is_built() {
         assert!(err.contains(word), "{extra}: {err}");
     }
     let karras = config(r#", "use_karras_sigmas": true"#);
-    let err = schedulers::build(dpm, &karras, &Timesteps::Explicit(vec![900.0, 100.0]), None)
+    for kind in [dpm, SchedulerKind::Euler] {
+        let err = schedulers::build(
+            kind,
+            &karras,
+            &Timesteps::Explicit(vec![900.0, 100.0]),
+            None,
+        )
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("Karras"), "{err}");
+        assert!(err.contains("Karras"), "{kind:?}: {err}");
+    }
 }
 
 /// A DPM-Solver config as diffusers writes it (Python's JSON, with `-Infinity`, and keys the

@@ -1276,6 +1276,13 @@ def make_schedulers(fix: Path):
         cases.append(
             run_sched_case(f"euler_explicit_{pred}", "euler", dict(timestep_spacing="leading", prediction_type=pred), explicit=explicit)
         )
+    # Euler on Karras sigmas ("Euler Karras"), between the spaced schedule's own ends, with
+    # fractional timesteps.
+    cases.append(run_sched_case("euler_karras_linspace_epsilon", "euler", dict(use_karras_sigmas=True)))
+    cases.append(
+        run_sched_case("euler_karras_trailing_v_prediction", "euler",
+                       dict(use_karras_sigmas=True, timestep_spacing="trailing", prediction_type="v_prediction"), steps=20)
+    )
     # DPM-Solver++ 2M (midpoint), as SD front ends call it, with and without Karras sigmas;
     # 10 and 20 steps (fewer than 15 switch to first order at the end).
     for spacing in ("leading", "trailing", "linspace"):

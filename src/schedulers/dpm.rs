@@ -7,7 +7,10 @@
 
 use burn::tensor::Tensor;
 
-use super::{Noise, Prediction, Scheduler, SchedulerConfig, Spacing, StepOutput, Timesteps};
+use super::{
+    Noise, Prediction, Scheduler, SchedulerConfig, Spacing, StepOutput, Timesteps, karras_sigmas,
+    sigma_to_t,
+};
 use crate::error::{Error, Result};
 
 pub struct DpmSolver {
@@ -183,39 +186,13 @@ fn karras(config: &SchedulerConfig, train: &[f32], count: usize) -> Result<(Vec<
             config.num_train_timesteps
         )));
     }
-    let rho = 7.0;
-    let (min, max) = (train[0] as f64, train[train.len() - 1] as f64);
-    let (min_inv, max_inv) = (min.powf(1.0 / rho), max.powf(1.0 / rho));
-    let sigmas: Vec<f64> = (0..count)
-        .map(|i| {
-            let ramp = if count > 1 {
-                i as f64 / (count - 1) as f64
-            } else {
-                0.0
-            };
-            (max_inv + ramp * (min_inv - max_inv)).powf(rho)
-        })
-        .collect();
+    let sigmas = karras_sigmas(train[train.len() - 1] as f64, train[0] as f64, count);
     let log_train: Vec<f64> = train.iter().map(|&s| s.ln() as f64).collect();
     let timesteps = sigmas
         .iter()
         .map(|&s| sigma_to_t(s, &log_train).round_ties_even())
         .collect();
     Ok((timesteps, sigmas))
-}
-
-/// The fractional timestep whose training log-sigma is `log(sigma)`.
-fn sigma_to_t(sigma: f64, log_train: &[f64]) -> f64 {
-    let ls = sigma.max(1e-10).ln();
-    let n = log_train.len();
-    let low = log_train
-        .iter()
-        .rposition(|&l| ls - l >= 0.0)
-        .unwrap_or(0)
-        .min(n - 2);
-    let (lo, hi) = (log_train[low], log_train[low + 1]);
-    let w = ((lo - ls) / (lo - hi)).clamp(0.0, 1.0);
-    (1.0 - w) * low as f64 + w * (low + 1) as f64
 }
 
 impl Scheduler for DpmSolver {

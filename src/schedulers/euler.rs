@@ -1,4 +1,6 @@
-//! Euler (diffusers' `EulerDiscreteScheduler`) in the sigma parametrisation, without churn.
+//! Euler (diffusers' `EulerDiscreteScheduler`) in the sigma parametrisation, without churn;
+//! on the spaced schedule's sigmas or ("Euler Karras") on Karras sigmas between that
+//! schedule's ends, at the fractional timesteps they fall on.
 
 use burn::tensor::Tensor;
 
@@ -17,13 +19,18 @@ pub struct Euler {
 
 impl Euler {
     pub fn new(config: &SchedulerConfig, request: &Timesteps) -> Result<Self> {
-        if config.use_karras_sigmas {
-            return Err(crate::error::Error::config(
-                super::CONFIG_FILE,
-                "use_karras_sigmas is not supported by the Euler scheduler yet (dpm++2m has it)",
+        if config.use_karras_sigmas && matches!(request, Timesteps::Explicit(_)) {
+            return Err(crate::error::Error::InvalidInput(
+                "explicit timesteps cannot be combined with Karras sigmas".into(),
             ));
         }
-        let timesteps = config.resolve(request, false)?;
+        if config.flow.use_exponential_sigmas || config.flow.use_beta_sigmas {
+            return Err(crate::error::Error::config(
+                super::CONFIG_FILE,
+                "use_exponential_sigmas and use_beta_sigmas are not supported by the Euler scheduler (use_karras_sigmas is)",
+            ));
+        }
+        let mut timesteps = config.resolve(request, false)?;
         // sigma(t) = sqrt((1 - abar) / abar), in f32 as diffusers computes it, then linearly
         // interpolated at fractional timesteps.
         let train_sigmas: Vec<f32> = config
@@ -37,8 +44,19 @@ impl Euler {
             let frac = t - lo as f64;
             (train_sigmas[lo] as f64) * (1.0 - frac) + (train_sigmas[hi] as f64) * frac
         };
+        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t)).collect();
+        if config.use_karras_sigmas {
+            let n = sigmas.len();
+            sigmas = super::karras_sigmas(sigmas[0], sigmas[n - 1], n);
+            // log in f32, as numpy takes it of diffusers' f32 sigmas.
+            let log_train: Vec<f64> = train_sigmas.iter().map(|s| s.ln() as f64).collect();
+            timesteps = sigmas
+                .iter()
+                .map(|&s| super::sigma_to_t(s, &log_train) as f32 as f64)
+                .collect();
+        }
         // diffusers keeps sigmas as f32: round each to f32 so later arithmetic matches.
-        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t) as f32 as f64).collect();
+        let mut sigmas: Vec<f64> = sigmas.into_iter().map(|s| s as f32 as f64).collect();
         let max_sigma = sigmas.iter().copied().fold(0.0, f64::max);
         sigmas.push(0.0);
         // As in diffusers, this depends on the configured spacing even for explicit lists.

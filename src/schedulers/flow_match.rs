@@ -110,13 +110,7 @@ impl FlowMatchEuler {
                 };
                 match respacing {
                     Respacing::None => {}
-                    Respacing::Karras => {
-                        let rho = 7.0;
-                        let (lo, hi) = (last.powf(1.0 / rho), first.powf(1.0 / rho));
-                        for (i, s) in sigmas.iter_mut().enumerate() {
-                            *s = (hi + ramp(i) * (lo - hi)).powf(rho);
-                        }
-                    }
+                    Respacing::Karras => sigmas = super::karras_sigmas(first, last, n),
                     Respacing::Exponential => {
                         let (lo, hi) = (last.ln(), first.ln());
                         for (i, s) in sigmas.iter_mut().enumerate() {

@@ -501,6 +501,39 @@ pub(crate) fn vp_noise(
     original.mul_scalar(a.sqrt()) + noise.mul_scalar((1.0 - a).sqrt())
 }
 
+/// Karras et al.'s `count` noise levels (rho = 7) from `first` down to `last`, evenly spaced
+/// in `sigma^(1/7)`: the "Karras" schedules of Euler, DPM-Solver and flow matching.
+pub(super) fn karras_sigmas(first: f64, last: f64, count: usize) -> Vec<f64> {
+    let rho = 7.0;
+    let (hi, lo) = (first.powf(1.0 / rho), last.powf(1.0 / rho));
+    (0..count)
+        .map(|i| {
+            let ramp = match count {
+                1 => 0.0,
+                _ => i as f64 / (count - 1) as f64,
+            };
+            (hi + ramp * (lo - hi)).powf(rho)
+        })
+        .collect()
+}
+
+/// The fractional training timestep whose log-sigma is `log(sigma)`, interpolated in the
+/// training schedule's log-sigmas `log_train` (f32 values, ascending with the timestep), as
+/// diffusers' `_sigma_to_t`, whose interval width is an f32 difference.
+pub(super) fn sigma_to_t(sigma: f64, log_train: &[f64]) -> f64 {
+    let ls = sigma.max(1e-10).ln();
+    let n = log_train.len();
+    let low = log_train
+        .iter()
+        .rposition(|&l| ls - l >= 0.0)
+        .unwrap_or(0)
+        .min(n - 2);
+    let (lo, hi) = (log_train[low], log_train[low + 1]);
+    let width = (lo as f32 - hi as f32) as f64;
+    let w = ((lo - ls) / width).clamp(0.0, 1.0);
+    (1.0 - w) * low as f64 + w * (low + 1) as f64
+}
+
 /// numpy/torch-style linspace evaluated in f64 and rounded to f32.
 fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     if n == 1 {
