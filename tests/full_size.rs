@@ -220,28 +220,51 @@ fn every_layout_matches_diffusers_at_full_size() {
     );
 }
 
-/// SD 3.5 medium (a diffusers folder, no T5): the pipeline's prompt
-/// encoding, one transformer call at 32x32 latents and one VAE decode, against diffusers'.
+/// SD 3.5 medium (no T5): from its diffusers folder, the pipeline's prompt encoding, one
+/// transformer call at 32x32 latents and one VAE decode, against diffusers'; from its single
+/// file, where made, bit for bit the folder's.
 fn check_sd35m(dir: &Path, device: &burn::tensor::Device) {
     let reference = Reference::at(&dir.join("reference.safetensors"));
+    let folder = dir.join("diffusers");
+    // One model at a time: two SD 3.5 mediums in f32 are more than this machine's memory.
+    let from_folder = sd35m_outputs(&DirSource::new(&folder), &reference, device);
+    let err = relative_diff(&from_folder.text[0], &reference.f32("prompt_embeds").1);
+    println!("sd35m: text context within {err:.2e} of diffusers (relative)");
+    assert!(err <= 1e-4, "sd35m: text context off by {err}");
+    let err = relative_diff(&from_folder.text[1], &reference.f32("pooled_embeds").1);
+    println!("sd35m: text pooled within {err:.2e} of diffusers (relative)");
+    assert!(err <= 1e-4, "sd35m: text pooled off by {err}");
+    let err = relative_diff(&from_folder.unet, &reference.f32("transformer_out").1);
+    println!("sd35m: transformer within {err:.2e} of diffusers' max |output|");
+    assert!(err <= 1e-3, "sd35m: transformer off by {err}");
+    let err = max_abs_diff(&from_folder.vae, &reference.f32("vae_decoded").1);
+    println!(
+        "sd35m: VAE within {:.3}/255 of diffusers' image",
+        err * 127.5
+    );
+    assert!(err * 127.5 <= 2.0, "sd35m: VAE off by {}/255", err * 127.5);
+    // The same weights as StabilityAI's single file names them (with CLIP-L and CLIP-G).
+    let file = dir.join("single.safetensors");
+    if file.exists() {
+        let single = DirSource::open(&file, Some(&folder)).unwrap();
+        let from_file = sd35m_outputs(&single, &reference, device);
+        same("sd35m", "single file", &from_folder, &from_file);
+    }
+}
+
+/// SD 3.5 medium's outputs on the reference's inputs: the pipeline's prompt encoding
+/// (context, pooled), one transformer call at 32x32 latents, one VAE decode.
+fn sd35m_outputs(source: &DirSource, reference: &Reference, device: &burn::tensor::Device) -> Outputs {
     let started = Instant::now();
-    let pipe = StableDiffusion::load(&DirSource::new(dir.join("diffusers")), device).unwrap();
+    let pipe = StableDiffusion::load(source, device).unwrap();
     println!("sd35m: loaded in {:.1?}", started.elapsed());
     let prompt = pipe
         .encode_prompt("a red ball on a small mirror", 0)
         .unwrap();
-    for (name, ours, theirs) in [
-        ("context", values(prompt.context.clone()), "prompt_embeds"),
-        (
-            "pooled",
-            values(prompt.pooled.clone().unwrap()),
-            "pooled_embeds",
-        ),
-    ] {
-        let err = relative_diff(&ours, &reference.f32(theirs).1);
-        println!("sd35m: text {name} within {err:.2e} of diffusers (relative)");
-        assert!(err <= 1e-4, "sd35m: text {name} off by {err}");
-    }
+    let text = vec![
+        values(prompt.context.clone()),
+        values(prompt.pooled.clone().unwrap()),
+    ];
     let mmdit = pipe.denoiser().mmdit().expect("SD 3.5 has a transformer");
     let started = Instant::now();
     let out = mmdit.forward(
@@ -250,18 +273,8 @@ fn check_sd35m(dir: &Path, device: &burn::tensor::Device) {
         &reference.tensor("prompt_embeds", device),
         &reference.tensor("pooled_embeds", device),
     );
-    let out = values(out);
+    let unet = values(out);
     println!("sd35m: one transformer call in {:.1?}", started.elapsed());
-    let err = relative_diff(&out, &reference.f32("transformer_out").1);
-    println!("sd35m: transformer within {err:.2e} of diffusers' max |output|");
-    assert!(err <= 1e-3, "sd35m: transformer off by {err}");
-    let err = max_abs_diff(
-        &values(pipe.vae().decode(reference.tensor("vae_latents", device))),
-        &reference.f32("vae_decoded").1,
-    );
-    println!(
-        "sd35m: VAE within {:.3}/255 of diffusers' image",
-        err * 127.5
-    );
-    assert!(err * 127.5 <= 2.0, "sd35m: VAE off by {}/255", err * 127.5);
+    let vae = values(pipe.vae().decode(reference.tensor("vae_latents", device)));
+    Outputs { text, unet, vae }
 }

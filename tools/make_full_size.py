@@ -20,7 +20,9 @@ For each family, under OUT/<family>/:
   encoders on the test tokenizer's ids for a prompt, one UNet call at 32x32 latents, one VAE
   decode of 32x32 latents.
 
-SD 3.5 medium (`sd35m`) is a diffusers folder only, without T5; its reference holds the pipeline's prompt embeddings
+SD 3.5 medium (`sd35m`) is a diffusers folder without T5 and the same weights as a single file in
+StabilityAI's layout (`single.safetensors`, `tools/make_single_file.py`'s SD 3 names, whose
+full-size names and shapes diffusers' converters check there); its reference holds the pipeline's prompt embeddings
 (`StableDiffusion3Pipeline.encode_prompt`), one transformer call at 32x32 latents on them and
 one decode of 32x32 latents.
 
@@ -41,7 +43,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_single_file import FIXTURES, ldm_checkpoint, sdxl_configs  # noqa: E402
+from make_single_file import (  # noqa: E402
+    FIXTURES, ldm_checkpoint, load_component, sd3_checkpoint, sd3_entries, sdxl_configs,
+)
 
 PROMPT = "a red ball on a small mirror"
 LATENT = 32
@@ -236,6 +240,13 @@ def make_sd35m(out: Path) -> None:
         shutil.rmtree(folder / sub)
         shutil.copytree(FIXTURES / "tokenizer", folder / sub)
     save_file({k: v.float().contiguous() for k, v in refs.items()}, str(root / "reference.safetensors"))
+    del pipe, transformer, vae, encoders
+    log("   single file")
+    texts = ("text_encoder", "text_encoder_2")
+    sources = {c: load_component(folder, c) for c in ("transformer", "vae", *texts)}
+    vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
+    entries = sd3_entries(sources["transformer"], sources["vae"], vae_cfg, {c: sources[c] for c in texts})
+    save_streaming(sd3_checkpoint(entries, sources), root / "single.safetensors")
     log(f"   done: {sum(f.stat().st_size for f in root.rglob('*') if f.is_file()) / 2**30:.1f} GiB")
 
 
