@@ -254,7 +254,11 @@ fn check_sd35m(dir: &Path, device: &burn::tensor::Device) {
 
 /// SD 3.5 medium's outputs on the reference's inputs: the pipeline's prompt encoding
 /// (context, pooled), one transformer call at 32x32 latents, one VAE decode.
-fn sd35m_outputs(source: &DirSource, reference: &Reference, device: &burn::tensor::Device) -> Outputs {
+fn sd35m_outputs(
+    source: &DirSource,
+    reference: &Reference,
+    device: &burn::tensor::Device,
+) -> Outputs {
     let started = Instant::now();
     let pipe = StableDiffusion::load(source, device).unwrap();
     println!("sd35m: loaded in {:.1?}", started.elapsed());
