@@ -643,13 +643,26 @@ impl StableDiffusion {
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
         ];
-        let denoiser = if flow_model {
-            if let Some(lora) = loras.iter().find(|l| l.lora.adapts(LoraTarget::Unet)) {
+        // A LoRA for a part the model does not have adapts nothing: refused, naming it.
+        let parts = [
+            (LoraTarget::Unet, !flow_model, "UNet"),
+            (LoraTarget::Transformer, flow_model, "SD 3 transformer"),
+        ];
+        for (target, has, what) in parts {
+            if let (false, Some(lora)) = (has, loras.iter().find(|l| l.lora.adapts(target))) {
                 return Err(Error::InvalidInput(format!(
-                    "LoRA {}: LoRAs for SD 3 transformers are not supported yet",
-                    lora.lora.source()
+                    "LoRA {}: adapts {}, and this model has no {what} ({})",
+                    lora.lora.source(),
+                    target.name(),
+                    if flow_model {
+                        "it has an SD 3 transformer"
+                    } else {
+                        "it has a UNet"
+                    }
                 )));
             }
+        }
+        let denoiser = if flow_model {
             let (weights, config) = component_source(
                 files,
                 denoiser_part,
@@ -657,9 +670,11 @@ impl StableDiffusion {
                 device,
             )?;
             let config = MmditConfig::from_json(&config)?;
-            Denoiser::Mmdit(Box::new(build_component(weights, (kernels, None), |w| {
-                Mmdit::load(config, w)
-            })?))
+            Denoiser::Mmdit(Box::new(build_component(
+                weights,
+                (kernels, Some((loras, LoraTarget::Transformer))),
+                |w| Mmdit::load(config, w),
+            )?))
         } else {
             let (weights, config) = component_source(
                 files,

@@ -1,6 +1,6 @@
 #![cfg(not(target_arch = "wasm32"))]
 //! LoRA adapters merged at load (`weights::lora`): in kohya's and in diffusers/PEFT's names,
-//! on linear and convolution layers of the UNet and on the text encoder, the image equals the
+//! on linear and convolution layers of the UNet, SD 3's transformer and the text encoder, the image equals the
 //! one from weights merged by hand (on the CPU backend, and on wgpu with LINA_TEST_GPU=1) (`W + scale * alpha / r * up * down`, computed here on the
 //! host); both namings give the same image; scale 0 gives the plain model's image. And every
 //! kind of bad LoRA is refused with a reason naming it.
@@ -381,6 +381,66 @@ fn a_kohya_lora_at_a_scale_gives_diffusers_fuse_lora_output() {
             worst <= 1.0,
             "{name}: {worst}/255 from diffusers' fused image"
         );
+    }
+}
+
+#[test]
+fn an_sd3_transformer_lora_gives_diffusers_fuse_lora_output_and_loras_for_absent_parts_are_refused()
+{
+    // tests/fixtures/lora: a diffusers-named LoRA on the tiny SD 3 transformer's joint and
+    // second attention and a feed-forward, and its transformer call after diffusers'
+    // load_lora_weights + fuse_lora(lora_scale) (tools/make_fixtures.py --only lora).
+    let reference = common::Reference::file("lora/sd3_tiny_reference.safetensors");
+    let inputs = common::Reference::open("sd3_tiny");
+    let lora = scaled(
+        &common::read_fixture("lora/sd3_tiny_peft.safetensors"),
+        reference.f32("scale").1[0],
+    );
+    let files: BTreeMap<String, Vec<u8>> = model_files("sd3_tiny").into_iter().collect();
+    for (name, device) in common::test_devices() {
+        let pipe = StableDiffusion::load_adapted(
+            &model(&files),
+            &device,
+            Kernels::default(),
+            std::slice::from_ref(&lora),
+        )
+        .unwrap();
+        let out = pipe
+            .denoiser()
+            .mmdit()
+            .expect("an SD 3 transformer")
+            .forward(
+                inputs.tensor("transformer_sample", &device),
+                501.0,
+                &inputs.tensor("prompt_embeds", &device),
+                &inputs.tensor("pooled_embeds", &device),
+            );
+        let err = common::relative_diff(&common::values(out), &reference.f32("transformer_out").1);
+        assert!(
+            err < 1e-4,
+            "{name}: transformer off diffusers' fused one by {err} (relative)"
+        );
+    }
+
+    // A UNet's LoRA on SD 3, and SD 3's on a UNet model, adapt nothing there: refused.
+    let cpu = lina_runtime::device::cpu();
+    let unet_lora = scaled(
+        &common::read_fixture("lora/sd1_tiny_kohya.safetensors"),
+        1.0,
+    );
+    let sd1: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
+    for (files, lora, word) in [(&files, &unet_lora, "unet"), (&sd1, &lora, "transformer")] {
+        let e = match StableDiffusion::load_adapted(
+            &model(files),
+            &cpu,
+            Kernels::default(),
+            std::slice::from_ref(lora),
+        ) {
+            Ok(_) => panic!("a LoRA adapting {word} loaded on a model without one"),
+            Err(e) => e,
+        };
+        assert_eq!(e.code(), "invalid_input", "{e}");
+        assert!(e.to_string().contains(&format!("adapts {word}")), "{e}");
     }
 }
 

@@ -1141,6 +1141,50 @@ def make_lora(fix: Path):
     log(f"lora: fused at {scale}; the UNet output moved by up to {changed:.3f}")
 
 
+def make_sd3_lora(fix: Path):
+    """A LoRA for the tiny SD 3 transformer in diffusers' names (`lora/sd3_tiny_peft.safetensors`:
+    `transformer.<module>.lora_A.weight` / `.lora_B.weight`, as `save_lora_weights` writes
+    them), on the joint attention's image query, context key and output, 3.5 medium's second
+    attention's value and a feed-forward; and what diffusers makes of it: `load_lora_weights`,
+    `fuse_lora(lora_scale=0.7)`, one transformer call. Needs `peft`."""
+    from diffusers import StableDiffusion3Pipeline
+    from safetensors.torch import load_file, save_file
+
+    out = fix / "lora"
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(fix / "sd3_tiny"), torch_dtype=torch.float32)
+    tr = pipe.transformer
+    g = torch.Generator().manual_seed(78)
+    rank = 4
+    modules = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.add_k_proj",
+               "transformer_blocks.1.attn.to_out.0", "transformer_blocks.0.attn2.to_v",
+               "transformer_blocks.2.ff.net.0.proj"]
+    tensors = {}
+    for name in modules:
+        module = tr.get_submodule(name)
+        tensors[f"transformer.{name}.lora_A.weight"] = (torch.randn((rank, module.in_features), generator=g) * 0.3).contiguous()
+        tensors[f"transformer.{name}.lora_B.weight"] = (torch.randn((module.out_features, rank), generator=g) * 0.3).contiguous()
+    path = out / "sd3_tiny_peft.safetensors"
+    save_file(tensors, str(path))
+
+    refs = json.loads((fix / "sd3_tiny" / "reference.json").read_text())
+    ref = load_file(str(fix / "sd3_tiny" / "reference.safetensors"))
+    args = (ref["transformer_sample"], ref["prompt_embeds"], ref["pooled_embeds"], torch.tensor([refs["transformer_timestep"]]))
+    with torch.no_grad():
+        plain = tr(hidden_states=args[0], encoder_hidden_states=args[1], pooled_projections=args[2], timestep=args[3]).sample
+    scale = 0.7
+    pipe.load_lora_weights(str(path))
+    pipe.fuse_lora(lora_scale=scale)
+    pipe.unload_lora_weights()  # the fused weights stay
+    with torch.no_grad():
+        fused = pipe.transformer(hidden_states=args[0], encoder_hidden_states=args[1], pooled_projections=args[2], timestep=args[3]).sample
+    changed = float((fused - plain).abs().max())
+    assert changed > 1e-3, changed  # the LoRA must change what it adapts
+    save_file({"scale": torch.tensor([scale]), "transformer_out": fused.float().contiguous()},
+              str(out / "sd3_tiny_reference.safetensors"))
+    log(f"sd3 lora: fused at {scale}; the transformer output moved by up to {changed:.3f}")
+
+
 def make_inpaint(fix: Path):
     """A tiny 9-channel inpainting UNet (latents, mask, masked-image latents) with the tiny
     SD 1.x text encoder and VAE, through StableDiffusionInpaintPipeline. diffusers samples the
@@ -1509,6 +1553,7 @@ def main():
         return
     if args.only == "lora":
         make_lora(fix)
+        make_sd3_lora(fix)
         return
     if args.only == "sd3":
         make_sd3(fix)

@@ -107,9 +107,10 @@ export interface ModelSource extends Controls {
   precision?: Precision;
   kernels?: Kernels;
   /**
-   * LoRA adapters (.safetensors, kohya or diffusers/PEFT names) merged into the UNet and the
-   * text encoder as the model loads, each at its scale (default 1). A LoRA for another model
-   * rejects the load with code "invalid_input", naming its module.
+   * LoRA adapters (.safetensors, kohya or diffusers/PEFT names) merged into the UNet (SD 3's
+   * transformer: diffusers names) and the text encoders as the model loads, each at its scale
+   * (default 1). A LoRA for another model, or for a part this model lacks, rejects the load
+   * with code "invalid_input", naming its module or the part.
    */
   loras?: { url?: string; file?: Blob | Uint8Array; scale?: number }[];
   /**

@@ -10,7 +10,8 @@
 //!   diffusers module path's dots written as underscores (SDXL's UNet modules: the original
 //!   UNet's path, `input_blocks_4_1_...`, see `crate::ldm`), and `.lora_down.weight`,
 //!   `.lora_up.weight`, `.alpha`;
-//! - diffusers / PEFT: `unet.<module>`, `text_encoder.<module>` and `text_encoder_2.<module>`
+//! - diffusers / PEFT: `unet.<module>`, `transformer.<module>` (SD 3's MMDiT),
+//!   `text_encoder.<module>` and `text_encoder_2.<module>`
 //!   with `.lora_A.weight` and `.lora_B.weight` (PEFT), or `.lora.down.weight` and
 //!   `.lora.up.weight` (older diffusers); `alpha` is the rank unless the file gives
 //!   `<module>.alpha`.
@@ -32,6 +33,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LoraTarget {
     Unet,
+    /// SD 3's transformer.
+    Transformer,
     TextEncoder,
     /// SDXL's second text encoder.
     TextEncoder2,
@@ -41,6 +44,7 @@ impl LoraTarget {
     pub fn name(self) -> &'static str {
         match self {
             LoraTarget::Unet => "unet",
+            LoraTarget::Transformer => "transformer",
             LoraTarget::TextEncoder => "text_encoder",
             LoraTarget::TextEncoder2 => "text_encoder_2",
         }
@@ -122,7 +126,7 @@ impl Lora {
                 return Err(bad(
                     source,
                     format!(
-                        "`{key}` is not a LoRA tensor name this runtime reads (kohya `lora_unet_*`/`lora_te_*`/`lora_te1_*`/`lora_te2_*` with .lora_down/.lora_up/.alpha, or diffusers/PEFT `unet.*`/`text_encoder.*`/`text_encoder_2.*` with .lora_A/.lora_B)"
+                        "`{key}` is not a LoRA tensor name this runtime reads (kohya `lora_unet_*`/`lora_te_*`/`lora_te1_*`/`lora_te2_*` with .lora_down/.lora_up/.alpha, or diffusers/PEFT `unet.*`/`transformer.*`/`text_encoder.*`/`text_encoder_2.*` with .lora_A/.lora_B)"
                     ),
                 ));
             };
@@ -232,6 +236,7 @@ const NAMING: &[(&str, LoraTarget, bool, Parts)] = {
         ("lora_te1_", LoraTarget::TextEncoder, true, KOHYA),
         ("lora_te2_", LoraTarget::TextEncoder2, true, KOHYA),
         ("unet.", LoraTarget::Unet, false, PEFT),
+        ("transformer.", LoraTarget::Transformer, false, PEFT),
         ("text_encoder.", LoraTarget::TextEncoder, false, PEFT),
         ("text_encoder_2.", LoraTarget::TextEncoder2, false, PEFT),
     ]
@@ -311,7 +316,7 @@ pub(super) fn deltas_for(
             continue;
         };
         dotted.insert(module.to_string(), name.to_string());
-        if target != LoraTarget::Unet {
+        if matches!(target, LoraTarget::TextEncoder | LoraTarget::TextEncoder2) {
             match module.strip_prefix("text_model.") {
                 Some(bare) => dotted.insert(bare.to_string(), name.to_string()),
                 None => dotted.insert(format!("text_model.{module}"), name.to_string()),

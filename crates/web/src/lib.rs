@@ -759,8 +759,9 @@ impl ModelLoader {
         })
     }
 
-    /// A LoRA (`.safetensors`, kohya or diffusers/PEFT names) to merge into the UNet and the
-    /// text encoder at `scale` when `Pipeline.fromLoader` builds the model. A malformed file
+    /// A LoRA (`.safetensors`, kohya or diffusers/PEFT names) to merge into the UNet (or SD 3's
+    /// transformer) and the text encoders at `scale` when `Pipeline.fromLoader` builds the
+    /// model. A malformed file
     /// fails here; a LoRA for another model fails in `fromLoader`, naming its module.
     #[wasm_bindgen(js_name = addLora)]
     pub fn add_lora(&mut self, name: String, bytes: &[u8], scale: f64) -> Result<(), JsValue> {
