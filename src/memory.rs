@@ -241,19 +241,17 @@ pub fn requirements(
     device: &Device,
 ) -> Result<Requirements> {
     let text = ClipTextConfig::from_json(&files.require_text(crate::models::clip::CONFIG_FILE)?)?;
-    let (unet, mmdit) = match files.read_text(crate::models::mmdit::CONFIG_FILE)? {
-        Some(json) => (None, Some(MmditConfig::from_json(&json)?)),
-        None => (
-            Some(UNetConfig::from_json(
-                &files.require_text(crate::models::unet::CONFIG_FILE)?,
-            )?),
-            None,
-        ),
-    };
-    let denoiser = match (&unet, &mmdit) {
-        (Some(unet), _) => DenoiserConfig::UNet(unet),
-        (None, Some(mmdit)) => DenoiserConfig::Mmdit(mmdit),
-        (None, None) => unreachable!("one of the two is read above"),
+    // SD 3's folders hold a transformer where the others hold a UNet.
+    let (unet, mmdit);
+    let denoiser = match files.read_text(crate::models::mmdit::CONFIG_FILE)? {
+        Some(json) => {
+            mmdit = MmditConfig::from_json(&json)?;
+            DenoiserConfig::Mmdit(&mmdit)
+        }
+        None => {
+            unet = UNetConfig::from_json(&files.require_text(crate::models::unet::CONFIG_FILE)?)?;
+            DenoiserConfig::UNet(&unet)
+        }
     };
     let vae = VaeConfig::from_json(&files.require_text(crate::models::vae::CONFIG_FILE)?)?;
     let mut f32_bytes: u64 = weight_bytes(&text, denoiser, &vae, device)?
@@ -268,10 +266,7 @@ pub fn requirements(
         f32_bytes += t5_bytes(&T5Config::from_json(&json)?, device)?;
     }
     let limits = crate::device::limits(device);
-    let native_size = match denoiser {
-        DenoiserConfig::UNet(u) => u.sample_size,
-        DenoiserConfig::Mmdit(m) => m.sample_size,
-    } * vae.downscale();
+    let native_size = denoiser.sample_size() * vae.downscale();
     let Some(largest_side) = largest_side(denoiser, &vae, native_size, limits.max_binding_bytes)
     else {
         let smallest = vae.downscale() * 8;
@@ -305,14 +300,16 @@ pub fn requirements(
 mod tests {
     use super::*;
 
+    /// A published config from tests/fixtures/configs.
+    fn read(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/configs/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
     fn sd15() -> (UNetConfig, VaeConfig) {
-        let read = |p: &str| {
-            std::fs::read_to_string(format!(
-                "{}/tests/fixtures/configs/{p}",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap()
-        };
         (
             UNetConfig::from_json(&read("sd15_unet.json")).unwrap(),
             VaeConfig::from_json(&read("sd15_vae.json")).unwrap(),
@@ -346,13 +343,6 @@ mod tests {
     #[test]
     fn sd15_weights_are_counted_from_the_configs() {
         let (unet, vae) = sd15();
-        let read = |p: &str| {
-            std::fs::read_to_string(format!(
-                "{}/tests/fixtures/configs/{p}",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap()
-        };
         let text = ClipTextConfig::from_json(&read("sd15_text_encoder.json")).unwrap();
         let bytes = weight_bytes(
             &text,
@@ -370,13 +360,6 @@ mod tests {
 
     #[test]
     fn sd35_medium_and_t5_xxl_are_counted_from_the_configs() {
-        let read = |p: &str| {
-            std::fs::read_to_string(format!(
-                "{}/tests/fixtures/configs/{p}",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap()
-        };
         let mmdit = MmditConfig::from_json(&read("sd35m_transformer.json")).unwrap();
         let vae = VaeConfig::from_json(&read("sd35m_vae.json")).unwrap();
         let text = ClipTextConfig::from_json(&read("sd15_text_encoder.json")).unwrap();
@@ -406,13 +389,6 @@ mod tests {
 
     #[test]
     fn requirements_come_from_a_folders_configs_alone() {
-        let read = |p: &str| {
-            std::fs::read(format!(
-                "{}/tests/fixtures/configs/{p}",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap()
-        };
         let mut files = crate::source::MemorySource::new();
         for (path, config) in [
             ("transformer/config.json", "sd35m_transformer.json"),
@@ -421,7 +397,7 @@ mod tests {
             ("text_encoder_2/config.json", "sdxl_text_encoder_2.json"),
             ("text_encoder_3/config.json", "t5_xxl_text_encoder.json"),
         ] {
-            files.insert(path, read(config));
+            files.insert(path, read(config).into_bytes());
         }
         let cpu = crate::device::cpu();
         let without = requirements(&files, false, &cpu).unwrap();
@@ -432,7 +408,10 @@ mod tests {
         assert_eq!((with.native_size, with.largest_side), (1024, 1024));
         // A folder without the denoiser's config is missing a file, named.
         let mut bare = crate::source::MemorySource::new();
-        bare.insert("text_encoder/config.json", read("sd15_text_encoder.json"));
+        bare.insert(
+            "text_encoder/config.json",
+            read("sd15_text_encoder.json").into_bytes(),
+        );
         let e = requirements(&bare, false, &cpu).unwrap_err();
         assert!(e.to_string().contains("unet/config.json"), "{e}");
     }

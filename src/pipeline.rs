@@ -643,51 +643,45 @@ impl StableDiffusion {
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
         ];
-        // A LoRA for a part the model does not have adapts nothing: refused, naming it.
-        let parts = [
-            (LoraTarget::Unet, !flow_model, "UNet"),
-            (LoraTarget::Transformer, flow_model, "SD 3 transformer"),
-        ];
-        for (target, has, what) in parts {
-            if let (false, Some(lora)) = (has, loras.iter().find(|l| l.lora.adapts(target))) {
-                return Err(Error::InvalidInput(format!(
-                    "LoRA {}: adapts {}, and this model has no {what} ({})",
-                    lora.lora.source(),
-                    target.name(),
-                    if flow_model {
-                        "it has an SD 3 transformer"
-                    } else {
-                        "it has a UNet"
-                    }
-                )));
-            }
+        // SD 3's transformer or a UNet: its folder, its config, the LoRA target it is, and
+        // the other one's, which adapts nothing here (refused, naming it).
+        let (folder, config_file, target, absent) = match flow_model {
+            true => (
+                "transformer",
+                mmdit::CONFIG_FILE,
+                LoraTarget::Transformer,
+                LoraTarget::Unet,
+            ),
+            false => (
+                "unet",
+                unet::CONFIG_FILE,
+                LoraTarget::Unet,
+                LoraTarget::Transformer,
+            ),
+        };
+        if let Some(lora) = loras.iter().find(|l| l.lora.adapts(absent)) {
+            return Err(Error::InvalidInput(format!(
+                "LoRA {}: adapts {}, which this model does not have (it has a {folder})",
+                lora.lora.source(),
+                absent.name(),
+            )));
         }
-        let denoiser = if flow_model {
-            let (weights, config) = component_source(
-                files,
-                denoiser_part,
-                ("transformer", &names, mmdit::CONFIG_FILE),
-                device,
-            )?;
-            let config = MmditConfig::from_json(&config)?;
-            Denoiser::Mmdit(Box::new(build_component(
-                weights,
-                (kernels, Some((loras, LoraTarget::Transformer))),
-                |w| Mmdit::load(config, w),
-            )?))
-        } else {
-            let (weights, config) = component_source(
-                files,
-                denoiser_part,
-                ("unet", &names, unet::CONFIG_FILE),
-                device,
-            )?;
-            let unet_config = UNetConfig::from_json(&config)?;
-            Denoiser::UNet(Box::new(build_component(
-                weights,
-                (kernels, Some((loras, LoraTarget::Unet))),
-                |w| UNet::load(unet_config, w),
-            )?))
+        let (weights, config) =
+            component_source(files, denoiser_part, (folder, &names, config_file), device)?;
+        let adapted = (kernels, Some((loras, target)));
+        let denoiser = match flow_model {
+            true => {
+                let config = MmditConfig::from_json(&config)?;
+                Denoiser::Mmdit(Box::new(build_component(weights, adapted, |w| {
+                    Mmdit::load(config, w)
+                })?))
+            }
+            false => {
+                let config = UNetConfig::from_json(&config)?;
+                Denoiser::UNet(Box::new(build_component(weights, adapted, |w| {
+                    UNet::load(config, w)
+                })?))
+            }
         };
         let (weights, config) =
             component_source(files, vae_part, ("vae", &names, vae::CONFIG_FILE), device)?;

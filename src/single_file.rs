@@ -415,10 +415,7 @@ fn mmdit_route(rest: &str, blocks: usize) -> Option<Regroup> {
             name: format!("norm_out.linear.{t}"),
         });
     }
-    if let Some(name) = TOP
-        .iter()
-        .find_map(|(ours, theirs)| rest.strip_prefix(ours).map(|t| format!("{theirs}{t}")))
-    {
+    if let Some(name) = renamed(rest, TOP) {
         return Some(at(name));
     }
     let (i, t) = index(rest.strip_prefix("joint_blocks.")?)?;
@@ -472,10 +469,14 @@ fn mmdit_route(rest: &str, blocks: usize) -> Option<Regroup> {
         ("context_block.mlp.fc1.", "ff_context.net.0.proj."),
         ("context_block.mlp.fc2.", "ff_context.net.2."),
     ];
-    let inner = NAMES
+    Some(at(format!("{block}.{}", renamed(t, NAMES)?)))
+}
+
+/// `name` with the first prefix of `table` it starts with replaced by that prefix's new name.
+fn renamed(name: &str, table: &[(&str, &str)]) -> Option<String> {
+    table
         .iter()
-        .find_map(|(theirs, ours)| t.strip_prefix(theirs).map(|p| format!("{ours}{p}")))?;
-    Some(at(format!("{block}.{inner}")))
+        .find_map(|(old, new)| name.strip_prefix(old).map(|rest| format!("{new}{rest}")))
 }
 
 /// How many consecutive indices `0, 1, ...` follow `prefix` in the names.
@@ -529,9 +530,7 @@ fn vae_name(rest: &str, blocks: usize) -> Option<String> {
             ("v.", "to_v."),
             ("proj_out.", "to_out.0."),
         ];
-        let inner = NAMES
-            .iter()
-            .find_map(|(ldm, ours)| t.strip_prefix(ldm).map(|p| format!("{ours}{p}")))?;
+        let inner = renamed(t, NAMES)?;
         return Some(format!("{side}.mid_block.attentions.0.{inner}"));
     }
     if let Some(t) = r.strip_prefix("mid.block_") {
@@ -603,9 +602,7 @@ fn open_clip_name(rest: &str, part: usize, drop_last_of: Option<usize>) -> Optio
         ("mlp.c_fc.", "mlp.fc1."),
         ("mlp.c_proj.", "mlp.fc2."),
     ];
-    let inner = NAMES
-        .iter()
-        .find_map(|(ldm, ours)| t.strip_prefix(ldm).map(|p| format!("{ours}{p}")))?;
+    let inner = renamed(t, NAMES)?;
     Some(moved(part, format!("{at}.{inner}")))
 }
 

@@ -134,14 +134,26 @@ fn check_against_diffusers(family: &str, ours: &Outputs, reference: &Reference, 
         }
         false => vec![reference.f32("text_encoder_out").1],
     };
-    for (i, (o, t)) in ours.text.iter().zip(&texts).enumerate() {
+    within_tolerances(family, ours, &texts, ("UNet", "unet_out"), reference);
+}
+
+/// `ours` against diffusers' text outputs `texts` and the reference's denoiser output
+/// (`denoiser`: its name in words and its key) and VAE decode, within the tolerances.
+fn within_tolerances(
+    family: &str,
+    ours: &Outputs,
+    texts: &[Vec<f32>],
+    (denoiser, key): (&str, &str),
+    reference: &Reference,
+) {
+    for (i, (o, t)) in ours.text.iter().zip(texts).enumerate() {
         let err = relative_diff(o, t);
         println!("{family}: text output {i} within {err:.2e} of diffusers (relative)");
         assert!(err <= 1e-4, "{family}: text output {i} off by {err}");
     }
-    let err = relative_diff(&ours.unet, &reference.f32("unet_out").1);
-    println!("{family}: UNet within {err:.2e} of diffusers' max |output|");
-    assert!(err <= 1e-3, "{family}: UNet off by {err}");
+    let err = relative_diff(&ours.unet, &reference.f32(key).1);
+    println!("{family}: {denoiser} within {err:.2e} of diffusers' max |output|");
+    assert!(err <= 1e-3, "{family}: {denoiser} off by {err}");
     // The decode in [-1, 1], so 2/255 of the final image is 4/255 here.
     let err = max_abs_diff(&ours.vae, &reference.f32("vae_decoded").1);
     println!(
@@ -228,21 +240,18 @@ fn check_sd35m(dir: &Path, device: &burn::tensor::Device) {
     let folder = dir.join("diffusers");
     // One model at a time: two SD 3.5 mediums in f32 are more than this machine's memory.
     let from_folder = sd35m_outputs(&DirSource::new(&folder), &reference, device);
-    let err = relative_diff(&from_folder.text[0], &reference.f32("prompt_embeds").1);
-    println!("sd35m: text context within {err:.2e} of diffusers (relative)");
-    assert!(err <= 1e-4, "sd35m: text context off by {err}");
-    let err = relative_diff(&from_folder.text[1], &reference.f32("pooled_embeds").1);
-    println!("sd35m: text pooled within {err:.2e} of diffusers (relative)");
-    assert!(err <= 1e-4, "sd35m: text pooled off by {err}");
-    let err = relative_diff(&from_folder.unet, &reference.f32("transformer_out").1);
-    println!("sd35m: transformer within {err:.2e} of diffusers' max |output|");
-    assert!(err <= 1e-3, "sd35m: transformer off by {err}");
-    let err = max_abs_diff(&from_folder.vae, &reference.f32("vae_decoded").1);
-    println!(
-        "sd35m: VAE within {:.3}/255 of diffusers' image",
-        err * 127.5
+    // The pipeline's prompt encoding: context, then pooled.
+    let texts = [
+        reference.f32("prompt_embeds").1,
+        reference.f32("pooled_embeds").1,
+    ];
+    within_tolerances(
+        "sd35m",
+        &from_folder,
+        &texts,
+        ("transformer", "transformer_out"),
+        &reference,
     );
-    assert!(err * 127.5 <= 2.0, "sd35m: VAE off by {}/255", err * 127.5);
     // The same weights as StabilityAI's single file names them (with CLIP-L and CLIP-G).
     let file = dir.join("single.safetensors");
     if file.exists() {

@@ -108,6 +108,15 @@ fn lora_file(layers: &[Adapted], kohya: bool) -> Vec<u8> {
     f32_safetensors(&out)
 }
 
+/// The model of `files` on `device`, with `loras` merged as it loads.
+fn load(
+    files: &BTreeMap<String, Vec<u8>>,
+    device: &burn::tensor::Device,
+    loras: &[ScaledLora],
+) -> lina_runtime::Result<StableDiffusion> {
+    StableDiffusion::load_adapted(&model(files), device, Kernels::default(), loras)
+}
+
 fn model(files: &BTreeMap<String, Vec<u8>>) -> MemorySource {
     let mut source = MemorySource::new();
     for (path, bytes) in files {
@@ -126,8 +135,7 @@ fn image_on(
     loras: &[ScaledLora],
 ) -> Vec<u8> {
     let device = device.clone();
-    let pipe =
-        StableDiffusion::load_adapted(&model(files), &device, Kernels::default(), loras).unwrap();
+    let pipe = load(files, &device, loras).unwrap();
     let opts = GenerateOptions {
         prompt: "a red ball on a small mirror".into(),
         seed: 3,
@@ -221,7 +229,7 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
     let layers = adapted(&files);
     let device = lina_runtime::device::cpu();
     let load = |lora: ScaledLora| {
-        StableDiffusion::load_adapted(&model(&files), &device, Kernels::default(), &[lora])
+        load(&files, &device, &[lora])
             .err()
             .map(|e| (e.code(), e.to_string()))
             .expect("refused")
@@ -346,13 +354,7 @@ fn a_kohya_lora_at_a_scale_gives_diffusers_fuse_lora_output() {
     );
     let files: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
     for (name, device) in common::test_devices() {
-        let pipe = StableDiffusion::load_adapted(
-            &model(&files),
-            &device,
-            Kernels::default(),
-            std::slice::from_ref(&lora),
-        )
-        .unwrap();
+        let pipe = load(&files, &device, std::slice::from_ref(&lora)).unwrap();
         let context: burn::tensor::Tensor<3> = reference.tensor("text_out", &device);
         let out = pipe.unet().expect("a UNet model").forward(
             reference.tensor("unet_sample", &device),
@@ -398,13 +400,7 @@ fn an_sd3_transformer_lora_gives_diffusers_fuse_lora_output_and_loras_for_absent
     );
     let files: BTreeMap<String, Vec<u8>> = model_files("sd3_tiny").into_iter().collect();
     for (name, device) in common::test_devices() {
-        let pipe = StableDiffusion::load_adapted(
-            &model(&files),
-            &device,
-            Kernels::default(),
-            std::slice::from_ref(&lora),
-        )
-        .unwrap();
+        let pipe = load(&files, &device, std::slice::from_ref(&lora)).unwrap();
         let out = pipe
             .denoiser()
             .mmdit()
@@ -430,12 +426,7 @@ fn an_sd3_transformer_lora_gives_diffusers_fuse_lora_output_and_loras_for_absent
     );
     let sd1: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
     for (files, lora, word) in [(&files, &unet_lora, "unet"), (&sd1, &lora, "transformer")] {
-        let e = match StableDiffusion::load_adapted(
-            &model(files),
-            &cpu,
-            Kernels::default(),
-            std::slice::from_ref(lora),
-        ) {
+        let e = match load(files, &cpu, std::slice::from_ref(lora)) {
             Ok(_) => panic!("a LoRA adapting {word} loaded on a model without one"),
             Err(e) => e,
         };
@@ -494,8 +485,7 @@ fn sdxl_loras_reach_both_text_encoders_and_one_for_a_missing_encoder_is_refused(
     );
     let device = lina_runtime::device::cpu();
     let encode = |files: &BTreeMap<String, Vec<u8>>, loras: &[ScaledLora]| {
-        let pipe = StableDiffusion::load_adapted(&model(files), &device, Kernels::default(), loras)
-            .unwrap();
+        let pipe = load(files, &device, loras).unwrap();
         let p = pipe
             .encode_prompt("a red ball on a small mirror", 0)
             .unwrap();
@@ -542,12 +532,7 @@ fn sdxl_loras_reach_both_text_encoders_and_one_for_a_missing_encoder_is_refused(
 
     // The same LoRA on a model with one text encoder adapts nothing: refused by name.
     let sd1: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
-    let e = match StableDiffusion::load_adapted(
-        &model(&sd1),
-        &device,
-        Kernels::default(),
-        &[scaled(&kohya, 1.0)],
-    ) {
+    let e = match load(&sd1, &device, &[scaled(&kohya, 1.0)]) {
         Ok(_) => panic!("an SDXL text encoder LoRA loaded into SD 1"),
         Err(e) => e,
     };

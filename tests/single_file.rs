@@ -245,11 +245,12 @@ fn tiny_sd3_single_file_draws_its_diffusers_folders_image_with_and_without_t5() 
     same_image(&a.image.rgb, &b.image.rgb, "sd3_tiny without T5");
 }
 
-/// A committed shapes fixture: every name and shape of a full-size single file.
-fn full_size_shapes(tag: &str) -> Vec<(String, Vec<usize>)> {
+/// What the runtime infers from a committed shapes fixture: every name and shape of a
+/// full-size single file.
+fn inspect_full_size(tag: &str) -> (Family, single_file::Configs) {
     let doc: Value =
         serde_json::from_slice(&read_fixture(&format!("single_file/{tag}_shapes.json"))).unwrap();
-    doc["shapes"]
+    let shapes: Vec<(&str, Vec<usize>)> = doc["shapes"]
         .as_object()
         .unwrap()
         .iter()
@@ -259,9 +260,11 @@ fn full_size_shapes(tag: &str) -> Vec<(String, Vec<usize>)> {
                 .unwrap()
                 .iter()
                 .map(|d| d.as_u64().unwrap() as usize);
-            (n.clone(), s.collect())
+            (n.as_str(), s.collect())
         })
-        .collect()
+        .collect();
+    let borrowed: Vec<(&str, &[usize])> = shapes.iter().map(|(n, s)| (*n, s.as_slice())).collect();
+    single_file::inspect(tag, &borrowed).unwrap()
 }
 
 fn published_config(name: &str) -> Value {
@@ -286,12 +289,7 @@ fn agrees_with_published(tag: &str, component: &str, ours: Option<Value>, theirs
 
 #[test]
 fn configs_inferred_from_full_size_sd35_medium_shapes_are_its_own() {
-    let shapes = full_size_shapes("sd35m");
-    let borrowed: Vec<(&str, &[usize])> = shapes
-        .iter()
-        .map(|(n, s)| (n.as_str(), s.as_slice()))
-        .collect();
-    let (found, inferred) = single_file::inspect("sd35m", &borrowed).unwrap();
+    let (found, inferred) = inspect_full_size("sd35m");
     assert_eq!(found, Family::Sd3);
     // SD 3's CLIP-L is SD 1.5's CLIP ViT-L with its projection.
     let mut clip_l = published_config("sd15_text_encoder");
@@ -332,12 +330,7 @@ fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
         ("sd21", Family::Sd2),
         ("sdxl", Family::Sdxl),
     ] {
-        let shapes = full_size_shapes(tag);
-        let borrowed: Vec<(&str, &[usize])> = shapes
-            .iter()
-            .map(|(n, s)| (n.as_str(), s.as_slice()))
-            .collect();
-        let (found, inferred) = single_file::inspect(tag, &borrowed).unwrap();
+        let (found, inferred) = inspect_full_size(tag);
         assert_eq!(found, family, "{tag}");
         let xl = family == Family::Sdxl;
         let mut published = vec![

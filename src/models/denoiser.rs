@@ -21,6 +21,16 @@ pub enum DenoiserConfig<'a> {
     Mmdit(&'a MmditConfig),
 }
 
+impl DenoiserConfig<'_> {
+    /// The latent side it was trained at.
+    pub fn sample_size(self) -> usize {
+        match self {
+            Self::UNet(u) => u.sample_size,
+            Self::Mmdit(m) => m.sample_size,
+        }
+    }
+}
+
 impl Denoiser {
     pub fn config(&self) -> DenoiserConfig<'_> {
         match self {
@@ -50,10 +60,7 @@ impl Denoiser {
 
     /// The latent side it was trained at.
     pub fn sample_size(&self) -> usize {
-        match self {
-            Self::UNet(u) => u.config().sample_size,
-            Self::Mmdit(m) => m.config().sample_size,
-        }
+        self.config().sample_size()
     }
 
     /// The channels it takes (latents, and an inpainting UNet's mask and masked image).

@@ -699,13 +699,7 @@ mod tests {
         for (gh, gw) in [(6, 6), (4, 2), (3, 5), (1, 1)] {
             let whole = centred_crop(std::slice::from_ref(&table), max, gh, gw);
             let split = centred_crop(&blocks, max, gh, gw);
-            let diff = (whole - split)
-                .abs()
-                .max()
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap()[0];
-            assert_eq!(diff, 0.0, "{gh}x{gw}");
+            assert_eq!(max_diff(whole, split), 0.0, "{gh}x{gw}");
         }
     }
 
@@ -719,12 +713,12 @@ mod tests {
         let x = Tensor::<3>::random([2, 10, 8], Distribution::Normal(0.0, 1.0), &device);
         let whole = ff.forward_in_chunks(x.clone(), 10);
         let chunked = ff.forward_in_chunks(x, 3);
-        let diff = (whole - chunked)
-            .abs()
-            .max()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap()[0];
+        let diff = max_diff(whole, chunked);
         assert!(diff < 1e-6, "chunks differ by {diff}");
+    }
+
+    /// The largest absolute difference between two tensors.
+    fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        (a - b).abs().max().into_data().try_to_vec::<f32>().unwrap()[0]
     }
 }
