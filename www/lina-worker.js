@@ -260,33 +260,39 @@ async function loadFromUrl(loader, url, { single, t5, ...options }) {
     if (named && path.endsWith("/tokenizer.json")) return !(found.has(`${folder}/vocab.json`) && found.has(`${folder}/merges.txt`));
     return named;
   };
-  const paths = [...listed, ...OPTIONAL, ...(t5 ? T5_FILES : [])];
-  const weights = (path) => path.endsWith(".safetensors");
-  // Configs and tokenizers first: what the model needs is known from them before any weight
-  // is fetched.
-  const notes = [];
-  for (const path of [...paths.filter((p) => !weights(p)), null, ...paths.filter(weights)]) {
-    if (path === null) {
-      if (!single) notes.push(...requirementNotes(loader, t5));
-      continue;
-    }
-    if (!wanted(path) || (single && !besideCheckpoint(path))) continue;
+  const fetchOne = async (path) => {
+    if (!wanted(path) || (single && !besideCheckpoint(path))) return;
     if (await take(path)) {
       found.add(path);
-      continue;
+      return;
     }
     // Large weights come in shards, listed by an index beside where the file would be.
-    const index = path.endsWith(".safetensors") ? await take(`${path}.index.json`, true) : null;
+    const index = isWeights(path) ? await take(`${path}.index.json`, true) : null;
     if (index) {
       for (const shard of shardsOf(`${url}${path}.index.json`, index.text)) {
         const shardPath = path.slice(0, path.lastIndexOf("/") + 1) + shard;
         if (!(await take(shardPath))) throw failure("missing_file", `${shardPath}: not found at ${url}${shardPath}`);
       }
-      continue;
+      return;
     }
     if (needed.includes(path)) throw failure("missing_file", `${path}: not found at ${url}${path}`);
-  }
+  };
+  const notes = await configsFirst([...listed, ...OPTIONAL, ...(t5 ? T5_FILES : [])], (path) => path, fetchOne, () =>
+    single ? [] : requirementNotes(loader, t5),
+  );
   return [...notes, ...(await fetched.stored())];
+}
+
+const isWeights = (path) => path.endsWith(".safetensors");
+
+// Reads `items` (each with a file path, `pathOf(item)`) through `read`, every config and
+// tokenizer before any weights, and between the two asks `between()` for notes: what the
+// model needs is known from its configs before its weights are fetched.
+async function configsFirst(items, pathOf, read, between) {
+  for (const item of items.filter((i) => !isWeights(pathOf(i)))) await read(item);
+  const notes = between();
+  for (const item of items.filter((i) => isWeights(pathOf(i)))) await read(item);
+  return notes;
 }
 
 // What the model of the configs in `loader` needs, said before its weights are read: a model
@@ -363,24 +369,16 @@ async function loadFromFiles(loader, files, { signal, progress, single }) {
   // Only the components' files: a folder may hold other checkpoints, READMEs, images. Configs
   // and tokenizers first, so that what the model needs is known before its weights are read.
   const component = Object.entries(files).filter(([path]) => COMPONENT_FILE.test(path) && (!single || besideCheckpoint(path)));
-  const isWeights = ([path]) => path.endsWith(".safetensors");
-  const withT5 = component.some(([path]) => path.startsWith("text_encoder_3/") && path.endsWith(".safetensors"));
-  const notes = [];
-  const wanted = [...component.filter((f) => !isWeights(f)), null, ...component.filter(isWeights)];
-  for (const entry of wanted) {
-    if (entry === null) {
-      if (!single) notes.push(...requirementNotes(loader, withT5));
-      continue;
-    }
-    const [path, data] = entry;
+  const withT5 = component.some(([path]) => path.startsWith("text_encoder_3/") && isWeights(path));
+  const read = async ([path, data]) => {
     if (signal.aborted) throw cancelled("loading cancelled");
     if (data instanceof Blob) {
       await streamInto(loader, path, data.stream(), data.size, progress, { signal, length: data.size, unreadable: "io", from: "file" });
     } else {
       loader.addFile(path, data);
     }
-  }
-  return notes;
+  };
+  return configsFirst(component, ([path]) => path, read, () => (single ? [] : requirementNotes(loader, withT5)));
 }
 
 /**
