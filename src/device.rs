@@ -23,6 +23,14 @@ pub struct Limits {
     pub computes_f16: bool,
     /// The adapter, in words, for messages.
     pub adapter: String,
+    /// Workgroup memory one kernel may declare (`maxComputeWorkgroupStorageSize`), in bytes,
+    /// and invocations one workgroup may hold (`maxComputeInvocationsPerWorkgroup`): the tiled
+    /// kernels pick their tile within these.
+    pub workgroup_bytes: u32,
+    pub workgroup_invocations: u32,
+    /// Whether the adapter runs on the CPU (lavapipe, SwiftShader): there workgroup barriers
+    /// are slow, and kernels without them win.
+    pub software: bool,
 }
 
 impl Limits {
@@ -33,6 +41,9 @@ impl Limits {
             shader_f16: false,
             computes_f16: false,
             adapter: "CPU".into(),
+            workgroup_bytes: 0,
+            workgroup_invocations: 0,
+            software: true,
         }
     }
 
@@ -46,6 +57,9 @@ impl Limits {
             shader_f16: setup.device.features().contains(wgpu::Features::SHADER_F16),
             computes_f16: false,
             adapter: format!("{} ({:?})", info.name, info.backend),
+            workgroup_bytes: limits.max_compute_workgroup_storage_size,
+            workgroup_invocations: limits.max_compute_invocations_per_workgroup,
+            software: info.device_type == wgpu::DeviceType::Cpu,
         }
     }
 }
@@ -242,13 +256,15 @@ async fn open_as(request: &GpuRequest, shared: bool) -> Result<Device> {
         required_limits.max_buffer_size = bytes;
     }
     // As burn asks for its own devices: every feature but mapped primary buffers, and
-    // allocations sized for memory use rather than speed.
+    // allocations sized for memory use rather than speed. Experimental features (which
+    // NVIDIA's Vulkan driver offers: cooperative matrices, mesh shaders, ray tracing) are
+    // refused unless a device opts into them, and no kernel here uses them.
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {
             label: Some("lina"),
-            required_features: adapter
-                .features()
-                .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+            required_features: adapter.features().difference(
+                wgpu::Features::MAPPABLE_PRIMARY_BUFFERS | wgpu::Features::all_experimental_mask(),
+            ),
             required_limits,
             memory_hints: wgpu::MemoryHints::MemoryUsage,
             ..Default::default()

@@ -109,6 +109,37 @@ pub const MAX_HEAD_DIM: usize = 160;
 /// [B, Lk, H*D], each read in place as columns of wider rows where a fused projection made
 /// them, give [B, Lq, H*D]; what `nn::multi_head_attention` computes when not causal.
 pub fn attention(q: Columns, k: Columns, v: Columns, heads: usize) -> Tensor<3> {
+    let key_block = attention_key_block(&q.rows.device(), q.width / heads);
+    attention_blocked(q, k, v, heads, key_block)
+}
+
+/// The keys per block of the tiled attention kernel (shaders/attention_tiled.wgsl) for heads of
+/// `head_dim` values on `device`, or 0 for the kernel without workgroup memory
+/// (shaders/attention.wgsl): on software adapters, where barriers are slow, and for heads
+/// that are no multiple of 4 values (the tiled kernel reads vec4s). Otherwise the most keys,
+/// up to 64, whose keys and values fit the adapter's workgroup memory.
+pub fn attention_key_block(device: &Device, head_dim: usize) -> u32 {
+    let limits = crate::device::limits(device);
+    if limits.software || !head_dim.is_multiple_of(4) || limits.workgroup_invocations < 64 {
+        return 0;
+    }
+    let fitting = limits.workgroup_bytes as usize / (2 * 4 * head_dim);
+    match fitting.min(64) {
+        0..4 => 0,
+        keys => 1 << keys.ilog2(),
+    }
+}
+
+/// [`attention`] with the key block given: 0 for shaders/attention.wgsl, else
+/// shaders/attention_tiled.wgsl with blocks of that many keys (which must fit the adapter's
+/// workgroup memory; [`attention_key_block`] picks one that does).
+pub fn attention_blocked(
+    q: Columns,
+    k: Columns,
+    v: Columns,
+    heads: usize,
+    key_block: u32,
+) -> Tensor<3> {
     assert_eq!(
         k.rows.dims(),
         v.rows.dims(),
@@ -119,6 +150,7 @@ pub fn attention(q: Columns, k: Columns, v: Columns, heads: usize) -> Tensor<3> 
         q: q.first as u32,
         k: k.first as u32,
         v: v.first as u32,
+        key_block,
     };
     Tensor::from_dispatch(<Dispatch as Fused>::attention(
         q.rows.into_dispatch(),
@@ -130,13 +162,14 @@ pub fn attention(q: Columns, k: Columns, v: Columns, heads: usize) -> Tensor<3> 
 }
 
 /// Where attention's q, k and v lie in their rows, in elements: `width` columns each, from
-/// columns `q`, `k` and `v` on.
+/// columns `q`, `k` and `v` on; and the tiled kernel's key block (0: the untiled kernel).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionColumns {
     width: u32,
     q: u32,
     k: u32,
     v: u32,
+    key_block: u32,
 }
 
 /// `value * gelu(gate)` for x [B, L, 2F] holding [value, gate] along its last axis once `bias`
@@ -156,6 +189,135 @@ pub fn bias_residual(x: Tensor<3>, bias: &Tensor<1>, residual: Tensor<3>) -> Ten
         bias.clone().into_dispatch(),
         residual.into_dispatch(),
     ))
+}
+
+/// A 2-D convolution as the tiled implicit GEMM of shaders/gemm.wgsl: x [B, Cin, H, W] (read
+/// in place where stored channels-last), a square `weight` [Cout, Cin, k, k] (read in place
+/// where stored channels-last, as `crate::weights` uploads 3x3 ones), `bias` [Cout], square
+/// stride and padding. Gives [B, Cout, Ho, Wo] stored channels-last, as burn's GPU
+/// convolution does.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    tile: Tile,
+) -> Tensor<4> {
+    let (bias, has_bias) = bias_or_placeholder(bias, weight.clone().into_dispatch());
+    Tensor::from_dispatch(<Dispatch as Fused>::conv2d(
+        x.into_dispatch(),
+        weight.clone().into_dispatch(),
+        bias,
+        has_bias,
+        stride as u32,
+        padding as u32,
+        tile,
+    ))
+}
+
+/// A 2-D convolution as one matrix product with burn's tiled matmul: the input's patches are
+/// gathered into the rows of a matrix (shaders/im2col.wgsl), in blocks of output positions
+/// that keep it within `max_bytes`, and multiplied by the filters. Takes and gives what
+/// [`conv2d`] does. On GPUs burn's matmul runs many times faster than its direct convolution
+/// and than shaders/gemm.wgsl (docs/bench.md, "On a real GPU"); the gathered copy costs one
+/// pass over memory.
+pub fn conv2d_im2col(
+    x: Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    max_bytes: u64,
+) -> Tensor<4> {
+    let [b, _, h, w] = x.dims();
+    let [c_out, c_in, kernel, _] = weight.dims();
+    let out_h = (h + 2 * padding - kernel) / stride + 1;
+    let out_w = (w + 2 * padding - kernel) / stride + 1;
+    let rows = b * out_h * out_w;
+    let k = kernel * kernel * c_in;
+    let elem = x.dtype().size() as u64;
+    // Output positions per block: as many as fit `max_bytes` (every one at once on GPUs
+    // that bind large buffers).
+    let per_block = ((max_bytes / (k as u64 * elem)) as usize).clamp(1, rows);
+    // The filters as [K, N]: a view of the channels-last [N, kh, kw, Cin] weight.
+    let filters: Tensor<2> = weight
+        .clone()
+        .permute([0, 2, 3, 1])
+        .reshape([c_out, k])
+        .transpose();
+    let x = x.into_dispatch();
+    let blocks: Vec<Tensor<2>> = (0..rows)
+        .step_by(per_block)
+        .map(|first| {
+            let count = per_block.min(rows - first);
+            let problem = Gemm {
+                batch: b as u32,
+                height: h as u32,
+                width: w as u32,
+                c_in: c_in as u32,
+                out_h: out_h as u32,
+                out_w: out_w as u32,
+                n: c_out as u32,
+                kernel: kernel as u32,
+                stride: stride as u32,
+                pad: padding as u32,
+            };
+            let cols: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::im2col(
+                x.clone(),
+                problem,
+                first as u32,
+                count as u32,
+            ));
+            cols.matmul(filters.clone())
+        })
+        .collect();
+    let mut out = if blocks.len() == 1 {
+        blocks.into_iter().next().expect("one block")
+    } else {
+        Tensor::cat(blocks, 0)
+    };
+    if let Some(bias) = bias {
+        out = out + bias.clone().reshape([1, c_out]);
+    }
+    out.reshape([b, out_h, out_w, c_out]).permute([0, 3, 1, 2])
+}
+
+/// `x · weight (+ bias)` for x [.., K] and weight [K, N] on the tiled product of
+/// shaders/gemm.wgsl: a linear layer, as `burn::tensor::module::linear` computes it.
+pub fn linear<const D: usize>(
+    x: Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    tile: Tile,
+) -> Tensor<D> {
+    let dims = x.dims();
+    let [k, n] = weight.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let flat: Tensor<2> = x.reshape([rows, k]);
+    let (bias, has_bias) = bias_or_placeholder(bias, weight.clone().into_dispatch());
+    let out: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::matmul(
+        flat.into_dispatch(),
+        weight.clone().into_dispatch(),
+        bias,
+        has_bias,
+        tile,
+    ));
+    let mut shape = dims;
+    shape[D - 1] = n;
+    out.reshape(shape)
+}
+
+/// The bias and `true`, or `placeholder` and `false`: burn's extension macro passes tensors,
+/// not optional ones, so a missing bias travels as a flag beside a tensor the kernel ignores.
+fn bias_or_placeholder(
+    bias: Option<&Tensor<1>>,
+    placeholder: burn::tensor::DispatchTensor,
+) -> (burn::tensor::DispatchTensor, bool) {
+    match bias {
+        Some(b) => (b.clone().into_dispatch(), true),
+        None => (placeholder, false),
+    }
 }
 
 /// Classifier-free guidance and a sampler step that is affine ([`AffineStep`]) in one
@@ -210,6 +372,23 @@ pub trait Fused: Backend {
         columns: AttentionColumns,
     ) -> FloatTensor<Self>;
     fn geglu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        has_bias: bool,
+        stride: u32,
+        padding: u32,
+        tile: Tile,
+    ) -> FloatTensor<Self>;
+    fn matmul(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        has_bias: bool,
+        tile: Tile,
+    ) -> FloatTensor<Self>;
+    fn im2col(x: FloatTensor<Self>, problem: Gemm, first_row: u32, rows: u32) -> FloatTensor<Self>;
     fn bias_residual(
         x: FloatTensor<Self>,
         bias: FloatTensor<Self>,
@@ -285,8 +464,13 @@ impl Fused for CubeBackend {
             }) as u32
         });
         bound.push(&out);
-        let mut kernel = Wgsl::new("attention", q.dtype, head_dim);
+        let name = match columns.key_block {
+            0 => "attention",
+            _ => "attention_tiled",
+        };
+        let mut kernel = Wgsl::new(name, q.dtype, head_dim);
         kernel.sources = sources;
+        kernel.key_block = columns.key_block;
         launch(
             &q,
             kernel,
@@ -316,6 +500,105 @@ impl Fused for CubeBackend {
             &params,
         );
         out
+    }
+
+    fn conv2d(
+        x: CubeTensor,
+        weight: CubeTensor,
+        bias: CubeTensor,
+        has_bias: bool,
+        stride: u32,
+        padding: u32,
+        tile: Tile,
+    ) -> CubeTensor {
+        let bias = has_bias.then_some(bias);
+        let [b, c_in, h, w] = dims4(&x);
+        let [c_out, _, kernel, kernel_w] = dims4(&weight);
+        assert_eq!(kernel, kernel_w, "square kernels only");
+        let out_h = (h + 2 * padding - kernel) / stride + 1;
+        let out_w = (w + 2 * padding - kernel) / stride + 1;
+        // Both read channels-last: in place where stored so (at one position, or for a 1x1
+        // kernel, the two layouts are the same memory), else copied once.
+        let x = if h * w == 1 || is_channels_last(&x) {
+            x
+        } else {
+            into_contiguous(permute(x, &[0, 2, 3, 1]))
+        };
+        let weight = if kernel == 1 || is_channels_last(&weight) {
+            weight
+        } else {
+            into_contiguous(permute(weight, &[0, 2, 3, 1]))
+        };
+        let stored = [b, out_h, out_w, c_out].map(|d| d as usize);
+        let out = permute(output_like(&x, stored.into()), &[0, 3, 1, 2]);
+        let problem = Gemm {
+            batch: b,
+            height: h,
+            width: w,
+            c_in,
+            out_h,
+            out_w,
+            n: c_out,
+            kernel,
+            stride,
+            pad: padding,
+        };
+        gemm(x, weight, bias, &out, problem, false, tile);
+        out
+    }
+
+    fn matmul(
+        x: CubeTensor,
+        weight: CubeTensor,
+        bias: CubeTensor,
+        has_bias: bool,
+        tile: Tile,
+    ) -> CubeTensor {
+        let bias = has_bias.then_some(bias);
+        let (x, weight) = (into_contiguous(x), into_contiguous(weight));
+        let [rows, k] = [x.meta.shape()[0], x.meta.shape()[1]].map(|d| d as u32);
+        let n = weight.meta.shape()[1] as u32;
+        let out = output_like(&x, [rows as usize, n as usize].into());
+        // One image row of `rows` tokens under a 1x1 kernel.
+        let problem = Gemm {
+            batch: 1,
+            height: 1,
+            width: rows,
+            c_in: k,
+            out_h: 1,
+            out_w: rows,
+            n,
+            kernel: 1,
+            stride: 1,
+            pad: 0,
+        };
+        gemm(x, weight, bias, &out, problem, true, tile);
+        out
+    }
+
+    fn im2col(x: CubeTensor, g: Gemm, first_row: u32, rows: u32) -> CubeTensor {
+        // Read channels-last: in place where stored so, else copied once.
+        let x = if g.height * g.width == 1 || is_channels_last(&x) {
+            x
+        } else {
+            into_contiguous(permute(x, &[0, 2, 3, 1]))
+        };
+        let k = g.kernel * g.kernel * g.c_in;
+        let count = rows * k;
+        let cols = output_like(&x, [rows as usize, k as usize].into());
+        let params = words(&[
+            g.height, g.width, g.c_in, g.out_h, g.out_w, g.kernel, g.stride, g.pad, first_row, k,
+            count,
+        ]);
+        launch(
+            &x,
+            Wgsl::new("im2col", x.dtype, 0),
+            CubeDim::new_1d(256),
+            grid(count, 256),
+            &[&x, &cols],
+            &params,
+        );
+        cols
     }
 
     fn bias_residual(x: CubeTensor, bias: CubeTensor, residual: CubeTensor) -> CubeTensor {
@@ -399,6 +682,123 @@ impl Fused for CubeBackend {
         );
         (prev, clean)
     }
+}
+
+/// A convolution's shapes, as shaders/gemm.wgsl and shaders/im2col.wgsl take them (a linear
+/// layer is a 1x1 one).
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    batch: u32,
+    height: u32,
+    width: u32,
+    c_in: u32,
+    out_h: u32,
+    out_w: u32,
+    n: u32,
+    kernel: u32,
+    stride: u32,
+    pad: u32,
+}
+
+/// The tile one workgroup of shaders/gemm.wgsl computes: (16 `tm`) x (16 `tn`) outputs, `bk`
+/// deep per step of the K loop, by 256 invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tile {
+    pub tm: u32,
+    pub tn: u32,
+    pub bk: u32,
+}
+
+impl Tile {
+    /// 64x64 outputs, 16 deep: 8.7 KB of workgroup memory, within WebGPU's default limit
+    /// (16 KB), so every adapter that can run 256 invocations takes it.
+    pub const DEFAULT: Tile = Tile {
+        tm: 4,
+        tn: 4,
+        bk: 16,
+    };
+    /// 128x128 outputs, 8 deep: twice the arithmetic per value read, for large products.
+    pub const LARGE: Tile = Tile {
+        tm: 8,
+        tn: 8,
+        bk: 8,
+    };
+    /// 128x64 outputs, 16 deep (12.8 KB): for many rows and few columns, as a UNet's
+    /// convolutions at their largest resolution have.
+    pub const TALL: Tile = Tile {
+        tm: 8,
+        tn: 4,
+        bk: 16,
+    };
+    /// 64x64 outputs, 8 deep: 4.4 KB, for adapters with less workgroup memory.
+    pub const SMALL: Tile = Tile {
+        tm: 4,
+        tn: 4,
+        bk: 8,
+    };
+    /// Every tile, for benchmarks and tests.
+    pub const ALL: [Tile; 4] = [Tile::DEFAULT, Tile::LARGE, Tile::TALL, Tile::SMALL];
+
+    /// Workgroup memory the tile takes, in bytes: a slice of A's and B's tile rows, each
+    /// padded by one vec4.
+    pub fn workgroup_bytes(self) -> u32 {
+        16 * self.bk * (4 * self.tm + 1 + 4 * self.tn + 1)
+    }
+
+    /// Whether an adapter with these limits can run the tile.
+    pub fn fits(self, limits: &crate::device::Limits) -> bool {
+        limits.workgroup_invocations >= 256 && self.workgroup_bytes() <= limits.workgroup_bytes
+    }
+
+    /// The tile for `device`, from its limits: `None` where none fits (the caller then runs
+    /// burn's kernels), so no kernel is ever dispatched past an adapter's limits.
+    pub fn for_device(device: &Device) -> Option<Tile> {
+        let limits = crate::device::limits(device);
+        [Tile::DEFAULT, Tile::SMALL]
+            .into_iter()
+            .find(|t| t.fits(&limits))
+    }
+}
+
+/// Writes `x`'s product with `weight` (plus `bias`) into `out` (contiguous [M, N] memory).
+/// `k_major`: the weight is [K, N] (a linear layer's), else [N, K] (a channels-last filter).
+fn gemm(
+    x: CubeTensor,
+    weight: CubeTensor,
+    bias: Option<CubeTensor>,
+    out: &CubeTensor,
+    g: Gemm,
+    k_major: bool,
+    tile: Tile,
+) {
+    let m = g.batch * g.out_h * g.out_w;
+    let k = g.kernel * g.kernel * g.c_in;
+    let params = words(&[
+        g.batch, g.height, g.width, g.c_in, g.out_h, g.out_w, g.n, g.kernel, g.stride, g.pad, m, k,
+    ]);
+    let mut kernel = Wgsl::new("gemm", x.dtype, 0);
+    kernel.gemm = Some(GemmVariant {
+        tile,
+        k_major,
+        bias: bias.is_some(),
+    });
+    let bias = bias.map(into_contiguous);
+    let mut bound = vec![&x, &weight];
+    bound.extend(bias.as_ref());
+    bound.push(out);
+    launch(
+        &x,
+        kernel,
+        CubeDim::new_1d(256),
+        CubeCount::Static(g.n.div_ceil(16 * tile.tn), m.div_ceil(16 * tile.tm), 1),
+        &bound,
+        &params,
+    );
+}
+
+fn dims4(t: &CubeTensor) -> [u32; 4] {
+    let shape = t.meta.shape();
+    [shape[0], shape[1], shape[2], shape[3]].map(|d| d as u32)
 }
 
 /// Group normalisation of [B, C, H, W] (stored as such or channels-last), plus a
@@ -581,6 +981,17 @@ struct Wgsl {
     sources: [u32; 3],
     /// For the norm kernels: whether a shift is bound.
     shifted: bool,
+    /// For the matrix product: its tile, weight layout and whether a bias is bound.
+    gemm: Option<GemmVariant>,
+    /// For the tiled attention: keys per block.
+    key_block: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct GemmVariant {
+    tile: Tile,
+    k_major: bool,
+    bias: bool,
 }
 
 impl Wgsl {
@@ -591,6 +1002,8 @@ impl Wgsl {
             head_dim,
             sources: [0, 1, 2],
             shifted: false,
+            gemm: None,
+            key_block: 0,
         }
     }
 
@@ -636,6 +1049,44 @@ impl Wgsl {
             .replace("{{ v }}", &v)
     }
 
+    /// The matrix product's tile constants and its bindings after x and the weight.
+    fn bind_gemm(&self, text: String) -> String {
+        let Some(GemmVariant {
+            tile,
+            k_major,
+            bias,
+        }) = self.gemm
+        else {
+            return text;
+        };
+        let binding = |i: u32, decl: &str| {
+            format!("@group(0) @binding({i}) var<storage, read_write> {decl};\n")
+        };
+        let bindings = if bias {
+            binding(2, "bias: array<T>")
+                + &binding(3, "out: array<T>")
+                + &binding(4, "p: Params")
+                + "fn bias_of(n: u32) -> f32 {\n    return f32(bias[n]);\n}\n"
+        } else {
+            binding(2, "out: array<T>")
+                + &binding(3, "p: Params")
+                + "fn bias_of(n: u32) -> f32 {\n    return 0.0;\n}\n"
+        };
+        let (bm, bn) = (16 * tile.tm, 16 * tile.tn);
+        text.replace("{{ bindings }}", &bindings)
+            .replace("{{ tm }}", &tile.tm.to_string())
+            .replace("{{ tn }}", &tile.tn.to_string())
+            .replace("{{ bk }}", &tile.bk.to_string())
+            .replace("{{ tm4 }}", &(tile.tm / 4).to_string())
+            .replace("{{ tn4 }}", &(tile.tn / 4).to_string())
+            .replace("{{ acc_vec4s }}", &(tile.tm * tile.tn / 4).to_string())
+            .replace("{{ a_per }}", &(bm * tile.bk / 256).to_string())
+            .replace("{{ a_vec4s }}", &(tile.bk * (bm / 4 + 1)).to_string())
+            .replace("{{ b_vec4s }}", &(tile.bk * (bn / 4 + 1)).to_string())
+            .replace("{{ b_k_major }}", &k_major.to_string())
+            .replace("{{ has_bias }}", &bias.to_string())
+    }
+
     /// The kernel's text, after the text it shares with its family.
     fn template(&self) -> String {
         let own = self.own_template();
@@ -654,9 +1105,12 @@ impl Wgsl {
             "norm_stats" => include_str!("../shaders/norm_stats.wgsl"),
             "norm_apply" => include_str!("../shaders/norm_apply.wgsl"),
             "attention" => include_str!("../shaders/attention.wgsl"),
+            "attention_tiled" => include_str!("../shaders/attention_tiled.wgsl"),
             "geglu" => include_str!("../shaders/geglu.wgsl"),
             "bias_residual" => include_str!("../shaders/bias_residual.wgsl"),
             "guided_step" => include_str!("../shaders/guided_step.wgsl"),
+            "gemm" => include_str!("../shaders/gemm.wgsl"),
+            "im2col" => include_str!("../shaders/im2col.wgsl"),
             other => unreachable!("no kernel named {other}"),
         }
     }
@@ -673,8 +1127,13 @@ impl KernelSource for Wgsl {
             .template()
             .replace("{{ enable }}", enable)
             .replace("{{ elem }}", elem)
-            .replace("{{ head_dim }}", &self.head_dim.to_string());
-        SourceTemplate::new(self.bind_shift(self.bind_sources(text)))
+            .replace("{{ head_dim }}", &self.head_dim.to_string())
+            .replace("{{ key_block }}", &self.key_block.to_string())
+            .replace(
+                "{{ tile_vec4s }}",
+                &(self.key_block * self.head_dim / 4).to_string(),
+            );
+        SourceTemplate::new(self.bind_gemm(self.bind_shift(self.bind_sources(text))))
     }
 
     fn id(&self) -> KernelId {
@@ -684,6 +1143,8 @@ impl KernelSource for Wgsl {
             self.head_dim,
             self.sources,
             self.shifted,
+            self.gemm,
+            self.key_block,
         ))
     }
 

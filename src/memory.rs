@@ -422,6 +422,9 @@ mod tests {
             shader_f16: false,
             computes_f16: false,
             adapter: "a small GPU".into(),
+            workgroup_bytes: 16384,
+            workgroup_invocations: 256,
+            software: false,
         }
     }
 

@@ -100,6 +100,7 @@ pub struct Conv2d {
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
+    kernels: Kernels,
 }
 
 impl Conv2d {
@@ -115,6 +116,7 @@ impl Conv2d {
             weight: w.tensor("weight", [c_out, c_in, kernel, kernel])?,
             bias: Some(w.tensor("bias", [c_out])?),
             options: ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+            kernels: w.kernels(),
         })
     }
 
@@ -130,6 +132,7 @@ impl Conv2d {
             weight: w.tensor("weight", [c_out, c_in, kernel, kernel])?,
             bias: None,
             options: ConvOptions::new([stride, stride], [kernel / 2; 2], [1, 1], 1),
+            kernels: w.kernels(),
         })
     }
 
@@ -151,6 +154,23 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        // On a GPU, the patches gathered into a matrix for burn's matmul, many times faster
+        // there than burn's direct convolution; on software adapters the direct one, which
+        // wins there (docs/bench.md, "On a real GPU").
+        let device = x.device();
+        if self.kernels.fused_for(&device, x.dtype()) {
+            let limits = crate::device::limits(&device);
+            if !limits.software {
+                return kernels::conv2d_im2col(
+                    x,
+                    &self.weight,
+                    self.bias.as_ref(),
+                    self.options.stride[0],
+                    self.options.padding[0].0,
+                    limits.max_binding_bytes,
+                );
+            }
+        }
         conv2d(
             x,
             self.weight.clone(),

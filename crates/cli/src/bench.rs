@@ -59,6 +59,27 @@ pub struct UnetArgs {
     /// fused (the WGSL kernels of shaders/ on a GPU) or burn (burn's own kernels only).
     #[arg(long, default_value = "fused", value_parser = common::kernels)]
     kernels: Kernels,
+    /// A folder written by `tools/bench_torch_unet.py --save`: its weights instead of random
+    /// ones, its inputs, and PyTorch's outputs to set ours against.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Write the figures as one JSON object here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// What `bench-unet` measured, as `--json` writes it.
+#[derive(serde::Serialize)]
+struct UnetReport {
+    config: String,
+    latent: usize,
+    device: String,
+    kernels: String,
+    warmup_s: f64,
+    unet_s: Option<Summary>,
+    /// Our output against each of PyTorch's (`out_f32`, `out_f16`): the relative L2 error
+    /// and the largest difference over the largest reference value.
+    errors: Vec<(String, f64, f64)>,
 }
 
 const PROMPT: &str = "a red ball on a mirror";
@@ -304,9 +325,10 @@ impl Peer {
     }
 }
 
-/// Times UNet calls of a config with random weights: for full-size architectures whose
-/// checkpoints are not at hand. Prints median, min and max over `--repeat` calls after one
-/// warm-up call (shader compilation, autotuning).
+/// Times UNet calls of a config, with random weights (for full-size architectures whose
+/// checkpoints are not at hand) or PyTorch's (`--reference`, to check the output too). Prints
+/// median, min and max over `--repeat` calls after one warm-up call (shader compilation,
+/// autotuning).
 pub fn unet(args: UnetArgs) -> Result<()> {
     use burn::tensor::{Distribution, Tensor};
     use lina_runtime::models::unet::{UNet, UNetConfig};
@@ -317,53 +339,396 @@ pub fn unet(args: UnetArgs) -> Result<()> {
         latent,
         context_len,
         repeat,
-        device,
+        device: device_arg,
         kernels,
+        reference,
+        json,
     } = args;
     let path = path.display().to_string();
     let config = UNetConfig::from_json(&common::read_text(std::path::Path::new(&path))?)?;
     pollster::block_on(async {
-        let device = device.open().await?;
+        let device = device_arg.open().await?;
         let started = Instant::now();
-        let weights = Weights::random(&device).with_kernels(kernels);
+        let read = |name: &str| -> Result<Weights> {
+            let dir = reference.as_ref().expect("only with --reference");
+            let file = dir.join(name);
+            let bytes = std::fs::read(&file).map_err(|e| Error::io(file.display(), e))?;
+            Weights::from_bytes(&file.display().to_string(), &bytes, &device)
+        };
+        let weights = match &reference {
+            Some(_) => read("unet.safetensors")?,
+            None => Weights::random(&device),
+        }
+        .with_kernels(kernels);
         let context_dim = config.cross_attention_dim;
         let channels = config.in_channels;
         let unet = UNet::load(config, &weights)?;
-        println!(
-            "built {path} with random weights in {:.2?}",
-            started.elapsed()
-        );
-        let x = Tensor::<4>::random(
-            [2, channels, latent, latent],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let ctx = Tensor::<3>::random(
-            [2, context_len, context_dim],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
+        println!("built {path} in {:.2?}", started.elapsed());
+        let refs = reference
+            .as_ref()
+            .map(|_| read("reference.safetensors"))
+            .transpose()?;
+        let (x, ctx) = match &refs {
+            Some(r) => (
+                r.root().tensor("sample", [2, channels, latent, latent])?,
+                r.root().tensor("context", [2, context_len, context_dim])?,
+            ),
+            None => (
+                Tensor::<4>::random(
+                    [2, channels, latent, latent],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                ),
+                Tensor::<3>::random(
+                    [2, context_len, context_dim],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                ),
+            ),
+        };
         let mut times = Vec::new();
+        let mut warmup_s = 0.0;
+        let mut errors = Vec::new();
         for i in 0..=repeat {
             let started = Instant::now();
             let out = unet.forward(x.clone(), 500.0, &ctx);
-            let peak = lina_runtime::device::read_f32(out.abs().max(), "the UNet output").await?;
+            let peak =
+                lina_runtime::device::read_f32(out.clone().abs().max(), "the UNet output").await?;
             let elapsed = started.elapsed().as_secs_f64();
             if !peak[0].is_finite() {
                 return Err(Error::Device("the UNet output is not finite".into()));
             }
-            if i == 0 {
-                println!("warm-up call: {elapsed:.3} s");
-            } else {
+            if i > 0 {
                 times.push(elapsed);
+                continue;
+            }
+            warmup_s = elapsed;
+            println!("warm-up call: {elapsed:.3} s");
+            let Some(r) = &refs else { continue };
+            let ours = lina_runtime::device::read_f32(out, "the UNet output").await?;
+            for key in ["out_f32", "out_f16"] {
+                if !r.contains(key) {
+                    continue;
+                }
+                let theirs = r.root().tensor(key, [2, channels, latent, latent])?;
+                let theirs = lina_runtime::device::read_f32(theirs, key).await?;
+                let (rel, peak) = differences(&ours, &theirs);
+                println!(
+                    "against PyTorch's {key}: relative L2 error {rel:.2e}, largest difference {peak:.2e} of the largest value"
+                );
+                errors.push((key.to_string(), rel, peak));
             }
         }
-        if let Some(s) = lina_runtime::bench::Summary::of(&times) {
+        let unet_s = Summary::of(&times);
+        if let Some(s) = unet_s {
             println!(
                 "UNet call, batch 2 (CFG), {latent}x{latent} latents, {repeat} runs: median {:.3} s, min {:.3} s, max {:.3} s",
                 s.median, s.min, s.max
             );
         }
+        if let Some(file) = json {
+            let report = UnetReport {
+                config: path,
+                latent,
+                device: device_arg.device.clone(),
+                kernels: format!("{kernels:?}").to_lowercase(),
+                warmup_s,
+                unet_s,
+                errors,
+            };
+            let text = serde_json::to_string(&report).expect("plain numbers and strings");
+            common::write(&file, text)?;
+        }
+        Ok(())
+    })
+}
+
+/// `(|a - b| / |b|, max |a - b| / max |b|)` over two equally long value lists.
+fn differences(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut diff, mut norm, mut peak_diff, mut peak) = (0f64, 0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let d = (x as f64 - y as f64).abs();
+        diff += d * d;
+        norm += (y as f64) * (y as f64);
+        peak_diff = peak_diff.max(d);
+        peak = peak.max((y as f64).abs());
+    }
+    (
+        (diff / norm.max(f64::MIN_POSITIVE)).sqrt(),
+        peak_diff / peak.max(f64::MIN_POSITIVE),
+    )
+}
+
+#[derive(clap::Args)]
+pub struct KernelsArgs {
+    /// Timed runs of each case, after one warm-up; the median is reported.
+    #[arg(long, default_value_t = 10, value_parser = common::positive)]
+    repeat: usize,
+    /// Only the cases whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Write one JSON object per case here too (JSON lines).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One timed way to compute a case.
+#[derive(serde::Serialize)]
+struct KernelTiming {
+    case: String,
+    kind: &'static str,
+    how: String,
+    ms: f64,
+    /// Floating-point operations per second (bytes per second for norms), in units of 1e12.
+    tera_per_s: f64,
+    /// Largest difference from the first way's output, over its largest value.
+    error: f64,
+}
+
+/// Times the UNet's layer kinds at SD 1.5's shapes (batch 2, 64x64 latents and the levels
+/// below), each by burn's kernels and by ours (every tile of the tiled product), and the
+/// square product that sets the adapter's matrix peak as this build reaches it.
+pub fn kernels(args: KernelsArgs) -> Result<()> {
+    use burn::tensor::module::{conv2d, linear};
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Distribution, Tensor};
+    use lina_runtime::kernels::{self as k, Tile};
+    use lina_runtime::nn::multi_head_attention;
+
+    let KernelsArgs {
+        repeat,
+        only,
+        device,
+        json,
+    } = args;
+    pollster::block_on(async {
+        let device = device.open().await?;
+        let limits = lina_runtime::device::limits(&device);
+        println!(
+            "adapter: {} (f16 compute: {}, workgroup memory {} B)",
+            limits.adapter, limits.computes_f16, limits.workgroup_bytes
+        );
+        // The other tiles lost to this one on every shape on an H200 (docs/bench.md).
+        let tiles: Vec<Tile> = [Tile::DEFAULT]
+            .into_iter()
+            .filter(|t| t.fits(&limits))
+            .collect();
+        let random4 =
+            |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let random =
+            |shape: [usize; 3]| Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        // Runs `f` once to warm up, then `repeat` times, reading one value back after the
+        // last: the median of per-call times over three such rounds.
+        let time = |f: &dyn Fn() -> Tensor<1>| -> Result<(f64, Vec<f32>)> {
+            let first = pollster::block_on(lina_runtime::device::read_f32(f(), "warm-up"))?;
+            let mut rounds = Vec::new();
+            for _ in 0..3 {
+                let started = Instant::now();
+                let mut last = None;
+                for _ in 0..repeat {
+                    last = Some(f());
+                }
+                let last = last.expect("repeat is positive").narrow(0, 0, 1);
+                pollster::block_on(lina_runtime::device::read_f32(last, "a timed call"))?;
+                rounds.push(started.elapsed().as_secs_f64() * 1000.0 / repeat as f64);
+            }
+            rounds.sort_by(f64::total_cmp);
+            Ok((rounds[1], first))
+        };
+        // Each case's lines are written as soon as it is timed: a run stopped by a timeout
+        // keeps what it measured.
+        let mut sink = match &json {
+            Some(file) => {
+                Some(std::fs::File::create(file).map_err(|e| Error::io(file.display(), e))?)
+            }
+            None => None,
+        };
+        let mut report = |case: &str,
+                          kind: &'static str,
+                          work: f64,
+                          ways: Vec<(String, Box<dyn Fn() -> Tensor<1> + '_>)>|
+         -> Result<()> {
+            if only.as_ref().is_some_and(|o| !case.contains(o.as_str())) {
+                return Ok(());
+            }
+            let mut reference: Option<Vec<f32>> = None;
+            for (how, f) in ways {
+                let (ms, values) = time(&*f)?;
+                let error = match &reference {
+                    None => 0.0,
+                    Some(r) => differences(&values, r).1,
+                };
+                reference.get_or_insert(values);
+                let tera_per_s = work / (ms / 1000.0) / 1e12;
+                println!(
+                    "{case:<34} {kind:<9} {how:<22} {ms:>9.3} ms {tera_per_s:>8.2} T/s  error {error:.1e}"
+                );
+                if let (Some(file), Some(path)) = (sink.as_mut(), json.as_ref()) {
+                    use std::io::Write;
+                    let timing = KernelTiming {
+                        case: case.into(),
+                        kind,
+                        how,
+                        ms,
+                        tera_per_s,
+                        error,
+                    };
+                    let line = serde_json::to_string(&timing).expect("plain numbers and strings");
+                    writeln!(file, "{line}").map_err(|e| Error::io(path.display(), e))?;
+                }
+            }
+            Ok(())
+        };
+        let flat4 = |t: Tensor<4>| t.reshape([-1]);
+        let flat3 = |t: Tensor<3>| t.reshape([-1]);
+
+        // Convolutions, channels-last as the UNet holds them: (side, c_in, c_out, stride).
+        for (side, c_in, c_out, stride) in [
+            (64, 320, 320, 1),
+            (64, 960, 320, 1),
+            (64, 320, 320, 2),
+            (32, 640, 640, 1),
+            (16, 1280, 1280, 1),
+            (8, 1280, 1280, 1),
+        ] {
+            let x = random4([2, side, side, c_in]).permute([0, 3, 1, 2]);
+            let w = random4([c_out, 3, 3, c_in]).permute([0, 3, 1, 2]);
+            let b = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &device);
+            let out_side = side / stride;
+            let work = 2.0 * (2 * out_side * out_side * c_out * 9 * c_in) as f64;
+            let mut ways: Vec<(String, Box<dyn Fn() -> Tensor<1>>)> = vec![(
+                "burn".into(),
+                Box::new(|| {
+                    let options = ConvOptions::new([stride; 2], [1, 1], [1, 1], 1);
+                    flat4(conv2d(x.clone(), w.clone(), Some(b.clone()), options))
+                }),
+            )];
+            {
+                let (x, w, b) = (x.clone(), w.clone(), b.clone());
+                let max_bytes = limits.max_binding_bytes;
+                ways.push((
+                    "im2col + burn matmul".into(),
+                    Box::new(move || {
+                        flat4(k::conv2d_im2col(
+                            x.clone(),
+                            &w,
+                            Some(&b),
+                            stride,
+                            1,
+                            max_bytes,
+                        ))
+                    }),
+                ));
+            }
+            for &tile in &tiles {
+                let (x, w, b) = (x.clone(), w.clone(), b.clone());
+                ways.push((
+                    format!("ours {}x{}x{}", 16 * tile.tm, 16 * tile.tn, tile.bk),
+                    Box::new(move || flat4(k::conv2d(x.clone(), &w, Some(&b), stride, 1, tile))),
+                ));
+            }
+            let case = format!("conv3x3 {side}x{side} {c_in}->{c_out} s{stride}");
+            report(&case, "conv", work, ways)?;
+        }
+
+        // Linear layers (tokens, in, out) and the square product that sets the peak.
+        for (rows, d_in, d_out, name) in [
+            (8192, 320, 960, "qkv 64x64"),
+            (8192, 320, 2560, "ff in 64x64"),
+            (8192, 1280, 320, "ff out 64x64"),
+            (2048, 640, 5120, "ff in 32x32"),
+            (4096, 4096, 4096, "square 4096 (peak)"),
+        ] {
+            let x = random([1, rows, d_in]);
+            let w = Tensor::<2>::random([d_in, d_out], Distribution::Normal(0.0, 1.0), &device);
+            let work = 2.0 * (rows * d_in * d_out) as f64;
+            let mut ways: Vec<(String, Box<dyn Fn() -> Tensor<1>>)> = vec![(
+                "burn".into(),
+                Box::new(|| flat3(linear(x.clone(), w.clone(), None))),
+            )];
+            for &tile in &tiles {
+                let (x, w) = (x.clone(), w.clone());
+                ways.push((
+                    format!("ours {}x{}x{}", 16 * tile.tm, 16 * tile.tn, tile.bk),
+                    Box::new(move || flat3(k::linear(x.clone(), &w, None, tile))),
+                ));
+            }
+            report(&format!("matmul {name}"), "matmul", work, ways)?;
+        }
+
+        // Attention: self-attention at 64x64 (8 heads of 40) and cross-attention onto 77
+        // tokens; 4 B L_q L_k D FLOPs per head and sample.
+        for (lq, lk, name) in [(4096, 4096, "self 64x64"), (4096, 77, "cross 64x64")] {
+            let (heads, d) = (8, 40);
+            let q = random([2, lq, heads * d]);
+            let kv = random([2, lk, heads * d]);
+            let work = 4.0 * (2 * heads * lq * lk * d) as f64;
+            let attend = |kernels: lina_runtime::kernels::Kernels| {
+                let (q, kv) = (q.clone(), kv.clone());
+                Box::new(move || {
+                    flat3(multi_head_attention(
+                        q.clone().into(),
+                        kv.clone().into(),
+                        kv.clone().into(),
+                        heads,
+                        false,
+                        kernels,
+                    ))
+                }) as Box<dyn Fn() -> Tensor<1>>
+            };
+            let mut ways = vec![("burn".to_string(), attend(Kernels::Burn))];
+            // The kernel without workgroup memory, then the tiled one with each key block
+            // that fits the adapter.
+            for key_block in [0u32, 16, 32, 64] {
+                if 2 * 4 * key_block * d as u32 > limits.workgroup_bytes {
+                    continue;
+                }
+                let (q, kv) = (q.clone(), kv.clone());
+                let how = match key_block {
+                    0 => "ours".to_string(),
+                    _ => format!("ours tiled, {key_block} keys"),
+                };
+                ways.push((
+                    how,
+                    Box::new(move || {
+                        flat3(k::attention_blocked(
+                            q.clone().into(),
+                            kv.clone().into(),
+                            kv.clone().into(),
+                            heads,
+                            key_block,
+                        ))
+                    }),
+                ));
+            }
+            report(&format!("attention {name}"), "attention", work, ways)?;
+        }
+
+        // Group norm with SiLU at 64x64, 320 channels in 32 groups: bytes read and written.
+        let x = random4([2, 64, 64, 320]).permute([0, 3, 1, 2]);
+        let gamma = Tensor::<1>::ones([320], &device);
+        let beta = Tensor::<1>::zeros([320], &device);
+        let bytes = 2.0 * (2 * 320 * 64 * 64) as f64 * if limits.computes_f16 { 2.0 } else { 4.0 };
+        let composed = || {
+            let g = x.clone().reshape([2, 32, 10 * 64 * 64]);
+            let mean = g.clone().mean_dim(2);
+            let centred = g - mean;
+            let var = centred.clone().powi_scalar(2).mean_dim(2);
+            let normed = (centred / var.add_scalar(1e-5).sqrt()).reshape([2, 320, 64, 64]);
+            let y = normed * gamma.clone().reshape([1, 320, 1, 1])
+                + beta.clone().reshape([1, 320, 1, 1]);
+            flat4(burn::tensor::activation::silu(y))
+        };
+        let ways: Vec<(String, Box<dyn Fn() -> Tensor<1>>)> = vec![
+            ("burn".into(), Box::new(composed)),
+            (
+                "ours".into(),
+                Box::new(|| flat4(k::group_norm(x.clone(), &gamma, &beta, 32, 1e-5, true))),
+            ),
+        ];
+        report("group norm + SiLU 64x64x320", "norm", bytes, ways)?;
         Ok(())
     })
 }

@@ -36,6 +36,8 @@ enum Command {
     Bench(bench::Args),
     /// Time one classifier-free-guidance UNet call of a config with random weights.
     BenchUnet(bench::UnetArgs),
+    /// Time the UNet's layer kinds at SD 1.5's shapes: burn's kernels beside ours.
+    BenchKernels(bench::KernelsArgs),
     /// Generate a probe suite's prompts, check each image, write a report.
     Probe(probe::Args),
     /// Render a probe suite's scenes with masks, CSG JSON and the checker's report.
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Memory(args) => memory::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchUnet(args) => bench::unet(args),
+        Command::BenchKernels(args) => bench::kernels(args),
         Command::Probe(args) => probe::run(args),
         Command::ProbeRender(args) => probe::render(args),
         Command::ProbeData(args) => probe::data(args),

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The GPU benchmark (issue 26; docs/bench.md, "On a real GPU"): our UNet kernels beside burn's
+# and beside PyTorch on the same GPU, in one run. For a Linux machine with an NVIDIA GPU, a
+# Vulkan loader and PyTorch with diffusers already installed; builds nothing it can take
+# prebuilt and downloads nothing.
+#
+#   scripts/bench-gpu.sh [OUT_DIR]
+#
+# It runs, each step under its own timeout and the whole under BENCH_GPU_BUDGET seconds
+# (default 420):
+#   1. `lina-cli bench-kernels` in f32 and f16: SD 1.5's convolutions, linear layers, attention
+#      and group norm at 64x64 latents, burn's kernels beside ours (each tile), and the square
+#      product that sets the adapter's matrix peak as this build reaches it;
+#   2. tools/bench_torch_unet.py: PyTorch's SD 1.5 UNet call (batch 2, 64x64) with random
+#      weights on CUDA in f32 (TF32 off and on) and f16 (and torch.compile with --compile),
+#      saving its weights, inputs and outputs;
+#   3. `lina-cli bench-unet --reference` on those weights: our call with our kernels and with
+#      burn's, in f32 and f16, and our output against PyTorch's;
+#   4. SD 2.1's UNet at 96x96 the same way, without the reference (BENCH_GPU_SD21=0 skips it);
+#   5. one table of times and ratios (tools/bench_gpu_table.py).
+#
+# Which binary: $LINA_CLI, else target/release/lina-cli, else .gpu/lina-cli.xz (a stripped
+# release build compressed with xz, as a session carries it to a machine without cargo).
+# Figures go to OUT_DIR (default target/bench-gpu).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-target/bench-gpu}
+mkdir -p "$out"
+budget=${BENCH_GPU_BUDGET:-420}
+started=$(date +%s)
+left() { echo $((budget - ($(date +%s) - started))); }
+# Runs a step with the smaller of its own limit and what is left of the budget.
+step() {
+  local limit=$1
+  shift
+  local now
+  now=$(left)
+  [ "$now" -lt "$limit" ] && limit=$now
+  if [ "$limit" -le 5 ]; then
+    echo "== skipped (budget spent): $*"
+    return 1
+  fi
+  timeout "$limit" "$@"
+  local rc=$?
+  [ $rc = 124 ] && echo "== timed out after ${limit} s: $*"
+  return $rc
+}
+
+cli=${LINA_CLI:-}
+if [ -z "$cli" ] && [ -x target/release/lina-cli ]; then cli=target/release/lina-cli; fi
+if [ -z "$cli" ] && [ -f .gpu/lina-cli.xz ]; then
+  cli=/tmp/lina-cli
+  python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+    .gpu/lina-cli.xz "$cli" && chmod +x "$cli"
+fi
+if [ -z "$cli" ] || [ ! -x "$cli" ]; then
+  echo "no lina-cli: build one (cargo build --release -p lina-cli) or set LINA_CLI" >&2
+  exit 1
+fi
+
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" ||
+  { echo "python3 needs torch and diffusers" >&2; exit 1; }
+
+echo "== 1. kernels, burn's and ours (f32, then f16)"
+for precision in f32 f16; do
+  step 120 "$cli" bench-kernels --device "gpu-$precision" --repeat 10 \
+    --json "$out/kernels-$precision.jsonl" 2>&1 | grep -v XDG_RUNTIME_DIR
+done
+
+unet_pair() { # config latent name [reference dir]
+  local config=$1 latent=$2 name=$3 ref=${4:-}
+  local extra=()
+  [ -n "$ref" ] && extra=(--reference "$ref")
+  for precision in f32 f16; do
+    for kernels in fused burn; do
+      echo "-- ours, $name, $precision, $kernels kernels"
+      step 90 "$cli" bench-unet --config "$config" --latent "$latent" --repeat 5 \
+        --device "gpu-$precision" --kernels "$kernels" "${extra[@]}" \
+        --json "$out/unet-$name-$precision-$kernels.json" 2>&1 | grep -v XDG_RUNTIME_DIR
+    done
+  done
+}
+
+echo "== 2. PyTorch, SD 1.5 UNet, batch 2, 64x64 (weights saved for step 3)"
+ref=$(mktemp -d /tmp/bench-gpu-ref.XXXX)
+step 150 python3 tools/bench_torch_unet.py --config tests/fixtures/configs/sd15_unet.json \
+  --latent 64 --repeat 5 --device cuda --dtype f32 f16 ${BENCH_GPU_COMPILE:+--compile} \
+  --save "$ref" | tail -1 >"$out/torch-sd15.json"
+cat "$out/torch-sd15.json"
+
+echo "== 3. ours, SD 1.5 UNet on PyTorch's weights"
+unet_pair tests/fixtures/configs/sd15_unet.json 64 sd15 "$ref"
+rm -rf "$ref"
+
+if [ "${BENCH_GPU_SD21:-1}" = 1 ]; then
+  echo "== 4. SD 2.1 UNet, batch 2, 96x96"
+  step 90 python3 tools/bench_torch_unet.py --config tests/fixtures/configs/sd21_unet.json \
+    --latent 96 --repeat 5 --device cuda --dtype f32 f16 | tail -1 >"$out/torch-sd21.json"
+  unet_pair tests/fixtures/configs/sd21_unet.json 96 sd21
+fi
+
+echo "== 5. table"
+python3 tools/bench_gpu_table.py "$out" | tee "$out/table.md"
+echo "== done in $(($(date +%s) - started)) s"
