@@ -28,8 +28,8 @@ pub struct Limits {
     /// kernels pick their tile within these.
     pub workgroup_bytes: u32,
     pub workgroup_invocations: u32,
-    /// Whether the adapter runs on the CPU (lavapipe, SwiftShader): there workgroup barriers
-    /// are slow, and kernels without them win.
+    /// Whether the adapter runs on the CPU (lavapipe, SwiftShader; in a browser, a fallback
+    /// adapter): there workgroup barriers are slow, and kernels without them win.
     pub software: bool,
 }
 
@@ -59,7 +59,10 @@ impl Limits {
             adapter: format!("{} ({:?})", info.name, info.backend),
             workgroup_bytes: limits.max_compute_workgroup_storage_size,
             workgroup_invocations: limits.max_compute_invocations_per_workgroup,
-            software: info.device_type == wgpu::DeviceType::Cpu,
+            software: info.device_type == wgpu::DeviceType::Cpu
+                || ["llvmpipe", "swiftshader"]
+                    .iter()
+                    .any(|name| info.name.to_lowercase().contains(name)),
         }
     }
 }

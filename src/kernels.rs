@@ -1,8 +1,10 @@
 //! Hand-written WGSL kernels (`shaders/`, whose README lists them) for the hot paths that burn
-//! runs as chains of small kernels: group and layer normalisation with an optional SiLU,
-//! attention, the gated GELU, a linear layer's bias with the residual around it, and the
-//! guidance combine with the sampler's step. On a GPU each dispatch has a fixed cost, and on a
-//! small model most of a UNet call is that cost (`docs/bench.md`, "Fused kernels").
+//! runs as chains of small kernels or slowly: group and layer normalisation with an optional
+//! SiLU, attention (tiled in workgroup memory on GPUs), the gated GELU, a linear layer's bias
+//! with the residual around it, the guidance combine with the sampler's step, and the
+//! gathering of a convolution's patches for burn's matmul on GPUs. On a GPU each dispatch has
+//! a fixed cost, and on a small model most of a UNet call is that cost (`docs/bench.md`,
+//! "Fused kernels"); on a large one, arithmetic rate is ("On a real GPU").
 //!
 //! They run on wgpu devices (WebGPU in the browser, Vulkan natively) through burn's backend
 //! extension API, as templates burn hands to wgpu untranslated. Callers ask their model's
@@ -116,15 +118,16 @@ pub fn attention(q: Columns, k: Columns, v: Columns, heads: usize) -> Tensor<3> 
 /// The keys per block of the tiled attention kernel (shaders/attention_tiled.wgsl) for heads of
 /// `head_dim` values on `device`, or 0 for the kernel without workgroup memory
 /// (shaders/attention.wgsl): on software adapters, where barriers are slow, and for heads
-/// that are no multiple of 4 values (the tiled kernel reads vec4s). Otherwise the most keys,
-/// up to 64, whose keys and values fit the adapter's workgroup memory.
+/// that are no multiple of 4 values (the tiled kernel reads vec4s). Otherwise 16 keys, the
+/// fastest block on an H200 (twice as fast as 64 at SD 1.5's 64x64 self-attention,
+/// docs/bench.md), or fewer where the adapter's workgroup memory holds fewer.
 pub fn attention_key_block(device: &Device, head_dim: usize) -> u32 {
     let limits = crate::device::limits(device);
     if limits.software || !head_dim.is_multiple_of(4) || limits.workgroup_invocations < 64 {
         return 0;
     }
     let fitting = limits.workgroup_bytes as usize / (2 * 4 * head_dim);
-    match fitting.min(64) {
+    match fitting.min(16) {
         0..4 => 0,
         keys => 1 << keys.ilog2(),
     }
@@ -191,37 +194,21 @@ pub fn bias_residual(x: Tensor<3>, bias: &Tensor<1>, residual: Tensor<3>) -> Ten
     ))
 }
 
-/// A 2-D convolution as the tiled implicit GEMM of shaders/gemm.wgsl: x [B, Cin, H, W] (read
-/// in place where stored channels-last), a square `weight` [Cout, Cin, k, k] (read in place
-/// where stored channels-last, as `crate::weights` uploads 3x3 ones), `bias` [Cout], square
-/// stride and padding. Gives [B, Cout, Ho, Wo] stored channels-last, as burn's GPU
-/// convolution does.
-pub fn conv2d(
-    x: Tensor<4>,
-    weight: &Tensor<4>,
-    bias: Option<&Tensor<1>>,
-    stride: usize,
-    padding: usize,
-    tile: Tile,
-) -> Tensor<4> {
-    let (bias, has_bias) = bias_or_placeholder(bias, weight.clone().into_dispatch());
-    Tensor::from_dispatch(<Dispatch as Fused>::conv2d(
-        x.into_dispatch(),
-        weight.clone().into_dispatch(),
-        bias,
-        has_bias,
-        stride as u32,
-        padding as u32,
-        tile,
-    ))
-}
-
 /// A 2-D convolution as one matrix product with burn's tiled matmul: the input's patches are
-/// gathered into the rows of a matrix (shaders/im2col.wgsl), in blocks of output positions
-/// that keep it within `max_bytes`, and multiplied by the filters. Takes and gives what
-/// [`conv2d`] does. On GPUs burn's matmul runs many times faster than its direct convolution
-/// and than shaders/gemm.wgsl (docs/bench.md, "On a real GPU"); the gathered copy costs one
-/// pass over memory.
+/// gathered into the rows of a matrix (shaders/im2col.wgsl) and multiplied by the filters.
+/// x [B, Cin, H, W] is read in place where stored channels-last; `weight` [Cout, Cin, k, k]
+/// is best stored channels-last, as `crate::weights` uploads 3x3 filters (else each call
+/// copies it). Gives [B, Cout, Ho, Wo] stored channels-last, as burn's GPU convolution does.
+///
+/// The gathered matrix is made in blocks of output positions of at most `max_bytes` (the
+/// adapter's binding limit) and [`GATHER_BLOCK_BYTES`]. On a GPU burn's matmul runs 5-10x
+/// faster than its direct convolution and than a tiled implicit GEMM of our own, which this
+/// replaced (docs/bench.md, "On a real GPU"); the gathered copy costs one pass over memory.
+/// The largest gathered matrix [`conv2d_im2col`] makes at once: it lives only for its
+/// product, but a VAE's convolution at 512 pixels would gather 1.2 GB in one piece. SD 1.5's
+/// UNet at 64x64 latents gathers at most 283 MB, so its convolutions stay whole.
+pub const GATHER_BLOCK_BYTES: u64 = 512 << 20;
+
 pub fn conv2d_im2col(
     x: Tensor<4>,
     weight: &Tensor<4>,
@@ -237,8 +224,8 @@ pub fn conv2d_im2col(
     let rows = b * out_h * out_w;
     let k = kernel * kernel * c_in;
     let elem = x.dtype().size() as u64;
-    // Output positions per block: as many as fit `max_bytes` (every one at once on GPUs
-    // that bind large buffers).
+    // Output positions per block: as many as fit (all of a UNet's at 64x64 latents).
+    let max_bytes = max_bytes.min(GATHER_BLOCK_BYTES);
     let per_block = ((max_bytes / (k as u64 * elem)) as usize).clamp(1, rows);
     // The filters as [K, N]: a view of the channels-last [N, kh, kw, Cin] weight.
     let filters: Tensor<2> = weight
@@ -251,21 +238,19 @@ pub fn conv2d_im2col(
         .step_by(per_block)
         .map(|first| {
             let count = per_block.min(rows - first);
-            let problem = Gemm {
-                batch: b as u32,
+            let shape = ConvShape {
                 height: h as u32,
                 width: w as u32,
                 c_in: c_in as u32,
                 out_h: out_h as u32,
                 out_w: out_w as u32,
-                n: c_out as u32,
                 kernel: kernel as u32,
                 stride: stride as u32,
                 pad: padding as u32,
             };
             let cols: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::im2col(
                 x.clone(),
-                problem,
+                shape,
                 first as u32,
                 count as u32,
             ));
@@ -281,43 +266,6 @@ pub fn conv2d_im2col(
         out = out + bias.clone().reshape([1, c_out]);
     }
     out.reshape([b, out_h, out_w, c_out]).permute([0, 3, 1, 2])
-}
-
-/// `x · weight (+ bias)` for x [.., K] and weight [K, N] on the tiled product of
-/// shaders/gemm.wgsl: a linear layer, as `burn::tensor::module::linear` computes it.
-pub fn linear<const D: usize>(
-    x: Tensor<D>,
-    weight: &Tensor<2>,
-    bias: Option<&Tensor<1>>,
-    tile: Tile,
-) -> Tensor<D> {
-    let dims = x.dims();
-    let [k, n] = weight.dims();
-    let rows = dims[..D - 1].iter().product::<usize>();
-    let flat: Tensor<2> = x.reshape([rows, k]);
-    let (bias, has_bias) = bias_or_placeholder(bias, weight.clone().into_dispatch());
-    let out: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::matmul(
-        flat.into_dispatch(),
-        weight.clone().into_dispatch(),
-        bias,
-        has_bias,
-        tile,
-    ));
-    let mut shape = dims;
-    shape[D - 1] = n;
-    out.reshape(shape)
-}
-
-/// The bias and `true`, or `placeholder` and `false`: burn's extension macro passes tensors,
-/// not optional ones, so a missing bias travels as a flag beside a tensor the kernel ignores.
-fn bias_or_placeholder(
-    bias: Option<&Tensor<1>>,
-    placeholder: burn::tensor::DispatchTensor,
-) -> (burn::tensor::DispatchTensor, bool) {
-    match bias {
-        Some(b) => (b.clone().into_dispatch(), true),
-        None => (placeholder, false),
-    }
 }
 
 /// Classifier-free guidance and a sampler step that is affine ([`AffineStep`]) in one
@@ -372,23 +320,12 @@ pub trait Fused: Backend {
         columns: AttentionColumns,
     ) -> FloatTensor<Self>;
     fn geglu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
-    fn conv2d(
+    fn im2col(
         x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        has_bias: bool,
-        stride: u32,
-        padding: u32,
-        tile: Tile,
+        shape: ConvShape,
+        first_row: u32,
+        rows: u32,
     ) -> FloatTensor<Self>;
-    fn matmul(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        has_bias: bool,
-        tile: Tile,
-    ) -> FloatTensor<Self>;
-    fn im2col(x: FloatTensor<Self>, problem: Gemm, first_row: u32, rows: u32) -> FloatTensor<Self>;
     fn bias_residual(
         x: FloatTensor<Self>,
         bias: FloatTensor<Self>,
@@ -502,81 +439,7 @@ impl Fused for CubeBackend {
         out
     }
 
-    fn conv2d(
-        x: CubeTensor,
-        weight: CubeTensor,
-        bias: CubeTensor,
-        has_bias: bool,
-        stride: u32,
-        padding: u32,
-        tile: Tile,
-    ) -> CubeTensor {
-        let bias = has_bias.then_some(bias);
-        let [b, c_in, h, w] = dims4(&x);
-        let [c_out, _, kernel, kernel_w] = dims4(&weight);
-        assert_eq!(kernel, kernel_w, "square kernels only");
-        let out_h = (h + 2 * padding - kernel) / stride + 1;
-        let out_w = (w + 2 * padding - kernel) / stride + 1;
-        // Both read channels-last: in place where stored so (at one position, or for a 1x1
-        // kernel, the two layouts are the same memory), else copied once.
-        let x = if h * w == 1 || is_channels_last(&x) {
-            x
-        } else {
-            into_contiguous(permute(x, &[0, 2, 3, 1]))
-        };
-        let weight = if kernel == 1 || is_channels_last(&weight) {
-            weight
-        } else {
-            into_contiguous(permute(weight, &[0, 2, 3, 1]))
-        };
-        let stored = [b, out_h, out_w, c_out].map(|d| d as usize);
-        let out = permute(output_like(&x, stored.into()), &[0, 3, 1, 2]);
-        let problem = Gemm {
-            batch: b,
-            height: h,
-            width: w,
-            c_in,
-            out_h,
-            out_w,
-            n: c_out,
-            kernel,
-            stride,
-            pad: padding,
-        };
-        gemm(x, weight, bias, &out, problem, false, tile);
-        out
-    }
-
-    fn matmul(
-        x: CubeTensor,
-        weight: CubeTensor,
-        bias: CubeTensor,
-        has_bias: bool,
-        tile: Tile,
-    ) -> CubeTensor {
-        let bias = has_bias.then_some(bias);
-        let (x, weight) = (into_contiguous(x), into_contiguous(weight));
-        let [rows, k] = [x.meta.shape()[0], x.meta.shape()[1]].map(|d| d as u32);
-        let n = weight.meta.shape()[1] as u32;
-        let out = output_like(&x, [rows as usize, n as usize].into());
-        // One image row of `rows` tokens under a 1x1 kernel.
-        let problem = Gemm {
-            batch: 1,
-            height: 1,
-            width: rows,
-            c_in: k,
-            out_h: 1,
-            out_w: rows,
-            n,
-            kernel: 1,
-            stride: 1,
-            pad: 0,
-        };
-        gemm(x, weight, bias, &out, problem, true, tile);
-        out
-    }
-
-    fn im2col(x: CubeTensor, g: Gemm, first_row: u32, rows: u32) -> CubeTensor {
+    fn im2col(x: CubeTensor, g: ConvShape, first_row: u32, rows: u32) -> CubeTensor {
         // Read channels-last: in place where stored so, else copied once.
         let x = if g.height * g.width == 1 || is_channels_last(&x) {
             x
@@ -684,121 +547,17 @@ impl Fused for CubeBackend {
     }
 }
 
-/// A convolution's shapes, as shaders/gemm.wgsl and shaders/im2col.wgsl take them (a linear
-/// layer is a 1x1 one).
+/// A convolution's shapes, as shaders/im2col.wgsl takes them.
 #[derive(Clone, Copy, Debug)]
-pub struct Gemm {
-    batch: u32,
+pub struct ConvShape {
     height: u32,
     width: u32,
     c_in: u32,
     out_h: u32,
     out_w: u32,
-    n: u32,
     kernel: u32,
     stride: u32,
     pad: u32,
-}
-
-/// The tile one workgroup of shaders/gemm.wgsl computes: (16 `tm`) x (16 `tn`) outputs, `bk`
-/// deep per step of the K loop, by 256 invocations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Tile {
-    pub tm: u32,
-    pub tn: u32,
-    pub bk: u32,
-}
-
-impl Tile {
-    /// 64x64 outputs, 16 deep: 8.7 KB of workgroup memory, within WebGPU's default limit
-    /// (16 KB), so every adapter that can run 256 invocations takes it.
-    pub const DEFAULT: Tile = Tile {
-        tm: 4,
-        tn: 4,
-        bk: 16,
-    };
-    /// 128x128 outputs, 8 deep: twice the arithmetic per value read, for large products.
-    pub const LARGE: Tile = Tile {
-        tm: 8,
-        tn: 8,
-        bk: 8,
-    };
-    /// 128x64 outputs, 16 deep (12.8 KB): for many rows and few columns, as a UNet's
-    /// convolutions at their largest resolution have.
-    pub const TALL: Tile = Tile {
-        tm: 8,
-        tn: 4,
-        bk: 16,
-    };
-    /// 64x64 outputs, 8 deep: 4.4 KB, for adapters with less workgroup memory.
-    pub const SMALL: Tile = Tile {
-        tm: 4,
-        tn: 4,
-        bk: 8,
-    };
-    /// Every tile, for benchmarks and tests.
-    pub const ALL: [Tile; 4] = [Tile::DEFAULT, Tile::LARGE, Tile::TALL, Tile::SMALL];
-
-    /// Workgroup memory the tile takes, in bytes: a slice of A's and B's tile rows, each
-    /// padded by one vec4.
-    pub fn workgroup_bytes(self) -> u32 {
-        16 * self.bk * (4 * self.tm + 1 + 4 * self.tn + 1)
-    }
-
-    /// Whether an adapter with these limits can run the tile.
-    pub fn fits(self, limits: &crate::device::Limits) -> bool {
-        limits.workgroup_invocations >= 256 && self.workgroup_bytes() <= limits.workgroup_bytes
-    }
-
-    /// The tile for `device`, from its limits: `None` where none fits (the caller then runs
-    /// burn's kernels), so no kernel is ever dispatched past an adapter's limits.
-    pub fn for_device(device: &Device) -> Option<Tile> {
-        let limits = crate::device::limits(device);
-        [Tile::DEFAULT, Tile::SMALL]
-            .into_iter()
-            .find(|t| t.fits(&limits))
-    }
-}
-
-/// Writes `x`'s product with `weight` (plus `bias`) into `out` (contiguous [M, N] memory).
-/// `k_major`: the weight is [K, N] (a linear layer's), else [N, K] (a channels-last filter).
-fn gemm(
-    x: CubeTensor,
-    weight: CubeTensor,
-    bias: Option<CubeTensor>,
-    out: &CubeTensor,
-    g: Gemm,
-    k_major: bool,
-    tile: Tile,
-) {
-    let m = g.batch * g.out_h * g.out_w;
-    let k = g.kernel * g.kernel * g.c_in;
-    let params = words(&[
-        g.batch, g.height, g.width, g.c_in, g.out_h, g.out_w, g.n, g.kernel, g.stride, g.pad, m, k,
-    ]);
-    let mut kernel = Wgsl::new("gemm", x.dtype, 0);
-    kernel.gemm = Some(GemmVariant {
-        tile,
-        k_major,
-        bias: bias.is_some(),
-    });
-    let bias = bias.map(into_contiguous);
-    let mut bound = vec![&x, &weight];
-    bound.extend(bias.as_ref());
-    bound.push(out);
-    launch(
-        &x,
-        kernel,
-        CubeDim::new_1d(256),
-        CubeCount::Static(g.n.div_ceil(16 * tile.tn), m.div_ceil(16 * tile.tm), 1),
-        &bound,
-        &params,
-    );
-}
-
-fn dims4(t: &CubeTensor) -> [u32; 4] {
-    let shape = t.meta.shape();
-    [shape[0], shape[1], shape[2], shape[3]].map(|d| d as u32)
 }
 
 /// Group normalisation of [B, C, H, W] (stored as such or channels-last), plus a
@@ -981,17 +740,8 @@ struct Wgsl {
     sources: [u32; 3],
     /// For the norm kernels: whether a shift is bound.
     shifted: bool,
-    /// For the matrix product: its tile, weight layout and whether a bias is bound.
-    gemm: Option<GemmVariant>,
     /// For the tiled attention: keys per block.
     key_block: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct GemmVariant {
-    tile: Tile,
-    k_major: bool,
-    bias: bool,
 }
 
 impl Wgsl {
@@ -1002,7 +752,6 @@ impl Wgsl {
             head_dim,
             sources: [0, 1, 2],
             shifted: false,
-            gemm: None,
             key_block: 0,
         }
     }
@@ -1049,44 +798,6 @@ impl Wgsl {
             .replace("{{ v }}", &v)
     }
 
-    /// The matrix product's tile constants and its bindings after x and the weight.
-    fn bind_gemm(&self, text: String) -> String {
-        let Some(GemmVariant {
-            tile,
-            k_major,
-            bias,
-        }) = self.gemm
-        else {
-            return text;
-        };
-        let binding = |i: u32, decl: &str| {
-            format!("@group(0) @binding({i}) var<storage, read_write> {decl};\n")
-        };
-        let bindings = if bias {
-            binding(2, "bias: array<T>")
-                + &binding(3, "out: array<T>")
-                + &binding(4, "p: Params")
-                + "fn bias_of(n: u32) -> f32 {\n    return f32(bias[n]);\n}\n"
-        } else {
-            binding(2, "out: array<T>")
-                + &binding(3, "p: Params")
-                + "fn bias_of(n: u32) -> f32 {\n    return 0.0;\n}\n"
-        };
-        let (bm, bn) = (16 * tile.tm, 16 * tile.tn);
-        text.replace("{{ bindings }}", &bindings)
-            .replace("{{ tm }}", &tile.tm.to_string())
-            .replace("{{ tn }}", &tile.tn.to_string())
-            .replace("{{ bk }}", &tile.bk.to_string())
-            .replace("{{ tm4 }}", &(tile.tm / 4).to_string())
-            .replace("{{ tn4 }}", &(tile.tn / 4).to_string())
-            .replace("{{ acc_vec4s }}", &(tile.tm * tile.tn / 4).to_string())
-            .replace("{{ a_per }}", &(bm * tile.bk / 256).to_string())
-            .replace("{{ a_vec4s }}", &(tile.bk * (bm / 4 + 1)).to_string())
-            .replace("{{ b_vec4s }}", &(tile.bk * (bn / 4 + 1)).to_string())
-            .replace("{{ b_k_major }}", &k_major.to_string())
-            .replace("{{ has_bias }}", &bias.to_string())
-    }
-
     /// The kernel's text, after the text it shares with its family.
     fn template(&self) -> String {
         let own = self.own_template();
@@ -1109,7 +820,6 @@ impl Wgsl {
             "geglu" => include_str!("../shaders/geglu.wgsl"),
             "bias_residual" => include_str!("../shaders/bias_residual.wgsl"),
             "guided_step" => include_str!("../shaders/guided_step.wgsl"),
-            "gemm" => include_str!("../shaders/gemm.wgsl"),
             "im2col" => include_str!("../shaders/im2col.wgsl"),
             other => unreachable!("no kernel named {other}"),
         }
@@ -1133,7 +843,7 @@ impl KernelSource for Wgsl {
                 "{{ tile_vec4s }}",
                 &(self.key_block * self.head_dim / 4).to_string(),
             );
-        SourceTemplate::new(self.bind_gemm(self.bind_shift(self.bind_sources(text))))
+        SourceTemplate::new(self.bind_shift(self.bind_sources(text)))
     }
 
     fn id(&self) -> KernelId {
@@ -1143,7 +853,6 @@ impl KernelSource for Wgsl {
             self.head_dim,
             self.sources,
             self.shifted,
-            self.gemm,
             self.key_block,
         ))
     }

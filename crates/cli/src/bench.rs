@@ -488,13 +488,14 @@ struct KernelTiming {
 }
 
 /// Times the UNet's layer kinds at SD 1.5's shapes (batch 2, 64x64 latents and the levels
-/// below), each by burn's kernels and by ours (every tile of the tiled product), and the
-/// square product that sets the adapter's matrix peak as this build reaches it.
+/// below), each by burn's kernels and by ours (the convolution as gathered patches and
+/// burn's matmul; attention without workgroup memory and tiled with each key block), and
+/// the square product that sets the adapter's matrix peak as burn's matmul reaches it.
 pub fn kernels(args: KernelsArgs) -> Result<()> {
     use burn::tensor::module::{conv2d, linear};
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Distribution, Tensor};
-    use lina_runtime::kernels::{self as k, Tile};
+    use lina_runtime::kernels as k;
     use lina_runtime::nn::multi_head_attention;
 
     let KernelsArgs {
@@ -510,11 +511,6 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
             "adapter: {} (f16 compute: {}, workgroup memory {} B)",
             limits.adapter, limits.computes_f16, limits.workgroup_bytes
         );
-        // The other tiles lost to this one on every shape on an H200 (docs/bench.md).
-        let tiles: Vec<Tile> = [Tile::DEFAULT]
-            .into_iter()
-            .filter(|t| t.fits(&limits))
-            .collect();
         let random4 =
             |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
         let random =
@@ -622,13 +618,6 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
                     }),
                 ));
             }
-            for &tile in &tiles {
-                let (x, w, b) = (x.clone(), w.clone(), b.clone());
-                ways.push((
-                    format!("ours {}x{}x{}", 16 * tile.tm, 16 * tile.tn, tile.bk),
-                    Box::new(move || flat4(k::conv2d(x.clone(), &w, Some(&b), stride, 1, tile))),
-                ));
-            }
             let case = format!("conv3x3 {side}x{side} {c_in}->{c_out} s{stride}");
             report(&case, "conv", work, ways)?;
         }
@@ -644,17 +633,10 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
             let x = random([1, rows, d_in]);
             let w = Tensor::<2>::random([d_in, d_out], Distribution::Normal(0.0, 1.0), &device);
             let work = 2.0 * (rows * d_in * d_out) as f64;
-            let mut ways: Vec<(String, Box<dyn Fn() -> Tensor<1>>)> = vec![(
+            let ways: Vec<(String, Box<dyn Fn() -> Tensor<1>>)> = vec![(
                 "burn".into(),
                 Box::new(|| flat3(linear(x.clone(), w.clone(), None))),
             )];
-            for &tile in &tiles {
-                let (x, w) = (x.clone(), w.clone());
-                ways.push((
-                    format!("ours {}x{}x{}", 16 * tile.tm, 16 * tile.tn, tile.bk),
-                    Box::new(move || flat3(k::linear(x.clone(), &w, None, tile))),
-                ));
-            }
             report(&format!("matmul {name}"), "matmul", work, ways)?;
         }
 
