@@ -154,22 +154,19 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        // On a GPU, the patches gathered into a matrix for burn's matmul, 2-10x faster there
-        // than burn's direct convolution; on software adapters the direct one, which wins
-        // there (docs/bench.md, "On a real GPU").
+        // On wgpu, the patches gathered into a matrix for burn's matmul: 2-10x faster than
+        // burn's direct convolution on an H200 and 2-4x on lavapipe (docs/bench.md, "On a
+        // real GPU").
         let device = x.device();
         if self.kernels.fused_for(&device, x.dtype()) {
-            let limits = crate::device::limits(&device);
-            if !limits.software {
-                return kernels::conv2d_im2col(
-                    x,
-                    &self.weight,
-                    self.bias.as_ref(),
-                    self.options.stride[0],
-                    self.options.padding[0].0,
-                    limits.max_binding_bytes,
-                );
-            }
+            return kernels::conv2d_im2col(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                self.options.stride[0],
+                self.options.padding[0].0,
+                crate::device::limits(&device).max_binding_bytes,
+            );
         }
         conv2d(
             x,
