@@ -9,11 +9,12 @@
 # It runs, each step under its own timeout and the whole under BENCH_GPU_BUDGET seconds
 # (default 420):
 #   1. `lina-cli bench-kernels` in f32 and f16: SD 1.5's convolutions, linear layers, attention
-#      and group norm at 64x64 latents, burn's kernels beside ours (each tile), and the square
-#      product that sets the adapter's matrix peak as this build reaches it;
+#      and group norm at 64x64 latents and below, burn's kernels beside ours (attention with
+#      each key block), and the square product that sets the matrix peak as burn's matmul
+#      reaches it;
 #   2. tools/bench_torch_unet.py: PyTorch's SD 1.5 UNet call (batch 2, 64x64) with random
-#      weights on CUDA in f32 (TF32 off and on) and f16 (and torch.compile with --compile),
-#      saving its weights, inputs and outputs;
+#      weights on CUDA in f32 (TF32 off and on) and f16 (and torch.compile where
+#      BENCH_GPU_COMPILE is set), saving its weights, inputs and outputs;
 #   3. `lina-cli bench-unet --reference` on those weights: our call with our kernels and with
 #      burn's, in f32 and f16, and our output against PyTorch's;
 #   4. SD 2.1's UNet at 96x96 the same way, without the reference (BENCH_GPU_SD21=0 skips it);
