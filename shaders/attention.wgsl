@@ -7,31 +7,7 @@
 // Lq x Lk scores are never stored. burn's fallback runs the same as two matmuls, a softmax of
 // several kernels and the copies that move heads into and out of their own axis.
 
-{{ enable }}
-alias T = {{ elem }};
-const HEAD_DIM: u32 = {{ head_dim }}u;
-
-struct Params {
-    heads: u32,
-    queries: u32,
-    keys: u32,
-    scale: f32,
-    // Row strides and column offsets, in elements, of q, and of k and v.
-    q_stride: u32,
-    kv_stride: u32,
-    q_col: u32,
-    k_col: u32,
-    v_col: u32,
-}
-
-// Every binding is read_write, even those only read: burn places many tensors in one wgpu
-// buffer, and a dispatch may not bind one buffer both read-only and writable. Nor may it bind
-// overlapping ranges writable twice (WebGPU refuses it), so q, k and v are bound once per
-// tensor they come from: src0 (q), then src1 and src2 where k and v have tensors of their
-// own. src/kernels.rs writes the bindings and names the arrays q, k and v read from.
-{{ sources }}
-@group(0) @binding({{ out_binding }}) var<storage, read_write> out: array<T>;
-@group(0) @binding({{ params_binding }}) var<storage, read_write> p: Params;
+// T, HEAD_DIM, Params and the bindings (q, k, v, out, p): attention_common.wgsl.
 
 // x: query rows, 64 to a workgroup; y: batch x heads. The 64 invocations of a workgroup read
 // the same key and value rows at the same time, which caches serve once.

@@ -10,29 +10,9 @@
 // adapters, which run barriers slowly (shaders/README.md); src/kernels.rs picks one by the
 // adapter's facts.
 
-{{ enable }}
-alias T = {{ elem }};
-const HEAD_DIM: u32 = {{ head_dim }}u;
+// T, HEAD_DIM, Params and the bindings (q, k, v, out, p): attention_common.wgsl.
 const D4: u32 = HEAD_DIM / 4u;
 const KEY_BLOCK: u32 = {{ key_block }}u;
-
-struct Params {
-    heads: u32,
-    queries: u32,
-    keys: u32,
-    scale: f32,
-    // Row strides and column offsets, in elements, of q, and of k and v.
-    q_stride: u32,
-    kv_stride: u32,
-    q_col: u32,
-    k_col: u32,
-    v_col: u32,
-}
-
-// Bindings as attention.wgsl's (every one read_write; q, k and v bound once per tensor).
-{{ sources }}
-@group(0) @binding({{ out_binding }}) var<storage, read_write> out: array<T>;
-@group(0) @binding({{ params_binding }}) var<storage, read_write> p: Params;
 
 var<workgroup> k_tile: array<vec4<f32>, {{ tile_vec4s }}>;
 var<workgroup> v_tile: array<vec4<f32>, {{ tile_vec4s }}>;

@@ -234,21 +234,22 @@ pub fn conv2d_im2col(
         .permute([0, 2, 3, 1])
         .reshape([c_out, k])
         .transpose();
-    let x = x.into_dispatch();
+    // Channels-last once, however many blocks read it.
+    let x = <Dispatch as Fused>::channels_last(x.into_dispatch());
+    let shape = ConvShape {
+        height: h as u32,
+        width: w as u32,
+        c_in: c_in as u32,
+        out_h: out_h as u32,
+        out_w: out_w as u32,
+        kernel: kernel as u32,
+        stride: stride as u32,
+        pad: padding as u32,
+    };
     let blocks: Vec<Tensor<2>> = (0..rows)
         .step_by(per_block)
         .map(|first| {
             let count = per_block.min(rows - first);
-            let shape = ConvShape {
-                height: h as u32,
-                width: w as u32,
-                c_in: c_in as u32,
-                out_h: out_h as u32,
-                out_w: out_w as u32,
-                kernel: kernel as u32,
-                stride: stride as u32,
-                pad: padding as u32,
-            };
             let cols: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::im2col(
                 x.clone(),
                 shape,
@@ -321,6 +322,7 @@ pub trait Fused: Backend {
         columns: AttentionColumns,
     ) -> FloatTensor<Self>;
     fn geglu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn channels_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn im2col(
         x: FloatTensor<Self>,
         shape: ConvShape,
@@ -440,13 +442,13 @@ impl Fused for CubeBackend {
         out
     }
 
+    fn channels_last(x: CubeTensor) -> CubeTensor {
+        to_channels_last(x)
+    }
+
     fn im2col(x: CubeTensor, g: ConvShape, first_row: u32, rows: u32) -> CubeTensor {
-        // Read channels-last: in place where stored so, else copied once.
-        let x = if g.height * g.width == 1 || is_channels_last(&x) {
-            x
-        } else {
-            into_contiguous(permute(x, &[0, 2, 3, 1]))
-        };
+        // In place: callers pass `channels_last`'s result.
+        let x = to_channels_last(x);
         let k = g.kernel * g.kernel * g.c_in;
         let count = rows * k;
         let cols = output_like(&x, [rows as usize, k as usize].into());
@@ -546,6 +548,19 @@ impl Fused for CubeBackend {
         );
         (prev, clean)
     }
+}
+
+/// [B, C, H, W] stored channels-last: `x` itself where it is (at one position both layouts are
+/// the same memory), else a copy.
+fn to_channels_last(x: CubeTensor) -> CubeTensor {
+    let shape = x.meta.shape();
+    if shape[2] * shape[3] == 1 {
+        return into_contiguous(x);
+    }
+    if is_channels_last(&x) {
+        return x;
+    }
+    permute(into_contiguous(permute(x, &[0, 2, 3, 1])), &[0, 3, 1, 2])
 }
 
 /// A convolution's shapes, as shaders/im2col.wgsl takes them.
@@ -804,6 +819,7 @@ impl Wgsl {
         let own = self.own_template();
         let common = match self.name {
             "geglu" | "bias_residual" => include_str!("../shaders/rows_common.wgsl"),
+            "attention" | "attention_tiled" => include_str!("../shaders/attention_common.wgsl"),
             name if name.starts_with("norm_") => include_str!("../shaders/norm_common.wgsl"),
             _ => return own.to_string(),
         };
