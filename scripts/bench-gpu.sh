@@ -17,8 +17,13 @@
 #      BENCH_GPU_COMPILE is set), saving its weights, inputs and outputs;
 #   3. `lina-cli bench-unet --reference` on those weights: our call with our kernels and with
 #      burn's, in f32 and f16, and our output against PyTorch's;
-#   4. SD 2.1's UNet at 96x96 the same way, without the reference (BENCH_GPU_SD21=0 skips it);
-#   5. one table of times and ratios (tools/bench_gpu_table.py).
+#   4. where our SD 1.5 call's GPU time goes, per kind of kernel, in f32 and f16 (cubecl's
+#      per-kernel profile summed by tools/profile_table.py);
+#   5. SD 2.1's UNet at 96x96 the same way, without the reference (BENCH_GPU_SD21=0 skips it);
+#   6. one table of times and ratios (tools/bench_gpu_table.py).
+#
+# BENCH_GPU_BURN=0 skips the UNet calls on burn's kernels alone (measured before; see
+# docs/bench.md).
 #
 # Which binary: $LINA_CLI, else target/release/lina-cli, else .gpu/lina-cli.xz (a stripped
 # release build compressed with xz, as a session carries it to a machine without cargo).
@@ -74,8 +79,10 @@ unet_pair() { # config latent name [reference dir]
   local config=$1 latent=$2 name=$3 ref=${4:-}
   local extra=()
   [ -n "$ref" ] && extra=(--reference "$ref")
+  local kinds=(fused)
+  [ "${BENCH_GPU_BURN:-1}" = 1 ] && kinds+=(burn)
   for precision in f32 f16; do
-    for kernels in fused burn; do
+    for kernels in "${kinds[@]}"; do
       echo "-- ours, $name, $precision, $kernels kernels"
       step 90 "$cli" bench-unet --config "$config" --latent "$latent" --repeat 5 \
         --device "gpu-$precision" --kernels "$kernels" "${extra[@]}" \
@@ -93,15 +100,25 @@ cat "$out/torch-sd15.json"
 
 echo "== 3. ours, SD 1.5 UNet on PyTorch's weights"
 unet_pair tests/fixtures/configs/sd15_unet.json 64 sd15 "$ref"
+
+echo "== 4. where our SD 1.5 call's GPU time goes (each kernel timed alone)"
+for precision in f32 f16; do
+  log=$(mktemp /tmp/bench-gpu-profile.XXXX)
+  step 90 env CUBECL_DEBUG_OPTION=profile-full CUBECL_DEBUG_LOG="$log" "$cli" bench-unet \
+    --config tests/fixtures/configs/sd15_unet.json --latent 64 --repeat 1 --device "gpu-$precision" --reference "$ref" 2>&1 | grep -v XDG_RUNTIME_DIR
+  python3 tools/profile_table.py "$log" --calls 2 --title "SD 1.5, 64x64, $precision" |
+    tee "$out/profile-sd15-$precision.md"
+  rm -f "$log"
+done
 rm -rf "$ref"
 
 if [ "${BENCH_GPU_SD21:-1}" = 1 ]; then
-  echo "== 4. SD 2.1 UNet, batch 2, 96x96"
+  echo "== 5. SD 2.1 UNet, batch 2, 96x96"
   step 90 python3 tools/bench_torch_unet.py --config tests/fixtures/configs/sd21_unet.json \
     --latent 96 --repeat 5 --device cuda --dtype f32 f16 | tail -1 >"$out/torch-sd21.json"
   unet_pair tests/fixtures/configs/sd21_unet.json 96 sd21
 fi
 
-echo "== 5. table"
+echo "== 6. table"
 python3 tools/bench_gpu_table.py "$out" | tee "$out/table.md"
 echo "== done in $(($(date +%s) - started)) s"

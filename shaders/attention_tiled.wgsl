@@ -11,6 +11,11 @@
 // adapter's facts.
 
 // T, HEAD_DIM, Params and the bindings (q, k, v, out, p): attention_common.wgsl.
+//
+// The loops over the head's values and over a block's keys are written out by src/kernels.rs
+// (the {{ ... }} lines), so that every index into `query`, `acc` and the scores is a constant
+// and the three stay in registers: a loop the driver's compiler does not unroll leaves
+// arrays it indexes in memory.
 const D4: u32 = HEAD_DIM / 4u;
 const KEY_BLOCK: u32 = {{ key_block }}u;
 
@@ -28,18 +33,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let inner = p.heads * HEAD_DIM;
 
     var query: array<vec4<f32>, D4>;
-    if (live) {
-        let q_at = (b * p.queries + row) * p.q_stride + p.q_col + h * HEAD_DIM;
-        for (var d = 0u; d < D4; d++) {
-            let at = q_at + 4u * d;
-            query[d] = vec4<f32>(f32({{ q }}[at]), f32({{ q }}[at + 1u]), f32({{ q }}[at + 2u]),
-                f32({{ q }}[at + 3u])) * p.scale;
-        }
-    }
     var acc: array<vec4<f32>, D4>;
-    for (var d = 0u; d < D4; d++) {
-        acc[d] = vec4<f32>(0.0);
-    }
+    // Rows past the end read row 0 and never write.
+    let q_at = (b * p.queries + select(0u, row, live)) * p.q_stride + p.q_col + h * HEAD_DIM;
+    // query[d] = q[q_at + 4d .. q_at + 4d + 4] * scale; acc[d] = 0, for each d < D4.
+{{ load_query }}
     var best = -3.0e38;
     var total = 0.0;
     for (var j0 = 0u; j0 < p.keys; j0 += KEY_BLOCK) {
@@ -53,43 +51,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         workgroupBarrier();
         if (live) {
-            // Whole blocks, so that the loops have a fixed length the compiler can unroll
-            // and keep the scores in registers; keys past the last weigh nothing.
-            var scores: array<f32, KEY_BLOCK>;
+            // Whole blocks; keys past the last weigh nothing. For each key j of the block:
+            // score_j = dot(query, k_tile[j]) (or -3e38 past the last key), and block_best
+            // their maximum with the running one.
             var block_best = best;
-            for (var j = 0u; j < KEY_BLOCK; j++) {
-                var s = vec4<f32>(0.0);
-                for (var d = 0u; d < D4; d++) {
-                    s = fma(query[d], k_tile[j * D4 + d], s);
-                }
-                scores[j] = select(-3.0e38, s.x + s.y + s.z + s.w, j < count);
-                block_best = max(block_best, scores[j]);
-            }
+{{ scores }}
             // What was summed so far was weighted against the old maximum.
             let rescale = exp(best - block_best);
             total *= rescale;
-            for (var d = 0u; d < D4; d++) {
-                acc[d] *= rescale;
-            }
             best = block_best;
-            for (var j = 0u; j < KEY_BLOCK; j++) {
-                let weight = exp(scores[j] - best);
-                total += weight;
-                for (var d = 0u; d < D4; d++) {
-                    acc[d] = fma(vec4<f32>(weight), v_tile[j * D4 + d], acc[d]);
-                }
-            }
+            // For each d: acc[d] *= rescale; then for each key j: w_j = exp(score_j - best),
+            // total += w_j, acc[d] += w_j * v_tile[j][d].
+{{ accumulate }}
         }
         workgroupBarrier();
     }
     if (live) {
         let out_at = (b * p.queries + row) * inner + h * HEAD_DIM;
-        for (var d = 0u; d < D4; d++) {
-            let v = acc[d] / total;
-            out[out_at + 4u * d] = T(v.x);
-            out[out_at + 4u * d + 1u] = T(v.y);
-            out[out_at + 4u * d + 2u] = T(v.z);
-            out[out_at + 4u * d + 3u] = T(v.w);
-        }
+        // out[out_at + 4d .. + 4] = acc[d] / total, for each d < D4.
+{{ store }}
     }
 }

@@ -4,6 +4,10 @@
 // the M = B * Ho * Wo, with K = kh * kw * Cin ordered (ky, kx, channel) as a channels-last
 // filter [Cout, kh, kw, Cin] is stored. Zero where a patch hangs over the padding. One
 // invocation per value; neighbouring invocations read neighbouring channels.
+//
+// Split along K (for products too small to fill a GPU, as at 8x8 latents), the matrix is
+// written as [K / split, rows, split]: one [rows, split] slice per part of the sum, each
+// multiplied by its own slice of the filters in one batched product.
 
 {{ enable }}
 alias T = {{ elem }};
@@ -21,6 +25,8 @@ struct Params {
     // K, and the values to write (rows * K).
     k: u32,
     count: u32,
+    // The columns of one slice of K (K itself when the product is not split).
+    split: u32,
 }
 
 // Every binding is read_write: burn places many tensors in one wgpu buffer, and a dispatch may
@@ -36,7 +42,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     if (i >= p.count) {
         return;
     }
-    let m = p.first_row + i / p.k;
+    let row = i / p.k;
+    let m = p.first_row + row;
     let k = i % p.k;
     let positions = p.out_h * p.out_w;
     let b = m / positions;
@@ -49,5 +56,6 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     if (iy >= 0 && iy < i32(p.height) && ix >= 0 && ix < i32(p.width)) {
         v = x[((b * p.height + u32(iy)) * p.width + u32(ix)) * p.c_in + ch];
     }
-    cols[i] = v;
+    let rows = p.count / p.k;
+    cols[((k / p.split) * rows + row) * p.split + k % p.split] = v;
 }

@@ -70,6 +70,21 @@ pub fn group_norm(
     eps: f64,
     silu: bool,
 ) -> Tensor<4> {
+    let wide = norm_in_workgroups(&x.device());
+    group_norm_in(x, gamma, beta, groups, eps, silu, wide)
+}
+
+/// [`group_norm`] with short groups normalised by a workgroup each where `wide`, else by an
+/// invocation each ([`norm_in_workgroups`] says which suits a device).
+pub fn group_norm_in(
+    x: Tensor<4>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+    wide: bool,
+) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as Fused>::group_norm(
         x.into_dispatch(),
         gamma.clone().into_dispatch(),
@@ -77,6 +92,7 @@ pub fn group_norm(
         groups as u32,
         eps as f32,
         silu,
+        wide,
     ))
 }
 
@@ -91,6 +107,20 @@ pub fn group_norm_silu_shifted(
     groups: usize,
     eps: f64,
 ) -> Tensor<4> {
+    let wide = norm_in_workgroups(&x.device());
+    group_norm_silu_shifted_in(x, gamma, beta, shift, groups, eps, wide)
+}
+
+/// [`group_norm_silu_shifted`] with short groups normalised by a workgroup each where `wide`.
+pub fn group_norm_silu_shifted_in(
+    x: Tensor<4>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    shift: &ChannelShift,
+    groups: usize,
+    eps: f64,
+    wide: bool,
+) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as Fused>::group_norm_silu_shifted(
         x.into_dispatch(),
         gamma.clone().into_dispatch(),
@@ -99,7 +129,17 @@ pub fn group_norm_silu_shifted(
         shift.first as u32,
         groups as u32,
         eps as f32,
+        wide,
     ))
+}
+
+/// Whether the norm kernels normalise each short group in one workgroup
+/// (shaders/norm_wide.wgsl) on `device`: on GPUs, where a layer norm's row left to one
+/// invocation took a quarter of SD 1.5's UNet call on an H200. Software adapters, where
+/// barriers are slow, keep one invocation per group (shaders/norm_rows.wgsl).
+pub fn norm_in_workgroups(device: &Device) -> bool {
+    let limits = crate::device::limits(device);
+    !limits.software && limits.workgroup_invocations >= 64
 }
 
 /// The largest head the attention kernel takes: it keeps a query and an output row of this
@@ -202,21 +242,24 @@ pub const GATHER_BLOCK_BYTES: u64 = 512 << 20;
 /// A 2-D convolution as one matrix product with burn's tiled matmul: the input's patches are
 /// gathered into the rows of a matrix (shaders/im2col.wgsl) and multiplied by the filters.
 /// x [B, Cin, H, W] is read in place where stored channels-last; `weight` [Cout, Cin, k, k]
-/// is best stored channels-last, as `crate::weights` uploads 3x3 filters (else each call
-/// copies it). Gives [B, Cout, Ho, Wo] stored channels-last, as burn's GPU convolution does.
+/// is best stored as the [K, Cout] filter matrix, as `crate::weights` uploads 3x3 filters to
+/// GPUs (else each call copies it). A 1x1 convolution of stride 1 multiplies the
+/// channels-last input itself, with nothing gathered. Gives [B, Cout, Ho, Wo] stored
+/// channels-last, as burn's GPU convolution does.
 ///
-/// The gathered matrix is made in blocks of output positions of at most `max_bytes` (the
-/// adapter's binding limit) and [`GATHER_BLOCK_BYTES`]. burn's matmul makes this 2-10x faster
-/// than its direct convolution on an H200 and 2-4x on lavapipe, and faster than a tiled
-/// implicit GEMM of our own, which this replaced (docs/bench.md, "On a real GPU"); the
-/// gathered copy costs one pass over memory.
+/// The gathered matrix is made in blocks of output positions of at most `cuts.max_bytes`
+/// (the adapter's binding limit) and [`GATHER_BLOCK_BYTES`]. burn's matmul makes this 2-10x
+/// faster than its direct convolution on an H200 and 2-4x on lavapipe, and faster than a
+/// tiled implicit GEMM of our own, which this replaced (docs/bench.md, "On a real GPU"); the
+/// gathered copy costs one pass over memory. With `cuts.k_splits` above 1 the sum over K is
+/// cut into that many parts, multiplied in one batched product and added ([`k_splits`]).
 pub fn conv2d_im2col(
     x: Tensor<4>,
     weight: &Tensor<4>,
     bias: Option<&Tensor<1>>,
     stride: usize,
     padding: usize,
-    max_bytes: u64,
+    cuts: GemmCuts,
 ) -> Tensor<4> {
     let [b, _, h, w] = x.dims();
     let [c_out, c_in, kernel, _] = weight.dims();
@@ -224,16 +267,33 @@ pub fn conv2d_im2col(
     let out_w = (w + 2 * padding - kernel) / stride + 1;
     let rows = b * out_h * out_w;
     let k = kernel * kernel * c_in;
+    if kernel == 1 && stride == 1 && padding == 0 {
+        let x = Tensor::<4>::from_dispatch(<Dispatch as Fused>::channels_last(x.into_dispatch()));
+        let filters = weight.clone().reshape([c_out, c_in]).transpose();
+        let mut out = x
+            .permute([0, 2, 3, 1])
+            .reshape([rows, c_in])
+            .matmul(filters);
+        if let Some(bias) = bias {
+            out = out + bias.clone().reshape([1, c_out]);
+        }
+        return out.reshape([b, h, w, c_out]).permute([0, 3, 1, 2]);
+    }
     let elem = x.dtype().size() as u64;
     // Output positions per block: as many as fit (all of a UNet's at 64x64 latents).
-    let max_bytes = max_bytes.min(GATHER_BLOCK_BYTES);
+    let max_bytes = cuts.max_bytes.min(GATHER_BLOCK_BYTES);
     let per_block = ((max_bytes / (k as u64 * elem)) as usize).clamp(1, rows);
-    // The filters as [K, N]: a view of the channels-last [N, kh, kw, Cin] weight.
-    let filters: Tensor<2> = weight
-        .clone()
-        .permute([0, 2, 3, 1])
-        .reshape([c_out, k])
-        .transpose();
+    let splits = if k.is_multiple_of(cuts.k_splits.max(1)) {
+        cuts.k_splits.max(1)
+    } else {
+        1
+    };
+    // The filters as [splits, K / splits, N]: a view of the [kh, kw, Cin, N] filter matrix.
+    let filters: Tensor<3> =
+        weight
+            .clone()
+            .permute([2, 3, 1, 0])
+            .reshape([splits, k / splits, c_out]);
     // Channels-last once, however many blocks read it.
     let x = <Dispatch as Fused>::channels_last(x.into_dispatch());
     let shape = ConvShape {
@@ -250,13 +310,19 @@ pub fn conv2d_im2col(
         .step_by(per_block)
         .map(|first| {
             let count = per_block.min(rows - first);
-            let cols: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::im2col(
+            let cols: Tensor<3> = Tensor::from_dispatch(<Dispatch as Fused>::im2col(
                 x.clone(),
                 shape,
                 first as u32,
                 count as u32,
+                splits as u32,
             ));
-            cols.matmul(filters.clone())
+            let parts = cols.matmul(filters.clone());
+            if splits == 1 {
+                parts.reshape([count, c_out])
+            } else {
+                parts.sum_dim(0).reshape([count, c_out])
+            }
         })
         .collect();
     let mut out = if blocks.len() == 1 {
@@ -268,6 +334,61 @@ pub fn conv2d_im2col(
         out = out + bias.clone().reshape([1, c_out]);
     }
     out.reshape([b, out_h, out_w, c_out]).permute([0, 3, 1, 2])
+}
+
+/// How [`conv2d_im2col`] cuts its product: the most bytes one gathered block may take, and
+/// how many parts the sum over K is cut into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmCuts {
+    pub max_bytes: u64,
+    pub k_splits: usize,
+}
+
+impl GemmCuts {
+    /// The cuts for a product of `rows` by `depth` by `cols` on a device with `limits`.
+    pub fn for_product(
+        limits: &crate::device::Limits,
+        rows: usize,
+        cols: usize,
+        depth: usize,
+    ) -> Self {
+        Self {
+            max_bytes: limits.max_binding_bytes,
+            k_splits: k_splits(limits, rows, cols, depth),
+        }
+    }
+}
+
+/// Output tiles (of about 64x64, as burn's matmul makes them) from which a product fills a
+/// large GPU by itself: SD 1.5's convolutions at 64x64 latents (640 tiles) gained nothing
+/// from a cut sum on an H200, and lost in f16.
+const SPLIT_BELOW_TILES: usize = 512;
+
+/// Tiles times parts a cut product aims at: on the H200, 32x32 latents (320 tiles) ran best
+/// in 4 parts, 16x16 (160) in 8, 8x8 (40) in 16 (docs/bench.md, "On a real GPU").
+const SPLIT_TILES_TARGET: usize = 1280;
+
+/// Parts to cut a `rows` x `depth` x `cols` product's sum over K into: none for a product of
+/// [`SPLIT_BELOW_TILES`] output tiles or more; else doubled while the tiles times the parts
+/// stay within [`SPLIT_TILES_TARGET`], each part keeps at least 256 of K, and the parts
+/// divide K; at most 16. 1 on software adapters, whose few cores the tiles already keep
+/// busy. Split, the product is [splits, rows, depth / splits] times [splits, depth / splits,
+/// cols], then a sum over the parts: one more small pass for a product that otherwise fills
+/// a tenth of the chip (2-4x faster per layer at 16x16 and 8x8 latents on the H200).
+pub fn k_splits(limits: &crate::device::Limits, rows: usize, cols: usize, depth: usize) -> usize {
+    let tiles = rows.div_ceil(64) * cols.div_ceil(64);
+    if limits.software || tiles >= SPLIT_BELOW_TILES {
+        return 1;
+    }
+    let mut splits = 1;
+    while splits < 16
+        && tiles * splits * 2 <= SPLIT_TILES_TARGET
+        && depth.is_multiple_of(splits * 2)
+        && depth / (splits * 2) >= 256
+    {
+        splits *= 2;
+    }
+    splits
 }
 
 /// Classifier-free guidance and a sampler step that is affine ([`AffineStep`]) in one
@@ -304,7 +425,9 @@ pub trait Fused: Backend {
         groups: u32,
         eps: f32,
         silu: bool,
+        wide: bool,
     ) -> FloatTensor<Self>;
+    #[allow(clippy::too_many_arguments)]
     fn group_norm_silu_shifted(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -313,6 +436,7 @@ pub trait Fused: Backend {
         first: u32,
         groups: u32,
         eps: f32,
+        wide: bool,
     ) -> FloatTensor<Self>;
     fn attention(
         q: FloatTensor<Self>,
@@ -328,6 +452,7 @@ pub trait Fused: Backend {
         shape: ConvShape,
         first_row: u32,
         rows: u32,
+        splits: u32,
     ) -> FloatTensor<Self>;
     fn bias_residual(
         x: FloatTensor<Self>,
@@ -350,8 +475,9 @@ impl Fused for CubeBackend {
         groups: u32,
         eps: f32,
         silu: bool,
+        wide: bool,
     ) -> CubeTensor {
-        norm(x, gamma, beta, None, groups, eps, silu)
+        norm(x, gamma, beta, None, groups, eps, silu, wide)
     }
 
     fn group_norm_silu_shifted(
@@ -362,8 +488,18 @@ impl Fused for CubeBackend {
         first: u32,
         groups: u32,
         eps: f32,
+        wide: bool,
     ) -> CubeTensor {
-        norm(x, gamma, beta, Some((shift, first)), groups, eps, true)
+        norm(
+            x,
+            gamma,
+            beta,
+            Some((shift, first)),
+            groups,
+            eps,
+            true,
+            wide,
+        )
     }
 
     fn attention(
@@ -446,15 +582,16 @@ impl Fused for CubeBackend {
         to_channels_last(x)
     }
 
-    fn im2col(x: CubeTensor, g: ConvShape, first_row: u32, rows: u32) -> CubeTensor {
+    fn im2col(x: CubeTensor, g: ConvShape, first_row: u32, rows: u32, splits: u32) -> CubeTensor {
         // In place: callers pass `channels_last`'s result.
         let x = to_channels_last(x);
         let k = g.kernel * g.kernel * g.c_in;
         let count = rows * k;
-        let cols = output_like(&x, [rows as usize, k as usize].into());
+        let split = k / splits;
+        let cols = output_like(&x, [splits as usize, rows as usize, split as usize].into());
         let params = words(&[
             g.height, g.width, g.c_in, g.out_h, g.out_w, g.kernel, g.stride, g.pad, first_row, k,
-            count,
+            count, split,
         ]);
         launch(
             &x,
@@ -578,7 +715,9 @@ pub struct ConvShape {
 
 /// Group normalisation of [B, C, H, W] (stored as such or channels-last), plus a
 /// per-sample, per-channel shift (a [B, N] table and its first column) where given: one
-/// dispatch for short groups, three for long ones (shaders/norm_*.wgsl).
+/// dispatch for short groups (a workgroup per group where `wide`, else an invocation), three
+/// for long ones (shaders/norm_*.wgsl).
+#[allow(clippy::too_many_arguments)]
 fn norm(
     x: CubeTensor,
     gamma: CubeTensor,
@@ -587,6 +726,7 @@ fn norm(
     groups: u32,
     eps: f32,
     silu: bool,
+    wide: bool,
 ) -> CubeTensor {
     let shape = x.meta.shape().clone();
     let [b, c, h, w] = [shape[0], shape[1], shape[2], shape[3]].map(|d| d as u32);
@@ -635,6 +775,18 @@ fn norm(
         }
         (kernel, bound)
     };
+    if channels * positions <= SHORT_GROUP && wide {
+        let (kernel, bound) = reading_x("norm_wide", &[&x, &gamma, &beta, &out]);
+        launch(
+            &x,
+            kernel,
+            CubeDim::new_1d(64),
+            grid(total_groups * 64, 64),
+            &bound.iter().collect::<Vec<_>>(),
+            &params,
+        );
+        return out;
+    }
     if channels * positions <= SHORT_GROUP {
         let (kernel, bound) = reading_x("norm_rows", &[&x, &gamma, &beta, &out]);
         launch(
@@ -776,7 +928,7 @@ impl Wgsl {
     /// and `shift_of`, which norm_common.wgsl calls.
     fn bind_shift(&self, text: String) -> String {
         let tensors = match self.name {
-            "norm_rows" => 4,
+            "norm_rows" | "norm_wide" => 4,
             "norm_partials" | "norm_stats" => 2,
             "norm_apply" => 5,
             _ => return text,
@@ -826,9 +978,67 @@ impl Wgsl {
         format!("{common}\n{own}")
     }
 
+    /// The tiled attention's loops over a head's values and over a block's keys, written out
+    /// with constant indices (shaders/attention_tiled.wgsl says why).
+    fn write_out_attention_loops(&self, text: String) -> String {
+        let (d4, keys) = (self.head_dim / 4, self.key_block);
+        let q = "{{ q }}";
+        let mut load = String::new();
+        for d in 0..d4 {
+            let at = format!("q_at + {}u", 4 * d);
+            load += &format!(
+                "    query[{d}] = vec4<f32>(f32({q}[{at}]), f32({q}[{at} + 1u]), \
+                 f32({q}[{at} + 2u]), f32({q}[{at} + 3u])) * p.scale;\n    acc[{d}] = vec4<f32>(0.0);\n"
+            );
+        }
+        let mut scores = String::new();
+        for j in 0..keys {
+            scores += &format!("            var s{j} = vec4<f32>(0.0);\n");
+            for d in 0..d4 {
+                let tile = j * d4 + d;
+                scores += &format!("            s{j} = fma(query[{d}], k_tile[{tile}], s{j});\n");
+            }
+            scores += &format!(
+                "            let score{j} = select(-3.0e38, s{j}.x + s{j}.y + s{j}.z + s{j}.w, {j}u < count);\n\
+                 \x20           block_best = max(block_best, score{j});\n"
+            );
+        }
+        let mut accumulate = String::new();
+        for d in 0..d4 {
+            accumulate += &format!("            acc[{d}] *= rescale;\n");
+        }
+        for j in 0..keys {
+            accumulate += &format!(
+                "            let w{j} = exp(score{j} - best);\n            total += w{j};\n"
+            );
+            for d in 0..d4 {
+                let tile = j * d4 + d;
+                accumulate += &format!(
+                    "            acc[{d}] = fma(vec4<f32>(w{j}), v_tile[{tile}], acc[{d}]);\n"
+                );
+            }
+        }
+        let mut store = String::new();
+        for d in 0..d4 {
+            let at = 4 * d;
+            store += &format!("        let o{d} = acc[{d}] / total;\n");
+            for (i, lane) in ["x", "y", "z", "w"].iter().enumerate() {
+                store += &format!(
+                    "        out[out_at + {}u] = T(o{d}.{lane});\n",
+                    at + i as u32
+                );
+            }
+        }
+        text.replace("{{ load_query }}", &load)
+            .replace("{{ scores }}", &scores)
+            .replace("{{ accumulate }}", &accumulate)
+            .replace("{{ store }}", &store)
+    }
+
     fn own_template(&self) -> &'static str {
         match self.name {
             "norm_rows" => include_str!("../shaders/norm_rows.wgsl"),
+            "norm_wide" => include_str!("../shaders/norm_wide.wgsl"),
             "norm_partials" => include_str!("../shaders/norm_partials.wgsl"),
             "norm_stats" => include_str!("../shaders/norm_stats.wgsl"),
             "norm_apply" => include_str!("../shaders/norm_apply.wgsl"),
@@ -850,8 +1060,11 @@ impl KernelSource for Wgsl {
         } else {
             ("", "f32")
         };
-        let text = self
-            .template()
+        let mut text = self.template();
+        if self.name == "attention_tiled" {
+            text = self.write_out_attention_loops(text);
+        }
+        let text = text
             .replace("{{ enable }}", enable)
             .replace("{{ elem }}", elem)
             .replace("{{ head_dim }}", &self.head_dim.to_string())

@@ -159,13 +159,24 @@ impl Conv2d {
         // real GPU").
         let device = x.device();
         if self.kernels.fused_for(&device, x.dtype()) {
+            let [b, _, h, w] = x.dims();
+            let [c_out, c_in, k, _] = self.weight.dims();
+            let (stride, padding) = (self.options.stride[0], self.options.padding[0].0);
+            let positions =
+                ((h + 2 * padding - k) / stride + 1) * ((w + 2 * padding - k) / stride + 1);
+            let cuts = kernels::GemmCuts::for_product(
+                &crate::device::limits(&device),
+                b * positions,
+                c_out,
+                k * k * c_in,
+            );
             return kernels::conv2d_im2col(
                 x,
                 &self.weight,
                 self.bias.as_ref(),
-                self.options.stride[0],
-                self.options.padding[0].0,
-                crate::device::limits(&device).max_binding_bytes,
+                stride,
+                padding,
+                cuts,
             );
         }
         conv2d(

@@ -62,8 +62,18 @@ fn reference_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -
 }
 
 fn check_all(gpu: &Device, tolerance: f32, label: &str) {
-    // Group norm, with and without the SiLU: groups of 4032 values (one invocation each) and
-    // of 9200 values (chunked: 35 whole chunks and a short one).
+    // Every norm both ways for short groups: a workgroup per group (GPUs) and an invocation
+    // per group (software adapters).
+    for wide in [false, true] {
+        check_norms(gpu, tolerance, &format!("{label}, wide {wide}"), wide);
+    }
+    check_attention(gpu, tolerance, label);
+}
+
+fn check_norms(gpu: &Device, tolerance: f32, label: &str, wide: bool) {
+    use lina_runtime::kernels::{group_norm_in, group_norm_silu_shifted_in};
+    // Group norm, with and without the SiLU: groups of 4032 values (one dispatch) and of 9200
+    // values (chunked: 35 whole chunks and a short one).
     for (shape, groups) in [([2, 256, 9, 7], 4), ([2, 64, 25, 23], 4)] {
         let (x, gx) = pair(shape, 1, gpu);
         let c = shape[1];
@@ -71,14 +81,7 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
         let (beta, g_beta) = pair([c], 3, gpu);
         let want = reference_group_norm(x, gamma, beta, groups);
         for then_silu in [false, true] {
-            let got = lina_runtime::kernels::group_norm(
-                gx.clone(),
-                &g_gamma,
-                &g_beta,
-                groups,
-                1e-5,
-                then_silu,
-            );
+            let got = group_norm_in(gx.clone(), &g_gamma, &g_beta, groups, 1e-5, then_silu, wide);
             let want = if then_silu {
                 silu(want.clone())
             } else {
@@ -99,8 +102,7 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
     let (beta, g_beta) = pair([64], 9, gpu);
     for groups in [4, 32] {
         let want = reference_group_norm(x.clone(), gamma.clone(), beta.clone(), groups);
-        let got =
-            lina_runtime::kernels::group_norm(gx.clone(), &g_gamma, &g_beta, groups, 1e-5, false);
+        let got = group_norm_in(gx.clone(), &g_gamma, &g_beta, groups, 1e-5, false, wide);
         let diff = max_abs_diff(&read(got), &values(want));
         assert!(
             diff < tolerance * 8.0,
@@ -119,7 +121,7 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
             beta.clone(),
             groups,
         ));
-        let got = lina_runtime::kernels::group_norm_silu_shifted(
+        let got = group_norm_silu_shifted_in(
             gx.clone(),
             &g_gamma,
             &g_beta,
@@ -129,6 +131,7 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
             },
             groups,
             1e-5,
+            wide,
         );
         let diff = max_abs_diff(&read(got), &values(want));
         assert!(
@@ -142,17 +145,20 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
     let (gamma, g_gamma) = pair([320], 5, gpu);
     let (beta, g_beta) = pair([320], 6, gpu);
     let want = burn::tensor::module::layer_norm(x, gamma, Some(beta), 1e-5);
-    let got = lina_runtime::kernels::group_norm(
+    let got = group_norm_in(
         gx.reshape([154, 320, 1, 1]),
         &g_gamma,
         &g_beta,
         1,
         1e-5,
         false,
+        wide,
     );
     let diff = max_abs_diff(&read(got), &values(want));
     assert!(diff < tolerance * 8.0, "{label}: layer norm off by {diff}");
+}
 
+fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
     // Attention: self-attention over 100 positions (no multiple of the 64-row workgroup),
     // and cross-attention onto 77 tokens and onto one, with heads of 8, 40 and 64 values; by
     // the kernel without workgroup memory (key block 0) and the tiled one (blocks of 16 keys:
@@ -242,10 +248,11 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
 /// convolution on the CPU, on shapes off the usual: channels and positions that are no
 /// multiple of a tile, 4 input channels (a UNet's first convolution), strided and 1x1
 /// kernels, a 1x1 image, inputs and filters stored channels-last or not, whole and in blocks
-/// of 7 output positions (as under a small binding limit).
+/// of 7 output positions (as under a small binding limit), the sum over K whole and cut.
 fn check_im2col(gpu: &Device, tolerance: f32, label: &str) {
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
+    use lina_runtime::kernels::GemmCuts;
 
     // Relative to the largest output: the sums run over up to 333 products of values near 2.
     let relative = |got: Vec<f32>, want: &[f32]| {
@@ -283,19 +290,30 @@ fn check_im2col(gpu: &Device, tolerance: f32, label: &str) {
         ];
         let row_bytes = (kernel * kernel * c_in * 4) as u64;
         for (gx, gw) in layouts {
-            for max_bytes in [u64::MAX, 7 * row_bytes] {
+            // Whole, in blocks, and with the sum over K cut in 3 or 4 parts (where they
+            // divide K; else whole).
+            for (max_bytes, k_splits) in [
+                (u64::MAX, 1),
+                (7 * row_bytes, 1),
+                (u64::MAX, 3),
+                (7 * row_bytes, 4),
+            ] {
+                let cuts = GemmCuts {
+                    max_bytes,
+                    k_splits,
+                };
                 let got = lina_runtime::kernels::conv2d_im2col(
                     gx.clone(),
                     &gw,
                     with_bias.then_some(&g_bias),
                     stride,
                     pad,
-                    max_bytes,
+                    cuts,
                 );
                 let diff = relative(read(got), &want);
                 assert!(
                     diff < tolerance,
-                    "{label}: gathered convolution {:?} in blocks of {max_bytes} bytes off by {diff} (relative)",
+                    "{label}: gathered convolution {:?} with {cuts:?} off by {diff} (relative)",
                     convs[i]
                 );
             }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The tables of scripts/bench-gpu.sh from the figures it wrote: UNet calls (ours with our
 kernels and with burn's, PyTorch eager and compiled) with ratios, our output against
-PyTorch's, and each layer kind's time and rate, burn's kernels beside ours.
+PyTorch's, each layer kind's time and rate, burn's kernels beside ours, and where our call's
+GPU time goes (tools/profile_table.py).
 
 Usage: python3 tools/bench_gpu_table.py OUT_DIR   (markdown on stdout)
 """
@@ -80,6 +81,12 @@ def main() -> None:
             print(
                 f"| {r['case']} | {r['kind']} | {r['how']} | {r['ms']:.3f} | {r['tera_per_s']:.2f} | {share} | {r['error']:.0e} |"
             )
+
+    for precision in ["f32", "f16"]:
+        path = out / f"profile-sd15-{precision}.md"
+        if path.exists():
+            print(f"\n### Where the GPU time goes, SD 1.5, {precision} (each kernel timed alone)\n")
+            print("\n".join(path.read_text().splitlines()[2:]))
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ struct Resident {
     /// The file it came from (shards differ).
     file: Rc<str>,
     shape: Vec<usize>,
-    /// Uploaded as [out, kh, kw, in] (see [`stored_channels_last`]).
-    channels_last: bool,
+    /// Uploaded as [kh, kw, in, out] (see [`stored_as_filters`]).
+    as_filters: bool,
     /// `Err(dtype)` for a tensor this runtime cannot decode.
     values: std::result::Result<Parts, String>,
 }
@@ -300,8 +300,8 @@ impl Weights {
                 let normal = Distribution::Normal(0.0, 0.02);
                 return Ok(if is_norm_scale {
                     Tensor::ones(shape, &self.device)
-                } else if stored_channels_last(&shape, &self.device) {
-                    channels_last_view(
+                } else if stored_as_filters(&shape, &self.device) {
+                    filters_view(
                         Tensor::random([shape.iter().product::<usize>()], normal, &self.device),
                         shape,
                     )
@@ -326,8 +326,8 @@ impl Weights {
         if let Some(dtype) = self.dtype {
             flat = flat.cast(dtype);
         }
-        let mut weight = if stored.channels_last {
-            channels_last_view(flat, shape)
+        let mut weight = if stored.as_filters {
+            filters_view(flat, shape)
         } else {
             flat.reshape(shape)
         };
@@ -461,34 +461,45 @@ fn transpose_matrix(name: &str, resident: Resident, source: &str) -> Result<Resi
     Ok(Resident {
         file: resident.file,
         shape: vec![cols, rows],
-        channels_last: false,
+        as_filters: false,
         values,
     })
 }
 
 /// `resident` with its two row halves in the other order.
 fn swap_halves(name: &str, resident: Resident, source: &str) -> Result<Resident> {
-    let (file, shape, channels_last) = (
+    let (file, shape, as_filters) = (
         resident.file.clone(),
         resident.shape.clone(),
-        resident.channels_last,
+        resident.as_filters,
     );
     let mut halves = split_rows(name, resident, 2, source)?;
     let second = halves.pop().expect("two halves");
     let first = halves.pop().expect("two halves");
     let values = match (first.values, second.values) {
-        (Ok(a), Ok(b)) => Ok(Parts {
-            blocks: vec![Tensor::cat(
-                b.blocks.into_iter().chain(a.blocks).collect(),
-                0,
-            )],
-        }),
+        (Ok(a), Ok(b)) => {
+            let halves: Vec<Tensor<1>> = b.blocks.into_iter().chain(a.blocks).collect();
+            let whole = if as_filters {
+                // Each half is [K, out / 2] flat: the halves sit side by side along out.
+                let k = shape[1..].iter().product::<usize>();
+                let columns = halves
+                    .into_iter()
+                    .map(|h| h.reshape([k as i32, -1]))
+                    .collect();
+                Tensor::cat(columns, 1).reshape([-1])
+            } else {
+                Tensor::cat(halves, 0)
+            };
+            Ok(Parts {
+                blocks: vec![whole],
+            })
+        }
         (Err(dtype), _) | (_, Err(dtype)) => Err(dtype),
     };
     Ok(Resident {
         file,
         shape,
-        channels_last,
+        as_filters,
         values,
     })
 }
@@ -514,7 +525,7 @@ fn split_rows(name: &str, resident: Resident, n: usize, source: &str) -> Result<
                 .map(|_| Resident {
                     file: resident.file.clone(),
                     shape: shape.clone(),
-                    channels_last: resident.channels_last,
+                    as_filters: resident.as_filters,
                     values: Err(dtype.clone()),
                 })
                 .collect());
@@ -531,9 +542,20 @@ fn split_rows(name: &str, resident: Resident, n: usize, source: &str) -> Result<
         .map(|i| Resident {
             file: resident.file.clone(),
             shape: shape.clone(),
-            channels_last: resident.channels_last,
+            as_filters: resident.as_filters,
             values: Ok(Parts {
-                blocks: vec![blocks.clone().slice(i * len..(i + 1) * len)],
+                blocks: vec![if resident.as_filters {
+                    // Stored [K, out]: a block of outputs is a block of columns.
+                    let k = len / shape[0];
+                    let columns = i * shape[0]..(i + 1) * shape[0];
+                    blocks
+                        .clone()
+                        .reshape([k, rows])
+                        .slice([0..k, columns])
+                        .reshape([len])
+                } else {
+                    blocks.clone().slice(i * len..(i + 1) * len)
+                }],
             }),
         })
         .collect())
@@ -602,11 +624,11 @@ impl WeightsUpload {
                     message: format!("tensor `{name}` appears in more than one shard"),
                 });
             }
-            let channels_last = stored_channels_last(&t.shape, device);
+            let as_filters = stored_as_filters(&t.shape, device);
             let values = match t.values {
                 Some(mut v) => {
-                    if channels_last {
-                        v = to_channels_last(&v, &t.shape);
+                    if as_filters {
+                        v = to_filter_matrix(&v, &t.shape);
                     }
                     let parts = upload_in_blocks(v, &t.shape, max_block, device);
                     // Hand the upload to the device now: backends that batch work would
@@ -621,7 +643,7 @@ impl WeightsUpload {
             let resident = Resident {
                 file: file.clone(),
                 shape: t.shape,
-                channels_last,
+                as_filters,
                 values,
             };
             tensors.insert(name, resident);
@@ -676,25 +698,25 @@ impl WeightsUpload {
     }
 }
 
-/// Whether a weight of `shape` goes to `device` channels-last, as [out, kh, kw, in]: burn's
-/// GPU convolution reads its weight in that order and otherwise copies it into it on every
-/// call. 1x1 kernels are in that order already, and the CPU backend reads PyTorch's own.
-fn stored_channels_last(shape: &[usize], device: &Device) -> bool {
+/// Whether a weight of `shape` goes to `device` as a filter matrix, [kh, kw, in, out]: the
+/// [K, N] matrix, row-major, that a convolution as gathered patches multiplies by
+/// (`kernels::conv2d_im2col`), and that splits along K into [parts, K / parts, N] as a free
+/// view (burn's matmul copies any other layout of it on every call). 1x1 kernels stay in
+/// PyTorch's [out, in] order, which the matmul reads as it is, and the CPU backend reads
+/// PyTorch's own order.
+fn stored_as_filters(shape: &[usize], device: &Device) -> bool {
     shape.len() == 4 && shape[2] * shape[3] > 1 && crate::device::is_gpu(device)
 }
 
-/// [out, in, kh, kw] values reordered as [out, kh, kw, in], on the host, before the upload.
-fn to_channels_last(values: &[f32], shape: &[usize]) -> Vec<f32> {
+/// [out, in, kh, kw] values reordered as [kh, kw, in, out], on the host, before the upload.
+fn to_filter_matrix(values: &[f32], shape: &[usize]) -> Vec<f32> {
     let [o, i, kh, kw] = [shape[0], shape[1], shape[2], shape[3]];
     let taps = kh * kw;
     let mut out = vec![0.0; values.len()];
-    for (filter, into) in values
-        .chunks_exact(i * taps)
-        .zip(out.chunks_exact_mut(i * taps))
-    {
+    for (f, filter) in values.chunks_exact(i * taps).enumerate() {
         for c in 0..i {
             for t in 0..taps {
-                into[t * i + c] = filter[c * taps + t];
+                out[(t * i + c) * o + f] = filter[c * taps + t];
             }
         }
     }
@@ -702,10 +724,10 @@ fn to_channels_last(values: &[f32], shape: &[usize]) -> Vec<f32> {
     out
 }
 
-/// Channels-last values seen in PyTorch's [out, in, kh, kw] order, without a copy.
-fn channels_last_view<const D: usize>(flat: Tensor<1>, shape: [usize; D]) -> Tensor<D> {
-    let stored: [usize; D] = std::array::from_fn(|d| shape[[0, 2, 3, 1][d]]);
-    let axes: [usize; D] = std::array::from_fn(|d| [0, 3, 1, 2][d]);
+/// Filter-matrix values seen in PyTorch's [out, in, kh, kw] order, without a copy.
+fn filters_view<const D: usize>(flat: Tensor<1>, shape: [usize; D]) -> Tensor<D> {
+    let stored: [usize; D] = std::array::from_fn(|d| shape[[2, 3, 1, 0][d]]);
+    let axes: [usize; D] = std::array::from_fn(|d| [3, 2, 0, 1][d]);
     flat.reshape(stored).permute(axes)
 }
 
@@ -814,15 +836,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn channels_last_weights_read_back_in_pytorch_order() {
+    fn filter_matrix_weights_read_back_in_pytorch_order() {
         let shape = [2, 3, 2, 2];
         let values: Vec<f32> = (0..24).map(|v| v as f32).collect();
-        let stored = to_channels_last(&values, &shape);
-        // Output 0, tap (0, 1) holds input channels 0, 1, 2 next to each other.
-        assert_eq!(&stored[3..6], &[1.0, 5.0, 9.0]);
+        let stored = to_filter_matrix(&values, &shape);
+        // Row (tap, channel) of the [K, out] matrix holds that weight of each output: tap
+        // (0, 1) of input channel 0 is row 3, value 1 of output 0 and value 13 of output 1.
+        assert_eq!(&stored[6..8], &[1.0, 13.0]);
         let device = crate::device::cpu();
         let flat = Tensor::from_data(TensorData::new(stored, [24]), &device);
-        let seen = channels_last_view(flat, shape);
+        let seen = filters_view(flat, shape);
         let got = seen.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(got, values);
     }

@@ -601,20 +601,31 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
                     flat4(conv2d(x.clone(), w.clone(), Some(b.clone()), options))
                 }),
             )];
-            {
+            // Gathered patches and burn's matmul: the sum over K whole, then cut as the
+            // runtime cuts it on this adapter and, around that, in half and twice as many.
+            let rows = 2 * out_side * out_side;
+            let chosen = k::k_splits(&limits, rows, c_out, 9 * c_in);
+            let mut splits = vec![1];
+            for s in [chosen / 2, chosen, chosen * 2] {
+                if s > 1 && s <= 32 && !splits.contains(&s) {
+                    splits.push(s);
+                }
+            }
+            for k_splits in splits {
                 let (x, w, b) = (x.clone(), w.clone(), b.clone());
-                let max_bytes = limits.max_binding_bytes;
+                let cuts = k::GemmCuts {
+                    max_bytes: limits.max_binding_bytes,
+                    k_splits,
+                };
+                let how = match (k_splits, k_splits == chosen) {
+                    (1, _) => "im2col + burn matmul".to_string(),
+                    (s, true) => format!("im2col, K in {s} (chosen)"),
+                    (s, false) => format!("im2col, K in {s}"),
+                };
                 ways.push((
-                    "im2col + burn matmul".into(),
+                    how,
                     Box::new(move || {
-                        flat4(k::conv2d_im2col(
-                            x.clone(),
-                            &w,
-                            Some(&b),
-                            stride,
-                            1,
-                            max_bytes,
-                        ))
+                        flat4(k::conv2d_im2col(x.clone(), &w, Some(&b), stride, 1, cuts))
                     }),
                 ));
             }
