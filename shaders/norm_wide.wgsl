@@ -5,7 +5,7 @@
 // neighbouring invocations read neighbouring values, and the sums meet in workgroup memory.
 // Same statistics as norm_rows (the mean, then the squared deviations from it, in f32), then
 // SiLU if asked. Software adapters keep norm_rows: they run barriers slowly.
-// Params, T and shift_of: norm_common.wgsl.
+// Params, T, shift_of and the order the values are read in: norm_common.wgsl.
 
 @group(0) @binding(0) var<storage, read_write> x: array<T>;
 @group(0) @binding(1) var<storage, read_write> gamma: array<T>;
@@ -32,30 +32,6 @@ fn workgroup_sum(lane: u32, value: f32) -> f32 {
     // Before the next call overwrites the lanes.
     workgroupBarrier();
     return total;
-}
-
-// Value j of the group's n: channel-major where x is stored [B, C, H, W], position-major
-// where it is channels-last, so that neighbouring invocations read neighbouring memory.
-fn channel_of(j: u32) -> u32 {
-    if (p.x_channels_last != 0u) {
-        return j % p.channels;
-    }
-    return j / p.positions;
-}
-
-fn position_of(j: u32) -> u32 {
-    if (p.x_channels_last != 0u) {
-        return j / p.channels;
-    }
-    return j % p.positions;
-}
-
-fn input_at(b: u32, c: u32, pos: u32) -> u32 {
-    let all_channels = p.groups * p.channels;
-    if (p.x_channels_last != 0u) {
-        return (b * p.positions + pos) * all_channels + c;
-    }
-    return (b * all_channels + c) * p.positions + pos;
 }
 
 @compute @workgroup_size(64)

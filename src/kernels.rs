@@ -364,14 +364,20 @@ impl GemmCuts {
 /// from a cut sum on an H200, and lost in f16.
 const SPLIT_BELOW_TILES: usize = 512;
 
-/// Tiles times parts a cut product aims at: on the H200, 32x32 latents (320 tiles) ran best
-/// in 4 parts, 16x16 (160) in 8, 8x8 (40) in 16 (docs/bench.md, "On a real GPU").
-const SPLIT_TILES_TARGET: usize = 1280;
+/// Tiles times parts a cut product aims at: on the H200, SD 1.5's convolutions at 32x32
+/// latents (320 tiles) ran best in 8 parts, at 16x16 (160 tiles) in 16, the strided one at
+/// 64x64 (160 tiles) in 16 (docs/bench.md, "On a real GPU").
+const SPLIT_TILES_TARGET: usize = 2560;
+
+/// The most parts, and the least of K each part keeps: at 8x8 latents (40 tiles) 8, 16 and
+/// 32 parts ran alike.
+const MAX_SPLITS: usize = 32;
+const MIN_SPLIT_DEPTH: usize = 128;
 
 /// Parts to cut a `rows` x `depth` x `cols` product's sum over K into: none for a product of
 /// [`SPLIT_BELOW_TILES`] output tiles or more; else doubled while the tiles times the parts
-/// stay within [`SPLIT_TILES_TARGET`], each part keeps at least 256 of K, and the parts
-/// divide K; at most 16. 1 on software adapters, whose few cores the tiles already keep
+/// stay within [`SPLIT_TILES_TARGET`], each part keeps at least [`MIN_SPLIT_DEPTH`] of K,
+/// and the parts divide K; at most [`MAX_SPLITS`]. 1 on software adapters, whose few cores the tiles already keep
 /// busy. Split, the product is [splits, rows, depth / splits] times [splits, depth / splits,
 /// cols], then a sum over the parts: one more small pass for a product that otherwise fills
 /// a tenth of the chip (2-4x faster per layer at 16x16 and 8x8 latents on the H200).
@@ -381,10 +387,10 @@ pub fn k_splits(limits: &crate::device::Limits, rows: usize, cols: usize, depth:
         return 1;
     }
     let mut splits = 1;
-    while splits < 16
+    while splits < MAX_SPLITS
         && tiles * splits * 2 <= SPLIT_TILES_TARGET
         && depth.is_multiple_of(splits * 2)
-        && depth / (splits * 2) >= 256
+        && depth / (splits * 2) >= MIN_SPLIT_DEPTH
     {
         splits *= 2;
     }
