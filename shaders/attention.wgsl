@@ -33,7 +33,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         let kv_at = (b * p.keys + j) * p.kv_stride + h * HEAD_DIM;
         let k_at = kv_at + p.k_col;
         let v_at = kv_at + p.v_col;
-        var score = 0.0;
+        var score = bias_at(b, row, j);
         for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
             score = score + query[d] * f32({{ k }}[k_at + d]);
         }

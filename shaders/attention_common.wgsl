@@ -16,6 +16,11 @@ struct Params {
     q_col: u32,
     k_col: u32,
     v_col: u32,
+    // An additive score bias, where one is bound (see bias_at): it covers query rows
+    // 0..bias_rows and keys bias_first..bias_first + bias_cols.
+    bias_rows: u32,
+    bias_first: u32,
+    bias_cols: u32,
 }
 
 // Every binding is read_write, even those only read: burn places many tensors in one wgpu
@@ -26,3 +31,9 @@ struct Params {
 {{ sources }}
 @group(0) @binding({{ out_binding }}) var<storage, read_write> out: array<T>;
 @group(0) @binding({{ params_binding }}) var<storage, read_write> p: Params;
+
+// bias_at(b, row, key): what is added to the score of query `row` for `key` in sample `b`
+// before the softmax, the same for every head (an intervention's per-token, per-cell bias,
+// src/models/attention_control.rs): a [B, bias_rows, bias_cols] tensor where one is bound,
+// else 0. src/kernels.rs writes it.
+{{ bias }}

@@ -149,10 +149,18 @@ pub const MAX_HEAD_DIM: usize = 160;
 
 /// Attention without a mask over heads packed in the last dimension: q [B, Lq, H*D], k and v
 /// [B, Lk, H*D], each read in place as columns of wider rows where a fused projection made
-/// them, give [B, Lq, H*D]; what `nn::multi_head_attention` computes when not causal.
-pub fn attention(q: Columns, k: Columns, v: Columns, heads: usize) -> Tensor<3> {
+/// them, give [B, Lq, H*D]; what `nn::multi_head_attention` computes when not causal. With
+/// `bias`, that is added to the scores it covers before the softmax (an intervention's
+/// control), still without a score matrix.
+pub fn attention(
+    q: Columns,
+    k: Columns,
+    v: Columns,
+    heads: usize,
+    bias: Option<ScoreBias>,
+) -> Tensor<3> {
     let key_block = attention_key_block(&q.rows.device(), q.width / heads);
-    attention_blocked(q, k, v, heads, key_block)
+    attention_blocked(q, k, v, heads, bias, key_block)
 }
 
 /// The keys per block of the tiled attention kernel (shaders/attention_tiled.wgsl) for heads of
@@ -181,6 +189,7 @@ pub fn attention_blocked(
     k: Columns,
     v: Columns,
     heads: usize,
+    bias: Option<ScoreBias>,
     key_block: u32,
 ) -> Tensor<3> {
     assert_eq!(
@@ -188,24 +197,34 @@ pub fn attention_blocked(
         v.rows.dims(),
         "k and v are read with one row stride"
     );
+    let [bias_rows, bias_cols] = bias.map_or([0, 0], |b| {
+        let [_, rows, cols] = b.values.dims();
+        [rows as u32, cols as u32]
+    });
     let columns = AttentionColumns {
         width: q.width as u32,
         q: q.first as u32,
         k: k.first as u32,
         v: v.first as u32,
         key_block,
+        bias_rows,
+        bias_first: bias.map_or(0, |b| b.first_key as u32),
+        bias_cols,
     };
+    let bias_values = bias.map_or_else(|| q.rows.clone(), |b| b.values.clone());
     Tensor::from_dispatch(<Dispatch as Fused>::attention(
         q.rows.into_dispatch(),
         k.rows.into_dispatch(),
         v.rows.into_dispatch(),
+        bias_values.into_dispatch(),
         heads as u32,
         columns,
     ))
 }
 
 /// Where attention's q, k and v lie in their rows, in elements: `width` columns each, from
-/// columns `q`, `k` and `v` on; and the tiled kernel's key block (0: the untiled kernel).
+/// columns `q`, `k` and `v` on; the tiled kernel's key block (0: the untiled kernel); and
+/// the block of scores a bias covers (none: 0 rows).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionColumns {
     width: u32,
@@ -213,6 +232,20 @@ pub struct AttentionColumns {
     k: u32,
     v: u32,
     key_block: u32,
+    bias_rows: u32,
+    bias_first: u32,
+    bias_cols: u32,
+}
+
+/// An additive bias on attention's scores before the softmax, the same for every head:
+/// `values` [B, R, C] is added to the scores of query rows 0..R for keys `first_key`..
+/// `first_key + C`; the other scores are left as they are. An intervention's per-token,
+/// per-cell bias (`models::attention_control`): for a UNet's cross-attention every query row
+/// and every text token; for an MMDiT's joint attention the image rows and the text keys.
+#[derive(Clone, Copy, Debug)]
+pub struct ScoreBias<'a> {
+    pub values: &'a Tensor<3>,
+    pub first_key: usize,
 }
 
 /// `value * gelu(gate)` for x [B, L, 2F] holding [value, gate] along its last axis once `bias`
@@ -448,6 +481,9 @@ pub trait Fused: Backend {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        // Read only where `columns` give the bias rows (burn's extension macro passes no
+        // optional tensors: callers without a bias pass q again).
+        bias: FloatTensor<Self>,
         heads: u32,
         columns: AttentionColumns,
     ) -> FloatTensor<Self>;
@@ -512,6 +548,7 @@ impl Fused for CubeBackend {
         q: CubeTensor,
         k: CubeTensor,
         v: CubeTensor,
+        bias: CubeTensor,
         heads: u32,
         columns: AttentionColumns,
     ) -> CubeTensor {
@@ -535,7 +572,11 @@ impl Fused for CubeBackend {
             columns.q,
             columns.k,
             columns.v,
+            columns.bias_rows,
+            columns.bias_first,
+            columns.bias_cols,
         ]);
+        let bias = (columns.bias_rows > 0).then(|| into_contiguous(bias));
         // Each tensor bound once, however many of q, k and v it holds.
         let mut bound: Vec<&CubeTensor> = Vec::with_capacity(4);
         let sources = [&q, &k, &v].map(|t| {
@@ -546,6 +587,9 @@ impl Fused for CubeBackend {
             }) as u32
         });
         bound.push(&out);
+        if let Some(bias) = &bias {
+            bound.push(bias);
+        }
         let name = match columns.key_block {
             0 => "attention",
             _ => "attention_tiled",
@@ -553,6 +597,7 @@ impl Fused for CubeBackend {
         let mut kernel = Wgsl::new(name, q.dtype, head_dim);
         kernel.sources = sources;
         kernel.key_block = columns.key_block;
+        kernel.biased = bias.is_some();
         launch(
             &q,
             kernel,
@@ -916,6 +961,8 @@ struct Wgsl {
     shifted: bool,
     /// For the tiled attention: keys per block.
     key_block: u32,
+    /// For attention: whether a score bias is bound (after the output).
+    biased: bool,
 }
 
 impl Wgsl {
@@ -927,6 +974,7 @@ impl Wgsl {
             sources: [0, 1, 2],
             shifted: false,
             key_block: 0,
+            biased: false,
         }
     }
 
@@ -964,9 +1012,25 @@ impl Wgsl {
             })
             .collect();
         let [q, k, v] = self.sources.map(|i| format!("src{i}"));
+        let (bias, params_binding) = if self.biased {
+            let binding = count + 1;
+            let bias = format!(
+                "@group(0) @binding({binding}) var<storage, read_write> bias: array<T>;\n\
+                 fn bias_at(b: u32, row: u32, key: u32) -> f32 {{\n\
+                 \x20   if (row < p.bias_rows && key >= p.bias_first && key < p.bias_first + p.bias_cols) {{\n\
+                 \x20       return f32(bias[(b * p.bias_rows + row) * p.bias_cols + key - p.bias_first]);\n\
+                 \x20   }}\n\
+                 \x20   return 0.0;\n}}\n"
+            );
+            (bias, count + 2)
+        } else {
+            let none = "fn bias_at(b: u32, row: u32, key: u32) -> f32 {\n    return 0.0;\n}\n";
+            (none.to_string(), count + 1)
+        };
         text.replace("{{ sources }}", &declarations)
+            .replace("{{ bias }}", &bias)
             .replace("{{ out_binding }}", &count.to_string())
-            .replace("{{ params_binding }}", &(count + 1).to_string())
+            .replace("{{ params_binding }}", &params_binding.to_string())
             .replace("{{ q }}", &q)
             .replace("{{ k }}", &k)
             .replace("{{ v }}", &v)
@@ -1005,7 +1069,7 @@ impl Wgsl {
                 scores += &format!("            s{j} = fma(query[{d}], k_tile[{tile}], s{j});\n");
             }
             scores += &format!(
-                "            let score{j} = select(-3.0e38, s{j}.x + s{j}.y + s{j}.z + s{j}.w, {j}u < count);\n\
+                "            let score{j} = select(-3.0e38, s{j}.x + s{j}.y + s{j}.z + s{j}.w + bias_at(b, row, j0 + {j}u), {j}u < count);\n\
                  \x20           block_best = max(block_best, score{j});\n"
             );
         }
@@ -1090,6 +1154,7 @@ impl KernelSource for Wgsl {
             self.sources,
             self.shifted,
             self.key_block,
+            self.biased,
         ))
     }
 

@@ -553,7 +553,7 @@ pub fn multi_head_attention(
         && inner / heads <= kernels::MAX_HEAD_DIM
         && kernels.fused_for(&q.rows.device(), q.rows.dtype())
     {
-        return kernels::attention(q, k, v, heads);
+        return kernels::attention(q, k, v, heads, None);
     }
     let (q, k, v) = (q.into_tensor(), k.into_tensor(), v.into_tensor());
     let [b, lq, _] = q.dims();

@@ -88,6 +88,45 @@ fn a_zero_bias_changes_nothing_and_the_record_is_a_distribution() {
     }
 }
 
+/// A control that only biases runs in the fused attention kernel on wgpu (the bias an input
+/// of the kernel, no score matrix), a recording one makes its scores explicitly: the two
+/// must give the same output, and one the bias moved.
+#[test]
+fn a_bias_in_the_fused_kernel_equals_the_explicit_scores() {
+    for (name, device) in test_devices() {
+        let pipe = pipe(&device);
+        let unet = pipe.unet().expect("a UNet model");
+        let (context, _) = pipe.encode_text(PROMPT, 0).unwrap();
+        let size = unet.config().sample_size;
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<4>::random([1, 4, size, size], normal, &device);
+        let tokens = context.dims()[1];
+        let bias = Tensor::<3>::random([tokens, size, size], normal, &device).mul_scalar(4.0);
+        let plain = values(unet.forward(x.clone(), 500.0, &context));
+        let run = |record: bool| {
+            let control = CrossAttentionControl {
+                bias: Some(bias.clone()),
+                record,
+            };
+            values(
+                unet.forward_controlled(x.clone(), 500.0, &context, None, &control, 0)
+                    .0,
+            )
+        };
+        let (fused, explicit) = (run(false), run(true));
+        let moved = max_abs_diff(&plain, &explicit);
+        assert!(
+            moved > 1e-3,
+            "{name}: the bias moved the output by only {moved}"
+        );
+        let diff = max_abs_diff(&fused, &explicit);
+        assert!(
+            diff < 1e-4,
+            "{name}: the bias through the kernel is off the explicit scores' output by {diff}"
+        );
+    }
+}
+
 /// The share of a token set's attention that falls inside a box, over the recorded steps
 /// `steps`: the mean of `sum(in box) / sum(all cells)` per step.
 fn share_in_box(

@@ -61,6 +61,34 @@ fn reference_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -
         .reshape([b, lq, inner])
 }
 
+/// `reference_attention` with `bias` [B, R, C] added to the scores of query rows 0..R for
+/// keys first..first + C, in every head.
+fn reference_biased_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    heads: usize,
+    bias: Tensor<3>,
+    first: usize,
+) -> Tensor<3> {
+    let [b, lq, inner] = q.dims();
+    let lk = k.dims()[1];
+    let [_, rows, cols] = bias.dims();
+    let d = inner / heads;
+    let split = |x: Tensor<3>| {
+        let [b, l, _] = x.dims();
+        x.reshape([b, l, heads, d]).swap_dims(1, 2)
+    };
+    let full = Tensor::<3>::zeros([b, lq, lk], &bias.device())
+        .slice_assign([0..b, 0..rows, first..first + cols], bias);
+    let scores =
+        split(q).matmul(split(k).transpose()) / (d as f64).sqrt() + full.unsqueeze_dim::<4>(1);
+    softmax(scores, 3)
+        .matmul(split(v))
+        .swap_dims(1, 2)
+        .reshape([b, lq, inner])
+}
+
 fn check_all(gpu: &Device, tolerance: f32, label: &str) {
     // Every norm both ways for short groups: a workgroup per group (GPUs) and an invocation
     // per group (software adapters).
@@ -180,6 +208,7 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
                 gk.into(),
                 gv.into(),
                 heads,
+                None,
                 key_block,
             );
             let diff = max_abs_diff(&read(got), &want);
@@ -190,13 +219,45 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
         }
     }
 
+    // With a score bias, by both kernels: over every query row and text key (a UNet's
+    // controlled cross-attention), and over the first 70 rows' scores for the last 20 keys
+    // (an MMDiT's image rows and text keys in its joint attention).
+    for (lq, lk, rows, first, cols) in [(65, 77, 65, 0, 77), (90, 90, 70, 70, 20)] {
+        let (heads, d) = (2, 40);
+        let (q, gq) = pair([2, lq, heads * d], 16, gpu);
+        let (k, gk) = pair([2, lk, heads * d], 17, gpu);
+        let (v, gv) = pair([2, lk, heads * d], 18, gpu);
+        let (bias, g_bias) = pair([2, rows, cols], 19, gpu);
+        let (bias, g_bias) = (bias.mul_scalar(3.0), g_bias.mul_scalar(3.0));
+        let want = values(reference_biased_attention(q, k, v, heads, bias, first));
+        for key_block in [0, 16] {
+            let score_bias = lina_runtime::kernels::ScoreBias {
+                values: &g_bias,
+                first_key: first,
+            };
+            let got = lina_runtime::kernels::attention_blocked(
+                gq.clone().into(),
+                gk.clone().into(),
+                gv.clone().into(),
+                heads,
+                Some(score_bias),
+                key_block,
+            );
+            let diff = max_abs_diff(&read(got), &want);
+            assert!(
+                diff < tolerance * 4.0,
+                "{label}: attention biased over {rows} rows and keys {first}.. (key block {key_block}) off by {diff}"
+            );
+        }
+    }
+
     // The same read in place from fused projections' rows: [q | k | v] for self-attention,
     // q and [k | v] for cross-attention.
     let (heads, d) = (3, 40);
     let (qkv, g_qkv) = pair([2, 100, 3 * heads * d], 13, gpu);
     let [q, k, v] = [0, 1, 2].map(|i| qkv.clone().narrow(2, i * heads * d, heads * d));
     let [gq, gk, gv] = Columns::split(g_qkv);
-    let got = lina_runtime::kernels::attention(gq, gk, gv, heads);
+    let got = lina_runtime::kernels::attention(gq, gk, gv, heads, None);
     let diff = max_abs_diff(&read(got), &values(reference_attention(q, k, v, heads)));
     assert!(
         diff < tolerance * 4.0,
@@ -207,7 +268,7 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
     let (kv, g_kv) = pair([2, 77, 2 * heads * d], 15, gpu);
     let [k, v] = [0, 1].map(|i| kv.clone().narrow(2, i * heads * d, heads * d));
     let [gk, gv] = Columns::split(g_kv);
-    let got = lina_runtime::kernels::attention(gq.into(), gk, gv, heads);
+    let got = lina_runtime::kernels::attention(gq.into(), gk, gv, heads, None);
     let diff = max_abs_diff(&read(got), &values(reference_attention(q, k, v, heads)));
     assert!(
         diff < tolerance * 4.0,
@@ -478,6 +539,7 @@ fn fused_kernel_timings() {
             rows.clone().into(),
             rows.clone().into(),
             4,
+            None,
         ))
     });
     time("self-attention 256, 4 heads of 24, burn", &|| {
@@ -494,6 +556,7 @@ fn fused_kernel_timings() {
             k.clone().into(),
             k.clone().into(),
             4,
+            None,
         ))
     });
     time("cross-attention 256x77, burn", &|| {

@@ -9,14 +9,18 @@
 //! is the mean over heads and layers of each layer's probabilities, resized (nearest) to the
 //! latents' grid: per token, where the image attends to it.
 //!
-//! Cross-attention's score matrix has one column per text token (77), so it is the bias's own
-//! size: a controlled layer computes it explicitly rather than through the fused kernel, and a
-//! controlled step costs no extra model evaluation.
+//! A control that only biases runs in the fused attention kernel, which takes the bias as an
+//! input and makes no score matrix (`kernels::ScoreBias`); a record needs the probabilities,
+//! so a recording layer makes its scores explicitly (cross-attention's have one column per
+//! text token, 77, the bias's own size). Either way a controlled step costs no extra model
+//! evaluation.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use burn::tensor::module::{adaptive_avg_pool2d, interpolate};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+
+use crate::kernels::Kernels;
 
 /// What one model call asks of the UNet's cross-attention layers. The default asks nothing,
 /// and the layers run as they do without a control.
@@ -142,16 +146,56 @@ impl<'a> ControlState<'a> {
     }
 }
 
+/// The fused attention kernel with the control's bias as its input (`kernels::ScoreBias`),
+/// where the control only biases (a record needs the probabilities themselves) and the
+/// kernels serve this device, type and head size: no score matrix is made. The bias covers
+/// query rows 0..R (R: the grid's cells) for keys `first_key`.. (the text tokens).
+fn fused_biased_attention(
+    [q, k, v]: [&Tensor<3>; 3],
+    heads: usize,
+    grid: [usize; 2],
+    first_key: usize,
+    kernels: Kernels,
+    state: &mut ControlState,
+) -> Option<Tensor<3>> {
+    let [b, _, inner] = q.dims();
+    if state.control.record
+        || inner / heads > crate::kernels::MAX_HEAD_DIM
+        || !kernels.fused_for(&q.device(), q.dtype())
+    {
+        return None;
+    }
+    let bias = state.bias(grid, b)?;
+    let [_, _, cells, tokens] = bias.dims();
+    let values = bias.reshape([b, cells, tokens]).cast(q.dtype());
+    let score_bias = crate::kernels::ScoreBias {
+        values: &values,
+        first_key,
+    };
+    Some(crate::kernels::attention(
+        q.clone().into(),
+        k.clone().into(),
+        v.clone().into(),
+        heads,
+        Some(score_bias),
+    ))
+}
+
 /// Scaled dot-product cross-attention under a control: q [B, L, H*D] over a `grid` of
-/// L = h*w cells, k and v [B, T, H*D]; gives [B, L, H*D].
+/// L = h*w cells, k and v [B, T, H*D]; gives [B, L, H*D]. Through the fused kernel where
+/// the control only biases (see [`fused_biased_attention`]), else with the scores made.
 pub(crate) fn controlled_attention(
     q: Tensor<3>,
     k: Tensor<3>,
     v: Tensor<3>,
     heads: usize,
     grid: [usize; 2],
+    kernels: Kernels,
     state: &mut ControlState,
 ) -> Tensor<3> {
+    if let Some(out) = fused_biased_attention([&q, &k, &v], heads, grid, 0, kernels, state) {
+        return out;
+    }
     let [b, lq, inner] = q.dims();
     let split = |x: Tensor<3>| -> Tensor<4> {
         let [b, l, _] = x.dims();
@@ -175,6 +219,7 @@ pub(crate) fn controlled_attention(
 /// tokens, since an image token here also attends to the image). The text queries run
 /// uncontrolled. The image queries run in row chunks whose scores fit the attention budget,
 /// so no score matrix larger than one chunk's is held.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn controlled_joint_attention(
     q: Tensor<3>,
     k: Tensor<3>,
@@ -182,8 +227,14 @@ pub(crate) fn controlled_joint_attention(
     heads: usize,
     grid: [usize; 2],
     image_len: usize,
+    kernels: Kernels,
     state: &mut ControlState,
 ) -> Tensor<3> {
+    // A bias alone: the image rows' scores for the text keys, in the fused kernel.
+    if let Some(out) = fused_biased_attention([&q, &k, &v], heads, grid, image_len, kernels, state)
+    {
+        return out;
+    }
     let [b, l, inner] = q.dims();
     let text_len = l - image_len;
     let split = |x: Tensor<3>| -> Tensor<4> {

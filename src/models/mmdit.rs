@@ -306,10 +306,10 @@ impl JointAttention {
         let [tq, tk, tv] = self.text.forward(text, heads);
         let joint = |a: Tensor<3>, b: Tensor<3>| Tensor::cat(vec![a, b], 1);
         let (q, k, v) = (joint(q, tq), joint(k, tk), joint(v, tv));
+        let kernels = self.image_out.kernels();
         let out = if control.is_active() {
-            controlled_joint_attention(q, k, v, heads, grid, image_len, control)
+            controlled_joint_attention(q, k, v, heads, grid, image_len, kernels, control)
         } else {
-            let kernels = self.image_out.kernels();
             multi_head_attention(q.into(), k.into(), v.into(), heads, false, kernels)
         };
         let image = self.image_out.forward(out.clone().narrow(1, 0, image_len));

@@ -72,7 +72,7 @@ impl CrossAttention {
         let q = self.q.forward(x);
         let attn = if control.is_active() {
             let (k, v) = (k.into_tensor(), v.into_tensor());
-            controlled_attention(q, k, v, self.heads, grid, control)
+            controlled_attention(q, k, v, self.heads, grid, self.q.kernels(), control)
         } else {
             multi_head_attention(q.into(), k, v, self.heads, false, self.q.kernels())
         };

@@ -691,6 +691,7 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
                             kv.clone().into(),
                             kv.clone().into(),
                             heads,
+                            None,
                             key_block,
                         ))
                     }),
