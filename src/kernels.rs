@@ -163,6 +163,21 @@ pub fn attention(
     attention_blocked(q, k, v, heads, bias, key_block)
 }
 
+/// The most keys the fused attention takes on a software adapter. There it runs
+/// shaders/attention.wgsl, and lavapipe (Mesa 22.3, LLVM 15) computes that kernel wrongly
+/// beyond about 512 keys (768 keys: outputs off by more than 1, some never written), though
+/// it is right at 512 and below and right on an H200 at 4096; the tiled kernel is right
+/// there but slower than burn's attention. So past this, software adapters compose burn's
+/// operations ([`attention_serves`]). No model the browser ships reaches it (the default
+/// model's largest self-attention has 256 keys).
+pub const SOFTWARE_ATTENTION_MAX_KEYS: usize = 512;
+
+/// Whether the fused attention serves `keys` keys on `device`: always on GPUs, up to
+/// [`SOFTWARE_ATTENTION_MAX_KEYS`] on software adapters.
+pub fn attention_serves(device: &Device, keys: usize) -> bool {
+    keys <= SOFTWARE_ATTENTION_MAX_KEYS || !crate::device::limits(device).software
+}
+
 /// The keys per block of the tiled attention kernel (shaders/attention_tiled.wgsl) for heads of
 /// `head_dim` values on `device`, or 0 for the kernel without workgroup memory
 /// (shaders/attention.wgsl): on software adapters, where barriers are slow, and for heads

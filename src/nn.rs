@@ -549,9 +549,11 @@ pub fn multi_head_attention(
     use burn::tensor::ops::AttentionModuleOptions;
 
     let inner = q.width;
+    let device = q.rows.device();
     if !causal
         && inner / heads <= kernels::MAX_HEAD_DIM
-        && kernels.fused_for(&q.rows.device(), q.rows.dtype())
+        && kernels.fused_for(&device, q.rows.dtype())
+        && kernels::attention_serves(&device, k.rows.dims()[1])
     {
         return kernels::attention(q, k, v, heads, None);
     }

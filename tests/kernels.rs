@@ -219,6 +219,32 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
         }
     }
 
+    // Past kernels::SOFTWARE_ATTENTION_MAX_KEYS (lavapipe computes the untiled kernel wrongly
+    // at 768 keys and more): what the runtime runs at 1024 keys (burn's operations on a
+    // software adapter, the fused kernel on a GPU), and the tiled kernel, which is right there.
+    let (heads, d) = (2, 40);
+    let (q, gq) = pair([1, 1024, heads * d], 25, gpu);
+    let (k, gk) = pair([1, 1024, heads * d], 26, gpu);
+    let (v, gv) = pair([1, 1024, heads * d], 27, gpu);
+    let want = values(reference_attention(q, k, v, heads));
+    let chosen = lina_runtime::nn::multi_head_attention(
+        gq.clone().into(),
+        gk.clone().into(),
+        gv.clone().into(),
+        heads,
+        false,
+        Kernels::Fused,
+    );
+    let tiled =
+        lina_runtime::kernels::attention_blocked(gq.into(), gk.into(), gv.into(), heads, None, 16);
+    for (how, got) in [("as the runtime chooses", chosen), ("tiled", tiled)] {
+        let diff = max_abs_diff(&read(got), &want);
+        assert!(
+            diff < tolerance * 4.0,
+            "{label}: attention over 1024 keys, {how}, off by {diff}"
+        );
+    }
+
     // With a score bias, by both kernels: over every query row and text key (a UNet's
     // controlled cross-attention), and over the first 70 rows' scores for the last 20 keys
     // (an MMDiT's image rows and text keys in its joint attention).

@@ -162,6 +162,7 @@ fn fused_biased_attention(
     if state.control.record
         || inner / heads > crate::kernels::MAX_HEAD_DIM
         || !kernels.fused_for(&q.device(), q.dtype())
+        || !crate::kernels::attention_serves(&q.device(), k.dims()[1])
     {
         return None;
     }
