@@ -172,10 +172,21 @@ pub fn attention(
 /// model's largest self-attention has 256 keys).
 pub const SOFTWARE_ATTENTION_MAX_KEYS: usize = 512;
 
-/// Whether the fused attention serves `keys` keys on `device`: always on GPUs, up to
-/// [`SOFTWARE_ATTENTION_MAX_KEYS`] on software adapters.
-pub fn attention_serves(device: &Device, keys: usize) -> bool {
-    keys <= SOFTWARE_ATTENTION_MAX_KEYS || !crate::device::limits(device).software
+/// Whether the fused attention serves an attention of q [B, Lq, `heads` x D] of type `dtype`
+/// on `device` over `keys` keys, for a model loaded with `kernels`: where the model's kernels
+/// are fused on this device and type, heads hold at most [`MAX_HEAD_DIM`] values, and (on
+/// software adapters) keys are at most [`SOFTWARE_ATTENTION_MAX_KEYS`]. Otherwise callers
+/// compose burn's operations.
+pub fn attention_serves(
+    kernels: Kernels,
+    device: &Device,
+    dtype: DType,
+    head_dim: usize,
+    keys: usize,
+) -> bool {
+    head_dim <= MAX_HEAD_DIM
+        && kernels.fused_for(device, dtype)
+        && (keys <= SOFTWARE_ATTENTION_MAX_KEYS || !crate::device::limits(device).software)
 }
 
 /// The keys per block of the tiled attention kernel (shaders/attention_tiled.wgsl) for heads of
@@ -295,12 +306,13 @@ pub const GATHER_BLOCK_BYTES: u64 = 512 << 20;
 /// channels-last input itself, with nothing gathered. Gives [B, Cout, Ho, Wo] stored
 /// channels-last, as burn's GPU convolution does.
 ///
-/// The gathered matrix is made in blocks of output positions of at most `cuts.max_bytes`
-/// (the adapter's binding limit) and [`GATHER_BLOCK_BYTES`]. burn's matmul makes this 2-10x
-/// faster than its direct convolution on an H200 and 2-4x on lavapipe, and faster than a
-/// tiled implicit GEMM of our own, which this replaced (docs/bench.md, "On a real GPU"); the
-/// gathered copy costs one pass over memory. With `cuts.k_splits` above 1 the sum over K is
-/// cut into that many parts, multiplied in one batched product and added ([`k_splits`]).
+/// The gathered matrix is made in blocks of output positions of at most the adapter's
+/// binding limit and [`GATHER_BLOCK_BYTES`]. burn's matmul makes this 2-10x faster than its
+/// direct convolution on an H200 and 2-4x on lavapipe, and faster than a tiled implicit GEMM
+/// of our own, which this replaced (docs/bench.md, "On a real GPU"); the gathered copy costs
+/// one pass over memory. Where the product is too small to fill a GPU its sum over K is cut
+/// into parts, multiplied in one batched product and added ([`k_splits`]). `cuts` overrides
+/// either choice (benchmarks, tests); the default takes the adapter's.
 pub fn conv2d_im2col(
     x: Tensor<4>,
     weight: &Tensor<4>,
@@ -327,14 +339,18 @@ pub fn conv2d_im2col(
         }
         return out.reshape([b, h, w, c_out]).permute([0, 3, 1, 2]);
     }
+    let limits = crate::device::limits(&x.device());
     let elem = x.dtype().size() as u64;
     // Output positions per block: as many as fit (all of a UNet's at 64x64 latents).
-    let max_bytes = cuts.max_bytes.min(GATHER_BLOCK_BYTES);
+    let max_bytes = cuts
+        .max_bytes
+        .unwrap_or(limits.max_binding_bytes)
+        .min(GATHER_BLOCK_BYTES);
     let per_block = ((max_bytes / (k as u64 * elem)) as usize).clamp(1, rows);
-    let splits = if k.is_multiple_of(cuts.k_splits.max(1)) {
-        cuts.k_splits.max(1)
-    } else {
-        1
+    let splits = match cuts.k_splits {
+        Some(asked) if asked > 0 && k.is_multiple_of(asked) => asked,
+        Some(_) => 1,
+        None => k_splits(&limits, rows, c_out, k),
     };
     // The filters as [splits, K / splits, N]: a view of the [kh, kw, Cin, N] filter matrix.
     let filters: Tensor<3> =
@@ -384,27 +400,14 @@ pub fn conv2d_im2col(
     out.reshape([b, out_h, out_w, c_out]).permute([0, 3, 1, 2])
 }
 
-/// How [`conv2d_im2col`] cuts its product: the most bytes one gathered block may take, and
-/// how many parts the sum over K is cut into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How [`conv2d_im2col`] cuts its product, where not as the adapter would: the most bytes one
+/// gathered block may take, and how many parts the sum over K is cut into (left whole where
+/// they do not divide K). `None` takes the adapter's choice: its binding limit, and
+/// [`k_splits`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GemmCuts {
-    pub max_bytes: u64,
-    pub k_splits: usize,
-}
-
-impl GemmCuts {
-    /// The cuts for a product of `rows` by `depth` by `cols` on a device with `limits`.
-    pub fn for_product(
-        limits: &crate::device::Limits,
-        rows: usize,
-        cols: usize,
-        depth: usize,
-    ) -> Self {
-        Self {
-            max_bytes: limits.max_binding_bytes,
-            k_splits: k_splits(limits, rows, cols, depth),
-        }
-    }
+    pub max_bytes: Option<u64>,
+    pub k_splits: Option<usize>,
 }
 
 /// Output tiles (of about 64x64, as burn's matmul makes them) from which a product fills a

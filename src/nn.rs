@@ -159,24 +159,13 @@ impl Conv2d {
         // real GPU").
         let device = x.device();
         if self.kernels.fused_for(&device, x.dtype()) {
-            let [b, _, h, w] = x.dims();
-            let [c_out, c_in, k, _] = self.weight.dims();
-            let (stride, padding) = (self.options.stride[0], self.options.padding[0].0);
-            let positions =
-                ((h + 2 * padding - k) / stride + 1) * ((w + 2 * padding - k) / stride + 1);
-            let cuts = kernels::GemmCuts::for_product(
-                &crate::device::limits(&device),
-                b * positions,
-                c_out,
-                k * k * c_in,
-            );
             return kernels::conv2d_im2col(
                 x,
                 &self.weight,
                 self.bias.as_ref(),
-                stride,
-                padding,
-                cuts,
+                self.options.stride[0],
+                self.options.padding[0].0,
+                kernels::GemmCuts::default(),
             );
         }
         conv2d(
@@ -549,12 +538,8 @@ pub fn multi_head_attention(
     use burn::tensor::ops::AttentionModuleOptions;
 
     let inner = q.width;
-    let device = q.rows.device();
-    if !causal
-        && inner / heads <= kernels::MAX_HEAD_DIM
-        && kernels.fused_for(&device, q.rows.dtype())
-        && kernels::attention_serves(&device, k.rows.dims()[1])
-    {
+    let (device, dtype, keys) = (q.rows.device(), q.rows.dtype(), k.rows.dims()[1]);
+    if !causal && kernels::attention_serves(kernels, &device, dtype, inner / heads, keys) {
         return kernels::attention(q, k, v, heads, None);
     }
     let (q, k, v) = (q.into_tensor(), k.into_tensor(), v.into_tensor());

@@ -386,8 +386,8 @@ fn check_im2col(gpu: &Device, tolerance: f32, label: &str) {
                 (7 * row_bytes, 4),
             ] {
                 let cuts = GemmCuts {
-                    max_bytes,
-                    k_splits,
+                    max_bytes: Some(max_bytes),
+                    k_splits: Some(k_splits),
                 };
                 let got = lina_runtime::kernels::conv2d_im2col(
                     gx.clone(),

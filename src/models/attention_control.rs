@@ -159,10 +159,9 @@ fn fused_biased_attention(
     state: &mut ControlState,
 ) -> Option<Tensor<3>> {
     let [b, _, inner] = q.dims();
+    let keys = k.dims()[1];
     if state.control.record
-        || inner / heads > crate::kernels::MAX_HEAD_DIM
-        || !kernels.fused_for(&q.device(), q.dtype())
-        || !crate::kernels::attention_serves(&q.device(), k.dims()[1])
+        || !crate::kernels::attention_serves(kernels, &q.device(), q.dtype(), inner / heads, keys)
     {
         return None;
     }

@@ -614,8 +614,8 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
             for k_splits in splits {
                 let (x, w, b) = (x.clone(), w.clone(), b.clone());
                 let cuts = k::GemmCuts {
-                    max_bytes: limits.max_binding_bytes,
-                    k_splits,
+                    max_bytes: None,
+                    k_splits: Some(k_splits),
                 };
                 let how = match (k_splits, k_splits == chosen) {
                     (1, _) => "im2col + burn matmul".to_string(),
