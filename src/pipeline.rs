@@ -123,6 +123,12 @@ pub struct ModelCall {
     /// ([`CrossAttentionControl`]). The bias is [T, h, w]: the context's length and the
     /// latents' size.
     pub attention: CrossAttentionControl,
+    /// Whether the model sees this call's scene mirrored left to right: its input and
+    /// attention bias are flipped on the way in, its prediction and attention record on the
+    /// way out. Everything a hook gives or reads stays in the sampler's frame, so a hook that
+    /// also gives the mirrored scene's text (left and right swapped) has the model draw the
+    /// mirror image of a scene it may know better, and the sampler keeps the scene as asked.
+    pub mirrored: bool,
 }
 
 /// Guidance toward (or, with a negative weight, away from) another text conditioning,
@@ -1554,6 +1560,7 @@ impl Sampling<'_> {
             guidance_scale: self.guidance_scale,
             regions: Vec::new(),
             attention: CrossAttentionControl::default(),
+            mirrored: false,
         };
         hook.before_model(&mut call)?;
         self.evaluations += call.context.dims()[0] + call.regions.len();
@@ -1672,14 +1679,30 @@ impl Sampling<'_> {
         });
         // The control acts on the conditional row: the second of [uncond; cond], else the
         // only one; the region terms' rows keep their own attention.
-        let (out, record) = self.pipe.denoiser.forward_controlled(
-            inputs,
-            call.timestep,
-            &context,
-            added.as_ref(),
-            &call.attention,
-            base - 1,
-        );
+        let (out, record) = if call.mirrored {
+            let control = CrossAttentionControl {
+                bias: call.attention.bias.clone().map(|b| b.flip([2])),
+                record: call.attention.record,
+            };
+            let (out, record) = self.pipe.denoiser.forward_controlled(
+                inputs.flip([3]),
+                call.timestep,
+                &context,
+                added.as_ref(),
+                &control,
+                base - 1,
+            );
+            (out.flip([3]), record.map(|r| r.flip([2])))
+        } else {
+            self.pipe.denoiser.forward_controlled(
+                inputs,
+                call.timestep,
+                &context,
+                added.as_ref(),
+                &call.attention,
+                base - 1,
+            )
+        };
         let guidance = (base == 2).then_some(call.guidance_scale);
         if call.regions.is_empty() {
             return Ok((

@@ -12,7 +12,9 @@ use lina::attention::{AttentionRecorder, node_tokens};
 use lina::{Plan, region};
 use lina_runtime::image::Image;
 use lina_runtime::models::attention_control::CrossAttentionControl;
-use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::pipeline::{
+    CancelToken, GenerateOptions, ModelCall, NoHook, StableDiffusion, StepHook, StepState,
+};
 use lina_runtime::schedulers::Timesteps;
 use lina_runtime::source::DirSource;
 
@@ -379,4 +381,132 @@ fn a_boxed_node_the_prompt_does_not_name_is_a_clear_error() {
     let text = err.to_string();
     assert!(text.contains("\"top\"") && text.contains("ball"), "{text}");
     assert!(steps.steps.is_empty(), "nothing ran");
+}
+
+/// A hook that gives every model call a fixed attention bias, recording the maps, and (when
+/// `mirrored`) the mirrored frame.
+struct Framed {
+    bias: Tensor<3>,
+    mirrored: bool,
+    records: Vec<Tensor<3>>,
+}
+
+impl StepHook for Framed {
+    fn before_model(&mut self, call: &mut ModelCall) -> lina_runtime::error::Result<()> {
+        call.attention = CrossAttentionControl {
+            bias: Some(self.bias.clone()),
+            record: true,
+        };
+        call.mirrored = self.mirrored;
+        Ok(())
+    }
+    fn after_step(&mut self, state: &mut StepState) -> lina_runtime::error::Result<()> {
+        self.records.extend(state.attention.clone());
+        Ok(())
+    }
+}
+
+/// The mirrored frame is a change of view and nothing else: sampling from latents `L` with
+/// the model seeing every call mirrored (its bias given, its record read, in the sampler's
+/// frame) is the mirror image, latent for latent and map for map, of sampling from the
+/// mirrored latents with the mirrored bias. And it is not the plain run: the UNet is not
+/// mirror-symmetric, which is what lets a mirrored view draw a scene differently.
+#[test]
+fn the_mirrored_frame_flips_the_models_view_and_nothing_else() {
+    for (name, device) in test_devices() {
+        let pipe = pipe(&device);
+        let size = pipe.unet().expect("a UNet model").config().sample_size;
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let start = Tensor::<4>::random([1, 4, size, size], normal, &device);
+        let tokens = pipe.encode_text(PROMPT, 0).unwrap().0.dims()[1];
+        let bias = Tensor::<3>::random([tokens, size, size], normal, &device).mul_scalar(2.0);
+        let run = |start: Tensor<4>, bias: Tensor<3>, mirrored: bool| {
+            let opts = GenerateOptions {
+                initial_latents: Some(values(start)),
+                ..opts()
+            };
+            let mut sampling = pipe.start(&opts).unwrap();
+            let mut hook = Framed {
+                bias,
+                mirrored,
+                records: Vec::new(),
+            };
+            pollster::block_on(sampling.run(&mut hook, &CancelToken::new())).unwrap();
+            (sampling.latents().clone(), hook.records)
+        };
+        let (seen, seen_maps) = run(start.clone(), bias.clone(), true);
+        let (mirror, mirror_maps) = run(start.clone().flip([3]), bias.clone().flip([2]), false);
+        let (plain, _) = run(start, bias, false);
+        let diff = max_abs_diff(&values(seen.clone()), &values(mirror.flip([3])));
+        assert!(
+            diff < 1e-4,
+            "{name}: mirrored view off the mirror image by {diff}"
+        );
+        assert_eq!(seen_maps.len(), 6, "{name}: a record per step");
+        for (step, (a, b)) in seen_maps.into_iter().zip(mirror_maps).enumerate() {
+            let diff = max_abs_diff(&values(a), &values(b.flip([2])));
+            assert!(diff < 1e-4, "{name}: step {step}'s maps off by {diff}");
+        }
+        let moved = max_abs_diff(&values(seen), &values(plain));
+        assert!(
+            moved > 1e-2,
+            "{name}: the mirrored view moved the latents by only {moved}"
+        );
+    }
+}
+
+/// LINA's mirrored frame gives the model the mirrored text and view where the prompt names a
+/// direction, and changes nothing, bit for bit, where it names none.
+#[test]
+fn the_mirror_plan_swaps_directions_and_leaves_other_prompts_alone() {
+    let device = lina_runtime::device::cpu();
+    let pipe = pipe(&device);
+    let plan = Plan {
+        mirror: true,
+        ..Plan::default()
+    };
+    let generate = |prompt: &str, plan: &Plan| {
+        let opts = GenerateOptions {
+            prompt: prompt.into(),
+            ..opts()
+        };
+        let csg = lina_csg::parse::parse(prompt).unwrap();
+        pollster::block_on(lina::generate(
+            &pipe,
+            &opts,
+            &csg,
+            plan,
+            &mut NoHook,
+            &CancelToken::new(),
+        ))
+        .unwrap()
+    };
+    let plain = generate(PROMPT, &Plan::default());
+    let same = generate(PROMPT, &plan);
+    assert_eq!(same.prompt, PROMPT);
+    assert_eq!(plain.generated.image.rgb, same.generated.image.rgb);
+    assert!(
+        same.described
+            .iter()
+            .any(|d| d.contains("names no direction"))
+    );
+
+    let lit = "a red ball and a blue cube lit from the right";
+    let plain = generate(lit, &Plan::default());
+    let mirrored = generate(lit, &plan);
+    assert_eq!(
+        mirrored.prompt,
+        "a red ball and a blue cube lit from the left"
+    );
+    assert!(
+        mirrored
+            .described
+            .iter()
+            .any(|d| d.contains("mirrored frame"))
+    );
+    assert_ne!(plain.generated.image.rgb, mirrored.generated.image.rgb);
+    assert_eq!(
+        plain.evaluations, mirrored.evaluations,
+        "the frame costs no evaluation"
+    );
 }

@@ -83,11 +83,11 @@ fn the_baseline_plan_is_the_plain_sampler() {
 #[test]
 fn ablation_variants_turn_one_component_on_or_off() {
     use intervene::Component;
-    // The default plan leaves the region terms, the attention control and the schedule off
-    // (docs/lina.md); `with` turns each on, and with them it uses all four.
+    // The default plan leaves the region terms, the attention control, the schedule and the
+    // mirrored frame off (docs/lina.md); `with` turns each on, and with them it uses all five.
     let lina = Plan::lina();
     assert!(!lina.uses(Component::Regions) && !lina.uses(Component::Schedule));
-    assert!(!lina.uses(Component::Attention));
+    assert!(!lina.uses(Component::Attention) && !lina.uses(Component::Mirror));
     assert!(lina.uses(Component::Prompt));
     let full = Component::ALL
         .into_iter()
@@ -97,6 +97,7 @@ fn ablation_variants_turn_one_component_on_or_off() {
         lina.with_regions()
             .with(Component::Schedule)
             .with(Component::Attention)
+            .with(Component::Mirror)
     );
     assert_eq!(full.with(Component::Prompt), full, "on already: unchanged");
     for c in Component::ALL {

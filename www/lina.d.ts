@@ -138,8 +138,8 @@ export interface LoadResult {
 
 export interface Suggestion {
   /**
-   * The chosen candidate: "baseline", "schedule", "prompt", "regions", "lina-regions" or
-   * "lina-strong".
+   * The chosen candidate: "baseline", "schedule", "prompt", "mirror" or "prompt-mirror"
+   * (the model folder's predictor lists its own).
    */
   candidate: string;
   /** Its plan, every field filled in. */
@@ -186,6 +186,12 @@ export interface Plan {
    * words too (default false: on the embedded model the appended words did harm).
    */
   attentionEffects?: boolean;
+  /**
+   * Draw the scene's mirror image from the mirrored text (left and right swapped) and keep
+   * the scene as asked: for a model that draws one side better (default false; a prompt with
+   * no word of direction is unchanged).
+   */
+  mirror?: boolean;
   /** Schedule warp toward the noisy start; 1 is the plain schedule. */
   warp?: number;
 }

@@ -34,6 +34,15 @@ const SLIDERS = [
 ];
 
 /**
+ * The switches: the plan's yes/no fields, each shown in its group with a line of what it does.
+ * @type {{ field: "attentionEffects" | "mirror", group: string, text: string }[]}
+ */
+const SWITCHES = [
+  { field: "attentionEffects", group: "Region-controlled attention", text: " Also name the implied effects (reflection, shadow) and steer their words" },
+  { field: "mirror", group: "Mirrored frame", text: " Draw the mirror image from the mirrored text (left and right swapped), then mirror it back: for a model that draws one side better" },
+];
+
+/**
  * A slider of one of the plan's numbers, from 0 (off) to `max`.
  * @param {"promptStrength" | "nodeWeight" | "effectWeight" | "attentionStrength" | "warp"} field
  * @param {string} group @param {string} label @param {number} max @param {number} step
@@ -90,17 +99,21 @@ export class PlanPanel {
 
     /** @type {Map<string, HTMLElement>} */
     const groups = new Map();
-    for (const spec of SLIDERS) {
-      let group = groups.get(spec.group);
+    const groupOf = (/** @type {string} */ name) => {
+      let group = groups.get(name);
       if (!group) {
         group = document.createElement("div");
         group.className = "plan-group";
         const heading = document.createElement("h3");
-        heading.textContent = spec.group;
+        heading.textContent = name;
         group.append(heading);
         sliders.append(group);
-        groups.set(spec.group, group);
+        groups.set(name, group);
       }
+      return group;
+    };
+    for (const spec of SLIDERS) {
+      const group = groupOf(spec.group);
       const row = document.createElement("div");
       row.className = spec.end === undefined ? "slider" : "slider end";
       const head = document.createElement("div");
@@ -131,18 +144,23 @@ export class PlanPanel {
       group.append(row);
       this.inputs.set(spec.id, { input, output, row });
     }
-    const effects = document.createElement("label");
-    effects.className = "inline";
-    this.effects = document.createElement("input");
-    this.effects.type = "checkbox";
-    this.effects.id = "attentionEffects";
-    effects.append(this.effects, " Also name the implied effects (reflection, shadow) and steer their words");
-    this.effects.addEventListener("change", () => {
-      this.#setPreset("custom");
-      this.#syncJson();
-      this.onChange();
-    });
-    groups.get("Region-controlled attention")?.append(effects);
+    /** @type {Map<string, HTMLInputElement>} */
+    this.switches = new Map();
+    for (const spec of SWITCHES) {
+      const label = document.createElement("label");
+      label.className = "inline";
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.id = spec.field;
+      label.append(box, spec.text);
+      box.addEventListener("change", () => {
+        this.#setPreset("custom");
+        this.#syncJson();
+        this.onChange();
+      });
+      groupOf(spec.group).append(label);
+      this.switches.set(spec.field, box);
+    }
 
     presets.addEventListener("change", () => this.#presetChosen());
     apply.addEventListener("click", () => this.#applyJson());
@@ -171,7 +189,7 @@ export class PlanPanel {
         plan[spec.field][spec.end] = value;
       }
     }
-    plan.attentionEffects = this.effects.checked;
+    for (const [field, box] of this.switches) plan[field] = box.checked;
     return /** @type {Plan} */ (plan);
   }
 
@@ -190,7 +208,7 @@ export class PlanPanel {
       if (value !== undefined) /** @type {any} */ (this.inputs.get(spec.id)).input.value = String(value);
       this.#showValue(spec);
     }
-    this.effects.checked = !!full.attentionEffects;
+    for (const [field, box] of this.switches) box.checked = !!full[field];
     this.#syncJson();
   }
 
@@ -261,7 +279,7 @@ export class PlanPanel {
       this.error.textContent = "A plan is a JSON object ({ \"warp\": 1.5, ... }).";
       return;
     }
-    const known = new Set([...SLIDERS.map((spec) => spec.field), "attentionEffects", ...Object.keys(this.base)]);
+    const known = new Set([...SLIDERS.map((spec) => spec.field), ...SWITCHES.map((spec) => spec.field), ...Object.keys(this.base)]);
     const unknown = Object.keys(plan).find((key) => !known.has(key));
     if (unknown !== undefined) {
       this.error.textContent = `The plan has no field "${unknown}"; its fields are ${[...known].join(", ")}.`;

@@ -8,6 +8,8 @@
 //!   where the CSG gives their layout boxes;
 //! - `attention`: region-controlled cross-attention, each boxed node's words steered into
 //!   its box inside the UNet's cross-attention layers;
+//! - `mirror`: the mirrored frame, the model drawing the scene's mirror image from the mirror
+//!   image's text (left and right swapped);
 //! - `predict`: the learned per-prompt choice of a plan.
 //!
 //! No judge steers: nothing here consults the probe's checker, segmenter or palette (this
@@ -16,6 +18,7 @@
 //! (`lina_probe::repair`), which callers add as an extra [`StepHook`] when they evaluate it.
 
 pub mod attention;
+pub mod mirror;
 pub mod predict;
 pub mod prompt;
 pub mod region;
@@ -56,6 +59,9 @@ pub struct Plan {
     /// (docs/lina.md, "Evaluation under two judges"). Off, it steers only the words the
     /// prompt has.
     pub attention_effects: bool,
+    /// Whether the model draws the scene's mirror image from the mirror image's text, for
+    /// the whole run ([`mirror`]); a prompt with no word of direction is unchanged by it.
+    pub mirror: bool,
     /// Schedule warp toward the noisy start; 1 is the plain schedule.
     pub warp: f64,
 }
@@ -72,6 +78,7 @@ impl Default for Plan {
             attention_strength: 0.0,
             attention_window: [0.0, 0.6],
             attention_effects: false,
+            mirror: false,
             warp: 1.0,
         }
     }
@@ -127,6 +134,7 @@ impl Plan {
             }
             Component::Regions => p = self.with_regions(),
             Component::Attention => p.attention_strength = Self::ATTENTION_STRENGTH,
+            Component::Mirror => p.mirror = true,
         }
         p
     }
@@ -164,6 +172,7 @@ impl Plan {
                 p.effect_weight = off.effect_weight;
             }
             Component::Attention => p.attention_strength = off.attention_strength,
+            Component::Mirror => p.mirror = off.mirror,
         }
         p
     }
@@ -213,14 +222,16 @@ pub enum Component {
     Prompt,
     Regions,
     Attention,
+    Mirror,
 }
 
 impl Component {
-    pub const ALL: [Component; 4] = [
+    pub const ALL: [Component; 5] = [
         Component::Schedule,
         Component::Prompt,
         Component::Regions,
         Component::Attention,
+        Component::Mirror,
     ];
 
     pub fn name(self) -> &'static str {
@@ -229,6 +240,7 @@ impl Component {
             Component::Prompt => "prompt",
             Component::Regions => "regions",
             Component::Attention => "attention",
+            Component::Mirror => "mirror",
         }
     }
 }
@@ -303,6 +315,24 @@ pub fn prepare(
         described.push(format!("schedule warp {}: {timesteps:?}", plan.warp));
     }
 
+    let mut hooks = Hooks::default();
+    // The mirrored frame first: every hook below that reads the prompt reads the text the
+    // model is given. The graph, its layout and its boxes stay in the scene's frame, which the
+    // runtime flips on the way to the model.
+    if plan.mirror {
+        match mirror::mirrored(&opts.prompt) {
+            Some(text) => {
+                described.push(format!("mirrored frame: the model draws {text:?} mirrored"));
+                opts.prompt = text;
+                if let Some(negative) = mirror::mirrored(&opts.negative_prompt) {
+                    opts.negative_prompt = negative;
+                }
+                hooks.0.push(Box::new(mirror::MirroredFrame));
+            }
+            None => described.push("mirrored frame off: the prompt names no direction".into()),
+        }
+    }
+
     // The layout controls steer toward the graph's boxes, and where a node the prompt names
     // has none, toward one derived from the graph's relations (lina_csg::layout): never
     // toward one read off an image.
@@ -331,7 +361,6 @@ pub fn prepare(
         opts.prompt = prompt;
         attention_layout = with_effects;
     }
-    let mut hooks = Hooks::default();
     if plan.prompt_strength != 0.0 {
         let window = steps_of(plan.prompt_window, first, steps);
         let g = prompt::PromptGuidance::new(
