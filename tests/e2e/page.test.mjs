@@ -376,7 +376,7 @@ test("the predictor's suggestion fills the plan; the step sweep charts every ste
     timeout: SLOW,
   });
   const suggested = (await page.locator("#suggestion").textContent()).match(/suggests "([a-z-]+)"/)[1];
-  const warps = { baseline: 1, schedule: 1.5, prompt: 1, regions: 1, "lina-regions": 1, "lina-strong": 2 };
+  const warps = { baseline: 1, schedule: 1.5, prompt: 1, mirror: 1, "prompt-mirror": 1 };
   assert.ok(suggested in warps, suggested);
   // Its expected shares read as shares: none over 100%.
   for (const share of (await page.locator("#suggestion").textContent()).matchAll(/(\d+)%/g)) assert.ok(Number(share[1]) <= 100, share[0]);

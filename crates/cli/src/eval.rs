@@ -25,7 +25,8 @@ use crate::probe::{Cost, Marks, PlanChoice, Scored, SuiteArgs, SuiteRun, run_sui
 pub struct EvalArgs {
     #[command(flatten)]
     run: SuiteArgs,
-    /// Suites, the first with every row, the others with plain sampling and the full plan.
+    /// Suites, the first with every row, the others with plain sampling, the full plan and
+    /// the predictor.
     #[arg(long, default_value = "ood,id")]
     suites: String,
     /// The full plan.
@@ -120,8 +121,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         let mut done: Vec<Evaluated> = Vec::new();
         for (k, (name, suite)) in names.iter().zip(&suites).enumerate() {
             for (variant, row) in &rows {
-                // The second and later suites: plain sampling and the full plan only.
-                if k > 0 && !matches!(variant.as_str(), "baseline" | "full") {
+                // The second and later suites: plain sampling, the full plan and the
+                // predictor's choice (what a user gets by default) only.
+                if k > 0 && !matches!(variant.as_str(), "baseline" | "full" | "predicted") {
                     continue;
                 }
                 let (choice, repair) = match row {

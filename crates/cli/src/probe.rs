@@ -585,6 +585,11 @@ struct Searched {
     /// Per candidate, in the search's order: the share of the checker's checks that passed,
     /// over all seeds.
     scores: Vec<f64>,
+    /// For a row the search did not sample: the suite's prompt whose mirror image this is.
+    /// Its scores are that prompt's, each from the candidate's mirror partner
+    /// ([`intervene::predict::mirror_partner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mirror_of: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -599,12 +604,29 @@ struct Search {
 
 /// `lina-search --model DIR --suite train [--count N] [--first I] [--seeds N] [--steps N] [--guidance G]
 /// --out SEARCH.json`: every candidate plan on every prompt of the suite, scored by the checker.
+///
+/// The mirrored frame's symmetry does two things here. A mirrored candidate on a prompt with
+/// no word of direction is its partner's run, bit for bit, so it takes the partner's score
+/// without sampling. And a prompt with one gives a second row for free: its mirror image's
+/// text, each candidate scored with its partner's score (the same samples, seen from the
+/// other side). So the predictor learns what mirroring does on both sides of every scene the
+/// suite draws, not only on the side the suite happens to draw it.
 pub fn search(args: SearchArgs) -> Result<()> {
     let SearchArgs { run, suite: name } = args;
     let run = SuiteRun::new(run, 2, 3.0);
     let suite = run.cut(Suite::named(&name)?);
     let (model, out, seeds, mut opts) = (run.model, run.out, run.seeds, run.opts);
     let candidates = intervene::predict::candidates();
+    let partners: Vec<usize> = (0..candidates.len())
+        .map(|k| {
+            intervene::predict::mirror_partner(&candidates, k).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "lina-search: candidate {} has no mirror partner",
+                    candidates[k].0
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
     pollster::block_on(async {
         let pipe = StableDiffusion::load(&DirSource::new(&model), &lina_runtime::device::cpu())?;
         let ids = suite.ids();
@@ -614,8 +636,13 @@ pub fn search(args: SearchArgs) -> Result<()> {
             let scene = id.scene();
             let csg = lina_csg::parse::parse(&scene.prompt)?;
             let features = intervene::predict::features(&pipe, &scene.prompt, &csg).await?;
-            let mut scores = Vec::new();
-            for (_, plan) in &candidates {
+            let mirrored = intervene::mirror::mirrored(&scene.prompt);
+            let mut scores: Vec<f64> = Vec::new();
+            for (k, (_, plan)) in candidates.iter().enumerate() {
+                if plan.mirror && mirrored.is_none() && partners[k] < k {
+                    scores.push(scores[partners[k]]);
+                    continue;
+                }
                 let (mut passed, mut total) = (0usize, 0usize);
                 for seed in 0..seeds {
                     opts.prompt = scene.prompt.clone();
@@ -637,10 +664,20 @@ pub fn search(args: SearchArgs) -> Result<()> {
                 }
                 scores.push(passed as f64 / total.max(1) as f64);
             }
+            if let Some(text) = mirrored {
+                let graph = lina_csg::parse::parse(&text)?;
+                prompts.push(Searched {
+                    features: intervene::predict::features(&pipe, &text, &graph).await?,
+                    prompt: text,
+                    scores: partners.iter().map(|&k| scores[k]).collect(),
+                    mirror_of: Some(scene.prompt.clone()),
+                });
+            }
             prompts.push(Searched {
                 prompt: scene.prompt.clone(),
                 features,
                 scores,
+                mirror_of: None,
             });
             bar.inc(1);
         }
@@ -688,7 +725,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
         });
     }
     let predictor = intervene::predict::Predictor {
-        version: 1,
+        version: intervene::predict::VERSION,
         features: search.features,
         candidates,
         trained: format!(

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Plan;
 use super::prompt::relation_positions;
-use lina_csg::{Class, Csg, Predicate};
+use lina_csg::{Class, Csg, Light, Predicate};
 use lina_runtime::error::{Error, Result};
 use lina_runtime::pipeline::StableDiffusion;
 use lina_runtime::source::FileSource;
@@ -21,7 +21,8 @@ use lina_runtime::source::FileSource;
 /// The file a model folder may carry its predictor in.
 pub const FILE: &str = "lina_predictor.json";
 
-const VERSION: u32 = 1;
+/// The file format's version; a predictor of another version is refused.
+pub const VERSION: u32 = 2;
 
 /// What the predictor sees of a prompt, in order.
 pub const FEATURES: &[&str] = &[
@@ -34,6 +35,8 @@ pub const FEATURES: &[&str] = &[
     "reflection",
     "shadow",
     "light",
+    "light from the right",
+    "right_of",
     "fill",
     "count>1",
     "small or large",
@@ -42,46 +45,42 @@ pub const FEATURES: &[&str] = &[
     "relation embedding shift",
 ];
 
-/// The plans the predictor chooses among: the baseline, each intervention alone (the default
-/// LINA plan is prompt guidance alone), LINA with the region terms (which cost extra UNet
-/// evaluations), and a stronger one.
+/// The plans the predictor chooses among: the baseline and prompt guidance (the default LINA
+/// plan), each in the scene's frame and in the mirrored frame ([`crate::mirror`]). None costs
+/// an extra UNet evaluation. The schedule, the region terms and the attention control are
+/// not among them: on the embedded model no setting of any of them gained (docs/lina.md).
+///
+/// Every candidate has a mirror partner, the same plan with the frame toggled, so a search
+/// can use the frame's symmetry ([`mirror_partner`]).
 pub fn candidates() -> Vec<(String, Plan)> {
-    let base = Plan::default;
-    let lina = Plan::lina();
+    let base = Plan::default();
+    let prompt = Plan {
+        prompt_strength: Plan::lina().prompt_strength,
+        prompt_window: Plan::lina().prompt_window,
+        ..base.clone()
+    };
+    let mirrored = |p: &Plan| Plan {
+        mirror: true,
+        ..p.clone()
+    };
     vec![
-        ("baseline".into(), base()),
-        (
-            "schedule".into(),
-            Plan {
-                warp: Plan::SCHEDULE_WARP,
-                ..base()
-            },
-        ),
-        (
-            "prompt".into(),
-            Plan {
-                prompt_strength: lina.prompt_strength,
-                ..base()
-            },
-        ),
-        (
-            "regions".into(),
-            Plan {
-                region_window: lina.region_window,
-                ..base()
-            }
-            .with_regions(),
-        ),
-        ("lina-regions".into(), lina.with_regions()),
-        (
-            "lina-strong".into(),
-            Plan {
-                prompt_strength: 2.0 * lina.prompt_strength,
-                warp: 2.0,
-                ..lina
-            },
-        ),
+        ("baseline".into(), base.clone()),
+        ("prompt".into(), prompt.clone()),
+        ("mirror".into(), mirrored(&base)),
+        ("prompt-mirror".into(), mirrored(&prompt)),
     ]
+}
+
+/// The candidate whose plan is `candidates[k]`'s with the frame toggled. Sampling a prompt
+/// in the mirrored frame is sampling its mirror image's text in the scene's frame, mirrored
+/// ([`crate::mirror`]), so the partner's score on a prompt is this candidate's score on the
+/// prompt's mirror image: a search doubles its directional prompts with it.
+pub fn mirror_partner(candidates: &[(String, Plan)], k: usize) -> Option<usize> {
+    let toggled = Plan {
+        mirror: !candidates[k].1.mirror,
+        ..candidates[k].1.clone()
+    };
+    candidates.iter().position(|(_, p)| *p == toggled)
 }
 
 /// The scene graph's part of the features (everything but the two embedding features).
@@ -99,6 +98,8 @@ pub fn graph_features(csg: &Csg) -> Vec<f64> {
         class(Class::Reflection),
         class(Class::Shadow),
         csg.light.is_some() as u8 as f64,
+        (csg.light == Some(Light::Right)) as u8 as f64,
+        has(&[Predicate::RightOf]),
         csg.nodes.iter().any(|n| n.fill.is_some()) as u8 as f64,
         csg.nodes.iter().any(|n| n.count > 1) as u8 as f64,
         csg.nodes.iter().any(|n| n.size.is_some()) as u8 as f64,
@@ -193,7 +194,20 @@ impl Predictor {
         prompt: &str,
         csg: &Csg,
     ) -> Result<Suggestion> {
-        Ok(self.suggest(&features(pipe, prompt, csg).await?))
+        let mut s = self.suggest(&features(pipe, prompt, csg).await?);
+        // On a prompt with no word of direction the mirrored frame changes nothing, so a
+        // mirrored candidate is its partner's run: name that one.
+        if s.plan.mirror && crate::mirror::mirrored(prompt).is_none() {
+            let plan = Plan {
+                mirror: false,
+                ..s.plan.clone()
+            };
+            if let Some(c) = self.candidates.iter().find(|c| c.plan == plan) {
+                s.candidate = c.name.clone();
+                s.plan = plan;
+            }
+        }
+        Ok(s)
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
@@ -307,6 +321,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_candidate_has_its_mirror_partner() {
+        let all = candidates();
+        for k in 0..all.len() {
+            let partner = mirror_partner(&all, k).expect("a partner");
+            assert_ne!(all[k].1.mirror, all[partner].1.mirror);
+            assert_eq!(mirror_partner(&all, partner), Some(k));
+        }
+    }
+
+    #[test]
     fn ridge_recovers_a_linear_rule_and_shrinks_toward_it() {
         // y = 0.5 + 2 a - b over a few points.
         let x: Vec<Vec<f64>> = [(0., 0.), (1., 0.), (0., 1.), (1., 1.), (2., 1.)]
@@ -340,7 +364,7 @@ mod tests {
                 .collect(),
             trained: "by hand".into(),
         };
-        // "regions" wins where the graph has a reflection.
+        // "prompt-mirror" wins where the graph has a reflection.
         predictor.candidates[3].weights[6] = 0.3;
         predictor.candidates[0].weights[0] = 0.1;
         let csg = lina_csg::parse::parse("a red ball on a small mirror").unwrap();
@@ -348,7 +372,7 @@ mod tests {
         x.extend([0.2, 1.5]);
         assert_eq!(x.len(), FEATURES.len());
         let s = predictor.suggest(&x);
-        assert_eq!(s.candidate, "regions");
+        assert_eq!(s.candidate, "prompt-mirror");
         assert_eq!(s.plan, candidates()[3].1);
         let plain = graph_features(&lina_csg::parse::parse("a red ball").unwrap());
         assert_eq!(
@@ -365,7 +389,7 @@ mod tests {
         let e = Predictor::from_json(&short.to_json())
             .unwrap_err()
             .to_string();
-        assert!(e.contains(FILE) && e.contains("schedule"), "{e}");
+        assert!(e.contains(FILE) && e.contains("prompt"), "{e}");
         let mut renamed = predictor.clone();
         renamed.features[1] = "under".into();
         assert!(Predictor::from_json(&renamed.to_json()).is_err());
