@@ -118,9 +118,10 @@ pub struct FitArgs {
     /// lina-search's output.
     #[arg(long)]
     search: PathBuf,
-    /// Ridge strength.
-    #[arg(long, default_value_t = 1.0)]
-    lambda: f64,
+    /// Ridge strength; by default the one of 0.1 to 300 that chooses best on held-out
+    /// prompts (leave-one-prompt-out cross-validation).
+    #[arg(long)]
+    lambda: Option<f64>,
     /// Where to write lina_predictor.json.
     #[arg(long)]
     out: PathBuf,
@@ -703,8 +704,68 @@ pub fn search(args: SearchArgs) -> Result<()> {
     })
 }
 
+/// The ridge strengths `lina-fit` cross-validates.
+const LAMBDAS: &[f64] = &[0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0];
+
+/// One ridge regression per candidate, from the rows' features to the candidate's score.
+fn fit_weights(rows: &[&Searched], candidates: usize, lambda: f64) -> Result<Vec<Vec<f64>>> {
+    let x: Vec<Vec<f64>> = rows.iter().map(|p| p.features.clone()).collect();
+    (0..candidates)
+        .map(|k| {
+            let y: Vec<f64> = rows.iter().map(|p| p.scores[k]).collect();
+            intervene::predict::ridge(&x, &y, lambda)
+        })
+        .collect()
+}
+
+/// The mean true score of the candidate each row's prediction picks.
+fn chosen_score(rows: &[&Searched], weights: &[Vec<f64>]) -> f64 {
+    let dot = |w: &[f64], x: &[f64]| w.iter().zip(x).map(|(a, b)| a * b).sum::<f64>();
+    rows.iter()
+        .map(|p| {
+            let best = (0..weights.len())
+                .max_by(|&a, &b| {
+                    dot(&weights[a], &p.features).total_cmp(&dot(&weights[b], &p.features))
+                })
+                .expect("candidates");
+            p.scores[best]
+        })
+        .sum::<f64>()
+        / rows.len().max(1) as f64
+}
+
+/// Leave-one-prompt-out cross-validation of the ridge strength: each suite prompt, with its
+/// mirror image's row, is scored by a fit to all the others. The smallest strength with the
+/// best held-out score wins.
+fn cross_validated_lambda(search: &Search) -> Result<f64> {
+    let key = |p: &Searched| p.mirror_of.clone().unwrap_or_else(|| p.prompt.clone());
+    let mut groups: Vec<String> = search.prompts.iter().map(key).collect();
+    groups.sort();
+    groups.dedup();
+    let mut best = (f64::NEG_INFINITY, LAMBDAS[0]);
+    for &lambda in LAMBDAS {
+        let mut total = 0.0;
+        for g in &groups {
+            let (held, rest): (Vec<&Searched>, Vec<&Searched>) =
+                search.prompts.iter().partition(|p| key(p) == *g);
+            let weights = fit_weights(&rest, search.candidates.len(), lambda)?;
+            total += chosen_score(&held, &weights) * held.len() as f64;
+        }
+        let score = total / search.prompts.len().max(1) as f64;
+        println!(
+            "lambda {lambda:>5}: {:.2}% of checks pass held out",
+            100.0 * score
+        );
+        if score > best.0 + 1e-9 {
+            best = (score, lambda);
+        }
+    }
+    Ok(best.1)
+}
+
 /// `lina-fit --search SEARCH.json [--lambda L] --out lina_predictor.json`: one ridge
-/// regression per candidate, from the prompts' features to the candidate's score.
+/// regression per candidate, from the prompts' features to the candidate's score, with the
+/// ridge strength cross-validated unless given.
 pub fn fit(args: FitArgs) -> Result<()> {
     let FitArgs {
         search: path,
@@ -713,25 +774,38 @@ pub fn fit(args: FitArgs) -> Result<()> {
     } = args;
     let search: Search = serde_json::from_str(&common::read_text(&path)?)
         .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
-    let x: Vec<Vec<f64>> = search.prompts.iter().map(|p| p.features.clone()).collect();
-    let mut candidates = Vec::new();
-    for (k, (name, plan)) in search.candidates.iter().enumerate() {
-        let y: Vec<f64> = search.prompts.iter().map(|p| p.scores[k]).collect();
-        let weights = intervene::predict::ridge(&x, &y, lambda)?;
-        candidates.push(intervene::predict::Candidate {
+    let lambda = match lambda {
+        Some(l) => l,
+        None => cross_validated_lambda(&search)?,
+    };
+    let rows: Vec<&Searched> = search.prompts.iter().collect();
+    let candidates = search
+        .candidates
+        .iter()
+        .zip(fit_weights(&rows, search.candidates.len(), lambda)?)
+        .map(|((name, plan), weights)| intervene::predict::Candidate {
             name: name.clone(),
             plan: plan.clone(),
             weights,
-        });
-    }
+        })
+        .collect();
     let predictor = intervene::predict::Predictor {
         version: intervene::predict::VERSION,
         features: search.features,
         candidates,
         trained: format!(
-            "ridge (lambda {lambda}) on {} prompts of the {} suite, {} seeds each, {}",
-            search.prompts.len(),
+            "ridge (lambda {lambda}) on {} prompts of the {} suite and {} mirror images, {} seeds each, {}",
+            search
+                .prompts
+                .iter()
+                .filter(|p| p.mirror_of.is_none())
+                .count(),
             search.suite,
+            search
+                .prompts
+                .iter()
+                .filter(|p| p.mirror_of.is_some())
+                .count(),
             search.seeds,
             search.settings
         ),
