@@ -708,27 +708,52 @@ pub fn search(args: SearchArgs) -> Result<()> {
 const LAMBDAS: &[f64] = &[0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0];
 
 /// One ridge regression per candidate, from the rows' features to the candidate's score.
-fn fit_weights(rows: &[&Searched], candidates: usize, lambda: f64) -> Result<Vec<Vec<f64>>> {
+fn fitted(search: &Search, rows: &[&Searched], lambda: f64) -> Result<Predictor> {
     let x: Vec<Vec<f64>> = rows.iter().map(|p| p.features.clone()).collect();
-    (0..candidates)
-        .map(|k| {
+    let candidates = search
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(k, (name, plan))| {
             let y: Vec<f64> = rows.iter().map(|p| p.scores[k]).collect();
-            intervene::predict::ridge(&x, &y, lambda)
+            Ok(intervene::predict::Candidate {
+                name: name.clone(),
+                plan: plan.clone(),
+                weights: intervene::predict::ridge(&x, &y, lambda)?,
+            })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    let count = |mirrored: bool| {
+        rows.iter()
+            .filter(|p| p.mirror_of.is_some() == mirrored)
+            .count()
+    };
+    Ok(Predictor {
+        version: intervene::predict::VERSION,
+        features: search.features.clone(),
+        candidates,
+        trained: format!(
+            "ridge (lambda {lambda}) on {} prompts of the {} suite and {} mirror images, {} seeds each, {}",
+            count(false),
+            search.suite,
+            count(true),
+            search.seeds,
+            search.settings
+        ),
+    })
 }
 
-/// The mean true score of the candidate each row's prediction picks.
-fn chosen_score(rows: &[&Searched], weights: &[Vec<f64>]) -> f64 {
-    let dot = |w: &[f64], x: &[f64]| w.iter().zip(x).map(|(a, b)| a * b).sum::<f64>();
+/// The mean true score of the candidate the predictor suggests for each row.
+fn chosen_score(predictor: &Predictor, rows: &[&Searched]) -> f64 {
     rows.iter()
         .map(|p| {
-            let best = (0..weights.len())
-                .max_by(|&a, &b| {
-                    dot(&weights[a], &p.features).total_cmp(&dot(&weights[b], &p.features))
-                })
-                .expect("candidates");
-            p.scores[best]
+            let s = predictor.suggest(&p.features);
+            let k = predictor
+                .candidates
+                .iter()
+                .position(|c| c.name == s.candidate)
+                .expect("a suggestion is one of the candidates");
+            p.scores[k]
         })
         .sum::<f64>()
         / rows.len().max(1) as f64
@@ -748,8 +773,7 @@ fn cross_validated_lambda(search: &Search) -> Result<f64> {
         for g in &groups {
             let (held, rest): (Vec<&Searched>, Vec<&Searched>) =
                 search.prompts.iter().partition(|p| key(p) == *g);
-            let weights = fit_weights(&rest, search.candidates.len(), lambda)?;
-            total += chosen_score(&held, &weights) * held.len() as f64;
+            total += chosen_score(&fitted(search, &rest, lambda)?, &held) * held.len() as f64;
         }
         let score = total / search.prompts.len().max(1) as f64;
         println!(
@@ -779,57 +803,14 @@ pub fn fit(args: FitArgs) -> Result<()> {
         None => cross_validated_lambda(&search)?,
     };
     let rows: Vec<&Searched> = search.prompts.iter().collect();
-    let candidates = search
-        .candidates
-        .iter()
-        .zip(fit_weights(&rows, search.candidates.len(), lambda)?)
-        .map(|((name, plan), weights)| intervene::predict::Candidate {
-            name: name.clone(),
-            plan: plan.clone(),
-            weights,
-        })
-        .collect();
-    let predictor = intervene::predict::Predictor {
-        version: intervene::predict::VERSION,
-        features: search.features,
-        candidates,
-        trained: format!(
-            "ridge (lambda {lambda}) on {} prompts of the {} suite and {} mirror images, {} seeds each, {}",
-            search
-                .prompts
-                .iter()
-                .filter(|p| p.mirror_of.is_none())
-                .count(),
-            search.suite,
-            search
-                .prompts
-                .iter()
-                .filter(|p| p.mirror_of.is_some())
-                .count(),
-            search.seeds,
-            search.settings
-        ),
-    };
+    let predictor = fitted(&search, &rows, lambda)?;
     // Read back through the loader's own checks before it is written.
     let json = predictor.to_json();
     intervene::predict::Predictor::from_json(&json)?;
     write(&out, json.as_bytes())?;
     // How well the choice fits the search: the chosen candidate's true score against the
     // best fixed candidate's.
-    let chosen: f64 = search
-        .prompts
-        .iter()
-        .map(|p| {
-            let s = predictor.suggest(&p.features);
-            let k = predictor
-                .candidates
-                .iter()
-                .position(|c| c.name == s.candidate)
-                .unwrap();
-            p.scores[k]
-        })
-        .sum::<f64>()
-        / search.prompts.len().max(1) as f64;
+    let chosen = chosen_score(&predictor, &rows);
     for (k, (name, _)) in search.candidates.iter().enumerate() {
         let mean = search.prompts.iter().map(|p| p.scores[k]).sum::<f64>()
             / search.prompts.len().max(1) as f64;
