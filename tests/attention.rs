@@ -7,7 +7,7 @@
 mod common;
 
 use burn::tensor::Tensor;
-use common::{fixture, max_abs_diff, test_devices, values};
+use common::{fixture, lina_run, max_abs_diff, test_devices, values};
 use lina::attention::{AttentionRecorder, node_tokens};
 use lina::{Plan, region};
 use lina_runtime::image::Image;
@@ -155,15 +155,7 @@ fn share_in_box(
 
 fn record(pipe: &StableDiffusion, plan: &Plan) -> (Vec<Tensor<3>>, Image) {
     let mut recorder = AttentionRecorder::default();
-    let out = pollster::block_on(lina::generate(
-        pipe,
-        &opts(),
-        &scene(),
-        plan,
-        &mut recorder,
-        &CancelToken::new(),
-    ))
-    .unwrap();
+    let out = lina_run(pipe, &opts(), &scene(), plan, &mut recorder).unwrap();
     (recorder.steps, out.generated.image)
 }
 
@@ -292,15 +284,7 @@ fn an_implied_effect_is_named_and_pinned_to_where_physics_allows_it() {
         ..Plan::default()
     };
     let mut steered = AttentionRecorder::default();
-    let out = pollster::block_on(lina::generate(
-        &pipe,
-        &options,
-        &csg,
-        &plan,
-        &mut steered,
-        &CancelToken::new(),
-    ))
-    .unwrap();
+    let out = lina_run(&pipe, &options, &csg, &plan, &mut steered).unwrap();
     assert!(
         out.described
             .iter()
@@ -334,15 +318,7 @@ fn an_implied_effect_is_named_and_pinned_to_where_physics_allows_it() {
         attention_effects: false,
         ..plan
     };
-    let out = pollster::block_on(lina::generate(
-        &pipe,
-        &options,
-        &csg,
-        &own_words,
-        &mut NoHook,
-        &CancelToken::new(),
-    ))
-    .unwrap();
+    let out = lina_run(&pipe, &options, &csg, &own_words, &mut NoHook).unwrap();
     assert_eq!(out.prompt, prompt);
     assert!(
         !out.described
@@ -367,14 +343,7 @@ fn a_boxed_node_the_prompt_does_not_name_is_a_clear_error() {
         ..Plan::default()
     };
     let mut steps = AttentionRecorder::default();
-    let Err(err) = pollster::block_on(lina::generate(
-        &pipe,
-        &options,
-        &scene(),
-        &plan,
-        &mut steps,
-        &CancelToken::new(),
-    )) else {
+    let Err(err) = lina_run(&pipe, &options, &scene(), &plan, &mut steps) else {
         panic!("a box for a word the prompt lacks was accepted");
     };
     assert_eq!(err.code(), "invalid_input", "{err}");
@@ -471,15 +440,7 @@ fn the_mirror_plan_swaps_directions_and_leaves_other_prompts_alone() {
             ..opts()
         };
         let csg = lina_csg::parse::parse(prompt).unwrap();
-        pollster::block_on(lina::generate(
-            &pipe,
-            &opts,
-            &csg,
-            plan,
-            &mut NoHook,
-            &CancelToken::new(),
-        ))
-        .unwrap()
+        lina_run(&pipe, &opts, &csg, plan, &mut NoHook).unwrap()
     };
     let plain = generate(PROMPT, &Plan::default());
     let same = generate(PROMPT, &plan);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, lina_run};
 use lina::{self as intervene, Plan};
 use lina_csg::parse::parse;
 use lina_runtime::image::Image;
@@ -39,15 +39,7 @@ fn plain(pipe: &StableDiffusion, o: &GenerateOptions) -> Image {
 
 fn with_plan(pipe: &StableDiffusion, o: &GenerateOptions, plan: &Plan) -> intervene::Intervened {
     let csg = parse(&o.prompt).unwrap();
-    pollster::block_on(intervene::generate(
-        pipe,
-        o,
-        &csg,
-        plan,
-        &mut NoHook,
-        &CancelToken::new(),
-    ))
-    .unwrap()
+    lina_run(pipe, o, &csg, plan, &mut NoHook).unwrap()
 }
 
 /// "a red ball on a small mirror" with boxes for the ball and the mirror below it.
@@ -140,17 +132,7 @@ fn evaluations_count_every_batch_row() {
         ..Plan::default()
     };
     let csg = mirror_scene_with_layout(&o.prompt);
-    let run = |csg: &lina_csg::Csg| {
-        pollster::block_on(intervene::generate(
-            &pipe,
-            &o,
-            csg,
-            &regions,
-            &mut NoHook,
-            &CancelToken::new(),
-        ))
-        .unwrap()
-    };
+    let run = |csg: &lina_csg::Csg| lina_run(&pipe, &o, csg, &regions, &mut NoHook).unwrap();
     assert!(run(&csg).evaluations > 2 * steps);
     // Without a box in the graph, the boxes come from its relations, and it says so: no
     // judge reads the layout off the image instead.
@@ -242,15 +224,7 @@ fn region_guidance_uses_the_csg_layout_and_forbids_spills() {
         effect_weight: 3.0,
         ..Plan::default()
     };
-    let out = pollster::block_on(intervene::generate(
-        &pipe,
-        &o,
-        &csg,
-        &plan,
-        &mut NoHook,
-        &CancelToken::new(),
-    ))
-    .unwrap();
+    let out = lina_run(&pipe, &o, &csg, &plan, &mut NoHook).unwrap();
     assert!(
         out.described.iter().any(|d| d.contains("\"a red ball\"")),
         "{:?}",
@@ -315,17 +289,10 @@ fn bad_plans_are_clear_errors() {
             "attentionWindow",
         ),
     ] {
-        let err = pollster::block_on(intervene::generate(
-            &pipe,
-            &o,
-            &csg,
-            &plan,
-            &mut NoHook,
-            &CancelToken::new(),
-        ))
-        .err()
-        .unwrap()
-        .to_string();
+        let err = lina_run(&pipe, &o, &csg, &plan, &mut NoHook)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains(word), "{word}: {err}");
     }
 }
@@ -423,15 +390,7 @@ fn plans_fit_img2img_runs_and_karras_schedules() {
         ..o.clone()
     };
     let lina_plan = Plan::lina();
-    let out = pollster::block_on(intervene::generate(
-        &pipe,
-        &i2i,
-        &csg,
-        &lina_plan,
-        &mut NoHook,
-        &CancelToken::new(),
-    ))
-    .unwrap();
+    let out = lina_run(&pipe, &i2i, &csg, &lina_plan, &mut NoHook).unwrap();
     assert!(
         out.described.iter().any(|d| d.contains("prompt guidance")),
         "{:?}",
@@ -460,16 +419,7 @@ fn plans_fit_img2img_runs_and_karras_schedules() {
             .to_vec(),
     );
     let karras = StableDiffusion::load(&files, &lina_runtime::device::cpu()).unwrap();
-    let run = |plan: &Plan| {
-        pollster::block_on(intervene::generate(
-            &karras,
-            &o,
-            &csg,
-            plan,
-            &mut NoHook,
-            &CancelToken::new(),
-        ))
-    };
+    let run = |plan: &Plan| lina_run(&karras, &o, &csg, plan, &mut NoHook);
     assert!(run(&Plan::default()).is_ok());
     let err = run(&Plan {
         warp: 2.0,

@@ -8,7 +8,9 @@
 mod common;
 
 use burn::tensor::{Tensor, TensorData};
-use common::{Reference, fixture, max_abs_diff, read_fixture, relative_diff, test_devices, values};
+use common::{
+    Reference, fixture, lina_run, max_abs_diff, read_fixture, relative_diff, test_devices, values,
+};
 use lina_runtime::models::attention_control::CrossAttentionControl;
 use lina_runtime::models::mmdit::{Mmdit, MmditConfig};
 use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion, Warning};
@@ -301,17 +303,7 @@ fn lina_runs_on_the_transformer() {
     let pipe = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &device).unwrap();
     let opts = options(4, (32, 32), reference.f32("latents").1);
     let csg = lina_csg::parse::parse(PROMPT).unwrap();
-    let run = |plan: &lina::Plan| {
-        pollster::block_on(lina::generate(
-            &pipe,
-            &opts,
-            &csg,
-            plan,
-            &mut NoHook,
-            &CancelToken::new(),
-        ))
-        .unwrap()
-    };
+    let run = |plan: &lina::Plan| lina_run(&pipe, &opts, &csg, plan, &mut NoHook).unwrap();
     let plain = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
     let baseline = run(&lina::Plan::default());
     assert_eq!(baseline.generated.image.rgb, plain.image.rgb);

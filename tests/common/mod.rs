@@ -244,3 +244,21 @@ pub fn f32_safetensors(tensors: &F32Tensors) -> Vec<u8> {
     )
     .unwrap()
 }
+
+/// One generation under a LINA plan, run to its end: `hook` runs after the plan's hooks.
+pub fn lina_run(
+    pipe: &lina_runtime::pipeline::StableDiffusion,
+    opts: &lina_runtime::pipeline::GenerateOptions,
+    csg: &lina_csg::Csg,
+    plan: &lina::Plan,
+    hook: &mut dyn lina_runtime::pipeline::StepHook,
+) -> lina_runtime::error::Result<lina::Intervened> {
+    pollster::block_on(lina::generate(
+        pipe,
+        opts,
+        csg,
+        plan,
+        hook,
+        &lina_runtime::pipeline::CancelToken::new(),
+    ))
+}
