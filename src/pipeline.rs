@@ -26,7 +26,7 @@ use crate::models::unet::{self, UNet, UNetConfig};
 use crate::models::vae::{self, VaeConfig, VaeDecoder, VaeEncoder};
 use crate::rng::Rng;
 use crate::schedulers::{
-    self, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise, StepOutput, Timesteps,
+    self, Noise, Scheduler, SchedulerConfig, SchedulerKind, SeededNoise, StepOutput, Timesteps,
 };
 use crate::single_file::{self, CHECKPOINT_FILE, Checkpoint};
 use crate::source::FileSource;
@@ -62,6 +62,12 @@ pub struct GenerateOptions {
     /// Unit-variance initial latents to use instead of the seeded ones (for parity tests and
     /// for re-running from a saved state), [1, C, H/8, W/8] flattened.
     pub initial_latents: Option<Vec<f32>>,
+    /// Unit Gaussian noise for the stochastic schedulers (Euler ancestral, LCM) to add at
+    /// each step instead of the seed's: one block of the latents' size per step that runs, in
+    /// step order, [steps, 1, C, H/8, W/8] flattened. With diffusers' latents and the noise
+    /// its scheduler drew, an ancestral sampler gives diffusers' image. The deterministic
+    /// schedulers draw no noise and leave it unused.
+    pub step_noise: Option<Vec<f32>>,
     /// img2img: start from this image (of the output's size), noised to `strength`.
     pub init_image: Option<Image>,
     /// How much of the schedule img2img runs: 1 starts from pure noise, 0.3 keeps the layout.
@@ -84,6 +90,7 @@ impl Default for GenerateOptions {
             scheduler: None,
             clip_skip: 0,
             initial_latents: None,
+            step_noise: None,
             init_image: None,
             strength: 0.8,
             mask: None,
@@ -1328,10 +1335,29 @@ impl StableDiffusion {
             }
         };
 
+        let noise = match &opts.step_noise {
+            None => StepNoise::Seeded(SeededNoise { seed: opts.seed }),
+            Some(values) => {
+                let block = latents.dims().iter().product::<usize>();
+                let runs = scheduler.timesteps().len() - step;
+                if values.len() != block * runs {
+                    return Err(Error::InvalidInput(format!(
+                        "step noise has {} values; {runs} steps of latents {:?} take {}",
+                        values.len(),
+                        latents.dims(),
+                        block * runs
+                    )));
+                }
+                StepNoise::Given {
+                    values: values.clone(),
+                    first: step,
+                }
+            }
+        };
         Ok(Sampling {
             pipe: self,
             scheduler,
-            noise: SeededNoise { seed: opts.seed },
+            noise,
             context,
             guidance_scale: opts.guidance_scale,
             latents,
@@ -1477,12 +1503,42 @@ impl StableDiffusion {
     }
 }
 
+/// Where a run's stochastic steps draw their noise.
+enum StepNoise {
+    Seeded(SeededNoise),
+    /// The caller's: one block per step that runs, from step `first` on (checked against
+    /// the run's steps and latents when the run starts).
+    Given {
+        values: Vec<f32>,
+        first: usize,
+    },
+}
+
+impl Noise for StepNoise {
+    fn draw(&mut self, step: usize, like: &Tensor<4>) -> Tensor<4> {
+        match self {
+            StepNoise::Seeded(seeded) => seeded.draw(step, like),
+            StepNoise::Given { values, first } => {
+                let dims = like.dims();
+                let block = dims.iter().product::<usize>();
+                let at = step.saturating_sub(*first) * block;
+                // The length was checked at the start; a scheduler that asked past the run
+                // would get zeros, never a panic.
+                let slice = values
+                    .get(at..at + block)
+                    .map_or_else(|| vec![0.0; block], <[f32]>::to_vec);
+                Tensor::from_data(burn::tensor::TensorData::new(slice, dims), &like.device())
+            }
+        }
+    }
+}
+
 /// One generation in progress.
 pub struct Sampling<'p> {
     pipe: &'p StableDiffusion,
     scheduler: Box<dyn Scheduler + Send + Sync>,
-    /// Fresh noise for stochastic schedulers, from the run's seed.
-    noise: SeededNoise,
+    /// Fresh noise for stochastic schedulers: the seed's, or the caller's.
+    noise: StepNoise,
     context: Tensor<3>,
     guidance_scale: f64,
     latents: Tensor<4>,

@@ -125,28 +125,65 @@ fn an_sdxl_unet_without_its_second_text_encoder_is_refused_by_name() {
 }
 
 /// SDXL-Turbo's recipe (stabilityai/sdxl-turbo's scheduler: Euler ancestral, trailing
-/// spacing; no classifier-free guidance) on the tiny SDXL model, one step: an ancestral step
-/// to sigma 0 adds no noise, so the image is diffusers' whatever the noise generator.
+/// spacing; no classifier-free guidance) on the tiny SDXL model. One step: an ancestral step
+/// to sigma 0 adds no noise, so the image is diffusers' whatever the noise generator. Two and
+/// four steps: given the noise diffusers' scheduler drew at each step (`step_noise`), the
+/// image is diffusers' too; with the seed's own noise it is another image.
 #[test]
-fn sdxl_turbo_one_step_matches_diffusers() {
+fn sdxl_turbo_one_to_four_steps_match_diffusers() {
     let reference = Reference::file("sdxl_turbo_tiny/reference.safetensors");
     for (name, device) in test_devices() {
         let source = common::Overlay::new("sdxl_tiny", "sdxl_turbo_tiny", "scheduler/");
         let pipe = StableDiffusion::load(&source, &device).unwrap();
-        let opts = GenerateOptions {
+        let run = |steps: usize, step_noise: Option<Vec<f32>>| {
+            let opts = GenerateOptions {
+                prompt: PROMPT.into(),
+                guidance_scale: 0.0,
+                timesteps: Timesteps::Count(steps),
+                initial_latents: Some(reference.f32("latents").1),
+                step_noise,
+                ..GenerateOptions::default()
+            };
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+        };
+        let one = GenerateOptions {
             prompt: PROMPT.into(),
-            guidance_scale: 0.0,
             timesteps: Timesteps::Count(1),
-            initial_latents: Some(reference.f32("latents").1),
             ..GenerateOptions::default()
         };
-        assert_eq!(pipe.start(&opts).unwrap().timesteps(), &[999.0]);
-        let done =
-            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        assert_eq!(pipe.start(&one).unwrap().timesteps(), &[999.0]);
+        let done = run(1, None).unwrap();
         let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image_1").1);
         assert!(
             worst <= 1.0,
             "{name}: SDXL-Turbo, one step: {worst}/255 from diffusers"
         );
+        for steps in [2, 4] {
+            let expected = reference.f32(&format!("image_{steps}")).1;
+            let (shape, noise) = reference.f32(&format!("noise_{steps}"));
+            assert_eq!(shape, vec![steps, 1, 4, 8, 8]);
+            let done = run(steps, Some(noise.clone())).unwrap();
+            let worst = common::worst_pixel(&done.image.rgb, &expected);
+            assert!(
+                worst <= 1.0,
+                "{name}: SDXL-Turbo, {steps} steps with diffusers' noise: {worst}/255 from diffusers"
+            );
+            let seeded = run(steps, None).unwrap();
+            let apart = common::worst_pixel(&seeded.image.rgb, &expected);
+            assert!(
+                apart > 4.0,
+                "{name}: {steps} steps with the seed's noise should be another image, {apart}/255"
+            );
+            eprintln!(
+                "{name}: SDXL-Turbo, {steps} steps: {worst}/255 from diffusers with its noise, {apart}/255 with the seed's"
+            );
+            // Noise for fewer steps than run: an error that says what fits, nothing run.
+            let short = noise[..noise.len() - 256].to_vec();
+            let Err(e) = run(steps, Some(short)) else {
+                panic!("{name}: noise for fewer steps than run was taken");
+            };
+            assert_eq!(e.code(), "invalid_input", "{e}");
+            assert!(e.to_string().contains(&format!("{steps} steps")), "{e}");
+        }
     }
 }

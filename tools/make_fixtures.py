@@ -788,19 +788,40 @@ def make_turbo(fix: Path):
     turbo_references(pipe, turbo, fix / "sd_turbo_tiny", seed=11, steps=(1, 4))
 
 
-def turbo_references(pipe, scheduler: dict, out_dir: Path, seed: int, steps: tuple) -> None:
+def turbo_references(pipe, scheduler: dict, out_dir: Path, seed: int, steps: tuple, noise_steps: tuple = ()) -> None:
     """A distilled model's recipe: `scheduler` as `out_dir/scheduler/`, and the images of
-    fixed latents at each step count, without classifier-free guidance."""
+    fixed latents at each step count, without classifier-free guidance. For each count in
+    `noise_steps` (an ancestral scheduler's), also the unit noise the scheduler drew at each
+    step, `noise_{n}` [n, 1, C, h, w], recorded as diffusers draws it, so that the runtime can
+    be given the same noise (`GenerateOptions::step_noise`)."""
+    from diffusers.schedulers import scheduling_euler_ancestral_discrete as ancestral
     from safetensors.torch import save_file
 
     (out_dir / "scheduler").mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "scheduler" / "scheduler_config.json", scheduler)
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
     refs = {"latents": latents}
-    for n in steps:
-        image = pipe(PROMPT, num_inference_steps=n, guidance_scale=0.0, latents=latents.clone(),
-                     output_type="np", height=64, width=64).images
+    drawn = []
+    plain_randn = ancestral.randn_tensor
+
+    def recording_randn(*args, **kwargs):
+        out = plain_randn(*args, **kwargs)
+        drawn.append(out.clone())
+        return out
+
+    for n in sorted(set(steps) | set(noise_steps)):
+        drawn.clear()
+        ancestral.randn_tensor = recording_randn
+        try:
+            generator = torch.Generator().manual_seed(seed + n)
+            image = pipe(PROMPT, num_inference_steps=n, guidance_scale=0.0, latents=latents.clone(),
+                         output_type="np", height=64, width=64, generator=generator).images
+        finally:
+            ancestral.randn_tensor = plain_randn
         refs[f"image_{n}"] = torch.from_numpy(image).contiguous()
+        if n in noise_steps:
+            assert len(drawn) == n, f"{n} steps drew noise {len(drawn)} times"
+            refs[f"noise_{n}"] = torch.stack(drawn).contiguous()
         log(f"{out_dir.name} {n} steps: timesteps {pipe.scheduler.timesteps.tolist()}")
     save_file(refs, str(out_dir / "reference.safetensors"))
 
@@ -933,9 +954,10 @@ def make_sdxl(fix: Path):
 
 def make_sdxl_turbo(fix: Path):
     """SDXL-Turbo's recipe on the tiny SDXL model (`sdxl_turbo_tiny/`): stabilityai/sdxl-turbo's
-    scheduler config (Euler ancestral, trailing spacing), no classifier-free guidance, one
-    step. One ancestral step ends at sigma 0, where it adds no noise, so the image does not
-    depend on the noise generator and pins the runtime to diffusers exactly."""
+    scheduler config (Euler ancestral, trailing spacing), no classifier-free guidance, one to
+    four steps. One ancestral step ends at sigma 0, where it adds no noise, so its image does
+    not depend on the noise generator; at 2 and 4 steps the noise diffusers drew is kept
+    (`noise_2`, `noise_4`) for the runtime to be given."""
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(fix / "sdxl_tiny"), torch_dtype=torch.float32)
@@ -948,7 +970,7 @@ def make_sdxl_turbo(fix: Path):
         "timestep_spacing": "trailing",
     }
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(turbo)
-    turbo_references(pipe, turbo, fix / "sdxl_turbo_tiny", seed=13, steps=(1,))
+    turbo_references(pipe, turbo, fix / "sdxl_turbo_tiny", seed=13, steps=(1,), noise_steps=(2, 4))
 
 
 def tiny_t5_tokenizer():

@@ -244,6 +244,12 @@ export interface GenerateOptions {
   scheduler?: "ddim" | "euler" | "euler_a" | "dpm++2m" | "lcm" | "flow_euler";
   clipSkip?: number;
   initialLatents?: number[];
+  /**
+   * The unit noise an ancestral sampler ("euler_a", "lcm") adds at each step, instead of the
+   * seed's: one block of the latents' size per step, in step order ([steps, 1, C, H/8, W/8]
+   * flattened). With `initialLatents`, the noise diffusers' scheduler drew reproduces its image.
+   */
+  stepNoise?: number[];
   /** LINA's interventions. */
   plan?: Plan;
   /** Parsed from the prompt when absent. */

@@ -60,6 +60,7 @@ const GENERATE_OPTIONS = [
   "scheduler",
   "clipSkip",
   "initialLatents",
+  "stepNoise",
   "plan",
   "csg",
   "attentionMaps",

@@ -310,6 +310,43 @@ test("SDXL (two text encoders, size conditioning), as a folder and as a single f
   await page.close();
 });
 
+test("SDXL-Turbo at 4 steps, given the noise diffusers' ancestral sampler drew (`stepNoise`), draws diffusers' image", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const { referenceTensors, drawAgainst } = await import("/helpers/reference.js");
+    // The tiny SDXL folder with sdxl-turbo's scheduler config (Euler ancestral, trailing).
+    const base = "/fixtures/sdxl_tiny/";
+    const turbo = "/fixtures/sdxl_turbo_tiny/";
+    const paths = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+      "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+      ...["text_encoder", "text_encoder_2"].flatMap((f) => [`${f}/config.json`, `${f}/model.safetensors`]),
+      ...["tokenizer", "tokenizer_2"].flatMap((f) => [`${f}/tokenizer_config.json`, `${f}/vocab.json`, `${f}/merges.txt`])];
+    const files = {};
+    for (const path of paths) files[path] = await (await fetch(base + path)).blob();
+    files["scheduler/scheduler_config.json"] = await (await fetch(turbo + "scheduler/scheduler_config.json")).blob();
+    const tensor = await referenceTensors(turbo);
+    const options = {
+      prompt: "a red ball on a small mirror",
+      steps: 4,
+      guidanceScale: 0,
+      initialLatents: Array.from(tensor("latents")),
+      stepNoise: Array.from(tensor("noise_4")),
+    };
+    // Noise for two steps where four run: refused, naming what fits.
+    const short = (model) =>
+      model.generate({ ...options, stepNoise: Array.from(tensor("noise_2")) }).then(
+        () => null,
+        (error) => ({ code: error.code, message: error.message }),
+      );
+    return drawAgainst(LinaModel, { files }, options, tensor("image_4"), short);
+  });
+  assert.ok(out.worst <= 1, `the browser's SDXL-Turbo image is ${out.worst}/255 from diffusers'`);
+  assert.equal(out.then?.code, "invalid_input", JSON.stringify(out.then));
+  assert.match(out.then.message, /4 steps/);
+  await page.close();
+});
+
 test("SD 3 (an MMDiT with flow matching) without T5's weights, by URL and as files, draws diffusers' image without T5, and with `t5: true` by URL draws it with T5", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const before = server.requests.length;

@@ -86,6 +86,11 @@ pub struct Args {
     /// diffusers' `latents=` or a later `--latents`.
     #[arg(long)]
     save_latents: Option<PathBuf>,
+    /// The unit noise an ancestral sampler (euler_a, LCM) adds at each step, instead of the
+    /// seed's: [steps, 1, C, H/8, W/8] in a .npy file (f32 or f64). With `--latents`, what
+    /// diffusers' scheduler drew gives diffusers' image (tools/make_fixtures.py records it).
+    #[arg(long)]
+    noise: Option<PathBuf>,
     /// A LoRA (.safetensors, kohya or diffusers/PEFT names) merged into the UNet and the
     /// text encoder at SCALE (default 1); repeat for several.
     #[arg(long, value_name = "FILE[:SCALE]")]
@@ -129,6 +134,7 @@ pub fn run(args: Args) -> Result<()> {
                     .collect()
             }),
         initial_latents: args.latents.as_deref().map(read_npy).transpose()?,
+        step_noise: args.noise.as_deref().map(read_npy).transpose()?,
     };
     let (plan, out) = (args.plan, args.out);
     pollster::block_on(async {
@@ -267,7 +273,7 @@ fn read_npy(path: &std::path::Path) -> Result<Vec<f32>> {
     let bad =
         |what: String| lina_runtime::Error::InvalidInput(format!("{}: {what}", path.display()));
     if npy.order() != npyz::Order::C {
-        return Err(bad("latents in Fortran order; save them in C order".into()));
+        return Err(bad("values in Fortran order; save them in C order".into()));
     }
     let dtype = match npy.dtype() {
         npyz::DType::Plain(ty) => ty.to_string(),
@@ -281,9 +287,7 @@ fn read_npy(path: &std::path::Path) -> Result<Vec<f32>> {
             .into_iter()
             .map(|v| v as f32)
             .collect()),
-        other => Err(bad(format!(
-            "latents of dtype {other}; f32 or f64 expected"
-        ))),
+        other => Err(bad(format!("values of dtype {other}; f32 or f64 expected"))),
     }
 }
 

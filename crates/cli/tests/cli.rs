@@ -183,7 +183,6 @@ fn generate_writes_a_png() {
 /// latents, and running from them gives the seed's image exactly.
 #[test]
 fn latents_in_and_out_reproduce_runs() {
-    use npyz::WriterBuilder;
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/sd1_tiny");
     let dir = std::env::temp_dir().join(format!("lina-cli-latents-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -198,16 +197,11 @@ fn latents_in_and_out_reproduce_runs() {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()
     };
-    let latents = floats("pipe_init_latents");
-    let file = std::io::BufWriter::new(std::fs::File::create(path("diffusers.npy")).unwrap());
-    let mut writer = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[1, 4, 8, 8])
-        .writer(file)
-        .begin_nd()
-        .unwrap();
-    writer.extend(latents.iter().copied()).unwrap();
-    writer.finish().unwrap();
+    write_npy(
+        &path("diffusers.npy"),
+        &[1, 4, 8, 8],
+        &floats("pipe_init_latents"),
+    );
 
     let run = |extra: &[&str], out: &str| {
         let mut args = vec![
@@ -250,4 +244,102 @@ fn latents_in_and_out_reproduce_runs() {
     let again = run(&["--latents", &path("seed9.npy")], &path("again.png"));
     assert_eq!(seeded, again, "the saved latents give the seed's image");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `values` of `shape` as a .npy file of f32.
+fn write_npy(path: &str, shape: &[u64], values: &[f32]) {
+    use npyz::WriterBuilder;
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(file)
+        .begin_nd()
+        .unwrap();
+    writer.extend(values.iter().copied()).unwrap();
+    writer.finish().unwrap();
+}
+
+/// `--noise` reproduces diffusers' ancestral sampler: SDXL-Turbo's recipe (the tiny SDXL
+/// folder with sdxl-turbo's scheduler config) at 4 steps, from diffusers' latents and the
+/// noise its scheduler drew, gives diffusers' image within 1/255; noise for fewer steps than
+/// run is an error that says what fits, and writes no image.
+#[test]
+fn noise_in_reproduces_an_ancestral_run() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+    let dir = std::env::temp_dir().join(format!("lina-cli-noise-{}", std::process::id()));
+    let model = dir.join("sdxl_turbo");
+    copy_dir(&Path::new(fixtures).join("sdxl_tiny"), &model);
+    std::fs::copy(
+        Path::new(fixtures).join("sdxl_turbo_tiny/scheduler/scheduler_config.json"),
+        model.join("scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let reference =
+        std::fs::read(format!("{fixtures}/sdxl_turbo_tiny/reference.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
+    let floats = |name: &str| -> Vec<f32> {
+        let view = reference.tensor(name).unwrap();
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    write_npy(&path("latents.npy"), &[1, 4, 8, 8], &floats("latents"));
+    write_npy(&path("noise4.npy"), &[4, 1, 4, 8, 8], &floats("noise_4"));
+    write_npy(&path("noise2.npy"), &[2, 1, 4, 8, 8], &floats("noise_2"));
+    let run = |noise: &str, out: &str| {
+        cli(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a red ball on a small mirror",
+            "--guidance",
+            "0",
+            "--steps",
+            "4",
+            "--latents",
+            &path("latents.npy"),
+            "--noise",
+            noise,
+            "--out",
+            out,
+        ])
+    };
+    let done = run(&path("noise4.npy"), &path("turbo.png"));
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let image =
+        lina_runtime::image::Image::from_png(&std::fs::read(path("turbo.png")).unwrap()).unwrap();
+    let worst = image
+        .rgb
+        .iter()
+        .zip(&floats("image_4"))
+        .map(|(&a, &b)| (a as f32 - b * 255.0).abs())
+        .fold(0.0, f32::max);
+    assert!(worst <= 1.0, "worst pixel {worst}/255 from diffusers'");
+
+    let short = run(&path("noise2.npy"), &path("short.png"));
+    assert!(!short.status.success());
+    let err = text(&short.stderr);
+    assert!(
+        err.contains("step noise") && err.contains("4 steps"),
+        "{err}"
+    );
+    assert!(!Path::new(&path("short.png")).exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

@@ -132,6 +132,8 @@ struct JsOptions {
     scheduler: Option<String>,
     clip_skip: usize,
     initial_latents: Option<Vec<f32>>,
+    /// The unit noise an ancestral sampler adds at each step (`GenerateOptions::step_noise`).
+    step_noise: Option<Vec<f32>>,
     /// LINA: a plan (camelCase fields, as `Plan`'s JSON), and optionally the scene graph;
     /// without a graph, the prompt is parsed into one. Both go through serde_json, since
     /// serde-wasm-bindgen's structs never see unknown fields, and those must be errors.
@@ -172,6 +174,7 @@ impl JsOptions {
                 .map_err(js_err)?,
             clip_skip: self.clip_skip,
             initial_latents: self.initial_latents,
+            step_noise: self.step_noise,
             ..defaults
         })
     }
