@@ -250,6 +250,13 @@ export interface GenerateOptions {
    * flattened). With `initialLatents`, the noise diffusers' scheduler drew reproduces its image.
    */
   stepNoise?: number[];
+  /**
+   * img2img: start from this image (of the output's size) instead of pure noise, and run
+   * `strength` of the schedule from it (0 < strength <= 1; default 0.8). The way an SDXL
+   * refiner is used, on a base model's image.
+   */
+  initImage?: ImageInput;
+  strength?: number;
   /** LINA's interventions. */
   plan?: Plan;
   /** Parsed from the prompt when absent. */

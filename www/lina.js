@@ -61,6 +61,8 @@ const GENERATE_OPTIONS = [
   "clipSkip",
   "initialLatents",
   "stepNoise",
+  "initImage",
+  "strength",
   "plan",
   "csg",
   "attentionMaps",

@@ -134,6 +134,11 @@ struct JsOptions {
     initial_latents: Option<Vec<f32>>,
     /// The unit noise an ancestral sampler adds at each step (`GenerateOptions::step_noise`).
     step_noise: Option<Vec<f32>>,
+    /// img2img: the image to start from (`{ width, height, rgba }`, the output's size) and
+    /// how much of the schedule runs from it. Kept as the JS object: `image_from_js` reads it.
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    init_image: JsValue,
+    strength: Option<f64>,
     /// LINA: a plan (camelCase fields, as `Plan`'s JSON), and optionally the scene graph;
     /// without a graph, the prompt is parsed into one. Both go through serde_json, since
     /// serde-wasm-bindgen's structs never see unknown fields, and those must be errors.
@@ -175,6 +180,11 @@ impl JsOptions {
             clip_skip: self.clip_skip,
             initial_latents: self.initial_latents,
             step_noise: self.step_noise,
+            init_image: match self.init_image.is_undefined() || self.init_image.is_null() {
+                true => None,
+                false => Some(image_from_js(&self.init_image)?),
+            },
+            strength: self.strength.unwrap_or(defaults.strength),
             ..defaults
         })
     }
