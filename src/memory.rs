@@ -240,7 +240,18 @@ pub fn requirements(
     with_t5: bool,
     device: &Device,
 ) -> Result<Requirements> {
-    let text = ClipTextConfig::from_json(&files.require_text(crate::models::clip::CONFIG_FILE)?)?;
+    // The SDXL refiner has the second text encoder alone, where the first would be.
+    let (first, second) = (
+        crate::models::clip::CONFIG_FILE,
+        crate::models::clip::CONFIG_FILE_2,
+    );
+    let (text, both) = match files.read_text(first)? {
+        Some(json) => (ClipTextConfig::from_file(first, &json)?, true),
+        None => match files.read_text(second)? {
+            Some(json) => (ClipTextConfig::from_file(second, &json)?, false),
+            None => return Err(Error::MissingFile(first.into())),
+        },
+    };
     // SD 3's folders hold a transformer where the others hold a UNet.
     let (unet, mmdit);
     let denoiser = match files.read_text(crate::models::mmdit::CONFIG_FILE)? {
@@ -258,8 +269,7 @@ pub fn requirements(
         .iter()
         .map(|(_, b)| b)
         .sum();
-    let second = crate::models::clip::CONFIG_FILE_2;
-    if let Some(json) = files.read_text(second)? {
+    if both && let Some(json) = files.read_text(second)? {
         f32_bytes += text_encoder_bytes(&ClipTextConfig::from_file(second, &json)?, device)?;
     }
     if with_t5 && let Some(json) = files.read_text(crate::models::t5::CONFIG_FILE)? {

@@ -317,6 +317,9 @@ pub struct StableDiffusion {
     /// SDXL's and SD 3's second tokenizer and text encoder (OpenCLIP ViT-bigG with its
     /// projection).
     second: Option<SecondEncoder>,
+    /// The SDXL refiner's way with its text: its only encoder is SDXL's second (`tokenizer`
+    /// and `text_encoder` hold it), and its UNet takes an aesthetic score.
+    refiner: Option<Refiner>,
     /// SD 3's T5 encoder where the folder has it; `Err` with its folder where the folder has
     /// only its config (the browser leaves T5's gigabytes behind unless asked): then zeros
     /// stand in its place, with a warning.
@@ -374,6 +377,18 @@ struct SecondEncoder {
     encoder: ClipTextEncoder,
     zeros_for_empty_negative: bool,
 }
+
+/// An SDXL refiner's text settings (stabilityai's refiner: no first text encoder, the second
+/// alone; `requires_aesthetics_score` in its model index).
+struct Refiner {
+    /// diffusers' `force_zeros_for_empty_prompt`, off in the refiner's index.
+    zeros_for_empty_negative: bool,
+}
+
+/// The aesthetic scores an SDXL refiner is conditioned on: diffusers' defaults for the
+/// conditional and the unconditional rows.
+pub const AESTHETIC_SCORE: f64 = 6.0;
+pub const NEGATIVE_AESTHETIC_SCORE: f64 = 2.5;
 
 /// SD 3's third text encoder: loaded, absent (as diffusers allows), or present in the folder
 /// without its weights (run without, with a warning).
@@ -568,10 +583,56 @@ impl StableDiffusion {
         kernels: Kernels,
         loras: &[ScaledLora],
     ) -> Result<Self> {
+        let checkpoint_file = files.len(CHECKPOINT_FILE)?;
+        // The model index, where the source has one: it names the components a folder
+        // leaves out (`[null, null]`) and the pipeline's options.
+        let index = match files.read("model_index.json")? {
+            Some(bytes) => Some(
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .map_err(|e| Error::config("model_index.json", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let index_flag = |key: &str| {
+            index
+                .as_ref()
+                .and_then(|i| i.get(key))
+                .and_then(serde_json::Value::as_bool)
+        };
+        // The SDXL refiner: SDXL's second text encoder alone, where the first would be (its
+        // index also says `requires_aesthetics_score`; the UNet's widths are checked below).
+        let refiner = checkpoint_file.is_none()
+            && index_flag("requires_aesthetics_score") != Some(false)
+            && files.read(clip::CONFIG_FILE)?.is_none()
+            && files.read(clip::CONFIG_FILE_2)?.is_some();
+        let (tokenizer_folder, text_folder, text_config_file, text_target) = match refiner {
+            false => (
+                "tokenizer",
+                "text_encoder",
+                clip::CONFIG_FILE,
+                LoraTarget::TextEncoder,
+            ),
+            true => (
+                "tokenizer_2",
+                "text_encoder_2",
+                clip::CONFIG_FILE_2,
+                LoraTarget::TextEncoder2,
+            ),
+        };
+        if refiner
+            && let Some(lora) = loras
+                .iter()
+                .find(|l| l.lora.adapts(LoraTarget::TextEncoder))
+        {
+            return Err(Error::InvalidInput(format!(
+                "LoRA {}: adapts text_encoder, which this model (an SDXL refiner, with text_encoder_2 alone) does not have",
+                lora.lora.source()
+            )));
+        }
         // The tokenizer first: a single file holds none, and its absence should be said
         // before gigabytes of weights are read.
-        let Some(mut tokenizer) = load_tokenizer(files, "tokenizer")? else {
-            let path = "tokenizer/vocab.json".to_string();
+        let Some(mut tokenizer) = load_tokenizer(files, tokenizer_folder)? else {
+            let path = format!("{tokenizer_folder}/vocab.json");
             return Err(match files.len(CHECKPOINT_FILE)? {
                 Some(_) => Error::NoTokenizer(path),
                 None => Error::MissingFile(path),
@@ -601,18 +662,20 @@ impl StableDiffusion {
                 None => (None, None, None, None, None, None),
             };
 
-        let text_files = ("text_encoder", TEXT_ENCODER_WEIGHTS, clip::CONFIG_FILE);
+        let text_files = (text_folder, TEXT_ENCODER_WEIGHTS, text_config_file);
         let (weights, config) = component_source(files, text_part, text_files, device)?;
-        let text_config = ClipTextConfig::from_json(&config)?;
+        let text_config = ClipTextConfig::from_file(text_config_file, &config)?;
         tokenizer.limit_length(text_config.max_position_embeddings);
-        let text_encoder = build_component(
-            weights,
-            (kernels, Some((loras, LoraTarget::TextEncoder))),
-            |w| ClipTextEncoder::load(text_config, w),
-        )?;
+        let text_encoder = build_component(weights, (kernels, Some((loras, text_target))), |w| {
+            ClipTextEncoder::load(text_config, w)
+        })?;
+        let refiner = refiner.then(|| Refiner {
+            zeros_for_empty_negative: index_flag("force_zeros_for_empty_prompt").unwrap_or(false),
+        });
 
         // SDXL: a second tokenizer and text encoder beside the first.
-        let second = match text_2_part.is_some() || files.read(clip::CONFIG_FILE_2)?.is_some() {
+        let has_second = text_2_part.is_some() || files.read(clip::CONFIG_FILE_2)?.is_some();
+        let second = match has_second && refiner.is_none() {
             false => None,
             true => {
                 let from_file = text_2_part.is_some();
@@ -636,14 +699,8 @@ impl StableDiffusion {
                     (kernels, Some((loras, LoraTarget::TextEncoder2))),
                     |w| ClipTextEncoder::load(config, w),
                 )?;
-                let zeros_for_empty_negative = match files.read("model_index.json")? {
-                    Some(index) => serde_json::from_slice::<serde_json::Value>(&index)
-                        .map_err(|e| Error::config("model_index.json", e.to_string()))?
-                        .get("force_zeros_for_empty_prompt")
-                        .and_then(serde_json::Value::as_bool)
-                        .unwrap_or(!flow_model),
-                    None => !flow_model,
-                };
+                let zeros_for_empty_negative =
+                    index_flag("force_zeros_for_empty_prompt").unwrap_or(!flow_model);
                 Some(SecondEncoder {
                     tokenizer,
                     encoder,
@@ -746,6 +803,7 @@ impl StableDiffusion {
         let scheduler_config = SchedulerConfig::from_json(&scheduler_json)?;
         // A LoRA for a second text encoder the model does not have adapts nothing: refused.
         if second.is_none()
+            && refiner.is_none()
             && let Some(lora) = loras
                 .iter()
                 .find(|l| l.lora.adapts(LoraTarget::TextEncoder2))
@@ -757,7 +815,7 @@ impl StableDiffusion {
         }
         let t5 = match &denoiser {
             Denoiser::UNet(unet) => {
-                Self::check_unet(unet, &text_encoder, second.as_ref(), vae.config())?;
+                Self::check_unet(unet, &text_encoder, second.as_ref(), &refiner, vae.config())?;
                 T5State::Absent
             }
             Denoiser::Mmdit(mmdit) => {
@@ -769,6 +827,7 @@ impl StableDiffusion {
             tokenizer,
             text_encoder,
             second,
+            refiner,
             t5,
             denoiser,
             vae,
@@ -785,9 +844,28 @@ impl StableDiffusion {
         unet: &UNet,
         text_encoder: &ClipTextEncoder,
         second: Option<&SecondEncoder>,
+        refiner: &Option<Refiner>,
         vae: &VaeConfig,
     ) -> Result<()> {
         match (second, unet.config().text_time_dims()) {
+            (None, Some((time, input))) if refiner.is_some() && unet.takes_text_time() => {
+                let pooled = text_encoder.pooled_width();
+                if input != pooled + 5 * time {
+                    return Err(Error::config(
+                        unet::CONFIG_FILE,
+                        format!(
+                            "projection_class_embeddings_input_dim {input} is not the text encoder's pooled width {pooled} plus 5 x addition_time_embed_dim {time} (an SDXL refiner's size and aesthetic score; for SDXL base, {} is missing)",
+                            clip::CONFIG_FILE
+                        ),
+                    ));
+                }
+            }
+            (None, _) if refiner.is_some() => {
+                return Err(Error::config(
+                    unet::CONFIG_FILE,
+                    "the model index asks for an aesthetic score (an SDXL refiner), but the UNet takes no pooled text and size (addition_embed_type \"text_time\")",
+                ));
+            }
             (Some(s), Some((time, input))) if unet.takes_text_time() => {
                 let pooled = s.encoder.pooled_width();
                 if input != pooled + 6 * time {
@@ -1021,6 +1099,20 @@ impl StableDiffusion {
             (EmbeddingVectors::One(..), Some(_)) => {
                 refuse("one set of vectors; SDXL's two text encoders need `clip_l` and `clip_g`")
             }
+            // The SDXL refiner's only encoder is SDXL's second: it takes `clip_g`.
+            (EmbeddingVectors::Pair { clip_g, .. }, None) if self.refiner.is_some() => {
+                let tokenizer = bound(
+                    &self.tokenizer,
+                    &self.text_encoder,
+                    trigger,
+                    source,
+                    clip_g.1,
+                )?;
+                self.text_encoder
+                    .extend_vocabulary(self.table(clip_g.0, clip_g.1))?;
+                self.tokenizer = tokenizer;
+                Ok(())
+            }
             (EmbeddingVectors::Pair { .. }, None) => {
                 refuse("SDXL's `clip_l` and `clip_g`; this model has one text encoder")
             }
@@ -1123,6 +1215,18 @@ impl StableDiffusion {
     /// diffusers' `StableDiffusionXLPipeline.encode_prompt` gives).
     pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<EncodedPrompt> {
         let tokens = self.tokenizer.encode(text)?;
+        if self.refiner.is_some() {
+            // The refiner's only encoder is SDXL's second: its penultimate states and its
+            // pooled output.
+            let (context, pooled) = self
+                .text_encoder
+                .penultimate_and_pooled(&[tokens.ids], clip_skip)?;
+            return Ok(EncodedPrompt {
+                context,
+                pooled: Some(pooled),
+                truncated: tokens.truncated,
+            });
+        }
         let Some(second) = &self.second else {
             return Ok(EncodedPrompt {
                 context: self.text_encoder.forward(&[tokens.ids], clip_skip)?,
@@ -1177,8 +1281,13 @@ impl StableDiffusion {
         like: &EncodedPrompt,
         clip_skip: usize,
     ) -> Result<EncodedPrompt> {
-        match &self.second {
-            Some(s) if s.zeros_for_empty_negative && text.is_empty() => Ok(EncodedPrompt {
+        let zeros = match (&self.second, &self.refiner) {
+            (Some(s), _) => s.zeros_for_empty_negative,
+            (None, Some(r)) => r.zeros_for_empty_negative,
+            (None, None) => false,
+        };
+        match zeros {
+            true if text.is_empty() => Ok(EncodedPrompt {
                 context: like.context.zeros_like(),
                 pooled: like.pooled.as_ref().map(Tensor::zeros_like),
                 truncated: None,
@@ -1282,27 +1391,30 @@ impl StableDiffusion {
         // UNets take the guidance scale as an embedding (instead of a second, unconditional
         // pass); SDXL's, each row's pooled text and the image's size (original = target, no
         // crop, as diffusers' pipeline defaults to).
-        let size = [
-            height as f64,
-            width as f64,
-            0.0,
-            0.0,
-            height as f64,
-            width as f64,
-        ];
-        let pooled_rows = |each: &dyn Fn(Tensor<2>) -> Option<Tensor<2>>| {
+        // The refiner takes an aesthetic score in place of the target size: diffusers'
+        // defaults, the negative one in the unconditional row.
+        let (h, w) = (height as f64, width as f64);
+        let time_ids = |row: usize| -> Vec<f64> {
+            match self.refiner {
+                None => vec![h, w, 0.0, 0.0, h, w],
+                Some(_) if row + 1 < rows.len() => vec![h, w, 0.0, 0.0, NEGATIVE_AESTHETIC_SCORE],
+                Some(_) => vec![h, w, 0.0, 0.0, AESTHETIC_SCORE],
+            }
+        };
+        let pooled_rows = |each: &dyn Fn(usize, Tensor<2>) -> Option<Tensor<2>>| {
             rows.iter()
-                .map(|r| r.pooled.clone().and_then(each))
+                .enumerate()
+                .map(|(i, r)| r.pooled.clone().and_then(|p| each(i, p)))
                 .collect::<Option<Vec<_>>>()
                 .map(|rows| Tensor::cat(rows, 0))
         };
         let added = match &self.denoiser {
             Denoiser::UNet(unet) => match unet.guidance_embedding(opts.guidance_scale) {
                 Some(embedding) => Some(embedding.repeat_dim(0, rows.len())),
-                None => pooled_rows(&|pooled| unet.text_time_input(pooled, size)),
+                None => pooled_rows(&|row, pooled| unet.text_time_input(pooled, &time_ids(row))),
             },
             // The MMDiT takes the pooled text itself beside its timestep.
-            Denoiser::Mmdit(_) => pooled_rows(&Some),
+            Denoiser::Mmdit(_) => pooled_rows(&|_, pooled| Some(pooled)),
         };
 
         if self.is_inpainting_model() && (opts.init_image.is_none() || opts.mask.is_none()) {

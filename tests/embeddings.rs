@@ -215,4 +215,20 @@ fn an_sdxl_trigger_bound_to_both_encoders_rows_encodes_as_those_words() {
         words,
         "the trigger encodes as the words its vectors came from, in both encoders"
     );
+
+    // The SDXL refiner (the second encoder alone) binds the pair's `clip_g`.
+    let mut refiner = StableDiffusion::load(
+        &DirSource::new(fixture("sdxl_refiner_tiny")),
+        &lina_runtime::device::cpu(),
+    )
+    .unwrap();
+    let words = encode(&refiner, "a red ball on a small mirror");
+    refiner
+        .add_embedding("<red-ball>", "pair.safetensors", &pair)
+        .unwrap();
+    assert_eq!(
+        encode(&refiner, "a <red-ball> on a small mirror"),
+        words,
+        "the refiner's trigger encodes as the words of clip_g's rows"
+    );
 }

@@ -102,7 +102,7 @@ fn outputs(pipe: &StableDiffusion, reference: &Reference, sdxl: bool) -> Outputs
         let (side_h, side_w) = (h as f64 * 8.0, w as f64 * 8.0);
         pipe.unet()
             .expect("a UNet model")
-            .text_time_input(pooled, [side_h, side_w, 0.0, 0.0, side_h, side_w])
+            .text_time_input(pooled, &[side_h, side_w, 0.0, 0.0, side_h, side_w])
     });
     let unet = values(pipe.unet().expect("a UNet model").forward_with(
         sample,

@@ -537,6 +537,26 @@ fn sdxl_loras_reach_both_text_encoders_and_one_for_a_missing_encoder_is_refused(
         Err(e) => e,
     };
     assert!(e.to_string().contains("text_encoder_2"), "{e}");
+
+    // The SDXL refiner has the second encoder alone (the same weights here): the LoRA adapts
+    // it, giving the base model's pooled embedding; one for the first encoder is refused.
+    let refiner: BTreeMap<String, Vec<u8>> = model_files("sdxl_refiner_tiny").into_iter().collect();
+    let refined = encode(&refiner, &[scaled(&kohya, 1.0)]);
+    assert_eq!(
+        refined.1, with_kohya.1,
+        "the refiner's encoder took the LoRA"
+    );
+    assert_ne!(refined.1, encode(&refiner, &[]).1);
+    let first = halves(
+        format!("lora_te1_{flat}.lora_down.weight"),
+        format!("lora_te1_{flat}.lora_up.weight"),
+        format!("lora_te1_{flat}.alpha"),
+    );
+    let e = match load(&refiner, &device, &[scaled(&first, 1.0)]) {
+        Ok(_) => panic!("a first text encoder's LoRA loaded into the refiner"),
+        Err(e) => e,
+    };
+    assert!(e.to_string().contains("adapts text_encoder,"), "{e}");
 }
 
 #[test]

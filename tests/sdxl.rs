@@ -50,7 +50,7 @@ fn sdxl_embeddings_unet_and_images_match_diffusers() {
         let added = Tensor::cat(
             (0..2)
                 .map(|row| {
-                    unet.text_time_input(pooled_t.clone().narrow(0, row, 1), size)
+                    unet.text_time_input(pooled_t.clone().narrow(0, row, 1), &size)
                         .expect("SDXL's UNet takes text and time")
                 })
                 .collect(),
@@ -185,5 +185,61 @@ fn sdxl_turbo_one_to_four_steps_match_diffusers() {
             assert_eq!(e.code(), "invalid_input", "{e}");
             assert!(e.to_string().contains(&format!("{steps} steps")), "{e}");
         }
+    }
+}
+
+/// The SDXL refiner's layout (tests/fixtures/sdxl_refiner_tiny, `tools/make_fixtures.py
+/// --only sdxl-refiner`): no first text encoder, SDXL's second alone (its penultimate states
+/// and pooled output), five time ids with an aesthetic score (6 in the conditional row, 2.5 in
+/// the unconditional one), an empty negative prompt encoded rather than zeroed. Its
+/// embeddings and an img2img run (strength 0.5, diffusers patched to the same noise and the
+/// latent mean) match diffusers' `StableDiffusionXLImg2ImgPipeline`; a LoRA for the first
+/// text encoder it lacks is refused.
+#[test]
+fn sdxl_refiner_embeddings_and_img2img_match_diffusers() {
+    use lina_runtime::image::Image;
+    let reference = Reference::open("sdxl_refiner_tiny");
+    let card = Image {
+        width: 64,
+        height: 64,
+        rgb: reference
+            .f32("card")
+            .1
+            .iter()
+            .map(|&v| v.round() as u8)
+            .collect(),
+    };
+    for (name, device) in test_devices() {
+        let source = DirSource::new(fixture("sdxl_refiner_tiny"));
+        let pipe = StableDiffusion::load(&source, &device).unwrap();
+        let (_, embeds) = reference.f32("prompt_embeds");
+        let (_, pooled) = reference.f32("pooled_embeds");
+        let (half_e, half_p) = (embeds.len() / 2, pooled.len() / 2);
+        for (i, text) in [NEGATIVE, PROMPT].into_iter().enumerate() {
+            let ours = pipe.encode_prompt(text, 0).unwrap();
+            let err = relative_diff(&values(ours.context), &embeds[i * half_e..(i + 1) * half_e]);
+            assert!(err < 1e-5, "{name}: `{text}` context off by {err}");
+            let p = values(ours.pooled.expect("the refiner has a pooled embedding"));
+            let err = relative_diff(&p, &pooled[i * half_p..(i + 1) * half_p]);
+            assert!(err < 1e-5, "{name}: `{text}` pooled off by {err}");
+        }
+        let opts = GenerateOptions {
+            prompt: PROMPT.into(),
+            negative_prompt: NEGATIVE.into(),
+            guidance_scale: 7.5,
+            timesteps: Timesteps::Count(10),
+            initial_latents: Some(reference.f32("noise").1),
+            init_image: Some(card.clone()),
+            strength: 0.5,
+            ..GenerateOptions::default()
+        };
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image").1);
+        eprintln!("{name}: SDXL refiner img2img, worst pixel {worst:.2}/255");
+        assert!(
+            worst <= 1.0,
+            "{name}: refiner img2img {worst}/255 from diffusers"
+        );
     }
 }

@@ -973,6 +973,93 @@ def make_sdxl_turbo(fix: Path):
     turbo_references(pipe, turbo, fix / "sdxl_turbo_tiny", seed=13, steps=(1,), noise_steps=(2, 4))
 
 
+def make_sdxl_refiner(fix: Path):
+    """A tiny SDXL-refiner-like pipeline (`sdxl_refiner_tiny/`), as stabilityai's refiner is
+    laid out: no first text encoder or tokenizer (`null` in model_index.json), the second
+    (bigG-like, with its projection) alone, its penultimate hidden states as the UNet's
+    context; the size conditioning with an aesthetic score in place of the target size (five
+    time ids, `requires_aesthetics_score`), no zeros for an empty negative prompt. The text
+    encoder, tokenizer and VAE are sdxl_tiny's; the UNet is its own (f16). Reference: img2img
+    of the test card at strength 0.5 with the noise and the posterior mean patched in (as
+    `make_img2img` does), and the embeddings and time ids."""
+    import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img as xl_img2img
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    base = fix / "sdxl_tiny"
+    out = fix / "sdxl_refiner_tiny"
+    if out.exists():
+        shutil.rmtree(out)
+    log("== sdxl_refiner_tiny")
+    te2 = CLIPTextModelWithProjection.from_pretrained(str(base / "text_encoder_2"), torch_dtype=torch.float32).eval()
+    tok2 = CLIPTokenizer.from_pretrained(str(base / "tokenizer_2"))
+    vae = AutoencoderKL.from_pretrained(str(base / "vae"), torch_dtype=torch.float32).eval()
+    torch.manual_seed(5110)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1), attention_head_dim=(2, 4), cross_attention_dim=48,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=5 * time_dim + 24, norm_num_groups=32,
+    ).eval()
+    reinit_(unet, 5111, out_gain={"conv_out": 0.5})
+    round_to_f16_(unet)
+    scheduler = EulerDiscreteScheduler(**SD_BETAS, steps_offset=1, prediction_type="epsilon",
+                                       timestep_spacing="leading", interpolation_type="linear")
+    pipe = StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=None, text_encoder_2=te2, tokenizer=None,
+                                            tokenizer_2=tok2, unet=unet, scheduler=scheduler,
+                                            requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    refs = {}
+    embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(PROMPT, negative_prompt=NEGATIVE_PROMPT,
+                                                               do_classifier_free_guidance=True)
+    refs["prompt_embeds"] = torch.cat([neg_embeds, embeds])
+    refs["pooled_embeds"] = torch.cat([neg_pooled, pooled])
+    # An empty negative prompt is encoded, not zeroed (force_zeros_for_empty_prompt false).
+    _, empty, _, empty_pooled = pipe.encode_prompt(PROMPT, negative_prompt=None, do_classifier_free_guidance=True)
+    assert empty.abs().sum() > 0 and empty_pooled.abs().sum() > 0
+    refs["empty_negative_embeds"] = empty
+    time_ids, neg_time_ids = pipe._get_add_time_ids((64, 64), (0, 0), (64, 64), 6.0, 2.5, (64, 64), (0, 0), 2.5,
+                                                    dtype=torch.float32, text_encoder_projection_dim=24)
+    refs["time_ids"] = torch.cat([neg_time_ids, time_ids])
+
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(15))
+    xl_img2img.randn_tensor = lambda shape, **_: noise.clone()
+    xl_img2img.retrieve_latents = lambda output, generator=None, sample_mode="sample": output.latent_dist.mode()
+    card, _ = test_card_and_mask()
+    image = pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, image=Image.fromarray(card), strength=0.5,
+                 num_inference_steps=STEPS, guidance_scale=GUIDANCE, output_type="np").images
+    refs["noise"] = noise
+    refs["card"] = torch.from_numpy(card.astype(np.float32)).contiguous()
+    refs["image"] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    log(f"  refiner img2img: mean {float(image.mean()):.3f}, timesteps {pipe.scheduler.timesteps.tolist()}")
+
+    pipe.to(torch.float16)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    pipe.to(torch.float32)
+    # As the refiner's repository names its tensors: `text_model.` inside the text encoder.
+    path = out / "text_encoder_2" / "model.safetensors"
+    sd = load_file(str(path))
+    sd = {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v.contiguous() for k, v in sd.items()}
+    save_file(sd, str(path), metadata={"format": "pt"})
+    shutil.rmtree(out / "tokenizer_2")
+    shutil.copytree(base / "tokenizer_2", out / "tokenizer_2")
+    refs = {k: v.to(torch.float32).contiguous() for k, v in refs.items()}
+    save_file(refs, str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "guidance_scale": GUIDANCE,
+        "num_inference_steps": STEPS, "strength": 0.5, "aesthetic_score": 6.0, "negative_aesthetic_score": 2.5,
+        "notes": "image = StableDiffusionXLImg2ImgPipeline(prompt, negative_prompt, image=card, strength 0.5, "
+                 "10 steps, guidance 7.5) with randn_tensor patched to `noise` and the VAE posterior's mode. "
+                 "prompt_embeds / pooled_embeds / time_ids: [negative; positive].",
+    })
+
+
 def tiny_t5_tokenizer():
     """A SentencePiece-style Unigram tokenizer in T5's layout (no download can fetch T5's own):
     `<pad>` 0, `</s>` 1, `<unk>` 2, Metaspace pre-tokenizer, `</s>` appended; trained on the
@@ -1535,7 +1622,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "lora", "sd3"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1582,6 +1669,9 @@ def main():
         return
     if args.only == "sdxl-turbo":
         make_sdxl_turbo(fix)
+        return
+    if args.only == "sdxl-refiner":
+        make_sdxl_refiner(fix)
         return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():

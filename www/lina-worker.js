@@ -9,14 +9,14 @@ import init, { ModelLoader, Pipeline } from "./pkg/lina.js";
 // The diffusers folder layout: files a model must have, and files it may have.
 const SHARED = [
   "scheduler/scheduler_config.json",
-  "text_encoder/config.json",
-  "text_encoder/model.safetensors",
   "vae/config.json",
   "vae/diffusion_pytorch_model.safetensors",
 ];
-// The denoiser: a UNet (SD 1.x, 2.x, XL), or SD 3's transformer.
+// The denoiser: a UNet (SD 1.x, 2.x, XL), or SD 3's transformer. The text encoder: the first,
+// or for the SDXL refiner, which has none, the second alone.
 const denoiserFiles = (folder) => [`${folder}/config.json`, `${folder}/diffusion_pytorch_model.safetensors`];
-const required = (denoiser) => [...SHARED, ...denoiserFiles(denoiser)];
+const textFiles = (folder) => [`${folder}/config.json`, `${folder}/model.safetensors`];
+const required = (denoiser, text = "text_encoder") => [...SHARED, ...textFiles(text), ...denoiserFiles(denoiser)];
 // A tokenizer comes as vocab.json and merges.txt or as one tokenizer.json: the second is
 // asked for only where the first two are missing. SDXL has two of each.
 const OPTIONAL = [
@@ -251,7 +251,8 @@ async function loadFromUrl(loader, url, { single, t5, ...options }) {
   if (index) loader.addFile("model_index.json", index);
   const found = new Set();
   // SD 3's folders name a transformer where the others have a UNet.
-  const listed = required(components?.has("transformer") ? "transformer" : "unet");
+  const text = components && !components.has("text_encoder") && components.has("text_encoder_2") ? "text_encoder_2" : "text_encoder";
+  const listed = required(components?.has("transformer") ? "transformer" : "unet", text);
   const needed = single ? [] : listed;
   const wanted = (path) => {
     const folder = path.includes("/") ? path.slice(0, path.indexOf("/")) : null;
@@ -337,7 +338,10 @@ async function componentsOf(url, signal) {
   try {
     const bytes = new Uint8Array(await response.arrayBuffer());
     const index = JSON.parse(new TextDecoder().decode(bytes));
-    return typeof index === "object" && index !== null ? { components: new Set(Object.keys(index)), bytes } : none;
+    if (typeof index !== "object" || index === null) return none;
+    // A component the folder leaves out is `[null, null]` (the SDXL refiner's text_encoder).
+    const present = Object.entries(index).filter(([, v]) => !(Array.isArray(v) && v.every((x) => x === null)));
+    return { components: new Set(present.map(([key]) => key)), bytes };
   } catch {
     return none;
   }
@@ -362,7 +366,8 @@ function shardsOf(indexUrl, text) {
 async function loadFromFiles(loader, files, { signal, progress, single }) {
   // Weights may come in shards, named by an index file next to them.
   const denoiser = "transformer/config.json" in files ? "transformer" : "unet";
-  const missing = (single ? [] : required(denoiser)).filter(
+  const text = !("text_encoder/config.json" in files) && "text_encoder_2/config.json" in files ? "text_encoder_2" : "text_encoder";
+  const missing = (single ? [] : required(denoiser, text)).filter(
     (path) => !(path in files) && !(path.endsWith(".safetensors") && `${path}.index.json` in files),
   );
   if (missing.length) throw failure("missing_file", `the model's files lack ${missing.join(", ")}`);

@@ -216,11 +216,13 @@ impl UNetConfig {
             (Some("text_time"), Some((time, input))) => {
                 check_size(f, "addition_time_embed_dim", time, 4096)?;
                 check_size(f, "projection_class_embeddings_input_dim", input, 1 << 16)?;
-                if input <= 6 * time {
+                // Five numbers for the SDXL refiner (an aesthetic score in place of the target
+                // size), six for SDXL base: which one, the text encoder's pooled width tells.
+                if input <= 5 * time {
                     return Err(Error::config(
                         f,
                         format!(
-                            "projection_class_embeddings_input_dim {input} leaves no room for the pooled text embedding beside 6 x addition_time_embed_dim {time}"
+                            "projection_class_embeddings_input_dim {input} leaves no room for the pooled text embedding beside 5 or 6 x addition_time_embed_dim {time}"
                         ),
                     ));
                 }
@@ -556,10 +558,11 @@ impl UNet {
     }
 
     /// SDXL's added input for one batch row: its pooled text embedding [1, P] and sinusoids of
-    /// the six numbers (original height and width, crop top and left, target height and
-    /// width), as diffusers' `add_time_proj` computes them, [1, P + 6 x
-    /// addition_time_embed_dim]. `None` for UNets without it.
-    pub fn text_time_input(&self, pooled: Tensor<2>, time_ids: [f64; 6]) -> Option<Tensor<2>> {
+    /// the time ids (SDXL base: original height and width, crop top and left, target height
+    /// and width; the refiner: an aesthetic score in place of the target size), as diffusers'
+    /// `add_time_proj` computes them, [1, P + n x addition_time_embed_dim]. `None` for UNets
+    /// without it.
+    pub fn text_time_input(&self, pooled: Tensor<2>, time_ids: &[f64]) -> Option<Tensor<2>> {
         let (dim, _) = self.config.text_time_dims()?;
         self.add_embedding.as_ref()?;
         let sinusoids: Vec<f32> = time_ids

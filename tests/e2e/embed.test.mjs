@@ -347,6 +347,38 @@ test("SDXL-Turbo at 4 steps, given the noise diffusers' ancestral sampler drew (
   await page.close();
 });
 
+test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL and its img2img (`initImage`, `strength`) draws diffusers' image", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const before = server.requests.length;
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const { referenceTensors, drawAgainst } = await import("/helpers/reference.js");
+    const folder = "/fixtures/sdxl_refiner_tiny/";
+    const tensor = await referenceTensors(folder);
+    const card = tensor("card");
+    const rgba = new Uint8ClampedArray(64 * 64 * 4);
+    for (let p = 0; p < 64 * 64; p++) {
+      for (let c = 0; c < 3; c++) rgba[p * 4 + c] = card[p * 3 + c];
+      rgba[p * 4 + 3] = 255;
+    }
+    const options = {
+      prompt: "a red ball on a small mirror",
+      negativePrompt: "blurry",
+      steps: 10,
+      guidanceScale: 7.5,
+      initialLatents: Array.from(tensor("noise")),
+      initImage: { width: 64, height: 64, rgba },
+      strength: 0.5,
+    };
+    return drawAgainst(LinaModel, { url: folder }, options, tensor("image"));
+  });
+  assert.ok(out.worst <= 1, `the browser's SDXL refiner image is ${out.worst}/255 from diffusers'`);
+  // The folder's index names no first text encoder or tokenizer: none was asked for.
+  const asked = server.requests.slice(before).filter((r) => r.includes("sdxl_refiner_tiny/"));
+  assert.ok(!asked.some((r) => /\/(text_encoder|tokenizer)\//.test(r)), asked.join("\n"));
+  await page.close();
+});
+
 test("SD 3 (an MMDiT with flow matching) without T5's weights, by URL and as files, draws diffusers' image without T5, and with `t5: true` by URL draws it with T5", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const before = server.requests.length;
