@@ -320,6 +320,9 @@ pub struct StableDiffusion {
     /// The SDXL refiner's way with its text: its only encoder is SDXL's second (`tokenizer`
     /// and `text_encoder` hold it), and its UNet takes an aesthetic score.
     refiner: Option<Refiner>,
+    /// The LoRAs the model was loaded with, and what changing their scales builds again from;
+    /// `None` without LoRAs.
+    adapters: Option<Adapters>,
     /// SD 3's T5 encoder where the folder has it; `Err` with its folder where the folder has
     /// only its config (the browser leaves T5's gigabytes behind unless asked): then zeros
     /// stand in its place, with a warning.
@@ -453,6 +456,63 @@ fn load_tokenizer(files: &dyn FileSource, folder: &str) -> Result<Option<ClipTok
         config.as_deref(),
     )
     .map(Some)
+}
+
+/// A component's weights, kept on the device after its build because LoRAs adapt it: changing
+/// their scales builds it again from them ([`StableDiffusion::set_lora_scales`]) without
+/// reading a file. Layers share the weights' buffers wherever no LoRA changes a tensor, so
+/// keeping them costs the base values of the adapted tensors only.
+struct Kept<C> {
+    weights: Weights,
+    config: C,
+    target: LoraTarget,
+}
+
+impl<C: Clone> Kept<C> {
+    /// The component built again, with `loras` at their scales.
+    fn rebuilt<T>(
+        &self,
+        loras: &[ScaledLora],
+        build: impl Fn(C, &Weights) -> Result<T>,
+    ) -> Result<T> {
+        self.weights.reset();
+        self.weights.adapt(loras, self.target)?;
+        let component = build(self.config.clone(), &self.weights)?;
+        self.weights.finish()?;
+        Ok(component)
+    }
+}
+
+/// [`build_component`] for a component LoRAs may adapt: where one of `loras` does, its
+/// weights are kept to build it again ([`Kept`]).
+fn build_keeping<T, C: Clone>(
+    weights: Weights,
+    (kernels, loras, target): (Kernels, &[ScaledLora], LoraTarget),
+    config: C,
+    build: impl Fn(C, &Weights) -> Result<T>,
+) -> Result<(T, Option<Kept<C>>)> {
+    let weights = weights.with_kernels(kernels);
+    let kept = Kept {
+        weights,
+        config,
+        target,
+    };
+    let component = kept.rebuilt(loras, &build)?;
+    let adapted = loras.iter().any(|l| l.lora.adapts(target));
+    Ok((component, adapted.then_some(kept)))
+}
+
+/// What [`StableDiffusion::set_lora_scales`] builds again from: the LoRAs the model was loaded
+/// with, at their current scales, and the weights of each component they adapt.
+struct Adapters {
+    loras: Vec<ScaledLora>,
+    text_encoder: Option<Kept<ClipTextConfig>>,
+    second: Option<Kept<ClipTextConfig>>,
+    unet: Option<Kept<UNetConfig>>,
+    mmdit: Option<Kept<MmditConfig>>,
+    /// The vocabulary rows textual-inversion embeddings added to each text encoder, in
+    /// order: a rebuilt encoder takes them again.
+    added_rows: [Vec<Tensor<2>>; 2],
 }
 
 /// Builds one component from its weights, merging `loras` as they load, then checks that the
@@ -666,14 +726,18 @@ impl StableDiffusion {
         let (weights, config) = component_source(files, text_part, text_files, device)?;
         let text_config = ClipTextConfig::from_file(text_config_file, &config)?;
         tokenizer.limit_length(text_config.max_position_embeddings);
-        let text_encoder = build_component(weights, (kernels, Some((loras, text_target))), |w| {
-            ClipTextEncoder::load(text_config, w)
-        })?;
+        let (text_encoder, kept_text) = build_keeping(
+            weights,
+            (kernels, loras, text_target),
+            text_config,
+            ClipTextEncoder::load,
+        )?;
         let refiner = refiner.then(|| Refiner {
             zeros_for_empty_negative: index_flag("force_zeros_for_empty_prompt").unwrap_or(false),
         });
 
         // SDXL: a second tokenizer and text encoder beside the first.
+        let mut kept_second = None;
         let has_second = text_2_part.is_some() || files.read(clip::CONFIG_FILE_2)?.is_some();
         let second = match has_second && refiner.is_none() {
             false => None,
@@ -694,11 +758,13 @@ impl StableDiffusion {
                     }
                 })?;
                 tokenizer.limit_length(config.max_position_embeddings);
-                let encoder = build_component(
+                let (encoder, kept) = build_keeping(
                     weights,
-                    (kernels, Some((loras, LoraTarget::TextEncoder2))),
-                    |w| ClipTextEncoder::load(config, w),
+                    (kernels, loras, LoraTarget::TextEncoder2),
+                    config,
+                    ClipTextEncoder::load,
                 )?;
+                kept_second = kept;
                 let zeros_for_empty_negative =
                     index_flag("force_zeros_for_empty_prompt").unwrap_or(!flow_model);
                 Some(SecondEncoder {
@@ -738,19 +804,20 @@ impl StableDiffusion {
         }
         let (weights, config) =
             component_source(files, denoiser_part, (folder, &names, config_file), device)?;
-        let adapted = (kernels, Some((loras, target)));
+        let adapted = (kernels, loras, target);
+        let (mut kept_unet, mut kept_mmdit) = (None, None);
         let denoiser = match flow_model {
             true => {
                 let config = MmditConfig::from_json(&config)?;
-                Denoiser::Mmdit(Box::new(build_component(weights, adapted, |w| {
-                    Mmdit::load(config, w)
-                })?))
+                let (mmdit, kept) = build_keeping(weights, adapted, config, Mmdit::load)?;
+                kept_mmdit = kept;
+                Denoiser::Mmdit(Box::new(mmdit))
             }
             false => {
                 let config = UNetConfig::from_json(&config)?;
-                Denoiser::UNet(Box::new(build_component(weights, adapted, |w| {
-                    UNet::load(config, w)
-                })?))
+                let (unet, kept) = build_keeping(weights, adapted, config, UNet::load)?;
+                kept_unet = kept;
+                Denoiser::UNet(Box::new(unet))
             }
         };
         let (weights, config) =
@@ -828,6 +895,14 @@ impl StableDiffusion {
             text_encoder,
             second,
             refiner,
+            adapters: (!loras.is_empty()).then(|| Adapters {
+                loras: loras.to_vec(),
+                text_encoder: kept_text,
+                second: kept_second,
+                unet: kept_unet,
+                mmdit: kept_mmdit,
+                added_rows: [Vec::new(), Vec::new()],
+            }),
             t5,
             denoiser,
             vae,
@@ -1058,9 +1133,10 @@ impl StableDiffusion {
         ) {
             (EmbeddingVectors::One(values, shape), None) => {
                 let tokenizer = bound(&self.tokenizer, &self.text_encoder, trigger, source, shape)?;
-                self.text_encoder
-                    .extend_vocabulary(self.table(values, shape))?;
+                let rows = self.table(values, shape);
+                self.text_encoder.extend_vocabulary(rows.clone())?;
                 self.tokenizer = tokenizer;
+                self.remember_rows([Some(rows), None]);
                 Ok(())
             }
             (EmbeddingVectors::Pair { clip_l, clip_g }, Some(second)) => {
@@ -1090,10 +1166,11 @@ impl StableDiffusion {
                     Tensor::<2>::from_data(TensorData::new(clip_g.0, clip_g.1), &self.device),
                 ];
                 let [l, g] = tables;
-                self.text_encoder.extend_vocabulary(l)?;
-                second.encoder.extend_vocabulary(g)?;
+                self.text_encoder.extend_vocabulary(l.clone())?;
+                second.encoder.extend_vocabulary(g.clone())?;
                 self.tokenizer = first;
                 second.tokenizer = second_tokenizer;
+                self.remember_rows([Some(l), Some(g)]);
                 Ok(())
             }
             (EmbeddingVectors::One(..), Some(_)) => {
@@ -1108,15 +1185,108 @@ impl StableDiffusion {
                     source,
                     clip_g.1,
                 )?;
-                self.text_encoder
-                    .extend_vocabulary(self.table(clip_g.0, clip_g.1))?;
+                let rows = self.table(clip_g.0, clip_g.1);
+                self.text_encoder.extend_vocabulary(rows.clone())?;
                 self.tokenizer = tokenizer;
+                self.remember_rows([Some(rows), None]);
                 Ok(())
             }
             (EmbeddingVectors::Pair { .. }, None) => {
                 refuse("SDXL's `clip_l` and `clip_g`; this model has one text encoder")
             }
         }
+    }
+
+    /// Keeps the vocabulary rows an embedding added to the text encoders (the first, or the
+    /// refiner's only one; the second), for encoders built again with other LoRA scales.
+    fn remember_rows(&mut self, rows: [Option<Tensor<2>>; 2]) {
+        if let Some(adapters) = &mut self.adapters {
+            for (kept, row) in adapters.added_rows.iter_mut().zip(rows) {
+                kept.extend(row);
+            }
+        }
+    }
+
+    /// The scales of the LoRAs the model was loaded with, in their order.
+    pub fn lora_scales(&self) -> Vec<f32> {
+        self.adapters
+            .as_ref()
+            .map_or_else(Vec::new, |a| a.loras.iter().map(|l| l.scale).collect())
+    }
+
+    /// Sets the scale of each LoRA the model was loaded with (in their order), without
+    /// reading any file: each component they adapt is built again from its weights, kept on
+    /// the device since the load, with the updates merged at the new scales (and the
+    /// embeddings' vocabulary rows added again). Fails, changing nothing, on a count that is
+    /// not the LoRAs', a scale that is not finite, or a model loaded without LoRAs.
+    pub fn set_lora_scales(&mut self, scales: &[f32]) -> Result<()> {
+        let Some(adapters) = &self.adapters else {
+            return Err(Error::InvalidInput(
+                "LoRA scales: this model was loaded without LoRAs; load it with them to set their scales".into(),
+            ));
+        };
+        if scales.len() != adapters.loras.len() {
+            return Err(Error::InvalidInput(format!(
+                "LoRA scales: {} given for {} LoRAs",
+                scales.len(),
+                adapters.loras.len()
+            )));
+        }
+        if let Some(bad) = scales.iter().find(|s| !s.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "LoRA scales: {bad} is not a finite number"
+            )));
+        }
+        let loras: Vec<ScaledLora> = adapters
+            .loras
+            .iter()
+            .zip(scales)
+            .map(|(l, &scale)| ScaledLora {
+                lora: l.lora.clone(),
+                scale,
+            })
+            .collect();
+        // Everything is built before anything is swapped in: an error leaves the model as it
+        // was.
+        let encoder = |kept: &Option<Kept<ClipTextConfig>>, rows: &[Tensor<2>]| {
+            kept.as_ref()
+                .map(|k| {
+                    let mut encoder = k.rebuilt(&loras, ClipTextEncoder::load)?;
+                    for r in rows {
+                        encoder.extend_vocabulary(r.clone())?;
+                    }
+                    Ok::<_, Error>(encoder)
+                })
+                .transpose()
+        };
+        let text_encoder = encoder(&adapters.text_encoder, &adapters.added_rows[0])?;
+        let second = encoder(&adapters.second, &adapters.added_rows[1])?;
+        let unet = adapters
+            .unet
+            .as_ref()
+            .map(|k| k.rebuilt(&loras, UNet::load))
+            .transpose()?;
+        let mmdit = adapters
+            .mmdit
+            .as_ref()
+            .map(|k| k.rebuilt(&loras, Mmdit::load))
+            .transpose()?;
+        if let Some(e) = text_encoder {
+            self.text_encoder = e;
+        }
+        if let (Some(e), Some(s)) = (second, self.second.as_mut()) {
+            s.encoder = e;
+        }
+        if let Some(u) = unet {
+            self.denoiser = Denoiser::UNet(Box::new(u));
+        }
+        if let Some(m) = mmdit {
+            self.denoiser = Denoiser::Mmdit(Box::new(m));
+        }
+        if let Some(adapters) = &mut self.adapters {
+            adapters.loras = loras;
+        }
+        Ok(())
     }
 
     fn table(&self, values: Vec<f32>, shape: [usize; 2]) -> Tensor<2> {

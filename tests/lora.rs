@@ -592,3 +592,98 @@ fn an_sdxl_kohya_lora_naming_original_unet_modules_merges_like_diffusers_names()
         "the LoRA changes the image"
     );
 }
+
+/// Changing the scales of the LoRAs a model was loaded with builds the components they adapt
+/// again from the weights kept on the device: the image (and an embedding's encoding) is the
+/// one a fresh load at those scales gives, bit for bit, on the CPU backend and on wgpu. A
+/// wrong count, a scale that is not finite, or a model without LoRAs is refused and changes
+/// nothing.
+#[test]
+fn changing_lora_scales_rebuilds_from_the_kept_weights_as_a_fresh_load_would() {
+    let files: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
+    let layers = adapted(&files);
+    let (kohya, peft) = (lora_file(&layers, true), lora_file(&layers, false));
+    // An embedding beside them: the rebuilt text encoder must take its rows again.
+    let width = f32_tensors(&files[TEXT])["text_model.embeddings.token_embedding.weight"].0[1];
+    let rows: Vec<u8> = lina_runtime::rng::Rng::new(3)
+        .normals(width)
+        .iter()
+        .flat_map(|v| (v * 0.02).to_le_bytes())
+        .collect();
+    let embedding = safetensors::serialize(
+        [(
+            "emb_params",
+            safetensors::tensor::TensorView::new(Dtype::F32, vec![1, width], &rows).unwrap(),
+        )],
+        None,
+    )
+    .unwrap();
+    let render = |pipe: &StableDiffusion| {
+        let opts = GenerateOptions {
+            prompt: "a <t> ball on a small mirror".into(),
+            seed: 3,
+            timesteps: Timesteps::Count(4),
+            ..GenerateOptions::default()
+        };
+        pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+            .unwrap()
+            .image
+            .rgb
+    };
+    let mut devices = vec![("cpu", lina_runtime::device::cpu())];
+    devices.extend(common::gpu_device().map(|d| ("wgpu", d)));
+    for (name, device) in devices {
+        let fresh = |scales: [f32; 2]| {
+            let mut pipe = load(
+                &files,
+                &device,
+                &[scaled(&kohya, scales[0]), scaled(&peft, scales[1])],
+            )
+            .unwrap();
+            pipe.add_embedding("<t>", "t.safetensors", &embedding)
+                .unwrap();
+            render(&pipe)
+        };
+        let start = std::time::Instant::now();
+        let mut pipe = load(&files, &device, &[scaled(&kohya, 0.8), scaled(&peft, 0.0)]).unwrap();
+        let loaded = start.elapsed();
+        pipe.add_embedding("<t>", "t.safetensors", &embedding)
+            .unwrap();
+        let first = render(&pipe);
+        assert_eq!(first, fresh([0.8, 0.0]));
+        for scales in [[0.0, 0.0], [0.3, 0.5], [0.0, 0.8]] {
+            let start = std::time::Instant::now();
+            pipe.set_lora_scales(&scales).unwrap();
+            let rebuilt = start.elapsed();
+            assert_eq!(pipe.lora_scales(), scales.to_vec());
+            let image = render(&pipe);
+            assert_eq!(image, fresh(scales), "{name}: scales {scales:?}");
+            eprintln!("{name}: scales {scales:?} set in {rebuilt:?} (the load took {loaded:?})");
+        }
+        // Both at zero is the plain model (with the embedding); the LoRAs moved the image.
+        pipe.set_lora_scales(&[0.0, 0.0]).unwrap();
+        let plain = render(&pipe);
+        assert!(
+            worst(&plain, &first) > 8,
+            "{name}: the LoRAs change the image"
+        );
+
+        for (bad, says) in [
+            (vec![1.0], "1 given for 2 LoRAs"),
+            (vec![f32::NAN, 0.0], "not a finite number"),
+        ] {
+            let e = pipe.set_lora_scales(&bad).unwrap_err();
+            assert_eq!(e.code(), "invalid_input");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        assert_eq!(pipe.lora_scales(), vec![0.0, 0.0]);
+        assert_eq!(
+            render(&pipe),
+            plain,
+            "{name}: a refused change changed nothing"
+        );
+    }
+    let mut bare = load(&files, &lina_runtime::device::cpu(), &[]).unwrap();
+    let e = bare.set_lora_scales(&[]).unwrap_err();
+    assert!(e.to_string().contains("without LoRAs"), "{e}");
+}

@@ -506,6 +506,7 @@ const handlers = {
   suggestPlan: ({ prompt, csg }) => model().suggestPlan(prompt, csg),
   timesteps: ({ options }) => model().timesteps(options),
   memoryUsage: () => model().memoryUsage(),
+  setLoraScales: ({ scales }) => model().setLoraScales(scales),
   // For tests of recovery: a lost device, and a trapped wasm instance.
   __loseDeviceForTesting: () => model().__loseDeviceForTesting(),
   __trapForTesting: () => Pipeline.__trapForTesting(),

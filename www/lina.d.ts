@@ -395,6 +395,13 @@ export declare class LinaModel {
   suggestPlan(prompt: string, csg?: Csg): Promise<Suggestion | null>;
   /** The run's timesteps without and with the options' plan. */
   timesteps(options: GenerateOptions): Promise<{ plain: number[]; planned: number[] }>;
+  /**
+   * Sets the scale of each LoRA the model was loaded with (`loras`, in their order) without
+   * loading it again: the parts they adapt are rebuilt from weights kept on the GPU. A wrong
+   * count, a scale that is not finite, or a model loaded without LoRAs rejects with
+   * "invalid_input" and changes nothing.
+   */
+  setLoraScales(scales: number[]): Promise<void>;
   /** The model's memory, for leak checks. */
   memoryUsage(): Promise<MemoryUsage>;
   /**

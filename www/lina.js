@@ -261,6 +261,19 @@ export class LinaModel {
   }
 
   /**
+   * Sets the scale of each LoRA the model was loaded with (`loras`, in their order) without
+   * loading it again: the parts they adapt are rebuilt from weights kept on the GPU.
+   * @param {number[]} scales
+   * @returns {Promise<void>}
+   */
+  async setLoraScales(scales) {
+    if (!Array.isArray(scales) || !scales.every((s) => typeof s === "number")) {
+      throw linaError("invalid_input", "setLoraScales takes an array of numbers, one per LoRA");
+    }
+    return this.#request("setLoraScales", { scales });
+  }
+
+  /**
    * The model's memory, for leak checks: `{ gpu: { allocations, bytesInUse, bytesReserved },
    * wasmBytes }`.
    * @returns {Promise<types.MemoryUsage>}

@@ -689,6 +689,22 @@ function loadWithAdapters() {
   switchModel({ ...base, loras, embeddings }, what.length ? `the model with ${what.join(" and ")}` : "the model without LoRA or embeddings");
 }
 
+// With LoRAs loaded, moving the scale changes it on the loaded model: the parts they adapt are
+// rebuilt from weights kept on the GPU, with no download and no reload. (Choosing other files
+// still loads the model again, with "Load the model with these".)
+async function rescaleLoras() {
+  if (!source.loras?.length || running || model?.deviceInfo == null) return;
+  const scale = Number($("lora-scale").value);
+  try {
+    await model.setLoraScales(source.loras.map(() => scale));
+    source = { ...source, loras: source.loras.map((l) => ({ ...l, scale })) };
+    describeDevice([]);
+    status(`LoRA scale ${scale}: set on the loaded model.`);
+  } catch (error) {
+    await failed(error);
+  }
+}
+
 // A single-file checkpoint with the folder (picked or at a URL) that gives its tokenizer and
 // configs; the worker reads nothing else from that folder.
 function loadCheckpoint() {
@@ -773,6 +789,7 @@ async function main() {
   $("load-checkpoint").addEventListener("click", loadCheckpoint);
   $("load-adapters").addEventListener("click", loadWithAdapters);
   $("lora-scale").addEventListener("input", () => ($("lora-scale-value").value = $("lora-scale").value));
+  $("lora-scale").addEventListener("change", rescaleLoras);
   // The history opens beside the model's download: a browser without IndexedDB (some
   // private modes) still generates, and says why nothing is kept.
   History.open()

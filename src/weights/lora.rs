@@ -19,8 +19,9 @@
 //! Convolution LoRA (`down` of shape `[r, in, kh, kw]`, `up` of `[out, r, 1, 1]`) merges the
 //! same way. The merge runs on the device, one layer at a time, when the model asks for that
 //! layer's weight; a LoRA module that matches no layer of the model, or that the model never
-//! asks for, is an error naming it, never silently dropped. Changing a scale means loading
-//! the model again (a cached model loads from the Cache API, not the network).
+//! asks for, is an error naming it, never silently dropped. Changing a scale builds the adapted
+//! components again from their weights, kept on the device
+//! (`StableDiffusion::set_lora_scales`): no file is read again.
 
 use std::collections::{BTreeMap, HashMap};
 

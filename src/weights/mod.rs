@@ -238,6 +238,13 @@ impl Weights {
         Ok(())
     }
 
+    /// Forgets which tensors were asked for and every LoRA update not yet merged: to build a
+    /// component from these weights again ([`Weights::adapt`] first, for other scales).
+    pub fn reset(&self) {
+        self.used.borrow_mut().clear();
+        self.pending.borrow_mut().clear();
+    }
+
     pub fn root(&self) -> Scope<'_> {
         Scope {
             weights: self,

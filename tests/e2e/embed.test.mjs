@@ -492,6 +492,21 @@ test("a LoRA and an embedding load with the model: scale 0 changes nothing, scal
     const plain = await draw({});
     const off = await draw({ loras: [{ file: lora(module), scale: 0 }] });
     const on = await draw({ loras: [{ file: new Blob([lora(module)]), scale: 1 }] });
+    // The scale changed on the loaded model: the images of fresh loads at each scale.
+    const rescaled = new LinaModel();
+    let scaled;
+    try {
+      await rescaled.load({ backend: "cpu", loras: [{ file: lora(module), scale: 1 }] });
+      const again = async (scales) => {
+        await rescaled.setLoraScales(scales);
+        return Array.from((await rescaled.generate({ prompt: "a red ball on a small mirror", steps: 2, seed: 1 })).rgba);
+      };
+      const [toOff, toOn] = [await again([0]), await again([1])];
+      const wrongCount = await rescaled.setLoraScales([1, 1]).then(() => "set", (e) => e.code);
+      scaled = { off: same(plain, toOff), on: same(on, toOn), wrongCount };
+    } finally {
+      rescaled.dispose();
+    }
     const refused = await draw({ loras: [{ file: lora("lora_unet_no_such_block") }] }).then(
       () => "loaded",
       (e) => ({ code: e.code, message: e.message }),
@@ -502,9 +517,10 @@ test("a LoRA and an embedding load with the model: scale 0 changes nothing, scal
     const embedded = await draw({
       embeddings: [{ file: safetensors([["emb_params", [1, text.hidden_size], ramp(text.hidden_size)]]), trigger: "<ramp>" }],
     }).then(() => "loaded", (e) => e.code);
-    return { off: same(plain, off), on: same(plain, on), refused, both, embedded };
+    return { off: same(plain, off), on: same(plain, on), refused, both, embedded, scaled };
   });
   assert.equal(out.off, true, "a LoRA at scale 0 changes nothing");
+  assert.deepEqual(out.scaled, { off: true, on: true, wrongCount: "invalid_input" }, "setLoraScales on the loaded model");
   assert.equal(out.on, false, "a LoRA at scale 1 changes the image");
   assert.equal(out.refused.code, "invalid_input", JSON.stringify(out.refused));
   assert.match(out.refused.message, /no_such_block/);

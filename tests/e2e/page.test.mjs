@@ -889,6 +889,15 @@ test("the Model tab loads the model again with a LoRA at a scale; an embedding n
   await page.getByLabel("Steps", { exact: true }).fill("2");
   await page.getByRole("button", { name: "Generate" }).click();
   assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+  // Moving the scale with the LoRA loaded sets it on the loaded model: no load.
+  const seen = requests.length;
+  await page.getByLabel("LoRA scale").fill("1.5");
+  await page.getByLabel("LoRA scale").dispatchEvent("change");
+  assert.match(await waitForStatus(page, /^LoRA scale|rror/), /^LoRA scale 1\.5: set on the loaded model/);
+  assert.match(await page.locator("#model-facts").textContent(), /ramp\.safetensors at scale 1\.5/);
+  assert.equal(requests.slice(seen).filter((r) => r.includes(".safetensors")).length, 0, "nothing downloaded");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
 
   // An embedding without its trigger: said beside the control, nothing loads.
   await page.getByLabel("Textual-inversion embedding (.safetensors)").setInputFiles({ name: "e.safetensors", mimeType: "application/octet-stream", buffer: await loraFile() });

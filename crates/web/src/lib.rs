@@ -308,6 +308,15 @@ impl Pipeline {
         call.run(&self.inner).await.map_err(js_err)
     }
 
+    /// Sets the scale of each LoRA the model was loaded with, in their order, without loading
+    /// it again: the components they adapt are built again from the weights kept on the
+    /// device (`StableDiffusion::set_lora_scales`). A wrong count, a scale that is not finite
+    /// or a model without LoRAs is refused and changes nothing.
+    #[wasm_bindgen(js_name = setLoraScales)]
+    pub fn set_lora_scales(&mut self, scales: Vec<f32>) -> Result<(), JsValue> {
+        self.inner.set_lora_scales(&scales).map_err(js_err)
+    }
+
     /// `{ gpu: { allocations, bytesInUse, bytesReserved }, wasmBytes }`: what the GPU
     /// allocator holds and the size of wasm memory, for leak checks (wasm memory never
     /// shrinks, so a leak there only grows it).
