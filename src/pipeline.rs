@@ -68,6 +68,15 @@ pub struct GenerateOptions {
     /// its scheduler drew, an ancestral sampler gives diffusers' image. The deterministic
     /// schedulers draw no noise and leave it unused.
     pub step_noise: Option<Vec<f32>>,
+    /// Stop early, where the schedule reaches this fraction of the way from noise to image
+    /// (diffusers' `denoising_end`, in (0, 1)): the run takes the steps whose timesteps are at
+    /// least `(1 - f) x num_train_timesteps`, and [`Generated::latents`] holds its latents for
+    /// another model (an SDXL refiner) to continue from ([`GenerateOptions::handoff`]).
+    pub denoising_end: Option<f64>,
+    /// Continue another run's latents (its [`Generated::latents`]) from this fraction of the
+    /// schedule on (diffusers' `denoising_start` with latents as its `image`), with no noise
+    /// added: the steps whose timesteps are below `(1 - f) x num_train_timesteps`.
+    pub handoff: Option<Handoff>,
     /// img2img: start from this image (of the output's size), noised to `strength`.
     pub init_image: Option<Image>,
     /// How much of the schedule img2img runs: 1 starts from pure noise, 0.3 keeps the layout.
@@ -91,11 +100,23 @@ impl Default for GenerateOptions {
             clip_skip: 0,
             initial_latents: None,
             step_noise: None,
+            denoising_end: None,
+            handoff: None,
             init_image: None,
             strength: 0.8,
             mask: None,
         }
     }
+}
+
+/// Latents another run handed over, and where in the schedule to continue them
+/// ([`GenerateOptions::handoff`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handoff {
+    /// [1, C, H/8, W/8] flattened, as the other run's sampler held them.
+    pub latents: Vec<f32>,
+    /// The fraction of the schedule they stand at, in (0, 1).
+    pub denoising_start: f64,
 }
 
 /// What img2img and inpainting start from.
@@ -308,6 +329,9 @@ pub struct Generated {
     /// UNet evaluations, one per batch row per call: the cost figure the LINA evaluation
     /// compares.
     pub evaluations: usize,
+    /// The final latents, [1, C, H/8, W/8] flattened, where the run stopped early
+    /// ([`GenerateOptions::denoising_end`]) for another model to continue from.
+    pub latents: Option<Vec<f32>>,
 }
 
 /// A loaded Stable-Diffusion-class model.
@@ -1594,8 +1618,52 @@ impl StableDiffusion {
         }
         let (noise, shape) = self.initial_noise(opts, (width, height))?;
         let noise = Tensor::<4>::from_data(TensorData::new(noise, shape), &self.device);
-        let (latents, step, init) = match &opts.init_image {
-            None => {
+        let cutoff = |fraction: f64, what: &str| -> Result<f64> {
+            if !(fraction > 0.0 && fraction < 1.0) {
+                return Err(Error::InvalidInput(format!(
+                    "{what} must be in (0, 1), got {fraction}"
+                )));
+            }
+            let total = self.scheduler_config.num_train_timesteps as f64;
+            Ok((total - fraction * total).round())
+        };
+        let timesteps = scheduler.timesteps().to_vec();
+        let (latents, step, init) = match (&opts.handoff, &opts.init_image) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidInput(
+                    "handoff latents and an init image are two starts; give one".into(),
+                ));
+            }
+            (Some(_), None) if opts.initial_latents.is_some() => {
+                return Err(Error::InvalidInput(
+                    "handoff latents and initial latents are two starts; give one".into(),
+                ));
+            }
+            (Some(handoff), None) => {
+                let below = cutoff(handoff.denoising_start, "denoising_start")?;
+                let step = timesteps.iter().take_while(|&&t| t >= below).count();
+                if step == timesteps.len() {
+                    return Err(Error::InvalidInput(format!(
+                        "denoising_start {} leaves none of the {} steps to run",
+                        handoff.denoising_start,
+                        timesteps.len()
+                    )));
+                }
+                let shape = noise.dims();
+                if handoff.latents.len() != shape.iter().product::<usize>() {
+                    return Err(Error::InvalidInput(format!(
+                        "handoff latents have {} values, {} expected for {shape:?}",
+                        handoff.latents.len(),
+                        shape.iter().product::<usize>()
+                    )));
+                }
+                let latents = Tensor::<4>::from_data(
+                    burn::tensor::TensorData::new(handoff.latents.clone(), shape),
+                    &self.device,
+                );
+                (latents, step, None)
+            }
+            (None, None) => {
                 if opts.mask.is_some() {
                     return Err(Error::InvalidInput(
                         "a mask needs an init image to inpaint".into(),
@@ -1603,7 +1671,7 @@ impl StableDiffusion {
                 }
                 (noise.mul_scalar(scheduler.init_noise_sigma()), 0, None)
             }
-            Some(image) => {
+            (None, Some(image)) => {
                 let init = self.init_latents(image, opts, noise, (width, height))?;
                 let start = self.first_step(opts, scheduler.timesteps().len())?;
                 // At full strength, pure noise as diffusers' inpainting starts from; otherwise
@@ -1617,11 +1685,24 @@ impl StableDiffusion {
             }
         };
 
+        let end = match opts.denoising_end {
+            None => timesteps.len(),
+            Some(fraction) => {
+                let at_least = cutoff(fraction, "denoising_end")?;
+                timesteps.iter().take_while(|&&t| t >= at_least).count()
+            }
+        };
+        if end <= step {
+            return Err(Error::InvalidInput(format!(
+                "denoising_end {:?} leaves no step to run after step {step}",
+                opts.denoising_end
+            )));
+        }
         let noise = match &opts.step_noise {
             None => StepNoise::Seeded(SeededNoise { seed: opts.seed }),
             Some(values) => {
                 let block = latents.dims().iter().product::<usize>();
-                let runs = scheduler.timesteps().len() - step;
+                let runs = end - step;
                 if values.len() != block * runs {
                     return Err(Error::InvalidInput(format!(
                         "step noise has {} values; {runs} steps of latents {:?} take {}",
@@ -1644,6 +1725,8 @@ impl StableDiffusion {
             guidance_scale: opts.guidance_scale,
             latents,
             step,
+            end,
+            hands_over: opts.denoising_end.is_some(),
             init,
             added,
             predicted_clean: None,
@@ -1825,6 +1908,11 @@ pub struct Sampling<'p> {
     guidance_scale: f64,
     latents: Tensor<4>,
     step: usize,
+    /// The step the run stops before: the schedule's length, or fewer where it hands its
+    /// latents over ([`GenerateOptions::denoising_end`]).
+    end: usize,
+    /// Whether [`Sampling::finish`] gives the latents too.
+    hands_over: bool,
     /// img2img or inpainting's start.
     init: Option<Init>,
     /// What the UNet adds to its time embedding, one row per context row (see
@@ -1850,7 +1938,7 @@ impl Sampling<'_> {
         self.step
     }
     pub fn is_done(&self) -> bool {
-        self.step >= self.steps()
+        self.step >= self.end
     }
     pub fn latents(&self) -> &Tensor<4> {
         &self.latents
@@ -2112,10 +2200,15 @@ impl Sampling<'_> {
 
     /// The finished generation: the decoded image, the warnings and the cost.
     pub async fn finish(self) -> Result<Generated> {
+        let latents = match self.hands_over {
+            true => Some(crate::device::read_f32(self.latents.clone(), "the latents").await?),
+            false => None,
+        };
         Ok(Generated {
             image: self.decode().await?,
             warnings: self.warnings,
             evaluations: self.evaluations,
+            latents,
         })
     }
 

@@ -243,3 +243,125 @@ fn sdxl_refiner_embeddings_and_img2img_match_diffusers() {
         );
     }
 }
+
+/// The ensemble of experts: SDXL base runs the first 80% of the schedule and hands its
+/// latents over (`denoising_end`), the refiner runs the rest from them with no noise added
+/// (`handoff`), as diffusers' `denoising_end` / `denoising_start` do. The base's latents and
+/// the refiner's image match diffusers', separately and chained; bad fractions and two starts
+/// at once are refused.
+#[test]
+fn sdxl_base_hands_its_latents_to_the_refiner_as_diffusers_does() {
+    use lina_runtime::pipeline::Handoff;
+    let reference = Reference::open("sdxl_refiner_tiny");
+    let (_, expected_latents) = reference.f32("handoff_latents");
+    let expected_image = reference.f32("handoff_image").1;
+    for (name, device) in test_devices() {
+        let base = StableDiffusion::load(&DirSource::new(fixture("sdxl_tiny")), &device).unwrap();
+        let refiner =
+            StableDiffusion::load(&DirSource::new(fixture("sdxl_refiner_tiny")), &device).unwrap();
+        let common_opts = GenerateOptions {
+            prompt: PROMPT.into(),
+            negative_prompt: NEGATIVE.into(),
+            guidance_scale: 7.5,
+            timesteps: Timesteps::Count(10),
+            ..GenerateOptions::default()
+        };
+        let run = |pipe: &StableDiffusion, opts: &GenerateOptions| {
+            pollster::block_on(pipe.generate(opts, &mut NoHook, &CancelToken::new()))
+        };
+        let first = run(
+            &base,
+            &GenerateOptions {
+                initial_latents: Some(reference.f32("handoff_start").1),
+                denoising_end: Some(0.8),
+                ..common_opts.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            first.evaluations,
+            2 * 8,
+            "{name}: 8 of the 10 steps, guided"
+        );
+        let ours = first
+            .latents
+            .expect("a run that stops early hands its latents over");
+        let err = relative_diff(&ours, &expected_latents);
+        assert!(err < 1e-4, "{name}: handed-over latents off by {err}");
+
+        let refine = |latents: Vec<f32>| {
+            run(
+                &refiner,
+                &GenerateOptions {
+                    handoff: Some(Handoff {
+                        latents,
+                        denoising_start: 0.8,
+                    }),
+                    ..common_opts.clone()
+                },
+            )
+        };
+        let done = refine(expected_latents.clone()).unwrap();
+        assert_eq!(done.evaluations, 2 * 2, "{name}: the last 2 steps");
+        assert!(done.latents.is_none());
+        let worst = common::worst_pixel(&done.image.rgb, &expected_image);
+        let chained = refine(ours).unwrap();
+        let worst_chained = common::worst_pixel(&chained.image.rgb, &expected_image);
+        eprintln!(
+            "{name}: refiner from diffusers' latents {worst:.2}/255, from ours {worst_chained:.2}/255"
+        );
+        assert!(
+            worst <= 1.0,
+            "{name}: refiner image {worst}/255 from diffusers'"
+        );
+        assert!(worst_chained <= 1.0, "{name}: chained {worst_chained}/255");
+
+        for (opts, says) in [
+            (
+                GenerateOptions {
+                    denoising_end: Some(1.5),
+                    ..common_opts.clone()
+                },
+                "denoising_end must be in (0, 1)",
+            ),
+            (
+                GenerateOptions {
+                    handoff: Some(Handoff {
+                        latents: expected_latents.clone(),
+                        denoising_start: 0.8,
+                    }),
+                    initial_latents: Some(expected_latents.clone()),
+                    ..common_opts.clone()
+                },
+                "two starts",
+            ),
+            (
+                GenerateOptions {
+                    handoff: Some(Handoff {
+                        latents: expected_latents[1..].to_vec(),
+                        denoising_start: 0.8,
+                    }),
+                    ..common_opts.clone()
+                },
+                "handoff latents have 255 values",
+            ),
+            (
+                GenerateOptions {
+                    handoff: Some(Handoff {
+                        latents: expected_latents.clone(),
+                        denoising_start: 0.5,
+                    }),
+                    denoising_end: Some(0.3),
+                    ..common_opts.clone()
+                },
+                "leaves no step to run",
+            ),
+        ] {
+            let Err(e) = run(&refiner, &opts) else {
+                panic!("{name}: {says}: accepted");
+            };
+            assert_eq!(e.code(), "invalid_input", "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
+}

@@ -1038,6 +1038,20 @@ def make_sdxl_refiner(fix: Path):
     refs["card"] = torch.from_numpy(card.astype(np.float32)).contiguous()
     refs["image"] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
     log(f"  refiner img2img: mean {float(image.mean()):.3f}, timesteps {pipe.scheduler.timesteps.tolist()}")
+    # The ensemble of experts: sdxl_tiny runs the first 80% of the schedule and hands its
+    # latents over (output_type "latent"); the refiner runs the rest from them, no noise added.
+    from diffusers import StableDiffusionXLPipeline
+    base_pipe = StableDiffusionXLPipeline.from_pretrained(str(base), torch_dtype=torch.float32)
+    base_pipe.set_progress_bar_config(disable=True)
+    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(16))
+    handed = base_pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                       latents=start.clone(), denoising_end=0.8, output_type="latent").images
+    refined = pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, image=handed, num_inference_steps=STEPS,
+                   guidance_scale=GUIDANCE, denoising_start=0.8, output_type="np").images
+    refs["handoff_start"] = start
+    refs["handoff_latents"] = handed
+    refs["handoff_image"] = torch.from_numpy(np.asarray(refined, dtype=np.float32)).contiguous()
+    log(f"  handoff at 0.8: latents std {float(handed.std()):.3f}, image mean {float(refined.mean()):.3f}")
 
     pipe.to(torch.float16)
     pipe.save_pretrained(str(out), safe_serialization=True)
@@ -1056,7 +1070,10 @@ def make_sdxl_refiner(fix: Path):
         "num_inference_steps": STEPS, "strength": 0.5, "aesthetic_score": 6.0, "negative_aesthetic_score": 2.5,
         "notes": "image = StableDiffusionXLImg2ImgPipeline(prompt, negative_prompt, image=card, strength 0.5, "
                  "10 steps, guidance 7.5) with randn_tensor patched to `noise` and the VAE posterior's mode. "
-                 "prompt_embeds / pooled_embeds / time_ids: [negative; positive].",
+                 "prompt_embeds / pooled_embeds / time_ids: [negative; positive]. handoff_latents = "
+                 "sdxl_tiny's StableDiffusionXLPipeline from handoff_start (10 steps, guidance 7.5, negative "
+                 "prompt) with denoising_end 0.8 and output_type 'latent'; handoff_image = this refiner from "
+                 "them with denoising_start 0.8.",
     })
 
 

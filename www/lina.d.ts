@@ -257,6 +257,17 @@ export interface GenerateOptions {
    */
   initImage?: ImageInput;
   strength?: number;
+  /**
+   * Stop where the schedule is this fraction of the way from noise to image (diffusers'
+   * `denoising_end`, in (0, 1)); the result then has `latents` for a refiner to continue.
+   */
+  denoisingEnd?: number;
+  /**
+   * Continue latents another run handed over (its result's `latents`) from `denoisingStart`
+   * (in (0, 1)) on, with no noise added: an SDXL refiner after its base model. Both or neither.
+   */
+  handoffLatents?: number[] | Float32Array;
+  denoisingStart?: number;
   /** LINA's interventions. */
   plan?: Plan;
   /** Parsed from the prompt when absent. */
@@ -285,6 +296,8 @@ export interface GenerateResult extends Image {
   interventions: string[];
   /** With `attentionMaps: true`. */
   attention?: AttentionMaps;
+  /** With `denoisingEnd`: the latents where the run stopped, for a refiner's `handoffLatents`. */
+  latents?: Float32Array;
 }
 
 /**

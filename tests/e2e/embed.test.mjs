@@ -347,7 +347,7 @@ test("SDXL-Turbo at 4 steps, given the noise diffusers' ancestral sampler drew (
   await page.close();
 });
 
-test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL and its img2img (`initImage`, `strength`) draws diffusers' image", { timeout: SLOW }, async () => {
+test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL; its img2img (`initImage`, `strength`) and its run on SDXL base's handed-over latents (`denoisingEnd`, `handoffLatents`) draw diffusers' images", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const before = server.requests.length;
   const out = await page.evaluate(async () => {
@@ -370,9 +370,28 @@ test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL an
       initImage: { width: 64, height: 64, rgba },
       strength: 0.5,
     };
-    return drawAgainst(LinaModel, { url: folder }, options, tensor("image"));
+    const img2img = await drawAgainst(LinaModel, { url: folder }, options, tensor("image"));
+    // The ensemble of experts: SDXL base stops at 80% of the schedule and hands its latents
+    // (a Float32Array, passed on as it is) to the refiner.
+    const base = new LinaModel();
+    let handed;
+    try {
+      await base.load({ backend: "cpu", url: "/fixtures/sdxl_tiny/" });
+      handed = await base.generate({ ...options, initImage: undefined, strength: undefined, initialLatents: Array.from(tensor("handoff_start")), denoisingEnd: 0.8 });
+    } finally {
+      base.dispose();
+    }
+    const refined = await drawAgainst(
+      LinaModel,
+      { url: folder },
+      { prompt: options.prompt, negativePrompt: options.negativePrompt, steps: 10, guidanceScale: 7.5, handoffLatents: handed.latents, denoisingStart: 0.8 },
+      tensor("handoff_image"),
+    );
+    return { worst: img2img.worst, handedType: handed.latents?.constructor?.name, refined: refined.worst };
   });
   assert.ok(out.worst <= 1, `the browser's SDXL refiner image is ${out.worst}/255 from diffusers'`);
+  assert.equal(out.handedType, "Float32Array");
+  assert.ok(out.refined <= 1, `base then refiner: ${out.refined}/255 from diffusers'`);
   // The folder's index names no first text encoder or tokenizer: none was asked for.
   const asked = server.requests.slice(before).filter((r) => r.includes("sdxl_refiner_tiny/"));
   assert.ok(!asked.some((r) => /\/(text_encoder|tokenizer)\//.test(r)), asked.join("\n"));

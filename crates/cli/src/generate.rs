@@ -6,7 +6,7 @@ use std::time::Instant;
 use lina::attention::{AttentionRecorder, TokenMaps};
 use lina_runtime::image::Image;
 use lina_runtime::kernels::Kernels;
-use lina_runtime::pipeline::{CancelToken, GenerateOptions, StableDiffusion, StepHook};
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, Handoff, StableDiffusion, StepHook};
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 use lina_runtime::source::DirSource;
 use lina_runtime::weights::{Lora, ScaledLora};
@@ -91,6 +91,22 @@ pub struct Args {
     /// diffusers' scheduler drew gives diffusers' image (tools/make_fixtures.py records it).
     #[arg(long)]
     noise: Option<PathBuf>,
+    /// Stop where the schedule is this fraction of the way from noise to image (diffusers'
+    /// `denoising_end`, in (0, 1)) and write the latents to `--handoff-out`, for a refiner
+    /// to continue (`--handoff`).
+    #[arg(long, requires = "handoff_out")]
+    denoising_end: Option<f64>,
+    /// Where `--denoising-end` writes the latents ([1, C, H/8, W/8], .npy, f32).
+    #[arg(long, requires = "denoising_end")]
+    handoff_out: Option<PathBuf>,
+    /// Continue latents another run handed over (`--handoff-out`'s file, or diffusers'
+    /// `output_type="latent"`) from `--denoising-start` on, with no noise added: an SDXL
+    /// refiner after its base model.
+    #[arg(long, requires = "denoising_start", conflicts_with_all = ["init_image", "latents"])]
+    handoff: Option<PathBuf>,
+    /// The fraction of the schedule the `--handoff` latents stand at, in (0, 1).
+    #[arg(long, requires = "handoff")]
+    denoising_start: Option<f64>,
     /// A LoRA (.safetensors, kohya or diffusers/PEFT names) merged into the UNet and the
     /// text encoder at SCALE (default 1); repeat for several.
     #[arg(long, value_name = "FILE[:SCALE]")]
@@ -135,6 +151,14 @@ pub fn run(args: Args) -> Result<()> {
             }),
         initial_latents: args.latents.as_deref().map(read_npy).transpose()?,
         step_noise: args.noise.as_deref().map(read_npy).transpose()?,
+        denoising_end: args.denoising_end,
+        handoff: match (&args.handoff, args.denoising_start) {
+            (Some(path), Some(denoising_start)) => Some(Handoff {
+                latents: read_npy(path)?,
+                denoising_start,
+            }),
+            _ => None,
+        },
     };
     let (plan, out) = (args.plan, args.out);
     pollster::block_on(async {
@@ -207,6 +231,18 @@ pub fn run(args: Args) -> Result<()> {
         bar.finish_and_clear();
         for w in &done.warnings {
             tracing::warn!("{w}");
+        }
+        if let (Some(path), Some(latents)) = (&args.handoff_out, &done.latents) {
+            let native = pipe.native_size();
+            let (w, h) = (opts.width.unwrap_or(native), opts.height.unwrap_or(native));
+            let factor = pipe.vae().config().downscale();
+            let shape = [
+                1,
+                latents.len() / (w / factor * (h / factor)),
+                h / factor,
+                w / factor,
+            ];
+            write_npy(path, latents, &shape)?;
         }
         let image = done.image;
         common::write(&out, image.to_png()?)?;

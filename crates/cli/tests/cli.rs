@@ -343,3 +343,80 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// SDXL base, then its refiner, through the CLI: `--denoising-end 0.8 --handoff-out` writes
+/// the base's latents, `--handoff ... --denoising-start 0.8` continues them in the refiner,
+/// and the image is diffusers' (`denoising_end` / `denoising_start`) within 1/255.
+#[test]
+fn base_and_refiner_hand_latents_over_through_files() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+    let dir = std::env::temp_dir().join(format!("lina-cli-handoff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let reference = std::fs::read(format!(
+        "{fixtures}/sdxl_refiner_tiny/reference.safetensors"
+    ))
+    .unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
+    let floats = |name: &str| -> Vec<f32> {
+        let view = reference.tensor(name).unwrap();
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    write_npy(&path("start.npy"), &[1, 4, 8, 8], &floats("handoff_start"));
+    let run = |model: &str, extra: &[&str], out: &str| {
+        let model = format!("{fixtures}/{model}");
+        let mut args = vec![
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "a red ball on a small mirror",
+            "--negative",
+            "blurry",
+            "--guidance",
+            "7.5",
+            "--steps",
+            "10",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        let done = cli(&args);
+        assert!(done.status.success(), "{}", text(&done.stderr));
+    };
+    run(
+        "sdxl_tiny",
+        &[
+            "--latents",
+            &path("start.npy"),
+            "--denoising-end",
+            "0.8",
+            "--handoff-out",
+            &path("handoff.npy"),
+        ],
+        &path("base.png"),
+    );
+    run(
+        "sdxl_refiner_tiny",
+        &[
+            "--handoff",
+            &path("handoff.npy"),
+            "--denoising-start",
+            "0.8",
+        ],
+        &path("refined.png"),
+    );
+    let image =
+        lina_runtime::image::Image::from_png(&std::fs::read(path("refined.png")).unwrap()).unwrap();
+    let worst = image
+        .rgb
+        .iter()
+        .zip(&floats("handoff_image"))
+        .map(|(&a, &b)| (a as f32 - b * 255.0).abs())
+        .fold(0.0, f32::max);
+    assert!(worst <= 1.0, "worst pixel {worst}/255 from diffusers'");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

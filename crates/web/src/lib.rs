@@ -139,6 +139,11 @@ struct JsOptions {
     #[serde(with = "serde_wasm_bindgen::preserve")]
     init_image: JsValue,
     strength: Option<f64>,
+    /// Stop early and hand the latents over (`GenerateOptions::denoising_end`).
+    denoising_end: Option<f64>,
+    /// Continue handed-over latents (`GenerateOptions::handoff`): both or neither.
+    handoff_latents: Option<Vec<f32>>,
+    denoising_start: Option<f64>,
     /// LINA: a plan (camelCase fields, as `Plan`'s JSON), and optionally the scene graph;
     /// without a graph, the prompt is parsed into one. Both go through serde_json, since
     /// serde-wasm-bindgen's structs never see unknown fields, and those must be errors.
@@ -185,6 +190,19 @@ impl JsOptions {
                 false => Some(image_from_js(&self.init_image)?),
             },
             strength: self.strength.unwrap_or(defaults.strength),
+            denoising_end: self.denoising_end,
+            handoff: match (self.handoff_latents, self.denoising_start) {
+                (Some(latents), Some(denoising_start)) => Some(lina_runtime::pipeline::Handoff {
+                    latents,
+                    denoising_start,
+                }),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        "handoffLatents and denoisingStart come together: the latents and where in the schedule they stand",
+                    ));
+                }
+            },
             ..defaults
         })
     }
@@ -364,7 +382,8 @@ impl Pipeline {
     /// returns a promise it is awaited (let the page paint, or yield to take a Cancel click).
     /// With `plan` (and optionally `csg`) in the options, LINA's interventions run.
     /// Resolves to `{ width, height, rgba: Uint8ClampedArray, warnings: string[],
-    /// interventions: string[] }`, and with `attentionMaps: true` also `attention: { tokens:
+    /// interventions: string[] }`, with `denoisingEnd` also `latents: Float32Array` (for a
+    /// refiner's `handoffLatents`), and with `attentionMaps: true` also `attention: { tokens:
     /// [{ position, word }], height, width, steps: Float32Array[] }`: per step, each token's
     /// map of `height * width` probabilities, one token after another.
     pub async fn generate(
@@ -419,6 +438,16 @@ impl Pipeline {
         set("warnings", &warnings)
             .and_then(|_| set("interventions", &interventions))
             .map_err(|_| invalid("could not build the result object"))?;
+        if options.denoising_end.is_some() {
+            let latents = lina_runtime::device::read_f32(sampling.latents().clone(), "the latents")
+                .await
+                .map_err(js_err)?;
+            set(
+                "latents",
+                &js_sys::Float32Array::from(latents.as_slice()).into(),
+            )
+            .map_err(|_| invalid("could not build the result object"))?;
+        }
         if let Some(recorder) = recorder {
             let maps = recorder
                 .read(&self.inner, &options.prompt)
