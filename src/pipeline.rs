@@ -484,8 +484,9 @@ fn load_tokenizer(files: &dyn FileSource, folder: &str) -> Result<Option<ClipTok
 
 /// A component's weights, kept on the device after its build because LoRAs adapt it: changing
 /// their scales builds it again from them ([`StableDiffusion::set_lora_scales`]) without
-/// reading a file. Layers share the weights' buffers wherever no LoRA changes a tensor, so
-/// keeping them costs the base values of the adapted tensors only.
+/// reading a file. Layers share the weights' buffers where they use a tensor as it is, so
+/// keeping them costs the tensors that a layer copies (stacked q/k/v projections) or that a
+/// LoRA changes.
 struct Kept<C> {
     weights: Weights,
     config: C,
