@@ -482,6 +482,31 @@ fn load_tokenizer(files: &dyn FileSource, folder: &str) -> Result<Option<ClipTok
     .map(Some)
 }
 
+/// Refuses a LoRA that adapts a part of a model other than `parts`, the ones it has.
+fn refuse_absent_parts(loras: &[ScaledLora], parts: &[LoraTarget]) -> Result<()> {
+    let all = [
+        LoraTarget::Unet,
+        LoraTarget::Transformer,
+        LoraTarget::TextEncoder,
+        LoraTarget::TextEncoder2,
+    ];
+    for lora in loras {
+        if let Some(absent) = all
+            .into_iter()
+            .find(|t| !parts.contains(t) && lora.lora.adapts(*t))
+        {
+            let has: Vec<&str> = parts.iter().map(|t| t.name()).collect();
+            return Err(Error::InvalidInput(format!(
+                "LoRA {}: adapts {}, which this model does not have (it has {})",
+                lora.lora.source(),
+                absent.name(),
+                has.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A component's weights, kept on the device after its build because LoRAs adapt it: changing
 /// their scales builds it again from them ([`StableDiffusion::set_lora_scales`]) without
 /// reading a file. Layers share the weights' buffers where they use a tensor as it is, so
@@ -704,16 +729,6 @@ impl StableDiffusion {
                 LoraTarget::TextEncoder2,
             ),
         };
-        if refiner
-            && let Some(lora) = loras
-                .iter()
-                .find(|l| l.lora.adapts(LoraTarget::TextEncoder))
-        {
-            return Err(Error::InvalidInput(format!(
-                "LoRA {}: adapts text_encoder, which this model (an SDXL refiner, with text_encoder_2 alone) does not have",
-                lora.lora.source()
-            )));
-        }
         // The tokenizer first: a single file holds none, and its absence should be said
         // before gigabytes of weights are read.
         let Some(mut tokenizer) = load_tokenizer(files, tokenizer_folder)? else {
@@ -747,6 +762,21 @@ impl StableDiffusion {
                 None => (None, None, None, None, None, None),
             };
 
+        // SDXL and SD 3: a second tokenizer and text encoder beside the first.
+        let has_second =
+            !refiner && (text_2_part.is_some() || files.read(clip::CONFIG_FILE_2)?.is_some());
+        // A LoRA for a part the model does not have would adapt nothing: refused, naming the
+        // part, before any weights are read.
+        let denoiser_target = match flow_model {
+            true => LoraTarget::Transformer,
+            false => LoraTarget::Unet,
+        };
+        let parts: Vec<LoraTarget> = [text_target, denoiser_target]
+            .into_iter()
+            .chain(has_second.then_some(LoraTarget::TextEncoder2))
+            .collect();
+        refuse_absent_parts(loras, &parts)?;
+
         let text_files = (text_folder, TEXT_ENCODER_WEIGHTS, text_config_file);
         let (weights, config) = component_source(files, text_part, text_files, device)?;
         let text_config = ClipTextConfig::from_file(text_config_file, &config)?;
@@ -761,10 +791,8 @@ impl StableDiffusion {
             zeros_for_empty_negative: index_flag("force_zeros_for_empty_prompt").unwrap_or(false),
         });
 
-        // SDXL: a second tokenizer and text encoder beside the first.
         let mut kept_second = None;
-        let has_second = text_2_part.is_some() || files.read(clip::CONFIG_FILE_2)?.is_some();
-        let second = match has_second && refiner.is_none() {
+        let second = match has_second {
             false => None,
             true => {
                 let from_file = text_2_part.is_some();
@@ -804,32 +832,14 @@ impl StableDiffusion {
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
         ];
-        // SD 3's transformer or a UNet: its folder, its config, the LoRA target it is, and
-        // the other one's, which adapts nothing here (refused, naming it).
-        let (folder, config_file, target, absent) = match flow_model {
-            true => (
-                "transformer",
-                mmdit::CONFIG_FILE,
-                LoraTarget::Transformer,
-                LoraTarget::Unet,
-            ),
-            false => (
-                "unet",
-                unet::CONFIG_FILE,
-                LoraTarget::Unet,
-                LoraTarget::Transformer,
-            ),
+        // SD 3's transformer or a UNet: its folder and its config.
+        let (folder, config_file) = match flow_model {
+            true => ("transformer", mmdit::CONFIG_FILE),
+            false => ("unet", unet::CONFIG_FILE),
         };
-        if let Some(lora) = loras.iter().find(|l| l.lora.adapts(absent)) {
-            return Err(Error::InvalidInput(format!(
-                "LoRA {}: adapts {}, which this model does not have (it has a {folder})",
-                lora.lora.source(),
-                absent.name(),
-            )));
-        }
         let (weights, config) =
             component_source(files, denoiser_part, (folder, &names, config_file), device)?;
-        let adapted = (kernels, loras, target);
+        let adapted = (kernels, loras, denoiser_target);
         let (mut kept_unet, mut kept_mmdit) = (None, None);
         let denoiser = match flow_model {
             true => {
@@ -893,18 +903,6 @@ impl StableDiffusion {
             (None, None) => return Err(Error::MissingFile(schedulers::CONFIG_FILE.into())),
         };
         let scheduler_config = SchedulerConfig::from_json(&scheduler_json)?;
-        // A LoRA for a second text encoder the model does not have adapts nothing: refused.
-        if second.is_none()
-            && refiner.is_none()
-            && let Some(lora) = loras
-                .iter()
-                .find(|l| l.lora.adapts(LoraTarget::TextEncoder2))
-        {
-            return Err(Error::InvalidInput(format!(
-                "LoRA {}: adapts text_encoder_2 (SDXL's second text encoder), which this model does not have",
-                lora.lora.source()
-            )));
-        }
         let t5 = match &denoiser {
             Denoiser::UNet(unet) => {
                 Self::check_unet(unet, &text_encoder, second.as_ref(), &refiner, vae.config())?;

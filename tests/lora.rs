@@ -134,10 +134,16 @@ fn image_on(
     files: &BTreeMap<String, Vec<u8>>,
     loras: &[ScaledLora],
 ) -> Vec<u8> {
-    let device = device.clone();
-    let pipe = load(files, &device, loras).unwrap();
+    render(
+        &load(files, device, loras).unwrap(),
+        "a red ball on a small mirror",
+    )
+}
+
+/// `prompt`'s image, seed 3, 4 steps.
+fn render(pipe: &StableDiffusion, prompt: &str) -> Vec<u8> {
     let opts = GenerateOptions {
-        prompt: "a red ball on a small mirror".into(),
+        prompt: prompt.into(),
         seed: 3,
         timesteps: Timesteps::Count(4),
         ..GenerateOptions::default()
@@ -618,18 +624,7 @@ fn changing_lora_scales_rebuilds_from_the_kept_weights_as_a_fresh_load_would() {
         None,
     )
     .unwrap();
-    let render = |pipe: &StableDiffusion| {
-        let opts = GenerateOptions {
-            prompt: "a <t> ball on a small mirror".into(),
-            seed: 3,
-            timesteps: Timesteps::Count(4),
-            ..GenerateOptions::default()
-        };
-        pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
-            .unwrap()
-            .image
-            .rgb
-    };
+    let render = |pipe: &StableDiffusion| render(pipe, "a <t> ball on a small mirror");
     let mut devices = vec![("cpu", lina_runtime::device::cpu())];
     devices.extend(common::gpu_device().map(|d| ("wgpu", d)));
     for (name, device) in devices {

@@ -836,6 +836,16 @@ def tiny_text_config(tok, hidden: int, act: str, projection: int):
                           hidden_act=act, projection_dim=projection, bos_token_id=tok.bos_token_id,
                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, layer_norm_eps=1e-5)
 
+def with_text_model_prefix(path: Path):
+    """Rewrites a text encoder file saved by transformers 5 (names without `text_model.`) in
+    the names real repositories hold: `text_model.` inside, the projection at the root."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(path))
+    sd = {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v.contiguous() for k, v in sd.items()}
+    save_file(sd, str(path), metadata={"format": "pt"})
+
+
 def make_sdxl(fix: Path):
     """A tiny SDXL-like pipeline (`sdxl_tiny/`): two text encoders (a CLIP-L-like one and a
     bigG-like one with its projection, of different widths), the size and crop conditioning
@@ -928,10 +938,7 @@ def make_sdxl(fix: Path):
     # As every real SDXL repository names them: `text_model.` inside both text encoders (the
     # projection of the second at the root).
     for folder in ("text_encoder", "text_encoder_2"):
-        path = out / folder / "model.safetensors"
-        sd = load_file(str(path))
-        sd = {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v.contiguous() for k, v in sd.items()}
-        save_file(sd, str(path), metadata={"format": "pt"})
+        with_text_model_prefix(out / folder / "model.safetensors")
     refs = {k: v.to(torch.float32).contiguous() for k, v in refs.items()}
     save_file(refs, str(out / "reference.safetensors"))
     write_json(out / "reference.json", {
@@ -985,7 +992,7 @@ def make_sdxl_refiner(fix: Path):
     import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img as xl_img2img
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
     from PIL import Image
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     base = fix / "sdxl_tiny"
@@ -1057,10 +1064,7 @@ def make_sdxl_refiner(fix: Path):
     pipe.save_pretrained(str(out), safe_serialization=True)
     pipe.to(torch.float32)
     # As the refiner's repository names its tensors: `text_model.` inside the text encoder.
-    path = out / "text_encoder_2" / "model.safetensors"
-    sd = load_file(str(path))
-    sd = {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v.contiguous() for k, v in sd.items()}
-    save_file(sd, str(path), metadata={"format": "pt"})
+    with_text_model_prefix(out / "text_encoder_2" / "model.safetensors")
     shutil.rmtree(out / "tokenizer_2")
     shutil.copytree(base / "tokenizer_2", out / "tokenizer_2")
     refs = {k: v.to(torch.float32).contiguous() for k, v in refs.items()}

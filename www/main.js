@@ -25,6 +25,8 @@ let model = null;
 let running = null;
 // What the model was loaded from, to load it again after a device failure.
 let source = {};
+// What the last load said about the model (its size, what it runs without), for the facts.
+let loadNotes = [];
 
 // A failed GPU device (lost, out of memory) took the model's weights with it, and a crashed
 // worker took the whole model: a fresh device or worker comes with the next load, so the page
@@ -582,6 +584,7 @@ function describeDevice(notes) {
 }
 
 function ready(notes = []) {
+  loadNotes = notes;
   const device = model.deviceInfo;
   status([`Ready (${device.adapter}, ${device.precision}).`, ...notes].join(" "));
   describeDevice(notes);
@@ -698,7 +701,7 @@ async function rescaleLoras() {
   try {
     await model.setLoraScales(source.loras.map(() => scale));
     source = { ...source, loras: source.loras.map((l) => ({ ...l, scale })) };
-    describeDevice([]);
+    describeDevice(loadNotes);
     status(`LoRA scale ${scale}: set on the loaded model.`);
   } catch (error) {
     await failed(error);

@@ -188,15 +188,7 @@ fn latents_in_and_out_reproduce_runs() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
 
-    let reference = std::fs::read(format!("{fixture}/reference.safetensors")).unwrap();
-    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
-    let floats = |name: &str| -> Vec<f32> {
-        let view = reference.tensor(name).unwrap();
-        view.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
+    let floats = reference_floats(format!("{fixture}/reference.safetensors"));
     write_npy(
         &path("diffusers.npy"),
         &[1, 4, 8, 8],
@@ -229,12 +221,7 @@ fn latents_in_and_out_reproduce_runs() {
         &path("diffusers.png"),
     );
     let expected = floats("pipe_image");
-    let worst = image
-        .rgb
-        .iter()
-        .zip(&expected)
-        .map(|(&a, &b)| (a as f32 - b * 255.0).abs())
-        .fold(0.0, f32::max);
+    let worst = worst_pixel(&image, &expected);
     assert!(worst <= 2.0, "worst pixel {worst}/255 from diffusers'");
 
     let seeded = run(
@@ -276,16 +263,7 @@ fn noise_in_reproduces_an_ancestral_run() {
     )
     .unwrap();
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    let reference =
-        std::fs::read(format!("{fixtures}/sdxl_turbo_tiny/reference.safetensors")).unwrap();
-    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
-    let floats = |name: &str| -> Vec<f32> {
-        let view = reference.tensor(name).unwrap();
-        view.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
+    let floats = reference_floats(format!("{fixtures}/sdxl_turbo_tiny/reference.safetensors"));
     write_npy(&path("latents.npy"), &[1, 4, 8, 8], &floats("latents"));
     write_npy(&path("noise4.npy"), &[4, 1, 4, 8, 8], &floats("noise_4"));
     write_npy(&path("noise2.npy"), &[2, 1, 4, 8, 8], &floats("noise_2"));
@@ -312,12 +290,7 @@ fn noise_in_reproduces_an_ancestral_run() {
     assert!(done.status.success(), "{}", text(&done.stderr));
     let image =
         lina_runtime::image::Image::from_png(&std::fs::read(path("turbo.png")).unwrap()).unwrap();
-    let worst = image
-        .rgb
-        .iter()
-        .zip(&floats("image_4"))
-        .map(|(&a, &b)| (a as f32 - b * 255.0).abs())
-        .fold(0.0, f32::max);
+    let worst = worst_pixel(&image, &floats("image_4"));
     assert!(worst <= 1.0, "worst pixel {worst}/255 from diffusers'");
 
     let short = run(&path("noise2.npy"), &path("short.png"));
@@ -353,18 +326,9 @@ fn base_and_refiner_hand_latents_over_through_files() {
     let dir = std::env::temp_dir().join(format!("lina-cli-handoff-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    let reference = std::fs::read(format!(
+    let floats = reference_floats(format!(
         "{fixtures}/sdxl_refiner_tiny/reference.safetensors"
-    ))
-    .unwrap();
-    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
-    let floats = |name: &str| -> Vec<f32> {
-        let view = reference.tensor(name).unwrap();
-        view.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
+    ));
     write_npy(&path("start.npy"), &[1, 4, 8, 8], &floats("handoff_start"));
     let run = |model: &str, extra: &[&str], out: &str| {
         let model = format!("{fixtures}/{model}");
@@ -411,12 +375,30 @@ fn base_and_refiner_hand_latents_over_through_files() {
     );
     let image =
         lina_runtime::image::Image::from_png(&std::fs::read(path("refined.png")).unwrap()).unwrap();
-    let worst = image
-        .rgb
-        .iter()
-        .zip(&floats("handoff_image"))
-        .map(|(&a, &b)| (a as f32 - b * 255.0).abs())
-        .fold(0.0, f32::max);
+    let worst = worst_pixel(&image, &floats("handoff_image"));
     assert!(worst <= 1.0, "worst pixel {worst}/255 from diffusers'");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The f32 tensors of a reference safetensors file, by name.
+fn reference_floats(path: String) -> impl Fn(&str) -> Vec<f32> {
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    move |name| {
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let view = file.tensor(name).unwrap();
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+}
+
+/// The largest difference, in 1/255, between an image and a reference in [0, 1].
+fn worst_pixel(image: &lina_runtime::image::Image, expected: &[f32]) -> f32 {
+    image
+        .rgb
+        .iter()
+        .zip(expected)
+        .map(|(&a, &b)| (a as f32 - b * 255.0).abs())
+        .fold(0.0, f32::max)
 }

@@ -425,11 +425,11 @@ impl Pipeline {
             None => sampling.run(&mut (&mut hooks, &mut page), &cancel).await,
         }
         .map_err(js_err)?;
-        let image = sampling.decode().await.map_err(js_err)?;
+        let done = sampling.finish().await.map_err(js_err)?;
 
-        let out = image_object(&image)?;
+        let out = image_object(&done.image)?;
         let set = |k: &str, v: &JsValue| Reflect::set(&out, &JsValue::from_str(k), v).map(|_| ());
-        let warnings: js_sys::Array = sampling
+        let warnings: js_sys::Array = done
             .warnings
             .iter()
             .map(|w| JsValue::from_str(&w.to_string()))
@@ -438,10 +438,7 @@ impl Pipeline {
         set("warnings", &warnings)
             .and_then(|_| set("interventions", &interventions))
             .map_err(|_| invalid("could not build the result object"))?;
-        if options.denoising_end.is_some() {
-            let latents = lina_runtime::device::read_f32(sampling.latents().clone(), "the latents")
-                .await
-                .map_err(js_err)?;
+        if let Some(latents) = &done.latents {
             set(
                 "latents",
                 &js_sys::Float32Array::from(latents.as_slice()).into(),
