@@ -50,10 +50,6 @@ pub enum Error {
         unexpected: String,
     },
 
-    /// A checkpoint of a known kind that this runtime does not run yet.
-    #[error("{file}: {what} is not supported yet")]
-    UnsupportedModel { file: String, what: String },
-
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
@@ -119,7 +115,6 @@ impl Error {
             Error::TensorDtype { .. } => "tensor_dtype",
             Error::UnusedTensors { .. } => "unused_tensors",
             Error::UnknownLayout { .. } => "unknown_layout",
-            Error::UnsupportedModel { .. } => "unsupported_model",
             Error::Tokenizer(_) => "tokenizer",
             Error::MissingFile(_) | Error::NoTokenizer(_) => "missing_file",
             Error::PickledWeights(_) => "pickled_weights",

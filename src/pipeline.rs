@@ -709,12 +709,33 @@ impl StableDiffusion {
                 .and_then(|i| i.get(key))
                 .and_then(serde_json::Value::as_bool)
         };
+        // A single-file checkpoint, where the source has one, supplies the weights (and the
+        // configs the source lacks) of the components it holds. Its tokenizer comes from
+        // beside it: one is asked for before gigabytes of weights are read.
+        let has_tokenizer = |folder: &str| -> Result<bool> {
+            Ok(files.read(&format!("{folder}/tokenizer.json"))?.is_some()
+                || files.read(&format!("{folder}/vocab.json"))?.is_some())
+        };
+        if checkpoint_file.is_some()
+            && !has_tokenizer("tokenizer")?
+            && !has_tokenizer("tokenizer_2")?
+        {
+            return Err(Error::NoTokenizer("tokenizer/vocab.json".into()));
+        }
+        let checkpoint = match stream_weights(files, CHECKPOINT_FILE, device)? {
+            Some(weights) => Some(Checkpoint::split(CHECKPOINT_FILE, weights)?),
+            None => None,
+        };
         // The SDXL refiner: SDXL's second text encoder alone, where the first would be (its
         // index also says `requires_aesthetics_score`; the UNet's widths are checked below).
-        let refiner = checkpoint_file.is_none()
-            && index_flag("requires_aesthetics_score") != Some(false)
-            && files.read(clip::CONFIG_FILE)?.is_none()
-            && files.read(clip::CONFIG_FILE_2)?.is_some();
+        let refiner = match &checkpoint {
+            Some(c) => c.family == single_file::Family::SdxlRefiner,
+            None => {
+                index_flag("requires_aesthetics_score") != Some(false)
+                    && files.read(clip::CONFIG_FILE)?.is_none()
+                    && files.read(clip::CONFIG_FILE_2)?.is_some()
+            }
+        };
         let (tokenizer_folder, text_folder, text_config_file, text_target) = match refiner {
             false => (
                 "tokenizer",
@@ -729,20 +750,12 @@ impl StableDiffusion {
                 LoraTarget::TextEncoder2,
             ),
         };
-        // The tokenizer first: a single file holds none, and its absence should be said
-        // before gigabytes of weights are read.
         let Some(mut tokenizer) = load_tokenizer(files, tokenizer_folder)? else {
             let path = format!("{tokenizer_folder}/vocab.json");
             return Err(match files.len(CHECKPOINT_FILE)? {
                 Some(_) => Error::NoTokenizer(path),
                 None => Error::MissingFile(path),
             });
-        };
-        // A single-file checkpoint, where the source has one, supplies the weights (and the
-        // configs the source lacks) of the components it holds.
-        let checkpoint = match stream_weights(files, CHECKPOINT_FILE, device)? {
-            Some(weights) => Some(Checkpoint::split(CHECKPOINT_FILE, weights)?),
-            None => None,
         };
         // SD 3's folders and files hold a transformer where the others hold a UNet.
         let flow_model = match &checkpoint {
@@ -751,6 +764,15 @@ impl StableDiffusion {
         };
         let (denoiser_part, vae_part, text_part, text_2_part, text_3_part, checkpoint_scheduler) =
             match checkpoint {
+                // The refiner's one encoder is its first (it has no other).
+                Some(c) if refiner => (
+                    Some(c.denoiser),
+                    c.vae,
+                    c.text_encoder_2,
+                    None,
+                    None,
+                    Some(c.scheduler_config),
+                ),
                 Some(c) => (
                     Some(c.denoiser),
                     c.vae,

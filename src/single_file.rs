@@ -10,7 +10,8 @@
 //! shapes where shapes tell (channels, blocks, layers, context width, linear or convolution
 //! projections) and from the family where they do not (attention heads, the VAE's scaling
 //! factor, the noise schedule), as diffusers' single-file loader does: SD 3 by its joint
-//! blocks, SDXL by its two embedders (or its added `label_emb`), SD 1.x from SD 2.x by its
+//! blocks, SDXL by its two embedders (or its added `label_emb`), the SDXL refiner by its one
+//! OpenCLIP embedder, SD 1.x from SD 2.x by its
 //! text encoder (CLIP ViT-L with transformers' names, or OpenCLIP with fused q/k/v), or,
 //! without one, by its context width (768 or 1024).
 //!
@@ -39,6 +40,8 @@ const CLIP: &str = "cond_stage_model.transformer.";
 const OPEN_CLIP: &str = "cond_stage_model.model.";
 const CLIP_XL: &str = "conditioner.embedders.0.transformer.";
 const OPEN_CLIP_XL: &str = "conditioner.embedders.1.model.";
+// The SDXL refiner's only embedder: the base's second (OpenCLIP ViT-bigG) in first place.
+const OPEN_CLIP_REFINER: &str = "conditioner.embedders.0.model.";
 const MMDIT_BLOCKS: &str = "model.diffusion_model.joint_blocks.";
 // SD 3's text encoders keep transformers' names under these.
 const SD3_CLIP_L: &str = "text_encoders.clip_l.transformer.";
@@ -56,6 +59,10 @@ pub enum Family {
     /// SDXL: CLIP ViT-L and OpenCLIP ViT-bigG/14 with its projection, the size conditioning
     /// (`label_emb`), 64-channel heads, 1024 px, its VAE's scaling factor 0.13025.
     Sdxl,
+    /// The SDXL refiner: SDXL's OpenCLIP ViT-bigG alone (it loads as the model's
+    /// `text_encoder_2`, as diffusers' refiner folders hold it), an aesthetic score in place
+    /// of the target size (five time ids, not six), otherwise SDXL's rules.
+    SdxlRefiner,
     /// SD 3.x: an MMDiT of 64-channel heads, CLIP-L and CLIP-G with their projections and an
     /// optional T5-XXL, the 16-channel VAE, flow matching with shift 3.
     Sd3,
@@ -212,6 +219,7 @@ pub fn unused(name: &str) -> bool {
         || name == "cond_stage_model.model.logit_scale"
         || name == "conditioner.embedders.0.transformer.text_model.embeddings.position_ids"
         || name == "conditioner.embedders.1.model.logit_scale"
+        || name == "conditioner.embedders.0.model.logit_scale"
         || name == "text_encoders.clip_l.transformer.text_model.embeddings.position_ids"
         || name == "text_encoders.clip_g.transformer.text_model.embeddings.position_ids"
         || name == "text_encoders.t5xxl.transformer.encoder.embed_tokens.weight"
@@ -219,22 +227,16 @@ pub fn unused(name: &str) -> bool {
 
 fn family(file: &str, shapes: &Shapes) -> Result<Family> {
     let has = |prefix: &str| shapes.keys().any(|n| n.starts_with(prefix));
-    let unsupported = |what: &str| Error::UnsupportedModel {
-        file: file.to_string(),
-        what: what.to_string(),
-    };
     if has(MMDIT_BLOCKS) {
         return Ok(Family::Sd3);
     }
     if !has(UNET) {
         return Err(unknown_layout(file, shapes));
     }
+    if has(OPEN_CLIP_REFINER) {
+        return Ok(Family::SdxlRefiner);
+    }
     if has("conditioner.embedders.") || has("model.diffusion_model.label_emb.") {
-        if has("conditioner.embedders.0.model.") {
-            return Err(unsupported(
-                "an SDXL refiner checkpoint (one OpenCLIP encoder, aesthetic-score conditioning)",
-            ));
-        }
         return Ok(Family::Sdxl);
     }
     if has(OPEN_CLIP) {
@@ -328,7 +330,11 @@ fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String,
             open_clip_name(rest, TEXT_PART, Some(open_clip_layers))
         } else if let (Family::Sdxl, Some(rest)) = (family, name.strip_prefix(CLIP_XL)) {
             Some(moved(TEXT_PART, rest.to_string()))
-        } else if let (Family::Sdxl, Some(rest)) = (family, name.strip_prefix(OPEN_CLIP_XL)) {
+        } else if let Some(rest) = match family {
+            Family::Sdxl => name.strip_prefix(OPEN_CLIP_XL),
+            Family::SdxlRefiner => name.strip_prefix(OPEN_CLIP_REFINER),
+            _ => None,
+        } {
             // SDXL keeps every layer (its pipeline reads the penultimate one's output), and
             // the projection, which OpenCLIP applies as `x @ text_projection`.
             match rest {
@@ -361,6 +367,7 @@ fn routes(file: &str, family: Family, shapes: &Shapes) -> Result<HashMap<String,
             Family::Sd1 => "an SD 1.x",
             Family::Sd2 => "an SD 2.x",
             Family::Sdxl => "an SDXL",
+            Family::SdxlRefiner => "an SDXL refiner",
             Family::Sd3 => "an SD 3",
         };
         return Err(Error::WeightFile {
@@ -633,6 +640,7 @@ impl Configs {
             text_encoder: text_config(family, &t)?,
             text_encoder_2: match family {
                 Family::Sdxl => open_clip_config(OPEN_CLIP_XL, false, &t)?,
+                Family::SdxlRefiner => open_clip_config(OPEN_CLIP_REFINER, false, &t)?,
                 Family::Sd3 => clip_config(SD3_CLIP_G, "gelu", &t)?,
                 Family::Sd1 | Family::Sd2 => None,
             },
@@ -717,16 +725,33 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
         .iter()
         .find(|(n, _)| n.starts_with(UNET) && n.ends_with(".proj_in.weight"));
     let linear = proj_in.is_some_and(|(_, s)| s.len() == 2);
-    // Transformer depth per level, from each level's first attention (1 where it has none,
-    // as diffusers' configs write it); one number where every level has the same.
-    let depths: Vec<usize> = (0..blocks)
-        .map(|b| {
-            let at = format!("{UNET}input_blocks.{}.1.transformer_blocks.", 1 + b * per);
-            count_indices(shapes, &at).max(1)
+    // Transformer depth per level, from each level's first attention. A level without one
+    // gets 1, as diffusers' configs write it, except the last: diffusers' mid block takes
+    // the last level's depth, so there it is the mid block's (the refiner's last level has
+    // no attention, its mid block four layers). One number where the levels that have
+    // attention and the mid block agree (the refiner's published `4`).
+    let depth_at = |prefix: String| count_indices(shapes, &format!("{prefix}.transformer_blocks."));
+    let mid_depth = depth_at(p("middle_block.1".into()));
+    let levels: Vec<usize> = (0..blocks)
+        .map(|b| depth_at(p(format!("input_blocks.{}.1", 1 + b * per))))
+        .collect();
+    let depths: Vec<usize> = levels
+        .iter()
+        .enumerate()
+        .map(|(b, &d)| match d {
+            0 if b + 1 == blocks && mid_depth > 0 => mid_depth,
+            0 => 1,
+            d => d,
         })
         .collect();
-    let transformer_layers = match depths.iter().all(|&d| d == depths[0]) {
-        true => json!(depths[0]),
+    let mut attended = levels
+        .iter()
+        .copied()
+        .filter(|&d| d > 0)
+        .chain((mid_depth > 0).then_some(mid_depth));
+    let first = attended.next().unwrap_or(1);
+    let transformer_layers = match attended.all(|d| d == first) {
+        true => json!(first),
         false => json!(depths),
     };
     let per_head_64 = json!(channels.iter().map(|c| (c / 64).max(1)).collect::<Vec<_>>());
@@ -735,7 +760,7 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
         Family::Sd1 => (json!(8), 64),
         // SD 2.x and SDXL: 64 channels per head.
         Family::Sd2 => (per_head_64, 96),
-        Family::Sdxl | Family::Sd3 => (per_head_64, 128),
+        Family::Sdxl | Family::SdxlRefiner | Family::Sd3 => (per_head_64, 128),
     };
     let mut config = json!({
         "_class_name": "UNet2DConditionModel",
@@ -759,17 +784,22 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
         "freq_shift": 0,
         "norm_num_groups": 32,
     });
-    // SDXL's size conditioning: its input is the pooled text (the second encoder's
-    // projection width) and six sinusoids.
+    // SDXL's size conditioning: its input is the pooled text (the OpenCLIP encoder's
+    // projection width) and a sinusoid per time id: six (size, crop, target size), five in
+    // the refiner (an aesthetic score in place of the target size).
     if let Ok(&[_, input]) = shape(&p("label_emb.0.0.weight".into())) {
+        let (embedder, ids) = match family {
+            Family::SdxlRefiner => (OPEN_CLIP_REFINER, 5),
+            _ => (OPEN_CLIP_XL, 6),
+        };
         let pooled = t
             .shapes
-            .get(format!("{OPEN_CLIP_XL}text_projection").as_str())
+            .get(format!("{embedder}text_projection").as_str())
             .and_then(|s| s.last().copied())
             .unwrap_or(1280);
         config["addition_embed_type"] = json!("text_time");
         config["projection_class_embeddings_input_dim"] = json!(input);
-        config["addition_time_embed_dim"] = json!(input.saturating_sub(pooled) / 6);
+        config["addition_time_embed_dim"] = json!(input.saturating_sub(pooled) / ids);
     }
     Ok(config)
 }
@@ -797,7 +827,7 @@ fn vae_config(family: Family, t: &Table) -> Result<Value> {
         "layers_per_block": layers,
         "norm_num_groups": 32,
         "scaling_factor": match family {
-            Family::Sdxl => 0.13025,
+            Family::Sdxl | Family::SdxlRefiner => 0.13025,
             Family::Sd3 => 1.5305,
             Family::Sd1 | Family::Sd2 => 0.18215,
         },
@@ -815,6 +845,8 @@ fn text_config(family: Family, t: &Table) -> Result<Option<Value>> {
         // CLIP ViT-L, in transformers' own names.
         Family::Sd1 => clip_config(CLIP, "quick_gelu", t),
         Family::Sdxl => clip_config(CLIP_XL, "quick_gelu", t),
+        // The refiner's one encoder is SDXL's second.
+        Family::SdxlRefiner => Ok(None),
         Family::Sd3 => clip_config(SD3_CLIP_L, "quick_gelu", t),
         // The penultimate layer's output is what SD 2 conditions on.
         Family::Sd2 => open_clip_config(OPEN_CLIP, true, t),
@@ -1020,7 +1052,7 @@ fn scheduler_config(family: Family) -> Value {
     if family == Family::Sd2 {
         config["prediction_type"] = json!("v_prediction");
     }
-    if family == Family::Sdxl {
+    if matches!(family, Family::Sdxl | Family::SdxlRefiner) {
         config["_class_name"] = json!("EulerDiscreteScheduler");
         config["interpolation_type"] = json!("linear");
     } else {

@@ -183,8 +183,8 @@ fn load(source: &MemorySource) -> Result<StableDiffusion> {
 }
 
 #[test]
-fn tiny_sd1_sd2_and_sdxl_single_files_draw_their_diffusers_folders_images() {
-    for model in ["sd1_tiny", "sd2_tiny", "sdxl_tiny"] {
+fn tiny_sd1_sd2_sdxl_and_refiner_single_files_draw_their_diffusers_folders_images() {
+    for model in ["sd1_tiny", "sd2_tiny", "sdxl_tiny", "sdxl_refiner_tiny"] {
         let from_file = load(&paired(model, single_file(model), true)).unwrap();
         let from_folder = load(&folder(model)).unwrap();
         assert!(
@@ -323,16 +323,18 @@ fn configs_inferred_from_full_size_sd35_medium_shapes_are_its_own() {
 }
 
 #[test]
-fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
+fn configs_inferred_from_full_size_shapes_are_sd15_sd21_and_sdxls_own() {
     let configs = published_config;
     for (tag, family) in [
         ("sd15", Family::Sd1),
         ("sd21", Family::Sd2),
         ("sdxl", Family::Sdxl),
+        ("sdxl_refiner", Family::SdxlRefiner),
     ] {
         let (found, inferred) = inspect_full_size(tag);
         assert_eq!(found, family, "{tag}");
-        let xl = family == Family::Sdxl;
+        let refiner = family == Family::SdxlRefiner;
+        let xl = family == Family::Sdxl || refiner;
         let mut published = vec![
             (
                 "unet",
@@ -344,7 +346,11 @@ fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
                 inferred.vae,
                 configs(if xl { "sdxl_vae" } else { "sd15_vae" }),
             ),
-            (
+        ];
+        // The refiner has SDXL's second encoder alone.
+        assert_eq!(refiner, inferred.text_encoder.is_none(), "{tag}");
+        if !refiner {
+            published.push((
                 "text_encoder",
                 inferred.text_encoder,
                 // SDXL's first encoder is SD 1.5's CLIP ViT-L.
@@ -352,8 +358,8 @@ fn configs_inferred_from_full_size_shapes_are_sd15_and_sd21s_own() {
                     true => "sd15_text_encoder".to_string(),
                     false => format!("{tag}_text_encoder"),
                 }),
-            ),
-        ];
+            ));
+        }
         if xl {
             published.push((
                 "text_encoder_2",
@@ -446,16 +452,16 @@ fn files_of_other_layouts_are_refused_naming_the_nearest() {
     assert_eq!(e.code(), "unknown_layout");
     assert!(e.to_string().contains("`mystery.block.weight`"), "{e}");
 
-    // The SDXL refiner is recognised, and refused as not yet supported, before anything is
-    // built.
+    // A refiner's embedder among SD 1's tensors makes an SDXL refiner file in which SD 1's
+    // text encoder fits nothing.
     let mut tensors = single_file_tensors("sd1_tiny");
     tensors.push((
         "conditioner.embedders.0.model.ln_final.weight".into(),
         vec![4],
     ));
     let e = expect_err(load(&paired("sd1_tiny", zeros(&tensors), true)));
-    assert_eq!(e.code(), "unsupported_model", "{e}");
-    assert!(e.to_string().contains("refiner"), "{e}");
+    assert_eq!(e.code(), "weight_file", "{e}");
+    assert!(e.to_string().contains("an SDXL refiner checkpoint"), "{e}");
 
     // An SD 3 block among a UNet's tensors makes an SD 3 file whose UNet names fit nothing.
     let mut tensors = single_file_tensors("sd1_tiny");

@@ -4,15 +4,15 @@
 Developer-side (not run by cargo); needs torch, diffusers, transformers and safetensors at
 tools/requirements.txt's pins. Writes, under tests/fixtures/single_file/:
 
-* `sd1_tiny.json`, `sd2_tiny.json`, `sdxl_tiny.json`: how the tiny diffusers fixtures' tensors are named in a
+* `sd1_tiny.json`, `sd2_tiny.json`, `sdxl_tiny.json`, `sdxl_refiner_tiny.json`: how the tiny diffusers fixtures' tensors are named in a
   single-file checkpoint of the original layout (`model.diffusion_model.*`,
   `first_stage_model.*`, `cond_stage_model.*`), in file order, plus the extra tensors such
   files carry and no diffusers model uses (the noise schedule's buffers, SD 2's unused last
   text layer and text projection, SD 1's `position_ids`). The test assembles the checkpoint
   from the diffusers folder with this list, so git holds the names, not a second copy of the
   weights.
-* `sd15_shapes.json`, `sd21_shapes.json`, `sdxl_shapes.json`: every tensor name and shape of
-  full-size SD 1.5, SD 2.1 and SDXL base checkpoints (no values), built on PyTorch's meta
+* `sd15_shapes.json`, `sd21_shapes.json`, `sdxl_shapes.json`, `sdxl_refiner_shapes.json`: every
+  tensor name and shape of full-size SD 1.5, SD 2.1, SDXL base and SDXL refiner checkpoints (no values), built on PyTorch's meta
   device from the configs in tests/fixtures/configs/ (SDXL's written here from its published
   values), so the runtime's config inference is checked at full size.
 
@@ -186,21 +186,21 @@ def load_component(folder: Path, name: str) -> dict:
 
 
 def ldm_checkpoint(folder: Path, family: str):
-    """A diffusers folder of `family` ("sd1", "sd2", "sdxl") as a single-file checkpoint in
+    """A diffusers folder of `family` ("sd1", "sd2", "sdxl", "sdxl_refiner") as a single-file checkpoint in
     the original LDM names: (entries, extras, checkpoint, sources, configs), where entries
     are [LDM name, component, [diffusers names]] (+ "transposed"), extras the names and
     shapes of the tensors such files carry that no diffusers model uses (zeros in the
     checkpoint), sources the folder's tensors by component, configs (unet, vae)."""
     cfg = lambda c: json.loads((folder / c / ("scheduler_config.json" if c == "scheduler" else "config.json")).read_text())
     unet_cfg, vae_cfg, sched_cfg = cfg("unet"), cfg("vae"), cfg("scheduler")
-    xl = family == "sdxl"
-    components = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if xl else ())
+    xl, refiner = family == "sdxl", family == "sdxl_refiner"
+    components = ("unet", "vae") + (("text_encoder_2",) if refiner else ("text_encoder",)) + (("text_encoder_2",) if xl else ())
     sources = {c: load_component(folder, c) for c in components}
     for c in components:
         if c.startswith("text_encoder"):
             sources[c] = {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v
                           for k, v in sources[c].items()}
-    unet, vae, text = sources["unet"], sources["vae"], sources["text_encoder"]
+    unet, vae, text = sources["unet"], sources["vae"], sources.get("text_encoder")
     open_clip = family == "sd2"
 
     entries = []  # [LDM name, component, [diffusers names]] (+ "transposed")
@@ -219,7 +219,7 @@ def ldm_checkpoint(folder: Path, family: str):
                                              text["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]))
         extras["cond_stage_model.model.text_projection"] = [hidden, hidden]
         extras["cond_stage_model.model.logit_scale"] = []
-    else:
+    elif not refiner:
         # SD 1's CLIP ViT-L, or SDXL's first encoder, keep transformers' names.
         prefix = "conditioner.embedders.0.transformer." if xl else "cond_stage_model.transformer."
         for k in text:
@@ -227,11 +227,12 @@ def ldm_checkpoint(folder: Path, family: str):
                 continue
             entries.append([prefix + k, "text_encoder", [k]])
         extras[prefix + "text_model.embeddings.position_ids"] = [1, 77]
-    if xl:
+    if xl or refiner:
         # SDXL's second encoder: OpenCLIP ViT-bigG, every layer kept (the pipeline takes the
-        # penultimate one), its projection stored the other way round.
+        # penultimate one), its projection stored the other way round. The refiner has it
+        # alone, as its first embedder.
         text2 = sources["text_encoder_2"]
-        prefix = "conditioner.embedders.1.model."
+        prefix = f"conditioner.embedders.{0 if refiner else 1}.model."
         clip_entries, _ = open_clip_entries(text2, prefix)
         entries += [[ldm, "text_encoder_2", hf] for ldm, hf in clip_entries]
         entries.append([prefix + "text_projection", "text_encoder_2", ["text_projection.weight"], "transposed"])
@@ -254,8 +255,7 @@ def ldm_checkpoint(folder: Path, family: str):
 def tiny(name: str, out: Path) -> None:
     family = name.removesuffix("_tiny")
     entries, extras, ckpt, sources, (unet_cfg, vae_cfg) = ldm_checkpoint(FIXTURES / name, family)
-    open_clip, xl = family == "sd2", family == "sdxl"
-    check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, xl)
+    check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, family)
     out.mkdir(parents=True, exist_ok=True)
     about = (f"tests/fixtures/{name} as a single-file checkpoint in the original LDM layout: "
              "made and checked against diffusers' converters by tools/make_single_file.py")
@@ -452,7 +452,7 @@ def open_clip_layer_shapes(prefix: str, d: int, ffn: int) -> dict[str, list[int]
         ("mlp.c_proj.weight", [d, ffn]), ("mlp.c_proj.bias", [d]))}
 
 
-def check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, xl):
+def check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, family):
     from diffusers.loaders import single_file_utils as su
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -461,10 +461,13 @@ def check_against_diffusers(name, ckpt, sources, unet_cfg, vae_cfg, open_clip, x
         "unet": su.convert_ldm_unet_checkpoint(ckpt, unet_cfg),
         "vae": su.convert_ldm_vae_checkpoint(ckpt, vae_cfg),
     }
-    if open_clip:
+    if family == "sd2":
         model = CLIPTextModel(CLIPTextConfig.from_pretrained(FIXTURES / name / "text_encoder"))
         converted["text_encoder"] = prefixed(su.convert_open_clip_checkpoint(model, ckpt))
-    elif xl:
+    elif family == "sdxl_refiner":
+        model = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(FIXTURES / name / "text_encoder_2"))
+        converted["text_encoder_2"] = prefixed(su.convert_open_clip_checkpoint(model, ckpt, prefix="conditioner.embedders.0.model."))
+    elif family == "sdxl":
         converted["text_encoder"] = prefixed(su.convert_ldm_clip_checkpoint(ckpt, remove_prefix="conditioner.embedders.0.transformer."))
         model = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(FIXTURES / name / "text_encoder_2"))
         converted["text_encoder_2"] = prefixed(su.convert_open_clip_checkpoint(model, ckpt, prefix="conditioner.embedders.1.model."))
@@ -495,6 +498,17 @@ SDXL_UNET = dict(
     use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816, norm_num_groups=32,
 )
+# The SDXL refiner's UNet (stabilityai/stable-diffusion-xl-refiner-1.0, unet/config.json):
+# 384 channels, attention at the two middle levels, four transformer layers each, the
+# pooled OpenCLIP output and five time ids (1280 + 5 * 256) in its added embedding.
+SDXL_REFINER_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, block_out_channels=[384, 768, 1536, 1536], layers_per_block=2,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    transformer_layers_per_block=4, attention_head_dim=[6, 12, 24, 24], cross_attention_dim=1280,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2560, norm_num_groups=32,
+)
 SDXL_TEXT_2 = dict(
     vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
     max_position_embeddings=77, hidden_act="gelu", projection_dim=1280, layer_norm_eps=1e-5,
@@ -514,6 +528,8 @@ def sdxl_configs(configs: Path) -> None:
     with torch.device("meta"), tempfile.TemporaryDirectory() as td:
         UNet2DConditionModel(**SDXL_UNET).save_config(td)
         shutil.copy(Path(td) / "config.json", configs / "sdxl_unet.json")
+        UNet2DConditionModel(**SDXL_REFINER_UNET).save_config(td)
+        shutil.copy(Path(td) / "config.json", configs / "sdxl_refiner_unet.json")
         vae = json.loads((configs / "sd15_vae.json").read_text())
         AutoencoderKL.from_config({**vae, "scaling_factor": 0.13025}).save_config(td)
         shutil.copy(Path(td) / "config.json", configs / "sdxl_vae.json")
@@ -529,15 +545,17 @@ def full_size(out: Path) -> None:
     configs = FIXTURES / "configs"
     sdxl_configs(configs)
     prefixed = lambda d: {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v for k, v in d.items()}
-    for tag, family in (("sd15", "v1"), ("sd21", "v2"), ("sdxl", "xl_base")):
+    for tag, family in (("sd15", "v1"), ("sd21", "v2"), ("sdxl", "xl_base"), ("sdxl_refiner", "xl_refiner")):
+        xl, refiner = tag.startswith("sdxl"), tag == "sdxl_refiner"
         unet_cfg = json.loads((configs / f"{tag}_unet.json").read_text())
-        vae_cfg = json.loads((configs / ("sdxl_vae.json" if tag == "sdxl" else "sd15_vae.json")).read_text())
-        text_cfg = CLIPTextConfig.from_pretrained(configs / ("sd15_text_encoder.json" if tag == "sdxl" else f"{tag}_text_encoder.json"))
+        vae_cfg = json.loads((configs / ("sdxl_vae.json" if xl else "sd15_vae.json")).read_text())
         with torch.device("meta"):
             unet = UNet2DConditionModel.from_config(unet_cfg).state_dict()
             vae = AutoencoderKL.from_config(vae_cfg).state_dict()
-            text = prefixed(CLIPTextModel(text_cfg).state_dict())
-            if tag == "sdxl":
+            if not refiner:
+                text_cfg = CLIPTextConfig.from_pretrained(configs / ("sd15_text_encoder.json" if xl else f"{tag}_text_encoder.json"))
+                text = prefixed(CLIPTextModel(text_cfg).state_dict())
+            if xl:
                 text_2 = prefixed(CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(configs / "sdxl_text_encoder_2.json")).state_dict())
         shapes = {}
         for k, v in unet.items():
@@ -548,12 +566,13 @@ def full_size(out: Path) -> None:
         open_clip = []
         if family == "v2":
             open_clip.append(("cond_stage_model.model.", text, True))
-        else:
-            prefix = "conditioner.embedders.0.transformer." if tag == "sdxl" else "cond_stage_model.transformer."
+        elif not refiner:
+            prefix = "conditioner.embedders.0.transformer." if xl else "cond_stage_model.transformer."
             for k, v in text.items():
                 shapes[prefix + k] = list(v.shape)
-        if tag == "sdxl":
-            open_clip.append(("conditioner.embedders.1.model.", text_2, False))
+        if xl:
+            # The refiner's only embedder is the base's second.
+            open_clip.append((f"conditioner.embedders.{0 if refiner else 1}.model.", text_2, False))
         for prefix, model, extra_layer in open_clip:
             entries, layers = open_clip_entries(model, prefix)
             for ldm, hf in entries:
@@ -592,14 +611,15 @@ def full_size(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=FIXTURES / "single_file")
-    parser.add_argument("--only", choices=["sd3"], help="only SD 3's tiny map and full-size shapes")
+    parser.add_argument("--only", choices=["sd3", "ldm"], help="only SD 3's files, or only the others")
     args = parser.parse_args()
     if args.only != "sd3":
-        for name in ("sd1_tiny", "sd2_tiny", "sdxl_tiny"):
+        for name in ("sd1_tiny", "sd2_tiny", "sdxl_tiny", "sdxl_refiner_tiny"):
             tiny(name, args.out)
         full_size(args.out)
-    sd3_tiny(args.out)
-    sd35m_shapes(args.out)
+    if args.only != "ldm":
+        sd3_tiny(args.out)
+        sd35m_shapes(args.out)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,7 @@ export const DEFAULT_MODEL_URL: string;
  *
  * From the runtime (the wasm module): "config", "weight_file", "missing_tensor",
  * "tensor_shape", "tensor_dtype", "unused_tensors", "unknown_layout" (a weight file whose
- * names fit no known layout; the message names the nearest ones), "unsupported_model" (a
- * known kind this runtime does not run yet), "tokenizer", "missing_file",
+ * names fit no known layout; the message names the nearest ones), "tokenizer", "missing_file",
  * "pickled_weights" (a .bin/.ckpt where safetensors is needed), "invalid_input", "device", "device_lost" (load the model again), "device_limit",
  * "cancelled" (by `cancel()`), "callback" (`onStep` or `onProgress` threw), "io", "network".
  *
@@ -32,7 +31,6 @@ export type ErrorCode =
   | "tensor_dtype"
   | "unused_tensors"
   | "unknown_layout"
-  | "unsupported_model"
   | "tokenizer"
   | "missing_file"
   | "pickled_weights"
@@ -87,12 +85,12 @@ export interface ModelSource extends Controls {
   /** Diffusers paths ("unet/config.json") to file contents; not with `url`. */
   files?: Record<string, Blob | Uint8Array>;
   /**
-   * A single-file checkpoint (.safetensors in the original SD 1.x, 2.x, SDXL or SD 3 layout)
+   * A single-file checkpoint (.safetensors in the original SD 1.x, 2.x, SDXL, SDXL refiner or SD 3 layout)
    * by URL or as a file. It holds no tokenizer: `url` or `files` then give a diffusers folder
    * of the same family, of which only the tokenizers and the configs are read (a config there
    * wins over the one inferred from the file; a scheduler config tells an SD 2.x epsilon model
    * from the v-prediction one assumed). Files of other layouts are refused with
-   * "unknown_layout", the SDXL refiner with "unsupported_model".
+   * "unknown_layout".
    */
   checkpoint?: string | Blob | Uint8Array;
   /**

@@ -25,6 +25,7 @@ before(async () => {
   MADE = await mkdtemp(join(tmpdir(), "lina-made-"));
   await writeFile(join(MADE, "sd1_tiny.safetensors"), await singleFileCheckpoint("sd1_tiny"));
   await writeFile(join(MADE, "sdxl_tiny.safetensors"), await singleFileCheckpoint("sdxl_tiny"));
+  await writeFile(join(MADE, "sdxl_refiner_tiny.safetensors"), await singleFileCheckpoint("sdxl_refiner_tiny"));
   // The helpers the tests run inside the page: /helpers/reference.js.
   const helpers = join(dirname(fileURLToPath(import.meta.url)), "page");
   server = await startServer({ mounts: { "/packed/": join(PACKED, "package"), "/made/": MADE, "/fixtures/": FIXTURES, "/helpers/": helpers } });
@@ -347,7 +348,7 @@ test("SDXL-Turbo at 4 steps, given the noise diffusers' ancestral sampler drew (
   await page.close();
 });
 
-test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL; its img2img (`initImage`, `strength`) and its run on SDXL base's handed-over latents (`denoisingEnd`, `handoffLatents`) draw diffusers' images", { timeout: SLOW }, async () => {
+test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL and as a single file; its img2img (`initImage`, `strength`) and its run on SDXL base's handed-over latents (`denoisingEnd`, `handoffLatents`) draw diffusers' images", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const before = server.requests.length;
   const out = await page.evaluate(async () => {
@@ -371,6 +372,8 @@ test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL; i
       strength: 0.5,
     };
     const img2img = await drawAgainst(LinaModel, { url: folder }, options, tensor("image"));
+    // The same weights as StabilityAI's single file names them, beside the folder.
+    const single = await drawAgainst(LinaModel, { url: folder, checkpoint: "/made/sdxl_refiner_tiny.safetensors" }, options, tensor("image"));
     // The ensemble of experts: SDXL base stops at 80% of the schedule and hands its latents
     // (a Float32Array, passed on as it is) to the refiner.
     const base = new LinaModel();
@@ -387,9 +390,10 @@ test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL; i
       { prompt: options.prompt, negativePrompt: options.negativePrompt, steps: 10, guidanceScale: 7.5, handoffLatents: handed.latents, denoisingStart: 0.8 },
       tensor("handoff_image"),
     );
-    return { worst: img2img.worst, handedType: handed.latents?.constructor?.name, refined: refined.worst };
+    return { worst: img2img.worst, single: single.worst, handedType: handed.latents?.constructor?.name, refined: refined.worst };
   });
   assert.ok(out.worst <= 1, `the browser's SDXL refiner image is ${out.worst}/255 from diffusers'`);
+  assert.ok(out.single <= 1, `the refiner's single file draws ${out.single}/255 from diffusers'`);
   assert.equal(out.handedType, "Float32Array");
   assert.ok(out.refined <= 1, `base then refiner: ${out.refined}/255 from diffusers'`);
   // The folder's index names no first text encoder or tokenizer: none was asked for.
