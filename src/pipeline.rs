@@ -6,6 +6,7 @@
 //! change everything a step touches through a [`StepHook`].
 
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1639,37 +1640,14 @@ impl StableDiffusion {
         }
         let (noise, shape) = self.initial_noise(opts, (width, height))?;
         let noise = Tensor::<4>::from_data(TensorData::new(noise, shape), &self.device);
-        let cutoff = |fraction: f64, what: &str| -> Result<f64> {
-            if !(fraction > 0.0 && fraction < 1.0) {
-                return Err(Error::InvalidInput(format!(
-                    "{what} must be in (0, 1), got {fraction}"
-                )));
-            }
-            let total = self.scheduler_config.num_train_timesteps as f64;
-            Ok((total - fraction * total).round())
-        };
-        let timesteps = scheduler.timesteps().to_vec();
+        let Range { start, end } = self.steps_run(opts, scheduler.timesteps())?;
         let (latents, step, init) = match (&opts.handoff, &opts.init_image) {
-            (Some(_), Some(_)) => {
-                return Err(Error::InvalidInput(
-                    "handoff latents and an init image are two starts; give one".into(),
-                ));
-            }
             (Some(_), None) if opts.initial_latents.is_some() => {
                 return Err(Error::InvalidInput(
                     "handoff latents and initial latents are two starts; give one".into(),
                 ));
             }
-            (Some(handoff), None) => {
-                let below = cutoff(handoff.denoising_start, "denoising_start")?;
-                let step = timesteps.iter().take_while(|&&t| t >= below).count();
-                if step == timesteps.len() {
-                    return Err(Error::InvalidInput(format!(
-                        "denoising_start {} leaves none of the {} steps to run",
-                        handoff.denoising_start,
-                        timesteps.len()
-                    )));
-                }
+            (Some(handoff), _) => {
                 let shape = noise.dims();
                 if handoff.latents.len() != shape.iter().product::<usize>() {
                     return Err(Error::InvalidInput(format!(
@@ -1682,7 +1660,7 @@ impl StableDiffusion {
                     burn::tensor::TensorData::new(handoff.latents.clone(), shape),
                     &self.device,
                 );
-                (latents, step, None)
+                (latents, start, None)
             }
             (None, None) => {
                 if opts.mask.is_some() {
@@ -1694,7 +1672,6 @@ impl StableDiffusion {
             }
             (None, Some(image)) => {
                 let init = self.init_latents(image, opts, noise, (width, height))?;
-                let start = self.first_step(opts, scheduler.timesteps().len())?;
                 // At full strength, pure noise as diffusers' inpainting starts from; otherwise
                 // the init image noised to the first step's level.
                 let latents = if opts.strength >= 1.0 {
@@ -1706,19 +1683,6 @@ impl StableDiffusion {
             }
         };
 
-        let end = match opts.denoising_end {
-            None => timesteps.len(),
-            Some(fraction) => {
-                let at_least = cutoff(fraction, "denoising_end")?;
-                timesteps.iter().take_while(|&&t| t >= at_least).count()
-            }
-        };
-        if end <= step {
-            return Err(Error::InvalidInput(format!(
-                "denoising_end {:?} leaves no step to run after step {step}",
-                opts.denoising_end
-            )));
-        }
         let noise = match &opts.step_noise {
             None => StepNoise::Seeded(SeededNoise { seed: opts.seed }),
             Some(values) => {
@@ -1789,12 +1753,58 @@ impl StableDiffusion {
         schedulers::build(kind, &self.scheduler_config, &opts.timesteps, image_tokens)
     }
 
-    /// The first step a run of `steps` takes: 0, or with an init image (img2img,
-    /// inpainting), as diffusers does, the start of the last floor(steps * strength) steps.
-    pub fn first_step(&self, opts: &GenerateOptions, steps: usize) -> Result<usize> {
-        if opts.init_image.is_none() {
-            return Ok(0);
+    /// The steps a run of `opts` over `timesteps` takes, `start..end`. It starts at the
+    /// first step; with an init image (img2img, inpainting), as diffusers does, at the start
+    /// of the last floor(steps * strength) steps; with handed-over latents, at the first step
+    /// below `denoising_start`. It ends at the last step, or with `denoising_end` after the
+    /// last step at or above it. LINA's step windows are fractions of these steps.
+    pub fn steps_run(&self, opts: &GenerateOptions, timesteps: &[f64]) -> Result<Range<usize>> {
+        let steps = timesteps.len();
+        // diffusers' cut: the steps whose timesteps are at or above (1 - fraction) * T.
+        let cutoff = |fraction: f64, what: &str| -> Result<usize> {
+            if !(fraction > 0.0 && fraction < 1.0) {
+                return Err(Error::InvalidInput(format!(
+                    "{what} must be in (0, 1), got {fraction}"
+                )));
+            }
+            let total = self.scheduler_config.num_train_timesteps as f64;
+            let below = (total - fraction * total).round();
+            Ok(timesteps.iter().take_while(|&&t| t >= below).count())
+        };
+        let start = match (&opts.handoff, &opts.init_image) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidInput(
+                    "handoff latents and an init image are two starts; give one".into(),
+                ));
+            }
+            (Some(handoff), None) => {
+                let start = cutoff(handoff.denoising_start, "denoising_start")?;
+                if start == steps {
+                    return Err(Error::InvalidInput(format!(
+                        "denoising_start {} leaves none of the {steps} steps to run",
+                        handoff.denoising_start,
+                    )));
+                }
+                start
+            }
+            (None, Some(_)) => self.strength_start(opts, steps)?,
+            (None, None) => 0,
+        };
+        let end = match opts.denoising_end {
+            None => steps,
+            Some(fraction) => cutoff(fraction, "denoising_end")?,
+        };
+        if end <= start {
+            return Err(Error::InvalidInput(format!(
+                "denoising_end {:?} leaves no step to run after step {start}",
+                opts.denoising_end
+            )));
         }
+        Ok(start..end)
+    }
+
+    /// Where an init image's strength starts a run of `steps`.
+    fn strength_start(&self, opts: &GenerateOptions, steps: usize) -> Result<usize> {
         if !(opts.strength > 0.0 && opts.strength <= 1.0) {
             return Err(Error::InvalidInput(format!(
                 "strength must be in (0, 1], got {}",

@@ -176,7 +176,7 @@ fn region_controlled_attention_moves_each_nodes_attention_into_its_box() {
         let (steered, steered_image) = record(&pipe, &plan);
         assert_eq!(plain.len(), 6, "{name}: one record per step");
         assert_eq!(steered.len(), 6, "{name}: one record per step");
-        let window = lina::steps_of(plan.attention_window, 0, 6);
+        let window = lina::steps_of(plan.attention_window, 0..6);
         let mut boxed = 0;
         for ((node, positions), n) in csg.nodes.iter().zip(&tokens).zip(0..) {
             let Some(b) = node.layout else { continue };
@@ -303,7 +303,7 @@ fn an_implied_effect_is_named_and_pinned_to_where_physics_allows_it() {
         .filter(|&i| words[i].as_deref() == Some("reflection"))
         .collect();
     assert!(!reflection.is_empty());
-    let window = lina::steps_of(plan.attention_window, 0, 6);
+    let window = lina::steps_of(plan.attention_window, 0..6);
     let before = share_in_box(&plain.steps, window.clone(), &reflection, b);
     let after = share_in_box(&steered.steps, window, &reflection, b);
     eprintln!("reflection tokens {reflection:?}: {before:.3} -> {after:.3}");

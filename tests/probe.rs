@@ -363,7 +363,7 @@ fn verifier_guided_repairs_turn_shadows_away_from_the_light_on_the_default_model
                 .image
         };
         plain_passed += shadows(&generate(&mut NoHook));
-        let mut repair = Repair::for_run(&csg, 1.0, [0.0, 0.8], 0, 20).unwrap();
+        let mut repair = Repair::for_run(&csg, 1.0, [0.0, 0.8], 0..20).unwrap();
         repaired_passed += shadows(&generate(&mut repair));
         acted += repair.described.iter().any(|d| d.contains("mirrored away")) as usize;
     }

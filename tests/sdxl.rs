@@ -365,3 +365,92 @@ fn sdxl_base_hands_its_latents_to_the_refiner_as_diffusers_does() {
         }
     }
 }
+
+/// LINA's step windows are fractions of the steps a run takes: SDXL base stopping at 0.8 of
+/// 10 steps takes steps 0..8, the refiner continuing from there 8..10, an img2img at strength
+/// 0.5 5..10. So the first half of a plan's window acts at steps 0..4 in the base and at step
+/// 8 in the refiner, where counted from the schedule's start it would never act there.
+#[test]
+fn lina_windows_count_the_steps_a_handed_over_run_takes() {
+    use lina_runtime::pipeline::Handoff;
+    let device = lina_runtime::device::cpu();
+    let base = StableDiffusion::load(&DirSource::new(fixture("sdxl_tiny")), &device).unwrap();
+    let refiner =
+        StableDiffusion::load(&DirSource::new(fixture("sdxl_refiner_tiny")), &device).unwrap();
+    let common_opts = GenerateOptions {
+        prompt: PROMPT.into(),
+        negative_prompt: NEGATIVE.into(),
+        guidance_scale: 7.5,
+        timesteps: Timesteps::Count(10),
+        width: Some(64),
+        height: Some(64),
+        ..GenerateOptions::default()
+    };
+    let run_of = |pipe: &StableDiffusion, opts: &GenerateOptions| {
+        let timesteps = pipe.scheduler_for(opts).unwrap().timesteps().to_vec();
+        pipe.steps_run(opts, &timesteps).unwrap()
+    };
+    let stops = GenerateOptions {
+        denoising_end: Some(0.8),
+        ..common_opts.clone()
+    };
+    assert_eq!(run_of(&base, &stops), 0..8);
+    assert_eq!(lina::steps_of([0.0, 0.5], run_of(&base, &stops)), 0..4);
+    let handed = GenerateOptions {
+        handoff: Some(Handoff {
+            latents: vec![0.5; 4 * 8 * 8],
+            denoising_start: 0.8,
+        }),
+        ..common_opts.clone()
+    };
+    assert_eq!(run_of(&refiner, &handed), 8..10);
+    assert_eq!(lina::steps_of([0.0, 0.5], run_of(&refiner, &handed)), 8..9);
+    let img2img = GenerateOptions {
+        init_image: Some(lina_runtime::image::Image {
+            width: 64,
+            height: 64,
+            rgb: vec![128; 64 * 64 * 3],
+        }),
+        strength: 0.5,
+        ..common_opts.clone()
+    };
+    assert_eq!(run_of(&refiner, &img2img), 5..10);
+
+    // A plan's attention control in the first half of the run changes the refiner's image:
+    // it acts at step 8.
+    let csg = lina_csg::parse::parse(PROMPT).unwrap();
+    let plan = lina::Plan {
+        attention_strength: lina::Plan::ATTENTION_STRENGTH,
+        attention_window: [0.0, 0.5],
+        ..lina::Plan::default()
+    };
+    let draw = |plan: &lina::Plan| {
+        pollster::block_on(lina::generate(
+            &refiner,
+            &handed,
+            &csg,
+            plan,
+            &mut NoHook,
+            &CancelToken::new(),
+        ))
+        .unwrap()
+    };
+    let steered = draw(&plan);
+    assert!(
+        steered
+            .described
+            .iter()
+            .any(|d| d.starts_with("region-controlled attention")),
+        "{:?}",
+        steered.described
+    );
+    let plain = draw(&lina::Plan::default());
+    assert_eq!(
+        steered.evaluations, plain.evaluations,
+        "no extra model call"
+    );
+    assert_ne!(
+        steered.generated.image.rgb, plain.generated.image.rgb,
+        "the control acted within the refiner's steps"
+    );
+}

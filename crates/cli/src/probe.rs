@@ -518,13 +518,12 @@ pub(crate) async fn run_suite(
                 // Candidate 0 is the plain image of this seed; the others draw from seeds
                 // no other image of the suite uses.
                 opts.seed = seed + candidate * 1_000_000;
-                let steps = intervene::timesteps(pipe, opts, &plan)?.len();
+                let timesteps = intervene::timesteps(pipe, opts, &plan)?;
                 let mut verifier = Repair::for_run(
                     &csg,
                     repair,
                     Repair::DEFAULT_WINDOW,
-                    pipe.first_step(opts, steps)?,
-                    steps,
+                    pipe.steps_run(opts, &timesteps)?,
                 )?;
                 let hook: &mut dyn StepHook = if repair == 0.0 {
                     &mut NoHook

@@ -262,11 +262,12 @@ pub struct Intervened {
     pub evaluations: usize,
 }
 
-/// Steps `[start, end)` for a window given in fractions of the steps that run, `first..steps`
-/// (img2img and inpainting skip the first ones).
-pub fn steps_of(window: [f64; 2], first: usize, steps: usize) -> std::ops::Range<usize> {
-    let run = steps - first;
-    let at = |f: f64| first + ((f * run as f64).round() as usize).min(run);
+/// Steps `[start, end)` for a window given in fractions of the steps that run, `run`
+/// ([`StableDiffusion::steps_run`]: img2img and inpainting skip the first ones, handed-over
+/// latents continue where another model stopped, `denoising_end` stops early).
+pub fn steps_of(window: [f64; 2], run: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let len = run.len();
+    let at = |f: f64| run.start + ((f * len as f64).round() as usize).min(len);
     at(window[0])..at(window[1])
 }
 
@@ -304,8 +305,7 @@ pub fn prepare(
     plan.validate()?;
     csg.validate()?;
     let timesteps = timesteps(pipe, opts, plan)?;
-    let steps = timesteps.len();
-    let first = pipe.first_step(opts, steps)?;
+    let run = pipe.steps_run(opts, &timesteps)?;
     let mut opts = opts.clone();
     let mut described = Vec::new();
     if plan.warp != 1.0 {
@@ -362,7 +362,7 @@ pub fn prepare(
         attention_layout = with_effects;
     }
     if plan.prompt_strength != 0.0 {
-        let window = steps_of(plan.prompt_window, first, steps);
+        let window = steps_of(plan.prompt_window, run.clone());
         let g = prompt::PromptGuidance::new(
             pipe,
             &opts.prompt,
@@ -386,7 +386,7 @@ pub fn prepare(
             csg,
             &attention_layout,
             plan.attention_strength,
-            steps_of(plan.attention_window, first, steps),
+            steps_of(plan.attention_window, run.clone()),
             latent,
         )?;
         if a.acts() {
@@ -413,7 +413,7 @@ pub fn prepare(
             plan.node_weight,
             plan.effect_weight,
             opts.clip_skip,
-            steps_of(plan.region_window, first, steps),
+            steps_of(plan.region_window, run.clone()),
             latent,
         )?;
         described.extend(g.described.iter().cloned());

@@ -1140,15 +1140,9 @@ impl Repair {
     pub const DEFAULT_STRENGTH: f64 = 1.0;
     pub const DEFAULT_WINDOW: [f64; 2] = [0.5, 1.0];
 
-    /// Repairs in the steps `window` (fractions of the steps that run, `first..steps`, as a
-    /// plan's windows are) at `strength` in [0, 1].
-    pub fn for_run(
-        csg: &Csg,
-        strength: f64,
-        window: [f64; 2],
-        first: usize,
-        steps: usize,
-    ) -> Result<Self> {
+    /// Repairs in the steps `window` (fractions of the steps that run, `run`, as a plan's
+    /// windows are) at `strength` in [0, 1].
+    pub fn for_run(csg: &Csg, strength: f64, window: [f64; 2], run: Range<usize>) -> Result<Self> {
         if !(0.0..=1.0).contains(&strength)
             || !(0.0..=1.0).contains(&window[0])
             || !(0.0..=1.0).contains(&window[1])
@@ -1159,11 +1153,7 @@ impl Repair {
             )));
         }
         // The same window arithmetic as LINA's plans, so a window means the same steps.
-        Ok(Self::new(
-            csg,
-            strength,
-            lina::steps_of(window, first, steps),
-        ))
+        Ok(Self::new(csg, strength, lina::steps_of(window, run)))
     }
 
     pub fn new(csg: &Csg, strength: f64, window: Range<usize>) -> Self {
