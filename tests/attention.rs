@@ -202,6 +202,57 @@ fn region_controlled_attention_moves_each_nodes_attention_into_its_box() {
     }
 }
 
+/// The attention-energy latent update through the sampler: in its window it asks for each
+/// step's attention record, reads each boxed node's energy off it (the same the record gives
+/// by hand), moves the clean-latent prediction, so the image differs from plain sampling's,
+/// and adds no model evaluation. (That it moves attended content toward the box is
+/// `energy`'s unit test: the tiny random model attends nowhere in particular.)
+#[test]
+fn the_attention_energy_update_reads_its_energy_and_moves_the_latents() {
+    use lina::energy::EnergyGuidance;
+    for (name, device) in test_devices() {
+        let pipe = pipe(&device);
+        let csg = scene();
+        let layout: Vec<Option<region::Box4>> = csg.nodes.iter().map(|n| n.layout).collect();
+        let tokens = node_tokens(&pipe, PROMPT, &csg).unwrap();
+        let mut guidance = EnergyGuidance::new(&pipe, PROMPT, &csg, &layout, 1.0, 0..3).unwrap();
+        assert!(guidance.acts(), "{name}: both nodes have boxes and words");
+        let mut recorder = AttentionRecorder::default();
+        let run = |hook: &mut dyn lina_runtime::pipeline::StepHook| {
+            pollster::block_on(pipe.generate(&opts(), hook, &CancelToken::new())).unwrap()
+        };
+        let moved = run(&mut (&mut guidance, &mut recorder));
+        let plain = run(&mut lina_runtime::pipeline::NoHook);
+        let steps: Vec<usize> = guidance.energies.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            steps,
+            [0, 1, 2],
+            "{name}: one energy per step of the window"
+        );
+        for &(step, energy) in &guidance.energies {
+            let by_hand: f32 = csg
+                .nodes
+                .iter()
+                .zip(&tokens)
+                .filter_map(|(n, p)| Some((n.layout?, p)))
+                .map(|(b, p)| (1.0 - share_in_box(&recorder.steps, step..step + 1, p, b)).powi(2))
+                .sum();
+            assert!(
+                (energy as f32 - by_hand).abs() < 1e-4,
+                "{name}: step {step}'s energy {energy} differs from the record's {by_hand}"
+            );
+        }
+        assert_eq!(
+            moved.evaluations, plain.evaluations,
+            "{name}: no extra evaluation"
+        );
+        assert_ne!(
+            moved.image.rgb, plain.image.rgb,
+            "{name}: the update changed nothing"
+        );
+    }
+}
+
 /// A bias that does not fit the call (wrong token count or grid) is a clear error, before the
 /// model runs.
 #[test]

@@ -75,11 +75,13 @@ fn the_baseline_plan_is_the_plain_sampler() {
 #[test]
 fn ablation_variants_turn_one_component_on_or_off() {
     use intervene::Component;
-    // The default plan leaves the region terms, the attention control, the schedule and the
-    // mirrored frame off (docs/lina.md); `with` turns each on, and with them it uses all five.
+    // The default plan leaves the region terms, the attention control, the attention-energy
+    // update, the schedule and the mirrored frame off (docs/lina.md); `with` turns each on,
+    // and with them it uses all six.
     let lina = Plan::lina();
     assert!(!lina.uses(Component::Regions) && !lina.uses(Component::Schedule));
     assert!(!lina.uses(Component::Attention) && !lina.uses(Component::Mirror));
+    assert!(!lina.uses(Component::Energy));
     assert!(lina.uses(Component::Prompt));
     let full = Component::ALL
         .into_iter()
@@ -89,6 +91,7 @@ fn ablation_variants_turn_one_component_on_or_off() {
         lina.with_regions()
             .with(Component::Schedule)
             .with(Component::Attention)
+            .with(Component::Energy)
             .with(Component::Mirror)
     );
     assert_eq!(full.with(Component::Prompt), full, "on already: unchanged");

@@ -180,6 +180,14 @@ export interface Plan {
   attentionStrength?: number;
   attentionWindow?: [number, number];
   /**
+   * Attention-map energies with a latent update: after each step of its window, what a
+   * boxed entity's words attend to moves toward its box, this fraction of the way (times the
+   * share of their attention still outside), in [0, 1]; 0 turns it off. Gradient-free: no
+   * extra model evaluation (docs/lina.md).
+   */
+  energyStrength?: number;
+  energyWindow?: [number, number];
+  /**
    * Name the implied effects ("reflection", "shadow") at the prompt's end and steer their
    * words too (default false: on the embedded model the appended words did harm).
    */

@@ -26,6 +26,9 @@ const SLIDERS = [
   strength("attentionStrength", "Region-controlled attention", "Region-controlled attention: strength", 6, 0.5, (v) => (v === 0 ? "off" : `e^${v}`),
     "Inside its box, an entity's words weigh this much more in every cross-attention layer than outside it (try 2)."),
   ...runWindow("attention", "Region-controlled attention", "Where in the run it starts.", "Where it stops."),
+  strength("energyStrength", "Attention-energy update", "Attention-energy update: strength", 1, 0.05, (v) => (v === 0 ? "off" : `${Math.round(v * 100)}% of the way`),
+    "After each step, moves what an entity's words attend to toward its box, this share of the way (times the share still outside). Only a model that places words in its attention can follow it."),
+  ...runWindow("energy", "Attention-energy update", "Where in the run it starts.", "Where it stops."),
   {
     ...strength("warp", "Schedule", "Schedule warp", 3, 0.1, (v) => (v === 1 ? "1 (plain)" : `${v}`),
       "1 is the plain schedule; above 1 gives the noisy first steps, where the layout forms, more of the run."),
@@ -44,7 +47,7 @@ const SWITCHES = [
 
 /**
  * A slider of one of the plan's numbers, from 0 (off) to `max`.
- * @param {"promptStrength" | "nodeWeight" | "effectWeight" | "attentionStrength" | "warp"} field
+ * @param {"promptStrength" | "nodeWeight" | "effectWeight" | "attentionStrength" | "energyStrength" | "warp"} field
  * @param {string} group @param {string} label @param {number} max @param {number} step
  * @param {(v: number) => string} unit @param {string} help
  */
@@ -55,7 +58,7 @@ function strength(field, group, label, max, step, unit, help) {
 /**
  * The two sliders of a window (`${name}Window`): where in the run an intervention starts and
  * stops, labelled after the group ("Prompt guidance from", "… until").
- * @param {"prompt" | "region" | "attention"} name @param {string} group
+ * @param {"prompt" | "region" | "attention" | "energy"} name @param {string} group
  * @param {string} fromHelp @param {string} untilHelp
  */
 function runWindow(name, group, fromHelp, untilHelp) {

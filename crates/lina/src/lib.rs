@@ -18,6 +18,7 @@
 //! (`lina_probe::repair`), which callers add as an extra [`StepHook`] when they evaluate it.
 
 pub mod attention;
+pub mod energy;
 pub mod mirror;
 pub mod predict;
 pub mod prompt;
@@ -59,6 +60,12 @@ pub struct Plan {
     /// (docs/lina.md, "Evaluation under two judges"). Off, it steers only the words the
     /// prompt has.
     pub attention_effects: bool,
+    /// Attention-map energies with a latent update ([`energy`]): the fraction of the way
+    /// from where a boxed node's words are attended to its box that a controlled step moves
+    /// the clean-latent prediction (times the share still outside), in [0, 1]; 0 turns it
+    /// off.
+    pub energy_strength: f64,
+    pub energy_window: [f64; 2],
     /// Whether the model draws the scene's mirror image from the mirror image's text, for
     /// the whole run ([`mirror`]); a prompt with no word of direction is unchanged by it.
     pub mirror: bool,
@@ -78,6 +85,8 @@ impl Default for Plan {
             attention_strength: 0.0,
             attention_window: [0.0, 0.6],
             attention_effects: false,
+            energy_strength: 0.0,
+            energy_window: [0.0, 0.3],
             mirror: false,
             warp: 1.0,
         }
@@ -114,6 +123,11 @@ impl Plan {
     /// than outside. Not yet chosen by an evaluation (docs/lina.md).
     pub const ATTENTION_STRENGTH: f64 = 2.0;
 
+    /// The strength the attention-energy update takes when it is turned on by name
+    /// ([`Plan::with`]): a controlled step goes half the way. Not yet chosen by an
+    /// evaluation (docs/lina.md).
+    pub const ENERGY_STRENGTH: f64 = 0.5;
+
     /// The warp the schedule takes when it is turned on by name ([`Plan::with`], the
     /// predictor's "schedule" candidate): the value our first settings search chose.
     pub const SCHEDULE_WARP: f64 = 1.5;
@@ -134,6 +148,7 @@ impl Plan {
             }
             Component::Regions => p = self.with_regions(),
             Component::Attention => p.attention_strength = Self::ATTENTION_STRENGTH,
+            Component::Energy => p.energy_strength = Self::ENERGY_STRENGTH,
             Component::Mirror => p.mirror = true,
         }
         p
@@ -172,6 +187,7 @@ impl Plan {
                 p.effect_weight = off.effect_weight;
             }
             Component::Attention => p.attention_strength = off.attention_strength,
+            Component::Energy => p.energy_strength = off.energy_strength,
             Component::Mirror => p.mirror = off.mirror,
         }
         p
@@ -192,6 +208,7 @@ impl Plan {
             ("promptWindow", self.prompt_window),
             ("regionWindow", self.region_window),
             ("attentionWindow", self.attention_window),
+            ("energyWindow", self.energy_window),
         ] {
             if !(0.0..=1.0).contains(&w[0]) || !(0.0..=1.0).contains(&w[1]) || w[0] > w[1] {
                 return bad(&format!(
@@ -211,6 +228,12 @@ impl Plan {
                 ));
             }
         }
+        if !(0.0..=1.0).contains(&self.energy_strength) {
+            return bad(&format!(
+                "energyStrength must be in [0, 1], got {}",
+                self.energy_strength
+            ));
+        }
         Ok(())
     }
 }
@@ -222,15 +245,17 @@ pub enum Component {
     Prompt,
     Regions,
     Attention,
+    Energy,
     Mirror,
 }
 
 impl Component {
-    pub const ALL: [Component; 5] = [
+    pub const ALL: [Component; 6] = [
         Component::Schedule,
         Component::Prompt,
         Component::Regions,
         Component::Attention,
+        Component::Energy,
         Component::Mirror,
     ];
 
@@ -240,6 +265,7 @@ impl Component {
             Component::Prompt => "prompt",
             Component::Regions => "regions",
             Component::Attention => "attention",
+            Component::Energy => "energy",
             Component::Mirror => "mirror",
         }
     }
@@ -399,6 +425,29 @@ pub fn prepare(
             described.push(
                 "region-controlled attention off: no node of the scene graph has both a layout box and words in the prompt".into(),
             );
+        }
+    }
+    if plan.uses(Component::Energy) {
+        let g = energy::EnergyGuidance::new(
+            pipe,
+            &opts.prompt,
+            csg,
+            &attention_layout,
+            plan.energy_strength,
+            steps_of(plan.energy_window, run.clone()),
+        )?;
+        match g.acts() {
+            true => {
+                described.push(format!(
+                    "attention-energy latent update {} on {:?}",
+                    plan.energy_strength,
+                    g.tokens()
+                ));
+                hooks.0.push(Box::new(g));
+            }
+            false => described.push(
+                "attention-energy update off: no node of the scene graph has both a layout box and words in the prompt".into(),
+            ),
         }
     }
     if plan.uses(Component::Regions) && layout.iter().all(Option::is_none) {
