@@ -3,8 +3,12 @@
 //!
 //! `every_layout_matches_diffusers_at_full_size`: full-size SD 1.5, SD 2.1, SDXL and SD 3.5
 //! medium with random weights, in every layout the runtime reads, against diffusers' outputs
-//! on the same weights. Their folders are made on demand by `tools/make_full_size.py` (several GB each,
-//! never in git) and named by LINA_FULL_SIZE; without it the test says so and checks
+//! on the same weights, on the CPU backend and, with LINA_TEST_GPU=1, on wgpu too; for SD
+//! 1.5 also a whole 30-step run from diffusers' latents and one LoRA in kohya's and in
+//! diffusers' names against diffusers' fused UNet. Their folders are made on demand by
+//! `tools/make_full_size.py` (several GB each, never in git) and named by LINA_FULL_SIZE
+//! (LINA_FULL_SIZE_FAMILIES=sd15,sdxl picks some, LINA_FULL_SIZE_BACKENDS=wgpu skips the CPU
+//! pass); without it the test says so and checks
 //! nothing, and with it a missing folder fails. `docs/models.md` has the commands.
 //!
 //! The two others build the published SD 1.5 and SD 2.1 UNet configs with random weights
@@ -18,11 +22,13 @@ use std::time::Instant;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Distribution, Tensor};
-use common::{Reference, max_abs_diff, read_fixture, relative_diff, values};
+use common::{Reference, max_abs_diff, read_fixture, relative_diff, values, worst_pixel};
+use lina_runtime::kernels::Kernels;
 use lina_runtime::models::unet::{UNet, UNetConfig};
-use lina_runtime::pipeline::StableDiffusion;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
 use lina_runtime::source::DirSource;
-use lina_runtime::weights::Weights;
+use lina_runtime::weights::{Lora, ScaledLora, Weights};
 
 fn one_step(config_file: &str, latent: usize, context_dim: usize) {
     let device = if std::env::var("LINA_TEST_GPU").as_deref() == Ok("1") {
@@ -191,44 +197,142 @@ fn every_layout_matches_diffusers_at_full_size() {
         );
         return;
     };
-    let device = lina_runtime::device::cpu();
+    let families =
+        std::env::var("LINA_FULL_SIZE_FAMILIES").unwrap_or_else(|_| "sd15,sd21,sdxl,sd35m".into());
+    // LINA_FULL_SIZE_BACKENDS=wgpu (with LINA_TEST_GPU=1) skips the CPU backend's pass.
+    let backends = std::env::var("LINA_FULL_SIZE_BACKENDS").unwrap_or_else(|_| "cpu,wgpu".into());
+    let devices: Vec<_> = common::test_devices()
+        .into_iter()
+        .filter(|(backend, _)| backends.split(',').any(|b| b == *backend))
+        .collect();
+    assert!(
+        !devices.is_empty(),
+        "LINA_FULL_SIZE_BACKENDS={backends} names no backend this run has"
+    );
     let mut checked = 0;
-    for family in ["sd15", "sd21", "sdxl", "sd35m"] {
-        let dir = root.join(family);
-        if !dir.exists() {
-            println!("{family}: not made under {}", root.display());
-            continue;
-        }
-        if family == "sd35m" {
-            check_sd35m(&dir, &device);
+    for (backend, device) in devices {
+        for family in families.split(',') {
+            let dir = root.join(family);
+            if !dir.exists() {
+                println!("{family}: not made under {}", root.display());
+                continue;
+            }
+            let family = format!("{family} ({backend})");
+            check_family(&family, &dir, &device);
             checked += 1;
-            continue;
         }
-        let sdxl = family == "sdxl";
-        let reference = Reference::at(&dir.join("reference.safetensors"));
-        let folder = dir.join("diffusers");
-        let load = |source: &DirSource| StableDiffusion::load(source, &device).unwrap();
-        let from_folder = outputs(&load(&DirSource::new(&folder)), &reference, sdxl);
-        check_against_diffusers(family, &from_folder, &reference, sdxl);
-        let file = dir.join("single.safetensors");
-        let single = DirSource::open(&file, Some(&folder)).unwrap();
-        same(
-            family,
-            "single file",
-            &from_folder,
-            &outputs(&load(&single), &reference, sdxl),
-        );
-        let legacy: &Path = &dir.join("legacy");
-        if legacy.exists() {
-            let from_legacy = outputs(&load(&DirSource::new(legacy)), &reference, sdxl);
-            same(family, "legacy VAE names", &from_folder, &from_legacy);
-        }
-        checked += 1;
     }
     assert!(
         checked > 0,
-        "LINA_FULL_SIZE={} holds no model",
+        "LINA_FULL_SIZE={} holds no model of {families}",
         root.display()
+    );
+}
+
+/// Every layout of one family made under `dir`, on `device`.
+fn check_family(family: &str, dir: &Path, device: &burn::tensor::Device) {
+    if family.starts_with("sd35m") {
+        return check_sd35m(dir, device);
+    }
+    let sdxl = family.starts_with("sdxl");
+    let reference = Reference::at(&dir.join("reference.safetensors"));
+    let folder = dir.join("diffusers");
+    let load = |source: &DirSource| {
+        let started = Instant::now();
+        let pipe = StableDiffusion::load(source, device).unwrap();
+        println!("{family}: loaded in {:.1?}", started.elapsed());
+        pipe
+    };
+    let pipe = load(&DirSource::new(&folder));
+    let memory = |when: &str| {
+        if let Some(m) = lina_runtime::device::gpu_memory(device) {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            println!(
+                "{family}: {when}: {:.2} GiB in use, {:.2} GiB reserved",
+                gib(m.bytes_in_use),
+                gib(m.bytes_reserved)
+            );
+        }
+    };
+    memory("loaded");
+    let from_folder = outputs(&pipe, &reference, sdxl);
+    // The pool keeps what it reserved: its size after the calls is their peak.
+    memory("after the text encoders, a UNet call and a VAE decode at 256 px");
+    check_against_diffusers(family, &from_folder, &reference, sdxl);
+    if family.starts_with("sd15") {
+        whole_run(family, &pipe, &reference);
+    }
+    drop(pipe);
+    // One LoRA in kohya's and in diffusers' (PEFT) names, each against diffusers' fused UNet.
+    for format in ["kohya", "peft"] {
+        let file = dir.join(format!("lora_{format}.safetensors"));
+        if !family.starts_with("sd15") {
+            continue;
+        }
+        assert!(
+            file.exists(),
+            "{}: made by an older tools/make_full_size.py; make it again",
+            file.display()
+        );
+        let lora = ScaledLora {
+            lora: Lora::from_safetensors(format, &std::fs::read(&file).unwrap()).unwrap(),
+            scale: 0.7,
+        };
+        let source = DirSource::new(&folder);
+        let pipe =
+            StableDiffusion::load_adapted(&source, device, Kernels::default(), &[lora]).unwrap();
+        let ours = outputs(&pipe, &reference, sdxl).unet;
+        let err = relative_diff(&ours, &reference.f32("lora_unet_out").1);
+        println!(
+            "{family}: UNet with the {format} LoRA at 0.7 within {err:.2e} of diffusers' fused one"
+        );
+        assert!(
+            err <= 1e-3,
+            "{family}: the {format} LoRA's UNet is off by {err}"
+        );
+    }
+    let file = dir.join("single.safetensors");
+    let single = DirSource::open(&file, Some(&folder)).unwrap();
+    same(
+        family,
+        "single file",
+        &from_folder,
+        &outputs(&load(&single), &reference, sdxl),
+    );
+    let legacy: &Path = &dir.join("legacy");
+    if legacy.exists() {
+        let from_legacy = outputs(&load(&DirSource::new(legacy)), &reference, sdxl);
+        same(family, "legacy VAE names", &from_folder, &from_legacy);
+    }
+}
+
+/// The target for `--latents`: diffusers' whole 30-step DDIM run at 256 px, from
+/// its latents, gives its image within 2/255.
+fn whole_run(family: &str, pipe: &StableDiffusion, reference: &Reference) {
+    let (shape, latents) = reference.f32("run_latents");
+    let side = shape[3] * 8;
+    let opts = GenerateOptions {
+        prompt: "a red ball on a small mirror".into(),
+        negative_prompt: String::new(),
+        timesteps: Timesteps::Count(30),
+        guidance_scale: 7.5,
+        width: Some(side),
+        height: Some(side),
+        initial_latents: Some(latents),
+        ..GenerateOptions::default()
+    };
+    let started = Instant::now();
+    let image = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+        .unwrap()
+        .image;
+    let worst = worst_pixel(&image.rgb, &reference.f32("run_image").1);
+    println!(
+        "{family}: 30 DDIM steps at {side} px in {:.1?}, within {worst:.2}/255 of diffusers' image",
+        started.elapsed()
+    );
+    assert!(
+        worst <= 2.0,
+        "{family}: the 30-step image is {worst}/255 off"
     );
 }
 

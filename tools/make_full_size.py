@@ -18,7 +18,9 @@ For each family, under OUT/<family>/:
   (`query`/`key`/`value`/`proj_attn`) as 1x1 convolutions, the other components linked;
 * `reference.safetensors`: fixed inputs and diffusers' outputs in f32 on the CPU: the text
   encoders on the test tokenizer's ids for a prompt, one UNet call at 32x32 latents, one VAE
-  decode of 32x32 latents.
+  decode of 32x32 latents; for SD 1.5 also a whole 30-step DDIM run at 256 px from given
+  latents (`run_latents`, `run_image`), and `lora_kohya.safetensors` / `lora_peft.safetensors`,
+  one LoRA in both formats, with diffusers' UNet call after fusing it (`lora_unet_out`).
 
 SD 3.5 medium (`sd35m`) is a diffusers folder without T5 and the same weights as a single file in
 StabilityAI's layout (`single.safetensors`, `tools/make_single_file.py`'s SD 3 names, whose
@@ -50,6 +52,8 @@ from make_single_file import (  # noqa: E402
 PROMPT = "a red ball on a small mirror"
 LATENT = 32
 TIMESTEP = 501.0
+RUN_STEPS = 30
+LORA_SCALE = 0.7
 
 FAMILIES = {
     # family: (single-file family, unet config, vae config, text encoder configs)
@@ -139,8 +143,40 @@ def make(family: str, out: Path) -> None:
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2) + "\n")
     for sub in ("tokenizer",) + (("tokenizer_2",) if family == "sdxl" else ()):
         shutil.copytree(FIXTURES / "tokenizer", folder / sub)
-    index = {"_class_name": "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"}
+    # The components listed, as diffusers' `save_pretrained` writes them: the browser fetches
+    # only the folders an index names.
+    index = {
+        "_class_name": "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline",
+        "scheduler": ["diffusers", sched["_class_name"]],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    if family == "sdxl":
+        index |= {"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                  "tokenizer_2": ["transformers", "CLIPTokenizer"]}
     (folder / "model_index.json").write_text(json.dumps(index) + "\n")
+
+    if family == "sd15":
+        # The issue's 30-step target: diffusers' whole pipeline from given latents at 256 px.
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        refs["run_latents"] = torch.randn((1, 4, LATENT, LATENT), generator=g)
+        pipe = StableDiffusionPipeline(
+            vae=AutoencoderKL.from_pretrained(str(folder / "vae")),
+            text_encoder=CLIPTextModel.from_pretrained(str(folder / "text_encoder")),
+            tokenizer=tok,
+            unet=UNet2DConditionModel.from_pretrained(str(folder / "unet")),
+            scheduler=DDIMScheduler.from_config(DDIM),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        log(f"   {RUN_STEPS}-step run at {LATENT * 8} px")
+        image = pipe(PROMPT, height=LATENT * 8, width=LATENT * 8, num_inference_steps=RUN_STEPS, guidance_scale=7.5,
+                     latents=refs["run_latents"].clone(), output_type="np").images
+        refs["run_image"] = torch.from_numpy(image)  # [1, H, W, 3] in [0, 1]
+        lora_files(pipe, root, refs, context, g)
+        del pipe
 
     refs = {k: (v if v.dtype == torch.int64 else v.float()).contiguous() for k, v in refs.items()}
     save_file(refs, str(root / "reference.safetensors"))
@@ -170,6 +206,52 @@ def make(family: str, out: Path) -> None:
             renamed[k] = v.contiguous()
         save_file(renamed, str(legacy / "vae" / "diffusion_pytorch_model.safetensors"))
     log(f"   done: {sum(f.stat().st_size for f in root.rglob('*') if f.is_file() and not f.is_symlink()) / 2**30:.1f} GiB")
+
+
+def lora_files(pipe, root: Path, refs: dict, context: torch.Tensor, g: torch.Generator) -> None:
+    """The same LoRA for SD 1.5's UNet in both formats: kohya's (`lora_kohya.safetensors`:
+    `lora_unet_*` with `.lora_down`/`.lora_up`/`.alpha`) and diffusers'/PEFT's
+    (`lora_peft.safetensors`: `unet.<module>.lora_A`/`.lora_B`, alpha = rank, so its up
+    half carries kohya's alpha / rank). It adapts a cross-attention query (linear), a
+    ResNet's 3x3 convolution (kohya's LoCon: a 3x3 down, a 1x1 up) and a 1x1 projection.
+    The reference gets diffusers' UNet call on `unet_sample` after `load_lora_weights` and
+    `fuse_lora(lora_scale=LORA_SCALE)` of the kohya file (`lora_unet_out`)."""
+    from torch import nn
+
+    unet = pipe.unet
+    rank, alpha = 4, 2.0
+    modules = {
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q": unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_q,
+        "mid_block.resnets.0.conv1": unet.mid_block.resnets[0].conv1,
+        "up_blocks.1.attentions.0.proj_in": unet.up_blocks[1].attentions[0].proj_in,
+    }
+    kohya, peft = {}, {}
+    for name, module in modules.items():
+        if isinstance(module, nn.Conv2d):
+            down = torch.randn((rank, module.in_channels, *module.kernel_size), generator=g) * 0.1
+            up = torch.randn((module.out_channels, rank, 1, 1), generator=g) * 0.1
+        else:
+            down = torch.randn((rank, module.in_features), generator=g) * 0.1
+            up = torch.randn((module.out_features, rank), generator=g) * 0.1
+        key = "lora_unet_" + name.replace(".", "_")
+        kohya[f"{key}.lora_down.weight"] = down.contiguous()
+        kohya[f"{key}.lora_up.weight"] = up.contiguous()
+        kohya[f"{key}.alpha"] = torch.tensor(alpha)
+        peft[f"unet.{name}.lora_A.weight"] = down.contiguous()
+        peft[f"unet.{name}.lora_B.weight"] = (up * (alpha / rank)).contiguous()
+    save_file(kohya, str(root / "lora_kohya.safetensors"))
+    save_file(peft, str(root / "lora_peft.safetensors"))
+    with torch.no_grad():
+        before = unet(refs["unet_sample"], torch.tensor([TIMESTEP]), context).sample
+    pipe.load_lora_weights(str(root / "lora_kohya.safetensors"))
+    pipe.fuse_lora(lora_scale=LORA_SCALE)
+    pipe.unload_lora_weights()  # the fused weights stay
+    with torch.no_grad():
+        refs["lora_unet_out"] = pipe.unet(refs["unet_sample"], torch.tensor([TIMESTEP]), context).sample
+    # The LoRA must move the output, or the comparison proves nothing.
+    moved = float((refs["lora_unet_out"] - before).abs().max() / before.abs().max())
+    assert moved > 1e-3, moved
+    log(f"   LoRA at {LORA_SCALE}: the UNet output moved by {moved:.3g} of its max")
 
 
 # SD 3.5 medium's published transformer and VAE configs (stabilityai/stable-diffusion-3.5-medium).
