@@ -1,6 +1,8 @@
 // What the end-to-end tests and the soak script share: a static server for www/ and for
 // model folders the tests make, and headless Chromium with WebGPU on SwiftShader.
+import { createReadStream } from "node:fs";
 import { createServer } from "node:http";
+import { pipeline } from "node:stream/promises";
 import { readFile, readdir, stat } from "node:fs/promises";
 import { extname, join, normalize } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -40,15 +42,17 @@ export async function startServer({ extra, mounts = {} } = {}) {
     const file = join(root, rest.endsWith("/") ? `${rest}index.html` : rest);
     if (!file.startsWith(root)) return response.writeHead(403).end();
     try {
-      const body = await readFile(file);
-      const { mtime } = await stat(file);
+      const info = await stat(file);
+      if (!info.isFile()) throw new Error("not a file");
       response.writeHead(200, {
         "content-type": TYPES[extname(file)] ?? "application/octet-stream",
-        "content-length": body.length,
-        "last-modified": mtime.toUTCString(),
+        "content-length": info.size,
+        "last-modified": info.mtime.toUTCString(),
       });
       if (request.method === "HEAD") return response.end();
-      if (!slow) return response.end(body);
+      // Streamed: full-size weights pass Node's 2 GiB limit on reading a file whole.
+      if (!slow) return await pipeline(createReadStream(file), response).catch(() => {});
+      const body = await readFile(file);
       for (let at = 0; at < body.length && !response.destroyed; at += 65536) {
         response.write(body.subarray(at, at + 65536));
         await new Promise((resolve) => setTimeout(resolve, 60));
@@ -122,24 +126,34 @@ export const canvasColours = (page, selector) =>
     return seen.size;
   }, selector);
 
+/** How the tests launch Debian's Chromium (or $CHROMIUM): headless, WebGPU on SwiftShader. */
+const BROWSER_OPTIONS = {
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  ignoreDefaultArgs: ["--disable-gpu"],
+  args: [
+    "--enable-unsafe-webgpu",
+    "--enable-unsafe-swiftshader",
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--no-default-browser-check",
+  ],
+};
+
 /** Debian's Chromium (or $CHROMIUM), headless, with WebGPU on SwiftShader. */
 export function launchBrowser(args = []) {
-  return chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    ignoreDefaultArgs: ["--disable-gpu"],
-    args: [
-      "--enable-unsafe-webgpu",
-      "--enable-unsafe-swiftshader",
-      "--no-sandbox",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-      "--disable-quic",
-      "--no-default-browser-check",
-      ...args,
-    ],
-  });
+  return chromium.launch({ ...BROWSER_OPTIONS, args: [...BROWSER_OPTIONS.args, ...args] });
+}
+
+/**
+ * The same browser with a profile on disk at `dir` (a user's browser, whose Cache API
+ * outlives a visit): resolves to its one context.
+ */
+export function launchWithProfile(dir) {
+  return chromium.launchPersistentContext(dir, BROWSER_OPTIONS);
 }
 
 /**
