@@ -263,33 +263,8 @@ fn check_family(family: &str, dir: &Path, device: &burn::tensor::Device) {
         whole_run(family, &pipe, &reference);
     }
     drop(pipe);
-    // One LoRA in kohya's and in diffusers' (PEFT) names, each against diffusers' fused UNet.
-    for format in ["kohya", "peft"] {
-        let file = dir.join(format!("lora_{format}.safetensors"));
-        if !family.starts_with("sd15") {
-            continue;
-        }
-        assert!(
-            file.exists(),
-            "{}: made by an older tools/make_full_size.py; make it again",
-            file.display()
-        );
-        let lora = ScaledLora {
-            lora: Lora::from_safetensors(format, &std::fs::read(&file).unwrap()).unwrap(),
-            scale: 0.7,
-        };
-        let source = DirSource::new(&folder);
-        let pipe =
-            StableDiffusion::load_adapted(&source, device, Kernels::default(), &[lora]).unwrap();
-        let ours = outputs(&pipe, &reference, sdxl).unet;
-        let err = relative_diff(&ours, &reference.f32("lora_unet_out").1);
-        println!(
-            "{family}: UNet with the {format} LoRA at 0.7 within {err:.2e} of diffusers' fused one"
-        );
-        assert!(
-            err <= 1e-3,
-            "{family}: the {format} LoRA's UNet is off by {err}"
-        );
+    if family.starts_with("sd15") {
+        loras(family, dir, &reference, device);
     }
     let file = dir.join("single.safetensors");
     let single = DirSource::open(&file, Some(&folder)).unwrap();
@@ -303,6 +278,35 @@ fn check_family(family: &str, dir: &Path, device: &burn::tensor::Device) {
     if legacy.exists() {
         let from_legacy = outputs(&load(&DirSource::new(legacy)), &reference, sdxl);
         same(family, "legacy VAE names", &from_folder, &from_legacy);
+    }
+}
+
+/// One LoRA in kohya's and in diffusers' (PEFT) names on the family's folder: each gives
+/// diffusers' UNet after `fuse_lora(lora_scale=0.7)`.
+fn loras(family: &str, dir: &Path, reference: &Reference, device: &burn::tensor::Device) {
+    for format in ["kohya", "peft"] {
+        let file = dir.join(format!("lora_{format}.safetensors"));
+        assert!(
+            file.exists(),
+            "{}: made by an older tools/make_full_size.py; make it again",
+            file.display()
+        );
+        let lora = ScaledLora {
+            lora: Lora::from_safetensors(format, &std::fs::read(&file).unwrap()).unwrap(),
+            scale: 0.7,
+        };
+        let source = DirSource::new(dir.join("diffusers"));
+        let pipe =
+            StableDiffusion::load_adapted(&source, device, Kernels::default(), &[lora]).unwrap();
+        let ours = outputs(&pipe, reference, false).unet;
+        let err = relative_diff(&ours, &reference.f32("lora_unet_out").1);
+        println!(
+            "{family}: UNet with the {format} LoRA at 0.7 within {err:.2e} of diffusers' fused one"
+        );
+        assert!(
+            err <= 1e-3,
+            "{family}: the {format} LoRA's UNet is off by {err}"
+        );
     }
 }
 
