@@ -256,16 +256,7 @@ fn sdxl_base_hands_its_latents_to_the_refiner_as_diffusers_does() {
     let (_, expected_latents) = reference.f32("handoff_latents");
     let expected_image = reference.f32("handoff_image").1;
     for (name, device) in test_devices() {
-        let base = StableDiffusion::load(&DirSource::new(fixture("sdxl_tiny")), &device).unwrap();
-        let refiner =
-            StableDiffusion::load(&DirSource::new(fixture("sdxl_refiner_tiny")), &device).unwrap();
-        let common_opts = GenerateOptions {
-            prompt: PROMPT.into(),
-            negative_prompt: NEGATIVE.into(),
-            guidance_scale: 7.5,
-            timesteps: Timesteps::Count(10),
-            ..GenerateOptions::default()
-        };
+        let (base, refiner, common_opts) = base_and_refiner(&device);
         let run = |pipe: &StableDiffusion, opts: &GenerateOptions| {
             pollster::block_on(pipe.generate(opts, &mut NoHook, &CancelToken::new()))
         };
@@ -373,19 +364,7 @@ fn sdxl_base_hands_its_latents_to_the_refiner_as_diffusers_does() {
 #[test]
 fn lina_windows_count_the_steps_a_handed_over_run_takes() {
     use lina_runtime::pipeline::Handoff;
-    let device = lina_runtime::device::cpu();
-    let base = StableDiffusion::load(&DirSource::new(fixture("sdxl_tiny")), &device).unwrap();
-    let refiner =
-        StableDiffusion::load(&DirSource::new(fixture("sdxl_refiner_tiny")), &device).unwrap();
-    let common_opts = GenerateOptions {
-        prompt: PROMPT.into(),
-        negative_prompt: NEGATIVE.into(),
-        guidance_scale: 7.5,
-        timesteps: Timesteps::Count(10),
-        width: Some(64),
-        height: Some(64),
-        ..GenerateOptions::default()
-    };
+    let (base, refiner, common_opts) = base_and_refiner(&lina_runtime::device::cpu());
     let run_of = |pipe: &StableDiffusion, opts: &GenerateOptions| {
         let timesteps = pipe.scheduler_for(opts).unwrap().timesteps().to_vec();
         pipe.steps_run(opts, &timesteps).unwrap()
@@ -453,4 +432,20 @@ fn lina_windows_count_the_steps_a_handed_over_run_takes() {
         steered.generated.image.rgb, plain.generated.image.rgb,
         "the control acted within the refiner's steps"
     );
+}
+
+/// The tiny SDXL base and refiner on `device`, and the options of their reference runs (the
+/// prompt, the negative, guidance 7.5, 10 steps).
+fn base_and_refiner(
+    device: &burn::tensor::Device,
+) -> (StableDiffusion, StableDiffusion, GenerateOptions) {
+    let load = |model| StableDiffusion::load(&DirSource::new(fixture(model)), device).unwrap();
+    let opts = GenerateOptions {
+        prompt: PROMPT.into(),
+        negative_prompt: NEGATIVE.into(),
+        guidance_scale: 7.5,
+        timesteps: Timesteps::Count(10),
+        ..GenerateOptions::default()
+    };
+    (load("sdxl_tiny"), load("sdxl_refiner_tiny"), opts)
 }

@@ -195,27 +195,7 @@ fn latents_in_and_out_reproduce_runs() {
         &floats("pipe_init_latents"),
     );
 
-    let run = |extra: &[&str], out: &str| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            fixture,
-            "--prompt",
-            "a red ball on a small mirror",
-            "--negative",
-            "blurry",
-            "--guidance",
-            "7.5",
-            "--steps",
-            "10",
-            "--out",
-            out,
-        ];
-        args.extend_from_slice(extra);
-        let done = cli(&args);
-        assert!(done.status.success(), "{}", text(&done.stderr));
-        lina_runtime::image::Image::from_png(&std::fs::read(out).unwrap()).unwrap()
-    };
+    let run = |extra: &[&str], out: &str| reference_recipe(fixture, extra, out);
     let image = run(
         &["--latents", &path("diffusers.npy")],
         &path("diffusers.png"),
@@ -331,25 +311,7 @@ fn base_and_refiner_hand_latents_over_through_files() {
     ));
     write_npy(&path("start.npy"), &[1, 4, 8, 8], &floats("handoff_start"));
     let run = |model: &str, extra: &[&str], out: &str| {
-        let model = format!("{fixtures}/{model}");
-        let mut args = vec![
-            "generate",
-            "--model",
-            &model,
-            "--prompt",
-            "a red ball on a small mirror",
-            "--negative",
-            "blurry",
-            "--guidance",
-            "7.5",
-            "--steps",
-            "10",
-            "--out",
-            out,
-        ];
-        args.extend_from_slice(extra);
-        let done = cli(&args);
-        assert!(done.status.success(), "{}", text(&done.stderr));
+        reference_recipe(&format!("{fixtures}/{model}"), extra, out)
     };
     run(
         "sdxl_tiny",
@@ -363,7 +325,7 @@ fn base_and_refiner_hand_latents_over_through_files() {
         ],
         &path("base.png"),
     );
-    run(
+    let image = run(
         "sdxl_refiner_tiny",
         &[
             "--handoff",
@@ -373,11 +335,33 @@ fn base_and_refiner_hand_latents_over_through_files() {
         ],
         &path("refined.png"),
     );
-    let image =
-        lina_runtime::image::Image::from_png(&std::fs::read(path("refined.png")).unwrap()).unwrap();
     let worst = worst_pixel(&image, &floats("handoff_image"));
     assert!(worst <= 1.0, "worst pixel {worst}/255 from diffusers'");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `generate` on `model` with the tiny fixtures' reference recipe (the prompt, "blurry" as
+/// the negative, guidance 7.5, 10 steps) and `extra` flags; the image it wrote to `out`.
+fn reference_recipe(model: &str, extra: &[&str], out: &str) -> lina_runtime::image::Image {
+    let mut args = vec![
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a red ball on a small mirror",
+        "--negative",
+        "blurry",
+        "--guidance",
+        "7.5",
+        "--steps",
+        "10",
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    let done = cli(&args);
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    lina_runtime::image::Image::from_png(&std::fs::read(out).unwrap()).unwrap()
 }
 
 /// The f32 tensors of a reference safetensors file, by name.

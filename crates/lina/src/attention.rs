@@ -98,6 +98,50 @@ pub fn node_tokens(pipe: &StableDiffusion, prompt: &str, csg: &Csg) -> Result<Ve
     Ok(out)
 }
 
+/// A node the layout controls can steer: it has a box and words in the prompt.
+pub struct BoxedNode {
+    pub id: String,
+    /// Its words' token positions ([`node_tokens`]).
+    pub positions: Vec<usize>,
+    pub bbox: Box4,
+}
+
+/// The nodes with a box (`layout[i]` is node `i`'s) and words in `prompt`, in the graph's
+/// order. A box the user drew for a node the prompt does not name would steer nothing: that
+/// is an error rather than a run as if it did. (A derived box may lack words: "lit from the
+/// left" implies a lamp that the prompt never names; such a node is left out.)
+pub fn boxed_nodes(
+    pipe: &StableDiffusion,
+    prompt: &str,
+    csg: &Csg,
+    layout: &[Option<Box4>],
+) -> Result<Vec<BoxedNode>> {
+    let mut out = Vec::new();
+    for ((node, positions), b) in csg
+        .nodes
+        .iter()
+        .zip(node_tokens(pipe, prompt, csg)?)
+        .zip(layout)
+    {
+        let Some(bbox) = *b else { continue };
+        if positions.is_empty() && node.layout.is_some() && !node.implied {
+            return Err(Error::InvalidInput(format!(
+                "csg: node \"{}\" has a layout box, but the prompt has no word for it (\"{}\"), so the layout controls cannot steer it",
+                node.id,
+                node.noun()
+            )));
+        }
+        if !positions.is_empty() {
+            out.push(BoxedNode {
+                id: node.id.clone(),
+                positions,
+                bbox,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Where an implied effect may show, from the boxes of the nodes it depends on: for a
 /// reflection, the part of its bounding surface below the object, as far as a full mirror
 /// image reaches; for a shadow, a band at the object's base on the side away from the light
@@ -207,35 +251,21 @@ impl LayoutAttention {
         let device = pipe.device().clone();
         let mut bias = Tensor::<3>::zeros([length, h, w], &device);
         let mut tokens = Vec::new();
-        for ((node, positions), b) in csg
-            .nodes
-            .iter()
-            .zip(node_tokens(pipe, prompt, csg)?)
-            .zip(layout)
+        for BoxedNode {
+            id,
+            positions,
+            bbox,
+        } in boxed_nodes(pipe, prompt, csg, layout)?
         {
-            let Some(b) = b else { continue };
-            // A box the user drew for a node the prompt does not name steers nothing: say so
-            // rather than run as if it did. (A derived box may lack words: "lit from the
-            // left" implies a lamp that the prompt never names.)
-            if positions.is_empty() && node.layout.is_some() && !node.implied {
-                return Err(Error::InvalidInput(format!(
-                    "csg: node \"{}\" has a layout box, but the prompt has no word for it (\"{}\"), so the attention control cannot steer it",
-                    node.id,
-                    node.noun()
-                )));
-            }
-            if positions.is_empty() {
-                continue;
-            }
             // +strength inside the box, -strength outside: 2 * strength * mask - strength.
-            let inside = mask(&[*b], h, w, &device).reshape([1, h, w]);
+            let inside = mask(&[bbox], h, w, &device).reshape([1, h, w]);
             let row = inside.mul_scalar(2.0 * strength).sub_scalar(strength);
             let select: Vec<f32> = (0..length)
                 .map(|i| positions.contains(&i) as u8 as f32)
                 .collect();
             let select = Tensor::<3>::from_data(TensorData::new(select, [length, 1, 1]), &device);
             bias = bias + select.mul(row);
-            tokens.push((node.id.clone(), positions));
+            tokens.push((id, positions));
         }
         Ok(Self {
             bias,

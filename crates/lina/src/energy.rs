@@ -42,20 +42,13 @@ use lina_runtime::pipeline::{
     ModelCall, Sampling, StableDiffusion, StepFuture, StepHook, StepState,
 };
 
-use crate::attention::node_tokens;
+use crate::attention::{BoxedNode, boxed_nodes};
 use crate::region::Box4;
-
-/// One boxed node: its words' token positions and its box.
-struct Target {
-    id: String,
-    positions: Vec<usize>,
-    bbox: Box4,
-}
 
 /// The hook: it asks for the attention record inside `window` and, after each such step,
 /// moves the clean-latent prediction along the energy's descent direction.
 pub struct EnergyGuidance {
-    targets: Vec<Target>,
+    targets: Vec<BoxedNode>,
     strength: f64,
     window: Range<usize>,
     /// The step just taken and its record, until `between_steps` uses it.
@@ -80,22 +73,8 @@ impl EnergyGuidance {
                 "energy strength must be in [0, 1], got {strength}"
             )));
         }
-        let targets = csg
-            .nodes
-            .iter()
-            .zip(node_tokens(pipe, prompt, csg)?)
-            .zip(layout)
-            .filter_map(|((node, positions), b)| {
-                let bbox = (*b)?;
-                (!positions.is_empty()).then(|| Target {
-                    id: node.id.clone(),
-                    positions,
-                    bbox,
-                })
-            })
-            .collect();
         Ok(Self {
-            targets,
+            targets: boxed_nodes(pipe, prompt, csg, layout)?,
             strength,
             window,
             pending: None,
@@ -303,7 +282,7 @@ mod tests {
     fn the_update_moves_attended_content_toward_the_box() {
         let (h, w) = (8, 8);
         let guidance = |strength| EnergyGuidance {
-            targets: vec![Target {
+            targets: vec![BoxedNode {
                 id: "ball".into(),
                 positions: vec![1],
                 bbox: [0.5, 0.5, 1.0, 1.0],
