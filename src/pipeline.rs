@@ -353,9 +353,11 @@ pub struct StableDiffusion {
     /// stand in its place, with a warning.
     t5: T5State,
     denoiser: Denoiser,
-    vae: VaeDecoder,
+    // Boxed, as the denoiser is: each holds hundreds of tensor handles inline (22 KB), and
+    // unoptimised builds give every move of the model a stack slot of its size.
+    vae: Box<VaeDecoder>,
     /// Present when the VAE file has the encoder (img2img and inpainting need it).
-    vae_encoder: Option<VaeEncoder>,
+    vae_encoder: Option<Box<VaeEncoder>>,
     /// TAESD's decoder, where the folder has `vae_tiny/`: cheap per-step previews.
     taesd: Option<TaesdDecoder>,
     scheduler_config: SchedulerConfig,
@@ -890,9 +892,9 @@ impl StableDiffusion {
         let (vae, vae_encoder) = build_component(weights, (kernels, None), |w| {
             let encoder = w
                 .contains("encoder.conv_in.weight")
-                .then(|| VaeEncoder::load(vae_config.clone(), w))
+                .then(|| VaeEncoder::load(vae_config.clone(), w).map(Box::new))
                 .transpose()?;
-            Ok((VaeDecoder::load(vae_config, w)?, encoder))
+            Ok((Box::new(VaeDecoder::load(vae_config, w)?), encoder))
         })?;
 
         // An optional tiny VAE beside the main one, for previews.
@@ -1157,7 +1159,7 @@ impl StableDiffusion {
     }
 
     pub fn vae_encoder(&self) -> Option<&VaeEncoder> {
-        self.vae_encoder.as_ref()
+        self.vae_encoder.as_deref()
     }
     /// Binds a textual-inversion embedding to `trigger`: a prompt that says the trigger gets
     /// the file's vectors in its place (several vectors: several tokens). Reads the formats
