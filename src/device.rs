@@ -31,6 +31,11 @@ pub struct Limits {
     /// Whether the adapter runs on the CPU (lavapipe, SwiftShader; in a browser, a fallback
     /// adapter): there workgroup barriers are slow, and kernels without them win.
     pub software: bool,
+    /// The invocations in each of the adapter's subgroups, where shaders may use subgroup
+    /// operations and every subgroup has that many (lavapipe: 8, one per lane of its 256-bit
+    /// vectors). Natively only: a browser takes subgroup operations only after WGSL's `enable
+    /// subgroups`, which naga (translating our kernels natively) does not parse yet.
+    pub subgroup_lanes: Option<u32>,
 }
 
 impl Limits {
@@ -44,6 +49,7 @@ impl Limits {
             workgroup_bytes: 0,
             workgroup_invocations: 0,
             software: true,
+            subgroup_lanes: None,
         }
     }
 
@@ -63,6 +69,12 @@ impl Limits {
                 || ["llvmpipe", "swiftshader"]
                     .iter()
                     .any(|name| info.name.to_lowercase().contains(name)),
+            subgroup_lanes: (cfg!(not(target_arch = "wasm32"))
+                && setup.device.features().contains(wgpu::Features::SUBGROUP)
+                && info.subgroup_min_size == info.subgroup_max_size
+                && (4..=64).contains(&info.subgroup_min_size)
+                && info.subgroup_min_size.is_power_of_two())
+            .then_some(info.subgroup_min_size),
         }
     }
 }

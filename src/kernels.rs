@@ -159,24 +159,25 @@ pub fn attention(
     heads: usize,
     bias: Option<ScoreBias>,
 ) -> Tensor<3> {
-    let key_block = attention_key_block(&q.rows.device(), q.width / heads);
-    attention_blocked(q, k, v, heads, bias, key_block)
+    let kernel = attention_kernel(&q.rows.device(), q.width / heads);
+    attention_with(q, k, v, heads, bias, kernel)
 }
 
-/// The most keys the fused attention takes on a software adapter. There it runs
-/// shaders/attention.wgsl, and lavapipe (Mesa 22.3, LLVM 15) computes that kernel wrongly
-/// beyond about 512 keys (768 keys: outputs off by more than 1, some never written), though
-/// it is right at 512 and below and right on an H200 at 4096; the tiled kernel is right
-/// there but slower than burn's attention. So past this, software adapters compose burn's
-/// operations ([`attention_serves`]). No model the browser ships reaches it (the default
+/// The most keys the fused attention takes on a software adapter without subgroups. There
+/// it runs shaders/attention.wgsl, and lavapipe (Mesa 22.3, LLVM 15) computes that kernel
+/// wrongly beyond about 512 keys (768 keys: outputs off by more than 1, some never written),
+/// though it is right at 512 and below and right on an H200 at 4096; the tiled kernel is
+/// right there but slower than burn's attention. So past this, such adapters compose burn's
+/// operations ([`attention_serves`]); with subgroups they run shaders/attention_lanes.wgsl,
+/// which is right at any length. No model the browser ships reaches it (the default
 /// model's largest self-attention has 256 keys).
 pub const SOFTWARE_ATTENTION_MAX_KEYS: usize = 512;
 
 /// Whether the fused attention serves an attention of q [B, Lq, `heads` x D] of type `dtype`
 /// on `device` over `keys` keys, for a model loaded with `kernels`: where the model's kernels
 /// are fused on this device and type, heads hold at most [`MAX_HEAD_DIM`] values, and (on
-/// software adapters) keys are at most [`SOFTWARE_ATTENTION_MAX_KEYS`]. Otherwise callers
-/// compose burn's operations.
+/// software adapters that run the untiled kernel) keys are at most
+/// [`SOFTWARE_ATTENTION_MAX_KEYS`]. Otherwise callers compose burn's operations.
 pub fn attention_serves(
     kernels: Kernels,
     device: &Device,
@@ -186,37 +187,64 @@ pub fn attention_serves(
 ) -> bool {
     head_dim <= MAX_HEAD_DIM
         && kernels.fused_for(device, dtype)
-        && (keys <= SOFTWARE_ATTENTION_MAX_KEYS || !crate::device::limits(device).software)
+        && (keys <= SOFTWARE_ATTENTION_MAX_KEYS
+            || !crate::device::limits(device).software
+            || matches!(
+                attention_kernel(device, head_dim),
+                AttentionKernel::Lanes { .. }
+            ))
 }
 
-/// The keys per block of the tiled attention kernel (shaders/attention_tiled.wgsl) for heads of
-/// `head_dim` values on `device`, or 0 for the kernel without workgroup memory
-/// (shaders/attention.wgsl): on software adapters, where barriers are slow, and for heads
-/// that are no multiple of 4 values (the tiled kernel reads vec4s). Otherwise 16 keys, the
-/// fastest block on an H200 (twice as fast as 64 at SD 1.5's 64x64 self-attention,
-/// docs/bench.md), or fewer where the adapter's workgroup memory holds fewer.
-pub fn attention_key_block(device: &Device, head_dim: usize) -> u32 {
+/// Which of the fused attention kernels runs: they compute the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// shaders/attention.wgsl: an invocation per query row, no workgroup memory.
+    Untiled,
+    /// shaders/attention_tiled.wgsl, with blocks of this many keys in workgroup memory.
+    Tiled { keys: u32 },
+    /// shaders/attention_lanes.wgsl, a subgroup of this many lanes per workgroup.
+    Lanes { lanes: u32 },
+}
+
+/// The attention kernel for heads of `head_dim` values on `device`. Heads that are no
+/// multiple of 4 values take the untiled kernel (the others read vec4s). On software
+/// adapters, where barriers are slow, the lanes kernel where the adapter has subgroups (6x
+/// burn's attention on lavapipe at SD 1.5's 64x64 self-attention, docs/bench.md), else the
+/// untiled one. On GPUs the tiled kernel with 16 keys, the fastest block on an H200 (twice as
+/// fast as 64 at SD 1.5's 64x64 self-attention), or fewer where the adapter's workgroup
+/// memory holds fewer.
+pub fn attention_kernel(device: &Device, head_dim: usize) -> AttentionKernel {
     let limits = crate::device::limits(device);
-    if limits.software || !head_dim.is_multiple_of(4) || limits.workgroup_invocations < 64 {
-        return 0;
+    if !head_dim.is_multiple_of(4) {
+        return AttentionKernel::Untiled;
+    }
+    if limits.software {
+        return match limits.subgroup_lanes {
+            Some(lanes) => AttentionKernel::Lanes { lanes },
+            None => AttentionKernel::Untiled,
+        };
+    }
+    if limits.workgroup_invocations < 64 {
+        return AttentionKernel::Untiled;
     }
     let fitting = limits.workgroup_bytes as usize / (2 * 4 * head_dim);
     match fitting.min(16) {
-        0..4 => 0,
-        keys => 1 << keys.ilog2(),
+        0..4 => AttentionKernel::Untiled,
+        keys => AttentionKernel::Tiled {
+            keys: 1 << keys.ilog2(),
+        },
     }
 }
 
-/// [`attention`] with the key block given: 0 for shaders/attention.wgsl, else
-/// shaders/attention_tiled.wgsl with blocks of that many keys (which must fit the adapter's
-/// workgroup memory; [`attention_key_block`] picks one that does).
-pub fn attention_blocked(
+/// [`attention`] by the kernel given (which must suit the adapter: a tiled block that fits its
+/// workgroup memory, lanes that are its subgroup's; [`attention_kernel`] picks one that does).
+pub fn attention_with(
     q: Columns,
     k: Columns,
     v: Columns,
     heads: usize,
     bias: Option<ScoreBias>,
-    key_block: u32,
+    kernel: AttentionKernel,
 ) -> Tensor<3> {
     assert_eq!(
         k.rows.dims(),
@@ -232,7 +260,7 @@ pub fn attention_blocked(
         q: q.first as u32,
         k: k.first as u32,
         v: v.first as u32,
-        key_block,
+        kernel,
         bias_rows,
         bias_first: bias.map_or(0, |b| b.first_key as u32),
         bias_cols,
@@ -249,15 +277,15 @@ pub fn attention_blocked(
 }
 
 /// Where attention's q, k and v lie in their rows, in elements: `width` columns each, from
-/// columns `q`, `k` and `v` on; the tiled kernel's key block (0: the untiled kernel); and
-/// the block of scores a bias covers (none: 0 rows).
+/// columns `q`, `k` and `v` on; the kernel; and the block of scores a bias covers (none: 0
+/// rows).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionColumns {
     width: u32,
     q: u32,
     k: u32,
     v: u32,
-    key_block: u32,
+    kernel: AttentionKernel,
     bias_rows: u32,
     bias_first: u32,
     bias_cols: u32,
@@ -400,6 +428,105 @@ pub fn conv2d_im2col(
     out.reshape([b, out_h, out_w, c_out]).permute([0, 3, 1, 2])
 }
 
+/// Groups of a subgroup's lanes in the rows each workgroup of the lanes matmul computes
+/// (shaders/matmul_lanes.wgsl): 2, 16 rows on lavapipe, ran fastest beside 1 and 4.
+const MATMUL_ROW_GROUPS: u32 = 2;
+
+/// Columns each lane of the lanes matmul keeps the sums of: two vec4s of them where b is
+/// stored as [K, N] rows, four where it is stored as [N, K] (each read as four values of K).
+fn matmul_cols_per_lane(b_rows: bool) -> u32 {
+    if b_rows { 8 } else { 4 }
+}
+
+/// Whether a product over `depth` values into `cols` columns, of type `dtype` on `device`,
+/// runs as the lanes matmul (shaders/matmul_lanes.wgsl) for a model loaded with `kernels`:
+/// on software adapters with subgroups, whose loads that kernel is written around, for
+/// depths and widths in fours (it reads vec4s). GPUs keep burn's matmul, which reached 10-25
+/// TFLOP/s on an H200 (docs/bench.md, "On a real GPU").
+pub fn lanes_serve(
+    kernels: Kernels,
+    device: &Device,
+    dtype: DType,
+    depth: usize,
+    cols: usize,
+) -> bool {
+    let limits = crate::device::limits(device);
+    kernels.fused_for(device, dtype)
+        && limits.software
+        && limits.subgroup_lanes.is_some()
+        && depth.is_multiple_of(4)
+        && cols.is_multiple_of(4)
+}
+
+/// `a` [M, K] times `b` [K, N], plus `bias` [N] where given, as the lanes matmul: for
+/// callers that asked [`lanes_serve`]. `b` is read in place as [K, N] rows or as the
+/// transpose of a contiguous [N, K] (a linear layer's weight); any other layout is copied.
+pub fn matmul(a: Tensor<2>, b: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
+    let lanes = subgroup_lanes(&a.device());
+    let bias_values = bias.map_or_else(|| b.clone().reshape([-1]), Clone::clone);
+    Tensor::from_dispatch(<Dispatch as Fused>::lanes_matmul(
+        a.into_dispatch(),
+        b.clone().into_dispatch(),
+        bias_values.into_dispatch(),
+        bias.is_some(),
+        None,
+        lanes,
+    ))
+}
+
+/// A 2-D convolution as the lanes matmul, reading its channels-last input in place (no
+/// gathered patches), for callers that asked [`lanes_serve`] with K = `c_in` (each tap's
+/// channels are read as vec4s) and N = `c_out`. `weight` [Cout, Cin, k, k] is best stored as
+/// [Cout, k, k, Cin] (as `crate::weights` uploads 3x3 filters to such adapters) or, for 1x1,
+/// as PyTorch's [Cout, Cin]; else each call copies it. Gives [B, Cout, Ho, Wo] stored
+/// channels-last, as [`conv2d_im2col`].
+pub fn conv2d_lanes(
+    x: Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    let [b, _, h, w] = x.dims();
+    let [c_out, c_in, kernel, _] = weight.dims();
+    let out_h = (h + 2 * padding - kernel) / stride + 1;
+    let out_w = (w + 2 * padding - kernel) / stride + 1;
+    // [K, N] as the transpose of [N, K], each output's filter in the filter matrix's order of
+    // K: a view of 1x1 weights and of filter rows (`crate::weights`), else a copy.
+    let filters: Tensor<2> = weight
+        .clone()
+        .permute([0, 2, 3, 1])
+        .reshape([c_out, kernel * kernel * c_in])
+        .transpose();
+    let lanes = subgroup_lanes(&x.device());
+    let bias_values = bias.map_or_else(|| filters.clone().reshape([-1]), Clone::clone);
+    let shape = ConvShape {
+        height: h as u32,
+        width: w as u32,
+        c_in: c_in as u32,
+        out_h: out_h as u32,
+        out_w: out_w as u32,
+        kernel: kernel as u32,
+        stride: stride as u32,
+        pad: padding as u32,
+    };
+    let out: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::lanes_matmul(
+        x.into_dispatch(),
+        filters.into_dispatch(),
+        bias_values.into_dispatch(),
+        bias.is_some(),
+        Some(shape),
+        lanes,
+    ));
+    out.reshape([b, out_h, out_w, c_out]).permute([0, 3, 1, 2])
+}
+
+fn subgroup_lanes(device: &Device) -> u32 {
+    crate::device::limits(device)
+        .subgroup_lanes
+        .expect("callers ask lanes_serve first")
+}
+
 /// How [`conv2d_im2col`] cuts its product, where not as the adapter would: the most bytes one
 /// gathered block may take, and how many parts the sum over K is cut into (left whole where
 /// they do not divide K). `None` takes the adapter's choice: its binding limit, and
@@ -519,6 +646,16 @@ pub trait Fused: Backend {
         bias: FloatTensor<Self>,
         residual: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+    /// `a` is a [M, K] matrix, or with `conv` a convolution's [B, C, H, W] input; `bias` is
+    /// read only where `biased` (the extension macro passes no optional tensors).
+    fn lanes_matmul(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        biased: bool,
+        conv: Option<ConvShape>,
+        lanes: u32,
+    ) -> FloatTensor<Self>;
     fn guided_step(
         model: FloatTensor<Self>,
         sample: FloatTensor<Self>,
@@ -608,19 +745,29 @@ impl Fused for CubeBackend {
         if let Some(bias) = &bias {
             bound.push(bias);
         }
-        let name = match columns.key_block {
-            0 => "attention",
-            _ => "attention_tiled",
+        let (name, rows_per_group) = match columns.kernel {
+            AttentionKernel::Untiled => ("attention", 64),
+            AttentionKernel::Tiled { .. } => ("attention_tiled", 64),
+            AttentionKernel::Lanes { lanes } => ("attention_lanes", lanes),
         };
         let mut kernel = Wgsl::new(name, q.dtype, head_dim);
         kernel.sources = sources;
-        kernel.key_block = columns.key_block;
+        match columns.kernel {
+            AttentionKernel::Tiled { keys } => kernel.key_block = keys,
+            AttentionKernel::Lanes { lanes } => {
+                kernel.lanes = lanes;
+                kernel.quads = [q_stride, kv_stride, columns.q, columns.k, columns.v]
+                    .iter()
+                    .all(|v| v % 4 == 0);
+            }
+            AttentionKernel::Untiled => {}
+        }
         kernel.biased = bias.is_some();
         launch(
             &q,
             kernel,
-            CubeDim::new_1d(64),
-            CubeCount::Static(lq.div_ceil(64), b * heads, 1),
+            CubeDim::new_1d(rows_per_group),
+            CubeCount::Static(lq.div_ceil(rows_per_group), b * heads, 1),
             &bound,
             &params,
         );
@@ -690,6 +837,73 @@ impl Fused for CubeBackend {
             grid(count, 256),
             &[&x, &bias, &residual, &out],
             &words(&[width, count]),
+        );
+        out
+    }
+
+    fn lanes_matmul(
+        a: CubeTensor,
+        b: CubeTensor,
+        bias: CubeTensor,
+        biased: bool,
+        conv: Option<ConvShape>,
+        lanes: u32,
+    ) -> CubeTensor {
+        let (a, rows) = match conv {
+            Some(g) => {
+                let a = to_channels_last(a);
+                let rows = a.meta.shape()[0] as u32 * g.out_h * g.out_w;
+                (a, rows)
+            }
+            None => {
+                let a = into_contiguous(a);
+                let rows = a.meta.shape()[0] as u32;
+                (a, rows)
+            }
+        };
+        let [depth, cols] = [b.meta.shape()[0], b.meta.shape()[1]];
+        // [K, N] rows, or the transpose of a contiguous [N, K] read as it is.
+        let transposed = cols > 1 && b.meta.strides()[0] == 1 && b.meta.strides()[1] == depth;
+        let b = if transposed { b } else { into_contiguous(b) };
+        let out = output_like(&a, [rows as usize, cols].into());
+        let g = conv.unwrap_or_default();
+        let params = words(&[
+            rows,
+            cols as u32,
+            depth as u32,
+            g.height,
+            g.width,
+            g.c_in,
+            g.out_h,
+            g.out_w,
+            g.kernel,
+            g.stride,
+            g.pad,
+        ]);
+        let mut kernel = Wgsl::new("matmul_lanes", a.dtype, 0);
+        kernel.lanes = lanes;
+        kernel.b_rows = !transposed;
+        kernel.conv = conv.is_some();
+        kernel.biased = biased;
+        let bias = biased.then(|| into_contiguous(bias));
+        let mut bound = vec![&a, &b, &out];
+        if let Some(bias) = &bias {
+            bound.push(bias);
+        }
+        // Blocks of rows along y and, past the 65535 workgroups an axis may hold, along z.
+        let row_blocks = rows.div_ceil(MATMUL_ROW_GROUPS * lanes);
+        let across = row_blocks.min(65535);
+        launch(
+            &a,
+            kernel,
+            CubeDim::new_1d(lanes),
+            CubeCount::Static(
+                (cols as u32).div_ceil(lanes * matmul_cols_per_lane(!transposed)),
+                across,
+                row_blocks.div_ceil(across),
+            ),
+            &bound,
+            &params,
         );
         out
     }
@@ -769,8 +983,8 @@ fn to_channels_last(x: CubeTensor) -> CubeTensor {
     permute(into_contiguous(permute(x, &[0, 2, 3, 1])), &[0, 3, 1, 2])
 }
 
-/// A convolution's shapes, as shaders/im2col.wgsl takes them.
-#[derive(Clone, Copy, Debug)]
+/// A convolution's shapes, as shaders/im2col.wgsl and shaders/matmul_lanes.wgsl take them.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ConvShape {
     height: u32,
     width: u32,
@@ -979,8 +1193,19 @@ struct Wgsl {
     shifted: bool,
     /// For the tiled attention: keys per block.
     key_block: u32,
-    /// For attention: whether a score bias is bound (after the output).
+    /// For attention: whether a score bias is bound (after the output); for the lanes
+    /// matmul, whether a bias is.
     biased: bool,
+    /// For the lanes kernels: the subgroup's invocations; for the lanes matmul, whether b is
+    /// stored as [K, N] rows (else as [N, K]), and whether `a` is a convolution's input
+    /// rather than a matrix.
+    lanes: u32,
+    b_rows: bool,
+    conv: bool,
+    /// For the lanes attention: whether q, k and v are bound as vec4s (every row stride and
+    /// column offset a multiple of 4), which lavapipe loads four times faster than four
+    /// numbers.
+    quads: bool,
 }
 
 impl Wgsl {
@@ -993,6 +1218,10 @@ impl Wgsl {
             shifted: false,
             key_block: 0,
             biased: false,
+            lanes: 0,
+            b_rows: false,
+            conv: false,
+            quads: false,
         }
     }
 
@@ -1024,9 +1253,12 @@ impl Wgsl {
     /// and parameters follow them.
     fn bind_sources(&self, text: String) -> String {
         let count = self.sources.iter().max().map_or(0, |m| m + 1);
+        let element = if self.quads { "vec4<T>" } else { "T" };
         let declarations: String = (0..count)
             .map(|i| {
-                format!("@group(0) @binding({i}) var<storage, read_write> src{i}: array<T>;\n")
+                format!(
+                    "@group(0) @binding({i}) var<storage, read_write> src{i}: array<{element}>;\n"
+                )
             })
             .collect();
         let [q, k, v] = self.sources.map(|i| format!("src{i}"));
@@ -1059,7 +1291,9 @@ impl Wgsl {
         let own = self.own_template();
         let common = match self.name {
             "geglu" | "bias_residual" => include_str!("../shaders/rows_common.wgsl"),
-            "attention" | "attention_tiled" => include_str!("../shaders/attention_common.wgsl"),
+            "attention" | "attention_tiled" | "attention_lanes" => {
+                include_str!("../shaders/attention_common.wgsl")
+            }
             name if name.starts_with("norm_") => include_str!("../shaders/norm_common.wgsl"),
             _ => return own.to_string(),
         };
@@ -1123,6 +1357,216 @@ impl Wgsl {
             .replace("{{ store }}", &store)
     }
 
+    /// The lanes matmul's parts (shaders/matmul_lanes.wgsl says what each is), for
+    /// [`MATMUL_ROW_GROUPS`] groups of `lanes` rows and the columns each lane keeps.
+    fn write_out_matmul(&self, text: String) -> String {
+        let (lanes, groups) = (self.lanes, MATMUL_ROW_GROUPS);
+        let rows = lanes * groups;
+        let cols = matmul_cols_per_lane(self.b_rows);
+        // Per lane: which row it loads for each group of rows, and where its columns' b starts.
+        let mut prologue = String::new();
+        for g in 0..groups {
+            let row = format!("min(row0 + {}u + lane, p.rows - 1u)", g * lanes);
+            if self.conv {
+                prologue += &format!(
+                    "    let at{g} = {row};\n    let ox{g} = at{g} % p.out_w;\n    \
+                     let oy{g} = (at{g} / p.out_w) % p.out_h;\n    \
+                     let n{g} = at{g} / (p.out_w * p.out_h);\n"
+                );
+            } else {
+                prologue += &format!("    let a_row{g} = {row} * depth4;\n");
+            }
+        }
+        if self.b_rows {
+            prologue += "    let cols4 = p.cols / 4u;\n";
+            for q in 0..cols / 4 {
+                prologue += &format!("    let b_col{q} = min(col0 / 4u + {q}u, cols4 - 1u);\n");
+            }
+        } else {
+            for q in 0..cols {
+                prologue +=
+                    &format!("    let b_col{q} = min(col0 + {q}u, p.cols - 1u) * depth4;\n");
+            }
+        }
+        // Sums: a vec4 of four columns per row with b's rows, a number per row and column
+        // with its columns.
+        let sums = if self.b_rows { cols / 4 } else { cols };
+        let zero = if self.b_rows { "vec4<f32>(0.0)" } else { "0.0" };
+        let mut accumulators = String::new();
+        for r in 0..rows {
+            for q in 0..sums {
+                accumulators += &format!("    var s{r}_{q} = {zero};\n");
+            }
+        }
+        // One step over four values of K (`kq`), given each group's loaded row quad a{g}.
+        let mut step = String::new();
+        for r in 0..rows {
+            step += &format!(
+                "        let r{r} = subgroupBroadcast(a{}, {}u);\n",
+                r / lanes,
+                r % lanes
+            );
+        }
+        if self.b_rows {
+            for (j, part) in ["x", "y", "z", "w"].iter().enumerate() {
+                for q in 0..sums {
+                    step += &format!(
+                        "        let b{j}_{q} = vec4<f32>(b[(kq * 4u + {j}u) * cols4 + b_col{q}]);\n"
+                    );
+                }
+                for r in 0..rows {
+                    for q in 0..sums {
+                        step += &format!(
+                            "        s{r}_{q} = fma(vec4<f32>(r{r}.{part}), b{j}_{q}, s{r}_{q});\n"
+                        );
+                    }
+                }
+            }
+        } else {
+            for q in 0..sums {
+                step += &format!("        let b{q} = vec4<f32>(b[b_col{q} + kq]);\n");
+            }
+            for r in 0..rows {
+                for q in 0..sums {
+                    step += &format!("        s{r}_{q} += dot(r{r}, b{q});\n");
+                }
+            }
+        }
+        let mut body = String::new();
+        if self.conv {
+            body += "    let c4 = p.c_in / 4u;\n    \
+                     for (var tap = 0u; tap < p.kernel * p.kernel; tap = tap + 1u) {\n        \
+                     let ky = tap / p.kernel;\n        let kx = tap % p.kernel;\n";
+            for g in 0..groups {
+                body += &format!(
+                    "        let iy{g} = i32(oy{g} * p.stride + ky) - i32(p.pad);\n        \
+                     let ix{g} = i32(ox{g} * p.stride + kx) - i32(p.pad);\n        \
+                     let inside{g} = iy{g} >= 0 && iy{g} < i32(p.height) && ix{g} >= 0 && ix{g} < i32(p.width);\n        \
+                     let from{g} = select(0u, ((n{g} * p.height + u32(iy{g})) * p.width + u32(ix{g})) * c4, inside{g});\n"
+                );
+            }
+            body += "        for (var cq = 0u; cq < c4; cq = cq + 1u) {\n        let kq = tap * c4 + cq;\n";
+            for g in 0..groups {
+                body += &format!(
+                    "        let a{g} = select(vec4<f32>(0.0), vec4<f32>(a[from{g} + cq]), inside{g});\n"
+                );
+            }
+            body += &step;
+            body += "        }\n    }\n";
+        } else {
+            body += "    for (var kq = 0u; kq < depth4; kq = kq + 1u) {\n";
+            for g in 0..groups {
+                body += &format!("        let a{g} = vec4<f32>(a[a_row{g} + kq]);\n");
+            }
+            body += &step;
+            body += "    }\n";
+        }
+        let mut store = String::new();
+        for r in 0..rows {
+            store += &format!("    let out{r} = row0 + {r}u;\n    if (out{r} < p.rows) {{\n");
+            for c in 0..cols {
+                let sum = if self.b_rows {
+                    format!("s{r}_{}.{}", c / 4, ["x", "y", "z", "w"][c as usize % 4])
+                } else {
+                    format!("s{r}_{c}")
+                };
+                store += &format!(
+                    "        if (col0 + {c}u < p.cols) {{ out[out{r} * p.cols + col0 + {c}u] = T({sum} + bias_of(col0 + {c}u)); }}\n"
+                );
+            }
+            store += "    }\n";
+        }
+        let bias_and_params = if self.biased {
+            "@group(0) @binding(3) var<storage, read_write> bias: array<T>;\n\
+             @group(0) @binding(4) var<storage, read_write> p: Params;\n\
+             fn bias_of(col: u32) -> f32 {\n    return f32(bias[col]);\n}\n"
+        } else {
+            "@group(0) @binding(3) var<storage, read_write> p: Params;\n\
+             fn bias_of(col: u32) -> f32 {\n    return 0.0;\n}\n"
+        };
+        text.replace("{{ lanes }}", &lanes.to_string())
+            .replace("{{ rows }}", &rows.to_string())
+            .replace("{{ cols_per_lane }}", &cols.to_string())
+            .replace("{{ bias_and_params }}", bias_and_params)
+            .replace("{{ prologue }}", &prologue)
+            .replace("{{ accumulators }}", &accumulators)
+            .replace("{{ loop }}", &body)
+            .replace("{{ store }}", &store)
+    }
+
+    /// The lanes attention's loops over a head's values and over a block of keys, written
+    /// out (shaders/attention_lanes.wgsl says why).
+    fn write_out_attention_lanes(&self, text: String) -> String {
+        let (d4, lanes) = (self.head_dim / 4, self.lanes);
+        let (q, k, v) = ("{{ q }}", "{{ k }}", "{{ v }}");
+        let quads = self.quads;
+        let quad = |array: &str, at: String| {
+            if quads {
+                format!("vec4<f32>({array}[({at}) / 4u])")
+            } else {
+                format!(
+                    "vec4<f32>(f32({array}[{at}]), f32({array}[{at} + 1u]), f32({array}[{at} + 2u]), f32({array}[{at} + 3u]))"
+                )
+            }
+        };
+        let mut load_query = String::new();
+        for d in 0..d4 {
+            load_query += &format!(
+                "    let q{d} = {} * p.scale;\n    var acc{d} = vec4<f32>(0.0);\n",
+                quad(q, format!("q_at + {}u", 4 * d))
+            );
+        }
+        let mut load_block = String::new();
+        for d in 0..d4 {
+            load_block += &format!(
+                "        let k{d} = {};\n        let v{d} = {};\n",
+                quad(k, format!("kv_at + p.k_col + {}u", 4 * d)),
+                quad(v, format!("kv_at + p.v_col + {}u", 4 * d))
+            );
+        }
+        let mut scores = String::new();
+        for j in 0..lanes {
+            scores += &format!("        var s{j} = vec4<f32>(0.0);\n");
+            for d in 0..d4 {
+                scores +=
+                    &format!("        s{j} = fma(q{d}, subgroupBroadcast(k{d}, {j}u), s{j});\n");
+            }
+            scores += &format!(
+                "        let score{j} = select(-3.0e38, s{j}.x + s{j}.y + s{j}.z + s{j}.w + bias_at(b, q_row, j0 + {j}u), j0 + {j}u < p.keys);\n\
+                 \x20       block_best = max(block_best, score{j});\n"
+            );
+        }
+        let mut accumulate = String::new();
+        for d in 0..d4 {
+            accumulate += &format!("        acc{d} *= rescale;\n");
+        }
+        for j in 0..lanes {
+            accumulate +=
+                &format!("        let w{j} = exp(score{j} - best);\n        total += w{j};\n");
+            for d in 0..d4 {
+                accumulate += &format!(
+                    "        acc{d} = fma(vec4<f32>(w{j}), subgroupBroadcast(v{d}, {j}u), acc{d});\n"
+                );
+            }
+        }
+        let mut store = String::new();
+        for d in 0..d4 {
+            store += &format!("        let o{d} = acc{d} / total;\n");
+            for (i, part) in ["x", "y", "z", "w"].iter().enumerate() {
+                store += &format!(
+                    "        out[out_at + {}u] = T(o{d}.{part});\n",
+                    4 * d + i as u32
+                );
+            }
+        }
+        text.replace("{{ lanes }}", &lanes.to_string())
+            .replace("{{ load_query }}", &load_query)
+            .replace("{{ load_block }}", &load_block)
+            .replace("{{ scores }}", &scores)
+            .replace("{{ accumulate }}", &accumulate)
+            .replace("{{ store }}", &store)
+    }
+
     fn own_template(&self) -> &'static str {
         match self.name {
             "norm_rows" => include_str!("../shaders/norm_rows.wgsl"),
@@ -1132,10 +1576,12 @@ impl Wgsl {
             "norm_apply" => include_str!("../shaders/norm_apply.wgsl"),
             "attention" => include_str!("../shaders/attention.wgsl"),
             "attention_tiled" => include_str!("../shaders/attention_tiled.wgsl"),
+            "attention_lanes" => include_str!("../shaders/attention_lanes.wgsl"),
             "geglu" => include_str!("../shaders/geglu.wgsl"),
             "bias_residual" => include_str!("../shaders/bias_residual.wgsl"),
             "guided_step" => include_str!("../shaders/guided_step.wgsl"),
             "im2col" => include_str!("../shaders/im2col.wgsl"),
+            "matmul_lanes" => include_str!("../shaders/matmul_lanes.wgsl"),
             other => unreachable!("no kernel named {other}"),
         }
     }
@@ -1151,6 +1597,12 @@ impl KernelSource for Wgsl {
         let mut text = self.template();
         if self.name == "attention_tiled" {
             text = self.write_out_attention_loops(text);
+        }
+        if self.name == "attention_lanes" {
+            text = self.write_out_attention_lanes(text);
+        }
+        if self.name == "matmul_lanes" {
+            text = self.write_out_matmul(text);
         }
         let text = text
             .replace("{{ enable }}", enable)
@@ -1173,6 +1625,7 @@ impl KernelSource for Wgsl {
             self.shifted,
             self.key_block,
             self.biased,
+            (self.lanes, self.b_rows, self.conv, self.quads),
         ))
     }
 

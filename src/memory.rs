@@ -434,6 +434,7 @@ mod tests {
             adapter: "a small GPU".into(),
             workgroup_bytes: 16384,
             workgroup_invocations: 256,
+            subgroup_lanes: None,
             software: false,
         }
     }

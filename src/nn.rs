@@ -67,7 +67,7 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.clone(), self.bias.clone())
+        self.product(x, self.bias.as_ref())
     }
 
     /// `residual + self.forward(x)`: on a GPU the bias and the residual are added in one
@@ -83,7 +83,20 @@ impl Linear {
 
     /// The product with the weight alone, for kernels that add the bias themselves.
     pub fn forward_unbiased<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.clone(), None)
+        self.product(x, None)
+    }
+
+    /// `x` times the weight, plus `bias`: as the lanes matmul on software adapters that
+    /// have it (`kernels::lanes_serve`), else burn's `linear`.
+    fn product<const D: usize>(&self, x: Tensor<D>, bias: Option<&Tensor<1>>) -> Tensor<D> {
+        let [d_in, d_out] = self.weight.dims();
+        if kernels::lanes_serve(self.kernels, &x.device(), x.dtype(), d_in, d_out) {
+            let mut dims = x.dims();
+            let rows = x.reshape([-1, d_in as i64]);
+            dims[D - 1] = d_out;
+            return kernels::matmul(rows, &self.weight, bias).reshape(dims);
+        }
+        linear(x, self.weight.clone(), bias.cloned())
     }
 
     /// The kernels this layer (and what is computed from its output) runs.
@@ -154,10 +167,21 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        // On wgpu, the patches gathered into a matrix for burn's matmul: 2-10x faster than
-        // burn's direct convolution on an H200 and 2-4x on lavapipe (docs/bench.md, "On a
-        // real GPU").
+        // On software adapters with subgroups, the lanes matmul reading the input in place:
+        // 2-4x the gathered convolution on lavapipe. On other wgpu adapters, the patches
+        // gathered into a matrix for burn's matmul: 2-10x faster than burn's direct
+        // convolution on an H200 and 2-4x on lavapipe (docs/bench.md, "On a real GPU").
         let device = x.device();
+        let [c_out, c_in, _, _] = self.weight.dims();
+        if kernels::lanes_serve(self.kernels, &device, x.dtype(), c_in, c_out) {
+            return kernels::conv2d_lanes(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                self.options.stride[0],
+                self.options.padding[0].0,
+            );
+        }
         if self.kernels.fused_for(&device, x.dtype()) {
             return kernels::conv2d_im2col(
                 x,

@@ -12,7 +12,7 @@ use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use common::{gpu_device, max_abs_diff, values};
 use lina_runtime::StableDiffusion;
 use lina_runtime::device::{GpuRequest, Precision};
-use lina_runtime::kernels::Kernels;
+use lina_runtime::kernels::{AttentionKernel, Kernels};
 use lina_runtime::schedulers::AffineStep;
 use lina_runtime::source::DirSource;
 use lina_runtime::views::{ChannelShift, Columns};
@@ -186,11 +186,31 @@ fn check_norms(gpu: &Device, tolerance: f32, label: &str, wide: bool) {
     assert!(diff < tolerance * 8.0, "{label}: layer norm off by {diff}");
 }
 
+/// The attention kernels to check on `gpu`: the untiled and tiled ones everywhere, and the
+/// lanes kernel where the adapter has subgroups (lavapipe, CI's adapter, must have them).
+fn kernels_to_check(gpu: &Device) -> Vec<AttentionKernel> {
+    let mut kernels = vec![
+        AttentionKernel::Untiled,
+        AttentionKernel::Tiled { keys: 16 },
+    ];
+    let limits = lina_runtime::device::limits(gpu);
+    match limits.subgroup_lanes {
+        Some(lanes) => kernels.push(AttentionKernel::Lanes { lanes }),
+        None => assert!(
+            !limits.adapter.to_lowercase().contains("llvmpipe"),
+            "lavapipe without subgroup lanes ({})",
+            limits.adapter
+        ),
+    }
+    kernels
+}
+
 fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
     // Attention: self-attention over 100 positions (no multiple of the 64-row workgroup),
     // and cross-attention onto 77 tokens and onto one, with heads of 8, 40 and 64 values; by
-    // the kernel without workgroup memory (key block 0) and the tiled one (blocks of 16 keys:
-    // whole ones, a short last one, and one block holding a single key).
+    // each kernel: without workgroup memory, tiled (blocks of 16 keys: whole ones, a short
+    // last one, and one block holding a single key), and by subgroup lanes where the adapter
+    // has them (blocks of 8 keys on lavapipe, likewise cut short).
     for (lq, lk, heads, d) in [
         (100, 100, 2, 8),
         (100, 77, 3, 40),
@@ -201,27 +221,28 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
         let (k, gk) = pair([2, lk, heads * d], 11, gpu);
         let (v, gv) = pair([2, lk, heads * d], 12, gpu);
         let want = values(reference_attention(q, k, v, heads));
-        for key_block in [0, 16] {
+        for kernel in kernels_to_check(gpu) {
             let (gq, gk, gv) = (gq.clone(), gk.clone(), gv.clone());
-            let got = lina_runtime::kernels::attention_blocked(
+            let got = lina_runtime::kernels::attention_with(
                 gq.into(),
                 gk.into(),
                 gv.into(),
                 heads,
                 None,
-                key_block,
+                kernel,
             );
             let diff = max_abs_diff(&read(got), &want);
             assert!(
                 diff < tolerance * 4.0,
-                "{label}: attention ({lq} queries, {lk} keys, {heads} heads of {d}, key block {key_block}) off by {diff}"
+                "{label}: attention ({lq} queries, {lk} keys, {heads} heads of {d}, {kernel:?}) off by {diff}"
             );
         }
     }
 
     // Past kernels::SOFTWARE_ATTENTION_MAX_KEYS (lavapipe computes the untiled kernel wrongly
-    // at 768 keys and more): what the runtime runs at 1024 keys (burn's operations on a
-    // software adapter, the fused kernel on a GPU), and the tiled kernel, which is right there.
+    // at 768 keys and more): what the runtime runs at 1024 keys (the lanes kernel on a
+    // software adapter with subgroups, burn's operations on one without, the tiled kernel on
+    // a GPU), and the tiled and lanes kernels, which are right there.
     let (heads, d) = (2, 40);
     let (q, gq) = pair([1, 1024, heads * d], 25, gpu);
     let (k, gk) = pair([1, 1024, heads * d], 26, gpu);
@@ -235,9 +256,22 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
         false,
         Kernels::Fused,
     );
-    let tiled =
-        lina_runtime::kernels::attention_blocked(gq.into(), gk.into(), gv.into(), heads, None, 16);
-    for (how, got) in [("as the runtime chooses", chosen), ("tiled", tiled)] {
+    let mut ways = vec![("as the runtime chooses".to_string(), chosen)];
+    for kernel in kernels_to_check(gpu) {
+        if kernel != AttentionKernel::Untiled {
+            let (gq, gk, gv) = (gq.clone(), gk.clone(), gv.clone());
+            let got = lina_runtime::kernels::attention_with(
+                gq.into(),
+                gk.into(),
+                gv.into(),
+                heads,
+                None,
+                kernel,
+            );
+            ways.push((format!("{kernel:?}"), got));
+        }
+    }
+    for (how, got) in ways {
         let diff = max_abs_diff(&read(got), &want);
         assert!(
             diff < tolerance * 4.0,
@@ -256,25 +290,55 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
         let (bias, g_bias) = pair([2, rows, cols], 19, gpu);
         let (bias, g_bias) = (bias.mul_scalar(3.0), g_bias.mul_scalar(3.0));
         let want = values(reference_biased_attention(q, k, v, heads, bias, first));
-        for key_block in [0, 16] {
+        for kernel in kernels_to_check(gpu) {
             let score_bias = lina_runtime::kernels::ScoreBias {
                 values: &g_bias,
                 first_key: first,
             };
-            let got = lina_runtime::kernels::attention_blocked(
+            let got = lina_runtime::kernels::attention_with(
                 gq.clone().into(),
                 gk.clone().into(),
                 gv.clone().into(),
                 heads,
                 Some(score_bias),
-                key_block,
+                kernel,
             );
             let diff = max_abs_diff(&read(got), &want);
             assert!(
                 diff < tolerance * 4.0,
-                "{label}: attention biased over {rows} rows and keys {first}.. (key block {key_block}) off by {diff}"
+                "{label}: attention biased over {rows} rows and keys {first}.. ({kernel:?}) off by {diff}"
             );
         }
+    }
+
+    // Columns at offsets and row strides that are no multiple of 4 (each kernel reads them
+    // number by number; the lanes kernel reads vec4s only where all are multiples of 4).
+    let (heads, d) = (2, 40);
+    let (rows, g_rows) = pair([2, 70, 3 * heads * d + 3], 28, gpu);
+    let [q, k, v] = [1, 2 + heads * d, 3 + 2 * heads * d].map(|first| {
+        let q = rows.clone().narrow(2, first, heads * d);
+        let g = Columns {
+            rows: g_rows.clone(),
+            first,
+            width: heads * d,
+        };
+        (q, g)
+    });
+    let want = values(reference_attention(q.0, k.0, v.0, heads));
+    for kernel in kernels_to_check(gpu) {
+        let got = lina_runtime::kernels::attention_with(
+            q.1.clone(),
+            k.1.clone(),
+            v.1.clone(),
+            heads,
+            None,
+            kernel,
+        );
+        let diff = max_abs_diff(&read(got), &want);
+        assert!(
+            diff < tolerance * 4.0,
+            "{label}: attention on columns at odd offsets ({kernel:?}) off by {diff}"
+        );
     }
 
     // The same read in place from fused projections' rows: [q | k | v] for self-attention,
@@ -328,6 +392,7 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
     );
 
     check_im2col(gpu, tolerance, label);
+    check_lanes(gpu, tolerance, label);
     check_guided_step(gpu, tolerance, label);
 }
 
@@ -404,6 +469,108 @@ fn check_im2col(gpu: &Device, tolerance: f32, label: &str) {
                     convs[i]
                 );
             }
+        }
+    }
+}
+
+/// The lanes matmul (shaders/matmul_lanes.wgsl, software adapters with subgroups) against
+/// burn's operations on the CPU: products whose rows and columns are no multiple of a
+/// workgroup's, with the weight stored as [K, N] rows and as a transposed [N, K], with and
+/// without a bias; and convolutions read in place, with padding, a stride, 1x1 kernels, a
+/// 1x1 input, and inputs stored channels-last or not.
+fn check_lanes(gpu: &Device, tolerance: f32, label: &str) {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+
+    let limits = lina_runtime::device::limits(gpu);
+    if limits.subgroup_lanes.is_none() {
+        // lavapipe (CI's adapter) has subgroups; an adapter without them never runs the kernel.
+        assert!(
+            !limits.adapter.to_lowercase().contains("llvmpipe"),
+            "{label}: lavapipe without subgroup lanes ({})",
+            limits.adapter
+        );
+        eprintln!(
+            "{label}: no subgroup lanes on {}: the lanes matmul is not run here",
+            limits.adapter
+        );
+        return;
+    }
+    let relative = |got: Vec<f32>, want: &[f32]| {
+        let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        max_abs_diff(&got, want) / peak
+    };
+    // (rows, depth, cols): rows past a workgroup's and not a multiple; a column block cut short.
+    for (i, &(m, k, n)) in [(37, 20, 12), (5, 8, 44), (70, 132, 36)].iter().enumerate() {
+        let seed = 80 + 4 * i as u64;
+        let (a, ga) = pair([m, k], seed, gpu);
+        let (w, gw) = pair([n, k], seed + 1, gpu);
+        let (bias, g_bias) = pair([n], seed + 2, gpu);
+        for with_bias in [false, true] {
+            let mut want = a.clone().matmul(w.clone().transpose());
+            if with_bias {
+                want = want + bias.clone().reshape([1, n]);
+            }
+            let want = values(want);
+            // [K, N] as the transpose of [N, K] (a linear layer's weight), then as rows.
+            let rows_layout = Tensor::<2>::from_data(gw.clone().transpose().into_data(), gpu);
+            for (how, b) in [
+                ("transposed", gw.clone().transpose()),
+                ("rows", rows_layout),
+            ] {
+                let got =
+                    lina_runtime::kernels::matmul(ga.clone(), &b, with_bias.then_some(&g_bias));
+                let diff = relative(read(got), &want);
+                assert!(
+                    diff < tolerance,
+                    "{label}: lanes matmul {m}x{k}x{n}, b {how}, bias {with_bias}, off by {diff} (relative)"
+                );
+            }
+        }
+    }
+    // (batch, c_in, height, width, c_out, kernel, stride, bias)
+    let convs = [
+        (2, 36, 9, 11, 44, 3, 1, true),
+        (1, 4, 8, 8, 72, 3, 1, true),
+        (1, 16, 9, 8, 20, 3, 2, true),
+        (2, 40, 5, 7, 36, 1, 1, false),
+        (2, 8, 1, 1, 12, 3, 1, true),
+    ];
+    for (i, &(b, c_in, h, w, c_out, kernel, stride, with_bias)) in convs.iter().enumerate() {
+        let seed = 60 + 4 * i as u64;
+        let (x, gx) = pair([b, h, w, c_in], seed, gpu);
+        let (wt, gw) = pair([c_out, kernel, kernel, c_in], seed + 1, gpu);
+        let (bias, g_bias) = pair([c_out], seed + 2, gpu);
+        let to_nchw = |t: Tensor<4>| t.permute([0, 3, 1, 2]);
+        let pad = kernel / 2;
+        let want = values(conv2d(
+            to_nchw(x),
+            to_nchw(wt),
+            with_bias.then_some(bias),
+            ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1),
+        ));
+        // Stored channels-last (read in place), then stored [B, C, H, W] (copied first).
+        let layouts = [
+            (to_nchw(gx.clone()), to_nchw(gw.clone())),
+            (
+                Tensor::from_data(to_nchw(gx).into_data(), gpu),
+                Tensor::from_data(to_nchw(gw).into_data(), gpu),
+            ),
+        ];
+        for (gx, gw) in layouts {
+            let got = lina_runtime::kernels::conv2d_lanes(
+                gx,
+                &gw,
+                with_bias.then_some(&g_bias),
+                stride,
+                pad,
+            );
+            let diff = relative(read(got), &want);
+            assert!(
+                diff < tolerance,
+                "{label}: lanes convolution {:?} off by {diff} (relative)",
+                convs[i]
+            );
         }
     }
 }

@@ -55,8 +55,8 @@ struct Resident {
     /// The file it came from (shards differ).
     file: Rc<str>,
     shape: Vec<usize>,
-    /// Uploaded as [kh, kw, in, out] (see [`stored_as_filters`]).
-    as_filters: bool,
+    /// How its values lie on the device (see [`layout_for`]).
+    layout: Layout,
     /// `Err(dtype)` for a tensor this runtime cannot decode.
     values: std::result::Result<Parts, String>,
 }
@@ -307,13 +307,11 @@ impl Weights {
                 let normal = Distribution::Normal(0.0, 0.02);
                 return Ok(if is_norm_scale {
                     Tensor::ones(shape, &self.device)
-                } else if stored_as_filters(&shape, &self.device) {
-                    filters_view(
+                } else {
+                    layout_for(&shape, &self.device).view(
                         Tensor::random([shape.iter().product::<usize>()], normal, &self.device),
                         shape,
                     )
-                } else {
-                    Tensor::random(shape, normal, &self.device)
                 });
             }
         };
@@ -333,11 +331,7 @@ impl Weights {
         if let Some(dtype) = self.dtype {
             flat = flat.cast(dtype);
         }
-        let mut weight = if stored.as_filters {
-            filters_view(flat, shape)
-        } else {
-            flat.reshape(shape)
-        };
+        let mut weight = stored.layout.view(flat, shape);
         if let Some(deltas) = self.pending.borrow_mut().remove(name) {
             for delta in deltas {
                 weight = delta.merged_into(weight, &self.device)?;
@@ -468,17 +462,17 @@ fn transpose_matrix(name: &str, resident: Resident, source: &str) -> Result<Resi
     Ok(Resident {
         file: resident.file,
         shape: vec![cols, rows],
-        as_filters: false,
+        layout: Layout::AsGiven,
         values,
     })
 }
 
 /// `resident` with its two row halves in the other order.
 fn swap_halves(name: &str, resident: Resident, source: &str) -> Result<Resident> {
-    let (file, shape, as_filters) = (
+    let (file, shape, layout) = (
         resident.file.clone(),
         resident.shape.clone(),
-        resident.as_filters,
+        resident.layout,
     );
     let mut halves = split_rows(name, resident, 2, source)?;
     let second = halves.pop().expect("two halves");
@@ -486,7 +480,7 @@ fn swap_halves(name: &str, resident: Resident, source: &str) -> Result<Resident>
     let values = match (first.values, second.values) {
         (Ok(a), Ok(b)) => {
             let halves: Vec<Tensor<1>> = b.blocks.into_iter().chain(a.blocks).collect();
-            let whole = if as_filters {
+            let whole = if layout == Layout::FilterMatrix {
                 // Each half is [K, out / 2] flat: the halves sit side by side along out.
                 let k = shape[1..].iter().product::<usize>();
                 let columns = halves
@@ -506,7 +500,7 @@ fn swap_halves(name: &str, resident: Resident, source: &str) -> Result<Resident>
     Ok(Resident {
         file,
         shape,
-        as_filters,
+        layout,
         values,
     })
 }
@@ -532,7 +526,7 @@ fn split_rows(name: &str, resident: Resident, n: usize, source: &str) -> Result<
                 .map(|_| Resident {
                     file: resident.file.clone(),
                     shape: shape.clone(),
-                    as_filters: resident.as_filters,
+                    layout: resident.layout,
                     values: Err(dtype.clone()),
                 })
                 .collect());
@@ -549,9 +543,9 @@ fn split_rows(name: &str, resident: Resident, n: usize, source: &str) -> Result<
         .map(|i| Resident {
             file: resident.file.clone(),
             shape: shape.clone(),
-            as_filters: resident.as_filters,
+            layout: resident.layout,
             values: Ok(Parts {
-                blocks: vec![if resident.as_filters {
+                blocks: vec![if resident.layout == Layout::FilterMatrix {
                     // Stored [K, out]: a block of outputs is a block of columns.
                     let k = len / shape[0];
                     let columns = i * shape[0]..(i + 1) * shape[0];
@@ -631,12 +625,10 @@ impl WeightsUpload {
                     message: format!("tensor `{name}` appears in more than one shard"),
                 });
             }
-            let as_filters = stored_as_filters(&t.shape, device);
+            let layout = layout_for(&t.shape, device);
             let values = match t.values {
                 Some(mut v) => {
-                    if as_filters {
-                        v = to_filter_matrix(&v, &t.shape);
-                    }
+                    v = layout.reorder(v, &t.shape);
                     let parts = upload_in_blocks(v, &t.shape, max_block, device);
                     // Hand the upload to the device now: backends that batch work would
                     // otherwise hold every tensor's host copy until the next readback.
@@ -650,7 +642,7 @@ impl WeightsUpload {
             let resident = Resident {
                 file: file.clone(),
                 shape: t.shape,
-                as_filters,
+                layout,
                 values,
             };
             tensors.insert(name, resident);
@@ -705,37 +697,82 @@ impl WeightsUpload {
     }
 }
 
-/// Whether a weight of `shape` goes to `device` as a filter matrix, [kh, kw, in, out]: the
-/// [K, N] matrix, row-major, that a convolution as gathered patches multiplies by
-/// (`kernels::conv2d_im2col`), and that splits along K into [parts, K / parts, N] as a free
-/// view (burn's matmul copies any other layout of it on every call). 1x1 kernels stay in
-/// PyTorch's [out, in] order, which the matmul reads as it is, and the CPU backend reads
-/// PyTorch's own order.
-fn stored_as_filters(shape: &[usize], device: &Device) -> bool {
-    shape.len() == 4 && shape[2] * shape[3] > 1 && crate::device::is_gpu(device)
+/// How a weight's values lie on the device. Convolution filters of more than one tap go to
+/// GPUs reordered for the product a convolution is computed as, read back in PyTorch's
+/// [out, in, kh, kw] order as a view without a copy; everything else (1x1 kernels, which
+/// products read as PyTorch's [out, in] as it is, and every weight on the CPU backend) as
+/// the file gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    AsGiven,
+    /// [kh, kw, in, out]: the [K, N] matrix, row-major, that a convolution as gathered
+    /// patches multiplies by (`kernels::conv2d_im2col`), and that splits along K into
+    /// [parts, K / parts, N] as a free view (burn's matmul copies any other layout of it on
+    /// every call).
+    FilterMatrix,
+    /// [out, kh, kw, in]: each output's filter as one row over K in the filter matrix's
+    /// order, which the lanes matmul on software adapters reads as the transposed [K, N]
+    /// (`kernels::conv2d_lanes`): each lane then reads its columns' values of K in
+    /// sequence. Read as [K, N] rows instead, SD 1.5's 16x16 convolutions ran at half the
+    /// rate on lavapipe (their rows lie 5 KB apart).
+    FilterRows,
 }
 
-/// [out, in, kh, kw] values reordered as [kh, kw, in, out], on the host, before the upload.
-fn to_filter_matrix(values: &[f32], shape: &[usize]) -> Vec<f32> {
-    let [o, i, kh, kw] = [shape[0], shape[1], shape[2], shape[3]];
-    let taps = kh * kw;
-    let mut out = vec![0.0; values.len()];
-    for (f, filter) in values.chunks_exact(i * taps).enumerate() {
-        for c in 0..i {
-            for t in 0..taps {
-                out[(t * i + c) * o + f] = filter[c * taps + t];
+/// The layout a weight of `shape` takes on `device`: a filter of more than one tap goes to a
+/// GPU as the filter matrix, or as filter rows on a software adapter with subgroups where the
+/// lanes matmul serves its channels (`kernels::lanes_serve`: in and out in fours).
+fn layout_for(shape: &[usize], device: &Device) -> Layout {
+    if shape.len() != 4 || shape[2] * shape[3] == 1 || !crate::device::is_gpu(device) {
+        return Layout::AsGiven;
+    }
+    let limits = crate::device::limits(device);
+    let lanes = limits.software
+        && limits.subgroup_lanes.is_some()
+        && shape[0].is_multiple_of(4)
+        && shape[1].is_multiple_of(4);
+    if lanes {
+        Layout::FilterRows
+    } else {
+        Layout::FilterMatrix
+    }
+}
+
+impl Layout {
+    /// PyTorch-ordered values of a weight of `shape`, reordered on the host before the upload.
+    fn reorder(self, values: Vec<f32>, shape: &[usize]) -> Vec<f32> {
+        if self == Layout::AsGiven {
+            return values;
+        }
+        let [o, i, kh, kw] = [shape[0], shape[1], shape[2], shape[3]];
+        let taps = kh * kw;
+        let mut out = vec![0.0; values.len()];
+        for (f, filter) in values.chunks_exact(i * taps).enumerate() {
+            for c in 0..i {
+                for t in 0..taps {
+                    let at = match self {
+                        Layout::FilterMatrix => (t * i + c) * o + f,
+                        _ => (f * taps + t) * i + c,
+                    };
+                    out[at] = filter[c * taps + t];
+                }
             }
         }
+        out
     }
-    debug_assert_eq!(out.len(), o * i * taps);
-    out
-}
 
-/// Filter-matrix values seen in PyTorch's [out, in, kh, kw] order, without a copy.
-fn filters_view<const D: usize>(flat: Tensor<1>, shape: [usize; D]) -> Tensor<D> {
-    let stored: [usize; D] = std::array::from_fn(|d| shape[[2, 3, 1, 0][d]]);
-    let axes: [usize; D] = std::array::from_fn(|d| [3, 2, 0, 1][d]);
-    flat.reshape(stored).permute(axes)
+    /// The stored values seen in PyTorch's order, without a copy.
+    fn view<const D: usize>(self, flat: Tensor<1>, shape: [usize; D]) -> Tensor<D> {
+        let (order, axes) = match self {
+            Layout::AsGiven => return flat.reshape(shape),
+            // Stored [kh, kw, in, out]: out is axis 3, in axis 2, the taps axes 0 and 1.
+            Layout::FilterMatrix => ([2, 3, 1, 0], [3, 2, 0, 1]),
+            // Stored [out, kh, kw, in].
+            Layout::FilterRows => ([0, 2, 3, 1], [0, 3, 1, 2]),
+        };
+        let stored: [usize; D] = std::array::from_fn(|d| shape[order[d]]);
+        let axes: [usize; D] = std::array::from_fn(|d| axes[d]);
+        flat.reshape(stored).permute(axes)
+    }
 }
 
 /// Uploads `values` whole, or in blocks of whole rows of at most `max_block` bytes where the
@@ -843,18 +880,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filter_matrix_weights_read_back_in_pytorch_order() {
+    fn filter_weights_read_back_in_pytorch_order() {
         let shape = [2, 3, 2, 2];
         let values: Vec<f32> = (0..24).map(|v| v as f32).collect();
-        let stored = to_filter_matrix(&values, &shape);
-        // Row (tap, channel) of the [K, out] matrix holds that weight of each output: tap
-        // (0, 1) of input channel 0 is row 3, value 1 of output 0 and value 13 of output 1.
-        assert_eq!(&stored[6..8], &[1.0, 13.0]);
         let device = crate::device::cpu();
-        let flat = Tensor::from_data(TensorData::new(stored, [24]), &device);
-        let seen = filters_view(flat, shape);
-        let got = seen.into_data().try_to_vec::<f32>().unwrap();
-        assert_eq!(got, values);
+        for layout in [Layout::FilterMatrix, Layout::FilterRows] {
+            let stored = layout.reorder(values.clone(), &shape);
+            match layout {
+                // Row (tap, channel) of the [K, out] matrix holds that weight of each output:
+                // tap (0, 1) of input channel 0 is row 3, value 1 of output 0 and value 13 of
+                // output 1.
+                Layout::FilterMatrix => assert_eq!(&stored[6..8], &[1.0, 13.0]),
+                // Output 1's row starts with tap (0, 0) of each input channel: 12, 16, 20.
+                _ => assert_eq!(&stored[12..15], &[12.0, 16.0, 20.0]),
+            }
+            let flat = Tensor::from_data(TensorData::new(stored, [24]), &device);
+            let seen = layout.view(flat, shape);
+            let got = seen.into_data().try_to_vec::<f32>().unwrap();
+            assert_eq!(got, values, "{layout:?}");
+        }
     }
 
     #[test]

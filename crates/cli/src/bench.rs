@@ -629,6 +629,15 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
                     }),
                 ));
             }
+            // Where the adapter has subgroup lanes (lavapipe): the implicit GEMM of
+            // shaders/matmul_lanes.wgsl, which the runtime picks on software adapters.
+            if limits.subgroup_lanes.is_some() {
+                let (x, w, b) = (x.clone(), w.clone(), b.clone());
+                ways.push((
+                    "lanes, implicit".into(),
+                    Box::new(move || flat4(k::conv2d_lanes(x.clone(), &w, Some(&b), stride, 1))),
+                ));
+            }
             let case = format!("conv3x3 {side}x{side} {c_in}->{c_out} s{stride}");
             report(&case, "conv", work, ways)?;
         }
@@ -642,12 +651,23 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
             (4096, 4096, 4096, "square 4096 (peak)"),
         ] {
             let x = random([1, rows, d_in]);
-            let w = Tensor::<2>::random([d_in, d_out], Distribution::Normal(0.0, 1.0), &device);
+            // Stored as a linear layer's weight is: PyTorch's [out, in], seen transposed.
+            let w = Tensor::<2>::random([d_out, d_in], Distribution::Normal(0.0, 1.0), &device)
+                .transpose();
             let work = 2.0 * (rows * d_in * d_out) as f64;
-            let ways: Vec<(String, Box<dyn Fn() -> Tensor<1>>)> = vec![(
+            let mut ways: Vec<(String, Box<dyn Fn() -> Tensor<1>>)> = vec![(
                 "burn".into(),
                 Box::new(|| flat3(linear(x.clone(), w.clone(), None))),
             )];
+            if limits.subgroup_lanes.is_some() {
+                ways.push((
+                    "lanes".into(),
+                    Box::new(|| {
+                        let rows = x.clone().reshape([rows, d_in]);
+                        k::matmul(rows, &w, None).reshape([-1])
+                    }),
+                ));
+            }
             report(&format!("matmul {name}"), "matmul", work, ways)?;
         }
 
@@ -672,27 +692,34 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
                 }) as Box<dyn Fn() -> Tensor<1>>
             };
             let mut ways = vec![("burn".to_string(), attend(Kernels::Burn))];
-            // The kernel without workgroup memory, then the tiled one with each key block
-            // that fits the adapter.
-            for key_block in [0u32, 16, 32, 64] {
-                if 2 * 4 * key_block * d as u32 > limits.workgroup_bytes {
-                    continue;
+            // The kernel without workgroup memory, the tiled one with each key block that
+            // fits the adapter, and the lanes kernel where the adapter has subgroups.
+            let mut kernels = vec![k::AttentionKernel::Untiled];
+            for keys in [16u32, 32, 64] {
+                if 2 * 4 * keys * d as u32 <= limits.workgroup_bytes {
+                    kernels.push(k::AttentionKernel::Tiled { keys });
                 }
+            }
+            if let Some(lanes) = limits.subgroup_lanes {
+                kernels.push(k::AttentionKernel::Lanes { lanes });
+            }
+            for kernel in kernels {
                 let (q, kv) = (q.clone(), kv.clone());
-                let how = match key_block {
-                    0 => "ours".to_string(),
-                    _ => format!("ours tiled, {key_block} keys"),
+                let how = match kernel {
+                    k::AttentionKernel::Untiled => "ours".to_string(),
+                    k::AttentionKernel::Tiled { keys } => format!("ours tiled, {keys} keys"),
+                    k::AttentionKernel::Lanes { lanes } => format!("ours, {lanes} lanes"),
                 };
                 ways.push((
                     how,
                     Box::new(move || {
-                        flat3(k::attention_blocked(
+                        flat3(k::attention_with(
                             q.clone().into(),
                             kv.clone().into(),
                             kv.clone().into(),
                             heads,
                             None,
-                            key_block,
+                            kernel,
                         ))
                     }),
                 ));
