@@ -463,11 +463,13 @@ pub fn lanes_serve(
 /// transpose of a contiguous [N, K] (a linear layer's weight); any other layout is copied.
 pub fn matmul(a: Tensor<2>, b: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
     let lanes = subgroup_lanes(&a.device());
-    let bias_values = bias.map_or_else(|| b.clone().reshape([-1]), Clone::clone);
+    // Read only where there is a bias; the weight stands in otherwise (as it is: a reshape
+    // of a transposed weight would copy it).
+    let bias_values = bias.map_or_else(|| b.clone().into_dispatch(), |t| t.clone().into_dispatch());
     Tensor::from_dispatch(<Dispatch as Fused>::lanes_matmul(
         a.into_dispatch(),
         b.clone().into_dispatch(),
-        bias_values.into_dispatch(),
+        bias_values,
         bias.is_some(),
         None,
         lanes,
@@ -499,7 +501,11 @@ pub fn conv2d_lanes(
         .reshape([c_out, kernel * kernel * c_in])
         .transpose();
     let lanes = subgroup_lanes(&x.device());
-    let bias_values = bias.map_or_else(|| filters.clone().reshape([-1]), Clone::clone);
+    // Read only where there is a bias; the filters stand in otherwise.
+    let bias_values = bias.map_or_else(
+        || filters.clone().into_dispatch(),
+        |t| t.clone().into_dispatch(),
+    );
     let shape = ConvShape {
         height: h as u32,
         width: w as u32,
@@ -513,7 +519,7 @@ pub fn conv2d_lanes(
     let out: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::lanes_matmul(
         x.into_dispatch(),
         filters.into_dispatch(),
-        bias_values.into_dispatch(),
+        bias_values,
         bias.is_some(),
         Some(shape),
         lanes,
