@@ -185,14 +185,12 @@ pub fn attention_serves(
     head_dim: usize,
     keys: usize,
 ) -> bool {
+    // Where lavapipe's fault would strike: the untiled kernel on a software adapter.
+    let untiled_in_software = crate::device::limits(device).software
+        && attention_kernel(device, head_dim) == AttentionKernel::Untiled;
     head_dim <= MAX_HEAD_DIM
         && kernels.fused_for(device, dtype)
-        && (keys <= SOFTWARE_ATTENTION_MAX_KEYS
-            || !crate::device::limits(device).software
-            || matches!(
-                attention_kernel(device, head_dim),
-                AttentionKernel::Lanes { .. }
-            ))
+        && (keys <= SOFTWARE_ATTENTION_MAX_KEYS || !untiled_in_software)
 }
 
 /// Which of the fused attention kernels runs: they compute the same.
@@ -351,8 +349,8 @@ pub fn conv2d_im2col(
 ) -> Tensor<4> {
     let [b, _, h, w] = x.dims();
     let [c_out, c_in, kernel, _] = weight.dims();
-    let out_h = (h + 2 * padding - kernel) / stride + 1;
-    let out_w = (w + 2 * padding - kernel) / stride + 1;
+    let shape = ConvShape::new(x.dims(), weight.dims(), stride, padding);
+    let (out_h, out_w) = (shape.out_h as usize, shape.out_w as usize);
     let rows = b * out_h * out_w;
     let k = kernel * kernel * c_in;
     if kernel == 1 && stride == 1 && padding == 0 {
@@ -388,16 +386,6 @@ pub fn conv2d_im2col(
             .reshape([splits, k / splits, c_out]);
     // Channels-last once, however many blocks read it.
     let x = <Dispatch as Fused>::channels_last(x.into_dispatch());
-    let shape = ConvShape {
-        height: h as u32,
-        width: w as u32,
-        c_in: c_in as u32,
-        out_h: out_h as u32,
-        out_w: out_w as u32,
-        kernel: kernel as u32,
-        stride: stride as u32,
-        pad: padding as u32,
-    };
     let blocks: Vec<Tensor<2>> = (0..rows)
         .step_by(per_block)
         .map(|first| {
@@ -489,10 +477,10 @@ pub fn conv2d_lanes(
     stride: usize,
     padding: usize,
 ) -> Tensor<4> {
-    let [b, _, h, w] = x.dims();
+    let b = x.dims()[0];
     let [c_out, c_in, kernel, _] = weight.dims();
-    let out_h = (h + 2 * padding - kernel) / stride + 1;
-    let out_w = (w + 2 * padding - kernel) / stride + 1;
+    let shape = ConvShape::new(x.dims(), weight.dims(), stride, padding);
+    let (out_h, out_w) = (shape.out_h as usize, shape.out_w as usize);
     // [K, N] as the transpose of [N, K], each output's filter in the filter matrix's order of
     // K: a view of 1x1 weights and of filter rows (`crate::weights`), else a copy.
     let filters: Tensor<2> = weight
@@ -506,16 +494,6 @@ pub fn conv2d_lanes(
         || filters.clone().into_dispatch(),
         |t| t.clone().into_dispatch(),
     );
-    let shape = ConvShape {
-        height: h as u32,
-        width: w as u32,
-        c_in: c_in as u32,
-        out_h: out_h as u32,
-        out_w: out_w as u32,
-        kernel: kernel as u32,
-        stride: stride as u32,
-        pad: padding as u32,
-    };
     let out: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::lanes_matmul(
         x.into_dispatch(),
         filters.into_dispatch(),
@@ -1000,6 +978,26 @@ pub struct ConvShape {
     kernel: u32,
     stride: u32,
     pad: u32,
+}
+
+impl ConvShape {
+    /// The convolution of an input of dims [B, Cin, H, W] by square filters of dims [Cout,
+    /// Cin, k, k], with `stride` and `padding` on each side.
+    fn new(input: [usize; 4], filters: [usize; 4], stride: usize, padding: usize) -> Self {
+        let [_, c_in, h, w] = input;
+        let kernel = filters[2];
+        let out = |side: usize| ((side + 2 * padding - kernel) / stride + 1) as u32;
+        Self {
+            height: h as u32,
+            width: w as u32,
+            c_in: c_in as u32,
+            out_h: out(h),
+            out_w: out(w),
+            kernel: kernel as u32,
+            stride: stride as u32,
+            pad: padding as u32,
+        }
+    }
 }
 
 /// Group normalisation of [B, C, H, W] (stored as such or channels-last), plus a

@@ -396,52 +396,75 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
     check_guided_step(gpu, tolerance, label);
 }
 
+/// A convolution to check, given as (batch, c_in, height, width, c_out, kernel, stride,
+/// bias), with "same" padding.
+type Conv = (usize, usize, usize, usize, usize, usize, usize, bool);
+
+/// What a convolution check runs on: burn's output on the CPU, and the input and filters on
+/// `gpu` stored channels-last (read in place) and stored [B, C, H, W] (copied first).
+struct ConvCase {
+    want: Vec<f32>,
+    layouts: [(Tensor<4>, Tensor<4>); 2],
+    bias: Tensor<1>,
+}
+
+fn conv_case(conv: Conv, seed: u64, gpu: &Device) -> ConvCase {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+
+    let (b, c_in, h, w, c_out, kernel, stride, with_bias) = conv;
+    let (x, gx) = pair([b, h, w, c_in], seed, gpu);
+    let (wt, gw) = pair([c_out, kernel, kernel, c_in], seed + 1, gpu);
+    let (bias, g_bias) = pair([c_out], seed + 2, gpu);
+    let to_nchw = |t: Tensor<4>| t.permute([0, 3, 1, 2]);
+    let pad = kernel / 2;
+    let want = values(conv2d(
+        to_nchw(x),
+        to_nchw(wt),
+        with_bias.then_some(bias),
+        ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1),
+    ));
+    let layouts = [
+        (to_nchw(gx.clone()), to_nchw(gw.clone())),
+        (
+            Tensor::from_data(to_nchw(gx).into_data(), gpu),
+            Tensor::from_data(to_nchw(gw).into_data(), gpu),
+        ),
+    ];
+    ConvCase {
+        want,
+        layouts,
+        bias: g_bias,
+    }
+}
+
+/// The largest difference from `want`, over its largest value: sums over hundreds of
+/// products of values near 2 grow with their length.
+fn relative(got: Vec<f32>, want: &[f32]) -> f32 {
+    let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    max_abs_diff(&got, want) / peak
+}
+
 /// Convolutions as gathered patches and burn's matmul (shaders/im2col.wgsl) against burn's
 /// convolution on the CPU, on shapes off the usual: channels and positions that are no
 /// multiple of a tile, 4 input channels (a UNet's first convolution), strided and 1x1
 /// kernels, a 1x1 image, inputs and filters stored channels-last or not, whole and in blocks
 /// of 7 output positions (as under a small binding limit), the sum over K whole and cut.
 fn check_im2col(gpu: &Device, tolerance: f32, label: &str) {
-    use burn::tensor::module::conv2d;
-    use burn::tensor::ops::ConvOptions;
     use lina_runtime::kernels::GemmCuts;
 
-    // Relative to the largest output: the sums run over up to 333 products of values near 2.
-    let relative = |got: Vec<f32>, want: &[f32]| {
-        let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        max_abs_diff(&got, want) / peak
-    };
-    // (batch, c_in, height, width, c_out, kernel, stride, bias)
-    let convs = [
+    let convs: [Conv; 5] = [
         (2, 37, 9, 11, 45, 3, 1, true),
         (1, 4, 8, 8, 70, 3, 1, true),
         (1, 16, 9, 8, 20, 3, 2, true),
         (2, 40, 5, 7, 33, 1, 1, false),
         (2, 8, 1, 1, 9, 3, 1, true),
     ];
-    for (i, &(b, c_in, h, w, c_out, kernel, stride, with_bias)) in convs.iter().enumerate() {
-        let seed = 40 + 4 * i as u64;
-        let (x, gx) = pair([b, h, w, c_in], seed, gpu);
-        let (wt, gw) = pair([c_out, kernel, kernel, c_in], seed + 1, gpu);
-        let (bias, g_bias) = pair([c_out], seed + 2, gpu);
-        let to_nchw = |t: Tensor<4>| t.permute([0, 3, 1, 2]);
-        let pad = kernel / 2;
-        let want = values(conv2d(
-            to_nchw(x),
-            to_nchw(wt),
-            with_bias.then_some(bias),
-            ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1),
-        ));
-        // Stored channels-last (read in place), then stored [B, C, H, W] (copied first).
-        let layouts = [
-            (to_nchw(gx.clone()), to_nchw(gw.clone())),
-            (
-                Tensor::from_data(to_nchw(gx).into_data(), gpu),
-                Tensor::from_data(to_nchw(gw).into_data(), gpu),
-            ),
-        ];
+    for (i, &conv) in convs.iter().enumerate() {
+        let (_, c_in, _, _, _, kernel, stride, with_bias) = conv;
+        let case = conv_case(conv, 40 + 4 * i as u64, gpu);
         let row_bytes = (kernel * kernel * c_in * 4) as u64;
-        for (gx, gw) in layouts {
+        for (gx, gw) in case.layouts {
             // Whole, in blocks, and with the sum over K cut in 3 or 4 parts (where they
             // divide K; else whole).
             for (max_bytes, k_splits) in [
@@ -457,16 +480,15 @@ fn check_im2col(gpu: &Device, tolerance: f32, label: &str) {
                 let got = lina_runtime::kernels::conv2d_im2col(
                     gx.clone(),
                     &gw,
-                    with_bias.then_some(&g_bias),
+                    with_bias.then_some(&case.bias),
                     stride,
-                    pad,
+                    kernel / 2,
                     cuts,
                 );
-                let diff = relative(read(got), &want);
+                let diff = relative(read(got), &case.want);
                 assert!(
                     diff < tolerance,
-                    "{label}: gathered convolution {:?} with {cuts:?} off by {diff} (relative)",
-                    convs[i]
+                    "{label}: gathered convolution {conv:?} with {cuts:?} off by {diff} (relative)"
                 );
             }
         }
@@ -479,9 +501,6 @@ fn check_im2col(gpu: &Device, tolerance: f32, label: &str) {
 /// without a bias; and convolutions read in place, with padding, a stride, 1x1 kernels, a
 /// 1x1 input, and inputs stored channels-last or not.
 fn check_lanes(gpu: &Device, tolerance: f32, label: &str) {
-    use burn::tensor::module::conv2d;
-    use burn::tensor::ops::ConvOptions;
-
     let limits = lina_runtime::device::limits(gpu);
     if limits.subgroup_lanes.is_none() {
         // lavapipe (CI's adapter) has subgroups; an adapter without them never runs the kernel.
@@ -496,10 +515,6 @@ fn check_lanes(gpu: &Device, tolerance: f32, label: &str) {
         );
         return;
     }
-    let relative = |got: Vec<f32>, want: &[f32]| {
-        let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        max_abs_diff(&got, want) / peak
-    };
     // (rows, depth, cols): rows past a workgroup's and not a multiple; a column block cut short.
     for (i, &(m, k, n)) in [(37, 20, 12), (5, 8, 44), (70, 132, 36)].iter().enumerate() {
         let seed = 80 + 4 * i as u64;
@@ -528,48 +543,28 @@ fn check_lanes(gpu: &Device, tolerance: f32, label: &str) {
             }
         }
     }
-    // (batch, c_in, height, width, c_out, kernel, stride, bias)
-    let convs = [
+    let convs: [Conv; 5] = [
         (2, 36, 9, 11, 44, 3, 1, true),
         (1, 4, 8, 8, 72, 3, 1, true),
         (1, 16, 9, 8, 20, 3, 2, true),
         (2, 40, 5, 7, 36, 1, 1, false),
         (2, 8, 1, 1, 12, 3, 1, true),
     ];
-    for (i, &(b, c_in, h, w, c_out, kernel, stride, with_bias)) in convs.iter().enumerate() {
-        let seed = 60 + 4 * i as u64;
-        let (x, gx) = pair([b, h, w, c_in], seed, gpu);
-        let (wt, gw) = pair([c_out, kernel, kernel, c_in], seed + 1, gpu);
-        let (bias, g_bias) = pair([c_out], seed + 2, gpu);
-        let to_nchw = |t: Tensor<4>| t.permute([0, 3, 1, 2]);
-        let pad = kernel / 2;
-        let want = values(conv2d(
-            to_nchw(x),
-            to_nchw(wt),
-            with_bias.then_some(bias),
-            ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1),
-        ));
-        // Stored channels-last (read in place), then stored [B, C, H, W] (copied first).
-        let layouts = [
-            (to_nchw(gx.clone()), to_nchw(gw.clone())),
-            (
-                Tensor::from_data(to_nchw(gx).into_data(), gpu),
-                Tensor::from_data(to_nchw(gw).into_data(), gpu),
-            ),
-        ];
-        for (gx, gw) in layouts {
+    for (i, &conv) in convs.iter().enumerate() {
+        let (_, _, _, _, _, kernel, stride, with_bias) = conv;
+        let case = conv_case(conv, 60 + 4 * i as u64, gpu);
+        for (gx, gw) in case.layouts {
             let got = lina_runtime::kernels::conv2d_lanes(
                 gx,
                 &gw,
-                with_bias.then_some(&g_bias),
+                with_bias.then_some(&case.bias),
                 stride,
-                pad,
+                kernel / 2,
             );
-            let diff = relative(read(got), &want);
+            let diff = relative(read(got), &case.want);
             assert!(
                 diff < tolerance,
-                "{label}: lanes convolution {:?} off by {diff} (relative)",
-                convs[i]
+                "{label}: lanes convolution {conv:?} off by {diff} (relative)"
             );
         }
     }
