@@ -11,6 +11,46 @@ use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
 
+/// The size of the adapter's subgroups where every subgroup has the same, a power of two the
+/// lanes kernels can take (4 to 64): those kernels make a workgroup of one subgroup.
+fn fixed_subgroup_size(info: &wgpu::AdapterInfo) -> Option<u32> {
+    let size = info.subgroup_min_size;
+    (size == info.subgroup_max_size && (4..=64).contains(&size) && size.is_power_of_two())
+        .then_some(size)
+}
+
+/// Whether shaders on `device`, opened from an adapter described by `info`, may use subgroup
+/// operations. Natively wgpu says so in the device's features. In a browser wgpu (30) neither
+/// asks for WebGPU's `subgroups` feature nor reports it, so lina-web adds it to the request
+/// where the adapter has it; whether that happened shows only in whether a shader that needs
+/// it compiles, which this tries (once per device, and only where the subgroup size is fixed,
+/// as the lanes kernels need).
+async fn subgroups_usable(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> bool {
+    if cfg!(not(target_arch = "wasm32")) {
+        return device.features().contains(wgpu::Features::SUBGROUP);
+    }
+    if fixed_subgroup_size(info).is_none() {
+        return false;
+    }
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("lina: do subgroups compile"),
+        source: wgpu::ShaderSource::Wgsl(
+            "enable subgroups;\n@compute @workgroup_size(1) fn main() { _ = subgroupBroadcast(1.0, 0u); }"
+                .into(),
+        ),
+    });
+    let _pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("lina: do subgroups compile"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    scope.pop().await.is_none()
+}
+
 /// What a device allows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -33,8 +73,9 @@ pub struct Limits {
     pub software: bool,
     /// The invocations in each of the adapter's subgroups, where shaders may use subgroup
     /// operations and every subgroup has that many (lavapipe: 8, one per lane of its 256-bit
-    /// vectors). Natively only: a browser takes subgroup operations only after WGSL's `enable
-    /// subgroups`, which naga (translating our kernels natively) does not parse yet.
+    /// vectors; SwiftShader: 4). In a browser only where the device was opened with WebGPU's
+    /// `subgroups` feature, which wgpu does not ask for: lina-web asks for it (see
+    /// [`subgroups_usable`]).
     pub subgroup_lanes: Option<u32>,
 }
 
@@ -53,7 +94,9 @@ impl Limits {
         }
     }
 
-    fn of(setup: &WgpuSetup) -> Self {
+    /// The limits of the device `setup` opened; `subgroups`: whether its shaders may use
+    /// subgroup operations.
+    fn of(setup: &WgpuSetup, subgroups: bool) -> Self {
         let limits = setup.device.limits();
         let info = setup.adapter.get_info();
         Self {
@@ -69,12 +112,7 @@ impl Limits {
                 || ["llvmpipe", "swiftshader"]
                     .iter()
                     .any(|name| info.name.to_lowercase().contains(name)),
-            subgroup_lanes: (cfg!(not(target_arch = "wasm32"))
-                && setup.device.features().contains(wgpu::Features::SUBGROUP)
-                && info.subgroup_min_size == info.subgroup_max_size
-                && (4..=64).contains(&info.subgroup_min_size)
-                && info.subgroup_min_size.is_power_of_two())
-            .then_some(info.subgroup_min_size),
+            subgroup_lanes: fixed_subgroup_size(&info).filter(|_| subgroups),
         }
     }
 }
@@ -293,9 +331,10 @@ async fn open_as(request: &GpuRequest, shared: bool) -> Result<Device> {
         device,
         queue,
     };
+    let subgroups = subgroups_usable(&setup.device, &setup.adapter.get_info()).await;
     let limits = Limits {
         computes_f16: f16,
-        ..Limits::of(&setup)
+        ..Limits::of(&setup, subgroups)
     };
     tracing::info!(
         adapter = %limits.adapter,

@@ -1593,11 +1593,20 @@ impl Wgsl {
 
 impl KernelSource for Wgsl {
     fn source(&self) -> SourceTemplate {
-        let (enable, elem) = if self.f16 {
-            ("enable f16;", "f16")
-        } else {
-            ("", "f32")
-        };
+        let elem = if self.f16 { "f16" } else { "f32" };
+        let mut enable = String::new();
+        if self.f16 {
+            enable.push_str("enable f16;\n");
+        }
+        // Browsers compile subgroup operations only after `enable subgroups`; naga, which
+        // translates the kernels natively, does not parse it (and needs none). Their compiler
+        // also proves subgroup operations run in uniform control flow, and cannot here: the
+        // loops' bounds are read from a read_write buffer. A workgroup of these kernels is one
+        // subgroup, and every branch it takes before a broadcast depends only on its
+        // workgroup and the parameters, so the check is turned off.
+        if self.lanes > 0 && cfg!(target_arch = "wasm32") {
+            enable.push_str("enable subgroups;\ndiagnostic(off, subgroup_uniformity);\n");
+        }
         let mut text = self.template();
         if self.name == "attention_tiled" {
             text = self.write_out_attention_loops(text);
@@ -1609,7 +1618,7 @@ impl KernelSource for Wgsl {
             text = self.write_out_matmul(text);
         }
         let text = text
-            .replace("{{ enable }}", enable)
+            .replace("{{ enable }}", &enable)
             .replace("{{ elem }}", elem)
             .replace("{{ head_dim }}", &self.head_dim.to_string())
             .replace("{{ key_block }}", &self.key_block.to_string())

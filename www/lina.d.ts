@@ -158,6 +158,12 @@ export interface DeviceInfo {
   precision: "f32" | "f16";
   maxBindingBytes: number;
   shaderF16: boolean;
+  /**
+   * The size of the adapter's subgroups where shaders may use subgroup operations and all
+   * have that size, else null (and on the CPU backend). The kernels use them on software
+   * adapters such as SwiftShader.
+   */
+  subgroupLanes: number | null;
   /** No GPU does the work: the CPU backend, or a software WebGPU adapter such as SwiftShader. */
   software: boolean;
 }

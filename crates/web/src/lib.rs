@@ -91,11 +91,45 @@ async fn device_from_options(
             ));
         }
         (true, _) => lina_runtime::device::cpu(),
-        (false, precision) => lina_runtime::device::gpu_for(precision.unwrap_or(Precision::Auto))
-            .await
-            .map_err(js_err)?,
+        (false, precision) => {
+            let stop_asking = ask_for_subgroups();
+            let device = lina_runtime::device::gpu_for(precision.unwrap_or(Precision::Auto)).await;
+            // Calling the function it returned cannot throw.
+            let _ = stop_asking.call0(&JsValue::NULL);
+            device.map_err(js_err)?
+        }
     };
     Ok((device, kernels))
+}
+
+// wgpu (30) opens WebGPU devices without the `subgroups` feature, which it does not know in
+// browsers, and shaders may use subgroup operations only on a device opened with it; on
+// software adapters (SwiftShader) the runtime's lanes kernels need them. So while the runtime
+// opens a device, the adapter's `requestDevice` adds the feature wherever the adapter has it.
+// Patching the prototype is the only way in, since wgpu calls `requestDevice` itself; it lasts
+// from here to the call of the function this returns, which puts the original back. A device
+// some other code opens in that window gets the feature too, which changes nothing for it; if
+// ours is not the one that got it, the runtime finds its shaders cannot use subgroups and keeps
+// the other kernels (`lina_runtime::device`).
+#[wasm_bindgen(inline_js = r#"
+export function ask_for_subgroups() {
+  const proto = globalThis.GPUAdapter?.prototype;
+  const original = proto?.requestDevice;
+  if (typeof original !== "function") return () => {};
+  const asking = function (descriptor = {}) {
+    if (!this.features.has("subgroups")) return original.call(this, descriptor);
+    const features = [...(descriptor.requiredFeatures ?? [])];
+    if (!features.includes("subgroups")) features.push("subgroups");
+    return original.call(this, { ...descriptor, requiredFeatures: features });
+  };
+  proto.requestDevice = asking;
+  return () => {
+    if (proto.requestDevice === asking) proto.requestDevice = original;
+  };
+}
+"#)]
+extern "C" {
+    fn ask_for_subgroups() -> js_sys::Function;
 }
 
 /// A JS `Error` with `message` and a stable `code` (the runtime's [`lina_runtime::Error::code`]
@@ -358,7 +392,9 @@ impl Pipeline {
     }
 
     /// The device the model runs on: `{ adapter, precision: "f16" | "f32",
-    /// maxBindingBytes, shaderF16 }`.
+    /// maxBindingBytes, shaderF16, subgroupLanes }` (`subgroupLanes`: the size of the
+    /// adapter's subgroups where shaders may use subgroup operations and all have that size,
+    /// else null; the kernels use them on software adapters).
     #[wasm_bindgen(js_name = deviceInfo)]
     pub fn device_info(&self) -> Result<JsValue, JsValue> {
         let limits = lina_runtime::device::limits(self.inner.device());
@@ -373,6 +409,12 @@ impl Pipeline {
             })
             .and_then(|_| set("maxBindingBytes", (limits.max_binding_bytes as f64).into()))
             .and_then(|_| set("shaderF16", limits.shader_f16.into()))
+            .and_then(|_| {
+                set(
+                    "subgroupLanes",
+                    limits.subgroup_lanes.map_or(JsValue::NULL, |n| n.into()),
+                )
+            })
             .map_err(|_| invalid("cannot build the device info"))?;
         Ok(info.into())
     }

@@ -654,6 +654,41 @@ async fn precision_is_chosen_from_the_adapter_and_can_be_overridden() {
     assert!(e.contains("precision must be"), "{e}");
 }
 
+/// The size of the default WebGPU adapter's subgroups, where it has the `subgroups` feature
+/// and all its subgroups are that size, a power of two of 4 to 64 (as the lanes kernels need).
+async fn adapter_subgroup_size() -> Option<f64> {
+    let gpu = Reflect::get(&js_sys::global(), &"navigator".into())
+        .and_then(|navigator| Reflect::get(&navigator, &"gpu".into()))
+        .unwrap();
+    let request: js_sys::Function = Reflect::get(&gpu, &"requestAdapter".into())
+        .unwrap()
+        .dyn_into()
+        .unwrap();
+    let adapter =
+        wasm_bindgen_futures::JsFuture::from(js_sys::Promise::from(request.call0(&gpu).unwrap()))
+            .await
+            .unwrap();
+    let features = Reflect::get(&adapter, &"features".into()).unwrap();
+    let has: js_sys::Function = Reflect::get(&features, &"has".into())
+        .unwrap()
+        .dyn_into()
+        .unwrap();
+    if !has
+        .call1(&features, &"subgroups".into())
+        .unwrap()
+        .is_truthy()
+    {
+        return None;
+    }
+    let info = Reflect::get(&adapter, &"info".into()).unwrap();
+    let size = |key: &str| Reflect::get(&info, &key.into()).unwrap().as_f64();
+    let min = size("subgroupMinSize")?;
+    (size("subgroupMaxSize") == Some(min)
+        && (4.0..=64.0).contains(&min)
+        && (min as u32).is_power_of_two())
+    .then_some(min)
+}
+
 /// The fused WGSL kernels (shaders/), which every WebGPU test here runs on by default, pass
 /// Chromium's shader compiler and draw what burn's own kernels draw; `kernels` takes only
 /// "fused" or "burn".
@@ -676,7 +711,15 @@ async fn fused_kernels_draw_what_burns_kernels_draw() {
     };
     let burn = draw(load("burn").await.map_err(message).unwrap()).await;
     // Loading with "fused" turns them back on for the tests after this one, too.
-    let fused = draw(load("fused").await.map_err(message).unwrap()).await;
+    let pipe = load("fused").await.map_err(message).unwrap();
+    // Where the adapter has subgroups of one size (SwiftShader: 4), the device is opened with
+    // them and the lanes kernels (shaders/*_lanes.wgsl) draw this image.
+    let info = pipe.device_info().unwrap();
+    let lanes = Reflect::get(&info, &"subgroupLanes".into())
+        .unwrap()
+        .as_f64();
+    assert_eq!(lanes, adapter_subgroup_size().await, "{info:?}");
+    let fused = draw(pipe).await;
     let worst = burn
         .iter()
         .zip(&fused)
