@@ -527,3 +527,34 @@ pub async fn by_name(name: &str) -> Result<Device> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(min: u32, max: u32) -> wgpu::AdapterInfo {
+        wgpu::AdapterInfo {
+            subgroup_min_size: min,
+            subgroup_max_size: max,
+            ..wgpu::AdapterInfo::new(wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan)
+        }
+    }
+
+    /// The lanes kernels take adapters whose subgroups all have one size they can make a
+    /// workgroup of: SwiftShader's 4, lavapipe's 8, a GPU's 32 or 64; not a range (a browser
+    /// on Intel: 8 to 32), nor what a browser reports without subgroups (0), nor a size that
+    /// is no power of two or past 64.
+    #[test]
+    fn subgroups_of_one_size_serve_the_lanes_kernels() {
+        for size in [4, 8, 32, 64] {
+            assert_eq!(fixed_subgroup_size(&adapter(size, size)), Some(size));
+        }
+        for (min, max) in [(8, 32), (0, 0), (4, 128), (2, 2), (12, 12), (128, 128)] {
+            assert_eq!(
+                fixed_subgroup_size(&adapter(min, max)),
+                None,
+                "{min}..{max}"
+            );
+        }
+    }
+}
