@@ -25,10 +25,13 @@ fn fixed_subgroup_size(info: &wgpu::AdapterInfo) -> Option<u32> {
 /// where the adapter has it; whether that happened shows only in whether a shader that needs
 /// it compiles, which this tries (once per device, and only where the subgroup size is fixed,
 /// as the lanes kernels need).
+#[cfg(not(target_arch = "wasm32"))]
+async fn subgroups_usable(device: &wgpu::Device, _info: &wgpu::AdapterInfo) -> bool {
+    device.features().contains(wgpu::Features::SUBGROUP)
+}
+
+#[cfg(target_arch = "wasm32")]
 async fn subgroups_usable(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> bool {
-    if cfg!(not(target_arch = "wasm32")) {
-        return device.features().contains(wgpu::Features::SUBGROUP);
-    }
     if fixed_subgroup_size(info).is_none() {
         return false;
     }
