@@ -54,6 +54,36 @@ async fn subgroups_usable(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> bo
     scope.pop().await.is_none()
 }
 
+/// The side of the square cooperative matrices (8 or 16) in which the adapter multiplies f16
+/// by f16 into f32 sums per subgroup (NVIDIA's tensor cores; lavapipe in Mesa 26, not 25.0),
+/// preferring 16, where wgpu offers them (natively, on Vulkan and Metal, as an experimental
+/// feature) and every subgroup has the same size. `shaders/matmul_coop.wgsl` multiplies in
+/// them. Never in a browser: WebGPU has no matrix instructions yet.
+#[cfg(not(target_arch = "wasm32"))]
+fn coop_size(adapter: &wgpu::Adapter) -> Option<u32> {
+    use wgpu::CooperativeScalarType as Scalar;
+    if !adapter
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        || fixed_subgroup_size(&adapter.get_info()).is_none()
+    {
+        return None;
+    }
+    let squares: Vec<u32> = adapter
+        .cooperative_matrix_properties()
+        .iter()
+        .filter(|p| p.ab_type == Scalar::F16 && p.cr_type == Scalar::F32)
+        .filter(|p| p.m_size == p.n_size && p.n_size == p.k_size)
+        .map(|p| p.m_size)
+        .collect();
+    [16, 8].into_iter().find(|size| squares.contains(size))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn coop_size(_adapter: &wgpu::Adapter) -> Option<u32> {
+    None
+}
+
 /// What a device allows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -80,6 +110,9 @@ pub struct Limits {
     /// `subgroups` feature, which wgpu does not ask for: lina-web asks for it (see
     /// [`subgroups_usable`]).
     pub subgroup_lanes: Option<u32>,
+    /// The side of the square cooperative matrices the device was opened to multiply f16 in
+    /// (see [`coop_size`]): only on devices that compute in f16.
+    pub coop_size: Option<u32>,
 }
 
 impl Limits {
@@ -94,6 +127,7 @@ impl Limits {
             workgroup_invocations: 0,
             software: true,
             subgroup_lanes: None,
+            coop_size: None,
         }
     }
 
@@ -116,6 +150,7 @@ impl Limits {
                     .iter()
                     .any(|name| info.name.to_lowercase().contains(name)),
             subgroup_lanes: fixed_subgroup_size(&info).filter(|_| subgroups),
+            coop_size: None,
         }
     }
 }
@@ -314,19 +349,32 @@ async fn open_as(request: &GpuRequest, shared: bool) -> Result<Device> {
     // As burn asks for its own devices: every feature but mapped primary buffers, and
     // allocations sized for memory use rather than speed. Experimental features (which
     // NVIDIA's Vulkan driver offers: cooperative matrices, mesh shaders, ray tracing) are
-    // refused unless a device opts into them, and no kernel here uses them.
-    let (device, queue) = adapter
-        .request_device(&wgpu::DeviceDescriptor {
-            label: Some("lina"),
-            required_features: adapter.features().difference(
-                wgpu::Features::MAPPABLE_PRIMARY_BUFFERS | wgpu::Features::all_experimental_mask(),
-            ),
-            required_limits,
-            memory_hints: wgpu::MemoryHints::MemoryUsage,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::Device(format!("cannot open the GPU adapter as asked: {e}")))?;
+    // refused unless a device opts into them; asked for all of them, NVIDIA's device did
+    // not open (docs/bench.md). A device that computes in f16 asks for cooperative matrices
+    // alone where the adapter multiplies f16 in them, and opens without them if that fails.
+    let features = adapter.features().difference(
+        wgpu::Features::MAPPABLE_PRIMARY_BUFFERS | wgpu::Features::all_experimental_mask(),
+    );
+    let coop = coop_size(&adapter).filter(|_| f16);
+    let with_coop = match coop {
+        Some(_) => {
+            let features = features | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            request_device(&adapter, features, &required_limits)
+                .await
+                .inspect_err(|e| {
+                    tracing::warn!(%e, "the device did not open with cooperative matrices");
+                })
+                .ok()
+        }
+        None => None,
+    };
+    let coop = coop.filter(|_| with_coop.is_some());
+    let (device, queue) = match with_coop {
+        Some(opened) => opened,
+        None => request_device(&adapter, features, &required_limits)
+            .await
+            .map_err(|e| Error::Device(format!("cannot open the GPU adapter as asked: {e}")))?,
+    };
     let setup = WgpuSetup {
         backend: adapter.get_info().backend,
         instance,
@@ -337,11 +385,14 @@ async fn open_as(request: &GpuRequest, shared: bool) -> Result<Device> {
     let subgroups = subgroups_usable(&setup.device, &setup.adapter.get_info()).await;
     let limits = Limits {
         computes_f16: f16,
+        // The kernel names subgroups (`subgroup_id`), so it needs them usable too.
+        coop_size: coop.filter(|_| subgroups),
         ..Limits::of(&setup, subgroups)
     };
     tracing::info!(
         adapter = %limits.adapter,
         f16,
+        coop_size = ?limits.coop_size,
         max_binding_bytes = limits.max_binding_bytes,
         "GPU device opened"
     );
@@ -389,6 +440,33 @@ async fn open_as(request: &GpuRequest, shared: bool) -> Result<Device> {
         })
     });
     Ok(device)
+}
+
+/// Opens `adapter` with `features`, and experimental ones allowed where asked for.
+async fn request_device(
+    adapter: &wgpu::Adapter,
+    features: wgpu::Features,
+    limits: &wgpu::Limits,
+) -> std::result::Result<(wgpu::Device, wgpu::Queue), wgpu::RequestDeviceError> {
+    let experimental = features.intersects(wgpu::Features::all_experimental_mask());
+    adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("lina"),
+            required_features: features,
+            required_limits: limits.clone(),
+            // SAFETY: wgpu asks callers of experimental features to accept that they may
+            // have bugs. The only one asked for is cooperative matrices, used by one kernel
+            // (shaders/matmul_coop.wgsl) whose results tests/kernels.rs checks against
+            // burn's matmul on every adapter that has them (LINA_TEST_COOP=1).
+            experimental_features: if experimental {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
+            memory_hints: wgpu::MemoryHints::MemoryUsage,
+            ..Default::default()
+        })
+        .await
 }
 
 fn no_adapter(e: impl std::fmt::Display) -> String {

@@ -426,89 +426,240 @@ fn matmul_cols_per_lane(b_rows: bool) -> u32 {
     if b_rows { 8 } else { 4 }
 }
 
-/// Whether a product over `depth` values into `cols` columns, of type `dtype` on `device`,
-/// runs as the lanes matmul (shaders/matmul_lanes.wgsl) for a model loaded with `kernels`:
-/// on software adapters with subgroups, whose loads that kernel is written around, for
-/// depths and widths in fours (it reads vec4s). GPUs keep burn's matmul, which reached 10-25
-/// TFLOP/s on an H200 (docs/bench.md, "On a real GPU").
-pub fn lanes_serve(
+/// Which of our matmul kernels runs a product (or a convolution as one): they compute the
+/// same. [`matmul_kernel`] picks one that suits the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulKernel {
+    /// shaders/matmul_lanes.wgsl: a workgroup is one subgroup of this many lanes.
+    Lanes { lanes: u32 },
+    /// shaders/matmul_coop.wgsl: f16 only, multiplied in cooperative matrices of `size` x
+    /// `size` by workgroups of four subgroups of `lanes`, in `block`s (`None`: chosen per
+    /// product, [`coop_block_for`]).
+    Coop {
+        size: u32,
+        lanes: u32,
+        block: Option<CoopBlock>,
+    },
+}
+
+/// How the coop matmul cuts a product: each subgroup keeps `tiles` x `tiles` cooperative
+/// matrices of sums (a workgroup's block of the output is 2 `tiles` `size` square), and the
+/// sum over K is cut into `splits` parts, each summed by its own workgroups into an f32
+/// partial product, then added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoopBlock {
+    pub tiles: u32,
+    pub splits: u32,
+}
+
+/// Cooperative matrices along K per step of the coop matmul (each step one barrier pair).
+const COOP_K_TILES: u32 = 2;
+
+/// Workgroups from which the coop matmul takes blocks of 4 x 4 matrices of sums per
+/// subgroup rather than 2 x 2 (128 x 128 sums per workgroup rather than 64 x 64 where the
+/// matrices are 16 x 16): each value a subgroup loads then feeds twice the products, but a
+/// product needs enough blocks to keep a large GPU's multiprocessors busy (an H200 has 132).
+const COOP_WIDE_BLOCKS: usize = 512;
+
+/// The coop matmul's block of the output and values of K per step: (rows, cols, depth).
+fn coop_block(size: u32, tiles: u32) -> (u32, u32, u32) {
+    let side = 2 * tiles * size;
+    (side, side, COOP_K_TILES * size)
+}
+
+/// The matmul kernel of ours, if any, that runs a product over `depth` values into `cols`
+/// columns, of type `dtype` on `device`, for a model loaded with `kernels`:
+/// - where the device multiplies f16 in cooperative matrices ([`crate::device::Limits`]'s
+///   `coop_size`: tensor cores, natively), f16 products in them, whatever their shape;
+/// - on software adapters with subgroups, whose loads the lanes matmul is written around, for
+///   depths and widths in fours (it reads vec4s);
+/// - none elsewhere: GPUs keep burn's matmul, which reached 10-25 TFLOP/s on an H200
+///   (docs/bench.md, "On a real GPU").
+pub fn matmul_kernel(
     kernels: Kernels,
     device: &Device,
     dtype: DType,
     depth: usize,
     cols: usize,
-) -> bool {
+) -> Option<MatmulKernel> {
+    if !kernels.fused_for(device, dtype) {
+        return None;
+    }
     let limits = crate::device::limits(device);
-    kernels.fused_for(device, dtype)
-        && limits.software
-        && limits.subgroup_lanes.is_some()
-        && depth.is_multiple_of(4)
-        && cols.is_multiple_of(4)
+    let lanes = limits.subgroup_lanes?;
+    if let Some(size) = limits.coop_size
+        && dtype == DType::F16
+        && coop_fits(&limits, size, lanes, 2)
+    {
+        return Some(MatmulKernel::Coop {
+            size,
+            lanes,
+            block: None,
+        });
+    }
+    (limits.software && depth.is_multiple_of(4) && cols.is_multiple_of(4))
+        .then_some(MatmulKernel::Lanes { lanes })
 }
 
-/// `a` [M, K] times `b` [K, N], plus `bias` [N] where given, as the lanes matmul: for
-/// callers that asked [`lanes_serve`]. `b` is read in place as [K, N] rows or as the
-/// transpose of a contiguous [N, K] (a linear layer's weight); any other layout is copied.
-pub fn matmul(a: Tensor<2>, b: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
-    let lanes = subgroup_lanes(&a.device());
+/// Whether the adapter runs the coop matmul with matrices of `size`, subgroups of `lanes`
+/// and `tiles` x `tiles` matrices of sums per subgroup: its workgroup's invocations and
+/// workgroup memory within the adapter's limits, and each invocation copying whole shares of
+/// the blocks (true of every size the device module accepts: subgroups of 4 to 64, matrices
+/// of 8 or 16).
+pub fn coop_fits(limits: &crate::device::Limits, size: u32, lanes: u32, tiles: u32) -> bool {
+    let (rows, cols, depth) = coop_block(size, tiles);
+    let threads = 4 * lanes;
+    let bytes = 2 * (rows * depth + depth * cols) + 4 * 4 * size * size;
+    threads <= limits.workgroup_invocations
+        && bytes <= limits.workgroup_bytes
+        && [rows * depth, depth * cols, 4 * size * size]
+            .iter()
+            .all(|n| n.is_multiple_of(threads))
+}
+
+/// The coop matmul's block for a `rows` x `depth` x `cols` product on `device`: the wider
+/// block where the product has [`COOP_WIDE_BLOCKS`] of them and the adapter fits it; and
+/// the sum over K cut as [`k_splits`] cuts burn's products, where the product is too small
+/// to fill the GPU by itself.
+pub fn coop_block_for(
+    device: &Device,
+    (size, lanes): (u32, u32),
+    rows: usize,
+    depth: usize,
+    cols: usize,
+) -> CoopBlock {
+    let limits = crate::device::limits(device);
+    let wide_blocks = rows.div_ceil(8 * size as usize) * cols.div_ceil(8 * size as usize);
+    let tiles = if wide_blocks >= COOP_WIDE_BLOCKS && coop_fits(&limits, size, lanes, 4) {
+        4
+    } else {
+        2
+    };
+    CoopBlock {
+        tiles,
+        splits: k_splits(&limits, rows, cols, depth) as u32,
+    }
+}
+
+/// `kernel` with its block chosen where it was left open.
+fn with_block(
+    kernel: MatmulKernel,
+    device: &Device,
+    rows: usize,
+    depth: usize,
+    cols: usize,
+) -> MatmulKernel {
+    match kernel {
+        MatmulKernel::Coop {
+            size,
+            lanes,
+            block: None,
+        } => MatmulKernel::Coop {
+            size,
+            lanes,
+            block: Some(coop_block_for(device, (size, lanes), rows, depth, cols)),
+        },
+        chosen => chosen,
+    }
+}
+
+/// The product the coop matmul left as `splits` f32 partial products, [splits x rows, cols]:
+/// their sum, in the type of `like`.
+fn sum_parts(out: Tensor<2>, kernel: MatmulKernel, like: DType) -> Tensor<2> {
+    let splits = match kernel {
+        MatmulKernel::Coop {
+            block: Some(block), ..
+        } => block.splits as usize,
+        _ => 1,
+    };
+    if splits == 1 {
+        return out;
+    }
+    let [rows, cols] = out.dims();
+    let dtype = match like {
+        DType::F16 => burn::tensor::FloatDType::F16,
+        _ => burn::tensor::FloatDType::F32,
+    };
+    out.reshape([splits, rows / splits, cols])
+        .sum_dim(0)
+        .reshape([rows / splits, cols])
+        .cast(dtype)
+}
+
+/// `a` [M, K] times `b` [K, N], plus `bias` [N] where given, by `kernel` (from
+/// [`matmul_kernel`]). `b` is read in place as [K, N] rows or as the transpose of a
+/// contiguous [N, K] (a linear layer's weight); any other layout is copied.
+pub fn matmul(
+    a: Tensor<2>,
+    b: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    kernel: MatmulKernel,
+) -> Tensor<2> {
+    let [depth, cols] = b.dims();
+    let kernel = with_block(kernel, &a.device(), a.dims()[0], depth, cols);
+    let dtype = a.dtype();
     // Read only where there is a bias; the weight stands in otherwise (as it is: a reshape
     // of a transposed weight would copy it).
     let bias_values = bias.map_or_else(|| b.clone().into_dispatch(), |t| t.clone().into_dispatch());
-    Tensor::from_dispatch(<Dispatch as Fused>::lanes_matmul(
+    let out = Tensor::from_dispatch(<Dispatch as Fused>::fused_matmul(
         a.into_dispatch(),
         b.clone().into_dispatch(),
         bias_values,
         bias.is_some(),
         None,
-        lanes,
-    ))
+        kernel,
+    ));
+    sum_parts(out, kernel, dtype)
 }
 
-/// A 2-D convolution as the lanes matmul, reading its channels-last input in place (no
-/// gathered patches), for callers that asked [`lanes_serve`] with K = `c_in` (each tap's
-/// channels are read as vec4s) and N = `c_out`. `weight` [Cout, Cin, k, k] is best stored as
-/// [Cout, k, k, Cin] (as `crate::weights` uploads 3x3 filters to such adapters) or, for 1x1,
-/// as PyTorch's [Cout, Cin]; else each call copies it. Gives [B, Cout, Ho, Wo] stored
-/// channels-last, as [`conv2d_im2col`].
-pub fn conv2d_lanes(
+/// A 2-D convolution as one of our matmul kernels (from [`matmul_kernel`] with K = `c_in` and
+/// N = `c_out`), reading its channels-last input in place: an implicit GEMM, no gathered
+/// patches. `weight` [Cout, Cin, k, k] is read in place stored as the filter matrix [kh, kw,
+/// Cin, Cout] or as filter rows [Cout, kh, kw, Cin] (the two orders `crate::weights` uploads
+/// 3x3 filters in) or, for 1x1, as PyTorch's [Cout, Cin]; else each call copies it. Gives
+/// [B, Cout, Ho, Wo] stored channels-last, as [`conv2d_im2col`].
+pub fn conv2d_fused(
     x: Tensor<4>,
     weight: &Tensor<4>,
     bias: Option<&Tensor<1>>,
     stride: usize,
     padding: usize,
+    kernel: MatmulKernel,
 ) -> Tensor<4> {
     let b = x.dims()[0];
-    let [c_out, c_in, kernel, _] = weight.dims();
+    let [c_out, c_in, taps, _] = weight.dims();
     let shape = ConvShape::new(x.dims(), weight.dims(), stride, padding);
     let (out_h, out_w) = (shape.out_h as usize, shape.out_w as usize);
-    // [K, N] as the transpose of [N, K], each output's filter in the filter matrix's order of
-    // K: a view of 1x1 weights and of filter rows (`crate::weights`), else a copy.
+    let kernel = with_block(
+        kernel,
+        &x.device(),
+        b * out_h * out_w,
+        taps * taps * c_in,
+        c_out,
+    );
+    let dtype = x.dtype();
+    // [K, N], K in the filter matrix's order: a view of the filter matrix as rows, of filter
+    // rows and 1x1 weights as the transpose of [N, K].
     let filters: Tensor<2> = weight
         .clone()
-        .permute([0, 2, 3, 1])
-        .reshape([c_out, kernel * kernel * c_in])
-        .transpose();
-    let lanes = subgroup_lanes(&x.device());
+        .permute([2, 3, 1, 0])
+        .reshape([taps * taps * c_in, c_out]);
     // Read only where there is a bias; the filters stand in otherwise.
     let bias_values = bias.map_or_else(
         || filters.clone().into_dispatch(),
         |t| t.clone().into_dispatch(),
     );
-    let out: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::lanes_matmul(
+    let out: Tensor<2> = Tensor::from_dispatch(<Dispatch as Fused>::fused_matmul(
         x.into_dispatch(),
         filters.into_dispatch(),
         bias_values,
         bias.is_some(),
         Some(shape),
-        lanes,
+        kernel,
     ));
-    out.reshape([b, out_h, out_w, c_out]).permute([0, 3, 1, 2])
-}
-
-fn subgroup_lanes(device: &Device) -> u32 {
-    crate::device::limits(device)
-        .subgroup_lanes
-        .expect("callers ask lanes_serve first")
+    sum_parts(out, kernel, dtype)
+        .reshape([b, out_h, out_w, c_out])
+        .permute([0, 3, 1, 2])
 }
 
 /// How [`conv2d_im2col`] cuts its product, where not as the adapter would: the most bytes one
@@ -632,13 +783,13 @@ pub trait Fused: Backend {
     ) -> FloatTensor<Self>;
     /// `a` is a [M, K] matrix, or with `conv` a convolution's [B, C, H, W] input; `bias` is
     /// read only where `biased` (the extension macro passes no optional tensors).
-    fn lanes_matmul(
+    fn fused_matmul(
         a: FloatTensor<Self>,
         b: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         biased: bool,
         conv: Option<ConvShape>,
-        lanes: u32,
+        kernel: MatmulKernel,
     ) -> FloatTensor<Self>;
     fn guided_step(
         model: FloatTensor<Self>,
@@ -825,13 +976,13 @@ impl Fused for CubeBackend {
         out
     }
 
-    fn lanes_matmul(
+    fn fused_matmul(
         a: CubeTensor,
         b: CubeTensor,
         bias: CubeTensor,
         biased: bool,
         conv: Option<ConvShape>,
-        lanes: u32,
+        how: MatmulKernel,
     ) -> CubeTensor {
         let (a, rows) = match conv {
             Some(g) => {
@@ -849,46 +1000,88 @@ impl Fused for CubeBackend {
         // [K, N] rows, or the transpose of a contiguous [N, K] read as it is.
         let transposed = cols > 1 && b.meta.strides()[0] == 1 && b.meta.strides()[1] == depth;
         let b = if transposed { b } else { into_contiguous(b) };
-        let out = output_like(&a, [rows as usize, cols].into());
         let g = conv.unwrap_or_default();
-        let params = words(&[
-            rows,
-            cols as u32,
-            depth as u32,
-            g.height,
-            g.width,
-            g.c_in,
-            g.out_h,
-            g.out_w,
-            g.kernel,
-            g.stride,
-            g.pad,
-        ]);
-        let mut kernel = Wgsl::new("matmul_lanes", a.dtype, 0);
-        kernel.lanes = lanes;
-        kernel.b_rows = !transposed;
-        kernel.conv = conv.is_some();
-        kernel.biased = biased;
         let bias = biased.then(|| into_contiguous(bias));
+        // A coop matmul whose sum over K is cut leaves its parts' f32 products one under the
+        // other.
+        let splits = match how {
+            MatmulKernel::Coop {
+                block: Some(block), ..
+            } => block.splits,
+            _ => 1,
+        };
+        let out = if splits > 1 {
+            let shape = [(splits * rows) as usize, cols].into();
+            empty_device_contiguous_dtype(a.client.clone(), a.device.clone(), shape, DType::F32)
+        } else {
+            output_like(&a, [rows as usize, cols].into())
+        };
         let mut bound = vec![&a, &b, &out];
         if let Some(bias) = &bias {
             bound.push(bias);
         }
-        // Blocks of rows along y and, past the 65535 workgroups an axis may hold, along z.
-        let row_blocks = rows.div_ceil(MATMUL_ROW_GROUPS * lanes);
+        let (mut kernel, threads, (block_rows, block_cols)) = match how {
+            MatmulKernel::Lanes { lanes } => {
+                let mut kernel = Wgsl::new("matmul_lanes", a.dtype, 0);
+                kernel.lanes = lanes;
+                let cols_per_workgroup = lanes * matmul_cols_per_lane(!transposed);
+                (
+                    kernel,
+                    lanes,
+                    (MATMUL_ROW_GROUPS * lanes, cols_per_workgroup),
+                )
+            }
+            MatmulKernel::Coop { size, lanes, block } => {
+                let block = block.expect("the block is chosen before the dispatch");
+                let (block_rows, block_cols, _) = coop_block(size, block.tiles);
+                let mut kernel = Wgsl::new("matmul_coop", a.dtype, 0);
+                kernel.lanes = lanes;
+                kernel.coop = Some(CoopShape {
+                    size,
+                    block,
+                    dims: [rows, cols as u32, depth as u32],
+                    conv: g,
+                });
+                (kernel, 4 * lanes, (block_rows, block_cols))
+            }
+        };
+        kernel.b_rows = !transposed;
+        kernel.conv = conv.is_some();
+        kernel.biased = biased;
+        // Blocks of rows along y and, past the 65535 workgroups an axis may hold, along z;
+        // or the parts of a cut sum along z (cut only where the product is small).
+        let row_blocks = rows.div_ceil(block_rows);
         let across = row_blocks.min(65535);
-        launch(
-            &a,
-            kernel,
-            CubeDim::new_1d(lanes),
+        let workgroups = if splits > 1 {
+            assert!(row_blocks <= 65535, "a cut product of {rows} rows");
+            CubeCount::Static((cols as u32).div_ceil(block_cols), row_blocks, splits)
+        } else {
             CubeCount::Static(
-                (cols as u32).div_ceil(lanes * matmul_cols_per_lane(!transposed)),
+                (cols as u32).div_ceil(block_cols),
                 across,
                 row_blocks.div_ceil(across),
-            ),
-            &bound,
-            &params,
-        );
+            )
+        };
+        let threads = CubeDim::new_1d(threads);
+        if kernel.coop.is_some() {
+            // Its sizes are constants of its text: no parameters.
+            launch_bound(&a, kernel, threads, workgroups, &bound, None);
+        } else {
+            let params = words(&[
+                rows,
+                cols as u32,
+                depth as u32,
+                g.height,
+                g.width,
+                g.c_in,
+                g.out_h,
+                g.out_w,
+                g.kernel,
+                g.stride,
+                g.pad,
+            ]);
+            launch_bound(&a, kernel, threads, workgroups, &bound, Some(&params));
+        }
         out
     }
 
@@ -967,8 +1160,8 @@ fn to_channels_last(x: CubeTensor) -> CubeTensor {
     permute(into_contiguous(permute(x, &[0, 2, 3, 1])), &[0, 3, 1, 2])
 }
 
-/// A convolution's shapes, as shaders/im2col.wgsl and shaders/matmul_lanes.wgsl take them.
-#[derive(Clone, Copy, Debug, Default)]
+/// A convolution's shapes, as shaders/im2col.wgsl and the matmul kernels take them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConvShape {
     height: u32,
     width: u32,
@@ -1171,14 +1364,25 @@ fn launch(
     tensors: &[&CubeTensor],
     params: &[u8],
 ) {
+    launch_bound(on, kernel, threads, workgroups, tensors, Some(params))
+}
+
+/// [`launch`], for kernels with or without parameters.
+fn launch_bound(
+    on: &CubeTensor,
+    kernel: Wgsl,
+    threads: CubeDim,
+    workgroups: CubeCount,
+    tensors: &[&CubeTensor],
+    params: Option<&[u8]>,
+) {
     let client = &on.client;
-    let params = client.create_from_slice(params);
-    let args = tensors
-        .iter()
-        .fold(KernelArguments::new(), |args, t| {
-            args.with_buffer(t.handle.clone().binding())
-        })
-        .with_buffer(params.binding());
+    let mut args = tensors.iter().fold(KernelArguments::new(), |args, t| {
+        args.with_buffer(t.handle.clone().binding())
+    });
+    if let Some(params) = params {
+        args = args.with_buffer(client.create_from_slice(params).binding());
+    }
     client.launch(
         Box::new(SourceKernel::new(kernel, threads)),
         workgroups,
@@ -1210,6 +1414,19 @@ struct Wgsl {
     /// column offset a multiple of 4), which lavapipe loads four times faster than four
     /// numbers.
     quads: bool,
+    /// For the coop matmul: the product it is written for.
+    coop: Option<CoopShape>,
+}
+
+/// The product a coop matmul kernel is written for (its sizes are constants of its text):
+/// the cooperative matrices' side, how it cuts the product, M, N and K, and for a
+/// convolution its shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CoopShape {
+    size: u32,
+    block: CoopBlock,
+    dims: [u32; 3],
+    conv: ConvShape,
 }
 
 impl Wgsl {
@@ -1226,6 +1443,7 @@ impl Wgsl {
             b_rows: false,
             conv: false,
             quads: false,
+            coop: None,
         }
     }
 
@@ -1498,6 +1716,147 @@ impl Wgsl {
             .replace("{{ store }}", &store)
     }
 
+    /// The coop matmul's sizes, its reads of a and b, and its loops over the cooperative
+    /// matrices, written out (shaders/matmul_coop.wgsl says what each part is).
+    fn write_out_matmul_coop(&self, text: String) -> String {
+        let shape = self.coop.expect("the coop matmul is written for a product");
+        let (size, tiles, splits) = (shape.size, shape.block.tiles, shape.block.splits);
+        let (tm, tn, tk) = coop_block(size, tiles);
+        let [m, n, k] = shape.dims;
+        // Each part's share of K, in whole steps.
+        let k_part = k.div_ceil(splits).div_ceil(tk) * tk;
+        let g = shape.conv;
+        let a_at = if self.conv {
+            "    if (row >= M || k >= K) {\n        return T(0.0);\n    }\n    \
+             let ox = row % OUT_W;\n    let oy = (row / OUT_W) % OUT_H;\n    \
+             let image = row / (OUT_W * OUT_H);\n    let tap = k / C_IN;\n    \
+             let iy = i32(oy * STRIDE + tap / KERNEL) - i32(PAD);\n    \
+             let ix = i32(ox * STRIDE + tap % KERNEL) - i32(PAD);\n    \
+             if (iy < 0 || iy >= i32(HEIGHT) || ix < 0 || ix >= i32(WIDTH)) {\n        return T(0.0);\n    }\n    \
+             return a[((image * HEIGHT + u32(iy)) * WIDTH + u32(ix)) * C_IN + k % C_IN];"
+        } else {
+            "    if (row >= M || k >= K) {\n        return T(0.0);\n    }\n    return a[row * K + k];"
+        };
+        let b_index = if self.b_rows {
+            "k * N + col"
+        } else {
+            "col * K + k"
+        };
+        let b_at = format!(
+            "    if (k >= K || col >= N) {{\n        return T(0.0);\n    }}\n    return b[{b_index}];"
+        );
+        // b's block: its rows of TN columns, or its columns of TK values of K.
+        let b_copy = if self.b_rows {
+            "b_at(k0 + at / TN, col0 + at % TN)"
+        } else {
+            "b_at(k0 + at % TK, col0 + at / TK)"
+        };
+        let copy_b = format!(
+            "        for (var i = 0u; i < TK * TN / THREADS; i = i + 1u) {{\n            \
+             let at = i * THREADS + local;\n            b_tile[at] = {b_copy};\n        }}"
+        );
+        let matrix = |role: &str, scalar: &str| format!("coop_mat{size}x{size}<{scalar}, {role}>");
+        let mut accumulators = String::new();
+        for r in 0..tiles {
+            for c in 0..tiles {
+                accumulators += &format!("    var acc{r}_{c}: {};\n", matrix("C", "f32"));
+            }
+        }
+        let mut multiply = String::new();
+        for step in 0..tk / size {
+            let k_at = step * size;
+            multiply += "        {\n";
+            for r in 0..tiles {
+                multiply += &format!(
+                    "            let a{r} = coopLoadT<{}>(&a_tile[(sub_row + {}u) * TK + {k_at}u], TK);\n",
+                    matrix("A", "f16"),
+                    r * size
+                );
+            }
+            for c in 0..tiles {
+                // Row-major from b's rows; column-major from its columns.
+                multiply += &if self.b_rows {
+                    format!(
+                        "            let b{c} = coopLoadT<{}>(&b_tile[{k_at}u * TN + sub_col + {}u], TN);\n",
+                        matrix("B", "f16"),
+                        c * size
+                    )
+                } else {
+                    format!(
+                        "            let b{c} = coopLoad<{}>(&b_tile[(sub_col + {}u) * TK + {k_at}u], TK);\n",
+                        matrix("B", "f16"),
+                        c * size
+                    )
+                };
+            }
+            for r in 0..tiles {
+                for c in 0..tiles {
+                    multiply += &format!(
+                        "            acc{r}_{c} = coopMultiplyAdd(a{r}, b{c}, acc{r}_{c});\n"
+                    );
+                }
+            }
+            multiply += "        }\n";
+        }
+        // Each accumulator in turn: every subgroup stores its own into its part of c_tile, and
+        // the workgroup writes them out.
+        let mut store = String::new();
+        for r in 0..tiles {
+            for c in 0..tiles {
+                store += &format!(
+                    "    coopStoreT(acc{r}_{c}, &c_tile[subgroup * S * S], S);\n    \
+                     workgroupBarrier();\n    write_sums(row0, col0, part, {r}u, {c}u, local);\n    \
+                     workgroupBarrier();\n"
+                );
+            }
+        }
+        let bias = if self.biased {
+            "@group(0) @binding(3) var<storage, read_write> bias: array<T>;\n\
+             fn bias_of(col: u32) -> f32 {\n    return f32(bias[col]);\n}\n"
+        } else {
+            "fn bias_of(col: u32) -> f32 {\n    return 0.0;\n}\n"
+        };
+        let number = |v: u32| v.to_string();
+        text.replace("{{ size }}", &number(size))
+            .replace("{{ lanes }}", &number(self.lanes))
+            .replace("{{ threads }}", &number(4 * self.lanes))
+            .replace("{{ tm }}", &number(tm))
+            .replace("{{ tn }}", &number(tn))
+            .replace("{{ tk }}", &number(tk))
+            .replace("{{ m }}", &number(m))
+            .replace("{{ n }}", &number(n))
+            .replace("{{ k }}", &number(k))
+            .replace("{{ splits }}", &number(splits))
+            .replace("{{ k_part }}", &number(k_part))
+            .replace("{{ out_elem }}", if splits > 1 { "f32" } else { "T" })
+            .replace("{{ part }}", if splits > 1 { "group.z" } else { "0u" })
+            .replace(
+                "{{ row_block }}",
+                if splits > 1 {
+                    "group.y"
+                } else {
+                    "group.z * groups.y + group.y"
+                },
+            )
+            .replace("{{ height }}", &number(g.height))
+            .replace("{{ width }}", &number(g.width))
+            .replace("{{ c_in }}", &number(g.c_in))
+            .replace("{{ out_h }}", &number(g.out_h))
+            .replace("{{ out_w }}", &number(g.out_w))
+            .replace("{{ kernel }}", &number(g.kernel))
+            .replace("{{ stride }}", &number(g.stride))
+            .replace("{{ pad }}", &number(g.pad))
+            .replace("{{ a_tile }}", &number(tm * tk))
+            .replace("{{ b_tile }}", &number(tk * tn))
+            .replace("{{ bias }}", bias)
+            .replace("{{ a_at }}", a_at)
+            .replace("{{ b_at }}", &b_at)
+            .replace("{{ copy_b }}", &copy_b)
+            .replace("{{ accumulators }}", &accumulators)
+            .replace("{{ multiply }}", &multiply)
+            .replace("{{ store }}", &store)
+    }
+
     /// The lanes attention's loops over a head's values and over a block of keys, written
     /// out (shaders/attention_lanes.wgsl says why).
     fn write_out_attention_lanes(&self, text: String) -> String {
@@ -1586,6 +1945,7 @@ impl Wgsl {
             "guided_step" => include_str!("../shaders/guided_step.wgsl"),
             "im2col" => include_str!("../shaders/im2col.wgsl"),
             "matmul_lanes" => include_str!("../shaders/matmul_lanes.wgsl"),
+            "matmul_coop" => include_str!("../shaders/matmul_coop.wgsl"),
             other => unreachable!("no kernel named {other}"),
         }
     }
@@ -1617,6 +1977,9 @@ impl KernelSource for Wgsl {
         if self.name == "matmul_lanes" {
             text = self.write_out_matmul(text);
         }
+        if self.name == "matmul_coop" {
+            text = self.write_out_matmul_coop(text);
+        }
         let text = text
             .replace("{{ enable }}", &enable)
             .replace("{{ elem }}", elem)
@@ -1639,6 +2002,7 @@ impl KernelSource for Wgsl {
             self.key_block,
             self.biased,
             (self.lanes, self.b_rows, self.conv, self.quads),
+            self.coop,
         ))
     }
 

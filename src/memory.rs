@@ -435,6 +435,7 @@ mod tests {
             workgroup_bytes: 16384,
             workgroup_invocations: 256,
             subgroup_lanes: None,
+            coop_size: None,
             software: false,
         }
     }

@@ -86,15 +86,18 @@ impl Linear {
         self.product(x, None)
     }
 
-    /// `x` times the weight, plus `bias`: as the lanes matmul on software adapters that
-    /// have it (`kernels::lanes_serve`), else burn's `linear`.
+    /// `x` times the weight, plus `bias`: by a matmul kernel of ours where one suits the
+    /// adapter (`kernels::matmul_kernel`: cooperative matrices in f16, the lanes matmul on
+    /// software adapters), else burn's `linear`.
     fn product<const D: usize>(&self, x: Tensor<D>, bias: Option<&Tensor<1>>) -> Tensor<D> {
         let [d_in, d_out] = self.weight.dims();
-        if kernels::lanes_serve(self.kernels, &x.device(), x.dtype(), d_in, d_out) {
+        if let Some(kernel) =
+            kernels::matmul_kernel(self.kernels, &x.device(), x.dtype(), d_in, d_out)
+        {
             let mut dims = x.dims();
             let rows = x.reshape([-1, d_in as i64]);
             dims[D - 1] = d_out;
-            return kernels::matmul(rows, &self.weight, bias).reshape(dims);
+            return kernels::matmul(rows, &self.weight, bias, kernel).reshape(dims);
         }
         linear(x, self.weight.clone(), bias.cloned())
     }
@@ -167,19 +170,22 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        // On software adapters with subgroups, the lanes matmul reading the input in place:
-        // 2-4x the gathered convolution on lavapipe. On other wgpu adapters, the patches
+        // Where a matmul kernel of ours suits the adapter (cooperative matrices in f16, the
+        // lanes matmul on software adapters with subgroups: 2-4x the gathered convolution on
+        // lavapipe), it reads the input in place. On other wgpu adapters, the patches
         // gathered into a matrix for burn's matmul: 2-10x faster than burn's direct
         // convolution on an H200 and 2-4x on lavapipe (docs/bench.md, "On a real GPU").
         let device = x.device();
         let [c_out, c_in, _, _] = self.weight.dims();
-        if kernels::lanes_serve(self.kernels, &device, x.dtype(), c_in, c_out) {
-            return kernels::conv2d_lanes(
+        if let Some(kernel) = kernels::matmul_kernel(self.kernels, &device, x.dtype(), c_in, c_out)
+        {
+            return kernels::conv2d_fused(
                 x,
                 &self.weight,
                 self.bias.as_ref(),
                 self.options.stride[0],
                 self.options.padding[0].0,
+                kernel,
             );
         }
         if self.kernels.fused_for(&device, x.dtype()) {

@@ -12,7 +12,7 @@ use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use common::{gpu_device, max_abs_diff, values};
 use lina_runtime::StableDiffusion;
 use lina_runtime::device::{GpuRequest, Precision};
-use lina_runtime::kernels::{AttentionKernel, Kernels};
+use lina_runtime::kernels::{AttentionKernel, CoopBlock, Kernels, MatmulKernel};
 use lina_runtime::schedulers::AffineStep;
 use lina_runtime::source::DirSource;
 use lina_runtime::views::{ChannelShift, Columns};
@@ -392,7 +392,7 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
     );
 
     check_im2col(gpu, tolerance, label);
-    check_lanes(gpu, tolerance, label);
+    check_matmul_kernels(gpu, tolerance, label, &lanes_kernels(gpu, label), false);
     check_guided_step(gpu, tolerance, label);
 }
 
@@ -495,15 +495,11 @@ fn check_im2col(gpu: &Device, tolerance: f32, label: &str) {
     }
 }
 
-/// The lanes matmul (shaders/matmul_lanes.wgsl, software adapters with subgroups) against
-/// burn's operations on the CPU: products whose rows and columns are no multiple of a
-/// workgroup's, with the weight stored as [K, N] rows and as a transposed [N, K], with and
-/// without a bias; and convolutions read in place, with padding, a stride, 1x1 kernels, a
-/// 1x1 input, and inputs stored channels-last or not.
-fn check_lanes(gpu: &Device, tolerance: f32, label: &str) {
+/// The lanes matmul (shaders/matmul_lanes.wgsl) where `gpu` has subgroups of one size:
+/// lavapipe (CI's adapter) has.
+fn lanes_kernels(gpu: &Device, label: &str) -> Vec<MatmulKernel> {
     let limits = lina_runtime::device::limits(gpu);
-    if limits.subgroup_lanes.is_none() {
-        // lavapipe (CI's adapter) has subgroups; an adapter without them never runs the kernel.
+    let Some(lanes) = limits.subgroup_lanes else {
         assert!(
             !limits.adapter.to_lowercase().contains("llvmpipe"),
             "{label}: lavapipe without subgroup lanes ({})",
@@ -513,59 +509,145 @@ fn check_lanes(gpu: &Device, tolerance: f32, label: &str) {
             "{label}: no subgroup lanes on {}: the lanes matmul is not run here",
             limits.adapter
         );
-        return;
+        return Vec::new();
+    };
+    vec![MatmulKernel::Lanes { lanes }]
+}
+
+/// The coop matmul (shaders/matmul_coop.wgsl) with each block of sums per workgroup that
+/// fits `gpu`, an f16 device that multiplies in cooperative matrices; none where it does not
+/// (CI's lavapipe, Mesa 22.3), unless LINA_TEST_COOP=1 asks for them.
+fn coop_kernels(gpu: &Device) -> Vec<MatmulKernel> {
+    let limits = lina_runtime::device::limits(gpu);
+    let (Some(size), Some(lanes)) = (limits.coop_size, limits.subgroup_lanes) else {
+        assert!(
+            std::env::var("LINA_TEST_COOP").as_deref() != Ok("1"),
+            "LINA_TEST_COOP=1 but {} multiplies in no cooperative matrices",
+            limits.adapter
+        );
+        eprintln!(
+            "{} has no cooperative matrices: the coop matmul is not run here \
+             (scripts/lavapipe-coop.sh runs it on a lavapipe that has them)",
+            limits.adapter
+        );
+        return Vec::new();
+    };
+    // The runtime's choice (2 x 2 matrices per subgroup on lavapipe, the sum whole), the sum
+    // cut in 3 (as the runtime cuts small products on GPUs, here into parts that do not
+    // divide K), and 4 x 4 matrices per subgroup where they fit.
+    let mut kernels = vec![MatmulKernel::Coop {
+        size,
+        lanes,
+        block: None,
+    }];
+    let blocks = [(2, 3), (4, 1)];
+    for (tiles, splits) in blocks {
+        if !lina_runtime::kernels::coop_fits(&limits, size, lanes, tiles) {
+            assert!(
+                tiles > 2,
+                "the coop matmul's smaller block does not fit {}",
+                limits.adapter
+            );
+            continue;
+        }
+        let block = Some(CoopBlock { tiles, splits });
+        kernels.push(MatmulKernel::Coop { size, lanes, block });
     }
-    // (rows, depth, cols): rows past a workgroup's and not a multiple; a column block cut short.
-    for (i, &(m, k, n)) in [(37, 20, 12), (5, 8, 44), (70, 132, 36)].iter().enumerate() {
-        let seed = 80 + 4 * i as u64;
-        let (a, ga) = pair([m, k], seed, gpu);
-        let (w, gw) = pair([n, k], seed + 1, gpu);
-        let (bias, g_bias) = pair([n], seed + 2, gpu);
-        for with_bias in [false, true] {
-            let mut want = a.clone().matmul(w.clone().transpose());
-            if with_bias {
-                want = want + bias.clone().reshape([1, n]);
-            }
-            let want = values(want);
-            // [K, N] as the transpose of [N, K] (a linear layer's weight), then as rows.
-            let rows_layout = Tensor::<2>::from_data(gw.clone().transpose().into_data(), gpu);
-            for (how, b) in [
-                ("transposed", gw.clone().transpose()),
-                ("rows", rows_layout),
-            ] {
-                let got =
-                    lina_runtime::kernels::matmul(ga.clone(), &b, with_bias.then_some(&g_bias));
-                let diff = relative(read(got), &want);
-                assert!(
-                    diff < tolerance,
-                    "{label}: lanes matmul {m}x{k}x{n}, b {how}, bias {with_bias}, off by {diff} (relative)"
-                );
+    kernels
+}
+
+/// Our matmul kernels against burn's operations on the CPU: products whose rows and columns
+/// are no multiple of a workgroup's block, with the weight stored as [K, N] rows and as a
+/// transposed [N, K], with and without a bias; and convolutions read in place, with padding,
+/// a stride, 1x1 kernels, a 1x1 input, and inputs stored channels-last or not. The coop
+/// matmul also on sizes no multiple of 4 and a depth no multiple of its steps. With `few`,
+/// one product and two convolutions: the coop matmul writes a kernel per shape, and lavapipe
+/// takes seconds to compile each.
+fn check_matmul_kernels(
+    gpu: &Device,
+    tolerance: f32,
+    label: &str,
+    kernels: &[MatmulKernel],
+    few: bool,
+) {
+    for &kernel in kernels {
+        let coop = matches!(kernel, MatmulKernel::Coop { .. });
+        // (rows, depth, cols): rows past a workgroup's and not a multiple; a column block cut
+        // short.
+        let mut products = vec![(37, 20, 12), (5, 8, 44)];
+        products.push(if coop { (131, 77, 70) } else { (70, 132, 36) });
+        if coop {
+            products.push((1, 3, 5));
+        }
+        if few {
+            products.drain(..2);
+            products.truncate(1);
+        }
+        for (i, &(m, k, n)) in products.iter().enumerate() {
+            let seed = 80 + 4 * i as u64;
+            let (a, ga) = pair([m, k], seed, gpu);
+            let (w, gw) = pair([n, k], seed + 1, gpu);
+            let (bias, g_bias) = pair([n], seed + 2, gpu);
+            for with_bias in [false, true] {
+                let mut want = a.clone().matmul(w.clone().transpose());
+                if with_bias {
+                    want = want + bias.clone().reshape([1, n]);
+                }
+                let want = values(want);
+                // [K, N] as the transpose of [N, K] (a linear layer's weight), then as rows.
+                let rows_layout = Tensor::<2>::from_data(gw.clone().transpose().into_data(), gpu);
+                for (how, b) in [
+                    ("transposed", gw.clone().transpose()),
+                    ("rows", rows_layout),
+                ] {
+                    let got = lina_runtime::kernels::matmul(
+                        ga.clone(),
+                        &b,
+                        with_bias.then_some(&g_bias),
+                        kernel,
+                    );
+                    let diff = relative(read(got), &want);
+                    assert!(
+                        diff < tolerance,
+                        "{label}: {kernel:?} {m}x{k}x{n}, b {how}, bias {with_bias}, off by {diff} (relative)"
+                    );
+                }
             }
         }
-    }
-    let convs: [Conv; 5] = [
-        (2, 36, 9, 11, 44, 3, 1, true),
-        (1, 4, 8, 8, 72, 3, 1, true),
-        (1, 16, 9, 8, 20, 3, 2, true),
-        (2, 40, 5, 7, 36, 1, 1, false),
-        (2, 8, 1, 1, 12, 3, 1, true),
-    ];
-    for (i, &conv) in convs.iter().enumerate() {
-        let (_, _, _, _, _, kernel, stride, with_bias) = conv;
-        let case = conv_case(conv, 60 + 4 * i as u64, gpu);
-        for (gx, gw) in case.layouts {
-            let got = lina_runtime::kernels::conv2d_lanes(
-                gx,
-                &gw,
-                with_bias.then_some(&case.bias),
-                stride,
-                kernel / 2,
-            );
-            let diff = relative(read(got), &case.want);
-            assert!(
-                diff < tolerance,
-                "{label}: lanes convolution {conv:?} off by {diff} (relative)"
-            );
+        let mut convs: Vec<Conv> = vec![
+            (2, 36, 9, 11, 44, 3, 1, true),
+            (1, 4, 8, 8, 72, 3, 1, true),
+            (1, 16, 9, 8, 20, 3, 2, true),
+            (2, 40, 5, 7, 36, 1, 1, false),
+            (2, 8, 1, 1, 12, 3, 1, true),
+        ];
+        if coop {
+            convs.extend([
+                (2, 3, 10, 9, 5, 3, 1, true),
+                (1, 37, 12, 12, 70, 3, 2, false),
+            ]);
+        }
+        if few {
+            convs.drain(1..convs.len() - 1);
+        }
+        for (i, &conv) in convs.iter().enumerate() {
+            let (_, _, _, _, _, taps, stride, with_bias) = conv;
+            let case = conv_case(conv, 60 + 4 * i as u64, gpu);
+            for (gx, gw) in case.layouts {
+                let got = lina_runtime::kernels::conv2d_fused(
+                    gx,
+                    &gw,
+                    with_bias.then_some(&case.bias),
+                    stride,
+                    taps / 2,
+                    kernel,
+                );
+                let diff = relative(read(got), &case.want);
+                assert!(
+                    diff < tolerance,
+                    "{label}: {kernel:?} convolution {conv:?} off by {diff} (relative)"
+                );
+            }
         }
     }
 }
@@ -637,6 +719,38 @@ fn fused_kernels_compute_what_burns_operations_compute() {
         // LINA_TEST_GPU=1 asks for every GPU capability: no shader-f16 is a failure.
         Err(e) => panic!("LINA_TEST_GPU=1 but no f16 device: {e}"),
     }
+}
+
+/// The coop matmul on an f16 device that multiplies in cooperative matrices (a GPU with
+/// tensor cores; without one, `scripts/lavapipe-coop.sh` runs this on a lavapipe that has
+/// them, as scripts/test.sh does), against burn's operations on the CPU; and that the
+/// runtime picks it for f16 products there.
+#[test]
+fn the_coop_matmul_computes_what_burns_operations_compute() {
+    let Some(_) = gpu_device() else { return };
+    let f16 = lina_runtime::device::gpu_with(&GpuRequest {
+        max_binding_bytes: None,
+        precision: Precision::F16,
+    })
+    .unwrap_or_else(|e| panic!("LINA_TEST_GPU=1 but no f16 device: {e}"));
+    let kernels = coop_kernels(&f16);
+    if kernels.is_empty() {
+        return;
+    }
+    let chosen = lina_runtime::kernels::matmul_kernel(
+        Kernels::Fused,
+        &f16,
+        burn::tensor::DType::F16,
+        320,
+        640,
+    );
+    assert!(
+        matches!(chosen, Some(MatmulKernel::Coop { block: None, .. })),
+        "f16 products take {chosen:?}, not the coop matmul"
+    );
+    // Every shape through the runtime's choice; the other blocks on a few.
+    check_matmul_kernels(&f16, 0.01, "f16", &kernels[..1], false);
+    check_matmul_kernels(&f16, 0.01, "f16", &kernels[1..], true);
 }
 
 #[test]

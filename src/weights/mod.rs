@@ -712,7 +712,7 @@ enum Layout {
     FilterMatrix,
     /// [out, kh, kw, in]: each output's filter as one row over K in the filter matrix's
     /// order, which the lanes matmul on software adapters reads as the transposed [K, N]
-    /// (`kernels::conv2d_lanes`): each lane then reads its columns' values of K in
+    /// (`kernels::conv2d_fused`): each lane then reads its columns' values of K in
     /// sequence. Read as [K, N] rows instead, SD 1.5's 16x16 convolutions ran at half the
     /// rate on lavapipe (their rows lie 5 KB apart).
     FilterRows,
@@ -720,7 +720,8 @@ enum Layout {
 
 /// The layout a weight of `shape` takes on `device`: a filter of more than one tap goes to a
 /// GPU as the filter matrix, or as filter rows on a software adapter with subgroups where the
-/// lanes matmul serves its channels (`kernels::lanes_serve`: in and out in fours).
+/// lanes matmul serves its channels (`kernels::matmul_kernel`: in and out in fours, and no
+/// cooperative matrices, whose kernel reads the filter matrix's rows).
 fn layout_for(shape: &[usize], device: &Device) -> Layout {
     if shape.len() != 4 || shape[2] * shape[3] == 1 || !crate::device::is_gpu(device) {
         return Layout::AsGiven;
@@ -728,6 +729,7 @@ fn layout_for(shape: &[usize], device: &Device) -> Layout {
     let limits = crate::device::limits(device);
     let lanes = limits.software
         && limits.subgroup_lanes.is_some()
+        && limits.coop_size.is_none()
         && shape[0].is_multiple_of(4)
         && shape[1].is_multiple_of(4);
     if lanes {

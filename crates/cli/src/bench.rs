@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use lina::Plan;
 use lina_runtime::bench::{Summary, UnetCall};
-use lina_runtime::kernels::Kernels;
+use lina_runtime::kernels::{CoopBlock, Kernels, MatmulKernel};
 use lina_runtime::pipeline::{
     CancelToken, GenerateOptions, Hooks, NoHook, Sampling, StableDiffusion, StepFuture, StepHook,
 };
@@ -491,6 +491,36 @@ struct KernelTiming {
 /// below), each by burn's kernels and by ours (the convolution as gathered patches and
 /// burn's matmul; attention without workgroup memory and tiled with each key block), and
 /// the square product that sets the adapter's matrix peak as burn's matmul reaches it.
+/// Our matmul kernels that suit the adapter, named for the table: the lanes matmul where it
+/// has subgroups of one size, and cooperative matrices where the device multiplies in them
+/// (f16 devices only).
+fn our_matmuls(limits: &lina_runtime::device::Limits) -> Vec<(String, MatmulKernel)> {
+    let mut kernels = Vec::new();
+    if let Some(lanes) = limits.subgroup_lanes {
+        kernels.push(("lanes".to_string(), MatmulKernel::Lanes { lanes }));
+        // The runtime's choice (its block, and its sum over K cut where the product is
+        // small), and each block with the sum whole.
+        if let Some(size) = limits.coop_size {
+            let block = None;
+            kernels.push((
+                format!("coop {size}, chosen"),
+                MatmulKernel::Coop { size, lanes, block },
+            ));
+            for tiles in [2, 4] {
+                if lina_runtime::kernels::coop_fits(limits, size, lanes, tiles) {
+                    let block = Some(CoopBlock { tiles, splits: 1 });
+                    let side = 2 * tiles * size;
+                    kernels.push((
+                        format!("coop {size}, {side}x{side}"),
+                        MatmulKernel::Coop { size, lanes, block },
+                    ));
+                }
+            }
+        }
+    }
+    kernels
+}
+
 pub fn kernels(args: KernelsArgs) -> Result<()> {
     use burn::tensor::module::{conv2d, linear};
     use burn::tensor::ops::ConvOptions;
@@ -629,13 +659,16 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
                     }),
                 ));
             }
-            // Where the adapter has subgroup lanes (lavapipe): the implicit GEMM of
-            // shaders/matmul_lanes.wgsl, which the runtime picks on software adapters.
-            if limits.subgroup_lanes.is_some() {
+            // Our implicit GEMMs, reading the input in place: the lanes matmul where the
+            // adapter has subgroups (the runtime's choice on software adapters), and in f16
+            // the cooperative matrices where the device has them (the runtime's choice there).
+            for (how, kernel) in our_matmuls(&limits) {
                 let (x, w, b) = (x.clone(), w.clone(), b.clone());
                 ways.push((
-                    "lanes, implicit".into(),
-                    Box::new(move || flat4(k::conv2d_lanes(x.clone(), &w, Some(&b), stride, 1))),
+                    format!("{how}, implicit"),
+                    Box::new(move || {
+                        flat4(k::conv2d_fused(x.clone(), &w, Some(&b), stride, 1, kernel))
+                    }),
                 ));
             }
             let case = format!("conv3x3 {side}x{side} {c_in}->{c_out} s{stride}");
@@ -659,12 +692,13 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
                 "burn".into(),
                 Box::new(|| flat3(linear(x.clone(), w.clone(), None))),
             )];
-            if limits.subgroup_lanes.is_some() {
+            for (how, kernel) in our_matmuls(&limits) {
+                let (x, w) = (x.clone(), w.clone());
                 ways.push((
-                    "lanes".into(),
-                    Box::new(|| {
+                    how,
+                    Box::new(move || {
                         let rows = x.clone().reshape([rows, d_in]);
-                        k::matmul(rows, &w, None).reshape([-1])
+                        k::matmul(rows, &w, None, kernel).reshape([-1])
                     }),
                 ));
             }

@@ -1,0 +1,129 @@
+// A matrix product out [M, N] = a [M, K] b [K, N] (+ bias [N]) in f16, or a convolution as
+// that product read straight from its channels-last input (an implicit GEMM), multiplied in
+// cooperative matrices: a subgroup's S x S tiles that the hardware multiplies and adds as one
+// operation (NVIDIA's tensor cores through VK_KHR_cooperative_matrix; lavapipe emulates them).
+// Natively only, where wgpu offers `wgpu_cooperative_matrix` (an experimental feature):
+// WebGPU has no matrix instructions yet, and WGSL's scalar arithmetic reaches a few percent
+// of a tensor core's rate (docs/bench.md, "On a real GPU").
+//
+// A workgroup computes a TM x TN block of the output with four subgroups, two by two; each
+// holds RM x RN accumulators of S x S f32 sums. Per step of TK values of K, the workgroup
+// copies a's TM x TK block and b's TK x TN block into workgroup memory (zeros past the
+// matrices' edges and over a convolution's padding), and each subgroup loads its tiles from
+// there and multiplies them. At the end the sums pass through workgroup memory once more, one
+// accumulator of each subgroup at a time, so that every invocation writes whole f16 values
+// with the bias added, inside the edges only. Where the product is too small to fill the GPU
+// (at a UNet's 16x16 and 8x8 latents), its sum over K is cut into SPLITS parts, each summed
+// by its own workgroups into an f32 partial product that the runtime then adds.
+//
+// Every size is a constant of the text: `src/kernels.rs` writes one kernel per product shape
+// (a UNet has a few dozen). The loops then have constant bounds, which keeps the cooperative
+// operations in uniform control flow (as they must be: every binding is read_write, and a
+// bound read from one would not count as uniform), and divisions by the convolution's sizes
+// become multiplications. It also writes out the loops over the tiles, with constant indices.
+
+enable f16;
+enable wgpu_cooperative_matrix;
+
+alias T = f16;
+// The side of one cooperative matrix, the subgroups' size and the workgroup's invocations.
+const S: u32 = {{ size }}u;
+const LANES: u32 = {{ lanes }}u;
+const THREADS: u32 = 4u * LANES;
+// The workgroup's block of the output, and the values of K per step.
+const TM: u32 = {{ tm }}u;
+const TN: u32 = {{ tn }}u;
+const TK: u32 = {{ tk }}u;
+// The product: M x K times K x N.
+const M: u32 = {{ m }}u;
+const N: u32 = {{ n }}u;
+const K: u32 = {{ k }}u;
+// The parts the sum over K is cut into, and the values of K each sums (whole steps).
+const SPLITS: u32 = {{ splits }}u;
+const K_PART: u32 = {{ k_part }}u;
+// For a convolution: its input, channels-last [batch, HEIGHT, WIDTH, C_IN], and its output
+// positions (the product's rows: batch x OUT_H x OUT_W); K is KERNEL^2 x C_IN, ordered as the
+// filter matrix [kh, kw, in] is.
+const HEIGHT: u32 = {{ height }}u;
+const WIDTH: u32 = {{ width }}u;
+const C_IN: u32 = {{ c_in }}u;
+const OUT_H: u32 = {{ out_h }}u;
+const OUT_W: u32 = {{ out_w }}u;
+const KERNEL: u32 = {{ kernel }}u;
+const STRIDE: u32 = {{ stride }}u;
+const PAD: u32 = {{ pad }}u;
+
+// Every binding is read_write: burn places many tensors in one wgpu buffer, and a dispatch
+// may not bind one buffer both read-only and writable.
+@group(0) @binding(0) var<storage, read_write> a: array<T>;
+@group(0) @binding(1) var<storage, read_write> b: array<T>;
+// [M, N], or with SPLITS parts [SPLITS, M, N] in f32.
+@group(0) @binding(2) var<storage, read_write> out: array<{{ out_elem }}>;
+{{ bias }}
+
+// a's block row by row (TK values of K each); b's block as its rows of TN columns, or, where
+// b is stored as [N, K], as its columns of TK values (so that neighbouring invocations copy
+// neighbouring values either way); one S x S matrix of sums per subgroup, row by row.
+var<workgroup> a_tile: array<T, {{ a_tile }}>;
+var<workgroup> b_tile: array<T, {{ b_tile }}>;
+var<workgroup> c_tile: array<f32, 4u * S * S>;
+
+// The value of a at row `row` and `k`; zero past its edges.
+fn a_at(row: u32, k: u32) -> T {
+{{ a_at }}
+}
+
+// The value of b at `k` and column `col`; zero past its edges.
+fn b_at(k: u32, col: u32) -> T {
+{{ b_at }}
+}
+
+// x: blocks of columns; y, then z past 65535 of them: blocks of rows; or, with SPLITS parts,
+// z: the part.
+@compute @workgroup_size({{ threads }})
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+    @builtin(subgroup_id) subgroup: u32,
+) {
+    let row0 = ({{ row_block }}) * TM;
+    let col0 = group.x * TN;
+    let part = {{ part }};
+    if (row0 >= M) {
+        return;
+    }
+    // This subgroup's first row and column in the block.
+    let sub_row = (subgroup / 2u) * (TM / 2u);
+    let sub_col = (subgroup % 2u) * (TN / 2u);
+{{ accumulators }}
+    for (var k0 = part * K_PART; k0 < min(K, (part + 1u) * K_PART); k0 = k0 + TK) {
+        for (var i = 0u; i < TM * TK / THREADS; i = i + 1u) {
+            let at = i * THREADS + local;
+            a_tile[at] = a_at(row0 + at / TK, k0 + at % TK);
+        }
+{{ copy_b }}
+        workgroupBarrier();
+{{ multiply }}
+        workgroupBarrier();
+    }
+{{ store }}
+}
+
+// Writes the sums that each subgroup stored in its S x S part of c_tile, those of its
+// accumulator at (tile_row, tile_col) in its part of the block.
+fn write_sums(row0: u32, col0: u32, part: u32, tile_row: u32, tile_col: u32, local: u32) {
+    for (var i = 0u; i < 4u * S * S / THREADS; i = i + 1u) {
+        let at = i * THREADS + local;
+        // The subgroup whose sum this is, and where in its matrix.
+        let owner = at / (S * S);
+        let within = at % (S * S);
+        let row = row0 + (owner / 2u) * (TM / 2u) + tile_row * S + within / S;
+        let col = col0 + (owner % 2u) * (TN / 2u) + tile_col * S + within % S;
+        if (row < M && col < N) {
+            // The bias once, with the first part's sums.
+            let bias = select(0.0, bias_of(col), part == 0u);
+            out[(part * M + row) * N + col] = {{ out_elem }}(c_tile[at] + bias);
+        }
+    }
+}
