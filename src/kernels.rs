@@ -469,10 +469,11 @@ fn coop_block(size: u32, tiles: u32) -> (u32, u32, u32) {
 
 /// The matmul kernel of ours, if any, that runs a product over `depth` values into `cols`
 /// columns, of type `dtype` on `device`, for a model loaded with `kernels`:
+/// - on software adapters with subgroups, whose loads the lanes matmul is written around, for
+///   depths and widths in fours (it reads vec4s): 6-7x faster than emulated cooperative
+///   matrices on Mesa 26's lavapipe (docs/bench.md, "Cooperative matrices");
 /// - where the device multiplies f16 in cooperative matrices ([`crate::device::Limits`]'s
 ///   `coop_size`: tensor cores, natively), f16 products in them, whatever their shape;
-/// - on software adapters with subgroups, whose loads the lanes matmul is written around, for
-///   depths and widths in fours (it reads vec4s);
 /// - none elsewhere: GPUs keep burn's matmul, which reached 10-25 TFLOP/s on an H200
 ///   (docs/bench.md, "On a real GPU").
 pub fn matmul_kernel(
@@ -487,18 +488,15 @@ pub fn matmul_kernel(
     }
     let limits = crate::device::limits(device);
     let lanes = limits.subgroup_lanes?;
-    if let Some(size) = limits.coop_size
-        && dtype == DType::F16
-        && coop_fits(&limits, size, lanes, 2)
-    {
-        return Some(MatmulKernel::Coop {
-            size,
-            lanes,
-            block: None,
-        });
+    if limits.software && depth.is_multiple_of(4) && cols.is_multiple_of(4) {
+        return Some(MatmulKernel::Lanes { lanes });
     }
-    (limits.software && depth.is_multiple_of(4) && cols.is_multiple_of(4))
-        .then_some(MatmulKernel::Lanes { lanes })
+    let size = limits.coop_size?;
+    (dtype == DType::F16 && coop_fits(&limits, size, lanes, 2)).then_some(MatmulKernel::Coop {
+        size,
+        lanes,
+        block: None,
+    })
 }
 
 /// Whether the adapter runs the coop matmul with matrices of `size`, subgroups of `lanes`

@@ -737,17 +737,32 @@ fn the_coop_matmul_computes_what_burns_operations_compute() {
     if kernels.is_empty() {
         return;
     }
-    let chosen = lina_runtime::kernels::matmul_kernel(
-        Kernels::Fused,
-        &f16,
-        burn::tensor::DType::F16,
-        320,
-        640,
-    );
+    // The runtime's choice: on software adapters the lanes matmul wherever it serves (the
+    // emulated matrices are slower there), the coop matmul for the rest; on GPUs the coop
+    // matmul for every f16 product.
+    let limits = lina_runtime::device::limits(&f16);
+    let choice = |depth, cols| {
+        lina_runtime::kernels::matmul_kernel(
+            Kernels::Fused,
+            &f16,
+            burn::tensor::DType::F16,
+            depth,
+            cols,
+        )
+    };
+    let (usual, odd) = (choice(320, 640), choice(27, 5));
     assert!(
-        matches!(chosen, Some(MatmulKernel::Coop { block: None, .. })),
-        "f16 products take {chosen:?}, not the coop matmul"
+        matches!(odd, Some(MatmulKernel::Coop { block: None, .. })),
+        "a 27-deep product into 5 columns takes {odd:?}, not the coop matmul"
     );
+    if limits.software {
+        assert!(
+            matches!(usual, Some(MatmulKernel::Lanes { .. })),
+            "{usual:?}"
+        );
+    } else {
+        assert_eq!(usual, odd, "f16 products on a GPU take one kernel");
+    }
     // Every shape through the runtime's choice; the other blocks on a few.
     check_matmul_kernels(&f16, 0.01, "f16", &kernels[..1], false);
     check_matmul_kernels(&f16, 0.01, "f16", &kernels[1..], true);

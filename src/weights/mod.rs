@@ -720,8 +720,7 @@ enum Layout {
 
 /// The layout a weight of `shape` takes on `device`: a filter of more than one tap goes to a
 /// GPU as the filter matrix, or as filter rows on a software adapter with subgroups where the
-/// lanes matmul serves its channels (`kernels::matmul_kernel`: in and out in fours, and no
-/// cooperative matrices, whose kernel reads the filter matrix's rows).
+/// lanes matmul serves its channels (`kernels::matmul_kernel`: in and out in fours).
 fn layout_for(shape: &[usize], device: &Device) -> Layout {
     if shape.len() != 4 || shape[2] * shape[3] == 1 || !crate::device::is_gpu(device) {
         return Layout::AsGiven;
@@ -729,7 +728,6 @@ fn layout_for(shape: &[usize], device: &Device) -> Layout {
     let limits = crate::device::limits(device);
     let lanes = limits.software
         && limits.subgroup_lanes.is_some()
-        && limits.coop_size.is_none()
         && shape[0].is_multiple_of(4)
         && shape[1].is_multiple_of(4);
     if lanes {
