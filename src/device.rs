@@ -84,6 +84,46 @@ fn coop_size(_adapter: &wgpu::Adapter) -> Option<u32> {
     None
 }
 
+/// Whether `device` compiles a kernel that multiplies in cooperative matrices of `size`, as
+/// `shaders/matmul_coop.wgsl` does (f16 loaded from workgroup memory, f32 sums stored back),
+/// on subgroups of `lanes`: the feature is experimental, and a driver that offers it may
+/// still refuse the translated shader. Tried once per device, inside error scopes.
+async fn coop_compiles(device: &wgpu::Device, size: u32, lanes: u32) -> bool {
+    let text = format!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n\
+         var<workgroup> halves: array<f16, {n}>;\nvar<workgroup> sums: array<f32, {n}>;\n\
+         @compute @workgroup_size({lanes})\nfn main() {{\n    \
+         var acc: coop_mat{size}x{size}<f32, C>;\n    \
+         let a = coopLoadT<coop_mat{size}x{size}<f16, A>>(&halves[0], {size}u);\n    \
+         let b = coopLoad<coop_mat{size}x{size}<f16, B>>(&halves[0], {size}u);\n    \
+         acc = coopMultiplyAdd(a, b, acc);\n    coopStoreT(acc, &sums[0], {size}u);\n}}\n",
+        n = size * size
+    );
+    let scopes = [wgpu::ErrorFilter::Validation, wgpu::ErrorFilter::Internal]
+        .map(|filter| device.push_error_scope(filter));
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("lina: do cooperative matrices compile"),
+        source: wgpu::ShaderSource::Wgsl(text.into()),
+    });
+    let _pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("lina: do cooperative matrices compile"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let mut compiled = true;
+    // Scopes close in the reverse order of their opening.
+    for scope in scopes.into_iter().rev() {
+        if let Some(error) = scope.pop().await {
+            tracing::warn!(%error, "cooperative matrices are offered but do not compile");
+            compiled = false;
+        }
+    }
+    compiled
+}
+
 /// What a device allows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -383,10 +423,15 @@ async fn open_as(request: &GpuRequest, shared: bool) -> Result<Device> {
         queue,
     };
     let subgroups = subgroups_usable(&setup.device, &setup.adapter.get_info()).await;
+    let lanes = fixed_subgroup_size(&setup.adapter.get_info()).filter(|_| subgroups);
+    // The kernel names subgroups (`subgroup_id`), so it needs them usable too.
+    let coop = match (coop, lanes) {
+        (Some(size), Some(lanes)) if coop_compiles(&setup.device, size, lanes).await => Some(size),
+        _ => None,
+    };
     let limits = Limits {
         computes_f16: f16,
-        // The kernel names subgroups (`subgroup_id`), so it needs them usable too.
-        coop_size: coop.filter(|_| subgroups),
+        coop_size: coop,
         ..Limits::of(&setup, subgroups)
     };
     tracing::info!(
