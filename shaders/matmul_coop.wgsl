@@ -55,8 +55,10 @@ const PAD: u32 = {{ pad }}u;
 
 // Every binding is read_write: burn places many tensors in one wgpu buffer, and a dispatch
 // may not bind one buffer both read-only and writable.
-@group(0) @binding(0) var<storage, read_write> a: array<T>;
-@group(0) @binding(1) var<storage, read_write> b: array<T>;
+// a and b as vec4s where every copied run of eight values starts on a multiple of four
+// (their rows, or a convolution's channels, in eights): a copy is then two loads.
+@group(0) @binding(0) var<storage, read_write> a: array<{{ a_elem }}>;
+@group(0) @binding(1) var<storage, read_write> b: array<{{ b_elem }}>;
 // [M, N], or with SPLITS parts [SPLITS, M, N] in f32.
 @group(0) @binding(2) var<storage, read_write> out: array<{{ out_elem }}>;
 {{ bias }}
@@ -68,16 +70,10 @@ var<workgroup> a_tile: array<T, {{ a_tile }}>;
 var<workgroup> b_tile: array<T, {{ b_tile }}>;
 var<workgroup> c_tile: array<f32, 4u * S * S>;
 
-// The value of a at row `row` and `k`; zero past its edges.
-fn a_at(row: u32, k: u32) -> T {
-{{ a_at }}
-}
-
-// The value of b at `k` and column `col`; zero past its edges.
-fn b_at(k: u32, col: u32) -> T {
-{{ b_at }}
-}
-
+// Copies into a's (b's) block at `at` its value at row `row` (`k`) and `k` (column `col`),
+// or the eight values from there, along K for a and for b stored as [N, K], along its
+// columns for b's rows; zeros past the edges and over a convolution's padding.
+{{ reads }}
 // x: blocks of columns; y, then z past 65535 of them: blocks of rows; or, with SPLITS parts,
 // z: the part.
 @compute @workgroup_size({{ threads }})
@@ -98,11 +94,7 @@ fn main(
     let sub_col = (subgroup % 2u) * (TN / 2u);
 {{ accumulators }}
     for (var k0 = part * K_PART; k0 < min(K, (part + 1u) * K_PART); k0 = k0 + TK) {
-        for (var i = 0u; i < TM * TK / THREADS; i = i + 1u) {
-            let at = i * THREADS + local;
-            a_tile[at] = a_at(row0 + at / TK, k0 + at % TK);
-        }
-{{ copy_b }}
+{{ copy }}
         workgroupBarrier();
 {{ multiply }}
         workgroupBarrier();

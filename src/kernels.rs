@@ -1724,35 +1724,74 @@ impl Wgsl {
         // Each part's share of K, in whole steps.
         let k_part = k.div_ceil(splits).div_ceil(tk) * tk;
         let g = shape.conv;
-        let a_at = if self.conv {
-            "    if (row >= M || k >= K) {\n        return T(0.0);\n    }\n    \
-             let ox = row % OUT_W;\n    let oy = (row / OUT_W) % OUT_H;\n    \
+        let threads = 4 * self.lanes;
+        // Where a value of a (b) lies in its binding (`at_a`, `at_b`), and whether inside it.
+        let locate_a = if self.conv {
+            "    let ox = row % OUT_W;\n    let oy = (row / OUT_W) % OUT_H;\n    \
              let image = row / (OUT_W * OUT_H);\n    let tap = k / C_IN;\n    \
              let iy = i32(oy * STRIDE + tap / KERNEL) - i32(PAD);\n    \
              let ix = i32(ox * STRIDE + tap % KERNEL) - i32(PAD);\n    \
-             if (iy < 0 || iy >= i32(HEIGHT) || ix < 0 || ix >= i32(WIDTH)) {\n        return T(0.0);\n    }\n    \
-             return a[((image * HEIGHT + u32(iy)) * WIDTH + u32(ix)) * C_IN + k % C_IN];"
+             let inside = row < M && k < K && iy >= 0 && iy < i32(HEIGHT) && ix >= 0 && ix < i32(WIDTH);\n    \
+             let at_a = ((image * HEIGHT + u32(iy)) * WIDTH + u32(ix)) * C_IN + k % C_IN;\n"
         } else {
-            "    if (row >= M || k >= K) {\n        return T(0.0);\n    }\n    return a[row * K + k];"
+            "    let inside = row < M && k < K;\n    let at_a = row * K + k;\n"
         };
-        let b_index = if self.b_rows {
-            "k * N + col"
+        let locate_b = if self.b_rows {
+            "    let inside = k < K && col < N;\n    let at_b = k * N + col;\n"
         } else {
-            "col * K + k"
+            "    let inside = k < K && col < N;\n    let at_b = col * K + k;\n"
         };
-        let b_at = format!(
-            "    if (k >= K || col >= N) {{\n        return T(0.0);\n    }}\n    return b[{b_index}];"
-        );
-        // b's block: its rows of TN columns, or its columns of TK values of K.
-        let b_copy = if self.b_rows {
-            "b_at(k0 + at / TN, col0 + at % TN)"
+        // Runs of eight where every run starts on a multiple of four and lies wholly inside
+        // or outside (K, or the channels of a convolution's taps, in eights for a and for b
+        // stored as [N, K]; N in eights for b's rows), and the blocks cut into whole shares.
+        let a_run = if self.conv { g.c_in } else { k };
+        let b_run = if self.b_rows { n } else { k };
+        let vec_a = a_run.is_multiple_of(8) && (tm * tk / 8).is_multiple_of(threads);
+        let vec_b = b_run.is_multiple_of(8) && (tk * tn / 8).is_multiple_of(threads);
+        let read = |name: &str, tile: &str, locate: &str, args: &str, at: &str, vector: bool| {
+            if vector {
+                let stores: String = (0..8)
+                    .map(|j| {
+                        let half = if j < 4 { "lo" } else { "hi" };
+                        let lane = ["x", "y", "z", "w"][j % 4];
+                        format!("    {tile}[at + {j}u] = {half}.{lane};\n")
+                    })
+                    .collect();
+                format!(
+                    "fn copy_{name}(at: u32, {args}) {{\n{locate}    var lo = vec4<T>();\n    \
+                     var hi = vec4<T>();\n    if (inside) {{\n        lo = {name}[{at} / 4u];\n        \
+                     hi = {name}[{at} / 4u + 1u];\n    }}\n{stores}}}\n"
+                )
+            } else {
+                format!(
+                    "fn copy_{name}(at: u32, {args}) {{\n{locate}    \
+                     {tile}[at] = select(T(0.0), {name}[select(0u, {at}, inside)], inside);\n}}\n"
+                )
+            }
+        };
+        let reads = read("a", "a_tile", locate_a, "row: u32, k: u32", "at_a", vec_a)
+            + &read("b", "b_tile", locate_b, "k: u32, col: u32", "at_b", vec_b);
+        // The copies of a's block (row by row) and b's (its rows of TN columns, or its
+        // columns of TK values of K), each invocation a value or a run of eight at a time.
+        let copy_loop = |count: u32, width: u32, call: &str| {
+            format!(
+                "        for (var i = 0u; i < {}u; i = i + 1u) {{\n            \
+                 let at = (i * THREADS + local) * {width}u;\n            {call};\n        }}\n",
+                count / width / threads
+            )
+        };
+        let b_call = if self.b_rows {
+            "copy_b(at, k0 + at / TN, col0 + at % TN)"
         } else {
-            "b_at(k0 + at % TK, col0 + at / TK)"
+            "copy_b(at, k0 + at % TK, col0 + at / TK)"
         };
-        let copy_b = format!(
-            "        for (var i = 0u; i < TK * TN / THREADS; i = i + 1u) {{\n            \
-             let at = i * THREADS + local;\n            b_tile[at] = {b_copy};\n        }}"
-        );
+        let width = |vector: bool| if vector { 8 } else { 1 };
+        let copy = copy_loop(
+            tm * tk,
+            width(vec_a),
+            "copy_a(at, row0 + at / TK, k0 + at % TK)",
+        ) + &copy_loop(tk * tn, width(vec_b), b_call);
+        let element = |vector: bool| if vector { "vec4<T>" } else { "T" };
         let matrix = |role: &str, scalar: &str| format!("coop_mat{size}x{size}<{scalar}, {role}>");
         let mut accumulators = String::new();
         for r in 0..tiles {
@@ -1847,9 +1886,10 @@ impl Wgsl {
             .replace("{{ a_tile }}", &number(tm * tk))
             .replace("{{ b_tile }}", &number(tk * tn))
             .replace("{{ bias }}", bias)
-            .replace("{{ a_at }}", a_at)
-            .replace("{{ b_at }}", &b_at)
-            .replace("{{ copy_b }}", &copy_b)
+            .replace("{{ a_elem }}", element(vec_a))
+            .replace("{{ b_elem }}", element(vec_b))
+            .replace("{{ reads }}", &reads)
+            .replace("{{ copy }}", &copy)
             .replace("{{ accumulators }}", &accumulators)
             .replace("{{ multiply }}", &multiply)
             .replace("{{ store }}", &store)

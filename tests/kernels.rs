@@ -560,9 +560,10 @@ fn coop_kernels(gpu: &Device) -> Vec<MatmulKernel> {
 /// are no multiple of a workgroup's block, with the weight stored as [K, N] rows and as a
 /// transposed [N, K], with and without a bias; and convolutions read in place, with padding,
 /// a stride, 1x1 kernels, a 1x1 input, and inputs stored channels-last or not. The coop
-/// matmul also on sizes no multiple of 4 and a depth no multiple of its steps. With `few`,
-/// one product and two convolutions: the coop matmul writes a kernel per shape, and lavapipe
-/// takes seconds to compile each.
+/// matmul also on sizes no multiple of 4 and a depth no multiple of its steps (copied value
+/// by value), and on sizes in eights (copied in runs of eight). With `few`, one product and
+/// two convolutions: the coop matmul writes a kernel per shape, and lavapipe takes seconds
+/// to compile each.
 fn check_matmul_kernels(
     gpu: &Device,
     tolerance: f32,
@@ -579,9 +580,11 @@ fn check_matmul_kernels(
         if coop {
             products.push((1, 3, 5));
         }
+        if coop {
+            products.push((70, 136, 48));
+        }
         if few {
-            products.drain(..2);
-            products.truncate(1);
+            products = vec![(131, 136, 72)];
         }
         for (i, &(m, k, n)) in products.iter().enumerate() {
             let seed = 80 + 4 * i as u64;
@@ -627,8 +630,11 @@ fn check_matmul_kernels(
                 (1, 37, 12, 12, 70, 3, 2, false),
             ]);
         }
+        if coop {
+            convs.push((2, 16, 9, 9, 24, 3, 1, true));
+        }
         if few {
-            convs.drain(1..convs.len() - 1);
+            convs.drain(..convs.len() - 2);
         }
         for (i, &conv) in convs.iter().enumerate() {
             let (_, _, _, _, _, taps, stride, with_bias) = conv;
