@@ -538,8 +538,16 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
         let device = device.open().await?;
         let limits = lina_runtime::device::limits(&device);
         println!(
-            "adapter: {} (f16 compute: {}, workgroup memory {} B)",
-            limits.adapter, limits.computes_f16, limits.workgroup_bytes
+            "adapter: {} (f16 compute: {}, workgroup memory {} B, subgroups of {}, cooperative matrices: {})",
+            limits.adapter,
+            limits.computes_f16,
+            limits.workgroup_bytes,
+            limits
+                .subgroup_lanes
+                .map_or("various sizes or none".to_string(), |n| n.to_string()),
+            limits
+                .coop_size
+                .map_or("none".to_string(), |s| format!("{s}x{s}")),
         );
         let random4 =
             |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
