@@ -38,23 +38,28 @@ pub enum Kernels {
     Fused,
     /// burn's kernels only: to measure what the fused ones bring, or to rule them out.
     Burn,
+    /// The fused kernels, with every f16 product in cooperative matrices wherever the device
+    /// has them, even on software adapters, where the lanes matmul is faster: to check the
+    /// matrices through whole models on a lavapipe that emulates them.
+    Matrices,
 }
 
 impl Kernels {
-    /// `"fused"` or `"burn"`.
+    /// `"fused"`, `"burn"` or `"matrices"`.
     pub fn parse(name: &str) -> crate::error::Result<Self> {
         match name {
             "fused" => Ok(Self::Fused),
             "burn" => Ok(Self::Burn),
+            "matrices" => Ok(Self::Matrices),
             other => Err(crate::error::Error::InvalidInput(format!(
-                "kernels must be \"fused\" or \"burn\", not \"{other}\""
+                "kernels must be \"fused\", \"burn\" or \"matrices\", not \"{other}\""
             ))),
         }
     }
 
     /// Whether tensors on `device` of type `dtype` go through the fused kernels.
     pub fn fused_for(self, device: &Device, dtype: DType) -> bool {
-        self == Self::Fused
+        self != Self::Burn
             && matches!(dtype, DType::F32 | DType::F16)
             && crate::device::is_gpu(device)
     }
@@ -473,7 +478,8 @@ fn coop_block(size: u32, tiles: u32) -> (u32, u32, u32) {
 ///   depths and widths in fours (it reads vec4s): 6-7x faster than emulated cooperative
 ///   matrices on Mesa 26's lavapipe (docs/bench.md, "Cooperative matrices");
 /// - where the device multiplies f16 in cooperative matrices ([`crate::device::Limits`]'s
-///   `coop_size`: tensor cores, natively), f16 products in them, whatever their shape;
+///   `coop_size`: tensor cores, natively), f16 products in them, whatever their shape (with
+///   [`Kernels::Matrices`], on software adapters too);
 /// - none elsewhere: GPUs keep burn's matmul, which reached 10-25 TFLOP/s on an H200
 ///   (docs/bench.md, "On a real GPU").
 pub fn matmul_kernel(
@@ -488,15 +494,19 @@ pub fn matmul_kernel(
     }
     let limits = crate::device::limits(device);
     let lanes = limits.subgroup_lanes?;
-    if limits.software && depth.is_multiple_of(4) && cols.is_multiple_of(4) {
+    let lanes_serve = limits.software && depth.is_multiple_of(4) && cols.is_multiple_of(4);
+    if lanes_serve && kernels != Kernels::Matrices {
         return Some(MatmulKernel::Lanes { lanes });
     }
-    let size = limits.coop_size?;
-    (dtype == DType::F16 && coop_fits(&limits, size, lanes, 2)).then_some(MatmulKernel::Coop {
-        size,
-        lanes,
-        block: None,
-    })
+    let coop = limits
+        .coop_size
+        .filter(|&size| dtype == DType::F16 && coop_fits(&limits, size, lanes, 2))
+        .map(|size| MatmulKernel::Coop {
+            size,
+            lanes,
+            block: None,
+        });
+    coop.or(lanes_serve.then_some(MatmulKernel::Lanes { lanes }))
 }
 
 /// Whether the adapter runs the coop matmul with matrices of `size`, subgroups of `lanes`

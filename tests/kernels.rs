@@ -729,8 +729,8 @@ fn fused_kernels_compute_what_burns_operations_compute() {
 
 /// The coop matmul on an f16 device that multiplies in cooperative matrices (a GPU with
 /// tensor cores; without one, `scripts/lavapipe-coop.sh` runs this on a lavapipe that has
-/// them, as scripts/test.sh does), against burn's operations on the CPU; and that the
-/// runtime picks it for f16 products there.
+/// them, as scripts/test.sh does), against burn's operations on the CPU and, through a tiny
+/// UNet, against diffusers; and that the runtime picks it for f16 products there.
 #[test]
 fn the_coop_matmul_computes_what_burns_operations_compute() {
     let Some(_) = gpu_device() else { return };
@@ -769,9 +769,56 @@ fn the_coop_matmul_computes_what_burns_operations_compute() {
     } else {
         assert_eq!(usual, odd, "f16 products on a GPU take one kernel");
     }
+    let forced = lina_runtime::kernels::matmul_kernel(
+        Kernels::Matrices,
+        &f16,
+        burn::tensor::DType::F16,
+        320,
+        640,
+    );
+    assert_eq!(
+        forced, odd,
+        "Kernels::Matrices takes the matrices for every f16 product"
+    );
+
     // Every shape through the runtime's choice; the other blocks on a few.
     check_matmul_kernels(&f16, 0.01, "f16", &kernels[..1], false);
     check_matmul_kernels(&f16, 0.01, "f16", &kernels[1..], true);
+
+    // Through a whole UNet against diffusers, every product in the matrices, beside the same
+    // f16 UNet without them: f16 storage alone keeps the two about as far from the f32
+    // reference.
+    let with_matrices = tiny_unet_off_by(&f16, Kernels::Matrices);
+    let without = tiny_unet_off_by(&f16, Kernels::Fused);
+    eprintln!(
+        "sd1_tiny's f16 UNet off by {with_matrices:.1e} with the matrices, {without:.1e} without"
+    );
+    assert!(
+        with_matrices < 0.01 && with_matrices < 2.0 * without + 1e-3,
+        "sd1_tiny's f16 UNet off by {with_matrices} (relative) with the matrices, {without} without"
+    );
+}
+
+/// How far sd1_tiny's UNet on `device` with `kernels` is from diffusers' output on the
+/// fixture's inputs: the largest difference over the largest value.
+fn tiny_unet_off_by(device: &Device, kernels: Kernels) -> f32 {
+    use lina_runtime::models::unet::{UNet, UNetConfig};
+    use lina_runtime::weights::Weights;
+
+    let reference = common::Reference::open("sd1_tiny");
+    let config = String::from_utf8(common::read_fixture("sd1_tiny/unet/config.json")).unwrap();
+    let file = "sd1_tiny/unet/diffusion_pytorch_model.safetensors";
+    let weights = Weights::from_bytes(file, &common::read_fixture(file), device)
+        .unwrap()
+        .with_kernels(kernels);
+    let unet = UNet::load(UNetConfig::from_json(&config).unwrap(), &weights).unwrap();
+    let sample: Tensor<4> = reference.tensor("unet_sample", device);
+    let context: Tensor<3> = reference.tensor("unet_encoder_hidden_states", device);
+    let t = reference.f32("unet_timestep").1[0] as f64;
+    relative(
+        read(unet.forward(sample, t, &context)),
+        &reference.f32("unet_out").1,
+    )
 }
 
 #[test]
