@@ -7,10 +7,11 @@
 // of a tensor core's rate (docs/bench.md, "On a real GPU").
 //
 // A workgroup computes a TM x TN block of the output with four subgroups, two by two; each
-// holds RM x RN accumulators of S x S f32 sums. Per step of TK values of K, the workgroup
-// copies a's TM x TK block and b's TK x TN block into workgroup memory (zeros past the
-// matrices' edges and over a convolution's padding), and each subgroup loads its tiles from
-// there and multiplies them. At the end the sums pass through workgroup memory once more, one
+// holds 2 x 2 or 4 x 4 accumulators of S x S f32 sums (TM = TN = 4S or 8S). Per step of TK
+// values of K, the workgroup copies a's TM x TK block and b's TK x TN block into workgroup
+// memory (value by value, or in runs of eight as two vec4 loads where the shapes allow;
+// zeros past the matrices' edges and over a convolution's padding), and each subgroup loads
+// its matrices from there and multiplies them. At the end the sums pass through workgroup memory once more, one
 // accumulator of each subgroup at a time, so that every invocation writes whole f16 values
 // with the bias added, inside the edges only. Where the product is too small to fill the GPU
 // (at a UNet's 16x16 and 8x8 latents), its sum over K is cut into SPLITS parts, each summed
