@@ -32,6 +32,10 @@ if [ ! -e "$root/ready" ]; then
   )
   apt-get "${apt_options[@]}" update -qq
   mesa=$(apt-cache "${apt_options[@]}" madison mesa-vulkan-drivers | awk '/backports/ {print $3; exit}')
+  if [ -z "$mesa" ]; then
+    echo "lavapipe-coop: trixie-backports has no mesa-vulkan-drivers; point this script at a suite with Mesa 26 or later" >&2
+    exit 1
+  fi
   # Everything the driver needs, resolved against an empty system: the newer glibc included.
   packages=$(apt-cache "${apt_options[@]}" depends --recurse --no-recommends --no-suggests \
     --no-conflicts --no-breaks --no-replaces --no-enhances "mesa-vulkan-drivers=$mesa" |
