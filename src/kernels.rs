@@ -2058,3 +2058,41 @@ impl KernelSource for Wgsl {
         "wgsl"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::coop_fits;
+    use crate::device::Limits;
+
+    /// A GPU with this much workgroup memory and this many invocations per workgroup.
+    fn adapter(workgroup_bytes: u32, workgroup_invocations: u32) -> Limits {
+        Limits {
+            max_binding_bytes: 1 << 30,
+            shader_f16: true,
+            computes_f16: true,
+            adapter: "a GPU".into(),
+            workgroup_bytes,
+            workgroup_invocations,
+            software: false,
+            subgroup_lanes: Some(32),
+            coop_size: Some(16),
+        }
+    }
+
+    #[test]
+    fn the_coop_blocks_fit_the_adapters_workgroups() {
+        // An H200 (48 KiB, 1,024 invocations; subgroups of 32, 16x16 matrices): both blocks.
+        let h200 = adapter(48 << 10, 1024);
+        assert!(coop_fits(&h200, 16, 32, 2) && coop_fits(&h200, 16, 32, 4));
+        // With 16 KiB the 128 block (20 KiB: a's and b's blocks and the sums) does not fit;
+        // the 64 block (12 KiB) does.
+        let small = adapter(16 << 10, 1024);
+        assert!(coop_fits(&small, 16, 32, 2) && !coop_fits(&small, 16, 32, 4));
+        // Subgroups of 64 make workgroups of 256: not where 128 is the most.
+        assert!(coop_fits(&h200, 16, 64, 2));
+        assert!(!coop_fits(&adapter(48 << 10, 128), 16, 64, 2));
+        // lavapipe (32 KiB; subgroups of 8, 8x8 matrices): both blocks.
+        let lavapipe = adapter(32 << 10, 1024);
+        assert!(coop_fits(&lavapipe, 8, 8, 2) && coop_fits(&lavapipe, 8, 8, 4));
+    }
+}
