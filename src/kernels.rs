@@ -439,7 +439,7 @@ pub enum MatmulKernel {
     Lanes { lanes: u32 },
     /// shaders/matmul_coop.wgsl: f16 only, multiplied in cooperative matrices of `size` x
     /// `size` by workgroups of four subgroups of `lanes`, in `block`s (`None`: chosen per
-    /// product, [`coop_block_for`]).
+    /// product from its size).
     Coop {
         size: u32,
         lanes: u32,
@@ -465,6 +465,18 @@ const COOP_K_TILES: u32 = 2;
 /// matrices are 16 x 16): each value a subgroup loads then feeds twice the products, but a
 /// product needs enough blocks to keep a large GPU's multiprocessors busy (an H200 has 132).
 const COOP_WIDE_BLOCKS: usize = 512;
+
+impl MatmulKernel {
+    /// The parts a coop matmul with its block chosen cuts its sum over K into; 1 otherwise.
+    fn splits(self) -> u32 {
+        match self {
+            MatmulKernel::Coop {
+                block: Some(block), ..
+            } => block.splits,
+            _ => 1,
+        }
+    }
+}
 
 /// The coop matmul's block of the output and values of K per step: (rows, cols, depth).
 fn coop_block(size: u32, tiles: u32) -> (u32, u32, u32) {
@@ -529,7 +541,7 @@ pub fn coop_fits(limits: &crate::device::Limits, size: u32, lanes: u32, tiles: u
 /// block where the product has [`COOP_WIDE_BLOCKS`] of them and the adapter fits it; and
 /// the sum over K cut as [`k_splits`] cuts burn's products, where the product is too small
 /// to fill the GPU by itself.
-pub fn coop_block_for(
+fn coop_block_for(
     device: &Device,
     (size, lanes): (u32, u32),
     rows: usize,
@@ -574,12 +586,7 @@ fn with_block(
 /// The product the coop matmul left as `splits` f32 partial products, [splits x rows, cols]:
 /// their sum, in the type of `like`.
 fn sum_parts(out: Tensor<2>, kernel: MatmulKernel, like: DType) -> Tensor<2> {
-    let splits = match kernel {
-        MatmulKernel::Coop {
-            block: Some(block), ..
-        } => block.splits as usize,
-        _ => 1,
-    };
+    let splits = kernel.splits() as usize;
     if splits == 1 {
         return out;
     }
@@ -1012,12 +1019,7 @@ impl Fused for CubeBackend {
         let bias = biased.then(|| into_contiguous(bias));
         // A coop matmul whose sum over K is cut leaves its parts' f32 products one under the
         // other.
-        let splits = match how {
-            MatmulKernel::Coop {
-                block: Some(block), ..
-            } => block.splits,
-            _ => 1,
-        };
+        let splits = how.splits();
         let out = if splits > 1 {
             let shape = [(splits * rows) as usize, cols].into();
             empty_device_contiguous_dtype(a.client.clone(), a.device.clone(), shape, DType::F32)
@@ -1028,15 +1030,31 @@ impl Fused for CubeBackend {
         if let Some(bias) = &bias {
             bound.push(bias);
         }
-        let (mut kernel, threads, (block_rows, block_cols)) = match how {
+        // The kernel, its workgroup's invocations and block of the output, and its
+        // parameters (the coop matmul's sizes are constants of its text: it has none).
+        let (mut kernel, threads, (block_rows, block_cols), params) = match how {
             MatmulKernel::Lanes { lanes } => {
                 let mut kernel = Wgsl::new("matmul_lanes", a.dtype, 0);
                 kernel.lanes = lanes;
                 let cols_per_workgroup = lanes * matmul_cols_per_lane(!transposed);
+                let params = words(&[
+                    rows,
+                    cols as u32,
+                    depth as u32,
+                    g.height,
+                    g.width,
+                    g.c_in,
+                    g.out_h,
+                    g.out_w,
+                    g.kernel,
+                    g.stride,
+                    g.pad,
+                ]);
                 (
                     kernel,
                     lanes,
                     (MATMUL_ROW_GROUPS * lanes, cols_per_workgroup),
+                    Some(params),
                 )
             }
             MatmulKernel::Coop { size, lanes, block } => {
@@ -1050,7 +1068,7 @@ impl Fused for CubeBackend {
                     dims: [rows, cols as u32, depth as u32],
                     conv: g,
                 });
-                (kernel, 4 * lanes, (block_rows, block_cols))
+                (kernel, 4 * lanes, (block_rows, block_cols), None)
             }
         };
         kernel.b_rows = !transposed;
@@ -1071,25 +1089,7 @@ impl Fused for CubeBackend {
             )
         };
         let threads = CubeDim::new_1d(threads);
-        if kernel.coop.is_some() {
-            // Its sizes are constants of its text: no parameters.
-            launch_bound(&a, kernel, threads, workgroups, &bound, None);
-        } else {
-            let params = words(&[
-                rows,
-                cols as u32,
-                depth as u32,
-                g.height,
-                g.width,
-                g.c_in,
-                g.out_h,
-                g.out_w,
-                g.kernel,
-                g.stride,
-                g.pad,
-            ]);
-            launch_bound(&a, kernel, threads, workgroups, &bound, Some(&params));
-        }
+        launch_bound(&a, kernel, threads, workgroups, &bound, params.as_deref());
         out
     }
 

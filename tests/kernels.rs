@@ -716,15 +716,18 @@ fn fused_kernels_compute_what_burns_operations_compute() {
     let Some(gpu) = gpu_device() else { return };
     check_all(&gpu, 1e-4, "f32");
 
-    match lina_runtime::device::gpu_with(&GpuRequest {
+    // f16 storage keeps 11 bits: values near 10 are stored within 0.005.
+    check_all(&f16_device(), 0.01, "f16");
+}
+
+/// A device that computes in f16: LINA_TEST_GPU=1 asks for every GPU capability, so no
+/// shader-f16 is a failure.
+fn f16_device() -> Device {
+    lina_runtime::device::gpu_with(&GpuRequest {
         max_binding_bytes: None,
         precision: Precision::F16,
-    }) {
-        // f16 storage keeps 11 bits: values near 10 are stored within 0.005.
-        Ok(f16) => check_all(&f16, 0.01, "f16"),
-        // LINA_TEST_GPU=1 asks for every GPU capability: no shader-f16 is a failure.
-        Err(e) => panic!("LINA_TEST_GPU=1 but no f16 device: {e}"),
-    }
+    })
+    .unwrap_or_else(|e| panic!("LINA_TEST_GPU=1 but no f16 device: {e}"))
 }
 
 /// The coop matmul on an f16 device that multiplies in cooperative matrices (a GPU with
@@ -734,11 +737,7 @@ fn fused_kernels_compute_what_burns_operations_compute() {
 #[test]
 fn the_coop_matmul_computes_what_burns_operations_compute() {
     let Some(_) = gpu_device() else { return };
-    let f16 = lina_runtime::device::gpu_with(&GpuRequest {
-        max_binding_bytes: None,
-        precision: Precision::F16,
-    })
-    .unwrap_or_else(|e| panic!("LINA_TEST_GPU=1 but no f16 device: {e}"));
+    let f16 = f16_device();
     let kernels = coop_kernels(&f16);
     if kernels.is_empty() {
         return;
