@@ -6,10 +6,13 @@
 //! Ours, and deliberately simple: the nodes stand side by side in the order the prompt names
 //! them, then each relation, in order, moves its subject (and, where the relation fixes both,
 //! its object) to where the relation puts it: on top of, inside, above, below, left or right
-//! of, behind, far from. A box the graph already has is kept and never moved. Implied effects
-//! get none: their regions follow from their sources' boxes (`lina::region`).
+//! of, behind, far from. A lamp hangs in the top corner on the side the graph's light comes
+//! from (the middle for a light from above), out of the row: a light source lights the scene
+//! from above it, it does not stand beside the objects. A box the graph already has is kept
+//! and never moved. Implied effects get none: their regions follow from their sources' boxes
+//! (`lina::region`).
 
-use super::{Class, Csg, Predicate};
+use super::{Class, Csg, Light, Predicate};
 
 /// `[x0, y0, x1, y1]` in [0, 1] image coordinates, as in the CSG's `layout`.
 pub type Box4 = [f32; 4];
@@ -20,9 +23,14 @@ pub fn derive(csg: &Csg) -> Vec<Option<Box4>> {
     let fixed: Vec<bool> = csg.nodes.iter().map(|n| n.layout.is_some()).collect();
     let mut boxes: Vec<Option<Box4>> = csg.nodes.iter().map(|n| n.layout).collect();
 
-    // Grounds span the bottom of the image; the rest stand side by side, in order.
+    // Grounds span the bottom of the image; lamps hang above; the rest stand side by side,
+    // in order.
     let standing: Vec<usize> = (0..csg.nodes.len())
-        .filter(|&i| !fixed[i] && !csg.nodes[i].implied && csg.nodes[i].class != Class::Floor)
+        .filter(|&i| {
+            !fixed[i]
+                && !csg.nodes[i].implied
+                && !matches!(csg.nodes[i].class, Class::Floor | Class::Lamp)
+        })
         .collect();
     let column = 0.84 / standing.len().max(1) as f32;
     for (k, &i) in standing.iter().enumerate() {
@@ -30,8 +38,19 @@ pub fn derive(csg: &Csg) -> Vec<Option<Box4>> {
         boxes[i] = Some([x0 + 0.02, 0.3, x0 + column - 0.02, 0.85]);
     }
     for (i, node) in csg.nodes.iter().enumerate() {
-        if !fixed[i] && !node.implied && node.class == Class::Floor {
-            boxes[i] = Some([0.0, 0.6, 1.0, 1.0]);
+        if fixed[i] || node.implied {
+            continue;
+        }
+        match node.class {
+            Class::Floor => boxes[i] = Some([0.0, 0.6, 1.0, 1.0]),
+            Class::Lamp => {
+                boxes[i] = Some(match csg.light {
+                    Some(Light::Right) => [0.72, 0.03, 0.97, 0.28],
+                    Some(Light::Above) => [0.375, 0.03, 0.625, 0.28],
+                    Some(Light::Left) | None => [0.03, 0.03, 0.28, 0.28],
+                })
+            }
+            _ => {}
         }
     }
 
@@ -189,6 +208,26 @@ mod tests {
                     && b[0] < b[2]
                     && b[1] < b[3]
             );
+        }
+    }
+
+    #[test]
+    fn a_lamp_hangs_above_on_its_light_s_side() {
+        for (light, left) in [(Light::Left, true), (Light::Right, false)] {
+            let mut csg = graph(
+                &[
+                    ("a", Class::Cube),
+                    ("b", Class::Ball),
+                    ("lamp", Class::Lamp),
+                ],
+                &[],
+            );
+            csg.light = Some(light);
+            let b = boxes(&csg);
+            assert!(b[2][3] < b[0][1] && b[2][3] < b[1][1], "above: {b:?}");
+            assert_eq!(b[2][2] < 0.5, left, "{light:?}: {b:?}");
+            // The objects share the row without it: two columns, not three.
+            assert!(b[0][2] - b[0][0] > 0.3, "{b:?}");
         }
     }
 
