@@ -98,6 +98,14 @@ const DEFAULT_REFERENCE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../tests/fixtures/default_model/reference.png"
 ));
+/// The default model's image under a LINA plan, drawn by the native CPU backend
+/// (tests/default_model.rs, `a_lina_plan_reproduces_its_reference_image`, has the plan).
+const LINA_REFERENCE: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/default_model/reference_lina.png"
+));
+const LINA_PROMPT: &str = "a purple cube and a green ball with a lamp on the right";
+const LINA_PLAN: &str = r#"{"mirror":true,"promptStrength":0.5,"attentionStrength":0.5,"attentionWindow":[0,0.5],"nodeWeight":0.5,"regionWindow":[0,0.3],"warp":1.2}"#;
 
 const REFERENCE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -346,6 +354,47 @@ async fn a_plan_runs_lina_in_the_browser() {
     assert_eq!(code(&err), "invalid_input");
     let err = message(err);
     assert!(err.contains("promptStrenght"), "{err}");
+}
+
+/// The same LINA plan draws the same image in the browser as natively: the mirrored frame,
+/// prompt guidance, region-controlled attention, region terms and the warped schedule, on
+/// the CPU backend compiled into the module and on WebGPU.
+#[wasm_bindgen_test]
+async fn a_lina_plan_draws_the_native_image() {
+    let expected = lina_runtime::image::Image::from_png(LINA_REFERENCE)
+        .unwrap()
+        .rgb;
+    for (backend, device, bound) in [
+        ("cpu", backend_options("cpu", "auto"), 2),
+        ("webgpu", f32_device(), 2),
+    ] {
+        let pipe = Pipeline::load(files_of(DEFAULT_MODEL, |_, b| b.to_vec()), device)
+            .await
+            .map_err(message)
+            .unwrap();
+        let options = Object::new();
+        let set = |k: &str, v: JsValue| Reflect::set(&options, &JsValue::from_str(k), &v).unwrap();
+        set("prompt", LINA_PROMPT.into());
+        set("seed", 0.into());
+        set("steps", 20.into());
+        set("guidanceScale", 3.0.into());
+        set("plan", js_sys::JSON::parse(LINA_PLAN).unwrap());
+        let result = pipe
+            .generate(options.into(), None)
+            .await
+            .map_err(message)
+            .unwrap();
+        let ours = rgb_of(&result);
+        assert_eq!(ours.len(), expected.len());
+        let worst = ours
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        web_sys::console::log_1(&format!("{backend}: worst pixel {worst}/255").into());
+        assert!(worst <= bound, "{backend}: worst pixel off by {worst}/255");
+    }
 }
 
 /// A `blob:` URL holding `bytes`: fetching it gives a streamed body, as from a server.
