@@ -16,7 +16,8 @@
 #      weights on CUDA in f32 (TF32 off and on) and f16 (and torch.compile where
 #      BENCH_GPU_COMPILE is set), saving its weights, inputs and outputs;
 #   3. `lina-cli bench-unet --reference` on those weights: our call with our kernels and with
-#      burn's, in f32 and f16, and our output against PyTorch's;
+#      burn's, in f32 and f16 (in f16 also with our kernels but no cooperative matrices), and
+#      our output against PyTorch's;
 #   4. where our SD 1.5 call's GPU time goes, per kind of kernel, in f32 and f16 (cubecl's
 #      per-kernel profile summed by tools/profile_table.py);
 #   5. SD 2.1's UNet at 96x96 the same way, without the reference (BENCH_GPU_SD21=0 skips it);
@@ -79,9 +80,13 @@ unet_pair() { # config latent name [reference dir]
   local config=$1 latent=$2 name=$3 ref=${4:-}
   local extra=()
   [ -n "$ref" ] && extra=(--reference "$ref")
-  local kinds=(fused)
-  [ "${BENCH_GPU_BURN:-1}" = 1 ] && kinds+=(burn)
   for precision in f32 f16; do
+    # In f16 the fused kernels run the products in cooperative matrices where the device has
+    # them; "no-matrices" is the same call without them, so the run shows what they bring
+    # and keeps an f16 figure if the driver mishandles them.
+    local kinds=(fused)
+    [ "$precision" = f16 ] && kinds+=(no-matrices)
+    [ "${BENCH_GPU_BURN:-1}" = 1 ] && kinds+=(burn)
     for kernels in "${kinds[@]}"; do
       echo "-- ours, $name, $precision, $kernels kernels"
       step 90 "$cli" bench-unet --config "$config" --latent "$latent" --repeat 5 \

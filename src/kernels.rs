@@ -42,17 +42,22 @@ pub enum Kernels {
     /// has them, even on software adapters, where the lanes matmul is faster: to check the
     /// matrices through whole models on a lavapipe that emulates them.
     Matrices,
+    /// The fused kernels with no product in cooperative matrices, where the device has them
+    /// too: to measure what the matrices bring on a GPU in the same run, and to keep a
+    /// working f16 path on a driver that mishandles them.
+    NoMatrices,
 }
 
 impl Kernels {
-    /// `"fused"`, `"burn"` or `"matrices"`.
+    /// `"fused"`, `"burn"`, `"matrices"` or `"no-matrices"`.
     pub fn parse(name: &str) -> crate::error::Result<Self> {
         match name {
             "fused" => Ok(Self::Fused),
             "burn" => Ok(Self::Burn),
             "matrices" => Ok(Self::Matrices),
+            "no-matrices" => Ok(Self::NoMatrices),
             other => Err(crate::error::Error::InvalidInput(format!(
-                "kernels must be \"fused\", \"burn\" or \"matrices\", not \"{other}\""
+                "kernels must be \"fused\", \"burn\", \"matrices\" or \"no-matrices\", not \"{other}\""
             ))),
         }
     }
@@ -491,7 +496,7 @@ fn coop_block(size: u32, tiles: u32) -> (u32, u32, u32) {
 ///   matrices on Mesa 26's lavapipe (docs/bench.md, "Cooperative matrices");
 /// - where the device multiplies f16 in cooperative matrices ([`crate::device::Limits`]'s
 ///   `coop_size`: tensor cores, natively), f16 products in them, whatever their shape (with
-///   [`Kernels::Matrices`], on software adapters too);
+///   [`Kernels::Matrices`], on software adapters too; with [`Kernels::NoMatrices`], never);
 /// - none elsewhere: GPUs keep burn's matmul, which reached 10-25 TFLOP/s on an H200
 ///   (docs/bench.md, "On a real GPU").
 pub fn matmul_kernel(
@@ -512,7 +517,11 @@ pub fn matmul_kernel(
     }
     let coop = limits
         .coop_size
-        .filter(|&size| dtype == DType::F16 && coop_fits(&limits, size, lanes, 2))
+        .filter(|&size| {
+            kernels != Kernels::NoMatrices
+                && dtype == DType::F16
+                && coop_fits(&limits, size, lanes, 2)
+        })
         .map(|size| MatmulKernel::Coop {
             size,
             lanes,

@@ -779,6 +779,17 @@ fn the_coop_matmul_computes_what_burns_operations_compute() {
         forced, odd,
         "Kernels::Matrices takes the matrices for every f16 product"
     );
+    let refused = lina_runtime::kernels::matmul_kernel(
+        Kernels::NoMatrices,
+        &f16,
+        burn::tensor::DType::F16,
+        27,
+        5,
+    );
+    assert_eq!(
+        refused, None,
+        "Kernels::NoMatrices leaves a product the matrices would take to burn's matmul"
+    );
 
     // Every shape through the runtime's choice; the other blocks on a few.
     check_matmul_kernels(&f16, 0.01, "f16", &kernels[..1], false);

@@ -28,15 +28,15 @@ def ms(summary) -> str:
 def main() -> None:
     out = Path(sys.argv[1])
     print("### UNet call, batch 2 (CFG), median ms\n")
-    print("| model | precision | ours, our kernels | ours, burn's | PyTorch eager | PyTorch compiled | ours / PyTorch eager |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | precision | ours, our kernels | ours, no cooperative matrices | ours, burn's | PyTorch eager | PyTorch compiled | ours / PyTorch eager |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     errors = []
     for name, label in [("sd15", "SD 1.5, 64x64"), ("sd21", "SD 2.1, 96x96")]:
         torch = load(out / f"torch-{name}.json") or {}
         by = torch.get("by_dtype", {})
         for precision in ["f32", "f16"]:
             ours = {}
-            for kernels in ["fused", "burn"]:
+            for kernels in ["fused", "no-matrices", "burn"]:
                 report = load(out / f"unet-{name}-{precision}-{kernels}.json")
                 if report and report.get("unet_s"):
                     ours[kernels] = {k: v * 1000 for k, v in report["unet_s"].items() if k != "runs"}
@@ -53,7 +53,8 @@ def main() -> None:
             if "fused" in ours and theirs:
                 ratio = f"{ours['fused']['median'] / theirs['median']:.1f}x"
             print(
-                f"| {label} | {precision} | {ms(ours.get('fused'))} | {ms(ours.get('burn'))} | "
+                f"| {label} | {precision} | {ms(ours.get('fused'))} | {ms(ours.get('no-matrices'))} | "
+                f"{ms(ours.get('burn'))} | "
                 f"{ms(theirs)}{extra} | {ms(by.get(precision + '-compile'))} | {ratio} |"
             )
     if torch_peer := (load(out / "torch-sd15.json") or {}).get("peer"):

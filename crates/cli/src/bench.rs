@@ -36,8 +36,9 @@ pub struct Args {
     /// tools/bench_torch.py's figures, for ratios against PyTorch measured the same way.
     #[arg(long)]
     peer: Option<PathBuf>,
-    /// fused (the WGSL kernels of shaders/ on a GPU), burn (burn's own kernels only) or matrices
-    /// (fused, every f16 product in cooperative matrices where the device has them).
+    /// fused (the WGSL kernels of shaders/ on a GPU), burn (burn's own kernels only), matrices
+    /// (fused, every f16 product in cooperative matrices where the device has them) or
+    /// no-matrices (fused, no product in them).
     #[arg(long, default_value = "fused", value_parser = common::kernels)]
     kernels: Kernels,
 }
@@ -57,8 +58,9 @@ pub struct UnetArgs {
     repeat: usize,
     #[command(flatten)]
     device: DeviceArg,
-    /// fused (the WGSL kernels of shaders/ on a GPU), burn (burn's own kernels only) or matrices
-    /// (fused, every f16 product in cooperative matrices where the device has them).
+    /// fused (the WGSL kernels of shaders/ on a GPU), burn (burn's own kernels only), matrices
+    /// (fused, every f16 product in cooperative matrices where the device has them) or
+    /// no-matrices (fused, no product in them).
     #[arg(long, default_value = "fused", value_parser = common::kernels)]
     kernels: Kernels,
     /// A folder written by `tools/bench_torch_unet.py --save`: its weights instead of random

@@ -38,7 +38,8 @@ pub fn plan(value: &str) -> std::result::Result<lina::Plan, String> {
     lina::Plan::parse(&text).map_err(|e| e.to_string())
 }
 
-/// `--kernels fused` (the default: the WGSL kernels of shaders/ on a GPU), `burn` or `matrices`.
+/// `--kernels fused` (the default: the WGSL kernels of shaders/ on a GPU), `burn`, `matrices`
+/// or `no-matrices`.
 pub fn kernels(value: &str) -> std::result::Result<lina_runtime::kernels::Kernels, String> {
     lina_runtime::kernels::Kernels::parse(value).map_err(|e| e.to_string())
 }
