@@ -61,10 +61,11 @@ fn worst_pixel(a: &Image, b: &Image) -> u8 {
 }
 
 /// A plan with every judge-free mechanism that changes the image: the mirrored frame,
-/// prompt guidance, region-controlled attention (effects named), region terms and the warped
-/// schedule. The browser test `a_lina_plan_draws_the_native_image` runs the same one.
+/// prompt guidance, region-controlled attention (on the prompt's own words), region terms,
+/// the attention-energy latent update and the warped schedule. The browser test
+/// `a_lina_plan_draws_the_native_image` runs the same one.
 const LINA_PROMPT: &str = "a purple cube and a green ball with a lamp on the right";
-const LINA_PLAN: &str = r#"{"mirror":true,"promptStrength":0.5,"attentionStrength":0.5,"attentionWindow":[0,0.5],"nodeWeight":0.5,"regionWindow":[0,0.3],"warp":1.2}"#;
+const LINA_PLAN: &str = r#"{"mirror":true,"promptStrength":0.5,"attentionStrength":0.5,"attentionWindow":[0,0.5],"nodeWeight":0.5,"regionWindow":[0,0.3],"energyStrength":0.25,"energyWindow":[0,0.3],"warp":1.2}"#;
 
 /// A LINA plan gives the same image on every backend: its reference was drawn once by the
 /// native CPU backend (tests/fixtures/README.md), and the browser tests draw it too.
@@ -91,6 +92,7 @@ fn a_lina_plan_reproduces_its_reference_image() {
             "prompt guidance",
             "region-controlled attention",
             "\"a green ball\"",
+            "attention-energy latent update",
             "schedule warp",
         ] {
             assert!(described.contains(what), "{name}: no {what} in {described}");

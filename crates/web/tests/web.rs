@@ -105,7 +105,7 @@ const LINA_REFERENCE: &[u8] = include_bytes!(concat!(
     "/../../tests/fixtures/default_model/reference_lina.png"
 ));
 const LINA_PROMPT: &str = "a purple cube and a green ball with a lamp on the right";
-const LINA_PLAN: &str = r#"{"mirror":true,"promptStrength":0.5,"attentionStrength":0.5,"attentionWindow":[0,0.5],"nodeWeight":0.5,"regionWindow":[0,0.3],"warp":1.2}"#;
+const LINA_PLAN: &str = r#"{"mirror":true,"promptStrength":0.5,"attentionStrength":0.5,"attentionWindow":[0,0.5],"nodeWeight":0.5,"regionWindow":[0,0.3],"energyStrength":0.25,"energyWindow":[0,0.3],"warp":1.2}"#;
 
 const REFERENCE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -357,8 +357,8 @@ async fn a_plan_runs_lina_in_the_browser() {
 }
 
 /// The same LINA plan draws the same image in the browser as natively: the mirrored frame,
-/// prompt guidance, region-controlled attention, region terms and the warped schedule, on
-/// the CPU backend compiled into the module and on WebGPU.
+/// prompt guidance, region-controlled attention, region terms, the attention-energy update
+/// and the warped schedule, on the CPU backend compiled into the module and on WebGPU.
 #[wasm_bindgen_test]
 async fn a_lina_plan_draws_the_native_image() {
     let expected = lina_runtime::image::Image::from_png(LINA_REFERENCE)
