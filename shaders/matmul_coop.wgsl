@@ -11,11 +11,12 @@
 // values of K, the workgroup copies a's TM x TK block and b's TK x TN block into workgroup
 // memory (value by value, or in runs of eight as two vec4 loads where the shapes allow;
 // zeros past the matrices' edges and over a convolution's padding), and each subgroup loads
-// its matrices from there and multiplies them. At the end the sums pass through workgroup memory once more, one
-// accumulator of each subgroup at a time, so that every invocation writes whole f16 values
-// with the bias added, inside the edges only. Where the product is too small to fill the GPU
-// (at a UNet's 16x16 and 8x8 latents), its sum over K is cut into SPLITS parts, each summed
-// by its own workgroups into an f32 partial product that the runtime then adds.
+// its matrices from there and multiplies them. At the end the sums pass through workgroup
+// memory once more, one accumulator of each subgroup at a time, so that every invocation
+// writes whole f16 values with the bias added, inside the edges only. Where the product is
+// too small to fill the GPU (at a UNet's 16x16 and 8x8 latents), its sum over K is cut into
+// SPLITS parts, each summed by its own workgroups into an f32 partial product that the
+// runtime then adds.
 //
 // Every size is a constant of the text: `src/kernels.rs` writes one kernel per product shape
 // (a UNet has a few dozen). The loops then have constant bounds, which keeps the cooperative

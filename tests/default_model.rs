@@ -43,21 +43,10 @@ fn the_default_model_reproduces_its_reference_image() {
         ))
         .unwrap();
         assert_eq!((done.image.width, done.image.height), (64, 64));
-        let worst = worst_pixel(&done.image, &reference);
+        let worst = common::image_diff(&done.image, &reference);
         println!("{name}: worst pixel {worst}/255 from the reference");
         assert!(worst <= 3, "{name}: worst pixel off by {worst}/255");
     }
-}
-
-/// The largest difference of one colour value between two images of the same size.
-fn worst_pixel(a: &Image, b: &Image) -> u8 {
-    assert_eq!((a.width, a.height), (b.width, b.height));
-    a.rgb
-        .iter()
-        .zip(&b.rgb)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap()
 }
 
 /// A plan with every judge-free mechanism that changes the image: the mirrored frame,
@@ -97,7 +86,7 @@ fn a_lina_plan_reproduces_its_reference_image() {
         ] {
             assert!(described.contains(what), "{name}: no {what} in {described}");
         }
-        let worst = worst_pixel(&done.generated.image, &reference);
+        let worst = common::image_diff(&done.generated.image, &reference);
         println!("{name}: worst pixel {worst}/255 from the LINA reference");
         // Issue 24's bound for the same plan natively and in the browser.
         assert!(worst <= 2, "{name}: worst pixel off by {worst}/255");
@@ -108,7 +97,7 @@ fn a_lina_plan_reproduces_its_reference_image() {
             &CancelToken::new(),
         ))
         .unwrap();
-        assert!(worst_pixel(&plain.image, &reference) > 32, "{name}");
+        assert!(common::image_diff(&plain.image, &reference) > 32, "{name}");
     }
 }
 

@@ -54,15 +54,6 @@ fn mirror_scene_with_layout(prompt: &str) -> lina_csg::Csg {
     csg
 }
 
-fn diff(a: &Image, b: &Image) -> u8 {
-    a.rgb
-        .iter()
-        .zip(&b.rgb)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap()
-}
-
 #[test]
 fn the_baseline_plan_is_the_plain_sampler() {
     let pipe = pipe();
@@ -181,7 +172,7 @@ fn the_warp_changes_the_timesteps_and_the_image() {
         "{:?} vs {base:?}",
         out.timesteps
     );
-    assert!(diff(&out.generated.image, &plain(&pipe, &o)) > 0);
+    assert!(common::image_diff(&out.generated.image, &plain(&pipe, &o)) > 0);
 }
 
 #[test]
@@ -195,7 +186,7 @@ fn prompt_guidance_moves_only_relation_tokens_inside_its_window() {
         ..Plan::default()
     };
     let out = with_plan(&pipe, &o, &on);
-    assert!(diff(&out.generated.image, &base) > 0);
+    assert!(common::image_diff(&out.generated.image, &base) > 0);
     let positions = lina::prompt::relation_positions(&pipe, &o.prompt).unwrap();
     assert_eq!(positions.len(), 2, "\"on\" and \"small\"");
 
@@ -240,7 +231,7 @@ fn region_guidance_uses_the_csg_layout_and_forbids_spills() {
         "{:?}",
         out.described
     );
-    assert!(diff(&out.generated.image, &plain(&pipe, &o)) > 0);
+    assert!(common::image_diff(&out.generated.image, &plain(&pipe, &o)) > 0);
 }
 
 #[test]

@@ -161,10 +161,6 @@ fn scaled(bytes: &[u8], scale: f32) -> ScaledLora {
     }
 }
 
-fn worst(a: &[u8], b: &[u8]) -> u8 {
-    a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
-}
-
 #[test]
 fn a_lora_in_either_naming_gives_the_image_of_weights_merged_by_hand() {
     let files: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
@@ -197,12 +193,15 @@ fn a_lora_in_either_naming_gives_the_image_of_weights_merged_by_hand() {
     let with_peft = image(&files, &[scaled(&peft, scale)]);
     eprintln!(
         "LoRA vs plain: {}/255; vs merged by hand: {}/255",
-        worst(&with_kohya, &plain),
-        worst(&with_kohya, &by_hand)
+        common::byte_diff(&with_kohya, &plain),
+        common::byte_diff(&with_kohya, &by_hand)
     );
-    assert!(worst(&with_kohya, &plain) > 8, "the LoRA changes the image");
     assert!(
-        worst(&with_kohya, &by_hand) <= 1,
+        common::byte_diff(&with_kohya, &plain) > 8,
+        "the LoRA changes the image"
+    );
+    assert!(
+        common::byte_diff(&with_kohya, &by_hand) <= 1,
         "merged at load = merged by hand"
     );
     assert_eq!(with_kohya, with_peft, "both namings merge the same update");
@@ -211,7 +210,7 @@ fn a_lora_in_either_naming_gives_the_image_of_weights_merged_by_hand() {
         &files,
         &[scaled(&kohya, scale / 2.0), scaled(&peft, scale / 2.0)],
     );
-    assert!(worst(&halves, &with_kohya) <= 1);
+    assert!(common::byte_diff(&halves, &with_kohya) <= 1);
     // At scale 0 the update vanishes exactly.
     assert_eq!(image(&files, &[scaled(&kohya, 0.0)]), plain);
     // On the GPU, convolution weights are stored channels-last: the merge must see them in
@@ -222,9 +221,9 @@ fn a_lora_in_either_naming_gives_the_image_of_weights_merged_by_hand() {
             image_on(&gpu, &merged, &[]),
         );
         assert!(
-            worst(&lora, &hand) <= 1,
+            common::byte_diff(&lora, &hand) <= 1,
             "on the GPU: {}/255",
-            worst(&lora, &hand)
+            common::byte_diff(&lora, &hand)
         );
     }
 }
@@ -594,7 +593,7 @@ fn an_sdxl_kohya_lora_naming_original_unet_modules_merges_like_diffusers_names()
     let (a, b) = (draw(&original), draw(&diffusers));
     assert_eq!(a, b, "the original UNet's name adapts the same layer");
     assert!(
-        worst(&a, &image(&files, &[])) > 0,
+        common::byte_diff(&a, &image(&files, &[])) > 0,
         "the LoRA changes the image"
     );
 }
@@ -659,7 +658,7 @@ fn changing_lora_scales_rebuilds_from_the_kept_weights_as_a_fresh_load_would() {
         pipe.set_lora_scales(&[0.0, 0.0]).unwrap();
         let plain = render(&pipe);
         assert!(
-            worst(&plain, &first) > 8,
+            common::byte_diff(&plain, &first) > 8,
             "{name}: the LoRAs change the image"
         );
 

@@ -183,15 +183,6 @@ impl StepHook for Region {
     }
 }
 
-fn max_pixel_diff(a: &lina_runtime::image::Image, b: &lina_runtime::image::Image) -> u8 {
-    a.rgb
-        .iter()
-        .zip(&b.rgb)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap()
-}
-
 #[test]
 fn a_region_term_over_the_whole_image_adds_to_the_guidance_scale() {
     let pipe = pipe();
@@ -206,9 +197,9 @@ fn a_region_term_over_the_whole_image_adds_to_the_guidance_scale() {
     o.guidance_scale = 7.0;
     let stronger = run(&pipe, &o, &mut NoHook).unwrap();
     assert!(
-        max_pixel_diff(&with_term, &stronger) <= 1,
+        common::image_diff(&with_term, &stronger) <= 1,
         "{}",
-        max_pixel_diff(&with_term, &stronger)
+        common::image_diff(&with_term, &stronger)
     );
 
     // An empty mask changes nothing; a half mask changes the image.
@@ -219,13 +210,13 @@ fn a_region_term_over_the_whole_image_adds_to_the_guidance_scale() {
         mask: |_, _| 0.0,
         context: None,
     };
-    assert!(max_pixel_diff(&run(&pipe, &o, &mut { empty }).unwrap(), &plain) <= 1);
+    assert!(common::image_diff(&run(&pipe, &o, &mut { empty }).unwrap(), &plain) <= 1);
     let half = Region {
         weight: 2.0,
         mask: |_, x| (x < 4) as u8 as f32,
         context: None,
     };
-    assert!(max_pixel_diff(&run(&pipe, &o, &mut { half }).unwrap(), &plain) > 1);
+    assert!(common::image_diff(&run(&pipe, &o, &mut { half }).unwrap(), &plain) > 1);
 }
 
 #[test]

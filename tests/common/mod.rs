@@ -172,6 +172,22 @@ pub fn worst_pixel(ours: &[u8], theirs: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The largest difference of one 8-bit value between two byte images of the same size.
+pub fn byte_diff(a: &[u8], b: &[u8]) -> u8 {
+    assert_eq!(a.len(), b.len(), "image sizes differ");
+    a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
+}
+
+/// The largest difference of one colour value between two images of the same size.
+pub fn image_diff(a: &lina_runtime::image::Image, b: &lina_runtime::image::Image) -> u8 {
+    assert_eq!(
+        (a.width, a.height),
+        (b.width, b.height),
+        "image sizes differ"
+    );
+    byte_diff(&a.rgb, &b.rgb)
+}
+
 /// The files of a fixture model folder, path by path, for tests that edit some of them.
 pub fn model_files(model: &str) -> Vec<(String, Vec<u8>)> {
     let root = fixture(model);
