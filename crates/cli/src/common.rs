@@ -38,6 +38,14 @@ pub fn plan(value: &str) -> std::result::Result<lina::Plan, String> {
     lina::Plan::parse(&text).map_err(|e| e.to_string())
 }
 
+/// An img2img strength, which must leave some of the schedule to run: in (0, 1].
+pub fn strength(value: &str) -> std::result::Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 1.0 => Ok(s),
+        _ => Err(format!("{value}: a strength is a number in (0, 1]")),
+    }
+}
+
 /// `--kernels fused` (the default: the WGSL kernels of shaders/ on a GPU), `burn`, `matrices`
 /// or `no-matrices`.
 pub fn kernels(value: &str) -> std::result::Result<lina_runtime::kernels::Kernels, String> {

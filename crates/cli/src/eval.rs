@@ -4,10 +4,11 @@
 //! learned segmenter with its own checks; the two share no code). Rows: plain sampling;
 //! LINA's full plan, each mechanism alone and removed, and each one the plan leaves off
 //! added; the model's predictor choosing each prompt's plan; best-of-N by the checker at
-//! LINA's cost or more (a verifier baseline); and the verifier-guided repair (a checker in
-//! the loop). Columns: relations and whole images under each judge, each as a rate with its
-//! paired bootstrap interval of the change from plain sampling, the frames the second judge
-//! calls wrecked, and the cost per image.
+//! LINA's cost or more (a verifier baseline); the verifier-guided repair (a checker in the
+//! loop); and, on request, a ceiling: plain sampling from each scene's rendered ground truth
+//! (`--from-truth`). Columns: relations and whole images under each judge, each as a rate
+//! with its paired bootstrap interval of the change from plain sampling, the frames the
+//! second judge calls wrecked, and the cost per image.
 
 use lina::predict::Predictor;
 use lina::{Component, Plan};
@@ -42,6 +43,11 @@ pub struct EvalArgs {
     /// Bootstrap resamples for the intervals.
     #[arg(long, default_value_t = 2000)]
     resamples: usize,
+    /// Add a "from truth" row, a ceiling rather than a baseline: plain sampling started from
+    /// each scene's rendered ground truth at this img2img strength (`probe --from-truth`). It
+    /// reads the answer; it shows how much of it the model's prior lets through.
+    #[arg(long, value_parser = common::strength)]
+    from_truth: Option<f64>,
 }
 
 /// One row: how its images were made.
@@ -51,6 +57,8 @@ enum Row {
     Predicted,
     BestOf,
     Repair,
+    /// Plain sampling from the rendered ground truth at this strength.
+    Truth(f64),
 }
 
 /// One row's outcome on one suite.
@@ -74,6 +82,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         variants: wanted,
         best_of,
         resamples,
+        from_truth,
     } = args;
     let run = SuiteRun::new(run, 4, 3.0);
     if full.is_baseline() {
@@ -97,6 +106,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         return Err(Error::InvalidInput("eval: --suites names no suite".into()));
     }
     let mut rows = rows(&full);
+    if let Some(strength) = from_truth {
+        rows.push(("from truth".into(), Row::Truth(strength)));
+    }
     if let Some(wanted) = &wanted {
         if let Some(unknown) = wanted.iter().find(|w| !rows.iter().any(|(n, _)| n == *w)) {
             let known: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
@@ -122,12 +134,23 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         for (k, (name, suite)) in names.iter().zip(&suites).enumerate() {
             for (variant, row) in &rows {
                 // The second and later suites: plain sampling, the full plan and the
-                // predictor's choice (what a user gets by default) only.
-                if k > 0 && !matches!(variant.as_str(), "baseline" | "full" | "predicted") {
+                // predictor's choice (what a user gets by default) only, and the ceiling
+                // from the truth where it was asked for.
+                if k > 0
+                    && !matches!(
+                        variant.as_str(),
+                        "baseline" | "full" | "predicted" | "from truth"
+                    )
+                {
                     continue;
                 }
+                let truth = match row {
+                    Row::Truth(strength) => Some(*strength),
+                    _ => None,
+                };
                 let (choice, repair) = match row {
                     Row::Plan(plan) => (PlanChoice::Fixed(plan.clone()), 0.0),
+                    Row::Truth(_) => (PlanChoice::Fixed(Plan::default()), 0.0),
                     Row::Predicted => match &predictor {
                         Some(p) => (PlanChoice::Predicted(p.clone()), 0.0),
                         None => {
@@ -143,11 +166,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 };
                 let label = match &choice {
                     PlanChoice::BestOfByChecker(n) => format!("{name} best-of-{n} by checker"),
-                    _ => format!("{name} {variant}"),
+                    _ => match truth {
+                        Some(strength) => format!("{name} from truth at {strength}"),
+                        None => format!("{name} {variant}"),
+                    },
                 };
                 tracing::info!("{label}");
                 let outcome = run_suite(
-                    &pipe, name, &label, suite, run.seeds, &mut opts, &choice, repair, None,
+                    &pipe, name, &label, suite, run.seeds, &mut opts, &choice, repair, truth, None,
                 )
                 .await?;
                 let dir = out.join(format!("{name}-{}", variant.replace(' ', "-")));
@@ -158,8 +184,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 )?;
                 done.push(Evaluated {
                     suite: name.clone(),
-                    variant: match &choice {
-                        PlanChoice::BestOfByChecker(n) => format!("best-of-{n} by checker"),
+                    variant: match (&choice, truth) {
+                        (PlanChoice::BestOfByChecker(n), _) => format!("best-of-{n} by checker"),
+                        (_, Some(strength)) => {
+                            format!("from truth at {strength} (reads the answer)")
+                        }
                         _ => variant.clone(),
                     },
                     plan: match row {

@@ -65,6 +65,12 @@ pub struct Args {
     /// the loop, reported under its own label, not LINA.
     #[arg(long, default_value_t = 0.0)]
     verifier_repair: f64,
+    /// A diagnostic of the model's prior: start each image from its scene's rendered ground
+    /// truth, noised so that this fraction of the schedule runs (img2img strength in (0, 1]).
+    /// Where even the answer, given at this noise level, comes back wrong, no intervention
+    /// that starts from noise can expect to hold it. It reads the answer: never a baseline.
+    #[arg(long, value_parser = common::strength)]
+    from_truth: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -320,6 +326,7 @@ pub fn run(args: Args) -> Result<()> {
         device,
         plan,
         verifier_repair: repair,
+        from_truth,
     } = args;
     let run = SuiteRun::new(run, 4, GenerateOptions::default().guidance_scale);
     let suite = run.cut(Suite::named(&name)?);
@@ -371,6 +378,11 @@ pub fn run(args: Args) -> Result<()> {
                 " + verifier-guided repair {repair} (a checker in the loop: not LINA)"
             ));
         }
+        if let Some(strength) = from_truth {
+            label.push_str(&format!(
+                ", each image from its rendered ground truth at strength {strength} (a diagnostic of the prior: it reads the answer)"
+            ));
+        }
         let choice = match predictor.filter(|_| predicted) {
             Some(predictor) => PlanChoice::Predicted(predictor),
             None => PlanChoice::Fixed(plan),
@@ -384,6 +396,7 @@ pub fn run(args: Args) -> Result<()> {
             &mut opts,
             &choice,
             repair,
+            from_truth,
             Some(&out),
         )
         .await?;
@@ -476,7 +489,8 @@ pub(crate) struct SuiteOutcome {
 }
 
 /// Generates every prompt of `suite` with seeds 0..`seeds` under `choice` (with the
-/// verifier-guided repair baseline at strength `repair`, 0 for none), scores each image
+/// verifier-guided repair baseline at strength `repair`, 0 for none; from each scene's
+/// rendered ground truth at img2img strength `from_truth`, where given), scores each image
 /// with both judges; writes the images into `out` when given.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_suite(
@@ -488,6 +502,7 @@ pub(crate) async fn run_suite(
     opts: &mut GenerateOptions,
     choice: &PlanChoice,
     repair: f64,
+    from_truth: Option<f64>,
     out: Option<&Path>,
 ) -> Result<SuiteOutcome> {
     let judge = Segmenter::embedded();
@@ -500,6 +515,10 @@ pub(crate) async fn run_suite(
     bar.set_message(label.to_string());
     for (prompt, id) in ids.iter().enumerate() {
         let scene = id.scene();
+        if let Some(strength) = from_truth {
+            opts.init_image = Some(scene.render().image);
+            opts.strength = strength;
+        }
         // As a user would run it: the graph comes from the prompt.
         let csg = lina_csg::parse::parse(&scene.prompt)?;
         let (plan, candidates) = match choice {

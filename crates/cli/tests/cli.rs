@@ -386,3 +386,97 @@ fn worst_pixel(image: &lina_runtime::image::Image, expected: &[f32]) -> f32 {
         .map(|(&a, &b)| (a as f32 - b * 255.0).abs())
         .fold(0.0, f32::max)
 }
+
+/// `probe --from-truth S`, the diagnostic of the model's prior: each image starts from its
+/// scene's rendered ground truth, and the report says so. At a low strength the image stays
+/// close to the render, far closer than plain sampling's; a strength outside (0, 1] is refused
+/// before any work.
+#[test]
+fn probe_from_truth_starts_at_the_rendered_scene() {
+    let dir = std::env::temp_dir().join(format!("lina-cli-truth-{}", std::process::id()));
+    let run = |name: &str, extra: &[&str]| -> Output {
+        let out = dir.join(name);
+        let mut args = vec![
+            "probe",
+            "--model",
+            MODEL,
+            "--suite",
+            "ood:quantity",
+            "--count",
+            "1",
+            "--seeds",
+            "1",
+            "--steps",
+            "8",
+            "--guidance",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let image = |name: &str| {
+        let folder = dir.join(name);
+        let png = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "png") && !p.ends_with("grid.png"))
+            .expect("an image");
+        lina_runtime::image::Image::from_png(&std::fs::read(png).unwrap()).unwrap()
+    };
+    let out = run("truth", &["--from-truth", "0.125"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = std::fs::read_to_string(dir.join("truth").join("report.json")).unwrap();
+    assert!(
+        report.contains("rendered ground truth at strength 0.125"),
+        "{report}"
+    );
+    let out = run("plain", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let truth = lina_probe::SceneId {
+        split: lina_probe::Split::Ood,
+        category: lina_probe::Category::Quantity,
+        index: 0,
+    }
+    .scene()
+    .render()
+    .image;
+    // Over the pixels where plain sampling's image and the render differ by more than 40 in
+    // some channel (the jar and its sand, mostly): the mean distance of each to the render.
+    let (from_truth, plain) = (image("truth"), image("plain"));
+    let far: Vec<usize> = (0..truth.rgb.len() / 3)
+        .filter(|&p| (0..3).any(|c| plain.rgb[3 * p + c].abs_diff(truth.rgb[3 * p + c]) > 40))
+        .collect();
+    let off = |image: &lina_runtime::image::Image| {
+        let sum: f64 = far
+            .iter()
+            .flat_map(|&p| (0..3).map(move |c| 3 * p + c))
+            .map(|i| image.rgb[i].abs_diff(truth.rgb[i]) as f64)
+            .sum();
+        sum / (3 * far.len()).max(1) as f64
+    };
+    assert!(
+        far.len() > 20,
+        "plain sampling drew the render's scene: {} pixels off",
+        far.len()
+    );
+    let (from_truth, plain) = (off(&from_truth), off(&plain));
+    assert!(
+        from_truth * 2.0 < plain,
+        "mean distance to the render where plain sampling strays: from the truth \
+         {from_truth:.1}/255, plain {plain:.1}/255"
+    );
+
+    for bad in ["0", "1.5"] {
+        let out = run("bad", &["--from-truth", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            text(&out.stderr).contains("a strength is a number in (0, 1]"),
+            "{bad}: {}",
+            text(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
