@@ -43,11 +43,12 @@ pub struct EvalArgs {
     /// Bootstrap resamples for the intervals.
     #[arg(long, default_value_t = 2000)]
     resamples: usize,
-    /// Add a "from truth" row, a ceiling rather than a baseline: plain sampling started from
-    /// each scene's rendered ground truth at this img2img strength (`probe --from-truth`). It
-    /// reads the answer; it shows how much of it the model's prior lets through.
-    #[arg(long, value_parser = common::strength)]
-    from_truth: Option<f64>,
+    /// Add a "from truth at S" row for each of these img2img strengths (comma-separated): a
+    /// ceiling rather than a baseline, plain sampling started from each scene's rendered ground
+    /// truth (`probe --from-truth`). It reads the answer; it shows how much of it the model's
+    /// prior lets through. `--variants` selects them all as "from truth".
+    #[arg(long, value_parser = common::strength, value_delimiter = ',')]
+    from_truth: Vec<f64>,
 }
 
 /// One row: how its images were made.
@@ -106,11 +107,18 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         return Err(Error::InvalidInput("eval: --suites names no suite".into()));
     }
     let mut rows = rows(&full);
-    if let Some(strength) = from_truth {
-        rows.push(("from truth".into(), Row::Truth(strength)));
+    for strength in from_truth {
+        rows.push((format!("from truth at {strength}"), Row::Truth(strength)));
     }
+    // "from truth" names every strength's row.
+    let selects = |wanted: &str, row: &str| {
+        row == wanted || (wanted == "from truth" && row.starts_with("from truth at "))
+    };
     if let Some(wanted) = &wanted {
-        if let Some(unknown) = wanted.iter().find(|w| !rows.iter().any(|(n, _)| n == *w)) {
+        if let Some(unknown) = wanted
+            .iter()
+            .find(|w| !rows.iter().any(|(n, _)| selects(w, n)))
+        {
             let known: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
             return Err(Error::InvalidInput(format!(
                 "--variants: no variant \"{unknown}\" (there are: {})",
@@ -122,7 +130,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 "--variants must include baseline: every row is compared with it".into(),
             ));
         }
-        rows.retain(|(n, _)| wanted.contains(n));
+        rows.retain(|(n, _)| wanted.iter().any(|w| selects(w, n)));
     }
     let (model, out) = (run.model.clone(), run.out.clone());
     create_dir(&out)?;
@@ -136,12 +144,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 // The second and later suites: plain sampling, the full plan and the
                 // predictor's choice (what a user gets by default) only, and the ceiling
                 // from the truth where it was asked for.
-                if k > 0
-                    && !matches!(
-                        variant.as_str(),
-                        "baseline" | "full" | "predicted" | "from truth"
-                    )
-                {
+                let first_only = !matches!(row, Row::Truth(_))
+                    && !matches!(variant.as_str(), "baseline" | "full" | "predicted");
+                if k > 0 && first_only {
                     continue;
                 }
                 let truth = match row {
@@ -166,10 +171,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 };
                 let label = match &choice {
                     PlanChoice::BestOfByChecker(n) => format!("{name} best-of-{n} by checker"),
-                    _ => match truth {
-                        Some(strength) => format!("{name} from truth at {strength}"),
-                        None => format!("{name} {variant}"),
-                    },
+                    _ => format!("{name} {variant}"),
                 };
                 tracing::info!("{label}");
                 let outcome = run_suite(
@@ -184,11 +186,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 )?;
                 done.push(Evaluated {
                     suite: name.clone(),
-                    variant: match (&choice, truth) {
+                    variant: match (&choice, row) {
                         (PlanChoice::BestOfByChecker(n), _) => format!("best-of-{n} by checker"),
-                        (_, Some(strength)) => {
-                            format!("from truth at {strength} (reads the answer)")
-                        }
+                        (_, Row::Truth(_)) => format!("{variant} (reads the answer)"),
                         _ => variant.clone(),
                     },
                     plan: match row {

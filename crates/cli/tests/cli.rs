@@ -480,3 +480,59 @@ fn probe_from_truth_starts_at_the_rendered_scene() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `eval --from-truth`: one "from truth at S" row per strength, which `--variants` selects as
+/// "from truth"; without a strength there is no such row to select.
+#[test]
+fn eval_adds_a_row_from_the_truth_per_strength() {
+    let dir = std::env::temp_dir().join(format!("lina-cli-eval-truth-{}", std::process::id()));
+    let out = dir.to_str().unwrap();
+    let mut args = vec![
+        "eval",
+        "--model",
+        MODEL,
+        "--suites",
+        "ood:quantity",
+        "--count",
+        "1",
+        "--seeds",
+        "1",
+        "--steps",
+        "4",
+        "--plan",
+        "{\"mirror\": true}",
+        "--variants",
+        "baseline,from truth",
+        "--resamples",
+        "10",
+        "--out",
+        out,
+    ];
+    let refused = cli(&args);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("no variant \"from truth\""),
+        "{}",
+        text(&refused.stderr)
+    );
+    args.extend(["--from-truth", "0.5,0.25"]);
+    let ran = cli(&args);
+    assert!(ran.status.success(), "{}", text(&ran.stderr));
+    let json = std::fs::read_to_string(dir.join("eval.json")).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let variants: Vec<&str> = rows
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        variants,
+        [
+            "baseline",
+            "from truth at 0.5 (reads the answer)",
+            "from truth at 0.25 (reads the answer)"
+        ]
+    );
+    let md = std::fs::read_to_string(dir.join("eval.md")).unwrap();
+    assert!(md.contains("from truth at 0.25"), "{md}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
