@@ -515,8 +515,9 @@ pub(crate) async fn run_suite(
     bar.set_message(label.to_string());
     for (prompt, id) in ids.iter().enumerate() {
         let scene = id.scene();
+        // Set for every scene, so that no image starts from another run's truth.
+        opts.init_image = from_truth.map(|_| scene.render().image);
         if let Some(strength) = from_truth {
-            opts.init_image = Some(scene.render().image);
             opts.strength = strength;
         }
         // As a user would run it: the graph comes from the prompt.

@@ -481,8 +481,9 @@ fn probe_from_truth_starts_at_the_rendered_scene() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `eval --from-truth`: one "from truth at S" row per strength, which `--variants` selects as
-/// "from truth"; without a strength there is no such row to select.
+/// `eval --from-truth`: one "from truth at S" row per strength, in each suite, which
+/// `--variants` selects as "from truth"; without a strength there is no such row to select. A
+/// row after them starts from noise again (it ran every step).
 #[test]
 fn eval_adds_a_row_from_the_truth_per_strength() {
     let dir = std::env::temp_dir().join(format!("lina-cli-eval-truth-{}", std::process::id()));
@@ -492,7 +493,7 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
         "--model",
         MODEL,
         "--suites",
-        "ood:quantity",
+        "ood:quantity,id:quantity",
         "--count",
         "1",
         "--seeds",
@@ -524,14 +525,16 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
         .iter()
         .map(|r| r["variant"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        variants,
-        [
-            "baseline",
-            "from truth at 0.5 (reads the answer)",
-            "from truth at 0.25 (reads the answer)"
-        ]
-    );
+    let truth = [
+        "from truth at 0.5 (reads the answer)",
+        "from truth at 0.25 (reads the answer)",
+    ];
+    assert_eq!(variants[..3], ["baseline", truth[0], truth[1]]);
+    assert_eq!(variants[3..], ["baseline", truth[0], truth[1]]);
+    // Plain sampling in the second suite, after the rows from the truth: every one of the 4
+    // steps, conditional and unconditional, for its one image.
+    assert_eq!(rows[3]["cost"]["evaluations"], 8, "{}", rows[3]);
+    assert_eq!(rows[5]["cost"]["evaluations"], 2, "{}", rows[5]);
     let md = std::fs::read_to_string(dir.join("eval.md")).unwrap();
     assert!(md.contains("from truth at 0.25"), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
