@@ -8,6 +8,7 @@ mod eval;
 mod generate;
 mod memory;
 mod probe;
+mod search;
 mod soak;
 
 use std::process::ExitCode;
@@ -51,12 +52,12 @@ enum Command {
     /// How far texture and physics word swaps move the prompt embedding.
     EmbedShift(diagnose::EmbedShiftArgs),
     /// Every candidate plan on every prompt of a suite, scored by the checker (offline).
-    LinaSearch(probe::SearchArgs),
+    LinaSearch(search::SearchArgs),
     /// LINA's evaluation under two judges: plain sampling, the full plan and its ablation, the
     /// predictor, best-of-N by the checker and the verifier-guided repair.
     Eval(eval::EvalArgs),
     /// Fit LINA's per-prompt plan predictor to a search's scores.
-    LinaFit(probe::FitArgs),
+    LinaFit(search::FitArgs),
     /// Many images from one loaded model; fails if memory grew.
     Soak(soak::Args),
 }
@@ -87,9 +88,9 @@ fn main() -> ExitCode {
         Command::Sweep(args) => diagnose::sweep(args),
         Command::Reinpaint(args) => diagnose::reinpaint(args),
         Command::EmbedShift(args) => diagnose::embed_shift(args),
-        Command::LinaSearch(args) => probe::search(args),
+        Command::LinaSearch(args) => search::search(args),
         Command::Eval(args) => eval::eval(args),
-        Command::LinaFit(args) => probe::fit(args),
+        Command::LinaFit(args) => search::fit(args),
         Command::Soak(args) => soak::run(args),
     };
     match result {

@@ -1,0 +1,285 @@
+//! Training LINA's plan predictor offline: `lina-search` samples every candidate plan on a
+//! suite's prompts and scores each with the probe's checker (offline supervision: nothing
+//! that samples consults it), and `lina-fit` fits the predictor to those scores.
+
+use std::path::PathBuf;
+
+use lina::predict::Predictor;
+use lina::{self as intervene, Plan};
+use lina_probe::Suite;
+use lina_probe::check::check;
+use lina_runtime::pipeline::{CancelToken, NoHook, StableDiffusion};
+use lina_runtime::source::DirSource;
+use lina_runtime::{Error, Result};
+
+use crate::common::{self, write};
+use crate::probe::{SuiteArgs, SuiteRun};
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    run: SuiteArgs,
+    /// The suite whose prompts are searched (train).
+    #[arg(long)]
+    suite: String,
+}
+
+#[derive(clap::Args)]
+pub struct FitArgs {
+    /// lina-search's output.
+    #[arg(long)]
+    search: PathBuf,
+    /// Ridge strength; by default the one of 0.1 to 300 that chooses best on held-out
+    /// prompts (leave-one-prompt-out cross-validation).
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// Where to write lina_predictor.json.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// One training prompt of a settings search: its features and each candidate's score.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Searched {
+    prompt: String,
+    features: Vec<f64>,
+    /// Per candidate, in the search's order: the share of the checker's checks that passed,
+    /// over all seeds.
+    scores: Vec<f64>,
+    /// For a row the search did not sample: the suite's prompt whose mirror image this is.
+    /// Its scores are that prompt's, each from the candidate's mirror partner
+    /// ([`intervene::predict::mirror_partner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mirror_of: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Search {
+    suite: String,
+    seeds: u64,
+    settings: String,
+    features: Vec<String>,
+    candidates: Vec<(String, Plan)>,
+    prompts: Vec<Searched>,
+}
+
+/// `lina-search --model DIR --suite train [--count N] [--first I] [--seeds N] [--steps N] [--guidance G]
+/// --out SEARCH.json`: every candidate plan on every prompt of the suite, scored by the checker.
+///
+/// The mirrored frame's symmetry does two things here. A mirrored candidate on a prompt with
+/// no word of direction is its partner's run, bit for bit, so it takes the partner's score
+/// without sampling. And a prompt with one gives a second row for free: its mirror image's
+/// text, each candidate scored with its partner's score (the same samples, seen from the
+/// other side). So the predictor learns what mirroring does on both sides of every scene the
+/// suite draws, not only on the side the suite happens to draw it.
+pub fn search(args: SearchArgs) -> Result<()> {
+    let SearchArgs { run, suite: name } = args;
+    let run = SuiteRun::new(run, 2, 3.0);
+    let suite = run.cut(Suite::named(&name)?);
+    let (model, out, seeds, mut opts) = (run.model, run.out, run.seeds, run.opts);
+    let candidates = intervene::predict::candidates();
+    let partners: Vec<usize> = (0..candidates.len())
+        .map(|k| {
+            intervene::predict::mirror_partner(&candidates, k).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "lina-search: candidate {} has no mirror partner",
+                    candidates[k].0
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
+    pollster::block_on(async {
+        let pipe = StableDiffusion::load(&DirSource::new(&model), &lina_runtime::device::cpu())?;
+        let ids = suite.ids();
+        let bar = common::bar(ids.len() as u64, "prompts");
+        let mut prompts = Vec::new();
+        for id in &ids {
+            let scene = id.scene();
+            let csg = lina_csg::parse::parse(&scene.prompt)?;
+            let features = intervene::predict::features(&pipe, &scene.prompt, &csg).await?;
+            let mirrored = intervene::mirror::mirrored(&scene.prompt);
+            let mut scores: Vec<f64> = Vec::new();
+            for (k, (_, plan)) in candidates.iter().enumerate() {
+                if plan.mirror && mirrored.is_none() && partners[k] < k {
+                    scores.push(scores[partners[k]]);
+                    continue;
+                }
+                let (mut passed, mut total) = (0usize, 0usize);
+                for seed in 0..seeds {
+                    opts.prompt = scene.prompt.clone();
+                    opts.seed = seed;
+                    let image = intervene::generate(
+                        &pipe,
+                        &opts,
+                        &csg,
+                        plan,
+                        &mut NoHook,
+                        &CancelToken::new(),
+                    )
+                    .await?
+                    .generated
+                    .image;
+                    let verdicts = check(&image, &scene.csg);
+                    passed += verdicts.iter().filter(|v| v.passed).count();
+                    total += verdicts.len();
+                }
+                scores.push(passed as f64 / total.max(1) as f64);
+            }
+            if let Some(text) = mirrored {
+                let graph = lina_csg::parse::parse(&text)?;
+                prompts.push(Searched {
+                    features: intervene::predict::features(&pipe, &text, &graph).await?,
+                    prompt: text,
+                    scores: partners.iter().map(|&k| scores[k]).collect(),
+                    mirror_of: Some(scene.prompt.clone()),
+                });
+            }
+            prompts.push(Searched {
+                prompt: scene.prompt.clone(),
+                features,
+                scores,
+                mirror_of: None,
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let search = Search {
+            suite: name,
+            seeds,
+            settings: format!(
+                "{:?} steps, guidance {}",
+                opts.timesteps, opts.guidance_scale
+            ),
+            features: intervene::predict::FEATURES
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
+            candidates,
+            prompts,
+        };
+        let json = serde_json::to_string_pretty(&search).expect("a search serialises");
+        write(&out, json.as_bytes())?;
+        println!("wrote {}: {} prompts", out.display(), search.prompts.len());
+        Ok(())
+    })
+}
+
+/// The ridge strengths `lina-fit` cross-validates.
+const LAMBDAS: &[f64] = &[0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0];
+
+/// One ridge regression per candidate, from the rows' features to the candidate's score.
+fn fitted(search: &Search, rows: &[&Searched], lambda: f64) -> Result<Predictor> {
+    let x: Vec<Vec<f64>> = rows.iter().map(|p| p.features.clone()).collect();
+    let candidates = search
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(k, (name, plan))| {
+            let y: Vec<f64> = rows.iter().map(|p| p.scores[k]).collect();
+            Ok(intervene::predict::Candidate {
+                name: name.clone(),
+                plan: plan.clone(),
+                weights: intervene::predict::ridge(&x, &y, lambda)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let count = |mirrored: bool| {
+        rows.iter()
+            .filter(|p| p.mirror_of.is_some() == mirrored)
+            .count()
+    };
+    Ok(Predictor {
+        version: intervene::predict::VERSION,
+        features: search.features.clone(),
+        candidates,
+        trained: format!(
+            "ridge (lambda {lambda}) on {} prompts of the {} suite and {} mirror images, {} seeds each, {}",
+            count(false),
+            search.suite,
+            count(true),
+            search.seeds,
+            search.settings
+        ),
+    })
+}
+
+/// The mean true score of the candidate the predictor suggests for each row.
+fn chosen_score(predictor: &Predictor, rows: &[&Searched]) -> f64 {
+    rows.iter()
+        .map(|p| {
+            let s = predictor.suggest(&p.features);
+            let k = predictor
+                .candidates
+                .iter()
+                .position(|c| c.name == s.candidate)
+                .expect("a suggestion is one of the candidates");
+            p.scores[k]
+        })
+        .sum::<f64>()
+        / rows.len().max(1) as f64
+}
+
+/// Leave-one-prompt-out cross-validation of the ridge strength: each suite prompt, with its
+/// mirror image's row, is scored by a fit to all the others. The smallest strength with the
+/// best held-out score wins.
+fn cross_validated_lambda(search: &Search) -> Result<f64> {
+    let key = |p: &Searched| p.mirror_of.clone().unwrap_or_else(|| p.prompt.clone());
+    let mut groups: Vec<String> = search.prompts.iter().map(key).collect();
+    groups.sort();
+    groups.dedup();
+    let mut best = (f64::NEG_INFINITY, LAMBDAS[0]);
+    for &lambda in LAMBDAS {
+        let mut total = 0.0;
+        for g in &groups {
+            let (held, rest): (Vec<&Searched>, Vec<&Searched>) =
+                search.prompts.iter().partition(|p| key(p) == *g);
+            total += chosen_score(&fitted(search, &rest, lambda)?, &held) * held.len() as f64;
+        }
+        let score = total / search.prompts.len().max(1) as f64;
+        println!(
+            "lambda {lambda:>5}: {:.2}% of checks pass held out",
+            100.0 * score
+        );
+        if score > best.0 + 1e-9 {
+            best = (score, lambda);
+        }
+    }
+    Ok(best.1)
+}
+
+/// `lina-fit --search SEARCH.json [--lambda L] --out lina_predictor.json`: one ridge
+/// regression per candidate, from the prompts' features to the candidate's score, with the
+/// ridge strength cross-validated unless given.
+pub fn fit(args: FitArgs) -> Result<()> {
+    let FitArgs {
+        search: path,
+        lambda,
+        out,
+    } = args;
+    let search: Search = serde_json::from_str(&common::read_text(&path)?)
+        .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+    let lambda = match lambda {
+        Some(l) => l,
+        None => cross_validated_lambda(&search)?,
+    };
+    let rows: Vec<&Searched> = search.prompts.iter().collect();
+    let predictor = fitted(&search, &rows, lambda)?;
+    // Read back through the loader's own checks before it is written.
+    let json = predictor.to_json();
+    intervene::predict::Predictor::from_json(&json)?;
+    write(&out, json.as_bytes())?;
+    // How well the choice fits the search: the chosen candidate's true score against the
+    // best fixed candidate's.
+    let chosen = chosen_score(&predictor, &rows);
+    for (k, (name, _)) in search.candidates.iter().enumerate() {
+        let mean = search.prompts.iter().map(|p| p.scores[k]).sum::<f64>()
+            / search.prompts.len().max(1) as f64;
+        println!("{name:>12}: {:.1}% of checks pass", 100.0 * mean);
+    }
+    println!(
+        "   predicted: {:.1}% (on the prompts it was fitted to)",
+        100.0 * chosen
+    );
+    println!("wrote {}", out.display());
+    Ok(())
+}
