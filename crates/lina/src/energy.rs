@@ -22,7 +22,7 @@
 //! if the model had predicted it. With `m_k` the node's map over its maximum (a soft mask of
 //! what its words attend to) and `T_δ` a bilinear translation by `δ_k`:
 //! `x0 ← x0 + D_k ⊙ (T_δ x0 − x0) + V_k ⊙ (μ_k − x0)`, where `D_k = T_δ m_k` is where the
-//! content lands, `V_k = m_k ⊙ (1 − D_k)` the part of its old place it leaves, and `μ_k` the
+//! content lands, `V_k = max(m_k − D_k, 0)` the part of its old place it leaves, and `μ_k` the
 //! mean of `x0` outside `m_k`, per channel, what fills it. Soft masks keep the edit free of
 //! hard edges, and the steps after the window let the model blend it in.
 //!
@@ -158,7 +158,9 @@ impl EnergyGuidance {
                 } as f32;
                 let out = &mut delta[ch * cells..(ch + 1) * cells];
                 for i in 0..cells {
-                    let vacated = mask[i] * (1.0 - landed[i]);
+                    // What was attended here and no longer is: nothing for a move of no
+                    // length, whatever the mask's soft values.
+                    let vacated = (mask[i] - landed[i]).max(0.0);
                     out[i] += landed[i] * (moved[i] - plane[i]) + vacated * (mean - plane[i]);
                 }
             }
@@ -319,6 +321,18 @@ mod tests {
         );
         let (none, _) = guidance(0.0).update(&map, &x0, (1, h, w));
         assert!(none.iter().all(|&d| d == 0.0), "strength 0 moves nothing");
+        // A soft map (a peak with a half-attended rim), moved a hundredth of a cell: the
+        // latents change by about that much, not by the rim's blend toward the mean.
+        let (mut soft, mut content) = (vec![0.0f32; h * w], vec![-1.0f32; h * w]);
+        for (x, y) in [(0, 1), (1, 0), (2, 1), (1, 2)] {
+            soft[y * w + x] = 0.5;
+            content[y * w + x] = 3.0;
+        }
+        soft[w + 1] = 1.0;
+        content[w + 1] = 3.0;
+        let tiny = guidance(0.002).update(&soft, &content, (1, h, w)).0;
+        let most = tiny.iter().fold(0.0f32, |m, d| m.max(d.abs()));
+        assert!(most < 0.3, "a tiny move changed a latent by {most}");
         // Attended inside the box already: no energy, no move.
         let mut settled = vec![0.0f32; h * w];
         settled[6 * w + 6] = 1.0;
