@@ -19,8 +19,9 @@
 //!
 //! The move acts on the step's prediction of the clean latents `x0`, through
 //! [`Sampling::shift_clean`]: the sample moves by the same change at the next noise level, as
-//! if the model had predicted it. With `m_k` the node's map over its maximum (a soft mask of
-//! what its words attend to) and `T_δ` a bilinear translation by `δ_k`:
+//! if the model had predicted it. With `m_k` the node's map above its mean, scaled to 1 at
+//! its peak (a soft mask of what its words attend to) and `T_δ` a bilinear translation by
+//! `δ_k`:
 //! `x0 ← x0 + D_k ⊙ (T_δ x0 − x0) + V_k ⊙ (μ_k − x0)`, where `D_k = T_δ m_k` is where the
 //! content lands, `V_k = max(m_k − D_k, 0)` the part of its old place it leaves, and `μ_k` the
 //! mean of `x0` outside `m_k`, per channel, what fills it. Soft masks keep the edit free of
