@@ -149,15 +149,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 if k > 0 && first_only {
                     continue;
                 }
-                let truth = match row {
-                    Row::Truth(strength) => Some(*strength),
-                    _ => None,
-                };
-                let (choice, repair) = match row {
-                    Row::Plan(plan) => (PlanChoice::Fixed(plan.clone()), 0.0),
-                    Row::Truth(_) => (PlanChoice::Fixed(Plan::default()), 0.0),
+                // Each row's images: how they are chosen, the verifier repair's strength (0
+                // for none), and the strength they start from the truth at, if they do.
+                let (choice, repair, truth) = match row {
+                    Row::Plan(plan) => (PlanChoice::Fixed(plan.clone()), 0.0, None),
+                    Row::Truth(s) => (PlanChoice::Fixed(Plan::default()), 0.0, Some(*s)),
                     Row::Predicted => match &predictor {
-                        Some(p) => (PlanChoice::Predicted(p.clone()), 0.0),
+                        Some(p) => (PlanChoice::Predicted(p.clone()), 0.0, None),
                         None => {
                             tracing::warn!("{model} has no predictor: no predicted row");
                             continue;
@@ -165,9 +163,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                     },
                     Row::BestOf => {
                         let n = best_of.unwrap_or_else(|| equal_cost(&done, name));
-                        (PlanChoice::BestOfByChecker(n), 0.0)
+                        (PlanChoice::BestOfByChecker(n), 0.0, None)
                     }
-                    Row::Repair => (PlanChoice::Fixed(Plan::default()), Repair::DEFAULT_STRENGTH),
+                    Row::Repair => (
+                        PlanChoice::Fixed(Plan::default()),
+                        Repair::DEFAULT_STRENGTH,
+                        None,
+                    ),
                 };
                 let label = match &choice {
                     PlanChoice::BestOfByChecker(n) => format!("{name} best-of-{n} by checker"),
