@@ -229,6 +229,13 @@ fn the_attention_energy_update_reads_its_energy_and_moves_the_latents() {
             [0, 1, 2],
             "{name}: one energy per step of the window"
         );
+        let focused: Vec<usize> = guidance.focus.iter().map(|(s, _)| *s).collect();
+        assert_eq!(focused, steps, "{name}: one focus per step of the window");
+        assert!(
+            guidance.focus.iter().all(|(_, f)| (0.0..=1.0).contains(f)),
+            "{name}: focus {:?}",
+            guidance.focus
+        );
         for &(step, energy) in &guidance.energies {
             let by_hand: f32 = csg
                 .nodes

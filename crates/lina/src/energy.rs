@@ -14,8 +14,10 @@
 //! no backward pass. Instead we descend `E` along one direction per node that the map itself
 //! gives: moving the content the node's words attend to from the map's centroid `c_k` toward
 //! the box's centre `b_k`. For the centroid's distance to the box that is the gradient's own
-//! direction. The step is `δ_k = strength · (1 − s_k) · (b_k − c_k)` cells, so it shrinks as
-//! the attention settles in the box.
+//! direction. The step is `δ_k = strength · (1 − s_k) · f_k · (b_k − c_k)` cells, so it
+//! shrinks as the attention settles in the box; `f_k` is the map's [`focus`], near 1 for a
+//! map that has a place and near 0 for one spread over the whole grid, whose centroid says
+//! nothing of where the node is.
 //!
 //! The move acts on the step's prediction of the clean latents `x0`, through
 //! [`Sampling::shift_clean`]: the sample moves by the same change at the next noise level, as
@@ -56,6 +58,8 @@ pub struct EnergyGuidance {
     pending: Option<(usize, AttentionRecord)>,
     /// Each controlled step and the energy its record gave, before the update.
     pub energies: Vec<(usize, f64)>,
+    /// Each controlled step and its nodes' mean [`focus`]: how much of the move it made.
+    pub focus: Vec<(usize, f64)>,
 }
 
 impl EnergyGuidance {
@@ -80,6 +84,7 @@ impl EnergyGuidance {
             window,
             pending: None,
             energies: Vec::new(),
+            focus: Vec::new(),
         })
     }
 
@@ -98,16 +103,17 @@ impl EnergyGuidance {
     }
 
     /// The update of the clean latents `x0` ([C, h, w] values) for the nodes' maps
-    /// (`maps[k]`: node k's h×w map), and the energy the maps give.
+    /// (`maps[k]`: node k's h×w map), the energy the maps give, and their mean [`focus`].
     fn update(
         &self,
         maps: &[f32],
         x0: &[f32],
         (c, h, w): (usize, usize, usize),
-    ) -> (Vec<f32>, f64) {
+    ) -> (Vec<f32>, f64, f64) {
         let cells = h * w;
         let mut delta = vec![0.0f32; c * cells];
         let mut energy = 0.0;
+        let mut focuses = Vec::new();
         for (target, map) in self.targets.iter().zip(maps.chunks_exact(cells)) {
             let total: f64 = map.iter().map(|&v| v.max(0.0) as f64).sum();
             let peak = map.iter().copied().fold(0.0f32, f32::max);
@@ -127,7 +133,9 @@ impl EnergyGuidance {
                 cy += p * y;
             }
             energy += (1.0 - inside).powi(2);
-            let scale = self.strength * (1.0 - inside);
+            let focus = focus(map, total);
+            focuses.push(focus);
+            let scale = self.strength * (1.0 - inside) * focus;
             let bx = (b[0] + b[2]) as f64 / 2.0 * w as f64;
             let by = (b[1] + b[3]) as f64 / 2.0 * h as f64;
             let (dx, dy) = ((bx - cx) * scale, (by - cy) * scale);
@@ -166,8 +174,28 @@ impl EnergyGuidance {
                 }
             }
         }
-        (delta, energy)
+        let mean_focus = focuses.iter().sum::<f64>() / focuses.len().max(1) as f64;
+        (delta, energy, mean_focus)
     }
+}
+
+/// How much a map says where its node is, in [0, 1]: one minus the share of the grid it
+/// effectively covers, `exp(H(p)) / cells` for the map normalised to a distribution `p` (the
+/// perplexity of where the words are attended). A map spread evenly over the grid (a model
+/// that does not place the words: the embedded model's maps, docs/lina.md) has focus near 0;
+/// one on an object a tenth of the image, about 0.9. Ours: the move's direction, the map's
+/// centroid toward the box, means something only for a map that has a place, so the step is
+/// scaled by it. Without it, the cells of a flat map above its mean are scattered across the
+/// scene, and moving them tore the scene apart (docs/lina.md, "Every mechanism alone and
+/// together").
+fn focus(map: &[f32], total: f64) -> f64 {
+    let entropy: f64 = map
+        .iter()
+        .map(|&v| v.max(0.0) as f64 / total)
+        .filter(|&p| p > 0.0)
+        .map(|p| -p * p.ln())
+        .sum();
+    (1.0 - entropy.exp() / map.len() as f64).clamp(0.0, 1.0)
 }
 
 /// What a translation reads beyond the grid's edge.
@@ -251,8 +279,9 @@ impl StepHook for EnergyGuidance {
                 .collect();
             let maps = read_f32(Tensor::cat(maps, 0), "attention maps").await?;
             let values = read_f32(x0.clone(), "clean latents").await?;
-            let (delta, energy) = self.update(&maps, &values, (c, h, w));
+            let (delta, energy, focus) = self.update(&maps, &values, (c, h, w));
             self.energies.push((step, energy));
+            self.focus.push((step, focus));
             let device = x0.device();
             sampling.shift_clean(Tensor::from_data(
                 TensorData::new(delta, [1, c, h, w]),
@@ -294,6 +323,7 @@ mod tests {
             window: 0..1,
             pending: None,
             energies: Vec::new(),
+            focus: Vec::new(),
         };
         let mut map = vec![0.0f32; h * w];
         let mut x0 = vec![-1.0f32; h * w];
@@ -308,8 +338,12 @@ mod tests {
             let y = bright.iter().map(|&i| (i / w) as f32).sum::<f32>() / n;
             (x, y)
         };
-        let (delta, energy) = guidance(1.0).update(&map, &x0, (1, h, w));
+        let (delta, energy, focus) = guidance(1.0).update(&map, &x0, (1, h, w));
         assert_eq!(energy, 1.0, "no attention inside the box");
+        assert!(
+            (focus - 60.0 / 64.0).abs() < 1e-9,
+            "4 of 64 cells: focus {focus}"
+        );
         let after: Vec<f32> = x0.iter().zip(&delta).map(|(a, d)| a + d).collect();
         let (before_c, after_c) = (centroid(&x0), centroid(&after));
         assert!(
@@ -320,7 +354,7 @@ mod tests {
             after[w + 1] < 0.0,
             "the old place is filled with the mean of the rest"
         );
-        let (none, _) = guidance(0.0).update(&map, &x0, (1, h, w));
+        let (none, ..) = guidance(0.0).update(&map, &x0, (1, h, w));
         assert!(none.iter().all(|&d| d == 0.0), "strength 0 moves nothing");
         // A soft map (a peak with a half-attended rim), moved a hundredth of a cell: the
         // latents change by about that much, not by the rim's blend toward the mean.
@@ -337,8 +371,50 @@ mod tests {
         // Attended inside the box already: no energy, no move.
         let mut settled = vec![0.0f32; h * w];
         settled[6 * w + 6] = 1.0;
-        let (delta, energy) = guidance(1.0).update(&settled, &x0, (1, h, w));
+        let (delta, energy, _) = guidance(1.0).update(&settled, &x0, (1, h, w));
         assert_eq!(energy, 0.0);
         assert!(delta.iter().all(|&d| d == 0.0));
+    }
+
+    /// A map that barely varies over the grid (what the embedded model gives: every cell
+    /// within a third of the peak) says little of where its node is: the same content that
+    /// moves by cells under a peaked map moves by a small fraction of one.
+    #[test]
+    fn a_flat_map_moves_next_to_nothing() {
+        let (h, w) = (8, 8);
+        let guidance = EnergyGuidance {
+            targets: vec![BoxedNode {
+                id: "ball".into(),
+                positions: vec![1],
+                bbox: [0.5, 0.5, 1.0, 1.0],
+            }],
+            strength: 1.0,
+            window: 0..1,
+            pending: None,
+            energies: Vec::new(),
+            focus: Vec::new(),
+        };
+        let mut x0 = vec![-1.0f32; h * w];
+        let mut flat = vec![0.7f32; h * w];
+        for (x, y) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
+            flat[y * w + x] = 1.0;
+            x0[y * w + x] = 3.0;
+        }
+        let (delta, energy, focus) = guidance.update(&flat, &x0, (1, h, w));
+        assert!(
+            energy > 0.5,
+            "most of the attention is outside the box: {energy}"
+        );
+        assert!(focus < 0.01, "an almost even map: focus {focus}");
+        let most = delta.iter().fold(0.0f32, |m, d| m.max(d.abs()));
+        assert!(most < 0.2, "a flat map moved a latent by {most}");
+        // The same place, peaked: the content moves by cells.
+        let peaked: Vec<f32> = flat
+            .iter()
+            .map(|&v| if v == 1.0 { 1.0 } else { 0.0 })
+            .collect();
+        let (moved, ..) = guidance.update(&peaked, &x0, (1, h, w));
+        let most = moved.iter().fold(0.0f32, |m, d| m.max(d.abs()));
+        assert!(most > 2.0, "a peaked map moved a latent by only {most}");
     }
 }
