@@ -7,8 +7,13 @@
 //! LINA's cost or more (a verifier baseline); the verifier-guided repair (a checker in the
 //! loop); and, on request, a ceiling: plain sampling from each scene's rendered ground truth
 //! (`--from-truth`). Columns: relations and whole images under each judge, each as a rate
-//! with its paired bootstrap interval of the change from plain sampling, the frames the
-//! second judge calls wrecked, and the cost per image.
+//! with its paired bootstrap interval of the change from plain sampling (resampling prompts
+//! within each category, as the suite draws them), the frames the second judge calls
+//! wrecked, and the cost per image. `eval-table` renders the tables again from a run's saved
+//! scores (`eval.json`), generating nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use lina::predict::Predictor;
 use lina::{Component, Plan};
@@ -63,7 +68,7 @@ enum Row {
 }
 
 /// One row's outcome on one suite.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Evaluated {
     suite: String,
     variant: String,
@@ -220,6 +225,38 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     })
 }
 
+#[derive(clap::Args)]
+pub struct TableArgs {
+    /// An evaluation's saved scores: the `eval.json` that `eval` wrote.
+    #[arg(long)]
+    scores: PathBuf,
+    /// Bootstrap resamples for the intervals.
+    #[arg(long, default_value_t = 2000)]
+    resamples: usize,
+}
+
+/// `eval-table --scores DIR/eval.json [--resamples N]`: the evaluation's tables, rendered
+/// again from its saved scores (after a change in how they are rendered), on standard output.
+pub fn eval_table(args: TableArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.scores)
+        .map_err(|e| Error::InvalidInput(format!("eval-table: {}: {e}", args.scores.display())))?;
+    let done: Vec<Evaluated> = serde_json::from_str(&text).map_err(|e| {
+        Error::InvalidInput(format!(
+            "eval-table: {} is not an evaluation's scores: {e}",
+            args.scores.display()
+        ))
+    })?;
+    if !done.iter().any(|r| r.variant == "baseline") {
+        return Err(Error::InvalidInput(format!(
+            "eval-table: {} has no baseline row to compare with",
+            args.scores.display()
+        )));
+    }
+    let settings = format!("the scores in {}", args.scores.display());
+    println!("{}", table(&done, &settings, args.resamples));
+    Ok(())
+}
+
 /// The rows, in order: plain sampling, the full plan, each component alone and removed, each
 /// one the plan leaves off added, the predictor, and the two verifier baselines.
 fn rows(full: &Plan) -> Vec<(String, Row)> {
@@ -286,10 +323,13 @@ fn whole(m: Marks) -> (usize, usize) {
     (usize::from(m.all), 1)
 }
 
-/// The 95% interval of `rate(row) - rate(base)`, paired by prompt: each resample draws the
-/// suite's prompts with replacement and takes every image of a drawn prompt from both rows
-/// (the same prompts and seeds), so the interval reflects which prompts were asked, not
-/// only each image's luck.
+/// The 95% interval of `rate(row) - rate(base)`, paired by prompt and stratified by
+/// category: each resample draws, within each category, as many of its prompts as it has,
+/// with replacement, and takes every image of a drawn prompt from both rows (the same
+/// prompts and seeds). So the interval reflects which prompts were asked, not only each
+/// image's luck; and, as the suite asks the same number of prompts of every category by
+/// design, not which categories: a draw across categories would let a resample hold twice
+/// the shadow prompts and none of the jars, a variance the suite does not have.
 fn paired_interval(
     base: &[Scored],
     row: &[Scored],
@@ -297,6 +337,13 @@ fn paired_interval(
     resamples: usize,
 ) -> (f64, f64) {
     let prompts = base.iter().map(|s| s.prompt).max().map_or(0, |m| m + 1);
+    let mut strata: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for s in base {
+        let stratum = strata.entry(s.category).or_default();
+        if !stratum.contains(&s.prompt) {
+            stratum.push(s.prompt);
+        }
+    }
     let per_prompt = |scored: &[Scored]| {
         let mut sums = vec![(0usize, 0usize); prompts];
         for s in scored {
@@ -311,12 +358,14 @@ fn paired_interval(
     let mut deltas: Vec<f64> = (0..resamples)
         .map(|_| {
             let (mut pa, mut ta, mut pb, mut tb) = (0, 0, 0, 0);
-            for _ in 0..prompts {
-                let i = (rng.next_u64() % prompts as u64) as usize;
-                pa += a[i].0;
-                ta += a[i].1;
-                pb += b[i].0;
-                tb += b[i].1;
+            for stratum in strata.values() {
+                for _ in 0..stratum.len() {
+                    let i = stratum[(rng.next_u64() % stratum.len() as u64) as usize];
+                    pa += a[i].0;
+                    ta += a[i].1;
+                    pb += b[i].0;
+                    tb += b[i].1;
+                }
             }
             pb as f64 / tb.max(1) as f64 - pa as f64 / ta.max(1) as f64
         })
@@ -332,8 +381,9 @@ fn table(rows: &[Evaluated], settings: &str, resamples: usize) -> String {
         "LINA evaluation: {settings}.\n\nTwo judges that share no code: the probe's checker \
          (`lina_probe::check`) and the second judge (`lina_judge`: a learned segmenter with \
          its own checks). Each cell: the rate, and its change from plain sampling in points \
-         with the 95% paired bootstrap interval ({resamples} resamples of the prompts). \
-         Wrecked: frames in which the second judge finds no valid scene.\n"
+         with the 95% paired bootstrap interval ({resamples} resamples of the prompts, drawn \
+         within each category). Wrecked: frames in which the second judge finds no valid \
+         scene.\n"
     );
     let mut suites: Vec<&str> = rows.iter().map(|r| r.suite.as_str()).collect();
     suites.dedup();
@@ -407,10 +457,30 @@ mod tests {
         };
         Scored {
             prompt,
+            category: 0,
             checker: marks,
             judge: marks,
             wrecked: false,
         }
+    }
+
+    /// Two categories whose prompts each gain alike (every relation in one, none in the
+    /// other): whichever prompts a resample draws within each category, the change is the
+    /// same, so the interval is a point. Drawn across categories, it would be wide.
+    #[test]
+    fn the_interval_resamples_prompts_within_each_category() {
+        let in_category = |s: Scored, category| Scored { category, ..s };
+        let base: Vec<Scored> = (0..10)
+            .map(|p| in_category(scored(p, 0, 2), p / 5))
+            .collect();
+        let row: Vec<Scored> = (0..10)
+            .map(|p| in_category(scored(p, if p < 5 { 2 } else { 0 }, 2), p / 5))
+            .collect();
+        let (lo, hi) = paired_interval(&base, &row, |s| relations(s.checker), 500);
+        assert!(
+            (lo - 0.5).abs() < 1e-12 && (hi - 0.5).abs() < 1e-12,
+            "{lo}..{hi}"
+        );
     }
 
     #[test]

@@ -56,6 +56,8 @@ enum Command {
     /// LINA's evaluation under two judges: plain sampling, the full plan and its ablation, the
     /// predictor, best-of-N by the checker and the verifier-guided repair.
     Eval(eval::EvalArgs),
+    /// An evaluation's tables rendered again from its saved scores (`eval.json`).
+    EvalTable(eval::TableArgs),
     /// Fit LINA's per-prompt plan predictor to a search's scores.
     LinaFit(search::FitArgs),
     /// Many images from one loaded model; fails if memory grew.
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         Command::EmbedShift(args) => diagnose::embed_shift(args),
         Command::LinaSearch(args) => search::search(args),
         Command::Eval(args) => eval::eval(args),
+        Command::EvalTable(args) => eval::eval_table(args),
         Command::LinaFit(args) => search::fit(args),
         Command::Soak(args) => soak::run(args),
     };

@@ -392,7 +392,7 @@ pub(crate) enum PlanChoice {
 }
 
 /// What a suite's images cost, summed over them.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Cost {
     pub images: usize,
     /// UNet evaluations (batch rows).
@@ -408,7 +408,7 @@ impl Cost {
 }
 
 /// One judge's marks on one image.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Marks {
     pub relations_passed: usize,
     pub relations: usize,
@@ -418,19 +418,32 @@ pub(crate) struct Marks {
 
 /// One image under both judges: the probe's checker and the second judge
 /// (`lina_judge`), which share no code.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Scored {
     /// The prompt's position in the suite: the unit the bootstrap resamples.
     pub prompt: usize,
+    /// The prompt's category, by its position in `Category::ALL`: the stratum the bootstrap
+    /// resamples within. (Scores saved before it was kept read as one stratum.)
+    #[serde(default)]
+    pub category: usize,
     pub checker: Marks,
     pub judge: Marks,
     /// The second judge finds no valid scene.
     pub wrecked: bool,
 }
 
-/// Scores an image with both judges, given the checker's verdicts on it.
+/// A category's position in `Category::ALL`.
+fn category_index(category: lina_probe::Category) -> usize {
+    lina_probe::Category::ALL
+        .iter()
+        .position(|&c| c == category)
+        .unwrap_or_else(|| unreachable!("every category is in Category::ALL"))
+}
+
+/// Scores an image with both judges, given the checker's verdicts on it (the image of
+/// prompt `prompt` of the suite, in category `category`).
 fn score(
-    prompt: usize,
+    (prompt, category): (usize, usize),
     verdicts: &[lina_probe::check::Verdict],
     image: &Image,
     csg: &lina_csg::Csg,
@@ -446,6 +459,7 @@ fn score(
     let relations: Vec<_> = j.verdicts.iter().filter(|v| v.relation).collect();
     Scored {
         prompt,
+        category,
         checker,
         judge: Marks {
             relations_passed: relations.iter().filter(|v| v.passed).count(),
@@ -559,7 +573,13 @@ pub(crate) async fn run_suite(
                 write(&out.join(&file), &image.to_png()?)?;
             }
             let verdicts = check(&image, &scene.csg);
-            scored.push(score(prompt, &verdicts, &image, &scene.csg, &judge));
+            scored.push(score(
+                (prompt, category_index(id.category)),
+                &verdicts,
+                &image,
+                &scene.csg,
+                &judge,
+            ));
             report.add(*id, &scene, seed, &file, verdicts);
             images.push(image);
         }

@@ -537,5 +537,38 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
     assert_eq!(rows[5]["cost"]["evaluations"], 2, "{}", rows[5]);
     let md = std::fs::read_to_string(dir.join("eval.md")).unwrap();
     assert!(md.contains("from truth at 0.25"), "{md}");
+    // Each image keeps its category, the stratum the intervals resample within.
+    assert_eq!(rows[0]["scored"][0]["category"], 4, "quantity: {}", rows[0]);
+    // The tables rendered again from the saved scores are the tables the run wrote.
+    let scores = dir.join("eval.json");
+    let again = cli(&[
+        "eval-table",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--resamples",
+        "10",
+    ]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let rows_of = |md: &str| -> Vec<String> {
+        md.lines()
+            .filter(|l| l.starts_with("| "))
+            .map(str::to_string)
+            .collect()
+    };
+    let table = text(&again.stdout);
+    assert!(!rows_of(&md).is_empty());
+    assert_eq!(rows_of(&table), rows_of(&md), "{table}");
+    // Not an evaluation's scores: a clear error.
+    let bad = cli(&[
+        "eval-table",
+        "--scores",
+        dir.join("eval.md").to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("not an evaluation's scores"),
+        "{}",
+        text(&bad.stderr)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
