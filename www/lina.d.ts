@@ -188,8 +188,9 @@ export interface Plan {
   /**
    * Attention-map energies with a latent update: after each step of its window, what a
    * boxed entity's words attend to moves toward its box, this fraction of the way (times the
-   * share of their attention still outside), in [0, 1]; 0 turns it off. Gradient-free: no
-   * extra model evaluation (docs/lina.md).
+   * share of their attention still outside, and the map's focus: near 0 for a map spread
+   * over the whole image), in [0, 1]; 0 turns it off. Gradient-free: no extra model
+   * evaluation (docs/lina.md).
    */
   energyStrength?: number;
   energyWindow?: [number, number];

@@ -27,7 +27,7 @@ const SLIDERS = [
     "Inside its box, an entity's words weigh this much more in every cross-attention layer than outside it (try 2)."),
   ...runWindow("attention", "Region-controlled attention", "Where in the run it starts.", "Where it stops."),
   strength("energyStrength", "Attention-energy update", "Attention-energy update: strength", 1, 0.05, (v) => (v === 0 ? "off" : `${Math.round(v * 100)}% of the way`),
-    "After each step, moves what an entity's words attend to toward its box, this share of the way (times the share still outside). Only a model that places words in its attention can follow it."),
+    "After each step, moves what an entity's words attend to toward its box, this share of the way (times the share still outside, and how focused the word's map is). Only a model that places words in its attention can follow it; flat maps move nothing."),
   ...runWindow("energy", "Attention-energy update", "Where in the run it starts.", "Where it stops."),
   {
     ...strength("warp", "Schedule", "Schedule warp", 3, 0.1, (v) => (v === 1 ? "1 (plain)" : `${v}`),
