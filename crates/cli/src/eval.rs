@@ -43,10 +43,10 @@ pub struct EvalArgs {
     variants: Option<Vec<String>>,
     /// Best-of-N's N (default: the full plan's cost in wall time over plain sampling's,
     /// rounded up, at least 2).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     best_of: Option<u64>,
     /// Bootstrap resamples for the intervals.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = common::positive)]
     resamples: usize,
     /// Add a "from truth at S" row for each of these img2img strengths (comma-separated): a
     /// ceiling rather than a baseline, plain sampling started from each scene's rendered ground
@@ -231,7 +231,7 @@ pub struct TableArgs {
     #[arg(long)]
     scores: PathBuf,
     /// Bootstrap resamples for the intervals.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = common::positive)]
     resamples: usize,
 }
 

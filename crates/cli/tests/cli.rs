@@ -570,5 +570,15 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
         "{}",
         text(&bad.stderr)
     );
+    // No resample, no interval: refused as the arguments are read (it once panicked after
+    // every image of an evaluation was made).
+    let none = cli(&[
+        "eval-table",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--resamples",
+        "0",
+    ]);
+    assert_eq!(none.status.code(), Some(2), "{}", text(&none.stderr));
     std::fs::remove_dir_all(&dir).unwrap();
 }
