@@ -105,7 +105,7 @@ pub struct EmbedShiftArgs {
     #[arg(long)]
     suite: Option<String>,
     /// Prompts per category of the suite.
-    #[arg(long, requires = "suite")]
+    #[arg(long, requires = "suite", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 }
 

@@ -27,10 +27,10 @@ pub(crate) struct SuiteArgs {
     #[arg(long)]
     model: PathBuf,
     /// Seeds per prompt, 0..N (default: 4; 2 for lina-search).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     seeds: Option<u64>,
     /// Prompts per category (the whole suite by default).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// The first prompt of each category.
     #[arg(long, default_value_t = 0)]
@@ -79,7 +79,7 @@ pub struct RenderArgs {
     #[arg(long)]
     suite: String,
     /// Scenes per category.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// Render each scene broken (its physics wrong), to check that the checker fails it.
     #[arg(long)]
@@ -94,7 +94,7 @@ pub struct DataArgs {
     #[arg(long)]
     split: String,
     /// Images to write.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: u64,
     /// Also write each image's per-pixel labels for the second judge's segmenter
     /// (labels.u8, one byte per pixel: `lina_judge::Label`), as tools/train_judge.py reads

@@ -509,6 +509,20 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
         "--out",
         out,
     ];
+    // No seed or no prompt is refused as the arguments are read (no seed once panicked
+    // after every row was made).
+    for (flag, value) in [("--seeds", "0"), ("--count", "0")] {
+        let mut none = args.clone();
+        let at = none.iter().position(|a| *a == flag).unwrap();
+        none[at + 1] = value;
+        let none = cli(&none);
+        assert_eq!(
+            none.status.code(),
+            Some(2),
+            "{flag}: {}",
+            text(&none.stderr)
+        );
+    }
     let refused = cli(&args);
     assert_eq!(refused.status.code(), Some(1));
     assert!(
