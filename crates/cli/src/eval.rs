@@ -205,6 +205,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                     cost: outcome.cost,
                     scored: outcome.scored,
                 });
+                // Saved after every row, so that a run stopped part way keeps what it made
+                // (`eval-table` renders the rows done).
+                save_scores(&out, &done)?;
             }
         }
         let (first, n) = (suites[0].first, suites[0].per_category);
@@ -217,12 +220,16 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         );
         let md = table(&done, &settings, resamples);
         write(&out.join("eval.md"), md.as_bytes())?;
-        let json = serde_json::to_string_pretty(&done).expect("rows serialise");
-        write(&out.join("eval.json"), json.as_bytes())?;
         println!("{md}");
         println!("wrote {}", out.join("eval.md").display());
         Ok(())
     })
+}
+
+/// Every row's scores so far, as `eval.json` in `out`.
+fn save_scores(out: &std::path::Path, done: &[Evaluated]) -> Result<()> {
+    let json = serde_json::to_string_pretty(done).expect("rows serialise");
+    write(&out.join("eval.json"), json.as_bytes())
 }
 
 #[derive(clap::Args)]
