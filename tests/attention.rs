@@ -209,7 +209,7 @@ fn region_controlled_attention_moves_each_nodes_attention_into_its_box() {
 /// `energy`'s unit test: the tiny random model attends nowhere in particular.)
 #[test]
 fn the_attention_energy_update_reads_its_energy_and_moves_the_latents() {
-    use lina::energy::EnergyGuidance;
+    use lina::energy::{EnergyGuidance, Reading};
     for (name, device) in test_devices() {
         let pipe = pipe(&device);
         let csg = scene();
@@ -223,20 +223,21 @@ fn the_attention_energy_update_reads_its_energy_and_moves_the_latents() {
         };
         let moved = run(&mut (&mut guidance, &mut recorder));
         let plain = run(&mut lina_runtime::pipeline::NoHook);
-        let steps: Vec<usize> = guidance.energies.iter().map(|(s, _)| *s).collect();
+        let steps: Vec<usize> = guidance.readings.iter().map(|r| r.step).collect();
         assert_eq!(
             steps,
             [0, 1, 2],
             "{name}: one energy per step of the window"
         );
-        let focused: Vec<usize> = guidance.focus.iter().map(|(s, _)| *s).collect();
-        assert_eq!(focused, steps, "{name}: one focus per step of the window");
         assert!(
-            guidance.focus.iter().all(|(_, f)| (0.0..=1.0).contains(f)),
+            guidance
+                .readings
+                .iter()
+                .all(|r| (0.0..=1.0).contains(&r.focus)),
             "{name}: focus {:?}",
-            guidance.focus
+            guidance.readings
         );
-        for &(step, energy) in &guidance.energies {
+        for &Reading { step, energy, .. } in &guidance.readings {
             let by_hand: f32 = csg
                 .nodes
                 .iter()

@@ -554,14 +554,16 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
     // Each image keeps its category, the stratum the intervals resample within.
     assert_eq!(rows[0]["scored"][0]["category"], 4, "quantity: {}", rows[0]);
     // The tables rendered again from the saved scores are the tables the run wrote.
-    let scores = dir.join("eval.json");
-    let again = cli(&[
-        "eval-table",
-        "--scores",
-        scores.to_str().unwrap(),
-        "--resamples",
-        "10",
-    ]);
+    let table_of = |scores: &std::path::Path, resamples: &str| {
+        cli(&[
+            "eval-table",
+            "--scores",
+            scores.to_str().unwrap(),
+            "--resamples",
+            resamples,
+        ])
+    };
+    let again = table_of(&dir.join("eval.json"), "10");
     assert!(again.status.success(), "{}", text(&again.stderr));
     let rows_of = |md: &str| -> Vec<String> {
         md.lines()
@@ -573,11 +575,7 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
     assert!(!rows_of(&md).is_empty());
     assert_eq!(rows_of(&table), rows_of(&md), "{table}");
     // Not an evaluation's scores: a clear error.
-    let bad = cli(&[
-        "eval-table",
-        "--scores",
-        dir.join("eval.md").to_str().unwrap(),
-    ]);
+    let bad = table_of(&dir.join("eval.md"), "10");
     assert_eq!(bad.status.code(), Some(1));
     assert!(
         text(&bad.stderr).contains("not an evaluation's scores"),
@@ -586,13 +584,7 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
     );
     // No resample, no interval: refused as the arguments are read (it once panicked after
     // every image of an evaluation was made).
-    let none = cli(&[
-        "eval-table",
-        "--scores",
-        scores.to_str().unwrap(),
-        "--resamples",
-        "0",
-    ]);
+    let none = table_of(&dir.join("eval.json"), "0");
     assert_eq!(none.status.code(), Some(2), "{}", text(&none.stderr));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -56,10 +56,18 @@ pub struct EnergyGuidance {
     window: Range<usize>,
     /// The step just taken and its record, until `between_steps` uses it.
     pending: Option<(usize, AttentionRecord)>,
-    /// Each controlled step and the energy its record gave, before the update.
-    pub energies: Vec<(usize, f64)>,
-    /// Each controlled step and its nodes' mean [`focus`]: how much of the move it made.
-    pub focus: Vec<(usize, f64)>,
+    /// What each controlled step read off its record, before the update.
+    pub readings: Vec<Reading>,
+}
+
+/// One controlled step's reading of its attention record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    pub step: usize,
+    /// `E = Σ_k (1 − s_k)²` over the boxed nodes.
+    pub energy: f64,
+    /// The nodes' mean [`focus`]: how much of the move the step made.
+    pub focus: f64,
 }
 
 impl EnergyGuidance {
@@ -83,8 +91,7 @@ impl EnergyGuidance {
             strength,
             window,
             pending: None,
-            energies: Vec::new(),
-            focus: Vec::new(),
+            readings: Vec::new(),
         })
     }
 
@@ -280,8 +287,11 @@ impl StepHook for EnergyGuidance {
             let maps = read_f32(Tensor::cat(maps, 0), "attention maps").await?;
             let values = read_f32(x0.clone(), "clean latents").await?;
             let (delta, energy, focus) = self.update(&maps, &values, (c, h, w));
-            self.energies.push((step, energy));
-            self.focus.push((step, focus));
+            self.readings.push(Reading {
+                step,
+                energy,
+                focus,
+            });
             let device = x0.device();
             sampling.shift_clean(Tensor::from_data(
                 TensorData::new(delta, [1, c, h, w]),
@@ -295,6 +305,21 @@ impl StepHook for EnergyGuidance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One node, "ball" (token 1), boxed in the bottom right quarter.
+    fn guidance(strength: f64) -> EnergyGuidance {
+        EnergyGuidance {
+            targets: vec![BoxedNode {
+                id: "ball".into(),
+                positions: vec![1],
+                bbox: [0.5, 0.5, 1.0, 1.0],
+            }],
+            strength,
+            window: 0..1,
+            pending: None,
+            readings: Vec::new(),
+        }
+    }
 
     #[test]
     fn a_translation_moves_a_peak_by_whole_and_half_cells() {
@@ -313,18 +338,6 @@ mod tests {
     #[test]
     fn the_update_moves_attended_content_toward_the_box() {
         let (h, w) = (8, 8);
-        let guidance = |strength| EnergyGuidance {
-            targets: vec![BoxedNode {
-                id: "ball".into(),
-                positions: vec![1],
-                bbox: [0.5, 0.5, 1.0, 1.0],
-            }],
-            strength,
-            window: 0..1,
-            pending: None,
-            energies: Vec::new(),
-            focus: Vec::new(),
-        };
         let mut map = vec![0.0f32; h * w];
         let mut x0 = vec![-1.0f32; h * w];
         for (x, y) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
@@ -382,18 +395,7 @@ mod tests {
     #[test]
     fn a_flat_map_moves_next_to_nothing() {
         let (h, w) = (8, 8);
-        let guidance = EnergyGuidance {
-            targets: vec![BoxedNode {
-                id: "ball".into(),
-                positions: vec![1],
-                bbox: [0.5, 0.5, 1.0, 1.0],
-            }],
-            strength: 1.0,
-            window: 0..1,
-            pending: None,
-            energies: Vec::new(),
-            focus: Vec::new(),
-        };
+        let guidance = guidance(1.0);
         let mut x0 = vec![-1.0f32; h * w];
         let mut flat = vec![0.7f32; h * w];
         for (x, y) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
