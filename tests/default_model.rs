@@ -189,10 +189,17 @@ fn the_default_model_s_predictor_suggests_one_of_its_candidate_plans() {
     // its mirror image is not. (Two objects lit from the right are held out of the model's
     // training and never sampled by the search: its rows for them are the mirror images of
     // two objects lit from the left.)
-    for (side, mirrored) in [("right", true), ("left", false)] {
-        let prompt = format!("a red cube and a blue ball lit from the {side}");
-        let csg = lina_csg::parse::parse(&prompt).unwrap();
-        let s = pollster::block_on(predictor.suggest_for(&pipe, &prompt, &csg)).unwrap();
+    // And which colour the model draws on which side of a pair: the training prompts with a
+    // green thing left of a purple one are drawn right plainly and wrong mirrored, so their
+    // mirror images (purple on the left) are drawn mirrored.
+    for (prompt, mirrored) in [
+        ("a red cube and a blue ball lit from the right", true),
+        ("a red cube and a blue ball lit from the left", false),
+        ("a purple cone to the left of a green cube", true),
+        ("a purple cone to the right of a green cube", false),
+    ] {
+        let csg = lina_csg::parse::parse(prompt).unwrap();
+        let s = pollster::block_on(predictor.suggest_for(&pipe, prompt, &csg)).unwrap();
         assert_eq!(s.plan.mirror, mirrored, "{prompt}: {s:?}");
     }
 }

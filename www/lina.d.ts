@@ -142,7 +142,7 @@ export interface Suggestion {
   candidate: string;
   /** Its plan, every field filled in. */
   plan: Required<Plan>;
-  /** Each candidate's predicted share of the checker's checks that pass, [name, share]. */
+  /** Each candidate's predicted score, [name, share]: the share of the checker's relation checks that pass (of all its checks, for a scene without relations). */
   predicted: [string, number][];
 }
 

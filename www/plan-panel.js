@@ -235,13 +235,14 @@ export class PlanPanel {
       if (this.preset === "suggested") this.choose("off");
       return;
     }
-    // The predictor regresses each candidate's share of passing checks; a regression can
-    // stray past the ends, which no share can: shown clamped, as a share.
+    // The predictor regresses each candidate's share of passing relation checks (of all
+    // checks, for a scene without relations); a regression can stray past the ends, which
+    // no share can: shown clamped, as a share.
     const percent = (/** @type {number} */ share) => `${Math.round(100 * Math.min(1, Math.max(0, share)))}%`;
     const ranked = [...suggestion.predicted].sort((a, b) => b[1] - a[1]);
     const others = ranked.map(([name, share]) => `${name} ${percent(share)}`).join(", ");
     this.suggestionElement.textContent =
-      `The predictor suggests "${suggestion.candidate}" for this prompt: it expects the most checks to pass with it (expected share of checks passing: ${others}).`;
+      `The predictor suggests "${suggestion.candidate}" for this prompt: it expects the most of the scene's relations to hold with it (expected share holding: ${others}).`;
     if (this.preset === "suggested") this.show(suggestion.plan);
   }
 

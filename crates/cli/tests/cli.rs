@@ -588,3 +588,67 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
     assert_eq!(none.status.code(), Some(2), "{}", text(&none.stderr));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The predictor's training as a user runs it: two searches over different prompts of the
+/// training suite, fitted together; a search sampled with other settings is refused.
+#[test]
+fn lina_fit_fits_several_searches_together() {
+    let dir = std::env::temp_dir().join(format!("lina-cli-fit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let search = |first: &str, steps: &str, out: &str| {
+        let run = cli(&[
+            "lina-search",
+            "--model",
+            MODEL,
+            "--suite",
+            "train:spatial",
+            "--first",
+            first,
+            "--count",
+            "1",
+            "--seeds",
+            "1",
+            "--steps",
+            steps,
+            "--out",
+            &path(out),
+        ]);
+        assert!(run.status.success(), "{}", text(&run.stderr));
+    };
+    search("0", "3", "a.json");
+    search("1", "3", "b.json");
+    search("2", "2", "other.json");
+    let fit = |files: &[&str]| {
+        let mut args = vec!["lina-fit".to_string(), "--lambda".into(), "1".into()];
+        for f in files {
+            args.extend(["--search".to_string(), path(f)]);
+        }
+        args.extend(["--out".to_string(), path("predictor.json")]);
+        cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let one = fit(&["a.json"]);
+    assert!(one.status.success(), "{}", text(&one.stderr));
+    let trained = |p: &str| {
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        json["trained"].as_str().unwrap().to_string()
+    };
+    assert!(
+        trained(&path("predictor.json")).contains(" on 1 prompts"),
+        "{}",
+        trained(&path("predictor.json"))
+    );
+    let both = fit(&["a.json", "b.json"]);
+    assert!(both.status.success(), "{}", text(&both.stderr));
+    assert!(
+        trained(&path("predictor.json")).contains(" on 2 prompts"),
+        "{}",
+        trained(&path("predictor.json"))
+    );
+    let mixed = fit(&["a.json", "other.json"]);
+    assert_eq!(mixed.status.code(), Some(1), "{}", text(&mixed.stderr));
+    let e = text(&mixed.stderr);
+    assert!(e.contains("other.json") && e.contains("differ"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

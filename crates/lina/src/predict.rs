@@ -2,9 +2,9 @@
 //!
 //! Ours (the paper's abstract says only that a small learned predictor chooses the
 //! interventions per prompt): a fixed set of candidate plans, and for each a linear model of
-//! the share of the probe checker's checks that pass, over features of the prompt's scene
-//! graph and of its text embedding. The suggestion is the candidate with the highest
-//! predicted share. Trained by `lina-cli lina-search` (every candidate on the probe's
+//! the share of the probe checker's relation checks that pass (of all its checks, for a
+//! scene without relations), over features of the prompt's scene graph and of its text
+//! embedding. The suggestion is the candidate with the highest predicted share. Trained by `lina-cli lina-search` (every candidate on the probe's
 //! training prompts, scored by the checker) and `lina-cli lina-fit` (ridge regression); the
 //! weights ship with the model as `lina_predictor.json`. A suggestion is a whole [`Plan`], so
 //! every value can still be overridden.
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Plan;
 use super::prompt::relation_positions;
-use lina_csg::{Class, Csg, Light, Predicate};
+use lina_csg::{Class, Colour, Csg, Light, Predicate};
 use lina_runtime::error::{Error, Result};
 use lina_runtime::pipeline::StableDiffusion;
 use lina_runtime::source::FileSource;
@@ -22,7 +22,7 @@ use lina_runtime::source::FileSource;
 pub const FILE: &str = "lina_predictor.json";
 
 /// The file format's version; a predictor of another version is refused.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// What the predictor sees of a prompt, in order.
 pub const FEATURES: &[&str] = &[
@@ -41,6 +41,11 @@ pub const FEATURES: &[&str] = &[
     "count>1",
     "small or large",
     "objects/4",
+    "red on the left",
+    "green on the left",
+    "blue on the left",
+    "yellow on the left",
+    "purple on the left",
     "relation token share",
     "relation embedding shift",
 ];
@@ -105,6 +110,33 @@ pub fn graph_features(csg: &Csg) -> Vec<f64> {
         csg.nodes.iter().any(|n| n.size.is_some()) as u8 as f64,
         objects / 4.0,
     ]
+    .into_iter()
+    .chain(sides(csg))
+    .collect()
+}
+
+/// Per colour, in [`Colour::ALL`]'s order: +1 where a node of that colour is on the left of
+/// a left-right relation, -1 where it is on the right (0 for both or neither). A model learns
+/// its own arrangements of two things side by side, and which side it draws an attribute on
+/// is part of that prior (the embedded model draws a pair of colours in one order whatever
+/// the prompt says; docs/lina.md, "Which side"). The features are antisymmetric: the mirror
+/// image's text negates them, so a search's mirror rows teach both sides of every pair.
+fn sides(csg: &Csg) -> [f64; 5] {
+    let mut out = [0.0; 5];
+    for r in &csg.relations {
+        let (left, right) = match r.predicate {
+            Predicate::LeftOf => (&r.subject, &r.object),
+            Predicate::RightOf => (&r.object, &r.subject),
+            _ => continue,
+        };
+        for (node, sign) in [(left, 1.0), (right, -1.0)] {
+            if let Some(c) = csg.node(node).and_then(|n| n.colour) {
+                let i = Colour::ALL.iter().position(|&k| k == c).expect("a colour");
+                out[i] += sign;
+            }
+        }
+    }
+    out.map(|v: f64| v.clamp(-1.0, 1.0))
 }
 
 /// All features of a prompt: its graph's, then two from the model's text embedding: the
@@ -328,6 +360,32 @@ mod tests {
             assert_ne!(all[k].1.mirror, all[partner].1.mirror);
             assert_eq!(mirror_partner(&all, partner), Some(k));
         }
+    }
+
+    #[test]
+    fn the_side_features_say_which_colour_is_on_the_left_and_the_mirror_negates_them() {
+        let sides = |prompt: &str| {
+            let x = graph_features(&lina_csg::parse::parse(prompt).unwrap());
+            let at = |name: &str| FEATURES.iter().position(|f| *f == name).unwrap();
+            ["red", "blue", "green"].map(|c| x[at(&format!("{c} on the left"))])
+        };
+        // The same arrangement said both ways.
+        assert_eq!(
+            sides("a red ball to the left of a blue cube"),
+            [1.0, -1.0, 0.0]
+        );
+        assert_eq!(sides("a blue cube right of a red ball"), [1.0, -1.0, 0.0]);
+        // The mirror image's text negates them.
+        let prompt = "a blue cube to the left of a green cone";
+        let mirrored = crate::mirror::mirrored(prompt).unwrap();
+        assert_eq!(sides(prompt), [0.0, 1.0, -1.0]);
+        assert_eq!(sides(&mirrored), [0.0, -1.0, 1.0]);
+        // No left-right relation, or no colour: nothing.
+        assert_eq!(
+            sides("a red cube and a blue ball lit from the right"),
+            [0.0; 3]
+        );
+        assert_eq!(sides("a ball to the left of a cube"), [0.0; 3]);
     }
 
     #[test]
