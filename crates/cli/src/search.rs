@@ -291,9 +291,9 @@ fn merged(paths: &[PathBuf]) -> Result<Search> {
     all.ok_or_else(|| Error::InvalidInput("lina-fit: no --search".into()))
 }
 
-/// `lina-fit --search SEARCH.json [--search MORE.json] [--lambda L] --out lina_predictor.json`: one ridge
-/// regression per candidate, from the prompts' features to the candidate's score, with the
-/// ridge strength cross-validated unless given.
+/// `lina-fit --search SEARCH.json [--search MORE.json] [--lambda L] --out
+/// lina_predictor.json`: one ridge regression per candidate, from the prompts' features to
+/// the candidate's score, with the ridge strength cross-validated unless given.
 pub fn fit(args: FitArgs) -> Result<()> {
     let FitArgs {
         search: paths,

@@ -4,10 +4,11 @@
 //! interventions per prompt): a fixed set of candidate plans, and for each a linear model of
 //! the share of the probe checker's relation checks that pass (of all its checks, for a
 //! scene without relations), over features of the prompt's scene graph and of its text
-//! embedding. The suggestion is the candidate with the highest predicted share. Trained by `lina-cli lina-search` (every candidate on the probe's
-//! training prompts, scored by the checker) and `lina-cli lina-fit` (ridge regression); the
-//! weights ship with the model as `lina_predictor.json`. A suggestion is a whole [`Plan`], so
-//! every value can still be overridden.
+//! embedding. The suggestion is the candidate with the highest predicted share. Trained by
+//! `lina-cli lina-search` (every candidate on the probe's training prompts, scored by the
+//! checker) and `lina-cli lina-fit` (ridge regression); the weights ship with the model as
+//! `lina_predictor.json`. A suggestion is a whole [`Plan`], so every value can still be
+//! overridden.
 
 use serde::{Deserialize, Serialize};
 
