@@ -121,14 +121,14 @@ pub fn search(args: SearchArgs) -> Result<()> {
                     .await?
                     .generated
                     .image;
-                    let verdicts = check(&image, &scene.csg);
-                    passed += verdicts.iter().filter(|v| v.passed).count();
-                    total += verdicts.len();
-                    related += verdicts
-                        .iter()
-                        .filter(|v| v.is_relation() && v.passed)
-                        .count();
-                    relations += verdicts.iter().filter(|v| v.is_relation()).count();
+                    for v in check(&image, &scene.csg) {
+                        passed += usize::from(v.passed);
+                        total += 1;
+                        if v.is_relation() {
+                            related += usize::from(v.passed);
+                            relations += 1;
+                        }
+                    }
                 }
                 // The evaluation's headline is the relations, and on a scene that has them
                 // the other checks (shapes, counts) move with every new sample whatever the
