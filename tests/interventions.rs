@@ -67,12 +67,12 @@ fn the_baseline_plan_is_the_plain_sampler() {
 fn ablation_variants_turn_one_component_on_or_off() {
     use intervene::Component;
     // The default plan leaves the region terms, the attention control, the attention-energy
-    // update, the schedule and the mirrored frame off (docs/lina.md); `with` turns each on,
-    // and with them it uses all six.
+    // update, the schedule, the mirrored frame and the guidance factor off (docs/lina.md);
+    // `with` turns each on, and with them it uses all seven.
     let lina = Plan::lina();
     assert!(!lina.uses(Component::Regions) && !lina.uses(Component::Schedule));
     assert!(!lina.uses(Component::Attention) && !lina.uses(Component::Mirror));
-    assert!(!lina.uses(Component::Energy));
+    assert!(!lina.uses(Component::Energy) && !lina.uses(Component::Guidance));
     assert!(lina.uses(Component::Prompt));
     let full = Component::ALL
         .into_iter()
@@ -84,6 +84,7 @@ fn ablation_variants_turn_one_component_on_or_off() {
             .with(Component::Attention)
             .with(Component::Energy)
             .with(Component::Mirror)
+            .with(Component::Guidance)
     );
     assert_eq!(full.with(Component::Prompt), full, "on already: unchanged");
     for c in Component::ALL {
@@ -99,6 +100,35 @@ fn ablation_variants_turn_one_component_on_or_off() {
         full.only(Component::Prompt)
             .without(Component::Prompt)
             .is_baseline()
+    );
+}
+
+#[test]
+fn a_guidance_factor_is_plain_sampling_at_that_share_of_the_scale() {
+    // The plan scales the run's own guidance, so the same factor means the same on a model
+    // sampled at 7.5 as on one sampled at 3; nothing else changes.
+    let pipe = pipe();
+    let o = opts("a red ball on a small mirror");
+    let half = Plan {
+        guidance: 0.5,
+        ..Plan::default()
+    };
+    let out = with_plan(&pipe, &o, &half);
+    let scaled = GenerateOptions {
+        guidance_scale: o.guidance_scale * 0.5,
+        ..o.clone()
+    };
+    assert!(
+        o.guidance_scale * 0.5 > 1.0,
+        "both runs guide: same evaluations"
+    );
+    assert_eq!(out.generated.image, plain(&pipe, &scaled));
+    assert_ne!(out.generated.image, plain(&pipe, &o));
+    assert_eq!(out.evaluations, 2 * 6, "two rows a step, as plain sampling");
+    assert!(
+        out.described.iter().any(|d| d.starts_with("guidance ")),
+        "{:?}",
+        out.described
     );
 }
 
@@ -281,6 +311,27 @@ fn bad_plans_are_clear_errors() {
                 ..Plan::default()
             },
             "attentionWindow",
+        ),
+        (
+            Plan {
+                guidance: 0.0,
+                ..Plan::default()
+            },
+            "guidance",
+        ),
+        (
+            Plan {
+                guidance: f64::NAN,
+                ..Plan::default()
+            },
+            "guidance",
+        ),
+        (
+            Plan {
+                guidance: Plan::MAX_GUIDANCE_FACTOR * 2.0,
+                ..Plan::default()
+            },
+            "guidance",
         ),
     ] {
         let err = lina_run(&pipe, &o, &csg, &plan, &mut NoHook)

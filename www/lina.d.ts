@@ -207,6 +207,11 @@ export interface Plan {
   mirror?: boolean;
   /** Schedule warp toward the noisy start; 1 is the plain schedule. */
   warp?: number;
+  /**
+   * Classifier-free guidance as a factor of the run's `guidanceScale`, in (0, 4]: 1 keeps
+   * it (the default), 0.5 halves it.
+   */
+  guidance?: number;
 }
 
 /** A Causal Scene Graph (schema: docs/probe.md). */

@@ -34,6 +34,11 @@ const SLIDERS = [
       "1 is the plain schedule; above 1 gives the noisy first steps, where the layout forms, more of the run."),
     min: 0.5,
   },
+  {
+    ...strength("guidance", "Guidance scale", "Guidance factor", 2, 0.05, (v) => (v === 1 ? "1× (the run's scale)" : `${v}× the run's scale`),
+      "Multiplies the run's classifier-free guidance scale. Where two things share a scene, weaker guidance keeps each one's colour and shape apart more often on the embedded model."),
+    min: 0.25,
+  },
 ];
 
 /**
@@ -47,7 +52,7 @@ const SWITCHES = [
 
 /**
  * A slider of one of the plan's numbers, from 0 (off) to `max`.
- * @param {"promptStrength" | "nodeWeight" | "effectWeight" | "attentionStrength" | "energyStrength" | "warp"} field
+ * @param {"promptStrength" | "nodeWeight" | "effectWeight" | "attentionStrength" | "energyStrength" | "warp" | "guidance"} field
  * @param {string} group @param {string} label @param {number} max @param {number} step
  * @param {(v: number) => string} unit @param {string} help
  */

@@ -10,6 +10,8 @@
 //!   its box inside the UNet's cross-attention layers;
 //! - `mirror`: the mirrored frame, the model drawing the scene's mirror image from the mirror
 //!   image's text (left and right swapped);
+//! - the guidance factor ([`Plan::guidance`]): the run's classifier-free guidance scale,
+//!   scaled for this prompt;
 //! - `predict`: the learned per-prompt choice of a plan.
 //!
 //! No judge steers: nothing here consults the probe's checker, segmenter or palette (this
@@ -71,6 +73,11 @@ pub struct Plan {
     pub mirror: bool,
     /// Schedule warp toward the noisy start; 1 is the plain schedule.
     pub warp: f64,
+    /// Classifier-free guidance as a factor of the run's own scale: 1 keeps it, 0.5 halves
+    /// it. A factor, not a scale, so that a plan means the same on a model sampled at 7.5 as
+    /// on one sampled at 3. Where two things share a scene, the embedded model binds their
+    /// colours and shapes better under weaker guidance (docs/lina.md, "Weaker guidance").
+    pub guidance: f64,
 }
 
 impl Default for Plan {
@@ -89,6 +96,7 @@ impl Default for Plan {
             energy_window: [0.0, 0.3],
             mirror: false,
             warp: 1.0,
+            guidance: 1.0,
         }
     }
 }
@@ -132,6 +140,13 @@ impl Plan {
     /// predictor's "schedule" candidate): the value our first settings search chose.
     pub const SCHEDULE_WARP: f64 = 1.5;
 
+    /// The guidance factor when weaker guidance is turned on by name ([`Plan::with`], the
+    /// predictor's "guidance" candidates): the run's scale halved.
+    pub const GUIDANCE_FACTOR: f64 = 0.5;
+
+    /// The largest guidance factor a plan may ask for.
+    pub const MAX_GUIDANCE_FACTOR: f64 = 4.0;
+
     /// This plan with `component` on at our default settings (unchanged where it is on
     /// already): an ablation's "with" rows, for what the default plan leaves off. Prompt
     /// guidance takes [`Plan::lina`]'s strength and window.
@@ -150,6 +165,7 @@ impl Plan {
             Component::Attention => p.attention_strength = Self::ATTENTION_STRENGTH,
             Component::Energy => p.energy_strength = Self::ENERGY_STRENGTH,
             Component::Mirror => p.mirror = true,
+            Component::Guidance => p.guidance = Self::GUIDANCE_FACTOR,
         }
         p
     }
@@ -189,6 +205,7 @@ impl Plan {
             Component::Attention => p.attention_strength = off.attention_strength,
             Component::Energy => p.energy_strength = off.energy_strength,
             Component::Mirror => p.mirror = off.mirror,
+            Component::Guidance => p.guidance = off.guidance,
         }
         p
     }
@@ -228,6 +245,16 @@ impl Plan {
                 ));
             }
         }
+        if !(self.guidance.is_finite()
+            && self.guidance > 0.0
+            && self.guidance <= Self::MAX_GUIDANCE_FACTOR)
+        {
+            return bad(&format!(
+                "guidance must be a factor in (0, {}], got {}",
+                Self::MAX_GUIDANCE_FACTOR,
+                self.guidance
+            ));
+        }
         if !(0.0..=1.0).contains(&self.energy_strength) {
             return bad(&format!(
                 "energyStrength must be in [0, 1], got {}",
@@ -247,16 +274,18 @@ pub enum Component {
     Attention,
     Energy,
     Mirror,
+    Guidance,
 }
 
 impl Component {
-    pub const ALL: [Component; 6] = [
+    pub const ALL: [Component; 7] = [
         Component::Schedule,
         Component::Prompt,
         Component::Regions,
         Component::Attention,
         Component::Energy,
         Component::Mirror,
+        Component::Guidance,
     ];
 
     pub fn name(self) -> &'static str {
@@ -267,6 +296,7 @@ impl Component {
             Component::Attention => "attention",
             Component::Energy => "energy",
             Component::Mirror => "mirror",
+            Component::Guidance => "guidance",
         }
     }
 }
@@ -339,6 +369,14 @@ pub fn prepare(
         // stepping (and Karras sigmas, which explicit lists exclude).
         opts.timesteps = Timesteps::Explicit(timesteps.clone());
         described.push(format!("schedule warp {}: {timesteps:?}", plan.warp));
+    }
+    if plan.guidance != 1.0 {
+        let scale = opts.guidance_scale * plan.guidance;
+        described.push(format!(
+            "guidance {} x {} = {scale}",
+            opts.guidance_scale, plan.guidance
+        ));
+        opts.guidance_scale = scale;
     }
 
     let mut hooks = Hooks::default();

@@ -142,7 +142,8 @@ pub struct Sweep {
 }
 
 /// Applies `plan`'s prompt- and latent-space guidance at one step at a time (the schedule
-/// warp is left out: it is not local to a step) and records each result. `cancel` stops it
+/// warp and the guidance factor are left out: neither is local to a step) and records each
+/// result. `cancel` stops it
 /// between steps.
 pub async fn step_sweep(
     pipe: &StableDiffusion,
@@ -161,6 +162,7 @@ pub async fn step_sweep(
         let at = [step as f64 / steps as f64, (step + 1) as f64 / steps as f64];
         let single = Plan {
             warp: 1.0,
+            guidance: 1.0,
             prompt_window: at,
             region_window: at,
             ..plan.clone()
