@@ -150,8 +150,8 @@ fn the_default_model_s_predictor_suggests_one_of_its_candidate_plans() {
     let predictor = Predictor::load(&DirSource::new(MODEL))
         .unwrap()
         .expect("www/models/default has lina_predictor.json");
-    // Each shipped candidate is one of this build's, with the same plan: the baseline and
-    // prompt guidance, each in the scene's frame and in the mirrored one.
+    // Each shipped candidate is one of this build's, with the same plan: the baseline, prompt
+    // guidance and half the guidance scale, each in the scene's frame and in the mirrored one.
     for c in &predictor.candidates {
         assert!(
             candidates().contains(&(c.name.clone(), c.plan.clone())),
@@ -192,15 +192,25 @@ fn the_default_model_s_predictor_suggests_one_of_its_candidate_plans() {
     // And which colour the model draws on which side of a pair: the training prompts with a
     // green thing left of a purple one are drawn right plainly and wrong mirrored, so their
     // mirror images (purple on the left) are drawn mirrored.
-    for (prompt, mirrored) in [
-        ("a red cube and a blue ball lit from the right", true),
-        ("a red cube and a blue ball lit from the left", false),
-        ("a purple cone to the left of a green cube", true),
-        ("a purple cone to the right of a green cube", false),
+    // And where weaker guidance pays: lit scenes of several things get half the scale, a
+    // stack, whose top the training prompts lost more often under it, the whole scale.
+    // (Where it ranks the two scales within a hair of each other, the left-right pairs, the
+    // test leaves the scale alone.)
+    let half = Some(lina::Plan::GUIDANCE_FACTOR);
+    for (prompt, mirrored, guidance) in [
+        ("a red cube and a blue ball lit from the right", true, half),
+        ("a red cube and a blue ball lit from the left", false, half),
+        ("two red balls lit from the right", true, half),
+        ("a purple cone to the left of a green cube", true, None),
+        ("a purple cone to the right of a green cube", false, None),
+        ("a red cube on a blue cube", false, Some(1.0)),
     ] {
         let csg = lina_csg::parse::parse(prompt).unwrap();
         let s = pollster::block_on(predictor.suggest_for(&pipe, prompt, &csg)).unwrap();
         assert_eq!(s.plan.mirror, mirrored, "{prompt}: {s:?}");
+        if let Some(g) = guidance {
+            assert_eq!(s.plan.guidance, g, "{prompt}: {s:?}");
+        }
     }
 }
 

@@ -51,10 +51,11 @@ pub const FEATURES: &[&str] = &[
     "relation embedding shift",
 ];
 
-/// The plans the predictor chooses among: the baseline and prompt guidance (the default LINA
-/// plan), each in the scene's frame and in the mirrored frame ([`crate::mirror`]). None costs
-/// an extra UNet evaluation. The schedule, the region terms and the attention control are
-/// not among them: on the embedded model no setting of any of them gained (docs/lina.md).
+/// The plans the predictor chooses among: the baseline, prompt guidance (the default LINA
+/// plan) and half the run's guidance scale ([`Plan::GUIDANCE_FACTOR`]), each in the scene's
+/// frame and in the mirrored frame ([`crate::mirror`]). None costs an extra UNet
+/// evaluation. The schedule, the region terms and the attention control are not among them:
+/// on the embedded model no setting of any of them gained (docs/lina.md).
 ///
 /// Every candidate has a mirror partner, the same plan with the frame toggled, so a search
 /// can use the frame's symmetry ([`mirror_partner`]).
@@ -69,11 +70,17 @@ pub fn candidates() -> Vec<(String, Plan)> {
         mirror: true,
         ..p.clone()
     };
+    let weaker = Plan {
+        guidance: Plan::GUIDANCE_FACTOR,
+        ..base.clone()
+    };
     vec![
         ("baseline".into(), base.clone()),
         ("prompt".into(), prompt.clone()),
         ("mirror".into(), mirrored(&base)),
         ("prompt-mirror".into(), mirrored(&prompt)),
+        ("guidance".into(), weaker.clone()),
+        ("guidance-mirror".into(), mirrored(&weaker)),
     ]
 }
 
