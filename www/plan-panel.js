@@ -35,7 +35,9 @@ const SLIDERS = [
     min: 0.5,
   },
   {
-    ...strength("guidance", "Guidance scale", "Guidance factor", 2, 0.05, (v) => (v === 1 ? "1× (the run's scale)" : `${v}× the run's scale`),
+    // Up to the largest factor a plan may ask for (lina::Plan::MAX_GUIDANCE_FACTOR), so that
+    // any valid plan shows as it is.
+    ...strength("guidance", "Guidance scale", "Guidance factor", 4, 0.05, (v) => (v === 1 ? "1× (the run's scale)" : `${v}× the run's scale`),
       "Multiplies the run's classifier-free guidance scale. Where two things share a scene, weaker guidance keeps each one's colour and shape apart more often on the embedded model."),
     // The page's own "guidance" input is the run's scale.
     id: "planGuidance",

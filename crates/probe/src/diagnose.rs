@@ -143,8 +143,7 @@ pub struct Sweep {
 
 /// Applies `plan`'s prompt- and latent-space guidance at one step at a time (the schedule
 /// warp and the guidance factor are left out: neither is local to a step) and records each
-/// result. `cancel` stops it
-/// between steps.
+/// result. `cancel` stops it between steps.
 pub async fn step_sweep(
     pipe: &StableDiffusion,
     opts: &GenerateOptions,
