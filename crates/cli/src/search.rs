@@ -2,7 +2,7 @@
 //! suite's prompts and scores each with the probe's checker (offline supervision: nothing
 //! that samples consults it), and `lina-fit` fits the predictor to those scores.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use lina::predict::Predictor;
 use lina::{self as intervene, Plan};
@@ -22,6 +22,13 @@ pub struct SearchArgs {
     /// The suite whose prompts are searched (train).
     #[arg(long)]
     suite: String,
+    /// An earlier search of the same model, suite, seeds and settings: each candidate it
+    /// sampled (the same plan) keeps its scores there instead of being sampled again, so
+    /// adding a candidate costs only the new candidate's samples. Sampling is deterministic
+    /// (same seed, same image on the same backend), so the scores are the ones a new run
+    /// would get; the model is not recorded in a search, so its sameness is the caller's.
+    #[arg(long)]
+    reuse: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -64,8 +71,9 @@ struct Search {
     prompts: Vec<Searched>,
 }
 
-/// `lina-search --model DIR --suite train [--count N] [--first I] [--seeds N] [--steps N] [--guidance G]
-/// --out SEARCH.json`: every candidate plan on every prompt of the suite, scored by the checker.
+/// `lina-search --model DIR --suite train [--count N] [--first I] [--seeds N] [--steps N]
+/// [--guidance G] [--reuse EARLIER.json] --out SEARCH.json`: every candidate plan on every
+/// prompt of the suite, scored by the checker.
 ///
 /// The mirrored frame's symmetry does two things here. A mirrored candidate on a prompt with
 /// no word of direction is its partner's run, bit for bit, so it takes the partner's score
@@ -74,11 +82,23 @@ struct Search {
 /// other side). So the predictor learns what mirroring does on both sides of every scene the
 /// suite draws, not only on the side the suite happens to draw it.
 pub fn search(args: SearchArgs) -> Result<()> {
-    let SearchArgs { run, suite: name } = args;
+    let SearchArgs {
+        run,
+        suite: name,
+        reuse,
+    } = args;
     let run = SuiteRun::new(run, 2, 3.0);
     let suite = run.cut(Suite::named(&name)?);
     let (model, out, seeds, mut opts) = (run.model, run.out, run.seeds, run.opts);
+    let settings = format!(
+        "{:?} steps, guidance {}",
+        opts.timesteps, opts.guidance_scale
+    );
     let candidates = intervene::predict::candidates();
+    let earlier = match &reuse {
+        Some(path) => Some(Reused::read(path, &name, seeds, &settings, &candidates)?),
+        None => None,
+    };
     let partners: Vec<usize> = (0..candidates.len())
         .map(|k| {
             intervene::predict::mirror_partner(&candidates, k).ok_or_else(|| {
@@ -103,6 +123,10 @@ pub fn search(args: SearchArgs) -> Result<()> {
             for (k, (_, plan)) in candidates.iter().enumerate() {
                 if plan.mirror && mirrored.is_none() && partners[k] < k {
                     scores.push(scores[partners[k]]);
+                    continue;
+                }
+                if let Some(score) = earlier.as_ref().and_then(|e| e.score(&scene.prompt, k)) {
+                    scores.push(score);
                     continue;
                 }
                 let (mut passed, mut total) = (0usize, 0usize);
@@ -161,10 +185,7 @@ pub fn search(args: SearchArgs) -> Result<()> {
         let search = Search {
             suite: name,
             seeds,
-            settings: format!(
-                "{:?} steps, guidance {}",
-                opts.timesteps, opts.guidance_scale
-            ),
+            settings,
             features: intervene::predict::FEATURES
                 .iter()
                 .map(|f| f.to_string())
@@ -177,6 +198,68 @@ pub fn search(args: SearchArgs) -> Result<()> {
         println!("wrote {}: {} prompts", out.display(), search.prompts.len());
         Ok(())
     })
+}
+
+/// The scores of an earlier search (`lina-search --reuse`), by prompt and by the current
+/// candidates' order.
+struct Reused {
+    /// Per current candidate, its index in the earlier search, if that sampled the same plan.
+    index: Vec<Option<usize>>,
+    scores: std::collections::HashMap<String, Vec<f64>>,
+}
+
+impl Reused {
+    fn read(
+        path: &Path,
+        suite: &str,
+        seeds: u64,
+        settings: &str,
+        candidates: &[(String, Plan)],
+    ) -> Result<Self> {
+        let earlier: Search = serde_json::from_str(&common::read_text(path)?)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        if earlier.suite != suite || earlier.seeds != seeds || earlier.settings != settings {
+            return Err(Error::InvalidInput(format!(
+                "--reuse {}: it searched suite {} with {} seeds and {}, not suite {suite} with \
+                 {seeds} seeds and {settings}",
+                path.display(),
+                earlier.suite,
+                earlier.seeds,
+                earlier.settings
+            )));
+        }
+        if let Some(row) = earlier
+            .prompts
+            .iter()
+            .find(|p| p.scores.len() != earlier.candidates.len())
+        {
+            return Err(Error::InvalidInput(format!(
+                "--reuse {}: the row of \"{}\" has {} scores for {} candidates",
+                path.display(),
+                row.prompt,
+                row.scores.len(),
+                earlier.candidates.len()
+            )));
+        }
+        let index = candidates
+            .iter()
+            .map(|(_, plan)| earlier.candidates.iter().position(|(_, p)| p == plan))
+            .collect();
+        // Only the rows it sampled: a mirror image's row is derived again from its prompt's.
+        let scores = earlier
+            .prompts
+            .into_iter()
+            .filter(|p| p.mirror_of.is_none())
+            .map(|p| (p.prompt, p.scores))
+            .collect();
+        Ok(Self { index, scores })
+    }
+
+    /// Candidate `k`'s score on `prompt`, if the earlier search sampled both.
+    fn score(&self, prompt: &str, k: usize) -> Option<f64> {
+        let j = self.index[k]?;
+        self.scores.get(prompt).map(|s| s[j])
+    }
 }
 
 /// The ridge strengths `lina-fit` cross-validates.

@@ -590,7 +590,8 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
 }
 
 /// The predictor's training as a user runs it: two searches over different prompts of the
-/// training suite, fitted together; a search sampled with other settings is refused.
+/// training suite, fitted together; a search sampled with other settings is refused, and
+/// a search that reuses an earlier one's scores takes them instead of sampling.
 #[test]
 fn lina_fit_fits_several_searches_together() {
     let dir = std::env::temp_dir().join(format!("lina-cli-fit-{}", std::process::id()));
@@ -650,5 +651,62 @@ fn lina_fit_fits_several_searches_together() {
     assert_eq!(mixed.status.code(), Some(1), "{}", text(&mixed.stderr));
     let e = text(&mixed.stderr);
     assert!(e.contains("other.json") && e.contains("differ"), "{e}");
+
+    // `--reuse` takes an earlier search's scores instead of sampling again: marked scores
+    // come back as they were written, so they were read, not sampled.
+    let mut marked: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("a.json")).unwrap()).unwrap();
+    for row in marked["prompts"].as_array_mut().unwrap() {
+        for score in row["scores"].as_array_mut().unwrap() {
+            *score = serde_json::json!(0.125);
+        }
+    }
+    std::fs::write(path("marked.json"), marked.to_string()).unwrap();
+    let reuse = |earlier: &str, steps: &str| {
+        cli(&[
+            "lina-search",
+            "--model",
+            MODEL,
+            "--suite",
+            "train:spatial",
+            "--count",
+            "1",
+            "--seeds",
+            "1",
+            "--steps",
+            steps,
+            "--reuse",
+            &path(earlier),
+            "--out",
+            &path("reused.json"),
+        ])
+    };
+    let run = reuse("marked.json", "3");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let reused: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("reused.json")).unwrap()).unwrap();
+    let rows = reused["prompts"].as_array().unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        assert!(
+            row["scores"].as_array().unwrap().iter().all(|s| s == 0.125),
+            "{row}"
+        );
+    }
+    // An earlier search with other settings: its scores would not be comparable.
+    let run = reuse("other.json", "3");
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run.stderr));
+    let e = text(&run.stderr);
+    assert!(e.contains("--reuse") && e.contains("other.json"), "{e}");
+    // A row short of scores: a clear error, not a panic.
+    marked["prompts"][0]["scores"].as_array_mut().unwrap().pop();
+    std::fs::write(path("short.json"), marked.to_string()).unwrap();
+    let run = reuse("short.json", "3");
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stderr).contains("scores for"),
+        "{}",
+        text(&run.stderr)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
