@@ -693,6 +693,27 @@ fn lina_fit_fits_several_searches_together() {
             "{row}"
         );
     }
+    // A candidate the earlier search lacks is sampled: a share of checks passed over one
+    // seed, never the mark. (A mirror image's row holds it in the partner's column.)
+    let mut fewer = marked.clone();
+    fewer["candidates"].as_array_mut().unwrap().remove(0);
+    for row in fewer["prompts"].as_array_mut().unwrap() {
+        row["scores"].as_array_mut().unwrap().remove(0);
+    }
+    std::fs::write(path("fewer.json"), fewer.to_string()).unwrap();
+    let run = reuse("fewer.json", "3");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let reused: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("reused.json")).unwrap()).unwrap();
+    for row in reused["prompts"].as_array().unwrap() {
+        let scores = row["scores"].as_array().unwrap();
+        let unmarked: Vec<usize> = (0..scores.len()).filter(|&k| scores[k] != 0.125).collect();
+        if row["mirror_of"].is_null() {
+            assert_eq!(unmarked, [0], "only the baseline is sampled: {row}");
+        } else {
+            assert_eq!(unmarked.len(), 1, "{row}");
+        }
+    }
     // An earlier search with other settings: its scores would not be comparable.
     let run = reuse("other.json", "3");
     assert_eq!(run.status.code(), Some(1), "{}", text(&run.stderr));
