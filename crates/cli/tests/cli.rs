@@ -597,8 +597,10 @@ fn lina_fit_fits_several_searches_together() {
     let dir = std::env::temp_dir().join(format!("lina-cli-fit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    let search = |first: &str, steps: &str, out: &str| {
-        let run = cli(&[
+    // One prompt of the training suite's spatial scenes, one seed; `reuse` an earlier
+    // search's file.
+    let run_search = |first: &str, steps: &str, reuse: Option<&str>, out: &str| {
+        let mut args: Vec<String> = [
             "lina-search",
             "--model",
             MODEL,
@@ -614,7 +616,16 @@ fn lina_fit_fits_several_searches_together() {
             steps,
             "--out",
             &path(out),
-        ]);
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(earlier) = reuse {
+            args.extend(["--reuse".to_string(), path(earlier)]);
+        }
+        cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let search = |first: &str, steps: &str, out: &str| {
+        let run = run_search(first, steps, None, out);
         assert!(run.status.success(), "{}", text(&run.stderr));
     };
     search("0", "3", "a.json");
@@ -662,25 +673,7 @@ fn lina_fit_fits_several_searches_together() {
         }
     }
     std::fs::write(path("marked.json"), marked.to_string()).unwrap();
-    let reuse = |earlier: &str, steps: &str| {
-        cli(&[
-            "lina-search",
-            "--model",
-            MODEL,
-            "--suite",
-            "train:spatial",
-            "--count",
-            "1",
-            "--seeds",
-            "1",
-            "--steps",
-            steps,
-            "--reuse",
-            &path(earlier),
-            "--out",
-            &path("reused.json"),
-        ])
-    };
+    let reuse = |earlier: &str, steps: &str| run_search("0", steps, Some(earlier), "reused.json");
     let run = reuse("marked.json", "3");
     assert!(run.status.success(), "{}", text(&run.stderr));
     let reused: serde_json::Value =
