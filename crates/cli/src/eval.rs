@@ -7,8 +7,8 @@
 //! LINA's cost or more (a verifier baseline); the verifier-guided repair (a checker in the
 //! loop); and, on request, a ceiling: plain sampling from each scene's rendered ground truth
 //! (`--from-truth`). Columns: relations and whole images under each judge, each as a rate
-//! with its paired bootstrap interval of the change from plain sampling (resampling prompts
-//! within each category, as the suite draws them), the frames the second judge calls
+//! with its paired bootstrap interval of the change from plain sampling (resampling prompt
+//! texts within each category, as the suite draws them), the frames the second judge calls
 //! wrecked, and the cost per image. `eval-table` renders the tables again from a run's saved
 //! scores (`eval.json`), generating nothing.
 
@@ -331,12 +331,15 @@ fn whole(m: Marks) -> (usize, usize) {
 }
 
 /// The 95% interval of `rate(row) - rate(base)`, paired by prompt and stratified by
-/// category: each resample draws, within each category, as many of its prompts as it has,
-/// with replacement, and takes every image of a drawn prompt from both rows (the same
-/// prompts and seeds). So the interval reflects which prompts were asked, not only each
-/// image's luck; and, as the suite asks the same number of prompts of every category by
-/// design, not which categories: a draw across categories would let a resample hold twice
-/// the shadow prompts and none of the jars, a variance the suite does not have.
+/// category. Each resample draws, within each category, as many of its prompts as it has,
+/// with replacement, takes every image of a drawn prompt from both rows (the same prompts
+/// and seeds), and weighs each category's change by the category's share of the checks
+/// the suite asked. So the interval reflects which prompts were asked, not only each image's
+/// luck; and not how many prompts and checks each category holds, which the suite fixes by
+/// design: a draw across categories would let a resample hold twice the shadow prompts and
+/// none of the jars, a variance the suite does not have. A prompt here is a
+/// [`Scored::prompt`] unit: the copies of a text the suite repeats are one observation,
+/// drawn together.
 fn paired_interval(
     base: &[Scored],
     row: &[Scored],
@@ -361,20 +364,29 @@ fn paired_interval(
         sums
     };
     let (a, b) = (per_prompt(base), per_prompt(row));
+    // Each category's share of the checks asked, as the suite drew them.
+    let checks: Vec<usize> = strata
+        .values()
+        .map(|units| units.iter().map(|&i| a[i].1).sum())
+        .collect();
+    let total = checks.iter().sum::<usize>().max(1) as f64;
     let mut rng = Rng::new(0x0b00_7570);
     let mut deltas: Vec<f64> = (0..resamples)
         .map(|_| {
-            let (mut pa, mut ta, mut pb, mut tb) = (0, 0, 0, 0);
-            for stratum in strata.values() {
-                for _ in 0..stratum.len() {
-                    let i = stratum[(rng.next_u64() % stratum.len() as u64) as usize];
+            let mut delta = 0.0;
+            for (units, &asked) in strata.values().zip(&checks) {
+                let (mut pa, mut ta, mut pb, mut tb) = (0, 0, 0, 0);
+                for _ in 0..units.len() {
+                    let i = units[(rng.next_u64() % units.len() as u64) as usize];
                     pa += a[i].0;
                     ta += a[i].1;
                     pb += b[i].0;
                     tb += b[i].1;
                 }
+                let change = pb as f64 / tb.max(1) as f64 - pa as f64 / ta.max(1) as f64;
+                delta += asked as f64 / total * change;
             }
-            pb as f64 / tb.max(1) as f64 - pa as f64 / ta.max(1) as f64
+            delta
         })
         .collect();
     deltas.sort_by(f64::total_cmp);
@@ -388,8 +400,8 @@ fn table(rows: &[Evaluated], settings: &str, resamples: usize) -> String {
         "LINA evaluation: {settings}.\n\nTwo judges that share no code: the probe's checker \
          (`lina_probe::check`) and the second judge (`lina_judge`: a learned segmenter with \
          its own checks). Each cell: the rate, and its change from plain sampling in points \
-         with the 95% paired bootstrap interval ({resamples} resamples of the prompts, drawn \
-         within each category). Wrecked: frames in which the second judge finds no valid \
+         with the 95% paired bootstrap interval ({resamples} resamples of the prompts' texts, \
+         drawn within each category). Wrecked: frames in which the second judge finds no valid \
          scene.\n"
     );
     let mut suites: Vec<&str> = rows.iter().map(|r| r.suite.as_str()).collect();
@@ -488,6 +500,31 @@ mod tests {
             (lo - 0.5).abs() < 1e-12 && (hi - 0.5).abs() < 1e-12,
             "{lo}..{hi}"
         );
+    }
+
+    /// Three copies of one text gain every relation, a fourth text none. Drawn as one unit,
+    /// the copies leave a resample with only the fourth text a quarter of the time, so the
+    /// interval reaches no gain; drawn as four prompts, it hardly ever does.
+    #[test]
+    fn the_copies_of_a_text_are_drawn_together() {
+        let texts: Vec<String> = ["x", "x", "x", "y"].map(String::from).to_vec();
+        let units = crate::probe::text_units(&texts);
+        assert_eq!(units, [0, 0, 0, 3]);
+        let rows = |units: &[usize]| -> (Vec<Scored>, Vec<Scored>) {
+            let base = units.iter().map(|&u| scored(u, 0, 2)).collect();
+            let row = texts
+                .iter()
+                .zip(units)
+                .map(|(t, &u)| scored(u, if t == "x" { 2 } else { 0 }, 2))
+                .collect();
+            (base, row)
+        };
+        let (base, row) = rows(&units);
+        let (lo, hi) = paired_interval(&base, &row, |s| relations(s.checker), 2000);
+        assert_eq!((lo, hi), (0.0, 1.0));
+        let (base, row) = rows(&[0, 1, 2, 3]);
+        let (lo, _) = paired_interval(&base, &row, |s| relations(s.checker), 2000);
+        assert!(lo > 0.0, "{lo}");
     }
 
     #[test]

@@ -420,7 +420,8 @@ pub(crate) struct Marks {
 /// (`lina_judge`), which share no code.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Scored {
-    /// The prompt's position in the suite: the unit the bootstrap resamples.
+    /// The unit the bootstrap resamples: the position in the suite of the first prompt with
+    /// this image's text ([`text_units`]).
     pub prompt: usize,
     /// The prompt's category, by its position in `Category::ALL`: the stratum the bootstrap
     /// resamples within. (Scores saved before it was kept read as one stratum.)
@@ -432,6 +433,21 @@ pub(crate) struct Scored {
     pub wrecked: bool,
 }
 
+/// Each prompt's unit for the bootstrap: the position of the first prompt with the same
+/// key, its text (and category). A suite may draw one text several times (the `ood` suite's
+/// 30 jar prompts are three texts), and under a plan chosen from the text a text and a seed
+/// fix the image, so its copies are one observation: resampled as one, they widen the
+/// interval as they should instead of narrowing it.
+pub(crate) fn text_units<T: PartialEq>(keys: &[T]) -> Vec<usize> {
+    keys.iter()
+        .map(|k| {
+            keys.iter()
+                .position(|u| u == k)
+                .unwrap_or_else(|| unreachable!("every key is in the list"))
+        })
+        .collect()
+}
+
 /// A category's position in `Category::ALL`.
 fn category_index(category: lina_probe::Category) -> usize {
     lina_probe::Category::ALL
@@ -440,8 +456,8 @@ fn category_index(category: lina_probe::Category) -> usize {
         .unwrap_or_else(|| unreachable!("every category is in Category::ALL"))
 }
 
-/// Scores an image with both judges, given the checker's verdicts on it (the image of
-/// prompt `prompt` of the suite, in category `category`).
+/// Scores an image with both judges, given the checker's verdicts on it (an image of the
+/// bootstrap's unit `prompt`, in category `category`).
 fn score(
     (prompt, category): (usize, usize),
     verdicts: &[lina_probe::check::Verdict],
@@ -502,6 +518,11 @@ pub(crate) async fn run_suite(
     let mut scored = Vec::new();
     let mut cost = Cost::default();
     let ids = suite.ids();
+    let texts: Vec<_> = ids
+        .iter()
+        .map(|id| (id.category, id.scene().prompt))
+        .collect();
+    let units = text_units(&texts);
     let bar = common::bar(ids.len() as u64, "prompts");
     bar.set_message(label.to_string());
     for (prompt, id) in ids.iter().enumerate() {
@@ -574,7 +595,7 @@ pub(crate) async fn run_suite(
             }
             let verdicts = check(&image, &scene.csg);
             scored.push(score(
-                (prompt, category_index(id.category)),
+                (units[prompt], category_index(id.category)),
                 &verdicts,
                 &image,
                 &scene.csg,
