@@ -38,7 +38,8 @@ pub struct FitArgs {
     #[arg(long, required = true)]
     search: Vec<PathBuf>,
     /// Ridge strength; by default the one of 0.1 to 300 that chooses best on held-out
-    /// prompts (leave-one-prompt-out cross-validation).
+    /// scenes (leave-one-scene-out cross-validation: a text, its repeats and its mirror
+    /// image held out together).
     #[arg(long)]
     lambda: Option<f64>,
     /// Where to write lina_predictor.json.
@@ -317,11 +318,24 @@ fn chosen_score(predictor: &Predictor, rows: &[&Searched]) -> f64 {
         / rows.len().max(1) as f64
 }
 
-/// Leave-one-prompt-out cross-validation of the ridge strength: each suite prompt, with its
-/// mirror image's row, is scored by a fit to all the others. The smallest strength with the
-/// best held-out score wins.
+/// The scene a row belongs to for cross-validation: its text, with every row that repeats
+/// it, and for a text with a word of direction its mirror image's text too. The mirror row
+/// of "lit from the left" and the suite's own "lit from the right" hold the same samples
+/// seen from the same side, so holding out one while fitting the other would score a fit
+/// on its own answer.
+fn scene_key(p: &Searched) -> String {
+    let text = p.mirror_of.clone().unwrap_or_else(|| p.prompt.clone());
+    match intervene::mirror::mirrored(&text) {
+        Some(mirrored) if mirrored < text => mirrored,
+        _ => text,
+    }
+}
+
+/// Leave-one-scene-out cross-validation of the ridge strength: each scene ([`scene_key`]) is
+/// scored by a fit to all the others. The smallest strength with the best held-out score
+/// wins.
 fn cross_validated_lambda(search: &Search) -> Result<f64> {
-    let key = |p: &Searched| p.mirror_of.clone().unwrap_or_else(|| p.prompt.clone());
+    let key = scene_key;
     let mut groups: Vec<String> = search.prompts.iter().map(key).collect();
     groups.sort();
     groups.dedup();
@@ -408,4 +422,39 @@ pub fn fit(args: FitArgs) -> Result<()> {
     );
     println!("wrote {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(prompt: &str, mirror_of: Option<&str>) -> Searched {
+        Searched {
+            prompt: prompt.into(),
+            features: Vec::new(),
+            scores: Vec::new(),
+            mirror_of: mirror_of.map(String::from),
+        }
+    }
+
+    /// A text, its repeats, its mirror image and both mirror rows are held out together; a
+    /// text without a direction and another scene are not.
+    #[test]
+    fn a_scene_and_its_mirror_image_are_held_out_together() {
+        let (left, right) = (
+            "a red cube lit from the left",
+            "a red cube lit from the right",
+        );
+        let key = scene_key(&row(left, None));
+        for r in [
+            row(right, None),
+            row(right, Some(left)),
+            row(left, Some(right)),
+        ] {
+            assert_eq!(scene_key(&r), key, "{}", r.prompt);
+        }
+        let above = "a red cube lit from above";
+        assert_eq!(scene_key(&row(above, None)), above);
+        assert_ne!(scene_key(&row("a blue cube lit from the left", None)), key);
+    }
 }
