@@ -335,8 +335,7 @@ fn scene_key(p: &Searched) -> String {
 /// scored by a fit to all the others. The smallest strength with the best held-out score
 /// wins.
 fn cross_validated_lambda(search: &Search) -> Result<f64> {
-    let key = scene_key;
-    let mut groups: Vec<String> = search.prompts.iter().map(key).collect();
+    let mut groups: Vec<String> = search.prompts.iter().map(scene_key).collect();
     groups.sort();
     groups.dedup();
     let mut best = (f64::NEG_INFINITY, LAMBDAS[0]);
@@ -344,7 +343,7 @@ fn cross_validated_lambda(search: &Search) -> Result<f64> {
         let mut total = 0.0;
         for g in &groups {
             let (held, rest): (Vec<&Searched>, Vec<&Searched>) =
-                search.prompts.iter().partition(|p| key(p) == *g);
+                search.prompts.iter().partition(|p| scene_key(p) == *g);
             total += chosen_score(&fitted(search, &rest, lambda)?, &held) * held.len() as f64;
         }
         let score = total / search.prompts.len().max(1) as f64;
