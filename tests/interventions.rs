@@ -67,8 +67,8 @@ fn the_baseline_plan_is_the_plain_sampler() {
 fn ablation_variants_turn_one_component_on_or_off() {
     use intervene::Component;
     // The default plan leaves the region terms, the attention control, the attention-energy
-    // update, the schedule, the mirrored frame and the guidance factor off (docs/lina.md);
-    // `with` turns each on, and with them it uses all seven.
+    // update, the schedule, the mirrored frame, the guidance factor and the collage off
+    // (docs/lina.md); `with` turns each on, and with them it uses all eight.
     let lina = Plan::lina();
     assert!(!lina.uses(Component::Regions) && !lina.uses(Component::Schedule));
     assert!(!lina.uses(Component::Attention) && !lina.uses(Component::Mirror));
@@ -85,6 +85,7 @@ fn ablation_variants_turn_one_component_on_or_off() {
             .with(Component::Energy)
             .with(Component::Mirror)
             .with(Component::Guidance)
+            .with(Component::Collage)
     );
     assert_eq!(full.with(Component::Prompt), full, "on already: unchanged");
     for c in Component::ALL {
@@ -101,6 +102,59 @@ fn ablation_variants_turn_one_component_on_or_off() {
             .without(Component::Prompt)
             .is_baseline()
     );
+}
+
+#[test]
+fn a_collage_starts_the_run_from_things_drawn_alone_where_they_stand_apart() {
+    // The tiny random model draws noise, which no checker understands: this is the
+    // mechanism (what runs, what it costs, that it repeats), not its effect on a scene.
+    let pipe = pipe();
+    let plan = Plan {
+        collage: 0.5,
+        ..Plan::default()
+    };
+    let o = opts("a red ball to the left of a blue cube");
+    let out = with_plan(&pipe, &o, &plan);
+    assert!(
+        out.described
+            .iter()
+            .any(|d| d.starts_with(r#"collage of ["a red ball", "a blue cube"]"#)),
+        "{:?}",
+        out.described
+    );
+    // Each thing drawn alone, two rows a call under guidance, then half of the 6 steps.
+    let per_thing = 2 * intervene::collage::THING_STEPS;
+    assert_eq!(out.evaluations, 2 * per_thing + 2 * 3);
+    assert_ne!(out.generated.image, plain(&pipe, &o));
+    assert_eq!(
+        with_plan(&pipe, &o, &plan).generated.image,
+        out.generated.image
+    );
+
+    // Things that touch keep the plain start, at the plain cost.
+    let stack = opts("a red ball on a blue cube");
+    let out = with_plan(&pipe, &stack, &plan);
+    assert!(
+        out.described.iter().any(|d| d.starts_with("collage off")),
+        "{:?}",
+        out.described
+    );
+    assert_eq!(out.generated.image, plain(&pipe, &stack));
+    assert_eq!(out.evaluations, 2 * 6);
+
+    // A strength past 1, or a start of the caller's own, is an error naming the collage.
+    let bad = Plan::parse(r#"{"collage": 1.5}"#).unwrap_err().to_string();
+    assert!(bad.contains("collage"), "{bad}");
+    let img2img = GenerateOptions {
+        init_image: Some(out.generated.image),
+        ..o.clone()
+    };
+    let csg = parse(&o.prompt).unwrap();
+    let err = lina_run(&pipe, &img2img, &csg, &plan, &mut NoHook)
+        .err()
+        .expect("a collage on an init image is refused")
+        .to_string();
+    assert!(err.contains("collage"), "{err}");
 }
 
 #[test]

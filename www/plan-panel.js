@@ -43,6 +43,8 @@ const SLIDERS = [
     id: "planGuidance",
     min: 0.25,
   },
+  strength("collage", "Collage", "Collage: redraw strength", 1, 0.05, (v) => (v === 0 ? "off" : `the last ${Math.round(v * 100)}% of the run`),
+    "Starts from a collage: each thing the prompt names drawn alone by the model, placed where the scene graph puts it, then the run redraws it from this point. Only where the things stand apart (no stack, nothing behind another); costs a short drawing per thing (try 0.6)."),
 ];
 
 /**
@@ -56,7 +58,7 @@ const SWITCHES = [
 
 /**
  * A slider of one of the plan's numbers, from 0 (off) to `max`.
- * @param {"promptStrength" | "nodeWeight" | "effectWeight" | "attentionStrength" | "energyStrength" | "warp" | "guidance"} field
+ * @param {"promptStrength" | "nodeWeight" | "effectWeight" | "attentionStrength" | "energyStrength" | "warp" | "guidance" | "collage"} field
  * @param {string} group @param {string} label @param {number} max @param {number} step
  * @param {(v: number) => string} unit @param {string} help
  */

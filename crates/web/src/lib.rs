@@ -449,8 +449,14 @@ impl Pipeline {
                     Some(csg) => csg,
                     None => lina_csg::parse::parse(&options.prompt).map_err(js_err)?,
                 };
-                let prepared = lina::prepare(&self.inner, &options, &csg, &plan).map_err(js_err)?;
-                (prepared.opts, prepared.hooks, prepared.described)
+                let started = lina::start(&self.inner, &options, &csg, &plan, &cancel)
+                    .await
+                    .map_err(js_err)?;
+                let prepared =
+                    lina::prepare(&self.inner, &started.opts, &csg, &plan).map_err(js_err)?;
+                let mut described = prepared.described;
+                described.extend(started.described);
+                (prepared.opts, prepared.hooks, described)
             }
         };
         let mut page = PageSteps { on_step, preview };

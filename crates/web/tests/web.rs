@@ -355,6 +355,33 @@ async fn a_plan_runs_lina_in_the_browser() {
         "{text:?}"
     );
 
+    // The collage draws each thing alone before the stepped run, and says what it drew.
+    let collage = Object::new();
+    set(
+        &collage,
+        "prompt",
+        "a red ball to the left of a blue cube".into(),
+    );
+    set(&collage, "steps", 8.into());
+    let plan = Object::new();
+    set(&plan, "collage", 0.5.into());
+    set(&collage, "plan", plan.into());
+    let result = pipe
+        .generate(collage.into(), None)
+        .await
+        .map_err(message)
+        .unwrap();
+    let interventions: js_sys::Array = Reflect::get(&result, &"interventions".into())
+        .unwrap()
+        .dyn_into()
+        .unwrap();
+    let text: Vec<String> = interventions.iter().filter_map(|v| v.as_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with(r#"collage of ["a red ball", "a blue cube"]"#)),
+        "{text:?}"
+    );
+
     // A misspelt plan field is a JS error naming it.
     let bad = Object::new();
     set(&bad, "prompt", "a red ball".into());
