@@ -328,24 +328,33 @@ async fn a_plan_runs_lina_in_the_browser() {
         .await
         .map_err(message)
         .unwrap();
-    let options = Object::new();
     let set = |o: &Object, k: &str, v: JsValue| Reflect::set(o, &JsValue::from_str(k), &v).unwrap();
-    set(&options, "prompt", "a red ball on a small mirror".into());
-    set(&options, "steps", 8.into());
-    let plan = Object::new();
-    set(&plan, "promptStrength", 1.0.into());
-    set(&plan, "warp", 1.5.into());
-    set(&options, "plan", plan.into());
-    let result = pipe
-        .generate(options.into(), None)
-        .await
-        .map_err(message)
-        .unwrap();
-    let interventions: js_sys::Array = Reflect::get(&result, &"interventions".into())
-        .unwrap()
-        .dyn_into()
-        .unwrap();
-    let text: Vec<String> = interventions.iter().filter_map(|v| v.as_string()).collect();
+    // What a generation under `plan` (a list of fields) reports it did.
+    let interventions = async |prompt: &str, fields: &[(&str, f64)]| -> Vec<String> {
+        let options = Object::new();
+        set(&options, "prompt", prompt.into());
+        set(&options, "steps", 8.into());
+        let plan = Object::new();
+        for &(field, value) in fields {
+            set(&plan, field, value.into());
+        }
+        set(&options, "plan", plan.into());
+        let result = pipe
+            .generate(options.into(), None)
+            .await
+            .map_err(message)
+            .unwrap();
+        let done: js_sys::Array = Reflect::get(&result, &"interventions".into())
+            .unwrap()
+            .dyn_into()
+            .unwrap();
+        done.iter().filter_map(|v| v.as_string()).collect()
+    };
+    let text = interventions(
+        "a red ball on a small mirror",
+        &[("promptStrength", 1.0), ("warp", 1.5)],
+    )
+    .await;
     assert!(
         text.iter().any(|t| t.contains("schedule warp 1.5")),
         "{text:?}"
@@ -356,26 +365,7 @@ async fn a_plan_runs_lina_in_the_browser() {
     );
 
     // The collage draws each thing alone before the stepped run, and says what it drew.
-    let collage = Object::new();
-    set(
-        &collage,
-        "prompt",
-        "a red ball to the left of a blue cube".into(),
-    );
-    set(&collage, "steps", 8.into());
-    let plan = Object::new();
-    set(&plan, "collage", 0.5.into());
-    set(&collage, "plan", plan.into());
-    let result = pipe
-        .generate(collage.into(), None)
-        .await
-        .map_err(message)
-        .unwrap();
-    let interventions: js_sys::Array = Reflect::get(&result, &"interventions".into())
-        .unwrap()
-        .dyn_into()
-        .unwrap();
-    let text: Vec<String> = interventions.iter().filter_map(|v| v.as_string()).collect();
+    let text = interventions("a red ball to the left of a blue cube", &[("collage", 0.5)]).await;
     assert!(
         text.iter()
             .any(|t| t.starts_with(r#"collage of ["a red ball", "a blue cube"]"#)),
