@@ -90,11 +90,10 @@ fn far(image: &Image, background: &[[u8; 3]], x: usize, y: usize) -> bool {
     (0..3).any(|c| (image.rgb[k + c] as i32 - background[y][c] as i32).abs() > THRESHOLD)
 }
 
-/// A thing of the collage: the graph node it draws, its phrase, and the horizontal centres
-/// (fractions of the width) of its copies.
+/// A thing of the collage: its phrase and the horizontal centres (fractions of the width)
+/// of its copies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Thing {
-    pub node: usize,
     pub phrase: String,
     pub centres: Vec<f32>,
 }
@@ -139,7 +138,6 @@ pub fn arrange(csg: &Csg) -> Option<Vec<Thing>> {
                 .map(|j| x0 + (j as f32 + 0.5) * (x1 - x0) / copies as f32)
                 .collect();
             Some(Thing {
-                node: i,
                 phrase: phrase(csg, i),
                 centres,
             })
@@ -365,12 +363,10 @@ mod tests {
         ];
         let things = [
             Thing {
-                node: 0,
                 phrase: "a red ball".into(),
                 centres: vec![0.25],
             },
             Thing {
-                node: 1,
                 phrase: "a blue cube".into(),
                 centres: vec![0.625, 0.875],
             },
