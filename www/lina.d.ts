@@ -136,8 +136,9 @@ export interface LoadResult {
 
 export interface Suggestion {
   /**
-   * The chosen candidate: "baseline", "schedule", "prompt", "mirror" or "prompt-mirror"
-   * (the model folder's predictor lists its own).
+   * The chosen candidate: the embedded model's predictor chooses among "baseline",
+   * "prompt", "guidance" and "collage", each also with "-mirror" (the model folder's
+   * predictor lists its own). A collage is chosen only where it arranges the graph.
    */
   candidate: string;
   /** Its plan, every field filled in. */

@@ -376,13 +376,15 @@ test("the predictor's suggestion fills the plan; the step sweep charts every ste
     timeout: SLOW,
   });
   const suggested = (await page.locator("#suggestion").textContent()).match(/suggests "([a-z-]+)"/)[1];
-  const warps = { baseline: 1, schedule: 1.5, prompt: 1, mirror: 1, "prompt-mirror": 1, guidance: 1, "guidance-mirror": 1 };
+  const warps = { baseline: 1, schedule: 1.5, prompt: 1, mirror: 1, "prompt-mirror": 1, guidance: 1, "guidance-mirror": 1, collage: 1, "collage-mirror": 1 };
   assert.ok(suggested in warps, suggested);
   // Its expected shares read as shares: none over 100%.
   for (const share of (await page.locator("#suggestion").textContent()).matchAll(/(\d+)%/g)) assert.ok(Number(share[1]) <= 100, share[0]);
   await page.getByRole("radio", { name: "Suggested" }).check();
   assert.equal(Number(await page.getByLabel(/^Schedule warp/).inputValue()), warps[suggested]);
   assert.equal(Number(await page.getByLabel(/^Guidance factor/).inputValue()), suggested.startsWith("guidance") ? 0.5 : 1);
+  // A stack on a mirror is not a collage's: the predictor never suggests one here.
+  assert.equal(Number(await page.getByLabel(/^Collage/).inputValue()), 0);
   await page.getByRole("button", { name: "Generate" }).click();
   assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
 

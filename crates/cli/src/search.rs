@@ -110,6 +110,9 @@ pub fn search(args: SearchArgs) -> Result<()> {
             })
         })
         .collect::<Result<_>>()?;
+    let uncollaged: Vec<Option<usize>> = (0..candidates.len())
+        .map(|k| intervene::predict::without_collage(&candidates, k))
+        .collect();
     pollster::block_on(async {
         let pipe = StableDiffusion::load(&DirSource::new(&model), &lina_runtime::device::cpu())?;
         let ids = suite.ids();
@@ -120,10 +123,17 @@ pub fn search(args: SearchArgs) -> Result<()> {
             let csg = lina_csg::parse::parse(&scene.prompt)?;
             let features = intervene::predict::features(&pipe, &scene.prompt, &csg).await?;
             let mirrored = intervene::mirror::mirrored(&scene.prompt);
+            let arranged = intervene::collage::arrange(&csg).is_some();
             let mut scores: Vec<f64> = Vec::new();
             for (k, (_, plan)) in candidates.iter().enumerate() {
                 if plan.mirror && mirrored.is_none() && partners[k] < k {
                     scores.push(scores[partners[k]]);
+                    continue;
+                }
+                // Where the collage cannot arrange the graph, its candidate draws the
+                // images of the same plan without it.
+                if let Some(j) = uncollaged[k].filter(|&j| j < k && !arranged) {
+                    scores.push(scores[j]);
                     continue;
                 }
                 if let Some(score) = earlier.as_ref().and_then(|e| e.score(&scene.prompt, k)) {
@@ -266,15 +276,25 @@ impl Reused {
 /// The ridge strengths `lina-fit` cross-validates.
 const LAMBDAS: &[f64] = &[0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0];
 
-/// One ridge regression per candidate, from the rows' features to the candidate's score.
+/// One ridge regression per candidate, from the rows' features to the candidate's score, on
+/// the rows the candidate may be suggested for ([`intervene::predict::eligible`]; all rows
+/// where it is eligible for none of them).
 fn fitted(search: &Search, rows: &[&Searched], lambda: f64) -> Result<Predictor> {
-    let x: Vec<Vec<f64>> = rows.iter().map(|p| p.features.clone()).collect();
     let candidates = search
         .candidates
         .iter()
         .enumerate()
         .map(|(k, (name, plan))| {
-            let y: Vec<f64> = rows.iter().map(|p| p.scores[k]).collect();
+            let mut own: Vec<&Searched> = rows
+                .iter()
+                .copied()
+                .filter(|p| intervene::predict::eligible(plan, arranged(p)))
+                .collect();
+            if own.is_empty() {
+                own = rows.to_vec();
+            }
+            let x: Vec<Vec<f64>> = own.iter().map(|p| p.features.clone()).collect();
+            let y: Vec<f64> = own.iter().map(|p| p.scores[k]).collect();
             Ok(intervene::predict::Candidate {
                 name: name.clone(),
                 plan: plan.clone(),
@@ -306,7 +326,7 @@ fn fitted(search: &Search, rows: &[&Searched], lambda: f64) -> Result<Predictor>
 fn chosen_score(predictor: &Predictor, rows: &[&Searched]) -> f64 {
     rows.iter()
         .map(|p| {
-            let s = predictor.suggest(&p.features);
+            let s = predictor.suggest(&p.features, arranged(p));
             let k = predictor
                 .candidates
                 .iter()
@@ -316,6 +336,15 @@ fn chosen_score(predictor: &Predictor, rows: &[&Searched]) -> f64 {
         })
         .sum::<f64>()
         / rows.len().max(1) as f64
+}
+
+/// Whether the collage arranges a row's graph ([`intervene::collage::arrange`]); a text the
+/// parser refuses has none.
+fn arranged(p: &Searched) -> bool {
+    lina_csg::parse::parse(&p.prompt)
+        .ok()
+        .and_then(|csg| intervene::collage::arrange(&csg))
+        .is_some()
 }
 
 /// The scene a row belongs to for cross-validation: its text, with every row that repeats

@@ -52,10 +52,12 @@ pub const FEATURES: &[&str] = &[
 ];
 
 /// The plans the predictor chooses among: the baseline, prompt guidance (the default LINA
-/// plan) and half the run's guidance scale ([`Plan::GUIDANCE_FACTOR`]), each in the scene's
-/// frame and in the mirrored frame ([`crate::mirror`]). None costs an extra UNet
-/// evaluation. The schedule, the region terms and the attention control are not among them:
-/// on the embedded model no setting of any of them gained (docs/lina.md).
+/// plan), half the run's guidance scale ([`Plan::GUIDANCE_FACTOR`]) and the collage
+/// ([`Plan::COLLAGE_STRENGTH`]), each in the scene's frame and in the mirrored frame
+/// ([`crate::mirror`]). Only the collage costs UNet evaluations beyond plain sampling's (its
+/// pieces', less the redraw's skipped steps), and only on the graphs it arranges. The
+/// schedule, the region terms and the attention control are not among them: on the
+/// embedded model no setting of any of them gained (docs/lina.md).
 ///
 /// Every candidate has a mirror partner, the same plan with the frame toggled, so a search
 /// can use the frame's symmetry ([`mirror_partner`]).
@@ -74,6 +76,10 @@ pub fn candidates() -> Vec<(String, Plan)> {
         guidance: Plan::GUIDANCE_FACTOR,
         ..base.clone()
     };
+    let collage = Plan {
+        collage: Plan::COLLAGE_STRENGTH,
+        ..base.clone()
+    };
     vec![
         ("baseline".into(), base.clone()),
         ("prompt".into(), prompt.clone()),
@@ -81,6 +87,8 @@ pub fn candidates() -> Vec<(String, Plan)> {
         ("prompt-mirror".into(), mirrored(&prompt)),
         ("guidance".into(), weaker.clone()),
         ("guidance-mirror".into(), mirrored(&weaker)),
+        ("collage".into(), collage.clone()),
+        ("collage-mirror".into(), mirrored(&collage)),
     ]
 }
 
@@ -94,6 +102,28 @@ pub fn mirror_partner(candidates: &[(String, Plan)], k: usize) -> Option<usize> 
         ..candidates[k].1.clone()
     };
     candidates.iter().position(|(_, p)| *p == toggled)
+}
+
+/// The candidate whose plan is `candidates[k]`'s without the collage, for a collage
+/// candidate. On a graph the collage cannot arrange ([`crate::collage::arrange`]) the two run
+/// the same start and draw the same images, so a search samples only the second.
+pub fn without_collage(candidates: &[(String, Plan)], k: usize) -> Option<usize> {
+    if candidates[k].1.collage == 0.0 {
+        return None;
+    }
+    let plain = Plan {
+        collage: 0.0,
+        ..candidates[k].1.clone()
+    };
+    candidates.iter().position(|(_, p)| *p == plain)
+}
+
+/// Whether a candidate's plan may be suggested for a prompt whose graph the collage does or
+/// does not arrange ([`crate::collage::arrange`]): a collage only where it does. Elsewhere
+/// it draws the images of its plan without the collage, and its linear model, fitted where
+/// the collage arranges (`lina-fit`), says nothing of them.
+pub fn eligible(plan: &Plan, arranged: bool) -> bool {
+    plan.collage == 0.0 || arranged
 }
 
 /// The scene graph's part of the features (everything but the two embedding features).
@@ -234,7 +264,8 @@ impl Predictor {
         prompt: &str,
         csg: &Csg,
     ) -> Result<Suggestion> {
-        let mut s = self.suggest(&features(pipe, prompt, csg).await?);
+        let arranged = crate::collage::arrange(csg).is_some();
+        let mut s = self.suggest(&features(pipe, prompt, csg).await?, arranged);
         // On a prompt with no word of direction the mirrored frame changes nothing, so a
         // mirrored candidate is its partner's run: name that one.
         if s.plan.mirror && crate::mirror::mirrored(prompt).is_none() {
@@ -287,16 +318,18 @@ impl Predictor {
         serde_json::to_string_pretty(self).expect("a predictor serialises")
     }
 
-    /// The candidate with the highest predicted pass share for these features.
-    pub fn suggest(&self, features: &[f64]) -> Suggestion {
+    /// The candidate with the highest predicted pass share for these features, among those
+    /// [`eligible`] for a graph the collage does or does not arrange.
+    pub fn suggest(&self, features: &[f64], arranged: bool) -> Suggestion {
         let predicted: Vec<(String, f64)> = self
             .candidates
             .iter()
             .map(|c| (c.name.clone(), dot(&c.weights, features)))
             .collect();
         let best = (0..predicted.len())
+            .filter(|&k| eligible(&self.candidates[k].plan, arranged))
             .max_by(|&a, &b| predicted[a].1.total_cmp(&predicted[b].1))
-            .expect("at least one candidate");
+            .expect("every candidate without the collage is eligible");
         Suggestion {
             candidate: self.candidates[best].name.clone(),
             plan: self.candidates[best].plan.clone(),
@@ -371,6 +404,23 @@ mod tests {
     }
 
     #[test]
+    fn every_collage_candidate_has_its_plan_without_the_collage() {
+        let all = candidates();
+        let collaged: Vec<usize> = (0..all.len()).filter(|&k| all[k].1.collage > 0.0).collect();
+        assert_eq!(collaged.len(), 2, "the collage in either frame");
+        for k in 0..all.len() {
+            match without_collage(&all, k) {
+                Some(j) => {
+                    assert!(collaged.contains(&k));
+                    assert_eq!(all[j].1.collage, 0.0);
+                    assert_eq!(all[j].1.mirror, all[k].1.mirror);
+                }
+                None => assert!(!collaged.contains(&k)),
+            }
+        }
+    }
+
+    #[test]
     fn the_side_features_say_which_colour_is_on_the_left_and_the_mirror_negates_them() {
         let sides = |prompt: &str| {
             let x = graph_features(&lina_csg::parse::parse(prompt).unwrap());
@@ -437,16 +487,21 @@ mod tests {
         let mut x = graph_features(&csg);
         x.extend([0.2, 1.5]);
         assert_eq!(x.len(), FEATURES.len());
-        let s = predictor.suggest(&x);
+        let s = predictor.suggest(&x, false);
         assert_eq!(s.candidate, "prompt-mirror");
         assert_eq!(s.plan, candidates()[3].1);
-        let plain = graph_features(&lina_csg::parse::parse("a red ball").unwrap());
-        assert_eq!(
-            predictor
-                .suggest(&[plain, vec![0.0, 0.0]].concat())
-                .candidate,
-            "baseline"
-        );
+        let plain = [
+            graph_features(&lina_csg::parse::parse("a red ball").unwrap()),
+            vec![0.0, 0.0],
+        ]
+        .concat();
+        assert_eq!(predictor.suggest(&plain, false).candidate, "baseline");
+        // The collage, predicted best everywhere, is suggested only where it arranges the
+        // graph: elsewhere it would draw the baseline's images.
+        predictor.candidates[6].weights[0] = 0.5;
+        assert_eq!(predictor.suggest(&plain, false).candidate, "baseline");
+        assert_eq!(predictor.suggest(&plain, true).candidate, "collage");
+        predictor.candidates[6].weights[0] = 0.0;
 
         let again = Predictor::from_json(&predictor.to_json()).unwrap();
         assert_eq!(again, predictor);
