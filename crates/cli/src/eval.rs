@@ -259,8 +259,34 @@ pub fn eval_table(args: TableArgs) -> Result<()> {
             args.scores.display()
         )));
     }
+    paired(&done)
+        .map_err(|e| Error::InvalidInput(format!("eval-table: {}: {e}", args.scores.display())))?;
     let settings = format!("the scores in {}", args.scores.display());
     println!("{}", table(&done, &settings, args.resamples));
+    Ok(())
+}
+
+/// Whether every row scored its suite's baseline's images: the same prompts of the same
+/// categories, as many times each. The intervals pair each row's images with the
+/// baseline's by prompt, so a file merged by hand from other runs must keep that.
+fn paired(rows: &[Evaluated]) -> std::result::Result<(), String> {
+    let units = |r: &Evaluated| {
+        let mut u: Vec<(usize, usize)> = r.scored.iter().map(|s| (s.category, s.prompt)).collect();
+        u.sort_unstable();
+        u
+    };
+    for row in rows {
+        let base = rows
+            .iter()
+            .find(|b| b.suite == row.suite && b.variant == "baseline")
+            .ok_or_else(|| format!("suite {} has no baseline row", row.suite))?;
+        if units(row) != units(base) {
+            return Err(format!(
+                "row \"{}\" of suite {} scored other prompts than its baseline row",
+                row.variant, row.suite
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -582,6 +582,20 @@ fn eval_adds_a_row_from_the_truth_per_strength() {
         "{}",
         text(&bad.stderr)
     );
+    // A row that scored other prompts than its baseline (a merge by hand gone wrong): a
+    // clear error, not an interval over prompts that are not there.
+    let mut unpaired: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
+    unpaired[1]["scored"][0]["prompt"] = 100000.into();
+    let unpaired_path = dir.join("unpaired.json");
+    std::fs::write(&unpaired_path, unpaired.to_string()).unwrap();
+    let bad = table_of(&unpaired_path, "10");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("scored other prompts than its baseline"),
+        "{}",
+        text(&bad.stderr)
+    );
     // No resample, no interval: refused as the arguments are read (it once panicked after
     // every image of an evaluation was made).
     let none = table_of(&dir.join("eval.json"), "0");
