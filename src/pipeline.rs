@@ -1805,7 +1805,7 @@ impl StableDiffusion {
         Ok(start..end)
     }
 
-    /// Where an init image's strength starts a run of `steps`.
+    /// Where an init image's strength starts a run of `steps` ([`strength_steps`]).
     fn strength_start(&self, opts: &GenerateOptions, steps: usize) -> Result<usize> {
         if !(opts.strength > 0.0 && opts.strength <= 1.0) {
             return Err(Error::InvalidInput(format!(
@@ -1813,7 +1813,7 @@ impl StableDiffusion {
                 opts.strength
             )));
         }
-        let run = ((steps as f64 * opts.strength) as usize).min(steps);
+        let run = strength_steps(steps, opts.strength);
         if run == 0 {
             return Err(Error::InvalidInput(format!(
                 "strength {} leaves none of the {steps} steps to run",
@@ -2266,4 +2266,10 @@ impl Sampling<'_> {
         };
         Image::from_decoded(pixels).await
     }
+}
+
+/// How many of a run's last `steps` an img2img `strength` redraws: floor(steps * strength),
+/// as diffusers counts them. None for a strength too small for so few steps.
+pub fn strength_steps(steps: usize, strength: f64) -> usize {
+    ((steps as f64 * strength) as usize).min(steps)
 }

@@ -142,6 +142,23 @@ fn a_collage_starts_the_run_from_things_drawn_alone_where_they_stand_apart() {
     assert_eq!(out.generated.image, plain(&pipe, &stack));
     assert_eq!(out.evaluations, 2 * 6);
 
+    // A strength that redraws none of the run's steps (0.1 of 6) keeps the plain start too,
+    // drawing no piece: a predicted plan runs on the shortest schedule.
+    let slight = Plan {
+        collage: 0.1,
+        ..Plan::default()
+    };
+    let out = with_plan(&pipe, &o, &slight);
+    assert!(
+        out.described
+            .iter()
+            .any(|d| d.starts_with("collage off: strength 0.1 redraws none of the 6 steps")),
+        "{:?}",
+        out.described
+    );
+    assert_eq!(out.generated.image, plain(&pipe, &o));
+    assert_eq!(out.evaluations, 2 * 6);
+
     // A strength past 1, or a start of the caller's own, is an error naming the collage.
     let bad = Plan::parse(r#"{"collage": 1.5}"#).unwrap_err().to_string();
     assert!(bad.contains("collage"), "{bad}");

@@ -216,6 +216,14 @@ pub enum Timesteps {
 }
 
 impl Timesteps {
+    /// The number of steps requested.
+    pub fn count(&self) -> usize {
+        match self {
+            Timesteps::Count(n) => *n,
+            Timesteps::Explicit(list) => list.len(),
+        }
+    }
+
     /// Checks a request: a count in 1..=`most`; an explicit list of 1..=`most` finite
     /// timesteps in 0..=`latest`, strictly descending. Diffusion schedules end at timestep
     /// `num_train_timesteps - 1`, flow matching's at `num_train_timesteps` (sigma 1).

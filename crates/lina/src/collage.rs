@@ -251,6 +251,14 @@ pub async fn start(
             "the graph names something other than things standing apart",
         ));
     };
+    // A redraw of no step would keep the paste as it is; so few steps get the plain start
+    // (a predicted plan must run on every schedule, the shortest included).
+    let steps = opts.timesteps.count();
+    if lina_runtime::pipeline::strength_steps(steps, strength) == 0 {
+        return Ok(unchanged(&format!(
+            "strength {strength} redraws none of the {steps} steps"
+        )));
+    }
     let mut pieces = Vec::with_capacity(things.len());
     let mut evaluations = 0;
     for thing in &things {
