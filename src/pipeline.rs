@@ -2269,7 +2269,7 @@ impl Sampling<'_> {
 }
 
 /// How many of a run's last `steps` an img2img `strength` redraws: floor(steps * strength),
-/// as diffusers counts them. None for a strength too small for so few steps.
+/// as diffusers counts them: 0 for a strength too small for so few steps.
 pub fn strength_steps(steps: usize, strength: f64) -> usize {
     ((steps as f64 * strength) as usize).min(steps)
 }
