@@ -280,6 +280,8 @@ const LAMBDAS: &[f64] = &[0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0];
 /// the rows the candidate may be suggested for ([`intervene::predict::eligible`]; all rows
 /// where it is eligible for none of them).
 fn fitted(search: &Search, rows: &[&Searched], lambda: f64) -> Result<Predictor> {
+    // Parsed once per fit, not once per candidate.
+    let arranged: Vec<bool> = rows.iter().map(|p| arranged(p)).collect();
     let candidates = search
         .candidates
         .iter()
@@ -287,8 +289,9 @@ fn fitted(search: &Search, rows: &[&Searched], lambda: f64) -> Result<Predictor>
         .map(|(k, (name, plan))| {
             let mut own: Vec<&Searched> = rows
                 .iter()
-                .copied()
-                .filter(|p| intervene::predict::eligible(plan, arranged(p)))
+                .zip(&arranged)
+                .filter(|&(_, &a)| intervene::predict::eligible(plan, a))
+                .map(|(&p, _)| p)
                 .collect();
             if own.is_empty() {
                 own = rows.to_vec();
