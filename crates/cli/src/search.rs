@@ -69,6 +69,10 @@ struct Search {
     settings: String,
     features: Vec<String>,
     candidates: Vec<(String, Plan)>,
+    /// The collage's [`intervene::collage::VERSION`] its collage candidates were sampled
+    /// under (0 before it was recorded).
+    #[serde(default)]
+    collage: u32,
     prompts: Vec<Searched>,
 }
 
@@ -202,6 +206,7 @@ pub fn search(args: SearchArgs) -> Result<()> {
                 .map(|f| f.to_string())
                 .collect(),
             candidates,
+            collage: intervene::collage::VERSION,
             prompts,
         };
         let json = serde_json::to_string_pretty(&search).expect("a search serialises");
@@ -252,9 +257,16 @@ impl Reused {
                 earlier.candidates.len()
             )));
         }
+        // A collage that has changed since draws other images: its scores are sampled again.
+        let same_collage = earlier.collage == intervene::collage::VERSION;
         let index = candidates
             .iter()
-            .map(|(_, plan)| earlier.candidates.iter().position(|(_, p)| p == plan))
+            .map(|(_, plan)| {
+                earlier
+                    .candidates
+                    .iter()
+                    .position(|(_, p)| p == plan && (same_collage || p.collage == 0.0))
+            })
             .collect();
         // Only the rows it sampled: a mirror image's row is derived again from its prompt's.
         let scores = earlier

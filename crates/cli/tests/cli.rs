@@ -721,6 +721,27 @@ fn lina_fit_fits_several_searches_together() {
             assert_eq!(unmarked.len(), 1, "{row}");
         }
     }
+    // An earlier search sampled under another collage: its collage candidates are sampled
+    // again (this row's two things stand apart, so the collage arranges them), the rest kept.
+    let mut old_collage = marked.clone();
+    old_collage["collage"] = serde_json::json!(1);
+    std::fs::write(path("old_collage.json"), old_collage.to_string()).unwrap();
+    let run = reuse("old_collage.json", "3");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let reused: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("reused.json")).unwrap()).unwrap();
+    let names: Vec<String> = reused["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[0].as_str().unwrap().to_string())
+        .collect();
+    for row in reused["prompts"].as_array().unwrap() {
+        let scores = row["scores"].as_array().unwrap();
+        for (name, score) in names.iter().zip(scores) {
+            assert_eq!(name.contains("collage"), *score != 0.125, "{name} in {row}");
+        }
+    }
     // An earlier search with other settings: its scores would not be comparable.
     let run = reuse("other.json", "3");
     assert_eq!(run.status.code(), Some(1), "{}", text(&run.stderr));

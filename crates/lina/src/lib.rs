@@ -154,12 +154,12 @@ impl Plan {
     pub const GUIDANCE_FACTOR: f64 = 0.5;
 
     /// The collage's strength when it is turned on by name ([`Plan::with`], the predictor's
-    /// "collage" candidates): the run redraws the last 30% of its steps from the collage.
-    /// Of 0.3, 0.45 and 0.6 on `ood` prompts 30-44, which the evaluation does not use, 0.3
-    /// kept the most whole images of pairs and rows under both judges: later redraws
-    /// round the pasted cones and cubes back into balls (docs/lina.md, "The collage among
-    /// the predictor's candidates").
-    pub const COLLAGE_STRENGTH: f64 = 0.3;
+    /// "collage" candidates): the run redraws the last 20% of its steps from the collage.
+    /// Of 0.1 to 0.6 on `ood` prompts 30-44, which the evaluation does not use, 0.2 kept
+    /// the most whole images of pairs and rows under both judges: later redraws round the
+    /// pasted cones and cubes back into balls, and at 0.1 the second judge lost rows
+    /// (docs/lina.md, "Rows and pairs that fit the frame").
+    pub const COLLAGE_STRENGTH: f64 = 0.2;
 
     /// The largest guidance factor a plan may ask for.
     pub const MAX_GUIDANCE_FACTOR: f64 = 4.0;
