@@ -190,49 +190,51 @@ fn the_default_model_s_predictor_suggests_one_of_its_candidate_plans() {
     // its mirror image is not. (Two objects lit from the right are held out of the model's
     // training and never sampled by the search: its rows for them are the mirror images of
     // two objects lit from the left.)
-    // And which colour the model draws on which side of a pair: the training prompts with a
-    // green thing left of a purple one are drawn right plainly and wrong mirrored, so their
-    // mirror images (purple on the left) are drawn mirrored.
     // And where weaker guidance pays: lit scenes of several things get half the scale, a
     // stack, whose top the training prompts lost more often under it, the whole scale.
     // (Where it ranks the two scales within a hair of each other, the left-right pairs, the
     // test leaves the scale alone.)
     // And the collage wherever it arranges the graph: the training prompts' pairs side by side
     // gained by it, in either frame, and their rows of things drew their counts and shapes
-    // at least as well. Never for a stack or a lit scene, which it does not arrange.
+    // at least as well. Never for a stack or a lit scene, which it does not arrange. (A
+    // collage places each thing where the graph says, whichever side the model draws a
+    // colour on: the frame of a pair's collage is ranked within a hair either way, and the
+    // test leaves it alone.)
     let half = Some(lina::Plan::GUIDANCE_FACTOR);
     for (prompt, mirrored, guidance, collage) in [
         (
             "a red cube and a blue ball lit from the right",
-            true,
+            Some(true),
             half,
             false,
         ),
         (
             "a red cube and a blue ball lit from the left",
-            false,
+            Some(false),
             half,
             false,
         ),
-        ("two red balls lit from the right", true, half, false),
+        ("two red balls lit from the right", Some(true), half, false),
         (
             "a purple cone to the left of a green cube",
-            true,
+            None,
             None,
             true,
         ),
         (
             "a purple cone to the right of a green cube",
-            false,
+            None,
             None,
             true,
         ),
-        ("a red cube on a blue cube", false, Some(1.0), false),
-        ("four green cones", false, None, true),
+        ("a red cube on a blue cube", Some(false), Some(1.0), false),
+        ("four green cones", Some(false), None, true),
     ] {
         let csg = lina_csg::parse::parse(prompt).unwrap();
         let s = pollster::block_on(predictor.suggest_for(&pipe, prompt, &csg)).unwrap();
-        assert_eq!(s.plan.mirror, mirrored, "{prompt}: {s:?}");
+        if let Some(m) = mirrored {
+            assert_eq!(s.plan.mirror, m, "{prompt}: {s:?}");
+        }
         if let Some(g) = guidance {
             assert_eq!(s.plan.guidance, g, "{prompt}: {s:?}");
         }
