@@ -121,10 +121,10 @@ pub fn arrange(csg: &Csg) -> Option<Vec<Thing>> {
     // One thing alone has nothing to arrange: its drawing alone is the plain start with
     // fewer words, and where the model drew two for it ("a purple cone" at seed 1) the
     // scene got two.
-    if let [only] = named[..] {
-        if csg.nodes[only].count <= 1 {
-            return None;
-        }
+    if let [only] = named[..]
+        && csg.nodes[only].count <= 1
+    {
+        return None;
     }
     let apart = |p: Predicate| {
         matches!(
