@@ -13,14 +13,14 @@
 //! Every pixel is the model's, the arrangement the graph's; nothing reads a checker, a
 //! palette or a rendered scene.
 //!
-//! It applies only where two or more things stand apart (a row of one thing counts). Two drawings pasted to meet (a stack, a
-//! thing partly hidden behind another) were redrawn as one blob in the pre-screen, and a
-//! hidden thing pasted half under its front one at strength 0.2 lost its colour or went
-//! missing (ood prompts 30-44: whole images 4 → 3 of 30), so a graph with `on`, `in`,
-//! `behind` and the like between things, or naming anything but things (a lamp, a jar,
-//! a mirror, sand), gets no collage and the plain start. The cut reads each row's
-//! background as its median colour, which suits the plain backdrops of the embedded model's
-//! world and not a photograph's.
+//! It applies only where two or more things stand apart (a row of one thing counts). Two
+//! drawings pasted to meet (a stack, a thing partly hidden behind another) were redrawn as
+//! one blob in the pre-screen, and a hidden thing pasted half under its front one at
+//! strength 0.2 lost its colour or went missing (ood prompts 30-44: whole images 4 → 3 of
+//! 30), so a graph with `on`, `in`, `behind` and the like between things, or naming
+//! anything but things (a lamp, a jar, a mirror, sand), gets no collage and the plain
+//! start. The cut reads each row's background as its median colour, which suits the plain
+//! backdrops of the embedded model's world and not a photograph's.
 
 use lina_csg::{Class, Csg, Predicate, Size};
 use lina_runtime::error::{Error, Result};
@@ -242,9 +242,11 @@ pub fn compose(pieces: &[Piece], things: &[Thing]) -> Result<Image> {
         let left = left.round().max(0.0) as usize;
         for y in 0..ph {
             for x in 0..pw {
-                // The nearest of the drawing's pixels.
-                let sx = px0 + ((x as f32 + 0.5) / scale) as usize;
-                let sy = py0 + ((y as f32 + 0.5) / scale) as usize;
+                // The nearest of the drawing's pixels, inside its box (a size rounded up
+                // reaches one past it).
+                let [px1, py1] = [piece.bbox[2] - 1, piece.bbox[3] - 1];
+                let sx = (px0 + ((x as f32 + 0.5) / scale) as usize).min(px1);
+                let sy = (py0 + ((y as f32 + 0.5) / scale) as usize).min(py1);
                 let (tx, ty) = (left + x, top + y);
                 if tx < w && ty < h && far(&piece.image, &piece.background, sx, sy) {
                     let at = (sy * w + sx) * 3;
@@ -496,6 +498,15 @@ mod tests {
         let (r, b) = (span(red, 40), span(blue, 40));
         assert_eq!((r.1 - r.0, b.1 - b.0), (24, 24));
         assert!(r.1 < b.0, "apart: {r:?} {b:?}");
+        // A drawing reaching the frame's right and bottom edges, scaled so that a size
+        // rounded up would sample one past them (four copies 16 wide: 0.75 of 30 rows is
+        // 22.5, rounded to 23), is read inside it.
+        let corner = Piece::cut(drawing(&[([48, 34, 64, 64], red)])).unwrap();
+        let wide = Thing {
+            phrase: "a red cube".into(),
+            centres: vec![0.2, 0.4, 0.6, 0.8],
+        };
+        assert!(compose(&[corner], &[wide]).is_ok());
         // Scaled about the floor line: 20 rows tall become 16, standing on row 44.
         assert_eq!(pixel(&canvas, r.0 + 2, 28), red);
         assert_eq!(pixel(&canvas, r.0 + 2, 27), WALL);
