@@ -217,8 +217,8 @@ export interface Plan {
    * Start from a collage: each thing the prompt names drawn alone by the model, placed by
    * the graph's layout, and the run redrawn from it at this img2img strength, in [0, 1]
    * (0, the default, for none). Only where two or more things stand apart (no stack,
-   * nothing behind another, no lamp); costs 16 UNet evaluations per thing
-   * drawn. Not with `initImage`.
+   * nothing behind another, no lamp); costs 16 UNet evaluations per thing drawn. Not with
+   * `initImage`.
    */
   collage?: number;
 }
