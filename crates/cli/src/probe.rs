@@ -536,10 +536,11 @@ pub(crate) async fn run_suite(
         let csg = lina_csg::parse::parse(&scene.prompt)?;
         let (plan, candidates) = match choice {
             PlanChoice::Fixed(plan) => (plan.clone(), 1),
-            PlanChoice::Predicted(predictor) => (
-                predictor.suggest_for(pipe, &scene.prompt, &csg).await?.plan,
-                1,
-            ),
+            PlanChoice::Predicted(predictor) => {
+                let suggested = predictor.suggest_for(pipe, &scene.prompt, &csg).await?;
+                tracing::info!(prompt = %scene.prompt, candidate = %suggested.candidate, "predicted");
+                (suggested.plan, 1)
+            }
             PlanChoice::BestOfByChecker(n) => (Plan::default(), (*n).max(1)),
         };
         for seed in 0..seeds {
