@@ -186,35 +186,43 @@ fn the_default_model_s_predictor_suggests_one_of_its_candidate_plans() {
         }
     }
     // What it learnt from the training prompts and their mirror images: the model draws
-    // scenes lit from the left better, so a scene lit from the right is drawn mirrored, and
-    // its mirror image is not. (Two objects lit from the right are held out of the model's
-    // training and never sampled by the search: its rows for them are the mirror images of
-    // two objects lit from the left.)
-    // And where weaker guidance pays: lit scenes of several things get half the scale, a
-    // stack, whose top the training prompts lost more often under it, the whole scale.
-    // (Where it ranks the two scales within a hair of each other, the left-right pairs, the
-    // test leaves the scale alone.)
-    // And the collage wherever it arranges the graph: the training prompts' pairs side by side
-    // gained by it, in either frame, and their rows of things drew their counts and shapes
-    // at least as well. Never for a stack or a lit scene, which it does not arrange. (A
-    // collage places each thing where the graph says, whichever side the model draws a
-    // colour on: the frame of a pair's collage is ranked within a hair either way, and the
-    // test leaves it alone.)
+    // scenes lit from the left better, so a thing lit from the right is drawn mirrored, and
+    // its mirror image is not.
+    // And where weaker guidance pays: lit scenes the collage does not arrange (a row of one
+    // lit thing, a pair lit from above) get half the scale; a stack, whose top the training
+    // prompts lost more often under it, the whole scale.
+    // And the collage wherever it arranges the graph: the training prompts' pairs side by
+    // side and pairs lit from one side gained by it, in either frame, and their rows of
+    // things drew their counts and shapes at least as well. Never for a stack or a scene lit
+    // from above, which it does not arrange. (Two objects lit from the right are held out of
+    // the model's training and never sampled by the search: its rows for them are the mirror
+    // images of two objects lit from the left. A collage places each thing where the graph
+    // says, whichever side the model draws a colour on or the light comes from: the frame of
+    // a collage, and the scale of the runs it does not arrange, are ranked within a hair
+    // either way, and the test leaves them alone.)
     let half = Some(lina::Plan::GUIDANCE_FACTOR);
     for (prompt, mirrored, guidance, collage) in [
+        ("a red cube lit from the right", Some(true), None, false),
+        ("a red cube lit from the left", Some(false), None, false),
         (
             "a red cube and a blue ball lit from the right",
-            Some(true),
-            half,
-            false,
+            None,
+            None,
+            true,
         ),
         (
             "a red cube and a blue ball lit from the left",
-            Some(false),
+            None,
+            None,
+            true,
+        ),
+        ("two red balls lit from the right", Some(true), half, false),
+        (
+            "a red cube and a blue ball lit from above",
+            None,
             half,
             false,
         ),
-        ("two red balls lit from the right", Some(true), half, false),
         (
             "a purple cone to the left of a green cube",
             None,
