@@ -15,6 +15,7 @@ use lina_runtime::source::DirSource;
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/www/models/default");
 const REFERENCE: &str = "default_model/reference.png";
 const LINA_REFERENCE: &str = "default_model/reference_lina.png";
+const COLLAGE_REFERENCE: &str = "default_model/reference_collage.png";
 /// The page's defaults, which the reference image was made with (see tests/fixtures/README.md).
 const PROMPT: &str = "a red ball on a table";
 const STEPS: usize = 20;
@@ -55,49 +56,70 @@ fn the_default_model_reproduces_its_reference_image() {
 /// `a_lina_plan_draws_the_native_image` runs the same one.
 const LINA_PROMPT: &str = "a purple cube and a green ball with a lamp on the right";
 const LINA_PLAN: &str = r#"{"mirror":true,"promptStrength":0.5,"attentionStrength":0.5,"attentionWindow":[0,0.5],"nodeWeight":0.5,"regionWindow":[0,0.3],"energyStrength":0.25,"energyWindow":[0,0.3],"warp":1.2}"#;
+/// The mechanisms that plan leaves out, which the predictor picks for this prompt: the
+/// collage in the mirrored frame (its choice), with half the guidance scale. The browser
+/// test runs it too.
+const COLLAGE_PLAN: &str = r#"{"mirror":true,"collage":0.1,"guidance":0.5}"#;
 
-/// A LINA plan gives the same image on every backend: its reference was drawn once by the
-/// native CPU backend (tests/fixtures/README.md), and the browser tests draw it too.
+/// A LINA plan gives the same image on every backend: each reference was drawn once by the
+/// native CPU backend (tests/fixtures/README.md), and the browser tests draw them too.
 #[test]
 fn a_lina_plan_reproduces_its_reference_image() {
-    let reference = Image::from_png(&common::read_fixture(LINA_REFERENCE)).unwrap();
-    let plan = lina::Plan::parse(LINA_PLAN).unwrap();
     let csg = lina_csg::parse::parse(LINA_PROMPT).unwrap();
+    let references: [(&str, &str, &[&str]); 2] = [
+        (
+            LINA_REFERENCE,
+            LINA_PLAN,
+            &[
+                "mirrored frame",
+                "prompt guidance",
+                "region-controlled attention",
+                "\"a green ball\"",
+                "attention-energy latent update",
+                "schedule warp",
+            ],
+        ),
+        (
+            COLLAGE_REFERENCE,
+            COLLAGE_PLAN,
+            &["mirrored frame", "collage of", "guidance 3 x 0.5"],
+        ),
+    ];
     for (name, device) in common::test_devices() {
         let pipe = StableDiffusion::load(&DirSource::new(MODEL), &device).unwrap();
-        let done = pollster::block_on(lina::generate(
-            &pipe,
-            &options(LINA_PROMPT, 0),
-            &csg,
-            &plan,
-            &mut NoHook,
-            &CancelToken::new(),
-        ))
-        .unwrap();
-        // Every mechanism of the plan ran.
-        let described = done.described.join("; ");
-        for what in [
-            "mirrored frame",
-            "prompt guidance",
-            "region-controlled attention",
-            "\"a green ball\"",
-            "attention-energy latent update",
-            "schedule warp",
-        ] {
-            assert!(described.contains(what), "{name}: no {what} in {described}");
-        }
-        let worst = common::image_diff(&done.generated.image, &reference);
-        println!("{name}: worst pixel {worst}/255 from the LINA reference");
-        // Issue 24's bound for the same plan natively and in the browser.
-        assert!(worst <= 2, "{name}: worst pixel off by {worst}/255");
-        // Not the plain image of the same prompt: the plan changed it.
         let plain = pollster::block_on(pipe.generate(
             &options(LINA_PROMPT, 0),
             &mut NoHook,
             &CancelToken::new(),
         ))
         .unwrap();
-        assert!(common::image_diff(&plain.image, &reference) > 32, "{name}");
+        for (file, plan, mechanisms) in references {
+            let reference = Image::from_png(&common::read_fixture(file)).unwrap();
+            let plan = lina::Plan::parse(plan).unwrap();
+            let done = pollster::block_on(lina::generate(
+                &pipe,
+                &options(LINA_PROMPT, 0),
+                &csg,
+                &plan,
+                &mut NoHook,
+                &CancelToken::new(),
+            ))
+            .unwrap();
+            // Every mechanism of the plan ran.
+            let described = done.described.join("; ");
+            for what in mechanisms {
+                assert!(described.contains(what), "{name}: no {what} in {described}");
+            }
+            let worst = common::image_diff(&done.generated.image, &reference);
+            println!("{name}: worst pixel {worst}/255 from {file}");
+            // Issue 24's bound for the same plan natively and in the browser.
+            assert!(worst <= 2, "{name}, {file}: worst pixel off by {worst}/255");
+            // Not the plain image of the same prompt: the plan changed it.
+            assert!(
+                common::image_diff(&plain.image, &reference) > 32,
+                "{name}, {file}"
+            );
+        }
     }
 }
 

@@ -104,6 +104,13 @@ const LINA_REFERENCE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../tests/fixtures/default_model/reference_lina.png"
 ));
+/// The same prompt's image under the collage in the mirrored frame, at half the guidance
+/// scale (tests/default_model.rs, `COLLAGE_PLAN`).
+const COLLAGE_REFERENCE: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/default_model/reference_collage.png"
+));
+const COLLAGE_PLAN: &str = r#"{"mirror":true,"collage":0.1,"guidance":0.5}"#;
 const LINA_PROMPT: &str = "a purple cube and a green ball with a lamp on the right";
 const LINA_PLAN: &str = r#"{"mirror":true,"promptStrength":0.5,"attentionStrength":0.5,"attentionWindow":[0,0.5],"nodeWeight":0.5,"regionWindow":[0,0.3],"energyStrength":0.25,"energyWindow":[0,0.3],"warp":1.2}"#;
 
@@ -386,18 +393,29 @@ async fn a_plan_runs_lina_in_the_browser() {
     assert!(err.contains("promptStrenght"), "{err}");
 }
 
-/// The same LINA plan draws the same image in the browser as natively: the mirrored frame,
-/// prompt guidance, region-controlled attention, region terms, the attention-energy update
-/// and the warped schedule, on the CPU backend compiled into the module and on WebGPU.
+/// The same LINA plans draw the same images in the browser as natively, on the CPU backend
+/// compiled into the module and on WebGPU: the mirrored frame, prompt guidance,
+/// region-controlled attention, region terms, the attention-energy update and the warped
+/// schedule in one plan; the collage (drawn before the stepped run) and half the guidance
+/// scale in the other.
 #[wasm_bindgen_test]
 async fn a_lina_plan_draws_the_native_image() {
     for (backend, device) in [
         ("cpu", backend_options("cpu", "auto")),
         ("webgpu", f32_device()),
     ] {
-        let worst = default_model_error(device, LINA_PROMPT, Some(LINA_PLAN), LINA_REFERENCE).await;
-        web_sys::console::log_1(&format!("{backend}: worst pixel {worst}/255").into());
-        assert!(worst <= 2, "{backend}: worst pixel off by {worst}/255");
+        for (plan, reference) in [
+            (LINA_PLAN, LINA_REFERENCE),
+            (COLLAGE_PLAN, COLLAGE_REFERENCE),
+        ] {
+            let worst =
+                default_model_error(device.clone(), LINA_PROMPT, Some(plan), reference).await;
+            web_sys::console::log_1(&format!("{backend} {plan}: worst pixel {worst}/255").into());
+            assert!(
+                worst <= 2,
+                "{backend} {plan}: worst pixel off by {worst}/255"
+            );
+        }
     }
 }
 
