@@ -217,9 +217,9 @@ export interface Plan {
    * Start from a collage: each thing the prompt names drawn alone by the model, placed by
    * the graph's layout, and the run redrawn from it at this img2img strength, in [0, 1]
    * (0, the default, for none; 0.1 when turned on by name). Only where two or more things
-   * stand apart (no stack, nothing behind another); in a lit scene each thing is drawn lit
-   * with its shadow, and room is kept between them. Costs 16 UNet evaluations per thing
-   * drawn. Not with `initImage`.
+   * stand apart (no stack, nothing behind another); in a scene lit from one side each
+   * thing is drawn lit with its shadow, and room is kept between them. Costs 16 UNet
+   * evaluations per thing drawn. Not with `initImage`.
    */
   collage?: number;
 }

@@ -44,7 +44,7 @@ const SLIDERS = [
     min: 0.25,
   },
   strength("collage", "Collage", "Collage: redraw strength", 1, 0.05, (v) => (v === 0 ? "off" : `the last ${Math.round(v * 100)}% of the run`),
-    "Starts from a collage: each thing the prompt names drawn alone by the model, placed where the scene graph puts it, then the run redraws it from this point. Only where two or more things stand apart (no stack, nothing behind another); in a lit scene each thing is drawn lit with its shadow. Costs a short drawing per thing (try 0.1)."),
+    "Starts from a collage: each thing the prompt names drawn alone by the model, placed where the scene graph puts it, then the run redraws it from this point. Only where two or more things stand apart (no stack, nothing behind another); in a scene lit from one side each thing is drawn lit with its shadow. Costs a short drawing per thing (try 0.1)."),
 ];
 
 /**
