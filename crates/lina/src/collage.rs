@@ -78,11 +78,15 @@ impl Piece {
                 })
             })
             .collect();
+        // The backdrop boxes in pixels, once: the pixels whose centres they hold.
+        let px = |f: f32, n: usize| ((f * n as f32 - 0.5).ceil().max(0.0) as usize).min(n);
+        let kept: Vec<[usize; 4]> = backdrop
+            .iter()
+            .map(|b| [px(b[0], w), px(b[1], h), px(b[2], w), px(b[3], h)])
+            .collect();
         let in_backdrop = |x: usize, y: usize| {
-            let (fx, fy) = ((x as f32 + 0.5) / w as f32, (y as f32 + 0.5) / h as f32);
-            backdrop
-                .iter()
-                .any(|b| fx >= b[0] && fx < b[2] && fy >= b[1] && fy < b[3])
+            kept.iter()
+                .any(|b| (b[0]..b[2]).contains(&x) && (b[1]..b[3]).contains(&y))
         };
         let mut bbox = [w, h, 0, 0];
         for y in 0..h {
@@ -337,12 +341,12 @@ pub enum Spacing {
 }
 
 impl Spacing {
-    /// The spacing of `csg`'s collage: lit where the graph says where the light comes from.
+    /// The spacing of `csg`'s collage: lit where the light comes from one side (the only
+    /// lit scenes [`arrange`] takes).
     pub fn of(csg: &Csg) -> Self {
-        if csg.light.is_some() {
-            Self::Lit
-        } else {
-            Self::Plain
+        match csg.light {
+            Some(Light::Left | Light::Right) => Self::Lit,
+            Some(Light::Above) | None => Self::Plain,
         }
     }
 
