@@ -9,9 +9,10 @@
 # It runs, each step under its own timeout and the whole under BENCH_GPU_BUDGET seconds
 # (default 420):
 #   1. `lina-cli bench-kernels` in f32 and f16: SD 1.5's convolutions, linear layers, attention
-#      and group norm at 64x64 latents and below, burn's kernels beside ours (attention with
-#      each key block), and the square product that sets the matrix peak as burn's matmul
-#      reaches it;
+#      and group norm at 64x64 latents and below, and SD 2.1's attention at 96x96, burn's
+#      kernels beside ours (attention with each key block; in f16 also in cooperative
+#      matrices), and the square product that sets the matrix peak as burn's matmul reaches
+#      it;
 #   2. tools/bench_torch_unet.py: PyTorch's SD 1.5 UNet call (batch 2, 64x64) with random
 #      weights on CUDA in f32 (TF32 off and on) and f16 (and torch.compile where
 #      BENCH_GPU_COMPILE is set), saving its weights, inputs and outputs;

@@ -77,9 +77,9 @@ grep '^wasm:' "$wasm_log"
 step "native tests, linted (CPU backend and wgpu on Vulkan)"
 LINA_TEST_GPU=1 with_clippy cargo test
 
-step "the coop matmul on a lavapipe with cooperative matrices (scripts/lavapipe-coop.sh)"
+step "the coop matmul and attention on a lavapipe with cooperative matrices (scripts/lavapipe-coop.sh)"
 # CI's lavapipe (Mesa 22.3) has no cooperative matrices, so the native tests above skip the
-# kernel that multiplies in them; Debian 13's backported Mesa has them (fetched on first use).
+# kernels that multiply in them; Debian 13's backported Mesa has them (fetched on first use).
 LINA_TEST_GPU=1 LINA_TEST_COOP=1 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=scripts/lavapipe-coop.sh \
   with_clippy cargo test --test kernels coop
 

@@ -85,15 +85,16 @@ fn coop_size(_adapter: &wgpu::Adapter) -> Option<u32> {
 }
 
 /// Whether `device` compiles a kernel that multiplies in cooperative matrices of `size`, as
-/// `shaders/matmul_coop.wgsl` does (f16 loaded from workgroup memory, f32 sums stored back),
-/// on subgroups of `lanes`: the feature is experimental, and a driver that offers it may
-/// still refuse the translated shader. Tried once per device, inside error scopes.
+/// `shaders/matmul_coop.wgsl` and `attention_coop.wgsl` do (f16 loaded from workgroup memory,
+/// f32 sums loaded from it and stored back), on subgroups of `lanes`: the feature is
+/// experimental, and a driver that offers it may still refuse the translated shader. Tried
+/// once per device, inside error scopes.
 async fn coop_compiles(device: &wgpu::Device, size: u32, lanes: u32) -> bool {
     let text = format!(
         "enable f16;\nenable wgpu_cooperative_matrix;\n\
          var<workgroup> halves: array<f16, {n}>;\nvar<workgroup> sums: array<f32, {n}>;\n\
          @compute @workgroup_size({lanes})\nfn main() {{\n    \
-         var acc: coop_mat{size}x{size}<f32, C>;\n    \
+         var acc = coopLoadT<coop_mat{size}x{size}<f32, C>>(&sums[0], {size}u);\n    \
          let a = coopLoadT<coop_mat{size}x{size}<f16, A>>(&halves[0], {size}u);\n    \
          let b = coopLoad<coop_mat{size}x{size}<f16, B>>(&halves[0], {size}u);\n    \
          acc = coopMultiplyAdd(a, b, acc);\n    coopStoreT(acc, &sums[0], {size}u);\n}}\n",

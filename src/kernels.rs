@@ -162,14 +162,18 @@ pub const MAX_HEAD_DIM: usize = 160;
 /// them, give [B, Lq, H*D]; what `nn::multi_head_attention` computes when not causal. With
 /// `bias`, that is added to the scores it covers before the softmax (an intervention's
 /// control), still without a score matrix.
+/// `kernels` is the model's choice, which decides whether f16 attention may multiply in
+/// cooperative matrices ([`attention_kernel`]).
 pub fn attention(
     q: Columns,
     k: Columns,
     v: Columns,
     heads: usize,
     bias: Option<ScoreBias>,
+    kernels: Kernels,
 ) -> Tensor<3> {
-    let kernel = attention_kernel(&q.rows.device(), q.width / heads);
+    let device = q.rows.device();
+    let kernel = attention_kernel(kernels, &device, q.rows.dtype(), q.width / heads);
     attention_with(q, k, v, heads, bias, kernel)
 }
 
@@ -197,7 +201,7 @@ pub fn attention_serves(
 ) -> bool {
     // Where lavapipe's fault would strike: the untiled kernel on a software adapter.
     let untiled_in_software = crate::device::limits(device).software
-        && attention_kernel(device, head_dim) == AttentionKernel::Untiled;
+        && attention_kernel(kernels, device, dtype, head_dim) == AttentionKernel::Untiled;
     head_dim <= MAX_HEAD_DIM
         && kernels.fused_for(device, dtype)
         && (keys <= SOFTWARE_ATTENTION_MAX_KEYS || !untiled_in_software)
@@ -212,17 +216,43 @@ pub enum AttentionKernel {
     Tiled { keys: u32 },
     /// shaders/attention_lanes.wgsl, a subgroup of this many lanes per workgroup.
     Lanes { lanes: u32 },
+    /// shaders/attention_coop.wgsl: f16 only, both products in cooperative matrices of
+    /// `size` x `size`, by workgroups of `subgroups` subgroups of `lanes` (each `size` query
+    /// rows), over blocks of `keys` keys ([`coop_attention_fits`] says which fit an adapter).
+    Coop {
+        size: u32,
+        lanes: u32,
+        subgroups: u32,
+        keys: u32,
+    },
 }
 
-/// The attention kernel for heads of `head_dim` values on `device`. Heads that are no
-/// multiple of 4 values take the untiled kernel (the others read vec4s). On software
+/// The attention kernel for heads of `head_dim` values of type `dtype` on `device`, for a
+/// model loaded with `kernels`. Where the device multiplies f16 in cooperative matrices
+/// (tensor cores, natively), f16 attention multiplies in them, as f16 products do
+/// ([`matmul_kernel`]: with [`Kernels::Matrices`] on software adapters too, with
+/// [`Kernels::NoMatrices`] never), in the largest block that fits. Otherwise heads that are
+/// no multiple of 4 values take the untiled kernel (the others read vec4s). On software
 /// adapters, where barriers are slow, the lanes kernel where the adapter has subgroups (6x
 /// burn's attention on lavapipe at SD 1.5's 64x64 self-attention, docs/bench.md), else the
 /// untiled one. On GPUs the tiled kernel with 16 keys, the fastest block on an H200 (twice as
 /// fast as 64 at SD 1.5's 64x64 self-attention), or fewer where the adapter's workgroup
 /// memory holds fewer.
-pub fn attention_kernel(device: &Device, head_dim: usize) -> AttentionKernel {
+pub fn attention_kernel(
+    kernels: Kernels,
+    device: &Device,
+    dtype: DType,
+    head_dim: usize,
+) -> AttentionKernel {
     let limits = crate::device::limits(device);
+    let matrices = match kernels {
+        Kernels::Matrices => true,
+        Kernels::NoMatrices | Kernels::Burn => false,
+        Kernels::Fused => !limits.software,
+    };
+    if let (true, DType::F16, Some(kernel)) = (matrices, dtype, coop_attention(&limits, head_dim)) {
+        return kernel;
+    }
     if !head_dim.is_multiple_of(4) {
         return AttentionKernel::Untiled;
     }
@@ -244,8 +274,57 @@ pub fn attention_kernel(device: &Device, head_dim: usize) -> AttentionKernel {
     }
 }
 
+/// The coop attention's largest block that fits the adapter for heads of `head_dim` values,
+/// where it multiplies in cooperative matrices: the most subgroups (query rows per
+/// workgroup, each key and value copied once for all of them), then the most keys per
+/// block (fewer barriers per key).
+fn coop_attention(limits: &crate::device::Limits, head_dim: usize) -> Option<AttentionKernel> {
+    let (size, lanes) = (limits.coop_size?, limits.subgroup_lanes?);
+    [4, 2, 1].into_iter().find_map(|subgroups| {
+        [64, 32, 16, 8]
+            .into_iter()
+            .map(|keys| AttentionKernel::Coop {
+                size,
+                lanes,
+                subgroups,
+                keys,
+            })
+            .find(|&kernel| coop_attention_fits(limits, kernel, head_dim))
+    })
+}
+
+/// Whether the coop attention `kernel` (an [`AttentionKernel::Coop`]) fits the adapter for
+/// heads of `head_dim` values: its invocations and workgroup memory within the adapter's
+/// limits, and its block of keys in whole matrices. The memory: the keys (first the
+/// queries) and values of a block in f16, each row's scores in f32 and weights in f16, its
+/// output sums in f32 and two statistics (shaders/attention_coop.wgsl).
+pub fn coop_attention_fits(
+    limits: &crate::device::Limits,
+    kernel: AttentionKernel,
+    head_dim: usize,
+) -> bool {
+    let AttentionKernel::Coop {
+        size,
+        lanes,
+        subgroups,
+        keys,
+    } = kernel
+    else {
+        return false;
+    };
+    let (rows, padded) = (subgroups * size, (head_dim as u32).div_ceil(size) * size);
+    let bytes = 2 * (keys.max(rows) * padded + keys * padded)
+        + 6 * rows * keys
+        + 4 * rows * padded
+        + 8 * rows;
+    keys.is_multiple_of(size)
+        && subgroups * lanes <= limits.workgroup_invocations
+        && bytes <= limits.workgroup_bytes
+}
+
 /// [`attention`] by the kernel given (which must suit the adapter: a tiled block that fits its
-/// workgroup memory, lanes that are its subgroup's; [`attention_kernel`] picks one that does).
+/// workgroup memory, lanes that are its subgroup's, a coop kernel that fits and f16 tensors;
+/// [`attention_kernel`] picks one that does).
 pub fn attention_with(
     q: Columns,
     k: Columns,
@@ -904,10 +983,17 @@ impl Fused for CubeBackend {
         if let Some(bias) = &bias {
             bound.push(bias);
         }
-        let (name, rows_per_group) = match columns.kernel {
-            AttentionKernel::Untiled => ("attention", 64),
-            AttentionKernel::Tiled { .. } => ("attention_tiled", 64),
-            AttentionKernel::Lanes { lanes } => ("attention_lanes", lanes),
+        // The kernel, its invocations per workgroup and query rows per workgroup.
+        let (name, threads, rows_per_group) = match columns.kernel {
+            AttentionKernel::Untiled => ("attention", 64, 64),
+            AttentionKernel::Tiled { .. } => ("attention_tiled", 64, 64),
+            AttentionKernel::Lanes { lanes } => ("attention_lanes", lanes, lanes),
+            AttentionKernel::Coop {
+                size,
+                lanes,
+                subgroups,
+                ..
+            } => ("attention_coop", subgroups * lanes, subgroups * size),
         };
         let mut kernel = Wgsl::new(name, q.dtype, head_dim);
         kernel.sources = sources;
@@ -919,13 +1005,28 @@ impl Fused for CubeBackend {
                     .iter()
                     .all(|v| v % 4 == 0);
             }
+            AttentionKernel::Coop {
+                size,
+                lanes,
+                subgroups,
+                keys,
+            } => {
+                assert_eq!(q.dtype, DType::F16, "the coop attention multiplies f16");
+                kernel.key_block = keys;
+                kernel.coop_attention = Some(CoopAttention {
+                    size,
+                    lanes,
+                    subgroups,
+                    key_count: lk,
+                });
+            }
             AttentionKernel::Untiled => {}
         }
         kernel.biased = bias.is_some();
         launch(
             &q,
             kernel,
-            CubeDim::new_1d(rows_per_group),
+            CubeDim::new_1d(threads),
             CubeCount::Static(lq.div_ceil(rows_per_group), b * heads, 1),
             &bound,
             &params,
@@ -1433,6 +1534,20 @@ struct Wgsl {
     quads: bool,
     /// For the coop matmul: the product it is written for.
     coop: Option<CoopShape>,
+    /// For the coop attention: its matrices, workgroup and key count (`key_block` holds its
+    /// block of keys).
+    coop_attention: Option<CoopAttention>,
+}
+
+/// What a coop attention kernel is written for besides its head and block of keys: the
+/// cooperative matrices' side, the subgroups' invocations, the workgroup's subgroups, and the
+/// number of keys (a constant of its text, shaders/attention_coop.wgsl says why).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CoopAttention {
+    size: u32,
+    lanes: u32,
+    subgroups: u32,
+    key_count: u32,
 }
 
 /// The product a coop matmul kernel is written for (its sizes are constants of its text):
@@ -1461,6 +1576,7 @@ impl Wgsl {
             conv: false,
             quads: false,
             coop: None,
+            coop_attention: None,
         }
     }
 
@@ -1530,7 +1646,7 @@ impl Wgsl {
         let own = self.own_template();
         let common = match self.name {
             "geglu" | "bias_residual" => include_str!("../shaders/rows_common.wgsl"),
-            "attention" | "attention_tiled" | "attention_lanes" => {
+            "attention" | "attention_tiled" | "attention_lanes" | "attention_coop" => {
                 include_str!("../shaders/attention_common.wgsl")
             }
             name if name.starts_with("norm_") => include_str!("../shaders/norm_common.wgsl"),
@@ -1914,6 +2030,87 @@ impl Wgsl {
             .replace("{{ store }}", &store)
     }
 
+    /// The coop attention's sizes and its loops over the cooperative matrices, written out
+    /// (shaders/attention_coop.wgsl says what each part is).
+    fn write_out_attention_coop(&self, text: String) -> String {
+        let shape = self
+            .coop_attention
+            .expect("the coop attention is written for a key count");
+        let (size, keys) = (shape.size, self.key_block);
+        let rows = shape.subgroups * size;
+        let padded = self.head_dim.div_ceil(size) * size;
+        let matrix = |role: &str, scalar: &str| format!("coop_mat{size}x{size}<{scalar}, {role}>");
+        let (a, b, c) = (matrix("A", "f16"), matrix("B", "f16"), matrix("C", "f32"));
+        let (values, blocks) = (padded / size, keys / size);
+        let mut load_queries = String::new();
+        for t in 0..values {
+            load_queries += &format!(
+                "    let q{t} = coopLoadT<{a}>(&k_tile[sub_row * DP + {}u], DP);\n",
+                t * size
+            );
+        }
+        load_queries += &format!("    let zero = {c}();\n");
+        // Keys as the product's right-hand side, [values, keys]: k_tile's rows are its
+        // columns, so read column by column.
+        let mut scores = String::new();
+        for kc in 0..blocks {
+            scores += "        {\n";
+            let mut sum = "zero".to_string();
+            for t in 0..values {
+                scores += &format!(
+                    "            let k{t} = coopLoad<{b}>(&k_tile[{}u], DP);\n            \
+                     let s{t} = coopMultiplyAdd(q{t}, k{t}, {sum});\n",
+                    kc * size * padded + t * size
+                );
+                sum = format!("s{t}");
+            }
+            scores += &format!(
+                "            coopStoreT({sum}, &s_tile[sub_row * BK + {}u], BK);\n        }}\n",
+                kc * size
+            );
+        }
+        let mut accumulate = String::new();
+        for kc in 0..blocks {
+            accumulate += &format!(
+                "        let w{kc} = coopLoadT<{a}>(&w_tile[sub_row * BK + {}u], BK);\n",
+                kc * size
+            );
+        }
+        for t in 0..values {
+            accumulate += &format!(
+                "        {{\n            let o = coopLoadT<{c}>(&o_tile[sub_row * DP + {}u], DP);\n",
+                t * size
+            );
+            let mut sum = "o".to_string();
+            for kc in 0..blocks {
+                accumulate += &format!(
+                    "            let v{kc} = coopLoadT<{b}>(&v_tile[{}u], DP);\n            \
+                     let o{kc} = coopMultiplyAdd(w{kc}, v{kc}, {sum});\n",
+                    kc * size * padded + t * size
+                );
+                sum = format!("o{kc}");
+            }
+            accumulate += &format!(
+                "            coopStoreT({sum}, &o_tile[sub_row * DP + {}u], DP);\n        }}\n",
+                t * size
+            );
+        }
+        let number = |v: u32| v.to_string();
+        text.replace("{{ size }}", &number(size))
+            .replace("{{ lanes }}", &number(shape.lanes))
+            .replace("{{ subgroups }}", &number(shape.subgroups))
+            .replace("{{ threads }}", &number(shape.subgroups * shape.lanes))
+            .replace("{{ padded }}", &number(padded))
+            .replace("{{ keys }}", &number(shape.key_count))
+            .replace("{{ k_tile }}", &number(keys.max(rows) * padded))
+            .replace("{{ v_tile }}", &number(keys * padded))
+            .replace("{{ s_tile }}", &number(rows * keys))
+            .replace("{{ o_tile }}", &number(rows * padded))
+            .replace("{{ load_queries }}", &load_queries)
+            .replace("{{ scores }}", &scores)
+            .replace("{{ accumulate }}", &accumulate)
+    }
+
     /// The lanes attention's loops over a head's values and over a block of keys, written
     /// out (shaders/attention_lanes.wgsl says why).
     fn write_out_attention_lanes(&self, text: String) -> String {
@@ -1997,6 +2194,7 @@ impl Wgsl {
             "attention" => include_str!("../shaders/attention.wgsl"),
             "attention_tiled" => include_str!("../shaders/attention_tiled.wgsl"),
             "attention_lanes" => include_str!("../shaders/attention_lanes.wgsl"),
+            "attention_coop" => include_str!("../shaders/attention_coop.wgsl"),
             "geglu" => include_str!("../shaders/geglu.wgsl"),
             "bias_residual" => include_str!("../shaders/bias_residual.wgsl"),
             "guided_step" => include_str!("../shaders/guided_step.wgsl"),
@@ -2014,6 +2212,9 @@ impl KernelSource for Wgsl {
         let mut enable = String::new();
         if self.f16 {
             enable.push_str("enable f16;\n");
+        }
+        if self.coop_attention.is_some() {
+            enable.push_str("enable wgpu_cooperative_matrix;\n");
         }
         // Browsers compile subgroup operations only after `enable subgroups`; naga, which
         // translates the kernels natively, does not parse it (and needs none). Their compiler
@@ -2036,6 +2237,9 @@ impl KernelSource for Wgsl {
         }
         if self.name == "matmul_coop" {
             text = self.write_out_matmul_coop(text);
+        }
+        if self.name == "attention_coop" {
+            text = self.write_out_attention_coop(text);
         }
         let text = text
             .replace("{{ enable }}", &enable)
@@ -2060,6 +2264,7 @@ impl KernelSource for Wgsl {
             self.biased,
             (self.lanes, self.b_rows, self.conv, self.quads),
             self.coop,
+            self.coop_attention,
         ))
     }
 
@@ -2070,7 +2275,7 @@ impl KernelSource for Wgsl {
 
 #[cfg(test)]
 mod tests {
-    use super::coop_fits;
+    use super::{AttentionKernel, coop_attention, coop_fits};
     use crate::device::Limits;
 
     /// A GPU with this much workgroup memory and this many invocations per workgroup.
@@ -2103,5 +2308,40 @@ mod tests {
         // lavapipe (32 KiB; subgroups of 8, 8x8 matrices): both blocks.
         let lavapipe = adapter(32 << 10, 1024);
         assert!(coop_fits(&lavapipe, 8, 8, 2) && coop_fits(&lavapipe, 8, 8, 4));
+    }
+
+    #[test]
+    fn the_coop_attention_takes_the_largest_block_that_fits() {
+        let block = |limits: &Limits, head_dim| {
+            coop_attention(limits, head_dim).map(|kernel| match kernel {
+                AttentionKernel::Coop {
+                    subgroups, keys, ..
+                } => (subgroups, keys),
+                other => panic!("{other:?}"),
+            })
+        };
+        // On an H200, SD 1.5's heads (40, 80 and 160 values) and SD 2.1's (64): four
+        // subgroups of 16 rows and blocks of 32 keys (64 keys for heads of 40 would take
+        // 49,664 B, 512 more than there is), two subgroups for heads of 160.
+        let h200 = adapter(48 << 10, 1024);
+        for head_dim in [40, 64, 80] {
+            assert_eq!(block(&h200, head_dim), Some((4, 32)), "heads of {head_dim}");
+        }
+        assert_eq!(block(&h200, 160), Some((2, 32)));
+        // With 16 KiB, heads of 160 fit no block: another kernel serves them.
+        assert_eq!(block(&adapter(16 << 10, 1024), 160), None);
+        // Subgroups of 64 where a workgroup has at most 128 invocations: two subgroups.
+        let mut wide = adapter(48 << 10, 128);
+        wide.subgroup_lanes = Some(64);
+        assert_eq!(block(&wide, 64), Some((2, 64)));
+        // No matrices, no coop attention.
+        let mut plain = h200.clone();
+        plain.coop_size = None;
+        assert_eq!(block(&plain, 64), None);
+        // lavapipe (32 KiB; subgroups of 8, 8x8 matrices).
+        let mut lavapipe = adapter(32 << 10, 1024);
+        (lavapipe.subgroup_lanes, lavapipe.coop_size) = (Some(8), Some(8));
+        assert_eq!(block(&lavapipe, 40), Some((4, 64)));
+        assert_eq!(block(&lavapipe, 64), Some((4, 32)));
     }
 }

@@ -570,7 +570,7 @@ pub fn multi_head_attention(
     let inner = q.width;
     let (device, dtype, keys) = (q.rows.device(), q.rows.dtype(), k.rows.dims()[1]);
     if !causal && kernels::attention_serves(kernels, &device, dtype, inner / heads, keys) {
-        return kernels::attention(q, k, v, heads, None);
+        return kernels::attention(q, k, v, heads, None, kernels);
     }
     let (q, k, v) = (q.into_tensor(), k.into_tensor(), v.into_tensor());
     let [b, lq, _] = q.dims();

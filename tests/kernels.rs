@@ -206,6 +206,19 @@ fn kernels_to_check(gpu: &Device) -> Vec<AttentionKernel> {
 }
 
 fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
+    check_attention_kernels(gpu, tolerance, label, &|_| kernels_to_check(gpu));
+    check_packed_attention(gpu, tolerance, label);
+    check_rows(gpu, tolerance, label);
+}
+
+/// The attention `kernels` give for heads of each size against burn's operations on the
+/// CPU, and what the runtime chooses over 1024 keys.
+fn check_attention_kernels(
+    gpu: &Device,
+    tolerance: f32,
+    label: &str,
+    kernels: &dyn Fn(usize) -> Vec<AttentionKernel>,
+) {
     // Attention: self-attention over 100 positions (no multiple of the 64-row workgroup),
     // and cross-attention onto 77 tokens and onto one, with heads of 8, 40 and 64 values; by
     // each kernel: without workgroup memory, tiled (blocks of 16 keys: whole ones, a short
@@ -221,7 +234,7 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
         let (k, gk) = pair([2, lk, heads * d], 11, gpu);
         let (v, gv) = pair([2, lk, heads * d], 12, gpu);
         let want = values(reference_attention(q, k, v, heads));
-        for kernel in kernels_to_check(gpu) {
+        for kernel in kernels(d) {
             let (gq, gk, gv) = (gq.clone(), gk.clone(), gv.clone());
             let got = lina_runtime::kernels::attention_with(
                 gq.into(),
@@ -257,7 +270,7 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
         Kernels::Fused,
     );
     let mut ways = vec![("as the runtime chooses".to_string(), chosen)];
-    for kernel in kernels_to_check(gpu) {
+    for kernel in kernels(d) {
         if kernel != AttentionKernel::Untiled {
             let (gq, gk, gv) = (gq.clone(), gk.clone(), gv.clone());
             let got = lina_runtime::kernels::attention_with(
@@ -290,7 +303,7 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
         let (bias, g_bias) = pair([2, rows, cols], 19, gpu);
         let (bias, g_bias) = (bias.mul_scalar(3.0), g_bias.mul_scalar(3.0));
         let want = values(reference_biased_attention(q, k, v, heads, bias, first));
-        for kernel in kernels_to_check(gpu) {
+        for kernel in kernels(d) {
             let score_bias = lina_runtime::kernels::ScoreBias {
                 values: &g_bias,
                 first_key: first,
@@ -325,7 +338,7 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
         (q, g)
     });
     let want = values(reference_attention(q.0, k.0, v.0, heads));
-    for kernel in kernels_to_check(gpu) {
+    for kernel in kernels(d) {
         let got = lina_runtime::kernels::attention_with(
             q.1.clone(),
             k.1.clone(),
@@ -340,14 +353,17 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
             "{label}: attention on columns at odd offsets ({kernel:?}) off by {diff}"
         );
     }
+}
 
+/// Attention read in place from fused projections' rows, as the runtime chooses its kernel.
+fn check_packed_attention(gpu: &Device, tolerance: f32, label: &str) {
     // The same read in place from fused projections' rows: [q | k | v] for self-attention,
     // q and [k | v] for cross-attention.
     let (heads, d) = (3, 40);
     let (qkv, g_qkv) = pair([2, 100, 3 * heads * d], 13, gpu);
     let [q, k, v] = [0, 1, 2].map(|i| qkv.clone().narrow(2, i * heads * d, heads * d));
     let [gq, gk, gv] = Columns::split(g_qkv);
-    let got = lina_runtime::kernels::attention(gq, gk, gv, heads, None);
+    let got = lina_runtime::kernels::attention(gq, gk, gv, heads, None, Kernels::Fused);
     let diff = max_abs_diff(&read(got), &values(reference_attention(q, k, v, heads)));
     assert!(
         diff < tolerance * 4.0,
@@ -358,13 +374,16 @@ fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
     let (kv, g_kv) = pair([2, 77, 2 * heads * d], 15, gpu);
     let [k, v] = [0, 1].map(|i| kv.clone().narrow(2, i * heads * d, heads * d));
     let [gk, gv] = Columns::split(g_kv);
-    let got = lina_runtime::kernels::attention(gq.into(), gk, gv, heads, None);
+    let got = lina_runtime::kernels::attention(gq.into(), gk, gv, heads, None, Kernels::Fused);
     let diff = max_abs_diff(&read(got), &values(reference_attention(q, k, v, heads)));
     assert!(
         diff < tolerance * 4.0,
         "{label}: packed cross-attention off by {diff}"
     );
+}
 
+/// GEGLU, and a linear layer's bias with the residual around it.
+fn check_rows(gpu: &Device, tolerance: f32, label: &str) {
     // GEGLU over 70,000 outputs in rows of 1000, after its projection's bias: workgroups
     // straddle rows.
     let (x, gx) = pair([2, 35, 2 * 1000], 20, gpu);
@@ -809,6 +828,73 @@ fn the_coop_matmul_computes_what_burns_operations_compute() {
     );
 }
 
+/// The coop attention (shaders/attention_coop.wgsl) on an f16 device that multiplies in
+/// cooperative matrices (a GPU with tensor cores, or `scripts/lavapipe-coop.sh`'s lavapipe,
+/// as scripts/test.sh runs it), against burn's operations on the CPU, for every case of the
+/// other attention kernels: by the block the runtime picks for each head size and by the
+/// smallest (one subgroup's rows, one matrix of keys: many blocks, and queries and keys past
+/// the last whole block); and that the runtime picks it where it should. Through a whole
+/// UNet against diffusers, the coop matmul's test runs it too (`Kernels::Matrices`).
+#[test]
+fn the_coop_attention_computes_what_burns_operations_compute() {
+    use burn::tensor::DType;
+    use lina_runtime::kernels::{attention_kernel, coop_attention_fits};
+
+    let Some(_) = gpu_device() else { return };
+    let f16 = f16_device();
+    let limits = lina_runtime::device::limits(&f16);
+    let (Some(size), Some(lanes)) = (limits.coop_size, limits.subgroup_lanes) else {
+        assert!(
+            std::env::var("LINA_TEST_COOP").as_deref() != Ok("1"),
+            "LINA_TEST_COOP=1 but {} multiplies in no cooperative matrices",
+            limits.adapter
+        );
+        eprintln!(
+            "{} has no cooperative matrices: the coop attention is not run here",
+            limits.adapter
+        );
+        return;
+    };
+    // f16 attention in the matrices on GPUs, and on software adapters only when asked (the
+    // lanes kernel serves them); never with `Kernels::NoMatrices`, nor in f32.
+    let choice = |kernels, dtype| attention_kernel(kernels, &f16, dtype, 40);
+    let forced = choice(Kernels::Matrices, DType::F16);
+    assert!(
+        matches!(forced, AttentionKernel::Coop { .. }),
+        "Kernels::Matrices takes {forced:?} for f16 heads of 40"
+    );
+    let usual = choice(Kernels::Fused, DType::F16);
+    assert_eq!(
+        usual == forced,
+        !limits.software,
+        "the runtime takes {usual:?} for f16 attention on {}",
+        limits.adapter
+    );
+    for (kernels, dtype) in [
+        (Kernels::NoMatrices, DType::F16),
+        (Kernels::Matrices, DType::F32),
+    ] {
+        let other = choice(kernels, dtype);
+        assert!(
+            !matches!(other, AttentionKernel::Coop { .. }),
+            "{kernels:?} in {dtype:?} takes {other:?}"
+        );
+    }
+    let smallest = AttentionKernel::Coop {
+        size,
+        lanes,
+        subgroups: 1,
+        keys: size,
+    };
+    check_attention_kernels(&f16, 0.01, "f16, coop", &|d| {
+        assert!(coop_attention_fits(&limits, smallest, d), "heads of {d}");
+        vec![
+            attention_kernel(Kernels::Matrices, &f16, DType::F16, d),
+            smallest,
+        ]
+    });
+}
+
 /// How far sd1_tiny's UNet on `device` with `kernels` is from diffusers' output on the
 /// fixture's inputs: the largest difference over the largest value.
 fn tiny_unet_off_by(device: &Device, kernels: Kernels) -> f32 {
@@ -920,6 +1006,7 @@ fn fused_kernel_timings() {
             rows.clone().into(),
             4,
             None,
+            Kernels::Fused,
         ))
     });
     time("self-attention 256, 4 heads of 24, burn", &|| {
@@ -937,6 +1024,7 @@ fn fused_kernel_timings() {
             k.clone().into(),
             4,
             None,
+            Kernels::Fused,
         ))
     });
     time("cross-attention 256x77, burn", &|| {

@@ -178,6 +178,7 @@ fn fused_biased_attention(
         v.clone().into(),
         heads,
         Some(score_bias),
+        kernels,
     ))
 }
 

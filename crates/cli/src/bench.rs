@@ -717,10 +717,16 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
             report(&format!("matmul {name}"), "matmul", work, ways)?;
         }
 
-        // Attention: self-attention at 64x64 (8 heads of 40) and cross-attention onto 77
-        // tokens; 4 B L_q L_k D FLOPs per head and sample.
-        for (lq, lk, name) in [(4096, 4096, "self 64x64"), (4096, 77, "cross 64x64")] {
-            let (heads, d) = (8, 40);
+        // Attention: self-attention at SD 1.5's 64x64 (8 heads of 40) and SD 2.1's 96x96 (5
+        // heads of 64), and cross-attention onto 77 tokens; 4 B L_q L_k D FLOPs per head and
+        // sample. burn's attention makes the score matrix, 3.4 GB at 96x96 in f32: there the
+        // first of ours is the reference.
+        for (lq, lk, heads, d, name) in [
+            (4096, 4096, 8, 40, "self 64x64"),
+            (4096, 77, 8, 40, "cross 64x64"),
+            (9216, 9216, 5, 64, "self 96x96, SD 2.1"),
+            (9216, 77, 5, 64, "cross 96x96, SD 2.1"),
+        ] {
             let q = random([2, lq, heads * d]);
             let kv = random([2, lk, heads * d]);
             let work = 4.0 * (2 * heads * lq * lk * d) as f64;
@@ -737,10 +743,19 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
                     ))
                 }) as Box<dyn Fn() -> Tensor<1>>
             };
-            let mut ways = vec![("burn".to_string(), attend(Kernels::Burn))];
-            // The kernel without workgroup memory, the tiled one with each key block that
-            // fits the adapter, and the lanes kernel where the adapter has subgroups.
-            let mut kernels = vec![k::AttentionKernel::Untiled];
+            let mut ways = Vec::new();
+            if lq * lk <= 4096 * 4096 {
+                ways.push(("burn".to_string(), attend(Kernels::Burn)));
+            }
+            // The kernel without workgroup memory (not at 96x96, where no GPU takes it and
+            // it would take seconds of the GPU script's budget), the tiled one with each key
+            // block that fits the adapter, the lanes kernel where the adapter has subgroups,
+            // and the coop kernel where the device multiplies in cooperative matrices: the
+            // runtime's block, and each block of keys beside it that fits.
+            let mut kernels = Vec::new();
+            if lq * lk <= 4096 * 4096 {
+                kernels.push(k::AttentionKernel::Untiled);
+            }
             for keys in [16u32, 32, 64] {
                 if 2 * 4 * keys * d as u32 <= limits.workgroup_bytes {
                     kernels.push(k::AttentionKernel::Tiled { keys });
@@ -749,12 +764,45 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
             if let Some(lanes) = limits.subgroup_lanes {
                 kernels.push(k::AttentionKernel::Lanes { lanes });
             }
+            let coop = k::attention_kernel(Kernels::Matrices, &device, burn::tensor::DType::F16, d);
+            if let k::AttentionKernel::Coop {
+                size,
+                lanes,
+                subgroups,
+                keys: chosen,
+            } = coop
+            {
+                kernels.push(coop);
+                for keys in [16, 32, 64] {
+                    let other = k::AttentionKernel::Coop {
+                        size,
+                        lanes,
+                        subgroups,
+                        keys,
+                    };
+                    if keys != chosen && k::coop_attention_fits(&limits, other, d) {
+                        kernels.push(other);
+                    }
+                }
+            }
             for kernel in kernels {
                 let (q, kv) = (q.clone(), kv.clone());
                 let how = match kernel {
                     k::AttentionKernel::Untiled => "ours".to_string(),
                     k::AttentionKernel::Tiled { keys } => format!("ours tiled, {keys} keys"),
                     k::AttentionKernel::Lanes { lanes } => format!("ours, {lanes} lanes"),
+                    k::AttentionKernel::Coop {
+                        size,
+                        subgroups,
+                        keys,
+                        ..
+                    } => {
+                        let chosen = if kernel == coop { ", chosen" } else { "" };
+                        format!(
+                            "coop {size}, {} rows, {keys} keys{chosen}",
+                            subgroups * size
+                        )
+                    }
                 };
                 ways.push((
                     how,
