@@ -36,6 +36,11 @@ const THREADS: u32 = 4u * LANES;
 const TM: u32 = {{ tm }}u;
 const TN: u32 = {{ tn }}u;
 const TK: u32 = {{ tk }}u;
+// Where each row of a's block and of b's lies from the one before in workgroup memory: its
+// values, then, where the block is padded, 8 unused ones, so that the rows a matrix load
+// reads together fall in different banks.
+const A_STRIDE: u32 = {{ a_stride }}u;
+const B_STRIDE: u32 = {{ b_stride }}u;
 // The product: M x K times K x N.
 const M: u32 = {{ m }}u;
 const N: u32 = {{ n }}u;
@@ -67,7 +72,8 @@ const PAD: u32 = {{ pad }}u;
 
 // a's block row by row (TK values of K each); b's block as its rows of TN columns, or, where
 // b is stored as [N, K], as its columns of TK values (so that neighbouring invocations copy
-// neighbouring values either way); one S x S matrix of sums per subgroup, row by row.
+// neighbouring values either way), each row A_STRIDE or B_STRIDE values after the last; one
+// S x S matrix of sums per subgroup, row by row.
 var<workgroup> a_tile: array<T, {{ a_tile }}>;
 var<workgroup> b_tile: array<T, {{ b_tile }}>;
 var<workgroup> c_tile: array<f32, 4u * S * S>;

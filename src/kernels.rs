@@ -539,7 +539,16 @@ pub enum MatmulKernel {
 pub struct CoopBlock {
     pub tiles: u32,
     pub splits: u32,
+    /// Whether each row of a's and b's blocks in workgroup memory is followed by
+    /// [`COOP_PAD`] unused values, so that the rows a matrix load reads together lie in
+    /// different banks: unpadded, rows 64 bytes apart (32 values of K) meet in every second
+    /// row's banks, and b's rows of 64 or 128 columns all in the same ones.
+    pub padded: bool,
 }
+
+/// The values after each row of the coop matmul's blocks in workgroup memory where they are
+/// padded: 16 bytes, which keeps every row as aligned as a matrix load may need.
+const COOP_PAD: u32 = 8;
 
 /// Cooperative matrices along K per step of the coop matmul (each step one barrier pair).
 const COOP_K_TILES: u32 = 2;
@@ -617,7 +626,8 @@ pub fn matmul_kernel(
 pub fn coop_fits(limits: &crate::device::Limits, size: u32, lanes: u32, tiles: u32) -> bool {
     let (rows, cols, depth) = coop_block(size, tiles);
     let threads = 4 * lanes;
-    let bytes = 2 * (rows * depth + depth * cols) + 4 * 4 * size * size;
+    // Padded (the larger): a's rows of `depth` values and b's of `cols` (or `depth`) values.
+    let bytes = 2 * (rows * (depth + COOP_PAD) + depth * (cols + COOP_PAD)) + 4 * 4 * size * size;
     threads <= limits.workgroup_invocations
         && bytes <= limits.workgroup_bytes
         && [rows * depth, depth * cols, 4 * size * size]
@@ -646,6 +656,7 @@ fn coop_block_for(
     CoopBlock {
         tiles,
         splits: k_splits(&limits, rows, cols, depth) as u32,
+        padded: true,
     }
 }
 
@@ -1856,6 +1867,15 @@ impl Wgsl {
         let (size, tiles, splits) = (shape.size, shape.block.tiles, shape.block.splits);
         let (tm, tn, tk) = coop_block(size, tiles);
         let [m, n, k] = shape.dims;
+        // The rows of a's block (TK values each) and of b's (TN values each from b's rows, TK
+        // from its columns), padded or not, and how many of b's there are.
+        let pad = if shape.block.padded { COOP_PAD } else { 0 };
+        let a_stride = tk + pad;
+        let (b_lines, b_stride) = if self.b_rows {
+            (tk, tn + pad)
+        } else {
+            (tn, tk + pad)
+        };
         // Each part's share of K, in whole steps.
         let k_part = k.div_ceil(splits).div_ceil(tk) * tk;
         let g = shape.conv;
@@ -1916,15 +1936,15 @@ impl Wgsl {
             )
         };
         let b_call = if self.b_rows {
-            "copy_b(at, k0 + at / TN, col0 + at % TN)"
+            "copy_b((at / TN) * B_STRIDE + at % TN, k0 + at / TN, col0 + at % TN)"
         } else {
-            "copy_b(at, k0 + at % TK, col0 + at / TK)"
+            "copy_b((at / TK) * B_STRIDE + at % TK, k0 + at % TK, col0 + at / TK)"
         };
         let width = |vector: bool| if vector { 8 } else { 1 };
         let copy = copy_loop(
             tm * tk,
             width(vec_a),
-            "copy_a(at, row0 + at / TK, k0 + at % TK)",
+            "copy_a((at / TK) * A_STRIDE + at % TK, row0 + at / TK, k0 + at % TK)",
         ) + &copy_loop(tk * tn, width(vec_b), b_call);
         let element = |vector: bool| if vector { "vec4<T>" } else { "T" };
         let matrix = |role: &str, scalar: &str| format!("coop_mat{size}x{size}<{scalar}, {role}>");
@@ -1940,7 +1960,7 @@ impl Wgsl {
             multiply += "        {\n";
             for r in 0..tiles {
                 multiply += &format!(
-                    "            let a{r} = coopLoadT<{}>(&a_tile[(sub_row + {}u) * TK + {k_at}u], TK);\n",
+                    "            let a{r} = coopLoadT<{}>(&a_tile[(sub_row + {}u) * A_STRIDE + {k_at}u], A_STRIDE);\n",
                     matrix("A", "f16"),
                     r * size
                 );
@@ -1949,13 +1969,13 @@ impl Wgsl {
                 // Row-major from b's rows; column-major from its columns.
                 multiply += &if self.b_rows {
                     format!(
-                        "            let b{c} = coopLoadT<{}>(&b_tile[{k_at}u * TN + sub_col + {}u], TN);\n",
+                        "            let b{c} = coopLoadT<{}>(&b_tile[{k_at}u * B_STRIDE + sub_col + {}u], B_STRIDE);\n",
                         matrix("B", "f16"),
                         c * size
                     )
                 } else {
                     format!(
-                        "            let b{c} = coopLoad<{}>(&b_tile[(sub_col + {}u) * TK + {k_at}u], TK);\n",
+                        "            let b{c} = coopLoad<{}>(&b_tile[(sub_col + {}u) * B_STRIDE + {k_at}u], B_STRIDE);\n",
                         matrix("B", "f16"),
                         c * size
                     )
@@ -2018,8 +2038,10 @@ impl Wgsl {
             .replace("{{ kernel }}", &number(g.kernel))
             .replace("{{ stride }}", &number(g.stride))
             .replace("{{ pad }}", &number(g.pad))
-            .replace("{{ a_tile }}", &number(tm * tk))
-            .replace("{{ b_tile }}", &number(tk * tn))
+            .replace("{{ a_stride }}", &number(a_stride))
+            .replace("{{ b_stride }}", &number(b_stride))
+            .replace("{{ a_tile }}", &number(tm * a_stride))
+            .replace("{{ b_tile }}", &number(b_lines * b_stride))
             .replace("{{ bias }}", bias)
             .replace("{{ a_elem }}", element(vec_a))
             .replace("{{ b_elem }}", element(vec_b))
@@ -2298,8 +2320,8 @@ mod tests {
         // An H200 (48 KiB, 1,024 invocations; subgroups of 32, 16x16 matrices): both blocks.
         let h200 = adapter(48 << 10, 1024);
         assert!(coop_fits(&h200, 16, 32, 2) && coop_fits(&h200, 16, 32, 4));
-        // With 16 KiB the 128 block (20 KiB: a's and b's blocks and the sums) does not fit;
-        // the 64 block (12 KiB) does.
+        // With 16 KiB the 128 block (22.5 KiB: a's and b's blocks, their rows padded, and
+        // the sums) does not fit; the 64 block (13.5 KiB) does.
         let small = adapter(16 << 10, 1024);
         assert!(coop_fits(&small, 16, 32, 2) && !coop_fits(&small, 16, 32, 4));
         // Subgroups of 64 make workgroups of 256: not where 128 is the most.

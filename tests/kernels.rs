@@ -551,16 +551,17 @@ fn coop_kernels(gpu: &Device) -> Vec<MatmulKernel> {
         );
         return Vec::new();
     };
-    // The runtime's choice (2 x 2 matrices per subgroup on lavapipe, the sum whole), the sum
-    // cut in 3 (as the runtime cuts small products on GPUs, here into parts that do not
-    // divide K), and 4 x 4 matrices per subgroup where they fit.
+    // The runtime's choice (2 x 2 matrices per subgroup on lavapipe, the sum whole, the
+    // blocks' rows padded), the sum cut in 3 (as the runtime cuts small products on GPUs, here
+    // into parts that do not divide K), 4 x 4 matrices per subgroup where they fit, and the
+    // blocks' rows unpadded.
     let mut kernels = vec![MatmulKernel::Coop {
         size,
         lanes,
         block: None,
     }];
-    let blocks = [(2, 3), (4, 1)];
-    for (tiles, splits) in blocks {
+    let blocks = [(2, 3, true), (4, 1, true), (2, 1, false)];
+    for (tiles, splits, padded) in blocks {
         if !lina_runtime::kernels::coop_fits(&limits, size, lanes, tiles) {
             assert!(
                 tiles > 2,
@@ -569,7 +570,11 @@ fn coop_kernels(gpu: &Device) -> Vec<MatmulKernel> {
             );
             continue;
         }
-        let block = Some(CoopBlock { tiles, splits });
+        let block = Some(CoopBlock {
+            tiles,
+            splits,
+            padded,
+        });
         kernels.push(MatmulKernel::Coop { size, lanes, block });
     }
     kernels

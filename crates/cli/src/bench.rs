@@ -503,7 +503,8 @@ fn our_matmuls(limits: &lina_runtime::device::Limits) -> Vec<(String, MatmulKern
     if let Some(lanes) = limits.subgroup_lanes {
         kernels.push(("lanes".to_string(), MatmulKernel::Lanes { lanes }));
         // The runtime's choice (its block, and its sum over K cut where the product is
-        // small), and each block with the sum whole.
+        // small), and each block with the sum whole, its rows in workgroup memory padded (as
+        // the runtime has them) and not.
         if let Some(size) = limits.coop_size {
             let block = None;
             kernels.push((
@@ -512,12 +513,19 @@ fn our_matmuls(limits: &lina_runtime::device::Limits) -> Vec<(String, MatmulKern
             ));
             for tiles in [2, 4] {
                 if lina_runtime::kernels::coop_fits(limits, size, lanes, tiles) {
-                    let block = Some(CoopBlock { tiles, splits: 1 });
                     let side = 2 * tiles * size;
-                    kernels.push((
-                        format!("coop {size}, {side}x{side}"),
-                        MatmulKernel::Coop { size, lanes, block },
-                    ));
+                    for padded in [true, false] {
+                        let block = Some(CoopBlock {
+                            tiles,
+                            splits: 1,
+                            padded,
+                        });
+                        let unpadded = if padded { "" } else { ", unpadded" };
+                        kernels.push((
+                            format!("coop {size}, {side}x{side}{unpadded}"),
+                            MatmulKernel::Coop { size, lanes, block },
+                        ));
+                    }
                 }
             }
         }
