@@ -532,12 +532,14 @@ pub enum MatmulKernel {
 }
 
 /// How the coop matmul cuts a product: each subgroup keeps `tiles` x `tiles` cooperative
-/// matrices of sums (a workgroup's block of the output is 2 `tiles` `size` square), and the
-/// sum over K is cut into `splits` parts, each summed by its own workgroups into an f32
-/// partial product, then added.
+/// matrices of sums (a workgroup's block of the output is 2 `tiles` `size` square), each
+/// step between barriers takes `depth` matrices' worth of K, and the sum over K is cut into
+/// `splits` parts, each summed by its own workgroups into an f32 partial product, then
+/// added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CoopBlock {
     pub tiles: u32,
+    pub depth: u32,
     pub splits: u32,
     /// Whether each row of a's and b's blocks in workgroup memory is followed by
     /// [`COOP_PAD`] unused values, so that the rows a matrix load reads together lie in
@@ -552,6 +554,19 @@ const COOP_PAD: u32 = 8;
 
 /// Cooperative matrices along K per step of the coop matmul (each step one barrier pair).
 const COOP_K_TILES: u32 = 2;
+
+impl CoopBlock {
+    /// The runtime's block with `tiles` x `tiles` matrices of sums per subgroup:
+    /// [`COOP_K_TILES`] matrices of K per step, rows padded, the sum whole.
+    pub fn new(tiles: u32) -> Self {
+        Self {
+            tiles,
+            depth: COOP_K_TILES,
+            splits: 1,
+            padded: true,
+        }
+    }
+}
 
 /// Workgroups from which the coop matmul takes blocks of 4 x 4 matrices of sums per
 /// subgroup rather than 2 x 2 (128 x 128 sums per workgroup rather than 64 x 64 where the
@@ -572,9 +587,9 @@ impl MatmulKernel {
 }
 
 /// The coop matmul's block of the output and values of K per step: (rows, cols, depth).
-fn coop_block(size: u32, tiles: u32) -> (u32, u32, u32) {
-    let side = 2 * tiles * size;
-    (side, side, COOP_K_TILES * size)
+fn coop_block(size: u32, block: &CoopBlock) -> (u32, u32, u32) {
+    let side = 2 * block.tiles * size;
+    (side, side, block.depth * size)
 }
 
 /// The matmul kernel of ours, if any, that runs a product over `depth` values into `cols`
@@ -608,7 +623,7 @@ pub fn matmul_kernel(
         .filter(|&size| {
             kernels != Kernels::NoMatrices
                 && dtype == DType::F16
-                && coop_fits(&limits, size, lanes, 2)
+                && coop_fits(&limits, size, lanes, CoopBlock::new(2))
         })
         .map(|size| MatmulKernel::Coop {
             size,
@@ -619,15 +634,17 @@ pub fn matmul_kernel(
 }
 
 /// Whether the adapter runs the coop matmul with matrices of `size`, subgroups of `lanes`
-/// and `tiles` x `tiles` matrices of sums per subgroup: its workgroup's invocations and
-/// workgroup memory within the adapter's limits, and each invocation copying whole shares of
-/// the blocks (true of every size the device module accepts: subgroups of 4 to 64, matrices
-/// of 8 or 16).
-pub fn coop_fits(limits: &crate::device::Limits, size: u32, lanes: u32, tiles: u32) -> bool {
-    let (rows, cols, depth) = coop_block(size, tiles);
+/// and `block` (its sum's parts aside): its workgroup's invocations and workgroup memory
+/// within the adapter's limits, and each invocation copying whole shares of the blocks (true
+/// of every size the device module accepts: subgroups of 4 to 64, matrices of 8 or 16).
+pub fn coop_fits(limits: &crate::device::Limits, size: u32, lanes: u32, block: CoopBlock) -> bool {
+    let (rows, cols, depth) = coop_block(size, &block);
     let threads = 4 * lanes;
-    // Padded (the larger): a's rows of `depth` values and b's of `cols` (or `depth`) values.
-    let bytes = 2 * (rows * (depth + COOP_PAD) + depth * (cols + COOP_PAD)) + 4 * 4 * size * size;
+    // a's `rows` rows of `depth` values; b's `depth` rows of `cols` values, or stored as
+    // [N, K] its `cols` columns of `depth` values, the larger where the rows are padded
+    // (`cols` is at least `depth`); each padded or not; and the sums.
+    let pad = if block.padded { COOP_PAD } else { 0 };
+    let bytes = 2 * (rows + cols) * (depth + pad) + 4 * 4 * size * size;
     threads <= limits.workgroup_invocations
         && bytes <= limits.workgroup_bytes
         && [rows * depth, depth * cols, 4 * size * size]
@@ -648,15 +665,15 @@ fn coop_block_for(
 ) -> CoopBlock {
     let limits = crate::device::limits(device);
     let wide_blocks = rows.div_ceil(8 * size as usize) * cols.div_ceil(8 * size as usize);
-    let tiles = if wide_blocks >= COOP_WIDE_BLOCKS && coop_fits(&limits, size, lanes, 4) {
-        4
-    } else {
-        2
-    };
+    let tiles =
+        if wide_blocks >= COOP_WIDE_BLOCKS && coop_fits(&limits, size, lanes, CoopBlock::new(4)) {
+            4
+        } else {
+            2
+        };
     CoopBlock {
-        tiles,
         splits: k_splits(&limits, rows, cols, depth) as u32,
-        padded: true,
+        ..CoopBlock::new(tiles)
     }
 }
 
@@ -1180,7 +1197,7 @@ impl Fused for CubeBackend {
             }
             MatmulKernel::Coop { size, lanes, block } => {
                 let block = block.expect("the block is chosen before the dispatch");
-                let (block_rows, block_cols, _) = coop_block(size, block.tiles);
+                let (block_rows, block_cols, _) = coop_block(size, &block);
                 let mut kernel = Wgsl::new("matmul_coop", a.dtype, 0);
                 kernel.lanes = lanes;
                 kernel.coop = Some(CoopShape {
@@ -1865,7 +1882,7 @@ impl Wgsl {
     fn write_out_matmul_coop(&self, text: String) -> String {
         let shape = self.coop.expect("the coop matmul is written for a product");
         let (size, tiles, splits) = (shape.size, shape.block.tiles, shape.block.splits);
-        let (tm, tn, tk) = coop_block(size, tiles);
+        let (tm, tn, tk) = coop_block(size, &shape.block);
         let [m, n, k] = shape.dims;
         // The rows of a's block (TK values each) and of b's (TN values each from b's rows, TK
         // from its columns), padded or not, and how many of b's there are.
@@ -2297,7 +2314,7 @@ impl KernelSource for Wgsl {
 
 #[cfg(test)]
 mod tests {
-    use super::{AttentionKernel, coop_attention, coop_fits};
+    use super::{AttentionKernel, CoopBlock, coop_attention, coop_fits};
     use crate::device::Limits;
 
     /// A GPU with this much workgroup memory and this many invocations per workgroup.
@@ -2317,19 +2334,26 @@ mod tests {
 
     #[test]
     fn the_coop_blocks_fit_the_adapters_workgroups() {
+        let block = CoopBlock::new;
         // An H200 (48 KiB, 1,024 invocations; subgroups of 32, 16x16 matrices): both blocks.
         let h200 = adapter(48 << 10, 1024);
-        assert!(coop_fits(&h200, 16, 32, 2) && coop_fits(&h200, 16, 32, 4));
-        // With 16 KiB the 128 block (22.5 KiB: a's and b's blocks, their rows padded, and
-        // the sums) does not fit; the 64 block (13.5 KiB) does.
+        assert!(coop_fits(&h200, 16, 32, block(2)) && coop_fits(&h200, 16, 32, block(4)));
+        // With 64 values of K per step, the 128 block takes 40 KiB: it fits.
+        let deep = CoopBlock {
+            depth: 4,
+            ..block(4)
+        };
+        assert!(coop_fits(&h200, 16, 32, deep));
+        // With 16 KiB the 128 block (24 KiB: a's and b's blocks, their rows padded, and the
+        // sums) does not fit; the 64 block (14 KiB) does.
         let small = adapter(16 << 10, 1024);
-        assert!(coop_fits(&small, 16, 32, 2) && !coop_fits(&small, 16, 32, 4));
+        assert!(coop_fits(&small, 16, 32, block(2)) && !coop_fits(&small, 16, 32, block(4)));
         // Subgroups of 64 make workgroups of 256: not where 128 is the most.
-        assert!(coop_fits(&h200, 16, 64, 2));
-        assert!(!coop_fits(&adapter(48 << 10, 128), 16, 64, 2));
+        assert!(coop_fits(&h200, 16, 64, block(2)));
+        assert!(!coop_fits(&adapter(48 << 10, 128), 16, 64, block(2)));
         // lavapipe (32 KiB; subgroups of 8, 8x8 matrices): both blocks.
         let lavapipe = adapter(32 << 10, 1024);
-        assert!(coop_fits(&lavapipe, 8, 8, 2) && coop_fits(&lavapipe, 8, 8, 4));
+        assert!(coop_fits(&lavapipe, 8, 8, block(2)) && coop_fits(&lavapipe, 8, 8, block(4)));
     }
 
     #[test]

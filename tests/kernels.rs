@@ -553,16 +553,27 @@ fn coop_kernels(gpu: &Device) -> Vec<MatmulKernel> {
     };
     // The runtime's choice (2 x 2 matrices per subgroup on lavapipe, the sum whole, the
     // blocks' rows padded), the sum cut in 3 (as the runtime cuts small products on GPUs, here
-    // into parts that do not divide K), 4 x 4 matrices per subgroup where they fit, and the
-    // blocks' rows unpadded.
+    // into parts that do not divide K), 4 x 4 matrices per subgroup where they fit, the
+    // blocks' rows unpadded, and steps of 4 matrices' worth of K.
     let mut kernels = vec![MatmulKernel::Coop {
         size,
         lanes,
         block: None,
     }];
-    let blocks = [(2, 3, true), (4, 1, true), (2, 1, false)];
-    for (tiles, splits, padded) in blocks {
-        if !lina_runtime::kernels::coop_fits(&limits, size, lanes, tiles) {
+    let blocks = [
+        (2, 2, 3, true),
+        (4, 2, 1, true),
+        (2, 2, 1, false),
+        (2, 4, 1, true),
+    ];
+    for (tiles, depth, splits, padded) in blocks {
+        let block = CoopBlock {
+            tiles,
+            depth,
+            splits,
+            padded,
+        };
+        if !lina_runtime::kernels::coop_fits(&limits, size, lanes, block) {
             assert!(
                 tiles > 2,
                 "the coop matmul's smaller block does not fit {}",
@@ -570,11 +581,7 @@ fn coop_kernels(gpu: &Device) -> Vec<MatmulKernel> {
             );
             continue;
         }
-        let block = Some(CoopBlock {
-            tiles,
-            splits,
-            padded,
-        });
+        let block = Some(block);
         kernels.push(MatmulKernel::Coop { size, lanes, block });
     }
     kernels

@@ -503,8 +503,9 @@ fn our_matmuls(limits: &lina_runtime::device::Limits) -> Vec<(String, MatmulKern
     if let Some(lanes) = limits.subgroup_lanes {
         kernels.push(("lanes".to_string(), MatmulKernel::Lanes { lanes }));
         // The runtime's choice (its block, and its sum over K cut where the product is
-        // small), and each block with the sum whole, its rows in workgroup memory padded (as
-        // the runtime has them) and not.
+        // small), and each block with the sum whole: as the runtime has it (rows in
+        // workgroup memory padded, two matrices of K per step), unpadded, and four matrices
+        // of K per step.
         if let Some(size) = limits.coop_size {
             let block = None;
             kernels.push((
@@ -512,18 +513,31 @@ fn our_matmuls(limits: &lina_runtime::device::Limits) -> Vec<(String, MatmulKern
                 MatmulKernel::Coop { size, lanes, block },
             ));
             for tiles in [2, 4] {
-                if lina_runtime::kernels::coop_fits(limits, size, lanes, tiles) {
-                    let side = 2 * tiles * size;
-                    for padded in [true, false] {
-                        let block = Some(CoopBlock {
-                            tiles,
-                            splits: 1,
-                            padded,
-                        });
-                        let unpadded = if padded { "" } else { ", unpadded" };
+                let side = 2 * tiles * size;
+                let usual = CoopBlock::new(tiles);
+                let variants = [
+                    (usual, String::new()),
+                    (
+                        CoopBlock {
+                            padded: false,
+                            ..usual
+                        },
+                        ", unpadded".to_string(),
+                    ),
+                    (
+                        CoopBlock { depth: 4, ..usual },
+                        format!(", {} of K per step", 4 * size),
+                    ),
+                ];
+                for (block, how) in variants {
+                    if lina_runtime::kernels::coop_fits(limits, size, lanes, block) {
                         kernels.push((
-                            format!("coop {size}, {side}x{side}{unpadded}"),
-                            MatmulKernel::Coop { size, lanes, block },
+                            format!("coop {size}, {side}x{side}{how}"),
+                            MatmulKernel::Coop {
+                                size,
+                                lanes,
+                                block: Some(block),
+                            },
                         ));
                     }
                 }
