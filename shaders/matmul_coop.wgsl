@@ -11,9 +11,11 @@
 // values of K, the workgroup copies a's TM x TK block and b's TK x TN block into workgroup
 // memory (value by value, or in runs of eight as two vec4 loads where the shapes allow;
 // zeros past the matrices' edges and over a convolution's padding), and each subgroup loads
-// its matrices from there and multiplies them. At the end the sums pass through workgroup
-// memory once more, one accumulator of each subgroup at a time, so that every invocation
-// writes whole f16 values with the bias added, inside the edges only. Where the product is
+// its matrices from there and multiplies them. A prefetching block loads each invocation's
+// share of the next step into registers before the multiplications and stores it after the
+// next barrier, so that the loads' latency is spent on the products. At the end the sums
+// pass through workgroup memory once more, one accumulator of each subgroup at a time, so
+// that every invocation writes whole f16 values with the bias added, inside the edges only. Where the product is
 // too small to fill the GPU (at a UNet's 16x16 and 8x8 latents), its sum over K is cut into
 // SPLITS parts, each summed by its own workgroups into an f32 partial product that the
 // runtime then adds.
@@ -78,9 +80,10 @@ var<workgroup> a_tile: array<T, {{ a_tile }}>;
 var<workgroup> b_tile: array<T, {{ b_tile }}>;
 var<workgroup> c_tile: array<f32, 4u * S * S>;
 
-// Copies into a's (b's) block at `at` its value at row `row` (`k`) and `k` (column `col`),
-// or the eight values from there, along K for a and for b stored as [N, K], along its
-// columns for b's rows; zeros past the edges and over a convolution's padding.
+// fetch_a (fetch_b): a's (b's) value at row `row` (`k`) and `k` (column `col`), or the eight
+// values from there, along K for a and for b stored as [N, K], along its columns for b's
+// rows; zeros past the edges and over a convolution's padding. put_a (put_b) stores them
+// into a's (b's) block at `at`.
 {{ reads }}
 // x: blocks of columns; y, then z past 65535 of them: blocks of rows; or, with SPLITS parts,
 // z: the part.
@@ -101,9 +104,16 @@ fn main(
     let sub_row = (subgroup / 2u) * (TM / 2u);
     let sub_col = (subgroup % 2u) * (TN / 2u);
 {{ accumulators }}
+    // Where the blocks are prefetched, each invocation's share of the first step's, into
+    // registers of its own.
+{{ prologue }}
     for (var k0 = part * K_PART; k0 < min(K, (part + 1u) * K_PART); k0 = k0 + TK) {
+        // This step's blocks into workgroup memory: copied, or stored from the registers.
 {{ copy }}
         workgroupBarrier();
+        // Where prefetched, the next step's shares into the registers (past the part's end
+        // they are loaded and never stored; past K they are zeros).
+{{ prefetch }}
 {{ multiply }}
         workgroupBarrier();
     }

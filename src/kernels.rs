@@ -546,6 +546,11 @@ pub struct CoopBlock {
     /// different banks: unpadded, rows 64 bytes apart (32 values of K) meet in every second
     /// row's banks, and b's rows of 64 or 128 columns all in the same ones.
     pub padded: bool,
+    /// Whether each invocation loads its share of the next step's blocks into registers
+    /// before the subgroups multiply this step's, so that the loads' latency is spent on
+    /// the products (at the cost of registers), rather than copying each step's blocks
+    /// between its barriers.
+    pub prefetch: bool,
 }
 
 /// The values after each row of the coop matmul's blocks in workgroup memory where they are
@@ -564,6 +569,7 @@ impl CoopBlock {
             depth: COOP_K_TILES,
             splits: 1,
             padded: true,
+            prefetch: false,
         }
     }
 }
@@ -1920,49 +1926,99 @@ impl Wgsl {
         let b_run = if self.b_rows { n } else { k };
         let vec_a = a_run.is_multiple_of(8) && (tm * tk / 8).is_multiple_of(threads);
         let vec_b = b_run.is_multiple_of(8) && (tk * tn / 8).is_multiple_of(threads);
+        // fetch_a (fetch_b) returns a's (b's) value at row `row` (`k`) and `k` (column
+        // `col`), or the run of eight from there, as `run` (zeros outside); put_a (put_b)
+        // stores one into its block at `at`.
+        let run = |vector: bool| if vector { "array<vec4<T>, 2>" } else { "T" };
         let read = |name: &str, tile: &str, locate: &str, args: &str, at: &str, vector: bool| {
-            if vector {
+            let ty = run(vector);
+            let (fetch, put) = if vector {
                 let stores: String = (0..8)
-                    .map(|j| {
-                        let half = if j < 4 { "lo" } else { "hi" };
-                        let lane = ["x", "y", "z", "w"][j % 4];
-                        format!("    {tile}[at + {j}u] = {half}.{lane};\n")
-                    })
+                    .map(|j| format!("    {tile}[at + {j}u] = run[{}][{}];\n", j / 4, j % 4))
                     .collect();
-                format!(
-                    "fn copy_{name}(at: u32, {args}) {{\n{locate}    var lo = vec4<T>();\n    \
-                     var hi = vec4<T>();\n    if (inside) {{\n        lo = {name}[{at} / 4u];\n        \
-                     hi = {name}[{at} / 4u + 1u];\n    }}\n{stores}}}\n"
-                )
+                let fetch = format!(
+                    "{locate}    var run: {ty};\n    if (inside) {{\n        \
+                     run[0] = {name}[{at} / 4u];\n        run[1] = {name}[{at} / 4u + 1u];\n    \
+                     }}\n    return run;\n"
+                );
+                (fetch, stores)
             } else {
-                format!(
-                    "fn copy_{name}(at: u32, {args}) {{\n{locate}    \
-                     {tile}[at] = select(T(0.0), {name}[select(0u, {at}, inside)], inside);\n}}\n"
-                )
-            }
+                let fetch = format!(
+                    "{locate}    return select(T(0.0), {name}[select(0u, {at}, inside)], inside);\n"
+                );
+                (fetch, format!("    {tile}[at] = run;\n"))
+            };
+            format!(
+                "fn fetch_{name}({args}) -> {ty} {{\n{fetch}}}\n\
+                 fn put_{name}(at: u32, run: {ty}) {{\n{put}}}\n"
+            )
         };
         let reads = read("a", "a_tile", locate_a, "row: u32, k: u32", "at_a", vec_a)
             + &read("b", "b_tile", locate_b, "k: u32, col: u32", "at_b", vec_b);
         // The copies of a's block (row by row) and b's (its rows of TN columns, or its
-        // columns of TK values of K), each invocation a value or a run of eight at a time.
-        let copy_loop = |count: u32, width: u32, call: &str| {
-            format!(
-                "        for (var i = 0u; i < {}u; i = i + 1u) {{\n            \
-                 let at = (i * THREADS + local) * {width}u;\n            {call};\n        }}\n",
-                count / width / threads
+        // columns of TK values of K), each invocation a value or a run of eight at a time:
+        // where in the block (`slot`) and where in a or b (`from`, with the step's first
+        // value of K as `K0`) the share at `at` lies, and how many shares each invocation
+        // copies.
+        let width = |vector: bool| if vector { 8 } else { 1 };
+        let a_part = (
+            "a",
+            "(at / TK) * A_STRIDE + at % TK",
+            "row0 + at / TK, K0 + at % TK",
+            tm * tk / width(vec_a) / threads,
+            width(vec_a),
+        );
+        let b_part = if self.b_rows {
+            (
+                "b",
+                "(at / TN) * B_STRIDE + at % TN",
+                "K0 + at / TN, col0 + at % TN",
+                tk * tn / width(vec_b) / threads,
+                width(vec_b),
+            )
+        } else {
+            (
+                "b",
+                "(at / TK) * B_STRIDE + at % TK",
+                "K0 + at % TK, col0 + at / TK",
+                tk * tn / width(vec_b) / threads,
+                width(vec_b),
             )
         };
-        let b_call = if self.b_rows {
-            "copy_b((at / TN) * B_STRIDE + at % TN, k0 + at / TN, col0 + at % TN)"
-        } else {
-            "copy_b((at / TK) * B_STRIDE + at % TK, k0 + at % TK, col0 + at / TK)"
-        };
-        let width = |vector: bool| if vector { 8 } else { 1 };
-        let copy = copy_loop(
-            tm * tk,
-            width(vec_a),
-            "copy_a((at / TK) * A_STRIDE + at % TK, row0 + at / TK, k0 + at % TK)",
-        ) + &copy_loop(tk * tn, width(vec_b), b_call);
+        let (mut prologue, mut copy, mut prefetch) = (String::new(), String::new(), String::new());
+        for (name, slot, from, shares, width) in [a_part, b_part] {
+            let at = |i: String| format!("let at = ({i} * THREADS + local) * {width}u;");
+            if shape.block.prefetch {
+                // Each share in a register of its own: the next step's values are loaded
+                // while this step's are multiplied.
+                let vector = if name == "a" { vec_a } else { vec_b };
+                for i in 0..shares {
+                    prologue += &format!(
+                        "    var next_{name}{i}: {};\n    {{\n        {}\n        \
+                         next_{name}{i} = fetch_{name}({});\n    }}\n",
+                        run(vector),
+                        at(format!("{i}u")),
+                        from.replace("K0", "part * K_PART")
+                    );
+                    copy += &format!(
+                        "        {{\n            {}\n            put_{name}({slot}, next_{name}{i});\n        }}\n",
+                        at(format!("{i}u"))
+                    );
+                    prefetch += &format!(
+                        "        {{\n            {}\n            next_{name}{i} = fetch_{name}({});\n        }}\n",
+                        at(format!("{i}u")),
+                        from.replace("K0", "k0 + TK")
+                    );
+                }
+            } else {
+                copy += &format!(
+                    "        for (var i = 0u; i < {shares}u; i = i + 1u) {{\n            {}\n            \
+                     put_{name}({slot}, fetch_{name}({}));\n        }}\n",
+                    at("i".to_string()),
+                    from.replace("K0", "k0")
+                );
+            }
+        }
         let element = |vector: bool| if vector { "vec4<T>" } else { "T" };
         let matrix = |role: &str, scalar: &str| format!("coop_mat{size}x{size}<{scalar}, {role}>");
         let mut accumulators = String::new();
@@ -2063,7 +2119,9 @@ impl Wgsl {
             .replace("{{ a_elem }}", element(vec_a))
             .replace("{{ b_elem }}", element(vec_b))
             .replace("{{ reads }}", &reads)
+            .replace("{{ prologue }}", &prologue)
             .replace("{{ copy }}", &copy)
+            .replace("{{ prefetch }}", &prefetch)
             .replace("{{ accumulators }}", &accumulators)
             .replace("{{ multiply }}", &multiply)
             .replace("{{ store }}", &store)

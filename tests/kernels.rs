@@ -552,31 +552,35 @@ fn coop_kernels(gpu: &Device) -> Vec<MatmulKernel> {
         return Vec::new();
     };
     // The runtime's choice (2 x 2 matrices per subgroup on lavapipe, the sum whole, the
-    // blocks' rows padded), the sum cut in 3 (as the runtime cuts small products on GPUs, here
-    // into parts that do not divide K), 4 x 4 matrices per subgroup where they fit, the
-    // blocks' rows unpadded, and steps of 4 matrices' worth of K.
+    // blocks' rows padded); each invocation's share of the next step prefetched into
+    // registers, the sum cut in 3 (as the runtime cuts small products on GPUs, here into
+    // parts that do not divide K, so that each part's first step is fetched from its own
+    // offset); then 4 x 4 matrices per subgroup where they fit, the blocks' rows unpadded,
+    // and steps of 4 matrices' worth of K. The first two run on every shape.
+    let usual = CoopBlock::new(2);
+    let blocks = [
+        CoopBlock {
+            prefetch: true,
+            splits: 3,
+            ..usual
+        },
+        CoopBlock::new(4),
+        CoopBlock {
+            padded: false,
+            ..usual
+        },
+        CoopBlock { depth: 4, ..usual },
+    ];
     let mut kernels = vec![MatmulKernel::Coop {
         size,
         lanes,
         block: None,
     }];
-    let blocks = [
-        (2, 2, 3, true),
-        (4, 2, 1, true),
-        (2, 2, 1, false),
-        (2, 4, 1, true),
-    ];
-    for (tiles, depth, splits, padded) in blocks {
-        let block = CoopBlock {
-            tiles,
-            depth,
-            splits,
-            padded,
-        };
+    for block in blocks {
         if !lina_runtime::kernels::coop_fits(&limits, size, lanes, block) {
             assert!(
-                tiles > 2,
-                "the coop matmul's smaller block does not fit {}",
+                block.tiles > 2,
+                "the coop matmul's block {block:?} does not fit {}",
                 limits.adapter
             );
             continue;
@@ -823,8 +827,8 @@ fn the_coop_matmul_computes_what_burns_operations_compute() {
     );
 
     // Every shape through the runtime's choice; the other blocks on a few.
-    check_matmul_kernels(&f16, 0.01, "f16", &kernels[..1], false);
-    check_matmul_kernels(&f16, 0.01, "f16", &kernels[1..], true);
+    check_matmul_kernels(&f16, 0.01, "f16", &kernels[..2], false);
+    check_matmul_kernels(&f16, 0.01, "f16", &kernels[2..], true);
 
     // Through a whole UNet against diffusers, every product in the matrices, beside the same
     // f16 UNet without them: f16 storage alone keeps the two about as far from the f32

@@ -504,8 +504,8 @@ fn our_matmuls(limits: &lina_runtime::device::Limits) -> Vec<(String, MatmulKern
         kernels.push(("lanes".to_string(), MatmulKernel::Lanes { lanes }));
         // The runtime's choice (its block, and its sum over K cut where the product is
         // small), and each block with the sum whole: as the runtime has it (rows in
-        // workgroup memory padded, two matrices of K per step), unpadded, and four matrices
-        // of K per step.
+        // workgroup memory padded, two matrices of K per step, no prefetch), unpadded, four
+        // matrices of K per step, and the next step prefetched into registers.
         if let Some(size) = limits.coop_size {
             let block = None;
             kernels.push((
@@ -527,6 +527,13 @@ fn our_matmuls(limits: &lina_runtime::device::Limits) -> Vec<(String, MatmulKern
                     (
                         CoopBlock { depth: 4, ..usual },
                         format!(", {} of K per step", 4 * size),
+                    ),
+                    (
+                        CoopBlock {
+                            prefetch: true,
+                            ..usual
+                        },
+                        ", prefetched".to_string(),
                     ),
                 ];
                 for (block, how) in variants {
