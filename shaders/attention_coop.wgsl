@@ -36,16 +36,23 @@ const BQ: u32 = SUBGROUPS * S;
 const BK: u32 = {{ key_block }}u;
 const DP: u32 = {{ padded }}u;
 const KEYS: u32 = {{ keys }}u;
+// Where each row of the tiles below lies from the one before: its values, then 16 unused
+// bytes, so that the rows a matrix load or store reaches together fall in different banks
+// of workgroup memory (as in matmul_coop.wgsl's blocks).
+const KS: u32 = DP + 8u;
+const SS: u32 = BK + 4u;
+const WS: u32 = BK + 8u;
+const OS: u32 = DP + 4u;
 
-// The block's keys (first the workgroup's queries, before the walk), its values, each row
-// major with DP values per row.
+// The block's keys (first the workgroup's queries, before the walk) and its values, a row
+// of DP values per key (or query), KS apart.
 var<workgroup> k_tile: array<T, {{ k_tile }}>;
 var<workgroup> v_tile: array<T, {{ v_tile }}>;
-// Each row's scores for the block, then its weights; its output sums; its running maximum
-// and total.
-var<workgroup> s_tile: array<f32, {{ s_tile }}>;
-var<workgroup> w_tile: array<T, {{ s_tile }}>;
-var<workgroup> o_tile: array<f32, {{ o_tile }}>;
+// Each query row's scores for the block (SS apart), then its weights (WS apart); its output
+// sums (OS apart); its running maximum and total.
+var<workgroup> s_tile: array<f32, BQ * SS>;
+var<workgroup> w_tile: array<T, BQ * WS>;
+var<workgroup> o_tile: array<f32, BQ * OS>;
 var<workgroup> row_best: array<f32, BQ>;
 var<workgroup> row_total: array<f32, BQ>;
 
@@ -65,12 +72,13 @@ fn main(
 
     // The queries, through k_tile; the output sums and the rows' statistics cleared.
     for (var e = local; e < BQ * DP; e += THREADS) {
-        let row = row0 + e / DP;
+        let r = e / DP;
         let d = e % DP;
+        let row = row0 + r;
         let inside = row < p.queries && d < HEAD_DIM;
         let at = (b * p.queries + row) * p.q_stride + p.q_col + h * HEAD_DIM + d;
-        k_tile[e] = select(T(0.0), {{ q }}[select(0u, at, inside)], inside);
-        o_tile[e] = 0.0;
+        k_tile[r * KS + d] = select(T(0.0), {{ q }}[select(0u, at, inside)], inside);
+        o_tile[r * OS + d] = 0.0;
     }
     for (var r = local; r < BQ; r += THREADS) {
         row_best[r] = -3.0e38;
@@ -84,12 +92,13 @@ fn main(
     for (var j0 = 0u; j0 < KEYS; j0 += BK) {
         // 1. The block's keys and values.
         for (var e = local; e < BK * DP; e += THREADS) {
-            let key = j0 + e / DP;
+            let j = e / DP;
             let d = e % DP;
+            let key = j0 + j;
             let inside = key < KEYS && d < HEAD_DIM;
             let at = select(0u, (b * KEYS + key) * p.kv_stride + h * HEAD_DIM + d, inside);
-            k_tile[e] = select(T(0.0), {{ k }}[at + p.k_col], inside);
-            v_tile[e] = select(T(0.0), {{ v }}[at + p.v_col], inside);
+            k_tile[j * KS + d] = select(T(0.0), {{ k }}[at + p.k_col], inside);
+            v_tile[j * KS + d] = select(T(0.0), {{ v }}[at + p.v_col], inside);
         }
         workgroupBarrier();
         // 2. The subgroup's scores: for each S keys c of the block, the sum over t of q{t}
@@ -98,24 +107,23 @@ fn main(
 {{ scores }}
         workgroupBarrier();
         // 3. Each row's weights, statistics and rescaled sums. Row r starts its walk at
-        // column r: rows lie BK (or DP) values apart, so invocations walking in step would
-        // all hit one bank of workgroup memory at a time.
+        // column r, so that invocations walking their rows in step reach different banks.
         for (var r = local; r < BQ; r += THREADS) {
             let row = row0 + r;
             let old_best = row_best[r];
             var best = old_best;
             for (var i = 0u; i < BK; i++) {
                 let j = (i + r) % BK;
-                let score = s_tile[r * BK + j] * p.scale + bias_at(b, row, j0 + j);
-                s_tile[r * BK + j] = select(-3.0e38, score, j0 + j < KEYS);
-                best = max(best, s_tile[r * BK + j]);
+                let score = s_tile[r * SS + j] * p.scale + bias_at(b, row, j0 + j);
+                s_tile[r * SS + j] = select(-3.0e38, score, j0 + j < KEYS);
+                best = max(best, s_tile[r * SS + j]);
             }
             var sum = 0.0;
             for (var i = 0u; i < BK; i++) {
                 let j = (i + r) % BK;
                 // The weight as the matrix multiplies it, so that the total matches.
-                let w = T(exp(s_tile[r * BK + j] - best));
-                w_tile[r * BK + j] = w;
+                let w = T(exp(s_tile[r * SS + j] - best));
+                w_tile[r * WS + j] = w;
                 sum += f32(w);
             }
             let rescale = exp(old_best - best);
@@ -123,7 +131,7 @@ fn main(
             row_total[r] = row_total[r] * rescale + sum;
             for (var i = 0u; i < DP; i++) {
                 let d = (i + r) % DP;
-                o_tile[r * DP + d] *= rescale;
+                o_tile[r * OS + d] *= rescale;
             }
         }
         workgroupBarrier();
@@ -139,7 +147,7 @@ fn main(
         let d = e % HEAD_DIM;
         let row = row0 + r;
         if (row < p.queries) {
-            out[(b * p.queries + row) * inner + h * HEAD_DIM + d] = T(o_tile[r * DP + d] / row_total[r]);
+            out[(b * p.queries + row) * inner + h * HEAD_DIM + d] = T(o_tile[r * OS + d] / row_total[r]);
         }
     }
 }

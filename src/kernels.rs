@@ -161,9 +161,8 @@ pub const MAX_HEAD_DIM: usize = 160;
 /// [B, Lk, H*D], each read in place as columns of wider rows where a fused projection made
 /// them, give [B, Lq, H*D]; what `nn::multi_head_attention` computes when not causal. With
 /// `bias`, that is added to the scores it covers before the softmax (an intervention's
-/// control), still without a score matrix.
-/// `kernels` is the model's choice, which decides whether f16 attention may multiply in
-/// cooperative matrices ([`attention_kernel`]).
+/// control), still without a score matrix. `kernels` is the model's choice, which decides
+/// whether f16 attention may multiply in cooperative matrices ([`attention_kernel`]).
 pub fn attention(
     q: Columns,
     k: Columns,
@@ -297,7 +296,7 @@ fn coop_attention(limits: &crate::device::Limits, head_dim: usize) -> Option<Att
 /// heads of `head_dim` values: its invocations and workgroup memory within the adapter's
 /// limits, and its block of keys in whole matrices. The memory: the keys (first the
 /// queries) and values of a block in f16, each row's scores in f32 and weights in f16, its
-/// output sums in f32 and two statistics (shaders/attention_coop.wgsl).
+/// output sums in f32 and two statistics, the rows of each padded (shaders/attention_coop.wgsl).
 pub fn coop_attention_fits(
     limits: &crate::device::Limits,
     kernel: AttentionKernel,
@@ -313,9 +312,11 @@ pub fn coop_attention_fits(
         return false;
     };
     let (rows, padded) = (subgroups * size, (head_dim as u32).div_ceil(size) * size);
-    let bytes = 2 * (keys.max(rows) * padded + keys * padded)
-        + 6 * rows * keys
-        + 4 * rows * padded
+    // Each tile's rows padded by 16 bytes, as the kernel has them.
+    let bytes = 2 * (keys.max(rows) + keys) * (padded + 8)
+        + 4 * rows * (keys + 4)
+        + 2 * rows * (keys + 8)
+        + 4 * rows * (padded + 4)
         + 8 * rows;
     keys.is_multiple_of(size)
         && subgroups * lanes <= limits.workgroup_invocations
@@ -2142,7 +2143,7 @@ impl Wgsl {
         let mut load_queries = String::new();
         for t in 0..values {
             load_queries += &format!(
-                "    let q{t} = coopLoadT<{a}>(&k_tile[sub_row * DP + {}u], DP);\n",
+                "    let q{t} = coopLoadT<{a}>(&k_tile[sub_row * KS + {}u], KS);\n",
                 t * size
             );
         }
@@ -2155,40 +2156,42 @@ impl Wgsl {
             let mut sum = "zero".to_string();
             for t in 0..values {
                 scores += &format!(
-                    "            let k{t} = coopLoad<{b}>(&k_tile[{}u], DP);\n            \
+                    "            let k{t} = coopLoad<{b}>(&k_tile[{}u * KS + {}u], KS);\n            \
                      let s{t} = coopMultiplyAdd(q{t}, k{t}, {sum});\n",
-                    kc * size * padded + t * size
+                    kc * size,
+                    t * size
                 );
                 sum = format!("s{t}");
             }
             scores += &format!(
-                "            coopStoreT({sum}, &s_tile[sub_row * BK + {}u], BK);\n        }}\n",
+                "            coopStoreT({sum}, &s_tile[sub_row * SS + {}u], SS);\n        }}\n",
                 kc * size
             );
         }
         let mut accumulate = String::new();
         for kc in 0..blocks {
             accumulate += &format!(
-                "        let w{kc} = coopLoadT<{a}>(&w_tile[sub_row * BK + {}u], BK);\n",
+                "        let w{kc} = coopLoadT<{a}>(&w_tile[sub_row * WS + {}u], WS);\n",
                 kc * size
             );
         }
         for t in 0..values {
             accumulate += &format!(
-                "        {{\n            let o = coopLoadT<{c}>(&o_tile[sub_row * DP + {}u], DP);\n",
+                "        {{\n            let o = coopLoadT<{c}>(&o_tile[sub_row * OS + {}u], OS);\n",
                 t * size
             );
             let mut sum = "o".to_string();
             for kc in 0..blocks {
                 accumulate += &format!(
-                    "            let v{kc} = coopLoadT<{b}>(&v_tile[{}u], DP);\n            \
+                    "            let v{kc} = coopLoadT<{b}>(&v_tile[{}u * KS + {}u], KS);\n            \
                      let o{kc} = coopMultiplyAdd(w{kc}, v{kc}, {sum});\n",
-                    kc * size * padded + t * size
+                    kc * size,
+                    t * size
                 );
                 sum = format!("o{kc}");
             }
             accumulate += &format!(
-                "            coopStoreT({sum}, &o_tile[sub_row * DP + {}u], DP);\n        }}\n",
+                "            coopStoreT({sum}, &o_tile[sub_row * OS + {}u], OS);\n        }}\n",
                 t * size
             );
         }
@@ -2199,10 +2202,8 @@ impl Wgsl {
             .replace("{{ threads }}", &number(shape.subgroups * shape.lanes))
             .replace("{{ padded }}", &number(padded))
             .replace("{{ keys }}", &number(shape.key_count))
-            .replace("{{ k_tile }}", &number(keys.max(rows) * padded))
-            .replace("{{ v_tile }}", &number(keys * padded))
-            .replace("{{ s_tile }}", &number(rows * keys))
-            .replace("{{ o_tile }}", &number(rows * padded))
+            .replace("{{ k_tile }}", &number(keys.max(rows) * (padded + 8)))
+            .replace("{{ v_tile }}", &number(keys * (padded + 8)))
             .replace("{{ load_queries }}", &load_queries)
             .replace("{{ scores }}", &scores)
             .replace("{{ accumulate }}", &accumulate)
@@ -2425,13 +2426,15 @@ mod tests {
             })
         };
         // On an H200, SD 1.5's heads (40, 80 and 160 values) and SD 2.1's (64): four
-        // subgroups of 16 rows and blocks of 32 keys (64 keys for heads of 40 would take
-        // 49,664 B, 512 more than there is), two subgroups for heads of 160.
+        // subgroups of 16 rows and blocks of 32 keys for heads of 40 and 64 (64 keys for
+        // heads of 40 would take 54,784 B of the 49,152), blocks of 16 for heads of 80, two
+        // subgroups and blocks of 16 for heads of 160.
         let h200 = adapter(48 << 10, 1024);
-        for head_dim in [40, 64, 80] {
+        for head_dim in [40, 64] {
             assert_eq!(block(&h200, head_dim), Some((4, 32)), "heads of {head_dim}");
         }
-        assert_eq!(block(&h200, 160), Some((2, 32)));
+        assert_eq!(block(&h200, 80), Some((4, 16)));
+        assert_eq!(block(&h200, 160), Some((2, 16)));
         // With 16 KiB, heads of 160 fit no block: another kernel serves them.
         assert_eq!(block(&adapter(16 << 10, 1024), 160), None);
         // Subgroups of 64 where a workgroup has at most 128 invocations: two subgroups.
