@@ -533,22 +533,32 @@ fn lanes_kernels(gpu: &Device, label: &str) -> Vec<MatmulKernel> {
     vec![MatmulKernel::Lanes { lanes }]
 }
 
-/// The coop matmul (shaders/matmul_coop.wgsl) with each block of sums per workgroup that
-/// fits `gpu`, an f16 device that multiplies in cooperative matrices; none where it does not
-/// (CI's lavapipe, Mesa 22.3), unless LINA_TEST_COOP=1 asks for them.
-fn coop_kernels(gpu: &Device) -> Vec<MatmulKernel> {
+/// The side of the cooperative matrices `gpu` multiplies in and its subgroups' size; none
+/// where it has no matrices (CI's lavapipe, Mesa 22.3: then `what` is not run here), unless
+/// LINA_TEST_COOP=1 asks for them.
+fn coop_matrices(gpu: &Device, what: &str) -> Option<(u32, u32)> {
     let limits = lina_runtime::device::limits(gpu);
-    let (Some(size), Some(lanes)) = (limits.coop_size, limits.subgroup_lanes) else {
+    let found = limits.coop_size.zip(limits.subgroup_lanes);
+    if found.is_none() {
         assert!(
             std::env::var("LINA_TEST_COOP").as_deref() != Ok("1"),
             "LINA_TEST_COOP=1 but {} multiplies in no cooperative matrices",
             limits.adapter
         );
         eprintln!(
-            "{} has no cooperative matrices: the coop matmul is not run here \
+            "{} has no cooperative matrices: {what} is not run here \
              (scripts/lavapipe-coop.sh runs it on a lavapipe that has them)",
             limits.adapter
         );
+    }
+    found
+}
+
+/// The coop matmul (shaders/matmul_coop.wgsl) with each block of sums per workgroup that
+/// fits `gpu`, an f16 device that multiplies in cooperative matrices; none where it does not.
+fn coop_kernels(gpu: &Device) -> Vec<MatmulKernel> {
+    let limits = lina_runtime::device::limits(gpu);
+    let Some((size, lanes)) = coop_matrices(gpu, "the coop matmul") else {
         return Vec::new();
     };
     // The runtime's choice (2 x 2 matrices per subgroup on lavapipe, the sum whole, the
@@ -859,16 +869,7 @@ fn the_coop_attention_computes_what_burns_operations_compute() {
     let Some(_) = gpu_device() else { return };
     let f16 = f16_device();
     let limits = lina_runtime::device::limits(&f16);
-    let (Some(size), Some(lanes)) = (limits.coop_size, limits.subgroup_lanes) else {
-        assert!(
-            std::env::var("LINA_TEST_COOP").as_deref() != Ok("1"),
-            "LINA_TEST_COOP=1 but {} multiplies in no cooperative matrices",
-            limits.adapter
-        );
-        eprintln!(
-            "{} has no cooperative matrices: the coop attention is not run here",
-            limits.adapter
-        );
+    let Some((size, lanes)) = coop_matrices(&f16, "the coop attention") else {
         return;
     };
     // f16 attention in the matrices on GPUs, and on software adapters only when asked (the
