@@ -114,9 +114,13 @@ fn main(
             var best = old_best;
             for (var i = 0u; i < BK; i++) {
                 let j = (i + r) % BK;
-                let score = s_tile[r * SS + j] * p.scale + bias_at(b, row, j0 + j);
-                s_tile[r * SS + j] = select(-3.0e38, score, j0 + j < KEYS);
-                best = max(best, s_tile[r * SS + j]);
+                let score = select(
+                    -3.0e38,
+                    s_tile[r * SS + j] * p.scale + bias_at(b, row, j0 + j),
+                    j0 + j < KEYS,
+                );
+                s_tile[r * SS + j] = score;
+                best = max(best, score);
             }
             var sum = 0.0;
             for (var i = 0u; i < BK; i++) {

@@ -96,6 +96,7 @@ fn check_all(gpu: &Device, tolerance: f32, label: &str) {
         check_norms(gpu, tolerance, &format!("{label}, wide {wide}"), wide);
     }
     check_attention(gpu, tolerance, label);
+    check_rows(gpu, tolerance, label);
 }
 
 fn check_norms(gpu: &Device, tolerance: f32, label: &str, wide: bool) {
@@ -208,7 +209,6 @@ fn kernels_to_check(gpu: &Device) -> Vec<AttentionKernel> {
 fn check_attention(gpu: &Device, tolerance: f32, label: &str) {
     check_attention_kernels(gpu, tolerance, label, &|_| kernels_to_check(gpu));
     check_packed_attention(gpu, tolerance, label);
-    check_rows(gpu, tolerance, label);
 }
 
 /// The attention `kernels` give for heads of each size against burn's operations on the

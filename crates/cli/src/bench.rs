@@ -772,8 +772,11 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
                     ))
                 }) as Box<dyn Fn() -> Tensor<1>>
             };
+            // Up to SD 1.5's 64x64 self-attention; past it, burn's scores and the untiled
+            // kernel are left out.
+            let at_most_64 = lq * lk <= 4096 * 4096;
             let mut ways = Vec::new();
-            if lq * lk <= 4096 * 4096 {
+            if at_most_64 {
                 ways.push(("burn".to_string(), attend(Kernels::Burn)));
             }
             // The kernel without workgroup memory (not at 96x96, where no GPU takes it and
@@ -782,7 +785,7 @@ pub fn kernels(args: KernelsArgs) -> Result<()> {
             // and the coop kernel where the device multiplies in cooperative matrices: the
             // runtime's block, and each block of keys beside it that fits.
             let mut kernels = Vec::new();
-            if lq * lk <= 4096 * 4096 {
+            if at_most_64 {
                 kernels.push(k::AttentionKernel::Untiled);
             }
             for keys in [16u32, 32, 64] {
