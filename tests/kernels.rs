@@ -1,5 +1,5 @@
 #![cfg(not(target_arch = "wasm32"))]
-//! The fused WGSL kernels (shaders/, src/kernels.rs) against the same operations composed from
+//! The fused WGSL kernels (shaders/, src/kernels/) against the same operations composed from
 //! burn's own on the CPU backend, on shapes that reach their edges: groups longer than a
 //! workgroup, query counts that are no multiple of a workgroup, cross-attention, heads of
 //! several sizes, inputs stored channels-last, and f16 storage. Needs the wgpu backend: set
