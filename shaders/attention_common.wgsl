@@ -1,5 +1,6 @@
-// What the two attention kernels (attention.wgsl, attention_tiled.wgsl) share; src/kernels.rs
-// puts it in front of each: the storage type, the head size, the parameters and the bindings.
+// What the two attention kernels (attention.wgsl, attention_tiled.wgsl) share;
+// src/kernels/attention.rs puts it in front of each: the storage type, the head size, the
+// parameters and the bindings.
 
 {{ enable }}
 alias T = {{ elem }};
@@ -27,7 +28,7 @@ struct Params {
 // buffer, and a dispatch may not bind one buffer both read-only and writable. Nor may it bind
 // overlapping ranges writable twice (WebGPU refuses it), so q, k and v are bound once per
 // tensor they come from: src0 (q), then src1 and src2 where k and v have tensors of their
-// own. src/kernels.rs writes the bindings and names the arrays q, k and v read from.
+// own. src/kernels/attention.rs writes the bindings and names the arrays q, k and v read from.
 {{ sources }}
 @group(0) @binding({{ out_binding }}) var<storage, read_write> out: array<T>;
 @group(0) @binding({{ params_binding }}) var<storage, read_write> p: Params;
@@ -35,5 +36,5 @@ struct Params {
 // bias_at(b, row, key): what is added to the score of query `row` for `key` in sample `b`
 // before the softmax, the same for every head (an intervention's per-token, per-cell bias,
 // src/models/attention_control.rs): a [B, bias_rows, bias_cols] tensor where one is bound,
-// else 0. src/kernels.rs writes it.
+// else 0. src/kernels/attention.rs writes it.
 {{ bias }}

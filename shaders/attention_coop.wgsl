@@ -19,9 +19,9 @@
 // Nothing of size Lq x Lk is stored. At the end each row's sums are divided by its total.
 //
 // KEYS, the walk's bound, is a constant of the text, as every size of the matmul's is: the
-// cooperative operations must run in uniform control flow, and a bound read from a
-// read_write binding would not count as uniform. src/kernels.rs writes one kernel per head
-// size and key count (a UNet has a handful) and writes out the loops over the matrices.
+// cooperative operations must run in uniform control flow, and a bound read from a read_write
+// binding would not count as uniform. src/kernels/attention.rs writes one kernel per head size and
+// key count (a UNet has a handful) and writes out the loops over the matrices.
 
 // T (f16), HEAD_DIM, Params and the bindings (q, k, v, out, p, bias_at): attention_common.wgsl.
 

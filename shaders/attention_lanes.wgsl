@@ -12,7 +12,7 @@
 
 // T, HEAD_DIM, Params and the bindings (q, k, v, out, p): attention_common.wgsl.
 //
-// src/kernels.rs writes out the loops over the head's values and over a block's keys (the
+// src/kernels/attention.rs writes out the loops over the head's values and over a block's keys (the
 // {{ ... }} lines) with constant indices, so that the query, the running output, the
 // block's rows and its scores stay in registers.
 const LANES: u32 = {{ lanes }}u;

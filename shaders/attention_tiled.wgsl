@@ -6,16 +6,16 @@
 // are taken first, so the running maximum and the rescaling of what was summed before move
 // once per block rather than once per key. Nothing of size Lq x Lk is stored.
 //
-// attention.wgsl, with no workgroup memory and no barrier, stays the kernel for software
-// adapters, which run barriers slowly (shaders/README.md); src/kernels.rs picks one by the
+// attention.wgsl, with no workgroup memory and no barrier, stays the kernel for software adapters,
+// which run barriers slowly (shaders/README.md); src/kernels/attention.rs picks one by the
 // adapter's facts.
 
 // T, HEAD_DIM, Params and the bindings (q, k, v, out, p): attention_common.wgsl.
 //
-// The loops over the head's values and over a block's keys are written out by src/kernels.rs
-// (the {{ ... }} lines), so that every index into `query`, `acc` and the scores is a constant
-// and the three stay in registers: a loop the driver's compiler does not unroll leaves
-// arrays it indexes in memory.
+// The loops over the head's values and over a block's keys are written out by
+// src/kernels/attention.rs (the {{ ... }} lines), so that every index into `query`, `acc` and the
+// scores is a constant and the three stay in registers: a loop the driver's compiler does not
+// unroll leaves arrays it indexes in memory.
 const D4: u32 = HEAD_DIM / 4u;
 const KEY_BLOCK: u32 = {{ key_block }}u;
 

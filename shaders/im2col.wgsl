@@ -1,5 +1,5 @@
 // The patches of a convolution's input as the rows of a matrix, so that the convolution is one
-// matrix product with burn's tiled matmul (src/kernels.rs, `conv2d_im2col`): x channels-last
+// matrix product with burn's tiled matmul (src/kernels/conv.rs, `conv2d_im2col`): x channels-last
 // [B, H, W, Cin] gives cols [rows, K] for output positions first_row .. first_row + rows of
 // the M = B * Ho * Wo, with K = kh * kw * Cin ordered (ky, kx, channel) as a channels-last
 // filter [Cout, kh, kw, Cin] is stored. Zero where a patch hangs over the padding. One

@@ -20,7 +20,7 @@
 // SPLITS parts, each summed by its own workgroups into an f32 partial product that the
 // runtime then adds.
 //
-// Every size is a constant of the text: `src/kernels.rs` writes one kernel per product shape
+// Every size is a constant of the text: `src/kernels/matmul.rs` writes one kernel per product shape
 // (a UNet has a few dozen). The loops then have constant bounds, which keeps the cooperative
 // operations in uniform control flow (as they must be: every binding is read_write, and a
 // bound read from one would not count as uniform), and divisions by the convolution's sizes

@@ -13,7 +13,7 @@
 // every row to every lane; each lane loads four values of K for each of its own columns and
 // keeps every row's sums for them in registers. 3x the rate of burn's matmul on lavapipe.
 //
-// src/kernels.rs writes the parts in braces: the accumulators, the loop over K (over the
+// src/kernels/matmul.rs writes the parts in braces: the accumulators, the loop over K (over the
 // filter's taps and then the input's channels for a convolution, where a tap outside the
 // input reads zeros), the step that broadcasts rows and accumulates, and the stores, all
 // with constant indices so that they stay in registers. It picks b's layout: [K, N] rows

@@ -1,4 +1,4 @@
-// What the norm_*.wgsl kernels share; src/kernels.rs puts it in front of each of them.
+// What the norm_*.wgsl kernels share; src/kernels/source.rs puts it in front of each of them.
 //
 // x is a [B, C, H, W] tensor stored either as such or channels-last, as [B, H, W, C] (what
 // burn's GPU convolutions read and write without copies); y is stored channels-last. A group
@@ -30,7 +30,7 @@ struct Params {
 }
 
 // What is added to value i of group `group` before normalising: a per-sample, per-channel
-// shift (a ResNet block's time embedding), or nothing. src/kernels.rs writes shift_of, and
+// shift (a ResNet block's time embedding), or nothing. src/kernels/norm.rs writes shift_of, and
 // binds the shift, only where there is one.
 fn shift_at(group: u32, i: u32) -> f32 {
     return shift_of(group / p.groups, (group % p.groups) * p.channels + i / p.positions);

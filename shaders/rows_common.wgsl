@@ -1,5 +1,5 @@
-// What the row-wise kernels (geglu.wgsl, bias_residual.wgsl) share; src/kernels.rs puts it in
-// front of each. Each invocation writes one value of an output of `count` values in rows of
+// What the row-wise kernels (geglu.wgsl, bias_residual.wgsl) share; src/kernels/source.rs puts it
+// in front of each. Each invocation writes one value of an output of `count` values in rows of
 // `width`.
 //
 // Every binding of these kernels is read_write, even those only read: burn places many tensors

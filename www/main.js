@@ -72,7 +72,7 @@ const FIELDS = {
   scheduler: "scheduler",
 };
 
-// The runtime refuses longer prompts (src/pipeline.rs, MAX_PROMPT_CHARS); the page says so
+// The runtime refuses longer prompts (src/pipeline/mod.rs, MAX_PROMPT_CHARS); the page says so
 // beside the prompt before asking it.
 const MAX_PROMPT_CHARS = 2000;
 

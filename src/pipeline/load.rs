@@ -1,0 +1,658 @@
+//! Loading a model: a diffusers folder in any of its historical layouts, or a single-file
+//! checkpoint, each component's weights streamed to the device, with LoRAs merged in.
+
+use burn::tensor::Device;
+
+use super::adapters::{Adapters, build_keeping};
+use super::{Refiner, SecondEncoder, StableDiffusion, T5State};
+use crate::error::{Error, Result};
+use crate::kernels::Kernels;
+use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
+use crate::models::denoiser::Denoiser;
+use crate::models::mmdit::{self, Mmdit, MmditConfig};
+use crate::models::t5::{self, T5Config, T5Encoder};
+use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
+use crate::models::unet::{self, UNet, UNetConfig};
+use crate::models::vae::{self, VaeConfig, VaeDecoder, VaeEncoder};
+use crate::schedulers::{self, SchedulerConfig};
+use crate::single_file::{self, CHECKPOINT_FILE, Checkpoint};
+use crate::source::FileSource;
+use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
+use crate::weights::{LoraTarget, ScaledLora, Weights, WeightsUpload};
+
+/// A text encoder's weight files, in order of preference.
+const TEXT_ENCODER_WEIGHTS: &[&str] = &["model.safetensors", "model.fp16.safetensors"];
+
+/// Streams one component's weights from the first weight file its folder has (in order of
+/// preference; each either whole or sharded with an index).
+fn folder_weights(
+    files: &dyn FileSource,
+    folder: &str,
+    names: &[&str],
+    device: &Device,
+) -> Result<Weights> {
+    for name in names {
+        let path = format!("{folder}/{name}");
+        if let Some(weights) = stream_weights(files, &path, device)? {
+            tracing::debug!(file = %path, "component weights read");
+            return Ok(weights);
+        }
+    }
+    // Say so when the folder holds its weights only in a pickle, rather than that they are
+    // missing.
+    let pickles = names
+        .iter()
+        .map(|name| name.replace(".safetensors", ".bin"))
+        .chain(["pytorch_model.bin", "model.ckpt", "model.pt"].map(String::from));
+    for pickle in pickles {
+        let path = format!("{folder}/{pickle}");
+        if files.len(&path)?.is_some() {
+            return Err(Error::PickledWeights(path));
+        }
+    }
+    Err(Error::MissingFile(format!("{folder}/{}", names[0])))
+}
+
+/// A tokenizer as a diffusers folder holds it: vocab.json and merges.txt, or one
+/// tokenizer.json, with the config beside it.
+fn load_tokenizer(files: &dyn FileSource, folder: &str) -> Result<Option<ClipTokenizer>> {
+    let config = files.read(&format!("{folder}/tokenizer_config.json"))?;
+    if let Some(json) = files.read(&format!("{folder}/tokenizer.json"))? {
+        return ClipTokenizer::from_tokenizer_json(&json, config.as_deref()).map(Some);
+    }
+    let Some(vocab) = files.read(&format!("{folder}/vocab.json"))? else {
+        return Ok(None);
+    };
+    ClipTokenizer::from_vocab_merges(
+        &vocab,
+        &files.require(&format!("{folder}/merges.txt"))?,
+        config.as_deref(),
+    )
+    .map(Some)
+}
+
+/// Refuses a LoRA that adapts a part of a model other than `parts`, the ones it has.
+fn refuse_absent_parts(loras: &[ScaledLora], parts: &[LoraTarget]) -> Result<()> {
+    let all = [
+        LoraTarget::Unet,
+        LoraTarget::Transformer,
+        LoraTarget::TextEncoder,
+        LoraTarget::TextEncoder2,
+    ];
+    for lora in loras {
+        if let Some(absent) = all
+            .into_iter()
+            .find(|t| !parts.contains(t) && lora.lora.adapts(*t))
+        {
+            let has: Vec<&str> = parts.iter().map(|t| t.name()).collect();
+            return Err(Error::InvalidInput(format!(
+                "LoRA {}: adapts {}, which this model does not have (it has {})",
+                lora.lora.source(),
+                absent.name(),
+                has.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Builds one component from its weights, merging `loras` as they load, then checks that the
+/// weights held nothing the component left unused.
+pub(super) fn build_component<T>(
+    weights: Weights,
+    (kernels, loras): (Kernels, Option<(&[ScaledLora], LoraTarget)>),
+    build: impl FnOnce(&Weights) -> Result<T>,
+) -> Result<T> {
+    let weights = weights.with_kernels(kernels);
+    if let Some((loras, target)) = loras {
+        weights.adapt(loras, target)?;
+    }
+    let component = build(&weights)?;
+    weights.finish()?;
+    Ok(component)
+}
+
+/// A component's weights and config: from the single-file checkpoint where it holds them
+/// (a config file in the source still wins over the inferred one), else from its folder.
+fn component_source(
+    files: &dyn FileSource,
+    from_checkpoint: Option<single_file::Part>,
+    (folder, names, config_file): (&str, &[&str], &str),
+    device: &Device,
+) -> Result<(Weights, String)> {
+    match from_checkpoint {
+        Some(part) => {
+            let config = files.read_text(config_file)?.unwrap_or(part.config);
+            Ok((part.weights, config))
+        }
+        None => Ok((
+            folder_weights(files, folder, names, device)?,
+            files.require_text(config_file)?,
+        )),
+    }
+}
+
+/// Streams `path`, or the shards its `.index.json` lists, to the device; `None` if neither
+/// exists.
+fn stream_weights(files: &dyn FileSource, path: &str, device: &Device) -> Result<Option<Weights>> {
+    let new_upload = || {
+        let upload = WeightsUpload::new(device);
+        match path {
+            CHECKPOINT_FILE => upload.skipping(single_file::unused),
+            _ => upload,
+        }
+    };
+    let mut upload = new_upload();
+    let feed = |upload: &mut WeightsUpload, file: &str| -> Result<bool> {
+        if let Some(done) = files.take_uploaded(file) {
+            upload.merge(done)?;
+            return Ok(true);
+        }
+        upload.begin_file(file, files.len(file)?)?;
+        if !files.stream(file, &mut |chunk| upload.push(chunk))? {
+            return Ok(false);
+        }
+        upload.end_file()?;
+        Ok(true)
+    };
+    if feed(&mut upload, path)? {
+        return upload.finish(path).map(Some);
+    }
+    let mut upload = new_upload();
+    let index_path = format!("{path}.index.json");
+    let Some(index) = files.read(&index_path)? else {
+        return Ok(None);
+    };
+    let folder = path.rsplit_once('/').map_or("", |(f, _)| f);
+    for shard in shard_files(&index_path, &index)? {
+        let shard_path = format!("{folder}/{shard}");
+        if !feed(&mut upload, &shard_path)? {
+            return Err(Error::MissingFile(format!(
+                "{shard_path} (listed in {index_path})"
+            )));
+        }
+    }
+    upload.finish(&index_path).map(Some)
+}
+
+/// The distinct shard files of a sharded checkpoint's index, in name order.
+fn shard_files(index_path: &str, index: &[u8]) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: serde_json::Map<String, serde_json::Value>,
+    }
+    let index: Index = serde_json::from_slice(index)
+        .map_err(|e| Error::config(index_path, format!("invalid index: {e}")))?;
+    let mut shards = Vec::new();
+    for (tensor, file) in &index.weight_map {
+        let file = file.as_str().ok_or_else(|| {
+            Error::config(
+                index_path,
+                format!("weight_map[\"{tensor}\"] is not a file name"),
+            )
+        })?;
+        if file.contains('/') || file.contains("..") || !file.ends_with(".safetensors") {
+            return Err(Error::config(
+                index_path,
+                format!("weight_map names `{file}`, not a .safetensors file beside the index"),
+            ));
+        }
+        shards.push(file.to_string());
+    }
+    shards.sort_unstable();
+    shards.dedup();
+    Ok(shards)
+}
+
+impl StableDiffusion {
+    /// Loads every component of a diffusers-layout model, checking configs and tensors.
+    pub fn load(files: &dyn FileSource, device: &Device) -> Result<Self> {
+        Self::load_with(files, device, Kernels::default())
+    }
+
+    /// [`StableDiffusion::load`] with the kernels its layers run: [`Kernels::Burn`] leaves
+    /// the fused kernels of shaders/ out (to measure them, or to rule them out).
+    pub fn load_with(files: &dyn FileSource, device: &Device, kernels: Kernels) -> Result<Self> {
+        Self::load_adapted(files, device, kernels, &[])
+    }
+
+    /// [`StableDiffusion::load_with`] with LoRA adapters merged into the UNet's and the text
+    /// encoder's weights, each at its scale (`weights::lora`).
+    pub fn load_adapted(
+        files: &dyn FileSource,
+        device: &Device,
+        kernels: Kernels,
+        loras: &[ScaledLora],
+    ) -> Result<Self> {
+        let checkpoint_file = files.len(CHECKPOINT_FILE)?;
+        // The model index, where the source has one: it names the components a folder
+        // leaves out (`[null, null]`) and the pipeline's options.
+        let index = match files.read("model_index.json")? {
+            Some(bytes) => Some(
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .map_err(|e| Error::config("model_index.json", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let index_flag = |key: &str| {
+            index
+                .as_ref()
+                .and_then(|i| i.get(key))
+                .and_then(serde_json::Value::as_bool)
+        };
+        // A single-file checkpoint, where the source has one, supplies the weights (and the
+        // configs the source lacks) of the components it holds. Its tokenizer comes from
+        // beside it: one is asked for before gigabytes of weights are read.
+        let has_tokenizer = |folder: &str| -> Result<bool> {
+            Ok(files.read(&format!("{folder}/tokenizer.json"))?.is_some()
+                || files.read(&format!("{folder}/vocab.json"))?.is_some())
+        };
+        if checkpoint_file.is_some()
+            && !has_tokenizer("tokenizer")?
+            && !has_tokenizer("tokenizer_2")?
+        {
+            return Err(Error::NoTokenizer("tokenizer/vocab.json".into()));
+        }
+        let checkpoint = match stream_weights(files, CHECKPOINT_FILE, device)? {
+            Some(weights) => Some(Checkpoint::split(CHECKPOINT_FILE, weights)?),
+            None => None,
+        };
+        // The SDXL refiner: SDXL's second text encoder alone, where the first would be (its
+        // index also says `requires_aesthetics_score`; the UNet's widths are checked below).
+        let refiner = match &checkpoint {
+            Some(c) => c.family == single_file::Family::SdxlRefiner,
+            None => {
+                index_flag("requires_aesthetics_score") != Some(false)
+                    && files.read(clip::CONFIG_FILE)?.is_none()
+                    && files.read(clip::CONFIG_FILE_2)?.is_some()
+            }
+        };
+        let (tokenizer_folder, text_folder, text_config_file, text_target) = match refiner {
+            false => (
+                "tokenizer",
+                "text_encoder",
+                clip::CONFIG_FILE,
+                LoraTarget::TextEncoder,
+            ),
+            true => (
+                "tokenizer_2",
+                "text_encoder_2",
+                clip::CONFIG_FILE_2,
+                LoraTarget::TextEncoder2,
+            ),
+        };
+        let Some(mut tokenizer) = load_tokenizer(files, tokenizer_folder)? else {
+            let path = format!("{tokenizer_folder}/vocab.json");
+            return Err(match files.len(CHECKPOINT_FILE)? {
+                Some(_) => Error::NoTokenizer(path),
+                None => Error::MissingFile(path),
+            });
+        };
+        // SD 3's folders and files hold a transformer where the others hold a UNet.
+        let flow_model = match &checkpoint {
+            Some(c) => c.family == single_file::Family::Sd3,
+            None => files.read(mmdit::CONFIG_FILE)?.is_some(),
+        };
+        let (denoiser_part, vae_part, text_part, text_2_part, text_3_part, checkpoint_scheduler) =
+            match checkpoint {
+                // The refiner's one encoder is its first (it has no other).
+                Some(c) if refiner => (
+                    Some(c.denoiser),
+                    c.vae,
+                    c.text_encoder_2,
+                    None,
+                    None,
+                    Some(c.scheduler_config),
+                ),
+                Some(c) => (
+                    Some(c.denoiser),
+                    c.vae,
+                    c.text_encoder,
+                    c.text_encoder_2,
+                    c.text_encoder_3,
+                    Some(c.scheduler_config),
+                ),
+                None => (None, None, None, None, None, None),
+            };
+
+        // SDXL and SD 3: a second tokenizer and text encoder beside the first.
+        let has_second =
+            !refiner && (text_2_part.is_some() || files.read(clip::CONFIG_FILE_2)?.is_some());
+        // A LoRA for a part the model does not have would adapt nothing: refused, naming the
+        // part, before any weights are read.
+        let denoiser_target = match flow_model {
+            true => LoraTarget::Transformer,
+            false => LoraTarget::Unet,
+        };
+        let parts: Vec<LoraTarget> = [text_target, denoiser_target]
+            .into_iter()
+            .chain(has_second.then_some(LoraTarget::TextEncoder2))
+            .collect();
+        refuse_absent_parts(loras, &parts)?;
+
+        let text_files = (text_folder, TEXT_ENCODER_WEIGHTS, text_config_file);
+        let (weights, config) = component_source(files, text_part, text_files, device)?;
+        let text_config = ClipTextConfig::from_file(text_config_file, &config)?;
+        tokenizer.limit_length(text_config.max_position_embeddings);
+        let (text_encoder, kept_text) = build_keeping(
+            weights,
+            (kernels, loras, text_target),
+            text_config,
+            ClipTextEncoder::load,
+        )?;
+        let refiner = refiner.then(|| Refiner {
+            zeros_for_empty_negative: index_flag("force_zeros_for_empty_prompt").unwrap_or(false),
+        });
+
+        let mut kept_second = None;
+        let second = match has_second {
+            false => None,
+            true => {
+                let from_file = text_2_part.is_some();
+                let (weights, config) = component_source(
+                    files,
+                    text_2_part,
+                    ("text_encoder_2", TEXT_ENCODER_WEIGHTS, clip::CONFIG_FILE_2),
+                    device,
+                )?;
+                let config = ClipTextConfig::from_file(clip::CONFIG_FILE_2, &config)?;
+                let mut tokenizer = load_tokenizer(files, "tokenizer_2")?.ok_or_else(|| {
+                    let path = "tokenizer_2/vocab.json".to_string();
+                    match from_file {
+                        true => Error::NoTokenizer(path),
+                        false => Error::MissingFile(path),
+                    }
+                })?;
+                tokenizer.limit_length(config.max_position_embeddings);
+                let (encoder, kept) = build_keeping(
+                    weights,
+                    (kernels, loras, LoraTarget::TextEncoder2),
+                    config,
+                    ClipTextEncoder::load,
+                )?;
+                kept_second = kept;
+                let zeros_for_empty_negative =
+                    index_flag("force_zeros_for_empty_prompt").unwrap_or(!flow_model);
+                Some(SecondEncoder {
+                    tokenizer,
+                    encoder,
+                    zeros_for_empty_negative,
+                })
+            }
+        };
+
+        let names = [
+            "diffusion_pytorch_model.safetensors",
+            "diffusion_pytorch_model.fp16.safetensors",
+        ];
+        // SD 3's transformer or a UNet: its folder and its config.
+        let (folder, config_file) = match flow_model {
+            true => ("transformer", mmdit::CONFIG_FILE),
+            false => ("unet", unet::CONFIG_FILE),
+        };
+        let (weights, config) =
+            component_source(files, denoiser_part, (folder, &names, config_file), device)?;
+        let adapted = (kernels, loras, denoiser_target);
+        let (mut kept_unet, mut kept_mmdit) = (None, None);
+        let denoiser = match flow_model {
+            true => {
+                let config = MmditConfig::from_json(&config)?;
+                let (mmdit, kept) = build_keeping(weights, adapted, config, Mmdit::load)?;
+                kept_mmdit = kept;
+                Denoiser::Mmdit(Box::new(mmdit))
+            }
+            false => {
+                let config = UNetConfig::from_json(&config)?;
+                let (unet, kept) = build_keeping(weights, adapted, config, UNet::load)?;
+                kept_unet = kept;
+                Denoiser::UNet(Box::new(unet))
+            }
+        };
+        let (weights, config) =
+            component_source(files, vae_part, ("vae", &names, vae::CONFIG_FILE), device)?;
+        let vae_config = VaeConfig::from_json(&config)?;
+        // On a device that computes in f16 the VAE runs in f32 unless its config says it
+        // need not: SD's and SDXL's VAEs overflow f16 and draw black or NaN images.
+        let weights = match crate::device::limits(device).computes_f16 && vae_config.force_upcast {
+            true => weights.with_dtype(burn::tensor::FloatDType::F32),
+            false => weights,
+        };
+        let (vae, vae_encoder) = build_component(weights, (kernels, None), |w| {
+            let encoder = w
+                .contains("encoder.conv_in.weight")
+                .then(|| VaeEncoder::load(vae_config.clone(), w).map(Box::new))
+                .transpose()?;
+            Ok((Box::new(VaeDecoder::load(vae_config, w)?), encoder))
+        })?;
+
+        // An optional tiny VAE beside the main one, for previews.
+        let taesd = match files.read(taesd::CONFIG_FILE)? {
+            None => None,
+            Some(json) => {
+                let config = TaesdConfig::from_json(
+                    std::str::from_utf8(&json)
+                        .map_err(|_| Error::config(taesd::CONFIG_FILE, "is not UTF-8 text"))?,
+                )?;
+                if config.latent_channels != vae.config().latent_channels {
+                    return Err(Error::config(
+                        taesd::CONFIG_FILE,
+                        "latent_channels differs from the VAE's",
+                    ));
+                }
+                Some(build_component(
+                    folder_weights(files, "vae_tiny", &names, device)?,
+                    (kernels, None),
+                    |w| TaesdDecoder::load(config, w),
+                )?)
+            }
+        };
+
+        let scheduler_json = match (
+            files.read_text(schedulers::CONFIG_FILE)?,
+            checkpoint_scheduler,
+        ) {
+            (Some(text), _) => text,
+            (None, Some(inferred)) => inferred,
+            (None, None) => return Err(Error::MissingFile(schedulers::CONFIG_FILE.into())),
+        };
+        let scheduler_config = SchedulerConfig::from_json(&scheduler_json)?;
+        let t5 = match &denoiser {
+            Denoiser::UNet(unet) => {
+                Self::check_unet(unet, &text_encoder, second.as_ref(), &refiner, vae.config())?;
+                T5State::Absent
+            }
+            Denoiser::Mmdit(mmdit) => {
+                Self::check_mmdit(mmdit.config(), &text_encoder, second.as_ref(), vae.config())?;
+                Self::load_t5(files, text_3_part, mmdit.config(), device, kernels)?
+            }
+        };
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            second,
+            refiner,
+            adapters: (!loras.is_empty()).then(|| Adapters {
+                loras: loras.to_vec(),
+                text_encoder: kept_text,
+                second: kept_second,
+                unet: kept_unet,
+                mmdit: kept_mmdit,
+                added_rows: [Vec::new(), Vec::new()],
+            }),
+            t5,
+            denoiser,
+            vae,
+            vae_encoder,
+            taesd,
+            scheduler_config,
+            device: device.clone(),
+            kernels,
+        })
+    }
+
+    /// A UNet's fit to the text encoders and the VAE loaded beside it.
+    fn check_unet(
+        unet: &UNet,
+        text_encoder: &ClipTextEncoder,
+        second: Option<&SecondEncoder>,
+        refiner: &Option<Refiner>,
+        vae: &VaeConfig,
+    ) -> Result<()> {
+        match (second, unet.config().text_time_dims()) {
+            (None, Some((time, input))) if refiner.is_some() && unet.takes_text_time() => {
+                let pooled = text_encoder.pooled_width();
+                if input != pooled + 5 * time {
+                    return Err(Error::config(
+                        unet::CONFIG_FILE,
+                        format!(
+                            "projection_class_embeddings_input_dim {input} is not the text encoder's pooled width {pooled} plus 5 x addition_time_embed_dim {time} (an SDXL refiner's size and aesthetic score; for SDXL base, {} is missing)",
+                            clip::CONFIG_FILE
+                        ),
+                    ));
+                }
+            }
+            (None, _) if refiner.is_some() => {
+                return Err(Error::config(
+                    unet::CONFIG_FILE,
+                    "the model index asks for an aesthetic score (an SDXL refiner), but the UNet takes no pooled text and size (addition_embed_type \"text_time\")",
+                ));
+            }
+            (Some(s), Some((time, input))) if unet.takes_text_time() => {
+                let pooled = s.encoder.pooled_width();
+                if input != pooled + 6 * time {
+                    return Err(Error::config(
+                        unet::CONFIG_FILE,
+                        format!(
+                            "projection_class_embeddings_input_dim {input} is not the second text encoder's pooled width {pooled} plus 6 x addition_time_embed_dim {time}"
+                        ),
+                    ));
+                }
+            }
+            (None, _) if !unet.takes_text_time() => {}
+            (Some(_), _) => {
+                return Err(Error::config(
+                    unet::CONFIG_FILE,
+                    "the model has a second text encoder, but its UNet takes no pooled text (addition_embed_type \"text_time\")",
+                ));
+            }
+            (None, _) => {
+                return Err(Error::MissingFile(format!(
+                    "{}: this UNet (addition_embed_type \"text_time\", SDXL) needs a second text encoder",
+                    clip::CONFIG_FILE_2
+                )));
+            }
+        }
+        let context_width = text_encoder.config().hidden_size
+            + second
+                .as_ref()
+                .map_or(0, |s| s.encoder.config().hidden_size);
+        if unet.config().cross_attention_dim != context_width {
+            return Err(Error::config(
+                unet::CONFIG_FILE,
+                format!(
+                    "cross_attention_dim {} differs from the text encoders' hidden_size {context_width}",
+                    unet.config().cross_attention_dim,
+                ),
+            ));
+        }
+        let latent = vae.latent_channels;
+        if ![latent, 2 * latent + 1].contains(&unet.config().in_channels) {
+            return Err(Error::config(
+                unet::CONFIG_FILE,
+                format!(
+                    "in_channels {} is neither the VAE's latent_channels {latent} nor {} (an inpainting UNet: latents, mask, masked image)",
+                    unet.config().in_channels,
+                    2 * latent + 1
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// SD 3's T5 and its tokenizer where the folder has them; its hidden states must be the
+    /// transformer's joint width.
+    fn load_t5(
+        files: &dyn FileSource,
+        from_checkpoint: Option<single_file::Part>,
+        mmdit: &MmditConfig,
+        device: &Device,
+        kernels: Kernels,
+    ) -> Result<T5State> {
+        let config = match (files.read_text(t5::CONFIG_FILE)?, &from_checkpoint) {
+            (Some(config), _) => config,
+            (None, Some(part)) => part.config.clone(),
+            (None, None) => return Ok(T5State::Absent),
+        };
+        let config = T5Config::from_json(&config)?;
+        if config.d_model != mmdit.joint_attention_dim {
+            return Err(Error::config(
+                t5::CONFIG_FILE,
+                format!(
+                    "d_model {} differs from the transformer's joint_attention_dim {}",
+                    config.d_model, mmdit.joint_attention_dim
+                ),
+            ));
+        }
+        let weights = match from_checkpoint {
+            Some(part) => part.weights,
+            None => match folder_weights(files, "text_encoder_3", TEXT_ENCODER_WEIGHTS, device) {
+                Ok(weights) => weights,
+                Err(Error::MissingFile(_)) => return Ok(T5State::Skipped),
+                Err(e) => return Err(e),
+            },
+        };
+        let tokenizer = T5Tokenizer::from_tokenizer_json(
+            &files.require("tokenizer_3/tokenizer.json")?,
+            files.read("tokenizer_3/tokenizer_config.json")?.as_deref(),
+        )?;
+        let encoder = build_component(weights, (kernels, None), |w| T5Encoder::load(config, w))?;
+        Ok(T5State::Loaded(Box::new((tokenizer, encoder))))
+    }
+
+    /// An SD 3 transformer's fit: two text encoders with pooled outputs as wide together as
+    /// its pooled input, hidden states that fit its joint width side by side, the VAE's
+    /// latent channels.
+    fn check_mmdit(
+        config: &MmditConfig,
+        text_encoder: &ClipTextEncoder,
+        second: Option<&SecondEncoder>,
+        vae: &VaeConfig,
+    ) -> Result<()> {
+        let Some(second) = second else {
+            return Err(Error::MissingFile(format!(
+                "{}: this transformer (SD 3) needs a second text encoder and tokenizer_2",
+                clip::CONFIG_FILE_2
+            )));
+        };
+        let pooled = text_encoder.pooled_width() + second.encoder.pooled_width();
+        if pooled != config.pooled_projection_dim {
+            return Err(Error::config(
+                mmdit::CONFIG_FILE,
+                format!(
+                    "pooled_projection_dim {} is not the text encoders' pooled widths together ({pooled})",
+                    config.pooled_projection_dim
+                ),
+            ));
+        }
+        let hidden = text_encoder.config().hidden_size + second.encoder.config().hidden_size;
+        if hidden > config.joint_attention_dim {
+            return Err(Error::config(
+                mmdit::CONFIG_FILE,
+                format!(
+                    "joint_attention_dim {} is narrower than the text encoders' hidden states side by side ({hidden})",
+                    config.joint_attention_dim
+                ),
+            ));
+        }
+        if config.in_channels != vae.latent_channels {
+            return Err(Error::config(
+                mmdit::CONFIG_FILE,
+                format!(
+                    "in_channels {} differs from the VAE's latent_channels {}",
+                    config.in_channels, vae.latent_channels
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,321 @@
+//! The text-to-image sampler: prompt to embeddings, seeded latents, a denoising loop with
+//! classifier-free guidance that is open between steps, and the VAE decode.
+//!
+//! The loop is a value, [`Sampling`], that the caller advances one step at a time, so a page
+//! can await between steps (progress, previews, cancellation) and interventions can read and
+//! change everything a step touches through a [`StepHook`].
+//!
+//! Here the model and its options; the rest one module per stage:
+//! - `load`: a diffusers folder or a single-file checkpoint to a model on the device;
+//! - `adapters`: textual-inversion embeddings and LoRA scales changed on a loaded model;
+//! - `prompt`: a prompt to what the denoiser takes;
+//! - `start`: the options checked, the schedule and the first latents;
+//! - `sampling`: the loop itself, one step at a time, and the decode;
+//! - `hooks`: what an intervention sees and changes at each step.
+
+mod adapters;
+mod hooks;
+mod load;
+mod prompt;
+mod sampling;
+mod start;
+
+pub use hooks::{Hooks, ModelCall, NoHook, RegionTerm, StepFuture, StepHook, StepState};
+pub use prompt::EncodedPrompt;
+pub use sampling::{CancelToken, Sampling, strength_steps};
+
+use burn::tensor::Device;
+
+use crate::image::Image;
+use crate::kernels::Kernels;
+use crate::memory;
+use crate::models::clip::ClipTextEncoder;
+use crate::models::denoiser::Denoiser;
+use crate::models::mmdit;
+use crate::models::t5::T5Encoder;
+use crate::models::taesd::TaesdDecoder;
+use crate::models::unet::UNet;
+use crate::models::vae::{VaeDecoder, VaeEncoder};
+use crate::schedulers::{SchedulerConfig, SchedulerKind, Timesteps};
+use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
+use crate::weights::human_bytes;
+
+use adapters::Adapters;
+
+/// The largest image side accepted, in pixels.
+pub const MAX_SIDE: usize = 2048;
+
+/// The longest prompt accepted, in characters. Text past the encoder's token limit (77 for
+/// CLIP) is cut with a warning, as diffusers does; a prompt far beyond any such limit is a
+/// mistake (a pasted file, say), refused before the tokenizer has to read it all.
+pub const MAX_PROMPT_CHARS: usize = 2000;
+
+/// Everything a generation needs besides the model.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+    pub timesteps: Timesteps,
+    /// Classifier-free guidance scale; at 1 or below the unconditional pass is skipped.
+    pub guidance_scale: f64,
+    /// Image size in pixels; `None` uses the model's native size.
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// `None` picks the scheduler class named in the model's config (DDIM if unsupported).
+    pub scheduler: Option<SchedulerKind>,
+    /// Skip this many final text encoder layers (diffusers' `clip_skip`).
+    pub clip_skip: usize,
+    /// Unit-variance initial latents to use instead of the seeded ones (for parity tests and
+    /// for re-running from a saved state), [1, C, H/8, W/8] flattened.
+    pub initial_latents: Option<Vec<f32>>,
+    /// Unit Gaussian noise for the stochastic schedulers (Euler ancestral, LCM) to add at
+    /// each step instead of the seed's: one block of the latents' size per step that runs, in
+    /// step order, [steps, 1, C, H/8, W/8] flattened. With diffusers' latents and the noise
+    /// its scheduler drew, an ancestral sampler gives diffusers' image. The deterministic
+    /// schedulers draw no noise and leave it unused.
+    pub step_noise: Option<Vec<f32>>,
+    /// Stop early, where the schedule reaches this fraction of the way from noise to image
+    /// (diffusers' `denoising_end`, in (0, 1)): the run takes the steps whose timesteps are at
+    /// least `(1 - f) x num_train_timesteps`, and [`Generated::latents`] holds its latents for
+    /// another model (an SDXL refiner) to continue from ([`GenerateOptions::handoff`]).
+    pub denoising_end: Option<f64>,
+    /// Continue another run's latents (its [`Generated::latents`]) from this fraction of the
+    /// schedule on (diffusers' `denoising_start` with latents as its `image`), with no noise
+    /// added: the steps whose timesteps are below `(1 - f) x num_train_timesteps`.
+    pub handoff: Option<Handoff>,
+    /// img2img: start from this image (of the output's size), noised to `strength`.
+    pub init_image: Option<Image>,
+    /// How much of the schedule img2img runs: 1 starts from pure noise, 0.3 keeps the layout.
+    pub strength: f64,
+    /// Inpainting (with `init_image`): one value per pixel, row-major; where it is 0.5 or
+    /// more the image is regenerated, elsewhere kept (blended in the latents every step).
+    pub mask: Option<Vec<f32>>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            seed: 0,
+            timesteps: Timesteps::Count(20),
+            guidance_scale: 7.5,
+            width: None,
+            height: None,
+            scheduler: None,
+            clip_skip: 0,
+            initial_latents: None,
+            step_noise: None,
+            denoising_end: None,
+            handoff: None,
+            init_image: None,
+            strength: 0.8,
+            mask: None,
+        }
+    }
+}
+
+/// Latents another run handed over, and where in the schedule to continue them
+/// ([`GenerateOptions::handoff`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handoff {
+    /// [1, C, H/8, W/8] flattened, as the other run's sampler held them.
+    pub latents: Vec<f32>,
+    /// The fraction of the schedule they stand at, in (0, 1).
+    pub denoising_start: f64,
+}
+
+/// Something the user should know about a generation that still ran, as a value: callers
+/// match on it, and its text (`Display`) is for people.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(
+    tag = "code",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum Warning {
+    /// The prompt (or the negative prompt) ran past the text encoder's token limit (77 for
+    /// CLIP); the part past it, `ignored`, was cut, as diffusers does.
+    PromptTruncated { negative: bool, ignored: String },
+    /// The model folder has a text encoder the runtime does not run yet (SD 3's T5-XXL,
+    /// `text_encoder_3`); the generation ran with zeros in its place, as diffusers does when
+    /// it is left out, and follows the prompt less closely than with it.
+    TextEncoderSkipped { folder: String },
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::PromptTruncated { negative, ignored } => write!(
+                f,
+                "the {}prompt was too long; this part was ignored: \"{ignored}\"",
+                if *negative { "negative " } else { "" }
+            ),
+            Warning::TextEncoderSkipped { folder } => write!(
+                f,
+                "{folder} (T5) is not run yet: zeros stand in its place, as in diffusers without it"
+            ),
+        }
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub image: Image,
+    /// Things the user should know, such as the words an over-long prompt lost.
+    pub warnings: Vec<Warning>,
+    /// UNet evaluations, one per batch row per call: the cost figure the LINA evaluation
+    /// compares.
+    pub evaluations: usize,
+    /// The final latents, [1, C, H/8, W/8] flattened, where the run stopped early
+    /// ([`GenerateOptions::denoising_end`]) for another model to continue from.
+    pub latents: Option<Vec<f32>>,
+}
+
+/// A loaded Stable-Diffusion-class model.
+pub struct StableDiffusion {
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextEncoder,
+    /// SDXL's and SD 3's second tokenizer and text encoder (OpenCLIP ViT-bigG with its
+    /// projection).
+    second: Option<SecondEncoder>,
+    /// The SDXL refiner's way with its text: its only encoder is SDXL's second (`tokenizer`
+    /// and `text_encoder` hold it), and its UNet takes an aesthetic score.
+    refiner: Option<Refiner>,
+    /// The LoRAs the model was loaded with, and what changing their scales builds again from;
+    /// `None` without LoRAs.
+    adapters: Option<Adapters>,
+    /// SD 3's T5 encoder where the folder has it; `Err` with its folder where the folder has
+    /// only its config (the browser leaves T5's gigabytes behind unless asked): then zeros
+    /// stand in its place, with a warning.
+    t5: T5State,
+    denoiser: Denoiser,
+    // Boxed, as the denoiser is: each holds hundreds of tensor handles inline (22 KB), and
+    // unoptimised builds give every move of the model a stack slot of its size.
+    vae: Box<VaeDecoder>,
+    /// Present when the VAE file has the encoder (img2img and inpainting need it).
+    vae_encoder: Option<Box<VaeEncoder>>,
+    /// TAESD's decoder, where the folder has `vae_tiny/`: cheap per-step previews.
+    taesd: Option<TaesdDecoder>,
+    scheduler_config: SchedulerConfig,
+    device: Device,
+    /// The kernels every layer of this model runs (chosen at load).
+    kernels: Kernels,
+}
+
+/// SDXL's second text encoder, with its tokenizer, and whether an empty negative prompt
+/// means zeros (diffusers' `force_zeros_for_empty_prompt`, on for SDXL unless the model's
+/// index turns it off).
+struct SecondEncoder {
+    tokenizer: ClipTokenizer,
+    encoder: ClipTextEncoder,
+    zeros_for_empty_negative: bool,
+}
+
+/// An SDXL refiner's text settings (stabilityai's refiner: no first text encoder, the second
+/// alone; `requires_aesthetics_score` in its model index).
+struct Refiner {
+    /// diffusers' `force_zeros_for_empty_prompt`, off in the refiner's index.
+    zeros_for_empty_negative: bool,
+}
+
+/// The aesthetic scores an SDXL refiner is conditioned on: diffusers' defaults for the
+/// conditional and the unconditional rows.
+pub const AESTHETIC_SCORE: f64 = 6.0;
+pub const NEGATIVE_AESTHETIC_SCORE: f64 = 2.5;
+
+/// SD 3's third text encoder: loaded, absent (as diffusers allows), or present in the folder
+/// without its weights (run without, with a warning).
+enum T5State {
+    Loaded(Box<(T5Tokenizer, T5Encoder)>),
+    Absent,
+    Skipped,
+}
+
+impl StableDiffusion {
+    /// The kernels this model's layers run.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// The UNet, for UNet models.
+    pub fn unet(&self) -> Option<&UNet> {
+        self.denoiser.unet()
+    }
+    /// The text context's length as the denoiser sees it, in tokens: the tokenizer's (77 for
+    /// CLIP), and for SD 3 the T5 places after them. Attention biases and records span it.
+    pub fn context_length(&self) -> usize {
+        let t5 = match self.denoiser {
+            Denoiser::Mmdit(_) => mmdit::T5_TOKENS,
+            Denoiser::UNet(_) => 0,
+        };
+        self.tokenizer.max_length() + t5
+    }
+
+    /// The model the sampler calls at each step.
+    pub fn denoiser(&self) -> &Denoiser {
+        &self.denoiser
+    }
+    pub fn vae(&self) -> &VaeDecoder {
+        &self.vae
+    }
+
+    pub fn vae_encoder(&self) -> Option<&VaeEncoder> {
+        self.vae_encoder.as_deref()
+    }
+
+    pub fn text_encoder(&self) -> &ClipTextEncoder {
+        &self.text_encoder
+    }
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
+    /// Whether classifier-free guidance needs a second, unconditional pass: above scale 1,
+    /// unless the UNet takes the scale as an embedding (LCM-distilled models).
+    fn unconditional_pass(&self, guidance_scale: f64) -> bool {
+        guidance_scale > 1.0 && !self.denoiser.embeds_guidance()
+    }
+
+    /// Whether the UNet is an inpainting one (SD's 9-channel inpainting models): it takes the
+    /// mask and the masked image's latents next to the latents, and needs both.
+    pub fn is_inpainting_model(&self) -> bool {
+        self.denoiser.in_channels() != self.vae.config().latent_channels
+    }
+
+    /// The image size the model was trained for.
+    pub fn native_size(&self) -> usize {
+        self.denoiser.sample_size() * self.vae.config().downscale()
+    }
+
+    /// What the user should know when the device's limits rule out the model's native size:
+    /// the largest square size that fits, so that it need not be found by failing.
+    pub fn size_note(&self) -> Option<String> {
+        let limits = crate::device::limits(&self.device);
+        let native = self.native_size();
+        let side = memory::largest_side(
+            self.denoiser.config(),
+            self.vae.config(),
+            native,
+            limits.max_binding_bytes,
+        );
+        let cramped = format!(
+            "{} binds at most {} per buffer, too little for this model's native {native}x{native}",
+            limits.adapter,
+            human_bytes(limits.max_binding_bytes)
+        );
+        match side {
+            Some(side) if side == native => None,
+            Some(side) => Some(format!("{cramped}: generate at {side}x{side} or smaller")),
+            None => Some(format!("{cramped} or any smaller size")),
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The denoising loop as a value the caller advances one step at a time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::Tensor;
+
+use super::hooks::{ModelCall, StepHook, StepState};
+use super::start::Init;
+use super::{Generated, StableDiffusion, Warning};
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::kernels;
+use crate::models::attention_control::{AttentionRecord, CrossAttentionControl};
+use crate::schedulers::{Noise, Scheduler, SeededNoise, StepOutput};
+
+/// The UNet's noise prediction for a step, before the guidance combine.
+struct NoiseEstimate {
+    /// [uncond; cond] halves when `guidance` is set, else the prediction itself.
+    output: Tensor<4>,
+    /// The classifier-free guidance scale.
+    guidance: Option<f64>,
+}
+
+impl NoiseEstimate {
+    /// The guided prediction: `uncond + scale * (cond - uncond)`.
+    fn guided(self) -> Tensor<4> {
+        let Some(scale) = self.guidance else {
+            return self.output;
+        };
+        let [uncond, cond] = <[Tensor<4>; 2]>::try_from(self.output.chunk(2, 0))
+            .unwrap_or_else(|_| unreachable!("a guided estimate holds two halves"));
+        uncond.clone() + (cond - uncond).mul_scalar(scale)
+    }
+}
+
+/// Shared flag that stops a generation between two steps.
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Where a run's stochastic steps draw their noise.
+pub(super) enum StepNoise {
+    Seeded(SeededNoise),
+    /// The caller's: one block per step that runs, from step `first` on (checked against
+    /// the run's steps and latents when the run starts).
+    Given {
+        values: Vec<f32>,
+        first: usize,
+    },
+}
+
+impl Noise for StepNoise {
+    fn draw(&mut self, step: usize, like: &Tensor<4>) -> Tensor<4> {
+        match self {
+            StepNoise::Seeded(seeded) => seeded.draw(step, like),
+            StepNoise::Given { values, first } => {
+                let dims = like.dims();
+                let block = dims.iter().product::<usize>();
+                let at = step.saturating_sub(*first) * block;
+                // The length was checked at the start; a scheduler that asked past the run
+                // would get zeros, never a panic.
+                let slice = values
+                    .get(at..at + block)
+                    .map_or_else(|| vec![0.0; block], <[f32]>::to_vec);
+                Tensor::from_data(burn::tensor::TensorData::new(slice, dims), &like.device())
+            }
+        }
+    }
+}
+
+/// One generation in progress.
+pub struct Sampling<'p> {
+    pub(super) pipe: &'p StableDiffusion,
+    pub(super) scheduler: Box<dyn Scheduler + Send + Sync>,
+    /// Fresh noise for stochastic schedulers: the seed's, or the caller's.
+    pub(super) noise: StepNoise,
+    pub(super) context: Tensor<3>,
+    pub(super) guidance_scale: f64,
+    pub(super) latents: Tensor<4>,
+    pub(super) step: usize,
+    /// The step the run stops before: the schedule's length, or fewer where it hands its
+    /// latents over ([`GenerateOptions::denoising_end`](super::GenerateOptions::denoising_end)).
+    pub(super) end: usize,
+    /// Whether [`Sampling::finish`] gives the latents too.
+    pub(super) hands_over: bool,
+    /// img2img or inpainting's start.
+    pub(super) init: Option<Init>,
+    /// What the UNet adds to its time embedding, one row per context row (see
+    /// [`UNet::forward_with`](crate::models::unet::UNet::forward_with)): LCM's guidance
+    /// embedding, SDXL's pooled text and size.
+    pub(super) added: Option<Tensor<2>>,
+    /// The scheduler's latest prediction of the clean latents, for previews.
+    pub(super) predicted_clean: Option<Tensor<4>>,
+    /// Things the user should know (a truncated prompt).
+    pub warnings: Vec<Warning>,
+    /// UNet evaluations so far (batch rows).
+    pub(super) evaluations: usize,
+}
+
+impl Sampling<'_> {
+    pub fn timesteps(&self) -> &[f64] {
+        self.scheduler.timesteps()
+    }
+    pub fn steps(&self) -> usize {
+        self.timesteps().len()
+    }
+    /// Steps taken so far.
+    pub fn current_step(&self) -> usize {
+        self.step
+    }
+    pub fn is_done(&self) -> bool {
+        self.step >= self.end
+    }
+    pub fn latents(&self) -> &Tensor<4> {
+        &self.latents
+    }
+    pub fn pipe(&self) -> &StableDiffusion {
+        self.pipe
+    }
+    /// UNet evaluations so far, one per batch row per call.
+    pub fn evaluations(&self) -> usize {
+        self.evaluations
+    }
+    /// The latest step's prediction of the clean latents.
+    pub fn predicted_clean(&self) -> Option<&Tensor<4>> {
+        self.predicted_clean.as_ref()
+    }
+
+    /// Moves the prediction of the clean latents by `delta`, and the sample by the same
+    /// change at the next step's noise level (`add_noise` of `delta` with no noise: `√ᾱ·Δ`
+    /// for the variance-preserving schedulers, `Δ` for Euler's), as if the model had
+    /// predicted it. Latent-space repairs act through this.
+    pub fn shift_clean(&mut self, delta: Tensor<4>) {
+        if self.is_done() {
+            return;
+        }
+        let zeros = delta.zeros_like();
+        let shift = self.scheduler.add_noise(delta.clone(), zeros, self.step);
+        self.latents = self.latents.clone() + shift;
+        self.predicted_clean = self.predicted_clean.take().map(|x0| x0 + delta);
+    }
+
+    /// Takes one denoising step.
+    pub fn step(&mut self, hook: &mut dyn StepHook) -> Result<()> {
+        if self.is_done() {
+            return Err(Error::InvalidInput(
+                "the sampling is already finished".into(),
+            ));
+        }
+        let step = self.step;
+        let timestep = self.timesteps()[step];
+        let mut call = ModelCall {
+            step,
+            timestep,
+            latents: self.latents.clone(),
+            context: self.context.clone(),
+            guidance_scale: self.guidance_scale,
+            regions: Vec::new(),
+            attention: CrossAttentionControl::default(),
+            mirrored: false,
+        };
+        hook.before_model(&mut call)?;
+        self.evaluations += call.context.dims()[0] + call.regions.len();
+        let (estimate, attention) = self.predict_noise(call)?;
+        let out = self.scheduler_step(estimate, step);
+        let mut state = StepState {
+            step,
+            steps: self.steps(),
+            timestep,
+            latents: out.prev_sample,
+            pred_original: out.pred_original,
+            attention,
+        };
+        hook.after_step(&mut state)?;
+        self.latents = state.latents;
+        self.predicted_clean = Some(state.pred_original);
+        if let Some(Init {
+            latents: kept,
+            noise,
+            mask: Some(mask),
+            ..
+        }) = &self.init
+        {
+            // Inpainting: outside the mask, the init image noised to the next step's level.
+            let kept = if step + 1 < self.steps() {
+                self.scheduler
+                    .add_noise(kept.clone(), noise.clone(), step + 1)
+            } else {
+                kept.clone()
+            };
+            let inverse = mask.clone().neg().add_scalar(1.0);
+            self.latents = self.latents.clone() * mask.clone() + kept * inverse;
+        }
+        self.step += 1;
+        Ok(())
+    }
+
+    /// The scheduler's step on the guided prediction: with the guidance combine in one fused
+    /// kernel where the step is affine and the device runs the kernels, burn's operations
+    /// otherwise.
+    fn scheduler_step(&mut self, estimate: NoiseEstimate, step: usize) -> StepOutput {
+        let sample = self.latents.clone();
+        match self.scheduler.affine(step) {
+            Some(affine)
+                if self
+                    .pipe
+                    .kernels
+                    .fused_for(&sample.device(), sample.dtype()) =>
+            {
+                kernels::guided_step(estimate.output, estimate.guidance, sample, &affine)
+            }
+            Some(affine) => affine.apply(estimate.guided(), sample),
+            None => self
+                .scheduler
+                .step(estimate.guided(), step, sample, &mut self.noise),
+        }
+    }
+
+    /// One batched model call for the base conditioning and every region term. Without
+    /// region terms the guidance combine is left to the step; with them it is done here.
+    /// Also gives the call's cross-attention record, where the call asks for one.
+    fn predict_noise(&self, call: ModelCall) -> Result<(NoiseEstimate, Option<AttentionRecord>)> {
+        let input = self.scheduler.scale_model_input(call.latents, call.step);
+        let base = call.context.dims()[0];
+        let [_, c, h, w] = input.dims();
+        // An inpainting UNet also takes the mask and the masked image's latents.
+        let input = match self.init.as_ref().and_then(|i| i.conditioning.clone()) {
+            Some(extra) => Tensor::cat(vec![input, extra], 1),
+            None => input,
+        };
+        let mut contexts = vec![call.context];
+        for (i, r) in call.regions.iter().enumerate() {
+            let (cd, md) = (r.context.dims(), r.mask.dims());
+            if cd[0] != 1 || cd[1..] != contexts[0].dims()[1..] || md != [1, 1, h, w] {
+                return Err(Error::InvalidInput(format!(
+                    "region term {i}: context {cd:?} or mask {md:?} does not fit latents [1, {c}, {h}, {w}]"
+                )));
+            }
+            if !r.weight.is_finite() {
+                return Err(Error::InvalidInput(format!(
+                    "region term {i}: weight is not finite"
+                )));
+            }
+            contexts.push(r.context.clone());
+        }
+        if let Some(bias) = &call.attention.bias {
+            let tokens = contexts[0].dims()[1];
+            if bias.dims() != [tokens, h, w] {
+                return Err(Error::InvalidInput(format!(
+                    "attention bias {:?} does not fit {tokens} text tokens over latents {h}x{w}",
+                    bias.dims()
+                )));
+            }
+        }
+        let batch = base + call.regions.len();
+        let inputs = if batch == 1 {
+            input
+        } else {
+            Tensor::cat(vec![input; batch], 0)
+        };
+        let context = if contexts.len() == 1 {
+            contexts.pop().expect("one context")
+        } else {
+            Tensor::cat(contexts, 0)
+        };
+        // Region terms' rows take the conditional row's.
+        let added = self.added.as_ref().map(|rows| match call.regions.len() {
+            0 => rows.clone(),
+            n => Tensor::cat(
+                vec![
+                    rows.clone(),
+                    rows.clone().narrow(0, base - 1, 1).repeat_dim(0, n),
+                ],
+                0,
+            ),
+        });
+        // The control acts on the conditional row: the second of [uncond; cond], else the
+        // only one; the region terms' rows keep their own attention.
+        let (out, record) = if call.mirrored {
+            let control = CrossAttentionControl {
+                bias: call.attention.bias.clone().map(|b| b.flip([2])),
+                record: call.attention.record,
+            };
+            let (out, record) = self.pipe.denoiser.forward_controlled(
+                inputs.flip([3]),
+                call.timestep,
+                &context,
+                added.as_ref(),
+                &control,
+                base - 1,
+            );
+            (out.flip([3]), record.map(|r| r.flip([2])))
+        } else {
+            self.pipe.denoiser.forward_controlled(
+                inputs,
+                call.timestep,
+                &context,
+                added.as_ref(),
+                &call.attention,
+                base - 1,
+            )
+        };
+        let guidance = (base == 2).then_some(call.guidance_scale);
+        if call.regions.is_empty() {
+            return Ok((
+                NoiseEstimate {
+                    output: out,
+                    guidance,
+                },
+                record,
+            ));
+        }
+        let mut pred = NoiseEstimate {
+            output: out.clone().narrow(0, 0, base),
+            guidance,
+        }
+        .guided();
+        // Each region term pulls the guided prediction toward its own, measured from the
+        // first (unconditional, or only) prediction.
+        let reference = out.clone().narrow(0, 0, 1);
+        for (i, r) in call.regions.iter().enumerate() {
+            let term = out.clone().narrow(0, base + i, 1);
+            pred = pred
+                + (term - reference.clone())
+                    .mul(r.mask.clone().repeat_dim(1, c))
+                    .mul_scalar(r.weight);
+        }
+        Ok((
+            NoiseEstimate {
+                output: pred,
+                guidance: None,
+            },
+            record,
+        ))
+    }
+
+    /// The sampling loop: every step that is left, with `hook` around and between them, and
+    /// `cancel` checked before each. Every driver (the CLI, the browser layer, benchmarks,
+    /// LINA) runs generations through this one loop.
+    pub async fn run(&mut self, hook: &mut dyn StepHook, cancel: &CancelToken) -> Result<()> {
+        while !self.is_done() {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            self.step(hook)?;
+            hook.between_steps(self).await?;
+        }
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Waits until the device has finished the steps queued so far (one scalar readback),
+    /// so progress reports are honest; also catches a sampler that diverged to NaN.
+    pub async fn settle(&self) -> Result<()> {
+        let peak = crate::device::read_f32(self.latents.clone().abs().max(), "the latents").await?;
+        if peak.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Device(format!(
+                "latents became non-finite at step {}",
+                self.step
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decodes the current latents with the model's VAE (the final image once done).
+    pub async fn decode(&self) -> Result<Image> {
+        Image::from_decoded(self.pipe.vae.decode_scaled(self.latents.clone())).await
+    }
+
+    /// The finished generation: the decoded image, the warnings and the cost.
+    pub async fn finish(self) -> Result<Generated> {
+        let latents = match self.hands_over {
+            true => Some(crate::device::read_f32(self.latents.clone(), "the latents").await?),
+            false => None,
+        };
+        Ok(Generated {
+            image: self.decode().await?,
+            warnings: self.warnings,
+            evaluations: self.evaluations,
+            latents,
+        })
+    }
+
+    /// The latest prediction of the clean image, decoded by the model's own VAE (the
+    /// latents before the first step). [`Sampling::preview`] trades accuracy for speed.
+    pub async fn decode_predicted(&self) -> Result<Image> {
+        let latents = self.predicted_clean.as_ref().unwrap_or(&self.latents);
+        Image::from_decoded(self.pipe.vae.decode_scaled(latents.clone())).await
+    }
+
+    /// A quick look at where the run is heading: the latest prediction of the clean image
+    /// (the latents before the first step), decoded by TAESD where the model folder has one
+    /// (`vae_tiny/`), otherwise by the full VAE.
+    pub async fn preview(&self) -> Result<Image> {
+        let latents = self
+            .predicted_clean
+            .clone()
+            .unwrap_or_else(|| self.latents.clone());
+        let pixels = match &self.pipe.taesd {
+            Some(taesd) => taesd.decode(latents),
+            None => self.pipe.vae.decode_scaled(latents),
+        };
+        Image::from_decoded(pixels).await
+    }
+}
+
+/// How many of a run's last `steps` an img2img `strength` redraws: floor(steps * strength),
+/// as diffusers counts them: 0 for a strength too small for so few steps.
+pub fn strength_steps(steps: usize, strength: f64) -> usize {
+    ((steps as f64 * strength) as usize).min(steps)
+}

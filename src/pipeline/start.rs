@@ -1,0 +1,452 @@
+//! Starting a generation: checking the options, the schedule and its part this run takes,
+//! the first latents (seeded noise, handed-over latents, or an init image's for img2img and
+//! inpainting).
+
+use std::ops::Range;
+
+use burn::tensor::{Tensor, TensorData};
+
+use super::hooks::StepHook;
+use super::sampling::{CancelToken, Sampling, StepNoise, strength_steps};
+use super::{
+    AESTHETIC_SCORE, GenerateOptions, Generated, MAX_PROMPT_CHARS, MAX_SIDE,
+    NEGATIVE_AESTHETIC_SCORE, StableDiffusion, T5State, Warning,
+};
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::memory;
+use crate::models::denoiser::Denoiser;
+use crate::rng::Rng;
+use crate::schedulers::{self, Scheduler, SchedulerKind, SeededNoise, Timesteps};
+
+/// What img2img and inpainting start from.
+pub(super) struct Init {
+    /// The init image's clean latents, scaled as the sampler holds them.
+    pub(super) latents: Tensor<4>,
+    /// The noise it was noised with (inpainting re-noises the kept region with it).
+    pub(super) noise: Tensor<4>,
+    /// [1, C, h, w]: 1 where the latents are regenerated, 0 where the init image is kept.
+    /// Only for UNets that take plain latents; they inpaint by blending after each step.
+    pub(super) mask: Option<Tensor<4>>,
+    /// For inpainting UNets (9 input channels): what they take besides the latents, the
+    /// mask and the masked image's latents, [1, 1 + C, h, w].
+    pub(super) conditioning: Option<Tensor<4>>,
+}
+
+impl StableDiffusion {
+    /// Encodes one text to [1, L, D]; also returns what was cut from an over-long text.
+    /// The unit-variance latents a run of `opts` starts from, before the scheduler's
+    /// `init_noise_sigma` (what diffusers' pipelines take as `latents`): the options' own,
+    /// else the seed's; with their shape [1, C, h, w] for an image of `size` (width, height).
+    pub fn initial_noise(
+        &self,
+        opts: &GenerateOptions,
+        (width, height): (usize, usize),
+    ) -> Result<(Vec<f32>, [usize; 4])> {
+        let factor = self.vae.config().downscale();
+        let shape = [
+            1,
+            self.vae.config().latent_channels,
+            height / factor,
+            width / factor,
+        ];
+        let count = shape.iter().product::<usize>();
+        let noise = match &opts.initial_latents {
+            Some(given) if given.len() == count => given.clone(),
+            Some(given) => {
+                return Err(Error::InvalidInput(format!(
+                    "initial latents have {} values, {count} expected for {shape:?}",
+                    given.len()
+                )));
+            }
+            None => Rng::new(opts.seed).normals(count),
+        };
+        Ok((noise, shape))
+    }
+
+    /// Checks the options and prepares the denoising loop.
+    pub fn start(&self, opts: &GenerateOptions) -> Result<Sampling<'_>> {
+        if opts.prompt.trim().is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        for (what, text) in [
+            ("prompt", &opts.prompt),
+            ("negative prompt", &opts.negative_prompt),
+        ] {
+            let chars = text.chars().count();
+            if chars > MAX_PROMPT_CHARS {
+                return Err(Error::InvalidInput(format!(
+                    "the {what} is {chars} characters long; at most {MAX_PROMPT_CHARS} are accepted \
+                     (and only what fits the text encoder's token limit is used)"
+                )));
+            }
+        }
+        if !opts.guidance_scale.is_finite() || opts.guidance_scale < 0.0 {
+            return Err(Error::InvalidInput(format!(
+                "guidance scale must be a finite number >= 0, got {}",
+                opts.guidance_scale
+            )));
+        }
+        if let Timesteps::Count(n) = opts.timesteps
+            && !(1..=1000).contains(&n)
+        {
+            return Err(Error::InvalidInput(format!(
+                "steps must be between 1 and 1000, got {n}"
+            )));
+        }
+        let factor = self.vae.config().downscale();
+        let native = self.native_size();
+        let (width, height) = (opts.width.unwrap_or(native), opts.height.unwrap_or(native));
+        for (name, side) in [("width", width), ("height", height)] {
+            if side == 0 || side > MAX_SIDE || side % factor != 0 {
+                return Err(Error::InvalidInput(format!(
+                    "{name} {side} must be a multiple of {factor} between {factor} and {MAX_SIDE}"
+                )));
+            }
+        }
+
+        // Refuse what the adapter cannot hold before any work, rather than fail mid-run.
+        let batch = if self.unconditional_pass(opts.guidance_scale) {
+            2
+        } else {
+            1
+        };
+        let limits = crate::device::limits(&self.device);
+        let needs = memory::activations(
+            self.denoiser.config(),
+            self.vae.config(),
+            width,
+            height,
+            batch,
+            opts.init_image.is_some(),
+            limits.max_binding_bytes,
+        );
+        memory::check(&needs, &limits, width, height)?;
+
+        if let Some(mmdit) = self.denoiser.mmdit() {
+            mmdit.check_latent_size(height / factor, width / factor)?;
+        }
+        let scheduler = self.scheduler_for(opts)?;
+
+        let mut warnings = Vec::new();
+        if let T5State::Skipped = self.t5 {
+            warnings.push(Warning::TextEncoderSkipped {
+                folder: "text_encoder_3".into(),
+            });
+        }
+        let cond = self.encode_prompt(&opts.prompt, opts.clip_skip)?;
+        if let Some(ignored) = cond.truncated.clone() {
+            warnings.push(Warning::PromptTruncated {
+                negative: false,
+                ignored,
+            });
+        }
+        let guided = self.unconditional_pass(opts.guidance_scale);
+        let mut rows = vec![];
+        if guided {
+            let uncond = self.encode_negative(&opts.negative_prompt, &cond, opts.clip_skip)?;
+            if let Some(ignored) = uncond.truncated.clone() {
+                warnings.push(Warning::PromptTruncated {
+                    negative: true,
+                    ignored,
+                });
+            }
+            rows.push(uncond);
+        }
+        rows.push(cond);
+        let context = Tensor::cat(rows.iter().map(|r| r.context.clone()).collect(), 0);
+        // What the UNet adds to its time embedding, one row per context row: LCM-distilled
+        // UNets take the guidance scale as an embedding (instead of a second, unconditional
+        // pass); SDXL's, each row's pooled text and the image's size (original = target, no
+        // crop, as diffusers' pipeline defaults to).
+        // The refiner takes an aesthetic score in place of the target size: diffusers'
+        // defaults, the negative one in the unconditional row.
+        let (h, w) = (height as f64, width as f64);
+        let time_ids = |row: usize| -> Vec<f64> {
+            match self.refiner {
+                None => vec![h, w, 0.0, 0.0, h, w],
+                Some(_) if row + 1 < rows.len() => vec![h, w, 0.0, 0.0, NEGATIVE_AESTHETIC_SCORE],
+                Some(_) => vec![h, w, 0.0, 0.0, AESTHETIC_SCORE],
+            }
+        };
+        let pooled_rows = |each: &dyn Fn(usize, Tensor<2>) -> Option<Tensor<2>>| {
+            rows.iter()
+                .enumerate()
+                .map(|(i, r)| r.pooled.clone().and_then(|p| each(i, p)))
+                .collect::<Option<Vec<_>>>()
+                .map(|rows| Tensor::cat(rows, 0))
+        };
+        let added = match &self.denoiser {
+            Denoiser::UNet(unet) => match unet.guidance_embedding(opts.guidance_scale) {
+                Some(embedding) => Some(embedding.repeat_dim(0, rows.len())),
+                None => pooled_rows(&|row, pooled| unet.text_time_input(pooled, &time_ids(row))),
+            },
+            // The MMDiT takes the pooled text itself beside its timestep.
+            Denoiser::Mmdit(_) => pooled_rows(&|_, pooled| Some(pooled)),
+        };
+
+        if self.is_inpainting_model() && (opts.init_image.is_none() || opts.mask.is_none()) {
+            return Err(Error::InvalidInput(
+                "this is an inpainting model: it needs an init image and a mask".into(),
+            ));
+        }
+        let (noise, shape) = self.initial_noise(opts, (width, height))?;
+        let noise = Tensor::<4>::from_data(TensorData::new(noise, shape), &self.device);
+        let Range { start, end } = self.steps_run(opts, scheduler.timesteps())?;
+        let (latents, step, init) = match (&opts.handoff, &opts.init_image) {
+            (Some(_), None) if opts.initial_latents.is_some() => {
+                return Err(Error::InvalidInput(
+                    "handoff latents and initial latents are two starts; give one".into(),
+                ));
+            }
+            (Some(handoff), _) => {
+                let shape = noise.dims();
+                if handoff.latents.len() != shape.iter().product::<usize>() {
+                    return Err(Error::InvalidInput(format!(
+                        "handoff latents have {} values, {} expected for {shape:?}",
+                        handoff.latents.len(),
+                        shape.iter().product::<usize>()
+                    )));
+                }
+                let latents = Tensor::<4>::from_data(
+                    burn::tensor::TensorData::new(handoff.latents.clone(), shape),
+                    &self.device,
+                );
+                (latents, start, None)
+            }
+            (None, None) => {
+                if opts.mask.is_some() {
+                    return Err(Error::InvalidInput(
+                        "a mask needs an init image to inpaint".into(),
+                    ));
+                }
+                (noise.mul_scalar(scheduler.init_noise_sigma()), 0, None)
+            }
+            (None, Some(image)) => {
+                let init = self.init_latents(image, opts, noise, (width, height))?;
+                // At full strength, pure noise as diffusers' inpainting starts from; otherwise
+                // the init image noised to the first step's level.
+                let latents = if opts.strength >= 1.0 {
+                    init.noise.clone().mul_scalar(scheduler.init_noise_sigma())
+                } else {
+                    scheduler.add_noise(init.latents.clone(), init.noise.clone(), start)
+                };
+                (latents, start, Some(init))
+            }
+        };
+
+        let noise = match &opts.step_noise {
+            None => StepNoise::Seeded(SeededNoise { seed: opts.seed }),
+            Some(values) => {
+                let block = latents.dims().iter().product::<usize>();
+                let runs = end - step;
+                if values.len() != block * runs {
+                    return Err(Error::InvalidInput(format!(
+                        "step noise has {} values; {runs} steps of latents {:?} take {}",
+                        values.len(),
+                        latents.dims(),
+                        block * runs
+                    )));
+                }
+                StepNoise::Given {
+                    values: values.clone(),
+                    first: step,
+                }
+            }
+        };
+        Ok(Sampling {
+            pipe: self,
+            scheduler,
+            noise,
+            context,
+            guidance_scale: opts.guidance_scale,
+            latents,
+            step,
+            end,
+            hands_over: opts.denoising_end.is_some(),
+            init,
+            added,
+            predicted_clean: None,
+            warnings,
+            evaluations: 0,
+        })
+    }
+
+    /// The scheduler a run of `opts` samples with: the options' choice, else the model's own;
+    /// of the model's family (flow matching for SD 3's transformers, the others for UNets),
+    /// with a flow schedule shifted for the run's image size where the config asks for it.
+    pub fn scheduler_for(
+        &self,
+        opts: &GenerateOptions,
+    ) -> Result<Box<dyn Scheduler + Send + Sync>> {
+        let kind = opts
+            .scheduler
+            .unwrap_or_else(|| SchedulerKind::from_config(&self.scheduler_config));
+        match (kind.is_flow(), self.denoiser.is_flow()) {
+            (false, true) => {
+                return Err(Error::InvalidInput(
+                    "this model is a flow-matching transformer (SD 3): it samples with flow_euler only".into(),
+                ));
+            }
+            (true, false) => {
+                return Err(Error::InvalidInput(
+                    "flow_euler samples flow-matching transformers (SD 3); this model is a diffusion UNet".into(),
+                ));
+            }
+            _ => {}
+        }
+        let factor = self.vae.config().downscale();
+        let native = self.native_size();
+        let (width, height) = (opts.width.unwrap_or(native), opts.height.unwrap_or(native));
+        let image_tokens = self
+            .denoiser
+            .mmdit()
+            .map(|m| m.config().image_tokens(height / factor, width / factor));
+        schedulers::build(kind, &self.scheduler_config, &opts.timesteps, image_tokens)
+    }
+
+    /// The steps a run of `opts` over `timesteps` takes, `start..end`. It starts at the
+    /// first step; with an init image (img2img, inpainting), as diffusers does, at the start
+    /// of the last floor(steps * strength) steps; with handed-over latents, at the first step
+    /// below `denoising_start`. It ends at the last step, or with `denoising_end` after the
+    /// last step at or above it. LINA's step windows are fractions of these steps.
+    pub fn steps_run(&self, opts: &GenerateOptions, timesteps: &[f64]) -> Result<Range<usize>> {
+        let steps = timesteps.len();
+        // diffusers' cut: the steps whose timesteps are at or above (1 - fraction) * T.
+        let cutoff = |fraction: f64, what: &str| -> Result<usize> {
+            if !(fraction > 0.0 && fraction < 1.0) {
+                return Err(Error::InvalidInput(format!(
+                    "{what} must be in (0, 1), got {fraction}"
+                )));
+            }
+            let total = self.scheduler_config.num_train_timesteps as f64;
+            let below = (total - fraction * total).round();
+            Ok(timesteps.iter().take_while(|&&t| t >= below).count())
+        };
+        let start = match (&opts.handoff, &opts.init_image) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidInput(
+                    "handoff latents and an init image are two starts; give one".into(),
+                ));
+            }
+            (Some(handoff), None) => {
+                let start = cutoff(handoff.denoising_start, "denoising_start")?;
+                if start == steps {
+                    return Err(Error::InvalidInput(format!(
+                        "denoising_start {} leaves none of the {steps} steps to run",
+                        handoff.denoising_start,
+                    )));
+                }
+                start
+            }
+            (None, Some(_)) => self.strength_start(opts, steps)?,
+            (None, None) => 0,
+        };
+        let end = match opts.denoising_end {
+            None => steps,
+            Some(fraction) => cutoff(fraction, "denoising_end")?,
+        };
+        if end <= start {
+            return Err(Error::InvalidInput(format!(
+                "denoising_end {:?} leaves no step to run after step {start}",
+                opts.denoising_end
+            )));
+        }
+        Ok(start..end)
+    }
+
+    /// Where an init image's strength starts a run of `steps` ([`strength_steps`]).
+    fn strength_start(&self, opts: &GenerateOptions, steps: usize) -> Result<usize> {
+        if !(opts.strength > 0.0 && opts.strength <= 1.0) {
+            return Err(Error::InvalidInput(format!(
+                "strength must be in (0, 1], got {}",
+                opts.strength
+            )));
+        }
+        let run = strength_steps(steps, opts.strength);
+        if run == 0 {
+            return Err(Error::InvalidInput(format!(
+                "strength {} leaves none of the {steps} steps to run",
+                opts.strength
+            )));
+        }
+        Ok(steps - run)
+    }
+
+    /// Encodes the init image and prepares the inpainting mask at latent resolution.
+    fn init_latents(
+        &self,
+        image: &Image,
+        opts: &GenerateOptions,
+        noise: Tensor<4>,
+        (width, height): (usize, usize),
+    ) -> Result<Init> {
+        let encoder = self.vae_encoder.as_ref().ok_or_else(|| {
+            Error::InvalidInput(
+                "this model's VAE file has no encoder, which img2img and inpainting need".into(),
+            )
+        })?;
+        if (image.width, image.height) != (width, height) {
+            return Err(Error::InvalidInput(format!(
+                "the init image is {}x{}, the output {width}x{height}",
+                image.width, image.height
+            )));
+        }
+        let pixels = image.to_tensor(&self.device);
+        let latents = encoder.encode_scaled(pixels.clone());
+        let [_, c, h, w] = latents.dims();
+        let Some(m) = &opts.mask else {
+            return Ok(Init {
+                latents,
+                noise,
+                mask: None,
+                conditioning: None,
+            });
+        };
+        if m.len() != width * height {
+            return Err(Error::InvalidInput(format!(
+                "the mask has {} values, {} expected ({width}x{height})",
+                m.len(),
+                width * height
+            )));
+        }
+        // Binarised at one half; at latent size, the top-left pixel of each cell (diffusers
+        // resizes the mask with nearest-neighbour interpolation, which picks that one).
+        let (fx, fy) = (width / w, height / h);
+        let cells: Vec<f32> = (0..h * w)
+            .map(|i| (m[(i / w) * fy * width + (i % w) * fx] >= 0.5) as u8 as f32)
+            .collect();
+        let cells = Tensor::<4>::from_data(TensorData::new(cells, [1, 1, h, w]), &self.device);
+        if !self.is_inpainting_model() {
+            return Ok(Init {
+                latents,
+                noise,
+                mask: Some(cells.repeat_dim(1, c)),
+                conditioning: None,
+            });
+        }
+        // The masked image: regenerated pixels set to 0 (mid-grey), the rest kept.
+        let keep: Vec<f32> = m.iter().map(|&v| (v < 0.5) as u8 as f32).collect();
+        let keep =
+            Tensor::<4>::from_data(TensorData::new(keep, [1, 1, height, width]), &self.device);
+        let masked = encoder.encode_scaled(pixels * keep.repeat_dim(1, 3));
+        Ok(Init {
+            latents,
+            noise,
+            mask: None,
+            conditioning: Some(Tensor::cat(vec![cells, masked], 1)),
+        })
+    }
+
+    /// Runs a whole generation; `cancel` is checked between steps.
+    pub async fn generate(
+        &self,
+        opts: &GenerateOptions,
+        hook: &mut dyn StepHook,
+        cancel: &CancelToken,
+    ) -> Result<Generated> {
+        let mut sampling = self.start(opts)?;
+        sampling.run(hook, cancel).await?;
+        sampling.finish().await
+    }
+}
