@@ -90,11 +90,11 @@ pub enum AttentionKernel {
 /// model loaded with `kernels`. Where the device multiplies f16 in cooperative matrices
 /// (tensor cores, natively), f16 attention multiplies in them, as f16 products do
 /// ([`matmul_kernel`](super::matmul_kernel): with [`Kernels::Matrices`] on software
-/// adapters too, with [`Kernels::NoMatrices`] never), in the largest block that fits. Otherwise heads that are
-/// no multiple of 4 values take the untiled kernel (the others read vec4s). On software
-/// adapters, where barriers are slow, the lanes kernel where the adapter has subgroups (6x
-/// burn's attention on lavapipe at SD 1.5's 64x64 self-attention, docs/bench.md), else the
-/// untiled one. On GPUs the tiled kernel with 16 keys, the fastest block on an H200 (twice as
+/// adapters too, with [`Kernels::NoMatrices`] never), in the largest block that fits.
+/// Otherwise heads that are no multiple of 4 values take the untiled kernel (the others read
+/// vec4s). On software adapters, where barriers are slow, the lanes kernel where the adapter
+/// has subgroups (6x burn's attention on lavapipe at SD 1.5's 64x64 self-attention,
+/// docs/bench.md), else the untiled one. On GPUs the tiled kernel with 16 keys, the fastest block on an H200 (twice as
 /// fast as 64 at SD 1.5's 64x64 self-attention), or fewer where the adapter's workgroup
 /// memory holds fewer.
 pub fn attention_kernel(
