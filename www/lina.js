@@ -46,7 +46,7 @@ export const DEFAULT_MODEL_URL = new URL("./models/default/", import.meta.url).h
 
 // The keys each call takes. Any other is refused, naming it, so that a misspelt option
 // ("stpes") is an error rather than a silent default. The generation options are those of the
-// wasm's JsOptions (crates/web/src/lib.rs), which would ignore unknown keys, less `preview`:
+// wasm's JsOptions (crates/web/src/options.rs), which would ignore unknown keys, less `preview`:
 // here that is a control, beside the `onStep` it feeds.
 const GENERATE_OPTIONS = [
   "prompt",

@@ -1,0 +1,134 @@
+//! Generation options as the page sends them, checked and turned into the runtime's.
+
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+use lina_runtime::pipeline::GenerateOptions;
+use lina_runtime::schedulers::{SchedulerKind, Timesteps};
+
+use crate::convert::image_from_js;
+use crate::{invalid, js_err};
+
+/// Generation options as the page sends them (camelCase).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JsOptions {
+    prompt: String,
+    negative_prompt: String,
+    seed: f64,
+    steps: Option<usize>,
+    timesteps: Option<Vec<f64>>,
+    guidance_scale: Option<f64>,
+    width: Option<usize>,
+    height: Option<usize>,
+    scheduler: Option<String>,
+    clip_skip: usize,
+    initial_latents: Option<Vec<f32>>,
+    /// The unit noise an ancestral sampler adds at each step (`GenerateOptions::step_noise`).
+    step_noise: Option<Vec<f32>>,
+    /// img2img: the image to start from (`{ width, height, rgba }`, the output's size) and
+    /// how much of the schedule runs from it. Kept as the JS object: `image_from_js` reads it.
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    init_image: JsValue,
+    strength: Option<f64>,
+    /// Stop early and hand the latents over (`GenerateOptions::denoising_end`).
+    denoising_end: Option<f64>,
+    /// Continue handed-over latents (`GenerateOptions::handoff`): both or neither.
+    handoff_latents: Option<Vec<f32>>,
+    denoising_start: Option<f64>,
+    /// LINA: a plan (camelCase fields, as `Plan`'s JSON), and optionally the scene graph;
+    /// without a graph, the prompt is parsed into one. Both go through serde_json, since
+    /// serde-wasm-bindgen's structs never see unknown fields, and those must be errors.
+    plan: Option<serde_json::Value>,
+    csg: Option<serde_json::Value>,
+    /// Pass a preview image to `onStep` after every step (TAESD where the model has it).
+    preview: bool,
+    /// Record every step's cross-attention maps of the prompt's words (the result's
+    /// `attention`).
+    attention_maps: bool,
+}
+
+impl JsOptions {
+    fn into_options(self) -> Result<GenerateOptions, JsValue> {
+        if !(self.seed.is_finite() && self.seed >= 0.0 && self.seed <= 9_007_199_254_740_991.0)
+            || self.seed.fract() != 0.0
+        {
+            return Err(invalid("seed must be a whole number between 0 and 2^53-1"));
+        }
+        let defaults = GenerateOptions::default();
+        Ok(GenerateOptions {
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt,
+            seed: self.seed as u64,
+            timesteps: match (self.timesteps, self.steps) {
+                (Some(list), _) => Timesteps::Explicit(list),
+                (None, Some(n)) => Timesteps::Count(n),
+                (None, None) => defaults.timesteps,
+            },
+            guidance_scale: self.guidance_scale.unwrap_or(defaults.guidance_scale),
+            width: self.width,
+            height: self.height,
+            scheduler: self
+                .scheduler
+                .as_deref()
+                .map(SchedulerKind::parse)
+                .transpose()
+                .map_err(js_err)?,
+            clip_skip: self.clip_skip,
+            initial_latents: self.initial_latents,
+            step_noise: self.step_noise,
+            init_image: match self.init_image.is_undefined() || self.init_image.is_null() {
+                true => None,
+                false => Some(image_from_js(&self.init_image)?),
+            },
+            strength: self.strength.unwrap_or(defaults.strength),
+            denoising_end: self.denoising_end,
+            handoff: match (self.handoff_latents, self.denoising_start) {
+                (Some(latents), Some(denoising_start)) => Some(lina_runtime::pipeline::Handoff {
+                    latents,
+                    denoising_start,
+                }),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        "handoffLatents and denoisingStart come together: the latents and where in the schedule they stand",
+                    ));
+                }
+            },
+            ..defaults
+        })
+    }
+}
+
+/// What `generate`'s options hold besides the runtime's own options.
+pub(crate) struct Inputs {
+    pub(crate) options: GenerateOptions,
+    pub(crate) plan: Option<lina::Plan>,
+    pub(crate) csg: Option<lina_csg::Csg>,
+    pub(crate) preview: bool,
+    pub(crate) attention_maps: bool,
+}
+
+/// The options, and LINA's plan and scene graph, the preview and attention-map flags, from
+/// `generate`'s options.
+pub(crate) fn lina_inputs(options: JsValue) -> Result<Inputs, JsValue> {
+    let mut options: JsOptions = serde_wasm_bindgen::from_value(options)
+        .map_err(|e| invalid(&format!("invalid options: {e}")))?;
+    let (plan, csg) = (options.plan.take(), options.csg.take());
+    let (preview, attention_maps) = (options.preview, options.attention_maps);
+    let plan = plan
+        .map(|v| lina::Plan::parse(&v.to_string()))
+        .transpose()
+        .map_err(js_err)?;
+    let csg = csg
+        .map(|v| lina_csg::Csg::from_json(&v.to_string()))
+        .transpose()
+        .map_err(js_err)?;
+    Ok(Inputs {
+        options: options.into_options()?,
+        plan,
+        csg,
+        preview,
+        attention_maps,
+    })
+}
