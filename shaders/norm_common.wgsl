@@ -1,4 +1,4 @@
-// What the norm_*.wgsl kernels share; src/kernels/source.rs puts it in front of each of them.
+// What the norm_*.wgsl kernels share; src/kernels/mod.rs puts it in front of each of them.
 //
 // x is a [B, C, H, W] tensor stored either as such or channels-last, as [B, H, W, C] (what
 // burn's GPU convolutions read and write without copies); y is stored channels-last. A group

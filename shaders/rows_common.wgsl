@@ -1,4 +1,4 @@
-// What the row-wise kernels (geglu.wgsl, bias_residual.wgsl) share; src/kernels/source.rs puts it
+// What the row-wise kernels (geglu.wgsl, bias_residual.wgsl) share; src/kernels/mod.rs puts it
 // in front of each. Each invocation writes one value of an output of `count` values in rows of
 // `width`.
 //

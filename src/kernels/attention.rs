@@ -7,8 +7,8 @@ use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
+use super::Wgsl;
 use super::dispatch::{launch, output_like, same_tensor, words};
-use super::source::Wgsl;
 use super::{Fused, Kernels};
 use crate::views::Columns;
 

@@ -7,8 +7,8 @@ use burn_cubecl::cubecl::prelude::CubeDim;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::Fused;
+use super::Wgsl;
 use super::dispatch::{grid, launch, output_like, to_channels_last, words};
-use super::source::Wgsl;
 
 /// The largest gathered matrix [`conv2d_im2col`] makes at once: it lives only for its
 /// product, but a VAE's convolution at 512 pixels would gather 1.2 GB in one piece. SD 1.5's

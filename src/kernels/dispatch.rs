@@ -9,7 +9,7 @@ use burn_cubecl::ops::permute;
 use burn_cubecl::template::SourceKernel;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::source::Wgsl;
+use super::Wgsl;
 
 /// Workgroups of `size` invocations for `count` invocations in all, along x and, past the
 /// 65535 workgroups an axis may hold, along y (the shaders index `y * x_count + x`).

@@ -9,9 +9,9 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
+use super::Wgsl;
 use super::conv::{ConvShape, k_splits};
 use super::dispatch::{launch_bound, output_like, to_channels_last, words};
-use super::source::Wgsl;
 use super::{Fused, Kernels};
 
 /// Groups of a subgroup's lanes in the rows each workgroup of the lanes matmul computes

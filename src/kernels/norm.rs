@@ -10,8 +10,8 @@ use burn_cubecl::ops::permute;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::Fused;
+use super::Wgsl;
 use super::dispatch::{grid, is_channels_last, launch, output_like, words};
-use super::source::Wgsl;
 use crate::views::ChannelShift;
 
 /// Group normalisation of [B, C, H, W] over `groups` groups of channels, then `y * gamma +

@@ -9,8 +9,8 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::Fused;
+use super::Wgsl;
 use super::dispatch::{grid, launch, output_like, words};
-use super::source::Wgsl;
 
 /// `value * gelu(gate)` for x [B, L, 2F] holding [value, gate] along its last axis once `bias`
 /// [2F] is added: [B, L, F].

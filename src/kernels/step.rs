@@ -9,8 +9,8 @@ use burn_cubecl::ops::permute;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::Fused;
+use super::Wgsl;
 use super::dispatch::{grid, is_channels_last, launch, output_like, words};
-use super::source::Wgsl;
 use crate::schedulers::{AffineStep, StepOutput};
 
 /// Classifier-free guidance and a sampler step that is affine ([`AffineStep`]) in one

@@ -10,19 +10,20 @@
 //! - `adapters`: textual-inversion embeddings and LoRA scales changed on a loaded model;
 //! - `prompt`: a prompt to what the denoiser takes;
 //! - `start`: the options checked, the schedule and the first latents;
-//! - `sampling`: the loop itself, one step at a time, and the decode;
-//! - `hooks`: what an intervention sees and changes at each step.
+//! - `sampling`: the loop itself, one step at a time, and the decode; what an intervention
+//!   sees and changes at each step.
 
 mod adapters;
-mod hooks;
 mod load;
 mod prompt;
 mod sampling;
 mod start;
 
-pub use hooks::{Hooks, ModelCall, NoHook, RegionTerm, StepFuture, StepHook, StepState};
 pub use prompt::EncodedPrompt;
-pub use sampling::{CancelToken, Sampling, strength_steps};
+pub use sampling::{
+    CancelToken, Hooks, ModelCall, NoHook, RegionTerm, Sampling, StepFuture, StepHook, StepState,
+    strength_steps,
+};
 
 use burn::tensor::Device;
 

@@ -6,8 +6,7 @@ use std::ops::Range;
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::hooks::StepHook;
-use super::sampling::{CancelToken, Sampling, StepNoise, strength_steps};
+use super::sampling::{CancelToken, Init, Sampling, StepHook, StepNoise, strength_steps};
 use super::{
     AESTHETIC_SCORE, GenerateOptions, Generated, MAX_PROMPT_CHARS, MAX_SIDE,
     NEGATIVE_AESTHETIC_SCORE, StableDiffusion, T5State, Warning,
@@ -18,20 +17,6 @@ use crate::memory;
 use crate::models::denoiser::Denoiser;
 use crate::rng::Rng;
 use crate::schedulers::{self, Scheduler, SchedulerKind, SeededNoise, Timesteps};
-
-/// What img2img and inpainting start from.
-pub(super) struct Init {
-    /// The init image's clean latents, scaled as the sampler holds them.
-    pub(super) latents: Tensor<4>,
-    /// The noise it was noised with (inpainting re-noises the kept region with it).
-    pub(super) noise: Tensor<4>,
-    /// [1, C, h, w]: 1 where the latents are regenerated, 0 where the init image is kept.
-    /// Only for UNets that take plain latents; they inpaint by blending after each step.
-    pub(super) mask: Option<Tensor<4>>,
-    /// For inpainting UNets (9 input channels): what they take besides the latents, the
-    /// mask and the masked image's latents, [1, 1 + C, h, w].
-    pub(super) conditioning: Option<Tensor<4>>,
-}
 
 impl StableDiffusion {
     /// Encodes one text to [1, L, D]; also returns what was cut from an over-long text.
