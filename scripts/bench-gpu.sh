@@ -22,7 +22,8 @@
 #   4. where our SD 1.5 call's GPU time goes, per kind of kernel, in f32 and f16 (cubecl's
 #      per-kernel profile summed by tools/profile_table.py);
 #   5. SD 2.1's UNet at 96x96 the same way, without the reference (BENCH_GPU_SD21=0 skips it);
-#   6. one table of times and ratios (tools/bench_gpu_table.py).
+#   6. one table of times and ratios (tools/bench_gpu_table.py), with each layer case's fastest
+#      way beside the runtime's and the coop matmul's blocks summed over the product cases.
 #
 # BENCH_GPU_BURN=0 skips the UNet calls on burn's kernels alone (measured before; see
 # docs/bench.md).

@@ -10,6 +10,7 @@ Usage: python3 tools/bench_gpu_table.py OUT_DIR   (markdown on stdout)
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -84,10 +85,71 @@ def main() -> None:
             )
 
     for precision in ["f32", "f16"]:
+        path = out / f"kernels-{precision}.jsonl"
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            fastest_per_case(rows, precision)
+            coop_blocks(rows)
+
+    for precision in ["f32", "f16"]:
         path = out / f"profile-sd15-{precision}.md"
         if path.exists():
             print(f"\n### Where the GPU time goes, SD 1.5, {precision} (each kernel timed alone)\n")
             print("\n".join(path.read_text().splitlines()[2:]))
+
+
+def fastest_per_case(rows, precision: str) -> None:
+    """Each case's fastest way beside the one the runtime takes on a GPU (the row marked
+    "chosen", where bench-kernels marks one), so that a run shows at once where another way
+    wins."""
+    cases: dict[str, list] = {}
+    for r in rows:
+        if "peak" not in r["case"]:
+            cases.setdefault(r["case"], []).append(r)
+    if not cases:
+        return
+    print(f"\n### Fastest way per case, {precision}\n")
+    print("| case | fastest | ms | the runtime's way on a GPU | ms | runtime / fastest |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for case, ways in cases.items():
+        best = min(ways, key=lambda r: r["ms"])
+        # On a GPU with cooperative matrices the runtime takes them for f16 products and
+        # attention; elsewhere the other way marked chosen (the gathered convolution's cut).
+        marked = [r for r in ways if "chosen" in r["how"]]
+        chosen = next((r for r in marked if r["how"].startswith("coop")), None) or next(iter(marked), None)
+        if chosen:
+            runtime = f"{chosen['how']} | {chosen['ms']:.3f} | {chosen['ms'] / best['ms']:.2f}x"
+        else:
+            runtime = "- | - | -"
+        print(f"| {case} | {best['how']} | {best['ms']:.3f} | {runtime} |")
+
+
+COOP_WAY = re.compile(r"^coop (\d+), (\d+x\d+)(.*?)(, implicit)?$")
+
+
+def coop_blocks(rows) -> None:
+    """The coop matmul's blocks (bench-kernels' fixed blocks: as the runtime has them,
+    unpadded, deeper, prefetching) summed over the product cases that every block ran, each
+    against the runtime's block of its size: which variant `CoopBlock::new` should be."""
+    times: dict[str, dict[str, float]] = {}
+    for r in rows:
+        m = COOP_WAY.match(r["how"])
+        if r["kind"] in ("conv", "matmul") and m:
+            block = f"{m.group(2)}{m.group(3)}"
+            times.setdefault(block, {})[r["case"]] = r["ms"]
+    if not times:
+        return
+    shared = set.intersection(*(set(cases) for cases in times.values()))
+    if not shared:
+        return
+    print(f"\n### Coop matmul blocks over {len(shared)} product cases, f16\n")
+    print("| block | total ms | against the runtime's block of its size |")
+    print("| --- | --- | --- |")
+    for block, cases in sorted(times.items()):
+        total = sum(cases[c] for c in shared)
+        usual = times.get(block.split(",")[0])
+        against = f"{total / sum(usual[c] for c in shared):.2f}x" if usual else "-"
+        print(f"| {block} | {total:.3f} | {against} |")
 
 
 if __name__ == "__main__":
