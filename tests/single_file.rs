@@ -1,5 +1,5 @@
 #![cfg(not(target_arch = "wasm32"))]
-//! Single-file checkpoints in the original LDM layout (`src/single_file.rs`).
+//! Single-file checkpoints in the original LDM layout (`src/single_file/`).
 //!
 //! The tiny SD 1.x and SD 2.x fixtures are written as single files by the names in
 //! tests/fixtures/single_file/*.json, which tools/make_single_file.py checked against

@@ -44,7 +44,7 @@ const OPTIONAL = [
 // download of the model.
 const T5_FILES = ["text_encoder_3/model.safetensors", "tokenizer_3/tokenizer.json", "tokenizer_3/tokenizer_config.json"];
 
-// Where the loader takes a single-file checkpoint (src/single_file.rs's CHECKPOINT_FILE).
+// Where the loader takes a single-file checkpoint (src/single_file/'s CHECKPOINT_FILE).
 const CHECKPOINT = "checkpoint.safetensors";
 
 // Beside a single-file checkpoint, a diffusers folder gives only its tokenizer and configs:

@@ -1,0 +1,331 @@
+//! The original keys renamed into diffusers' names, each sent to its component.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::ldm::{UNetNames, index};
+use crate::weights::Regroup;
+
+use super::{
+    CLIP, CLIP_XL, Family, MMDIT_BLOCKS, OPEN_CLIP, OPEN_CLIP_REFINER, OPEN_CLIP_XL, SD3_CLIP_G,
+    SD3_CLIP_L, SD3_T5, Shapes, UNET, VAE, unused,
+};
+
+/// Part indices of [`Weights::regroup`](crate::weights::Weights::regroup).
+const DENOISER_PART: usize = 0;
+const VAE_PART: usize = 1;
+const TEXT_PART: usize = 2;
+const TEXT_2_PART: usize = 3;
+const TEXT_3_PART: usize = 4;
+pub(super) const PARTS: usize = 5;
+
+/// Where every tensor of the file goes; fails on a name no rule explains.
+pub(super) fn routes(
+    file: &str,
+    family: Family,
+    shapes: &Shapes,
+) -> Result<HashMap<String, Regroup>> {
+    let unet = unet_layout(shapes);
+    let vae_blocks = count_indices(shapes, "first_stage_model.encoder.down.");
+    let open_clip_layers = count_indices(shapes, "cond_stage_model.model.transformer.resblocks.");
+    let mmdit_blocks = count_indices(shapes, MMDIT_BLOCKS);
+    let mut routes = HashMap::new();
+    let mut unexplained = Vec::new();
+    for name in shapes.keys() {
+        let route = if unused(name) {
+            Some(Regroup::Drop)
+        } else if let (Family::Sd3, Some(rest)) = (family, name.strip_prefix(UNET)) {
+            mmdit_route(rest, mmdit_blocks)
+        } else if let Some(rest) = name.strip_prefix(UNET) {
+            unet.rename(rest).map(|n| moved(DENOISER_PART, n))
+        } else if let Some(rest) = name.strip_prefix(VAE) {
+            vae_name(rest, vae_blocks).map(|n| moved(VAE_PART, n))
+        } else if let (Family::Sd1, Some(rest)) = (family, name.strip_prefix(CLIP)) {
+            Some(moved(TEXT_PART, rest.to_string()))
+        } else if let (Family::Sd2, Some(rest)) = (family, name.strip_prefix(OPEN_CLIP)) {
+            // SD 2 runs the penultimate layer: the last one is never used.
+            open_clip_name(rest, TEXT_PART, Some(open_clip_layers))
+        } else if let (Family::Sdxl, Some(rest)) = (family, name.strip_prefix(CLIP_XL)) {
+            Some(moved(TEXT_PART, rest.to_string()))
+        } else if let Some(rest) = match family {
+            Family::Sdxl => name.strip_prefix(OPEN_CLIP_XL),
+            Family::SdxlRefiner => name.strip_prefix(OPEN_CLIP_REFINER),
+            _ => None,
+        } {
+            // SDXL keeps every layer (its pipeline reads the penultimate one's output), and
+            // the projection, which OpenCLIP applies as `x @ text_projection`.
+            match rest {
+                "text_projection" => Some(Regroup::Transpose {
+                    part: TEXT_2_PART,
+                    name: "text_projection.weight".into(),
+                }),
+                _ => open_clip_name(rest, TEXT_2_PART, None),
+            }
+        } else if let Family::Sd3 = family {
+            [
+                (SD3_CLIP_L, TEXT_PART),
+                (SD3_CLIP_G, TEXT_2_PART),
+                (SD3_T5, TEXT_3_PART),
+            ]
+            .iter()
+            .find_map(|(prefix, part)| Some(moved(*part, name.strip_prefix(prefix)?.to_string())))
+        } else {
+            None
+        };
+        match route {
+            Some(route) => {
+                routes.insert(name.to_string(), route);
+            }
+            None => unexplained.push(*name),
+        }
+    }
+    if let Some(first) = unexplained.first() {
+        let label = match family {
+            Family::Sd1 => "an SD 1.x",
+            Family::Sd2 => "an SD 2.x",
+            Family::Sdxl => "an SDXL",
+            Family::SdxlRefiner => "an SDXL refiner",
+            Family::Sd3 => "an SD 3",
+        };
+        return Err(Error::WeightFile {
+            file: file.to_string(),
+            message: format!(
+                "{} tensor(s) fit no part of {label} checkpoint, first `{first}`",
+                unexplained.len()
+            ),
+        });
+    }
+    Ok(routes)
+}
+
+fn moved(part: usize, name: String) -> Regroup {
+    Regroup::Move { part, name }
+}
+
+/// Where an SD 3 transformer tensor (after `model.diffusion_model.`) goes in diffusers'
+/// naming, in a transformer of `blocks` joint blocks. The original fuses each attention's
+/// q/k/v into one `qkv` projection, and its final adaLN projections (the last block's
+/// context side and the output layer's) yield shift before scale, where diffusers'
+/// `AdaLayerNormContinuous` takes scale first.
+fn mmdit_route(rest: &str, blocks: usize) -> Option<Regroup> {
+    let at = |name: String| moved(DENOISER_PART, name);
+    if rest == "pos_embed" {
+        return Some(at("pos_embed.pos_embed".into()));
+    }
+    const TOP: &[(&str, &str)] = &[
+        ("x_embedder.proj.", "pos_embed.proj."),
+        (
+            "t_embedder.mlp.0.",
+            "time_text_embed.timestep_embedder.linear_1.",
+        ),
+        (
+            "t_embedder.mlp.2.",
+            "time_text_embed.timestep_embedder.linear_2.",
+        ),
+        (
+            "y_embedder.mlp.0.",
+            "time_text_embed.text_embedder.linear_1.",
+        ),
+        (
+            "y_embedder.mlp.2.",
+            "time_text_embed.text_embedder.linear_2.",
+        ),
+        ("context_embedder.", "context_embedder."),
+        ("final_layer.linear.", "proj_out."),
+    ];
+    if let Some(t) = rest.strip_prefix("final_layer.adaLN_modulation.1.") {
+        return Some(Regroup::SwapHalves {
+            part: DENOISER_PART,
+            name: format!("norm_out.linear.{t}"),
+        });
+    }
+    if let Some(name) = renamed(rest, TOP) {
+        return Some(at(name));
+    }
+    let (i, t) = index(rest.strip_prefix("joint_blocks.")?)?;
+    let block = format!("transformer_blocks.{i}");
+    const FUSED: &[(&str, [&str; 3])] = &[
+        ("x_block.attn.qkv.", ["attn.to_q", "attn.to_k", "attn.to_v"]),
+        (
+            "context_block.attn.qkv.",
+            ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
+        ),
+        (
+            "x_block.attn2.qkv.",
+            ["attn2.to_q", "attn2.to_k", "attn2.to_v"],
+        ),
+    ];
+    if let Some((kind, names)) = FUSED
+        .iter()
+        .find_map(|(fused, names)| t.strip_prefix(fused).map(|kind| (kind, names)))
+    {
+        return Some(Regroup::Split {
+            part: DENOISER_PART,
+            names: names
+                .iter()
+                .map(|n| format!("{block}.{n}.{kind}"))
+                .collect(),
+        });
+    }
+    if let Some(kind) = t.strip_prefix("context_block.adaLN_modulation.1.") {
+        let name = format!("{block}.norm1_context.linear.{kind}");
+        return Some(match i + 1 == blocks {
+            true => Regroup::SwapHalves {
+                part: DENOISER_PART,
+                name,
+            },
+            false => at(name),
+        });
+    }
+    const NAMES: &[(&str, &str)] = &[
+        ("x_block.attn.ln_q.", "attn.norm_q."),
+        ("x_block.attn.ln_k.", "attn.norm_k."),
+        ("context_block.attn.ln_q.", "attn.norm_added_q."),
+        ("context_block.attn.ln_k.", "attn.norm_added_k."),
+        ("x_block.attn.proj.", "attn.to_out.0."),
+        ("context_block.attn.proj.", "attn.to_add_out."),
+        ("x_block.attn2.ln_q.", "attn2.norm_q."),
+        ("x_block.attn2.ln_k.", "attn2.norm_k."),
+        ("x_block.attn2.proj.", "attn2.to_out.0."),
+        ("x_block.adaLN_modulation.1.", "norm1.linear."),
+        ("x_block.mlp.fc1.", "ff.net.0.proj."),
+        ("x_block.mlp.fc2.", "ff.net.2."),
+        ("context_block.mlp.fc1.", "ff_context.net.0.proj."),
+        ("context_block.mlp.fc2.", "ff_context.net.2."),
+    ];
+    Some(at(format!("{block}.{}", renamed(t, NAMES)?)))
+}
+
+/// `name` with the first prefix of `table` it starts with replaced by that prefix's new name.
+fn renamed(name: &str, table: &[(&str, &str)]) -> Option<String> {
+    table
+        .iter()
+        .find_map(|(old, new)| name.strip_prefix(old).map(|rest| format!("{new}{rest}")))
+}
+
+/// How many consecutive indices `0, 1, ...` follow `prefix` in the names.
+pub(super) fn count_indices(shapes: &Shapes, prefix: &str) -> usize {
+    let indices: std::collections::BTreeSet<usize> = shapes
+        .keys()
+        .filter_map(|n| n.strip_prefix(prefix))
+        .filter_map(|rest| rest.split('.').next()?.parse().ok())
+        .collect();
+    (0..).take_while(|i| indices.contains(i)).count()
+}
+
+/// The original UNet's numbering in a checkpoint of these shapes.
+pub(super) fn unet_layout(shapes: &Shapes) -> UNetNames {
+    // The first downsampler sits right after the first block's layers.
+    let first_down = shapes
+        .keys()
+        .filter_map(|n| n.strip_prefix("model.diffusion_model.input_blocks."))
+        .filter(|rest| rest.contains(".0.op."))
+        .filter_map(|rest| index(rest).map(|(i, _)| i))
+        .min();
+    let layers_per_block = match first_down {
+        Some(i) => i.saturating_sub(1),
+        // One block and no downsampler: every input block after conv_in is a layer.
+        None => count_indices(shapes, "model.diffusion_model.input_blocks.").saturating_sub(1),
+    };
+    UNetNames {
+        layers_per_block: layers_per_block.max(1),
+    }
+}
+
+/// A VAE name (after `first_stage_model.`) in diffusers' naming; the decoder's up blocks
+/// run in the opposite order.
+fn vae_name(rest: &str, blocks: usize) -> Option<String> {
+    let (side, r) = rest.split_once('.')?;
+    if side != "encoder" && side != "decoder" {
+        return ["quant_conv.", "post_quant_conv."]
+            .iter()
+            .any(|p| rest.starts_with(p))
+            .then(|| rest.to_string());
+    }
+    let resnet = |t: &str| match t.strip_prefix("nin_shortcut.") {
+        Some(p) => format!("conv_shortcut.{p}"),
+        None => t.to_string(),
+    };
+    if let Some(t) = r.strip_prefix("mid.attn_1.") {
+        const NAMES: &[(&str, &str)] = &[
+            ("norm.", "group_norm."),
+            ("q.", "to_q."),
+            ("k.", "to_k."),
+            ("v.", "to_v."),
+            ("proj_out.", "to_out.0."),
+        ];
+        let inner = renamed(t, NAMES)?;
+        return Some(format!("{side}.mid_block.attentions.0.{inner}"));
+    }
+    if let Some(t) = r.strip_prefix("mid.block_") {
+        let (k, t) = index(t)?;
+        return (k == 1 || k == 2)
+            .then(|| format!("{side}.mid_block.resnets.{}.{}", k - 1, resnet(t)));
+    }
+    if let Some(t) = r.strip_prefix("norm_out.") {
+        return Some(format!("{side}.conv_norm_out.{t}"));
+    }
+    if r.starts_with("conv_in.") || r.starts_with("conv_out.") {
+        return Some(rest.to_string());
+    }
+    let (kind, t) = match side {
+        "encoder" => ("down", r.strip_prefix("down.")?),
+        _ => ("up", r.strip_prefix("up.")?),
+    };
+    let (i, t) = index(t)?;
+    let block = if kind == "down" {
+        i
+    } else {
+        blocks.checked_sub(i + 1)?
+    };
+    let at = format!("{side}.{kind}_blocks.{block}");
+    if let Some(t) = t.strip_prefix("block.") {
+        let (j, t) = index(t)?;
+        return Some(format!("{at}.resnets.{j}.{}", resnet(t)));
+    }
+    let sampler = if kind == "down" {
+        "downsample.conv."
+    } else {
+        "upsample.conv."
+    };
+    let t = t.strip_prefix(sampler)?;
+    Some(format!("{at}.{kind}samplers.0.conv.{t}"))
+}
+
+/// An OpenCLIP text-tower name (after its prefix) in transformers' CLIP naming, into `part`.
+/// The fused q/k/v projection splits into three; with `drop_last_of`, the last of that many
+/// layers is dropped.
+fn open_clip_name(rest: &str, part: usize, drop_last_of: Option<usize>) -> Option<Regroup> {
+    let text = |n: String| Some(moved(part, format!("text_model.{n}")));
+    match rest {
+        "token_embedding.weight" => return text("embeddings.token_embedding.weight".into()),
+        "positional_embedding" => return text("embeddings.position_embedding.weight".into()),
+        _ => {}
+    }
+    if let Some(t) = rest.strip_prefix("ln_final.") {
+        return text(format!("final_layer_norm.{t}"));
+    }
+    let (i, t) = index(rest.strip_prefix("transformer.resblocks.")?)?;
+    if drop_last_of == Some(i + 1) {
+        return Some(Regroup::Drop);
+    }
+    let at = format!("text_model.encoder.layers.{i}");
+    if let Some(kind) = t.strip_prefix("attn.in_proj_") {
+        return Some(Regroup::Split {
+            part,
+            names: ["q", "k", "v"]
+                .iter()
+                .map(|p| format!("{at}.self_attn.{p}_proj.{kind}"))
+                .collect(),
+        });
+    }
+    const NAMES: &[(&str, &str)] = &[
+        ("ln_1.", "layer_norm1."),
+        ("ln_2.", "layer_norm2."),
+        ("attn.out_proj.", "self_attn.out_proj."),
+        ("mlp.c_fc.", "mlp.fc1."),
+        ("mlp.c_proj.", "mlp.fc2."),
+    ];
+    let inner = renamed(t, NAMES)?;
+    Some(moved(part, format!("{at}.{inner}")))
+}
