@@ -151,7 +151,8 @@ fn main(
         let d = e % HEAD_DIM;
         let row = row0 + r;
         if (row < p.queries) {
-            out[(b * p.queries + row) * inner + h * HEAD_DIM + d] = T(o_tile[r * OS + d] / row_total[r]);
+            let at = (b * p.queries + row) * inner + h * HEAD_DIM + d;
+            out[at] = T(o_tile[r * OS + d] / row_total[r]);
         }
     }
 }

@@ -94,9 +94,9 @@ pub enum AttentionKernel {
 /// Otherwise heads that are no multiple of 4 values take the untiled kernel (the others read
 /// vec4s). On software adapters, where barriers are slow, the lanes kernel where the adapter
 /// has subgroups (6x burn's attention on lavapipe at SD 1.5's 64x64 self-attention,
-/// docs/bench.md), else the untiled one. On GPUs the tiled kernel with 16 keys, the fastest block on an H200 (twice as
-/// fast as 64 at SD 1.5's 64x64 self-attention), or fewer where the adapter's workgroup
-/// memory holds fewer.
+/// docs/bench.md), else the untiled one. On GPUs the tiled kernel with 16 keys, the fastest
+/// block on an H200 (twice as fast as 64 at SD 1.5's 64x64 self-attention), or fewer where
+/// the adapter's workgroup memory holds fewer.
 pub fn attention_kernel(
     kernels: Kernels,
     device: &Device,
@@ -174,16 +174,47 @@ pub fn coop_attention_fits(
     else {
         return false;
     };
-    let (rows, padded) = (subgroups * size, (head_dim as u32).div_ceil(size) * size);
-    // Each tile's rows padded by 16 bytes, as the kernel has them.
-    let bytes = 2 * (keys.max(rows) + keys) * (padded + 8)
-        + 4 * rows * (keys + 4)
-        + 2 * rows * (keys + 8)
-        + 4 * rows * (padded + 4)
-        + 8 * rows;
+    let tiles = CoopAttentionTiles::new(size, subgroups, keys, head_dim as u32);
     keys.is_multiple_of(size)
         && subgroups * lanes <= limits.workgroup_invocations
-        && bytes <= limits.workgroup_bytes
+        && tiles.bytes() <= limits.workgroup_bytes
+}
+
+/// The coop attention's tiles in workgroup memory, in values, as shaders/attention_coop.wgsl
+/// declares them: what [`coop_attention_fits`] weighs and what the kernel's text is written
+/// with. Each tile's rows are padded by 16 bytes (8 f16 or 4 f32 values).
+struct CoopAttentionTiles {
+    /// The head's values padded to whole matrices.
+    padded: u32,
+    /// The block's keys (first the queries) and its values, in f16.
+    keys: u32,
+    values: u32,
+    /// Each row's scores (f32) and weights (f16), its output sums (f32), and its running
+    /// maximum and total (f32).
+    scores: u32,
+    weights: u32,
+    sums: u32,
+    statistics: u32,
+}
+
+impl CoopAttentionTiles {
+    fn new(size: u32, subgroups: u32, keys: u32, head_dim: u32) -> Self {
+        let (rows, padded) = (subgroups * size, head_dim.div_ceil(size) * size);
+        Self {
+            padded,
+            keys: keys.max(rows) * (padded + 8),
+            values: keys * (padded + 8),
+            scores: rows * (keys + 4),
+            weights: rows * (keys + 8),
+            sums: rows * (padded + 4),
+            statistics: 2 * rows,
+        }
+    }
+
+    fn bytes(&self) -> u32 {
+        2 * (self.keys + self.values + self.weights)
+            + 4 * (self.scores + self.sums + self.statistics)
+    }
 }
 
 /// [`attention`] by the kernel given (which must suit the adapter: a tiled block that fits its
@@ -465,8 +496,8 @@ impl Wgsl {
             .coop_attention
             .expect("the coop attention is written for a key count");
         let (size, keys) = (shape.size, self.key_block);
-        let rows = shape.subgroups * size;
-        let padded = self.head_dim.div_ceil(size) * size;
+        let tiles = CoopAttentionTiles::new(size, shape.subgroups, keys, self.head_dim);
+        let padded = tiles.padded;
         let matrix = |role: &str, scalar: &str| format!("coop_mat{size}x{size}<{scalar}, {role}>");
         let (a, b, c) = (matrix("A", "f16"), matrix("B", "f16"), matrix("C", "f32"));
         let (values, blocks) = (padded / size, keys / size);
@@ -532,8 +563,8 @@ impl Wgsl {
             .replace("{{ threads }}", &number(shape.subgroups * shape.lanes))
             .replace("{{ padded }}", &number(padded))
             .replace("{{ keys }}", &number(shape.key_count))
-            .replace("{{ k_tile }}", &number(keys.max(rows) * (padded + 8)))
-            .replace("{{ v_tile }}", &number(keys * (padded + 8)))
+            .replace("{{ k_tile }}", &number(tiles.keys))
+            .replace("{{ v_tile }}", &number(tiles.values))
             .replace("{{ load_queries }}", &load_queries)
             .replace("{{ scores }}", &scores)
             .replace("{{ accumulate }}", &accumulate)
