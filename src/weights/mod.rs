@@ -7,16 +7,22 @@
 //! (a sign that the config and the weights disagree).
 
 mod lora;
+mod regroup;
+mod resident;
 mod stream;
+mod upload;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::rc::Rc;
 
-use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 
 pub use lora::{EmbeddingVectors, Lora, LoraTarget, ScaledLora, embedding_vectors};
+pub use regroup::Regroup;
 pub use stream::{StreamedTensor, TensorStream};
+pub use upload::WeightsUpload;
+
+use resident::{Parts, Resident, layout_for};
 
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
@@ -50,23 +56,6 @@ enum Backing {
     Count(std::cell::Cell<u64>),
 }
 
-/// One uploaded tensor, flat; a model's request reshapes it (a free view).
-struct Resident {
-    /// The file it came from (shards differ).
-    file: Rc<str>,
-    shape: Vec<usize>,
-    /// How its values lie on the device (see [`layout_for`]).
-    layout: Layout,
-    /// `Err(dtype)` for a tensor this runtime cannot decode.
-    values: std::result::Result<Parts, String>,
-}
-
-/// A tensor on the device: whole, or, where it is larger than the adapter can bind in one
-/// buffer (a big vocabulary's embedding), as consecutive blocks of whole rows.
-struct Parts {
-    blocks: Vec<Tensor<1>>,
-}
-
 impl Weights {
     /// Reads a whole safetensors file held in memory. A truncated or malformed file fails
     /// here, naming `file`.
@@ -81,24 +70,25 @@ impl Weights {
     /// Random N(0, 0.02²) weights (unit scale for norms) for any requested tensor. Not
     /// seeded: only for timings and shape checks, never for images.
     pub fn random(device: &Device) -> Weights {
-        Weights {
-            source: "<random weights>".into(),
-            backing: Backing::Random,
-            used: RefCell::new(BTreeSet::new()),
-            device: device.clone(),
-            kernels: Kernels::default(),
-            pending: RefCell::default(),
-            dtype: None,
-        }
+        Self::over("<random weights>", Backing::Random, device)
     }
 
     /// Weights that only count: every request succeeds with a broadcast zero, and
     /// [`Weights::requested_bytes`] tells how many f32 bytes the model asked for.
     pub fn count_only(device: &Device) -> Weights {
-        Weights {
-            source: "<counted weights>".into(),
-            backing: Backing::Count(std::cell::Cell::new(0)),
-            used: RefCell::new(BTreeSet::new()),
+        Self::over(
+            "<counted weights>",
+            Backing::Count(std::cell::Cell::new(0)),
+            device,
+        )
+    }
+
+    /// Weights over `backing`, none of them asked for yet, run by the default kernels.
+    fn over(source: impl Into<String>, backing: Backing, device: &Device) -> Self {
+        Self {
+            source: source.into(),
+            backing,
+            used: RefCell::default(),
             device: device.clone(),
             kernels: Kernels::default(),
             pending: RefCell::default(),
@@ -144,69 +134,6 @@ impl Weights {
         };
         shapes.sort_unstable();
         shapes
-    }
-
-    /// Moves the tensors into `parts` new sets under new names, as `route` says for each
-    /// (a single-file checkpoint splitting into its components). Nothing is copied except
-    /// the fused tensors that [`Regroup::Split`] cuts into equal row blocks.
-    pub fn regroup(
-        self,
-        parts: usize,
-        mut route: impl FnMut(&str) -> Regroup,
-    ) -> Result<Vec<Weights>> {
-        let Backing::Resident(tensors) = self.backing else {
-            return Err(Error::InvalidInput(
-                "only loaded weights can be regrouped".into(),
-            ));
-        };
-        let mut groups: Vec<HashMap<String, Resident>> =
-            (0..parts).map(|_| HashMap::new()).collect();
-        let mut place = |part: usize, name: String, resident: Resident| -> Result<()> {
-            let group = groups.get_mut(part).ok_or_else(|| {
-                Error::InvalidInput(format!("tensor `{name}` routed to part {part} of {parts}"))
-            })?;
-            if group.insert(name.clone(), resident).is_some() {
-                return Err(Error::WeightFile {
-                    file: self.source.clone(),
-                    message: format!("two tensors map to `{name}`"),
-                });
-            }
-            Ok(())
-        };
-        for (name, resident) in tensors {
-            match route(&name) {
-                Regroup::Drop => {}
-                Regroup::Move { part, name } => place(part, name, resident)?,
-                Regroup::Transpose { part, name } => {
-                    let transposed = transpose_matrix(&name, resident, &self.source)?;
-                    place(part, name, transposed)?
-                }
-                Regroup::SwapHalves { part, name } => {
-                    let swapped = swap_halves(&name, resident, &self.source)?;
-                    place(part, name, swapped)?
-                }
-                Regroup::Split { part, names } => {
-                    for (piece, new_name) in split_rows(&name, resident, names.len(), &self.source)?
-                        .into_iter()
-                        .zip(names)
-                    {
-                        place(part, new_name, piece)?;
-                    }
-                }
-            }
-        }
-        Ok(groups
-            .into_iter()
-            .map(|tensors| Weights {
-                source: self.source.clone(),
-                backing: Backing::Resident(tensors),
-                used: RefCell::new(BTreeSet::new()),
-                device: self.device.clone(),
-                kernels: self.kernels,
-                pending: RefCell::default(),
-                dtype: None,
-            })
-            .collect())
     }
 
     /// These weights handed out in `dtype` (see [`Weights::dtype`]) instead of the device's
@@ -412,390 +339,6 @@ impl Weights {
     }
 }
 
-/// Where [`Weights::regroup`] puts one tensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Regroup {
-    /// Into part `part`, as `name`.
-    Move { part: usize, name: String },
-    /// Cut along its first axis into `names.len()` equal blocks (fused q/k/v projections),
-    /// each into part `part` under its name.
-    Split { part: usize, names: Vec<String> },
-    /// A matrix stored the other way round (OpenCLIP's `x @ text_projection`), transposed
-    /// into part `part` as `name`.
-    Transpose { part: usize, name: String },
-    /// Its two halves along the first axis in the other order (SD 3's final adaLN
-    /// projections: shift then scale, where diffusers takes scale then shift), into part
-    /// `part` as `name`.
-    SwapHalves { part: usize, name: String },
-    /// Not used by any part (training state, buffers a model recomputes).
-    Drop,
-}
-
-/// A [rows, cols] `resident` as [cols, rows].
-fn transpose_matrix(name: &str, resident: Resident, source: &str) -> Result<Resident> {
-    let &[rows, cols] = resident.shape.as_slice() else {
-        return Err(Error::WeightFile {
-            file: source.to_string(),
-            message: format!(
-                "tensor `{name}` of shape {:?} is not a matrix",
-                resident.shape
-            ),
-        });
-    };
-    let values = match resident.values {
-        Err(dtype) => Err(dtype),
-        Ok(parts) if parts.blocks.len() == 1 => {
-            let flat = parts.blocks.into_iter().next().expect("one block");
-            let t = flat
-                .reshape([rows, cols])
-                .transpose()
-                .reshape([rows * cols]);
-            Ok(Parts { blocks: vec![t] })
-        }
-        Ok(_) => {
-            return Err(Error::WeightFile {
-                file: source.to_string(),
-                message: format!("tensor `{name}` is too large to transpose on this device"),
-            });
-        }
-    };
-    Ok(Resident {
-        file: resident.file,
-        shape: vec![cols, rows],
-        layout: Layout::AsGiven,
-        values,
-    })
-}
-
-/// `resident` with its two row halves in the other order.
-fn swap_halves(name: &str, resident: Resident, source: &str) -> Result<Resident> {
-    let (file, shape, layout) = (
-        resident.file.clone(),
-        resident.shape.clone(),
-        resident.layout,
-    );
-    let mut halves = split_rows(name, resident, 2, source)?;
-    let second = halves.pop().expect("two halves");
-    let first = halves.pop().expect("two halves");
-    let values = match (first.values, second.values) {
-        (Ok(a), Ok(b)) => {
-            let halves: Vec<Tensor<1>> = b.blocks.into_iter().chain(a.blocks).collect();
-            let whole = if layout == Layout::FilterMatrix {
-                // Each half is [K, out / 2] flat: the halves sit side by side along out.
-                let k = shape[1..].iter().product::<usize>();
-                let columns = halves
-                    .into_iter()
-                    .map(|h| h.reshape([k as i32, -1]))
-                    .collect();
-                Tensor::cat(columns, 1).reshape([-1])
-            } else {
-                Tensor::cat(halves, 0)
-            };
-            Ok(Parts {
-                blocks: vec![whole],
-            })
-        }
-        (Err(dtype), _) | (_, Err(dtype)) => Err(dtype),
-    };
-    Ok(Resident {
-        file,
-        shape,
-        layout,
-        values,
-    })
-}
-
-/// `resident` cut into `n` equal blocks of whole rows.
-fn split_rows(name: &str, resident: Resident, n: usize, source: &str) -> Result<Vec<Resident>> {
-    let rows = resident.shape.first().copied().unwrap_or(0);
-    if n == 0 || rows % n != 0 {
-        return Err(Error::WeightFile {
-            file: source.to_string(),
-            message: format!(
-                "tensor `{name}` of shape {:?} does not split into {n} equal parts",
-                resident.shape
-            ),
-        });
-    }
-    let mut shape = resident.shape.clone();
-    shape[0] = rows / n;
-    let len: usize = shape.iter().product();
-    let blocks = match resident.values {
-        Err(dtype) => {
-            return Ok((0..n)
-                .map(|_| Resident {
-                    file: resident.file.clone(),
-                    shape: shape.clone(),
-                    layout: resident.layout,
-                    values: Err(dtype.clone()),
-                })
-                .collect());
-        }
-        Ok(parts) if parts.blocks.len() == 1 => parts.blocks.into_iter().next().expect("one block"),
-        Ok(_) => {
-            return Err(Error::WeightFile {
-                file: source.to_string(),
-                message: format!("tensor `{name}` is too large to split on this device"),
-            });
-        }
-    };
-    Ok((0..n)
-        .map(|i| Resident {
-            file: resident.file.clone(),
-            shape: shape.clone(),
-            layout: resident.layout,
-            values: Ok(Parts {
-                blocks: vec![if resident.layout == Layout::FilterMatrix {
-                    // Stored [K, out]: a block of outputs is a block of columns.
-                    let k = len / shape[0];
-                    let columns = i * shape[0]..(i + 1) * shape[0];
-                    blocks
-                        .clone()
-                        .reshape([k, rows])
-                        .slice([0..k, columns])
-                        .reshape([len])
-                } else {
-                    blocks.clone().slice(i * len..(i + 1) * len)
-                }],
-            }),
-        })
-        .collect())
-}
-
-/// Builds [`Weights`] from one or more safetensors files (the shards of one model) that
-/// arrive in chunks: each tensor goes to the device as soon as its bytes are in, so host
-/// memory holds at most one tensor and one chunk, never a file.
-pub struct WeightsUpload {
-    device: Device,
-    /// The most bytes one device buffer may hold; larger tensors go up in row blocks.
-    max_block_bytes: u64,
-    tensors: HashMap<String, Resident>,
-    current: Option<(Rc<str>, TensorStream)>,
-    /// Tensors read past without an upload (see [`WeightsUpload::skipping`]).
-    skip: fn(&str) -> bool,
-}
-
-impl WeightsUpload {
-    pub fn new(device: &Device) -> Self {
-        Self {
-            device: device.clone(),
-            max_block_bytes: crate::device::limits(device).max_binding_bytes,
-            tensors: HashMap::new(),
-            current: None,
-            skip: |_| false,
-        }
-    }
-
-    /// Reads past the tensors `skip` names instead of uploading them: parts of a file that no
-    /// model uses (a single-file checkpoint's EMA copy can double its size).
-    pub fn skipping(mut self, skip: fn(&str) -> bool) -> Self {
-        self.skip = skip;
-        self
-    }
-
-    /// Starts the next file; `file` names it in errors, and `length`, where the source knows
-    /// it, bounds what its header may claim (a file's size, a response's Content-Length).
-    pub fn begin_file(&mut self, file: &str, length: Option<u64>) -> Result<()> {
-        if let Some((open, _)) = &self.current {
-            return Err(Error::InvalidInput(format!(
-                "{file}: cannot start while {open} is still being read"
-            )));
-        }
-        self.current = Some((file.into(), TensorStream::new(file, length)));
-        Ok(())
-    }
-
-    /// The next bytes of the current file.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
-        let Some((file, stream)) = &mut self.current else {
-            return Err(Error::InvalidInput(
-                "weight bytes arrived before any file was started".into(),
-            ));
-        };
-        let (tensors, device, max_block) = (&mut self.tensors, &self.device, self.max_block_bytes);
-        let skip = self.skip;
-        stream.push(chunk, &mut |t| {
-            let name = t.name;
-            if skip(&name) {
-                return Ok(());
-            }
-            if tensors.contains_key(&name) {
-                return Err(Error::WeightFile {
-                    file: file.to_string(),
-                    message: format!("tensor `{name}` appears in more than one shard"),
-                });
-            }
-            let layout = layout_for(&t.shape, device);
-            let values = match t.values {
-                Some(mut v) => {
-                    v = layout.reorder(v, &t.shape);
-                    let parts = upload_in_blocks(v, &t.shape, max_block, device);
-                    // Hand the upload to the device now: backends that batch work would
-                    // otherwise hold every tensor's host copy until the next readback.
-                    device
-                        .flush()
-                        .map_err(|e| Error::Device(format!("uploading `{name}` failed: {e:?}")))?;
-                    Ok(parts)
-                }
-                None => Err(format!("{:?}", t.dtype)),
-            };
-            let resident = Resident {
-                file: file.clone(),
-                shape: t.shape,
-                layout,
-                values,
-            };
-            tensors.insert(name, resident);
-            Ok(())
-        })
-    }
-
-    /// Takes in the tensors of another upload (a shard that arrived on its own).
-    pub fn merge(&mut self, other: WeightsUpload) -> Result<()> {
-        if let Some((open, _)) = &other.current {
-            return Err(Error::InvalidInput(format!(
-                "{open}: the file was never ended"
-            )));
-        }
-        for (name, resident) in other.tensors {
-            if self.tensors.contains_key(&name) {
-                return Err(Error::WeightFile {
-                    file: resident.file.to_string(),
-                    message: format!("tensor `{name}` appears in more than one shard"),
-                });
-            }
-            self.tensors.insert(name, resident);
-        }
-        Ok(())
-    }
-
-    /// Ends the current file: fails if it was truncated.
-    pub fn end_file(&mut self) -> Result<()> {
-        match self.current.take() {
-            Some((_, stream)) => stream.finish(),
-            None => Err(Error::InvalidInput("no weight file is being read".into())),
-        }
-    }
-
-    /// The uploaded tensors; `source` (the file, or a sharded model's index) names them in
-    /// errors about missing or unused tensors.
-    pub fn finish(self, source: &str) -> Result<Weights> {
-        if let Some((open, _)) = &self.current {
-            return Err(Error::InvalidInput(format!(
-                "{open}: the file was never ended"
-            )));
-        }
-        Ok(Weights {
-            source: source.to_string(),
-            backing: Backing::Resident(self.tensors),
-            used: RefCell::new(BTreeSet::new()),
-            device: self.device,
-            kernels: Kernels::default(),
-            pending: RefCell::default(),
-            dtype: None,
-        })
-    }
-}
-
-/// How a weight's values lie on the device. Convolution filters of more than one tap go to
-/// GPUs reordered for the product a convolution is computed as, read back in PyTorch's
-/// [out, in, kh, kw] order as a view without a copy; everything else (1x1 kernels, which
-/// products read as PyTorch's [out, in] as it is, and every weight on the CPU backend) as
-/// the file gives it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Layout {
-    AsGiven,
-    /// [kh, kw, in, out]: the [K, N] matrix, row-major, that a convolution as gathered
-    /// patches multiplies by (`kernels::conv2d_im2col`), and that splits along K into
-    /// [parts, K / parts, N] as a free view (burn's matmul copies any other layout of it on
-    /// every call).
-    FilterMatrix,
-    /// [out, kh, kw, in]: each output's filter as one row over K in the filter matrix's
-    /// order, which the lanes matmul on software adapters reads as the transposed [K, N]
-    /// (`kernels::conv2d_fused`): each lane then reads its columns' values of K in
-    /// sequence. Read as [K, N] rows instead, SD 1.5's 16x16 convolutions ran at half the
-    /// rate on lavapipe (their rows lie 5 KB apart).
-    FilterRows,
-}
-
-/// The layout a weight of `shape` takes on `device`: a filter of more than one tap goes to a
-/// GPU as the filter matrix, or as filter rows on a software adapter with subgroups where the
-/// lanes matmul serves its channels (`kernels::matmul_kernel`: in and out in fours).
-fn layout_for(shape: &[usize], device: &Device) -> Layout {
-    if shape.len() != 4 || shape[2] * shape[3] == 1 || !crate::device::is_gpu(device) {
-        return Layout::AsGiven;
-    }
-    let limits = crate::device::limits(device);
-    let lanes = limits.software
-        && limits.subgroup_lanes.is_some()
-        && shape[0].is_multiple_of(4)
-        && shape[1].is_multiple_of(4);
-    if lanes {
-        Layout::FilterRows
-    } else {
-        Layout::FilterMatrix
-    }
-}
-
-impl Layout {
-    /// PyTorch-ordered values of a weight of `shape`, reordered on the host before the upload.
-    fn reorder(self, values: Vec<f32>, shape: &[usize]) -> Vec<f32> {
-        if self == Layout::AsGiven {
-            return values;
-        }
-        let [o, i, kh, kw] = [shape[0], shape[1], shape[2], shape[3]];
-        let taps = kh * kw;
-        let mut out = vec![0.0; values.len()];
-        for (f, filter) in values.chunks_exact(i * taps).enumerate() {
-            for c in 0..i {
-                for t in 0..taps {
-                    let at = match self {
-                        Layout::FilterMatrix => (t * i + c) * o + f,
-                        _ => (f * taps + t) * i + c,
-                    };
-                    out[at] = filter[c * taps + t];
-                }
-            }
-        }
-        out
-    }
-
-    /// The stored values seen in PyTorch's order, without a copy.
-    fn view<const D: usize>(self, flat: Tensor<1>, shape: [usize; D]) -> Tensor<D> {
-        let (order, axes) = match self {
-            Layout::AsGiven => return flat.reshape(shape),
-            // Stored [kh, kw, in, out]: out is axis 3, in axis 2, the taps axes 0 and 1.
-            Layout::FilterMatrix => ([2, 3, 1, 0], [3, 2, 0, 1]),
-            // Stored [out, kh, kw, in].
-            Layout::FilterRows => ([0, 2, 3, 1], [0, 3, 1, 2]),
-        };
-        let stored: [usize; D] = std::array::from_fn(|d| shape[order[d]]);
-        let axes: [usize; D] = std::array::from_fn(|d| axes[d]);
-        flat.reshape(stored).permute(axes)
-    }
-}
-
-/// Uploads `values` whole, or in blocks of whole rows of at most `max_block` bytes where the
-/// device cannot bind it in one buffer. Rows are along the first axis longer than 1 (SD 3's
-/// position table is [1, positions, width]).
-fn upload_in_blocks(values: Vec<f32>, shape: &[usize], max_block: u64, device: &Device) -> Parts {
-    let bytes = values.len() as u64 * 4;
-    let shape = &shape[shape.iter().take_while(|&&d| d == 1).count()..];
-    let row = shape.iter().skip(1).product::<usize>().max(1);
-    let rows_per_block = ((max_block / 4) as usize / row).max(1);
-    if bytes <= max_block || shape.len() < 2 || rows_per_block >= shape[0] {
-        let n = values.len();
-        return Parts {
-            blocks: vec![Tensor::from_data(TensorData::new(values, [n]), device)],
-        };
-    }
-    let blocks = values
-        .chunks(rows_per_block * row)
-        .map(|block| Tensor::from_data(TensorData::new(block.to_vec(), [block.len()]), device))
-        .collect();
-    Parts { blocks }
-}
-
 /// Bytes for people: "152.0 MiB".
 pub fn human_bytes(bytes: u64) -> String {
     match bytes {
@@ -872,42 +415,5 @@ impl<'w> Scope<'w> {
         } else {
             format!("{}.{name}", self.prefix)
         }
-    }
-}
-
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filter_weights_read_back_in_pytorch_order() {
-        let shape = [2, 3, 2, 2];
-        let values: Vec<f32> = (0..24).map(|v| v as f32).collect();
-        let device = crate::device::cpu();
-        for layout in [Layout::FilterMatrix, Layout::FilterRows] {
-            let stored = layout.reorder(values.clone(), &shape);
-            match layout {
-                // Row (tap, channel) of the [K, out] matrix holds that weight of each output:
-                // tap (0, 1) of input channel 0 is row 3, value 1 of output 0 and value 13 of
-                // output 1.
-                Layout::FilterMatrix => assert_eq!(&stored[6..8], &[1.0, 13.0]),
-                // Output 1's row starts with tap (0, 0) of each input channel: 12, 16, 20.
-                _ => assert_eq!(&stored[12..15], &[12.0, 16.0, 20.0]),
-            }
-            let flat = Tensor::from_data(TensorData::new(stored, [24]), &device);
-            let seen = layout.view(flat, shape);
-            let got = seen.into_data().try_to_vec::<f32>().unwrap();
-            assert_eq!(got, values, "{layout:?}");
-        }
-    }
-
-    #[test]
-    fn a_table_with_a_leading_unit_axis_splits_along_its_rows() {
-        let device = crate::device::cpu();
-        let values: Vec<f32> = (0..40).map(|v| v as f32).collect();
-        // [1, 10, 4] in blocks of at most 3 rows (48 bytes): 3 + 3 + 3 + 1 rows.
-        let parts = upload_in_blocks(values, &[1, 10, 4], 48, &device);
-        let lengths: Vec<usize> = parts.blocks.iter().map(|b| b.dims()[0]).collect();
-        assert_eq!(lengths, [12, 12, 12, 4]);
     }
 }

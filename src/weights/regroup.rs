@@ -1,0 +1,225 @@
+//! Moving a loaded file's tensors into new sets under new names: a single-file checkpoint
+//! split into its components, fused projections cut apart, matrices stored the other way
+//! round turned.
+
+use std::collections::HashMap;
+
+use burn::tensor::Tensor;
+
+use super::resident::{Layout, Parts, Resident};
+use super::{Backing, Weights};
+use crate::error::{Error, Result};
+
+/// Where [`Weights::regroup`] puts one tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Regroup {
+    /// Into part `part`, as `name`.
+    Move { part: usize, name: String },
+    /// Cut along its first axis into `names.len()` equal blocks (fused q/k/v projections),
+    /// each into part `part` under its name.
+    Split { part: usize, names: Vec<String> },
+    /// A matrix stored the other way round (OpenCLIP's `x @ text_projection`), transposed
+    /// into part `part` as `name`.
+    Transpose { part: usize, name: String },
+    /// Its two halves along the first axis in the other order (SD 3's final adaLN
+    /// projections: shift then scale, where diffusers takes scale then shift), into part
+    /// `part` as `name`.
+    SwapHalves { part: usize, name: String },
+    /// Not used by any part (training state, buffers a model recomputes).
+    Drop,
+}
+
+/// A [rows, cols] `resident` as [cols, rows].
+fn transpose_matrix(name: &str, resident: Resident, source: &str) -> Result<Resident> {
+    let &[rows, cols] = resident.shape.as_slice() else {
+        return Err(Error::WeightFile {
+            file: source.to_string(),
+            message: format!(
+                "tensor `{name}` of shape {:?} is not a matrix",
+                resident.shape
+            ),
+        });
+    };
+    let values = match resident.values {
+        Err(dtype) => Err(dtype),
+        Ok(parts) if parts.blocks.len() == 1 => {
+            let flat = parts.blocks.into_iter().next().expect("one block");
+            let t = flat
+                .reshape([rows, cols])
+                .transpose()
+                .reshape([rows * cols]);
+            Ok(Parts { blocks: vec![t] })
+        }
+        Ok(_) => {
+            return Err(Error::WeightFile {
+                file: source.to_string(),
+                message: format!("tensor `{name}` is too large to transpose on this device"),
+            });
+        }
+    };
+    Ok(Resident {
+        file: resident.file,
+        shape: vec![cols, rows],
+        layout: Layout::AsGiven,
+        values,
+    })
+}
+
+/// `resident` with its two row halves in the other order.
+fn swap_halves(name: &str, resident: Resident, source: &str) -> Result<Resident> {
+    let (file, shape, layout) = (
+        resident.file.clone(),
+        resident.shape.clone(),
+        resident.layout,
+    );
+    let mut halves = split_rows(name, resident, 2, source)?;
+    let second = halves.pop().expect("two halves");
+    let first = halves.pop().expect("two halves");
+    let values = match (first.values, second.values) {
+        (Ok(a), Ok(b)) => {
+            let halves: Vec<Tensor<1>> = b.blocks.into_iter().chain(a.blocks).collect();
+            let whole = if layout == Layout::FilterMatrix {
+                // Each half is [K, out / 2] flat: the halves sit side by side along out.
+                let k = shape[1..].iter().product::<usize>();
+                let columns = halves
+                    .into_iter()
+                    .map(|h| h.reshape([k as i32, -1]))
+                    .collect();
+                Tensor::cat(columns, 1).reshape([-1])
+            } else {
+                Tensor::cat(halves, 0)
+            };
+            Ok(Parts {
+                blocks: vec![whole],
+            })
+        }
+        (Err(dtype), _) | (_, Err(dtype)) => Err(dtype),
+    };
+    Ok(Resident {
+        file,
+        shape,
+        layout,
+        values,
+    })
+}
+
+/// `resident` cut into `n` equal blocks of whole rows.
+fn split_rows(name: &str, resident: Resident, n: usize, source: &str) -> Result<Vec<Resident>> {
+    let rows = resident.shape.first().copied().unwrap_or(0);
+    if n == 0 || rows % n != 0 {
+        return Err(Error::WeightFile {
+            file: source.to_string(),
+            message: format!(
+                "tensor `{name}` of shape {:?} does not split into {n} equal parts",
+                resident.shape
+            ),
+        });
+    }
+    let mut shape = resident.shape.clone();
+    shape[0] = rows / n;
+    let len: usize = shape.iter().product();
+    let blocks = match resident.values {
+        Err(dtype) => {
+            return Ok((0..n)
+                .map(|_| Resident {
+                    file: resident.file.clone(),
+                    shape: shape.clone(),
+                    layout: resident.layout,
+                    values: Err(dtype.clone()),
+                })
+                .collect());
+        }
+        Ok(parts) if parts.blocks.len() == 1 => parts.blocks.into_iter().next().expect("one block"),
+        Ok(_) => {
+            return Err(Error::WeightFile {
+                file: source.to_string(),
+                message: format!("tensor `{name}` is too large to split on this device"),
+            });
+        }
+    };
+    Ok((0..n)
+        .map(|i| Resident {
+            file: resident.file.clone(),
+            shape: shape.clone(),
+            layout: resident.layout,
+            values: Ok(Parts {
+                blocks: vec![if resident.layout == Layout::FilterMatrix {
+                    // Stored [K, out]: a block of outputs is a block of columns.
+                    let k = len / shape[0];
+                    let columns = i * shape[0]..(i + 1) * shape[0];
+                    blocks
+                        .clone()
+                        .reshape([k, rows])
+                        .slice([0..k, columns])
+                        .reshape([len])
+                } else {
+                    blocks.clone().slice(i * len..(i + 1) * len)
+                }],
+            }),
+        })
+        .collect())
+}
+
+impl Weights {
+    /// Moves the tensors into `parts` new sets under new names, as `route` says for each
+    /// (a single-file checkpoint splitting into its components). Nothing is copied except
+    /// the fused tensors that [`Regroup::Split`] cuts into equal row blocks.
+    pub fn regroup(
+        self,
+        parts: usize,
+        mut route: impl FnMut(&str) -> Regroup,
+    ) -> Result<Vec<Weights>> {
+        let Backing::Resident(tensors) = self.backing else {
+            return Err(Error::InvalidInput(
+                "only loaded weights can be regrouped".into(),
+            ));
+        };
+        let mut groups: Vec<HashMap<String, Resident>> =
+            (0..parts).map(|_| HashMap::new()).collect();
+        let mut place = |part: usize, name: String, resident: Resident| -> Result<()> {
+            let group = groups.get_mut(part).ok_or_else(|| {
+                Error::InvalidInput(format!("tensor `{name}` routed to part {part} of {parts}"))
+            })?;
+            if group.insert(name.clone(), resident).is_some() {
+                return Err(Error::WeightFile {
+                    file: self.source.clone(),
+                    message: format!("two tensors map to `{name}`"),
+                });
+            }
+            Ok(())
+        };
+        for (name, resident) in tensors {
+            match route(&name) {
+                Regroup::Drop => {}
+                Regroup::Move { part, name } => place(part, name, resident)?,
+                Regroup::Transpose { part, name } => {
+                    let transposed = transpose_matrix(&name, resident, &self.source)?;
+                    place(part, name, transposed)?
+                }
+                Regroup::SwapHalves { part, name } => {
+                    let swapped = swap_halves(&name, resident, &self.source)?;
+                    place(part, name, swapped)?
+                }
+                Regroup::Split { part, names } => {
+                    for (piece, new_name) in split_rows(&name, resident, names.len(), &self.source)?
+                        .into_iter()
+                        .zip(names)
+                    {
+                        place(part, new_name, piece)?;
+                    }
+                }
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .map(|tensors| {
+                Weights::over(
+                    self.source.clone(),
+                    Backing::Resident(tensors),
+                    &self.device,
+                )
+                .with_kernels(self.kernels)
+            })
+            .collect())
+    }
+}
