@@ -149,10 +149,10 @@ pub struct Limits {
     /// operations and every subgroup has that many (lavapipe: 8, one per lane of its 256-bit
     /// vectors; SwiftShader: 4). In a browser only where the device was opened with WebGPU's
     /// `subgroups` feature, which wgpu does not ask for: lina-web asks for it (see
-    /// [`subgroups_usable`]).
+    /// `subgroups_usable`).
     pub subgroup_lanes: Option<u32>,
     /// The side of the square cooperative matrices the device was opened to multiply f16 in
-    /// (see [`coop_size`]): only on devices that compute in f16.
+    /// (see `coop_size`): only on devices that compute in f16.
     pub coop_size: Option<u32>,
 }
 

@@ -361,7 +361,7 @@ impl GroupNorm {
 const LONGEST_SUM: usize = 1 << 16;
 
 /// Sums the last axis of `x` (keeping it, with length 1), in slices of at most
-/// [`LONGEST_SUM`] whose partial sums are then added.
+/// `LONGEST_SUM` whose partial sums are then added.
 pub fn sum_last(x: Tensor<3>) -> Tensor<3> {
     let n = x.dims()[2];
     if n <= LONGEST_SUM {

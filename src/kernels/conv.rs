@@ -133,9 +133,9 @@ const MAX_SPLITS: usize = 32;
 const MIN_SPLIT_DEPTH: usize = 128;
 
 /// Parts to cut a `rows` x `depth` x `cols` product's sum over K into: none for a product of
-/// [`SPLIT_BELOW_TILES`] output tiles or more; else doubled while the tiles times the parts
-/// stay within [`SPLIT_TILES_TARGET`], each part keeps at least [`MIN_SPLIT_DEPTH`] of K,
-/// and the parts divide K; at most [`MAX_SPLITS`]. 1 on software adapters, whose few cores the tiles already keep
+/// `SPLIT_BELOW_TILES` output tiles or more; else doubled while the tiles times the parts
+/// stay within `SPLIT_TILES_TARGET`, each part keeps at least `MIN_SPLIT_DEPTH` of K,
+/// and the parts divide K; at most `MAX_SPLITS`. 1 on software adapters, whose few cores the tiles already keep
 /// busy. Split, the product is [splits, rows, depth / splits] times [splits, depth / splits,
 /// cols], then a sum over the parts: one more small pass for a product that otherwise fills
 /// a tenth of the chip (2-4x faster per layer at 16x16 and 8x8 latents on the H200).

@@ -51,7 +51,7 @@ pub struct CoopBlock {
     pub depth: u32,
     pub splits: u32,
     /// Whether each row of a's and b's blocks in workgroup memory is followed by
-    /// [`COOP_PAD`] unused values, so that the rows a matrix load reads together lie in
+    /// `COOP_PAD` unused values, so that the rows a matrix load reads together lie in
     /// different banks: unpadded, rows 64 bytes apart (32 values of K) meet in every second
     /// row's banks, and b's rows of 64 or 128 columns all in the same ones.
     pub padded: bool,
@@ -71,7 +71,7 @@ const COOP_K_TILES: u32 = 2;
 
 impl CoopBlock {
     /// The runtime's block with `tiles` x `tiles` matrices of sums per subgroup:
-    /// [`COOP_K_TILES`] matrices of K per step, rows padded, the sum whole.
+    /// `COOP_K_TILES` matrices of K per step, rows padded, the sum whole.
     pub fn new(tiles: u32) -> Self {
         Self {
             tiles,
@@ -232,7 +232,7 @@ fn sum_parts(out: Tensor<2>, kernel: MatmulKernel, like: DType) -> Tensor<2> {
         .cast(dtype)
 }
 
-/// `a` [M, K] times `b` [K, N], plus `bias` [N] where given, by `kernel` (from
+/// `a` [M, K] times `b` [K, N], plus `bias` `[N]` where given, by `kernel` (from
 /// [`matmul_kernel`]). `b` is read in place as [K, N] rows or as the transpose of a
 /// contiguous [N, K] (a linear layer's weight); any other layout is copied.
 pub fn matmul(

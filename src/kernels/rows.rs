@@ -13,7 +13,7 @@ use super::Wgsl;
 use super::dispatch::{grid, launch, output_like, words};
 
 /// `value * gelu(gate)` for x [B, L, 2F] holding [value, gate] along its last axis once `bias`
-/// [2F] is added: [B, L, F].
+/// `[2F]` is added: [B, L, F].
 pub fn geglu(x: Tensor<3>, bias: &Tensor<1>) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as Fused>::geglu(
         x.into_dispatch(),
@@ -21,7 +21,7 @@ pub fn geglu(x: Tensor<3>, bias: &Tensor<1>) -> Tensor<3> {
     ))
 }
 
-/// `x + bias + residual` for x and residual [B, L, F] and bias [F]: a linear layer's bias
+/// `x + bias + residual` for x and residual [B, L, F] and bias `[F]`: a linear layer's bias
 /// and the residual connection around it.
 pub fn bias_residual(x: Tensor<3>, bias: &Tensor<1>, residual: Tensor<3>) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as Fused>::bias_residual(

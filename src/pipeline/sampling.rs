@@ -24,7 +24,7 @@ pub struct ModelCall {
     /// The latents fed to the model (before the scheduler's input scaling). Changing them
     /// changes the prediction only; the scheduler still steps from the sampler's latents.
     pub latents: Tensor<4>,
-    /// Text conditioning, [uncond; cond] when guidance is on, else [cond].
+    /// Text conditioning, `[uncond; cond]` when guidance is on, else `[cond]`.
     pub context: Tensor<3>,
     pub guidance_scale: f64,
     /// Extra conditionings that guide only inside regions of the latents (see

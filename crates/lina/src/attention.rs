@@ -4,6 +4,8 @@
 //! ([`CrossAttentionControl`]). It needs no extra model evaluation and no judge: it acts on
 //! the model's own attention, so it works on any SD-class checkpoint.
 //!
+//! [`CrossAttentionControl`]: lina_runtime::models::attention_control::CrossAttentionControl
+//!
 //! Ours (the paper names "targeted guidance in the prompt-embedding and visual-latent spaces"
 //! and nothing more), in the spirit of layout-controlled attention (DenseDiffusion, layout
 //! guidance): the score of a node's token at a latent cell gains `+strength` where the cell

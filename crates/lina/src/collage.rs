@@ -16,7 +16,7 @@
 //! A scene lit from one side has its things drawn lit ("a red ball lit from the right"),
 //! each with the shadow the model casts for one thing alone, which the cut keeps with it;
 //! the first drawing's lamp stays in the backdrop. The model draws one thing and its shadow
-//! well and two things under one light badly. The copies then keep [`SHADOW_ROOM`] between
+//! well and two things under one light badly. The copies then keep `SHADOW_ROOM` between
 //! them, so that no shadow falls at the foot of the next thing, where it reads as that
 //! thing's.
 //!
@@ -233,7 +233,7 @@ pub fn backdrop(csg: &Csg) -> Vec<Box4> {
 }
 
 /// The start: the first piece's drawing with its thing wiped out, row by row, and every
-/// piece pasted at its thing's centres ([`spread`] where they crowd), standing on the first
+/// piece pasted at its thing's centres (`spread` where they crowd), standing on the first
 /// thing's floor line, all scaled by one factor where together they are wider than
 /// `spacing` lets them be.
 pub fn compose(pieces: &[Piece], things: &[Thing], spacing: Spacing) -> Result<Image> {
@@ -332,10 +332,10 @@ const SHADOW_ROOM: f32 = 0.2;
 /// How the copies share the width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spacing {
-    /// [`GAP`] everywhere, shared out evenly where the copies crowd; scaled down only past
-    /// [`FILL`].
+    /// `GAP` everywhere, shared out evenly where the copies crowd; scaled down only past
+    /// `FILL`.
     Plain,
-    /// [`SHADOW_ROOM`] between copies and [`GAP`] at the edges, kept by scaling the copies
+    /// `SHADOW_ROOM` between copies and `GAP` at the edges, kept by scaling the copies
     /// down: a shadow must not reach the next thing.
     Lit,
 }

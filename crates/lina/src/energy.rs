@@ -15,7 +15,7 @@
 //! gives: moving the content the node's words attend to from the map's centroid `c_k` toward
 //! the box's centre `b_k`. For the centroid's distance to the box that is the gradient's own
 //! direction. The step is `δ_k = strength · (1 − s_k) · f_k · (b_k − c_k)` cells, so it
-//! shrinks as the attention settles in the box; `f_k` is the map's [`focus`], near 1 for a
+//! shrinks as the attention settles in the box; `f_k` is the map's `focus`, near 1 for a
 //! map that has a place and near 0 for one spread over the whole grid, whose centroid says
 //! nothing of where the node is.
 //!
@@ -66,7 +66,7 @@ pub struct Reading {
     pub step: usize,
     /// `E = Σ_k (1 − s_k)²` over the boxed nodes.
     pub energy: f64,
-    /// The nodes' mean [`focus`]: how much of the move the step made.
+    /// The nodes' mean `focus`: how much of the move the step made.
     pub focus: f64,
 }
 
