@@ -501,9 +501,10 @@ async fn request_device(
             required_features: features,
             required_limits: limits.clone(),
             // SAFETY: wgpu asks callers of experimental features to accept that they may
-            // have bugs. The only one asked for is cooperative matrices, used by one kernel
-            // (shaders/matmul_coop.wgsl) whose results tests/kernels.rs checks against
-            // burn's matmul on every adapter that has them (LINA_TEST_COOP=1).
+            // have bugs. The only one asked for is cooperative matrices, used by two kernels
+            // (shaders/matmul_coop.wgsl, attention_coop.wgsl) whose results tests/kernels/
+            // checks against burn's operations on every adapter that has them
+            // (LINA_TEST_COOP=1).
             experimental_features: if experimental {
                 unsafe { wgpu::ExperimentalFeatures::enabled() }
             } else {
