@@ -29,7 +29,8 @@
 # docs/bench.md).
 #
 # Which binary: $LINA_CLI, else target/release/lina-cli, else .gpu/lina-cli.xz (a stripped
-# release build compressed with xz, as a session carries it to a machine without cargo).
+# release build compressed with xz, as scripts/bench-gpu-carry.sh prepares it for a machine
+# without cargo; that script also prints the device call).
 # Figures go to OUT_DIR (default target/bench-gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +66,26 @@ fi
 if [ -z "$cli" ] || [ ! -x "$cli" ]; then
   echo "no lina-cli: build one (cargo build --release -p lina-cli) or set LINA_CLI" >&2
   exit 1
+fi
+
+# What scripts/bench-gpu-carry.sh put under .gpu/ for a machine that can fetch nothing: the
+# Vulkan loader where the machine has none (unpacked into /, as the device's README says),
+# and diffusers into a site folder of its own. The NVIDIA driver's own ICD file is named
+# where the loader finds no driver file in its usual places.
+if ! ldconfig -p | grep -q libvulkan.so.1 && compgen -G ".gpu/vulkan/*.deb" >/dev/null; then
+  for deb in .gpu/vulkan/*.deb; do dpkg -x "$deb" /; done
+  ldconfig
+fi
+nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ] &&
+  ! compgen -G "/usr/share/vulkan/icd.d/nvidia*.json" >/dev/null &&
+  ! compgen -G "/etc/vulkan/icd.d/nvidia*.json" >/dev/null; then
+  export VK_DRIVER_FILES=$nvidia_icd
+fi
+if ! python3 -c "import diffusers" 2>/dev/null && compgen -G ".gpu/wheels/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/bench-gpu-site .gpu/wheels/*.whl &&
+    export PYTHONPATH=/tmp/bench-gpu-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
 echo "== machine"
