@@ -36,9 +36,9 @@ enum Command {
     /// Time to first image, UNet call, step and image latency, LINA's overhead.
     Bench(bench::Args),
     /// Time one classifier-free-guidance UNet call of a config with random weights.
-    BenchUnet(bench::UnetArgs),
+    BenchUnet(bench::unet::Args),
     /// Time the UNet's layer kinds at SD 1.5's shapes: burn's kernels beside ours.
-    BenchKernels(bench::KernelsArgs),
+    BenchKernels(bench::kernels::Args),
     /// Generate a probe suite's prompts, check each image, write a report.
     Probe(probe::Args),
     /// Render a probe suite's scenes with masks, CSG JSON and the checker's report.
@@ -82,8 +82,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(*args),
         Command::Memory(args) => memory::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::BenchUnet(args) => bench::unet(args),
-        Command::BenchKernels(args) => bench::kernels(args),
+        Command::BenchUnet(args) => bench::unet::run(args),
+        Command::BenchKernels(args) => bench::kernels::run(args),
         Command::Probe(args) => probe::run(args),
         Command::ProbeRender(args) => probe::render(args),
         Command::ProbeData(args) => probe::data(args),
