@@ -17,6 +17,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod rng;
 pub mod schedulers;
+pub mod sd3_names;
 pub mod single_file;
 pub mod source;
 pub mod tokenizer;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::ldm::{UNetNames, index};
+use crate::sd3_names::{self, Renamed};
 use crate::weights::Regroup;
 
 use super::{
@@ -102,98 +103,18 @@ fn moved(part: usize, name: String) -> Regroup {
     Regroup::Move { part, name }
 }
 
-/// Where an SD 3 transformer tensor (after `model.diffusion_model.`) goes in diffusers'
-/// naming, in a transformer of `blocks` joint blocks. The original fuses each attention's
-/// q/k/v into one `qkv` projection, and its final adaLN projections (the last block's
-/// context side and the output layer's) yield shift before scale, where diffusers'
-/// `AdaLayerNormContinuous` takes scale first.
+/// Where an SD 3 transformer tensor (after `model.diffusion_model.`) goes, in a transformer
+/// of `blocks` joint blocks (`crate::sd3_names`).
 fn mmdit_route(rest: &str, blocks: usize) -> Option<Regroup> {
-    let at = |name: String| moved(DENOISER_PART, name);
-    if rest == "pos_embed" {
-        return Some(at("pos_embed.pos_embed".into()));
-    }
-    const TOP: &[(&str, &str)] = &[
-        ("x_embedder.proj.", "pos_embed.proj."),
-        (
-            "t_embedder.mlp.0.",
-            "time_text_embed.timestep_embedder.linear_1.",
-        ),
-        (
-            "t_embedder.mlp.2.",
-            "time_text_embed.timestep_embedder.linear_2.",
-        ),
-        (
-            "y_embedder.mlp.0.",
-            "time_text_embed.text_embedder.linear_1.",
-        ),
-        (
-            "y_embedder.mlp.2.",
-            "time_text_embed.text_embedder.linear_2.",
-        ),
-        ("context_embedder.", "context_embedder."),
-        ("final_layer.linear.", "proj_out."),
-    ];
-    if let Some(t) = rest.strip_prefix("final_layer.adaLN_modulation.1.") {
-        return Some(Regroup::SwapHalves {
-            part: DENOISER_PART,
-            name: format!("norm_out.linear.{t}"),
-        });
-    }
-    if let Some(name) = renamed(rest, TOP) {
-        return Some(at(name));
-    }
-    let (i, t) = index(rest.strip_prefix("joint_blocks.")?)?;
-    let block = format!("transformer_blocks.{i}");
-    const FUSED: &[(&str, [&str; 3])] = &[
-        ("x_block.attn.qkv.", ["attn.to_q", "attn.to_k", "attn.to_v"]),
-        (
-            "context_block.attn.qkv.",
-            ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
-        ),
-        (
-            "x_block.attn2.qkv.",
-            ["attn2.to_q", "attn2.to_k", "attn2.to_v"],
-        ),
-    ];
-    if let Some((kind, names)) = FUSED
-        .iter()
-        .find_map(|(fused, names)| t.strip_prefix(fused).map(|kind| (kind, names)))
-    {
-        return Some(Regroup::Split {
-            part: DENOISER_PART,
-            names: names
-                .iter()
-                .map(|n| format!("{block}.{n}.{kind}"))
-                .collect(),
-        });
-    }
-    if let Some(kind) = t.strip_prefix("context_block.adaLN_modulation.1.") {
-        let name = format!("{block}.norm1_context.linear.{kind}");
-        return Some(match i + 1 == blocks {
-            true => Regroup::SwapHalves {
-                part: DENOISER_PART,
-                name,
-            },
-            false => at(name),
-        });
-    }
-    const NAMES: &[(&str, &str)] = &[
-        ("x_block.attn.ln_q.", "attn.norm_q."),
-        ("x_block.attn.ln_k.", "attn.norm_k."),
-        ("context_block.attn.ln_q.", "attn.norm_added_q."),
-        ("context_block.attn.ln_k.", "attn.norm_added_k."),
-        ("x_block.attn.proj.", "attn.to_out.0."),
-        ("context_block.attn.proj.", "attn.to_add_out."),
-        ("x_block.attn2.ln_q.", "attn2.norm_q."),
-        ("x_block.attn2.ln_k.", "attn2.norm_k."),
-        ("x_block.attn2.proj.", "attn2.to_out.0."),
-        ("x_block.adaLN_modulation.1.", "norm1.linear."),
-        ("x_block.mlp.fc1.", "ff.net.0.proj."),
-        ("x_block.mlp.fc2.", "ff.net.2."),
-        ("context_block.mlp.fc1.", "ff_context.net.0.proj."),
-        ("context_block.mlp.fc2.", "ff_context.net.2."),
-    ];
-    Some(at(format!("{block}.{}", renamed(t, NAMES)?)))
+    let part = DENOISER_PART;
+    Some(match sd3_names::rename(rest, blocks)? {
+        Renamed::Same(name) => Regroup::Move { part, name },
+        Renamed::Fused(names) => Regroup::Split {
+            part,
+            names: names.into(),
+        },
+        Renamed::HalvesSwapped(name) => Regroup::SwapHalves { part, name },
+    })
 }
 
 /// `name` with the first prefix of `table` it starts with replaced by that prefix's new name.
