@@ -440,6 +440,152 @@ fn an_sd3_transformer_lora_gives_diffusers_fuse_lora_output_and_loras_for_absent
     }
 }
 
+/// The tiny SD 3 transformer's output for the fixture's inputs (t = 501) with `loras` merged.
+fn sd3_transformer_out(
+    files: &BTreeMap<String, Vec<u8>>,
+    device: &burn::tensor::Device,
+    loras: &[ScaledLora],
+) -> Vec<f32> {
+    let inputs = common::Reference::open("sd3_tiny");
+    let pipe = load(files, device, loras).unwrap();
+    let out = pipe
+        .denoiser()
+        .mmdit()
+        .expect("an SD 3 transformer")
+        .forward(
+            inputs.tensor("transformer_sample", device),
+            501.0,
+            &inputs.tensor("prompt_embeds", device),
+            &inputs.tensor("pooled_embeds", device),
+        );
+    common::values(out)
+}
+
+/// kohya's SD 3 files name the original transformer's modules (`joint_blocks_0_x_block_...`),
+/// whose attentions fuse q, k and v into one projection. The diffusers-named fixture LoRA
+/// written that way (each of its q, k and v updates as a fused update whose other rows are
+/// zero) gives diffusers' fused output too. The output layer's adaLN, whose halves the
+/// original orders shift first, adapts diffusers' `norm_out.linear` with its update's halves
+/// swapped. On a UNet model such a file adapts nothing: refused.
+#[test]
+fn an_sd3_kohya_lora_naming_the_original_transformer_merges_like_diffusers_names() {
+    let reference = common::Reference::file("lora/sd3_tiny_reference.safetensors");
+    let scale = reference.f32("scale").1[0];
+    let peft = f32_tensors(&common::read_fixture("lora/sd3_tiny_peft.safetensors"));
+    // Each of the fixture's modules: its original module, and which third of a fused
+    // projection it is.
+    let originals = [
+        (
+            "transformer_blocks.0.attn.add_k_proj",
+            "joint_blocks_0_context_block_attn_qkv",
+            Some(1),
+        ),
+        (
+            "transformer_blocks.0.attn.to_q",
+            "joint_blocks_0_x_block_attn_qkv",
+            Some(0),
+        ),
+        (
+            "transformer_blocks.0.attn2.to_v",
+            "joint_blocks_0_x_block_attn2_qkv",
+            Some(2),
+        ),
+        (
+            "transformer_blocks.1.attn.to_out.0",
+            "joint_blocks_1_x_block_attn_proj",
+            None,
+        ),
+        (
+            "transformer_blocks.2.ff.net.0.proj",
+            "joint_blocks_2_x_block_mlp_fc1",
+            None,
+        ),
+    ];
+    let mut kohya = BTreeMap::new();
+    for (module, original, third) in originals {
+        let (down_shape, down) = peft[&format!("transformer.{module}.lora_A.weight")].clone();
+        let (up_shape, up) = peft[&format!("transformer.{module}.lora_B.weight")].clone();
+        let (up_shape, up) = match third {
+            None => (up_shape, up),
+            Some(k) => {
+                let mut fused = vec![0.0; 3 * up.len()];
+                fused[k * up.len()..(k + 1) * up.len()].copy_from_slice(&up);
+                (vec![3 * up_shape[0], up_shape[1]], fused)
+            }
+        };
+        kohya.insert(
+            format!("lora_unet_{original}.lora_down.weight"),
+            (down_shape, down),
+        );
+        kohya.insert(
+            format!("lora_unet_{original}.lora_up.weight"),
+            (up_shape, up),
+        );
+    }
+    let kohya = scaled(&f32_safetensors(&kohya), scale);
+    let files: BTreeMap<String, Vec<u8>> = model_files("sd3_tiny").into_iter().collect();
+    for (name, device) in common::test_devices() {
+        let out = sd3_transformer_out(&files, &device, std::slice::from_ref(&kohya));
+        let err = common::relative_diff(&out, &reference.f32("transformer_out").1);
+        assert!(
+            err < 1e-4,
+            "{name}: the kohya-named LoRA's transformer is off diffusers' fused one by {err} (relative)"
+        );
+    }
+
+    // The output layer's adaLN: [2 x inner, inner], shift then scale in the original.
+    let inner = peft["transformer.transformer_blocks.0.attn.to_q.lora_A.weight"].0[1];
+    let (out_rows, rank) = (2 * inner, 2);
+    let mut rng = lina_runtime::rng::Rng::new(11);
+    let down: Vec<f32> = rng.normals(rank * inner).iter().map(|v| v * 0.3).collect();
+    let up: Vec<f32> = rng
+        .normals(out_rows * rank)
+        .iter()
+        .map(|v| v * 0.3)
+        .collect();
+    let half = up.len() / 2;
+    let swapped = [&up[half..], &up[..half]].concat();
+    // The update's two halves by their names in the file (kohya's, or PEFT's).
+    let file = |[down_name, up_name]: [&str; 2], up: &[f32]| {
+        let mut t = BTreeMap::new();
+        t.insert(down_name.to_string(), (vec![rank, inner], down.clone()));
+        t.insert(up_name.to_string(), (vec![out_rows, rank], up.to_vec()));
+        scaled(&f32_safetensors(&t), 1.0)
+    };
+    let original = file(
+        [
+            "lora_unet_final_layer_adaLN_modulation_1.lora_down.weight",
+            "lora_unet_final_layer_adaLN_modulation_1.lora_up.weight",
+        ],
+        &swapped,
+    );
+    let diffusers = file(
+        [
+            "transformer.norm_out.linear.lora_A.weight",
+            "transformer.norm_out.linear.lora_B.weight",
+        ],
+        &up,
+    );
+    let cpu = lina_runtime::device::cpu();
+    let out = |lora: &[ScaledLora]| sd3_transformer_out(&files, &cpu, lora);
+    let (a, b) = (
+        out(std::slice::from_ref(&original)),
+        out(std::slice::from_ref(&diffusers)),
+    );
+    assert_eq!(
+        a, b,
+        "the original's adaLN, halves swapped, adapts norm_out.linear"
+    );
+    assert_ne!(a, out(&[]), "the LoRA changes the output");
+
+    let sd1: BTreeMap<String, Vec<u8>> = model_files("sd1_tiny").into_iter().collect();
+    let e = match load(&sd1, &cpu, &[kohya]) {
+        Ok(_) => panic!("an SD 3 kohya LoRA loaded on a UNet model"),
+        Err(e) => e,
+    };
+    assert!(e.to_string().contains("adapts transformer"), "{e}");
+}
+
 /// A tensor of a safetensors file as f32, whatever its float type.
 fn as_f32(file: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
     let t = file.tensor(name).unwrap();

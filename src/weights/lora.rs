@@ -8,8 +8,10 @@
 //! - kohya (sd-scripts, most files on model hubs): `lora_unet_<module>` and
 //!   `lora_te_<module>` (SDXL: `lora_te1_`, `lora_te2_` for its two text encoders) with the
 //!   diffusers module path's dots written as underscores (SDXL's UNet modules: the original
-//!   UNet's path, `input_blocks_4_1_...`, see `crate::ldm`), and `.lora_down.weight`,
-//!   `.lora_up.weight`, `.alpha`;
+//!   UNet's path, `input_blocks_4_1_...`, see `crate::ldm`; SD 3's transformer modules: the
+//!   original MMDiT's, `joint_blocks_0_x_block_attn_qkv`, see `crate::sd3_names`, whose
+//!   fused q/k/v update is cut into three), and `.lora_down.weight`, `.lora_up.weight`,
+//!   `.alpha`;
 //! - diffusers / PEFT: `unet.<module>`, `transformer.<module>` (SD 3's MMDiT),
 //!   `text_encoder.<module>` and `text_encoder_2.<module>`
 //!   with `.lora_A.weight` and `.lora_B.weight` (PEFT), or `.lora.down.weight` and
@@ -61,13 +63,16 @@ enum ModuleName {
     Dotted(String),
 }
 
+/// A tensor's values, flat, and its shape.
+type Values = (Vec<f32>, Vec<usize>);
+
 /// One adapted layer.
 #[derive(Debug, Clone)]
 struct Module {
     /// `[r, in, (kh, kw)]`.
-    down: (Vec<f32>, Vec<usize>),
+    down: Values,
     /// `[out, r, (1, 1)]`.
-    up: (Vec<f32>, Vec<usize>),
+    up: Values,
     alpha: Option<f32>,
 }
 
@@ -115,8 +120,8 @@ impl Lora {
         })?;
         #[derive(Default)]
         struct Halves {
-            down: Option<(Vec<f32>, Vec<usize>)>,
-            up: Option<(Vec<f32>, Vec<usize>)>,
+            down: Option<Values>,
+            up: Option<Values>,
             alpha: Option<f32>,
         }
         let mut halves: BTreeMap<(LoraTarget, ModuleName), Halves> = BTreeMap::new();
@@ -251,6 +256,17 @@ fn parse_key(key: &str) -> Option<(LoraTarget, ModuleName, Part)> {
     let (module, part) = parts
         .iter()
         .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m.to_string(), *part)))?;
+    // kohya names every denoiser `lora_unet_`; SD 3's modules are the original transformer's
+    // (`joint_blocks_0_x_block_attn_qkv`), which no UNet has.
+    let sd3 = |m: &str| {
+        crate::sd3_names::ROOTS
+            .iter()
+            .any(|root| m == *root || m.strip_prefix(root).is_some_and(|r| r.starts_with('_')))
+    };
+    let target = match target {
+        LoraTarget::Unet if flat && sd3(&module) => LoraTarget::Transformer,
+        other => other,
+    };
     let name = if flat {
         ModuleName::Flat(module)
     } else {
@@ -264,8 +280,8 @@ fn parse_key(key: &str) -> Option<(LoraTarget, ModuleName, Part)> {
 pub(super) struct Delta {
     /// `lora file: module`, for errors.
     pub label: String,
-    up: (Vec<f32>, Vec<usize>),
-    down: (Vec<f32>, Vec<usize>),
+    up: Values,
+    down: Values,
     factor: f32,
 }
 
@@ -342,6 +358,21 @@ pub(super) fn deltas_for(
             .flatten()
             .and_then(|m| flat.get(&m))
     };
+    // kohya's SD 3 files name the transformer's modules after the original's, whose q, k and
+    // v projections are one fused module: each original module by its flattened name.
+    let sd3_blocks = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("transformer_blocks."))
+        .filter_map(|r| r.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |last| last + 1);
+    let sd3_modules: HashMap<String, String> = match target {
+        LoraTarget::Transformer => crate::sd3_names::modules(sd3_blocks)
+            .into_iter()
+            .map(|m| (m.replace('.', "_"), m))
+            .collect(),
+        _ => HashMap::new(),
+    };
     let mut out: HashMap<String, Vec<Delta>> = HashMap::new();
     for scaled in loras {
         let lora = &scaled.lora;
@@ -349,11 +380,24 @@ pub(super) fn deltas_for(
             if *t != target {
                 continue;
             }
-            let (found, written) = match name {
-                ModuleName::Flat(n) => (flat.get(n).or_else(|| original(n)), n),
-                ModuleName::Dotted(n) => (dotted.get(n), n),
+            let written = match name {
+                ModuleName::Flat(n) | ModuleName::Dotted(n) => n,
             };
-            let Some(weight) = found else {
+            let label = format!("LoRA {}: module `{written}`", lora.source);
+            let found = match name {
+                ModuleName::Flat(n) => match sd3_modules.get(n) {
+                    Some(original) => sd3_targets(original, sd3_blocks, names, &module.up)
+                        .map_err(|why| Error::InvalidInput(format!("{label}: {why}")))?,
+                    None => flat
+                        .get(n)
+                        .or_else(|| original(n))
+                        .map(|w| vec![(w.clone(), module.up.clone())]),
+                },
+                ModuleName::Dotted(n) => {
+                    dotted.get(n).map(|w| vec![(w.clone(), module.up.clone())])
+                }
+            };
+            let Some(found) = found else {
                 return Err(Error::InvalidInput(format!(
                     "LoRA {}: module `{written}` matches no layer of the model's {} (a LoRA for another architecture?)",
                     lora.source,
@@ -362,15 +406,62 @@ pub(super) fn deltas_for(
             };
             let rank = module.down.1[0] as f32;
             let alpha = module.alpha.unwrap_or(rank);
-            out.entry(weight.clone()).or_default().push(Delta {
-                label: format!("LoRA {}: module `{written}`", lora.source),
-                up: module.up.clone(),
-                down: module.down.clone(),
-                factor: scaled.scale * alpha / rank,
-            });
+            for (weight, up) in found {
+                out.entry(weight).or_default().push(Delta {
+                    label: label.clone(),
+                    up,
+                    down: module.down.clone(),
+                    factor: scaled.scale * alpha / rank,
+                });
+            }
         }
     }
     Ok(out)
+}
+
+/// The weights an update `up · down` of the original SD 3 module `original` adapts, each
+/// with the rows of `up` that make its part (`crate::sd3_names`): a fused q/k/v module's rows
+/// cut in three, one whose halves the original orders the other way with its halves
+/// swapped. `None` where the model (of `blocks` joint blocks, weights `names`) lacks one.
+fn sd3_targets(
+    original: &str,
+    blocks: usize,
+    names: &[&str],
+    up: &Values,
+) -> std::result::Result<Option<Vec<(String, Values)>>, String> {
+    use crate::sd3_names::Renamed;
+    let Some(renamed) = crate::sd3_names::rename(&format!("{original}.weight"), blocks) else {
+        return Ok(None);
+    };
+    let rows = |n: usize| {
+        let (values, shape) = up;
+        let per_row = values.len() / shape[0].max(1);
+        if shape[0] % n != 0 {
+            return Err(format!(
+                "its update's {} rows do not cut into {n} equal parts",
+                shape[0]
+            ));
+        }
+        let mut part_shape = shape.clone();
+        part_shape[0] /= n;
+        Ok(values
+            .chunks(per_row * part_shape[0])
+            .map(|c| (c.to_vec(), part_shape.clone()))
+            .collect::<Vec<_>>())
+    };
+    let targets = match renamed {
+        Renamed::Same(weight) => vec![(weight, up.clone())],
+        Renamed::Fused(weights) => weights.into_iter().zip(rows(3)?).collect(),
+        Renamed::HalvesSwapped(weight) => {
+            let halves = rows(2)?;
+            let swapped = [halves[1].0.as_slice(), halves[0].0.as_slice()].concat();
+            vec![(weight, (swapped, up.1.clone()))]
+        }
+    };
+    Ok(targets
+        .iter()
+        .all(|(w, _)| names.contains(&w.as_str()))
+        .then_some(targets))
 }
 
 /// A textual-inversion file's vectors, each set `(values, [n, dim])` in f32.
