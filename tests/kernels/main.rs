@@ -3,7 +3,8 @@
 //! burn's own on the CPU backend, on shapes that reach their edges: groups longer than a
 //! workgroup, query counts that are no multiple of a workgroup, cross-attention, heads of
 //! several sizes, inputs stored channels-last, and f16 storage. Needs the wgpu backend: set
-//! LINA_TEST_GPU=1 (CI does, on lavapipe).
+//! LINA_TEST_GPU=1 (CI does, on lavapipe). One module per family of kernels, as in
+//! src/kernels/; here the helpers they share and the checks that span families.
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -1,7 +1,8 @@
 //! Browser tests (wasm32, headless Chromium with WebGPU): the tiny pipeline through the wasm
 //! API gives diffusers' image, as natively; the embedded default model gives its reference
 //! image; bad files become JS errors with a message.
-//! Run with `scripts/test.sh` (or `wasm-pack test --headless --chrome --release`).
+//! Run with `scripts/test.sh` (or `wasm-pack test --headless --chrome --release`). Here the
+//! fixtures and helpers the modules share; each module is one part of what the page relies on.
 #![cfg(target_arch = "wasm32")]
 
 mod device;
