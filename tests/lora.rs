@@ -293,6 +293,19 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
         (vec![4, 0], vec![]),
     );
     assert!(parse(&f32_safetensors(&zero)).1.contains("or are 0"));
+    // An update of no rows: a fused SD 3 projection would have nothing to cut in three.
+    let mut empty = BTreeMap::new();
+    empty.insert(
+        "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight".to_string(),
+        (vec![2, 4], vec![0.5; 8]),
+    );
+    empty.insert(
+        "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight".to_string(),
+        (vec![0, 2], vec![]),
+    );
+    let (code, e) = parse(&f32_safetensors(&empty));
+    assert_eq!(code, "invalid_input");
+    assert!(e.contains("the update is empty"), "{e}");
     let mut nan = good.clone();
     let key = nan.keys().find(|k| k.ends_with(".alpha")).unwrap().clone();
     nan.insert(key, (vec![], vec![f32::NAN]));

@@ -73,14 +73,8 @@ fn load_tokenizer(files: &dyn FileSource, folder: &str) -> Result<Option<ClipTok
 
 /// Refuses a LoRA that adapts a part of a model other than `parts`, the ones it has.
 fn refuse_absent_parts(loras: &[ScaledLora], parts: &[LoraTarget]) -> Result<()> {
-    let all = [
-        LoraTarget::Unet,
-        LoraTarget::Transformer,
-        LoraTarget::TextEncoder,
-        LoraTarget::TextEncoder2,
-    ];
     for lora in loras {
-        if let Some(absent) = all
+        if let Some(absent) = LoraTarget::ALL
             .into_iter()
             .find(|t| !parts.contains(t) && lora.lora.adapts(*t))
         {

@@ -44,6 +44,14 @@ pub enum LoraTarget {
 }
 
 impl LoraTarget {
+    /// Every part a LoRA may adapt.
+    pub const ALL: [LoraTarget; 4] = [
+        LoraTarget::Unet,
+        LoraTarget::Transformer,
+        LoraTarget::TextEncoder,
+        LoraTarget::TextEncoder2,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             LoraTarget::Unet => "unet",
@@ -172,6 +180,17 @@ impl Lora {
                     source,
                     format!(
                         "module {label}: the ranks of down {:?} and up {:?} disagree (or are 0)",
+                        down.1, up.1
+                    ),
+                ));
+            }
+            // An update of no rows or no columns adapts no layer (and has no rows to cut into
+            // a fused projection's parts).
+            if up.1[0] == 0 || down.1[1..].contains(&0) {
+                return Err(bad(
+                    source,
+                    format!(
+                        "module {label}: the update is empty (down {:?}, up {:?})",
                         down.1, up.1
                     ),
                 ));
