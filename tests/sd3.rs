@@ -13,7 +13,9 @@ use common::{
 };
 use lina_runtime::models::attention_control::CrossAttentionControl;
 use lina_runtime::models::mmdit::{Mmdit, MmditConfig};
-use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion, Warning};
+use lina_runtime::pipeline::{
+    CancelToken, GenerateOptions, NoHook, SkipLayerGuidance, StableDiffusion, Warning,
+};
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 use lina_runtime::source::{DirSource, FileSource};
 use lina_runtime::weights::Weights;
@@ -108,6 +110,82 @@ fn sd3_embeddings_and_images_match_diffusers() {
             assert!(worst <= 1.0, "{name} {key}: {worst}/255 from diffusers");
         }
     }
+}
+
+/// Skip-layer guidance (diffusers' `skip_guidance_layers`) draws diffusers' image:
+/// tests/fixtures/sd3_slg (`tools/make_fixtures.py --only sd3-slg`) skips the middle and the
+/// last of the three joint blocks in steps 1 to 4 of 10. It costs one model evaluation in
+/// each step it acts in; without classifier-free guidance it does nothing, as in diffusers;
+/// what cannot apply is refused.
+#[test]
+fn skip_layer_guidance_draws_diffusers_image() {
+    let reference = Reference::open("sd3_tiny");
+    let expected = Reference::file("sd3_slg/reference.safetensors");
+    let settings: serde_json::Value =
+        serde_json::from_slice(&read_fixture("sd3_slg/reference.json")).unwrap();
+    let number = |key: &str| settings[key].as_f64().unwrap();
+    let skip = SkipLayerGuidance {
+        layers: serde_json::from_value(settings["skip_guidance_layers"].clone()).unwrap(),
+        scale: number("skip_layer_guidance_scale"),
+        start: number("skip_layer_guidance_start"),
+        stop: number("skip_layer_guidance_stop"),
+    };
+    let acting = (0..10).filter(|&i| skip.acts_at(i, 10)).count();
+    assert_eq!(acting, 4, "steps 1 to 4 of 10");
+    let mut opts = options(10, (32, 32), reference.f32("latents").1);
+    opts.skip_layer_guidance = Some(skip.clone());
+    for (name, device) in test_devices() {
+        let pipe = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &device).unwrap();
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        assert_eq!(done.evaluations, 2 * 10 + acting);
+        let worst = common::worst_pixel(&done.image.rgb, &expected.f32("image").1);
+        assert!(worst <= 1.0, "{name}: {worst}/255 from diffusers");
+        // The plain image is far from it: the guidance is what brings ours to diffusers'.
+        let plain = common::worst_pixel(&done.image.rgb, &reference.f32("image").1);
+        assert!(
+            plain > 5.0,
+            "{name}: only {plain}/255 from the unguided image"
+        );
+    }
+
+    let cpu = lina_runtime::device::cpu();
+    let pipe = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &cpu).unwrap();
+    // Without classifier-free guidance it does nothing, as in diffusers.
+    let image = |opts: &GenerateOptions| {
+        pollster::block_on(pipe.generate(opts, &mut NoHook, &CancelToken::new())).unwrap()
+    };
+    let mut unguided = options(4, (32, 32), reference.f32("latents").1);
+    unguided.guidance_scale = 1.0;
+    let without = image(&unguided);
+    unguided.skip_layer_guidance = Some(skip.clone());
+    let with = image(&unguided);
+    assert_eq!(with.image.rgb, without.image.rgb);
+    assert_eq!(with.evaluations, 4);
+    // What cannot apply is refused, naming what is wrong.
+    let refused = |skip: SkipLayerGuidance| {
+        let mut opts = options(4, (32, 32), reference.f32("latents").1);
+        opts.skip_layer_guidance = Some(skip);
+        pipe.start(&opts).err().expect("refused").to_string()
+    };
+    assert!(refused(SkipLayerGuidance::new(vec![3])).contains("blocks 0 to 2, not 3"));
+    assert!(refused(SkipLayerGuidance::new(vec![])).contains("no layers"));
+    let scale = SkipLayerGuidance {
+        scale: f64::NAN,
+        ..SkipLayerGuidance::new(vec![1])
+    };
+    assert!(refused(scale).contains("scale"));
+    let window = SkipLayerGuidance {
+        start: 0.5,
+        stop: 0.2,
+        ..SkipLayerGuidance::new(vec![1])
+    };
+    assert!(refused(window).contains("start and stop"));
+    let sd1 = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &cpu).unwrap();
+    let mut opts = options(4, (64, 64), vec![0.0; 4 * 8 * 8]);
+    opts.skip_layer_guidance = Some(SkipLayerGuidance::new(vec![0]));
+    let e = sd1.start(&opts).err().expect("refused").to_string();
+    assert!(e.contains("has a UNet"), "{e}");
 }
 
 /// The fixture with some files hidden, or a file replaced.

@@ -1315,6 +1315,43 @@ def make_sd3_lora(fix: Path):
     log(f"sd3 lora: fused at {scale}; the transformer output moved by up to {changed:.3f}")
 
 
+def make_sd3_slg(fix: Path):
+    """Skip-layer guidance on the tiny SD 3 (`sd3_slg/`): `StableDiffusion3Pipeline` with
+    `skip_guidance_layers` on sd3_tiny's square image (its prompt, negative prompt, latents,
+    10 steps, guidance 7.5), skipping the middle and the last of its three joint blocks at
+    diffusers' default scale and start and a later stop (0.5: steps 1 to 4 rather than step
+    1 alone), so that the skipped call runs in several steps and through the last block,
+    which drops the text stream."""
+    from diffusers import StableDiffusion3Pipeline
+    from safetensors.torch import load_file, save_file
+
+    out = fix / "sd3_slg"
+    out.mkdir(parents=True, exist_ok=True)
+    log("== sd3_slg")
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(fix / "sd3_tiny"), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    tiny = json.loads((fix / "sd3_tiny" / "reference.json").read_text())
+    ref = load_file(str(fix / "sd3_tiny" / "reference.safetensors"))
+    layers, scale, start, stop = [1, 2], 2.8, 0.01, 0.5
+    side, steps = tiny["height"], tiny["num_inference_steps"]
+    image = pipe(tiny["prompt"], negative_prompt=tiny["negative_prompt"], num_inference_steps=steps,
+                 guidance_scale=tiny["guidance_scale"], latents=ref["latents"].clone(), height=side, width=side,
+                 skip_guidance_layers=layers, skip_layer_guidance_scale=scale,
+                 skip_layer_guidance_start=start, skip_layer_guidance_stop=stop, output_type="np").images
+    image = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    moved = float((image - ref["image"]).abs().max())
+    assert moved > 0.02, moved  # the guidance must change the image (by 5/255 or more)
+    save_file({"image": image}, str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "skip_guidance_layers": layers, "skip_layer_guidance_scale": scale,
+        "skip_layer_guidance_start": start, "skip_layer_guidance_stop": stop,
+        "notes": "image = StableDiffusion3Pipeline(sd3_tiny, its reference.json's prompt, negative_prompt, "
+                 "num_inference_steps, guidance_scale, height and width, latents = its reference's latents, "
+                 "these skip-layer guidance settings, output_type='np').",
+    })
+    log(f"sd3 slg: layers {layers}, scale {scale}, window ({start}, {stop}); the image moved by up to {moved:.3f}")
+
+
 def make_inpaint(fix: Path):
     """A tiny 9-channel inpainting UNet (latents, mask, masked-image latents) with the tiny
     SD 1.x text encoder and VAE, through StableDiffusionInpaintPipeline. diffusers samples the
@@ -1643,7 +1680,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1687,6 +1724,10 @@ def main():
         return
     if args.only == "sd3":
         make_sd3(fix)
+        make_sd3_slg(fix)  # made from sd3_tiny
+        return
+    if args.only == "sd3-slg":
+        make_sd3_slg(fix)
         return
     if args.only == "sdxl-turbo":
         make_sdxl_turbo(fix)

@@ -69,6 +69,7 @@ const GENERATE_OPTIONS = [
   "plan",
   "csg",
   "attentionMaps",
+  "skipLayerGuidance",
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
 const CONTROLS = ["signal"];

@@ -596,6 +596,40 @@ impl Mmdit {
         control: &CrossAttentionControl,
         row: usize,
     ) -> (Tensor<4>, Option<AttentionRecord>) {
+        self.run(x, timestep, context, pooled, (control, row), &[])
+    }
+
+    /// [`forward`](Self::forward) with the joint blocks `skip` (their indices) passed over:
+    /// both streams go on as they came in, as diffusers' `skip_layers` does (skip-layer
+    /// guidance).
+    pub fn forward_skipping(
+        &self,
+        x: Tensor<4>,
+        timestep: f64,
+        context: &Tensor<3>,
+        pooled: &Tensor<2>,
+        skip: &[usize],
+    ) -> Tensor<4> {
+        let none = CrossAttentionControl::default();
+        self.run(x, timestep, context, pooled, (&none, 0), skip).0
+    }
+
+    /// How many joint blocks the transformer has.
+    pub fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The call under `control` (acting on batch row `row`), with the joint blocks `skip`
+    /// passed over.
+    fn run(
+        &self,
+        x: Tensor<4>,
+        timestep: f64,
+        context: &Tensor<3>,
+        pooled: &Tensor<2>,
+        (control, row): (&CrossAttentionControl, usize),
+        skip: &[usize],
+    ) -> (Tensor<4>, Option<AttentionRecord>) {
         let [b, _, h, w] = x.dims();
         let p = self.config.patch_size;
         let (gh, gw) = (h / p, w / p);
@@ -624,7 +658,10 @@ impl Mmdit {
         };
         let mut image = image;
         let mut text = Some(self.context_embedder.forward(context.clone()));
-        for block in &self.blocks {
+        for (i, block) in self.blocks.iter().enumerate() {
+            if skip.contains(&i) {
+                continue;
+            }
             let t = text
                 .take()
                 .expect("only the last block drops the text stream");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::Tensor;
 
-use super::{Generated, StableDiffusion, Warning};
+use super::{Generated, SkipLayerGuidance, StableDiffusion, Warning};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::kernels;
@@ -242,6 +242,8 @@ pub struct Sampling<'p> {
     pub warnings: Vec<Warning>,
     /// UNet evaluations so far (batch rows).
     pub(super) evaluations: usize,
+    /// Skip-layer guidance, where the options ask for it and guidance is on.
+    pub(super) skip_layers: Option<SkipLayerGuidance>,
 }
 
 impl Sampling<'_> {
@@ -307,7 +309,9 @@ impl Sampling<'_> {
             mirrored: false,
         };
         hook.before_model(&mut call)?;
-        self.evaluations += call.context.dims()[0] + call.regions.len();
+        let rows = call.context.dims()[0];
+        let skipping = self.skip_layers_at(step, rows).is_some();
+        self.evaluations += rows + call.regions.len() + usize::from(skipping);
         let (estimate, attention) = self.predict_noise(call)?;
         let out = self.scheduler_step(estimate, step);
         let mut state = StepState {
@@ -363,12 +367,51 @@ impl Sampling<'_> {
         }
     }
 
+    /// Skip-layer guidance, where it acts at `step` with a batch of `rows` context rows (it
+    /// needs the conditional and unconditional rows of classifier-free guidance).
+    fn skip_layers_at(&self, step: usize, rows: usize) -> Option<&SkipLayerGuidance> {
+        self.skip_layers
+            .as_ref()
+            .filter(|s| rows == 2 && s.acts_at(step, self.steps()))
+    }
+
+    /// Skip-layer guidance's term, `scale · (cond − skipped)`: `skipped` is the transformer's
+    /// prediction for the conditional row (`input`, `context` and the pooled text) with the
+    /// guidance's layers passed over, in the mirrored frame where the model call ran in it.
+    fn skip_layer_term(
+        &self,
+        skip: &SkipLayerGuidance,
+        (input, timestep): (Tensor<4>, f64),
+        context: &Tensor<3>,
+        cond: Tensor<4>,
+        mirrored: bool,
+    ) -> Result<Tensor<4>> {
+        let (Some(mmdit), Some(pooled)) = (self.pipe.denoiser.mmdit(), self.added.as_ref()) else {
+            return Err(Error::InvalidInput(
+                "skip-layer guidance needs a transformer (SD 3) and its pooled text".into(),
+            ));
+        };
+        // The conditional row's: the last of [uncond; cond].
+        let rows = pooled.dims()[0];
+        let pooled = pooled.clone().narrow(0, rows - 1, 1);
+        let frame = |t: Tensor<4>| if mirrored { t.flip([3]) } else { t };
+        let skipped =
+            frame(mmdit.forward_skipping(frame(input), timestep, context, &pooled, &skip.layers));
+        Ok((cond - skipped).mul_scalar(skip.scale))
+    }
+
     /// One batched model call for the base conditioning and every region term. Without
-    /// region terms the guidance combine is left to the step; with them it is done here.
-    /// Also gives the call's cross-attention record, where the call asks for one.
+    /// region terms or skip-layer guidance the guidance combine is left to the step; with
+    /// them it is done here. Also gives the call's cross-attention record, where the call
+    /// asks for one.
     fn predict_noise(&self, call: ModelCall) -> Result<(NoiseEstimate, Option<AttentionRecord>)> {
         let input = self.scheduler.scale_model_input(call.latents, call.step);
         let base = call.context.dims()[0];
+        // Skip-layer guidance calls the model once more on the conditional row alone.
+        let skip = self.skip_layers_at(call.step, base).map(|skip| {
+            let cond_row = |t: Tensor<3>| t.narrow(0, base - 1, 1);
+            (skip, input.clone(), cond_row(call.context.clone()))
+        });
         let [_, c, h, w] = input.dims();
         // An inpainting UNet also takes the mask and the masked image's latents.
         let input = match self.init.as_ref().and_then(|i| i.conditioning.clone()) {
@@ -448,7 +491,7 @@ impl Sampling<'_> {
             )
         };
         let guidance = (base == 2).then_some(call.guidance_scale);
-        if call.regions.is_empty() {
+        if call.regions.is_empty() && skip.is_none() {
             return Ok((
                 NoiseEstimate {
                     output: out,
@@ -471,6 +514,17 @@ impl Sampling<'_> {
                 + (term - reference.clone())
                     .mul(r.mask.clone().repeat_dim(1, c))
                     .mul_scalar(r.weight);
+        }
+        if let Some((skip, input, context)) = skip {
+            let cond = out.narrow(0, base - 1, 1);
+            pred = pred
+                + self.skip_layer_term(
+                    skip,
+                    (input, call.timestep),
+                    &context,
+                    cond,
+                    call.mirrored,
+                )?;
         }
         Ok((
             NoiseEstimate {

@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use super::sampling::{CancelToken, Init, Sampling, StepHook, StepNoise, strength_steps};
 use super::{
     AESTHETIC_SCORE, GenerateOptions, Generated, MAX_PROMPT_CHARS, MAX_SIDE,
-    NEGATIVE_AESTHETIC_SCORE, StableDiffusion, T5State, Warning,
+    NEGATIVE_AESTHETIC_SCORE, SkipLayerGuidance, StableDiffusion, T5State, Warning,
 };
 use crate::error::{Error, Result};
 use crate::image::Image;
@@ -110,6 +110,9 @@ impl StableDiffusion {
 
         if let Some(mmdit) = self.denoiser.mmdit() {
             mmdit.check_latent_size(height / factor, width / factor)?;
+        }
+        if let Some(skip) = &opts.skip_layer_guidance {
+            self.check_skip_layers(skip)?;
         }
         let scheduler = self.scheduler_for(opts)?;
 
@@ -254,7 +257,52 @@ impl StableDiffusion {
             predicted_clean: None,
             warnings,
             evaluations: 0,
+            // As in diffusers, it acts only beside classifier-free guidance.
+            skip_layers: opts
+                .skip_layer_guidance
+                .clone()
+                .filter(|_| self.unconditional_pass(opts.guidance_scale)),
         })
+    }
+
+    /// Skip-layer guidance fits this model: a transformer that has the blocks it skips, a
+    /// finite scale and a window within the schedule.
+    fn check_skip_layers(&self, skip: &SkipLayerGuidance) -> Result<()> {
+        let Some(mmdit) = self.denoiser.mmdit() else {
+            return Err(Error::InvalidInput(
+                "skip-layer guidance skips a transformer's blocks (SD 3); this model has a UNet"
+                    .into(),
+            ));
+        };
+        let blocks = mmdit.blocks();
+        if let Some(layer) = skip.layers.iter().find(|&&l| l >= blocks) {
+            return Err(Error::InvalidInput(format!(
+                "skip-layer guidance: the transformer has blocks 0 to {}, not {layer}",
+                blocks - 1
+            )));
+        }
+        if skip.layers.is_empty() {
+            return Err(Error::InvalidInput(
+                "skip-layer guidance: no layers to skip".into(),
+            ));
+        }
+        if !skip.scale.is_finite() || skip.scale < 0.0 {
+            return Err(Error::InvalidInput(format!(
+                "skip-layer guidance: the scale must be a finite number >= 0, got {}",
+                skip.scale
+            )));
+        }
+        let window_ok = [skip.start, skip.stop]
+            .iter()
+            .all(|f| (0.0..=1.0).contains(f))
+            && skip.start <= skip.stop;
+        if !window_ok {
+            return Err(Error::InvalidInput(format!(
+                "skip-layer guidance: start and stop must satisfy 0 <= start <= stop <= 1, got {} and {}",
+                skip.start, skip.stop
+            )));
+        }
+        Ok(())
     }
 
     /// The scheduler a run of `opts` samples with: the options' choice, else the model's own;

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
-use lina_runtime::pipeline::GenerateOptions;
+use lina_runtime::pipeline::{GenerateOptions, SkipLayerGuidance};
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 
 use crate::convert::image_from_js;
@@ -46,6 +46,34 @@ struct JsOptions {
     /// Record every step's cross-attention maps of the prompt's words (the result's
     /// `attention`).
     attention_maps: bool,
+    /// SD 3.5's skip-layer guidance (`{ layers, scale?, start?, stop? }`), through
+    /// serde_json for the same reason as the plan: an unknown key in it is an error.
+    skip_layer_guidance: Option<serde_json::Value>,
+}
+
+/// Skip-layer guidance as the page sends it; what it leaves out takes diffusers' defaults
+/// ([`SkipLayerGuidance::new`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsSkipLayers {
+    layers: Vec<usize>,
+    scale: Option<f64>,
+    start: Option<f64>,
+    stop: Option<f64>,
+}
+
+impl JsSkipLayers {
+    fn parse(value: serde_json::Value) -> Result<SkipLayerGuidance, JsValue> {
+        let given: Self = serde_json::from_value(value)
+            .map_err(|e| invalid(&format!("invalid skipLayerGuidance: {e}")))?;
+        let defaults = SkipLayerGuidance::new(given.layers);
+        Ok(SkipLayerGuidance {
+            scale: given.scale.unwrap_or(defaults.scale),
+            start: given.start.unwrap_or(defaults.start),
+            stop: given.stop.unwrap_or(defaults.stop),
+            ..defaults
+        })
+    }
 }
 
 impl JsOptions {
@@ -95,6 +123,10 @@ impl JsOptions {
                     ));
                 }
             },
+            skip_layer_guidance: self
+                .skip_layer_guidance
+                .map(JsSkipLayers::parse)
+                .transpose()?,
             ..defaults
         })
     }

@@ -8,7 +8,7 @@ use wasm_bindgen_test::wasm_bindgen_test;
 
 use lina_web::{ModelLoader, Pipeline};
 
-use crate::{FILES, code, f32_device, files, message, rgb_of, tiny_pipeline};
+use crate::{FILES, code, f32_device, files, message, prompt_options, rgb_of, tiny_pipeline};
 
 /// A `blob:` URL holding `bytes`: fetching it gives a streamed body, as from a server.
 fn blob_url(bytes: &[u8]) -> String {
@@ -145,6 +145,23 @@ async fn bad_options_are_js_errors() {
         .map(message)
         .expect("refused");
     assert!(err.contains("prompt is empty"), "{err}");
+
+    // Skip-layer guidance: an unknown key in it, and on a UNet model at all.
+    for (guidance, expected) in [
+        (r#"{"layers":[0],"scael":2}"#, "unknown field `scael`"),
+        (r#"{"layers":[0]}"#, "has a UNet"),
+    ] {
+        let options = prompt_options("a red ball", 2);
+        let guidance = js_sys::JSON::parse(guidance).unwrap();
+        Reflect::set(&options, &"skipLayerGuidance".into(), &guidance).unwrap();
+        let err = pipe
+            .generate(options, None)
+            .await
+            .err()
+            .map(message)
+            .expect("refused");
+        assert!(err.contains(expected), "{err}");
+    }
 }
 
 /// The page's cache check: a file's SHA-256 computed as its chunks pass into the loader, and
