@@ -1,12 +1,24 @@
 //! The original (LDM / SGM) Stable Diffusion UNet's module names in diffusers' terms: what a
 //! single-file checkpoint's `model.diffusion_model.*` tensors are called
 //! (`crate::single_file`), and what kohya's LoRA files for SDXL name their UNet modules
-//! after (`crate::weights::lora`).
+//! after (`crate::weights::lora`); with the two helpers every reader of numbered tensor
+//! names uses (`index`, `count_indices`).
 
 /// `rest`'s first dotted part as an index, and what follows it.
 pub fn index(rest: &str) -> Option<(usize, &str)> {
     let (head, tail) = rest.split_once('.')?;
     Some((head.parse().ok()?, tail))
+}
+
+/// How many numbered modules follow `prefix` among the tensor `names`: indices 0, 1, ... as
+/// long as each is there (`transformer_blocks.` over blocks 0 to 23: 24), 0 for none.
+pub fn count_indices<'a>(names: impl IntoIterator<Item = &'a str>, prefix: &str) -> usize {
+    let indices: std::collections::BTreeSet<usize> = names
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(prefix))
+        .filter_map(|rest| rest.split('.').next()?.parse().ok())
+        .collect();
+    (0..).take_while(|i| indices.contains(i)).count()
 }
 
 /// The LDM UNet's numbering: `input_blocks.i` runs over the down blocks' layers (a ResNet,

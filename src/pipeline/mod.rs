@@ -116,11 +116,22 @@ pub struct SkipLayerGuidance {
 impl SkipLayerGuidance {
     /// `layers` skipped with diffusers' defaults: scale 2.8, from 1% to 20% of the steps.
     pub fn new(layers: Vec<usize>) -> Self {
+        Self::with(layers, None, None, None)
+    }
+
+    /// `layers` skipped with the settings given, diffusers' defaults for those left out (what
+    /// the CLI and the browser take).
+    pub fn with(
+        layers: Vec<usize>,
+        scale: Option<f64>,
+        start: Option<f64>,
+        stop: Option<f64>,
+    ) -> Self {
         Self {
             layers,
-            scale: 2.8,
-            start: 0.01,
-            stop: 0.2,
+            scale: scale.unwrap_or(2.8),
+            start: start.unwrap_or(0.01),
+            stop: stop.unwrap_or(0.2),
         }
     }
 

@@ -378,6 +378,9 @@ impl Sampling<'_> {
     /// Skip-layer guidance's term, `scale · (cond − skipped)`: `skipped` is the transformer's
     /// prediction for the conditional row (`input`, `context` and the pooled text) with the
     /// guidance's layers passed over, in the mirrored frame where the model call ran in it.
+    /// The skipped call runs without the step's attention control (LINA's, which diffusers
+    /// has no counterpart of), so the difference keeps what the control did to the
+    /// conditional prediction.
     fn skip_layer_term(
         &self,
         skip: &SkipLayerGuidance,

@@ -4,8 +4,9 @@
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::ldm::count_indices;
 
-use super::names::{count_indices, unet_layout};
+use super::names::unet_layout;
 use super::{
     CLIP, CLIP_XL, Family, MMDIT_BLOCKS, OPEN_CLIP, OPEN_CLIP_REFINER, OPEN_CLIP_XL, SD3_CLIP_G,
     SD3_CLIP_L, SD3_T5, Shapes, UNET,
@@ -128,7 +129,12 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
     // the last level's depth, so there it is the mid block's (the refiner's last level has
     // no attention, its mid block four layers). One number where the levels that have
     // attention and the mid block agree (the refiner's published `4`).
-    let depth_at = |prefix: String| count_indices(shapes, &format!("{prefix}.transformer_blocks."));
+    let depth_at = |prefix: String| {
+        count_indices(
+            shapes.keys().copied(),
+            &format!("{prefix}.transformer_blocks."),
+        )
+    };
     let mid_depth = depth_at(p("middle_block.1".into()));
     let levels: Vec<usize> = (0..blocks)
         .map(|b| depth_at(p(format!("input_blocks.{}.1", 1 + b * per))))
@@ -204,8 +210,11 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
 
 fn vae_config(family: Family, t: &Table) -> Result<Value> {
     let shapes = t.shapes;
-    let blocks = count_indices(shapes, "first_stage_model.encoder.down.");
-    let layers = count_indices(shapes, "first_stage_model.encoder.down.0.block.");
+    let blocks = count_indices(shapes.keys().copied(), "first_stage_model.encoder.down.");
+    let layers = count_indices(
+        shapes.keys().copied(),
+        "first_stage_model.encoder.down.0.block.",
+    );
     let channels = (0..blocks)
         .map(|i| {
             t.dim(
@@ -263,7 +272,7 @@ fn clip_config(prefix: &str, act: &str, t: &Table) -> Result<Option<Value>> {
         t,
         &format!("{tm}embeddings.token_embedding.weight"),
         t.dim(&format!("{tm}encoder.layers.0.mlp.fc1.weight"), 0)?,
-        count_indices(t.shapes, &format!("{tm}encoder.layers.")),
+        count_indices(t.shapes.keys().copied(), &format!("{tm}encoder.layers.")),
         t.dim(&format!("{tm}embeddings.position_embedding.weight"), 0)?,
         act,
     )?;
@@ -303,7 +312,7 @@ fn t5_config(prefix: &str, t: &Table) -> Result<Option<Value>> {
         "d_model": t.dim(&shared, 1)?,
         "d_kv": inner / heads,
         "d_ff": d_ff,
-        "num_layers": count_indices(t.shapes, &format!("{prefix}encoder.block.")),
+        "num_layers": count_indices(t.shapes.keys().copied(), &format!("{prefix}encoder.block.")),
         "num_heads": heads,
         "relative_attention_num_buckets": t.dim(&bias, 0)?,
         "feed_forward_proj": if gated { "gated-gelu" } else { "relu" },
@@ -322,7 +331,7 @@ fn mmdit_config(t: &Table) -> Result<Value> {
     let proj = p("x_embedder.proj.weight");
     let hidden = t.dim(&proj, 0)?;
     let patch = t.dim(&proj, 2)?;
-    let blocks = count_indices(t.shapes, MMDIT_BLOCKS);
+    let blocks = count_indices(t.shapes.keys().copied(), MMDIT_BLOCKS);
     let ln_q = p("joint_blocks.0.x_block.attn.ln_q.weight");
     let head_dim = match t.has(&ln_q) {
         true => t.dim(&ln_q, 0)?,
@@ -378,7 +387,10 @@ fn open_clip_config(prefix: &str, drop_last: bool, t: &Table) -> Result<Option<V
     if !t.has(&format!("{prefix}ln_final.weight")) {
         return Ok(None);
     }
-    let layers = count_indices(t.shapes, &format!("{prefix}transformer.resblocks."));
+    let layers = count_indices(
+        t.shapes.keys().copied(),
+        &format!("{prefix}transformer.resblocks."),
+    );
     let mut config = text_config_json(
         t,
         &format!("{prefix}token_embedding.weight"),

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::ldm::{UNetNames, index};
+use crate::ldm::{UNetNames, count_indices, index};
 use crate::sd3_names::{self, Renamed};
 use crate::weights::Regroup;
 
@@ -27,9 +27,12 @@ pub(super) fn routes(
     shapes: &Shapes,
 ) -> Result<HashMap<String, Regroup>> {
     let unet = unet_layout(shapes);
-    let vae_blocks = count_indices(shapes, "first_stage_model.encoder.down.");
-    let open_clip_layers = count_indices(shapes, "cond_stage_model.model.transformer.resblocks.");
-    let mmdit_blocks = count_indices(shapes, MMDIT_BLOCKS);
+    let vae_blocks = count_indices(shapes.keys().copied(), "first_stage_model.encoder.down.");
+    let open_clip_layers = count_indices(
+        shapes.keys().copied(),
+        "cond_stage_model.model.transformer.resblocks.",
+    );
+    let mmdit_blocks = count_indices(shapes.keys().copied(), MMDIT_BLOCKS);
     let mut routes = HashMap::new();
     let mut unexplained = Vec::new();
     for name in shapes.keys() {
@@ -124,16 +127,6 @@ fn renamed(name: &str, table: &[(&str, &str)]) -> Option<String> {
         .find_map(|(old, new)| name.strip_prefix(old).map(|rest| format!("{new}{rest}")))
 }
 
-/// How many consecutive indices `0, 1, ...` follow `prefix` in the names.
-pub(super) fn count_indices(shapes: &Shapes, prefix: &str) -> usize {
-    let indices: std::collections::BTreeSet<usize> = shapes
-        .keys()
-        .filter_map(|n| n.strip_prefix(prefix))
-        .filter_map(|rest| rest.split('.').next()?.parse().ok())
-        .collect();
-    (0..).take_while(|i| indices.contains(i)).count()
-}
-
 /// The original UNet's numbering in a checkpoint of these shapes.
 pub(super) fn unet_layout(shapes: &Shapes) -> UNetNames {
     // The first downsampler sits right after the first block's layers.
@@ -146,7 +139,11 @@ pub(super) fn unet_layout(shapes: &Shapes) -> UNetNames {
     let layers_per_block = match first_down {
         Some(i) => i.saturating_sub(1),
         // One block and no downsampler: every input block after conv_in is a layer.
-        None => count_indices(shapes, "model.diffusion_model.input_blocks.").saturating_sub(1),
+        None => count_indices(
+            shapes.keys().copied(),
+            "model.diffusion_model.input_blocks.",
+        )
+        .saturating_sub(1),
     };
     UNetNames {
         layers_per_block: layers_per_block.max(1),

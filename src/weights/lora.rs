@@ -31,6 +31,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
+use crate::ldm::count_indices;
 
 /// Which part of the model a LoRA module adapts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -365,7 +366,7 @@ pub(super) fn deltas_for(
         .collect();
     // kohya's SDXL files name UNet modules after the original UNet (`input_blocks_4_1_...`):
     // looked up through diffusers' names, with the model's layers per block.
-    let layers_per_block = indices_under(names, "down_blocks.0.resnets.").max(1);
+    let layers_per_block = count_indices(names.iter().copied(), "down_blocks.0.resnets.").max(1);
     let original = |n: &str| {
         (target == LoraTarget::Unet)
             .then(|| crate::ldm::flat_unet_module(n, layers_per_block))
@@ -374,7 +375,7 @@ pub(super) fn deltas_for(
     };
     // kohya's SD 3 files name the transformer's modules after the original's, whose q, k and
     // v projections are one fused module: each original module by its flattened name.
-    let sd3_blocks = indices_under(names, "transformer_blocks.");
+    let sd3_blocks = count_indices(names.iter().copied(), "transformer_blocks.");
     let sd3_modules: HashMap<String, String> = match target {
         LoraTarget::Transformer => crate::sd3_names::modules(sd3_blocks)
             .into_iter()
@@ -426,17 +427,6 @@ pub(super) fn deltas_for(
         }
     }
     Ok(out)
-}
-
-/// How many numbered modules `prefix` holds among the weight `names`: one past the highest
-/// index that follows it (`transformer_blocks.` with blocks 0 to 23: 24), 0 for none.
-fn indices_under(names: &[&str], prefix: &str) -> usize {
-    names
-        .iter()
-        .filter_map(|n| n.strip_prefix(prefix))
-        .filter_map(|r| r.split('.').next()?.parse::<usize>().ok())
-        .max()
-        .map_or(0, |last| last + 1)
 }
 
 /// The weights an update `up · down` of the original SD 3 module `original` adapts, each

@@ -122,15 +122,15 @@ pub struct Args {
     /// guidance above 1, as in diffusers.
     #[arg(long, value_delimiter = ',')]
     skip_layers: Option<Vec<usize>>,
-    /// Skip-layer guidance's scale (diffusers' default).
-    #[arg(long, default_value_t = 2.8, requires = "skip_layers")]
-    skip_layer_scale: f64,
-    /// Where in the schedule it starts acting, as a fraction of the steps (diffusers' default).
-    #[arg(long, default_value_t = 0.01, requires = "skip_layers")]
-    skip_layer_start: f64,
-    /// Where it stops (diffusers' default).
-    #[arg(long, default_value_t = 0.2, requires = "skip_layers")]
-    skip_layer_stop: f64,
+    /// Skip-layer guidance's scale (default diffusers', 2.8).
+    #[arg(long, requires = "skip_layers")]
+    skip_layer_scale: Option<f64>,
+    /// Where in the schedule it starts acting, as a fraction of the steps (default 0.01).
+    #[arg(long, requires = "skip_layers")]
+    skip_layer_start: Option<f64>,
+    /// Where it stops (default 0.2).
+    #[arg(long, requires = "skip_layers")]
+    skip_layer_stop: Option<f64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -175,11 +175,13 @@ pub fn run(args: Args) -> Result<()> {
             }),
             _ => None,
         },
-        skip_layer_guidance: args.skip_layers.map(|layers| SkipLayerGuidance {
-            layers,
-            scale: args.skip_layer_scale,
-            start: args.skip_layer_start,
-            stop: args.skip_layer_stop,
+        skip_layer_guidance: args.skip_layers.map(|layers| {
+            SkipLayerGuidance::with(
+                layers,
+                args.skip_layer_scale,
+                args.skip_layer_start,
+                args.skip_layer_stop,
+            )
         }),
     };
     let (plan, out) = (args.plan, args.out);

@@ -52,7 +52,7 @@ struct JsOptions {
 }
 
 /// Skip-layer guidance as the page sends it; what it leaves out takes diffusers' defaults
-/// ([`SkipLayerGuidance::new`]).
+/// ([`SkipLayerGuidance::with`]).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsSkipLayers {
@@ -66,13 +66,12 @@ impl JsSkipLayers {
     fn parse(value: serde_json::Value) -> Result<SkipLayerGuidance, JsValue> {
         let given: Self = serde_json::from_value(value)
             .map_err(|e| invalid(&format!("invalid skipLayerGuidance: {e}")))?;
-        let defaults = SkipLayerGuidance::new(given.layers);
-        Ok(SkipLayerGuidance {
-            scale: given.scale.unwrap_or(defaults.scale),
-            start: given.start.unwrap_or(defaults.start),
-            stop: given.stop.unwrap_or(defaults.stop),
-            ..defaults
-        })
+        Ok(SkipLayerGuidance::with(
+            given.layers,
+            given.scale,
+            given.start,
+            given.stop,
+        ))
     }
 }
 
