@@ -4,6 +4,7 @@ pub mod attention_control;
 pub mod clip;
 pub mod config;
 pub mod denoiser;
+mod dit;
 pub mod mmdit;
 pub mod resnet;
 pub mod t5;
