@@ -13,7 +13,8 @@ use burn::tensor::Device;
 use crate::device::Limits;
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextEncoder};
-use crate::models::denoiser::DenoiserConfig;
+use crate::models::denoiser::{DenoiserConfig, TransformerKind};
+use crate::models::flux::{Flux, FluxConfig};
 use crate::models::mmdit::{Mmdit, MmditConfig, T5_TOKENS};
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::unet::{UNet, UNetConfig};
@@ -59,6 +60,7 @@ pub fn activations(
     let mut needs = vec![match denoiser {
         DenoiserConfig::UNet(unet) => unet_peak(unet, lh, lw, batch),
         DenoiserConfig::Mmdit(mmdit) => mmdit_peak(mmdit, lh, lw, batch),
+        DenoiserConfig::Flux(flux) => flux_peak(flux, lh, lw, batch),
     }];
 
     // VAE decoder: whole, or in the row bands that fit the binding limit.
@@ -137,6 +139,16 @@ fn mmdit_peak(mmdit: &MmditConfig, lh: usize, lw: usize, batch: usize) -> Need {
     )
 }
 
+/// FLUX's largest activation: a single-stream block's projections of every token, image and
+/// T5's, to its queries, keys, values and 4x-wide MLP at once (7 x the width).
+fn flux_peak(flux: &FluxConfig, lh: usize, lw: usize, batch: usize) -> Need {
+    let tokens = flux.image_tokens(lh, lw) + crate::models::flux::T5_TOKENS;
+    Need::new(
+        "transformer single-stream block projections",
+        vec![batch, tokens, 7 * flux.inner_dim()],
+    )
+}
+
 /// The f32 bytes of each component's weights, from its config alone: the components are
 /// built on weights that only count what they ask for.
 pub fn weight_bytes(
@@ -158,6 +170,10 @@ pub fn weight_bytes(
             DenoiserConfig::Mmdit(mmdit) => (
                 "transformer",
                 count(&|w| Mmdit::load(mmdit.clone(), w).map(drop))?,
+            ),
+            DenoiserConfig::Flux(flux) => (
+                "transformer",
+                count(&|w| Flux::load(flux.clone(), w).map(drop))?,
             ),
         },
         (
@@ -233,7 +249,8 @@ pub struct Requirements {
 }
 
 /// The [`Requirements`] of the diffusers-layout model whose configs `files` hold (T5's
-/// weights counted only `with_t5`: they may be left behind). Refuses, before any download, a
+/// weights counted only `with_t5`: SD 3's may be left behind; FLUX's, its only context, are
+/// always counted). Refuses, before any download, a
 /// model that `device`'s adapter cannot run at any size.
 pub fn requirements(
     files: &dyn FileSource,
@@ -252,13 +269,21 @@ pub fn requirements(
             None => return Err(Error::MissingFile(first.into())),
         },
     };
-    // SD 3's folders hold a transformer where the others hold a UNet.
-    let (unet, mmdit);
+    // SD 3's and FLUX's folders hold a transformer where the others hold a UNet.
+    let (unet, mmdit, flux);
+    let mut t5_file = crate::models::t5::CONFIG_FILE;
     let denoiser = match files.read_text(crate::models::mmdit::CONFIG_FILE)? {
-        Some(json) => {
-            mmdit = MmditConfig::from_json(&json)?;
-            DenoiserConfig::Mmdit(&mmdit)
-        }
+        Some(json) => match TransformerKind::of_config(&json) {
+            TransformerKind::Sd3 => {
+                mmdit = MmditConfig::from_json(&json)?;
+                DenoiserConfig::Mmdit(&mmdit)
+            }
+            TransformerKind::Flux => {
+                flux = FluxConfig::from_json(&json)?;
+                t5_file = crate::models::t5::CONFIG_FILE_FLUX;
+                DenoiserConfig::Flux(&flux)
+            }
+        },
         None => {
             unet = UNetConfig::from_json(&files.require_text(crate::models::unet::CONFIG_FILE)?)?;
             DenoiserConfig::UNet(&unet)
@@ -269,11 +294,17 @@ pub fn requirements(
         .iter()
         .map(|(_, b)| b)
         .sum();
-    if both && let Some(json) = files.read_text(second)? {
+    let second_is_clip = !matches!(denoiser, DenoiserConfig::Flux(_));
+    if both
+        && second_is_clip
+        && let Some(json) = files.read_text(second)?
+    {
         f32_bytes += text_encoder_bytes(&ClipTextConfig::from_file(second, &json)?, device)?;
     }
-    if with_t5 && let Some(json) = files.read_text(crate::models::t5::CONFIG_FILE)? {
-        f32_bytes += t5_bytes(&T5Config::from_json(&json)?, device)?;
+    // FLUX's T5 is its context encoder, which the page always fetches: always counted.
+    let counts_t5 = with_t5 || matches!(denoiser, DenoiserConfig::Flux(_));
+    if counts_t5 && let Some(json) = files.read_text(t5_file)? {
+        f32_bytes += t5_bytes(&T5Config::from_file(t5_file, &json)?, device)?;
     }
     let limits = crate::device::limits(device);
     let native_size = denoiser.sample_size() * vae.downscale();
@@ -395,6 +426,37 @@ mod tests {
         )[0];
         assert_eq!(mmdit_need.shape, [2, 4096 + 333, 1536]);
         assert!(mmdit_need.bytes < 128 << 20);
+    }
+
+    #[test]
+    fn flux1_dev_is_counted_from_its_config() {
+        let flux = FluxConfig::from_json(&read("flux1_dev_transformer.json")).unwrap();
+        let vae = VaeConfig::from_json(&read("sd35m_vae.json")).unwrap();
+        let text = ClipTextConfig::from_json(&read("sd15_text_encoder.json")).unwrap();
+        let cpu = crate::device::cpu();
+        let bytes = weight_bytes(&text, DenoiserConfig::Flux(&flux), &vae, &cpu).unwrap();
+        let transformer = bytes.iter().find(|(n, _)| *n == "transformer").unwrap().1 / 4;
+        // diffusers' parameter count of FLUX.1-dev's transformer
+        // (`tools/make_full_size.py`'s `flux_configs`).
+        assert_eq!(transformer, 11_901_408_320);
+        // At 1024x1024 (4096 image tokens and T5's 512, no second pass) a single-stream
+        // block projects every token to 7 x 3072 at once: 378 MiB, past WebGPU's default
+        // binding limit; 512x512 fits it.
+        let at = |side| {
+            activations(
+                DenoiserConfig::Flux(&flux),
+                &vae,
+                side,
+                side,
+                1,
+                false,
+                128 << 20,
+            )
+        };
+        let need = &at(1024)[0];
+        assert_eq!(need.shape, [1, 4096 + 512, 7 * 3072]);
+        assert!(need.bytes > 128 << 20);
+        assert!(at(512)[0].bytes < 128 << 20);
     }
 
     #[test]

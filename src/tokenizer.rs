@@ -260,7 +260,7 @@ impl T5Tokenizer {
     /// Loads `tokenizer.json` (transformers' fast T5 tokenizer format) with its config.
     pub fn from_tokenizer_json(json: &[u8], config: Option<&[u8]>) -> Result<Self> {
         let inner = Tokenizer::from_bytes(json)
-            .map_err(|e| Error::Tokenizer(format!("tokenizer_3/tokenizer.json: {e}")))?;
+            .map_err(|e| Error::Tokenizer(format!("T5's tokenizer.json: {e}")))?;
         let config = read_config(config)?;
         Ok(Self {
             eos: token_id(&inner, &special_token(&config, "eos_token", "</s>"))?,
@@ -285,6 +285,39 @@ impl T5Tokenizer {
         ids.push(self.eos);
         ids.resize(length, self.pad);
         Ok(Tokens { ids, truncated })
+    }
+
+    /// For each position of `encode(text, length).ids`, the lower-cased word its token
+    /// belongs to (`None` for the end token, the padding and pieces of no word): to find the
+    /// tokens of a word, as [`ClipTokenizer::words`] does.
+    pub fn words(&self, text: &str, length: usize) -> Result<Vec<Option<String>>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let offsets = encoding.get_offsets();
+        let word_ids = encoding.get_word_ids();
+        // SentencePiece's word-start piece covers the space before a word: trimmed.
+        let span = |word: u32| {
+            let (mut start, mut end) = (usize::MAX, 0);
+            for (w, o) in word_ids.iter().zip(offsets) {
+                if *w == Some(word) {
+                    start = start.min(o.0);
+                    end = end.max(o.1);
+                }
+            }
+            text.get(start..end)
+                .map(|w| w.trim().to_lowercase())
+                .filter(|w| !w.is_empty())
+        };
+        let room = length.saturating_sub(1);
+        let mut out: Vec<Option<String>> = word_ids
+            .iter()
+            .take(room)
+            .map(|w| w.and_then(span))
+            .collect();
+        out.resize(length, None);
+        Ok(out)
     }
 }
 

@@ -1205,6 +1205,105 @@ def make_sd3(fix: Path):
     assert err < 1e-5, err
 
 
+def make_flux(fix: Path):
+    """A tiny FLUX.1-dev-like pipeline (`flux_tiny/`): a `FluxTransformer2DModel` with two
+    double-stream and two single-stream blocks, 3-axis rotary positions (4 + 6 + 6 of each
+    head's 16 channels) and the guidance embedding of the guidance-distilled dev model; a CLIP
+    text encoder without projection (its pooled output only) and a T5 v1.1 encoder with the
+    tiny SentencePiece-style tokenizer (`tiny_t5_tokenizer`) as `text_encoder_2`; a 16-channel
+    VAE with FLUX's scaling and shift and no quant convolutions; flow-matching Euler with
+    dynamic shifting. The pipeline packs each 2x2 patch of latents into one token; the
+    references hold latents unpacked, as this runtime takes them. References: embeddings,
+    T5's ids, one transformer call on a 16x12 latent (a non-square grid of positions), a
+    square image and a wide one. Weights are f32."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+
+    out = fix / "flux_tiny"
+    if out.exists():
+        shutil.rmtree(out)
+    log("== flux_tiny")
+    tok_dir = fix / "tokenizer"
+    tok = CLIPTokenizer.from_pretrained(str(tok_dir))
+    torch.manual_seed(7000)
+    te1 = CLIPTextModel(tiny_text_config(tok, 32, "quick_gelu", 16)).eval()
+    reinit_(te1, 7001)
+    tok2 = tiny_t5_tokenizer()
+    te2 = T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=96, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                  feed_forward_proj="gated-gelu", decoder_start_token_id=0)).eval()
+    reinit_(te2, 7002)
+    torch.manual_seed(7010)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=96, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
+    reinit_(transformer, 7011, out_gain={"proj_out": 0.5})
+    torch.manual_seed(7020)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+        latent_channels=16, norm_num_groups=8, sample_size=32, scaling_factor=0.3611, shift_factor=0.1159,
+        use_quant_conv=False, use_post_quant_conv=False,
+    ).eval()
+    reinit_(vae, 7021, out_gain={"decoder.conv_out": 0.5})
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=te1, tokenizer=tok,
+                        text_encoder_2=te2, tokenizer_2=tok2)
+    pipe.set_progress_bar_config(disable=True)
+    guidance = 3.5
+
+    refs = {"t5_ids": tok2([PROMPT], padding="max_length", max_length=512, truncation=True,
+                           add_special_tokens=True, return_tensors="pt").input_ids.float()}
+    embeds, pooled, text_ids = pipe.encode_prompt(PROMPT, PROMPT, max_sequence_length=512)
+    refs["prompt_embeds"], refs["pooled_embeds"] = embeds, pooled
+    g = torch.Generator().manual_seed(7030)
+    lh, lw = 16, 12
+    sample = torch.randn((1, 16, lh, lw), generator=g)
+    refs["transformer_sample"] = sample
+    img_ids = pipe._prepare_latent_image_ids(1, lh // 2, lw // 2, "cpu", torch.float32)
+    packed = pipe._pack_latents(sample, 1, 16, lh, lw)
+    call = transformer(hidden_states=packed, encoder_hidden_states=embeds, pooled_projections=pooled,
+                       timestep=torch.tensor([UNET_TIMESTEP / 1000]), img_ids=img_ids, txt_ids=text_ids,
+                       guidance=torch.tensor([guidance])).sample
+    refs["transformer_out"] = pipe._unpack_latents(call, lh, lw, 1)
+    side, wide = 32, 48
+    refs["latents"] = torch.randn((1, 16, side // 2, side // 2), generator=g)
+    refs["latents_wide"] = torch.randn((1, 16, side // 2, wide // 2), generator=g)
+    runs = (("image", "latents", side, STEPS), ("image_wide", "latents_wide", wide, 4))
+    for key, latents, width, steps in runs:
+        packed = pipe._pack_latents(refs[latents].clone(), 1, 16, side // 2, width // 2)
+        image = pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, latents=packed, height=side,
+                     width=width, output_type="np").images
+        refs[key] = torch.from_numpy(np.asarray(image, dtype=np.float32))
+        log(f"  {key}: mean {float(image.mean()):.3f}, timesteps {[round(float(t), 2) for t in pipe.scheduler.timesteps]}")
+
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    shutil.rmtree(out / "tokenizer")
+    shutil.copytree(tok_dir, out / "tokenizer")
+    refs = {k: v.to(torch.float32).contiguous() for k, v in refs.items()}
+    save_file(refs, str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "guidance_scale": guidance, "num_inference_steps": STEPS, "wide_steps": 4,
+        "height": side, "width": side, "wide_width": wide, "transformer_timestep": UNET_TIMESTEP,
+        "notes": "image = FluxPipeline(prompt, steps, guidance_scale, latents packed, 32x32, output_type='np'); "
+                 "image_wide the same at 48x32 with latents_wide and 4 steps. Latents are stored unpacked "
+                 "[1, 16, h, w]. t5_ids: the prompt's ids from tokenizer_2 (512, padded). prompt_embeds: T5's "
+                 "states; pooled_embeds: CLIP's pooled output. transformer_out: one call (unpacked) at "
+                 "transformer_timestep / 1000 with guidance_scale on transformer_sample (16x12 latents).",
+    })
+    reloaded = FluxPipeline.from_pretrained(str(out), torch_dtype=torch.float32)
+    reloaded.set_progress_bar_config(disable=True)
+    packed = pipe._pack_latents(refs["latents"].clone(), 1, 16, side // 2, side // 2)
+    again = reloaded(PROMPT, num_inference_steps=STEPS, guidance_scale=guidance, latents=packed, height=side,
+                     width=side, output_type="np").images
+    err = float(np.abs(again - refs["image"].numpy()).max())
+    log(f"  reload check image max|diff| {err:.3g}")
+    assert err < 1e-5, err
+
+
 def make_lora(fix: Path):
     """A LoRA for the tiny SD 1.x model's UNet in kohya's names (`lora/`), covering a linear
     layer (a cross-attention query), a 3x3 convolution (kohya's LoCon: a 3x3 down, a 1x1 up)
@@ -1680,7 +1779,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg", "flux"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1728,6 +1827,9 @@ def main():
         return
     if args.only == "sd3-slg":
         make_sd3_slg(fix)
+        return
+    if args.only == "flux":
+        make_flux(fix)
         return
     if args.only == "sdxl-turbo":
         make_sdxl_turbo(fix)

@@ -284,6 +284,22 @@ def sd35m_configs(configs: Path) -> None:
         shutil.copy(Path(td) / "config.json", configs / "sd35m_vae.json")
 
 
+def flux_configs(configs: Path) -> None:
+    """tests/fixtures/configs/flux1_dev_transformer.json, FLUX.1-dev's transformer as diffusers
+    writes it (its defaults with the guidance embedding), and prints diffusers' parameter
+    count of it, which src/memory.rs's test holds. No full-size FLUX is built: its 12 billion
+    parameters take 48 GB in f32, twice this machine's memory."""
+    import tempfile
+
+    from diffusers import FluxTransformer2DModel
+
+    with torch.device("meta"), tempfile.TemporaryDirectory() as td:
+        model = FluxTransformer2DModel(guidance_embeds=True)
+        model.save_config(td)
+        shutil.copy(Path(td) / "config.json", configs / "flux1_dev_transformer.json")
+    log(f"flux1-dev transformer: {sum(p.numel() for p in model.parameters()):,} parameters")
+
+
 @torch.no_grad()
 def make_sd35m(out: Path) -> None:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
@@ -386,6 +402,7 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     sdxl_configs(FIXTURES / "configs")
     sd35m_configs(FIXTURES / "configs")
+    flux_configs(FIXTURES / "configs")
     for family in args.family:
         if family == "sd35m":
             make_sd35m(args.out)

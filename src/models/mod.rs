@@ -5,6 +5,7 @@ pub mod clip;
 pub mod config;
 pub mod denoiser;
 mod dit;
+pub mod flux;
 pub mod mmdit;
 pub mod resnet;
 pub mod t5;

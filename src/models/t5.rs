@@ -16,7 +16,10 @@ use crate::error::{Error, Result};
 use crate::nn::{Embedding, Linear, RmsNorm};
 use crate::weights::Weights;
 
+/// SD 3's T5 config; FLUX's is [`CONFIG_FILE_FLUX`].
 pub const CONFIG_FILE: &str = "text_encoder_3/config.json";
+/// FLUX's T5 config: its second text encoder.
+pub const CONFIG_FILE_FLUX: &str = "text_encoder_2/config.json";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct T5Config {
@@ -59,8 +62,13 @@ enum FeedForwardKind {
 
 impl T5Config {
     pub fn from_json(json: &str) -> Result<Self> {
-        let c: Self = parse(CONFIG_FILE, json)?;
-        let f = CONFIG_FILE;
+        Self::from_file(CONFIG_FILE, json)
+    }
+
+    /// The config in `json`, read from `file` (which errors name).
+    pub fn from_file(file: &str, json: &str) -> Result<Self> {
+        let c: Self = parse(file, json)?;
+        let f = file;
         for (field, value, max) in [
             ("vocab_size", c.vocab_size, 1 << 20),
             ("d_model", c.d_model, 1 << 14),
@@ -87,17 +95,18 @@ impl T5Config {
                 "relative_attention_num_buckets must be at least 4",
             ));
         }
-        c.feed_forward()?;
+        c.feed_forward().map_err(|e| Error::config(f, e))?;
         Ok(c)
     }
 
-    fn feed_forward(&self) -> Result<FeedForwardKind> {
+    /// Its feed-forward, or what is wrong with `feed_forward_proj` (checked when the config
+    /// is read, so a loaded config always has one).
+    fn feed_forward(&self) -> std::result::Result<FeedForwardKind, String> {
         match self.feed_forward_proj.as_str() {
             "gated-gelu" | "gated-gelu_new" => Ok(FeedForwardKind::GatedGelu),
             "relu" => Ok(FeedForwardKind::Relu),
-            other => Err(Error::config(
-                CONFIG_FILE,
-                format!("feed_forward_proj: {other:?} is not supported (\"gated-gelu\", \"relu\")"),
+            other => Err(format!(
+                "feed_forward_proj: {other:?} is not supported (\"gated-gelu\", \"relu\")"
             )),
         }
     }
@@ -143,7 +152,9 @@ impl T5Encoder {
             }
             false => Embedding::load(&w.at("encoder.embed_tokens"), config.vocab_size, d)?,
         };
-        let kind = config.feed_forward()?;
+        let kind = config
+            .feed_forward()
+            .map_err(|e| Error::config(CONFIG_FILE, e))?;
         let blocks = (0..config.num_layers)
             .map(|i| {
                 let b = w.at("encoder.block").at(i);

@@ -8,13 +8,14 @@ use super::{Refiner, SecondEncoder, StableDiffusion, T5State};
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
-use crate::models::denoiser::Denoiser;
+use crate::models::denoiser::{Denoiser, TransformerKind};
+use crate::models::flux::{self, Flux, FluxConfig};
 use crate::models::mmdit::{self, Mmdit, MmditConfig};
-use crate::models::t5::{self, T5Config, T5Encoder};
+use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
 use crate::models::unet::{self, UNet, UNetConfig};
 use crate::models::vae::{self, VaeConfig, VaeDecoder, VaeEncoder};
-use crate::schedulers::{self, SchedulerConfig};
+use crate::schedulers::{self, FlowSpacing, SchedulerConfig};
 use crate::single_file::{self, CHECKPOINT_FILE, Checkpoint};
 use crate::source::FileSource;
 use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
@@ -22,6 +23,23 @@ use crate::weights::{LoraTarget, ScaledLora, Weights, WeightsUpload};
 
 /// A text encoder's weight files, in order of preference.
 const TEXT_ENCODER_WEIGHTS: &[&str] = &["model.safetensors", "model.fp16.safetensors"];
+
+/// Where a model folder keeps its T5 encoder and tokenizer.
+pub(super) struct T5Folders {
+    pub(super) encoder: &'static str,
+    pub(super) tokenizer: &'static str,
+}
+
+/// SD 3's T5 is its third text encoder.
+pub(super) const T5_SD3: &T5Folders = &T5Folders {
+    encoder: "text_encoder_3",
+    tokenizer: "tokenizer_3",
+};
+/// FLUX's is its second.
+pub(super) const T5_FLUX: &T5Folders = &T5Folders {
+    encoder: "text_encoder_2",
+    tokenizer: "tokenizer_2",
+};
 
 /// Streams one component's weights from the first weight file its folder has (in order of
 /// preference; each either whole or sharded with an index).
@@ -282,11 +300,23 @@ impl StableDiffusion {
                 None => Error::MissingFile(path),
             });
         };
-        // SD 3's folders and files hold a transformer where the others hold a UNet.
-        let flow_model = match &checkpoint {
-            Some(c) => c.family == single_file::Family::Sd3,
-            None => files.read(mmdit::CONFIG_FILE)?.is_some(),
+        // SD 3's and FLUX's folders (and SD 3's files) hold a transformer where the others
+        // hold a UNet.
+        let transformer = match &checkpoint {
+            Some(c) => (c.family == single_file::Family::Sd3).then_some(TransformerKind::Sd3),
+            None => files
+                .read_text(mmdit::CONFIG_FILE)?
+                .map(|json| TransformerKind::of_config(&json)),
         };
+        let flow_model = transformer.is_some();
+        // FLUX's second text encoder is its T5, not a second CLIP.
+        let flux = transformer == Some(TransformerKind::Flux);
+        if flux && let Some(lora) = loras.first() {
+            return Err(Error::InvalidInput(format!(
+                "LoRA {}: LoRA files for FLUX's transformer are not read yet",
+                lora.lora.source()
+            )));
+        }
         let (denoiser_part, vae_part, text_part, text_2_part, text_3_part, checkpoint_scheduler) =
             match checkpoint {
                 // The refiner's one encoder is its first (it has no other).
@@ -310,8 +340,9 @@ impl StableDiffusion {
             };
 
         // SDXL and SD 3: a second tokenizer and text encoder beside the first.
-        let has_second =
-            !refiner && (text_2_part.is_some() || files.read(clip::CONFIG_FILE_2)?.is_some());
+        let has_second = !refiner
+            && !flux
+            && (text_2_part.is_some() || files.read(clip::CONFIG_FILE_2)?.is_some());
         // A LoRA for a part the model does not have would adapt nothing: refused, naming the
         // part, before any weights are read.
         let denoiser_target = match flow_model {
@@ -379,7 +410,7 @@ impl StableDiffusion {
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
         ];
-        // SD 3's transformer or a UNet: its folder and its config.
+        // A transformer or a UNet: its folder and its config.
         let (folder, config_file) = match flow_model {
             true => ("transformer", mmdit::CONFIG_FILE),
             false => ("unet", unet::CONFIG_FILE),
@@ -388,14 +419,20 @@ impl StableDiffusion {
             component_source(files, denoiser_part, (folder, &names, config_file), device)?;
         let adapted = (kernels, loras, denoiser_target);
         let (mut kept_unet, mut kept_mmdit) = (None, None);
-        let denoiser = match flow_model {
-            true => {
+        let denoiser = match transformer {
+            Some(TransformerKind::Sd3) => {
                 let config = MmditConfig::from_json(&config)?;
                 let (mmdit, kept) = build_keeping(weights, adapted, config, Mmdit::load)?;
                 kept_mmdit = kept;
                 Denoiser::Mmdit(Box::new(mmdit))
             }
-            false => {
+            Some(TransformerKind::Flux) => {
+                let config = FluxConfig::from_json(&config)?;
+                Denoiser::Flux(Box::new(build_component(weights, (kernels, None), |w| {
+                    Flux::load(config, w)
+                })?))
+            }
+            None => {
                 let config = UNetConfig::from_json(&config)?;
                 let (unet, kept) = build_keeping(weights, adapted, config, UNet::load)?;
                 kept_unet = kept;
@@ -449,7 +486,11 @@ impl StableDiffusion {
             (None, Some(inferred)) => inferred,
             (None, None) => return Err(Error::MissingFile(schedulers::CONFIG_FILE.into())),
         };
-        let scheduler_config = SchedulerConfig::from_json(&scheduler_json)?;
+        let mut scheduler_config = SchedulerConfig::from_json(&scheduler_json)?;
+        if flux {
+            // FLUX's pipeline spaces its steps' sigmas from 1 to 1/n.
+            scheduler_config.flow.spacing = FlowSpacing::UnitToOneOverSteps;
+        }
         let t5 = match &denoiser {
             Denoiser::UNet(unet) => {
                 Self::check_unet(unet, &text_encoder, second.as_ref(), &refiner, vae.config())?;
@@ -457,7 +498,13 @@ impl StableDiffusion {
             }
             Denoiser::Mmdit(mmdit) => {
                 Self::check_mmdit(mmdit.config(), &text_encoder, second.as_ref(), vae.config())?;
-                Self::load_t5(files, text_3_part, mmdit.config(), device, kernels)?
+                let joint = mmdit.config().joint_attention_dim;
+                Self::load_t5(files, (text_3_part, T5_SD3), joint, device, kernels)?
+            }
+            Denoiser::Flux(flux) => {
+                Self::check_flux(flux.config(), &text_encoder, vae.config())?;
+                let joint = flux.config().joint_attention_dim;
+                Self::load_t5(files, (None, T5_FLUX), joint, device, kernels)?
             }
         };
         Ok(Self {
@@ -563,44 +610,76 @@ impl StableDiffusion {
         Ok(())
     }
 
-    /// SD 3's T5 and its tokenizer where the folder has them; its hidden states must be the
-    /// transformer's joint width.
+    /// The T5 encoder and its tokenizer where the folder (or file) has them, in `folders`
+    /// (SD 3's or FLUX's); its hidden states must be the transformer's `joint` width.
     fn load_t5(
         files: &dyn FileSource,
-        from_checkpoint: Option<single_file::Part>,
-        mmdit: &MmditConfig,
+        (from_checkpoint, folders): (Option<single_file::Part>, &T5Folders),
+        joint: usize,
         device: &Device,
         kernels: Kernels,
     ) -> Result<T5State> {
-        let config = match (files.read_text(t5::CONFIG_FILE)?, &from_checkpoint) {
+        let config_file = format!("{}/config.json", folders.encoder);
+        let config = match (files.read_text(&config_file)?, &from_checkpoint) {
             (Some(config), _) => config,
             (None, Some(part)) => part.config.clone(),
             (None, None) => return Ok(T5State::Absent),
         };
-        let config = T5Config::from_json(&config)?;
-        if config.d_model != mmdit.joint_attention_dim {
+        let config = T5Config::from_file(&config_file, &config)?;
+        if config.d_model != joint {
             return Err(Error::config(
-                t5::CONFIG_FILE,
+                &config_file,
                 format!(
-                    "d_model {} differs from the transformer's joint_attention_dim {}",
-                    config.d_model, mmdit.joint_attention_dim
+                    "d_model {} differs from the transformer's joint_attention_dim {joint}",
+                    config.d_model
                 ),
             ));
         }
         let weights = match from_checkpoint {
             Some(part) => part.weights,
-            None => match folder_weights(files, "text_encoder_3", TEXT_ENCODER_WEIGHTS, device) {
+            None => match folder_weights(files, folders.encoder, TEXT_ENCODER_WEIGHTS, device) {
                 Ok(weights) => weights,
                 Err(Error::MissingFile(_)) => return Ok(T5State::Skipped),
                 Err(e) => return Err(e),
             },
         };
         let tokenizer = T5Tokenizer::from_tokenizer_json(
-            &files.require("tokenizer_3/tokenizer.json")?,
-            files.read("tokenizer_3/tokenizer_config.json")?.as_deref(),
+            &files.require(&format!("{}/tokenizer.json", folders.tokenizer))?,
+            files
+                .read(&format!("{}/tokenizer_config.json", folders.tokenizer))?
+                .as_deref(),
         )?;
         let encoder = build_component(weights, (kernels, None), |w| T5Encoder::load(config, w))?;
         Ok(T5State::Loaded(Box::new((tokenizer, encoder))))
+    }
+
+    /// A FLUX transformer's fit: CLIP's pooled output as wide as its pooled input, the VAE's
+    /// latent channels packed 2x2 as its input channels.
+    fn check_flux(
+        config: &FluxConfig,
+        text_encoder: &ClipTextEncoder,
+        vae: &VaeConfig,
+    ) -> Result<()> {
+        let pooled = text_encoder.pooled_width();
+        if pooled != config.pooled_projection_dim {
+            return Err(Error::config(
+                flux::CONFIG_FILE,
+                format!(
+                    "pooled_projection_dim {} is not the text encoder's pooled width {pooled}",
+                    config.pooled_projection_dim
+                ),
+            ));
+        }
+        if config.latent_channels() != vae.latent_channels {
+            return Err(Error::config(
+                flux::CONFIG_FILE,
+                format!(
+                    "in_channels {} is not 4 x the VAE's latent_channels {} (2x2 packed patches)",
+                    config.in_channels, vae.latent_channels
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// An SD 3 transformer's fit: two text encoders with pooled outputs as wide together as

@@ -27,12 +27,12 @@ pub use sampling::{
 
 use burn::tensor::Device;
 
+use crate::error::Result;
 use crate::image::Image;
 use crate::kernels::Kernels;
 use crate::memory;
 use crate::models::clip::ClipTextEncoder;
 use crate::models::denoiser::Denoiser;
-use crate::models::mmdit;
 use crate::models::t5::T5Encoder;
 use crate::models::taesd::TaesdDecoder;
 use crate::models::unet::UNet;
@@ -298,13 +298,40 @@ impl StableDiffusion {
         self.denoiser.unet()
     }
     /// The text context's length as the denoiser sees it, in tokens: the tokenizer's (77 for
-    /// CLIP), and for SD 3 the T5 places after them. Attention biases and records span it.
+    /// CLIP), and for SD 3 the T5 places after them; for FLUX, T5's alone. Attention biases
+    /// and records span it.
     pub fn context_length(&self) -> usize {
-        let t5 = match self.denoiser {
-            Denoiser::Mmdit(_) => mmdit::T5_TOKENS,
-            Denoiser::UNet(_) => 0,
+        let clip = match self.denoiser {
+            Denoiser::Flux(_) => 0,
+            _ => self.tokenizer.max_length(),
         };
-        self.tokenizer.max_length() + t5
+        clip + self.denoiser.t5_tokens()
+    }
+
+    /// For each place of the text context ([`context_length`](Self::context_length) of
+    /// them), the lower-cased word of `text` its token belongs to, `None` for special tokens,
+    /// padding and places no tokenizer fills: CLIP's tokens (SD 3's T5 places after them are
+    /// `None`), or FLUX's T5 tokens (all `None` where T5 was left behind). LINA finds a
+    /// word's places in the context here.
+    pub fn context_words(&self, text: &str) -> Result<Vec<Option<String>>> {
+        let mut words = match (&self.denoiser, &self.t5) {
+            (Denoiser::Flux(_), T5State::Loaded(t5)) => t5.0.words(text, self.context_length())?,
+            (Denoiser::Flux(_), _) => Vec::new(),
+            _ => self.tokenizer.words(text)?,
+        };
+        words.resize(self.context_length(), None);
+        Ok(words)
+    }
+
+    /// The places of `text`'s context up to and including its end token: its words' tokens
+    /// and the special tokens around them (CLIP's start and end, T5's end).
+    pub fn context_used(&self, text: &str) -> Result<usize> {
+        let words = self.context_words(text)?.iter().flatten().count();
+        let specials = match self.denoiser {
+            Denoiser::Flux(_) => 1,
+            _ => 2,
+        };
+        Ok((words + specials).min(self.context_length()))
     }
 
     /// The model the sampler calls at each step.

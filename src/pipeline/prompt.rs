@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 
 use super::{StableDiffusion, T5State};
 use crate::error::Result;
-use crate::models::mmdit;
+use crate::models::{flux, mmdit};
 
 /// A prompt as the denoiser takes it.
 pub struct EncodedPrompt {
@@ -43,6 +43,9 @@ impl StableDiffusion {
                 pooled: Some(pooled),
                 truncated: tokens.truncated,
             });
+        }
+        if let Some(flux) = self.denoiser.flux() {
+            return self.encode_flux_prompt(text, tokens, flux.config().joint_attention_dim);
         }
         let Some(second) = &self.second else {
             return Ok(EncodedPrompt {
@@ -87,6 +90,35 @@ impl StableDiffusion {
             context,
             pooled: Some(Tensor::cat(vec![first_pooled, pooled], 1)),
             truncated: tokens.truncated,
+        })
+    }
+
+    /// FLUX (diffusers' `FluxPipeline.encode_prompt`): T5's states are the context, zeros of
+    /// the `joint` width without T5; CLIP's pooled output, of its last layer, is the pooled
+    /// embedding. What is reported cut off is what T5 cut off (the context), or without T5
+    /// what CLIP did.
+    fn encode_flux_prompt(
+        &self,
+        text: &str,
+        clip: crate::tokenizer::Tokens,
+        joint: usize,
+    ) -> Result<EncodedPrompt> {
+        let (_, pooled) = self.text_encoder.penultimate_and_pooled(&[clip.ids], 0)?;
+        let (context, truncated) = match &self.t5 {
+            T5State::Loaded(t5) => {
+                let (tokenizer, encoder) = t5.as_ref();
+                let tokens = tokenizer.encode(text, flux::T5_TOKENS)?;
+                (encoder.forward(&tokens.ids)?, tokens.truncated)
+            }
+            T5State::Absent | T5State::Skipped => (
+                Tensor::zeros([1, flux::T5_TOKENS, joint], &self.device),
+                clip.truncated,
+            ),
+        };
+        Ok(EncodedPrompt {
+            context,
+            pooled: Some(pooled),
+            truncated,
         })
     }
 

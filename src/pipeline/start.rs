@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use burn::tensor::{Tensor, TensorData};
 
+use super::load;
 use super::sampling::{CancelToken, Init, Sampling, StepHook, StepNoise, strength_steps};
 use super::{
     AESTHETIC_SCORE, GenerateOptions, Generated, MAX_PROMPT_CHARS, MAX_SIDE,
@@ -108,9 +109,8 @@ impl StableDiffusion {
         );
         memory::check(&needs, &limits, width, height)?;
 
-        if let Some(mmdit) = self.denoiser.mmdit() {
-            mmdit.check_latent_size(height / factor, width / factor)?;
-        }
+        self.denoiser
+            .check_latent_size(height / factor, width / factor)?;
         if let Some(skip) = &opts.skip_layer_guidance {
             self.check_skip_layers(skip)?;
         }
@@ -118,8 +118,12 @@ impl StableDiffusion {
 
         let mut warnings = Vec::new();
         if let T5State::Skipped = self.t5 {
+            let folder = match self.denoiser {
+                Denoiser::Flux(_) => load::T5_FLUX.encoder,
+                _ => load::T5_SD3.encoder,
+            };
             warnings.push(Warning::TextEncoderSkipped {
-                folder: "text_encoder_3".into(),
+                folder: folder.into(),
             });
         }
         let cond = self.encode_prompt(&opts.prompt, opts.clip_skip)?;
@@ -171,6 +175,10 @@ impl StableDiffusion {
             },
             // The MMDiT takes the pooled text itself beside its timestep.
             Denoiser::Mmdit(_) => pooled_rows(&|_, pooled| Some(pooled)),
+            // FLUX takes it with the guidance scale, where it embeds that.
+            Denoiser::Flux(flux) => {
+                pooled_rows(&|_, pooled| Some(flux.added_input(pooled, opts.guidance_scale)))
+            }
         };
 
         if self.is_inpainting_model() && (opts.init_image.is_none() || opts.mask.is_none()) {
@@ -269,10 +277,13 @@ impl StableDiffusion {
     /// finite scale and a window within the schedule.
     fn check_skip_layers(&self, skip: &SkipLayerGuidance) -> Result<()> {
         let Some(mmdit) = self.denoiser.mmdit() else {
-            return Err(Error::InvalidInput(
-                "skip-layer guidance skips a transformer's blocks (SD 3); this model has a UNet"
-                    .into(),
-            ));
+            let has = match self.denoiser {
+                Denoiser::Flux(_) => "FLUX's transformer",
+                _ => "a UNet",
+            };
+            return Err(Error::InvalidInput(format!(
+                "skip-layer guidance skips an SD 3 transformer's blocks; this model has {has}"
+            )));
         };
         let blocks = mmdit.blocks();
         if let Some(layer) = skip.layers.iter().find(|&&l| l >= blocks) {
@@ -331,10 +342,7 @@ impl StableDiffusion {
         let factor = self.vae.config().downscale();
         let native = self.native_size();
         let (width, height) = (opts.width.unwrap_or(native), opts.height.unwrap_or(native));
-        let image_tokens = self
-            .denoiser
-            .mmdit()
-            .map(|m| m.config().image_tokens(height / factor, width / factor));
+        let image_tokens = self.denoiser.image_tokens(height / factor, width / factor);
         schedulers::build(kind, &self.scheduler_config, &opts.timesteps, image_tokens)
     }
 

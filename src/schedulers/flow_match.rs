@@ -9,7 +9,7 @@
 
 use burn::tensor::Tensor;
 
-use super::{AffineStep, Noise, Scheduler, SchedulerConfig, StepOutput, Timesteps};
+use super::{AffineStep, FlowSpacing, Noise, Scheduler, SchedulerConfig, StepOutput, Timesteps};
 use crate::error::{Error, Result};
 
 pub struct FlowMatchEuler {
@@ -75,7 +75,10 @@ impl FlowMatchEuler {
                         false => (flow.shift * s / (1.0 + (flow.shift - 1.0) * s)) as f32 as f64,
                     }
                 };
-                let (max, min) = (train(n_train) * n_train, train(1.0) * n_train);
+                let (max, min) = match flow.spacing {
+                    FlowSpacing::Training => (train(n_train) * n_train, train(1.0) * n_train),
+                    FlowSpacing::UnitToOneOverSteps => (n_train, n_train / n as f64),
+                };
                 let mut sigmas: Vec<f64> = (0..n)
                     .map(|i| match n {
                         1 => max,

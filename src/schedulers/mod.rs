@@ -114,6 +114,21 @@ pub struct FlowSettings {
     pub time_shift_type: String,
     #[serde(default)]
     pub stochastic_sampling: bool,
+    /// Where a count of steps starts and ends before shifting. Not in the config: each
+    /// diffusers pipeline chooses it, so the loader sets it for the model it loads.
+    #[serde(skip)]
+    pub spacing: FlowSpacing,
+}
+
+/// How a flow schedule of n steps spaces its sigmas before shifting them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FlowSpacing {
+    /// Evenly from the training schedule's first sigma to its last (SD 3's pipeline, which
+    /// passes only the count).
+    #[default]
+    Training,
+    /// Evenly from 1 to 1/n (FLUX's pipeline, which passes these sigmas).
+    UnitToOneOverSteps,
 }
 
 fn d_base_shift() -> f64 {

@@ -215,10 +215,7 @@ pub fn embed_shift(args: EmbedShiftArgs) -> Result<()> {
         for prompt in &prompts {
             // Edits whose new word splits into other tokens change the layout: skipped.
             let same_length = |text: &str| -> Result<bool> {
-                Ok(pipe.tokenizer().encode(text)?.ids.len()
-                    == pipe.tokenizer().encode(prompt)?.ids.len()
-                    && pipe.tokenizer().words(text)?.iter().flatten().count()
-                        == pipe.tokenizer().words(prompt)?.iter().flatten().count())
+                Ok(pipe.context_used(text)? == pipe.context_used(prompt)?)
             };
             let mut found = Vec::new();
             for edit in edits(prompt) {

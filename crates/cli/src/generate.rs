@@ -18,8 +18,8 @@ use crate::common::{self, DeviceArg, StepBar};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A diffusers-layout model folder, or a single-file checkpoint (`.safetensors` in the
-    /// original SD 1.x/2.x layout).
+    /// A diffusers-layout model folder (SD 1.x, 2.x, XL, 3.x, FLUX.1), or a single-file
+    /// checkpoint (`.safetensors` in the original layout of SD 1.x, 2.x, XL or 3.x).
     #[arg(long)]
     model: PathBuf,
     /// For a single-file checkpoint: a diffusers folder of the same family that supplies its
@@ -40,7 +40,9 @@ pub struct Args {
     /// Explicit timesteps instead of a step count: T1,T2,...
     #[arg(long, value_delimiter = ',')]
     timesteps: Option<Vec<f64>>,
-    /// Classifier-free guidance scale; at 1 or below the unconditional pass is skipped.
+    /// Classifier-free guidance scale; at 1 or below the unconditional pass is skipped. For
+    /// FLUX.1-dev the scale its transformer embeds (no unconditional pass; schnell ignores
+    /// it).
     #[arg(long, default_value_t = 7.5)]
     guidance: f64,
     /// Image width in pixels (the model's native size by default).
@@ -48,8 +50,8 @@ pub struct Args {
     width: Option<usize>,
     #[arg(long)]
     height: Option<usize>,
-    /// ddim, euler, euler_a, dpm++2m, lcm, or flow_euler for flow-matching models such as
-    /// SD 3 (the model's own by default).
+    /// ddim, euler, euler_a, dpm++2m, lcm, or flow_euler for flow-matching models (SD 3,
+    /// FLUX) (the model's own by default).
     #[arg(long, value_parser = common::scheduler)]
     scheduler: Option<SchedulerKind>,
     /// Skip this many final text encoder layers.

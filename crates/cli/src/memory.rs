@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use lina_runtime::memory;
-use lina_runtime::models::denoiser::DenoiserConfig;
+use lina_runtime::models::denoiser::{DenoiserConfig, TransformerKind};
+use lina_runtime::models::flux::FluxConfig;
 use lina_runtime::models::mmdit::MmditConfig;
 use lina_runtime::models::t5::T5Config;
 use lina_runtime::models::{clip::ClipTextConfig, unet::UNetConfig, vae::VaeConfig};
@@ -20,7 +21,8 @@ pub struct Args {
     /// The UNet's config.json.
     #[arg(long, conflicts_with = "transformer")]
     unet: Option<PathBuf>,
-    /// SD 3's transformer's config.json (a model folder with `transformer/` has one).
+    /// SD 3's or FLUX's transformer's config.json (a model folder with `transformer/` has
+    /// one).
     #[arg(long)]
     transformer: Option<PathBuf>,
     /// The VAE's config.json.
@@ -29,8 +31,8 @@ pub struct Args {
     /// The text encoder's config.json.
     #[arg(long)]
     text_encoder: Option<PathBuf>,
-    /// SDXL's and SD 3's second text encoder's config.json (found in the model folder where
-    /// it has one).
+    /// SDXL's and SD 3's second text encoder's config.json, FLUX's T5 (found in the model
+    /// folder where it has one).
     #[arg(long)]
     text_encoder_2: Option<PathBuf>,
     /// SD 3's T5 config.json (found in the model folder where it has one).
@@ -64,24 +66,30 @@ pub fn run(args: Args) -> Result<()> {
         }
         (None, None) => None,
     };
-    let (unet, mmdit) = match optional(&args.transformer, "transformer") {
-        Some(path) => (
-            None,
-            Some(MmditConfig::from_json(&common::read_text(&path)?)?),
-        ),
-        None => (
-            Some(UNetConfig::from_json(&config(
-                args.unet.clone(),
-                "unet",
-                "unet",
-            )?)?),
-            None,
-        ),
+    let (mut unet, mut mmdit, mut flux) = (None, None, None);
+    let denoiser = match optional(&args.transformer, "transformer") {
+        Some(path) => {
+            let json = common::read_text(&path)?;
+            match TransformerKind::of_config(&json) {
+                TransformerKind::Sd3 => {
+                    DenoiserConfig::Mmdit(mmdit.insert(MmditConfig::from_json(&json)?))
+                }
+                TransformerKind::Flux => {
+                    DenoiserConfig::Flux(flux.insert(FluxConfig::from_json(&json)?))
+                }
+            }
+        }
+        None => DenoiserConfig::UNet(unet.insert(UNetConfig::from_json(&config(
+            args.unet.clone(),
+            "unet",
+            "unet",
+        )?)?)),
     };
-    let denoiser = match (&unet, &mmdit) {
-        (Some(unet), _) => DenoiserConfig::UNet(unet),
-        (None, Some(mmdit)) => DenoiserConfig::Mmdit(mmdit),
-        (None, None) => unreachable!("one of the two is read above"),
+    // FLUX's second text encoder is its T5.
+    let is_flux = matches!(denoiser, DenoiserConfig::Flux(_));
+    let t5 = match is_flux {
+        true => (&args.text_encoder_2, "text_encoder_2"),
+        false => (&args.text_encoder_3, "text_encoder_3"),
     };
     let vae = VaeConfig::from_json(&config(args.vae, "vae", "vae")?)?;
     let text =
@@ -89,7 +97,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let cpu = lina_runtime::device::cpu();
     let mut weights = memory::weight_bytes(&text, denoiser, &vae, &cpu)?;
-    if let Some(path) = optional(&args.text_encoder_2, "text_encoder_2") {
+    if let Some(path) = optional(&args.text_encoder_2, "text_encoder_2").filter(|_| !is_flux) {
         let config =
             ClipTextConfig::from_file("text_encoder_2/config.json", &common::read_text(&path)?)?;
         weights.insert(
@@ -97,9 +105,11 @@ pub fn run(args: Args) -> Result<()> {
             ("text encoder 2", memory::text_encoder_bytes(&config, &cpu)?),
         );
     }
-    if let Some(path) = optional(&args.text_encoder_3, "text_encoder_3") {
-        let config = T5Config::from_json(&common::read_text(&path)?)?;
-        weights.insert(2, ("text encoder 3 (T5)", memory::t5_bytes(&config, &cpu)?));
+    if let Some(path) = optional(t5.0, t5.1) {
+        let file = format!("{}/config.json", t5.1);
+        let config = T5Config::from_file(&file, &common::read_text(&path)?)?;
+        let at = weights.len() - 2;
+        weights.insert(at, ("T5 text encoder", memory::t5_bytes(&config, &cpu)?));
     }
     println!("| component | parameters | f32 | f16 |\n| --- | --- | --- | --- |");
     for (name, bytes) in &weights {
@@ -119,12 +129,14 @@ pub fn run(args: Args) -> Result<()> {
     );
     // WebGPU's default binding limit, which many adapters do not exceed.
     let webgpu_default = 128 << 20;
+    // Two rows with classifier-free guidance; FLUX, guidance-distilled, runs one.
+    let rows = if is_flux { 1 } else { 2 };
     println!(
         "\n| size | largest tensor (guided, f32) | where | with a 128 MiB binding limit |\n| --- | --- | --- | --- |"
     );
     for side in args.sizes {
         let largest = |limit: u64| {
-            let needs = memory::activations(denoiser, &vae, side, side, 2, false, limit);
+            let needs = memory::activations(denoiser, &vae, side, side, rows, false, limit);
             needs
                 .into_iter()
                 .max_by_key(|n| n.bytes)

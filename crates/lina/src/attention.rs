@@ -66,7 +66,7 @@ fn modifiers(node: &Node) -> Vec<&str> {
 /// documentation); nodes without a noun in the prompt (implied effects, the floor when the
 /// prompt does not name it) get none.
 pub fn node_tokens(pipe: &StableDiffusion, prompt: &str, csg: &Csg) -> Result<Vec<Vec<usize>>> {
-    let words = pipe.tokenizer().words(prompt)?;
+    let words = pipe.context_words(prompt)?;
     let mut claimed = vec![false; words.len()];
     let mut out = Vec::with_capacity(csg.nodes.len());
     for node in &csg.nodes {
@@ -352,8 +352,7 @@ impl AttentionRecorder {
     /// device memory no other way).
     pub async fn read(&self, pipe: &StableDiffusion, prompt: &str) -> Result<TokenMaps> {
         let tokens: Vec<Token> = pipe
-            .tokenizer()
-            .words(prompt)?
+            .context_words(prompt)?
             .into_iter()
             .enumerate()
             .filter_map(|(position, word)| word.map(|word| Token { position, word }))

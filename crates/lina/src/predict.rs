@@ -182,7 +182,7 @@ fn sides(csg: &Csg) -> [f64; 5] {
 /// prompt's embedding relative to the others (what prompt-space guidance amplifies).
 pub async fn features(pipe: &StableDiffusion, prompt: &str, csg: &Csg) -> Result<Vec<f64>> {
     let relations = relation_positions(pipe, prompt)?;
-    let words = pipe.tokenizer().words(prompt)?;
+    let words = pipe.context_words(prompt)?;
     let content: Vec<usize> = (0..words.len()).filter(|&i| words[i].is_some()).collect();
     let (text, _) = pipe.encode_text(prompt, 0)?;
     let (empty, _) = pipe.encode_text("", 0)?;

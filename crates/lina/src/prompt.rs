@@ -71,8 +71,7 @@ pub const RELATION_WORDS: &[&str] = &[
 /// The positions of `prompt`'s relation tokens.
 pub fn relation_positions(pipe: &StableDiffusion, prompt: &str) -> Result<Vec<usize>> {
     Ok(pipe
-        .tokenizer()
-        .words(prompt)?
+        .context_words(prompt)?
         .iter()
         .enumerate()
         .filter(|(_, w)| w.as_deref().is_some_and(|w| RELATION_WORDS.contains(&w)))

@@ -85,26 +85,17 @@ pub async fn measure(
     prompt: &str,
     edits: &[(EditKind, String)],
 ) -> Result<Vec<Shift>> {
-    let length = |text: &str| -> Result<usize> {
-        // BOS, the words' tokens, EOS.
-        Ok(pipe
-            .tokenizer()
-            .words(text)?
-            .iter()
-            .filter(|w| w.is_some())
-            .count()
-            + 2)
-    };
     let encode = async |text: &str| -> Result<Vec<f32>> {
         let (z, _) = pipe.encode_text(text, 0)?;
         read_f32(z, "the text embedding").await
     };
     let base = encode(prompt).await?;
-    let dim = pipe.text_encoder().config().hidden_size;
-    let used = length(prompt)?;
+    let dim = pipe.denoiser().context_width();
+    // The prompt's places up to its end token.
+    let used = pipe.context_used(prompt)?;
     let mut out = Vec::new();
     for (kind, edited) in edits {
-        if length(edited)? != used {
+        if pipe.context_used(edited)? != used {
             return Err(Error::InvalidInput(format!(
                 "\"{edited}\" does not have the same number of tokens as \"{prompt}\""
             )));

@@ -1,0 +1,298 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! FLUX.1 (tests/fixtures/flux_tiny, made by `tools/make_fixtures.py --only flux`): the
+//! transformer with two double-stream and two single-stream blocks, rotary positions and the
+//! guidance embedding of FLUX.1-dev; CLIP's pooled text and T5's states; the 16-channel VAE
+//! with FLUX's scaling and shift; flow-matching Euler with dynamic shifting over FLUX's
+//! sigmas. Against diffusers' `FluxPipeline`, on the CPU backend and (with LINA_TEST_GPU=1)
+//! on wgpu.
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{
+    Reference, fixture, lina_run, max_abs_diff, read_fixture, relative_diff, test_devices, values,
+};
+use lina_runtime::models::attention_control::CrossAttentionControl;
+use lina_runtime::models::flux::{Flux, FluxConfig};
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::source::DirSource;
+use lina_runtime::weights::Weights;
+
+const PROMPT: &str = "a red ball on a small mirror";
+
+/// One call on 16x12 latents (an 8x6 grid of packed patches: rows and columns turn
+/// differently), at timestep 501 with guidance 3.5.
+#[test]
+fn the_transformer_matches_diffusers() {
+    let reference = Reference::open("flux_tiny");
+    let config = String::from_utf8(read_fixture("flux_tiny/transformer/config.json")).unwrap();
+    let file = "flux_tiny/transformer/diffusion_pytorch_model.safetensors";
+    for (name, device) in test_devices() {
+        let weights = Weights::from_bytes(file, &read_fixture(file), &device).unwrap();
+        let model = Flux::load(FluxConfig::from_json(&config).unwrap(), &weights).unwrap();
+        weights.finish().unwrap();
+        let added = model.added_input(reference.tensor("pooled_embeds", &device), 3.5);
+        let out = model.forward(
+            reference.tensor("transformer_sample", &device),
+            501.0,
+            &reference.tensor("prompt_embeds", &device),
+            &added,
+        );
+        let err = relative_diff(&values(out), &reference.f32("transformer_out").1);
+        assert!(err < 1e-4, "{name}: transformer off by {err} (relative)");
+    }
+}
+
+fn options(steps: usize, (width, height): (usize, usize), latents: Vec<f32>) -> GenerateOptions {
+    GenerateOptions {
+        prompt: PROMPT.into(),
+        timesteps: Timesteps::Count(steps),
+        guidance_scale: 3.5,
+        width: Some(width),
+        height: Some(height),
+        initial_latents: Some(latents),
+        ..GenerateOptions::default()
+    }
+}
+
+#[test]
+fn flux_embeddings_and_images_match_diffusers() {
+    let reference = Reference::open("flux_tiny");
+    for (name, device) in test_devices() {
+        let pipe = StableDiffusion::load(&DirSource::new(fixture("flux_tiny")), &device).unwrap();
+        assert!(pipe.denoiser().is_flow() && pipe.denoiser().flux().is_some());
+        assert_eq!(pipe.context_length(), 512);
+
+        // T5's tokenizer (the folder's second): the prompt's pieces, `</s>`, padding to 512.
+        let t5 = lina_runtime::tokenizer::T5Tokenizer::from_tokenizer_json(
+            &read_fixture("flux_tiny/tokenizer_2/tokenizer.json"),
+            Some(&read_fixture("flux_tiny/tokenizer_2/tokenizer_config.json")),
+        )
+        .unwrap();
+        let ids: Vec<f32> = t5
+            .encode(PROMPT, 512)
+            .unwrap()
+            .ids
+            .iter()
+            .map(|&i| i as f32)
+            .collect();
+        assert_eq!(ids, reference.f32("t5_ids").1);
+
+        // The context is T5's states; the pooled embedding CLIP's pooled output.
+        let ours = pipe.encode_prompt(PROMPT, 0).unwrap();
+        assert_eq!(ours.context.dims(), [1, 512, 96]);
+        let err = relative_diff(&values(ours.context), &reference.f32("prompt_embeds").1);
+        // T5 in f32 (the SD 3 test's context is mostly CLIP's, which agrees within 1e-5).
+        assert!(err < 5e-5, "{name}: context off by {err}");
+        let pooled = values(ours.pooled.expect("FLUX has a pooled embedding"));
+        let err = relative_diff(&pooled, &reference.f32("pooled_embeds").1);
+        assert!(err < 1e-5, "{name}: pooled off by {err}");
+
+        // Whole images, square (10 steps) and wide (4 steps): the schedule's sigmas from 1 to
+        // 1/n shifted for the image's token count, the guidance embedded, no second pass.
+        for (key, latents, size, steps) in [
+            ("image", "latents", (32, 32), 10),
+            ("image_wide", "latents_wide", (48, 32), 4),
+        ] {
+            let opts = options(steps, size, reference.f32(latents).1);
+            let done =
+                pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+            assert!(done.warnings.is_empty(), "{:?}", done.warnings);
+            assert_eq!(done.evaluations, steps);
+            let worst = common::worst_pixel(&done.image.rgb, &reference.f32(key).1);
+            assert!(worst <= 1.0, "{name} {key}: {worst}/255 from diffusers");
+        }
+    }
+}
+
+/// LINA's hook acts on FLUX's attentions (double- and single-stream) as on the MMDiT's:
+/// recording changes nothing and gives per-token maps over the latent grid that sum to 1
+/// over T5's tokens; a zero bias changes nothing; a bias toward one token in the left half
+/// of the image raises its attention there and moves only the controlled row.
+#[test]
+fn flux_attention_takes_the_control() {
+    let reference = Reference::open("flux_tiny");
+    let config = String::from_utf8(read_fixture("flux_tiny/transformer/config.json")).unwrap();
+    let file = "flux_tiny/transformer/diffusion_pytorch_model.safetensors";
+    let device = lina_runtime::device::cpu();
+    let weights = Weights::from_bytes(file, &read_fixture(file), &device).unwrap();
+    let model = Flux::load(FluxConfig::from_json(&config).unwrap(), &weights).unwrap();
+    let two = |t: Tensor<3>| Tensor::cat(vec![t.clone(), t], 0);
+    let x: Tensor<4> = reference.tensor("transformer_sample", &device);
+    let x = Tensor::cat(vec![x.clone(), x], 0);
+    let context = two(reference.tensor("prompt_embeds", &device));
+    let pooled: Tensor<2> = reference.tensor("pooled_embeds", &device);
+    let added = model.added_input(pooled, 3.5).repeat_dim(0, 2);
+    let call = |control: &CrossAttentionControl| {
+        model.forward_controlled(x.clone(), 501.0, &context, &added, control, 1)
+    };
+    let plain = values(model.forward(x.clone(), 501.0, &context, &added));
+    let (tokens, [h, w]) = (context.dims()[1], [16, 12]);
+
+    let (out, record) = call(&CrossAttentionControl {
+        bias: None,
+        record: true,
+    });
+    assert!(
+        max_abs_diff(&values(out), &plain) < 1e-5,
+        "recording moved the output"
+    );
+    let record = record.expect("a record");
+    assert_eq!(record.dims(), [tokens, h, w]);
+    let sums = values(record.clone().sum_dim(0));
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "{sums:?}");
+
+    let zero = Tensor::<3>::zeros([tokens, h, w], &device);
+    let (out, _) = call(&CrossAttentionControl {
+        bias: Some(zero),
+        record: false,
+    });
+    assert!(
+        max_abs_diff(&values(out), &plain) < 1e-5,
+        "a zero bias moved the output"
+    );
+
+    // Token 2, +4 in the left half of the image.
+    let token = 2;
+    let mut left = vec![0f32; tokens * h * w];
+    for y in 0..h {
+        for x in 0..w / 2 {
+            left[token * h * w + y * w + x] = 4.0;
+        }
+    }
+    let bias = Tensor::<3>::from_data(TensorData::new(left, [tokens, h, w]), &device);
+    let (out, biased) = call(&CrossAttentionControl {
+        bias: Some(bias),
+        record: true,
+    });
+    let share = |record: &Tensor<3>| {
+        let map = values(record.clone().narrow(0, token, 1).narrow(2, 0, w / 2));
+        map.iter().sum::<f32>() / map.len() as f32
+    };
+    let (before, after) = (share(&record), share(&biased.expect("a record")));
+    assert!(
+        after > 2.0 * before,
+        "token {token}'s left-half share {before} -> {after}"
+    );
+    let out = values(out);
+    let half = out.len() / 2;
+    assert!(
+        max_abs_diff(&out[..half], &plain[..half]) < 1e-5,
+        "the other row moved"
+    );
+    assert!(
+        max_abs_diff(&out[half..], &plain[half..]) > 1e-3,
+        "the controlled row did not move"
+    );
+}
+
+/// LINA's plan runs on FLUX: its words are found among T5's tokens; region-controlled
+/// attention, prompt-space guidance and the warped flow schedule change the image, and the
+/// baseline plan changes nothing.
+#[test]
+fn lina_runs_on_flux() {
+    let reference = Reference::open("flux_tiny");
+    let device = lina_runtime::device::cpu();
+    let pipe = StableDiffusion::load(&DirSource::new(fixture("flux_tiny")), &device).unwrap();
+    let words = pipe.context_words(PROMPT).unwrap();
+    assert_eq!(words.len(), 512);
+    for word in ["red", "ball", "mirror"] {
+        assert!(
+            words.iter().flatten().any(|w| w == word),
+            "{word} not in {words:?}"
+        );
+    }
+    assert_eq!(
+        pipe.context_used(PROMPT).unwrap(),
+        words.iter().flatten().count() + 1
+    );
+    let opts = options(4, (32, 32), reference.f32("latents").1);
+    let csg = lina_csg::parse::parse(PROMPT).unwrap();
+    let run = |plan: &lina::Plan| lina_run(&pipe, &opts, &csg, plan, &mut NoHook).unwrap();
+    let plain = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+    let baseline = run(&lina::Plan::default());
+    assert_eq!(baseline.generated.image.rgb, plain.image.rgb);
+    for plan in [
+        lina::Plan {
+            attention_strength: 4.0,
+            attention_window: [0.0, 1.0],
+            ..lina::Plan::default()
+        },
+        lina::Plan {
+            prompt_strength: 3.0,
+            prompt_window: [0.0, 1.0],
+            ..lina::Plan::default()
+        },
+        lina::Plan {
+            warp: 2.0,
+            ..lina::Plan::default()
+        },
+    ] {
+        let out = run(&plan);
+        assert!(!out.described.is_empty() || plan.warp != 1.0, "{plan:?}");
+        assert_ne!(
+            out.generated.image.rgb, plain.image.rgb,
+            "{plan:?} changed nothing"
+        );
+    }
+}
+
+/// What cannot run is refused by name before any weight is read: a LoRA (not read for FLUX
+/// yet), skip-layer guidance (SD 3's), a size that does not pack into 2x2 patches. The
+/// memory estimate from the configs alone counts every weight file, T5 (the folder's second
+/// text encoder, which a FLUX model cannot leave behind) included.
+#[test]
+fn flux_refuses_what_it_cannot_run_and_counts_its_weights() {
+    use lina_runtime::pipeline::SkipLayerGuidance;
+    use lina_runtime::weights::{Lora, ScaledLora};
+    let device = lina_runtime::device::cpu();
+    let files = DirSource::new(fixture("flux_tiny"));
+    let bytes = read_fixture("lora/sd3_tiny_peft.safetensors");
+    let lora = ScaledLora {
+        lora: Lora::from_safetensors("sd3.safetensors", &bytes).unwrap(),
+        scale: 1.0,
+    };
+    let kernels = lina_runtime::kernels::Kernels::default();
+    let err = StableDiffusion::load_adapted(&files, &device, kernels, &[lora])
+        .err()
+        .expect("a LoRA on FLUX is refused")
+        .to_string();
+    assert!(
+        err.contains("sd3.safetensors") && err.contains("FLUX"),
+        "{err}"
+    );
+
+    let pipe = StableDiffusion::load(&files, &device).unwrap();
+    let reference = Reference::open("flux_tiny");
+    let mut opts = options(2, (32, 32), reference.f32("latents").1);
+    opts.skip_layer_guidance = Some(SkipLayerGuidance::with(vec![0], None, None, None));
+    let err = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+        .expect_err("skip-layer guidance on FLUX is refused")
+        .to_string();
+    assert!(err.contains("SD 3"), "{err}");
+    let opts = GenerateOptions {
+        width: Some(34),
+        height: Some(32),
+        initial_latents: None,
+        ..options(2, (32, 32), Vec::new())
+    };
+    let err = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+        .expect_err("17x16 latents do not pack")
+        .to_string();
+    assert!(err.contains("2x2"), "{err}");
+
+    let needs = |with_t5| lina_runtime::memory::requirements(&files, with_t5, &device).unwrap();
+    let counted = needs(false).weight_bytes;
+    assert_eq!(counted, needs(true).weight_bytes);
+    let files: u64 = ["text_encoder/model", "text_encoder_2/model"]
+        .into_iter()
+        .map(|f| format!("{f}.safetensors"))
+        .chain(["transformer", "vae"].map(|f| format!("{f}/diffusion_pytorch_model.safetensors")))
+        .map(|f| read_fixture(&format!("flux_tiny/{f}")).len() as u64)
+        .sum();
+    assert!(
+        counted <= files && counted * 100 > files * 95,
+        "{counted} bytes counted, the weight files have {files}"
+    );
+}
