@@ -453,6 +453,54 @@ fn an_sd3_transformer_lora_gives_diffusers_fuse_lora_output_and_loras_for_absent
     }
 }
 
+/// A diffusers-named LoRA on FLUX (as ai-toolkit writes them) gives diffusers' fused
+/// transformer call, including on layers this runtime reads side by side with others (a
+/// single-stream block's key and MLP widening, which it projects in one matmul); its scale
+/// changed without a reload gives the call at the new scale, and at 0 the plain one.
+#[test]
+fn a_flux_lora_gives_diffusers_fuse_lora_output_and_its_scale_changes_without_a_reload() {
+    // tests/fixtures/lora: tools/make_fixtures.py --only flux-lora.
+    let reference = common::Reference::file("lora/flux_tiny_reference.safetensors");
+    let inputs = common::Reference::open("flux_tiny");
+    let scale = reference.f32("scale").1[0];
+    let lora = scaled(
+        &common::read_fixture("lora/flux_tiny_peft.safetensors"),
+        scale,
+    );
+    let files: BTreeMap<String, Vec<u8>> = model_files("flux_tiny").into_iter().collect();
+    let call = |pipe: &lina_runtime::pipeline::StableDiffusion, device: &burn::tensor::Device| {
+        let flux = pipe.denoiser().flux().expect("a FLUX transformer");
+        let added = flux.added_input(inputs.tensor("pooled_embeds", device), 3.5);
+        let out = flux.forward(
+            inputs.tensor("transformer_sample", device),
+            501.0,
+            &inputs.tensor("prompt_embeds", device),
+            &added,
+        );
+        common::values(out)
+    };
+    for (name, device) in common::test_devices() {
+        let mut pipe = load(&files, &device, std::slice::from_ref(&lora)).unwrap();
+        let err = common::relative_diff(&call(&pipe, &device), &reference.f32("transformer_out").1);
+        assert!(
+            err < 1e-4,
+            "{name}: transformer off diffusers' fused one by {err} (relative)"
+        );
+        pipe.set_lora_scales(&[0.0]).unwrap();
+        let err = common::relative_diff(&call(&pipe, &device), &inputs.f32("transformer_out").1);
+        assert!(
+            err < 1e-4,
+            "{name}: at scale 0, off the plain transformer by {err}"
+        );
+        pipe.set_lora_scales(&[scale]).unwrap();
+        let err = common::relative_diff(&call(&pipe, &device), &reference.f32("transformer_out").1);
+        assert!(
+            err < 1e-4,
+            "{name}: back at {scale}, off diffusers' fused one by {err}"
+        );
+    }
+}
+
 /// The tiny SD 3 transformer's output for the fixture's inputs (t = 501) with `loras` merged.
 fn sd3_transformer_out(
     files: &BTreeMap<String, Vec<u8>>,

@@ -1414,6 +1414,62 @@ def make_sd3_lora(fix: Path):
     log(f"sd3 lora: fused at {scale}; the transformer output moved by up to {changed:.3f}")
 
 
+def make_flux_lora(fix: Path):
+    """A LoRA for the tiny FLUX transformer in diffusers' names (`lora/flux_tiny_peft.safetensors`,
+    as ai-toolkit and diffusers' trainers write them), on a double-stream block's image query
+    and context value, a single-stream block's key, MLP widening and output projection (which
+    this runtime reads side by side with others), and the final projection; and what
+    diffusers makes of it: `load_lora_weights`, `fuse_lora(lora_scale=0.7)`, one transformer
+    call on flux_tiny's reference inputs. Needs `peft`."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file, save_file
+
+    out = fix / "lora"
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = FluxPipeline.from_pretrained(str(fix / "flux_tiny"), torch_dtype=torch.float32)
+    tr = pipe.transformer
+    g = torch.Generator().manual_seed(79)
+    rank = 4
+    modules = ["transformer_blocks.0.attn.to_q", "transformer_blocks.1.attn.add_v_proj",
+               "single_transformer_blocks.0.attn.to_k", "single_transformer_blocks.1.proj_mlp",
+               "single_transformer_blocks.1.proj_out", "proj_out"]
+    tensors = {}
+    for name in modules:
+        module = tr.get_submodule(name)
+        tensors[f"transformer.{name}.lora_A.weight"] = (torch.randn((rank, module.in_features), generator=g) * 0.3).contiguous()
+        tensors[f"transformer.{name}.lora_B.weight"] = (torch.randn((module.out_features, rank), generator=g) * 0.3).contiguous()
+    path = out / "flux_tiny_peft.safetensors"
+    save_file(tensors, str(path))
+
+    refs = json.loads((fix / "flux_tiny" / "reference.json").read_text())
+    ref = load_file(str(fix / "flux_tiny" / "reference.safetensors"))
+    sample = ref["transformer_sample"]
+    _, _, lh, lw = sample.shape
+    embeds, pooled = ref["prompt_embeds"], ref["pooled_embeds"]
+
+    def call(transformer):
+        with torch.no_grad():
+            out = transformer(hidden_states=pipe._pack_latents(sample, 1, 16, lh, lw), encoder_hidden_states=embeds,
+                              pooled_projections=pooled, timestep=torch.tensor([refs["transformer_timestep"] / 1000]),
+                              img_ids=pipe._prepare_latent_image_ids(1, lh // 2, lw // 2, "cpu", torch.float32),
+                              txt_ids=torch.zeros(embeds.shape[1], 3),
+                              guidance=torch.tensor([refs["guidance_scale"]])).sample
+        return pipe._unpack_latents(out, lh, lw, 1)
+
+    plain = call(tr)
+    scale = 0.7
+    pipe.load_lora_weights(str(path))
+    pipe.fuse_lora(lora_scale=scale)
+    pipe.unload_lora_weights()  # the fused weights stay
+    fused = call(pipe.transformer)
+    changed = float((fused - plain).abs().max())
+    assert changed > 1e-3, changed  # the LoRA must change what it adapts
+    assert float((plain - ref["transformer_out"]).abs().max()) < 1e-5  # the same inputs as the reference
+    save_file({"scale": torch.tensor([scale]), "transformer_out": fused.float().contiguous()},
+              str(out / "flux_tiny_reference.safetensors"))
+    log(f"flux lora: fused at {scale}; the transformer output moved by up to {changed:.3f}")
+
+
 def make_sd3_slg(fix: Path):
     """Skip-layer guidance on the tiny SD 3 (`sd3_slg/`): `StableDiffusion3Pipeline` with
     `skip_guidance_layers` on sd3_tiny's square image (its prompt, negative prompt, latents,
@@ -1779,7 +1835,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg", "flux"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg", "flux", "flux-lora"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1830,6 +1886,10 @@ def main():
         return
     if args.only == "flux":
         make_flux(fix)
+        make_flux_lora(fix)  # made from flux_tiny
+        return
+    if args.only == "flux-lora":
+        make_flux_lora(fix)
         return
     if args.only == "sdxl-turbo":
         make_sdxl_turbo(fix)

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::kernels::Kernels;
 use crate::models::clip::{ClipTextConfig, ClipTextEncoder};
 use crate::models::denoiser::Denoiser;
+use crate::models::flux::{Flux, FluxConfig};
 use crate::models::mmdit::{Mmdit, MmditConfig};
 use crate::models::unet::{UNet, UNetConfig};
 use crate::tokenizer::ClipTokenizer;
@@ -93,6 +94,7 @@ pub(super) struct Adapters {
     pub(super) second: Option<Kept<ClipTextConfig>>,
     pub(super) unet: Option<Kept<UNetConfig>>,
     pub(super) mmdit: Option<Kept<MmditConfig>>,
+    pub(super) flux: Option<Kept<FluxConfig>>,
     /// The vocabulary rows textual-inversion embeddings added to each text encoder, in
     /// order: a rebuilt encoder takes them again.
     pub(super) added_rows: [Vec<Tensor<2>>; 2],
@@ -257,6 +259,11 @@ impl StableDiffusion {
             .as_ref()
             .map(|k| k.rebuilt(&loras, Mmdit::load))
             .transpose()?;
+        let flux = adapters
+            .flux
+            .as_ref()
+            .map(|k| k.rebuilt(&loras, Flux::load))
+            .transpose()?;
         if let Some(e) = text_encoder {
             self.text_encoder = e;
         }
@@ -268,6 +275,9 @@ impl StableDiffusion {
         }
         if let Some(m) = mmdit {
             self.denoiser = Denoiser::Mmdit(Box::new(m));
+        }
+        if let Some(f) = flux {
+            self.denoiser = Denoiser::Flux(Box::new(f));
         }
         if let Some(adapters) = &mut self.adapters {
             adapters.loras = loras;

@@ -311,12 +311,6 @@ impl StableDiffusion {
         let flow_model = transformer.is_some();
         // FLUX's second text encoder is its T5, not a second CLIP.
         let flux = transformer == Some(TransformerKind::Flux);
-        if flux && let Some(lora) = loras.first() {
-            return Err(Error::InvalidInput(format!(
-                "LoRA {}: LoRA files for FLUX's transformer are not read yet",
-                lora.lora.source()
-            )));
-        }
         let (denoiser_part, vae_part, text_part, text_2_part, text_3_part, checkpoint_scheduler) =
             match checkpoint {
                 // The refiner's one encoder is its first (it has no other).
@@ -418,7 +412,7 @@ impl StableDiffusion {
         let (weights, config) =
             component_source(files, denoiser_part, (folder, &names, config_file), device)?;
         let adapted = (kernels, loras, denoiser_target);
-        let (mut kept_unet, mut kept_mmdit) = (None, None);
+        let (mut kept_unet, mut kept_mmdit, mut kept_flux) = (None, None, None);
         let denoiser = match transformer {
             Some(TransformerKind::Sd3) => {
                 let config = MmditConfig::from_json(&config)?;
@@ -428,9 +422,9 @@ impl StableDiffusion {
             }
             Some(TransformerKind::Flux) => {
                 let config = FluxConfig::from_json(&config)?;
-                Denoiser::Flux(Box::new(build_component(weights, (kernels, None), |w| {
-                    Flux::load(config, w)
-                })?))
+                let (flux, kept) = build_keeping(weights, adapted, config, Flux::load)?;
+                kept_flux = kept;
+                Denoiser::Flux(Box::new(flux))
             }
             None => {
                 let config = UNetConfig::from_json(&config)?;
@@ -518,6 +512,7 @@ impl StableDiffusion {
                 second: kept_second,
                 unet: kept_unet,
                 mmdit: kept_mmdit,
+                flux: kept_flux,
                 added_rows: [Vec::new(), Vec::new()],
             }),
             t5,
