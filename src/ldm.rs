@@ -1,8 +1,21 @@
 //! The original (LDM / SGM) Stable Diffusion UNet's module names in diffusers' terms: what a
 //! single-file checkpoint's `model.diffusion_model.*` tensors are called
 //! (`crate::single_file`), and what kohya's LoRA files for SDXL name their UNet modules
-//! after (`crate::weights::lora`); with the two helpers every reader of numbered tensor
-//! names uses (`index`, `count_indices`).
+//! after (`crate::weights::lora`); with what every reader of an original layout's names
+//! shares (`Renamed`, `index`, `count_indices`).
+
+/// Where one tensor of an original layout (LDM's UNet, SD 3's MMDiT, FLUX's transformer)
+/// goes in diffusers' naming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renamed {
+    /// One tensor of the same values.
+    Same(String),
+    /// A fused projection (q/k/v; FLUX's q/k/v and MLP): cut along its first axis into these
+    /// tensors, in order, each with rows in proportion to its share.
+    Fused(Vec<(String, usize)>),
+    /// Its two halves along the first axis in the other order.
+    HalvesSwapped(String),
+}
 
 /// `rest`'s first dotted part as an index, and what follows it.
 pub fn index(rest: &str) -> Option<(usize, &str)> {

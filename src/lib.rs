@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod device;
 pub mod error;
+pub mod flux_names;
 pub mod image;
 pub mod kernels;
 pub mod ldm;

@@ -6,18 +6,7 @@
 //! output layer's) yield shift before scale, where diffusers' `AdaLayerNormContinuous` takes
 //! scale first.
 
-use crate::ldm::index;
-
-/// Where one original tensor goes in diffusers' naming.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Renamed {
-    /// One tensor of the same values.
-    Same(String),
-    /// A fused q/k/v projection: cut along its first axis into these three, in order.
-    Fused([String; 3]),
-    /// Its two halves along the first axis in the other order.
-    HalvesSwapped(String),
-}
+use crate::ldm::{Renamed, index};
 
 /// The original's modules outside the joint blocks, and their diffusers names.
 const TOP: &[(&str, &str)] = &[
@@ -109,7 +98,12 @@ pub fn rename(rest: &str, blocks: usize) -> Option<Renamed> {
         .iter()
         .find_map(|(fused, names)| Some((t.strip_prefix(fused)?.strip_prefix('.')?, names)))
     {
-        return Some(Renamed::Fused(names.map(|n| format!("{block}.{n}.{kind}"))));
+        return Some(Renamed::Fused(
+            names
+                .iter()
+                .map(|n| (format!("{block}.{n}.{kind}"), 1))
+                .collect(),
+        ));
     }
     if let Some(name) = in_table(t, &[CONTEXT_ADA_LN]) {
         let name = format!("{block}.{name}");
@@ -149,10 +143,10 @@ mod tests {
     fn fused_and_swapped_tensors_are_named_as_diffusers_loads_them() {
         assert_eq!(
             rename("joint_blocks.1.context_block.attn.qkv.bias", 2),
-            Some(Renamed::Fused([
-                "transformer_blocks.1.attn.add_q_proj.bias".into(),
-                "transformer_blocks.1.attn.add_k_proj.bias".into(),
-                "transformer_blocks.1.attn.add_v_proj.bias".into(),
+            Some(Renamed::Fused(vec![
+                ("transformer_blocks.1.attn.add_q_proj.bias".into(), 1),
+                ("transformer_blocks.1.attn.add_k_proj.bias".into(), 1),
+                ("transformer_blocks.1.attn.add_v_proj.bias".into(), 1),
             ]))
         );
         // Only the last block's context adaLN has its halves swapped.

@@ -647,6 +647,99 @@ fn an_sd3_kohya_lora_naming_the_original_transformer_merges_like_diffusers_names
     assert!(e.to_string().contains("adapts transformer"), "{e}");
 }
 
+/// Which piece of a fused projection a module is (its index) and the pieces' row shares;
+/// `None` for a module of its own.
+type FusedPiece = Option<(usize, &'static [usize])>;
+
+/// kohya's FLUX files name the original transformer's modules (`double_blocks_0_img_attn_qkv`,
+/// `single_blocks_1_linear1`), whose projections are fused: a double-stream attention's q, k
+/// and v in equal thirds, a single-stream block's q, k, v and MLP widening in rows of
+/// 1:1:1:4. The diffusers-named FLUX fixture LoRA written that way (each update placed in its
+/// rows of a fused update whose other rows are zero) gives diffusers' fused output too.
+#[test]
+fn a_flux_kohya_lora_naming_the_original_transformer_merges_like_diffusers_names() {
+    let reference = common::Reference::file("lora/flux_tiny_reference.safetensors");
+    let scale = reference.f32("scale").1[0];
+    let peft = f32_tensors(&common::read_fixture("lora/flux_tiny_peft.safetensors"));
+    // Each of the fixture's modules: its original module, and which piece of a fused
+    // projection it is, of how many shares (the pieces' shares).
+    let (thirds, linear1): (&[usize], &[usize]) = (&[1, 1, 1], &[1, 1, 1, 4]);
+    let originals: [(&str, &str, FusedPiece); 6] = [
+        (
+            "transformer_blocks.0.attn.to_q",
+            "double_blocks_0_img_attn_qkv",
+            Some((0, thirds)),
+        ),
+        (
+            "transformer_blocks.1.attn.add_v_proj",
+            "double_blocks_1_txt_attn_qkv",
+            Some((2, thirds)),
+        ),
+        (
+            "single_transformer_blocks.0.attn.to_k",
+            "single_blocks_0_linear1",
+            Some((1, linear1)),
+        ),
+        (
+            "single_transformer_blocks.1.proj_mlp",
+            "single_blocks_1_linear1",
+            Some((3, linear1)),
+        ),
+        (
+            "single_transformer_blocks.1.proj_out",
+            "single_blocks_1_linear2",
+            None,
+        ),
+        ("proj_out", "final_layer_linear", None),
+    ];
+    let mut kohya = BTreeMap::new();
+    for (module, original, piece) in originals {
+        let (down_shape, down) = peft[&format!("transformer.{module}.lora_A.weight")].clone();
+        let (up_shape, up) = peft[&format!("transformer.{module}.lora_B.weight")].clone();
+        let (up_shape, up) = match piece {
+            None => (up_shape, up),
+            Some((k, shares)) => {
+                // The piece's rows are `shares[k]` units; the fused update's rows before it,
+                // the units of the pieces before it.
+                let unit = up.len() / shares[k];
+                let total: usize = shares.iter().sum();
+                let before: usize = shares[..k].iter().sum();
+                let mut fused = vec![0.0; total * unit];
+                fused[before * unit..before * unit + up.len()].copy_from_slice(&up);
+                let rows = up_shape[0] / shares[k] * total;
+                (vec![rows, up_shape[1]], fused)
+            }
+        };
+        kohya.insert(
+            format!("lora_unet_{original}.lora_down.weight"),
+            (down_shape, down),
+        );
+        kohya.insert(
+            format!("lora_unet_{original}.lora_up.weight"),
+            (up_shape, up),
+        );
+    }
+    let kohya = scaled(&f32_safetensors(&kohya), scale);
+    let inputs = common::Reference::open("flux_tiny");
+    let files: BTreeMap<String, Vec<u8>> = model_files("flux_tiny").into_iter().collect();
+    for (name, device) in common::test_devices() {
+        let pipe = load(&files, &device, std::slice::from_ref(&kohya)).unwrap();
+        let flux = pipe.denoiser().flux().expect("a FLUX transformer");
+        let added = flux.added_input(inputs.tensor("pooled_embeds", &device), 3.5);
+        let out = flux.forward(
+            inputs.tensor("transformer_sample", &device),
+            501.0,
+            &inputs.tensor("prompt_embeds", &device),
+            &added,
+        );
+        let err = common::relative_diff(&common::values(out), &reference.f32("transformer_out").1);
+        assert!(
+            err < 1e-4,
+            "{name}: the kohya-named LoRA's transformer is off diffusers' fused one by {err} (relative)"
+        );
+    }
+}
+
 /// A tensor of a safetensors file as f32, whatever its float type.
 fn as_f32(file: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
     let t = file.tensor(name).unwrap();

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
+use crate::ldm::Renamed;
 use crate::ldm::{UNetNames, count_indices, index};
-use crate::sd3_names::{self, Renamed};
+use crate::sd3_names;
 use crate::weights::Regroup;
 
 use super::{
@@ -112,10 +113,7 @@ fn mmdit_route(rest: &str, blocks: usize) -> Option<Regroup> {
     let part = DENOISER_PART;
     Some(match sd3_names::rename(rest, blocks)? {
         Renamed::Same(name) => Regroup::Move { part, name },
-        Renamed::Fused(names) => Regroup::Split {
-            part,
-            names: names.into(),
-        },
+        Renamed::Fused(pieces) => Regroup::Split { part, pieces },
         Renamed::HalvesSwapped(name) => Regroup::SwapHalves { part, name },
     })
 }
@@ -231,9 +229,9 @@ fn open_clip_name(rest: &str, part: usize, drop_last_of: Option<usize>) -> Optio
     if let Some(kind) = t.strip_prefix("attn.in_proj_") {
         return Some(Regroup::Split {
             part,
-            names: ["q", "k", "v"]
+            pieces: ["q", "k", "v"]
                 .iter()
-                .map(|p| format!("{at}.self_attn.{p}_proj.{kind}"))
+                .map(|p| (format!("{at}.self_attn.{p}_proj.{kind}"), 1))
                 .collect(),
         });
     }

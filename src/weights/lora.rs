@@ -276,15 +276,17 @@ fn parse_key(key: &str) -> Option<(LoraTarget, ModuleName, Part)> {
     let (module, part) = parts
         .iter()
         .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m.to_string(), *part)))?;
-    // kohya names every denoiser `lora_unet_`; SD 3's modules are the original transformer's
-    // (`joint_blocks_0_x_block_attn_qkv`), which no UNet has.
-    let sd3 = |m: &str| {
+    // kohya names every denoiser `lora_unet_`; SD 3's and FLUX's modules are their original
+    // transformers' (`joint_blocks_0_x_block_attn_qkv`, `double_blocks_0_img_attn_qkv`),
+    // which no UNet has.
+    let transformer = |m: &str| {
         crate::sd3_names::ROOTS
             .iter()
+            .chain(crate::flux_names::ROOTS)
             .any(|root| m == *root || m.strip_prefix(root).is_some_and(|r| r.starts_with('_')))
     };
     let target = match target {
-        LoraTarget::Unet if flat && sd3(&module) => LoraTarget::Transformer,
+        LoraTarget::Unet if flat && transformer(&module) => LoraTarget::Transformer,
         other => other,
     };
     let name = if flat {
@@ -367,22 +369,21 @@ pub(super) fn deltas_for(
     // kohya's SDXL files name UNet modules after the original UNet (`input_blocks_4_1_...`):
     // looked up through diffusers' names, with the model's layers per block.
     let layers_per_block = count_indices(names.iter().copied(), "down_blocks.0.resnets.").max(1);
-    let original = |n: &str| {
+    let original_unet = |n: &str| {
         (target == LoraTarget::Unet)
             .then(|| crate::ldm::flat_unet_module(n, layers_per_block))
             .flatten()
             .and_then(|m| flat.get(&m))
     };
-    // kohya's SD 3 files name the transformer's modules after the original's, whose q, k and
-    // v projections are one fused module: each original module by its flattened name.
-    let sd3_blocks = count_indices(names.iter().copied(), "transformer_blocks.");
-    let sd3_modules: HashMap<String, String> = match target {
-        LoraTarget::Transformer => crate::sd3_names::modules(sd3_blocks)
-            .into_iter()
-            .map(|m| (m.replace('.', "_"), m))
-            .collect(),
-        _ => HashMap::new(),
-    };
+    // kohya's SD 3 and FLUX files name the transformer's modules after the original's, whose
+    // projections are fused: each original module by its flattened name.
+    let original = OriginalTransformer::of(target, names);
+    let original_modules: HashMap<String, String> = original
+        .map(|o| o.modules())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.replace('.', "_"), m))
+        .collect();
     let mut out: HashMap<String, Vec<Delta>> = HashMap::new();
     for scaled in loras {
         let lora = &scaled.lora;
@@ -395,12 +396,14 @@ pub(super) fn deltas_for(
             };
             let label = format!("LoRA {}: module `{written}`", lora.source);
             let found = match name {
-                ModuleName::Flat(n) => match sd3_modules.get(n) {
-                    Some(original) => sd3_targets(original, sd3_blocks, names, &module.up)
-                        .map_err(|why| Error::InvalidInput(format!("{label}: {why}")))?,
-                    None => flat
+                ModuleName::Flat(n) => match (original, original_modules.get(n)) {
+                    (Some(transformer), Some(module_path)) => {
+                        original_targets(transformer.rename(module_path), names, &module.up)
+                            .map_err(|why| Error::InvalidInput(format!("{label}: {why}")))?
+                    }
+                    _ => flat
                         .get(n)
-                        .or_else(|| original(n))
+                        .or_else(|| original_unet(n))
                         .map(|w| vec![(w.clone(), module.up.clone())]),
                 },
                 ModuleName::Dotted(n) => {
@@ -429,41 +432,96 @@ pub(super) fn deltas_for(
     Ok(out)
 }
 
-/// The weights an update `up · down` of the original SD 3 module `original` adapts, each
-/// with the rows of `up` that make its part (`crate::sd3_names`): a fused q/k/v module's rows
-/// cut in three, one whose halves the original orders the other way with its halves
-/// swapped. `None` where the model (of `blocks` joint blocks, weights `names`) lacks one.
-fn sd3_targets(
-    original: &str,
-    blocks: usize,
+/// The transformer a kohya LoRA's original module names refer to, told by the model's
+/// weight names: FLUX's has single-stream blocks, SD 3's only joint ones.
+#[derive(Clone, Copy)]
+enum OriginalTransformer {
+    Sd3 { blocks: usize },
+    Flux { double: usize, single: usize },
+}
+
+impl OriginalTransformer {
+    fn of(target: LoraTarget, names: &[&str]) -> Option<Self> {
+        if target != LoraTarget::Transformer {
+            return None;
+        }
+        let count = |prefix| count_indices(names.iter().copied(), prefix);
+        Some(match count("single_transformer_blocks.") {
+            0 => Self::Sd3 {
+                blocks: count("transformer_blocks."),
+            },
+            single => Self::Flux {
+                double: count("transformer_blocks."),
+                single,
+            },
+        })
+    }
+
+    /// Every original module path that holds a weight.
+    fn modules(self) -> Vec<String> {
+        match self {
+            Self::Sd3 { blocks } => crate::sd3_names::modules(blocks),
+            Self::Flux { double, single } => crate::flux_names::modules(double, single),
+        }
+    }
+
+    /// Where the original module's weight goes in diffusers' names.
+    fn rename(self, module: &str) -> Option<crate::ldm::Renamed> {
+        let weight = format!("{module}.weight");
+        match self {
+            Self::Sd3 { blocks } => crate::sd3_names::rename(&weight, blocks),
+            Self::Flux { .. } => crate::flux_names::rename(&weight),
+        }
+    }
+}
+
+/// The weights an update `up · down` of an original transformer's module adapts, renamed as
+/// `renamed` says (`crate::sd3_names`, `crate::flux_names`), each with the rows of `up`
+/// that make its part: a fused module's rows cut in proportion to its parts, one whose
+/// halves the original orders the other way with its halves swapped. `None` where the model
+/// (weights `names`) lacks one.
+fn original_targets(
+    renamed: Option<crate::ldm::Renamed>,
     names: &[&str],
     up: &Values,
 ) -> std::result::Result<Option<Vec<(String, Values)>>, String> {
-    use crate::sd3_names::Renamed;
-    let Some(renamed) = crate::sd3_names::rename(&format!("{original}.weight"), blocks) else {
+    use crate::ldm::Renamed;
+    let Some(renamed) = renamed else {
         return Ok(None);
     };
-    let rows = |n: usize| {
+    // The update's rows cut in proportion to `shares`.
+    let rows = |shares: &[usize]| {
         let (values, shape) = up;
         let per_row = values.len() / shape[0].max(1);
-        if shape[0] % n != 0 {
+        let total: usize = shares.iter().sum();
+        if total == 0 || shape[0] % total != 0 {
             return Err(format!(
-                "its update's {} rows do not cut into {n} equal parts",
+                "its update's {} rows do not cut into parts of {shares:?} shares",
                 shape[0]
             ));
         }
-        let mut part_shape = shape.clone();
-        part_shape[0] /= n;
-        Ok(values
-            .chunks(per_row * part_shape[0])
-            .map(|c| (c.to_vec(), part_shape.clone()))
+        let unit = shape[0] / total;
+        let mut first = 0;
+        Ok(shares
+            .iter()
+            .map(|share| {
+                let mut part_shape = shape.clone();
+                part_shape[0] = share * unit;
+                let values = values[first * per_row..(first + part_shape[0]) * per_row].to_vec();
+                first += part_shape[0];
+                (values, part_shape)
+            })
             .collect::<Vec<_>>())
     };
     let targets = match renamed {
         Renamed::Same(weight) => vec![(weight, up.clone())],
-        Renamed::Fused(weights) => weights.into_iter().zip(rows(3)?).collect(),
+        Renamed::Fused(pieces) => {
+            let shares: Vec<usize> = pieces.iter().map(|(_, share)| *share).collect();
+            let parts = rows(&shares)?;
+            pieces.into_iter().map(|(w, _)| w).zip(parts).collect()
+        }
         Renamed::HalvesSwapped(weight) => {
-            let halves = rows(2)?;
+            let halves = rows(&[1, 1])?;
             let swapped = [halves[1].0.as_slice(), halves[0].0.as_slice()].concat();
             vec![(weight, (swapped, up.1.clone()))]
         }

@@ -15,9 +15,13 @@ use crate::error::{Error, Result};
 pub enum Regroup {
     /// Into part `part`, as `name`.
     Move { part: usize, name: String },
-    /// Cut along its first axis into `names.len()` equal blocks (fused q/k/v projections),
-    /// each into part `part` under its name.
-    Split { part: usize, names: Vec<String> },
+    /// Cut along its first axis into blocks of rows in proportion to their shares (fused
+    /// q/k/v projections: 1, 1, 1; FLUX's single-stream input projection: 1, 1, 1, 4), each
+    /// into part `part` under its name.
+    Split {
+        part: usize,
+        pieces: Vec<(String, usize)>,
+    },
     /// A matrix stored the other way round (OpenCLIP's `x @ text_projection`), transposed
     /// into part `part` as `name`.
     Transpose { part: usize, name: String },
@@ -72,7 +76,7 @@ fn swap_halves(name: &str, resident: Resident, source: &str) -> Result<Resident>
         resident.shape.clone(),
         resident.layout,
     );
-    let mut halves = split_rows(name, resident, 2, source)?;
+    let mut halves = split_rows(name, resident, &[1, 1], source)?;
     let second = halves.pop().expect("two halves");
     let first = halves.pop().expect("two halves");
     let values = match (first.values, second.values) {
@@ -104,26 +108,45 @@ fn swap_halves(name: &str, resident: Resident, source: &str) -> Result<Resident>
 }
 
 /// `resident` cut into `n` equal blocks of whole rows.
-fn split_rows(name: &str, resident: Resident, n: usize, source: &str) -> Result<Vec<Resident>> {
+fn split_rows(
+    name: &str,
+    resident: Resident,
+    shares: &[usize],
+    source: &str,
+) -> Result<Vec<Resident>> {
     let rows = resident.shape.first().copied().unwrap_or(0);
-    if n == 0 || rows % n != 0 {
+    let total: usize = shares.iter().sum();
+    if total == 0 || rows % total != 0 {
         return Err(Error::WeightFile {
             file: source.to_string(),
             message: format!(
-                "tensor `{name}` of shape {:?} does not split into {n} equal parts",
+                "tensor `{name}` of shape {:?} does not split into parts of {shares:?} shares",
                 resident.shape
             ),
         });
     }
-    let mut shape = resident.shape.clone();
-    shape[0] = rows / n;
-    let len: usize = shape.iter().product();
+    let unit = rows / total;
+    // Each piece's first row and row count.
+    let pieces: Vec<(usize, usize)> = shares
+        .iter()
+        .scan(0, |first, &share| {
+            let piece = (*first, share * unit);
+            *first += share * unit;
+            Some(piece)
+        })
+        .collect();
+    let shape_of = |piece_rows: usize| {
+        let mut shape = resident.shape.clone();
+        shape[0] = piece_rows;
+        shape
+    };
     let blocks = match resident.values {
         Err(dtype) => {
-            return Ok((0..n)
-                .map(|_| Resident {
+            return Ok(pieces
+                .iter()
+                .map(|&(_, n)| Resident {
                     file: resident.file.clone(),
-                    shape: shape.clone(),
+                    shape: shape_of(n),
                     layout: resident.layout,
                     values: Err(dtype.clone()),
                 })
@@ -137,23 +160,25 @@ fn split_rows(name: &str, resident: Resident, n: usize, source: &str) -> Result<
             });
         }
     };
-    Ok((0..n)
-        .map(|i| Resident {
+    // The values of one row: the product of the other axes.
+    let per_row: usize = resident.shape[1..].iter().product();
+    Ok(pieces
+        .iter()
+        .map(|&(first, n)| Resident {
             file: resident.file.clone(),
-            shape: shape.clone(),
+            shape: shape_of(n),
             layout: resident.layout,
             values: Ok(Parts {
                 blocks: vec![if resident.layout == Layout::FilterMatrix {
                     // Stored [K, out]: a block of outputs is a block of columns.
-                    let k = len / shape[0];
-                    let columns = i * shape[0]..(i + 1) * shape[0];
+                    let k = per_row;
                     blocks
                         .clone()
                         .reshape([k, rows])
-                        .slice([0..k, columns])
-                        .reshape([len])
+                        .slice([0..k, first..first + n])
+                        .reshape([k * n])
                 } else {
-                    blocks.clone().slice(i * len..(i + 1) * len)
+                    blocks.clone().slice(first * per_row..(first + n) * per_row)
                 }],
             }),
         })
@@ -163,7 +188,7 @@ fn split_rows(name: &str, resident: Resident, n: usize, source: &str) -> Result<
 impl Weights {
     /// Moves the tensors into `parts` new sets under new names, as `route` says for each
     /// (a single-file checkpoint splitting into its components). Nothing is copied except
-    /// the fused tensors that [`Regroup::Split`] cuts into equal row blocks.
+    /// the fused tensors that [`Regroup::Split`] cuts into blocks of rows.
     pub fn regroup(
         self,
         parts: usize,
@@ -200,10 +225,12 @@ impl Weights {
                     let swapped = swap_halves(&name, resident, &self.source)?;
                     place(part, name, swapped)?
                 }
-                Regroup::Split { part, names } => {
-                    for (piece, new_name) in split_rows(&name, resident, names.len(), &self.source)?
-                        .into_iter()
-                        .zip(names)
+                Regroup::Split { part, pieces } => {
+                    let shares: Vec<usize> = pieces.iter().map(|(_, share)| *share).collect();
+                    for (piece, (new_name, _)) in
+                        split_rows(&name, resident, &shares, &self.source)?
+                            .into_iter()
+                            .zip(pieces)
                     {
                         place(part, new_name, piece)?;
                     }
