@@ -247,6 +247,78 @@ fn tiny_sd3_single_file_draws_its_diffusers_folders_image_with_and_without_t5() 
 
 /// What the runtime infers from a committed shapes fixture: every name and shape of a
 /// full-size single file.
+/// FLUX's transformer files hold nothing else: the folder gives the VAE, the text encoders,
+/// their tokenizers and (where it has them) the configs. The tiny transformer as Black
+/// Forest Labs' file names it, and as ComfyUI's (`model.diffusion_model.` before each name),
+/// draws the folder's image exactly; without the folder's transformer config, the config
+/// inferred from the shapes does too. A FLUX file's stray tensor is named.
+#[test]
+fn tiny_flux_single_files_draw_their_diffusers_folders_image() {
+    let bfl = single_file("flux_tiny");
+    let comfy = {
+        let file = SafeTensors::deserialize(&bfl).unwrap();
+        let views: Vec<(String, TensorView)> = file
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (format!("model.diffusion_model.{n}"), v))
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    };
+    // The folder without its transformer's weights (and, unless `config`, its config).
+    let beside = |checkpoint: Vec<u8>, config: bool| {
+        let mut source = MemorySource::new();
+        for (path, bytes) in model_files("flux_tiny") {
+            let transformer = path.starts_with("transformer/");
+            if !transformer || (config && path.ends_with(".json")) {
+                source.insert(path, bytes);
+            }
+        }
+        source.insert(CHECKPOINT_FILE, checkpoint);
+        source
+    };
+    let from_folder = image_of_side(&load(&folder("flux_tiny")).unwrap(), 32);
+    for (label, file, config) in [
+        ("BFL's", bfl.clone(), true),
+        ("ComfyUI's", comfy, true),
+        ("BFL's, config inferred", bfl, false),
+    ] {
+        let pipe = load(&beside(file, config)).unwrap();
+        assert!(pipe.denoiser().flux().is_some(), "{label}");
+        same_image(
+            &image_of_side(&pipe, 32),
+            &from_folder,
+            &format!("flux_tiny, {label} file"),
+        );
+    }
+
+    let mut tensors = single_file_tensors("flux_tiny");
+    tensors.push(("double_blocks.0.img_attn.qkv_extra.weight".into(), vec![4]));
+    let e = expect_err(load(&beside(zeros(&tensors), true)));
+    assert_eq!(e.code(), "weight_file", "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("a FLUX transformer") && text.contains("qkv_extra"),
+        "{text}"
+    );
+}
+
+/// FLUX.1-dev's transformer as BFL's file names it (every name and shape, which diffusers'
+/// converter rebuilds into its model: tests/fixtures/single_file/flux1_dev_shapes.json):
+/// the config inferred is its published one, rotary axes and guidance embedding included.
+#[test]
+fn the_config_inferred_from_full_size_flux1_dev_shapes_is_its_own() {
+    let (family, configs) = inspect_full_size("flux1_dev");
+    assert_eq!(family, Family::Flux);
+    let published = published_config("flux1_dev_transformer");
+    agrees_with_published(
+        "flux1_dev",
+        "transformer",
+        Some(configs.denoiser),
+        &published,
+    );
+    assert!(configs.vae.is_none() && configs.text_encoder.is_none());
+}
+
 fn inspect_full_size(tag: &str) -> (Family, single_file::Configs) {
     let doc: Value =
         serde_json::from_slice(&read_fixture(&format!("single_file/{tag}_shapes.json"))).unwrap();

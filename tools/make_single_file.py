@@ -26,9 +26,13 @@ committed names are what diffusers reads, not what the runtime under test writes
   full-size SD 3.5 medium with CLIP-L, CLIP-G and T5-XXL), in the layout of StabilityAI's
   single files (`model.diffusion_model.joint_blocks.*`, `text_encoders.*`), checked against
   diffusers' SD 3 converters.
+* `flux_tiny.json` and `flux1_dev_shapes.json`: FLUX's transformer as Black Forest Labs'
+  single file names it (`double_blocks.*`, `single_blocks.*`; ComfyUI's files put
+  `model.diffusion_model.` before each name), for `tests/fixtures/flux_tiny` and a full-size
+  FLUX.1-dev, whose names and shapes diffusers' FLUX converter rebuilds.
 
 Usage:
-    python3 tools/make_single_file.py [--out tests/fixtures/single_file] [--only sd3]
+    python3 tools/make_single_file.py [--out tests/fixtures/single_file] [--only sd3|flux|ldm]
 """
 
 from __future__ import annotations
@@ -608,16 +612,137 @@ def full_size(out: Path) -> None:
         print(f"{tag}: {len(shapes)} tensors, diffusers infers {inferred}")
 
 
+# FLUX.1's original (Black Forest Labs') names of the diffusers transformer's modules: the
+# top-level ones, a double-stream block's, a single-stream block's.
+FLUX_TOP = {
+    "x_embedder": "img_in", "context_embedder": "txt_in",
+    "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
+    "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
+    "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
+    "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
+    "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+    "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+    "proj_out": "final_layer.linear",
+}
+FLUX_DOUBLE = {
+    "norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin",
+    "attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
+    "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2",
+    "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2",
+}
+FLUX_DOUBLE_NORMS = {"attn.norm_q": "img_attn.norm.query_norm", "attn.norm_k": "img_attn.norm.key_norm",
+                     "attn.norm_added_q": "txt_attn.norm.query_norm", "attn.norm_added_k": "txt_attn.norm.key_norm"}
+FLUX_SINGLE = {"proj_out": "linear2", "norm.linear": "modulation.lin"}
+FLUX_SINGLE_NORMS = {"attn.norm_q": "norm.query_norm", "attn.norm_k": "norm.key_norm"}
+
+
+def flux_entries(transformer: dict, prefix: str = "") -> list:
+    """[original name, "transformer", [diffusers names]] (+ "swapped") of a FLUX single file
+    (BFL's transformer file; ComfyUI's puts `model.diffusion_model.` before each name)."""
+    entries = []
+    for k in transformer:
+        module, _, part = k.rpartition(".")
+        if module in FLUX_TOP:
+            entries.append([prefix + f"{FLUX_TOP[module]}.{part}", "transformer", [k]])
+        elif module == "norm_out.linear":
+            entries.append([prefix + f"final_layer.adaLN_modulation.1.{part}", "transformer", [k], "swapped"])
+        elif m := re.fullmatch(r"transformer_blocks\.(\d+)\.(.*)", module):
+            i, name = int(m[1]), m[2]
+            at = f"{prefix}double_blocks.{i}."
+            if name in ("attn.to_q", "attn.add_q_proj"):  # once per fused tensor
+                side, names = (("img", ["attn.to_q", "attn.to_k", "attn.to_v"]) if name == "attn.to_q"
+                               else ("txt", ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"]))
+                entries.append([f"{at}{side}_attn.qkv.{part}", "transformer",
+                                [f"transformer_blocks.{i}.{n}.{part}" for n in names]])
+            elif name in ("attn.to_k", "attn.to_v", "attn.add_k_proj", "attn.add_v_proj"):
+                continue
+            elif name in FLUX_DOUBLE_NORMS:
+                entries.append([f"{at}{FLUX_DOUBLE_NORMS[name]}.scale", "transformer", [k]])
+            else:
+                entries.append([f"{at}{FLUX_DOUBLE[name]}.{part}", "transformer", [k]])
+        elif m := re.fullmatch(r"single_transformer_blocks\.(\d+)\.(.*)", module):
+            i, name = int(m[1]), m[2]
+            at = f"{prefix}single_blocks.{i}."
+            if name == "attn.to_q":
+                names = ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"]
+                entries.append([f"{at}linear1.{part}", "transformer",
+                                [f"single_transformer_blocks.{i}.{n}.{part}" for n in names]])
+            elif name in ("attn.to_k", "attn.to_v", "proj_mlp"):
+                continue
+            elif name in FLUX_SINGLE_NORMS:
+                entries.append([f"{at}{FLUX_SINGLE_NORMS[name]}.scale", "transformer", [k]])
+            else:
+                entries.append([f"{at}{FLUX_SINGLE[name]}.{part}", "transformer", [k]])
+        else:
+            raise ValueError(f"no original name for FLUX transformer tensor {k}")
+    return entries
+
+
+def flux_tiny(out: Path) -> None:
+    """tests/fixtures/flux_tiny's transformer as BFL's single file names it. diffusers'
+    converter fixes FLUX.1's width (3072), so it cannot read the tiny one: the names are
+    checked against it at full size (`flux1_dev_shapes`), the values by tests/single_file.rs
+    (the file draws the folder's image exactly)."""
+    name = "flux_tiny"
+    source = load_component(FIXTURES / name, "transformer")
+    entries = flux_entries(source)
+    covered = {h for _, _, hf, *_ in entries for h in hf}
+    assert covered == set(source), sorted(covered ^ set(source))[:5]
+    about = (f"tests/fixtures/{name}'s transformer as a single file in FLUX.1's original (Black Forest "
+             "Labs') layout: made by tools/make_single_file.py, whose names diffusers' converter checks "
+             "at full size")
+    lines = ",\n".join(json.dumps(e) for e in entries)
+    text = f'{{"about": {json.dumps(about)},\n"tensors": [\n{lines}\n],\n"extras": {{}}}}\n'
+    json.loads(text)
+    (out / f"{name}.json").write_text(text)
+    print(f"{name}: {len(entries)} tensors")
+
+
+def flux1_dev_shapes(out: Path) -> None:
+    """Every name and shape of FLUX.1-dev's transformer as BFL's single file holds it (from
+    tests/fixtures/configs/flux1_dev_transformer.json), checked with diffusers' converter:
+    it must rebuild every diffusers name with its shape, and infer the file's family."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders import single_file_utils as su
+
+    config = json.loads((FIXTURES / "configs" / "flux1_dev_transformer.json").read_text())
+    with torch.device("meta"):
+        source = FluxTransformer2DModel.from_config(config).state_dict()
+    entries = flux_entries(source)
+    shapes = {}
+    for ldm, _, hf, *_ in entries:
+        first = source[hf[0]].shape
+        shapes[ldm] = [sum(source[h].shape[0] for h in hf), *first[1:]]
+    meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    inferred = su.infer_diffusers_model_type(meta)
+    assert inferred == "flux-dev", f"diffusers infers {inferred}"
+    got = su.convert_flux_transformer_checkpoint_to_diffusers(dict(meta))
+    assert set(got) == set(source), sorted(set(got) ^ set(source))[:5]
+    for k, v in got.items():
+        assert tuple(v.shape) == tuple(source[k].shape), f"{k}: {tuple(v.shape)} vs {tuple(source[k].shape)}"
+    doc = {
+        "about": "every tensor name and shape of FLUX.1-dev's transformer as Black Forest Labs' single file "
+                 "holds it (values omitted); made by tools/make_single_file.py, checked with diffusers' "
+                 "convert_flux_transformer_checkpoint_to_diffusers and infer_diffusers_model_type (flux-dev)",
+        "shapes": shapes,
+    }
+    (out / "flux1_dev_shapes.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    print(f"flux1-dev: {len(shapes)} tensors, diffusers infers {inferred}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=FIXTURES / "single_file")
-    parser.add_argument("--only", choices=["sd3", "ldm"], help="only SD 3's files, or only the others")
+    parser.add_argument("--only", choices=["sd3", "flux", "ldm"], help="only SD 3's files, FLUX's, or the others")
     args = parser.parse_args()
-    if args.only != "sd3":
+    if args.only in (None, "flux"):
+        flux_tiny(args.out)
+        flux1_dev_shapes(args.out)
+    if args.only not in ("sd3", "flux"):
         for name in ("sd1_tiny", "sd2_tiny", "sdxl_tiny", "sdxl_refiner_tiny"):
             tiny(name, args.out)
         full_size(args.out)
-    if args.only != "ldm":
+    if args.only in (None, "sd3"):
         sd3_tiny(args.out)
         sd35m_shapes(args.out)
 

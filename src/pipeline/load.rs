@@ -303,7 +303,11 @@ impl StableDiffusion {
         // SD 3's and FLUX's folders (and SD 3's files) hold a transformer where the others
         // hold a UNet.
         let transformer = match &checkpoint {
-            Some(c) => (c.family == single_file::Family::Sd3).then_some(TransformerKind::Sd3),
+            Some(c) => match c.family {
+                single_file::Family::Sd3 => Some(TransformerKind::Sd3),
+                single_file::Family::Flux => Some(TransformerKind::Flux),
+                _ => None,
+            },
             None => files
                 .read_text(mmdit::CONFIG_FILE)?
                 .map(|json| TransformerKind::of_config(&json)),

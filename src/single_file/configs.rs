@@ -30,6 +30,7 @@ impl Configs {
         Ok(Self {
             denoiser: match family {
                 Family::Sd3 => mmdit_config(&t)?,
+                Family::Flux => flux_config(&t)?,
                 _ => unet_config(family, &t)?,
             },
             vae: t
@@ -41,7 +42,7 @@ impl Configs {
                 Family::Sdxl => open_clip_config(OPEN_CLIP_XL, false, &t)?,
                 Family::SdxlRefiner => open_clip_config(OPEN_CLIP_REFINER, false, &t)?,
                 Family::Sd3 => clip_config(SD3_CLIP_G, "gelu", &t)?,
-                Family::Sd1 | Family::Sd2 => None,
+                Family::Sd1 | Family::Sd2 | Family::Flux => None,
             },
             text_encoder_3: match family {
                 Family::Sd3 => t5_config(SD3_T5, &t)?,
@@ -164,7 +165,7 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
         Family::Sd1 => (json!(8), 64),
         // SD 2.x and SDXL: 64 channels per head.
         Family::Sd2 => (per_head_64, 96),
-        Family::Sdxl | Family::SdxlRefiner | Family::Sd3 => (per_head_64, 128),
+        Family::Sdxl | Family::SdxlRefiner | Family::Sd3 | Family::Flux => (per_head_64, 128),
     };
     let mut config = json!({
         "_class_name": "UNet2DConditionModel",
@@ -236,10 +237,12 @@ fn vae_config(family: Family, t: &Table) -> Result<Value> {
         "scaling_factor": match family {
             Family::Sdxl | Family::SdxlRefiner => 0.13025,
             Family::Sd3 => 1.5305,
+            Family::Flux => 0.3611,
             Family::Sd1 | Family::Sd2 => 0.18215,
         },
         "shift_factor": match family {
             Family::Sd3 => Some(0.0609),
+            Family::Flux => Some(0.1159),
             _ => None,
         },
         "use_quant_conv": shapes.contains_key("first_stage_model.quant_conv.weight"),
@@ -252,8 +255,8 @@ fn text_config(family: Family, t: &Table) -> Result<Option<Value>> {
         // CLIP ViT-L, in transformers' own names.
         Family::Sd1 => clip_config(CLIP, "quick_gelu", t),
         Family::Sdxl => clip_config(CLIP_XL, "quick_gelu", t),
-        // The refiner's one encoder is SDXL's second.
-        Family::SdxlRefiner => Ok(None),
+        // The refiner's one encoder is SDXL's second; FLUX's files hold none.
+        Family::SdxlRefiner | Family::Flux => Ok(None),
         Family::Sd3 => clip_config(SD3_CLIP_L, "quick_gelu", t),
         // The penultimate layer's output is what SD 2 conditions on.
         Family::Sd2 => open_clip_config(OPEN_CLIP, true, t),
@@ -381,6 +384,51 @@ fn mmdit_config(t: &Table) -> Result<Value> {
     }))
 }
 
+/// FLUX's transformer's config: blocks counted, widths read from the input projections,
+/// the head width from a query norm's scale, the guidance embedding where the file has one.
+/// The rotary axes are not in any shape: FLUX.1's 16, 56 and 56 of its 128 channels; for
+/// another head width the two spatial axes take 7/16 of it each (rounded down to even), the
+/// first the rest (a config in the source wins).
+fn flux_config(t: &Table) -> Result<Value> {
+    let prefix = match t.has(&format!("{UNET}img_in.weight")) {
+        true => UNET,
+        false => "",
+    };
+    let p = |n: &str| format!("{prefix}{n}");
+    let count = |blocks: &str| count_indices(t.shapes.keys().copied(), &p(blocks));
+    let dim = t.dim(&p("img_in.weight"), 0)?;
+    let head_dim = t.dim(&p("double_blocks.0.img_attn.norm.query_norm.scale"), 0)?;
+    if head_dim == 0 || dim % head_dim != 0 || head_dim % 2 != 0 {
+        return Err(Error::WeightFile {
+            file: t.file.to_string(),
+            message: format!(
+                "a FLUX transformer {dim} wide with heads of {head_dim} channels: not whole heads of an even width"
+            ),
+        });
+    }
+    let space_axis = (head_dim * 7 / 16) & !1;
+    let time_axis = head_dim - 2 * space_axis;
+    let (in_channels, out_channels) = (
+        t.dim(&p("img_in.weight"), 1)?,
+        t.dim(&p("final_layer.linear.weight"), 0)?,
+    );
+    Ok(json!({
+        "_class_name": crate::models::flux::CLASS_NAME,
+        "patch_size": 1,
+        "in_channels": in_channels,
+        // As diffusers writes it: none where it is the input's.
+        "out_channels": (out_channels != in_channels).then_some(out_channels),
+        "num_layers": count("double_blocks."),
+        "num_single_layers": count("single_blocks."),
+        "attention_head_dim": head_dim,
+        "num_attention_heads": dim / head_dim,
+        "joint_attention_dim": t.dim(&p("txt_in.weight"), 1)?,
+        "pooled_projection_dim": t.dim(&p("vector_in.in_layer.weight"), 1)?,
+        "guidance_embeds": t.has(&p("guidance_in.in_layer.weight")),
+        "axes_dims_rope": [time_axis, space_axis, space_axis],
+    }))
+}
+
 /// An OpenCLIP text tower's config as transformers' CLIP: SD 2's without its last layer
 /// (`drop_last`), SDXL's whole and with its projection.
 fn open_clip_config(prefix: &str, drop_last: bool, t: &Table) -> Result<Option<Value>> {
@@ -440,13 +488,27 @@ fn text_config_json(
 /// The noise schedule SD 1.x, 2.x and SDXL were trained with: as DDIM for SD (what
 /// diffusers' SD 2.1 repository ships; SD 1.5's PNDM shares its betas), as Euler for SDXL
 /// (what its base repository ships); SD 3's flow matching with the shift of 3 that every SD
-/// 3 and 3.5 repository ships.
+/// 3 and 3.5 repository ships; FLUX's with its dynamic shift.
 fn scheduler_config(family: Family) -> Value {
     if family == Family::Sd3 {
         return json!({
             "_class_name": "FlowMatchEulerDiscreteScheduler",
             "num_train_timesteps": 1000,
             "shift": 3.0,
+        });
+    }
+    if family == Family::Flux {
+        // What FLUX.1-dev's and schnell's repositories ship (schnell's without dynamic
+        // shifting; its scheduler config in the source wins).
+        return json!({
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "num_train_timesteps": 1000,
+            "shift": 3.0,
+            "use_dynamic_shifting": true,
+            "base_shift": 0.5,
+            "max_shift": 1.15,
+            "base_image_seq_len": 256,
+            "max_image_seq_len": 4096,
         });
     }
     let mut config = json!({

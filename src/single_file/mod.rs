@@ -2,7 +2,8 @@
 //! people download for SD 1.x, 2.x, SDXL and SD 3.x, holding the UNet or SD 3's MMDiT
 //! (`model.diffusion_model.*`), the VAE (`first_stage_model.*`) and the text encoders
 //! (`cond_stage_model.*`, SDXL's `conditioner.embedders.*`, SD 3's `text_encoders.*`) under
-//! the names of the code they were trained with, and no configs.
+//! the names of the code they were trained with, and no configs; and FLUX.1's transformer
+//! files (`double_blocks.*`, `single_blocks.*`), which hold nothing else.
 //!
 //! The file is uploaded once; its tensors are then renamed into diffusers' names and split
 //! into one [`Weights`] per component ([`Weights::regroup`]), so every model in `models/`
@@ -53,6 +54,8 @@ const OPEN_CLIP_XL: &str = "conditioner.embedders.1.model.";
 // The SDXL refiner's only embedder: the base's second (OpenCLIP ViT-bigG) in first place.
 const OPEN_CLIP_REFINER: &str = "conditioner.embedders.0.model.";
 const MMDIT_BLOCKS: &str = "model.diffusion_model.joint_blocks.";
+// FLUX's first double-stream block, as BFL's files name it (ComfyUI's put `UNET` before it).
+const FLUX_BLOCK: &str = "double_blocks.0.";
 // SD 3's text encoders keep transformers' names under these.
 const SD3_CLIP_L: &str = "text_encoders.clip_l.transformer.";
 const SD3_CLIP_G: &str = "text_encoders.clip_g.transformer.";
@@ -76,6 +79,10 @@ pub enum Family {
     /// SD 3.x: an MMDiT of 64-channel heads, CLIP-L and CLIP-G with their projections and an
     /// optional T5-XXL, the 16-channel VAE, flow matching with shift 3.
     Sd3,
+    /// FLUX.1: its transformer alone (Black Forest Labs' files, and ComfyUI's with
+    /// `model.diffusion_model.` before each name); the VAE, CLIP-L and T5 come from the
+    /// source's folders. Flow matching with FLUX's dynamic shift.
+    Flux,
 }
 
 /// One component of a split checkpoint: its weights under diffusers' names, and its config
@@ -88,7 +95,7 @@ pub struct Part {
 /// A single-file checkpoint split into its components.
 pub struct Checkpoint {
     pub family: Family,
-    /// The UNet, or SD 3's transformer.
+    /// The UNet, or SD 3's or FLUX's transformer.
     pub denoiser: Part,
     /// `None` where the file holds only some components: they come from the source's
     /// folders instead.
@@ -240,6 +247,9 @@ fn family(file: &str, shapes: &Shapes) -> Result<Family> {
     if has(MMDIT_BLOCKS) {
         return Ok(Family::Sd3);
     }
+    if has(FLUX_BLOCK) || has(&format!("{UNET}{FLUX_BLOCK}")) {
+        return Ok(Family::Flux);
+    }
     if !has(UNET) {
         return Err(unknown_layout(file, shapes));
     }
@@ -352,6 +362,26 @@ mod tests {
             "model.diffusion_model.y_embedder.mlp.0.weight",
             "text_encoders.t5xxl.transformer.shared.weight",
         ];
+        // FLUX's reads the input projections' two axes and a query norm's one (of 0: no
+        // heads).
+        let flux = [
+            "double_blocks.0.img_attn.norm.query_norm.scale",
+            "img_in.weight",
+            "final_layer.linear.weight",
+            "txt_in.weight",
+            "vector_in.in_layer.weight",
+        ];
+        for shape in [&[][..], &[0][..], &[3][..]] {
+            for count in 1..=flux.len() {
+                let shapes: Vec<(&str, &[usize])> =
+                    flux[..count].iter().map(|n| (*n, shape)).collect();
+                let result = inspect("hostile.safetensors", &shapes);
+                assert!(
+                    result.is_err(),
+                    "{count} FLUX names of shape {shape:?} passed"
+                );
+            }
+        }
         for shape in [&[][..], &[0][..], &[3][..], &[0, 0][..]] {
             for count in 1..=sd3.len() {
                 let shapes: Vec<(&str, &[usize])> =

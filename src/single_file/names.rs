@@ -41,6 +41,8 @@ pub(super) fn routes(
             Some(Regroup::Drop)
         } else if let (Family::Sd3, Some(rest)) = (family, name.strip_prefix(UNET)) {
             mmdit_route(rest, mmdit_blocks)
+        } else if let Family::Flux = family {
+            flux_route(name.strip_prefix(UNET).unwrap_or(name))
         } else if let Some(rest) = name.strip_prefix(UNET) {
             unet.rename(rest).map(|n| moved(DENOISER_PART, n))
         } else if let Some(rest) = name.strip_prefix(VAE) {
@@ -91,6 +93,7 @@ pub(super) fn routes(
             Family::Sdxl => "an SDXL",
             Family::SdxlRefiner => "an SDXL refiner",
             Family::Sd3 => "an SD 3",
+            Family::Flux => "a FLUX transformer",
         };
         return Err(Error::WeightFile {
             file: file.to_string(),
@@ -110,8 +113,19 @@ fn moved(part: usize, name: String) -> Regroup {
 /// Where an SD 3 transformer tensor (after `model.diffusion_model.`) goes, in a transformer
 /// of `blocks` joint blocks (`crate::sd3_names`).
 fn mmdit_route(rest: &str, blocks: usize) -> Option<Regroup> {
+    transformer_route(sd3_names::rename(rest, blocks)?)
+}
+
+/// Where a FLUX transformer tensor (after any `model.diffusion_model.`) goes
+/// (`crate::flux_names`).
+fn flux_route(rest: &str) -> Option<Regroup> {
+    transformer_route(crate::flux_names::rename(rest)?)
+}
+
+/// An original transformer's tensor, renamed, into the denoiser's part.
+fn transformer_route(renamed: Renamed) -> Option<Regroup> {
     let part = DENOISER_PART;
-    Some(match sd3_names::rename(rest, blocks)? {
+    Some(match renamed {
         Renamed::Same(name) => Regroup::Move { part, name },
         Renamed::Fused(pieces) => Regroup::Split { part, pieces },
         Renamed::HalvesSwapped(name) => Regroup::SwapHalves { part, name },
