@@ -250,8 +250,8 @@ pub struct Requirements {
 
 /// The [`Requirements`] of the diffusers-layout model whose configs `files` hold (T5's
 /// weights counted only `with_t5`: SD 3's may be left behind; FLUX's, its only context, are
-/// always counted). Refuses, before any download, a
-/// model that `device`'s adapter cannot run at any size.
+/// always counted). Refuses, before any download, a model that `device`'s adapter cannot run
+/// at any size.
 pub fn requirements(
     files: &dyn FileSource,
     with_t5: bool,

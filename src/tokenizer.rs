@@ -291,30 +291,10 @@ impl T5Tokenizer {
     /// belongs to (`None` for the end token, the padding and pieces of no word): to find the
     /// tokens of a word, as [`ClipTokenizer::words`] does.
     pub fn words(&self, text: &str, length: usize) -> Result<Vec<Option<String>>> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let offsets = encoding.get_offsets();
-        let word_ids = encoding.get_word_ids();
-        // SentencePiece's word-start piece covers the space before a word: trimmed.
-        let span = |word: u32| {
-            let (mut start, mut end) = (usize::MAX, 0);
-            for (w, o) in word_ids.iter().zip(offsets) {
-                if *w == Some(word) {
-                    start = start.min(o.0);
-                    end = end.max(o.1);
-                }
-            }
-            text.get(start..end)
-                .map(|w| w.trim().to_lowercase())
-                .filter(|w| !w.is_empty())
-        };
         let room = length.saturating_sub(1);
-        let mut out: Vec<Option<String>> = word_ids
-            .iter()
+        let mut out: Vec<Option<String>> = token_words(&self.inner, text)?
+            .into_iter()
             .take(room)
-            .map(|w| w.and_then(span))
             .collect();
         out.resize(length, None);
         Ok(out)
@@ -327,28 +307,35 @@ impl ClipTokenizer {
     pub fn words(&self, text: &str) -> Result<Vec<Option<String>>> {
         let text = self.expand(text);
         let text = text.as_ref();
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let room = self.max_length - 2;
-        let offsets = encoding.get_offsets();
-        let word_ids = encoding.get_word_ids();
-        let span = |word: u32| {
-            let (mut start, mut end) = (usize::MAX, 0);
-            for (w, o) in word_ids.iter().zip(offsets) {
-                if *w == Some(word) {
-                    start = start.min(o.0);
-                    end = end.max(o.1);
-                }
-            }
-            text.get(start..end).map(str::to_lowercase)
-        };
         let mut out = vec![None];
-        out.extend(word_ids.iter().take(room).map(|w| w.and_then(span)));
+        out.extend(token_words(&self.inner, text)?.into_iter().take(room));
         out.resize(self.max_length, None);
         Ok(out)
     }
+}
+
+/// For each token of `text` (no special tokens), the lower-cased word it belongs to: the
+/// text that all the tokens of its word span, trimmed (SentencePiece's word-start piece
+/// covers the space before the word); `None` for a piece of no word.
+fn token_words(tokenizer: &Tokenizer, text: &str) -> Result<Vec<Option<String>>> {
+    let encoding = tokenizer
+        .encode(text, false)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let (offsets, word_ids) = (encoding.get_offsets(), encoding.get_word_ids());
+    let span = |word: u32| {
+        let (mut start, mut end) = (usize::MAX, 0);
+        for (w, o) in word_ids.iter().zip(offsets) {
+            if *w == Some(word) {
+                start = start.min(o.0);
+                end = end.max(o.1);
+            }
+        }
+        text.get(start..end)
+            .map(|w| w.trim().to_lowercase())
+            .filter(|w| !w.is_empty())
+    };
+    Ok(word_ids.iter().map(|w| w.and_then(span)).collect())
 }
 
 /// GPT-2/CLIP's byte-to-symbol table: printable bytes stand for themselves, the others are

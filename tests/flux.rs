@@ -8,10 +8,8 @@
 
 mod common;
 
-use burn::tensor::{Tensor, TensorData};
-use common::{
-    Reference, fixture, lina_run, max_abs_diff, read_fixture, relative_diff, test_devices, values,
-};
+use burn::tensor::Tensor;
+use common::{Reference, fixture, lina_run, read_fixture, relative_diff, test_devices, values};
 use lina_runtime::models::attention_control::CrossAttentionControl;
 use lina_runtime::models::flux::{Flux, FluxConfig};
 use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
@@ -128,68 +126,12 @@ fn flux_attention_takes_the_control() {
         model.forward_controlled(x.clone(), 501.0, &context, &added, control, 1)
     };
     let plain = values(model.forward(x.clone(), 501.0, &context, &added));
-    let (tokens, [h, w]) = (context.dims()[1], [16, 12]);
-
-    let (out, record) = call(&CrossAttentionControl {
-        bias: None,
-        record: true,
-    });
-    assert!(
-        max_abs_diff(&values(out), &plain) < 1e-5,
-        "recording moved the output"
-    );
-    let record = record.expect("a record");
-    assert_eq!(record.dims(), [tokens, h, w]);
-    let sums = values(record.clone().sum_dim(0));
-    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "{sums:?}");
-
-    let zero = Tensor::<3>::zeros([tokens, h, w], &device);
-    let (out, _) = call(&CrossAttentionControl {
-        bias: Some(zero),
-        record: false,
-    });
-    assert!(
-        max_abs_diff(&values(out), &plain) < 1e-5,
-        "a zero bias moved the output"
-    );
-
-    // Token 2, +4 in the left half of the image.
-    let token = 2;
-    let mut left = vec![0f32; tokens * h * w];
-    for y in 0..h {
-        for x in 0..w / 2 {
-            left[token * h * w + y * w + x] = 4.0;
-        }
-    }
-    let bias = Tensor::<3>::from_data(TensorData::new(left, [tokens, h, w]), &device);
-    let (out, biased) = call(&CrossAttentionControl {
-        bias: Some(bias),
-        record: true,
-    });
-    let share = |record: &Tensor<3>| {
-        let map = values(record.clone().narrow(0, token, 1).narrow(2, 0, w / 2));
-        map.iter().sum::<f32>() / map.len() as f32
-    };
-    let (before, after) = (share(&record), share(&biased.expect("a record")));
-    assert!(
-        after > 2.0 * before,
-        "token {token}'s left-half share {before} -> {after}"
-    );
-    let out = values(out);
-    let half = out.len() / 2;
-    assert!(
-        max_abs_diff(&out[..half], &plain[..half]) < 1e-5,
-        "the other row moved"
-    );
-    assert!(
-        max_abs_diff(&out[half..], &plain[half..]) > 1e-3,
-        "the controlled row did not move"
-    );
+    common::assert_the_attention_takes_the_control(call, &plain, context.dims()[1], [16, 12], 2);
 }
 
 /// LINA's plan runs on FLUX: its words are found among T5's tokens; region-controlled
-/// attention, prompt-space guidance and the warped flow schedule change the image, and the
-/// baseline plan changes nothing.
+/// attention, prompt-space guidance, the warped flow schedule and region guidance change the
+/// image, and the baseline plan changes nothing.
 #[test]
 fn lina_runs_on_flux() {
     let reference = Reference::open("flux_tiny");
@@ -226,6 +168,12 @@ fn lina_runs_on_flux() {
         },
         lina::Plan {
             warp: 2.0,
+            ..lina::Plan::default()
+        },
+        // Region guidance, measured from the conditional prediction (FLUX has no other).
+        lina::Plan {
+            node_weight: 3.0,
+            region_window: [0.0, 1.0],
             ..lina::Plan::default()
         },
     ] {

@@ -7,10 +7,8 @@
 
 mod common;
 
-use burn::tensor::{Tensor, TensorData};
-use common::{
-    Reference, fixture, lina_run, max_abs_diff, read_fixture, relative_diff, test_devices, values,
-};
+use burn::tensor::Tensor;
+use common::{Reference, fixture, lina_run, read_fixture, relative_diff, test_devices, values};
 use lina_runtime::models::attention_control::CrossAttentionControl;
 use lina_runtime::models::mmdit::{Mmdit, MmditConfig};
 use lina_runtime::pipeline::{
@@ -313,62 +311,7 @@ fn joint_attention_takes_the_control() {
     };
     let plain = values(model.forward(x.clone(), 501.0, &context, &pooled));
     let tokens = context.dims()[1];
-
-    let (out, record) = call(&CrossAttentionControl {
-        bias: None,
-        record: true,
-    });
-    assert!(
-        max_abs_diff(&values(out), &plain) < 1e-5,
-        "recording moved the output"
-    );
-    let record = record.expect("a record");
-    assert_eq!(record.dims(), [tokens, 16, 16]);
-    let sums = values(record.clone().sum_dim(0));
-    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "{sums:?}");
-
-    let zero = Tensor::<3>::zeros([tokens, 16, 16], &device);
-    let (out, _) = call(&CrossAttentionControl {
-        bias: Some(zero.clone()),
-        record: false,
-    });
-    assert!(
-        max_abs_diff(&values(out), &plain) < 1e-5,
-        "a zero bias moved the output"
-    );
-
-    // Token 3, +4 in the left half of the image.
-    let token = 3;
-    let mut left = vec![0f32; tokens * 16 * 16];
-    for y in 0..16 {
-        for x in 0..8 {
-            left[token * 256 + y * 16 + x] = 4.0;
-        }
-    }
-    let bias = Tensor::<3>::from_data(TensorData::new(left, [tokens, 16, 16]), &device);
-    let (out, biased) = call(&CrossAttentionControl {
-        bias: Some(bias),
-        record: true,
-    });
-    let share = |record: &Tensor<3>| {
-        let map = values(record.clone().narrow(0, token, 1).narrow(2, 0, 8));
-        map.iter().sum::<f32>() / map.len() as f32
-    };
-    let (before, after) = (share(&record), share(&biased.expect("a record")));
-    assert!(
-        after > 2.0 * before,
-        "token {token}'s left-half share {before} -> {after}"
-    );
-    let out = values(out);
-    let half = out.len() / 2;
-    assert!(
-        max_abs_diff(&out[..half], &plain[..half]) < 1e-5,
-        "the unconditional row moved"
-    );
-    assert!(
-        max_abs_diff(&out[half..], &plain[half..]) > 1e-3,
-        "the controlled row did not move"
-    );
+    common::assert_the_attention_takes_the_control(call, &plain, tokens, [16, 16], 3);
 }
 
 /// LINA's plan runs on SD 3 as on a UNet: region-controlled attention over the 333-token

@@ -278,3 +278,77 @@ pub fn lina_run(
         &lina_runtime::pipeline::CancelToken::new(),
     ))
 }
+
+/// What LINA's hook must do to a transformer's attention (SD 3's, FLUX's), checked on a batch
+/// of two rows whose second the control acts on. `call` runs the model under a control;
+/// `plain` is its output without one; the text has `tokens` places and the latents `grid`.
+/// Recording changes nothing and gives per-token maps over the grid that sum to 1 over the
+/// tokens; a zero bias changes nothing; a bias of +4 toward `token` in the left half of the
+/// image raises its attention there and moves only the controlled row.
+pub fn assert_the_attention_takes_the_control(
+    call: impl Fn(
+        &lina_runtime::models::attention_control::CrossAttentionControl,
+    ) -> (
+        Tensor<4>,
+        Option<lina_runtime::models::attention_control::AttentionRecord>,
+    ),
+    plain: &[f32],
+    tokens: usize,
+    [h, w]: [usize; 2],
+    token: usize,
+) {
+    use lina_runtime::models::attention_control::CrossAttentionControl;
+    let device = lina_runtime::device::cpu();
+    let (out, record) = call(&CrossAttentionControl {
+        bias: None,
+        record: true,
+    });
+    assert!(
+        max_abs_diff(&values(out), plain) < 1e-5,
+        "recording moved the output"
+    );
+    let record = record.expect("a record");
+    assert_eq!(record.dims(), [tokens, h, w]);
+    let sums = values(record.clone().sum_dim(0));
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "{sums:?}");
+
+    let (out, _) = call(&CrossAttentionControl {
+        bias: Some(Tensor::<3>::zeros([tokens, h, w], &device)),
+        record: false,
+    });
+    assert!(
+        max_abs_diff(&values(out), plain) < 1e-5,
+        "a zero bias moved the output"
+    );
+
+    let mut left = vec![0f32; tokens * h * w];
+    for y in 0..h {
+        for x in 0..w / 2 {
+            left[token * h * w + y * w + x] = 4.0;
+        }
+    }
+    let bias = Tensor::<3>::from_data(burn::tensor::TensorData::new(left, [tokens, h, w]), &device);
+    let (out, biased) = call(&CrossAttentionControl {
+        bias: Some(bias),
+        record: true,
+    });
+    let share = |record: &Tensor<3>| {
+        let map = values(record.clone().narrow(0, token, 1).narrow(2, 0, w / 2));
+        map.iter().sum::<f32>() / map.len() as f32
+    };
+    let (before, after) = (share(&record), share(&biased.expect("a record")));
+    assert!(
+        after > 2.0 * before,
+        "token {token}'s left-half share {before} -> {after}"
+    );
+    let out = values(out);
+    let half = out.len() / 2;
+    assert!(
+        max_abs_diff(&out[..half], &plain[..half]) < 1e-5,
+        "the other row moved"
+    );
+    assert!(
+        max_abs_diff(&out[half..], &plain[half..]) > 1e-3,
+        "the controlled row did not move"
+    );
+}
