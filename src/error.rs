@@ -23,7 +23,7 @@ pub enum Error {
     },
 
     #[error(
-        "{file}: tensor `{name}` has unsupported dtype {dtype} (f32, f16 and bf16 are supported)"
+        "{file}: tensor `{name}` has unsupported dtype {dtype} (f32, f16, bf16 and the fp8 types e4m3fn and e5m2 are supported)"
     )]
     TensorDtype {
         file: String,

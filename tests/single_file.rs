@@ -247,6 +247,20 @@ fn tiny_sd3_single_file_draws_its_diffusers_folders_image_with_and_without_t5() 
 
 /// What the runtime infers from a committed shapes fixture: every name and shape of a
 /// full-size single file.
+/// flux_tiny's folder without its transformer's weights (and, unless `config`, its config),
+/// with `checkpoint` as the transformer file beside it.
+fn flux_beside(checkpoint: Vec<u8>, config: bool) -> MemorySource {
+    let mut source = MemorySource::new();
+    for (path, bytes) in model_files("flux_tiny") {
+        let transformer = path.starts_with("transformer/");
+        if !transformer || (config && path.ends_with(".json")) {
+            source.insert(path, bytes);
+        }
+    }
+    source.insert(CHECKPOINT_FILE, checkpoint);
+    source
+}
+
 /// FLUX's transformer files hold nothing else: the folder gives the VAE, the text encoders,
 /// their tokenizers and (where it has them) the configs. The tiny transformer as Black
 /// Forest Labs' file names it, and as ComfyUI's (`model.diffusion_model.` before each name),
@@ -264,25 +278,13 @@ fn tiny_flux_single_files_draw_their_diffusers_folders_image() {
             .collect();
         safetensors::serialize(views, None).unwrap()
     };
-    // The folder without its transformer's weights (and, unless `config`, its config).
-    let beside = |checkpoint: Vec<u8>, config: bool| {
-        let mut source = MemorySource::new();
-        for (path, bytes) in model_files("flux_tiny") {
-            let transformer = path.starts_with("transformer/");
-            if !transformer || (config && path.ends_with(".json")) {
-                source.insert(path, bytes);
-            }
-        }
-        source.insert(CHECKPOINT_FILE, checkpoint);
-        source
-    };
     let from_folder = image_of_side(&load(&folder("flux_tiny")).unwrap(), 32);
     for (label, file, config) in [
         ("BFL's", bfl.clone(), true),
         ("ComfyUI's", comfy, true),
         ("BFL's, config inferred", bfl, false),
     ] {
-        let pipe = load(&beside(file, config)).unwrap();
+        let pipe = load(&flux_beside(file, config)).unwrap();
         assert!(pipe.denoiser().flux().is_some(), "{label}");
         same_image(
             &image_of_side(&pipe, 32),
@@ -293,13 +295,107 @@ fn tiny_flux_single_files_draw_their_diffusers_folders_image() {
 
     let mut tensors = single_file_tensors("flux_tiny");
     tensors.push(("double_blocks.0.img_attn.qkv_extra.weight".into(), vec![4]));
-    let e = expect_err(load(&beside(zeros(&tensors), true)));
+    let e = expect_err(load(&flux_beside(zeros(&tensors), true)));
     assert_eq!(e.code(), "weight_file", "{e}");
     let text = e.to_string();
     assert!(
         text.contains("a FLUX transformer") && text.contains("qkv_extra"),
         "{text}"
     );
+}
+
+/// Every byte of PyTorch's two fp8 types (`tests/fixtures/fp8.json`, from
+/// `tools/make_fixtures.py --only fp8`) as a weight file's tensor decodes to PyTorch's value.
+#[test]
+fn fp8_weights_decode_as_pytorch_reads_them() {
+    let table: Value = serde_json::from_slice(&read_fixture("fp8.json")).unwrap();
+    let bytes: Vec<u8> = (0..=255).collect();
+    for (key, dtype) in [("e4m3fn", Dtype::F8_E4M3), ("e5m2", Dtype::F8_E5M2)] {
+        let view = TensorView::new(dtype, vec![256], &bytes).unwrap();
+        let file = safetensors::serialize(vec![("x".to_string(), view)], None).unwrap();
+        let cpu = lina_runtime::device::cpu();
+        let weights =
+            lina_runtime::weights::Weights::from_bytes("fp8.safetensors", &file, &cpu).unwrap();
+        let got = common::values(weights.root().tensor::<1>("x", [256]).unwrap());
+        for (byte, (ours, theirs)) in got.iter().zip(table[key].as_array().unwrap()).enumerate() {
+            let same = match theirs {
+                Value::Null => ours.is_nan(),
+                Value::String(inf) => {
+                    *ours
+                        == if inf == "inf" {
+                            f32::INFINITY
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                }
+                v => *ours == v.as_f64().unwrap() as f32,
+            };
+            assert!(
+                same,
+                "{key} byte {byte:#04x}: ours {ours}, PyTorch's {theirs}"
+            );
+        }
+    }
+}
+
+/// FLUX files are often stored in fp8 (e4m3fn) to halve bf16's size: the tiny transformer's
+/// weights rounded to e4m3fn as such a file draws exactly what the same rounded values draw
+/// as f32, and differ from the full-precision image (the rounding is real).
+#[test]
+fn an_fp8_flux_transformer_file_draws_what_its_values_draw_in_f32() {
+    let table: Value = serde_json::from_slice(&read_fixture("fp8.json")).unwrap();
+    // Each finite e4m3fn value and its byte; a weight is stored as the nearest.
+    let codes: Vec<(f32, u8)> = table["e4m3fn"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter_map(|(b, v)| Some((v.as_f64()? as f32, b as u8)))
+        .collect();
+    let nearest = |x: f32| {
+        *codes
+            .iter()
+            .min_by(|a, b| (a.0 - x).abs().total_cmp(&(b.0 - x).abs()))
+            .unwrap()
+    };
+    let file = single_file("flux_tiny");
+    let st = SafeTensors::deserialize(&file).unwrap();
+    let mut fp8 = Vec::new();
+    let mut rounded = Vec::new();
+    for (name, view) in st.tensors() {
+        let values = common::f32_tensors(
+            &safetensors::serialize(vec![(name.clone(), view.clone())], None).unwrap(),
+        );
+        let (shape, values) = values[&name].clone();
+        let (decoded, bytes): (Vec<f32>, Vec<u8>) = values.iter().map(|&v| nearest(v)).unzip();
+        fp8.push((name.clone(), shape.clone(), bytes));
+        rounded.push((
+            name,
+            shape,
+            decoded
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ));
+    }
+    let serialize = |tensors: &[(String, Vec<usize>, Vec<u8>)], dtype: Dtype| {
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    };
+    let from_fp8 = image_of_side(
+        &load(&flux_beside(serialize(&fp8, Dtype::F8_E4M3), true)).unwrap(),
+        32,
+    );
+    let from_f32 = image_of_side(
+        &load(&flux_beside(serialize(&rounded, Dtype::F32), true)).unwrap(),
+        32,
+    );
+    same_image(&from_fp8, &from_f32, "flux_tiny in fp8");
+    let full = image_of_side(&load(&folder("flux_tiny")).unwrap(), 32);
+    assert_ne!(from_fp8, full, "rounding to e4m3fn changed nothing");
 }
 
 /// FLUX.1-dev's transformer as BFL's file names it (every name and shape, which diffusers'

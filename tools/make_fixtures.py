@@ -1470,6 +1470,20 @@ def make_flux_lora(fix: Path):
     log(f"flux lora: fused at {scale}; the transformer output moved by up to {changed:.3f}")
 
 
+def make_fp8_table(fix: Path):
+    """`fp8.json`: the value of every byte as PyTorch's `float8_e4m3fn` and `float8_e5m2`
+    (null for NaN, "inf"/"-inf" for infinities), which the runtime's fp8 decoding is checked
+    against."""
+    def values(dtype):
+        out = []
+        for v in torch.arange(256, dtype=torch.uint8).view(dtype).float().tolist():
+            out.append(None if v != v else ("inf" if v == float("inf") else "-inf" if v == float("-inf") else v))
+        return out
+    write_json(fix / "fp8.json", {"e4m3fn": values(torch.float8_e4m3fn), "e5m2": values(torch.float8_e5m2),
+                                  "notes": "value of byte i at index i, from torch.arange(256, dtype=uint8).view(dtype)"})
+    log("fp8: 256 values of each type")
+
+
 def make_sd3_slg(fix: Path):
     """Skip-layer guidance on the tiny SD 3 (`sd3_slg/`): `StableDiffusion3Pipeline` with
     `skip_guidance_layers` on sd3_tiny's square image (its prompt, negative prompt, latents,
@@ -1835,7 +1849,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg", "flux", "flux-lora"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg", "flux", "flux-lora", "fp8"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1890,6 +1904,9 @@ def main():
         return
     if args.only == "flux-lora":
         make_flux_lora(fix)
+        return
+    if args.only == "fp8":
+        make_fp8_table(fix)
         return
     if args.only == "sdxl-turbo":
         make_sdxl_turbo(fix)

@@ -113,7 +113,7 @@ fn values(
 ) -> Result<Vec<f32>> {
     super::stream::decode_all(t.dtype(), t.data()).ok_or_else(|| {
         Error::InvalidInput(format!(
-            "{what} {source}: `{key}` is {:?}; f32, f16 or bf16 expected",
+            "{what} {source}: `{key}` is {:?}; f32, f16, bf16 or fp8 expected",
             t.dtype()
         ))
     })

@@ -252,7 +252,7 @@ impl Filling {
     /// with the bytes that actually arrive, so a header that lies costs nothing until then.
     fn start(info: &TensorInfo, trusted: bool) -> Self {
         let (begin, end) = info.data_offsets;
-        let decodable = matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+        let decodable = width(info.dtype).is_some();
         let count = if trusted {
             info.shape.iter().product()
         } else {
@@ -272,7 +272,7 @@ impl Filling {
         let Some(values) = &mut self.values else {
             return;
         };
-        let width = if dtype == Dtype::F32 { 4 } else { 2 };
+        let width = width(dtype).expect("only decodable tensors keep values");
         if self.carry_len > 0 {
             let take = (width - self.carry_len).min(bytes.len());
             self.carry[self.carry_len..self.carry_len + take].copy_from_slice(&bytes[..take]);
@@ -296,15 +296,22 @@ impl Filling {
     }
 }
 
-/// A whole buffer of little-endian f32, f16 or bf16 values; `None` for another dtype. What a
-/// small file read whole (a LoRA, an embedding) needs; weight files stream through
-/// [`TensorStream`] instead.
+/// The bytes of one value of a float type this runtime reads: f32, f16, bf16, and the two
+/// 8-bit floats that FLUX's and SD 3's fp8 files store (e4m3fn, e5m2); `None` for another.
+fn width(dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F32 => Some(4),
+        Dtype::F16 | Dtype::BF16 => Some(2),
+        Dtype::F8_E4M3 | Dtype::F8_E5M2 => Some(1),
+        _ => None,
+    }
+}
+
+/// A whole buffer of little-endian values of a float type [`width`] knows; `None` for
+/// another dtype. What a small file read whole (a LoRA, an embedding) needs; weight files
+/// stream through [`TensorStream`] instead.
 pub(crate) fn decode_all(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    let width = match dtype {
-        Dtype::F32 => 4,
-        Dtype::F16 | Dtype::BF16 => 2,
-        _ => return None,
-    };
+    let width = width(dtype)?;
     Some(
         bytes
             .chunks_exact(width)
@@ -313,18 +320,69 @@ pub(crate) fn decode_all(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     )
 }
 
-/// One little-endian f32, f16 or bf16 value.
+/// One little-endian value of a float type [`width`] knows.
 fn decode_one(dtype: Dtype, b: &[u8]) -> f32 {
     match dtype {
         Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        // e5m2 is f16 with its low byte dropped.
+        Dtype::F8_E5M2 => half::f16::from_bits(u16::from(b[0]) << 8).to_f32(),
+        Dtype::F8_E4M3 => e4m3fn(b[0]),
         _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+    }
+}
+
+/// An 8-bit float of 1 sign, 4 exponent (bias 7) and 3 mantissa bits, "fn": no infinities,
+/// and only the all-ones exponent and mantissa is NaN (so its largest value is 448).
+fn e4m3fn(byte: u8) -> f32 {
+    let sign = if byte & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (exponent, mantissa) = (i32::from((byte >> 3) & 0x0f), f32::from(byte & 0x07));
+    sign * match (exponent, byte & 0x7f) {
+        (_, 0x7f) => f32::NAN,
+        // Subnormal: no implicit 1, the smallest exponent.
+        (0, _) => mantissa / 8.0 * 2f32.powi(-6),
+        _ => (1.0 + mantissa / 8.0) * 2f32.powi(exponent - 7),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 8-bit floats decode as PyTorch's `float8_e4m3fn` and `float8_e5m2` do (their
+    /// bytes for these values, `torch.tensor(v).to(dtype).view(torch.uint8)`).
+    #[test]
+    fn fp8_values_decode_as_pytorch_writes_them() {
+        let e4m3 = [
+            (0x00, 0.0),
+            (0x38, 1.0),
+            (0xc0, -2.0),
+            (0x7e, 448.0),
+            (0x01, 2f32.powi(-9)),
+            (0x3c, 1.5),
+            (0x33, 0.6875),
+        ];
+        for (byte, value) in e4m3 {
+            assert_eq!(
+                decode_one(Dtype::F8_E4M3, &[byte]),
+                value,
+                "e4m3 {byte:#04x}"
+            );
+        }
+        assert!(decode_one(Dtype::F8_E4M3, &[0xff]).is_nan());
+        for (byte, value) in [(0x3c, 1.0), (0xc0, -2.0), (0x7b, 57344.0), (0x3e, 1.5)] {
+            assert_eq!(
+                decode_one(Dtype::F8_E5M2, &[byte]),
+                value,
+                "e5m2 {byte:#04x}"
+            );
+        }
+        assert_eq!(
+            decode_all(Dtype::F8_E4M3, &[0x38, 0xc0]),
+            Some(vec![1.0, -2.0])
+        );
+        assert_eq!(decode_all(Dtype::I8, &[1]), None);
+    }
 
     /// A small file with every decodable dtype, an integer buffer and an empty tensor.
     fn sample() -> Vec<u8> {
