@@ -740,6 +740,108 @@ fn a_flux_kohya_lora_naming_the_original_transformer_merges_like_diffusers_names
     }
 }
 
+/// T5's LoRA updates: SD 3's T5 is its third text encoder (kohya's `lora_te3_`, diffusers'
+/// `text_encoder_3.`), FLUX's its second (`lora_te2_`, `text_encoder_2.`). Both namings
+/// merge what a merge by hand into the T5 file gives, a new scale without a reload gives the
+/// merge at that scale, and T5's LoRA on a model loaded without T5's weights is refused.
+#[test]
+fn t5_loras_merge_into_sd3s_third_and_fluxs_second_text_encoder() {
+    let device = lina_runtime::device::cpu();
+    let module = "encoder.block.0.layer.0.SelfAttention.q";
+    let weight = format!("{module}.weight");
+    for (model, folder, kohya_prefix) in [
+        ("sd3_tiny", "text_encoder_3", "lora_te3_"),
+        ("flux_tiny", "text_encoder_2", "lora_te2_"),
+    ] {
+        let t5_file = format!("{folder}/model.safetensors");
+        let files: BTreeMap<String, Vec<u8>> = model_files(model).into_iter().collect();
+        let (shape, original) = as_f32(
+            &SafeTensors::deserialize(&files[&t5_file]).unwrap(),
+            &weight,
+        );
+        let (out, inn, rank) = (shape[0], shape[1], 2);
+        let mut rng = lina_runtime::rng::Rng::new(21);
+        let down: Vec<f32> = rng.normals(rank * inn).iter().map(|v| v * 0.5).collect();
+        let up: Vec<f32> = rng.normals(out * rank).iter().map(|v| v * 0.5).collect();
+        let lora = |down_name: String, up_name: String| {
+            let mut t = BTreeMap::new();
+            t.insert(down_name, (vec![rank, inn], down.clone()));
+            t.insert(up_name, (vec![out, rank], up.clone()));
+            f32_safetensors(&t)
+        };
+        let flat = module.replace('.', "_");
+        let kohya = lora(
+            format!("{kohya_prefix}{flat}.lora_down.weight"),
+            format!("{kohya_prefix}{flat}.lora_up.weight"),
+        );
+        let peft = lora(
+            format!("{folder}.{module}.lora_A.weight"),
+            format!("{folder}.{module}.lora_B.weight"),
+        );
+        // By hand: W + scale * up * down (no alpha: scale 1 per rank).
+        let by_hand = |scale: f32| {
+            let mut merged = original.clone();
+            for o in 0..out {
+                for i in 0..inn {
+                    let d: f32 = (0..rank)
+                        .map(|k| up[o * rank + k] * down[k * inn + i])
+                        .sum();
+                    merged[o * inn + i] += scale * d;
+                }
+            }
+            let file = SafeTensors::deserialize(&files[&t5_file]).unwrap();
+            let mut all: BTreeMap<String, (Vec<usize>, Vec<f32>)> = file
+                .names()
+                .into_iter()
+                .map(|n| (n.to_string(), as_f32(&file, n)))
+                .collect();
+            all.insert(weight.clone(), (shape.clone(), merged));
+            let mut edited = files.clone();
+            edited.insert(t5_file.clone(), f32_safetensors(&all));
+            edited
+        };
+        let context = |pipe: &lina_runtime::pipeline::StableDiffusion| {
+            common::values(
+                pipe.encode_prompt("a red ball on a small mirror", 0)
+                    .unwrap()
+                    .context,
+            )
+        };
+        let plain = context(&load(&files, &device, &[]).unwrap());
+        let expected = context(&load(&by_hand(1.0), &device, &[]).unwrap());
+        for (naming, file) in [("kohya", &kohya), ("diffusers", &peft)] {
+            let mut pipe = load(&files, &device, &[scaled(file, 1.0)]).unwrap();
+            let ours = context(&pipe);
+            assert_ne!(
+                ours, plain,
+                "{model}, {naming}: the LoRA changes T5's states"
+            );
+            let err = common::max_abs_diff(&ours, &expected);
+            assert!(
+                err < 1e-4,
+                "{model}, {naming}: merged at load vs by hand: {err}"
+            );
+            pipe.set_lora_scales(&[0.5]).unwrap();
+            let half = context(&load(&by_hand(0.5), &device, &[]).unwrap());
+            let err = common::max_abs_diff(&context(&pipe), &half);
+            assert!(
+                err < 1e-4,
+                "{model}, {naming}: at scale 0.5 without a reload: {err}"
+            );
+        }
+
+        // Without T5's weights (its config alone, as the page loads SD 3 by default) its
+        // LoRA adapts nothing: refused, naming the folder.
+        let mut without = files.clone();
+        without.remove(&t5_file);
+        let e = match load(&without, &device, &[scaled(&kohya, 1.0)]) {
+            Ok(_) => panic!("{model}: T5's LoRA loaded without T5"),
+            Err(e) => e,
+        };
+        assert!(e.to_string().contains(folder), "{model}: {e}");
+    }
+}
+
 /// A tensor of a safetensors file as f32, whatever its float type.
 fn as_f32(file: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
     let t = file.tensor(name).unwrap();

@@ -3,13 +3,14 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::StableDiffusion;
+use super::{StableDiffusion, T5State};
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
 use crate::models::clip::{ClipTextConfig, ClipTextEncoder};
 use crate::models::denoiser::Denoiser;
 use crate::models::flux::{Flux, FluxConfig};
 use crate::models::mmdit::{Mmdit, MmditConfig};
+use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::unet::{UNet, UNetConfig};
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::{EmbeddingVectors, LoraTarget, ScaledLora, Weights};
@@ -95,6 +96,8 @@ pub(super) struct Adapters {
     pub(super) unet: Option<Kept<UNetConfig>>,
     pub(super) mmdit: Option<Kept<MmditConfig>>,
     pub(super) flux: Option<Kept<FluxConfig>>,
+    /// SD 3's or FLUX's T5.
+    pub(super) t5: Option<Kept<T5Config>>,
     /// The vocabulary rows textual-inversion embeddings added to each text encoder, in
     /// order: a rebuilt encoder takes them again.
     pub(super) added_rows: [Vec<Tensor<2>>; 2],
@@ -264,6 +267,11 @@ impl StableDiffusion {
             .as_ref()
             .map(|k| k.rebuilt(&loras, Flux::load))
             .transpose()?;
+        let t5 = adapters
+            .t5
+            .as_ref()
+            .map(|k| k.rebuilt(&loras, T5Encoder::load))
+            .transpose()?;
         if let Some(e) = text_encoder {
             self.text_encoder = e;
         }
@@ -278,6 +286,9 @@ impl StableDiffusion {
         }
         if let Some(f) = flux {
             self.denoiser = Denoiser::Flux(Box::new(f));
+        }
+        if let (Some(e), T5State::Loaded(t5)) = (t5, &mut self.t5) {
+            t5.1 = e;
         }
         if let Some(adapters) = &mut self.adapters {
             adapters.loras = loras;

@@ -3,7 +3,7 @@
 
 use burn::tensor::Device;
 
-use super::adapters::{Adapters, build_keeping};
+use super::adapters::{Adapters, Kept, build_keeping};
 use super::{Refiner, SecondEncoder, StableDiffusion, T5State};
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
@@ -24,21 +24,24 @@ use crate::weights::{LoraTarget, ScaledLora, Weights, WeightsUpload};
 /// A text encoder's weight files, in order of preference.
 const TEXT_ENCODER_WEIGHTS: &[&str] = &["model.safetensors", "model.fp16.safetensors"];
 
-/// Where a model folder keeps its T5 encoder and tokenizer.
+/// Where a model folder keeps its T5 encoder and tokenizer, and what LoRA files call it.
 pub(super) struct T5Folders {
     pub(super) encoder: &'static str,
     pub(super) tokenizer: &'static str,
+    pub(super) lora: LoraTarget,
 }
 
-/// SD 3's T5 is its third text encoder.
+/// SD 3's T5 is its third text encoder (kohya's `lora_te3_`).
 pub(super) const T5_SD3: &T5Folders = &T5Folders {
     encoder: "text_encoder_3",
     tokenizer: "tokenizer_3",
+    lora: LoraTarget::TextEncoder3,
 };
-/// FLUX's is its second.
+/// FLUX's is its second (kohya's `lora_te2_`, diffusers' `text_encoder_2.`).
 pub(super) const T5_FLUX: &T5Folders = &T5Folders {
     encoder: "text_encoder_2",
     tokenizer: "tokenizer_2",
+    lora: LoraTarget::TextEncoder2,
 };
 
 /// Streams one component's weights from the first weight file its folder has (in order of
@@ -347,9 +350,20 @@ impl StableDiffusion {
             true => LoraTarget::Transformer,
             false => LoraTarget::Unet,
         };
+        // SD 3's and FLUX's T5, where the folder (or file) has one.
+        let t5_folders = match flux {
+            true => T5_FLUX,
+            false => T5_SD3,
+        };
+        let has_t5 = flow_model
+            && (text_3_part.is_some()
+                || files
+                    .read(&format!("{}/config.json", t5_folders.encoder))?
+                    .is_some());
         let parts: Vec<LoraTarget> = [text_target, denoiser_target]
             .into_iter()
             .chain(has_second.then_some(LoraTarget::TextEncoder2))
+            .chain(has_t5.then_some(t5_folders.lora))
             .collect();
         refuse_absent_parts(loras, &parts)?;
 
@@ -489,20 +503,21 @@ impl StableDiffusion {
             // FLUX's pipeline spaces its steps' sigmas from 1 to 1/n.
             scheduler_config.flow.spacing = FlowSpacing::UnitToOneOverSteps;
         }
-        let t5 = match &denoiser {
+        let (t5, kept_t5) = match &denoiser {
             Denoiser::UNet(unet) => {
                 Self::check_unet(unet, &text_encoder, second.as_ref(), &refiner, vae.config())?;
-                T5State::Absent
+                (T5State::Absent, None)
             }
             Denoiser::Mmdit(mmdit) => {
                 Self::check_mmdit(mmdit.config(), &text_encoder, second.as_ref(), vae.config())?;
                 let joint = mmdit.config().joint_attention_dim;
-                Self::load_t5(files, (text_3_part, T5_SD3), joint, device, kernels)?
+                let source = (text_3_part, T5_SD3);
+                Self::load_t5(files, source, joint, device, (kernels, loras))?
             }
             Denoiser::Flux(flux) => {
                 Self::check_flux(flux.config(), &text_encoder, vae.config())?;
                 let joint = flux.config().joint_attention_dim;
-                Self::load_t5(files, (None, T5_FLUX), joint, device, kernels)?
+                Self::load_t5(files, (None, T5_FLUX), joint, device, (kernels, loras))?
             }
         };
         Ok(Self {
@@ -517,6 +532,7 @@ impl StableDiffusion {
                 unet: kept_unet,
                 mmdit: kept_mmdit,
                 flux: kept_flux,
+                t5: kept_t5,
                 added_rows: [Vec::new(), Vec::new()],
             }),
             t5,
@@ -610,19 +626,20 @@ impl StableDiffusion {
     }
 
     /// The T5 encoder and its tokenizer where the folder (or file) has them, in `folders`
-    /// (SD 3's or FLUX's); its hidden states must be the transformer's `joint` width.
+    /// (SD 3's or FLUX's), with `loras` merged; its hidden states must be the transformer's
+    /// `joint` width. Also its weights, kept where a LoRA adapts it.
     fn load_t5(
         files: &dyn FileSource,
         (from_checkpoint, folders): (Option<single_file::Part>, &T5Folders),
         joint: usize,
         device: &Device,
-        kernels: Kernels,
-    ) -> Result<T5State> {
+        (kernels, loras): (Kernels, &[ScaledLora]),
+    ) -> Result<(T5State, Option<Kept<T5Config>>)> {
         let config_file = format!("{}/config.json", folders.encoder);
         let config = match (files.read_text(&config_file)?, &from_checkpoint) {
             (Some(config), _) => config,
             (None, Some(part)) => part.config.clone(),
-            (None, None) => return Ok(T5State::Absent),
+            (None, None) => return Ok((T5State::Absent, None)),
         };
         let config = T5Config::from_file(&config_file, &config)?;
         if config.d_model != joint {
@@ -638,7 +655,17 @@ impl StableDiffusion {
             Some(part) => part.weights,
             None => match folder_weights(files, folders.encoder, TEXT_ENCODER_WEIGHTS, device) {
                 Ok(weights) => weights,
-                Err(Error::MissingFile(_)) => return Ok(T5State::Skipped),
+                Err(Error::MissingFile(_)) => {
+                    // Its weights left behind: a LoRA for it would adapt nothing.
+                    if let Some(lora) = loras.iter().find(|l| l.lora.adapts(folders.lora)) {
+                        return Err(Error::InvalidInput(format!(
+                            "LoRA {}: adapts T5 ({}), whose weights the model was loaded without",
+                            lora.lora.source(),
+                            folders.encoder
+                        )));
+                    }
+                    return Ok((T5State::Skipped, None));
+                }
                 Err(e) => return Err(e),
             },
         };
@@ -648,8 +675,9 @@ impl StableDiffusion {
                 .read(&format!("{}/tokenizer_config.json", folders.tokenizer))?
                 .as_deref(),
         )?;
-        let encoder = build_component(weights, (kernels, None), |w| T5Encoder::load(config, w))?;
-        Ok(T5State::Loaded(Box::new((tokenizer, encoder))))
+        let adapted = (kernels, loras, folders.lora);
+        let (encoder, kept) = build_keeping(weights, adapted, config, T5Encoder::load)?;
+        Ok((T5State::Loaded(Box::new((tokenizer, encoder))), kept))
     }
 
     /// A FLUX transformer's fit: CLIP's pooled output as wide as its pooled input, the VAE's

@@ -37,20 +37,23 @@ use crate::ldm::count_indices;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LoraTarget {
     Unet,
-    /// SD 3's transformer.
+    /// SD 3's and FLUX's transformer.
     Transformer,
     TextEncoder,
-    /// SDXL's second text encoder.
+    /// The second text encoder: SDXL's and SD 3's CLIP-G, FLUX's T5.
     TextEncoder2,
+    /// SD 3's third, its T5.
+    TextEncoder3,
 }
 
 impl LoraTarget {
     /// Every part a LoRA may adapt.
-    pub const ALL: [LoraTarget; 4] = [
+    pub const ALL: [LoraTarget; 5] = [
         LoraTarget::Unet,
         LoraTarget::Transformer,
         LoraTarget::TextEncoder,
         LoraTarget::TextEncoder2,
+        LoraTarget::TextEncoder3,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +62,7 @@ impl LoraTarget {
             LoraTarget::Transformer => "transformer",
             LoraTarget::TextEncoder => "text_encoder",
             LoraTarget::TextEncoder2 => "text_encoder_2",
+            LoraTarget::TextEncoder3 => "text_encoder_3",
         }
     }
 }
@@ -261,10 +265,12 @@ const NAMING: &[(&str, LoraTarget, bool, Parts)] = {
         ("lora_te_", LoraTarget::TextEncoder, true, KOHYA),
         ("lora_te1_", LoraTarget::TextEncoder, true, KOHYA),
         ("lora_te2_", LoraTarget::TextEncoder2, true, KOHYA),
+        ("lora_te3_", LoraTarget::TextEncoder3, true, KOHYA),
         ("unet.", LoraTarget::Unet, false, PEFT),
         ("transformer.", LoraTarget::Transformer, false, PEFT),
         ("text_encoder.", LoraTarget::TextEncoder, false, PEFT),
         ("text_encoder_2.", LoraTarget::TextEncoder2, false, PEFT),
+        ("text_encoder_3.", LoraTarget::TextEncoder3, false, PEFT),
     ]
 };
 
