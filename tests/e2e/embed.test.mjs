@@ -465,6 +465,28 @@ test("SD 3 (an MMDiT with flow matching) without T5's weights, by URL and as fil
   await page.close();
 });
 
+test("FLUX (double- and single-stream transformer, T5 as its second text encoder) by URL draws diffusers' image", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const { referenceTensors, drawAgainst } = await import("/helpers/reference.js");
+    const folder = "/fixtures/flux_tiny/";
+    const tensor = await referenceTensors(folder);
+    const options = {
+      prompt: "a red ball on a small mirror",
+      steps: 4,
+      guidanceScale: 3.5,
+      width: 48,
+      height: 32,
+      initialLatents: Array.from(tensor("latents_wide")),
+    };
+    return drawAgainst(LinaModel, { url: folder }, options, tensor("image_wide"));
+  });
+  assert.ok(out.worst <= 1, `FLUX by URL: the browser's image is ${out.worst}/255 from diffusers'`);
+  assert.deepEqual(out.warnings, []);
+  await page.close();
+});
+
 test("a LoRA and an embedding load with the model: scale 0 changes nothing, scale 1 changes the image, and a LoRA for another model is refused naming its module", { timeout: SLOW * 2 }, async () => {
   const page = await apiPage();
   const out = await page.evaluate(async () => {
