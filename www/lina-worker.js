@@ -481,7 +481,8 @@ const handlers = {
           throw error;
         }
         notes.push(...pipeline.notes());
-        return { deviceInfo: { ...pipeline.deviceInfo(), software }, nativeSize: pipeline.nativeSize(), notes };
+        const skippableBlocks = pipeline.skippableBlocks() ?? null;
+        return { deviceInfo: { ...pipeline.deviceInfo(), software }, nativeSize: pipeline.nativeSize(), skippableBlocks, notes };
       }
     } finally {
       loading = null;

@@ -130,6 +130,11 @@ export interface ModelSource extends Controls {
 export interface LoadResult {
   deviceInfo: DeviceInfo;
   nativeSize: number;
+  /**
+   * The blocks `skipLayerGuidance` may skip, numbered from 0 (an SD 3 transformer's joint
+   * blocks); null for models without such blocks (UNets, FLUX).
+   */
+  skippableBlocks: number | null;
   /** What the user should know about the loaded model ("not cached for the next visit"). */
   notes: string[];
 }
@@ -402,6 +407,8 @@ export declare class LinaModel {
   deviceInfo: DeviceInfo | null;
   /** The loaded model's native image side in pixels; null whenever `deviceInfo` is. */
   nativeSize: number | null;
+  /** The blocks `skipLayerGuidance` may skip (SD 3's); null for other models and whenever `deviceInfo` is. */
+  skippableBlocks: number | null;
   /** What the user should know about the loaded model ("not cached for the next visit"). */
   notes: string[];
   /**

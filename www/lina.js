@@ -110,6 +110,8 @@ export class LinaModel {
     this.deviceInfo = null;
     /** @type {number | null} Set by `load`: the model's native image side in pixels. */
     this.nativeSize = null;
+    /** @type {number | null} Set by `load`: the blocks `skipLayerGuidance` may skip (SD 3's), or null. */
+    this.skippableBlocks = null;
     /** @type {string[]} Set by `load`: what the user should know ("not cached for the next visit"). */
     this.notes = [];
     // Started now, so that the wasm module compiles while the caller gets to `load`.
@@ -137,6 +139,7 @@ export class LinaModel {
     });
     this.deviceInfo = info.deviceInfo;
     this.nativeSize = info.nativeSize;
+    this.skippableBlocks = info.skippableBlocks;
     this.notes = info.notes;
     return info;
   }
@@ -366,6 +369,7 @@ export class LinaModel {
   #unloaded() {
     this.deviceInfo = null;
     this.nativeSize = null;
+    this.skippableBlocks = null;
     this.notes = [];
   }
 

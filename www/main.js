@@ -101,6 +101,33 @@ function restoreFromAddress() {
   for (const [name, id] of Object.entries(FIELDS)) {
     if (address.has(name)) $(id).value = address.get(name);
   }
+  if (address.has("skipLayers")) $("skip-layers").value = address.get("skipLayers");
+}
+
+// Skip-layer guidance (SD 3.5): shown only for models whose blocks it can skip.
+
+/** The blocks to skip as the field lists them, or null where it is hidden or empty. */
+function skipLayers() {
+  const text = $("skip-layers").value.trim();
+  if ($("skip-layers-field").hidden || !text) return null;
+  return text.split(",").map((part) => Number(part.trim()));
+}
+
+/** Why the blocks listed cannot be skipped, or "" when they can (or none are listed). */
+function skipLayersProblem() {
+  const layers = skipLayers();
+  const blocks = model?.skippableBlocks;
+  if (!layers || blocks == null) return "";
+  const bad = layers.find((layer) => !Number.isInteger(layer) || layer < 0 || layer >= blocks);
+  if (bad === undefined) return "";
+  return `Skip layers: list block numbers from 0 to ${blocks - 1}, separated by commas.`;
+}
+
+function showSkipLayersProblem() {
+  const problem = skipLayersProblem();
+  $("skip-layers-error").textContent = problem;
+  $("skip-layers").setAttribute("aria-invalid", String(problem !== ""));
+  return problem;
 }
 
 async function restoreLinaFromAddress() {
@@ -121,6 +148,7 @@ function linkTo(options) {
   for (const [name] of Object.entries(FIELDS)) {
     if (options[name] !== undefined) params.set(name, options[name]);
   }
+  if (options.skipLayerGuidance) params.set("skipLayers", options.skipLayerGuidance.layers.join(","));
   if (options.plan) params.set("lina", JSON.stringify(options.plan));
   if (options.plan && options.csg && options.graphEdited) params.set("csg", JSON.stringify(options.csg));
   return `${location.pathname}#${params}`;
@@ -135,6 +163,8 @@ function baseOptions() {
     guidanceScale: Number($("guidance").value),
   };
   if ($("scheduler").value) options.scheduler = $("scheduler").value;
+  const layers = skipLayers();
+  if (layers) options.skipLayerGuidance = { layers };
   return options;
 }
 
@@ -409,7 +439,7 @@ function historyStatus(text, isError = false) {
  */
 function settingsProblem(settings) {
   if (typeof settings !== "object" || settings === null) return "it holds no settings";
-  const known = new Set([...Object.keys(FIELDS), "plan", "csg"]);
+  const known = new Set([...Object.keys(FIELDS), "skipLayerGuidance", "plan", "csg"]);
   const unknown = Object.keys(settings).find((key) => !known.has(key));
   if (unknown) return `it has a setting this page no longer knows ("${unknown}")`;
   return "";
@@ -431,6 +461,7 @@ async function restoreEntry(entry, item) {
     }
   }
   for (const [name, id] of Object.entries(FIELDS)) $(id).value = entry.settings[name] ?? (name === "scheduler" ? "" : $(id).value);
+  $("skip-layers").value = entry.settings.skipLayerGuidance?.layers.join(",") ?? "";
   if (entry.settings.plan) {
     plan.show(entry.settings.plan);
     plan.choose("custom");
@@ -585,6 +616,10 @@ function describeDevice(notes) {
 
 function ready(notes = []) {
   loadNotes = notes;
+  const blocks = model.skippableBlocks;
+  $("skip-layers-field").hidden = blocks == null;
+  if (blocks != null) $("skip-layers").placeholder = `blocks 0 to ${blocks - 1}`;
+  showSkipLayersProblem();
   const device = model.deviceInfo;
   status([`Ready (${device.adapter}, ${device.precision}).`, ...notes].join(" "));
   describeDevice(notes);
@@ -597,6 +632,10 @@ async function generate(event) {
   event.preventDefault();
   if (showPromptProblem()) {
     $("prompt").focus();
+    return;
+  }
+  if (showSkipLayersProblem()) {
+    $("skip-layers").focus();
     return;
   }
   $("generate").disabled = true;
@@ -760,6 +799,7 @@ async function main() {
     typing = setTimeout(graphFromPrompt, 300);
   });
   for (const id of ["steps", "scheduler"]) $(id).addEventListener("input", replotSchedule);
+  $("skip-layers").addEventListener("input", showSkipLayersProblem);
   $("add-node").addEventListener("click", () => editor.addNode());
   $("add-relation").addEventListener("click", () => editor.addRelation());
   $("graph-delete").addEventListener("click", () => graph.deleteSelected());

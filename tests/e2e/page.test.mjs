@@ -603,6 +603,37 @@ test("a model with sharded weights loads from a URL", { timeout: SLOW * 2 }, asy
   await page.close();
 });
 
+test("an SD 3 model shows the skip-layer field: a block it lacks is refused beside the field, valid blocks draw and go into the link; a UNet model hides it", { timeout: SLOW * 2 }, async () => {
+  const page = await openPage("");
+  await waitForStatus(page, /^Ready|rror/);
+  const field = page.getByLabel("Skip layers");
+  assert.equal(await field.isVisible(), false, "the default model (a UNet) has no blocks to skip");
+  await openTab(page, "Model");
+  await page.getByLabel("Or from a URL (a folder)").fill(`${base}fixtures/sd3_tiny/`);
+  await page.getByRole("button", { name: "Load", exact: true }).click();
+  assert.match(await waitForStatus(page, /^Ready|rror|not found/), /^Ready/);
+  assert.ok(await field.isVisible(), "the SD 3 model's blocks can be skipped");
+  // The tiny transformer has blocks 0 to 2.
+  await field.fill("1,5");
+  assert.match(await page.locator("#skip-layers-error").textContent(), /from 0 to 2/);
+  assert.equal(await field.getAttribute("aria-invalid"), "true");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.equal(await page.evaluate(() => document.activeElement.id), "skip-layers", "Generate sent the user to the field");
+  await field.fill("1,2");
+  assert.equal(await page.locator("#skip-layers-error").textContent(), "");
+  await page.getByLabel("Steps", { exact: true }).fill("3");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+  assert.match(new URL(page.url()).hash, /skipLayers=1%2C2/);
+
+  // A page with the default model (a UNet) again: no field.
+  await page.close();
+  const again = await openPage("");
+  await waitForStatus(again, /^Ready|rror/);
+  assert.equal(await again.getByLabel("Skip layers").isVisible(), false);
+  await again.close();
+});
+
 test("the embed example draws an image with the API alone", { timeout: SLOW * 2 }, async () => {
   const page = await openPage("example.html");
   assert.match(await waitForStatus(page, /^Done|^Error/), /^Done/);

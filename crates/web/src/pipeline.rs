@@ -108,6 +108,13 @@ impl Pipeline {
         self.inner.native_size()
     }
 
+    /// The blocks skip-layer guidance may skip (an SD 3 transformer's joint blocks, numbered
+    /// from 0), or none for models that have no such blocks.
+    #[wasm_bindgen(js_name = skippableBlocks)]
+    pub fn skippable_blocks(&self) -> Option<usize> {
+        self.inner.denoiser().mmdit().map(|m| m.blocks())
+    }
+
     /// Traps the wasm instance (a Rust panic, which aborts to `unreachable`), as a bug or an
     /// exhausted memory would: for tests that the worker replaces a trapped instance instead
     /// of using it again.
