@@ -247,3 +247,43 @@ fn flux_refuses_what_it_cannot_run_and_counts_its_weights() {
         "{counted} bytes counted, the weight files have {files}"
     );
 }
+
+/// FLUX.1-schnell's variant (tests/fixtures/flux_schnell_tiny beside flux_tiny's text
+/// encoders, tokenizers and VAE): no guidance embedding, so the guidance scale changes
+/// nothing; schnell's scheduler (no dynamic shift, shift 1) over sigmas from 1 to 1/n. Its
+/// 4-step image is diffusers'.
+#[test]
+fn flux_schnell_draws_diffusers_image() {
+    let mut files = lina_runtime::source::MemorySource::new();
+    for (path, bytes) in common::model_files("flux_tiny") {
+        if !path.starts_with("transformer/") && !path.starts_with("scheduler/") {
+            files.insert(path, bytes);
+        }
+    }
+    for (path, bytes) in common::model_files("flux_schnell_tiny") {
+        files.insert(path, bytes);
+    }
+    let expected = Reference::open("flux_schnell_tiny").f32("image").1;
+    let latents = Reference::open("flux_tiny").f32("latents").1;
+    for (name, device) in test_devices() {
+        let pipe = StableDiffusion::load(&files, &device).unwrap();
+        let flux = pipe.denoiser().flux().expect("a FLUX transformer");
+        assert!(!flux.config().guidance_embeds);
+        let draw = |guidance: f64| {
+            let opts = GenerateOptions {
+                guidance_scale: guidance,
+                ..options(4, (32, 32), latents.clone())
+            };
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap()
+        };
+        let done = draw(0.0);
+        assert_eq!(done.evaluations, 4);
+        let worst = common::worst_pixel(&done.image.rgb, &expected);
+        assert!(worst <= 1.0, "{name}: {worst}/255 from diffusers");
+        assert_eq!(
+            draw(3.5).image.rgb,
+            done.image.rgb,
+            "{name}: guidance changed schnell's image"
+        );
+    }
+}

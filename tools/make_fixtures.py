@@ -1484,6 +1484,50 @@ def make_fp8_table(fix: Path):
     log("fp8: 256 values of each type")
 
 
+def make_flux_schnell(fix: Path):
+    """FLUX.1-schnell's variant of flux_tiny (`flux_schnell_tiny/`): a transformer without the
+    guidance embedding and schnell's scheduler (no dynamic shift, shift 1), beside
+    flux_tiny's text encoders, tokenizers and VAE (the test takes those from there). Reference:
+    `FluxPipeline`'s 4-step image at guidance 0 (ignored: nothing embeds it) from flux_tiny's
+    latents, as schnell runs."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from safetensors.torch import load_file, save_file
+
+    out = fix / "flux_schnell_tiny"
+    if out.exists():
+        shutil.rmtree(out)
+    log("== flux_schnell_tiny")
+    base = FluxPipeline.from_pretrained(str(fix / "flux_tiny"), torch_dtype=torch.float32)
+    torch.manual_seed(7100)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=96, pooled_projection_dim=32, guidance_embeds=False,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
+    reinit_(transformer, 7101, out_gain={"proj_out": 0.5})
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(**{**base.components, "transformer": transformer, "scheduler": scheduler})
+    pipe.set_progress_bar_config(disable=True)
+    ref = load_file(str(fix / "flux_tiny" / "reference.safetensors"))
+    side, steps = 32, 4
+    packed = pipe._pack_latents(ref["latents"].clone(), 1, 16, side // 2, side // 2)
+    image = pipe(PROMPT, num_inference_steps=steps, guidance_scale=0.0, latents=packed, height=side, width=side,
+                 output_type="np").images
+    log(f"  image: mean {float(image.mean()):.3f}, timesteps {[round(float(t), 2) for t in pipe.scheduler.timesteps]}")
+    out.mkdir(parents=True)
+    transformer.save_pretrained(str(out / "transformer"), safe_serialization=True)
+    scheduler.save_pretrained(str(out / "scheduler"))
+    save_file({"image": torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()},
+              str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "guidance_scale": 0.0, "num_inference_steps": steps, "height": side, "width": side,
+        "notes": "image = FluxPipeline(flux_tiny's text encoders, tokenizers and VAE with this transformer and "
+                 "scheduler; prompt, steps, guidance 0, flux_tiny's reference latents packed, 32x32, "
+                 "output_type='np').",
+    })
+
+
 def make_sd3_slg(fix: Path):
     """Skip-layer guidance on the tiny SD 3 (`sd3_slg/`): `StableDiffusion3Pipeline` with
     `skip_guidance_layers` on sd3_tiny's square image (its prompt, negative prompt, latents,
@@ -1849,7 +1893,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg", "flux", "flux-lora", "fp8"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg", "flux", "flux-lora", "flux-schnell", "fp8"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1901,6 +1945,10 @@ def main():
     if args.only == "flux":
         make_flux(fix)
         make_flux_lora(fix)  # made from flux_tiny
+        make_flux_schnell(fix)  # beside flux_tiny
+        return
+    if args.only == "flux-schnell":
+        make_flux_schnell(fix)
         return
     if args.only == "flux-lora":
         make_flux_lora(fix)
