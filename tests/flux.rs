@@ -287,3 +287,45 @@ fn flux_schnell_draws_diffusers_image() {
         );
     }
 }
+
+/// FLUX's true classifier-free guidance (diffusers' `true_cfg_scale`) beside the embedded
+/// guidance: with a negative prompt at scale 4 on the wide 4-step run, diffusers' image
+/// (tests/fixtures/flux_true_cfg), two model rows per step; refused without a negative
+/// prompt or on another model.
+#[test]
+fn true_cfg_draws_diffusers_image_and_needs_a_negative_prompt() {
+    let tiny = Reference::open("flux_tiny");
+    let expected = Reference::open("flux_true_cfg").f32("image").1;
+    for (name, device) in test_devices() {
+        let pipe = StableDiffusion::load(&DirSource::new(fixture("flux_tiny")), &device).unwrap();
+        let opts = GenerateOptions {
+            negative_prompt: "blurry".into(),
+            true_cfg_scale: Some(4.0),
+            ..options(4, (48, 32), tiny.f32("latents_wide").1)
+        };
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        assert_eq!(done.evaluations, 8);
+        let worst = common::worst_pixel(&done.image.rgb, &expected);
+        assert!(worst <= 1.0, "{name}: {worst}/255 from diffusers");
+    }
+    let cpu = lina_runtime::device::cpu();
+    let pipe = StableDiffusion::load(&DirSource::new(fixture("flux_tiny")), &cpu).unwrap();
+    let refused = |pipe: &StableDiffusion, opts: GenerateOptions| {
+        pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+            .expect_err("refused")
+            .to_string()
+    };
+    let without_negative = GenerateOptions {
+        true_cfg_scale: Some(4.0),
+        ..options(2, (32, 32), tiny.f32("latents").1)
+    };
+    assert!(refused(&pipe, without_negative).contains("negative prompt"));
+    let sd1 = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &cpu).unwrap();
+    let on_unet = GenerateOptions {
+        true_cfg_scale: Some(4.0),
+        negative_prompt: "blurry".into(),
+        ..options(2, (64, 64), vec![0.0; 4 * 8 * 8])
+    };
+    assert!(refused(&sd1, on_unet).contains("FLUX"));
+}

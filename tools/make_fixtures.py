@@ -1528,6 +1528,37 @@ def make_flux_schnell(fix: Path):
     })
 
 
+def make_flux_true_cfg(fix: Path):
+    """True classifier-free guidance on the tiny FLUX (`flux_true_cfg/`): `FluxPipeline` with
+    a negative prompt and `true_cfg_scale` 4 beside the embedded guidance 3.5, on flux_tiny's
+    wide run (its latents, 4 steps): each step runs the negative prompt's row too and takes
+    neg + 4 (cond - neg)."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file, save_file
+
+    out = fix / "flux_true_cfg"
+    out.mkdir(parents=True, exist_ok=True)
+    log("== flux_true_cfg")
+    pipe = FluxPipeline.from_pretrained(str(fix / "flux_tiny"), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    ref = load_file(str(fix / "flux_tiny" / "reference.safetensors"))
+    side, wide, steps, scale = 32, 48, 4, 4.0
+    packed = pipe._pack_latents(ref["latents_wide"].clone(), 1, 16, side // 2, wide // 2)
+    image = pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, true_cfg_scale=scale, num_inference_steps=steps,
+                 guidance_scale=3.5, latents=packed, height=side, width=wide, output_type="np").images
+    image = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    moved = float((image - ref["image_wide"]).abs().max())
+    assert moved > 0.02, moved  # the guidance must change the image
+    save_file({"image": image}, str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "negative_prompt": NEGATIVE_PROMPT, "true_cfg_scale": scale, "guidance_scale": 3.5,
+        "num_inference_steps": steps,
+        "notes": "image = FluxPipeline(flux_tiny, its prompt, this negative prompt and true_cfg_scale, guidance 3.5, "
+                 "4 steps, 48x32, flux_tiny's latents_wide packed, output_type='np').",
+    })
+    log(f"flux true cfg: scale {scale}; the image moved by up to {moved:.3f}")
+
+
 def make_sd3_slg(fix: Path):
     """Skip-layer guidance on the tiny SD 3 (`sd3_slg/`): `StableDiffusion3Pipeline` with
     `skip_guidance_layers` on sd3_tiny's square image (its prompt, negative prompt, latents,
@@ -1893,7 +1924,7 @@ def main():
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg", "flux", "flux-lora", "flux-schnell", "fp8"], help="rebuild one part only")
+    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg", "flux", "flux-lora", "flux-schnell", "flux-true-cfg", "fp8"], help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1946,6 +1977,10 @@ def main():
         make_flux(fix)
         make_flux_lora(fix)  # made from flux_tiny
         make_flux_schnell(fix)  # beside flux_tiny
+        make_flux_true_cfg(fix)  # made from flux_tiny
+        return
+    if args.only == "flux-true-cfg":
+        make_flux_true_cfg(fix)
         return
     if args.only == "flux-schnell":
         make_flux_schnell(fix)

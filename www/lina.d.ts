@@ -315,6 +315,12 @@ export interface GenerateOptions {
    * Stability suggests layers [7, 8, 9] for SD 3.5 medium. Any other key is refused.
    */
   skipLayerGuidance?: SkipLayerGuidance;
+  /**
+   * FLUX's classifier-free guidance beside the guidance its transformer embeds (diffusers'
+   * `true_cfg_scale`): above 1, each step also runs the negative prompt (which it then
+   * requires) and takes `negative + scale * (prompt - negative)`. Refused on other models.
+   */
+  trueCfgScale?: number;
 }
 
 export interface SkipLayerGuidance {

@@ -70,6 +70,7 @@ const GENERATE_OPTIONS = [
   "csg",
   "attentionMaps",
   "skipLayerGuidance",
+  "trueCfgScale",
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
 const CONTROLS = ["signal"];

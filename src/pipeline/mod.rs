@@ -95,6 +95,11 @@ pub struct GenerateOptions {
     /// SD 3.5's skip-layer guidance (transformers only; acts only with classifier-free
     /// guidance on, as in diffusers).
     pub skip_layer_guidance: Option<SkipLayerGuidance>,
+    /// FLUX's classifier-free guidance beside the guidance its transformer embeds
+    /// (diffusers' `true_cfg_scale`): above 1, with a negative prompt, each step runs the
+    /// negative prompt's row too and takes `negative + scale · (prompt − negative)`. FLUX
+    /// only; `None` (or at most 1) runs none.
+    pub true_cfg_scale: Option<f64>,
 }
 
 /// Skip-layer guidance, as diffusers' `StableDiffusion3Pipeline` runs it
@@ -158,6 +163,7 @@ impl Default for GenerateOptions {
             step_noise: None,
             denoising_end: None,
             handoff: None,
+            true_cfg_scale: None,
             init_image: None,
             strength: 0.8,
             mask: None,
@@ -356,10 +362,21 @@ impl StableDiffusion {
         &self.scheduler_config
     }
 
-    /// Whether classifier-free guidance needs a second, unconditional pass: above scale 1,
-    /// unless the UNet takes the scale as an embedding (LCM-distilled models).
-    fn unconditional_pass(&self, guidance_scale: f64) -> bool {
-        guidance_scale > 1.0 && !self.denoiser.embeds_guidance()
+    /// Whether classifier-free guidance needs a second, unconditional pass.
+    fn unconditional_pass(&self, opts: &GenerateOptions) -> bool {
+        self.classifier_free_scale(opts).is_some()
+    }
+
+    /// The scale classifier-free guidance combines the two rows with, where it runs: the
+    /// guidance scale above 1, unless the model takes it otherwise (LCM's embedding,
+    /// FLUX's); for FLUX, `true_cfg_scale` above 1 (with a negative prompt, which the checks
+    /// before a run require).
+    fn classifier_free_scale(&self, opts: &GenerateOptions) -> Option<f64> {
+        match self.denoiser {
+            Denoiser::Flux(_) => opts.true_cfg_scale.filter(|&s| s > 1.0),
+            _ => (opts.guidance_scale > 1.0 && !self.denoiser.embeds_guidance())
+                .then_some(opts.guidance_scale),
+        }
     }
 
     /// Whether the UNet is an inpainting one (SD's 9-channel inpainting models): it takes the

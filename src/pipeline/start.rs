@@ -73,6 +73,23 @@ impl StableDiffusion {
                 opts.guidance_scale
             )));
         }
+        if let Some(scale) = opts.true_cfg_scale {
+            if self.denoiser.flux().is_none() {
+                return Err(Error::InvalidInput(
+                    "true_cfg_scale is FLUX's classifier-free guidance; other models' guidance scale runs it".into(),
+                ));
+            }
+            if !scale.is_finite() || scale < 0.0 {
+                return Err(Error::InvalidInput(format!(
+                    "true_cfg_scale must be a finite number >= 0, got {scale}"
+                )));
+            }
+            if scale > 1.0 && opts.negative_prompt.is_empty() {
+                return Err(Error::InvalidInput(
+                    "true_cfg_scale above 1 guides away from a negative prompt: give one".into(),
+                ));
+            }
+        }
         if let Timesteps::Count(n) = opts.timesteps
             && !(1..=1000).contains(&n)
         {
@@ -92,11 +109,7 @@ impl StableDiffusion {
         }
 
         // Refuse what the adapter cannot hold before any work, rather than fail mid-run.
-        let batch = if self.unconditional_pass(opts.guidance_scale) {
-            2
-        } else {
-            1
-        };
+        let batch = if self.unconditional_pass(opts) { 2 } else { 1 };
         let limits = crate::device::limits(&self.device);
         let needs = memory::activations(
             self.denoiser.config(),
@@ -133,7 +146,7 @@ impl StableDiffusion {
                 ignored,
             });
         }
-        let guided = self.unconditional_pass(opts.guidance_scale);
+        let guided = self.unconditional_pass(opts);
         let mut rows = vec![];
         if guided {
             let uncond = self.encode_negative(&opts.negative_prompt, &cond, opts.clip_skip)?;
@@ -255,7 +268,11 @@ impl StableDiffusion {
             scheduler,
             noise,
             context,
-            guidance_scale: opts.guidance_scale,
+            // The scale the rows combine with (FLUX's true CFG scale); the guidance scale
+            // where none runs, for hooks that read it.
+            guidance_scale: self
+                .classifier_free_scale(opts)
+                .unwrap_or(opts.guidance_scale),
             latents,
             step,
             end,
@@ -269,7 +286,7 @@ impl StableDiffusion {
             skip_layers: opts
                 .skip_layer_guidance
                 .clone()
-                .filter(|_| self.unconditional_pass(opts.guidance_scale)),
+                .filter(|_| self.unconditional_pass(opts)),
         })
     }
 

@@ -133,6 +133,10 @@ pub struct Args {
     /// Where it stops (default 0.2).
     #[arg(long, requires = "skip_layers")]
     skip_layer_stop: Option<f64>,
+    /// FLUX's classifier-free guidance (diffusers' `true_cfg_scale`): above 1, each step
+    /// also runs the `--negative` prompt, which it then needs.
+    #[arg(long)]
+    true_cfg: Option<f64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -185,6 +189,7 @@ pub fn run(args: Args) -> Result<()> {
                 args.skip_layer_stop,
             )
         }),
+        true_cfg_scale: args.true_cfg,
     };
     let (plan, out) = (args.plan, args.out);
     pollster::block_on(async {

@@ -49,6 +49,8 @@ struct JsOptions {
     /// SD 3.5's skip-layer guidance (`{ layers, scale?, start?, stop? }`), through
     /// serde_json for the same reason as the plan: an unknown key in it is an error.
     skip_layer_guidance: Option<serde_json::Value>,
+    /// FLUX's classifier-free guidance (`GenerateOptions::true_cfg_scale`).
+    true_cfg_scale: Option<f64>,
 }
 
 /// Skip-layer guidance as the page sends it; what it leaves out takes diffusers' defaults
@@ -126,6 +128,7 @@ impl JsOptions {
                 .skip_layer_guidance
                 .map(JsSkipLayers::parse)
                 .transpose()?,
+            true_cfg_scale: self.true_cfg_scale,
             ..defaults
         })
     }
