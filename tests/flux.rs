@@ -9,7 +9,7 @@
 mod common;
 
 use burn::tensor::Tensor;
-use common::{Reference, fixture, lina_run, read_fixture, relative_diff, test_devices, values};
+use common::{Reference, fixture, read_fixture, relative_diff, test_devices, values};
 use lina_runtime::models::attention_control::CrossAttentionControl;
 use lina_runtime::models::flux::{Flux, FluxConfig};
 use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
@@ -150,40 +150,14 @@ fn lina_runs_on_flux() {
         words.iter().flatten().count() + 1
     );
     let opts = options(4, (32, 32), reference.f32("latents").1);
-    let csg = lina_csg::parse::parse(PROMPT).unwrap();
-    let run = |plan: &lina::Plan| lina_run(&pipe, &opts, &csg, plan, &mut NoHook).unwrap();
-    let plain = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
-    let baseline = run(&lina::Plan::default());
-    assert_eq!(baseline.generated.image.rgb, plain.image.rgb);
-    for plan in [
-        lina::Plan {
-            attention_strength: 4.0,
-            attention_window: [0.0, 1.0],
-            ..lina::Plan::default()
-        },
-        lina::Plan {
-            prompt_strength: 3.0,
-            prompt_window: [0.0, 1.0],
-            ..lina::Plan::default()
-        },
-        lina::Plan {
-            warp: 2.0,
-            ..lina::Plan::default()
-        },
-        // Region guidance, measured from the conditional prediction (FLUX has no other).
-        lina::Plan {
-            node_weight: 3.0,
-            region_window: [0.0, 1.0],
-            ..lina::Plan::default()
-        },
-    ] {
-        let out = run(&plan);
-        assert!(!out.described.is_empty() || plan.warp != 1.0, "{plan:?}");
-        assert_ne!(
-            out.generated.image.rgb, plain.image.rgb,
-            "{plan:?} changed nothing"
-        );
-    }
+    // Region guidance too, measured from the conditional prediction (FLUX has no other).
+    let region = lina::Plan {
+        node_weight: 3.0,
+        region_window: [0.0, 1.0],
+        ..lina::Plan::default()
+    };
+    let plans = [common::transformer_plans(), vec![region]].concat();
+    common::assert_lina_plans_act(&pipe, &opts, PROMPT, &plans);
 }
 
 /// What cannot run is refused by name: SD 3's LoRA (a module FLUX has not), skip-layer

@@ -8,7 +8,7 @@
 mod common;
 
 use burn::tensor::Tensor;
-use common::{Reference, fixture, lina_run, read_fixture, relative_diff, test_devices, values};
+use common::{Reference, fixture, read_fixture, relative_diff, test_devices, values};
 use lina_runtime::models::attention_control::CrossAttentionControl;
 use lina_runtime::models::mmdit::{Mmdit, MmditConfig};
 use lina_runtime::pipeline::{
@@ -323,32 +323,5 @@ fn lina_runs_on_the_transformer() {
     let device = lina_runtime::device::cpu();
     let pipe = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &device).unwrap();
     let opts = options(4, (32, 32), reference.f32("latents").1);
-    let csg = lina_csg::parse::parse(PROMPT).unwrap();
-    let run = |plan: &lina::Plan| lina_run(&pipe, &opts, &csg, plan, &mut NoHook).unwrap();
-    let plain = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
-    let baseline = run(&lina::Plan::default());
-    assert_eq!(baseline.generated.image.rgb, plain.image.rgb);
-    for plan in [
-        lina::Plan {
-            attention_strength: 4.0,
-            attention_window: [0.0, 1.0],
-            ..lina::Plan::default()
-        },
-        lina::Plan {
-            prompt_strength: 3.0,
-            prompt_window: [0.0, 1.0],
-            ..lina::Plan::default()
-        },
-        lina::Plan {
-            warp: 2.0,
-            ..lina::Plan::default()
-        },
-    ] {
-        let out = run(&plan);
-        assert!(!out.described.is_empty() || plan.warp != 1.0, "{plan:?}");
-        assert_ne!(
-            out.generated.image.rgb, plain.image.rgb,
-            "{plan:?} changed nothing"
-        );
-    }
+    common::assert_lina_plans_act(&pipe, &opts, PROMPT, &common::transformer_plans());
 }

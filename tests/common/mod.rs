@@ -352,3 +352,48 @@ pub fn assert_the_attention_takes_the_control(
         "the controlled row did not move"
     );
 }
+
+/// The plans that act on every model LINA runs on: region-controlled attention, prompt-space
+/// guidance, the warped schedule; what a test adds is checked with them.
+pub fn transformer_plans() -> Vec<lina::Plan> {
+    vec![
+        lina::Plan {
+            attention_strength: 4.0,
+            attention_window: [0.0, 1.0],
+            ..lina::Plan::default()
+        },
+        lina::Plan {
+            prompt_strength: 3.0,
+            prompt_window: [0.0, 1.0],
+            ..lina::Plan::default()
+        },
+        lina::Plan {
+            warp: 2.0,
+            ..lina::Plan::default()
+        },
+    ]
+}
+
+/// LINA on `pipe`: the baseline plan draws the plain image bit for bit, and each of `plans`
+/// describes what it did (or warps the schedule) and changes the image.
+pub fn assert_lina_plans_act(
+    pipe: &lina_runtime::pipeline::StableDiffusion,
+    opts: &lina_runtime::pipeline::GenerateOptions,
+    prompt: &str,
+    plans: &[lina::Plan],
+) {
+    use lina_runtime::pipeline::{CancelToken, NoHook};
+    let csg = lina_csg::parse::parse(prompt).unwrap();
+    let run = |plan: &lina::Plan| lina_run(pipe, opts, &csg, plan, &mut NoHook).unwrap();
+    let plain = pollster::block_on(pipe.generate(opts, &mut NoHook, &CancelToken::new())).unwrap();
+    let baseline = run(&lina::Plan::default());
+    assert_eq!(baseline.generated.image.rgb, plain.image.rgb);
+    for plan in plans {
+        let out = run(plan);
+        assert!(!out.described.is_empty() || plan.warp != 1.0, "{plan:?}");
+        assert_ne!(
+            out.generated.image.rgb, plain.image.rgb,
+            "{plan:?} changed nothing"
+        );
+    }
+}
