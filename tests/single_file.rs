@@ -27,6 +27,13 @@ use serde_json::Value;
 fn single_file(model: &str) -> Vec<u8> {
     let map: Value =
         serde_json::from_slice(&read_fixture(&format!("single_file/{model}.json"))).unwrap();
+    assemble(model, map["tensors"].as_array().unwrap(), &map["extras"])
+}
+
+/// `model`'s tensors under the names `entries` give them (`[original name, component,
+/// [diffusers names], how?]`, as tests/fixtures/single_file/*.json lists them), with the
+/// `extras` (name: shape) as zeros.
+fn assemble(model: &str, entries: &[Value], extras: &Value) -> Vec<u8> {
     let files: BTreeMap<String, Vec<u8>> = model_files(model).into_iter().collect();
     let component = |name: &str| {
         let path = files
@@ -48,7 +55,7 @@ fn single_file(model: &str) -> Vec<u8> {
     .map(|c| (c, component(c)))
     .collect();
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for entry in map["tensors"].as_array().unwrap() {
+    for entry in entries {
         let (ldm, comp, names) = (
             entry[0].as_str().unwrap(),
             entry[1].as_str().unwrap(),
@@ -89,7 +96,7 @@ fn single_file(model: &str) -> Vec<u8> {
         }
         tensors.push((ldm.to_string(), dtype, shape, bytes));
     }
-    for (name, shape) in map["extras"].as_object().unwrap() {
+    for (name, shape) in extras.as_object().unwrap() {
         let shape: Vec<usize> = shape
             .as_array()
             .unwrap()
@@ -396,6 +403,71 @@ fn an_fp8_flux_transformer_file_draws_what_its_values_draw_in_f32() {
     same_image(&from_fp8, &from_f32, "flux_tiny in fp8");
     let full = image_of_side(&load(&folder("flux_tiny")).unwrap(), 32);
     assert_ne!(from_fp8, full, "rounding to e4m3fn changed nothing");
+}
+
+/// ComfyUI's all-in-one FLUX files hold the transformer under `model.diffusion_model.`, the
+/// VAE under `vae.` (read as `first_stage_model.`, as diffusers' loader does) and CLIP-L and
+/// T5 under `text_encoders.*` as SD 3's files name them. flux_tiny so assembled (SD 3's
+/// fixture list gives the VAE's and text encoders' names) loads beside tokenizers and
+/// configs alone and draws the folder's image exactly.
+#[test]
+fn an_all_in_one_flux_file_draws_its_diffusers_folders_image() {
+    let list = |model: &str| -> Vec<Value> {
+        let map: Value =
+            serde_json::from_slice(&read_fixture(&format!("single_file/{model}.json"))).unwrap();
+        map["tensors"].as_array().unwrap().clone()
+    };
+    let clip = SafeTensors::deserialize(
+        &model_files("flux_tiny")
+            .into_iter()
+            .find(|(p, _)| p == "text_encoder/model.safetensors")
+            .unwrap()
+            .1,
+    )
+    .unwrap()
+    .names()
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    let mut entries: Vec<Value> = list("flux_tiny")
+        .into_iter()
+        .map(|mut e| {
+            e[0] = format!("model.diffusion_model.{}", e[0].as_str().unwrap()).into();
+            e
+        })
+        .collect();
+    for mut e in list("sd3_tiny") {
+        let (name, component) = (e[0].as_str().unwrap().to_string(), e[1].as_str().unwrap());
+        match component {
+            "vae" => {
+                e[0] = name.replacen("first_stage_model.", "vae.", 1).into();
+                entries.push(e);
+            }
+            // CLIP-L without SD 3's projection, which FLUX's has not; flux_tiny's file has
+            // transformers 5's names (no `text_model.`).
+            "text_encoder" => {
+                let hf = e[2][0].as_str().unwrap();
+                let bare = hf.strip_prefix("text_model.").unwrap_or(hf).to_string();
+                if clip.contains(&bare) {
+                    e[2] = serde_json::json!([bare]);
+                    entries.push(e);
+                }
+            }
+            "text_encoder_3" => {
+                e[1] = "text_encoder_2".into();
+                entries.push(e);
+            }
+            _ => {}
+        }
+    }
+    let file = assemble("flux_tiny", &entries, &serde_json::json!({}));
+    let pipe = load(&paired("flux_tiny", file, true)).unwrap();
+    let from_folder = image_of_side(&load(&folder("flux_tiny")).unwrap(), 32);
+    same_image(
+        &image_of_side(&pipe, 32),
+        &from_folder,
+        "flux_tiny, all in one file",
+    );
 }
 
 /// FLUX.1-dev's transformer as BFL's file names it (every name and shape, which diffusers'

@@ -517,7 +517,8 @@ impl StableDiffusion {
             Denoiser::Flux(flux) => {
                 Self::check_flux(flux.config(), &text_encoder, vae.config())?;
                 let joint = flux.config().joint_attention_dim;
-                Self::load_t5(files, (None, T5_FLUX), joint, device, (kernels, loras))?
+                let source = (text_3_part, T5_FLUX);
+                Self::load_t5(files, source, joint, device, (kernels, loras))?
             }
         };
         Ok(Self {

@@ -45,7 +45,7 @@ impl Configs {
                 Family::Sd1 | Family::Sd2 | Family::Flux => None,
             },
             text_encoder_3: match family {
-                Family::Sd3 => t5_config(SD3_T5, &t)?,
+                Family::Sd3 | Family::Flux => t5_config(SD3_T5, &t)?,
                 _ => None,
             },
             scheduler: scheduler_config(family),
@@ -255,8 +255,10 @@ fn text_config(family: Family, t: &Table) -> Result<Option<Value>> {
         // CLIP ViT-L, in transformers' own names.
         Family::Sd1 => clip_config(CLIP, "quick_gelu", t),
         Family::Sdxl => clip_config(CLIP_XL, "quick_gelu", t),
-        // The refiner's one encoder is SDXL's second; FLUX's files hold none.
-        Family::SdxlRefiner | Family::Flux => Ok(None),
+        // The refiner's one encoder is SDXL's second.
+        Family::SdxlRefiner => Ok(None),
+        // ComfyUI's FLUX files hold CLIP-L (without projection) as SD 3's do.
+        Family::Flux => clip_config(SD3_CLIP_L, "quick_gelu", t),
         Family::Sd3 => clip_config(SD3_CLIP_L, "quick_gelu", t),
         // The penultimate layer's output is what SD 2 conditions on.
         Family::Sd2 => open_clip_config(OPEN_CLIP, true, t),

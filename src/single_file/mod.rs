@@ -79,8 +79,9 @@ pub enum Family {
     /// SD 3.x: an MMDiT of 64-channel heads, CLIP-L and CLIP-G with their projections and an
     /// optional T5-XXL, the 16-channel VAE, flow matching with shift 3.
     Sd3,
-    /// FLUX.1: its transformer alone (Black Forest Labs' files, and ComfyUI's with
-    /// `model.diffusion_model.` before each name); the VAE, CLIP-L and T5 come from the
+    /// FLUX.1: its transformer (Black Forest Labs' files hold it alone; ComfyUI's put
+    /// `model.diffusion_model.` before each name, and may hold the VAE and CLIP-L and T5
+    /// under `text_encoders.*` as SD 3's files do); what the file lacks comes from the
     /// source's folders. Flow matching with FLUX's dynamic shift.
     Flux,
 }
@@ -111,12 +112,29 @@ pub struct Checkpoint {
 /// Tensor shapes by name.
 type Shapes<'a> = BTreeMap<&'a str, &'a [usize]>;
 
+/// The VAE's prefix some files use in place of `first_stage_model.` (ComfyUI's FLUX and SD
+/// 3.5 checkpoints; diffusers' single-file loader reads both): read as the other.
+const VAE_ALIAS: &str = "vae.";
+
+/// `name` with the VAE's alias prefix read as `first_stage_model.`.
+fn alias(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.strip_prefix(VAE_ALIAS) {
+        Some(rest) => format!("{VAE}{rest}").into(),
+        None => name.into(),
+    }
+}
+
 impl Checkpoint {
     /// Splits `weights`, read from `file`, into components; fails (naming the nearest known
     /// layouts) where the names fit no layout, and for known kinds not run yet.
     pub fn split(file: &str, weights: Weights) -> Result<Self> {
         let (family, routes, configs) = {
-            let shapes: Shapes = weights.shapes().into_iter().collect();
+            let named: Vec<(String, &[usize])> = weights
+                .shapes()
+                .into_iter()
+                .map(|(name, shape)| (alias(name).into_owned(), shape))
+                .collect();
+            let shapes: Shapes = named.iter().map(|(n, s)| (n.as_str(), *s)).collect();
             let family = family(file, &shapes)?;
             let routes = routes(file, family, &shapes)?;
             let configs = Configs::infer(file, family, &shapes)?;
@@ -124,7 +142,10 @@ impl Checkpoint {
         };
         let mut parts = weights
             .regroup(PARTS, |name| {
-                routes.get(name).cloned().unwrap_or(Regroup::Drop)
+                routes
+                    .get(alias(name).as_ref())
+                    .cloned()
+                    .unwrap_or(Regroup::Drop)
             })?
             .into_iter();
         let mut next = || parts.next().expect("one set of weights per part");
@@ -150,7 +171,11 @@ impl Checkpoint {
 /// What a checkpoint of these tensor names and shapes is, and the configs inferred for it,
 /// without its values: the same checks [`Checkpoint::split`] makes before it moves anything.
 pub fn inspect(file: &str, shapes: &[(&str, &[usize])]) -> Result<(Family, Configs)> {
-    let shapes: Shapes = shapes.iter().copied().collect();
+    let named: Vec<(String, &[usize])> = shapes
+        .iter()
+        .map(|(name, shape)| (alias(name).into_owned(), *shape))
+        .collect();
+    let shapes: Shapes = named.iter().map(|(n, s)| (n.as_str(), *s)).collect();
     let family = family(file, &shapes)?;
     routes(file, family, &shapes)?;
     Ok((family, Configs::infer(file, family, &shapes)?))

@@ -41,7 +41,10 @@ pub(super) fn routes(
             Some(Regroup::Drop)
         } else if let (Family::Sd3, Some(rest)) = (family, name.strip_prefix(UNET)) {
             mmdit_route(rest, mmdit_blocks)
-        } else if let Family::Flux = family {
+        } else if let (Family::Flux, false) = (
+            family,
+            name.starts_with(VAE) || name.starts_with("text_encoders."),
+        ) {
             flux_route(name.strip_prefix(UNET).unwrap_or(name))
         } else if let Some(rest) = name.strip_prefix(UNET) {
             unet.rename(rest).map(|n| moved(DENOISER_PART, n))
@@ -68,7 +71,8 @@ pub(super) fn routes(
                 }),
                 _ => open_clip_name(rest, TEXT_2_PART, None),
             }
-        } else if let Family::Sd3 = family {
+        } else if let Family::Sd3 | Family::Flux = family {
+            // FLUX's files name CLIP-L and T5 as SD 3's do; T5 is FLUX's only other.
             [
                 (SD3_CLIP_L, TEXT_PART),
                 (SD3_CLIP_G, TEXT_2_PART),
