@@ -345,64 +345,126 @@ fn fp8_weights_decode_as_pytorch_reads_them() {
     }
 }
 
-/// FLUX files are often stored in fp8 (e4m3fn) to halve bf16's size: the tiny transformer's
-/// weights rounded to e4m3fn as such a file draws exactly what the same rounded values draw
-/// as f32, and differ from the full-precision image (the rounding is real).
-#[test]
-fn an_fp8_flux_transformer_file_draws_what_its_values_draw_in_f32() {
+/// Each finite e4m3fn value and its byte (`tests/fixtures/fp8.json`, PyTorch's values).
+fn e4m3_codes() -> Vec<(f32, u8)> {
     let table: Value = serde_json::from_slice(&read_fixture("fp8.json")).unwrap();
-    // Each finite e4m3fn value and its byte; a weight is stored as the nearest.
-    let codes: Vec<(f32, u8)> = table["e4m3fn"]
+    table["e4m3fn"]
         .as_array()
         .unwrap()
         .iter()
         .enumerate()
         .filter_map(|(b, v)| Some((v.as_f64()? as f32, b as u8)))
+        .collect()
+}
+
+/// The e4m3fn value nearest `x`, and its byte.
+fn nearest_e4m3(codes: &[(f32, u8)], x: f32) -> (f32, u8) {
+    *codes
+        .iter()
+        .min_by(|a, b| (a.0 - x).abs().total_cmp(&(b.0 - x).abs()))
+        .unwrap()
+}
+
+/// A safetensors file of these tensors, each of its own dtype.
+fn serialize_raw(tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
-    let nearest = |x: f32| {
-        *codes
-            .iter()
-            .min_by(|a, b| (a.0 - x).abs().total_cmp(&(b.0 - x).abs()))
-            .unwrap()
-    };
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// flux_tiny's transformer file as f32 values, by name.
+fn flux_tiny_values() -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let file = single_file("flux_tiny");
-    let st = SafeTensors::deserialize(&file).unwrap();
-    let mut fp8 = Vec::new();
-    let mut rounded = Vec::new();
-    for (name, view) in st.tensors() {
-        let values = common::f32_tensors(
-            &safetensors::serialize(vec![(name.clone(), view.clone())], None).unwrap(),
-        );
-        let (shape, values) = values[&name].clone();
-        let (decoded, bytes): (Vec<f32>, Vec<u8>) = values.iter().map(|&v| nearest(v)).unzip();
-        fp8.push((name.clone(), shape.clone(), bytes));
-        rounded.push((
-            name,
-            shape,
-            decoded
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>(),
-        ));
+    let values = common::f32_tensors(&file);
+    values.into_iter().map(|(n, (s, v))| (n, s, v)).collect()
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// FLUX files are often stored in fp8 (e4m3fn) to halve bf16's size: the tiny transformer's
+/// weights rounded to e4m3fn as such a file draws exactly what the same rounded values draw
+/// as f32, and differ from the full-precision image (the rounding is real).
+#[test]
+fn an_fp8_flux_transformer_file_draws_what_its_values_draw_in_f32() {
+    let codes = e4m3_codes();
+    let (mut fp8, mut rounded) = (Vec::new(), Vec::new());
+    for (name, shape, values) in flux_tiny_values() {
+        let (decoded, bytes): (Vec<f32>, Vec<u8>) =
+            values.iter().map(|&v| nearest_e4m3(&codes, v)).unzip();
+        fp8.push((name.clone(), Dtype::F8_E4M3, shape.clone(), bytes));
+        rounded.push((name, Dtype::F32, shape, f32_bytes(&decoded)));
     }
-    let serialize = |tensors: &[(String, Vec<usize>, Vec<u8>)], dtype: Dtype| {
-        let views: Vec<(String, TensorView)> = tensors
-            .iter()
-            .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
-            .collect();
-        safetensors::serialize(views, None).unwrap()
-    };
-    let from_fp8 = image_of_side(
-        &load(&flux_beside(serialize(&fp8, Dtype::F8_E4M3), true)).unwrap(),
-        32,
-    );
+    let from_fp8 = image_of_side(&load(&flux_beside(serialize_raw(&fp8), true)).unwrap(), 32);
     let from_f32 = image_of_side(
-        &load(&flux_beside(serialize(&rounded, Dtype::F32), true)).unwrap(),
+        &load(&flux_beside(serialize_raw(&rounded), true)).unwrap(),
         32,
     );
     same_image(&from_fp8, &from_f32, "flux_tiny in fp8");
     let full = image_of_side(&load(&folder("flux_tiny")).unwrap(), 32);
     assert_ne!(from_fp8, full, "rounding to e4m3fn changed nothing");
+}
+
+/// ComfyUI's "scaled" fp8 files store each matrix divided by a scale of its own, in e4m3fn,
+/// with the scale beside it (`X.scale_weight`), a `scaled_fp8` marker and input scales the
+/// runtime has no use for: such a file of the tiny transformer draws exactly what its
+/// stored values times their scales draw in f32. A scale without its weight is a bad file.
+#[test]
+fn a_scaled_fp8_flux_file_draws_what_its_scaled_values_draw_in_f32() {
+    let codes = e4m3_codes();
+    let (mut scaled, mut reference) = (Vec::new(), Vec::new());
+    for (name, shape, values) in flux_tiny_values() {
+        let module = name
+            .strip_suffix(".weight")
+            .filter(|_| shape.len() == 2)
+            .map(String::from);
+        let scale = match module {
+            Some(_) => values.iter().fold(0f32, |m, v| m.max(v.abs())) / 448.0,
+            None => 1.0,
+        };
+        let (stored, bytes): (Vec<f32>, Vec<u8>) = values
+            .iter()
+            .map(|&v| nearest_e4m3(&codes, v / scale))
+            .unzip();
+        let decoded: Vec<f32> = stored.iter().map(|v| v * scale).collect();
+        scaled.push((name.clone(), Dtype::F8_E4M3, shape.clone(), bytes));
+        reference.push((name, Dtype::F32, shape, f32_bytes(&decoded)));
+        if let Some(module) = &module {
+            for suffix in ["scale_weight", "scale_input"] {
+                let value = if suffix == "scale_weight" { scale } else { 1.0 };
+                scaled.push((
+                    format!("{module}.{suffix}"),
+                    Dtype::F32,
+                    vec![],
+                    f32_bytes(&[value]),
+                ));
+            }
+        }
+    }
+    scaled.push(("scaled_fp8".into(), Dtype::F8_E4M3, vec![0], vec![]));
+    let from_scaled = image_of_side(
+        &load(&flux_beside(serialize_raw(&scaled), true)).unwrap(),
+        32,
+    );
+    let from_f32 = image_of_side(
+        &load(&flux_beside(serialize_raw(&reference), true)).unwrap(),
+        32,
+    );
+    same_image(&from_scaled, &from_f32, "flux_tiny in scaled fp8");
+
+    // A scale whose weight the file lacks.
+    scaled.push((
+        "img_in_extra.scale_weight".into(),
+        Dtype::F32,
+        vec![],
+        f32_bytes(&[2.0]),
+    ));
+    let e = expect_err(load(&flux_beside(serialize_raw(&scaled), true)));
+    assert_eq!(e.code(), "weight_file", "{e}");
+    assert!(e.to_string().contains("img_in_extra.weight"), "{e}");
 }
 
 /// ComfyUI's all-in-one FLUX files hold the transformer under `model.diffusion_model.`, the

@@ -128,6 +128,7 @@ impl Checkpoint {
     /// Splits `weights`, read from `file`, into components; fails (naming the nearest known
     /// layouts) where the names fit no layout, and for known kinds not run yet.
     pub fn split(file: &str, weights: Weights) -> Result<Self> {
+        let weights = weights.with_scales_applied()?;
         let (family, routes, configs) = {
             let named: Vec<(String, &[usize])> = weights
                 .shapes()
@@ -265,6 +266,10 @@ pub fn unused(name: &str) -> bool {
         || name == "text_encoders.clip_l.transformer.text_model.embeddings.position_ids"
         || name == "text_encoders.clip_g.transformer.text_model.embeddings.position_ids"
         || name == "text_encoders.t5xxl.transformer.encoder.embed_tokens.weight"
+        // ComfyUI's "scaled" fp8 files: a marker, and each layer's input scale (for fp8
+        // products; this runtime computes in f32 or f16).
+        || name == "scaled_fp8"
+        || name.ends_with(".scale_input")
 }
 
 fn family(file: &str, shapes: &Shapes) -> Result<Family> {

@@ -185,6 +185,65 @@ fn split_rows(
         .collect())
 }
 
+/// The suffix of a weight's scale in "scaled" fp8 files (ComfyUI's): the weight's values are
+/// its stored values times this one-value tensor.
+pub const SCALE_SUFFIX: &str = ".scale_weight";
+
+impl Weights {
+    /// Each `X.weight` that has an `X.scale_weight` beside it (ComfyUI's "scaled" fp8 files)
+    /// multiplied by that scale on the device, and the scales gone: the weights as the model
+    /// uses them. A scale of more than one value, or without its weight, is a bad file.
+    pub fn with_scales_applied(self) -> Result<Weights> {
+        let Backing::Resident(mut tensors) = self.backing else {
+            return Err(Error::InvalidInput(
+                "only loaded weights can be rescaled".into(),
+            ));
+        };
+        let scales: Vec<String> = tensors
+            .keys()
+            .filter(|name| name.ends_with(SCALE_SUFFIX))
+            .cloned()
+            .collect();
+        let bad = |message: String| Error::WeightFile {
+            file: self.source.clone(),
+            message,
+        };
+        for name in scales {
+            let scale = tensors.remove(&name).expect("listed above");
+            let weight_name = format!("{}.weight", name.trim_end_matches(SCALE_SUFFIX));
+            if scale.shape.iter().product::<usize>() != 1 {
+                return Err(bad(format!(
+                    "`{name}` has shape {:?}; a weight's scale is one value",
+                    scale.shape
+                )));
+            }
+            let weight = tensors.get_mut(&weight_name).ok_or_else(|| {
+                bad(format!(
+                    "`{name}` scales `{weight_name}`, which the file lacks"
+                ))
+            })?;
+            let (Ok(factor), Ok(parts)) = (scale.values, weight.values.as_mut()) else {
+                continue; // an undecodable dtype: refused by name when the model reads it
+            };
+            let factor = factor
+                .blocks
+                .into_iter()
+                .next()
+                .expect("one value")
+                .reshape([1]);
+            for block in &mut parts.blocks {
+                *block = block.clone() * factor.clone();
+            }
+        }
+        Ok(Weights::over(
+            self.source.clone(),
+            Backing::Resident(tensors),
+            &self.device,
+        )
+        .with_kernels(self.kernels))
+    }
+}
+
 impl Weights {
     /// Moves the tensors into `parts` new sets under new names, as `route` says for each
     /// (a single-file checkpoint splitting into its components). Nothing is copied except
