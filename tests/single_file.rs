@@ -300,6 +300,18 @@ fn tiny_flux_single_files_draw_their_diffusers_folders_image() {
         );
     }
 
+    // A fused projection of no axes (a hostile header's) has no rows to cut: an error, not
+    // a panic.
+    let mut tensors = single_file_tensors("flux_tiny");
+    for (name, shape) in &mut tensors {
+        if name == "double_blocks.0.img_attn.qkv.weight" {
+            shape.clear();
+        }
+    }
+    let e = expect_err(load(&flux_beside(zeros(&tensors), true)));
+    assert_eq!(e.code(), "weight_file", "{e}");
+    assert!(e.to_string().contains("img_attn.qkv.weight"), "{e}");
+
     let mut tensors = single_file_tensors("flux_tiny");
     tensors.push(("double_blocks.0.img_attn.qkv_extra.weight".into(), vec![4]));
     let e = expect_err(load(&flux_beside(zeros(&tensors), true)));

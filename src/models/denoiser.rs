@@ -150,17 +150,6 @@ impl Denoiser {
         }
     }
 
-    /// Whether guidance needs no second, unconditional pass: LCM-distilled UNets take the
-    /// scale as an embedding; FLUX is guidance-distilled (dev embeds the scale, schnell needs
-    /// none), and its pipeline runs no classifier-free guidance by default.
-    pub fn embeds_guidance(&self) -> bool {
-        match self {
-            Self::UNet(u) => u.embeds_guidance(),
-            Self::Mmdit(_) => false,
-            Self::Flux(_) => true,
-        }
-    }
-
     /// One call on latents `x` at `timestep`, attending to `context`, with `added` the
     /// per-row conditioning beside the timestep (LCM's guidance embedding, SDXL's pooled text
     /// and size, the MMDiT's pooled text, FLUX's pooled text and guidance); under `control`,

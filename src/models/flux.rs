@@ -215,6 +215,7 @@ impl Embedder {
 
 /// Each image token's rotation: cos and sin per channel of a head, [1, L, 1, D], the pairs
 /// of channels (2i, 2i + 1) sharing one angle.
+#[derive(Clone)]
 struct Rotary {
     cos: Tensor<4>,
     sin: Tensor<4>,
@@ -453,6 +454,9 @@ pub struct Flux {
     norm_out: Modulation,
     proj_out: Linear,
     device: burn::tensor::Device,
+    /// The rotation tables of the last grid called with: every step of a run has the same
+    /// grid, so they are made and uploaded once per run rather than once per step.
+    rotary: std::sync::Mutex<Option<([usize; 2], Rotary)>>,
 }
 
 impl Flux {
@@ -493,6 +497,7 @@ impl Flux {
             norm_out: Modulation::load(&w.at("norm_out"), dim, 2)?,
             proj_out: Linear::load(&w.at("proj_out"), dim, config.out_channels(), true)?,
             device: weights.device().clone(),
+            rotary: std::sync::Mutex::new(None),
             config,
         })
     }
@@ -526,6 +531,20 @@ impl Flux {
         )
         .cast(pooled.dtype());
         Tensor::cat(vec![pooled, features], 1)
+    }
+
+    /// The rotation tables for a `grid` of packed patches, made once per grid.
+    fn rotary_for(&self, grid: [usize; 2]) -> Rotary {
+        // A poisoned lock only means another call panicked while filling it: refill it.
+        let mut cached = self.rotary.lock().unwrap_or_else(|e| e.into_inner());
+        match cached.as_ref() {
+            Some((at, tables)) if *at == grid => tables.clone(),
+            _ => {
+                let tables = Rotary::new(&self.config.axes_dims_rope, grid, &self.device);
+                *cached = Some((grid, tables.clone()));
+                tables
+            }
+        }
     }
 
     /// Predicts the velocity for latents `x` [B, C, H, W] at `timestep` (sigma x 1000),
@@ -579,7 +598,7 @@ impl Flux {
             temb = temb + guidance.forward(added.clone().narrow(1, pooled_dim, TIMESTEP_FEATURES));
         }
         let conditioning = silu(temb);
-        let rotary = Rotary::new(&self.config.axes_dims_rope, [gh, gw], &self.device);
+        let rotary = self.rotary_for([gh, gw]);
         let call = Call {
             conditioning: &conditioning,
             norm: &self.norm,

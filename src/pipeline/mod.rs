@@ -372,10 +372,10 @@ impl StableDiffusion {
     /// FLUX's); for FLUX, `true_cfg_scale` above 1 (with a negative prompt, which the checks
     /// before a run require).
     fn classifier_free_scale(&self, opts: &GenerateOptions) -> Option<f64> {
-        match self.denoiser {
+        match &self.denoiser {
             Denoiser::Flux(_) => opts.true_cfg_scale.filter(|&s| s > 1.0),
-            _ => (opts.guidance_scale > 1.0 && !self.denoiser.embeds_guidance())
-                .then_some(opts.guidance_scale),
+            Denoiser::UNet(unet) if unet.embeds_guidance() => None,
+            _ => (opts.guidance_scale > 1.0).then_some(opts.guidance_scale),
         }
     }
 

@@ -107,16 +107,17 @@ fn swap_halves(name: &str, resident: Resident, source: &str) -> Result<Resident>
     })
 }
 
-/// `resident` cut into `n` equal blocks of whole rows.
+/// `resident` cut into blocks of whole rows in proportion to `shares`.
 fn split_rows(
     name: &str,
     resident: Resident,
     shares: &[usize],
     source: &str,
 ) -> Result<Vec<Resident>> {
-    let rows = resident.shape.first().copied().unwrap_or(0);
     let total: usize = shares.iter().sum();
-    if total == 0 || rows % total != 0 {
+    // A tensor of no axes has no rows to cut (a hostile header may give one any shape).
+    let rows = resident.shape.first().copied();
+    let Some(rows) = rows.filter(|&rows| total > 0 && rows % total == 0) else {
         return Err(Error::WeightFile {
             file: source.to_string(),
             message: format!(
@@ -124,7 +125,7 @@ fn split_rows(
                 resident.shape
             ),
         });
-    }
+    };
     let unit = rows / total;
     // Each piece's first row and row count.
     let pieces: Vec<(usize, usize)> = shares
