@@ -56,6 +56,7 @@ impl UnetCall {
             Self::TIMESTEP,
             &self.context,
             self.pooled.as_ref(),
+            None,
             &none,
             0,
         );

@@ -42,25 +42,37 @@ impl Need {
     }
 }
 
+/// The images a run encodes besides drawing its own, for [`activations`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Encoded {
+    /// An image of the output's size (img2img's, an inpainting mask's image, a control image).
+    pub output_size: bool,
+    /// A reference image's width and height (FLUX.1 Kontext's), whose tokens also join the
+    /// transformer's.
+    pub reference: Option<(usize, usize)>,
+}
+
 /// The largest tensor of each stage of one generation at `width` x `height`: the denoiser
 /// with `batch` rows (2 with classifier-free guidance), the VAE decoder (in tiles where the
-/// whole decode would not fit `max_binding_bytes`), and the encoder when an init image is
-/// encoded.
+/// whole decode would not fit `max_binding_bytes`), and the encoder for the images `encoded`.
 pub fn activations(
     denoiser: DenoiserConfig,
     vae: &VaeConfig,
     width: usize,
     height: usize,
     batch: usize,
-    encode: bool,
+    encoded: Encoded,
     max_binding_bytes: u64,
 ) -> Vec<Need> {
     let factor = vae.downscale();
     let (lh, lw) = (height / factor, width / factor);
+    let reference_tokens = encoded
+        .reference
+        .map_or(0, |(w, h)| (h / factor / 2) * (w / factor / 2));
     let mut needs = vec![match denoiser {
         DenoiserConfig::UNet(unet) => unet_peak(unet, lh, lw, batch),
         DenoiserConfig::Mmdit(mmdit) => mmdit_peak(mmdit, lh, lw, batch),
-        DenoiserConfig::Flux(flux) => flux_peak(flux, lh, lw, batch),
+        DenoiserConfig::Flux(flux) => flux_peak(flux, lh, lw, reference_tokens, batch),
     }];
 
     // VAE decoder: whole, or in the row bands that fit the binding limit.
@@ -76,22 +88,22 @@ pub fn activations(
         shape.to_vec(),
     ));
 
-    if encode {
-        // VAE encoder: down block k works at full size / 2^k with its own channels, and its
-        // first layer takes the previous block's channels.
-        let ch = &vae.block_out_channels;
-        let mut widest = Need::new("VAE encoder", vec![0]);
-        for (k, &c) in ch.iter().enumerate() {
+    // VAE encoder: down block k works at full size / 2^k with its own channels, and its
+    // first layer takes the previous block's channels.
+    let sizes = encoded.output_size.then_some((width, height));
+    let mut widest: Option<Need> = None;
+    for (w, h) in sizes.into_iter().chain(encoded.reference) {
+        for (k, &c) in vae.block_out_channels.iter().enumerate() {
             let need = Need::new(
                 format!("VAE encoder down block {k}"),
-                vec![1, c, height >> k, width >> k],
+                vec![1, c, h >> k, w >> k],
             );
-            if need.bytes > widest.bytes {
-                widest = need;
+            if widest.as_ref().is_none_or(|n| need.bytes > n.bytes) {
+                widest = Some(need);
             }
         }
-        needs.push(widest);
     }
+    needs.extend(widest);
     needs
 }
 
@@ -139,10 +151,11 @@ fn mmdit_peak(mmdit: &MmditConfig, lh: usize, lw: usize, batch: usize) -> Need {
     )
 }
 
-/// FLUX's largest activation: a single-stream block's projections of every token, image and
-/// T5's, to its queries, keys, values and 4x-wide MLP at once (7 x the width).
-fn flux_peak(flux: &FluxConfig, lh: usize, lw: usize, batch: usize) -> Need {
-    let tokens = flux.image_tokens(lh, lw) + crate::models::flux::T5_TOKENS;
+/// FLUX's largest activation: a single-stream block's projections of every token, image
+/// (with any reference image's) and T5's, to its queries, keys, values and 4x-wide MLP at
+/// once (7 x the width).
+fn flux_peak(flux: &FluxConfig, lh: usize, lw: usize, reference: usize, batch: usize) -> Need {
+    let tokens = flux.image_tokens(lh, lw) + reference + crate::models::flux::T5_TOKENS;
     Need::new(
         "transformer single-stream block projections",
         vec![batch, tokens, 7 * flux.inner_dim()],
@@ -230,9 +243,17 @@ pub fn largest_side(
 ) -> Option<usize> {
     let step = vae.downscale() * 8;
     (1..=native / step).rev().map(|k| k * step).find(|&side| {
-        activations(denoiser, vae, side, side, 2, false, max_binding_bytes)
-            .iter()
-            .all(|n| n.bytes <= max_binding_bytes)
+        activations(
+            denoiser,
+            vae,
+            side,
+            side,
+            2,
+            Encoded::default(),
+            max_binding_bytes,
+        )
+        .iter()
+        .all(|n| n.bytes <= max_binding_bytes)
     })
 }
 
@@ -317,7 +338,7 @@ pub fn requirements(
             smallest,
             smallest,
             2,
-            false,
+            Encoded::default(),
             limits.max_binding_bytes,
         );
         check(&needs, &limits, smallest, smallest)?;
@@ -340,6 +361,19 @@ pub fn requirements(
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+
+    /// A guided UNet run's needs at `side` x `side`, nothing encoded.
+    fn guided_unet(unet: &UNetConfig, vae: &VaeConfig, side: usize, limit: u64) -> Vec<Need> {
+        activations(
+            DenoiserConfig::UNet(unet),
+            vae,
+            side,
+            side,
+            2,
+            Encoded::default(),
+            limit,
+        )
+    }
 
     /// A published config from tests/fixtures/configs.
     fn read(name: &str) -> String {
@@ -366,7 +400,10 @@ mod tests {
             512,
             512,
             2,
-            true,
+            Encoded {
+                output_size: true,
+                reference: None,
+            },
             u64::MAX,
         );
         let decoder = needs
@@ -421,7 +458,7 @@ mod tests {
             1024,
             1024,
             2,
-            false,
+            Encoded::default(),
             128 << 20,
         )[0];
         assert_eq!(mmdit_need.shape, [2, 4096 + 333, 1536]);
@@ -449,7 +486,7 @@ mod tests {
                 side,
                 side,
                 1,
-                false,
+                Encoded::default(),
                 128 << 20,
             )
         };
@@ -457,6 +494,23 @@ mod tests {
         assert_eq!(need.shape, [1, 4096 + 512, 7 * 3072]);
         assert!(need.bytes > 128 << 20);
         assert!(at(512)[0].bytes < 128 << 20);
+        // Kontext: a 1024x768 reference image adds its 3072 tokens, and its encoding.
+        let with_reference = activations(
+            DenoiserConfig::Flux(&flux),
+            &vae,
+            512,
+            512,
+            1,
+            Encoded {
+                output_size: false,
+                reference: Some((1024, 768)),
+            },
+            128 << 20,
+        );
+        assert_eq!(with_reference[0].shape, [1, 1024 + 3072 + 512, 7 * 3072]);
+        let encoder = with_reference.last().unwrap();
+        assert!(encoder.what.starts_with("VAE encoder"), "{}", encoder.what);
+        assert_eq!(encoder.shape[2..], [768, 1024]);
     }
 
     #[test]
@@ -506,7 +560,7 @@ mod tests {
     fn the_vae_decodes_sd15_at_512_in_row_bands_under_webgpu_s_default_limit() {
         let (unet, vae) = sd15();
         let limit = 128 << 20;
-        let needs = activations(DenoiserConfig::UNet(&unet), &vae, 512, 512, 2, false, limit);
+        let needs = guided_unet(&unet, &vae, 512, limit);
         let decoder = needs
             .iter()
             .find(|n| n.what.starts_with("VAE decoder"))
@@ -517,7 +571,7 @@ mod tests {
         assert_eq!(decoder.shape, [1, 256, 178, 512]);
         check(&needs, &adapter(limit), 512, 512).unwrap();
         // A latent that fits is decoded whole.
-        let needs = activations(DenoiserConfig::UNet(&unet), &vae, 256, 256, 2, false, limit);
+        let needs = guided_unet(&unet, &vae, 256, limit);
         assert!(needs.iter().all(|n| !n.what.contains("bands")), "{needs:?}");
     }
 
@@ -536,15 +590,7 @@ mod tests {
             Some(448)
         );
         let fits = |side| {
-            let needs = activations(
-                DenoiserConfig::UNet(&unet),
-                &vae,
-                side,
-                side,
-                2,
-                false,
-                limit,
-            );
+            let needs = guided_unet(&unet, &vae, side, limit);
             check(&needs, &adapter(limit), side, side).is_ok()
         };
         assert!(fits(448) && !fits(512));
@@ -558,7 +604,7 @@ mod tests {
     fn check_names_the_tensor_and_the_limit() {
         let (unet, vae) = sd15();
         let limit = 64 << 20;
-        let needs = activations(DenoiserConfig::UNet(&unet), &vae, 512, 512, 2, false, limit);
+        let needs = guided_unet(&unet, &vae, 512, limit);
         let e = check(&needs, &adapter(limit), 512, 512)
             .unwrap_err()
             .to_string();
@@ -569,12 +615,20 @@ mod tests {
         );
         assert!(e.contains("a small GPU") && e.contains("64.0 MiB"), "{e}");
         // 256x256 fits the same adapter.
-        let needs = activations(DenoiserConfig::UNet(&unet), &vae, 256, 256, 2, false, limit);
+        let needs = guided_unet(&unet, &vae, 256, limit);
         check(&needs, &adapter(limit), 256, 256).unwrap();
         // With one band per latent row (10 pixel rows with the halo, 5 MiB) still too big,
         // the decoder is refused too.
         let tiny = 4 << 20;
-        let needs = activations(DenoiserConfig::UNet(&unet), &vae, 512, 512, 1, false, tiny);
+        let needs = activations(
+            DenoiserConfig::UNet(&unet),
+            &vae,
+            512,
+            512,
+            1,
+            Encoded::default(),
+            tiny,
+        );
         let decoder = needs
             .iter()
             .find(|n| n.what.starts_with("VAE decoder"))

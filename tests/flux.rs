@@ -11,6 +11,7 @@ mod common;
 use burn::tensor::Tensor;
 use common::{Reference, fixture, read_fixture, relative_diff, test_devices, values};
 use lina_runtime::models::attention_control::CrossAttentionControl;
+use lina_runtime::models::denoiser::ImageCondition;
 use lina_runtime::models::flux::{Flux, FluxConfig};
 use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
 use lina_runtime::schedulers::Timesteps;
@@ -123,10 +124,33 @@ fn flux_attention_takes_the_control() {
     let pooled: Tensor<2> = reference.tensor("pooled_embeds", &device);
     let added = model.added_input(pooled, 3.5).repeat_dim(0, 2);
     let call = |control: &CrossAttentionControl| {
-        model.forward_controlled(x.clone(), 501.0, &context, &added, control, 1)
+        model.forward_controlled(x.clone(), 501.0, &context, &added, None, control, 1)
     };
     let plain = values(model.forward(x.clone(), 501.0, &context, &added));
     common::assert_the_attention_takes_the_control(call, &plain, context.dims()[1], [16, 12], 2);
+
+    // With a reference image's tokens after the latents' (Kontext's), the control acts on
+    // the latents' alone.
+    let latents: Tensor<4> = Reference::open("flux_kontext").tensor("reference_latents", &device);
+    let with_reference = |control: &CrossAttentionControl| {
+        model.forward_controlled(
+            x.clone(),
+            501.0,
+            &context,
+            &added,
+            Some(&latents),
+            control,
+            1,
+        )
+    };
+    let plain = values(with_reference(&CrossAttentionControl::default()).0);
+    common::assert_the_attention_takes_the_control(
+        with_reference,
+        &plain,
+        context.dims()[1],
+        [16, 12],
+        2,
+    );
 }
 
 /// LINA's plan runs on FLUX: its words are found among T5's tokens; region-controlled
@@ -285,21 +309,178 @@ fn true_cfg_draws_diffusers_image_and_needs_a_negative_prompt() {
     }
     let cpu = lina_runtime::device::cpu();
     let pipe = StableDiffusion::load(&DirSource::new(fixture("flux_tiny")), &cpu).unwrap();
-    let refused = |pipe: &StableDiffusion, opts: GenerateOptions| {
-        pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
-            .expect_err("refused")
-            .to_string()
-    };
     let without_negative = GenerateOptions {
         true_cfg_scale: Some(4.0),
         ..options(2, (32, 32), tiny.f32("latents").1)
     };
-    assert!(refused(&pipe, without_negative).contains("negative prompt"));
+    assert!(refused(&pipe, &without_negative).contains("negative prompt"));
     let sd1 = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &cpu).unwrap();
     let on_unet = GenerateOptions {
         true_cfg_scale: Some(4.0),
         negative_prompt: "blurry".into(),
         ..options(2, (64, 64), vec![0.0; 4 * 8 * 8])
     };
-    assert!(refused(&sd1, on_unet).contains("FLUX"));
+    assert!(refused(&sd1, &on_unet).contains("FLUX"));
+}
+
+/// Why `pipe` refuses to start `opts`; a start that succeeds fails the test.
+fn refused(pipe: &StableDiffusion, opts: &GenerateOptions) -> String {
+    match pipe.start(opts) {
+        Ok(_) => panic!("should be refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The 48x32 card a FLUX image-condition reference was drawn from.
+fn card(reference: &Reference) -> lina_runtime::image::Image {
+    lina_runtime::image::Image {
+        width: 48,
+        height: 32,
+        rgb: reference.u8("card"),
+    }
+}
+
+/// FLUX.1 Fill's variant (tests/fixtures/flux_fill_tiny beside flux_tiny's other parts):
+/// the transformer takes the masked image's latents and every pixel of the mask beside the
+/// latents (a diagonal mask, so each pixel of a VAE cell matters). Its 4-step wide image at
+/// guidance 30 is diffusers' `FluxFillPipeline`'s; without a mask it is refused.
+#[test]
+fn flux_fill_inpaints_as_diffusers() {
+    let reference = Reference::open("flux_fill_tiny");
+    let latents = Reference::open("flux_tiny").f32("latents_wide").1;
+    let card = card(&reference);
+    let mask: Vec<f32> = reference
+        .u8("mask")
+        .iter()
+        .map(|&v| v as f32 / 255.0)
+        .collect();
+    let source = common::Overlay::new("flux_tiny", "flux_fill_tiny", "transformer/");
+    for (name, device) in test_devices() {
+        let pipe = StableDiffusion::load(&source, &device).unwrap();
+        assert_eq!(pipe.image_condition(), ImageCondition::Fill);
+        let opts = GenerateOptions {
+            guidance_scale: 30.0,
+            init_image: Some(card.clone()),
+            mask: Some(mask.clone()),
+            strength: 1.0,
+            ..options(4, (48, 32), latents.clone())
+        };
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        assert_eq!(done.evaluations, 4);
+        let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image").1);
+        eprintln!("{name}: FLUX Fill, worst pixel {worst:.2}/255");
+        assert!(worst <= 1.0, "{name}: {worst}/255 from diffusers");
+        let err = match pipe.start(&GenerateOptions { mask: None, ..opts }) {
+            Ok(_) => panic!("{name}: Fill without a mask should be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("inpainting model"), "{name}: {err}");
+    }
+}
+
+/// FLUX.1 Canny's and Depth's variant (tests/fixtures/flux_control_tiny): the transformer
+/// takes the control image's latents beside the latents; its 4-step wide image at guidance
+/// 10 is diffusers' `FluxControlPipeline`'s. A control model without a control image, a
+/// control image of another size, and a control image for a model that takes none are
+/// refused, saying so.
+#[test]
+fn flux_control_follows_its_image_as_diffusers() {
+    let reference = Reference::open("flux_control_tiny");
+    let latents = Reference::open("flux_tiny").f32("latents_wide").1;
+    let card = card(&reference);
+    let source = common::Overlay::new("flux_tiny", "flux_control_tiny", "transformer/");
+    let opts = GenerateOptions {
+        guidance_scale: 10.0,
+        control_image: Some(card.clone()),
+        ..options(4, (48, 32), latents.clone())
+    };
+    for (name, device) in test_devices() {
+        let pipe = StableDiffusion::load(&source, &device).unwrap();
+        assert_eq!(pipe.image_condition(), ImageCondition::Control);
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image").1);
+        eprintln!("{name}: FLUX Control, worst pixel {worst:.2}/255");
+        assert!(worst <= 1.0, "{name}: {worst}/255 from diffusers");
+    }
+    let cpu = lina_runtime::device::cpu();
+    let control = StableDiffusion::load(&source, &cpu).unwrap();
+    let without = GenerateOptions {
+        control_image: None,
+        ..opts.clone()
+    };
+    assert!(refused(&control, &without).contains("control image"));
+    let small = GenerateOptions {
+        width: Some(32),
+        initial_latents: None,
+        ..opts.clone()
+    };
+    assert!(refused(&control, &small).contains("control image is 48x32"));
+    let plain = StableDiffusion::load(&DirSource::new(fixture("flux_tiny")), &cpu).unwrap();
+    assert_eq!(plain.image_condition(), ImageCondition::None);
+    assert!(refused(&plain, &opts).contains("takes none"));
+}
+
+/// FLUX.1 Kontext (tests/fixtures/flux_kontext, on flux_tiny: Kontext's transformer has
+/// FLUX.1-dev's architecture): the reference image's tokens follow the latents' with
+/// positions (1, row, column), and only the latents' are predicted. One transformer call
+/// with 16x24 reference latents beside 16x16 latents is diffusers' within 1e-4; the 4-step
+/// square image with the 48x32 card as the reference image is `FluxKontextPipeline`'s within
+/// 1/255. A reference image for a UNet, or one whose sides do not pack, is refused.
+#[test]
+fn flux_kontext_edits_its_reference_image_as_diffusers() {
+    let reference = Reference::open("flux_kontext");
+    let tiny = Reference::open("flux_tiny");
+    let config = String::from_utf8(read_fixture("flux_tiny/transformer/config.json")).unwrap();
+    let file = "flux_tiny/transformer/diffusion_pytorch_model.safetensors";
+    let card = card(&reference);
+    for (name, device) in test_devices() {
+        let weights = Weights::from_bytes(file, &read_fixture(file), &device).unwrap();
+        let model = Flux::load(FluxConfig::from_json(&config).unwrap(), &weights).unwrap();
+        weights.finish().unwrap();
+        let added = model.added_input(tiny.tensor("pooled_embeds", &device), 2.5);
+        let latents: Tensor<4> = reference.tensor("reference_latents", &device);
+        let (out, _) = model.forward_controlled(
+            reference.tensor("transformer_sample", &device),
+            501.0,
+            &tiny.tensor("prompt_embeds", &device),
+            &added,
+            Some(&latents),
+            &CrossAttentionControl::default(),
+            0,
+        );
+        let err = relative_diff(&values(out), &reference.f32("transformer_out").1);
+        assert!(err < 1e-4, "{name}: Kontext's call off by {err} (relative)");
+
+        let pipe = StableDiffusion::load(&DirSource::new(fixture("flux_tiny")), &device).unwrap();
+        let opts = GenerateOptions {
+            guidance_scale: 2.5,
+            reference_image: Some(card.clone()),
+            ..options(4, (32, 32), tiny.f32("latents").1)
+        };
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image").1);
+        eprintln!("{name}: FLUX Kontext, worst pixel {worst:.2}/255");
+        assert!(worst <= 1.0, "{name}: {worst}/255 from diffusers");
+    }
+    let cpu = lina_runtime::device::cpu();
+    let flux = StableDiffusion::load(&DirSource::new(fixture("flux_tiny")), &cpu).unwrap();
+    let narrow = lina_runtime::image::Image {
+        width: 46,
+        height: 32,
+        rgb: vec![128; 46 * 32 * 3],
+    };
+    let opts = GenerateOptions {
+        reference_image: Some(narrow),
+        ..options(2, (32, 32), tiny.f32("latents").1)
+    };
+    assert!(refused(&flux, &opts).contains("multiple of 4"));
+    let sd1 = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &cpu).unwrap();
+    let on_unet = GenerateOptions {
+        reference_image: Some(card),
+        ..options(2, (64, 64), vec![0.0; 4 * 8 * 8])
+    };
+    assert!(refused(&sd1, &on_unet).contains("takes none"));
 }

@@ -8,6 +8,7 @@ mod common;
 use burn::tensor::Tensor;
 use common::fixture;
 use lina_runtime::image::Image;
+use lina_runtime::models::denoiser::ImageCondition;
 use lina_runtime::pipeline::{
     CancelToken, GenerateOptions, NoHook, StableDiffusion, StepHook, StepState,
 };
@@ -239,7 +240,7 @@ fn a_nine_channel_inpainting_unet_matches_diffusers() {
     for (name, device) in common::test_devices() {
         let source = common::Overlay::new("sd1_tiny", "sd1_inpaint_tiny", "unet/");
         let pipe = StableDiffusion::load(&source, &device).unwrap();
-        assert!(pipe.is_inpainting_model());
+        assert_eq!(pipe.image_condition(), ImageCondition::Inpaint);
         let (card, mask) = card_and_mask(&reference);
         let opts = GenerateOptions {
             prompt: "a red ball on a small mirror".into(),
@@ -310,6 +311,69 @@ fn img2img_and_latent_blend_inpainting_match_diffusers() {
                 worst <= 2.0,
                 "{name}: {what}: worst pixel off by {worst}/255"
             );
+        }
+    }
+}
+
+/// img2img (strength 0.6) and latent-blend inpainting (strength 0.75) on SDXL, SD 3 and FLUX
+/// give diffusers' images (`StableDiffusionXLImg2ImgPipeline` and its inpainting pipeline on
+/// the tiny SDXL, `FluxImg2ImgPipeline` and `FluxInpaintPipeline` on the tiny FLUX, SD 3's on
+/// the tiny SD 3), at 48x32 with a diagonal mask, diffusers patched to the same noise and to
+/// the latent mean (tools/make_fixtures.py --only sdxl-img2img, --only flow-img2img). The
+/// flow-matching pipelines count the steps a strength runs their own way (8 of 10 at 0.75,
+/// where the UNets' run 7). SD 3's inpainting reference is its latents decoded with the VAE's
+/// shift, which diffusers 0.42's inpainting pipeline drops (diffusers issue 13611).
+#[test]
+fn img2img_and_inpainting_on_sdxl_sd3_and_flux_match_diffusers() {
+    let flow = common::Reference::file("flow_img2img/reference.safetensors");
+    let sdxl = common::Reference::file("sdxl_tiny/img2img_reference.safetensors");
+    let card = Image {
+        width: 48,
+        height: 32,
+        rgb: flow.u8("card"),
+    };
+    let mask: Vec<f32> = flow.u8("mask").iter().map(|&v| v as f32 / 255.0).collect();
+    assert_eq!(
+        sdxl.u8("mask"),
+        flow.u8("mask"),
+        "one mask for every family"
+    );
+    let runs = [
+        ("sdxl_tiny", &sdxl, "", 7.5, "blurry"),
+        ("sd3_tiny", &flow, "sd3_", 7.5, "blurry"),
+        ("flux_tiny", &flow, "flux_", 3.5, ""),
+    ];
+    for (name, device) in common::test_devices() {
+        for &(model, reference, prefix, guidance, negative) in &runs {
+            let pipe = StableDiffusion::load(&DirSource::new(fixture(model)), &device).unwrap();
+            let base = GenerateOptions {
+                prompt: "a red ball on a small mirror".into(),
+                negative_prompt: negative.into(),
+                guidance_scale: guidance,
+                timesteps: Timesteps::Count(10),
+                width: Some(48),
+                height: Some(32),
+                initial_latents: Some(reference.f32(&format!("{prefix}noise")).1),
+                init_image: Some(card.clone()),
+                ..GenerateOptions::default()
+            };
+            for (what, strength, mask) in [("img2img", 0.6, None), ("inpaint", 0.75, Some(&mask))] {
+                let opts = GenerateOptions {
+                    strength,
+                    mask: mask.cloned(),
+                    ..base.clone()
+                };
+                let done =
+                    pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+                        .unwrap();
+                let expected = reference.f32(&format!("{prefix}{what}")).1;
+                let worst = common::worst_pixel(&done.image.rgb, &expected);
+                eprintln!("{name}: {model} {what}, worst pixel {worst:.2}/255");
+                assert!(
+                    worst <= 1.0,
+                    "{name}: {model} {what} {worst}/255 from diffusers"
+                );
+            }
         }
     }
 }

@@ -1559,6 +1559,295 @@ def make_flux_true_cfg(fix: Path):
     log(f"flux true cfg: scale {scale}; the image moved by up to {moved:.3f}")
 
 
+def flux_parts(pipe):
+    """A FluxPipeline's parts that every FLUX pipeline takes (not the IP-Adapter's)."""
+    keep = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
+    return {k: v for k, v in pipe.components.items() if k in keep}
+
+
+def flux_conditioned_transformer(seed: int, condition_channels: int):
+    """flux_tiny's transformer shape taking `condition_channels` more latent channels
+    (packed 2x2, so 4x that many more inputs), predicting the 16 latent channels alone."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * (16 + condition_channels), out_channels=64, num_layers=2,
+        num_single_layers=2, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=96,
+        pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+    ).eval()
+    reinit_(transformer, seed + 1, out_gain={"proj_out": 0.5})
+    return transformer
+
+
+def flux_test_card(width: int, height: int):
+    """A card for the FLUX image conditions: four flat quadrants split off-centre and a
+    diagonal mask whose edge crosses the VAE's cells (so each pixel of a cell matters to
+    Fill), as uint8 arrays."""
+    card = np.zeros((height, width, 3), dtype=np.uint8)
+    ys, xs = np.mgrid[:height, :width]
+    card[...] = (230, 220, 200)
+    card[(ys < 13) & (xs < 29)] = (220, 40, 40)
+    card[(ys < 13) & (xs >= 29)] = (40, 200, 60)
+    card[(ys >= 13) & (xs < 29)] = (40, 60, 210)
+    mask = np.where(xs + 2 * ys > 41, 255, 0).astype(np.uint8)
+    return card, mask
+
+
+def flux_variant_image(fix: Path, pipeline_class, transformer, guidance: float, **inputs):
+    """The 4-step 48x32 image `pipeline_class` (a FLUX pipeline) draws with `transformer` beside
+    flux_tiny's other parts, from flux_tiny's wide latents, with `inputs` (its images)."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file
+
+    base = FluxPipeline.from_pretrained(str(fix / "flux_tiny"), torch_dtype=torch.float32)
+    pipe = pipeline_class(**{**flux_parts(base), "transformer": transformer})
+    pipe.set_progress_bar_config(disable=True)
+    ref = load_file(str(fix / "flux_tiny" / "reference.safetensors"))
+    height, width = 32, 48
+    packed = pipe._pack_latents(ref["latents_wide"].clone(), 1, 16, height // 2, width // 2)
+    image = pipe(PROMPT, num_inference_steps=4, guidance_scale=guidance, latents=packed, height=height, width=width,
+                 output_type="np", **inputs).images
+    image = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    log(f"  image: mean {float(image.mean()):.3f}")
+    return image
+
+
+def make_flux_fill(fix: Path):
+    """FLUX.1 Fill's variant of flux_tiny (`flux_fill_tiny/`): a transformer taking the
+    latents, the masked image's latents and the mask's 2x2 pixels of each latent cell (the
+    tiny VAE downscales by 2; FLUX.1-Fill-dev's by 8, 64 channels), 4 x 36 = 144 packed
+    inputs, beside flux_tiny's text encoders, tokenizers, VAE and scheduler. Reference:
+    `FluxFillPipeline`'s 4-step 48x32 image at guidance 30 (Fill's default) and strength 1,
+    from flux_tiny's wide latents; diffusers samples the masked image's latent
+    distribution, which the fixture patches to the mean as this runtime takes it."""
+    import diffusers.pipelines.flux.pipeline_flux_fill as fill_module
+    from diffusers import FluxFillPipeline
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    out = fix / "flux_fill_tiny"
+    if out.exists():
+        shutil.rmtree(out)
+    log("== flux_fill_tiny")
+    fill_module.retrieve_latents = lambda output, generator=None, sample_mode="sample": output.latent_dist.mode()
+    transformer = flux_conditioned_transformer(7200, 16 + 4)
+    card, mask = flux_test_card(48, 32)
+    guidance = 30.0
+    image = flux_variant_image(fix, FluxFillPipeline, transformer, guidance, image=Image.fromarray(card),
+                               mask_image=Image.fromarray(mask))
+    out.mkdir(parents=True)
+    transformer.save_pretrained(str(out / "transformer"), safe_serialization=True)
+    save_file({"image": image, "card": torch.from_numpy(card).contiguous(), "mask": torch.from_numpy(mask).contiguous()},
+              str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "guidance_scale": guidance, "num_inference_steps": 4, "height": 32, "width": 48,
+        "strength": 1.0,
+        "notes": "image = FluxFillPipeline(flux_tiny's text encoders, tokenizers, VAE and scheduler with this "
+                 "transformer; prompt, image=card, mask_image=mask (255: regenerate), steps, guidance, flux_tiny's "
+                 "latents_wide packed, 48x32, output_type='np'), with retrieve_latents patched to the mean.",
+    })
+
+
+def make_flux_control(fix: Path):
+    """FLUX.1 Canny's and Depth's variant of flux_tiny (`flux_control_tiny/`): a transformer
+    taking the latents and the control image's latents, 4 x 32 = 128 packed inputs, beside
+    flux_tiny's other parts. Reference: `FluxControlPipeline`'s 4-step 48x32 image at
+    guidance 10 (Depth's card) with the test card as the control image, from flux_tiny's
+    wide latents; the control image's latent distribution is read at its mean, as this
+    runtime does (diffusers samples it; the fixture patches that)."""
+    from diffusers import FluxControlPipeline
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    out = fix / "flux_control_tiny"
+    if out.exists():
+        shutil.rmtree(out)
+    log("== flux_control_tiny")
+    DiagonalGaussianDistribution.sample = lambda self, generator=None: self.mode()
+    transformer = flux_conditioned_transformer(7300, 16)
+    card, _ = flux_test_card(48, 32)
+    guidance = 10.0
+    image = flux_variant_image(fix, FluxControlPipeline, transformer, guidance, control_image=Image.fromarray(card))
+    out.mkdir(parents=True)
+    transformer.save_pretrained(str(out / "transformer"), safe_serialization=True)
+    save_file({"image": image, "card": torch.from_numpy(card).contiguous()}, str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "guidance_scale": guidance, "num_inference_steps": 4, "height": 32, "width": 48,
+        "notes": "image = FluxControlPipeline(flux_tiny's text encoders, tokenizers, VAE and scheduler with this "
+                 "transformer; prompt, control_image=card, steps, guidance, flux_tiny's latents_wide packed, 48x32, "
+                 "output_type='np'), with the VAE's latent sample patched to the mean.",
+    })
+
+
+def make_flux_kontext(fix: Path):
+    """FLUX.1 Kontext on the tiny FLUX (`flux_kontext/`): Kontext's transformer has FLUX.1-dev's
+    architecture, so `FluxKontextPipeline` runs on flux_tiny's parts as they are. The
+    reference image (the 48x32 card, kept at its size: `_auto_resize=False`) is encoded at the
+    posterior's mode, packed, and appended to the latents' tokens with positions (1, row,
+    column); the prediction keeps the latents' tokens. Reference: the 4-step 32x32 image at
+    guidance 2.5 from flux_tiny's square latents (`max_area` 32x32, so the pipeline keeps the
+    size asked for)."""
+    from diffusers import FluxKontextPipeline, FluxPipeline
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    out = fix / "flux_kontext"
+    out.mkdir(parents=True, exist_ok=True)
+    log("== flux_kontext")
+    base = FluxPipeline.from_pretrained(str(fix / "flux_tiny"), torch_dtype=torch.float32)
+    pipe = FluxKontextPipeline(**flux_parts(base))
+    pipe.set_progress_bar_config(disable=True)
+    ref = load_file(str(fix / "flux_tiny" / "reference.safetensors"))
+    side, steps, guidance = 32, 4, 2.5
+    card, _ = flux_test_card(48, 32)
+    packed = pipe._pack_latents(ref["latents"].clone(), 1, 16, side // 2, side // 2)
+    image = pipe(image=Image.fromarray(card), prompt=PROMPT, height=side, width=side, max_area=side * side,
+                 _auto_resize=False, num_inference_steps=steps, guidance_scale=guidance, latents=packed,
+                 output_type="np").images
+    image = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    plain = pipe(prompt=PROMPT, height=side, width=side, max_area=side * side, num_inference_steps=steps,
+                 guidance_scale=guidance, latents=packed.clone(), output_type="np").images
+    moved = float((image - torch.from_numpy(np.asarray(plain, dtype=np.float32))).abs().max())
+    assert moved > 0.02, moved  # the reference image must change the image
+    # One transformer call with a reference's tokens beside the latents': a 16x16 sample and
+    # 16x24 reference latents, the prediction of the sample's tokens alone.
+    g = torch.Generator().manual_seed(7400)
+    sample, reference = torch.randn((1, 16, 16, 16), generator=g), torch.randn((1, 16, 16, 24), generator=g)
+    ids = pipe._prepare_latent_image_ids(1, 8, 8, "cpu", torch.float32)
+    reference_ids = pipe._prepare_latent_image_ids(1, 8, 12, "cpu", torch.float32)
+    reference_ids[..., 0] = 1
+    tokens = torch.cat([pipe._pack_latents(sample, 1, 16, 16, 16), pipe._pack_latents(reference, 1, 16, 16, 24)], 1)
+    call = pipe.transformer(hidden_states=tokens, encoder_hidden_states=ref["prompt_embeds"],
+                            pooled_projections=ref["pooled_embeds"], timestep=torch.tensor([UNET_TIMESTEP / 1000]),
+                            img_ids=torch.cat([ids, reference_ids]), txt_ids=torch.zeros(ref["prompt_embeds"].shape[1], 3),
+                            guidance=torch.tensor([guidance])).sample[:, :64]
+    save_file({"image": image, "card": torch.from_numpy(card).contiguous(), "transformer_sample": sample,
+               "reference_latents": reference, "transformer_out": pipe._unpack_latents(call, 32, 32, 2).contiguous()},
+              str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "guidance_scale": guidance, "num_inference_steps": steps, "height": side, "width": side,
+        "transformer_timestep": UNET_TIMESTEP,
+        "notes": "image = FluxKontextPipeline(flux_tiny's parts; image=card (48x32, _auto_resize=False), prompt, "
+                 "steps, guidance, flux_tiny's latents packed, 32x32 with max_area 32*32, output_type='np'). "
+                 "transformer_out: flux_tiny's transformer on transformer_sample's tokens then reference_latents' "
+                 "(positions (1, row, column)), with flux_tiny's prompt_embeds and pooled_embeds, at "
+                 "transformer_timestep / 1000 and guidance_scale: the sample's tokens, unpacked.",
+    })
+    log(f"  image: mean {float(image.mean()):.3f}; the reference image moved it by up to {moved:.3f}")
+
+
+def make_flow_img2img(fix: Path):
+    """img2img (strength 0.6) and latent-blend inpainting (strength 0.75) on the flow-matching
+    models, `flow_img2img/`: `FluxImg2ImgPipeline` and `FluxInpaintPipeline` on flux_tiny,
+    `StableDiffusion3Img2ImgPipeline` and `StableDiffusion3InpaintPipeline` on sd3_tiny, each
+    at 48x32 from the FLUX image conditions' card and diagonal mask. diffusers draws the noise
+    and samples the image's latent distribution from a generator; both are patched to given
+    values (the noise, stored unpacked, and the posterior's mean, which this runtime uses)."""
+    import diffusers.pipelines.flux.pipeline_flux_img2img as flux_img2img
+    import diffusers.pipelines.flux.pipeline_flux_inpaint as flux_inpaint
+    import diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img as sd3_img2img
+    import diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_inpaint as sd3_inpaint
+    from diffusers import (FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline, StableDiffusion3Img2ImgPipeline,
+                           StableDiffusion3InpaintPipeline, StableDiffusion3Pipeline)
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    out = fix / "flow_img2img"
+    out.mkdir(parents=True, exist_ok=True)
+    log("== flow_img2img")
+    height, width = 32, 48
+    card, mask = flux_test_card(width, height)
+    g = torch.Generator().manual_seed(7500)
+    refs = {"card": torch.from_numpy(card).contiguous(), "mask": torch.from_numpy(mask).contiguous()}
+    runs = (
+        ("flux", flux_img2img, flux_inpaint, FluxPipeline, "flux_tiny", FluxImg2ImgPipeline, FluxInpaintPipeline,
+         dict(guidance_scale=3.5)),
+        ("sd3", sd3_img2img, sd3_inpaint, StableDiffusion3Pipeline, "sd3_tiny", StableDiffusion3Img2ImgPipeline,
+         StableDiffusion3InpaintPipeline, dict(guidance_scale=GUIDANCE, negative_prompt=NEGATIVE_PROMPT)),
+    )
+    for name, img2img_module, inpaint_module, base_class, folder, img2img_class, inpaint_class, settings in runs:
+        noise = torch.randn((1, 16, height // 2, width // 2), generator=g)
+        refs[f"{name}_noise"] = noise
+        for module in (img2img_module, inpaint_module):
+            module.randn_tensor = lambda shape, noise=noise, **_: noise.clone()
+            module.retrieve_latents = lambda output, generator=None, sample_mode="sample": output.latent_dist.mode()
+        base = base_class.from_pretrained(str(fix / folder), torch_dtype=torch.float32)
+        parts = flux_parts(base) if name == "flux" else {k: v for k, v in base.components.items()
+                                                          if k not in ("image_encoder", "feature_extractor")}
+        common = dict(prompt=PROMPT, num_inference_steps=STEPS, height=height, width=width, output_type="np", **settings)
+        pipe = img2img_class(**parts)
+        pipe.set_progress_bar_config(disable=True)
+        image = pipe(image=Image.fromarray(card), strength=0.6, **common).images
+        refs[f"{name}_img2img"] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+        pipe = inpaint_class(**parts)
+        pipe.set_progress_bar_config(disable=True)
+        if name == "sd3":
+            # diffusers 0.42's SD 3 inpainting decodes without the VAE's shift (its
+            # `latents / scaling_factor`, where its encode and every other SD 3 pipeline use
+            # the shift: diffusers issue 13611, pull request 14671): its latents are kept and
+            # decoded as the other SD 3 pipelines decode them.
+            latents = pipe(image=Image.fromarray(card), mask_image=Image.fromarray(mask), strength=0.75,
+                           **{**common, "output_type": "latent"}).images
+            vae = pipe.vae.config
+            decoded = pipe.vae.decode(latents / vae.scaling_factor + vae.shift_factor, return_dict=False)[0]
+            image = pipe.image_processor.postprocess(decoded, output_type="np")
+        else:
+            image = pipe(image=Image.fromarray(card), mask_image=Image.fromarray(mask), strength=0.75, **common).images
+        refs[f"{name}_inpaint"] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+        log(f"  {name}: img2img mean {float(refs[f'{name}_img2img'].mean()):.3f}, "
+            f"inpaint mean {float(refs[f'{name}_inpaint'].mean()):.3f}")
+    save_file(refs, str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "num_inference_steps": STEPS, "height": height, "width": width,
+        "flux": {"guidance_scale": 3.5}, "sd3": {"guidance_scale": GUIDANCE, "negative_prompt": NEGATIVE_PROMPT},
+        "strength": {"img2img": 0.6, "inpaint": 0.75},
+        "notes": "X_img2img = (Flux|StableDiffusion3)Img2ImgPipeline(flux_tiny | sd3_tiny; image=card, strength 0.6, "
+                 "prompt, steps, guidance (and SD 3's negative prompt), 48x32, output_type='np'); X_inpaint = the "
+                 "Inpaint pipeline with mask_image=mask (255 redraws) at strength 0.75; randn_tensor patched to "
+                 "X_noise (unpacked [1, 16, 16, 24]) and retrieve_latents to the posterior's mean. sd3_inpaint's "
+                 "latents are decoded with the VAE's shift, as the other SD 3 pipelines decode (diffusers 0.42's "
+                 "inpainting pipeline drops it: diffusers issue 13611).",
+    })
+
+
+def make_sdxl_img2img(fix: Path):
+    """img2img (strength 0.6) and latent-blend inpainting (strength 0.75) on the tiny SDXL
+    base (`sdxl_tiny/img2img_reference.safetensors`): `StableDiffusionXLImg2ImgPipeline` and
+    `StableDiffusionXLInpaintPipeline` at 48x32 from the FLUX card and diagonal mask, the
+    noise patched in and the image latents read at the posterior's mean, as `make_img2img`
+    does for SD 1.x."""
+    import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img as xl_img2img
+    import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint as xl_inpaint
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    log("== sdxl img2img")
+    height, width = 32, 48
+    card, mask = flux_test_card(width, height)
+    noise = torch.randn((1, 4, height // 8, width // 8), generator=torch.Generator().manual_seed(7600))
+    for module in (xl_img2img, xl_inpaint):
+        module.randn_tensor = lambda shape, **_: noise.clone()
+        module.retrieve_latents = lambda output, generator=None, sample_mode="sample": output.latent_dist.mode()
+    base = StableDiffusionXLPipeline.from_pretrained(str(fix / "sdxl_tiny"), torch_dtype=torch.float32)
+    parts = {k: v for k, v in base.components.items() if k not in ("image_encoder", "feature_extractor")}
+    common = dict(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                  height=height, width=width, output_type="np")
+    pipe = StableDiffusionXLImg2ImgPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    img2img = pipe(image=Image.fromarray(card), strength=0.6, **common).images
+    pipe = StableDiffusionXLInpaintPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    inpaint = pipe(image=Image.fromarray(card), mask_image=Image.fromarray(mask), strength=0.75, **common).images
+    save_file({"noise": noise, "card": torch.from_numpy(card).contiguous(), "mask": torch.from_numpy(mask).contiguous(),
+               "img2img": torch.from_numpy(np.asarray(img2img, dtype=np.float32)).contiguous(),
+               "inpaint": torch.from_numpy(np.asarray(inpaint, dtype=np.float32)).contiguous()},
+              str(fix / "sdxl_tiny" / "img2img_reference.safetensors"))
+    log(f"  img2img mean {float(img2img.mean()):.3f}, inpaint mean {float(inpaint.mean()):.3f}")
+
+
 def make_sd3_slg(fix: Path):
     """Skip-layer guidance on the tiny SD 3 (`sd3_slg/`): `StableDiffusion3Pipeline` with
     `skip_guidance_layers` on sd3_tiny's square image (its prompt, negative prompt, latents,
@@ -1919,12 +2208,44 @@ def make_full_configs(fix: Path):
 # ----------------------------------------------------------------------------
 
 
+def parts():
+    """The parts `--only` rebuilds alone, each its makers in order (later ones are made from,
+    or beside, the earlier ones' folders)."""
+    flux = [make_flux, make_flux_lora, make_flux_schnell, make_flux_true_cfg, make_flux_fill, make_flux_control,
+            make_flux_kontext]
+    return {
+        "schedulers": [make_schedulers],
+        "vae-encoder": [make_vae_encoder],
+        "lcm-unet": [make_lcm_unet],
+        "turbo": [make_turbo],
+        "inpaint": [make_inpaint],
+        "taesd": [make_taesd],
+        "img2img": [make_img2img],
+        "sdxl": [make_sdxl],
+        "sdxl-turbo": [make_sdxl_turbo],
+        "sdxl-refiner": [make_sdxl_refiner],
+        "sdxl-img2img": [make_sdxl_img2img],
+        "lora": [make_lora, make_sd3_lora],
+        "sd3": [make_sd3, make_sd3_slg],
+        "sd3-slg": [make_sd3_slg],
+        "flux": flux,
+        "flux-lora": [make_flux_lora],
+        "flux-schnell": [make_flux_schnell],
+        "flux-true-cfg": [make_flux_true_cfg],
+        "flux-fill": [make_flux_fill],
+        "flux-control": [make_flux_control],
+        "flux-kontext": [make_flux_kontext],
+        "flow-img2img": [make_flow_img2img],
+        "fp8": [make_fp8_table],
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--wheel-dir", default="/tmp/oc", help="folder holding an open_clip_torch wheel")
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    ap.add_argument("--only", choices=["schedulers", "vae-encoder", "lcm-unet", "turbo", "inpaint", "taesd", "img2img", "sdxl", "sdxl-turbo", "sdxl-refiner", "lora", "sd3", "sd3-slg", "flux", "flux-lora", "flux-schnell", "flux-true-cfg", "fp8"], help="rebuild one part only")
+    ap.add_argument("--only", choices=list(parts()), help="rebuild one part only")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -1938,64 +2259,9 @@ def main():
     fix.mkdir(parents=True, exist_ok=True)
     log(f"torch {torch.__version__} diffusers {diffusers.__version__} transformers {transformers.__version__}")
 
-    if args.only == "schedulers":
-        make_schedulers(fix)
-        return
-    if args.only == "vae-encoder":
-        make_vae_encoder(fix)
-        return
-    if args.only == "lcm-unet":
-        make_lcm_unet(fix)
-        return
-    if args.only == "turbo":
-        make_turbo(fix)
-        return
-    if args.only == "inpaint":
-        make_inpaint(fix)
-        return
-    if args.only == "taesd":
-        make_taesd(fix)
-        return
-    if args.only == "img2img":
-        make_img2img(fix)
-        return
-    if args.only == "sdxl":
-        make_sdxl(fix)
-        return
-    if args.only == "lora":
-        make_lora(fix)
-        make_sd3_lora(fix)
-        return
-    if args.only == "sd3":
-        make_sd3(fix)
-        make_sd3_slg(fix)  # made from sd3_tiny
-        return
-    if args.only == "sd3-slg":
-        make_sd3_slg(fix)
-        return
-    if args.only == "flux":
-        make_flux(fix)
-        make_flux_lora(fix)  # made from flux_tiny
-        make_flux_schnell(fix)  # beside flux_tiny
-        make_flux_true_cfg(fix)  # made from flux_tiny
-        return
-    if args.only == "flux-true-cfg":
-        make_flux_true_cfg(fix)
-        return
-    if args.only == "flux-schnell":
-        make_flux_schnell(fix)
-        return
-    if args.only == "flux-lora":
-        make_flux_lora(fix)
-        return
-    if args.only == "fp8":
-        make_fp8_table(fix)
-        return
-    if args.only == "sdxl-turbo":
-        make_sdxl_turbo(fix)
-        return
-    if args.only == "sdxl-refiner":
-        make_sdxl_refiner(fix)
+    if args.only:
+        for make in parts()[args.only]:
+            make(fix)
         return
     tok_dir = fix / "tokenizer"
     if tok_dir.exists():

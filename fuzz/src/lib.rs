@@ -92,7 +92,18 @@ pub fn config(data: &[u8]) {
     .flatten()
     {
         if let Ok(vae) = &vae {
-            let _ = lina_runtime::memory::activations(denoiser, vae, 512, 512, 2, true, 128 << 20);
+            let _ = lina_runtime::memory::activations(
+                denoiser,
+                vae,
+                512,
+                512,
+                2,
+                lina_runtime::memory::Encoded {
+                    output_size: true,
+                    reference: Some((384, 640)),
+                },
+                128 << 20,
+            );
         }
     }
     if let Ok(vae) = &vae {

@@ -238,6 +238,9 @@ pub(crate) fn controlled_joint_attention(
     }
     let [b, l, inner] = q.dims();
     let text_len = l - image_len;
+    // The grid's tokens lead the image stream; a reference image's (FLUX Kontext's) follow
+    // them and, like the text's, run uncontrolled.
+    let cells = grid[0] * grid[1];
     let split = |x: Tensor<3>| -> Tensor<4> {
         let [b, l, _] = x.dims();
         x.reshape([b, l, heads, inner / heads]).swap_dims(1, 2)
@@ -247,11 +250,11 @@ pub(crate) fn controlled_joint_attention(
     let bias = state.bias(grid, b);
     let limit = crate::device::limits(&q4.device()).max_binding_bytes;
     let budget = (crate::nn::ATTENTION_SCORE_BUDGET as u64).min(limit) as usize;
-    let rows = (budget / (b * heads * l * 4)).clamp(1, image_len);
+    let rows = (budget / (b * heads * l * 4)).clamp(1, cells);
     let mut outputs = Vec::new();
     let mut maps = Vec::new();
-    for start in (0..image_len).step_by(rows) {
-        let len = rows.min(image_len - start);
+    for start in (0..cells).step_by(rows) {
+        let len = rows.min(cells - start);
         let mut scores = q4
             .clone()
             .narrow(2, start, len)
@@ -275,14 +278,14 @@ pub(crate) fn controlled_joint_attention(
     }
     let image = Tensor::cat(outputs, 2)
         .swap_dims(1, 2)
-        .reshape([b, image_len, inner]);
-    let text = crate::nn::multi_head_attention(
-        q.narrow(1, image_len, text_len).into(),
+        .reshape([b, cells, inner]);
+    let rest = crate::nn::multi_head_attention(
+        q.narrow(1, cells, l - cells).into(),
         k.into(),
         v.into(),
         heads,
         false,
         crate::kernels::Kernels::Burn,
     );
-    Tensor::cat(vec![image, text], 1)
+    Tensor::cat(vec![image, rest], 1)
 }

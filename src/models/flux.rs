@@ -172,9 +172,15 @@ impl FluxConfig {
         self.out_channels.unwrap_or(self.in_channels)
     }
 
-    /// The VAE latent channels it takes (unpacked).
-    pub fn latent_channels(&self) -> usize {
+    /// The channels it takes, unpacked: the VAE's latents and, for Fill, Canny and Depth,
+    /// their image condition's ([`ImageCondition`](super::denoiser::ImageCondition)).
+    pub fn input_channels(&self) -> usize {
         self.in_channels / (PACK * PACK)
+    }
+
+    /// The VAE latent channels it predicts (unpacked).
+    pub fn latent_channels(&self) -> usize {
+        self.out_channels() / (PACK * PACK)
     }
 
     /// Image tokens for `h` x `w` latents: one per packed 2x2 patch.
@@ -213,6 +219,20 @@ impl Embedder {
     }
 }
 
+/// The grids a call's rotation tables are for: the latents' packed patches and any
+/// reference image's.
+type RotaryGrids = ([usize; 2], Option<[usize; 2]>);
+
+/// Latents [B, C, H, W] as tokens [B, (H/2)(W/2), 4C], one per 2x2 patch, row-major, each
+/// patch's channels channel by channel (diffusers' `_pack_latents`).
+fn pack(x: Tensor<4>) -> Tensor<3> {
+    let [b, c, h, w] = x.dims();
+    let (gh, gw) = (h / PACK, w / PACK);
+    x.reshape([b, c, gh, PACK, gw, PACK])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([b, gh * gw, c * PACK * PACK])
+}
+
 /// Each image token's rotation: cos and sin per channel of a head, [1, L, 1, D], the pairs
 /// of channels (2i, 2i + 1) sharing one angle.
 #[derive(Clone)]
@@ -223,26 +243,31 @@ struct Rotary {
 
 impl Rotary {
     /// For the `gh` x `gw` grid of packed patches, row-major: axis 0 is a constant 0, axis 1
-    /// the row, axis 2 the column; each axis's channels turn at `theta^(-2i / width)` per
-    /// unit of position (diffusers' `FluxPosEmbed`, angles in f64 as it computes them).
-    fn new(axes: &[usize], [gh, gw]: [usize; 2], device: &burn::tensor::Device) -> Self {
+    /// the row, axis 2 the column; then for a reference's grid (Kontext's) the same with axis
+    /// 0 at 1. Each axis's channels turn at `theta^(-2i / width)` per unit of position
+    /// (diffusers' `FluxPosEmbed`, angles in f64 as it computes them).
+    fn new(axes: &[usize], grids: RotaryGrids, device: &burn::tensor::Device) -> Self {
         let head_dim: usize = axes.iter().sum();
-        let tokens = gh * gw;
+        let (grid, reference) = grids;
+        let images: Vec<(f64, [usize; 2])> = std::iter::once((0.0, grid))
+            .chain(reference.map(|r| (1.0, r)))
+            .collect();
+        let tokens: usize = images.iter().map(|(_, [gh, gw])| gh * gw).sum();
         let (mut cos, mut sin) = (
             Vec::with_capacity(tokens * head_dim),
             Vec::with_capacity(tokens * head_dim),
         );
-        for r in 0..gh {
-            for c in 0..gw {
-                let position = [0.0, r as f64, c as f64];
-                for (axis, &width) in axes.iter().enumerate() {
-                    let at = position.get(axis).copied().unwrap_or(0.0);
-                    for i in 0..width / 2 {
-                        let angle = at * ROPE_THETA.powf(-((2 * i) as f64) / width as f64);
-                        let (s, c) = angle.sin_cos();
-                        cos.extend([c as f32; 2]);
-                        sin.extend([s as f32; 2]);
-                    }
+        let positions = images.iter().flat_map(|&(image, [gh, gw])| {
+            (0..gh * gw).map(move |i| [image, (i / gw) as f64, (i % gw) as f64])
+        });
+        for position in positions {
+            for (axis, &width) in axes.iter().enumerate() {
+                let at = position.get(axis).copied().unwrap_or(0.0);
+                for i in 0..width / 2 {
+                    let angle = at * ROPE_THETA.powf(-((2 * i) as f64) / width as f64);
+                    let (s, c) = angle.sin_cos();
+                    cos.extend([c as f32; 2]);
+                    sin.extend([s as f32; 2]);
                 }
             }
         }
@@ -456,7 +481,7 @@ pub struct Flux {
     device: burn::tensor::Device,
     /// The rotation tables of the last grid called with: every step of a run has the same
     /// grid, so they are made and uploaded once per run rather than once per step.
-    rotary: std::sync::Mutex<Option<([usize; 2], Rotary)>>,
+    rotary: std::sync::Mutex<Option<(RotaryGrids, Rotary)>>,
 }
 
 impl Flux {
@@ -533,15 +558,16 @@ impl Flux {
         Tensor::cat(vec![pooled, features], 1)
     }
 
-    /// The rotation tables for a `grid` of packed patches, made once per grid.
-    fn rotary_for(&self, grid: [usize; 2]) -> Rotary {
+    /// The rotation tables for a `grid` of packed patches and any reference's, made once
+    /// per pair of grids.
+    fn rotary_for(&self, grids: RotaryGrids) -> Rotary {
         // A poisoned lock only means another call panicked while filling it: refill it.
         let mut cached = self.rotary.lock().unwrap_or_else(|e| e.into_inner());
         match cached.as_ref() {
-            Some((at, tables)) if *at == grid => tables.clone(),
+            Some((at, tables)) if *at == grids => tables.clone(),
             _ => {
-                let tables = Rotary::new(&self.config.axes_dims_rope, grid, &self.device);
-                *cached = Some((grid, tables.clone()));
+                let tables = Rotary::new(&self.config.axes_dims_rope, grids, &self.device);
+                *cached = Some((grids, tables.clone()));
                 tables
             }
         }
@@ -558,31 +584,44 @@ impl Flux {
         added: &Tensor<2>,
     ) -> Tensor<4> {
         let none = CrossAttentionControl::default();
-        self.forward_controlled(x, timestep, context, added, &none, 0)
+        self.forward_controlled(x, timestep, context, added, None, &none, 0)
             .0
     }
 
-    /// [`forward`](Self::forward) with every attention under `control`, which acts on batch
-    /// row `row`: the image tokens' attention to the text tokens is biased and recorded as
+    /// [`forward`](Self::forward) with a `reference` image's latents (Kontext's: their tokens
+    /// join the image stream after the latents', and only the latents' are predicted), and
+    /// every attention under `control`, which acts on batch row `row`: the latents' tokens'
+    /// attention to the text tokens is biased and recorded as
     /// the MMDiT's is, in the double- and the single-stream blocks.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_controlled(
         &self,
         x: Tensor<4>,
         timestep: f64,
         context: &Tensor<3>,
         added: &Tensor<2>,
+        reference: Option<&Tensor<4>>,
         control: &CrossAttentionControl,
         row: usize,
     ) -> (Tensor<4>, Option<AttentionRecord>) {
-        let [b, c, h, w] = x.dims();
+        let [b, _, h, w] = x.dims();
         let (gh, gw) = (h / PACK, w / PACK);
         let mut control = ControlState::new(control, row, [h, w]);
 
-        let packed = x
-            .reshape([b, c, gh, PACK, gw, PACK])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, gh * gw, c * PACK * PACK]);
-        let image = self.x_embedder.forward(packed);
+        // Kontext: the reference image's tokens follow the latents' in the image stream,
+        // embedded by the same layer; their positions say they are another image.
+        let mut packed = vec![pack(x)];
+        let reference_grid = reference.map(|r| {
+            let [rb, _, rh, rw] = r.dims();
+            let rows = if rb == b {
+                r.clone()
+            } else {
+                r.clone().repeat_dim(0, b)
+            };
+            packed.push(pack(rows));
+            [rh / PACK, rw / PACK]
+        });
+        let image = self.x_embedder.forward(Tensor::cat(packed, 1));
         let dtype = image.dtype();
         let features = sinusoid(timestep, TIMESTEP_FEATURES, true, 0.0);
         let features = Tensor::<2>::from_data(
@@ -598,7 +637,7 @@ impl Flux {
             temb = temb + guidance.forward(added.clone().narrow(1, pooled_dim, TIMESTEP_FEATURES));
         }
         let conditioning = silu(temb);
-        let rotary = self.rotary_for([gh, gw]);
+        let rotary = self.rotary_for(([gh, gw], reference_grid));
         let call = Call {
             conditioning: &conditioning,
             norm: &self.norm,
@@ -607,7 +646,8 @@ impl Flux {
             grid: [gh, gw],
         };
 
-        let image_len = gh * gw;
+        // The image stream: the latents' tokens, then any reference's.
+        let image_len = image.dims()[1];
         let mut image = image;
         let mut text = self.context_embedder.forward(context.clone());
         for block in &self.double {
@@ -617,7 +657,7 @@ impl Flux {
         for block in &self.single {
             joint = block.forward(joint, image_len, &call, &mut control);
         }
-        let image = joint.narrow(1, 0, image_len);
+        let image = joint.narrow(1, 0, gh * gw);
         let out = self.norm_out.parts(&conditioning);
         let image = modulate(self.norm.forward(image), &out[1], &out[0]);
         let cells = self.proj_out.forward(image);
@@ -640,7 +680,7 @@ mod tests {
     fn the_rotary_embedding_turns_channel_pairs() {
         let device = crate::device::cpu();
         let axes = [2, 2, 2];
-        let rotary = Rotary::new(&axes, [2, 3], &device);
+        let rotary = Rotary::new(&axes, ([2, 3], None), &device);
         // One head of 6 channels; every pair (1, 0).
         let x = Tensor::<3>::from_data(
             TensorData::new([1.0f32, 0.0].repeat(6 * 6 / 2), [1, 6, 6]),

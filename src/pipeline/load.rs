@@ -8,7 +8,7 @@ use super::{Refiner, SecondEncoder, StableDiffusion, T5State};
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
-use crate::models::denoiser::{Denoiser, TransformerKind};
+use crate::models::denoiser::{Denoiser, DenoiserConfig, ImageCondition, TransformerKind};
 use crate::models::flux::{self, Flux, FluxConfig};
 use crate::models::mmdit::{self, Mmdit, MmditConfig};
 use crate::models::t5::{T5Config, T5Encoder};
@@ -612,18 +612,12 @@ impl StableDiffusion {
                 ),
             ));
         }
-        let latent = vae.latent_channels;
-        if ![latent, 2 * latent + 1].contains(&unet.config().in_channels) {
-            return Err(Error::config(
-                unet::CONFIG_FILE,
-                format!(
-                    "in_channels {} is neither the VAE's latent_channels {latent} nor {} (an inpainting UNet: latents, mask, masked image)",
-                    unet.config().in_channels,
-                    2 * latent + 1
-                ),
-            ));
-        }
-        Ok(())
+        Self::check_input_channels(
+            DenoiserConfig::UNet(unet.config()),
+            unet.config().in_channels,
+            vae,
+            unet::CONFIG_FILE,
+        )
     }
 
     /// The T5 encoder and its tokenizer where the folder (or file) has them, in `folders`
@@ -702,12 +696,39 @@ impl StableDiffusion {
             return Err(Error::config(
                 flux::CONFIG_FILE,
                 format!(
-                    "in_channels {} is not 4 x the VAE's latent_channels {} (2x2 packed patches)",
-                    config.in_channels, vae.latent_channels
+                    "out_channels {} is not 4 x the VAE's latent_channels {} (2x2 packed patches)",
+                    config.out_channels(),
+                    vae.latent_channels
                 ),
             ));
         }
-        Ok(())
+        Self::check_input_channels(
+            DenoiserConfig::Flux(config),
+            config.in_channels,
+            vae,
+            flux::CONFIG_FILE,
+        )
+    }
+
+    /// A denoiser's input channels (`in_channels`, as its config writes them) fit the VAE's
+    /// latents and one [`ImageCondition`] beside them.
+    fn check_input_channels(
+        config: DenoiserConfig,
+        in_channels: usize,
+        vae: &VaeConfig,
+        file: &str,
+    ) -> Result<()> {
+        let (latent, f) = (vae.latent_channels, vae.downscale());
+        match ImageCondition::of(config, latent, f) {
+            Some(_) => Ok(()),
+            None => Err(Error::config(
+                file,
+                format!(
+                    "in_channels {in_channels} fits none of {}",
+                    ImageCondition::choices(config, latent, f)
+                ),
+            )),
+        }
     }
 
     /// An SD 3 transformer's fit: two text encoders with pooled outputs as wide together as

@@ -22,7 +22,6 @@ mod start;
 pub use prompt::EncodedPrompt;
 pub use sampling::{
     CancelToken, Hooks, ModelCall, NoHook, RegionTerm, Sampling, StepFuture, StepHook, StepState,
-    strength_steps,
 };
 
 use burn::tensor::Device;
@@ -32,7 +31,7 @@ use crate::image::Image;
 use crate::kernels::Kernels;
 use crate::memory;
 use crate::models::clip::ClipTextEncoder;
-use crate::models::denoiser::Denoiser;
+use crate::models::denoiser::{Denoiser, ImageCondition};
 use crate::models::t5::T5Encoder;
 use crate::models::taesd::TaesdDecoder;
 use crate::models::unet::UNet;
@@ -90,8 +89,19 @@ pub struct GenerateOptions {
     /// How much of the schedule img2img runs: 1 starts from pure noise, 0.3 keeps the layout.
     pub strength: f64,
     /// Inpainting (with `init_image`): one value per pixel, row-major; where it is 0.5 or
-    /// more the image is regenerated, elsewhere kept (blended in the latents every step).
+    /// more the image is regenerated, elsewhere kept (blended in the latents every step, or,
+    /// for an inpainting model, given to it with the masked image).
     pub mask: Option<Vec<f32>>,
+    /// The control image FLUX.1 Canny and Depth follow (of the output's size): an edge map
+    /// or a depth map, as their pipelines take it (made beforehand; this runtime detects no
+    /// edges or depth). Only for those models, which need one.
+    pub control_image: Option<Image>,
+    /// FLUX.1 Kontext's input image (diffusers' `image` of `FluxKontextPipeline`): the image
+    /// the prompt edits, encoded and given to the transformer as tokens beside the latents'.
+    /// Any size whose sides are multiples of twice the VAE's downscale (16), taken as it is:
+    /// Kontext's pipeline first resizes it to one of the sizes it was trained at, which is the
+    /// caller's to do here. FLUX only.
+    pub reference_image: Option<Image>,
     /// SD 3.5's skip-layer guidance (transformers only; acts only with classifier-free
     /// guidance on, as in diffusers).
     pub skip_layer_guidance: Option<SkipLayerGuidance>,
@@ -165,6 +175,8 @@ impl Default for GenerateOptions {
             handoff: None,
             true_cfg_scale: None,
             init_image: None,
+            control_image: None,
+            reference_image: None,
             strength: 0.8,
             mask: None,
             skip_layer_guidance: None,
@@ -379,10 +391,20 @@ impl StableDiffusion {
         }
     }
 
-    /// Whether the UNet is an inpainting one (SD's 9-channel inpainting models): it takes the
-    /// mask and the masked image's latents next to the latents, and needs both.
-    pub fn is_inpainting_model(&self) -> bool {
-        self.denoiser.in_channels() != self.vae.config().latent_channels
+    /// Whether a run may give a reference image to edit (FLUX.1 Kontext's input,
+    /// [`GenerateOptions::reference_image`]): FLUX transformers that take the latents alone.
+    pub fn takes_reference_image(&self) -> bool {
+        self.denoiser.flux().is_some() && self.image_condition() == ImageCondition::None
+    }
+
+    /// What the denoiser takes beside its latents: an inpainting model's mask and masked
+    /// image (SD's 9-channel UNets, FLUX.1 Fill), which it needs both of; FLUX.1 Canny's or
+    /// Depth's control image.
+    pub fn image_condition(&self) -> ImageCondition {
+        let vae = self.vae.config();
+        // The load refused every pairing of channels that fits none.
+        ImageCondition::of(self.denoiser.config(), vae.latent_channels, vae.downscale())
+            .unwrap_or(ImageCondition::None)
     }
 
     /// The image size the model was trained for.

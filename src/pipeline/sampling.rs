@@ -142,11 +142,8 @@ pub(super) struct Init {
     /// The noise it was noised with (inpainting re-noises the kept region with it).
     pub(super) noise: Tensor<4>,
     /// [1, C, h, w]: 1 where the latents are regenerated, 0 where the init image is kept.
-    /// Only for UNets that take plain latents; they inpaint by blending after each step.
+    /// Only for models that take plain latents; they inpaint by blending after each step.
     pub(super) mask: Option<Tensor<4>>,
-    /// For inpainting UNets (9 input channels): what they take besides the latents, the
-    /// mask and the masked image's latents, [1, 1 + C, h, w].
-    pub(super) conditioning: Option<Tensor<4>>,
 }
 
 /// The UNet's noise prediction for a step, before the guidance combine.
@@ -232,6 +229,12 @@ pub struct Sampling<'p> {
     pub(super) hands_over: bool,
     /// img2img or inpainting's start.
     pub(super) init: Option<Init>,
+    /// What the denoiser takes beside the latents
+    /// ([`ImageCondition`](crate::models::denoiser::ImageCondition)), [1, C', h, w]:
+    /// an inpainting model's mask and masked image, a control image's latents.
+    pub(super) condition: Option<Tensor<4>>,
+    /// FLUX.1 Kontext's reference image as latents [1, C, h', w'].
+    pub(super) reference: Option<Tensor<4>>,
     /// What the UNet adds to its time embedding, one row per context row (see
     /// [`UNet::forward_with`](crate::models::unet::UNet::forward_with)): LCM's guidance
     /// embedding, SDXL's pooled text and size.
@@ -416,9 +419,10 @@ impl Sampling<'_> {
             (skip, input.clone(), cond_row(call.context.clone()))
         });
         let [_, c, h, w] = input.dims();
-        // An inpainting UNet also takes the mask and the masked image's latents.
-        let input = match self.init.as_ref().and_then(|i| i.conditioning.clone()) {
-            Some(extra) => Tensor::cat(vec![input, extra], 1),
+        // An inpainting model also takes the mask and the masked image's latents; FLUX's
+        // Canny and Depth the control image's.
+        let input = match &self.condition {
+            Some(extra) => Tensor::cat(vec![input, extra.clone()], 1),
             None => input,
         };
         let mut contexts = vec![call.context];
@@ -474,11 +478,13 @@ impl Sampling<'_> {
                 bias: call.attention.bias.clone().map(|b| b.flip([2])),
                 record: call.attention.record,
             };
+            let reference = self.reference.as_ref().map(|r| r.clone().flip([3]));
             let (out, record) = self.pipe.denoiser.forward_controlled(
                 inputs.flip([3]),
                 call.timestep,
                 &context,
                 added.as_ref(),
+                reference.as_ref(),
                 &control,
                 base - 1,
             );
@@ -489,6 +495,7 @@ impl Sampling<'_> {
                 call.timestep,
                 &context,
                 added.as_ref(),
+                self.reference.as_ref(),
                 &call.attention,
                 base - 1,
             )
@@ -608,10 +615,4 @@ impl Sampling<'_> {
         };
         Image::from_decoded(pixels).await
     }
-}
-
-/// How many of a run's last `steps` an img2img `strength` redraws: floor(steps * strength),
-/// as diffusers counts them: 0 for a strength too small for so few steps.
-pub fn strength_steps(steps: usize, strength: f64) -> usize {
-    ((steps as f64 * strength) as usize).min(steps)
 }

@@ -7,7 +7,7 @@ use std::ops::Range;
 use burn::tensor::{Tensor, TensorData};
 
 use super::load;
-use super::sampling::{CancelToken, Init, Sampling, StepHook, StepNoise, strength_steps};
+use super::sampling::{CancelToken, Init, Sampling, StepHook, StepNoise};
 use super::{
     AESTHETIC_SCORE, GenerateOptions, Generated, MAX_PROMPT_CHARS, MAX_SIDE,
     NEGATIVE_AESTHETIC_SCORE, SkipLayerGuidance, StableDiffusion, T5State, Warning,
@@ -15,7 +15,8 @@ use super::{
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::memory;
-use crate::models::denoiser::Denoiser;
+use crate::models::denoiser::{Denoiser, ImageCondition};
+use crate::models::vae::VaeEncoder;
 use crate::rng::Rng;
 use crate::schedulers::{self, Scheduler, SchedulerKind, SeededNoise, Timesteps};
 
@@ -117,7 +118,13 @@ impl StableDiffusion {
             width,
             height,
             batch,
-            opts.init_image.is_some(),
+            memory::Encoded {
+                output_size: opts.init_image.is_some() || opts.control_image.is_some(),
+                reference: opts
+                    .reference_image
+                    .as_ref()
+                    .map(|image| (image.width, image.height)),
+            },
             limits.max_binding_bytes,
         );
         memory::check(&needs, &limits, width, height)?;
@@ -194,7 +201,25 @@ impl StableDiffusion {
             }
         };
 
-        if self.is_inpainting_model() && (opts.init_image.is_none() || opts.mask.is_none()) {
+        let condition = self.image_condition();
+        match (condition, &opts.control_image) {
+            (ImageCondition::Control, None) => {
+                return Err(Error::InvalidInput(
+                    "this model follows a control image (FLUX.1 Canny or Depth): give one".into(),
+                ));
+            }
+            (ImageCondition::Control, Some(_)) | (_, None) => {}
+            (_, Some(_)) => {
+                return Err(Error::InvalidInput(
+                    "a control image is for FLUX.1 Canny and Depth; this model takes none".into(),
+                ));
+            }
+        }
+        let reference = match &opts.reference_image {
+            Some(image) => Some(self.encode_reference(image)?),
+            None => None,
+        };
+        if condition.inpaints() && (opts.init_image.is_none() || opts.mask.is_none()) {
             return Err(Error::InvalidInput(
                 "this is an inpainting model: it needs an init image and a mask".into(),
             ));
@@ -202,6 +227,8 @@ impl StableDiffusion {
         let (noise, shape) = self.initial_noise(opts, (width, height))?;
         let noise = Tensor::<4>::from_data(TensorData::new(noise, shape), &self.device);
         let Range { start, end } = self.steps_run(opts, scheduler.timesteps())?;
+        // An inpainting model's mask and masked image, made with the init latents.
+        let mut inpainting = None;
         let (latents, step, init) = match (&opts.handoff, &opts.init_image) {
             (Some(_), None) if opts.initial_latents.is_some() => {
                 return Err(Error::InvalidInput(
@@ -232,7 +259,8 @@ impl StableDiffusion {
                 (noise.mul_scalar(scheduler.init_noise_sigma()), 0, None)
             }
             (None, Some(image)) => {
-                let init = self.init_latents(image, opts, noise, (width, height))?;
+                let (init, masked) = self.init_latents(image, opts, noise, (width, height))?;
+                inpainting = masked;
                 // At full strength, pure noise as diffusers' inpainting starts from; otherwise
                 // the init image noised to the first step's level.
                 let latents = if opts.strength >= 1.0 {
@@ -242,6 +270,11 @@ impl StableDiffusion {
                 };
                 (latents, start, Some(init))
             }
+        };
+
+        let condition = match &opts.control_image {
+            Some(image) => Some(self.encode_image(image, "control", (width, height))?),
+            None => inpainting,
         };
 
         let noise = match &opts.step_noise {
@@ -278,6 +311,8 @@ impl StableDiffusion {
             end,
             hands_over: opts.denoising_end.is_some(),
             init,
+            condition,
+            reference,
             added,
             predicted_clean: None,
             warnings,
@@ -413,7 +448,20 @@ impl StableDiffusion {
         Ok(start..end)
     }
 
-    /// Where an init image's strength starts a run of `steps` ([`strength_steps`]).
+    /// How many of a run's last `steps` an img2img `strength` redraws, as diffusers' pipelines
+    /// count them: the UNets' floor(steps x strength); SD 3's and FLUX's round the steps they
+    /// skip down instead, steps - floor(steps - steps x strength) (one more where the product
+    /// is not whole: 8 of 10 at 0.75, against the UNets' 7). 0 for a strength too small for
+    /// so few steps.
+    pub fn strength_steps(&self, steps: usize, strength: f64) -> usize {
+        let redrawn = steps as f64 * strength;
+        match self.denoiser.is_flow() {
+            true => steps - ((steps as f64 - redrawn).max(0.0) as usize).min(steps),
+            false => (redrawn as usize).min(steps),
+        }
+    }
+
+    /// Where an init image's strength starts a run of `steps` ([`Self::strength_steps`]).
     fn strength_start(&self, opts: &GenerateOptions, steps: usize) -> Result<usize> {
         if !(opts.strength > 0.0 && opts.strength <= 1.0) {
             return Err(Error::InvalidInput(format!(
@@ -421,7 +469,7 @@ impl StableDiffusion {
                 opts.strength
             )));
         }
-        let run = strength_steps(steps, opts.strength);
+        let run = self.strength_steps(steps, opts.strength);
         if run == 0 {
             return Err(Error::InvalidInput(format!(
                 "strength {} leaves none of the {steps} steps to run",
@@ -431,35 +479,73 @@ impl StableDiffusion {
         Ok(steps - run)
     }
 
-    /// Encodes the init image and prepares the inpainting mask at latent resolution.
+    /// The VAE's encoder, which `what` image needs.
+    fn encoder(&self, what: &str) -> Result<&VaeEncoder> {
+        self.vae_encoder.as_deref().ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "this model's VAE file has no encoder, which the {what} image needs"
+            ))
+        })
+    }
+
+    /// An image of the output's size (`what` it is, for errors) as scaled latents
+    /// [1, C, h, w].
+    fn encode_image(
+        &self,
+        image: &Image,
+        what: &str,
+        (width, height): (usize, usize),
+    ) -> Result<Tensor<4>> {
+        let encoder = self.encoder(what)?;
+        if (image.width, image.height) != (width, height) {
+            return Err(Error::InvalidInput(format!(
+                "the {what} image is {}x{}, the output {width}x{height}",
+                image.width, image.height
+            )));
+        }
+        Ok(encoder.encode_scaled(image.to_tensor(&self.device)))
+    }
+
+    /// FLUX.1 Kontext's reference image as latents: FLUX only (a transformer taking the
+    /// latents alone), sides that pack into whole 2x2 patches of latents.
+    fn encode_reference(&self, image: &Image) -> Result<Tensor<4>> {
+        if !self.takes_reference_image() {
+            return Err(Error::InvalidInput(
+                "a reference image is FLUX.1 Kontext's; this model takes none".into(),
+            ));
+        }
+        let multiple = 2 * self.vae.config().downscale();
+        for (name, side) in [("width", image.width), ("height", image.height)] {
+            if side == 0 || side > MAX_SIDE || side % multiple != 0 {
+                return Err(Error::InvalidInput(format!(
+                    "the reference image's {name} {side} must be a multiple of {multiple} up to {MAX_SIDE} (Kontext's pipeline resizes it to a size it was trained at first)"
+                )));
+            }
+        }
+        Ok(self
+            .encoder("reference")?
+            .encode_scaled(image.to_tensor(&self.device)))
+    }
+
+    /// Encodes the init image and prepares the inpainting mask at latent resolution: as a
+    /// blend mask for models of plain latents, else as what an inpainting model takes beside
+    /// its latents (the second value).
     fn init_latents(
         &self,
         image: &Image,
         opts: &GenerateOptions,
         noise: Tensor<4>,
         (width, height): (usize, usize),
-    ) -> Result<Init> {
-        let encoder = self.vae_encoder.as_ref().ok_or_else(|| {
-            Error::InvalidInput(
-                "this model's VAE file has no encoder, which img2img and inpainting need".into(),
-            )
-        })?;
-        if (image.width, image.height) != (width, height) {
-            return Err(Error::InvalidInput(format!(
-                "the init image is {}x{}, the output {width}x{height}",
-                image.width, image.height
-            )));
-        }
-        let pixels = image.to_tensor(&self.device);
-        let latents = encoder.encode_scaled(pixels.clone());
+    ) -> Result<(Init, Option<Tensor<4>>)> {
+        let latents = self.encode_image(image, "init", (width, height))?;
         let [_, c, h, w] = latents.dims();
         let Some(m) = &opts.mask else {
-            return Ok(Init {
+            let init = Init {
                 latents,
                 noise,
                 mask: None,
-                conditioning: None,
-            });
+            };
+            return Ok((init, None));
         };
         if m.len() != width * height {
             return Err(Error::InvalidInput(format!(
@@ -468,32 +554,56 @@ impl StableDiffusion {
                 width * height
             )));
         }
+        let regenerated = |x: usize, y: usize| (m[y * width + x] >= 0.5) as u8 as f32;
         // Binarised at one half; at latent size, the top-left pixel of each cell (diffusers
         // resizes the mask with nearest-neighbour interpolation, which picks that one).
-        let (fx, fy) = (width / w, height / h);
+        let f = width / w;
         let cells: Vec<f32> = (0..h * w)
-            .map(|i| (m[(i / w) * fy * width + (i % w) * fx] >= 0.5) as u8 as f32)
+            .map(|i| regenerated((i % w) * f, (i / w) * f))
             .collect();
         let cells = Tensor::<4>::from_data(TensorData::new(cells, [1, 1, h, w]), &self.device);
-        if !self.is_inpainting_model() {
-            return Ok(Init {
-                latents,
-                noise,
-                mask: Some(cells.repeat_dim(1, c)),
-                conditioning: None,
-            });
-        }
         // The masked image: regenerated pixels set to 0 (mid-grey), the rest kept.
-        let keep: Vec<f32> = m.iter().map(|&v| (v < 0.5) as u8 as f32).collect();
-        let keep =
-            Tensor::<4>::from_data(TensorData::new(keep, [1, 1, height, width]), &self.device);
-        let masked = encoder.encode_scaled(pixels * keep.repeat_dim(1, 3));
-        Ok(Init {
+        let masked = || -> Result<Tensor<4>> {
+            let keep: Vec<f32> = m.iter().map(|&v| (v < 0.5) as u8 as f32).collect();
+            let keep =
+                Tensor::<4>::from_data(TensorData::new(keep, [1, 1, height, width]), &self.device);
+            let pixels = image.to_tensor(&self.device) * keep.repeat_dim(1, 3);
+            Ok(self.encoder("init")?.encode_scaled(pixels))
+        };
+        let extra = match self.image_condition() {
+            // Models of plain latents inpaint by blending after each step.
+            ImageCondition::None | ImageCondition::Control => {
+                let init = Init {
+                    latents,
+                    noise,
+                    mask: Some(cells.repeat_dim(1, c)),
+                };
+                return Ok((init, None));
+            }
+            // SD's inpainting UNets: the mask at latent size, then the masked image.
+            ImageCondition::Inpaint => vec![cells, masked()?],
+            // FLUX.1 Fill: the masked image, then every pixel of the mask, each cell's f x f
+            // pixels as channels (row within the cell, then column), as FluxFillPipeline
+            // folds them.
+            ImageCondition::Fill => {
+                let pixels: Vec<f32> = (0..f * f * h * w)
+                    .map(|i| {
+                        let (channel, cell) = (i / (h * w), i % (h * w));
+                        let (x, y) = ((cell % w) * f, (cell / w) * f);
+                        regenerated(x + channel % f, y + channel / f)
+                    })
+                    .collect();
+                let pixels =
+                    Tensor::<4>::from_data(TensorData::new(pixels, [1, f * f, h, w]), &self.device);
+                vec![masked()?, pixels]
+            }
+        };
+        let init = Init {
             latents,
             noise,
             mask: None,
-            conditioning: Some(Tensor::cat(vec![cells, masked], 1)),
-        })
+        };
+        Ok((init, Some(Tensor::cat(extra, 1))))
     }
 
     /// Runs a whole generation; `cancel` is checked between steps.

@@ -72,9 +72,17 @@ pub struct Args {
     /// img2img: how much of the schedule runs (1 redraws from noise).
     #[arg(long, default_value_t = 0.8, requires = "init_image")]
     strength: f64,
-    /// Inpainting: a PNG whose white regions are regenerated.
+    /// Inpainting: a PNG whose white regions are regenerated (with a latent blend, or by an
+    /// inpainting model: SD's 9-channel UNets, FLUX.1 Fill).
     #[arg(long, requires = "init_image")]
     mask: Option<PathBuf>,
+    /// FLUX.1 Canny or Depth: the edge or depth map (a PNG of the output's size) the image
+    /// follows, made beforehand as their pipelines take it.
+    #[arg(long)]
+    control_image: Option<PathBuf>,
+    /// FLUX.1 Kontext: the image (a PNG whose sides are multiples of 16) the prompt edits.
+    #[arg(long)]
+    reference_image: Option<PathBuf>,
     #[arg(long, default_value = "out.png")]
     out: PathBuf,
     /// Also write where the image attended to each word of the prompt, as a PNG strip: the
@@ -155,6 +163,16 @@ pub fn run(args: Args) -> Result<()> {
         clip_skip: args.clip_skip,
         init_image: args
             .init_image
+            .as_deref()
+            .map(common::read_png)
+            .transpose()?,
+        control_image: args
+            .control_image
+            .as_deref()
+            .map(common::read_png)
+            .transpose()?,
+        reference_image: args
+            .reference_image
             .as_deref()
             .map(common::read_png)
             .transpose()?,

@@ -136,7 +136,15 @@ pub fn run(args: Args) -> Result<()> {
     );
     for side in args.sizes {
         let largest = |limit: u64| {
-            let needs = memory::activations(denoiser, &vae, side, side, rows, false, limit);
+            let needs = memory::activations(
+                denoiser,
+                &vae,
+                side,
+                side,
+                rows,
+                memory::Encoded::default(),
+                limit,
+            );
             needs
                 .into_iter()
                 .max_by_key(|n| n.bytes)

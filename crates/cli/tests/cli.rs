@@ -343,22 +343,24 @@ fn base_and_refiner_hand_latents_over_through_files() {
 /// `generate` on `model` with the tiny fixtures' reference recipe (the prompt, "blurry" as
 /// the negative, guidance 7.5, 10 steps) and `extra` flags; the image it wrote to `out`.
 fn reference_recipe(model: &str, extra: &[&str], out: &str) -> lina_runtime::image::Image {
+    let mut flags = vec!["--negative", "blurry", "--guidance", "7.5", "--steps", "10"];
+    flags.extend_from_slice(extra);
+    generate_image(model, &flags, out)
+}
+
+/// `generate` on `model` with the fixtures' prompt and `flags`, which must succeed; the image
+/// it wrote to `out`.
+fn generate_image(model: &str, flags: &[&str], out: &str) -> lina_runtime::image::Image {
     let mut args = vec![
         "generate",
         "--model",
         model,
         "--prompt",
         "a red ball on a small mirror",
-        "--negative",
-        "blurry",
-        "--guidance",
-        "7.5",
-        "--steps",
-        "10",
         "--out",
         out,
     ];
-    args.extend_from_slice(extra);
+    args.extend_from_slice(flags);
     let done = cli(&args);
     assert!(done.status.success(), "{}", text(&done.stderr));
     lina_runtime::image::Image::from_png(&std::fs::read(out).unwrap()).unwrap()
@@ -757,5 +759,83 @@ fn lina_fit_fits_several_searches_together() {
         "{}",
         text(&run.stderr)
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// FLUX's image inputs through the CLI: `--control-image` for FLUX.1 Canny and Depth (the tiny
+/// FLUX folder with the control variant's transformer) and `--reference-image` for Kontext
+/// (the tiny FLUX as it is) give diffusers' images within 1/255, from diffusers' latents.
+#[test]
+fn flux_control_and_reference_images_come_from_files() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+    let dir = std::env::temp_dir().join(format!("lina-cli-flux-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    // The 48x32 card both references were drawn from, as a PNG.
+    let reference = std::fs::read(format!(
+        "{fixtures}/flux_control_tiny/reference.safetensors"
+    ))
+    .unwrap();
+    let card = safetensors::SafeTensors::deserialize(&reference)
+        .unwrap()
+        .tensor("card")
+        .unwrap()
+        .data()
+        .to_vec();
+    let card = lina_runtime::image::Image {
+        width: 48,
+        height: 32,
+        rgb: card,
+    };
+    std::fs::write(path("card.png"), card.to_png().unwrap()).unwrap();
+    let tiny = reference_floats(format!("{fixtures}/flux_tiny/reference.safetensors"));
+    write_npy(&path("wide.npy"), &[1, 16, 16, 24], &tiny("latents_wide"));
+    write_npy(&path("square.npy"), &[1, 16, 16, 16], &tiny("latents"));
+    // flux_tiny with the control variant's transformer.
+    let control = dir.join("flux_control");
+    copy_dir(Path::new(&format!("{fixtures}/flux_tiny")), &control);
+    std::fs::remove_dir_all(control.join("transformer")).unwrap();
+    copy_dir(
+        Path::new(&format!("{fixtures}/flux_control_tiny/transformer")),
+        &control.join("transformer"),
+    );
+    let cases = [
+        (
+            control.to_str().unwrap().to_string(),
+            ["--control-image", "10", "48", "32", "wide.npy"],
+            "flux_control_tiny",
+        ),
+        (
+            format!("{fixtures}/flux_tiny"),
+            ["--reference-image", "2.5", "32", "32", "square.npy"],
+            "flux_kontext",
+        ),
+    ];
+    for (model, [flag, guidance, width, height, latents], expected) in cases {
+        let image = generate_image(
+            &model,
+            &[
+                "--steps",
+                "4",
+                flag,
+                &path("card.png"),
+                "--guidance",
+                guidance,
+                "--width",
+                width,
+                "--height",
+                height,
+                "--latents",
+                &path(latents),
+            ],
+            &path(&format!("{expected}.png")),
+        );
+        let floats = reference_floats(format!("{fixtures}/{expected}/reference.safetensors"));
+        let worst = worst_pixel(&image, &floats("image"));
+        assert!(
+            worst <= 1.0,
+            "{flag}: worst pixel {worst}/255 from diffusers'"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -440,7 +440,7 @@ pub async fn start(
     // A redraw of no step would keep the paste as it is; so few steps get the plain start
     // (a predicted plan must run on every schedule, the shortest included).
     let steps = opts.timesteps.count();
-    if lina_runtime::pipeline::strength_steps(steps, strength) == 0 {
+    if pipe.strength_steps(steps, strength) == 0 {
         return Ok(unchanged(&format!(
             "strength {strength} redraws none of the {steps} steps"
         )));
