@@ -13,6 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{fixture, model_files, read_fixture};
+use lina_runtime::models::denoiser::ImageCondition;
 use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion, Warning};
 use lina_runtime::schedulers::Timesteps;
 use lina_runtime::single_file::{self, CHECKPOINT_FILE, Family};
@@ -321,6 +322,54 @@ fn tiny_flux_single_files_draw_their_diffusers_folders_image() {
         text.contains("a FLUX transformer") && text.contains("qkv_extra"),
         "{text}"
     );
+}
+
+/// FLUX.1 Fill's transformer file (BFL's `flux1-fill-dev.safetensors` layout: the same
+/// names, wider `img_in`) beside a FLUX folder: the config inferred from its shapes takes
+/// Fill's inputs, and it inpaints exactly as the Fill folder does.
+#[test]
+fn a_flux_fill_single_file_inpaints_as_its_folder() {
+    let map: Value = serde_json::from_slice(&read_fixture("single_file/flux_tiny.json")).unwrap();
+    let file = assemble(
+        "flux_fill_tiny",
+        map["tensors"].as_array().unwrap(),
+        &map["extras"],
+    );
+    let from_file = load(&flux_beside(file, false)).unwrap();
+    assert_eq!(from_file.image_condition(), ImageCondition::Fill);
+    let cpu = lina_runtime::device::cpu();
+    let source = common::Overlay::new("flux_tiny", "flux_fill_tiny", "transformer/");
+    let from_folder = StableDiffusion::load(&source, &cpu).unwrap();
+    let reference = common::Reference::open("flux_fill_tiny");
+    let opts = GenerateOptions {
+        prompt: "a red ball on a small mirror".into(),
+        seed: 5,
+        timesteps: Timesteps::Count(3),
+        guidance_scale: 30.0,
+        width: Some(48),
+        height: Some(32),
+        init_image: Some(lina_runtime::image::Image {
+            width: 48,
+            height: 32,
+            rgb: reference.u8("card"),
+        }),
+        mask: Some(
+            reference
+                .u8("mask")
+                .iter()
+                .map(|&v| v as f32 / 255.0)
+                .collect(),
+        ),
+        strength: 1.0,
+        ..GenerateOptions::default()
+    };
+    let image = |pipe: &StableDiffusion| {
+        pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+            .unwrap()
+            .image
+            .rgb
+    };
+    same_image(&image(&from_file), &image(&from_folder), "flux_fill_tiny");
 }
 
 /// Every byte of PyTorch's two fp8 types (`tests/fixtures/fp8.json`, from
@@ -872,4 +921,37 @@ fn zeros(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
         .map(|(n, s)| (n.clone(), (s.clone(), vec![0.0; s.iter().product()])))
         .collect();
     common::f32_safetensors(&zeros)
+}
+
+/// What a checkpoint lacks, which the browser's loader then reads from the folder beside it:
+/// nothing for an SD 1.x file; FLUX's VAE and both text encoders for BFL's transformer file;
+/// T5 for an SD 3 file without it; and a file of another layout is refused by name.
+#[test]
+fn what_a_checkpoint_lacks_is_named_by_its_folders() {
+    let lacking = |tensors: &[(String, Vec<usize>)]| {
+        let shapes: Vec<(&str, &[usize])> = tensors
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.as_slice()))
+            .collect();
+        single_file::lacking(CHECKPOINT_FILE, &shapes)
+    };
+    assert!(
+        lacking(&single_file_tensors("sd1_tiny"))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        lacking(&single_file_tensors("flux_tiny")).unwrap(),
+        ["vae", "text_encoder", "text_encoder_2"]
+    );
+    let mut sd3 = single_file_tensors("sd3_tiny");
+    assert!(lacking(&sd3).unwrap().is_empty());
+    sd3.retain(|(n, _)| !n.starts_with("text_encoders.t5xxl."));
+    assert_eq!(lacking(&sd3).unwrap(), ["text_encoder_3"]);
+    let e = lacking(&[(
+        "down_blocks.0.resnets.0.conv1.weight".into(),
+        vec![4, 4, 3, 3],
+    )])
+    .expect_err("a diffusers UNet is no checkpoint");
+    assert_eq!(e.code(), "unknown_layout", "{e}");
 }

@@ -47,9 +47,11 @@ const T5_FILES = ["text_encoder_3/model.safetensors", "tokenizer_3/tokenizer.jso
 // Where the loader takes a single-file checkpoint (src/single_file/'s CHECKPOINT_FILE).
 const CHECKPOINT = "checkpoint.safetensors";
 
-// Beside a single-file checkpoint, a diffusers folder gives only its tokenizer and configs:
-// its own weights (and the tiny VAE, whose weights those would be) are not read.
+// Beside a single-file checkpoint, a diffusers folder gives its tokenizer and configs (not the
+// tiny VAE, whose weights those would be) and, once the checkpoint is in, the weights of the
+// components it lacks (`lacking`: a FLUX transformer file's VAE and text encoders).
 const besideCheckpoint = (path) => !path.endsWith(".safetensors") && !path.startsWith("vae_tiny/");
+const lackedWeights = (lacking) => (path) => isWeights(path) && lacking.some((folder) => path.startsWith(`${folder}/`));
 
 const COMPONENT_FILE = /^((scheduler|text_encoder|text_encoder_2|text_encoder_3|tokenizer|tokenizer_2|tokenizer_3|unet|transformer|vae|vae_tiny)\/[^/]+\.(json|safetensors|txt)|lina_predictor\.json|model_index\.json)$/;
 
@@ -238,8 +240,9 @@ function fetcher(loader, { cache, distrust, signal, progress }) {
 }
 
 // Streams a diffusers folder at `url` into the loader (see `fetcher`); with `single`, only
-// what a single-file checkpoint lacks. Resolves to notes for the user.
-async function loadFromUrl(loader, url, { single, t5, ...options }) {
+// the configs and tokenizers a single-file checkpoint lacks; with `lacking`, after the
+// checkpoint, only the weights of the components it lacks. Resolves to notes for the user.
+async function loadFromUrl(loader, url, { single, lacking, t5, ...options }) {
   const fetched = fetcher(loader, options);
   const take = (path, keep = false) => fetched.take(path, url + path, keep);
   const { signal } = options;
@@ -253,7 +256,9 @@ async function loadFromUrl(loader, url, { single, t5, ...options }) {
   // SD 3's folders name a transformer where the others have a UNet.
   const text = components && !components.has("text_encoder") && components.has("text_encoder_2") ? "text_encoder_2" : "text_encoder";
   const listed = required(components?.has("transformer") ? "transformer" : "unet", text);
-  const needed = single ? [] : listed;
+  // After a checkpoint: its lacking components' weights, SD 3's T5 only where asked for.
+  const lacked = lacking && lackedWeights(lacking.filter((folder) => t5 || folder !== "text_encoder_3"));
+  const needed = lacked ? listed.filter(lacked) : single ? [] : listed;
   const wanted = (path) => {
     const folder = path.includes("/") ? path.slice(0, path.indexOf("/")) : null;
     const named = listed.includes(path) || components === null || folder === null || components.has(folder);
@@ -262,7 +267,7 @@ async function loadFromUrl(loader, url, { single, t5, ...options }) {
     return named;
   };
   const fetchOne = async (path) => {
-    if (!wanted(path) || (single && !besideCheckpoint(path))) return;
+    if (!wanted(path) || (single && !besideCheckpoint(path)) || (lacked && !lacked(path))) return;
     if (await take(path)) {
       found.add(path);
       return;
@@ -279,7 +284,7 @@ async function loadFromUrl(loader, url, { single, t5, ...options }) {
     if (needed.includes(path)) throw failure("missing_file", `${path}: not found at ${url}${path}`);
   };
   const notes = await configsFirst([...listed, ...OPTIONAL, ...(t5 ? T5_FILES : [])], (path) => path, fetchOne, () =>
-    single ? [] : requirementNotes(loader, t5),
+    single || lacked ? [] : requirementNotes(loader, t5),
   );
   return [...notes, ...(await fetched.stored())];
 }
@@ -361,19 +366,22 @@ function shardsOf(indexUrl, text) {
   return shards.sort();
 }
 
-// Streams files the page holds ({ path: Blob | Uint8Array }) into `loader`; with `single`,
-// only what a single-file checkpoint lacks. Resolves to notes for the user.
-async function loadFromFiles(loader, files, { signal, progress, single }) {
+// Streams files the page holds ({ path: Blob | Uint8Array }) into `loader`; with `single` and
+// `lacking`, as `loadFromUrl`. Resolves to notes for the user.
+async function loadFromFiles(loader, files, { signal, progress, single, lacking }) {
   // Weights may come in shards, named by an index file next to them.
   const denoiser = "transformer/config.json" in files ? "transformer" : "unet";
   const text = !("text_encoder/config.json" in files) && "text_encoder_2/config.json" in files ? "text_encoder_2" : "text_encoder";
-  const missing = (single ? [] : required(denoiser, text)).filter(
+  const lacked = lacking && lackedWeights(lacking);
+  const missing = (lacked ? required(denoiser, text).filter(lacked) : single ? [] : required(denoiser, text)).filter(
     (path) => !(path in files) && !(path.endsWith(".safetensors") && `${path}.index.json` in files),
   );
   if (missing.length) throw failure("missing_file", `the model's files lack ${missing.join(", ")}`);
   // Only the components' files: a folder may hold other checkpoints, READMEs, images. Configs
   // and tokenizers first, so that what the model needs is known before its weights are read.
-  const component = Object.entries(files).filter(([path]) => COMPONENT_FILE.test(path) && (!single || besideCheckpoint(path)));
+  const component = Object.entries(files).filter(
+    ([path]) => COMPONENT_FILE.test(path) && (!single || besideCheckpoint(path)) && (!lacked || lacked(path)),
+  );
   const withT5 = component.some(([path]) => path.startsWith("text_encoder_3/") && isWeights(path));
   const read = async ([path, data]) => {
     if (signal.aborted) throw cancelled("loading cancelled");
@@ -383,7 +391,7 @@ async function loadFromFiles(loader, files, { signal, progress, single }) {
       loader.addFile(path, data);
     }
   };
-  return configsFirst(component, ([path]) => path, read, () => (single ? [] : requirementNotes(loader, withT5)));
+  return configsFirst(component, ([path]) => path, read, () => (single || lacked ? [] : requirementNotes(loader, withT5)));
 }
 
 /**
@@ -459,7 +467,12 @@ const handlers = {
           const single = checkpoint !== undefined;
           if (url === undefined) notes.push(...(await loadFromFiles(loader, files ?? {}, { signal, progress, single })));
           else notes.push(...(await loadFromUrl(loader, url, { cache, distrust, signal, progress, single, t5 })));
-          if (single) notes.push(...(await loadCheckpoint(loader, checkpoint, { cache, distrust, signal, progress })));
+          if (single) {
+            notes.push(...(await loadCheckpoint(loader, checkpoint, { cache, distrust, signal, progress })));
+            const lacking = loader.checkpointLacks();
+            if (lacking.length && url === undefined) notes.push(...(await loadFromFiles(loader, files ?? {}, { signal, progress, lacking })));
+            else if (lacking.length) notes.push(...(await loadFromUrl(loader, url, { cache, distrust, signal, progress, lacking, t5 })));
+          }
         } catch (error) {
           // A trapped instance must not be called again, not even to free the loader.
           if (error instanceof WebAssembly.RuntimeError) throw error;
@@ -482,7 +495,9 @@ const handlers = {
         }
         notes.push(...pipeline.notes());
         const skippableBlocks = pipeline.skippableBlocks() ?? null;
-        return { deviceInfo: { ...pipeline.deviceInfo(), software }, nativeSize: pipeline.nativeSize(), skippableBlocks, notes };
+        const imageCondition = pipeline.imageCondition();
+        const takesReferenceImage = pipeline.takesReferenceImage();
+        return { deviceInfo: { ...pipeline.deviceInfo(), software }, nativeSize: pipeline.nativeSize(), skippableBlocks, imageCondition, takesReferenceImage, notes };
       }
     } finally {
       loading = null;

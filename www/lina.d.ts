@@ -135,9 +135,20 @@ export interface LoadResult {
    * blocks); null for models without such blocks (UNets, FLUX).
    */
   skippableBlocks: number | null;
+  /** What the model takes beside its prompt (see `ImageCondition`). */
+  imageCondition: ImageCondition;
+  /** Whether `referenceImage` may be given (FLUX.1 Kontext's input): FLUX models that take the latents alone. */
+  takesReferenceImage: boolean;
   /** What the user should know about the loaded model ("not cached for the next visit"). */
   notes: string[];
 }
+
+/**
+ * What a model takes beside its prompt, told by its input channels: "none"; "inpaint" (SD's
+ * 9-channel inpainting UNets) or "fill" (FLUX.1 Fill), which need `initImage` and `mask`;
+ * "control" (FLUX.1 Canny and Depth), which needs `controlImage`.
+ */
+export type ImageCondition = "none" | "inpaint" | "fill" | "control";
 
 export interface Suggestion {
   /**
@@ -291,6 +302,23 @@ export interface GenerateOptions {
   initImage?: ImageInput;
   strength?: number;
   /**
+   * Inpainting, with `initImage`: an image of the output's size whose white (red channel at
+   * half or more) is regenerated and black kept; blended in the latents every step, or given
+   * to an inpainting model (SD's 9-channel UNets, FLUX.1 Fill), which needs one.
+   */
+  mask?: ImageInput;
+  /**
+   * FLUX.1 Canny's or Depth's edge or depth map (of the output's size), which those models
+   * need and other models refuse; made beforehand, as their pipelines take it.
+   */
+  controlImage?: ImageInput;
+  /**
+   * FLUX.1 Kontext's input image, which the prompt edits: encoded and given to the
+   * transformer beside the latents. Sides must be multiples of 16, taken as they are (Kontext's
+   * pipeline first resizes it to a size it was trained at: that is the caller's to do). FLUX only.
+   */
+  referenceImage?: ImageInput;
+  /**
    * Stop where the schedule is this fraction of the way from noise to image (diffusers'
    * `denoising_end`, in (0, 1)); the result then has `latents` for a refiner to continue.
    */
@@ -415,6 +443,10 @@ export declare class LinaModel {
   nativeSize: number | null;
   /** The blocks `skipLayerGuidance` may skip (SD 3's); null for other models and whenever `deviceInfo` is. */
   skippableBlocks: number | null;
+  /** What the model takes beside its prompt; null whenever `deviceInfo` is. */
+  imageCondition: ImageCondition | null;
+  /** Whether `referenceImage` may be given; null whenever `deviceInfo` is. */
+  takesReferenceImage: boolean | null;
   /** What the user should know about the loaded model ("not cached for the next visit"). */
   notes: string[];
   /**

@@ -63,6 +63,9 @@ const GENERATE_OPTIONS = [
   "stepNoise",
   "initImage",
   "strength",
+  "mask",
+  "controlImage",
+  "referenceImage",
   "denoisingEnd",
   "handoffLatents",
   "denoisingStart",
@@ -113,6 +116,10 @@ export class LinaModel {
     this.nativeSize = null;
     /** @type {number | null} Set by `load`: the blocks `skipLayerGuidance` may skip (SD 3's), or null. */
     this.skippableBlocks = null;
+    /** @type {types.ImageCondition | null} Set by `load`: what the model takes beside its prompt, or null. */
+    this.imageCondition = null;
+    /** @type {boolean | null} Set by `load`: whether `referenceImage` may be given (FLUX's), or null. */
+    this.takesReferenceImage = null;
     /** @type {string[]} Set by `load`: what the user should know ("not cached for the next visit"). */
     this.notes = [];
     // Started now, so that the wasm module compiles while the caller gets to `load`.
@@ -141,6 +148,8 @@ export class LinaModel {
     this.deviceInfo = info.deviceInfo;
     this.nativeSize = info.nativeSize;
     this.skippableBlocks = info.skippableBlocks;
+    this.imageCondition = info.imageCondition;
+    this.takesReferenceImage = info.takesReferenceImage;
     this.notes = info.notes;
     return info;
   }
@@ -371,6 +380,8 @@ export class LinaModel {
     this.deviceInfo = null;
     this.nativeSize = null;
     this.skippableBlocks = null;
+    this.imageCondition = null;
+    this.takesReferenceImage = null;
     this.notes = [];
   }
 

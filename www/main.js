@@ -130,6 +130,49 @@ function showSkipLayersProblem() {
   return problem;
 }
 
+// Images to start from: img2img, inpainting (inpainting models need it), a control image.
+
+/**
+ * The image picked in `id` as `{ width, height, rgba }`, null when none is: drawn at the model's
+ * native size, or, for a reference image, at about the same area with its own aspect and sides
+ * that are multiples of 16 (as Kontext's pipeline sizes it).
+ */
+async function pickedImage(id) {
+  const file = $(id).files?.[0];
+  if (!file) return null;
+  const bitmap = await createImageBitmap(file);
+  const side = model.nativeSize;
+  const aspect = id === "reference-image" ? bitmap.width / bitmap.height : 1;
+  const sixteens = (length) => Math.max(16, Math.round(length / 16) * 16);
+  const [width, height] = aspect === 1 ? [side, side] : [sixteens(side * Math.sqrt(aspect)), sixteens(side / Math.sqrt(aspect))];
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0, width, height);
+  return { width, height, rgba: context.getImageData(0, 0, width, height).data };
+}
+
+/** The generation options the picked images make; the runtime says what a model lacks or refuses. */
+async function imageOptions() {
+  const picked = await Promise.all(["init-image", "mask-image", "control-image", "reference-image"].map(pickedImage));
+  const [initImage, mask, controlImage, referenceImage] = picked;
+  const options = {};
+  if (initImage) Object.assign(options, { initImage, strength: Number($("strength").value) });
+  if (mask) options.mask = mask;
+  if (controlImage && !$("control-image-field").hidden) options.controlImage = controlImage;
+  if (referenceImage && !$("reference-image-field").hidden) options.referenceImage = referenceImage;
+  return options;
+}
+
+/** Shows the control and reference images' fields where the model takes them, and opens the section where the model needs an image. */
+function showImageInputs() {
+  const condition = model.imageCondition;
+  $("control-image-field").hidden = condition !== "control";
+  $("reference-image-field").hidden = !model.takesReferenceImage;
+  if (condition !== "none") $("image-inputs").open = true;
+}
+
 async function restoreLinaFromAddress() {
   try {
     if (address.has("lina")) {
@@ -324,7 +367,7 @@ async function sweep() {
   $("sweep").disabled = true;
   status("Sweeping: one run per step…");
   try {
-    const result = await model.sweep(linaOptions());
+    const result = await model.sweep({ ...linaOptions(), ...(await imageOptions()) });
     plotSweep($("sweep-chart"), result);
     // Below a twentieth of a level the change rounds to nothing on screen: said so.
     const change = (c) => (c < 0.05 ? "leaves the image as it was (under 0.05/255)" : `changes the image by ${c.toFixed(1)}/255 on average`);
@@ -361,7 +404,10 @@ async function reinpaint() {
   try {
     const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
     const image = { width: canvas.width, height: canvas.height, rgba: data };
-    const result = await model.reinpaint(linaOptions(), image, $("reinpaint-node").value, Number($("reinpaint-strength").value));
+    // The node's region is the mask and the last image the start; a control or reference image still applies.
+    const { controlImage, referenceImage } = await imageOptions();
+    const options = { ...linaOptions(), ...(controlImage && { controlImage }), ...(referenceImage && { referenceImage }) };
+    const result = await model.reinpaint(options, image, $("reinpaint-node").value, Number($("reinpaint-strength").value));
     drawInto("reinpainted-image", result);
     $("reinpainted-image").hidden = false;
     showVerdicts($("reinpaint-verdicts"), result.after);
@@ -393,9 +439,11 @@ async function compare() {
   try {
     const images = {};
     const verdicts = {};
+    // Both runs start from the images picked, as Generate would.
+    const picked = await imageOptions();
     for (const [name, options] of [["baseline", baseOptions()], ["lina", linaOptions()]]) {
       status(`Comparing: generating the ${name === "lina" ? "LINA" : "baseline"} image…`);
-      const image = await model.generate(options, {
+      const image = await model.generate({ ...options, ...picked }, {
         onStep: ({ step, steps }) => ($("progress").value = step / steps),
       });
       drawInto(`${name}-image`, image);
@@ -620,6 +668,7 @@ function ready(notes = []) {
   $("skip-layers-field").hidden = blocks == null;
   if (blocks != null) $("skip-layers").placeholder = `blocks 0 to ${blocks - 1}`;
   showSkipLayersProblem();
+  showImageInputs();
   const device = model.deviceInfo;
   status([`Ready (${device.adapter}, ${device.precision}).`, ...notes].join(" "));
   describeDevice(notes);
@@ -642,6 +691,8 @@ async function generate(event) {
   $("save").disabled = true;
   $("cancel").disabled = false;
   $("progress").value = 0;
+  // Said at once: the picked images are read before the first step.
+  status("Starting…");
   const started = performance.now();
   running = new AbortController();
   const options = readOptions();
@@ -651,7 +702,8 @@ async function generate(event) {
   // Recording the maps is no setting of the image: it stays out of the saved settings.
   const recording = $("attention-maps").checked ? { attentionMaps: true } : {};
   try {
-    const result = await model.generate({ ...options, ...recording }, {
+    const images = await imageOptions();
+    const result = await model.generate({ ...options, ...recording, ...images }, {
       signal: running.signal,
       preview: $("previews").checked,
       onStep: ({ step, steps, timestep, preview }) => {

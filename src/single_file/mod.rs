@@ -182,6 +182,31 @@ pub fn inspect(file: &str, shapes: &[(&str, &[usize])]) -> Result<(Family, Confi
     Ok((family, Configs::infer(file, family, &shapes)?))
 }
 
+/// The components a checkpoint of these names and shapes lacks that its family runs with, by
+/// their folders in a diffusers layout (`vae`, `text_encoder`, ...): what must come from the
+/// folder beside it (a FLUX transformer file's VAE and text encoders; an SD 3 file's T5,
+/// which runs without it). Fails as [`inspect`] does on a file that fits no layout.
+pub fn lacking(file: &str, shapes: &[(&str, &[usize])]) -> Result<Vec<&'static str>> {
+    let (family, configs) = inspect(file, shapes)?;
+    let parts = [
+        ("vae", configs.vae.is_some()),
+        ("text_encoder", configs.text_encoder.is_some()),
+        ("text_encoder_2", configs.text_encoder_2.is_some()),
+        ("text_encoder_3", configs.text_encoder_3.is_some()),
+    ];
+    let runs_with: &[&str] = match family {
+        Family::Sd1 | Family::Sd2 => &["vae", "text_encoder"],
+        Family::Sdxl | Family::Flux => &["vae", "text_encoder", "text_encoder_2"],
+        Family::SdxlRefiner => &["vae", "text_encoder_2"],
+        Family::Sd3 => &["vae", "text_encoder", "text_encoder_2", "text_encoder_3"],
+    };
+    Ok(parts
+        .into_iter()
+        .filter(|(folder, held)| !held && runs_with.contains(folder))
+        .map(|(folder, _)| folder)
+        .collect())
+}
+
 /// Kinds of weight file told apart by their names, for the error that names the nearest
 /// layouts to a file that fits none. A name belongs to a layout if it starts with one of its
 /// prefixes (or contains one of its markers, for LoRA).

@@ -117,6 +117,14 @@ impl WeightsUpload {
         Ok(())
     }
 
+    /// The names and shapes of the tensors uploaded so far (skipped ones aside).
+    pub fn shapes(&self) -> Vec<(&str, &[usize])> {
+        self.tensors
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.shape.as_slice()))
+            .collect()
+    }
+
     /// Ends the current file: fails if it was truncated.
     pub fn end_file(&mut self) -> Result<()> {
         match self.current.take() {

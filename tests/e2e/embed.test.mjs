@@ -26,6 +26,9 @@ before(async () => {
   await writeFile(join(MADE, "sd1_tiny.safetensors"), await singleFileCheckpoint("sd1_tiny"));
   await writeFile(join(MADE, "sdxl_tiny.safetensors"), await singleFileCheckpoint("sdxl_tiny"));
   await writeFile(join(MADE, "sdxl_refiner_tiny.safetensors"), await singleFileCheckpoint("sdxl_refiner_tiny"));
+  await writeFile(join(MADE, "flux_tiny.safetensors"), await singleFileCheckpoint("flux_tiny"));
+  // SD 3 as StabilityAI's `sd3_medium_incl_clips` file holds it: without T5.
+  await writeFile(join(MADE, "sd3_tiny_no_t5.safetensors"), await singleFileCheckpoint("sd3_tiny", (name) => !name.startsWith("text_encoders.t5xxl.")));
   // The helpers the tests run inside the page: /helpers/reference.js.
   const helpers = join(dirname(fileURLToPath(import.meta.url)), "page");
   server = await startServer({ mounts: { "/packed/": join(PACKED, "package"), "/made/": MADE, "/fixtures/": FIXTURES, "/helpers/": helpers } });
@@ -247,18 +250,9 @@ test("a single-file checkpoint loads by URL and as a file beside its family's fo
   const before = server.requests.length;
   const out = await page.evaluate(async () => {
     const { LinaModel } = await import("./lina.js");
+    const { drawnPixels, samePixels: same } = await import("/helpers/reference.js");
     const folder = "/fixtures/sd1_tiny/";
-    const draw = async (source) => {
-      const model = new LinaModel();
-      try {
-        await model.load({ backend: "cpu", ...source });
-        const image = await model.generate({ prompt: "a red ball on a small mirror", steps: 2, seed: 1, width: 64, height: 64 });
-        return Array.from(image.rgba);
-      } finally {
-        model.dispose();
-      }
-    };
-    const same = (a, b) => a.length === b.length && a.every((v, i) => v === b[i]);
+    const draw = (source) => drawnPixels(LinaModel, source, 64);
     const byUrl = await draw({ url: folder, checkpoint: "/made/sd1_tiny.safetensors" });
     const bytes = new Uint8Array(await (await fetch("/made/sd1_tiny.safetensors")).arrayBuffer());
     const asFile = await draw({ url: folder, checkpoint: new Blob([bytes]) });
@@ -282,6 +276,51 @@ test("a single-file checkpoint loads by URL and as a file beside its family's fo
   assert.equal(out.refused.code, "unknown_layout", JSON.stringify(out.refused));
   assert.match(out.refused.message, /nearest: diffusers UNet/);
   assert.equal(out.badType, "invalid_input");
+  await page.close();
+});
+
+test("FLUX's transformer file (Black Forest Labs' layout) beside a FLUX folder, by URL and as files, draws the folder's image: the folder gives the VAE's and text encoders' weights, fetched after the file; an SD 3 file without T5 takes the folder's T5 with `t5: true`", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const before = server.requests.length;
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const { drawnPixels, samePixels: same } = await import("/helpers/reference.js");
+    const folder = "/fixtures/flux_tiny/";
+    const draw = (source) => drawnPixels(LinaModel, source, 32);
+    const byUrl = await draw({ url: folder, checkpoint: "/made/flux_tiny.safetensors" });
+    // The folder as a folder picker hands it over, without the transformer's weights.
+    const paths = ["model_index.json", "scheduler/scheduler_config.json", "transformer/config.json", "vae/config.json",
+      "vae/diffusion_pytorch_model.safetensors", "tokenizer_2/tokenizer.json", "tokenizer_2/tokenizer_config.json",
+      ...["text_encoder", "text_encoder_2"].flatMap((f) => [`${f}/config.json`, `${f}/model.safetensors`]),
+      ...["tokenizer_config.json", "vocab.json", "merges.txt"].map((f) => `tokenizer/${f}`)];
+    const files = {};
+    for (const path of paths) files[path] = await (await fetch(folder + path)).blob();
+    const checkpoint = new Blob([await (await fetch("/made/flux_tiny.safetensors")).arrayBuffer()]);
+    const asFiles = await draw({ files, checkpoint });
+    const plain = await draw({ url: folder });
+    const sd3 = "/fixtures/sd3_tiny/";
+    const sd3File = await draw({ url: sd3, t5: true, checkpoint: "/made/sd3_tiny_no_t5.safetensors" });
+    const sd3Folder = await draw({ url: sd3, t5: true });
+    const sd3WithoutT5 = await draw({ url: sd3 });
+    return {
+      url: same(byUrl, plain), files: same(asFiles, plain), colours: new Set(plain).size,
+      sd3: same(sd3File, sd3Folder), t5Matters: !same(sd3Folder, sd3WithoutT5),
+    };
+  });
+  assert.equal(out.url, true, "the file by URL draws the folder's image");
+  assert.equal(out.files, true, "the file beside the folder's files draws the folder's image");
+  assert.ok(out.colours > 10, `the image has ${out.colours} values`);
+  assert.equal(out.sd3, true, "the SD 3 file without T5 draws the folder's image with T5");
+  assert.equal(out.t5Matters, true, "T5 changes SD 3's image");
+  // By URL: the folder's transformer weights never fetched; its VAE's after the checkpoint.
+  const requests = server.requests.slice(before);
+  const firstGet = (part) => requests.findIndex((r) => r.startsWith(`GET ${part}`));
+  const checkpoint = firstGet("/made/flux_tiny.safetensors");
+  const vae = firstGet("/fixtures/flux_tiny/vae/diffusion_pytorch_model.safetensors");
+  assert.ok(checkpoint >= 0 && vae > checkpoint, `checkpoint at ${checkpoint}, the VAE's weights at ${vae}: ${requests.join(", ")}`);
+  const transformer = firstGet("/fixtures/flux_tiny/transformer/diffusion_pytorch_model.safetensors");
+  const plainLoad = requests.findLastIndex((r) => r.startsWith("GET /fixtures/flux_tiny/model_index.json"));
+  assert.ok(transformer === -1 || transformer > plainLoad, `the folder's transformer weights were fetched beside the file: ${requests.join(", ")}`);
   await page.close();
 });
 
@@ -484,6 +523,55 @@ test("FLUX (double- and single-stream transformer, T5 as its second text encoder
   });
   assert.ok(out.worst <= 1, `FLUX by URL: the browser's image is ${out.worst}/255 from diffusers'`);
   assert.deepEqual(out.warnings, []);
+  await page.close();
+});
+
+test("FLUX.1 Fill (`initImage` and `mask`) and FLUX.1 Canny/Depth (`controlImage`) from files, and FLUX.1 Kontext (`referenceImage`) by URL, draw diffusers' images; a control image for a model that takes none is refused", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const { referenceTensors, drawAgainst, imageInput } = await import("/helpers/reference.js");
+    // flux_tiny's parts with each variant's transformer, as a folder picker hands them over.
+    const parts = ["model_index.json", "scheduler/scheduler_config.json", "vae/config.json",
+      "vae/diffusion_pytorch_model.safetensors", "tokenizer_2/tokenizer.json", "tokenizer_2/tokenizer_config.json",
+      ...["text_encoder", "text_encoder_2"].flatMap((f) => [`${f}/config.json`, `${f}/model.safetensors`]),
+      ...["tokenizer_config.json", "vocab.json", "merges.txt"].map((f) => `tokenizer/${f}`)];
+    const files = async (variant) => {
+      const all = {};
+      for (const path of parts) all[path] = await (await fetch("/fixtures/flux_tiny/" + path)).blob();
+      for (const path of ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"]) {
+        all[path] = await (await fetch(`/fixtures/${variant}/${path}`)).blob();
+      }
+      return all;
+    };
+    const latents = Array.from((await referenceTensors("/fixtures/flux_tiny/"))("latents_wide"));
+    const base = { prompt: "a red ball on a small mirror", steps: 4, width: 48, height: 32, initialLatents: latents };
+    const fill = await referenceTensors("/fixtures/flux_fill_tiny/");
+    const control = await referenceTensors("/fixtures/flux_control_tiny/");
+    const controlImage = imageInput(control("card"), 48, 32);
+    const refusal = (model) =>
+      model.generate({ ...base, controlImage }).then(
+        () => null,
+        (error) => ({ code: error.code, message: error.message }),
+      );
+    return {
+      fill: await drawAgainst(LinaModel, { files: await files("flux_fill_tiny") }, {
+        ...base, guidanceScale: 30, strength: 1,
+        initImage: imageInput(fill("card"), 48, 32), mask: imageInput(fill("mask"), 48, 32),
+      }, fill("image"), refusal),
+      control: await drawAgainst(LinaModel, { files: await files("flux_control_tiny") },
+        { ...base, guidanceScale: 10, controlImage }, control("image")),
+      kontext: await drawAgainst(LinaModel, { url: "/fixtures/flux_tiny/" }, {
+        ...base, width: 32, guidanceScale: 2.5, initialLatents: Array.from((await referenceTensors("/fixtures/flux_tiny/"))("latents")),
+        referenceImage: imageInput((await referenceTensors("/fixtures/flux_kontext/"))("card"), 48, 32),
+      }, (await referenceTensors("/fixtures/flux_kontext/"))("image")),
+    };
+  });
+  assert.ok(out.fill.worst <= 1, `FLUX Fill: the browser's image is ${out.fill.worst}/255 from diffusers'`);
+  assert.ok(out.control.worst <= 1, `FLUX Control: the browser's image is ${out.control.worst}/255 from diffusers'`);
+  assert.ok(out.kontext.worst <= 1, `FLUX Kontext: the browser's image is ${out.kontext.worst}/255 from diffusers'`);
+  assert.equal(out.fill.then?.code, "invalid_input", JSON.stringify(out.fill.then));
+  assert.match(out.fill.then.message, /takes none/);
   await page.close();
 });
 

@@ -162,8 +162,9 @@ export function launchWithProfile(dir) {
  * lists (checked against diffusers' converters by tools/make_single_file.py), with the extra
  * tensors such files carry as zeros. As tests/single_file.rs builds it natively.
  */
-export async function singleFileCheckpoint(model) {
+export async function singleFileCheckpoint(model, keep = () => true) {
   const map = JSON.parse(await readFile(join(FIXTURES, "single_file", `${model}.json`), "utf8"));
+  map.tensors = map.tensors.filter(([name]) => keep(name));
   const components = {};
   const used = new Set(map.tensors.map(([, component]) => component));
   for (const component of used) {
@@ -194,6 +195,8 @@ export async function singleFileCheckpoint(model) {
       bytes = out;
       shape = [cols, rows];
     }
+    // SD 3's and FLUX's final adaLN projections yield shift before scale.
+    if (how === "swapped") bytes = Buffer.concat([bytes.subarray(bytes.length / 2), bytes.subarray(0, bytes.length / 2)]);
     tensors.push([ldm, parts[0].dtype, shape, bytes]);
   }
   for (const [name, shape] of Object.entries(map.extras)) {

@@ -634,6 +634,98 @@ test("an SD 3 model shows the skip-layer field: a block it lacks is refused besi
   await again.close();
 });
 
+// A PNG made in the page: columns left of `split` (a fraction of the width) in `left`, the rest in `right`.
+const twoHalvesPng = (page, left, right, split = 0.5) =>
+  page.evaluate(async ({ left, right, split }) => {
+    const canvas = new OffscreenCanvas(64, 64);
+    const context = canvas.getContext("2d");
+    context.fillStyle = left;
+    context.fillRect(0, 0, 64 * split, 64);
+    context.fillStyle = right;
+    context.fillRect(64 * split, 0, 64 * (1 - split), 64);
+    const blob = await canvas.convertToBlob({ type: "image/png" });
+    return Array.from(new Uint8Array(await blob.arrayBuffer()));
+  }, { left, right, split });
+
+const pick = (page, label, name, bytes) =>
+  page.getByLabel(label, { exact: true }).setInputFiles({ name, mimeType: "image/png", buffer: Buffer.from(bytes) });
+
+test("Start from an image: a start image and a mask redraw the masked half and keep the other; an inpainting model opens the section, needs both and compares with them; a FLUX model takes a reference image", { timeout: SLOW * 3 }, async () => {
+  const page = await openPage("");
+  await waitForStatus(page, /^Ready|rror/);
+  assert.equal(await page.locator("#image-inputs").getAttribute("open"), null, "closed for a model that needs no image");
+  assert.equal(await page.getByLabel("Control image").isVisible(), false, "the default model follows no control image");
+  await page.getByText("Start from an image").click();
+  const start = await twoHalvesPng(page, "rgb(220, 40, 40)", "rgb(40, 60, 210)");
+  await pick(page, "Start image", "start.png", start);
+  await pick(page, "Mask", "mask.png", await twoHalvesPng(page, "black", "white"));
+  await page.getByLabel("Strength", { exact: true }).fill("1");
+  await page.getByLabel("Steps", { exact: true }).fill("4");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+  // The kept (left) side is the start image through the VAE, the redrawn side the model's;
+  // compared in the outer quarters, since the decoder blends the halves near their border.
+  const [kept, redrawn] = await page.evaluate(async (bytes) => {
+    const canvas = document.getElementById("image");
+    const { width, height } = canvas;
+    const drawn = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+    const startCanvas = new OffscreenCanvas(width, height);
+    const context = startCanvas.getContext("2d");
+    context.drawImage(await createImageBitmap(new Blob([new Uint8Array(bytes)])), 0, 0, width, height);
+    const wanted = context.getImageData(0, 0, width, height).data;
+    const sums = [0, 0];
+    for (let p = 0; p < width * height; p++) {
+      const x = p % width;
+      if (x >= width / 4 && x < (3 * width) / 4) continue;
+      for (let c = 0; c < 3; c++) sums[x < width / 2 ? 0 : 1] += Math.abs(drawn[p * 4 + c] - wanted[p * 4 + c]);
+    }
+    return sums.map((sum) => sum / ((width * height * 3) / 4));
+  }, start);
+  console.log(`mean difference from the start image: kept quarter ${kept.toFixed(1)}, redrawn quarter ${redrawn.toFixed(1)}`);
+  assert.ok(redrawn > kept + 20, `mean difference from the start image: kept quarter ${kept.toFixed(1)}, redrawn quarter ${redrawn.toFixed(1)}`);
+  await page.close();
+
+  // An SD 1.x inpainting model: sd1_tiny with the 9-channel UNet.
+  const folder = join(EXTRA, "sd1_inpaint");
+  await cp(join(FIXTURES, "sd1_tiny"), folder, { recursive: true });
+  await rm(join(folder, "unet"), { recursive: true });
+  await cp(join(FIXTURES, "sd1_inpaint_tiny", "unet"), join(folder, "unet"), { recursive: true });
+  const inpainting = await openPage("");
+  await waitForStatus(inpainting, /^Ready|rror/);
+  await openTab(inpainting, "Model");
+  await inpainting.getByLabel("Or from a URL (a folder)").fill(`${base}extra/sd1_inpaint/`);
+  await inpainting.getByRole("button", { name: "Load", exact: true }).click();
+  assert.match(await waitForStatus(inpainting, /^Ready|rror|not found/), /^Ready/);
+  assert.notEqual(await inpainting.locator("#image-inputs").getAttribute("open"), null, "opened for a model that needs an image");
+  await inpainting.getByLabel("Steps", { exact: true }).fill("3");
+  await inpainting.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(inpainting, /^Done|rror|inpainting/), /inpainting model: it needs an init image and a mask/);
+  await pick(inpainting, "Start image", "start.png", start);
+  await pick(inpainting, "Mask", "mask.png", await twoHalvesPng(inpainting, "black", "white", 0.75));
+  await inpainting.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(inpainting, /^Done|rror/), /^Done/);
+  // Compare's two runs take the picked images too, as the model needs them.
+  await openTab(inpainting, "Compare");
+  await inpainting.getByRole("button", { name: "Compare baseline and LINA" }).click();
+  assert.match(await waitForStatus(inpainting, /^Compared|rror/), /^Compared/);
+  assert.equal(await inpainting.getByLabel("Reference image").isVisible(), false, "a UNet takes no reference image");
+
+  // A FLUX model takes a reference image (Kontext's input), drawn with its own aspect.
+  await openTab(inpainting, "Model");
+  await inpainting.getByLabel("Or from a URL (a folder)").fill(`${base}fixtures/flux_tiny/`);
+  await inpainting.getByRole("button", { name: "Load", exact: true }).click();
+  assert.match(await waitForStatus(inpainting, /^Ready|rror|not found/), /^Ready/);
+  assert.ok(await inpainting.getByLabel("Reference image").isVisible(), "FLUX takes a reference image");
+  assert.equal(await inpainting.getByLabel("Control image").isVisible(), false);
+  await inpainting.locator("#init-image").setInputFiles([]);
+  await inpainting.locator("#mask-image").setInputFiles([]);
+  await pick(inpainting, "Reference image", "reference.png", start);
+  await inpainting.getByLabel("Steps", { exact: true }).fill("1");
+  await inpainting.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(inpainting, /^Done|rror/), /^Done/);
+  await inpainting.close();
+});
+
 test("the embed example draws an image with the API alone", { timeout: SLOW * 2 }, async () => {
   const page = await openPage("example.html");
   assert.match(await waitForStatus(page, /^Done|^Error/), /^Done/);

@@ -28,6 +28,8 @@ pub struct ModelLoader {
     digest: Option<Sha256>,
     /// LoRA adapters to merge into the model as it is built, each at its scale.
     pub(crate) loras: Vec<ScaledLora>,
+    /// The components the single-file checkpoint lacks, once it has arrived.
+    checkpoint_lacks: Vec<String>,
 }
 
 pub(crate) enum Incoming {
@@ -50,6 +52,7 @@ impl ModelLoader {
             current: None,
             digest: None,
             loras: Vec::new(),
+            checkpoint_lacks: Vec::new(),
         })
     }
 
@@ -136,11 +139,25 @@ impl ModelLoader {
             None => return Err(invalid("endFile: no file was started")),
             Some((path, Incoming::Weights(mut upload))) => {
                 upload.end_file().map_err(js_err)?;
+                // A checkpoint that fits no layout fails here, before anything is fetched
+                // for it from beside.
+                if path == single_file::CHECKPOINT_FILE {
+                    let lacking = single_file::lacking(&path, &upload.shapes()).map_err(js_err)?;
+                    self.checkpoint_lacks = lacking.into_iter().map(String::from).collect();
+                }
                 self.source.insert_uploaded(path, *upload);
             }
             Some((path, Incoming::Bytes(bytes))) => self.source.insert(path, bytes),
         }
         Ok(digest)
+    }
+
+    /// The components (`vae`, `text_encoder`, ...) the single-file checkpoint that has arrived
+    /// lacks, whose weights must come from the folder beside it: a FLUX transformer file's
+    /// VAE and text encoders, an SD 3 file's T5. Empty before the checkpoint.
+    #[wasm_bindgen(js_name = checkpointLacks)]
+    pub fn checkpoint_lacks(&self) -> Vec<String> {
+        self.checkpoint_lacks.clone()
     }
 
     /// What the model whose configs have arrived needs of this loader's device, before any

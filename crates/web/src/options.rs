@@ -31,6 +31,16 @@ struct JsOptions {
     #[serde(with = "serde_wasm_bindgen::preserve")]
     init_image: JsValue,
     strength: Option<f64>,
+    /// Inpainting (with `init_image`): an image of the output's size whose red channel at
+    /// half or more marks what is regenerated (white regenerates, black keeps).
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    mask: JsValue,
+    /// FLUX.1 Canny's or Depth's edge or depth map (`GenerateOptions::control_image`).
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    control_image: JsValue,
+    /// FLUX.1 Kontext's input image (`GenerateOptions::reference_image`).
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    reference_image: JsValue,
     /// Stop early and hand the latents over (`GenerateOptions::denoising_end`).
     denoising_end: Option<f64>,
     /// Continue handed-over latents (`GenerateOptions::handoff`): both or neither.
@@ -77,6 +87,14 @@ impl JsSkipLayers {
     }
 }
 
+/// An image option, absent where undefined or null.
+fn optional_image(value: &JsValue) -> Result<Option<lina_runtime::image::Image>, JsValue> {
+    match value.is_undefined() || value.is_null() {
+        true => Ok(None),
+        false => image_from_js(value).map(Some),
+    }
+}
+
 impl JsOptions {
     fn into_options(self) -> Result<GenerateOptions, JsValue> {
         if !(self.seed.is_finite() && self.seed >= 0.0 && self.seed <= 9_007_199_254_740_991.0)
@@ -106,10 +124,15 @@ impl JsOptions {
             clip_skip: self.clip_skip,
             initial_latents: self.initial_latents,
             step_noise: self.step_noise,
-            init_image: match self.init_image.is_undefined() || self.init_image.is_null() {
-                true => None,
-                false => Some(image_from_js(&self.init_image)?),
-            },
+            init_image: optional_image(&self.init_image)?,
+            mask: optional_image(&self.mask)?.map(|mask| {
+                mask.rgb
+                    .chunks_exact(3)
+                    .map(|p| p[0] as f32 / 255.0)
+                    .collect()
+            }),
+            control_image: optional_image(&self.control_image)?,
+            reference_image: optional_image(&self.reference_image)?,
             strength: self.strength.unwrap_or(defaults.strength),
             denoising_end: self.denoising_end,
             handoff: match (self.handoff_latents, self.denoising_start) {
@@ -129,7 +152,6 @@ impl JsOptions {
                 .map(JsSkipLayers::parse)
                 .transpose()?,
             true_cfg_scale: self.true_cfg_scale,
-            ..defaults
         })
     }
 }

@@ -8,6 +8,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
 use lina_runtime::bench::UnetCall;
+use lina_runtime::models::denoiser::ImageCondition;
 use lina_runtime::pipeline::{
     CancelToken, GenerateOptions, Hooks, Sampling, StableDiffusion, StepFuture, StepHook,
 };
@@ -113,6 +114,27 @@ impl Pipeline {
     #[wasm_bindgen(js_name = skippableBlocks)]
     pub fn skippable_blocks(&self) -> Option<usize> {
         self.inner.denoiser().mmdit().map(|m| m.blocks())
+    }
+
+    /// What the model takes beside its prompt, by its input channels: "none"; "inpaint" (SD's
+    /// 9-channel inpainting UNets) or "fill" (FLUX.1 Fill), which need `initImage` and
+    /// `mask`; "control" (FLUX.1 Canny and Depth), which needs `controlImage`.
+    #[wasm_bindgen(js_name = imageCondition)]
+    pub fn image_condition(&self) -> String {
+        match self.inner.image_condition() {
+            ImageCondition::None => "none",
+            ImageCondition::Inpaint => "inpaint",
+            ImageCondition::Fill => "fill",
+            ImageCondition::Control => "control",
+        }
+        .into()
+    }
+
+    /// Whether `referenceImage` may be given (FLUX.1 Kontext's input): FLUX models that
+    /// take the latents alone.
+    #[wasm_bindgen(js_name = takesReferenceImage)]
+    pub fn takes_reference_image(&self) -> bool {
+        self.inner.takes_reference_image()
     }
 
     /// Traps the wasm instance (a Rust panic, which aborts to `unreachable`), as a bug or an
