@@ -422,6 +422,112 @@ fn flux_control_follows_its_image_as_diffusers() {
     assert!(refused(&plain, &opts).contains("takes none"));
 }
 
+/// FLUX.1's control LoRAs (`flux1-canny-dev-lora.safetensors`, Depth's), in Black Forest
+/// Labs' names and in diffusers' (tests/fixtures/lora/flux_tiny_control_bfl.safetensors and
+/// `_peft`, made by `tools/make_fixtures.py --only flux-control-lora`): loaded on flux_tiny,
+/// either widens
+/// the input layer to read the control image's latents, so the model takes a control image;
+/// its 4-step image at LoRA scale 0.8 is diffusers' `FluxControlPipeline` after
+/// `load_lora_weights` within 1/255 (fused q/k/v and `linear1` updates cut into their parts,
+/// bias updates, the final adaLN's halves swapped, the norms' scales replaced). At scale 0 the
+/// model still takes a control image, which then changes nothing (the widened inputs' weights
+/// are zero). An input update of another width (192 inputs for 64) is refused naming its
+/// file, and on SD 3 the LoRA is refused naming a module it cannot place.
+#[test]
+fn a_flux_control_lora_widens_flux_to_follow_a_control_image_as_diffusers() {
+    use lina_runtime::weights::{Lora, ScaledLora};
+    let reference = Reference::file("lora/flux_tiny_control_bfl_reference.safetensors");
+    let latents = Reference::open("flux_tiny").f32("latents_wide").1;
+    let scale = reference.f32("scale").1[0];
+    let lora = |file: &str| ScaledLora {
+        lora: Lora::from_safetensors(file, &read_fixture(&format!("lora/{file}"))).unwrap(),
+        scale,
+    };
+    let (bfl, diffusers) = (
+        lora("flux_tiny_control_bfl.safetensors"),
+        lora("flux_tiny_control_peft.safetensors"),
+    );
+    let source = DirSource::new(fixture("flux_tiny"));
+    let kernels = lina_runtime::kernels::Kernels::default();
+    let card = card(&reference);
+    let opts = GenerateOptions {
+        guidance_scale: 10.0,
+        control_image: Some(card.clone()),
+        ..options(4, (48, 32), latents)
+    };
+    let draw = |pipe: &StableDiffusion, opts: &GenerateOptions| {
+        pollster::block_on(pipe.generate(opts, &mut NoHook, &CancelToken::new()))
+            .unwrap()
+            .image
+            .rgb
+    };
+    for (name, device) in test_devices() {
+        let diffusers_named = [diffusers.clone()];
+        let image = |pipe: &StableDiffusion| {
+            assert_eq!(pipe.image_condition(), ImageCondition::Control, "{name}");
+            common::worst_pixel(&draw(pipe, &opts), &reference.f32("image").1)
+        };
+        let pipe = StableDiffusion::load_adapted(&source, &device, kernels, &diffusers_named);
+        let worst = image(&pipe.unwrap());
+        eprintln!("{name}: FLUX control LoRA in diffusers' names, worst pixel {worst:.2}/255");
+        assert!(
+            worst <= 1.0,
+            "{name}: diffusers' names, {worst}/255 from diffusers"
+        );
+        let loras = std::slice::from_ref(&bfl);
+        let mut pipe = StableDiffusion::load_adapted(&source, &device, kernels, loras).unwrap();
+        let worst = image(&pipe);
+        eprintln!("{name}: FLUX control LoRA in BFL's names, worst pixel {worst:.2}/255");
+        assert!(
+            worst <= 1.0,
+            "{name}: BFL's names, {worst}/255 from diffusers"
+        );
+        pipe.set_lora_scales(&[0.0]).unwrap();
+        assert_eq!(pipe.image_condition(), ImageCondition::Control, "{name}");
+        let gray = lina_runtime::image::Image {
+            rgb: vec![128; card.rgb.len()],
+            ..card.clone()
+        };
+        let other = GenerateOptions {
+            control_image: Some(gray),
+            ..opts.clone()
+        };
+        assert_eq!(
+            draw(&pipe, &opts),
+            draw(&pipe, &other),
+            "{name}: at scale 0"
+        );
+    }
+    let cpu = lina_runtime::device::cpu();
+    // An input update of a width no control model has: refused as it merges, naming its file.
+    let mut odd = common::f32_tensors(&read_fixture("lora/flux_tiny_control_bfl.safetensors"));
+    odd.insert(
+        "img_in.lora_A.weight".into(),
+        (vec![4, 192], vec![0.1; 4 * 192]),
+    );
+    let odd = ScaledLora {
+        lora: Lora::from_safetensors("odd.safetensors", &common::f32_safetensors(&odd)).unwrap(),
+        scale: 1.0,
+    };
+    let err = StableDiffusion::load_adapted(&source, &cpu, kernels, &[odd])
+        .err()
+        .expect("an input update of 192 inputs is refused")
+        .to_string();
+    assert!(
+        err.contains("odd.safetensors") && err.contains("does not fit"),
+        "{err}"
+    );
+    let sd3 = DirSource::new(fixture("sd3_tiny"));
+    let err = StableDiffusion::load_adapted(&sd3, &cpu, kernels, &[bfl])
+        .err()
+        .expect("FLUX's control LoRA on SD 3 is refused")
+        .to_string();
+    assert!(
+        err.contains("flux_tiny_control_bfl.safetensors") && err.contains("matches no"),
+        "{err}"
+    );
+}
+
 /// FLUX.1 Kontext (tests/fixtures/flux_kontext, on flux_tiny: Kontext's transformer has
 /// FLUX.1-dev's architecture): the reference image's tokens follow the latents' with
 /// positions (1, row, column), and only the latents' are predicted. One transformer call

@@ -357,6 +357,40 @@ fn a_bad_lora_is_refused_naming_what_is_wrong() {
     misfit.insert(key, (narrow.clone(), vec![0.0; narrow.iter().product()]));
     let (_, e) = load(scaled(&f32_safetensors(&misfit), 1.0));
     assert!(e.contains("does not fit"), "{e}");
+
+    // Bias updates (PEFT's `lora_B.bias`): one not as long as the update's rows, and one for
+    // a layer without a bias (the attention's query projection has none).
+    let unet =
+        SafeTensors::deserialize(&files["unet/diffusion_pytorch_model.safetensors"]).unwrap();
+    let to_q = unet
+        .names()
+        .into_iter()
+        .find(|n| n.ends_with("attn1.to_q.weight"))
+        .unwrap()
+        .to_string();
+    let [out, inputs] = unet.tensor(&to_q).unwrap().shape().try_into().unwrap();
+    let module = format!("unet.{}", to_q.strip_suffix(".weight").unwrap());
+    let mut biased = BTreeMap::new();
+    biased.insert(
+        format!("{module}.lora_A.weight"),
+        (vec![2, inputs], vec![0.1; 2 * inputs]),
+    );
+    biased.insert(
+        format!("{module}.lora_B.weight"),
+        (vec![out, 2], vec![0.1; 2 * out]),
+    );
+    let mut short = biased.clone();
+    short.insert(
+        format!("{module}.lora_B.bias"),
+        (vec![out - 1], vec![0.1; out - 1]),
+    );
+    let (code, e) = parse(&f32_safetensors(&short));
+    assert_eq!(code, "invalid_input");
+    assert!(e.contains("is not as long as the update's"), "{e}");
+    biased.insert(format!("{module}.lora_B.bias"), (vec![out], vec![0.1; out]));
+    let (code, e) = load(scaled(&f32_safetensors(&biased), 1.0));
+    assert_eq!(code, "invalid_input");
+    assert!(e.contains("updates a bias the layer does not have"), "{e}");
 }
 
 #[test]

@@ -1681,6 +1681,98 @@ def make_flux_control(fix: Path):
     })
 
 
+def flux_control_lora_tensors(seed: int, rank: int = 4):
+    """A control LoRA for flux_tiny in Black Forest Labs' names, shaped as
+    `flux1-canny-dev-lora.safetensors` is for FLUX.1-dev: a low-rank update of every linear
+    layer of the original transformer (fused q/k/v and single-stream `linear1` included), the
+    input layer `img_in` reading twice the model's inputs (the latents and the control image's
+    latents, packed: 128 for flux_tiny's 64), bias updates (`lora_B.bias`) on every layer, and
+    every attention's RMS norm scales whole."""
+    g = torch.Generator().manual_seed(seed)
+    d, head, mlp, pooled, joint, freq = 32, 16, 128, 32, 96, 256
+    linear = {"img_in": (128, d), "txt_in": (joint, d), "time_in.in_layer": (freq, d), "time_in.out_layer": (d, d),
+              "vector_in.in_layer": (pooled, d), "vector_in.out_layer": (d, d), "guidance_in.in_layer": (freq, d),
+              "guidance_in.out_layer": (d, d), "final_layer.linear": (d, 64), "final_layer.adaLN_modulation.1": (d, 2 * d)}
+    norms = []
+    for i in range(2):
+        for stream in ("img", "txt"):
+            linear.update({f"double_blocks.{i}.{stream}_attn.qkv": (d, 3 * d), f"double_blocks.{i}.{stream}_attn.proj": (d, d),
+                           f"double_blocks.{i}.{stream}_mlp.0": (d, mlp), f"double_blocks.{i}.{stream}_mlp.2": (mlp, d),
+                           f"double_blocks.{i}.{stream}_mod.lin": (d, 6 * d)})
+            norms += [f"double_blocks.{i}.{stream}_attn.norm.query_norm", f"double_blocks.{i}.{stream}_attn.norm.key_norm"]
+        linear.update({f"single_blocks.{i}.linear1": (d, 3 * d + mlp), f"single_blocks.{i}.linear2": (d + mlp, d),
+                       f"single_blocks.{i}.modulation.lin": (d, 3 * d)})
+        norms += [f"single_blocks.{i}.norm.query_norm", f"single_blocks.{i}.norm.key_norm"]
+    tensors = {}
+    for name, (fan_in, fan_out) in linear.items():
+        tensors[f"{name}.lora_A.weight"] = (torch.randn((rank, fan_in), generator=g) * 0.25).contiguous()
+        tensors[f"{name}.lora_B.weight"] = (torch.randn((fan_out, rank), generator=g) * 0.25).contiguous()
+        # PEFT gives every layer's lora_B a bias once one has it (`lora_bias`).
+        tensors[f"{name}.lora_B.bias"] = (torch.randn((fan_out,), generator=g) * 0.1).contiguous()
+    # diffusers' converter swaps the halves of the final adaLN's lora_A rows as well as of its
+    # lora_B (and bias): the rank's halves then meet the other halves' columns, which changes
+    # the update. With lora_A's two halves equal that swap changes nothing, and the converted
+    # file is the original update with its output halves swapped, as it should be.
+    down = tensors["final_layer.adaLN_modulation.1.lora_A.weight"]
+    tensors["final_layer.adaLN_modulation.1.lora_A.weight"] = torch.cat([down[: rank // 2]] * 2).contiguous()
+    for name in norms:
+        tensors[f"{name}.scale"] = (1.0 + 0.3 * torch.randn((head,), generator=g)).contiguous()
+    return tensors
+
+
+def make_flux_control_lora(fix: Path):
+    """A FLUX.1 control LoRA in BFL's names (`lora/flux_tiny_control_bfl.safetensors`, see
+    flux_control_lora_tensors), the same in diffusers' names (`flux_tiny_control_peft`), and
+    what diffusers draws with it: flux_tiny's parts in
+    `FluxControlPipeline`, `load_lora_weights` (which widens the transformer's input layer to
+    128 inputs and sets the norms' scales), the 4-step 48x32 image at guidance 10 and LoRA scale
+    0.8 (`joint_attention_kwargs`), the test card as the control image, from flux_tiny's wide
+    latents, the control image's latents at their mean (as in flux_control_tiny)."""
+    from diffusers import FluxControlPipeline, FluxPipeline
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    out = fix / "lora"
+    out.mkdir(parents=True, exist_ok=True)
+    log("== lora/flux_tiny_control_bfl")
+    DiagonalGaussianDistribution.sample = lambda self, generator=None: self.mode()
+    path = out / "flux_tiny_control_bfl.safetensors"
+    tensors = flux_control_lora_tensors(7500)
+    save_file(tensors, str(path))
+    # diffusers reads BFL's control LoRAs with a converter written for FLUX.1-dev's sizes (19
+    # and 38 blocks, 3072 wide); the same converter at flux_tiny's sizes puts the file in
+    # diffusers' names, which `load_lora_weights` then takes as it takes the real file.
+    import inspect
+    from diffusers.loaders import lora_conversion_utils as conversion
+    source = inspect.getsource(conversion._convert_bfl_flux_control_lora_to_diffusers)
+    for size, tiny in (("num_layers = 19", "num_layers = 2"), ("num_single_layers = 38", "num_single_layers = 2"),
+                       ("inner_dim = 3072", "inner_dim = 32")):
+        assert size in source, size
+        source = source.replace(size, tiny)
+    scope = dict(vars(conversion))
+    exec(source, scope)
+    converted = scope["_convert_bfl_flux_control_lora_to_diffusers"](dict(tensors))
+    # The same LoRA in diffusers' names (as diffusers' control LoRA trainer saves them).
+    save_file({k: v.contiguous() for k, v in converted.items()}, str(out / "flux_tiny_control_peft.safetensors"))
+    base = FluxPipeline.from_pretrained(str(fix / "flux_tiny"), torch_dtype=torch.float32)
+    pipe = FluxControlPipeline(**flux_parts(base))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(converted)
+    assert pipe.transformer.config.in_channels == 128, pipe.transformer.config.in_channels
+    ref = load_file(str(fix / "flux_tiny" / "reference.safetensors"))
+    height, width, scale, guidance = 32, 48, 0.8, 10.0
+    card, _ = flux_test_card(width, height)
+    packed = pipe._pack_latents(ref["latents_wide"].clone(), 1, 16, height // 2, width // 2)
+    image = pipe(PROMPT, control_image=Image.fromarray(card), num_inference_steps=4, guidance_scale=guidance,
+                 latents=packed, height=height, width=width, joint_attention_kwargs={"scale": scale},
+                 output_type="np").images
+    image = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    log(f"  image: mean {float(image.mean()):.3f}")
+    save_file({"image": image, "card": torch.from_numpy(card).contiguous(), "scale": torch.tensor([scale])},
+              str(out / "flux_tiny_control_bfl_reference.safetensors"))
+
+
 def make_flux_kontext(fix: Path):
     """FLUX.1 Kontext on the tiny FLUX (`flux_kontext/`): Kontext's transformer has FLUX.1-dev's
     architecture, so `FluxKontextPipeline` runs on flux_tiny's parts as they are. The
@@ -2212,7 +2304,7 @@ def parts():
     """The parts `--only` rebuilds alone, each its makers in order (later ones are made from,
     or beside, the earlier ones' folders)."""
     flux = [make_flux, make_flux_lora, make_flux_schnell, make_flux_true_cfg, make_flux_fill, make_flux_control,
-            make_flux_kontext]
+            make_flux_control_lora, make_flux_kontext]
     return {
         "schedulers": [make_schedulers],
         "vae-encoder": [make_vae_encoder],
@@ -2234,6 +2326,7 @@ def parts():
         "flux-true-cfg": [make_flux_true_cfg],
         "flux-fill": [make_flux_fill],
         "flux-control": [make_flux_control],
+        "flux-control-lora": [make_flux_control_lora],
         "flux-kontext": [make_flux_kontext],
         "flow-img2img": [make_flow_img2img],
         "fp8": [make_fp8_table],

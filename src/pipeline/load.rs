@@ -439,7 +439,20 @@ impl StableDiffusion {
                 Denoiser::Mmdit(Box::new(mmdit))
             }
             Some(TransformerKind::Flux) => {
-                let config = FluxConfig::from_json(&config)?;
+                let mut config = FluxConfig::from_json(&config)?;
+                // A control LoRA (FLUX.1 Canny's, Depth's) widens the input layer to take the
+                // control image's latents beside the latents: the model becomes Canny or Depth.
+                // (An update of any other width is refused as it merges, naming its LoRA.)
+                let control = 2 * config.in_channels;
+                if loras
+                    .iter()
+                    .any(|l| l.lora.flux_input_width() == Some(control))
+                {
+                    // The output stays the latents' (a config without `out_channels` takes the
+                    // input's).
+                    config.out_channels = Some(config.out_channels());
+                    config.in_channels = control;
+                }
                 let (flux, kept) = build_keeping(weights, adapted, config, Flux::load)?;
                 kept_flux = kept;
                 Denoiser::Flux(Box::new(flux))

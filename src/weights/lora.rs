@@ -18,6 +18,20 @@
 //!   `.lora.up.weight` (older diffusers); `alpha` is the rank unless the file gives
 //!   `<module>.alpha`.
 //!
+//! - Black Forest Labs' own (FLUX.1 Canny's and Depth's control LoRAs,
+//!   `flux1-canny-dev-lora.safetensors`): the original FLUX transformer's dotted module paths
+//!   with no prefix (`double_blocks.0.img_attn.qkv.lora_A.weight`), read through
+//!   `crate::flux_names` as kohya's FLUX names are.
+//!
+//! Beside the low-rank halves a file may hold a bias update (`.lora_B.bias`, PEFT's LoRA with
+//! a bias, scaled as the update is) and whole tensors that replace the model's: the RMS norms'
+//! scales of the query and key (BFL's `.scale`, diffusers' `norm_q`, `norm_k`, `norm_added_q`,
+//! `norm_added_k` `.weight`), which diffusers loads as they are, at any scale. A LoRA whose
+//! update of the FLUX transformer's input layer (`x_embedder`, BFL's `img_in`) reads twice the
+//! inputs the model has widens that layer, the new inputs' weights zero before the update, as
+//! diffusers does: that is how a control LoRA turns FLUX.1-dev into FLUX.1 Canny or Depth,
+//! which then take a control image ([`Lora::flux_input_width`]).
+//!
 //! Convolution LoRA (`down` of shape `[r, in, kh, kw]`, `up` of `[out, r, 1, 1]`) merges the
 //! same way. The merge runs on the device, one layer at a time, when the model asks for that
 //! layer's weight; a LoRA module that matches no layer of the model, or that the model never
@@ -74,6 +88,16 @@ enum ModuleName {
     Flat(String),
     /// diffusers / PEFT: the dotted module path.
     Dotted(String),
+    /// Black Forest Labs': the original FLUX transformer's dotted module path.
+    Original(String),
+}
+
+impl ModuleName {
+    fn written(&self) -> &str {
+        match self {
+            Self::Flat(n) | Self::Dotted(n) | Self::Original(n) => n,
+        }
+    }
 }
 
 /// A tensor's values, flat, and its shape.
@@ -86,6 +110,8 @@ struct Module {
     down: Values,
     /// `[out, r, (1, 1)]`.
     up: Values,
+    /// `[out]`: the update of the layer's bias (PEFT's `lora_B.bias`), scaled as `up · down`.
+    bias: Option<Values>,
     alpha: Option<f32>,
 }
 
@@ -95,6 +121,8 @@ pub struct Lora {
     /// What errors name: the file.
     source: String,
     modules: BTreeMap<(LoraTarget, ModuleName), Module>,
+    /// Tensors that replace the model's whole (RMS norms' scales), by the norm's module.
+    whole: BTreeMap<(LoraTarget, ModuleName), Values>,
 }
 
 /// A LoRA with the scale it is merged at.
@@ -124,8 +152,9 @@ fn values(
 }
 
 impl Lora {
-    /// Parses a LoRA safetensors file. Fails on a truncated or malformed file, a key of
-    /// neither naming family, a module without both halves, or halves whose ranks differ.
+    /// Parses a LoRA safetensors file. Fails on a truncated or malformed file, a key of no
+    /// naming family, a module without both halves, halves whose ranks differ, or a bias
+    /// update not as long as the update's rows.
     pub fn from_safetensors(source: &str, bytes: &[u8]) -> Result<Self> {
         let file = SafeTensors::deserialize(bytes).map_err(|e| Error::WeightFile {
             file: source.to_string(),
@@ -135,8 +164,10 @@ impl Lora {
         struct Halves {
             down: Option<Values>,
             up: Option<Values>,
+            bias: Option<Values>,
             alpha: Option<f32>,
         }
+        let mut whole = BTreeMap::new();
         let mut halves: BTreeMap<(LoraTarget, ModuleName), Halves> = BTreeMap::new();
         let mut names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
         names.sort();
@@ -145,29 +176,37 @@ impl Lora {
                 return Err(bad(
                     source,
                     format!(
-                        "`{key}` is not a LoRA tensor name this runtime reads (kohya `lora_unet_*`/`lora_te_*`/`lora_te1_*`/`lora_te2_*` with .lora_down/.lora_up/.alpha, or diffusers/PEFT `unet.*`/`transformer.*`/`text_encoder.*`/`text_encoder_2.*` with .lora_A/.lora_B)"
+                        "`{key}` is not a LoRA tensor name this runtime reads (kohya `lora_unet_*`/`lora_te_*`/`lora_te1_*`/`lora_te2_*` with .lora_down/.lora_up/.alpha, diffusers/PEFT `unet.*`/`transformer.*`/`text_encoder.*`/`text_encoder_2.*` with .lora_A/.lora_B, or BFL's FLUX `double_blocks.*`/`single_blocks.*`/`img_in`/... with .lora_A/.lora_B)"
                     ),
                 ));
             };
             let t = file.tensor(key).map_err(|e| bad(source, e))?;
             let v = values("LoRA", source, key, &t)?;
+            let tensor = (v, t.shape().to_vec());
+            if let Part::Whole = part {
+                whole.insert((target, module), tensor);
+                continue;
+            }
             let entry = halves.entry((target, module)).or_default();
             match part {
-                Part::Down => entry.down = Some((v, t.shape().to_vec())),
-                Part::Up => entry.up = Some((v, t.shape().to_vec())),
+                Part::Down => entry.down = Some(tensor),
+                Part::Up => entry.up = Some(tensor),
+                Part::UpBias => entry.bias = Some(tensor),
                 Part::Alpha => {
                     entry.alpha = Some(
-                        *v.first()
+                        *tensor
+                            .0
+                            .first()
                             .ok_or_else(|| bad(source, format!("`{key}` is empty")))?,
                     )
                 }
+                // Kept whole above.
+                Part::Whole => {}
             }
         }
         let mut modules = BTreeMap::new();
         for ((target, name), h) in halves {
-            let label = match &name {
-                ModuleName::Flat(n) | ModuleName::Dotted(n) => format!("{}:{n}", target.name()),
-            };
+            let label = format!("{}:{}", target.name(), name.written());
             let (Some(down), Some(up)) = (h.down, h.up) else {
                 return Err(bad(
                     source,
@@ -206,14 +245,32 @@ impl Lora {
                     format!("module {label}: alpha is not a finite number"),
                 ));
             }
+            if let Some(bias) = &h.bias
+                && bias.1 != [up.1[0]]
+            {
+                return Err(bad(
+                    source,
+                    format!(
+                        "module {label}: the bias update {:?} is not as long as the update's {} rows",
+                        bias.1, up.1[0]
+                    ),
+                ));
+            }
             modules.insert(
                 (target, name),
                 Module {
                     down,
                     up,
+                    bias: h.bias,
                     alpha: h.alpha,
                 },
             );
+        }
+        if let Some(((target, name), _)) = whole.iter().find(|(_, (v, _))| v.is_empty()) {
+            return Err(bad(
+                source,
+                format!("{}:{} is empty", target.name(), name.written()),
+            ));
         }
         if modules.is_empty() {
             return Err(bad(source, "the file holds no LoRA module"));
@@ -221,6 +278,7 @@ impl Lora {
         Ok(Self {
             source: source.to_string(),
             modules,
+            whole,
         })
     }
 
@@ -231,7 +289,24 @@ impl Lora {
 
     /// Whether it adapts anything of `target`.
     pub fn adapts(&self, target: LoraTarget) -> bool {
-        self.modules.keys().any(|(t, _)| *t == target)
+        self.modules
+            .keys()
+            .chain(self.whole.keys())
+            .any(|(t, _)| *t == target)
+    }
+
+    /// How many inputs its update of a FLUX transformer's input layer (`x_embedder`, the
+    /// original's `img_in`) reads, where it has one: twice the model's widens the model (a
+    /// control LoRA's, 2 x 64 for FLUX.1's VAE: the latents and the control image's latents,
+    /// packed).
+    pub fn flux_input_width(&self) -> Option<usize> {
+        self.modules.iter().find_map(|((target, name), module)| {
+            let input = match name {
+                ModuleName::Dotted(n) => n == "x_embedder",
+                ModuleName::Flat(n) | ModuleName::Original(n) => n == "img_in",
+            };
+            (*target == LoraTarget::Transformer && input).then(|| module.down.1[1])
+        })
     }
 }
 
@@ -239,12 +314,17 @@ impl Lora {
 enum Part {
     Down,
     Up,
+    /// The update of the layer's bias.
+    UpBias,
     Alpha,
+    /// A tensor that replaces the model's whole.
+    Whole,
 }
 
 /// The names LoRA files give their tensors: a prefix naming the component, then the module,
-/// then a suffix naming the part. kohya writes the module flattened, diffusers/PEFT dotted.
-/// Suffixes and the part each names.
+/// then a suffix naming the part. kohya writes the module flattened, diffusers/PEFT dotted
+/// (BFL's names, which have no prefix, are read by [`parse_original`]). Suffixes and the part
+/// each names.
 type Parts = &'static [(&'static str, Part)];
 
 const NAMING: &[(&str, LoraTarget, bool, Parts)] = {
@@ -256,6 +336,7 @@ const NAMING: &[(&str, LoraTarget, bool, Parts)] = {
     const PEFT: &[(&str, Part)] = &[
         (".lora_A.weight", Part::Down),
         (".lora_B.weight", Part::Up),
+        (".lora_B.bias", Part::UpBias),
         (".lora.down.weight", Part::Down),
         (".lora.up.weight", Part::Up),
         (".alpha", Part::Alpha),
@@ -274,14 +355,28 @@ const NAMING: &[(&str, LoraTarget, bool, Parts)] = {
     ]
 };
 
+/// The attention's RMS norms, in diffusers' names, whose scales a FLUX control LoRA replaces.
+const WHOLE_NORMS: &[&str] = &["norm_q", "norm_k", "norm_added_q", "norm_added_k"];
+
 /// A LoRA tensor's target, module and part, by its name.
 fn parse_key(key: &str) -> Option<(LoraTarget, ModuleName, Part)> {
-    let (rest, target, flat, parts) = NAMING.iter().find_map(|(prefix, t, flat, parts)| {
+    let Some((rest, target, flat, parts)) = NAMING.iter().find_map(|(prefix, t, flat, parts)| {
         key.strip_prefix(prefix).map(|r| (r, *t, *flat, parts))
-    })?;
-    let (module, part) = parts
+    }) else {
+        return parse_original(key);
+    };
+    let Some((module, part)) = parts
         .iter()
-        .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m.to_string(), *part)))?;
+        .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m.to_string(), *part)))
+    else {
+        // diffusers' control LoRAs hold the attention's norms whole.
+        let module = rest.strip_suffix(".weight")?;
+        let norm = module
+            .rsplit('.')
+            .next()
+            .is_some_and(|m| WHOLE_NORMS.contains(&m));
+        return (!flat && norm).then(|| (target, ModuleName::Dotted(module.into()), Part::Whole));
+    };
     // kohya names every denoiser `lora_unet_`; SD 3's and FLUX's modules are their original
     // transformers' (`joint_blocks_0_x_block_attn_qkv`, `double_blocks_0_img_attn_qkv`),
     // which no UNet has.
@@ -303,45 +398,108 @@ fn parse_key(key: &str) -> Option<(LoraTarget, ModuleName, Part)> {
     Some((target, name, part))
 }
 
-/// A low-rank update waiting for its layer's weight to load.
+/// A tensor of BFL's FLUX LoRA files, named after the original transformer's modules with no
+/// prefix (`double_blocks.0.img_attn.qkv.lora_A.weight`; the norms' `...query_norm.scale`).
+fn parse_original(key: &str) -> Option<(LoraTarget, ModuleName, Part)> {
+    const ORIGINAL: Parts = &[
+        (".lora_A.weight", Part::Down),
+        (".lora_B.weight", Part::Up),
+        (".lora_B.bias", Part::UpBias),
+        (".alpha", Part::Alpha),
+        (".scale", Part::Whole),
+    ];
+    let root = key.split('.').next()?;
+    if !crate::flux_names::ROOTS.contains(&root) {
+        return None;
+    }
+    let (module, part) = ORIGINAL
+        .iter()
+        .find_map(|(suffix, part)| key.strip_suffix(suffix).map(|m| (m, *part)))?;
+    let name = ModuleName::Original(module.to_string());
+    Some((LoraTarget::Transformer, name, part))
+}
+
+/// An update waiting for its layer's weight to load.
 #[derive(Debug, Clone)]
 pub(super) struct Delta {
     /// `lora file: module`, for errors.
     pub label: String,
-    up: Values,
-    down: Values,
-    factor: f32,
+    change: Change,
+}
+
+#[derive(Debug, Clone)]
+enum Change {
+    /// `factor · up · down` added to the weight.
+    LowRank {
+        up: Values,
+        down: Values,
+        factor: f32,
+    },
+    /// `factor · values` added to a bias.
+    Bias { values: Values, factor: f32 },
+    /// The weight replaced by these values.
+    Whole(Values),
 }
 
 impl Delta {
-    /// `factor · up · down` in the weight's own shape, on `device`; fails if the weight is
-    /// not `[out, in, ...]` of the update's sizes.
+    /// The inputs a low-rank update reads (`None` for the other changes): where they are more
+    /// than its weight's, the weight is widened with zeros first (see [`Lora::flux_input_width`]).
+    pub fn inputs(&self) -> Option<usize> {
+        match &self.change {
+            Change::LowRank { down, .. } if down.1.len() == 2 => Some(down.1[1]),
+            _ => None,
+        }
+    }
+
+    /// The weight with this change, on `device`; fails if the weight is not of the change's
+    /// shape (`[out, in, ...]` for a low-rank update).
     pub fn merged_into<const D: usize>(
         self,
         weight: Tensor<D>,
         device: &Device,
     ) -> Result<Tensor<D>> {
         let shape = weight.dims();
-        let (out, rank) = (self.up.1[0], self.up.1[1]);
-        let rest: usize = self.down.1[1..].iter().product();
-        let fits = shape[0] == out
-            && shape[1..].iter().product::<usize>() == rest
-            && self.down.1[1..] == shape[1..];
-        if !fits {
-            return Err(Error::InvalidInput(format!(
-                "{}: an update of [{out}, {}] does not fit the layer's weight {shape:?} (a LoRA for another model?)",
-                self.label,
-                self.down.1[1..]
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+        let misfit = |what: String| {
+            Error::InvalidInput(format!(
+                "{}: {what} does not fit the layer's {shape:?} (a LoRA for another model?)",
+                self.label
+            ))
+        };
+        match self.change {
+            Change::LowRank { up, down, factor } => {
+                let (out, rank) = (up.1[0], up.1[1]);
+                let rest: usize = down.1[1..].iter().product();
+                let fits = shape[0] == out
+                    && shape[1..].iter().product::<usize>() == rest
+                    && down.1[1..] == shape[1..];
+                if !fits {
+                    let inputs: Vec<String> = down.1[1..].iter().map(|d| d.to_string()).collect();
+                    return Err(misfit(format!(
+                        "an update of [{out}, {}]",
+                        inputs.join(", ")
+                    )));
+                }
+                let up = Tensor::<2>::from_data(TensorData::new(up.0, [out, rank]), device);
+                let down = Tensor::<2>::from_data(TensorData::new(down.0, [rank, rest]), device);
+                let delta = up.matmul(down).mul_scalar(factor).reshape(shape);
+                Ok(weight + delta)
+            }
+            Change::Bias { values, factor } => {
+                if values.1 != shape {
+                    return Err(misfit(format!("a bias update of {:?}", values.1)));
+                }
+                let delta = Tensor::<1>::from_data(TensorData::new(values.0, values.1), device);
+                Ok(weight + delta.mul_scalar(factor).reshape(shape))
+            }
+            Change::Whole(values) => {
+                if values.1 != shape {
+                    return Err(misfit(format!("a whole tensor of {:?}", values.1)));
+                }
+                let n = values.0.len();
+                let whole = Tensor::<1>::from_data(TensorData::new(values.0, [n]), device);
+                Ok(whole.reshape(shape))
+            }
         }
-        let up = Tensor::<2>::from_data(TensorData::new(self.up.0, [out, rank]), device);
-        let down = Tensor::<2>::from_data(TensorData::new(self.down.0, [rank, rest]), device);
-        let delta = up.matmul(down).mul_scalar(self.factor).reshape(shape);
-        Ok(weight + delta)
     }
 }
 
@@ -390,6 +548,30 @@ pub(super) fn deltas_for(
         .into_iter()
         .map(|m| (m.replace('.', "_"), m))
         .collect();
+    // The tensors of `kind` (weight, bias; an original norm's scale) that module `name`
+    // changes, each with the rows of `rows` that make its part; `None` where the model has none.
+    let targets = |name: &ModuleName, kind: &str, rows: &Values| {
+        let of_kind = |weight: &String| {
+            let tensor = format!("{}.{kind}", weight.strip_suffix(".weight")?);
+            names.contains(&tensor.as_str()).then_some(tensor)
+        };
+        let by_name = |weight: Option<&String>| {
+            Ok::<_, String>(weight.and_then(of_kind).map(|t| vec![(t, rows.clone())]))
+        };
+        match name {
+            ModuleName::Flat(n) => match (original, original_modules.get(n)) {
+                (Some(transformer), Some(module)) => {
+                    original_targets(transformer.rename(module, kind), names, rows)
+                }
+                _ => by_name(flat.get(n).or_else(|| original_unet(n))),
+            },
+            ModuleName::Original(n) => match original {
+                Some(transformer) => original_targets(transformer.rename(n, kind), names, rows),
+                None => Ok(None),
+            },
+            ModuleName::Dotted(n) => by_name(dotted.get(n)),
+        }
+    };
     let mut out: HashMap<String, Vec<Delta>> = HashMap::new();
     for scaled in loras {
         let lora = &scaled.lora;
@@ -397,40 +579,69 @@ pub(super) fn deltas_for(
             if *t != target {
                 continue;
             }
-            let written = match name {
-                ModuleName::Flat(n) | ModuleName::Dotted(n) => n,
-            };
+            let written = name.written();
             let label = format!("LoRA {}: module `{written}`", lora.source);
-            let found = match name {
-                ModuleName::Flat(n) => match (original, original_modules.get(n)) {
-                    (Some(transformer), Some(module_path)) => {
-                        original_targets(transformer.rename(module_path), names, &module.up)
-                            .map_err(|why| Error::InvalidInput(format!("{label}: {why}")))?
-                    }
-                    _ => flat
-                        .get(n)
-                        .or_else(|| original_unet(n))
-                        .map(|w| vec![(w.clone(), module.up.clone())]),
-                },
-                ModuleName::Dotted(n) => {
-                    dotted.get(n).map(|w| vec![(w.clone(), module.up.clone())])
-                }
-            };
-            let Some(found) = found else {
-                return Err(Error::InvalidInput(format!(
+            let unmatched = || {
+                Error::InvalidInput(format!(
                     "LoRA {}: module `{written}` matches no layer of the model's {} (a LoRA for another architecture?)",
                     lora.source,
                     target.name()
-                )));
+                ))
             };
+            let found = targets(name, "weight", &module.up)
+                .map_err(|why| Error::InvalidInput(format!("{label}: {why}")))?
+                .ok_or_else(unmatched)?;
             let rank = module.down.1[0] as f32;
-            let alpha = module.alpha.unwrap_or(rank);
+            let factor = scaled.scale * module.alpha.unwrap_or(rank) / rank;
             for (weight, up) in found {
-                out.entry(weight).or_default().push(Delta {
-                    label: label.clone(),
+                let change = Change::LowRank {
                     up,
                     down: module.down.clone(),
-                    factor: scaled.scale * alpha / rank,
+                    factor,
+                };
+                out.entry(weight).or_default().push(Delta {
+                    label: label.clone(),
+                    change,
+                });
+            }
+            if let Some(bias) = &module.bias {
+                let found = targets(name, "bias", bias)
+                    .map_err(|why| Error::InvalidInput(format!("{label}: {why}")))?
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "{label}: updates a bias the layer does not have"
+                        ))
+                    })?;
+                for (bias, values) in found {
+                    let change = Change::Bias { values, factor };
+                    out.entry(bias).or_default().push(Delta {
+                        label: label.clone(),
+                        change,
+                    });
+                }
+            }
+        }
+        for ((t, name), values) in &lora.whole {
+            if *t != target {
+                continue;
+            }
+            let label = format!("LoRA {}: `{}`", lora.source, name.written());
+            let kind = match name {
+                ModuleName::Original(_) => "scale",
+                ModuleName::Flat(_) | ModuleName::Dotted(_) => "weight",
+            };
+            let found = targets(name, kind, values)
+                .map_err(|why| Error::InvalidInput(format!("{label}: {why}")))?
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "{label}: matches no norm of the model's {} (a LoRA for another architecture?)",
+                        target.name()
+                    ))
+                })?;
+            for (weight, values) in found {
+                out.entry(weight).or_default().push(Delta {
+                    label: label.clone(),
+                    change: Change::Whole(values),
                 });
             }
         }
@@ -471,12 +682,13 @@ impl OriginalTransformer {
         }
     }
 
-    /// Where the original module's weight goes in diffusers' names.
-    fn rename(self, module: &str) -> Option<crate::ldm::Renamed> {
-        let weight = format!("{module}.weight");
+    /// Where the original module's tensor of `kind` (weight, bias, scale) goes in diffusers'
+    /// names.
+    fn rename(self, module: &str, kind: &str) -> Option<crate::ldm::Renamed> {
+        let tensor = format!("{module}.{kind}");
         match self {
-            Self::Sd3 { blocks } => crate::sd3_names::rename(&weight, blocks),
-            Self::Flux { .. } => crate::flux_names::rename(&weight),
+            Self::Sd3 { blocks } => crate::sd3_names::rename(&tensor, blocks),
+            Self::Flux { .. } => crate::flux_names::rename(&tensor),
         }
     }
 }

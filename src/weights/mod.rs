@@ -242,7 +242,13 @@ impl Weights {
                 });
             }
         };
-        let stored = self.resident(name, &shape)?;
+        // A LoRA update that reads more inputs than the stored weight has widens it, the new
+        // inputs' weights zero (FLUX.1's control LoRAs widen its input layer).
+        let mut stored_shape = shape;
+        if let Some(stored) = self.narrower(name, &shape) {
+            stored_shape[D - 1] = stored;
+        }
+        let stored = self.resident(name, &stored_shape)?;
         let parts = self.decoded(name, stored)?;
         if parts.blocks.len() > 1 {
             let limits = crate::device::limits(&self.device);
@@ -258,7 +264,14 @@ impl Weights {
         if let Some(dtype) = self.dtype {
             flat = flat.cast(dtype);
         }
-        let mut weight = stored.layout.view(flat, shape);
+        let mut weight = stored.layout.view(flat, stored_shape);
+        if stored_shape != shape {
+            let mut zeros = Tensor::<D>::zeros(shape, &self.device);
+            if let Some(dtype) = self.dtype {
+                zeros = zeros.cast(dtype);
+            }
+            weight = zeros.slice_assign(stored_shape.map(|d| 0..d), weight);
+        }
         if let Some(deltas) = self.pending.borrow_mut().remove(name) {
             for delta in deltas {
                 weight = delta.merged_into(weight, &self.device)?;
@@ -307,6 +320,25 @@ impl Weights {
                 b.clone().reshape([rows, shape[1]])
             })
             .collect())
+    }
+
+    /// The columns of the stored 2-D weight `name` where a pending LoRA update reads `shape`'s
+    /// more inputs (see [`lora::Lora::flux_input_width`]).
+    fn narrower(&self, name: &str, shape: &[usize]) -> Option<usize> {
+        let Backing::Resident(tensors) = &self.backing else {
+            return None;
+        };
+        let stored = &tensors.get(name)?.shape;
+        let (&[rows, columns], &[stored_rows, stored_columns]) = (shape, &stored[..]) else {
+            return None;
+        };
+        let wider = stored_rows == rows && stored_columns < columns;
+        let read = self
+            .pending
+            .borrow()
+            .get(name)
+            .is_some_and(|deltas| deltas.iter().any(|d| d.inputs() == Some(columns)));
+        (wider && read).then_some(stored_columns)
     }
 
     /// The uploaded tensor `name`, which must have `shape`.
