@@ -215,10 +215,6 @@ impl StableDiffusion {
                 ));
             }
         }
-        let reference = match &opts.reference_image {
-            Some(image) => Some(self.encode_reference(image)?),
-            None => None,
-        };
         if condition.inpaints() && (opts.init_image.is_none() || opts.mask.is_none()) {
             return Err(Error::InvalidInput(
                 "this is an inpainting model: it needs an init image and a mask".into(),
@@ -272,9 +268,15 @@ impl StableDiffusion {
             }
         };
 
+        // The images the denoiser takes beside its latents, encoded once every other input
+        // has been checked.
         let condition = match &opts.control_image {
             Some(image) => Some(self.encode_image(image, "control", (width, height))?),
             None => inpainting,
+        };
+        let reference = match &opts.reference_image {
+            Some(image) => Some(self.encode_reference(image)?),
+            None => None,
         };
 
         let noise = match &opts.step_noise {

@@ -39,7 +39,7 @@
 //! components again from their weights, kept on the device
 //! (`StableDiffusion::set_lora_scales`): no file is read again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::SafeTensors;
@@ -550,10 +550,11 @@ pub(super) fn deltas_for(
         .collect();
     // The tensors of `kind` (weight, bias; an original norm's scale) that module `name`
     // changes, each with the rows of `rows` that make its part; `None` where the model has none.
+    let known: HashSet<&str> = names.iter().copied().collect();
     let targets = |name: &ModuleName, kind: &str, rows: &Values| {
         let of_kind = |weight: &String| {
             let tensor = format!("{}.{kind}", weight.strip_suffix(".weight")?);
-            names.contains(&tensor.as_str()).then_some(tensor)
+            known.contains(tensor.as_str()).then_some(tensor)
         };
         let by_name = |weight: Option<&String>| {
             Ok::<_, String>(weight.and_then(of_kind).map(|t| vec![(t, rows.clone())]))
