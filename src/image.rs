@@ -32,7 +32,6 @@ impl Image {
         Ok(Self { width, height, rgb })
     }
 
-    /// RGBA bytes for a canvas `ImageData`.
     /// The image as a [1, 3, H, W] tensor in [-1, 1], as the VAE encoder takes it.
     pub fn to_tensor(&self, device: &burn::tensor::Device) -> Tensor<4> {
         let values: Vec<f32> = self.rgb.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
@@ -44,6 +43,16 @@ impl Image {
             .reshape([1, 3, self.height, self.width])
     }
 
+    /// The image as an inpainting mask ([`GenerateOptions::mask`](crate::pipeline::GenerateOptions::mask)):
+    /// its red channel per pixel in [0, 1], so white (half or more) regenerates and black keeps.
+    pub fn to_mask(&self) -> Vec<f32> {
+        self.rgb
+            .chunks_exact(3)
+            .map(|p| p[0] as f32 / 255.0)
+            .collect()
+    }
+
+    /// RGBA bytes for a canvas `ImageData`.
     pub fn to_rgba(&self) -> Vec<u8> {
         self.rgb
             .chunks_exact(3)

@@ -183,12 +183,7 @@ pub fn run(args: Args) -> Result<()> {
             .as_deref()
             .map(common::read_png)
             .transpose()?
-            .map(|mask| {
-                mask.rgb
-                    .chunks_exact(3)
-                    .map(|p| p[0] as f32 / 255.0)
-                    .collect()
-            }),
+            .map(|mask| mask.to_mask()),
         initial_latents: args.latents.as_deref().map(read_npy).transpose()?,
         step_noise: args.noise.as_deref().map(read_npy).transpose()?,
         denoising_end: args.denoising_end,

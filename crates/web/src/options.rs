@@ -125,12 +125,7 @@ impl JsOptions {
             initial_latents: self.initial_latents,
             step_noise: self.step_noise,
             init_image: optional_image(&self.init_image)?,
-            mask: optional_image(&self.mask)?.map(|mask| {
-                mask.rgb
-                    .chunks_exact(3)
-                    .map(|p| p[0] as f32 / 255.0)
-                    .collect()
-            }),
+            mask: optional_image(&self.mask)?.map(|mask| mask.to_mask()),
             control_image: optional_image(&self.control_image)?,
             reference_image: optional_image(&self.reference_image)?,
             strength: self.strength.unwrap_or(defaults.strength),
