@@ -377,3 +377,36 @@ fn img2img_and_inpainting_on_sdxl_sd3_and_flux_match_diffusers() {
         }
     }
 }
+
+/// Images are resized as Pillow's `Image.resize(size, Image.LANCZOS)` resizes them, which
+/// diffusers gives a PIL image (tests/fixtures/resize, made by Pillow): to the byte, for a
+/// card with sharp edges (whose lobes overshoot and clamp) and for noise, shrinking,
+/// growing, and along one axis only. A zero size is refused.
+#[test]
+fn images_resize_as_pillow_does() {
+    let cases: serde_json::Value =
+        serde_json::from_slice(&common::read_fixture("resize/cases.json")).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 8);
+    for case in cases {
+        let png = |key: &str| {
+            let name = format!("resize/{}", case[key].as_str().unwrap());
+            Image::from_png(&common::read_fixture(&name)).unwrap()
+        };
+        let (source, expected) = (png("source"), png("resized"));
+        let size = |key: &str| case[key].as_u64().unwrap() as usize;
+        let ours = source.resized(size("width"), size("height")).unwrap();
+        assert_eq!((ours.width, ours.height), (expected.width, expected.height));
+        let off = ours
+            .rgb
+            .iter()
+            .zip(&expected.rgb)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(off, 0, "{case}: {off} bytes differ from Pillow's");
+    }
+    let card = card();
+    assert_eq!(card.resized(64, 64).unwrap(), card);
+    let err = card.resized(0, 10).unwrap_err().to_string();
+    assert!(err.contains("0x10"), "{err}");
+}

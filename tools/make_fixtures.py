@@ -1470,6 +1470,32 @@ def make_flux_lora(fix: Path):
     log(f"flux lora: fused at {scale}; the transformer output moved by up to {changed:.3f}")
 
 
+def make_resize(fix: Path):
+    """`resize/`: Pillow's Lanczos resizing (`Image.resize(size, Image.LANCZOS)`), which
+    diffusers' pipelines give a PIL image (FLUX.1 Kontext's reference image) and
+    `Image::resized` must match to the byte. Two sources, the 50x34 FLUX card (flat
+    quadrants, sharp edges, so the kernel's lobes overshoot and clamp) and 37x29 uniform
+    noise, each resized to sizes that shrink, grow, and change one axis only."""
+    from PIL import Image
+
+    out = fix / "resize"
+    out.mkdir(parents=True, exist_ok=True)
+    log("== resize")
+    card, _ = flux_test_card(50, 34)
+    noise = np.random.default_rng(2901).integers(0, 256, (29, 37, 3), dtype=np.uint8)
+    cases = {"card": (card, [(48, 32), (16, 40), (120, 84), (7, 5)]),
+             "noise": (noise, [(64, 48), (20, 13), (37, 10), (11, 29)])}
+    listed = []
+    for name, (pixels, sizes) in cases.items():
+        source = Image.fromarray(pixels)
+        source.save(out / f"{name}.png")
+        for w, h in sizes:
+            source.resize((w, h), Image.LANCZOS).save(out / f"{name}_{w}x{h}.png")
+            listed.append({"source": f"{name}.png", "width": w, "height": h, "resized": f"{name}_{w}x{h}.png"})
+    write_json(out / "cases.json", {"cases": listed, "pillow": Image.__version__,
+                                    "notes": "resized = Image.open(source).resize((width, height), Image.LANCZOS)"})
+
+
 def make_fp8_table(fix: Path):
     """`fp8.json`: the value of every byte as PyTorch's `float8_e4m3fn` and `float8_e5m2`
     (null for NaN, "inf"/"-inf" for infinities), which the runtime's fp8 decoding is checked
@@ -1803,6 +1829,30 @@ def make_flux_kontext(fix: Path):
                  guidance_scale=guidance, latents=packed.clone(), output_type="np").images
     moved = float((image - torch.from_numpy(np.asarray(plain, dtype=np.float32))).abs().max())
     assert moved > 0.02, moved  # the reference image must change the image
+    # A 50x34 card kept at its size: the pipeline cuts its sides to multiples of 4 (twice the
+    # tiny VAE's downscale) and resizes it to 48x32 with Pillow's Lanczos filter.
+    uneven, _ = flux_test_card(50, 34)
+    kept = pipe(image=Image.fromarray(uneven), prompt=PROMPT, height=side, width=side, max_area=side * side,
+                _auto_resize=False, num_inference_steps=steps, guidance_scale=guidance, latents=packed.clone(),
+                output_type="np").images
+    kept = torch.from_numpy(np.asarray(kept, dtype=np.float32)).contiguous()
+    # The trained size the pipeline picks for images of other sizes (its own choice: resizing
+    # is stopped at the size it asks for).
+    class Picked(Exception):
+        pass
+
+    def stop(_image, height, width, **_):
+        raise Picked(width, height)
+
+    pipe.image_processor.resize = stop
+    trained = []
+    for w, h in [(1000, 700), (640, 480), (480, 640), (512, 512), (1920, 1080), (700, 1600), (100, 3000),
+                 (1024, 1023), (33, 47), (1187, 883)]:
+        try:
+            pipe(image=Image.new("RGB", (w, h)), prompt=PROMPT, height=side, width=side, max_area=side * side,
+                 num_inference_steps=1)
+        except Picked as picked:
+            trained.append([w, h, *picked.args])
     # One transformer call with a reference's tokens beside the latents': a 16x16 sample and
     # 16x24 reference latents, the prediction of the sample's tokens alone.
     g = torch.Generator().manual_seed(7400)
@@ -1815,17 +1865,20 @@ def make_flux_kontext(fix: Path):
                             pooled_projections=ref["pooled_embeds"], timestep=torch.tensor([UNET_TIMESTEP / 1000]),
                             img_ids=torch.cat([ids, reference_ids]), txt_ids=torch.zeros(ref["prompt_embeds"].shape[1], 3),
                             guidance=torch.tensor([guidance])).sample[:, :64]
-    save_file({"image": image, "card": torch.from_numpy(card).contiguous(), "transformer_sample": sample,
+    save_file({"image": image, "card": torch.from_numpy(card).contiguous(), "image_kept": kept,
+               "uneven_card": torch.from_numpy(uneven).contiguous(), "transformer_sample": sample,
                "reference_latents": reference, "transformer_out": pipe._unpack_latents(call, 32, 32, 2).contiguous()},
               str(out / "reference.safetensors"))
     write_json(out / "reference.json", {
         "prompt": PROMPT, "guidance_scale": guidance, "num_inference_steps": steps, "height": side, "width": side,
-        "transformer_timestep": UNET_TIMESTEP,
+        "transformer_timestep": UNET_TIMESTEP, "trained_sizes": trained,
         "notes": "image = FluxKontextPipeline(flux_tiny's parts; image=card (48x32, _auto_resize=False), prompt, "
                  "steps, guidance, flux_tiny's latents packed, 32x32 with max_area 32*32, output_type='np'). "
                  "transformer_out: flux_tiny's transformer on transformer_sample's tokens then reference_latents' "
                  "(positions (1, row, column)), with flux_tiny's prompt_embeds and pooled_embeds, at "
-                 "transformer_timestep / 1000 and guidance_scale: the sample's tokens, unpacked.",
+                 "transformer_timestep / 1000 and guidance_scale: the sample's tokens, unpacked. image_kept: as image "
+                 "with uneven_card (50x34, which the pipeline resizes to 48x32). trained_sizes: [width, height, "
+                 "the width and height the pipeline resizes an image of that size to by default].",
     })
     log(f"  image: mean {float(image.mean()):.3f}; the reference image moved it by up to {moved:.3f}")
 
@@ -2330,6 +2383,7 @@ def parts():
         "flux-kontext": [make_flux_kontext],
         "flow-img2img": [make_flow_img2img],
         "fp8": [make_fp8_table],
+        "resize": [make_resize],
     }
 
 
