@@ -10,10 +10,13 @@ mod common;
 
 use burn::tensor::Tensor;
 use common::{Reference, fixture, read_fixture, relative_diff, test_devices, values};
+use lina_runtime::image::Image;
 use lina_runtime::models::attention_control::CrossAttentionControl;
 use lina_runtime::models::denoiser::ImageCondition;
 use lina_runtime::models::flux::{Flux, FluxConfig};
-use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::pipeline::{
+    CancelToken, GenerateOptions, NoHook, ReferenceSize, StableDiffusion,
+};
 use lina_runtime::schedulers::Timesteps;
 use lina_runtime::source::DirSource;
 use lina_runtime::weights::Weights;
@@ -332,8 +335,8 @@ fn refused(pipe: &StableDiffusion, opts: &GenerateOptions) -> String {
 }
 
 /// The 48x32 card a FLUX image-condition reference was drawn from.
-fn card(reference: &Reference) -> lina_runtime::image::Image {
-    lina_runtime::image::Image {
+fn card(reference: &Reference) -> Image {
+    Image {
         width: 48,
         height: 32,
         rgb: reference.u8("card"),
@@ -533,7 +536,11 @@ fn a_flux_control_lora_widens_flux_to_follow_a_control_image_as_diffusers() {
 /// positions (1, row, column), and only the latents' are predicted. One transformer call
 /// with 16x24 reference latents beside 16x16 latents is diffusers' within 1e-4; the 4-step
 /// square image with the 48x32 card as the reference image is `FluxKontextPipeline`'s within
-/// 1/255. A reference image for a UNet, or one whose sides do not pack, is refused.
+/// 1/255, and so is the one with a 50x34 card kept at its size (which both resize to 48x32
+/// with Pillow's Lanczos filter). By default an image takes the trained size the pipeline
+/// picks for it (its choices for ten sizes in the fixture). A reference image for a UNet,
+/// one with a side shorter than a packed patch, or one kept at a size past the limit, is
+/// refused.
 #[test]
 fn flux_kontext_edits_its_reference_image_as_diffusers() {
     let reference = Reference::open("flux_kontext");
@@ -560,29 +567,57 @@ fn flux_kontext_edits_its_reference_image_as_diffusers() {
         assert!(err < 1e-4, "{name}: Kontext's call off by {err} (relative)");
 
         let pipe = StableDiffusion::load(&DirSource::new(fixture("flux_tiny")), &device).unwrap();
-        let opts = GenerateOptions {
-            guidance_scale: 2.5,
-            reference_image: Some(card.clone()),
-            ..options(4, (32, 32), tiny.f32("latents").1)
+        let uneven = Image {
+            width: 50,
+            height: 34,
+            rgb: reference.u8("uneven_card"),
         };
-        let done =
-            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
-        let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image").1);
-        eprintln!("{name}: FLUX Kontext, worst pixel {worst:.2}/255");
-        assert!(worst <= 1.0, "{name}: {worst}/255 from diffusers");
+        for (image, key) in [(&card, "image"), (&uneven, "image_kept")] {
+            let opts = GenerateOptions {
+                guidance_scale: 2.5,
+                reference_image: Some(image.clone()),
+                reference_size: ReferenceSize::Kept,
+                ..options(4, (32, 32), tiny.f32("latents").1)
+            };
+            let done =
+                pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+            let worst = common::worst_pixel(&done.image.rgb, &reference.f32(key).1);
+            eprintln!(
+                "{name}: FLUX Kontext, {}x{} reference, worst pixel {worst:.2}/255",
+                image.width, image.height
+            );
+            assert!(worst <= 1.0, "{name}: {key} {worst}/255 from diffusers");
+        }
     }
+    let json: serde_json::Value =
+        serde_json::from_slice(&read_fixture("flux_kontext/reference.json")).unwrap();
+    let trained = json["trained_sizes"].as_array().unwrap();
+    assert_eq!(trained.len(), 10);
+    for case in trained {
+        let [w, h, tw, th] = [0, 1, 2, 3].map(|i| case[i].as_u64().unwrap() as usize);
+        // flux_tiny's VAE downscales by 2: its patches are 4 pixels.
+        let ours = ReferenceSize::Trained.target(w, h, 4);
+        assert_eq!(ours, Some((tw, th)), "a {w}x{h} image");
+    }
+
     let cpu = lina_runtime::device::cpu();
     let flux = StableDiffusion::load(&DirSource::new(fixture("flux_tiny")), &cpu).unwrap();
-    let narrow = lina_runtime::image::Image {
-        width: 46,
-        height: 32,
-        rgb: vec![128; 46 * 32 * 3],
-    };
-    let opts = GenerateOptions {
-        reference_image: Some(narrow),
+    let sized = |width: usize, height: usize, size| GenerateOptions {
+        reference_image: Some(Image {
+            width,
+            height,
+            rgb: vec![128; width * height * 3],
+        }),
+        reference_size: size,
         ..options(2, (32, 32), tiny.f32("latents").1)
     };
-    assert!(refused(&flux, &opts).contains("multiple of 4"));
+    let err = refused(&flux, &sized(3, 32, ReferenceSize::Trained));
+    assert!(err.contains("3x32") && err.contains("at least 4"), "{err}");
+    let err = refused(&flux, &sized(2052, 8, ReferenceSize::Kept));
+    assert!(
+        err.contains("2052x8") && err.contains("at most 2048"),
+        "{err}"
+    );
     let sd1 = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &cpu).unwrap();
     let on_unet = GenerateOptions {
         reference_image: Some(card),

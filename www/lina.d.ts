@@ -313,11 +313,17 @@ export interface GenerateOptions {
    */
   controlImage?: ImageInput;
   /**
-   * FLUX.1 Kontext's input image, which the prompt edits: encoded and given to the
-   * transformer beside the latents. Sides must be multiples of 16, taken as they are (Kontext's
-   * pipeline first resizes it to a size it was trained at: that is the caller's to do). FLUX only.
+   * FLUX.1 Kontext's input image, which the prompt edits: resized as `referenceSize` says,
+   * encoded and given to the transformer beside the latents. FLUX only.
    */
   referenceImage?: ImageInput;
+  /**
+   * How `referenceImage` is sized before it is encoded: `"trained"` (the default, as diffusers'
+   * `FluxKontextPipeline` does) takes the size Kontext was trained at nearest its aspect ratio
+   * (a 1000x700 image becomes 1248x832); `"kept"` keeps its own size. Either way its sides are
+   * then cut to multiples of 16, resampled with Pillow's Lanczos filter, as diffusers does.
+   */
+  referenceSize?: "trained" | "kept";
   /**
    * Stop where the schedule is this fraction of the way from noise to image (diffusers'
    * `denoising_end`, in (0, 1)); the result then has `latents` for a refiner to continue.

@@ -66,6 +66,7 @@ const GENERATE_OPTIONS = [
   "mask",
   "controlImage",
   "referenceImage",
+  "referenceSize",
   "denoisingEnd",
   "handoffLatents",
   "denoisingStart",

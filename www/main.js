@@ -134,17 +134,20 @@ function showSkipLayersProblem() {
 
 /**
  * The image picked in `id` as `{ width, height, rgba }`, null when none is: drawn at the model's
- * native size, or, for a reference image, at about the same area with its own aspect and sides
- * that are multiples of 16 (as Kontext's pipeline sizes it).
+ * native size; a reference image at its own size, for the runtime to resize to Kontext's trained
+ * size, or else at about the model's area with its own aspect and sides that are multiples of 16.
  */
 async function pickedImage(id) {
   const file = $(id).files?.[0];
   if (!file) return null;
   const bitmap = await createImageBitmap(file);
   const side = model.nativeSize;
-  const aspect = id === "reference-image" ? bitmap.width / bitmap.height : 1;
+  const reference = id === "reference-image";
+  const aspect = reference ? bitmap.width / bitmap.height : 1;
   const sixteens = (length) => Math.max(16, Math.round(length / 16) * 16);
-  const [width, height] = aspect === 1 ? [side, side] : [sixteens(side * Math.sqrt(aspect)), sixteens(side / Math.sqrt(aspect))];
+  const [width, height] = reference && $("reference-size").value === "trained"
+    ? [bitmap.width, bitmap.height]
+    : aspect === 1 ? [side, side] : [sixteens(side * Math.sqrt(aspect)), sixteens(side / Math.sqrt(aspect))];
   const canvas = document.createElement("canvas");
   canvas.width = width;
   canvas.height = height;
@@ -161,7 +164,9 @@ async function imageOptions() {
   if (initImage) Object.assign(options, { initImage, strength: Number($("strength").value) });
   if (mask) options.mask = mask;
   if (controlImage && !$("control-image-field").hidden) options.controlImage = controlImage;
-  if (referenceImage && !$("reference-image-field").hidden) options.referenceImage = referenceImage;
+  if (referenceImage && !$("reference-image-field").hidden) {
+    Object.assign(options, { referenceImage, referenceSize: $("reference-size").value });
+  }
   return options;
 }
 
@@ -170,6 +175,7 @@ function showImageInputs() {
   const condition = model.imageCondition;
   $("control-image-field").hidden = condition !== "control";
   $("reference-image-field").hidden = !model.takesReferenceImage;
+  $("reference-size-field").hidden = !model.takesReferenceImage;
   if (condition !== "none") $("image-inputs").open = true;
 }
 
@@ -405,8 +411,8 @@ async function reinpaint() {
     const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
     const image = { width: canvas.width, height: canvas.height, rgba: data };
     // The node's region is the mask and the last image the start; a control or reference image still applies.
-    const { controlImage, referenceImage } = await imageOptions();
-    const options = { ...linaOptions(), ...(controlImage && { controlImage }), ...(referenceImage && { referenceImage }) };
+    const { controlImage, referenceImage, referenceSize } = await imageOptions();
+    const options = { ...linaOptions(), ...(controlImage && { controlImage }), ...(referenceImage && { referenceImage, referenceSize }) };
     const result = await model.reinpaint(options, image, $("reinpaint-node").value, Number($("reinpaint-strength").value));
     drawInto("reinpainted-image", result);
     $("reinpainted-image").hidden = false;

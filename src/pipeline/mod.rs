@@ -97,11 +97,12 @@ pub struct GenerateOptions {
     /// edges or depth). Only for those models, which need one.
     pub control_image: Option<Image>,
     /// FLUX.1 Kontext's input image (diffusers' `image` of `FluxKontextPipeline`): the image
-    /// the prompt edits, encoded and given to the transformer as tokens beside the latents'.
-    /// Any size whose sides are multiples of twice the VAE's downscale (16), taken as it is:
-    /// Kontext's pipeline first resizes it to one of the sizes it was trained at, which is the
-    /// caller's to do here. FLUX only.
+    /// the prompt edits, resized as [`reference_size`](Self::reference_size) says, encoded
+    /// and given to the transformer as tokens beside the latents'. FLUX only.
     pub reference_image: Option<Image>,
+    /// How the reference image is sized before it is encoded: by default to the size
+    /// Kontext was trained at nearest its aspect ratio, as diffusers does.
+    pub reference_size: ReferenceSize,
     /// SD 3.5's skip-layer guidance (transformers only; acts only with classifier-free
     /// guidance on, as in diffusers).
     pub skip_layer_guidance: Option<SkipLayerGuidance>,
@@ -177,10 +178,85 @@ impl Default for GenerateOptions {
             init_image: None,
             control_image: None,
             reference_image: None,
+            reference_size: ReferenceSize::Trained,
             strength: 0.8,
             mask: None,
             skip_layer_guidance: None,
         }
+    }
+}
+
+/// How a FLUX.1 Kontext reference image ([`GenerateOptions::reference_image`]) is sized
+/// before it is encoded, as `FluxKontextPipeline` sizes its `image`: either way the sides
+/// are then cut down to multiples of twice the VAE's downscale (16), and where that changes
+/// the size the image is resampled as Pillow's Lanczos filter does
+/// ([`Image::resized`]), so that the latents match diffusers'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReferenceSize {
+    /// The size Kontext was trained at whose aspect ratio is nearest the image's
+    /// (diffusers' default, `_auto_resize=True`): a 1000x700 photo is encoded at 1248x832.
+    #[default]
+    Trained,
+    /// The image's own size (`_auto_resize=False`), for models trained at other sizes.
+    Kept,
+}
+
+/// The sizes FLUX.1 Kontext was trained at (width, height), about a megapixel each, as
+/// diffusers' `FluxKontextPipeline` lists them.
+pub const KONTEXT_SIZES: [(usize, usize); 17] = [
+    (672, 1568),
+    (688, 1504),
+    (720, 1456),
+    (752, 1392),
+    (800, 1328),
+    (832, 1248),
+    (880, 1184),
+    (944, 1104),
+    (1024, 1024),
+    (1104, 944),
+    (1184, 880),
+    (1248, 832),
+    (1328, 800),
+    (1392, 752),
+    (1456, 720),
+    (1504, 688),
+    (1568, 672),
+];
+
+impl ReferenceSize {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "trained" => Ok(Self::Trained),
+            "kept" => Ok(Self::Kept),
+            other => Err(crate::error::Error::InvalidInput(format!(
+                "unknown reference size \"{other}\" (trained or kept)"
+            ))),
+        }
+    }
+
+    /// The size (width, height) an image of `width`x`height` is encoded at, its sides
+    /// multiples of `multiple`; `None` where a side is shorter than `multiple`. As diffusers
+    /// does, the aspect ratio is the image's once its sides are cut to multiples, and a tie
+    /// between trained sizes goes to the narrower.
+    pub fn target(self, width: usize, height: usize, multiple: usize) -> Option<(usize, usize)> {
+        let cut = |side: usize| side / multiple * multiple;
+        let (width, height) = (cut(width), cut(height));
+        if width == 0 || height == 0 {
+            return None;
+        }
+        let (w, h) = match self {
+            Self::Kept => (width, height),
+            Self::Trained => {
+                let aspect = width as f64 / height as f64;
+                let off = |&(w, h): &(usize, usize)| (aspect - w as f64 / h as f64).abs();
+                // The list runs from narrow to wide, so the first of equals is the narrower.
+                *KONTEXT_SIZES
+                    .iter()
+                    .min_by(|a, b| off(a).total_cmp(&off(b)))
+                    .expect("a non-empty list")
+            }
+        };
+        Some((cut(w), cut(h)))
     }
 }
 

@@ -10,7 +10,7 @@ use super::load;
 use super::sampling::{CancelToken, Init, Sampling, StepHook, StepNoise};
 use super::{
     AESTHETIC_SCORE, GenerateOptions, Generated, MAX_PROMPT_CHARS, MAX_SIDE,
-    NEGATIVE_AESTHETIC_SCORE, SkipLayerGuidance, StableDiffusion, T5State, Warning,
+    NEGATIVE_AESTHETIC_SCORE, ReferenceSize, SkipLayerGuidance, StableDiffusion, T5State, Warning,
 };
 use crate::error::{Error, Result};
 use crate::image::Image;
@@ -109,6 +109,13 @@ impl StableDiffusion {
             }
         }
 
+        // The size the reference image is encoded at, checked here; it is resized (if at all)
+        // only once every other input has been.
+        let reference_size = match &opts.reference_image {
+            Some(image) => Some(self.reference_target(image, opts.reference_size)?),
+            None => None,
+        };
+
         // Refuse what the adapter cannot hold before any work, rather than fail mid-run.
         let batch = if self.unconditional_pass(opts) { 2 } else { 1 };
         let limits = crate::device::limits(&self.device);
@@ -120,10 +127,7 @@ impl StableDiffusion {
             batch,
             memory::Encoded {
                 output_size: opts.init_image.is_some() || opts.control_image.is_some(),
-                reference: opts
-                    .reference_image
-                    .as_ref()
-                    .map(|image| (image.width, image.height)),
+                reference: reference_size,
             },
             limits.max_binding_bytes,
         );
@@ -274,10 +278,12 @@ impl StableDiffusion {
             Some(image) => Some(self.encode_image(image, "control", (width, height))?),
             None => inpainting,
         };
-        let reference = match &opts.reference_image {
-            Some(image) => Some(self.encode_reference(image)?),
-            None => None,
-        };
+        let reference = opts
+            .reference_image
+            .as_ref()
+            .zip(reference_size)
+            .map(|(image, size)| self.encode_reference(image, size))
+            .transpose()?;
 
         let noise = match &opts.step_noise {
             None => StepNoise::Seeded(SeededNoise { seed: opts.seed }),
@@ -508,22 +514,41 @@ impl StableDiffusion {
         Ok(encoder.encode_scaled(image.to_tensor(&self.device)))
     }
 
-    /// FLUX.1 Kontext's reference image as latents: FLUX only (a transformer taking the
-    /// latents alone), sides that pack into whole 2x2 patches of latents.
-    fn encode_reference(&self, image: &Image) -> Result<Tensor<4>> {
+    /// The size (width, height) FLUX.1 Kontext's reference image is encoded at: FLUX only
+    /// (a transformer taking the latents alone), sides that pack into whole 2x2 patches of
+    /// latents.
+    fn reference_target(&self, image: &Image, size: ReferenceSize) -> Result<(usize, usize)> {
         if !self.takes_reference_image() {
             return Err(Error::InvalidInput(
                 "a reference image is FLUX.1 Kontext's; this model takes none".into(),
             ));
         }
         let multiple = 2 * self.vae.config().downscale();
-        for (name, side) in [("width", image.width), ("height", image.height)] {
-            if side == 0 || side > MAX_SIDE || side % multiple != 0 {
-                return Err(Error::InvalidInput(format!(
-                    "the reference image's {name} {side} must be a multiple of {multiple} up to {MAX_SIDE} (Kontext's pipeline resizes it to a size it was trained at first)"
-                )));
-            }
+        match size.target(image.width, image.height, multiple) {
+            Some((w, h)) if w <= MAX_SIDE && h <= MAX_SIDE => Ok((w, h)),
+            Some((w, h)) => Err(Error::InvalidInput(format!(
+                "the reference image would be encoded at {w}x{h}; at most {MAX_SIDE} a side is accepted (resize it, or let it take Kontext's trained sizes)"
+            ))),
+            None => Err(Error::InvalidInput(format!(
+                "the reference image is {}x{}; its sides must be at least {multiple}",
+                image.width, image.height
+            ))),
         }
+    }
+
+    /// FLUX.1 Kontext's reference image as latents, resized to `size` where it is not.
+    fn encode_reference(
+        &self,
+        image: &Image,
+        (width, height): (usize, usize),
+    ) -> Result<Tensor<4>> {
+        let resized;
+        let image = if (image.width, image.height) == (width, height) {
+            image
+        } else {
+            resized = image.resized(width, height)?;
+            &resized
+        };
         Ok(self
             .encoder("reference")?
             .encode_scaled(image.to_tensor(&self.device)))

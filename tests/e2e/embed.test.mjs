@@ -526,7 +526,7 @@ test("FLUX (double- and single-stream transformer, T5 as its second text encoder
   await page.close();
 });
 
-test("FLUX.1 Fill (`initImage` and `mask`) and FLUX.1 Canny/Depth (`controlImage`) from files, FLUX.1-dev with a Canny/Depth control LoRA in BFL's names and FLUX.1 Kontext (`referenceImage`) by URL, draw diffusers' images; a control image for a model that takes none is refused", { timeout: SLOW }, async () => {
+test("FLUX.1 Fill (`initImage` and `mask`) and FLUX.1 Canny/Depth (`controlImage`) from files, FLUX.1-dev with a Canny/Depth control LoRA in BFL's names and FLUX.1 Kontext (`referenceImage`, an uneven one kept at its size and resized as Pillow does) by URL, draw diffusers' images; a control image for a model that takes none, an unknown `referenceSize` and one without a reference image are refused", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const out = await page.evaluate(async () => {
     const { LinaModel } = await import("./lina.js");
@@ -551,6 +551,11 @@ test("FLUX.1 Fill (`initImage` and `mask`) and FLUX.1 Canny/Depth (`controlImage
     const controlImage = imageInput(control("card"), 48, 32);
     // BFL's control LoRA for flux_tiny and diffusers' image with it (lora/flux_tiny_control_bfl_reference.safetensors).
     const controlLora = await referenceTensors("/fixtures/lora/flux_tiny_control_bfl_");
+    const kontext = await referenceTensors("/fixtures/flux_kontext/");
+    const kontextOptions = {
+      ...base, width: 32, guidanceScale: 2.5, initialLatents: Array.from((await referenceTensors("/fixtures/flux_tiny/"))("latents")),
+      referenceImage: imageInput(kontext("uneven_card"), 50, 34), referenceSize: "kept",
+    };
     const refusal = (model) =>
       model.generate({ ...base, controlImage }).then(
         () => null,
@@ -567,16 +572,24 @@ test("FLUX.1 Fill (`initImage` and `mask`) and FLUX.1 Canny/Depth (`controlImage
         url: "/fixtures/flux_tiny/",
         loras: [{ url: "/fixtures/lora/flux_tiny_control_bfl.safetensors", scale: controlLora("scale")[0] }],
       }, { ...base, guidanceScale: 10, controlImage: imageInput(controlLora("card"), 48, 32) }, controlLora("image")),
-      kontext: await drawAgainst(LinaModel, { url: "/fixtures/flux_tiny/" }, {
-        ...base, width: 32, guidanceScale: 2.5, initialLatents: Array.from((await referenceTensors("/fixtures/flux_tiny/"))("latents")),
-        referenceImage: imageInput((await referenceTensors("/fixtures/flux_kontext/"))("card"), 48, 32),
-      }, (await referenceTensors("/fixtures/flux_kontext/"))("image")),
+      // A 50x34 card kept at its size: resized to 48x32 with Pillow's Lanczos filter, as diffusers does.
+      kontext: await drawAgainst(LinaModel, { url: "/fixtures/flux_tiny/" }, kontextOptions, kontext("image_kept"), async (model) => {
+        const refused = (options) => model.generate(options).then(() => null, (error) => ({ code: error.code, message: error.message }));
+        return {
+          unknownSize: await refused({ ...kontextOptions, referenceSize: "native" }),
+          sizeWithoutImage: await refused({ ...kontextOptions, referenceImage: undefined }),
+        };
+      }),
     };
   });
   assert.ok(out.fill.worst <= 1, `FLUX Fill: the browser's image is ${out.fill.worst}/255 from diffusers'`);
   assert.ok(out.control.worst <= 1, `FLUX Control: the browser's image is ${out.control.worst}/255 from diffusers'`);
   assert.ok(out.controlLora.worst <= 1, `FLUX control LoRA: the browser's image is ${out.controlLora.worst}/255 from diffusers'`);
   assert.ok(out.kontext.worst <= 1, `FLUX Kontext: the browser's image is ${out.kontext.worst}/255 from diffusers'`);
+  assert.equal(out.kontext.then.unknownSize?.code, "invalid_input", JSON.stringify(out.kontext.then));
+  assert.match(out.kontext.then.unknownSize.message, /unknown reference size "native"/);
+  assert.equal(out.kontext.then.sizeWithoutImage?.code, "invalid_input", JSON.stringify(out.kontext.then));
+  assert.match(out.kontext.then.sizeWithoutImage.message, /referenceSize sizes a referenceImage/);
   assert.equal(out.fill.then?.code, "invalid_input", JSON.stringify(out.fill.then));
   assert.match(out.fill.then.message, /takes none/);
   await page.close();

@@ -5,7 +5,7 @@ use std::path::Path;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lina_runtime::image::Image;
-use lina_runtime::pipeline::{StepHook, StepState};
+use lina_runtime::pipeline::{ReferenceSize, StepHook, StepState};
 use lina_runtime::schedulers::SchedulerKind;
 use lina_runtime::{Error, Result};
 
@@ -26,6 +26,10 @@ impl DeviceArg {
 /// `--scheduler`'s values, parsed by the runtime's own parser.
 pub fn scheduler(value: &str) -> std::result::Result<SchedulerKind, String> {
     SchedulerKind::parse(value).map_err(|e| e.to_string())
+}
+
+pub fn reference_size(value: &str) -> std::result::Result<ReferenceSize, String> {
+    ReferenceSize::parse(value).map_err(|e| e.to_string())
 }
 
 /// A plan from "baseline", "lina", inline JSON, or a JSON file's path.

@@ -7,7 +7,8 @@ use lina::attention::{AttentionRecorder, TokenMaps};
 use lina_runtime::image::Image;
 use lina_runtime::kernels::Kernels;
 use lina_runtime::pipeline::{
-    CancelToken, GenerateOptions, Handoff, SkipLayerGuidance, StableDiffusion, StepHook,
+    CancelToken, GenerateOptions, Handoff, ReferenceSize, SkipLayerGuidance, StableDiffusion,
+    StepHook,
 };
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 use lina_runtime::source::DirSource;
@@ -80,9 +81,14 @@ pub struct Args {
     /// follows, made beforehand as their pipelines take it.
     #[arg(long)]
     control_image: Option<PathBuf>,
-    /// FLUX.1 Kontext: the image (a PNG whose sides are multiples of 16) the prompt edits.
+    /// FLUX.1 Kontext: the image (a PNG) the prompt edits.
     #[arg(long)]
     reference_image: Option<PathBuf>,
+    /// How the reference image is sized before it is encoded: "trained" (the size Kontext was
+    /// trained at nearest its aspect ratio, as diffusers does) or "kept" (its own size); its
+    /// sides are then cut to multiples of 16, resampled as Pillow's Lanczos filter does.
+    #[arg(long, value_parser = common::reference_size, default_value = "trained", requires = "reference_image")]
+    reference_size: ReferenceSize,
     #[arg(long, default_value = "out.png")]
     out: PathBuf,
     /// Also write where the image attended to each word of the prompt, as a PNG strip: the
@@ -176,6 +182,7 @@ pub fn run(args: Args) -> Result<()> {
             .as_deref()
             .map(common::read_png)
             .transpose()?,
+        reference_size: args.reference_size,
         strength: args.strength,
         // White (or any first channel at half or more) regenerates, black keeps.
         mask: args

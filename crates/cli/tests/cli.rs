@@ -72,6 +72,27 @@ fn bad_flags_are_refused_before_any_work() {
             "generate", "--model", MODEL, "--prompt", "x", "--device", "tpu",
         ],
         &bad_plan,
+        // An unknown reference size, and a reference size without a reference image.
+        &[
+            "generate",
+            "--model",
+            MODEL,
+            "--prompt",
+            "x",
+            "--reference-image",
+            "r.png",
+            "--reference-size",
+            "native",
+        ],
+        &[
+            "generate",
+            "--model",
+            MODEL,
+            "--prompt",
+            "x",
+            "--reference-size",
+            "kept",
+        ],
         &[
             "probe-render",
             "--suite",
@@ -764,30 +785,31 @@ fn lina_fit_fits_several_searches_together() {
 
 /// FLUX's image inputs through the CLI: `--control-image` for FLUX.1 Canny and Depth (the tiny
 /// FLUX folder with the control variant's transformer) and `--reference-image` for Kontext
-/// (the tiny FLUX as it is) give diffusers' images within 1/255, from diffusers' latents.
+/// (the tiny FLUX as it is; a 50x34 card with `--reference-size kept`, resized to 48x32 as
+/// diffusers does) give diffusers' images within 1/255, from diffusers' latents.
 #[test]
 fn flux_control_and_reference_images_come_from_files() {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
     let dir = std::env::temp_dir().join(format!("lina-cli-flux-images-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    // The 48x32 card both references were drawn from, as a PNG.
-    let reference = std::fs::read(format!(
-        "{fixtures}/flux_control_tiny/reference.safetensors"
-    ))
-    .unwrap();
-    let card = safetensors::SafeTensors::deserialize(&reference)
-        .unwrap()
-        .tensor("card")
-        .unwrap()
-        .data()
-        .to_vec();
-    let card = lina_runtime::image::Image {
-        width: 48,
-        height: 32,
-        rgb: card,
+    // The cards the references were drawn from, as PNGs.
+    let card_png = |fixture: &str, key: &str, (width, height): (usize, usize)| {
+        let reference =
+            std::fs::read(format!("{fixtures}/{fixture}/reference.safetensors")).unwrap();
+        let rgb = safetensors::SafeTensors::deserialize(&reference)
+            .unwrap()
+            .tensor(key)
+            .unwrap()
+            .data()
+            .to_vec();
+        let card = lina_runtime::image::Image { width, height, rgb };
+        let file = path(&format!("{key}.png"));
+        std::fs::write(&file, card.to_png().unwrap()).unwrap();
+        file
     };
-    std::fs::write(path("card.png"), card.to_png().unwrap()).unwrap();
+    let card = card_png("flux_control_tiny", "card", (48, 32));
+    let uneven = card_png("flux_kontext", "uneven_card", (50, 34));
     let tiny = reference_floats(format!("{fixtures}/flux_tiny/reference.safetensors"));
     write_npy(&path("wide.npy"), &[1, 16, 16, 24], &tiny("latents_wide"));
     write_npy(&path("square.npy"), &[1, 16, 16, 16], &tiny("latents"));
@@ -799,42 +821,45 @@ fn flux_control_and_reference_images_come_from_files() {
         Path::new(&format!("{fixtures}/flux_control_tiny/transformer")),
         &control.join("transformer"),
     );
+    let (wide, square) = (path("wide.npy"), path("square.npy"));
+    let size = |width, height| ["--width", width, "--height", height];
     let cases = [
         (
             control.to_str().unwrap().to_string(),
-            ["--control-image", "10", "48", "32", "wide.npy"],
-            "flux_control_tiny",
+            [
+                &[
+                    "--control-image",
+                    &card,
+                    "--guidance",
+                    "10",
+                    "--latents",
+                    &wide,
+                ][..],
+                &size("48", "32"),
+            ]
+            .concat(),
+            ("flux_control_tiny", "image"),
         ),
         (
             format!("{fixtures}/flux_tiny"),
-            ["--reference-image", "2.5", "32", "32", "square.npy"],
-            "flux_kontext",
+            [
+                &["--reference-image", &uneven, "--reference-size", "kept"][..],
+                &["--guidance", "2.5", "--latents", &square],
+                &size("32", "32"),
+            ]
+            .concat(),
+            ("flux_kontext", "image_kept"),
         ),
     ];
-    for (model, [flag, guidance, width, height, latents], expected) in cases {
-        let image = generate_image(
-            &model,
-            &[
-                "--steps",
-                "4",
-                flag,
-                &path("card.png"),
-                "--guidance",
-                guidance,
-                "--width",
-                width,
-                "--height",
-                height,
-                "--latents",
-                &path(latents),
-            ],
-            &path(&format!("{expected}.png")),
-        );
+    for (model, mut args, (expected, key)) in cases {
+        args.extend(["--steps", "4"]);
+        let image = generate_image(&model, &args, &path(&format!("{expected}.png")));
         let floats = reference_floats(format!("{fixtures}/{expected}/reference.safetensors"));
-        let worst = worst_pixel(&image, &floats("image"));
+        let worst = worst_pixel(&image, &floats(key));
         assert!(
             worst <= 1.0,
-            "{flag}: worst pixel {worst}/255 from diffusers'"
+            "{}: worst pixel {worst}/255 from diffusers'",
+            args[0]
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();

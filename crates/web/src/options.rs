@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
-use lina_runtime::pipeline::{GenerateOptions, SkipLayerGuidance};
+use lina_runtime::pipeline::{GenerateOptions, ReferenceSize, SkipLayerGuidance};
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 
 use crate::convert::image_from_js;
@@ -41,6 +41,8 @@ struct JsOptions {
     /// FLUX.1 Kontext's input image (`GenerateOptions::reference_image`).
     #[serde(with = "serde_wasm_bindgen::preserve")]
     reference_image: JsValue,
+    /// How the reference image is sized (`GenerateOptions::reference_size`): "trained" or "kept".
+    reference_size: Option<String>,
     /// Stop early and hand the latents over (`GenerateOptions::denoising_end`).
     denoising_end: Option<f64>,
     /// Continue handed-over latents (`GenerateOptions::handoff`): both or neither.
@@ -103,6 +105,10 @@ impl JsOptions {
             return Err(invalid("seed must be a whole number between 0 and 2^53-1"));
         }
         let defaults = GenerateOptions::default();
+        let reference_image = optional_image(&self.reference_image)?;
+        if self.reference_size.is_some() && reference_image.is_none() {
+            return Err(invalid("referenceSize sizes a referenceImage: give one"));
+        }
         Ok(GenerateOptions {
             prompt: self.prompt,
             negative_prompt: self.negative_prompt,
@@ -127,7 +133,14 @@ impl JsOptions {
             init_image: optional_image(&self.init_image)?,
             mask: optional_image(&self.mask)?.map(|mask| mask.to_mask()),
             control_image: optional_image(&self.control_image)?,
-            reference_image: optional_image(&self.reference_image)?,
+            reference_image,
+            reference_size: self
+                .reference_size
+                .as_deref()
+                .map(ReferenceSize::parse)
+                .transpose()
+                .map_err(js_err)?
+                .unwrap_or_default(),
             strength: self.strength.unwrap_or(defaults.strength),
             denoising_end: self.denoising_end,
             handoff: match (self.handoff_latents, self.denoising_start) {
