@@ -50,6 +50,9 @@ pub struct Encoded {
     /// A reference image's width and height (FLUX.1 Kontext's), whose tokens also join the
     /// transformer's.
     pub reference: Option<(usize, usize)>,
+    /// T5's places in the text context where they are not the model's default
+    /// (`StableDiffusion::set_max_sequence_length`).
+    pub t5_tokens: Option<usize>,
 }
 
 /// The largest tensor of each stage of one generation at `width` x `height`: the denoiser
@@ -71,8 +74,14 @@ pub fn activations(
         .map_or(0, |(w, h)| (h / factor / 2) * (w / factor / 2));
     let mut needs = vec![match denoiser {
         DenoiserConfig::UNet(unet) => unet_peak(unet, lh, lw, batch),
-        DenoiserConfig::Mmdit(mmdit) => mmdit_peak(mmdit, lh, lw, batch),
-        DenoiserConfig::Flux(flux) => flux_peak(flux, lh, lw, reference_tokens, batch),
+        DenoiserConfig::Mmdit(mmdit) => {
+            let t5 = encoded.t5_tokens.unwrap_or(T5_TOKENS);
+            mmdit_peak(mmdit, lh, lw, t5, batch)
+        }
+        DenoiserConfig::Flux(flux) => {
+            let t5 = encoded.t5_tokens.unwrap_or(crate::models::flux::T5_TOKENS);
+            flux_peak(flux, lh, lw, reference_tokens + t5, batch)
+        }
     }];
 
     // VAE decoder: whole, or in the row bands that fit the binding limit.
@@ -141,10 +150,10 @@ fn unet_peak(unet: &UNetConfig, lh: usize, lw: usize, batch: usize) -> Need {
 }
 
 /// The MMDiT's largest activation it cannot split: the joint attention's input, image
-/// tokens and text tokens (CLIP's 77 and T5's places) side by side. Attention runs in query
-/// chunks, the 4x-wide feed-forward in token chunks.
-fn mmdit_peak(mmdit: &MmditConfig, lh: usize, lw: usize, batch: usize) -> Need {
-    let tokens = mmdit.image_tokens(lh, lw) + 77 + T5_TOKENS;
+/// tokens and text tokens (CLIP's 77 and T5's `t5` places) side by side. Attention runs in
+/// query chunks, the 4x-wide feed-forward in token chunks.
+fn mmdit_peak(mmdit: &MmditConfig, lh: usize, lw: usize, t5: usize, batch: usize) -> Need {
+    let tokens = mmdit.image_tokens(lh, lw) + 77 + t5;
     Need::new(
         "transformer joint attention input",
         vec![batch, tokens, mmdit.inner_dim()],
@@ -152,10 +161,10 @@ fn mmdit_peak(mmdit: &MmditConfig, lh: usize, lw: usize, batch: usize) -> Need {
 }
 
 /// FLUX's largest activation: a single-stream block's projections of every token, image
-/// (with any reference image's) and T5's, to its queries, keys, values and 4x-wide MLP at
-/// once (7 x the width).
-fn flux_peak(flux: &FluxConfig, lh: usize, lw: usize, reference: usize, batch: usize) -> Need {
-    let tokens = flux.image_tokens(lh, lw) + reference + crate::models::flux::T5_TOKENS;
+/// and `others` (any reference image's, T5's), to its queries, keys, values and 4x-wide
+/// MLP at once (7 x the width).
+fn flux_peak(flux: &FluxConfig, lh: usize, lw: usize, others: usize, batch: usize) -> Need {
+    let tokens = flux.image_tokens(lh, lw) + others;
     Need::new(
         "transformer single-stream block projections",
         vec![batch, tokens, 7 * flux.inner_dim()],
@@ -402,7 +411,7 @@ mod tests {
             2,
             Encoded {
                 output_size: true,
-                reference: None,
+                ..Encoded::default()
             },
             u64::MAX,
         );
@@ -502,12 +511,28 @@ mod tests {
             512,
             1,
             Encoded {
-                output_size: false,
                 reference: Some((1024, 768)),
+                ..Encoded::default()
             },
             128 << 20,
         );
         assert_eq!(with_reference[0].shape, [1, 1024 + 3072 + 512, 7 * 3072]);
+        // schnell's model card reads 256 T5 tokens (`set_max_sequence_length`).
+        let shorter = Encoded {
+            reference: Some((1024, 768)),
+            t5_tokens: Some(256),
+            ..Encoded::default()
+        };
+        let with_shorter = activations(
+            DenoiserConfig::Flux(&flux),
+            &vae,
+            512,
+            512,
+            1,
+            shorter,
+            128 << 20,
+        );
+        assert_eq!(with_shorter[0].shape, [1, 1024 + 3072 + 256, 7 * 3072]);
         let encoder = with_reference.last().unwrap();
         assert!(encoder.what.starts_with("VAE encoder"), "{}", encoder.what);
         assert_eq!(encoder.shape[2..], [768, 1024]);

@@ -252,7 +252,9 @@ fn flux_refuses_what_it_cannot_run_and_counts_its_weights() {
 /// FLUX.1-schnell's variant (tests/fixtures/flux_schnell_tiny beside flux_tiny's text
 /// encoders, tokenizers and VAE): no guidance embedding, so the guidance scale changes
 /// nothing; schnell's scheduler (no dynamic shift, shift 1) over sigmas from 1 to 1/n. Its
-/// 4-step image is diffusers'.
+/// 4-step image is diffusers', and with T5's text padded to 256 tokens, as schnell's model
+/// card runs it (`max_sequence_length=256`), so is that one; other lengths, or one for a
+/// UNet, are refused.
 #[test]
 fn flux_schnell_draws_diffusers_image() {
     let mut files = lina_runtime::source::MemorySource::new();
@@ -265,9 +267,10 @@ fn flux_schnell_draws_diffusers_image() {
         files.insert(path, bytes);
     }
     let expected = Reference::open("flux_schnell_tiny").f32("image").1;
+    let expected_256 = Reference::open("flux_schnell_tiny").f32("image_256").1;
     let latents = Reference::open("flux_tiny").f32("latents").1;
     for (name, device) in test_devices() {
-        let pipe = StableDiffusion::load(&files, &device).unwrap();
+        let mut pipe = StableDiffusion::load(&files, &device).unwrap();
         let flux = pipe.denoiser().flux().expect("a FLUX transformer");
         assert!(!flux.config().guidance_embeds);
         let draw = |guidance: f64| {
@@ -286,7 +289,35 @@ fn flux_schnell_draws_diffusers_image() {
             done.image.rgb,
             "{name}: guidance changed schnell's image"
         );
+        assert_eq!(pipe.max_sequence_length(), 512);
+        assert_eq!(pipe.context_length(), 512);
+        pipe.set_max_sequence_length(256).unwrap();
+        assert_eq!(pipe.context_length(), 256);
+        let opts = options(4, (32, 32), latents.clone());
+        let done = pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()));
+        let worst = common::worst_pixel(&done.unwrap().image.rgb, &expected_256);
+        eprintln!("{name}: schnell with 256 T5 tokens, worst pixel {worst:.2}/255");
+        assert!(
+            worst <= 1.0,
+            "{name}: {worst}/255 from diffusers with 256 tokens"
+        );
     }
+    let mut pipe = StableDiffusion::load(&files, &lina_runtime::device::cpu()).unwrap();
+    for tokens in [0, 513] {
+        let err = pipe
+            .set_max_sequence_length(tokens)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("between 1 and 512"), "{err}");
+    }
+    assert_eq!(pipe.max_sequence_length(), 512);
+    let mut sd1 = StableDiffusion::load(
+        &DirSource::new(fixture("sd1_tiny")),
+        &lina_runtime::device::cpu(),
+    )
+    .unwrap();
+    let err = sd1.set_max_sequence_length(77).unwrap_err().to_string();
+    assert!(err.contains("reads no T5"), "{err}");
 }
 
 /// FLUX's true classifier-free guidance (diffusers' `true_cfg_scale`) beside the embedded

@@ -316,12 +316,26 @@ fn joint_attention_takes_the_control() {
 
 /// LINA's plan runs on SD 3 as on a UNet: region-controlled attention over the 333-token
 /// context, prompt-space guidance and the warped flow schedule change the image, and the
-/// baseline plan changes nothing.
+/// baseline plan changes nothing. So again with T5's text cut to 77 tokens
+/// (`set_max_sequence_length`), whose context of 154 the biases then span.
 #[test]
 fn lina_runs_on_the_transformer() {
     let reference = Reference::open("sd3_tiny");
     let device = lina_runtime::device::cpu();
-    let pipe = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &device).unwrap();
+    let mut pipe = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &device).unwrap();
     let opts = options(4, (32, 32), reference.f32("latents").1);
+    common::assert_lina_plans_act(&pipe, &opts, PROMPT, &common::transformer_plans());
+    let draw = |pipe: &StableDiffusion| {
+        pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap()
+    };
+    let default = draw(&pipe);
+    assert_eq!(pipe.context_length(), 77 + 256);
+    pipe.set_max_sequence_length(77).unwrap();
+    assert_eq!(pipe.context_length(), 77 + 77);
+    assert_ne!(
+        draw(&pipe).image.rgb,
+        default.image.rgb,
+        "T5's length changed nothing"
+    );
     common::assert_lina_plans_act(&pipe, &opts, PROMPT, &common::transformer_plans());
 }

@@ -1541,16 +1541,23 @@ def make_flux_schnell(fix: Path):
     image = pipe(PROMPT, num_inference_steps=steps, guidance_scale=0.0, latents=packed, height=side, width=side,
                  output_type="np").images
     log(f"  image: mean {float(image.mean()):.3f}, timesteps {[round(float(t), 2) for t in pipe.scheduler.timesteps]}")
+    # As schnell's model card runs it: T5's text padded to 256 tokens, not FluxPipeline's 512.
+    image_256 = pipe(PROMPT, num_inference_steps=steps, guidance_scale=0.0, latents=packed.clone(), height=side,
+                     width=side, max_sequence_length=256, output_type="np").images
+    moved = float(np.abs(np.asarray(image_256) - np.asarray(image)).max())
+    assert moved > 2 / 255, moved  # the padding takes part in attention, so its length shows
+    log(f"  with 256 T5 tokens the image moved by up to {moved * 255:.1f}/255")
     out.mkdir(parents=True)
     transformer.save_pretrained(str(out / "transformer"), safe_serialization=True)
     scheduler.save_pretrained(str(out / "scheduler"))
-    save_file({"image": torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()},
+    save_file({"image": torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous(),
+               "image_256": torch.from_numpy(np.asarray(image_256, dtype=np.float32)).contiguous()},
               str(out / "reference.safetensors"))
     write_json(out / "reference.json", {
         "prompt": PROMPT, "guidance_scale": 0.0, "num_inference_steps": steps, "height": side, "width": side,
         "notes": "image = FluxPipeline(flux_tiny's text encoders, tokenizers and VAE with this transformer and "
                  "scheduler; prompt, steps, guidance 0, flux_tiny's reference latents packed, 32x32, "
-                 "output_type='np').",
+                 "output_type='np'). image_256: the same with max_sequence_length=256.",
     })
 
 

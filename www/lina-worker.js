@@ -523,6 +523,7 @@ const handlers = {
   timesteps: ({ options }) => model().timesteps(options),
   memoryUsage: () => model().memoryUsage(),
   setLoraScales: ({ scales }) => model().setLoraScales(scales),
+  setMaxSequenceLength: ({ tokens }) => model().setMaxSequenceLength(tokens),
   // For tests of recovery: a lost device, and a trapped wasm instance.
   __loseDeviceForTesting: () => model().__loseDeviceForTesting(),
   __trapForTesting: () => Pipeline.__trapForTesting(),

@@ -509,6 +509,13 @@ export declare class LinaModel {
    * "invalid_input" and changes nothing.
    */
   setLoraScales(scales: number[]): Promise<void>;
+  /**
+   * Sets how many tokens T5's text is padded or cut to for every generation after (diffusers'
+   * `max_sequence_length`): SD 3 and FLUX only, 1 to 512; by default the pipelines' (SD 3's
+   * 256, FLUX's 512). FLUX.1 schnell's model card passes 256. Another length, or a model
+   * without T5's places, rejects with "invalid_input" and changes nothing.
+   */
+  setMaxSequenceLength(tokens: number): Promise<void>;
   /** The model's memory, for leak checks. */
   memoryUsage(): Promise<MemoryUsage>;
   /**

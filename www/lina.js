@@ -292,6 +292,20 @@ export class LinaModel {
   }
 
   /**
+   * Sets how many tokens T5's text is padded or cut to for every generation after (diffusers'
+   * `max_sequence_length`): SD 3 and FLUX only, 1 to 512. By default the pipelines' (SD 3's
+   * 256, FLUX's 512); FLUX.1 schnell's model card passes 256.
+   * @param {number} tokens
+   * @returns {Promise<void>}
+   */
+  async setMaxSequenceLength(tokens) {
+    if (!Number.isInteger(tokens) || tokens < 0 || tokens > 0xffffffff) {
+      throw linaError("invalid_input", "setMaxSequenceLength takes a whole number of tokens");
+    }
+    return this.#request("setMaxSequenceLength", { tokens });
+  }
+
+  /**
    * The model's memory, for leak checks: `{ gpu: { allocations, bytesInUse, bytesReserved },
    * wasmBytes }`.
    * @returns {Promise<types.MemoryUsage>}

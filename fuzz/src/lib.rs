@@ -101,6 +101,7 @@ pub fn config(data: &[u8]) {
                 lina_runtime::memory::Encoded {
                     output_size: true,
                     reference: Some((384, 640)),
+                    t5_tokens: None,
                 },
                 128 << 20,
             );

@@ -166,7 +166,8 @@ impl Denoiser {
         !matches!(self, Self::UNet(_))
     }
 
-    /// The T5 tokens of its text context: SD 3's after CLIP's, FLUX's alone; none for UNets.
+    /// The T5 tokens of its text context by default (diffusers' pipelines' default
+    /// `max_sequence_length`): SD 3's after CLIP's, FLUX's alone; none for UNets.
     pub fn t5_tokens(&self) -> usize {
         match self {
             Self::UNet(_) => 0,

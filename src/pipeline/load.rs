@@ -550,6 +550,7 @@ impl StableDiffusion {
                 added_rows: [Vec::new(), Vec::new()],
             }),
             t5,
+            t5_tokens: denoiser.t5_tokens(),
             denoiser,
             vae,
             vae_encoder,

@@ -335,6 +335,9 @@ pub struct StableDiffusion {
     /// only its config (the browser leaves T5's gigabytes behind unless asked): then zeros
     /// stand in its place, with a warning.
     t5: T5State,
+    /// T5's places in the text context (diffusers' `max_sequence_length`): the pipeline's
+    /// default for the model (SD 3's 256, FLUX's 512) unless set; 0 for UNets.
+    t5_tokens: usize,
     denoiser: Denoiser,
     // Boxed, as the denoiser is: each holds hundreds of tensor handles inline (22 KB), and
     // unoptimised builds give every move of the model a stack slot of its size.
@@ -364,6 +367,9 @@ struct Refiner {
     /// diffusers' `force_zeros_for_empty_prompt`, off in the refiner's index.
     zeros_for_empty_negative: bool,
 }
+
+/// The longest T5 text the pipelines take (diffusers refuses a longer `max_sequence_length`).
+pub const MAX_T5_TOKENS: usize = 512;
 
 /// The aesthetic scores an SDXL refiner is conditioned on: diffusers' defaults for the
 /// conditional and the unconditional rows.
@@ -399,7 +405,32 @@ impl StableDiffusion {
             Denoiser::Flux(_) => 0,
             _ => self.tokenizer.max_length(),
         };
-        clip + self.denoiser.t5_tokens()
+        clip + self.t5_tokens
+    }
+
+    /// T5's places in the text context (diffusers' `max_sequence_length`), 0 for UNets.
+    pub fn max_sequence_length(&self) -> usize {
+        self.t5_tokens
+    }
+
+    /// Sets how many tokens T5's text is padded or cut to (diffusers' `max_sequence_length`,
+    /// which the pipelines take per call): SD 3 and FLUX only, from 1 to 512. FLUX.1
+    /// schnell's model card passes 256 where `FluxPipeline` defaults to 512; padding takes
+    /// part in the attention, so the length changes the image. It holds for every run after,
+    /// and LINA's attention biases and records span the new context.
+    pub fn set_max_sequence_length(&mut self, tokens: usize) -> Result<()> {
+        if self.denoiser.t5_tokens() == 0 {
+            return Err(crate::error::Error::InvalidInput(
+                "max_sequence_length is T5's; this model reads no T5 (SD 3 and FLUX do)".into(),
+            ));
+        }
+        if !(1..=MAX_T5_TOKENS).contains(&tokens) {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "max_sequence_length must be between 1 and {MAX_T5_TOKENS}, got {tokens}"
+            )));
+        }
+        self.t5_tokens = tokens;
+        Ok(())
     }
 
     /// For each place of the text context ([`context_length`](Self::context_length) of

@@ -5,7 +5,6 @@ use burn::tensor::Tensor;
 
 use super::{StableDiffusion, T5State};
 use crate::error::Result;
-use crate::models::{flux, mmdit};
 
 /// A prompt as the denoiser takes it.
 pub struct EncodedPrompt {
@@ -78,12 +77,12 @@ impl StableDiffusion {
         let context = match &self.t5 {
             T5State::Loaded(t5) => {
                 let (tokenizer, encoder) = t5.as_ref();
-                let ids = tokenizer.encode(text, mmdit::T5_TOKENS)?.ids;
+                let ids = tokenizer.encode(text, self.t5_tokens)?.ids;
                 let t5 = encoder.forward(&ids)?;
                 Tensor::cat(vec![pad(clip, [(0, 0), (0, joint - width)]), t5], 1)
             }
             T5State::Absent | T5State::Skipped => {
-                pad(clip, [(0, mmdit::T5_TOKENS), (0, joint - width)])
+                pad(clip, [(0, self.t5_tokens), (0, joint - width)])
             }
         };
         Ok(EncodedPrompt {
@@ -107,11 +106,11 @@ impl StableDiffusion {
         let (context, truncated) = match &self.t5 {
             T5State::Loaded(t5) => {
                 let (tokenizer, encoder) = t5.as_ref();
-                let tokens = tokenizer.encode(text, flux::T5_TOKENS)?;
+                let tokens = tokenizer.encode(text, self.t5_tokens)?;
                 (encoder.forward(&tokens.ids)?, tokens.truncated)
             }
             T5State::Absent | T5State::Skipped => (
-                Tensor::zeros([1, flux::T5_TOKENS, joint], &self.device),
+                Tensor::zeros([1, self.t5_tokens, joint], &self.device),
                 clip.truncated,
             ),
         };

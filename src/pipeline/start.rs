@@ -128,6 +128,7 @@ impl StableDiffusion {
             memory::Encoded {
                 output_size: opts.init_image.is_some() || opts.control_image.is_some(),
                 reference: reference_size,
+                t5_tokens: Some(self.t5_tokens),
             },
             limits.max_binding_bytes,
         );

@@ -526,7 +526,7 @@ test("FLUX (double- and single-stream transformer, T5 as its second text encoder
   await page.close();
 });
 
-test("FLUX.1 Fill (`initImage` and `mask`) and FLUX.1 Canny/Depth (`controlImage`) from files, FLUX.1-dev with a Canny/Depth control LoRA in BFL's names and FLUX.1 Kontext (`referenceImage`, an uneven one kept at its size and resized as Pillow does) by URL, draw diffusers' images; a control image for a model that takes none, an unknown `referenceSize` and one without a reference image are refused", { timeout: SLOW }, async () => {
+test("FLUX.1 Fill (`initImage` and `mask`) and FLUX.1 Canny/Depth (`controlImage`) from files, FLUX.1-dev with a Canny/Depth control LoRA in BFL's names and FLUX.1 Kontext (`referenceImage`, an uneven one kept at its size and resized as Pillow does) by URL, draw diffusers' images; a control image for a model that takes none, an unknown `referenceSize` and one without a reference image are refused; `setMaxSequenceLength` changes the image and refuses 513", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const out = await page.evaluate(async () => {
     const { LinaModel } = await import("./lina.js");
@@ -575,9 +575,16 @@ test("FLUX.1 Fill (`initImage` and `mask`) and FLUX.1 Canny/Depth (`controlImage
       // A 50x34 card kept at its size: resized to 48x32 with Pillow's Lanczos filter, as diffusers does.
       kontext: await drawAgainst(LinaModel, { url: "/fixtures/flux_tiny/" }, kontextOptions, kontext("image_kept"), async (model) => {
         const refused = (options) => model.generate(options).then(() => null, (error) => ({ code: error.code, message: error.message }));
+        const before = await model.generate(kontextOptions);
+        const tooLong = await model.setMaxSequenceLength(513).then(() => null, (error) => error.code);
+        // T5's text padded to 256 tokens, not FLUX's 512: the padding takes part in attention.
+        await model.setMaxSequenceLength(256);
+        const after = await model.generate(kontextOptions);
         return {
           unknownSize: await refused({ ...kontextOptions, referenceSize: "native" }),
           sizeWithoutImage: await refused({ ...kontextOptions, referenceImage: undefined }),
+          tooLong,
+          shorterTextMoves: before.rgba.some((v, i) => v !== after.rgba[i]),
         };
       }),
     };
@@ -590,6 +597,8 @@ test("FLUX.1 Fill (`initImage` and `mask`) and FLUX.1 Canny/Depth (`controlImage
   assert.match(out.kontext.then.unknownSize.message, /unknown reference size "native"/);
   assert.equal(out.kontext.then.sizeWithoutImage?.code, "invalid_input", JSON.stringify(out.kontext.then));
   assert.match(out.kontext.then.sizeWithoutImage.message, /referenceSize sizes a referenceImage/);
+  assert.equal(out.kontext.then.tooLong, "invalid_input", "setMaxSequenceLength(513)");
+  assert.ok(out.kontext.then.shorterTextMoves, "256 T5 tokens drew the same image as 512");
   assert.equal(out.fill.then?.code, "invalid_input", JSON.stringify(out.fill.then));
   assert.match(out.fill.then.message, /takes none/);
   await page.close();

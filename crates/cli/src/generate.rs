@@ -58,6 +58,11 @@ pub struct Args {
     /// Skip this many final text encoder layers.
     #[arg(long, default_value_t = 0)]
     clip_skip: usize,
+    /// SD 3 and FLUX: how many tokens T5's text is padded or cut to (diffusers'
+    /// `max_sequence_length`; 1 to 512). By default the pipelines' (SD 3's 256, FLUX's 512);
+    /// FLUX.1 schnell's model card passes 256.
+    #[arg(long)]
+    max_sequence_length: Option<usize>,
     #[command(flatten)]
     device: DeviceArg,
     /// LINA's plan: baseline, lina, JSON, or a JSON file. A plan other than baseline runs
@@ -239,6 +244,9 @@ pub fn run(args: Args) -> Result<()> {
             };
             let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
             pipe.add_embedding(&trigger, file, &bytes)?;
+        }
+        if let Some(tokens) = args.max_sequence_length {
+            pipe.set_max_sequence_length(tokens)?;
         }
         let loaded = started.elapsed();
         tracing::info!(?loaded, "model loaded");

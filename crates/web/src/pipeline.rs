@@ -175,6 +175,16 @@ impl Pipeline {
         self.inner.set_lora_scales(&scales).map_err(js_err)
     }
 
+    /// Sets how many tokens T5's text is padded or cut to (diffusers' `max_sequence_length`)
+    /// for every run after (`StableDiffusion::set_max_sequence_length`): SD 3 and FLUX, 1 to
+    /// 512; anything else is refused and changes nothing.
+    #[wasm_bindgen(js_name = setMaxSequenceLength)]
+    pub fn set_max_sequence_length(&mut self, tokens: u32) -> Result<(), JsValue> {
+        self.inner
+            .set_max_sequence_length(tokens as usize)
+            .map_err(js_err)
+    }
+
     /// `{ gpu: { allocations, bytesInUse, bytesReserved }, wasmBytes }`: what the GPU
     /// allocator holds and the size of wasm memory, for leak checks (wasm memory never
     /// shrinks, so a leak there only grows it).
