@@ -315,3 +315,56 @@ fn sd_turbo_one_and_four_steps_match_diffusers() {
         }
     }
 }
+
+/// Zero terminal SNR (Lin et al. 2023) on the tiny SD 2.x model (tests/fixtures/sd2_zero_snr:
+/// its own scheduler config with `rescale_betas_zero_snr`): the last timestep is pure noise,
+/// so Euler starts at sigma 4096; with guidance rescale 0.7 and without, the 10-step guided
+/// images are `StableDiffusionPipeline`'s. A rescale outside [0, 1], or on a transformer, is
+/// refused.
+#[test]
+fn zero_terminal_snr_and_guidance_rescale_match_diffusers() {
+    let reference = Reference::file("sd2_zero_snr/reference.safetensors");
+    for (name, device) in test_devices() {
+        let source = common::Overlay::new("sd2_tiny", "sd2_zero_snr", "scheduler/");
+        let pipe = StableDiffusion::load(&source, &device).unwrap();
+        for (rescale, key) in [(0.7, "image"), (0.0, "image_plain")] {
+            let opts = GenerateOptions {
+                prompt: "a red ball on a small mirror".into(),
+                negative_prompt: "blurry".into(),
+                guidance_scale: 7.5,
+                guidance_rescale: rescale,
+                timesteps: Timesteps::Count(10),
+                initial_latents: Some(reference.f32("latents").1),
+                ..GenerateOptions::default()
+            };
+            let sampling = pipe.start(&opts).unwrap();
+            assert_eq!(sampling.timesteps()[0], 999.0);
+            let done =
+                pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+            let worst = common::worst_pixel(&done.image.rgb, &reference.f32(key).1);
+            eprintln!(
+                "{name}: zero terminal SNR, guidance rescale {rescale}: worst pixel {worst:.2}/255"
+            );
+            assert!(
+                worst <= 1.0,
+                "{name}: rescale {rescale}: {worst}/255 from diffusers"
+            );
+        }
+    }
+    let cpu = lina_runtime::device::cpu();
+    let pipe = StableDiffusion::load(&DirSource::new(fixture("sd2_tiny")), &cpu).unwrap();
+    let sd3 = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &cpu).unwrap();
+    for (pipe, rescale, says) in [
+        (&pipe, 1.5, "between 0 and 1"),
+        (&pipe, f64::NAN, "between 0 and 1"),
+        (&sd3, 0.5, "has none"),
+    ] {
+        let opts = GenerateOptions {
+            prompt: "x".into(),
+            guidance_rescale: rescale,
+            ..GenerateOptions::default()
+        };
+        let err = pipe.start(&opts).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+}

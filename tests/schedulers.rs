@@ -92,6 +92,11 @@ fn schedulers_match_diffusers_steps() {
             assert!(err < 1e-4, "{name}: add_noise at step {k}: error {err}");
         }
         let per_step = case["samples_per_step"].as_array().unwrap();
+        // At zero terminal SNR the sigma schedulers' first sample is noise times 4096, whose
+        // own f32 rounding (about 1e-3) carries into every step after at about 2e-5 of its
+        // scale, however the step is computed.
+        let sigma_zero_snr = case["config"]["rescale_betas_zero_snr"] == true && sigma > 1.0;
+        let tolerance = if sigma_zero_snr { 5e-5 } else { 1e-5 };
         let mut noise = Recorded(match case["noise_per_step"].as_array() {
             Some(steps) => steps
                 .iter()
@@ -113,7 +118,7 @@ fn schedulers_match_diffusers_steps() {
             let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
             let err = max_abs_diff(&values(sample.clone()), &expected);
             assert!(
-                err < 1e-5 * scale,
+                err < tolerance * scale,
                 "{name} step {i}: max abs error {err} (scale {scale})"
             );
         }
@@ -123,7 +128,7 @@ fn schedulers_match_diffusers_steps() {
             .collect();
         let err = max_abs_diff(&values(sample), &expected);
         assert!(
-            err < 1e-5 * expected.iter().fold(1f32, |m, v| m.max(v.abs())),
+            err < tolerance * expected.iter().fold(1f32, |m, v| m.max(v.abs())),
             "{name}: final error {err}"
         );
     }

@@ -788,6 +788,43 @@ def make_turbo(fix: Path):
     turbo_references(pipe, turbo, fix / "sd_turbo_tiny", seed=11, steps=(1, 4))
 
 
+def make_zero_snr(fix: Path):
+    """Zero terminal SNR on the tiny SD 2.x model (`sd2_zero_snr/`; Lin et al. 2023): its
+    own scheduler config (Euler, trailing spacing, v-prediction) with `rescale_betas_zero_snr`,
+    and `StableDiffusionPipeline`'s 10-step images at guidance 7.5 with the negative prompt,
+    with `guidance_rescale` 0.7 (`image`) and 0 (`image_plain`), from fixed latents. The
+    rescale moves the guided prediction's spread back to the conditional one's."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    out = fix / "sd2_zero_snr"
+    log("== sd2_zero_snr")
+    pipe = StableDiffusionPipeline.from_pretrained(str(fix / "sd2_tiny"), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    config = {**json.loads((fix / "sd2_tiny" / "scheduler" / "scheduler_config.json").read_text()),
+              "rescale_betas_zero_snr": True}
+    pipe.scheduler = EulerDiscreteScheduler.from_config(config)
+    (out / "scheduler").mkdir(parents=True, exist_ok=True)
+    write_json(out / "scheduler" / "scheduler_config.json", config)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2902))
+    images = {}
+    for key, rescale in (("image", 0.7), ("image_plain", 0.0)):
+        images[key] = pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                           guidance_rescale=rescale, latents=latents.clone(), output_type="np").images
+    moved = float(np.abs(images["image"] - images["image_plain"]).max())
+    assert moved > 2 / 255, moved
+    log(f"  guidance_rescale 0.7 moved the image by up to {moved * 255:.1f}/255; "
+        f"first sigma {float(pipe.scheduler.sigmas[0]):.1f}")
+    save_file({"latents": latents, **{k: torch.from_numpy(np.asarray(v, dtype=np.float32)).contiguous()
+                                      for k, v in images.items()}}, str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
+        "guidance_rescale": 0.7,
+        "notes": "image = StableDiffusionPipeline(sd2_tiny with this scheduler; prompt, negative prompt, steps, "
+                 "guidance, guidance_rescale=0.7, latents, output_type='np'); image_plain: guidance_rescale=0.",
+    })
+
+
 def turbo_references(pipe, scheduler: dict, out_dir: Path, seed: int, steps: tuple, noise_steps: tuple = ()) -> None:
     """A distilled model's recipe: `scheduler` as `out_dir/scheduler/`, and the images of
     fixed latents at each step count, without classifier-free guidance. For each count in
@@ -2198,6 +2235,14 @@ def make_schedulers(fix: Path):
     cases.append(run_sched_case("lcm_4_v_prediction", "lcm", dict(prediction_type="v_prediction"), steps=4))
     # A small timestep_scaling makes the boundary condition's skip term count.
     cases.append(run_sched_case("lcm_4_scaling_0.001", "lcm", dict(timestep_scaling=0.001), steps=4))
+    # Zero terminal SNR (`rescale_betas_zero_snr`, Lin et al. 2023, with the trailing spacing
+    # and v-prediction it is trained with): the betas rescaled so that the last timestep is
+    # pure noise; the sigma schedulers keep its alpha_cumprod at 2^-24 (a first sigma of 4096).
+    for kind in ("ddim", "euler", "euler_a", "dpm++2m"):
+        cases.append(run_sched_case(f"{kind}_zero_snr", kind, dict(rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                                                                    prediction_type="v_prediction")))
+    cases.append(run_sched_case("lcm_4_zero_snr", "lcm", dict(rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                                                              prediction_type="v_prediction"), steps=4))
     # Flow matching (SD 3): the fixed shift of SD 3's configs, none, dynamic shifting from the
     # image's size (exponential and linear), Karras and exponential sigmas, a stretched
     # terminal, inverted sigmas, stochastic sampling, and an explicit list (at shift 1, where
@@ -2370,6 +2415,7 @@ def parts():
         "vae-encoder": [make_vae_encoder],
         "lcm-unet": [make_lcm_unet],
         "turbo": [make_turbo],
+        "zero-snr": [make_zero_snr],
         "inpaint": [make_inpaint],
         "taesd": [make_taesd],
         "img2img": [make_img2img],

@@ -355,6 +355,13 @@ export interface GenerateOptions {
    * requires) and takes `negative + scale * (prompt - negative)`. Refused on other models.
    */
   trueCfgScale?: number;
+  /**
+   * Guidance rescale (diffusers' `guidance_rescale`, 0 to 1, default 0): with classifier-free
+   * guidance, brings each step's guided prediction toward the conditional prediction's
+   * spread, against the overexposure of strong guidance; 0.7 for models trained at zero
+   * terminal SNR. UNet models only.
+   */
+  guidanceRescale?: number;
 }
 
 export interface SkipLayerGuidance {

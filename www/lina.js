@@ -75,6 +75,7 @@ const GENERATE_OPTIONS = [
   "attentionMaps",
   "skipLayerGuidance",
   "trueCfgScale",
+  "guidanceRescale",
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
 const CONTROLS = ["signal"];

@@ -111,6 +111,12 @@ pub struct GenerateOptions {
     /// negative prompt's row too and takes `negative + scale · (prompt − negative)`. FLUX
     /// only; `None` (or at most 1) runs none.
     pub true_cfg_scale: Option<f64>,
+    /// Guidance rescale (diffusers' `guidance_rescale`, Lin et al. 2023), in [0, 1]: with
+    /// classifier-free guidance, each step's guided prediction is brought this far toward
+    /// the conditional prediction's standard deviation, against the overexposure strong
+    /// guidance gives, above all at zero terminal SNR (`rescale_betas_zero_snr`). UNet
+    /// models only (SD 3's and FLUX's pipelines have none); 0 leaves guidance as it is.
+    pub guidance_rescale: f64,
 }
 
 /// Skip-layer guidance, as diffusers' `StableDiffusion3Pipeline` runs it
@@ -175,6 +181,7 @@ impl Default for GenerateOptions {
             denoising_end: None,
             handoff: None,
             true_cfg_scale: None,
+            guidance_rescale: 0.0,
             init_image: None,
             control_image: None,
             reference_image: None,

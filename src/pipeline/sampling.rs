@@ -152,18 +152,46 @@ struct NoiseEstimate {
     output: Tensor<4>,
     /// The classifier-free guidance scale.
     guidance: Option<f64>,
+    /// How far the guided prediction's spread is brought back to the conditional one's
+    /// ([`GenerateOptions::guidance_rescale`](super::GenerateOptions::guidance_rescale)), 0
+    /// for not at all.
+    rescale: f64,
 }
 
 impl NoiseEstimate {
-    /// The guided prediction: `uncond + scale * (cond - uncond)`.
+    /// The guided prediction: `uncond + scale * (cond - uncond)`, rescaled where asked.
     fn guided(self) -> Tensor<4> {
         let Some(scale) = self.guidance else {
             return self.output;
         };
         let [uncond, cond] = <[Tensor<4>; 2]>::try_from(self.output.chunk(2, 0))
             .unwrap_or_else(|_| unreachable!("a guided estimate holds two halves"));
-        uncond.clone() + (cond - uncond).mul_scalar(scale)
+        let guided = uncond.clone() + (cond.clone() - uncond).mul_scalar(scale);
+        match self.rescale > 0.0 {
+            true => rescale_guidance(guided, cond, self.rescale),
+            false => guided,
+        }
     }
+}
+
+/// Guidance rescale (Lin et al. 2023, section 3.4; diffusers' `rescale_noise_cfg`): a strong
+/// guidance scale inflates the prediction's spread, which at zero terminal SNR overexposes
+/// the image; the guided prediction scaled to the conditional one's standard deviation (over
+/// all its values, with n - 1 as torch's `std`) is mixed back in by `amount`.
+fn rescale_guidance(guided: Tensor<4>, cond: Tensor<4>, amount: f64) -> Tensor<4> {
+    let std = |t: Tensor<4>| {
+        let n = t.shape().num_elements();
+        let flat = t.reshape([1, n]);
+        let centred = flat.clone() - flat.mean_dim(1);
+        centred
+            .powi_scalar(2)
+            .sum_dim(1)
+            .div_scalar((n - 1) as f64)
+            .sqrt()
+            .reshape([1, 1, 1, 1])
+    };
+    let rescaled = guided.clone() * (std(cond) / std(guided.clone()));
+    rescaled.mul_scalar(amount) + guided.mul_scalar(1.0 - amount)
 }
 
 /// Shared flag that stops a generation between two steps.
@@ -220,6 +248,8 @@ pub struct Sampling<'p> {
     pub(super) noise: StepNoise,
     pub(super) context: Tensor<3>,
     pub(super) guidance_scale: f64,
+    /// [`GenerateOptions::guidance_rescale`](super::GenerateOptions::guidance_rescale).
+    pub(super) guidance_rescale: f64,
     pub(super) latents: Tensor<4>,
     pub(super) step: usize,
     /// The step the run stops before: the schedule's length, or fewer where it hands its
@@ -355,11 +385,13 @@ impl Sampling<'_> {
     fn scheduler_step(&mut self, estimate: NoiseEstimate, step: usize) -> StepOutput {
         let sample = self.latents.clone();
         match self.scheduler.affine(step) {
+            // The fused kernel combines the halves alone: a rescale needs their spreads.
             Some(affine)
-                if self
-                    .pipe
-                    .kernels
-                    .fused_for(&sample.device(), sample.dtype()) =>
+                if estimate.rescale == 0.0
+                    && self
+                        .pipe
+                        .kernels
+                        .fused_for(&sample.device(), sample.dtype()) =>
             {
                 kernels::guided_step(estimate.output, estimate.guidance, sample, &affine)
             }
@@ -506,6 +538,7 @@ impl Sampling<'_> {
                 NoiseEstimate {
                     output: out,
                     guidance,
+                    rescale: self.guidance_rescale,
                 },
                 record,
             ));
@@ -513,6 +546,7 @@ impl Sampling<'_> {
         let mut pred = NoiseEstimate {
             output: out.clone().narrow(0, 0, base),
             guidance,
+            rescale: self.guidance_rescale,
         }
         .guided();
         // Each region term pulls the guided prediction toward its own, measured from the
@@ -540,6 +574,7 @@ impl Sampling<'_> {
             NoiseEstimate {
                 output: pred,
                 guidance: None,
+                rescale: 0.0,
             },
             record,
         ))

@@ -74,6 +74,18 @@ impl StableDiffusion {
                 opts.guidance_scale
             )));
         }
+        if !(0.0..=1.0).contains(&opts.guidance_rescale) {
+            return Err(Error::InvalidInput(format!(
+                "guidance_rescale must be between 0 and 1, got {}",
+                opts.guidance_rescale
+            )));
+        }
+        if opts.guidance_rescale > 0.0 && self.denoiser.unet().is_none() {
+            return Err(Error::InvalidInput(
+                "guidance_rescale is the UNet pipelines' (SD 1.x, 2.x, SDXL); this model's has none"
+                    .into(),
+            ));
+        }
         if let Some(scale) = opts.true_cfg_scale {
             if self.denoiser.flux().is_none() {
                 return Err(Error::InvalidInput(
@@ -315,6 +327,7 @@ impl StableDiffusion {
             guidance_scale: self
                 .classifier_free_scale(opts)
                 .unwrap_or(opts.guidance_scale),
+            guidance_rescale: opts.guidance_rescale,
             latents,
             step,
             end,

@@ -67,7 +67,7 @@ impl DpmSolver {
             other => return bad(format!("unsupported `final_sigmas_type` {other:?}")),
         };
 
-        let alphas = config.alphas_cumprod()?;
+        let alphas = config.sigma_alphas_cumprod()?;
         // Training sigmas in f32, as diffusers derives them from its f32 alphas.
         let train: Vec<f32> = alphas.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
         let (timesteps, sigmas) = match request {

@@ -34,7 +34,7 @@ impl Euler {
         // sigma(t) = sqrt((1 - abar) / abar), in f32 as diffusers computes it, then linearly
         // interpolated at fractional timesteps.
         let train_sigmas: Vec<f32> = config
-            .alphas_cumprod()?
+            .sigma_alphas_cumprod()?
             .iter()
             .map(|&a| ((1.0 - a) / a).sqrt())
             .collect();

@@ -342,8 +342,10 @@ impl SchedulerConfig {
         }
         c.prediction()?;
         c.spacing()?;
-        if c.thresholding || c.rescale_betas_zero_snr {
-            return bad("thresholding and rescale_betas_zero_snr are not supported yet".into());
+        if c.thresholding {
+            return bad(
+                "thresholding (pixel-space models' dynamic clipping) is not supported".into(),
+            );
         }
         if c.interpolation_type != "linear" {
             return bad(format!(
@@ -398,7 +400,8 @@ impl SchedulerConfig {
     }
 
     /// The cumulative product of (1 - beta) over the training timesteps, in f32 like
-    /// diffusers, so that 10 steps agree with it to 1e-5.
+    /// diffusers (whose cumulative product accumulates in f64), so that 10 steps agree with
+    /// it to 1e-5. With `rescale_betas_zero_snr` the last is 0: pure noise.
     pub fn alphas_cumprod(&self) -> Result<Vec<f32>> {
         let n = self.num_train_timesteps;
         let betas: Vec<f32> = match (&self.trained_betas, self.beta_schedule.as_str()) {
@@ -436,14 +439,24 @@ impl SchedulerConfig {
                 ));
             }
         };
-        let mut acc = 1f32;
-        Ok(betas
-            .iter()
-            .map(|b| {
-                acc *= 1.0 - b;
-                acc
-            })
-            .collect())
+        let betas = match self.rescale_betas_zero_snr {
+            true => zero_terminal_snr(&betas),
+            false => betas,
+        };
+        Ok(cumprod(betas.iter().map(|b| 1.0 - b)))
+    }
+
+    /// [`alphas_cumprod`](Self::alphas_cumprod) for the schedulers that work in sigmas
+    /// (sqrt((1 - abar) / abar)): with zero terminal SNR the last is 2^-24 rather than 0, so
+    /// that the first sigma is 4096, not infinite, as diffusers' Euler and DPM-Solver keep it.
+    pub fn sigma_alphas_cumprod(&self) -> Result<Vec<f32>> {
+        let mut alphas = self.alphas_cumprod()?;
+        if self.rescale_betas_zero_snr
+            && let Some(last) = alphas.last_mut()
+        {
+            *last = (2f32).powi(-24);
+        }
+        Ok(alphas)
     }
 
     /// Timesteps for `count` steps with the config's spacing, descending, exactly as
@@ -555,6 +568,38 @@ pub(super) fn sigma_to_t(sigma: f64, log_train: &[f64]) -> f64 {
     let width = (lo as f32 - hi as f32) as f64;
     let w = ((lo - ls) / width).clamp(0.0, 1.0);
     (1.0 - w) * low as f64 + w * (low + 1) as f64
+}
+
+/// Running products in f64, each rounded to f32, as torch's `cumprod` of f32 values gives them.
+fn cumprod(values: impl Iterator<Item = f32>) -> Vec<f32> {
+    let mut acc = 1f64;
+    values
+        .map(|v| {
+            acc *= v as f64;
+            acc as f32
+        })
+        .collect()
+}
+
+/// Betas rescaled to zero terminal SNR (Lin et al. 2023, "Common Diffusion Noise Schedules
+/// and Sample Steps are Flawed"; diffusers' `rescale_zero_terminal_snr`): sqrt(abar) shifted
+/// so that its last value is 0 and scaled so that its first is kept, then turned back into
+/// betas; in f32, step by step as diffusers computes it. The last beta becomes 1.
+fn zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let mut root: Vec<f32> = cumprod(betas.iter().map(|b| 1.0 - b))
+        .into_iter()
+        .map(f32::sqrt)
+        .collect();
+    let (first, last) = (root[0], root[root.len() - 1]);
+    let scale = first / (first - last);
+    for r in &mut root {
+        *r = (*r - last) * scale;
+    }
+    let abar: Vec<f32> = root.iter().map(|r| r * r).collect();
+    std::iter::once(abar[0])
+        .chain(abar.windows(2).map(|w| w[1] / w[0]))
+        .map(|alpha| 1.0 - alpha)
+        .collect()
 }
 
 /// numpy/torch-style linspace evaluated in f64 and rounded to f32.

@@ -156,6 +156,11 @@ pub struct Args {
     /// also runs the `--negative` prompt, which it then needs.
     #[arg(long)]
     true_cfg: Option<f64>,
+    /// Guidance rescale (diffusers' `guidance_rescale`, 0 to 1): brings the guided
+    /// prediction's spread toward the conditional one's, against the overexposure of strong
+    /// guidance; for models trained at zero terminal SNR, 0.7 is the paper's. UNet models.
+    #[arg(long, default_value_t = 0.0)]
+    guidance_rescale: f64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -215,6 +220,7 @@ pub fn run(args: Args) -> Result<()> {
             )
         }),
         true_cfg_scale: args.true_cfg,
+        guidance_rescale: args.guidance_rescale,
     };
     let (plan, out) = (args.plan, args.out);
     pollster::block_on(async {

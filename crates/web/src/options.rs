@@ -63,6 +63,8 @@ struct JsOptions {
     skip_layer_guidance: Option<serde_json::Value>,
     /// FLUX's classifier-free guidance (`GenerateOptions::true_cfg_scale`).
     true_cfg_scale: Option<f64>,
+    /// Guidance rescale (`GenerateOptions::guidance_rescale`).
+    guidance_rescale: Option<f64>,
 }
 
 /// Skip-layer guidance as the page sends it; what it leaves out takes diffusers' defaults
@@ -160,6 +162,7 @@ impl JsOptions {
                 .map(JsSkipLayers::parse)
                 .transpose()?,
             true_cfg_scale: self.true_cfg_scale,
+            guidance_rescale: self.guidance_rescale.unwrap_or(defaults.guidance_rescale),
         })
     }
 }
