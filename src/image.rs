@@ -166,6 +166,15 @@ impl Image {
                 self.width, self.height
             )));
         }
+        if self.rgb.len() != self.width * self.height * 3 {
+            return Err(Error::InvalidInput(format!(
+                "a {}x{} image holds {} bytes, not {}",
+                self.width,
+                self.height,
+                self.rgb.len(),
+                self.width * self.height * 3
+            )));
+        }
         let mut image = self.clone();
         if width != self.width {
             let taps = Taps::lanczos(self.width, width);

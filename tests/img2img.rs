@@ -381,7 +381,8 @@ fn img2img_and_inpainting_on_sdxl_sd3_and_flux_match_diffusers() {
 /// Images are resized as Pillow's `Image.resize(size, Image.LANCZOS)` resizes them, which
 /// diffusers gives a PIL image (tests/fixtures/resize, made by Pillow): to the byte, for a
 /// card with sharp edges (whose lobes overshoot and clamp) and for noise, shrinking,
-/// growing, and along one axis only. A zero size is refused.
+/// growing, and along one axis only. A zero size, or bytes that do not fill the image, are
+/// refused.
 #[test]
 fn images_resize_as_pillow_does() {
     let cases: serde_json::Value =
@@ -409,4 +410,10 @@ fn images_resize_as_pillow_does() {
     assert_eq!(card.resized(64, 64).unwrap(), card);
     let err = card.resized(0, 10).unwrap_err().to_string();
     assert!(err.contains("0x10"), "{err}");
+    let short = Image {
+        rgb: card.rgb[1..].to_vec(),
+        ..card
+    };
+    let err = short.resized(32, 32).unwrap_err().to_string();
+    assert!(err.contains("not 12288"), "{err}");
 }

@@ -170,12 +170,18 @@ async function imageOptions() {
   return options;
 }
 
-/** Shows the control and reference images' fields where the model takes them, and opens the section where the model needs an image. */
+/**
+ * Shows the control and reference images' fields where the model takes them, and opens the
+ * section where the model needs an image. A loaded model's reference size starts at Kontext's
+ * trained sizes (about a megapixel) only for a model of that size: the small models a page runs
+ * take the reference at about their own size.
+ */
 function showImageInputs() {
   const condition = model.imageCondition;
   $("control-image-field").hidden = condition !== "control";
   $("reference-image-field").hidden = !model.takesReferenceImage;
   $("reference-size-field").hidden = !model.takesReferenceImage;
+  $("reference-size").value = model.nativeSize >= 1024 ? "trained" : "kept";
   if (condition !== "none") $("image-inputs").open = true;
 }
 

@@ -387,6 +387,42 @@ test("SDXL-Turbo at 4 steps, given the noise diffusers' ancestral sampler drew (
   await page.close();
 });
 
+test("a zero-terminal-SNR scheduler config (`rescale_betas_zero_snr`) with `guidanceRescale` 0.7 draws diffusers' image; a rescale above 1 is refused", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const { referenceTensors, drawAgainst } = await import("/helpers/reference.js");
+    // The tiny SD 2.x folder with its scheduler config rescaled to zero terminal SNR.
+    const base = "/fixtures/sd2_tiny/";
+    const zeroSnr = "/fixtures/sd2_zero_snr/";
+    const paths = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+      "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+      "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt"];
+    const files = {};
+    for (const path of paths) files[path] = await (await fetch(base + path)).blob();
+    files["scheduler/scheduler_config.json"] = await (await fetch(zeroSnr + "scheduler/scheduler_config.json")).blob();
+    const tensor = await referenceTensors(zeroSnr);
+    const options = {
+      prompt: "a red ball on a small mirror",
+      negativePrompt: "blurry",
+      steps: 10,
+      guidanceScale: 7.5,
+      guidanceRescale: 0.7,
+      initialLatents: Array.from(tensor("latents")),
+    };
+    const tooMuch = (model) =>
+      model.generate({ ...options, guidanceRescale: 1.5 }).then(
+        () => null,
+        (error) => ({ code: error.code, message: error.message }),
+      );
+    return drawAgainst(LinaModel, { files }, options, tensor("image"), tooMuch);
+  });
+  assert.ok(out.worst <= 1, `the browser's zero-SNR image is ${out.worst}/255 from diffusers'`);
+  assert.equal(out.then?.code, "invalid_input", JSON.stringify(out.then));
+  assert.match(out.then.message, /between 0 and 1/);
+  await page.close();
+});
+
 test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL and as a single file; its img2img (`initImage`, `strength`) and its run on SDXL base's handed-over latents (`denoisingEnd`, `handoffLatents`) draw diffusers' images", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const before = server.requests.length;

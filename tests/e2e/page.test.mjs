@@ -716,6 +716,8 @@ test("Start from an image: a start image and a mask redraw the masked half and k
   await inpainting.getByRole("button", { name: "Load", exact: true }).click();
   assert.match(await waitForStatus(inpainting, /^Ready|rror|not found/), /^Ready/);
   assert.ok(await inpainting.getByLabel("Reference image").isVisible(), "FLUX takes a reference image");
+  // A small FLUX takes its reference at about its own size; Kontext's trained sizes are a megapixel.
+  assert.equal(await inpainting.getByLabel("Reference size").inputValue(), "kept");
   assert.equal(await inpainting.getByLabel("Control image").isVisible(), false);
   await inpainting.locator("#init-image").setInputFiles([]);
   await inpainting.locator("#mask-image").setInputFiles([]);
