@@ -203,6 +203,74 @@ fn tiny_sd1_sd2_sdxl_and_refiner_single_files_draw_their_diffusers_folders_image
     }
 }
 
+/// The schedule markers v-prediction SDXL fine-tunes carry as empty tensors (NoobAI-XL's,
+/// read by ComfyUI): `v_pred` makes the inferred schedule v-prediction, `ztsnr` rescales it
+/// to zero terminal SNR with trailing spacing; neither is uploaded, and a file without them
+/// keeps SDXL's epsilon schedule. The marked file draws what the folder draws with that
+/// scheduler config, and a scheduler config beside the file wins over the markers.
+#[test]
+fn v_pred_and_ztsnr_markers_set_the_inferred_schedule() {
+    let map: Value = serde_json::from_slice(&read_fixture("single_file/sdxl_tiny.json")).unwrap();
+    let mut extras = map["extras"].clone();
+    extras["v_pred"] = serde_json::json!([0]);
+    extras["ztsnr"] = serde_json::json!([0]);
+    let marked = assemble("sdxl_tiny", map["tensors"].as_array().unwrap(), &extras);
+    // The tiny model's own configs (its shapes are not SDXL's defaults), but no scheduler's.
+    let without_scheduler = |checkpoint: Vec<u8>| {
+        let mut source = MemorySource::new();
+        for (path, bytes) in model_files("sdxl_tiny") {
+            let config = path.ends_with(".json") && !path.starts_with("scheduler/");
+            if path.starts_with("tokenizer") || config {
+                source.insert(path, bytes);
+            }
+        }
+        source.insert(CHECKPOINT_FILE, checkpoint);
+        source
+    };
+    let pipe = load(&without_scheduler(marked.clone())).unwrap();
+    // The empty markers stream through a GPU upload too (with LINA_TEST_GPU=1).
+    if let Some(gpu) = common::gpu_device() {
+        let on_gpu = StableDiffusion::load(&without_scheduler(marked.clone()), &gpu).unwrap();
+        assert!(on_gpu.scheduler_config().rescale_betas_zero_snr);
+    }
+    let config = pipe.scheduler_config();
+    assert_eq!(config.prediction_type, "v_prediction");
+    assert!(config.rescale_betas_zero_snr);
+    assert_eq!(config.timestep_spacing, "trailing");
+    let plain = load(&without_scheduler(single_file("sdxl_tiny"))).unwrap();
+    assert_eq!(plain.scheduler_config().prediction_type, "epsilon");
+    assert!(!plain.scheduler_config().rescale_betas_zero_snr);
+
+    let mut source = folder("sdxl_tiny");
+    let scheduler: Value = serde_json::from_slice(
+        &model_files("sdxl_tiny")
+            .into_iter()
+            .find(|(p, _)| p == "scheduler/scheduler_config.json")
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    let mut rescaled = scheduler.clone();
+    rescaled["prediction_type"] = "v_prediction".into();
+    rescaled["rescale_betas_zero_snr"] = true.into();
+    rescaled["timestep_spacing"] = "trailing".into();
+    source.insert(
+        "scheduler/scheduler_config.json",
+        rescaled.to_string().into_bytes(),
+    );
+    same_image(
+        &image(&pipe),
+        &image(&load(&source).unwrap()),
+        "sdxl_tiny, marked",
+    );
+
+    let beside = load(&paired("sdxl_tiny", marked, true)).unwrap();
+    assert_eq!(
+        beside.scheduler_config().prediction_type,
+        scheduler["prediction_type"].as_str().unwrap()
+    );
+}
+
 #[test]
 fn tiny_sd3_single_file_draws_its_diffusers_folders_image_with_and_without_t5() {
     // The tiny transformer's position table holds 48x48 px at most.

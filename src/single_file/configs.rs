@@ -48,9 +48,30 @@ impl Configs {
                 Family::Sd3 | Family::Flux => t5_config(SD3_T5, &t)?,
                 _ => None,
             },
-            scheduler: scheduler_config(family),
+            scheduler: marked_schedule(scheduler_config(family), &t),
         })
     }
+}
+
+/// The schedule markers some fine-tunes carry as empty tensors (NoobAI-XL's v-prediction
+/// files, among others; ComfyUI reads them, diffusers' single-file loader does not): `v_pred`
+/// for v-prediction, `ztsnr` for a schedule rescaled to zero terminal SNR, which is sampled
+/// with trailing spacing so that the first step starts from the pure noise it was trained to
+/// denoise (Lin et al. 2023; our choice where ComfyUI's samplers space sigmas themselves). A
+/// scheduler config beside the file still wins.
+fn marked_schedule(mut config: Value, t: &Table) -> Value {
+    if config["_class_name"] == "FlowMatchEulerDiscreteScheduler" {
+        return config;
+    }
+    let [v_pred, ztsnr] = super::SCHEDULE_MARKERS;
+    if t.has(v_pred) {
+        config["prediction_type"] = json!("v_prediction");
+    }
+    if t.has(ztsnr) {
+        config["rescale_betas_zero_snr"] = json!(true);
+        config["timestep_spacing"] = json!("trailing");
+    }
+    config
 }
 
 /// A checkpoint's shapes, for the config inference.

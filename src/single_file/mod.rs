@@ -297,6 +297,11 @@ pub fn unused(name: &str) -> bool {
         || name.ends_with(".scale_input")
 }
 
+/// ComfyUI's schedule markers, empty tensors some fine-tunes carry: v-prediction and zero
+/// terminal SNR. Unlike [`unused`] names they reach the split, which reads them into the
+/// inferred scheduler config (`configs::marked_schedule`) and drops them.
+pub const SCHEDULE_MARKERS: [&str; 2] = ["v_pred", "ztsnr"];
+
 fn family(file: &str, shapes: &Shapes) -> Result<Family> {
     let has = |prefix: &str| shapes.keys().any(|n| n.starts_with(prefix));
     if has(MMDIT_BLOCKS) {
@@ -358,7 +363,7 @@ fn unknown_layout(file: &str, shapes: &Shapes) -> Error {
     let best = scored[0].2;
     let unexpected = shapes
         .keys()
-        .filter(|n| !fits(n, best) && !unused(n))
+        .filter(|n| !fits(n, best) && !unused(n) && !SCHEDULE_MARKERS.contains(n))
         .take(5)
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>();

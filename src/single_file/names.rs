@@ -9,8 +9,8 @@ use crate::sd3_names;
 use crate::weights::Regroup;
 
 use super::{
-    CLIP, CLIP_XL, Family, MMDIT_BLOCKS, OPEN_CLIP, OPEN_CLIP_REFINER, OPEN_CLIP_XL, SD3_CLIP_G,
-    SD3_CLIP_L, SD3_T5, Shapes, UNET, VAE, unused,
+    CLIP, CLIP_XL, Family, MMDIT_BLOCKS, OPEN_CLIP, OPEN_CLIP_REFINER, OPEN_CLIP_XL,
+    SCHEDULE_MARKERS, SD3_CLIP_G, SD3_CLIP_L, SD3_T5, Shapes, UNET, VAE, unused,
 };
 
 /// Part indices of [`Weights::regroup`](crate::weights::Weights::regroup).
@@ -37,7 +37,7 @@ pub(super) fn routes(
     let mut routes = HashMap::new();
     let mut unexplained = Vec::new();
     for name in shapes.keys() {
-        let route = if unused(name) {
+        let route = if unused(name) || SCHEDULE_MARKERS.contains(name) {
             Some(Regroup::Drop)
         } else if let (Family::Sd3, Some(rest)) = (family, name.strip_prefix(UNET)) {
             mmdit_route(rest, mmdit_blocks)
