@@ -270,15 +270,16 @@ impl Taps {
     }
 
     /// Output position `o`'s three channels, reading input position `i`'s channel `c`
-    /// through `value(i, c)`.
+    /// through `value(i, c)`. Summed in i64 where Pillow sums in 32 bits: the same values
+    /// (its sums stay within 32 bits), with no overflow to guard against.
     fn apply(&self, o: usize, value: impl Fn(usize, usize) -> u8) -> [u8; 3] {
         let first = self.first[o];
         std::array::from_fn(|c| {
             let sum = self.weights[o]
                 .iter()
                 .enumerate()
-                .fold(1i32 << (PRECISION_BITS - 1), |sum, (k, &w)| {
-                    sum + value(first + k, c) as i32 * w
+                .fold(1i64 << (PRECISION_BITS - 1), |sum, (k, &w)| {
+                    sum + value(first + k, c) as i64 * w as i64
                 });
             (sum >> PRECISION_BITS).clamp(0, 255) as u8
         })

@@ -387,7 +387,7 @@ impl Sampling<'_> {
         match self.scheduler.affine(step) {
             // The fused kernel combines the halves alone: a rescale needs their spreads.
             Some(affine)
-                if estimate.rescale == 0.0
+                if (estimate.rescale == 0.0 || estimate.guidance.is_none())
                     && self
                         .pipe
                         .kernels
