@@ -497,7 +497,11 @@ const handlers = {
         const skippableBlocks = pipeline.skippableBlocks() ?? null;
         const imageCondition = pipeline.imageCondition();
         const takesReferenceImage = pipeline.takesReferenceImage();
-        return { deviceInfo: { ...pipeline.deviceInfo(), software }, nativeSize: pipeline.nativeSize(), skippableBlocks, imageCondition, takesReferenceImage, notes };
+        const takesGuidanceRescale = pipeline.takesGuidanceRescale();
+        return {
+          deviceInfo: { ...pipeline.deviceInfo(), software }, nativeSize: pipeline.nativeSize(), skippableBlocks, imageCondition,
+          takesReferenceImage, takesGuidanceRescale, notes,
+        };
       }
     } finally {
       loading = null;

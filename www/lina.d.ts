@@ -139,6 +139,8 @@ export interface LoadResult {
   imageCondition: ImageCondition;
   /** Whether `referenceImage` may be given (FLUX.1 Kontext's input): FLUX models that take the latents alone. */
   takesReferenceImage: boolean;
+  /** Whether `guidanceRescale` may be given: UNet models (SD 3's and FLUX's pipelines have none). */
+  takesGuidanceRescale: boolean;
   /** What the user should know about the loaded model ("not cached for the next visit"). */
   notes: string[];
 }
@@ -460,6 +462,8 @@ export declare class LinaModel {
   imageCondition: ImageCondition | null;
   /** Whether `referenceImage` may be given; null whenever `deviceInfo` is. */
   takesReferenceImage: boolean | null;
+  /** Whether `guidanceRescale` may be given; null whenever `deviceInfo` is. */
+  takesGuidanceRescale: boolean | null;
   /** What the user should know about the loaded model ("not cached for the next visit"). */
   notes: string[];
   /**

@@ -122,6 +122,8 @@ export class LinaModel {
     this.imageCondition = null;
     /** @type {boolean | null} Set by `load`: whether `referenceImage` may be given (FLUX's), or null. */
     this.takesReferenceImage = null;
+    /** @type {boolean | null} Set by `load`: whether `guidanceRescale` may be given (UNet models'), or null. */
+    this.takesGuidanceRescale = null;
     /** @type {string[]} Set by `load`: what the user should know ("not cached for the next visit"). */
     this.notes = [];
     // Started now, so that the wasm module compiles while the caller gets to `load`.
@@ -152,6 +154,7 @@ export class LinaModel {
     this.skippableBlocks = info.skippableBlocks;
     this.imageCondition = info.imageCondition;
     this.takesReferenceImage = info.takesReferenceImage;
+    this.takesGuidanceRescale = info.takesGuidanceRescale;
     this.notes = info.notes;
     return info;
   }
@@ -398,6 +401,7 @@ export class LinaModel {
     this.skippableBlocks = null;
     this.imageCondition = null;
     this.takesReferenceImage = null;
+    this.takesGuidanceRescale = null;
     this.notes = [];
   }
 

@@ -102,6 +102,7 @@ function restoreFromAddress() {
     if (address.has(name)) $(id).value = address.get(name);
   }
   if (address.has("skipLayers")) $("skip-layers").value = address.get("skipLayers");
+  if (address.has("guidanceRescale")) $("guidance-rescale").value = address.get("guidanceRescale");
 }
 
 // Skip-layer guidance (SD 3.5): shown only for models whose blocks it can skip.
@@ -204,6 +205,7 @@ function linkTo(options) {
     if (options[name] !== undefined) params.set(name, options[name]);
   }
   if (options.skipLayerGuidance) params.set("skipLayers", options.skipLayerGuidance.layers.join(","));
+  if (options.guidanceRescale) params.set("guidanceRescale", String(options.guidanceRescale));
   if (options.plan) params.set("lina", JSON.stringify(options.plan));
   if (options.plan && options.csg && options.graphEdited) params.set("csg", JSON.stringify(options.csg));
   return `${location.pathname}#${params}`;
@@ -220,6 +222,8 @@ function baseOptions() {
   if ($("scheduler").value) options.scheduler = $("scheduler").value;
   const layers = skipLayers();
   if (layers) options.skipLayerGuidance = { layers };
+  const rescale = Number($("guidance-rescale").value);
+  if (!$("guidance-rescale-field").hidden && rescale > 0) options.guidanceRescale = rescale;
   return options;
 }
 
@@ -680,6 +684,7 @@ function ready(notes = []) {
   $("skip-layers-field").hidden = blocks == null;
   if (blocks != null) $("skip-layers").placeholder = `blocks 0 to ${blocks - 1}`;
   showSkipLayersProblem();
+  $("guidance-rescale-field").hidden = !model.takesGuidanceRescale;
   showImageInputs();
   const device = model.deviceInfo;
   status([`Ready (${device.adapter}, ${device.precision}).`, ...notes].join(" "));

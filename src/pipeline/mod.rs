@@ -505,6 +505,12 @@ impl StableDiffusion {
         }
     }
 
+    /// Whether a run may set [`GenerateOptions::guidance_rescale`]: UNet models, whose
+    /// pipelines have it in diffusers (SD 3's and FLUX's have none).
+    pub fn takes_guidance_rescale(&self) -> bool {
+        self.denoiser.unet().is_some()
+    }
+
     /// Whether a run may give a reference image to edit (FLUX.1 Kontext's input,
     /// [`GenerateOptions::reference_image`]): FLUX transformers that take the latents alone.
     pub fn takes_reference_image(&self) -> bool {

@@ -80,7 +80,7 @@ impl StableDiffusion {
                 opts.guidance_rescale
             )));
         }
-        if opts.guidance_rescale > 0.0 && self.denoiser.unet().is_none() {
+        if opts.guidance_rescale > 0.0 && !self.takes_guidance_rescale() {
             return Err(Error::InvalidInput(
                 "guidance_rescale is the UNet pipelines' (SD 1.x, 2.x, SDXL); this model's has none"
                     .into(),

@@ -603,16 +603,25 @@ test("a model with sharded weights loads from a URL", { timeout: SLOW * 2 }, asy
   await page.close();
 });
 
-test("an SD 3 model shows the skip-layer field: a block it lacks is refused beside the field, valid blocks draw and go into the link; a UNet model hides it", { timeout: SLOW * 2 }, async () => {
+test("an SD 3 model shows the skip-layer field: a block it lacks is refused beside the field, valid blocks draw and go into the link; a UNet model hides it and shows guidance rescale, which goes into the link and comes back from one", { timeout: SLOW * 2 }, async () => {
   const page = await openPage("");
   await waitForStatus(page, /^Ready|rror/);
   const field = page.getByLabel("Skip layers");
   assert.equal(await field.isVisible(), false, "the default model (a UNet) has no blocks to skip");
+  // A UNet takes guidance rescale; the value goes into the link and a link fills it in.
+  const rescale = page.getByLabel("Guidance rescale");
+  assert.ok(await rescale.isVisible(), "the default model (a UNet) takes guidance rescale");
+  await rescale.fill("0.7");
+  await page.getByLabel("Steps", { exact: true }).fill("2");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+  assert.match(new URL(page.url()).hash, /guidanceRescale=0\.7/);
   await openTab(page, "Model");
   await page.getByLabel("Or from a URL (a folder)").fill(`${base}fixtures/sd3_tiny/`);
   await page.getByRole("button", { name: "Load", exact: true }).click();
   assert.match(await waitForStatus(page, /^Ready|rror|not found/), /^Ready/);
   assert.ok(await field.isVisible(), "the SD 3 model's blocks can be skipped");
+  assert.equal(await rescale.isVisible(), false, "SD 3's pipeline has no guidance rescale");
   // The tiny transformer has blocks 0 to 2.
   await field.fill("1,5");
   assert.match(await page.locator("#skip-layers-error").textContent(), /from 0 to 2/);
@@ -628,9 +637,10 @@ test("an SD 3 model shows the skip-layer field: a block it lacks is refused besi
 
   // A page with the default model (a UNet) again: no field.
   await page.close();
-  const again = await openPage("");
+  const again = await openPage("#guidanceRescale=0.5");
   await waitForStatus(again, /^Ready|rror/);
   assert.equal(await again.getByLabel("Skip layers").isVisible(), false);
+  assert.equal(await again.getByLabel("Guidance rescale").inputValue(), "0.5", "the link filled the rescale in");
   await again.close();
 });
 

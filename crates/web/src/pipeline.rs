@@ -130,6 +130,13 @@ impl Pipeline {
         .into()
     }
 
+    /// Whether `guidanceRescale` may be given: UNet models
+    /// (`StableDiffusion::takes_guidance_rescale`).
+    #[wasm_bindgen(js_name = takesGuidanceRescale)]
+    pub fn takes_guidance_rescale(&self) -> bool {
+        self.inner.takes_guidance_rescale()
+    }
+
     /// Whether `referenceImage` may be given (FLUX.1 Kontext's input): FLUX models that
     /// take the latents alone.
     #[wasm_bindgen(js_name = takesReferenceImage)]
