@@ -175,33 +175,34 @@ impl Image {
                 self.width * self.height * 3
             )));
         }
-        let mut image = self.clone();
-        if width != self.width {
+        // Columns first, then rows, each pass only where its side changes.
+        let columns = (width != self.width).then(|| {
             let taps = Taps::lanczos(self.width, width);
-            let mut rgb = Vec::with_capacity(width * image.height * 3);
-            for row in image.rgb.chunks_exact(self.width * 3) {
+            let mut rgb = Vec::with_capacity(width * self.height * 3);
+            for row in self.rgb.chunks_exact(self.width * 3) {
                 for x in 0..width {
                     rgb.extend(taps.apply(x, |i, c| row[i * 3 + c]));
                 }
             }
-            image = Image {
+            Image {
                 width,
-                height: image.height,
+                height: self.height,
                 rgb,
-            };
-        }
-        if height != self.height {
-            let taps = Taps::lanczos(self.height, height);
-            let stride = width * 3;
-            let mut rgb = Vec::with_capacity(width * height * 3);
-            for y in 0..height {
-                for x in 0..width {
-                    rgb.extend(taps.apply(y, |i, c| image.rgb[i * stride + x * 3 + c]));
-                }
             }
-            image = Image { width, height, rgb };
+        });
+        if height == self.height {
+            return Ok(columns.unwrap_or_else(|| self.clone()));
         }
-        Ok(image)
+        let source = columns.as_ref().unwrap_or(self);
+        let taps = Taps::lanczos(self.height, height);
+        let stride = width * 3;
+        let mut rgb = Vec::with_capacity(width * height * 3);
+        for y in 0..height {
+            for x in 0..width {
+                rgb.extend(taps.apply(y, |i, c| source.rgb[i * stride + x * 3 + c]));
+            }
+        }
+        Ok(Image { width, height, rgb })
     }
 }
 

@@ -48,7 +48,7 @@ impl Configs {
                 Family::Sd3 | Family::Flux => t5_config(SD3_T5, &t)?,
                 _ => None,
             },
-            scheduler: marked_schedule(scheduler_config(family), &t),
+            scheduler: marked_schedule(family, scheduler_config(family), &t),
         })
     }
 }
@@ -59,8 +59,9 @@ impl Configs {
 /// with trailing spacing so that the first step starts from the pure noise it was trained to
 /// denoise (Lin et al. 2023; our choice where ComfyUI's samplers space sigmas themselves). A
 /// scheduler config beside the file still wins.
-fn marked_schedule(mut config: Value, t: &Table) -> Value {
-    if config["_class_name"] == "FlowMatchEulerDiscreteScheduler" {
+fn marked_schedule(family: Family, mut config: Value, t: &Table) -> Value {
+    // Flow-matching models have no betas to mark.
+    if matches!(family, Family::Sd3 | Family::Flux) {
         return config;
     }
     let [v_pred, ztsnr] = super::SCHEDULE_MARKERS;
