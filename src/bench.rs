@@ -59,6 +59,7 @@ impl UnetCall {
             None,
             &none,
             0,
+            None,
         );
         let peak = crate::device::read_f32(out.abs().max(), "the UNet output").await?;
         if peak.iter().all(|v| v.is_finite()) {

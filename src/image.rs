@@ -34,7 +34,16 @@ impl Image {
 
     /// The image as a [1, 3, H, W] tensor in [-1, 1], as the VAE encoder takes it.
     pub fn to_tensor(&self, device: &burn::tensor::Device) -> Tensor<4> {
-        let values: Vec<f32> = self.rgb.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+        self.tensor_of(|v| v as f32 / 127.5 - 1.0, device)
+    }
+
+    /// The image as a [1, 3, H, W] tensor in [0, 1], as a ControlNet takes it.
+    pub fn to_unit_tensor(&self, device: &burn::tensor::Device) -> Tensor<4> {
+        self.tensor_of(|v| v as f32 / 255.0, device)
+    }
+
+    fn tensor_of(&self, value: impl Fn(u8) -> f32, device: &burn::tensor::Device) -> Tensor<4> {
+        let values: Vec<f32> = self.rgb.iter().map(|&v| value(v)).collect();
         let hwc = Tensor::<3>::from_data(
             burn::tensor::TensorData::new(values, [self.height, self.width, 3]),
             device,

@@ -73,7 +73,8 @@ fn a_zero_bias_changes_nothing_and_the_record_is_a_distribution() {
             bias: Some(Tensor::zeros([tokens, size, size], &device)),
             record: true,
         };
-        let (controlled, record) = unet.forward_controlled(x, 500.0, &context, None, &control, 0);
+        let (controlled, record) =
+            unet.forward_controlled(x, 500.0, &context, None, &control, 0, None);
         let diff = max_abs_diff(&values(plain), &values(controlled));
         assert!(
             diff < 1e-4,
@@ -111,7 +112,7 @@ fn a_bias_in_the_fused_kernel_equals_the_explicit_scores() {
                 record,
             };
             values(
-                unet.forward_controlled(x.clone(), 500.0, &context, None, &control, 0)
+                unet.forward_controlled(x.clone(), 500.0, &context, None, &control, 0, None)
                     .0,
             )
         };

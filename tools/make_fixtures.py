@@ -2114,6 +2114,122 @@ def make_inpaint(fix: Path):
     log(f"inpaint: image mean {float(image.mean()):.3f}")
 
 
+def controlnet_card():
+    """A control image as ControlNet's Canny models take one: white edges on black (a circle
+    and a horizon line crossing the VAE's cells), 64x64, as a uint8 array."""
+    card = np.zeros((64, 64, 3), dtype=np.uint8)
+    ys, xs = np.mgrid[:64, :64]
+    ring = np.abs(np.hypot(ys - 24.5, xs - 30.5) - 14) < 1.5
+    card[ring | (np.abs(ys - 46) < 1)] = 255
+    return card
+
+
+def make_controlnet(fix: Path):
+    """A ControlNet for the tiny SD 1.x model (`controlnet_tiny/`, laid out as a hub ControlNet
+    repo: config.json and weights at its root): `ControlNetModel.from_unet` of sd1_tiny's UNet
+    (its down and mid blocks copied), with a conditioning embedding of four levels (the VAE's
+    8x) and every layer re-initialised, the zero convolutions included (trained ones are not
+    zero). Reference: `StableDiffusionControlNetPipeline`'s 10-step images with the Canny-like
+    card, guidance 7.5 and the negative prompt, from fixed latents: at conditioning scale 1
+    over the whole schedule (`image`), at 0.6 from 20% to 80% of the steps (`image_window`),
+    and the same pipeline without a control image's effect (scale 0, `image_unguided`) to
+    show the ControlNet moves the image."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    out = fix / "controlnet_tiny"
+    if out.exists():
+        shutil.rmtree(out)
+    log("== controlnet_tiny")
+    base = sd_pipeline(fix / "sd1_tiny")
+    torch.manual_seed(2600)
+    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(16, 16, 32, 32)).eval()
+    reinit_(controlnet, 2601, out_gain={n: 0.5 for n, _ in controlnet.named_modules() if n.startswith("controlnet_")})
+    pipe = StableDiffusionControlNetPipeline(**{k: v for k, v in base.components.items()
+                                                if k not in ("image_encoder",)}, controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    card = controlnet_card()
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2602))
+    cases = {"image": (1.0, 0.0, 1.0), "image_window": (0.6, 0.2, 0.8), "image_unguided": (0.0, 0.0, 1.0)}
+    images = {}
+    for key, (scale, start, end) in cases.items():
+        image = pipe(PROMPT, image=Image.fromarray(card), negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS,
+                     guidance_scale=GUIDANCE, latents=latents.clone(), height=64, width=64, output_type="np",
+                     controlnet_conditioning_scale=scale, control_guidance_start=start,
+                     control_guidance_end=end).images
+        images[key] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    for key in ("image", "image_window"):
+        moved = float((images[key] - images["image_unguided"]).abs().max())
+        assert moved > 4 / 255, (key, moved)
+        log(f"  {key}: the ControlNet moved the image by up to {moved * 255:.1f}/255")
+    controlnet.save_pretrained(str(out), safe_serialization=True)
+    save_file({"latents": latents, "card": torch.from_numpy(card).contiguous(), **images},
+              str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
+        "height": 64, "width": 64,
+        "cases": {k: {"controlnet_conditioning_scale": s, "control_guidance_start": a, "control_guidance_end": b}
+                  for k, (s, a, b) in cases.items()},
+        "notes": "image* = StableDiffusionControlNetPipeline(sd1_tiny's parts, this controlnet; prompt, image=card, "
+                 "negative prompt, steps, guidance, latents, 64x64, output_type='np', and each case's "
+                 "controlnet_conditioning_scale, control_guidance_start and control_guidance_end).",
+    })
+
+
+def make_controlnet_sdxl(fix: Path):
+    """A ControlNet for the tiny SDXL model (`controlnet_sdxl_tiny/`): `ControlNetModel.from_unet`
+    of sdxl_tiny's UNet, so it also reads SDXL's pooled text and size input, re-initialised
+    as `controlnet_tiny` is. Reference: `StableDiffusionXLControlNetPipeline`'s 10-step image
+    with the same card at conditioning scale 0.8, guidance 7.5 and the negative prompt, from
+    fixed latents (`image`), and at scale 0 (`image_unguided`)."""
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    out = fix / "controlnet_sdxl_tiny"
+    if out.exists():
+        shutil.rmtree(out)
+    log("== controlnet_sdxl_tiny")
+    base = StableDiffusionXLPipeline.from_pretrained(str(fix / "sdxl_tiny"), torch_dtype=torch.float32)
+    torch.manual_seed(2610)
+    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(16, 16, 32, 32)).eval()
+    reinit_(controlnet, 2611, out_gain={n: 0.5 for n, _ in controlnet.named_modules() if n.startswith("controlnet_")})
+    keep = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
+    pipe = StableDiffusionXLControlNetPipeline(**{k: v for k, v in base.components.items() if k in keep},
+                                               controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    card = controlnet_card()
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2612))
+    images = {}
+    for key, scale in (("image", 0.8), ("image_unguided", 0.0)):
+        image = pipe(PROMPT, image=Image.fromarray(card), negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS,
+                     guidance_scale=GUIDANCE, latents=latents.clone(), height=64, width=64, output_type="np",
+                     controlnet_conditioning_scale=scale).images
+        images[key] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    moved = float((images["image"] - images["image_unguided"]).abs().max())
+    assert moved > 4 / 255, moved
+    log(f"  the SDXL ControlNet moved the image by up to {moved * 255:.1f}/255")
+    controlnet.save_pretrained(str(out), safe_serialization=True)
+    save_file({"latents": latents, "card": torch.from_numpy(card).contiguous(), **images},
+              str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
+        "height": 64, "width": 64, "controlnet_conditioning_scale": 0.8,
+        "notes": "image = StableDiffusionXLControlNetPipeline(sdxl_tiny's parts, this controlnet; prompt, image=card, "
+                 "negative prompt, steps, guidance, latents, 64x64, output_type='np', "
+                 "controlnet_conditioning_scale=0.8); image_unguided: scale 0.",
+    })
+
+
+def sd_pipeline(folder: Path):
+    """A tiny SD folder as a `StableDiffusionPipeline` in f32, with no safety checker."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
+
+
 def make_taesd(fix: Path):
     """A tiny AutoencoderTiny (TAESD's architecture, 16 channels, fewer blocks) with random
     weights: one encode and one decode."""
@@ -2417,6 +2533,7 @@ def parts():
         "turbo": [make_turbo],
         "zero-snr": [make_zero_snr],
         "inpaint": [make_inpaint],
+        "controlnet": [make_controlnet, make_controlnet_sdxl],
         "taesd": [make_taesd],
         "img2img": [make_img2img],
         "sdxl": [make_sdxl],

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use super::attention_control::{AttentionRecord, CrossAttentionControl};
 use super::flux::{self, Flux, FluxConfig};
 use super::mmdit::{self, Mmdit, MmditConfig};
-use super::unet::{UNet, UNetConfig};
+use super::unet::{ControlResiduals, UNet, UNetConfig};
 
 /// Boxed: a loaded UNet's struct is far larger than a transformer's.
 pub enum Denoiser {
@@ -222,9 +222,9 @@ impl Denoiser {
     /// One call on latents `x` at `timestep`, attending to `context`, with `added` the
     /// per-row conditioning beside the timestep (LCM's guidance embedding, SDXL's pooled text
     /// and size, the MMDiT's pooled text, FLUX's pooled text and guidance) and, for FLUX,
-    /// a `reference` image's latents [1, C, h', w'] (Kontext's) whose tokens join the latents';
-    /// under `control`, which acts on batch row `row`. The start of a run gives a reference
-    /// only to FLUX.
+    /// a `reference` image's latents [1, C, h', w'] (Kontext's) whose tokens join the latents',
+    /// and, for a UNet, a ControlNet's `residuals`; under `control`, which acts on batch row
+    /// `row`. The start of a run gives a reference only to FLUX, residuals only to a UNet.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_controlled(
         &self,
@@ -235,9 +235,12 @@ impl Denoiser {
         reference: Option<&Tensor<4>>,
         control: &CrossAttentionControl,
         row: usize,
+        residuals: Option<&ControlResiduals>,
     ) -> (Tensor<4>, Option<AttentionRecord>) {
         match self {
-            Self::UNet(u) => u.forward_controlled(x, timestep, context, added, control, row),
+            Self::UNet(u) => {
+                u.forward_controlled(x, timestep, context, added, control, row, residuals)
+            }
             Self::Mmdit(m) => {
                 let pooled = added.expect("the pipeline gives the MMDiT its pooled text");
                 m.forward_controlled(x, timestep, context, pooled, control, row)

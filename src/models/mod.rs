@@ -3,6 +3,7 @@
 pub mod attention_control;
 pub mod clip;
 pub mod config;
+pub mod controlnet;
 pub mod denoiser;
 mod dit;
 pub mod flux;

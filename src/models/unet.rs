@@ -32,6 +32,8 @@ pub struct UNetConfig {
     pub down_block_types: Vec<String>,
     #[serde(default = "d_mid")]
     pub mid_block_type: Option<String>,
+    /// Required of a UNet; a ControlNet (the down half alone) has none.
+    #[serde(default)]
     pub up_block_types: Vec<String>,
     pub block_out_channels: Vec<usize>,
     #[serde(default = "d_layers")]
@@ -160,53 +162,76 @@ impl UNetConfig {
         Ok(c)
     }
 
-    fn unsupported(field: &str, value: impl std::fmt::Debug) -> Error {
-        Error::config(CONFIG_FILE, format!("unsupported `{field}`: {value:?}"))
+    fn unsupported(file: &str, field: &str, value: impl std::fmt::Debug) -> Error {
+        Error::config(file, format!("unsupported `{field}`: {value:?}"))
     }
 
     fn validate(&self) -> Result<()> {
         let f = CONFIG_FILE;
-        let n = self.block_out_channels.len();
-        check_channels(f, &self.block_out_channels, self.norm_num_groups)?;
-        check_size(f, "in_channels", self.in_channels, 64)?;
+        self.validate_down_half(f)?;
         check_size(f, "out_channels", self.out_channels, 64)?;
-        check_size(f, "cross_attention_dim", self.cross_attention_dim, 1 << 14)?;
-        if self.down_block_types.len() != n || self.up_block_types.len() != n {
+        if self.up_block_types.len() != self.block_out_channels.len() {
             return Err(Error::config(
                 f,
                 "down_block_types, up_block_types and block_out_channels differ in length",
             ));
         }
-        for t in &self.down_block_types {
-            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D") {
-                return Err(Self::unsupported("down_block_types", t));
-            }
-        }
         for t in &self.up_block_types {
             if !matches!(t.as_str(), "CrossAttnUpBlock2D" | "UpBlock2D") {
-                return Err(Self::unsupported("up_block_types", t));
+                return Err(Self::unsupported(f, "up_block_types", t));
+            }
+        }
+        if self.conv_out_kernel != 3 {
+            return Err(Self::unsupported(
+                f,
+                "conv_out_kernel",
+                self.conv_out_kernel,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks what the down half (time embedding, input convolution, down and mid blocks)
+    /// reads: all of a ControlNet's trunk; `file` is the config's name in errors.
+    pub(crate) fn validate_down_half(&self, f: &str) -> Result<()> {
+        let n = self.block_out_channels.len();
+        check_channels(f, &self.block_out_channels, self.norm_num_groups)?;
+        check_size(f, "in_channels", self.in_channels, 64)?;
+        check_size(f, "cross_attention_dim", self.cross_attention_dim, 1 << 14)?;
+        if self.down_block_types.len() != n {
+            return Err(Error::config(
+                f,
+                "down_block_types and block_out_channels differ in length",
+            ));
+        }
+        for t in &self.down_block_types {
+            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D") {
+                return Err(Self::unsupported(f, "down_block_types", t));
             }
         }
         if self.mid_block_type.as_deref() != Some("UNetMidBlock2DCrossAttn") {
-            return Err(Self::unsupported("mid_block_type", &self.mid_block_type));
+            return Err(Self::unsupported(f, "mid_block_type", &self.mid_block_type));
         }
         if self.act_fn != "silu" {
-            return Err(Self::unsupported("act_fn", &self.act_fn));
+            return Err(Self::unsupported(f, "act_fn", &self.act_fn));
         }
         if self.resnet_time_scale_shift != "default" {
             return Err(Self::unsupported(
+                f,
                 "resnet_time_scale_shift",
                 &self.resnet_time_scale_shift,
             ));
         }
         if self.time_embedding_type != "positional" {
             return Err(Self::unsupported(
+                f,
                 "time_embedding_type",
                 &self.time_embedding_type,
             ));
         }
         if self.class_embed_type.is_some() {
             return Err(Self::unsupported(
+                f,
                 "class_embed_type",
                 &self.class_embed_type,
             ));
@@ -228,6 +253,7 @@ impl UNetConfig {
                 }
                 if self.time_cond_proj_dim.is_some() {
                     return Err(Self::unsupported(
+                        f,
                         "time_cond_proj_dim with addition_embed_type",
                         true,
                     ));
@@ -241,30 +267,29 @@ impl UNetConfig {
             }
             (Some(_), _) => {
                 return Err(Self::unsupported(
+                    f,
                     "addition_embed_type",
                     &self.addition_embed_type,
                 ));
             }
         }
         if let Some(dim) = self.time_cond_proj_dim {
-            check_size(CONFIG_FILE, "time_cond_proj_dim", dim, 4096)?;
+            check_size(f, "time_cond_proj_dim", dim, 4096)?;
         }
-        if self.conv_in_kernel != 3 || self.conv_out_kernel != 3 {
-            return Err(Self::unsupported(
-                "conv_in_kernel/conv_out_kernel",
-                (self.conv_in_kernel, self.conv_out_kernel),
-            ));
+        if self.conv_in_kernel != 3 {
+            return Err(Self::unsupported(f, "conv_in_kernel", self.conv_in_kernel));
         }
         if self.center_input_sample || self.mid_block_scale_factor != 1.0 {
             return Err(Self::unsupported(
+                f,
                 "center_input_sample/mid_block_scale_factor",
                 (self.center_input_sample, self.mid_block_scale_factor),
             ));
         }
         if self.only_cross_attention.any() {
-            return Err(Self::unsupported("only_cross_attention", true));
+            return Err(Self::unsupported(f, "only_cross_attention", true));
         }
-        for level in self.levels()? {
+        for level in self.levels(f)? {
             check_size(f, "layers_per_block", level.layers, 64)?;
             check_size(f, "attention heads", level.heads, 1024)?;
             check_size(
@@ -297,9 +322,8 @@ impl UNetConfig {
     ///
     /// Diffusers reads `attention_head_dim` as the number of heads when `num_attention_heads`
     /// is absent (a historical misnomer that every SD 1.x/2.x config relies on).
-    fn levels(&self) -> Result<Vec<Level>> {
+    fn levels(&self, f: &str) -> Result<Vec<Level>> {
         let n = self.block_out_channels.len();
-        let f = CONFIG_FILE;
         let heads = match &self.num_attention_heads {
             Some(h) => h.expand(n, "num_attention_heads", f)?,
             None => self.attention_head_dim.expand(n, "attention_head_dim", f)?,
@@ -318,6 +342,13 @@ impl UNetConfig {
             })
             .collect())
     }
+}
+
+/// What a ControlNet (`super::controlnet`) adds to the UNet: one tensor per skip connection
+/// (in the order the down half makes them) and one to the mid block's output.
+pub struct ControlResiduals {
+    pub down: Vec<Tensor<4>>,
+    pub mid: Tensor<4>,
 }
 
 /// A ResNet block optionally followed by a Transformer2D: the unit of every UNet block.
@@ -359,68 +390,145 @@ struct MidBlock {
     second: ResnetBlock,
 }
 
-pub struct UNet {
-    config: UNetConfig,
+/// Loads the ResNet and transformer blocks of a UNet-shaped network (a UNet, a ControlNet),
+/// gathering every ResNet block's time projection as it goes: they become one matmul, each
+/// block reading its own columns of the result.
+pub(crate) struct BlockLoader<'c, 'w> {
+    config: &'c UNetConfig,
+    levels: Vec<Level>,
+    time_parts: RefCell<Vec<(Scope<'w>, usize)>>,
+}
+
+impl<'c, 'w> BlockLoader<'c, 'w> {
+    pub(crate) fn new(config: &'c UNetConfig) -> Result<Self> {
+        Ok(Self {
+            levels: config.levels(CONFIG_FILE)?,
+            config,
+            time_parts: RefCell::new(Vec::new()),
+        })
+    }
+
+    fn resnet(&self, w: &Scope<'w>, c_in: usize, c_out: usize) -> Result<ResnetBlock> {
+        let mut parts = self.time_parts.borrow_mut();
+        let first = parts.iter().map(|(_, width)| width).sum();
+        parts.push((w.at("time_emb_proj"), c_out));
+        ResnetBlock::load(
+            w,
+            &ResnetSpec {
+                c_in,
+                c_out,
+                time_first: Some(first),
+                groups: self.config.norm_num_groups,
+                eps: self.config.norm_eps,
+            },
+        )
+    }
+
+    fn transformer(&self, w: &Scope, level: &Level) -> Result<Transformer2D> {
+        Transformer2D::load(
+            w,
+            &TransformerSpec {
+                channels: level.channels,
+                heads: level.heads,
+                layers: level.transformer_layers,
+                context_dim: self.config.cross_attention_dim,
+                groups: self.config.norm_num_groups,
+                linear_projection: self.config.use_linear_projection,
+            },
+        )
+    }
+
+    /// The time projections of every ResNet block loaded so far, side by side.
+    pub(crate) fn time_projection(self) -> Result<Linear> {
+        let temb_dim = self.config.block_out_channels[0] * 4;
+        Linear::load_side_by_side(&self.time_parts.into_inner(), temb_dim, false)
+    }
+}
+
+/// The time embedding: sinusoids of the timestep through two linear layers, plus what some
+/// networks add to it (LCM's embedded guidance scale, SDXL's pooled text and size), ending
+/// in the SiLU every ResNet block applies before its own projection.
+pub(crate) struct TimeEmbedding {
     /// LCM-distilled UNets: the embedded guidance scale, added to the timestep features.
-    time_cond_proj: Option<Linear>,
+    cond_proj: Option<Linear>,
     /// SDXL: the embedding of the pooled text and size/crop input (`add_embedding`), added to
     /// the time embedding.
     add_embedding: Option<(Linear, Linear)>,
-    time_linear_1: Linear,
-    time_linear_2: Linear,
-    /// Every ResNet block's time projection, side by side (their biases are in the blocks'
-    /// conv1 biases).
-    time_proj: Linear,
-    conv_in: Conv2d,
-    down: Vec<DownBlock>,
-    mid: MidBlock,
-    up: Vec<UpBlock>,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
+    linear_1: Linear,
+    linear_2: Linear,
+    /// The sinusoids' width and phase, as the config sets them.
+    features: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
     device: Device,
 }
 
-impl UNet {
-    pub fn load<'w>(config: UNetConfig, weights: &'w Weights) -> Result<Self> {
-        let w = weights.root();
-        let levels = config.levels()?;
-        let ch = &config.block_out_channels;
-        let c0 = ch[0];
+impl TimeEmbedding {
+    pub(crate) fn load(w: &Scope, config: &UNetConfig, device: &Device) -> Result<Self> {
+        let c0 = config.block_out_channels[0];
         let temb_dim = c0 * 4;
-        let groups = config.norm_num_groups;
-        let eps = config.norm_eps;
-        // Every block's time projection, in load order: they become one matmul, each block
-        // reading its own columns of the result.
-        let time_parts: RefCell<Vec<(Scope<'w>, usize)>> = RefCell::new(Vec::new());
-        let resnet = |w: &Scope<'w>, c_in: usize, c_out: usize| {
-            let mut parts = time_parts.borrow_mut();
-            let first = parts.iter().map(|(_, width)| width).sum();
-            parts.push((w.at("time_emb_proj"), c_out));
-            ResnetBlock::load(
-                w,
-                &ResnetSpec {
-                    c_in,
-                    c_out,
-                    time_first: Some(first),
-                    groups,
-                    eps,
-                },
-            )
-        };
-        let transformer = |w: &Scope, level: &Level| {
-            Transformer2D::load(
-                w,
-                &TransformerSpec {
-                    channels: level.channels,
-                    heads: level.heads,
-                    layers: level.transformer_layers,
-                    context_dim: config.cross_attention_dim,
-                    groups,
-                    linear_projection: config.use_linear_projection,
-                },
-            )
-        };
+        Ok(Self {
+            cond_proj: config
+                .time_cond_proj_dim
+                .map(|dim| Linear::load(&w.at("time_embedding.cond_proj"), dim, c0, false))
+                .transpose()?,
+            add_embedding: match config.text_time_dims() {
+                Some((_, input)) if config.addition_embed_type.is_some() => Some((
+                    Linear::load(&w.at("add_embedding.linear_1"), input, temb_dim, true)?,
+                    Linear::load(&w.at("add_embedding.linear_2"), temb_dim, temb_dim, true)?,
+                )),
+                _ => None,
+            },
+            linear_1: Linear::load(&w.at("time_embedding.linear_1"), c0, temb_dim, true)?,
+            linear_2: Linear::load(&w.at("time_embedding.linear_2"), temb_dim, temb_dim, true)?,
+            features: c0,
+            flip_sin_to_cos: config.flip_sin_to_cos,
+            freq_shift: config.freq_shift,
+            device: device.clone(),
+        })
+    }
 
+    /// SiLU of the embedding of `timestep` for `batch` rows, [B, 4 x block_out_channels[0]],
+    /// with `added` (one row per batch row) where the network takes it.
+    pub(crate) fn forward(
+        &self,
+        timestep: f64,
+        batch: usize,
+        added: Option<&Tensor<2>>,
+    ) -> Tensor<2> {
+        let row = crate::nn::sinusoid(
+            timestep,
+            self.features,
+            self.flip_sin_to_cos,
+            self.freq_shift,
+        );
+        let data: Vec<f32> = (0..batch).flat_map(|_| row.iter().copied()).collect();
+        let mut features =
+            Tensor::from_data(TensorData::new(data, [batch, self.features]), &self.device);
+        if let (Some(proj), Some(cond)) = (&self.cond_proj, added) {
+            features = features + proj.forward(cond.clone());
+        }
+        let mut temb = self.linear_2.forward(silu(self.linear_1.forward(features)));
+        if let (Some((first, second)), Some(input)) = (&self.add_embedding, added) {
+            temb = temb + second.forward(silu(first.forward(input.clone())));
+        }
+        silu(temb)
+    }
+}
+
+/// The UNet's contracting half: the input convolution, the down blocks and the mid block.
+/// A ControlNet is a trained copy of it.
+pub(crate) struct DownPath {
+    conv_in: Conv2d,
+    down: Vec<DownBlock>,
+    mid: MidBlock,
+}
+
+impl DownPath {
+    pub(crate) fn load<'w>(blocks: &BlockLoader<'_, 'w>, w: &Scope<'w>) -> Result<Self> {
+        let config = blocks.config;
+        let levels = &blocks.levels;
+        let c0 = config.block_out_channels[0];
         let mut down = Vec::new();
         let mut c_prev = c0;
         for (i, level) in levels.iter().enumerate() {
@@ -429,10 +537,10 @@ impl UNet {
             for j in 0..level.layers {
                 let c_in = if j == 0 { c_prev } else { level.channels };
                 layers.push(Layer {
-                    resnet: resnet(&bw.at("resnets").at(j), c_in, level.channels)?,
+                    resnet: blocks.resnet(&bw.at("resnets").at(j), c_in, level.channels)?,
                     attention: level
                         .cross_attention
-                        .then(|| transformer(&bw.at("attentions").at(j), level))
+                        .then(|| blocks.transformer(&bw.at("attentions").at(j), level))
                         .transpose()?,
                 });
             }
@@ -451,20 +559,93 @@ impl UNet {
             });
             c_prev = level.channels;
         }
-
         let deepest = levels.last().expect("at least one level");
         let mw = w.at("mid_block");
         let mid = MidBlock {
-            first: resnet(&mw.at("resnets.0"), deepest.channels, deepest.channels)?,
-            attention: transformer(&mw.at("attentions.0"), deepest)?,
-            second: resnet(&mw.at("resnets.1"), deepest.channels, deepest.channels)?,
+            first: blocks.resnet(&mw.at("resnets.0"), deepest.channels, deepest.channels)?,
+            attention: blocks.transformer(&mw.at("attentions.0"), deepest)?,
+            second: blocks.resnet(&mw.at("resnets.1"), deepest.channels, deepest.channels)?,
         };
+        Ok(Self {
+            conv_in: Conv2d::load3(&w.at("conv_in"), config.in_channels, c0)?,
+            down,
+            mid,
+        })
+    }
+
+    /// The channels of each skip connection, in the order the down path makes them (the input
+    /// convolution's output first).
+    pub(crate) fn skip_channels(config: &UNetConfig) -> Result<Vec<usize>> {
+        let levels = config.levels(CONFIG_FILE)?;
+        let mut channels = vec![config.block_out_channels[0]];
+        for (i, level) in levels.iter().enumerate() {
+            let downsample = usize::from(i + 1 < levels.len());
+            channels.extend(std::iter::repeat_n(
+                level.channels,
+                level.layers + downsample,
+            ));
+        }
+        Ok(channels)
+    }
+
+    /// The input convolution (a ControlNet adds its conditioning to its output).
+    pub(crate) fn conv_in(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv_in.forward(x)
+    }
+
+    /// The down blocks and the mid block from the input convolution's output `x`: the mid
+    /// block's output and every skip connection, in order.
+    pub(crate) fn forward(
+        &self,
+        mut x: Tensor<4>,
+        time: &Tensor<2>,
+        context: &Tensor<3>,
+        control: &mut ControlState,
+    ) -> (Tensor<4>, Vec<Tensor<4>>) {
+        let mut skips = vec![x.clone()];
+        for block in &self.down {
+            for layer in &block.layers {
+                x = layer.forward(x, time, context, control);
+                skips.push(x.clone());
+            }
+            if let Some(down) = &block.downsample {
+                x = down.forward(x);
+                skips.push(x.clone());
+            }
+        }
+        x = self.mid.first.forward(x, Some(time));
+        x = self.mid.attention.forward(x, context, control);
+        x = self.mid.second.forward(x, Some(time));
+        (x, skips)
+    }
+}
+
+pub struct UNet {
+    config: UNetConfig,
+    time_embedding: TimeEmbedding,
+    /// Every ResNet block's time projection, side by side (their biases are in the blocks'
+    /// conv1 biases).
+    time_proj: Linear,
+    down: DownPath,
+    up: Vec<UpBlock>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    device: Device,
+}
+
+impl UNet {
+    pub fn load(config: UNetConfig, weights: &Weights) -> Result<Self> {
+        let w = weights.root();
+        let blocks = BlockLoader::new(&config)?;
+        let down = DownPath::load(&blocks, &w)?;
+        let levels = &blocks.levels;
+        let c0 = config.block_out_channels[0];
 
         // Up blocks mirror the down blocks; each layer also eats one skip connection, and
         // each block has one layer more than its down twin (for the downsampler's output).
         let mut up = Vec::new();
         let n = levels.len();
-        let mut c_prev_out = deepest.channels;
+        let mut c_prev_out = levels[n - 1].channels;
         for i in 0..n {
             let level = &levels[n - 1 - i];
             let is_cross = config.up_block_types[i] == "CrossAttnUpBlock2D";
@@ -477,9 +658,9 @@ impl UNet {
                 let skip = if j + 1 == count { c_skip_in } else { c_out };
                 let res_in = if j == 0 { c_prev_out } else { c_out };
                 layers.push(Layer {
-                    resnet: resnet(&bw.at("resnets").at(j), res_in + skip, c_out)?,
+                    resnet: blocks.resnet(&bw.at("resnets").at(j), res_in + skip, c_out)?,
                     attention: is_cross
-                        .then(|| transformer(&bw.at("attentions").at(j), level))
+                        .then(|| blocks.transformer(&bw.at("attentions").at(j), level))
                         .transpose()?,
                 });
             }
@@ -494,30 +675,16 @@ impl UNet {
         }
 
         Ok(Self {
-            time_proj: Linear::load_side_by_side(&time_parts.into_inner(), temb_dim, false)?,
-            time_cond_proj: config
-                .time_cond_proj_dim
-                .map(|dim| Linear::load(&w.at("time_embedding.cond_proj"), dim, c0, false))
-                .transpose()?,
-            add_embedding: match config.text_time_dims() {
-                Some((_, input)) if config.addition_embed_type.is_some() => Some((
-                    Linear::load(&w.at("add_embedding.linear_1"), input, temb_dim, true)?,
-                    Linear::load(&w.at("add_embedding.linear_2"), temb_dim, temb_dim, true)?,
-                )),
-                _ => None,
-            },
-            time_linear_1: Linear::load(&w.at("time_embedding.linear_1"), c0, temb_dim, true)?,
-            time_linear_2: Linear::load(
-                &w.at("time_embedding.linear_2"),
-                temb_dim,
-                temb_dim,
-                true,
-            )?,
-            conv_in: Conv2d::load3(&w.at("conv_in"), config.in_channels, c0)?,
+            time_embedding: TimeEmbedding::load(&w, &config, weights.device())?,
+            time_proj: blocks.time_projection()?,
             down,
-            mid,
             up,
-            norm_out: GroupNorm::load(&w.at("conv_norm_out"), groups, c0, eps)?,
+            norm_out: GroupNorm::load(
+                &w.at("conv_norm_out"),
+                config.norm_num_groups,
+                c0,
+                config.norm_eps,
+            )?,
             conv_out: Conv2d::load3(&w.at("conv_out"), c0, config.out_channels)?,
             device: weights.device().clone(),
             config,
@@ -530,7 +697,7 @@ impl UNet {
 
     /// Whether the UNet takes an embedded guidance scale (`time_cond_proj_dim`).
     pub fn embeds_guidance(&self) -> bool {
-        self.time_cond_proj.is_some()
+        self.time_embedding.cond_proj.is_some()
     }
 
     /// The guidance-scale embedding LCM pipelines feed it: sinusoids of `(scale - 1) * 1000`,
@@ -554,7 +721,7 @@ impl UNet {
     /// Whether the UNet takes SDXL's pooled text and size/crop input
     /// ([`UNet::text_time_input`]).
     pub fn takes_text_time(&self) -> bool {
-        self.add_embedding.is_some()
+        self.time_embedding.add_embedding.is_some()
     }
 
     /// SDXL's added input for one batch row: its pooled text embedding [1, P] and sinusoids of
@@ -564,7 +731,7 @@ impl UNet {
     /// without it.
     pub fn text_time_input(&self, pooled: Tensor<2>, time_ids: &[f64]) -> Option<Tensor<2>> {
         let (dim, _) = self.config.text_time_dims()?;
-        self.add_embedding.as_ref()?;
+        self.time_embedding.add_embedding.as_ref()?;
         let sinusoids: Vec<f32> = time_ids
             .iter()
             .flat_map(|&v| self.sinusoid(v, dim))
@@ -579,14 +746,6 @@ impl UNet {
     fn sinusoid(&self, value: f64, dim: usize) -> Vec<f32> {
         let c = &self.config;
         crate::nn::sinusoid(value, dim, c.flip_sin_to_cos, c.freq_shift)
-    }
-
-    /// Sinusoidal embedding of one timestep per batch row, [B, block_out_channels[0]].
-    fn timestep_features(&self, timestep: f64, batch: usize) -> Tensor<2> {
-        let dim = self.config.block_out_channels[0];
-        let row = self.sinusoid(timestep, dim);
-        let data: Vec<f32> = (0..batch).flat_map(|_| row.iter().copied()).collect();
-        Tensor::from_data(TensorData::new(data, [batch, dim]), &self.device)
     }
 
     /// Predicts the noise (or v) for latents `x` [B, C, H, W] at `timestep`, conditioned on
@@ -608,13 +767,15 @@ impl UNet {
         added: Option<&Tensor<2>>,
     ) -> Tensor<4> {
         let none = CrossAttentionControl::default();
-        self.forward_controlled(x, timestep, context, added, &none, 0)
+        self.forward_controlled(x, timestep, context, added, &none, 0, None)
             .0
     }
 
     /// [`forward_with`](Self::forward_with) with its cross-attention layers under `control`,
-    /// which acts on batch row `row` (the conditional one); also gives the record, where
-    /// `control` asks for one.
+    /// which acts on batch row `row` (the conditional one), and a ControlNet's `residuals`
+    /// added to its skip connections and mid block; also gives the record, where `control`
+    /// asks for one.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_controlled(
         &self,
         x: Tensor<4>,
@@ -623,39 +784,24 @@ impl UNet {
         added: Option<&Tensor<2>>,
         control: &CrossAttentionControl,
         row: usize,
+        residuals: Option<&ControlResiduals>,
     ) -> (Tensor<4>, Option<AttentionRecord>) {
         let [b, _, h, w] = x.dims();
         let mut control = ControlState::new(control, row, [h, w]);
-        let mut features = self.timestep_features(timestep, b);
-        if let (Some(proj), Some(cond)) = (&self.time_cond_proj, added) {
-            features = features + proj.forward(cond.clone());
-        }
-        let mut temb = self
-            .time_linear_2
-            .forward(silu(self.time_linear_1.forward(features)));
-        if let (Some((first, second)), Some(input)) = (&self.add_embedding, added) {
-            temb = temb + second.forward(silu(first.forward(input.clone())));
-        }
-        // Every ResNet block applies SiLU to the embedding and projects it: both happen once
-        // here, for all blocks.
-        let time = self.time_proj.forward(silu(temb));
+        // Every ResNet block projects the embedding's SiLU: all projections run here at once.
+        let time = self
+            .time_proj
+            .forward(self.time_embedding.forward(timestep, b, added));
 
-        let mut x = self.conv_in.forward(x);
-        let mut skips = vec![x.clone()];
-        for block in &self.down {
-            for layer in &block.layers {
-                x = layer.forward(x, &time, context, &mut control);
-                skips.push(x.clone());
+        let x = self.down.conv_in(x);
+        let (mut x, mut skips) = self.down.forward(x, &time, context, &mut control);
+        // A ControlNet's residuals join each skip connection and the mid block's output.
+        if let Some(residuals) = residuals {
+            for (skip, extra) in skips.iter_mut().zip(&residuals.down) {
+                *skip = skip.clone() + extra.clone();
             }
-            if let Some(down) = &block.downsample {
-                x = down.forward(x);
-                skips.push(x.clone());
-            }
+            x = x + residuals.mid.clone();
         }
-
-        x = self.mid.first.forward(x, Some(&time));
-        x = self.mid.attention.forward(x, context, &mut control);
-        x = self.mid.second.forward(x, Some(&time));
 
         for block in &self.up {
             for layer in &block.layers {

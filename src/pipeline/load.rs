@@ -8,12 +8,13 @@ use super::{Refiner, SecondEncoder, StableDiffusion, T5State};
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
 use crate::models::clip::{self, ClipTextConfig, ClipTextEncoder};
+use crate::models::controlnet::{self, ControlNet, ControlNetConfig};
 use crate::models::denoiser::{Denoiser, DenoiserConfig, ImageCondition, TransformerKind};
 use crate::models::flux::{self, Flux, FluxConfig};
 use crate::models::mmdit::{self, Mmdit, MmditConfig};
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
-use crate::models::unet::{self, UNet, UNetConfig};
+use crate::models::unet::{self, DownPath, UNet, UNetConfig};
 use crate::models::vae::{self, VaeConfig, VaeDecoder, VaeEncoder};
 use crate::schedulers::{self, FlowSpacing, SchedulerConfig};
 use crate::single_file::{self, CHECKPOINT_FILE, Checkpoint};
@@ -53,7 +54,7 @@ fn folder_weights(
     device: &Device,
 ) -> Result<Weights> {
     for name in names {
-        let path = format!("{folder}/{name}");
+        let path = in_folder(folder, name);
         if let Some(weights) = stream_weights(files, &path, device)? {
             tracing::debug!(file = %path, "component weights read");
             return Ok(weights);
@@ -66,12 +67,20 @@ fn folder_weights(
         .map(|name| name.replace(".safetensors", ".bin"))
         .chain(["pytorch_model.bin", "model.ckpt", "model.pt"].map(String::from));
     for pickle in pickles {
-        let path = format!("{folder}/{pickle}");
+        let path = in_folder(folder, &pickle);
         if files.len(&path)?.is_some() {
             return Err(Error::PickledWeights(path));
         }
     }
-    Err(Error::MissingFile(format!("{folder}/{}", names[0])))
+    Err(Error::MissingFile(in_folder(folder, names[0])))
+}
+
+/// `name` in `folder` of a source; `""` is the source's root.
+fn in_folder(folder: &str, name: &str) -> String {
+    match folder {
+        "" => name.to_string(),
+        _ => format!("{folder}/{name}"),
+    }
 }
 
 /// A tokenizer as a diffusers folder holds it: vocab.json and merges.txt, or one
@@ -555,10 +564,99 @@ impl StableDiffusion {
             vae,
             vae_encoder,
             taesd,
+            controlnet: None,
             scheduler_config,
             device: device.clone(),
             kernels,
         })
+    }
+
+    /// Loads a ControlNet (diffusers' `ControlNetModel`) from `folder` of `files`: `""` for a
+    /// ControlNet's own folder (a hub repo such as `lllyasviel/sd-controlnet-canny`: its
+    /// `config.json` and weights at the root), `"controlnet"` in a pipeline's folder. It
+    /// replaces any loaded before; each generation then needs a control image
+    /// ([`GenerateOptions::control_image`](super::GenerateOptions::control_image)) until it
+    /// is removed ([`remove_controlnet`](Self::remove_controlnet)). Refused, loading nothing,
+    /// where it does not fit this model: a transformer in place of a UNet, another text
+    /// width, other down blocks, another latent width or VAE downscale, SDXL's added input
+    /// on one side only.
+    pub fn load_controlnet(&mut self, files: &dyn FileSource, folder: &str) -> Result<()> {
+        let config_file = in_folder(folder, controlnet::CONFIG_FILE);
+        let config = ControlNetConfig::from_json(&config_file, &files.require_text(&config_file)?)?;
+        let Some(unet) = self.denoiser.unet() else {
+            return Err(Error::InvalidInput(
+                "a ControlNet steers a UNet (SD 1.x, 2.x, XL); this model's denoiser is a transformer".into(),
+            ));
+        };
+        Self::check_controlnet(&config, unet, self.vae.config(), &config_file)?;
+        let weights = folder_weights(files, folder, controlnet::WEIGHT_FILES, &self.device)?;
+        let net = build_component(weights, (self.kernels, None), |w| {
+            ControlNet::load(config, w)
+        })?;
+        self.controlnet = Some(Box::new(net));
+        Ok(())
+    }
+
+    /// A ControlNet's fit to the UNet and VAE it would run beside: it reads the latents
+    /// alone, attends to the same text, makes one addition per skip connection of the
+    /// UNet's widths, and brings the control image down by the VAE's factor.
+    fn check_controlnet(
+        config: &ControlNetConfig,
+        unet: &UNet,
+        vae: &VaeConfig,
+        file: &str,
+    ) -> Result<()> {
+        let (net, target) = (&config.trunk, unet.config());
+        let mismatch = |what: &str, ours: String, theirs: String| {
+            Err(Error::config(
+                file,
+                format!("this ControlNet's {what} ({ours}) differs from the model's ({theirs})"),
+            ))
+        };
+        if net.cross_attention_dim != target.cross_attention_dim {
+            return mismatch(
+                "cross_attention_dim",
+                net.cross_attention_dim.to_string(),
+                target.cross_attention_dim.to_string(),
+            );
+        }
+        let (skips, unet_skips) = (
+            DownPath::skip_channels(net)?,
+            DownPath::skip_channels(target)?,
+        );
+        if skips != unet_skips {
+            return mismatch(
+                "skip connections' channels",
+                format!("{skips:?}"),
+                format!("{unet_skips:?}"),
+            );
+        }
+        if net.in_channels != vae.latent_channels {
+            return mismatch(
+                "in_channels",
+                net.in_channels.to_string(),
+                format!("the VAE's latent_channels {}", vae.latent_channels),
+            );
+        }
+        if config.downscale() != vae.downscale() {
+            return mismatch(
+                "image downscale",
+                format!(
+                    "{}, from {} conditioning_embedding_out_channels",
+                    config.downscale(),
+                    config.conditioning.embedding_out_channels.len()
+                ),
+                format!("the VAE's {}", vae.downscale()),
+            );
+        }
+        if net.addition_embed_type.is_some() && net.text_time_dims() != target.text_time_dims() {
+            return mismatch(
+                "added text and size input",
+                format!("{:?}", net.text_time_dims()),
+                format!("{:?}", target.text_time_dims()),
+            );
+        }
+        Ok(())
     }
 
     /// A UNet's fit to the text encoders and the VAE loaded beside it.

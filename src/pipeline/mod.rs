@@ -31,6 +31,7 @@ use crate::image::Image;
 use crate::kernels::Kernels;
 use crate::memory;
 use crate::models::clip::ClipTextEncoder;
+use crate::models::controlnet::ControlNet;
 use crate::models::denoiser::{Denoiser, ImageCondition};
 use crate::models::t5::T5Encoder;
 use crate::models::taesd::TaesdDecoder;
@@ -92,9 +93,10 @@ pub struct GenerateOptions {
     /// more the image is regenerated, elsewhere kept (blended in the latents every step, or,
     /// for an inpainting model, given to it with the masked image).
     pub mask: Option<Vec<f32>>,
-    /// The control image FLUX.1 Canny and Depth follow (of the output's size): an edge map
-    /// or a depth map, as their pipelines take it (made beforehand; this runtime detects no
-    /// edges or depth). Only for those models, which need one.
+    /// The control image FLUX.1 Canny and Depth, or a loaded ControlNet, follow (of the
+    /// output's size): an edge map, a depth map, a pose, as their pipelines take it (made
+    /// beforehand; this runtime detects no edges or depth). Only for those models, which
+    /// need one.
     pub control_image: Option<Image>,
     /// FLUX.1 Kontext's input image (diffusers' `image` of `FluxKontextPipeline`): the image
     /// the prompt edits, resized as [`reference_size`](Self::reference_size) says, encoded
@@ -117,6 +119,14 @@ pub struct GenerateOptions {
     /// guidance gives, above all at zero terminal SNR (`rescale_betas_zero_snr`). UNet
     /// models only (SD 3's and FLUX's pipelines have none); 0 leaves guidance as it is.
     pub guidance_rescale: f64,
+    /// How strongly a loaded ControlNet ([`StableDiffusion::load_controlnet`]) steers
+    /// (diffusers' `controlnet_conditioning_scale`): its additions to the UNet are scaled by
+    /// it; 1 by default, 0 turns it off.
+    pub controlnet_scale: f64,
+    /// Where in the schedule the ControlNet acts, as fractions of the steps (diffusers'
+    /// `control_guidance_start` and `control_guidance_end`): step `i` of `n` when
+    /// `start <= i/n` and `(i+1)/n <= end`. (0, 1) by default: every step.
+    pub controlnet_window: (f64, f64),
 }
 
 /// Skip-layer guidance, as diffusers' `StableDiffusion3Pipeline` runs it
@@ -182,6 +192,8 @@ impl Default for GenerateOptions {
             handoff: None,
             true_cfg_scale: None,
             guidance_rescale: 0.0,
+            controlnet_scale: 1.0,
+            controlnet_window: (0.0, 1.0),
             init_image: None,
             control_image: None,
             reference_image: None,
@@ -353,6 +365,8 @@ pub struct StableDiffusion {
     vae_encoder: Option<Box<VaeEncoder>>,
     /// TAESD's decoder, where the folder has `vae_tiny/`: cheap per-step previews.
     taesd: Option<TaesdDecoder>,
+    /// A ControlNet beside the UNet, where one is loaded ([`StableDiffusion::load_controlnet`]).
+    controlnet: Option<Box<ControlNet>>,
     scheduler_config: SchedulerConfig,
     device: Device,
     /// The kernels every layer of this model runs (chosen at load).
@@ -470,6 +484,16 @@ impl StableDiffusion {
     pub fn denoiser(&self) -> &Denoiser {
         &self.denoiser
     }
+    /// The ControlNet the UNet runs beside, where one is loaded.
+    pub fn controlnet(&self) -> Option<&ControlNet> {
+        self.controlnet.as_deref()
+    }
+
+    /// Drops the loaded ControlNet, if any: generations run the UNet alone again.
+    pub fn remove_controlnet(&mut self) {
+        self.controlnet = None;
+    }
+
     pub fn vae(&self) -> &VaeDecoder {
         &self.vae
     }

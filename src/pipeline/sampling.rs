@@ -277,6 +277,27 @@ pub struct Sampling<'p> {
     pub(super) evaluations: usize,
     /// Skip-layer guidance, where the options ask for it and guidance is on.
     pub(super) skip_layers: Option<SkipLayerGuidance>,
+    /// The loaded ControlNet's part in this run, where one is loaded.
+    pub(super) controlnet: Option<ControlNetRun>,
+}
+
+/// What a loaded ControlNet follows in one run, and how: the control image as a [1, 3, H, W]
+/// tensor in [0, 1] (as diffusers' pipelines give it), the scale of its additions and the
+/// window of the schedule it acts in
+/// ([`GenerateOptions::controlnet_window`](super::GenerateOptions::controlnet_window)).
+pub(super) struct ControlNetRun {
+    pub(super) image: Tensor<4>,
+    pub(super) scale: f64,
+    pub(super) window: (f64, f64),
+}
+
+impl ControlNetRun {
+    /// Whether it acts in step `step` of `steps`: diffusers' `controlnet_keep`.
+    fn acts_at(&self, step: usize, steps: usize) -> bool {
+        let (i, n) = (step as f64, steps as f64);
+        let (start, end) = self.window;
+        i / n >= start && (i + 1.0) / n <= end
+    }
 }
 
 impl Sampling<'_> {
@@ -451,6 +472,8 @@ impl Sampling<'_> {
             (skip, input.clone(), cond_row(call.context.clone()))
         });
         let [_, c, h, w] = input.dims();
+        // A ControlNet reads the latents alone.
+        let latents_only = input.clone();
         // An inpainting model also takes the mask and the masked image's latents; FLUX's
         // Canny and Depth the control image's.
         let input = match &self.condition {
@@ -482,11 +505,11 @@ impl Sampling<'_> {
             }
         }
         let batch = base + call.regions.len();
-        let inputs = if batch == 1 {
-            input
-        } else {
-            Tensor::cat(vec![input; batch], 0)
+        let batched = |t: Tensor<4>| match batch {
+            1 => t,
+            _ => Tensor::cat(vec![t; batch], 0),
         };
+        let inputs = batched(input);
         let context = if contexts.len() == 1 {
             contexts.pop().expect("one context")
         } else {
@@ -503,6 +526,20 @@ impl Sampling<'_> {
                 0,
             ),
         });
+        // A ControlNet, where it acts at this step, sees every row's latents, text and
+        // control image, in the frame the UNet sees them.
+        let frame = |t: Tensor<4>| if call.mirrored { t.flip([3]) } else { t };
+        let residuals = match (&self.controlnet, self.pipe.controlnet()) {
+            (Some(run), Some(net)) if run.acts_at(call.step, self.steps()) => Some(net.forward(
+                frame(batched(latents_only)),
+                call.timestep,
+                &context,
+                added.as_ref(),
+                frame(batched(run.image.clone())),
+                run.scale,
+            )?),
+            _ => None,
+        };
         // The control acts on the conditional row: the second of [uncond; cond], else the
         // only one; the region terms' rows keep their own attention.
         let (out, record) = if call.mirrored {
@@ -519,6 +556,7 @@ impl Sampling<'_> {
                 reference.as_ref(),
                 &control,
                 base - 1,
+                residuals.as_ref(),
             );
             (out.flip([3]), record.map(|r| r.flip([2])))
         } else {
@@ -530,6 +568,7 @@ impl Sampling<'_> {
                 self.reference.as_ref(),
                 &call.attention,
                 base - 1,
+                residuals.as_ref(),
             )
         };
         let guidance = (base == 2).then_some(call.guidance_scale);

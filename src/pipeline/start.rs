@@ -7,7 +7,7 @@ use std::ops::Range;
 use burn::tensor::{Tensor, TensorData};
 
 use super::load;
-use super::sampling::{CancelToken, Init, Sampling, StepHook, StepNoise};
+use super::sampling::{CancelToken, ControlNetRun, Init, Sampling, StepHook, StepNoise};
 use super::{
     AESTHETIC_SCORE, GenerateOptions, Generated, MAX_PROMPT_CHARS, MAX_SIDE,
     NEGATIVE_AESTHETIC_SCORE, ReferenceSize, SkipLayerGuidance, StableDiffusion, T5State, Warning,
@@ -219,18 +219,32 @@ impl StableDiffusion {
         };
 
         let condition = self.image_condition();
+        let has_controlnet = self.controlnet.is_some();
         match (condition, &opts.control_image) {
             (ImageCondition::Control, None) => {
                 return Err(Error::InvalidInput(
                     "this model follows a control image (FLUX.1 Canny or Depth): give one".into(),
                 ));
             }
-            (ImageCondition::Control, Some(_)) | (_, None) => {}
-            (_, Some(_)) => {
+            (_, None) if has_controlnet => {
                 return Err(Error::InvalidInput(
-                    "a control image is for FLUX.1 Canny and Depth; this model takes none".into(),
+                    "a ControlNet is loaded: give the control image it follows (or remove it)"
+                        .into(),
                 ));
             }
+            (ImageCondition::Control, Some(_)) | (_, None) => {}
+            (_, Some(_)) if has_controlnet => {}
+            (_, Some(_)) => {
+                return Err(Error::InvalidInput(
+                    "a control image is for FLUX.1 Canny and Depth, or a loaded ControlNet; this model takes none".into(),
+                ));
+            }
+        }
+        let (scale, (first, last)) = (opts.controlnet_scale, opts.controlnet_window);
+        if !scale.is_finite() || !(0.0..=1.0).contains(&first) || !(first..=1.0).contains(&last) {
+            return Err(Error::InvalidInput(format!(
+                "ControlNet scale {scale} and window {first}..{last}: the scale must be finite, the window within 0..1 and start before it ends"
+            )));
         }
         if condition.inpaints() && (opts.init_image.is_none() || opts.mask.is_none()) {
             return Err(Error::InvalidInput(
@@ -287,9 +301,28 @@ impl StableDiffusion {
 
         // The images the denoiser takes beside its latents, encoded once every other input
         // has been checked.
-        let condition = match &opts.control_image {
-            Some(image) => Some(self.encode_image(image, "control", (width, height))?),
-            None => inpainting,
+        // A ControlNet reads the control image as it is; FLUX.1 Canny and Depth read its
+        // latents.
+        let (condition, controlnet) = match &opts.control_image {
+            Some(image) if has_controlnet => {
+                if (image.width, image.height) != (width, height) {
+                    return Err(Error::InvalidInput(format!(
+                        "the control image is {}x{}, the output {width}x{height}",
+                        image.width, image.height
+                    )));
+                }
+                let run = ControlNetRun {
+                    image: image.to_unit_tensor(&self.device),
+                    scale,
+                    window: (first, last),
+                };
+                (inpainting, Some(run))
+            }
+            Some(image) => (
+                Some(self.encode_image(image, "control", (width, height))?),
+                None,
+            ),
+            None => (inpainting, None),
         };
         let reference = opts
             .reference_image
@@ -339,6 +372,7 @@ impl StableDiffusion {
             predicted_clean: None,
             warnings,
             evaluations: 0,
+            controlnet,
             // As in diffusers, it acts only beside classifier-free guidance.
             skip_layers: opts
                 .skip_layer_guidance

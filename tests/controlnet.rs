@@ -1,0 +1,227 @@
+//! ControlNet beside an SD 1.x UNet, against diffusers' `StableDiffusionControlNetPipeline`
+//! (tests/fixtures/controlnet_tiny, made by `tools/make_fixtures.py --only controlnet`), and
+//! the ControlNets and inputs it refuses.
+
+mod common;
+
+use common::{Reference, fixture};
+use lina_runtime::image::Image;
+use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::schedulers::Timesteps;
+use lina_runtime::source::{DirSource, MemorySource};
+
+fn card(reference: &Reference) -> Image {
+    Image {
+        width: 64,
+        height: 64,
+        rgb: reference.u8("card"),
+    }
+}
+
+fn options(reference: &Reference) -> GenerateOptions {
+    GenerateOptions {
+        prompt: "a red ball on a small mirror".into(),
+        negative_prompt: "blurry".into(),
+        guidance_scale: 7.5,
+        timesteps: Timesteps::Count(10),
+        initial_latents: Some(reference.f32("latents").1),
+        control_image: Some(card(reference)),
+        ..GenerateOptions::default()
+    }
+}
+
+fn with_controlnet(device: &burn::tensor::Device) -> StableDiffusion {
+    let mut pipe = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), device).unwrap();
+    let files = DirSource::new(fixture("controlnet_tiny"));
+    pipe.load_controlnet(&files, "").unwrap();
+    pipe
+}
+
+/// A change to a ControlNet's config.json.
+type Edit = dyn Fn(&mut serde_json::Value);
+
+fn refused(pipe: &StableDiffusion, opts: &GenerateOptions) -> String {
+    match pipe.start(opts) {
+        Ok(_) => panic!("should be refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The tiny ControlNet (a copy of sd1_tiny's down half, every layer random, its zero
+/// convolutions included) steers sd1_tiny's 10 guided steps as diffusers' pipeline does:
+/// at scale 1 over the whole schedule, at 0.6 from 20% to 80% of the steps (the window
+/// diffusers' `control_guidance_start`/`_end` set), and at scale 0, where it adds nothing.
+/// Each image is diffusers' within 1/255; the first two differ from the third by far more.
+#[test]
+fn a_controlnet_steers_the_unet_as_diffusers() {
+    let reference = Reference::open("controlnet_tiny");
+    let cases = [
+        ("image", 1.0, (0.0, 1.0)),
+        ("image_window", 0.6, (0.2, 0.8)),
+        ("image_unguided", 0.0, (0.0, 1.0)),
+    ];
+    for (name, device) in common::test_devices() {
+        let pipe = with_controlnet(&device);
+        for (case, scale, window) in cases {
+            let opts = GenerateOptions {
+                controlnet_scale: scale,
+                controlnet_window: window,
+                ..options(&reference)
+            };
+            let done =
+                pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+            let worst = common::worst_pixel(&done.image.rgb, &reference.f32(case).1);
+            eprintln!("{name}: ControlNet {case}, worst pixel {worst:.2}/255");
+            assert!(worst <= 1.0, "{name} {case}: {worst}/255 from diffusers");
+        }
+    }
+    let unguided = reference.f32("image_unguided").1;
+    let image = reference.f32("image").1;
+    let moved = common::max_abs_diff(&image, &unguided) * 255.0;
+    assert!(
+        moved > 8.0,
+        "the reference ControlNet moves its image by only {moved}/255"
+    );
+}
+
+/// An SDXL ControlNet (tests/fixtures/controlnet_sdxl_tiny, a copy of sdxl_tiny's down half)
+/// also reads SDXL's pooled text and size input; beside sdxl_tiny's UNet at scale 0.8 it
+/// gives diffusers' `StableDiffusionXLControlNetPipeline` image within 1/255, and at scale 0
+/// the image without it.
+#[test]
+fn an_sdxl_controlnet_reads_the_pooled_text_and_size_as_diffusers() {
+    let reference = Reference::open("controlnet_sdxl_tiny");
+    for (name, device) in common::test_devices() {
+        let mut pipe =
+            StableDiffusion::load(&DirSource::new(fixture("sdxl_tiny")), &device).unwrap();
+        let files = DirSource::new(fixture("controlnet_sdxl_tiny"));
+        pipe.load_controlnet(&files, "").unwrap();
+        assert!(pipe.controlnet().unwrap().takes_text_time());
+        for (case, scale) in [("image", 0.8), ("image_unguided", 0.0)] {
+            let opts = GenerateOptions {
+                controlnet_scale: scale,
+                ..options(&reference)
+            };
+            let done =
+                pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+            let worst = common::worst_pixel(&done.image.rgb, &reference.f32(case).1);
+            eprintln!("{name}: SDXL ControlNet {case}, worst pixel {worst:.2}/255");
+            assert!(worst <= 1.0, "{name} {case}: {worst}/255 from diffusers");
+        }
+    }
+}
+
+/// What a loaded ControlNet refuses at the start of a run, naming it: no control image,
+/// one of another size, a window outside the schedule or backwards, a scale that is not
+/// finite. Removed, the model runs without one and refuses a control image again.
+#[test]
+fn a_controlnet_run_refuses_what_it_cannot_follow() {
+    let reference = Reference::open("controlnet_tiny");
+    let mut pipe = with_controlnet(&lina_runtime::device::cpu());
+    let opts = options(&reference);
+    let without = GenerateOptions {
+        control_image: None,
+        ..opts.clone()
+    };
+    assert!(refused(&pipe, &without).contains("ControlNet is loaded"));
+    let small = GenerateOptions {
+        width: Some(32),
+        height: Some(32),
+        initial_latents: None,
+        ..opts.clone()
+    };
+    assert!(refused(&pipe, &small).contains("control image is 64x64, the output 32x32"));
+    for (scale, window) in [
+        (1.0, (0.8, 0.2)),
+        (1.0, (-0.1, 1.0)),
+        (f64::NAN, (0.0, 1.0)),
+    ] {
+        let bad = GenerateOptions {
+            controlnet_scale: scale,
+            controlnet_window: window,
+            ..opts.clone()
+        };
+        let e = refused(&pipe, &bad);
+        assert!(e.contains("window"), "{e}");
+    }
+    pipe.remove_controlnet();
+    assert!(pipe.controlnet().is_none());
+    assert!(pipe.start(&without).is_ok());
+    assert!(refused(&pipe, &opts).contains("takes none"));
+}
+
+/// ControlNets that do not fit the model are refused with a config error naming what
+/// differs, and a bad file with its own error; a refused load keeps the ControlNet loaded
+/// before it. A transformer model takes none.
+#[test]
+fn controlnets_that_do_not_fit_are_refused_and_lose_nothing() {
+    let cpu = lina_runtime::device::cpu();
+    let files = DirSource::new(fixture("controlnet_tiny"));
+    let config = std::fs::read_to_string(fixture("controlnet_tiny/config.json")).unwrap();
+    let weights = common::read_fixture("controlnet_tiny/diffusion_pytorch_model.safetensors");
+
+    // sd2_tiny has three levels of down blocks where the ControlNet has two.
+    let mut sd2 = StableDiffusion::load(&DirSource::new(fixture("sd2_tiny")), &cpu).unwrap();
+    let e = sd2.load_controlnet(&files, "").unwrap_err();
+    assert_eq!(e.code(), "config", "{e}");
+    assert!(e.to_string().contains("skip connections"), "{e}");
+
+    let mut pipe = with_controlnet(&cpu);
+    let variant = |edit: &Edit, weights: &[u8]| {
+        let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
+        edit(&mut json);
+        let mut source = MemorySource::new();
+        source.insert("controlnet/config.json", json.to_string().into_bytes());
+        source.insert(
+            "controlnet/diffusion_pytorch_model.safetensors",
+            weights.to_vec(),
+        );
+        source
+    };
+    let cases: [(&Edit, &[u8], &str, &str); 5] = [
+        (
+            &|j| j["cross_attention_dim"] = 64.into(),
+            &weights,
+            "config",
+            "cross_attention_dim",
+        ),
+        (
+            &|j| j["conditioning_embedding_out_channels"] = serde_json::json!([16, 32]),
+            &weights,
+            "config",
+            "downscale",
+        ),
+        (
+            &|j| j["controlnet_conditioning_channel_order"] = "rgba".into(),
+            &weights,
+            "config",
+            "channel_order",
+        ),
+        (
+            &|j| j["layers_per_block"] = "two".into(),
+            &weights,
+            "config",
+            "layers_per_block",
+        ),
+        (&|_| {}, &weights[..weights.len() / 2], "weight_file", ""),
+    ];
+    for (edit, bytes, code, says) in cases {
+        let e = pipe
+            .load_controlnet(&variant(edit, bytes), "controlnet")
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+        assert!(e.to_string().contains("controlnet/"), "{e}");
+        assert!(
+            pipe.controlnet().is_some(),
+            "a refused load dropped the loaded ControlNet"
+        );
+    }
+    // The same files, whole, load from a pipeline folder's `controlnet/`.
+    pipe.load_controlnet(&variant(&|_| {}, &weights), "controlnet")
+        .unwrap();
+
+    let mut sd3 = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &cpu).unwrap();
+    let e = sd3.load_controlnet(&files, "").unwrap_err();
+    assert!(e.to_string().contains("transformer"), "{e}");
+}
