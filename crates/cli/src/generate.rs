@@ -82,10 +82,24 @@ pub struct Args {
     /// inpainting model: SD's 9-channel UNets, FLUX.1 Fill).
     #[arg(long, requires = "init_image")]
     mask: Option<PathBuf>,
-    /// FLUX.1 Canny or Depth: the edge or depth map (a PNG of the output's size) the image
-    /// follows, made beforehand as their pipelines take it.
+    /// FLUX.1 Canny or Depth, or with `--controlnet`: the edge or depth map, or pose (a PNG
+    /// of the output's size) the image follows, made beforehand as their pipelines take it.
     #[arg(long)]
     control_image: Option<PathBuf>,
+    /// A ControlNet folder (diffusers' `ControlNetModel`: config.json and
+    /// diffusion_pytorch_model.safetensors) to run beside the UNet, following
+    /// `--control-image`.
+    #[arg(long, requires = "control_image")]
+    controlnet: Option<PathBuf>,
+    /// How strongly the ControlNet steers (diffusers' `controlnet_conditioning_scale`).
+    #[arg(long, default_value_t = 1.0, requires = "controlnet")]
+    controlnet_scale: f64,
+    /// Where in the schedule the ControlNet starts and stops acting, as fractions of the
+    /// steps (diffusers' `control_guidance_start` and `control_guidance_end`).
+    #[arg(long, default_value_t = 0.0, requires = "controlnet")]
+    control_guidance_start: f64,
+    #[arg(long, default_value_t = 1.0, requires = "controlnet")]
+    control_guidance_end: f64,
     /// FLUX.1 Kontext: the image (a PNG) the prompt edits.
     #[arg(long)]
     reference_image: Option<PathBuf>,
@@ -221,6 +235,8 @@ pub fn run(args: Args) -> Result<()> {
         }),
         true_cfg_scale: args.true_cfg,
         guidance_rescale: args.guidance_rescale,
+        controlnet_scale: args.controlnet_scale,
+        controlnet_window: (args.control_guidance_start, args.control_guidance_end),
     };
     let (plan, out) = (args.plan, args.out);
     pollster::block_on(async {
@@ -253,6 +269,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         if let Some(tokens) = args.max_sequence_length {
             pipe.set_max_sequence_length(tokens)?;
+        }
+        if let Some(folder) = &args.controlnet {
+            pipe.load_controlnet(&DirSource::new(folder), "")?;
         }
         let loaded = started.elapsed();
         tracing::info!(?loaded, "model loaded");

@@ -783,12 +783,13 @@ fn lina_fit_fits_several_searches_together() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// FLUX's image inputs through the CLI: `--control-image` for FLUX.1 Canny and Depth (the tiny
-/// FLUX folder with the control variant's transformer) and `--reference-image` for Kontext
-/// (the tiny FLUX as it is; a 50x34 card with `--reference-size kept`, resized to 48x32 as
+/// Image inputs through the CLI: `--control-image` for FLUX.1 Canny and Depth (the tiny FLUX
+/// folder with the control variant's transformer) and for a `--controlnet` beside SD 1.x's
+/// UNet (at scale 0.6 from 20% to 80% of the steps), and `--reference-image` for Kontext (the
+/// tiny FLUX as it is; a 50x34 card with `--reference-size kept`, resized to 48x32 as
 /// diffusers does) give diffusers' images within 1/255, from diffusers' latents.
 #[test]
-fn flux_control_and_reference_images_come_from_files() {
+fn control_and_reference_images_come_from_files() {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
     let dir = std::env::temp_dir().join(format!("lina-cli-flux-images-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -804,12 +805,15 @@ fn flux_control_and_reference_images_come_from_files() {
             .data()
             .to_vec();
         let card = lina_runtime::image::Image { width, height, rgb };
-        let file = path(&format!("{key}.png"));
+        let file = path(&format!("{fixture}_{key}.png"));
         std::fs::write(&file, card.to_png().unwrap()).unwrap();
         file
     };
     let card = card_png("flux_control_tiny", "card", (48, 32));
     let uneven = card_png("flux_kontext", "uneven_card", (50, 34));
+    let edges = card_png("controlnet_tiny", "card", (64, 64));
+    let controlnet = reference_floats(format!("{fixtures}/controlnet_tiny/reference.safetensors"));
+    write_npy(&path("sd1.npy"), &[1, 4, 8, 8], &controlnet("latents"));
     let tiny = reference_floats(format!("{fixtures}/flux_tiny/reference.safetensors"));
     write_npy(&path("wide.npy"), &[1, 16, 16, 24], &tiny("latents_wide"));
     write_npy(&path("square.npy"), &[1, 16, 16, 16], &tiny("latents"));
@@ -821,7 +825,8 @@ fn flux_control_and_reference_images_come_from_files() {
         Path::new(&format!("{fixtures}/flux_control_tiny/transformer")),
         &control.join("transformer"),
     );
-    let (wide, square) = (path("wide.npy"), path("square.npy"));
+    let (wide, square, sd1) = (path("wide.npy"), path("square.npy"), path("sd1.npy"));
+    let controlnet_folder = format!("{fixtures}/controlnet_tiny");
     let size = |width, height| ["--width", width, "--height", height];
     let cases = [
         (
@@ -834,6 +839,8 @@ fn flux_control_and_reference_images_come_from_files() {
                     "10",
                     "--latents",
                     &wide,
+                    "--steps",
+                    "4",
                 ][..],
                 &size("48", "32"),
             ]
@@ -841,18 +848,38 @@ fn flux_control_and_reference_images_come_from_files() {
             ("flux_control_tiny", "image"),
         ),
         (
+            format!("{fixtures}/sd1_tiny"),
+            [
+                &[
+                    "--controlnet",
+                    &controlnet_folder,
+                    "--control-image",
+                    &edges,
+                ][..],
+                &[
+                    "--controlnet-scale",
+                    "0.6",
+                    "--control-guidance-start",
+                    "0.2",
+                ],
+                &["--control-guidance-end", "0.8", "--negative", "blurry"],
+                &["--guidance", "7.5", "--steps", "10", "--latents", &sd1],
+            ]
+            .concat(),
+            ("controlnet_tiny", "image_window"),
+        ),
+        (
             format!("{fixtures}/flux_tiny"),
             [
                 &["--reference-image", &uneven, "--reference-size", "kept"][..],
-                &["--guidance", "2.5", "--latents", &square],
+                &["--guidance", "2.5", "--latents", &square, "--steps", "4"],
                 &size("32", "32"),
             ]
             .concat(),
             ("flux_kontext", "image_kept"),
         ),
     ];
-    for (model, mut args, (expected, key)) in cases {
-        args.extend(["--steps", "4"]);
+    for (model, args, (expected, key)) in cases {
         let image = generate_image(&model, &args, &path(&format!("{expected}.png")));
         let floats = reference_floats(format!("{fixtures}/{expected}/reference.safetensors"));
         let worst = worst_pixel(&image, &floats(key));
