@@ -528,6 +528,22 @@ const handlers = {
   memoryUsage: () => model().memoryUsage(),
   setLoraScales: ({ scales }) => model().setLoraScales(scales),
   setMaxSequenceLength: ({ tokens }) => model().setMaxSequenceLength(tokens),
+  removeControlNet: () => model().removeControlNet(),
+
+  // A ControlNet's folder by URL, or its files; held in memory while it is built.
+  async loadControlNet({ url, files }) {
+    const target = model();
+    const abort = new AbortController();
+    const bytes = {};
+    if (url !== undefined) {
+      for (const name of ["config.json", "diffusion_pytorch_model.safetensors"]) {
+        [, bytes[name]] = await adapterBytes({ url: new URL(name, url).href }, abort.signal);
+      }
+    } else {
+      for (const [path, file] of Object.entries(files)) [, bytes[path]] = await adapterBytes({ file }, abort.signal);
+    }
+    target.loadControlNet(bytes);
+  },
   // For tests of recovery: a lost device, and a trapped wasm instance.
   __loseDeviceForTesting: () => model().__loseDeviceForTesting(),
   __trapForTesting: () => Pipeline.__trapForTesting(),

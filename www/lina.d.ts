@@ -79,6 +79,12 @@ export interface Controls {
 }
 
 /** Any other key is refused ("invalid_input"). */
+/** A ControlNet's folder: by URL, or its files ("config.json", "diffusion_pytorch_model.safetensors"). */
+export interface ControlNetSource extends Controls {
+  url?: string;
+  files?: Record<string, Blob | Uint8Array>;
+}
+
 export interface ModelSource extends Controls {
   /** A diffusers-layout folder (the default model when none of url, files and checkpoint is given). */
   url?: string;
@@ -310,10 +316,22 @@ export interface GenerateOptions {
    */
   mask?: ImageInput;
   /**
-   * FLUX.1 Canny's or Depth's edge or depth map (of the output's size), which those models
-   * need and other models refuse; made beforehand, as their pipelines take it.
+   * FLUX.1 Canny's or Depth's edge or depth map, or what a loaded ControlNet follows (an edge
+   * map, a depth map, a pose; of the output's size), which those models need and other
+   * models refuse; made beforehand, as their pipelines take it.
    */
   controlImage?: ImageInput;
+  /**
+   * How strongly a loaded ControlNet steers (diffusers' `controlnet_conditioning_scale`;
+   * default 1, 0 turns it off).
+   */
+  controlnetScale?: number;
+  /**
+   * Where in the schedule the ControlNet acts, as fractions of the steps (diffusers'
+   * `control_guidance_start` and `_end`; default 0 and 1).
+   */
+  controlGuidanceStart?: number;
+  controlGuidanceEnd?: number;
   /**
    * FLUX.1 Kontext's input image, which the prompt edits: resized as `referenceSize` says,
    * encoded and given to the transformer beside the latents. FLUX only.
@@ -520,6 +538,16 @@ export declare class LinaModel {
    * "invalid_input" and changes nothing.
    */
   setLoraScales(scales: number[]): Promise<void>;
+  /**
+   * Loads a ControlNet (diffusers' `ControlNetModel`: SD 1.x, 2.x or SDXL, matching the
+   * model) beside the UNet, replacing any loaded before; every generation after needs
+   * `controlImage`. One that does not fit the model (a transformer model, other blocks or
+   * text width) rejects with "config" or "invalid_input", a bad weight file with
+   * "weight_file", and the one loaded before stays.
+   */
+  loadControlNet(source: ControlNetSource): Promise<void>;
+  /** Drops the loaded ControlNet, if any. */
+  removeControlNet(): Promise<void>;
   /**
    * Sets how many tokens T5's text is padded or cut to for every generation after (diffusers'
    * `max_sequence_length`): SD 3 and FLUX only, 1 to 512; by default the pipelines' (SD 3's

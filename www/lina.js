@@ -76,6 +76,9 @@ const GENERATE_OPTIONS = [
   "skipLayerGuidance",
   "trueCfgScale",
   "guidanceRescale",
+  "controlnetScale",
+  "controlGuidanceStart",
+  "controlGuidanceEnd",
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
 const CONTROLS = ["signal"];
@@ -293,6 +296,35 @@ export class LinaModel {
       throw linaError("invalid_input", "setLoraScales takes an array of numbers, one per LoRA");
     }
     return this.#request("setLoraScales", { scales });
+  }
+
+  /**
+   * Loads a ControlNet (diffusers' `ControlNetModel`) beside the model's UNet, from `url` (its
+   * folder: config.json and diffusion_pytorch_model.safetensors) or `files` (those paths to
+   * Files, Blobs or Uint8Arrays), replacing any loaded before. Every generation after needs
+   * `controlImage`. One that does not fit the model rejects ("config", "weight_file",
+   * "invalid_input") and the one loaded before stays.
+   * @param {types.ControlNetSource} source
+   * @returns {Promise<void>}
+   */
+  async loadControlNet(source) {
+    checkObject("the ControlNet's source", source);
+    checkKeys("the ControlNet's source", source, ["url", "files", "signal"]);
+    const { url: given, files, signal } = /** @type {types.ControlNetSource} */ (source);
+    checkType("url", given, "string");
+    checkSignal(signal);
+    if ((given === undefined) === (files === undefined)) throw linaError("invalid_input", "give the ControlNet's url or its files, one of them");
+    if (files !== undefined) checkFiles(files);
+    const url = given === undefined ? undefined : new URL(given.endsWith("/") ? given : `${given}/`, location.href).href;
+    return this.#request("loadControlNet", { url, files }, signal);
+  }
+
+  /**
+   * Drops the loaded ControlNet, if any: generations run the UNet alone again.
+   * @returns {Promise<void>}
+   */
+  async removeControlNet() {
+    return this.#request("removeControlNet", {});
   }
 
   /**
@@ -605,6 +637,19 @@ function checkAdapters(name, list, keys, check) {
   }
 }
 
+/**
+ * Paths to file contents.
+ * @param {unknown} files
+ */
+function checkFiles(files) {
+  checkObject("files", files);
+  for (const [path, data] of Object.entries(/** @type {object} */ (files))) {
+    if (!(data instanceof Blob || data instanceof Uint8Array)) {
+      throw linaError("invalid_input", `files["${path}"] must be a File, a Blob or a Uint8Array`);
+    }
+  }
+}
+
 /** @param {unknown} source */
 function checkSource(source) {
   checkObject("the model's source", source);
@@ -616,13 +661,8 @@ function checkSource(source) {
     throw linaError("invalid_input", "checkpoint must be a URL, a File, a Blob or a Uint8Array");
   }
   if (files !== undefined) {
-    checkObject("files", files);
     if (url !== undefined) throw linaError("invalid_input", "give the model's url or its files, not both");
-    for (const [path, data] of Object.entries(files)) {
-      if (!(data instanceof Blob || data instanceof Uint8Array)) {
-        throw linaError("invalid_input", `files["${path}"] must be a File, a Blob or a Uint8Array`);
-      }
-    }
+    checkFiles(files);
   }
   checkAdapters("loras", source.loras, ["url", "file", "scale"], (a) => {
     if (a.scale !== undefined && !Number.isFinite(a.scale)) throw linaError("invalid_input", "loras[].scale must be a finite number");

@@ -27,6 +27,8 @@ let running = null;
 let source = {};
 // What the last load said about the model (its size, what it runs without), for the facts.
 let loadNotes = [];
+// The name of the ControlNet loaded beside the model, or null.
+let controlNet = null;
 
 // A failed GPU device (lost, out of memory) took the model's weights with it, and a crashed
 // worker took the whole model: a fresh device or worker comes with the next load, so the page
@@ -165,6 +167,7 @@ async function imageOptions() {
   if (initImage) Object.assign(options, { initImage, strength: Number($("strength").value) });
   if (mask) options.mask = mask;
   if (controlImage && !$("control-image-field").hidden) options.controlImage = controlImage;
+  if (controlNet) options.controlnetScale = Number($("controlnet-scale").value);
   if (referenceImage && !$("reference-image-field").hidden) {
     Object.assign(options, { referenceImage, referenceSize: $("reference-size").value });
   }
@@ -179,11 +182,12 @@ async function imageOptions() {
  */
 function showImageInputs() {
   const condition = model.imageCondition;
-  $("control-image-field").hidden = condition !== "control";
+  $("control-image-field").hidden = condition !== "control" && !controlNet;
+  $("controlnet-scale-field").hidden = !controlNet;
   $("reference-image-field").hidden = !model.takesReferenceImage;
   $("reference-size-field").hidden = !model.takesReferenceImage;
   $("reference-size").value = model.nativeSize >= 1024 ? "trained" : "kept";
-  if (condition !== "none") $("image-inputs").open = true;
+  if (condition !== "none" || controlNet) $("image-inputs").open = true;
 }
 
 async function restoreLinaFromAddress() {
@@ -665,6 +669,7 @@ function describeDevice(notes) {
     ["Native image size", `${model.nativeSize} px`],
     ["LoRA", (source.loras ?? []).map((l) => `${l.file.name ?? "file"} at scale ${l.scale}`).join(", ") || "none"],
     ["Embeddings", (source.embeddings ?? []).map((e) => `${e.file.name ?? "file"} as ${e.trigger}`).join(", ") || "none"],
+    ["ControlNet", controlNet ?? "none"],
     ["Notes", notes.length ? notes.join(" ") : "none"],
   ];
   $("model-facts").replaceChildren(
@@ -680,6 +685,9 @@ function describeDevice(notes) {
 
 function ready(notes = []) {
   loadNotes = notes;
+  // A model loaded afresh has no ControlNet beside it.
+  controlNet = null;
+  $("remove-controlnet").disabled = true;
   const blocks = model.skippableBlocks;
   $("skip-layers-field").hidden = blocks == null;
   if (blocks != null) $("skip-layers").placeholder = `blocks 0 to ${blocks - 1}`;
@@ -816,6 +824,43 @@ async function rescaleLoras() {
   }
 }
 
+// A ControlNet beside the loaded model, from a picked folder (its config and weights, by
+// their names) or a URL; a refused one leaves the one loaded before.
+async function loadControlNet() {
+  const picked = [...$("controlnet-folder").files].filter((f) => f.name === "config.json" || f.name.endsWith(".safetensors"));
+  const url = $("controlnet-url").value.trim();
+  const problem = !picked.length && !url ? "Choose a ControlNet folder, or give its URL." : "";
+  $("controlnet-error").textContent = problem;
+  if (problem || running || model?.deviceInfo == null) return;
+  const name = picked.length ? picked[0].webkitRelativePath.split("/")[0] || "the picked folder" : url;
+  status(`Loading the ControlNet ${name}…`);
+  try {
+    await model.loadControlNet(picked.length ? { files: Object.fromEntries(picked.map((f) => [f.name, f])) } : { url });
+    controlNet = name;
+    $("remove-controlnet").disabled = false;
+    showImageInputs();
+    describeDevice(loadNotes);
+    status(`ControlNet ${name} loaded: pick its control image under "Start from an image".`);
+  } catch (error) {
+    $("controlnet-error").textContent = error.message;
+    await failed(error);
+  }
+}
+
+async function removeControlNet() {
+  if (running || !controlNet) return;
+  try {
+    await model.removeControlNet();
+    controlNet = null;
+    $("remove-controlnet").disabled = true;
+    showImageInputs();
+    describeDevice(loadNotes);
+    status("ControlNet removed: the model runs alone.");
+  } catch (error) {
+    await failed(error);
+  }
+}
+
 // A single-file checkpoint with the folder (picked or at a URL) that gives its tokenizer and
 // configs; the worker reads nothing else from that folder.
 function loadCheckpoint() {
@@ -900,6 +945,8 @@ async function main() {
   $("load-default").addEventListener("click", () => switchModel({}, "the embedded model"));
   $("load-checkpoint").addEventListener("click", loadCheckpoint);
   $("load-adapters").addEventListener("click", loadWithAdapters);
+  $("load-controlnet").addEventListener("click", loadControlNet);
+  $("remove-controlnet").addEventListener("click", removeControlNet);
   $("lora-scale").addEventListener("input", () => ($("lora-scale-value").value = $("lora-scale").value));
   $("lora-scale").addEventListener("change", rescaleLoras);
   // The history opens beside the model's download: a browser without IndexedDB (some

@@ -423,6 +423,59 @@ test("a zero-terminal-SNR scheduler config (`rescale_betas_zero_snr`) with `guid
   await page.close();
 });
 
+test("a ControlNet loaded by URL and from files beside the tiny SD 1.x UNet draws diffusers' images (`controlnetScale`, `controlGuidanceStart`/`End`); without `controlImage` the run is refused, an SDXL ControlNet rejects with \"config\" and keeps the loaded one, and after `removeControlNet` the UNet runs alone", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const { referenceTensors, imageInput } = await import("/helpers/reference.js");
+    const folder = "/fixtures/controlnet_tiny/";
+    const tensor = await referenceTensors(folder);
+    const worst = (image, expected) => {
+      let most = 0;
+      for (let p = 0; p < image.width * image.height; p++) {
+        for (let c = 0; c < 3; c++) most = Math.max(most, Math.abs(image.rgba[p * 4 + c] - expected[p * 3 + c] * 255));
+      }
+      return most;
+    };
+    const failure = (promise) => promise.then(() => null, (error) => ({ code: error.code, message: error.message }));
+    const options = {
+      prompt: "a red ball on a small mirror",
+      negativePrompt: "blurry",
+      steps: 10,
+      guidanceScale: 7.5,
+      initialLatents: Array.from(tensor("latents")),
+      controlImage: imageInput(tensor("card"), 64, 64),
+    };
+    const model = new LinaModel();
+    try {
+      await model.load({ backend: "cpu", url: "/fixtures/sd1_tiny/" });
+      await model.loadControlNet({ url: folder });
+      const window = { controlnetScale: 0.6, controlGuidanceStart: 0.2, controlGuidanceEnd: 0.8 };
+      const byUrl = worst(await model.generate({ ...options, ...window }), tensor("image_window"));
+      const files = {};
+      for (const name of ["config.json", "diffusion_pytorch_model.safetensors"]) files[name] = await (await fetch(folder + name)).blob();
+      await model.loadControlNet({ files });
+      const byFiles = worst(await model.generate(options), tensor("image"));
+      const { controlImage, ...withoutImage } = options;
+      const refused = await failure(model.generate(withoutImage));
+      const misfit = await failure(model.loadControlNet({ url: "/fixtures/controlnet_sdxl_tiny/" }));
+      const kept = worst(await model.generate(options), tensor("image"));
+      await model.removeControlNet();
+      // At scale 0 the ControlNet adds nothing: diffusers' image is the UNet's alone.
+      const alone = worst(await model.generate(withoutImage), tensor("image_unguided"));
+      return { byUrl, byFiles, refused, misfit, kept, alone };
+    } finally {
+      model.dispose();
+    }
+  });
+  assert.ok(out.byUrl <= 1 && out.byFiles <= 1 && out.kept <= 1, `the browser's ControlNet images are ${JSON.stringify(out)} from diffusers'`);
+  assert.equal(out.refused?.code, "invalid_input", JSON.stringify(out.refused));
+  assert.match(out.refused.message, /ControlNet is loaded/);
+  assert.equal(out.misfit?.code, "config", JSON.stringify(out.misfit));
+  assert.ok(out.alone <= 1, `without the ControlNet the image is ${out.alone}/255 from diffusers' at scale 0`);
+  await page.close();
+});
+
 test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL and as a single file; its img2img (`initImage`, `strength`) and its run on SDXL base's handed-over latents (`denoisingEnd`, `handoffLatents`) draw diffusers' images", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const before = server.requests.length;

@@ -1053,6 +1053,39 @@ test("the Model tab loads the model again with a LoRA at a scale; an embedding n
   await page.close();
 });
 
+test("the Model tab loads a ControlNet beside the model: one for another model is a clear error, the control image and scale fields appear, a run needs the image and follows it, and Remove runs the model alone", { timeout: SLOW * 2 }, async () => {
+  const page = await openPage("");
+  assert.match(await waitForStatus(page, /^Ready|rror/), /^Ready/);
+  await openTab(page, "Model");
+  await page.getByLabel("Or from a URL (a folder)").fill(`${base}fixtures/sd1_tiny/`);
+  await page.getByRole("button", { name: "Load", exact: true }).click();
+  assert.match(await waitForStatus(page, /^Ready|rror|not found/), /^Ready/);
+  const load = page.getByRole("button", { name: "Load the ControlNet" });
+  await load.click();
+  assert.match(await page.locator("#controlnet-error").textContent(), /Choose a ControlNet folder/);
+  await page.getByLabel("Or a ControlNet folder's URL").fill(`${base}fixtures/controlnet_sdxl_tiny/`);
+  await load.click();
+  assert.match(await waitForStatus(page, /loaded:|rror|differs/), /differs from the model's/);
+  assert.equal(await page.getByLabel("Control image").isVisible(), false, "no ControlNet was loaded");
+  await page.getByLabel("Or a ControlNet folder's URL").fill(`${base}fixtures/controlnet_tiny/`);
+  await load.click();
+  assert.match(await waitForStatus(page, /loaded:|rror|differs/), /loaded:/);
+  assert.equal(await page.locator("#controlnet-error").textContent(), "");
+  assert.ok(await page.getByLabel("Control image").isVisible(), "a ControlNet follows a control image");
+  assert.ok(await page.getByLabel("ControlNet scale").isVisible());
+  await page.getByLabel("Steps", { exact: true }).fill("2");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror|ControlNet is loaded/), /ControlNet is loaded/);
+  await pick(page, "Control image", "edges.png", await twoHalvesPng(page, "black", "white"));
+  await page.getByLabel("ControlNet scale").fill("0.8");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+  await page.getByRole("button", { name: "Remove the ControlNet" }).click();
+  assert.match(await waitForStatus(page, /removed|rror/), /removed/);
+  assert.equal(await page.getByLabel("Control image").isVisible(), false, "the model alone takes no control image");
+  await page.close();
+});
+
 test("the Model tab loads a single-file checkpoint beside its family's folder, and says what is missing first", { timeout: SLOW }, async () => {
   const page = await openPage("");
   assert.match(await waitForStatus(page, /^Ready|rror/), /^Ready/);

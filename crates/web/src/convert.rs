@@ -3,6 +3,8 @@
 use js_sys::{Object, Reflect, Uint8Array, Uint8ClampedArray};
 use wasm_bindgen::prelude::*;
 
+use lina_runtime::source::MemorySource;
+
 use crate::{invalid, js_err};
 
 /// `{ tokens: [{ position, word }], height, width, steps: Float32Array[] }`.
@@ -28,6 +30,22 @@ pub(crate) fn csg_from_js(csg: JsValue) -> Result<lina_csg::Csg, JsValue> {
     let csg: serde_json::Value =
         serde_wasm_bindgen::from_value(csg).map_err(|e| invalid(&format!("invalid CSG: {e}")))?;
     lina_csg::Csg::from_json(&csg.to_string()).map_err(js_err)
+}
+
+/// Files from an object mapping relative paths (`"unet/config.json"`) to `Uint8Array`s.
+pub(crate) fn source_from_files(files: &Object) -> Result<MemorySource, JsValue> {
+    let mut source = MemorySource::new();
+    for key in Object::keys(files).iter() {
+        let path = key
+            .as_string()
+            .ok_or_else(|| invalid("file names must be strings"))?;
+        let value = Reflect::get(files, &key).map_err(|_| invalid("unreadable file entry"))?;
+        let bytes = value
+            .dyn_into::<Uint8Array>()
+            .map_err(|_| invalid(&format!("{path}: expected a Uint8Array")))?;
+        source.insert(path, bytes.to_vec());
+    }
+    Ok(source)
 }
 
 /// A serialisable value as a plain JS object (maps as objects, not `Map`s).

@@ -65,6 +65,11 @@ struct JsOptions {
     true_cfg_scale: Option<f64>,
     /// Guidance rescale (`GenerateOptions::guidance_rescale`).
     guidance_rescale: Option<f64>,
+    /// A loaded ControlNet's scale and window (`GenerateOptions::controlnet_scale` and
+    /// `controlnet_window`), with diffusers' names.
+    controlnet_scale: Option<f64>,
+    control_guidance_start: Option<f64>,
+    control_guidance_end: Option<f64>,
 }
 
 /// Skip-layer guidance as the page sends it; what it leaves out takes diffusers' defaults
@@ -163,6 +168,13 @@ impl JsOptions {
                 .transpose()?,
             true_cfg_scale: self.true_cfg_scale,
             guidance_rescale: self.guidance_rescale.unwrap_or(defaults.guidance_rescale),
+            controlnet_scale: self.controlnet_scale.unwrap_or(defaults.controlnet_scale),
+            controlnet_window: (
+                self.control_guidance_start
+                    .unwrap_or(defaults.controlnet_window.0),
+                self.control_guidance_end
+                    .unwrap_or(defaults.controlnet_window.1),
+            ),
         })
     }
 }

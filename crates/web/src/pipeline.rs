@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use js_sys::{Object, Promise, Reflect, Uint8Array};
+use js_sys::{Object, Promise, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
@@ -12,9 +12,10 @@ use lina_runtime::models::denoiser::ImageCondition;
 use lina_runtime::pipeline::{
     CancelToken, GenerateOptions, Hooks, Sampling, StableDiffusion, StepFuture, StepHook,
 };
-use lina_runtime::source::MemorySource;
 
-use crate::convert::{csg_from_js, image_from_js, image_object, to_js, token_maps_object};
+use crate::convert::{
+    csg_from_js, image_from_js, image_object, source_from_files, to_js, token_maps_object,
+};
 use crate::device::device_from_options;
 use crate::loader::ModelLoader;
 use crate::options::{Inputs, lina_inputs};
@@ -38,17 +39,7 @@ impl Pipeline {
     /// (`"unet/config.json"`) to `Uint8Array`s. `options` as for `ModelLoader.create`.
     pub async fn load(files: Object, options: JsValue) -> Result<Pipeline, JsValue> {
         let (device, kernels) = device_from_options(&options).await?;
-        let mut source = MemorySource::new();
-        for key in Object::keys(&files).iter() {
-            let path = key
-                .as_string()
-                .ok_or_else(|| invalid("file names must be strings"))?;
-            let value = Reflect::get(&files, &key).map_err(|_| invalid("unreadable file entry"))?;
-            let bytes = value
-                .dyn_into::<Uint8Array>()
-                .map_err(|_| invalid(&format!("{path}: expected a Uint8Array")))?;
-            source.insert(path, bytes.to_vec());
-        }
+        let source = source_from_files(&files)?;
         let inner = StableDiffusion::load_with(&source, &device, kernels).map_err(js_err)?;
         Ok(Pipeline {
             inner,
@@ -142,6 +133,29 @@ impl Pipeline {
     #[wasm_bindgen(js_name = takesReferenceImage)]
     pub fn takes_reference_image(&self) -> bool {
         self.inner.takes_reference_image()
+    }
+
+    /// Loads a ControlNet (diffusers' `ControlNetModel`) beside the UNet from `files`, an
+    /// object mapping its folder's paths (`"config.json"`,
+    /// `"diffusion_pytorch_model.safetensors"`) to `Uint8Array`s, replacing any loaded
+    /// before; every generation after needs `controlImage`. One that does not fit the model
+    /// is refused, and the one loaded before stays.
+    #[wasm_bindgen(js_name = loadControlNet)]
+    pub fn load_controlnet(&mut self, files: Object) -> Result<(), JsValue> {
+        let source = source_from_files(&files)?;
+        self.inner.load_controlnet(&source, "").map_err(js_err)
+    }
+
+    /// Drops the loaded ControlNet, if any.
+    #[wasm_bindgen(js_name = removeControlNet)]
+    pub fn remove_controlnet(&mut self) {
+        self.inner.remove_controlnet();
+    }
+
+    /// Whether a ControlNet is loaded (and so `controlImage` is needed).
+    #[wasm_bindgen(js_name = hasControlNet)]
+    pub fn has_controlnet(&self) -> bool {
+        self.inner.controlnet().is_some()
     }
 
     /// Traps the wasm instance (a Rust panic, which aborts to `unreachable`), as a bug or an
