@@ -118,8 +118,11 @@ impl FileSource for StagedSource {
 #[cfg(not(target_arch = "wasm32"))]
 pub struct DirSource {
     root: std::path::PathBuf,
-    /// Served as [`crate::single_file::CHECKPOINT_FILE`].
-    checkpoint: Option<std::path::PathBuf>,
+    /// A file served under another path: a single-file checkpoint as
+    /// [`crate::single_file::CHECKPOINT_FILE`], a lone weight file as its folder's.
+    alias: Option<(String, std::path::PathBuf)>,
+    /// Whether the alias is all the source holds.
+    alone: bool,
     chunk: usize,
 }
 
@@ -128,7 +131,24 @@ impl DirSource {
     pub fn new(root: impl Into<std::path::PathBuf>) -> Self {
         Self {
             root: root.into(),
-            checkpoint: None,
+            alias: None,
+            alone: false,
+            chunk: 1 << 20,
+        }
+    }
+
+    /// `file` alone, served as `path`: a lone weight file as the folder it would sit in
+    /// names it (an original ControlNet file as `diffusion_pytorch_model.safetensors`), with
+    /// nothing beside it, whatever its own folder holds.
+    pub fn single(file: impl Into<std::path::PathBuf>, path: &str) -> Self {
+        let file = file.into();
+        Self {
+            root: file
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default(),
+            alias: Some((path.to_string(), file)),
+            alone: true,
             chunk: 1 << 20,
         }
     }
@@ -160,14 +180,16 @@ impl DirSource {
 
     /// Serves `file` as the model's single-file checkpoint.
     pub fn with_checkpoint(mut self, file: impl Into<std::path::PathBuf>) -> Self {
-        self.checkpoint = Some(file.into());
+        self.alias = Some((crate::single_file::CHECKPOINT_FILE.to_string(), file.into()));
         self
     }
 
-    fn resolve(&self, path: &str) -> std::path::PathBuf {
-        match &self.checkpoint {
-            Some(file) if path == crate::single_file::CHECKPOINT_FILE => file.clone(),
-            _ => self.root.join(path),
+    /// Where `path` is on disk; `None` for a path a lone file's source does not hold.
+    fn resolve(&self, path: &str) -> Option<std::path::PathBuf> {
+        match &self.alias {
+            Some((served, file)) if path == served => Some(file.clone()),
+            _ if self.alone => None,
+            _ => Some(self.root.join(path)),
         }
     }
 
@@ -181,7 +203,9 @@ impl DirSource {
 #[cfg(not(target_arch = "wasm32"))]
 impl FileSource for DirSource {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let full = self.resolve(path);
+        let Some(full) = self.resolve(path) else {
+            return Ok(None);
+        };
         match std::fs::read(&full) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -190,7 +214,9 @@ impl FileSource for DirSource {
     }
 
     fn len(&self, path: &str) -> Result<Option<u64>> {
-        let full = self.resolve(path);
+        let Some(full) = self.resolve(path) else {
+            return Ok(None);
+        };
         match std::fs::metadata(&full) {
             Ok(meta) => Ok(Some(meta.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -200,7 +226,9 @@ impl FileSource for DirSource {
 
     fn stream(&self, path: &str, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<bool> {
         use std::io::Read;
-        let full = self.resolve(path);
+        let Some(full) = self.resolve(path) else {
+            return Ok(false);
+        };
         let io = |e: std::io::Error| Error::io(full.display(), e);
         let mut file = match std::fs::File::open(&full) {
             Ok(f) => f,

@@ -111,6 +111,95 @@ fn an_sdxl_controlnet_reads_the_pooled_text_and_size_as_diffusers() {
     }
 }
 
+/// controlnet_tiny's tensors under the names an original ControlNet file gives them
+/// (tests/fixtures/single_file/controlnet_tiny.json, checked against diffusers' converter by
+/// `tools/make_single_file.py --only controlnet`), each name passed through `name`.
+fn original_file(name: impl Fn(&str) -> String) -> Vec<u8> {
+    let map: serde_json::Value =
+        serde_json::from_slice(&common::read_fixture("single_file/controlnet_tiny.json")).unwrap();
+    let diffusers = common::f32_tensors(&common::read_fixture(
+        "controlnet_tiny/diffusion_pytorch_model.safetensors",
+    ));
+    let tensors: common::F32Tensors = map["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let theirs = entry[2][0].as_str().unwrap();
+            (name(entry[0].as_str().unwrap()), diffusers[theirs].clone())
+        })
+        .collect();
+    assert_eq!(tensors.len(), diffusers.len());
+    common::f32_safetensors(&tensors)
+}
+
+/// A ControlNet's folder holding `weights` as its weight file, with `config` where given.
+fn controlnet_folder(weights: Vec<u8>, config: Option<&str>) -> MemorySource {
+    let mut files = MemorySource::new();
+    files.insert("diffusion_pytorch_model.safetensors", weights);
+    if let Some(json) = config {
+        files.insert("config.json", json.as_bytes().to_vec());
+    }
+    files
+}
+
+/// An original ControlNet file (lllyasviel's layout: `control_model.input_hint_block.*`,
+/// `zero_convs.*`, `middle_block_out.*` and the UNet's down half in LDM names), with its
+/// prefix or bare, loads without a config (inferred from its shapes: the conditioning
+/// embedding's widths from `input_hint_block`) and steers sd1_tiny to the diffusers folder's
+/// image, byte for byte, and so within 1/255 of diffusers'; beside a config.json it takes
+/// that config. A tensor that fits no part of a ControlNet (an up block's) is refused naming
+/// it.
+#[test]
+fn an_original_controlnet_file_steers_as_its_diffusers_folder() {
+    let reference = Reference::open("controlnet_tiny");
+    let cpu = lina_runtime::device::cpu();
+    let opts = options(&reference);
+    let draw = |pipe: &StableDiffusion| {
+        pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new()))
+            .unwrap()
+            .image
+    };
+    let folder_image = draw(&with_controlnet(&cpu));
+    let config = std::fs::read_to_string(fixture("controlnet_tiny/config.json")).unwrap();
+    let mut pipe = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &cpu).unwrap();
+    let prefixed = original_file(str::to_string);
+    let bare = original_file(|n| n.strip_prefix("control_model.").unwrap().to_string());
+    for (what, weights, config) in [
+        ("prefixed", prefixed.clone(), None),
+        ("bare", bare, None),
+        (
+            "prefixed beside its config",
+            prefixed.clone(),
+            Some(config.as_str()),
+        ),
+    ] {
+        pipe.load_controlnet(&controlnet_folder(weights, config), "")
+            .unwrap();
+        let conditioning = &pipe.controlnet().unwrap().config().conditioning;
+        assert_eq!(
+            conditioning.embedding_out_channels,
+            [16, 16, 32, 32],
+            "{what}"
+        );
+        let image = draw(&pipe);
+        assert_eq!(image, folder_image, "{what}: not the folder's image");
+        let worst = common::worst_pixel(&image.rgb, &reference.f32("image").1);
+        assert!(worst <= 1.0, "{what}: {worst}/255 from diffusers");
+    }
+    let mut tensors = common::f32_tensors(&prefixed);
+    let stray = "control_model.output_blocks.0.0.in_layers.0.weight";
+    tensors.insert(stray.into(), (vec![32], vec![1.0; 32]));
+    let e = pipe
+        .load_controlnet(
+            &controlnet_folder(common::f32_safetensors(&tensors), None),
+            "",
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), "weight_file", "{e}");
+    assert!(e.to_string().contains(stray), "{e}");
+}
+
 /// What a loaded ControlNet refuses at the start of a run, naming it: no control image,
 /// one of another size, a window outside the schedule or backwards, a scale that is not
 /// finite. Removed, the model runs without one and refuses a control image again.

@@ -26,13 +26,17 @@ committed names are what diffusers reads, not what the runtime under test writes
   full-size SD 3.5 medium with CLIP-L, CLIP-G and T5-XXL), in the layout of StabilityAI's
   single files (`model.diffusion_model.joint_blocks.*`, `text_encoders.*`), checked against
   diffusers' SD 3 converters.
+* `controlnet_tiny.json`: `tests/fixtures/controlnet_tiny` (a ControlNet for the tiny SD 1.x
+  model) as lllyasviel's original ControlNet files name it (`control_model.input_hint_block.*`,
+  `control_model.zero_convs.*`, `control_model.middle_block_out.*` and the UNet's down half
+  in LDM names), checked against diffusers' ControlNet converter value for value.
 * `flux_tiny.json` and `flux1_dev_shapes.json`: FLUX's transformer as Black Forest Labs'
   single file names it (`double_blocks.*`, `single_blocks.*`; ComfyUI's files put
   `model.diffusion_model.` before each name), for `tests/fixtures/flux_tiny` and a full-size
   FLUX.1-dev, whose names and shapes diffusers' FLUX converter rebuilds.
 
 Usage:
-    python3 tools/make_single_file.py [--out tests/fixtures/single_file] [--only sd3|flux|ldm]
+    python3 tools/make_single_file.py [--out tests/fixtures/single_file] [--only sd3|flux|ldm|controlnet]
 """
 
 from __future__ import annotations
@@ -119,6 +123,46 @@ def unet_ldm_name(name: str, config: dict) -> str:
         assert up < blocks - 1
         return f"output_blocks.{index}.{2 if has_attention else 1}.conv.{m[2]}"
     raise ValueError(f"no LDM name for UNet tensor {name}")
+
+
+def controlnet_ldm_name(name: str, config: dict) -> str:
+    """A diffusers ControlNet tensor name in the original layout (lllyasviel's `cldm`, without
+    `control_model.`): the conditioning embedding is one sequential of convolutions and SiLUs
+    (`input_hint_block`, the convolutions at even indices), the zero convolutions are
+    `zero_convs.i.0` and `middle_block_out.0`, the rest the UNet's down half."""
+    levels = len(config["conditioning_embedding_out_channels"])
+    if m := re.fullmatch(r"controlnet_cond_embedding\.conv_in\.(.*)", name):
+        return f"input_hint_block.0.{m[1]}"
+    if m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)\.(.*)", name):
+        return f"input_hint_block.{2 * (int(m[1]) + 1)}.{m[2]}"
+    if m := re.fullmatch(r"controlnet_cond_embedding\.conv_out\.(.*)", name):
+        return f"input_hint_block.{2 * (2 * (levels - 1) + 1)}.{m[1]}"
+    if m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(.*)", name):
+        return f"zero_convs.{m[1]}.0.{m[2]}"
+    if m := re.fullmatch(r"controlnet_mid_block\.(.*)", name):
+        return f"middle_block_out.0.{m[1]}"
+    return unet_ldm_name(name, config)
+
+
+def controlnet_tiny(out: Path) -> None:
+    """tests/fixtures/controlnet_tiny's names in the original layout, each tensor checked to
+    come back from diffusers' converter unchanged."""
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    folder = FIXTURES / "controlnet_tiny"
+    config = json.loads((folder / "config.json").read_text())
+    weights = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    entries = [[f"control_model.{controlnet_ldm_name(n, config)}", "controlnet", [n]] for n in sorted(weights)]
+    ckpt = {ldm: weights[names[0]] for ldm, _, names in entries}
+    converted = convert_controlnet_checkpoint(ckpt, config)
+    assert set(converted) == set(weights), set(converted) ^ set(weights)
+    for name, value in weights.items():
+        assert torch.equal(converted[name], value), name
+    about = ("tests/fixtures/controlnet_tiny as an original ControlNet file (lllyasviel's layout): made and checked "
+             "against diffusers' converter by tools/make_single_file.py")
+    lines = ",\n".join(json.dumps(e) for e in entries)
+    (out / "controlnet_tiny.json").write_text(f'{{"about": {json.dumps(about)},\n"tensors": [\n{lines}\n],\n"extras": {{}}}}\n')
+    print(f"controlnet_tiny: {len(entries)} tensors, checked against diffusers")
 
 
 def vae_ldm_name(name: str, config: dict) -> str:
@@ -733,12 +777,15 @@ def flux1_dev_shapes(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=FIXTURES / "single_file")
-    parser.add_argument("--only", choices=["sd3", "flux", "ldm"], help="only SD 3's files, FLUX's, or the others")
+    parser.add_argument("--only", choices=["sd3", "flux", "ldm", "controlnet"],
+                        help="only SD 3's files, FLUX's, the ControlNet's, or the others")
     args = parser.parse_args()
     if args.only in (None, "flux"):
         flux_tiny(args.out)
         flux1_dev_shapes(args.out)
-    if args.only not in ("sd3", "flux"):
+    if args.only in (None, "controlnet"):
+        controlnet_tiny(args.out)
+    if args.only not in ("sd3", "flux", "controlnet"):
         for name in ("sd1_tiny", "sd2_tiny", "sdxl_tiny", "sdxl_refiner_tiny"):
             tiny(name, args.out)
         full_size(args.out)

@@ -530,17 +530,21 @@ const handlers = {
   setMaxSequenceLength: ({ tokens }) => model().setMaxSequenceLength(tokens),
   removeControlNet: () => model().removeControlNet(),
 
-  // A ControlNet's folder by URL, or its files; held in memory while it is built.
-  async loadControlNet({ url, files }) {
+  // A ControlNet's folder by URL, or its files; or an original ControlNet's one file (by
+  // URL or as a file), read as such a folder's weight file. Held in memory while it is built.
+  async loadControlNet({ url, files, file }) {
     const target = model();
     const abort = new AbortController();
+    const weights = "diffusion_pytorch_model.safetensors";
     const bytes = {};
-    if (url !== undefined) {
-      for (const name of ["config.json", "diffusion_pytorch_model.safetensors"]) {
+    if (file !== undefined || url?.endsWith(".safetensors")) {
+      [, bytes[weights]] = await adapterBytes({ url, file }, abort.signal);
+    } else if (url !== undefined) {
+      for (const name of ["config.json", weights]) {
         [, bytes[name]] = await adapterBytes({ url: new URL(name, url).href }, abort.signal);
       }
     } else {
-      for (const [path, file] of Object.entries(files)) [, bytes[path]] = await adapterBytes({ file }, abort.signal);
+      for (const [path, data] of Object.entries(files)) [, bytes[path]] = await adapterBytes({ file: data }, abort.signal);
     }
     target.loadControlNet(bytes);
   },

@@ -79,10 +79,15 @@ export interface Controls {
 }
 
 /** Any other key is refused ("invalid_input"). */
-/** A ControlNet's folder: by URL, or its files ("config.json", "diffusion_pytorch_model.safetensors"). */
+/**
+ * A ControlNet: its diffusers folder by URL or as files ("config.json",
+ * "diffusion_pytorch_model.safetensors"), or an original ControlNet's `.safetensors` file
+ * (lllyasviel's layout, its config inferred) by URL or as a file. One of them.
+ */
 export interface ControlNetSource extends Controls {
   url?: string;
   files?: Record<string, Blob | Uint8Array>;
+  file?: Blob | Uint8Array;
 }
 
 export interface ModelSource extends Controls {

@@ -299,24 +299,32 @@ export class LinaModel {
   }
 
   /**
-   * Loads a ControlNet (diffusers' `ControlNetModel`) beside the model's UNet, from `url` (its
-   * folder: config.json and diffusion_pytorch_model.safetensors) or `files` (those paths to
-   * Files, Blobs or Uint8Arrays), replacing any loaded before. Every generation after needs
-   * `controlImage`. One that does not fit the model rejects ("config", "weight_file",
-   * "invalid_input") and the one loaded before stays.
+   * Loads a ControlNet (diffusers' `ControlNetModel`) beside the model's UNet: from `url` (its
+   * folder: config.json and diffusion_pytorch_model.safetensors), `files` (those paths to
+   * Files, Blobs or Uint8Arrays), or, for an original ControlNet file (lllyasviel's layout,
+   * `control_v11p_sd15_canny.safetensors`; its config inferred), `url` naming the
+   * `.safetensors` file or `file` holding it. It replaces any loaded before; every generation
+   * after needs `controlImage`. One that does not fit the model rejects ("config",
+   * "weight_file", "invalid_input") and the one loaded before stays.
    * @param {types.ControlNetSource} source
    * @returns {Promise<void>}
    */
   async loadControlNet(source) {
     checkObject("the ControlNet's source", source);
-    checkKeys("the ControlNet's source", source, ["url", "files", "signal"]);
-    const { url: given, files, signal } = /** @type {types.ControlNetSource} */ (source);
+    checkKeys("the ControlNet's source", source, ["url", "files", "file", "signal"]);
+    const { url: given, files, file, signal } = /** @type {types.ControlNetSource} */ (source);
     checkType("url", given, "string");
     checkSignal(signal);
-    if ((given === undefined) === (files === undefined)) throw linaError("invalid_input", "give the ControlNet's url or its files, one of them");
+    if ([given, files, file].filter((s) => s !== undefined).length !== 1) {
+      throw linaError("invalid_input", "give the ControlNet's url, its files or its file, one of them");
+    }
     if (files !== undefined) checkFiles(files);
-    const url = given === undefined ? undefined : new URL(given.endsWith("/") ? given : `${given}/`, location.href).href;
-    return this.#request("loadControlNet", { url, files }, signal);
+    if (file !== undefined && !(file instanceof Blob || file instanceof Uint8Array)) {
+      throw linaError("invalid_input", "file must be a File, a Blob or a Uint8Array");
+    }
+    const single = given?.endsWith(".safetensors");
+    const url = given === undefined ? undefined : new URL(single || given.endsWith("/") ? given : `${given}/`, location.href).href;
+    return this.#request("loadControlNet", { url, files, file }, signal);
   }
 
   /**

@@ -573,23 +573,46 @@ impl StableDiffusion {
 
     /// Loads a ControlNet (diffusers' `ControlNetModel`) from `folder` of `files`: `""` for a
     /// ControlNet's own folder (a hub repo such as `lllyasviel/sd-controlnet-canny`: its
-    /// `config.json` and weights at the root), `"controlnet"` in a pipeline's folder. It
-    /// replaces any loaded before; each generation then needs a control image
+    /// `config.json` and weights at the root), `"controlnet"` in a pipeline's folder. The
+    /// weight file may also hold an original ControlNet (lllyasviel's layout:
+    /// `control_v11p_sd15_canny` and the like, `control_model.`-prefixed or bare), read
+    /// with a config inferred from its shapes where the folder has none. It replaces any
+    /// loaded before; each generation then needs a control image
     /// ([`GenerateOptions::control_image`](super::GenerateOptions::control_image)) until it
     /// is removed ([`remove_controlnet`](Self::remove_controlnet)). Refused, loading nothing,
     /// where it does not fit this model: a transformer in place of a UNet, another text
     /// width, other down blocks, another latent width or VAE downscale, SDXL's added input
-    /// on one side only.
+    /// on one side only; a config beside the weights is checked before they are read.
     pub fn load_controlnet(&mut self, files: &dyn FileSource, folder: &str) -> Result<()> {
         let config_file = in_folder(folder, controlnet::CONFIG_FILE);
-        let config = ControlNetConfig::from_json(&config_file, &files.require_text(&config_file)?)?;
         let Some(unet) = self.denoiser.unet() else {
             return Err(Error::InvalidInput(
                 "a ControlNet steers a UNet (SD 1.x, 2.x, XL); this model's denoiser is a transformer".into(),
             ));
         };
-        Self::check_controlnet(&config, unet, self.vae.config(), &config_file)?;
+        let fitting = |file: &str, json: &str| -> Result<ControlNetConfig> {
+            let config = ControlNetConfig::from_json(file, json)?;
+            Self::check_controlnet(&config, unet, self.vae.config(), file)?;
+            Ok(config)
+        };
+        let given = match files.read_text(&config_file)? {
+            Some(json) => Some(fitting(&config_file, &json)?),
+            None => None,
+        };
         let weights = folder_weights(files, folder, controlnet::WEIGHT_FILES, &self.device)?;
+        let names: Vec<&str> = weights.shapes().into_iter().map(|(n, _)| n).collect();
+        let (weights, config) = if single_file::controlnet::is_original(&names) {
+            let file = weights.source().to_string();
+            let part = single_file::controlnet::split(&file, weights)?;
+            let config = match given {
+                Some(config) => config,
+                None => fitting(&file, &part.config)?,
+            };
+            (part.weights, config)
+        } else {
+            let config = given.ok_or_else(|| Error::MissingFile(config_file.clone()))?;
+            (weights, config)
+        };
         let net = build_component(weights, (self.kernels, None), |w| {
             ControlNet::load(config, w)
         })?;

@@ -107,6 +107,65 @@ impl<'a> Table<'_, 'a> {
 }
 
 fn unet_config(family: Family, t: &Table) -> Result<Value> {
+    let p = |n: String| format!("{UNET}{n}");
+    let mut config = down_half_config(family, t)?;
+    let per = unet_layout(t.shapes).layers_per_block + 1;
+    let blocks = config["block_out_channels"].as_array().map_or(0, Vec::len);
+    let up_types: Vec<&str> = (0..blocks)
+        .map(|b| {
+            if t.has(&p(format!("output_blocks.{}.1.proj_in.weight", b * per))) {
+                "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
+            }
+        })
+        .collect();
+    config["_class_name"] = json!("UNet2DConditionModel");
+    config["up_block_types"] = json!(up_types);
+    config["out_channels"] = json!(t.dim(&p("out.2.weight".into()), 0)?);
+    Ok(config)
+}
+
+/// A ControlNet's config from an original ControlNet file's shapes: its trunk's under
+/// `model.diffusion_model.` (the UNet's down half, as a UNet checkpoint names it) and its
+/// conditioning embedding's under `input_hint_block.` (a sequential whose convolutions sit
+/// at even indices: the first, then a same-width and a halving one per level, then the
+/// last, zero-initialised, to the UNet's width).
+pub(super) fn controlnet_config(file: &str, family: Family, shapes: &Shapes) -> Result<Value> {
+    let t = Table { file, shapes };
+    let mut config = down_half_config(family, &t)?;
+    let hint = |k: usize| format!("input_hint_block.{k}.weight");
+    let convolutions = count_even_indices(shapes, "input_hint_block.");
+    // conv_in, two per level after the first, conv_out.
+    if convolutions < 2 || !convolutions.is_multiple_of(2) {
+        return Err(Error::WeightFile {
+            file: file.to_string(),
+            message: format!(
+                "`input_hint_block` holds {convolutions} convolutions; a ControlNet's holds an even number, at least 2"
+            ),
+        });
+    }
+    let levels = convolutions / 2;
+    let widths = std::iter::once(t.dim(&hint(0), 0))
+        .chain((1..levels).map(|k| t.dim(&hint(4 * k), 0)))
+        .collect::<Result<Vec<_>>>()?;
+    config["_class_name"] = json!("ControlNetModel");
+    config["conditioning_channels"] = json!(t.dim(&hint(0), 1)?);
+    config["conditioning_embedding_out_channels"] = json!(widths);
+    Ok(config)
+}
+
+/// How many convolutions a sequential of convolutions and activations holds under `prefix`:
+/// its even indices 0, 2, 4, ... as long as each is there.
+fn count_even_indices(shapes: &Shapes, prefix: &str) -> usize {
+    (0..)
+        .take_while(|k| shapes.contains_key(format!("{prefix}{}.weight", 2 * k).as_str()))
+        .count()
+}
+
+/// What a UNet's down half (its time embedding, input convolution, down blocks and mid
+/// block, all a ControlNet has of it) tells of its config.
+fn down_half_config(family: Family, t: &Table) -> Result<Value> {
     let (shapes, shape, has) = (t.shapes, |n: &str| t.shape(n), |n: &str| t.has(n));
     let p = |n: String| format!("{UNET}{n}");
     let layers = unet_layout(shapes).layers_per_block;
@@ -118,7 +177,6 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
     let blocks = downsamplers + 1;
     let mut channels = Vec::new();
     let mut down_types = Vec::new();
-    let mut up_types = Vec::new();
     for b in 0..blocks {
         let first = 1 + b * per;
         channels.push(t.dim(&p(format!("input_blocks.{first}.0.out_layers.3.weight")), 0)?);
@@ -127,13 +185,6 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
                 "CrossAttnDownBlock2D"
             } else {
                 "DownBlock2D"
-            },
-        );
-        up_types.push(
-            if has(&p(format!("output_blocks.{}.1.proj_in.weight", b * per))) {
-                "CrossAttnUpBlock2D"
-            } else {
-                "UpBlock2D"
             },
         );
     }
@@ -190,17 +241,14 @@ fn unet_config(family: Family, t: &Table) -> Result<Value> {
         Family::Sdxl | Family::SdxlRefiner | Family::Sd3 | Family::Flux => (per_head_64, 128),
     };
     let mut config = json!({
-        "_class_name": "UNet2DConditionModel",
         "sample_size": sample_size,
         "in_channels": t.dim(&p("input_blocks.0.0.weight".into()), 1)?,
-        "out_channels": t.dim(&p("out.2.weight".into()), 0)?,
         "down_block_types": down_types,
         "mid_block_type": if has(&p("middle_block.1.proj_in.weight".into())) {
             Value::from("UNetMidBlock2DCrossAttn")
         } else {
             Value::Null
         },
-        "up_block_types": up_types,
         "block_out_channels": channels,
         "layers_per_block": layers,
         "cross_attention_dim": cross_attention_dim,

@@ -22,13 +22,15 @@
 //! (epsilon, 512) is told from the 768 v-prediction one the family defaults to.
 //!
 //! The names are checked against diffusers' own converters by `tools/make_single_file.py`
-//! (tests/fixtures/single_file/).
+//! (tests/fixtures/single_file/). ControlNets in their original layout, a model of their own
+//! beside a checkpoint, are read by `controlnet`.
 
 //!
 //! Here the families and the checkpoint; `names` renames the original keys into diffusers'
 //! (and into components), `configs` infers each component's config from the shapes.
 
 mod configs;
+pub mod controlnet;
 mod names;
 
 pub use configs::Configs;

@@ -111,6 +111,11 @@ impl Weights {
         }
     }
 
+    /// The weight file (or a sharded model's index) these were read from, as errors name it.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Whether the file holds a tensor of this name (to tell a full VAE from a decoder).
     pub fn contains(&self, name: &str) -> bool {
         match &self.backing {

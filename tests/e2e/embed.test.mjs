@@ -25,6 +25,7 @@ before(async () => {
   MADE = await mkdtemp(join(tmpdir(), "lina-made-"));
   await writeFile(join(MADE, "sd1_tiny.safetensors"), await singleFileCheckpoint("sd1_tiny"));
   await writeFile(join(MADE, "sdxl_tiny.safetensors"), await singleFileCheckpoint("sdxl_tiny"));
+  await writeFile(join(MADE, "control_tiny.safetensors"), await singleFileCheckpoint("controlnet_tiny"));
   await writeFile(join(MADE, "sdxl_refiner_tiny.safetensors"), await singleFileCheckpoint("sdxl_refiner_tiny"));
   await writeFile(join(MADE, "flux_tiny.safetensors"), await singleFileCheckpoint("flux_tiny"));
   // SD 3 as StabilityAI's `sd3_medium_incl_clips` file holds it: without T5.
@@ -423,7 +424,7 @@ test("a zero-terminal-SNR scheduler config (`rescale_betas_zero_snr`) with `guid
   await page.close();
 });
 
-test("a ControlNet loaded by URL and from files beside the tiny SD 1.x UNet draws diffusers' images (`controlnetScale`, `controlGuidanceStart`/`End`); without `controlImage` the run is refused, an SDXL ControlNet rejects with \"config\" and keeps the loaded one, and after `removeControlNet` the UNet runs alone", { timeout: SLOW }, async () => {
+test("a ControlNet loaded by URL and from files, and as an original ControlNet file, beside the tiny SD 1.x UNet draws diffusers' images (`controlnetScale`, `controlGuidanceStart`/`End`); without `controlImage` the run is refused, an SDXL ControlNet rejects with \"config\" and keeps the loaded one, and after `removeControlNet` the UNet runs alone", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const out = await page.evaluate(async () => {
     const { LinaModel } = await import("./lina.js");
@@ -460,15 +461,18 @@ test("a ControlNet loaded by URL and from files beside the tiny SD 1.x UNet draw
       const refused = await failure(model.generate(withoutImage));
       const misfit = await failure(model.loadControlNet({ url: "/fixtures/controlnet_sdxl_tiny/" }));
       const kept = worst(await model.generate(options), tensor("image"));
+      // The same ControlNet as an original file (lllyasviel's names; its config inferred).
+      await model.loadControlNet({ url: "/made/control_tiny.safetensors" });
+      const original = worst(await model.generate(options), tensor("image"));
       await model.removeControlNet();
       // At scale 0 the ControlNet adds nothing: diffusers' image is the UNet's alone.
       const alone = worst(await model.generate(withoutImage), tensor("image_unguided"));
-      return { byUrl, byFiles, refused, misfit, kept, alone };
+      return { byUrl, byFiles, refused, misfit, kept, original, alone };
     } finally {
       model.dispose();
     }
   });
-  assert.ok(out.byUrl <= 1 && out.byFiles <= 1 && out.kept <= 1, `the browser's ControlNet images are ${JSON.stringify(out)} from diffusers'`);
+  assert.ok(out.byUrl <= 1 && out.byFiles <= 1 && out.kept <= 1 && out.original <= 1, `the browser's ControlNet images are ${JSON.stringify(out)} from diffusers'`);
   assert.equal(out.refused?.code, "invalid_input", JSON.stringify(out.refused));
   assert.match(out.refused.message, /ControlNet is loaded/);
   assert.equal(out.misfit?.code, "config", JSON.stringify(out.misfit));

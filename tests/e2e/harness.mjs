@@ -168,7 +168,9 @@ export async function singleFileCheckpoint(model, keep = () => true) {
   const components = {};
   const used = new Set(map.tensors.map(([, component]) => component));
   for (const component of used) {
-    const folder = join(FIXTURES, model, component);
+    // A model of one component (a ControlNet) keeps its weights at its folder's root.
+    const own = join(FIXTURES, model, component);
+    const folder = (await readdir(join(FIXTURES, model))).includes(component) ? own : join(FIXTURES, model);
     const file = (await readdir(folder)).find((f) => f.endsWith(".safetensors"));
     const bytes = await readFile(join(folder, file));
     const headerLength = Number(bytes.readBigUInt64LE(0));

@@ -56,6 +56,26 @@ pub fn kernels(value: &str) -> std::result::Result<lina_runtime::kernels::Kernel
     lina_runtime::kernels::Kernels::parse(value).map_err(|e| e.to_string())
 }
 
+/// A ControlNet as a user names it: its diffusers folder, or one `.safetensors` file in the
+/// original layout (`control_v11p_sd15_canny.safetensors`), read as such a folder's weight
+/// file with nothing beside it (its config inferred from its shapes). A pickle is refused
+/// unread.
+pub fn controlnet_source(path: &Path) -> Result<lina_runtime::source::DirSource> {
+    use lina_runtime::source::DirSource;
+    if path.is_dir() {
+        return Ok(DirSource::new(path));
+    }
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ["ckpt", "pt", "pth", "bin"].contains(&extension.to_ascii_lowercase().as_str()) {
+        return Err(Error::PickledWeights(path.display().to_string()));
+    }
+    if !path.exists() {
+        return Err(Error::MissingFile(path.display().to_string()));
+    }
+    let weights = lina_runtime::models::controlnet::WEIGHT_FILES[0];
+    Ok(DirSource::single(path, weights))
+}
+
 pub fn read_png(path: &Path) -> Result<Image> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
     Image::from_png(&bytes).map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))

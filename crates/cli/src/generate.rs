@@ -86,9 +86,9 @@ pub struct Args {
     /// of the output's size) the image follows, made beforehand as their pipelines take it.
     #[arg(long)]
     control_image: Option<PathBuf>,
-    /// A ControlNet folder (diffusers' `ControlNetModel`: config.json and
-    /// diffusion_pytorch_model.safetensors) to run beside the UNet, following
-    /// `--control-image`.
+    /// A ControlNet to run beside the UNet, following `--control-image`: its diffusers folder
+    /// (`ControlNetModel`: config.json and diffusion_pytorch_model.safetensors) or an
+    /// original ControlNet's `.safetensors` file (`control_v11p_sd15_canny` and the like).
     #[arg(long, requires = "control_image")]
     controlnet: Option<PathBuf>,
     /// How strongly the ControlNet steers (diffusers' `controlnet_conditioning_scale`).
@@ -270,8 +270,8 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(tokens) = args.max_sequence_length {
             pipe.set_max_sequence_length(tokens)?;
         }
-        if let Some(folder) = &args.controlnet {
-            pipe.load_controlnet(&DirSource::new(folder), "")?;
+        if let Some(path) = &args.controlnet {
+            pipe.load_controlnet(&common::controlnet_source(path)?, "")?;
         }
         let loaded = started.elapsed();
         tracing::info!(?loaded, "model loaded");

@@ -305,6 +305,33 @@ fn noise_in_reproduces_an_ancestral_run() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// tests/fixtures/controlnet_tiny's weights under an original ControlNet file's names
+/// (tests/fixtures/single_file/controlnet_tiny.json).
+fn original_controlnet(fixtures: &str) -> Vec<u8> {
+    let map: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("{fixtures}/single_file/controlnet_tiny.json")).unwrap(),
+    )
+    .unwrap();
+    let weights = std::fs::read(format!(
+        "{fixtures}/controlnet_tiny/diffusion_pytorch_model.safetensors"
+    ))
+    .unwrap();
+    let file = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = map["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let theirs = e[2][0].as_str().unwrap();
+            (
+                e[0].as_str().unwrap().to_string(),
+                file.tensor(theirs).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(tensors, None).unwrap()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -785,7 +812,8 @@ fn lina_fit_fits_several_searches_together() {
 
 /// Image inputs through the CLI: `--control-image` for FLUX.1 Canny and Depth (the tiny FLUX
 /// folder with the control variant's transformer) and for a `--controlnet` beside SD 1.x's
-/// UNet (at scale 0.6 from 20% to 80% of the steps), and `--reference-image` for Kontext (the
+/// UNet (its folder at scale 0.6 from 20% to 80% of the steps; the same ControlNet as an
+/// original file, named after lllyasviel's layout, at scale 1), and `--reference-image` for Kontext (the
 /// tiny FLUX as it is; a 50x34 card with `--reference-size kept`, resized to 48x32 as
 /// diffusers does) give diffusers' images within 1/255, from diffusers' latents.
 #[test]
@@ -827,6 +855,9 @@ fn control_and_reference_images_come_from_files() {
     );
     let (wide, square, sd1) = (path("wide.npy"), path("square.npy"), path("sd1.npy"));
     let controlnet_folder = format!("{fixtures}/controlnet_tiny");
+    // The same ControlNet as an original file (lllyasviel's names), alone in its folder.
+    let original = path("control_tiny.safetensors");
+    std::fs::write(&original, original_controlnet(fixtures)).unwrap();
     let size = |width, height| ["--width", width, "--height", height];
     let cases = [
         (
@@ -867,6 +898,16 @@ fn control_and_reference_images_come_from_files() {
             ]
             .concat(),
             ("controlnet_tiny", "image_window"),
+        ),
+        (
+            format!("{fixtures}/sd1_tiny"),
+            [
+                &["--controlnet", &original, "--control-image", &edges][..],
+                &["--negative", "blurry", "--guidance", "7.5", "--steps", "10"],
+                &["--latents", &sd1],
+            ]
+            .concat(),
+            ("controlnet_tiny", "image"),
         ),
         (
             format!("{fixtures}/flux_tiny"),

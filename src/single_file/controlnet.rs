@@ -1,0 +1,154 @@
+//! ControlNets in their original layout: the files lllyasviel's ControlNet code saves
+//! (`control_v11p_sd15_canny.pth` and the `.safetensors` copies most people download), whose
+//! tensors are named after the UNet they copy (`input_blocks.*`, `middle_block.*`,
+//! `time_embed.*`, SDXL's `label_emb.*`) plus the conditioning embedding
+//! (`input_hint_block.*`) and the zero convolutions (`zero_convs.*`, `middle_block_out.*`),
+//! each under `control_model.` or with no prefix at all (ControlNets shared on their own,
+//! as diffusers' converter also reads them). Renamed into diffusers' `ControlNetModel` names,
+//! with a config inferred from the shapes as a checkpoint's UNet's is.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::ldm::{UNetNames, index};
+use crate::weights::{Regroup, Weights};
+
+use super::configs::controlnet_config;
+use super::names::unet_layout;
+use super::{Family, Part, Shapes, UNET, unused};
+
+/// The prefix the training code's checkpoints put before every ControlNet tensor.
+const PREFIX: &str = "control_model.";
+/// The conditioning embedding's sequential: what tells an original ControlNet.
+const HINT: &str = "input_hint_block.";
+
+/// `name` without the ControlNet prefix, where it has it.
+fn bare(name: &str) -> &str {
+    name.strip_prefix(PREFIX).unwrap_or(name)
+}
+
+/// Whether tensors of these names are a ControlNet in the original layout.
+pub fn is_original(names: &[&str]) -> bool {
+    names
+        .iter()
+        .any(|n| bare(n).starts_with(&format!("{HINT}0.")))
+}
+
+/// The ControlNet in `weights` (an original-layout file, [`is_original`]) under diffusers'
+/// names, with its inferred config; a tensor no rule explains, or a file whose shapes do not
+/// make a ControlNet, is a `weight_file` error naming it.
+pub fn split(file: &str, weights: Weights) -> Result<Part> {
+    let weights = weights.with_scales_applied()?;
+    let (routes, config) = {
+        // The trunk's names as a UNet checkpoint writes them, so that the UNet's numbering
+        // and config inference read them; the ControlNet's own under their bare names.
+        let named: Vec<(String, &[usize])> = weights
+            .shapes()
+            .into_iter()
+            .filter(|(name, _)| !unused(name))
+            .map(|(name, shape)| {
+                let rest = bare(name);
+                let own = [HINT, "zero_convs.", "middle_block_out."]
+                    .iter()
+                    .any(|p| rest.starts_with(p));
+                let name = match own {
+                    true => rest.to_string(),
+                    false => format!("{UNET}{rest}"),
+                };
+                (name, shape)
+            })
+            .collect();
+        let shapes: Shapes = named.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        let family = family(&shapes);
+        let config = controlnet_config(file, family, &shapes)?;
+        let unet = unet_layout(&shapes);
+        let hint_convolutions = config["conditioning_embedding_out_channels"]
+            .as_array()
+            .map_or(0, |widths| 2 * widths.len());
+        let mut routes = HashMap::new();
+        for (name, _) in weights.shapes() {
+            if unused(name) {
+                continue;
+            }
+            let renamed =
+                rename(bare(name), &unet, hint_convolutions).ok_or_else(|| Error::WeightFile {
+                    file: file.to_string(),
+                    message: format!("tensor `{name}` fits no part of a ControlNet"),
+                })?;
+            routes.insert(
+                name.to_string(),
+                Regroup::Move {
+                    part: 0,
+                    name: renamed,
+                },
+            );
+        }
+        (routes, config)
+    };
+    let mut parts =
+        weights.regroup(1, |name| routes.get(name).cloned().unwrap_or(Regroup::Drop))?;
+    Ok(Part {
+        weights: parts.remove(0),
+        config: config.to_string(),
+    })
+}
+
+/// The UNet family whose heads the ControlNet's attention has: SDXL's by its size input,
+/// else SD 2.x's by its context width (1024), else SD 1.x's.
+fn family(shapes: &Shapes) -> Family {
+    let has = |prefix: &str| shapes.keys().any(|n| n.starts_with(prefix));
+    if has(&format!("{UNET}label_emb.")) {
+        return Family::Sdxl;
+    }
+    let context = shapes
+        .iter()
+        .find(|(n, _)| n.ends_with("attn2.to_k.weight"))
+        .and_then(|(_, s)| s.last().copied());
+    match context {
+        Some(1024) => Family::Sd2,
+        _ => Family::Sd1,
+    }
+}
+
+/// A bare original ControlNet name in diffusers' naming, with `hint_convolutions` the
+/// conditioning embedding's convolutions (its last is `conv_out`).
+fn rename(rest: &str, unet: &UNetNames, hint_convolutions: usize) -> Option<String> {
+    if let Some(r) = rest.strip_prefix(HINT) {
+        let (k, t) = index(r)?;
+        if !k.is_multiple_of(2) {
+            return None;
+        }
+        let convolution = k / 2;
+        return Some(match convolution {
+            0 => format!("controlnet_cond_embedding.conv_in.{t}"),
+            c if c + 1 == hint_convolutions => format!("controlnet_cond_embedding.conv_out.{t}"),
+            c if c + 1 < hint_convolutions => {
+                format!("controlnet_cond_embedding.blocks.{}.{t}", c - 1)
+            }
+            _ => return None,
+        });
+    }
+    if let Some(r) = rest.strip_prefix("zero_convs.") {
+        let (i, t) = index(r)?;
+        return Some(format!(
+            "controlnet_down_blocks.{i}.{}",
+            t.strip_prefix("0.")?
+        ));
+    }
+    if let Some(t) = rest.strip_prefix("middle_block_out.0.") {
+        return Some(format!("controlnet_mid_block.{t}"));
+    }
+    // The UNet's down half only: a ControlNet has no up blocks and no output layers.
+    let renamed = unet.rename(rest)?;
+    let trunk = [
+        "time_embedding.",
+        "add_embedding.",
+        "conv_in.",
+        "down_blocks.",
+        "mid_block.",
+    ];
+    trunk
+        .iter()
+        .any(|p| renamed.starts_with(p))
+        .then_some(renamed)
+}
