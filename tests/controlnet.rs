@@ -50,22 +50,25 @@ fn refused(pipe: &StableDiffusion, opts: &GenerateOptions) -> String {
 /// The tiny ControlNet (a copy of sd1_tiny's down half, every layer random, its zero
 /// convolutions included) steers sd1_tiny's 10 guided steps as diffusers' pipeline does:
 /// at scale 1 over the whole schedule, at 0.6 from 20% to 80% of the steps (the window
-/// diffusers' `control_guidance_start`/`_end` set), and at scale 0, where it adds nothing.
-/// Each image is diffusers' within 1/255; the first two differ from the third by far more.
+/// diffusers' `control_guidance_start`/`_end` set), at scale 0, where it adds nothing, and
+/// in guess mode (the conditional row alone, each addition at its share of the scale).
+/// Each image is diffusers' within 1/255; the ControlNet moves the image far more.
 #[test]
 fn a_controlnet_steers_the_unet_as_diffusers() {
     let reference = Reference::open("controlnet_tiny");
     let cases = [
-        ("image", 1.0, (0.0, 1.0)),
-        ("image_window", 0.6, (0.2, 0.8)),
-        ("image_unguided", 0.0, (0.0, 1.0)),
+        ("image", 1.0, (0.0, 1.0), false),
+        ("image_window", 0.6, (0.2, 0.8), false),
+        ("image_unguided", 0.0, (0.0, 1.0), false),
+        ("image_guess", 1.0, (0.0, 1.0), true),
     ];
     for (name, device) in common::test_devices() {
         let pipe = with_controlnet(&device);
-        for (case, scale, window) in cases {
+        for (case, scale, window, guess) in cases {
             let opts = GenerateOptions {
                 controlnet_scale: scale,
                 controlnet_window: window,
+                controlnet_guess_mode: guess,
                 ..options(&reference)
             };
             let done =

@@ -2132,8 +2132,8 @@ def make_controlnet(fix: Path):
     zero). Reference: `StableDiffusionControlNetPipeline`'s 10-step images with the Canny-like
     card, guidance 7.5 and the negative prompt, from fixed latents: at conditioning scale 1
     over the whole schedule (`image`), at 0.6 from 20% to 80% of the steps (`image_window`),
-    and the same pipeline without a control image's effect (scale 0, `image_unguided`) to
-    show the ControlNet moves the image."""
+    the same pipeline without a control image's effect (scale 0, `image_unguided`) to
+    show the ControlNet moves the image, and in guess mode at scale 1 (`image_guess`)."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
     from PIL import Image
     from safetensors.torch import save_file
@@ -2151,15 +2151,16 @@ def make_controlnet(fix: Path):
     pipe.set_progress_bar_config(disable=True)
     card = controlnet_card()
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2602))
-    cases = {"image": (1.0, 0.0, 1.0), "image_window": (0.6, 0.2, 0.8), "image_unguided": (0.0, 0.0, 1.0)}
+    cases = {"image": (1.0, 0.0, 1.0, False), "image_window": (0.6, 0.2, 0.8, False),
+             "image_unguided": (0.0, 0.0, 1.0, False), "image_guess": (1.0, 0.0, 1.0, True)}
     images = {}
-    for key, (scale, start, end) in cases.items():
+    for key, (scale, start, end, guess) in cases.items():
         image = pipe(PROMPT, image=Image.fromarray(card), negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS,
                      guidance_scale=GUIDANCE, latents=latents.clone(), height=64, width=64, output_type="np",
                      controlnet_conditioning_scale=scale, control_guidance_start=start,
-                     control_guidance_end=end).images
+                     control_guidance_end=end, guess_mode=guess).images
         images[key] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
-    for key in ("image", "image_window"):
+    for key in ("image", "image_window", "image_guess"):
         moved = float((images[key] - images["image_unguided"]).abs().max())
         assert moved > 4 / 255, (key, moved)
         log(f"  {key}: the ControlNet moved the image by up to {moved * 255:.1f}/255")
@@ -2169,11 +2170,12 @@ def make_controlnet(fix: Path):
     write_json(out / "reference.json", {
         "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
         "height": 64, "width": 64,
-        "cases": {k: {"controlnet_conditioning_scale": s, "control_guidance_start": a, "control_guidance_end": b}
-                  for k, (s, a, b) in cases.items()},
+        "cases": {k: {"controlnet_conditioning_scale": s, "control_guidance_start": a, "control_guidance_end": b,
+                      "guess_mode": g}
+                  for k, (s, a, b, g) in cases.items()},
         "notes": "image* = StableDiffusionControlNetPipeline(sd1_tiny's parts, this controlnet; prompt, image=card, "
                  "negative prompt, steps, guidance, latents, 64x64, output_type='np', and each case's "
-                 "controlnet_conditioning_scale, control_guidance_start and control_guidance_end).",
+                 "controlnet_conditioning_scale, control_guidance_start, control_guidance_end and guess_mode).",
     })
 
 

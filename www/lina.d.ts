@@ -338,6 +338,14 @@ export interface GenerateOptions {
   controlGuidanceStart?: number;
   controlGuidanceEnd?: number;
   /**
+   * The ControlNet's guess mode (diffusers' `guess_mode`): it steers the conditional
+   * prediction alone, its additions growing from a tenth of the scale at the first skip
+   * connection to the whole at the mid block, to draw what the control image shows even
+   * without a prompt (diffusers suggests guidance 3 to 5). Always on for ControlNets that
+   * average their outputs (shuffle's).
+   */
+  controlnetGuessMode?: boolean;
+  /**
    * FLUX.1 Kontext's input image, which the prompt edits: resized as `referenceSize` says,
    * encoded and given to the transformer beside the latents. FLUX only.
    */

@@ -79,6 +79,7 @@ const GENERATE_OPTIONS = [
   "controlnetScale",
   "controlGuidanceStart",
   "controlGuidanceEnd",
+  "controlnetGuessMode",
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
 const CONTROLS = ["signal"];

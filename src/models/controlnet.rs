@@ -192,6 +192,13 @@ impl ControlNet {
         &self.config
     }
 
+    /// Whether it always runs in guess mode: a ControlNet that averages its outputs over the
+    /// image (`global_pool_conditions`, the shuffle ControlNets'), as diffusers' pipelines
+    /// run it.
+    pub fn always_guesses(&self) -> bool {
+        self.config.conditioning.global_pool_conditions
+    }
+
     /// Whether it reads SDXL's pooled text and size input (`addition_embed_type`
     /// `"text_time"`), as an SDXL ControlNet does.
     pub fn takes_text_time(&self) -> bool {
@@ -202,7 +209,9 @@ impl ControlNet {
     /// `context`, with the UNet's `added` input (SDXL's pooled text and size, read only by
     /// an SDXL ControlNet; LCM's guidance embedding, read by none) and the control `image`
     /// [B, 3, h·f, w·f] with values in [0, 1], all scaled by `scale` (diffusers'
-    /// `controlnet_conditioning_scale`).
+    /// `controlnet_conditioning_scale`); in guess mode (`guess`, diffusers' `guess_mode`)
+    /// each by its own share of it, from a tenth for the first skip connection's to the
+    /// whole for the mid block's, evenly in log scale (except where it pools its outputs).
     pub fn forward(
         &self,
         x: Tensor<4>,
@@ -210,7 +219,7 @@ impl ControlNet {
         context: &Tensor<3>,
         added: Option<&Tensor<2>>,
         image: Tensor<4>,
-        scale: f64,
+        (scale, guess): (f64, bool),
     ) -> Result<ControlResiduals> {
         let [b, _, h, w] = x.dims();
         let image = match self.config.conditioning.channel_order.as_str() {
@@ -234,23 +243,29 @@ impl ControlNet {
         let none = CrossAttentionControl::default();
         let mut control = ControlState::new(&none, 0, [h, w]);
         let (mid, skips) = self.down.forward(x, &time, context, &mut control);
-        let out = |conv: &Conv2d, t: Tensor<4>| {
-            let t = conv.forward(t);
-            let t = if self.config.conditioning.global_pool_conditions {
-                t.mean_dim(2).mean_dim(3)
-            } else {
-                t
-            };
-            t.mul_scalar(scale)
+        let pooled = self.config.conditioning.global_pool_conditions;
+        let n = self.zero_convs.len();
+        // torch.logspace(-1, 0, n + 1) in f32, times the scale.
+        let share = |i: usize| match guess && !pooled {
+            true => 10f32.powf(-1.0 + i as f32 / n as f32) * scale as f32,
+            false => scale as f32,
+        };
+        let out = |conv: &Conv2d, t: Tensor<4>, share: f32| {
+            let t = conv.forward(t).mul_scalar(share);
+            match pooled {
+                true => t.mean_dim(2).mean_dim(3),
+                false => t,
+            }
         };
         Ok(ControlResiduals {
             down: self
                 .zero_convs
                 .iter()
                 .zip(skips)
-                .map(|(conv, skip)| out(conv, skip))
+                .enumerate()
+                .map(|(i, (conv, skip))| out(conv, skip, share(i)))
                 .collect(),
-            mid: out(&self.mid_conv, mid),
+            mid: out(&self.mid_conv, mid, share(n)),
         })
     }
 }

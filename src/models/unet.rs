@@ -351,6 +351,19 @@ pub struct ControlResiduals {
     pub mid: Tensor<4>,
 }
 
+impl ControlResiduals {
+    /// Puts a row of zeros before the batch's rows: nothing added to the unconditional row
+    /// of a guided call, where the ControlNet ran on the conditional row alone.
+    pub fn prepend_zero_row(&mut self) {
+        let zero_first = |t: &Tensor<4>| {
+            let zero = t.clone().narrow(0, 0, 1).zeros_like();
+            Tensor::cat(vec![zero, t.clone()], 0)
+        };
+        self.down = self.down.iter().map(zero_first).collect();
+        self.mid = zero_first(&self.mid);
+    }
+}
+
 /// A ResNet block optionally followed by a Transformer2D: the unit of every UNet block.
 struct Layer {
     resnet: ResnetBlock,

@@ -127,6 +127,12 @@ pub struct GenerateOptions {
     /// `control_guidance_start` and `control_guidance_end`): step `i` of `n` when
     /// `start <= i/n` and `(i+1)/n <= end`. (0, 1) by default: every step.
     pub controlnet_window: (f64, f64),
+    /// The ControlNet's guess mode (diffusers' `guess_mode`): with classifier-free guidance it
+    /// steers the conditional prediction alone, and its additions grow from a tenth of the
+    /// scale at the first skip connection to the whole at the mid block, so that it draws
+    /// what the control image shows even without a prompt (diffusers suggests guidance 3 to
+    /// 5). Always on for ControlNets that average their outputs (shuffle's).
+    pub controlnet_guess_mode: bool,
 }
 
 /// Skip-layer guidance, as diffusers' `StableDiffusion3Pipeline` runs it
@@ -194,6 +200,7 @@ impl Default for GenerateOptions {
             guidance_rescale: 0.0,
             controlnet_scale: 1.0,
             controlnet_window: (0.0, 1.0),
+            controlnet_guess_mode: false,
             init_image: None,
             control_image: None,
             reference_image: None,

@@ -289,6 +289,9 @@ pub(super) struct ControlNetRun {
     pub(super) image: Tensor<4>,
     pub(super) scale: f64,
     pub(super) window: (f64, f64),
+    /// Diffusers' guess mode ([`GenerateOptions::controlnet_guess_mode`](super::GenerateOptions::controlnet_guess_mode)),
+    /// asked for or forced by a ControlNet that pools its outputs.
+    pub(super) guess: bool,
 }
 
 impl ControlNetRun {
@@ -530,14 +533,27 @@ impl Sampling<'_> {
         // control image, in the frame the UNet sees them.
         let frame = |t: Tensor<4>| if call.mirrored { t.flip([3]) } else { t };
         let residuals = match (&self.controlnet, self.pipe.controlnet()) {
-            (Some(run), Some(net)) if run.acts_at(call.step, self.steps()) => Some(net.forward(
-                frame(batched(latents_only)),
-                call.timestep,
-                &context,
-                added.as_ref(),
-                frame(batched(run.image.clone())),
-                run.scale,
-            )?),
+            (Some(run), Some(net)) if run.acts_at(call.step, self.steps()) => {
+                // In guess mode with guidance the unconditional row gets nothing: the
+                // ControlNet runs on the other rows alone.
+                let skip = usize::from(run.guess && base == 2);
+                let rows = |t: Tensor<4>| batched(t).narrow(0, skip, batch - skip);
+                let mut residuals = net.forward(
+                    frame(rows(latents_only)),
+                    call.timestep,
+                    &context.clone().narrow(0, skip, batch - skip),
+                    added
+                        .clone()
+                        .map(|a| a.narrow(0, skip, batch - skip))
+                        .as_ref(),
+                    frame(rows(run.image.clone())),
+                    (run.scale, run.guess),
+                )?;
+                if skip == 1 {
+                    residuals.prepend_zero_row();
+                }
+                Some(residuals)
+            }
             _ => None,
         };
         // The control acts on the conditional row: the second of [uncond; cond], else the

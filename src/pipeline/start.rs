@@ -303,8 +303,8 @@ impl StableDiffusion {
         // has been checked.
         // A ControlNet reads the control image as it is; FLUX.1 Canny and Depth read its
         // latents.
-        let (condition, controlnet) = match &opts.control_image {
-            Some(image) if has_controlnet => {
+        let (condition, controlnet) = match (&opts.control_image, &self.controlnet) {
+            (Some(image), Some(net)) => {
                 if (image.width, image.height) != (width, height) {
                     return Err(Error::InvalidInput(format!(
                         "the control image is {}x{}, the output {width}x{height}",
@@ -315,14 +315,15 @@ impl StableDiffusion {
                     image: image.to_unit_tensor(&self.device),
                     scale,
                     window: (first, last),
+                    guess: opts.controlnet_guess_mode || net.always_guesses(),
                 };
                 (inpainting, Some(run))
             }
-            Some(image) => (
+            (Some(image), None) => (
                 Some(self.encode_image(image, "control", (width, height))?),
                 None,
             ),
-            None => (inpainting, None),
+            (None, _) => (inpainting, None),
         };
         let reference = opts
             .reference_image

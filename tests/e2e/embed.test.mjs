@@ -424,7 +424,7 @@ test("a zero-terminal-SNR scheduler config (`rescale_betas_zero_snr`) with `guid
   await page.close();
 });
 
-test("a ControlNet loaded by URL and from files, and as an original ControlNet file, beside the tiny SD 1.x UNet draws diffusers' images (`controlnetScale`, `controlGuidanceStart`/`End`); without `controlImage` the run is refused, an SDXL ControlNet rejects with \"config\" and keeps the loaded one, and after `removeControlNet` the UNet runs alone", { timeout: SLOW }, async () => {
+test("a ControlNet loaded by URL and from files, and as an original ControlNet file, beside the tiny SD 1.x UNet draws diffusers' images (`controlnetScale`, `controlGuidanceStart`/`End`, `controlnetGuessMode`); without `controlImage` the run is refused, an SDXL ControlNet rejects with \"config\" and keeps the loaded one, and after `removeControlNet` the UNet runs alone", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const out = await page.evaluate(async () => {
     const { LinaModel } = await import("./lina.js");
@@ -457,6 +457,7 @@ test("a ControlNet loaded by URL and from files, and as an original ControlNet f
       for (const name of ["config.json", "diffusion_pytorch_model.safetensors"]) files[name] = await (await fetch(folder + name)).blob();
       await model.loadControlNet({ files });
       const byFiles = worst(await model.generate(options), tensor("image"));
+      const guessed = worst(await model.generate({ ...options, controlnetGuessMode: true }), tensor("image_guess"));
       const { controlImage, ...withoutImage } = options;
       const refused = await failure(model.generate(withoutImage));
       const misfit = await failure(model.loadControlNet({ url: "/fixtures/controlnet_sdxl_tiny/" }));
@@ -467,12 +468,12 @@ test("a ControlNet loaded by URL and from files, and as an original ControlNet f
       await model.removeControlNet();
       // At scale 0 the ControlNet adds nothing: diffusers' image is the UNet's alone.
       const alone = worst(await model.generate(withoutImage), tensor("image_unguided"));
-      return { byUrl, byFiles, refused, misfit, kept, original, alone };
+      return { byUrl, byFiles, guessed, refused, misfit, kept, original, alone };
     } finally {
       model.dispose();
     }
   });
-  assert.ok(out.byUrl <= 1 && out.byFiles <= 1 && out.kept <= 1 && out.original <= 1, `the browser's ControlNet images are ${JSON.stringify(out)} from diffusers'`);
+  assert.ok(out.byUrl <= 1 && out.byFiles <= 1 && out.kept <= 1 && out.original <= 1 && out.guessed <= 1, `the browser's ControlNet images are ${JSON.stringify(out)} from diffusers'`);
   assert.equal(out.refused?.code, "invalid_input", JSON.stringify(out.refused));
   assert.match(out.refused.message, /ControlNet is loaded/);
   assert.equal(out.misfit?.code, "config", JSON.stringify(out.misfit));

@@ -100,6 +100,11 @@ pub struct Args {
     control_guidance_start: f64,
     #[arg(long, default_value_t = 1.0, requires = "controlnet")]
     control_guidance_end: f64,
+    /// The ControlNet's guess mode (diffusers' `guess_mode`): it steers the conditional
+    /// prediction alone, its additions growing toward the mid block, to draw what the
+    /// control image shows even without a prompt (diffusers suggests guidance 3 to 5).
+    #[arg(long, requires = "controlnet")]
+    controlnet_guess_mode: bool,
     /// FLUX.1 Kontext: the image (a PNG) the prompt edits.
     #[arg(long)]
     reference_image: Option<PathBuf>,
@@ -237,6 +242,7 @@ pub fn run(args: Args) -> Result<()> {
         guidance_rescale: args.guidance_rescale,
         controlnet_scale: args.controlnet_scale,
         controlnet_window: (args.control_guidance_start, args.control_guidance_end),
+        controlnet_guess_mode: args.controlnet_guess_mode,
     };
     let (plan, out) = (args.plan, args.out);
     pollster::block_on(async {

@@ -813,7 +813,7 @@ fn lina_fit_fits_several_searches_together() {
 /// Image inputs through the CLI: `--control-image` for FLUX.1 Canny and Depth (the tiny FLUX
 /// folder with the control variant's transformer) and for a `--controlnet` beside SD 1.x's
 /// UNet (its folder at scale 0.6 from 20% to 80% of the steps; the same ControlNet as an
-/// original file, named after lllyasviel's layout, at scale 1), and `--reference-image` for Kontext (the
+/// original file, named after lllyasviel's layout, in guess mode), and `--reference-image` for Kontext (the
 /// tiny FLUX as it is; a 50x34 card with `--reference-size kept`, resized to 48x32 as
 /// diffusers does) give diffusers' images within 1/255, from diffusers' latents.
 #[test]
@@ -904,10 +904,10 @@ fn control_and_reference_images_come_from_files() {
             [
                 &["--controlnet", &original, "--control-image", &edges][..],
                 &["--negative", "blurry", "--guidance", "7.5", "--steps", "10"],
-                &["--latents", &sd1],
+                &["--latents", &sd1, "--controlnet-guess-mode"],
             ]
             .concat(),
-            ("controlnet_tiny", "image"),
+            ("controlnet_tiny", "image_guess"),
         ),
         (
             format!("{fixtures}/flux_tiny"),

@@ -70,6 +70,8 @@ struct JsOptions {
     controlnet_scale: Option<f64>,
     control_guidance_start: Option<f64>,
     control_guidance_end: Option<f64>,
+    /// The ControlNet's guess mode (`GenerateOptions::controlnet_guess_mode`).
+    controlnet_guess_mode: bool,
 }
 
 /// Skip-layer guidance as the page sends it; what it leaves out takes diffusers' defaults
@@ -175,6 +177,7 @@ impl JsOptions {
                 self.control_guidance_end
                     .unwrap_or(defaults.controlnet_window.1),
             ),
+            controlnet_guess_mode: self.controlnet_guess_mode,
         })
     }
 }
