@@ -51,8 +51,10 @@ fn refused(pipe: &StableDiffusion, opts: &GenerateOptions) -> String {
 /// convolutions included) steers sd1_tiny's 10 guided steps as diffusers' pipeline does:
 /// at scale 1 over the whole schedule, at 0.6 from 20% to 80% of the steps (the window
 /// diffusers' `control_guidance_start`/`_end` set), at scale 0, where it adds nothing, and
-/// in guess mode (the conditional row alone, each addition at its share of the scale).
-/// Each image is diffusers' within 1/255; the ControlNet moves the image far more.
+/// in guess mode (the conditional row alone, each addition at its share of the scale); and
+/// beside img2img at strength 0.6 with a window counted over the steps the run takes, as
+/// `StableDiffusionControlNetImg2ImgPipeline` counts it. Each image is diffusers' within
+/// 1/255; the ControlNet moves the image far more.
 #[test]
 fn a_controlnet_steers_the_unet_as_diffusers() {
     let reference = Reference::open("controlnet_tiny");
@@ -77,6 +79,24 @@ fn a_controlnet_steers_the_unet_as_diffusers() {
             eprintln!("{name}: ControlNet {case}, worst pixel {worst:.2}/255");
             assert!(worst <= 1.0, "{name} {case}: {worst}/255 from diffusers");
         }
+        // img2img beside the ControlNet: its window spans the 6 steps the run takes.
+        let img2img = GenerateOptions {
+            init_image: Some(Image {
+                width: 64,
+                height: 64,
+                rgb: reference.u8("start"),
+            }),
+            strength: 0.6,
+            initial_latents: Some(reference.f32("noise").1),
+            controlnet_scale: 0.8,
+            controlnet_window: (0.2, 0.7),
+            ..options(&reference)
+        };
+        let done =
+            pollster::block_on(pipe.generate(&img2img, &mut NoHook, &CancelToken::new())).unwrap();
+        let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image_img2img").1);
+        eprintln!("{name}: ControlNet img2img, worst pixel {worst:.2}/255");
+        assert!(worst <= 1.0, "{name} img2img: {worst}/255 from diffusers");
     }
     let unguided = reference.f32("image_unguided").1;
     let image = reference.f32("image").1;

@@ -2133,7 +2133,9 @@ def make_controlnet(fix: Path):
     card, guidance 7.5 and the negative prompt, from fixed latents: at conditioning scale 1
     over the whole schedule (`image`), at 0.6 from 20% to 80% of the steps (`image_window`),
     the same pipeline without a control image's effect (scale 0, `image_unguided`) to
-    show the ControlNet moves the image, and in guess mode at scale 1 (`image_guess`)."""
+    show the ControlNet moves the image, in guess mode at scale 1 (`image_guess`), and
+    `StableDiffusionControlNetImg2ImgPipeline`'s image from the img2img test card at strength
+    0.6, scale 0.8 from 20% to 70% of the steps it runs (`image_img2img`)."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
     from PIL import Image
     from safetensors.torch import save_file
@@ -2160,22 +2162,45 @@ def make_controlnet(fix: Path):
                      controlnet_conditioning_scale=scale, control_guidance_start=start,
                      control_guidance_end=end, guess_mode=guess).images
         images[key] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    # img2img with a ControlNet: diffusers' noise and latent sampling patched to given noise
+    # and the latent mean, as make_img2img does; its window counts the steps the run takes.
+    import diffusers.pipelines.controlnet.pipeline_controlnet_img2img as controlnet_img2img
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2603))
+    controlnet_img2img.randn_tensor = lambda shape, **_: noise.clone()
+    controlnet_img2img.retrieve_latents = lambda output, generator=None, sample_mode="sample": output.latent_dist.mode()
+    start, _ = test_card_and_mask()
+    img2img = StableDiffusionControlNetImg2ImgPipeline(**{k: v for k, v in base.components.items()
+                                                          if k not in ("image_encoder",)}, controlnet=controlnet)
+    img2img.set_progress_bar_config(disable=True)
+    image = img2img(PROMPT, image=Image.fromarray(start), control_image=Image.fromarray(card), strength=0.6,
+                    negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=64,
+                    width=64, output_type="np", controlnet_conditioning_scale=0.8, control_guidance_start=0.2,
+                    control_guidance_end=0.7).images
+    images["image_img2img"] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
     for key in ("image", "image_window", "image_guess"):
         moved = float((images[key] - images["image_unguided"]).abs().max())
         assert moved > 4 / 255, (key, moved)
         log(f"  {key}: the ControlNet moved the image by up to {moved * 255:.1f}/255")
     controlnet.save_pretrained(str(out), safe_serialization=True)
-    save_file({"latents": latents, "card": torch.from_numpy(card).contiguous(), **images},
+    save_file({"latents": latents, "card": torch.from_numpy(card).contiguous(), "noise": noise,
+               "start": torch.from_numpy(start).contiguous(), **images},
               str(out / "reference.safetensors"))
     write_json(out / "reference.json", {
         "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
         "height": 64, "width": 64,
+        "img2img": {"strength": 0.6, "controlnet_conditioning_scale": 0.8, "control_guidance_start": 0.2,
+                    "control_guidance_end": 0.7},
         "cases": {k: {"controlnet_conditioning_scale": s, "control_guidance_start": a, "control_guidance_end": b,
                       "guess_mode": g}
                   for k, (s, a, b, g) in cases.items()},
         "notes": "image* = StableDiffusionControlNetPipeline(sd1_tiny's parts, this controlnet; prompt, image=card, "
                  "negative prompt, steps, guidance, latents, 64x64, output_type='np', and each case's "
-                 "controlnet_conditioning_scale, control_guidance_start, control_guidance_end and guess_mode).",
+                 "controlnet_conditioning_scale, control_guidance_start, control_guidance_end and guess_mode). "
+                 "image_img2img = StableDiffusionControlNetImg2ImgPipeline(the same parts; image=start, "
+                 "control_image=card, strength 0.6, scale 0.8 from 20% to 70% of the steps it runs), its noise "
+                 "patched to `noise` and the start's latents to the VAE posterior's mean.",
     })
 
 

@@ -123,8 +123,9 @@ pub struct GenerateOptions {
     /// (diffusers' `controlnet_conditioning_scale`): its additions to the UNet are scaled by
     /// it; 1 by default, 0 turns it off.
     pub controlnet_scale: f64,
-    /// Where in the schedule the ControlNet acts, as fractions of the steps (diffusers'
-    /// `control_guidance_start` and `control_guidance_end`): step `i` of `n` when
+    /// Where in the schedule the ControlNet acts, as fractions of the steps the run takes
+    /// (diffusers' `control_guidance_start` and `control_guidance_end`; img2img counts from
+    /// its first step, as diffusers' img2img pipelines do): step `i` of `n` when
     /// `start <= i/n` and `(i+1)/n <= end`. (0, 1) by default: every step.
     pub controlnet_window: (f64, f64),
     /// The ControlNet's guess mode (diffusers' `guess_mode`): with classifier-free guidance it

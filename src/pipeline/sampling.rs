@@ -289,15 +289,20 @@ pub(super) struct ControlNetRun {
     pub(super) image: Tensor<4>,
     pub(super) scale: f64,
     pub(super) window: (f64, f64),
+    /// The run's first step (img2img's and a handoff's start later than the schedule's):
+    /// the window spans the steps the run takes, as diffusers' img2img pipelines count them.
+    pub(super) first: usize,
     /// Diffusers' guess mode ([`GenerateOptions::controlnet_guess_mode`](super::GenerateOptions::controlnet_guess_mode)),
     /// asked for or forced by a ControlNet that pools its outputs.
     pub(super) guess: bool,
 }
 
 impl ControlNetRun {
-    /// Whether it acts in step `step` of `steps`: diffusers' `controlnet_keep`.
+    /// Whether it acts in step `step` of a schedule of `steps`: diffusers' `controlnet_keep`,
+    /// over the steps from the run's first.
     fn acts_at(&self, step: usize, steps: usize) -> bool {
-        let (i, n) = (step as f64, steps as f64);
+        let i = step.saturating_sub(self.first) as f64;
+        let n = steps.saturating_sub(self.first).max(1) as f64;
         let (start, end) = self.window;
         i / n >= start && (i + 1.0) / n <= end
     }

@@ -315,6 +315,7 @@ impl StableDiffusion {
                     image: image.to_unit_tensor(&self.device),
                     scale,
                     window: (first, last),
+                    first: step,
                     guess: opts.controlnet_guess_mode || net.always_guesses(),
                 };
                 (inpainting, Some(run))
