@@ -167,7 +167,10 @@ async function imageOptions() {
   if (initImage) Object.assign(options, { initImage, strength: Number($("strength").value) });
   if (mask) options.mask = mask;
   if (controlImage && !$("control-image-field").hidden) options.controlImage = controlImage;
-  if (controlNet) options.controlnetScale = Number($("controlnet-scale").value);
+  if (controlNet) {
+    options.controlnetScale = Number($("controlnet-scale").value);
+    if ($("controlnet-guess").checked) options.controlnetGuessMode = true;
+  }
   if (referenceImage && !$("reference-image-field").hidden) {
     Object.assign(options, { referenceImage, referenceSize: $("reference-size").value });
   }
@@ -184,6 +187,7 @@ function showImageInputs() {
   const condition = model.imageCondition;
   $("control-image-field").hidden = condition !== "control" && !controlNet;
   $("controlnet-scale-field").hidden = !controlNet;
+  $("controlnet-guess-field").hidden = !controlNet;
   $("reference-image-field").hidden = !model.takesReferenceImage;
   $("reference-size-field").hidden = !model.takesReferenceImage;
   $("reference-size").value = model.nativeSize >= 1024 ? "trained" : "kept";
@@ -824,8 +828,9 @@ async function rescaleLoras() {
   }
 }
 
-// A ControlNet beside the loaded model, from a picked folder (its config and weights, by
-// their names) or a URL; a refused one leaves the one loaded before.
+// A ControlNet beside the loaded model, from a picked folder (a diffusers one's config and
+// weights by their names, or an original ControlNet's one file) or a URL (a folder's, or an
+// original file's); a refused one leaves the one loaded before.
 async function loadControlNet() {
   const picked = [...$("controlnet-folder").files].filter((f) => f.name === "config.json" || f.name.endsWith(".safetensors"));
   const url = $("controlnet-url").value.trim();
@@ -835,7 +840,10 @@ async function loadControlNet() {
   const name = picked.length ? picked[0].webkitRelativePath.split("/")[0] || "the picked folder" : url;
   status(`Loading the ControlNet ${name}…`);
   try {
-    await model.loadControlNet(picked.length ? { files: Object.fromEntries(picked.map((f) => [f.name, f])) } : { url });
+    // A folder with a config is a diffusers ControlNet; a lone weight file an original one.
+    const lone = !picked.some((f) => f.name === "config.json") && picked.length === 1;
+    const from = !picked.length ? { url } : lone ? { file: picked[0] } : { files: Object.fromEntries(picked.map((f) => [f.name, f])) };
+    await model.loadControlNet(from);
     controlNet = name;
     $("remove-controlnet").disabled = false;
     showImageInputs();

@@ -1053,7 +1053,7 @@ test("the Model tab loads the model again with a LoRA at a scale; an embedding n
   await page.close();
 });
 
-test("the Model tab loads a ControlNet beside the model: one for another model is a clear error, the control image and scale fields appear, a run needs the image and follows it, and Remove runs the model alone", { timeout: SLOW * 2 }, async () => {
+test("the Model tab loads a ControlNet beside the model: one for another model is a clear error, the control image, scale and guess-mode fields appear, a run needs the image and follows it (in guess mode too), and Remove runs the model alone", { timeout: SLOW * 2 }, async () => {
   const page = await openPage("");
   assert.match(await waitForStatus(page, /^Ready|rror/), /^Ready/);
   await openTab(page, "Model");
@@ -1063,11 +1063,11 @@ test("the Model tab loads a ControlNet beside the model: one for another model i
   const load = page.getByRole("button", { name: "Load the ControlNet" });
   await load.click();
   assert.match(await page.locator("#controlnet-error").textContent(), /Choose a ControlNet folder/);
-  await page.getByLabel("Or a ControlNet folder's URL").fill(`${base}fixtures/controlnet_sdxl_tiny/`);
+  await page.getByLabel("Or a ControlNet folder's URL (or an original ControlNet's .safetensors file's)").fill(`${base}fixtures/controlnet_sdxl_tiny/`);
   await load.click();
   assert.match(await waitForStatus(page, /loaded:|rror|differs/), /differs from the model's/);
   assert.equal(await page.getByLabel("Control image").isVisible(), false, "no ControlNet was loaded");
-  await page.getByLabel("Or a ControlNet folder's URL").fill(`${base}fixtures/controlnet_tiny/`);
+  await page.getByLabel("Or a ControlNet folder's URL (or an original ControlNet's .safetensors file's)").fill(`${base}fixtures/controlnet_tiny/`);
   await load.click();
   assert.match(await waitForStatus(page, /loaded:|rror|differs/), /loaded:/);
   assert.equal(await page.locator("#controlnet-error").textContent(), "");
@@ -1078,6 +1078,9 @@ test("the Model tab loads a ControlNet beside the model: one for another model i
   assert.match(await waitForStatus(page, /^Done|rror|ControlNet is loaded/), /ControlNet is loaded/);
   await pick(page, "Control image", "edges.png", await twoHalvesPng(page, "black", "white"));
   await page.getByLabel("ControlNet scale").fill("0.8");
+  await page.getByRole("button", { name: "Generate" }).click();
+  assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
+  await page.getByLabel("ControlNet guess mode").check();
   await page.getByRole("button", { name: "Generate" }).click();
   assert.match(await waitForStatus(page, /^Done|rror/), /^Done/);
   await page.getByRole("button", { name: "Remove the ControlNet" }).click();
