@@ -848,7 +848,7 @@ async function loadControlNet() {
     $("remove-controlnet").disabled = false;
     showImageInputs();
     describeDevice(loadNotes);
-    status(`ControlNet ${name} loaded: pick its control image under "Start from an image".`);
+    status(`ControlNet ${name} loaded: pick its control image beside the start image.`);
   } catch (error) {
     $("controlnet-error").textContent = error.message;
     await failed(error);
