@@ -13,6 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{fixture, model_files, read_fixture};
+use lina_runtime::models::controlnet::ControlNetConfig;
 use lina_runtime::models::denoiser::ImageCondition;
 use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion, Warning};
 use lina_runtime::schedulers::Timesteps;
@@ -679,9 +680,19 @@ fn the_config_inferred_from_full_size_flux1_dev_shapes_is_its_own() {
 }
 
 fn inspect_full_size(tag: &str) -> (Family, single_file::Configs) {
+    let shapes = full_size_shapes(tag);
+    let borrowed: Vec<(&str, &[usize])> = shapes
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_slice()))
+        .collect();
+    single_file::inspect(tag, &borrowed).unwrap()
+}
+
+/// Every tensor name and shape of tests/fixtures/single_file/{tag}_shapes.json.
+fn full_size_shapes(tag: &str) -> Vec<(String, Vec<usize>)> {
     let doc: Value =
         serde_json::from_slice(&read_fixture(&format!("single_file/{tag}_shapes.json"))).unwrap();
-    let shapes: Vec<(&str, Vec<usize>)> = doc["shapes"]
+    doc["shapes"]
         .as_object()
         .unwrap()
         .iter()
@@ -691,11 +702,34 @@ fn inspect_full_size(tag: &str) -> (Family, single_file::Configs) {
                 .unwrap()
                 .iter()
                 .map(|d| d.as_u64().unwrap() as usize);
-            (n.as_str(), s.collect())
+            (n.clone(), s.collect())
         })
-        .collect();
-    let borrowed: Vec<(&str, &[usize])> = shapes.iter().map(|(n, s)| (*n, s.as_slice())).collect();
-    single_file::inspect(tag, &borrowed).unwrap()
+        .collect()
+}
+
+/// Full-size original ControlNet files (SD 1.5's, as lllyasviel's `control_v11p_sd15_*` are,
+/// and SD 2.1's; names and shapes from `tools/make_single_file.py --only controlnet`, checked
+/// with diffusers' converter) infer the published ControlNets' configs
+/// (`ControlNetModel.from_unet` of the published UNets', as theirs are): widths, depth,
+/// heads (8 for SD 1.5, 64-channel ones for SD 2.1), text width, projections and the
+/// conditioning embedding's widths; and the runtime reads what it inferred.
+#[test]
+fn original_controlnet_configs_inferred_at_full_size_are_the_published_ones() {
+    for tag in ["sd15", "sd21"] {
+        let shapes = full_size_shapes(&format!("{tag}_controlnet"));
+        let borrowed: Vec<(&str, &[usize])> = shapes
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.as_slice()))
+            .collect();
+        let inferred = single_file::controlnet::inspect(tag, &borrowed).unwrap();
+        let config = ControlNetConfig::from_json("config.json", &inferred.to_string()).unwrap();
+        assert_eq!(
+            config.conditioning.embedding_out_channels,
+            [16, 32, 96, 256]
+        );
+        let published = published_config(&format!("{tag}_controlnet"));
+        agrees_with_published(tag, "controlnet", Some(inferred), &published);
+    }
 }
 
 fn published_config(name: &str) -> Value {

@@ -30,6 +30,11 @@ committed names are what diffusers reads, not what the runtime under test writes
   model) as lllyasviel's original ControlNet files name it (`control_model.input_hint_block.*`,
   `control_model.zero_convs.*`, `control_model.middle_block_out.*` and the UNet's down half
   in LDM names), checked against diffusers' ControlNet converter value for value.
+* `sd15_controlnet_shapes.json`, `sd21_controlnet_shapes.json`: every tensor name and shape
+  of full-size original ControlNet files for SD 1.5 (lllyasviel's `control_v11p_sd15_*`) and
+  SD 2.1, from `ControlNetModel.from_unet` of the published UNet configs (whose configs, as
+  the published ControlNets' are, go to tests/fixtures/configs/*_controlnet.json), checked
+  with diffusers' model-type inference and ControlNet converter.
 * `flux_tiny.json` and `flux1_dev_shapes.json`: FLUX's transformer as Black Forest Labs'
   single file names it (`double_blocks.*`, `single_blocks.*`; ComfyUI's files put
   `model.diffusion_model.` before each name), for `tests/fixtures/flux_tiny` and a full-size
@@ -163,6 +168,38 @@ def controlnet_tiny(out: Path) -> None:
     lines = ",\n".join(json.dumps(e) for e in entries)
     (out / "controlnet_tiny.json").write_text(f'{{"about": {json.dumps(about)},\n"tensors": [\n{lines}\n],\n"extras": {{}}}}\n')
     print(f"controlnet_tiny: {len(entries)} tensors, checked against diffusers")
+
+
+def controlnet_full_size(out: Path) -> None:
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from diffusers.loaders import single_file_utils as su
+
+    configs = FIXTURES / "configs"
+    for tag in ("sd15", "sd21"):
+        unet_cfg = json.loads((configs / f"{tag}_unet.json").read_text())
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(unet_cfg)
+            controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+        config = json.loads(controlnet.to_json_string())
+        config.pop("_diffusers_version", None)
+        (configs / f"{tag}_controlnet.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        state = controlnet.state_dict()
+        shapes = {f"control_model.{controlnet_ldm_name(k, config)}": list(v.shape) for k, v in state.items()}
+        meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+        inferred = su.infer_diffusers_model_type(meta)
+        assert inferred == "controlnet", f"{tag}: diffusers infers {inferred}"
+        got = su.convert_controlnet_checkpoint(meta, config)
+        assert set(got) == set(state), sorted(set(got) ^ set(state))[:5]
+        for k, v in state.items():
+            assert list(got[k].shape) == list(v.shape), (tag, k)
+        doc = {
+            "about": f"every tensor name and shape of a full-size {tag} ControlNet in the original layout (values "
+                     "omitted); made by tools/make_single_file.py, checked with diffusers' infer_diffusers_model_type "
+                     "and convert_controlnet_checkpoint",
+            "shapes": shapes,
+        }
+        (out / f"{tag}_controlnet_shapes.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+        print(f"{tag} ControlNet: {len(shapes)} tensors, diffusers infers {inferred}")
 
 
 def vae_ldm_name(name: str, config: dict) -> str:
@@ -785,6 +822,7 @@ def main() -> None:
         flux1_dev_shapes(args.out)
     if args.only in (None, "controlnet"):
         controlnet_tiny(args.out)
+        controlnet_full_size(args.out)
     if args.only not in ("sd3", "flux", "controlnet"):
         for name in ("sd1_tiny", "sd2_tiny", "sdxl_tiny", "sdxl_refiner_tiny"):
             tiny(name, args.out)

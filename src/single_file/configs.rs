@@ -149,6 +149,10 @@ pub(super) fn controlnet_config(file: &str, family: Family, shapes: &Shapes) -> 
     let widths = std::iter::once(t.dim(&hint(0), 0))
         .chain((1..levels).map(|k| t.dim(&hint(4 * k), 0)))
         .collect::<Result<Vec<_>>>()?;
+    // A ControlNet's config has no sample size: it runs at the UNet's.
+    if let Some(fields) = config.as_object_mut() {
+        fields.remove("sample_size");
+    }
     config["_class_name"] = json!("ControlNetModel");
     config["conditioning_channels"] = json!(t.dim(&hint(0), 1)?);
     config["conditioning_embedding_out_channels"] = json!(widths);

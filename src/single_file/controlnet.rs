@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use serde_json::Value;
+
 use crate::error::{Error, Result};
 use crate::ldm::{UNetNames, index};
 use crate::weights::{Regroup, Weights};
@@ -39,58 +41,62 @@ pub fn is_original(names: &[&str]) -> bool {
 /// make a ControlNet, is a `weight_file` error naming it.
 pub fn split(file: &str, weights: Weights) -> Result<Part> {
     let weights = weights.with_scales_applied()?;
-    let (routes, config) = {
-        // The trunk's names as a UNet checkpoint writes them, so that the UNet's numbering
-        // and config inference read them; the ControlNet's own under their bare names.
-        let named: Vec<(String, &[usize])> = weights
-            .shapes()
-            .into_iter()
-            .filter(|(name, _)| !unused(name))
-            .map(|(name, shape)| {
-                let rest = bare(name);
-                let own = [HINT, "zero_convs.", "middle_block_out."]
-                    .iter()
-                    .any(|p| rest.starts_with(p));
-                let name = match own {
-                    true => rest.to_string(),
-                    false => format!("{UNET}{rest}"),
-                };
-                (name, shape)
-            })
-            .collect();
-        let shapes: Shapes = named.iter().map(|(n, s)| (n.as_str(), *s)).collect();
-        let family = family(&shapes);
-        let config = controlnet_config(file, family, &shapes)?;
-        let unet = unet_layout(&shapes);
-        let hint_convolutions = config["conditioning_embedding_out_channels"]
-            .as_array()
-            .map_or(0, |widths| 2 * widths.len());
-        let mut routes = HashMap::new();
-        for (name, _) in weights.shapes() {
-            if unused(name) {
-                continue;
-            }
-            let renamed =
-                rename(bare(name), &unet, hint_convolutions).ok_or_else(|| Error::WeightFile {
-                    file: file.to_string(),
-                    message: format!("tensor `{name}` fits no part of a ControlNet"),
-                })?;
-            routes.insert(
-                name.to_string(),
-                Regroup::Move {
-                    part: 0,
-                    name: renamed,
-                },
-            );
-        }
-        (routes, config)
-    };
-    let mut parts =
-        weights.regroup(1, |name| routes.get(name).cloned().unwrap_or(Regroup::Drop))?;
+    let (config, renames) = layout(file, &weights.shapes())?;
+    let mut parts = weights.regroup(1, |name| match renames.get(name) {
+        Some(renamed) => Regroup::Move {
+            part: 0,
+            name: renamed.clone(),
+        },
+        None => Regroup::Drop,
+    })?;
     Ok(Part {
         weights: parts.remove(0),
         config: config.to_string(),
     })
+}
+
+/// The config inferred for an original ControlNet file of these tensor names and shapes,
+/// without its values: the checks [`split`] makes before it moves anything.
+pub fn inspect(file: &str, shapes: &[(&str, &[usize])]) -> Result<Value> {
+    Ok(layout(file, shapes)?.0)
+}
+
+/// The config of an original ControlNet file of these names and shapes, and each tensor's
+/// name in diffusers' naming (the unused ones left out).
+fn layout(file: &str, shapes: &[(&str, &[usize])]) -> Result<(Value, HashMap<String, String>)> {
+    // The trunk's names as a UNet checkpoint writes them, so that the UNet's numbering and
+    // config inference read them; the ControlNet's own under their bare names.
+    let named: Vec<(String, &[usize])> = shapes
+        .iter()
+        .filter(|(name, _)| !unused(name))
+        .map(|&(name, shape)| {
+            let rest = bare(name);
+            let own = [HINT, "zero_convs.", "middle_block_out."]
+                .iter()
+                .any(|p| rest.starts_with(p));
+            let name = match own {
+                true => rest.to_string(),
+                false => format!("{UNET}{rest}"),
+            };
+            (name, shape)
+        })
+        .collect();
+    let table: Shapes = named.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    let config = controlnet_config(file, family(&table), &table)?;
+    let unet = unet_layout(&table);
+    let hint_convolutions = config["conditioning_embedding_out_channels"]
+        .as_array()
+        .map_or(0, |widths| 2 * widths.len());
+    let mut renames = HashMap::new();
+    for &(name, _) in shapes.iter().filter(|(name, _)| !unused(name)) {
+        let renamed =
+            rename(bare(name), &unet, hint_convolutions).ok_or_else(|| Error::WeightFile {
+                file: file.to_string(),
+                message: format!("tensor `{name}` fits no part of a ControlNet"),
+            })?;
+        renames.insert(name.to_string(), renamed);
+    }
+    Ok((config, renames))
 }
 
 /// The UNet family whose heads the ControlNet's attention has: SDXL's by its size input,
