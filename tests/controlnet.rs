@@ -6,7 +6,9 @@ mod common;
 
 use common::{Reference, fixture};
 use lina_runtime::image::Image;
-use lina_runtime::pipeline::{CancelToken, GenerateOptions, NoHook, StableDiffusion};
+use lina_runtime::pipeline::{
+    CancelToken, ControlNetInput, GenerateOptions, NoHook, StableDiffusion,
+};
 use lina_runtime::schedulers::Timesteps;
 use lina_runtime::source::{DirSource, MemorySource};
 
@@ -25,8 +27,20 @@ fn options(reference: &Reference) -> GenerateOptions {
         guidance_scale: 7.5,
         timesteps: Timesteps::Count(10),
         initial_latents: Some(reference.f32("latents").1),
-        control_image: Some(card(reference)),
+        controlnets: vec![ControlNetInput::new(card(reference))],
         ..GenerateOptions::default()
+    }
+}
+
+/// The options with the one ControlNet at `scale` over `window`.
+fn steered(reference: &Reference, scale: f64, window: (f64, f64)) -> GenerateOptions {
+    GenerateOptions {
+        controlnets: vec![ControlNetInput {
+            image: card(reference),
+            scale,
+            window,
+        }],
+        ..options(reference)
     }
 }
 
@@ -68,10 +82,8 @@ fn a_controlnet_steers_the_unet_as_diffusers() {
         let pipe = with_controlnet(&device);
         for (case, scale, window, guess) in cases {
             let opts = GenerateOptions {
-                controlnet_scale: scale,
-                controlnet_window: window,
                 controlnet_guess_mode: guess,
-                ..options(&reference)
+                ..steered(&reference, scale, window)
             };
             let done =
                 pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
@@ -88,9 +100,7 @@ fn a_controlnet_steers_the_unet_as_diffusers() {
             }),
             strength: 0.6,
             initial_latents: Some(reference.f32("noise").1),
-            controlnet_scale: 0.8,
-            controlnet_window: (0.2, 0.7),
-            ..options(&reference)
+            ..steered(&reference, 0.8, (0.2, 0.7))
         };
         let done =
             pollster::block_on(pipe.generate(&img2img, &mut NoHook, &CancelToken::new())).unwrap();
@@ -119,12 +129,9 @@ fn an_sdxl_controlnet_reads_the_pooled_text_and_size_as_diffusers() {
             StableDiffusion::load(&DirSource::new(fixture("sdxl_tiny")), &device).unwrap();
         let files = DirSource::new(fixture("controlnet_sdxl_tiny"));
         pipe.load_controlnet(&files, "").unwrap();
-        assert!(pipe.controlnet().unwrap().takes_text_time());
+        assert!(pipe.controlnets()[0].takes_text_time());
         for (case, scale) in [("image", 0.8), ("image_unguided", 0.0)] {
-            let opts = GenerateOptions {
-                controlnet_scale: scale,
-                ..options(&reference)
-            };
+            let opts = steered(&reference, scale, (0.0, 1.0));
             let done =
                 pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
             let worst = common::worst_pixel(&done.image.rgb, &reference.f32(case).1);
@@ -199,7 +206,7 @@ fn an_original_controlnet_file_steers_as_its_diffusers_folder() {
     ] {
         pipe.load_controlnet(&controlnet_folder(weights, config), "")
             .unwrap();
-        let conditioning = &pipe.controlnet().unwrap().config().conditioning;
+        let conditioning = &pipe.controlnets()[0].config().conditioning;
         assert_eq!(
             conditioning.embedding_out_channels,
             [16, 16, 32, 32],
@@ -223,43 +230,94 @@ fn an_original_controlnet_file_steers_as_its_diffusers_folder() {
     assert!(e.to_string().contains(stray), "{e}");
 }
 
-/// What a loaded ControlNet refuses at the start of a run, naming it: no control image,
-/// one of another size, a window outside the schedule or backwards, a scale that is not
-/// finite. Removed, the model runs without one and refuses a control image again.
+/// What loaded ControlNets refuse at the start of a run, naming it: no input for a loaded
+/// ControlNet, a control image of another size, a window outside the schedule or backwards,
+/// a scale that is not finite. Removed, the model runs without them, refuses a ControlNet
+/// input, and refuses a control image (FLUX.1 Canny's and Depth's) as before.
 #[test]
 fn a_controlnet_run_refuses_what_it_cannot_follow() {
     let reference = Reference::open("controlnet_tiny");
     let mut pipe = with_controlnet(&lina_runtime::device::cpu());
     let opts = options(&reference);
     let without = GenerateOptions {
-        control_image: None,
+        controlnets: Vec::new(),
         ..opts.clone()
     };
-    assert!(refused(&pipe, &without).contains("ControlNet is loaded"));
+    assert!(refused(&pipe, &without).contains("0 ControlNet input(s) for 1 loaded"));
     let small = GenerateOptions {
         width: Some(32),
         height: Some(32),
         initial_latents: None,
         ..opts.clone()
     };
-    assert!(refused(&pipe, &small).contains("control image is 64x64, the output 32x32"));
+    let e = refused(&pipe, &small);
+    assert!(
+        e.contains("ControlNet 0: the control image is 64x64, the output 32x32"),
+        "{e}"
+    );
     for (scale, window) in [
         (1.0, (0.8, 0.2)),
         (1.0, (-0.1, 1.0)),
         (f64::NAN, (0.0, 1.0)),
     ] {
-        let bad = GenerateOptions {
-            controlnet_scale: scale,
-            controlnet_window: window,
-            ..opts.clone()
-        };
-        let e = refused(&pipe, &bad);
+        let e = refused(&pipe, &steered(&reference, scale, window));
         assert!(e.contains("window"), "{e}");
     }
-    pipe.remove_controlnet();
-    assert!(pipe.controlnet().is_none());
+    pipe.remove_controlnets();
+    assert!(pipe.controlnets().is_empty());
     assert!(pipe.start(&without).is_ok());
-    assert!(refused(&pipe, &opts).contains("takes none"));
+    assert!(refused(&pipe, &opts).contains("1 ControlNet input(s) for 0 loaded"));
+    let flux_style = GenerateOptions {
+        control_image: Some(card(&reference)),
+        ..without
+    };
+    assert!(refused(&pipe, &flux_style).contains("takes none"));
+}
+
+/// Two ControlNets (diffusers' `MultiControlNetModel`; here the tiny one loaded twice), each
+/// with its own image, scale and window, add their sum: diffusers' image within 1/255. A
+/// refused second one leaves the first; `load_controlnet` replaces both with one.
+#[test]
+fn two_controlnets_add_their_sum_as_diffusers_multicontrolnet() {
+    let reference = Reference::open("controlnet_tiny");
+    let start = Image {
+        width: 64,
+        height: 64,
+        rgb: reference.u8("start"),
+    };
+    let files = DirSource::new(fixture("controlnet_tiny"));
+    for (name, device) in common::test_devices() {
+        let mut pipe = with_controlnet(&device);
+        let misfit = DirSource::new(fixture("controlnet_sdxl_tiny"));
+        assert!(pipe.add_controlnet(&misfit, "").is_err());
+        assert_eq!(
+            pipe.controlnets().len(),
+            1,
+            "a refused one leaves the first"
+        );
+        pipe.add_controlnet(&files, "").unwrap();
+        let opts = GenerateOptions {
+            controlnets: vec![
+                ControlNetInput {
+                    scale: 0.7,
+                    ..ControlNetInput::new(card(&reference))
+                },
+                ControlNetInput {
+                    image: start.clone(),
+                    scale: 0.5,
+                    window: (0.3, 0.9),
+                },
+            ],
+            ..options(&reference)
+        };
+        let done =
+            pollster::block_on(pipe.generate(&opts, &mut NoHook, &CancelToken::new())).unwrap();
+        let worst = common::worst_pixel(&done.image.rgb, &reference.f32("image_multi").1);
+        eprintln!("{name}: two ControlNets, worst pixel {worst:.2}/255");
+        assert!(worst <= 1.0, "{name}: {worst}/255 from diffusers");
+        pipe.load_controlnet(&files, "").unwrap();
+        assert_eq!(pipe.controlnets().len(), 1);
+    }
 }
 
 /// ControlNets that do not fit the model are refused with a config error naming what
@@ -324,8 +382,9 @@ fn controlnets_that_do_not_fit_are_refused_and_lose_nothing() {
         assert_eq!(e.code(), code, "{e}");
         assert!(e.to_string().contains(says), "{e}");
         assert!(e.to_string().contains("controlnet/"), "{e}");
-        assert!(
-            pipe.controlnet().is_some(),
+        assert_eq!(
+            pipe.controlnets().len(),
+            1,
             "a refused load dropped the loaded ControlNet"
         );
     }

@@ -2135,7 +2135,9 @@ def make_controlnet(fix: Path):
     the same pipeline without a control image's effect (scale 0, `image_unguided`) to
     show the ControlNet moves the image, in guess mode at scale 1 (`image_guess`), and
     `StableDiffusionControlNetImg2ImgPipeline`'s image from the img2img test card at strength
-    0.6, scale 0.8 from 20% to 70% of the steps it runs (`image_img2img`)."""
+    0.6, scale 0.8 from 20% to 70% of the steps it runs (`image_img2img`), and with two
+    ControlNets (the same one twice, diffusers' `MultiControlNetModel`), the card at 0.7 and
+    the img2img card at 0.5 from 30% to 90% (`image_multi`)."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
     from PIL import Image
     from safetensors.torch import save_file
@@ -2179,6 +2181,16 @@ def make_controlnet(fix: Path):
                     width=64, output_type="np", controlnet_conditioning_scale=0.8, control_guidance_start=0.2,
                     control_guidance_end=0.7).images
     images["image_img2img"] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    # Two ControlNets (diffusers' MultiControlNetModel: their additions summed), here the same
+    # one twice, each with its own image, scale and window.
+    multi = StableDiffusionControlNetPipeline(**{k: v for k, v in base.components.items() if k not in ("image_encoder",)},
+                                              controlnet=[controlnet, controlnet])
+    multi.set_progress_bar_config(disable=True)
+    image = multi(PROMPT, image=[Image.fromarray(card), Image.fromarray(start)], negative_prompt=NEGATIVE_PROMPT,
+                  num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=latents.clone(), height=64, width=64,
+                  output_type="np", controlnet_conditioning_scale=[0.7, 0.5], control_guidance_start=[0.0, 0.3],
+                  control_guidance_end=[1.0, 0.9]).images
+    images["image_multi"] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
     for key in ("image", "image_window", "image_guess"):
         moved = float((images[key] - images["image_unguided"]).abs().max())
         assert moved > 4 / 255, (key, moved)
@@ -2192,6 +2204,8 @@ def make_controlnet(fix: Path):
         "height": 64, "width": 64,
         "img2img": {"strength": 0.6, "controlnet_conditioning_scale": 0.8, "control_guidance_start": 0.2,
                     "control_guidance_end": 0.7},
+        "multi": {"image": ["card", "start"], "controlnet_conditioning_scale": [0.7, 0.5],
+                  "control_guidance_start": [0.0, 0.3], "control_guidance_end": [1.0, 0.9]},
         "cases": {k: {"controlnet_conditioning_scale": s, "control_guidance_start": a, "control_guidance_end": b,
                       "guess_mode": g}
                   for k, (s, a, b, g) in cases.items()},
@@ -2200,7 +2214,9 @@ def make_controlnet(fix: Path):
                  "controlnet_conditioning_scale, control_guidance_start, control_guidance_end and guess_mode). "
                  "image_img2img = StableDiffusionControlNetImg2ImgPipeline(the same parts; image=start, "
                  "control_image=card, strength 0.6, scale 0.8 from 20% to 70% of the steps it runs), its noise "
-                 "patched to `noise` and the start's latents to the VAE posterior's mean.",
+                 "patched to `noise` and the start's latents to the VAE posterior's mean. image_multi = "
+                 "StableDiffusionControlNetPipeline(controlnet=[this, this]; image=[card, start], the scales and "
+                 "windows of `multi`, latents).",
     })
 
 

@@ -436,6 +436,27 @@ async function chooseBackend(backend, precision) {
   return { backend: chosen, software, note: `Running on the CPU: ${why}.` };
 }
 
+/**
+ * A ControlNet's files: its folder's by URL, or as given; or an original ControlNet's one
+ * file (by URL or as a file), as such a folder's weight file. Held in memory while it is
+ * built.
+ */
+async function controlNetFiles({ url, files, file }) {
+  const abort = new AbortController();
+  const weights = "diffusion_pytorch_model.safetensors";
+  const bytes = {};
+  if (file !== undefined || url?.endsWith(".safetensors")) {
+    [, bytes[weights]] = await adapterBytes({ url, file }, abort.signal);
+  } else if (url !== undefined) {
+    for (const name of ["config.json", weights]) {
+      [, bytes[name]] = await adapterBytes({ url: new URL(name, url).href }, abort.signal);
+    }
+  } else {
+    for (const [path, data] of Object.entries(files)) [, bytes[path]] = await adapterBytes({ file: data }, abort.signal);
+  }
+  return bytes;
+}
+
 const handlers = {
   // { url } (a folder URL ending in "/") or { files } ({ path: Blob | Uint8Array }), and a
   // single-file `checkpoint` (a URL, a Blob or bytes) for which they give only the tokenizer
@@ -528,26 +549,9 @@ const handlers = {
   memoryUsage: () => model().memoryUsage(),
   setLoraScales: ({ scales }) => model().setLoraScales(scales),
   setMaxSequenceLength: ({ tokens }) => model().setMaxSequenceLength(tokens),
-  removeControlNet: () => model().removeControlNet(),
-
-  // A ControlNet's folder by URL, or its files; or an original ControlNet's one file (by
-  // URL or as a file), read as such a folder's weight file. Held in memory while it is built.
-  async loadControlNet({ url, files, file }) {
-    const target = model();
-    const abort = new AbortController();
-    const weights = "diffusion_pytorch_model.safetensors";
-    const bytes = {};
-    if (file !== undefined || url?.endsWith(".safetensors")) {
-      [, bytes[weights]] = await adapterBytes({ url, file }, abort.signal);
-    } else if (url !== undefined) {
-      for (const name of ["config.json", weights]) {
-        [, bytes[name]] = await adapterBytes({ url: new URL(name, url).href }, abort.signal);
-      }
-    } else {
-      for (const [path, data] of Object.entries(files)) [, bytes[path]] = await adapterBytes({ file: data }, abort.signal);
-    }
-    target.loadControlNet(bytes);
-  },
+  removeControlNets: () => model().removeControlNets(),
+  loadControlNet: async (source) => model().loadControlNet(await controlNetFiles(source)),
+  addControlNet: async (source) => model().addControlNet(await controlNetFiles(source)),
   // For tests of recovery: a lost device, and a trapped wasm instance.
   __loseDeviceForTesting: () => model().__loseDeviceForTesting(),
   __trapForTesting: () => Pipeline.__trapForTesting(),

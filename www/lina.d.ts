@@ -79,6 +79,20 @@ export interface Controls {
 }
 
 /** Any other key is refused ("invalid_input"). */
+/** What one ControlNet follows in a generation, and how. */
+export interface ControlNetInput {
+  /** The control image (of the output's size): an edge map, a depth map, a pose. */
+  image: ImageInput;
+  /** How strongly it steers (diffusers' `controlnet_conditioning_scale`; default 1). */
+  scale?: number;
+  /**
+   * Where in the schedule it acts, as fractions of the steps the run takes (diffusers'
+   * `control_guidance_start` and `_end`; default 0 and 1).
+   */
+  start?: number;
+  end?: number;
+}
+
 /**
  * A ControlNet: its diffusers folder by URL or as files ("config.json",
  * "diffusion_pytorch_model.safetensors"), or an original ControlNet's `.safetensors` file
@@ -321,28 +335,22 @@ export interface GenerateOptions {
    */
   mask?: ImageInput;
   /**
-   * FLUX.1 Canny's or Depth's edge or depth map, or what a loaded ControlNet follows (an edge
-   * map, a depth map, a pose; of the output's size), which those models need and other
-   * models refuse; made beforehand, as their pipelines take it.
+   * FLUX.1 Canny's or Depth's edge or depth map (of the output's size), which those models
+   * need and other models refuse; made beforehand, as their pipelines take it. (A
+   * ControlNet's image goes in `controlnets`.)
    */
   controlImage?: ImageInput;
   /**
-   * How strongly a loaded ControlNet steers (diffusers' `controlnet_conditioning_scale`;
-   * default 1, 0 turns it off).
+   * What each loaded ControlNet (`loadControlNet`, `addControlNet`) follows, one per
+   * ControlNet in the order they were loaded; several ControlNets' additions are summed.
    */
-  controlnetScale?: number;
+  controlnets?: ControlNetInput[];
   /**
-   * Where in the schedule the ControlNet acts, as fractions of the steps (diffusers'
-   * `control_guidance_start` and `_end`; default 0 and 1).
-   */
-  controlGuidanceStart?: number;
-  controlGuidanceEnd?: number;
-  /**
-   * The ControlNet's guess mode (diffusers' `guess_mode`): it steers the conditional
-   * prediction alone, its additions growing from a tenth of the scale at the first skip
-   * connection to the whole at the mid block, to draw what the control image shows even
-   * without a prompt (diffusers suggests guidance 3 to 5). Always on for ControlNets that
-   * average their outputs (shuffle's).
+   * The ControlNets' guess mode (diffusers' `guess_mode`): they steer the conditional
+   * prediction alone, each one's additions growing from a tenth of its scale at the first
+   * skip connection to the whole at the mid block, to draw what the control images show
+   * even without a prompt (diffusers suggests guidance 3 to 5). Always on where the first
+   * ControlNet averages its outputs (shuffle's).
    */
   controlnetGuessMode?: boolean;
   /**
@@ -553,14 +561,20 @@ export declare class LinaModel {
   setLoraScales(scales: number[]): Promise<void>;
   /**
    * Loads a ControlNet (diffusers' `ControlNetModel`: SD 1.x, 2.x or SDXL, matching the
-   * model) beside the UNet, replacing any loaded before; every generation after needs
-   * `controlImage`. One that does not fit the model (a transformer model, other blocks or
+   * model) beside the UNet, replacing any loaded before; every generation after needs its
+   * input in `controlnets`. One that does not fit the model (a transformer model, other blocks or
    * text width) rejects with "config" or "invalid_input", a bad weight file with
    * "weight_file", and the one loaded before stays.
    */
   loadControlNet(source: ControlNetSource): Promise<void>;
-  /** Drops the loaded ControlNet, if any. */
-  removeControlNet(): Promise<void>;
+  /**
+   * Loads one more ControlNet beside those loaded: generations then give each its input in
+   * `controlnets`, and their additions are summed (diffusers' `MultiControlNetModel`). A
+   * refused one leaves those loaded.
+   */
+  addControlNet(source: ControlNetSource): Promise<void>;
+  /** Drops the loaded ControlNets. */
+  removeControlNets(): Promise<void>;
   /**
    * Sets how many tokens T5's text is padded or cut to for every generation after (diffusers'
    * `max_sequence_length`): SD 3 and FLUX only, 1 to 512; by default the pipelines' (SD 3's

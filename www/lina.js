@@ -76,9 +76,7 @@ const GENERATE_OPTIONS = [
   "skipLayerGuidance",
   "trueCfgScale",
   "guidanceRescale",
-  "controlnetScale",
-  "controlGuidanceStart",
-  "controlGuidanceEnd",
+  "controlnets",
   "controlnetGuessMode",
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
@@ -305,12 +303,32 @@ export class LinaModel {
    * Files, Blobs or Uint8Arrays), or, for an original ControlNet file (lllyasviel's layout,
    * `control_v11p_sd15_canny.safetensors`; its config inferred), `url` naming the
    * `.safetensors` file or `file` holding it. It replaces any loaded before; every generation
-   * after needs `controlImage`. One that does not fit the model rejects ("config",
-   * "weight_file", "invalid_input") and the one loaded before stays.
+   * after needs its input in `controlnets` (`{ image, scale?, start?, end? }`). One that does
+   * not fit the model rejects ("config", "weight_file", "invalid_input") and those loaded
+   * before stay.
    * @param {types.ControlNetSource} source
    * @returns {Promise<void>}
    */
   async loadControlNet(source) {
+    return this.#controlNet("loadControlNet", source);
+  }
+
+  /**
+   * Loads one more ControlNet beside those loaded, from a source as `loadControlNet` takes
+   * one: generations then give each its input in `controlnets`, and their additions are
+   * summed (diffusers' `MultiControlNetModel`). A refused one leaves those loaded.
+   * @param {types.ControlNetSource} source
+   * @returns {Promise<void>}
+   */
+  async addControlNet(source) {
+    return this.#controlNet("addControlNet", source);
+  }
+
+  /**
+   * @param {"loadControlNet" | "addControlNet"} type
+   * @param {types.ControlNetSource} source
+   */
+  async #controlNet(type, source) {
     checkObject("the ControlNet's source", source);
     checkKeys("the ControlNet's source", source, ["url", "files", "file", "signal"]);
     const { url: given, files, file, signal } = /** @type {types.ControlNetSource} */ (source);
@@ -325,15 +343,15 @@ export class LinaModel {
     }
     const single = given?.endsWith(".safetensors");
     const url = given === undefined ? undefined : new URL(single || given.endsWith("/") ? given : `${given}/`, location.href).href;
-    return this.#request("loadControlNet", { url, files, file }, signal);
+    return this.#request(type, { url, files, file }, signal);
   }
 
   /**
-   * Drops the loaded ControlNet, if any: generations run the UNet alone again.
+   * Drops the loaded ControlNets: generations run the UNet alone again.
    * @returns {Promise<void>}
    */
-  async removeControlNet() {
-    return this.#request("removeControlNet", {});
+  async removeControlNets() {
+    return this.#request("removeControlNets", {});
   }
 
   /**
@@ -580,6 +598,14 @@ function checkOptions(call, options) {
     throw linaError("invalid_input", `${call}'s options: unknown option "preview" (it goes in generate's second argument: { onStep, preview, signal })`);
   }
   checkKeys(`${call}'s options`, options, GENERATE_OPTIONS);
+  const { controlnets } = /** @type {any} */ (options);
+  if (controlnets !== undefined) {
+    if (!Array.isArray(controlnets)) throw linaError("invalid_input", `${call}'s options: controlnets must be an array`);
+    for (const input of controlnets) {
+      checkObject("controlnets[]", input);
+      checkKeys("controlnets[]", input, ["image", "scale", "start", "end"]);
+    }
+  }
 }
 
 /**

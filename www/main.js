@@ -166,11 +166,13 @@ async function imageOptions() {
   const options = {};
   if (initImage) Object.assign(options, { initImage, strength: Number($("strength").value) });
   if (mask) options.mask = mask;
-  if (controlImage && !$("control-image-field").hidden) options.controlImage = controlImage;
-  if (controlNet) {
-    options.controlnetScale = Number($("controlnet-scale").value);
-    if ($("controlnet-guess").checked) options.controlnetGuessMode = true;
+  // The one control image goes to the loaded ControlNet, else to FLUX.1 Canny or Depth.
+  if (controlImage && controlNet) {
+    options.controlnets = [{ image: controlImage, scale: Number($("controlnet-scale").value) }];
+  } else if (controlImage && !$("control-image-field").hidden) {
+    options.controlImage = controlImage;
   }
+  if (controlNet && $("controlnet-guess").checked) options.controlnetGuessMode = true;
   if (referenceImage && !$("reference-image-field").hidden) {
     Object.assign(options, { referenceImage, referenceSize: $("reference-size").value });
   }
@@ -429,8 +431,13 @@ async function reinpaint() {
     const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
     const image = { width: canvas.width, height: canvas.height, rgba: data };
     // The node's region is the mask and the last image the start; a control or reference image still applies.
-    const { controlImage, referenceImage, referenceSize } = await imageOptions();
-    const options = { ...linaOptions(), ...(controlImage && { controlImage }), ...(referenceImage && { referenceImage, referenceSize }) };
+    const { controlImage, controlnets, controlnetGuessMode, referenceImage, referenceSize } = await imageOptions();
+    const options = {
+      ...linaOptions(),
+      ...(controlImage && { controlImage }),
+      ...(controlnets && { controlnets, controlnetGuessMode }),
+      ...(referenceImage && { referenceImage, referenceSize }),
+    };
     const result = await model.reinpaint(options, image, $("reinpaint-node").value, Number($("reinpaint-strength").value));
     drawInto("reinpainted-image", result);
     $("reinpainted-image").hidden = false;
@@ -855,10 +862,10 @@ async function loadControlNet() {
   }
 }
 
-async function removeControlNet() {
+async function removeControlNets() {
   if (running || !controlNet) return;
   try {
-    await model.removeControlNet();
+    await model.removeControlNets();
     controlNet = null;
     $("remove-controlnet").disabled = true;
     showImageInputs();
@@ -954,7 +961,7 @@ async function main() {
   $("load-checkpoint").addEventListener("click", loadCheckpoint);
   $("load-adapters").addEventListener("click", loadWithAdapters);
   $("load-controlnet").addEventListener("click", loadControlNet);
-  $("remove-controlnet").addEventListener("click", removeControlNet);
+  $("remove-controlnet").addEventListener("click", removeControlNets);
   $("lora-scale").addEventListener("input", () => ($("lora-scale-value").value = $("lora-scale").value));
   $("lora-scale").addEventListener("change", rescaleLoras);
   // The history opens beside the model's download: a browser without IndexedDB (some

@@ -362,6 +362,20 @@ impl ControlResiduals {
         self.down = self.down.iter().map(zero_first).collect();
         self.mid = zero_first(&self.mid);
     }
+
+    /// These and `other`'s additions summed: several ControlNets' (diffusers'
+    /// `MultiControlNetModel`).
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            down: self
+                .down
+                .into_iter()
+                .zip(other.down)
+                .map(|(a, b)| a + b)
+                .collect(),
+            mid: self.mid + other.mid,
+        }
+    }
 }
 
 /// A ResNet block optionally followed by a Transformer2D: the unit of every UNet block.

@@ -564,7 +564,7 @@ impl StableDiffusion {
             vae,
             vae_encoder,
             taesd,
-            controlnet: None,
+            controlnets: Vec::new(),
             scheduler_config,
             device: device.clone(),
             kernels,
@@ -577,13 +577,32 @@ impl StableDiffusion {
     /// weight file may also hold an original ControlNet (lllyasviel's layout:
     /// `control_v11p_sd15_canny` and the like, `control_model.`-prefixed or bare), read
     /// with a config inferred from its shapes where the folder has none. It replaces any
-    /// loaded before; each generation then needs a control image
-    /// ([`GenerateOptions::control_image`](super::GenerateOptions::control_image)) until it
-    /// is removed ([`remove_controlnet`](Self::remove_controlnet)). Refused, loading nothing,
+    /// loaded before ([`add_controlnet`](Self::add_controlnet) loads one more); each
+    /// generation then needs its control image
+    /// ([`GenerateOptions::controlnets`](super::GenerateOptions::controlnets)) until it is
+    /// removed ([`remove_controlnets`](Self::remove_controlnets)). Refused, loading nothing,
     /// where it does not fit this model: a transformer in place of a UNet, another text
     /// width, other down blocks, another latent width or VAE downscale, SDXL's added input
     /// on one side only; a config beside the weights is checked before they are read.
     pub fn load_controlnet(&mut self, files: &dyn FileSource, folder: &str) -> Result<()> {
+        let net = self.read_controlnet(files, folder)?;
+        self.controlnets = vec![net];
+        Ok(())
+    }
+
+    /// Loads one more ControlNet beside those loaded (as [`load_controlnet`] reads one), for
+    /// generations that follow several control images at once (diffusers'
+    /// `MultiControlNetModel`: their additions summed). A refused one leaves those loaded.
+    ///
+    /// [`load_controlnet`]: Self::load_controlnet
+    pub fn add_controlnet(&mut self, files: &dyn FileSource, folder: &str) -> Result<()> {
+        let net = self.read_controlnet(files, folder)?;
+        self.controlnets.push(net);
+        Ok(())
+    }
+
+    /// One ControlNet from `folder` of `files`, checked against this model.
+    fn read_controlnet(&self, files: &dyn FileSource, folder: &str) -> Result<ControlNet> {
         let config_file = in_folder(folder, controlnet::CONFIG_FILE);
         let Some(unet) = self.denoiser.unet() else {
             return Err(Error::InvalidInput(
@@ -613,11 +632,9 @@ impl StableDiffusion {
             let config = given.ok_or_else(|| Error::MissingFile(config_file.clone()))?;
             (weights, config)
         };
-        let net = build_component(weights, (self.kernels, None), |w| {
+        build_component(weights, (self.kernels, None), |w| {
             ControlNet::load(config, w)
-        })?;
-        self.controlnet = Some(Box::new(net));
-        Ok(())
+        })
     }
 
     /// A ControlNet's fit to the UNet and VAE it would run beside: it reads the latents

@@ -93,10 +93,10 @@ pub struct GenerateOptions {
     /// more the image is regenerated, elsewhere kept (blended in the latents every step, or,
     /// for an inpainting model, given to it with the masked image).
     pub mask: Option<Vec<f32>>,
-    /// The control image FLUX.1 Canny and Depth, or a loaded ControlNet, follow (of the
-    /// output's size): an edge map, a depth map, a pose, as their pipelines take it (made
-    /// beforehand; this runtime detects no edges or depth). Only for those models, which
-    /// need one.
+    /// The control image FLUX.1 Canny and Depth follow (of the output's size): an edge map
+    /// or a depth map, as their pipelines take it (made beforehand; this runtime detects no
+    /// edges or depth). Only for those models, which need one. (A ControlNet's image is in
+    /// [`controlnets`](Self::controlnets).)
     pub control_image: Option<Image>,
     /// FLUX.1 Kontext's input image (diffusers' `image` of `FluxKontextPipeline`): the image
     /// the prompt edits, resized as [`reference_size`](Self::reference_size) says, encoded
@@ -119,20 +119,16 @@ pub struct GenerateOptions {
     /// guidance gives, above all at zero terminal SNR (`rescale_betas_zero_snr`). UNet
     /// models only (SD 3's and FLUX's pipelines have none); 0 leaves guidance as it is.
     pub guidance_rescale: f64,
-    /// How strongly a loaded ControlNet ([`StableDiffusion::load_controlnet`]) steers
-    /// (diffusers' `controlnet_conditioning_scale`): its additions to the UNet are scaled by
-    /// it; 1 by default, 0 turns it off.
-    pub controlnet_scale: f64,
-    /// Where in the schedule the ControlNet acts, as fractions of the steps the run takes
-    /// (diffusers' `control_guidance_start` and `control_guidance_end`; img2img counts from
-    /// its first step, as diffusers' img2img pipelines do): step `i` of `n` when
-    /// `start <= i/n` and `(i+1)/n <= end`. (0, 1) by default: every step.
-    pub controlnet_window: (f64, f64),
-    /// The ControlNet's guess mode (diffusers' `guess_mode`): with classifier-free guidance it
-    /// steers the conditional prediction alone, and its additions grow from a tenth of the
-    /// scale at the first skip connection to the whole at the mid block, so that it draws
-    /// what the control image shows even without a prompt (diffusers suggests guidance 3 to
-    /// 5). Always on for ControlNets that average their outputs (shuffle's).
+    /// What each loaded ControlNet ([`StableDiffusion::load_controlnet`],
+    /// [`StableDiffusion::add_controlnet`]) follows, one per ControlNet in the order they
+    /// were loaded: its control image and how it steers. Several ControlNets' additions are
+    /// summed (diffusers' `MultiControlNetModel`).
+    pub controlnets: Vec<ControlNetInput>,
+    /// The ControlNets' guess mode (diffusers' `guess_mode`): with classifier-free guidance
+    /// they steer the conditional prediction alone, and each one's additions grow from a
+    /// tenth of its scale at the first skip connection to the whole at the mid block, so that
+    /// they draw what the control images show even without a prompt (diffusers suggests
+    /// guidance 3 to 5). Always on where a ControlNet averages its outputs (shuffle's).
     pub controlnet_guess_mode: bool,
 }
 
@@ -199,8 +195,7 @@ impl Default for GenerateOptions {
             handoff: None,
             true_cfg_scale: None,
             guidance_rescale: 0.0,
-            controlnet_scale: 1.0,
-            controlnet_window: (0.0, 1.0),
+            controlnets: Vec::new(),
             controlnet_guess_mode: false,
             init_image: None,
             control_image: None,
@@ -209,6 +204,33 @@ impl Default for GenerateOptions {
             strength: 0.8,
             mask: None,
             skip_layer_guidance: None,
+        }
+    }
+}
+
+/// What one ControlNet follows in a run, and how ([`GenerateOptions::controlnets`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlNetInput {
+    /// The control image (of the output's size): an edge map, a depth map, a pose, made
+    /// beforehand as the ControlNet was trained on them.
+    pub image: Image,
+    /// How strongly it steers (diffusers' `controlnet_conditioning_scale`): its additions to
+    /// the UNet are scaled by it; 0 turns it off.
+    pub scale: f64,
+    /// Where in the schedule it acts, as fractions of the steps the run takes (diffusers'
+    /// `control_guidance_start` and `control_guidance_end`; img2img counts from its first
+    /// step, as diffusers' img2img pipelines do): step `i` of `n` when `start <= i/n` and
+    /// `(i+1)/n <= end`.
+    pub window: (f64, f64),
+}
+
+impl ControlNetInput {
+    /// `image` at scale 1 over every step, diffusers' defaults.
+    pub fn new(image: Image) -> Self {
+        Self {
+            image,
+            scale: 1.0,
+            window: (0.0, 1.0),
         }
     }
 }
@@ -373,8 +395,9 @@ pub struct StableDiffusion {
     vae_encoder: Option<Box<VaeEncoder>>,
     /// TAESD's decoder, where the folder has `vae_tiny/`: cheap per-step previews.
     taesd: Option<TaesdDecoder>,
-    /// A ControlNet beside the UNet, where one is loaded ([`StableDiffusion::load_controlnet`]).
-    controlnet: Option<Box<ControlNet>>,
+    /// The ControlNets beside the UNet, in the order they were loaded
+    /// ([`StableDiffusion::load_controlnet`], [`StableDiffusion::add_controlnet`]).
+    controlnets: Vec<ControlNet>,
     scheduler_config: SchedulerConfig,
     device: Device,
     /// The kernels every layer of this model runs (chosen at load).
@@ -492,14 +515,14 @@ impl StableDiffusion {
     pub fn denoiser(&self) -> &Denoiser {
         &self.denoiser
     }
-    /// The ControlNet the UNet runs beside, where one is loaded.
-    pub fn controlnet(&self) -> Option<&ControlNet> {
-        self.controlnet.as_deref()
+    /// The ControlNets the UNet runs beside, in the order they were loaded.
+    pub fn controlnets(&self) -> &[ControlNet] {
+        &self.controlnets
     }
 
-    /// Drops the loaded ControlNet, if any: generations run the UNet alone again.
-    pub fn remove_controlnet(&mut self) {
-        self.controlnet = None;
+    /// Drops the loaded ControlNets: generations run the UNet alone again.
+    pub fn remove_controlnets(&mut self) {
+        self.controlnets.clear();
     }
 
     pub fn vae(&self) -> &VaeDecoder {

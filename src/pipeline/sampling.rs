@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::kernels;
 use crate::models::attention_control::{AttentionRecord, CrossAttentionControl};
+use crate::models::unet::ControlResiduals;
 use crate::schedulers::{Noise, Scheduler, SeededNoise, StepOutput};
 
 /// What the model is about to be called with; a hook may change any of it for this step.
@@ -277,14 +278,14 @@ pub struct Sampling<'p> {
     pub(super) evaluations: usize,
     /// Skip-layer guidance, where the options ask for it and guidance is on.
     pub(super) skip_layers: Option<SkipLayerGuidance>,
-    /// The loaded ControlNet's part in this run, where one is loaded.
-    pub(super) controlnet: Option<ControlNetRun>,
+    /// Each loaded ControlNet's part in this run, in their order.
+    pub(super) controlnets: Vec<ControlNetRun>,
 }
 
 /// What a loaded ControlNet follows in one run, and how: the control image as a [1, 3, H, W]
 /// tensor in [0, 1] (as diffusers' pipelines give it), the scale of its additions and the
 /// window of the schedule it acts in
-/// ([`GenerateOptions::controlnet_window`](super::GenerateOptions::controlnet_window)).
+/// ([`ControlNetInput`](super::ControlNetInput)).
 pub(super) struct ControlNetRun {
     pub(super) image: Tensor<4>,
     pub(super) scale: f64,
@@ -537,30 +538,33 @@ impl Sampling<'_> {
         // A ControlNet, where it acts at this step, sees every row's latents, text and
         // control image, in the frame the UNet sees them.
         let frame = |t: Tensor<4>| if call.mirrored { t.flip([3]) } else { t };
-        let residuals = match (&self.controlnet, self.pipe.controlnet()) {
-            (Some(run), Some(net)) if run.acts_at(call.step, self.steps()) => {
-                // In guess mode with guidance the unconditional row gets nothing: the
-                // ControlNet runs on the other rows alone.
-                let skip = usize::from(run.guess && base == 2);
-                let rows = |t: Tensor<4>| batched(t).narrow(0, skip, batch - skip);
-                let mut residuals = net.forward(
-                    frame(rows(latents_only)),
-                    call.timestep,
-                    &context.clone().narrow(0, skip, batch - skip),
-                    added
-                        .clone()
-                        .map(|a| a.narrow(0, skip, batch - skip))
-                        .as_ref(),
-                    frame(rows(run.image.clone())),
-                    (run.scale, run.guess),
-                )?;
-                if skip == 1 {
-                    residuals.prepend_zero_row();
-                }
-                Some(residuals)
+        // Every ControlNet acting at this step adds to the UNet; several, their sum.
+        let mut residuals: Option<ControlResiduals> = None;
+        let nets = self.pipe.controlnets().iter().zip(&self.controlnets);
+        for (net, run) in nets.filter(|(_, run)| run.acts_at(call.step, self.steps())) {
+            // In guess mode with guidance the unconditional row gets nothing: the
+            // ControlNet runs on the other rows alone.
+            let skip = usize::from(run.guess && base == 2);
+            let rows = |t: Tensor<4>| batched(t).narrow(0, skip, batch - skip);
+            let mut more = net.forward(
+                frame(rows(latents_only.clone())),
+                call.timestep,
+                &context.clone().narrow(0, skip, batch - skip),
+                added
+                    .clone()
+                    .map(|a| a.narrow(0, skip, batch - skip))
+                    .as_ref(),
+                frame(rows(run.image.clone())),
+                (run.scale, run.guess),
+            )?;
+            if skip == 1 {
+                more.prepend_zero_row();
             }
-            _ => None,
-        };
+            residuals = Some(match residuals {
+                Some(sum) => sum.plus(more),
+                None => more,
+            });
+        }
         // The control acts on the conditional row: the second of [uncond; cond], else the
         // only one; the region terms' rows keep their own attention.
         let (out, record) = if call.mirrored {

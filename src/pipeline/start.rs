@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use super::load;
 use super::sampling::{CancelToken, ControlNetRun, Init, Sampling, StepHook, StepNoise};
 use super::{
-    AESTHETIC_SCORE, GenerateOptions, Generated, MAX_PROMPT_CHARS, MAX_SIDE,
+    AESTHETIC_SCORE, ControlNetInput, GenerateOptions, Generated, MAX_PROMPT_CHARS, MAX_SIDE,
     NEGATIVE_AESTHETIC_SCORE, ReferenceSize, SkipLayerGuidance, StableDiffusion, T5State, Warning,
 };
 use crate::error::{Error, Result};
@@ -219,33 +219,20 @@ impl StableDiffusion {
         };
 
         let condition = self.image_condition();
-        let has_controlnet = self.controlnet.is_some();
         match (condition, &opts.control_image) {
             (ImageCondition::Control, None) => {
                 return Err(Error::InvalidInput(
                     "this model follows a control image (FLUX.1 Canny or Depth): give one".into(),
                 ));
             }
-            (_, None) if has_controlnet => {
-                return Err(Error::InvalidInput(
-                    "a ControlNet is loaded: give the control image it follows (or remove it)"
-                        .into(),
-                ));
-            }
             (ImageCondition::Control, Some(_)) | (_, None) => {}
-            (_, Some(_)) if has_controlnet => {}
             (_, Some(_)) => {
                 return Err(Error::InvalidInput(
-                    "a control image is for FLUX.1 Canny and Depth, or a loaded ControlNet; this model takes none".into(),
+                    "a control image is for FLUX.1 Canny and Depth (a ControlNet's is in the ControlNet inputs); this model takes none".into(),
                 ));
             }
         }
-        let (scale, (first, last)) = (opts.controlnet_scale, opts.controlnet_window);
-        if !scale.is_finite() || !(0.0..=1.0).contains(&first) || !(first..=1.0).contains(&last) {
-            return Err(Error::InvalidInput(format!(
-                "ControlNet scale {scale} and window {first}..{last}: the scale must be finite, the window within 0..1 and start before it ends"
-            )));
-        }
+        self.check_controlnet_inputs(&opts.controlnets, (width, height))?;
         if condition.inpaints() && (opts.init_image.is_none() || opts.mask.is_none()) {
             return Err(Error::InvalidInput(
                 "this is an inpainting model: it needs an init image and a mask".into(),
@@ -301,31 +288,25 @@ impl StableDiffusion {
 
         // The images the denoiser takes beside its latents, encoded once every other input
         // has been checked.
-        // A ControlNet reads the control image as it is; FLUX.1 Canny and Depth read its
-        // latents.
-        let (condition, controlnet) = match (&opts.control_image, &self.controlnet) {
-            (Some(image), Some(net)) => {
-                if (image.width, image.height) != (width, height) {
-                    return Err(Error::InvalidInput(format!(
-                        "the control image is {}x{}, the output {width}x{height}",
-                        image.width, image.height
-                    )));
-                }
-                let run = ControlNetRun {
-                    image: image.to_unit_tensor(&self.device),
-                    scale,
-                    window: (first, last),
-                    first: step,
-                    guess: opts.controlnet_guess_mode || net.always_guesses(),
-                };
-                (inpainting, Some(run))
-            }
-            (Some(image), None) => (
-                Some(self.encode_image(image, "control", (width, height))?),
-                None,
-            ),
-            (None, _) => (inpainting, None),
+        let condition = match &opts.control_image {
+            Some(image) => Some(self.encode_image(image, "control", (width, height))?),
+            None => inpainting,
         };
+        // Each ControlNet reads its control image as it is, in [0, 1].
+        // As diffusers' pipelines, which ask the first ControlNet whether it pools.
+        let guess = opts.controlnet_guess_mode
+            || self.controlnets.first().is_some_and(|n| n.always_guesses());
+        let controlnets = opts
+            .controlnets
+            .iter()
+            .map(|input| ControlNetRun {
+                image: input.image.to_unit_tensor(&self.device),
+                scale: input.scale,
+                window: input.window,
+                first: step,
+                guess,
+            })
+            .collect();
         let reference = opts
             .reference_image
             .as_ref()
@@ -374,7 +355,7 @@ impl StableDiffusion {
             predicted_clean: None,
             warnings,
             evaluations: 0,
-            controlnet,
+            controlnets,
             // As in diffusers, it acts only beside classifier-free guidance.
             skip_layers: opts
                 .skip_layer_guidance
@@ -548,6 +529,38 @@ impl StableDiffusion {
 
     /// An image of the output's size (`what` it is, for errors) as scaled latents
     /// [1, C, h, w].
+    /// One input per loaded ControlNet, each image of the output's size, each scale finite and
+    /// each window within the schedule and in order.
+    fn check_controlnet_inputs(
+        &self,
+        inputs: &[ControlNetInput],
+        (width, height): (usize, usize),
+    ) -> Result<()> {
+        let loaded = self.controlnets.len();
+        if inputs.len() != loaded {
+            return Err(Error::InvalidInput(format!(
+                "{} ControlNet input(s) for {loaded} loaded ControlNet(s): give each loaded ControlNet its control image",
+                inputs.len()
+            )));
+        }
+        for (i, input) in inputs.iter().enumerate() {
+            let (image, scale, (first, last)) = (&input.image, input.scale, input.window);
+            if (image.width, image.height) != (width, height) {
+                return Err(Error::InvalidInput(format!(
+                    "ControlNet {i}: the control image is {}x{}, the output {width}x{height}",
+                    image.width, image.height
+                )));
+            }
+            if !scale.is_finite() || !(0.0..=1.0).contains(&first) || !(first..=1.0).contains(&last)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "ControlNet {i}: scale {scale} and window {first}..{last}: the scale must be finite, the window within 0..1 and start before it ends"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn encode_image(
         &self,
         image: &Image,

@@ -424,7 +424,7 @@ test("a zero-terminal-SNR scheduler config (`rescale_betas_zero_snr`) with `guid
   await page.close();
 });
 
-test("a ControlNet loaded by URL and from files, and as an original ControlNet file, beside the tiny SD 1.x UNet draws diffusers' images (`controlnetScale`, `controlGuidanceStart`/`End`, `controlnetGuessMode`); without `controlImage` the run is refused, an SDXL ControlNet rejects with \"config\" and keeps the loaded one, and after `removeControlNet` the UNet runs alone", { timeout: SLOW }, async () => {
+test("ControlNets loaded by URL, from files and as an original ControlNet file beside the tiny SD 1.x UNet draw diffusers' images (`controlnets` with scales and windows, `controlnetGuessMode`, two at once with `addControlNet`); without their inputs the run is refused, an SDXL ControlNet rejects with \"config\" and keeps those loaded, and after `removeControlNets` the UNet runs alone", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const out = await page.evaluate(async () => {
     const { LinaModel } = await import("./lina.js");
@@ -439,45 +439,52 @@ test("a ControlNet loaded by URL and from files, and as an original ControlNet f
       return most;
     };
     const failure = (promise) => promise.then(() => null, (error) => ({ code: error.code, message: error.message }));
-    const options = {
+    const card = imageInput(tensor("card"), 64, 64);
+    const plain = {
       prompt: "a red ball on a small mirror",
       negativePrompt: "blurry",
       steps: 10,
       guidanceScale: 7.5,
       initialLatents: Array.from(tensor("latents")),
-      controlImage: imageInput(tensor("card"), 64, 64),
     };
+    const options = { ...plain, controlnets: [{ image: card }] };
     const model = new LinaModel();
     try {
       await model.load({ backend: "cpu", url: "/fixtures/sd1_tiny/" });
       await model.loadControlNet({ url: folder });
-      const window = { controlnetScale: 0.6, controlGuidanceStart: 0.2, controlGuidanceEnd: 0.8 };
-      const byUrl = worst(await model.generate({ ...options, ...window }), tensor("image_window"));
+      const windowed = { ...plain, controlnets: [{ image: card, scale: 0.6, start: 0.2, end: 0.8 }] };
+      const byUrl = worst(await model.generate(windowed), tensor("image_window"));
       const files = {};
       for (const name of ["config.json", "diffusion_pytorch_model.safetensors"]) files[name] = await (await fetch(folder + name)).blob();
       await model.loadControlNet({ files });
       const byFiles = worst(await model.generate(options), tensor("image"));
       const guessed = worst(await model.generate({ ...options, controlnetGuessMode: true }), tensor("image_guess"));
-      const { controlImage, ...withoutImage } = options;
-      const refused = await failure(model.generate(withoutImage));
-      const misfit = await failure(model.loadControlNet({ url: "/fixtures/controlnet_sdxl_tiny/" }));
+      const refused = await failure(model.generate(plain));
+      const unknownKey = await failure(model.generate({ ...plain, controlnets: [{ image: card, scael: 1 }] }));
+      const misfit = await failure(model.addControlNet({ url: "/fixtures/controlnet_sdxl_tiny/" }));
       const kept = worst(await model.generate(options), tensor("image"));
-      // The same ControlNet as an original file (lllyasviel's names; its config inferred).
-      await model.loadControlNet({ url: "/made/control_tiny.safetensors" });
-      const original = worst(await model.generate(options), tensor("image"));
-      await model.removeControlNet();
+      // The same ControlNet as an original file (lllyasviel's names; its config inferred),
+      // added beside the first: two at once, each with its image, scale and window.
+      await model.addControlNet({ url: "/made/control_tiny.safetensors" });
+      const start = imageInput(tensor("start"), 64, 64);
+      const two = [{ image: card, scale: 0.7 }, { image: start, scale: 0.5, start: 0.3, end: 0.9 }];
+      const multi = worst(await model.generate({ ...plain, controlnets: two }), tensor("image_multi"));
+      await model.removeControlNets();
       // At scale 0 the ControlNet adds nothing: diffusers' image is the UNet's alone.
-      const alone = worst(await model.generate(withoutImage), tensor("image_unguided"));
-      return { byUrl, byFiles, guessed, refused, misfit, kept, original, alone };
+      const alone = worst(await model.generate(plain), tensor("image_unguided"));
+      return { byUrl, byFiles, guessed, refused, unknownKey, misfit, kept, multi, alone };
     } finally {
       model.dispose();
     }
   });
-  assert.ok(out.byUrl <= 1 && out.byFiles <= 1 && out.kept <= 1 && out.original <= 1 && out.guessed <= 1, `the browser's ControlNet images are ${JSON.stringify(out)} from diffusers'`);
+  for (const key of ["byUrl", "byFiles", "guessed", "kept", "multi", "alone"]) {
+    assert.ok(out[key] <= 1, `${key}: the browser's image is ${out[key]}/255 from diffusers'`);
+  }
   assert.equal(out.refused?.code, "invalid_input", JSON.stringify(out.refused));
-  assert.match(out.refused.message, /ControlNet is loaded/);
+  assert.match(out.refused.message, /give each loaded ControlNet its control image/);
+  assert.equal(out.unknownKey?.code, "invalid_input", JSON.stringify(out.unknownKey));
+  assert.match(out.unknownKey.message, /scael/);
   assert.equal(out.misfit?.code, "config", JSON.stringify(out.misfit));
-  assert.ok(out.alone <= 1, `without the ControlNet the image is ${out.alone}/255 from diffusers' at scale 0`);
   await page.close();
 });
 

@@ -1075,7 +1075,7 @@ test("the Model tab loads a ControlNet beside the model: one for another model i
   assert.ok(await page.getByLabel("ControlNet scale").isVisible());
   await page.getByLabel("Steps", { exact: true }).fill("2");
   await page.getByRole("button", { name: "Generate" }).click();
-  assert.match(await waitForStatus(page, /^Done|rror|ControlNet is loaded/), /ControlNet is loaded/);
+  assert.match(await waitForStatus(page, /^Done|rror|ControlNet/), /give each loaded ControlNet its control image/);
   await pick(page, "Control image", "edges.png", await twoHalvesPng(page, "black", "white"));
   await page.getByLabel("ControlNet scale").fill("0.8");
   await page.getByRole("button", { name: "Generate" }).click();

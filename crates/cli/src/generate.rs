@@ -7,8 +7,8 @@ use lina::attention::{AttentionRecorder, TokenMaps};
 use lina_runtime::image::Image;
 use lina_runtime::kernels::Kernels;
 use lina_runtime::pipeline::{
-    CancelToken, GenerateOptions, Handoff, ReferenceSize, SkipLayerGuidance, StableDiffusion,
-    StepHook,
+    CancelToken, ControlNetInput, GenerateOptions, Handoff, ReferenceSize, SkipLayerGuidance,
+    StableDiffusion, StepHook,
 };
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 use lina_runtime::source::DirSource;
@@ -82,27 +82,35 @@ pub struct Args {
     /// inpainting model: SD's 9-channel UNets, FLUX.1 Fill).
     #[arg(long, requires = "init_image")]
     mask: Option<PathBuf>,
-    /// FLUX.1 Canny or Depth, or with `--controlnet`: the edge or depth map, or pose (a PNG
-    /// of the output's size) the image follows, made beforehand as their pipelines take it.
+    /// FLUX.1 Canny or Depth: the edge or depth map (a PNG of the output's size) the image
+    /// follows, made beforehand as their pipelines take it.
     #[arg(long)]
     control_image: Option<PathBuf>,
-    /// A ControlNet to run beside the UNet, following `--control-image`: its diffusers folder
-    /// (`ControlNetModel`: config.json and diffusion_pytorch_model.safetensors) or an
-    /// original ControlNet's `.safetensors` file (`control_v11p_sd15_canny` and the like).
-    #[arg(long, requires = "control_image")]
-    controlnet: Option<PathBuf>,
-    /// How strongly the ControlNet steers (diffusers' `controlnet_conditioning_scale`).
-    #[arg(long, default_value_t = 1.0, requires = "controlnet")]
-    controlnet_scale: f64,
-    /// Where in the schedule the ControlNet starts and stops acting, as fractions of the
-    /// steps (diffusers' `control_guidance_start` and `control_guidance_end`).
-    #[arg(long, default_value_t = 0.0, requires = "controlnet")]
-    control_guidance_start: f64,
-    #[arg(long, default_value_t = 1.0, requires = "controlnet")]
-    control_guidance_end: f64,
-    /// The ControlNet's guess mode (diffusers' `guess_mode`): it steers the conditional
-    /// prediction alone, its additions growing toward the mid block, to draw what the
-    /// control image shows even without a prompt (diffusers suggests guidance 3 to 5).
+    /// A ControlNet to run beside the UNet: its diffusers folder (`ControlNetModel`:
+    /// config.json and diffusion_pytorch_model.safetensors) or an original ControlNet's
+    /// `.safetensors` file (`control_v11p_sd15_canny` and the like). Repeat it for several
+    /// (their additions summed, as diffusers' `MultiControlNetModel`), each with its
+    /// `--controlnet-image` in the same order.
+    #[arg(long, requires = "controlnet_image")]
+    controlnet: Vec<PathBuf>,
+    /// The control image (a PNG of the output's size: an edge or depth map, a pose) each
+    /// ControlNet follows, one per `--controlnet`, in their order.
+    #[arg(long, requires = "controlnet")]
+    controlnet_image: Vec<PathBuf>,
+    /// How strongly the ControlNets steer (diffusers' `controlnet_conditioning_scale`):
+    /// one for all, or one per `--controlnet`. Default 1.
+    #[arg(long, requires = "controlnet")]
+    controlnet_scale: Vec<f64>,
+    /// Where in the schedule the ControlNets start and stop acting, as fractions of the steps
+    /// the run takes (diffusers' `control_guidance_start` and `control_guidance_end`): one
+    /// for all, or one per `--controlnet`. Default 0 and 1.
+    #[arg(long, requires = "controlnet")]
+    control_guidance_start: Vec<f64>,
+    #[arg(long, requires = "controlnet")]
+    control_guidance_end: Vec<f64>,
+    /// The ControlNets' guess mode (diffusers' `guess_mode`): they steer the conditional
+    /// prediction alone, their additions growing toward the mid block, to draw what the
+    /// control images show even without a prompt (diffusers suggests guidance 3 to 5).
     #[arg(long, requires = "controlnet")]
     controlnet_guess_mode: bool,
     /// FLUX.1 Kontext: the image (a PNG) the prompt edits.
@@ -183,6 +191,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let controlnets = controlnet_inputs(&args)?;
     let opts = GenerateOptions {
         prompt: args.prompt,
         negative_prompt: args.negative,
@@ -240,8 +249,7 @@ pub fn run(args: Args) -> Result<()> {
         }),
         true_cfg_scale: args.true_cfg,
         guidance_rescale: args.guidance_rescale,
-        controlnet_scale: args.controlnet_scale,
-        controlnet_window: (args.control_guidance_start, args.control_guidance_end),
+        controlnets,
         controlnet_guess_mode: args.controlnet_guess_mode,
     };
     let (plan, out) = (args.plan, args.out);
@@ -276,8 +284,8 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(tokens) = args.max_sequence_length {
             pipe.set_max_sequence_length(tokens)?;
         }
-        if let Some(path) = &args.controlnet {
-            pipe.load_controlnet(&common::controlnet_source(path)?, "")?;
+        for path in &args.controlnet {
+            pipe.add_controlnet(&common::controlnet_source(path)?, "")?;
         }
         let loaded = started.elapsed();
         tracing::info!(?loaded, "model loaded");
@@ -434,6 +442,47 @@ fn write_npy(path: &std::path::Path, values: &[f32], shape: &[usize]) -> Result<
 }
 
 /// `FILE[:SCALE]`: a LoRA file and the scale it merges at (1 when not given).
+/// Each `--controlnet`'s input: its `--controlnet-image` and the scale and window given for
+/// all or for each.
+fn controlnet_inputs(args: &Args) -> Result<Vec<ControlNetInput>> {
+    let n = args.controlnet.len();
+    if args.controlnet_image.len() != n {
+        return Err(Error::InvalidInput(format!(
+            "{} --controlnet-image for {n} --controlnet: give each ControlNet its control image",
+            args.controlnet_image.len()
+        )));
+    }
+    // One value for every ControlNet, or one each.
+    let each = |values: &[f64], default: f64, flag: &str| -> Result<Vec<f64>> {
+        match values.len() {
+            0 => Ok(vec![default; n]),
+            1 => Ok(vec![values[0]; n]),
+            k if k == n => Ok(values.to_vec()),
+            k => Err(Error::InvalidInput(format!(
+                "{k} {flag} for {n} --controlnet: give one for all, or one each"
+            ))),
+        }
+    };
+    let scales = each(&args.controlnet_scale, 1.0, "--controlnet-scale")?;
+    let starts = each(
+        &args.control_guidance_start,
+        0.0,
+        "--control-guidance-start",
+    )?;
+    let ends = each(&args.control_guidance_end, 1.0, "--control-guidance-end")?;
+    args.controlnet_image
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            Ok(ControlNetInput {
+                image: common::read_png(path)?,
+                scale: scales[i],
+                window: (starts[i], ends[i]),
+            })
+        })
+        .collect()
+}
+
 fn read_lora(spec: &str) -> Result<ScaledLora> {
     let (path, scale) = match spec.rsplit_once(':') {
         Some((path, scale)) if scale.parse::<f32>().is_ok() => {

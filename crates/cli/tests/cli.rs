@@ -813,7 +813,8 @@ fn lina_fit_fits_several_searches_together() {
 /// Image inputs through the CLI: `--control-image` for FLUX.1 Canny and Depth (the tiny FLUX
 /// folder with the control variant's transformer) and for a `--controlnet` beside SD 1.x's
 /// UNet (its folder at scale 0.6 from 20% to 80% of the steps; the same ControlNet as an
-/// original file, named after lllyasviel's layout, in guess mode), and `--reference-image` for Kontext (the
+/// original file, named after lllyasviel's layout, in guess mode; both at once, each with
+/// its image, scale and window), and `--reference-image` for Kontext (the
 /// tiny FLUX as it is; a 50x34 card with `--reference-size kept`, resized to 48x32 as
 /// diffusers does) give diffusers' images within 1/255, from diffusers' latents.
 #[test]
@@ -840,6 +841,7 @@ fn control_and_reference_images_come_from_files() {
     let card = card_png("flux_control_tiny", "card", (48, 32));
     let uneven = card_png("flux_kontext", "uneven_card", (50, 34));
     let edges = card_png("controlnet_tiny", "card", (64, 64));
+    let start = card_png("controlnet_tiny", "start", (64, 64));
     let controlnet = reference_floats(format!("{fixtures}/controlnet_tiny/reference.safetensors"));
     write_npy(&path("sd1.npy"), &[1, 4, 8, 8], &controlnet("latents"));
     let tiny = reference_floats(format!("{fixtures}/flux_tiny/reference.safetensors"));
@@ -884,7 +886,7 @@ fn control_and_reference_images_come_from_files() {
                 &[
                     "--controlnet",
                     &controlnet_folder,
-                    "--control-image",
+                    "--controlnet-image",
                     &edges,
                 ][..],
                 &[
@@ -902,12 +904,41 @@ fn control_and_reference_images_come_from_files() {
         (
             format!("{fixtures}/sd1_tiny"),
             [
-                &["--controlnet", &original, "--control-image", &edges][..],
+                &["--controlnet", &original, "--controlnet-image", &edges][..],
                 &["--negative", "blurry", "--guidance", "7.5", "--steps", "10"],
                 &["--latents", &sd1, "--controlnet-guess-mode"],
             ]
             .concat(),
             ("controlnet_tiny", "image_guess"),
+        ),
+        (
+            format!("{fixtures}/sd1_tiny"),
+            [
+                &[
+                    "--controlnet",
+                    &controlnet_folder,
+                    "--controlnet-image",
+                    &edges,
+                ][..],
+                &["--controlnet", &original, "--controlnet-image", &start],
+                &["--controlnet-scale", "0.7", "--controlnet-scale", "0.5"],
+                &[
+                    "--control-guidance-start",
+                    "0",
+                    "--control-guidance-start",
+                    "0.3",
+                ],
+                &[
+                    "--control-guidance-end",
+                    "1",
+                    "--control-guidance-end",
+                    "0.9",
+                ],
+                &["--negative", "blurry", "--guidance", "7.5", "--steps", "10"],
+                &["--latents", &sd1],
+            ]
+            .concat(),
+            ("controlnet_tiny", "image_multi"),
         ),
         (
             format!("{fixtures}/flux_tiny"),

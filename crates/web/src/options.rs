@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
-use lina_runtime::pipeline::{GenerateOptions, ReferenceSize, SkipLayerGuidance};
+use lina_runtime::pipeline::{ControlNetInput, GenerateOptions, ReferenceSize, SkipLayerGuidance};
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 
 use crate::convert::image_from_js;
@@ -65,13 +65,38 @@ struct JsOptions {
     true_cfg_scale: Option<f64>,
     /// Guidance rescale (`GenerateOptions::guidance_rescale`).
     guidance_rescale: Option<f64>,
-    /// A loaded ControlNet's scale and window (`GenerateOptions::controlnet_scale` and
-    /// `controlnet_window`), with diffusers' names.
-    controlnet_scale: Option<f64>,
-    control_guidance_start: Option<f64>,
-    control_guidance_end: Option<f64>,
-    /// The ControlNet's guess mode (`GenerateOptions::controlnet_guess_mode`).
+    /// What each loaded ControlNet follows (`GenerateOptions::controlnets`), in their order.
+    controlnets: Vec<JsControlNet>,
+    /// The ControlNets' guess mode (`GenerateOptions::controlnet_guess_mode`).
     controlnet_guess_mode: bool,
+}
+
+/// One ControlNet's input as the page sends it (`{ image, scale?, start?, end? }`; the JS
+/// wrapper refuses other keys): its control image, scale and window, diffusers' defaults
+/// where left out.
+#[derive(Deserialize)]
+struct JsControlNet {
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    image: JsValue,
+    scale: Option<f64>,
+    start: Option<f64>,
+    end: Option<f64>,
+}
+
+impl JsControlNet {
+    fn into_input(self) -> Result<ControlNetInput, JsValue> {
+        let image = optional_image(&self.image)?
+            .ok_or_else(|| invalid("each of controlnets needs its image"))?;
+        let defaults = ControlNetInput::new(image);
+        Ok(ControlNetInput {
+            scale: self.scale.unwrap_or(defaults.scale),
+            window: (
+                self.start.unwrap_or(defaults.window.0),
+                self.end.unwrap_or(defaults.window.1),
+            ),
+            ..defaults
+        })
+    }
 }
 
 /// Skip-layer guidance as the page sends it; what it leaves out takes diffusers' defaults
@@ -170,13 +195,11 @@ impl JsOptions {
                 .transpose()?,
             true_cfg_scale: self.true_cfg_scale,
             guidance_rescale: self.guidance_rescale.unwrap_or(defaults.guidance_rescale),
-            controlnet_scale: self.controlnet_scale.unwrap_or(defaults.controlnet_scale),
-            controlnet_window: (
-                self.control_guidance_start
-                    .unwrap_or(defaults.controlnet_window.0),
-                self.control_guidance_end
-                    .unwrap_or(defaults.controlnet_window.1),
-            ),
+            controlnets: self
+                .controlnets
+                .into_iter()
+                .map(JsControlNet::into_input)
+                .collect::<Result<_, _>>()?,
             controlnet_guess_mode: self.controlnet_guess_mode,
         })
     }

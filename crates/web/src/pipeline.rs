@@ -135,27 +135,35 @@ impl Pipeline {
         self.inner.takes_reference_image()
     }
 
-    /// Loads a ControlNet (diffusers' `ControlNetModel`) beside the UNet from `files`, an
-    /// object mapping its folder's paths (`"config.json"`,
+    /// Loads a ControlNet (diffusers' `ControlNetModel`, or an original ControlNet's file)
+    /// beside the UNet from `files`, an object mapping its folder's paths (`"config.json"`,
     /// `"diffusion_pytorch_model.safetensors"`) to `Uint8Array`s, replacing any loaded
-    /// before; every generation after needs `controlImage`. One that does not fit the model
-    /// is refused, and the one loaded before stays.
+    /// before; every generation after needs its input in `controlnets`. One that does not fit
+    /// the model is refused, and those loaded before stay.
     #[wasm_bindgen(js_name = loadControlNet)]
     pub fn load_controlnet(&mut self, files: Object) -> Result<(), JsValue> {
         let source = source_from_files(&files)?;
         self.inner.load_controlnet(&source, "").map_err(js_err)
     }
 
-    /// Drops the loaded ControlNet, if any.
-    #[wasm_bindgen(js_name = removeControlNet)]
-    pub fn remove_controlnet(&mut self) {
-        self.inner.remove_controlnet();
+    /// Loads one more ControlNet beside those loaded, as `loadControlNet` reads one (their
+    /// additions summed).
+    #[wasm_bindgen(js_name = addControlNet)]
+    pub fn add_controlnet(&mut self, files: Object) -> Result<(), JsValue> {
+        let source = source_from_files(&files)?;
+        self.inner.add_controlnet(&source, "").map_err(js_err)
     }
 
-    /// Whether a ControlNet is loaded (and so `controlImage` is needed).
-    #[wasm_bindgen(js_name = hasControlNet)]
-    pub fn has_controlnet(&self) -> bool {
-        self.inner.controlnet().is_some()
+    /// Drops the loaded ControlNets.
+    #[wasm_bindgen(js_name = removeControlNets)]
+    pub fn remove_controlnets(&mut self) {
+        self.inner.remove_controlnets();
+    }
+
+    /// How many ControlNets are loaded (and so how many inputs `controlnets` needs).
+    #[wasm_bindgen(js_name = controlNetCount)]
+    pub fn controlnet_count(&self) -> usize {
+        self.inner.controlnets().len()
     }
 
     /// Traps the wasm instance (a Rust panic, which aborts to `unreachable`), as a bug or an
