@@ -535,10 +535,9 @@ impl Sampling<'_> {
                 0,
             ),
         });
-        // A ControlNet, where it acts at this step, sees every row's latents, text and
-        // control image, in the frame the UNet sees them.
+        // Every ControlNet acting at this step adds to the UNet (several, their sum), having
+        // seen every row's latents, text and its control image in the frame the UNet sees.
         let frame = |t: Tensor<4>| if call.mirrored { t.flip([3]) } else { t };
-        // Every ControlNet acting at this step adds to the UNet; several, their sum.
         let mut residuals: Option<ControlResiduals> = None;
         let nets = self.pipe.controlnets().iter().zip(&self.controlnets);
         for (net, run) in nets.filter(|(_, run)| run.acts_at(call.step, self.steps())) {

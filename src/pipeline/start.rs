@@ -292,8 +292,9 @@ impl StableDiffusion {
             Some(image) => Some(self.encode_image(image, "control", (width, height))?),
             None => inpainting,
         };
-        // Each ControlNet reads its control image as it is, in [0, 1].
-        // As diffusers' pipelines, which ask the first ControlNet whether it pools.
+        // Each ControlNet reads its control image as it is, in [0, 1]. Guess mode is all
+        // theirs or none's; a first ControlNet that pools asks for it, as diffusers' pipelines
+        // ask the first.
         let guess = opts.controlnet_guess_mode
             || self.controlnets.first().is_some_and(|n| n.always_guesses());
         let controlnets = opts
@@ -527,8 +528,6 @@ impl StableDiffusion {
         })
     }
 
-    /// An image of the output's size (`what` it is, for errors) as scaled latents
-    /// [1, C, h, w].
     /// One input per loaded ControlNet, each image of the output's size, each scale finite and
     /// each window within the schedule and in order.
     fn check_controlnet_inputs(
@@ -561,6 +560,8 @@ impl StableDiffusion {
         Ok(())
     }
 
+    /// An image of the output's size (`what` it is, for errors) as scaled latents
+    /// [1, C, h, w].
     fn encode_image(
         &self,
         image: &Image,
