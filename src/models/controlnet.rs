@@ -11,7 +11,7 @@ use super::attention_control::{ControlState, CrossAttentionControl};
 use super::config::{check_size, parse};
 use super::unet::{BlockLoader, ControlResiduals, DownPath, TimeEmbedding, UNetConfig};
 use crate::error::{Error, Result};
-use crate::nn::Conv2d;
+use crate::nn::{Conv2d, Linear};
 use crate::weights::{Scope, Weights};
 
 /// A ControlNet's config, at the root of its folder (a hub ControlNet repo such as
@@ -158,7 +158,7 @@ impl ConditioningEmbedding {
 pub struct ControlNet {
     config: ControlNetConfig,
     time_embedding: TimeEmbedding,
-    time_proj: crate::nn::Linear,
+    time_proj: Linear,
     down: DownPath,
     conditioning: ConditioningEmbedding,
     /// One 1x1 convolution per skip connection, and one for the mid block.
