@@ -2124,6 +2124,18 @@ def controlnet_card():
     return card
 
 
+def tiny_controlnet(unet, seed: int):
+    """`ControlNetModel.from_unet` of a tiny UNet, with a conditioning embedding of four levels
+    (the tiny VAEs' 8x) and every layer re-initialised from `seed`, the zero convolutions
+    included (trained ones are not zero)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 16, 32, 32)).eval()
+    reinit_(controlnet, seed + 1, out_gain={n: 0.5 for n, _ in controlnet.named_modules() if n.startswith("controlnet_")})
+    return controlnet
+
+
 def make_controlnet(fix: Path):
     """A ControlNet for the tiny SD 1.x model (`controlnet_tiny/`, laid out as a hub ControlNet
     repo: config.json and weights at its root): `ControlNetModel.from_unet` of sd1_tiny's UNet
@@ -2138,7 +2150,7 @@ def make_controlnet(fix: Path):
     0.6, scale 0.8 from 20% to 70% of the steps it runs (`image_img2img`), and with two
     ControlNets (the same one twice, diffusers' `MultiControlNetModel`), the card at 0.7 and
     the img2img card at 0.5 from 30% to 90% (`image_multi`)."""
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from diffusers import StableDiffusionControlNetPipeline
     from PIL import Image
     from safetensors.torch import save_file
 
@@ -2147,9 +2159,7 @@ def make_controlnet(fix: Path):
         shutil.rmtree(out)
     log("== controlnet_tiny")
     base = sd_pipeline(fix / "sd1_tiny")
-    torch.manual_seed(2600)
-    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(16, 16, 32, 32)).eval()
-    reinit_(controlnet, 2601, out_gain={n: 0.5 for n, _ in controlnet.named_modules() if n.startswith("controlnet_")})
+    controlnet = tiny_controlnet(base.unet, 2600)
     pipe = StableDiffusionControlNetPipeline(**{k: v for k, v in base.components.items()
                                                 if k not in ("image_encoder",)}, controlnet=controlnet)
     pipe.set_progress_bar_config(disable=True)
@@ -2226,7 +2236,7 @@ def make_controlnet_sdxl(fix: Path):
     as `controlnet_tiny` is. Reference: `StableDiffusionXLControlNetPipeline`'s 10-step image
     with the same card at conditioning scale 0.8, guidance 7.5 and the negative prompt, from
     fixed latents (`image`), and at scale 0 (`image_unguided`)."""
-    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
     from PIL import Image
     from safetensors.torch import save_file
 
@@ -2235,9 +2245,7 @@ def make_controlnet_sdxl(fix: Path):
         shutil.rmtree(out)
     log("== controlnet_sdxl_tiny")
     base = StableDiffusionXLPipeline.from_pretrained(str(fix / "sdxl_tiny"), torch_dtype=torch.float32)
-    torch.manual_seed(2610)
-    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(16, 16, 32, 32)).eval()
-    reinit_(controlnet, 2611, out_gain={n: 0.5 for n, _ in controlnet.named_modules() if n.startswith("controlnet_")})
+    controlnet = tiny_controlnet(base.unet, 2610)
     keep = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
     pipe = StableDiffusionXLControlNetPipeline(**{k: v for k, v in base.components.items() if k in keep},
                                                controlnet=controlnet)
