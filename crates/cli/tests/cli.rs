@@ -113,6 +113,45 @@ fn bad_flags_are_refused_before_any_work() {
     }
     let out = cli(&bad_plan);
     assert!(text(&out.stderr).contains("warpp"), "{}", text(&out.stderr));
+    // ControlNets without an image each, or scales neither one for all nor one each: refused
+    // before any file is read, naming the flags.
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &[
+                "--controlnet",
+                "a",
+                "--controlnet",
+                "b",
+                "--controlnet-image",
+                "x.png",
+            ],
+            "1 --controlnet-image for 2 --controlnet",
+        ),
+        (
+            &[
+                "--controlnet",
+                "a",
+                "--controlnet-image",
+                "x.png",
+                "--controlnet-scale",
+                "1",
+                "--controlnet-scale",
+                "2",
+            ],
+            "2 --controlnet-scale for 1 --controlnet",
+        ),
+    ];
+    for (flags, says) in cases {
+        let args = [&["generate", "--model", MODEL, "--prompt", "x"][..], flags].concat();
+        let out = cli(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{flags:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
 }
 
 #[test]
