@@ -158,3 +158,33 @@ fn rename(rest: &str, unet: &UNetNames, hint_convolutions: usize) -> Option<Stri
         .any(|p| renamed.starts_with(p))
         .then_some(renamed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hostile file's header may give any tensor any shape: inferring its config reads
+    /// axes that may not exist, and must say so rather than panic (a panic would trap a
+    /// page's wasm).
+    #[test]
+    fn tensors_of_too_few_axes_are_errors_not_panics() {
+        let names = [
+            "control_model.input_hint_block.0.weight",
+            "control_model.input_hint_block.2.weight",
+            "control_model.input_hint_block.4.weight",
+            "control_model.input_blocks.0.0.weight",
+            "control_model.input_blocks.1.0.out_layers.3.weight",
+            "control_model.input_blocks.1.1.proj_in.weight",
+            "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+            "control_model.label_emb.0.0.weight",
+        ];
+        for shape in [&[][..], &[0][..], &[3][..], &[0, 0][..]] {
+            for count in 1..=names.len() {
+                let shapes: Vec<(&str, &[usize])> =
+                    names[..count].iter().map(|n| (*n, shape)).collect();
+                let result = inspect("hostile.safetensors", &shapes);
+                assert!(result.is_err(), "{count} names of shape {shape:?} passed");
+            }
+        }
+    }
+}
