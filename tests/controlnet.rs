@@ -1,13 +1,14 @@
-//! ControlNet beside an SD 1.x UNet, against diffusers' `StableDiffusionControlNetPipeline`
-//! (tests/fixtures/controlnet_tiny, made by `tools/make_fixtures.py --only controlnet`), and
-//! the ControlNets and inputs it refuses.
+//! ControlNet and T2I-Adapter beside an SD 1.x UNet, against diffusers'
+//! `StableDiffusionControlNetPipeline` and `StableDiffusionAdapterPipeline`
+//! (tests/fixtures/controlnet_tiny and t2i_adapter_tiny, made by `tools/make_fixtures.py
+//! --only controlnet | t2i-adapter`), and the side networks and inputs they refuse.
 
 mod common;
 
 use common::{Reference, fixture};
 use lina_runtime::image::Image;
 use lina_runtime::pipeline::{
-    CancelToken, ControlNetInput, GenerateOptions, NoHook, StableDiffusion,
+    CancelToken, ControlNetInput, GenerateOptions, NoHook, StableDiffusion, T2IAdapterInput,
 };
 use lina_runtime::schedulers::Timesteps;
 use lina_runtime::source::{DirSource, MemorySource};
@@ -394,5 +395,80 @@ fn controlnets_that_do_not_fit_are_refused_and_lose_nothing() {
 
     let mut sd3 = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &cpu).unwrap();
     let e = sd3.load_controlnet(&files, "").unwrap_err();
+    assert!(e.to_string().contains("transformer"), "{e}");
+}
+
+/// A T2I-Adapter (tests/fixtures/t2i_adapter_tiny: diffusers' full type at sd1_tiny's widths,
+/// every layer random) steers sd1_tiny's 10 guided steps as `StableDiffusionAdapterPipeline`
+/// does: at scale 0.8 and at 0 (where it adds nothing), each within 1/255 of diffusers' on
+/// the CPU backend and lavapipe. What it refuses, naming it: a run without its image, an
+/// image of another size, an input with no adapter loaded; adapters of other widths or of
+/// SDXL's type; a transformer model.
+#[test]
+fn a_t2i_adapter_steers_the_unet_as_diffusers() {
+    let reference = Reference::open("t2i_adapter_tiny");
+    let files = DirSource::new(fixture("t2i_adapter_tiny"));
+    let adapted = |scale: f64| GenerateOptions {
+        t2i_adapter: Some(T2IAdapterInput {
+            image: card(&reference),
+            scale,
+        }),
+        controlnets: Vec::new(),
+        ..options(&reference)
+    };
+    for (name, device) in common::test_devices() {
+        let mut pipe =
+            StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &device).unwrap();
+        pipe.load_t2i_adapter(&files, "").unwrap();
+        for (case, scale) in [("image", 0.8), ("image_unguided", 0.0)] {
+            let done = pollster::block_on(pipe.generate(
+                &adapted(scale),
+                &mut NoHook,
+                &CancelToken::new(),
+            ))
+            .unwrap();
+            let worst = common::worst_pixel(&done.image.rgb, &reference.f32(case).1);
+            eprintln!("{name}: T2I-Adapter {case}, worst pixel {worst:.2}/255");
+            assert!(worst <= 1.0, "{name} {case}: {worst}/255 from diffusers");
+        }
+    }
+    let cpu = lina_runtime::device::cpu();
+    let mut pipe = StableDiffusion::load(&DirSource::new(fixture("sd1_tiny")), &cpu).unwrap();
+    pipe.load_t2i_adapter(&files, "").unwrap();
+    let without = GenerateOptions {
+        t2i_adapter: None,
+        ..adapted(1.0)
+    };
+    assert!(refused(&pipe, &without).contains("T2I-Adapter is loaded"));
+    let small = GenerateOptions {
+        width: Some(32),
+        height: Some(32),
+        initial_latents: None,
+        ..adapted(1.0)
+    };
+    assert!(refused(&pipe, &small).contains("control image is 64x64, the output 32x32"));
+    pipe.remove_t2i_adapter();
+    assert!(refused(&pipe, &adapted(1.0)).contains("no T2I-Adapter is loaded"));
+    let config = std::fs::read_to_string(fixture("t2i_adapter_tiny/config.json")).unwrap();
+    for (edit, says) in [
+        (
+            r#""channels": [32, 48]"#,
+            "not the UNet's down blocks' widths",
+        ),
+        (r#""adapter_type": "full_adapter_xl""#, "adapter_type"),
+    ] {
+        let key = edit.split(':').next().unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&format!("{{{edit}}}")).unwrap();
+        json[key.trim_matches('"')] = value[key.trim_matches('"')].clone();
+        let mut source = MemorySource::new();
+        source.insert("config.json", json.to_string().into_bytes());
+        let e = pipe.load_t2i_adapter(&source, "").unwrap_err();
+        assert_eq!(e.code(), "config", "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    assert!(pipe.t2i_adapter().is_none());
+    let mut sd3 = StableDiffusion::load(&DirSource::new(fixture("sd3_tiny")), &cpu).unwrap();
+    let e = sd3.load_t2i_adapter(&files, "").unwrap_err();
     assert!(e.to_string().contains("transformer"), "{e}");
 }

@@ -2273,6 +2273,52 @@ def make_controlnet_sdxl(fix: Path):
     })
 
 
+def make_t2i_adapter(fix: Path):
+    """A T2I-Adapter for the tiny SD 1.x model (`t2i_adapter_tiny/`, laid out as a hub adapter
+    repo: config.json and weights at its root): `T2IAdapter` of the full type with sd1_tiny's
+    widths (features at the latents' size and half of it), every layer re-initialised.
+    Reference: `StableDiffusionAdapterPipeline`'s 10-step images with the ControlNet's card,
+    guidance 7.5 and the negative prompt, from fixed latents, at adapter scale 0.8 (`image`)
+    and 0 (`image_unguided`)."""
+    from diffusers import StableDiffusionAdapterPipeline, T2IAdapter
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    out = fix / "t2i_adapter_tiny"
+    if out.exists():
+        shutil.rmtree(out)
+    log("== t2i_adapter_tiny")
+    base = sd_pipeline(fix / "sd1_tiny")
+    torch.manual_seed(2700)
+    adapter = T2IAdapter(in_channels=3, channels=[32, 64], num_res_blocks=2, downscale_factor=8,
+                         adapter_type="full_adapter").eval()
+    reinit_(adapter, 2701, out_gain={n: 0.5 for n, _ in adapter.named_modules() if n.endswith("block2")})
+    pipe = StableDiffusionAdapterPipeline(**{k: v for k, v in base.components.items() if k not in ("image_encoder",)},
+                                          adapter=adapter)
+    pipe.set_progress_bar_config(disable=True)
+    card = controlnet_card()
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2702))
+    images = {}
+    for key, scale in (("image", 0.8), ("image_unguided", 0.0)):
+        image = pipe(PROMPT, image=Image.fromarray(card), negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS,
+                     guidance_scale=GUIDANCE, latents=latents.clone(), height=64, width=64, output_type="np",
+                     adapter_conditioning_scale=scale).images
+        images[key] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    moved = float((images["image"] - images["image_unguided"]).abs().max())
+    assert moved > 4 / 255, moved
+    log(f"  the T2I-Adapter moved the image by up to {moved * 255:.1f}/255")
+    adapter.save_pretrained(str(out), safe_serialization=True)
+    save_file({"latents": latents, "card": torch.from_numpy(card).contiguous(), **images},
+              str(out / "reference.safetensors"))
+    write_json(out / "reference.json", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
+        "height": 64, "width": 64, "adapter_conditioning_scale": 0.8,
+        "notes": "image = StableDiffusionAdapterPipeline(sd1_tiny's parts, this adapter; prompt, image=card, negative "
+                 "prompt, steps, guidance, latents, 64x64, output_type='np', adapter_conditioning_scale=0.8); "
+                 "image_unguided: scale 0.",
+    })
+
+
 def sd_pipeline(folder: Path):
     """A tiny SD folder as a `StableDiffusionPipeline` in f32, with no safety checker."""
     from diffusers import StableDiffusionPipeline
@@ -2585,6 +2631,7 @@ def parts():
         "zero-snr": [make_zero_snr],
         "inpaint": [make_inpaint],
         "controlnet": [make_controlnet, make_controlnet_sdxl],
+        "t2i-adapter": [make_t2i_adapter],
         "taesd": [make_taesd],
         "img2img": [make_img2img],
         "sdxl": [make_sdxl],

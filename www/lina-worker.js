@@ -437,9 +437,9 @@ async function chooseBackend(backend, precision) {
 }
 
 /**
- * A ControlNet's files: its folder's by URL, or as given; or an original ControlNet's one
- * file (by URL or as a file), as such a folder's weight file. Held in memory while it is
- * built.
+ * A ControlNet's (or a T2I-Adapter's) files: its folder's by URL, or as given; or an
+ * original ControlNet's one file (by URL or as a file), as such a folder's weight file. Held
+ * in memory while it is built.
  */
 async function controlNetFiles({ url, files, file }) {
   const abort = new AbortController();
@@ -552,6 +552,9 @@ const handlers = {
   removeControlNets: () => model().removeControlNets(),
   loadControlNet: async (source) => model().loadControlNet(await controlNetFiles(source)),
   addControlNet: async (source) => model().addControlNet(await controlNetFiles(source)),
+  // A T2I-Adapter's folder files, as a diffusers ControlNet folder's are read.
+  loadT2IAdapter: async (source) => model().loadT2IAdapter(await controlNetFiles(source)),
+  removeT2IAdapter: () => model().removeT2IAdapter(),
   // For tests of recovery: a lost device, and a trapped wasm instance.
   __loseDeviceForTesting: () => model().__loseDeviceForTesting(),
   __trapForTesting: () => Pipeline.__trapForTesting(),

@@ -104,6 +104,12 @@ export interface ControlNetSource extends Controls {
   file?: Blob | Uint8Array;
 }
 
+/** A T2I-Adapter's folder: by URL, or its files ("config.json", "diffusion_pytorch_model.safetensors"). */
+export interface T2IAdapterSource extends Controls {
+  url?: string;
+  files?: Record<string, Blob | Uint8Array>;
+}
+
 export interface ModelSource extends Controls {
   /** A diffusers-layout folder (the default model when none of url, files and checkpoint is given). */
   url?: string;
@@ -354,6 +360,11 @@ export interface GenerateOptions {
    */
   controlnetGuessMode?: boolean;
   /**
+   * What a loaded T2I-Adapter (`loadT2IAdapter`) follows: its control image (of the output's
+   * size) and how strongly it steers (diffusers' `adapter_conditioning_scale`; default 1).
+   */
+  t2iAdapter?: { image: ImageInput; scale?: number };
+  /**
    * FLUX.1 Kontext's input image, which the prompt edits: resized as `referenceSize` says,
    * encoded and given to the transformer beside the latents. FLUX only.
    */
@@ -575,6 +586,15 @@ export declare class LinaModel {
   addControlNet(source: ControlNetSource): Promise<void>;
   /** Drops the loaded ControlNets. */
   removeControlNets(): Promise<void>;
+  /**
+   * Loads a T2I-Adapter (diffusers' `T2IAdapter`, full type: SD 1.x's and 2.x's) beside the
+   * UNet, replacing any loaded before; every generation after needs `t2iAdapter`. One whose
+   * widths or downscale do not fit the model rejects with "config", on a transformer model
+   * with "invalid_input".
+   */
+  loadT2IAdapter(source: T2IAdapterSource): Promise<void>;
+  /** Drops the loaded T2I-Adapter. */
+  removeT2IAdapter(): Promise<void>;
   /**
    * Sets how many tokens T5's text is padded or cut to for every generation after (diffusers'
    * `max_sequence_length`): SD 3 and FLUX only, 1 to 512; by default the pipelines' (SD 3's

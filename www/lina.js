@@ -78,6 +78,7 @@ const GENERATE_OPTIONS = [
   "guidanceRescale",
   "controlnets",
   "controlnetGuessMode",
+  "t2iAdapter",
 ];
 const GENERATE_CONTROLS = ["onStep", "preview", "signal"];
 const CONTROLS = ["signal"];
@@ -347,6 +348,35 @@ export class LinaModel {
   }
 
   /**
+   * Loads a T2I-Adapter (diffusers' `T2IAdapter`, full type: SD 1.x's and 2.x's) beside the
+   * model's UNet, from `url` (its folder: config.json and diffusion_pytorch_model.safetensors)
+   * or `files` (those paths to Files, Blobs or Uint8Arrays), replacing any loaded before.
+   * Every generation after needs `t2iAdapter` (`{ image, scale? }`). One that does not fit
+   * the model rejects ("config", "invalid_input").
+   * @param {types.T2IAdapterSource} source
+   * @returns {Promise<void>}
+   */
+  async loadT2IAdapter(source) {
+    checkObject("the T2I-Adapter's source", source);
+    checkKeys("the T2I-Adapter's source", source, ["url", "files", "signal"]);
+    const { url: given, files, signal } = /** @type {types.T2IAdapterSource} */ (source);
+    checkType("url", given, "string");
+    checkSignal(signal);
+    if ((given === undefined) === (files === undefined)) throw linaError("invalid_input", "give the T2I-Adapter's url or its files, one of them");
+    if (files !== undefined) checkFiles(files);
+    const url = given === undefined ? undefined : new URL(given.endsWith("/") ? given : `${given}/`, location.href).href;
+    return this.#request("loadT2IAdapter", { url, files }, signal);
+  }
+
+  /**
+   * Drops the loaded T2I-Adapter, if any.
+   * @returns {Promise<void>}
+   */
+  async removeT2IAdapter() {
+    return this.#request("removeT2IAdapter", {});
+  }
+
+  /**
    * Drops the loaded ControlNets: generations run the UNet alone again.
    * @returns {Promise<void>}
    */
@@ -598,7 +628,8 @@ function checkOptions(call, options) {
     throw linaError("invalid_input", `${call}'s options: unknown option "preview" (it goes in generate's second argument: { onStep, preview, signal })`);
   }
   checkKeys(`${call}'s options`, options, GENERATE_OPTIONS);
-  const { controlnets } = /** @type {any} */ (options);
+  const { controlnets, t2iAdapter } = /** @type {any} */ (options);
+  if (t2iAdapter !== undefined) checkKeys("t2iAdapter", t2iAdapter, ["image", "scale"]);
   if (controlnets !== undefined) {
     if (!Array.isArray(controlnets)) throw linaError("invalid_input", `${call}'s options: controlnets must be an array`);
     for (const input of controlnets) {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::attention_control::{ControlState, CrossAttentionControl};
 use super::config::{check_size, parse};
-use super::unet::{BlockLoader, ControlResiduals, DownPath, TimeEmbedding, UNetConfig};
+use super::unet::{BlockLoader, DownPath, TimeEmbedding, UNetAdditions, UNetConfig};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, Linear};
 use crate::weights::{Scope, Weights};
@@ -220,7 +220,7 @@ impl ControlNet {
         added: Option<&Tensor<2>>,
         image: Tensor<4>,
         (scale, guess): (f64, bool),
-    ) -> Result<ControlResiduals> {
+    ) -> Result<UNetAdditions> {
         let [b, _, h, w] = x.dims();
         let image = match self.config.conditioning.channel_order.as_str() {
             "bgr" => image.flip([1]),
@@ -242,7 +242,7 @@ impl ControlNet {
         // LINA's attention controls act on the UNet; the ControlNet attends as trained.
         let none = CrossAttentionControl::default();
         let mut control = ControlState::new(&none, 0, [h, w]);
-        let (mid, skips) = self.down.forward(x, &time, context, &mut control);
+        let (mid, skips) = self.down.forward(x, &time, context, &mut control, &[]);
         let pooled = self.config.conditioning.global_pool_conditions;
         let n = self.zero_convs.len();
         // torch.logspace(-1, 0, n + 1) in f32, times the scale.
@@ -257,15 +257,16 @@ impl ControlNet {
                 false => t,
             }
         };
-        Ok(ControlResiduals {
-            down: self
+        Ok(UNetAdditions {
+            skips: self
                 .zero_convs
                 .iter()
                 .zip(skips)
                 .enumerate()
                 .map(|(i, (conv, skip))| out(conv, skip, share(i)))
                 .collect(),
-            mid: out(&self.mid_conv, mid, share(n)),
+            mid: Some(out(&self.mid_conv, mid, share(n))),
+            intrablock: Vec::new(),
         })
     }
 }

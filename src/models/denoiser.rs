@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use super::attention_control::{AttentionRecord, CrossAttentionControl};
 use super::flux::{self, Flux, FluxConfig};
 use super::mmdit::{self, Mmdit, MmditConfig};
-use super::unet::{ControlResiduals, UNet, UNetConfig};
+use super::unet::{UNet, UNetAdditions, UNetConfig};
 
 /// Boxed: a loaded UNet's struct is far larger than a transformer's.
 pub enum Denoiser {
@@ -223,8 +223,8 @@ impl Denoiser {
     /// per-row conditioning beside the timestep (LCM's guidance embedding, SDXL's pooled text
     /// and size, the MMDiT's pooled text, FLUX's pooled text and guidance) and, for FLUX,
     /// a `reference` image's latents [1, C, h', w'] (Kontext's) whose tokens join the latents',
-    /// and, for a UNet, a ControlNet's `residuals`; under `control`, which acts on batch row
-    /// `row`. The start of a run gives a reference only to FLUX, residuals only to a UNet.
+    /// and, for a UNet, what ControlNets and T2I-Adapters add (`additions`); under `control`, which acts on batch row
+    /// `row`. The start of a run gives a reference only to FLUX, additions only to a UNet.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_controlled(
         &self,
@@ -235,11 +235,11 @@ impl Denoiser {
         reference: Option<&Tensor<4>>,
         control: &CrossAttentionControl,
         row: usize,
-        residuals: Option<&ControlResiduals>,
+        additions: Option<&UNetAdditions>,
     ) -> (Tensor<4>, Option<AttentionRecord>) {
         match self {
             Self::UNet(u) => {
-                u.forward_controlled(x, timestep, context, added, control, row, residuals)
+                u.forward_controlled(x, timestep, context, added, control, row, additions)
             }
             Self::Mmdit(m) => {
                 let pooled = added.expect("the pipeline gives the MMDiT its pooled text");

@@ -9,6 +9,7 @@ mod dit;
 pub mod flux;
 pub mod mmdit;
 pub mod resnet;
+pub mod t2i_adapter;
 pub mod t5;
 pub mod taesd;
 pub mod transformer;

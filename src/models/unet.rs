@@ -344,36 +344,45 @@ impl UNetConfig {
     }
 }
 
-/// What a ControlNet (`super::controlnet`) adds to the UNet: one tensor per skip connection
-/// (in the order the down half makes them) and one to the mid block's output.
-pub struct ControlResiduals {
-    pub down: Vec<Tensor<4>>,
-    pub mid: Tensor<4>,
+/// What side networks add to the UNet: a ControlNet's residuals (`super::controlnet`: one
+/// per skip connection, in the order the down half makes them, and one to the mid block's
+/// output) and a T2I-Adapter's features (`super::t2i_adapter`: one per down block, added to
+/// its output, from the first block on). Several ControlNets' and adapters' are summed.
+#[derive(Default)]
+pub struct UNetAdditions {
+    pub skips: Vec<Tensor<4>>,
+    pub mid: Option<Tensor<4>>,
+    pub intrablock: Vec<Tensor<4>>,
 }
 
-impl ControlResiduals {
+impl UNetAdditions {
     /// Puts a row of zeros before the batch's rows: nothing added to the unconditional row
-    /// of a guided call, where the ControlNet ran on the conditional row alone.
+    /// of a guided call, where a ControlNet ran on the conditional row alone.
     pub fn prepend_zero_row(&mut self) {
         let zero_first = |t: &Tensor<4>| {
             let zero = t.clone().narrow(0, 0, 1).zeros_like();
             Tensor::cat(vec![zero, t.clone()], 0)
         };
-        self.down = self.down.iter().map(zero_first).collect();
-        self.mid = zero_first(&self.mid);
+        self.skips = self.skips.iter().map(zero_first).collect();
+        self.mid = self.mid.as_ref().map(zero_first);
+        self.intrablock = self.intrablock.iter().map(zero_first).collect();
     }
 
-    /// These and `other`'s additions summed: several ControlNets' (diffusers'
-    /// `MultiControlNetModel`).
+    /// These and `other`'s additions summed (several ControlNets': diffusers'
+    /// `MultiControlNetModel`); where one side has none of a kind, the other's.
     pub fn plus(self, other: Self) -> Self {
+        let sum = |a: Vec<Tensor<4>>, b: Vec<Tensor<4>>| match (a.is_empty(), b.is_empty()) {
+            (true, _) => b,
+            (_, true) => a,
+            _ => a.into_iter().zip(b).map(|(a, b)| a + b).collect(),
+        };
         Self {
-            down: self
-                .down
-                .into_iter()
-                .zip(other.down)
-                .map(|(a, b)| a + b)
-                .collect(),
-            mid: self.mid + other.mid,
+            skips: sum(self.skips, other.skips),
+            mid: match (self.mid, other.mid) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            },
+            intrablock: sum(self.intrablock, other.intrablock),
         }
     }
 }
@@ -620,24 +629,41 @@ impl DownPath {
         self.conv_in.forward(x)
     }
 
-    /// The down blocks and the mid block from the input convolution's output `x`: the mid
-    /// block's output and every skip connection, in order.
+    /// The down blocks and the mid block from the input convolution's output `x`, with a
+    /// T2I-Adapter's features (`intrablock`, one per block from the first, as many as given)
+    /// added to the blocks' outputs: the mid block's output and every skip connection, in
+    /// order.
     pub(crate) fn forward(
         &self,
         mut x: Tensor<4>,
         time: &Tensor<2>,
         context: &Tensor<3>,
         control: &mut ControlState,
+        intrablock: &[Tensor<4>],
     ) -> (Tensor<4>, Vec<Tensor<4>>) {
         let mut skips = vec![x.clone()];
-        for block in &self.down {
-            for layer in &block.layers {
+        for (i, block) in self.down.iter().enumerate() {
+            let feature = intrablock.get(i);
+            // As diffusers adds them: after a cross-attention block's last layer (its skip
+            // and its downsampler's input then hold it), after a plain block's downsampler.
+            let cross = block.layers.iter().any(|l| l.attention.is_some());
+            let last = block.layers.len().saturating_sub(1);
+            for (j, layer) in block.layers.iter().enumerate() {
                 x = layer.forward(x, time, context, control);
+                if let (true, true, Some(f)) = (cross, j == last, feature) {
+                    x = x + f.clone();
+                }
                 skips.push(x.clone());
             }
             if let Some(down) = &block.downsample {
                 x = down.forward(x);
                 skips.push(x.clone());
+            }
+            if let (false, Some(f)) = (cross, feature) {
+                x = x + f.clone();
+                if let Some(skip) = skips.last_mut() {
+                    *skip = x.clone();
+                }
             }
         }
         x = self.mid.first.forward(x, Some(time));
@@ -799,9 +825,9 @@ impl UNet {
     }
 
     /// [`forward_with`](Self::forward_with) with its cross-attention layers under `control`,
-    /// which acts on batch row `row` (the conditional one), and a ControlNet's `residuals`
-    /// added to its skip connections and mid block; also gives the record, where `control`
-    /// asks for one.
+    /// which acts on batch row `row` (the conditional one), and what ControlNets and
+    /// T2I-Adapters add to it (`additions`); also gives the record, where `control` asks for
+    /// one.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_controlled(
         &self,
@@ -811,7 +837,7 @@ impl UNet {
         added: Option<&Tensor<2>>,
         control: &CrossAttentionControl,
         row: usize,
-        residuals: Option<&ControlResiduals>,
+        additions: Option<&UNetAdditions>,
     ) -> (Tensor<4>, Option<AttentionRecord>) {
         let [b, _, h, w] = x.dims();
         let mut control = ControlState::new(control, row, [h, w]);
@@ -821,13 +847,17 @@ impl UNet {
             .forward(self.time_embedding.forward(timestep, b, added));
 
         let x = self.down.conv_in(x);
-        let (mut x, mut skips) = self.down.forward(x, &time, context, &mut control);
+        let none = UNetAdditions::default();
+        let additions = additions.unwrap_or(&none);
+        let (mut x, mut skips) =
+            self.down
+                .forward(x, &time, context, &mut control, &additions.intrablock);
         // A ControlNet's residuals join each skip connection and the mid block's output.
-        if let Some(residuals) = residuals {
-            for (skip, extra) in skips.iter_mut().zip(&residuals.down) {
-                *skip = skip.clone() + extra.clone();
-            }
-            x = x + residuals.mid.clone();
+        for (skip, extra) in skips.iter_mut().zip(&additions.skips) {
+            *skip = skip.clone() + extra.clone();
+        }
+        if let Some(mid) = &additions.mid {
+            x = x + mid.clone();
         }
 
         for block in &self.up {

@@ -12,6 +12,7 @@ use crate::models::controlnet::{self, ControlNet, ControlNetConfig};
 use crate::models::denoiser::{Denoiser, DenoiserConfig, ImageCondition, TransformerKind};
 use crate::models::flux::{self, Flux, FluxConfig};
 use crate::models::mmdit::{self, Mmdit, MmditConfig};
+use crate::models::t2i_adapter::{self, T2IAdapter, T2IAdapterConfig};
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::taesd::{self, TaesdConfig, TaesdDecoder};
 use crate::models::unet::{self, DownPath, UNet, UNetConfig};
@@ -565,6 +566,7 @@ impl StableDiffusion {
             vae_encoder,
             taesd,
             controlnets: Vec::new(),
+            t2i_adapter: None,
             scheduler_config,
             device: device.clone(),
             kernels,
@@ -635,6 +637,51 @@ impl StableDiffusion {
         build_component(weights, (self.kernels, None), |w| {
             ControlNet::load(config, w)
         })
+    }
+
+    /// Loads a T2I-Adapter (diffusers' `T2IAdapter` of the full type, SD 1.x's and 2.x's:
+    /// `TencentARC/t2iadapter_*_sd15v2` and the like) from `folder` of `files` (`""` for its
+    /// own folder), replacing any loaded before; each generation then needs its input
+    /// ([`GenerateOptions::t2i_adapter`](super::GenerateOptions::t2i_adapter)). Refused,
+    /// loading nothing, where its feature maps do not fit the UNet's down blocks (their
+    /// widths, its first map at the latents' size) or the model is a transformer.
+    pub fn load_t2i_adapter(&mut self, files: &dyn FileSource, folder: &str) -> Result<()> {
+        let config_file = in_folder(folder, t2i_adapter::CONFIG_FILE);
+        let config = T2IAdapterConfig::from_json(&config_file, &files.require_text(&config_file)?)?;
+        let Some(unet) = self.denoiser.unet() else {
+            return Err(Error::InvalidInput(
+                "a T2I-Adapter steers a UNet (SD 1.x, 2.x); this model's denoiser is a transformer"
+                    .into(),
+            ));
+        };
+        let widths = &unet.config().block_out_channels;
+        if config.channels.len() > widths.len()
+            || widths[..config.channels.len()] != config.channels
+        {
+            return Err(Error::config(
+                &config_file,
+                format!(
+                    "this T2I-Adapter's channels {:?} are not the UNet's down blocks' widths {widths:?}",
+                    config.channels
+                ),
+            ));
+        }
+        let downscale = self.vae.config().downscale();
+        if config.downscale_factor != downscale {
+            return Err(Error::config(
+                &config_file,
+                format!(
+                    "this T2I-Adapter's downscale_factor {} is not the VAE's {downscale}",
+                    config.downscale_factor
+                ),
+            ));
+        }
+        let weights = folder_weights(files, folder, t2i_adapter::WEIGHT_FILES, &self.device)?;
+        let adapter = build_component(weights, (self.kernels, None), |w| {
+            T2IAdapter::load(config, w)
+        })?;
+        self.t2i_adapter = Some(adapter);
+        Ok(())
     }
 
     /// A ControlNet's fit to the UNet and VAE it would run beside: it reads the latents

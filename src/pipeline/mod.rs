@@ -33,6 +33,7 @@ use crate::memory;
 use crate::models::clip::ClipTextEncoder;
 use crate::models::controlnet::ControlNet;
 use crate::models::denoiser::{Denoiser, ImageCondition};
+use crate::models::t2i_adapter::T2IAdapter;
 use crate::models::t5::T5Encoder;
 use crate::models::taesd::TaesdDecoder;
 use crate::models::unet::UNet;
@@ -130,6 +131,9 @@ pub struct GenerateOptions {
     /// they draw what the control images show even without a prompt (diffusers suggests
     /// guidance 3 to 5). Always on where a ControlNet averages its outputs (shuffle's).
     pub controlnet_guess_mode: bool,
+    /// What a loaded T2I-Adapter ([`StableDiffusion::load_t2i_adapter`]) follows: its
+    /// control image and scale. It needs one; other models take none.
+    pub t2i_adapter: Option<T2IAdapterInput>,
 }
 
 /// Skip-layer guidance, as diffusers' `StableDiffusion3Pipeline` runs it
@@ -197,6 +201,7 @@ impl Default for GenerateOptions {
             guidance_rescale: 0.0,
             controlnets: Vec::new(),
             controlnet_guess_mode: false,
+            t2i_adapter: None,
             init_image: None,
             control_image: None,
             reference_image: None,
@@ -233,6 +238,17 @@ impl ControlNetInput {
             window: (0.0, 1.0),
         }
     }
+}
+
+/// What a T2I-Adapter follows in a run ([`GenerateOptions::t2i_adapter`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct T2IAdapterInput {
+    /// The control image (of the output's size): a sketch, an edge or depth map, a pose,
+    /// made beforehand as the adapter was trained on them.
+    pub image: Image,
+    /// How strongly it steers (diffusers' `adapter_conditioning_scale`): its features are
+    /// scaled by it; 1 as trained, 0 turns it off.
+    pub scale: f64,
 }
 
 /// How a FLUX.1 Kontext reference image ([`GenerateOptions::reference_image`]) is sized
@@ -395,6 +411,9 @@ pub struct StableDiffusion {
     vae_encoder: Option<Box<VaeEncoder>>,
     /// TAESD's decoder, where the folder has `vae_tiny/`: cheap per-step previews.
     taesd: Option<TaesdDecoder>,
+    /// A T2I-Adapter beside the UNet, where one is loaded
+    /// ([`StableDiffusion::load_t2i_adapter`]).
+    t2i_adapter: Option<T2IAdapter>,
     /// The ControlNets beside the UNet, in the order they were loaded
     /// ([`StableDiffusion::load_controlnet`], [`StableDiffusion::add_controlnet`]).
     controlnets: Vec<ControlNet>,
@@ -523,6 +542,16 @@ impl StableDiffusion {
     /// Drops the loaded ControlNets: generations run the UNet alone again.
     pub fn remove_controlnets(&mut self) {
         self.controlnets.clear();
+    }
+
+    /// The T2I-Adapter the UNet runs beside, where one is loaded.
+    pub fn t2i_adapter(&self) -> Option<&T2IAdapter> {
+        self.t2i_adapter.as_ref()
+    }
+
+    /// Drops the loaded T2I-Adapter, if any.
+    pub fn remove_t2i_adapter(&mut self) {
+        self.t2i_adapter = None;
     }
 
     pub fn vae(&self) -> &VaeDecoder {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::kernels;
 use crate::models::attention_control::{AttentionRecord, CrossAttentionControl};
-use crate::models::unet::ControlResiduals;
+use crate::models::unet::UNetAdditions;
 use crate::schedulers::{Noise, Scheduler, SeededNoise, StepOutput};
 
 /// What the model is about to be called with; a hook may change any of it for this step.
@@ -280,6 +280,9 @@ pub struct Sampling<'p> {
     pub(super) skip_layers: Option<SkipLayerGuidance>,
     /// Each loaded ControlNet's part in this run, in their order.
     pub(super) controlnets: Vec<ControlNetRun>,
+    /// A loaded T2I-Adapter's feature maps for this run's control image, [1, C_i, h_i, w_i],
+    /// one per down block it reaches; empty without one.
+    pub(super) adapter_features: Vec<Tensor<4>>,
 }
 
 /// What a loaded ControlNet follows in one run, and how: the control image as a [1, 3, H, W]
@@ -538,7 +541,7 @@ impl Sampling<'_> {
         // Every ControlNet acting at this step adds to the UNet (several, their sum), having
         // seen every row's latents, text and its control image in the frame the UNet sees.
         let frame = |t: Tensor<4>| if call.mirrored { t.flip([3]) } else { t };
-        let mut residuals: Option<ControlResiduals> = None;
+        let mut residuals: Option<UNetAdditions> = None;
         let nets = self.pipe.controlnets().iter().zip(&self.controlnets);
         for (net, run) in nets.filter(|(_, run)| run.acts_at(call.step, self.steps())) {
             // In guess mode with guidance the unconditional row gets nothing: the
@@ -562,6 +565,21 @@ impl Sampling<'_> {
             residuals = Some(match residuals {
                 Some(sum) => sum.plus(more),
                 None => more,
+            });
+        }
+        // A T2I-Adapter's features join every row of every step, as diffusers adds them.
+        if !self.adapter_features.is_empty() {
+            let adapter = UNetAdditions {
+                intrablock: self
+                    .adapter_features
+                    .iter()
+                    .map(|f| frame(batched(f.clone())))
+                    .collect(),
+                ..UNetAdditions::default()
+            };
+            residuals = Some(match residuals {
+                Some(sum) => sum.plus(adapter),
+                None => adapter,
             });
         }
         // The control acts on the conditional row: the second of [uncond; cond], else the

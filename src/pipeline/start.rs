@@ -233,6 +233,35 @@ impl StableDiffusion {
             }
         }
         self.check_controlnet_inputs(&opts.controlnets, (width, height))?;
+        match (&self.t2i_adapter, &opts.t2i_adapter) {
+            (Some(_), None) => {
+                return Err(Error::InvalidInput(
+                    "a T2I-Adapter is loaded: give the control image it follows (or remove it)"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::InvalidInput(
+                    "a T2I-Adapter input, but no T2I-Adapter is loaded".into(),
+                ));
+            }
+            (Some(_), Some(input)) => {
+                let image = &input.image;
+                if (image.width, image.height) != (width, height) {
+                    return Err(Error::InvalidInput(format!(
+                        "the T2I-Adapter's control image is {}x{}, the output {width}x{height}",
+                        image.width, image.height
+                    )));
+                }
+                if !input.scale.is_finite() {
+                    return Err(Error::InvalidInput(format!(
+                        "the T2I-Adapter's scale {} is not finite",
+                        input.scale
+                    )));
+                }
+            }
+            (None, None) => {}
+        }
         if condition.inpaints() && (opts.init_image.is_none() || opts.mask.is_none()) {
             return Err(Error::InvalidInput(
                 "this is an inpainting model: it needs an init image and a mask".into(),
@@ -308,6 +337,13 @@ impl StableDiffusion {
                 guess,
             })
             .collect();
+        // A T2I-Adapter's features depend on its image alone: made once for the whole run.
+        let adapter_features = match (&self.t2i_adapter, &opts.t2i_adapter) {
+            (Some(adapter), Some(input)) => {
+                adapter.forward(input.image.to_unit_tensor(&self.device), input.scale)?
+            }
+            _ => Vec::new(),
+        };
         let reference = opts
             .reference_image
             .as_ref()
@@ -357,6 +393,7 @@ impl StableDiffusion {
             warnings,
             evaluations: 0,
             controlnets,
+            adapter_features,
             // As in diffusers, it acts only beside classifier-free guidance.
             skip_layers: opts
                 .skip_layer_guidance

@@ -488,6 +488,46 @@ test("ControlNets loaded by URL, from files and as an original ControlNet file b
   await page.close();
 });
 
+test("a T2I-Adapter loaded by URL beside the tiny SD 1.x UNet draws diffusers' image (`t2iAdapter` at scale 0.8); without its input the run is refused, and after `removeT2IAdapter` an input is refused", { timeout: SLOW }, async () => {
+  const page = await apiPage();
+  const out = await page.evaluate(async () => {
+    const { LinaModel } = await import("./lina.js");
+    const { referenceTensors, imageInput } = await import("/helpers/reference.js");
+    const folder = "/fixtures/t2i_adapter_tiny/";
+    const tensor = await referenceTensors(folder);
+    const failure = (promise) => promise.then(() => null, (error) => ({ code: error.code, message: error.message }));
+    const plain = {
+      prompt: "a red ball on a small mirror",
+      negativePrompt: "blurry",
+      steps: 10,
+      guidanceScale: 7.5,
+      initialLatents: Array.from(tensor("latents")),
+    };
+    const adapted = { ...plain, t2iAdapter: { image: imageInput(tensor("card"), 64, 64), scale: 0.8 } };
+    const model = new LinaModel();
+    try {
+      await model.load({ backend: "cpu", url: "/fixtures/sd1_tiny/" });
+      await model.loadT2IAdapter({ url: folder });
+      const image = await model.generate(adapted);
+      const expected = tensor("image");
+      let worst = 0;
+      for (let p = 0; p < image.width * image.height; p++) {
+        for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(image.rgba[p * 4 + c] - expected[p * 3 + c] * 255));
+      }
+      const refused = await failure(model.generate(plain));
+      await model.removeT2IAdapter();
+      const unloaded = await failure(model.generate(adapted));
+      return { worst, refused, unloaded };
+    } finally {
+      model.dispose();
+    }
+  });
+  assert.ok(out.worst <= 1, `the browser's T2I-Adapter image is ${out.worst}/255 from diffusers'`);
+  assert.match(out.refused?.message ?? "", /T2I-Adapter is loaded/);
+  assert.match(out.unloaded?.message ?? "", /no T2I-Adapter is loaded/);
+  await page.close();
+});
+
 test("an SDXL refiner (text_encoder_2 alone, an aesthetic score) loads by URL and as a single file; its img2img (`initImage`, `strength`) and its run on SDXL base's handed-over latents (`denoisingEnd`, `handoffLatents`) draw diffusers' images", { timeout: SLOW }, async () => {
   const page = await apiPage();
   const before = server.requests.length;

@@ -8,7 +8,7 @@ use lina_runtime::image::Image;
 use lina_runtime::kernels::Kernels;
 use lina_runtime::pipeline::{
     CancelToken, ControlNetInput, GenerateOptions, Handoff, ReferenceSize, SkipLayerGuidance,
-    StableDiffusion, StepHook,
+    StableDiffusion, StepHook, T2IAdapterInput,
 };
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 use lina_runtime::source::DirSource;
@@ -113,6 +113,17 @@ pub struct Args {
     /// control images show even without a prompt (diffusers suggests guidance 3 to 5).
     #[arg(long, requires = "controlnet")]
     controlnet_guess_mode: bool,
+    /// A T2I-Adapter to run beside the UNet (diffusers' `T2IAdapter` folder, of the full
+    /// type: SD 1.x's and 2.x's), following `--t2i-adapter-image`.
+    #[arg(long, requires = "t2i_adapter_image")]
+    t2i_adapter: Option<PathBuf>,
+    /// The T2I-Adapter's control image (a PNG of the output's size: a sketch, an edge or
+    /// depth map, a pose).
+    #[arg(long, requires = "t2i_adapter")]
+    t2i_adapter_image: Option<PathBuf>,
+    /// How strongly the T2I-Adapter steers (diffusers' `adapter_conditioning_scale`).
+    #[arg(long, default_value_t = 1.0, requires = "t2i_adapter")]
+    t2i_adapter_scale: f64,
     /// FLUX.1 Kontext: the image (a PNG) the prompt edits.
     #[arg(long)]
     reference_image: Option<PathBuf>,
@@ -251,6 +262,16 @@ pub fn run(args: Args) -> Result<()> {
         guidance_rescale: args.guidance_rescale,
         controlnets,
         controlnet_guess_mode: args.controlnet_guess_mode,
+        t2i_adapter: args
+            .t2i_adapter_image
+            .as_deref()
+            .map(|path| -> Result<T2IAdapterInput> {
+                Ok(T2IAdapterInput {
+                    image: common::read_png(path)?,
+                    scale: args.t2i_adapter_scale,
+                })
+            })
+            .transpose()?,
     };
     let (plan, out) = (args.plan, args.out);
     pollster::block_on(async {
@@ -286,6 +307,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         for path in &args.controlnet {
             pipe.add_controlnet(&common::controlnet_source(path)?, "")?;
+        }
+        if let Some(folder) = &args.t2i_adapter {
+            pipe.load_t2i_adapter(&DirSource::new(folder), "")?;
         }
         let loaded = started.elapsed();
         tracing::info!(?loaded, "model loaded");

@@ -853,7 +853,7 @@ fn lina_fit_fits_several_searches_together() {
 /// folder with the control variant's transformer) and for a `--controlnet` beside SD 1.x's
 /// UNet (its folder at scale 0.6 from 20% to 80% of the steps; the same ControlNet as an
 /// original file, named after lllyasviel's layout, in guess mode; both at once, each with
-/// its image, scale and window), and `--reference-image` for Kontext (the
+/// its image, scale and window), `--t2i-adapter` with its image at scale 0.8, and `--reference-image` for Kontext (the
 /// tiny FLUX as it is; a 50x34 card with `--reference-size kept`, resized to 48x32 as
 /// diffusers does) give diffusers' images within 1/255, from diffusers' latents.
 #[test]
@@ -896,6 +896,10 @@ fn control_and_reference_images_come_from_files() {
     );
     let (wide, square, sd1) = (path("wide.npy"), path("square.npy"), path("sd1.npy"));
     let controlnet_folder = format!("{fixtures}/controlnet_tiny");
+    let adapter_folder = format!("{fixtures}/t2i_adapter_tiny");
+    let adapter = reference_floats(format!("{fixtures}/t2i_adapter_tiny/reference.safetensors"));
+    write_npy(&path("adapter.npy"), &[1, 4, 8, 8], &adapter("latents"));
+    let adapter_latents = path("adapter.npy");
     // The same ControlNet as an original file (lllyasviel's names), alone in its folder.
     let original = path("control_tiny.safetensors");
     std::fs::write(&original, original_controlnet(fixtures)).unwrap();
@@ -978,6 +982,28 @@ fn control_and_reference_images_come_from_files() {
             ]
             .concat(),
             ("controlnet_tiny", "image_multi"),
+        ),
+        (
+            format!("{fixtures}/sd1_tiny"),
+            [
+                &[
+                    "--t2i-adapter",
+                    &adapter_folder,
+                    "--t2i-adapter-image",
+                    &edges,
+                ][..],
+                &[
+                    "--t2i-adapter-scale",
+                    "0.8",
+                    "--negative",
+                    "blurry",
+                    "--guidance",
+                    "7.5",
+                ],
+                &["--steps", "10", "--latents", &adapter_latents],
+            ]
+            .concat(),
+            ("t2i_adapter_tiny", "image"),
         ),
         (
             format!("{fixtures}/flux_tiny"),

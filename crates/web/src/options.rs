@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
-use lina_runtime::pipeline::{ControlNetInput, GenerateOptions, ReferenceSize, SkipLayerGuidance};
+use lina_runtime::pipeline::{
+    ControlNetInput, GenerateOptions, ReferenceSize, SkipLayerGuidance, T2IAdapterInput,
+};
 use lina_runtime::schedulers::{SchedulerKind, Timesteps};
 
 use crate::convert::image_from_js;
@@ -69,6 +71,17 @@ struct JsOptions {
     controlnets: Vec<JsControlNet>,
     /// The ControlNets' guess mode (`GenerateOptions::controlnet_guess_mode`).
     controlnet_guess_mode: bool,
+    /// What a loaded T2I-Adapter follows (`GenerateOptions::t2i_adapter`).
+    t2i_adapter: Option<JsT2IAdapter>,
+}
+
+/// A T2I-Adapter's input as the page sends it (`{ image, scale? }`; the JS wrapper refuses
+/// other keys).
+#[derive(Deserialize)]
+struct JsT2IAdapter {
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    image: JsValue,
+    scale: Option<f64>,
 }
 
 /// One ControlNet's input as the page sends it (`{ image, scale?, start?, end? }`; the JS
@@ -201,6 +214,16 @@ impl JsOptions {
                 .map(JsControlNet::into_input)
                 .collect::<Result<_, _>>()?,
             controlnet_guess_mode: self.controlnet_guess_mode,
+            t2i_adapter: self
+                .t2i_adapter
+                .map(|input| -> Result<T2IAdapterInput, JsValue> {
+                    Ok(T2IAdapterInput {
+                        image: optional_image(&input.image)?
+                            .ok_or_else(|| invalid("t2iAdapter needs its image"))?,
+                        scale: input.scale.unwrap_or(1.0),
+                    })
+                })
+                .transpose()?,
         })
     }
 }

@@ -166,6 +166,21 @@ impl Pipeline {
         self.inner.controlnets().len()
     }
 
+    /// Loads a T2I-Adapter (diffusers' `T2IAdapter`, full type) beside the UNet from `files`
+    /// (its folder's `"config.json"` and weights), replacing any loaded before; every
+    /// generation after needs `t2iAdapter`. One that does not fit the model is refused.
+    #[wasm_bindgen(js_name = loadT2IAdapter)]
+    pub fn load_t2i_adapter(&mut self, files: Object) -> Result<(), JsValue> {
+        let source = source_from_files(&files)?;
+        self.inner.load_t2i_adapter(&source, "").map_err(js_err)
+    }
+
+    /// Drops the loaded T2I-Adapter, if any.
+    #[wasm_bindgen(js_name = removeT2IAdapter)]
+    pub fn remove_t2i_adapter(&mut self) {
+        self.inner.remove_t2i_adapter();
+    }
+
     /// Traps the wasm instance (a Rust panic, which aborts to `unreachable`), as a bug or an
     /// exhausted memory would: for tests that the worker replaces a trapped instance instead
     /// of using it again.
