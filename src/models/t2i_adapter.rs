@@ -3,10 +3,7 @@
 //! once per run and added inside those blocks at every step. Far lighter than a ControlNet (it
 //! never sees the latents or the text).
 
-use burn::tensor::Tensor;
-use burn::tensor::activation::relu;
-use burn::tensor::module::avg_pool2d;
-use burn::tensor::ops::AvgPoolOptions;
+use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 
 use super::config::{check_size, parse};
@@ -162,17 +159,75 @@ impl T2IAdapter {
         let mut features = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             if stage.down {
-                let halve = AvgPoolOptions::new([2, 2]).with_ceil_mode(true);
-                x = avg_pool2d(x, halve);
+                x = halve(x);
             }
             if let Some(conv) = &stage.in_conv {
                 x = conv.forward(x);
             }
             for r in &stage.resnets {
-                x = x.clone() + r.block2.forward(relu(r.block1.forward(x)));
+                // ReLU as a clamp, a kernel the page's module already holds.
+                let inner = r.block1.forward(x.clone()).clamp(0.0, f32::MAX);
+                x = x + r.block2.forward(inner);
             }
             features.push(x.clone().mul_scalar(scale));
         }
         Ok(features)
+    }
+}
+
+/// 2x2 average pooling in ceil mode, as torch's `AvgPool2d(2, ceil_mode=True)` averages: a
+/// window hanging past an odd side averages the cells it covers. Built from reshapes and sums
+/// rather than burn's pooling, whose kernels would grow the page's module for this one use.
+fn halve(x: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+    let mut x = x;
+    if h % 2 == 1 {
+        let zeros = x.clone().narrow(2, 0, 1).zeros_like();
+        x = Tensor::cat(vec![x, zeros], 2);
+    }
+    if w % 2 == 1 {
+        let zeros = x.clone().narrow(3, 0, 1).zeros_like();
+        x = Tensor::cat(vec![x, zeros], 3);
+    }
+    let sums = x
+        .reshape([b, c, h2, 2, w2, 2])
+        .sum_dim(5)
+        .sum_dim(3)
+        .reshape([b, c, h2, w2]);
+    if h % 2 == 0 && w % 2 == 0 {
+        return sums.mul_scalar(0.25);
+    }
+    // Each window's share: a half where it covers one row or column, a quarter otherwise.
+    let covered = |i: usize, n: usize| if 2 * i + 1 < n { 2.0 } else { 1.0 };
+    let shares: Vec<f32> = (0..h2 * w2)
+        .map(|i| 1.0 / (covered(i / w2, h) * covered(i % w2, w)))
+        .collect();
+    let device = sums.device();
+    sums * Tensor::from_data(TensorData::new(shares, [1, 1, h2, w2]), &device)
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    /// The pooling averages what each window covers: 2x2 blocks on even sides, the edge's
+    /// row, column or corner alone on odd ones, as torch's ceil mode does.
+    #[test]
+    fn halving_averages_what_each_window_covers() {
+        let device = crate::device::cpu();
+        let values: Vec<f32> = (0..15).map(|v| v as f32).collect();
+        // 3 rows of 5: [0..5], [5..10], [10..15].
+        let x = Tensor::<4>::from_data(TensorData::new(values, [1, 1, 3, 5]), &device);
+        let out: Vec<f32> = halve(x).into_data().try_to_vec::<f32>().unwrap();
+        let expected = [
+            (0.0 + 1.0 + 5.0 + 6.0) / 4.0,
+            (2.0 + 3.0 + 7.0 + 8.0) / 4.0,
+            (4.0 + 9.0) / 2.0,
+            (10.0 + 11.0) / 2.0,
+            (12.0 + 13.0) / 2.0,
+            14.0,
+        ];
+        assert_eq!(out, expected);
     }
 }
