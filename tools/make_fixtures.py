@@ -2230,6 +2230,24 @@ def make_controlnet(fix: Path):
     })
 
 
+def scaled_images(pipe, latents, scale_arg: str, what: str) -> dict:
+    """The 10-step 64x64 guided images `pipe` (a pipeline with a side network: a ControlNet,
+    a T2I-Adapter) draws from `latents` with the ControlNet card, the network at scale 0.8
+    (`image`) and 0 (`image_unguided`), checked to differ: the network moves the image."""
+    from PIL import Image
+
+    images = {}
+    for key, scale in (("image", 0.8), ("image_unguided", 0.0)):
+        image = pipe(PROMPT, image=Image.fromarray(controlnet_card()), negative_prompt=NEGATIVE_PROMPT,
+                     num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=latents.clone(), height=64, width=64,
+                     output_type="np", **{scale_arg: scale}).images
+        images[key] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
+    moved = float((images["image"] - images["image_unguided"]).abs().max())
+    assert moved > 4 / 255, moved
+    log(f"  {what} moved the image by up to {moved * 255:.1f}/255")
+    return images
+
+
 def make_controlnet_sdxl(fix: Path):
     """A ControlNet for the tiny SDXL model (`controlnet_sdxl_tiny/`): `ControlNetModel.from_unet`
     of sdxl_tiny's UNet, so it also reads SDXL's pooled text and size input, re-initialised
@@ -2237,7 +2255,6 @@ def make_controlnet_sdxl(fix: Path):
     with the same card at conditioning scale 0.8, guidance 7.5 and the negative prompt, from
     fixed latents (`image`), and at scale 0 (`image_unguided`)."""
     from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
-    from PIL import Image
     from safetensors.torch import save_file
 
     out = fix / "controlnet_sdxl_tiny"
@@ -2250,19 +2267,10 @@ def make_controlnet_sdxl(fix: Path):
     pipe = StableDiffusionXLControlNetPipeline(**{k: v for k, v in base.components.items() if k in keep},
                                                controlnet=controlnet)
     pipe.set_progress_bar_config(disable=True)
-    card = controlnet_card()
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2612))
-    images = {}
-    for key, scale in (("image", 0.8), ("image_unguided", 0.0)):
-        image = pipe(PROMPT, image=Image.fromarray(card), negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS,
-                     guidance_scale=GUIDANCE, latents=latents.clone(), height=64, width=64, output_type="np",
-                     controlnet_conditioning_scale=scale).images
-        images[key] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
-    moved = float((images["image"] - images["image_unguided"]).abs().max())
-    assert moved > 4 / 255, moved
-    log(f"  the SDXL ControlNet moved the image by up to {moved * 255:.1f}/255")
+    images = scaled_images(pipe, latents, "controlnet_conditioning_scale", "the SDXL ControlNet")
     controlnet.save_pretrained(str(out), safe_serialization=True)
-    save_file({"latents": latents, "card": torch.from_numpy(card).contiguous(), **images},
+    save_file({"latents": latents, "card": torch.from_numpy(controlnet_card()).contiguous(), **images},
               str(out / "reference.safetensors"))
     write_json(out / "reference.json", {
         "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
@@ -2281,7 +2289,6 @@ def make_t2i_adapter(fix: Path):
     guidance 7.5 and the negative prompt, from fixed latents, at adapter scale 0.8 (`image`)
     and 0 (`image_unguided`)."""
     from diffusers import StableDiffusionAdapterPipeline, T2IAdapter
-    from PIL import Image
     from safetensors.torch import save_file
 
     out = fix / "t2i_adapter_tiny"
@@ -2296,19 +2303,10 @@ def make_t2i_adapter(fix: Path):
     pipe = StableDiffusionAdapterPipeline(**{k: v for k, v in base.components.items() if k not in ("image_encoder",)},
                                           adapter=adapter)
     pipe.set_progress_bar_config(disable=True)
-    card = controlnet_card()
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2702))
-    images = {}
-    for key, scale in (("image", 0.8), ("image_unguided", 0.0)):
-        image = pipe(PROMPT, image=Image.fromarray(card), negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS,
-                     guidance_scale=GUIDANCE, latents=latents.clone(), height=64, width=64, output_type="np",
-                     adapter_conditioning_scale=scale).images
-        images[key] = torch.from_numpy(np.asarray(image, dtype=np.float32)).contiguous()
-    moved = float((images["image"] - images["image_unguided"]).abs().max())
-    assert moved > 4 / 255, moved
-    log(f"  the T2I-Adapter moved the image by up to {moved * 255:.1f}/255")
+    images = scaled_images(pipe, latents, "adapter_conditioning_scale", "the T2I-Adapter")
     adapter.save_pretrained(str(out), safe_serialization=True)
-    save_file({"latents": latents, "card": torch.from_numpy(card).contiguous(), **images},
+    save_file({"latents": latents, "card": torch.from_numpy(controlnet_card()).contiguous(), **images},
               str(out / "reference.safetensors"))
     write_json(out / "reference.json", {
         "prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
