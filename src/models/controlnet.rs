@@ -205,28 +205,37 @@ impl ControlNet {
         self.config.trunk.addition_embed_type.is_some()
     }
 
+    /// The control `image` [1, 3, H, W] (values in [0, 1]) brought to the latents' size by
+    /// the conditioning embedding, [1, block_out_channels[0], H/f, W/f]: what [`forward`]
+    /// takes. It depends on the image alone, so a run makes it once.
+    ///
+    /// [`forward`]: Self::forward
+    pub fn embed_image(&self, image: Tensor<4>) -> Tensor<4> {
+        let image = match self.config.conditioning.channel_order.as_str() {
+            "bgr" => image.flip([1]),
+            _ => image,
+        };
+        self.conditioning.forward(image)
+    }
+
     /// What it adds to the UNet for latents `x` [B, C, h, w] at `timestep`, attending to
     /// `context`, with the UNet's `added` input (SDXL's pooled text and size, read only by
-    /// an SDXL ControlNet; LCM's guidance embedding, read by none) and the control `image`
-    /// [B, 3, h·f, w·f] with values in [0, 1], all scaled by `scale` (diffusers'
-    /// `controlnet_conditioning_scale`); in guess mode (`guess`, diffusers' `guess_mode`)
-    /// each by its own share of it, from a tenth for the first skip connection's to the
-    /// whole for the mid block's, evenly in log scale (except where it pools its outputs).
+    /// an SDXL ControlNet; LCM's guidance embedding, read by none) and the control image's
+    /// embedding ([`embed_image`](Self::embed_image), one row per batch row), all scaled
+    /// by `scale` (diffusers' `controlnet_conditioning_scale`); in guess mode (`guess`,
+    /// diffusers' `guess_mode`) each by its own share of it, from a tenth for the first skip
+    /// connection's to the whole for the mid block's, evenly in log scale (except where it
+    /// pools its outputs).
     pub fn forward(
         &self,
         x: Tensor<4>,
         timestep: f64,
         context: &Tensor<3>,
         added: Option<&Tensor<2>>,
-        image: Tensor<4>,
+        condition: Tensor<4>,
         (scale, guess): (f64, bool),
     ) -> Result<UNetAdditions> {
         let [b, _, h, w] = x.dims();
-        let image = match self.config.conditioning.channel_order.as_str() {
-            "bgr" => image.flip([1]),
-            _ => image,
-        };
-        let condition = self.conditioning.forward(image);
         let [_, _, ch, cw] = condition.dims();
         if [ch, cw] != [h, w] {
             return Err(Error::InvalidInput(format!(

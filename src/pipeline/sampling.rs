@@ -280,9 +280,8 @@ pub struct Sampling<'p> {
     pub(super) skip_layers: Option<SkipLayerGuidance>,
     /// Each loaded ControlNet's part in this run, in their order.
     pub(super) controlnets: Vec<ControlNetRun>,
-    /// A loaded T2I-Adapter's feature maps for this run's control image, [1, C_i, h_i, w_i],
-    /// one per down block it reaches; empty without one.
-    pub(super) adapter_features: Vec<Tensor<4>>,
+    /// A loaded T2I-Adapter's part in this run, where one is loaded.
+    pub(super) adapter: Option<AdapterRun>,
 }
 
 /// What a loaded ControlNet follows in one run, and how: the control image as a [1, 3, H, W]
@@ -291,6 +290,10 @@ pub struct Sampling<'p> {
 /// ([`ControlNetInput`](super::ControlNetInput)).
 pub(super) struct ControlNetRun {
     pub(super) image: Tensor<4>,
+    /// The image's embedding, made once for the run
+    /// ([`ControlNet::embed_image`](crate::models::controlnet::ControlNet::embed_image)); a
+    /// mirrored call embeds the mirrored image instead.
+    pub(super) condition: Tensor<4>,
     pub(super) scale: f64,
     pub(super) window: (f64, f64),
     /// The run's first step (img2img's and a handoff's start later than the schedule's):
@@ -299,6 +302,15 @@ pub(super) struct ControlNetRun {
     /// Diffusers' guess mode ([`GenerateOptions::controlnet_guess_mode`](super::GenerateOptions::controlnet_guess_mode)),
     /// asked for or forced by a ControlNet that pools its outputs.
     pub(super) guess: bool,
+}
+
+/// What a loaded T2I-Adapter follows in one run: the control image as a [1, 3, H, W] tensor
+/// in [0, 1], its scale, and its feature maps, made once for the run (they depend on the
+/// image alone), [1, C_i, h_i, w_i], one per down block it reaches.
+pub(super) struct AdapterRun {
+    pub(super) image: Tensor<4>,
+    pub(super) scale: f64,
+    pub(super) features: Vec<Tensor<4>>,
 }
 
 impl ControlNetRun {
@@ -548,6 +560,10 @@ impl Sampling<'_> {
             // ControlNet runs on the other rows alone.
             let skip = usize::from(run.guess && base == 2);
             let rows = |t: Tensor<4>| batched(t).narrow(0, skip, batch - skip);
+            let condition = match call.mirrored {
+                true => net.embed_image(run.image.clone().flip([3])),
+                false => run.condition.clone(),
+            };
             let mut more = net.forward(
                 frame(rows(latents_only.clone())),
                 call.timestep,
@@ -556,7 +572,7 @@ impl Sampling<'_> {
                     .clone()
                     .map(|a| a.narrow(0, skip, batch - skip))
                     .as_ref(),
-                frame(rows(run.image.clone())),
+                rows(condition),
                 (run.scale, run.guess),
             )?;
             if skip == 1 {
@@ -567,14 +583,15 @@ impl Sampling<'_> {
                 None => more,
             });
         }
-        // A T2I-Adapter's features join every row of every step, as diffusers adds them.
-        if !self.adapter_features.is_empty() {
+        // A T2I-Adapter's features join every row of every step, as diffusers adds them; a
+        // mirrored call takes the mirrored image's.
+        if let (Some(adapter), Some(run)) = (self.pipe.t2i_adapter(), &self.adapter) {
+            let features = match call.mirrored {
+                true => adapter.forward(run.image.clone().flip([3]), run.scale)?,
+                false => run.features.clone(),
+            };
             let adapter = UNetAdditions {
-                intrablock: self
-                    .adapter_features
-                    .iter()
-                    .map(|f| frame(batched(f.clone())))
-                    .collect(),
+                intrablock: features.into_iter().map(batched).collect(),
                 ..UNetAdditions::default()
             };
             residuals = Some(match residuals {

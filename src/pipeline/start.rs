@@ -7,7 +7,9 @@ use std::ops::Range;
 use burn::tensor::{Tensor, TensorData};
 
 use super::load;
-use super::sampling::{CancelToken, ControlNetRun, Init, Sampling, StepHook, StepNoise};
+use super::sampling::{
+    AdapterRun, CancelToken, ControlNetRun, Init, Sampling, StepHook, StepNoise,
+};
 use super::{
     AESTHETIC_SCORE, ControlNetInput, GenerateOptions, Generated, MAX_PROMPT_CHARS, MAX_SIDE,
     NEGATIVE_AESTHETIC_SCORE, ReferenceSize, SkipLayerGuidance, StableDiffusion, T5State, Warning,
@@ -326,23 +328,34 @@ impl StableDiffusion {
         // ask the first.
         let guess = opts.controlnet_guess_mode
             || self.controlnets.first().is_some_and(|n| n.always_guesses());
+        // Each ControlNet's image embedding and the T2I-Adapter's features depend on their
+        // images alone: made once for the whole run.
         let controlnets = opts
             .controlnets
             .iter()
-            .map(|input| ControlNetRun {
-                image: input.image.to_unit_tensor(&self.device),
-                scale: input.scale,
-                window: input.window,
-                first: step,
-                guess,
+            .zip(&self.controlnets)
+            .map(|(input, net)| {
+                let image = input.image.to_unit_tensor(&self.device);
+                ControlNetRun {
+                    condition: net.embed_image(image.clone()),
+                    image,
+                    scale: input.scale,
+                    window: input.window,
+                    first: step,
+                    guess,
+                }
             })
             .collect();
-        // A T2I-Adapter's features depend on its image alone: made once for the whole run.
-        let adapter_features = match (&self.t2i_adapter, &opts.t2i_adapter) {
+        let adapter = match (&self.t2i_adapter, &opts.t2i_adapter) {
             (Some(adapter), Some(input)) => {
-                adapter.forward(input.image.to_unit_tensor(&self.device), input.scale)?
+                let image = input.image.to_unit_tensor(&self.device);
+                Some(AdapterRun {
+                    features: adapter.forward(image.clone(), input.scale)?,
+                    image,
+                    scale: input.scale,
+                })
             }
-            _ => Vec::new(),
+            _ => None,
         };
         let reference = opts
             .reference_image
@@ -393,7 +406,7 @@ impl StableDiffusion {
             warnings,
             evaluations: 0,
             controlnets,
-            adapter_features,
+            adapter,
             // As in diffusers, it acts only beside classifier-free guidance.
             skip_layers: opts
                 .skip_layer_guidance
