@@ -311,7 +311,7 @@ export class LinaModel {
    * @returns {Promise<void>}
    */
   async loadControlNet(source) {
-    return this.#controlNet("loadControlNet", source);
+    return this.#sideNetwork("loadControlNet", "the ControlNet", source, true);
   }
 
   /**
@@ -322,28 +322,33 @@ export class LinaModel {
    * @returns {Promise<void>}
    */
   async addControlNet(source) {
-    return this.#controlNet("addControlNet", source);
+    return this.#sideNetwork("addControlNet", "the ControlNet", source, true);
   }
 
   /**
-   * @param {"loadControlNet" | "addControlNet"} type
+   * A side network's load (a ControlNet's, a T2I-Adapter's): its folder by `url` or its
+   * `files`, or, where `single` (original ControlNet files), one `.safetensors` file by URL
+   * or as a `file`.
+   * @param {"loadControlNet" | "addControlNet" | "loadT2IAdapter"} type
+   * @param {string} what
    * @param {types.ControlNetSource} source
+   * @param {boolean} single
    */
-  async #controlNet(type, source) {
-    checkObject("the ControlNet's source", source);
-    checkKeys("the ControlNet's source", source, ["url", "files", "file", "signal"]);
+  async #sideNetwork(type, what, source, single) {
+    checkObject(`${what}'s source`, source);
+    checkKeys(`${what}'s source`, source, single ? ["url", "files", "file", "signal"] : ["url", "files", "signal"]);
     const { url: given, files, file, signal } = /** @type {types.ControlNetSource} */ (source);
     checkType("url", given, "string");
     checkSignal(signal);
     if ([given, files, file].filter((s) => s !== undefined).length !== 1) {
-      throw linaError("invalid_input", "give the ControlNet's url, its files or its file, one of them");
+      throw linaError("invalid_input", `give ${what}'s url${single ? ", its files or its file" : " or its files"}, one of them`);
     }
     if (files !== undefined) checkFiles(files);
     if (file !== undefined && !(file instanceof Blob || file instanceof Uint8Array)) {
       throw linaError("invalid_input", "file must be a File, a Blob or a Uint8Array");
     }
-    const single = given?.endsWith(".safetensors");
-    const url = given === undefined ? undefined : new URL(single || given.endsWith("/") ? given : `${given}/`, location.href).href;
+    const lone = single && given?.endsWith(".safetensors");
+    const url = given === undefined ? undefined : new URL(lone || given.endsWith("/") ? given : `${given}/`, location.href).href;
     return this.#request(type, { url, files, file }, signal);
   }
 
@@ -357,15 +362,7 @@ export class LinaModel {
    * @returns {Promise<void>}
    */
   async loadT2IAdapter(source) {
-    checkObject("the T2I-Adapter's source", source);
-    checkKeys("the T2I-Adapter's source", source, ["url", "files", "signal"]);
-    const { url: given, files, signal } = /** @type {types.T2IAdapterSource} */ (source);
-    checkType("url", given, "string");
-    checkSignal(signal);
-    if ((given === undefined) === (files === undefined)) throw linaError("invalid_input", "give the T2I-Adapter's url or its files, one of them");
-    if (files !== undefined) checkFiles(files);
-    const url = given === undefined ? undefined : new URL(given.endsWith("/") ? given : `${given}/`, location.href).href;
-    return this.#request("loadT2IAdapter", { url, files }, signal);
+    return this.#sideNetwork("loadT2IAdapter", "the T2I-Adapter", source, false);
   }
 
   /**
